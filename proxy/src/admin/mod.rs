@@ -1,0 +1,65 @@
+//! The admin server (Envoy's `/ready`, `/stats`, `/config_dump`, …), served by hyper on the
+//! main thread. It reads the managers directly (it runs on their thread) and the workers'
+//! stat cells, so it answers however busy the workers are.
+
+mod config_dump;
+mod handlers;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::rc::Rc;
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+use crate::server::Server;
+
+pub use config_dump::config_dump;
+
+/// Binds the admin address; the caller reports a bind error as a start-up failure.
+pub async fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(address).await
+}
+
+/// Serves admin requests until the process exits.
+pub async fn serve(listener: TcpListener, server: Rc<Server>) {
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "admin accept failed");
+                continue;
+            }
+        };
+        let server = server.clone();
+        tokio::task::spawn_local(async move {
+            let service = service_fn(move |req: Request<Incoming>| {
+                let server = server.clone();
+                async move { Ok::<_, Infallible>(handlers::handle(&server, req).await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service);
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "admin connection ended with an error");
+            }
+        });
+    }
+}
+
+/// A response with a body and content type.
+pub(crate) fn response(
+    status: u16,
+    content_type: &str,
+    body: impl Into<Bytes>,
+) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(body.into()));
+    *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::OK);
+    if let Ok(v) = hyper::header::HeaderValue::from_str(content_type) {
+        resp.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+    }
+    resp
+}

@@ -1,0 +1,134 @@
+//! Loading the Envoy v3 Bootstrap and checking what Courier supports of it.
+
+use std::path::Path;
+
+use courier_proto::envoy::config::bootstrap::v3::Bootstrap;
+use courier_proto::envoy::config::core::v3::{Locality, Node};
+
+use crate::options::Options;
+
+/// Why the bootstrap cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum BootstrapError {
+    /// Neither --config-path nor --config-yaml was given.
+    #[error("no configuration: pass -c/--config-path or --config-yaml")]
+    Missing,
+    /// The file cannot be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The text does not parse as a Bootstrap.
+    #[error("{origin}: {source}")]
+    Parse {
+        /// Which input (file path or `--config-yaml`).
+        origin: String,
+        /// The field-path error.
+        source: courier_proto::LoadError,
+    },
+    /// A field Courier does not implement.
+    #[error("{0}")]
+    Unsupported(#[from] crate::config::ConfigError),
+}
+
+/// Loads the bootstrap from `-c` and/or `--config-yaml` (merged over the file, as Envoy
+/// does) and applies the `--service-*` overrides.
+pub fn load(options: &Options) -> Result<Bootstrap, BootstrapError> {
+    let mut bootstrap = match &options.config_path {
+        Some(path) => load_file(path)?,
+        None if options.config_yaml.is_some() => Bootstrap::default(),
+        None => return Err(BootstrapError::Missing),
+    };
+    if let Some(yaml) = &options.config_yaml {
+        let overlay: Bootstrap =
+            courier_proto::from_yaml(yaml).map_err(|source| BootstrapError::Parse {
+                origin: "--config-yaml".into(),
+                source,
+            })?;
+        merge(&mut bootstrap, overlay);
+    }
+    let node = bootstrap.node.get_or_insert_with(Node::default);
+    if let Some(id) = &options.service_node {
+        node.id = id.clone();
+    }
+    if let Some(cluster) = &options.service_cluster {
+        node.cluster = cluster.clone();
+    }
+    if let Some(zone) = &options.service_zone {
+        node.locality.get_or_insert_with(Locality::default).zone = zone.clone();
+    }
+    node.user_agent_name = "courier".into();
+    node.user_agent_version_type = Some(
+        courier_proto::envoy::config::core::v3::node::UserAgentVersionType::UserAgentVersion(
+            crate::VERSION.into(),
+        ),
+    );
+    check_supported(&bootstrap)?;
+    Ok(bootstrap)
+}
+
+fn load_file(path: &Path) -> Result<Bootstrap, BootstrapError> {
+    let text = std::fs::read_to_string(path).map_err(|source| BootstrapError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let origin = path.display().to_string();
+    let parsed = if path.extension().is_some_and(|e| e == "json") {
+        courier_proto::from_json(&text)
+    } else {
+        courier_proto::from_yaml(&text)
+    };
+    parsed.map_err(|source| BootstrapError::Parse { origin, source })
+}
+
+/// Proto merge semantics for the fields `--config-yaml` is used for: repeated fields
+/// append, set messages replace.
+fn merge(base: &mut Bootstrap, overlay: Bootstrap) {
+    use prost::Message;
+    // Encoding then merging is exactly protobuf's MergeFrom.
+    let bytes = overlay.encode_to_vec();
+    if let Err(e) = base.merge(bytes.as_slice()) {
+        tracing::warn!(error = %e, "cannot merge --config-yaml");
+    }
+}
+
+/// Rejects bootstrap features Courier does not implement and that would change behaviour.
+#[allow(deprecated)] // `tracing` is deprecated in the proto, still honoured by Envoy
+fn check_supported(b: &Bootstrap) -> Result<(), crate::config::ConfigError> {
+    use crate::config::ConfigError;
+    let unsupported = [
+        (
+            "static_resources.secrets",
+            b.static_resources
+                .as_ref()
+                .is_some_and(|s| !s.secrets.is_empty()),
+        ),
+        (
+            "cluster_manager.outlier_detection",
+            b.cluster_manager
+                .as_ref()
+                .is_some_and(|c| c.outlier_detection.is_some()),
+        ),
+        (
+            "overload_manager",
+            b.overload_manager
+                .as_ref()
+                .is_some_and(|o| !o.resource_monitors.is_empty()),
+        ),
+        ("tracing", b.tracing.is_some()),
+        ("stats_sinks", !b.stats_sinks.is_empty()),
+        (
+            "layered_runtime",
+            b.layered_runtime
+                .as_ref()
+                .is_some_and(|r| !r.layers.is_empty()),
+        ),
+    ];
+    if let Some((field, _)) = unsupported.iter().find(|(_, set)| *set) {
+        return Err(ConfigError::unsupported(*field));
+    }
+    Ok(())
+}

@@ -1,0 +1,129 @@
+//! Shared pieces of compiling Envoy protos into Courier's internal types: the error that
+//! names the offending field, and converters for addresses and durations.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use courier_proto::envoy::config::core::v3 as core;
+use courier_proto::google::protobuf;
+
+/// A configuration that Courier cannot apply, naming the field (`clusters[2].lb_policy`)
+/// and why. It becomes a start-up error for the bootstrap and a NACK's detail for xDS.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct ConfigError {
+    /// Field path within the resource.
+    pub path: String,
+    /// What is wrong there.
+    pub message: String,
+}
+
+impl ConfigError {
+    /// An error at `path`.
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+
+    /// Prefixes the path with the enclosing field (`at("clusters[2]")`).
+    pub fn at(mut self, prefix: &str) -> Self {
+        self.path = if self.path.is_empty() {
+            prefix.to_string()
+        } else {
+            format!("{prefix}.{}", self.path)
+        };
+        self
+    }
+
+    /// Rejects a field Courier does not implement and that would change behaviour.
+    pub fn unsupported(path: impl Into<String>) -> Self {
+        ConfigError::new(path, "not supported by Courier")
+    }
+}
+
+/// Converts a proto Duration (negative durations are errors).
+pub fn duration(d: &protobuf::Duration, path: &str) -> Result<Duration, ConfigError> {
+    if d.seconds < 0 || d.nanos < 0 {
+        return Err(ConfigError::new(path, "duration must not be negative"));
+    }
+    Ok(Duration::new(d.seconds as u64, d.nanos as u32))
+}
+
+/// An optional duration with a default.
+pub fn duration_or(
+    d: Option<&protobuf::Duration>,
+    default: Duration,
+    path: &str,
+) -> Result<Duration, ConfigError> {
+    d.map_or(Ok(default), |d| duration(d, path))
+}
+
+/// The socket address of an `Address` that must be an IP:port (names are not resolved here).
+pub fn socket_address(addr: Option<&core::Address>, path: &str) -> Result<SocketAddr, ConfigError> {
+    let sa = socket_address_parts(addr, path)?;
+    let ip: IpAddr = sa.0.parse().map_err(|_| {
+        ConfigError::new(
+            format!("{path}.socket_address.address"),
+            format!("malformed IP address: {}", sa.0),
+        )
+    })?;
+    Ok(SocketAddr::new(ip, sa.1))
+}
+
+/// Host and port of an `Address` (for DNS clusters the host may be a name).
+pub fn socket_address_parts(
+    addr: Option<&core::Address>,
+    path: &str,
+) -> Result<(String, u16), ConfigError> {
+    use core::address::Address as A;
+    use core::socket_address::PortSpecifier;
+    let Some(addr) = addr else {
+        return Err(ConfigError::new(path, "address is required"));
+    };
+    let sa = match &addr.address {
+        Some(A::SocketAddress(sa)) => sa,
+        Some(A::Pipe(_)) => return Err(ConfigError::unsupported(format!("{path}.pipe"))),
+        Some(A::EnvoyInternalAddress(_)) => {
+            return Err(ConfigError::unsupported(format!(
+                "{path}.envoy_internal_address"
+            )))
+        }
+        None => return Err(ConfigError::new(path, "address is required")),
+    };
+    if sa.protocol != core::socket_address::Protocol::Tcp as i32 {
+        return Err(ConfigError::unsupported(format!(
+            "{path}.socket_address.protocol"
+        )));
+    }
+    let port = match sa.port_specifier {
+        Some(PortSpecifier::PortValue(p)) => u16::try_from(p).map_err(|_| {
+            ConfigError::new(
+                format!("{path}.socket_address.port_value"),
+                format!("port {p} out of range"),
+            )
+        })?,
+        Some(PortSpecifier::NamedPort(_)) => {
+            return Err(ConfigError::unsupported(format!(
+                "{path}.socket_address.named_port"
+            )))
+        }
+        None => 0,
+    };
+    if sa.address.is_empty() {
+        return Err(ConfigError::new(
+            format!("{path}.socket_address.address"),
+            "address is required",
+        ));
+    }
+    Ok((sa.address.clone(), port))
+}
+
+/// Envoy's stat-name form of an address: `127.0.0.1_10000`, `[::1]_80`.
+pub fn address_stat_name(addr: &SocketAddr) -> String {
+    match addr {
+        SocketAddr::V4(a) => format!("{}_{}", a.ip(), a.port()),
+        SocketAddr::V6(a) => format!("[{}]_{}", a.ip(), a.port()),
+    }
+}

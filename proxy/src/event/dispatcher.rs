@@ -1,0 +1,304 @@
+//! The dispatcher loop and its handler table.
+
+use std::io;
+use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mio::event::Event;
+use mio::{Events, Poll, Registry, Token, Waker};
+use slab::Slab;
+
+use super::TimerQueue;
+use crate::worker::WorkerLocal;
+
+/// A callback posted to a worker from another thread.
+pub type Posted = Box<dyn FnOnce(&mut Ctx) + Send>;
+
+const WAKER: Token = Token(usize::MAX);
+/// Each handler owns up to this many mio registrations (e.g. a proxy session's two sockets).
+const SOURCES_PER_HANDLER: usize = 4;
+
+/// Names one handler instance: its slab key and a generation, so a token or timer that
+/// outlives its handler is never delivered to a newcomer that reused the key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct HandlerId {
+    key: usize,
+    generation: u64,
+}
+
+impl HandlerId {
+    /// The mio token for this handler's `source`-th registration (`source < 4`).
+    pub fn token(&self, source: usize) -> Token {
+        debug_assert!(source < SOURCES_PER_HANDLER);
+        Token(self.key * SOURCES_PER_HANDLER + source)
+    }
+}
+
+/// What a handler wants after a callback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// Keep the handler registered.
+    Continue,
+    /// The handler is finished: remove it and drop it at the end of the loop iteration.
+    Close,
+}
+
+/// Something driven by the dispatcher: a listener, a proxy session, a connection.
+pub trait EventHandler {
+    /// Readiness on the registration `source` (the index passed to [`HandlerId::token`]).
+    fn on_ready(&mut self, source: usize, event: &Event, ctx: &mut Ctx, me: HandlerId) -> Next;
+    /// A timer scheduled with `tag` expired.
+    fn on_timer(&mut self, tag: u64, ctx: &mut Ctx, me: HandlerId) -> Next;
+    /// The worker asks every handler to finish (listener drain, shutdown). Default: close.
+    fn on_drain(&mut self, _ctx: &mut Ctx, _me: HandlerId) -> Next {
+        Next::Close
+    }
+}
+
+struct Entry {
+    generation: u64,
+    handler: Option<Box<dyn EventHandler>>,
+}
+
+/// Everything a handler may touch during a callback.
+pub struct Ctx {
+    /// Registers sockets with this worker's poll.
+    pub registry: Registry,
+    /// This worker's timers.
+    pub timers: TimerQueue,
+    /// The loop's notion of now, refreshed once per iteration.
+    pub now: Instant,
+    /// Worker-local state: slots, listeners, load balancers, stats handles.
+    pub local: WorkerLocal,
+    handlers: Slab<Entry>,
+    deferred: Vec<Box<dyn EventHandler>>,
+    generation: u64,
+    exit: bool,
+}
+
+impl Ctx {
+    /// Adds a handler; `build` receives its id first so it can register its sockets.
+    pub fn insert_handler<F>(&mut self, build: F) -> io::Result<HandlerId>
+    where
+        F: FnOnce(&mut Ctx, HandlerId) -> io::Result<Box<dyn EventHandler>>,
+    {
+        self.generation += 1;
+        let generation = self.generation;
+        let key = self.handlers.insert(Entry {
+            generation,
+            handler: None,
+        });
+        let id = HandlerId { key, generation };
+        match build(self, id) {
+            Ok(handler) => {
+                if let Some(entry) = self.handlers.get_mut(key) {
+                    entry.handler = Some(handler);
+                }
+                Ok(id)
+            }
+            Err(e) => {
+                self.handlers.remove(key);
+                Err(e)
+            }
+        }
+    }
+
+    /// Schedules `tag` to fire on `me` after `after`.
+    pub fn schedule(&mut self, me: HandlerId, after: Duration, tag: u64) {
+        self.timers.schedule(self.now + after, me, tag);
+    }
+
+    /// Asks the loop to exit after this iteration.
+    pub fn exit(&mut self) {
+        self.exit = true;
+    }
+
+    /// Number of live handlers (listeners + connections).
+    pub fn handler_count(&self) -> usize {
+        self.handlers.len()
+    }
+
+    /// Calls `on_drain` on the handler `id`, if it is still alive.
+    pub fn drain_handler(&mut self, id: HandlerId) {
+        self.with_handler(id, |h, ctx| h.on_drain(ctx, id));
+    }
+
+    /// Closes the handler `id` at once (its sockets close when it is dropped at the end of
+    /// this loop iteration).
+    pub fn close_handler(&mut self, id: HandlerId) {
+        if let Some(entry) = self.handlers.get(id.key) {
+            if entry.generation == id.generation {
+                if let Some(handler) = self.handlers.remove(id.key).handler {
+                    self.deferred.push(handler);
+                }
+            }
+        }
+    }
+
+    /// Calls `on_drain` on every live handler.
+    pub fn drain_all(&mut self) {
+        let ids: Vec<HandlerId> = self
+            .handlers
+            .iter()
+            .map(|(key, e)| HandlerId {
+                key,
+                generation: e.generation,
+            })
+            .collect();
+        for id in ids {
+            self.drain_handler(id);
+        }
+    }
+
+    fn with_handler<F>(&mut self, id: HandlerId, f: F)
+    where
+        F: FnOnce(&mut dyn EventHandler, &mut Ctx) -> Next,
+    {
+        let Some(entry) = self.handlers.get_mut(id.key) else {
+            return;
+        };
+        if entry.generation != id.generation {
+            return;
+        }
+        // Take the handler out so the callback can borrow the context mutably (and even
+        // insert new handlers) without aliasing it.
+        let Some(mut handler) = entry.handler.take() else {
+            return;
+        };
+        let next = f(handler.as_mut(), self);
+        // The callback may have closed this very handler (close_handler): then the entry is
+        // gone or belongs to a newcomer, and the handler must not be put back.
+        let still_ours = self
+            .handlers
+            .get(id.key)
+            .is_some_and(|e| e.generation == id.generation);
+        match (next, still_ours) {
+            (Next::Continue, true) => {
+                if let Some(entry) = self.handlers.get_mut(id.key) {
+                    entry.handler = Some(handler);
+                }
+            }
+            (Next::Close, true) => {
+                self.handlers.remove(id.key);
+                self.deferred.push(handler);
+            }
+            (_, false) => self.deferred.push(handler),
+        }
+    }
+}
+
+/// The posting side of a dispatcher, usable from any thread.
+#[derive(Clone)]
+pub struct DispatcherHandle {
+    tx: Sender<Posted>,
+    waker: Arc<Waker>,
+}
+
+/// A post to a worker whose loop has exited.
+#[derive(Debug, thiserror::Error)]
+#[error("the worker's dispatcher has exited")]
+pub struct PostError;
+
+impl DispatcherHandle {
+    /// Queues `cb` to run on the dispatcher's thread at its next loop iteration.
+    pub fn post(&self, cb: Posted) -> Result<(), PostError> {
+        self.tx.send(cb).map_err(|_| PostError)?;
+        self.waker.wake().map_err(|_| PostError)
+    }
+}
+
+/// One event loop; runs on the thread that calls [`Dispatcher::run`].
+pub struct Dispatcher {
+    poll: Poll,
+    posted: Receiver<Posted>,
+    ctx: Ctx,
+}
+
+impl Dispatcher {
+    /// Creates a loop and the handle other threads post to.
+    pub fn new(local: WorkerLocal) -> io::Result<(Dispatcher, DispatcherHandle)> {
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let (tx, rx) = mpsc::channel();
+        let registry = poll.registry().try_clone()?;
+        let ctx = Ctx {
+            registry,
+            timers: TimerQueue::default(),
+            now: Instant::now(),
+            local,
+            handlers: Slab::new(),
+            deferred: Vec::new(),
+            generation: 0,
+            exit: false,
+        };
+        Ok((
+            Dispatcher {
+                poll,
+                posted: rx,
+                ctx,
+            },
+            DispatcherHandle { tx, waker },
+        ))
+    }
+
+    /// Runs until a posted callback calls [`Ctx::exit`] or every handle is dropped.
+    pub fn run(&mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(1024);
+        loop {
+            self.ctx.now = Instant::now();
+            let timeout = self.ctx.timers.timeout(self.ctx.now);
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+            self.ctx.now = Instant::now();
+            for event in events.iter() {
+                let token = event.token();
+                if token == WAKER {
+                    continue;
+                }
+                let key = token.0 / SOURCES_PER_HANDLER;
+                let source = token.0 % SOURCES_PER_HANDLER;
+                let Some(entry) = self.ctx.handlers.get(key) else {
+                    continue;
+                };
+                let id = HandlerId {
+                    key,
+                    generation: entry.generation,
+                };
+                self.ctx
+                    .with_handler(id, |h, ctx| h.on_ready(source, event, ctx, id));
+            }
+            if self.run_posted() {
+                return Ok(());
+            }
+            while let Some((id, tag)) = self.ctx.timers.pop_expired(self.ctx.now) {
+                self.ctx.with_handler(id, |h, ctx| h.on_timer(tag, ctx, id));
+            }
+            // Deferred deletion: handlers closed this iteration are dropped only now, after
+            // every event that might still name them has been delivered or discarded.
+            self.ctx.deferred.clear();
+            if self.ctx.exit {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Runs every queued callback; returns true when all posting handles are gone.
+    fn run_posted(&mut self) -> bool {
+        loop {
+            match self.posted.try_recv() {
+                Ok(cb) => cb(&mut self.ctx),
+                Err(TryRecvError::Empty) => return false,
+                Err(TryRecvError::Disconnected) => return true,
+            }
+        }
+    }
+
+    /// The context, for set-up before the loop runs.
+    pub fn ctx(&mut self) -> &mut Ctx {
+        &mut self.ctx
+    }
+}

@@ -1,0 +1,4 @@
+//! Filters: network (L4) filters on listener filter chains, and HTTP filters inside the
+//! HTTP connection manager.
+
+pub mod network;

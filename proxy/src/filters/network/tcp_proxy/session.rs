@@ -1,0 +1,527 @@
+//! One proxied TCP connection: an explicit state machine over two non-blocking sockets.
+//!
+//! ```text
+//!   accept ──► Connecting ──(upstream writable, no error)──► Open ──(both directions
+//!                 │  ▲                                          │     closed)──► closed
+//!                 │  └──(failure, attempts left: next host)     └──(reset/error/idle)──► closed
+//!                 └──(failure or timeout, no attempts left)──► downstream closed
+//! ```
+//!
+//! Data is read into the worker's shared scratch buffer and written straight to the other
+//! side; only what the other side cannot take right now is copied into this direction's
+//! `pending` buffer. While `pending` is above the high watermark (the receiving
+//! connection's buffer limit) the source is not read, which pushes back on the sender
+//! through TCP flow control. An idle connection holds no buffer memory at all.
+
+use std::io::{self, Read, Write};
+use std::net::Shutdown;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mio::event::Event;
+use mio::net::TcpStream;
+use mio::Interest;
+
+use super::TcpProxyConfig;
+use crate::event::{Ctx, EventHandler, HandlerId, Next};
+use crate::listener::ListenerStats;
+use crate::upstream::{ClusterInfo, Host};
+
+const DOWNSTREAM: usize = 0;
+const UPSTREAM: usize = 1;
+
+const TIMER_IDLE: u64 = 1;
+const TIMER_MAX_DURATION: u64 = 2;
+/// Connect timeouts carry the attempt number so a stale one is ignored.
+const TIMER_CONNECT: u64 = 1 << 32;
+
+/// Size of the per-worker scratch buffer reads go through.
+pub const SCRATCH_SIZE: usize = 64 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Connecting,
+    Open,
+}
+
+/// One socket and what we know of its readiness (mio is edge-triggered: a flag stays set
+/// until a syscall returns `WouldBlock`).
+struct Side {
+    stream: TcpStream,
+    readable: bool,
+    writable: bool,
+    read_closed: bool,
+    write_closed: bool,
+}
+
+impl Side {
+    fn new(stream: TcpStream) -> Side {
+        Side {
+            stream,
+            readable: false,
+            writable: false,
+            read_closed: false,
+            write_closed: false,
+        }
+    }
+
+    fn note(&mut self, event: &Event) {
+        self.readable |= event.is_readable() || event.is_read_closed() || event.is_error();
+        self.writable |= event.is_writable() || event.is_write_closed() || event.is_error();
+    }
+
+    fn done(&self) -> bool {
+        self.read_closed && self.write_closed
+    }
+
+    /// Makes the close an RST, so the peer learns the other side was reset.
+    fn reset_on_close(&self) {
+        let _ = socket2::SockRef::from(&self.stream).set_linger(Some(Duration::ZERO));
+    }
+}
+
+/// Bytes read from one side that the other side has not accepted yet.
+#[derive(Default)]
+struct Pending {
+    data: Vec<u8>,
+    start: usize,
+}
+
+impl Pending {
+    fn len(&self) -> usize {
+        self.data.len() - self.start
+    }
+
+    fn is_empty(&self) -> bool {
+        self.start == self.data.len()
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.data[self.start..]
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.start += n;
+        if self.is_empty() {
+            // Release memory once drained: idle connections should cost nothing.
+            if self.data.capacity() > 16 * 1024 {
+                self.data = Vec::new();
+            } else {
+                self.data.clear();
+            }
+            self.start = 0;
+        }
+    }
+
+    fn push(&mut self, bytes: &[u8]) {
+        if self.start > 0 && self.start >= self.data.len() / 2 {
+            self.data.drain(..self.start);
+            self.start = 0;
+        }
+        self.data.extend_from_slice(bytes);
+    }
+}
+
+/// Why a session ends abnormally.
+enum Failure {
+    /// A socket error on `side`: propagate it as a reset to the other side.
+    Reset(usize),
+}
+
+/// A TCP proxy session.
+pub struct TcpProxySession {
+    config: Arc<TcpProxyConfig>,
+    chain_tag: u64,
+    listener_stats: Arc<ListenerStats>,
+    worker: usize,
+    state: State,
+    downstream: Side,
+    upstream: Option<Side>,
+    cluster: Option<Arc<ClusterInfo>>,
+    host: Option<Arc<Host>>,
+    attempts: u32,
+    to_upstream: Pending,
+    to_downstream: Pending,
+    downstream_limit: usize,
+    last_activity: Instant,
+}
+
+impl TcpProxySession {
+    /// Starts proxying an accepted connection: registers it and connects upstream. Returns
+    /// an error (and the connection is closed by drop) when no cluster or host is usable.
+    pub fn start(
+        ctx: &mut Ctx,
+        me: HandlerId,
+        mut stream: TcpStream,
+        config: Arc<TcpProxyConfig>,
+        chain_tag: u64,
+        listener_stats: Arc<ListenerStats>,
+        downstream_limit: usize,
+    ) -> io::Result<Box<dyn EventHandler>> {
+        let worker = ctx.local.id;
+        ctx.registry.register(
+            &mut stream,
+            me.token(DOWNSTREAM),
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
+        config.stats.downstream_cx_total.inc(worker);
+        // Counted here, next to the session that un-counts them on drop.
+        listener_stats.downstream_cx_total.inc(worker);
+        listener_stats.downstream_cx_active.inc(worker);
+        let mut session = TcpProxySession {
+            config,
+            chain_tag,
+            listener_stats,
+            worker,
+            state: State::Connecting,
+            downstream: Side::new(stream),
+            upstream: None,
+            cluster: None,
+            host: None,
+            attempts: 0,
+            to_upstream: Pending::default(),
+            to_downstream: Pending::default(),
+            downstream_limit,
+            last_activity: ctx.now,
+        };
+        session.connect(ctx, me)?;
+        if let Some(idle) = session.config.idle_timeout {
+            ctx.schedule(me, idle, TIMER_IDLE);
+        }
+        if let Some(max) = session.config.max_duration {
+            ctx.schedule(me, max, TIMER_MAX_DURATION);
+        }
+        ctx.local.track_connection(chain_tag, me);
+        Ok(Box::new(session))
+    }
+
+    /// Opens a connection to the next host of the cluster.
+    fn connect(&mut self, ctx: &mut Ctx, me: HandlerId) -> io::Result<()> {
+        let cluster_name = self.config.pick_cluster();
+        let cluster = ctx
+            .local
+            .clusters()
+            .and_then(|snapshot| snapshot.get(cluster_name).cloned());
+        let Some(cluster) = cluster else {
+            self.config.stats.downstream_cx_no_route.inc(self.worker);
+            tracing::debug!(
+                cluster = cluster_name,
+                "tcp_proxy: unknown cluster, closing"
+            );
+            return Err(io::Error::new(io::ErrorKind::NotFound, "no such cluster"));
+        };
+        let Some(host) = ctx.local.lb.choose(&cluster) else {
+            cluster.stats.upstream_cx_none_healthy.inc(self.worker);
+            tracing::debug!(cluster = %cluster.name, "tcp_proxy: no healthy upstream, closing");
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                "no healthy upstream",
+            ));
+        };
+        if cluster.hosts.panic {
+            cluster.stats.lb_healthy_panic.inc(self.worker);
+        }
+        self.attempts += 1;
+        self.release_upstream();
+        let mut stream = TcpStream::connect(host.address)?;
+        let _ = stream.set_nodelay(true);
+        ctx.registry.register(
+            &mut stream,
+            me.token(UPSTREAM),
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
+        cluster.stats.upstream_cx_total.inc(self.worker);
+        cluster.stats.upstream_cx_active.inc(self.worker);
+        host.stats.cx_total.inc(self.worker);
+        host.stats.cx_active.inc(self.worker);
+        ctx.schedule(
+            me,
+            cluster.connect_timeout,
+            TIMER_CONNECT | self.attempts as u64,
+        );
+        self.upstream = Some(Side::new(stream));
+        self.cluster = Some(cluster);
+        self.host = Some(host);
+        self.state = State::Connecting;
+        Ok(())
+    }
+
+    /// Forgets the current upstream connection (closing it) and its gauges.
+    fn release_upstream(&mut self) {
+        if self.upstream.take().is_some() {
+            if let Some(cluster) = &self.cluster {
+                cluster.stats.upstream_cx_active.dec(self.worker);
+                cluster.stats.upstream_cx_destroy.inc(self.worker);
+            }
+            if let Some(host) = &self.host {
+                host.stats.cx_active.dec(self.worker);
+            }
+        }
+    }
+
+    /// A connect attempt failed: try another host or give up.
+    fn connect_failed(&mut self, ctx: &mut Ctx, me: HandlerId, timeout: bool) -> Next {
+        if let Some(cluster) = &self.cluster {
+            cluster.stats.upstream_cx_connect_fail.inc(self.worker);
+            if timeout {
+                cluster.stats.upstream_cx_connect_timeout.inc(self.worker);
+            }
+        }
+        if let Some(host) = &self.host {
+            host.stats.cx_connect_fail.inc(self.worker);
+        }
+        self.release_upstream();
+        if self.attempts < self.config.max_connect_attempts && self.connect(ctx, me).is_ok() {
+            return Next::Continue;
+        }
+        self.close(ctx, me)
+    }
+
+    /// Checks a connecting upstream after an event: connected, failed, or not yet.
+    fn check_connected(&mut self) -> Option<bool> {
+        let up = self.upstream.as_mut()?;
+        match up.stream.take_error() {
+            Ok(Some(_)) | Err(_) => return Some(false),
+            Ok(None) => {}
+        }
+        match up.stream.peer_addr() {
+            Ok(_) => Some(true),
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => None,
+            Err(_) => Some(false),
+        }
+    }
+
+    fn close(&mut self, ctx: &mut Ctx, me: HandlerId) -> Next {
+        ctx.local.untrack_connection(self.chain_tag, me);
+        Next::Close
+    }
+
+    /// Moves bytes in both directions until nothing more can move.
+    fn pump(&mut self, scratch: &mut [u8]) -> Result<bool, Failure> {
+        let mut any = false;
+        loop {
+            let Some(up) = self.upstream.as_mut() else {
+                return Ok(any);
+            };
+            let cluster_stats = self.cluster.as_ref().map(|c| &c.stats);
+            let upstream_limit = self.cluster.as_ref().map_or(1 << 20, |c| c.buffer_limit);
+            let mut progress = false;
+            // downstream → upstream
+            let n = flow(
+                &mut self.downstream,
+                up,
+                &mut self.to_upstream,
+                upstream_limit,
+                scratch,
+            )
+            .map_err(|side| Failure::Reset(if side { UPSTREAM } else { DOWNSTREAM }))?;
+            if n.read + n.written > 0 || n.closed {
+                progress = true;
+                self.config
+                    .stats
+                    .downstream_cx_rx_bytes_total
+                    .add(self.worker, n.read);
+                if let Some(s) = cluster_stats {
+                    s.upstream_cx_tx_bytes_total.add(self.worker, n.written);
+                }
+            }
+            // upstream → downstream
+            let n = flow(
+                up,
+                &mut self.downstream,
+                &mut self.to_downstream,
+                self.downstream_limit,
+                scratch,
+            )
+            .map_err(|side| Failure::Reset(if side { DOWNSTREAM } else { UPSTREAM }))?;
+            if n.read + n.written > 0 || n.closed {
+                progress = true;
+                self.config
+                    .stats
+                    .downstream_cx_tx_bytes_total
+                    .add(self.worker, n.written);
+                if let Some(s) = cluster_stats {
+                    s.upstream_cx_rx_bytes_total.add(self.worker, n.read);
+                }
+            }
+            if !progress {
+                return Ok(any);
+            }
+            any = true;
+        }
+    }
+
+    fn finished(&self) -> bool {
+        self.downstream.done() && self.upstream.as_ref().is_some_and(Side::done)
+    }
+
+    fn run(&mut self, ctx: &mut Ctx, me: HandlerId) -> Next {
+        if self.state != State::Open {
+            return Next::Continue;
+        }
+        match self.pump(&mut ctx.local.scratch[..]) {
+            Ok(progress) => {
+                if progress {
+                    self.last_activity = ctx.now;
+                }
+                if self.finished() {
+                    return self.close(ctx, me);
+                }
+                Next::Continue
+            }
+            Err(Failure::Reset(side)) => {
+                // Propagate the reset to the side that did not fail.
+                if side == DOWNSTREAM {
+                    if let Some(up) = &self.upstream {
+                        up.reset_on_close();
+                    }
+                } else {
+                    self.downstream.reset_on_close();
+                }
+                self.close(ctx, me)
+            }
+        }
+    }
+}
+
+struct Moved {
+    read: u64,
+    written: u64,
+    closed: bool,
+}
+
+/// One direction, `src` → `dst`. On error returns whether the failing socket is `dst`.
+fn flow(
+    src: &mut Side,
+    dst: &mut Side,
+    pending: &mut Pending,
+    high_watermark: usize,
+    scratch: &mut [u8],
+) -> Result<Moved, bool> {
+    let mut moved = Moved {
+        read: 0,
+        written: 0,
+        closed: false,
+    };
+    // Flush what is already buffered first, to preserve order.
+    while !pending.is_empty() && dst.writable {
+        match dst.stream.write(pending.bytes()) {
+            Ok(0) => return Err(true),
+            Ok(n) => {
+                pending.consume(n);
+                moved.written += n as u64;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => dst.writable = false,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return Err(true),
+        }
+    }
+    if src.readable && !src.read_closed && pending.len() < high_watermark.max(1) {
+        match src.stream.read(scratch) {
+            Ok(0) => {
+                src.read_closed = true;
+                moved.closed = true;
+            }
+            Ok(n) => {
+                moved.read += n as u64;
+                let mut off = 0;
+                if pending.is_empty() && dst.writable {
+                    match dst.stream.write(&scratch[..n]) {
+                        Ok(w) => off = w,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => dst.writable = false,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(_) => return Err(true),
+                    }
+                }
+                moved.written += off as u64;
+                if off < n {
+                    pending.push(&scratch[off..n]);
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => src.readable = false,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return Err(false),
+        }
+    }
+    // Half-close: once the source finished and everything reached dst, send FIN.
+    if src.read_closed && pending.is_empty() && !dst.write_closed {
+        dst.write_closed = true;
+        moved.closed = true;
+        if let Err(e) = dst.stream.shutdown(Shutdown::Write) {
+            if e.kind() != io::ErrorKind::NotConnected {
+                return Err(true);
+            }
+        }
+    }
+    Ok(moved)
+}
+
+impl EventHandler for TcpProxySession {
+    fn on_ready(&mut self, source: usize, event: &Event, ctx: &mut Ctx, me: HandlerId) -> Next {
+        match source {
+            DOWNSTREAM => self.downstream.note(event),
+            _ => {
+                if let Some(up) = self.upstream.as_mut() {
+                    up.note(event);
+                }
+            }
+        }
+        if self.state == State::Connecting {
+            if source != UPSTREAM {
+                return Next::Continue;
+            }
+            match self.check_connected() {
+                None => return Next::Continue,
+                Some(false) => return self.connect_failed(ctx, me, false),
+                Some(true) => {
+                    self.state = State::Open;
+                    // The downstream may have sent data while we connected; read it now.
+                    self.downstream.readable = true;
+                    self.downstream.writable = true;
+                }
+            }
+        }
+        self.run(ctx, me)
+    }
+
+    fn on_timer(&mut self, tag: u64, ctx: &mut Ctx, me: HandlerId) -> Next {
+        if tag & TIMER_CONNECT != 0 {
+            let attempt = (tag & 0xffff_ffff) as u32;
+            if self.state == State::Connecting && attempt == self.attempts {
+                tracing::debug!("tcp_proxy: upstream connect timeout");
+                return self.connect_failed(ctx, me, true);
+            }
+            return Next::Continue;
+        }
+        match tag {
+            TIMER_IDLE => {
+                let Some(idle) = self.config.idle_timeout else {
+                    return Next::Continue;
+                };
+                let quiet = ctx.now.saturating_duration_since(self.last_activity);
+                if quiet >= idle {
+                    self.config.stats.idle_timeout.inc(self.worker);
+                    return self.close(ctx, me);
+                }
+                ctx.schedule(me, idle - quiet, TIMER_IDLE);
+                Next::Continue
+            }
+            TIMER_MAX_DURATION => self.close(ctx, me),
+            _ => Next::Continue,
+        }
+    }
+
+    fn on_drain(&mut self, _ctx: &mut Ctx, _me: HandlerId) -> Next {
+        // Envoy does not cut TCP proxy connections when a drain starts; they finish on
+        // their own or are closed when the drain time ends.
+        Next::Continue
+    }
+}
+
+impl Drop for TcpProxySession {
+    fn drop(&mut self) {
+        self.release_upstream();
+        self.listener_stats.downstream_cx_active.dec(self.worker);
+        self.listener_stats.downstream_cx_destroy.inc(self.worker);
+    }
+}

@@ -1,0 +1,104 @@
+//! A worker's accepting socket (Envoy's `ActiveTcpListener`).
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mio::event::Event;
+use mio::net::TcpListener;
+use mio::Interest;
+
+use super::ListenerConfig;
+use crate::event::{Ctx, EventHandler, HandlerId, Next};
+use crate::filters::network::{tcp_proxy::TcpProxySession, NetworkFilter};
+
+const TIMER_RESUME_ACCEPT: u64 = 1;
+
+/// Accepts connections on one worker's socket and hands each to its filter chain. The
+/// listener's current config is read from the worker's listener table on every accept, so
+/// an in-place update needs no new socket.
+pub struct ActiveTcpListener {
+    name: String,
+    socket: TcpListener,
+}
+
+impl ActiveTcpListener {
+    /// Registers `socket` on this worker.
+    pub fn start(
+        ctx: &mut Ctx,
+        me: HandlerId,
+        name: String,
+        socket: std::net::TcpListener,
+    ) -> io::Result<Box<dyn EventHandler>> {
+        socket.set_nonblocking(true)?;
+        let mut socket = TcpListener::from_std(socket);
+        ctx.registry
+            .register(&mut socket, me.token(0), Interest::READABLE)?;
+        Ok(Box::new(ActiveTcpListener { name, socket }))
+    }
+
+    fn accept_all(&mut self, ctx: &mut Ctx, me: HandlerId) -> Next {
+        let Some(config) = ctx
+            .local
+            .listeners
+            .get(&self.name)
+            .map(|l| l.config.clone())
+        else {
+            return Next::Close;
+        };
+        loop {
+            match self.socket.accept() {
+                Ok((stream, _peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    accept_connection(ctx, &config, stream);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Next::Continue,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => {}
+                Err(e) => {
+                    // Typically EMFILE: stop for a moment rather than spin; connections
+                    // wait in the kernel's queue meanwhile.
+                    config.stats.downstream_cx_accept_error.inc(ctx.local.id);
+                    tracing::warn!(listener = %self.name, error = %e, "accept failed; pausing accepts for 100ms");
+                    ctx.schedule(me, Duration::from_millis(100), TIMER_RESUME_ACCEPT);
+                    return Next::Continue;
+                }
+            }
+        }
+    }
+}
+
+fn accept_connection(ctx: &mut Ctx, config: &Arc<ListenerConfig>, stream: mio::net::TcpStream) {
+    let port = stream.local_addr().map_or(0, |a| a.port());
+    let Some(chain) = config.select_chain(port) else {
+        config.stats.no_filter_chain_match.inc(ctx.local.id);
+        return;
+    };
+    match &chain.filter {
+        NetworkFilter::TcpProxy(tcp) => {
+            let tcp = tcp.clone();
+            let tag = chain.tag;
+            let stats = config.stats.clone();
+            let limit = config.buffer_limit;
+            let started = ctx.insert_handler(move |ctx, id| {
+                TcpProxySession::start(ctx, id, stream, tcp, tag, stats, limit)
+            });
+            if let Err(e) = started {
+                tracing::debug!(listener = %config.name, error = %e, "connection closed at start");
+            }
+        }
+    }
+}
+
+impl EventHandler for ActiveTcpListener {
+    fn on_ready(&mut self, _source: usize, _event: &Event, ctx: &mut Ctx, me: HandlerId) -> Next {
+        self.accept_all(ctx, me)
+    }
+
+    fn on_timer(&mut self, tag: u64, ctx: &mut Ctx, me: HandlerId) -> Next {
+        if tag == TIMER_RESUME_ACCEPT {
+            return self.accept_all(ctx, me);
+        }
+        Next::Continue
+    }
+}

@@ -1,0 +1,264 @@
+//! A compiled listener.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use courier_proto::envoy::config::listener::v3::{self as pb, listener::DrainType};
+
+use crate::config::{self, ConfigError};
+use crate::filters::network::{compile_filters, NetworkFilter};
+use crate::stats::{Counter, Gauge, Store};
+
+/// `listener.<address or stat_prefix>.*` stats.
+pub struct ListenerStats {
+    /// `downstream_cx_total`.
+    pub downstream_cx_total: Arc<Counter>,
+    /// `downstream_cx_active`.
+    pub downstream_cx_active: Arc<Gauge>,
+    /// `downstream_cx_destroy`.
+    pub downstream_cx_destroy: Arc<Counter>,
+    /// `no_filter_chain_match`.
+    pub no_filter_chain_match: Arc<Counter>,
+    /// `downstream_cx_transport_socket_connect_timeout` is not tracked; accept errors are.
+    pub downstream_cx_accept_error: Arc<Counter>,
+}
+
+impl ListenerStats {
+    fn new(store: &Store, prefix: &str) -> Arc<ListenerStats> {
+        let c = |s: &str| store.counter(&format!("listener.{prefix}.{s}"));
+        Arc::new(ListenerStats {
+            downstream_cx_total: c("downstream_cx_total"),
+            downstream_cx_active: store.gauge(&format!("listener.{prefix}.downstream_cx_active")),
+            downstream_cx_destroy: c("downstream_cx_destroy"),
+            no_filter_chain_match: c("no_filter_chain_match"),
+            downstream_cx_accept_error: c("downstream_cx_accept_error"),
+        })
+    }
+}
+
+/// One filter chain: its match and its terminal filter.
+pub struct FilterChain {
+    /// A unique id: connections are tracked per chain so that an in-place update drains
+    /// only the connections of chains that changed.
+    pub tag: u64,
+    /// `name` (may be empty).
+    pub name: String,
+    /// `filter_chain_match.destination_port`, if set.
+    pub destination_port: Option<u16>,
+    /// The terminal network filter.
+    pub filter: NetworkFilter,
+    /// The source proto, to tell which chains changed on an in-place update.
+    pub proto: pb::FilterChain,
+}
+
+/// A compiled listener. Immutable; an update builds a new one.
+pub struct ListenerConfig {
+    /// Listener name.
+    pub name: String,
+    /// Bind address (port 0 means "any", resolved at bind).
+    pub address: SocketAddr,
+    /// `enable_reuse_port` (default true): one socket per worker.
+    pub reuse_port: bool,
+    /// `tcp_backlog_size`.
+    pub backlog: u32,
+    /// `per_connection_buffer_limit_bytes` (default 1 MiB).
+    pub buffer_limit: usize,
+    /// `drain_type`: MODIFY_ONLY listeners are not drained by `/drain_listeners`.
+    pub modify_only: bool,
+    /// Filter chains in order.
+    pub filter_chains: Vec<Arc<FilterChain>>,
+    /// `default_filter_chain`.
+    pub default_chain: Option<Arc<FilterChain>>,
+    /// Stats.
+    pub stats: Arc<ListenerStats>,
+    /// Source proto (config_dump, change detection).
+    pub proto: Arc<pb::Listener>,
+}
+
+impl ListenerConfig {
+    /// The chain for a connection to local port `port`.
+    pub fn select_chain(&self, port: u16) -> Option<&Arc<FilterChain>> {
+        self.filter_chains
+            .iter()
+            .find(|c| c.destination_port == Some(port))
+            .or_else(|| {
+                self.filter_chains
+                    .iter()
+                    .find(|c| c.destination_port.is_none())
+            })
+            .or(self.default_chain.as_ref())
+    }
+
+    /// Every chain, the default one last.
+    pub fn chains(&self) -> impl Iterator<Item = &Arc<FilterChain>> {
+        self.filter_chains.iter().chain(self.default_chain.iter())
+    }
+
+    /// Whether `other` differs from this listener only in its filter chains, so it can be
+    /// updated in place (Envoy's `listener_in_place_updated`).
+    pub fn differs_only_in_chains(&self, other: &pb::Listener) -> bool {
+        let strip = |l: &pb::Listener| {
+            let mut l = l.clone();
+            l.filter_chains.clear();
+            l.default_filter_chain = None;
+            l
+        };
+        strip(&self.proto) == strip(other)
+    }
+
+    /// Every cluster the listener's filters may route to.
+    pub fn referenced_clusters(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for chain in self.chains() {
+            match &chain.filter {
+                NetworkFilter::TcpProxy(t) => out.extend(t.cluster_names().map(String::from)),
+            }
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+}
+
+static NEXT_TAG: AtomicU64 = AtomicU64::new(1);
+
+/// Compiles a Listener proto. Chains identical to one of `previous` are reused as they are
+/// (same tag), so their connections are untouched by an in-place update.
+pub fn compile_listener(
+    proto: &pb::Listener,
+    store: &Store,
+    previous: Option<&ListenerConfig>,
+) -> Result<ListenerConfig, ConfigError> {
+    if proto.name.is_empty() {
+        return Err(ConfigError::new("name", "listener name must not be empty"));
+    }
+    let address = config::socket_address(proto.address.as_ref(), "address")?;
+    for (field, set) in [
+        ("listener_filters", !proto.listener_filters.is_empty()),
+        (
+            "additional_addresses",
+            !proto.additional_addresses.is_empty(),
+        ),
+        ("filter_chain_matcher", proto.filter_chain_matcher.is_some()),
+        ("fcds_config", proto.fcds_config.is_some()),
+        ("api_listener", proto.api_listener.is_some()),
+        ("udp_listener_config", proto.udp_listener_config.is_some()),
+        (
+            "transparent",
+            proto.transparent.as_ref().is_some_and(|v| v.value),
+        ),
+        (
+            "use_original_dst",
+            proto.use_original_dst.as_ref().is_some_and(|v| v.value),
+        ),
+        ("access_log", !proto.access_log.is_empty()),
+        ("socket_options", !proto.socket_options.is_empty()),
+    ] {
+        if set {
+            return Err(ConfigError::unsupported(field));
+        }
+    }
+    if proto.filter_chains.is_empty() && proto.default_filter_chain.is_none() {
+        return Err(ConfigError::new(
+            "filter_chains",
+            "no filter chains specified",
+        ));
+    }
+    let filter_chains = proto
+        .filter_chains
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            compile_chain(c, store, previous).map_err(|e| e.at(&format!("filter_chains[{i}]")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut seen = std::collections::HashSet::new();
+    for (i, c) in filter_chains.iter().enumerate() {
+        if !seen.insert(c.destination_port) {
+            return Err(ConfigError::new(
+                format!("filter_chains[{i}].filter_chain_match"),
+                format!(
+                    "multiple filter chains with the same matching rules are defined (listener '{}')",
+                    proto.name
+                ),
+            ));
+        }
+    }
+    let default_chain = proto
+        .default_filter_chain
+        .as_ref()
+        .map(|c| compile_chain(c, store, previous).map_err(|e| e.at("default_filter_chain")))
+        .transpose()?;
+    let prefix = if proto.stat_prefix.is_empty() {
+        config::address_stat_name(&address)
+    } else {
+        proto.stat_prefix.clone()
+    };
+    Ok(ListenerConfig {
+        name: proto.name.clone(),
+        address,
+        reuse_port: proto.enable_reuse_port.as_ref().is_none_or(|v| v.value),
+        backlog: proto.tcp_backlog_size.as_ref().map_or(1024, |v| v.value),
+        buffer_limit: proto
+            .per_connection_buffer_limit_bytes
+            .as_ref()
+            .map_or(1024 * 1024, |v| v.value as usize),
+        modify_only: proto.drain_type == DrainType::ModifyOnly as i32,
+        filter_chains,
+        default_chain,
+        stats: ListenerStats::new(store, &prefix),
+        proto: Arc::new(proto.clone()),
+    })
+}
+
+fn compile_chain(
+    chain: &pb::FilterChain,
+    store: &Store,
+    previous: Option<&ListenerConfig>,
+) -> Result<Arc<FilterChain>, ConfigError> {
+    if let Some(same) = previous.and_then(|p| p.chains().find(|c| c.proto == *chain)) {
+        return Ok(same.clone());
+    }
+    if chain.transport_socket.is_some() {
+        return Err(ConfigError::unsupported("transport_socket"));
+    }
+    let mut destination_port = None;
+    if let Some(m) = &chain.filter_chain_match {
+        let unsupported = [
+            ("prefix_ranges", !m.prefix_ranges.is_empty()),
+            ("source_prefix_ranges", !m.source_prefix_ranges.is_empty()),
+            (
+                "direct_source_prefix_ranges",
+                !m.direct_source_prefix_ranges.is_empty(),
+            ),
+            ("source_ports", !m.source_ports.is_empty()),
+            ("server_names", !m.server_names.is_empty()),
+            ("transport_protocol", !m.transport_protocol.is_empty()),
+            ("application_protocols", !m.application_protocols.is_empty()),
+            ("address_suffix", !m.address_suffix.is_empty()),
+            ("source_type", m.source_type != 0),
+        ];
+        if let Some((field, _)) = unsupported.iter().find(|(_, set)| *set) {
+            return Err(ConfigError::unsupported(format!(
+                "filter_chain_match.{field}"
+            )));
+        }
+        if let Some(p) = &m.destination_port {
+            destination_port = Some(u16::try_from(p.value).map_err(|_| {
+                ConfigError::new(
+                    "filter_chain_match.destination_port",
+                    format!("port {} out of range", p.value),
+                )
+            })?);
+        }
+    }
+    let filter = compile_filters(&chain.filters, store)?;
+    Ok(Arc::new(FilterChain {
+        tag: NEXT_TAG.fetch_add(1, Ordering::Relaxed),
+        name: chain.name.clone(),
+        destination_port,
+        filter,
+        proto: chain.clone(),
+    }))
+}

@@ -1,0 +1,397 @@
+//! The main thread's listener manager (Envoy's `ListenerManager`).
+//!
+//! Adding a listener binds its sockets here (so "address in use" is an error of the add,
+//! i.e. a start-up failure or a NACK) and, once workers run, posts one socket to each
+//! worker. An update that changes only filter chains replaces the config in place on every
+//! worker and drains just the connections of changed chains; any other update builds a new
+//! generation (reusing the sockets when the address is unchanged) and drains every old
+//! connection. Removal closes the sockets at once and drains. Draining connections get
+//! `on_drain` now and are closed when the drain time ends.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use courier_proto::envoy::config::listener::v3::Listener;
+
+use super::config::{compile_listener, ListenerConfig};
+use super::socket::bind_listener_sockets;
+use super::ActiveTcpListener;
+use crate::config::ConfigError;
+use crate::event::Ctx;
+use crate::stats::{Counter, Gauge, Store, MAIN_THREAD};
+use crate::thread_local::ThreadLocal;
+use crate::worker::WorkerListener;
+
+/// `listener_manager.*` stats.
+struct ListenerManagerStats {
+    listener_added: Arc<Counter>,
+    listener_modified: Arc<Counter>,
+    listener_removed: Arc<Counter>,
+    listener_in_place_updated: Arc<Counter>,
+    listener_create_success: Arc<Counter>,
+    listener_create_failure: Arc<Counter>,
+    total_listeners_active: Arc<Gauge>,
+    total_listeners_warming: Arc<Gauge>,
+    total_listeners_draining: Arc<Gauge>,
+}
+
+/// A listener as the manager keeps it.
+pub struct ListenerEntry {
+    /// The compiled listener.
+    pub config: Arc<ListenerConfig>,
+    /// The address actually bound (port 0 resolved).
+    pub bound: SocketAddr,
+    /// `version_info` of the response that carried it (empty for static listeners).
+    pub version_info: String,
+    /// When it was last added or updated.
+    pub last_updated: SystemTime,
+    /// Whether it came from LDS.
+    pub added_via_api: bool,
+    /// The main thread's copies of the sockets (workers hold duplicates).
+    sockets: Vec<TcpListener>,
+}
+
+/// What an add or update did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenerChange {
+    /// Identical to the existing listener.
+    Unchanged,
+    /// New listener.
+    Added,
+    /// Filter chains replaced in place.
+    UpdatedInPlace,
+    /// Replaced by a new generation.
+    Updated,
+}
+
+/// The listener manager.
+pub struct ListenerManager {
+    store: Store,
+    tls: Arc<ThreadLocal>,
+    active: BTreeMap<String, ListenerEntry>,
+    stats: ListenerManagerStats,
+    drain_time: Duration,
+    workers_started: bool,
+    draining: Arc<std::sync::atomic::AtomicI64>,
+}
+
+impl ListenerManager {
+    /// A manager that posts to `tls`'s workers and drains for `drain_time`.
+    pub fn new(store: Store, tls: Arc<ThreadLocal>, drain_time: Duration) -> ListenerManager {
+        let c = |s: &str| store.counter(&format!("listener_manager.{s}"));
+        let stats = ListenerManagerStats {
+            listener_added: c("listener_added"),
+            listener_modified: c("listener_modified"),
+            listener_removed: c("listener_removed"),
+            listener_in_place_updated: c("listener_in_place_updated"),
+            listener_create_success: c("listener_create_success"),
+            listener_create_failure: c("listener_create_failure"),
+            total_listeners_active: store.gauge("listener_manager.total_listeners_active"),
+            total_listeners_warming: store.gauge("listener_manager.total_listeners_warming"),
+            total_listeners_draining: store.gauge("listener_manager.total_listeners_draining"),
+        };
+        ListenerManager {
+            store,
+            tls,
+            active: BTreeMap::new(),
+            stats,
+            drain_time,
+            workers_started: false,
+            draining: Default::default(),
+        }
+    }
+
+    /// Adds or updates a listener.
+    pub fn add_or_update(
+        &mut self,
+        proto: &Listener,
+        version_info: &str,
+        added_via_api: bool,
+    ) -> Result<ListenerChange, ConfigError> {
+        let existing = self.active.get(&proto.name);
+        if existing.is_some_and(|e| *e.config.proto == *proto) {
+            return Ok(ListenerChange::Unchanged);
+        }
+        if existing.is_some_and(|e| !e.added_via_api && added_via_api) {
+            return Err(ConfigError::new(
+                "name",
+                format!(
+                    "listener '{}': cannot update a static listener through LDS",
+                    proto.name
+                ),
+            ));
+        }
+        let config = Arc::new(compile_listener(
+            proto,
+            &self.store,
+            existing.map(|e| &*e.config),
+        )?);
+        // Two listeners may not share an address (port 0 is always distinct).
+        if config.address.port() != 0 {
+            if let Some((other, _)) = self
+                .active
+                .iter()
+                .find(|(n, e)| **n != proto.name && e.config.address == config.address)
+            {
+                return Err(ConfigError::new(
+                    "address",
+                    format!(
+                        "error adding listener '{}': listener '{other}' has duplicate address '{}' as existing listener",
+                        proto.name, config.address
+                    ),
+                ));
+            }
+        }
+        let previous = self.active.remove(&proto.name);
+        let same_address = previous
+            .as_ref()
+            .is_some_and(|p| p.config.address == config.address);
+        let (bound, sockets) = match &previous {
+            Some(p) if same_address => (
+                p.bound,
+                dup_all(&p.sockets).map_err(|e| {
+                    ConfigError::new("address", format!("cannot duplicate listener socket: {e}"))
+                })?,
+            ),
+            _ => match bind_listener_sockets(
+                config.address,
+                config.reuse_port,
+                config.backlog,
+                self.tls.concurrency(),
+            ) {
+                Ok(b) => b,
+                Err(e) => {
+                    self.stats.listener_create_failure.inc(MAIN_THREAD);
+                    if let Some(p) = previous {
+                        self.active.insert(proto.name.clone(), p);
+                    }
+                    return Err(ConfigError::new(
+                        "address",
+                        format!(
+                            "cannot bind '{}' for listener '{}': {e}",
+                            config.address, proto.name
+                        ),
+                    ));
+                }
+            },
+        };
+        self.stats.listener_create_success.inc(MAIN_THREAD);
+        let change = match &previous {
+            None => ListenerChange::Added,
+            Some(p) if same_address && p.config.differs_only_in_chains(proto) => {
+                ListenerChange::UpdatedInPlace
+            }
+            Some(_) => ListenerChange::Updated,
+        };
+        match change {
+            ListenerChange::Added => self.stats.listener_added.inc(MAIN_THREAD),
+            ListenerChange::UpdatedInPlace => {
+                self.stats.listener_modified.inc(MAIN_THREAD);
+                self.stats.listener_in_place_updated.inc(MAIN_THREAD);
+            }
+            _ => self.stats.listener_modified.inc(MAIN_THREAD),
+        }
+        let entry = ListenerEntry {
+            config: config.clone(),
+            bound,
+            version_info: version_info.to_string(),
+            last_updated: SystemTime::now(),
+            added_via_api,
+            sockets,
+        };
+        if self.workers_started {
+            // Chains whose tag survives in the new config keep their connections.
+            let drained: Vec<u64> = previous
+                .as_ref()
+                .map(|p| {
+                    p.config
+                        .chains()
+                        .map(|c| c.tag)
+                        .filter(|t| !config.chains().any(|c| c.tag == *t))
+                        .collect()
+                })
+                .unwrap_or_default();
+            if same_address {
+                self.post_config(&entry);
+            } else {
+                if previous.is_some() {
+                    self.post_stop(&proto.name);
+                }
+                self.post_start(&entry);
+            }
+            self.drain_chains(drained);
+        }
+        drop(previous);
+        self.active.insert(proto.name.clone(), entry);
+        self.update_gauges();
+        Ok(change)
+    }
+
+    /// Removes a listener: its sockets close at once, its connections drain.
+    pub fn remove(&mut self, name: &str) -> bool {
+        let Some(entry) = self.active.remove(name) else {
+            return false;
+        };
+        let tags: Vec<u64> = entry.config.chains().map(|c| c.tag).collect();
+        // Drop the main thread's copies first so the kernel stops routing to these
+        // sockets as soon as the workers close theirs.
+        drop(entry);
+        if self.workers_started {
+            self.post_stop(name);
+            self.drain_chains(tags);
+        }
+        self.stats.listener_removed.inc(MAIN_THREAD);
+        self.update_gauges();
+        true
+    }
+
+    /// Starts accepting on every worker (after init).
+    pub fn start_workers(&mut self) {
+        if self.workers_started {
+            return;
+        }
+        self.workers_started = true;
+        for entry in self.active.values() {
+            self.post_start(entry);
+        }
+    }
+
+    /// Stops accepting on every listener (`/drain_listeners`, shutdown); `graceful` also
+    /// drains their connections. MODIFY_ONLY listeners are skipped unless `all`.
+    pub fn stop_listeners(&mut self, all: bool, graceful: bool) {
+        let names: Vec<String> = self
+            .active
+            .iter()
+            .filter(|(_, e)| all || !e.config.modify_only)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in names {
+            if let Some(entry) = self.active.get_mut(&name) {
+                entry.sockets.clear();
+                let tags: Vec<u64> = entry.config.chains().map(|c| c.tag).collect();
+                self.post_stop(&name);
+                if graceful {
+                    self.drain_chains(tags);
+                }
+            }
+        }
+    }
+
+    /// Listeners by name.
+    pub fn listeners(&self) -> &BTreeMap<String, ListenerEntry> {
+        &self.active
+    }
+
+    fn post_start(&self, entry: &ListenerEntry) {
+        let name = entry.config.name.clone();
+        for worker in 0..self.tls.concurrency() {
+            let socket = match entry.sockets.get(worker).or(entry.sockets.first()) {
+                Some(s) => match s.try_clone() {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::error!(listener = %name, error = %e, "cannot duplicate listener socket");
+                        continue;
+                    }
+                },
+                None => continue,
+            };
+            let config = entry.config.clone();
+            let name = name.clone();
+            self.tls.post_to(
+                worker,
+                Box::new(move |ctx: &mut Ctx| {
+                    let started = ctx.insert_handler(|ctx, id| {
+                        ActiveTcpListener::start(ctx, id, name.clone(), socket)
+                    });
+                    match started {
+                        Ok(handler) => {
+                            ctx.local
+                                .listeners
+                                .insert(name, WorkerListener { handler, config });
+                        }
+                        Err(e) => {
+                            tracing::error!(listener = %name, error = %e, "worker cannot register listener")
+                        }
+                    }
+                }),
+            );
+        }
+    }
+
+    fn post_config(&self, entry: &ListenerEntry) {
+        let name = entry.config.name.clone();
+        let config = entry.config.clone();
+        self.tls.run_on_all_workers(
+            Arc::new(move |ctx: &mut Ctx| {
+                if let Some(l) = ctx.local.listeners.get_mut(&name) {
+                    l.config = config.clone();
+                }
+            }),
+            Box::new(|| {}),
+        );
+    }
+
+    fn post_stop(&self, name: &str) {
+        let name = name.to_string();
+        self.tls.run_on_all_workers(
+            Arc::new(move |ctx: &mut Ctx| {
+                if let Some(l) = ctx.local.listeners.remove(&name) {
+                    ctx.close_handler(l.handler);
+                }
+            }),
+            Box::new(|| {}),
+        );
+    }
+
+    /// Drains the connections of `tags` now and closes what is left after the drain time.
+    fn drain_chains(&self, tags: Vec<u64>) {
+        if tags.is_empty() {
+            return;
+        }
+        let tags = Arc::new(tags);
+        let drain = tags.clone();
+        self.tls.run_on_all_workers(
+            Arc::new(move |ctx: &mut Ctx| {
+                for tag in drain.iter() {
+                    for id in ctx.local.connections_of(*tag) {
+                        ctx.drain_handler(id);
+                    }
+                }
+            }),
+            Box::new(|| {}),
+        );
+        let tls = self.tls.clone();
+        let draining = self.draining.clone();
+        let gauge = self.stats.total_listeners_draining.clone();
+        draining.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        gauge.set(draining.load(std::sync::atomic::Ordering::Relaxed));
+        let drain_time = self.drain_time;
+        tokio::task::spawn_local(async move {
+            tokio::time::sleep(drain_time).await;
+            tls.run_on_all_workers_async(move |ctx: &mut Ctx| {
+                for tag in tags.iter() {
+                    for id in ctx.local.connections_of(*tag) {
+                        ctx.close_handler(id);
+                    }
+                    ctx.local.connections.remove(tag);
+                }
+            })
+            .await;
+            let left = draining.fetch_sub(1, std::sync::atomic::Ordering::Relaxed) - 1;
+            gauge.set(left);
+        });
+    }
+
+    fn update_gauges(&self) {
+        self.stats
+            .total_listeners_active
+            .set(self.active.len() as i64);
+        self.stats.total_listeners_warming.set(0);
+    }
+}
+
+fn dup_all(sockets: &[TcpListener]) -> std::io::Result<Vec<TcpListener>> {
+    sockets.iter().map(TcpListener::try_clone).collect()
+}

@@ -1,0 +1,11 @@
+//! Listeners: compiled listener configs, the sockets every worker accepts on, and the main
+//! thread's listener manager (add, update in place or by generation, drain, remove).
+
+mod active_tcp_listener;
+mod config;
+mod manager;
+mod socket;
+
+pub use active_tcp_listener::ActiveTcpListener;
+pub use config::{compile_listener, FilterChain, ListenerConfig, ListenerStats};
+pub use manager::{ListenerEntry, ListenerManager};

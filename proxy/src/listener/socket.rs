@@ -1,0 +1,44 @@
+//! Listening sockets, created on the main thread so bind errors surface there.
+
+use std::io;
+use std::net::{SocketAddr, TcpListener};
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+/// Binds the sockets for a listener: with `reuse_port`, one SO_REUSEPORT socket per worker
+/// (the kernel spreads connections); without, one socket shared by all workers. A port of
+/// 0 is resolved by the first bind and reused for the rest.
+pub fn bind_listener_sockets(
+    address: SocketAddr,
+    reuse_port: bool,
+    backlog: u32,
+    workers: usize,
+) -> io::Result<(SocketAddr, Vec<TcpListener>)> {
+    let count = if reuse_port { workers.max(1) } else { 1 };
+    let mut sockets = Vec::with_capacity(count);
+    let mut bound = address;
+    for _ in 0..count {
+        let socket = Socket::new(
+            Domain::for_address(bound),
+            Type::STREAM,
+            Some(Protocol::TCP),
+        )?;
+        socket.set_reuse_address(true)?;
+        if reuse_port {
+            socket.set_reuse_port(true)?;
+        }
+        if bound.is_ipv6() {
+            socket.set_only_v6(true)?;
+        }
+        socket.set_nonblocking(true)?;
+        socket.bind(&bound.into())?;
+        socket.listen(backlog.min(i32::MAX as u32) as i32)?;
+        if bound.port() == 0 {
+            if let Some(local) = socket.local_addr()?.as_socket() {
+                bound = local;
+            }
+        }
+        sockets.push(socket.into());
+    }
+    Ok((bound, sockets))
+}

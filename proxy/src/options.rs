@@ -1,0 +1,104 @@
+//! Command-line options, with Envoy's flag names.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+/// What the process does with its configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    /// Run the proxy.
+    Serve,
+    /// Check the configuration and exit 0 (valid) or 1, opening no sockets.
+    Validate,
+    /// Initialise (bind, connect to xDS) and exit.
+    #[value(name = "init_only")]
+    InitOnly,
+}
+
+/// How connections are drained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DrainStrategy {
+    /// Encourage connections to close progressively over the drain time.
+    Gradual,
+    /// Encourage every connection to close as soon as the drain starts.
+    Immediate,
+}
+
+/// `courier` options. Unknown Envoy flags are errors; hot-restart flags are accepted and
+/// have no effect (Courier has no hot restart).
+#[derive(Debug, Clone, Parser)]
+#[command(name = "courier", version = crate::VERSION, about = "An Envoy-compatible proxy configured by xDS")]
+pub struct Options {
+    /// Path to a v3 Bootstrap (YAML or JSON).
+    #[arg(short = 'c', long = "config-path")]
+    pub config_path: Option<PathBuf>,
+    /// A YAML Bootstrap, merged over the one from --config-path.
+    #[arg(long = "config-yaml")]
+    pub config_yaml: Option<String>,
+    /// Worker threads (default: CPUs available to the process, honouring cgroup limits).
+    #[arg(long)]
+    pub concurrency: Option<usize>,
+    /// `node.id` override.
+    #[arg(long = "service-node")]
+    pub service_node: Option<String>,
+    /// `node.cluster` override.
+    #[arg(long = "service-cluster")]
+    pub service_cluster: Option<String>,
+    /// `node.locality.zone` override.
+    #[arg(long = "service-zone")]
+    pub service_zone: Option<String>,
+    /// serve, validate or init_only.
+    #[arg(long, value_enum, default_value = "serve")]
+    pub mode: Mode,
+    /// trace, debug, info, warning/warn, error, critical, off.
+    #[arg(short = 'l', long = "log-level", default_value = "info")]
+    pub log_level: String,
+    /// Seconds connections are given to close during a drain.
+    #[arg(long = "drain-time-s", default_value_t = 600)]
+    pub drain_time_s: u64,
+    /// gradual or immediate.
+    #[arg(long = "drain-strategy", value_enum, default_value = "gradual")]
+    pub drain_strategy: DrainStrategy,
+    /// Seconds to wait for the old process on hot restart (accepted; no effect).
+    #[arg(long = "parent-shutdown-time-s", hide = true)]
+    pub parent_shutdown_time_s: Option<u64>,
+    /// Hot-restart base id (accepted; no effect).
+    #[arg(long = "base-id", hide = true)]
+    pub base_id: Option<u64>,
+    /// Hot-restart dynamic base id (accepted; no effect).
+    #[arg(long = "use-dynamic-base-id", hide = true)]
+    pub use_dynamic_base_id: bool,
+    /// Disable hot restart (accepted; Courier has none).
+    #[arg(long = "disable-hot-restart", hide = true)]
+    pub disable_hot_restart: bool,
+}
+
+impl Options {
+    /// The drain time.
+    pub fn drain_time(&self) -> Duration {
+        Duration::from_secs(self.drain_time_s)
+    }
+
+    /// Worker count: `--concurrency`, else the CPUs this process may use (std reads the
+    /// cgroup v1/v2 CPU quota and the affinity mask).
+    pub fn concurrency(&self) -> usize {
+        self.concurrency
+            .filter(|&n| n > 0)
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+    }
+
+    /// The `tracing` filter for `--log-level`.
+    pub fn tracing_filter(&self) -> Result<&'static str, String> {
+        Ok(match self.log_level.as_str() {
+            "trace" => "trace",
+            "debug" => "debug",
+            "info" => "info",
+            "warning" | "warn" => "warn",
+            "error" | "critical" => "error",
+            "off" => "off",
+            other => return Err(format!("invalid log level '{other}'")),
+        })
+    }
+}

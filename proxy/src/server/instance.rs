@@ -1,0 +1,346 @@
+//! The server instance and its start-up sequence.
+
+use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use anyhow::Context;
+use courier_proto::envoy::config::bootstrap::v3::Bootstrap;
+use tokio::sync::Notify;
+
+use crate::listener::ListenerManager;
+use crate::options::{Mode, Options};
+use crate::stats::{Gauge, Store};
+use crate::thread_local::{MainPoster, ThreadLocal};
+use crate::upstream::{ClusterManager, ClusterSnapshot};
+use crate::worker::Worker;
+use crate::xds::XdsState;
+
+/// Envoy's server states, as `/ready` and `server.state` report them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerState {
+    /// Serving.
+    Live,
+    /// Draining (signal, `/healthcheck/fail`, `/drain_listeners?graceful`).
+    Draining,
+    /// Before initialisation started.
+    PreInitializing,
+    /// Waiting for the first xDS round.
+    Initializing,
+}
+
+impl ServerState {
+    /// The name `/ready` prints.
+    pub fn name(self) -> &'static str {
+        match self {
+            ServerState::Live => "LIVE",
+            ServerState::Draining => "DRAINING",
+            ServerState::PreInitializing => "PRE_INITIALIZING",
+            ServerState::Initializing => "INITIALIZING",
+        }
+    }
+
+    fn gauge_value(self) -> i64 {
+        match self {
+            ServerState::Live => 0,
+            ServerState::Draining => 1,
+            ServerState::PreInitializing => 2,
+            ServerState::Initializing => 3,
+        }
+    }
+}
+
+struct ServerStats {
+    live: Arc<Gauge>,
+    state: Arc<Gauge>,
+    concurrency: Arc<Gauge>,
+    uptime: Arc<Gauge>,
+    total_connections: Arc<Gauge>,
+    memory_physical_size: Arc<Gauge>,
+}
+
+/// The main thread's view of the whole proxy.
+pub struct Server {
+    /// The command line.
+    pub options: Options,
+    /// The bootstrap as loaded (with `--service-*` overrides).
+    pub bootstrap: Bootstrap,
+    /// Every stat.
+    pub store: Store,
+    /// The slot system reaching the workers.
+    pub tls: Arc<ThreadLocal>,
+    /// Clusters.
+    pub cluster_manager: RefCell<ClusterManager>,
+    /// Listeners.
+    pub listener_manager: RefCell<ListenerManager>,
+    /// xDS subscriptions (empty without `dynamic_resources`).
+    pub xds: RefCell<XdsState>,
+    /// Wall-clock start time.
+    pub started_at: SystemTime,
+    started: Instant,
+    state: Cell<ServerState>,
+    health_failed: Cell<bool>,
+    stats: ServerStats,
+    pub(crate) exit: Notify,
+    /// The admin server's bound address.
+    pub admin_address: Cell<Option<SocketAddr>>,
+}
+
+impl Server {
+    /// The state `/ready` reports: DRAINING while health checks are failed.
+    pub fn state(&self) -> ServerState {
+        if self.health_failed.get() && self.state.get() == ServerState::Live {
+            ServerState::Draining
+        } else {
+            self.state.get()
+        }
+    }
+
+    /// Sets the lifecycle state.
+    pub fn set_state(&self, state: ServerState) {
+        self.state.set(state);
+        self.refresh_server_stats();
+    }
+
+    /// `/healthcheck/fail` and `/healthcheck/ok`.
+    pub fn set_health_failed(&self, failed: bool) {
+        self.health_failed.set(failed);
+        self.refresh_server_stats();
+    }
+
+    /// Recomputes the `server.*` gauges read by admin.
+    pub fn refresh_server_stats(&self) {
+        let state = self.state();
+        self.stats.state.set(state.gauge_value());
+        self.stats.live.set(i64::from(state == ServerState::Live));
+        self.stats
+            .uptime
+            .set(self.started.elapsed().as_secs() as i64);
+        self.stats.concurrency.set(self.tls.concurrency() as i64);
+        self.stats
+            .total_connections
+            .set(super::drain::active_downstream_connections(&self.store));
+        if let Some(rss) = resident_memory() {
+            self.stats.memory_physical_size.set(rss as i64);
+        }
+    }
+
+    /// `/server_info`.
+    pub fn server_info(&self) -> serde_json::Value {
+        let uptime = format!("{}s", self.started.elapsed().as_secs());
+        serde_json::json!({
+            "version": format!("{}/{}", crate::GIT_REVISION, crate::VERSION),
+            "state": self.state().name(),
+            "hot_restart_version": "disabled",
+            "uptime_current_epoch": uptime,
+            "uptime_all_epochs": uptime,
+            "node": courier_proto::to_json(self.bootstrap.node.as_ref().unwrap_or(&Default::default())),
+            "command_line_options": {
+                "concurrency": self.tls.concurrency(),
+                "config_path": self.options.config_path.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+                "config_yaml": self.options.config_yaml.clone().unwrap_or_default(),
+                "log_level": self.options.log_level,
+                "service_cluster": self.options.service_cluster.clone().unwrap_or_default(),
+                "service_node": self.options.service_node.clone().unwrap_or_default(),
+                "drain_time": format!("{}s", self.options.drain_time_s),
+                "drain_strategy": match self.options.drain_strategy {
+                    crate::options::DrainStrategy::Gradual => "Gradual",
+                    crate::options::DrainStrategy::Immediate => "Immediate",
+                },
+                "mode": "Serve",
+            },
+        })
+    }
+
+    /// `/drain_listeners`.
+    pub fn drain_listeners(&self, graceful: bool, _inbound_only: bool) {
+        if graceful {
+            self.set_state(ServerState::Draining);
+        }
+        self.listener_manager
+            .borrow_mut()
+            .stop_listeners(false, graceful);
+    }
+
+    /// `/quitquitquit`: exit now.
+    pub fn request_exit(&self) {
+        self.exit.notify_one();
+    }
+
+    /// Extra config_dump sections from xDS (routes, endpoints).
+    pub fn xds_dumps(&self) -> Vec<serde_json::Value> {
+        self.xds.borrow().dumps()
+    }
+
+    /// The last accepted CDS version.
+    pub fn cds_version(&self) -> Option<String> {
+        self.xds.borrow().cds_version()
+    }
+
+    /// The last accepted LDS version.
+    pub fn lds_version(&self) -> Option<String> {
+        self.xds.borrow().lds_version()
+    }
+}
+
+/// RSS in bytes from /proc (Linux).
+fn resident_memory() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
+}
+
+/// Runs the proxy until it is told to exit; the error is the one-line start-up failure.
+pub async fn run(options: Options) -> anyhow::Result<()> {
+    let bootstrap = crate::bootstrap::load(&options)?;
+    if options.mode == Mode::Validate {
+        validate(&bootstrap, &options)?;
+        return Ok(());
+    }
+    let concurrency = options.concurrency();
+    let store = Store::new(concurrency);
+    let (main_poster, mut main_inbox) = MainPoster::new();
+    let tls = ThreadLocal::new(main_poster);
+    let cluster_slot = tls.allocate_slot::<ClusterSnapshot>();
+    let mut workers = Vec::with_capacity(concurrency);
+    for id in 0..concurrency {
+        workers.push(Worker::spawn(id, cluster_slot.id()).context("starting worker threads")?);
+    }
+    tls.register_workers(workers.iter().map(|w| w.dispatcher.clone()).collect());
+    tokio::task::spawn_local(async move {
+        while let Some(task) = main_inbox.recv().await {
+            task();
+        }
+    });
+
+    let cluster_manager = ClusterManager::new(store.clone(), cluster_slot);
+    let listener_manager = ListenerManager::new(store.clone(), tls.clone(), options.drain_time());
+    let server = Rc::new(Server {
+        options: options.clone(),
+        bootstrap: bootstrap.clone(),
+        store: store.clone(),
+        tls: tls.clone(),
+        cluster_manager: RefCell::new(cluster_manager),
+        listener_manager: RefCell::new(listener_manager),
+        xds: RefCell::new(XdsState::default()),
+        started_at: SystemTime::now(),
+        started: Instant::now(),
+        state: Cell::new(ServerState::PreInitializing),
+        health_failed: Cell::new(false),
+        stats: ServerStats {
+            live: store.gauge("server.live"),
+            state: store.gauge("server.state"),
+            concurrency: store.gauge("server.concurrency"),
+            uptime: store.gauge("server.uptime"),
+            total_connections: store.gauge("server.total_connections"),
+            memory_physical_size: store.gauge("server.memory_physical_size"),
+        },
+        exit: Notify::new(),
+        admin_address: Cell::new(None),
+    });
+    server.refresh_server_stats();
+
+    load_static_resources(&server)?;
+
+    if let Some(admin) = bootstrap.admin.as_ref().and_then(|a| a.address.as_ref()) {
+        let address = crate::config::socket_address(Some(admin), "admin.address")
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let listener = crate::admin::bind(address)
+            .await
+            .with_context(|| format!("cannot bind admin address {address}"))?;
+        server.admin_address.set(listener.local_addr().ok());
+        tracing::info!(address = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "admin listening");
+        tokio::task::spawn_local(crate::admin::serve(listener, server.clone()));
+    }
+
+    server.set_state(ServerState::Initializing);
+    crate::upstream::dns::resolve_all(&server).await;
+    tokio::task::spawn_local(crate::upstream::dns::refresh_loop(server.clone()));
+    crate::xds::start(&server).await?;
+    if options.mode == Mode::InitOnly {
+        return Ok(());
+    }
+
+    let exit_code = super::drain::run_until_shutdown(server.clone()).await;
+    drop(server);
+    for w in workers {
+        w.stop();
+    }
+    if exit_code != 0 {
+        anyhow::bail!("exiting on a second signal");
+    }
+    Ok(())
+}
+
+/// Adds bootstrap clusters and listeners; any failure is a start-up error.
+fn load_static_resources(server: &Server) -> anyhow::Result<()> {
+    let Some(sr) = &server.bootstrap.static_resources else {
+        return Ok(());
+    };
+    let mut cm = server.cluster_manager.borrow_mut();
+    for (i, cluster) in sr.clusters.iter().enumerate() {
+        if cm.contains(&cluster.name) {
+            anyhow::bail!(
+                "static_resources.clusters[{i}].name: duplicate cluster '{}'",
+                cluster.name
+            );
+        }
+        cm.add_or_update(cluster, "", false)
+            .map_err(|e| anyhow::anyhow!("{}", e.at(&format!("static_resources.clusters[{i}]"))))?;
+    }
+    cm.publish();
+    drop(cm);
+    let mut lm = server.listener_manager.borrow_mut();
+    for (i, listener) in sr.listeners.iter().enumerate() {
+        if lm.listeners().contains_key(&listener.name) {
+            anyhow::bail!(
+                "static_resources.listeners[{i}].name: duplicate listener '{}'",
+                listener.name
+            );
+        }
+        lm.add_or_update(listener, "", false).map_err(|e| {
+            anyhow::anyhow!("{}", e.at(&format!("static_resources.listeners[{i}]")))
+        })?;
+    }
+    Ok(())
+}
+
+/// `--mode validate`: compile everything, open no socket.
+fn validate(bootstrap: &Bootstrap, options: &Options) -> anyhow::Result<()> {
+    let store = Store::new(1);
+    if let Some(sr) = &bootstrap.static_resources {
+        let mut names = std::collections::HashSet::new();
+        for (i, cluster) in sr.clusters.iter().enumerate() {
+            if !names.insert(&cluster.name) {
+                anyhow::bail!(
+                    "static_resources.clusters[{i}].name: duplicate cluster '{}'",
+                    cluster.name
+                );
+            }
+            crate::upstream::compile_cluster(cluster, &store).map_err(|e| {
+                anyhow::anyhow!("{}", e.at(&format!("static_resources.clusters[{i}]")))
+            })?;
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, listener) in sr.listeners.iter().enumerate() {
+            if !names.insert(&listener.name) {
+                anyhow::bail!(
+                    "static_resources.listeners[{i}].name: duplicate listener '{}'",
+                    listener.name
+                );
+            }
+            crate::listener::compile_listener(listener, &store, None).map_err(|e| {
+                anyhow::anyhow!("{}", e.at(&format!("static_resources.listeners[{i}]")))
+            })?;
+        }
+    }
+    crate::xds::validate_bootstrap(bootstrap)?;
+    let origin = options
+        .config_path
+        .as_ref()
+        .map_or_else(|| "--config-yaml".to_string(), |p| p.display().to_string());
+    println!("configuration '{origin}' OK");
+    Ok(())
+}

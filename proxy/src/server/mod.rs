@@ -1,0 +1,9 @@
+//! The process: start-up, the main thread's state, signals, draining and shutdown.
+//!
+//! Everything here runs on the main thread's single-threaded tokio runtime. The managers
+//! live in `RefCell`s borrowed only between awaits, never across one.
+
+mod drain;
+mod instance;
+
+pub use instance::{run, Server, ServerState};

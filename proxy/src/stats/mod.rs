@@ -1,0 +1,13 @@
+//! Stats with Envoy's names.
+//!
+//! Every counter and gauge has one cache-line-padded cell per worker plus one for the main
+//! thread: a worker only ever writes its own cell (no sharing, no locks), and a reader on the
+//! main thread (admin, stats flush) sums the cells. Handles are created on the main thread
+//! through the [`Store`] and handed to workers inside immutable snapshots, so the hot path
+//! never looks a stat up by name.
+
+mod render;
+mod store;
+
+pub use render::{render_json, render_prometheus, render_text};
+pub use store::{Counter, Gauge, Store, MAIN_THREAD};

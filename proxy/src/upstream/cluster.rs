@@ -1,0 +1,457 @@
+//! A compiled cluster: everything a worker needs to connect to it, immutable.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use courier_proto::envoy::config::cluster::v3::{self as pb, cluster};
+use courier_proto::envoy::config::core::v3::HealthStatus;
+use courier_proto::envoy::config::endpoint::v3::{lb_endpoint, ClusterLoadAssignment};
+use courier_proto::envoy::extensions::upstreams::http::v3::{
+    http_protocol_options, HttpProtocolOptions,
+};
+
+use super::host::{Host, HostHealth, HostSet, HostStats};
+use crate::config::{self, ConfigError};
+use crate::stats::{Counter, Gauge, Store};
+
+const HTTP_PROTOCOL_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+
+/// How the cluster learns its hosts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DiscoveryType {
+    /// `load_assignment` in the cluster itself.
+    Static,
+    /// Names in `load_assignment` resolved by the main thread, all addresses used.
+    StrictDns,
+    /// Names resolved by the main thread, first address used.
+    LogicalDns,
+    /// Endpoints from EDS under this service name.
+    Eds {
+        /// `eds_cluster_config.service_name`, or the cluster name.
+        service_name: String,
+    },
+}
+
+/// Supported `lb_policy` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LbPolicy {
+    /// ROUND_ROBIN (weighted).
+    RoundRobin,
+    /// RANDOM (weighted).
+    Random,
+    /// LEAST_REQUEST (power of two choices).
+    LeastRequest,
+}
+
+/// Circuit-breaker thresholds of the default priority (Envoy's defaults: 1024, 1024, 1024, 3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Thresholds {
+    /// `max_connections`.
+    pub max_connections: u32,
+    /// `max_pending_requests`.
+    pub max_pending_requests: u32,
+    /// `max_requests`.
+    pub max_requests: u32,
+    /// `max_retries`.
+    pub max_retries: u32,
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Thresholds {
+            max_connections: 1024,
+            max_pending_requests: 1024,
+            max_requests: 1024,
+            max_retries: 3,
+        }
+    }
+}
+
+/// `cluster.<name>.*` stats.
+pub struct ClusterStats {
+    /// `upstream_cx_total`.
+    pub upstream_cx_total: Arc<Counter>,
+    /// `upstream_cx_active`.
+    pub upstream_cx_active: Arc<Gauge>,
+    /// `upstream_cx_connect_fail`.
+    pub upstream_cx_connect_fail: Arc<Counter>,
+    /// `upstream_cx_connect_timeout`.
+    pub upstream_cx_connect_timeout: Arc<Counter>,
+    /// `upstream_cx_rx_bytes_total`.
+    pub upstream_cx_rx_bytes_total: Arc<Counter>,
+    /// `upstream_cx_tx_bytes_total`.
+    pub upstream_cx_tx_bytes_total: Arc<Counter>,
+    /// `upstream_cx_destroy`.
+    pub upstream_cx_destroy: Arc<Counter>,
+    /// `upstream_cx_none_healthy`.
+    pub upstream_cx_none_healthy: Arc<Counter>,
+    /// `upstream_cx_overflow`.
+    pub upstream_cx_overflow: Arc<Counter>,
+    /// `lb_healthy_panic`.
+    pub lb_healthy_panic: Arc<Counter>,
+    /// `membership_total`.
+    pub membership_total: Arc<Gauge>,
+    /// `membership_healthy`.
+    pub membership_healthy: Arc<Gauge>,
+    /// `update_attempt` (EDS).
+    pub update_attempt: Arc<Counter>,
+    /// `update_success` (EDS).
+    pub update_success: Arc<Counter>,
+    /// `update_rejected` (EDS).
+    pub update_rejected: Arc<Counter>,
+    /// `update_empty` (EDS).
+    pub update_empty: Arc<Counter>,
+}
+
+impl ClusterStats {
+    /// Registers (or finds) the stats of cluster `name`.
+    pub fn new(store: &Store, name: &str) -> Arc<ClusterStats> {
+        let c = |s: &str| store.counter(&format!("cluster.{name}.{s}"));
+        let g = |s: &str| store.gauge(&format!("cluster.{name}.{s}"));
+        Arc::new(ClusterStats {
+            upstream_cx_total: c("upstream_cx_total"),
+            upstream_cx_active: g("upstream_cx_active"),
+            upstream_cx_connect_fail: c("upstream_cx_connect_fail"),
+            upstream_cx_connect_timeout: c("upstream_cx_connect_timeout"),
+            upstream_cx_rx_bytes_total: c("upstream_cx_rx_bytes_total"),
+            upstream_cx_tx_bytes_total: c("upstream_cx_tx_bytes_total"),
+            upstream_cx_destroy: c("upstream_cx_destroy"),
+            upstream_cx_none_healthy: c("upstream_cx_none_healthy"),
+            upstream_cx_overflow: c("upstream_cx_overflow"),
+            lb_healthy_panic: c("lb_healthy_panic"),
+            membership_total: g("membership_total"),
+            membership_healthy: g("membership_healthy"),
+            update_attempt: c("update_attempt"),
+            update_success: c("update_success"),
+            update_rejected: c("update_rejected"),
+            update_empty: c("update_empty"),
+        })
+    }
+}
+
+/// One cluster, compiled. A new `ClusterInfo` is built for every change (including an
+/// endpoint update, which only swaps `hosts`).
+pub struct ClusterInfo {
+    /// Cluster name.
+    pub name: String,
+    /// Host discovery.
+    pub discovery: DiscoveryType,
+    /// `connect_timeout` (default 5 s).
+    pub connect_timeout: Duration,
+    /// Load-balancing policy.
+    pub lb_policy: LbPolicy,
+    /// `common_lb_config.healthy_panic_threshold` in percent (default 50).
+    pub panic_threshold: f64,
+    /// `per_connection_buffer_limit_bytes` (default 1 MiB).
+    pub buffer_limit: usize,
+    /// Default-priority circuit breakers.
+    pub thresholds: Thresholds,
+    /// Whether upstream HTTP uses HTTP/2.
+    pub http2: bool,
+    /// The hosts, replaced as a whole on every membership change.
+    pub hosts: Arc<HostSet>,
+    /// `cluster.<name>.*`.
+    pub stats: Arc<ClusterStats>,
+    /// The source proto (for `/config_dump` and change detection).
+    pub proto: Arc<pb::Cluster>,
+}
+
+impl ClusterInfo {
+    /// A copy of this cluster with a new host set (an endpoint update).
+    pub fn with_hosts(&self, hosts: Arc<HostSet>) -> ClusterInfo {
+        ClusterInfo {
+            name: self.name.clone(),
+            discovery: self.discovery.clone(),
+            connect_timeout: self.connect_timeout,
+            lb_policy: self.lb_policy,
+            panic_threshold: self.panic_threshold,
+            buffer_limit: self.buffer_limit,
+            thresholds: self.thresholds,
+            http2: self.http2,
+            hosts,
+            stats: self.stats.clone(),
+            proto: self.proto.clone(),
+        }
+    }
+
+    /// Refreshes the membership gauges after the host set changed.
+    pub fn update_membership_stats(&self) {
+        self.stats
+            .membership_total
+            .set(self.hosts.hosts.len() as i64);
+        self.stats
+            .membership_healthy
+            .set(self.hosts.healthy_count() as i64);
+    }
+}
+
+/// Compiles a Cluster proto. `hosts` are the initial hosts (for EDS: none until the first
+/// assignment arrives; for DNS: none until the first resolution).
+pub fn compile_cluster(proto: &pb::Cluster, store: &Store) -> Result<ClusterInfo, ConfigError> {
+    if proto.name.is_empty() {
+        return Err(ConfigError::new("name", "cluster name must not be empty"));
+    }
+    reject_unsupported(proto)?;
+    let discovery = match &proto.cluster_discovery_type {
+        None => DiscoveryType::Static,
+        Some(cluster::ClusterDiscoveryType::Type(t)) => {
+            match cluster::DiscoveryType::try_from(*t) {
+                Ok(cluster::DiscoveryType::Static) => DiscoveryType::Static,
+                Ok(cluster::DiscoveryType::StrictDns) => DiscoveryType::StrictDns,
+                Ok(cluster::DiscoveryType::LogicalDns) => DiscoveryType::LogicalDns,
+                Ok(cluster::DiscoveryType::Eds) => DiscoveryType::Eds {
+                    service_name: proto
+                        .eds_cluster_config
+                        .as_ref()
+                        .map(|c| c.service_name.clone())
+                        .filter(|s| !s.is_empty())
+                        .unwrap_or_else(|| proto.name.clone()),
+                },
+                _ => return Err(ConfigError::unsupported("type").at("")),
+            }
+        }
+        Some(cluster::ClusterDiscoveryType::ClusterType(_)) => {
+            return Err(ConfigError::unsupported("cluster_type"))
+        }
+    };
+    if matches!(discovery, DiscoveryType::Eds { .. }) {
+        if let Some(cfg) = proto
+            .eds_cluster_config
+            .as_ref()
+            .and_then(|c| c.eds_config.as_ref())
+        {
+            crate::xds::validate_config_source(cfg)
+                .map_err(|e| e.at("eds_cluster_config.eds_config"))?;
+        }
+    } else if proto.load_assignment.is_none() {
+        // Envoy accepts a static cluster without hosts; it simply has none.
+    }
+    let lb_policy = match cluster::LbPolicy::try_from(proto.lb_policy) {
+        Ok(cluster::LbPolicy::RoundRobin) => LbPolicy::RoundRobin,
+        Ok(cluster::LbPolicy::Random) => LbPolicy::Random,
+        Ok(cluster::LbPolicy::LeastRequest) => LbPolicy::LeastRequest,
+        _ => return Err(ConfigError::unsupported("lb_policy")),
+    };
+    let connect_timeout = config::duration_or(
+        proto.connect_timeout.as_ref(),
+        Duration::from_secs(5),
+        "connect_timeout",
+    )?;
+    if connect_timeout.is_zero() {
+        return Err(ConfigError::new(
+            "connect_timeout",
+            "must be greater than 0s",
+        ));
+    }
+    let panic_threshold = proto
+        .common_lb_config
+        .as_ref()
+        .and_then(|c| c.healthy_panic_threshold.as_ref())
+        .map_or(50.0, |p| p.value);
+    let buffer_limit = proto
+        .per_connection_buffer_limit_bytes
+        .as_ref()
+        .map_or(1024 * 1024, |v| v.value as usize);
+    let thresholds = thresholds(proto);
+    let http2 = http2_enabled(proto)?;
+    let stats = ClusterStats::new(store, &proto.name);
+    let hosts = match (&discovery, &proto.load_assignment) {
+        (DiscoveryType::Static, Some(cla)) => build_host_set(cla, store, None, panic_threshold)
+            .map_err(|e| e.at("load_assignment"))?,
+        (DiscoveryType::StrictDns | DiscoveryType::LogicalDns, Some(cla)) => {
+            // Validate the names now; resolution happens on the main thread.
+            dns_targets(cla).map_err(|e| e.at("load_assignment"))?;
+            Arc::new(HostSet::new(Vec::new(), panic_threshold))
+        }
+        (DiscoveryType::StrictDns | DiscoveryType::LogicalDns, None) => {
+            return Err(ConfigError::new(
+                "load_assignment",
+                "a DNS cluster needs load_assignment",
+            ))
+        }
+        _ => Arc::new(HostSet::new(Vec::new(), panic_threshold)),
+    };
+    let info = ClusterInfo {
+        name: proto.name.clone(),
+        discovery,
+        connect_timeout,
+        lb_policy,
+        panic_threshold,
+        buffer_limit,
+        thresholds,
+        http2,
+        hosts,
+        stats,
+        proto: Arc::new(proto.clone()),
+    };
+    info.update_membership_stats();
+    Ok(info)
+}
+
+fn reject_unsupported(proto: &pb::Cluster) -> Result<(), ConfigError> {
+    if let Some(ts) = &proto.transport_socket {
+        if ts.name != "envoy.transport_sockets.raw_buffer" {
+            return Err(ConfigError::unsupported("transport_socket"));
+        }
+    }
+    if !proto.transport_socket_matches.is_empty() {
+        return Err(ConfigError::unsupported("transport_socket_matches"));
+    }
+    if !proto.health_checks.is_empty() {
+        return Err(ConfigError::unsupported("health_checks"));
+    }
+    if proto.outlier_detection.is_some() {
+        return Err(ConfigError::unsupported("outlier_detection"));
+    }
+    if proto.lb_subset_config.is_some() {
+        return Err(ConfigError::unsupported("lb_subset_config"));
+    }
+    if proto.load_balancing_policy.is_some() {
+        return Err(ConfigError::unsupported("load_balancing_policy"));
+    }
+    if proto.upstream_bind_config.is_some() {
+        return Err(ConfigError::unsupported("upstream_bind_config"));
+    }
+    if !proto.filters.is_empty() {
+        return Err(ConfigError::unsupported("filters"));
+    }
+    if proto.lrs_server.is_some() {
+        return Err(ConfigError::unsupported("lrs_server"));
+    }
+    Ok(())
+}
+
+fn thresholds(proto: &pb::Cluster) -> Thresholds {
+    let mut t = Thresholds::default();
+    let Some(cb) = &proto.circuit_breakers else {
+        return t;
+    };
+    // Only the DEFAULT priority routes traffic in Courier (no priority routing).
+    if let Some(th) = cb.thresholds.iter().find(|th| th.priority == 0) {
+        if let Some(v) = &th.max_connections {
+            t.max_connections = v.value;
+        }
+        if let Some(v) = &th.max_pending_requests {
+            t.max_pending_requests = v.value;
+        }
+        if let Some(v) = &th.max_requests {
+            t.max_requests = v.value;
+        }
+        if let Some(v) = &th.max_retries {
+            t.max_retries = v.value;
+        }
+    }
+    t
+}
+
+#[allow(deprecated)] // the legacy `http2_protocol_options` is still common in configs
+fn http2_enabled(proto: &pb::Cluster) -> Result<bool, ConfigError> {
+    let mut http2 = proto.http2_protocol_options.is_some();
+    let mut keys: Vec<&String> = proto.typed_extension_protocol_options.keys().collect();
+    keys.sort();
+    for key in keys {
+        let any = &proto.typed_extension_protocol_options[key];
+        let path = format!("typed_extension_protocol_options[{key:?}]");
+        if key != HTTP_PROTOCOL_OPTIONS {
+            return Err(ConfigError::new(path, "unknown protocol options extension"));
+        }
+        let opts: HttpProtocolOptions = courier_proto::unpack_any(any)
+            .map_err(|e| ConfigError::new(path.clone(), e.to_string()))?;
+        use http_protocol_options::explicit_http_config::ProtocolConfig;
+        use http_protocol_options::UpstreamProtocolOptions;
+        match opts.upstream_protocol_options {
+            Some(UpstreamProtocolOptions::ExplicitHttpConfig(c)) => {
+                http2 = matches!(
+                    c.protocol_config,
+                    Some(ProtocolConfig::Http2ProtocolOptions(_))
+                );
+            }
+            Some(UpstreamProtocolOptions::UseDownstreamProtocolConfig(_)) => {
+                return Err(ConfigError::unsupported(format!(
+                    "{path}.use_downstream_protocol_config"
+                )))
+            }
+            Some(UpstreamProtocolOptions::AutoConfig(_)) => {
+                return Err(ConfigError::unsupported(format!("{path}.auto_config")))
+            }
+            None => {}
+        }
+    }
+    Ok(http2)
+}
+
+/// The (host, port, weight) targets of a DNS cluster's load assignment.
+pub fn dns_targets(cla: &ClusterLoadAssignment) -> Result<Vec<(String, u16, u32)>, ConfigError> {
+    let mut out = Vec::new();
+    for (li, locality) in cla.endpoints.iter().enumerate() {
+        for (ei, lb) in locality.lb_endpoints.iter().enumerate() {
+            let path = format!("endpoints[{li}].lb_endpoints[{ei}]");
+            let Some(lb_endpoint::HostIdentifier::Endpoint(ep)) = &lb.host_identifier else {
+                return Err(ConfigError::new(path, "endpoint is required"));
+            };
+            let (host, port) = config::socket_address_parts(
+                ep.address.as_ref(),
+                &format!("{path}.endpoint.address"),
+            )?;
+            let weight = lb.load_balancing_weight.as_ref().map_or(1, |w| w.value);
+            out.push((host, port, weight));
+        }
+    }
+    Ok(out)
+}
+
+/// Builds a host set from an assignment, reusing the stats of hosts already in `previous`
+/// so that per-host counters survive endpoint updates.
+pub fn build_host_set(
+    cla: &ClusterLoadAssignment,
+    store: &Store,
+    previous: Option<&HostSet>,
+    panic_threshold: f64,
+) -> Result<Arc<HostSet>, ConfigError> {
+    let known: HashMap<std::net::SocketAddr, Arc<HostStats>> = previous
+        .map(|p| {
+            p.hosts
+                .iter()
+                .map(|h| (h.address, h.stats.clone()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut hosts = Vec::new();
+    for (li, locality) in cla.endpoints.iter().enumerate() {
+        for (ei, lb) in locality.lb_endpoints.iter().enumerate() {
+            let path = format!("endpoints[{li}].lb_endpoints[{ei}]");
+            let Some(lb_endpoint::HostIdentifier::Endpoint(ep)) = &lb.host_identifier else {
+                return Err(ConfigError::new(path, "endpoint is required"));
+            };
+            let address =
+                config::socket_address(ep.address.as_ref(), &format!("{path}.endpoint.address"))?;
+            let weight = lb.load_balancing_weight.as_ref().map_or(1, |w| w.value);
+            if weight == 0 {
+                return Err(ConfigError::new(
+                    format!("{path}.load_balancing_weight"),
+                    "value must be greater than or equal to 1",
+                ));
+            }
+            let health = match HealthStatus::try_from(lb.health_status) {
+                Ok(HealthStatus::Unhealthy | HealthStatus::Draining | HealthStatus::Timeout) => {
+                    HostHealth::Unhealthy
+                }
+                Ok(HealthStatus::Degraded) => HostHealth::Degraded,
+                _ => HostHealth::Healthy,
+            };
+            let stats = known
+                .get(&address)
+                .cloned()
+                .unwrap_or_else(|| HostStats::new(store));
+            hosts.push(Arc::new(Host {
+                address,
+                weight,
+                health,
+                priority: locality.priority,
+                stats,
+            }));
+        }
+    }
+    Ok(Arc::new(HostSet::new(hosts, panic_threshold)))
+}

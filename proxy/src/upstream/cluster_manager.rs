@@ -1,0 +1,322 @@
+//! The main thread's cluster manager (Envoy's `ClusterManager`).
+//!
+//! It owns every cluster by name in two maps: `active` (published to workers) and
+//! `warming` (added or updated, waiting for their first hosts). A change marks the manager
+//! dirty; [`ClusterManager::publish`] then builds one new immutable [`ClusterSnapshot`] and
+//! sets it on every worker, so a burst of changes (one xDS response) costs one publish.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use courier_proto::envoy::config::cluster::v3::Cluster;
+use courier_proto::envoy::config::endpoint::v3::ClusterLoadAssignment;
+
+use super::cluster::{build_host_set, compile_cluster, ClusterInfo, DiscoveryType};
+use super::host::HostSet;
+use super::ClusterSnapshot;
+use crate::config::ConfigError;
+use crate::stats::{Counter, Gauge, Store, MAIN_THREAD};
+use crate::thread_local::Slot;
+
+/// `cluster_manager.*` stats.
+pub struct ClusterManagerStats {
+    /// `cluster_added`.
+    pub cluster_added: Arc<Counter>,
+    /// `cluster_modified`.
+    pub cluster_modified: Arc<Counter>,
+    /// `cluster_removed`.
+    pub cluster_removed: Arc<Counter>,
+    /// `cluster_updated` (membership updates).
+    pub cluster_updated: Arc<Counter>,
+    /// `active_clusters`.
+    pub active_clusters: Arc<Gauge>,
+    /// `warming_clusters`.
+    pub warming_clusters: Arc<Gauge>,
+}
+
+/// A cluster as the manager keeps it: compiled info plus xDS bookkeeping.
+#[derive(Clone)]
+pub struct ClusterEntry {
+    /// The compiled cluster.
+    pub info: Arc<ClusterInfo>,
+    /// `version_info` of the response that carried it (empty for static clusters).
+    pub version_info: String,
+    /// When it was last added or updated.
+    pub last_updated: SystemTime,
+    /// Whether it came from CDS (dynamic) rather than the bootstrap.
+    pub added_via_api: bool,
+}
+
+/// The cluster manager.
+pub struct ClusterManager {
+    store: Store,
+    slot: Slot<ClusterSnapshot>,
+    active: BTreeMap<String, ClusterEntry>,
+    warming: BTreeMap<String, ClusterEntry>,
+    /// Last assignment per EDS service name, so a re-added cluster gets hosts at once.
+    assignments: BTreeMap<String, Arc<ClusterLoadAssignment>>,
+    stats: ClusterManagerStats,
+    dirty: bool,
+}
+
+/// What [`ClusterManager::add_or_update`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClusterChange {
+    /// Identical to the existing cluster; nothing changed.
+    Unchanged,
+    /// Added or updated and active at once.
+    Active,
+    /// Added or updated and warming until its hosts arrive.
+    Warming,
+}
+
+impl ClusterManager {
+    /// A manager publishing through `slot`.
+    pub fn new(store: Store, slot: Slot<ClusterSnapshot>) -> ClusterManager {
+        let stats = ClusterManagerStats {
+            cluster_added: store.counter("cluster_manager.cluster_added"),
+            cluster_modified: store.counter("cluster_manager.cluster_modified"),
+            cluster_removed: store.counter("cluster_manager.cluster_removed"),
+            cluster_updated: store.counter("cluster_manager.cluster_updated"),
+            active_clusters: store.gauge("cluster_manager.active_clusters"),
+            warming_clusters: store.gauge("cluster_manager.warming_clusters"),
+        };
+        ClusterManager {
+            store,
+            slot,
+            active: BTreeMap::new(),
+            warming: BTreeMap::new(),
+            assignments: BTreeMap::new(),
+            stats,
+            dirty: true,
+        }
+    }
+
+    /// Adds or updates a cluster. An EDS cluster without a known assignment warms; every
+    /// other cluster (and an update of one whose assignment is known) is active at once.
+    pub fn add_or_update(
+        &mut self,
+        proto: &Cluster,
+        version_info: &str,
+        added_via_api: bool,
+    ) -> Result<ClusterChange, ConfigError> {
+        let existing = self
+            .warming
+            .get(&proto.name)
+            .or_else(|| self.active.get(&proto.name));
+        if existing.is_some_and(|e| *e.info.proto == *proto) {
+            return Ok(ClusterChange::Unchanged);
+        }
+        if self
+            .active
+            .get(&proto.name)
+            .is_some_and(|e| !e.added_via_api && added_via_api)
+        {
+            return Err(ConfigError::new(
+                "name",
+                format!(
+                    "cluster '{}': cannot update a static cluster through CDS",
+                    proto.name
+                ),
+            ));
+        }
+        let mut info = compile_cluster(proto, &self.store)?;
+        let is_update =
+            self.active.contains_key(&proto.name) || self.warming.contains_key(&proto.name);
+        let mut warm = true;
+        if let DiscoveryType::Eds { service_name } = &info.discovery {
+            match self.assignments.get(service_name) {
+                Some(cla) => {
+                    let hosts = build_host_set(
+                        cla,
+                        &self.store,
+                        self.active.get(&proto.name).map(|e| &*e.info.hosts),
+                        info.panic_threshold,
+                    )?;
+                    info = info.with_hosts(hosts);
+                }
+                None => warm = false,
+            }
+        } else if matches!(
+            info.discovery,
+            DiscoveryType::StrictDns | DiscoveryType::LogicalDns
+        ) {
+            // Keep serving the previous resolution until the new one arrives.
+            if let Some(prev) = self.active.get(&proto.name) {
+                info = info.with_hosts(prev.info.hosts.clone());
+            }
+        }
+        info.update_membership_stats();
+        let entry = ClusterEntry {
+            info: Arc::new(info),
+            version_info: version_info.to_string(),
+            last_updated: SystemTime::now(),
+            added_via_api,
+        };
+        if is_update {
+            self.stats.cluster_modified.inc(MAIN_THREAD);
+        } else {
+            self.stats.cluster_added.inc(MAIN_THREAD);
+        }
+        let change = if warm {
+            // Make before break: the new cluster replaces the old one in one publish.
+            self.warming.remove(&proto.name);
+            self.active.insert(proto.name.clone(), entry);
+            self.dirty = true;
+            ClusterChange::Active
+        } else {
+            tracing::debug!(cluster = %proto.name, "cluster warming until its endpoints arrive");
+            self.warming.insert(proto.name.clone(), entry);
+            ClusterChange::Warming
+        };
+        self.update_gauges();
+        Ok(change)
+    }
+
+    /// Removes a cluster (active or warming). Returns whether it existed.
+    pub fn remove(&mut self, name: &str) -> bool {
+        let warming = self.warming.remove(name).is_some();
+        let active = self.active.remove(name).is_some();
+        if active {
+            self.dirty = true;
+        }
+        if warming || active {
+            self.stats.cluster_removed.inc(MAIN_THREAD);
+            self.update_gauges();
+        }
+        warming || active
+    }
+
+    /// Applies an endpoint assignment to every cluster using `service_name`; warming
+    /// clusters become active. Fails (changing nothing) if the assignment is invalid.
+    pub fn update_assignment(
+        &mut self,
+        service_name: &str,
+        cla: Arc<ClusterLoadAssignment>,
+    ) -> Result<Vec<String>, ConfigError> {
+        let uses = |e: &ClusterEntry| matches!(&e.info.discovery, DiscoveryType::Eds { service_name: s } if s == service_name);
+        // Build every new host set first so a bad assignment changes nothing.
+        let mut updates = Vec::new();
+        for (name, entry) in self
+            .warming
+            .iter()
+            .chain(self.active.iter())
+            .filter(|(_, e)| uses(e))
+        {
+            let previous = self.active.get(name).map(|e| &*e.info.hosts);
+            let hosts = build_host_set(&cla, &self.store, previous, entry.info.panic_threshold)?;
+            updates.push((name.clone(), hosts));
+        }
+        self.assignments.insert(service_name.to_string(), cla);
+        let mut touched = Vec::new();
+        for (name, hosts) in updates {
+            if let Some(mut entry) = self.warming.remove(&name) {
+                entry.info = Arc::new(entry.info.with_hosts(hosts));
+                entry.info.update_membership_stats();
+                self.active.insert(name.clone(), entry);
+            } else if let Some(entry) = self.active.get_mut(&name) {
+                entry.info = Arc::new(entry.info.with_hosts(hosts));
+                entry.info.update_membership_stats();
+            }
+            entry_stats_updated(&self.stats);
+            touched.push(name);
+        }
+        if !touched.is_empty() {
+            self.dirty = true;
+            self.update_gauges();
+        }
+        Ok(touched)
+    }
+
+    /// Replaces the hosts of a DNS cluster after a resolution.
+    pub fn set_resolved_hosts(&mut self, name: &str, hosts: Arc<HostSet>) {
+        if let Some(entry) = self.active.get_mut(name) {
+            entry.info = Arc::new(entry.info.with_hosts(hosts));
+            entry.info.update_membership_stats();
+            self.stats.cluster_updated.inc(MAIN_THREAD);
+            self.dirty = true;
+        }
+    }
+
+    /// Ends warming of a cluster whose endpoints did not arrive in time
+    /// (initial_fetch_timeout): it becomes active with no hosts, as in Envoy.
+    pub fn finish_warming(&mut self, name: &str) {
+        if let Some(entry) = self.warming.remove(name) {
+            self.active.insert(name.to_string(), entry);
+            self.dirty = true;
+            self.update_gauges();
+        }
+    }
+
+    /// Publishes a new snapshot to the workers if anything changed since the last one.
+    pub fn publish(&mut self) {
+        if !self.dirty {
+            return;
+        }
+        self.dirty = false;
+        let snapshot = ClusterSnapshot {
+            clusters: self
+                .active
+                .iter()
+                .map(|(k, v)| (k.clone(), v.info.clone()))
+                .collect(),
+        };
+        self.slot.set(Arc::new(snapshot));
+    }
+
+    /// The active cluster `name`.
+    pub fn get(&self, name: &str) -> Option<&ClusterEntry> {
+        self.active.get(name)
+    }
+
+    /// Whether `name` exists (active or warming).
+    pub fn contains(&self, name: &str) -> bool {
+        self.active.contains_key(name) || self.warming.contains_key(name)
+    }
+
+    /// Active clusters by name.
+    pub fn active(&self) -> &BTreeMap<String, ClusterEntry> {
+        &self.active
+    }
+
+    /// Warming clusters by name.
+    pub fn warming(&self) -> &BTreeMap<String, ClusterEntry> {
+        &self.warming
+    }
+
+    /// EDS service names that clusters currently need.
+    pub fn eds_service_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .active
+            .values()
+            .chain(self.warming.values())
+            .filter_map(|e| match &e.info.discovery {
+                DiscoveryType::Eds { service_name } => Some(service_name.clone()),
+                _ => None,
+            })
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
+    /// Forgets assignments no cluster uses any more (EDS unsubscribe).
+    pub fn retain_assignments(&mut self, keep: &[String]) {
+        self.assignments.retain(|k, _| keep.contains(k));
+    }
+
+    /// The stat store clusters register into.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    fn update_gauges(&self) {
+        self.stats.active_clusters.set(self.active.len() as i64);
+        self.stats.warming_clusters.set(self.warming.len() as i64);
+    }
+}
+
+fn entry_stats_updated(stats: &ClusterManagerStats) {
+    stats.cluster_updated.inc(MAIN_THREAD);
+}

@@ -1,0 +1,121 @@
+//! Upstream hosts and host sets.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use crate::stats::{Counter, Gauge, Store};
+
+/// Per-host stats (Envoy's `/clusters` `cx_total`, `cx_active`, …). They survive endpoint
+/// updates that keep the host.
+pub struct HostStats {
+    /// Connections opened to the host.
+    pub cx_total: Arc<Counter>,
+    /// Connections open now.
+    pub cx_active: Arc<Gauge>,
+    /// Failed connection attempts.
+    pub cx_connect_fail: Arc<Counter>,
+    /// Requests sent.
+    pub rq_total: Arc<Counter>,
+    /// Requests in flight.
+    pub rq_active: Arc<Gauge>,
+}
+
+impl HostStats {
+    /// Fresh stats; like Envoy's they appear in `/clusters`, not in `/stats`.
+    pub fn new(store: &Store) -> Arc<HostStats> {
+        Arc::new(HostStats {
+            cx_total: store.detached_counter(),
+            cx_active: store.detached_gauge(),
+            cx_connect_fail: store.detached_counter(),
+            rq_total: store.detached_counter(),
+            rq_active: store.detached_gauge(),
+        })
+    }
+}
+
+/// EDS `health_status` as far as host selection is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostHealth {
+    /// UNKNOWN or HEALTHY: eligible.
+    Healthy,
+    /// DEGRADED: eligible only when no healthy host exists.
+    Degraded,
+    /// UNHEALTHY, DRAINING or TIMEOUT: not picked (outside panic mode).
+    Unhealthy,
+}
+
+/// One upstream endpoint.
+pub struct Host {
+    /// Where to connect.
+    pub address: SocketAddr,
+    /// `load_balancing_weight` (default 1).
+    pub weight: u32,
+    /// Health as reported by EDS.
+    pub health: HostHealth,
+    /// Locality priority (0 is the highest).
+    pub priority: u32,
+    /// Shared stats.
+    pub stats: Arc<HostStats>,
+}
+
+/// A cluster's hosts and the subset a load balancer may pick from.
+pub struct HostSet {
+    /// Every host, in configuration order.
+    pub hosts: Vec<Arc<Host>>,
+    /// Indices into `hosts` that are eligible now: the healthy hosts of the best priority
+    /// that has any, or every host when the cluster is in panic mode.
+    pub eligible: Vec<usize>,
+    /// Whether `eligible` is the panic-mode set (Envoy's `lb_healthy_panic`).
+    pub panic: bool,
+}
+
+impl HostSet {
+    /// Computes the eligible subset with Envoy's panic threshold (percent; 0 disables).
+    pub fn new(hosts: Vec<Arc<Host>>, panic_threshold: f64) -> HostSet {
+        let healthy: Vec<usize> = hosts
+            .iter()
+            .enumerate()
+            .filter(|(_, h)| h.health == HostHealth::Healthy)
+            .map(|(i, _)| i)
+            .collect();
+        // Envoy routes to the highest-priority level with healthy hosts.
+        let best_priority = healthy.iter().map(|&i| hosts[i].priority).min();
+        let mut eligible: Vec<usize> = healthy
+            .iter()
+            .copied()
+            .filter(|&i| Some(hosts[i].priority) == best_priority)
+            .collect();
+        if eligible.is_empty() {
+            eligible = hosts
+                .iter()
+                .enumerate()
+                .filter(|(_, h)| h.health == HostHealth::Degraded)
+                .map(|(i, _)| i)
+                .collect();
+        }
+        let total = hosts.len();
+        let healthy_pct = if total == 0 {
+            100.0
+        } else {
+            100.0 * healthy.len() as f64 / total as f64
+        };
+        let panic = total > 0 && panic_threshold > 0.0 && healthy_pct < panic_threshold;
+        if panic {
+            // Panic mode: Envoy balances over all hosts rather than overload the few healthy.
+            eligible = (0..total).collect();
+        }
+        HostSet {
+            hosts,
+            eligible,
+            panic,
+        }
+    }
+
+    /// Number of hosts whose health is `Healthy`.
+    pub fn healthy_count(&self) -> usize {
+        self.hosts
+            .iter()
+            .filter(|h| h.health == HostHealth::Healthy)
+            .count()
+    }
+}

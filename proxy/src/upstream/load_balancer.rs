@@ -1,0 +1,138 @@
+//! Worker-local load balancing (Envoy's `LoadBalancer`), one state per cluster per worker.
+//!
+//! State is rebuilt when the cluster's host set changes (pointer identity of the published
+//! `Arc<HostSet>`), so an endpoint update costs nothing until the next pick.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::cluster::{ClusterInfo, LbPolicy};
+use super::host::{Host, HostSet};
+
+/// Load-balancer state of every cluster this worker has picked from.
+#[derive(Default)]
+pub struct LbStates {
+    states: HashMap<String, LbState>,
+}
+
+struct LbState {
+    hosts: Arc<HostSet>,
+    /// Smooth weighted round robin: current weights per eligible host.
+    current: Vec<i64>,
+    total_weight: i64,
+    /// Plain round robin position when all weights are equal.
+    next: usize,
+    weighted: bool,
+}
+
+impl LbState {
+    fn new(hosts: Arc<HostSet>) -> LbState {
+        let weights: Vec<u32> = hosts
+            .eligible
+            .iter()
+            .map(|&i| hosts.hosts[i].weight)
+            .collect();
+        let weighted = weights.windows(2).any(|w| w[0] != w[1]);
+        let total_weight = weights.iter().map(|&w| w as i64).sum();
+        // Start each worker at a random position so workers don't all hit host 0 first.
+        let next = if hosts.eligible.is_empty() {
+            0
+        } else {
+            fastrand::usize(..hosts.eligible.len())
+        };
+        LbState {
+            current: vec![0; hosts.eligible.len()],
+            hosts,
+            total_weight,
+            next,
+            weighted,
+        }
+    }
+
+    fn round_robin(&mut self) -> Option<Arc<Host>> {
+        let eligible = &self.hosts.eligible;
+        if eligible.is_empty() {
+            return None;
+        }
+        let pick = if self.weighted {
+            // Smooth weighted round robin: same long-run shares as Envoy's EDF scheduler,
+            // interleaved rather than bursty.
+            let mut best = 0;
+            for (i, &host) in eligible.iter().enumerate() {
+                self.current[i] += self.hosts.hosts[host].weight as i64;
+                if self.current[i] > self.current[best] {
+                    best = i;
+                }
+            }
+            self.current[best] -= self.total_weight;
+            best
+        } else {
+            let p = self.next % eligible.len();
+            self.next = self.next.wrapping_add(1);
+            p
+        };
+        Some(self.hosts.hosts[eligible[pick]].clone())
+    }
+
+    fn random(&self) -> Option<Arc<Host>> {
+        let eligible = &self.hosts.eligible;
+        if eligible.is_empty() {
+            return None;
+        }
+        if !self.weighted {
+            return Some(self.hosts.hosts[eligible[fastrand::usize(..eligible.len())]].clone());
+        }
+        let mut r = fastrand::i64(0..self.total_weight.max(1));
+        for &i in eligible {
+            r -= self.hosts.hosts[i].weight as i64;
+            if r < 0 {
+                return Some(self.hosts.hosts[i].clone());
+            }
+        }
+        eligible.last().map(|&i| self.hosts.hosts[i].clone())
+    }
+
+    fn least_request(&self) -> Option<Arc<Host>> {
+        // Envoy's default: power of two choices on active requests.
+        let eligible = &self.hosts.eligible;
+        match eligible.len() {
+            0 => None,
+            1 => Some(self.hosts.hosts[eligible[0]].clone()),
+            n => {
+                let a = &self.hosts.hosts[eligible[fastrand::usize(..n)]];
+                let b = &self.hosts.hosts[eligible[fastrand::usize(..n)]];
+                let load = |h: &Host| h.stats.rq_active.value() + h.stats.cx_active.value();
+                Some(if load(b) < load(a) {
+                    b.clone()
+                } else {
+                    a.clone()
+                })
+            }
+        }
+    }
+}
+
+impl LbStates {
+    /// Picks a host of `cluster` per its policy; `None` when no host is eligible.
+    pub fn choose(&mut self, cluster: &ClusterInfo) -> Option<Arc<Host>> {
+        let hosts = &cluster.hosts;
+        let state = match self.states.get_mut(&cluster.name) {
+            Some(s) if Arc::ptr_eq(&s.hosts, hosts) => s,
+            _ => {
+                self.states
+                    .insert(cluster.name.clone(), LbState::new(hosts.clone()));
+                self.states.get_mut(&cluster.name)?
+            }
+        };
+        match cluster.lb_policy {
+            LbPolicy::RoundRobin => state.round_robin(),
+            LbPolicy::Random => state.random(),
+            LbPolicy::LeastRequest => state.least_request(),
+        }
+    }
+
+    /// Drops state of clusters that no longer exist.
+    pub fn retain(&mut self, keep: impl Fn(&str) -> bool) {
+        self.states.retain(|name, _| keep(name));
+    }
+}

@@ -1,0 +1,35 @@
+//! Upstreams: clusters, their hosts, load balancing and the cluster manager.
+//!
+//! The [`ClusterManager`] lives on the main thread: it compiles Cluster protos into
+//! immutable [`ClusterInfo`]s, keeps them in a [`ClusterSnapshot`] and publishes each new
+//! snapshot to the workers through a thread-local slot. Workers pick hosts with their own
+//! [`LbStates`].
+
+mod cluster;
+mod cluster_manager;
+pub mod dns;
+mod host;
+mod load_balancer;
+
+pub use cluster::{compile_cluster, ClusterInfo, ClusterStats, DiscoveryType, LbPolicy};
+pub use cluster_manager::{ClusterChange, ClusterEntry, ClusterManager, ClusterManagerStats};
+pub use host::{Host, HostHealth, HostSet, HostStats};
+pub use load_balancer::LbStates;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// The clusters a worker can route to, immutable once published.
+#[derive(Default)]
+pub struct ClusterSnapshot {
+    /// Active (warm) clusters by name.
+    pub clusters: HashMap<String, Arc<ClusterInfo>>,
+}
+
+impl ClusterSnapshot {
+    /// The active cluster `name`.
+    #[inline]
+    pub fn get(&self, name: &str) -> Option<&Arc<ClusterInfo>> {
+        self.clusters.get(name)
+    }
+}

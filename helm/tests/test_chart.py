@@ -92,7 +92,7 @@ VALUE_SETS = {
                               {"name": "https", "port": 443, "targetPort": 8443, "appProtocol": "https"}]},
         "networkPolicy": {"enabled": True, "restrictEgress": True,
                           "egressTo": [{"ipBlock": {"cidr": "10.0.0.0/8"}}]},
-        "extraArgs": ["--component-log-level", "upstream:debug"],
+        "extraArgs": ["--service-zone", "z1"],
         "extraEnv": [{"name": "RUST_BACKTRACE", "value": "1"}],
         "extraVolumes": [{"name": "certs", "secret": {"secretName": "edge-certs"}}],
         "extraVolumeMounts": [{"name": "certs", "mountPath": "/etc/certs", "readOnly": True}],
@@ -369,7 +369,7 @@ def test_everything_else(chart):
     args = c["args"]
     assert args[args.index("--concurrency") + 1] == "2"  # ceil(1500m)
     assert args[args.index("--service-node") + 1] == "$(POD_NAME).$(POD_NAMESPACE)"
-    assert args[-2:] == ["--component-log-level", "upstream:debug"]
+    assert args[-2:] == ["--service-zone", "z1"]
     assert c["image"].endswith("@sha256:" + "a" * 64)
     assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"http": 8080, "https": 8443, "admin": 15000}
     assert c["readinessProbe"]["httpGet"]["port"] == "admin" and c["livenessProbe"]["tcpSocket"]["port"] == "admin"

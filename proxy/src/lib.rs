@@ -11,6 +11,7 @@ pub mod bootstrap;
 pub mod config;
 pub mod event;
 pub mod filters;
+pub mod http;
 pub mod listener;
 pub mod options;
 pub mod server;

@@ -9,9 +9,19 @@ use std::thread::JoinHandle;
 
 use crate::event::{Dispatcher, DispatcherHandle, HandlerId};
 use crate::filters::network::tcp_proxy::SCRATCH_SIZE;
+use crate::http::RouteSnapshot;
 use crate::listener::ListenerConfig;
 use crate::thread_local::{SlotId, SlotTable};
 use crate::upstream::{ClusterSnapshot, LbStates};
+
+/// The well-known slots every worker reads.
+#[derive(Debug, Clone, Copy)]
+pub struct WorkerSlots {
+    /// Cluster snapshots.
+    pub clusters: SlotId<ClusterSnapshot>,
+    /// RDS route tables.
+    pub routes: SlotId<RouteSnapshot>,
+}
 
 /// A listener as one worker sees it.
 pub struct WorkerListener {
@@ -29,6 +39,8 @@ pub struct WorkerLocal {
     pub slots: SlotTable,
     /// Where the cluster manager publishes its snapshots.
     pub cluster_slot: SlotId<ClusterSnapshot>,
+    /// Where RDS route tables are published.
+    pub route_slot: SlotId<RouteSnapshot>,
     /// Per-cluster load-balancer state (round-robin positions), rebuilt when a host set
     /// changes.
     pub lb: LbStates,
@@ -42,11 +54,12 @@ pub struct WorkerLocal {
 
 impl WorkerLocal {
     /// Fresh state for worker `id`.
-    pub fn new(id: usize, cluster_slot: SlotId<ClusterSnapshot>) -> Self {
+    pub fn new(id: usize, slots: WorkerSlots) -> Self {
         WorkerLocal {
             id,
             slots: SlotTable::default(),
-            cluster_slot,
+            cluster_slot: slots.clusters,
+            route_slot: slots.routes,
             lb: LbStates::default(),
             listeners: HashMap::new(),
             scratch: vec![0; SCRATCH_SIZE].into_boxed_slice(),
@@ -58,6 +71,12 @@ impl WorkerLocal {
     #[inline]
     pub fn clusters(&self) -> Option<Arc<ClusterSnapshot>> {
         self.slots.get(self.cluster_slot).cloned()
+    }
+
+    /// The current RDS route tables on this worker.
+    #[inline]
+    pub fn routes(&self) -> Option<&Arc<RouteSnapshot>> {
+        self.slots.get(self.route_slot)
     }
 
     /// Records a connection accepted by the chain `chain_tag`.
@@ -93,14 +112,14 @@ pub struct Worker {
 
 impl Worker {
     /// Starts worker `id` on its own thread.
-    pub fn spawn(id: usize, cluster_slot: SlotId<ClusterSnapshot>) -> io::Result<Worker> {
+    pub fn spawn(id: usize, slots: WorkerSlots) -> io::Result<Worker> {
         // The dispatcher holds handlers that are not `Send`, so it is built on its thread.
         let (tx, rx) = std::sync::mpsc::channel();
         let thread = std::thread::Builder::new()
             .name(format!("courier-worker-{id}"))
             .spawn(move || {
                 let (mut dispatcher, handle) =
-                    match Dispatcher::new(WorkerLocal::new(id, cluster_slot)) {
+                    match Dispatcher::new(WorkerLocal::new(id, slots)) {
                         Ok(d) => d,
                         Err(e) => {
                             let _ = tx.send(Err(e));

@@ -15,7 +15,8 @@ use crate::options::{Mode, Options};
 use crate::stats::{Gauge, Store};
 use crate::thread_local::{MainPoster, ThreadLocal};
 use crate::upstream::{ClusterManager, ClusterSnapshot};
-use crate::worker::Worker;
+use crate::http::RouteSnapshot;
+use crate::worker::{Worker, WorkerSlots};
 use crate::xds::XdsState;
 
 /// Envoy's server states, as `/ready` and `server.state` report them.
@@ -204,9 +205,14 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     let (main_poster, mut main_inbox) = MainPoster::new();
     let tls = ThreadLocal::new(main_poster);
     let cluster_slot = tls.allocate_slot::<ClusterSnapshot>();
+    let route_slot = tls.allocate_slot::<RouteSnapshot>();
+    let slots = WorkerSlots {
+        clusters: cluster_slot.id(),
+        routes: route_slot.id(),
+    };
     let mut workers = Vec::with_capacity(concurrency);
     for id in 0..concurrency {
-        workers.push(Worker::spawn(id, cluster_slot.id()).context("starting worker threads")?);
+        workers.push(Worker::spawn(id, slots).context("starting worker threads")?);
     }
     tls.register_workers(workers.iter().map(|w| w.dispatcher.clone()).collect());
     tokio::task::spawn_local(async move {
@@ -224,7 +230,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         tls: tls.clone(),
         cluster_manager: RefCell::new(cluster_manager),
         listener_manager: RefCell::new(listener_manager),
-        xds: RefCell::new(XdsState::default()),
+        xds: RefCell::new(XdsState::new(route_slot)),
         started_at: SystemTime::now(),
         started: Instant::now(),
         state: Cell::new(ServerState::PreInitializing),

@@ -4,16 +4,28 @@ use courier_proto::envoy::config::bootstrap::v3::Bootstrap;
 use courier_proto::envoy::config::core::v3::ConfigSource;
 
 use crate::config::ConfigError;
+use crate::http::RouteSnapshot;
+use crate::thread_local::Slot;
 use crate::server::{Server, ServerState};
 
 /// What the xDS client knows, for admin.
-#[derive(Default)]
 pub struct XdsState {
     cds_version: Option<String>,
     lds_version: Option<String>,
+    route_slot: Slot<RouteSnapshot>,
 }
 
 impl XdsState {
+    /// State publishing RDS tables through `route_slot`.
+    pub fn new(route_slot: Slot<RouteSnapshot>) -> XdsState {
+        route_slot.set(std::sync::Arc::new(RouteSnapshot::default()));
+        XdsState {
+            cds_version: None,
+            lds_version: None,
+            route_slot,
+        }
+    }
+
     /// Extra config_dump sections.
     pub fn dumps(&self) -> Vec<serde_json::Value> {
         Vec::new()

@@ -277,6 +277,11 @@ def test_daemonset(chart):
     assert xds_endpoint(r.bootstrap) == {"address": "istiod.istio-system.svc", "port_value": 15010}
 
 
+def test_host_network_daemonset_cannot_surge(chart):
+    with pytest.raises(helm.HelmRenderError, match="cannot surge"):
+        render(chart, {"kind": "DaemonSet", "hostNetwork": True, "xds": {"address": "a.b:1"}})
+
+
 def test_control_plane_enabled(chart):
     r = render(chart, VALUE_SETS["control-plane"])
     cp = r.one("Deployment", f"{RELEASE}-cp")

@@ -61,6 +61,10 @@ pub struct Options {
     /// gradual or immediate.
     #[arg(long = "drain-strategy", value_enum, default_value = "gradual")]
     pub drain_strategy: DrainStrategy,
+    /// File the admin server's bound address (`127.0.0.1:9901`) is written to once it
+    /// listens, so a configured port 0 can be discovered.
+    #[arg(long = "admin-address-path")]
+    pub admin_address_path: Option<PathBuf>,
     /// Seconds to wait for the old process on hot restart (accepted; no effect).
     #[arg(long = "parent-shutdown-time-s", hide = true)]
     pub parent_shutdown_time_s: Option<u64>,

@@ -25,8 +25,24 @@ pub async fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(address).await
 }
 
-/// Serves admin requests until the process exits.
+/// Serves admin requests until the process exits. The bound address is first written to
+/// `--admin-address-path`, if given (as Envoy does, a failure is logged, not fatal).
 pub async fn serve(listener: TcpListener, server: Rc<Server>) {
+    if let Some(path) = &server.options.admin_address_path {
+        match listener.local_addr() {
+            Ok(address) => {
+                // Written aside and renamed, so a reader never sees a partial address.
+                let mut partial = path.clone().into_os_string();
+                partial.push(".tmp");
+                let written = std::fs::write(&partial, address.to_string())
+                    .and_then(|()| std::fs::rename(&partial, path));
+                if let Err(e) = written {
+                    tracing::error!(path = %path.display(), error = %e, "cannot write the admin address");
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "cannot read the admin address"),
+        }
+    }
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(s) => s,

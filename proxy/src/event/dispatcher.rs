@@ -9,6 +9,7 @@ use mio::event::Event;
 use mio::{Events, Poll, Registry, Token, Waker};
 use slab::Slab;
 
+use super::rt::{self, Target};
 use super::TimerQueue;
 use crate::worker::WorkerLocal;
 
@@ -53,6 +54,11 @@ pub trait EventHandler {
     /// The worker asks every handler to finish (listener drain, shutdown). Default: close.
     fn on_drain(&mut self, _ctx: &mut Ctx, _me: HandlerId) -> Next {
         Next::Close
+    }
+    /// A waker from [`rt::Runtime::handler_waker`](super::rt::Runtime::handler_waker) for
+    /// this handler fired. Default: nothing.
+    fn on_wake(&mut self, _ctx: &mut Ctx, _me: HandlerId) -> Next {
+        Next::Continue
     }
 }
 
@@ -213,6 +219,8 @@ pub struct Dispatcher {
     poll: Poll,
     posted: Receiver<Posted>,
     ctx: Ctx,
+    rt: std::rc::Rc<rt::Runtime>,
+    ready: Vec<Arc<rt::TargetWaker>>,
 }
 
 impl Dispatcher {
@@ -222,6 +230,7 @@ impl Dispatcher {
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let (tx, rx) = mpsc::channel();
         let registry = poll.registry().try_clone()?;
+        rt::Runtime::install(poll.registry().try_clone()?, Some(waker.clone()));
         let ctx = Ctx {
             registry,
             timers: TimerQueue::default(),
@@ -237,6 +246,8 @@ impl Dispatcher {
                 poll,
                 posted: rx,
                 ctx,
+                rt: rt::current().ok_or_else(|| io::Error::other("runtime not installed"))?,
+                ready: Vec::new(),
             },
             DispatcherHandle { tx, waker },
         ))
@@ -247,7 +258,13 @@ impl Dispatcher {
         let mut events = Events::with_capacity(1024);
         loop {
             self.ctx.now = Instant::now();
-            let timeout = self.ctx.timers.timeout(self.ctx.now);
+            let mut timeout = self.ctx.timers.timeout(self.ctx.now);
+            if let Some(t) = self.rt.timer_timeout(self.ctx.now) {
+                timeout = Some(timeout.map_or(t, |o| o.min(t)));
+            }
+            if self.rt.has_ready() {
+                timeout = Some(Duration::ZERO);
+            }
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     return Err(e);
@@ -257,6 +274,10 @@ impl Dispatcher {
             for event in events.iter() {
                 let token = event.token();
                 if token == WAKER {
+                    continue;
+                }
+                if token.0 & rt::IO_BIT != 0 {
+                    self.rt.on_io_event(token.0 & !rt::IO_BIT, event);
                     continue;
                 }
                 let key = token.0 / SOURCES_PER_HANDLER;
@@ -277,11 +298,37 @@ impl Dispatcher {
             while let Some((id, tag)) = self.ctx.timers.pop_expired(self.ctx.now) {
                 self.ctx.with_handler(id, |h, ctx| h.on_timer(tag, ctx, id));
             }
+            self.run_async();
             // Deferred deletion: handlers closed this iteration are dropped only now, after
             // every event that might still name them has been delivered or discarded.
             self.ctx.deferred.clear();
             if self.ctx.exit {
                 return Ok(());
+            }
+        }
+    }
+
+    /// Fires runtime timers and runs woken tasks and handlers, a bounded number of rounds
+    /// so that I/O is not starved.
+    fn run_async(&mut self) {
+        self.rt.sync_worker(
+            self.ctx.local.id,
+            self.ctx.local.clusters().as_ref(),
+            self.ctx.local.routes(),
+        );
+        for _ in 0..32 {
+            self.rt.fire_timers(Instant::now());
+            self.rt.take_ready(&mut self.ready);
+            if self.ready.is_empty() {
+                return;
+            }
+            for w in std::mem::take(&mut self.ready) {
+                match w.target {
+                    Target::Task(key, generation) => self.rt.poll_task(key, generation),
+                    Target::Handler(id) => {
+                        self.ctx.with_handler(id, |h, ctx| h.on_wake(ctx, id));
+                    }
+                }
             }
         }
     }

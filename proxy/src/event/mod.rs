@@ -3,6 +3,7 @@
 //! deletion of closed handlers.
 
 mod dispatcher;
+pub mod rt;
 mod timer;
 
 pub use dispatcher::{

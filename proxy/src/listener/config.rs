@@ -107,6 +107,20 @@ impl ListenerConfig {
         strip(&self.proto) == strip(other)
     }
 
+    /// The RDS route configurations the listener needs before it can serve
+    /// (`http_connection_manager.rds.route_config_name`), with the HCM stat prefix.
+    pub fn rds_names(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for chain in self.chains() {
+            match &chain.filter {
+                NetworkFilter::TcpProxy(_) => {}
+            }
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+
     /// Every cluster the listener's filters may route to.
     pub fn referenced_clusters(&self) -> Vec<String> {
         let mut out = Vec::new();

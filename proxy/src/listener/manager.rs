@@ -71,6 +71,7 @@ pub struct ListenerManager {
     store: Store,
     tls: Arc<ThreadLocal>,
     active: BTreeMap<String, ListenerEntry>,
+    warming: BTreeMap<String, ListenerEntry>,
     stats: ListenerManagerStats,
     drain_time: Duration,
     workers_started: bool,
@@ -96,6 +97,7 @@ impl ListenerManager {
             store,
             tls,
             active: BTreeMap::new(),
+            warming: BTreeMap::new(),
             stats,
             drain_time,
             workers_started: false,
@@ -103,38 +105,45 @@ impl ListenerManager {
         }
     }
 
-    /// Adds or updates a listener.
+    /// Adds or updates a listener. It warms (the previous version, if any, keeps serving)
+    /// until every RDS route configuration it needs satisfies `routes_ready`.
     pub fn add_or_update(
         &mut self,
         proto: &Listener,
         version_info: &str,
         added_via_api: bool,
+        routes_ready: &dyn Fn(&str) -> bool,
     ) -> Result<ListenerChange, ConfigError> {
-        let existing = self.active.get(&proto.name);
-        if existing.is_some_and(|e| *e.config.proto == *proto) {
+        let current = self
+            .warming
+            .get(&proto.name)
+            .or_else(|| self.active.get(&proto.name));
+        if current.is_some_and(|e| *e.config.proto == *proto) {
             return Ok(ListenerChange::Unchanged);
         }
-        if existing.is_some_and(|e| !e.added_via_api && added_via_api) {
+        if self
+            .active
+            .get(&proto.name)
+            .is_some_and(|e| !e.added_via_api && added_via_api)
+        {
             return Err(ConfigError::new(
                 "name",
-                format!(
-                    "listener '{}': cannot update a static listener through LDS",
-                    proto.name
-                ),
+                format!("listener '{}': cannot update a static listener through LDS", proto.name),
             ));
         }
         let config = Arc::new(compile_listener(
             proto,
             &self.store,
-            existing.map(|e| &*e.config),
+            self.active.get(&proto.name).map(|e| &*e.config),
         )?);
         // Two listeners may not share an address (port 0 is always distinct).
         if config.address.port() != 0 {
-            if let Some((other, _)) = self
+            let clash = self
                 .active
                 .iter()
-                .find(|(n, e)| **n != proto.name && e.config.address == config.address)
-            {
+                .chain(self.warming.iter())
+                .find(|(n, e)| **n != proto.name && e.config.address == config.address);
+            if let Some((other, _)) = clash {
                 return Err(ConfigError::new(
                     "address",
                     format!(
@@ -144,18 +153,21 @@ impl ListenerManager {
                 ));
             }
         }
-        let previous = self.active.remove(&proto.name);
-        let same_address = previous
-            .as_ref()
-            .is_some_and(|p| p.config.address == config.address);
-        let (bound, sockets) = match &previous {
-            Some(p) if same_address => (
-                p.bound,
-                dup_all(&p.sockets).map_err(|e| {
-                    ConfigError::new("address", format!("cannot duplicate listener socket: {e}"))
+        // Reuse the sockets of the current generation when the address is unchanged, so
+        // no connection waiting in the accept queue is lost.
+        let same_address = self
+            .warming
+            .get(&proto.name)
+            .or_else(|| self.active.get(&proto.name))
+            .filter(|e| e.config.address == config.address);
+        let (bound, sockets) = match same_address {
+            Some(e) => (
+                e.bound,
+                dup_all(&e.sockets).map_err(|err| {
+                    ConfigError::new("address", format!("cannot duplicate listener socket: {err}"))
                 })?,
             ),
-            _ => match bind_listener_sockets(
+            None => match bind_listener_sockets(
                 config.address,
                 config.reuse_port,
                 config.backlog,
@@ -164,9 +176,6 @@ impl ListenerManager {
                 Ok(b) => b,
                 Err(e) => {
                     self.stats.listener_create_failure.inc(MAIN_THREAD);
-                    if let Some(p) = previous {
-                        self.active.insert(proto.name.clone(), p);
-                    }
                     return Err(ConfigError::new(
                         "address",
                         format!(
@@ -178,9 +187,9 @@ impl ListenerManager {
             },
         };
         self.stats.listener_create_success.inc(MAIN_THREAD);
-        let change = match &previous {
+        let change = match self.active.get(&proto.name) {
             None => ListenerChange::Added,
-            Some(p) if same_address && p.config.differs_only_in_chains(proto) => {
+            Some(p) if p.config.address == config.address && p.config.differs_only_in_chains(proto) => {
                 ListenerChange::UpdatedInPlace
             }
             Some(_) => ListenerChange::Updated,
@@ -194,14 +203,48 @@ impl ListenerManager {
             _ => self.stats.listener_modified.inc(MAIN_THREAD),
         }
         let entry = ListenerEntry {
-            config: config.clone(),
+            config,
             bound,
             version_info: version_info.to_string(),
             last_updated: SystemTime::now(),
             added_via_api,
             sockets,
         };
+        self.warming.remove(&proto.name);
+        if entry.config.rds_names().iter().all(|(_, n)| routes_ready(n)) {
+            self.activate(entry);
+        } else {
+            tracing::debug!(listener = %proto.name, "listener warming until its routes arrive");
+            self.warming.insert(proto.name.clone(), entry);
+        }
+        self.update_gauges();
+        Ok(change)
+    }
+
+    /// Activates warming listeners whose routes are now ready.
+    pub fn on_routes_ready(&mut self, routes_ready: &dyn Fn(&str) -> bool) {
+        let ready: Vec<String> = self
+            .warming
+            .iter()
+            .filter(|(_, e)| e.config.rds_names().iter().all(|(_, n)| routes_ready(n)))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in ready {
+            if let Some(entry) = self.warming.remove(&name) {
+                self.activate(entry);
+            }
+        }
+        self.update_gauges();
+    }
+
+    /// Makes `entry` the serving generation, replacing (and draining) the previous one.
+    fn activate(&mut self, entry: ListenerEntry) {
+        let name = entry.config.name.clone();
+        let previous = self.active.remove(&name);
         if self.workers_started {
+            let same_address = previous
+                .as_ref()
+                .is_some_and(|p| p.config.address == entry.config.address);
             // Chains whose tag survives in the new config keep their connections.
             let drained: Vec<u64> = previous
                 .as_ref()
@@ -209,30 +252,49 @@ impl ListenerManager {
                     p.config
                         .chains()
                         .map(|c| c.tag)
-                        .filter(|t| !config.chains().any(|c| c.tag == *t))
+                        .filter(|t| !entry.config.chains().any(|c| c.tag == *t))
                         .collect()
                 })
                 .unwrap_or_default();
             if same_address {
                 self.post_config(&entry);
             } else {
-                if previous.is_some() {
-                    self.post_stop(&proto.name);
-                }
+                drop(previous);
+                self.post_stop(&name);
                 self.post_start(&entry);
             }
             self.drain_chains(drained);
         }
-        drop(previous);
-        self.active.insert(proto.name.clone(), entry);
-        self.update_gauges();
-        Ok(change)
+        self.active.insert(name, entry);
+    }
+
+    /// RDS names needed by active and warming listeners, with their HCM stat prefixes.
+    pub fn rds_names(&self) -> Vec<(String, String)> {
+        let mut names: Vec<(String, String)> = self
+            .active
+            .values()
+            .chain(self.warming.values())
+            .flat_map(|e| e.config.rds_names())
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
+    /// Warming listeners by name.
+    pub fn warming(&self) -> &BTreeMap<String, ListenerEntry> {
+        &self.warming
     }
 
     /// Removes a listener: its sockets close at once, its connections drain.
     pub fn remove(&mut self, name: &str) -> bool {
+        let warming = self.warming.remove(name).is_some();
         let Some(entry) = self.active.remove(name) else {
-            return false;
+            if warming {
+                self.stats.listener_removed.inc(MAIN_THREAD);
+                self.update_gauges();
+            }
+            return warming;
         };
         let tags: Vec<u64> = entry.config.chains().map(|c| c.tag).collect();
         // Drop the main thread's copies first so the kernel stops routing to these
@@ -388,7 +450,9 @@ impl ListenerManager {
         self.stats
             .total_listeners_active
             .set(self.active.len() as i64);
-        self.stats.total_listeners_warming.set(0);
+        self.stats
+            .total_listeners_warming
+            .set(self.warming.len() as i64);
     }
 }
 

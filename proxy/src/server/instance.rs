@@ -78,6 +78,8 @@ pub struct Server {
     pub listener_manager: RefCell<ListenerManager>,
     /// xDS subscriptions (empty without `dynamic_resources`).
     pub xds: RefCell<XdsState>,
+    /// Bumped after every applied xDS update (initialisation waits on it).
+    pub xds_changes: tokio::sync::watch::Sender<u64>,
     /// Wall-clock start time.
     pub started_at: SystemTime,
     started: Instant,
@@ -230,7 +232,8 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         tls: tls.clone(),
         cluster_manager: RefCell::new(cluster_manager),
         listener_manager: RefCell::new(listener_manager),
-        xds: RefCell::new(XdsState::new(route_slot)),
+        xds: RefCell::new(XdsState::new(route_slot, &store)),
+        xds_changes: tokio::sync::watch::channel(0).0,
         started_at: SystemTime::now(),
         started: Instant::now(),
         state: Cell::new(ServerState::PreInitializing),
@@ -306,7 +309,7 @@ fn load_static_resources(server: &Server) -> anyhow::Result<()> {
                 listener.name
             );
         }
-        lm.add_or_update(listener, "", false).map_err(|e| {
+        lm.add_or_update(listener, "", false, &|_| true).map_err(|e| {
             anyhow::anyhow!("{}", e.at(&format!("static_resources.listeners[{i}]")))
         })?;
     }

@@ -401,6 +401,11 @@ pub fn dns_targets(cla: &ClusterLoadAssignment) -> Result<Vec<(String, u16, u32)
     Ok(out)
 }
 
+/// Checks an assignment without building anything that lasts (EDS validation before apply).
+pub fn validate_assignment(cla: &ClusterLoadAssignment, store: &Store) -> Result<(), ConfigError> {
+    build_host_set(cla, store, None, 50.0).map(|_| ())
+}
+
 /// Builds a host set from an assignment, reusing the stats of hosts already in `previous`
 /// so that per-host counters survive endpoint updates.
 pub fn build_host_set(

@@ -249,6 +249,19 @@ impl ClusterManager {
         }
     }
 
+    /// Ends warming of every cluster fed by EDS `service_name` (its initial fetch timed out).
+    pub fn finish_warming_service(&mut self, service_name: &str) {
+        let names: Vec<String> = self
+            .warming
+            .iter()
+            .filter(|(_, e)| matches!(&e.info.discovery, DiscoveryType::Eds { service_name: s } if s == service_name))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in names {
+            self.finish_warming(&name);
+        }
+    }
+
     /// Publishes a new snapshot to the workers if anything changed since the last one.
     pub fn publish(&mut self) {
         if !self.dirty {

@@ -11,7 +11,9 @@ pub mod dns;
 mod host;
 mod load_balancer;
 
-pub use cluster::{compile_cluster, ClusterInfo, ClusterStats, DiscoveryType, LbPolicy};
+pub use cluster::{
+    compile_cluster, validate_assignment, ClusterInfo, ClusterStats, DiscoveryType, LbPolicy,
+};
 pub use cluster_manager::{ClusterChange, ClusterEntry, ClusterManager, ClusterManagerStats};
 pub use host::{Host, HostHealth, HostSet, HostStats};
 pub use load_balancer::LbStates;

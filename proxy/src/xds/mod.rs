@@ -1,65 +1,659 @@
-//! The xDS client: config sources, subscriptions and applying what they deliver.
+//! The xDS client (Envoy's subscription layer) on the main thread.
+//!
+//! - [`mux`]: one gRPC stream (ADS or per-type, SotW or delta) with the protocol state.
+//! - [`apply`]: what a response does to the cluster and listener managers and route tables.
+//! - [`path_source`]: `path_config_source`, files watched on disk.
+//! - [`transport`]: where a stream connects.
+//! - here: which stream serves which type, keeping EDS/RDS subscriptions in step with the
+//!   clusters and listeners that need them, initial-fetch timeouts, and initialisation
+//!   (CDS round, then LDS round, then LIVE — as Envoy's init manager).
+
+pub mod apply;
+pub mod mux;
+pub mod path_source;
+pub mod transport;
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
 
 use courier_proto::envoy::config::bootstrap::v3::Bootstrap;
-use courier_proto::envoy::config::core::v3::ConfigSource;
+use courier_proto::envoy::config::core::v3::{
+    api_config_source::ApiType, config_source::ConfigSourceSpecifier, ApiConfigSource,
+    ConfigSource,
+};
+use courier_proto::type_url;
+use prost::Message;
 
-use crate::config::ConfigError;
+use crate::config::{self, ConfigError};
+use crate::http::route::RouteTable;
 use crate::http::RouteSnapshot;
-use crate::thread_local::Slot;
 use crate::server::{Server, ServerState};
+use crate::stats::{Counter, Gauge, Store, MAIN_THREAD};
+use crate::thread_local::Slot;
+use mux::{Mux, Protocol, Rpc};
 
-/// What the xDS client knows, for admin.
+const DEFAULT_INITIAL_FETCH_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// `cluster_manager.cds.*` / `listener_manager.lds.*`.
+#[derive(Clone)]
+pub struct SubscriptionStats {
+    /// `update_attempt`.
+    pub update_attempt: Arc<Counter>,
+    /// `update_success`.
+    pub update_success: Arc<Counter>,
+    /// `update_rejected`.
+    pub update_rejected: Arc<Counter>,
+    /// `update_failure` (stream failures).
+    pub update_failure: Arc<Counter>,
+    /// `update_empty`.
+    pub update_empty: Arc<Counter>,
+    /// `init_fetch_timeout`.
+    pub init_fetch_timeout: Arc<Counter>,
+    /// `version`: a hash of the last accepted version_info, as Envoy's.
+    pub version: Arc<Gauge>,
+    /// `version_text` is not a number; kept for config_dump.
+    pub version_text: std::rc::Rc<std::cell::RefCell<String>>,
+}
+
+impl SubscriptionStats {
+    fn new(store: &Store, prefix: &str) -> SubscriptionStats {
+        let c = |s: &str| store.counter(&format!("{prefix}.{s}"));
+        SubscriptionStats {
+            update_attempt: c("update_attempt"),
+            update_success: c("update_success"),
+            update_rejected: c("update_rejected"),
+            update_failure: c("update_failure"),
+            update_empty: c("update_empty"),
+            init_fetch_timeout: c("init_fetch_timeout"),
+            version: store.gauge(&format!("{prefix}.version")),
+            version_text: Default::default(),
+        }
+    }
+
+    /// Records an accepted version.
+    pub fn set_version(&self, version: &str) {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        version.hash(&mut h);
+        self.version.set((h.finish() >> 1) as i64);
+        *self.version_text.borrow_mut() = version.to_string();
+    }
+}
+
+/// Stats of the xDS client.
+pub struct XdsStats {
+    connected_state: Arc<Gauge>,
+    /// CDS.
+    pub cds: SubscriptionStats,
+    /// LDS.
+    pub lds: SubscriptionStats,
+}
+
+impl XdsStats {
+    /// `control_plane.connected_state`.
+    pub fn set_connected(&self, connected: bool) {
+        self.connected_state.set(i64::from(connected));
+    }
+
+    /// Counts `update_failure` for the types of a stream that failed.
+    pub fn stream_failed(&self, types: Vec<&'static str>) {
+        for t in types {
+            match t {
+                type_url::CLUSTER => self.cds.update_failure.inc(MAIN_THREAD),
+                type_url::LISTENER => self.lds.update_failure.inc(MAIN_THREAD),
+                _ => {}
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum InitPhase {
+    Clusters,
+    Listeners,
+    Done,
+}
+
+/// Where one resource type comes from.
+#[derive(Clone)]
+enum Source {
+    Mux(Rc<Mux>),
+    Path,
+}
+
+/// The xDS client's state, owned by the server.
 pub struct XdsState {
-    cds_version: Option<String>,
-    lds_version: Option<String>,
+    /// Stats.
+    pub stats: XdsStats,
     route_slot: Slot<RouteSnapshot>,
+    routes: BTreeMap<String, Arc<RouteTable>>,
+    /// RDS names whose first response arrived or whose initial fetch timed out.
+    routes_ready: HashSet<String>,
+    /// EDS names whose first response arrived.
+    eds_ready: HashSet<String>,
+    /// Names whose initial-fetch timer is running or done.
+    timers_started: HashSet<(&'static str, String)>,
+    cds: Option<Source>,
+    lds: Option<Source>,
+    /// EDS/RDS muxes by config source (serialized), for non-ADS sources.
+    muxes: BTreeMap<(Vec<u8>, &'static str), Rc<Mux>>,
+    ads: Option<Rc<Mux>>,
+    phase: InitPhase,
+    cds_initialized: bool,
+    lds_initialized: bool,
+    cds_timeout: Duration,
+    lds_timeout: Duration,
 }
 
 impl XdsState {
     /// State publishing RDS tables through `route_slot`.
-    pub fn new(route_slot: Slot<RouteSnapshot>) -> XdsState {
-        route_slot.set(std::sync::Arc::new(RouteSnapshot::default()));
+    pub fn new(route_slot: Slot<RouteSnapshot>, store: &Store) -> XdsState {
+        route_slot.set(Arc::new(RouteSnapshot::default()));
         XdsState {
-            cds_version: None,
-            lds_version: None,
+            stats: XdsStats {
+                connected_state: store.gauge("control_plane.connected_state"),
+                cds: SubscriptionStats::new(store, "cluster_manager.cds"),
+                lds: SubscriptionStats::new(store, "listener_manager.lds"),
+            },
             route_slot,
+            routes: BTreeMap::new(),
+            routes_ready: HashSet::new(),
+            eds_ready: HashSet::new(),
+            timers_started: HashSet::new(),
+            cds: None,
+            lds: None,
+            muxes: BTreeMap::new(),
+            ads: None,
+            phase: InitPhase::Clusters,
+            cds_initialized: false,
+            lds_initialized: false,
+            cds_timeout: DEFAULT_INITIAL_FETCH_TIMEOUT,
+            lds_timeout: DEFAULT_INITIAL_FETCH_TIMEOUT,
         }
     }
 
-    /// Extra config_dump sections.
+    /// Extra config_dump sections: RDS route tables.
     pub fn dumps(&self) -> Vec<serde_json::Value> {
-        Vec::new()
+        let dynamic: Vec<serde_json::Value> = self
+            .routes
+            .values()
+            .map(|t| {
+                let mut route = serde_json::Map::new();
+                route.insert(
+                    "@type".into(),
+                    "type.googleapis.com/envoy.config.route.v3.RouteConfiguration".into(),
+                );
+                if let serde_json::Value::Object(fields) = courier_proto::to_json(&*t.proto) {
+                    route.extend(fields);
+                }
+                serde_json::json!({ "route_config": route })
+            })
+            .collect();
+        vec![serde_json::json!({
+            "@type": "type.googleapis.com/envoy.admin.v3.RoutesConfigDump",
+            "dynamic_route_configs": dynamic,
+        })]
     }
 
     /// Last accepted CDS version.
     pub fn cds_version(&self) -> Option<String> {
-        self.cds_version.clone()
+        Some(self.stats.cds.version_text.borrow().clone()).filter(|v| !v.is_empty())
     }
 
     /// Last accepted LDS version.
     pub fn lds_version(&self) -> Option<String> {
-        self.lds_version.clone()
+        Some(self.stats.lds.version_text.borrow().clone()).filter(|v| !v.is_empty())
+    }
+
+    /// Whether listeners needing `name` may stop warming.
+    pub fn route_ready(&self, name: &str) -> bool {
+        self.routes_ready.contains(name) || self.routes.contains_key(name)
+    }
+
+    fn set_route(&mut self, table: Arc<RouteTable>) {
+        self.routes_ready.insert(table.name.clone());
+        self.routes.insert(table.name.clone(), table);
+    }
+
+    fn remove_route(&mut self, name: &str) {
+        self.routes.remove(name);
+    }
+
+    fn publish_routes(&self) {
+        self.route_slot.set(Arc::new(RouteSnapshot {
+            tables: self.routes.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        }));
+    }
+
+    fn eds_received(&mut self, name: &str) {
+        self.eds_ready.insert(name.to_string());
     }
 }
 
 /// Checks a `ConfigSource` names something Courier can subscribe with.
-pub fn validate_config_source(_source: &ConfigSource) -> Result<(), ConfigError> {
-    Ok(())
+pub fn validate_config_source(source: &ConfigSource) -> Result<(), ConfigError> {
+    match &source.config_source_specifier {
+        Some(ConfigSourceSpecifier::Ads(_)) => Ok(()),
+        Some(ConfigSourceSpecifier::ApiConfigSource(api)) => protocol(api).map(|_| ()),
+        Some(ConfigSourceSpecifier::PathConfigSource(_)) => Ok(()),
+        #[allow(deprecated)]
+        Some(ConfigSourceSpecifier::Path(_)) => Ok(()),
+        Some(ConfigSourceSpecifier::Self_(_)) => Err(ConfigError::unsupported("self")),
+        None => Err(ConfigError::new("", "config_source_specifier is required")),
+    }
 }
 
-/// Checks `dynamic_resources` (validate mode).
+fn protocol(api: &ApiConfigSource) -> Result<Protocol, ConfigError> {
+    match ApiType::try_from(api.api_type) {
+        Ok(ApiType::Grpc) => Ok(Protocol::Sotw),
+        Ok(ApiType::DeltaGrpc) => Ok(Protocol::Delta),
+        Ok(ApiType::AggregatedGrpc) => Ok(Protocol::Sotw),
+        Ok(ApiType::AggregatedDeltaGrpc) => Ok(Protocol::Delta),
+        _ => Err(ConfigError::unsupported("api_type (only GRPC and DELTA_GRPC)")),
+    }
+}
+
+fn initial_fetch_timeout(source: &ConfigSource) -> Duration {
+    source
+        .initial_fetch_timeout
+        .as_ref()
+        .and_then(|d| config::duration(d, "initial_fetch_timeout").ok())
+        .unwrap_or(DEFAULT_INITIAL_FETCH_TIMEOUT)
+}
+
+/// Checks `dynamic_resources` (also used by validate mode).
 pub fn validate_bootstrap(bootstrap: &Bootstrap) -> Result<(), ConfigError> {
-    if bootstrap.dynamic_resources.is_some() {
-        return Err(ConfigError::unsupported("dynamic_resources"));
+    let Some(dr) = &bootstrap.dynamic_resources else {
+        return Ok(());
+    };
+    if let Some(ads) = &dr.ads_config {
+        protocol(ads).map_err(|e| e.at("dynamic_resources.ads_config"))?;
+        transport::grpc_target(ads, bootstrap).map_err(|e| e.at("dynamic_resources.ads_config"))?;
+    }
+    for (field, source) in [("cds_config", &dr.cds_config), ("lds_config", &dr.lds_config)] {
+        let Some(source) = source else { continue };
+        let path = format!("dynamic_resources.{field}");
+        validate_config_source(source).map_err(|e| e.at(&path))?;
+        match &source.config_source_specifier {
+            Some(ConfigSourceSpecifier::Ads(_)) if dr.ads_config.is_none() => {
+                return Err(ConfigError::new(path, "ads: {} needs dynamic_resources.ads_config"));
+            }
+            Some(ConfigSourceSpecifier::ApiConfigSource(api)) => {
+                transport::grpc_target(api, bootstrap).map_err(|e| e.at(&format!("{path}.api_config_source")))?;
+            }
+            _ => {}
+        }
+    }
+    if !dr.cds_resources_locator.is_empty() || !dr.lds_resources_locator.is_empty() {
+        return Err(ConfigError::unsupported("dynamic_resources.*_resources_locator"));
     }
     Ok(())
 }
 
-/// Starts subscriptions and completes initialisation: the server becomes LIVE and workers
-/// start accepting.
-pub async fn start(server: &Server) -> anyhow::Result<()> {
+fn node(bootstrap: &Bootstrap) -> courier_proto::envoy::config::core::v3::Node {
+    bootstrap.node.clone().unwrap_or_default()
+}
+
+fn new_mux(server: &Rc<Server>, name: &str, api: &ApiConfigSource, rpc: Rpc) -> Result<Rc<Mux>, ConfigError> {
+    let target = transport::grpc_target(api, &server.bootstrap)?;
+    let mux = Mux::new(
+        name.to_string(),
+        target,
+        protocol(api)?,
+        rpc,
+        node(&server.bootstrap),
+        api.set_node_on_first_message_only,
+    );
+    mux.start(Rc::downgrade(server));
+    Ok(mux)
+}
+
+fn source_for(
+    server: &Rc<Server>,
+    source: &ConfigSource,
+    type_url: &'static str,
+) -> Result<Source, ConfigError> {
+    match &source.config_source_specifier {
+        Some(ConfigSourceSpecifier::Ads(_)) => server
+            .xds
+            .borrow()
+            .ads
+            .clone()
+            .map(Source::Mux)
+            .ok_or_else(|| ConfigError::new("ads", "needs dynamic_resources.ads_config")),
+        Some(ConfigSourceSpecifier::ApiConfigSource(api)) => {
+            let key = (api.encode_to_vec(), type_url);
+            if let Some(m) = server.xds.borrow().muxes.get(&key) {
+                return Ok(Source::Mux(m.clone()));
+            }
+            let mux = new_mux(server, type_url::message_name(type_url), api, Rpc::Single(type_url))?;
+            server.xds.borrow_mut().muxes.insert(key, mux.clone());
+            Ok(Source::Mux(mux))
+        }
+        #[allow(deprecated)]
+        Some(ConfigSourceSpecifier::PathConfigSource(_) | ConfigSourceSpecifier::Path(_)) => {
+            Ok(Source::Path)
+        }
+        _ => Err(ConfigError::unsupported("config source")),
+    }
+}
+
+fn path_of(source: &ConfigSource) -> Option<String> {
+    #[allow(deprecated)]
+    match &source.config_source_specifier {
+        Some(ConfigSourceSpecifier::PathConfigSource(p)) => Some(p.path.clone()),
+        Some(ConfigSourceSpecifier::Path(p)) => Some(p.clone()),
+        _ => None,
+    }
+}
+
+/// Starts the subscriptions and drives initialisation; returns once the server is LIVE
+/// (at once without `dynamic_resources`).
+pub async fn start(server: &Rc<Server>) -> anyhow::Result<()> {
     validate_bootstrap(&server.bootstrap).map_err(|e| anyhow::anyhow!("{e}"))?;
-    server.listener_manager.borrow_mut().start_workers();
-    server.set_state(ServerState::Live);
+    let Some(dr) = server.bootstrap.dynamic_resources.clone() else {
+        server.xds.borrow_mut().phase = InitPhase::Done;
+        server.listener_manager.borrow_mut().start_workers();
+        server.set_state(ServerState::Live);
+        return Ok(());
+    };
+    if let Some(ads) = &dr.ads_config {
+        let mux = new_mux(server, "ads", ads, Rpc::Ads).map_err(|e| anyhow::anyhow!("{}", e.at("dynamic_resources.ads_config")))?;
+        server.xds.borrow_mut().ads = Some(mux);
+    }
+    if let Some(cds) = &dr.cds_config {
+        let source = source_for(server, cds, type_url::CLUSTER).map_err(|e| anyhow::anyhow!("{}", e.at("dynamic_resources.cds_config")))?;
+        let mut xds = server.xds.borrow_mut();
+        xds.cds = Some(source);
+        xds.cds_timeout = initial_fetch_timeout(cds);
+    } else {
+        server.xds.borrow_mut().cds_initialized = true;
+    }
+    if let Some(lds) = &dr.lds_config {
+        let source = source_for(server, lds, type_url::LISTENER).map_err(|e| anyhow::anyhow!("{}", e.at("dynamic_resources.lds_config")))?;
+        let mut xds = server.xds.borrow_mut();
+        xds.lds = Some(source);
+        xds.lds_timeout = initial_fetch_timeout(lds);
+    } else {
+        server.xds.borrow_mut().lds_initialized = true;
+    }
+    // CDS first; LDS starts once the cluster manager is initialised (Envoy's order).
+    let cds = server.xds.borrow().cds.clone();
+    match cds {
+        Some(Source::Mux(m)) => m.subscribe_wildcard(type_url::CLUSTER),
+        Some(Source::Path) => {
+            if let Some(path) = dr.cds_config.as_ref().and_then(path_of) {
+                path_source::watch(server, path, type_url::CLUSTER);
+            }
+        }
+        None => {}
+    }
+    if server.xds.borrow().cds.is_some() {
+        let timeout = server.xds.borrow().cds_timeout;
+        start_initial_fetch_timer(server, type_url::CLUSTER, String::new(), timeout);
+    }
+    after_update(server);
+    // Wait for init to finish (admin answers INITIALIZING meanwhile).
+    let mut changes = server.xds_changes.subscribe();
+    while server.xds.borrow().phase != InitPhase::Done {
+        if changes.changed().await.is_err() {
+            break;
+        }
+    }
     Ok(())
+}
+
+/// Runs `initial_fetch_timeout` for one subscription (`name` empty for CDS/LDS).
+fn start_initial_fetch_timer(server: &Rc<Server>, type_url: &'static str, name: String, timeout: Duration) {
+    if timeout.is_zero() {
+        return;
+    }
+    if !server
+        .xds
+        .borrow_mut()
+        .timers_started
+        .insert((type_url, name.clone()))
+    {
+        return;
+    }
+    let weak = Rc::downgrade(server);
+    tokio::task::spawn_local(async move {
+        tokio::time::sleep(timeout).await;
+        let Some(server) = weak.upgrade() else { return };
+        on_initial_fetch_timeout(&server, type_url, &name);
+    });
+}
+
+fn on_initial_fetch_timeout(server: &Rc<Server>, type_url: &'static str, name: &str) {
+    let mut fired = false;
+    {
+        let mut xds = server.xds.borrow_mut();
+        match type_url {
+            type_url::CLUSTER if !xds.cds_initialized => {
+                xds.cds_initialized = true;
+                xds.stats.cds.init_fetch_timeout.inc(MAIN_THREAD);
+                fired = true;
+            }
+            type_url::LISTENER if !xds.lds_initialized => {
+                xds.lds_initialized = true;
+                xds.stats.lds.init_fetch_timeout.inc(MAIN_THREAD);
+                fired = true;
+            }
+            type_url::ROUTE_CONFIGURATION if !xds.route_ready(name) => {
+                xds.routes_ready.insert(name.to_string());
+                fired = true;
+            }
+            _ => {}
+        }
+    }
+    if type_url == type_url::CLUSTER_LOAD_ASSIGNMENT && !server.xds.borrow().eds_ready.contains(name) {
+        server.cluster_manager.borrow_mut().finish_warming_service(name);
+        server.cluster_manager.borrow_mut().publish();
+        server.store.counter(&format!("cluster.{name}.init_fetch_timeout")).inc(MAIN_THREAD);
+        fired = true;
+    }
+    if type_url == type_url::ROUTE_CONFIGURATION && fired {
+        let xds = server.xds.borrow();
+        let ready = |n: &str| xds.route_ready(n);
+        server.listener_manager.borrow_mut().on_routes_ready(&ready);
+    }
+    if fired {
+        tracing::warn!(type_url, name, "initial fetch timed out; continuing without it");
+        after_update(server);
+    }
+}
+
+/// Marks the first response of CDS/LDS.
+pub(crate) fn mark_initialized(server: &Server, type_url: &str) {
+    let mut xds = server.xds.borrow_mut();
+    match type_url {
+        type_url::CLUSTER => xds.cds_initialized = true,
+        type_url::LISTENER => xds.lds_initialized = true,
+        _ => {}
+    }
+}
+
+/// After any change: follow EDS/RDS needs, pause/resume CDS, advance initialisation.
+pub fn after_update(server: &Rc<Server>) {
+    sync_eds(server);
+    sync_rds(server);
+    // Envoy holds its CDS ACK while clusters warm, so a server sees one ACK per update.
+    let warming = !server.cluster_manager.borrow().warming().is_empty();
+    let cds = server.xds.borrow().cds.clone();
+    if let Some(Source::Mux(m)) = cds {
+        if warming {
+            m.pause(type_url::CLUSTER);
+        } else {
+            m.resume(type_url::CLUSTER);
+        }
+    }
+    advance_init(server);
+    server.xds_changes.send_modify(|v| *v += 1);
+}
+
+fn sync_eds(server: &Rc<Server>) {
+    // Group the EDS names clusters need by the config source that serves them.
+    let mut by_source: Vec<(ConfigSource, String)> = Vec::new();
+    {
+        let cm = server.cluster_manager.borrow();
+        for e in cm.active().values().chain(cm.warming().values()) {
+            if let crate::upstream::DiscoveryType::Eds { service_name } = &e.info.discovery {
+                let source = e
+                    .info
+                    .proto
+                    .eds_cluster_config
+                    .as_ref()
+                    .and_then(|c| c.eds_config.clone())
+                    .unwrap_or_default();
+                by_source.push((source, service_name.clone()));
+            }
+        }
+    }
+    let mut per_mux: Vec<(Rc<Mux>, BTreeSet<String>)> = Vec::new();
+    let mut all = Vec::new();
+    for (source, name) in &by_source {
+        all.push(name.clone());
+        let timeout = initial_fetch_timeout(source);
+        if !server.xds.borrow().eds_ready.contains(name) {
+            start_initial_fetch_timer(server, type_url::CLUSTER_LOAD_ASSIGNMENT, name.clone(), timeout);
+        }
+        match source_for(server, source, type_url::CLUSTER_LOAD_ASSIGNMENT) {
+            Ok(Source::Mux(m)) => match per_mux.iter_mut().find(|(x, _)| Rc::ptr_eq(x, &m)) {
+                Some((_, names)) => {
+                    names.insert(name.clone());
+                }
+                None => per_mux.push((m, BTreeSet::from([name.clone()]))),
+            },
+            Ok(Source::Path) => {
+                if let Some(path) = path_of(source) {
+                    path_source::watch(server, path, type_url::CLUSTER_LOAD_ASSIGNMENT);
+                }
+            }
+            Err(e) => tracing::warn!(eds = %name, error = %e, "cannot subscribe to EDS"),
+        }
+    }
+    // Every mux serving EDS gets its full set (possibly empty: unsubscribe).
+    let muxes: Vec<Rc<Mux>> = {
+        let xds = server.xds.borrow();
+        xds.ads
+            .iter()
+            .cloned()
+            .chain(
+                xds.muxes
+                    .iter()
+                    .filter(|((_, t), _)| *t == type_url::CLUSTER_LOAD_ASSIGNMENT)
+                    .map(|(_, m)| m.clone()),
+            )
+            .collect()
+    };
+    for m in muxes {
+        let names = per_mux
+            .iter()
+            .find(|(x, _)| Rc::ptr_eq(x, &m))
+            .map(|(_, n)| n.clone())
+            .unwrap_or_default();
+        m.set_names(type_url::CLUSTER_LOAD_ASSIGNMENT, names);
+    }
+    server.cluster_manager.borrow_mut().retain_assignments(&all);
+    server.xds.borrow_mut().eds_ready.retain(|n| all.contains(n));
+}
+
+fn sync_rds(server: &Rc<Server>) {
+    let names: BTreeSet<String> = server
+        .listener_manager
+        .borrow()
+        .rds_names()
+        .into_iter()
+        .map(|(_, n)| n)
+        .collect();
+    // RDS follows ADS when configured, else the LDS API source.
+    let mux = server.xds.borrow().ads.clone();
+    let mux = match mux {
+        Some(m) => Some(m),
+        None => {
+            let lds = server
+                .bootstrap
+                .dynamic_resources
+                .as_ref()
+                .and_then(|d| d.lds_config.clone());
+            match lds {
+                Some(src) if matches!(src.config_source_specifier, Some(ConfigSourceSpecifier::ApiConfigSource(_))) => {
+                    match source_for(server, &src, type_url::ROUTE_CONFIGURATION) {
+                        Ok(Source::Mux(m)) => Some(m),
+                        _ => None,
+                    }
+                }
+                _ => None,
+            }
+        }
+    };
+    for name in &names {
+        if !server.xds.borrow().route_ready(name) {
+            start_initial_fetch_timer(
+                server,
+                type_url::ROUTE_CONFIGURATION,
+                name.clone(),
+                DEFAULT_INITIAL_FETCH_TIMEOUT,
+            );
+        }
+    }
+    if let Some(m) = mux {
+        m.set_names(type_url::ROUTE_CONFIGURATION, names.clone());
+    }
+    let mut xds = server.xds.borrow_mut();
+    let before = xds.routes.len();
+    xds.routes.retain(|n, _| names.contains(n));
+    xds.routes_ready.retain(|n| names.contains(n));
+    if xds.routes.len() != before {
+        xds.publish_routes();
+    }
+}
+
+fn advance_init(server: &Rc<Server>) {
+    let phase = server.xds.borrow().phase;
+    if phase == InitPhase::Clusters {
+        let done = server.xds.borrow().cds_initialized
+            && server.cluster_manager.borrow().warming().is_empty();
+        if !done {
+            return;
+        }
+        server.xds.borrow_mut().phase = InitPhase::Listeners;
+        let (lds, timeout) = {
+            let xds = server.xds.borrow();
+            (xds.lds.clone(), xds.lds_timeout)
+        };
+        match lds {
+            Some(Source::Mux(m)) => m.subscribe_wildcard(type_url::LISTENER),
+            Some(Source::Path) => {
+                if let Some(path) = server
+                    .bootstrap
+                    .dynamic_resources
+                    .as_ref()
+                    .and_then(|d| d.lds_config.as_ref())
+                    .and_then(path_of)
+                {
+                    path_source::watch(server, path, type_url::LISTENER);
+                }
+            }
+            None => {}
+        }
+        if server.xds.borrow().lds.is_some() {
+            start_initial_fetch_timer(server, type_url::LISTENER, String::new(), timeout);
+        }
+    }
+    if server.xds.borrow().phase == InitPhase::Listeners {
+        let done = server.xds.borrow().lds_initialized
+            && server.listener_manager.borrow().warming().is_empty();
+        if !done {
+            return;
+        }
+        server.xds.borrow_mut().phase = InitPhase::Done;
+        server.listener_manager.borrow_mut().start_workers();
+        if server.state() != ServerState::Draining {
+            server.set_state(ServerState::Live);
+        }
+        tracing::info!("all dependencies initialized; starting workers");
+    }
 }

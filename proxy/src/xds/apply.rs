@@ -1,0 +1,395 @@
+//! Applying xDS responses to the managers, with Envoy's acceptance rules.
+//!
+//! - CDS/LDS: every valid resource is applied; the rest are reported together in one
+//!   NACK (a duplicate name is rejected, the first copy kept). In SotW, dynamic
+//!   clusters/listeners absent from the response are removed.
+//! - EDS/RDS: one bad resource rejects the whole response; resources nobody subscribed to
+//!   are ignored; absence never removes anything.
+//!
+//! An `Err` is the NACK's `error_detail` message.
+
+use std::collections::{BTreeSet, HashSet};
+use std::rc::Rc;
+use std::sync::Arc;
+
+use courier_proto::envoy::config::cluster::v3::Cluster;
+use courier_proto::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use courier_proto::envoy::config::listener::v3::Listener;
+use courier_proto::envoy::config::route::v3::RouteConfiguration;
+use courier_proto::envoy::service::discovery::v3::Resource as ResourceWrapper;
+use courier_proto::google::protobuf::Any;
+use courier_proto::type_url;
+use prost::Message;
+
+use super::mux::Mux;
+use crate::http::route::RouteTable;
+use crate::server::Server;
+use crate::stats::MAIN_THREAD;
+
+/// A decoded resource.
+pub enum Proto {
+    /// CDS.
+    Cluster(Box<Cluster>),
+    /// EDS.
+    Assignment(Arc<ClusterLoadAssignment>),
+    /// LDS.
+    Listener(Box<Listener>),
+    /// RDS.
+    Route(Box<RouteConfiguration>),
+}
+
+/// One resource of a response.
+pub struct Resource {
+    /// Resource name.
+    pub name: String,
+    /// Delta: the resource's version.
+    pub version: String,
+    /// The message.
+    pub proto: Proto,
+}
+
+/// A response to apply.
+pub enum Update<'a> {
+    /// SotW: the full set (CDS/LDS) or some (EDS/RDS) resources.
+    Sotw {
+        /// `version_info`.
+        version: &'a str,
+        /// Resources.
+        resources: Vec<Resource>,
+    },
+    /// Delta: changed resources and removed names.
+    Delta {
+        /// `system_version_info`.
+        version: &'a str,
+        /// Added or updated.
+        resources: Vec<Resource>,
+        /// Removed.
+        removed: &'a [String],
+    },
+}
+
+fn decode_one(type_url: &str, any: &Any, index: usize) -> Result<Resource, String> {
+    let (any, version) = if any.type_url == type_url::RESOURCE {
+        let wrapper = ResourceWrapper::decode(any.value.as_slice())
+            .map_err(|e| format!("resources[{index}]: cannot decode Resource wrapper: {e}"))?;
+        let inner = wrapper
+            .resource
+            .ok_or_else(|| format!("resources[{index}]: Resource wrapper without a resource"))?;
+        (inner, wrapper.version)
+    } else {
+        (any.clone(), String::new())
+    };
+    if any.type_url != type_url {
+        return Err(format!(
+            "{} does not match the message-wide type URL {type_url} in DiscoveryResponse",
+            any.type_url
+        ));
+    }
+    let bytes = any.value.as_slice();
+    let err = |e: prost::DecodeError| format!("resources[{index}]: cannot decode {type_url}: {e}");
+    let (name, proto) = match type_url {
+        type_url::CLUSTER => {
+            let c = Cluster::decode(bytes).map_err(err)?;
+            (c.name.clone(), Proto::Cluster(Box::new(c)))
+        }
+        type_url::CLUSTER_LOAD_ASSIGNMENT => {
+            let c = ClusterLoadAssignment::decode(bytes).map_err(err)?;
+            (c.cluster_name.clone(), Proto::Assignment(Arc::new(c)))
+        }
+        type_url::LISTENER => {
+            let l = Listener::decode(bytes).map_err(err)?;
+            (l.name.clone(), Proto::Listener(Box::new(l)))
+        }
+        _ => {
+            let r = RouteConfiguration::decode(bytes).map_err(err)?;
+            (r.name.clone(), Proto::Route(Box::new(r)))
+        }
+    };
+    Ok(Resource {
+        name,
+        version,
+        proto,
+    })
+}
+
+/// Decodes a SotW response's resources (unwrapping `Resource` wrappers).
+pub fn decode(type_url: &str, resources: &[Any]) -> Result<Vec<Resource>, String> {
+    resources
+        .iter()
+        .enumerate()
+        .map(|(i, any)| decode_one(type_url, any, i))
+        .collect()
+}
+
+/// Decodes a delta response's resources.
+pub fn decode_delta(
+    type_url: &str,
+    resources: &[ResourceWrapper],
+) -> Result<Vec<Resource>, String> {
+    resources
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let any = r
+                .resource
+                .as_ref()
+                .ok_or_else(|| format!("resources[{i}] ('{}'): no resource", r.name))?;
+            let mut decoded = decode_one(type_url, any, i)?;
+            decoded.version.clone_from(&r.version);
+            if decoded.name.is_empty() {
+                decoded.name.clone_from(&r.name);
+            }
+            Ok(decoded)
+        })
+        .collect()
+}
+
+/// Applies one response from `_mux`; then re-syncs dependent subscriptions and
+/// initialisation (which may send requests on any mux before this response is ACKed, as
+/// Envoy does).
+pub fn apply(server: &Rc<Server>, _mux: &Mux, type_url: &str, update: Update<'_>) -> Result<(), String> {
+    apply_unmuxed(server, type_url, update)
+}
+
+/// Applies a response that came from a file rather than a stream.
+pub fn apply_unmuxed(server: &Rc<Server>, type_url: &str, update: Update<'_>) -> Result<(), String> {
+    let result = match type_url {
+        type_url::CLUSTER => apply_cds(server, update),
+        type_url::CLUSTER_LOAD_ASSIGNMENT => apply_eds(server, update),
+        type_url::LISTENER => apply_lds(server, update),
+        _ => apply_rds(server, update),
+    };
+    // A first response, accepted or not, completes that type's initial fetch.
+    super::mark_initialized(server, type_url);
+    super::after_update(server);
+    result
+}
+
+fn split(update: Update<'_>) -> (String, Vec<Resource>, Option<Vec<String>>, bool) {
+    match update {
+        Update::Sotw { version, resources } => (version.to_string(), resources, None, true),
+        Update::Delta {
+            version,
+            resources,
+            removed,
+        } => (version.to_string(), resources, Some(removed.to_vec()), false),
+    }
+}
+
+fn apply_cds(server: &Server, update: Update<'_>) -> Result<(), String> {
+    let (version, resources, removed, sotw) = split(update);
+    let stats = server.xds.borrow().stats.cds.clone();
+    stats.update_attempt.inc(MAIN_THREAD);
+    if resources.is_empty() && sotw {
+        stats.update_empty.inc(MAIN_THREAD);
+    }
+    let mut errors = Vec::new();
+    let mut seen = HashSet::new();
+    let mut cm = server.cluster_manager.borrow_mut();
+    for r in resources {
+        let Proto::Cluster(cluster) = r.proto else {
+            continue;
+        };
+        if !seen.insert(r.name.clone()) {
+            errors.push(format!("duplicate cluster {} found", r.name));
+            continue;
+        }
+        if let Err(e) = cm.add_or_update(&cluster, &version, true) {
+            errors.push(format!("{}: {e}", r.name));
+        }
+    }
+    let to_remove: Vec<String> = match removed {
+        Some(removed) => removed,
+        None => cm
+            .active()
+            .iter()
+            .chain(cm.warming().iter())
+            .filter(|(name, e)| e.added_via_api && !seen.contains(*name))
+            .map(|(name, _)| name.clone())
+            .collect(),
+    };
+    for name in to_remove {
+        if cm.get(&name).is_some_and(|e| !e.added_via_api) {
+            continue;
+        }
+        cm.remove(&name);
+    }
+    cm.publish();
+    drop(cm);
+    finish(&stats, &version, errors, "Error adding/updating cluster(s) ")
+}
+
+fn apply_lds(server: &Server, update: Update<'_>) -> Result<(), String> {
+    let (version, resources, removed, sotw) = split(update);
+    let stats = server.xds.borrow().stats.lds.clone();
+    stats.update_attempt.inc(MAIN_THREAD);
+    if resources.is_empty() && sotw {
+        stats.update_empty.inc(MAIN_THREAD);
+    }
+    let mut errors = Vec::new();
+    let mut seen = HashSet::new();
+    let xds = server.xds.borrow();
+    let ready = |name: &str| xds.route_ready(name);
+    let mut lm = server.listener_manager.borrow_mut();
+    // Removals first, so a new listener can take a removed one's address.
+    let names_in_update: HashSet<String> = resources.iter().map(|r| r.name.clone()).collect();
+    let to_remove: Vec<String> = match removed {
+        Some(removed) => removed,
+        None => lm
+            .listeners()
+            .iter()
+            .chain(lm.warming().iter())
+            .filter(|(name, e)| e.added_via_api && !names_in_update.contains(*name))
+            .map(|(name, _)| name.clone())
+            .collect(),
+    };
+    for name in to_remove {
+        if lm.listeners().get(&name).is_some_and(|e| !e.added_via_api) {
+            continue;
+        }
+        lm.remove(&name);
+    }
+    for r in resources {
+        let Proto::Listener(listener) = r.proto else {
+            continue;
+        };
+        if !seen.insert(r.name.clone()) {
+            errors.push(format!("duplicate listener {} found", r.name));
+            continue;
+        }
+        if let Err(e) = lm.add_or_update(&listener, &version, true, &ready) {
+            errors.push(format!("{}: {e}", r.name));
+        }
+    }
+    drop(lm);
+    drop(xds);
+    finish(&stats, &version, errors, "Error adding/updating listener(s) ")
+}
+
+fn apply_eds(server: &Server, update: Update<'_>) -> Result<(), String> {
+    let (_version, resources, removed, _) = split(update);
+    let wanted: BTreeSet<String> = server
+        .cluster_manager
+        .borrow()
+        .eds_service_names()
+        .into_iter()
+        .collect();
+    let assignments: Vec<Arc<ClusterLoadAssignment>> = resources
+        .into_iter()
+        .filter(|r| wanted.contains(&r.name))
+        .filter_map(|r| match r.proto {
+            Proto::Assignment(a) => Some(a),
+            _ => None,
+        })
+        .collect();
+    let store = server.store.clone();
+    // Validate everything before changing anything: one bad assignment rejects all.
+    for cla in &assignments {
+        if let Err(e) = crate::upstream::validate_assignment(cla, &store) {
+            count_eds(server, &cla.cluster_name, false);
+            return Err(format!("{}: {e}", cla.cluster_name));
+        }
+    }
+    let mut cm = server.cluster_manager.borrow_mut();
+    for cla in assignments {
+        let name = cla.cluster_name.clone();
+        if let Err(e) = cm.update_assignment(&name, cla.clone()) {
+            drop(cm);
+            count_eds(server, &name, false);
+            return Err(format!("{name}: {e}"));
+        }
+        server.xds.borrow_mut().eds_received(&name);
+        drop(cm);
+        count_eds(server, &name, true);
+        cm = server.cluster_manager.borrow_mut();
+    }
+    for name in removed.unwrap_or_default() {
+        // Delta removal of an assignment: the cluster keeps existing with no hosts.
+        let empty = Arc::new(ClusterLoadAssignment {
+            cluster_name: name.clone(),
+            ..Default::default()
+        });
+        let _ = cm.update_assignment(&name, empty);
+    }
+    cm.publish();
+    Ok(())
+}
+
+fn count_eds(server: &Server, service: &str, ok: bool) {
+    let cm = server.cluster_manager.borrow();
+    for e in cm.active().values().chain(cm.warming().values()) {
+        if matches!(&e.info.discovery, crate::upstream::DiscoveryType::Eds { service_name } if service_name == service)
+        {
+            e.info.stats.update_attempt.inc(MAIN_THREAD);
+            if ok {
+                e.info.stats.update_success.inc(MAIN_THREAD);
+            } else {
+                e.info.stats.update_rejected.inc(MAIN_THREAD);
+            }
+        }
+    }
+}
+
+fn apply_rds(server: &Server, update: Update<'_>) -> Result<(), String> {
+    let (_version, resources, removed, _) = split(update);
+    let wanted = server.listener_manager.borrow().rds_names();
+    let mut compiled = Vec::new();
+    for r in resources {
+        let Proto::Route(route) = r.proto else {
+            continue;
+        };
+        let prefixes: Vec<&str> = wanted
+            .iter()
+            .filter(|(_, n)| *n == r.name)
+            .map(|(p, _)| p.as_str())
+            .collect();
+        if prefixes.is_empty() {
+            continue;
+        }
+        let attempt = |ok: bool| {
+            for p in &prefixes {
+                let base = format!("http.{p}.rds.{}", r.name);
+                server.store.counter(&format!("{base}.update_attempt")).inc(MAIN_THREAD);
+                let outcome = if ok { "update_success" } else { "update_rejected" };
+                server.store.counter(&format!("{base}.{outcome}")).inc(MAIN_THREAD);
+            }
+        };
+        match RouteTable::compile(&route, &server.store) {
+            Ok(table) => {
+                attempt(true);
+                compiled.push(Arc::new(table));
+            }
+            Err(e) => {
+                attempt(false);
+                return Err(format!("{}: {e}", r.name));
+            }
+        }
+    }
+    let mut xds = server.xds.borrow_mut();
+    for table in compiled {
+        xds.set_route(table);
+    }
+    for name in removed.unwrap_or_default() {
+        xds.remove_route(&name);
+    }
+    xds.publish_routes();
+    let ready = |name: &str| xds.route_ready(name);
+    server.listener_manager.borrow_mut().on_routes_ready(&ready);
+    Ok(())
+}
+
+fn finish(
+    stats: &super::SubscriptionStats,
+    version: &str,
+    errors: Vec<String>,
+    prefix: &str,
+) -> Result<(), String> {
+    if errors.is_empty() {
+        stats.update_success.inc(MAIN_THREAD);
+        stats.set_version(version);
+        Ok(())
+    } else {
+        stats.update_rejected.inc(MAIN_THREAD);
+        Err(format!("{prefix}{}", errors.join(", ")))
+    }
+}

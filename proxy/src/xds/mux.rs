@@ -1,0 +1,637 @@
+//! One xDS stream (Envoy's `GrpcMux`): state of the world or delta, aggregated (ADS) or one
+//! resource type per stream. It owns the per-type protocol state (subscribed names, last
+//! accepted version, last nonce, delta resource versions), builds every request, pauses
+//! types while dependent work is in flight, and reconnects with jittered exponential
+//! back-off, re-sending every subscription.
+//!
+//! Responses are handed to [`super::apply`] synchronously on the main thread; the mux
+//! then answers with an ACK (the response's version and nonce) or a NACK (the last
+//! accepted version, the nonce, and `error_detail`).
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
+use std::rc::{Rc, Weak};
+use std::time::Duration;
+
+use courier_proto::envoy::config::core::v3::Node;
+use courier_proto::envoy::service::discovery::v3::{
+    aggregated_discovery_service_client::AggregatedDiscoveryServiceClient, DeltaDiscoveryRequest,
+    DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use courier_proto::envoy::service::{
+    cluster::v3::cluster_discovery_service_client::ClusterDiscoveryServiceClient,
+    endpoint::v3::endpoint_discovery_service_client::EndpointDiscoveryServiceClient,
+    listener::v3::listener_discovery_service_client::ListenerDiscoveryServiceClient,
+    route::v3::route_discovery_service_client::RouteDiscoveryServiceClient,
+};
+use courier_proto::google::rpc::Status;
+use courier_proto::type_url;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tonic::transport::Channel;
+
+use super::apply::{self, Update};
+use super::transport::GrpcTarget;
+use crate::server::Server;
+
+/// SotW or incremental.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// `StreamAggregatedResources` / `Stream*`.
+    Sotw,
+    /// `DeltaAggregatedResources` / `Delta*`.
+    Delta,
+}
+
+/// Which RPC the stream uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rpc {
+    /// Aggregated: every type on one stream.
+    Ads,
+    /// One resource type (its type URL).
+    Single(&'static str),
+}
+
+#[derive(Default)]
+struct TypeState {
+    /// Subscribed at all (a request has been or must be sent).
+    interested: bool,
+    wildcard: bool,
+    names: BTreeSet<String>,
+    /// Last accepted `version_info` (SotW).
+    version: String,
+    /// Nonce of the last response.
+    nonce: String,
+    /// NACK detail to send with the next request.
+    error: Option<Status>,
+    /// While paused, requests wait; `pending` remembers one is due.
+    paused: bool,
+    pending: bool,
+    /// Delta: versions of the resources held, and the names the server was told.
+    versions: BTreeMap<String, String>,
+    sent_names: BTreeSet<String>,
+    sent_wildcard: bool,
+}
+
+enum Sender {
+    Sotw(mpsc::UnboundedSender<DiscoveryRequest>),
+    Delta(mpsc::UnboundedSender<DeltaDiscoveryRequest>),
+}
+
+#[derive(Default)]
+struct MuxState {
+    types: BTreeMap<&'static str, TypeState>,
+    sender: Option<Sender>,
+    node_sent: bool,
+}
+
+/// An xDS stream and its subscriptions.
+pub struct Mux {
+    name: String,
+    target: GrpcTarget,
+    protocol: Protocol,
+    rpc: Rpc,
+    node: Node,
+    node_first_only: bool,
+    state: RefCell<MuxState>,
+}
+
+/// The ordering of types on a stream that (re)connects: make before break.
+const ORDER: [&str; 4] = [
+    type_url::CLUSTER,
+    type_url::CLUSTER_LOAD_ASSIGNMENT,
+    type_url::LISTENER,
+    type_url::ROUTE_CONFIGURATION,
+];
+
+fn canonical(type_url: &str) -> Option<&'static str> {
+    ORDER.into_iter().find(|t| *t == type_url)
+}
+
+impl Mux {
+    /// A mux for `target`; call [`Mux::start`] to run it.
+    pub fn new(
+        name: String,
+        target: GrpcTarget,
+        protocol: Protocol,
+        rpc: Rpc,
+        node: Node,
+        node_first_only: bool,
+    ) -> Rc<Mux> {
+        Rc::new(Mux {
+            name,
+            target,
+            protocol,
+            rpc,
+            node,
+            node_first_only,
+            state: RefCell::default(),
+        })
+    }
+
+    /// The stream's protocol.
+    pub fn protocol(&self) -> Protocol {
+        self.protocol
+    }
+
+    /// Runs the stream forever on the main thread.
+    pub fn start(self: &Rc<Self>, server: Weak<Server>) {
+        let mux = self.clone();
+        tokio::task::spawn_local(async move { mux.run(server).await });
+    }
+
+    /// Subscribes to every resource of `type_url` (LDS, CDS).
+    pub fn subscribe_wildcard(&self, type_url: &'static str) {
+        let mut st = self.state.borrow_mut();
+        let t = st.types.entry(type_url).or_default();
+        if t.interested && t.wildcard {
+            return;
+        }
+        t.interested = true;
+        t.wildcard = true;
+        drop(st);
+        self.send(type_url);
+    }
+
+    /// Sets the names of `type_url` wanted (EDS, RDS); sends a request when they change.
+    pub fn set_names(&self, type_url: &'static str, names: BTreeSet<String>) {
+        let mut st = self.state.borrow_mut();
+        let t = st.types.entry(type_url).or_default();
+        if t.names == names && (t.interested || names.is_empty()) {
+            return;
+        }
+        t.interested = true;
+        t.names = names;
+        // Forget what is no longer subscribed so a re-subscription starts afresh.
+        let keep = t.names.clone();
+        t.versions.retain(|k, _| keep.contains(k));
+        drop(st);
+        self.send(type_url);
+    }
+
+    /// Holds requests of `type_url` until [`Mux::resume`] (Envoy pauses CDS while
+    /// clusters warm).
+    pub fn pause(&self, type_url: &'static str) {
+        self.state.borrow_mut().types.entry(type_url).or_default().paused = true;
+    }
+
+    /// Releases a paused type, sending the request that was held, if any.
+    pub fn resume(&self, type_url: &'static str) {
+        let pending = {
+            let mut st = self.state.borrow_mut();
+            let t = st.types.entry(type_url).or_default();
+            let was = t.paused && t.pending;
+            t.paused = false;
+            t.pending = false;
+            was
+        };
+        if pending {
+            self.send(type_url);
+        }
+    }
+
+    /// Whether `type_url` is paused.
+    pub fn is_paused(&self, type_url: &str) -> bool {
+        self.state
+            .borrow()
+            .types
+            .get(type_url)
+            .is_some_and(|t| t.paused)
+    }
+
+    /// The last accepted version of `type_url`.
+    pub fn version(&self, type_url: &str) -> Option<String> {
+        self.state
+            .borrow()
+            .types
+            .get(type_url)
+            .map(|t| t.version.clone())
+    }
+
+    /// Builds and sends the current request of `type_url` (ACK/NACK or subscription
+    /// change), unless the type is paused or the stream is down.
+    fn send(&self, type_url: &'static str) {
+        let mut st = self.state.borrow_mut();
+        let include_node = !st.node_sent || !self.node_first_only;
+        let MuxState {
+            types,
+            sender,
+            node_sent,
+        } = &mut *st;
+        let Some(t) = types.get_mut(type_url) else {
+            return;
+        };
+        if !t.interested {
+            return;
+        }
+        if t.paused {
+            t.pending = true;
+            return;
+        }
+        let Some(sender) = sender else {
+            return;
+        };
+        let node = include_node.then(|| self.node.clone());
+        let sent = match sender {
+            Sender::Sotw(tx) => {
+                let req = DiscoveryRequest {
+                    version_info: t.version.clone(),
+                    node,
+                    resource_names: if t.wildcard {
+                        Vec::new()
+                    } else {
+                        t.names.iter().cloned().collect()
+                    },
+                    type_url: type_url.to_string(),
+                    response_nonce: t.nonce.clone(),
+                    error_detail: t.error.take(),
+                    ..Default::default()
+                };
+                tx.send(req).is_ok()
+            }
+            Sender::Delta(tx) => {
+                let mut subscribe = Vec::new();
+                let mut unsubscribe = Vec::new();
+                if t.wildcard && !t.sent_wildcard {
+                    subscribe.push("*".to_string());
+                    t.sent_wildcard = true;
+                }
+                if !t.wildcard {
+                    subscribe.extend(t.names.difference(&t.sent_names).cloned());
+                    unsubscribe.extend(t.sent_names.difference(&t.names).cloned());
+                    t.sent_names = t.names.clone();
+                }
+                let req = DeltaDiscoveryRequest {
+                    node,
+                    type_url: type_url.to_string(),
+                    resource_names_subscribe: subscribe,
+                    resource_names_unsubscribe: unsubscribe,
+                    response_nonce: t.nonce.clone(),
+                    error_detail: t.error.take(),
+                    ..Default::default()
+                };
+                tx.send(req).is_ok()
+            }
+        };
+        if sent {
+            *node_sent = true;
+        }
+    }
+
+    /// Queues the first request of every subscribed type on a new stream.
+    fn send_initial(&self) {
+        let types: Vec<&'static str> = {
+            let mut st = self.state.borrow_mut();
+            let delta = matches!(st.sender, Some(Sender::Delta(_)));
+            st.node_sent = false;
+            for t in st.types.values_mut() {
+                // A new stream has no nonce; SotW re-sends the last accepted version.
+                t.nonce.clear();
+                t.error = None;
+                t.sent_names.clear();
+                t.sent_wildcard = false;
+                t.pending = false;
+                if delta {
+                    t.version.clear();
+                }
+            }
+            ORDER
+                .into_iter()
+                .filter(|u| st.types.get(u).is_some_and(|t| t.interested))
+                .collect()
+        };
+        for type_url in types {
+            if self.protocol == Protocol::Delta {
+                self.send_delta_initial(type_url);
+            } else {
+                self.send(type_url);
+            }
+        }
+    }
+
+    fn send_delta_initial(&self, type_url: &'static str) {
+        let mut st = self.state.borrow_mut();
+        let include_node = !st.node_sent || !self.node_first_only;
+        let MuxState {
+            types,
+            sender,
+            node_sent,
+        } = &mut *st;
+        let (Some(t), Some(Sender::Delta(tx))) = (types.get_mut(type_url), sender.as_ref()) else {
+            return;
+        };
+        let subscribe: Vec<String> = if t.wildcard {
+            vec!["*".to_string()]
+        } else {
+            t.names.iter().cloned().collect()
+        };
+        t.sent_wildcard = t.wildcard;
+        t.sent_names = if t.wildcard { BTreeSet::new() } else { t.names.clone() };
+        let req = DeltaDiscoveryRequest {
+            node: include_node.then(|| self.node.clone()),
+            type_url: type_url.to_string(),
+            resource_names_subscribe: subscribe,
+            initial_resource_versions: t.versions.clone().into_iter().collect(),
+            ..Default::default()
+        };
+        if tx.send(req).is_ok() {
+            *node_sent = true;
+        }
+    }
+
+    async fn run(self: Rc<Self>, server: Weak<Server>) {
+        let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+        loop {
+            let established = self.stream_once(&server).await;
+            self.state.borrow_mut().sender = None;
+            let Some(server) = server.upgrade() else {
+                return;
+            };
+            server.xds.borrow().stats.set_connected(false);
+            server.xds.borrow().stats.stream_failed(self.interested_types());
+            if established {
+                backoff.reset();
+            }
+            drop(server);
+            let delay = backoff.next();
+            tracing::debug!(mux = %self.name, ?delay, "xDS stream closed; reconnecting");
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    fn interested_types(&self) -> Vec<&'static str> {
+        self.state
+            .borrow()
+            .types
+            .iter()
+            .filter(|(_, t)| t.interested)
+            .map(|(u, _)| *u)
+            .collect()
+    }
+
+    /// One connection: returns whether a stream was established.
+    async fn stream_once(&self, server: &Weak<Server>) -> bool {
+        let endpoint = match self.target.endpoint() {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::error!(mux = %self.name, uri = %self.target.uri, error = %e, "invalid xDS target");
+                return false;
+            }
+        };
+        let channel = match endpoint.connect().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(mux = %self.name, uri = %self.target.uri, error = %e, "cannot connect to the xDS server");
+                return false;
+            }
+        };
+        match self.protocol {
+            Protocol::Sotw => self.sotw_stream(channel, server).await,
+            Protocol::Delta => self.delta_stream(channel, server).await,
+        }
+    }
+
+    async fn sotw_stream(&self, channel: Channel, server: &Weak<Server>) -> bool {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.state.borrow_mut().sender = Some(Sender::Sotw(tx));
+        self.send_initial();
+        let requests = UnboundedReceiverStream::new(rx);
+        let response = match self.rpc {
+            Rpc::Ads => AggregatedDiscoveryServiceClient::new(channel)
+                .stream_aggregated_resources(requests)
+                .await,
+            Rpc::Single(type_url::CLUSTER) => ClusterDiscoveryServiceClient::new(channel)
+                .stream_clusters(requests)
+                .await,
+            Rpc::Single(type_url::CLUSTER_LOAD_ASSIGNMENT) => {
+                EndpointDiscoveryServiceClient::new(channel)
+                    .stream_endpoints(requests)
+                    .await
+            }
+            Rpc::Single(type_url::LISTENER) => ListenerDiscoveryServiceClient::new(channel)
+                .stream_listeners(requests)
+                .await,
+            Rpc::Single(_) => RouteDiscoveryServiceClient::new(channel)
+                .stream_routes(requests)
+                .await,
+        };
+        let mut stream = match response {
+            Ok(r) => r.into_inner(),
+            Err(status) => {
+                tracing::warn!(mux = %self.name, %status, "xDS stream refused");
+                return false;
+            }
+        };
+        self.connected(server);
+        loop {
+            match stream.message().await {
+                Ok(Some(resp)) => {
+                    let Some(server) = server.upgrade() else {
+                        return true;
+                    };
+                    self.on_sotw_response(&server, resp);
+                }
+                Ok(None) => {
+                    tracing::warn!(mux = %self.name, "xDS stream closed by the server");
+                    return true;
+                }
+                Err(status) => {
+                    tracing::warn!(mux = %self.name, %status, "xDS stream failed");
+                    return true;
+                }
+            }
+        }
+    }
+
+    async fn delta_stream(&self, channel: Channel, server: &Weak<Server>) -> bool {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.state.borrow_mut().sender = Some(Sender::Delta(tx));
+        self.send_initial();
+        let requests = UnboundedReceiverStream::new(rx);
+        let response = match self.rpc {
+            Rpc::Ads => AggregatedDiscoveryServiceClient::new(channel)
+                .delta_aggregated_resources(requests)
+                .await,
+            Rpc::Single(type_url::CLUSTER) => ClusterDiscoveryServiceClient::new(channel)
+                .delta_clusters(requests)
+                .await,
+            Rpc::Single(type_url::CLUSTER_LOAD_ASSIGNMENT) => {
+                EndpointDiscoveryServiceClient::new(channel)
+                    .delta_endpoints(requests)
+                    .await
+            }
+            Rpc::Single(type_url::LISTENER) => ListenerDiscoveryServiceClient::new(channel)
+                .delta_listeners(requests)
+                .await,
+            Rpc::Single(_) => RouteDiscoveryServiceClient::new(channel)
+                .delta_routes(requests)
+                .await,
+        };
+        let mut stream = match response {
+            Ok(r) => r.into_inner(),
+            Err(status) => {
+                tracing::warn!(mux = %self.name, %status, "xDS stream refused");
+                return false;
+            }
+        };
+        self.connected(server);
+        loop {
+            match stream.message().await {
+                Ok(Some(resp)) => {
+                    let Some(server) = server.upgrade() else {
+                        return true;
+                    };
+                    self.on_delta_response(&server, resp);
+                }
+                Ok(None) => {
+                    tracing::warn!(mux = %self.name, "xDS stream closed by the server");
+                    return true;
+                }
+                Err(status) => {
+                    tracing::warn!(mux = %self.name, %status, "xDS stream failed");
+                    return true;
+                }
+            }
+        }
+    }
+
+    fn connected(&self, server: &Weak<Server>) {
+        tracing::info!(mux = %self.name, uri = %self.target.uri, "xDS stream established");
+        if let Some(server) = server.upgrade() {
+            server.xds.borrow().stats.set_connected(true);
+        }
+    }
+
+    fn on_sotw_response(&self, server: &Rc<Server>, resp: DiscoveryResponse) {
+        let Some(type_url) = canonical(&resp.type_url) else {
+            tracing::warn!(mux = %self.name, type_url = %resp.type_url, "ignoring a response of an unknown type");
+            return;
+        };
+        {
+            let mut st = self.state.borrow_mut();
+            let Some(t) = st.types.get_mut(type_url).filter(|t| t.interested) else {
+                tracing::warn!(mux = %self.name, type_url, "ignoring a response for an unwatched type");
+                return;
+            };
+            t.nonce = resp.nonce.clone();
+        }
+        let result = apply::decode(type_url, &resp.resources).and_then(|resources| {
+            apply::apply(
+                server,
+                self,
+                type_url,
+                Update::Sotw {
+                    version: &resp.version_info,
+                    resources,
+                },
+            )
+        });
+        self.finish_response(type_url, &resp.version_info, result, &[], &[]);
+    }
+
+    fn on_delta_response(&self, server: &Rc<Server>, resp: DeltaDiscoveryResponse) {
+        let Some(type_url) = canonical(&resp.type_url) else {
+            tracing::warn!(mux = %self.name, type_url = %resp.type_url, "ignoring a response of an unknown type");
+            return;
+        };
+        {
+            let mut st = self.state.borrow_mut();
+            let Some(t) = st.types.get_mut(type_url).filter(|t| t.interested) else {
+                tracing::warn!(mux = %self.name, type_url, "ignoring a response for an unwatched type");
+                return;
+            };
+            t.nonce = resp.nonce.clone();
+        }
+        let mut versions = Vec::new();
+        let result = apply::decode_delta(type_url, &resp.resources).and_then(|resources| {
+            versions = resources
+                .iter()
+                .map(|r| (r.name.clone(), r.version.clone()))
+                .collect();
+            apply::apply(
+                server,
+                self,
+                type_url,
+                Update::Delta {
+                    version: &resp.system_version_info,
+                    resources,
+                    removed: &resp.removed_resources,
+                },
+            )
+        });
+        self.finish_response(
+            type_url,
+            &resp.system_version_info,
+            result,
+            &versions,
+            &resp.removed_resources,
+        );
+    }
+
+    /// Records the outcome and answers with an ACK or a NACK.
+    fn finish_response(
+        &self,
+        type_url: &'static str,
+        version: &str,
+        result: Result<(), String>,
+        delta_versions: &[(String, String)],
+        removed: &[String],
+    ) {
+        {
+            let mut st = self.state.borrow_mut();
+            let t = st.types.entry(type_url).or_default();
+            match &result {
+                Ok(()) => {
+                    t.version = version.to_string();
+                    t.error = None;
+                    for (name, v) in delta_versions {
+                        t.versions.insert(name.clone(), v.clone());
+                    }
+                    for name in removed {
+                        t.versions.remove(name);
+                    }
+                }
+                Err(detail) => {
+                    tracing::warn!(mux = %self.name, type_url, error = %detail, "rejecting xDS update");
+                    t.error = Some(Status {
+                        code: tonic::Code::Internal as i32,
+                        message: detail.clone(),
+                        details: Vec::new(),
+                    });
+                }
+            }
+        }
+        self.send(type_url);
+    }
+}
+
+/// Envoy's jittered exponential back-off: a random delay up to base·2ⁿ, capped.
+struct Backoff {
+    base: Duration,
+    max: Duration,
+    attempt: u32,
+}
+
+impl Backoff {
+    fn new(base: Duration, max: Duration) -> Backoff {
+        Backoff {
+            base,
+            max,
+            attempt: 0,
+        }
+    }
+
+    fn reset(&mut self) {
+        self.attempt = 0;
+    }
+
+    fn next(&mut self) -> Duration {
+        let ceiling = self
+            .base
+            .saturating_mul(1u32 << self.attempt.min(16))
+            .min(self.max);
+        self.attempt = self.attempt.saturating_add(1);
+        let ms = ceiling.as_millis().max(1) as u64;
+        Duration::from_millis(fastrand::u64(ms / 2..=ms))
+    }
+}

@@ -112,7 +112,8 @@ impl TypeState {
         nonce: &mut u64,
         node: &StreamNode,
     ) -> Option<DiscoveryResponse> {
-        if !self.requested || self.outstanding {
+        // Subscribed to nothing (an empty list after naming resources): nothing to send.
+        if !self.requested || self.outstanding || (!self.wildcard && self.names.is_empty()) {
             return None;
         }
         let tr = snapshot.of(kind);

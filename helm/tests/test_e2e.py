@@ -140,14 +140,37 @@ def map_hostport(arg, ports):
     return f"127.0.0.1:{ports[int(port)]}"
 
 
+# The chart's default: the ready listener (an HTTP connection manager) in the bootstrap, and the
+# demo resources (HTTP listener -> RDS route -> cluster).
+HTTP = {"controlPlane": {"enabled": True}}
+# L4 only: the admin on the pod address (no ready listener) and a tcp_proxy listener.
+TCP = {
+    "admin": {"address": "0.0.0.0"},
+    "readyListener": {"enabled": False},
+    "controlPlane": {"enabled": True, "xdsResources": {
+        "clusters": [{"name": "echo", "type": "STRICT_DNS", "connect_timeout": "1s", "load_assignment": {
+            "cluster_name": "echo", "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {
+                "address": "echo.default.svc.cluster.local", "port_value": 8080}}}}]}]}}],
+        "endpoints": [],
+        "listeners": [{"name": "tcp_in", "address": {"socket_address": {"address": "0.0.0.0", "port_value": 10000}},
+                       "filter_chains": [{"filters": [{"name": "envoy.filters.network.tcp_proxy", "typed_config": {
+                           "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+                           "stat_prefix": "tcp_in", "cluster": "echo"}}]}]}],
+        "routes": [],
+    }},
+}
+CP_STUB = pytest.mark.xfail(reason="courier-cp's ADS server is not implemented yet (bin is a stub)", strict=True)
+NO_HCM = pytest.mark.xfail(reason="courier has no HTTP connection manager yet (ready listener, HTTP routes)",
+                           strict=True)
+
 CASES = [
-    pytest.param("envoy", "reference", id="envoy-reference_xds"),
-    pytest.param("envoy", "courier-cp", id="envoy-courier_cp", marks=pytest.mark.xfail(
-        reason="courier-cp's ADS server is not implemented yet (bin is a stub)", strict=True)),
-    pytest.param("courier", "reference", id="courier-reference_xds", marks=pytest.mark.xfail(
-        reason="courier ADS client lands with issue 4", strict=True)),
-    pytest.param("courier", "courier-cp", id="courier-courier_cp", marks=pytest.mark.xfail(
-        reason="courier ADS client lands with issue 4", strict=True)),
+    pytest.param("envoy", "reference", "http", id="envoy-reference_xds-http"),
+    pytest.param("envoy", "reference", "tcp", id="envoy-reference_xds-tcp"),
+    pytest.param("envoy", "courier-cp", "http", id="envoy-courier_cp-http", marks=CP_STUB),
+    pytest.param("courier", "reference", "tcp", id="courier-reference_xds-tcp"),
+    pytest.param("courier", "reference", "http", id="courier-reference_xds-http", marks=NO_HCM),
+    pytest.param("courier", "courier-cp", "tcp", id="courier-courier_cp-tcp", marks=CP_STUB),
+    pytest.param("courier", "courier-cp", "http", id="courier-courier_cp-http", marks=[NO_HCM, CP_STUB]),
 ]
 
 
@@ -159,9 +182,10 @@ def cleanup():
         stop()
 
 
-@pytest.mark.parametrize("proxy,cp", CASES)
-def test_chart_boots_proxy_and_traffic_flows(chart, tmp_path, cleanup, proxy, cp):
-    r = render(chart, {"controlPlane": {"enabled": True}})
+@pytest.mark.parametrize("proxy,cp,flavor", CASES)
+def test_chart_boots_proxy_and_traffic_flows(chart, tmp_path, cleanup, proxy, cp, flavor):
+    r = render(chart, HTTP if flavor == "http" else TCP)
+    ready_listener = flavor == "http"
     workload_args = r.container["args"]
     cp_args = r.one("Deployment", f"{RELEASE}-cp")["spec"]["template"]["spec"]["containers"][0]["args"]
     bootstrap, resources = r.bootstrap, r.cp_resources()
@@ -217,8 +241,11 @@ def test_chart_boots_proxy_and_traffic_flows(chart, tmp_path, cleanup, proxy, cp
     admin = ports[9901]
     wait_for("admin /ready to answer LIVE", lambda: http_get(admin, "/ready") == (200, "LIVE\n")
              or http_get(admin, "/ready") == (200, "LIVE"), procs)
-    # Probes and scraping go through the ready listener: it serves /ready and Prometheus stats.
-    status, body = wait_for("the ready listener", lambda: http_get(ports[19001], "/ready"), procs)
+    # Probes and scraping go through the ready listener (or the admin on the pod address).
+    probe_port = ports[19001] if ready_listener else admin
+    probe = r.container["readinessProbe"]["httpGet"]
+    assert probe == {"path": "/ready", "port": "ready" if ready_listener else "admin"}
+    status, body = wait_for("the probe port", lambda: http_get(probe_port, "/ready"), procs)
     assert (status, body.strip()) == (200, "LIVE")
 
     # Traffic: listener (from LDS) -> route (RDS) -> cluster (CDS) -> the demo upstream.
@@ -233,8 +260,10 @@ def test_chart_boots_proxy_and_traffic_flows(chart, tmp_path, cleanup, proxy, cp
     _, stats = http_get(admin, "/stats")
     stat = dict(line.split(": ", 1) for line in stats.splitlines() if ": " in line)
     assert stat.get("control_plane.connected_state") == "1", stats[:2000]
-    for name in ["cluster_manager.cds.update_success", "listener_manager.lds.update_success",
-                 "http.ingress_http.rds.local_route.update_success"]:
+    wanted = ["cluster_manager.cds.update_success", "listener_manager.lds.update_success"]
+    if flavor == "http":
+        wanted.append("http.ingress_http.rds.local_route.update_success")
+    for name in wanted:
         assert int(stat.get(name, "0")) >= 1, name
     for name in ["cluster_manager.cds.update_rejected", "listener_manager.lds.update_rejected"]:
         assert stat.get(name, "0") == "0", name
@@ -242,7 +271,7 @@ def test_chart_boots_proxy_and_traffic_flows(chart, tmp_path, cleanup, proxy, cp
     # metrics port is the ready listener).
     script = r.one("Pod")["spec"]["containers"][0]["command"]
     assert script[:2] == ["/bin/sh", "-ec"]
-    env = {**os.environ, "METRICS": f"http://127.0.0.1:{ports[19001]}"}
+    env = {**os.environ, "METRICS": f"http://127.0.0.1:{probe_port}"}
     if not shutil.which("wget"):
         shim = tmp_path / "bin"
         shim.mkdir()
@@ -252,8 +281,9 @@ def test_chart_boots_proxy_and_traffic_flows(chart, tmp_path, cleanup, proxy, cp
     helm_test = subprocess.run(["sh", "-ec", script[2]], env=env, capture_output=True, text=True, timeout=30)
     assert helm_test.returncode == 0, helm_test.stdout + helm_test.stderr
     assert "control_plane.connected_state: 1" in helm_test.stdout
-    # Anything else is not exposed through the ready listener.
-    assert http_get(ports[19001], "/config_dump")[0] == 404
+    if ready_listener:
+        # Nothing else of the admin API is exposed through the ready listener.
+        assert http_get(ports[19001], "/config_dump")[0] == 404
 
     # The node identity comes from the downward API via --service-node/--service-cluster.
     if cp == "reference":

@@ -32,6 +32,25 @@ pub struct NackRecord {
     pub at_unix_ms: u64,
 }
 
+impl NackRecord {
+    /// A NACK received now.
+    pub(crate) fn new(
+        rejected_version: &str,
+        current_version: &str,
+        nonce: &str,
+        error: &courier_proto::google::rpc::Status,
+    ) -> NackRecord {
+        NackRecord {
+            rejected_version: rejected_version.to_string(),
+            current_version: current_version.to_string(),
+            nonce: nonce.to_string(),
+            code: error.code,
+            message: error.message.clone(),
+            at_unix_ms: now_ms(),
+        }
+    }
+}
+
 /// The status of one resource type of one node.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct TypeStatus {
@@ -179,31 +198,14 @@ impl StatusRegistry {
         });
     }
 
-    pub(crate) fn nacked(
-        &self,
-        node: &str,
-        kind: ResourceType,
-        rejected_version: &str,
-        current_version: &str,
-        nonce: &str,
-        code: i32,
-        message: &str,
-    ) {
+    pub(crate) fn nacked(&self, node: &str, kind: ResourceType, nack: NackRecord) {
         tracing::warn!(
-            node = %node, type_url = kind.type_url(), rejected_version, nonce, code,
-            error = %message, "NACK"
+            node = %node, type_url = kind.type_url(), rejected_version = %nack.rejected_version,
+            nonce = %nack.nonce, code = nack.code, error = %nack.message, "NACK"
         );
-        let record = NackRecord {
-            rejected_version: rejected_version.to_string(),
-            current_version: current_version.to_string(),
-            nonce: nonce.to_string(),
-            code,
-            message: message.to_string(),
-            at_unix_ms: now_ms(),
-        };
         self.update_type(node, kind, |t| {
             t.nacks += 1;
-            t.last_nack = Some(record);
+            t.last_nack = Some(nack);
         });
     }
 

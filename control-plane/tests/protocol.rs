@@ -10,7 +10,9 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use common::*;
-use courier_control_plane::{ControlPlane, ResourceType, ServerConfig, Snapshot, SnapshotCache, XdsServerHandle};
+use courier_control_plane::{
+    ControlPlane, ResourceType, ServerConfig, Snapshot, SnapshotCache, XdsServerHandle,
+};
 use courier_proto::envoy::config::core::v3::Node;
 use courier_proto::envoy::service::cluster::v3::cluster_discovery_service_client::ClusterDiscoveryServiceClient;
 use courier_proto::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
@@ -70,7 +72,8 @@ impl Sotw {
 
     async fn ack(&self, resp: &DiscoveryResponse, names: &[&str]) {
         let kind = ResourceType::from_type_url(&resp.type_url).expect("known type");
-        self.send(kind, names, &resp.version_info, &resp.nonce).await;
+        self.send(kind, names, &resp.version_info, &resp.nonce)
+            .await;
     }
 
     async fn recv(&mut self) -> DiscoveryResponse {
@@ -85,7 +88,12 @@ impl Sotw {
 fn names(resp: &DiscoveryResponse) -> Vec<String> {
     resp.resources
         .iter()
-        .map(|any| courier_control_plane::Resource::from_any(any).expect("decodes").name().to_string())
+        .map(|any| {
+            courier_control_plane::Resource::from_any(any)
+                .expect("decodes")
+                .name()
+                .to_string()
+        })
         .collect()
 }
 
@@ -102,7 +110,9 @@ fn base_snapshot() -> Snapshot {
 }
 
 async fn start(cp: &ControlPlane) -> XdsServerHandle {
-    cp.start("127.0.0.1:0".parse().expect("addr")).await.expect("start")
+    cp.start("127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("start")
 }
 
 #[test]
@@ -113,15 +123,24 @@ fn inconsistent_snapshots_are_refused_with_a_clear_error() {
         .build()
         .expect_err("missing EDS and RDS");
     let msg = err.to_string();
-    assert!(msg.contains("cluster \"c1\" references EDS cluster_load_assignment \"c1\""), "{msg}");
-    assert!(msg.contains("listener \"l1\" references RDS route_configuration \"r1\""), "{msg}");
+    assert!(
+        msg.contains("cluster \"c1\" references EDS cluster_load_assignment \"c1\""),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("listener \"l1\" references RDS route_configuration \"r1\""),
+        "{msg}"
+    );
 
     let dup = Snapshot::builder()
         .resource(endpoints("c1", &[1]))
         .resource(endpoints("c1", &[2]))
         .build()
         .expect_err("duplicate");
-    assert_eq!(dup.to_string(), "duplicate cluster_load_assignment name \"c1\"");
+    assert_eq!(
+        dup.to_string(),
+        "duplicate cluster_load_assignment name \"c1\""
+    );
 
     // Updates keep the snapshot consistent too, and fail atomically.
     let cache = SnapshotCache::new();
@@ -132,7 +151,9 @@ fn inconsistent_snapshots_are_refused_with_a_clear_error() {
         .expect_err("c1 still needs its endpoints");
     assert!(err.to_string().contains("cluster \"c1\""), "{err}");
     assert_eq!(cache.snapshot(NODE).expect("snapshot"), before);
-    let err = cache.remove_resource(NODE, ResourceType::Cluster, "nope").expect_err("unknown");
+    let err = cache
+        .remove_resource(NODE, ResourceType::Cluster, "nope")
+        .expect_err("unknown");
     assert_eq!(err.to_string(), "no cluster named \"nope\" in the snapshot");
 }
 
@@ -143,9 +164,17 @@ fn versions_are_content_derived_and_per_type() {
     for t in ResourceType::ALL {
         assert_eq!(a.version(t), b.version(t), "same content, same version");
     }
-    let c = a.with_changes([endpoints("c1", &[9999])], []).expect("update");
-    assert_ne!(c.version(ResourceType::Endpoint), a.version(ResourceType::Endpoint));
-    assert_eq!(c.version(ResourceType::Cluster), a.version(ResourceType::Cluster));
+    let c = a
+        .with_changes([endpoints("c1", &[9999])], [])
+        .expect("update");
+    assert_ne!(
+        c.version(ResourceType::Endpoint),
+        a.version(ResourceType::Endpoint)
+    );
+    assert_eq!(
+        c.version(ResourceType::Cluster),
+        a.version(ResourceType::Cluster)
+    );
     let explicit = Snapshot::builder().version("v7").build().expect("empty");
     assert_eq!(explicit.version(ResourceType::Listener), "v7");
 }
@@ -177,9 +206,10 @@ async fn sotw_ack_does_not_cause_a_push_and_updates_status() {
     assert_eq!(st.connected_streams, 1);
     assert_eq!(st.of(ResourceType::Cluster).pushes, 1);
     assert_eq!(st.of(ResourceType::Cluster).acks, 1);
-    assert!(cp.status().render_prometheus().contains(
-        "courier_cp_acks_total{node=\"node-1\",type=\"clusters\"} 1"
-    ));
+    assert!(cp
+        .status()
+        .render_prometheus()
+        .contains("courier_cp_acks_total{node=\"node-1\",type=\"clusters\"} 1"));
 }
 
 #[tokio::test]
@@ -192,7 +222,10 @@ async fn sotw_nack_is_recorded_and_not_resent_until_the_snapshot_changes() {
     c.send(ResourceType::Listener, &[], "", "").await;
     let lds = c.recv().await;
     c.ack(&lds, &[]).await;
-    let v2 = cp.cache().update_resource(NODE, tcp_listener("l2", 2002, "c1")).expect("update");
+    let v2 = cp
+        .cache()
+        .update_resource(NODE, tcp_listener("l2", 2002, "c1"))
+        .expect("update");
     let lds2 = c.recv().await;
     assert_eq!(lds2.version_info, v2);
     // NACK: version_info stays the last accepted one, error_detail says why.
@@ -215,13 +248,23 @@ async fn sotw_nack_is_recorded_and_not_resent_until_the_snapshot_changes() {
         .expect("nack recorded");
     assert_eq!(nack.message, "l2: bad listener");
     assert_eq!(nack.current_version, lds.version_info);
-    assert_eq!(cp.status().acked_version(NODE, ResourceType::Listener), Some(lds.version_info.clone()));
+    assert_eq!(
+        cp.status().acked_version(NODE, ResourceType::Listener),
+        Some(lds.version_info.clone())
+    );
 
     // Not re-sent: the next LDS response is the one for the next snapshot change.
-    let v3 = cp.cache().remove_resource(NODE, ResourceType::Listener, "l2").expect("remove");
+    let v3 = cp
+        .cache()
+        .remove_resource(NODE, ResourceType::Listener, "l2")
+        .expect("remove");
     let lds3 = c.recv().await;
     assert_eq!(lds3.version_info, v3);
-    assert_eq!(names(&lds3), ["l1"], "SotW LDS carries the full set; l2 is gone by absence");
+    assert_eq!(
+        names(&lds3),
+        ["l1"],
+        "SotW LDS carries the full set; l2 is gone by absence"
+    );
 }
 
 #[tokio::test]
@@ -235,16 +278,32 @@ async fn sotw_stale_nonce_is_ignored_and_one_response_per_type_is_in_flight() {
     let first = c.recv().await;
     // Two updates while the first response is un-ACKed: nothing is sent until the ACK, and
     // then only the latest state (batched).
-    cp.cache().update_resource(NODE, endpoints("c1", &[3001])).expect("u1");
-    let v = cp.cache().update_resource(NODE, endpoints("c1", &[3002])).expect("u2");
+    cp.cache()
+        .update_resource(NODE, endpoints("c1", &[3001]))
+        .expect("u1");
+    let v = cp
+        .cache()
+        .update_resource(NODE, endpoints("c1", &[3002]))
+        .expect("u2");
     // A request with an unknown nonce is stale: ignored (also its names).
-    c.send(ResourceType::Endpoint, &["c1", "c2"], "", "999").await;
+    c.send(ResourceType::Endpoint, &["c1", "c2"], "", "999")
+        .await;
     c.ack(&first, &["c1"]).await;
     let next = c.recv().await;
     assert_eq!(next.version_info, v, "the latest version, once");
-    assert_eq!(names(&next), ["c1"], "the stale request's names were ignored");
+    assert_eq!(
+        names(&next),
+        ["c1"],
+        "the stale request's names were ignored"
+    );
     // A subscription change that adds a name is answered at the same version.
-    c.send(ResourceType::Endpoint, &["c1", "c2"], &next.version_info, &next.nonce).await;
+    c.send(
+        ResourceType::Endpoint,
+        &["c1", "c2"],
+        &next.version_info,
+        &next.nonce,
+    )
+    .await;
     let more = c.recv().await;
     assert_eq!(more.version_info, v);
     assert_eq!(names(&more), ["c1", "c2"]);
@@ -257,11 +316,15 @@ async fn sotw_named_resources_that_do_not_exist_yet_are_sent_when_they_appear() 
     let server = start(&cp).await;
     let mut c = Sotw::ads(&server).await;
 
-    c.send(ResourceType::Endpoint, &["c1", "later"], "", "").await;
+    c.send(ResourceType::Endpoint, &["c1", "later"], "", "")
+        .await;
     let eds = c.recv().await;
     assert_eq!(names(&eds), ["c1"], "non-strict: what exists is sent");
     c.ack(&eds, &["c1", "later"]).await;
-    let v = cp.cache().update_resource(NODE, endpoints("later", &[4000])).expect("add");
+    let v = cp
+        .cache()
+        .update_resource(NODE, endpoints("later", &[4000]))
+        .expect("add");
     let eds2 = c.recv().await;
     assert_eq!(eds2.version_info, v);
     assert_eq!(names(&eds2), ["c1", "later"]);
@@ -274,11 +337,14 @@ async fn sotw_strict_ads_waits_for_every_requested_name() {
     let server = start(&cp).await;
     let mut c = Sotw::ads(&server).await;
 
-    c.send(ResourceType::Endpoint, &["c1", "later"], "", "").await;
+    c.send(ResourceType::Endpoint, &["c1", "later"], "", "")
+        .await;
     c.send(ResourceType::Cluster, &[], "", "").await;
     // EDS is held back: the first response is CDS.
     assert_eq!(c.recv().await.type_url, ResourceType::Cluster.type_url());
-    cp.cache().update_resource(NODE, endpoints("later", &[4000])).expect("add");
+    cp.cache()
+        .update_resource(NODE, endpoints("later", &[4000]))
+        .expect("add");
     let eds = c.recv().await;
     assert_eq!(eds.type_url, ResourceType::Endpoint.type_url());
     assert_eq!(names(&eds), ["c1", "later"]);
@@ -305,7 +371,12 @@ async fn ads_pushes_in_make_before_break_order() {
         let names: Vec<&str> = names.iter().map(String::as_str).collect();
         c.ack(&r, &names).await;
     }
-    for kind in [ResourceType::Cluster, ResourceType::Endpoint, ResourceType::Listener, ResourceType::Route] {
+    for kind in [
+        ResourceType::Cluster,
+        ResourceType::Endpoint,
+        ResourceType::Listener,
+        ResourceType::Route,
+    ] {
         cp.status()
             .wait_for_ack(NODE, kind, s.version(kind), RECV_TIMEOUT)
             .await
@@ -348,18 +419,36 @@ async fn sotw_reconnect_with_the_current_version_gets_no_push() {
     let server = start(&cp).await;
     let mut c = Sotw::ads(&server).await;
     // The client already holds the current CDS version (as after a reconnect).
-    c.send(ResourceType::Cluster, &[], s.version(ResourceType::Cluster), "").await;
+    c.send(
+        ResourceType::Cluster,
+        &[],
+        s.version(ResourceType::Cluster),
+        "",
+    )
+    .await;
     c.send(ResourceType::Listener, &[], "", "").await;
     let first = c.recv().await;
-    assert_eq!(first.type_url, ResourceType::Listener.type_url(), "CDS was not re-sent");
     assert_eq!(
-        cp.status().acked_version(NODE, ResourceType::Cluster).as_deref(),
+        first.type_url,
+        ResourceType::Listener.type_url(),
+        "CDS was not re-sent"
+    );
+    assert_eq!(
+        cp.status()
+            .acked_version(NODE, ResourceType::Cluster)
+            .as_deref(),
         Some(s.version(ResourceType::Cluster))
     );
     // A later change is pushed normally.
-    let v = cp.cache().remove_resource(NODE, ResourceType::Cluster, "c2").expect("remove");
+    let v = cp
+        .cache()
+        .remove_resource(NODE, ResourceType::Cluster, "c2")
+        .expect("remove");
     let cds = c.recv().await;
-    assert_eq!((cds.version_info.as_str(), names(&cds)), (v.as_str(), vec!["c1".to_string()]));
+    assert_eq!(
+        (cds.version_info.as_str(), names(&cds)),
+        (v.as_str(), vec!["c1".to_string()])
+    );
 }
 
 #[tokio::test]
@@ -371,8 +460,15 @@ async fn sotw_empty_names_mean_wildcard_only_until_a_name_was_given() {
     c.send(ResourceType::Endpoint, &[], "", "").await;
     let all = c.recv().await;
     assert_eq!(names(&all), ["c1", "c2"], "legacy wildcard");
-    c.send(ResourceType::Endpoint, &["c1"], &all.version_info, &all.nonce).await;
-    c.send(ResourceType::Endpoint, &[], &all.version_info, &all.nonce).await;
+    c.send(
+        ResourceType::Endpoint,
+        &["c1"],
+        &all.version_info,
+        &all.nonce,
+    )
+    .await;
+    c.send(ResourceType::Endpoint, &[], &all.version_info, &all.nonce)
+        .await;
     // Requests are handled in order: the CDS answer proves the EDS ones were processed, and
     // none of them was answered.
     c.send(ResourceType::Cluster, &[], "", "").await;
@@ -380,14 +476,22 @@ async fn sotw_empty_names_mean_wildcard_only_until_a_name_was_given() {
     assert_eq!(cds.type_url, ResourceType::Cluster.type_url());
     c.ack(&cds, &[]).await;
     // Now "nothing": changes to endpoints are not sent; the next response is a CDS one.
-    cp.cache().update_resource(NODE, endpoints("c1", &[5000])).expect("update");
+    cp.cache()
+        .update_resource(NODE, endpoints("c1", &[5000]))
+        .expect("update");
     cp.cache()
         .update_resources(NODE, [endpoints("c9", &[9]), eds_cluster("c9")], [])
         .expect("add c9");
     let next = c.recv().await;
     assert_eq!(next.type_url, ResourceType::Cluster.type_url());
     // "*" subscribes to everything again (the version changed, so it is pushed).
-    c.send(ResourceType::Endpoint, &["*"], &all.version_info, &all.nonce).await;
+    c.send(
+        ResourceType::Endpoint,
+        &["*"],
+        &all.version_info,
+        &all.nonce,
+    )
+    .await;
     let star = c.recv().await;
     assert_eq!(star.type_url, ResourceType::Endpoint.type_url());
     assert_eq!(names(&star), ["c1", "c2", "c9"]);
@@ -462,31 +566,52 @@ async fn delta_sends_only_differences_and_removals() {
     assert_eq!(first.resources[0].version, c1.version());
     c.ack(&first).await;
     cp.status()
-        .wait_for_ack(NODE, ResourceType::Cluster, &first.system_version_info, RECV_TIMEOUT)
+        .wait_for_ack(
+            NODE,
+            ResourceType::Cluster,
+            &first.system_version_info,
+            RECV_TIMEOUT,
+        )
         .await
         .expect("delta ack");
 
     // Add c3, remove c2: one response with exactly that.
     let s2 = cp
         .cache()
-        .update_resources(NODE, [endpoints("c3", &[1]), eds_cluster("c3")], [(ResourceType::Cluster, "c2".to_string())])
+        .update_resources(
+            NODE,
+            [endpoints("c3", &[1]), eds_cluster("c3")],
+            [(ResourceType::Cluster, "c2".to_string())],
+        )
         .expect("change");
     let second = c.recv().await;
     assert_eq!(delta_names(&second), ["c3"]);
     assert_eq!(second.removed_resources, ["c2"]);
-    assert_eq!(second.system_version_info, s2.version(ResourceType::Cluster));
+    assert_eq!(
+        second.system_version_info,
+        s2.version(ResourceType::Cluster)
+    );
 
     // A NACK is recorded and nothing is re-sent; an unchanged snapshot sends nothing.
     c.send(DeltaDiscoveryRequest {
         type_url: second.type_url.clone(),
         response_nonce: second.nonce.clone(),
-        error_detail: Some(RpcStatus { code: 13, message: "c3: nope".into(), ..Default::default() }),
+        error_detail: Some(RpcStatus {
+            code: 13,
+            message: "c3: nope".into(),
+            ..Default::default()
+        }),
         ..Default::default()
     })
     .await;
     let nack = cp
         .status()
-        .wait_for_nack(NODE, ResourceType::Cluster, &second.system_version_info, RECV_TIMEOUT)
+        .wait_for_nack(
+            NODE,
+            ResourceType::Cluster,
+            &second.system_version_info,
+            RECV_TIMEOUT,
+        )
         .await
         .expect("nack");
     assert_eq!(nack.message, "c3: nope");
@@ -537,7 +662,12 @@ async fn per_type_cds_service_streams_and_fetches() {
         .await
         .expect("connect");
     let (tx, rx) = mpsc::channel(4);
-    tx.send(DiscoveryRequest { node: node(), ..Default::default() }).await.expect("send");
+    tx.send(DiscoveryRequest {
+        node: node(),
+        ..Default::default()
+    })
+    .await
+    .expect("send");
     let mut stream = client
         .stream_clusters(ReceiverStream::new(rx))
         .await
@@ -548,7 +678,11 @@ async fn per_type_cds_service_streams_and_fetches() {
         .expect("in time")
         .expect("ok")
         .expect("open");
-    assert_eq!(resp.type_url, ResourceType::Cluster.type_url(), "empty type_url means the service's type");
+    assert_eq!(
+        resp.type_url,
+        ResourceType::Cluster.type_url(),
+        "empty type_url means the service's type"
+    );
     assert_eq!(names(&resp), ["c1", "c2"]);
 
     let fetched = client
@@ -584,5 +718,8 @@ async fn nodes_are_keyed_by_a_pluggable_hash_and_fall_back_to_the_default_snapsh
     let cds = c.recv().await;
     assert!(cds.resources.is_empty());
     server.shutdown().await;
-    cp.status().wait_for_streams(NODE, 0, RECV_TIMEOUT).await.expect("stream closed on shutdown");
+    cp.status()
+        .wait_for_streams(NODE, 0, RECV_TIMEOUT)
+        .await
+        .expect("stream closed on shutdown");
 }

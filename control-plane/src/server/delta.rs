@@ -21,6 +21,7 @@ use tonic::{Status, Streaming};
 use super::{shutdown_requested, snapshot_changed, Scope, Shared, StreamNode};
 use crate::cache::Snapshot;
 use crate::resource::ResourceType;
+use crate::status::NackRecord;
 
 /// How many unacknowledged nonces per type are remembered to attribute late ACKs.
 const NONCE_WINDOW: usize = 16;
@@ -66,11 +67,7 @@ impl TypeState {
                         Some(err) => node.status.nacked(
                             &node.id,
                             kind,
-                            &version,
-                            "",
-                            &nonce,
-                            err.code,
-                            &err.message,
+                            NackRecord::new(&version, "", &nonce, err),
                         ),
                         None => node.status.acked(&node.id, kind, &version),
                     }

@@ -26,6 +26,7 @@ use tonic::{Status, Streaming};
 use super::{shutdown_requested, snapshot_changed, Scope, Shared, StreamNode};
 use crate::cache::Snapshot;
 use crate::resource::{Resource, ResourceType};
+use crate::status::NackRecord;
 
 /// Per-type state of one SotW stream.
 #[derive(Debug, Default)]
@@ -73,11 +74,7 @@ impl TypeState {
                     Some(err) => node.status.nacked(
                         &node.id,
                         kind,
-                        &sent,
-                        &req.version_info,
-                        &req.response_nonce,
-                        err.code,
-                        &err.message,
+                        NackRecord::new(&sent, &req.version_info, &req.response_nonce, err),
                     ),
                     None => {
                         tracing::debug!(node = %node.id, type_url = kind.type_url(), version = %req.version_info, "ACK");

@@ -59,11 +59,15 @@ impl Drop for Upstream {
 
 impl Upstream {
     pub async fn start(name: &'static str) -> Upstream {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind upstream");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind upstream");
         let port = listener.local_addr().expect("addr").port();
         let task = tokio::spawn(async move {
             loop {
-                let Ok((mut sock, _)) = listener.accept().await else { return };
+                let Ok((mut sock, _)) = listener.accept().await else {
+                    return;
+                };
                 tokio::spawn(async move {
                     // Keep-alive loop: answer each request read (headers only; GETs).
                     let mut buf = Vec::new();
@@ -97,11 +101,19 @@ impl Upstream {
 
 /// A minimal HTTP/1.1 exchange (`Connection: close`): returns (status, body), or None if
 /// the connection failed.
-pub async fn http(method: &str, port: u16, path: &str, body: Option<&str>) -> Option<(u16, String)> {
-    let mut sock = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(("127.0.0.1", port)))
-        .await
-        .ok()?
-        .ok()?;
+pub async fn http(
+    method: &str,
+    port: u16,
+    path: &str,
+    body: Option<&str>,
+) -> Option<(u16, String)> {
+    let mut sock = tokio::time::timeout(
+        Duration::from_secs(5),
+        TcpStream::connect(("127.0.0.1", port)),
+    )
+    .await
+    .ok()?
+    .ok()?;
     let body = body.unwrap_or("");
     let req = format!(
         "{method} {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
@@ -117,7 +129,10 @@ pub async fn http(method: &str, port: u16, path: &str, body: Option<&str>) -> Op
     let (head, body) = text.split_once("\r\n\r\n")?;
     let status = head.split_whitespace().nth(1)?.parse().ok()?;
     // Envoy's admin may answer chunked; our upstream never does. Decode simple chunking.
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         dechunk(body)
     } else {
         body.to_string()
@@ -128,7 +143,9 @@ pub async fn http(method: &str, port: u16, path: &str, body: Option<&str>) -> Op
 fn dechunk(mut s: &str) -> String {
     let mut out = String::new();
     while let Some((size, rest)) = s.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else { break };
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
         if n == 0 || rest.len() < n {
             break;
         }
@@ -225,7 +242,13 @@ impl Envoy {
         let child = Command::new("envoy")
             .arg("-c")
             .arg(&cfg)
-            .args(["--use-dynamic-base-id", "--concurrency", "1", "--drain-time-s", "1"])
+            .args([
+                "--use-dynamic-base-id",
+                "--concurrency",
+                "1",
+                "--drain-time-s",
+                "1",
+            ])
             .args(["-l", "info", "--log-path"])
             .arg(&log)
             .stdin(Stdio::null())
@@ -248,7 +271,11 @@ impl Envoy {
 
     /// The value of one stat (`/stats?filter=^name$`), if present.
     pub async fn stat(&self, name: &str) -> Option<u64> {
-        let body = get_body(self.admin_port, &format!("/stats?filter=%5E{}%24", name.replace('.', "%5C."))).await?;
+        let body = get_body(
+            self.admin_port,
+            &format!("/stats?filter=%5E{}%24", name.replace('.', "%5C.")),
+        )
+        .await?;
         body.lines().find_map(|l| {
             let (k, v) = l.split_once(": ")?;
             (k == name).then(|| v.trim().parse().ok()).flatten()
@@ -265,12 +292,16 @@ impl Envoy {
 
     /// `/config_dump` as text.
     pub async fn config_dump(&self) -> String {
-        get_body(self.admin_port, "/config_dump").await.unwrap_or_default()
+        get_body(self.admin_port, "/config_dump")
+            .await
+            .unwrap_or_default()
     }
 
     /// `/clusters` as text.
     pub async fn clusters(&self) -> String {
-        get_body(self.admin_port, "/clusters").await.unwrap_or_default()
+        get_body(self.admin_port, "/clusters")
+            .await
+            .unwrap_or_default()
     }
 }
 

@@ -406,7 +406,10 @@ impl Runtime {
 
     fn cancel_sleep(&self, key: usize, generation: u64) {
         let mut t = self.timers.borrow_mut();
-        if t.entries.get(key).is_some_and(|e| e.generation == generation) {
+        if t.entries
+            .get(key)
+            .is_some_and(|e| e.generation == generation)
+        {
             t.entries.remove(key);
         }
     }

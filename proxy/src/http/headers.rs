@@ -1,7 +1,9 @@
 //! Header mutations (`request_headers_to_add/remove`, `response_headers_to_add/remove`) and
 //! small header helpers shared by the connection manager and the router.
 
-use courier_proto::envoy::config::core::v3::{header_value_option::HeaderAppendAction, HeaderValueOption};
+use courier_proto::envoy::config::core::v3::{
+    header_value_option::HeaderAppendAction, HeaderValueOption,
+};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::config::ConfigError;
@@ -71,7 +73,9 @@ impl ValueFormat {
             let Some(end) = after.find('%') else {
                 return Err(ConfigError::new(
                     path,
-                    format!("Invalid header configuration. Un-terminated variable expression '{after}'"),
+                    format!(
+                        "Invalid header configuration. Un-terminated variable expression '{after}'"
+                    ),
                 ));
             };
             let cmd = &after[..end];
@@ -108,9 +112,10 @@ impl ValueFormat {
         }
         let literal = match parts.as_slice() {
             [] => Some(HeaderValue::from_static("")),
-            [Part::Literal(s)] => Some(HeaderValue::from_str(s).map_err(|_| {
-                ConfigError::new(path, "invalid header value")
-            })?),
+            [Part::Literal(s)] => Some(
+                HeaderValue::from_str(s)
+                    .map_err(|_| ConfigError::new(path, "invalid header value"))?,
+            ),
             _ => None,
         };
         Ok(ValueFormat { parts, literal })
@@ -152,7 +157,11 @@ impl ValueFormat {
                     }
                 }
                 Part::RequestHeader(h) => {
-                    if let Some(v) = cx.request.and_then(|r| r.get(h)).and_then(|v| v.to_str().ok()) {
+                    if let Some(v) = cx
+                        .request
+                        .and_then(|r| r.get(h))
+                        .and_then(|v| v.to_str().ok())
+                    {
                         out.push_str(v)
                     }
                 }
@@ -204,7 +213,10 @@ impl HeaderMutations {
                 ));
             }
             let name = HeaderName::from_bytes(h.key.as_bytes()).map_err(|_| {
-                ConfigError::new(format!("{path}.header.key"), format!("invalid header name '{}'", h.key))
+                ConfigError::new(
+                    format!("{path}.header.key"),
+                    format!("invalid header name '{}'", h.key),
+                )
             })?;
             let raw = if h.raw_value.is_empty() {
                 h.value.clone()
@@ -241,12 +253,15 @@ impl HeaderMutations {
         for (i, name) in remove.iter().enumerate() {
             let path = format!("{remove_path}[{i}]");
             if name.is_empty() || invalid_name(name) {
-                return Err(ConfigError::new(path, format!("invalid header name '{name}'")));
+                return Err(ConfigError::new(
+                    path,
+                    format!("invalid header name '{name}'"),
+                ));
             }
-            out.remove.push(
-                HeaderName::from_bytes(name.as_bytes())
-                    .map_err(|_| ConfigError::new(path, format!("invalid header name '{name}'")))?,
-            );
+            out.remove
+                .push(HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                    ConfigError::new(path, format!("invalid header name '{name}'"))
+                })?);
         }
         Ok(out)
     }
@@ -297,7 +312,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         if let Ok(s) = conn.to_str() {
             for token in s.split(',') {
                 let t = token.trim();
-                if t.is_empty() || t.eq_ignore_ascii_case("close") || t.eq_ignore_ascii_case("keep-alive") {
+                if t.is_empty()
+                    || t.eq_ignore_ascii_case("close")
+                    || t.eq_ignore_ascii_case("keep-alive")
+                {
                     continue;
                 }
                 if let Ok(n) = HeaderName::from_bytes(t.to_ascii_lowercase().as_bytes()) {
@@ -316,7 +334,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove(UPGRADE);
     if let Some(te) = headers.get(TE) {
         // Only `te: trailers` survives (gRPC needs it).
-        let keep = te.to_str().is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")));
+        let keep = te.to_str().is_ok_and(|s| {
+            s.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        });
         if keep {
             headers.insert(TE, HeaderValue::from_static("trailers"));
         } else {

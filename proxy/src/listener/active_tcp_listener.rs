@@ -87,6 +87,17 @@ fn accept_connection(ctx: &mut Ctx, config: &Arc<ListenerConfig>, stream: mio::n
                 tracing::debug!(listener = %config.name, error = %e, "connection closed at start");
             }
         }
+        NetworkFilter::HttpConnectionManager(hcm) => {
+            let hcm = hcm.clone();
+            let tag = chain.tag;
+            let stats = config.stats.clone();
+            let started = ctx.insert_handler(move |ctx, id| {
+                crate::http::conn::HttpConnection::start(ctx, id, stream, hcm, tag, stats)
+            });
+            if let Err(e) = started {
+                tracing::debug!(listener = %config.name, error = %e, "connection closed at start");
+            }
+        }
     }
 }
 

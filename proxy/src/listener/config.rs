@@ -112,8 +112,10 @@ impl ListenerConfig {
     pub fn rds_names(&self) -> Vec<(String, String)> {
         let mut out = Vec::new();
         for chain in self.chains() {
-            match &chain.filter {
-                NetworkFilter::TcpProxy(_) => {}
+            if let NetworkFilter::HttpConnectionManager(h) = &chain.filter {
+                for name in crate::http::rds_route_config_names(h) {
+                    out.push((name, h.stat_prefix.clone()));
+                }
             }
         }
         out.sort();
@@ -125,9 +127,7 @@ impl ListenerConfig {
     pub fn referenced_clusters(&self) -> Vec<String> {
         let mut out = Vec::new();
         for chain in self.chains() {
-            match &chain.filter {
-                NetworkFilter::TcpProxy(t) => out.extend(t.cluster_names().map(String::from)),
-            }
+            out.extend(chain.filter.cluster_names());
         }
         out.sort();
         out.dedup();

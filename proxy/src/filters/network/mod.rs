@@ -18,6 +18,26 @@ pub const TCP_PROXY: &str = "envoy.filters.network.tcp_proxy";
 pub enum NetworkFilter {
     /// `envoy.filters.network.tcp_proxy`.
     TcpProxy(Arc<tcp_proxy::TcpProxyConfig>),
+    /// `envoy.filters.network.http_connection_manager`.
+    HttpConnectionManager(Arc<crate::http::HcmConfig>),
+}
+
+impl NetworkFilter {
+    /// Every cluster the filter may route to by name.
+    pub fn cluster_names(&self) -> Vec<String> {
+        match self {
+            NetworkFilter::TcpProxy(t) => t.cluster_names().map(String::from).collect(),
+            NetworkFilter::HttpConnectionManager(h) => h.cluster_names(),
+        }
+    }
+
+    /// The RDS route configuration names the filter needs.
+    pub fn rds_route_config_names(&self) -> Vec<String> {
+        match self {
+            NetworkFilter::TcpProxy(_) => Vec::new(),
+            NetworkFilter::HttpConnectionManager(h) => crate::http::rds_route_config_names(h),
+        }
+    }
 }
 
 /// Compiles a chain's `filters`: supported filters only, the last one terminal.
@@ -41,11 +61,20 @@ pub fn compile_filters(filters: &[Filter], store: &Store) -> Result<NetworkFilte
                         .map_err(|e| e.at(&format!("{path}.typed_config")))?,
                 ))
             }
+            "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager" => {
+                let cfg = courier_proto::unpack_any(any)
+                    .map_err(|e| ConfigError::new(format!("{path}.typed_config"), e.to_string()))?;
+                NetworkFilter::HttpConnectionManager(Arc::new(
+                    crate::http::HcmConfig::compile(&cfg, store)
+                        .map_err(|e| e.at(&format!("{path}.typed_config")))?,
+                ))
+            }
             other => return Err(ConfigError::new(
                 format!("{path}.typed_config"),
                 format!(
-                    "unsupported network filter '{}' (type {other}); Courier supports {TCP_PROXY}",
-                    f.name
+                    "unsupported network filter '{}' (type {other}); Courier supports {TCP_PROXY} and {}",
+                    f.name,
+                    crate::http::HTTP_CONNECTION_MANAGER
                 ),
             )),
         };

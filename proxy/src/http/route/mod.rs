@@ -1,10 +1,27 @@
 //! Route tables: a `RouteConfiguration` compiled once on the main thread into matchers.
+//!
+//! All validation happens in [`RouteTable::compile`] (an RDS response that fails is NACKed
+//! with the error's path); matching on the worker never fails.
 
+// Deprecated proto fields (header matchers, cors) are still accepted or rejected by name.
+#![allow(deprecated)]
+
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
-use courier_proto::envoy::config::route::v3::RouteConfiguration;
+use bytes::Bytes;
+use courier_proto::envoy::config::core::v3::{data_source, DataSource};
+use courier_proto::envoy::config::route::v3 as pb;
+use courier_proto::envoy::r#type::matcher::v3::{
+    string_matcher::MatchPattern, RegexMatcher, StringMatcher,
+};
+use http::header::{HeaderMap, HeaderName};
+use http::StatusCode;
+use regex::Regex;
 
-use crate::config::ConfigError;
+use super::headers::HeaderMutations;
+use crate::config::{self, ConfigError};
 use crate::stats::Store;
 
 /// A compiled route configuration.
@@ -13,14 +30,1400 @@ pub struct RouteTable {
     pub name: String,
     /// The source proto (config_dump, change detection).
     pub proto: Arc<RouteConfiguration>,
+    vhosts: Vec<VirtualHost>,
+    exact: HashMap<String, usize>,
+    /// `*.suffix` domains: (suffix without `*`, vhost), longest first.
+    suffixes: Vec<(String, usize)>,
+    /// `prefix.*` domains: (prefix without `*`, vhost), longest first.
+    prefixes: Vec<(String, usize)>,
+    default_vhost: Option<usize>,
+    ignore_port: bool,
+    /// Route-configuration-level request header mutations.
+    pub request_headers: HeaderMutations,
+    /// Route-configuration-level response header mutations.
+    pub response_headers: HeaderMutations,
+}
+
+pub use courier_proto::envoy::config::route::v3::RouteConfiguration;
+
+/// A compiled virtual host.
+pub struct VirtualHost {
+    /// `name`.
+    pub name: String,
+    /// Routes in order.
+    pub routes: Vec<Route>,
+    /// Virtual-host-level request header mutations.
+    pub request_headers: HeaderMutations,
+    /// Virtual-host-level response header mutations.
+    pub response_headers: HeaderMutations,
+    /// `retry_policy` (used by routes without their own).
+    pub retry_policy: Option<Arc<RetryPolicy>>,
+}
+
+/// A compiled route.
+pub struct Route {
+    /// `name`.
+    pub name: String,
+    matcher: RouteMatcher,
+    /// What to do with a matching request.
+    pub action: Action,
+    /// Route-level request header mutations.
+    pub request_headers: HeaderMutations,
+    /// Route-level response header mutations.
+    pub response_headers: HeaderMutations,
+}
+
+enum PathMatch {
+    Prefix(String),
+    Path(String),
+    Regex(Regex),
+    SeparatedPrefix(String),
+}
+
+struct RouteMatcher {
+    path: PathMatch,
+    case_sensitive: bool,
+    headers: Vec<HeaderMatcher>,
+    query: Vec<QueryMatcher>,
+    /// `grpc: {}`: only requests with `content-type: application/grpc*`.
+    grpc: bool,
+}
+
+/// A compiled string matcher.
+#[derive(Debug, Clone)]
+pub enum StrMatch {
+    /// `exact`.
+    Exact(String, bool),
+    /// `prefix`.
+    Prefix(String, bool),
+    /// `suffix`.
+    Suffix(String, bool),
+    /// `contains`.
+    Contains(String, bool),
+    /// `safe_regex` (full match).
+    Regex(Regex),
+}
+
+impl StrMatch {
+    /// Compiles a `StringMatcher`.
+    pub fn compile(m: &StringMatcher, path: &str) -> Result<StrMatch, ConfigError> {
+        let ic = m.ignore_case;
+        let low = |s: &str| {
+            if ic {
+                s.to_ascii_lowercase()
+            } else {
+                s.to_string()
+            }
+        };
+        Ok(match &m.match_pattern {
+            Some(MatchPattern::Exact(s)) => StrMatch::Exact(low(s), ic),
+            Some(MatchPattern::Prefix(s)) => StrMatch::Prefix(low(s), ic),
+            Some(MatchPattern::Suffix(s)) => StrMatch::Suffix(low(s), ic),
+            Some(MatchPattern::Contains(s)) => StrMatch::Contains(low(s), ic),
+            Some(MatchPattern::SafeRegex(r)) => {
+                StrMatch::Regex(compile_regex(r, &format!("{path}.safe_regex"))?)
+            }
+            _ => {
+                return Err(ConfigError::new(
+                    path,
+                    "match_pattern is required (exact, prefix, suffix, contains or safe_regex)",
+                ))
+            }
+        })
+    }
+
+    /// Whether `v` matches.
+    pub fn matches(&self, v: &str) -> bool {
+        fn cmp(v: &str, ic: bool, f: impl Fn(&str) -> bool) -> bool {
+            if ic {
+                f(&v.to_ascii_lowercase())
+            } else {
+                f(v)
+            }
+        }
+        match self {
+            StrMatch::Exact(s, ic) => cmp(v, *ic, |v| v == s),
+            StrMatch::Prefix(s, ic) => cmp(v, *ic, |v| v.starts_with(s.as_str())),
+            StrMatch::Suffix(s, ic) => cmp(v, *ic, |v| v.ends_with(s.as_str())),
+            StrMatch::Contains(s, ic) => cmp(v, *ic, |v| v.contains(s.as_str())),
+            StrMatch::Regex(r) => r.is_match(v),
+        }
+    }
+}
+
+enum HeaderTest {
+    Str(StrMatch),
+    Present(bool),
+    Range(i64, i64),
+}
+
+struct HeaderMatcher {
+    name: HeaderName,
+    test: HeaderTest,
+    invert: bool,
+    missing_as_empty: bool,
+}
+
+impl HeaderMatcher {
+    fn matches(&self, headers: &HeaderMap) -> bool {
+        let mut values = headers.get_all(&self.name).iter().peekable();
+        let joined: Option<String> = if values.peek().is_none() {
+            None
+        } else {
+            let v: Vec<&str> = values.map(|v| v.to_str().unwrap_or("")).collect();
+            Some(v.join(","))
+        };
+        if joined.is_none() && !self.missing_as_empty {
+            // Envoy: a missing header matches only `present_match: false`, or an inverted
+            // value matcher.
+            return match self.test {
+                HeaderTest::Present(p) => !p != self.invert,
+                _ => self.invert,
+            };
+        }
+        let result = match &self.test {
+            HeaderTest::Present(p) => *p,
+            HeaderTest::Str(m) => m.matches(joined.as_deref().unwrap_or("")),
+            HeaderTest::Range(lo, hi) => joined
+                .as_deref()
+                .unwrap_or("")
+                .parse::<i64>()
+                .is_ok_and(|n| n >= *lo && n < *hi),
+        };
+        result != self.invert
+    }
+}
+
+struct QueryMatcher {
+    name: String,
+    test: Option<StrMatch>,
+}
+
+/// Which cluster(s) a route sends to.
+pub enum ClusterSpec {
+    /// `cluster`.
+    Single(String),
+    /// `cluster_header`: the cluster named by a request header.
+    Header(HeaderName),
+    /// `weighted_clusters`.
+    Weighted {
+        /// (name, weight, request mutations, response mutations).
+        clusters: Vec<WeightedCluster>,
+        /// Sum of weights.
+        total: u64,
+    },
+}
+
+/// One member of `weighted_clusters`.
+pub struct WeightedCluster {
+    /// Cluster name.
+    pub name: String,
+    /// Weight.
+    pub weight: u32,
+    /// Request header mutations of this member.
+    pub request_headers: HeaderMutations,
+    /// Response header mutations of this member.
+    pub response_headers: HeaderMutations,
+}
+
+/// How the `host` header is rewritten.
+pub enum HostRewrite {
+    /// Unchanged.
+    None,
+    /// `host_rewrite_literal`.
+    Literal(String),
+    /// `auto_host_rewrite`: the upstream host's address.
+    Auto,
+}
+
+/// `retry_policy`.
+pub struct RetryPolicy {
+    /// `5xx`.
+    pub on_5xx: bool,
+    /// `gateway-error`.
+    pub on_gateway_error: bool,
+    /// `reset`.
+    pub on_reset: bool,
+    /// `connect-failure`.
+    pub on_connect_failure: bool,
+    /// `retriable-4xx` (409).
+    pub on_retriable_4xx: bool,
+    /// `retriable-status-codes`.
+    pub on_status_codes: bool,
+    /// `refused-stream`.
+    pub on_refused_stream: bool,
+    /// `retriable_status_codes`.
+    pub status_codes: Vec<u16>,
+    /// `num_retries` (default 1).
+    pub num_retries: u32,
+    /// `per_try_timeout`.
+    pub per_try_timeout: Option<Duration>,
+    /// Back-off base (default 25 ms).
+    pub base_interval: Duration,
+    /// Back-off cap (default 10 × base).
+    pub max_interval: Duration,
+}
+
+impl RetryPolicy {
+    fn compile(p: &pb::RetryPolicy, path: &str) -> Result<RetryPolicy, ConfigError> {
+        let mut r = RetryPolicy {
+            on_5xx: false,
+            on_gateway_error: false,
+            on_reset: false,
+            on_connect_failure: false,
+            on_retriable_4xx: false,
+            on_status_codes: false,
+            on_refused_stream: false,
+            status_codes: p.retriable_status_codes.iter().map(|c| *c as u16).collect(),
+            num_retries: p.num_retries.as_ref().map_or(1, |v| v.value),
+            per_try_timeout: p
+                .per_try_timeout
+                .as_ref()
+                .map(|d| config::duration(d, &format!("{path}.per_try_timeout")))
+                .transpose()?
+                .filter(|d| !d.is_zero()),
+            base_interval: Duration::from_millis(25),
+            max_interval: Duration::from_millis(250),
+        };
+        for token in p
+            .retry_on
+            .split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+        {
+            match token {
+                "5xx" => r.on_5xx = true,
+                "gateway-error" => r.on_gateway_error = true,
+                "reset" | "reset-before-request" => r.on_reset = true,
+                "connect-failure" => r.on_connect_failure = true,
+                "retriable-4xx" => r.on_retriable_4xx = true,
+                "retriable-status-codes" => r.on_status_codes = true,
+                "refused-stream" => r.on_refused_stream = true,
+                // gRPC and header-based policies are accepted but never trigger here.
+                "cancelled"
+                | "deadline-exceeded"
+                | "internal"
+                | "resource-exhausted"
+                | "unavailable"
+                | "retriable-headers"
+                | "envoy-ratelimited"
+                | "http3-post-connect-failure" => {}
+                other => {
+                    return Err(ConfigError::new(
+                        format!("{path}.retry_on"),
+                        format!("unknown retry policy '{other}'"),
+                    ))
+                }
+            }
+        }
+        if let Some(b) = &p.retry_back_off {
+            let base = b
+                .base_interval
+                .as_ref()
+                .map(|d| config::duration(d, &format!("{path}.retry_back_off.base_interval")))
+                .transpose()?
+                .ok_or_else(|| {
+                    ConfigError::new(
+                        format!("{path}.retry_back_off.base_interval"),
+                        "value is required",
+                    )
+                })?;
+            if base.as_millis() < 1 {
+                return Err(ConfigError::new(
+                    format!("{path}.retry_back_off.base_interval"),
+                    "value must be greater than or equal to 1ms",
+                ));
+            }
+            let max = b
+                .max_interval
+                .as_ref()
+                .map(|d| config::duration(d, &format!("{path}.retry_back_off.max_interval")))
+                .transpose()?
+                .unwrap_or(base * 10);
+            if max < base {
+                return Err(ConfigError::new(
+                    format!("{path}.retry_back_off.max_interval"),
+                    "max_interval must be greater than or equal to the base_interval",
+                ));
+            }
+            r.base_interval = base;
+            r.max_interval = max;
+        }
+        if !p.retry_host_predicate.is_empty() {
+            return Err(ConfigError::unsupported(format!(
+                "{path}.retry_host_predicate"
+            )));
+        }
+        if p.retry_priority.is_some() {
+            return Err(ConfigError::unsupported(format!("{path}.retry_priority")));
+        }
+        Ok(r)
+    }
+
+    /// Whether a response status asks for a retry.
+    pub fn retry_status(&self, status: u16) -> bool {
+        (self.on_5xx && status >= 500)
+            || (self.on_gateway_error && (502..=504).contains(&status))
+            || (self.on_retriable_4xx && status == 409)
+            || (self.on_status_codes && self.status_codes.contains(&status))
+    }
+
+    /// Whether a connection failure asks for a retry.
+    pub fn retry_connect_failure(&self) -> bool {
+        self.on_connect_failure || self.on_5xx || self.on_gateway_error || self.on_reset
+    }
+
+    /// Whether a reset (disconnect before a response) asks for a retry.
+    pub fn retry_reset(&self) -> bool {
+        self.on_reset || self.on_5xx || self.on_gateway_error
+    }
+
+    /// Whether a per-try timeout asks for a retry.
+    pub fn retry_timeout(&self) -> bool {
+        self.on_5xx || self.on_gateway_error
+    }
+
+    /// Jittered exponential back-off before retry number `n` (1-based), as Envoy's.
+    pub fn backoff(&self, n: u32) -> Duration {
+        let base = self.base_interval.as_millis() as u64;
+        let mult = (1u64 << n.min(16)) - 1;
+        let ceiling = (base * mult)
+            .min(self.max_interval.as_millis() as u64)
+            .max(1);
+        Duration::from_millis(fastrand::u64(0..=ceiling))
+    }
+}
+
+/// A forwarding action.
+pub struct RouteAction {
+    /// Target cluster(s).
+    pub cluster: ClusterSpec,
+    /// `prefix_rewrite`.
+    pub prefix_rewrite: Option<String>,
+    /// `regex_rewrite`.
+    pub regex_rewrite: Option<(Regex, String)>,
+    /// `host_rewrite_*`.
+    pub host_rewrite: HostRewrite,
+    /// `timeout` (default 15 s; `None` when 0).
+    pub timeout: Option<Duration>,
+    /// `idle_timeout`.
+    pub idle_timeout: Option<Duration>,
+    /// `retry_policy` (or the virtual host's).
+    pub retry_policy: Option<Arc<RetryPolicy>>,
+    /// `upgrade_configs` enabled on this route (e.g. `websocket`), lower-case.
+    pub upgrades: Vec<(String, bool)>,
+    /// `cluster_not_found_response_code`.
+    pub cluster_not_found: StatusCode,
+}
+
+/// `redirect`.
+pub struct Redirect {
+    /// Scheme to use (`https_redirect`/`scheme_redirect`), if changed.
+    pub scheme: Option<String>,
+    /// `host_redirect`.
+    pub host: Option<String>,
+    /// `port_redirect`.
+    pub port: Option<u16>,
+    /// `path_redirect`.
+    pub path: Option<String>,
+    /// `prefix_rewrite`.
+    pub prefix_rewrite: Option<String>,
+    /// `regex_rewrite`.
+    pub regex_rewrite: Option<(Regex, String)>,
+    /// `response_code`.
+    pub status: StatusCode,
+    /// `strip_query`.
+    pub strip_query: bool,
+}
+
+/// What a route does.
+pub enum Action {
+    /// Forward to a cluster.
+    Route(RouteAction),
+    /// Answer with a redirect.
+    Redirect(Redirect),
+    /// Answer directly.
+    Direct {
+        /// `status`.
+        status: StatusCode,
+        /// `body`.
+        body: Option<Bytes>,
+    },
+}
+
+fn compile_regex(r: &RegexMatcher, path: &str) -> Result<Regex, ConfigError> {
+    Regex::new(&format!("^(?:{})$", r.regex)).map_err(|e| {
+        ConfigError::new(
+            format!("{path}.regex"),
+            format!(
+                "Invalid regex '{}': {}",
+                r.regex,
+                e.to_string().lines().last().unwrap_or("")
+            ),
+        )
+    })
+}
+
+fn compile_unanchored_regex(r: &RegexMatcher, path: &str) -> Result<Regex, ConfigError> {
+    Regex::new(&r.regex).map_err(|e| {
+        ConfigError::new(
+            format!("{path}.regex"),
+            format!(
+                "Invalid regex '{}': {}",
+                r.regex,
+                e.to_string().lines().last().unwrap_or("")
+            ),
+        )
+    })
+}
+
+/// Converts RE2 substitution syntax (`\1`) into the regex crate's (`${1}`).
+fn substitution(s: &str) -> String {
+    let mut out = String::new();
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => match chars.peek() {
+                Some(d) if d.is_ascii_digit() => {
+                    out.push_str(&format!("${{{d}}}"));
+                    chars.next();
+                }
+                Some('\\') => {
+                    out.push('\\');
+                    chars.next();
+                }
+                _ => out.push('\\'),
+            },
+            '$' => out.push_str("$$"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn compile_rewrite(
+    r: &courier_proto::envoy::r#type::matcher::v3::RegexMatchAndSubstitute,
+    path: &str,
+) -> Result<(Regex, String), ConfigError> {
+    let Some(p) = &r.pattern else {
+        return Err(ConfigError::new(
+            format!("{path}.pattern"),
+            "value is required",
+        ));
+    };
+    Ok((
+        compile_unanchored_regex(p, &format!("{path}.pattern"))?,
+        substitution(&r.substitution),
+    ))
+}
+
+/// Reads a `DataSource` (inline or file) at compile time.
+pub fn data_source(ds: &DataSource, path: &str) -> Result<Bytes, ConfigError> {
+    Ok(match &ds.specifier {
+        Some(data_source::Specifier::InlineString(s)) => Bytes::from(s.clone()),
+        Some(data_source::Specifier::InlineBytes(b)) => Bytes::from(b.clone()),
+        Some(data_source::Specifier::Filename(f)) => {
+            Bytes::from(std::fs::read(f).map_err(|e| {
+                ConfigError::new(
+                    format!("{path}.filename"),
+                    format!("cannot read '{f}': {e}"),
+                )
+            })?)
+        }
+        Some(data_source::Specifier::EnvironmentVariable(v)) => {
+            Bytes::from(std::env::var(v).map_err(|_| {
+                ConfigError::new(
+                    format!("{path}.environment_variable"),
+                    format!("environment variable '{v}' is not set"),
+                )
+            })?)
+        }
+        None => Bytes::new(),
+    })
+}
+
+fn header_name(name: &str, path: &str) -> Result<HeaderName, ConfigError> {
+    HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes())
+        .map_err(|_| ConfigError::new(path, format!("invalid header name '{name}'")))
+}
+
+fn compile_header_matcher(h: &pb::HeaderMatcher, path: &str) -> Result<HeaderMatcher, ConfigError> {
+    use pb::header_matcher::HeaderMatchSpecifier as S;
+    let name = header_name(&h.name, &format!("{path}.name"))?;
+    let test = match &h.header_match_specifier {
+        Some(S::ExactMatch(s)) => HeaderTest::Str(StrMatch::Exact(s.clone(), false)),
+        Some(S::SafeRegexMatch(r)) => HeaderTest::Str(StrMatch::Regex(compile_regex(
+            r,
+            &format!("{path}.safe_regex_match"),
+        )?)),
+        Some(S::RangeMatch(r)) => HeaderTest::Range(r.start, r.end),
+        Some(S::PresentMatch(p)) => HeaderTest::Present(*p),
+        Some(S::PrefixMatch(s)) => HeaderTest::Str(StrMatch::Prefix(s.clone(), false)),
+        Some(S::SuffixMatch(s)) => HeaderTest::Str(StrMatch::Suffix(s.clone(), false)),
+        Some(S::ContainsMatch(s)) => HeaderTest::Str(StrMatch::Contains(s.clone(), false)),
+        Some(S::StringMatch(m)) => {
+            HeaderTest::Str(StrMatch::compile(m, &format!("{path}.string_match"))?)
+        }
+        // No specifier: the header must be present.
+        None => HeaderTest::Present(true),
+    };
+    Ok(HeaderMatcher {
+        name,
+        test,
+        invert: h.invert_match,
+        missing_as_empty: h.treat_missing_header_as_empty,
+    })
+}
+
+fn status(code: u32, path: &str) -> Result<StatusCode, ConfigError> {
+    if !(200..=599).contains(&code) {
+        return Err(ConfigError::new(
+            path,
+            format!("value must be inside range [200, 600), got {code}"),
+        ));
+    }
+    StatusCode::from_u16(code as u16).map_err(|_| ConfigError::new(path, "invalid status"))
+}
+
+fn duration_opt(
+    d: Option<&courier_proto::google::protobuf::Duration>,
+    path: &str,
+) -> Result<Option<Duration>, ConfigError> {
+    d.map(|d| config::duration(d, path)).transpose()
 }
 
 impl RouteTable {
     /// Compiles and validates a route configuration.
     pub fn compile(proto: &RouteConfiguration, _store: &Store) -> Result<RouteTable, ConfigError> {
+        for (field, set) in [
+            ("vhds", proto.vhds.is_some()),
+            (
+                "cluster_specifier_plugins",
+                !proto.cluster_specifier_plugins.is_empty(),
+            ),
+            (
+                "request_mirror_policies",
+                !proto.request_mirror_policies.is_empty(),
+            ),
+            ("vhost_header", !proto.vhost_header.is_empty()),
+        ] {
+            if set {
+                return Err(ConfigError::unsupported(field));
+            }
+        }
+        let mut vhosts = Vec::new();
+        let mut exact = HashMap::new();
+        let mut suffixes = Vec::new();
+        let mut prefixes = Vec::new();
+        let mut default_vhost = None;
+        for (vi, vh) in proto.virtual_hosts.iter().enumerate() {
+            let vpath = format!("virtual_hosts[{vi}]");
+            if vh.name.is_empty() {
+                return Err(ConfigError::new(
+                    format!("{vpath}.name"),
+                    "value length must be at least 1 characters",
+                ));
+            }
+            if vh.domains.is_empty() {
+                return Err(ConfigError::new(
+                    format!("{vpath}.domains"),
+                    "value must contain at least 1 item(s)",
+                ));
+            }
+            for (field, set) in [
+                ("matcher", vh.matcher.is_some()),
+                ("require_tls", vh.require_tls != 0),
+                ("virtual_clusters", !vh.virtual_clusters.is_empty()),
+                ("rate_limits", !vh.rate_limits.is_empty()),
+                ("cors", vh.cors.is_some()),
+                ("hedge_policy", vh.hedge_policy.is_some()),
+                (
+                    "request_mirror_policies",
+                    !vh.request_mirror_policies.is_empty(),
+                ),
+            ] {
+                if set {
+                    return Err(ConfigError::unsupported(format!("{vpath}.{field}")));
+                }
+            }
+            for (di, d) in vh.domains.iter().enumerate() {
+                let dpath = format!("{vpath}.domains[{di}]");
+                let d = d.to_ascii_lowercase();
+                let dup = |what: &str| {
+                    ConfigError::new(
+                        dpath.clone(),
+                        format!(
+                            "Only unique values for domains are permitted. Duplicate entry of domain {what} in route {}",
+                            proto.name
+                        ),
+                    )
+                };
+                if d == "*" {
+                    if default_vhost.is_some() {
+                        return Err(dup("*"));
+                    }
+                    default_vhost = Some(vi);
+                } else if let Some(s) = d.strip_prefix('*') {
+                    if s.contains('*') {
+                        return Err(ConfigError::new(
+                            dpath,
+                            format!("invalid domain '{d}': wildcard must be a prefix or suffix"),
+                        ));
+                    }
+                    if suffixes.iter().any(|(x, _): &(String, usize)| x == s) {
+                        return Err(dup(&d));
+                    }
+                    suffixes.push((s.to_string(), vi));
+                } else if let Some(p) = d.strip_suffix('*') {
+                    if p.contains('*') {
+                        return Err(ConfigError::new(
+                            dpath,
+                            format!("invalid domain '{d}': wildcard must be a prefix or suffix"),
+                        ));
+                    }
+                    if prefixes.iter().any(|(x, _): &(String, usize)| x == p) {
+                        return Err(dup(&d));
+                    }
+                    prefixes.push((p.to_string(), vi));
+                } else if d.contains('*') {
+                    return Err(ConfigError::new(
+                        dpath,
+                        format!("invalid domain '{d}': wildcard must be a prefix or suffix"),
+                    ));
+                } else if exact.insert(d.clone(), vi).is_some() {
+                    return Err(dup(&d));
+                }
+            }
+            let retry_policy = vh
+                .retry_policy
+                .as_ref()
+                .map(|p| RetryPolicy::compile(p, &format!("{vpath}.retry_policy")).map(Arc::new))
+                .transpose()?;
+            let mut routes = Vec::new();
+            for (ri, r) in vh.routes.iter().enumerate() {
+                routes.push(compile_route(
+                    r,
+                    &format!("{vpath}.routes[{ri}]"),
+                    retry_policy.as_ref(),
+                )?);
+            }
+            vhosts.push(VirtualHost {
+                name: vh.name.clone(),
+                routes,
+                request_headers: HeaderMutations::compile(
+                    &vh.request_headers_to_add,
+                    &vh.request_headers_to_remove,
+                    &format!("{vpath}.request_headers_to_add"),
+                    &format!("{vpath}.request_headers_to_remove"),
+                )?,
+                response_headers: HeaderMutations::compile(
+                    &vh.response_headers_to_add,
+                    &vh.response_headers_to_remove,
+                    &format!("{vpath}.response_headers_to_add"),
+                    &format!("{vpath}.response_headers_to_remove"),
+                )?,
+                retry_policy,
+            });
+        }
+        suffixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        prefixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
         Ok(RouteTable {
             name: proto.name.clone(),
             proto: Arc::new(proto.clone()),
+            vhosts,
+            exact,
+            suffixes,
+            prefixes,
+            default_vhost,
+            ignore_port: proto.ignore_port_in_host_matching,
+            request_headers: HeaderMutations::compile(
+                &proto.request_headers_to_add,
+                &proto.request_headers_to_remove,
+                "request_headers_to_add",
+                "request_headers_to_remove",
+            )?,
+            response_headers: HeaderMutations::compile(
+                &proto.response_headers_to_add,
+                &proto.response_headers_to_remove,
+                "response_headers_to_add",
+                "response_headers_to_remove",
+            )?,
         })
+    }
+
+    /// The virtual host for `host` (Envoy's search order: exact, longest `*.suffix`,
+    /// longest `prefix.*`, then `*`).
+    pub fn find_vhost(&self, host: &str) -> Option<&VirtualHost> {
+        let lower;
+        let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            lower = host.to_ascii_lowercase();
+            lower.as_str()
+        } else {
+            host
+        };
+        if let Some(v) = self.find_vhost_exact(host) {
+            return Some(v);
+        }
+        if self.ignore_port {
+            let stripped = strip_port(host);
+            if stripped.len() != host.len() {
+                if let Some(v) = self.find_vhost_exact(stripped) {
+                    return Some(v);
+                }
+            }
+        }
+        self.default_vhost.map(|i| &self.vhosts[i])
+    }
+
+    fn find_vhost_exact(&self, host: &str) -> Option<&VirtualHost> {
+        if let Some(&i) = self.exact.get(host) {
+            return Some(&self.vhosts[i]);
+        }
+        for (s, i) in &self.suffixes {
+            if host.len() > s.len() && host.ends_with(s.as_str()) {
+                return Some(&self.vhosts[*i]);
+            }
+        }
+        for (p, i) in &self.prefixes {
+            if host.len() > p.len() && host.starts_with(p.as_str()) {
+                return Some(&self.vhosts[*i]);
+            }
+        }
+        None
+    }
+
+    /// The first route of the matching virtual host that matches.
+    pub fn route(
+        &self,
+        host: &str,
+        path: &str,
+        headers: &HeaderMap,
+    ) -> Option<(&VirtualHost, &Route)> {
+        let vh = self.find_vhost(host)?;
+        let r = vh.find_route(path, headers)?;
+        Some((vh, r))
+    }
+
+    /// Every cluster this table may route to by name (not `cluster_header`).
+    pub fn cluster_names(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for vh in &self.vhosts {
+            for r in &vh.routes {
+                if let Action::Route(a) = &r.action {
+                    match &a.cluster {
+                        ClusterSpec::Single(c) => out.push(c.clone()),
+                        ClusterSpec::Weighted { clusters, .. } => {
+                            out.extend(clusters.iter().map(|c| c.name.clone()))
+                        }
+                        ClusterSpec::Header(_) => {}
+                    }
+                }
+            }
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// The virtual hosts.
+    pub fn virtual_hosts(&self) -> &[VirtualHost] {
+        &self.vhosts
+    }
+}
+
+/// `host:port` → `host` (IPv6 literals keep their brackets).
+pub fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return match host.find(']') {
+            Some(i) => &host[..=i],
+            None => host,
+        };
+    }
+    match host.rfind(':') {
+        Some(i) if host[i + 1..].bytes().all(|b| b.is_ascii_digit()) => &host[..i],
+        _ => host,
+    }
+}
+
+impl VirtualHost {
+    /// The first matching route.
+    pub fn find_route(&self, path: &str, headers: &HeaderMap) -> Option<&Route> {
+        self.routes
+            .iter()
+            .find(|r| r.matcher.matches(path, headers))
+    }
+}
+
+impl Route {
+    /// The length of the path prefix this route matched (for `prefix_rewrite`).
+    pub fn matched_prefix_len(&self) -> Option<usize> {
+        match &self.matcher.path {
+            PathMatch::Prefix(p) | PathMatch::SeparatedPrefix(p) | PathMatch::Path(p) => {
+                Some(p.len())
+            }
+            PathMatch::Regex(_) => None,
+        }
+    }
+
+    /// Whether the route's path match is a regex (prefix_rewrite then replaces the whole
+    /// path).
+    pub fn is_regex(&self) -> bool {
+        matches!(self.matcher.path, PathMatch::Regex(_))
+    }
+}
+
+fn path_only(path: &str) -> &str {
+    let end = path.find(['?', '#']).unwrap_or(path.len());
+    &path[..end]
+}
+
+impl RouteMatcher {
+    fn matches(&self, full_path: &str, headers: &HeaderMap) -> bool {
+        let path = path_only(full_path);
+        let ok = match &self.path {
+            PathMatch::Prefix(p) => {
+                if self.case_sensitive {
+                    full_path.starts_with(p.as_str())
+                } else {
+                    full_path.len() >= p.len()
+                        && full_path.is_char_boundary(p.len())
+                        && full_path[..p.len()].eq_ignore_ascii_case(p)
+                }
+            }
+            PathMatch::Path(p) => {
+                if self.case_sensitive {
+                    path == p
+                } else {
+                    path.eq_ignore_ascii_case(p)
+                }
+            }
+            PathMatch::Regex(r) => r.is_match(path),
+            PathMatch::SeparatedPrefix(p) => {
+                let head_ok = path.len() >= p.len()
+                    && path.is_char_boundary(p.len())
+                    && if self.case_sensitive {
+                        path.starts_with(p.as_str())
+                    } else {
+                        path[..p.len()].eq_ignore_ascii_case(p)
+                    };
+                head_ok && (path.len() == p.len() || path.as_bytes()[p.len()] == b'/')
+            }
+        };
+        if !ok {
+            return false;
+        }
+        if self.grpc
+            && !headers
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.starts_with("application/grpc"))
+        {
+            return false;
+        }
+        if !self.headers.iter().all(|h| h.matches(headers)) {
+            return false;
+        }
+        if !self.query.is_empty() {
+            let query = full_path.split_once('?').map_or("", |(_, q)| q);
+            let query = query.split('#').next().unwrap_or("");
+            for qm in &self.query {
+                let value = query.split('&').find_map(|kv| {
+                    let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+                    (k == qm.name).then_some(v)
+                });
+                let Some(v) = value else {
+                    return false;
+                };
+                if let Some(t) = &qm.test {
+                    if !t.matches(v) {
+                        return false;
+                    }
+                }
+            }
+        }
+        true
+    }
+}
+
+fn compile_route(
+    r: &pb::Route,
+    path: &str,
+    vh_retry: Option<&Arc<RetryPolicy>>,
+) -> Result<Route, ConfigError> {
+    use pb::route_match::PathSpecifier as P;
+    let Some(m) = &r.r#match else {
+        return Err(ConfigError::new(
+            format!("{path}.match"),
+            "value is required",
+        ));
+    };
+    let mpath = format!("{path}.match");
+    for (field, set) in [
+        ("runtime_fraction", m.runtime_fraction.is_some()),
+        ("cookies", !m.cookies.is_empty()),
+        ("tls_context", m.tls_context.is_some()),
+        ("dynamic_metadata", !m.dynamic_metadata.is_empty()),
+        ("filter_state", !m.filter_state.is_empty()),
+    ] {
+        if set {
+            return Err(ConfigError::unsupported(format!("{mpath}.{field}")));
+        }
+    }
+    let case_sensitive = m.case_sensitive.as_ref().is_none_or(|b| b.value);
+    let pathm =
+        match &m.path_specifier {
+            Some(P::Prefix(p)) => PathMatch::Prefix(p.clone()),
+            Some(P::Path(p)) => PathMatch::Path(p.clone()),
+            Some(P::SafeRegex(re)) => {
+                PathMatch::Regex(compile_regex(re, &format!("{mpath}.safe_regex"))?)
+            }
+            Some(P::PathSeparatedPrefix(p)) => {
+                if p.contains(['?', '#']) || (p.len() > 1 && p.ends_with('/')) {
+                    return Err(ConfigError::new(
+                        format!("{mpath}.path_separated_prefix"),
+                        "value must not contain '?' or '#' or end with '/'",
+                    ));
+                }
+                PathMatch::SeparatedPrefix(p.clone())
+            }
+            Some(P::ConnectMatcher(_)) => {
+                return Err(ConfigError::unsupported(format!("{mpath}.connect_matcher")))
+            }
+            Some(P::PathMatchPolicy(_)) => {
+                return Err(ConfigError::unsupported(format!(
+                    "{mpath}.path_match_policy"
+                )))
+            }
+            None => return Err(ConfigError::new(
+                &mpath,
+                "path_specifier is required (prefix, path, safe_regex or path_separated_prefix)",
+            )),
+        };
+    let headers = m
+        .headers
+        .iter()
+        .enumerate()
+        .map(|(i, h)| compile_header_matcher(h, &format!("{mpath}.headers[{i}]")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let query = m
+        .query_parameters
+        .iter()
+        .enumerate()
+        .map(|(i, q)| {
+            use pb::query_parameter_matcher::QueryParameterMatchSpecifier as Q;
+            let qp = format!("{mpath}.query_parameters[{i}]");
+            if q.name.is_empty() {
+                return Err(ConfigError::new(
+                    format!("{qp}.name"),
+                    "value length must be at least 1 characters",
+                ));
+            }
+            let test = match &q.query_parameter_match_specifier {
+                Some(Q::StringMatch(s)) => {
+                    Some(StrMatch::compile(s, &format!("{qp}.string_match"))?)
+                }
+                Some(Q::PresentMatch(_)) | None => None,
+            };
+            Ok(QueryMatcher {
+                name: q.name.clone(),
+                test,
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let matcher = RouteMatcher {
+        path: pathm,
+        case_sensitive,
+        headers,
+        query,
+        grpc: m.grpc.is_some(),
+    };
+    let action = match &r.action {
+        Some(pb::route::Action::Route(a)) => {
+            Action::Route(compile_route_action(a, &format!("{path}.route"), vh_retry)?)
+        }
+        Some(pb::route::Action::Redirect(rd)) => {
+            Action::Redirect(compile_redirect(rd, &format!("{path}.redirect"))?)
+        }
+        Some(pb::route::Action::DirectResponse(d)) => {
+            let dpath = format!("{path}.direct_response");
+            let body = d
+                .body
+                .as_ref()
+                .map(|b| data_source(b, &format!("{dpath}.body")))
+                .transpose()?;
+            if body.as_ref().is_some_and(|b| b.len() > 4096) {
+                return Err(ConfigError::new(
+                    format!("{dpath}.body"),
+                    "response body size is over the max_direct_response_body_size_bytes limit of 4096",
+                ));
+            }
+            if d.body_format.is_some() {
+                return Err(ConfigError::unsupported(format!("{dpath}.body_format")));
+            }
+            Action::Direct {
+                status: status(d.status, &format!("{dpath}.status"))?,
+                body,
+            }
+        }
+        Some(_) => return Err(ConfigError::unsupported(format!("{path}.action"))),
+        None => {
+            return Err(ConfigError::new(
+                format!("{path}.action"),
+                "one of route, redirect or direct_response is required",
+            ))
+        }
+    };
+    Ok(Route {
+        name: r.name.clone(),
+        matcher,
+        action,
+        request_headers: HeaderMutations::compile(
+            &r.request_headers_to_add,
+            &r.request_headers_to_remove,
+            &format!("{path}.request_headers_to_add"),
+            &format!("{path}.request_headers_to_remove"),
+        )?,
+        response_headers: HeaderMutations::compile(
+            &r.response_headers_to_add,
+            &r.response_headers_to_remove,
+            &format!("{path}.response_headers_to_add"),
+            &format!("{path}.response_headers_to_remove"),
+        )?,
+    })
+}
+
+fn compile_route_action(
+    a: &pb::RouteAction,
+    path: &str,
+    vh_retry: Option<&Arc<RetryPolicy>>,
+) -> Result<RouteAction, ConfigError> {
+    use pb::route_action::{ClusterSpecifier as C, HostRewriteSpecifier as H};
+    for (field, set) in [
+        ("metadata_match", a.metadata_match.is_some()),
+        ("path_rewrite_policy", a.path_rewrite_policy.is_some()),
+        (
+            "request_mirror_policies",
+            !a.request_mirror_policies.is_empty(),
+        ),
+        ("rate_limits", !a.rate_limits.is_empty()),
+        ("hash_policy", !a.hash_policy.is_empty()),
+        ("cors", a.cors.is_some()),
+        ("hedge_policy", a.hedge_policy.is_some()),
+        (
+            "internal_redirect_policy",
+            a.internal_redirect_policy.is_some(),
+        ),
+        (
+            "retry_policy_typed_config",
+            a.retry_policy_typed_config.is_some(),
+        ),
+    ] {
+        if set {
+            return Err(ConfigError::unsupported(format!("{path}.{field}")));
+        }
+    }
+    let cluster = match &a.cluster_specifier {
+        Some(C::Cluster(c)) if !c.is_empty() => ClusterSpec::Single(c.clone()),
+        Some(C::Cluster(_)) => {
+            return Err(ConfigError::new(
+                format!("{path}.cluster"),
+                "value length must be at least 1 characters",
+            ))
+        }
+        Some(C::ClusterHeader(h)) => {
+            ClusterSpec::Header(header_name(h, &format!("{path}.cluster_header"))?)
+        }
+        Some(C::WeightedClusters(w)) => {
+            let wpath = format!("{path}.weighted_clusters");
+            if w.clusters.is_empty() {
+                return Err(ConfigError::new(
+                    format!("{wpath}.clusters"),
+                    "value must contain at least 1 item(s)",
+                ));
+            }
+            let mut clusters = Vec::new();
+            for (i, c) in w.clusters.iter().enumerate() {
+                let cpath = format!("{wpath}.clusters[{i}]");
+                if c.name.is_empty() {
+                    return Err(ConfigError::new(
+                        format!("{cpath}.name"),
+                        "cluster name is required (cluster_header is not supported)",
+                    ));
+                }
+                clusters.push(WeightedCluster {
+                    name: c.name.clone(),
+                    weight: c.weight.as_ref().map_or(0, |v| v.value),
+                    request_headers: HeaderMutations::compile(
+                        &c.request_headers_to_add,
+                        &c.request_headers_to_remove,
+                        &format!("{cpath}.request_headers_to_add"),
+                        &format!("{cpath}.request_headers_to_remove"),
+                    )?,
+                    response_headers: HeaderMutations::compile(
+                        &c.response_headers_to_add,
+                        &c.response_headers_to_remove,
+                        &format!("{cpath}.response_headers_to_add"),
+                        &format!("{cpath}.response_headers_to_remove"),
+                    )?,
+                });
+            }
+            let sum: u64 = clusters.iter().map(|c| c.weight as u64).sum();
+            #[allow(deprecated)]
+            if let Some(t) = &w.total_weight {
+                if t.value as u64 != sum {
+                    return Err(ConfigError::new(
+                        format!("{wpath}.total_weight"),
+                        format!("Sum of weights in the weighted_cluster must equal total_weight ({} != {})", sum, t.value),
+                    ));
+                }
+            }
+            if sum == 0 {
+                return Err(ConfigError::new(
+                    wpath,
+                    "Sum of weights in the weighted_cluster must be greater than 0",
+                ));
+            }
+            ClusterSpec::Weighted {
+                clusters,
+                total: sum,
+            }
+        }
+        Some(_) => {
+            return Err(ConfigError::unsupported(format!(
+                "{path}.cluster_specifier_plugin"
+            )))
+        }
+        None => {
+            return Err(ConfigError::new(
+                path,
+                "one of cluster, cluster_header or weighted_clusters is required",
+            ))
+        }
+    };
+    let host_rewrite = match &a.host_rewrite_specifier {
+        None => HostRewrite::None,
+        Some(H::HostRewriteLiteral(h)) => HostRewrite::Literal(h.clone()),
+        Some(H::AutoHostRewrite(b)) if b.value => HostRewrite::Auto,
+        Some(H::AutoHostRewrite(_)) => HostRewrite::None,
+        Some(_) => {
+            return Err(ConfigError::unsupported(format!(
+                "{path}.host_rewrite_specifier"
+            )))
+        }
+    };
+    let timeout = duration_opt(a.timeout.as_ref(), &format!("{path}.timeout"))?
+        .unwrap_or(Duration::from_secs(15));
+    let idle_timeout = duration_opt(a.idle_timeout.as_ref(), &format!("{path}.idle_timeout"))?
+        .filter(|d| !d.is_zero());
+    let retry_policy = match &a.retry_policy {
+        Some(p) => Some(Arc::new(RetryPolicy::compile(
+            p,
+            &format!("{path}.retry_policy"),
+        )?)),
+        None => vh_retry.cloned(),
+    };
+    let upgrades = a
+        .upgrade_configs
+        .iter()
+        .map(|u| {
+            (
+                u.upgrade_type.to_ascii_lowercase(),
+                u.enabled.as_ref().is_none_or(|b| b.value),
+            )
+        })
+        .collect();
+    let cluster_not_found = match a.cluster_not_found_response_code {
+        1 => StatusCode::NOT_FOUND,
+        2 => StatusCode::INTERNAL_SERVER_ERROR,
+        _ => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    if !a.prefix_rewrite.is_empty() && a.regex_rewrite.is_some() {
+        return Err(ConfigError::new(
+            path,
+            "Cannot specify both prefix_rewrite and regex_rewrite",
+        ));
+    }
+    Ok(RouteAction {
+        cluster,
+        prefix_rewrite: (!a.prefix_rewrite.is_empty()).then(|| a.prefix_rewrite.clone()),
+        regex_rewrite: a
+            .regex_rewrite
+            .as_ref()
+            .map(|r| compile_rewrite(r, &format!("{path}.regex_rewrite")))
+            .transpose()?,
+        host_rewrite,
+        timeout: (!timeout.is_zero()).then_some(timeout),
+        idle_timeout,
+        retry_policy,
+        upgrades,
+        cluster_not_found,
+    })
+}
+
+fn compile_redirect(r: &pb::RedirectAction, path: &str) -> Result<Redirect, ConfigError> {
+    use pb::redirect_action::{PathRewriteSpecifier as P, SchemeRewriteSpecifier as S};
+    let status = match r.response_code {
+        0 => StatusCode::MOVED_PERMANENTLY,
+        1 => StatusCode::FOUND,
+        2 => StatusCode::SEE_OTHER,
+        3 => StatusCode::TEMPORARY_REDIRECT,
+        4 => StatusCode::PERMANENT_REDIRECT,
+        c => {
+            return Err(ConfigError::new(
+                format!("{path}.response_code"),
+                format!("unknown response code {c}"),
+            ))
+        }
+    };
+    let scheme = match &r.scheme_rewrite_specifier {
+        Some(S::HttpsRedirect(true)) => Some("https".to_string()),
+        Some(S::SchemeRedirect(s)) if !s.is_empty() => Some(s.to_ascii_lowercase()),
+        _ => None,
+    };
+    let (path_redirect, prefix_rewrite, regex_rewrite) = match &r.path_rewrite_specifier {
+        Some(P::PathRedirect(p)) => (Some(p.clone()), None, None),
+        Some(P::PrefixRewrite(p)) => (None, Some(p.clone()), None),
+        Some(P::RegexRewrite(rr)) => (
+            None,
+            None,
+            Some(compile_rewrite(rr, &format!("{path}.regex_rewrite"))?),
+        ),
+        Some(_) => return Err(ConfigError::unsupported(format!("{path}.path_rewrite"))),
+        None => (None, None, None),
+    };
+    Ok(Redirect {
+        scheme,
+        host: (!r.host_redirect.is_empty()).then(|| r.host_redirect.clone()),
+        port: match r.port_redirect {
+            0 => None,
+            p => Some(u16::try_from(p).map_err(|_| {
+                ConfigError::new(format!("{path}.port_redirect"), "port out of range")
+            })?),
+        },
+        path: path_redirect,
+        prefix_rewrite,
+        regex_rewrite,
+        status,
+        strip_query: r.strip_query,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(yaml_json: serde_json::Value) -> Result<RouteTable, ConfigError> {
+        let rc: RouteConfiguration =
+            courier_proto::from_value(&yaml_json).expect("valid proto json");
+        RouteTable::compile(&rc, &Store::new(1))
+    }
+
+    #[test]
+    fn invalid_regex_names_the_path() {
+        let err = table(serde_json::json!({
+            "name": "r",
+            "virtual_hosts": [{"name": "v", "domains": ["*"], "routes": [
+                {"match": {"prefix": "/"}, "route": {"cluster": "c"}},
+                {"match": {"safe_regex": {"regex": "(("}}, "route": {"cluster": "c"}}
+            ]}]
+        }))
+        .err()
+        .expect("must fail");
+        assert_eq!(
+            err.path,
+            "virtual_hosts[0].routes[1].match.safe_regex.regex"
+        );
+    }
+
+    #[test]
+    fn domain_search_order() {
+        let t = table(serde_json::json!({
+            "name": "r",
+            "virtual_hosts": [
+                {"name": "any", "domains": ["*"], "routes": []},
+                {"name": "suffix", "domains": ["*.foo.com"], "routes": []},
+                {"name": "longsuffix", "domains": ["*.bar.foo.com"], "routes": []},
+                {"name": "prefix", "domains": ["foo.*"], "routes": []},
+                {"name": "exact", "domains": ["www.foo.com", "Host.Example:8080"], "routes": []}
+            ]
+        }))
+        .expect("compiles");
+        let name = |h: &str| t.find_vhost(h).map(|v| v.name.clone()).unwrap_or_default();
+        assert_eq!(name("www.foo.com"), "exact");
+        assert_eq!(name("WWW.FOO.COM"), "exact");
+        assert_eq!(name("a.foo.com"), "suffix");
+        assert_eq!(name("a.bar.foo.com"), "longsuffix");
+        assert_eq!(name("foo.org"), "prefix");
+        assert_eq!(name("other"), "any");
+        assert_eq!(name("host.example:8080"), "exact");
+        assert_eq!(name("www.foo.com:80"), "any");
+    }
+
+    #[test]
+    fn duplicate_domain_rejected() {
+        let err = table(serde_json::json!({
+            "name": "r",
+            "virtual_hosts": [
+                {"name": "a", "domains": ["x.com"], "routes": []},
+                {"name": "b", "domains": ["x.com"], "routes": []}
+            ]
+        }))
+        .err()
+        .expect("must fail");
+        assert_eq!(err.path, "virtual_hosts[1].domains[0]");
+    }
+
+    #[test]
+    fn matchers() {
+        let t = table(serde_json::json!({
+            "name": "r",
+            "virtual_hosts": [{"name": "v", "domains": ["*"], "routes": [
+                {"name": "exact", "match": {"path": "/exact"}, "direct_response": {"status": 200}},
+                {"name": "ci", "match": {"prefix": "/CI", "case_sensitive": false}, "direct_response": {"status": 200}},
+                {"name": "sep", "match": {"path_separated_prefix": "/sep"}, "direct_response": {"status": 200}},
+                {"name": "re", "match": {"safe_regex": {"regex": "/re/[0-9]+"}}, "direct_response": {"status": 200}},
+                {"name": "hdr", "match": {"prefix": "/h", "headers": [{"name": "x-a", "string_match": {"suffix": "yz"}}]}, "direct_response": {"status": 200}},
+                {"name": "inv", "match": {"prefix": "/h", "headers": [{"name": "x-b", "present_match": true, "invert_match": true}]}, "direct_response": {"status": 200}},
+                {"name": "q", "match": {"prefix": "/q", "query_parameters": [{"name": "k", "string_match": {"exact": "v"}}]}, "direct_response": {"status": 200}},
+                {"name": "fallback", "match": {"prefix": "/"}, "direct_response": {"status": 200}}
+            ]}]
+        }))
+        .expect("compiles");
+        let hm = |pairs: &[(&str, &str)]| {
+            let mut h = HeaderMap::new();
+            for (k, v) in pairs {
+                h.append(
+                    HeaderName::from_bytes(k.as_bytes()).expect("name"),
+                    v.parse().expect("value"),
+                );
+            }
+            h
+        };
+        let name = |p: &str, h: &HeaderMap| {
+            t.route("x", p, h)
+                .map(|(_, r)| r.name.clone())
+                .unwrap_or_default()
+        };
+        let none = HeaderMap::new();
+        assert_eq!(name("/exact", &none), "exact");
+        assert_eq!(name("/exact?x=1", &none), "exact");
+        assert_eq!(name("/exactly", &none), "fallback");
+        assert_eq!(name("/ci/x", &none), "ci");
+        assert_eq!(name("/sep", &none), "sep");
+        assert_eq!(name("/sep/x", &none), "sep");
+        assert_eq!(name("/sepx", &none), "fallback");
+        assert_eq!(name("/re/123", &none), "re");
+        assert_eq!(name("/re/12a", &none), "fallback");
+        assert_eq!(name("/h", &hm(&[("x-a", "xyz")])), "hdr");
+        assert_eq!(name("/h", &hm(&[("x-a", "xy")])), "inv");
+        assert_eq!(name("/h", &hm(&[("x-b", "1")])), "fallback");
+        assert_eq!(name("/q?a=b&k=v", &none), "q");
+        assert_eq!(name("/q?k=w", &none), "fallback");
+    }
+
+    #[test]
+    fn substitution_syntax() {
+        assert_eq!(substitution("/v2/\\1/x"), "/v2/${1}/x");
+        assert_eq!(substitution("a$b"), "a$$b");
     }
 }

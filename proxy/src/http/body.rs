@@ -1,0 +1,153 @@
+//! The body type that flows through the proxy in both directions.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use hyper::body::Incoming;
+use hyper::body::{Body, Frame, SizeHint};
+
+/// Boxed body error.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Called once when a streamed body ends: `true` when it reached its end cleanly, and the
+/// number of data bytes that went through.
+pub type OnEnd = Box<dyn FnOnce(bool, u64)>;
+
+/// A request or response body, with completion hooks.
+pub struct ProxyBody {
+    kind: Kind,
+    on_end: Option<OnEnd>,
+    bytes: u64,
+}
+
+enum Kind {
+    Empty,
+    Full(Option<Bytes>),
+    Stream(Incoming),
+}
+
+impl ProxyBody {
+    /// No body.
+    pub fn empty() -> ProxyBody {
+        ProxyBody {
+            kind: Kind::Empty,
+            on_end: None,
+            bytes: 0,
+        }
+    }
+
+    /// A complete body.
+    pub fn full(b: impl Into<Bytes>) -> ProxyBody {
+        let b = b.into();
+        ProxyBody {
+            kind: if b.is_empty() {
+                Kind::Empty
+            } else {
+                Kind::Full(Some(b))
+            },
+            on_end: None,
+            bytes: 0,
+        }
+    }
+
+    /// A streamed body; `on_end` runs when it ends (at once if it is already complete).
+    pub fn stream(inner: Incoming, on_end: Option<OnEnd>) -> ProxyBody {
+        let mut on_end = on_end;
+        if inner.is_end_stream() {
+            // hyper never polls a body that is already complete.
+            if let Some(f) = on_end.take() {
+                f(true, 0);
+            }
+        }
+        ProxyBody {
+            kind: Kind::Stream(inner),
+            on_end,
+            bytes: 0,
+        }
+    }
+
+    /// Adds a hook run after the existing ones when the body ends or is dropped.
+    pub fn on_end(&mut self, f: OnEnd) {
+        self.on_end = Some(match self.on_end.take() {
+            None => f,
+            Some(prev) => Box::new(move |ok, n| {
+                prev(ok, n);
+                f(ok, n)
+            }),
+        });
+    }
+
+    /// The complete bytes of a `full` body (for replaying a request on retry).
+    pub fn bytes(&self) -> Option<Bytes> {
+        match &self.kind {
+            Kind::Empty => Some(Bytes::new()),
+            Kind::Full(b) => b.clone(),
+            Kind::Stream(_) => None,
+        }
+    }
+
+    fn finish(&mut self, ok: bool) {
+        if let Some(f) = self.on_end.take() {
+            f(ok, self.bytes);
+        }
+    }
+}
+
+impl Drop for ProxyBody {
+    fn drop(&mut self) {
+        self.finish(false);
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        let r = match &mut this.kind {
+            Kind::Empty => Poll::Ready(None),
+            Kind::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            Kind::Stream(inner) => match Pin::new(inner).poll_frame(cx) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(Some(Ok(f))) => Poll::Ready(Some(Ok(f))),
+                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e) as BoxError))),
+                Poll::Ready(None) => Poll::Ready(None),
+            },
+        };
+        match &r {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(d) = frame.data_ref() {
+                    this.bytes += d.len() as u64;
+                }
+                if this.is_end_stream() {
+                    this.finish(true);
+                }
+            }
+            Poll::Ready(Some(Err(_))) => this.finish(false),
+            Poll::Ready(None) => this.finish(true),
+            Poll::Pending => {}
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Empty => true,
+            Kind::Full(b) => b.is_none(),
+            Kind::Stream(inner) => inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Empty => SizeHint::with_exact(0),
+            Kind::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            Kind::Stream(inner) => inner.size_hint(),
+        }
+    }
+}

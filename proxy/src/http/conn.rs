@@ -1,0 +1,420 @@
+//! A downstream HTTP connection on a worker: an [`EventHandler`] owning hyper's server
+//! connection future, polled when its waker fires (`on_wake`).
+//!
+//! ```text
+//!  accept ─► Detect (AUTO: HTTP/2 preface?) ─► H1 | H2 ─► done (close)
+//!                        drain / idle / max duration ─► graceful shutdown (Connection: close
+//!                                                       or GOAWAY) ─► done
+//! ```
+
+use std::cell::Cell;
+use std::future::Future;
+use std::io;
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::Instant;
+
+use hyper::server::conn::{http1, http2};
+use mio::event::Event;
+
+use super::body::ProxyBody;
+use super::hcm::{Codec, HcmConfig};
+use super::router::{self, ConnInfo};
+use crate::event::rt::{self, LocalExec, RtTimer, TcpIo};
+use crate::event::{Ctx, EventHandler, HandlerId, Next};
+use crate::listener::ListenerStats;
+
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const TIMER_IDLE: u64 = 1;
+const TIMER_MAX_DURATION: u64 = 2;
+
+/// The request handler hyper calls.
+#[derive(Clone)]
+pub struct HcmService {
+    conn: Rc<ConnInfo>,
+}
+
+impl hyper::service::Service<http::Request<hyper::body::Incoming>> for HcmService {
+    type Response = http::Response<ProxyBody>;
+    type Error = std::convert::Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>>>>;
+
+    fn call(&self, req: http::Request<hyper::body::Incoming>) -> Self::Future {
+        Box::pin(router::serve(self.conn.clone(), req))
+    }
+}
+
+/// A transport with bytes already read in front (the protocol sniff).
+pub struct PrefixedIo {
+    prefix: Vec<u8>,
+    pos: usize,
+    io: TcpIo,
+}
+
+impl hyper::rt::Read for PrefixedIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        mut buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.pos < this.prefix.len() {
+            let n = (this.prefix.len() - this.pos).min(buf.remaining());
+            buf.put_slice(&this.prefix[this.pos..this.pos + n]);
+            this.pos += n;
+            if this.pos == this.prefix.len() {
+                this.prefix = Vec::new();
+                this.pos = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.io).poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for PrefixedIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+type H1Conn = http1::Connection<PrefixedIo, HcmService>;
+type H2Conn = http2::Connection<PrefixedIo, HcmService, LocalExec>;
+
+enum State {
+    Detect { io: Option<TcpIo>, buf: Vec<u8> },
+    H1(Pin<Box<H1Conn>>),
+    H2(Pin<Box<H2Conn>>),
+    Done,
+}
+
+/// One downstream HTTP connection.
+pub struct HttpConnection {
+    config: Arc<HcmConfig>,
+    chain_tag: u64,
+    listener_stats: Arc<ListenerStats>,
+    worker: usize,
+    state: State,
+    waker: Waker,
+    info: Rc<ConnInfo>,
+    started: Instant,
+    shutting_down: bool,
+    http2: Option<bool>,
+}
+
+impl HttpConnection {
+    /// Takes over an accepted connection.
+    pub fn start(
+        ctx: &mut Ctx,
+        me: HandlerId,
+        stream: mio::net::TcpStream,
+        config: Arc<HcmConfig>,
+        chain_tag: u64,
+        listener_stats: Arc<ListenerStats>,
+    ) -> io::Result<Box<dyn EventHandler>> {
+        let worker = ctx.local.id;
+        let remote = stream.peer_addr()?;
+        let local = stream.local_addr()?;
+        let rt = rt::current().ok_or_else(|| io::Error::other("no worker runtime"))?;
+        let io = TcpIo::new(stream)?;
+        let waker = rt.handler_waker(me);
+        listener_stats.downstream_cx_total.inc(worker);
+        listener_stats.downstream_cx_active.inc(worker);
+        config.stats.downstream_cx_total.inc(worker);
+        config.stats.downstream_cx_active.inc(worker);
+        let info = Rc::new(ConnInfo {
+            config: config.clone(),
+            remote,
+            local,
+            worker,
+            requests: Cell::new(0),
+            active: Cell::new(0),
+            closing: Cell::new(false),
+            last_activity: Cell::new(ctx.now),
+        });
+        let mut conn = HttpConnection {
+            config,
+            chain_tag,
+            listener_stats,
+            worker,
+            state: State::Detect {
+                io: Some(io),
+                buf: Vec::new(),
+            },
+            waker,
+            info,
+            started: ctx.now,
+            shutting_down: false,
+            http2: None,
+        };
+        if let Some(idle) = conn.config.idle_timeout {
+            ctx.schedule(me, idle, TIMER_IDLE);
+        }
+        if let Some(max) = conn.config.max_connection_duration {
+            ctx.schedule(me, max, TIMER_MAX_DURATION);
+        }
+        ctx.local.track_connection(chain_tag, me);
+        if conn.poll() {
+            // Finished before it began (peer closed at once); still a handler until the
+            // first wake, which the dispatcher delivers right away.
+            conn.waker.wake_by_ref();
+        }
+        Ok(Box::new(conn))
+    }
+
+    fn service(&self) -> HcmService {
+        HcmService {
+            conn: self.info.clone(),
+        }
+    }
+
+    fn h1(&mut self, io: PrefixedIo) {
+        let cfg = &self.config;
+        let mut b = http1::Builder::new();
+        b.timer(RtTimer)
+            .keep_alive(true)
+            .max_headers(cfg.max_headers_count.max(1))
+            .max_buf_size((cfg.max_request_headers_kb as usize * 1024).max(8192) + 1024)
+            .header_read_timeout(cfg.request_headers_timeout);
+        let conn = b.serve_connection(io, self.service());
+        cfg.stats.downstream_cx_http1_total.inc(self.worker);
+        cfg.stats.downstream_cx_http1_active.inc(self.worker);
+        self.http2 = Some(false);
+        self.state = State::H1(Box::pin(conn));
+    }
+
+    fn h2(&mut self, io: PrefixedIo) {
+        let cfg = &self.config;
+        let mut b = http2::Builder::new(LocalExec);
+        b.timer(RtTimer)
+            .max_concurrent_streams(cfg.h2_max_concurrent_streams)
+            .max_header_list_size(cfg.max_request_headers_kb * 1024);
+        let conn = b.serve_connection(io, self.service());
+        cfg.stats.downstream_cx_http2_total.inc(self.worker);
+        cfg.stats.downstream_cx_http2_active.inc(self.worker);
+        self.http2 = Some(true);
+        self.state = State::H2(Box::pin(conn));
+    }
+
+    /// Drives the connection; true when it is finished.
+    fn poll(&mut self) -> bool {
+        let waker = self.waker.clone();
+        let mut cx = Context::from_waker(&waker);
+        loop {
+            match &mut self.state {
+                State::Detect { io, buf } => {
+                    let codec = self.config.codec;
+                    let decided = match codec {
+                        Codec::Http1 => Some(false),
+                        Codec::Http2 => Some(true),
+                        Codec::Auto => {
+                            let Some(tcp) = io.as_mut() else { return true };
+                            let mut tmp = [MaybeUninit::<u8>::uninit(); 24];
+                            let want = PREFACE.len() - buf.len();
+                            match tcp.poll_recv(&mut cx, &mut tmp[..want]) {
+                                Poll::Pending => return false,
+                                Poll::Ready(Err(_)) | Poll::Ready(Ok(0)) => {
+                                    self.state = State::Done;
+                                    return true;
+                                }
+                                Poll::Ready(Ok(n)) => {
+                                    // SAFETY: `recv` initialised the first `n` bytes.
+                                    let got = unsafe {
+                                        std::slice::from_raw_parts(tmp.as_ptr() as *const u8, n)
+                                    };
+                                    buf.extend_from_slice(got);
+                                }
+                            }
+                            if !PREFACE.starts_with(buf) {
+                                Some(false)
+                            } else if buf.len() == PREFACE.len() {
+                                Some(true)
+                            } else {
+                                None
+                            }
+                        }
+                    };
+                    let Some(is_h2) = decided else { continue };
+                    let Some(tcp) = io.take() else { return true };
+                    let prefixed = PrefixedIo {
+                        prefix: std::mem::take(buf),
+                        pos: 0,
+                        io: tcp,
+                    };
+                    if is_h2 {
+                        self.h2(prefixed);
+                    } else {
+                        self.h1(prefixed);
+                    }
+                    if self.shutting_down {
+                        self.graceful();
+                    }
+                }
+                State::H1(conn) => {
+                    return match conn.as_mut().poll(&mut cx) {
+                        Poll::Pending => false,
+                        Poll::Ready(r) => {
+                            if let Err(e) = r {
+                                self.note_error(&e);
+                            }
+                            self.state = State::Done;
+                            true
+                        }
+                    };
+                }
+                State::H2(conn) => {
+                    return match conn.as_mut().poll(&mut cx) {
+                        Poll::Pending => false,
+                        Poll::Ready(r) => {
+                            if let Err(e) = r {
+                                self.note_error(&e);
+                            }
+                            self.state = State::Done;
+                            true
+                        }
+                    };
+                }
+                State::Done => return true,
+            }
+        }
+    }
+
+    fn note_error(&self, e: &hyper::Error) {
+        if e.is_parse() || e.is_parse_too_large() || e.is_parse_status() {
+            self.config
+                .stats
+                .downstream_cx_protocol_error
+                .inc(self.worker);
+        } else if e.is_timeout() {
+            self.config
+                .stats
+                .downstream_rq_header_timeout
+                .inc(self.worker);
+        }
+        tracing::debug!(error = %e, "downstream http connection error");
+    }
+
+    fn graceful(&mut self) {
+        self.shutting_down = true;
+        match &mut self.state {
+            State::H1(c) => c.as_mut().graceful_shutdown(),
+            State::H2(c) => c.as_mut().graceful_shutdown(),
+            State::Detect { .. } => {}
+            State::Done => {}
+        }
+        self.waker.wake_by_ref();
+    }
+
+    fn close(&mut self, ctx: &mut Ctx, me: HandlerId) -> Next {
+        ctx.local.untrack_connection(self.chain_tag, me);
+        Next::Close
+    }
+
+    fn run(&mut self, ctx: &mut Ctx, me: HandlerId) -> Next {
+        if self.poll() {
+            return self.close(ctx, me);
+        }
+        Next::Continue
+    }
+}
+
+impl EventHandler for HttpConnection {
+    fn on_ready(&mut self, _source: usize, _event: &Event, ctx: &mut Ctx, me: HandlerId) -> Next {
+        self.run(ctx, me)
+    }
+
+    fn on_wake(&mut self, ctx: &mut Ctx, me: HandlerId) -> Next {
+        self.run(ctx, me)
+    }
+
+    fn on_timer(&mut self, tag: u64, ctx: &mut Ctx, me: HandlerId) -> Next {
+        match tag {
+            TIMER_IDLE => {
+                let Some(idle) = self.config.idle_timeout else {
+                    return Next::Continue;
+                };
+                if self.info.active.get() > 0 {
+                    ctx.schedule(me, idle, TIMER_IDLE);
+                    return Next::Continue;
+                }
+                let quiet = ctx
+                    .now
+                    .saturating_duration_since(self.info.last_activity.get());
+                if quiet >= idle {
+                    self.config
+                        .stats
+                        .downstream_cx_idle_timeout
+                        .inc(self.worker);
+                    if matches!(self.state, State::Detect { .. }) {
+                        return self.close(ctx, me);
+                    }
+                    self.graceful();
+                    return self.run(ctx, me);
+                }
+                ctx.schedule(me, idle - quiet, TIMER_IDLE);
+                Next::Continue
+            }
+            TIMER_MAX_DURATION => {
+                let _ = self.started;
+                self.config
+                    .stats
+                    .downstream_cx_max_duration_reached
+                    .inc(self.worker);
+                self.info.closing.set(true);
+                self.graceful();
+                self.run(ctx, me)
+            }
+            _ => Next::Continue,
+        }
+    }
+
+    fn on_drain(&mut self, ctx: &mut Ctx, me: HandlerId) -> Next {
+        // Envoy drains HTTP connections gracefully: `Connection: close` on HTTP/1.1, GOAWAY
+        // on HTTP/2.
+        self.config.stats.downstream_cx_drain_close.inc(self.worker);
+        self.info.closing.set(true);
+        if matches!(self.state, State::Detect { .. }) {
+            return self.close(ctx, me);
+        }
+        self.graceful();
+        self.run(ctx, me)
+    }
+}
+
+impl Drop for HttpConnection {
+    fn drop(&mut self) {
+        let w = self.worker;
+        match self.http2 {
+            Some(true) => self.config.stats.downstream_cx_http2_active.dec(w),
+            Some(false) => self.config.stats.downstream_cx_http1_active.dec(w),
+            None => {}
+        }
+        self.config.stats.downstream_cx_active.dec(w);
+        self.config.stats.downstream_cx_destroy.inc(w);
+        self.listener_stats.downstream_cx_active.dec(w);
+        self.listener_stats.downstream_cx_destroy.inc(w);
+    }
+}

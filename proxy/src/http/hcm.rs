@@ -1,0 +1,526 @@
+//! The compiled `envoy.filters.network.http_connection_manager` config.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use courier_proto::envoy::config::core::v3::http_protocol_options::HeadersWithUnderscoresAction;
+use courier_proto::envoy::extensions::filters::http::router::v3::Router;
+use courier_proto::envoy::extensions::filters::network::http_connection_manager::v3::{
+    http_connection_manager::{
+        CodecType, RouteSpecifier, ServerHeaderTransformation, StripPortMode,
+    },
+    http_filter, HttpConnectionManager,
+};
+use http::HeaderValue;
+
+use super::route::RouteTable;
+use crate::config::{self, ConfigError};
+use crate::stats::{Counter, Gauge, Store};
+
+/// Well-known name of the HTTP connection manager.
+pub const HTTP_CONNECTION_MANAGER: &str = "envoy.filters.network.http_connection_manager";
+const ROUTER_TYPE: &str = "envoy.extensions.filters.http.router.v3.Router";
+
+/// Where the connection manager's routes come from.
+pub enum RouteSource {
+    /// `route_config` inline.
+    Static(Arc<RouteTable>),
+    /// `rds.route_config_name`: read from the worker's RDS slot per request.
+    Rds(String),
+}
+
+/// `codec_type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Codec {
+    /// AUTO: HTTP/2 when the connection starts with the HTTP/2 preface.
+    Auto,
+    /// HTTP1.
+    Http1,
+    /// HTTP2 (prior knowledge).
+    Http2,
+}
+
+/// `headers_with_underscores_action`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnderscoreAction {
+    /// ALLOW.
+    Allow,
+    /// REJECT_REQUEST (400).
+    Reject,
+    /// DROP_HEADER.
+    Drop,
+}
+
+/// `http.<stat_prefix>.*` stats.
+pub struct HttpStats {
+    /// `downstream_cx_total`.
+    pub downstream_cx_total: Arc<Counter>,
+    /// `downstream_cx_active`.
+    pub downstream_cx_active: Arc<Gauge>,
+    /// `downstream_cx_http1_total`.
+    pub downstream_cx_http1_total: Arc<Counter>,
+    /// `downstream_cx_http2_total`.
+    pub downstream_cx_http2_total: Arc<Counter>,
+    /// `downstream_cx_http1_active`.
+    pub downstream_cx_http1_active: Arc<Gauge>,
+    /// `downstream_cx_http2_active`.
+    pub downstream_cx_http2_active: Arc<Gauge>,
+    /// `downstream_cx_destroy`.
+    pub downstream_cx_destroy: Arc<Counter>,
+    /// `downstream_cx_idle_timeout`.
+    pub downstream_cx_idle_timeout: Arc<Counter>,
+    /// `downstream_cx_max_duration_reached`.
+    pub downstream_cx_max_duration_reached: Arc<Counter>,
+    /// `downstream_cx_protocol_error`.
+    pub downstream_cx_protocol_error: Arc<Counter>,
+    /// `downstream_cx_drain_close`.
+    pub downstream_cx_drain_close: Arc<Counter>,
+    /// `downstream_rq_total`.
+    pub downstream_rq_total: Arc<Counter>,
+    /// `downstream_rq_active`.
+    pub downstream_rq_active: Arc<Gauge>,
+    /// `downstream_rq_http1_total`.
+    pub downstream_rq_http1_total: Arc<Counter>,
+    /// `downstream_rq_http2_total`.
+    pub downstream_rq_http2_total: Arc<Counter>,
+    /// `downstream_rq_1xx` … `downstream_rq_5xx`.
+    pub downstream_rq_xx: [Arc<Counter>; 5],
+    /// `downstream_rq_completed`.
+    pub downstream_rq_completed: Arc<Counter>,
+    /// `downstream_rq_timeout` (request_timeout).
+    pub downstream_rq_timeout: Arc<Counter>,
+    /// `downstream_rq_idle_timeout`.
+    pub downstream_rq_idle_timeout: Arc<Counter>,
+    /// `downstream_rq_too_large`.
+    pub downstream_rq_too_large: Arc<Counter>,
+    /// `downstream_rq_header_timeout`.
+    pub downstream_rq_header_timeout: Arc<Counter>,
+    /// `downstream_rq_ws_on_non_ws_route`.
+    pub downstream_rq_ws_on_non_ws_route: Arc<Counter>,
+    /// `no_route`.
+    pub no_route: Arc<Counter>,
+    /// `no_cluster`.
+    pub no_cluster: Arc<Counter>,
+    /// `rq_direct_response`.
+    pub rq_direct_response: Arc<Counter>,
+    /// `rq_redirect`.
+    pub rq_redirect: Arc<Counter>,
+    /// `rq_total` (router).
+    pub rq_total: Arc<Counter>,
+    /// `downstream_rq_time` as a sum in ms with `downstream_rq_time_count` (no histograms
+    /// in the stat store yet).
+    pub downstream_rq_time_sum_ms: Arc<Counter>,
+}
+
+impl HttpStats {
+    fn new(store: &Store, prefix: &str) -> HttpStats {
+        let c = |s: &str| store.counter(&format!("http.{prefix}.{s}"));
+        let g = |s: &str| store.gauge(&format!("http.{prefix}.{s}"));
+        HttpStats {
+            downstream_cx_total: c("downstream_cx_total"),
+            downstream_cx_active: g("downstream_cx_active"),
+            downstream_cx_http1_total: c("downstream_cx_http1_total"),
+            downstream_cx_http2_total: c("downstream_cx_http2_total"),
+            downstream_cx_http1_active: g("downstream_cx_http1_active"),
+            downstream_cx_http2_active: g("downstream_cx_http2_active"),
+            downstream_cx_destroy: c("downstream_cx_destroy"),
+            downstream_cx_idle_timeout: c("downstream_cx_idle_timeout"),
+            downstream_cx_max_duration_reached: c("downstream_cx_max_duration_reached"),
+            downstream_cx_protocol_error: c("downstream_cx_protocol_error"),
+            downstream_cx_drain_close: c("downstream_cx_drain_close"),
+            downstream_rq_total: c("downstream_rq_total"),
+            downstream_rq_active: g("downstream_rq_active"),
+            downstream_rq_http1_total: c("downstream_rq_http1_total"),
+            downstream_rq_http2_total: c("downstream_rq_http2_total"),
+            downstream_rq_xx: [
+                c("downstream_rq_1xx"),
+                c("downstream_rq_2xx"),
+                c("downstream_rq_3xx"),
+                c("downstream_rq_4xx"),
+                c("downstream_rq_5xx"),
+            ],
+            downstream_rq_completed: c("downstream_rq_completed"),
+            downstream_rq_timeout: c("downstream_rq_timeout"),
+            downstream_rq_idle_timeout: c("downstream_rq_idle_timeout"),
+            downstream_rq_too_large: c("downstream_rq_too_large"),
+            downstream_rq_header_timeout: c("downstream_rq_header_timeout"),
+            downstream_rq_ws_on_non_ws_route: c("downstream_rq_ws_on_non_ws_route"),
+            no_route: c("no_route"),
+            no_cluster: c("no_cluster"),
+            rq_direct_response: c("rq_direct_response"),
+            rq_redirect: c("rq_redirect"),
+            rq_total: c("rq_total"),
+            downstream_rq_time_sum_ms: c("downstream_rq_time_sum_ms"),
+        }
+    }
+}
+
+/// A compiled HTTP connection manager.
+pub struct HcmConfig {
+    /// `stat_prefix`.
+    pub stat_prefix: String,
+    /// Routes.
+    pub routes: RouteSource,
+    /// `codec_type`.
+    pub codec: Codec,
+    /// `server_name` (default `envoy`).
+    pub server_name: HeaderValue,
+    /// `server_header_transformation`.
+    pub server_header: ServerHeaderTransformation,
+    /// `use_remote_address`.
+    pub use_remote_address: bool,
+    /// `xff_num_trusted_hops`.
+    pub xff_num_trusted_hops: u32,
+    /// `skip_xff_append`.
+    pub skip_xff_append: bool,
+    /// `via`.
+    pub via: Option<HeaderValue>,
+    /// `generate_request_id` (default true).
+    pub generate_request_id: bool,
+    /// `preserve_external_request_id`.
+    pub preserve_external_request_id: bool,
+    /// `always_set_request_id_in_response`.
+    pub always_set_request_id_in_response: bool,
+    /// `request_timeout` (default off).
+    pub request_timeout: Option<Duration>,
+    /// `request_headers_timeout` (default off).
+    pub request_headers_timeout: Option<Duration>,
+    /// `stream_idle_timeout` (default 5 min).
+    pub stream_idle_timeout: Option<Duration>,
+    /// `common_http_protocol_options.idle_timeout` (default 1 h).
+    pub idle_timeout: Option<Duration>,
+    /// `common_http_protocol_options.max_connection_duration`.
+    pub max_connection_duration: Option<Duration>,
+    /// `common_http_protocol_options.max_headers_count` (default 100).
+    pub max_headers_count: usize,
+    /// `common_http_protocol_options.max_requests_per_connection`.
+    pub max_requests_per_connection: Option<u32>,
+    /// `common_http_protocol_options.headers_with_underscores_action`.
+    pub underscores: UnderscoreAction,
+    /// `max_request_headers_kb` (default 60).
+    pub max_request_headers_kb: u32,
+    /// `normalize_path`.
+    pub normalize_path: bool,
+    /// `merge_slashes`.
+    pub merge_slashes: bool,
+    /// `strip_matching_host_port` / `strip_any_host_port`.
+    pub strip_port: Option<bool>,
+    /// `http_protocol_options.accept_http_10`.
+    pub accept_http_10: bool,
+    /// `http_protocol_options.default_host_for_http_10`.
+    pub default_host_for_http_10: Option<String>,
+    /// `upgrade_configs` enabled at the connection manager (lower-case types).
+    pub upgrades: Vec<String>,
+    /// Router `suppress_envoy_headers`.
+    pub suppress_envoy_headers: bool,
+    /// `http2_protocol_options.max_concurrent_streams` (default 2147483647).
+    pub h2_max_concurrent_streams: u32,
+    /// Access logs.
+    pub access_logs: Vec<Arc<super::access_log::AccessLog>>,
+    /// Stats.
+    pub stats: HttpStats,
+    /// The stat store (per-cluster, per-code stats are created lazily).
+    pub store: Store,
+}
+
+fn optional_duration(
+    d: Option<&courier_proto::google::protobuf::Duration>,
+    default: Option<Duration>,
+    path: &str,
+) -> Result<Option<Duration>, ConfigError> {
+    match d {
+        None => Ok(default),
+        Some(d) => {
+            let d = config::duration(d, path)?;
+            Ok((!d.is_zero()).then_some(d))
+        }
+    }
+}
+
+impl HcmConfig {
+    /// Compiles the filter config.
+    pub fn compile(proto: &HttpConnectionManager, store: &Store) -> Result<HcmConfig, ConfigError> {
+        if proto.stat_prefix.is_empty() {
+            return Err(ConfigError::new(
+                "stat_prefix",
+                "value length must be at least 1 characters",
+            ));
+        }
+        for (field, set) in [
+            ("tracing", proto.tracing.is_some()),
+            (
+                "http3_protocol_options",
+                proto.http3_protocol_options.is_some(),
+            ),
+            (
+                "original_ip_detection_extensions",
+                !proto.original_ip_detection_extensions.is_empty(),
+            ),
+            (
+                "early_header_mutation_extensions",
+                !proto.early_header_mutation_extensions.is_empty(),
+            ),
+            ("request_id_extension", proto.request_id_extension.is_some()),
+            ("local_reply_config", proto.local_reply_config.is_some()),
+            (
+                "forward_client_cert_details",
+                proto.forward_client_cert_details != 0,
+            ),
+            (
+                "typed_header_validation_config",
+                proto.typed_header_validation_config.is_some(),
+            ),
+            (
+                "path_normalization_options",
+                proto.path_normalization_options.is_some(),
+            ),
+            ("proxy_status_config", proto.proxy_status_config.is_some()),
+        ] {
+            if set {
+                return Err(ConfigError::unsupported(field));
+            }
+        }
+        let routes = match &proto.route_specifier {
+            Some(RouteSpecifier::RouteConfig(rc)) => RouteSource::Static(Arc::new(
+                RouteTable::compile(rc, store).map_err(|e| e.at("route_config"))?,
+            )),
+            Some(RouteSpecifier::Rds(rds)) => {
+                if rds.route_config_name.is_empty() {
+                    return Err(ConfigError::new(
+                        "rds.route_config_name",
+                        "value length must be at least 1 characters",
+                    ));
+                }
+                if let Some(src) = &rds.config_source {
+                    crate::xds::validate_config_source(src)
+                        .map_err(|e| e.at("rds.config_source"))?;
+                }
+                RouteSource::Rds(rds.route_config_name.clone())
+            }
+            Some(RouteSpecifier::ScopedRoutes(_)) => {
+                return Err(ConfigError::unsupported("scoped_routes"))
+            }
+            None => {
+                return Err(ConfigError::new(
+                    "route_specifier",
+                    "one of rds or route_config is required",
+                ))
+            }
+        };
+        let codec = match CodecType::try_from(proto.codec_type) {
+            Ok(CodecType::Auto) => Codec::Auto,
+            Ok(CodecType::Http1) => Codec::Http1,
+            Ok(CodecType::Http2) => Codec::Http2,
+            _ => return Err(ConfigError::unsupported("codec_type")),
+        };
+        let mut suppress_envoy_headers = false;
+        let mut saw_router = false;
+        for (i, f) in proto.http_filters.iter().enumerate() {
+            let path = format!("http_filters[{i}]");
+            if saw_router {
+                return Err(ConfigError::new(
+                    path,
+                    format!("Error: terminal filter named envoy.filters.http.router of type {ROUTER_TYPE} must be the last filter in a http filter chain."),
+                ));
+            }
+            let type_name = match &f.config_type {
+                Some(http_filter::ConfigType::TypedConfig(any)) => {
+                    courier_proto::type_url::message_name(&any.type_url).to_string()
+                }
+                Some(_) => {
+                    return Err(ConfigError::unsupported(format!("{path}.config_discovery")))
+                }
+                None => String::new(),
+            };
+            let is_router = type_name == ROUTER_TYPE
+                || (type_name.is_empty() && f.name == "envoy.filters.http.router");
+            if is_router {
+                if let Some(http_filter::ConfigType::TypedConfig(any)) = &f.config_type {
+                    let r: Router = courier_proto::unpack_any(any).map_err(|e| {
+                        ConfigError::new(format!("{path}.typed_config"), e.to_string())
+                    })?;
+                    suppress_envoy_headers = r.suppress_envoy_headers;
+                    if !r.upstream_http_filters.is_empty() {
+                        return Err(ConfigError::unsupported(format!(
+                            "{path}.typed_config.upstream_http_filters"
+                        )));
+                    }
+                }
+                saw_router = true;
+                continue;
+            }
+            if f.is_optional || f.disabled {
+                continue;
+            }
+            return Err(ConfigError::new(
+                path,
+                format!(
+                    "Didn't find a registered implementation for '{}' with type URL: '{}'",
+                    f.name, type_name
+                ),
+            ));
+        }
+        if !saw_router {
+            return Err(ConfigError::new(
+                "http_filters",
+                "a terminal http filter is required: the last filter must be envoy.filters.http.router",
+            ));
+        }
+        let common = proto.common_http_protocol_options.as_ref();
+        let idle_timeout = optional_duration(
+            common.and_then(|c| c.idle_timeout.as_ref()),
+            Some(Duration::from_secs(3600)),
+            "common_http_protocol_options.idle_timeout",
+        )?;
+        let max_connection_duration = optional_duration(
+            common.and_then(|c| c.max_connection_duration.as_ref()),
+            None,
+            "common_http_protocol_options.max_connection_duration",
+        )?;
+        let max_headers_count = common
+            .and_then(|c| c.max_headers_count.as_ref())
+            .map_or(100, |v| v.value as usize);
+        if max_headers_count == 0 {
+            return Err(ConfigError::new(
+                "common_http_protocol_options.max_headers_count",
+                "value must be greater than or equal to 1",
+            ));
+        }
+        let underscores = match common.map(|c| c.headers_with_underscores_action) {
+            None => UnderscoreAction::Allow,
+            Some(a) => match HeadersWithUnderscoresAction::try_from(a) {
+                Ok(HeadersWithUnderscoresAction::Allow) => UnderscoreAction::Allow,
+                Ok(HeadersWithUnderscoresAction::RejectRequest) => UnderscoreAction::Reject,
+                Ok(HeadersWithUnderscoresAction::DropHeader) => UnderscoreAction::Drop,
+                Err(_) => {
+                    return Err(ConfigError::unsupported(
+                        "common_http_protocol_options.headers_with_underscores_action",
+                    ))
+                }
+            },
+        };
+        let max_request_headers_kb = proto
+            .max_request_headers_kb
+            .as_ref()
+            .map_or(60, |v| v.value);
+        if !(1..=8192).contains(&max_request_headers_kb) {
+            return Err(ConfigError::new(
+                "max_request_headers_kb",
+                "value must be inside range (0, 8192]",
+            ));
+        }
+        let server_name = if proto.server_name.is_empty() {
+            HeaderValue::from_static("envoy")
+        } else {
+            HeaderValue::from_str(&proto.server_name)
+                .map_err(|_| ConfigError::new("server_name", "invalid header value"))?
+        };
+        let server_header =
+            ServerHeaderTransformation::try_from(proto.server_header_transformation)
+                .map_err(|_| ConfigError::new("server_header_transformation", "unknown value"))?;
+        let via = (!proto.via.is_empty())
+            .then(|| {
+                HeaderValue::from_str(&proto.via)
+                    .map_err(|_| ConfigError::new("via", "invalid header value"))
+            })
+            .transpose()?;
+        let mut upgrades = Vec::new();
+        for (i, u) in proto.upgrade_configs.iter().enumerate() {
+            if !u.filters.is_empty() {
+                return Err(ConfigError::unsupported(format!(
+                    "upgrade_configs[{i}].filters"
+                )));
+            }
+            if u.enabled.as_ref().is_none_or(|b| b.value) {
+                upgrades.push(u.upgrade_type.to_ascii_lowercase());
+            }
+        }
+        let h1 = proto.http_protocol_options.as_ref();
+        let h2_max_concurrent_streams = proto
+            .http2_protocol_options
+            .as_ref()
+            .and_then(|o| o.max_concurrent_streams.as_ref())
+            .map_or(2_147_483_647, |v| v.value);
+        let access_logs = proto
+            .access_log
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                super::access_log::AccessLog::compile(l)
+                    .map(Arc::new)
+                    .map_err(|e| e.at(&format!("access_log[{i}]")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(HcmConfig {
+            stat_prefix: proto.stat_prefix.clone(),
+            routes,
+            codec,
+            server_name,
+            server_header,
+            use_remote_address: proto.use_remote_address.as_ref().is_some_and(|b| b.value),
+            xff_num_trusted_hops: proto.xff_num_trusted_hops,
+            skip_xff_append: proto.skip_xff_append,
+            via,
+            generate_request_id: proto.generate_request_id.as_ref().is_none_or(|b| b.value),
+            preserve_external_request_id: proto.preserve_external_request_id,
+            always_set_request_id_in_response: proto.always_set_request_id_in_response,
+            request_timeout: optional_duration(
+                proto.request_timeout.as_ref(),
+                None,
+                "request_timeout",
+            )?,
+            request_headers_timeout: optional_duration(
+                proto.request_headers_timeout.as_ref(),
+                None,
+                "request_headers_timeout",
+            )?,
+            stream_idle_timeout: optional_duration(
+                proto.stream_idle_timeout.as_ref(),
+                Some(Duration::from_secs(300)),
+                "stream_idle_timeout",
+            )?,
+            idle_timeout,
+            max_connection_duration,
+            max_headers_count,
+            max_requests_per_connection: common
+                .and_then(|c| c.max_requests_per_connection.as_ref())
+                .map(|v| v.value)
+                .filter(|v| *v > 0),
+            underscores,
+            max_request_headers_kb,
+            normalize_path: proto.normalize_path.as_ref().is_some_and(|b| b.value),
+            merge_slashes: proto.merge_slashes,
+            strip_port: match proto.strip_port_mode {
+                Some(StripPortMode::StripAnyHostPort(true)) => Some(true),
+                _ if proto.strip_matching_host_port => Some(false),
+                _ => None,
+            },
+            accept_http_10: h1.is_some_and(|o| o.accept_http_10),
+            default_host_for_http_10: h1
+                .map(|o| o.default_host_for_http_10.clone())
+                .filter(|s| !s.is_empty()),
+            upgrades,
+            suppress_envoy_headers,
+            h2_max_concurrent_streams,
+            access_logs,
+            stats: HttpStats::new(store, &proto.stat_prefix),
+            store: store.clone(),
+        })
+    }
+
+    /// Every cluster the inline route table may route to.
+    pub fn cluster_names(&self) -> Vec<String> {
+        match &self.routes {
+            RouteSource::Static(t) => t.cluster_names(),
+            RouteSource::Rds(_) => Vec::new(),
+        }
+    }
+}
+
+/// The RDS route configuration names a connection manager needs (empty for inline routes).
+pub fn rds_route_config_names(hcm: &HcmConfig) -> Vec<String> {
+    match &hcm.routes {
+        RouteSource::Rds(name) => vec![name.clone()],
+        RouteSource::Static(_) => Vec::new(),
+    }
+}

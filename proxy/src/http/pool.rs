@@ -1,0 +1,429 @@
+//! Per-worker upstream HTTP connection pools (Envoy's `ConnectionPool`): HTTP/1.1
+//! keep-alive reuse and one multiplexed HTTP/2 connection per host, with the cluster's
+//! circuit breakers counted per worker.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Poll, Waker};
+use std::time::Instant;
+
+use hyper::client::conn::{http1, http2};
+
+use super::body::ProxyBody;
+use crate::event::rt::{self, LocalExec, RtTimer, TcpIo};
+use crate::stats::{Counter, Gauge, Store};
+use crate::upstream::{ClusterInfo, Host, LbStates};
+
+/// `cluster.<name>.*` HTTP stats, created on first use on each worker.
+pub struct ClusterHttpStats {
+    /// `upstream_rq_total`.
+    pub rq_total: Arc<Counter>,
+    /// `upstream_rq_completed`.
+    pub rq_completed: Arc<Counter>,
+    /// `upstream_rq_active`.
+    pub rq_active: Arc<Gauge>,
+    /// `upstream_rq_1xx` … `upstream_rq_5xx`.
+    pub rq_xx: [Arc<Counter>; 5],
+    /// `upstream_rq_retry`.
+    pub rq_retry: Arc<Counter>,
+    /// `upstream_rq_retry_success`.
+    pub rq_retry_success: Arc<Counter>,
+    /// `upstream_rq_retry_overflow`.
+    pub rq_retry_overflow: Arc<Counter>,
+    /// `upstream_rq_retry_limit_exceeded`.
+    pub rq_retry_limit_exceeded: Arc<Counter>,
+    /// `upstream_rq_timeout`.
+    pub rq_timeout: Arc<Counter>,
+    /// `upstream_rq_per_try_timeout`.
+    pub rq_per_try_timeout: Arc<Counter>,
+    /// `upstream_rq_pending_overflow`.
+    pub rq_pending_overflow: Arc<Counter>,
+    /// `upstream_rq_pending_total`.
+    pub rq_pending_total: Arc<Counter>,
+    /// `upstream_rq_pending_active`.
+    pub rq_pending_active: Arc<Gauge>,
+    /// `upstream_rq_rx_reset`.
+    pub rq_rx_reset: Arc<Counter>,
+    /// `upstream_cx_http1_total`.
+    pub cx_http1_total: Arc<Counter>,
+    /// `upstream_cx_http2_total`.
+    pub cx_http2_total: Arc<Counter>,
+    /// `upstream_rq_time` sum in ms (no histograms yet).
+    pub rq_time_sum_ms: Arc<Counter>,
+    codes: RefCell<HashMap<u16, Arc<Counter>>>,
+    store: Store,
+    name: String,
+}
+
+impl ClusterHttpStats {
+    fn new(store: &Store, name: &str) -> ClusterHttpStats {
+        let c = |s: &str| store.counter(&format!("cluster.{name}.{s}"));
+        let g = |s: &str| store.gauge(&format!("cluster.{name}.{s}"));
+        ClusterHttpStats {
+            rq_total: c("upstream_rq_total"),
+            rq_completed: c("upstream_rq_completed"),
+            rq_active: g("upstream_rq_active"),
+            rq_xx: [
+                c("upstream_rq_1xx"),
+                c("upstream_rq_2xx"),
+                c("upstream_rq_3xx"),
+                c("upstream_rq_4xx"),
+                c("upstream_rq_5xx"),
+            ],
+            rq_retry: c("upstream_rq_retry"),
+            rq_retry_success: c("upstream_rq_retry_success"),
+            rq_retry_overflow: c("upstream_rq_retry_overflow"),
+            rq_retry_limit_exceeded: c("upstream_rq_retry_limit_exceeded"),
+            rq_timeout: c("upstream_rq_timeout"),
+            rq_per_try_timeout: c("upstream_rq_per_try_timeout"),
+            rq_pending_overflow: c("upstream_rq_pending_overflow"),
+            rq_pending_total: c("upstream_rq_pending_total"),
+            rq_pending_active: g("upstream_rq_pending_active"),
+            rq_rx_reset: c("upstream_rq_rx_reset"),
+            cx_http1_total: c("upstream_cx_http1_total"),
+            cx_http2_total: c("upstream_cx_http2_total"),
+            rq_time_sum_ms: c("upstream_rq_time_sum_ms"),
+            codes: RefCell::new(HashMap::new()),
+            store: store.clone(),
+            name: name.to_string(),
+        }
+    }
+
+    /// Counts a response status (`upstream_rq_<code>`, `upstream_rq_<class>xx`,
+    /// `upstream_rq_completed`).
+    pub fn status(&self, worker: usize, code: u16) {
+        let class = (code / 100) as usize;
+        if (1..=5).contains(&class) {
+            self.rq_xx[class - 1].inc(worker);
+        }
+        let c = self
+            .codes
+            .borrow_mut()
+            .entry(code)
+            .or_insert_with(|| {
+                self.store
+                    .counter(&format!("cluster.{}.upstream_rq_{code}", self.name))
+            })
+            .clone();
+        c.inc(worker);
+        self.rq_completed.inc(worker);
+    }
+}
+
+/// A request sender on an upstream connection.
+pub enum Sender {
+    /// An HTTP/1.1 connection (exclusive while the request is in flight).
+    H1(http1::SendRequest<ProxyBody>),
+    /// An HTTP/2 connection (shared).
+    H2(http2::SendRequest<ProxyBody>),
+}
+
+/// Why no connection could be had.
+#[derive(Debug)]
+pub enum PoolError {
+    /// Circuit breaker overflow (`max_pending_requests` / `max_requests`).
+    Overflow,
+    /// The connection attempt failed.
+    ConnectFailure(String),
+    /// The connection attempt timed out.
+    ConnectTimeout,
+}
+
+#[derive(Default)]
+struct HostPool {
+    idle: Vec<http1::SendRequest<ProxyBody>>,
+    h2: Option<http2::SendRequest<ProxyBody>>,
+    h2_connecting: bool,
+}
+
+/// Circuit-breaker counts of one cluster on this worker.
+#[derive(Default)]
+pub struct Breakers {
+    /// Open connections.
+    pub connections: Cell<u32>,
+    /// Requests waiting for a connection.
+    pub pending: Cell<u32>,
+    /// Requests in flight.
+    pub requests: Cell<u32>,
+    /// Retries in flight.
+    pub retries: Cell<u32>,
+}
+
+/// One cluster's pools on this worker.
+pub struct ClusterPool {
+    hosts: RefCell<HashMap<SocketAddr, HostPool>>,
+    waiters: RefCell<VecDeque<Rc<Cell<Option<Waker>>>>>,
+    /// Circuit-breaker counts.
+    pub breakers: Breakers,
+    /// HTTP stats.
+    pub stats: ClusterHttpStats,
+}
+
+thread_local! {
+    static POOLS: RefCell<HashMap<String, Rc<ClusterPool>>> = RefCell::new(HashMap::new());
+    static LB: RefCell<LbStates> = RefCell::new(LbStates::default());
+}
+
+/// The pool of `cluster` on this worker.
+pub fn cluster_pool(cluster: &ClusterInfo, store: &Store) -> Rc<ClusterPool> {
+    POOLS.with(|p| {
+        if let Some(pool) = p.borrow().get(&cluster.name) {
+            return pool.clone();
+        }
+        let pool = Rc::new(ClusterPool {
+            hosts: RefCell::new(HashMap::new()),
+            waiters: RefCell::new(VecDeque::new()),
+            breakers: Breakers::default(),
+            stats: ClusterHttpStats::new(store, &cluster.name),
+        });
+        p.borrow_mut().insert(cluster.name.clone(), pool.clone());
+        pool
+    })
+}
+
+/// Picks a host of `cluster` with this worker's HTTP load balancer.
+pub fn choose_host(cluster: &ClusterInfo) -> Option<Arc<Host>> {
+    LB.with(|lb| lb.borrow_mut().choose(cluster))
+}
+
+/// Releases a circuit-breaker slot and wakes one waiter.
+struct ConnGuard {
+    pool: Rc<ClusterPool>,
+    cluster: Arc<ClusterInfo>,
+    host: Arc<Host>,
+    worker: usize,
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        let b = &self.pool.breakers;
+        b.connections.set(b.connections.get().saturating_sub(1));
+        self.cluster.stats.upstream_cx_active.dec(self.worker);
+        self.cluster.stats.upstream_cx_destroy.inc(self.worker);
+        self.host.stats.cx_active.dec(self.worker);
+        self.pool.wake_one();
+    }
+}
+
+impl ClusterPool {
+    fn wake_one(&self) {
+        while let Some(w) = self.waiters.borrow_mut().pop_front() {
+            if let Some(w) = w.take() {
+                w.wake();
+                return;
+            }
+        }
+    }
+
+    /// Returns an HTTP/1 connection for reuse once its response is complete.
+    pub fn release(&self, addr: SocketAddr, sender: http1::SendRequest<ProxyBody>) {
+        if sender.is_closed() {
+            return;
+        }
+        self.hosts
+            .borrow_mut()
+            .entry(addr)
+            .or_default()
+            .idle
+            .push(sender);
+        self.wake_one();
+    }
+
+    async fn wait_for_slot(&self) {
+        let slot = Rc::new(Cell::new(None));
+        let mut registered = false;
+        std::future::poll_fn(|cx| {
+            if registered && slot.take().is_none() {
+                return Poll::Ready(());
+            }
+            slot.set(Some(cx.waker().clone()));
+            if !registered {
+                registered = true;
+                self.waiters.borrow_mut().push_back(slot.clone());
+            }
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// A connection to `host`: an idle HTTP/1 one, the shared HTTP/2 one, or a new one
+    /// (waiting as a pending request when `max_connections` is reached). Returns whether
+    /// the connection was reused.
+    pub async fn checkout(
+        self: &Rc<Self>,
+        cluster: &Arc<ClusterInfo>,
+        host: &Arc<Host>,
+        worker: usize,
+    ) -> Result<(Sender, bool), PoolError> {
+        let mut pending = false;
+        let result = loop {
+            if cluster.http2 {
+                let existing = self
+                    .hosts
+                    .borrow()
+                    .get(&host.address)
+                    .and_then(|h| h.h2.clone())
+                    .filter(|s| !s.is_closed());
+                if let Some(s) = existing {
+                    break Ok((Sender::H2(s), true));
+                }
+            } else {
+                let mut reused = None;
+                loop {
+                    let s = self
+                        .hosts
+                        .borrow_mut()
+                        .get_mut(&host.address)
+                        .and_then(|h| h.idle.pop());
+                    let Some(mut s) = s else { break };
+                    if s.is_closed() {
+                        continue;
+                    }
+                    if s.ready().await.is_ok() {
+                        reused = Some(s);
+                        break;
+                    }
+                }
+                if let Some(s) = reused {
+                    break Ok((Sender::H1(s), true));
+                }
+            }
+            let b = &self.breakers;
+            let h2_busy = cluster.http2
+                && self
+                    .hosts
+                    .borrow()
+                    .get(&host.address)
+                    .is_some_and(|h| h.h2_connecting);
+            if b.connections.get() >= cluster.thresholds.max_connections || h2_busy {
+                if !h2_busy {
+                    cluster.stats.upstream_cx_overflow.inc(worker);
+                }
+                if !pending {
+                    if b.pending.get() >= cluster.thresholds.max_pending_requests {
+                        self.stats.rq_pending_overflow.inc(worker);
+                        break Err(PoolError::Overflow);
+                    }
+                    pending = true;
+                    b.pending.set(b.pending.get() + 1);
+                    self.stats.rq_pending_total.inc(worker);
+                    self.stats.rq_pending_active.inc(worker);
+                }
+                self.wait_for_slot().await;
+                continue;
+            }
+            break self
+                .connect(cluster, host, worker)
+                .await
+                .map(|s| (s, false));
+        };
+        if pending {
+            let b = &self.breakers;
+            b.pending.set(b.pending.get().saturating_sub(1));
+            self.stats.rq_pending_active.dec(worker);
+        }
+        result
+    }
+
+    async fn connect(
+        self: &Rc<Self>,
+        cluster: &Arc<ClusterInfo>,
+        host: &Arc<Host>,
+        worker: usize,
+    ) -> Result<Sender, PoolError> {
+        let b = &self.breakers;
+        b.connections.set(b.connections.get() + 1);
+        cluster.stats.upstream_cx_total.inc(worker);
+        cluster.stats.upstream_cx_active.inc(worker);
+        host.stats.cx_total.inc(worker);
+        host.stats.cx_active.inc(worker);
+        let guard = ConnGuard {
+            pool: self.clone(),
+            cluster: cluster.clone(),
+            host: host.clone(),
+            worker,
+        };
+        if cluster.http2 {
+            self.hosts
+                .borrow_mut()
+                .entry(host.address)
+                .or_default()
+                .h2_connecting = true;
+        }
+        let deadline = Instant::now() + cluster.connect_timeout;
+        let io = match rt::timeout(Some(deadline), TcpIo::connect(host.address)).await {
+            None => {
+                self.connect_failed(cluster, host, worker);
+                cluster.stats.upstream_cx_connect_timeout.inc(worker);
+                return Err(PoolError::ConnectTimeout);
+            }
+            Some(Err(e)) => {
+                self.connect_failed(cluster, host, worker);
+                return Err(PoolError::ConnectFailure(e.to_string()));
+            }
+            Some(Ok(io)) => io,
+        };
+        if cluster.http2 {
+            let handshake = http2::Builder::new(LocalExec)
+                .timer(RtTimer)
+                .handshake::<_, ProxyBody>(io)
+                .await;
+            self.hosts
+                .borrow_mut()
+                .entry(host.address)
+                .or_default()
+                .h2_connecting = false;
+            let (sender, conn) = match handshake {
+                Ok(x) => x,
+                Err(e) => {
+                    self.connect_failed(cluster, host, worker);
+                    return Err(PoolError::ConnectFailure(e.to_string()));
+                }
+            };
+            self.stats.cx_http2_total.inc(worker);
+            self.hosts.borrow_mut().entry(host.address).or_default().h2 = Some(sender.clone());
+            self.wake_one();
+            let pool = self.clone();
+            let addr = host.address;
+            rt::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "upstream h2 connection closed");
+                }
+                if let Some(h) = pool.hosts.borrow_mut().get_mut(&addr) {
+                    if h.h2.as_ref().is_some_and(|s| s.is_closed()) {
+                        h.h2 = None;
+                    }
+                }
+                drop(guard);
+            });
+            Ok(Sender::H2(sender))
+        } else {
+            let (sender, conn) = match http1::Builder::new().handshake::<_, ProxyBody>(io).await {
+                Ok(x) => x,
+                Err(e) => {
+                    self.connect_failed(cluster, host, worker);
+                    return Err(PoolError::ConnectFailure(e.to_string()));
+                }
+            };
+            self.stats.cx_http1_total.inc(worker);
+            rt::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "upstream h1 connection closed");
+                }
+                drop(guard);
+            });
+            Ok(Sender::H1(sender))
+        }
+    }
+
+    fn connect_failed(&self, cluster: &ClusterInfo, host: &Host, worker: usize) {
+        cluster.stats.upstream_cx_connect_fail.inc(worker);
+        host.stats.cx_connect_fail.inc(worker);
+        if let Some(h) = self.hosts.borrow_mut().get_mut(&host.address) {
+            h.h2_connecting = false;
+        }
+    }
+}

@@ -1,0 +1,1086 @@
+//! One request through the connection manager and the router filter: header sanitising,
+//! route selection, local replies, and forwarding with retries and timeouts.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::BodyExt;
+use hyper::body::{Body as _, Incoming};
+
+use super::access_log::LogEntry;
+use super::body::ProxyBody;
+use super::hcm::{HcmConfig, RouteSource, UnderscoreAction};
+use super::headers::{strip_hop_by_hop, FormatContext};
+use super::pool::{self, PoolError, Sender};
+use super::route::{
+    Action, ClusterSpec, HostRewrite, Redirect, Route, RouteAction, RouteTable, VirtualHost,
+};
+use crate::event::rt;
+use crate::upstream::ClusterInfo;
+
+/// What a request knows about its connection.
+pub struct ConnInfo {
+    /// The connection manager.
+    pub config: Arc<HcmConfig>,
+    /// Client address.
+    pub remote: SocketAddr,
+    /// Local address.
+    pub local: SocketAddr,
+    /// Worker index.
+    pub worker: usize,
+    /// Requests started on this connection.
+    pub requests: std::cell::Cell<u32>,
+    /// Requests in flight on this connection.
+    pub active: std::cell::Cell<u32>,
+    /// Set when the connection should close after the current request.
+    pub closing: std::cell::Cell<bool>,
+    /// Last time a request started or finished.
+    pub last_activity: std::cell::Cell<Instant>,
+}
+
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_ENVOY_EXTERNAL_ADDRESS: HeaderName = HeaderName::from_static("x-envoy-external-address");
+static X_ENVOY_INTERNAL: HeaderName = HeaderName::from_static("x-envoy-internal");
+static X_ENVOY_ORIGINAL_PATH: HeaderName = HeaderName::from_static("x-envoy-original-path");
+static X_ENVOY_EXPECTED_RQ_TIMEOUT_MS: HeaderName =
+    HeaderName::from_static("x-envoy-expected-rq-timeout-ms");
+static X_ENVOY_UPSTREAM_SERVICE_TIME: HeaderName =
+    HeaderName::from_static("x-envoy-upstream-service-time");
+static X_ENVOY_OVERLOADED: HeaderName = HeaderName::from_static("x-envoy-overloaded");
+static X_ENVOY_ATTEMPT_COUNT: HeaderName = HeaderName::from_static("x-envoy-attempt-count");
+
+/// Envoy's body for an upstream connection failure.
+pub const UPSTREAM_CONNECT_ERROR: &str =
+    "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure";
+/// Envoy's body for a reset before response headers.
+pub const UPSTREAM_RESET: &str =
+    "upstream connect error or disconnect/reset before headers. reset reason: connection termination";
+/// Envoy's body for a circuit-breaker overflow.
+pub const UPSTREAM_OVERFLOW: &str =
+    "upstream connect error or disconnect/reset before headers. reset reason: overflow";
+/// Envoy's body when no host is healthy.
+pub const NO_HEALTHY_UPSTREAM: &str = "no healthy upstream";
+/// Envoy's body for a route timeout.
+pub const UPSTREAM_TIMEOUT: &str = "upstream request timeout";
+
+/// A local reply as Envoy sends it (`content-type: text/plain` when there is a body).
+pub fn local_reply(status: StatusCode, body: &str) -> Response<ProxyBody> {
+    let mut r = Response::new(ProxyBody::full(Bytes::copy_from_slice(body.as_bytes())));
+    *r.status_mut() = status;
+    if !body.is_empty() {
+        r.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    }
+    r.headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    r
+}
+
+fn is_internal(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.is_private() || v4.is_loopback(),
+        std::net::IpAddr::V6(v6) => v6.is_loopback() || (v6.segments()[0] & 0xfe00) == 0xfc00,
+    }
+}
+
+fn uuid4() -> String {
+    let a = fastrand::u64(..);
+    let b = fastrand::u64(..);
+    let a = (a & 0xffff_ffff_ffff_0fff) | 0x4000;
+    let b = (b & 0x3fff_ffff_ffff_ffff) | 0x8000_0000_0000_0000;
+    format!(
+        "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+        a >> 32,
+        (a >> 16) & 0xffff,
+        a & 0xffff,
+        b >> 48,
+        b & 0xffff_ffff_ffff
+    )
+}
+
+fn protocol_name(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_2 => "HTTP/2",
+        _ => "HTTP/1.1",
+    }
+}
+
+/// RFC 3986 dot-segment removal (Envoy's `normalize_path`).
+fn normalize_dots(path: &str) -> String {
+    let mut out: Vec<&str> = Vec::new();
+    let trailing = path.ends_with("/.") || path.ends_with("/..") || path.ends_with('/');
+    for seg in path.split('/').skip(1) {
+        match seg {
+            "." => {}
+            ".." => {
+                out.pop();
+            }
+            s => out.push(s),
+        }
+    }
+    let mut s = String::with_capacity(path.len());
+    for seg in &out {
+        s.push('/');
+        s.push_str(seg);
+    }
+    if s.is_empty() || (trailing && !s.ends_with('/')) {
+        s.push('/');
+    }
+    s
+}
+
+fn merge_slashes(path: &str) -> String {
+    let mut s = String::with_capacity(path.len());
+    let mut prev = false;
+    for c in path.chars() {
+        if c == '/' {
+            if prev {
+                continue;
+            }
+            prev = true;
+        } else {
+            prev = false;
+        }
+        s.push(c);
+    }
+    s
+}
+
+/// The request's response flags and upstream for the access log.
+#[derive(Default)]
+struct Outcome {
+    flags: &'static str,
+    upstream_host: Option<SocketAddr>,
+    upstream_cluster: Option<String>,
+    route_name: String,
+}
+
+/// Handles one request end to end (hyper's service function).
+pub async fn serve(
+    conn: Rc<ConnInfo>,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let cfg = conn.config.clone();
+    let worker = conn.worker;
+    let start = Instant::now();
+    let start_wall = SystemTime::now();
+    conn.requests.set(conn.requests.get() + 1);
+    conn.active.set(conn.active.get() + 1);
+    conn.last_activity.set(start);
+    cfg.stats.downstream_rq_total.inc(worker);
+    cfg.stats.downstream_rq_active.inc(worker);
+    if req.version() == Version::HTTP_2 {
+        cfg.stats.downstream_rq_http2_total.inc(worker);
+    } else {
+        cfg.stats.downstream_rq_http1_total.inc(worker);
+    }
+    let log_state = (!cfg.access_logs.is_empty()).then(|| {
+        (
+            req.method().to_string(),
+            req.uri()
+                .path_and_query()
+                .map_or_else(|| req.uri().path().to_string(), |p| p.to_string()),
+            authority_of(&req).unwrap_or_default(),
+            req.headers().clone(),
+            req.version(),
+        )
+    });
+    let mut outcome = Outcome {
+        flags: "-",
+        ..Default::default()
+    };
+    let request_id_for_response = if cfg.always_set_request_id_in_response {
+        req.headers().get(&X_REQUEST_ID).cloned()
+    } else {
+        None
+    };
+    let fut = process(&conn, req, &mut outcome);
+    let mut resp = match rt::timeout(cfg.request_timeout.map(|t| start + t), fut).await {
+        Some(r) => r,
+        None => {
+            cfg.stats.downstream_rq_timeout.inc(worker);
+            outcome.flags = "-";
+            local_reply(StatusCode::REQUEST_TIMEOUT, "request timeout")
+        }
+    };
+    finish_response(&cfg, &mut resp);
+    if let Some(id) = request_id_for_response {
+        resp.headers_mut().entry(&X_REQUEST_ID).or_insert(id);
+    }
+    if conn.closing.get() && resp.version() != Version::HTTP_2 {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    let status = resp.status().as_u16();
+    let class = (status / 100) as usize;
+    if (1..=5).contains(&class) {
+        cfg.stats.downstream_rq_xx[class - 1].inc(worker);
+    }
+    // Completion: when the response body ends (or is dropped).
+    let conn2 = conn.clone();
+    let (parts, body) = resp.into_parts();
+    let resp_headers = log_state.as_ref().map(|_| parts.headers.clone());
+    let on_done = move |_ok: bool, bytes_sent: u64| {
+        let cfg = &conn2.config;
+        cfg.stats.downstream_rq_completed.inc(worker);
+        cfg.stats.downstream_rq_active.dec(worker);
+        cfg.stats
+            .downstream_rq_time_sum_ms
+            .add(worker, start.elapsed().as_millis() as u64);
+        conn2.active.set(conn2.active.get().saturating_sub(1));
+        conn2.last_activity.set(Instant::now());
+        if let Some((method, path, authority, headers, version)) = &log_state {
+            let entry = LogEntry {
+                start: start_wall,
+                method,
+                path,
+                authority,
+                protocol: protocol_name(*version),
+                request: headers,
+                response: resp_headers.as_ref(),
+                status,
+                flags: outcome.flags,
+                bytes_received: 0,
+                bytes_sent,
+                duration: start.elapsed(),
+                upstream_host: outcome.upstream_host,
+                upstream_cluster: outcome.upstream_cluster.as_deref(),
+                remote: conn2.remote,
+                route_name: &outcome.route_name,
+            };
+            for l in &cfg.access_logs {
+                l.log(&entry);
+            }
+        }
+    };
+    let mut body = body;
+    body.on_end(Box::new(on_done));
+    Ok(Response::from_parts(parts, body))
+}
+
+fn authority_of<B>(req: &Request<B>) -> Option<String> {
+    if let Some(a) = req.uri().authority() {
+        return Some(a.as_str().to_string());
+    }
+    req.headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
+/// Server header, per `server_header_transformation`.
+fn finish_response(cfg: &HcmConfig, resp: &mut Response<ProxyBody>) {
+    use courier_proto::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::ServerHeaderTransformation as S;
+    match cfg.server_header {
+        S::Overwrite => {
+            resp.headers_mut()
+                .insert(header::SERVER, cfg.server_name.clone());
+        }
+        S::AppendIfAbsent => {
+            resp.headers_mut()
+                .entry(header::SERVER)
+                .or_insert_with(|| cfg.server_name.clone());
+        }
+        S::PassThrough => {}
+    }
+}
+
+/// Header-size accounting as Envoy's `max_request_headers_kb` (names + values).
+fn headers_size<B>(req: &Request<B>) -> usize {
+    let mut n = req.uri().to_string().len() + req.method().as_str().len();
+    for (k, v) in req.headers() {
+        n += k.as_str().len() + v.len();
+    }
+    n
+}
+
+async fn process(
+    conn: &Rc<ConnInfo>,
+    mut req: Request<Incoming>,
+    outcome: &mut Outcome,
+) -> Response<ProxyBody> {
+    let cfg = &conn.config;
+    let worker = conn.worker;
+    // Codec-level checks.
+    if req.version() == Version::HTTP_10 && !cfg.accept_http_10 {
+        conn.closing.set(true);
+        return local_reply(StatusCode::UPGRADE_REQUIRED, "");
+    }
+    // Request smuggling: Content-Length together with Transfer-Encoding is rejected, as
+    // Envoy does unless `allow_chunked_length`.
+    if req.version() != Version::HTTP_2
+        && req.headers().contains_key(header::TRANSFER_ENCODING)
+        && req.headers().contains_key(header::CONTENT_LENGTH)
+    {
+        cfg.stats.downstream_cx_protocol_error.inc(worker);
+        conn.closing.set(true);
+        return local_reply(StatusCode::BAD_REQUEST, "Bad Request");
+    }
+    if req.headers().len() > cfg.max_headers_count
+        || headers_size(&req) > cfg.max_request_headers_kb as usize * 1024
+    {
+        cfg.stats.downstream_rq_too_large.inc(worker);
+        conn.closing.set(true);
+        return local_reply(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "");
+    }
+    match cfg.underscores {
+        UnderscoreAction::Allow => {}
+        UnderscoreAction::Reject => {
+            if req.headers().keys().any(|k| k.as_str().contains('_')) {
+                conn.closing.set(true);
+                return local_reply(StatusCode::BAD_REQUEST, "");
+            }
+        }
+        UnderscoreAction::Drop => {
+            let drop: Vec<HeaderName> = req
+                .headers()
+                .keys()
+                .filter(|k| k.as_str().contains('_'))
+                .cloned()
+                .collect();
+            for k in drop {
+                req.headers_mut().remove(k);
+            }
+        }
+    }
+    // Host / authority.
+    let mut authority = match authority_of(&req) {
+        Some(a) => a,
+        None if req.version() == Version::HTTP_10 => {
+            cfg.default_host_for_http_10.clone().unwrap_or_default()
+        }
+        None => {
+            conn.closing.set(true);
+            return local_reply(StatusCode::BAD_REQUEST, "missing host header");
+        }
+    };
+    if let Some(any) = cfg.strip_port {
+        let stripped = super::route::strip_port(&authority);
+        if stripped.len() != authority.len() {
+            let port_matches =
+                authority[stripped.len() + 1..].parse::<u16>().ok() == Some(conn.local.port());
+            if any || port_matches {
+                authority = stripped.to_string();
+            }
+        }
+    }
+    // Path.
+    let method = req.method().clone();
+    let mut path = req
+        .uri()
+        .path_and_query()
+        .map_or_else(|| "/".to_string(), |p| p.as_str().to_string());
+    if !path.starts_with('/') && !(method == Method::OPTIONS && path == "*") {
+        conn.closing.set(true);
+        return local_reply(StatusCode::BAD_REQUEST, "");
+    }
+    if cfg.normalize_path || cfg.merge_slashes {
+        let (p, q) = match path.split_once('?') {
+            Some((p, q)) => (p.to_string(), Some(q.to_string())),
+            None => (path.clone(), None),
+        };
+        let mut p = p;
+        if cfg.normalize_path {
+            p = normalize_dots(&p);
+        }
+        if cfg.merge_slashes {
+            p = merge_slashes(&p);
+        }
+        path = match q {
+            Some(q) => format!("{p}?{q}"),
+            None => p,
+        };
+    }
+    // Forwarding headers.
+    let headers = req.headers_mut();
+    let remote_ip = conn.remote.ip();
+    let internal = is_internal(remote_ip);
+    if cfg.use_remote_address {
+        if !cfg.skip_xff_append {
+            let ip = remote_ip.to_string();
+            let v = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+                Some(prev) if !prev.is_empty() => format!("{prev},{ip}"),
+                _ => ip,
+            };
+            if let Ok(v) = HeaderValue::from_str(&v) {
+                headers.insert(X_FORWARDED_FOR.clone(), v);
+            }
+        }
+        if internal {
+            headers.insert(X_ENVOY_INTERNAL.clone(), HeaderValue::from_static("true"));
+            headers.remove(&X_ENVOY_EXTERNAL_ADDRESS);
+        } else {
+            headers.remove(&X_ENVOY_INTERNAL);
+            if let Ok(v) = HeaderValue::from_str(&remote_ip.to_string()) {
+                headers.insert(X_ENVOY_EXTERNAL_ADDRESS.clone(), v);
+            }
+        }
+        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    } else if !headers.contains_key(&X_FORWARDED_PROTO) {
+        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    }
+    if cfg.generate_request_id {
+        let regenerate = cfg.use_remote_address && !internal && !cfg.preserve_external_request_id;
+        if regenerate || !headers.contains_key(&X_REQUEST_ID) {
+            if let Ok(v) = HeaderValue::from_str(&uuid4()) {
+                headers.insert(X_REQUEST_ID.clone(), v);
+            }
+        }
+    }
+    if let Some(via) = &cfg.via {
+        headers.append(header::VIA, via.clone());
+    }
+    // Route.
+    let table: Option<Arc<RouteTable>> = match &cfg.routes {
+        RouteSource::Static(t) => Some(t.clone()),
+        RouteSource::Rds(name) => rt::current()
+            .and_then(|r| r.routes())
+            .and_then(|s| s.tables.get(name).cloned()),
+    };
+    let Some(table) = table else {
+        cfg.stats.no_route.inc(worker);
+        outcome.flags = "NR";
+        return local_reply(StatusCode::NOT_FOUND, "");
+    };
+    let Some((vh, route)) = table.route(&authority, &path, req.headers()) else {
+        cfg.stats.no_route.inc(worker);
+        outcome.flags = "NR";
+        return local_reply(StatusCode::NOT_FOUND, "");
+    };
+    outcome.route_name = route.name.clone();
+    let fcx_remote = conn.remote;
+    let fcx_local = conn.local;
+    let protocol = protocol_name(req.version());
+    // Upgrades (websocket).
+    let upgrade = req
+        .headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_ascii_lowercase);
+    if let Some(up) = &upgrade {
+        let allowed = match &route.action {
+            Action::Route(a) => a
+                .upgrades
+                .iter()
+                .find(|(t, _)| t == up)
+                .map_or_else(|| cfg.upgrades.iter().any(|t| t == up), |(_, en)| *en),
+            _ => false,
+        };
+        if !allowed {
+            cfg.stats.downstream_rq_ws_on_non_ws_route.inc(worker);
+            return local_reply(StatusCode::FORBIDDEN, "");
+        }
+    }
+    let mut resp = match &route.action {
+        Action::Direct { status, body } => {
+            cfg.stats.rq_direct_response.inc(worker);
+            let mut r = match body {
+                Some(b) => {
+                    let mut r = Response::new(ProxyBody::full(b.clone()));
+                    r.headers_mut()
+                        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+                    r.headers_mut()
+                        .insert(header::CONTENT_LENGTH, HeaderValue::from(b.len()));
+                    r
+                }
+                None => {
+                    let mut r = Response::new(ProxyBody::empty());
+                    r.headers_mut()
+                        .insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+                    r
+                }
+            };
+            *r.status_mut() = *status;
+            r
+        }
+        Action::Redirect(rd) => {
+            cfg.stats.rq_redirect.inc(worker);
+            redirect(rd, route, &authority, &path)
+        }
+        Action::Route(action) => {
+            let req_headers_for_cx = req.headers().clone();
+            let fcx = FormatContext {
+                remote: Some(fcx_remote),
+                local: Some(fcx_local),
+                protocol,
+                upstream: None,
+                request: Some(&req_headers_for_cx),
+            };
+            forward(
+                conn,
+                req,
+                &authority,
+                path,
+                &table,
+                vh,
+                route,
+                action,
+                &fcx,
+                upgrade.is_some(),
+                outcome,
+            )
+            .await
+        }
+    };
+    // Response header mutations: route, virtual host, route configuration.
+    let fcx = FormatContext {
+        remote: Some(fcx_remote),
+        local: Some(fcx_local),
+        protocol,
+        upstream: outcome.upstream_host,
+        request: None,
+    };
+    route.response_headers.apply(resp.headers_mut(), &fcx);
+    vh.response_headers.apply(resp.headers_mut(), &fcx);
+    table.response_headers.apply(resp.headers_mut(), &fcx);
+    resp
+}
+
+fn rewrite_prefix(route: &Route, path: &str, new_prefix: &str) -> String {
+    if route.is_regex() {
+        // Envoy replaces the whole path (query kept) for regex matches.
+        let q = path.find('?').map_or("", |i| &path[i..]);
+        return format!("{new_prefix}{q}");
+    }
+    match route.matched_prefix_len() {
+        Some(n) if n <= path.len() && path.is_char_boundary(n) => {
+            format!("{new_prefix}{}", &path[n..])
+        }
+        _ => path.to_string(),
+    }
+}
+
+fn rewrite_regex(re: &regex::Regex, sub: &str, path: &str) -> String {
+    let (p, q) = match path.find('?') {
+        Some(i) => (&path[..i], &path[i..]),
+        None => (path, ""),
+    };
+    format!("{}{q}", re.replace_all(p, sub))
+}
+
+fn redirect(rd: &Redirect, route: &Route, authority: &str, path: &str) -> Response<ProxyBody> {
+    let scheme = rd.scheme.clone().unwrap_or_else(|| "http".to_string());
+    let (orig_host, orig_port) = {
+        let h = super::route::strip_port(authority);
+        let port = authority
+            .get(h.len() + 1..)
+            .and_then(|p| p.parse::<u16>().ok());
+        (h.to_string(), port)
+    };
+    let mut host = rd.host.clone().unwrap_or(orig_host);
+    let port = rd.port.or(if rd.host.is_some() || rd.scheme.is_some() {
+        None
+    } else {
+        orig_port
+    });
+    if let Some(p) = port {
+        let default = (scheme == "http" && p == 80) || (scheme == "https" && p == 443);
+        if !default {
+            host = format!("{}:{p}", super::route::strip_port(&host));
+        }
+    } else if rd.scheme.is_some() {
+        host = super::route::strip_port(&host).to_string();
+    }
+    let mut new_path = if let Some(p) = &rd.path {
+        p.clone()
+    } else if let Some(p) = &rd.prefix_rewrite {
+        rewrite_prefix(route, path, p)
+    } else if let Some((re, sub)) = &rd.regex_rewrite {
+        rewrite_regex(re, sub, path)
+    } else {
+        path.to_string()
+    };
+    if rd.strip_query {
+        if let Some(i) = new_path.find('?') {
+            new_path.truncate(i);
+        }
+    } else if rd.path.is_some() && !new_path.contains('?') {
+        if let Some(i) = path.find('?') {
+            new_path.push_str(&path[i..]);
+        }
+    }
+    let location = format!("{scheme}://{host}{new_path}");
+    let mut r = Response::new(ProxyBody::empty());
+    *r.status_mut() = rd.status;
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    r.headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+    r
+}
+
+/// Why one attempt failed.
+enum AttemptError {
+    Overflow,
+    ConnectFailure,
+    Reset,
+    PerTryTimeout,
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn forward(
+    conn: &Rc<ConnInfo>,
+    req: Request<Incoming>,
+    authority: &str,
+    path: String,
+    table: &RouteTable,
+    vh: &VirtualHost,
+    route: &Route,
+    action: &RouteAction,
+    fcx: &FormatContext<'_>,
+    is_upgrade: bool,
+    outcome: &mut Outcome,
+) -> Response<ProxyBody> {
+    let cfg = &conn.config;
+    let worker = conn.worker;
+    let start = Instant::now();
+    // Cluster.
+    let (cluster_name, weighted) = match &action.cluster {
+        ClusterSpec::Single(c) => (c.clone(), None),
+        ClusterSpec::Header(h) => match req.headers().get(h).and_then(|v| v.to_str().ok()) {
+            Some(c) if !c.is_empty() => (c.to_string(), None),
+            _ => {
+                cfg.stats.no_route.inc(worker);
+                outcome.flags = "NR";
+                return local_reply(StatusCode::NOT_FOUND, "");
+            }
+        },
+        ClusterSpec::Weighted { clusters, total } => {
+            let mut r = fastrand::u64(0..*total);
+            let mut pick = &clusters[clusters.len() - 1];
+            for c in clusters {
+                if r < c.weight as u64 {
+                    pick = c;
+                    break;
+                }
+                r -= c.weight as u64;
+            }
+            (pick.name.clone(), Some(pick))
+        }
+    };
+    let cluster = rt::current()
+        .and_then(|r| r.clusters())
+        .and_then(|s| s.get(&cluster_name).cloned());
+    let Some(cluster) = cluster else {
+        cfg.stats.no_cluster.inc(worker);
+        outcome.flags = "NC";
+        return local_reply(action.cluster_not_found, "");
+    };
+    outcome.upstream_cluster = Some(cluster.name.clone());
+    let pool = pool::cluster_pool(&cluster, &cfg.store);
+    // max_requests.
+    if pool.breakers.requests.get() >= cluster.thresholds.max_requests {
+        pool.stats.rq_pending_overflow.inc(worker);
+        outcome.flags = "UO";
+        let mut r = local_reply(StatusCode::SERVICE_UNAVAILABLE, UPSTREAM_OVERFLOW);
+        r.headers_mut()
+            .insert(X_ENVOY_OVERLOADED.clone(), HeaderValue::from_static("true"));
+        return r;
+    }
+    // Build the upstream request head.
+    let (mut parts, body) = req.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    parts.headers.remove(header::EXPECT);
+    parts.headers.remove(header::HOST);
+    let mut new_path = path.clone();
+    if let Some(p) = &action.prefix_rewrite {
+        new_path = rewrite_prefix(route, &path, p);
+    } else if let Some((re, sub)) = &action.regex_rewrite {
+        new_path = rewrite_regex(re, sub, &path);
+    }
+    if new_path != path {
+        if let Ok(v) = HeaderValue::from_str(&path) {
+            parts.headers.insert(X_ENVOY_ORIGINAL_PATH.clone(), v);
+        }
+    }
+    let mut upstream_authority = match &action.host_rewrite {
+        HostRewrite::Literal(h) => h.clone(),
+        _ => authority.to_string(),
+    };
+    if is_upgrade {
+        if let Some(u) = fcx.request.and_then(|h| h.get(header::UPGRADE)) {
+            parts.headers.insert(header::UPGRADE, u.clone());
+            parts
+                .headers
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        }
+    }
+    if let Some(w) = weighted {
+        w.request_headers.apply(&mut parts.headers, fcx);
+    }
+    route.request_headers.apply(&mut parts.headers, fcx);
+    vh.request_headers.apply(&mut parts.headers, fcx);
+    table.request_headers.apply(&mut parts.headers, fcx);
+    let retry = action.retry_policy.clone();
+    let per_try = retry.as_ref().and_then(|r| r.per_try_timeout);
+    let global_deadline = action.timeout.map(|t| start + t);
+    if !cfg.suppress_envoy_headers {
+        let expected = match (action.timeout, per_try) {
+            (Some(t), Some(p)) => Some(t.min(p)),
+            (t, p) => t.or(p),
+        };
+        if let Some(t) = expected {
+            parts.headers.insert(
+                X_ENVOY_EXPECTED_RQ_TIMEOUT_MS.clone(),
+                HeaderValue::from(t.as_millis() as u64),
+            );
+        }
+    }
+    // Body: buffered (replayable) when retries are possible, else streamed.
+    let mut buffered: Option<Bytes> = None;
+    let mut stream_body = Some(body);
+    let retries_allowed = retry.as_ref().is_some_and(|r| r.num_retries > 0);
+    if retries_allowed && !is_upgrade {
+        let body = stream_body.take();
+        if let Some(b) = body {
+            if b.is_end_stream() {
+                buffered = Some(Bytes::new());
+            } else {
+                let limit = cluster.buffer_limit.max(64 * 1024);
+                let collected = http_body_util::Limited::new(b, limit).collect().await;
+                match collected {
+                    Ok(c) => buffered = Some(c.to_bytes()),
+                    Err(_) => {
+                        return local_reply(StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large");
+                    }
+                }
+            }
+        }
+    }
+    pool.breakers.requests.set(pool.breakers.requests.get() + 1);
+    struct RqGuard(Rc<pool::ClusterPool>);
+    impl Drop for RqGuard {
+        fn drop(&mut self) {
+            let b = &self.0.breakers;
+            b.requests.set(b.requests.get().saturating_sub(1));
+        }
+    }
+    let _rq_guard = RqGuard(pool.clone());
+    let mut attempt: u32 = 0;
+    let mut last_error: Option<AttemptError> = None;
+    let mut last_response: Option<Response<ProxyBody>> = None;
+    let upstream_start = Instant::now();
+    loop {
+        attempt += 1;
+        if global_deadline.is_some_and(|d| Instant::now() >= d) {
+            break;
+        }
+        let Some(host) = pool::choose_host(&cluster) else {
+            cluster.stats.upstream_cx_none_healthy.inc(worker);
+            outcome.flags = "UH";
+            return local_reply(StatusCode::SERVICE_UNAVAILABLE, NO_HEALTHY_UPSTREAM);
+        };
+        if cluster.hosts.panic {
+            cluster.stats.lb_healthy_panic.inc(worker);
+        }
+        outcome.upstream_host = Some(host.address);
+        if matches!(action.host_rewrite, HostRewrite::Auto) {
+            upstream_authority = host.address.to_string();
+        }
+        let body = match (&buffered, stream_body.take()) {
+            (Some(b), _) => ProxyBody::full(b.clone()),
+            (None, Some(b)) => ProxyBody::stream(b, None),
+            (None, None) => ProxyBody::empty(),
+        };
+        let mut head = http::request::Builder::new()
+            .method(parts.method.clone())
+            .version(if cluster.http2 {
+                Version::HTTP_2
+            } else {
+                Version::HTTP_11
+            });
+        let uri = if cluster.http2 {
+            Uri::builder()
+                .scheme("http")
+                .authority(upstream_authority.as_str())
+                .path_and_query(new_path.as_str())
+                .build()
+        } else {
+            Uri::builder().path_and_query(new_path.as_str()).build()
+        };
+        let Ok(uri) = uri else {
+            return local_reply(StatusCode::BAD_REQUEST, "");
+        };
+        head = head.uri(uri);
+        let Ok(mut up_req) = head.body(body) else {
+            return local_reply(StatusCode::BAD_REQUEST, "");
+        };
+        *up_req.headers_mut() = parts.headers.clone();
+        if !cluster.http2 {
+            if let Ok(v) = HeaderValue::from_str(&upstream_authority) {
+                up_req.headers_mut().insert(header::HOST, v);
+            }
+        }
+        if is_upgrade {
+            *up_req.extensions_mut() = std::mem::take(&mut parts.extensions);
+        }
+        if attempt > 1 && vh_include_attempt(vh) {
+            up_req
+                .headers_mut()
+                .insert(X_ENVOY_ATTEMPT_COUNT.clone(), HeaderValue::from(attempt));
+        }
+        pool.stats.rq_total.inc(worker);
+        pool.stats.rq_active.inc(worker);
+        host.stats.rq_total.inc(worker);
+        host.stats.rq_active.inc(worker);
+        let try_deadline = match (per_try.map(|p| Instant::now() + p), global_deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let result = rt::timeout(
+            try_deadline,
+            send_once(&pool, &cluster, &host, worker, up_req),
+        )
+        .await;
+        pool.stats.rq_active.dec(worker);
+        host.stats.rq_active.dec(worker);
+        let err = match result {
+            Some(Ok(resp)) => {
+                let status = resp.status().as_u16();
+                pool.stats.status(worker, status);
+                let can_retry = retry.as_ref().is_some_and(|r| {
+                    r.retry_status(status) && attempt <= r.num_retries && (buffered.is_some())
+                });
+                if can_retry && retry_budget(&pool, &cluster, worker) {
+                    last_response = Some(resp);
+                    last_error = None;
+                    if !backoff(retry.as_deref(), attempt, global_deadline).await {
+                        break;
+                    }
+                    pool.stats.rq_retry.inc(worker);
+                    continue;
+                }
+                if attempt > 1 {
+                    pool.stats.rq_retry_success.inc(worker);
+                }
+                let elapsed = upstream_start.elapsed();
+                pool.stats
+                    .rq_time_sum_ms
+                    .add(worker, elapsed.as_millis() as u64);
+                let mut resp = resp;
+                if !cfg.suppress_envoy_headers {
+                    resp.headers_mut().insert(
+                        X_ENVOY_UPSTREAM_SERVICE_TIME.clone(),
+                        HeaderValue::from(start.elapsed().as_millis() as u64),
+                    );
+                }
+                if let Some(w) = weighted {
+                    w.response_headers.apply(resp.headers_mut(), fcx);
+                }
+                return resp;
+            }
+            Some(Err(e)) => e,
+            None => {
+                if global_deadline.is_some_and(|d| Instant::now() >= d) {
+                    break;
+                }
+                pool.stats.rq_per_try_timeout.inc(worker);
+                AttemptError::PerTryTimeout
+            }
+        };
+        let retriable = match &err {
+            AttemptError::Overflow => false,
+            AttemptError::ConnectFailure => {
+                retry.as_ref().is_some_and(|r| r.retry_connect_failure())
+            }
+            AttemptError::Reset => retry.as_ref().is_some_and(|r| r.retry_reset()),
+            AttemptError::PerTryTimeout => retry.as_ref().is_some_and(|r| r.retry_timeout()),
+        };
+        let more = retry.as_ref().is_some_and(|r| attempt <= r.num_retries) && buffered.is_some();
+        last_error = Some(err);
+        last_response = None;
+        if retriable && more && retry_budget(&pool, &cluster, worker) {
+            if !backoff(retry.as_deref(), attempt, global_deadline).await {
+                break;
+            }
+            pool.stats.rq_retry.inc(worker);
+            continue;
+        }
+        if retriable && !more && retry.is_some() {
+            pool.stats.rq_retry_limit_exceeded.inc(worker);
+        }
+        break;
+    }
+    if let Some(mut resp) = last_response {
+        if !cfg.suppress_envoy_headers {
+            resp.headers_mut().insert(
+                X_ENVOY_UPSTREAM_SERVICE_TIME.clone(),
+                HeaderValue::from(start.elapsed().as_millis() as u64),
+            );
+        }
+        return resp;
+    }
+    match last_error {
+        None | Some(AttemptError::PerTryTimeout)
+            if global_deadline.is_some_and(|d| Instant::now() >= d) || last_error.is_none() =>
+        {
+            pool.stats.rq_timeout.inc(worker);
+            outcome.flags = "UT";
+            local_reply(StatusCode::GATEWAY_TIMEOUT, UPSTREAM_TIMEOUT)
+        }
+        Some(AttemptError::PerTryTimeout) => {
+            outcome.flags = "UT";
+            local_reply(StatusCode::GATEWAY_TIMEOUT, UPSTREAM_TIMEOUT)
+        }
+        Some(AttemptError::Overflow) => {
+            outcome.flags = "UO";
+            let mut r = local_reply(StatusCode::SERVICE_UNAVAILABLE, UPSTREAM_OVERFLOW);
+            r.headers_mut()
+                .insert(X_ENVOY_OVERLOADED.clone(), HeaderValue::from_static("true"));
+            r
+        }
+        Some(AttemptError::ConnectFailure) => {
+            outcome.flags = "UF";
+            local_reply(StatusCode::SERVICE_UNAVAILABLE, UPSTREAM_CONNECT_ERROR)
+        }
+        Some(AttemptError::Reset) => {
+            outcome.flags = "UC";
+            local_reply(StatusCode::SERVICE_UNAVAILABLE, UPSTREAM_RESET)
+        }
+        None => local_reply(StatusCode::GATEWAY_TIMEOUT, UPSTREAM_TIMEOUT),
+    }
+}
+
+fn vh_include_attempt(_vh: &VirtualHost) -> bool {
+    false
+}
+
+/// `max_retries` circuit breaker: true when a retry may start.
+fn retry_budget(pool: &pool::ClusterPool, cluster: &ClusterInfo, worker: usize) -> bool {
+    if pool.breakers.retries.get() >= cluster.thresholds.max_retries {
+        pool.stats.rq_retry_overflow.inc(worker);
+        return false;
+    }
+    true
+}
+
+/// Sleeps the back-off; false when the route deadline would pass first.
+async fn backoff(
+    policy: Option<&super::route::RetryPolicy>,
+    attempt: u32,
+    deadline: Option<Instant>,
+) -> bool {
+    let Some(p) = policy else { return false };
+    let d = p.backoff(attempt);
+    let until = Instant::now() + d;
+    if deadline.is_some_and(|dl| until >= dl) {
+        return false;
+    }
+    rt::Sleep::until(until).await;
+    true
+}
+
+async fn send_once(
+    pool: &Rc<pool::ClusterPool>,
+    cluster: &Arc<ClusterInfo>,
+    host: &Arc<crate::upstream::Host>,
+    worker: usize,
+    req: Request<ProxyBody>,
+) -> Result<Response<ProxyBody>, AttemptError> {
+    let mut req = req;
+    // A request that never reached a reused connection (closed under us) is sent again
+    // on another one, as Envoy's pool does for stale keep-alive connections.
+    for _ in 0..3 {
+        let (sender, _reused) = match pool.checkout(cluster, host, worker).await {
+            Ok(s) => s,
+            Err(PoolError::Overflow) => return Err(AttemptError::Overflow),
+            Err(PoolError::ConnectFailure(e)) => {
+                tracing::debug!(cluster = %cluster.name, error = %e, "upstream connect failure");
+                return Err(AttemptError::ConnectFailure);
+            }
+            Err(PoolError::ConnectTimeout) => return Err(AttemptError::ConnectFailure),
+        };
+        match sender {
+            Sender::H1(mut s) => match s.try_send_request(req).await {
+                Ok(resp) => {
+                    let pool2 = pool.clone();
+                    let addr = host.address;
+                    let (parts, body) = resp.into_parts();
+                    let mut parts = parts;
+                    strip_response_hop_by_hop(&mut parts.headers, parts.status);
+                    let body = ProxyBody::stream(
+                        body,
+                        Some(Box::new(move |ok, _| {
+                            if ok {
+                                pool2.release(addr, s);
+                            }
+                        })),
+                    );
+                    return Ok(Response::from_parts(parts, body));
+                }
+                Err(mut e) => match e.take_message() {
+                    Some(r) => {
+                        req = r;
+                        continue;
+                    }
+                    None => {
+                        pool.stats.rq_rx_reset.inc(worker);
+                        tracing::debug!(error = %e.error(), "upstream reset");
+                        return Err(AttemptError::Reset);
+                    }
+                },
+            },
+            Sender::H2(mut s) => {
+                if s.ready().await.is_err() {
+                    continue;
+                }
+                match s.try_send_request(req).await {
+                    Ok(resp) => {
+                        let (mut parts, body) = resp.into_parts();
+                        strip_response_hop_by_hop(&mut parts.headers, parts.status);
+                        parts.version = Version::HTTP_11;
+                        return Ok(Response::from_parts(parts, ProxyBody::stream(body, None)));
+                    }
+                    Err(mut e) => match e.take_message() {
+                        Some(r) => {
+                            req = r;
+                            continue;
+                        }
+                        None => {
+                            pool.stats.rq_rx_reset.inc(worker);
+                            return Err(AttemptError::Reset);
+                        }
+                    },
+                }
+            }
+        }
+    }
+    Err(AttemptError::Reset)
+}
+
+fn strip_response_hop_by_hop(h: &mut HeaderMap, status: StatusCode) {
+    if status == StatusCode::SWITCHING_PROTOCOLS {
+        return;
+    }
+    h.remove(header::CONNECTION);
+    h.remove("keep-alive");
+    h.remove("proxy-connection");
+    h.remove(header::TRANSFER_ENCODING);
+    h.remove(header::UPGRADE);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_normalisation() {
+        assert_eq!(normalize_dots("/a/./b/../c"), "/a/c");
+        assert_eq!(normalize_dots("/../a"), "/a");
+        assert_eq!(normalize_dots("/a/b/.."), "/a/");
+        assert_eq!(merge_slashes("//a///b/"), "/a/b/");
+        let id = uuid4();
+        assert_eq!(id.len(), 36);
+        assert_eq!(&id[14..15], "4");
+    }
+}

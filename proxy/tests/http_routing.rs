@@ -1,0 +1,273 @@
+//! End-to-end HTTP/1.1 through courier's http_connection_manager: routing, actions,
+//! header mutations, keep-alive pools, local replies and stats.
+
+mod http_support;
+
+use http_support::*;
+
+fn routes(a: &Upstream, b: &Upstream) -> (String, String) {
+    let route_config = r#"            name: local
+            response_headers_to_add:
+            - header: { key: x-global, value: g }
+            virtual_hosts:
+            - name: exact
+              domains: ["exact.example.com"]
+              routes:
+              - match: { prefix: "/" }
+                route: { cluster: b }
+            - name: suffix
+              domains: ["*.wild.com"]
+              routes:
+              - match: { prefix: "/" }
+                direct_response: { status: 200, body: { inline_string: "suffix" } }
+            - name: prefix
+              domains: ["pre.*"]
+              routes:
+              - match: { prefix: "/" }
+                direct_response: { status: 200, body: { inline_string: "prefix" } }
+            - name: main
+              domains: ["*"]
+              request_headers_to_add:
+              - header: { key: x-vh, value: v }
+              response_headers_to_add:
+              - header: { key: x-vh-resp, value: v }
+              routes:
+              - match: { path: "/exact" }
+                route: { cluster: a }
+              - match: { safe_regex: { regex: "/re/[0-9]+" } }
+                route: { cluster: b }
+              - match: { prefix: "/hdr", headers: [ { name: x-pick, string_match: { exact: b } } ] }
+                route: { cluster: b }
+              - match: { prefix: "/q", query_parameters: [ { name: pick, string_match: { exact: b } } ] }
+                route: { cluster: b }
+              - match: { path_separated_prefix: "/sep" }
+                route: { cluster: b }
+              - match: { prefix: "/rewrite/" }
+                route: { cluster: a, prefix_rewrite: "/new/" }
+              - match: { prefix: "/rx/" }
+                route:
+                  cluster: a
+                  regex_rewrite: { pattern: { regex: "^/rx/(\\w+)/(\\w+)$" }, substitution: "/\\2/\\1" }
+              - match: { prefix: "/host-literal" }
+                route: { cluster: a, host_rewrite_literal: rewritten.example }
+              - match: { prefix: "/direct" }
+                direct_response: { status: 418, body: { inline_string: "teapot" } }
+              - match: { prefix: "/redirect" }
+                redirect: { host_redirect: "other.example", path_redirect: "/moved", response_code: FOUND }
+              - match: { prefix: "/https" }
+                redirect: { https_redirect: true }
+              - match: { prefix: "/weighted" }
+                route:
+                  weighted_clusters:
+                    clusters:
+                    - { name: a, weight: 0 }
+                    - { name: b, weight: 100 }
+              - match: { prefix: "/timeout" }
+                route: { cluster: a, timeout: 0.2s }
+              - match: { prefix: "/missing-cluster" }
+                route: { cluster: nope }
+              - match: { prefix: "/dead" }
+                route: { cluster: dead }
+              - match: { prefix: "/cluster-header" }
+                route: { cluster_header: x-cluster }
+              - match: { prefix: "/hdrs" }
+                request_headers_to_add:
+                - header: { key: x-route, value: "r-%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%" }
+                request_headers_to_remove: [ x-remove-me ]
+                response_headers_to_add:
+                - header: { key: x-route-resp, value: r }
+                response_headers_to_remove: [ x-upstream ]
+                route: { cluster: a }
+              - match: { prefix: "/" }
+                route: { cluster: a }
+"#
+    .to_string();
+    let dead = {
+        // A port nothing listens on.
+        let p = free_port();
+        format!("127.0.0.1:{p}").parse().expect("addr")
+    };
+    let clusters = format!(
+        "{}{}{}",
+        cluster("a", &[a.addr], ""),
+        cluster("b", &[b.addr], ""),
+        cluster("dead", &[dead], "")
+    );
+    (route_config, clusters)
+}
+
+fn setup() -> (Courier, Upstream, Upstream) {
+    let a = Upstream::start("a");
+    let b = Upstream::start("b");
+    let (rc, clusters) = routes(&a, &b);
+    let c = Courier::start(&bootstrap(&rc, "", &clusters));
+    (c, a, b)
+}
+
+#[test]
+fn http_routing_matchers_and_actions() {
+    let (c, a, b) = setup();
+    let addr = c.listener;
+    let who = |path: &str, host: &str, hdrs: &[(&str, &str)]| {
+        let r = get(addr, host, path, hdrs);
+        (
+            r.status,
+            r.header("x-upstream").unwrap_or("-").to_string(),
+            r.body_str(),
+        )
+    };
+    // Virtual hosts.
+    assert_eq!(who("/", "exact.example.com", &[]).1, "b");
+    assert_eq!(who("/", "x.wild.com", &[]).2, "suffix");
+    assert_eq!(who("/", "pre.anything", &[]).2, "prefix");
+    assert_eq!(who("/", "other", &[]).1, "a");
+    // Path matchers.
+    assert_eq!(who("/exact", "h", &[]).1, "a");
+    assert_eq!(who("/re/42", "h", &[]).1, "b");
+    assert_eq!(who("/re/4x", "h", &[]).1, "a");
+    assert_eq!(who("/hdr", "h", &[("x-pick", "b")]).1, "b");
+    assert_eq!(who("/hdr", "h", &[("x-pick", "c")]).1, "a");
+    assert_eq!(who("/q?x=1&pick=b", "h", &[]).1, "b");
+    assert_eq!(who("/sep/x", "h", &[]).1, "b");
+    assert_eq!(who("/sepx", "h", &[]).1, "a");
+    // Rewrites.
+    let (_, up, body) = who("/rewrite/x?y=1", "h", &[]);
+    assert_eq!(up, "a");
+    assert_eq!(body, "a GET /new/x?y=1");
+    assert_eq!(
+        a.last()
+            .and_then(|s| s.header("x-envoy-original-path").map(String::from))
+            .as_deref(),
+        Some("/rewrite/x?y=1")
+    );
+    assert_eq!(who("/rx/one/two", "h", &[]).2, "a GET /two/one");
+    who("/host-literal", "h", &[]);
+    assert_eq!(
+        a.last()
+            .and_then(|s| s.header("host").map(String::from))
+            .as_deref(),
+        Some("rewritten.example")
+    );
+    // Direct responses and redirects.
+    let r = get(addr, "h", "/direct", &[]);
+    assert_eq!((r.status, r.body_str().as_str()), (418, "teapot"));
+    assert_eq!(r.header("x-global"), Some("g"));
+    assert_eq!(r.header("x-vh-resp"), Some("v"));
+    assert_eq!(r.header("server"), Some("envoy"));
+    let r = get(addr, "h", "/redirect?a=b", &[]);
+    assert_eq!(r.status, 302);
+    assert_eq!(r.header("location"), Some("http://other.example/moved?a=b"));
+    let r = get(addr, "h:8080", "/https/x", &[]);
+    assert_eq!(r.status, 301);
+    assert_eq!(r.header("location"), Some("https://h/https/x"));
+    // Weighted clusters.
+    for _ in 0..5 {
+        assert_eq!(who("/weighted", "h", &[]).1, "b");
+    }
+    // cluster_header.
+    assert_eq!(who("/cluster-header", "h", &[("x-cluster", "b")]).1, "b");
+    assert_eq!(who("/cluster-header", "h", &[]).0, 404);
+    // Header mutations.
+    let r = get(addr, "h", "/hdrs", &[("x-remove-me", "1")]);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-upstream"), None);
+    assert_eq!(r.header("x-route-resp"), Some("r"));
+    let seen = a.last().expect("seen");
+    assert_eq!(seen.header("x-route"), Some("r-127.0.0.1"));
+    assert_eq!(seen.header("x-vh"), Some("v"));
+    assert_eq!(seen.header("x-remove-me"), None);
+    assert_eq!(seen.header("x-forwarded-proto"), Some("http"));
+    assert!(seen.header("x-request-id").is_some_and(|v| v.len() == 36));
+    assert_eq!(seen.header("x-envoy-expected-rq-timeout-ms"), Some("15000"));
+    let _ = b;
+}
+
+#[test]
+fn http_local_replies_and_stats() {
+    let (c, _a, _b) = setup();
+    let addr = c.listener;
+    let r = get(addr, "h", "/missing-cluster", &[]);
+    assert_eq!(r.status, 503);
+    assert_eq!(r.body_str(), "");
+    let r = get(addr, "h", "/dead", &[]);
+    assert_eq!(r.status, 503);
+    assert!(
+        r.body_str()
+            .starts_with("upstream connect error or disconnect/reset before headers"),
+        "{}",
+        r.body_str()
+    );
+    let r = get(addr, "h", "/timeout/delay/2000", &[]);
+    assert_eq!(r.status, 504);
+    assert_eq!(r.body_str(), "upstream request timeout");
+    assert_eq!(r.header("content-type"), Some("text/plain"));
+    let r = get(addr, "h", "/", &[]);
+    assert_eq!(r.status, 200);
+    assert!(r.header("x-envoy-upstream-service-time").is_some());
+    assert!(c.wait_stat("http.ingress.downstream_rq_total", 4) >= 4);
+    assert!(c.wait_stat("http.ingress.downstream_rq_5xx", 3) >= 3);
+    assert!(c.wait_stat("http.ingress.downstream_rq_2xx", 1) >= 1);
+    assert!(c.wait_stat("http.ingress.no_cluster", 1) >= 1);
+    assert!(c.wait_stat("cluster.a.upstream_rq_timeout", 1) >= 1);
+    assert!(c.wait_stat("cluster.a.upstream_rq_200", 1) >= 1);
+    assert!(c.wait_stat("cluster.dead.upstream_cx_connect_fail", 1) >= 1);
+    assert!(c.wait_stat("http.ingress.downstream_cx_http1_total", 4) >= 4);
+}
+
+#[test]
+fn http_keepalive_reuses_upstream_connections() {
+    let (c, a, _b) = setup();
+    let mut client = Client::connect(c.listener);
+    for i in 0..20 {
+        let r = client.get("h", &format!("/k/{i}"), &[]);
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body_str(), format!("a GET /k/{i}"));
+    }
+    // One downstream connection, sequential requests: one upstream connection.
+    assert_eq!(a.connections.load(std::sync::atomic::Ordering::SeqCst), 1);
+    // POST bodies, chunked request bodies.
+    let r = client.request("POST", "h", "/echo", &[], b"hello body");
+    assert_eq!(r.body_str(), "hello body");
+    client.send_raw(b"POST /echo HTTP/1.1\r\nhost: h\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n");
+    let r = client.read().expect("response");
+    assert_eq!(r.body_str(), "hello world");
+    // Pipelined requests are answered in order.
+    client.send_raw(b"GET /p/1 HTTP/1.1\r\nhost: h\r\n\r\nGET /p/2 HTTP/1.1\r\nhost: h\r\n\r\n");
+    assert_eq!(client.read().expect("first").body_str(), "a GET /p/1");
+    assert_eq!(client.read().expect("second").body_str(), "a GET /p/2");
+    // Connection: close is honoured.
+    let r = client.get("h", "/bye", &[("connection", "close")]);
+    assert_eq!(r.status, 200);
+    assert!(client.closed());
+}
+
+#[test]
+fn http_bad_requests_get_envoy_codes() {
+    let (c, _a, _b) = setup();
+    // HTTP/1.0 is refused with 426 unless accept_http_10.
+    let mut cl = Client::connect(c.listener);
+    cl.send_raw(b"GET / HTTP/1.0\r\nhost: h\r\n\r\n");
+    assert_eq!(cl.read().expect("resp").status, 426);
+    // Garbage.
+    let mut cl = Client::connect(c.listener);
+    cl.send_raw(b"GARBAGE\r\n\r\n");
+    let r = cl.read();
+    assert!(r.is_none_or(|r| r.status == 400));
+    // Content-Length and Transfer-Encoding together.
+    let mut cl = Client::connect(c.listener);
+    cl.send_raw(b"POST /echo HTTP/1.1\r\nhost: h\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n");
+    let r = cl.read();
+    assert!(r.as_ref().is_none_or(|r| r.status == 400), "{r:?}");
+    // Oversized headers.
+    let mut cl = Client::connect(c.listener);
+    let big = "x".repeat(70 * 1024);
+    cl.send_raw(format!("GET / HTTP/1.1\r\nhost: h\r\nx-big: {big}\r\n\r\n").as_bytes());
+    let r = cl.read();
+    assert!(r.as_ref().is_none_or(|r| r.status == 431), "{r:?}");
+    // Missing host.
+    let mut cl = Client::connect(c.listener);
+    cl.send_raw(b"GET / HTTP/1.1\r\n\r\n");
+    assert_eq!(cl.read().expect("resp").status, 400);
+    // The worker still serves everyone else.
+    assert_eq!(get(c.listener, "h", "/", &[]).status, 200);
+}

@@ -1,0 +1,494 @@
+//! Shared helpers for the HTTP end-to-end tests: a real upstream HTTP/1.1 server, a raw
+//! HTTP/1.1 client, and a running `courier` process.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A parsed HTTP response.
+#[derive(Debug, Clone)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+    pub fn body_str(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// A request the upstream saw.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Seen {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+fn read_head(r: &mut BufReader<TcpStream>) -> Option<(String, Vec<(String, String)>)> {
+    let mut line = String::new();
+    if r.read_line(&mut line).ok()? == 0 {
+        return None;
+    }
+    let first = line.trim_end().to_string();
+    let mut headers = Vec::new();
+    loop {
+        let mut l = String::new();
+        if r.read_line(&mut l).ok()? == 0 {
+            return None;
+        }
+        let l = l.trim_end();
+        if l.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = l.split_once(':') {
+            headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+        }
+    }
+    Some((first, headers))
+}
+
+fn read_body(
+    r: &mut BufReader<TcpStream>,
+    headers: &[(String, String)],
+    until_close: bool,
+) -> Option<Vec<u8>> {
+    let get = |n: &str| headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
+    if get("transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().contains("chunked")) {
+        let mut body = Vec::new();
+        loop {
+            let mut size = String::new();
+            r.read_line(&mut size).ok()?;
+            let n = usize::from_str_radix(size.trim().split(';').next()?, 16).ok()?;
+            if n == 0 {
+                // trailers
+                loop {
+                    let mut l = String::new();
+                    r.read_line(&mut l).ok()?;
+                    if l.trim_end().is_empty() {
+                        break;
+                    }
+                }
+                return Some(body);
+            }
+            let mut chunk = vec![0; n + 2];
+            r.read_exact(&mut chunk).ok()?;
+            body.extend_from_slice(&chunk[..n]);
+        }
+    }
+    if let Some(cl) = get("content-length") {
+        let n: usize = cl.parse().ok()?;
+        let mut body = vec![0; n];
+        r.read_exact(&mut body).ok()?;
+        return Some(body);
+    }
+    if until_close {
+        let mut body = Vec::new();
+        r.read_to_end(&mut body).ok()?;
+        return Some(body);
+    }
+    Some(Vec::new())
+}
+
+/// How the upstream answers: by path prefix.
+///
+/// - `/status/<code>`: that status.
+/// - `/delay/<ms>`: 200 after a delay.
+/// - `/flaky/<n>`: 503 for the first `n` requests on this path, then 200.
+/// - `/close`: closes the connection without a response.
+/// - anything else: 200 with body `<name> <method> <path>`.
+///
+/// Every response carries `x-upstream: <name>`.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub name: String,
+    pub requests: Arc<AtomicUsize>,
+    pub connections: Arc<AtomicUsize>,
+    pub seen: Arc<std::sync::Mutex<Vec<Seen>>>,
+}
+
+impl Upstream {
+    pub fn start(name: &str) -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind upstream");
+        let addr = listener.local_addr().expect("addr");
+        let requests = Arc::new(AtomicUsize::new(0));
+        let connections = Arc::new(AtomicUsize::new(0));
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let flaky = Arc::new(std::sync::Mutex::new(HashMap::<String, usize>::new()));
+        let (n, r, c, s) = (
+            name.to_string(),
+            requests.clone(),
+            connections.clone(),
+            seen.clone(),
+        );
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                c.fetch_add(1, Ordering::SeqCst);
+                let (n, r, s, flaky) = (n.clone(), r.clone(), s.clone(), flaky.clone());
+                std::thread::spawn(move || serve_conn(stream, &n, &r, &s, &flaky));
+            }
+        });
+        Upstream {
+            addr,
+            name: name.to_string(),
+            requests,
+            connections,
+            seen,
+        }
+    }
+
+    pub fn last(&self) -> Option<Seen> {
+        self.seen.lock().ok()?.last().cloned()
+    }
+}
+
+fn serve_conn(
+    stream: TcpStream,
+    name: &str,
+    requests: &AtomicUsize,
+    seen: &std::sync::Mutex<Vec<Seen>>,
+    flaky: &std::sync::Mutex<HashMap<String, usize>>,
+) {
+    let Ok(mut w) = stream.try_clone() else {
+        return;
+    };
+    let mut r = BufReader::new(stream);
+    while let Some((line, headers)) = read_head(&mut r) {
+        let mut parts = line.split(' ');
+        let method = parts.next().unwrap_or("").to_string();
+        let path = parts.next().unwrap_or("").to_string();
+        let Some(body) = read_body(&mut r, &headers, false) else {
+            return;
+        };
+        requests.fetch_add(1, Ordering::SeqCst);
+        if let Ok(mut s) = seen.lock() {
+            s.push(Seen {
+                method: method.clone(),
+                path: path.clone(),
+                headers: headers.clone(),
+                body: body.clone(),
+            });
+        }
+        let mut status = 200;
+        let mut out_body = format!("{name} {method} {path}");
+        let after = |pat: &str| path.find(pat).map(|i| &path[i + pat.len()..]);
+        if let Some(code) = after("/status/") {
+            status = code
+                .split(['/', '?'])
+                .next()
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(500);
+        } else if let Some(ms) = after("/delay/") {
+            let ms: u64 = ms
+                .split(['/', '?'])
+                .next()
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(0);
+            std::thread::sleep(Duration::from_millis(ms));
+        } else if let Some(n) = after("/flaky/") {
+            let n: usize = n
+                .split(['/', '?'])
+                .next()
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(1);
+            let mut f = flaky.lock().expect("lock");
+            let count = f.entry(path.clone()).or_insert(0);
+            *count += 1;
+            if *count <= n {
+                status = 503;
+                out_body = "flaky".into();
+            }
+        } else if path.contains("/close") {
+            return;
+        } else if path.contains("/echo") {
+            out_body = String::from_utf8_lossy(&body).into_owned();
+        }
+        let resp = format!(
+            "HTTP/1.1 {status} X\r\nx-upstream: {name}\r\ncontent-length: {}\r\n\r\n{out_body}",
+            out_body.len()
+        );
+        if w.write_all(resp.as_bytes()).is_err() {
+            return;
+        }
+    }
+}
+
+/// Reads one response from `r` (for a HEAD request pass `head = true`).
+pub fn read_response(r: &mut BufReader<TcpStream>, head: bool) -> Option<Resp> {
+    loop {
+        let (line, headers) = read_head(r)?;
+        let status: u16 = line.split(' ').nth(1)?.parse().ok()?;
+        if status == 100 {
+            continue;
+        }
+        let close = headers
+            .iter()
+            .any(|(k, v)| k == "connection" && v.eq_ignore_ascii_case("close"));
+        let body = if head || status == 204 || status == 304 {
+            Vec::new()
+        } else {
+            read_body(
+                r,
+                &headers,
+                close && !headers.iter().any(|(k, _)| k == "content-length"),
+            )?
+        };
+        return Some(Resp {
+            status,
+            headers,
+            body,
+        });
+    }
+}
+
+/// A keep-alive HTTP/1.1 client connection.
+pub struct Client {
+    pub stream: TcpStream,
+    pub reader: BufReader<TcpStream>,
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).expect("connect to courier");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        let reader = BufReader::new(stream.try_clone().expect("clone"));
+        Client { stream, reader }
+    }
+
+    pub fn send_raw(&mut self, raw: &[u8]) {
+        self.stream.write_all(raw).expect("write");
+    }
+
+    pub fn read(&mut self) -> Option<Resp> {
+        read_response(&mut self.reader, false)
+    }
+
+    /// GET `path` with `host` and extra headers.
+    pub fn get(&mut self, host: &str, path: &str, headers: &[(&str, &str)]) -> Resp {
+        self.request("GET", host, path, headers, b"")
+    }
+
+    pub fn request(
+        &mut self,
+        method: &str,
+        host: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Resp {
+        let mut req = format!("{method} {path} HTTP/1.1\r\nhost: {host}\r\n");
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        if !body.is_empty() || method == "POST" || method == "PUT" {
+            req.push_str(&format!("content-length: {}\r\n", body.len()));
+        }
+        req.push_str("\r\n");
+        let mut bytes = req.into_bytes();
+        bytes.extend_from_slice(body);
+        self.send_raw(&bytes);
+        read_response(&mut self.reader, method == "HEAD").expect("a response")
+    }
+
+    /// True when the server closed the connection (EOF before any byte).
+    pub fn closed(&mut self) -> bool {
+        let mut b = [0u8; 1];
+        matches!(self.reader.read(&mut b), Ok(0) | Err(_))
+    }
+}
+
+/// One request on a fresh connection.
+pub fn get(addr: SocketAddr, host: &str, path: &str, headers: &[(&str, &str)]) -> Resp {
+    Client::connect(addr).get(host, path, headers)
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A running courier.
+pub struct Courier {
+    pub child: Child,
+    pub admin: SocketAddr,
+    pub listener: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Courier {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Raw GET to the admin port.
+pub fn admin_get(admin: SocketAddr, path: &str) -> Option<String> {
+    let mut s = TcpStream::connect(admin).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n").as_bytes(),
+    )
+    .ok()?;
+    let mut r = BufReader::new(s);
+    let resp = read_response(&mut r, false)?;
+    Some(resp.body_str())
+}
+
+impl Courier {
+    /// Starts courier with `bootstrap` (YAML text; `LISTENER_PORT` is replaced by a free
+    /// port) and waits until it is ready and accepting.
+    pub fn start(bootstrap: &str) -> Courier {
+        Courier::start_with(bootstrap, &[])
+    }
+
+    pub fn start_with(bootstrap: &str, args: &[&str]) -> Courier {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let text = bootstrap.replace("LISTENER_PORT", &port.to_string());
+        let cfg: PathBuf = dir.path().join("bootstrap.yaml");
+        std::fs::write(&cfg, text).expect("write bootstrap");
+        let admin_path = dir.path().join("admin.txt");
+        let child = Command::new(env!("CARGO_BIN_EXE_courier"))
+            .arg("-c")
+            .arg(&cfg)
+            .arg("--concurrency")
+            .arg("1")
+            .arg("--admin-address-path")
+            .arg(&admin_path)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn courier");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let admin = loop {
+            if let Some(a) = std::fs::read_to_string(&admin_path)
+                .ok()
+                .and_then(|s| s.trim().parse::<SocketAddr>().ok())
+            {
+                break a;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "courier did not write its admin address"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let listener: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+        loop {
+            let ready = admin_get(admin, "/ready").is_some_and(|b| b.contains("LIVE"));
+            if ready && TcpStream::connect(listener).is_ok() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "courier did not become ready");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Courier {
+            child,
+            admin,
+            listener,
+            _dir: dir,
+        }
+    }
+
+    /// A counter's value from `/stats`.
+    pub fn stat(&self, name: &str) -> u64 {
+        let body = admin_get(self.admin, "/stats").unwrap_or_default();
+        body.lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(": ")?;
+                (k == name).then(|| v.trim().parse().ok()).flatten()
+            })
+            .unwrap_or(0)
+    }
+
+    /// Waits until counter `name` reaches `at_least`.
+    pub fn wait_stat(&self, name: &str, at_least: u64) -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let v = self.stat(name);
+            if v >= at_least || Instant::now() > deadline {
+                return v;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// A static cluster YAML block.
+pub fn cluster(name: &str, hosts: &[SocketAddr], extra: &str) -> String {
+    let endpoints: String = hosts
+        .iter()
+        .map(|h| {
+            format!(
+                "\n          - endpoint:\n              address:\n                socket_address: {{ address: {}, port_value: {} }}",
+                h.ip(),
+                h.port()
+            )
+        })
+        .collect();
+    format!(
+        "  - name: {name}\n    type: STATIC\n    connect_timeout: 1s\n{extra}    load_assignment:\n      cluster_name: {name}\n      endpoints:\n      - lb_endpoints:{endpoints}\n"
+    )
+}
+
+/// A bootstrap with one HTTP listener (`hcm_extra` goes into the HCM typed_config,
+/// `route_config` is the inline RouteConfiguration body indented by 10) and clusters.
+pub fn bootstrap(route_config: &str, hcm_extra: &str, clusters: &str) -> String {
+    format!(
+        r#"admin:
+  address:
+    socket_address: {{ address: 127.0.0.1, port_value: 0 }}
+static_resources:
+  listeners:
+  - name: http
+    address:
+      socket_address: {{ address: 127.0.0.1, port_value: LISTENER_PORT }}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: ingress
+{hcm_extra}          http_filters:
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+          route_config:
+{route_config}
+  clusters:
+{clusters}"#
+    )
+}

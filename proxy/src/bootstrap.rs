@@ -13,21 +13,23 @@ pub enum BootstrapError {
     /// Neither --config-path nor --config-yaml was given.
     #[error("no configuration: pass -c/--config-path or --config-yaml")]
     Missing,
+    // The causes are part of the message, deliberately not `#[source]`: the error is
+    // printed with its chain (`{:#}`), which would repeat them.
     /// The file cannot be read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {error}")]
     Read {
         /// The file.
         path: String,
         /// The I/O error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The text does not parse as a Bootstrap.
-    #[error("{origin}: {source}")]
+    #[error("{origin}: {error}")]
     Parse {
         /// Which input (file path or `--config-yaml`).
         origin: String,
         /// The field-path error.
-        source: courier_proto::LoadError,
+        error: courier_proto::LoadError,
     },
     /// A field Courier does not implement.
     #[error("{0}")]
@@ -44,9 +46,9 @@ pub fn load(options: &Options) -> Result<Bootstrap, BootstrapError> {
     };
     if let Some(yaml) = &options.config_yaml {
         let overlay: Bootstrap =
-            courier_proto::from_yaml(yaml).map_err(|source| BootstrapError::Parse {
+            courier_proto::from_yaml(yaml).map_err(|error| BootstrapError::Parse {
                 origin: "--config-yaml".into(),
-                source,
+                error,
             })?;
         merge(&mut bootstrap, overlay);
     }
@@ -71,9 +73,9 @@ pub fn load(options: &Options) -> Result<Bootstrap, BootstrapError> {
 }
 
 fn load_file(path: &Path) -> Result<Bootstrap, BootstrapError> {
-    let text = std::fs::read_to_string(path).map_err(|source| BootstrapError::Read {
+    let text = std::fs::read_to_string(path).map_err(|error| BootstrapError::Read {
         path: path.display().to_string(),
-        source,
+        error,
     })?;
     let origin = path.display().to_string();
     let parsed = if path.extension().is_some_and(|e| e == "json") {
@@ -81,7 +83,7 @@ fn load_file(path: &Path) -> Result<Bootstrap, BootstrapError> {
     } else {
         courier_proto::from_yaml(&text)
     };
-    parsed.map_err(|source| BootstrapError::Parse { origin, source })
+    parsed.map_err(|error| BootstrapError::Parse { origin, error })
 }
 
 /// Proto merge semantics for the fields `--config-yaml` is used for: repeated fields

@@ -6,7 +6,19 @@ use clap::Parser;
 use courier::options::Options;
 
 fn main() -> ExitCode {
-    let options = Options::parse();
+    // As Envoy: a bad command line exits 1 (clap's default would be 2); --help and
+    // --version exit 0.
+    let options = match Options::try_parse() {
+        Ok(o) => o,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
     let filter = match options.tracing_filter() {
         Ok(f) => f,
         Err(e) => {

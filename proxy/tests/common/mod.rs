@@ -199,6 +199,13 @@ impl Courier {
 
     /// Starts courier and waits only for the admin address.
     pub fn spawn(yaml: &str, args: &[&str]) -> Courier {
+        Courier::try_spawn(yaml, args)
+            .unwrap_or_else(|stderr| panic!("courier exited early; stderr:\n{stderr}"))
+    }
+
+    /// Starts courier and waits for the admin address; `Err(stderr)` if it exits first
+    /// (e.g. a port that was free a moment ago is taken now).
+    pub fn try_spawn(yaml: &str, args: &[&str]) -> Result<Courier, String> {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = write_config(dir.path(), "bootstrap.yaml", yaml);
         let admin_path = dir.path().join("admin-address");
@@ -219,13 +226,26 @@ impl Courier {
             dir,
             admin: "0.0.0.0:0".parse().expect("placeholder"),
         };
-        c.admin = wait_for("the admin address file", DEADLINE, || {
-            c.assert_running();
-            std::fs::read_to_string(&admin_path)
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(addr) = std::fs::read_to_string(&admin_path)
                 .ok()
                 .and_then(|s| s.trim().parse().ok())
-        });
-        c
+            {
+                c.admin = addr;
+                return Ok(c);
+            }
+            if c.has_exited() {
+                return Err(c.stderr());
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "no admin address after {DEADLINE:?}; stderr:\n{}",
+                    c.stderr()
+                );
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
     }
 
     /// Panics with stderr if the process has exited.

@@ -1,0 +1,168 @@
+//! End to end: `--mode validate` and bad input at start-up. Every failure must be exit
+//! code 1 with exactly one `error: …` line naming the offending field, and never a panic.
+
+mod common;
+
+use std::net::TcpListener;
+
+use common::*;
+
+const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/static-tcp.yaml");
+
+/// A listener on `port` proxying to cluster `c`, which exists.
+fn good_yaml(port: u16) -> String {
+    static_tcp_yaml(port, &["127.0.0.1:9".parse().expect("addr")], &[], &[])
+}
+
+/// Asserts a failed start: exit 1, one error line containing every `needles`, no panic.
+fn assert_one_line_error(f: &Finished, needles: &[&str]) {
+    assert_eq!(f.code(), 1, "{f:?}");
+    assert!(!f.stderr.contains("panicked"), "panic: {f:?}");
+    let errors = f.error_lines();
+    assert_eq!(errors.len(), 1, "expected one error line: {f:?}");
+    for n in needles {
+        assert!(errors[0].contains(n), "error line lacks {n:?}: {f:?}");
+    }
+}
+
+fn run_with_config(mode: &str, yaml: &str) -> Finished {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write_config(dir.path(), "bootstrap.yaml", yaml);
+    let path = path.to_str().expect("utf-8 path");
+    run_to_exit(&["--mode", mode, "-c", path])
+}
+
+/// Bad bootstraps and the field path their error must name.
+fn bad_configs() -> Vec<(&'static str, String, &'static str)> {
+    let good = good_yaml(0);
+    vec![
+        (
+            "malformed YAML",
+            "static_resources: [unclosed\n  - x: {\n".to_string(),
+            "invalid YAML",
+        ),
+        (
+            "unknown field",
+            good.replace(
+                "    type: STATIC\n",
+                "    type: STATIC\n    bogus_field: 1\n",
+            ),
+            "static_resources.clusters[0]: unknown field \"bogus_field\"",
+        ),
+        (
+            "bad enum value",
+            good.replace(
+                "    type: STATIC\n",
+                "    type: STATIC\n    lb_policy: NOPE\n",
+            ),
+            "static_resources.clusters[0].lb_policy",
+        ),
+        (
+            "missing required field",
+            good.replace("          stat_prefix: tcp_in\n", ""),
+            "static_resources.listeners[0].filter_chains[0].filters[0].typed_config.stat_prefix",
+        ),
+        (
+            "unsupported extension",
+            good.replace(
+                "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+                "type.googleapis.com/envoy.extensions.filters.network.redis_proxy.v3.RedisProxy",
+            )
+            .replace("          cluster: backend\n", ""),
+            "static_resources.listeners[0].filter_chains[0].filters[0].typed_config",
+        ),
+        (
+            "unsupported bootstrap feature",
+            format!("{good}stats_sinks:\n- name: envoy.stat_sinks.statsd\n"),
+            "stats_sinks",
+        ),
+        (
+            "duplicate cluster",
+            format!("{good}  - name: backend\n    type: STATIC\n    connect_timeout: 1s\n"),
+            "static_resources.clusters[1].name",
+        ),
+    ]
+}
+
+#[test]
+fn validate_accepts_the_example() {
+    let f = run_to_exit(&["--mode", "validate", "-c", EXAMPLE]);
+    assert_eq!(f.code(), 0, "{f:?}");
+    assert!(f.stdout.contains("OK"), "{f:?}");
+}
+
+#[test]
+fn validate_opens_no_sockets() {
+    // The listener's port is taken: validate must not care.
+    let held = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = held.local_addr().expect("addr").port();
+    let f = run_with_config("validate", &good_yaml(port));
+    assert_eq!(f.code(), 0, "{f:?}");
+}
+
+#[test]
+fn validate_rejects_bad_files_with_the_field_path() {
+    for (what, yaml, path) in bad_configs() {
+        eprintln!("case: {what}");
+        let f = run_with_config("validate", &yaml);
+        assert_one_line_error(&f, &[path]);
+    }
+}
+
+#[test]
+fn serve_rejects_bad_files_with_the_field_path() {
+    for (what, yaml, path) in bad_configs() {
+        eprintln!("case: {what}");
+        let f = run_with_config("serve", &yaml);
+        assert_one_line_error(&f, &[path]);
+    }
+}
+
+#[test]
+fn listener_port_in_use_fails_start_up() {
+    let held = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = held.local_addr().expect("addr").port();
+    let f = run_with_config("serve", &good_yaml(port));
+    assert_one_line_error(
+        &f,
+        &[
+            "static_resources.listeners[0].address",
+            &format!("127.0.0.1:{port}"),
+        ],
+    );
+}
+
+#[test]
+fn admin_port_in_use_fails_start_up() {
+    let held = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = held.local_addr().expect("addr").port();
+    let yaml = good_yaml(0).replacen(
+        "socket_address: { address: 127.0.0.1, port_value: 0 }",
+        &format!("socket_address: {{ address: 127.0.0.1, port_value: {port} }}"),
+        1,
+    );
+    let f = run_with_config("serve", &yaml);
+    assert_one_line_error(&f, &["admin", &format!("127.0.0.1:{port}")]);
+}
+
+#[test]
+fn missing_or_unreadable_config_fails_start_up() {
+    assert_one_line_error(&run_to_exit(&[]), &["no configuration"]);
+    assert_one_line_error(
+        &run_to_exit(&["-c", "/nonexistent/courier.yaml"]),
+        &["/nonexistent/courier.yaml"],
+    );
+}
+
+#[test]
+fn unknown_flag_exits_1_like_envoy() {
+    let f = run_to_exit(&["--no-such-flag"]);
+    assert_eq!(f.code(), 1, "{f:?}");
+    assert!(!f.stderr.contains("panicked"), "{f:?}");
+}
+
+#[test]
+fn init_only_binds_and_exits_0() {
+    let f = run_with_config("init_only", &good_yaml(0));
+    assert_eq!(f.code(), 0, "{f:?}");
+}

@@ -26,7 +26,14 @@ fn locate_envoy_types() -> PathBuf {
     let target = std::env::var("TARGET").expect("cargo sets TARGET");
     // Only this target's dependencies: the others may not be downloaded.
     let output = Command::new(cargo)
-        .args(["metadata", "--format-version", "1", "--offline", "--filter-platform", &target])
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--offline",
+            "--filter-platform",
+            &target,
+        ])
         .current_dir(&manifest_dir)
         .output()
         .expect("running `cargo metadata` to locate envoy-types");
@@ -43,5 +50,8 @@ fn locate_envoy_types() -> PathBuf {
         .find(|p| p["name"] == "envoy-types")
         .expect("envoy-types is a dependency of courier-proto");
     let manifest = PathBuf::from(pkg["manifest_path"].as_str().expect("manifest_path"));
-    manifest.parent().expect("manifest has a parent").to_path_buf()
+    manifest
+        .parent()
+        .expect("manifest has a parent")
+        .to_path_buf()
 }

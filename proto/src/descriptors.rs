@@ -1,7 +1,10 @@
-//! The descriptor pool of every Envoy v3 message envoy-types knows.
+//! The descriptor pool of every Envoy v3 message envoy-types knows, plus the two
+//! `TypedStruct` messages Envoy accepts in any `typed_config` (see [`crate::typed_struct`]).
 
 use std::sync::OnceLock;
 
+use prost_reflect::prost_types::field_descriptor_proto::{Label, Type};
+use prost_reflect::prost_types::{DescriptorProto, FieldDescriptorProto, FileDescriptorProto};
 use prost_reflect::DescriptorPool;
 
 static DESCRIPTORS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/envoy_descriptors.bin"));
@@ -12,6 +15,54 @@ pub fn pool() -> &'static DescriptorPool {
     POOL.get_or_init(|| {
         // The bytes are envoy-types' own build output, checked by this crate's tests; a
         // failure here is a build defect, not input.
-        DescriptorPool::decode(DESCRIPTORS).expect("envoy-types ships a valid descriptor set")
+        let mut pool =
+            DescriptorPool::decode(DESCRIPTORS).expect("envoy-types ships a valid descriptor set");
+        for (package, file) in [
+            ("xds.type.v3", "courier/xds/type/v3/typed_struct.proto"),
+            ("udpa.type.v1", "courier/udpa/type/v1/typed_struct.proto"),
+        ] {
+            let name = format!("{package}.TypedStruct");
+            if pool.get_message_by_name(&name).is_none() {
+                // Cannot fail for these fixed definitions; if it did, `@type: ...TypedStruct`
+                // would simply be reported as an unknown type.
+                let _ = pool.add_file_descriptor_proto(typed_struct_file(package, file));
+            }
+        }
+        pool
     })
+}
+
+/// `message TypedStruct { string type_url = 1; google.protobuf.Struct value = 2; }`
+fn typed_struct_file(package: &str, file: &str) -> FileDescriptorProto {
+    let field =
+        |name: &str, json: &str, number, ty: Type, type_name: Option<&str>| FieldDescriptorProto {
+            name: Some(name.into()),
+            json_name: Some(json.into()),
+            number: Some(number),
+            label: Some(Label::Optional as i32),
+            r#type: Some(ty as i32),
+            type_name: type_name.map(Into::into),
+            ..Default::default()
+        };
+    FileDescriptorProto {
+        name: Some(file.into()),
+        package: Some(package.into()),
+        dependency: vec!["google/protobuf/struct.proto".into()],
+        message_type: vec![DescriptorProto {
+            name: Some("TypedStruct".into()),
+            field: vec![
+                field("type_url", "typeUrl", 1, Type::String, None),
+                field(
+                    "value",
+                    "value",
+                    2,
+                    Type::Message,
+                    Some(".google.protobuf.Struct"),
+                ),
+            ],
+            ..Default::default()
+        }],
+        syntax: Some("proto3".into()),
+        ..Default::default()
+    }
 }

@@ -6,43 +6,8 @@ use prost_reflect::{DeserializeOptions, DynamicMessage, MessageDescriptor, Seria
 use crate::descriptors::pool;
 use crate::google::protobuf::Any;
 
-/// Why a document could not be loaded as an Envoy message.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum LoadError {
-    /// The message type is not in the descriptor pool (a Courier defect or a bad `@type`).
-    #[error("unknown message type {0:?}")]
-    UnknownType(String),
-    /// The text does not match the message; `path` names the offending field
-    /// (`static_resources.clusters[2].load_assignment`), empty for the document root.
-    #[error("{}{message}", if path.is_empty() { String::new() } else { format!("{path}: ") })]
-    Invalid {
-        /// Field path from the document root, as `a.b[2].c`.
-        path: String,
-        /// What is wrong there.
-        message: String,
-    },
-    /// The text is not YAML/JSON at all.
-    #[error("{0}")]
-    Syntax(String),
-    /// The dynamic message could not be transcoded to the envoy-types struct.
-    #[error("transcoding {type_name}: {message}")]
-    Transcode {
-        /// Fully-qualified message name.
-        type_name: String,
-        /// Decoder error.
-        message: String,
-    },
-}
-
-impl LoadError {
-    /// The field path of an [`LoadError::Invalid`] error, empty otherwise.
-    pub fn path(&self) -> &str {
-        match self {
-            LoadError::Invalid { path, .. } => path,
-            _ => "",
-        }
-    }
-}
+use crate::error::{locate_yaml_key, path_string, reason, segments, Context};
+pub use crate::error::{FileError, LoadError, Location};
 
 fn descriptor(name: &str) -> Result<MessageDescriptor, LoadError> {
     pool()
@@ -55,18 +20,22 @@ fn options() -> DeserializeOptions {
     DeserializeOptions::new().deny_unknown_fields(true)
 }
 
-fn deserialize<'de, D>(desc: MessageDescriptor, de: D) -> Result<DynamicMessage, LoadError>
+/// A failed deserialization: the format's own error and the path where it happened.
+struct Failure<E> {
+    error: E,
+    path: serde_path_to_error::Path,
+}
+
+fn deserialize<'de, D>(desc: &MessageDescriptor, de: D) -> Result<DynamicMessage, Failure<D::Error>>
 where
     D: serde::Deserializer<'de>,
-    D::Error: std::fmt::Display,
 {
     let mut track = serde_path_to_error::Track::new();
     let tracked = serde_path_to_error::Deserializer::new(de, &mut track);
-    DynamicMessage::deserialize_with_options(desc, tracked, &options()).map_err(|e| {
-        let path = track.path().to_string();
-        LoadError::Invalid {
-            path: if path == "." { String::new() } else { path },
-            message: e.to_string(),
+    DynamicMessage::deserialize_with_options(desc.clone(), tracked, &options()).map_err(|error| {
+        Failure {
+            error,
+            path: track.path(),
         }
     })
 }
@@ -80,30 +49,245 @@ fn transcode<M: Message + Name + Default>(dynamic: DynamicMessage) -> Result<M, 
         })
 }
 
+/// Removes `" at line L column C"` (serde_yaml_ng / serde_json / libyaml wording) for the
+/// given location, wherever it occurs.
+fn strip_location(message: &str, location: Option<Location>) -> String {
+    match location {
+        Some(l) => message.replace(&format!(" at line {} column {}", l.line, l.column), ""),
+        None => message.to_string(),
+    }
+}
+
+/// The data error at `path`, as a [`LoadError::Invalid`].
+fn invalid(
+    desc: &MessageDescriptor,
+    doc: Option<&serde_json::Value>,
+    path: &serde_path_to_error::Path,
+    raw: &str,
+    location: Option<Location>,
+) -> LoadError {
+    let segs = segments(path);
+    let ctx = Context {
+        root: desc,
+        doc,
+        segs: &segs,
+    };
+    LoadError::Invalid {
+        path: path_string(path),
+        message: reason(raw, &ctx),
+        location,
+    }
+}
+
+fn yaml_is_null(text: &str) -> bool {
+    matches!(
+        serde_yaml_ng::from_str::<serde_yaml_ng::Value>(text),
+        Ok(serde_yaml_ng::Value::Null)
+    )
+}
+
+fn yaml_error(
+    desc: &MessageDescriptor,
+    text: &str,
+    failure: Failure<serde_yaml_ng::Error>,
+) -> LoadError {
+    let location = failure.error.location().map(|l| Location {
+        line: l.line(),
+        column: l.column(),
+    });
+    // Is the text well-formed YAML at all? Parsing it without a schema tells syntax errors
+    // (and multi-document input) apart from errors about the content.
+    if let Err(e) = serde_yaml_ng::from_str::<serde::de::IgnoredAny>(text) {
+        if e.to_string().contains("more than one document") {
+            // The document iterator keeps yielding after a syntax error: bound it.
+            let documents = serde_yaml_ng::Deserializer::from_str(text)
+                .take(1000)
+                .count();
+            return LoadError::Syntax {
+                message: format!(
+                    "expected a single YAML document, found {documents} (separated by \"---\")"
+                ),
+                location: None,
+            };
+        }
+        let location = e.location().map(|l| Location {
+            line: l.line(),
+            column: l.column(),
+        });
+        let message = strip_location(&e.to_string(), location)
+            .replace(", while", " while")
+            .replace(" at line ", " started at line ")
+            .replace(" column ", ", column ");
+        return LoadError::Syntax {
+            message: format!("invalid YAML: {message}"),
+            location,
+        };
+    }
+    let path = path_string(&failure.path);
+    let mut raw = strip_location(&failure.error.to_string(), location);
+    if !path.is_empty() {
+        if let Some(rest) = raw.strip_prefix(&format!("{path}: ")) {
+            raw = rest.to_string();
+        }
+    }
+    let doc = serde_yaml_ng::from_str::<serde_json::Value>(text).ok();
+    let mut err = invalid(desc, doc.as_ref(), &failure.path, &raw, location);
+    // serde_yaml_ng reports errors about a mapping's keys at the start of the mapping; point
+    // at the key itself.
+    if let LoadError::Invalid {
+        message,
+        location: Some(at),
+        ..
+    } = &mut err
+    {
+        let key = if let Some(k) = message.strip_prefix("unknown field ") {
+            serde_json::from_str::<String>(k).ok()
+        } else if message.starts_with("fields ") {
+            last_set_key(message)
+        } else {
+            None
+        };
+        if let Some(found) = key.and_then(|k| locate_yaml_key(text, *at, &k)) {
+            *at = found;
+        }
+    }
+    err
+}
+
+/// For a oneof conflict (`fields "a" and "b" are mutually exclusive`), the key of the mapping
+/// that appears last in the message (the one that made the conflict).
+fn last_set_key(message: &str) -> Option<String> {
+    let list = message.strip_prefix("fields ")?.split(" are ").next()?;
+    let last = list.rsplit(" and ").next()?;
+    serde_json::from_str::<String>(last).ok()
+}
+
 /// Loads `M` from a YAML document.
+///
+/// The input is one YAML document in the proto3 JSON mapping (proto or JSON field names,
+/// `"@type"` in `Any`, durations as `"1.5s"`, enums by name or number, 64-bit integers as
+/// numbers or strings). An empty document (only whitespace or comments, `---`, or `null`)
+/// is the default message. Unknown fields are errors, as in Envoy; every error names the
+/// path of the offending field and its line and column (see [`LoadError`]).
 pub fn from_yaml<M: Message + Name + Default>(text: &str) -> Result<M, LoadError> {
     let desc = descriptor(&M::full_name())?;
-    // An empty document is an empty message, as Envoy treats an empty config file.
     if text.trim().is_empty() {
         return Ok(M::default());
     }
     let de = serde_yaml_ng::Deserializer::from_str(text);
-    transcode(deserialize(desc, de)?)
+    match deserialize(&desc, de) {
+        Ok(dynamic) => transcode(dynamic),
+        Err(_) if yaml_is_null(text) => Ok(M::default()),
+        Err(failure) => {
+            let err = yaml_error(&desc, text, failure);
+            if err.reason() == "unknown field \"<<\"" {
+                // Merge keys: the streaming deserializer does not expand them, the YAML
+                // value model does (errors then have a path but no location).
+                return from_merged_yaml(&desc, text).unwrap_or(Err(err));
+            }
+            Err(err)
+        }
+    }
 }
 
-/// Loads `M` from a JSON document.
+/// Loads a YAML document with merge keys (`<<: *anchor`) expanded; `None` if that fails
+/// before reaching the message.
+fn from_merged_yaml<M: Message + Name + Default>(
+    desc: &MessageDescriptor,
+    text: &str,
+) -> Option<Result<M, LoadError>> {
+    let mut value = serde_yaml_ng::from_str::<serde_yaml_ng::Value>(text).ok()?;
+    value.apply_merge().ok()?;
+    let doc = serde_json::to_value(&value).ok();
+    Some(match deserialize(desc, value) {
+        Ok(dynamic) => transcode(dynamic),
+        Err(failure) => {
+            let raw = failure.error.to_string();
+            Err(invalid(desc, doc.as_ref(), &failure.path, &raw, None))
+        }
+    })
+}
+
+fn json_location(e: &serde_json::Error) -> Option<Location> {
+    // serde_json counts columns from 0 before the first character of a line.
+    (e.line() != 0).then(|| Location {
+        line: e.line(),
+        column: e.column().max(1),
+    })
+}
+
+fn json_syntax(e: &serde_json::Error) -> LoadError {
+    let location = json_location(e);
+    LoadError::Syntax {
+        message: format!("invalid JSON: {}", strip_location(&e.to_string(), location)),
+        location,
+    }
+}
+
+/// Loads `M` from a JSON document, with the same mapping and errors as [`from_yaml`]. An
+/// empty text or `null` is the default message.
 pub fn from_json<M: Message + Name + Default>(text: &str) -> Result<M, LoadError> {
     let desc = descriptor(&M::full_name())?;
+    if text.trim().is_empty() || text.trim() == "null" {
+        return Ok(M::default());
+    }
     let mut de = serde_json::Deserializer::from_str(text);
-    let msg = deserialize(desc, &mut de)?;
-    de.end().map_err(|e| LoadError::Syntax(e.to_string()))?;
-    transcode(msg)
+    match deserialize(&desc, &mut de) {
+        Ok(dynamic) => {
+            de.end().map_err(|e| json_syntax(&e))?;
+            transcode(dynamic)
+        }
+        Err(failure) => {
+            if !matches!(failure.error.classify(), serde_json::error::Category::Data) {
+                return Err(json_syntax(&failure.error));
+            }
+            let location = json_location(&failure.error);
+            let raw = strip_location(&failure.error.to_string(), location);
+            let doc = serde_json::from_str::<serde_json::Value>(text).ok();
+            Err(invalid(&desc, doc.as_ref(), &failure.path, &raw, location))
+        }
+    }
 }
 
-/// Loads `M` from an already-parsed JSON value (e.g. one entry of a resources file).
+/// Loads `M` from an already-parsed JSON value (e.g. one entry of a resources file). Errors
+/// carry the path but no location.
 pub fn from_value<M: Message + Name + Default>(value: &serde_json::Value) -> Result<M, LoadError> {
     let desc = descriptor(&M::full_name())?;
-    transcode(deserialize(desc, value)?)
+    if value.is_null() {
+        return Ok(M::default());
+    }
+    match deserialize(&desc, value) {
+        Ok(dynamic) => transcode(dynamic),
+        Err(failure) => {
+            let raw = strip_location(&failure.error.to_string(), json_location(&failure.error));
+            Err(invalid(&desc, Some(value), &failure.path, &raw, None))
+        }
+    }
+}
+
+/// Loads `M` from a file: JSON if its name ends in `.json`, YAML otherwise (as Envoy decides
+/// for `-c`). Errors name the file, then the field path and location:
+/// `bootstrap.yaml: static_resources.clusters[0]: unknown field "foo" (line 4, column 5)`.
+pub fn load_file<M: Message + Name + Default>(
+    path: impl AsRef<std::path::Path>,
+) -> Result<M, FileError> {
+    let file = path.as_ref();
+    let text = std::fs::read_to_string(file).map_err(|error| FileError::Read {
+        file: file.to_path_buf(),
+        error,
+    })?;
+    let is_json = file
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("json"));
+    let loaded = if is_json {
+        from_json(&text)
+    } else {
+        from_yaml(&text)
+    };
+    loaded.map_err(|error| FileError::Load {
+        file: file.to_path_buf(),
+        error,
+    })
 }
 
 /// Renders `msg` in the proto3 JSON mapping with proto field names (as Envoy's admin does).

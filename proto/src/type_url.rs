@@ -21,3 +21,13 @@ pub const RESOURCE: &str = "type.googleapis.com/envoy.service.discovery.v3.Resou
 pub fn message_name(type_url: &str) -> &str {
     type_url.rsplit_once('/').map_or(type_url, |(_, name)| name)
 }
+/// `envoy.config.route.v3.ScopedRouteConfiguration` (SRDS).
+pub const SCOPED_ROUTE_CONFIGURATION: &str =
+    "type.googleapis.com/envoy.config.route.v3.ScopedRouteConfiguration";
+/// `envoy.config.route.v3.VirtualHost` (VHDS).
+pub const VIRTUAL_HOST: &str = "type.googleapis.com/envoy.config.route.v3.VirtualHost";
+/// `envoy.service.runtime.v3.Runtime` (RTDS).
+pub const RUNTIME: &str = "type.googleapis.com/envoy.service.runtime.v3.Runtime";
+/// `envoy.config.core.v3.TypedExtensionConfig` (ECDS).
+pub const TYPED_EXTENSION_CONFIG: &str =
+    "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig";

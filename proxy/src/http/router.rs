@@ -379,7 +379,8 @@ async fn process(
         .uri()
         .path_and_query()
         .map_or_else(|| "/".to_string(), |p| p.as_str().to_string());
-    if !path.starts_with('/') && !(method == Method::OPTIONS && path == "*") {
+    let asterisk = method == Method::OPTIONS && path == "*";
+    if !path.starts_with('/') && !asterisk {
         conn.closing.set(true);
         return local_reply(StatusCode::BAD_REQUEST, "");
     }

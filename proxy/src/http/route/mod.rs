@@ -177,7 +177,7 @@ impl HeaderMatcher {
             // Envoy: a missing header matches only `present_match: false`, or an inverted
             // value matcher.
             return match self.test {
-                HeaderTest::Present(p) => !p != self.invert,
+                HeaderTest::Present(p) => p == self.invert,
                 _ => self.invert,
             };
         }
@@ -725,8 +725,8 @@ impl RouteTable {
                 retry_policy,
             });
         }
-        suffixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
-        prefixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        suffixes.sort_by_key(|s| std::cmp::Reverse(s.0.len()));
+        prefixes.sort_by_key(|s| std::cmp::Reverse(s.0.len()));
         Ok(RouteTable {
             name: proto.name.clone(),
             proto: Arc::new(proto.clone()),

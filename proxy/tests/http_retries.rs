@@ -1,0 +1,113 @@
+//! Retries, per-try timeouts and circuit breakers through courier's router.
+
+mod http_support;
+
+use std::sync::atomic::Ordering;
+
+use http_support::*;
+
+const ROUTES: &str = r#"            name: local
+            virtual_hosts:
+            - name: main
+              domains: ["*"]
+              routes:
+              - match: { prefix: "/retry5xx" }
+                route:
+                  cluster: a
+                  retry_policy: { retry_on: "5xx", num_retries: 2, retry_back_off: { base_interval: 0.005s } }
+              - match: { prefix: "/retrycodes" }
+                route:
+                  cluster: a
+                  retry_policy: { retry_on: "retriable-status-codes", retriable_status_codes: [418], num_retries: 1, retry_back_off: { base_interval: 0.005s } }
+              - match: { prefix: "/pertry" }
+                route:
+                  cluster: a
+                  timeout: 2s
+                  retry_policy: { retry_on: "5xx", num_retries: 1, per_try_timeout: 0.1s, retry_back_off: { base_interval: 0.005s } }
+              - match: { prefix: "/connect" }
+                route:
+                  cluster: mixed
+                  retry_policy: { retry_on: "connect-failure", num_retries: 1, retry_back_off: { base_interval: 0.005s } }
+              - match: { prefix: "/cb" }
+                route: { cluster: limited }
+              - match: { prefix: "/" }
+                route: { cluster: a }
+"#;
+
+fn setup() -> (Courier, Upstream, Upstream) {
+    let a = Upstream::start("a");
+    let l = Upstream::start("limited");
+    let dead: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let clusters = format!(
+        "{}{}{}",
+        cluster("a", &[a.addr], ""),
+        cluster("mixed", &[dead, a.addr], ""),
+        cluster(
+            "limited",
+            &[l.addr],
+            "    circuit_breakers:\n      thresholds:\n      - { max_connections: 1, max_pending_requests: 1, max_requests: 2 }\n"
+        ),
+    );
+    let c = Courier::start(&bootstrap(ROUTES, "", &clusters));
+    (c, a, l)
+}
+
+#[test]
+fn http_retries_on_5xx_until_success() {
+    let (c, a, _l) = setup();
+    let r = get(c.listener, "h", "/retry5xx/flaky/2", &[]);
+    assert_eq!(r.status, 200);
+    assert_eq!(a.requests.load(Ordering::SeqCst), 3);
+    assert_eq!(c.wait_stat("cluster.a.upstream_rq_retry", 2), 2);
+    assert_eq!(c.wait_stat("cluster.a.upstream_rq_retry_success", 1), 1);
+    assert_eq!(c.wait_stat("cluster.a.upstream_rq_503", 2), 2);
+    // Retries exhausted: the last upstream response is returned.
+    let r = get(c.listener, "h", "/retry5xx/flaky/5", &[]);
+    assert_eq!(r.status, 503);
+    assert_eq!(r.body_str(), "flaky");
+    // Retriable status codes.
+    let r = get(c.listener, "h", "/retrycodes/status/418", &[]);
+    assert_eq!(r.status, 418);
+    // Retries keep the request body.
+    let r = Client::connect(c.listener).request("POST", "h", "/retry5xx/flaky/1/echo", &[], b"payload");
+    assert_eq!(r.status, 200);
+    assert_eq!(a.last().map(|s| s.body), Some(b"payload".to_vec()));
+}
+
+#[test]
+fn http_per_try_timeout_and_connect_failure_retry() {
+    let (c, _a, _l) = setup();
+    let r = get(c.listener, "h", "/pertry/delay/1000", &[]);
+    assert_eq!(r.status, 504);
+    assert_eq!(r.body_str(), "upstream request timeout");
+    assert!(c.wait_stat("cluster.a.upstream_rq_per_try_timeout", 2) >= 2);
+    // Half the hosts refuse connections; one retry on connect-failure always succeeds.
+    for _ in 0..6 {
+        let r = get(c.listener, "h", "/connect", &[]);
+        assert_eq!(r.status, 200, "{}", r.body_str());
+    }
+    assert!(c.wait_stat("cluster.mixed.upstream_cx_connect_fail", 1) >= 1);
+}
+
+#[test]
+fn http_circuit_breakers_overflow() {
+    let (c, _a, l) = setup();
+    let addr = c.listener;
+    // max_connections 1, max_pending_requests 1: of three concurrent slow requests one is
+    // served, one waits for the connection, one overflows.
+    let handles: Vec<_> = (0..3)
+        .map(|_| std::thread::spawn(move || get(addr, "h", "/cb/delay/400", &[])))
+        .collect();
+    let results: Vec<Resp> = handles.into_iter().map(|h| h.join().expect("thread")).collect();
+    let ok = results.iter().filter(|r| r.status == 200).count();
+    let overflow: Vec<&Resp> = results.iter().filter(|r| r.status == 503).collect();
+    assert_eq!(ok, 2, "{results:?}");
+    assert_eq!(overflow.len(), 1, "{results:?}");
+    assert_eq!(overflow[0].header("x-envoy-overloaded"), Some("true"));
+    assert_eq!(
+        overflow[0].body_str(),
+        "upstream connect error or disconnect/reset before headers. reset reason: overflow"
+    );
+    assert_eq!(c.wait_stat("cluster.limited.upstream_rq_pending_overflow", 1), 1);
+    assert_eq!(l.connections.load(Ordering::SeqCst), 1);
+}

@@ -1,0 +1,139 @@
+//! HTTP/2 through courier: prior-knowledge h2c downstream (AUTO codec), HTTP/2 upstream
+//! clusters, trailers end to end (gRPC-style), multiplexing.
+
+mod http_support;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+use http_support::*;
+
+/// An HTTP/2 (h2c) upstream answering `h2up <method> <path>` with a `grpc-status` trailer.
+fn start_h2_upstream() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    listener.set_nonblocking(true).expect("nonblocking");
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
+            loop {
+                let Ok((s, _)) = listener.accept().await else { continue };
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(|req: Request<Incoming>| async move {
+                        let body = format!("h2up {} {} {:?}", req.method(), req.uri().path(), req.version());
+                        let mut trailers = HeaderMap::new();
+                        trailers.insert("grpc-status", HeaderValue::from_static("0"));
+                        let body = Full::new(Bytes::from(body))
+                            .with_trailers(async move { Some(Ok::<_, Infallible>(trailers)) });
+                        let mut resp = Response::new(body);
+                        resp.headers_mut().insert("x-upstream", HeaderValue::from_static("h2up"));
+                        Ok::<_, Infallible>(resp)
+                    });
+                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(s), svc)
+                        .await;
+                });
+            }
+        });
+    });
+    addr
+}
+
+const ROUTES: &str = r#"            name: local
+            virtual_hosts:
+            - name: main
+              domains: ["*"]
+              routes:
+              - match: { prefix: "/h2" }
+                route: { cluster: h2up }
+              - match: { prefix: "/" }
+                route: { cluster: a }
+"#;
+
+fn setup() -> (Courier, Upstream) {
+    let a = Upstream::start("a");
+    let h2 = start_h2_upstream();
+    let h2_opts = "    typed_extension_protocol_options:\n      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n        explicit_http_config:\n          http2_protocol_options: {}\n";
+    let clusters = format!("{}{}", cluster("a", &[a.addr], ""), cluster("h2up", &[h2], h2_opts));
+    (Courier::start(&bootstrap(ROUTES, "", &clusters)), a)
+}
+
+async fn h2_get(addr: SocketAddr, paths: &[&str]) -> Vec<(u16, String, String, Option<String>)> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+        .await
+        .expect("h2 handshake");
+    tokio::spawn(conn);
+    let mut futs = Vec::new();
+    for p in paths {
+        let mut sender = sender.clone();
+        let req = Request::get(format!("http://example.com{p}"))
+            .body(http_body_util::Empty::<Bytes>::new())
+            .expect("request");
+        futs.push(tokio::spawn(async move {
+            let resp = sender.send_request(req).await.expect("response");
+            let status = resp.status().as_u16();
+            let up = resp
+                .headers()
+                .get("x-upstream")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-")
+                .to_string();
+            let collected = resp.into_body().collect().await.expect("body");
+            let trailer = collected
+                .trailers()
+                .and_then(|t| t.get("grpc-status"))
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            let body = String::from_utf8_lossy(&collected.to_bytes()).into_owned();
+            (status, up, body, trailer)
+        }));
+    }
+    let mut out = Vec::new();
+    for f in futs {
+        out.push(f.await.expect("join"));
+    }
+    out
+}
+
+#[test]
+fn http2_downstream_and_upstream_with_trailers() {
+    let (c, _a) = setup();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    // h2c prior knowledge on an AUTO listener, to an HTTP/1.1 upstream, 20 concurrent
+    // streams on one connection.
+    let paths: Vec<String> = (0..20).map(|i| format!("/x/{i}")).collect();
+    let refs: Vec<&str> = paths.iter().map(String::as_str).collect();
+    let results = rt.block_on(h2_get(c.listener, &refs));
+    for (i, (status, up, body, _)) in results.iter().enumerate() {
+        assert_eq!(*status, 200);
+        assert_eq!(up, "a");
+        assert_eq!(body, &format!("a GET /x/{i}"));
+    }
+    // h2 → h2 upstream: trailers pass through.
+    let results = rt.block_on(h2_get(c.listener, &["/h2/grpc"]));
+    assert_eq!(results[0].0, 200);
+    assert_eq!(results[0].1, "h2up");
+    assert_eq!(results[0].2, "h2up GET /h2/grpc HTTP/2.0");
+    assert_eq!(results[0].3.as_deref(), Some("0"));
+    // HTTP/1.1 downstream → HTTP/2 upstream.
+    let r = get(c.listener, "h", "/h2/one", &[]);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body_str(), "h2up GET /h2/one HTTP/2.0");
+    assert!(c.wait_stat("http.ingress.downstream_cx_http2_total", 2) >= 2);
+    assert!(c.wait_stat("cluster.h2up.upstream_cx_http2_total", 1) >= 1);
+    assert_eq!(c.stat("cluster.h2up.upstream_cx_total"), 1, "one multiplexed upstream connection");
+}

@@ -114,7 +114,7 @@ impl ListenerConfig {
         for chain in self.chains() {
             if let NetworkFilter::HttpConnectionManager(h) = &chain.filter {
                 for name in crate::http::rds_route_config_names(h) {
-                    out.push((name, h.stat_prefix.clone()));
+                    out.push((h.stat_prefix.clone(), name));
                 }
             }
         }

@@ -27,16 +27,24 @@ fn start_h2_upstream() -> SocketAddr {
         rt.block_on(async move {
             let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
             loop {
-                let Ok((s, _)) = listener.accept().await else { continue };
+                let Ok((s, _)) = listener.accept().await else {
+                    continue;
+                };
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(|req: Request<Incoming>| async move {
-                        let body = format!("h2up {} {} {:?}", req.method(), req.uri().path(), req.version());
+                        let body = format!(
+                            "h2up {} {} {:?}",
+                            req.method(),
+                            req.uri().path(),
+                            req.version()
+                        );
                         let mut trailers = HeaderMap::new();
                         trailers.insert("grpc-status", HeaderValue::from_static("0"));
                         let body = Full::new(Bytes::from(body))
                             .with_trailers(async move { Some(Ok::<_, Infallible>(trailers)) });
                         let mut resp = Response::new(body);
-                        resp.headers_mut().insert("x-upstream", HeaderValue::from_static("h2up"));
+                        resp.headers_mut()
+                            .insert("x-upstream", HeaderValue::from_static("h2up"));
                         Ok::<_, Infallible>(resp)
                     });
                     let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
@@ -64,15 +72,20 @@ fn setup() -> (Courier, Upstream) {
     let a = Upstream::start("a");
     let h2 = start_h2_upstream();
     let h2_opts = "    typed_extension_protocol_options:\n      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n        explicit_http_config:\n          http2_protocol_options: {}\n";
-    let clusters = format!("{}{}", cluster("a", &[a.addr], ""), cluster("h2up", &[h2], h2_opts));
+    let clusters = format!(
+        "{}{}",
+        cluster("a", &[a.addr], ""),
+        cluster("h2up", &[h2], h2_opts)
+    );
     (Courier::start(&bootstrap(ROUTES, "", &clusters)), a)
 }
 
 async fn h2_get(addr: SocketAddr, paths: &[&str]) -> Vec<(u16, String, String, Option<String>)> {
     let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let (sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-        .await
-        .expect("h2 handshake");
+    let (sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .expect("h2 handshake");
     tokio::spawn(conn);
     let mut futs = Vec::new();
     for p in paths {
@@ -135,5 +148,9 @@ fn http2_downstream_and_upstream_with_trailers() {
     assert_eq!(r.body_str(), "h2up GET /h2/one HTTP/2.0");
     assert!(c.wait_stat("http.ingress.downstream_cx_http2_total", 2) >= 2);
     assert!(c.wait_stat("cluster.h2up.upstream_cx_http2_total", 1) >= 1);
-    assert_eq!(c.stat("cluster.h2up.upstream_cx_total"), 1, "one multiplexed upstream connection");
+    assert_eq!(
+        c.stat("cluster.h2up.upstream_cx_total"),
+        1,
+        "one multiplexed upstream connection"
+    );
 }

@@ -31,7 +31,11 @@ fn http_rds_routes_follow_updates() {
     let dir = tempfile::tempdir().expect("tempdir");
     let rds_path = dir.path().join("rds.yaml");
     std::fs::write(&rds_path, rds_file("a", "1")).expect("write rds");
-    let clusters = format!("{}{}", cluster("a", &[a.addr], ""), cluster("b", &[b.addr], ""));
+    let clusters = format!(
+        "{}{}",
+        cluster("a", &[a.addr], ""),
+        cluster("b", &[b.addr], "")
+    );
     let boot = bootstrap("", "", &clusters).replace(
         "          route_config:\n",
         &format!(
@@ -79,5 +83,8 @@ fn http_rds_invalid_regex_is_rejected_with_path() {
     let err = RouteTable::compile(&rc, &courier::stats::Store::new(1))
         .err()
         .expect("invalid regex must be rejected");
-    assert_eq!(err.path, "virtual_hosts[0].routes[0].match.safe_regex.regex");
+    assert_eq!(
+        err.path,
+        "virtual_hosts[0].routes[0].match.safe_regex.regex"
+    );
 }

@@ -69,7 +69,8 @@ fn http_retries_on_5xx_until_success() {
     let r = get(c.listener, "h", "/retrycodes/status/418", &[]);
     assert_eq!(r.status, 418);
     // Retries keep the request body.
-    let r = Client::connect(c.listener).request("POST", "h", "/retry5xx/flaky/1/echo", &[], b"payload");
+    let r =
+        Client::connect(c.listener).request("POST", "h", "/retry5xx/flaky/1/echo", &[], b"payload");
     assert_eq!(r.status, 200);
     assert_eq!(a.last().map(|s| s.body), Some(b"payload".to_vec()));
 }
@@ -98,7 +99,10 @@ fn http_circuit_breakers_overflow() {
     let handles: Vec<_> = (0..3)
         .map(|_| std::thread::spawn(move || get(addr, "h", "/cb/delay/400", &[])))
         .collect();
-    let results: Vec<Resp> = handles.into_iter().map(|h| h.join().expect("thread")).collect();
+    let results: Vec<Resp> = handles
+        .into_iter()
+        .map(|h| h.join().expect("thread"))
+        .collect();
     let ok = results.iter().filter(|r| r.status == 200).count();
     let overflow: Vec<&Resp> = results.iter().filter(|r| r.status == 503).collect();
     assert_eq!(ok, 2, "{results:?}");
@@ -108,6 +112,9 @@ fn http_circuit_breakers_overflow() {
         overflow[0].body_str(),
         "upstream connect error or disconnect/reset before headers. reset reason: overflow"
     );
-    assert_eq!(c.wait_stat("cluster.limited.upstream_rq_pending_overflow", 1), 1);
+    assert_eq!(
+        c.wait_stat("cluster.limited.upstream_rq_pending_overflow", 1),
+        1
+    );
     assert_eq!(l.connections.load(Ordering::SeqCst), 1);
 }

@@ -501,6 +501,13 @@ async fn process(
                 }
             };
             *r.status_mut() = *status;
+            // Envoy sets Location on 201 and redirect direct responses.
+            let code = status.as_u16();
+            if code == 201 || matches!(code, 301 | 302 | 303 | 307 | 308) {
+                if let Ok(v) = HeaderValue::from_str(&format!("http://{authority}{path}")) {
+                    r.headers_mut().insert(header::LOCATION, v);
+                }
+            }
             r
         }
         Action::Redirect(rd) => {
@@ -577,20 +584,24 @@ fn redirect(rd: &Redirect, route: &Route, authority: &str, path: &str) -> Respon
             .and_then(|p| p.parse::<u16>().ok());
         (h.to_string(), port)
     };
-    let mut host = rd.host.clone().unwrap_or(orig_host);
-    let port = rd.port.or(if rd.host.is_some() || rd.scheme.is_some() {
-        None
-    } else {
-        orig_port
-    });
-    if let Some(p) = port {
-        let default = (scheme == "http" && p == 80) || (scheme == "https" && p == 443);
-        if !default {
-            host = format!("{}:{p}", super::route::strip_port(&host));
+    // Envoy: `host_redirect` replaces host and port; otherwise the request's host keeps its
+    // port unless `port_redirect` replaces it or the scheme changes away from a default port.
+    let host = match (&rd.host, rd.port) {
+        (Some(h), Some(p)) => format!("{}:{p}", super::route::strip_port(h)),
+        (Some(h), None) => h.clone(),
+        (None, Some(p)) => format!("{orig_host}:{p}"),
+        (None, None) => match orig_port {
+            Some(80) if rd.scheme.is_some() => orig_host,
+            Some(p) => format!("{orig_host}:{p}"),
+            None => orig_host,
+        },
+    };
+    let host = match rd.port {
+        Some(p) if (scheme == "http" && p == 80) || (scheme == "https" && p == 443) => {
+            super::route::strip_port(&host).to_string()
         }
-    } else if rd.scheme.is_some() {
-        host = super::route::strip_port(&host).to_string();
-    }
+        _ => host,
+    };
     let mut new_path = if let Some(p) = &rd.path {
         p.clone()
     } else if let Some(p) = &rd.prefix_rewrite {
@@ -651,9 +662,9 @@ async fn forward(
         ClusterSpec::Header(h) => match req.headers().get(h).and_then(|v| v.to_str().ok()) {
             Some(c) if !c.is_empty() => (c.to_string(), None),
             _ => {
-                cfg.stats.no_route.inc(worker);
-                outcome.flags = "NR";
-                return local_reply(StatusCode::NOT_FOUND, "");
+                cfg.stats.no_cluster.inc(worker);
+                outcome.flags = "NC";
+                return local_reply(action.cluster_not_found, "");
             }
         },
         ClusterSpec::Weighted { clusters, total } => {
@@ -824,6 +835,25 @@ async fn forward(
         }
         if is_upgrade {
             *up_req.extensions_mut() = std::mem::take(&mut parts.extensions);
+        }
+        if !cfg.suppress_envoy_headers {
+            // The time left of the route timeout (Envoy subtracts what earlier attempts
+            // used), capped by the per-try timeout.
+            let elapsed = start.elapsed().as_millis() as u64;
+            let left = action
+                .timeout
+                .map(|t| (t.as_millis() as u64).saturating_sub(elapsed));
+            let per_try_ms = per_try.map(|p| p.as_millis() as u64);
+            let expected = match (left, per_try_ms) {
+                (Some(t), Some(p)) => Some(t.min(p)),
+                (t, p) => t.or(p),
+            };
+            if let Some(ms) = expected {
+                up_req.headers_mut().insert(
+                    X_ENVOY_EXPECTED_RQ_TIMEOUT_MS.clone(),
+                    HeaderValue::from(ms),
+                );
+            }
         }
         if attempt > 1 && vh_include_attempt(vh) {
             up_req

@@ -374,13 +374,34 @@ impl Courier {
     }
 
     pub fn start_with(bootstrap: &str, args: &[&str]) -> Courier {
+        Courier::launch(env!("CARGO_BIN_EXE_courier"), bootstrap, args)
+    }
+
+    /// Starts a real Envoy (`envoy` on PATH) on the same bootstrap, if there is one.
+    pub fn start_envoy(bootstrap: &str) -> Option<Courier> {
+        let ok = Command::new("envoy")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| {
+            Courier::launch(
+                "envoy",
+                bootstrap,
+                &["--use-dynamic-base-id", "-l", "error"],
+            )
+        })
+    }
+
+    fn launch(binary: &str, bootstrap: &str, args: &[&str]) -> Courier {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
         let text = bootstrap.replace("LISTENER_PORT", &port.to_string());
         let cfg: PathBuf = dir.path().join("bootstrap.yaml");
         std::fs::write(&cfg, text).expect("write bootstrap");
         let admin_path = dir.path().join("admin.txt");
-        let child = Command::new(env!("CARGO_BIN_EXE_courier"))
+        let mut child = Command::new(binary)
             .arg("-c")
             .arg(&cfg)
             .arg("--concurrency")
@@ -399,6 +420,9 @@ impl Courier {
                 .and_then(|s| s.trim().parse::<SocketAddr>().ok())
             {
                 break a;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("{binary} exited during start-up: {status}");
             }
             assert!(
                 Instant::now() < deadline,

@@ -174,11 +174,11 @@ impl HeaderMatcher {
             Some(v.join(","))
         };
         if joined.is_none() && !self.missing_as_empty {
-            // Envoy: a missing header matches only `present_match: false`, or an inverted
-            // value matcher.
+            // Envoy: a missing header never matches a value matcher, inverted or not; a
+            // presence matcher matches it when it asks for absence.
             return match self.test {
                 HeaderTest::Present(p) => p == self.invert,
-                _ => self.invert,
+                _ => false,
             };
         }
         let result = match &self.test {

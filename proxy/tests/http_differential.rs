@@ -1,0 +1,372 @@
+//! Differential conformance: the same bootstrap served by courier and by a real Envoy
+//! (`envoy` on PATH), the same requests, responses compared (status, body, selected
+//! headers, which upstream served and what it received). Skipped when Envoy is missing.
+//!
+//! Known, documented differences are listed in `KNOWN_DIFFERENCES` and excluded.
+
+mod http_support;
+
+use std::net::SocketAddr;
+
+use http_support::*;
+
+const ROUTES: &str = r#"            name: local
+            response_headers_to_add:
+            - header: { key: x-global, value: g }
+            virtual_hosts:
+            - name: exact
+              domains: ["exact.example.com"]
+              routes:
+              - match: { prefix: "/" }
+                route: { cluster: b }
+            - name: portful
+              domains: ["port.example.com:8080"]
+              routes:
+              - match: { prefix: "/" }
+                direct_response: { status: 200, body: { inline_string: "port" } }
+            - name: suffix
+              domains: ["*.wild.com"]
+              routes:
+              - match: { prefix: "/" }
+                direct_response: { status: 200, body: { inline_string: "suffix" } }
+            - name: prefix
+              domains: ["pre.*"]
+              routes:
+              - match: { prefix: "/" }
+                direct_response: { status: 200, body: { inline_string: "prefix" } }
+            - name: main
+              domains: ["*"]
+              request_headers_to_add:
+              - header: { key: x-vh, value: v }
+              response_headers_to_add:
+              - header: { key: x-vh-resp, value: v }
+              routes:
+              - match: { path: "/exact" }
+                route: { cluster: a }
+              - match: { path: "/CaseInsensitive", case_sensitive: false }
+                route: { cluster: b }
+              - match: { safe_regex: { regex: "/re/[0-9]+" } }
+                route: { cluster: b }
+              - match: { prefix: "/hdr", headers: [ { name: x-pick, string_match: { exact: b } } ] }
+                route: { cluster: b }
+              - match: { prefix: "/hdr", headers: [ { name: x-pfx, string_match: { prefix: ab } } ] }
+                direct_response: { status: 201, body: { inline_string: "hdr-prefix" } }
+              - match: { prefix: "/hdr", headers: [ { name: x-sfx, string_match: { suffix: yz } } ] }
+                direct_response: { status: 202, body: { inline_string: "hdr-suffix" } }
+              - match: { prefix: "/hdr", headers: [ { name: x-has, string_match: { contains: mid } } ] }
+                direct_response: { status: 203, body: { inline_string: "hdr-contains" } }
+              - match: { prefix: "/hdr", headers: [ { name: x-rx, string_match: { safe_regex: { regex: "v[0-9]" } } } ] }
+                direct_response: { status: 200, body: { inline_string: "hdr-regex" } }
+              - match: { prefix: "/hdr", headers: [ { name: x-present, present_match: true } ] }
+                direct_response: { status: 200, body: { inline_string: "hdr-present" } }
+              - match: { prefix: "/hdr", headers: [ { name: x-not, string_match: { exact: "no" }, invert_match: true } ] }
+                direct_response: { status: 200, body: { inline_string: "hdr-invert" } }
+              - match: { prefix: "/q", query_parameters: [ { name: pick, string_match: { exact: b } } ] }
+                route: { cluster: b }
+              - match: { prefix: "/q", query_parameters: [ { name: flag, present_match: true } ] }
+                direct_response: { status: 200, body: { inline_string: "q-present" } }
+              - match: { path_separated_prefix: "/sep" }
+                route: { cluster: b }
+              - match: { prefix: "/rewrite/" }
+                route: { cluster: a, prefix_rewrite: "/new/" }
+              - match: { prefix: "/rx/" }
+                route:
+                  cluster: a
+                  regex_rewrite: { pattern: { regex: "^/rx/(\\w+)/(\\w+)$" }, substitution: "/\\2/\\1" }
+              - match: { prefix: "/host-literal" }
+                route: { cluster: a, host_rewrite_literal: rewritten.example }
+              - match: { prefix: "/direct" }
+                direct_response: { status: 418, body: { inline_string: "teapot" } }
+              - match: { prefix: "/nobody" }
+                direct_response: { status: 204 }
+              - match: { prefix: "/redirect" }
+                redirect: { host_redirect: "other.example", path_redirect: "/moved", response_code: FOUND }
+              - match: { prefix: "/https" }
+                redirect: { https_redirect: true }
+              - match: { prefix: "/prefix-redirect/" }
+                redirect: { prefix_rewrite: "/landed/", response_code: TEMPORARY_REDIRECT }
+              - match: { prefix: "/strip-query" }
+                redirect: { path_redirect: "/clean", strip_query: true }
+              - match: { prefix: "/weighted" }
+                route:
+                  weighted_clusters:
+                    clusters:
+                    - { name: a, weight: 0 }
+                    - { name: b, weight: 100 }
+              - match: { prefix: "/timeout" }
+                route: { cluster: a, timeout: 0.3s }
+              - match: { prefix: "/retry" }
+                route:
+                  cluster: a
+                  retry_policy: { retry_on: "5xx", num_retries: 2, retry_back_off: { base_interval: 0.005s } }
+              - match: { prefix: "/dead" }
+                route: { cluster: dead }
+              - match: { prefix: "/cluster-header" }
+                route: { cluster_header: x-cluster }
+              - match: { prefix: "/hdrs" }
+                request_headers_to_add:
+                - header: { key: x-route, value: r }
+                request_headers_to_remove: [ x-remove-me ]
+                response_headers_to_add:
+                - header: { key: x-route-resp, value: r }
+                response_headers_to_remove: [ x-upstream ]
+                route: { cluster: a }
+              - match: { prefix: "/status" }
+                route: { cluster: a }
+              - match: { prefix: "/a" }
+                route: { cluster: a }
+"#;
+
+/// (path, why): requests whose responses differ on purpose.
+const KNOWN_DIFFERENCES: &[(&str, &str)] = &[];
+
+struct Case {
+    host: &'static str,
+    path: String,
+    headers: Vec<(&'static str, &'static str)>,
+    method: &'static str,
+    body: &'static [u8],
+}
+
+fn case(host: &'static str, path: &str) -> Case {
+    Case {
+        host,
+        path: path.to_string(),
+        headers: Vec::new(),
+        method: "GET",
+        body: b"",
+    }
+}
+
+fn cases() -> Vec<Case> {
+    let mut v = vec![
+        case("exact.example.com", "/"),
+        case("EXACT.example.com", "/x"),
+        case("port.example.com:8080", "/"),
+        case("port.example.com", "/"),
+        case("x.wild.com", "/"),
+        case("deep.x.wild.com", "/"),
+        case("wild.com", "/a/nowild"),
+        case("pre.anything", "/"),
+        case("other", "/a"),
+        case("h", "/exact"),
+        case("h", "/exact?q=1"),
+        case("h", "/exactly"),
+        case("h", "/caseinsensitive"),
+        case("h", "/CASEINSENSITIVE"),
+        case("h", "/re/42"),
+        case("h", "/re/4x"),
+        case("h", "/re/42/more"),
+        case("h", "/q?x=1&pick=b"),
+        case("h", "/q?pick=c"),
+        case("h", "/q?flag"),
+        case("h", "/q?flag=1"),
+        case("h", "/sep"),
+        case("h", "/sep/x"),
+        case("h", "/sepx"),
+        case("h", "/rewrite/x?y=1"),
+        case("h", "/rx/one/two"),
+        case("h", "/host-literal"),
+        case("h", "/direct"),
+        case("h", "/nobody"),
+        case("h", "/redirect?a=b"),
+        case("h:8080", "/https/x"),
+        case("h", "/prefix-redirect/p?q=1"),
+        case("h", "/strip-query?q=1"),
+        case("h", "/weighted"),
+        case("h", "/timeout/delay/2000"),
+        case("h", "/timeout/delay/10"),
+        case("h", "/retry/flaky/1"),
+        case("h", "/retry/flaky/5"),
+        case("h", "/retry/status/404"),
+        case("h", "/dead"),
+        case("h", "/cluster-header"),
+        case("h", "/nothing-matches"),
+        case("h", "/status/200"),
+        case("h", "/status/201"),
+        case("h", "/status/404"),
+        case("h", "/status/500"),
+        case("h", "/status/503"),
+        case("h", "/a/path%20with%20escapes"),
+        case("h", "/a/very/long/path/with/many/segments/and/more"),
+    ];
+    let with = |path: &str, headers: Vec<(&'static str, &'static str)>| Case {
+        headers,
+        ..case("h", path)
+    };
+    v.push(with("/hdr", vec![("x-pick", "b")]));
+    v.push(with("/hdr", vec![("x-pick", "c")]));
+    v.push(with("/hdr", vec![("x-pfx", "abc")]));
+    v.push(with("/hdr", vec![("x-sfx", "xyz")]));
+    v.push(with("/hdr", vec![("x-has", "amidb")]));
+    v.push(with("/hdr", vec![("x-rx", "v1")]));
+    v.push(with("/hdr", vec![("x-rx", "v12")]));
+    v.push(with("/hdr", vec![("x-present", "")]));
+    v.push(with("/hdr", vec![("x-not", "yes")]));
+    v.push(with("/hdr", vec![("x-not", "no")]));
+    v.push(with("/cluster-header", vec![("x-cluster", "b")]));
+    v.push(with("/cluster-header", vec![("x-cluster", "unknown")]));
+    v.push(with("/hdrs", vec![("x-remove-me", "1")]));
+    v.push(Case {
+        method: "POST",
+        body: b"posted body",
+        ..case("h", "/a/echo")
+    });
+    v.push(Case {
+        method: "HEAD",
+        ..case("h", "/a/head")
+    });
+    v.push(Case {
+        method: "DELETE",
+        ..case("h", "/a/delete")
+    });
+    v
+}
+
+/// What we compare for one response.
+#[derive(Debug, PartialEq)]
+struct Observed {
+    status: u16,
+    body: String,
+    headers: Vec<(String, Option<String>)>,
+    upstream_path: Option<String>,
+    upstream_host: Option<String>,
+    upstream_headers: Vec<(String, Option<String>)>,
+}
+
+const RESPONSE_HEADERS: &[&str] = &[
+    "x-upstream",
+    "location",
+    "content-type",
+    "x-global",
+    "x-vh-resp",
+    "x-route-resp",
+    "server",
+    "content-length",
+];
+const UPSTREAM_HEADERS: &[&str] = &[
+    "x-vh",
+    "x-route",
+    "x-remove-me",
+    "x-forwarded-proto",
+    "x-envoy-original-path",
+    "x-envoy-expected-rq-timeout-ms",
+];
+
+fn observe(addr: SocketAddr, c: &Case, ups: &[&Upstream]) -> Observed {
+    let before: Vec<usize> = ups
+        .iter()
+        .map(|u| u.seen.lock().map(|s| s.len()).unwrap_or(0))
+        .collect();
+    let r = Client::connect(addr).request(c.method, c.host, &c.path, &c.headers, c.body);
+    let mut seen = None;
+    for (u, b) in ups.iter().zip(before) {
+        if let Ok(s) = u.seen.lock() {
+            if s.len() > b {
+                seen = s.last().cloned();
+            }
+        }
+    }
+    Observed {
+        status: r.status,
+        body: r.body_str(),
+        headers: RESPONSE_HEADERS
+            .iter()
+            .map(|h| (h.to_string(), r.header(h).map(str::to_string)))
+            .collect(),
+        upstream_path: seen.as_ref().map(|s| s.path.clone()),
+        upstream_host: seen
+            .as_ref()
+            .and_then(|s| s.header("host").map(str::to_string)),
+        upstream_headers: UPSTREAM_HEADERS
+            .iter()
+            .map(|h| {
+                (
+                    h.to_string(),
+                    seen.as_ref().and_then(|s| s.header(h).map(str::to_string)),
+                )
+            })
+            .collect(),
+    }
+}
+
+#[test]
+fn http_differential_against_envoy() {
+    let a = Upstream::start("a");
+    let b = Upstream::start("b");
+    let dead: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let clusters = format!(
+        "{}{}{}",
+        cluster("a", &[a.addr], ""),
+        cluster("b", &[b.addr], ""),
+        cluster("dead", &[dead], "")
+    );
+    let boot = bootstrap(ROUTES, "", &clusters);
+    let Some(envoy) = Courier::start_envoy(&boot) else {
+        eprintln!("envoy not on PATH: skipping the differential suite");
+        return;
+    };
+    let courier = Courier::start(&boot);
+    let mut diffs = Vec::new();
+    let all = cases();
+    assert!(all.len() >= 60, "at least 60 requests");
+    for c in &all {
+        if KNOWN_DIFFERENCES.iter().any(|(p, _)| *p == c.path) {
+            continue;
+        }
+        // `flaky` counts per path on the upstream: use distinct paths per proxy.
+        let mut ce = Case {
+            headers: c.headers.clone(),
+            path: c.path.clone(),
+            ..*c
+        };
+        let mut cc = Case {
+            headers: c.headers.clone(),
+            path: c.path.clone(),
+            ..*c
+        };
+        if c.path.contains("/flaky/") {
+            ce.path = format!("{}/envoy", c.path);
+            cc.path = format!("{}/courier", c.path);
+        }
+        let mut e = observe(envoy.listener, &ce, &[&a, &b]);
+        let mut o = observe(courier.listener, &cc, &[&a, &b]);
+        // The upstream echoes the path it saw; normalise the per-proxy suffix.
+        for x in [&mut e, &mut o] {
+            for s in ["/envoy", "/courier"] {
+                x.body = x.body.replace(s, "");
+                x.upstream_path = x.upstream_path.take().map(|p| p.replace(s, ""));
+                for (_, v) in x.headers.iter_mut().chain(x.upstream_headers.iter_mut()) {
+                    *v = v.take().map(|p| p.replace(s, ""));
+                }
+            }
+            if c.path.contains("/flaky/") {
+                for (k, v) in x.headers.iter_mut() {
+                    if k == "content-length" && v.is_some() {
+                        *v = Some(x.body.len().to_string());
+                    }
+                }
+                // Timing-dependent (Envoy subtracts elapsed time on retries).
+                for (k, v) in x.upstream_headers.iter_mut() {
+                    if k == "x-envoy-expected-rq-timeout-ms" {
+                        *v = v
+                            .take()
+                            .map(|ms| (ms.parse::<u64>().unwrap_or(0) / 100).to_string());
+                    }
+                }
+            }
+        }
+        if e != o {
+            diffs.push(format!(
+                "{} {} (host {}, headers {:?}):\n  envoy:   {e:?}\n  courier: {o:?}",
+                c.method, c.path, c.host, c.headers
+            ));
+        }
+    }
+    assert!(
+        diffs.is_empty(),
+        "{} differences:\n{}",
+        diffs.len(),
+        diffs.join("\n")
+    );
+}

@@ -166,7 +166,7 @@ fn http_routing_matchers_and_actions() {
     }
     // cluster_header.
     assert_eq!(who("/cluster-header", "h", &[("x-cluster", "b")]).1, "b");
-    assert_eq!(who("/cluster-header", "h", &[]).0, 404);
+    assert_eq!(who("/cluster-header", "h", &[]).0, 503);
     // Header mutations.
     let r = get(addr, "h", "/hdrs", &[("x-remove-me", "1")]);
     assert_eq!(r.status, 200);

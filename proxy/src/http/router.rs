@@ -155,6 +155,26 @@ fn merge_slashes(path: &str) -> String {
     s
 }
 
+/// `normalize_path` / `merge_slashes` on a path with an optional query (what the
+/// connection manager does before routing).
+pub fn sanitize_path(path: &str, normalize: bool, merge: bool) -> String {
+    let (p, q) = match path.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (path, None),
+    };
+    let mut p = p.to_string();
+    if normalize && p.starts_with('/') {
+        p = normalize_dots(&p);
+    }
+    if merge {
+        p = merge_slashes(&p);
+    }
+    match q {
+        Some(q) => format!("{p}?{q}"),
+        None => p,
+    }
+}
+
 /// The request's response flags and upstream for the access log.
 #[derive(Default)]
 struct Outcome {
@@ -385,21 +405,7 @@ async fn process(
         return local_reply(StatusCode::BAD_REQUEST, "");
     }
     if cfg.normalize_path || cfg.merge_slashes {
-        let (p, q) = match path.split_once('?') {
-            Some((p, q)) => (p.to_string(), Some(q.to_string())),
-            None => (path.clone(), None),
-        };
-        let mut p = p;
-        if cfg.normalize_path {
-            p = normalize_dots(&p);
-        }
-        if cfg.merge_slashes {
-            p = merge_slashes(&p);
-        }
-        path = match q {
-            Some(q) => format!("{p}?{q}"),
-            None => p,
-        };
+        path = sanitize_path(&path, cfg.normalize_path, cfg.merge_slashes);
     }
     // Forwarding headers.
     let headers = req.headers_mut();

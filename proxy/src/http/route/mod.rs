@@ -1421,6 +1421,31 @@ mod tests {
         assert_eq!(name("/q?k=w", &none), "fallback");
     }
 
+    /// A short in-process run of the `route_match` fuzz target's body on random inputs
+    /// (the cargo-fuzz target in `proxy/fuzz` runs it for longer).
+    #[test]
+    fn random_inputs_never_panic() {
+        let t = table(serde_json::json!({
+            "name": "r",
+            "virtual_hosts": [{"name": "v", "domains": ["*", "*.a.com", "b.*"], "routes": [
+                {"match": {"path_separated_prefix": "/sep"}, "direct_response": {"status": 200}},
+                {"match": {"prefix": "/CI", "case_sensitive": false}, "direct_response": {"status": 200}},
+                {"match": {"safe_regex": {"regex": "/r/[a-z]+"}}, "direct_response": {"status": 200}},
+                {"match": {"prefix": "/q", "query_parameters": [{"name": "k", "present_match": true}]}, "direct_response": {"status": 200}}
+            ]}]
+        }))
+        .expect("compiles");
+        let alphabet = "/?&=#.%:*abcCI\u{e9}sepqrk0123456789-_ ";
+        let chars: Vec<char> = alphabet.chars().collect();
+        let mut rng = fastrand::Rng::with_seed(7);
+        for _ in 0..20_000 {
+            let n = rng.usize(0..24);
+            let s: String = (0..n).map(|_| chars[rng.usize(..chars.len())]).collect();
+            let _ = t.route(&s, &s, &HeaderMap::new());
+            let _ = crate::http::router::sanitize_path(&s, true, true);
+        }
+    }
+
     #[test]
     fn substitution_syntax() {
         assert_eq!(substitution("/v2/\\1/x"), "/v2/${1}/x");

@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -35,6 +36,9 @@ struct Args {
     #[arg(long)]
     cp: Option<PathBuf>,
 }
+
+/// Set when the measurement is over: client errors caused by stopping courier-cp are expected.
+static DONE: AtomicBool = AtomicBool::new(false);
 
 #[derive(Debug)]
 struct Ack {
@@ -266,8 +270,6 @@ async fn main() -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let (_, snap) = http("GET", admin, "/status", "").await?;
-    let _ = snap;
     let (code, body) = http(
         "PUT",
         admin,
@@ -297,7 +299,9 @@ async fn main() -> anyhow::Result<()> {
         let (names, tx) = (names.clone(), ack_tx.clone());
         tokio::spawn(async move {
             if let Err(e) = client(id, xds, names, tx).await {
-                eprintln!("client {id}: {e:#}");
+                if !DONE.load(Ordering::Relaxed) {
+                    eprintln!("client {id}: {e:#}");
+                }
             }
         });
     }
@@ -381,6 +385,7 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     println!("courier-cp RSS now {rss:.0} MiB, peak {hwm:.0} MiB");
+    DONE.store(true, Ordering::Relaxed);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

@@ -16,7 +16,7 @@
 //! A type blocked on an outstanding response never holds back the later types: Envoy
 //! withholds its CDS ACK while clusters warm on EDS (rule 24), so EDS must flow meanwhile.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use courier_proto::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
@@ -28,6 +28,29 @@ use crate::cache::Snapshot;
 use crate::resource::{Resource, ResourceType};
 use crate::status::NackRecord;
 
+/// A subscription applied to a snapshot: what a response carried.
+#[derive(Debug, Clone)]
+struct Selection {
+    snapshot: Arc<Snapshot>,
+    wildcard: bool,
+    names: Arc<BTreeSet<String>>,
+}
+
+impl Selection {
+    fn names(&self, kind: ResourceType) -> BTreeSet<&str> {
+        let items = self.snapshot.of(kind).items();
+        if self.wildcard {
+            items.keys().map(String::as_str).collect()
+        } else {
+            self.names
+                .iter()
+                .filter(|n| items.contains_key(*n))
+                .map(String::as_str)
+                .collect()
+        }
+    }
+}
+
 /// Per-type state of one SotW stream.
 #[derive(Debug, Default)]
 pub(crate) struct TypeState {
@@ -35,16 +58,18 @@ pub(crate) struct TypeState {
     requested: bool,
     /// The subscription is a wildcard.
     wildcard: bool,
-    /// Explicitly subscribed names.
-    names: BTreeSet<String>,
+    /// Explicitly subscribed names (shared with `sent` so recording a push copies nothing).
+    names: Arc<BTreeSet<String>>,
     /// The stream has named a resource of this type at least once: an empty list now means
     /// "nothing", not wildcard (rule 2).
     named_ever: bool,
     /// Version the client reported on its first request (it already holds it).
     client_version: Option<String>,
-    /// Version and content (name → resource version) of the last response.
+    /// Version of the last response (or of what the client reported holding).
     sent_version: Option<String>,
-    sent: BTreeMap<String, String>,
+    /// What the last response selected, to tell whether a subscription change needs a new
+    /// response at the same version.
+    sent: Option<Selection>,
     /// Nonce of the last response; a request echoing any other nonce is stale.
     nonce: Option<String>,
     /// The last response has not been ACKed or NACKed yet.
@@ -96,7 +121,9 @@ impl TypeState {
             self.named_ever |= !names.is_empty();
             self.wildcard = star;
         }
-        self.names = names;
+        if *self.names != names {
+            self.names = Arc::new(names);
+        }
         true
     }
 
@@ -104,7 +131,7 @@ impl TypeState {
     pub(crate) fn next_response(
         &mut self,
         kind: ResourceType,
-        snapshot: &Snapshot,
+        snapshot: &Arc<Snapshot>,
         strict: bool,
         nonce: &mut u64,
         node: &StreamNode,
@@ -114,48 +141,57 @@ impl TypeState {
             return None;
         }
         let tr = snapshot.of(kind);
-        let selected: Vec<&Arc<Resource>> = if self.wildcard {
-            tr.items().values().collect()
-        } else {
-            if strict && self.names.iter().any(|n| !tr.items().contains_key(n)) {
-                return None;
-            }
-            self.names
-                .iter()
-                .filter_map(|n| tr.items().get(n))
-                .collect()
+        if !self.wildcard && strict && self.names.iter().any(|n| !tr.items().contains_key(n)) {
+            return None;
+        }
+        let selection = Selection {
+            snapshot: snapshot.clone(),
+            wildcard: self.wildcard,
+            names: self.names.clone(),
         };
-        let content: BTreeMap<String, String> = selected
-            .iter()
-            .map(|r| (r.name().to_string(), r.version().to_string()))
-            .collect();
-
-        let needed = match &self.sent_version {
-            None => match self.client_version.take() {
+        let needed = match (&self.sent_version, &self.sent) {
+            (None, _) => match self.client_version.take() {
                 Some(v) if v == tr.version() => {
                     // The client already runs this version (reconnect): nothing to send.
                     self.sent_version = Some(v.clone());
-                    self.sent = content.clone();
+                    self.sent = Some(selection.clone());
                     node.status.acked(&node.id, kind, &v);
                     false
                 }
                 _ => true,
             },
-            Some(v) if v != tr.version() => true,
-            Some(_) => {
-                let gained = content.keys().any(|n| !self.sent.contains_key(n));
-                gained || (kind.is_wildcard_type() && content != self.sent)
+            (Some(v), _) if v != tr.version() => true,
+            (Some(_), None) => true,
+            (Some(_), Some(prev)) => {
+                let same_subscription =
+                    prev.wildcard == self.wildcard && Arc::ptr_eq(&prev.names, &self.names);
+                if same_subscription {
+                    // Same version, same subscription: the client has exactly this.
+                    false
+                } else {
+                    let (before, now) = (prev.names(kind), selection.names(kind));
+                    let gained = now.iter().any(|n| !before.contains(n));
+                    gained || (kind.is_wildcard_type() && now != before)
+                }
             }
         };
         if !needed {
             return None;
         }
+        let selected: Vec<&Arc<Resource>> = if self.wildcard {
+            tr.items().values().collect()
+        } else {
+            self.names
+                .iter()
+                .filter_map(|n| tr.items().get(n))
+                .collect()
+        };
 
         *nonce += 1;
         let nonce = nonce.to_string();
         let version = tr.version().to_string();
         self.sent_version = Some(version.clone());
-        self.sent = content;
+        self.sent = Some(selection);
         self.nonce = Some(nonce.clone());
         self.outstanding = true;
         node.status.pushed(&node.id, kind, &version);

@@ -1,0 +1,176 @@
+//! Bootstraps that a real Envoy and Courier both accept.
+
+use std::path::PathBuf;
+
+/// How the proxy gets CDS and LDS.
+#[derive(Debug, Clone)]
+pub enum Mode {
+    /// One ADS stream (`delta`: DELTA_GRPC).
+    Ads {
+        /// Incremental xDS.
+        delta: bool,
+    },
+    /// One stream per type (non-ADS `api_config_source`).
+    PerType {
+        /// Incremental xDS.
+        delta: bool,
+    },
+    /// `path_config_source` files for CDS and LDS.
+    Files {
+        /// The CDS file.
+        cds: PathBuf,
+        /// The LDS file.
+        lds: PathBuf,
+    },
+}
+
+/// A bootstrap under construction.
+#[derive(Debug, Clone)]
+pub struct Bootstrap {
+    /// `node.id`.
+    pub node: String,
+    /// The control plane's port.
+    pub cp_port: u16,
+    /// How CDS/LDS are fetched.
+    pub mode: Mode,
+    /// `initial_fetch_timeout` of cds_config and lds_config (None: default).
+    pub initial_fetch_timeout: Option<String>,
+    /// `set_node_on_first_message_only`.
+    pub node_on_first_message_only: bool,
+}
+
+impl Bootstrap {
+    /// SotW ADS to `cp_port` for `node`.
+    pub fn ads(node: &str, cp_port: u16) -> Bootstrap {
+        Bootstrap {
+            node: node.to_string(),
+            cp_port,
+            mode: Mode::Ads { delta: false },
+            initial_fetch_timeout: None,
+            node_on_first_message_only: true,
+        }
+    }
+
+    /// Delta ADS.
+    pub fn delta_ads(node: &str, cp_port: u16) -> Bootstrap {
+        Bootstrap {
+            mode: Mode::Ads { delta: true },
+            ..Bootstrap::ads(node, cp_port)
+        }
+    }
+
+    /// Sets the mode.
+    pub fn mode(mut self, mode: Mode) -> Bootstrap {
+        self.mode = mode;
+        self
+    }
+
+    /// Sets `initial_fetch_timeout` (e.g. "1s").
+    pub fn initial_fetch_timeout(mut self, t: &str) -> Bootstrap {
+        self.initial_fetch_timeout = Some(t.to_string());
+        self
+    }
+
+    fn api_source(&self, delta: bool) -> String {
+        let api = if delta { "DELTA_GRPC" } else { "GRPC" };
+        format!(
+            "{{ api_type: {api}, transport_api_version: V3, set_node_on_first_message_only: {}, grpc_services: [{{ envoy_grpc: {{ cluster_name: xds }} }}] }}",
+            self.node_on_first_message_only
+        )
+    }
+
+    fn source(&self, file: Option<&PathBuf>) -> String {
+        let ift = self
+            .initial_fetch_timeout
+            .as_ref()
+            .map(|t| format!(", initial_fetch_timeout: {t}"))
+            .unwrap_or_default();
+        match (&self.mode, file) {
+            (Mode::Ads { .. }, _) => format!("{{ ads: {{}}, resource_api_version: V3{ift} }}"),
+            (Mode::PerType { delta }, _) => format!(
+                "{{ api_config_source: {}, resource_api_version: V3{ift} }}",
+                self.api_source(*delta)
+            ),
+            (Mode::Files { .. }, Some(f)) => format!(
+                "{{ path_config_source: {{ path: '{}' }}, resource_api_version: V3{ift} }}",
+                f.display()
+            ),
+            (Mode::Files { .. }, None) => unreachable!(),
+        }
+    }
+
+    /// The bootstrap YAML (admin on 127.0.0.1:0; the harness reads the bound address).
+    pub fn yaml(&self) -> String {
+        let (cds, lds, ads) = match &self.mode {
+            Mode::Ads { delta } => (
+                self.source(None),
+                self.source(None),
+                format!("  ads_config: {}\n", self.api_source(*delta)),
+            ),
+            Mode::PerType { .. } => (self.source(None), self.source(None), String::new()),
+            Mode::Files { cds, lds } => (
+                self.source(Some(cds)),
+                self.source(Some(lds)),
+                String::new(),
+            ),
+        };
+        format!(
+            r#"node: {{ id: {node}, cluster: it-cluster }}
+admin:
+  address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
+dynamic_resources:
+{ads}  cds_config: {cds}
+  lds_config: {lds}
+static_resources:
+  clusters:
+  - name: xds
+    type: STATIC
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{ http2_protocol_options: {{}} }}
+    load_assignment:
+      cluster_name: xds
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }} }}
+  - name: nowhere
+    type: STATIC
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{ http2_protocol_options: {{}} }}
+    load_assignment:
+      cluster_name: nowhere
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: 1 }} }} }}
+"#,
+            node = self.node,
+            port = self.cp_port,
+        )
+    }
+
+    /// The config source YAML resources of this bootstrap should use for EDS/RDS.
+    pub fn dependent_source(&self) -> &'static str {
+        match self.mode {
+            Mode::PerType { delta: false } => GRPC_SOURCE,
+            Mode::PerType { delta: true } => DELTA_GRPC_SOURCE,
+            _ => ADS_SOURCE,
+        }
+    }
+}
+
+/// An EDS config source that never answers: a gRPC service on the bootstrap's static
+/// `nowhere` cluster (127.0.0.1:1 refuses), without an initial fetch timeout. A cluster using
+/// it stays warming.
+pub const NOWHERE_SOURCE: &str = "{ api_config_source: { api_type: GRPC, transport_api_version: V3, grpc_services: [{ envoy_grpc: { cluster_name: nowhere } }] }, resource_api_version: V3, initial_fetch_timeout: 0s }";
+
+/// EDS/RDS over ADS.
+pub const ADS_SOURCE: &str = "{ ads: {}, resource_api_version: V3 }";
+/// EDS/RDS over their own SotW stream.
+pub const GRPC_SOURCE: &str = "{ api_config_source: { api_type: GRPC, transport_api_version: V3, grpc_services: [{ envoy_grpc: { cluster_name: xds } }] }, resource_api_version: V3 }";
+/// EDS/RDS over their own delta stream.
+pub const DELTA_GRPC_SOURCE: &str = "{ api_config_source: { api_type: DELTA_GRPC, transport_api_version: V3, grpc_services: [{ envoy_grpc: { cluster_name: xds } }] }, resource_api_version: V3 }";

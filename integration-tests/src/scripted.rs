@@ -1,0 +1,176 @@
+//! A scripted SotW ADS server: the test sends exactly the `DiscoveryResponse`s it wants
+//! (wrong type URLs, undecodable bytes, duplicate names — what courier-cp refuses to build)
+//! and reads every `DiscoveryRequest` the proxy sends.
+
+use std::time::Duration;
+
+use courier_proto::envoy::service::discovery::v3::aggregated_discovery_service_server::{
+    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
+};
+use courier_proto::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use futures::StreamExt;
+use tokio::sync::{mpsc, Mutex};
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::{Request, Response, Status, Streaming};
+
+type Tx = mpsc::Sender<Result<DiscoveryResponse, Status>>;
+
+struct Service {
+    // The newest stream's sender, handed to the test.
+    streams: mpsc::UnboundedSender<(Tx, mpsc::UnboundedReceiver<DiscoveryRequest>)>,
+}
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for Service {
+    type StreamAggregatedResourcesStream = ReceiverStream<Result<DiscoveryResponse, Status>>;
+    type DeltaAggregatedResourcesStream = ReceiverStream<Result<DeltaDiscoveryResponse, Status>>;
+
+    async fn stream_aggregated_resources(
+        &self,
+        request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        let (tx, rx) = mpsc::channel(16);
+        let (req_tx, req_rx) = mpsc::unbounded_channel();
+        let mut incoming = request.into_inner();
+        tokio::spawn(async move {
+            while let Some(Ok(req)) = incoming.next().await {
+                if req_tx.send(req).is_err() {
+                    return;
+                }
+            }
+        });
+        let _ = self.streams.send((tx, req_rx));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn delta_aggregated_resources(
+        &self,
+        _request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        Err(Status::unimplemented("scripted server speaks SotW only"))
+    }
+}
+
+/// The server; `next_stream` yields each stream the proxy opens.
+pub struct ScriptedAds {
+    /// Its port.
+    pub port: u16,
+    streams: Mutex<mpsc::UnboundedReceiver<(Tx, mpsc::UnboundedReceiver<DiscoveryRequest>)>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for ScriptedAds {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// One ADS stream as the server sees it.
+pub struct ScriptedStream {
+    tx: Tx,
+    rx: mpsc::UnboundedReceiver<DiscoveryRequest>,
+    nonce: u64,
+    // Requests of other types read while looking for one type, in order.
+    pending: std::collections::VecDeque<DiscoveryRequest>,
+}
+
+impl ScriptedAds {
+    /// Starts on an ephemeral port.
+    pub async fn start() -> ScriptedAds {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let svc = Service { streams: tx };
+        let task = tokio::spawn(async move {
+            let _ = tonic::transport::Server::builder()
+                .add_service(AggregatedDiscoveryServiceServer::new(svc))
+                .serve_with_incoming(TcpListenerStream::new(listener))
+                .await;
+        });
+        ScriptedAds {
+            port,
+            streams: Mutex::new(rx),
+            task,
+        }
+    }
+
+    /// Waits for the proxy's next stream.
+    pub async fn next_stream(&self) -> ScriptedStream {
+        let (tx, rx) = tokio::time::timeout(crate::FACT_TIMEOUT, self.streams.lock().await.recv())
+            .await
+            .expect("no ADS stream opened in time")
+            .expect("server gone");
+        ScriptedStream {
+            tx,
+            rx,
+            nonce: 0,
+            pending: Default::default(),
+        }
+    }
+}
+
+impl ScriptedStream {
+    /// The next request of `type_url` (requests of other types are skipped).
+    pub async fn recv(&mut self, type_url: &str) -> DiscoveryRequest {
+        if let Some(i) = self.pending.iter().position(|r| r.type_url == type_url) {
+            return self.pending.remove(i).expect("index");
+        }
+        loop {
+            let r = tokio::time::timeout(crate::FACT_TIMEOUT, self.rx.recv())
+                .await
+                .unwrap_or_else(|_| panic!("no {type_url} request in time"))
+                .expect("stream closed");
+            if r.type_url == type_url {
+                return r;
+            }
+            self.pending.push_back(r);
+        }
+    }
+
+    /// The next request of any type.
+    pub async fn recv_any(&mut self) -> DiscoveryRequest {
+        if let Some(r) = self.pending.pop_front() {
+            return r;
+        }
+        tokio::time::timeout(crate::FACT_TIMEOUT, self.rx.recv())
+            .await
+            .expect("no request in time")
+            .expect("stream closed")
+    }
+
+    /// The next request of `type_url` within `d`, if any.
+    pub async fn try_recv(&mut self, type_url: &str, d: Duration) -> Option<DiscoveryRequest> {
+        tokio::time::timeout(d, self.recv(type_url)).await.ok()
+    }
+
+    /// Sends a response; returns its nonce.
+    pub async fn send(
+        &mut self,
+        type_url: &str,
+        version: &str,
+        resources: Vec<prost_types_any::Any>,
+    ) -> String {
+        self.nonce += 1;
+        let nonce = format!("n{}", self.nonce);
+        self.tx
+            .send(Ok(DiscoveryResponse {
+                version_info: version.to_string(),
+                resources,
+                type_url: type_url.to_string(),
+                nonce: nonce.clone(),
+                ..Default::default()
+            }))
+            .await
+            .expect("stream closed");
+        nonce
+    }
+}
+
+/// The `Any` type used in discovery responses.
+pub mod prost_types_any {
+    pub use courier_proto::google::protobuf::Any;
+}

@@ -1,0 +1,14 @@
+//! The integration suite: the bundled control plane drives a proxy (`courier`, or Envoy with
+//! `PROXY_UNDER_TEST=envoy`) through dynamic add, update and remove; every scenario is
+//! asserted through real traffic and admin state. See `integration-tests/README.md`.
+
+mod churn;
+mod clusters;
+mod endpoints;
+mod fixture;
+mod http;
+mod listeners;
+mod nack;
+mod resilience;
+mod scripted;
+mod sources;

@@ -1,0 +1,270 @@
+//! Protocol-level scenarios against a scripted ADS server that sends what courier-cp never
+//! would (wrong type URLs, undecodable bytes, duplicate names) and sees every request
+//! (Envoy's ads_integration_test: exact request/ACK order, warming, paused CDS ACK).
+
+use courier_integration_tests::bootstrap::{ADS_SOURCE, NOWHERE_SOURCE};
+use courier_integration_tests::resources::*;
+use courier_integration_tests::scripted::ScriptedAds;
+use courier_integration_tests::traffic::tcp_hello;
+use courier_integration_tests::upstream::Upstream;
+use courier_integration_tests::{eventually, free_port, Bootstrap, Proxy};
+use courier_proto::envoy::service::discovery::v3::DiscoveryRequest;
+use courier_proto::google::protobuf::Any;
+use prost::Message;
+
+use crate::fixture::NODE;
+
+const CDS: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+const LDS: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
+const EDS: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+
+fn nack_message(r: &DiscoveryRequest) -> Option<String> {
+    r.error_detail.as_ref().map(|e| e.message.clone())
+}
+
+fn assert_ack(r: &DiscoveryRequest, version: &str, nonce: &str) {
+    assert_eq!(r.response_nonce, nonce, "ACK echoes the nonce: {r:?}");
+    assert_eq!(r.version_info, version, "ACK carries the version: {r:?}");
+    assert!(r.error_detail.is_none(), "ACK, not NACK: {r:?}");
+}
+
+fn assert_nack(r: &DiscoveryRequest, last_good: &str, nonce: &str, reasons: &[&str]) -> String {
+    assert_eq!(r.response_nonce, nonce, "NACK echoes the nonce: {r:?}");
+    assert_eq!(
+        r.version_info, last_good,
+        "NACK carries the last good version"
+    );
+    let msg = nack_message(r).unwrap_or_else(|| panic!("expected a NACK: {r:?}"));
+    assert_eq!(r.error_detail.as_ref().map(|e| e.code), Some(13));
+    let lower = msg.to_ascii_lowercase();
+    assert!(
+        reasons.iter().any(|x| lower.contains(x)),
+        "NACK reason not one of {reasons:?}: {msg}"
+    );
+    msg
+}
+
+/// Request/ACK order, node on the first message only, and the NACK classes courier-cp cannot
+/// produce: a resource of the wrong type, undecodable bytes, duplicate names; recovery after
+/// each; resources wrapped in `Resource`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wire_level_nacks_and_recovery() {
+    let a = Upstream::tcp_echo("a").await;
+    let port = free_port();
+    let ads = ScriptedAds::start().await;
+    let proxy = Proxy::start(&Bootstrap::ads(NODE, ads.port).yaml()).await;
+    let mut s = ads.next_stream().await;
+
+    let first = s.recv(CDS).await;
+    assert_eq!(first.node.as_ref().map(|n| n.id.as_str()), Some(NODE));
+    assert!(first.version_info.is_empty() && first.response_nonce.is_empty());
+    assert!(first.resource_names.is_empty() || first.resource_names == ["*"]);
+
+    // 1. A Listener inside a CDS response.
+    let listener = tcp_listener("l1", port, "c1");
+    let n = s.send(CDS, "1", vec![listener.any().clone()]).await;
+    let r = s.recv(CDS).await;
+    assert!(r.node.is_none(), "node only on the first message");
+    assert_nack(&r, "", &n, &["does not match", "type url", "type_url"]);
+
+    // Recovery with a valid cluster.
+    let c1 = static_cluster("c1", &[a.port], "");
+    let n = s.send(CDS, "2", vec![c1.any().clone()]).await;
+    assert_ack(&s.recv(CDS).await, "2", &n);
+    let lds_req = s.recv(LDS).await;
+    assert!(lds_req.version_info.is_empty());
+    let n = s.send(LDS, "1", vec![listener.any().clone()]).await;
+    assert_ack(&s.recv(LDS).await, "1", &n);
+    proxy.wait_live().await;
+    eventually("l1 serves", || async {
+        (tcp_hello(port).await.as_deref() == Ok("a")).then_some(())
+    })
+    .await;
+
+    // 2. Undecodable bytes claiming to be a Cluster.
+    let garbage = Any {
+        type_url: CDS.into(),
+        value: vec![0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f],
+    };
+    let n = s.send(CDS, "3", vec![c1.any().clone(), garbage]).await;
+    assert_nack(
+        &s.recv(CDS).await,
+        "2",
+        &n,
+        &[
+            "decode",
+            "unpack",
+            "parse",
+            "invalid",
+            "malformed",
+            "unable",
+        ],
+    );
+    assert_eq!(tcp_hello(port).await.as_deref(), Ok("a"));
+
+    // 3. Duplicate cluster names: rejected, c1 keeps serving.
+    let dupe = static_cluster("dupe", &[a.port], "");
+    let n = s
+        .send(
+            CDS,
+            "4",
+            vec![c1.any().clone(), dupe.any().clone(), dupe.any().clone()],
+        )
+        .await;
+    let msg = assert_nack(&s.recv(CDS).await, "2", &n, &["duplicate"]);
+    assert!(msg.contains("dupe"), "names the duplicate: {msg}");
+    assert_eq!(tcp_hello(port).await.as_deref(), Ok("a"));
+
+    // 4. Duplicate listener names.
+    let n = s
+        .send(
+            LDS,
+            "2",
+            vec![listener.any().clone(), listener.any().clone()],
+        )
+        .await;
+    let msg = assert_nack(&s.recv(LDS).await, "1", &n, &["duplicate"]);
+    assert!(msg.contains("l1"), "names the duplicate: {msg}");
+    assert_eq!(tcp_hello(port).await.as_deref(), Ok("a"));
+
+    // 5. Resources wrapped in envoy.service.discovery.v3.Resource are unwrapped.
+    let c2 = static_cluster("c2", &[a.port], "");
+    let wrapped = |r: &courier_control_plane::Resource| Any {
+        type_url: "type.googleapis.com/envoy.service.discovery.v3.Resource".into(),
+        value: courier_proto::envoy::service::discovery::v3::Resource {
+            name: r.name().to_string(),
+            version: "w1".into(),
+            resource: Some(r.any().clone()),
+            ..Default::default()
+        }
+        .encode_to_vec(),
+    };
+    let n = s.send(CDS, "5", vec![wrapped(&c1), wrapped(&c2)]).await;
+    assert_ack(&s.recv(CDS).await, "5", &n);
+    eventually("c2 active", || async {
+        proxy
+            .active_clusters()
+            .await
+            .contains_key("c2")
+            .then_some(())
+    })
+    .await;
+    assert!(proxy.stat("cluster_manager.cds.update_rejected").await >= Some(3));
+    assert!(proxy.stat("listener_manager.lds.update_rejected").await >= Some(1));
+    assert!(proxy.running());
+}
+
+/// Cluster warming on ADS (Envoy's ads_integration_test): the first cluster warms until its
+/// EDS arrives (`warming_clusters` 1 → 0, not LIVE meanwhile); updating the warming cluster
+/// keeps it warming on the same EDS name; a response naming a resource nobody asked for is
+/// ignored; after init, a cluster whose EDS never answers warms, and removing it ends the
+/// warming. (Envoy ACKs CDS at once during init and holds the ACK while clusters warm after
+/// init; the server here sends regardless of ACKs.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_warming_update_and_remove() {
+    let a = Upstream::tcp_echo("a").await;
+    let ads = ScriptedAds::start().await;
+    let proxy = Proxy::start(&Bootstrap::ads(NODE, ads.port).yaml()).await;
+    let mut s = ads.next_stream().await;
+    s.recv(CDS).await;
+    s.send(CDS, "1", vec![eds_cluster("w").any().clone()]).await;
+    let eds_req = s.recv(EDS).await;
+    assert_eq!(eds_req.resource_names, ["w"]);
+    proxy
+        .wait_stat("cluster_manager.warming_clusters", "== 1", |v| v == 1)
+        .await;
+    assert!(
+        !proxy.is_live().await,
+        "not LIVE while the first cluster warms"
+    );
+    // Update the warming cluster.
+    let w2 = eds_cluster_with(
+        "w",
+        ADS_SOURCE,
+        "per_connection_buffer_limit_bytes: 32768
+",
+    );
+    s.send(CDS, "2", vec![w2.any().clone()]).await;
+    // The EDS response also carries an unrequested name: ignored, not NACKed.
+    let n_eds = s
+        .send(
+            EDS,
+            "1",
+            vec![
+                endpoints("w", &[a.port]).any().clone(),
+                endpoints("unrequested", &[a.port]).any().clone(),
+            ],
+        )
+        .await;
+    let ack = loop {
+        let r = s.recv(EDS).await;
+        if r.response_nonce == n_eds {
+            break r;
+        }
+    };
+    assert_ack(&ack, "1", &n_eds);
+    let lds = s.recv(LDS).await;
+    assert!(lds.error_detail.is_none());
+    s.send(LDS, "1", vec![]).await;
+    proxy.wait_live().await;
+    proxy
+        .wait_stat("cluster_manager.warming_clusters", "== 0", |v| v == 0)
+        .await;
+    proxy.wait_hosts("w", &[a.port]).await;
+
+    // After init: x's EDS never answers, so x warms; removing it ends the warming.
+    let x = eds_cluster_with("x", NOWHERE_SOURCE, "");
+    s.send(CDS, "3", vec![w2.any().clone(), x.any().clone()])
+        .await;
+    proxy
+        .wait_stat("cluster_manager.warming_clusters", "== 1", |v| v == 1)
+        .await;
+    assert_eq!(proxy.warming_clusters().await, vec!["x".to_string()]);
+    s.send(CDS, "4", vec![w2.any().clone()]).await;
+    proxy
+        .wait_stat("cluster_manager.warming_clusters", "== 0", |v| v == 0)
+        .await;
+    assert!(!proxy.active_clusters().await.contains_key("x"));
+    assert!(proxy.active_clusters().await.contains_key("w"));
+}
+
+/// Stream reset: the proxy reconnects and re-sends its subscriptions with the last accepted
+/// version, a node, and no nonce.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnect_resends_last_version_and_node() {
+    let ads = ScriptedAds::start().await;
+    let proxy = Proxy::start(&Bootstrap::ads(NODE, ads.port).yaml()).await;
+    let mut s = ads.next_stream().await;
+    s.recv(CDS).await;
+    let n = s
+        .send(CDS, "7", vec![static_cluster("c1", &[1], "").any().clone()])
+        .await;
+    assert_ack(&s.recv(CDS).await, "7", &n);
+    s.recv(LDS).await;
+    let n = s.send(LDS, "3", vec![]).await;
+    assert_ack(&s.recv(LDS).await, "3", &n);
+    proxy.wait_live().await;
+    drop(s); // ends the stream
+    let mut s2 = ads.next_stream().await;
+    let first = s2.recv_any().await;
+    assert_eq!(first.node.as_ref().map(|n| n.id.as_str()), Some(NODE));
+    let (mut cds, mut lds) = (None, None);
+    let mut r = first;
+    loop {
+        match r.type_url.as_str() {
+            CDS => cds = Some(r),
+            LDS => lds = Some(r),
+            _ => {}
+        }
+        if cds.is_some() && lds.is_some() {
+            break;
+        }
+        r = s2.recv_any().await;
+    }
+    let (cds, lds) = (cds.expect("cds"), lds.expect("lds"));
+    assert_eq!(cds.version_info, "7");
+    assert!(cds.response_nonce.is_empty());
+    assert_eq!(lds.version_info, "3");
+    assert!(lds.response_nonce.is_empty());
+    assert!(proxy.active_clusters().await.contains_key("c1"));
+}

@@ -11,7 +11,13 @@ PATH="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$HO
 export PATH
 
 cargo build --workspace --bins
-cargo test --workspace -- --test-threads="${COURIER_TEST_THREADS:-2}"
+cargo test --workspace --exclude courier-integration-tests -- --test-threads="${COURIER_TEST_THREADS:-2}"
+# The xDS integration suite: mostly waiting on processes and sockets, so more threads than
+# cores; against Courier, then the very same suite against real Envoy.
+cargo test -p courier-integration-tests -- --test-threads="${COURIER_IT_THREADS:-8}"
+if command -v envoy >/dev/null; then
+  PROXY_UNDER_TEST=envoy cargo test -p courier-integration-tests -- --test-threads="${COURIER_IT_THREADS:-8}"
+fi
 if [ -d helm/tests ]; then
   python3 -m pytest -q helm/tests
 fi

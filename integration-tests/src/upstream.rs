@@ -174,7 +174,7 @@ async fn respond(
         tokio::time::sleep(d).await;
     }
     if let Behaviour::FailEvery(k) = behaviour {
-        if n % k == 0 {
+        if n.is_multiple_of(k) {
             return Response::builder()
                 .status(503)
                 .header("x-upstream", name)

@@ -61,16 +61,16 @@ async fn churn_under_load() {
             (ups[0].port, 1 + (tick % 3) as u32, ""),
             (ups[1].port, 1, ""),
         ];
-        if tick % 2 == 0 {
+        if tick.is_multiple_of(2) {
             eps.push((ups[2].port, 2, ""));
         }
-        if tick % 3 == 0 {
+        if tick.is_multiple_of(3) {
             eps.push((ups[3].port, 1, "DRAINING"));
         }
         cache
             .update_resource(NODE, endpoints_weighted("cs", &eps))
             .expect("eds");
-        if tick % 10 == 0 {
+        if tick.is_multiple_of(10) {
             let i = tick / 10;
             let (c, l) = (format!("tmp{i}"), format!("lt{i}"));
             let mut up = vec![
@@ -94,7 +94,7 @@ async fn churn_under_load() {
                 rm.push((ResourceType::Listener, ol));
                 rm.push((ResourceType::Cluster, oc));
             }
-            if i % 5 == 0 {
+            if i.is_multiple_of(5) {
                 // A fresh EDS cluster comes and goes too.
                 up.push(eds_cluster(&format!("e{i}")));
                 up.push(endpoints(&format!("e{i}"), &[ups[0].port]));

@@ -97,6 +97,27 @@ impl XdsStats {
         self.connected_state.set(i64::from(connected));
     }
 
+    /// Counts `update_rejected` for a response whose resources did not decode (wrong type
+    /// URL, undecodable bytes): Envoy rejects those like any invalid resource.
+    pub fn decode_rejected(&self, type_url: &str) {
+        match type_url {
+            type_url::CLUSTER => self.cds.update_rejected.inc(MAIN_THREAD),
+            type_url::LISTENER => self.lds.update_rejected.inc(MAIN_THREAD),
+            _ => {}
+        }
+    }
+
+    /// Counts `update_failure` for a config source file that does not parse (Envoy: a file
+    /// that parses but holds invalid resources is `update_rejected`, one that does not parse
+    /// is `update_failure`).
+    pub fn file_failed(&self, type_url: &str) {
+        match type_url {
+            type_url::CLUSTER => self.cds.update_failure.inc(MAIN_THREAD),
+            type_url::LISTENER => self.lds.update_failure.inc(MAIN_THREAD),
+            _ => {}
+        }
+    }
+
     /// Counts `update_failure` for the types of a stream that failed.
     pub fn stream_failed(&self, types: Vec<&'static str>) {
         for t in types {

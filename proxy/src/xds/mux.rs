@@ -515,7 +515,11 @@ impl Mux {
             };
             t.nonce = resp.nonce.clone();
         }
-        let result = apply::decode(type_url, &resp.resources).and_then(|resources| {
+        let decoded = apply::decode(type_url, &resp.resources);
+        if decoded.is_err() {
+            server.xds.borrow().stats.decode_rejected(type_url);
+        }
+        let result = decoded.and_then(|resources| {
             apply::apply(
                 server,
                 self,
@@ -543,7 +547,11 @@ impl Mux {
             t.nonce = resp.nonce.clone();
         }
         let mut versions = Vec::new();
-        let result = apply::decode_delta(type_url, &resp.resources).and_then(|resources| {
+        let decoded = apply::decode_delta(type_url, &resp.resources);
+        if decoded.is_err() {
+            server.xds.borrow().stats.decode_rejected(type_url);
+        }
+        let result = decoded.and_then(|resources| {
             versions = resources
                 .iter()
                 .map(|r| (r.name.clone(), r.version.clone()))

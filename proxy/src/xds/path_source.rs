@@ -52,10 +52,15 @@ fn load(server: &Rc<Server>, path: &str, type_url: &'static str, text: &str) {
         Ok(r) => r,
         Err(e) => {
             tracing::warn!(path, error = %e, "rejecting config source file");
+            server.xds.borrow().stats.file_failed(type_url);
             return;
         }
     };
-    let result = apply::decode(type_url, &response.resources).and_then(|resources| {
+    let decoded = apply::decode(type_url, &response.resources);
+    if decoded.is_err() {
+        server.xds.borrow().stats.decode_rejected(type_url);
+    }
+    let result = decoded.and_then(|resources| {
         apply::apply_unmuxed(
             server,
             type_url,

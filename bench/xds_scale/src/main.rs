@@ -234,6 +234,8 @@ fn probe(port: u16) -> Option<u8> {
 }
 
 struct Figures {
+    /// Median update → ACK recorded by courier-cp.
+    ack_p50: Duration,
     ack: Duration,
     serve: Duration,
     cpu: f64,
@@ -291,14 +293,37 @@ fn run(kind: &str, args: &Args, rt: &tokio::runtime::Runtime) -> Result<Figures>
     let serve = t0.elapsed();
     let (rss_after, cpu_after) = usage(pid);
 
+    // Each update: when the control plane records the proxy's ACK (the proxy applied it on
+    // its main thread), and when 16 consecutive new connections — spread over every worker
+    // by SO_REUSEPORT — reach the new endpoint. The first includes courier-cp's own push
+    // time; the second is the proxy's propagation to its workers.
+    let mut to_ack = Vec::new();
     let mut latencies = Vec::new();
     for u in 0..args.updates {
         let j = u % args.listeners;
         let (port, tag) = if u / args.listeners % 2 == 0 { (up_b, b'B') } else { (up_a, b'A') };
         let name = format!("c{j}");
         let t = Instant::now();
-        cp.cache()
+        let version = cp
+            .cache()
             .update_resource(&node, Resource::endpoint(&assignment(&name, port)?)?)?;
+        let acked = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let waiter = {
+            let cp = cp.clone();
+            let node = node.clone();
+            let acked = acked.clone();
+            rt.spawn(async move {
+                let ok = cp
+                    .status()
+                    .wait_for_ack(&node, ResourceType::Endpoint, &version, Duration::from_secs(30))
+                    .await;
+                if ok.is_ok() {
+                    if let Ok(mut a) = acked.lock() {
+                        *a = Some(Instant::now());
+                    }
+                }
+            })
+        };
         let mut streak = 0;
         let mut first_of_streak = None;
         while streak < 16 {
@@ -307,15 +332,24 @@ fn run(kind: &str, args: &Args, rt: &tokio::runtime::Runtime) -> Result<Figures>
             }
             if probe(base + j as u16) == Some(tag) {
                 if streak == 0 {
-                    first_of_streak = Some(t.elapsed());
+                    first_of_streak = Some(Instant::now());
                 }
                 streak += 1;
             } else {
                 streak = 0;
             }
         }
-        latencies.push(first_of_streak.unwrap_or_default());
+        rt.block_on(waiter)?;
+        let ack_at = acked
+            .lock()
+            .ok()
+            .and_then(|a| *a)
+            .context("update never ACKed")?;
+        let served_at = first_of_streak.unwrap_or_else(Instant::now);
+        to_ack.push(ack_at.duration_since(t));
+        latencies.push(served_at.saturating_duration_since(ack_at));
     }
+    to_ack.sort();
     latencies.sort();
     let pick = |q: f64| {
         latencies
@@ -323,9 +357,11 @@ fn run(kind: &str, args: &Args, rt: &tokio::runtime::Runtime) -> Result<Figures>
             .copied()
             .unwrap_or_default()
     };
+    let ack_p50 = to_ack.get(to_ack.len() / 2).copied().unwrap_or_default();
     drop(proxy);
     rt.block_on(server.shutdown());
     Ok(Figures {
+        ack_p50,
         ack,
         serve,
         cpu: cpu_after - cpu_before,
@@ -352,12 +388,12 @@ fn main() -> Result<()> {
         rows.push((kind, f));
     }
     println!(
-        "{:<8} {:>10} {:>10} {:>10} {:>10} {:>10} {:>14} {:>10} {:>10}",
-        "proxy", "ack (s)", "serve (s)", "main cpu", "rss0 MiB", "rss1 MiB", "bytes/cluster", "p50 ms", "p99 ms"
+        "{:<8} {:>10} {:>10} {:>10} {:>10} {:>10} {:>14} {:>12} {:>12} {:>12}",
+        "proxy", "ack (s)", "serve (s)", "main cpu", "rss0 MiB", "rss1 MiB", "bytes/cluster", "upd→ack ms", "ack→all p50", "ack→all p99"
     );
     for (kind, f) in &rows {
         println!(
-            "{:<8} {:>10.2} {:>10.2} {:>10.2} {:>10.1} {:>10.1} {:>14.0} {:>10.2} {:>10.2}",
+            "{:<8} {:>10.2} {:>10.2} {:>10.2} {:>10.1} {:>10.1} {:>14.0} {:>12.2} {:>12.2} {:>12.2}",
             kind,
             f.ack.as_secs_f64(),
             f.serve.as_secs_f64(),
@@ -365,6 +401,7 @@ fn main() -> Result<()> {
             f.rss_before as f64 / 1048576.0,
             f.rss_after as f64 / 1048576.0,
             (f.rss_after.saturating_sub(f.rss_before)) as f64 / args.clusters as f64,
+            f.ack_p50.as_secs_f64() * 1e3,
             f.p50.as_secs_f64() * 1e3,
             f.p99.as_secs_f64() * 1e3,
         );

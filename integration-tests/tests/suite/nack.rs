@@ -47,16 +47,7 @@ fn case(
 }
 
 /// NACK cases Courier fails today (case name, where the fix goes); listed in README.md.
-const COURIER_KNOWN_BUGS: &[(&str, &str)] = &[
-    (
-        "EDS cluster without eds_cluster_config",
-        "proxy/src/upstream/cluster.rs: an EDS cluster needs eds_cluster_config.eds_config",
-    ),
-    (
-        "locality weight 0 is fine but overprovisioning_factor 0 is not",
-        "proxy/src/upstream/cluster.rs validate_assignment: policy.overprovisioning_factor must be > 0",
-    ),
-];
+const COURIER_KNOWN_BUGS: &[(&str, &str)] = &[];
 
 const EXT: &[&str] = &["registered", "unsupported", "unknown", "not supported"];
 const UNDECODABLE: &[&str] = &["unpack", "decode", "unable", "invalid", "malformed"];

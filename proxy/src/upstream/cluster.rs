@@ -216,16 +216,18 @@ pub fn compile_cluster(proto: &pb::Cluster, store: &Store) -> Result<ClusterInfo
         }
     };
     if matches!(discovery, DiscoveryType::Eds { .. }) {
-        if let Some(cfg) = proto
+        let Some(cfg) = proto
             .eds_cluster_config
             .as_ref()
             .and_then(|c| c.eds_config.as_ref())
-        {
-            crate::xds::validate_config_source(cfg)
-                .map_err(|e| e.at("eds_cluster_config.eds_config"))?;
-        }
-    } else if proto.load_assignment.is_none() {
-        // Envoy accepts a static cluster without hosts; it simply has none.
+        else {
+            return Err(ConfigError::new(
+                "eds_cluster_config",
+                "cannot create an EDS cluster without an EDS config",
+            ));
+        };
+        crate::xds::validate_config_source(cfg)
+            .map_err(|e| e.at("eds_cluster_config.eds_config"))?;
     }
     let lb_policy = match cluster::LbPolicy::try_from(proto.lb_policy) {
         Ok(cluster::LbPolicy::RoundRobin) => LbPolicy::RoundRobin,
@@ -403,6 +405,18 @@ pub fn dns_targets(cla: &ClusterLoadAssignment) -> Result<Vec<(String, u16, u32)
 
 /// Checks an assignment without building anything that lasts (EDS validation before apply).
 pub fn validate_assignment(cla: &ClusterLoadAssignment, store: &Store) -> Result<(), ConfigError> {
+    if let Some(factor) = cla
+        .policy
+        .as_ref()
+        .and_then(|p| p.overprovisioning_factor.as_ref())
+    {
+        if factor.value == 0 {
+            return Err(ConfigError::new(
+                "policy.overprovisioning_factor",
+                "value must be greater than 0",
+            ));
+        }
+    }
     build_host_set(cla, store, None, 50.0).map(|_| ())
 }
 

@@ -104,10 +104,26 @@ struct Conn {
     pending: Vec<u8>,
 }
 
+extern "C" {
+    fn listen(fd: i32, backlog: i32) -> i32;
+}
+
+/// Binds with a deep accept queue: mio's (and std's) 128 overflows when a proxy opens
+/// hundreds of upstream connections at once, and a dropped SYN costs a 1 s retransmit.
+fn bind_deep(addr: SocketAddr) -> io::Result<TcpListener> {
+    use std::os::fd::AsRawFd;
+    let l = TcpListener::bind(addr)?;
+    // SAFETY: listen(2) on a socket we own; calling it again only raises the backlog.
+    if unsafe { listen(l.as_raw_fd(), 4096) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(l)
+}
+
 fn serve(echo: SocketAddr, source: SocketAddr) -> io::Result<()> {
     let mut poll = Poll::new()?;
-    let mut echo_l = TcpListener::bind(echo)?;
-    let mut source_l = TcpListener::bind(source)?;
+    let mut echo_l = bind_deep(echo)?;
+    let mut source_l = bind_deep(source)?;
     poll.registry()
         .register(&mut echo_l, ECHO, Interest::READABLE)?;
     poll.registry()

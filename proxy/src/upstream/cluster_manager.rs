@@ -5,7 +5,7 @@
 //! dirty; [`ClusterManager::publish`] then builds one new immutable [`ClusterSnapshot`] and
 //! sets it on every worker, so a burst of changes (one xDS response) costs one publish.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -56,6 +56,9 @@ pub struct ClusterManager {
     warming: BTreeMap<String, ClusterEntry>,
     /// Last assignment per EDS service name, so a re-added cluster gets hosts at once.
     assignments: BTreeMap<String, Arc<ClusterLoadAssignment>>,
+    /// EDS service name → the clusters (active or warming) fed by it, so an EDS response
+    /// with thousands of assignments costs O(assignments), not O(assignments × clusters).
+    eds_users: HashMap<String, BTreeSet<String>>,
     stats: ClusterManagerStats,
     dirty: bool,
 }
@@ -88,6 +91,7 @@ impl ClusterManager {
             active: BTreeMap::new(),
             warming: BTreeMap::new(),
             assignments: BTreeMap::new(),
+            eds_users: HashMap::new(),
             stats,
             dirty: true,
         }
@@ -154,6 +158,13 @@ impl ClusterManager {
             last_updated: SystemTime::now(),
             added_via_api,
         };
+        self.unindex(&proto.name);
+        if let DiscoveryType::Eds { service_name } = &entry.info.discovery {
+            self.eds_users
+                .entry(service_name.clone())
+                .or_default()
+                .insert(proto.name.clone());
+        }
         if is_update {
             self.stats.cluster_modified.inc(MAIN_THREAD);
         } else {
@@ -176,6 +187,7 @@ impl ClusterManager {
 
     /// Removes a cluster (active or warming). Returns whether it existed.
     pub fn remove(&mut self, name: &str) -> bool {
+        self.unindex(name);
         let warming = self.warming.remove(name).is_some();
         let active = self.active.remove(name).is_some();
         if active {
@@ -189,21 +201,32 @@ impl ClusterManager {
     }
 
     /// Applies an endpoint assignment to every cluster using `service_name`; warming
-    /// clusters become active. Fails (changing nothing) if the assignment is invalid.
+    /// clusters become active. Fails (changing nothing) if the assignment is invalid. An
+    /// assignment identical to the current one changes nothing (SotW EDS re-sends every
+    /// subscribed assignment on each update). Returns the clusters whose hosts changed.
     pub fn update_assignment(
         &mut self,
         service_name: &str,
         cla: Arc<ClusterLoadAssignment>,
     ) -> Result<Vec<String>, ConfigError> {
-        let uses = |e: &ClusterEntry| matches!(&e.info.discovery, DiscoveryType::Eds { service_name: s } if s == service_name);
+        let users: Vec<String> = self
+            .eds_users
+            .get(service_name)
+            .map(|u| u.iter().cloned().collect())
+            .unwrap_or_default();
+        let unchanged = self
+            .assignments
+            .get(service_name)
+            .is_some_and(|a| **a == *cla);
+        if unchanged && !users.iter().any(|n| self.warming.contains_key(n)) {
+            return Ok(Vec::new());
+        }
         // Build every new host set first so a bad assignment changes nothing.
         let mut updates = Vec::new();
-        for (name, entry) in self
-            .warming
-            .iter()
-            .chain(self.active.iter())
-            .filter(|(_, e)| uses(e))
-        {
+        for name in &users {
+            let Some(entry) = self.warming.get(name).or_else(|| self.active.get(name)) else {
+                continue;
+            };
             let previous = self.active.get(name).map(|e| &*e.info.hosts);
             let hosts = build_host_set(&cla, &self.store, previous, entry.info.panic_threshold)?;
             updates.push((name.clone(), hosts));
@@ -219,7 +242,7 @@ impl ClusterManager {
                 entry.info = Arc::new(entry.info.with_hosts(hosts));
                 entry.info.update_membership_stats();
             }
-            entry_stats_updated(&self.stats);
+            self.stats.cluster_updated.inc(MAIN_THREAD);
             touched.push(name);
         }
         if !touched.is_empty() {
@@ -227,6 +250,34 @@ impl ClusterManager {
             self.update_gauges();
         }
         Ok(touched)
+    }
+
+    /// The clusters fed by EDS `service_name`.
+    pub fn eds_users(&self, service_name: &str) -> impl Iterator<Item = &ClusterEntry> {
+        self.eds_users
+            .get(service_name)
+            .into_iter()
+            .flatten()
+            .filter_map(|n| self.active.get(n).or_else(|| self.warming.get(n)))
+    }
+
+    fn unindex(&mut self, name: &str) {
+        let service = self
+            .warming
+            .get(name)
+            .or_else(|| self.active.get(name))
+            .and_then(|e| match &e.info.discovery {
+                DiscoveryType::Eds { service_name } => Some(service_name.clone()),
+                _ => None,
+            });
+        if let Some(service) = service {
+            if let Some(users) = self.eds_users.get_mut(&service) {
+                users.remove(name);
+                if users.is_empty() {
+                    self.eds_users.remove(&service);
+                }
+            }
+        }
     }
 
     /// Replaces the hosts of a DNS cluster after a resolution.
@@ -252,10 +303,12 @@ impl ClusterManager {
     /// Ends warming of every cluster fed by EDS `service_name` (its initial fetch timed out).
     pub fn finish_warming_service(&mut self, service_name: &str) {
         let names: Vec<String> = self
-            .warming
-            .iter()
-            .filter(|(_, e)| matches!(&e.info.discovery, DiscoveryType::Eds { service_name: s } if s == service_name))
-            .map(|(n, _)| n.clone())
+            .eds_users
+            .get(service_name)
+            .into_iter()
+            .flatten()
+            .filter(|n| self.warming.contains_key(*n))
+            .cloned()
             .collect();
         for name in names {
             self.finish_warming(&name);
@@ -315,7 +368,7 @@ impl ClusterManager {
     }
 
     /// Forgets assignments no cluster uses any more (EDS unsubscribe).
-    pub fn retain_assignments(&mut self, keep: &[String]) {
+    pub fn retain_assignments(&mut self, keep: &HashSet<String>) {
         self.assignments.retain(|k, _| keep.contains(k));
     }
 
@@ -328,8 +381,4 @@ impl ClusterManager {
         self.stats.active_clusters.set(self.active.len() as i64);
         self.stats.warming_clusters.set(self.warming.len() as i64);
     }
-}
-
-fn entry_stats_updated(stats: &ClusterManagerStats) {
-    stats.cluster_updated.inc(MAIN_THREAD);
 }

@@ -8,7 +8,7 @@
 //!
 //! An `Err` is the NACK's `error_detail` message.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::HashSet;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -147,12 +147,21 @@ pub fn decode_delta(
 /// Applies one response from `_mux`; then re-syncs dependent subscriptions and
 /// initialisation (which may send requests on any mux before this response is ACKed, as
 /// Envoy does).
-pub fn apply(server: &Rc<Server>, _mux: &Mux, type_url: &str, update: Update<'_>) -> Result<(), String> {
+pub fn apply(
+    server: &Rc<Server>,
+    _mux: &Mux,
+    type_url: &str,
+    update: Update<'_>,
+) -> Result<(), String> {
     apply_unmuxed(server, type_url, update)
 }
 
 /// Applies a response that came from a file rather than a stream.
-pub fn apply_unmuxed(server: &Rc<Server>, type_url: &str, update: Update<'_>) -> Result<(), String> {
+pub fn apply_unmuxed(
+    server: &Rc<Server>,
+    type_url: &str,
+    update: Update<'_>,
+) -> Result<(), String> {
     let result = match type_url {
         type_url::CLUSTER => apply_cds(server, update),
         type_url::CLUSTER_LOAD_ASSIGNMENT => apply_eds(server, update),
@@ -172,7 +181,12 @@ fn split(update: Update<'_>) -> (String, Vec<Resource>, Option<Vec<String>>, boo
             version,
             resources,
             removed,
-        } => (version.to_string(), resources, Some(removed.to_vec()), false),
+        } => (
+            version.to_string(),
+            resources,
+            Some(removed.to_vec()),
+            false,
+        ),
     }
 }
 
@@ -216,7 +230,12 @@ fn apply_cds(server: &Server, update: Update<'_>) -> Result<(), String> {
     }
     cm.publish();
     drop(cm);
-    finish(&stats, &version, errors, "Error adding/updating cluster(s) ")
+    finish(
+        &stats,
+        &version,
+        errors,
+        "Error adding/updating cluster(s) ",
+    )
 }
 
 fn apply_lds(server: &Server, update: Update<'_>) -> Result<(), String> {
@@ -263,25 +282,27 @@ fn apply_lds(server: &Server, update: Update<'_>) -> Result<(), String> {
     }
     drop(lm);
     drop(xds);
-    finish(&stats, &version, errors, "Error adding/updating listener(s) ")
+    finish(
+        &stats,
+        &version,
+        errors,
+        "Error adding/updating listener(s) ",
+    )
 }
 
 fn apply_eds(server: &Server, update: Update<'_>) -> Result<(), String> {
     let (_version, resources, removed, _) = split(update);
-    let wanted: BTreeSet<String> = server
-        .cluster_manager
-        .borrow()
-        .eds_service_names()
-        .into_iter()
-        .collect();
-    let assignments: Vec<Arc<ClusterLoadAssignment>> = resources
-        .into_iter()
-        .filter(|r| wanted.contains(&r.name))
-        .filter_map(|r| match r.proto {
-            Proto::Assignment(a) => Some(a),
-            _ => None,
-        })
-        .collect();
+    let assignments: Vec<Arc<ClusterLoadAssignment>> = {
+        let cm = server.cluster_manager.borrow();
+        resources
+            .into_iter()
+            .filter_map(|r| match r.proto {
+                // Resources nobody subscribed to are ignored (not NACKed).
+                Proto::Assignment(a) if cm.eds_users(&r.name).next().is_some() => Some(a),
+                _ => None,
+            })
+            .collect()
+    };
     let store = server.store.clone();
     // Validate everything before changing anything: one bad assignment rejects all.
     for cla in &assignments {
@@ -290,19 +311,20 @@ fn apply_eds(server: &Server, update: Update<'_>) -> Result<(), String> {
             return Err(format!("{}: {e}", cla.cluster_name));
         }
     }
-    let mut cm = server.cluster_manager.borrow_mut();
     for cla in assignments {
         let name = cla.cluster_name.clone();
-        if let Err(e) = cm.update_assignment(&name, cla.clone()) {
-            drop(cm);
+        let applied = server
+            .cluster_manager
+            .borrow_mut()
+            .update_assignment(&name, cla);
+        if let Err(e) = applied {
             count_eds(server, &name, false);
             return Err(format!("{name}: {e}"));
         }
         server.xds.borrow_mut().eds_received(&name);
-        drop(cm);
         count_eds(server, &name, true);
-        cm = server.cluster_manager.borrow_mut();
     }
+    let mut cm = server.cluster_manager.borrow_mut();
     for name in removed.unwrap_or_default() {
         // Delta removal of an assignment: the cluster keeps existing with no hosts.
         let empty = Arc::new(ClusterLoadAssignment {
@@ -317,15 +339,12 @@ fn apply_eds(server: &Server, update: Update<'_>) -> Result<(), String> {
 
 fn count_eds(server: &Server, service: &str, ok: bool) {
     let cm = server.cluster_manager.borrow();
-    for e in cm.active().values().chain(cm.warming().values()) {
-        if matches!(&e.info.discovery, crate::upstream::DiscoveryType::Eds { service_name } if service_name == service)
-        {
-            e.info.stats.update_attempt.inc(MAIN_THREAD);
-            if ok {
-                e.info.stats.update_success.inc(MAIN_THREAD);
-            } else {
-                e.info.stats.update_rejected.inc(MAIN_THREAD);
-            }
+    for e in cm.eds_users(service) {
+        e.info.stats.update_attempt.inc(MAIN_THREAD);
+        if ok {
+            e.info.stats.update_success.inc(MAIN_THREAD);
+        } else {
+            e.info.stats.update_rejected.inc(MAIN_THREAD);
         }
     }
 }
@@ -349,9 +368,19 @@ fn apply_rds(server: &Server, update: Update<'_>) -> Result<(), String> {
         let attempt = |ok: bool| {
             for p in &prefixes {
                 let base = format!("http.{p}.rds.{}", r.name);
-                server.store.counter(&format!("{base}.update_attempt")).inc(MAIN_THREAD);
-                let outcome = if ok { "update_success" } else { "update_rejected" };
-                server.store.counter(&format!("{base}.{outcome}")).inc(MAIN_THREAD);
+                server
+                    .store
+                    .counter(&format!("{base}.update_attempt"))
+                    .inc(MAIN_THREAD);
+                let outcome = if ok {
+                    "update_success"
+                } else {
+                    "update_rejected"
+                };
+                server
+                    .store
+                    .counter(&format!("{base}.{outcome}"))
+                    .inc(MAIN_THREAD);
             }
         };
         match RouteTable::compile(&route, &server.store) {

@@ -20,8 +20,7 @@ use std::time::Duration;
 
 use courier_proto::envoy::config::bootstrap::v3::Bootstrap;
 use courier_proto::envoy::config::core::v3::{
-    api_config_source::ApiType, config_source::ConfigSourceSpecifier, ApiConfigSource,
-    ConfigSource,
+    api_config_source::ApiType, config_source::ConfigSourceSpecifier, ApiConfigSource, ConfigSource,
 };
 use courier_proto::type_url;
 use prost::Message;
@@ -244,7 +243,11 @@ impl XdsState {
 
     fn publish_routes(&self) {
         self.route_slot.set(Arc::new(RouteSnapshot {
-            tables: self.routes.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            tables: self
+                .routes
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
         }));
     }
 
@@ -272,7 +275,9 @@ fn protocol(api: &ApiConfigSource) -> Result<Protocol, ConfigError> {
         Ok(ApiType::DeltaGrpc) => Ok(Protocol::Delta),
         Ok(ApiType::AggregatedGrpc) => Ok(Protocol::Sotw),
         Ok(ApiType::AggregatedDeltaGrpc) => Ok(Protocol::Delta),
-        _ => Err(ConfigError::unsupported("api_type (only GRPC and DELTA_GRPC)")),
+        _ => Err(ConfigError::unsupported(
+            "api_type (only GRPC and DELTA_GRPC)",
+        )),
     }
 }
 
@@ -293,22 +298,31 @@ pub fn validate_bootstrap(bootstrap: &Bootstrap) -> Result<(), ConfigError> {
         protocol(ads).map_err(|e| e.at("dynamic_resources.ads_config"))?;
         transport::grpc_target(ads, bootstrap).map_err(|e| e.at("dynamic_resources.ads_config"))?;
     }
-    for (field, source) in [("cds_config", &dr.cds_config), ("lds_config", &dr.lds_config)] {
+    for (field, source) in [
+        ("cds_config", &dr.cds_config),
+        ("lds_config", &dr.lds_config),
+    ] {
         let Some(source) = source else { continue };
         let path = format!("dynamic_resources.{field}");
         validate_config_source(source).map_err(|e| e.at(&path))?;
         match &source.config_source_specifier {
             Some(ConfigSourceSpecifier::Ads(_)) if dr.ads_config.is_none() => {
-                return Err(ConfigError::new(path, "ads: {} needs dynamic_resources.ads_config"));
+                return Err(ConfigError::new(
+                    path,
+                    "ads: {} needs dynamic_resources.ads_config",
+                ));
             }
             Some(ConfigSourceSpecifier::ApiConfigSource(api)) => {
-                transport::grpc_target(api, bootstrap).map_err(|e| e.at(&format!("{path}.api_config_source")))?;
+                transport::grpc_target(api, bootstrap)
+                    .map_err(|e| e.at(&format!("{path}.api_config_source")))?;
             }
             _ => {}
         }
     }
     if !dr.cds_resources_locator.is_empty() || !dr.lds_resources_locator.is_empty() {
-        return Err(ConfigError::unsupported("dynamic_resources.*_resources_locator"));
+        return Err(ConfigError::unsupported(
+            "dynamic_resources.*_resources_locator",
+        ));
     }
     Ok(())
 }
@@ -317,7 +331,12 @@ fn node(bootstrap: &Bootstrap) -> courier_proto::envoy::config::core::v3::Node {
     bootstrap.node.clone().unwrap_or_default()
 }
 
-fn new_mux(server: &Rc<Server>, name: &str, api: &ApiConfigSource, rpc: Rpc) -> Result<Rc<Mux>, ConfigError> {
+fn new_mux(
+    server: &Rc<Server>,
+    name: &str,
+    api: &ApiConfigSource,
+    rpc: Rpc,
+) -> Result<Rc<Mux>, ConfigError> {
     let target = transport::grpc_target(api, &server.bootstrap)?;
     let mux = Mux::new(
         name.to_string(),
@@ -349,7 +368,12 @@ fn source_for(
             if let Some(m) = server.xds.borrow().muxes.get(&key) {
                 return Ok(Source::Mux(m.clone()));
             }
-            let mux = new_mux(server, type_url::message_name(type_url), api, Rpc::Single(type_url))?;
+            let mux = new_mux(
+                server,
+                type_url::message_name(type_url),
+                api,
+                Rpc::Single(type_url),
+            )?;
             server.xds.borrow_mut().muxes.insert(key, mux.clone());
             Ok(Source::Mux(mux))
         }
@@ -381,11 +405,13 @@ pub async fn start(server: &Rc<Server>) -> anyhow::Result<()> {
         return Ok(());
     };
     if let Some(ads) = &dr.ads_config {
-        let mux = new_mux(server, "ads", ads, Rpc::Ads).map_err(|e| anyhow::anyhow!("{}", e.at("dynamic_resources.ads_config")))?;
+        let mux = new_mux(server, "ads", ads, Rpc::Ads)
+            .map_err(|e| anyhow::anyhow!("{}", e.at("dynamic_resources.ads_config")))?;
         server.xds.borrow_mut().ads = Some(mux);
     }
     if let Some(cds) = &dr.cds_config {
-        let source = source_for(server, cds, type_url::CLUSTER).map_err(|e| anyhow::anyhow!("{}", e.at("dynamic_resources.cds_config")))?;
+        let source = source_for(server, cds, type_url::CLUSTER)
+            .map_err(|e| anyhow::anyhow!("{}", e.at("dynamic_resources.cds_config")))?;
         let mut xds = server.xds.borrow_mut();
         xds.cds = Some(source);
         xds.cds_timeout = initial_fetch_timeout(cds);
@@ -393,7 +419,8 @@ pub async fn start(server: &Rc<Server>) -> anyhow::Result<()> {
         server.xds.borrow_mut().cds_initialized = true;
     }
     if let Some(lds) = &dr.lds_config {
-        let source = source_for(server, lds, type_url::LISTENER).map_err(|e| anyhow::anyhow!("{}", e.at("dynamic_resources.lds_config")))?;
+        let source = source_for(server, lds, type_url::LISTENER)
+            .map_err(|e| anyhow::anyhow!("{}", e.at("dynamic_resources.lds_config")))?;
         let mut xds = server.xds.borrow_mut();
         xds.lds = Some(source);
         xds.lds_timeout = initial_fetch_timeout(lds);
@@ -427,7 +454,12 @@ pub async fn start(server: &Rc<Server>) -> anyhow::Result<()> {
 }
 
 /// Runs `initial_fetch_timeout` for one subscription (`name` empty for CDS/LDS).
-fn start_initial_fetch_timer(server: &Rc<Server>, type_url: &'static str, name: String, timeout: Duration) {
+fn start_initial_fetch_timer(
+    server: &Rc<Server>,
+    type_url: &'static str,
+    name: String,
+    timeout: Duration,
+) {
     if timeout.is_zero() {
         return;
     }
@@ -469,10 +501,18 @@ fn on_initial_fetch_timeout(server: &Rc<Server>, type_url: &'static str, name: &
             _ => {}
         }
     }
-    if type_url == type_url::CLUSTER_LOAD_ASSIGNMENT && !server.xds.borrow().eds_ready.contains(name) {
-        server.cluster_manager.borrow_mut().finish_warming_service(name);
+    if type_url == type_url::CLUSTER_LOAD_ASSIGNMENT
+        && !server.xds.borrow().eds_ready.contains(name)
+    {
+        server
+            .cluster_manager
+            .borrow_mut()
+            .finish_warming_service(name);
         server.cluster_manager.borrow_mut().publish();
-        server.store.counter(&format!("cluster.{name}.init_fetch_timeout")).inc(MAIN_THREAD);
+        server
+            .store
+            .counter(&format!("cluster.{name}.init_fetch_timeout"))
+            .inc(MAIN_THREAD);
         fired = true;
     }
     if type_url == type_url::ROUTE_CONFIGURATION && fired {
@@ -481,7 +521,11 @@ fn on_initial_fetch_timeout(server: &Rc<Server>, type_url: &'static str, name: &
         server.listener_manager.borrow_mut().on_routes_ready(&ready);
     }
     if fired {
-        tracing::warn!(type_url, name, "initial fetch timed out; continuing without it");
+        tracing::warn!(
+            type_url,
+            name,
+            "initial fetch timed out; continuing without it"
+        );
         after_update(server);
     }
 }
@@ -533,12 +577,17 @@ fn sync_eds(server: &Rc<Server>) {
         }
     }
     let mut per_mux: Vec<(Rc<Mux>, BTreeSet<String>)> = Vec::new();
-    let mut all = Vec::new();
+    let mut all = HashSet::new();
     for (source, name) in &by_source {
-        all.push(name.clone());
+        all.insert(name.clone());
         let timeout = initial_fetch_timeout(source);
         if !server.xds.borrow().eds_ready.contains(name) {
-            start_initial_fetch_timer(server, type_url::CLUSTER_LOAD_ASSIGNMENT, name.clone(), timeout);
+            start_initial_fetch_timer(
+                server,
+                type_url::CLUSTER_LOAD_ASSIGNMENT,
+                name.clone(),
+                timeout,
+            );
         }
         match source_for(server, source, type_url::CLUSTER_LOAD_ASSIGNMENT) {
             Ok(Source::Mux(m)) => match per_mux.iter_mut().find(|(x, _)| Rc::ptr_eq(x, &m)) {
@@ -578,7 +627,11 @@ fn sync_eds(server: &Rc<Server>) {
         m.set_names(type_url::CLUSTER_LOAD_ASSIGNMENT, names);
     }
     server.cluster_manager.borrow_mut().retain_assignments(&all);
-    server.xds.borrow_mut().eds_ready.retain(|n| all.contains(n));
+    server
+        .xds
+        .borrow_mut()
+        .eds_ready
+        .retain(|n| all.contains(n));
 }
 
 fn sync_rds(server: &Rc<Server>) {
@@ -600,7 +653,12 @@ fn sync_rds(server: &Rc<Server>) {
                 .as_ref()
                 .and_then(|d| d.lds_config.clone());
             match lds {
-                Some(src) if matches!(src.config_source_specifier, Some(ConfigSourceSpecifier::ApiConfigSource(_))) => {
+                Some(src)
+                    if matches!(
+                        src.config_source_specifier,
+                        Some(ConfigSourceSpecifier::ApiConfigSource(_))
+                    ) =>
+                {
                     match source_for(server, &src, type_url::ROUTE_CONFIGURATION) {
                         Ok(Source::Mux(m)) => Some(m),
                         _ => None,

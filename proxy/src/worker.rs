@@ -118,14 +118,13 @@ impl Worker {
         let thread = std::thread::Builder::new()
             .name(format!("courier-worker-{id}"))
             .spawn(move || {
-                let (mut dispatcher, handle) =
-                    match Dispatcher::new(WorkerLocal::new(id, slots)) {
-                        Ok(d) => d,
-                        Err(e) => {
-                            let _ = tx.send(Err(e));
-                            return;
-                        }
-                    };
+                let (mut dispatcher, handle) = match Dispatcher::new(WorkerLocal::new(id, slots)) {
+                    Ok(d) => d,
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        return;
+                    }
+                };
                 let _ = tx.send(Ok(handle));
                 if let Err(e) = dispatcher.run() {
                     tracing::error!(worker = id, error = %e, "worker event loop failed");

@@ -128,7 +128,10 @@ impl ListenerManager {
         {
             return Err(ConfigError::new(
                 "name",
-                format!("listener '{}': cannot update a static listener through LDS", proto.name),
+                format!(
+                    "listener '{}': cannot update a static listener through LDS",
+                    proto.name
+                ),
             ));
         }
         let config = Arc::new(compile_listener(
@@ -164,7 +167,10 @@ impl ListenerManager {
             Some(e) => (
                 e.bound,
                 dup_all(&e.sockets).map_err(|err| {
-                    ConfigError::new("address", format!("cannot duplicate listener socket: {err}"))
+                    ConfigError::new(
+                        "address",
+                        format!("cannot duplicate listener socket: {err}"),
+                    )
                 })?,
             ),
             None => match bind_listener_sockets(
@@ -189,7 +195,9 @@ impl ListenerManager {
         self.stats.listener_create_success.inc(MAIN_THREAD);
         let change = match self.active.get(&proto.name) {
             None => ListenerChange::Added,
-            Some(p) if p.config.address == config.address && p.config.differs_only_in_chains(proto) => {
+            Some(p)
+                if p.config.address == config.address && p.config.differs_only_in_chains(proto) =>
+            {
                 ListenerChange::UpdatedInPlace
             }
             Some(_) => ListenerChange::Updated,
@@ -211,7 +219,12 @@ impl ListenerManager {
             sockets,
         };
         self.warming.remove(&proto.name);
-        if entry.config.rds_names().iter().all(|(_, n)| routes_ready(n)) {
+        if entry
+            .config
+            .rds_names()
+            .iter()
+            .all(|(_, n)| routes_ready(n))
+        {
             self.activate(entry);
         } else {
             tracing::debug!(listener = %proto.name, "listener warming until its routes arrive");

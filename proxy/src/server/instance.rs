@@ -10,12 +10,12 @@ use anyhow::Context;
 use courier_proto::envoy::config::bootstrap::v3::Bootstrap;
 use tokio::sync::Notify;
 
+use crate::http::RouteSnapshot;
 use crate::listener::ListenerManager;
 use crate::options::{Mode, Options};
 use crate::stats::{Gauge, Store};
 use crate::thread_local::{MainPoster, ThreadLocal};
 use crate::upstream::{ClusterManager, ClusterSnapshot};
-use crate::http::RouteSnapshot;
 use crate::worker::{Worker, WorkerSlots};
 use crate::xds::XdsState;
 
@@ -309,9 +309,10 @@ fn load_static_resources(server: &Server) -> anyhow::Result<()> {
                 listener.name
             );
         }
-        lm.add_or_update(listener, "", false, &|_| true).map_err(|e| {
-            anyhow::anyhow!("{}", e.at(&format!("static_resources.listeners[{i}]")))
-        })?;
+        lm.add_or_update(listener, "", false, &|_| true)
+            .map_err(|e| {
+                anyhow::anyhow!("{}", e.at(&format!("static_resources.listeners[{i}]")))
+            })?;
     }
     Ok(())
 }

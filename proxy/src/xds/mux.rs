@@ -172,7 +172,12 @@ impl Mux {
     /// Holds requests of `type_url` until [`Mux::resume`] (Envoy pauses CDS while
     /// clusters warm).
     pub fn pause(&self, type_url: &'static str) {
-        self.state.borrow_mut().types.entry(type_url).or_default().paused = true;
+        self.state
+            .borrow_mut()
+            .types
+            .entry(type_url)
+            .or_default()
+            .paused = true;
     }
 
     /// Releases a paused type, sending the request that was held, if any.
@@ -326,7 +331,11 @@ impl Mux {
             t.names.iter().cloned().collect()
         };
         t.sent_wildcard = t.wildcard;
-        t.sent_names = if t.wildcard { BTreeSet::new() } else { t.names.clone() };
+        t.sent_names = if t.wildcard {
+            BTreeSet::new()
+        } else {
+            t.names.clone()
+        };
         let req = DeltaDiscoveryRequest {
             node: include_node.then(|| self.node.clone()),
             type_url: type_url.to_string(),
@@ -348,7 +357,11 @@ impl Mux {
                 return;
             };
             server.xds.borrow().stats.set_connected(false);
-            server.xds.borrow().stats.stream_failed(self.interested_types());
+            server
+                .xds
+                .borrow()
+                .stats
+                .stream_failed(self.interested_types());
             if established {
                 backoff.reset();
             }
@@ -397,23 +410,31 @@ impl Mux {
         self.send_initial();
         let requests = UnboundedReceiverStream::new(rx);
         let response = match self.rpc {
-            Rpc::Ads => AggregatedDiscoveryServiceClient::new(channel)
-                .stream_aggregated_resources(requests)
-                .await,
-            Rpc::Single(type_url::CLUSTER) => ClusterDiscoveryServiceClient::new(channel)
-                .stream_clusters(requests)
-                .await,
+            Rpc::Ads => {
+                AggregatedDiscoveryServiceClient::new(channel)
+                    .stream_aggregated_resources(requests)
+                    .await
+            }
+            Rpc::Single(type_url::CLUSTER) => {
+                ClusterDiscoveryServiceClient::new(channel)
+                    .stream_clusters(requests)
+                    .await
+            }
             Rpc::Single(type_url::CLUSTER_LOAD_ASSIGNMENT) => {
                 EndpointDiscoveryServiceClient::new(channel)
                     .stream_endpoints(requests)
                     .await
             }
-            Rpc::Single(type_url::LISTENER) => ListenerDiscoveryServiceClient::new(channel)
-                .stream_listeners(requests)
-                .await,
-            Rpc::Single(_) => RouteDiscoveryServiceClient::new(channel)
-                .stream_routes(requests)
-                .await,
+            Rpc::Single(type_url::LISTENER) => {
+                ListenerDiscoveryServiceClient::new(channel)
+                    .stream_listeners(requests)
+                    .await
+            }
+            Rpc::Single(_) => {
+                RouteDiscoveryServiceClient::new(channel)
+                    .stream_routes(requests)
+                    .await
+            }
         };
         let mut stream = match response {
             Ok(r) => r.into_inner(),
@@ -449,23 +470,31 @@ impl Mux {
         self.send_initial();
         let requests = UnboundedReceiverStream::new(rx);
         let response = match self.rpc {
-            Rpc::Ads => AggregatedDiscoveryServiceClient::new(channel)
-                .delta_aggregated_resources(requests)
-                .await,
-            Rpc::Single(type_url::CLUSTER) => ClusterDiscoveryServiceClient::new(channel)
-                .delta_clusters(requests)
-                .await,
+            Rpc::Ads => {
+                AggregatedDiscoveryServiceClient::new(channel)
+                    .delta_aggregated_resources(requests)
+                    .await
+            }
+            Rpc::Single(type_url::CLUSTER) => {
+                ClusterDiscoveryServiceClient::new(channel)
+                    .delta_clusters(requests)
+                    .await
+            }
             Rpc::Single(type_url::CLUSTER_LOAD_ASSIGNMENT) => {
                 EndpointDiscoveryServiceClient::new(channel)
                     .delta_endpoints(requests)
                     .await
             }
-            Rpc::Single(type_url::LISTENER) => ListenerDiscoveryServiceClient::new(channel)
-                .delta_listeners(requests)
-                .await,
-            Rpc::Single(_) => RouteDiscoveryServiceClient::new(channel)
-                .delta_routes(requests)
-                .await,
+            Rpc::Single(type_url::LISTENER) => {
+                ListenerDiscoveryServiceClient::new(channel)
+                    .delta_listeners(requests)
+                    .await
+            }
+            Rpc::Single(_) => {
+                RouteDiscoveryServiceClient::new(channel)
+                    .delta_routes(requests)
+                    .await
+            }
         };
         let mut stream = match response {
             Ok(r) => r.into_inner(),

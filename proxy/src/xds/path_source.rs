@@ -34,7 +34,9 @@ pub fn watch(server: &Rc<Server>, path: String, type_url: &'static str) {
                     last = Some(text);
                 }
                 Ok(_) => {}
-                Err(e) => tracing::warn!(path = %path, error = %e, "cannot read config source file"),
+                Err(e) => {
+                    tracing::warn!(path = %path, error = %e, "cannot read config source file")
+                }
             }
             drop(server);
             tokio::time::sleep(POLL).await;
@@ -71,7 +73,9 @@ fn load(server: &Rc<Server>, path: &str, type_url: &'static str, text: &str) {
         )
     });
     match result {
-        Ok(()) => tracing::info!(path, version = %response.version_info, "applied config source file"),
+        Ok(()) => {
+            tracing::info!(path, version = %response.version_info, "applied config source file")
+        }
         Err(e) => tracing::warn!(path, error = %e, "rejecting config source file"),
     }
 }

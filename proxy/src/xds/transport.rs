@@ -32,9 +32,15 @@ impl GrpcTarget {
 
 /// Resolves the first `grpc_services` entry of `source` against the bootstrap's static
 /// clusters.
-pub fn grpc_target(source: &ApiConfigSource, bootstrap: &Bootstrap) -> Result<GrpcTarget, ConfigError> {
+pub fn grpc_target(
+    source: &ApiConfigSource,
+    bootstrap: &Bootstrap,
+) -> Result<GrpcTarget, ConfigError> {
     let Some(service) = source.grpc_services.first() else {
-        return Err(ConfigError::new("grpc_services", "at least one gRPC service is required"));
+        return Err(ConfigError::new(
+            "grpc_services",
+            "at least one gRPC service is required",
+        ));
     };
     let timeout = service
         .timeout
@@ -75,7 +81,11 @@ pub fn grpc_target(source: &ApiConfigSource, bootstrap: &Bootstrap) -> Result<Gr
                     )
                 })?;
             let (host, port) = config::socket_address_parts(Some(endpoint), "address")?;
-            let host = if host.contains(':') { format!("[{host}]") } else { host };
+            let host = if host.contains(':') {
+                format!("[{host}]")
+            } else {
+                host
+            };
             format!("http://{host}:{port}")
         }
         Some(TargetSpecifier::GoogleGrpc(g)) => {
@@ -84,7 +94,10 @@ pub fn grpc_target(source: &ApiConfigSource, bootstrap: &Bootstrap) -> Result<Gr
                     "grpc_services[0].google_grpc.channel_credentials",
                 ));
             }
-            let target = g.target_uri.trim_start_matches("dns:///").trim_start_matches("dns:");
+            let target = g
+                .target_uri
+                .trim_start_matches("dns:///")
+                .trim_start_matches("dns:");
             if target.is_empty() {
                 return Err(ConfigError::new(
                     "grpc_services[0].google_grpc.target_uri",

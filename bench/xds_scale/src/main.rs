@@ -143,7 +143,13 @@ impl Drop for Proxy {
     }
 }
 
-fn start_proxy(kind: &str, courier: &Path, config: &Path, dir: &Path, concurrency: usize) -> Result<Proxy> {
+fn start_proxy(
+    kind: &str,
+    courier: &Path,
+    config: &Path,
+    dir: &Path,
+    concurrency: usize,
+) -> Result<Proxy> {
     let admin_path = dir.join(format!("{kind}.admin"));
     let mut cmd = match kind {
         "courier" => Command::new(courier),
@@ -278,7 +284,11 @@ fn run(kind: &str, args: &Args, rt: &tokio::runtime::Runtime) -> Result<Figures>
     let t0 = Instant::now();
     let snapshot = cp.cache().set_snapshot(&node, snapshot);
     let timeout = Duration::from_secs(600);
-    for kind in [ResourceType::Cluster, ResourceType::Endpoint, ResourceType::Listener] {
+    for kind in [
+        ResourceType::Cluster,
+        ResourceType::Endpoint,
+        ResourceType::Listener,
+    ] {
         let v = snapshot.version(kind).to_string();
         rt.block_on(cp.status().wait_for_ack(&node, kind, &v, timeout))?;
     }
@@ -301,7 +311,11 @@ fn run(kind: &str, args: &Args, rt: &tokio::runtime::Runtime) -> Result<Figures>
     let mut latencies = Vec::new();
     for u in 0..args.updates {
         let j = u % args.listeners;
-        let (port, tag) = if u / args.listeners % 2 == 0 { (up_b, b'B') } else { (up_a, b'A') };
+        let (port, tag) = if u / args.listeners % 2 == 0 {
+            (up_b, b'B')
+        } else {
+            (up_a, b'A')
+        };
         let name = format!("c{j}");
         let t = Instant::now();
         let version = cp
@@ -315,7 +329,12 @@ fn run(kind: &str, args: &Args, rt: &tokio::runtime::Runtime) -> Result<Figures>
             rt.spawn(async move {
                 let ok = cp
                     .status()
-                    .wait_for_ack(&node, ResourceType::Endpoint, &version, Duration::from_secs(30))
+                    .wait_for_ack(
+                        &node,
+                        ResourceType::Endpoint,
+                        &version,
+                        Duration::from_secs(30),
+                    )
                     .await;
                 if ok.is_ok() {
                     if let Ok(mut a) = acked.lock() {
@@ -389,7 +408,16 @@ fn main() -> Result<()> {
     }
     println!(
         "{:<8} {:>10} {:>10} {:>10} {:>10} {:>10} {:>14} {:>12} {:>12} {:>12}",
-        "proxy", "ack (s)", "serve (s)", "main cpu", "rss0 MiB", "rss1 MiB", "bytes/cluster", "upd→ack ms", "ack→all p50", "ack→all p99"
+        "proxy",
+        "ack (s)",
+        "serve (s)",
+        "main cpu",
+        "rss0 MiB",
+        "rss1 MiB",
+        "bytes/cluster",
+        "upd→ack ms",
+        "ack→all p50",
+        "ack→all p99"
     );
     for (kind, f) in &rows {
         println!(

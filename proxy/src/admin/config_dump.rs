@@ -59,12 +59,16 @@ fn clusters_dump(server: &Server) -> Value {
     let mut static_clusters = Vec::new();
     let mut dynamic_active = Vec::new();
     let mut version = String::new();
+    let xds = server.xds.borrow();
     for e in cm.active().values() {
-        let entry = json!({
+        let mut entry = json!({
             "version_info": e.version_info,
             "cluster": typed(&*e.info.proto),
             "last_updated": timestamp(e.last_updated),
         });
+        if let Some(err) = xds.error_state(courier_proto::type_url::CLUSTER, &e.info.name) {
+            entry["error_state"] = err.clone();
+        }
         if e.added_via_api {
             version.clone_from(&e.version_info);
             dynamic_active.push(entry);
@@ -73,6 +77,14 @@ fn clusters_dump(server: &Server) -> Value {
                 "cluster": typed(&*e.info.proto),
                 "last_updated": timestamp(e.last_updated),
             }));
+        }
+    }
+    // Rejected clusters that never became active still show their error, as in Envoy.
+    for name in xds.error_names(courier_proto::type_url::CLUSTER) {
+        if cm.get(&name).is_none() {
+            if let Some(err) = xds.error_state(courier_proto::type_url::CLUSTER, &name) {
+                dynamic_active.push(json!({ "error_state": err }));
+            }
         }
     }
     let dynamic_warming: Vec<Value> = cm
@@ -101,23 +113,60 @@ fn clusters_dump(server: &Server) -> Value {
 
 fn listeners_dump(server: &Server) -> Value {
     let lm = server.listener_manager.borrow();
+    let xds = server.xds.borrow();
+    let listener_type = courier_proto::type_url::LISTENER;
     let mut static_listeners = Vec::new();
     let mut dynamic = Vec::new();
     for (name, e) in lm.listeners() {
         if e.added_via_api {
-            dynamic.push(json!({
+            let mut entry = json!({
                 "name": name,
                 "active_state": {
                     "version_info": e.version_info,
                     "listener": typed(&*e.config.proto),
                     "last_updated": timestamp(e.last_updated),
                 },
-            }));
+            });
+            if let Some(w) = lm.warming().get(name) {
+                entry["warming_state"] = json!({
+                    "version_info": w.version_info,
+                    "listener": typed(&*w.config.proto),
+                    "last_updated": timestamp(w.last_updated),
+                });
+            }
+            if let Some(err) = xds.error_state(listener_type, name) {
+                entry["error_state"] = err.clone();
+            }
+            dynamic.push(entry);
         } else {
             static_listeners.push(json!({
                 "listener": typed(&*e.config.proto),
                 "last_updated": timestamp(e.last_updated),
             }));
+        }
+    }
+    for (name, w) in lm.warming() {
+        if lm.listeners().contains_key(name) {
+            continue;
+        }
+        let mut entry = json!({
+            "name": name,
+            "warming_state": {
+                "version_info": w.version_info,
+                "listener": typed(&*w.config.proto),
+                "last_updated": timestamp(w.last_updated),
+            },
+        });
+        if let Some(err) = xds.error_state(listener_type, name) {
+            entry["error_state"] = err.clone();
+        }
+        dynamic.push(entry);
+    }
+    for name in xds.error_names(listener_type) {
+        if !lm.listeners().contains_key(&name) && !lm.warming().contains_key(&name) {
+            if let Some(err) = xds.error_state(listener_type, &name) {
+                dynamic.push(json!({ "name": name, "error_state": err }));
+            }
         }
     }
     let mut dump = json!({

@@ -18,7 +18,7 @@ use tokio::net::TcpListener;
 
 use crate::server::Server;
 
-pub use config_dump::config_dump;
+pub use config_dump::{config_dump, timestamp};
 
 /// Binds the admin address; the caller reports a bind error as a start-up failure.
 pub async fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {

@@ -208,8 +208,21 @@ fn apply_cds(server: &Server, update: Update<'_>) -> Result<(), String> {
             errors.push(format!("duplicate cluster {} found", r.name));
             continue;
         }
-        if let Err(e) = cm.add_or_update(&cluster, &version, true) {
-            errors.push(format!("{}: {e}", r.name));
+        match cm.add_or_update(&cluster, &version, true) {
+            Ok(_) => server
+                .xds
+                .borrow_mut()
+                .clear_error(type_url::CLUSTER, &r.name),
+            Err(e) => {
+                server.xds.borrow_mut().record_error(
+                    type_url::CLUSTER,
+                    &r.name,
+                    &version,
+                    courier_proto::to_json(&*cluster),
+                    &e.to_string(),
+                );
+                errors.push(format!("{}: {e}", r.name));
+            }
         }
     }
     let to_remove: Vec<String> = match removed {
@@ -246,6 +259,7 @@ fn apply_lds(server: &Server, update: Update<'_>) -> Result<(), String> {
         stats.update_empty.inc(MAIN_THREAD);
     }
     let mut errors = Vec::new();
+    let mut failures = Vec::new();
     let mut seen = HashSet::new();
     let xds = server.xds.borrow();
     let ready = |name: &str| xds.route_ready(name);
@@ -276,11 +290,28 @@ fn apply_lds(server: &Server, update: Update<'_>) -> Result<(), String> {
             errors.push(format!("duplicate listener {} found", r.name));
             continue;
         }
-        if let Err(e) = lm.add_or_update(&listener, &version, true, &ready) {
-            errors.push(format!("{}: {e}", r.name));
+        match lm.add_or_update(&listener, &version, true, &ready) {
+            Ok(_) => failures.push((r.name.clone(), None)),
+            Err(e) => {
+                failures.push((
+                    r.name.clone(),
+                    Some((courier_proto::to_json(&*listener), e.to_string())),
+                ));
+                errors.push(format!("{}: {e}", r.name));
+            }
         }
     }
     drop(lm);
+    drop(xds);
+    let mut xds = server.xds.borrow_mut();
+    for (name, failure) in failures {
+        match failure {
+            None => xds.clear_error(type_url::LISTENER, &name),
+            Some((json, detail)) => {
+                xds.record_error(type_url::LISTENER, &name, &version, json, &detail)
+            }
+        }
+    }
     drop(xds);
     finish(
         &stats,

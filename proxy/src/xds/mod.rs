@@ -165,6 +165,8 @@ pub struct XdsState {
     lds_initialized: bool,
     cds_timeout: Duration,
     lds_timeout: Duration,
+    /// The last rejected update per (type, name): config_dump's `error_state`.
+    errors: BTreeMap<(&'static str, String), serde_json::Value>,
 }
 
 impl XdsState {
@@ -191,6 +193,7 @@ impl XdsState {
             lds_initialized: false,
             cds_timeout: DEFAULT_INITIAL_FETCH_TIMEOUT,
             lds_timeout: DEFAULT_INITIAL_FETCH_TIMEOUT,
+            errors: BTreeMap::new(),
         }
     }
 
@@ -225,6 +228,53 @@ impl XdsState {
     /// Last accepted LDS version.
     pub fn lds_version(&self) -> Option<String> {
         Some(self.stats.lds.version_text.borrow().clone()).filter(|v| !v.is_empty())
+    }
+
+    /// Records a rejected resource (Envoy's `UpdateFailureState`).
+    pub fn record_error(
+        &mut self,
+        type_url: &'static str,
+        name: &str,
+        version: &str,
+        failed: serde_json::Value,
+        details: &str,
+    ) {
+        let mut failed_configuration = serde_json::Map::new();
+        failed_configuration.insert("@type".into(), type_url.into());
+        if let serde_json::Value::Object(fields) = failed {
+            failed_configuration.extend(fields);
+        }
+        self.errors.insert(
+            (type_url, name.to_string()),
+            serde_json::json!({
+                "failed_configuration": failed_configuration,
+                "last_update_attempt": crate::admin::timestamp(std::time::SystemTime::now()),
+                "details": details,
+                "version_info": version,
+            }),
+        );
+    }
+
+    /// Forgets the error of a resource that was accepted since.
+    pub fn clear_error(&mut self, type_url: &'static str, name: &str) {
+        self.errors.remove(&(type_url, name.to_string()));
+    }
+
+    /// The last rejected update of a resource, if it has not been accepted since.
+    pub fn error_state(&self, type_url: &str, name: &str) -> Option<&serde_json::Value> {
+        self.errors
+            .iter()
+            .find(|((t, n), _)| *t == type_url && n == name)
+            .map(|(_, v)| v)
+    }
+
+    /// Names of resources of `type_url` with a recorded error.
+    pub fn error_names(&self, type_url: &str) -> Vec<String> {
+        self.errors
+            .keys()
+            .filter(|(t, _)| *t == type_url)
+            .map(|(_, n)| n.clone())
+            .collect()
     }
 
     /// Whether listeners needing `name` may stop warming.

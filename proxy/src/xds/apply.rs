@@ -414,7 +414,9 @@ fn apply_rds(server: &Server, update: Update<'_>) -> Result<(), String> {
                     .inc(MAIN_THREAD);
             }
         };
-        match RouteTable::compile(&route, &server.store) {
+        let compiled_table = unknown_cluster(server, &route)
+            .map_or_else(|| RouteTable::compile(&route, &server.store), Err);
+        match compiled_table {
             Ok(table) => {
                 attempt(true);
                 compiled.push(Arc::new(table));
@@ -436,6 +438,40 @@ fn apply_rds(server: &Server, update: Update<'_>) -> Result<(), String> {
     let ready = |name: &str| xds.route_ready(name);
     server.listener_manager.borrow_mut().on_routes_ready(&ready);
     Ok(())
+}
+
+/// With `validate_clusters: true`, a route to a cluster the cluster manager does not know
+/// rejects the whole route configuration (Envoy's check; RDS defaults to not validating).
+fn unknown_cluster(
+    server: &Server,
+    route: &RouteConfiguration,
+) -> Option<crate::config::ConfigError> {
+    use courier_proto::envoy::config::route::v3::{route::Action, route_action::ClusterSpecifier};
+    if !route.validate_clusters.as_ref().is_some_and(|v| v.value) {
+        return None;
+    }
+    let cm = server.cluster_manager.borrow();
+    for (vi, vhost) in route.virtual_hosts.iter().enumerate() {
+        for (ri, r) in vhost.routes.iter().enumerate() {
+            let Some(Action::Route(action)) = &r.action else {
+                continue;
+            };
+            let names: Vec<&str> = match &action.cluster_specifier {
+                Some(ClusterSpecifier::Cluster(c)) => vec![c.as_str()],
+                Some(ClusterSpecifier::WeightedClusters(w)) => {
+                    w.clusters.iter().map(|c| c.name.as_str()).collect()
+                }
+                _ => Vec::new(),
+            };
+            if let Some(missing) = names.into_iter().find(|n| !cm.contains(n)) {
+                return Some(crate::config::ConfigError::new(
+                    format!("virtual_hosts[{vi}].routes[{ri}].route"),
+                    format!("route: unknown cluster '{missing}'"),
+                ));
+            }
+        }
+    }
+    None
 }
 
 fn finish(

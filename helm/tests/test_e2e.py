@@ -159,17 +159,14 @@ TCP = {
         "routes": [],
     }},
 }
-NO_HCM = pytest.mark.xfail(reason="courier has no HTTP connection manager yet (ready listener, HTTP routes)",
-                           strict=True)
-
 CASES = [
     pytest.param("envoy", "reference", "http", id="envoy-reference_xds-http"),
     pytest.param("envoy", "reference", "tcp", id="envoy-reference_xds-tcp"),
     pytest.param("envoy", "courier-cp", "http", id="envoy-courier_cp-http"),
     pytest.param("courier", "reference", "tcp", id="courier-reference_xds-tcp"),
-    pytest.param("courier", "reference", "http", id="courier-reference_xds-http", marks=NO_HCM),
+    pytest.param("courier", "reference", "http", id="courier-reference_xds-http"),
     pytest.param("courier", "courier-cp", "tcp", id="courier-courier_cp-tcp"),
-    pytest.param("courier", "courier-cp", "http", id="courier-courier_cp-http", marks=NO_HCM),
+    pytest.param("courier", "courier-cp", "http", id="courier-courier_cp-http"),
 ]
 
 

@@ -436,32 +436,8 @@ impl Mux {
                     .await
             }
         };
-        let mut stream = match response {
-            Ok(r) => r.into_inner(),
-            Err(status) => {
-                tracing::warn!(mux = %self.name, %status, "xDS stream refused");
-                return false;
-            }
-        };
-        self.connected(server);
-        loop {
-            match stream.message().await {
-                Ok(Some(resp)) => {
-                    let Some(server) = server.upgrade() else {
-                        return true;
-                    };
-                    self.on_sotw_response(&server, resp);
-                }
-                Ok(None) => {
-                    tracing::warn!(mux = %self.name, "xDS stream closed by the server");
-                    return true;
-                }
-                Err(status) => {
-                    tracing::warn!(mux = %self.name, %status, "xDS stream failed");
-                    return true;
-                }
-            }
-        }
+        self.read_responses(response, server, Self::on_sotw_response)
+            .await
     }
 
     async fn delta_stream(&self, channel: Channel, server: &Weak<Server>) -> bool {
@@ -496,7 +472,19 @@ impl Mux {
                     .await
             }
         };
-        let mut stream = match response {
+        self.read_responses(response, server, Self::on_delta_response)
+            .await
+    }
+
+    /// Delivers every response of an opened stream to `handle` until the stream ends;
+    /// returns whether the stream was established at all.
+    async fn read_responses<R>(
+        &self,
+        opened: Result<tonic::Response<tonic::codec::Streaming<R>>, tonic::Status>,
+        server: &Weak<Server>,
+        handle: fn(&Self, &Rc<Server>, R),
+    ) -> bool {
+        let mut stream = match opened {
             Ok(r) => r.into_inner(),
             Err(status) => {
                 tracing::warn!(mux = %self.name, %status, "xDS stream refused");
@@ -510,7 +498,7 @@ impl Mux {
                     let Some(server) = server.upgrade() else {
                         return true;
                     };
-                    self.on_delta_response(&server, resp);
+                    handle(self, &server, resp);
                 }
                 Ok(None) => {
                     tracing::warn!(mux = %self.name, "xDS stream closed by the server");

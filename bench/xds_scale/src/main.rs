@@ -311,7 +311,7 @@ fn run(kind: &str, args: &Args, rt: &tokio::runtime::Runtime) -> Result<Figures>
     let mut latencies = Vec::new();
     for u in 0..args.updates {
         let j = u % args.listeners;
-        let (port, tag) = if u / args.listeners % 2 == 0 {
+        let (port, tag) = if (u / args.listeners).is_multiple_of(2) {
             (up_b, b'B')
         } else {
             (up_a, b'A')

@@ -4,7 +4,8 @@
 //! node's snapshot and then, in ADS push order (CDS, EDS, LDS, RDS, SDS), sends each type that
 //! needs a response. Rules (XDS.md):
 //! - one response per type in flight: the next is sent only after the client ACKed or NACKed
-//!   the last one, which also batches bursts of snapshot updates into one push;
+//!   the last one, which also batches bursts of snapshot updates into one push — except a
+//!   newer CDS version, which goes at once (clients withhold the CDS ACK while clusters warm);
 //! - a response is sent when the type's version differs from the last one sent, or the
 //!   subscription gained names (or, for CDS/LDS, changed), never in answer to an ACK or NACK
 //!   alone (no push loops) and a NACKed version is not re-sent (rule 23);
@@ -136,11 +137,17 @@ impl TypeState {
         nonce: &mut u64,
         node: &StreamNode,
     ) -> Option<DiscoveryResponse> {
+        let tr = snapshot.of(kind);
+        // One response in flight, except CDS with a newer version: Envoy withholds its CDS
+        // ACK while clusters warm after init (rule 24), so waiting for it would hold an
+        // update or removal of a warming cluster until the client's initial_fetch_timeout.
+        let newer_cds = kind == ResourceType::Cluster
+            && self.sent_version.as_deref().is_some_and(|v| v != tr.version());
+        let blocked = self.outstanding && !newer_cds;
         // Subscribed to nothing (an empty list after naming resources): nothing to send.
-        if !self.requested || self.outstanding || (!self.wildcard && self.names.is_empty()) {
+        if !self.requested || blocked || (!self.wildcard && self.names.is_empty()) {
             return None;
         }
-        let tr = snapshot.of(kind);
         if !self.wildcard && strict && self.names.iter().any(|n| !tr.items().contains_key(n)) {
             return None;
         }

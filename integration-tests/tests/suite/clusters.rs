@@ -204,7 +204,6 @@ async fn up_down_up(same_endpoints: bool) {
 /// cluster is updated to a source that answers, it warms and traffic flows. Covers
 /// `warming_clusters` 1 → 0 and updating a warming cluster.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "courier-cp bug: holds the next CDS response until the previous is ACKed, but Envoy holds that ACK while a cluster warms (see README); covered by scripted::cluster_warming_update_and_remove"]
 async fn warming_cluster_then_update_it() {
     let a = Upstream::tcp_echo("a").await;
     let port = free_port();
@@ -241,7 +240,6 @@ async fn warming_cluster_then_update_it() {
 
 /// Removing a warming cluster drops it (warming_clusters back to 0, not active).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "courier-cp bug: same CDS ACK deadlock as warming_cluster_then_update_it"]
 async fn remove_warming_cluster() {
     let fx = Fx::ads(vec![]).await;
     fx.update_wait(

@@ -89,7 +89,12 @@ http {
   access_log off;
   upstream up { server 127.0.0.1:$UP_PORT; keepalive 256; }
   server {
-    listen 127.0.0.1:$PX_PORT http2;
+    listen 127.0.0.1:$PX_PORT;
+    location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; }
+  }
+  # nginx cannot serve HTTP/1.1 and h2c prior knowledge on one port.
+  server {
+    listen 127.0.0.1:$((PX_PORT + 1)) http2;
     location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; }
   }
 }
@@ -100,7 +105,7 @@ haproxy_cfg() { # workers
   cat <<EOF
 global
   nbthread $1
-  maxconn 20000
+  maxconn 4000
 defaults
   mode http
   timeout connect 5s
@@ -108,7 +113,8 @@ defaults
   timeout server 30s
   http-reuse always
 frontend f
-  bind 127.0.0.1:$PX_PORT proto h2,http/1.1
+  # HTTP/1.1, and HTTP/2 detected from the connection preface.
+  bind 127.0.0.1:$PX_PORT
   default_backend b
 backend b
   server s1 127.0.0.1:$UP_PORT
@@ -149,6 +155,7 @@ rss_of() {
 }
 
 declare -A RPS
+# h2 rows show h2load's mean request time in the p50 column (h2load prints no percentiles).
 printf "%-8s %-3s %-5s %12s %10s %10s %8s %8s\n" proxy w proto "req/s" "p50" "p99" "cpu_s" "rss_MiB"
 for w in $WORKERS; do
   for proxy in courier envoy nginx haproxy; do
@@ -163,7 +170,9 @@ for w in $WORKERS; do
     printf "%-8s %-3s %-5s %12s %10s %10s %8s %8s\n" "$proxy" "$w" h1 "$rps" "$p50" "$p99" "$(echo "$c1 - $c0" | bc)" "$(rss_of "$PID")"
     RPS["$proxy,$w,h1"]=$rps
     c0=$(cpu_of "$PID")
-    out=$(h2load -c"$CONNS" -m"$H2_STREAMS" -n"$H2_REQUESTS" "http://127.0.0.1:$PX_PORT/" 2>/dev/null || true)
+    h2port=$PX_PORT
+    [ "$proxy" = nginx ] && h2port=$((PX_PORT + 1))
+    out=$(h2load -c"$CONNS" -m"$H2_STREAMS" -n"$H2_REQUESTS" "http://127.0.0.1:$h2port/" 2>/dev/null || true)
     rps=$(awk '/^finished in/ {print $4}' <<<"$out" | tr -d ',')
     p50=$(awk '/time for request:/ {print $6}' <<<"$out")
     p99="-"

@@ -142,9 +142,17 @@ impl TypeState {
         // ACK while clusters warm after init (rule 24), so waiting for it would hold an
         // update or removal of a warming cluster until the client's initial_fetch_timeout.
         let newer_cds = kind == ResourceType::Cluster
-            && self.sent_version.as_deref().is_some_and(|v| v != tr.version());
+            && self
+                .sent_version
+                .as_deref()
+                .is_some_and(|v| v != tr.version());
         let blocked = self.outstanding && !newer_cds;
-        // Subscribed to nothing (an empty list after naming resources): nothing to send.
+        // Subscribed to nothing (an empty list after naming resources): nothing to send, and
+        // the client now holds nothing of this type, so a name subscribed again later must
+        // be sent again even if its version did not change.
+        if self.requested && !self.wildcard && self.names.is_empty() && !self.outstanding {
+            self.sent = None;
+        }
         if !self.requested || blocked || (!self.wildcard && self.names.is_empty()) {
             return None;
         }
@@ -183,6 +191,11 @@ impl TypeState {
             }
         };
         if !needed {
+            // A shrunk subscription needs no response, but what the client holds shrank
+            // too: remember that, so a name re-subscribed later is sent again.
+            if self.sent_version.is_some() && !self.outstanding {
+                self.sent = Some(selection);
+            }
             return None;
         }
         let selected: Vec<&Arc<Resource>> = if self.wildcard {

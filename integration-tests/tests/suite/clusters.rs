@@ -158,7 +158,6 @@ async fn remove_cluster_then_add_back() {
 /// The same with unchanged endpoints: the re-added cluster re-subscribes to the EDS name it
 /// dropped, and the server must answer it again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "courier-cp bug: a SotW EDS name dropped and re-subscribed is not re-sent (see README)"]
 async fn remove_cluster_then_add_back_same_endpoints() {
     up_down_up(true).await;
 }

@@ -403,40 +403,27 @@ pub fn dns_targets(cla: &ClusterLoadAssignment) -> Result<Vec<(String, u16, u32)
     Ok(out)
 }
 
-/// Checks an assignment without building anything that lasts (EDS validation before apply).
-pub fn validate_assignment(cla: &ClusterLoadAssignment, store: &Store) -> Result<(), ConfigError> {
-    if let Some(factor) = cla
-        .policy
-        .as_ref()
-        .and_then(|p| p.overprovisioning_factor.as_ref())
-    {
-        if factor.value == 0 {
-            return Err(ConfigError::new(
-                "policy.overprovisioning_factor",
-                "value must be greater than 0",
-            ));
-        }
-    }
-    build_host_set(cla, store, None, 50.0).map(|_| ())
+/// One endpoint of an assignment, validated.
+struct ParsedEndpoint {
+    address: std::net::SocketAddr,
+    weight: u32,
+    health: HostHealth,
+    priority: u32,
 }
 
-/// Builds a host set from an assignment, reusing the stats of hosts already in `previous`
-/// so that per-host counters survive endpoint updates.
-pub fn build_host_set(
-    cla: &ClusterLoadAssignment,
-    store: &Store,
-    previous: Option<&HostSet>,
-    panic_threshold: f64,
-) -> Result<Arc<HostSet>, ConfigError> {
-    let known: HashMap<std::net::SocketAddr, Arc<HostStats>> = previous
-        .map(|p| {
-            p.hosts
-                .iter()
-                .map(|h| (h.address, h.stats.clone()))
-                .collect()
-        })
-        .unwrap_or_default();
-    let mut hosts = Vec::new();
+/// Validates an assignment and reads its endpoints; allocates nothing that lasts.
+fn parse_assignment(cla: &ClusterLoadAssignment) -> Result<Vec<ParsedEndpoint>, ConfigError> {
+    let overprovisioning = cla
+        .policy
+        .as_ref()
+        .and_then(|p| p.overprovisioning_factor.as_ref());
+    if overprovisioning.is_some_and(|f| f.value == 0) {
+        return Err(ConfigError::new(
+            "policy.overprovisioning_factor",
+            "value must be greater than 0",
+        ));
+    }
+    let mut endpoints = Vec::new();
     for (li, locality) in cla.endpoints.iter().enumerate() {
         for (ei, lb) in locality.lb_endpoints.iter().enumerate() {
             let path = format!("endpoints[{li}].lb_endpoints[{ei}]");
@@ -459,18 +446,53 @@ pub fn build_host_set(
                 Ok(HealthStatus::Degraded) => HostHealth::Degraded,
                 _ => HostHealth::Healthy,
             };
-            let stats = known
-                .get(&address)
-                .cloned()
-                .unwrap_or_else(|| HostStats::new(store));
-            hosts.push(Arc::new(Host {
+            endpoints.push(ParsedEndpoint {
                 address,
                 weight,
                 health,
                 priority: locality.priority,
-                stats,
-            }));
+            });
         }
     }
+    Ok(endpoints)
+}
+
+/// Checks an assignment (EDS validation of a whole response before any of it applies).
+pub fn validate_assignment(cla: &ClusterLoadAssignment) -> Result<(), ConfigError> {
+    parse_assignment(cla).map(|_| ())
+}
+
+/// Builds a host set from an assignment, reusing the stats of hosts already in `previous`
+/// so that per-host counters survive endpoint updates.
+pub fn build_host_set(
+    cla: &ClusterLoadAssignment,
+    store: &Store,
+    previous: Option<&HostSet>,
+    panic_threshold: f64,
+) -> Result<Arc<HostSet>, ConfigError> {
+    let known: HashMap<std::net::SocketAddr, Arc<HostStats>> = previous
+        .map(|p| {
+            p.hosts
+                .iter()
+                .map(|h| (h.address, h.stats.clone()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let hosts = parse_assignment(cla)?
+        .into_iter()
+        .map(|e| {
+            let stats = known
+                .get(&e.address)
+                .cloned()
+                .unwrap_or_else(|| HostStats::new(store));
+            Arc::new(Host {
+                address: e.address,
+                weight: e.weight,
+                health: e.health,
+                priority: e.priority,
+                stats,
+            })
+        })
+        .collect();
     Ok(Arc::new(HostSet::new(hosts, panic_threshold)))
 }

@@ -334,10 +334,9 @@ fn apply_eds(server: &Server, update: Update<'_>) -> Result<(), String> {
             })
             .collect()
     };
-    let store = server.store.clone();
     // Validate everything before changing anything: one bad assignment rejects all.
     for cla in &assignments {
-        if let Err(e) = crate::upstream::validate_assignment(cla, &store) {
+        if let Err(e) = crate::upstream::validate_assignment(cla) {
             count_eds(server, &cla.cluster_name, false);
             return Err(format!("{}: {e}", cla.cluster_name));
         }

@@ -85,6 +85,40 @@ struct MuxState {
     node_sent: bool,
 }
 
+/// Opens the stream RPC for `rpc`: the ADS method, or the per-type service's method, in the
+/// order [ADS, CDS, EDS, LDS, RDS]. The services share no trait, hence a macro.
+macro_rules! open_rpc {
+    ($rpc:expr, $channel:expr, $requests:expr, [$ads:ident, $cds:ident, $eds:ident, $lds:ident, $rds:ident]) => {
+        match $rpc {
+            Rpc::Ads => {
+                AggregatedDiscoveryServiceClient::new($channel)
+                    .$ads($requests)
+                    .await
+            }
+            Rpc::Single(type_url::CLUSTER) => {
+                ClusterDiscoveryServiceClient::new($channel)
+                    .$cds($requests)
+                    .await
+            }
+            Rpc::Single(type_url::CLUSTER_LOAD_ASSIGNMENT) => {
+                EndpointDiscoveryServiceClient::new($channel)
+                    .$eds($requests)
+                    .await
+            }
+            Rpc::Single(type_url::LISTENER) => {
+                ListenerDiscoveryServiceClient::new($channel)
+                    .$lds($requests)
+                    .await
+            }
+            Rpc::Single(_) => {
+                RouteDiscoveryServiceClient::new($channel)
+                    .$rds($requests)
+                    .await
+            }
+        }
+    };
+}
+
 /// An xDS stream and its subscriptions.
 pub struct Mux {
     name: String,
@@ -409,33 +443,18 @@ impl Mux {
         self.state.borrow_mut().sender = Some(Sender::Sotw(tx));
         self.send_initial();
         let requests = UnboundedReceiverStream::new(rx);
-        let response = match self.rpc {
-            Rpc::Ads => {
-                AggregatedDiscoveryServiceClient::new(channel)
-                    .stream_aggregated_resources(requests)
-                    .await
-            }
-            Rpc::Single(type_url::CLUSTER) => {
-                ClusterDiscoveryServiceClient::new(channel)
-                    .stream_clusters(requests)
-                    .await
-            }
-            Rpc::Single(type_url::CLUSTER_LOAD_ASSIGNMENT) => {
-                EndpointDiscoveryServiceClient::new(channel)
-                    .stream_endpoints(requests)
-                    .await
-            }
-            Rpc::Single(type_url::LISTENER) => {
-                ListenerDiscoveryServiceClient::new(channel)
-                    .stream_listeners(requests)
-                    .await
-            }
-            Rpc::Single(_) => {
-                RouteDiscoveryServiceClient::new(channel)
-                    .stream_routes(requests)
-                    .await
-            }
-        };
+        let response = open_rpc!(
+            self.rpc,
+            channel,
+            requests,
+            [
+                stream_aggregated_resources,
+                stream_clusters,
+                stream_endpoints,
+                stream_listeners,
+                stream_routes
+            ]
+        );
         self.read_responses(response, server, Self::on_sotw_response)
             .await
     }
@@ -445,33 +464,18 @@ impl Mux {
         self.state.borrow_mut().sender = Some(Sender::Delta(tx));
         self.send_initial();
         let requests = UnboundedReceiverStream::new(rx);
-        let response = match self.rpc {
-            Rpc::Ads => {
-                AggregatedDiscoveryServiceClient::new(channel)
-                    .delta_aggregated_resources(requests)
-                    .await
-            }
-            Rpc::Single(type_url::CLUSTER) => {
-                ClusterDiscoveryServiceClient::new(channel)
-                    .delta_clusters(requests)
-                    .await
-            }
-            Rpc::Single(type_url::CLUSTER_LOAD_ASSIGNMENT) => {
-                EndpointDiscoveryServiceClient::new(channel)
-                    .delta_endpoints(requests)
-                    .await
-            }
-            Rpc::Single(type_url::LISTENER) => {
-                ListenerDiscoveryServiceClient::new(channel)
-                    .delta_listeners(requests)
-                    .await
-            }
-            Rpc::Single(_) => {
-                RouteDiscoveryServiceClient::new(channel)
-                    .delta_routes(requests)
-                    .await
-            }
-        };
+        let response = open_rpc!(
+            self.rpc,
+            channel,
+            requests,
+            [
+                delta_aggregated_resources,
+                delta_clusters,
+                delta_endpoints,
+                delta_listeners,
+                delta_routes
+            ]
+        );
         self.read_responses(response, server, Self::on_delta_response)
             .await
     }

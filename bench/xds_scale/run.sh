@@ -8,4 +8,5 @@ cargo build --release -p courier -p courier-bench-xds
 exec target/release/xds-scale \
   --courier target/release/courier \
   --clusters "${CLUSTERS:-10000}" --listeners "${LISTENERS:-1000}" \
-  --updates "${UPDATES:-100}" --concurrency "${CONCURRENCY:-2}"
+  --updates "${UPDATES:-100}" --concurrency "${CONCURRENCY:-2}" \
+  --proxies "${PROXIES:-courier,envoy}"

@@ -13,6 +13,7 @@ pub mod event;
 pub mod filters;
 pub mod http;
 pub mod listener;
+pub mod memory;
 pub mod options;
 pub mod server;
 pub mod stats;

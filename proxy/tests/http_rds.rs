@@ -24,7 +24,6 @@ resources:
 }
 
 #[test]
-#[ignore = "needs the xDS client to honour an HCM's own rds.config_source (path) on a static listener"]
 fn http_rds_routes_follow_updates() {
     let a = Upstream::start("a");
     let b = Upstream::start("b");

@@ -18,6 +18,8 @@ struct Args {
     listeners: usize,
     updates: usize,
     concurrency: usize,
+    /// Which proxies to run (both by default; one alone while iterating).
+    proxies: Vec<String>,
 }
 
 fn parse_args() -> Result<Args> {
@@ -27,6 +29,7 @@ fn parse_args() -> Result<Args> {
         listeners: 1_000,
         updates: 100,
         concurrency: 2,
+        proxies: vec!["courier".into(), "envoy".into()],
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -37,6 +40,7 @@ fn parse_args() -> Result<Args> {
             "--listeners" => args.listeners = value.parse()?,
             "--updates" => args.updates = value.parse()?,
             "--concurrency" => args.concurrency = value.parse()?,
+            "--proxies" => args.proxies = value.split(',').map(String::from).collect(),
             other => bail!("unknown flag {other}"),
         }
     }
@@ -402,7 +406,8 @@ fn main() -> Result<()> {
         args.clusters, args.listeners, args.updates, args.concurrency
     );
     let mut rows = Vec::new();
-    for kind in ["courier", "envoy"] {
+    for kind in &args.proxies {
+        let kind = kind.as_str();
         let f = run(kind, &args, &rt).with_context(|| format!("{kind} run"))?;
         rows.push((kind, f));
     }

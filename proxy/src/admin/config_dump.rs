@@ -63,7 +63,7 @@ fn clusters_dump(server: &Server) -> Value {
     for e in cm.active().values() {
         let mut entry = json!({
             "version_info": e.version_info,
-            "cluster": typed(&*e.info.proto),
+            "cluster": typed(&e.info.proto.decode()),
             "last_updated": timestamp(e.last_updated),
         });
         if let Some(err) = xds.error_state(courier_proto::type_url::CLUSTER, &e.info.name) {
@@ -74,7 +74,7 @@ fn clusters_dump(server: &Server) -> Value {
             dynamic_active.push(entry);
         } else {
             static_clusters.push(json!({
-                "cluster": typed(&*e.info.proto),
+                "cluster": typed(&e.info.proto.decode()),
                 "last_updated": timestamp(e.last_updated),
             }));
         }
@@ -93,7 +93,7 @@ fn clusters_dump(server: &Server) -> Value {
         .map(|e| {
             json!({
                 "version_info": e.version_info,
-                "cluster": typed(&*e.info.proto),
+                "cluster": typed(&e.info.proto.decode()),
                 "last_updated": timestamp(e.last_updated),
             })
         })

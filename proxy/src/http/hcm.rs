@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use courier_proto::envoy::config::core::v3::http_protocol_options::HeadersWithUnderscoresAction;
+use courier_proto::envoy::config::core::v3::ConfigSource;
 use courier_proto::envoy::extensions::filters::http::router::v3::Router;
 use courier_proto::envoy::extensions::filters::network::http_connection_manager::v3::{
     http_connection_manager::{
@@ -25,8 +26,18 @@ const ROUTER_TYPE: &str = "envoy.extensions.filters.http.router.v3.Router";
 pub enum RouteSource {
     /// `route_config` inline.
     Static(Arc<RouteTable>),
-    /// `rds.route_config_name`: read from the worker's RDS slot per request.
-    Rds(String),
+    /// `rds`: read from the worker's RDS slot per request.
+    Rds(Box<RdsSubscription>),
+}
+
+/// `http_connection_manager.rds`: the route configuration a connection manager subscribes
+/// to, and the config source serving it (each HCM names its own, as in Envoy).
+#[derive(Clone, Debug, PartialEq)]
+pub struct RdsSubscription {
+    /// `route_config_name`.
+    pub route_config_name: String,
+    /// `config_source`.
+    pub config_source: ConfigSource,
 }
 
 /// `codec_type`.
@@ -291,11 +302,15 @@ impl HcmConfig {
                         "value length must be at least 1 characters",
                     ));
                 }
-                if let Some(src) = &rds.config_source {
-                    crate::xds::validate_config_source(src)
-                        .map_err(|e| e.at("rds.config_source"))?;
-                }
-                RouteSource::Rds(rds.route_config_name.clone())
+                let Some(config_source) = &rds.config_source else {
+                    return Err(ConfigError::new("rds.config_source", "value is required"));
+                };
+                crate::xds::validate_config_source(config_source)
+                    .map_err(|e| e.at("rds.config_source"))?;
+                RouteSource::Rds(Box::new(RdsSubscription {
+                    route_config_name: rds.route_config_name.clone(),
+                    config_source: config_source.clone(),
+                }))
             }
             Some(RouteSpecifier::ScopedRoutes(_)) => {
                 return Err(ConfigError::unsupported("scoped_routes"))
@@ -517,10 +532,12 @@ impl HcmConfig {
     }
 }
 
-/// The RDS route configuration names a connection manager needs (empty for inline routes).
-pub fn rds_route_config_names(hcm: &HcmConfig) -> Vec<String> {
-    match &hcm.routes {
-        RouteSource::Rds(name) => vec![name.clone()],
-        RouteSource::Static(_) => Vec::new(),
+impl HcmConfig {
+    /// The RDS subscription the connection manager needs (none for inline routes).
+    pub fn rds(&self) -> Option<&RdsSubscription> {
+        match &self.routes {
+            RouteSource::Rds(rds) => Some(rds),
+            RouteSource::Static(_) => None,
+        }
     }
 }

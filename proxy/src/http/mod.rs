@@ -43,7 +43,7 @@ pub mod router;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-pub use hcm::{rds_route_config_names, HcmConfig, HTTP_CONNECTION_MANAGER};
+pub use hcm::{HcmConfig, RdsSubscription, HTTP_CONNECTION_MANAGER};
 
 /// Route tables from RDS by route configuration name, published to workers through a slot.
 #[derive(Default)]

@@ -449,9 +449,9 @@ async fn process(
     // Route.
     let table: Option<Arc<RouteTable>> = match &cfg.routes {
         RouteSource::Static(t) => Some(t.clone()),
-        RouteSource::Rds(name) => rt::current()
+        RouteSource::Rds(rds) => rt::current()
             .and_then(|r| r.routes())
-            .and_then(|s| s.tables.get(name).cloned()),
+            .and_then(|s| s.tables.get(&rds.route_config_name).cloned()),
     };
     let Some(table) = table else {
         cfg.stats.no_route.inc(worker);

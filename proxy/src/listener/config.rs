@@ -8,6 +8,7 @@ use courier_proto::envoy::config::listener::v3::{self as pb, listener::DrainType
 
 use crate::config::{self, ConfigError};
 use crate::filters::network::{compile_filters, NetworkFilter};
+use crate::http::RdsSubscription;
 use crate::stats::{Counter, Gauge, Store};
 
 /// `listener.<address or stat_prefix>.*` stats.
@@ -108,18 +109,19 @@ impl ListenerConfig {
     }
 
     /// The RDS route configurations the listener needs before it can serve
-    /// (`http_connection_manager.rds.route_config_name`), with the HCM stat prefix.
-    pub fn rds_names(&self) -> Vec<(String, String)> {
-        let mut out = Vec::new();
-        for chain in self.chains() {
-            if let NetworkFilter::HttpConnectionManager(h) = &chain.filter {
-                for name in crate::http::rds_route_config_names(h) {
-                    out.push((h.stat_prefix.clone(), name));
-                }
-            }
-        }
-        out.sort();
-        out.dedup();
+    /// (`http_connection_manager.rds`), each with the stat prefix of the HCM needing it.
+    pub fn rds_needs(&self) -> Vec<RdsNeed> {
+        let mut out: Vec<RdsNeed> = self
+            .chains()
+            .filter_map(|chain| match &chain.filter {
+                NetworkFilter::HttpConnectionManager(h) => h.rds().map(|rds| RdsNeed {
+                    stat_prefix: h.stat_prefix.clone(),
+                    rds: rds.clone(),
+                }),
+                NetworkFilter::TcpProxy(_) => None,
+            })
+            .collect();
+        RdsNeed::sort_dedup(&mut out);
         out
     }
 
@@ -275,4 +277,26 @@ fn compile_chain(
         filter,
         proto: chain.clone(),
     }))
+}
+
+/// An RDS route configuration a listener needs, and the connection manager needing it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RdsNeed {
+    /// The HCM's `stat_prefix` (for `http.<stat_prefix>.rds.<name>.*`).
+    pub stat_prefix: String,
+    /// What to subscribe to, and where.
+    pub rds: RdsSubscription,
+}
+
+impl RdsNeed {
+    /// The route configuration's name.
+    pub fn name(&self) -> &str {
+        &self.rds.route_config_name
+    }
+
+    /// Sorts by (stat prefix, name) and drops repeats.
+    pub fn sort_dedup(needs: &mut Vec<RdsNeed>) {
+        needs.sort_by(|a, b| (&a.stat_prefix, a.name()).cmp(&(&b.stat_prefix, b.name())));
+        needs.dedup();
+    }
 }

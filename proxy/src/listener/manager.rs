@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime};
 
 use courier_proto::envoy::config::listener::v3::Listener;
 
-use super::config::{compile_listener, ListenerConfig};
+use super::config::{compile_listener, ListenerConfig, RdsNeed};
 use super::socket::bind_listener_sockets;
 use super::ActiveTcpListener;
 use crate::config::ConfigError;
@@ -221,9 +221,9 @@ impl ListenerManager {
         self.warming.remove(&proto.name);
         if entry
             .config
-            .rds_names()
+            .rds_needs()
             .iter()
-            .all(|(_, n)| routes_ready(n))
+            .all(|r| routes_ready(r.name()))
         {
             self.activate(entry);
         } else {
@@ -239,7 +239,7 @@ impl ListenerManager {
         let ready: Vec<String> = self
             .warming
             .iter()
-            .filter(|(_, e)| e.config.rds_names().iter().all(|(_, n)| routes_ready(n)))
+            .filter(|(_, e)| e.config.rds_needs().iter().all(|r| routes_ready(r.name())))
             .map(|(n, _)| n.clone())
             .collect();
         for name in ready {
@@ -281,17 +281,16 @@ impl ListenerManager {
         self.active.insert(name, entry);
     }
 
-    /// RDS names needed by active and warming listeners, with their HCM stat prefixes.
-    pub fn rds_names(&self) -> Vec<(String, String)> {
-        let mut names: Vec<(String, String)> = self
+    /// RDS route configurations needed by active and warming listeners.
+    pub fn rds_needs(&self) -> Vec<RdsNeed> {
+        let mut needs: Vec<RdsNeed> = self
             .active
             .values()
             .chain(self.warming.values())
-            .flat_map(|e| e.config.rds_names())
+            .flat_map(|e| e.config.rds_needs())
             .collect();
-        names.sort();
-        names.dedup();
-        names
+        RdsNeed::sort_dedup(&mut needs);
+        needs
     }
 
     /// Warming listeners by name.

@@ -7,5 +7,5 @@ mod manager;
 mod socket;
 
 pub use active_tcp_listener::ActiveTcpListener;
-pub use config::{compile_listener, FilterChain, ListenerConfig, ListenerStats};
+pub use config::{compile_listener, FilterChain, ListenerConfig, ListenerStats, RdsNeed};
 pub use manager::{ListenerEntry, ListenerManager};

@@ -303,13 +303,16 @@ fn load_static_resources(server: &Server) -> anyhow::Result<()> {
     drop(cm);
     let mut lm = server.listener_manager.borrow_mut();
     for (i, listener) in sr.listeners.iter().enumerate() {
-        if lm.listeners().contains_key(&listener.name) {
+        if lm.listeners().contains_key(&listener.name) || lm.warming().contains_key(&listener.name)
+        {
             anyhow::bail!(
                 "static_resources.listeners[{i}].name: duplicate listener '{}'",
                 listener.name
             );
         }
-        lm.add_or_update(listener, "", false, &|_| true)
+        // A listener needing RDS warms until its routes arrive (or their initial fetch
+        // times out), holding initialisation back as Envoy's init manager does.
+        lm.add_or_update(listener, "", false, &|_| false)
             .map_err(|e| {
                 anyhow::anyhow!("{}", e.at(&format!("static_resources.listeners[{i}]")))
             })?;

@@ -1,8 +1,8 @@
 //! Stats with Envoy's names.
 //!
-//! Every counter and gauge has one cache-line-padded cell per worker plus one for the main
-//! thread: a worker only ever writes its own cell (no sharing, no locks), and a reader on the
-//! main thread (admin, stats flush) sums the cells. Handles are created on the main thread
+//! Every counter and gauge has one cell per worker plus one for the main thread: a worker
+//! only ever writes its own cell (no locks, and no cache line shared with another thread's
+//! cells), and a reader on the main thread (admin, stats flush) sums the cells. Handles are created on the main thread
 //! through the [`Store`] and handed to workers inside immutable snapshots, so the hot path
 //! never looks a stat up by name.
 

@@ -115,7 +115,8 @@ pub fn render_prometheus(store: &Store) -> String {
                 .or_default()
                 .push(format!("{metric}{labels} {value}"));
         }
-        for (metric, lines) in families {
+        for (metric, mut lines) in families {
+            lines.sort();
             let _ = writeln!(out, "# TYPE {metric} {kind}");
             for l in lines {
                 let _ = writeln!(out, "{l}");

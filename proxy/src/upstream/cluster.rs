@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use courier_proto::envoy::config::cluster::v3::{self as pb, cluster};
-use courier_proto::envoy::config::core::v3::HealthStatus;
+use courier_proto::envoy::config::core::v3::{ConfigSource, HealthStatus};
 use courier_proto::envoy::config::endpoint::v3::{lb_endpoint, ClusterLoadAssignment};
 use courier_proto::envoy::extensions::upstreams::http::v3::{
     http_protocol_options, HttpProtocolOptions,
@@ -13,12 +13,13 @@ use courier_proto::envoy::extensions::upstreams::http::v3::{
 
 use super::host::{Host, HostHealth, HostSet, HostStats};
 use crate::config::{self, ConfigError};
+use crate::memory::Encoded;
 use crate::stats::{Counter, Gauge, Store};
 
 const HTTP_PROTOCOL_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
 
 /// How the cluster learns its hosts.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum DiscoveryType {
     /// `load_assignment` in the cluster itself.
     Static,
@@ -30,6 +31,8 @@ pub enum DiscoveryType {
     Eds {
         /// `eds_cluster_config.service_name`, or the cluster name.
         service_name: String,
+        /// `eds_cluster_config.eds_config`: where the assignment comes from.
+        eds_config: Encoded<ConfigSource>,
     },
 }
 
@@ -153,8 +156,8 @@ pub struct ClusterInfo {
     pub hosts: Arc<HostSet>,
     /// `cluster.<name>.*`.
     pub stats: Arc<ClusterStats>,
-    /// The source proto (for `/config_dump` and change detection).
-    pub proto: Arc<pb::Cluster>,
+    /// The source proto (for `/config_dump` and change detection), kept encoded.
+    pub proto: Arc<Encoded<pb::Cluster>>,
 }
 
 impl ClusterInfo {
@@ -200,14 +203,29 @@ pub fn compile_cluster(proto: &pb::Cluster, store: &Store) -> Result<ClusterInfo
                 Ok(cluster::DiscoveryType::Static) => DiscoveryType::Static,
                 Ok(cluster::DiscoveryType::StrictDns) => DiscoveryType::StrictDns,
                 Ok(cluster::DiscoveryType::LogicalDns) => DiscoveryType::LogicalDns,
-                Ok(cluster::DiscoveryType::Eds) => DiscoveryType::Eds {
-                    service_name: proto
+                Ok(cluster::DiscoveryType::Eds) => {
+                    let Some(eds_config) = proto
                         .eds_cluster_config
                         .as_ref()
-                        .map(|c| c.service_name.clone())
-                        .filter(|s| !s.is_empty())
-                        .unwrap_or_else(|| proto.name.clone()),
-                },
+                        .and_then(|c| c.eds_config.as_ref())
+                    else {
+                        return Err(ConfigError::new(
+                            "eds_cluster_config",
+                            "cannot create an EDS cluster without an EDS config",
+                        ));
+                    };
+                    crate::xds::validate_config_source(eds_config)
+                        .map_err(|e| e.at("eds_cluster_config.eds_config"))?;
+                    DiscoveryType::Eds {
+                        service_name: proto
+                            .eds_cluster_config
+                            .as_ref()
+                            .map(|c| c.service_name.clone())
+                            .filter(|s| !s.is_empty())
+                            .unwrap_or_else(|| proto.name.clone()),
+                        eds_config: Encoded::new(eds_config),
+                    }
+                }
                 _ => return Err(ConfigError::unsupported("type").at("")),
             }
         }
@@ -215,20 +233,6 @@ pub fn compile_cluster(proto: &pb::Cluster, store: &Store) -> Result<ClusterInfo
             return Err(ConfigError::unsupported("cluster_type"))
         }
     };
-    if matches!(discovery, DiscoveryType::Eds { .. }) {
-        let Some(cfg) = proto
-            .eds_cluster_config
-            .as_ref()
-            .and_then(|c| c.eds_config.as_ref())
-        else {
-            return Err(ConfigError::new(
-                "eds_cluster_config",
-                "cannot create an EDS cluster without an EDS config",
-            ));
-        };
-        crate::xds::validate_config_source(cfg)
-            .map_err(|e| e.at("eds_cluster_config.eds_config"))?;
-    }
     let lb_policy = match cluster::LbPolicy::try_from(proto.lb_policy) {
         Ok(cluster::LbPolicy::RoundRobin) => LbPolicy::RoundRobin,
         Ok(cluster::LbPolicy::Random) => LbPolicy::Random,
@@ -285,7 +289,7 @@ pub fn compile_cluster(proto: &pb::Cluster, store: &Store) -> Result<ClusterInfo
         http2,
         hosts,
         stats,
-        proto: Arc::new(proto.clone()),
+        proto: Arc::new(Encoded::new(proto)),
     };
     info.update_membership_stats();
     Ok(info)

@@ -5,7 +5,7 @@
 //! dirty; [`ClusterManager::publish`] then builds one new immutable [`ClusterSnapshot`] and
 //! sets it on every worker, so a burst of changes (one xDS response) costs one publish.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -16,6 +16,7 @@ use super::cluster::{build_host_set, compile_cluster, ClusterInfo, DiscoveryType
 use super::host::HostSet;
 use super::ClusterSnapshot;
 use crate::config::ConfigError;
+use crate::memory::Encoded;
 use crate::stats::{Counter, Gauge, Store, MAIN_THREAD};
 use crate::thread_local::Slot;
 
@@ -54,11 +55,14 @@ pub struct ClusterManager {
     slot: Slot<ClusterSnapshot>,
     active: BTreeMap<String, ClusterEntry>,
     warming: BTreeMap<String, ClusterEntry>,
-    /// Last assignment per EDS service name, so a re-added cluster gets hosts at once.
-    assignments: BTreeMap<String, Arc<ClusterLoadAssignment>>,
+    /// Last assignment per EDS service name, so a re-added cluster gets hosts at once
+    /// (kept encoded: see [`Encoded`]).
+    assignments: BTreeMap<String, Encoded<ClusterLoadAssignment>>,
     /// EDS service name → the clusters (active or warming) fed by it, so an EDS response
     /// with thousands of assignments costs O(assignments), not O(assignments × clusters).
-    eds_users: HashMap<String, BTreeSet<String>>,
+    /// One ordered set of (service, cluster) pairs rather than a set per service: almost
+    /// every service has one cluster, and a set of its own would cost a node each.
+    eds_users: BTreeSet<(String, String)>,
     stats: ClusterManagerStats,
     dirty: bool,
 }
@@ -91,7 +95,7 @@ impl ClusterManager {
             active: BTreeMap::new(),
             warming: BTreeMap::new(),
             assignments: BTreeMap::new(),
-            eds_users: HashMap::new(),
+            eds_users: BTreeSet::new(),
             stats,
             dirty: true,
         }
@@ -109,7 +113,7 @@ impl ClusterManager {
             .warming
             .get(&proto.name)
             .or_else(|| self.active.get(&proto.name));
-        if existing.is_some_and(|e| *e.info.proto == *proto) {
+        if existing.is_some_and(|e| e.info.proto.same_as(proto)) {
             return Ok(ClusterChange::Unchanged);
         }
         if self
@@ -129,11 +133,11 @@ impl ClusterManager {
         let is_update =
             self.active.contains_key(&proto.name) || self.warming.contains_key(&proto.name);
         let mut warm = true;
-        if let DiscoveryType::Eds { service_name } = &info.discovery {
+        if let DiscoveryType::Eds { service_name, .. } = &info.discovery {
             match self.assignments.get(service_name) {
                 Some(cla) => {
                     let hosts = build_host_set(
-                        cla,
+                        &cla.decode(),
                         &self.store,
                         self.active.get(&proto.name).map(|e| &*e.info.hosts),
                         info.panic_threshold,
@@ -159,11 +163,9 @@ impl ClusterManager {
             added_via_api,
         };
         self.unindex(&proto.name);
-        if let DiscoveryType::Eds { service_name } = &entry.info.discovery {
+        if let DiscoveryType::Eds { service_name, .. } = &entry.info.discovery {
             self.eds_users
-                .entry(service_name.clone())
-                .or_default()
-                .insert(proto.name.clone());
+                .insert((service_name.clone(), proto.name.clone()));
         }
         if is_update {
             self.stats.cluster_modified.inc(MAIN_THREAD);
@@ -207,18 +209,21 @@ impl ClusterManager {
     pub fn update_assignment(
         &mut self,
         service_name: &str,
-        cla: Arc<ClusterLoadAssignment>,
+        encoded: &Encoded<ClusterLoadAssignment>,
     ) -> Result<Vec<String>, ConfigError> {
-        let users: Vec<String> = self
-            .eds_users
-            .get(service_name)
-            .map(|u| u.iter().cloned().collect())
-            .unwrap_or_default();
-        let unchanged = self
-            .assignments
-            .get(service_name)
-            .is_some_and(|a| **a == *cla);
-        if unchanged && !users.iter().any(|n| self.warming.contains_key(n)) {
+        let users: Vec<String> = self.eds_user_names(service_name).cloned().collect();
+        let stored = self.assignments.get(service_name);
+        // Same bytes: unchanged without decoding (SotW EDS re-sends every assignment).
+        let same_bytes = stored.is_some_and(|a| a == encoded);
+        if same_bytes && !users.iter().any(|n| self.warming.contains_key(n)) {
+            return Ok(Vec::new());
+        }
+        let cla = encoded.decode();
+        // Differing bytes can still be the same message (map fields have no fixed order).
+        if !same_bytes
+            && stored.is_some_and(|a| a.decode() == cla)
+            && !users.iter().any(|n| self.warming.contains_key(n))
+        {
             return Ok(Vec::new());
         }
         // Build every new host set first so a bad assignment changes nothing.
@@ -231,7 +236,8 @@ impl ClusterManager {
             let hosts = build_host_set(&cla, &self.store, previous, entry.info.panic_threshold)?;
             updates.push((name.clone(), hosts));
         }
-        self.assignments.insert(service_name.to_string(), cla);
+        self.assignments
+            .insert(service_name.to_string(), encoded.clone());
         let mut touched = Vec::new();
         for (name, hosts) in updates {
             if let Some(mut entry) = self.warming.remove(&name) {
@@ -253,12 +259,19 @@ impl ClusterManager {
     }
 
     /// The clusters fed by EDS `service_name`.
-    pub fn eds_users(&self, service_name: &str) -> impl Iterator<Item = &ClusterEntry> {
-        self.eds_users
-            .get(service_name)
-            .into_iter()
-            .flatten()
+    pub fn eds_users<'a>(
+        &'a self,
+        service_name: &'a str,
+    ) -> impl Iterator<Item = &'a ClusterEntry> + 'a {
+        self.eds_user_names(service_name)
             .filter_map(|n| self.active.get(n).or_else(|| self.warming.get(n)))
+    }
+
+    fn eds_user_names<'a>(&'a self, service_name: &'a str) -> impl Iterator<Item = &'a String> {
+        self.eds_users
+            .range((service_name.to_string(), String::new())..)
+            .take_while(move |(s, _)| s == service_name)
+            .map(|(_, n)| n)
     }
 
     fn unindex(&mut self, name: &str) {
@@ -267,16 +280,11 @@ impl ClusterManager {
             .get(name)
             .or_else(|| self.active.get(name))
             .and_then(|e| match &e.info.discovery {
-                DiscoveryType::Eds { service_name } => Some(service_name.clone()),
+                DiscoveryType::Eds { service_name, .. } => Some(service_name.clone()),
                 _ => None,
             });
         if let Some(service) = service {
-            if let Some(users) = self.eds_users.get_mut(&service) {
-                users.remove(name);
-                if users.is_empty() {
-                    self.eds_users.remove(&service);
-                }
-            }
+            self.eds_users.remove(&(service, name.to_string()));
         }
     }
 
@@ -303,10 +311,7 @@ impl ClusterManager {
     /// Ends warming of every cluster fed by EDS `service_name` (its initial fetch timed out).
     pub fn finish_warming_service(&mut self, service_name: &str) {
         let names: Vec<String> = self
-            .eds_users
-            .get(service_name)
-            .into_iter()
-            .flatten()
+            .eds_user_names(service_name)
             .filter(|n| self.warming.contains_key(*n))
             .cloned()
             .collect();
@@ -358,7 +363,7 @@ impl ClusterManager {
             .values()
             .chain(self.warming.values())
             .filter_map(|e| match &e.info.discovery {
-                DiscoveryType::Eds { service_name } => Some(service_name.clone()),
+                DiscoveryType::Eds { service_name, .. } => Some(service_name.clone()),
                 _ => None,
             })
             .collect();

@@ -28,11 +28,11 @@ pub async fn resolve_all(server: &Server) {
                 )
             })
             .filter_map(|e| {
-                let cla = e.info.proto.load_assignment.as_ref()?;
+                let cla = e.info.proto.decode().load_assignment?;
                 Some((
                     e.info.name.clone(),
                     e.info.discovery.clone(),
-                    dns_targets(cla).ok()?,
+                    dns_targets(&cla).ok()?,
                     e.info.panic_threshold,
                 ))
             })

@@ -23,15 +23,18 @@ use prost::Message;
 
 use super::mux::Mux;
 use crate::http::route::RouteTable;
+use crate::memory::Encoded;
 use crate::server::Server;
 use crate::stats::MAIN_THREAD;
 
 /// A decoded resource.
 pub enum Proto {
-    /// CDS.
-    Cluster(Box<Cluster>),
-    /// EDS.
-    Assignment(Arc<ClusterLoadAssignment>),
+    /// CDS, kept encoded until applied: a response with thousands of clusters would
+    /// otherwise hold every 3.4 KB decoded message at once, and the heap stays at that peak.
+    Cluster(Encoded<Cluster>),
+    /// EDS, kept encoded like clusters: an unchanged assignment (SotW EDS re-sends all of
+    /// them) is recognised by its bytes without decoding it again.
+    Assignment(Encoded<ClusterLoadAssignment>),
     /// LDS.
     Listener(Box<Listener>),
     /// RDS.
@@ -89,12 +92,14 @@ fn decode_one(type_url: &str, any: &Any, index: usize) -> Result<Resource, Strin
     let err = |e: prost::DecodeError| format!("resources[{index}]: cannot decode {type_url}: {e}");
     let (name, proto) = match type_url {
         type_url::CLUSTER => {
-            let c = Cluster::decode(bytes).map_err(err)?;
-            (c.name.clone(), Proto::Cluster(Box::new(c)))
+            let name = Cluster::decode(bytes).map_err(err)?.name;
+            (name, Proto::Cluster(Encoded::from_valid_bytes(bytes)))
         }
         type_url::CLUSTER_LOAD_ASSIGNMENT => {
-            let c = ClusterLoadAssignment::decode(bytes).map_err(err)?;
-            (c.cluster_name.clone(), Proto::Assignment(Arc::new(c)))
+            let name = ClusterLoadAssignment::decode(bytes)
+                .map_err(err)?
+                .cluster_name;
+            (name, Proto::Assignment(Encoded::from_valid_bytes(bytes)))
         }
         type_url::LISTENER => {
             let l = Listener::decode(bytes).map_err(err)?;
@@ -201,13 +206,14 @@ fn apply_cds(server: &Server, update: Update<'_>) -> Result<(), String> {
     let mut seen = HashSet::new();
     let mut cm = server.cluster_manager.borrow_mut();
     for r in resources {
-        let Proto::Cluster(cluster) = r.proto else {
+        let Proto::Cluster(encoded) = r.proto else {
             continue;
         };
         if !seen.insert(r.name.clone()) {
             errors.push(format!("duplicate cluster {} found", r.name));
             continue;
         }
+        let cluster = encoded.decode();
         match cm.add_or_update(&cluster, &version, true) {
             Ok(_) => server
                 .xds
@@ -218,7 +224,7 @@ fn apply_cds(server: &Server, update: Update<'_>) -> Result<(), String> {
                     type_url::CLUSTER,
                     &r.name,
                     &version,
-                    courier_proto::to_json(&*cluster),
+                    courier_proto::to_json(&cluster),
                     &e.to_string(),
                 );
                 errors.push(format!("{}: {e}", r.name));
@@ -323,30 +329,29 @@ fn apply_lds(server: &Server, update: Update<'_>) -> Result<(), String> {
 
 fn apply_eds(server: &Server, update: Update<'_>) -> Result<(), String> {
     let (_version, resources, removed, _) = split(update);
-    let assignments: Vec<Arc<ClusterLoadAssignment>> = {
+    let assignments: Vec<(String, Encoded<ClusterLoadAssignment>)> = {
         let cm = server.cluster_manager.borrow();
         resources
             .into_iter()
             .filter_map(|r| match r.proto {
                 // Resources nobody subscribed to are ignored (not NACKed).
-                Proto::Assignment(a) if cm.eds_users(&r.name).next().is_some() => Some(a),
+                Proto::Assignment(a) if cm.eds_users(&r.name).next().is_some() => Some((r.name, a)),
                 _ => None,
             })
             .collect()
     };
     // Validate everything before changing anything: one bad assignment rejects all.
-    for cla in &assignments {
-        if let Err(e) = crate::upstream::validate_assignment(cla) {
-            count_eds(server, &cla.cluster_name, false);
-            return Err(format!("{}: {e}", cla.cluster_name));
+    for (name, cla) in &assignments {
+        if let Err(e) = crate::upstream::validate_assignment(&cla.decode()) {
+            count_eds(server, name, false);
+            return Err(format!("{name}: {e}"));
         }
     }
-    for cla in assignments {
-        let name = cla.cluster_name.clone();
+    for (name, cla) in assignments {
         let applied = server
             .cluster_manager
             .borrow_mut()
-            .update_assignment(&name, cla);
+            .update_assignment(&name, &cla);
         if let Err(e) = applied {
             count_eds(server, &name, false);
             return Err(format!("{name}: {e}"));
@@ -357,11 +362,11 @@ fn apply_eds(server: &Server, update: Update<'_>) -> Result<(), String> {
     let mut cm = server.cluster_manager.borrow_mut();
     for name in removed.unwrap_or_default() {
         // Delta removal of an assignment: the cluster keeps existing with no hosts.
-        let empty = Arc::new(ClusterLoadAssignment {
+        let empty = Encoded::new(&ClusterLoadAssignment {
             cluster_name: name.clone(),
             ..Default::default()
         });
-        let _ = cm.update_assignment(&name, empty);
+        let _ = cm.update_assignment(&name, &empty);
     }
     cm.publish();
     Ok(())
@@ -381,7 +386,7 @@ fn count_eds(server: &Server, service: &str, ok: bool) {
 
 fn apply_rds(server: &Server, update: Update<'_>) -> Result<(), String> {
     let (_version, resources, removed, _) = split(update);
-    let wanted = server.listener_manager.borrow().rds_names();
+    let wanted = server.listener_manager.borrow().rds_needs();
     let mut compiled = Vec::new();
     for r in resources {
         let Proto::Route(route) = r.proto else {
@@ -389,8 +394,8 @@ fn apply_rds(server: &Server, update: Update<'_>) -> Result<(), String> {
         };
         let prefixes: Vec<&str> = wanted
             .iter()
-            .filter(|(_, n)| *n == r.name)
-            .map(|(p, _)| p.as_str())
+            .filter(|w| w.name() == r.name)
+            .map(|w| w.stat_prefix.as_str())
             .collect();
         if prefixes.is_empty() {
             continue;

@@ -9,6 +9,7 @@
 //!   (CDS round, then LDS round, then LIVE — as Envoy's init manager).
 
 pub mod apply;
+pub mod initial_fetch;
 pub mod mux;
 pub mod path_source;
 pub mod transport;
@@ -153,8 +154,10 @@ pub struct XdsState {
     routes_ready: HashSet<String>,
     /// EDS names whose first response arrived.
     eds_ready: HashSet<String>,
-    /// Names whose initial-fetch timer is running or done.
-    timers_started: HashSet<(&'static str, String)>,
+    /// `initial_fetch_timeout` deadlines.
+    initial_fetch: initial_fetch::InitialFetchTimers,
+    /// `path_config_source` files watched, by (type, path).
+    watched_paths: HashSet<(&'static str, String)>,
     cds: Option<Source>,
     lds: Option<Source>,
     /// EDS/RDS muxes by config source (serialized), for non-ADS sources.
@@ -183,7 +186,8 @@ impl XdsState {
             routes: BTreeMap::new(),
             routes_ready: HashSet::new(),
             eds_ready: HashSet::new(),
-            timers_started: HashSet::new(),
+            initial_fetch: Default::default(),
+            watched_paths: HashSet::new(),
             cds: None,
             lds: None,
             muxes: BTreeMap::new(),
@@ -448,12 +452,13 @@ fn path_of(source: &ConfigSource) -> Option<String> {
 /// (at once without `dynamic_resources`).
 pub async fn start(server: &Rc<Server>) -> anyhow::Result<()> {
     validate_bootstrap(&server.bootstrap).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let Some(dr) = server.bootstrap.dynamic_resources.clone() else {
-        server.xds.borrow_mut().phase = InitPhase::Done;
-        server.listener_manager.borrow_mut().start_workers();
-        server.set_state(ServerState::Live);
-        return Ok(());
-    };
+    initial_fetch::spawn(Rc::downgrade(server), on_initial_fetch_timeout);
+    // Without dynamic_resources initialisation still waits for static listeners' RDS.
+    let dr = server
+        .bootstrap
+        .dynamic_resources
+        .clone()
+        .unwrap_or_default();
     if let Some(ads) = &dr.ads_config {
         let mux = new_mux(server, "ads", ads, Rpc::Ads)
             .map_err(|e| anyhow::anyhow!("{}", e.at("dynamic_resources.ads_config")))?;
@@ -503,30 +508,18 @@ pub async fn start(server: &Rc<Server>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs `initial_fetch_timeout` for one subscription (`name` empty for CDS/LDS).
+/// Starts `initial_fetch_timeout` for one subscription (`name` empty for CDS/LDS).
 fn start_initial_fetch_timer(
     server: &Rc<Server>,
     type_url: &'static str,
     name: String,
     timeout: Duration,
 ) {
-    if timeout.is_zero() {
-        return;
-    }
-    if !server
+    server
         .xds
         .borrow_mut()
-        .timers_started
-        .insert((type_url, name.clone()))
-    {
-        return;
-    }
-    let weak = Rc::downgrade(server);
-    tokio::task::spawn_local(async move {
-        tokio::time::sleep(timeout).await;
-        let Some(server) = weak.upgrade() else { return };
-        on_initial_fetch_timeout(&server, type_url, &name);
-    });
+        .initial_fetch
+        .start((type_url, name), timeout);
 }
 
 fn on_initial_fetch_timeout(server: &Rc<Server>, type_url: &'static str, name: &str) {
@@ -609,52 +602,97 @@ pub fn after_update(server: &Rc<Server>) {
 }
 
 fn sync_eds(server: &Rc<Server>) {
-    // Group the EDS names clusters need by the config source that serves them.
-    let mut by_source: Vec<(ConfigSource, String)> = Vec::new();
+    // Group by the encoded config source: thousands of clusters share a handful of them.
+    let mut by_source: BTreeMap<Vec<u8>, (ConfigSource, Vec<String>)> = BTreeMap::new();
     {
         let cm = server.cluster_manager.borrow();
         for e in cm.active().values().chain(cm.warming().values()) {
-            if let crate::upstream::DiscoveryType::Eds { service_name } = &e.info.discovery {
-                let source = e
-                    .info
-                    .proto
-                    .eds_cluster_config
-                    .as_ref()
-                    .and_then(|c| c.eds_config.clone())
-                    .unwrap_or_default();
-                by_source.push((source, service_name.clone()));
+            if let crate::upstream::DiscoveryType::Eds {
+                service_name,
+                eds_config,
+            } = &e.info.discovery
+            {
+                by_source
+                    .entry(eds_config.bytes().to_vec())
+                    .or_insert_with(|| (eds_config.decode(), Vec::new()))
+                    .1
+                    .push(service_name.clone());
             }
         }
     }
+    let groups: Vec<(ConfigSource, Vec<String>)> = by_source.into_values().collect();
+    let all = subscribe_named(
+        server,
+        type_url::CLUSTER_LOAD_ASSIGNMENT,
+        &groups,
+        &|xds, n| xds.eds_ready.contains(n),
+    );
+    server.cluster_manager.borrow_mut().retain_assignments(&all);
+    server
+        .xds
+        .borrow_mut()
+        .eds_ready
+        .retain(|n| all.contains(n));
+}
+
+fn sync_rds(server: &Rc<Server>) {
+    let mut groups: Vec<(ConfigSource, Vec<String>)> = Vec::new();
+    for need in server.listener_manager.borrow().rds_needs() {
+        let rds = need.rds;
+        match groups.iter_mut().find(|(s, _)| *s == rds.config_source) {
+            Some((_, names)) => names.push(rds.route_config_name),
+            None => groups.push((rds.config_source, vec![rds.route_config_name])),
+        }
+    }
+    let names = subscribe_named(server, type_url::ROUTE_CONFIGURATION, &groups, &|xds, n| {
+        xds.route_ready(n)
+    });
+    let mut xds = server.xds.borrow_mut();
+    let before = xds.routes.len();
+    xds.routes.retain(|n, _| names.contains(n));
+    xds.routes_ready.retain(|n| names.contains(n));
+    if xds.routes.len() != before {
+        xds.publish_routes();
+    }
+}
+
+/// Keeps the named subscriptions of `type_url` (EDS or RDS) in step with what clusters
+/// and listeners need, as Envoy's subscriptions follow the resources holding them:
+/// `groups` are the needed names by config source. Every mux serving the type gets its
+/// whole name set (an empty one unsubscribes), file sources are watched, and names not yet
+/// received get an initial-fetch timer. Returns every needed name.
+fn subscribe_named(
+    server: &Rc<Server>,
+    type_url: &'static str,
+    groups: &[(ConfigSource, Vec<String>)],
+    received: &dyn Fn(&XdsState, &str) -> bool,
+) -> HashSet<String> {
     let mut per_mux: Vec<(Rc<Mux>, BTreeSet<String>)> = Vec::new();
     let mut all = HashSet::new();
-    for (source, name) in &by_source {
-        all.insert(name.clone());
+    for (source, names) in groups {
         let timeout = initial_fetch_timeout(source);
-        if !server.xds.borrow().eds_ready.contains(name) {
-            start_initial_fetch_timer(
-                server,
-                type_url::CLUSTER_LOAD_ASSIGNMENT,
-                name.clone(),
-                timeout,
-            );
-        }
-        match source_for(server, source, type_url::CLUSTER_LOAD_ASSIGNMENT) {
-            Ok(Source::Mux(m)) => match per_mux.iter_mut().find(|(x, _)| Rc::ptr_eq(x, &m)) {
-                Some((_, names)) => {
-                    names.insert(name.clone());
+        {
+            let mut xds = server.xds.borrow_mut();
+            for name in names {
+                all.insert(name.clone());
+                if !received(&xds, name) {
+                    xds.initial_fetch.start((type_url, name.clone()), timeout);
                 }
-                None => per_mux.push((m, BTreeSet::from([name.clone()]))),
+            }
+        }
+        match source_for(server, source, type_url) {
+            Ok(Source::Mux(m)) => match per_mux.iter_mut().find(|(x, _)| Rc::ptr_eq(x, &m)) {
+                Some((_, set)) => set.extend(names.iter().cloned()),
+                None => per_mux.push((m, names.iter().cloned().collect())),
             },
             Ok(Source::Path) => {
                 if let Some(path) = path_of(source) {
-                    path_source::watch(server, path, type_url::CLUSTER_LOAD_ASSIGNMENT);
+                    path_source::watch(server, path, type_url);
                 }
             }
-            Err(e) => tracing::warn!(eds = %name, error = %e, "cannot subscribe to EDS"),
+            Err(e) => tracing::warn!(type_url, names = ?names, error = %e, "cannot subscribe"),
         }
     }
-    // Every mux serving EDS gets its full set (possibly empty: unsubscribe).
     let muxes: Vec<Rc<Mux>> = {
         let xds = server.xds.borrow();
         xds.ads
@@ -663,7 +701,7 @@ fn sync_eds(server: &Rc<Server>) {
             .chain(
                 xds.muxes
                     .iter()
-                    .filter(|((_, t), _)| *t == type_url::CLUSTER_LOAD_ASSIGNMENT)
+                    .filter(|((_, t), _)| *t == type_url)
                     .map(|(_, m)| m.clone()),
             )
             .collect()
@@ -674,70 +712,15 @@ fn sync_eds(server: &Rc<Server>) {
             .find(|(x, _)| Rc::ptr_eq(x, &m))
             .map(|(_, n)| n.clone())
             .unwrap_or_default();
-        m.set_names(type_url::CLUSTER_LOAD_ASSIGNMENT, names);
+        m.set_names(type_url, names);
     }
-    server.cluster_manager.borrow_mut().retain_assignments(&all);
-    server
-        .xds
-        .borrow_mut()
-        .eds_ready
-        .retain(|n| all.contains(n));
-}
-
-fn sync_rds(server: &Rc<Server>) {
-    let names: BTreeSet<String> = server
-        .listener_manager
-        .borrow()
-        .rds_names()
-        .into_iter()
-        .map(|(_, n)| n)
-        .collect();
-    // RDS follows ADS when configured, else the LDS API source.
-    let mux = server.xds.borrow().ads.clone();
-    let mux = match mux {
-        Some(m) => Some(m),
-        None => {
-            let lds = server
-                .bootstrap
-                .dynamic_resources
-                .as_ref()
-                .and_then(|d| d.lds_config.clone());
-            match lds {
-                Some(src)
-                    if matches!(
-                        src.config_source_specifier,
-                        Some(ConfigSourceSpecifier::ApiConfigSource(_))
-                    ) =>
-                {
-                    match source_for(server, &src, type_url::ROUTE_CONFIGURATION) {
-                        Ok(Source::Mux(m)) => Some(m),
-                        _ => None,
-                    }
-                }
-                _ => None,
-            }
-        }
-    };
-    for name in &names {
-        if !server.xds.borrow().route_ready(name) {
-            start_initial_fetch_timer(
-                server,
-                type_url::ROUTE_CONFIGURATION,
-                name.clone(),
-                DEFAULT_INITIAL_FETCH_TIMEOUT,
-            );
-        }
-    }
-    if let Some(m) = mux {
-        m.set_names(type_url::ROUTE_CONFIGURATION, names.clone());
-    }
+    // Received names need no timer: forgetting them keeps only pending ones in memory.
     let mut xds = server.xds.borrow_mut();
-    let before = xds.routes.len();
-    xds.routes.retain(|n, _| names.contains(n));
-    xds.routes_ready.retain(|n| names.contains(n));
-    if xds.routes.len() != before {
-        xds.publish_routes();
-    }
+    let mut timers = std::mem::take(&mut xds.initial_fetch);
+    timers.retain(type_url, |n| all.contains(n) && !received(&xds, n));
+    xds.initial_fetch = timers;
+    drop(xds);
+    all
 }
 
 fn advance_init(server: &Rc<Server>) {

@@ -482,7 +482,7 @@ impl Mux {
 
     /// Delivers every response of an opened stream to `handle` until the stream ends;
     /// returns whether the stream was established at all.
-    async fn read_responses<R>(
+    async fn read_responses<R: prost::Message>(
         &self,
         opened: Result<tonic::Response<tonic::codec::Streaming<R>>, tonic::Status>,
         server: &Weak<Server>,
@@ -502,7 +502,11 @@ impl Mux {
                     let Some(server) = server.upgrade() else {
                         return true;
                     };
+                    let size = resp.encoded_len();
                     handle(self, &server, resp);
+                    if size >= crate::memory::TRIM_AFTER_BYTES {
+                        crate::memory::release_free_heap();
+                    }
                 }
                 Ok(None) => {
                     tracing::warn!(mux = %self.name, "xDS stream closed by the server");

@@ -18,8 +18,8 @@ pub fn watch(server: &Rc<Server>, path: String, type_url: &'static str) {
     if !server
         .xds
         .borrow_mut()
-        .timers_started
-        .insert((type_url, format!("path:{path}")))
+        .watched_paths
+        .insert((type_url, path.clone()))
     {
         return;
     }

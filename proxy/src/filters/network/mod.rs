@@ -30,14 +30,6 @@ impl NetworkFilter {
             NetworkFilter::HttpConnectionManager(h) => h.cluster_names(),
         }
     }
-
-    /// The RDS route configuration names the filter needs.
-    pub fn rds_route_config_names(&self) -> Vec<String> {
-        match self {
-            NetworkFilter::TcpProxy(_) => Vec::new(),
-            NetworkFilter::HttpConnectionManager(h) => crate::http::rds_route_config_names(h),
-        }
-    }
 }
 
 /// Compiles a chain's `filters`: supported filters only, the last one terminal.

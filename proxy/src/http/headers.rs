@@ -266,6 +266,17 @@ impl HeaderMutations {
         Ok(out)
     }
 
+    /// Whether a value reads request headers (`%REQ(...)%`), so the request's headers
+    /// must be kept for it after they were handed upstream.
+    pub fn reads_request_headers(&self) -> bool {
+        self.add.iter().any(|a| {
+            a.value
+                .parts
+                .iter()
+                .any(|p| matches!(p, Part::RequestHeader(_)))
+        })
+    }
+
     /// Whether there is nothing to do.
     pub fn is_empty(&self) -> bool {
         self.add.is_empty() && self.remove.is_empty()

@@ -223,8 +223,8 @@ pub async fn serve(
     } else {
         None
     };
-    let fut = process(&conn, req, &mut outcome);
-    let mut resp = match rt::timeout(cfg.request_timeout.map(|t| start + t), fut).await {
+    let deadline = cfg.request_timeout.map(|t| start + t);
+    let mut resp = match rt::timeout(deadline, process(&conn, req, &mut outcome)).await {
         Some(r) => r,
         None => {
             cfg.stats.downstream_rq_timeout.inc(worker);
@@ -521,13 +521,15 @@ async fn process(
             redirect(rd, route, &authority, &path)
         }
         Action::Route(action) => {
-            let req_headers_for_cx = req.headers().clone();
+            // The headers go upstream; a copy is kept only for what reads them later.
+            let req_headers_for_cx =
+                (upgrade.is_some() || table.reads_request_headers).then(|| req.headers().clone());
             let fcx = FormatContext {
                 remote: Some(fcx_remote),
                 local: Some(fcx_local),
                 protocol,
                 upstream: None,
-                request: Some(&req_headers_for_cx),
+                request: req_headers_for_cx.as_ref(),
             };
             forward(
                 conn,
@@ -817,14 +819,22 @@ async fn forward(
             } else {
                 Version::HTTP_11
             });
+        // Unchanged (the common case), the request's own path is reused without parsing.
+        let path_and_query = match parts.uri.path_and_query() {
+            Some(pq) if pq.as_str() == new_path => pq.clone(),
+            _ => match http::uri::PathAndQuery::try_from(new_path.as_str()) {
+                Ok(pq) => pq,
+                Err(_) => return local_reply(StatusCode::BAD_REQUEST, ""),
+            },
+        };
         let uri = if cluster.http2 {
             Uri::builder()
                 .scheme("http")
                 .authority(upstream_authority.as_str())
-                .path_and_query(new_path.as_str())
+                .path_and_query(path_and_query)
                 .build()
         } else {
-            Uri::builder().path_and_query(new_path.as_str()).build()
+            Uri::builder().path_and_query(path_and_query).build()
         };
         let Ok(uri) = uri else {
             return local_reply(StatusCode::BAD_REQUEST, "");
@@ -833,7 +843,14 @@ async fn forward(
         let Ok(mut up_req) = head.body(body) else {
             return local_reply(StatusCode::BAD_REQUEST, "");
         };
-        *up_req.headers_mut() = parts.headers.clone();
+        // The last possible attempt takes the headers instead of copying them.
+        let last_attempt =
+            !(retry.as_ref().is_some_and(|r| attempt <= r.num_retries) && buffered.is_some());
+        *up_req.headers_mut() = if last_attempt {
+            std::mem::take(&mut parts.headers)
+        } else {
+            parts.headers.clone()
+        };
         if !cluster.http2 {
             if let Ok(v) = HeaderValue::from_str(&upstream_authority) {
                 up_req.headers_mut().insert(header::HOST, v);

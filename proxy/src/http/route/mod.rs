@@ -42,6 +42,9 @@ pub struct RouteTable {
     pub request_headers: HeaderMutations,
     /// Route-configuration-level response header mutations.
     pub response_headers: HeaderMutations,
+    /// Whether any header mutation of the table reads request headers: only then does a
+    /// request keep a copy of its headers (the hot path hands them upstream instead).
+    pub reads_request_headers: bool,
 }
 
 pub use courier_proto::envoy::config::route::v3::RouteConfiguration;
@@ -593,6 +596,31 @@ fn duration_opt(
 }
 
 impl RouteTable {
+    /// Every header mutation in the table, at every level.
+    fn mutations(&self) -> impl Iterator<Item = &HeaderMutations> {
+        let tables = [&self.request_headers, &self.response_headers];
+        let vhosts = self.vhosts.iter().flat_map(|vh| {
+            let routes = vh.routes.iter().flat_map(|r| {
+                let weighted = match &r.action {
+                    Action::Route(RouteAction {
+                        cluster: ClusterSpec::Weighted { clusters, .. },
+                        ..
+                    }) => clusters.as_slice(),
+                    _ => &[],
+                };
+                [&r.request_headers, &r.response_headers].into_iter().chain(
+                    weighted
+                        .iter()
+                        .flat_map(|w| [&w.request_headers, &w.response_headers]),
+                )
+            });
+            [&vh.request_headers, &vh.response_headers]
+                .into_iter()
+                .chain(routes)
+        });
+        tables.into_iter().chain(vhosts)
+    }
+
     /// Compiles and validates a route configuration.
     pub fn compile(proto: &RouteConfiguration, _store: &Store) -> Result<RouteTable, ConfigError> {
         for (field, set) in [
@@ -727,7 +755,7 @@ impl RouteTable {
         }
         suffixes.sort_by_key(|s| std::cmp::Reverse(s.0.len()));
         prefixes.sort_by_key(|s| std::cmp::Reverse(s.0.len()));
-        Ok(RouteTable {
+        let mut table = RouteTable {
             name: proto.name.clone(),
             proto: Arc::new(proto.clone()),
             vhosts,
@@ -736,6 +764,7 @@ impl RouteTable {
             prefixes,
             default_vhost,
             ignore_port: proto.ignore_port_in_host_matching,
+            reads_request_headers: false,
             request_headers: HeaderMutations::compile(
                 &proto.request_headers_to_add,
                 &proto.request_headers_to_remove,
@@ -748,7 +777,10 @@ impl RouteTable {
                 "response_headers_to_add",
                 "response_headers_to_remove",
             )?,
-        })
+        };
+        let reads = table.mutations().any(|m| m.reads_request_headers());
+        table.reads_request_headers = reads;
+        Ok(table)
     }
 
     /// The virtual host for `host` (Envoy's search order: exact, longest `*.suffix`,

@@ -212,6 +212,52 @@ fn http_local_replies_and_stats() {
     assert!(c.wait_stat("cluster.a.upstream_rq_200", 1) >= 1);
     assert!(c.wait_stat("cluster.dead.upstream_cx_connect_fail", 1) >= 1);
     assert!(c.wait_stat("http.ingress.downstream_cx_http1_total", 4) >= 4);
+    // Request-time histograms: every completed request counted, the timed-out one in a
+    // bucket above the route timeout.
+    let count_line =
+        "envoy_http_downstream_rq_time_count{envoy_http_conn_manager_prefix=\"ingress\"}";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let prom = loop {
+        let prom = admin_get(c.admin, "/stats/prometheus").unwrap_or_default();
+        let count = prom
+            .lines()
+            .find_map(|l| l.strip_prefix(count_line))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        if count >= 4 {
+            break prom;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "histogram count {count}: {prom}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(prom.contains("# TYPE envoy_http_downstream_rq_time histogram"));
+    assert!(prom.contains(
+        "envoy_http_downstream_rq_time_bucket{envoy_http_conn_manager_prefix=\"ingress\",le=\"+Inf\"}"
+    ));
+    let bucket = |le: &str| -> u64 {
+        let prefix = format!(
+            "envoy_http_downstream_rq_time_bucket{{envoy_http_conn_manager_prefix=\"ingress\",le=\"{le}\"}}"
+        );
+        prom.lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no le={le} bucket in {prom}"))
+    };
+    // The 504 came after the 0.2 s route timeout: above 100 ms, within 500 ms.
+    assert!(bucket("100") < bucket("500"), "{prom}");
+    assert!(prom.contains("envoy_cluster_upstream_rq_time_count{envoy_cluster_name=\"a\"}"));
+    let text = admin_get(c.admin, "/stats?filter=downstream_rq_time").unwrap_or_default();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("http.ingress.downstream_rq_time: "))
+        .unwrap_or_else(|| panic!("no histogram line in {text}"));
+    assert!(
+        line.contains(" P50(nan,") && line.contains(" P100(nan,"),
+        "{line}"
+    );
 }
 
 #[test]

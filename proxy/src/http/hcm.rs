@@ -16,7 +16,7 @@ use http::HeaderValue;
 
 use super::route::RouteTable;
 use crate::config::{self, ConfigError};
-use crate::stats::{Counter, Gauge, Store};
+use crate::stats::{Counter, Gauge, Histogram, Store};
 
 /// Well-known name of the HTTP connection manager.
 pub const HTTP_CONNECTION_MANAGER: &str = "envoy.filters.network.http_connection_manager";
@@ -118,9 +118,8 @@ pub struct HttpStats {
     pub rq_redirect: Arc<Counter>,
     /// `rq_total` (router).
     pub rq_total: Arc<Counter>,
-    /// `downstream_rq_time` as a sum in ms with `downstream_rq_time_count` (no histograms
-    /// in the stat store yet).
-    pub downstream_rq_time_sum_ms: Arc<Counter>,
+    /// `downstream_rq_time` (ms, from the request's first byte to the response's end).
+    pub downstream_rq_time: Arc<Histogram>,
 }
 
 impl HttpStats {
@@ -161,7 +160,7 @@ impl HttpStats {
             rq_direct_response: c("rq_direct_response"),
             rq_redirect: c("rq_redirect"),
             rq_total: c("rq_total"),
-            downstream_rq_time_sum_ms: c("downstream_rq_time_sum_ms"),
+            downstream_rq_time: store.histogram(&format!("http.{prefix}.downstream_rq_time")),
         }
     }
 }

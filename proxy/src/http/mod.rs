@@ -20,14 +20,16 @@
 //!   dropped, the connection closes after the response) where Envoy answers 400.
 //! - The route `timeout` ends when the upstream response *headers* arrive; Envoy's also
 //!   covers the response body.
+//! - `downstream_rq_time`/`upstream_rq_time` use Envoy's default bucket bounds; `/stats`
+//!   quantiles are interpolated linearly inside a bucket (Envoy's log-linear histogram gives
+//!   slightly different figures) and, with no flush interval, the interval figure is `nan`.
 //! - Circuit breakers are counted per worker (Envoy's are per cluster across workers); with
 //!   `--concurrency 1` they match.
 //! - One HTTP/2 upstream connection per host per worker (Envoy opens more once
 //!   `max_concurrent_streams` is reached; hyper queues streams instead).
 //! - Not yet: `Upgrade`/websocket tunnelling (upgrade requests are routed but not
 //!   tunnelled), h2c `Upgrade: h2c`, inline route configs are not checked against known
-//!   clusters (`validate_clusters`; Envoy rejects an unknown cluster at load), the
-//!   `downstream_rq_time`/`upstream_rq_time` histograms (sums in ms are kept instead),
+//!   clusters (`validate_clusters`; Envoy rejects an unknown cluster at load),
 //!   `per_request_buffer_limit_bytes` (retried bodies are buffered up to the cluster's
 //!   buffer limit), hedging, shadowing, CORS, rate limits.
 

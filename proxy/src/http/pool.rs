@@ -14,7 +14,7 @@ use hyper::client::conn::{http1, http2};
 
 use super::body::ProxyBody;
 use crate::event::rt::{self, LocalExec, RtTimer, TcpIo};
-use crate::stats::{Counter, Gauge, Store};
+use crate::stats::{Counter, Gauge, Histogram, Store};
 use crate::upstream::{ClusterInfo, Host, LbStates};
 
 /// `cluster.<name>.*` HTTP stats, created on first use on each worker.
@@ -51,8 +51,8 @@ pub struct ClusterHttpStats {
     pub cx_http1_total: Arc<Counter>,
     /// `upstream_cx_http2_total`.
     pub cx_http2_total: Arc<Counter>,
-    /// `upstream_rq_time` sum in ms (no histograms yet).
-    pub rq_time_sum_ms: Arc<Counter>,
+    /// `upstream_rq_time` (ms, from the first attempt to the response headers).
+    pub rq_time: Arc<Histogram>,
     codes: RefCell<HashMap<u16, Arc<Counter>>>,
     store: Store,
     name: String,
@@ -85,7 +85,7 @@ impl ClusterHttpStats {
             rq_rx_reset: c("upstream_rq_rx_reset"),
             cx_http1_total: c("upstream_cx_http1_total"),
             cx_http2_total: c("upstream_cx_http2_total"),
-            rq_time_sum_ms: c("upstream_rq_time_sum_ms"),
+            rq_time: store.histogram(&format!("cluster.{name}.upstream_rq_time")),
             codes: RefCell::new(HashMap::new()),
             store: store.clone(),
             name: name.to_string(),

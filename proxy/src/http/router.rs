@@ -254,8 +254,8 @@ pub async fn serve(
         cfg.stats.downstream_rq_completed.inc(worker);
         cfg.stats.downstream_rq_active.dec(worker);
         cfg.stats
-            .downstream_rq_time_sum_ms
-            .add(worker, start.elapsed().as_millis() as u64);
+            .downstream_rq_time
+            .record(worker, start.elapsed().as_millis() as u64);
         conn2.active.set(conn2.active.get().saturating_sub(1));
         conn2.last_activity.set(Instant::now());
         if let Some((method, path, authority, headers, version)) = &log_state {
@@ -919,8 +919,8 @@ async fn forward(
                 }
                 let elapsed = upstream_start.elapsed();
                 pool.stats
-                    .rq_time_sum_ms
-                    .add(worker, elapsed.as_millis() as u64);
+                    .rq_time
+                    .record(worker, elapsed.as_millis() as u64);
                 let mut resp = resp;
                 if !cfg.suppress_envoy_headers {
                     resp.headers_mut().insert(

@@ -10,4 +10,6 @@ mod render;
 mod store;
 
 pub use render::{render_json, render_prometheus, render_text};
-pub use store::{Counter, Gauge, Store, MAIN_THREAD};
+pub use store::{
+    Counter, Gauge, Histogram, HistogramSnapshot, Store, HISTOGRAM_BUCKETS, MAIN_THREAD,
+};

@@ -2,7 +2,27 @@
 
 use std::fmt::Write;
 
-use super::Store;
+use super::{HistogramSnapshot, Store, HISTOGRAM_BUCKETS};
+
+/// The quantiles Envoy's `/stats` reports for histograms, in percent.
+const QUANTILES: [f64; 10] = [0.0, 25.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.5, 99.9, 100.0];
+
+/// Histograms passing `filter`, sorted by name.
+fn histograms(store: &Store, filter: Option<&str>) -> Vec<(String, HistogramSnapshot)> {
+    let mut all: Vec<_> = store
+        .histograms()
+        .into_iter()
+        .filter(|(k, _)| filter.is_none_or(|f| k.contains(f)))
+        .collect();
+    all.sort_by(|a, b| a.0.cmp(&b.0));
+    all
+}
+
+/// A quantile as Envoy prints it (no trailing zeros).
+fn quantile_text(v: f64) -> String {
+    let s = format!("{v:.6}");
+    s.trim_end_matches('0').trim_end_matches('.').to_string()
+}
 
 /// `name: value` lines sorted by name, as Envoy's `/stats`; `filter` keeps names containing it.
 pub fn render_text(store: &Store, filter: Option<&str>) -> String {
@@ -18,6 +38,22 @@ pub fn render_text(store: &Store, filter: Option<&str>) -> String {
     for (k, v) in all {
         let _ = writeln!(out, "{k}: {v}");
     }
+    // Histograms last, as Envoy: cumulative quantiles (Courier has no flush interval, so
+    // the interval figure is `nan`).
+    for (k, h) in histograms(store, filter) {
+        if h.count() == 0 {
+            let _ = writeln!(out, "{k}: No recorded values");
+            continue;
+        }
+        let parts: Vec<String> = QUANTILES
+            .iter()
+            .map(|q| {
+                let v = h.quantile(q / 100.0).unwrap_or(f64::NAN);
+                format!("P{}(nan,{})", quantile_text(*q), quantile_text(v))
+            })
+            .collect();
+        let _ = writeln!(out, "{k}: {}", parts.join(" "));
+    }
     out
 }
 
@@ -31,10 +67,26 @@ pub fn render_json(store: &Store, filter: Option<&str>) -> serde_json::Value {
         .filter(|(k, _)| filter.is_none_or(|f| k.contains(f)))
         .collect();
     all.sort_by(|a, b| a.0.cmp(&b.0));
-    let stats: Vec<_> = all
+    let mut stats: Vec<_> = all
         .into_iter()
         .map(|(name, value)| serde_json::json!({"name": name, "value": value}))
         .collect();
+    let computed: Vec<_> = histograms(store, filter)
+        .into_iter()
+        .map(|(name, h)| {
+            let values: Vec<_> = QUANTILES
+                .iter()
+                .map(|q| serde_json::json!({"interval": null, "cumulative": h.quantile(q / 100.0)}))
+                .collect();
+            serde_json::json!({"name": name, "values": values})
+        })
+        .collect();
+    if !computed.is_empty() {
+        stats.push(serde_json::json!({"histograms": {
+            "supported_quantiles": QUANTILES,
+            "computed_quantiles": computed,
+        }}));
+    }
     serde_json::json!({ "stats": stats })
 }
 
@@ -79,6 +131,14 @@ fn split_nested(entity: &str, stat: &str) -> (String, String) {
     (entity.to_string(), stat.to_string())
 }
 
+/// `key="value"` with the value escaped for the Prometheus text format.
+fn label(key: &str, value: &str) -> String {
+    format!(
+        "{key}=\"{}\"",
+        value.replace('\\', "\\\\").replace('"', "\\\"")
+    )
+}
+
 fn sanitize(name: &str) -> String {
     name.chars()
         .map(|c| {
@@ -102,12 +162,7 @@ pub fn render_prometheus(store: &Store) -> String {
             let labels = if tags.is_empty() {
                 String::new()
             } else {
-                let inner: Vec<String> = tags
-                    .iter()
-                    .map(|(k, v)| {
-                        format!("{k}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\""))
-                    })
-                    .collect();
+                let inner: Vec<String> = tags.iter().map(|(k, v)| label(k, v)).collect();
                 format!("{{{}}}", inner.join(","))
             };
             families
@@ -139,7 +194,43 @@ pub fn render_prometheus(store: &Store) -> String {
             .map(|(k, v)| (k, v.to_string()))
             .collect(),
     );
+    render_prometheus_histograms(store, &mut out);
     out
+}
+
+/// `histogram` families: cumulative `_bucket{le=…}` lines, `_sum` and `_count`.
+fn render_prometheus_histograms(store: &Store, out: &mut String) {
+    let mut families: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for (name, h) in histograms(store, None) {
+        let (base, tags) = extract_tags(&name);
+        let metric = format!("envoy_{}", sanitize(&base));
+        let labels: Vec<String> = tags.iter().map(|(k, v)| label(k, v)).collect();
+        let with = |extra: Option<String>| {
+            let all: Vec<String> = labels.iter().cloned().chain(extra).collect();
+            if all.is_empty() {
+                String::new()
+            } else {
+                format!("{{{}}}", all.join(","))
+            }
+        };
+        let lines = families.entry(metric.clone()).or_default();
+        let mut cumulative = 0;
+        for (bound, n) in HISTOGRAM_BUCKETS.iter().zip(&h.counts) {
+            cumulative += n;
+            let le = with(Some(format!("le=\"{}\"", quantile_text(*bound))));
+            lines.push(format!("{metric}_bucket{le} {cumulative}"));
+        }
+        let inf = with(Some("le=\"+Inf\"".to_string()));
+        lines.push(format!("{metric}_bucket{inf} {}", h.count()));
+        lines.push(format!("{metric}_sum{} {}", with(None), h.sum));
+        lines.push(format!("{metric}_count{} {}", with(None), h.count()));
+    }
+    for (metric, lines) in families {
+        let _ = writeln!(out, "# TYPE {metric} histogram");
+        for l in lines {
+            let _ = writeln!(out, "{l}");
+        }
+    }
 }
 
 #[cfg(test)]

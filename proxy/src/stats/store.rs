@@ -176,6 +176,96 @@ impl Gauge {
     }
 }
 
+/// Envoy's default histogram bucket bounds, in the unit recorded (milliseconds for the
+/// request-time histograms).
+pub const HISTOGRAM_BUCKETS: [f64; 19] = [
+    0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0,
+    60000.0, 300000.0, 600000.0, 1800000.0, 3600000.0,
+];
+
+/// A distribution of values (Envoy's histogram): per-thread bucket counts and sum.
+pub struct Histogram {
+    /// One per bound in [`HISTOGRAM_BUCKETS`], then one for larger values.
+    buckets: Box<[Cells]>,
+    sum: Cells,
+}
+
+impl Histogram {
+    fn new(store: &Store) -> Histogram {
+        Histogram {
+            buckets: (0..=HISTOGRAM_BUCKETS.len())
+                .map(|_| store.cells())
+                .collect(),
+            sum: store.cells(),
+        }
+    }
+
+    /// Records `value` on `thread`'s cells.
+    #[inline]
+    pub fn record(&self, thread: usize, value: u64) {
+        let v = value as f64;
+        let bucket = HISTOGRAM_BUCKETS
+            .iter()
+            .position(|b| v <= *b)
+            .unwrap_or(HISTOGRAM_BUCKETS.len());
+        self.buckets[bucket].add(thread, 1);
+        self.sum.add(thread, value);
+    }
+
+    /// The counts and sum over all threads.
+    pub fn snapshot(&self) -> HistogramSnapshot {
+        HistogramSnapshot {
+            counts: self.buckets.iter().map(Cells::sum).collect(),
+            sum: self.sum.sum(),
+        }
+    }
+}
+
+/// A histogram's values at one moment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistogramSnapshot {
+    /// Values per bucket of [`HISTOGRAM_BUCKETS`] (not cumulative), then above the last.
+    pub counts: Vec<u64>,
+    /// Sum of the recorded values.
+    pub sum: u64,
+}
+
+impl HistogramSnapshot {
+    /// Number of recorded values.
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+
+    /// The `q` quantile (0..=1), interpolated linearly inside its bucket; `None` without
+    /// values. (Envoy's log-linear histogram gives slightly different figures.)
+    pub fn quantile(&self, q: f64) -> Option<f64> {
+        let total = self.count();
+        if total == 0 {
+            return None;
+        }
+        let target = q.clamp(0.0, 1.0) * total as f64;
+        let mut below = 0u64;
+        for (i, &n) in self.counts.iter().enumerate() {
+            if n == 0 {
+                continue;
+            }
+            if (below + n) as f64 >= target {
+                let last = HISTOGRAM_BUCKETS[HISTOGRAM_BUCKETS.len() - 1];
+                let lower = if i == 0 {
+                    0.0
+                } else {
+                    HISTOGRAM_BUCKETS[i - 1]
+                };
+                let upper = HISTOGRAM_BUCKETS.get(i).copied().unwrap_or(last);
+                let within = (target - below as f64).max(0.0) / n as f64;
+                return Some(lower + (upper - lower) * within);
+            }
+            below += n;
+        }
+        HISTOGRAM_BUCKETS.last().copied()
+    }
+}
+
 /// A stat's name: interned scope (everything before the last dot) and leaf.
 type Key = (Arc<str>, Arc<str>);
 
@@ -185,6 +275,7 @@ struct Registry {
     parts: HashSet<Arc<str>>,
     counters: BTreeMap<Key, Arc<Counter>>,
     gauges: BTreeMap<Key, Arc<Gauge>>,
+    histograms: BTreeMap<Key, Arc<Histogram>>,
 }
 
 impl Registry {
@@ -262,6 +353,16 @@ impl Store {
             .clone()
     }
 
+    /// The histogram named `name`, created empty on first use.
+    pub fn histogram(&self, name: &str) -> Arc<Histogram> {
+        let mut r = lock(&self.registry);
+        let key = r.key(name);
+        r.histograms
+            .entry(key)
+            .or_insert_with(|| Arc::new(Histogram::new(self)))
+            .clone()
+    }
+
     /// A counter outside the registry (not listed by admin `/stats`), e.g. per-host stats
     /// that Envoy shows only in `/clusters`.
     pub fn detached_counter(&self) -> Arc<Counter> {
@@ -283,6 +384,15 @@ impl Store {
             .counters
             .iter()
             .map(|(k, v)| (full_name(k), v.value()))
+            .collect()
+    }
+
+    /// Every histogram's current values, by name (in no particular order).
+    pub fn histograms(&self) -> Vec<(String, HistogramSnapshot)> {
+        lock(&self.registry)
+            .histograms
+            .iter()
+            .map(|(k, v)| (full_name(k), v.snapshot()))
             .collect()
     }
 
@@ -354,5 +464,28 @@ mod tests {
         reused.dec(1);
         assert_eq!(reused.value(), -1);
         assert_eq!(lock(&store.arena).free.len(), BLOCK_SLOTS + 2);
+    }
+
+    #[test]
+    fn histogram_buckets_sum_and_quantiles() {
+        let store = Store::new(2);
+        let h = store.histogram("http.p.downstream_rq_time");
+        assert_eq!(h.snapshot().quantile(0.5), None);
+        for v in [0, 1, 3, 7, 7, 40] {
+            h.record(0, v);
+        }
+        h.record(MAIN_THREAD, 5_000_000);
+        let snap = store.histogram("http.p.downstream_rq_time").snapshot();
+        assert_eq!(snap.count(), 7);
+        assert_eq!(snap.sum, 5_000_058);
+        // 0 ≤ 0.5, 1 ≤ 1, 3 ≤ 5, 7 ≤ 10 (twice), 40 ≤ 50, 5e6 above the last bound.
+        assert_eq!(&snap.counts[..6], &[1, 1, 1, 2, 0, 1]);
+        assert_eq!(snap.counts[HISTOGRAM_BUCKETS.len()], 1);
+        assert_eq!(snap.quantile(0.0), Some(0.0));
+        // The median (rank 3.5 of 7) falls half a value into the two values of (5, 10]:
+        // a quarter of the way through that bucket.
+        assert_eq!(snap.quantile(0.5), Some(6.25));
+        assert_eq!(snap.quantile(1.0), Some(3_600_000.0));
+        assert_eq!(store.histograms().len(), 1);
     }
 }

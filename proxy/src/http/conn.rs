@@ -18,6 +18,8 @@ use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 use hyper::server::conn::{http1, http2};
+
+use super::upgrade::WorkerIo;
 use mio::event::Event;
 
 use super::body::ProxyBody;
@@ -101,7 +103,9 @@ impl hyper::rt::Write for PrefixedIo {
     }
 }
 
-type H1Conn = http1::Connection<PrefixedIo, HcmService>;
+/// HTTP/1 with upgrades (websocket): hyper hands an upgraded connection's I/O over as
+/// `Send`, hence [`WorkerIo`].
+type H1Conn = http1::UpgradeableConnection<WorkerIo<PrefixedIo>, HcmService>;
 type H2Conn = http2::Connection<PrefixedIo, HcmService, LocalExec>;
 
 enum State {
@@ -199,7 +203,9 @@ impl HttpConnection {
             .max_headers(cfg.max_headers_count.max(1))
             .max_buf_size((cfg.max_request_headers_kb as usize * 1024).max(8192) + 1024)
             .header_read_timeout(cfg.request_headers_timeout);
-        let conn = b.serve_connection(io, self.service());
+        let conn = b
+            .serve_connection(WorkerIo::new(io), self.service())
+            .with_upgrades();
         cfg.stats.downstream_cx_http1_total.inc(self.worker);
         cfg.stats.downstream_cx_http1_active.inc(self.worker);
         self.http2 = Some(false);

@@ -108,6 +108,10 @@ pub struct HttpStats {
     pub downstream_rq_header_timeout: Arc<Counter>,
     /// `downstream_rq_ws_on_non_ws_route`.
     pub downstream_rq_ws_on_non_ws_route: Arc<Counter>,
+    /// `downstream_cx_upgrades_total`.
+    pub downstream_cx_upgrades_total: Arc<Counter>,
+    /// `downstream_cx_upgrades_active`.
+    pub downstream_cx_upgrades_active: Arc<Gauge>,
     /// `no_route`.
     pub no_route: Arc<Counter>,
     /// `no_cluster`.
@@ -155,6 +159,8 @@ impl HttpStats {
             downstream_rq_too_large: c("downstream_rq_too_large"),
             downstream_rq_header_timeout: c("downstream_rq_header_timeout"),
             downstream_rq_ws_on_non_ws_route: c("downstream_rq_ws_on_non_ws_route"),
+            downstream_cx_upgrades_total: c("downstream_cx_upgrades_total"),
+            downstream_cx_upgrades_active: g("downstream_cx_upgrades_active"),
             no_route: c("no_route"),
             no_cluster: c("no_cluster"),
             rq_direct_response: c("rq_direct_response"),

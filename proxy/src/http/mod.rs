@@ -27,9 +27,12 @@
 //!   `--concurrency 1` they match.
 //! - One HTTP/2 upstream connection per host per worker (Envoy opens more once
 //!   `max_concurrent_streams` is reached; hyper queues streams instead).
-//! - Not yet: `Upgrade`/websocket tunnelling (upgrade requests are routed but not
-//!   tunnelled), h2c `Upgrade: h2c`, inline route configs are not checked against known
-//!   clusters (`validate_clusters`; Envoy rejects an unknown cluster at load),
+//! - Upgraded (websocket) connections go upstream on a connection of their own, as Envoy's;
+//!   once tunnelled they no longer count in `downstream_cx_active` (they do in
+//!   `downstream_cx_upgrades_active`) and a drain does not wait for them.
+//! - Not yet: h2c `Upgrade: h2c`, websocket over HTTP/2 (extended CONNECT), inline route
+//!   configs are not checked against known clusters (`validate_clusters`; Envoy rejects an
+//!   unknown cluster at load),
 //!   `per_request_buffer_limit_bytes` (retried bodies are buffered up to the cluster's
 //!   buffer limit), hedging, shadowing, CORS, rate limits.
 
@@ -41,6 +44,7 @@ pub mod headers;
 pub mod pool;
 pub mod route;
 pub mod router;
+pub mod upgrade;
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -12,6 +12,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::{Body as _, Incoming};
+use hyper::upgrade::OnUpgrade;
 
 use super::access_log::LogEntry;
 use super::body::ProxyBody;
@@ -21,6 +22,7 @@ use super::pool::{self, PoolError, Sender};
 use super::route::{
     Action, ClusterSpec, HostRewrite, Redirect, Route, RouteAction, RouteTable, VirtualHost,
 };
+use super::upgrade::{self, WorkerIo};
 use crate::event::rt;
 use crate::upstream::ClusterInfo;
 
@@ -531,18 +533,9 @@ async fn process(
                 upstream: None,
                 request: req_headers_for_cx.as_ref(),
             };
+            let on_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
             forward(
-                conn,
-                req,
-                &authority,
-                path,
-                &table,
-                vh,
-                route,
-                action,
-                &fcx,
-                upgrade.is_some(),
-                outcome,
+                conn, req, &authority, path, &table, vh, route, action, &fcx, on_upgrade, outcome,
             )
             .await
         }
@@ -658,7 +651,7 @@ async fn forward(
     route: &Route,
     action: &RouteAction,
     fcx: &FormatContext<'_>,
-    is_upgrade: bool,
+    mut on_upgrade: Option<OnUpgrade>,
     outcome: &mut Outcome,
 ) -> Response<ProxyBody> {
     let cfg = &conn.config;
@@ -708,6 +701,7 @@ async fn forward(
         return r;
     }
     // Build the upstream request head.
+    let is_upgrade = on_upgrade.is_some();
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     parts.headers.remove(header::EXPECT);
@@ -856,9 +850,6 @@ async fn forward(
                 up_req.headers_mut().insert(header::HOST, v);
             }
         }
-        if is_upgrade {
-            *up_req.extensions_mut() = std::mem::take(&mut parts.extensions);
-        }
         if !cfg.suppress_envoy_headers {
             // The time left of the route timeout (Envoy subtracts what earlier attempts
             // used), capped by the per-try timeout.
@@ -891,11 +882,16 @@ async fn forward(
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        let result = rt::timeout(
-            try_deadline,
-            send_once(&pool, &cluster, &host, worker, up_req),
-        )
-        .await;
+        let result = match on_upgrade.take() {
+            Some(downstream) => {
+                let upgraded = send_upgrade(&cluster, &host, worker, up_req, downstream, cfg);
+                rt::timeout(try_deadline, upgraded).await
+            }
+            None => {
+                let sent = send_once(&pool, &cluster, &host, worker, up_req);
+                rt::timeout(try_deadline, sent).await
+            }
+        };
         pool.stats.rq_active.dec(worker);
         host.stats.rq_active.dec(worker);
         let err = match result {
@@ -1032,6 +1028,68 @@ async fn backoff(
     }
     rt::Sleep::until(until).await;
     true
+}
+
+/// Sends an upgrade request (websocket) on a connection of its own and, on `101`, joins
+/// it with the downstream connection into a tunnel (Envoy's upgrade handling; the pool's
+/// connections are never upgraded, so they stay reusable).
+async fn send_upgrade(
+    cluster: &Arc<ClusterInfo>,
+    host: &Arc<crate::upstream::Host>,
+    worker: usize,
+    req: Request<ProxyBody>,
+    downstream: OnUpgrade,
+    cfg: &Arc<HcmConfig>,
+) -> Result<Response<ProxyBody>, AttemptError> {
+    let stats = cluster.stats.clone();
+    stats.upstream_cx_total.inc(worker);
+    let deadline = Instant::now() + cluster.connect_timeout;
+    let io = match rt::timeout(Some(deadline), rt::TcpIo::connect(host.address)).await {
+        Some(Ok(io)) => io,
+        Some(Err(e)) => {
+            tracing::debug!(cluster = %cluster.name, error = %e, "upstream connect failure");
+            stats.upstream_cx_connect_fail.inc(worker);
+            return Err(AttemptError::ConnectFailure);
+        }
+        None => {
+            stats.upstream_cx_connect_timeout.inc(worker);
+            return Err(AttemptError::ConnectFailure);
+        }
+    };
+    let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
+        .handshake::<_, ProxyBody>(WorkerIo::new(io))
+        .await
+        .map_err(|_| AttemptError::ConnectFailure)?;
+    stats.upstream_cx_active.inc(worker);
+    rt::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(error = %e, "upstream upgrade connection closed");
+        }
+    });
+    let mut resp = match sender.send_request(req).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::debug!(error = %e, "upstream reset before the upgrade response");
+            stats.upstream_cx_active.dec(worker);
+            return Err(AttemptError::Reset);
+        }
+    };
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let upstream = hyper::upgrade::on(&mut resp);
+        let http = cfg.clone();
+        http.stats.downstream_cx_upgrades_total.inc(worker);
+        http.stats.downstream_cx_upgrades_active.inc(worker);
+        upgrade::tunnel(downstream, upstream, move || {
+            http.stats.downstream_cx_upgrades_active.dec(worker);
+            stats.upstream_cx_active.dec(worker);
+        });
+    } else {
+        // Refused: the connection closes once the response body is done.
+        stats.upstream_cx_active.dec(worker);
+    }
+    let (mut parts, body) = resp.into_parts();
+    strip_response_hop_by_hop(&mut parts.headers, parts.status);
+    Ok(Response::from_parts(parts, ProxyBody::stream(body, None)))
 }
 
 async fn send_once(

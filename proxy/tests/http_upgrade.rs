@@ -1,0 +1,134 @@
+//! `Upgrade: websocket` through `upgrade_configs`: the upstream's `101` reaches the client
+//! and the connection becomes a two-way byte tunnel, half-closes included; a route without
+//! the upgrade type refuses it with 403, as Envoy.
+
+mod http_support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::time::Duration;
+
+use http_support::*;
+
+/// An upstream answering every upgrade with `101` and then echoing bytes until EOF.
+fn start_ws_echo() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+                let mut upgrade = String::new();
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    if line.to_ascii_lowercase().starts_with("upgrade:") {
+                        upgrade = line.trim().to_string();
+                    }
+                    if line == "\r\n" {
+                        break;
+                    }
+                }
+                let mut out = stream;
+                let head = format!(
+                    "HTTP/1.1 101 Switching Protocols\r\n{upgrade}\r\nconnection: Upgrade\r\nx-upstream: ws\r\n\r\n"
+                );
+                if out.write_all(head.as_bytes()).is_err() {
+                    return;
+                }
+                let mut buf = [0u8; 4096];
+                loop {
+                    match reader.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if out.write_all(&buf[..n]).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+                // The client half-closed: answer with a last message, then close.
+                let _ = out.write_all(b"bye");
+            });
+        }
+    });
+    addr
+}
+
+const ROUTES: &str = r#"            name: local
+            virtual_hosts:
+            - name: main
+              domains: ["*"]
+              routes:
+              - match: { prefix: "/plain" }
+                route:
+                  cluster: ws
+                  upgrade_configs: [ { upgrade_type: websocket, enabled: false } ]
+              - match: { prefix: "/" }
+                route: { cluster: ws }
+"#;
+
+fn setup() -> Courier {
+    let ws = start_ws_echo();
+    let hcm = "          upgrade_configs: [ { upgrade_type: websocket } ]\n";
+    Courier::start(&bootstrap(ROUTES, hcm, &cluster("ws", &[ws], "")))
+}
+
+fn upgrade_request(path: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nhost: h\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+}
+
+#[test]
+fn websocket_upgrade_tunnels_both_ways() {
+    let c = setup();
+    let mut s = TcpStream::connect(c.listener).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    s.write_all(upgrade_request("/chat").as_bytes())
+        .expect("request");
+    let mut reader = BufReader::new(s.try_clone().expect("clone"));
+    let resp = read_response(&mut reader, true).expect("101 response");
+    assert_eq!(resp.status, 101);
+    assert_eq!(resp.header("upgrade"), Some("websocket"));
+    assert_eq!(resp.header("x-upstream"), Some("ws"));
+    assert!(resp
+        .header("connection")
+        .is_some_and(|v| v.eq_ignore_ascii_case("upgrade")));
+    // Bytes both ways, several round trips on the same tunnel.
+    for msg in [&b"hello"[..], b"\x81\x05world", &[7u8; 3000]] {
+        s.write_all(msg).expect("write");
+        let mut back = vec![0u8; msg.len()];
+        reader.read_exact(&mut back).expect("echo");
+        assert_eq!(back, msg);
+    }
+    assert_eq!(c.stat("http.ingress.downstream_cx_upgrades_active"), 1);
+    // Half-close: the upstream sees EOF, answers, and the tunnel then closes.
+    s.shutdown(Shutdown::Write).expect("shutdown");
+    let mut rest = Vec::new();
+    reader.read_to_end(&mut rest).expect("read to end");
+    assert_eq!(rest, b"bye");
+    assert_eq!(c.stat("http.ingress.downstream_cx_upgrades_total"), 1);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while c.stat("http.ingress.downstream_cx_upgrades_active") != 0 {
+        assert!(std::time::Instant::now() < deadline, "tunnel still active");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn upgrade_disabled_on_the_route_is_refused() {
+    let c = setup();
+    let mut s = TcpStream::connect(c.listener).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    s.write_all(upgrade_request("/plain").as_bytes())
+        .expect("request");
+    let mut reader = BufReader::new(s);
+    let resp = read_response(&mut reader, false).expect("response");
+    assert_eq!(resp.status, 403);
+    assert_eq!(c.stat("http.ingress.downstream_rq_ws_on_non_ws_route"), 1);
+}

@@ -3,8 +3,11 @@
 
 use std::sync::OnceLock;
 
+use prost::Message;
 use prost_reflect::prost_types::field_descriptor_proto::{Label, Type};
-use prost_reflect::prost_types::{DescriptorProto, FieldDescriptorProto, FileDescriptorProto};
+use prost_reflect::prost_types::{
+    DescriptorProto, FieldDescriptorProto, FileDescriptorProto, FileDescriptorSet,
+};
 use prost_reflect::DescriptorPool;
 
 static DESCRIPTORS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/envoy_descriptors.bin"));
@@ -15,8 +18,15 @@ pub fn pool() -> &'static DescriptorPool {
     POOL.get_or_init(|| {
         // The bytes are envoy-types' own build output, checked by this crate's tests; a
         // failure here is a build defect, not input.
-        let mut pool =
-            DescriptorPool::decode(DESCRIPTORS).expect("envoy-types ships a valid descriptor set");
+        let mut set = FileDescriptorSet::decode(DESCRIPTORS)
+            .expect("envoy-types ships a valid descriptor set");
+        // Comments and source positions are a third of the set and nothing here reads
+        // them; the pool would keep them for the life of the process.
+        for file in &mut set.file {
+            file.source_code_info = None;
+        }
+        let mut pool = DescriptorPool::from_file_descriptor_set(set)
+            .expect("envoy-types ships a valid descriptor set");
         for (package, file) in [
             ("xds.type.v3", "courier/xds/type/v3/typed_struct.proto"),
             ("udpa.type.v1", "courier/udpa/type/v1/typed_struct.proto"),

@@ -1060,7 +1060,6 @@ async fn send_upgrade(
         .handshake::<_, ProxyBody>(WorkerIo::new(io))
         .await
         .map_err(|_| AttemptError::ConnectFailure)?;
-    stats.upstream_cx_active.inc(worker);
     rt::spawn(async move {
         if let Err(e) = conn.with_upgrades().await {
             tracing::debug!(error = %e, "upstream upgrade connection closed");
@@ -1070,7 +1069,6 @@ async fn send_upgrade(
         Ok(r) => r,
         Err(e) => {
             tracing::debug!(error = %e, "upstream reset before the upgrade response");
-            stats.upstream_cx_active.dec(worker);
             return Err(AttemptError::Reset);
         }
     };
@@ -1079,14 +1077,14 @@ async fn send_upgrade(
         let http = cfg.clone();
         http.stats.downstream_cx_upgrades_total.inc(worker);
         http.stats.downstream_cx_upgrades_active.inc(worker);
+        // Counted from the 101 on, so an attempt dropped by its timeout leaves no count.
+        stats.upstream_cx_active.inc(worker);
         upgrade::tunnel(downstream, upstream, move || {
             http.stats.downstream_cx_upgrades_active.dec(worker);
             stats.upstream_cx_active.dec(worker);
         });
-    } else {
-        // Refused: the connection closes once the response body is done.
-        stats.upstream_cx_active.dec(worker);
     }
+    // Refused (not 101): the connection closes once the response body is done.
     let (mut parts, body) = resp.into_parts();
     strip_response_hop_by_hop(&mut parts.headers, parts.status);
     Ok(Response::from_parts(parts, ProxyBody::stream(body, None)))

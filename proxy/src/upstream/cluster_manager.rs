@@ -213,17 +213,15 @@ impl ClusterManager {
     ) -> Result<Vec<String>, ConfigError> {
         let users: Vec<String> = self.eds_user_names(service_name).cloned().collect();
         let stored = self.assignments.get(service_name);
+        let any_warming = users.iter().any(|n| self.warming.contains_key(n));
         // Same bytes: unchanged without decoding (SotW EDS re-sends every assignment).
         let same_bytes = stored.is_some_and(|a| a == encoded);
-        if same_bytes && !users.iter().any(|n| self.warming.contains_key(n)) {
+        if same_bytes && !any_warming {
             return Ok(Vec::new());
         }
         let cla = encoded.decode();
         // Differing bytes can still be the same message (map fields have no fixed order).
-        if !same_bytes
-            && stored.is_some_and(|a| a.decode() == cla)
-            && !users.iter().any(|n| self.warming.contains_key(n))
-        {
+        if !any_warming && !same_bytes && stored.is_some_and(|a| a.decode() == cla) {
             return Ok(Vec::new());
         }
         // Build every new host set first so a bad assignment changes nothing.

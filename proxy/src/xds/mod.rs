@@ -603,9 +603,9 @@ pub fn after_update(server: &Rc<Server>) {
 
 fn sync_eds(server: &Rc<Server>) {
     // Group by the encoded config source: thousands of clusters share a handful of them.
-    let mut by_source: BTreeMap<Vec<u8>, (ConfigSource, Vec<String>)> = BTreeMap::new();
-    {
+    let groups: Vec<(ConfigSource, Vec<String>)> = {
         let cm = server.cluster_manager.borrow();
+        let mut by_source: BTreeMap<&[u8], (ConfigSource, Vec<String>)> = BTreeMap::new();
         for e in cm.active().values().chain(cm.warming().values()) {
             if let crate::upstream::DiscoveryType::Eds {
                 service_name,
@@ -613,14 +613,14 @@ fn sync_eds(server: &Rc<Server>) {
             } = &e.info.discovery
             {
                 by_source
-                    .entry(eds_config.bytes().to_vec())
+                    .entry(eds_config.bytes())
                     .or_insert_with(|| (eds_config.decode(), Vec::new()))
                     .1
                     .push(service_name.clone());
             }
         }
-    }
-    let groups: Vec<(ConfigSource, Vec<String>)> = by_source.into_values().collect();
+        by_source.into_values().collect()
+    };
     let all = subscribe_named(
         server,
         type_url::CLUSTER_LOAD_ASSIGNMENT,

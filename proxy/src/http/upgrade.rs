@@ -24,16 +24,6 @@ impl<T> WorkerIo<T> {
     pub fn new(io: T) -> Self {
         WorkerIo(SendWrapper::new(io))
     }
-
-    /// The wrapped I/O object.
-    pub fn get_mut(&mut self) -> &mut T {
-        &mut self.0
-    }
-
-    /// The wrapped I/O object.
-    pub fn get_ref(&self) -> &T {
-        &self.0
-    }
 }
 
 impl<T: Read + Unpin> Read for WorkerIo<T> {

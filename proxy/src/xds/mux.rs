@@ -527,19 +527,26 @@ impl Mux {
         }
     }
 
+    /// Checks a response is of a type this stream watches and records its nonce; returns
+    /// the canonical type URL, or `None` (logged) for a response to ignore.
+    fn accept(&self, type_url: &str, nonce: &str) -> Option<&'static str> {
+        let Some(canonical_url) = canonical(type_url) else {
+            tracing::warn!(mux = %self.name, type_url, "ignoring a response of an unknown type");
+            return None;
+        };
+        let mut st = self.state.borrow_mut();
+        let Some(t) = st.types.get_mut(canonical_url).filter(|t| t.interested) else {
+            tracing::warn!(mux = %self.name, type_url, "ignoring a response for an unwatched type");
+            return None;
+        };
+        t.nonce = nonce.to_string();
+        Some(canonical_url)
+    }
+
     fn on_sotw_response(&self, server: &Rc<Server>, resp: DiscoveryResponse) {
-        let Some(type_url) = canonical(&resp.type_url) else {
-            tracing::warn!(mux = %self.name, type_url = %resp.type_url, "ignoring a response of an unknown type");
+        let Some(type_url) = self.accept(&resp.type_url, &resp.nonce) else {
             return;
         };
-        {
-            let mut st = self.state.borrow_mut();
-            let Some(t) = st.types.get_mut(type_url).filter(|t| t.interested) else {
-                tracing::warn!(mux = %self.name, type_url, "ignoring a response for an unwatched type");
-                return;
-            };
-            t.nonce = resp.nonce.clone();
-        }
         let decoded = apply::decode(type_url, &resp.resources);
         if decoded.is_err() {
             server.xds.borrow().stats.decode_rejected(type_url);
@@ -559,18 +566,9 @@ impl Mux {
     }
 
     fn on_delta_response(&self, server: &Rc<Server>, resp: DeltaDiscoveryResponse) {
-        let Some(type_url) = canonical(&resp.type_url) else {
-            tracing::warn!(mux = %self.name, type_url = %resp.type_url, "ignoring a response of an unknown type");
+        let Some(type_url) = self.accept(&resp.type_url, &resp.nonce) else {
             return;
         };
-        {
-            let mut st = self.state.borrow_mut();
-            let Some(t) = st.types.get_mut(type_url).filter(|t| t.interested) else {
-                tracing::warn!(mux = %self.name, type_url, "ignoring a response for an unwatched type");
-                return;
-            };
-            t.nonce = resp.nonce.clone();
-        }
         let mut versions = Vec::new();
         let decoded = apply::decode_delta(type_url, &resp.resources);
         if decoded.is_err() {

@@ -207,6 +207,25 @@ fn cases() -> Vec<Case> {
     v.push(with("/cluster-header", vec![("x-cluster", "b")]));
     v.push(with("/cluster-header", vec![("x-cluster", "unknown")]));
     v.push(with("/hdrs", vec![("x-remove-me", "1")]));
+    // h2c upgrade: served as plain HTTP/1.1, the upgrade headers not forwarded.
+    v.push(with(
+        "/a/h2c",
+        vec![
+            ("connection", "Upgrade, HTTP2-Settings"),
+            ("upgrade", "h2c"),
+            ("http2-settings", "AAMAAABkAARAAAAAAAIAAAAA"),
+        ],
+    ));
+    // A websocket upgrade with no `upgrade_configs`: refused (403).
+    v.push(with(
+        "/a/ws",
+        vec![
+            ("connection", "upgrade"),
+            ("upgrade", "websocket"),
+            ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+            ("sec-websocket-version", "13"),
+        ],
+    ));
     v.push(Case {
         method: "POST",
         body: b"posted body",
@@ -251,6 +270,8 @@ const UPSTREAM_HEADERS: &[&str] = &[
     "x-forwarded-proto",
     "x-envoy-original-path",
     "x-envoy-expected-rq-timeout-ms",
+    "upgrade",
+    "http2-settings",
 ];
 
 fn observe(addr: SocketAddr, c: &Case, ups: &[&Upstream]) -> Observed {

@@ -316,9 +316,24 @@ impl HeaderMutations {
     }
 }
 
+/// Whether `name` is a hop-by-hop header (RFC 9110 §7.6.1, plus `proxy-connection`).
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    use http::header::*;
+    name == CONNECTION
+        || name == TRANSFER_ENCODING
+        || name == UPGRADE
+        || name == TE
+        || matches!(name.as_str(), "keep-alive" | "proxy-connection")
+}
+
 /// Hop-by-hop headers a proxy must not forward.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     use http::header::*;
+    // Most requests carry none: one pass over the names is cheaper than a hashed removal
+    // per hop-by-hop name.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     if let Some(conn) = headers.get(CONNECTION).cloned() {
         if let Ok(s) = conn.to_str() {
             for token in s.split(',') {
@@ -355,4 +370,102 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(TE);
         }
     }
+}
+
+/// Turns an `Upgrade: h2c` request into a plain one, as Envoy's HTTP/1 codec does: drops
+/// `Upgrade` and `HTTP2-Settings`, and the `upgrade` and `http2-settings` tokens of
+/// `Connection` (other tokens stay, so `close` keeps its meaning). True if it was one.
+pub fn drop_h2c_upgrade(headers: &mut HeaderMap) -> bool {
+    use http::header::{CONNECTION, UPGRADE};
+    let is_h2c = headers
+        .get(UPGRADE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"h2c"));
+    if !is_h2c {
+        return false;
+    }
+    headers.remove(UPGRADE);
+    headers.remove("http2-settings");
+    if let Some(conn) = headers.get(CONNECTION) {
+        let kept: Vec<&str> = conn
+            .to_str()
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|t| {
+                !t.is_empty()
+                    && !t.eq_ignore_ascii_case("upgrade")
+                    && !t.eq_ignore_ascii_case("http2-settings")
+            })
+            .collect();
+        match HeaderValue::from_str(&kept.join(",")) {
+            Ok(v) if !kept.is_empty() => {
+                headers.insert(CONNECTION, v);
+            }
+            _ => {
+                headers.remove(CONNECTION);
+            }
+        }
+    }
+    true
+}
+
+/// Removes the hop-by-hop headers of an upstream response (kept on a 101, whose
+/// `Connection`/`Upgrade` the client needs).
+pub fn strip_response_hop_by_hop(headers: &mut HeaderMap, status: http::StatusCode) {
+    if status == http::StatusCode::SWITCHING_PROTOCOLS || !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
+    headers.remove(http::header::CONNECTION);
+    headers.remove("keep-alive");
+    headers.remove("proxy-connection");
+    headers.remove(http::header::TRANSFER_ENCODING);
+    headers.remove(http::header::UPGRADE);
+}
+
+/// A header value holding `n` in decimal. Values below 1024 (durations in ms, attempt
+/// counts) come from a table of static strings, so they cost no allocation.
+pub fn decimal_value(n: u64) -> HeaderValue {
+    static SMALL: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
+    const SMALL_LEN: u64 = 1024;
+    if n >= SMALL_LEN {
+        return HeaderValue::from(n);
+    }
+    let table = SMALL.get_or_init(|| {
+        let mut all = String::new();
+        let mut ends = Vec::with_capacity(SMALL_LEN as usize);
+        for i in 0..SMALL_LEN {
+            all.push_str(&i.to_string());
+            ends.push(all.len());
+        }
+        // One allocation for the process's lifetime, so the strings can be `'static`.
+        let all: &'static str = Box::leak(all.into_boxed_str());
+        let mut start = 0;
+        ends.into_iter()
+            .map(|end| {
+                let s = &all[start..end];
+                start = end;
+                s
+            })
+            .collect()
+    });
+    HeaderValue::from_static(table[n as usize])
+}
+
+/// A random (version 4) UUID, as Envoy generates for `x-request-id`.
+pub fn uuid4_value() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut bytes = fastrand::u128(..).to_be_bytes();
+    bytes[6] = (bytes[6] & 0x0f) | 0x40; // version 4
+    bytes[8] = (bytes[8] & 0x3f) | 0x80; // variant 10xx
+    let mut out = [b'-'; 36];
+    let mut at = 0;
+    for (i, b) in bytes.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            at += 1; // the dash
+        }
+        out[at] = HEX[(b >> 4) as usize];
+        out[at + 1] = HEX[(b & 0xf) as usize];
+        at += 2;
+    }
+    HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static("-"))
 }

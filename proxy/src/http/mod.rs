@@ -11,7 +11,7 @@
 //! # Known differences from Envoy
 //!
 //! `tests/http_differential.rs` runs the same bootstrap through Courier and Envoy 1.40 and
-//! compares 65 requests (all equal today). Differences that remain, by design or not yet
+//! compares 67 requests (all equal today). Differences that remain, by design or not yet
 //! done:
 //!
 //! - Codec errors come from hyper: a malformed request gets hyper's `400`/`431` (no body)
@@ -30,7 +30,9 @@
 //! - Upgraded (websocket) connections go upstream on a connection of their own, as Envoy's;
 //!   once tunnelled they no longer count in `downstream_cx_active` (they do in
 //!   `downstream_cx_upgrades_active`) and a drain does not wait for them.
-//! - Not yet: h2c `Upgrade: h2c`, websocket over HTTP/2 (extended CONNECT), inline route
+//! - `Upgrade: h2c` is not honoured, as in Envoy: the request is served as HTTP/1.1 without
+//!   its upgrade headers.
+//! - Not yet: websocket over HTTP/2 (extended CONNECT), inline route
 //!   configs are not checked against known clusters (`validate_clusters`; Envoy rejects an
 //!   unknown cluster at load),
 //!   `per_request_buffer_limit_bytes` (retried bodies are buffered up to the cluster's

@@ -53,7 +53,7 @@ pub struct ClusterHttpStats {
     pub cx_http2_total: Arc<Counter>,
     /// `upstream_rq_time` (ms, from the first attempt to the response headers).
     pub rq_time: Arc<Histogram>,
-    codes: RefCell<HashMap<u16, Arc<Counter>>>,
+    codes: RefCell<Vec<(u16, Arc<Counter>)>>,
     store: Store,
     name: String,
 }
@@ -86,7 +86,7 @@ impl ClusterHttpStats {
             cx_http1_total: c("upstream_cx_http1_total"),
             cx_http2_total: c("upstream_cx_http2_total"),
             rq_time: store.histogram(&format!("cluster.{name}.upstream_rq_time")),
-            codes: RefCell::new(HashMap::new()),
+            codes: RefCell::new(Vec::new()),
             store: store.clone(),
             name: name.to_string(),
         }
@@ -99,16 +99,18 @@ impl ClusterHttpStats {
         if (1..=5).contains(&class) {
             self.rq_xx[class - 1].inc(worker);
         }
-        let c = self
-            .codes
-            .borrow_mut()
-            .entry(code)
-            .or_insert_with(|| {
-                self.store
-                    .counter(&format!("cluster.{}.upstream_rq_{code}", self.name))
-            })
-            .clone();
-        c.inc(worker);
+        let mut codes = self.codes.borrow_mut();
+        // A handful of distinct codes per cluster: a scan beats hashing.
+        match codes.iter().find(|(c, _)| *c == code) {
+            Some((_, counter)) => counter.inc(worker),
+            None => {
+                let counter = self
+                    .store
+                    .counter(&format!("cluster.{}.upstream_rq_{code}", self.name));
+                counter.inc(worker);
+                codes.push((code, counter));
+            }
+        }
         self.rq_completed.inc(worker);
     }
 }

@@ -1,6 +1,7 @@
 //! One request through the connection manager and the router filter: header sanitising,
 //! route selection, local replies, and forwarding with retries and timeouts.
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -8,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::{Body as _, Incoming};
@@ -17,7 +18,7 @@ use hyper::upgrade::OnUpgrade;
 use super::access_log::LogEntry;
 use super::body::ProxyBody;
 use super::hcm::{HcmConfig, RouteSource, UnderscoreAction};
-use super::headers::{strip_hop_by_hop, FormatContext};
+use super::headers::{decimal_value, strip_hop_by_hop, strip_response_hop_by_hop, FormatContext};
 use super::pool::{self, PoolError, Sender};
 use super::route::{
     Action, ClusterSpec, HostRewrite, Redirect, Route, RouteAction, RouteTable, VirtualHost,
@@ -91,21 +92,6 @@ fn is_internal(ip: std::net::IpAddr) -> bool {
         std::net::IpAddr::V4(v4) => v4.is_private() || v4.is_loopback(),
         std::net::IpAddr::V6(v6) => v6.is_loopback() || (v6.segments()[0] & 0xfe00) == 0xfc00,
     }
-}
-
-fn uuid4() -> String {
-    let a = fastrand::u64(..);
-    let b = fastrand::u64(..);
-    let a = (a & 0xffff_ffff_ffff_0fff) | 0x4000;
-    let b = (b & 0x3fff_ffff_ffff_ffff) | 0x8000_0000_0000_0000;
-    format!(
-        "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
-        a >> 32,
-        (a >> 16) & 0xffff,
-        a & 0xffff,
-        b >> 48,
-        b & 0xffff_ffff_ffff
-    )
 }
 
 fn protocol_name(v: Version) -> &'static str {
@@ -440,9 +426,7 @@ async fn process(
     if cfg.generate_request_id {
         let regenerate = cfg.use_remote_address && !internal && !cfg.preserve_external_request_id;
         if regenerate || !headers.contains_key(&X_REQUEST_ID) {
-            if let Ok(v) = HeaderValue::from_str(&uuid4()) {
-                headers.insert(X_REQUEST_ID.clone(), v);
-            }
+            headers.insert(X_REQUEST_ID.clone(), super::headers::uuid4_value());
         }
     }
     if let Some(via) = &cfg.via {
@@ -465,17 +449,22 @@ async fn process(
         outcome.flags = "NR";
         return local_reply(StatusCode::NOT_FOUND, "");
     };
-    outcome.route_name = route.name.clone();
+    if !cfg.access_logs.is_empty() {
+        outcome.route_name = route.name.clone();
+    }
     let fcx_remote = conn.remote;
     let fcx_local = conn.local;
     let protocol = protocol_name(req.version());
+    // Envoy does not upgrade to h2c: such a request is served as plain HTTP/1.1, without
+    // its upgrade headers.
+    super::headers::drop_h2c_upgrade(req.headers_mut());
     // Upgrades (websocket).
     let upgrade = req
         .headers()
         .get(header::UPGRADE)
         .and_then(|v| v.to_str().ok())
         .map(str::to_ascii_lowercase);
-    if let Some(up) = &upgrade {
+    let upgrade_refused = upgrade.as_ref().is_some_and(|up| {
         let allowed = match &route.action {
             Action::Route(a) => a
                 .upgrades
@@ -484,12 +473,14 @@ async fn process(
                 .map_or_else(|| cfg.upgrades.iter().any(|t| t == up), |(_, en)| *en),
             _ => false,
         };
-        if !allowed {
-            cfg.stats.downstream_rq_ws_on_non_ws_route.inc(worker);
-            return local_reply(StatusCode::FORBIDDEN, "");
-        }
-    }
+        !allowed
+    });
     let mut resp = match &route.action {
+        // The refusal still gets the route's response headers, as Envoy's does.
+        _ if upgrade_refused => {
+            cfg.stats.downstream_rq_ws_on_non_ws_route.inc(worker);
+            local_reply(StatusCode::FORBIDDEN, "")
+        }
         Action::Direct { status, body } => {
             cfg.stats.rq_direct_response.inc(worker);
             let mut r = match body {
@@ -659,9 +650,9 @@ async fn forward(
     let start = Instant::now();
     // Cluster.
     let (cluster_name, weighted) = match &action.cluster {
-        ClusterSpec::Single(c) => (c.clone(), None),
+        ClusterSpec::Single(c) => (Cow::Borrowed(c.as_str()), None),
         ClusterSpec::Header(h) => match req.headers().get(h).and_then(|v| v.to_str().ok()) {
-            Some(c) if !c.is_empty() => (c.to_string(), None),
+            Some(c) if !c.is_empty() => (Cow::Owned(c.to_string()), None),
             _ => {
                 cfg.stats.no_cluster.inc(worker);
                 outcome.flags = "NC";
@@ -678,18 +669,20 @@ async fn forward(
                 }
                 r -= c.weight as u64;
             }
-            (pick.name.clone(), Some(pick))
+            (Cow::Borrowed(pick.name.as_str()), Some(pick))
         }
     };
     let cluster = rt::current()
         .and_then(|r| r.clusters())
-        .and_then(|s| s.get(&cluster_name).cloned());
+        .and_then(|s| s.get(cluster_name.as_ref()).cloned());
     let Some(cluster) = cluster else {
         cfg.stats.no_cluster.inc(worker);
         outcome.flags = "NC";
         return local_reply(action.cluster_not_found, "");
     };
-    outcome.upstream_cluster = Some(cluster.name.clone());
+    if !cfg.access_logs.is_empty() {
+        outcome.upstream_cluster = Some(cluster.name.clone());
+    }
     let pool = pool::cluster_pool(&cluster, &cfg.store);
     // max_requests.
     if pool.breakers.requests.get() >= cluster.thresholds.max_requests {
@@ -705,7 +698,8 @@ async fn forward(
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     parts.headers.remove(header::EXPECT);
-    parts.headers.remove(header::HOST);
+    // Kept to be reused upstream when the authority is unchanged (no copy).
+    let downstream_host = parts.headers.remove(header::HOST);
     let mut new_path = path.clone();
     if let Some(p) = &action.prefix_rewrite {
         new_path = rewrite_prefix(route, &path, p);
@@ -717,9 +711,9 @@ async fn forward(
             parts.headers.insert(X_ENVOY_ORIGINAL_PATH.clone(), v);
         }
     }
-    let mut upstream_authority = match &action.host_rewrite {
-        HostRewrite::Literal(h) => h.clone(),
-        _ => authority.to_string(),
+    let mut upstream_authority: Cow<'_, str> = match &action.host_rewrite {
+        HostRewrite::Literal(h) => Cow::Borrowed(h),
+        _ => Cow::Borrowed(authority),
     };
     if is_upgrade {
         if let Some(u) = fcx.request.and_then(|h| h.get(header::UPGRADE)) {
@@ -738,18 +732,6 @@ async fn forward(
     let retry = action.retry_policy.clone();
     let per_try = retry.as_ref().and_then(|r| r.per_try_timeout);
     let global_deadline = action.timeout.map(|t| start + t);
-    if !cfg.suppress_envoy_headers {
-        let expected = match (action.timeout, per_try) {
-            (Some(t), Some(p)) => Some(t.min(p)),
-            (t, p) => t.or(p),
-        };
-        if let Some(t) = expected {
-            parts.headers.insert(
-                X_ENVOY_EXPECTED_RQ_TIMEOUT_MS.clone(),
-                HeaderValue::from(t.as_millis() as u64),
-            );
-        }
-    }
     // Body: buffered (replayable) when retries are possible, else streamed.
     let mut buffered: Option<Bytes> = None;
     let mut stream_body = Some(body);
@@ -799,7 +781,7 @@ async fn forward(
         }
         outcome.upstream_host = Some(host.address);
         if matches!(action.host_rewrite, HostRewrite::Auto) {
-            upstream_authority = host.address.to_string();
+            upstream_authority = Cow::Owned(host.address.to_string());
         }
         let body = match (&buffered, stream_body.take()) {
             (Some(b), _) => ProxyBody::full(b.clone()),
@@ -824,7 +806,7 @@ async fn forward(
         let uri = if cluster.http2 {
             Uri::builder()
                 .scheme("http")
-                .authority(upstream_authority.as_str())
+                .authority(upstream_authority.as_ref())
                 .path_and_query(path_and_query)
                 .build()
         } else {
@@ -846,7 +828,11 @@ async fn forward(
             parts.headers.clone()
         };
         if !cluster.http2 {
-            if let Ok(v) = HeaderValue::from_str(&upstream_authority) {
+            let value = match &downstream_host {
+                Some(v) if v.as_bytes() == upstream_authority.as_bytes() => Some(v.clone()),
+                _ => HeaderValue::from_str(&upstream_authority).ok(),
+            };
+            if let Some(v) = value {
                 up_req.headers_mut().insert(header::HOST, v);
             }
         }
@@ -863,16 +849,15 @@ async fn forward(
                 (t, p) => t.or(p),
             };
             if let Some(ms) = expected {
-                up_req.headers_mut().insert(
-                    X_ENVOY_EXPECTED_RQ_TIMEOUT_MS.clone(),
-                    HeaderValue::from(ms),
-                );
+                up_req
+                    .headers_mut()
+                    .insert(X_ENVOY_EXPECTED_RQ_TIMEOUT_MS.clone(), decimal_value(ms));
             }
         }
         if attempt > 1 && vh_include_attempt(vh) {
             up_req
                 .headers_mut()
-                .insert(X_ENVOY_ATTEMPT_COUNT.clone(), HeaderValue::from(attempt));
+                .insert(X_ENVOY_ATTEMPT_COUNT.clone(), decimal_value(attempt.into()));
         }
         pool.stats.rq_total.inc(worker);
         pool.stats.rq_active.inc(worker);
@@ -921,7 +906,7 @@ async fn forward(
                 if !cfg.suppress_envoy_headers {
                     resp.headers_mut().insert(
                         X_ENVOY_UPSTREAM_SERVICE_TIME.clone(),
-                        HeaderValue::from(start.elapsed().as_millis() as u64),
+                        decimal_value(start.elapsed().as_millis() as u64),
                     );
                 }
                 if let Some(w) = weighted {
@@ -965,7 +950,7 @@ async fn forward(
         if !cfg.suppress_envoy_headers {
             resp.headers_mut().insert(
                 X_ENVOY_UPSTREAM_SERVICE_TIME.clone(),
-                HeaderValue::from(start.elapsed().as_millis() as u64),
+                decimal_value(start.elapsed().as_millis() as u64),
             );
         }
         return resp;
@@ -1168,17 +1153,6 @@ async fn send_once(
     Err(AttemptError::Reset)
 }
 
-fn strip_response_hop_by_hop(h: &mut HeaderMap, status: StatusCode) {
-    if status == StatusCode::SWITCHING_PROTOCOLS {
-        return;
-    }
-    h.remove(header::CONNECTION);
-    h.remove("keep-alive");
-    h.remove("proxy-connection");
-    h.remove(header::TRANSFER_ENCODING);
-    h.remove(header::UPGRADE);
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1189,8 +1163,14 @@ mod tests {
         assert_eq!(normalize_dots("/../a"), "/a");
         assert_eq!(normalize_dots("/a/b/.."), "/a/");
         assert_eq!(merge_slashes("//a///b/"), "/a/b/");
-        let id = uuid4();
+        let v = super::super::headers::uuid4_value();
+        let id = v.to_str().unwrap_or_default();
         assert_eq!(id.len(), 36);
         assert_eq!(&id[14..15], "4");
+        assert!(matches!(&id[19..20], "8" | "9" | "a" | "b"), "{id}");
+        assert_eq!(id.matches('-').count(), 4);
+        assert_eq!(super::super::headers::decimal_value(7), "7");
+        assert_eq!(super::super::headers::decimal_value(1023), "1023");
+        assert_eq!(super::super::headers::decimal_value(40_000), "40000");
     }
 }

@@ -1,6 +1,7 @@
 //! `Upgrade: websocket` through `upgrade_configs`: the upstream's `101` reaches the client
 //! and the connection becomes a two-way byte tunnel, half-closes included; a route without
-//! the upgrade type refuses it with 403, as Envoy.
+//! the upgrade type refuses it with 403, as Envoy. A tunnel counts as an active connection
+//! until it closes, so a drain waits for it.
 
 mod http_support;
 
@@ -106,6 +107,8 @@ fn websocket_upgrade_tunnels_both_ways() {
         assert_eq!(back, msg);
     }
     assert_eq!(c.stat("http.ingress.downstream_cx_upgrades_active"), 1);
+    // The tunnelled connection still counts as an active downstream connection.
+    assert_eq!(c.stat("http.ingress.downstream_cx_active"), 1);
     // Half-close: the upstream sees EOF, answers, and the tunnel then closes.
     s.shutdown(Shutdown::Write).expect("shutdown");
     let mut rest = Vec::new();
@@ -113,10 +116,61 @@ fn websocket_upgrade_tunnels_both_ways() {
     assert_eq!(rest, b"bye");
     assert_eq!(c.stat("http.ingress.downstream_cx_upgrades_total"), 1);
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while c.stat("http.ingress.downstream_cx_upgrades_active") != 0 {
+    while c.stat("http.ingress.downstream_cx_upgrades_active") != 0
+        || c.stat("http.ingress.downstream_cx_active") != 0
+    {
         assert!(std::time::Instant::now() < deadline, "tunnel still active");
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// A drain (SIGTERM) waits for a tunnel, as for any open connection: the tunnel keeps
+/// working after the listener has stopped accepting, and the process exits once the
+/// tunnel has closed.
+#[test]
+fn drain_waits_for_open_tunnels() {
+    let mut c = setup();
+    let mut s = TcpStream::connect(c.listener).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    s.write_all(upgrade_request("/chat").as_bytes())
+        .expect("request");
+    let mut reader = BufReader::new(s.try_clone().expect("clone"));
+    let resp = read_response(&mut reader, true).expect("101 response");
+    assert_eq!(resp.status, 101);
+    let pid = libc::pid_t::try_from(c.child.id()).expect("pid");
+    // SAFETY: signalling our own child process.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    // The drain has begun once the listener refuses new connections.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(c.listener).is_ok() {
+        assert!(std::time::Instant::now() < deadline, "listener still open");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // What the drain waits on: the tunnel is still an active connection...
+    assert_eq!(c.stat("http.ingress.downstream_cx_active"), 1);
+    // ...that still carries bytes.
+    s.write_all(b"during drain").expect("write");
+    let mut back = [0u8; 12];
+    reader.read_exact(&mut back).expect("echo during drain");
+    assert_eq!(&back, b"during drain");
+    assert!(c.child.try_wait().expect("try_wait").is_none());
+    // Closing the tunnel ends the drain.
+    s.shutdown(Shutdown::Write).expect("shutdown");
+    let mut rest = Vec::new();
+    reader.read_to_end(&mut rest).expect("read to end");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(st) = c.child.try_wait().expect("try_wait") {
+            break st;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "courier did not exit after the tunnel closed"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(status.success(), "exit status {status}");
 }
 
 #[test]

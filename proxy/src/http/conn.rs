@@ -119,14 +119,12 @@ enum State {
 pub struct HttpConnection {
     config: Arc<HcmConfig>,
     chain_tag: u64,
-    listener_stats: Arc<ListenerStats>,
     worker: usize,
     state: State,
     waker: Waker,
     info: Rc<ConnInfo>,
     started: Instant,
     shutting_down: bool,
-    http2: Option<bool>,
 }
 
 impl HttpConnection {
@@ -158,11 +156,12 @@ impl HttpConnection {
             active: Cell::new(0),
             closing: Cell::new(false),
             last_activity: Cell::new(ctx.now),
+            listener_stats,
+            http2: Cell::new(None),
         });
         let mut conn = HttpConnection {
             config,
             chain_tag,
-            listener_stats,
             worker,
             state: State::Detect {
                 io: Some(io),
@@ -172,7 +171,6 @@ impl HttpConnection {
             info,
             started: ctx.now,
             shutting_down: false,
-            http2: None,
         };
         if let Some(idle) = conn.config.idle_timeout {
             ctx.schedule(me, idle, TIMER_IDLE);
@@ -208,7 +206,7 @@ impl HttpConnection {
             .with_upgrades();
         cfg.stats.downstream_cx_http1_total.inc(self.worker);
         cfg.stats.downstream_cx_http1_active.inc(self.worker);
-        self.http2 = Some(false);
+        self.info.http2.set(Some(false));
         self.state = State::H1(Box::pin(conn));
     }
 
@@ -221,7 +219,7 @@ impl HttpConnection {
         let conn = b.serve_connection(io, self.service());
         cfg.stats.downstream_cx_http2_total.inc(self.worker);
         cfg.stats.downstream_cx_http2_active.inc(self.worker);
-        self.http2 = Some(true);
+        self.info.http2.set(Some(true));
         self.state = State::H2(Box::pin(conn));
     }
 
@@ -407,20 +405,5 @@ impl EventHandler for HttpConnection {
         }
         self.graceful();
         self.run(ctx, me)
-    }
-}
-
-impl Drop for HttpConnection {
-    fn drop(&mut self) {
-        let w = self.worker;
-        match self.http2 {
-            Some(true) => self.config.stats.downstream_cx_http2_active.dec(w),
-            Some(false) => self.config.stats.downstream_cx_http1_active.dec(w),
-            None => {}
-        }
-        self.config.stats.downstream_cx_active.dec(w);
-        self.config.stats.downstream_cx_destroy.inc(w);
-        self.listener_stats.downstream_cx_active.dec(w);
-        self.listener_stats.downstream_cx_destroy.inc(w);
     }
 }

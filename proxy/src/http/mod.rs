@@ -27,9 +27,9 @@
 //!   `--concurrency 1` they match.
 //! - One HTTP/2 upstream connection per host per worker (Envoy opens more once
 //!   `max_concurrent_streams` is reached; hyper queues streams instead).
-//! - Upgraded (websocket) connections go upstream on a connection of their own, as Envoy's;
-//!   once tunnelled they no longer count in `downstream_cx_active` (they do in
-//!   `downstream_cx_upgrades_active`) and a drain does not wait for them.
+//! - Upgraded (websocket) connections go upstream on a connection of their own, as Envoy's,
+//!   and count in `downstream_cx_active` until the tunnel closes (a shutdown drain waits
+//!   for them). Removing a listener does not close its tunnels before the drain time ends.
 //! - `Upgrade: h2c` is not honoured, as in Envoy: the request is served as HTTP/1.1 without
 //!   its upgrade headers.
 //! - Not yet: websocket over HTTP/2 (extended CONNECT), inline route

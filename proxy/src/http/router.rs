@@ -45,6 +45,29 @@ pub struct ConnInfo {
     pub closing: std::cell::Cell<bool>,
     /// Last time a request started or finished.
     pub last_activity: std::cell::Cell<Instant>,
+    /// The listener's stats (its `downstream_cx_active` is what a drain waits on).
+    pub listener_stats: Arc<crate::listener::ListenerStats>,
+    /// The codec once detected: `Some(true)` for HTTP/2.
+    pub http2: std::cell::Cell<Option<bool>>,
+}
+
+/// The connection counts as active until its last holder is gone: the connection itself,
+/// a response still finishing, or a tunnel (an upgraded connection outlives its HTTP codec;
+/// as in Envoy, it stays in `downstream_cx_active` and a drain waits for it).
+impl Drop for ConnInfo {
+    fn drop(&mut self) {
+        let w = self.worker;
+        let stats = &self.config.stats;
+        match self.http2.get() {
+            Some(true) => stats.downstream_cx_http2_active.dec(w),
+            Some(false) => stats.downstream_cx_http1_active.dec(w),
+            None => {}
+        }
+        stats.downstream_cx_active.dec(w);
+        stats.downstream_cx_destroy.inc(w);
+        self.listener_stats.downstream_cx_active.dec(w);
+        self.listener_stats.downstream_cx_destroy.inc(w);
+    }
 }
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -869,7 +892,7 @@ async fn forward(
         };
         let result = match on_upgrade.take() {
             Some(downstream) => {
-                let upgraded = send_upgrade(&cluster, &host, worker, up_req, downstream, cfg);
+                let upgraded = send_upgrade(&cluster, &host, worker, up_req, downstream, conn);
                 rt::timeout(try_deadline, upgraded).await
             }
             None => {
@@ -1024,7 +1047,7 @@ async fn send_upgrade(
     worker: usize,
     req: Request<ProxyBody>,
     downstream: OnUpgrade,
-    cfg: &Arc<HcmConfig>,
+    downstream_conn: &Rc<ConnInfo>,
 ) -> Result<Response<ProxyBody>, AttemptError> {
     let stats = cluster.stats.clone();
     stats.upstream_cx_total.inc(worker);
@@ -1059,14 +1082,16 @@ async fn send_upgrade(
     };
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         let upstream = hyper::upgrade::on(&mut resp);
-        let http = cfg.clone();
-        http.stats.downstream_cx_upgrades_total.inc(worker);
-        http.stats.downstream_cx_upgrades_active.inc(worker);
+        let conn = downstream_conn.clone();
+        conn.config.stats.downstream_cx_upgrades_total.inc(worker);
+        conn.config.stats.downstream_cx_upgrades_active.inc(worker);
         // Counted from the 101 on, so an attempt dropped by its timeout leaves no count.
         stats.upstream_cx_active.inc(worker);
         upgrade::tunnel(downstream, upstream, move || {
-            http.stats.downstream_cx_upgrades_active.dec(worker);
+            conn.config.stats.downstream_cx_upgrades_active.dec(worker);
             stats.upstream_cx_active.dec(worker);
+            // The downstream connection stops counting as active with the tunnel.
+            drop(conn);
         });
     }
     // Refused (not 101): the connection closes once the response body is done.

@@ -317,8 +317,9 @@ impl ClusterPool {
                 self.wait_for_slot().await;
                 continue;
             }
-            break self
-                .connect(cluster, host, worker)
+            // Boxed: connecting (and the handshake futures) is rare once the pool is warm,
+            // and would otherwise make every request's future larger.
+            break Box::pin(self.connect(cluster, host, worker))
                 .await
                 .map(|s| (s, false));
         };

@@ -892,7 +892,10 @@ async fn forward(
         };
         let result = match on_upgrade.take() {
             Some(downstream) => {
-                let upgraded = send_upgrade(&cluster, &host, worker, up_req, downstream, conn);
+                // Boxed: rare, and the request future would otherwise carry its size.
+                let upgraded = Box::pin(send_upgrade(
+                    &cluster, &host, worker, up_req, downstream, conn,
+                ));
                 rt::timeout(try_deadline, upgraded).await
             }
             None => {

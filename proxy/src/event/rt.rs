@@ -773,3 +773,46 @@ impl hyper::rt::Write for TcpIo {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Arms a timer the way `register_sleep` does, without a runtime.
+    fn arm(t: &mut Timers, deadline: Instant) -> (usize, u64) {
+        t.generation += 1;
+        let generation = t.generation;
+        let key = t.entries.insert(TimerEntry {
+            generation,
+            deadline,
+            waker: None,
+        });
+        t.heap.push(Reverse((deadline, key, generation)));
+        (key, generation)
+    }
+
+    #[test]
+    fn cancelled_timers_do_not_pile_up_in_the_heap() {
+        let mut t = Timers::default();
+        let far = Instant::now() + Duration::from_secs(15);
+        let live: Vec<_> = (0..10).map(|_| arm(&mut t, far)).collect();
+        // A request's worth of timers armed and cancelled, 100k times.
+        for _ in 0..100_000 {
+            let (key, _) = arm(&mut t, far);
+            t.entries.remove(key);
+            t.compact();
+        }
+        assert!(
+            t.heap.len() <= 64.max(4 * t.entries.len()),
+            "{}",
+            t.heap.len()
+        );
+        // The live timers are all still there.
+        for (key, generation) in live {
+            assert!(t
+                .heap
+                .iter()
+                .any(|Reverse((_, k, g))| *k == key && *g == generation));
+        }
+    }
+}

@@ -415,7 +415,11 @@ pub fn strip_response_hop_by_hop(headers: &mut HeaderMap, status: http::StatusCo
     if status == http::StatusCode::SWITCHING_PROTOCOLS || !headers.keys().any(is_hop_by_hop) {
         return;
     }
+    // Usually `Connection: keep-alive` is the only one.
     headers.remove(http::header::CONNECTION);
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     headers.remove("keep-alive");
     headers.remove("proxy-connection");
     headers.remove(http::header::TRANSFER_ENCODING);
@@ -428,7 +432,22 @@ pub fn decimal_value(n: u64) -> HeaderValue {
     static SMALL: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
     const SMALL_LEN: u64 = 1024;
     if n >= SMALL_LEN {
-        return HeaderValue::from(n);
+        // Larger values repeat too (a route's timeout in ms): the worker keeps the last one.
+        thread_local! {
+            static LAST: std::cell::RefCell<Option<(u64, HeaderValue)>> =
+                const { std::cell::RefCell::new(None) };
+        }
+        return LAST.with(|last| {
+            let mut last = last.borrow_mut();
+            match &*last {
+                Some((m, v)) if *m == n => v.clone(),
+                _ => {
+                    let v = HeaderValue::from(n);
+                    *last = Some((n, v.clone()));
+                    v
+                }
+            }
+        });
     }
     let table = SMALL.get_or_init(|| {
         let mut all = String::new();

@@ -3,7 +3,7 @@
 //! circuit breakers counted per worker.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -11,6 +11,7 @@ use std::task::{Poll, Waker};
 use std::time::Instant;
 
 use hyper::client::conn::{http1, http2};
+use rustc_hash::FxHashMap;
 
 use super::body::ProxyBody;
 use crate::event::rt::{self, LocalExec, RtTimer, TcpIo};
@@ -156,7 +157,7 @@ pub struct Breakers {
 
 /// One cluster's pools on this worker.
 pub struct ClusterPool {
-    hosts: RefCell<HashMap<SocketAddr, HostPool>>,
+    hosts: RefCell<FxHashMap<SocketAddr, HostPool>>,
     waiters: RefCell<VecDeque<Rc<Cell<Option<Waker>>>>>,
     /// Circuit-breaker counts.
     pub breakers: Breakers,
@@ -165,7 +166,7 @@ pub struct ClusterPool {
 }
 
 thread_local! {
-    static POOLS: RefCell<HashMap<String, Rc<ClusterPool>>> = RefCell::new(HashMap::new());
+    static POOLS: RefCell<FxHashMap<String, Rc<ClusterPool>>> = RefCell::new(FxHashMap::default());
     static LB: RefCell<LbStates> = RefCell::new(LbStates::default());
 }
 
@@ -176,7 +177,7 @@ pub fn cluster_pool(cluster: &ClusterInfo, store: &Store) -> Rc<ClusterPool> {
             return pool.clone();
         }
         let pool = Rc::new(ClusterPool {
-            hosts: RefCell::new(HashMap::new()),
+            hosts: RefCell::new(FxHashMap::default()),
             waiters: RefCell::new(VecDeque::new()),
             breakers: Breakers::default(),
             stats: ClusterHttpStats::new(store, &cluster.name),

@@ -327,7 +327,11 @@ fn finish_response(cfg: &HcmConfig, resp: &mut Response<ProxyBody>) {
 
 /// Header-size accounting as Envoy's `max_request_headers_kb` (names + values).
 fn headers_size<B>(req: &Request<B>) -> usize {
-    let mut n = req.uri().to_string().len() + req.method().as_str().len();
+    let uri = req.uri();
+    let mut n = req.method().as_str().len()
+        + uri.scheme_str().map_or(0, |s| s.len() + 3)
+        + uri.authority().map_or(0, |a| a.as_str().len())
+        + uri.path_and_query().map_or(1, |p| p.as_str().len());
     for (k, v) in req.headers() {
         n += k.as_str().len() + v.len();
     }
@@ -383,11 +387,22 @@ async fn process(
             }
         }
     }
-    // Host / authority.
-    let mut authority = match authority_of(&req) {
-        Some(a) => a,
+    // Host / authority, borrowed from cheap clones of the request's own (shared) bytes, as
+    // the request itself moves on upstream.
+    let uri_authority = req.uri().authority().cloned();
+    let host_header = match &uri_authority {
+        Some(_) => None,
+        None => req.headers().get(header::HOST).cloned(),
+    };
+    let found = match (&uri_authority, &host_header) {
+        (Some(a), _) => Some(a.as_str()),
+        (None, Some(h)) => h.to_str().ok(),
+        (None, None) => None,
+    };
+    let mut authority: Cow<'_, str> = match found {
+        Some(a) => Cow::Borrowed(a),
         None if req.version() == Version::HTTP_10 => {
-            cfg.default_host_for_http_10.clone().unwrap_or_default()
+            Cow::Owned(cfg.default_host_for_http_10.clone().unwrap_or_default())
         }
         None => {
             conn.closing.set(true);
@@ -400,23 +415,23 @@ async fn process(
             let port_matches =
                 authority[stripped.len() + 1..].parse::<u16>().ok() == Some(conn.local.port());
             if any || port_matches {
-                authority = stripped.to_string();
+                authority = Cow::Owned(stripped.to_string());
             }
         }
     }
     // Path.
     let method = req.method().clone();
-    let mut path = req
-        .uri()
-        .path_and_query()
-        .map_or_else(|| "/".to_string(), |p| p.as_str().to_string());
+    let path_and_query = req.uri().path_and_query().cloned();
+    let mut path: Cow<'_, str> = path_and_query
+        .as_ref()
+        .map_or(Cow::Borrowed("/"), |p| Cow::Borrowed(p.as_str()));
     let asterisk = method == Method::OPTIONS && path == "*";
     if !path.starts_with('/') && !asterisk {
         conn.closing.set(true);
         return local_reply(StatusCode::BAD_REQUEST, "");
     }
     if cfg.normalize_path || cfg.merge_slashes {
-        path = sanitize_path(&path, cfg.normalize_path, cfg.merge_slashes);
+        path = Cow::Owned(sanitize_path(&path, cfg.normalize_path, cfg.merge_slashes));
     }
     // Forwarding headers.
     let headers = req.headers_mut();
@@ -549,7 +564,7 @@ async fn process(
             };
             let on_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
             forward(
-                conn, req, &authority, path, &table, vh, route, action, &fcx, on_upgrade, outcome,
+                conn, req, &authority, &path, &table, vh, route, action, &fcx, on_upgrade, outcome,
             )
             .await
         }
@@ -659,7 +674,7 @@ async fn forward(
     conn: &Rc<ConnInfo>,
     req: Request<Incoming>,
     authority: &str,
-    path: String,
+    path: &str,
     table: &RouteTable,
     vh: &VirtualHost,
     route: &Route,
@@ -723,14 +738,15 @@ async fn forward(
     parts.headers.remove(header::EXPECT);
     // Kept to be reused upstream when the authority is unchanged (no copy).
     let downstream_host = parts.headers.remove(header::HOST);
-    let mut new_path = path.clone();
-    if let Some(p) = &action.prefix_rewrite {
-        new_path = rewrite_prefix(route, &path, p);
+    let new_path: Cow<'_, str> = if let Some(p) = &action.prefix_rewrite {
+        Cow::Owned(rewrite_prefix(route, path, p))
     } else if let Some((re, sub)) = &action.regex_rewrite {
-        new_path = rewrite_regex(re, sub, &path);
-    }
+        Cow::Owned(rewrite_regex(re, sub, path))
+    } else {
+        Cow::Borrowed(path)
+    };
     if new_path != path {
-        if let Ok(v) = HeaderValue::from_str(&path) {
+        if let Ok(v) = HeaderValue::from_str(path) {
             parts.headers.insert(X_ENVOY_ORIGINAL_PATH.clone(), v);
         }
     }
@@ -821,7 +837,7 @@ async fn forward(
         // Unchanged (the common case), the request's own path is reused without parsing.
         let path_and_query = match parts.uri.path_and_query() {
             Some(pq) if pq.as_str() == new_path => pq.clone(),
-            _ => match http::uri::PathAndQuery::try_from(new_path.as_str()) {
+            _ => match http::uri::PathAndQuery::try_from(new_path.as_ref()) {
                 Ok(pq) => pq,
                 Err(_) => return local_reply(StatusCode::BAD_REQUEST, ""),
             },

@@ -3,7 +3,6 @@
 //! State is rebuilt when the cluster's host set changes (pointer identity of the published
 //! `Arc<HostSet>`), so an endpoint update costs nothing until the next pick.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::cluster::{ClusterInfo, LbPolicy};
@@ -12,7 +11,7 @@ use super::host::{Host, HostSet};
 /// Load-balancer state of every cluster this worker has picked from.
 #[derive(Default)]
 pub struct LbStates {
-    states: HashMap<String, LbState>,
+    states: rustc_hash::FxHashMap<String, LbState>,
 }
 
 struct LbState {

@@ -18,14 +18,14 @@ pub use cluster_manager::{ClusterChange, ClusterEntry, ClusterManager, ClusterMa
 pub use host::{Host, HostHealth, HostSet, HostStats};
 pub use load_balancer::LbStates;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 /// The clusters a worker can route to, immutable once published.
 #[derive(Default)]
 pub struct ClusterSnapshot {
-    /// Active (warm) clusters by name.
-    pub clusters: HashMap<String, Arc<ClusterInfo>>,
+    /// Active (warm) clusters by name. Looked up on every request: hashed with Fx (names
+    /// come from the configuration, not from clients).
+    pub clusters: rustc_hash::FxHashMap<String, Arc<ClusterInfo>>,
 }
 
 impl ClusterSnapshot {

@@ -32,6 +32,24 @@ fn run_with_config(mode: &str, yaml: &str) -> Finished {
     run_to_exit(&["--mode", mode, "-c", path])
 }
 
+/// An HTTP listener taking its routes from `ads: {}`, with no `ads_config` (Envoy dies with
+/// "ADS must be configured to support an ADS config source").
+const HTTP_RDS_OVER_ADS: &str = r#"static_resources:
+  listeners:
+  - name: http
+    address: { socket_address: { address: 127.0.0.1, port_value: 0 } }
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: ingress
+          rds: { route_config_name: routes, config_source: { ads: {}, resource_api_version: V3 } }
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }
+"#;
+
 /// Bad bootstraps and the field path their error must name.
 fn bad_configs() -> Vec<(&'static str, String, &'static str)> {
     let good = good_yaml(0);
@@ -75,6 +93,11 @@ fn bad_configs() -> Vec<(&'static str, String, &'static str)> {
             "unsupported bootstrap feature",
             format!("{good}stats_sinks:\n- name: envoy.stat_sinks.statsd\n"),
             "stats_sinks",
+        ),
+        (
+            "RDS over ADS without an ADS stream",
+            HTTP_RDS_OVER_ADS.to_string(),
+            "static_resources.listeners[0].filter_chains.filters.typed_config.rds.config_source",
         ),
         (
             "duplicate cluster",

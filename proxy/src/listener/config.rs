@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use courier_proto::envoy::config::core::v3::config_source::ConfigSourceSpecifier;
 use courier_proto::envoy::config::listener::v3::{self as pb, listener::DrainType};
 
 use crate::config::{self, ConfigError};
@@ -123,6 +124,32 @@ impl ListenerConfig {
             .collect();
         RdsNeed::sort_dedup(&mut out);
         out
+    }
+
+    /// Rejects an HCM taking its routes from `ads: {}` when the bootstrap configures no ADS
+    /// stream (`ads_configured`), as Envoy rejects it.
+    pub fn check_rds_sources(&self, ads_configured: bool) -> Result<(), ConfigError> {
+        if ads_configured {
+            return Ok(());
+        }
+        let needs = self.rds_needs();
+        let Some(need) = needs.iter().find(|n| {
+            matches!(
+                n.rds.config_source.config_source_specifier,
+                Some(ConfigSourceSpecifier::Ads(_))
+            )
+        }) else {
+            return Ok(());
+        };
+        Err(ConfigError::new(
+            "filter_chains.filters.typed_config.rds.config_source",
+            format!(
+                "ADS must be configured to support an ADS config source: \
+                 http_connection_manager '{}' takes route configuration '{}' from ads: {{}}, \
+                 but the bootstrap has no dynamic_resources.ads_config",
+                need.stat_prefix, need.rds.route_config_name
+            ),
+        ))
     }
 
     /// Every cluster the listener's filters may route to.

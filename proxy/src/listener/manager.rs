@@ -76,6 +76,9 @@ pub struct ListenerManager {
     drain_time: Duration,
     workers_started: bool,
     draining: Arc<std::sync::atomic::AtomicI64>,
+    /// Whether the bootstrap has `dynamic_resources.ads_config`: without it, an HCM whose
+    /// RDS source is `ads: {}` is rejected, as Envoy rejects it.
+    ads_configured: bool,
 }
 
 impl ListenerManager {
@@ -102,7 +105,13 @@ impl ListenerManager {
             drain_time,
             workers_started: false,
             draining: Default::default(),
+            ads_configured: false,
         }
+    }
+
+    /// Declares whether an ADS stream is configured (`dynamic_resources.ads_config`).
+    pub fn set_ads_configured(&mut self, configured: bool) {
+        self.ads_configured = configured;
     }
 
     /// Adds or updates a listener. It warms (the previous version, if any, keeps serving)
@@ -139,6 +148,7 @@ impl ListenerManager {
             &self.store,
             self.active.get(&proto.name).map(|e| &*e.config),
         )?);
+        config.check_rds_sources(self.ads_configured)?;
         // Two listeners may not share an address (port 0 is always distinct).
         if config.address.port() != 0 {
             let clash = self

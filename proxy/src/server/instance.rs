@@ -224,7 +224,9 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     });
 
     let cluster_manager = ClusterManager::new(store.clone(), cluster_slot);
-    let listener_manager = ListenerManager::new(store.clone(), tls.clone(), options.drain_time());
+    let mut listener_manager =
+        ListenerManager::new(store.clone(), tls.clone(), options.drain_time());
+    listener_manager.set_ads_configured(ads_configured(&bootstrap));
     let server = Rc::new(Server {
         options: options.clone(),
         bootstrap: bootstrap.clone(),
@@ -320,6 +322,14 @@ fn load_static_resources(server: &Server) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Whether the bootstrap configures an ADS stream.
+fn ads_configured(bootstrap: &Bootstrap) -> bool {
+    bootstrap
+        .dynamic_resources
+        .as_ref()
+        .is_some_and(|d| d.ads_config.is_some())
+}
+
 /// `--mode validate`: compile everything, open no socket.
 fn validate(bootstrap: &Bootstrap, options: &Options) -> anyhow::Result<()> {
     let store = Store::new(1);
@@ -344,9 +354,11 @@ fn validate(bootstrap: &Bootstrap, options: &Options) -> anyhow::Result<()> {
                     listener.name
                 );
             }
-            crate::listener::compile_listener(listener, &store, None).map_err(|e| {
-                anyhow::anyhow!("{}", e.at(&format!("static_resources.listeners[{i}]")))
-            })?;
+            crate::listener::compile_listener(listener, &store, None)
+                .and_then(|config| config.check_rds_sources(ads_configured(bootstrap)))
+                .map_err(|e| {
+                    anyhow::anyhow!("{}", e.at(&format!("static_resources.listeners[{i}]")))
+                })?;
         }
     }
     crate::xds::validate_bootstrap(bootstrap)?;

@@ -680,6 +680,22 @@ impl TcpIo {
         }
     }
 
+    /// Writes `bufs` (non-blocking, waker registered on `WouldBlock`).
+    pub fn poll_send_vectored(
+        &mut self,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let len = bufs.iter().map(|b| b.len()).sum();
+        self.poll_write_with(cx, len, |mut s: &TcpStream| s.write_vectored(bufs))
+    }
+
+    /// Whether input (data, a close or an error) may have arrived since the last read
+    /// drained the socket; false means certainly none.
+    pub fn may_have_input(&self) -> bool {
+        self.shared.readable.get()
+    }
+
     fn poll_write_with(
         &mut self,
         cx: &mut Context<'_>,
@@ -752,9 +768,7 @@ impl hyper::rt::Write for TcpIo {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let len = bufs.iter().map(|b| b.len()).sum();
-        self.get_mut()
-            .poll_write_with(cx, len, |mut s: &TcpStream| s.write_vectored(bufs))
+        self.get_mut().poll_send_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {

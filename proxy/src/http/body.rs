@@ -7,6 +7,8 @@ use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::body::{Body, Frame, SizeHint};
 
+use super::upstream_h1::UpstreamBody;
+
 /// Boxed body error.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -25,6 +27,7 @@ enum Kind {
     Empty,
     Full(Option<Bytes>),
     Stream(Incoming),
+    Upstream(UpstreamBody),
 }
 
 impl ProxyBody {
@@ -67,6 +70,16 @@ impl ProxyBody {
         }
     }
 
+    /// A response body read from an upstream HTTP/1.1 connection by Courier's own client
+    /// ([`super::upstream_h1`]).
+    pub fn upstream(inner: UpstreamBody) -> ProxyBody {
+        ProxyBody {
+            kind: Kind::Upstream(inner),
+            on_end: None,
+            bytes: 0,
+        }
+    }
+
     /// Adds a hook run after the existing ones when the body ends or is dropped.
     pub fn on_end(&mut self, f: OnEnd) {
         self.on_end = Some(match self.on_end.take() {
@@ -83,7 +96,7 @@ impl ProxyBody {
         match &self.kind {
             Kind::Empty => Some(Bytes::new()),
             Kind::Full(b) => b.clone(),
-            Kind::Stream(_) => None,
+            Kind::Stream(_) | Kind::Upstream(_) => None,
         }
     }
 
@@ -118,6 +131,12 @@ impl Body for ProxyBody {
                 Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e) as BoxError))),
                 Poll::Ready(None) => Poll::Ready(None),
             },
+            Kind::Upstream(inner) => match Pin::new(inner).poll_frame(cx) {
+                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e) as BoxError))),
+                Poll::Ready(Some(Ok(f))) => Poll::Ready(Some(Ok(f))),
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            },
         };
         match &r {
             Poll::Ready(Some(Ok(frame))) => {
@@ -140,6 +159,7 @@ impl Body for ProxyBody {
             Kind::Empty => true,
             Kind::Full(b) => b.is_none(),
             Kind::Stream(inner) => inner.is_end_stream(),
+            Kind::Upstream(inner) => inner.is_end_stream(),
         }
     }
 
@@ -148,6 +168,9 @@ impl Body for ProxyBody {
             Kind::Empty => SizeHint::with_exact(0),
             Kind::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             Kind::Stream(inner) => inner.size_hint(),
+            Kind::Upstream(inner) => inner
+                .exact_len()
+                .map_or_else(SizeHint::default, SizeHint::with_exact),
         }
     }
 }

@@ -6,6 +6,8 @@
 //! - [`router`]: one request: sanitising, route selection, local replies, forwarding with
 //!   retries and timeouts.
 //! - [`pool`]: per-worker upstream connection pools and circuit breakers.
+//! - [`upstream_h1`]: Courier's own HTTP/1.1 upstream client, driven by the request that
+//!   uses the connection (complete request bodies; streamed ones and upgrades use hyper's).
 //! - [`route`]: route tables compiled from `RouteConfiguration`s (inline or RDS).
 //!
 //! # Known differences from Envoy
@@ -47,6 +49,7 @@ pub mod pool;
 pub mod route;
 pub mod router;
 pub mod upgrade;
+pub mod upstream_h1;
 
 use std::collections::HashMap;
 use std::sync::Arc;

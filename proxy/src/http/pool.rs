@@ -14,6 +14,7 @@ use hyper::client::conn::{http1, http2};
 use rustc_hash::FxHashMap;
 
 use super::body::ProxyBody;
+use super::upstream_h1::H1Connection;
 use crate::event::rt::{self, LocalExec, RtTimer, TcpIo};
 use crate::stats::{Counter, Gauge, Histogram, Store};
 use crate::upstream::{ClusterInfo, Host, LbStates};
@@ -118,8 +119,12 @@ impl ClusterHttpStats {
 
 /// A request sender on an upstream connection.
 pub enum Sender {
-    /// An HTTP/1.1 connection (exclusive while the request is in flight).
+    /// An HTTP/1.1 connection through hyper's client (exclusive while the request is in
+    /// flight): for streamed request bodies.
     H1(http1::SendRequest<ProxyBody>),
+    /// An HTTP/1.1 connection driven by the request itself ([`H1Connection`]): for requests
+    /// whose body is complete.
+    Raw(H1Connection),
     /// An HTTP/2 connection (shared).
     H2(http2::SendRequest<ProxyBody>),
 }
@@ -138,6 +143,7 @@ pub enum PoolError {
 #[derive(Default)]
 struct HostPool {
     idle: Vec<http1::SendRequest<ProxyBody>>,
+    raw_idle: Vec<H1Connection>,
     h2: Option<http2::SendRequest<ProxyBody>>,
     h2_connecting: bool,
 }
@@ -235,6 +241,17 @@ impl ClusterPool {
         self.wake_one();
     }
 
+    /// Returns a connection of Courier's own HTTP/1 client for reuse.
+    pub fn release_raw(&self, addr: SocketAddr, conn: H1Connection) {
+        self.hosts
+            .borrow_mut()
+            .entry(addr)
+            .or_default()
+            .raw_idle
+            .push(conn);
+        self.wake_one();
+    }
+
     async fn wait_for_slot(&self) {
         let slot = Rc::new(Cell::new(None));
         let mut registered = false;
@@ -254,12 +271,14 @@ impl ClusterPool {
 
     /// A connection to `host`: an idle HTTP/1 one, the shared HTTP/2 one, or a new one
     /// (waiting as a pending request when `max_connections` is reached). Returns whether
-    /// the connection was reused.
+    /// the connection was reused. `raw` asks for an HTTP/1 connection of Courier's own
+    /// client ([`Sender::Raw`]) rather than hyper's.
     pub async fn checkout(
         self: &Rc<Self>,
         cluster: &Arc<ClusterInfo>,
         host: &Arc<Host>,
         worker: usize,
+        raw: bool,
     ) -> Result<(Sender, bool), PoolError> {
         let mut pending = false;
         let result = loop {
@@ -272,6 +291,22 @@ impl ClusterPool {
                     .filter(|s| !s.is_closed());
                 if let Some(s) = existing {
                     break Ok((Sender::H2(s), true));
+                }
+            } else if raw {
+                let reused = loop {
+                    let c = self
+                        .hosts
+                        .borrow_mut()
+                        .get_mut(&host.address)
+                        .and_then(|h| h.raw_idle.pop());
+                    let Some(mut c) = c else { break None };
+                    // Not if it closed (or sent unsolicited bytes) while idle.
+                    if c.is_reusable() {
+                        break Some(c);
+                    }
+                };
+                if let Some(c) = reused {
+                    break Ok((Sender::Raw(c), true));
                 }
             } else {
                 let mut reused = None;
@@ -320,7 +355,7 @@ impl ClusterPool {
             }
             // Boxed: connecting (and the handshake futures) is rare once the pool is warm,
             // and would otherwise make every request's future larger.
-            break Box::pin(self.connect(cluster, host, worker))
+            break Box::pin(self.connect(cluster, host, worker, raw))
                 .await
                 .map(|s| (s, false));
         };
@@ -337,6 +372,7 @@ impl ClusterPool {
         cluster: &Arc<ClusterInfo>,
         host: &Arc<Host>,
         worker: usize,
+        raw: bool,
     ) -> Result<Sender, PoolError> {
         let b = &self.breakers;
         b.connections.set(b.connections.get() + 1);
@@ -404,6 +440,9 @@ impl ClusterPool {
                 drop(guard);
             });
             Ok(Sender::H2(sender))
+        } else if raw {
+            self.stats.cx_http1_total.inc(worker);
+            Ok(Sender::Raw(H1Connection::new(io, Box::new(guard))))
         } else {
             let (sender, conn) = match http1::Builder::new().handshake::<_, ProxyBody>(io).await {
                 Ok(x) => x,

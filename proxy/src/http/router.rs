@@ -24,6 +24,7 @@ use super::route::{
     Action, ClusterSpec, HostRewrite, Redirect, Route, RouteAction, RouteTable, VirtualHost,
 };
 use super::upgrade::{self, WorkerIo};
+use super::upstream_h1::H1Connection;
 use crate::event::rt;
 use crate::upstream::ClusterInfo;
 
@@ -824,6 +825,8 @@ async fn forward(
         }
         let body = match (&buffered, stream_body.take()) {
             (Some(b), _) => ProxyBody::full(b.clone()),
+            // Nothing to stream (a GET): sent as a complete, empty body.
+            (None, Some(b)) if b.is_end_stream() => ProxyBody::empty(),
             (None, Some(b)) => ProxyBody::stream(b, None),
             (None, None) => ProxyBody::empty(),
         };
@@ -1129,8 +1132,12 @@ async fn send_once(
     let mut req = req;
     // A request that never reached a reused connection (closed under us) is sent again
     // on another one, as Envoy's pool does for stale keep-alive connections.
+    // A complete body (none, or buffered for retries) goes through Courier's own HTTP/1
+    // client; a streamed one through hyper's.
+    let raw_body = (!cluster.http2).then(|| req.body().bytes()).flatten();
     for _ in 0..3 {
-        let (sender, _reused) = match pool.checkout(cluster, host, worker).await {
+        let raw = raw_body.is_some();
+        let (sender, reused) = match pool.checkout(cluster, host, worker, raw).await {
             Ok(s) => s,
             Err(PoolError::Overflow) => return Err(AttemptError::Overflow),
             Err(PoolError::ConnectFailure(e)) => {
@@ -1140,6 +1147,35 @@ async fn send_once(
             Err(PoolError::ConnectTimeout) => return Err(AttemptError::ConnectFailure),
         };
         match sender {
+            Sender::Raw(c) => {
+                let pool2 = pool.clone();
+                let addr = host.address;
+                let on_done = Box::new(move |conn: Option<H1Connection>| {
+                    if let Some(conn) = conn {
+                        pool2.release_raw(addr, conn);
+                    }
+                });
+                let (parts, req_body) = req.into_parts();
+                let body = raw_body.clone().unwrap_or_default();
+                match c.send(&parts, &body, on_done).await {
+                    Ok((mut parts, body)) => {
+                        strip_response_hop_by_hop(&mut parts.headers, parts.status);
+                        return Ok(Response::from_parts(parts, ProxyBody::upstream(body)));
+                    }
+                    // The upstream closed the kept-alive connection as the request went
+                    // out: an idempotent request goes again on another connection.
+                    Err(e) if reused && e.before_response() && parts.method.is_idempotent() => {
+                        tracing::debug!(error = %e, "stale upstream connection; sending again");
+                        req = Request::from_parts(parts, req_body);
+                        continue;
+                    }
+                    Err(e) => {
+                        pool.stats.rq_rx_reset.inc(worker);
+                        tracing::debug!(error = %e, "upstream reset");
+                        return Err(AttemptError::Reset);
+                    }
+                }
+            }
             Sender::H1(mut s) => match s.try_send_request(req).await {
                 Ok(resp) => {
                     let pool2 = pool.clone();

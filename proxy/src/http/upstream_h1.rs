@@ -1,0 +1,580 @@
+//! HTTP/1.1 to upstreams, driven by the request that uses the connection.
+//!
+//! hyper's client runs each connection as a task of its own and hands every request to it
+//! over channels; for a proxied request that was a third of the proxy's user-space work.
+//! Here the request's own future writes the request and reads the response head, and the
+//! response body reads the rest straight from the socket, then hands the connection back
+//! to the pool. Used for requests whose body is already complete (none, or buffered for
+//! retries); streamed request bodies and upgrades still go through hyper's client.
+//!
+//! Responses are parsed with `httparse` and framed as RFC 9112 §6.3 says: no body after
+//! `HEAD`, `1xx`, `204` or `304`; `Transfer-Encoding` ending in `chunked` (trailers kept)
+//! wins over `Content-Length` and makes the connection single-use; a `Content-Length` must
+//! be one valid number (repeats must agree); with neither, the body runs to the close.
+//! Anything else is a protocol error and the connection is dropped.
+
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, StatusCode, Version};
+use hyper::body::Frame;
+
+use crate::event::rt::TcpIo;
+
+/// Largest response head (status line and headers) accepted: Envoy's default
+/// `max_response_headers_kb` is 60.
+const MAX_HEAD: usize = 60 * 1024;
+/// Most response headers accepted (Envoy's default `max_response_headers_count`).
+const MAX_HEADERS: usize = 100;
+/// How much is read from the socket at a time.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Why a request got no usable response.
+#[derive(Debug, thiserror::Error)]
+pub enum H1Error {
+    /// Reading or writing the socket failed.
+    #[error("upstream connection: {0}")]
+    Io(#[from] io::Error),
+    /// The upstream closed the connection before any byte of a response (or of the rest
+    /// of a body).
+    #[error("upstream closed the connection")]
+    Closed,
+    /// The response broke HTTP/1.1.
+    #[error("upstream protocol error: {0}")]
+    Protocol(&'static str),
+}
+
+/// What the pool keeps alive with a connection (its circuit-breaker slot and gauges).
+pub type Guard = Box<dyn std::any::Any>;
+
+impl H1Error {
+    /// Whether the upstream closed or reset the connection before any response byte: on a
+    /// reused keep-alive connection that is the pool's race with the upstream's idle close,
+    /// and an idempotent request may be sent again on another connection.
+    pub fn before_response(&self) -> bool {
+        matches!(self, H1Error::Closed | H1Error::Io(_))
+    }
+}
+
+/// One HTTP/1.1 connection to an upstream host, idle or carrying one request.
+pub struct H1Connection {
+    io: TcpIo,
+    buf: BytesMut,
+    _guard: Guard,
+}
+
+/// How the response body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    /// This many bytes are left.
+    Length(u64),
+    /// Chunked: expecting a chunk-size line.
+    ChunkSize,
+    /// Chunked: this many data bytes left in the current chunk, then CRLF.
+    ChunkData(u64),
+    /// Chunked: the CRLF after a chunk's data.
+    ChunkEnd,
+    /// Chunked: the trailer section after the last chunk.
+    Trailers,
+    /// Until the upstream closes.
+    UntilClose,
+    /// Complete.
+    Done,
+}
+
+/// Calls back when the response body ends: with the connection if it can carry another
+/// request.
+pub type OnDone = Box<dyn FnOnce(Option<H1Connection>)>;
+
+/// A response body read straight from the upstream connection.
+pub struct UpstreamBody {
+    conn: Option<H1Connection>,
+    framing: Framing,
+    reusable: bool,
+    on_done: Option<OnDone>,
+}
+
+impl H1Connection {
+    /// Wraps a connected socket.
+    pub fn new(io: TcpIo, guard: Guard) -> Self {
+        H1Connection {
+            io,
+            buf: BytesMut::new(),
+            _guard: guard,
+        }
+    }
+
+    /// Whether an idle connection may carry a request: nothing arrived while it sat in the
+    /// pool (a close, or bytes no request asked for, both retire it).
+    pub fn is_reusable(&mut self) -> bool {
+        if !self.buf.is_empty() {
+            return false;
+        }
+        if !self.io.may_have_input() {
+            return true;
+        }
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        // Nothing to read (`Pending`) is the healthy answer.
+        self.read_more(&mut cx).is_pending()
+    }
+
+    fn read_more(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        self.buf.reserve(READ_CHUNK);
+        let spare = self.buf.spare_capacity_mut();
+        match self.io.poll_recv(cx, spare) {
+            Poll::Ready(Ok(n)) => {
+                // SAFETY: `recv` initialised exactly `n` bytes of the spare capacity.
+                unsafe { self.buf.set_len(self.buf.len() + n) };
+                Poll::Ready(Ok(n))
+            }
+            other => other,
+        }
+    }
+
+    async fn write_all(&mut self, head: &[u8], body: &[u8]) -> io::Result<()> {
+        let (mut head, mut body) = (head, body);
+        while !head.is_empty() || !body.is_empty() {
+            let n = poll_fn(|cx| {
+                self.io
+                    .poll_send_vectored(cx, &[io::IoSlice::new(head), io::IoSlice::new(body)])
+            })
+            .await?;
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            let from_head = n.min(head.len());
+            head = &head[from_head..];
+            body = &body[n - from_head..];
+        }
+        Ok(())
+    }
+
+    /// Sends a request whose body is complete (`body` may be empty) and reads the response
+    /// head. The body of the response then streams from the returned [`UpstreamBody`],
+    /// which calls `on_done` at its end.
+    pub async fn send(
+        mut self,
+        parts: &http::request::Parts,
+        body: &Bytes,
+        on_done: OnDone,
+    ) -> Result<(http::response::Parts, UpstreamBody), H1Error> {
+        let head = encode_request(parts, body.len());
+        self.write_all(&head, body).await?;
+        let head_request = parts.method == Method::HEAD;
+        loop {
+            let parsed = poll_fn(|cx| self.poll_head(cx)).await?;
+            let (resp, framing, keep_alive) = parsed;
+            if resp.status.is_informational() {
+                // 100 Continue and the like: the real response follows. (A 101 cannot
+                // come: upgrades do not take this path.)
+                if resp.status == StatusCode::SWITCHING_PROTOCOLS {
+                    return Err(H1Error::Protocol("unexpected 101 Switching Protocols"));
+                }
+                continue;
+            }
+            let framing = if head_request
+                || resp.status == StatusCode::NO_CONTENT
+                || resp.status == StatusCode::NOT_MODIFIED
+            {
+                Framing::Done
+            } else {
+                framing
+            };
+            let reusable = keep_alive && framing != Framing::UntilClose;
+            let mut body = UpstreamBody {
+                conn: Some(self),
+                framing,
+                reusable,
+                on_done: Some(on_done),
+            };
+            if framing == Framing::Done {
+                body.finish(true);
+            }
+            return Ok((resp, body));
+        }
+    }
+
+    /// Reads until a whole response head is buffered and parses it.
+    #[allow(clippy::type_complexity)]
+    fn poll_head(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(http::response::Parts, Framing, bool), H1Error>> {
+        loop {
+            if !self.buf.is_empty() {
+                match parse_head(&mut self.buf)? {
+                    Some(parsed) => return Poll::Ready(Ok(parsed)),
+                    None if self.buf.len() > MAX_HEAD => {
+                        return Poll::Ready(Err(H1Error::Protocol("response headers too large")))
+                    }
+                    None => {}
+                }
+            }
+            match self.read_more(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(0)) if self.buf.is_empty() => {
+                    return Poll::Ready(Err(H1Error::Closed))
+                }
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(H1Error::Protocol("incomplete response head")))
+                }
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
+            }
+        }
+    }
+}
+
+/// The request head: request line, the headers as given, and the body's length.
+fn encode_request(parts: &http::request::Parts, body_len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.push(b' ');
+    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in &parts.headers {
+        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    // A body is always sent with its length; an empty one is announced only where the
+    // method implies a body (as hyper's client does).
+    let announce = body_len > 0
+        || parts.headers.contains_key(header::CONTENT_LENGTH)
+        || matches!(parts.method, Method::POST | Method::PUT | Method::PATCH);
+    if announce {
+        out.extend_from_slice(b"content-length: ");
+        out.extend_from_slice(body_len.to_string().as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+/// Parses a response head off the front of `buf` if it is complete: the response parts,
+/// the body's framing and whether the connection may be kept alive.
+fn parse_head(
+    buf: &mut BytesMut,
+) -> Result<Option<(http::response::Parts, Framing, bool)>, H1Error> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut headers);
+    let len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(H1Error::Protocol("too many response headers"))
+        }
+        Err(_) => return Err(H1Error::Protocol("malformed response head")),
+    };
+    let code = resp.code.unwrap_or(0);
+    let status = StatusCode::from_u16(code).map_err(|_| H1Error::Protocol("bad status code"))?;
+    let version = if resp.version == Some(0) {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    // Values share the head's bytes instead of being copied.
+    let base = buf.as_ptr() as usize;
+    let spans: Vec<(&[u8], std::ops::Range<usize>)> = resp
+        .headers
+        .iter()
+        .map(|h| {
+            let start = h.value.as_ptr() as usize - base;
+            (h.name.as_bytes(), start..start + h.value.len())
+        })
+        .collect();
+    let names: Vec<Result<HeaderName, _>> = spans
+        .iter()
+        .map(|(n, _)| HeaderName::from_bytes(n))
+        .collect();
+    let ranges: Vec<std::ops::Range<usize>> = spans.into_iter().map(|(_, r)| r).collect();
+    let head = buf.split_to(len).freeze();
+    let mut map = HeaderMap::with_capacity(names.len());
+    for (name, range) in names.into_iter().zip(ranges) {
+        let name = name.map_err(|_| H1Error::Protocol("invalid header name"))?;
+        let value = HeaderValue::from_maybe_shared(head.slice(range))
+            .map_err(|_| H1Error::Protocol("invalid header value"))?;
+        map.append(name, value);
+    }
+    let mut keep_alive = version == Version::HTTP_11;
+    for v in map.get_all(header::CONNECTION) {
+        for token in v.to_str().unwrap_or_default().split(',').map(str::trim) {
+            if token.eq_ignore_ascii_case("close") {
+                keep_alive = false;
+            } else if token.eq_ignore_ascii_case("keep-alive") {
+                keep_alive = true;
+            }
+        }
+    }
+    let te = map
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .next_back()
+        .cloned();
+    let framing = match te {
+        Some(te) => {
+            // RFC 9112 §6.3: Transfer-Encoding overrides a Content-Length, and a response
+            // with both is a smuggling risk: the connection is not reused after it.
+            if map.remove(header::CONTENT_LENGTH).is_some() {
+                keep_alive = false;
+            }
+            let last = te.to_str().unwrap_or_default().rsplit(',').next();
+            if last.is_some_and(|c| c.trim().eq_ignore_ascii_case("chunked")) {
+                Framing::ChunkSize
+            } else {
+                Framing::UntilClose
+            }
+        }
+        None => match content_length(&map)? {
+            Some(n) => Framing::Length(n),
+            None => Framing::UntilClose,
+        },
+    };
+    let mut parts = http::Response::new(()).into_parts().0;
+    parts.status = status;
+    parts.version = version;
+    parts.headers = map;
+    Ok(Some((parts, framing, keep_alive)))
+}
+
+/// The response's `Content-Length`: every value (and every comma-separated element) must
+/// be the same decimal number.
+fn content_length(map: &HeaderMap) -> Result<Option<u64>, H1Error> {
+    let mut found: Option<u64> = None;
+    for v in map.get_all(header::CONTENT_LENGTH) {
+        for part in v.as_bytes().split(|b| *b == b',') {
+            let digits = part.trim_ascii();
+            if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) || digits.len() > 19 {
+                return Err(H1Error::Protocol("invalid content-length"));
+            }
+            let n: u64 = std::str::from_utf8(digits)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .ok_or(H1Error::Protocol("invalid content-length"))?;
+            if found.is_some_and(|f| f != n) {
+                return Err(H1Error::Protocol("conflicting content-length values"));
+            }
+            found = Some(n);
+        }
+    }
+    Ok(found)
+}
+
+impl UpstreamBody {
+    fn finish(&mut self, clean: bool) {
+        self.framing = Framing::Done;
+        let conn = self.conn.take().filter(|_| clean && self.reusable);
+        if let Some(f) = self.on_done.take() {
+            f(conn);
+        }
+    }
+
+    /// Whether the body is complete.
+    pub fn is_end_stream(&self) -> bool {
+        self.framing == Framing::Done
+    }
+
+    /// The exact length, when known.
+    pub fn exact_len(&self) -> Option<u64> {
+        match self.framing {
+            Framing::Length(n) => Some(n),
+            Framing::Done => Some(0),
+            _ => None,
+        }
+    }
+
+    /// The next data or trailers frame.
+    pub fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, H1Error>>> {
+        let this = self.get_mut();
+        let r = this.step(cx);
+        if let Poll::Ready(Some(Err(_))) = &r {
+            this.finish(false);
+        }
+        r
+    }
+
+    fn step(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, H1Error>>> {
+        loop {
+            let Some(conn) = self.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match self.framing {
+                Framing::Done => return Poll::Ready(None),
+                Framing::Length(0) => {
+                    self.finish(true);
+                    return Poll::Ready(None);
+                }
+                Framing::Length(left) | Framing::ChunkData(left) if !conn.buf.is_empty() => {
+                    let take = (conn.buf.len() as u64).min(left) as usize;
+                    let data = conn.buf.split_to(take).freeze();
+                    let left = left - take as u64;
+                    self.framing = match self.framing {
+                        Framing::Length(_) => Framing::Length(left),
+                        _ if left == 0 => Framing::ChunkEnd,
+                        _ => Framing::ChunkData(left),
+                    };
+                    if self.framing == Framing::Length(0) {
+                        self.finish(true);
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Framing::UntilClose if !conn.buf.is_empty() => {
+                    let data = conn.buf.split().freeze();
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Framing::ChunkSize => match httparse::parse_chunk_size(&conn.buf) {
+                    Ok(httparse::Status::Complete((used, 0))) => {
+                        conn.buf.advance(used);
+                        self.framing = Framing::Trailers;
+                        continue;
+                    }
+                    Ok(httparse::Status::Complete((used, size))) => {
+                        conn.buf.advance(used);
+                        self.framing = Framing::ChunkData(size);
+                        continue;
+                    }
+                    Ok(httparse::Status::Partial) if conn.buf.len() > 1024 => {
+                        return Poll::Ready(Some(Err(H1Error::Protocol(
+                            "chunk size line too long",
+                        ))))
+                    }
+                    Ok(httparse::Status::Partial) => {}
+                    Err(_) => {
+                        return Poll::Ready(Some(Err(H1Error::Protocol("invalid chunk size"))))
+                    }
+                },
+                Framing::ChunkEnd if conn.buf.len() >= 2 => {
+                    if &conn.buf[..2] != b"\r\n" {
+                        return Poll::Ready(Some(Err(H1Error::Protocol(
+                            "missing CRLF after chunk",
+                        ))));
+                    }
+                    conn.buf.advance(2);
+                    self.framing = Framing::ChunkSize;
+                    continue;
+                }
+                Framing::Trailers => {
+                    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                    match httparse::parse_headers(&conn.buf, &mut fields) {
+                        Ok(httparse::Status::Complete((used, fields))) => {
+                            let mut trailers = HeaderMap::new();
+                            for f in fields {
+                                if let (Ok(n), Ok(v)) = (
+                                    HeaderName::from_bytes(f.name.as_bytes()),
+                                    HeaderValue::from_bytes(f.value),
+                                ) {
+                                    trailers.append(n, v);
+                                }
+                            }
+                            conn.buf.advance(used);
+                            self.finish(true);
+                            if trailers.is_empty() {
+                                return Poll::Ready(None);
+                            }
+                            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+                        }
+                        Ok(httparse::Status::Partial) if conn.buf.len() > MAX_HEAD => {
+                            return Poll::Ready(Some(Err(H1Error::Protocol("trailers too large"))))
+                        }
+                        Ok(httparse::Status::Partial) => {}
+                        Err(_) => {
+                            return Poll::Ready(Some(Err(H1Error::Protocol("invalid trailers"))))
+                        }
+                    }
+                }
+                _ => {}
+            }
+            // More bytes are needed.
+            match conn.read_more(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(0)) => {
+                    if self.framing == Framing::UntilClose {
+                        self.finish(true);
+                        return Poll::Ready(None);
+                    }
+                    return Poll::Ready(Some(Err(H1Error::Closed)));
+                }
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Some(Err(e.into()))),
+            }
+        }
+    }
+}
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        // Dropped before its end (client gone, timeout): the connection is not reusable.
+        if self.framing != Framing::Done {
+            self.finish(false);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(text: &str) -> Result<Option<(http::response::Parts, Framing, bool)>, H1Error> {
+        parse_head(&mut BytesMut::from(text.as_bytes()))
+    }
+
+    #[test]
+    fn framing_follows_rfc_9112() {
+        let r = head("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n");
+        assert!(matches!(r, Ok(Some((ref p, Framing::Length(5), true))) if p.status == 200));
+        let r = head("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 5\r\n\r\n");
+        assert!(matches!(r, Ok(Some((_, Framing::ChunkSize, false)))));
+        let r = head("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n");
+        assert!(matches!(r, Ok(Some((_, Framing::ChunkSize, true)))));
+        let r = head("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n");
+        assert!(matches!(r, Ok(Some((_, Framing::UntilClose, true)))));
+        let r = head("HTTP/1.1 200 OK\r\n\r\n");
+        assert!(matches!(r, Ok(Some((_, Framing::UntilClose, true)))));
+        let r = head("HTTP/1.0 200 OK\r\ncontent-length: 1\r\n\r\n");
+        assert!(matches!(r, Ok(Some((_, Framing::Length(1), false)))));
+        let r = head("HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 1\r\n\r\n");
+        assert!(matches!(r, Ok(Some((_, Framing::Length(1), false)))));
+        let r = head("HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 5\r\n\r\n");
+        assert!(matches!(r, Ok(Some((_, Framing::Length(5), true)))));
+        assert!(head("HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\n").is_err());
+        assert!(head("HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n").is_err());
+        assert!(head("HTTP/1.1 200 OK\r\ncontent-length: 1x\r\n\r\n").is_err());
+        assert!(head("HTTP/1.1 999x OK\r\n\r\n").is_err());
+        assert!(matches!(head("HTTP/1.1 200 OK\r\ncontent-le"), Ok(None)));
+    }
+
+    #[test]
+    fn request_head_carries_the_body_length() {
+        let mut req = http::Request::new(());
+        *req.method_mut() = Method::POST;
+        *req.uri_mut() = "/p?q=1".parse().unwrap_or_default();
+        req.headers_mut()
+            .insert(header::HOST, HeaderValue::from_static("h"));
+        req.headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from_static("99"));
+        let (parts, ()) = req.into_parts();
+        let text = String::from_utf8(encode_request(&parts, 3)).unwrap_or_default();
+        assert_eq!(
+            text,
+            "POST /p?q=1 HTTP/1.1\r\nhost: h\r\ncontent-length: 3\r\n\r\n"
+        );
+        let mut get = http::Request::new(());
+        *get.uri_mut() = "/".parse().unwrap_or_default();
+        let (parts, ()) = get.into_parts();
+        let text = String::from_utf8(encode_request(&parts, 0)).unwrap_or_default();
+        assert_eq!(text, "GET / HTTP/1.1\r\n\r\n");
+    }
+}

@@ -1,0 +1,181 @@
+//! Courier's own HTTP/1.1 upstream client (`http/upstream_h1.rs`) against a scripted
+//! upstream: every way a response body can be framed, 1xx responses, protocol errors, and
+//! keep-alive reuse (including a connection the upstream closed while it sat idle).
+
+mod http_support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http_support::*;
+
+/// What the scripted upstream has seen.
+#[derive(Default)]
+struct Counts {
+    connections: AtomicUsize,
+    /// Connections the upstream has closed on its own after answering.
+    closed: AtomicUsize,
+}
+
+/// The raw response for a request line, and whether to close the connection after it.
+fn script(method: &str, path: &str) -> (String, bool) {
+    let r = |s: &str| s.to_string();
+    match path {
+        "/chunked" => (
+            r("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nx-trailer: t\r\n\r\n"),
+            false,
+        ),
+        "/continue" => (
+            r("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"),
+            false,
+        ),
+        "/until-close" => (r("HTTP/1.1 200 OK\r\n\r\nstreamed to the close"), true),
+        "/no-content" => (r("HTTP/1.1 204 No Content\r\n\r\n"), false),
+        "/both" => (
+            r("HTTP/1.1 200 OK\r\ncontent-length: 100\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"),
+            false,
+        ),
+        "/bad-length" => (r("HTTP/1.1 200 OK\r\ncontent-length: 1x\r\n\r\nx"), true),
+        "/garbage" => (r("HTX/9 what\r\n\r\n"), true),
+        "/idle-close" => (r("HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nbye!"), true),
+        "/len" if method == "HEAD" => (r("HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n"), false),
+        _ => (r("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nplain"), false),
+    }
+}
+
+fn start_scripted() -> (SocketAddr, Arc<Counts>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let counts = Arc::new(Counts::default());
+    let c = counts.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            c.connections.fetch_add(1, Ordering::SeqCst);
+            let c = c.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+                let mut out = stream;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let mut parts = line.split(' ');
+                    let method = parts.next().unwrap_or("").to_string();
+                    let path = parts.next().unwrap_or("").to_string();
+                    let mut length = 0usize;
+                    loop {
+                        let mut h = String::new();
+                        if reader.read_line(&mut h).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                            length = v.trim().parse().unwrap_or(0);
+                        }
+                        if h == "\r\n" {
+                            break;
+                        }
+                    }
+                    let mut body = vec![0u8; length];
+                    if reader.read_exact(&mut body).is_err() {
+                        return;
+                    }
+                    let (resp, close) = script(&method, &path);
+                    if out.write_all(resp.as_bytes()).is_err() {
+                        return;
+                    }
+                    if close {
+                        c.closed.fetch_add(1, Ordering::SeqCst);
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, counts)
+}
+
+const ROUTES: &str = r#"            name: local
+            virtual_hosts:
+            - name: main
+              domains: ["*"]
+              routes:
+              - match: { prefix: "/" }
+                route: { cluster: up }
+"#;
+
+fn setup() -> (Courier, Arc<Counts>) {
+    let (up, counts) = start_scripted();
+    let c = Courier::start(&bootstrap(ROUTES, "", &cluster("up", &[up], "")));
+    (c, counts)
+}
+
+#[test]
+fn response_framings() {
+    let (c, counts) = setup();
+    let mut client = Client::connect(c.listener);
+    let r = client.get("h", "/chunked", &[]);
+    assert_eq!((r.status, r.body_str().as_str()), (200, "hello world"));
+    let r = client.get("h", "/continue", &[]);
+    assert_eq!((r.status, r.body_str().as_str()), (200, "ok"));
+    let r = client.get("h", "/no-content", &[]);
+    assert_eq!(r.status, 204);
+    let r = client.request("HEAD", "h", "/len", &[], b"");
+    assert_eq!((r.status, r.header("content-length")), (200, Some("10")));
+    // All of the above on one upstream connection, kept alive.
+    assert_eq!(counts.connections.load(Ordering::SeqCst), 1);
+    let r = client.get("h", "/until-close", &[]);
+    assert_eq!(
+        (r.status, r.body_str().as_str()),
+        (200, "streamed to the close")
+    );
+    // Chunked wins over a Content-Length; the connection is not reused after it.
+    let r = client.get("h", "/both", &[]);
+    assert_eq!((r.status, r.body_str().as_str()), (200, "ok"));
+    let before = counts.connections.load(Ordering::SeqCst);
+    let r = client.get("h", "/plain", &[]);
+    assert_eq!((r.status, r.body_str().as_str()), (200, "plain"));
+    assert_eq!(counts.connections.load(Ordering::SeqCst), before + 1);
+    // POST with a body goes out with its length.
+    let r = client.request("POST", "h", "/plain", &[], b"abc");
+    assert_eq!(r.status, 200);
+}
+
+#[test]
+fn protocol_errors_are_upstream_resets() {
+    let (c, _) = setup();
+    for path in ["/bad-length", "/garbage"] {
+        let r = get(c.listener, "h", path, &[]);
+        assert_eq!(r.status, 503, "{path}");
+        assert!(r.body_str().contains("reset"), "{path}: {}", r.body_str());
+    }
+    assert!(c.stat("cluster.up.upstream_rq_rx_reset") >= 2);
+    // The worker still serves.
+    assert_eq!(get(c.listener, "h", "/plain", &[]).status, 200);
+}
+
+#[test]
+fn a_connection_closed_while_idle_is_not_reused() {
+    let (c, counts) = setup();
+    let mut client = Client::connect(c.listener);
+    for i in 0..20 {
+        let r = client.get("h", "/idle-close", &[]);
+        assert_eq!(
+            (r.status, r.body_str().as_str()),
+            (200, "bye!"),
+            "round {i}"
+        );
+        // Wait until the upstream has closed that connection, then go again at once: the
+        // next request must not fail on the dead connection.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while counts.closed.load(Ordering::SeqCst) < i + 1 {
+            assert!(Instant::now() < deadline, "upstream did not close");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    assert_eq!(counts.connections.load(Ordering::SeqCst), 20);
+    assert_eq!(c.stat("cluster.up.upstream_rq_rx_reset"), 0);
+}

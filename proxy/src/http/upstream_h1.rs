@@ -93,7 +93,7 @@ pub type OnDone = Box<dyn FnOnce(Option<H1Connection>)>;
 /// A response body read straight from the upstream connection.
 pub struct UpstreamBody {
     conn: Option<H1Connection>,
-    framing: Framing,
+    decoder: BodyDecoder,
     reusable: bool,
     on_done: Option<OnDone>,
 }
@@ -167,52 +167,39 @@ impl H1Connection {
         self.write_all(&head, body).await?;
         let head_request = parts.method == Method::HEAD;
         loop {
-            let parsed = poll_fn(|cx| self.poll_head(cx)).await?;
-            let (resp, framing, keep_alive) = parsed;
-            if resp.status.is_informational() {
+            let head = poll_fn(|cx| self.poll_head(cx, head_request)).await?;
+            if head.parts.status.is_informational() {
                 // 100 Continue and the like: the real response follows. (A 101 cannot
                 // come: upgrades do not take this path.)
-                if resp.status == StatusCode::SWITCHING_PROTOCOLS {
+                if head.parts.status == StatusCode::SWITCHING_PROTOCOLS {
                     return Err(H1Error::Protocol("unexpected 101 Switching Protocols"));
                 }
                 continue;
             }
-            let framing = if head_request
-                || resp.status == StatusCode::NO_CONTENT
-                || resp.status == StatusCode::NOT_MODIFIED
-            {
-                Framing::Done
-            } else {
-                framing
-            };
-            let reusable = keep_alive && framing != Framing::UntilClose;
             let mut body = UpstreamBody {
                 conn: Some(self),
-                framing,
-                reusable,
+                decoder: head.decoder,
+                reusable: head.reusable,
                 on_done: Some(on_done),
             };
-            if framing == Framing::Done {
+            if body.decoder.is_done() {
                 body.finish(true);
             }
+            let resp = head.parts;
             return Ok((resp, body));
         }
     }
 
     /// Reads until a whole response head is buffered and parses it.
-    #[allow(clippy::type_complexity)]
     fn poll_head(
         &mut self,
         cx: &mut Context<'_>,
-    ) -> Poll<Result<(http::response::Parts, Framing, bool), H1Error>> {
+        head_request: bool,
+    ) -> Poll<Result<ResponseHead, H1Error>> {
         loop {
             if !self.buf.is_empty() {
-                match parse_head(&mut self.buf)? {
-                    Some(parsed) => return Poll::Ready(Ok(parsed)),
-                    None if self.buf.len() > MAX_HEAD => {
-                        return Poll::Ready(Err(H1Error::Protocol("response headers too large")))
-                    }
-                    None => {}
+                if let Some(head) = parse_response_head(&mut self.buf, head_request)? {
+                    return Poll::Ready(Ok(head));
                 }
             }
             match self.read_more(cx) {
@@ -259,6 +246,45 @@ fn encode_request(parts: &http::request::Parts, body_len: usize) -> Vec<u8> {
     }
     out.extend_from_slice(b"\r\n");
     out
+}
+
+/// A response head, parsed.
+pub struct ResponseHead {
+    /// Status, version and headers.
+    pub parts: http::response::Parts,
+    /// Takes the body that follows off the connection's buffer.
+    pub decoder: BodyDecoder,
+    /// Whether the connection may carry another request after this response.
+    pub reusable: bool,
+}
+
+/// Parses a response head off the front of `buf` once it is complete (`None` until then).
+/// `head_request`: the response answers a `HEAD` and has no body whatever it says.
+pub fn parse_response_head(
+    buf: &mut BytesMut,
+    head_request: bool,
+) -> Result<Option<ResponseHead>, H1Error> {
+    let Some((parts, framing, keep_alive)) = parse_head(buf)? else {
+        if buf.len() > MAX_HEAD {
+            return Err(H1Error::Protocol("response headers too large"));
+        }
+        return Ok(None);
+    };
+    let status = parts.status;
+    let framing = if head_request
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        Framing::Done
+    } else {
+        framing
+    };
+    Ok(Some(ResponseHead {
+        parts,
+        decoder: BodyDecoder { framing },
+        reusable: keep_alive && framing != Framing::UntilClose,
+    }))
 }
 
 /// Parses a response head off the front of `buf` if it is complete: the response parts,
@@ -372,7 +398,7 @@ fn content_length(map: &HeaderMap) -> Result<Option<u64>, H1Error> {
 
 impl UpstreamBody {
     fn finish(&mut self, clean: bool) {
-        self.framing = Framing::Done;
+        self.decoder.framing = Framing::Done;
         let conn = self.conn.take().filter(|_| clean && self.reusable);
         if let Some(f) = self.on_done.take() {
             f(conn);
@@ -381,16 +407,12 @@ impl UpstreamBody {
 
     /// Whether the body is complete.
     pub fn is_end_stream(&self) -> bool {
-        self.framing == Framing::Done
+        self.decoder.is_done()
     }
 
     /// The exact length, when known.
     pub fn exact_len(&self) -> Option<u64> {
-        match self.framing {
-            Framing::Length(n) => Some(n),
-            Framing::Done => Some(0),
-            _ => None,
-        }
+        self.decoder.exact_len()
     }
 
     /// The next data or trailers frame.
@@ -411,64 +433,139 @@ impl UpstreamBody {
             let Some(conn) = self.conn.as_mut() else {
                 return Poll::Ready(None);
             };
-            match self.framing {
-                Framing::Done => return Poll::Ready(None),
-                Framing::Length(0) => {
+            let decoded = match self.decoder.decode(&mut conn.buf) {
+                Ok(d) => d,
+                Err(e) => return Poll::Ready(Some(Err(e))),
+            };
+            match decoded {
+                Decoded::Data(data) => {
+                    if self.decoder.is_done() {
+                        self.finish(true);
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Decoded::Trailers(trailers) => {
+                    self.finish(true);
+                    return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+                }
+                Decoded::End => {
                     self.finish(true);
                     return Poll::Ready(None);
                 }
-                Framing::Length(left) | Framing::ChunkData(left) if !conn.buf.is_empty() => {
-                    let take = (conn.buf.len() as u64).min(left) as usize;
-                    let data = conn.buf.split_to(take).freeze();
+                Decoded::NeedMore => {}
+            }
+            match conn.read_more(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(0)) => {
+                    if let Err(e) = self.decoder.eof() {
+                        return Poll::Ready(Some(Err(e)));
+                    }
+                    self.finish(true);
+                    return Poll::Ready(None);
+                }
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Some(Err(e.into()))),
+            }
+        }
+    }
+}
+
+/// What [`BodyDecoder::decode`] took from the buffer.
+#[derive(Debug)]
+pub enum Decoded {
+    /// Body bytes.
+    Data(Bytes),
+    /// The trailer section of a chunked body (which is then complete).
+    Trailers(HeaderMap),
+    /// The body is complete.
+    End,
+    /// The buffer holds no more of the body yet.
+    NeedMore,
+}
+
+/// Takes a response body off the connection's read buffer as its framing says (sans I/O,
+/// so it is tested and fuzzed on plain bytes).
+#[derive(Debug)]
+pub struct BodyDecoder {
+    framing: Framing,
+}
+
+impl BodyDecoder {
+    /// Whether the body is complete.
+    pub fn is_done(&self) -> bool {
+        matches!(self.framing, Framing::Done | Framing::Length(0))
+    }
+
+    /// The bytes left, when known.
+    pub fn exact_len(&self) -> Option<u64> {
+        match self.framing {
+            Framing::Length(n) => Some(n),
+            Framing::Done => Some(0),
+            _ => None,
+        }
+    }
+
+    /// The upstream closed the connection: the end of a body that runs to the close, an
+    /// error for any other.
+    pub fn eof(&mut self) -> Result<(), H1Error> {
+        match self.framing {
+            Framing::UntilClose | Framing::Done | Framing::Length(0) => {
+                self.framing = Framing::Done;
+                Ok(())
+            }
+            _ => Err(H1Error::Closed),
+        }
+    }
+
+    /// Takes the next piece of the body from the front of `buf`.
+    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Decoded, H1Error> {
+        loop {
+            match self.framing {
+                Framing::Done | Framing::Length(0) => {
+                    self.framing = Framing::Done;
+                    return Ok(Decoded::End);
+                }
+                Framing::Length(left) | Framing::ChunkData(left) if !buf.is_empty() => {
+                    let take = (buf.len() as u64).min(left) as usize;
+                    let data = buf.split_to(take).freeze();
                     let left = left - take as u64;
                     self.framing = match self.framing {
                         Framing::Length(_) => Framing::Length(left),
                         _ if left == 0 => Framing::ChunkEnd,
                         _ => Framing::ChunkData(left),
                     };
-                    if self.framing == Framing::Length(0) {
-                        self.finish(true);
-                    }
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                    return Ok(Decoded::Data(data));
                 }
-                Framing::UntilClose if !conn.buf.is_empty() => {
-                    let data = conn.buf.split().freeze();
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                Framing::UntilClose if !buf.is_empty() => {
+                    return Ok(Decoded::Data(buf.split().freeze()));
                 }
-                Framing::ChunkSize => match httparse::parse_chunk_size(&conn.buf) {
-                    Ok(httparse::Status::Complete((used, 0))) => {
-                        conn.buf.advance(used);
-                        self.framing = Framing::Trailers;
-                        continue;
-                    }
+                Framing::ChunkSize => match httparse::parse_chunk_size(buf) {
                     Ok(httparse::Status::Complete((used, size))) => {
-                        conn.buf.advance(used);
-                        self.framing = Framing::ChunkData(size);
+                        buf.advance(used);
+                        self.framing = if size == 0 {
+                            Framing::Trailers
+                        } else {
+                            Framing::ChunkData(size)
+                        };
                         continue;
                     }
-                    Ok(httparse::Status::Partial) if conn.buf.len() > 1024 => {
-                        return Poll::Ready(Some(Err(H1Error::Protocol(
-                            "chunk size line too long",
-                        ))))
+                    Ok(httparse::Status::Partial) if buf.len() > 1024 => {
+                        return Err(H1Error::Protocol("chunk size line too long"))
                     }
-                    Ok(httparse::Status::Partial) => {}
-                    Err(_) => {
-                        return Poll::Ready(Some(Err(H1Error::Protocol("invalid chunk size"))))
-                    }
+                    Ok(httparse::Status::Partial) => return Ok(Decoded::NeedMore),
+                    Err(_) => return Err(H1Error::Protocol("invalid chunk size")),
                 },
-                Framing::ChunkEnd if conn.buf.len() >= 2 => {
-                    if &conn.buf[..2] != b"\r\n" {
-                        return Poll::Ready(Some(Err(H1Error::Protocol(
-                            "missing CRLF after chunk",
-                        ))));
+                Framing::ChunkEnd if buf.len() >= 2 => {
+                    if &buf[..2] != b"\r\n" {
+                        return Err(H1Error::Protocol("missing CRLF after chunk"));
                     }
-                    conn.buf.advance(2);
+                    buf.advance(2);
                     self.framing = Framing::ChunkSize;
                     continue;
                 }
                 Framing::Trailers => {
                     let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-                    match httparse::parse_headers(&conn.buf, &mut fields) {
+                    return match httparse::parse_headers(buf, &mut fields) {
                         Ok(httparse::Status::Complete((used, fields))) => {
                             let mut trailers = HeaderMap::new();
                             for f in fields {
@@ -479,36 +576,22 @@ impl UpstreamBody {
                                     trailers.append(n, v);
                                 }
                             }
-                            conn.buf.advance(used);
-                            self.finish(true);
-                            if trailers.is_empty() {
-                                return Poll::Ready(None);
-                            }
-                            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+                            buf.advance(used);
+                            self.framing = Framing::Done;
+                            Ok(if trailers.is_empty() {
+                                Decoded::End
+                            } else {
+                                Decoded::Trailers(trailers)
+                            })
                         }
-                        Ok(httparse::Status::Partial) if conn.buf.len() > MAX_HEAD => {
-                            return Poll::Ready(Some(Err(H1Error::Protocol("trailers too large"))))
+                        Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
+                            Err(H1Error::Protocol("trailers too large"))
                         }
-                        Ok(httparse::Status::Partial) => {}
-                        Err(_) => {
-                            return Poll::Ready(Some(Err(H1Error::Protocol("invalid trailers"))))
-                        }
-                    }
+                        Ok(httparse::Status::Partial) => Ok(Decoded::NeedMore),
+                        Err(_) => Err(H1Error::Protocol("invalid trailers")),
+                    };
                 }
-                _ => {}
-            }
-            // More bytes are needed.
-            match conn.read_more(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Ok(0)) => {
-                    if self.framing == Framing::UntilClose {
-                        self.finish(true);
-                        return Poll::Ready(None);
-                    }
-                    return Poll::Ready(Some(Err(H1Error::Closed)));
-                }
-                Poll::Ready(Ok(_)) => {}
-                Poll::Ready(Err(e)) => return Poll::Ready(Some(Err(e.into()))),
+                _ => return Ok(Decoded::NeedMore),
             }
         }
     }
@@ -517,7 +600,7 @@ impl UpstreamBody {
 impl Drop for UpstreamBody {
     fn drop(&mut self) {
         // Dropped before its end (client gone, timeout): the connection is not reusable.
-        if self.framing != Framing::Done {
+        if self.on_done.is_some() {
             self.finish(false);
         }
     }
@@ -554,6 +637,67 @@ mod tests {
         assert!(head("HTTP/1.1 200 OK\r\ncontent-length: 1x\r\n\r\n").is_err());
         assert!(head("HTTP/1.1 999x OK\r\n\r\n").is_err());
         assert!(matches!(head("HTTP/1.1 200 OK\r\ncontent-le"), Ok(None)));
+    }
+
+    /// Feeds `input` to a decoder `step` bytes at a time; returns the body and trailers.
+    fn decode_in_steps(
+        framing: Framing,
+        input: &[u8],
+        step: usize,
+    ) -> Result<(Vec<u8>, Option<HeaderMap>), H1Error> {
+        let mut d = BodyDecoder { framing };
+        let mut buf = BytesMut::new();
+        let (mut body, mut trailers) = (Vec::new(), None);
+        let mut chunks = input.chunks(step.max(1));
+        loop {
+            match d.decode(&mut buf)? {
+                Decoded::Data(b) => body.extend_from_slice(&b),
+                Decoded::Trailers(t) => {
+                    trailers = Some(t);
+                    break;
+                }
+                Decoded::End => break,
+                Decoded::NeedMore => match chunks.next() {
+                    Some(c) => buf.extend_from_slice(c),
+                    None => {
+                        d.eof()?;
+                        break;
+                    }
+                },
+            }
+        }
+        Ok((body, trailers))
+    }
+
+    #[test]
+    fn chunked_bodies_decode_however_they_are_split() {
+        let wire = b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nx-t: 1\r\n\r\n";
+        for step in 1..wire.len() {
+            let (body, trailers) =
+                decode_in_steps(Framing::ChunkSize, wire, step).unwrap_or_default();
+            assert_eq!(body, b"hello world", "step {step}");
+            let t = trailers.unwrap_or_default();
+            assert_eq!(
+                t.get("x-t").map(|v| v.as_bytes()),
+                Some(&b"1"[..]),
+                "step {step}"
+            );
+        }
+        let (body, trailers) =
+            decode_in_steps(Framing::ChunkSize, b"2\r\nok\r\n0\r\n\r\n", 3).unwrap_or_default();
+        assert_eq!((body.as_slice(), trailers.is_none()), (&b"ok"[..], true));
+        for bad in [&b"zz\r\n"[..], b"2\r\nokXX0\r\n\r\n", b"5\r\nhel"] {
+            assert!(decode_in_steps(Framing::ChunkSize, bad, 2).is_err());
+        }
+    }
+
+    #[test]
+    fn length_and_close_delimited_bodies() {
+        let (body, _) = decode_in_steps(Framing::Length(5), b"helloEXTRA", 3).unwrap_or_default();
+        assert_eq!(body, b"hello");
+        assert!(decode_in_steps(Framing::Length(5), b"hel", 1).is_err());
+        let (body, _) = decode_in_steps(Framing::UntilClose, b"to the end", 4).unwrap_or_default();
+        assert_eq!(body, b"to the end");
     }
 
     #[test]

@@ -1,0 +1,45 @@
+//! Fuzzes Courier's own HTTP/1.1 upstream client on what an upstream may send: arbitrary
+//! bytes, delivered in pieces, through the response-head parser and the body decoder.
+//! Nothing may panic, and the body can never hold more bytes than were received.
+#![no_main]
+
+use bytes::BytesMut;
+use courier::http::upstream_h1::{parse_response_head, Decoded};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&control, input)) = data.split_first() else {
+        return;
+    };
+    let head_request = control & 1 == 1;
+    let step = usize::from(control >> 1).max(1);
+    let mut pieces = input.chunks(step);
+    let mut buf = BytesMut::new();
+    // The head (1xx heads are skipped, as the client does).
+    let mut head = loop {
+        match parse_response_head(&mut buf, head_request) {
+            Ok(Some(h)) if h.parts.status.is_informational() => continue,
+            Ok(Some(h)) => break h,
+            Ok(None) => match pieces.next() {
+                Some(p) => buf.extend_from_slice(p),
+                None => return,
+            },
+            Err(_) => return,
+        }
+    };
+    let mut body_len = 0usize;
+    loop {
+        match head.decoder.decode(&mut buf) {
+            Ok(Decoded::Data(d)) => body_len += d.len(),
+            Ok(Decoded::Trailers(_)) | Ok(Decoded::End) | Err(_) => break,
+            Ok(Decoded::NeedMore) => match pieces.next() {
+                Some(p) => buf.extend_from_slice(p),
+                None => {
+                    let _ = head.decoder.eof();
+                    break;
+                }
+            },
+        }
+    }
+    assert!(body_len <= input.len());
+});

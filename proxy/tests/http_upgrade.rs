@@ -124,6 +124,59 @@ fn websocket_upgrade_tunnels_both_ways() {
     }
 }
 
+/// What a client sees of one websocket exchange through a proxy at `addr`: the status and
+/// `upgrade` of the response, the bytes echoed while both directions are open, and what
+/// arrives after the client half-closes.
+fn websocket_exchange(addr: SocketAddr, path: &str) -> (u16, Option<String>, usize, Vec<u8>) {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    s.write_all(upgrade_request(path).as_bytes())
+        .expect("request");
+    let mut reader = BufReader::new(s.try_clone().expect("clone"));
+    let resp = read_response(&mut reader, true).expect("response");
+    let upgrade = resp.header("upgrade").map(str::to_ascii_lowercase);
+    if resp.status != 101 {
+        return (resp.status, upgrade, 0, Vec::new());
+    }
+    let mut echoed = 0;
+    for msg in [&b"ping"[..], &[9u8; 5000]] {
+        s.write_all(msg).expect("write");
+        let mut back = vec![0u8; msg.len()];
+        reader.read_exact(&mut back).expect("echo");
+        assert_eq!(back, msg);
+        echoed += back.len();
+    }
+    s.shutdown(Shutdown::Write).expect("shutdown");
+    let mut after = Vec::new();
+    let _ = reader.read_to_end(&mut after);
+    (resp.status, upgrade, echoed, after)
+}
+
+/// The same bootstrap through Courier and a real Envoy: the same 101 and the same bytes
+/// both ways, the same refusal on a route that disables the upgrade. One documented
+/// difference: Courier carries a half-close through the tunnel (the upstream's last bytes
+/// after the client's FIN arrive), where Envoy closes the whole connection.
+#[test]
+fn websocket_matches_envoy() {
+    let ws = start_ws_echo();
+    let hcm = "          upgrade_configs: [ { upgrade_type: websocket } ]\n";
+    let boot = bootstrap(ROUTES, hcm, &cluster("ws", &[ws], ""));
+    let Some(envoy) = Courier::start_envoy(&boot) else {
+        eprintln!("envoy not on PATH: skipping the websocket differential test");
+        return;
+    };
+    let courier = Courier::start(&boot);
+    for path in ["/chat", "/plain"] {
+        let (es, eu, ee, _) = websocket_exchange(envoy.listener, path);
+        let (cs, cu, ce, after) = websocket_exchange(courier.listener, path);
+        assert_eq!((cs, cu, ce), (es, eu, ee), "{path}: courier vs envoy");
+        if cs == 101 {
+            assert_eq!(after, b"bye", "{path}: the half-close carried through");
+        }
+    }
+}
+
 /// A drain (SIGTERM) waits for a tunnel, as for any open connection: the tunnel keeps
 /// working after the listener has stopped accepting, and the process exits once the
 /// tunnel has closed.

@@ -13,7 +13,8 @@
 //! # Known differences from Envoy
 //!
 //! `tests/http_differential.rs` runs the same bootstrap through Courier and Envoy 1.40 and
-//! compares 67 requests (all equal today). Differences that remain, by design or not yet
+//! compares 67 requests (all equal today; `tests/http_upgrade.rs` does the same for
+//! websockets). Differences that remain, by design or not yet
 //! done:
 //!
 //! - Codec errors come from hyper: a malformed request gets hyper's `400`/`431` (no body)
@@ -32,6 +33,7 @@
 //! - Upgraded (websocket) connections go upstream on a connection of their own, as Envoy's,
 //!   and count in `downstream_cx_active` until the tunnel closes (a shutdown drain waits
 //!   for them). Removing a listener does not close its tunnels before the drain time ends.
+//!   A client's half-close is carried through the tunnel; Envoy closes the whole tunnel.
 //! - `Upgrade: h2c` is not honoured, as in Envoy: the request is served as HTTP/1.1 without
 //!   its upgrade headers.
 //! - Not yet: websocket over HTTP/2 (extended CONNECT), inline route

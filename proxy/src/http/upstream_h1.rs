@@ -15,6 +15,8 @@
 
 use std::future::poll_fn;
 use std::io;
+use std::mem::MaybeUninit;
+use std::ops::Range;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -292,9 +294,15 @@ pub fn parse_response_head(
 fn parse_head(
     buf: &mut BytesMut,
 ) -> Result<Option<(http::response::Parts, Framing, bool)>, H1Error> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut headers);
-    let len = match resp.parse(buf) {
+    // Uninitialised: zeroing room for 100 headers would cost more than parsing five.
+    let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut resp,
+        buf,
+        &mut headers,
+    );
+    let len = match parsed {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => {
@@ -309,26 +317,24 @@ fn parse_head(
     } else {
         Version::HTTP_11
     };
-    // Values share the head's bytes instead of being copied.
+    // Names and values are located by offset, so that the values can share the head's
+    // bytes (no copy) once it is split off the buffer.
     let base = buf.as_ptr() as usize;
-    let spans: Vec<(&[u8], std::ops::Range<usize>)> = resp
+    let offset = |s: &[u8]| s.as_ptr() as usize - base;
+    let spans: Vec<(Range<usize>, Range<usize>)> = resp
         .headers
         .iter()
         .map(|h| {
-            let start = h.value.as_ptr() as usize - base;
-            (h.name.as_bytes(), start..start + h.value.len())
+            let (n, v) = (offset(h.name.as_bytes()), offset(h.value));
+            (n..n + h.name.len(), v..v + h.value.len())
         })
         .collect();
-    let names: Vec<Result<HeaderName, _>> = spans
-        .iter()
-        .map(|(n, _)| HeaderName::from_bytes(n))
-        .collect();
-    let ranges: Vec<std::ops::Range<usize>> = spans.into_iter().map(|(_, r)| r).collect();
     let head = buf.split_to(len).freeze();
-    let mut map = HeaderMap::with_capacity(names.len());
-    for (name, range) in names.into_iter().zip(ranges) {
-        let name = name.map_err(|_| H1Error::Protocol("invalid header name"))?;
-        let value = HeaderValue::from_maybe_shared(head.slice(range))
+    let mut map = HeaderMap::with_capacity(spans.len());
+    for (name, value) in spans {
+        let name = HeaderName::from_bytes(&head[name])
+            .map_err(|_| H1Error::Protocol("invalid header name"))?;
+        let value = HeaderValue::from_maybe_shared(head.slice(value))
             .map_err(|_| H1Error::Protocol("invalid header value"))?;
         map.append(name, value);
     }

@@ -77,22 +77,25 @@ fn setup() -> Courier {
     Courier::start(&bootstrap(ROUTES, hcm, &cluster("ws", &[ws], "")))
 }
 
-fn upgrade_request(path: &str) -> String {
-    format!(
+/// Sends a websocket upgrade for `path` to `addr` and reads the response head; returns
+/// the stream, its reader (for the tunnelled bytes) and the response.
+fn open_upgrade(addr: SocketAddr, path: &str) -> (TcpStream, BufReader<TcpStream>, Resp) {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let request = format!(
         "GET {path} HTTP/1.1\r\nhost: h\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
-    )
+    );
+    s.write_all(request.as_bytes()).expect("request");
+    let mut reader = BufReader::new(s.try_clone().expect("clone"));
+    let resp = read_response(&mut reader, true).expect("response");
+    (s, reader, resp)
 }
 
 #[test]
 fn websocket_upgrade_tunnels_both_ways() {
     let c = setup();
-    let mut s = TcpStream::connect(c.listener).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("timeout");
-    s.write_all(upgrade_request("/chat").as_bytes())
-        .expect("request");
-    let mut reader = BufReader::new(s.try_clone().expect("clone"));
-    let resp = read_response(&mut reader, true).expect("101 response");
+    let (mut s, mut reader, resp) = open_upgrade(c.listener, "/chat");
     assert_eq!(resp.status, 101);
     assert_eq!(resp.header("upgrade"), Some("websocket"));
     assert_eq!(resp.header("x-upstream"), Some("ws"));
@@ -128,13 +131,7 @@ fn websocket_upgrade_tunnels_both_ways() {
 /// `upgrade` of the response, the bytes echoed while both directions are open, and what
 /// arrives after the client half-closes.
 fn websocket_exchange(addr: SocketAddr, path: &str) -> (u16, Option<String>, usize, Vec<u8>) {
-    let mut s = TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("timeout");
-    s.write_all(upgrade_request(path).as_bytes())
-        .expect("request");
-    let mut reader = BufReader::new(s.try_clone().expect("clone"));
-    let resp = read_response(&mut reader, true).expect("response");
+    let (mut s, mut reader, resp) = open_upgrade(addr, path);
     let upgrade = resp.header("upgrade").map(str::to_ascii_lowercase);
     if resp.status != 101 {
         return (resp.status, upgrade, 0, Vec::new());
@@ -183,13 +180,7 @@ fn websocket_matches_envoy() {
 #[test]
 fn drain_waits_for_open_tunnels() {
     let mut c = setup();
-    let mut s = TcpStream::connect(c.listener).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("timeout");
-    s.write_all(upgrade_request("/chat").as_bytes())
-        .expect("request");
-    let mut reader = BufReader::new(s.try_clone().expect("clone"));
-    let resp = read_response(&mut reader, true).expect("101 response");
+    let (mut s, mut reader, resp) = open_upgrade(c.listener, "/chat");
     assert_eq!(resp.status, 101);
     let pid = libc::pid_t::try_from(c.child.id()).expect("pid");
     // SAFETY: signalling our own child process.
@@ -229,13 +220,7 @@ fn drain_waits_for_open_tunnels() {
 #[test]
 fn upgrade_disabled_on_the_route_is_refused() {
     let c = setup();
-    let mut s = TcpStream::connect(c.listener).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("timeout");
-    s.write_all(upgrade_request("/plain").as_bytes())
-        .expect("request");
-    let mut reader = BufReader::new(s);
-    let resp = read_response(&mut reader, false).expect("response");
+    let (_s, _reader, resp) = open_upgrade(c.listener, "/plain");
     assert_eq!(resp.status, 403);
     assert_eq!(c.stat("http.ingress.downstream_rq_ws_on_non_ws_route"), 1);
 }

@@ -374,15 +374,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 /// Turns an `Upgrade: h2c` request into a plain one, as Envoy's HTTP/1 codec does: drops
 /// `Upgrade` and `HTTP2-Settings`, and the `upgrade` and `http2-settings` tokens of
-/// `Connection` (other tokens stay, so `close` keeps its meaning). True if it was one.
-pub fn drop_h2c_upgrade(headers: &mut HeaderMap) -> bool {
+/// `Connection` (other tokens stay, so `close` keeps its meaning). For a request whose
+/// `Upgrade` is `h2c`.
+pub fn drop_h2c_upgrade(headers: &mut HeaderMap) {
     use http::header::{CONNECTION, UPGRADE};
-    let is_h2c = headers
-        .get(UPGRADE)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"h2c"));
-    if !is_h2c {
-        return false;
-    }
     headers.remove(UPGRADE);
     headers.remove("http2-settings");
     if let Some(conn) = headers.get(CONNECTION) {
@@ -406,7 +401,6 @@ pub fn drop_h2c_upgrade(headers: &mut HeaderMap) -> bool {
             }
         }
     }
-    true
 }
 
 /// Removes the hop-by-hop headers of an upstream response (kept on a 101, whose

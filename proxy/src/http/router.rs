@@ -494,15 +494,18 @@ async fn process(
     let fcx_remote = conn.remote;
     let fcx_local = conn.local;
     let protocol = protocol_name(req.version());
-    // Envoy does not upgrade to h2c: such a request is served as plain HTTP/1.1, without
-    // its upgrade headers.
-    super::headers::drop_h2c_upgrade(req.headers_mut());
     // Upgrades (websocket).
-    let upgrade = req
+    let mut upgrade = req
         .headers()
         .get(header::UPGRADE)
         .and_then(|v| v.to_str().ok())
         .map(str::to_ascii_lowercase);
+    if upgrade.as_deref() == Some("h2c") {
+        // Envoy does not upgrade to h2c: the request is served as plain HTTP/1.1, without
+        // its upgrade headers.
+        super::headers::drop_h2c_upgrade(req.headers_mut());
+        upgrade = None;
+    }
     let upgrade_refused = upgrade.as_ref().is_some_and(|up| {
         let allowed = match &route.action {
             Action::Route(a) => a

@@ -55,11 +55,34 @@ where
     }
 }
 
-/// A free TCP port on 127.0.0.1 (bound then released: the kernel walks the ephemeral range,
-/// so it is not handed out again at once).
+/// A free TCP port on 127.0.0.1 for a listener, below the kernel's ephemeral range.
+///
+/// A port from the ephemeral range (a bind to port 0, released) can be given to the local
+/// end of some outgoing connection before the proxy binds it, which then fails with
+/// "address already in use". Ports below the range are only ever taken by a bind. Each
+/// test process walks its own window of them (by pid), each call the next free one.
 pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("binding an ephemeral port");
-    l.local_addr().expect("local addr").port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const LOW: u32 = 10_000;
+    let high = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768)
+        .clamp(LOW + 1_000, 65_535);
+    let span = high - LOW;
+    let start = std::process::id().wrapping_mul(7_919) % span;
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = LOW + (start + n) % span;
+        let Ok(port) = u16::try_from(port) else {
+            continue;
+        };
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free TCP port between {LOW} and {high}");
 }
 
 /// The bundled control plane, in process, on its own port; restartable on the same port.

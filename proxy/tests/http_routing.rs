@@ -290,54 +290,71 @@ fn http_keepalive_reuses_upstream_connections() {
 #[test]
 fn http_bad_requests_get_envoy_codes() {
     let (c, _a, _b) = setup();
-    // HTTP/1.0 is refused with 426 unless accept_http_10.
-    let mut cl = Client::connect(c.listener);
-    cl.send_raw(b"GET / HTTP/1.0\r\nhost: h\r\n\r\n");
-    assert_eq!(cl.read().expect("resp").status, 426);
-    // Garbage.
-    let mut cl = Client::connect(c.listener);
-    cl.send_raw(b"GARBAGE\r\n\r\n");
-    let r = cl.read();
-    assert!(r.is_none_or(|r| r.status == 400));
-    // Content-Length and Transfer-Encoding together.
-    let mut cl = Client::connect(c.listener);
-    // Envoy answers 400; Courier (hyper) follows RFC 9112 §6.3: Transfer-Encoding wins,
-    // Content-Length is dropped and the connection is closed after the response, so the
-    // two framings can never disagree upstream (documented difference).
-    cl.send_raw(b"POST /echo HTTP/1.1\r\nhost: h\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n");
-    let r = cl.read();
-    assert!(
-        r.as_ref()
-            .is_none_or(|r| r.status == 400 || r.header("connection") == Some("close")),
-        "{r:?}"
-    );
-    // Two different Content-Length values.
-    let mut cl = Client::connect(c.listener);
-    cl.send_raw(
-        b"POST /echo HTTP/1.1\r\nhost: h\r\ncontent-length: 3\r\ncontent-length: 4\r\n\r\nabcd",
-    );
-    let r = cl.read();
-    assert!(r.as_ref().is_none_or(|r| r.status == 400), "{r:?}");
-    // Invalid chunk size.
-    let mut cl = Client::connect(c.listener);
-    cl.send_raw(b"POST /echo HTTP/1.1\r\nhost: h\r\ntransfer-encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n");
-    let r = cl.read();
-    assert!(r.as_ref().is_none_or(|r| r.status >= 400), "{r:?}");
-    // obs-fold.
-    let mut cl = Client::connect(c.listener);
-    cl.send_raw(b"GET / HTTP/1.1\r\nhost: h\r\nx-a: b\r\n  folded\r\n\r\n");
-    let r = cl.read();
-    assert!(r.as_ref().is_none_or(|r| r.status == 400), "{r:?}");
+    // Each is Envoy's codec reply: the status, its reason as the body, and a close.
+    let cases: &[(&[u8], u16)] = &[
+        (b"GET / HTTP/1.0\r\nhost: h\r\n\r\n", 426),
+        (b"GARBAGE\r\n\r\n", 400),
+        (b"POST /echo HTTP/1.1\r\nhost: h\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n", 400),
+        (b"POST /echo HTTP/1.1\r\nhost: h\r\ncontent-length: 3\r\ncontent-length: 4\r\n\r\nabcd", 400),
+        (b"POST /echo HTTP/1.1\r\nhost: h\r\ntransfer-encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n", 400),
+        (b"POST /echo HTTP/1.1\r\nhost: h\r\ntransfer-encoding: gzip\r\n\r\n", 501),
+        (b"GET / HTTP/1.1\r\nhost: h\r\nx-a: b\r\n  folded\r\n\r\n", 400),
+    ];
+    for (raw, status) in cases {
+        let mut cl = Client::connect(c.listener);
+        cl.send_raw(raw);
+        let r = cl.read().expect("a reply");
+        let what = String::from_utf8_lossy(raw);
+        assert_eq!(r.status, *status, "{what}");
+        assert_eq!(r.header("connection"), Some("close"), "{what}");
+        let reason = http::StatusCode::from_u16(*status)
+            .ok()
+            .and_then(|s| s.canonical_reason())
+            .unwrap_or_default();
+        assert_eq!(r.body_str(), reason, "{what}");
+        assert!(cl.closed(), "{what}");
+    }
     // Oversized headers.
     let mut cl = Client::connect(c.listener);
     let big = "x".repeat(70 * 1024);
     cl.send_raw(format!("GET / HTTP/1.1\r\nhost: h\r\nx-big: {big}\r\n\r\n").as_bytes());
-    let r = cl.read();
-    assert!(r.as_ref().is_none_or(|r| r.status == 431), "{r:?}");
+    assert_eq!(cl.read().expect("a reply").status, 431);
     // Missing host.
     let mut cl = Client::connect(c.listener);
     cl.send_raw(b"GET / HTTP/1.1\r\n\r\n");
     assert_eq!(cl.read().expect("resp").status, 400);
+    let stats =
+        admin_get(c.admin, "/stats?filter=downstream_cx_protocol_error").unwrap_or_default();
+    assert!(
+        stats.contains("http.ingress.downstream_cx_protocol_error: 8"),
+        "{stats}"
+    );
     // The worker still serves everyone else.
     assert_eq!(get(c.listener, "h", "/", &[]).status, 200);
+}
+
+#[test]
+fn slow_request_heads_get_408() {
+    let a = Upstream::start("a");
+    let b = Upstream::start("b");
+    let (rc, clusters) = routes(&a, &b);
+    let hcm = "          request_headers_timeout: 0.3s\n";
+    let c = Courier::start(&bootstrap(&rc, hcm, &clusters));
+    // Slowloris: a head that never completes gets Envoy's 408 and a close.
+    let mut slow = Client::connect(c.listener);
+    slow.send_raw(b"GET / HTTP/1.1\r\nhost: h\r\nx-slow: ");
+    let r = slow.read().expect("a reply");
+    assert_eq!(r.status, 408);
+    assert_eq!(r.body_str(), "request header timeout");
+    assert_eq!(r.header("connection"), Some("close"));
+    assert!(slow.closed());
+    // Other connections are served as before.
+    let mut idle = Client::connect(c.listener);
+    assert_eq!(idle.get("h", "/", &[]).status, 200);
+    let stats =
+        admin_get(c.admin, "/stats?filter=downstream_rq_header_timeout").unwrap_or_default();
+    assert!(
+        stats.contains("http.ingress.downstream_rq_header_timeout: 1"),
+        "{stats}"
+    );
 }

@@ -1,59 +1,59 @@
-//! Fuzzes the downstream HTTP/1 parsing path: arbitrary bytes into hyper's HTTP/1 server
-//! connection configured as the connection manager configures it. Nothing may panic; every
-//! input ends in responses or a connection error.
+//! Fuzzes the downstream HTTP/1 parsing path: arbitrary bytes, delivered in pieces, through
+//! Courier's request-head parser (as the connection manager configures it), the request
+//! body decoder, and the path sanitiser the router applies next. Nothing may panic; every
+//! input ends in requests, a refusal with one of Envoy's codec statuses, or more to read;
+//! a body never holds more bytes than were received.
 #![no_main]
 
-use std::convert::Infallible;
-use std::pin::Pin;
-use std::task::{Context, Poll};
-
+use bytes::BytesMut;
+use courier::http::downstream_h1::{parse_request_head, Limits};
+use courier::http::upstream_h1::Decoded;
 use libfuzzer_sys::fuzz_target;
 
-struct Mock {
-    input: Vec<u8>,
-    pos: usize,
-}
-
-impl hyper::rt::Read for Mock {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-        mut buf: hyper::rt::ReadBufCursor<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let n = (self.input.len() - self.pos).min(buf.remaining()).min(64);
-        let start = self.pos;
-        buf.put_slice(&self.input[start..start + n]);
-        self.pos += n;
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl hyper::rt::Write for Mock {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Poll::Ready(Ok(buf.len()))
-    }
-    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-}
+const LIMITS: Limits = Limits {
+    max_headers: 100,
+    max_head_bytes: 60 * 1024,
+    accept_http_10: true,
+};
 
 fuzz_target!(|data: &[u8]| {
-    let io = Mock {
-        input: data.to_vec(),
-        pos: 0,
+    let Some((&step, input)) = data.split_first() else {
+        return;
     };
-    let svc = hyper::service::service_fn(|req: http::Request<hyper::body::Incoming>| async move {
-        let _ = courier::http::router::sanitize_path(req.uri().path(), true, true);
-        Ok::<_, Infallible>(http::Response::new(String::from("ok")))
-    });
-    let mut b = hyper::server::conn::http1::Builder::new();
-    b.max_headers(100).max_buf_size(61 * 1024 + 1024);
-    let _ = futures::executor::block_on(b.serve_connection(io, svc));
+    let mut pieces = input.chunks(usize::from(step).max(1));
+    let mut buf = BytesMut::new();
+    let mut body_len = 0usize;
+    // Pipelined requests, one after the other, as the connection reads them.
+    loop {
+        let head = match parse_request_head(&mut buf, &LIMITS) {
+            Ok(Some(head)) => head,
+            Ok(None) => match pieces.next() {
+                Some(p) => {
+                    buf.extend_from_slice(p);
+                    continue;
+                }
+                None => break,
+            },
+            Err(e) => {
+                assert!(matches!(e.status.as_u16(), 400 | 426 | 431 | 501), "{e}");
+                break;
+            }
+        };
+        let _ = courier::http::router::sanitize_path(head.parts.uri.path(), true, true);
+        let Some(mut decoder) = head.body else {
+            continue;
+        };
+        loop {
+            match decoder.decode(&mut buf) {
+                Ok(Decoded::Data(d)) => body_len += d.len(),
+                Ok(Decoded::Trailers(_)) | Ok(Decoded::End) => break,
+                Err(_) => return,
+                Ok(Decoded::NeedMore) => match pieces.next() {
+                    Some(p) => buf.extend_from_slice(p),
+                    None => return,
+                },
+            }
+        }
+    }
+    assert!(body_len <= input.len());
 });

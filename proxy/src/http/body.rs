@@ -7,6 +7,7 @@ use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::body::{Body, Frame, SizeHint};
 
+use super::h1_server::DownstreamBody;
 use super::upstream_h1::UpstreamBody;
 
 /// Boxed body error.
@@ -28,6 +29,7 @@ enum Kind {
     Full(Option<Bytes>),
     Stream(Incoming),
     Upstream(UpstreamBody),
+    Downstream(DownstreamBody),
 }
 
 impl ProxyBody {
@@ -80,6 +82,16 @@ impl ProxyBody {
         }
     }
 
+    /// A request body read from a downstream HTTP/1.1 connection by Courier's own codec
+    /// ([`super::h1_server`]).
+    pub fn downstream(inner: DownstreamBody) -> ProxyBody {
+        ProxyBody {
+            kind: Kind::Downstream(inner),
+            on_end: None,
+            bytes: 0,
+        }
+    }
+
     /// Adds a hook run after the existing ones when the body ends or is dropped.
     pub fn on_end(&mut self, f: OnEnd) {
         self.on_end = Some(match self.on_end.take() {
@@ -96,7 +108,7 @@ impl ProxyBody {
         match &self.kind {
             Kind::Empty => Some(Bytes::new()),
             Kind::Full(b) => b.clone(),
-            Kind::Stream(_) | Kind::Upstream(_) => None,
+            Kind::Stream(_) | Kind::Upstream(_) | Kind::Downstream(_) => None,
         }
     }
 
@@ -131,6 +143,7 @@ impl Body for ProxyBody {
             Kind::Upstream(inner) => Pin::new(inner)
                 .poll_frame(cx)
                 .map_err(|e| Box::new(e) as BoxError),
+            Kind::Downstream(inner) => inner.poll_frame(cx).map_err(|e| Box::new(e) as BoxError),
         };
         match &r {
             Poll::Ready(Some(Ok(frame))) => {
@@ -154,6 +167,7 @@ impl Body for ProxyBody {
             Kind::Full(b) => b.is_none(),
             Kind::Stream(inner) => inner.is_end_stream(),
             Kind::Upstream(inner) => inner.is_end_stream(),
+            Kind::Downstream(inner) => inner.is_end_stream(),
         }
     }
 
@@ -163,6 +177,9 @@ impl Body for ProxyBody {
             Kind::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             Kind::Stream(inner) => inner.size_hint(),
             Kind::Upstream(inner) => inner
+                .exact_len()
+                .map_or_else(SizeHint::default, SizeHint::with_exact),
+            Kind::Downstream(inner) => inner
                 .exact_len()
                 .map_or_else(SizeHint::default, SizeHint::with_exact),
         }

@@ -1,5 +1,6 @@
-//! A downstream HTTP connection on a worker: an [`EventHandler`] owning hyper's server
-//! connection future, polled when its waker fires (`on_wake`).
+//! A downstream HTTP connection on a worker: an [`EventHandler`] owning the codec (Courier's
+//! HTTP/1.1 server, [`super::h1_server`], or hyper's HTTP/2 server connection), polled when
+//! its waker fires (`on_wake`).
 //!
 //! ```text
 //!  accept ─► Detect (AUTO: HTTP/2 preface?) ─► H1 | H2 ─► done (close)
@@ -17,12 +18,11 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
-use hyper::server::conn::{http1, http2};
-
-use super::upgrade::WorkerIo;
+use hyper::server::conn::http2;
 use mio::event::Event;
 
 use super::body::ProxyBody;
+use super::h1_server::{End, H1Server};
 use super::hcm::{Codec, HcmConfig};
 use super::router::{self, ConnInfo};
 use crate::event::rt::{self, LocalExec, RtTimer, TcpIo};
@@ -33,7 +33,7 @@ const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const TIMER_IDLE: u64 = 1;
 const TIMER_MAX_DURATION: u64 = 2;
 
-/// The request handler hyper calls.
+/// The request handler hyper's HTTP/2 server calls.
 #[derive(Clone)]
 pub struct HcmService {
     conn: Rc<ConnInfo>,
@@ -45,15 +45,27 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for HcmServic
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>>>>;
 
     fn call(&self, req: http::Request<hyper::body::Incoming>) -> Self::Future {
-        Box::pin(router::serve(self.conn.clone(), req))
+        Box::pin(router::serve(
+            self.conn.clone(),
+            req.map(|b| ProxyBody::stream(b, None)),
+            None,
+        ))
     }
 }
 
-/// A transport with bytes already read in front (the protocol sniff).
+/// A transport with bytes already read in front (the protocol sniff, or what a client sent
+/// after an upgrade request's head).
 pub struct PrefixedIo {
     prefix: Vec<u8>,
     pos: usize,
     io: TcpIo,
+}
+
+impl PrefixedIo {
+    /// `io`, read from after `prefix`.
+    pub fn new(prefix: Vec<u8>, io: TcpIo) -> Self {
+        PrefixedIo { prefix, pos: 0, io }
+    }
 }
 
 impl hyper::rt::Read for PrefixedIo {
@@ -103,14 +115,11 @@ impl hyper::rt::Write for PrefixedIo {
     }
 }
 
-/// HTTP/1 with upgrades (websocket): hyper hands an upgraded connection's I/O over as
-/// `Send`, hence [`WorkerIo`].
-type H1Conn = http1::UpgradeableConnection<WorkerIo<PrefixedIo>, HcmService>;
 type H2Conn = http2::Connection<PrefixedIo, HcmService, LocalExec>;
 
 enum State {
     Detect { io: Option<TcpIo>, buf: Vec<u8> },
-    H1(Pin<Box<H1Conn>>),
+    H1(Box<H1Server>),
     H2(Pin<Box<H2Conn>>),
     Done,
 }
@@ -193,21 +202,12 @@ impl HttpConnection {
         }
     }
 
-    fn h1(&mut self, io: PrefixedIo) {
+    fn h1(&mut self, io: TcpIo, prefix: &[u8]) {
         let cfg = &self.config;
-        let mut b = http1::Builder::new();
-        b.timer(RtTimer)
-            .keep_alive(true)
-            .max_headers(cfg.max_headers_count.max(1))
-            .max_buf_size((cfg.max_request_headers_kb as usize * 1024).max(8192) + 1024)
-            .header_read_timeout(cfg.request_headers_timeout);
-        let conn = b
-            .serve_connection(WorkerIo::new(io), self.service())
-            .with_upgrades();
         cfg.stats.downstream_cx_http1_total.inc(self.worker);
         cfg.stats.downstream_cx_http1_active.inc(self.worker);
         self.info.http2.set(Some(false));
-        self.state = State::H1(Box::pin(conn));
+        self.state = State::H1(Box::new(H1Server::new(io, prefix, self.info.clone())));
     }
 
     fn h2(&mut self, io: PrefixedIo) {
@@ -263,28 +263,31 @@ impl HttpConnection {
                     };
                     let Some(is_h2) = decided else { continue };
                     let Some(tcp) = io.take() else { return true };
-                    let prefixed = PrefixedIo {
-                        prefix: std::mem::take(buf),
-                        pos: 0,
-                        io: tcp,
-                    };
+                    let prefix = std::mem::take(buf);
                     if is_h2 {
-                        self.h2(prefixed);
+                        self.h2(PrefixedIo::new(prefix, tcp));
                     } else {
-                        self.h1(prefixed);
+                        self.h1(tcp, &prefix);
                     }
                     if self.shutting_down {
                         self.graceful();
                     }
                 }
                 State::H1(conn) => {
-                    return match conn.as_mut().poll(&mut cx) {
+                    return match conn.poll(&mut cx) {
                         Poll::Pending => false,
                         Poll::Ready(r) => {
-                            if let Err(e) = r {
-                                self.note_error(&e);
+                            let State::H1(conn) = std::mem::replace(&mut self.state, State::Done)
+                            else {
+                                return true;
+                            };
+                            match r {
+                                Ok(End::Upgraded) => conn.hand_over(),
+                                Ok(End::Closed) => {}
+                                Err(e) => {
+                                    tracing::debug!(error = %e, "downstream connection error")
+                                }
                             }
-                            self.state = State::Done;
                             true
                         }
                     };
@@ -324,7 +327,7 @@ impl HttpConnection {
     fn graceful(&mut self) {
         self.shutting_down = true;
         match &mut self.state {
-            State::H1(c) => c.as_mut().graceful_shutdown(),
+            State::H1(c) => c.graceful(),
             State::H2(c) => c.as_mut().graceful_shutdown(),
             State::Detect { .. } => {}
             State::Done => {}

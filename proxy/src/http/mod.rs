@@ -1,8 +1,10 @@
 //! HTTP on the workers: the connection manager, its codecs, the router and route tables.
 //!
 //! - [`hcm`]: the compiled `http_connection_manager` config ([`HcmConfig`]).
-//! - [`conn`]: a downstream connection (hyper's server connection driven by the worker's
-//!   runtime, see [`crate::event::rt`]).
+//! - [`conn`]: a downstream connection: protocol detection, idle and drain handling.
+//! - [`h1_server`] and [`downstream_h1`]: Courier's own HTTP/1.1 server codec (the
+//!   connection's state machine, and the sans-I/O parser and encoder); HTTP/2 is hyper's
+//!   server, driven by the worker's runtime ([`crate::event::rt`]).
 //! - [`router`]: one request: sanitising, route selection, local replies, forwarding with
 //!   retries and timeouts.
 //! - [`pool`]: per-worker upstream connection pools and circuit breakers.
@@ -17,10 +19,11 @@
 //! websockets). Differences that remain, by design or not yet
 //! done:
 //!
-//! - Codec errors come from hyper: a malformed request gets hyper's `400`/`431` (no body)
-//!   and the connection closes; Envoy sends a `Bad Request` body. `Content-Length` together
-//!   with `Transfer-Encoding` is handled as RFC 9112 §6.3 says (chunked wins, the length is
-//!   dropped, the connection closes after the response) where Envoy answers 400.
+//! - HTTP/1.1 codec errors get Envoy's replies (status, reason as body, `connection:
+//!   close`); `tests/http_differential.rs::codec_replies_match_envoy` compares 33 malformed
+//!   or unusual requests. One deliberate difference: an obs-fold header line is refused
+//!   with `400` (Envoy unfolds it). Response trailers are not sent on HTTP/1.1 (Envoy's
+//!   default, `enable_trailers` off).
 //! - The route `timeout` ends when the upstream response *headers* arrive; Envoy's also
 //!   covers the response body.
 //! - `downstream_rq_time`/`upstream_rq_time` use Envoy's default bucket bounds; `/stats`
@@ -45,6 +48,8 @@
 pub mod access_log;
 pub mod body;
 pub mod conn;
+pub mod downstream_h1;
+pub mod h1_server;
 pub mod hcm;
 pub mod headers;
 pub mod pool;

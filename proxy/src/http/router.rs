@@ -12,8 +12,9 @@ use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
-use hyper::body::{Body as _, Incoming};
-use hyper::upgrade::OnUpgrade;
+use hyper::body::Body as _;
+
+use super::h1_server::DownstreamUpgrade;
 
 use super::access_log::LogEntry;
 use super::body::ProxyBody;
@@ -196,10 +197,12 @@ struct Outcome {
     route_name: String,
 }
 
-/// Handles one request end to end (hyper's service function).
+/// Handles one request end to end. `upgrade` delivers the downstream connection once a
+/// `101` to an upgrade request is written (HTTP/1.1 only).
 pub async fn serve(
     conn: Rc<ConnInfo>,
-    req: Request<Incoming>,
+    req: Request<ProxyBody>,
+    upgrade: Option<DownstreamUpgrade>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let cfg = conn.config.clone();
     let worker = conn.worker;
@@ -236,7 +239,7 @@ pub async fn serve(
         None
     };
     let deadline = cfg.request_timeout.map(|t| start + t);
-    let mut resp = match rt::timeout(deadline, process(&conn, req, &mut outcome)).await {
+    let mut resp = match rt::timeout(deadline, process(&conn, req, upgrade, &mut outcome)).await {
         Some(r) => r,
         None => {
             cfg.stats.downstream_rq_timeout.inc(worker);
@@ -310,7 +313,7 @@ fn authority_of<B>(req: &Request<B>) -> Option<String> {
 }
 
 /// Server header, per `server_header_transformation`.
-fn finish_response(cfg: &HcmConfig, resp: &mut Response<ProxyBody>) {
+pub(crate) fn finish_response(cfg: &HcmConfig, resp: &mut Response<ProxyBody>) {
     use courier_proto::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::ServerHeaderTransformation as S;
     match cfg.server_header {
         S::Overwrite => {
@@ -341,26 +344,15 @@ fn headers_size<B>(req: &Request<B>) -> usize {
 
 async fn process(
     conn: &Rc<ConnInfo>,
-    mut req: Request<Incoming>,
+    mut req: Request<ProxyBody>,
+    mut downstream_upgrade: Option<DownstreamUpgrade>,
     outcome: &mut Outcome,
 ) -> Response<ProxyBody> {
     let cfg = &conn.config;
     let worker = conn.worker;
-    // Codec-level checks.
-    if req.version() == Version::HTTP_10 && !cfg.accept_http_10 {
-        conn.closing.set(true);
-        return local_reply(StatusCode::UPGRADE_REQUIRED, "");
-    }
-    // Request smuggling: Content-Length together with Transfer-Encoding is rejected, as
-    // Envoy does unless `allow_chunked_length`.
-    if req.version() != Version::HTTP_2
-        && req.headers().contains_key(header::TRANSFER_ENCODING)
-        && req.headers().contains_key(header::CONTENT_LENGTH)
-    {
-        cfg.stats.downstream_cx_protocol_error.inc(worker);
-        conn.closing.set(true);
-        return local_reply(StatusCode::BAD_REQUEST, "Bad Request");
-    }
+    // The version and framing (HTTP/1.0 without `accept_http_10`, Content-Length with
+    // Transfer-Encoding and the like) were checked by the codec: `downstream_h1` for
+    // HTTP/1, hyper's for HTTP/2.
     if req.headers().len() > cfg.max_headers_count
         || headers_size(&req) > cfg.max_request_headers_kb as usize * 1024
     {
@@ -407,7 +399,8 @@ async fn process(
         }
         None => {
             conn.closing.set(true);
-            return local_reply(StatusCode::BAD_REQUEST, "missing host header");
+            // Envoy's reply has no body.
+            return local_reply(StatusCode::BAD_REQUEST, "");
         }
     };
     if let Some(any) = cfg.strip_port {
@@ -483,6 +476,14 @@ async fn process(
         outcome.flags = "NR";
         return local_reply(StatusCode::NOT_FOUND, "");
     };
+    if method == Method::CONNECT {
+        // Only routes with a `connect_matcher` take CONNECT, and Courier has none: Envoy's
+        // 404, and the connection (a would-be tunnel) closes.
+        cfg.stats.no_route.inc(worker);
+        outcome.flags = "NR";
+        conn.closing.set(true);
+        return local_reply(StatusCode::NOT_FOUND, "");
+    }
     let Some((vh, route)) = table.route(&authority, &path, req.headers()) else {
         cfg.stats.no_route.inc(worker);
         outcome.flags = "NR";
@@ -566,7 +567,7 @@ async fn process(
                 upstream: None,
                 request: req_headers_for_cx.as_ref(),
             };
-            let on_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
+            let on_upgrade = upgrade.as_ref().and(downstream_upgrade.take());
             forward(
                 conn, req, &authority, &path, &table, vh, route, action, &fcx, on_upgrade, outcome,
             )
@@ -676,7 +677,7 @@ enum AttemptError {
 #[allow(clippy::too_many_arguments)]
 async fn forward(
     conn: &Rc<ConnInfo>,
-    req: Request<Incoming>,
+    req: Request<ProxyBody>,
     authority: &str,
     path: &str,
     table: &RouteTable,
@@ -684,7 +685,7 @@ async fn forward(
     route: &Route,
     action: &RouteAction,
     fcx: &FormatContext<'_>,
-    mut on_upgrade: Option<OnUpgrade>,
+    mut on_upgrade: Option<DownstreamUpgrade>,
     outcome: &mut Outcome,
 ) -> Response<ProxyBody> {
     let cfg = &conn.config;
@@ -830,7 +831,7 @@ async fn forward(
             (Some(b), _) => ProxyBody::full(b.clone()),
             // Nothing to stream (a GET): sent as a complete, empty body.
             (None, Some(b)) if b.is_end_stream() => ProxyBody::empty(),
-            (None, Some(b)) => ProxyBody::stream(b, None),
+            (None, Some(b)) => b,
             (None, None) => ProxyBody::empty(),
         };
         let mut head = http::request::Builder::new()
@@ -1071,7 +1072,7 @@ async fn send_upgrade(
     host: &Arc<crate::upstream::Host>,
     worker: usize,
     req: Request<ProxyBody>,
-    downstream: OnUpgrade,
+    downstream: DownstreamUpgrade,
     downstream_conn: &Rc<ConnInfo>,
 ) -> Result<Response<ProxyBody>, AttemptError> {
     let stats = cluster.stats.clone();

@@ -9,9 +9,10 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use hyper::rt::{Read, ReadBufCursor, Write};
-use hyper::upgrade::{OnUpgrade, Upgraded};
+use hyper::upgrade::OnUpgrade;
 use send_wrapper::SendWrapper;
 
+use super::h1_server::DownstreamUpgrade;
 use crate::event::rt;
 
 /// An I/O object of this worker made `Send` for hyper's upgrade machinery, which boxes
@@ -68,9 +69,13 @@ impl<T: Write + Unpin> Write for WorkerIo<T> {
 
 /// Joins the two sides once both upgrades complete, on this worker; `on_end` runs when the
 /// tunnel closes.
-pub fn tunnel(downstream: OnUpgrade, upstream: OnUpgrade, on_end: impl FnOnce() + 'static) {
+pub fn tunnel(downstream: DownstreamUpgrade, upstream: OnUpgrade, on_end: impl FnOnce() + 'static) {
     rt::spawn(async move {
-        match (downstream.await, upstream.await) {
+        let downstream = downstream
+            .await
+            .map_err(|_| "downstream: closed before the 101 was written".to_string());
+        let upstream = upstream.await.map_err(|e| format!("upstream: {e}"));
+        match (downstream, upstream) {
             (Ok(down), Ok(up)) => {
                 if let Err(e) = (Splice {
                     a: down,
@@ -116,11 +121,11 @@ impl Default for Direction {
 
 impl Direction {
     /// Moves bytes from `from` to `to` until it would block; ready once the direction ended.
-    fn poll_copy(
+    fn poll_copy<F: Read + Unpin, T: Write + Unpin>(
         &mut self,
         cx: &mut Context<'_>,
-        from: &mut Upgraded,
-        to: &mut Upgraded,
+        from: &mut F,
+        to: &mut T,
     ) -> Poll<io::Result<()>> {
         loop {
             if self.done {
@@ -163,14 +168,14 @@ impl Direction {
 }
 
 /// Both directions between two upgraded connections, until both have ended.
-struct Splice {
-    a: Upgraded,
-    b: Upgraded,
+struct Splice<A, B> {
+    a: A,
+    b: B,
     a_to_b: Direction,
     b_to_a: Direction,
 }
 
-impl Future for Splice {
+impl<A: Read + Write + Unpin, B: Read + Write + Unpin> Future for Splice<A, B> {
     type Output = io::Result<()>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {

@@ -126,16 +126,7 @@ impl H1Connection {
     }
 
     fn read_more(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        self.buf.reserve(READ_CHUNK);
-        let spare = self.buf.spare_capacity_mut();
-        match self.io.poll_recv(cx, spare) {
-            Poll::Ready(Ok(n)) => {
-                // SAFETY: `recv` initialised exactly `n` bytes of the spare capacity.
-                unsafe { self.buf.set_len(self.buf.len() + n) };
-                Poll::Ready(Ok(n))
-            }
-            other => other,
-        }
+        recv_into(&mut self.io, &mut self.buf, cx)
     }
 
     async fn write_all(&mut self, head: &[u8], body: &[u8]) -> io::Result<()> {
@@ -216,6 +207,24 @@ impl H1Connection {
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
             }
         }
+    }
+}
+
+/// Reads what the socket has (up to 16 KiB) onto the end of `buf`.
+pub(crate) fn recv_into(
+    io: &mut TcpIo,
+    buf: &mut BytesMut,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<usize>> {
+    buf.reserve(READ_CHUNK);
+    let spare = buf.spare_capacity_mut();
+    match io.poll_recv(cx, spare) {
+        Poll::Ready(Ok(n)) => {
+            // SAFETY: `recv` initialised exactly `n` bytes of the spare capacity.
+            unsafe { buf.set_len(buf.len() + n) };
+            Poll::Ready(Ok(n))
+        }
+        other => other,
     }
 }
 
@@ -317,27 +326,8 @@ fn parse_head(
     } else {
         Version::HTTP_11
     };
-    // Names and values are located by offset, so that the values can share the head's
-    // bytes (no copy) once it is split off the buffer.
-    let base = buf.as_ptr() as usize;
-    let offset = |s: &[u8]| s.as_ptr() as usize - base;
-    let spans: Vec<(Range<usize>, Range<usize>)> = resp
-        .headers
-        .iter()
-        .map(|h| {
-            let (n, v) = (offset(h.name.as_bytes()), offset(h.value));
-            (n..n + h.name.len(), v..v + h.value.len())
-        })
-        .collect();
-    let head = buf.split_to(len).freeze();
-    let mut map = HeaderMap::with_capacity(spans.len());
-    for (name, value) in spans {
-        let name = HeaderName::from_bytes(&head[name])
-            .map_err(|_| H1Error::Protocol("invalid header name"))?;
-        let value = HeaderValue::from_maybe_shared(head.slice(value))
-            .map_err(|_| H1Error::Protocol("invalid header value"))?;
-        map.append(name, value);
-    }
+    let spans = HeadSpans::new(buf, resp.headers, None);
+    let (_, mut map) = spans.split_off(buf, len, 4).map_err(H1Error::Protocol)?;
     let mut keep_alive = version == Version::HTTP_11;
     for v in map.get_all(header::CONNECTION) {
         for token in v.to_str().unwrap_or_default().split(',').map(str::trim) {
@@ -377,6 +367,53 @@ fn parse_head(
     parts.version = version;
     parts.headers = map;
     Ok(Some((parts, framing, keep_alive)))
+}
+
+/// Where a parsed head's target and header fields lie in the read buffer: recorded as
+/// offsets so that, once the head is split off the buffer, the URI and the values share its
+/// bytes (no copy).
+pub(crate) struct HeadSpans {
+    target: Option<Range<usize>>,
+    fields: Vec<(Range<usize>, Range<usize>)>,
+}
+
+impl HeadSpans {
+    /// Records the spans of `headers` (and of the request target, if any) inside `buf`.
+    pub(crate) fn new(buf: &[u8], headers: &[httparse::Header<'_>], target: Option<&[u8]>) -> Self {
+        let base = buf.as_ptr() as usize;
+        let span = |s: &[u8]| {
+            let at = s.as_ptr() as usize - base;
+            at..at + s.len()
+        };
+        HeadSpans {
+            target: target.map(span),
+            fields: headers
+                .iter()
+                .map(|h| (span(h.name.as_bytes()), span(h.value)))
+                .collect(),
+        }
+    }
+
+    /// Splits the `len` bytes of the head off `buf`: the target's bytes (empty without
+    /// one) and the header map, with room for `room` more fields (what the proxy adds, so
+    /// that the map does not grow and rehash on the way).
+    pub(crate) fn split_off(
+        self,
+        buf: &mut BytesMut,
+        len: usize,
+        room: usize,
+    ) -> Result<(Bytes, HeaderMap), &'static str> {
+        let head = buf.split_to(len).freeze();
+        let mut map = HeaderMap::with_capacity(self.fields.len() + room);
+        for (name, value) in self.fields {
+            let name = HeaderName::from_bytes(&head[name]).map_err(|_| "invalid header name")?;
+            let value = HeaderValue::from_maybe_shared(head.slice(value))
+                .map_err(|_| "invalid header value")?;
+            map.append(name, value);
+        }
+        let target = self.target.map_or_else(Bytes::new, |t| head.slice(t));
+        Ok((target, map))
+    }
 }
 
 /// The response's `Content-Length`: every value (and every comma-separated element) must
@@ -497,6 +534,20 @@ pub struct BodyDecoder {
 }
 
 impl BodyDecoder {
+    /// A body of exactly `n` bytes.
+    pub fn with_length(n: u64) -> Self {
+        BodyDecoder {
+            framing: Framing::Length(n),
+        }
+    }
+
+    /// A chunked body.
+    pub fn chunked() -> Self {
+        BodyDecoder {
+            framing: Framing::ChunkSize,
+        }
+    }
+
     /// Whether the body is complete.
     pub fn is_done(&self) -> bool {
         matches!(self.framing, Framing::Done | Framing::Length(0))

@@ -1,0 +1,492 @@
+//! HTTP/1.1 from downstream clients, sans I/O: request heads parsed and checked as Envoy's
+//! codec checks them, response heads encoded. [`super::h1_server`] drives it on a socket.
+//!
+//! What a request head must satisfy (each failure is Envoy's local reply, and the
+//! connection closes after it):
+//!
+//! - a valid request line and header fields (`httparse`: no obs-fold, no whitespace before
+//!   the colon, no control characters, no NUL), else `400`; a version other than 1.0 or
+//!   1.1, `426`;
+//! - at most `max_headers_count` fields and `max_request_headers_kb` of head, else `431`;
+//! - at most one `Content-Length`, all digits, else `400` (Envoy rejects even a repeated
+//!   equal value);
+//! - `Transfer-Encoding` only with HTTP/1.1, never with `Content-Length` (`400`), and only
+//!   `chunked` (anything else is `501`).
+
+use std::cell::RefCell;
+use std::mem::MaybeUninit;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::{BufMut, BytesMut};
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, StatusCode, Uri, Version};
+
+use super::upstream_h1::{BodyDecoder, HeadSpans};
+
+/// Header fields parsed on the stack before falling back to the heap.
+const STACK_FIELDS: usize = 128;
+
+/// Limits from the connection manager's config.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// `common_http_protocol_options.max_headers_count`.
+    pub max_headers: usize,
+    /// `max_request_headers_kb`, in bytes (the request line and header fields).
+    pub max_head_bytes: usize,
+    /// `http_protocol_options.accept_http_10`.
+    pub accept_http_10: bool,
+}
+
+/// A request head that passed the codec's checks.
+pub struct RequestHead {
+    /// Method, target, version and header fields.
+    pub parts: http::request::Parts,
+    /// The body's framing; `None` when the request has no body.
+    pub body: Option<BodyDecoder>,
+    /// Whether the client allows the connection to carry another request.
+    pub keep_alive: bool,
+    /// `Expect: 100-continue` on a request with a body.
+    pub expect_continue: bool,
+}
+
+/// A request the codec refuses, with the status Envoy answers it with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("{reason} ({status})")]
+pub struct CodecError {
+    /// The local reply's status.
+    pub status: StatusCode,
+    /// What was wrong (logged; not sent).
+    pub reason: &'static str,
+}
+
+impl CodecError {
+    fn bad(reason: &'static str) -> Self {
+        CodecError {
+            status: StatusCode::BAD_REQUEST,
+            reason,
+        }
+    }
+
+    /// A version other than 1.1 (or 1.0 where allowed).
+    pub fn upgrade_required() -> Self {
+        CodecError {
+            status: StatusCode::UPGRADE_REQUIRED,
+            reason: "unsupported HTTP version",
+        }
+    }
+
+    /// The head grew past the limits.
+    pub fn too_large() -> Self {
+        CodecError {
+            status: StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            reason: "request headers too large",
+        }
+    }
+}
+
+/// Parses a request head off the front of `buf` once it is complete (`None` until then).
+pub fn parse_request_head(
+    buf: &mut BytesMut,
+    limits: &Limits,
+) -> Result<Option<RequestHead>, CodecError> {
+    // Uninitialised slots: zeroing room for 100 fields would cost more than parsing five.
+    let mut stack = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; STACK_FIELDS];
+    let mut heap = Vec::new();
+    let slots = if limits.max_headers <= STACK_FIELDS {
+        &mut stack[..limits.max_headers]
+    } else {
+        heap.resize_with(limits.max_headers, MaybeUninit::uninit);
+        &mut heap[..]
+    };
+    let mut req = httparse::Request::new(&mut []);
+    let parsed =
+        httparse::ParserConfig::default().parse_request_with_uninit_headers(&mut req, buf, slots);
+    let len = match parsed {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if buf.len() > limits.max_head_bytes => {
+            return Err(CodecError::too_large())
+        }
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(CodecError::too_large()),
+        Err(httparse::Error::Version) if names_other_version(buf) => {
+            return Err(CodecError::upgrade_required())
+        }
+        Err(_) => return Err(CodecError::bad("malformed request head")),
+    };
+    if len > limits.max_head_bytes {
+        return Err(CodecError::too_large());
+    }
+    let method = Method::from_bytes(req.method.unwrap_or_default().as_bytes())
+        .map_err(|_| CodecError::bad("invalid method"))?;
+    let version = match req.version {
+        Some(0) if !limits.accept_http_10 => return Err(CodecError::upgrade_required()),
+        Some(0) => Version::HTTP_10,
+        _ => Version::HTTP_11,
+    };
+    let target = req.path.unwrap_or_default().as_bytes();
+    let spans = HeadSpans::new(buf, req.headers, Some(target));
+    let (target, headers) = spans.split_off(buf, len, 8).map_err(CodecError::bad)?;
+    let uri = Uri::from_maybe_shared(target).map_err(|_| CodecError::bad("invalid target"))?;
+    let body = body_framing(&headers, version)?;
+    let keep_alive = connection_keep_alive(&headers, version);
+    let expect_continue = body.is_some()
+        && version == Version::HTTP_11
+        && headers
+            .get(header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let mut parts = http::Request::new(()).into_parts().0;
+    parts.method = method;
+    parts.uri = uri;
+    parts.version = version;
+    parts.headers = headers;
+    Ok(Some(RequestHead {
+        parts,
+        body,
+        keep_alive,
+        expect_continue,
+    }))
+}
+
+/// Whether the request line is well formed but for its version (`HTTP/2.0`, `HTTP/1.2`):
+/// Envoy answers those `426`, and anything else malformed `400`.
+fn names_other_version(buf: &[u8]) -> bool {
+    let line = buf.split(|b| *b == b'\n').next().unwrap_or_default();
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let mut words = line.split(|b| *b == b' ');
+    let (Some(_method), Some(_target), Some(version), None) =
+        (words.next(), words.next(), words.next(), words.next())
+    else {
+        return false;
+    };
+    matches!(version, [b'H', b'T', b'T', b'P', b'/', major, b'.', minor]
+        if major.is_ascii_digit() && minor.is_ascii_digit())
+}
+
+/// The request body's framing, as Envoy's codec accepts it.
+fn body_framing(headers: &HeaderMap, version: Version) -> Result<Option<BodyDecoder>, CodecError> {
+    let mut te = headers.get_all(header::TRANSFER_ENCODING).iter();
+    if let Some(first) = te.next() {
+        if version == Version::HTTP_10 {
+            return Err(CodecError::bad("transfer-encoding in an HTTP/1.0 request"));
+        }
+        // Envoy (without `allow_chunked_length`) refuses the smuggling ambiguity outright.
+        if headers.contains_key(header::CONTENT_LENGTH) {
+            return Err(CodecError::bad("both content-length and transfer-encoding"));
+        }
+        if te.next().is_some() || !first.as_bytes().eq_ignore_ascii_case(b"chunked") {
+            return Err(CodecError {
+                status: StatusCode::NOT_IMPLEMENTED,
+                reason: "transfer-encoding other than chunked",
+            });
+        }
+        return Ok(Some(BodyDecoder::chunked()));
+    }
+    let mut cl = headers.get_all(header::CONTENT_LENGTH).iter();
+    let Some(value) = cl.next() else {
+        return Ok(None);
+    };
+    if cl.next().is_some() {
+        return Err(CodecError::bad("repeated content-length"));
+    }
+    let digits = value.as_bytes();
+    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+        return Err(CodecError::bad("invalid content-length"));
+    }
+    let n = digits
+        .iter()
+        .fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+    Ok((n > 0).then(|| BodyDecoder::with_length(n)))
+}
+
+/// Whether the `Connection` header (or the version's default) keeps the connection open.
+fn connection_keep_alive(headers: &HeaderMap, version: Version) -> bool {
+    let mut keep_alive = version == Version::HTTP_11;
+    for v in headers.get_all(header::CONNECTION) {
+        for token in v.as_bytes().split(|b| *b == b',') {
+            let token = token.trim_ascii();
+            if token.eq_ignore_ascii_case(b"close") {
+                return false;
+            }
+            if token.eq_ignore_ascii_case(b"keep-alive") {
+                keep_alive = true;
+            }
+        }
+    }
+    keep_alive
+}
+
+/// How a response body is delimited on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResponseFraming {
+    /// No body is written (`HEAD`, `1xx`, `204`, `304`).
+    None,
+    /// Exactly this many bytes.
+    Length(u64),
+    /// Chunked transfer coding.
+    Chunked,
+    /// Until the connection closes (HTTP/1.0 clients with a body of unknown length).
+    UntilClose,
+}
+
+/// What the connection says in the response's `Connection` header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionHeader {
+    /// Nothing (HTTP/1.1 keep-alive).
+    Omit,
+    /// `keep-alive` (an HTTP/1.0 client that asked for it).
+    KeepAlive,
+    /// `close`.
+    Close,
+    /// The response's own (`upgrade` on a `101`).
+    AsGiven,
+}
+
+/// Encodes a response head: status line, the response's fields except the hop-by-hop ones
+/// the connection decides (`connection`, `keep-alive`, `transfer-encoding`), the framing,
+/// and `date` when the response has none.
+pub fn encode_response_head(
+    out: &mut BytesMut,
+    parts: &http::response::Parts,
+    framing: ResponseFraming,
+    connection: ConnectionHeader,
+) {
+    out.reserve(256);
+    out.put_slice(b"HTTP/1.1 ");
+    out.put_slice(parts.status.as_str().as_bytes());
+    out.put_u8(b' ');
+    out.put_slice(
+        parts
+            .status
+            .canonical_reason()
+            .unwrap_or_default()
+            .as_bytes(),
+    );
+    out.put_slice(b"\r\n");
+    let mut has_length = false;
+    for (name, value) in &parts.headers {
+        if (name == header::CONNECTION && connection != ConnectionHeader::AsGiven)
+            || name == header::TRANSFER_ENCODING
+            || name.as_str() == "keep-alive"
+        {
+            continue;
+        }
+        if name == header::CONTENT_LENGTH {
+            has_length = true;
+        }
+        put_field(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    match framing {
+        ResponseFraming::Length(n) if !has_length => {
+            put_field(
+                out,
+                b"content-length",
+                super::headers::decimal_value(n).as_bytes(),
+            );
+        }
+        ResponseFraming::Chunked => put_field(out, b"transfer-encoding", b"chunked"),
+        _ => {}
+    }
+    if !parts.headers.contains_key(header::DATE) {
+        DATE.with_borrow_mut(|d| put_field(out, b"date", d.now()));
+    }
+    match connection {
+        ConnectionHeader::Omit | ConnectionHeader::AsGiven => {}
+        ConnectionHeader::KeepAlive => put_field(out, b"connection", b"keep-alive"),
+        ConnectionHeader::Close => put_field(out, b"connection", b"close"),
+    }
+    out.put_slice(b"\r\n");
+}
+
+fn put_field(out: &mut BytesMut, name: &[u8], value: &[u8]) {
+    out.put_slice(name);
+    out.put_slice(b": ");
+    out.put_slice(value);
+    out.put_slice(b"\r\n");
+}
+
+/// The `Date` value, formatted once a second per worker.
+struct CachedDate {
+    second: u64,
+    value: HeaderValue,
+}
+
+impl CachedDate {
+    fn now(&mut self) -> &[u8] {
+        let now = SystemTime::now();
+        let second = now
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or(Duration::ZERO)
+            .as_secs();
+        if second != self.second {
+            self.second = second;
+            if let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(now)) {
+                self.value = v;
+            }
+        }
+        self.value.as_bytes()
+    }
+}
+
+thread_local! {
+    static DATE: RefCell<CachedDate> = const {
+        RefCell::new(CachedDate {
+            second: 0,
+            value: HeaderValue::from_static(""),
+        })
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: Limits = Limits {
+        max_headers: 100,
+        max_head_bytes: 60 * 1024,
+        accept_http_10: true,
+    };
+
+    fn parse(raw: &[u8]) -> Result<Option<RequestHead>, CodecError> {
+        parse_request_head(&mut BytesMut::from(raw), &LIMITS)
+    }
+
+    fn status(raw: &[u8]) -> u16 {
+        match parse(raw) {
+            Ok(Some(_)) => 200,
+            Ok(None) => 0,
+            Err(e) => e.status.as_u16(),
+        }
+    }
+
+    #[test]
+    fn smuggling_and_malformed_heads_get_envoys_status() {
+        let cases: &[(&[u8], u16)] = &[
+            (b"GET / HTTP/1.1\r\nhost: h\r\n\r\n", 200),
+            (b"GET / HTTP/1.1\nhost: h\n\n", 200),
+            (b"GARBAGE\r\n\r\n", 400),
+            (b"G@T / HTTP/1.1\r\nhost: h\r\n\r\n", 400),
+            (b"GET /a b HTTP/1.1\r\nhost: h\r\n\r\n", 400),
+            (b"GET / HTTP/1.1\r\nhost: h\r\nx-a: b\x01c\r\n\r\n", 400),
+            (b"GET / HTTP/1.1\r\nhost: h\r\nx-a : b\r\n\r\n", 400),
+            (b"GET / HTTP/1.1\r\nhost: h\r\nx-a: b\r\n  folded\r\n\r\n", 400),
+            (b"GET / HTTP/1.1\r\nhost: h\rx: y\r\n\r\n", 400),
+            (b"GET / HTTP/1.2\r\nhost: h\r\n\r\n", 426),
+            (b"GET / HTTP/2.0\r\nhost: h\r\n\r\n", 426),
+            (b"POST / HTTP/1.1\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n", 400),
+            (b"POST / HTTP/1.1\r\ncontent-length: 3\r\ncontent-length: 4\r\n\r\n", 400),
+            (b"POST / HTTP/1.1\r\ncontent-length: 4\r\ncontent-length: 4\r\n\r\n", 400),
+            (b"POST / HTTP/1.1\r\ncontent-length: 4, 4\r\n\r\n", 400),
+            (b"POST / HTTP/1.1\r\ncontent-length: +4\r\n\r\n", 400),
+            (b"POST / HTTP/1.1\r\ntransfer-encoding: gzip\r\n\r\n", 501),
+            (b"POST / HTTP/1.1\r\ntransfer-encoding: gzip, chunked\r\n\r\n", 501),
+            (b"POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\ntransfer-encoding: chunked\r\n\r\n", 501),
+            (b"POST / HTTP/1.0\r\ntransfer-encoding: chunked\r\n\r\n", 400),
+            (b"GET / HTTP/1.0\r\n\r\n", 200),
+            (b"GET / HTTP/1.1\r\nhost: h\r\n", 0),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(status(raw), *want, "{}", String::from_utf8_lossy(raw));
+        }
+    }
+
+    #[test]
+    fn http_10_is_refused_unless_accepted() {
+        let refuse = Limits {
+            accept_http_10: false,
+            ..LIMITS
+        };
+        let r = parse_request_head(
+            &mut BytesMut::from(&b"POST / HTTP/1.0\r\ntransfer-encoding: chunked\r\n\r\n"[..]),
+            &refuse,
+        );
+        assert_eq!(r.err().map(|e| e.status.as_u16()), Some(426));
+    }
+
+    #[test]
+    fn limits_give_431() {
+        let mut many = b"GET / HTTP/1.1\r\n".to_vec();
+        for i in 0..101 {
+            many.extend_from_slice(format!("x-{i}: v\r\n").as_bytes());
+        }
+        many.extend_from_slice(b"\r\n");
+        assert_eq!(status(&many), 431);
+        let big = format!("GET / HTTP/1.1\r\nx: {}\r\n\r\n", "a".repeat(61 * 1024));
+        assert_eq!(status(big.as_bytes()), 431);
+        // Still incomplete but already too large.
+        let partial = format!("GET / HTTP/1.1\r\nx: {}", "a".repeat(61 * 1024));
+        assert_eq!(status(partial.as_bytes()), 431);
+    }
+
+    #[test]
+    fn head_fields_and_framing() {
+        let mut buf = BytesMut::from(
+            &b"POST /p?q=1 HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\nhelloGET"[..],
+        );
+        let head = parse_request_head(&mut buf, &LIMITS)
+            .expect("valid")
+            .expect("complete");
+        assert_eq!(head.parts.method, Method::POST);
+        assert_eq!(
+            head.parts.uri.path_and_query().map(|p| p.as_str()),
+            Some("/p?q=1")
+        );
+        assert_eq!(head.parts.headers["host"], "h");
+        assert_eq!(head.body.as_ref().and_then(|b| b.exact_len()), Some(5));
+        assert!(head.keep_alive && head.expect_continue);
+        // The body and the next request stay in the buffer.
+        assert_eq!(&buf[..], b"helloGET");
+        let head = parse(b"GET http://a.example/x HTTP/1.0\r\nconnection: keep-alive\r\n\r\n")
+            .expect("valid")
+            .expect("complete");
+        assert_eq!(head.parts.version, Version::HTTP_10);
+        assert_eq!(
+            head.parts.uri.authority().map(|a| a.as_str()),
+            Some("a.example")
+        );
+        assert!(head.keep_alive && head.body.is_none());
+        let head =
+            parse(b"GET / HTTP/1.1\r\nconnection: Keep-Alive, close\r\ncontent-length: 0\r\n\r\n")
+                .expect("valid")
+                .expect("complete");
+        assert!(!head.keep_alive && head.body.is_none());
+    }
+
+    #[test]
+    fn response_heads_carry_the_connections_framing() {
+        let mut resp = http::Response::new(());
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+        resp.headers_mut()
+            .insert(header::TRANSFER_ENCODING, HeaderValue::from_static("gzip"));
+        resp.headers_mut().insert(
+            header::DATE,
+            HeaderValue::from_static("Thu, 01 Jan 1970 00:00:00 GMT"),
+        );
+        let (parts, ()) = resp.into_parts();
+        let mut out = BytesMut::new();
+        encode_response_head(
+            &mut out,
+            &parts,
+            ResponseFraming::Chunked,
+            ConnectionHeader::Close,
+        );
+        assert_eq!(
+            &out[..],
+            &b"HTTP/1.1 200 OK\r\ndate: Thu, 01 Jan 1970 00:00:00 GMT\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"[..]
+        );
+        let parts = http::Response::new(()).into_parts().0;
+        let mut out = BytesMut::new();
+        encode_response_head(
+            &mut out,
+            &parts,
+            ResponseFraming::Length(2),
+            ConnectionHeader::Omit,
+        );
+        let text = String::from_utf8_lossy(&out);
+        assert!(
+            text.starts_with("HTTP/1.1 200 OK\r\ncontent-length: 2\r\ndate: "),
+            "{text}"
+        );
+        assert!(text.ends_with(" GMT\r\n\r\n"), "{text}");
+    }
+}

@@ -33,6 +33,14 @@ fn script(method: &str, path: &str) -> (String, bool) {
             false,
         ),
         "/until-close" => (r("HTTP/1.1 200 OK\r\n\r\nstreamed to the close"), true),
+        "/big-chunked" => {
+            let mut out = r("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n");
+            for chunk in big_chunks() {
+                out.push_str(&format!("{:x}\r\n{chunk}\r\n", chunk.len()));
+            }
+            out.push_str("0\r\n\r\n");
+            (out, false)
+        }
         "/no-content" => (r("HTTP/1.1 204 No Content\r\n\r\n"), false),
         "/both" => (
             r("HTTP/1.1 200 OK\r\ncontent-length: 100\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"),
@@ -113,6 +121,13 @@ fn setup() -> (Courier, Arc<Counts>) {
     (c, counts)
 }
 
+/// 40 distinct chunks of 5000 bytes: more large pieces than one `writev` takes.
+fn big_chunks() -> Vec<String> {
+    (0..40u8)
+        .map(|i| char::from(b'A' + i % 26).to_string().repeat(5000))
+        .collect()
+}
+
 #[test]
 fn response_framings() {
     let (c, counts) = setup();
@@ -139,6 +154,9 @@ fn response_framings() {
     let r = client.get("h", "/plain", &[]);
     assert_eq!((r.status, r.body_str().as_str()), (200, "plain"));
     assert_eq!(counts.connections.load(Ordering::SeqCst), before + 1);
+    // A large chunked body arrives whole and in order.
+    let r = client.get("h", "/big-chunked", &[]);
+    assert_eq!((r.status, r.body_str()), (200, big_chunks().concat()));
     // POST with a body goes out with its length.
     let r = client.request("POST", "h", "/plain", &[], b"abc");
     assert_eq!(r.status, 200);

@@ -180,7 +180,8 @@ impl WriteQueue {
                 slices[k] = io::IoSlice::new(b);
                 k += 1;
             }
-            if !self.staged.is_empty() && k < slices.len() {
+            // The staged bytes come after everything queued: only with all of it.
+            if !self.staged.is_empty() && k == self.queued.len() && k < slices.len() {
                 slices[k] = io::IoSlice::new(&self.staged);
                 k += 1;
             }

@@ -311,8 +311,16 @@ fn observe(addr: SocketAddr, c: &Case, ups: &[&Upstream]) -> Observed {
     }
 }
 
-#[test]
-fn http_differential_against_envoy() {
+/// Both proxies over `ROUTES`, with upstreams `a` and `b` and a `dead` cluster; `None`
+/// when Envoy is not on PATH.
+struct Pair {
+    a: Upstream,
+    b: Upstream,
+    envoy: Courier,
+    courier: Courier,
+}
+
+fn start_pair() -> Option<Pair> {
     let a = Upstream::start("a");
     let b = Upstream::start("b");
     let dead: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
@@ -323,11 +331,28 @@ fn http_differential_against_envoy() {
         cluster("dead", &[dead], "")
     );
     let boot = bootstrap(ROUTES, "", &clusters);
-    let Some(envoy) = Courier::start_envoy(&boot) else {
+    let envoy = Courier::start_envoy(&boot)?;
+    let courier = Courier::start(&boot);
+    Some(Pair {
+        a,
+        b,
+        envoy,
+        courier,
+    })
+}
+
+#[test]
+fn http_differential_against_envoy() {
+    let Some(Pair {
+        a,
+        b,
+        envoy,
+        courier,
+    }) = start_pair()
+    else {
         eprintln!("envoy not on PATH: skipping the differential suite");
         return;
     };
-    let courier = Courier::start(&boot);
     let mut diffs = Vec::new();
     let all = cases();
     assert!(all.len() >= 60, "at least 60 requests");
@@ -464,21 +489,10 @@ fn codec_observe(addr: SocketAddr, raw: &[u8]) -> Option<(u16, String, bool)> {
 
 #[test]
 fn codec_replies_match_envoy() {
-    let a = Upstream::start("a");
-    let b = Upstream::start("b");
-    let dead: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-    let clusters = format!(
-        "{}{}{}",
-        cluster("a", &[a.addr], ""),
-        cluster("b", &[b.addr], ""),
-        cluster("dead", &[dead], "")
-    );
-    let boot = bootstrap(ROUTES, "", &clusters);
-    let Some(envoy) = Courier::start_envoy(&boot) else {
+    let Some(Pair { envoy, courier, .. }) = start_pair() else {
         eprintln!("envoy not on PATH: skipping the codec differential");
         return;
     };
-    let courier = Courier::start(&boot);
     let mut diffs = Vec::new();
     let mut compared = 0;
     for (name, raw) in codec_cases() {

@@ -198,8 +198,9 @@ fn body_framing(headers: &HeaderMap, version: Version) -> Result<Option<BodyDeco
     Ok((n > 0).then(|| BodyDecoder::with_length(n)))
 }
 
-/// Whether the `Connection` header (or the version's default) keeps the connection open.
-fn connection_keep_alive(headers: &HeaderMap, version: Version) -> bool {
+/// Whether the `Connection` header (or the version's default) keeps the connection open; a
+/// `close` token always wins.
+pub fn connection_keep_alive(headers: &HeaderMap, version: Version) -> bool {
     let mut keep_alive = version == Version::HTTP_11;
     for v in headers.get_all(header::CONNECTION) {
         for token in v.as_bytes().split(|b| *b == b',') {

@@ -39,8 +39,8 @@ use hyper::body::{Body as _, Frame};
 use super::body::ProxyBody;
 use super::conn::PrefixedIo;
 use super::downstream_h1::{
-    encode_response_head, parse_request_head, CodecError, ConnectionHeader, Limits, RequestHead,
-    ResponseFraming,
+    connection_keep_alive, encode_response_head, parse_request_head, CodecError, ConnectionHeader,
+    Limits, RequestHead, ResponseFraming,
 };
 use super::router::{self, ConnInfo};
 use super::upstream_h1::{recv_into, BodyDecoder, Decoded, H1Error};
@@ -532,7 +532,7 @@ impl H1Server {
             || !self.t.borrow().body_done()
             || self.shutting_down
             || self.info.closing.get()
-            || says_close(&parts.headers)
+            || !connection_keep_alive(&parts.headers, Version::HTTP_11)
         {
             ex.keep_alive = false;
         }
@@ -643,14 +643,6 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|s| s.parse().ok())
-}
-
-fn says_close(headers: &HeaderMap) -> bool {
-    headers.get_all(header::CONNECTION).iter().any(|v| {
-        v.as_bytes()
-            .split(|b| *b == b',')
-            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
-    })
 }
 
 /// A local reply from the connection itself, with the connection manager's `server`.

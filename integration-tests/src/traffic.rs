@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -242,6 +242,8 @@ impl LoadReport {
 /// Background load: `workers` tasks each repeating an exchange until stopped.
 pub struct Load {
     stop: Arc<AtomicBool>,
+    /// Bumped by [`Load::reset`]; an exchange counts only in the window it started in.
+    window: Arc<AtomicU64>,
     report: Arc<Mutex<LoadReport>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -259,12 +261,14 @@ impl Load {
     /// Starts load on `port`.
     pub fn start(kind: LoadKind, port: u16, workers: usize) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
+        let window = Arc::new(AtomicU64::new(0));
         let report = Arc::new(Mutex::new(LoadReport::default()));
         let tasks = (0..workers)
             .map(|_| {
-                let (stop, report) = (stop.clone(), report.clone());
+                let (stop, window, report) = (stop.clone(), window.clone(), report.clone());
                 tokio::spawn(async move {
                     while !stop.load(Ordering::SeqCst) {
+                        let started_in = window.load(Ordering::SeqCst);
                         let r = match kind {
                             LoadKind::Tcp => tcp_hello(port).await,
                             LoadKind::Http => match http_get(port).await {
@@ -278,6 +282,9 @@ impl Load {
                         {
                             let mut rep = report.lock().expect("report");
                             match r {
+                                // Begun before a reset: it may have been routed by the old
+                                // configuration, so it belongs to no window.
+                                Ok(_) if window.load(Ordering::SeqCst) != started_in => {}
                                 Ok(name) => *rep.ok.entry(name).or_default() += 1,
                                 Err(e) => {
                                     rep.error_count += 1;
@@ -294,6 +301,7 @@ impl Load {
             .collect();
         Load {
             stop,
+            window,
             report,
             tasks,
         }
@@ -304,9 +312,13 @@ impl Load {
         self.report.lock().expect("report").clone()
     }
 
-    /// Clears the counters (e.g. after a traffic shift completed).
+    /// Starts a new window of successes (e.g. after a traffic shift completed): the
+    /// successes so far are cleared, and exchanges already under way are not counted.
+    /// Failures are kept: they count over the whole run.
     pub fn reset(&self) {
-        *self.report.lock().expect("report") = LoadReport::default();
+        let mut rep = self.report.lock().expect("report");
+        self.window.fetch_add(1, Ordering::SeqCst);
+        rep.ok.clear();
     }
 
     /// Waits until at least `n` more successes happened.

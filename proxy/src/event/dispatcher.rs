@@ -271,6 +271,11 @@ impl Dispatcher {
                 }
             }
             self.ctx.now = Instant::now();
+            // Posted callbacks first: a snapshot posted before a connection arrived then
+            // applies to that connection, even when both show up in the same poll.
+            if self.run_posted() {
+                return Ok(());
+            }
             for event in events.iter() {
                 let token = event.token();
                 if token == WAKER {
@@ -291,9 +296,6 @@ impl Dispatcher {
                 };
                 self.ctx
                     .with_handler(id, |h, ctx| h.on_ready(source, event, ctx, id));
-            }
-            if self.run_posted() {
-                return Ok(());
             }
             while let Some((id, tag)) = self.ctx.timers.pop_expired(self.ctx.now) {
                 self.ctx.with_handler(id, |h, ctx| h.on_timer(tag, ctx, id));

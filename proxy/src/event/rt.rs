@@ -687,7 +687,14 @@ impl TcpIo {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let len = bufs.iter().map(|b| b.len()).sum();
-        self.poll_write_with(cx, len, |mut s: &TcpStream| s.write_vectored(bufs))
+        match bufs {
+            // One piece (a small message, encoded whole): `send` skips writev's iovec
+            // import and VFS layers.
+            [one] => {
+                self.poll_write_with(cx, len, |s: &TcpStream| socket2::SockRef::from(s).send(one))
+            }
+            _ => self.poll_write_with(cx, len, |mut s: &TcpStream| s.write_vectored(bufs)),
+        }
     }
 
     /// Whether input (data, a close or an error) may have arrived since the last read

@@ -25,6 +25,7 @@ use super::body::ProxyBody;
 use super::h1_server::{End, H1Server};
 use super::hcm::{Codec, HcmConfig};
 use super::router::{self, ConnInfo};
+use super::upgrade;
 use crate::event::rt::{self, LocalExec, RtTimer, TcpIo};
 use crate::event::{Ctx, EventHandler, HandlerId, Next};
 use crate::listener::ListenerStats;
@@ -44,12 +45,21 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for HcmServic
     type Error = std::convert::Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>>>>;
 
-    fn call(&self, req: http::Request<hyper::body::Incoming>) -> Self::Future {
-        Box::pin(router::serve(
+    fn call(&self, mut req: http::Request<hyper::body::Incoming>) -> Self::Future {
+        let upgrade = upgrade::h2_to_h1_request(&mut req);
+        let is_upgrade = upgrade.is_some();
+        let serve = router::serve(
             self.conn.clone(),
             req.map(|b| ProxyBody::stream(b, None)),
-            None,
-        ))
+            upgrade,
+        );
+        Box::pin(async move {
+            let Ok(mut resp) = serve.await;
+            if is_upgrade {
+                upgrade::h1_to_h2_response(&mut resp);
+            }
+            Ok(resp)
+        })
     }
 }
 
@@ -216,6 +226,9 @@ impl HttpConnection {
         b.timer(RtTimer)
             .max_concurrent_streams(cfg.h2_max_concurrent_streams)
             .max_header_list_size(cfg.max_request_headers_kb * 1024);
+        if cfg.h2_allow_connect {
+            b.enable_connect_protocol();
+        }
         let conn = b.serve_connection(io, self.service());
         cfg.stats.downstream_cx_http2_total.inc(self.worker);
         cfg.stats.downstream_cx_http2_active.inc(self.worker);

@@ -43,12 +43,9 @@ use super::downstream_h1::{
     Limits, RequestHead, ResponseFraming,
 };
 use super::router::{self, ConnInfo};
+use super::upgrade::DownstreamUpgrade;
 use super::upstream_h1::{recv_into, BodyDecoder, Decoded, H1Error};
 use crate::event::rt::{Sleep, TcpIo};
-
-/// The downstream half of an upgrade: the connection (with what the client sent past the
-/// request head in front), once the `101` is written.
-pub type DownstreamUpgrade = oneshot::Receiver<PrefixedIo>;
 
 /// Body chunks up to this size are copied next to the framing (one `writev` slice, no
 /// reference kept); larger ones are queued as they are.
@@ -481,7 +478,7 @@ impl H1Server {
         let upgrade = parts.headers.contains_key(header::UPGRADE).then(|| {
             let (tx, rx) = oneshot::channel();
             self.exchange.upgrade = Some(tx);
-            rx
+            DownstreamUpgrade::Http1(rx)
         });
         let req = Request::from_parts(parts, body);
         self.phase = Phase::Serve(Box::pin(router::serve(self.info.clone(), req, upgrade)));

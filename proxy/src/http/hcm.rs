@@ -231,6 +231,9 @@ pub struct HcmConfig {
     pub suppress_envoy_headers: bool,
     /// `http2_protocol_options.max_concurrent_streams` (default 2147483647).
     pub h2_max_concurrent_streams: u32,
+    /// `http2_protocol_options.allow_connect`: HTTP/2 extended CONNECT (RFC 8441), which
+    /// carries websockets over HTTP/2.
+    pub h2_allow_connect: bool,
     /// Access logs.
     pub access_logs: Vec<Arc<super::access_log::AccessLog>>,
     /// Stats.
@@ -461,6 +464,10 @@ impl HcmConfig {
             .as_ref()
             .and_then(|o| o.max_concurrent_streams.as_ref())
             .map_or(2_147_483_647, |v| v.value);
+        let h2_allow_connect = proto
+            .http2_protocol_options
+            .as_ref()
+            .is_some_and(|o| o.allow_connect);
         let access_logs = proto
             .access_log
             .iter()
@@ -522,6 +529,7 @@ impl HcmConfig {
             upgrades,
             suppress_envoy_headers,
             h2_max_concurrent_streams,
+            h2_allow_connect,
             access_logs,
             stats: HttpStats::new(store, &proto.stat_prefix),
             store: store.clone(),

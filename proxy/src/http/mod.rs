@@ -37,10 +37,12 @@
 //!   and count in `downstream_cx_active` until the tunnel closes (a shutdown drain waits
 //!   for them). Removing a listener does not close its tunnels before the drain time ends.
 //!   A client's half-close is carried through the tunnel; Envoy closes the whole tunnel.
+//!   Websockets over HTTP/2 (extended CONNECT, `allow_connect`) are converted to HTTP/1.1
+//!   upgrades as Envoy's codec does ([`upgrade`]); an upgrade always goes upstream as
+//!   HTTP/1.1, where Envoy would send an extended CONNECT to an HTTP/2 cluster.
 //! - `Upgrade: h2c` is not honoured, as in Envoy: the request is served as HTTP/1.1 without
 //!   its upgrade headers.
-//! - Not yet: websocket over HTTP/2 (extended CONNECT), inline route
-//!   configs are not checked against known clusters (`validate_clusters`; Envoy rejects an
+//! - Not yet: inline route configs are not checked against known clusters (`validate_clusters`; Envoy rejects an
 //!   unknown cluster at load),
 //!   `per_request_buffer_limit_bytes` (retried bodies are buffered up to the cluster's
 //!   buffer limit), hedging, shadowing, CORS, rate limits.

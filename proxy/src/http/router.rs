@@ -14,8 +14,6 @@ use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::Body as _;
 
-use super::h1_server::DownstreamUpgrade;
-
 use super::access_log::LogEntry;
 use super::body::ProxyBody;
 use super::hcm::{HcmConfig, RouteSource, UnderscoreAction};
@@ -24,7 +22,7 @@ use super::pool::{self, PoolError, Sender};
 use super::route::{
     Action, ClusterSpec, HostRewrite, Redirect, Route, RouteAction, RouteTable, VirtualHost,
 };
-use super::upgrade::{self, WorkerIo};
+use super::upgrade::{self, DownstreamUpgrade, WorkerIo};
 use super::upstream_h1::H1Connection;
 use crate::event::rt;
 use crate::upstream::ClusterInfo;
@@ -197,8 +195,8 @@ struct Outcome {
     route_name: String,
 }
 
-/// Handles one request end to end. `upgrade` delivers the downstream connection once a
-/// `101` to an upgrade request is written (HTTP/1.1 only).
+/// Handles one request end to end. `upgrade` delivers the downstream connection (or HTTP/2
+/// stream) once the response accepting an upgrade request is sent.
 pub async fn serve(
     conn: Rc<ConnInfo>,
     req: Request<ProxyBody>,
@@ -834,9 +832,12 @@ async fn forward(
             (None, Some(b)) => b,
             (None, None) => ProxyBody::empty(),
         };
+        // Upgrades go upstream as HTTP/1.1 `Upgrade` on a connection of their own, whatever
+        // the cluster's protocol (Envoy would use extended CONNECT to an HTTP/2 upstream).
+        let h2_upstream = cluster.http2 && !is_upgrade;
         let mut head = http::request::Builder::new()
             .method(parts.method.clone())
-            .version(if cluster.http2 {
+            .version(if h2_upstream {
                 Version::HTTP_2
             } else {
                 Version::HTTP_11
@@ -849,7 +850,7 @@ async fn forward(
                 Err(_) => return local_reply(StatusCode::BAD_REQUEST, ""),
             },
         };
-        let uri = if cluster.http2 {
+        let uri = if h2_upstream {
             Uri::builder()
                 .scheme("http")
                 .authority(upstream_authority.as_ref())
@@ -873,7 +874,7 @@ async fn forward(
         } else {
             parts.headers.clone()
         };
-        if !cluster.http2 {
+        if !h2_upstream {
             let value = match &downstream_host {
                 Some(v) if v.as_bytes() == upstream_authority.as_bytes() => Some(v.clone()),
                 _ => HeaderValue::from_str(&upstream_authority).ok(),

@@ -2,18 +2,67 @@
 //! request goes upstream on a connection of its own; once the upstream answers
 //! `101 Switching Protocols`, the downstream and upstream connections become one byte
 //! tunnel until both directions have ended, as Envoy's upgrade handling.
+//!
+//! Downstream, an upgrade arrives either as HTTP/1.1 `Upgrade` or as an HTTP/2 extended
+//! CONNECT (RFC 8441, with `http2_protocol_options.allow_connect`). As Envoy's HTTP/2 codec
+//! does, the connection manager turns the latter into the HTTP/1.1 form (`GET` with
+//! `upgrade: <protocol>`) on the way in ([`h2_to_h1_request`]) and the upstream's `101`
+//! into a `200` on the way out ([`h1_to_h2_response`]); the tunnel is then the HTTP/2
+//! stream.
 
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use futures::channel::oneshot;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper::upgrade::OnUpgrade;
 use send_wrapper::SendWrapper;
 
-use super::h1_server::DownstreamUpgrade;
+use super::body::ProxyBody;
+use super::conn::PrefixedIo;
 use crate::event::rt;
+
+/// The downstream half of an upgrade, delivered once the response accepting it is sent.
+pub enum DownstreamUpgrade {
+    /// HTTP/1.1: the connection (with what the client sent past the request head in
+    /// front), once the `101` is written.
+    Http1(oneshot::Receiver<PrefixedIo>),
+    /// HTTP/2 extended CONNECT: the stream, once the `200` is sent.
+    Http2(OnUpgrade),
+}
+
+/// Rewrites an HTTP/2 extended CONNECT (`:protocol` set) into the HTTP/1.1 upgrade
+/// request Envoy's codec makes of it, and returns the stream's upgrade handle; `None` (and
+/// the request untouched) for anything else.
+pub fn h2_to_h1_request<B>(req: &mut Request<B>) -> Option<DownstreamUpgrade> {
+    if req.method() != Method::CONNECT {
+        return None;
+    }
+    let protocol = req.extensions_mut().remove::<hyper::ext::Protocol>()?;
+    let value = HeaderValue::from_str(protocol.as_str()).ok()?;
+    *req.method_mut() = Method::GET;
+    req.headers_mut().insert(header::UPGRADE, value);
+    req.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    Some(DownstreamUpgrade::Http2(hyper::upgrade::on(req)))
+}
+
+/// The answer to an HTTP/2 upgrade: a `101` becomes `200` without the HTTP/1.1
+/// connection-level headers (HTTP/2 forbids them) and without a body, so the stream stays
+/// open for the tunnel; any other response goes back as it is.
+pub fn h1_to_h2_response(resp: &mut Response<ProxyBody>) {
+    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        return;
+    }
+    *resp.status_mut() = StatusCode::OK;
+    resp.headers_mut().remove(header::UPGRADE);
+    resp.headers_mut().remove(header::CONNECTION);
+    resp.headers_mut().remove(header::CONTENT_LENGTH);
+    *resp.body_mut() = ProxyBody::empty();
+}
 
 /// An I/O object of this worker made `Send` for hyper's upgrade machinery, which boxes
 /// upgraded connections as `dyn Send`. Ours never leave the worker that owns them (the
@@ -71,29 +120,39 @@ impl<T: Write + Unpin> Write for WorkerIo<T> {
 /// tunnel closes.
 pub fn tunnel(downstream: DownstreamUpgrade, upstream: OnUpgrade, on_end: impl FnOnce() + 'static) {
     rt::spawn(async move {
-        let downstream = downstream
-            .await
-            .map_err(|_| "downstream: closed before the 101 was written".to_string());
         let upstream = upstream.await.map_err(|e| format!("upstream: {e}"));
-        match (downstream, upstream) {
-            (Ok(down), Ok(up)) => {
-                if let Err(e) = (Splice {
-                    a: down,
-                    b: up,
-                    a_to_b: Direction::default(),
-                    b_to_a: Direction::default(),
-                })
-                .await
-                {
-                    tracing::debug!(error = %e, "upgraded connection ended with an error");
-                }
-            }
-            (Err(e), _) | (_, Err(e)) => {
-                tracing::debug!(error = %e, "connection upgrade failed");
-            }
+        let spliced = match downstream {
+            DownstreamUpgrade::Http1(rx) => match (rx.await, upstream) {
+                (Ok(down), Ok(up)) => splice(down, up).await,
+                (Err(_), _) => Err("downstream: closed before the 101 was written".into()),
+                (_, Err(e)) => Err(e),
+            },
+            DownstreamUpgrade::Http2(on) => match (on.await, upstream) {
+                (Ok(down), Ok(up)) => splice(down, up).await,
+                (Err(e), _) => Err(format!("downstream: {e}")),
+                (_, Err(e)) => Err(e),
+            },
+        };
+        if let Err(e) = spliced {
+            tracing::debug!(error = %e, "upgraded connection ended with an error");
         }
         on_end();
     });
+}
+
+async fn splice<A, B>(a: A, b: B) -> Result<(), String>
+where
+    A: Read + Write + Unpin,
+    B: Read + Write + Unpin,
+{
+    Splice {
+        a,
+        b,
+        a_to_b: Direction::default(),
+        b_to_a: Direction::default(),
+    }
+    .await
+    .map_err(|e| e.to_string())
 }
 
 const BUF: usize = 16 * 1024;

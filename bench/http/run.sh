@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # HTTP proxy benchmark: Courier vs Envoy vs nginx vs HAProxy, same upstream, same worker
 # count, in one run. HTTP/1.1 keep-alive with wrk, HTTP/2 (h2c prior knowledge) with
-# h2load. Prints requests/s, p50/p99 latency, proxy CPU seconds and peak RSS, and
-# Courier's ratios. Not a test: numbers depend on the machine.
+# h2load. Prints requests/s, p50/p99 latency, the proxy's CPU per request (user and kernel
+# microseconds: on loopback most of a proxy's CPU is the kernel's TCP work, the same for
+# every proxy, so the user column is where they differ), peak RSS, and Courier's ratios.
+# Not a test: numbers depend on the machine.
 #
 #   bench/http/run.sh                 # workers 1 and 2, 50 connections, 15 s per run
 #   WORKERS="1" DURATION=5 CONNS=50 bench/http/run.sh
@@ -137,14 +139,22 @@ start_proxy() { # name workers
   return 1
 }
 
-# Sum of utime+stime (seconds) of a process tree and its peak RSS (MiB).
-cpu_of() {
-  local total=0
+# User and kernel CPU ticks (utime, stime) of a process tree.
+ticks_of() {
+  local ut_sum=0 st_sum=0 ut st
   for p in $1 $(pgrep -P "$1" || true); do
     read -r ut st < <(awk '{print $14, $15}' "/proc/$p/stat" 2>/dev/null || echo "0 0")
-    total=$((total + ut + st))
+    ut_sum=$((ut_sum + ut)); st_sum=$((st_sum + st))
   done
-  echo "scale=2; $total / $(getconf CLK_TCK)" | bc
+  echo "$ut_sum $st_sum"
+}
+# Microseconds of CPU per request from two ticks_of samples: "user kernel".
+us_per_request() { # before after requests
+  local u0 s0 u1 s1
+  read -r u0 s0 <<<"$1"; read -r u1 s1 <<<"$2"
+  if [ "${3:-0}" = 0 ]; then echo "- -"; return; fi
+  echo "$(echo "scale=1; ($u1 - $u0) * 1000000 / $(getconf CLK_TCK) / $3" | bc)" \
+    "$(echo "scale=1; ($s1 - $s0) * 1000000 / $(getconf CLK_TCK) / $3" | bc)"
 }
 rss_of() {
   local kb=0
@@ -156,28 +166,32 @@ rss_of() {
 
 declare -A RPS
 # h2 rows show h2load's mean request time in the p50 column (h2load prints no percentiles).
-printf "%-8s %-3s %-5s %12s %10s %10s %8s %8s\n" proxy w proto "req/s" "p50" "p99" "cpu_s" "rss_MiB"
+printf "%-8s %-3s %-5s %12s %10s %10s %8s %8s %8s\n" proxy w proto "req/s" "p50" "p99" "user_us" "sys_us" "rss_MiB"
 for w in $WORKERS; do
   for proxy in courier envoy nginx haproxy; do
     if [ "$proxy" = envoy ] && ! need envoy; then continue; fi
     start_proxy "$proxy" "$w" || continue
-    c0=$(cpu_of "$PID")
+    c0=$(ticks_of "$PID")
     out=$(wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "http://127.0.0.1:$PX_PORT/")
+    c1=$(ticks_of "$PID")
     rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
     p50=$(awk '$1=="50%" {print $2}' <<<"$out")
     p99=$(awk '$1=="99%" {print $2}' <<<"$out")
-    c1=$(cpu_of "$PID")
-    printf "%-8s %-3s %-5s %12s %10s %10s %8s %8s\n" "$proxy" "$w" h1 "$rps" "$p50" "$p99" "$(echo "$c1 - $c0" | bc)" "$(rss_of "$PID")"
+    n=$(awk '/requests in/ {print $1}' <<<"$out")
+    read -r us ss < <(us_per_request "$c0" "$c1" "${n:-0}")
+    printf "%-8s %-3s %-5s %12s %10s %10s %8s %8s %8s\n" "$proxy" "$w" h1 "$rps" "$p50" "$p99" "$us" "$ss" "$(rss_of "$PID")"
     RPS["$proxy,$w,h1"]=$rps
-    c0=$(cpu_of "$PID")
     h2port=$PX_PORT
     [ "$proxy" = nginx ] && h2port=$((PX_PORT + 1))
+    c0=$(ticks_of "$PID")
     out=$(h2load -c"$CONNS" -m"$H2_STREAMS" -n"$H2_REQUESTS" "http://127.0.0.1:$h2port/" 2>/dev/null || true)
+    c1=$(ticks_of "$PID")
     rps=$(awk '/^finished in/ {print $4}' <<<"$out" | tr -d ',')
     p50=$(awk '/time for request:/ {print $6}' <<<"$out")
     p99="-"
-    c1=$(cpu_of "$PID")
-    printf "%-8s %-3s %-5s %12s %10s %10s %8s %8s\n" "$proxy" "$w" h2 "${rps:-0}" "${p50:--}" "$p99" "$(echo "$c1 - $c0" | bc)" "$(rss_of "$PID")"
+    n=$(awk '/^requests:/ {print $8}' <<<"$out")
+    read -r us ss < <(us_per_request "$c0" "$c1" "${n:-0}")
+    printf "%-8s %-3s %-5s %12s %10s %10s %8s %8s %8s\n" "$proxy" "$w" h2 "${rps:-0}" "${p50:--}" "$p99" "$us" "$ss" "$(rss_of "$PID")"
     RPS["$proxy,$w,h2"]=${rps:-0}
     kill "$PID" 2>/dev/null || true
     wait "$PID" 2>/dev/null || true

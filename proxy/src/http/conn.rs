@@ -47,19 +47,11 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for HcmServic
 
     fn call(&self, mut req: http::Request<hyper::body::Incoming>) -> Self::Future {
         let upgrade = upgrade::h2_to_h1_request(&mut req);
-        let is_upgrade = upgrade.is_some();
-        let serve = router::serve(
+        Box::pin(router::serve(
             self.conn.clone(),
             req.map(|b| ProxyBody::stream(b, None)),
             upgrade,
-        );
-        Box::pin(async move {
-            let Ok(mut resp) = serve.await;
-            if is_upgrade {
-                upgrade::h1_to_h2_response(&mut resp);
-            }
-            Ok(resp)
-        })
+        ))
     }
 }
 

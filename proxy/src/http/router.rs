@@ -236,6 +236,7 @@ pub async fn serve(
     } else {
         None
     };
+    let h2_upgrade = matches!(upgrade, Some(DownstreamUpgrade::Http2(_)));
     let deadline = cfg.request_timeout.map(|t| start + t);
     let mut resp = match rt::timeout(deadline, process(&conn, req, upgrade, &mut outcome)).await {
         Some(r) => r,
@@ -245,6 +246,9 @@ pub async fn serve(
             local_reply(StatusCode::REQUEST_TIMEOUT, "request timeout")
         }
     };
+    if h2_upgrade {
+        upgrade::h1_to_h2_response(&mut resp);
+    }
     finish_response(&cfg, &mut resp);
     if let Some(id) = request_id_for_response {
         resp.headers_mut().entry(&X_REQUEST_ID).or_insert(id);

@@ -183,59 +183,105 @@ fn websocket_matches_envoy() {
     }
 }
 
-/// One websocket over HTTP/2 (an extended CONNECT with `:protocol websocket`) through a
-/// proxy at `addr`: the status and `x-upstream` of the response, the bytes echoed while both
-/// directions are open, and, with `half_close`, what arrives after the client ends its side
-/// of the stream.
+/// An HTTP/2 (prior knowledge) connection to `addr`, once the server's SETTINGS arrived
+/// (the answer to a first request comes after them: an extended CONNECT may only be sent
+/// once they enabled it); `closed` resolves when the connection ends.
+async fn h2_connect(
+    addr: SocketAddr,
+) -> (
+    hyper::client::conn::http2::SendRequest<Empty<Bytes>>,
+    tokio::sync::oneshot::Receiver<()>,
+) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .expect("handshake");
+    let (closed_tx, closed) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let _ = conn.await;
+        let _ = closed_tx.send(());
+    });
+    let ready = Request::get(format!("http://{addr}/ready"))
+        .body(Empty::<Bytes>::new())
+        .expect("request");
+    let ready = send.send_request(ready).await.expect("first request");
+    assert_eq!(ready.status(), 200);
+    (send, closed)
+}
+
+/// Sends an extended CONNECT with `:protocol websocket` for `path`: the status and
+/// `x-upstream` of the response, and the tunnel when it was accepted.
+async fn h2_websocket_open(
+    send: &mut hyper::client::conn::http2::SendRequest<Empty<Bytes>>,
+    addr: SocketAddr,
+    path: &str,
+) -> (
+    u16,
+    Option<String>,
+    Option<TokioIo<hyper::upgrade::Upgraded>>,
+) {
+    let mut req = Request::builder()
+        .method(Method::CONNECT)
+        .uri(format!("http://{addr}{path}"))
+        .header("sec-websocket-version", "13")
+        .body(Empty::<Bytes>::new())
+        .expect("request");
+    req.extensions_mut()
+        .insert(hyper::ext::Protocol::from_static("websocket"));
+    let resp = send.send_request(req).await.expect("extended CONNECT");
+    let status = resp.status().as_u16();
+    let upstream = resp
+        .headers()
+        .get("x-upstream")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    if status != 200 {
+        return (status, upstream, None);
+    }
+    let io = TokioIo::new(hyper::upgrade::on(resp).await.expect("tunnel"));
+    (status, upstream, Some(io))
+}
+
+/// Writes `msg` into the tunnel and reads back its echo.
+async fn h2_echo(io: &mut TokioIo<hyper::upgrade::Upgraded>, msg: &[u8]) {
+    io.write_all(msg).await.expect("write");
+    let mut back = vec![0u8; msg.len()];
+    io.read_exact(&mut back).await.expect("echo");
+    assert_eq!(back, msg);
+}
+
+/// Runs `f` on a fresh single-threaded runtime, failing after 10 s.
+fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(async {
+            tokio::time::timeout(Duration::from_secs(10), f)
+                .await
+                .expect("the HTTP/2 exchange took over 10 s")
+        })
+}
+
+/// One websocket over HTTP/2 through a proxy at `addr`: the status and `x-upstream` of the
+/// response, the bytes echoed while both directions are open, and, with `half_close`, what
+/// arrives after the client ends its side of the stream.
 fn h2_websocket_exchange(
     addr: SocketAddr,
     path: &str,
     half_close: bool,
 ) -> (u16, Option<String>, usize, Vec<u8>) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let exchange = async move {
-        let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        let (mut send, conn) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-                .await
-                .expect("handshake");
-        tokio::spawn(conn);
-        // An extended CONNECT may only be sent once the server's SETTINGS enabled it; the
-        // answer to a first request comes after them.
-        let ready = Request::get(format!("http://{addr}/ready"))
-            .body(Empty::<Bytes>::new())
-            .expect("request");
-        let ready = send.send_request(ready).await.expect("first request");
-        assert_eq!(ready.status(), 200);
-        let mut req = Request::builder()
-            .method(Method::CONNECT)
-            .uri(format!("http://{addr}{path}"))
-            .header("sec-websocket-version", "13")
-            .body(Empty::<Bytes>::new())
-            .expect("request");
-        req.extensions_mut()
-            .insert(hyper::ext::Protocol::from_static("websocket"));
-        let resp = send.send_request(req).await.expect("extended CONNECT");
-        let status = resp.status().as_u16();
-        let upstream = resp
-            .headers()
-            .get("x-upstream")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        if status != 200 {
+    block_on(async move {
+        let (mut send, _closed) = h2_connect(addr).await;
+        let (status, upstream, io) = h2_websocket_open(&mut send, addr, path).await;
+        let Some(mut io) = io else {
             return (status, upstream, 0, Vec::new());
-        }
-        let mut io = TokioIo::new(hyper::upgrade::on(resp).await.expect("tunnel"));
+        };
         let mut echoed = 0;
         for msg in [&b"ping"[..], &[9u8; 5000]] {
-            io.write_all(msg).await.expect("write");
-            let mut back = vec![0u8; msg.len()];
-            io.read_exact(&mut back).await.expect("echo");
-            assert_eq!(back, msg);
-            echoed += back.len();
+            h2_echo(&mut io, msg).await;
+            echoed += msg.len();
         }
         let mut after = Vec::new();
         if half_close {
@@ -243,11 +289,6 @@ fn h2_websocket_exchange(
             let _ = io.read_to_end(&mut after).await;
         }
         (status, upstream, echoed, after)
-    };
-    rt.block_on(async {
-        tokio::time::timeout(Duration::from_secs(10), exchange)
-            .await
-            .expect("the HTTP/2 websocket exchange took over 10 s")
     })
 }
 
@@ -283,6 +324,33 @@ fn websocket_over_http2_matches_envoy() {
         let (cs, cu, ce, _) = h2_websocket_exchange(courier.listener, path, false);
         assert_eq!((cs, cu, ce), (es, eu, ee), "{path}: courier vs envoy");
     }
+}
+
+/// An HTTP/2 connection carrying a websocket is not idle. A plain HTTP/2 connection opened
+/// after it reaches `idle_timeout` and is closed; by then the tunnel's connection, had it
+/// counted as idle, would have timed out first. It has not: one idle timeout counted, and
+/// the tunnel still carries bytes.
+#[test]
+fn http2_websocket_is_not_idle() {
+    let ws = start_ws_echo();
+    let hcm = "          upgrade_configs: [ { upgrade_type: websocket } ]\n          http2_protocol_options: { allow_connect: true }\n          common_http_protocol_options: { idle_timeout: 0.3s }\n";
+    let courier = Courier::start(&bootstrap(ROUTES, hcm, &cluster("ws", &[ws], "")));
+    let addr = courier.listener;
+    block_on(async {
+        let (mut send, _tunnel_closed) = h2_connect(addr).await;
+        let (status, _, io) = h2_websocket_open(&mut send, addr, "/chat").await;
+        assert_eq!(status, 200);
+        let mut io = io.expect("tunnel");
+        h2_echo(&mut io, b"before").await;
+        let (_plain, plain_closed) = h2_connect(addr).await;
+        plain_closed.await.expect("the plain connection closes");
+        assert_eq!(
+            courier.stat("http.ingress.downstream_cx_idle_timeout"),
+            1,
+            "only the plain connection timed out"
+        );
+        h2_echo(&mut io, b"after").await;
+    });
 }
 
 /// A drain (SIGTERM) waits for a tunnel, as for any open connection: the tunnel keeps

@@ -1118,9 +1118,14 @@ async fn send_upgrade(
         conn.config.stats.downstream_cx_upgrades_active.inc(worker);
         // Counted from the 101 on, so an attempt dropped by its timeout leaves no count.
         stats.upstream_cx_active.inc(worker);
+        // The tunnel is an active stream of its connection until it closes: an HTTP/2
+        // connection carrying one is not idle.
+        conn.active.set(conn.active.get() + 1);
         upgrade::tunnel(downstream, upstream, move || {
             conn.config.stats.downstream_cx_upgrades_active.dec(worker);
             stats.upstream_cx_active.dec(worker);
+            conn.active.set(conn.active.get().saturating_sub(1));
+            conn.last_activity.set(Instant::now());
             // The downstream connection stops counting as active with the tunnel.
             drop(conn);
         });

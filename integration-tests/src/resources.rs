@@ -139,6 +139,24 @@ pub fn http_listener(name: &str, port: u16, route: &str) -> Arc<Resource> {
 
 /// An HTTP listener with the RDS config source `source`.
 pub fn http_listener_with(name: &str, port: u16, route: &str, source: &str) -> Arc<Resource> {
+    http_listener_text(name, port, route, source, "")
+}
+
+/// An HTTP listener whose connection manager also takes `upgrade_configs: [websocket]`.
+pub fn http_listener_websocket(name: &str, port: u16, route: &str) -> Arc<Resource> {
+    let extra = "      upgrade_configs: [ { upgrade_type: websocket } ]\n";
+    http_listener_text(name, port, route, ADS_SOURCE, extra)
+}
+
+/// An HTTP listener; `hcm_extra` holds more `http_connection_manager` fields (YAML lines
+/// indented six spaces).
+fn http_listener_text(
+    name: &str,
+    port: u16,
+    route: &str,
+    source: &str,
+    hcm_extra: &str,
+) -> Arc<Resource> {
     listener_yaml(&format!(
         r#"name: {name}
 address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }}
@@ -149,7 +167,7 @@ filter_chains:
       "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
       stat_prefix: {name}
       rds: {{ route_config_name: {route}, config_source: {source} }}
-      http_filters:
+{hcm_extra}      http_filters:
       - name: envoy.filters.http.router
         typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
 "#

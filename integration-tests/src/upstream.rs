@@ -88,7 +88,8 @@ impl Upstream {
 
     /// An HTTP/1.1 + HTTP/2 (prior knowledge) server answering `upstream <name>` with
     /// header `x-upstream: <name>`; gRPC requests (`content-type: application/grpc`) get one
-    /// length-prefixed message holding the name and `grpc-status: 0`.
+    /// length-prefixed message holding the name and `grpc-status: 0`; HTTP/1.1 upgrade
+    /// requests (websocket) get a `101` and their bytes echoed.
     pub async fn http(name: &str) -> Upstream {
         Upstream::http_with(name, Behaviour::Ok).await
     }
@@ -128,7 +129,7 @@ impl Upstream {
                         let _ = hyper_util::server::conn::auto::Builder::new(
                             hyper_util::rt::TokioExecutor::new(),
                         )
-                        .serve_connection(hyper_util::rt::TokioIo::new(sock), svc)
+                        .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(sock), svc)
                         .await;
                     });
                     while conns.try_join_next().is_some() {}
@@ -162,8 +163,24 @@ async fn respond(
     name: &str,
     behaviour: Behaviour,
     n: u64,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
 ) -> Response<http_body_util::combinators::BoxBody<Bytes, Infallible>> {
+    if let Some(protocol) = req.headers().get(hyper::header::UPGRADE).cloned() {
+        let upgrade = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            if let Ok(upgraded) = upgrade.await {
+                let (mut r, mut w) = tokio::io::split(hyper_util::rt::TokioIo::new(upgraded));
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            }
+        });
+        return Response::builder()
+            .status(101)
+            .header(hyper::header::UPGRADE, protocol)
+            .header(hyper::header::CONNECTION, "upgrade")
+            .header("x-upstream", name)
+            .body(http_body_util::Empty::new().boxed())
+            .expect("response");
+    }
     let grpc = req
         .headers()
         .get("content-type")

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use courier_control_plane::{Resource, ResourceType};
+use courier_integration_tests::proxy::port_open;
 use courier_integration_tests::proxy::ProxyOptions;
 use courier_integration_tests::resources::*;
 use courier_integration_tests::traffic::{http_get, HttpConn};
@@ -13,6 +14,7 @@ use courier_integration_tests::upstream::{Behaviour, Upstream};
 use courier_integration_tests::{
     eventually, free_port, http_supported, Bootstrap, Cp, Proxy, ProxyKind,
 };
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::fixture::{snapshot, Fx, NODE};
 
@@ -160,6 +162,75 @@ async fn http_keepalive_connection_drains_on_listener_update() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(closed, "the drained keep-alive connection was closed");
+}
+
+/// A websocket tunnel through an HTTP listener that is then removed: the tunnel keeps
+/// carrying bytes while the listener drains and is closed when the drain time ends, as a
+/// drained listener's every connection is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_tunnel_closed_when_its_listener_drain_ends() {
+    const DRAIN_S: u64 = 2;
+    let a = Upstream::http("a").await;
+    let port = free_port();
+    let Some(fx) = http_fx(
+        vec![
+            static_cluster("ca", &[a.port], ""),
+            http_listener_websocket("hl", port, "r1"),
+            route("r1", "ca"),
+        ],
+        DRAIN_S,
+    )
+    .await
+    else {
+        return;
+    };
+    let mut ws = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    ws.write_all(
+        b"GET /chat HTTP/1.1\r\nhost: x\r\nupgrade: websocket\r\nconnection: upgrade\r\nsec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .await
+    .expect("upgrade request");
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        let n = tokio::time::timeout(IO_TIMEOUT, ws.read(&mut byte))
+            .await
+            .expect("response head within 10 s")
+            .expect("read");
+        assert_eq!(n, 1, "closed before the response head ended: {head:?}");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("x-upstream: a"), "{head}");
+    echo(&mut ws, b"before").await;
+    fx.remove(&[(ResourceType::Listener, "hl")]).await;
+    eventually("port refuses new connections", || async {
+        (!port_open(port).await).then_some(())
+    })
+    .await;
+    echo(&mut ws, b"draining").await;
+    let mut buf = [0u8; 16];
+    let end = tokio::time::timeout(Duration::from_secs(DRAIN_S + 15), ws.read(&mut buf)).await;
+    assert!(
+        matches!(end, Ok(Ok(0)) | Ok(Err(_))),
+        "the tunnel is closed at the end of the drain: {end:?}"
+    );
+}
+
+const IO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Writes `msg` into a tunnel and reads back its echo.
+async fn echo(s: &mut tokio::net::TcpStream, msg: &[u8]) {
+    s.write_all(msg).await.expect("write");
+    let mut back = vec![0u8; msg.len()];
+    tokio::time::timeout(IO_TIMEOUT, s.read_exact(&mut back))
+        .await
+        .expect("echo within 10 s")
+        .expect("echo");
+    assert_eq!(back, msg);
 }
 
 /// Invalid route configurations are NACKed on RDS and the previous routes keep serving.

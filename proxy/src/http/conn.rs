@@ -6,6 +6,8 @@
 //!  accept ─► Detect (AUTO: HTTP/2 preface?) ─► H1 | H2 ─► done (close)
 //!                        drain / idle / max duration ─► graceful shutdown (Connection: close
 //!                                                       or GOAWAY) ─► done
+//!            H1 ─► 101 ─► Tunnel (the socket is spliced elsewhere) ─► done when the tunnel
+//!                         ends; closing the connection (a drain's end) ends the tunnel
 //! ```
 
 use std::cell::Cell;
@@ -120,9 +122,15 @@ impl hyper::rt::Write for PrefixedIo {
 type H2Conn = http2::Connection<PrefixedIo, HcmService, LocalExec>;
 
 enum State {
-    Detect { io: Option<TcpIo>, buf: Vec<u8> },
+    Detect {
+        io: Option<TcpIo>,
+        buf: Vec<u8>,
+    },
     H1(Box<H1Server>),
     H2(Pin<Box<H2Conn>>),
+    /// An HTTP/1.1 connection upgraded: the tunnel has its socket; kept so that closing
+    /// the connection (a listener's drain) closes the tunnel.
+    Tunnel(upgrade::TunnelLink),
     Done,
 }
 
@@ -287,12 +295,26 @@ impl HttpConnection {
                                 return true;
                             };
                             match r {
-                                Ok(End::Upgraded) => conn.hand_over(),
+                                Ok(End::Upgraded) => {
+                                    if let Some(link) = conn.hand_over() {
+                                        self.state = State::Tunnel(link);
+                                        continue;
+                                    }
+                                }
                                 Ok(End::Closed) => {}
                                 Err(e) => {
                                     tracing::debug!(error = %e, "downstream connection error")
                                 }
                             }
+                            true
+                        }
+                    };
+                }
+                State::Tunnel(link) => {
+                    return match Pin::new(link).poll(&mut cx) {
+                        Poll::Pending => false,
+                        Poll::Ready(()) => {
+                            self.state = State::Done;
                             true
                         }
                     };
@@ -334,8 +356,8 @@ impl HttpConnection {
         match &mut self.state {
             State::H1(c) => c.graceful(),
             State::H2(c) => c.as_mut().graceful_shutdown(),
-            State::Detect { .. } => {}
-            State::Done => {}
+            // Nothing to tell a tunnel: it closes with the connection at the drain's end.
+            State::Detect { .. } | State::Tunnel(_) | State::Done => {}
         }
         self.waker.wake_by_ref();
     }

@@ -43,7 +43,7 @@ use super::downstream_h1::{
     Limits, RequestHead, ResponseFraming,
 };
 use super::router::{self, ConnInfo};
-use super::upgrade::DownstreamUpgrade;
+use super::upgrade::{tunnel_link, DownstreamUpgrade, TunnelEnd, TunnelLink};
 use super::upstream_h1::{recv_into, BodyDecoder, Decoded, H1Error};
 use crate::event::rt::{Sleep, TcpIo};
 
@@ -237,7 +237,7 @@ struct Exchange {
     head_request: bool,
     http10: bool,
     /// The request asked for an upgrade; the sender gets the connection after a `101`.
-    upgrade: Option<oneshot::Sender<PrefixedIo>>,
+    upgrade: Option<oneshot::Sender<(PrefixedIo, TunnelEnd)>>,
     /// The response was `101 Switching Protocols` to an upgrade request.
     switching: bool,
 }
@@ -296,18 +296,23 @@ impl H1Server {
     }
 
     /// After [`End::Upgraded`]: the socket, with any bytes the client sent past the
-    /// request head, goes to whoever waits on the [`DownstreamUpgrade`].
-    pub fn hand_over(mut self) {
-        let Some(tx) = self.exchange.upgrade.take() else {
-            return;
-        };
+    /// request head, goes to whoever waits on the [`DownstreamUpgrade`]; the link to the
+    /// tunnel comes back (`None`: no one took the socket, and it closes).
+    pub fn hand_over(mut self) -> Option<TunnelLink> {
+        let tx = self.exchange.upgrade.take()?;
         match Rc::try_unwrap(self.t) {
             Ok(t) => {
                 let t = t.into_inner();
-                // The router gave up waiting (timeout): the connection just closes.
-                let _ = tx.send(PrefixedIo::new(t.rbuf.to_vec(), t.io));
+                let (link, end) = tunnel_link();
+                // An error: the router gave up waiting (timeout).
+                tx.send((PrefixedIo::new(t.rbuf.to_vec(), t.io), end))
+                    .ok()
+                    .map(|()| link)
             }
-            Err(_) => tracing::debug!("upgrade with the request body still held; closing"),
+            Err(_) => {
+                tracing::debug!("upgrade with the request body still held; closing");
+                None
+            }
         }
     }
 

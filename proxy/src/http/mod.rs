@@ -35,7 +35,8 @@
 //!   `max_concurrent_streams` is reached; hyper queues streams instead).
 //! - Upgraded (websocket) connections go upstream on a connection of their own, as Envoy's,
 //!   and count in `downstream_cx_active` until the tunnel closes (a shutdown drain waits
-//!   for them). Removing a listener does not close its tunnels before the drain time ends.
+//!   for them). Removing a listener closes its tunnels when the drain time ends, as Envoy
+//!   closes all of a drained listener's connections.
 //!   A client's half-close is carried through the tunnel; Envoy closes the whole tunnel.
 //!   Websockets over HTTP/2 (extended CONNECT, `allow_connect`) are converted to HTTP/1.1
 //!   upgrades as Envoy's codec does ([`upgrade`]); an upgrade always goes upstream as

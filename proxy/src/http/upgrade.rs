@@ -28,10 +28,51 @@ use crate::event::rt;
 /// The downstream half of an upgrade, delivered once the response accepting it is sent.
 pub enum DownstreamUpgrade {
     /// HTTP/1.1: the connection (with what the client sent past the request head in
-    /// front), once the `101` is written.
-    Http1(oneshot::Receiver<PrefixedIo>),
+    /// front), once the `101` is written, and the tunnel's end of its [`TunnelLink`].
+    Http1(oneshot::Receiver<(PrefixedIo, TunnelEnd)>),
     /// HTTP/2 extended CONNECT: the stream, once the `200` is sent.
     Http2(OnUpgrade),
+}
+
+/// What an HTTP/1.1 connection's handler keeps once a tunnel has taken its socket, so the
+/// tunnel stays one of the listener's connections: dropping the link (the handler closed,
+/// e.g. at the end of a listener's drain) ends the tunnel, and the link resolves when the
+/// tunnel ends by itself. (An HTTP/2 tunnel is a stream of a connection its handler still
+/// drives, and ends with it.)
+pub struct TunnelLink {
+    ended: oneshot::Receiver<()>,
+    _cancel: oneshot::Sender<()>,
+}
+
+/// The tunnel's end of a [`TunnelLink`].
+pub struct TunnelEnd {
+    cancel: oneshot::Receiver<()>,
+    _ended: oneshot::Sender<()>,
+}
+
+/// A connected [`TunnelLink`] and [`TunnelEnd`].
+pub fn tunnel_link() -> (TunnelLink, TunnelEnd) {
+    let (cancel_tx, cancel) = oneshot::channel();
+    let (ended_tx, ended) = oneshot::channel();
+    (
+        TunnelLink {
+            ended,
+            _cancel: cancel_tx,
+        },
+        TunnelEnd {
+            cancel,
+            _ended: ended_tx,
+        },
+    )
+}
+
+impl Future for TunnelLink {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        // The tunnel never sends: its end is dropped when it is over.
+        Pin::new(&mut self.get_mut().ended).poll(cx).map(|_| ())
+    }
 }
 
 /// Rewrites an HTTP/2 extended CONNECT (`:protocol` set) into the HTTP/1.1 upgrade
@@ -123,7 +164,15 @@ pub fn tunnel(downstream: DownstreamUpgrade, upstream: OnUpgrade, on_end: impl F
         let upstream = upstream.await.map_err(|e| format!("upstream: {e}"));
         let spliced = match downstream {
             DownstreamUpgrade::Http1(rx) => match (rx.await, upstream) {
-                (Ok(down), Ok(up)) => splice(down, up).await,
+                (Ok((down, end)), Ok(up)) => {
+                    let spliced = std::pin::pin!(splice(down, up));
+                    match futures::future::select(spliced, end.cancel).await {
+                        futures::future::Either::Left((r, _)) => r,
+                        futures::future::Either::Right(_) => {
+                            Err("closed with its connection (listener drained)".into())
+                        }
+                    }
+                }
                 (Err(_), _) => Err("downstream: closed before the 101 was written".into()),
                 (_, Err(e)) => Err(e),
             },

@@ -311,6 +311,8 @@ fn websocket_over_http2_matches_envoy() {
     );
     assert_eq!(after, b"bye", "the half-close carried through");
     assert_eq!(courier.stat("http.ingress.downstream_cx_upgrades_total"), 1);
+    // Counted as the upstream answered, as Envoy does before its codec makes it a 200.
+    assert_eq!(courier.stat("http.ingress.downstream_rq_1xx"), 1);
     assert_eq!(
         h2_websocket_exchange(courier.listener, "/plain", false).0,
         403
@@ -324,6 +326,34 @@ fn websocket_over_http2_matches_envoy() {
         let (cs, cu, ce, _) = h2_websocket_exchange(courier.listener, path, false);
         assert_eq!((cs, cu, ce), (es, eu, ee), "{path}: courier vs envoy");
     }
+}
+
+/// An upstream that answers an HTTP/2 websocket's upgrade with an ordinary `200` (it
+/// ignores `Upgrade`): the client gets a `502`, since any 2xx to an extended CONNECT opens
+/// a tunnel (Envoy passes the `200` on; see DIFFERENCES.md).
+#[test]
+fn http2_websocket_not_switched_upstream_is_502() {
+    let plain = Upstream::start("plain");
+    let routes = r#"            name: local
+            virtual_hosts:
+            - name: main
+              domains: ["*"]
+              routes:
+              - match: { prefix: "/ready" }
+                direct_response: { status: 200 }
+              - match: { prefix: "/" }
+                route: { cluster: plain }
+"#;
+    let hcm = "          upgrade_configs: [ { upgrade_type: websocket } ]\n          http2_protocol_options: { allow_connect: true }\n";
+    let courier = Courier::start(&bootstrap(
+        routes,
+        hcm,
+        &cluster("plain", &[plain.addr], ""),
+    ));
+    let (status, upstream, _, _) = h2_websocket_exchange(courier.listener, "/chat", false);
+    assert_eq!((status, upstream), (502, None));
+    assert_eq!(plain.requests.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(courier.stat("http.ingress.downstream_rq_5xx"), 1);
 }
 
 /// An HTTP/2 connection carrying a websocket is not idle. A plain HTTP/2 connection opened

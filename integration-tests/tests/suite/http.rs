@@ -165,11 +165,11 @@ async fn http_keepalive_connection_drains_on_listener_update() {
 }
 
 /// A websocket tunnel through an HTTP listener that is then removed: the tunnel keeps
-/// carrying bytes while the listener drains and is closed when the drain time ends, as a
-/// drained listener's every connection is.
+/// carrying bytes while the listener drains and is closed when the drain time ends (not
+/// before), as a drained listener's every connection is.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_tunnel_closed_when_its_listener_drain_ends() {
-    const DRAIN_S: u64 = 2;
+    const DRAIN_S: u64 = 4;
     let a = Upstream::http("a").await;
     let port = free_port();
     let Some(fx) = http_fx(
@@ -206,6 +206,7 @@ async fn websocket_tunnel_closed_when_its_listener_drain_ends() {
     assert!(head.starts_with("http/1.1 101"), "{head}");
     assert!(head.contains("x-upstream: a"), "{head}");
     echo(&mut ws, b"before").await;
+    let removed = std::time::Instant::now();
     fx.remove(&[(ResourceType::Listener, "hl")]).await;
     eventually("port refuses new connections", || async {
         (!port_open(port).await).then_some(())
@@ -217,6 +218,12 @@ async fn websocket_tunnel_closed_when_its_listener_drain_ends() {
     assert!(
         matches!(end, Ok(Ok(0)) | Ok(Err(_))),
         "the tunnel is closed at the end of the drain: {end:?}"
+    );
+    // Closed by the drain's end, not by the removal itself.
+    let after = removed.elapsed();
+    assert!(
+        after >= Duration::from_secs(DRAIN_S - 1),
+        "closed after {after:?}"
     );
 }
 

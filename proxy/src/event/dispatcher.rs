@@ -271,6 +271,9 @@ impl Dispatcher {
                 }
             }
             self.ctx.now = Instant::now();
+            // Handlers created from here on cannot own any of these events, even at the slab
+            // key of one closed meanwhile (tokens carry only the key).
+            let polled = self.ctx.generation;
             // Posted callbacks first: a snapshot posted before a connection arrived then
             // applies to that connection, even when both show up in the same poll.
             if self.run_posted() {
@@ -290,6 +293,9 @@ impl Dispatcher {
                 let Some(entry) = self.ctx.handlers.get(key) else {
                     continue;
                 };
+                if entry.generation > polled {
+                    continue;
+                }
                 let id = HandlerId {
                     key,
                     generation: entry.generation,

@@ -246,6 +246,19 @@ pub async fn serve(
             local_reply(StatusCode::REQUEST_TIMEOUT, "request timeout")
         }
     };
+    if h2_upgrade && resp.status().is_success() {
+        // Any 2xx to an extended CONNECT opens the tunnel (RFC 8441), so an upstream that
+        // answered the upgrade with an ordinary response cannot be passed on as one.
+        outcome.flags = "UPE";
+        resp = local_reply(StatusCode::BAD_GATEWAY, "upstream did not switch protocols");
+    }
+    // Counted and logged as the upstream answered (a `101`), as Envoy's connection manager
+    // does before its HTTP/2 codec turns it into a `200`.
+    let status = resp.status().as_u16();
+    let class = (status / 100) as usize;
+    if (1..=5).contains(&class) {
+        cfg.stats.downstream_rq_xx[class - 1].inc(worker);
+    }
     if h2_upgrade {
         upgrade::h1_to_h2_response(&mut resp);
     }
@@ -256,11 +269,6 @@ pub async fn serve(
     if conn.closing.get() && resp.version() != Version::HTTP_2 {
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
-    }
-    let status = resp.status().as_u16();
-    let class = (status / 100) as usize;
-    if (1..=5).contains(&class) {
-        cfg.stats.downstream_rq_xx[class - 1].inc(worker);
     }
     // Completion: when the response body ends (or is dropped).
     let conn2 = conn.clone();

@@ -65,6 +65,58 @@ fn start_ws_echo() -> SocketAddr {
     addr
 }
 
+/// An HTTP/2 upstream accepting extended CONNECT with a `200` (`x-upstream: h2ws`), then
+/// echoing the stream's bytes until the client ends its side, and ending with "bye"; any
+/// other request gets `400`.
+fn start_h2_ws_echo() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    listener.set_nonblocking(true).expect("nonblocking");
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
+            while let Ok((s, _)) = listener.accept().await {
+                let svc = hyper::service::service_fn(|mut req: Request<hyper::body::Incoming>| {
+                    let extended_connect = req.method() == Method::CONNECT
+                        && req.extensions().get::<hyper::ext::Protocol>().is_some();
+                    let upgrade = hyper::upgrade::on(&mut req);
+                    async move {
+                        if !extended_connect {
+                            let refused = http::Response::builder().status(400);
+                            return refused.body(Empty::<Bytes>::new());
+                        };
+                        tokio::spawn(async move {
+                            let Ok(upgraded) = upgrade.await else { return };
+                            let (mut r, mut w) = tokio::io::split(TokioIo::new(upgraded));
+                            let _ = tokio::io::copy(&mut r, &mut w).await;
+                            let _ = w.write_all(b"bye").await;
+                            let _ = w.shutdown().await;
+                        });
+                        http::Response::builder()
+                            .status(200)
+                            .header("x-upstream", "h2ws")
+                            .body(Empty::<Bytes>::new())
+                    }
+                });
+                tokio::spawn(async move {
+                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .enable_connect_protocol()
+                        .serve_connection(TokioIo::new(s), svc)
+                        .await;
+                });
+            }
+        });
+    });
+    addr
+}
+
+/// `typed_extension_protocol_options` making a cluster HTTP/2.
+const H2_CLUSTER: &str = "    typed_extension_protocol_options:\n      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n        explicit_http_config:\n          http2_protocol_options: { allow_connect: true }\n";
+
 const ROUTES: &str = r#"            name: local
             virtual_hosts:
             - name: main
@@ -354,6 +406,49 @@ fn http2_websocket_not_switched_upstream_is_502() {
     assert_eq!((status, upstream), (502, None));
     assert_eq!(plain.requests.load(std::sync::atomic::Ordering::SeqCst), 1);
     assert_eq!(courier.stat("http.ingress.downstream_rq_5xx"), 1);
+}
+
+/// An upgrade routed to an HTTP/2 cluster goes upstream as an extended CONNECT, as Envoy's
+/// HTTP/2 upstream codec sends it: the upstream's `200` reaches an HTTP/1.1 client as
+/// `101 Switching Protocols` and an HTTP/2 client as `200`, and bytes and the half-close
+/// cross the tunnel both ways. A real Envoy answers both clients alike.
+#[test]
+fn websocket_to_http2_cluster_is_extended_connect() {
+    let up = start_h2_ws_echo();
+    let hcm = "          upgrade_configs: [ { upgrade_type: websocket } ]\n          http2_protocol_options: { allow_connect: true }\n";
+    let boot = bootstrap(ROUTES, hcm, &cluster("ws", &[up], H2_CLUSTER));
+    let courier = Courier::start(&boot);
+    let (status, upgrade, echoed, after) = websocket_exchange(courier.listener, "/chat");
+    assert_eq!(
+        (status, upgrade.as_deref(), echoed),
+        (101, Some("websocket"), 5004)
+    );
+    assert_eq!(after, b"bye");
+    let (status, upstream, echoed, after) = h2_websocket_exchange(courier.listener, "/chat", true);
+    assert_eq!(
+        (status, upstream.as_deref(), echoed),
+        (200, Some("h2ws"), 5004)
+    );
+    assert_eq!(after, b"bye");
+    assert_eq!(courier.stat("http.ingress.downstream_cx_upgrades_total"), 2);
+    let Some(envoy) = Courier::start_envoy(&boot) else {
+        eprintln!("envoy not on PATH: skipping the HTTP/2 cluster websocket differential");
+        return;
+    };
+    let (es, eu, ee, _) = websocket_exchange(envoy.listener, "/chat");
+    let (cs, cu, ce, _) = websocket_exchange(courier.listener, "/chat");
+    assert_eq!(
+        (cs, cu, ce),
+        (es, eu, ee),
+        "HTTP/1.1 client: courier vs envoy"
+    );
+    let (es, eu, ee, _) = h2_websocket_exchange(envoy.listener, "/chat", false);
+    let (cs, cu, ce, _) = h2_websocket_exchange(courier.listener, "/chat", false);
+    assert_eq!(
+        (cs, cu, ce),
+        (es, eu, ee),
+        "HTTP/2 client: courier vs envoy"
+    );
 }
 
 /// An HTTP/2 connection carrying a websocket is not idle. A plain HTTP/2 connection opened

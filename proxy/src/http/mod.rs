@@ -39,8 +39,8 @@
 //!   closes all of a drained listener's connections.
 //!   A client's half-close is carried through the tunnel; Envoy closes the whole tunnel.
 //!   Websockets over HTTP/2 (extended CONNECT, `allow_connect`) are converted to HTTP/1.1
-//!   upgrades as Envoy's codec does ([`upgrade`]); an upgrade always goes upstream as
-//!   HTTP/1.1, where Envoy would send an extended CONNECT to an HTTP/2 cluster.
+//!   upgrades as Envoy's codec does ([`upgrade`]); to an HTTP/2 cluster an upgrade goes as
+//!   an extended CONNECT, also as Envoy.
 //! - `Upgrade: h2c` is not honoured, as in Envoy: the request is served as HTTP/1.1 without
 //!   its upgrade headers.
 //! - Not yet: inline route configs are not checked against known clusters (`validate_clusters`; Envoy rejects an

@@ -844,8 +844,8 @@ async fn forward(
             (None, Some(b)) => b,
             (None, None) => ProxyBody::empty(),
         };
-        // Upgrades go upstream as HTTP/1.1 `Upgrade` on a connection of their own, whatever
-        // the cluster's protocol (Envoy would use extended CONNECT to an HTTP/2 upstream).
+        // Upgrades are built in the HTTP/1.1 form whatever the cluster's protocol; for an
+        // HTTP/2 cluster, `send_upgrade` makes an extended CONNECT of it.
         let h2_upstream = cluster.http2 && !is_upgrade;
         let mut head = http::request::Builder::new()
             .method(parts.method.clone())
@@ -1103,17 +1103,17 @@ async fn send_upgrade(
             return Err(AttemptError::ConnectFailure);
         }
     };
-    let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
-        .handshake::<_, ProxyBody>(WorkerIo::new(io))
-        .await
-        .map_err(|_| AttemptError::ConnectFailure)?;
-    rt::spawn(async move {
-        if let Err(e) = conn.with_upgrades().await {
-            tracing::debug!(error = %e, "upstream upgrade connection closed");
-        }
-    });
-    let mut resp = match sender.send_request(req).await {
+    let sent = if cluster.http2 {
+        upgrade::send_extended_connect(io, req).await
+    } else {
+        send_h1_upgrade(io, req).await
+    };
+    let mut resp = match sent {
         Ok(r) => r,
+        Err(e @ upgrade::UpgradeSendError::Handshake(_)) => {
+            tracing::debug!(error = %e, "upstream upgrade connection failed");
+            return Err(AttemptError::ConnectFailure);
+        }
         Err(e) => {
             tracing::debug!(error = %e, "upstream reset before the upgrade response");
             return Err(AttemptError::Reset);
@@ -1142,6 +1142,26 @@ async fn send_upgrade(
     let (mut parts, body) = resp.into_parts();
     strip_response_hop_by_hop(&mut parts.headers, parts.status);
     Ok(Response::from_parts(parts, ProxyBody::stream(body, None)))
+}
+
+/// Sends an upgrade request to an HTTP/1.1 upstream on `io` of its own.
+async fn send_h1_upgrade(
+    io: rt::TcpIo,
+    req: Request<ProxyBody>,
+) -> Result<Response<hyper::body::Incoming>, upgrade::UpgradeSendError> {
+    let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
+        .handshake::<_, ProxyBody>(WorkerIo::new(io))
+        .await
+        .map_err(upgrade::UpgradeSendError::Handshake)?;
+    rt::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(error = %e, "upstream upgrade connection closed");
+        }
+    });
+    sender
+        .send_request(req)
+        .await
+        .map_err(upgrade::UpgradeSendError::Reset)
 }
 
 async fn send_once(

@@ -8,7 +8,8 @@
 //! does, the connection manager turns the latter into the HTTP/1.1 form (`GET` with
 //! `upgrade: <protocol>`) on the way in ([`h2_to_h1_request`]) and the upstream's `101`
 //! into a `200` on the way out ([`h1_to_h2_response`]); the tunnel is then the HTTP/2
-//! stream.
+//! stream. Upstream, the request goes as it is to an HTTP/1.1 cluster and as an extended
+//! CONNECT to an HTTP/2 one ([`send_extended_connect`]).
 
 use std::future::Future;
 use std::io;
@@ -103,6 +104,79 @@ pub fn h1_to_h2_response(resp: &mut Response<ProxyBody>) {
     resp.headers_mut().remove(header::CONNECTION);
     resp.headers_mut().remove(header::CONTENT_LENGTH);
     *resp.body_mut() = ProxyBody::empty();
+}
+
+/// Why an upgrade request got no response from its upstream.
+#[derive(Debug, thiserror::Error)]
+pub enum UpgradeSendError {
+    /// The HTTP/2 handshake failed.
+    #[error("HTTP/2 handshake: {0}")]
+    Handshake(hyper::Error),
+    /// The request has no `Host` or `Upgrade` to make the extended CONNECT of.
+    #[error("upgrade request without {0}")]
+    Request(&'static str),
+    /// The stream was refused or reset before a response.
+    #[error("upstream reset: {0}")]
+    Reset(hyper::Error),
+}
+
+/// Sends an upgrade request (HTTP/1.1 form: `Upgrade`, `Host`, origin-form target) to an
+/// HTTP/2 upstream as an extended CONNECT, on `io` of its own, as Envoy's HTTP/2 upstream
+/// codec does: `:protocol` from `Upgrade`, `:authority` from `Host`. The `2xx` that opens
+/// the stream comes back as the `101` (with `upgrade` and `connection`) the rest of the
+/// upgrade path expects; any other response as it is.
+pub async fn send_extended_connect(
+    io: rt::TcpIo,
+    req: Request<ProxyBody>,
+) -> Result<Response<hyper::body::Incoming>, UpgradeSendError> {
+    let (mut parts, _) = req.into_parts();
+    let protocol = parts
+        .headers
+        .remove(header::UPGRADE)
+        .ok_or(UpgradeSendError::Request("Upgrade"))?;
+    let host = parts
+        .headers
+        .remove(header::HOST)
+        .ok_or(UpgradeSendError::Request("Host"))?;
+    parts.headers.remove(header::CONNECTION);
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or("/", http::uri::PathAndQuery::as_str);
+    parts.uri = http::Uri::builder()
+        .scheme("http")
+        .authority(host.as_bytes())
+        .path_and_query(path)
+        .build()
+        .map_err(|_| UpgradeSendError::Request("a valid Host"))?;
+    parts.method = Method::CONNECT;
+    parts.version = http::Version::HTTP_2;
+    let name = protocol
+        .to_str()
+        .map_err(|_| UpgradeSendError::Request("a valid Upgrade"))?;
+    parts.extensions.insert(hyper::ext::Protocol::from(name));
+    let (mut sender, conn) = hyper::client::conn::http2::Builder::new(rt::LocalExec)
+        .timer(rt::RtTimer)
+        .handshake::<_, ProxyBody>(io)
+        .await
+        .map_err(UpgradeSendError::Handshake)?;
+    // Runs until the tunnel's stream (its only one) is over.
+    rt::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "upstream extended CONNECT connection closed");
+        }
+    });
+    let mut resp = sender
+        .send_request(Request::from_parts(parts, ProxyBody::empty()))
+        .await
+        .map_err(UpgradeSendError::Reset)?;
+    if resp.status().is_success() {
+        *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        resp.headers_mut().insert(header::UPGRADE, protocol);
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+    Ok(resp)
 }
 
 /// An I/O object of this worker made `Send` for hyper's upgrade machinery, which boxes

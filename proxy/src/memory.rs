@@ -1,5 +1,6 @@
 //! Keeping configuration memory small: messages kept encoded ([`Encoded`]), and freed heap
-//! given back to the operating system after a large configuration update.
+//! given back to the operating system after a large configuration update and when a
+//! drained listener's connections have closed.
 //!
 //! Decoding a response with thousands of resources allocates tens of megabytes that are
 //! freed once the update is applied. glibc keeps freed memory inside its heap, so without

@@ -463,6 +463,9 @@ impl ListenerManager {
                 }
             })
             .await;
+            // The drained connections' buffers and the old listeners' state were freed on
+            // the workers; give those pages back instead of keeping them in the arenas.
+            crate::memory::release_free_heap();
             let left = draining.fetch_sub(1, std::sync::atomic::Ordering::Relaxed) - 1;
             gauge.set(left);
         });

@@ -16,45 +16,27 @@ use http_support::*;
 
 /// An HTTP/2 (h2c) upstream answering `h2up <method> <path>` with a `grpc-status` trailer.
 fn start_h2_upstream() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    listener.set_nonblocking(true).expect("nonblocking");
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
-            loop {
-                let Ok((s, _)) = listener.accept().await else {
-                    continue;
-                };
-                tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(|req: Request<Incoming>| async move {
-                        let body = format!(
-                            "h2up {} {} {:?}",
-                            req.method(),
-                            req.uri().path(),
-                            req.version()
-                        );
-                        let mut trailers = HeaderMap::new();
-                        trailers.insert("grpc-status", HeaderValue::from_static("0"));
-                        let body = Full::new(Bytes::from(body))
-                            .with_trailers(async move { Some(Ok::<_, Infallible>(trailers)) });
-                        let mut resp = Response::new(body);
-                        resp.headers_mut()
-                            .insert("x-upstream", HeaderValue::from_static("h2up"));
-                        Ok::<_, Infallible>(resp)
-                    });
-                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(s), svc)
-                        .await;
-                });
-            }
+    spawn_tokio_server(|s| async move {
+        let svc = hyper::service::service_fn(|req: Request<Incoming>| async move {
+            let body = format!(
+                "h2up {} {} {:?}",
+                req.method(),
+                req.uri().path(),
+                req.version()
+            );
+            let mut trailers = HeaderMap::new();
+            trailers.insert("grpc-status", HeaderValue::from_static("0"));
+            let body = Full::new(Bytes::from(body))
+                .with_trailers(async move { Some(Ok::<_, Infallible>(trailers)) });
+            let mut resp = Response::new(body);
+            resp.headers_mut()
+                .insert("x-upstream", HeaderValue::from_static("h2up"));
+            Ok::<_, Infallible>(resp)
         });
-    });
-    addr
+        let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .serve_connection(TokioIo::new(s), svc)
+            .await;
+    })
 }
 
 const ROUTES: &str = r#"            name: local

@@ -69,50 +69,38 @@ fn start_ws_echo() -> SocketAddr {
 /// echoing the stream's bytes until the client ends its side, and ending with "bye"; any
 /// other request gets `400`.
 fn start_h2_ws_echo() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    listener.set_nonblocking(true).expect("nonblocking");
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
-            while let Ok((s, _)) = listener.accept().await {
-                let svc = hyper::service::service_fn(|mut req: Request<hyper::body::Incoming>| {
-                    let extended_connect = req.method() == Method::CONNECT
-                        && req.extensions().get::<hyper::ext::Protocol>().is_some();
-                    let upgrade = hyper::upgrade::on(&mut req);
-                    async move {
-                        if !extended_connect {
-                            let refused = http::Response::builder().status(400);
-                            return refused.body(Empty::<Bytes>::new());
-                        };
-                        tokio::spawn(async move {
-                            let Ok(upgraded) = upgrade.await else { return };
-                            let (mut r, mut w) = tokio::io::split(TokioIo::new(upgraded));
-                            let _ = tokio::io::copy(&mut r, &mut w).await;
-                            let _ = w.write_all(b"bye").await;
-                            let _ = w.shutdown().await;
-                        });
-                        http::Response::builder()
-                            .status(200)
-                            .header("x-upstream", "h2ws")
-                            .body(Empty::<Bytes>::new())
-                    }
-                });
+    spawn_tokio_server(|s| async move {
+        let svc = hyper::service::service_fn(|mut req: Request<hyper::body::Incoming>| {
+            let extended_connect = req.method() == Method::CONNECT
+                && req.extensions().get::<hyper::ext::Protocol>().is_some();
+            let upgrade = hyper::upgrade::on(&mut req);
+            async move {
+                if !extended_connect {
+                    let refused = http::Response::builder().status(400);
+                    return refused.body(Empty::<Bytes>::new());
+                }
                 tokio::spawn(async move {
-                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                        .enable_connect_protocol()
-                        .serve_connection(TokioIo::new(s), svc)
-                        .await;
+                    let Ok(upgraded) = upgrade.await else { return };
+                    let (mut r, mut w) = tokio::io::split(TokioIo::new(upgraded));
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                    let _ = w.write_all(b"bye").await;
+                    let _ = w.shutdown().await;
                 });
+                http::Response::builder()
+                    .status(200)
+                    .header("x-upstream", "h2ws")
+                    .body(Empty::<Bytes>::new())
             }
         });
-    });
-    addr
+        let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .enable_connect_protocol()
+            .serve_connection(TokioIo::new(s), svc)
+            .await;
+    })
 }
+
+/// Connection manager fields: websocket upgrades, also over HTTP/2 (extended CONNECT).
+const HCM_H2_WEBSOCKET: &str = "          upgrade_configs: [ { upgrade_type: websocket } ]\n          http2_protocol_options: { allow_connect: true }\n";
 
 /// `typed_extension_protocol_options` making a cluster HTTP/2.
 const H2_CLUSTER: &str = "    typed_extension_protocol_options:\n      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n        explicit_http_config:\n          http2_protocol_options: { allow_connect: true }\n";
@@ -353,8 +341,7 @@ fn h2_websocket_exchange(
 #[test]
 fn websocket_over_http2_matches_envoy() {
     let ws = start_ws_echo();
-    let hcm = "          upgrade_configs: [ { upgrade_type: websocket } ]\n          http2_protocol_options: { allow_connect: true }\n";
-    let boot = bootstrap(ROUTES, hcm, &cluster("ws", &[ws], ""));
+    let boot = bootstrap(ROUTES, HCM_H2_WEBSOCKET, &cluster("ws", &[ws], ""));
     let courier = Courier::start(&boot);
     let (status, upstream, echoed, after) = h2_websocket_exchange(courier.listener, "/chat", true);
     assert_eq!(
@@ -386,21 +373,10 @@ fn websocket_over_http2_matches_envoy() {
 #[test]
 fn http2_websocket_not_switched_upstream_is_502() {
     let plain = Upstream::start("plain");
-    let routes = r#"            name: local
-            virtual_hosts:
-            - name: main
-              domains: ["*"]
-              routes:
-              - match: { prefix: "/ready" }
-                direct_response: { status: 200 }
-              - match: { prefix: "/" }
-                route: { cluster: plain }
-"#;
-    let hcm = "          upgrade_configs: [ { upgrade_type: websocket } ]\n          http2_protocol_options: { allow_connect: true }\n";
     let courier = Courier::start(&bootstrap(
-        routes,
-        hcm,
-        &cluster("plain", &[plain.addr], ""),
+        ROUTES,
+        HCM_H2_WEBSOCKET,
+        &cluster("ws", &[plain.addr], ""),
     ));
     let (status, upstream, _, _) = h2_websocket_exchange(courier.listener, "/chat", false);
     assert_eq!((status, upstream), (502, None));
@@ -415,8 +391,7 @@ fn http2_websocket_not_switched_upstream_is_502() {
 #[test]
 fn websocket_to_http2_cluster_is_extended_connect() {
     let up = start_h2_ws_echo();
-    let hcm = "          upgrade_configs: [ { upgrade_type: websocket } ]\n          http2_protocol_options: { allow_connect: true }\n";
-    let boot = bootstrap(ROUTES, hcm, &cluster("ws", &[up], H2_CLUSTER));
+    let boot = bootstrap(ROUTES, HCM_H2_WEBSOCKET, &cluster("ws", &[up], H2_CLUSTER));
     let courier = Courier::start(&boot);
     let (status, upgrade, echoed, after) = websocket_exchange(courier.listener, "/chat");
     assert_eq!(
@@ -458,8 +433,10 @@ fn websocket_to_http2_cluster_is_extended_connect() {
 #[test]
 fn http2_websocket_is_not_idle() {
     let ws = start_ws_echo();
-    let hcm = "          upgrade_configs: [ { upgrade_type: websocket } ]\n          http2_protocol_options: { allow_connect: true }\n          common_http_protocol_options: { idle_timeout: 0.3s }\n";
-    let courier = Courier::start(&bootstrap(ROUTES, hcm, &cluster("ws", &[ws], "")));
+    let hcm = format!(
+        "{HCM_H2_WEBSOCKET}          common_http_protocol_options: {{ idle_timeout: 0.3s }}\n"
+    );
+    let courier = Courier::start(&bootstrap(ROUTES, &hcm, &cluster("ws", &[ws], "")));
     let addr = courier.listener;
     block_on(async {
         let (mut send, _tunnel_closed) = h2_connect(addr).await;

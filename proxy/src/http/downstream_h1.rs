@@ -21,7 +21,8 @@ use bytes::{BufMut, BytesMut};
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, StatusCode, Uri, Version};
 
-use super::upstream_h1::{BodyDecoder, HeadSpans};
+use super::h1_head::{FramingFields, HeadSpans, SplitHead};
+use super::upstream_h1::BodyDecoder;
 
 /// Header fields parsed on the stack before falling back to the heap.
 const STACK_FIELDS: usize = 128;
@@ -125,15 +126,17 @@ pub fn parse_request_head(
     };
     let target = req.path.unwrap_or_default().as_bytes();
     let spans = HeadSpans::new(buf, req.headers, Some(target));
-    let (target, headers) = spans.split_off(buf, len, 8).map_err(CodecError::bad)?;
+    let SplitHead {
+        target,
+        headers,
+        framing,
+    } = spans
+        .split_off(buf, len, 8, false)
+        .map_err(CodecError::bad)?;
     let uri = Uri::from_maybe_shared(target).map_err(|_| CodecError::bad("invalid target"))?;
-    let body = body_framing(&headers, version)?;
-    let keep_alive = connection_keep_alive(&headers, version);
-    let expect_continue = body.is_some()
-        && version == Version::HTTP_11
-        && headers
-            .get(header::EXPECT)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let body = body_framing(&framing, version)?;
+    let keep_alive = framing.keeps_alive(version);
+    let expect_continue = body.is_some() && version == Version::HTTP_11 && framing.expect_continue;
     let mut parts = http::Request::new(()).into_parts().0;
     parts.method = method;
     parts.uri = uri;
@@ -163,17 +166,19 @@ fn names_other_version(buf: &[u8]) -> bool {
 }
 
 /// The request body's framing, as Envoy's codec accepts it.
-fn body_framing(headers: &HeaderMap, version: Version) -> Result<Option<BodyDecoder>, CodecError> {
-    let mut te = headers.get_all(header::TRANSFER_ENCODING).iter();
-    if let Some(first) = te.next() {
+fn body_framing(
+    fields: &FramingFields,
+    version: Version,
+) -> Result<Option<BodyDecoder>, CodecError> {
+    if let Some(te) = &fields.transfer_encoding {
         if version == Version::HTTP_10 {
             return Err(CodecError::bad("transfer-encoding in an HTTP/1.0 request"));
         }
         // Envoy (without `allow_chunked_length`) refuses the smuggling ambiguity outright.
-        if headers.contains_key(header::CONTENT_LENGTH) {
+        if fields.content_length_fields > 0 {
             return Err(CodecError::bad("both content-length and transfer-encoding"));
         }
-        if te.next().is_some() || !first.as_bytes().eq_ignore_ascii_case(b"chunked") {
+        if fields.transfer_encoding_fields > 1 || !te.as_bytes().eq_ignore_ascii_case(b"chunked") {
             return Err(CodecError {
                 status: StatusCode::NOT_IMPLEMENTED,
                 reason: "transfer-encoding other than chunked",
@@ -181,11 +186,10 @@ fn body_framing(headers: &HeaderMap, version: Version) -> Result<Option<BodyDeco
         }
         return Ok(Some(BodyDecoder::chunked()));
     }
-    let mut cl = headers.get_all(header::CONTENT_LENGTH).iter();
-    let Some(value) = cl.next() else {
+    let Some(value) = &fields.content_length else {
         return Ok(None);
     };
-    if cl.next().is_some() {
+    if fields.content_length_fields > 1 {
         return Err(CodecError::bad("repeated content-length"));
     }
     let digits = value.as_bytes();

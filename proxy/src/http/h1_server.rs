@@ -42,6 +42,7 @@ use super::downstream_h1::{
     connection_keep_alive, encode_response_head, parse_request_head, CodecError, ConnectionHeader,
     Limits, RequestHead, ResponseFraming,
 };
+use super::header_map_pool;
 use super::router::{self, ConnInfo};
 use super::upgrade::{tunnel_link, DownstreamUpgrade, TunnelEnd, TunnelLink};
 use super::upstream_h1::{recv_into, BodyDecoder, Decoded, H1Error};
@@ -548,6 +549,7 @@ impl H1Server {
             ConnectionHeader::Omit
         };
         self.out.push_head(&parts, framing, connection);
+        header_map_pool::recycle(parts.headers);
         self.phase = match framing {
             // The body's completion hooks (stats, access log) run as it is dropped.
             ResponseFraming::None => Phase::Flush,

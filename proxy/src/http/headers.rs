@@ -480,5 +480,52 @@ pub fn uuid4_value() -> HeaderValue {
         out[at + 1] = HEX[(b & 0xf) as usize];
         at += 2;
     }
-    HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static("-"))
+    arena_value(&out)
+}
+
+/// Bytes the value arena allocates at a time.
+const ARENA_CHUNK: usize = 4096;
+
+thread_local! {
+    /// Generated header values are cut from this buffer: a request id each request would
+    /// otherwise be an allocation of its own.
+    static VALUE_ARENA: std::cell::RefCell<bytes::BytesMut> =
+        std::cell::RefCell::new(bytes::BytesMut::new());
+}
+
+/// A header value holding `bytes`, cut from the worker's value arena: an allocation per
+/// few kilobytes of values rather than per value (a chunk is reused once all its values
+/// are dropped).
+fn arena_value(bytes: &[u8]) -> HeaderValue {
+    let shared = VALUE_ARENA.with_borrow_mut(|arena| {
+        if arena.capacity() - arena.len() < bytes.len() {
+            arena.reserve(ARENA_CHUNK.max(bytes.len()));
+        }
+        arena.extend_from_slice(bytes);
+        arena.split().freeze()
+    });
+    HeaderValue::from_maybe_shared(shared).unwrap_or_else(|_| HeaderValue::from_static("-"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arena_values_stay_intact_across_chunks() {
+        // Enough ids to span several arena chunks, all held at once.
+        let ids: Vec<HeaderValue> = (0..500).map(|_| uuid4_value()).collect();
+        let mut seen = std::collections::HashSet::new();
+        for id in &ids {
+            let s = id.to_str().unwrap_or_default();
+            assert_eq!(s.len(), 36, "{s}");
+            assert_eq!(s.matches('-').count(), 4, "{s}");
+            assert!(seen.insert(s.to_string()), "repeated id {s}");
+        }
+        drop(ids);
+        // A chunk whose values are all gone is reused.
+        let again = uuid4_value();
+        assert_eq!(again.len(), 36);
+        assert_eq!(arena_value(b"x").as_bytes(), b"x");
+    }
 }

@@ -5,6 +5,8 @@
 //! - [`h1_server`] and [`downstream_h1`]: Courier's own HTTP/1.1 server codec (the
 //!   connection's state machine, and the sans-I/O parser and encoder); HTTP/2 is hyper's
 //!   server, driven by the worker's runtime ([`crate::event::rt`]).
+//! - [`h1_head`]: a parsed HTTP/1.1 head made into a header map without copies, its framing
+//!   fields noted; [`header_map_pool`]: the worker's spare header maps, reused per message.
 //! - [`router`]: one request: sanitising, route selection, local replies, forwarding with
 //!   retries and timeouts.
 //! - [`pool`]: per-worker upstream connection pools and circuit breakers.
@@ -52,8 +54,10 @@ pub mod access_log;
 pub mod body;
 pub mod conn;
 pub mod downstream_h1;
+pub mod h1_head;
 pub mod h1_server;
 pub mod hcm;
+pub mod header_map_pool;
 pub mod headers;
 pub mod pool;
 pub mod route;

@@ -17,6 +17,7 @@ use hyper::body::Body as _;
 use super::access_log::LogEntry;
 use super::body::ProxyBody;
 use super::hcm::{HcmConfig, RouteSource, UnderscoreAction};
+use super::header_map_pool;
 use super::headers::{decimal_value, strip_hop_by_hop, strip_response_hop_by_hop, FormatContext};
 use super::pool::{self, PoolError, Sender};
 use super::route::{
@@ -1200,9 +1201,10 @@ async fn send_once(
                 let (parts, req_body) = req.into_parts();
                 let body = raw_body.clone().unwrap_or_default();
                 match c.send(&parts, &body, on_done).await {
-                    Ok((mut parts, body)) => {
-                        strip_response_hop_by_hop(&mut parts.headers, parts.status);
-                        return Ok(Response::from_parts(parts, ProxyBody::upstream(body)));
+                    // The upstream client leaves the response's hop-by-hop fields out.
+                    Ok((resp, body)) => {
+                        header_map_pool::recycle(parts.headers);
+                        return Ok(Response::from_parts(resp, ProxyBody::upstream(body)));
                     }
                     // The upstream closed the kept-alive connection as the request went
                     // out: an idempotent request goes again on another connection.

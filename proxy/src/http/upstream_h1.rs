@@ -14,9 +14,8 @@
 //! Anything else is a protocol error and the connection is dropped.
 
 use std::future::poll_fn;
-use std::io;
+use std::io::{self, Write as _};
 use std::mem::MaybeUninit;
-use std::ops::Range;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -25,6 +24,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Version};
 use hyper::body::Frame;
 
+use super::h1_head::{HeadSpans, SplitHead};
 use crate::event::rt::TcpIo;
 
 /// Largest response head (status line and headers) accepted: Envoy's default
@@ -66,6 +66,9 @@ impl H1Error {
 pub struct H1Connection {
     io: TcpIo,
     buf: BytesMut,
+    /// The request head being written: kept between requests so that encoding allocates
+    /// nothing.
+    head: Vec<u8>,
     _guard: Guard,
 }
 
@@ -106,6 +109,7 @@ impl H1Connection {
         H1Connection {
             io,
             buf: BytesMut::new(),
+            head: Vec::new(),
             _guard: guard,
         }
     }
@@ -156,8 +160,10 @@ impl H1Connection {
         body: &Bytes,
         on_done: OnDone,
     ) -> Result<(http::response::Parts, UpstreamBody), H1Error> {
-        let head = encode_request(parts, body.len());
+        let mut head = std::mem::take(&mut self.head);
+        encode_request(&mut head, parts, body.len());
         self.write_all(&head, body).await?;
+        self.head = head;
         let head_request = parts.method == Method::HEAD;
         loop {
             let head = poll_fn(|cx| self.poll_head(cx, head_request)).await?;
@@ -228,16 +234,23 @@ pub(crate) fn recv_into(
     }
 }
 
-/// The request head: request line, the headers as given, and the body's length.
-fn encode_request(parts: &http::request::Parts, body_len: usize) -> Vec<u8> {
-    let mut out = Vec::with_capacity(256);
+/// Writes the request head into `out` (emptied first): request line, the headers as given,
+/// and the body's length.
+fn encode_request(out: &mut Vec<u8>, parts: &http::request::Parts, body_len: usize) {
+    out.clear();
+    out.reserve(256);
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b' ');
     let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
+    let mut had_length = false;
     for (name, value) in &parts.headers {
-        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
+        if name == header::CONTENT_LENGTH {
+            had_length = true;
+            continue;
+        }
+        if name == header::TRANSFER_ENCODING {
             continue;
         }
         out.extend_from_slice(name.as_str().as_bytes());
@@ -247,16 +260,14 @@ fn encode_request(parts: &http::request::Parts, body_len: usize) -> Vec<u8> {
     }
     // A body is always sent with its length; an empty one is announced only where the
     // method implies a body (as hyper's client does).
-    let announce = body_len > 0
-        || parts.headers.contains_key(header::CONTENT_LENGTH)
-        || matches!(parts.method, Method::POST | Method::PUT | Method::PATCH);
-    if announce {
-        out.extend_from_slice(b"content-length: ");
-        out.extend_from_slice(body_len.to_string().as_bytes());
-        out.extend_from_slice(b"\r\n");
+    if body_len > 0
+        || had_length
+        || matches!(parts.method, Method::POST | Method::PUT | Method::PATCH)
+    {
+        // Writing to a `Vec` cannot fail.
+        let _ = write!(out, "content-length: {body_len}\r\n");
     }
     out.extend_from_slice(b"\r\n");
-    out
 }
 
 /// A response head, parsed.
@@ -270,7 +281,10 @@ pub struct ResponseHead {
 }
 
 /// Parses a response head off the front of `buf` once it is complete (`None` until then).
-/// `head_request`: the response answers a `HEAD` and has no body whatever it says.
+/// `head_request`: the response answers a `HEAD` and has no body whatever it says. The
+/// connection-level fields (`connection`, `keep-alive`, `proxy-connection`,
+/// `transfer-encoding`, `upgrade`) frame the response but are left out of its headers,
+/// as a proxy strips them; a `101` keeps them.
 pub fn parse_response_head(
     buf: &mut BytesMut,
     head_request: bool,
@@ -327,27 +341,21 @@ fn parse_head(
         Version::HTTP_11
     };
     let spans = HeadSpans::new(buf, resp.headers, None);
-    let (_, mut map) = spans.split_off(buf, len, 4).map_err(H1Error::Protocol)?;
-    let mut keep_alive = version == Version::HTTP_11;
-    for v in map.get_all(header::CONNECTION) {
-        for token in v.to_str().unwrap_or_default().split(',').map(str::trim) {
-            if token.eq_ignore_ascii_case("close") {
-                keep_alive = false;
-            } else if token.eq_ignore_ascii_case("keep-alive") {
-                keep_alive = true;
-            }
-        }
-    }
-    let te = map
-        .get_all(header::TRANSFER_ENCODING)
-        .iter()
-        .next_back()
-        .cloned();
-    let framing = match te {
+    let drop_hop_by_hop = status != StatusCode::SWITCHING_PROTOCOLS;
+    let SplitHead {
+        headers: mut map,
+        framing: fields,
+        ..
+    } = spans
+        .split_off(buf, len, 4, drop_hop_by_hop)
+        .map_err(H1Error::Protocol)?;
+    let mut keep_alive = fields.keeps_alive(version);
+    let framing = match &fields.transfer_encoding {
         Some(te) => {
             // RFC 9112 §6.3: Transfer-Encoding overrides a Content-Length, and a response
             // with both is a smuggling risk: the connection is not reused after it.
-            if map.remove(header::CONTENT_LENGTH).is_some() {
+            if fields.content_length_fields > 0 {
+                map.remove(header::CONTENT_LENGTH);
                 keep_alive = false;
             }
             let last = te.to_str().unwrap_or_default().rsplit(',').next();
@@ -357,7 +365,14 @@ fn parse_head(
                 Framing::UntilClose
             }
         }
-        None => match content_length(&map)? {
+        // One field (the usual case) needs no lookup.
+        None if fields.content_length_fields <= 1 => {
+            match content_length(fields.content_length.iter())? {
+                Some(n) => Framing::Length(n),
+                None => Framing::UntilClose,
+            }
+        }
+        None => match content_length(map.get_all(header::CONTENT_LENGTH).iter())? {
             Some(n) => Framing::Length(n),
             None => Framing::UntilClose,
         },
@@ -369,58 +384,13 @@ fn parse_head(
     Ok(Some((parts, framing, keep_alive)))
 }
 
-/// Where a parsed head's target and header fields lie in the read buffer: recorded as
-/// offsets so that, once the head is split off the buffer, the URI and the values share its
-/// bytes (no copy).
-pub(crate) struct HeadSpans {
-    target: Option<Range<usize>>,
-    fields: Vec<(Range<usize>, Range<usize>)>,
-}
-
-impl HeadSpans {
-    /// Records the spans of `headers` (and of the request target, if any) inside `buf`.
-    pub(crate) fn new(buf: &[u8], headers: &[httparse::Header<'_>], target: Option<&[u8]>) -> Self {
-        let base = buf.as_ptr() as usize;
-        let span = |s: &[u8]| {
-            let at = s.as_ptr() as usize - base;
-            at..at + s.len()
-        };
-        HeadSpans {
-            target: target.map(span),
-            fields: headers
-                .iter()
-                .map(|h| (span(h.name.as_bytes()), span(h.value)))
-                .collect(),
-        }
-    }
-
-    /// Splits the `len` bytes of the head off `buf`: the target's bytes (empty without
-    /// one) and the header map, with room for `room` more fields (what the proxy adds, so
-    /// that the map does not grow and rehash on the way).
-    pub(crate) fn split_off(
-        self,
-        buf: &mut BytesMut,
-        len: usize,
-        room: usize,
-    ) -> Result<(Bytes, HeaderMap), &'static str> {
-        let head = buf.split_to(len).freeze();
-        let mut map = HeaderMap::with_capacity(self.fields.len() + room);
-        for (name, value) in self.fields {
-            let name = HeaderName::from_bytes(&head[name]).map_err(|_| "invalid header name")?;
-            let value = HeaderValue::from_maybe_shared(head.slice(value))
-                .map_err(|_| "invalid header value")?;
-            map.append(name, value);
-        }
-        let target = self.target.map_or_else(Bytes::new, |t| head.slice(t));
-        Ok((target, map))
-    }
-}
-
-/// The response's `Content-Length`: every value (and every comma-separated element) must
-/// be the same decimal number.
-fn content_length(map: &HeaderMap) -> Result<Option<u64>, H1Error> {
+/// The response's `Content-Length` from its values: every value (and every comma-separated
+/// element) must be the same decimal number.
+fn content_length<'a>(
+    values: impl Iterator<Item = &'a HeaderValue>,
+) -> Result<Option<u64>, H1Error> {
     let mut found: Option<u64> = None;
-    for v in map.get_all(header::CONTENT_LENGTH) {
+    for v in values {
         for part in v.as_bytes().split(|b| *b == b',') {
             let digits = part.trim_ascii();
             if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) || digits.len() > 19 {
@@ -767,7 +737,9 @@ mod tests {
         req.headers_mut()
             .insert(header::CONTENT_LENGTH, HeaderValue::from_static("99"));
         let (parts, ()) = req.into_parts();
-        let text = String::from_utf8(encode_request(&parts, 3)).unwrap_or_default();
+        let mut out = Vec::new();
+        encode_request(&mut out, &parts, 3);
+        let text = String::from_utf8(out).unwrap_or_default();
         assert_eq!(
             text,
             "POST /p?q=1 HTTP/1.1\r\nhost: h\r\ncontent-length: 3\r\n\r\n"
@@ -775,7 +747,9 @@ mod tests {
         let mut get = http::Request::new(());
         *get.uri_mut() = "/".parse().unwrap_or_default();
         let (parts, ()) = get.into_parts();
-        let text = String::from_utf8(encode_request(&parts, 0)).unwrap_or_default();
+        let mut out = b"left over".to_vec();
+        encode_request(&mut out, &parts, 0);
+        let text = String::from_utf8(out).unwrap_or_default();
         assert_eq!(text, "GET / HTTP/1.1\r\n\r\n");
     }
 }

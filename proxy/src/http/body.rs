@@ -1,6 +1,7 @@
 //! The body type that flows through the proxy in both directions.
 
 use std::pin::Pin;
+use std::rc::Rc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -8,7 +9,9 @@ use hyper::body::Incoming;
 use hyper::body::{Body, Frame, SizeHint};
 
 use super::h1_server::DownstreamBody;
+use super::stream_idle::StreamIdle;
 use super::upstream_h1::UpstreamBody;
+use crate::event::rt::Sleep;
 
 /// Boxed body error.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -22,6 +25,16 @@ pub struct ProxyBody {
     kind: Kind,
     on_end: Option<OnEnd>,
     bytes: u64,
+    idle: Option<Box<IdleWatch>>,
+}
+
+/// A body's part in its stream's idle timeout ([`StreamIdle`]).
+struct IdleWatch {
+    stream: Rc<StreamIdle>,
+    /// A response body ends with an error once the stream is idle too long; a request
+    /// body only reports its frames (the request future enforces the timeout).
+    enforce: bool,
+    timer: Option<Sleep>,
 }
 
 enum Kind {
@@ -39,6 +52,7 @@ impl ProxyBody {
             kind: Kind::Empty,
             on_end: None,
             bytes: 0,
+            idle: None,
         }
     }
 
@@ -53,6 +67,7 @@ impl ProxyBody {
             },
             on_end: None,
             bytes: 0,
+            idle: None,
         }
     }
 
@@ -69,6 +84,7 @@ impl ProxyBody {
             kind: Kind::Stream(inner),
             on_end,
             bytes: 0,
+            idle: None,
         }
     }
 
@@ -79,6 +95,7 @@ impl ProxyBody {
             kind: Kind::Upstream(inner),
             on_end: None,
             bytes: 0,
+            idle: None,
         }
     }
 
@@ -89,6 +106,7 @@ impl ProxyBody {
             kind: Kind::Downstream(inner),
             on_end: None,
             bytes: 0,
+            idle: None,
         }
     }
 
@@ -101,6 +119,25 @@ impl ProxyBody {
                 f(ok, n)
             }),
         });
+    }
+
+    /// Reports this (request) body's frames and its end to the stream's idle timeout.
+    pub fn report_activity(&mut self, stream: Rc<StreamIdle>) {
+        self.idle = Some(Box::new(IdleWatch {
+            stream,
+            enforce: false,
+            timer: None,
+        }));
+    }
+
+    /// Ends this (response) body with an error when its stream stays idle past its
+    /// timeout; each frame restarts the timer.
+    pub fn enforce_idle_timeout(&mut self, stream: Rc<StreamIdle>) {
+        self.idle = Some(Box::new(IdleWatch {
+            stream,
+            enforce: true,
+            timer: None,
+        }));
     }
 
     /// The complete bytes of a `full` body (for replaying a request on retry).
@@ -145,18 +182,37 @@ impl Body for ProxyBody {
                 .map_err(|e| Box::new(e) as BoxError),
             Kind::Downstream(inner) => inner.poll_frame(cx).map_err(|e| Box::new(e) as BoxError),
         };
-        match &r {
+        let ended = match &r {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(d) = frame.data_ref() {
                     this.bytes += d.len() as u64;
                 }
-                if this.is_end_stream() {
-                    this.finish(true);
-                }
+                this.is_end_stream()
             }
-            Poll::Ready(Some(Err(_))) => this.finish(false),
-            Poll::Ready(None) => this.finish(true),
-            Poll::Pending => {}
+            Poll::Ready(Some(Err(_))) => {
+                this.finish(false);
+                false
+            }
+            Poll::Ready(None) => true,
+            Poll::Pending => false,
+        };
+        if let Some(w) = &mut this.idle {
+            match &r {
+                Poll::Ready(Some(Ok(_))) => w.stream.touch(),
+                Poll::Pending if w.enforce => {
+                    if w.stream.poll_expired(&mut w.timer, cx).is_ready() {
+                        this.finish(false);
+                        return Poll::Ready(Some(Err("stream idle timeout".into())));
+                    }
+                }
+                _ => {}
+            }
+            if ended && !w.enforce {
+                w.stream.request_ended();
+            }
+        }
+        if ended {
+            this.finish(true);
         }
         r
     }

@@ -202,22 +202,38 @@ fn body_framing(
     Ok((n > 0).then(|| BodyDecoder::with_length(n)))
 }
 
-/// Whether the `Connection` header (or the version's default) keeps the connection open; a
-/// `close` token always wins.
-pub fn connection_keep_alive(headers: &HeaderMap, version: Version) -> bool {
-    let mut keep_alive = version == Version::HTTP_11;
-    for v in headers.get_all(header::CONNECTION) {
-        for token in v.as_bytes().split(|b| *b == b',') {
-            let token = token.trim_ascii();
-            if token.eq_ignore_ascii_case(b"close") {
-                return false;
-            }
-            if token.eq_ignore_ascii_case(b"keep-alive") {
-                keep_alive = true;
-            }
+/// What a response's own fields say about its framing on the downstream connection.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ResponseFields {
+    /// Its `Content-Length`, when that is one valid number.
+    pub content_length: Option<u64>,
+    /// A `Connection` token is `close`.
+    pub close: bool,
+}
+
+/// Reads a response's framing fields in one pass over its headers (cheaper than a hashed
+/// lookup per name for the handful of fields a response has).
+pub fn response_fields(headers: &HeaderMap) -> ResponseFields {
+    let mut fields = ResponseFields::default();
+    let mut lengths = 0;
+    for (name, value) in headers {
+        if name == header::CONTENT_LENGTH {
+            lengths += 1;
+            fields.content_length = std::str::from_utf8(value.as_bytes())
+                .ok()
+                .and_then(|s| s.parse().ok());
+        } else if name == header::CONNECTION {
+            fields.close |= value
+                .as_bytes()
+                .split(|b| *b == b',')
+                .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close"));
         }
     }
-    keep_alive
+    if lengths > 1 {
+        // Repeated: the body's own length decides.
+        fields.content_length = None;
+    }
+    fields
 }
 
 /// How a response body is delimited on the wire.
@@ -268,6 +284,7 @@ pub fn encode_response_head(
     );
     out.put_slice(b"\r\n");
     let mut has_length = false;
+    let mut has_date = false;
     for (name, value) in &parts.headers {
         if (name == header::CONNECTION && connection != ConnectionHeader::AsGiven)
             || name == header::TRANSFER_ENCODING
@@ -275,9 +292,8 @@ pub fn encode_response_head(
         {
             continue;
         }
-        if name == header::CONTENT_LENGTH {
-            has_length = true;
-        }
+        has_length |= name == header::CONTENT_LENGTH;
+        has_date |= name == header::DATE;
         put_field(out, name.as_str().as_bytes(), value.as_bytes());
     }
     match framing {
@@ -291,7 +307,7 @@ pub fn encode_response_head(
         ResponseFraming::Chunked => put_field(out, b"transfer-encoding", b"chunked"),
         _ => {}
     }
-    if !parts.headers.contains_key(header::DATE) {
+    if !has_date {
         DATE.with_borrow_mut(|d| put_field(out, b"date", d.now()));
     }
     match connection {

@@ -32,14 +32,14 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures::channel::oneshot;
-use http::header::{self, HeaderMap};
+use http::header;
 use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::{Body as _, Frame};
 
 use super::body::ProxyBody;
 use super::conn::PrefixedIo;
 use super::downstream_h1::{
-    connection_keep_alive, encode_response_head, parse_request_head, CodecError, ConnectionHeader,
+    encode_response_head, parse_request_head, response_fields, CodecError, ConnectionHeader,
     Limits, RequestHead, ResponseFraming,
 };
 use super::header_map_pool;
@@ -517,10 +517,10 @@ impl H1Server {
             || status.is_informational()
             || status == StatusCode::NO_CONTENT
             || status == StatusCode::NOT_MODIFIED;
-        let declared = content_length(&parts.headers);
+        let fields = response_fields(&parts.headers);
         let framing = if no_body {
             ResponseFraming::None
-        } else if let Some(n) = declared {
+        } else if let Some(n) = fields.content_length {
             ResponseFraming::Length(n)
         } else if let Some(n) = body.size_hint().exact() {
             ResponseFraming::Length(n)
@@ -535,7 +535,7 @@ impl H1Server {
             || !self.t.borrow().body_done()
             || self.shutting_down
             || self.info.closing.get()
-            || !connection_keep_alive(&parts.headers, Version::HTTP_11)
+            || fields.close
         {
             ex.keep_alive = false;
         }
@@ -639,14 +639,6 @@ impl H1Server {
             }
         }
     }
-}
-
-/// A response's own `Content-Length`, when it is one valid number.
-fn content_length(headers: &HeaderMap) -> Option<u64> {
-    headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|s| s.parse().ok())
 }
 
 /// A local reply from the connection itself, with the connection manager's `server`.

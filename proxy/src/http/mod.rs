@@ -9,6 +9,8 @@
 //!   fields noted; [`header_map_pool`]: the worker's spare header maps, reused per message.
 //! - [`router`]: one request: sanitising, route selection, local replies, forwarding with
 //!   retries and timeouts.
+//! - [`stream_idle`]: the stream idle timeout (`stream_idle_timeout`, a route's
+//!   `idle_timeout`).
 //! - [`pool`]: per-worker upstream connection pools and circuit breakers.
 //! - [`upstream_h1`]: Courier's own HTTP/1.1 upstream client, driven by the request that
 //!   uses the connection (complete request bodies; streamed ones and upgrades use hyper's).
@@ -62,6 +64,7 @@ pub mod headers;
 pub mod pool;
 pub mod route;
 pub mod router;
+pub mod stream_idle;
 pub mod upgrade;
 pub mod upstream_h1;
 

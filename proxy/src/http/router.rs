@@ -23,6 +23,7 @@ use super::pool::{self, PoolError, Sender};
 use super::route::{
     Action, ClusterSpec, HostRewrite, Redirect, Route, RouteAction, RouteTable, VirtualHost,
 };
+use super::stream_idle::{StreamIdle, UntilIdle};
 use super::upgrade::{self, DownstreamUpgrade, WorkerIo};
 use super::upstream_h1::H1Connection;
 use crate::event::rt;
@@ -239,8 +240,29 @@ pub async fn serve(
     };
     let h2_upgrade = matches!(upgrade, Some(DownstreamUpgrade::Http2(_)));
     let deadline = cfg.request_timeout.map(|t| start + t);
-    let mut resp = match rt::timeout(deadline, process(&conn, req, upgrade, &mut outcome)).await {
-        Some(r) => r,
+    let idle = Rc::new(StreamIdle::new(
+        cfg.stream_idle_timeout,
+        req.body().is_end_stream(),
+        cfg.stats.downstream_rq_idle_timeout.clone(),
+        worker,
+    ));
+    let mut req = req;
+    if !req.body().is_end_stream() {
+        req.body_mut().report_activity(idle.clone());
+    }
+    let work = UntilIdle::new(process(&conn, req, upgrade, &mut outcome, &idle), &idle);
+    let mut resp = match rt::timeout(deadline, work).await {
+        Some(Some(r)) => r,
+        Some(None) => {
+            outcome.flags = "SI";
+            let status = if idle.request_complete() {
+                StatusCode::GATEWAY_TIMEOUT
+            } else {
+                // An HTTP/1.1 connection then closes: its request body was not read to the end.
+                StatusCode::REQUEST_TIMEOUT
+            };
+            local_reply(status, "stream timeout")
+        }
         None => {
             cfg.stats.downstream_rq_timeout.inc(worker);
             outcome.flags = "-";
@@ -310,6 +332,9 @@ pub async fn serve(
     };
     let mut body = body;
     body.on_end(Box::new(on_done));
+    if !body.is_end_stream() {
+        body.enforce_idle_timeout(idle);
+    }
     Ok(Response::from_parts(parts, body))
 }
 
@@ -358,6 +383,7 @@ async fn process(
     mut req: Request<ProxyBody>,
     mut downstream_upgrade: Option<DownstreamUpgrade>,
     outcome: &mut Outcome,
+    idle: &StreamIdle,
 ) -> Response<ProxyBody> {
     let cfg = &conn.config;
     let worker = conn.worker;
@@ -579,6 +605,9 @@ async fn process(
                 request: req_headers_for_cx.as_ref(),
             };
             let on_upgrade = upgrade.as_ref().and(downstream_upgrade.take());
+            if let Some(t) = action.idle_timeout {
+                idle.set_route_timeout(t);
+            }
             forward(
                 conn, req, &authority, &path, &table, vh, route, action, &fcx, on_upgrade, outcome,
             )

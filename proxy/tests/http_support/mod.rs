@@ -145,6 +145,7 @@ fn read_body(
 /// - `/status/<code>`: that status.
 /// - `/delay/<ms>`: 200 after a delay.
 /// - `/flaky/<n>`: 503 for the first `n` requests on this path, then 200.
+/// - `/stall/<ms>`: 200 announcing a 10-byte body, 3 bytes of it, the rest after a delay.
 /// - `/close`: closes the connection without a response.
 /// - anything else: 200 with body `<name> <method> <path>`.
 ///
@@ -249,6 +250,22 @@ fn serve_conn(
                 status = 503;
                 out_body = "flaky".into();
             }
+        } else if let Some(ms) = after("/stall/") {
+            let ms: u64 = ms
+                .split(['/', '?'])
+                .next()
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(0);
+            let head =
+                format!("HTTP/1.1 200 X\r\nx-upstream: {name}\r\ncontent-length: 10\r\n\r\nabc");
+            if w.write_all(head.as_bytes()).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(ms));
+            if w.write_all(b"defghij").is_err() {
+                return;
+            }
+            continue;
         } else if path.contains("/close") {
             return;
         } else if path.contains("/echo") {

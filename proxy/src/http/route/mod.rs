@@ -409,7 +409,8 @@ pub struct RouteAction {
     pub host_rewrite: HostRewrite,
     /// `timeout` (default 15 s; `None` when 0).
     pub timeout: Option<Duration>,
-    /// `idle_timeout`.
+    /// `idle_timeout`: replaces the connection manager's `stream_idle_timeout` for the
+    /// route's streams; zero disables it.
     pub idle_timeout: Option<Duration>,
     /// `retry_policy` (or the virtual host's).
     pub retry_policy: Option<Arc<RetryPolicy>>,
@@ -1245,8 +1246,7 @@ fn compile_route_action(
     };
     let timeout = duration_opt(a.timeout.as_ref(), &format!("{path}.timeout"))?
         .unwrap_or(Duration::from_secs(15));
-    let idle_timeout = duration_opt(a.idle_timeout.as_ref(), &format!("{path}.idle_timeout"))?
-        .filter(|d| !d.is_zero());
+    let idle_timeout = duration_opt(a.idle_timeout.as_ref(), &format!("{path}.idle_timeout"))?;
     let retry_policy = match &a.retry_policy {
         Some(p) => Some(Arc::new(RetryPolicy::compile(
             p,

@@ -1,0 +1,105 @@
+//! The stream idle timeout (`stream_idle_timeout`, a route's `idle_timeout`), on Courier and
+//! on a real Envoy with the same bootstrap: the same replies, the same resets, the same
+//! counter.
+
+mod http_support;
+
+use std::io::Read;
+use std::time::{Duration, Instant};
+
+use http_support::*;
+
+const ROUTES: &str = r#"            name: local
+            virtual_hosts:
+            - name: main
+              domains: ["*"]
+              routes:
+              - match: { prefix: "/route-idle" }
+                route: { cluster: a, timeout: 0s, idle_timeout: 0.2s }
+              - match: { prefix: "/no-idle" }
+                route: { cluster: a, timeout: 0s, idle_timeout: 0s }
+              - match: { prefix: "/" }
+                route: { cluster: a, timeout: 0s }
+"#;
+
+const HCM: &str = "          stream_idle_timeout: 0.4s\n";
+
+/// Runs every case against one proxy; returns what it saw, for comparing proxies.
+fn run_cases(p: &Courier) -> Vec<String> {
+    let mut seen = Vec::new();
+    // Upstream silent past the connection manager's timeout: 504 "stream timeout".
+    let started = Instant::now();
+    let r = get(p.listener, "h", "/slow/delay/1500", &[]);
+    assert!(
+        started.elapsed() < Duration::from_millis(1400),
+        "timed out late"
+    );
+    seen.push(format!("silent upstream: {} {}", r.status, r.body_str()));
+    // The route's idle_timeout replaces it (shorter here)…
+    let started = Instant::now();
+    let r = get(p.listener, "h", "/route-idle/delay/1000", &[]);
+    assert!(
+        started.elapsed() < Duration::from_millis(380),
+        "route timeout not used"
+    );
+    seen.push(format!("route idle timeout: {} {}", r.status, r.body_str()));
+    // …and zero disables it.
+    let r = get(p.listener, "h", "/no-idle/delay/700", &[]);
+    seen.push(format!("route disables it: {} {}", r.status, r.body_str()));
+    // A request body that stops arriving: 408, and the connection closes.
+    let mut c = Client::connect(p.listener);
+    c.send_raw(b"POST /slow/echo HTTP/1.1\r\nhost: h\r\ncontent-length: 10\r\n\r\nabc");
+    let r = c.read().expect("a reply to the stalled request");
+    seen.push(format!(
+        "stalled request body: {} {} closed={}",
+        r.status,
+        r.body_str(),
+        c.closed()
+    ));
+    // A response body that stalls after its head: the connection is closed mid-body (Envoy
+    // closes a second later than Courier: its delayed close).
+    let mut c = Client::connect(p.listener);
+    c.send_raw(b"GET /stall/3000 HTTP/1.1\r\nhost: h\r\n\r\n");
+    let started = Instant::now();
+    let mut got = Vec::new();
+    let _ = c.reader.read_to_end(&mut got);
+    assert!(
+        started.elapsed() < Duration::from_millis(2500),
+        "closed late"
+    );
+    let text = String::from_utf8_lossy(&got);
+    seen.push(format!(
+        "stalled response body: starts 200={} ends with the 3 bytes={}",
+        text.starts_with("HTTP/1.1 200"),
+        text.ends_with("\r\n\r\nabc")
+    ));
+    seen.push(format!(
+        "downstream_rq_idle_timeout={}",
+        p.wait_stat("http.ingress.downstream_rq_idle_timeout", 4)
+    ));
+    seen
+}
+
+#[test]
+fn stream_idle_timeouts_match_envoy() {
+    let a = Upstream::start("a");
+    let boot = bootstrap(ROUTES, HCM, &cluster("a", &[a.addr], ""));
+    let courier = Courier::start(&boot);
+    let got = run_cases(&courier);
+    assert_eq!(
+        got,
+        [
+            "silent upstream: 504 stream timeout",
+            "route idle timeout: 504 stream timeout",
+            "route disables it: 200 a GET /no-idle/delay/700",
+            "stalled request body: 408 stream timeout closed=true",
+            "stalled response body: starts 200=true ends with the 3 bytes=true",
+            "downstream_rq_idle_timeout=4",
+        ]
+    );
+    let Some(envoy) = Courier::start_envoy(&boot) else {
+        eprintln!("envoy not on PATH: skipping the stream idle timeout differential");
+        return;
+    };
+    assert_eq!(run_cases(&envoy), got, "envoy vs courier");
+}

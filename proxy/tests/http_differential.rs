@@ -85,6 +85,8 @@ const ROUTES: &str = r#"            name: local
                 redirect: { https_redirect: true }
               - match: { prefix: "/prefix-redirect/" }
                 redirect: { prefix_rewrite: "/landed/", response_code: TEMPORARY_REDIRECT }
+              - match: { prefix: "/path-redirect" }
+                redirect: { path_redirect: "/moved" }
               - match: { prefix: "/strip-query" }
                 redirect: { path_redirect: "/clean", strip_query: true }
               - match: { prefix: "/weighted" }
@@ -207,6 +209,13 @@ fn cases() -> Vec<Case> {
     v.push(with("/cluster-header", vec![("x-cluster", "b")]));
     v.push(with("/cluster-header", vec![("x-cluster", "unknown")]));
     v.push(with("/hdrs", vec![("x-remove-me", "1")]));
+    // Redirects keep the request's scheme (x-forwarded-proto) and port.
+    v.push(with("/redirect", vec![("x-forwarded-proto", "https")]));
+    v.push(Case {
+        headers: vec![("x-forwarded-proto", "https")],
+        ..case("h:8443", "/path-redirect?q=1")
+    });
+    v.push(case("h:8080", "/path-redirect"));
     // h2c upgrade: served as plain HTTP/1.1, the upgrade headers not forwarded.
     v.push(with(
         "/a/h2c",
@@ -226,6 +235,8 @@ fn cases() -> Vec<Case> {
             ("sec-websocket-version", "13"),
         ],
     ));
+    // `Upgrade` without `connection: upgrade` is no upgrade: served, the field dropped.
+    v.push(with("/a/stray-upgrade", vec![("upgrade", "websocket")]));
     v.push(Case {
         method: "POST",
         body: b"posted body",
@@ -469,6 +480,7 @@ fn codec_cases() -> Vec<(&'static str, Vec<u8>)> {
         ("CONNECT", b"CONNECT h:80 HTTP/1.1\r\nhost: h:80\r\n\r\n"),
         ("OPTIONS *", b"OPTIONS * HTTP/1.1\r\nhost: h\r\n\r\n"),
         ("connection close", b"GET /direct HTTP/1.1\r\nhost: h\r\nconnection: close\r\n\r\n"),
+        ("refused upgrade", b"GET /a/ws HTTP/1.1\r\nhost: h\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n"),
     ];
     let mut cases: Vec<(&'static str, Vec<u8>)> =
         raw.iter().map(|(n, r)| (*n, r.to_vec())).collect();
@@ -477,14 +489,14 @@ fn codec_cases() -> Vec<(&'static str, Vec<u8>)> {
     cases
 }
 
-/// Status, body, and whether the reply announced `connection: close`.
-fn codec_observe(addr: SocketAddr, raw: &[u8]) -> Option<(u16, String, bool)> {
+/// Status line version, status, body, and whether the reply announced `connection: close`.
+fn codec_observe(addr: SocketAddr, raw: &[u8]) -> Option<(String, u16, String, bool)> {
     let mut client = Client::connect(addr);
     client.send_raw(raw);
     let head = raw.starts_with(b"HEAD ");
     let r = read_response(&mut client.reader, head)?;
     let close = r.header("connection") == Some("close");
-    Some((r.status, r.body_str(), close))
+    Some((r.version.clone(), r.status, r.body_str(), close))
 }
 
 #[test]
@@ -500,7 +512,7 @@ fn codec_replies_match_envoy() {
         let o = codec_observe(courier.listener, &raw);
         if CODEC_DIFFERENCES.iter().any(|(n, _)| *n == name) {
             // Still checked: Courier's side of a documented difference.
-            assert_eq!(o.as_ref().map(|o| o.0), Some(400), "{name}: {o:?}");
+            assert_eq!(o.as_ref().map(|o| o.1), Some(400), "{name}: {o:?}");
             continue;
         }
         compared += 1;
@@ -517,4 +529,91 @@ fn codec_replies_match_envoy() {
     );
     // The worker still serves everyone after all that.
     assert_eq!(get(courier.listener, "h", "/direct", &[]).status, 418);
+}
+
+/// With `accept_http_10`, HTTP/1.0 clients get `HTTP/1.0` status lines (local and proxied
+/// replies alike), as from Envoy.
+#[test]
+fn http_10_replies_match_envoy() {
+    let a = Upstream::start("a");
+    let hcm = "          http_protocol_options: { accept_http_10: true }\n";
+    // The route table names b and dead too; Envoy refuses unknown clusters.
+    let clusters = format!(
+        "{}{}{}",
+        cluster("a", &[a.addr], ""),
+        cluster("b", &[a.addr], ""),
+        cluster("dead", &[a.addr], "")
+    );
+    let boot = bootstrap(ROUTES, hcm, &clusters);
+    let courier = Courier::start(&boot);
+    let raw: &[&[u8]] = &[
+        b"GET /a/x HTTP/1.0\r\nhost: h\r\n\r\n",
+        b"GET /a/x HTTP/1.0\r\nhost: h\r\nconnection: keep-alive\r\n\r\n",
+        b"GET /direct HTTP/1.0\r\nhost: h\r\n\r\n",
+        b"GET /nothing-matches HTTP/1.0\r\nhost: h\r\n\r\n",
+    ];
+    let got: Vec<_> = raw
+        .iter()
+        .map(|r| codec_observe(courier.listener, r))
+        .collect();
+    assert!(
+        got.iter()
+            .all(|o| o.as_ref().is_some_and(|o| o.0 == "HTTP/1.0")),
+        "{got:?}"
+    );
+    let Some(envoy) = Courier::start_envoy(&boot) else {
+        eprintln!("envoy not on PATH: skipping the HTTP/1.0 differential");
+        return;
+    };
+    let want: Vec<_> = raw
+        .iter()
+        .map(|r| codec_observe(envoy.listener, r))
+        .collect();
+    assert_eq!(got, want, "courier vs envoy");
+}
+
+/// `via`: appended to the request's own (one field) and added to every response, proxied
+/// or local, as Envoy does.
+#[test]
+fn via_matches_envoy() {
+    let a = Upstream::start("a");
+    let hcm = "          via: my-via\n";
+    let clusters = format!(
+        "{}{}{}",
+        cluster("a", &[a.addr], ""),
+        cluster("b", &[a.addr], ""),
+        cluster("dead", &[a.addr], "")
+    );
+    let boot = bootstrap(ROUTES, hcm, &clusters);
+    let observe = |p: &Courier| {
+        let r = get(p.listener, "h", "/a/via", &[("via", "1.0 foo")]);
+        let up = a.last().expect("the upstream saw the request");
+        let up_via: Vec<String> = up
+            .headers
+            .iter()
+            .filter(|(k, _)| k == "via")
+            .map(|(_, v)| v.clone())
+            .collect();
+        let direct = get(p.listener, "h", "/direct", &[]);
+        (
+            up_via,
+            r.header("via").map(str::to_string),
+            direct.header("via").map(str::to_string),
+        )
+    };
+    let courier = Courier::start(&boot);
+    let got = observe(&courier);
+    assert_eq!(
+        got,
+        (
+            vec!["1.0 foo, my-via".to_string()],
+            Some("my-via".to_string()),
+            Some("my-via".to_string())
+        )
+    );
+    let Some(envoy) = Courier::start_envoy(&boot) else {
+        eprintln!("envoy not on PATH: skipping the via differential");
+        return;
+    };
+    assert_eq!(observe(&envoy), got, "courier vs envoy");
 }

@@ -136,3 +136,39 @@ fn http2_downstream_and_upstream_with_trailers() {
         "one multiplexed upstream connection"
     );
 }
+
+/// Cookies an HTTP/2 client split into several fields reach an HTTP/1.1 upstream as one
+/// `cookie` line (RFC 9113 §8.2.3), as Envoy's codec joins them.
+#[test]
+fn http2_split_cookies_are_joined_for_http1_upstreams() {
+    let (c, a) = setup();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(c.listener)
+            .await
+            .expect("connect");
+        let (mut sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+                .await
+                .expect("h2 handshake");
+        tokio::spawn(conn);
+        let req = Request::get("http://example.com/cookies")
+            .header("cookie", "a=1")
+            .header("cookie", "b=2")
+            .body(http_body_util::Empty::<Bytes>::new())
+            .expect("request");
+        let resp = sender.send_request(req).await.expect("response");
+        assert_eq!(resp.status(), 200);
+    });
+    let seen = a.last().expect("the upstream saw the request");
+    let cookies: Vec<&str> = seen
+        .headers
+        .iter()
+        .filter(|(k, _)| k == "cookie")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    assert_eq!(cookies, ["a=1; b=2"]);
+}

@@ -49,6 +49,7 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for HcmServic
 
     fn call(&self, mut req: http::Request<hyper::body::Incoming>) -> Self::Future {
         let upgrade = upgrade::h2_to_h1_request(&mut req);
+        super::headers::join_cookies(req.headers_mut());
         Box::pin(router::serve(
             self.conn.clone(),
             req.map(|b| ProxyBody::stream(b, None)),

@@ -262,7 +262,8 @@ pub enum ConnectionHeader {
     AsGiven,
 }
 
-/// Encodes a response head: status line, the response's fields except the hop-by-hop ones
+/// Encodes a response head: status line (`HTTP/1.0` when `parts.version` says so, else
+/// `HTTP/1.1`), the response's fields except the hop-by-hop ones
 /// the connection decides (`connection`, `keep-alive`, `transfer-encoding`), the framing,
 /// and `date` when the response has none.
 pub fn encode_response_head(
@@ -272,7 +273,11 @@ pub fn encode_response_head(
     connection: ConnectionHeader,
 ) {
     out.reserve(256);
-    out.put_slice(b"HTTP/1.1 ");
+    out.put_slice(if parts.version == Version::HTTP_10 {
+        b"HTTP/1.0 "
+    } else {
+        b"HTTP/1.1 "
+    });
     out.put_slice(parts.status.as_str().as_bytes());
     out.put_u8(b' ');
     out.put_slice(

@@ -44,7 +44,7 @@ use super::downstream_h1::{
 };
 use super::header_map_pool;
 use super::router::{self, ConnInfo};
-use super::upgrade::{tunnel_link, DownstreamUpgrade, TunnelEnd, TunnelLink};
+use super::upgrade::{is_upgrade, tunnel_link, DownstreamUpgrade, TunnelEnd, TunnelLink};
 use super::upstream_h1::{recv_into, BodyDecoder, Decoded, H1Error};
 use crate::event::rt::{Sleep, TcpIo};
 
@@ -481,7 +481,7 @@ impl H1Server {
                 ProxyBody::downstream(DownstreamBody { t: self.t.clone() })
             }
         };
-        let upgrade = parts.headers.contains_key(header::UPGRADE).then(|| {
+        let upgrade = is_upgrade(&parts.headers).then(|| {
             let (tx, rx) = oneshot::channel();
             self.exchange.upgrade = Some(tx);
             DownstreamUpgrade::Http1(rx)
@@ -547,6 +547,12 @@ impl H1Server {
             ConnectionHeader::KeepAlive
         } else {
             ConnectionHeader::Omit
+        };
+        // The status line carries the client's version, as Envoy's does.
+        parts.version = if ex.http10 {
+            Version::HTTP_10
+        } else {
+            Version::HTTP_11
         };
         self.out.push_head(&parts, framing, connection);
         header_map_pool::recycle(parts.headers);

@@ -464,6 +464,23 @@ pub fn decimal_value(n: u64) -> HeaderValue {
     HeaderValue::from_static(table[n as usize])
 }
 
+/// Joins the `cookie` fields an HTTP/2 client split (RFC 9113 §8.2.3) into one, with `; `,
+/// as Envoy's codec does: an HTTP/1.1 upstream may read only one `Cookie` line.
+pub fn join_cookies(headers: &mut HeaderMap) {
+    let mut values = headers.get_all(http::header::COOKIE).iter();
+    let (Some(first), Some(_)) = (values.next(), values.next()) else {
+        return;
+    };
+    let mut joined = first.as_bytes().to_vec();
+    for v in headers.get_all(http::header::COOKIE).iter().skip(1) {
+        joined.extend_from_slice(b"; ");
+        joined.extend_from_slice(v.as_bytes());
+    }
+    if let Ok(v) = HeaderValue::from_bytes(&joined) {
+        headers.insert(http::header::COOKIE, v);
+    }
+}
+
 /// A random (version 4) UUID, as Envoy generates for `x-request-id`.
 pub fn uuid4_value() -> HeaderValue {
     const HEX: &[u8; 16] = b"0123456789abcdef";
@@ -510,6 +527,19 @@ fn arena_value(bytes: &[u8]) -> HeaderValue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn split_cookies_are_joined() {
+        let mut h = HeaderMap::new();
+        h.append(http::header::COOKIE, HeaderValue::from_static("a=1"));
+        join_cookies(&mut h);
+        assert_eq!(h.get_all(http::header::COOKIE).iter().count(), 1);
+        h.append(http::header::COOKIE, HeaderValue::from_static("b=2"));
+        h.append(http::header::COOKIE, HeaderValue::from_static("c=3"));
+        join_cookies(&mut h);
+        let all: Vec<_> = h.get_all(http::header::COOKIE).iter().collect();
+        assert_eq!(all, ["a=1; b=2; c=3"]);
+    }
 
     #[test]
     fn arena_values_stay_intact_across_chunks() {

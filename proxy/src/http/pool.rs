@@ -49,6 +49,8 @@ pub struct ClusterHttpStats {
     pub rq_pending_active: Arc<Gauge>,
     /// `upstream_rq_rx_reset`.
     pub rq_rx_reset: Arc<Counter>,
+    /// `upstream_cx_protocol_error`.
+    pub cx_protocol_error: Arc<Counter>,
     /// `upstream_cx_http1_total`.
     pub cx_http1_total: Arc<Counter>,
     /// `upstream_cx_http2_total`.
@@ -85,6 +87,7 @@ impl ClusterHttpStats {
             rq_pending_total: c("upstream_rq_pending_total"),
             rq_pending_active: g("upstream_rq_pending_active"),
             rq_rx_reset: c("upstream_rq_rx_reset"),
+            cx_protocol_error: c("upstream_cx_protocol_error"),
             cx_http1_total: c("upstream_cx_http1_total"),
             cx_http2_total: c("upstream_cx_http2_total"),
             rq_time: store.histogram(&format!("cluster.{name}.upstream_rq_time")),

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
-use http::header::{self, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::Body as _;
@@ -25,7 +25,7 @@ use super::route::{
 };
 use super::stream_idle::{StreamIdle, UntilIdle};
 use super::upgrade::{self, DownstreamUpgrade, WorkerIo};
-use super::upstream_h1::H1Connection;
+use super::upstream_h1::{H1Connection, H1Error};
 use crate::event::rt;
 use crate::upstream::ClusterInfo;
 
@@ -91,6 +91,9 @@ pub const UPSTREAM_CONNECT_ERROR: &str =
 /// Envoy's body for a reset before response headers.
 pub const UPSTREAM_RESET: &str =
     "upstream connect error or disconnect/reset before headers. reset reason: connection termination";
+/// Envoy's body for an upstream response that broke HTTP/1.1 (a `502`).
+pub const UPSTREAM_PROTOCOL_ERROR: &str =
+    "upstream connect error or disconnect/reset before headers. reset reason: protocol error";
 /// Envoy's body for a circuit-breaker overflow.
 pub const UPSTREAM_OVERFLOW: &str =
     "upstream connect error or disconnect/reset before headers. reset reason: overflow";
@@ -363,6 +366,24 @@ pub(crate) fn finish_response(cfg: &HcmConfig, resp: &mut Response<ProxyBody>) {
         }
         S::PassThrough => {}
     }
+    if let Some(via) = &cfg.via {
+        append_via(resp.headers_mut(), via);
+    }
+}
+
+/// Adds the connection manager's `via` to a message's, as Envoy does: one field, the
+/// values comma-separated.
+fn append_via(headers: &mut HeaderMap, via: &HeaderValue) {
+    let joined = match headers.get(header::VIA) {
+        Some(prior) => {
+            let mut v = prior.as_bytes().to_vec();
+            v.extend_from_slice(b", ");
+            v.extend_from_slice(via.as_bytes());
+            HeaderValue::from_bytes(&v).unwrap_or_else(|_| via.clone())
+        }
+        None => via.clone(),
+    };
+    headers.insert(header::VIA, joined);
 }
 
 /// Header-size accounting as Envoy's `max_request_headers_kb` (names + values).
@@ -499,7 +520,7 @@ async fn process(
         }
     }
     if let Some(via) = &cfg.via {
-        headers.append(header::VIA, via.clone());
+        append_via(headers, via);
     }
     // Route.
     let table: Option<Arc<RouteTable>> = match &cfg.routes {
@@ -533,9 +554,9 @@ async fn process(
     let fcx_local = conn.local;
     let protocol = protocol_name(req.version());
     // Upgrades (websocket).
-    let mut upgrade = req
-        .headers()
-        .get(header::UPGRADE)
+    let mut upgrade = upgrade::is_upgrade(req.headers())
+        .then(|| req.headers().get(header::UPGRADE))
+        .flatten()
         .and_then(|v| v.to_str().ok())
         .map(str::to_ascii_lowercase);
     if upgrade.as_deref() == Some("h2c") {
@@ -559,6 +580,10 @@ async fn process(
         // The refusal still gets the route's response headers, as Envoy's does.
         _ if upgrade_refused => {
             cfg.stats.downstream_rq_ws_on_non_ws_route.inc(worker);
+            // As Envoy, an HTTP/1.1 connection whose upgrade was refused is closed.
+            if req.version() != Version::HTTP_2 {
+                conn.closing.set(true);
+            }
             local_reply(StatusCode::FORBIDDEN, "")
         }
         Action::Direct { status, body } => {
@@ -591,7 +616,15 @@ async fn process(
         }
         Action::Redirect(rd) => {
             cfg.stats.rq_redirect.inc(worker);
-            redirect(rd, route, &authority, &path)
+            // As Envoy: without a scheme of its own, the redirect keeps the request's, as
+            // `x-forwarded-proto` (set above) tells it.
+            let scheme = req
+                .headers()
+                .get(&X_FORWARDED_PROTO)
+                .and_then(|v| v.to_str().ok())
+                .filter(|s| is_scheme(s))
+                .unwrap_or("http");
+            redirect(rd, route, &authority, &path, scheme)
         }
         Action::Route(action) => {
             // The headers go upstream; a copy is kept only for what reads them later.
@@ -650,8 +683,21 @@ fn rewrite_regex(re: &regex::Regex, sub: &str, path: &str) -> String {
     format!("{}{q}", re.replace_all(p, sub))
 }
 
-fn redirect(rd: &Redirect, route: &Route, authority: &str, path: &str) -> Response<ProxyBody> {
-    let scheme = rd.scheme.clone().unwrap_or_else(|| "http".to_string());
+/// Whether `s` is a URI scheme (RFC 3986 §3.1).
+fn is_scheme(s: &str) -> bool {
+    s.starts_with(|c: char| c.is_ascii_alphabetic())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'))
+}
+
+fn redirect(
+    rd: &Redirect,
+    route: &Route,
+    authority: &str,
+    path: &str,
+    request_scheme: &str,
+) -> Response<ProxyBody> {
+    let scheme = rd.scheme.as_deref().unwrap_or(request_scheme);
     let (orig_host, orig_port) = {
         let h = super::route::strip_port(authority);
         let port = authority
@@ -711,6 +757,8 @@ enum AttemptError {
     Overflow,
     ConnectFailure,
     Reset,
+    /// The upstream's response broke HTTP/1.1 (retried as a reset, answered `502`).
+    Protocol,
     PerTryTimeout,
 }
 
@@ -1020,7 +1068,9 @@ async fn forward(
             AttemptError::ConnectFailure => {
                 retry.as_ref().is_some_and(|r| r.retry_connect_failure())
             }
-            AttemptError::Reset => retry.as_ref().is_some_and(|r| r.retry_reset()),
+            AttemptError::Reset | AttemptError::Protocol => {
+                retry.as_ref().is_some_and(|r| r.retry_reset())
+            }
             AttemptError::PerTryTimeout => retry.as_ref().is_some_and(|r| r.retry_timeout()),
         };
         let more = retry.as_ref().is_some_and(|r| attempt <= r.num_retries) && buffered.is_some();
@@ -1069,6 +1119,10 @@ async fn forward(
         Some(AttemptError::ConnectFailure) => {
             outcome.flags = "UF";
             local_reply(StatusCode::SERVICE_UNAVAILABLE, UPSTREAM_CONNECT_ERROR)
+        }
+        Some(AttemptError::Protocol) => {
+            outcome.flags = "UPE";
+            local_reply(StatusCode::BAD_GATEWAY, UPSTREAM_PROTOCOL_ERROR)
         }
         Some(AttemptError::Reset) => {
             outcome.flags = "UC";
@@ -1241,6 +1295,11 @@ async fn send_once(
                         tracing::debug!(error = %e, "stale upstream connection; sending again");
                         req = Request::from_parts(parts, req_body);
                         continue;
+                    }
+                    Err(H1Error::Protocol(e)) => {
+                        pool.stats.cx_protocol_error.inc(worker);
+                        tracing::debug!(error = %e, "upstream protocol error");
+                        return Err(AttemptError::Protocol);
                     }
                     Err(e) => {
                         pool.stats.rq_rx_reset.inc(worker);

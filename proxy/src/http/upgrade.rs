@@ -26,6 +26,18 @@ use super::body::ProxyBody;
 use super::conn::PrefixedIo;
 use crate::event::rt;
 
+/// Whether a request asks for an upgrade: an `Upgrade` field and `upgrade` among the
+/// `Connection` tokens (as Envoy's `Utility::isUpgrade`). A stray `Upgrade` alone is a
+/// hop-by-hop field like any other, dropped on the way upstream.
+pub fn is_upgrade(headers: &http::HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers.get_all(header::CONNECTION).iter().any(|v| {
+            v.as_bytes()
+                .split(|b| *b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"upgrade"))
+        })
+}
+
 /// The downstream half of an upgrade, delivered once the response accepting it is sent.
 pub enum DownstreamUpgrade {
     /// HTTP/1.1: the connection (with what the client sent past the request head in

@@ -8,10 +8,11 @@
 //! retries); streamed request bodies and upgrades still go through hyper's client.
 //!
 //! Responses are parsed with `httparse` and framed as RFC 9112 §6.3 says: no body after
-//! `HEAD`, `1xx`, `204` or `304`; `Transfer-Encoding` ending in `chunked` (trailers kept)
-//! wins over `Content-Length` and makes the connection single-use; a `Content-Length` must
-//! be one valid number (repeats must agree); with neither, the body runs to the close.
-//! Anything else is a protocol error and the connection is dropped.
+//! `HEAD`, `1xx`, `204` or `304`; `Transfer-Encoding: chunked` (trailers kept), which, as
+//! in Envoy's codec, must be the only coding and come without a `Content-Length`; a
+//! `Content-Length` must be one valid number (repeats must agree); with neither, the body
+//! runs to the close. Anything else is a protocol error (Envoy's `502`) and the connection
+//! is dropped.
 
 use std::future::poll_fn;
 use std::io::{self, Write as _};
@@ -343,27 +344,28 @@ fn parse_head(
     let spans = HeadSpans::new(buf, resp.headers, None);
     let drop_hop_by_hop = status != StatusCode::SWITCHING_PROTOCOLS;
     let SplitHead {
-        headers: mut map,
+        headers: map,
         framing: fields,
         ..
     } = spans
         .split_off(buf, len, 4, drop_hop_by_hop)
         .map_err(H1Error::Protocol)?;
-    let mut keep_alive = fields.keeps_alive(version);
+    let keep_alive = fields.keeps_alive(version);
     let framing = match &fields.transfer_encoding {
         Some(te) => {
-            // RFC 9112 §6.3: Transfer-Encoding overrides a Content-Length, and a response
-            // with both is a smuggling risk: the connection is not reused after it.
+            // As Envoy's codec: `chunked` is the only coding, and never with a length (RFC
+            // 9112 §6.3 makes that a smuggling risk).
             if fields.content_length_fields > 0 {
-                map.remove(header::CONTENT_LENGTH);
-                keep_alive = false;
+                return Err(H1Error::Protocol(
+                    "both content-length and transfer-encoding",
+                ));
             }
-            let last = te.to_str().unwrap_or_default().rsplit(',').next();
-            if last.is_some_and(|c| c.trim().eq_ignore_ascii_case("chunked")) {
-                Framing::ChunkSize
-            } else {
-                Framing::UntilClose
+            if fields.transfer_encoding_fields > 1
+                || !te.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked")
+            {
+                return Err(H1Error::Protocol("transfer-encoding other than chunked"));
             }
+            Framing::ChunkSize
         }
         // One field (the usual case) needs no lookup.
         None if fields.content_length_fields <= 1 => {
@@ -645,12 +647,19 @@ mod tests {
     fn framing_follows_rfc_9112() {
         let r = head("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n");
         assert!(matches!(r, Ok(Some((ref p, Framing::Length(5), true))) if p.status == 200));
-        let r = head("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 5\r\n\r\n");
-        assert!(matches!(r, Ok(Some((_, Framing::ChunkSize, false)))));
         let r = head("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n");
         assert!(matches!(r, Ok(Some((_, Framing::ChunkSize, true)))));
-        let r = head("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n");
-        assert!(matches!(r, Ok(Some((_, Framing::UntilClose, true)))));
+        let r = head("HTTP/1.1 200 OK\r\nTransfer-Encoding: Chunked\r\n\r\n");
+        assert!(matches!(r, Ok(Some((_, Framing::ChunkSize, true)))));
+        // Envoy's codec refuses the rest (a 502).
+        for bad in [
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 5\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntransfer-encoding: chunked\r\n\r\n",
+        ] {
+            assert!(matches!(head(bad), Err(H1Error::Protocol(_))), "{bad}");
+        }
         let r = head("HTTP/1.1 200 OK\r\n\r\n");
         assert!(matches!(r, Ok(Some((_, Framing::UntilClose, true)))));
         let r = head("HTTP/1.0 200 OK\r\ncontent-length: 1\r\n\r\n");

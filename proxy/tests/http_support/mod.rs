@@ -40,6 +40,8 @@ where
 /// A parsed HTTP response.
 #[derive(Debug, Clone)]
 pub struct Resp {
+    /// The status line's version (`HTTP/1.1`).
+    pub version: String,
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
@@ -302,6 +304,7 @@ pub fn read_response(r: &mut BufReader<TcpStream>, head: bool) -> Option<Resp> {
             )?
         };
         return Some(Resp {
+            version: line.split(' ').next().unwrap_or_default().to_string(),
             status,
             headers,
             body,

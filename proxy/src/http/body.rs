@@ -199,11 +199,11 @@ impl Body for ProxyBody {
         if let Some(w) = &mut this.idle {
             match &r {
                 Poll::Ready(Some(Ok(_))) => w.stream.touch(),
-                Poll::Pending if w.enforce => {
-                    if w.stream.poll_expired(&mut w.timer, cx).is_ready() {
-                        this.finish(false);
-                        return Poll::Ready(Some(Err("stream idle timeout".into())));
-                    }
+                Poll::Pending
+                    if w.enforce && w.stream.poll_expired(&mut w.timer, cx).is_ready() =>
+                {
+                    this.finish(false);
+                    return Poll::Ready(Some(Err("stream idle timeout".into())));
                 }
                 _ => {}
             }

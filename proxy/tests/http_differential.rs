@@ -617,3 +617,69 @@ fn via_matches_envoy() {
     };
     assert_eq!(observe(&envoy), got, "courier vs envoy");
 }
+
+/// The forwarding headers of an external request, with and without `use_remote_address`:
+/// Envoy's control headers a client sent are stripped, `x-envoy-external-address` is set
+/// at the edge, and the client's `x-request-id` is replaced there. (`x-forwarded-for` is
+/// left out: for a loopback client Envoy appends the machine's own address instead.)
+#[test]
+fn forwarding_headers_match_envoy() {
+    let a = Upstream::start("a");
+    let clusters = format!(
+        "{}{}{}",
+        cluster("a", &[a.addr], ""),
+        cluster("b", &[a.addr], ""),
+        cluster("dead", &[a.addr], "")
+    );
+    let sent: &[(&str, &str)] = &[
+        ("x-envoy-retry-on", "5xx"),
+        ("x-envoy-max-retries", "2"),
+        ("x-envoy-upstream-rq-timeout-ms", "100"),
+        ("x-envoy-internal", "true"),
+        ("x-envoy-original-path", "/spoof"),
+        ("x-forwarded-client-cert", "By=spiffe://x"),
+        ("x-envoy-custom", "kept"),
+        ("x-request-id", "client-id"),
+    ];
+    let observe = |p: &Courier| {
+        let r = get(p.listener, "h", "/a/fwd", sent);
+        assert_eq!(r.status, 200);
+        let up = a.last().expect("the upstream saw the request");
+        let value = |name: &str| {
+            up.headers
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+        };
+        let mut seen: Vec<(String, Option<String>)> = sent
+            .iter()
+            .filter(|(k, _)| *k != "x-request-id")
+            .map(|(k, _)| (k.to_string(), value(k)))
+            .collect();
+        seen.push((
+            "x-request-id kept".into(),
+            Some((value("x-request-id").as_deref() == Some("client-id")).to_string()),
+        ));
+        for name in ["x-envoy-external-address", "x-forwarded-proto"] {
+            seen.push((name.into(), value(name)));
+        }
+        seen
+    };
+    for hcm in ["", "          use_remote_address: true\n"] {
+        let boot = bootstrap(ROUTES, hcm, &clusters);
+        let courier = Courier::start(&boot);
+        let got = observe(&courier);
+        let custom = got.iter().find(|(k, _)| k == "x-envoy-custom");
+        assert_eq!(custom.and_then(|c| c.1.as_deref()), Some("kept"), "{got:?}");
+        assert!(
+            got.iter()
+                .any(|(k, v)| k == "x-envoy-retry-on" && v.is_none()),
+            "{got:?}"
+        );
+        let Some(envoy) = Courier::start_envoy(&boot) else {
+            eprintln!("envoy not on PATH: skipping the forwarding headers differential");
+            return;
+        };
+        assert_eq!(observe(&envoy), got, "courier vs envoy, hcm: {hcm:?}");
+    }
+}

@@ -464,6 +464,58 @@ pub fn decimal_value(n: u64) -> HeaderValue {
     HeaderValue::from_static(table[n as usize])
 }
 
+/// Envoy's control headers, which a request from outside must not set for the hops after
+/// this one (they would be obeyed there): removed from every request, as Envoy removes
+/// them from external ones, and with no `internal_address_config` every request is
+/// external. `x-forwarded-client-cert` goes too (`forward_client_cert_details`' default,
+/// `SANITIZE`).
+const EXTERNAL_STRIPPED: &[&str] = &[
+    "x-envoy-internal",
+    "x-envoy-retriable-status-codes",
+    "x-envoy-retriable-header-names",
+    "x-envoy-retry-on",
+    "x-envoy-retry-grpc-on",
+    "x-envoy-max-retries",
+    "x-envoy-upstream-alt-stat-name",
+    "x-envoy-upstream-rq-timeout-ms",
+    "x-envoy-upstream-rq-per-try-timeout-ms",
+    "x-envoy-upstream-rq-timeout-alt-response",
+    "x-envoy-expected-rq-timeout-ms",
+    "x-envoy-force-trace",
+    "x-envoy-ip-tags",
+    "x-envoy-original-url",
+    "x-envoy-hedge-on-per-try-timeout",
+    "x-forwarded-client-cert",
+];
+
+/// Also removed at the edge (`use_remote_address`).
+const EDGE_STRIPPED: &[&str] = &[
+    "x-envoy-decorator-operation",
+    "x-envoy-downstream-service-cluster",
+    "x-envoy-downstream-service-node",
+    "x-envoy-original-path",
+];
+
+/// Removes the control headers an external request may not carry ([`EXTERNAL_STRIPPED`],
+/// and [`EDGE_STRIPPED`] when `edge`).
+pub fn strip_external_control_headers(headers: &mut HeaderMap, edge: bool) {
+    let stripped = |name: &HeaderName| {
+        let n = name.as_str();
+        EXTERNAL_STRIPPED.contains(&n) || (edge && EDGE_STRIPPED.contains(&n))
+    };
+    // Most requests carry none: one pass over the names first.
+    if !headers.keys().any(|k| {
+        let n = k.as_str();
+        n.starts_with("x-envoy-") || n == "x-forwarded-client-cert"
+    }) {
+        return;
+    }
+    let doomed: Vec<HeaderName> = headers.keys().filter(|k| stripped(k)).cloned().collect();
+    for name in doomed {
+        headers.remove(name);
+    }
+}
+
 /// Joins the `cookie` fields an HTTP/2 client split (RFC 9113 §8.2.3) into one, with `; `,
 /// as Envoy's codec does: an HTTP/1.1 upstream may read only one `Cookie` line.
 pub fn join_cookies(headers: &mut HeaderMap) {
@@ -527,6 +579,28 @@ fn arena_value(bytes: &[u8]) -> HeaderValue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_headers_are_stripped_from_external_requests() {
+        let mut h = HeaderMap::new();
+        for name in [
+            "x-envoy-retry-on",
+            "x-envoy-internal",
+            "x-forwarded-client-cert",
+            "x-envoy-original-path",
+            "x-envoy-custom",
+            "x-other",
+        ] {
+            h.append(HeaderName::from_static(name), HeaderValue::from_static("v"));
+        }
+        let mut edge = h.clone();
+        strip_external_control_headers(&mut h, false);
+        let kept: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(kept, ["x-envoy-original-path", "x-envoy-custom", "x-other"]);
+        strip_external_control_headers(&mut edge, true);
+        let kept: Vec<&str> = edge.keys().map(|k| k.as_str()).collect();
+        assert_eq!(kept, ["x-envoy-custom", "x-other"]);
+    }
 
     #[test]
     fn split_cookies_are_joined() {

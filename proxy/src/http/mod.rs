@@ -19,7 +19,7 @@
 //! # Known differences from Envoy
 //!
 //! `tests/http_differential.rs` runs the same bootstrap through Courier and Envoy 1.40 and
-//! compares 67 requests (all equal today; `tests/http_upgrade.rs` does the same for
+//! compares 71 requests (all equal today; `tests/http_upgrade.rs` does the same for
 //! websockets). Differences that remain, by design or not yet
 //! done:
 //!
@@ -47,6 +47,27 @@
 //!   an extended CONNECT, also as Envoy.
 //! - `Upgrade: h2c` is not honoured, as in Envoy: the request is served as HTTP/1.1 without
 //!   its upgrade headers.
+//! - Found by a differential review (Courier and Envoy 1.40 side by side) and not yet
+//!   matched:
+//!   - `auto_host_rewrite` uses the endpoint's `ip:port` (Envoy: the DNS hostname of a
+//!     STRICT/LOGICAL_DNS endpoint, and no rewrite for a STATIC one); host rewrites do not
+//!     add `x-envoy-original-host`.
+//!   - `use_remote_address` with a loopback client appends `127.0.0.1` to
+//!     `x-forwarded-for` (Envoy appends the machine's own address). `internal_address_config`
+//!     is not supported: every request is external, which is Envoy 1.40's default.
+//!   - `normalize_path` removes `.`/`..` segments only; Envoy also decodes unreserved
+//!     `%XX`, turns `\` into `/`, and refuses `%00` with `400`.
+//!   - The request target is checked by the `http` crate's URI grammar: `"`, `<`, `>` and
+//!     a backtick are refused (Envoy forwards them), raw UTF-8 and a `#fragment` are
+//!     accepted (Envoy refuses them).
+//!   - A websocket tunnel is not subject to the stream idle timeout (Envoy closes one idle
+//!     for `stream_idle_timeout`).
+//!   - Small ones: a `HEAD` response loses `transfer-encoding: chunked`; upstream HTTP/1
+//!     trailers reach HTTP/2 clients (Envoy drops them); an empty `content-length: 0` is
+//!     added for POST/PUT/PATCH only (Envoy also for a few other methods); a second `Host`
+//!     is ignored (Envoy joins them); a lowercase or unknown method token is forwarded
+//!     (Envoy: 400); status codes without a registered reason get an empty phrase; header
+//!     order differs.
 //! - Not yet: inline route configs are not checked against known clusters (`validate_clusters`; Envoy rejects an
 //!   unknown cluster at load),
 //!   `per_request_buffer_limit_bytes` (retried bodies are buffered up to the cluster's

@@ -76,7 +76,6 @@ static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_ENVOY_EXTERNAL_ADDRESS: HeaderName = HeaderName::from_static("x-envoy-external-address");
-static X_ENVOY_INTERNAL: HeaderName = HeaderName::from_static("x-envoy-internal");
 static X_ENVOY_ORIGINAL_PATH: HeaderName = HeaderName::from_static("x-envoy-original-path");
 static X_ENVOY_EXPECTED_RQ_TIMEOUT_MS: HeaderName =
     HeaderName::from_static("x-envoy-expected-rq-timeout-ms");
@@ -113,13 +112,6 @@ pub fn local_reply(status: StatusCode, body: &str) -> Response<ProxyBody> {
     r.headers_mut()
         .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
     r
-}
-
-fn is_internal(ip: std::net::IpAddr) -> bool {
-    match ip {
-        std::net::IpAddr::V4(v4) => v4.is_private() || v4.is_loopback(),
-        std::net::IpAddr::V6(v6) => v6.is_loopback() || (v6.segments()[0] & 0xfe00) == 0xfc00,
-    }
 }
 
 fn protocol_name(v: Version) -> &'static str {
@@ -485,10 +477,11 @@ async fn process(
     if cfg.normalize_path || cfg.merge_slashes {
         path = Cow::Owned(sanitize_path(&path, cfg.normalize_path, cfg.merge_slashes));
     }
-    // Forwarding headers.
+    // Forwarding headers. Without `internal_address_config` (not supported) Envoy 1.40
+    // takes no address for internal, so every request is external.
     let headers = req.headers_mut();
+    super::headers::strip_external_control_headers(headers, cfg.use_remote_address);
     let remote_ip = conn.remote.ip();
-    let internal = is_internal(remote_ip);
     if cfg.use_remote_address {
         if !cfg.skip_xff_append {
             let ip = remote_ip.to_string();
@@ -500,21 +493,15 @@ async fn process(
                 headers.insert(X_FORWARDED_FOR.clone(), v);
             }
         }
-        if internal {
-            headers.insert(X_ENVOY_INTERNAL.clone(), HeaderValue::from_static("true"));
-            headers.remove(&X_ENVOY_EXTERNAL_ADDRESS);
-        } else {
-            headers.remove(&X_ENVOY_INTERNAL);
-            if let Ok(v) = HeaderValue::from_str(&remote_ip.to_string()) {
-                headers.insert(X_ENVOY_EXTERNAL_ADDRESS.clone(), v);
-            }
+        if let Ok(v) = HeaderValue::from_str(&remote_ip.to_string()) {
+            headers.insert(X_ENVOY_EXTERNAL_ADDRESS.clone(), v);
         }
         headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
     } else if !headers.contains_key(&X_FORWARDED_PROTO) {
         headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
     }
     if cfg.generate_request_id {
-        let regenerate = cfg.use_remote_address && !internal && !cfg.preserve_external_request_id;
+        let regenerate = cfg.use_remote_address && !cfg.preserve_external_request_id;
         if regenerate || !headers.contains_key(&X_REQUEST_ID) {
             headers.insert(X_REQUEST_ID.clone(), super::headers::uuid4_value());
         }

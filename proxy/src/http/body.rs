@@ -11,7 +11,6 @@ use hyper::body::{Body, Frame, SizeHint};
 use super::h1_server::DownstreamBody;
 use super::stream_idle::StreamIdle;
 use super::upstream_h1::UpstreamBody;
-use crate::event::rt::Sleep;
 
 /// Boxed body error.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -25,7 +24,7 @@ pub struct ProxyBody {
     kind: Kind,
     on_end: Option<OnEnd>,
     bytes: u64,
-    idle: Option<Box<IdleWatch>>,
+    idle: Option<IdleWatch>,
 }
 
 /// A body's part in its stream's idle timeout ([`StreamIdle`]).
@@ -34,7 +33,6 @@ struct IdleWatch {
     /// A response body ends with an error once the stream is idle too long; a request
     /// body only reports its frames (the request future enforces the timeout).
     enforce: bool,
-    timer: Option<Sleep>,
 }
 
 enum Kind {
@@ -123,21 +121,19 @@ impl ProxyBody {
 
     /// Reports this (request) body's frames and its end to the stream's idle timeout.
     pub fn report_activity(&mut self, stream: Rc<StreamIdle>) {
-        self.idle = Some(Box::new(IdleWatch {
+        self.idle = Some(IdleWatch {
             stream,
             enforce: false,
-            timer: None,
-        }));
+        });
     }
 
     /// Ends this (response) body with an error when its stream stays idle past its
     /// timeout; each frame restarts the timer.
     pub fn enforce_idle_timeout(&mut self, stream: Rc<StreamIdle>) {
-        self.idle = Some(Box::new(IdleWatch {
+        self.idle = Some(IdleWatch {
             stream,
             enforce: true,
-            timer: None,
-        }));
+        });
     }
 
     /// The complete bytes of a `full` body (for replaying a request on retry).
@@ -199,9 +195,7 @@ impl Body for ProxyBody {
         if let Some(w) = &mut this.idle {
             match &r {
                 Poll::Ready(Some(Ok(_))) => w.stream.touch(),
-                Poll::Pending
-                    if w.enforce && w.stream.poll_expired(&mut w.timer, cx).is_ready() =>
-                {
+                Poll::Pending if w.enforce && w.stream.poll_expired(cx).is_ready() => {
                     this.finish(false);
                     return Poll::Ready(Some(Err("stream idle timeout".into())));
                 }

@@ -8,7 +8,7 @@
 //! stream (HTTP/2) or closes the connection (HTTP/1.1). `downstream_rq_idle_timeout`
 //! counts either.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -23,6 +23,9 @@ pub struct StreamIdle {
     timeout: Cell<Option<Duration>>,
     last_activity: Cell<Instant>,
     request_complete: Cell<bool>,
+    /// Armed by whichever part of the stream is waiting: the request future until the
+    /// response head, then the response body.
+    timer: RefCell<Option<Sleep>>,
     counter: Arc<Counter>,
     worker: usize,
 }
@@ -39,6 +42,7 @@ impl StreamIdle {
             timeout: Cell::new(timeout),
             last_activity: Cell::new(Instant::now()),
             request_complete: Cell::new(request_complete),
+            timer: RefCell::new(None),
             counter,
             worker,
         }
@@ -72,9 +76,10 @@ impl StreamIdle {
         self.timeout.get().map(|t| self.last_activity.get() + t)
     }
 
-    /// Polls `timer` towards the idle deadline: `Ready` once the stream has been idle for
-    /// its whole timeout (and then counted).
-    pub fn poll_expired(&self, timer: &mut Option<Sleep>, cx: &mut Context<'_>) -> Poll<()> {
+    /// Polls the stream's timer towards the idle deadline: `Ready` once the stream has been
+    /// idle for its whole timeout (and then counted).
+    pub fn poll_expired(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut timer = self.timer.borrow_mut();
         let Some(deadline) = self.deadline() else {
             *timer = None;
             return Poll::Pending;
@@ -89,6 +94,12 @@ impl StreamIdle {
         self.counter.inc(self.worker);
         Poll::Ready(())
     }
+
+    /// Stops the timer until the next [`poll_expired`](Self::poll_expired): whoever polled
+    /// it is done waiting.
+    pub fn disarm(&self) {
+        self.timer.borrow_mut().take();
+    }
 }
 
 pin_project_lite::pin_project! {
@@ -98,18 +109,13 @@ pin_project_lite::pin_project! {
         #[pin]
         fut: F,
         idle: &'a StreamIdle,
-        timer: Option<Sleep>,
     }
 }
 
 impl<'a, F: Future> UntilIdle<'a, F> {
     /// Races `fut` against `idle`.
     pub fn new(fut: F, idle: &'a StreamIdle) -> Self {
-        UntilIdle {
-            fut,
-            idle,
-            timer: None,
-        }
+        UntilIdle { fut, idle }
     }
 }
 
@@ -119,8 +125,9 @@ impl<F: Future> Future for UntilIdle<'_, F> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         if let Poll::Ready(v) = this.fut.poll(cx) {
+            this.idle.disarm();
             return Poll::Ready(Some(v));
         }
-        this.idle.poll_expired(this.timer, cx).map(|()| None)
+        this.idle.poll_expired(cx).map(|()| None)
     }
 }

@@ -75,6 +75,10 @@ const ROUTES: &str = r#"            name: local
                   regex_rewrite: { pattern: { regex: "^/rx/(\\w+)/(\\w+)$" }, substitution: "/\\2/\\1" }
               - match: { prefix: "/host-literal" }
                 route: { cluster: a, host_rewrite_literal: rewritten.example }
+              - match: { prefix: "/auto-dns" }
+                route: { cluster: dns, auto_host_rewrite: true }
+              - match: { prefix: "/auto-static" }
+                route: { cluster: a, auto_host_rewrite: true }
               - match: { prefix: "/direct" }
                 direct_response: { status: 418, body: { inline_string: "teapot" } }
               - match: { prefix: "/nobody" }
@@ -169,6 +173,8 @@ fn cases() -> Vec<Case> {
         case("h", "/rewrite/x?y=1"),
         case("h", "/rx/one/two"),
         case("h", "/host-literal"),
+        case("h", "/auto-dns"),
+        case("h", "/auto-static"),
         case("h", "/direct"),
         case("h", "/nobody"),
         case("h", "/redirect?a=b"),
@@ -280,6 +286,7 @@ const UPSTREAM_HEADERS: &[&str] = &[
     "x-remove-me",
     "x-forwarded-proto",
     "x-envoy-original-path",
+    "x-envoy-original-host",
     "x-envoy-expected-rq-timeout-ms",
     "upgrade",
     "http2-settings",
@@ -331,17 +338,25 @@ struct Pair {
     courier: Courier,
 }
 
+/// The clusters `ROUTES` names: `a`, `b`, `dead` (static) and `dns` (`localhost`, resolved).
+fn clusters(a: SocketAddr, b: SocketAddr, dead: SocketAddr) -> String {
+    let dns = format!(
+        "  - name: dns\n    type: STRICT_DNS\n    dns_lookup_family: V4_ONLY\n    connect_timeout: 1s\n    load_assignment:\n      cluster_name: dns\n      endpoints:\n      - lb_endpoints:\n        - endpoint:\n            address:\n              socket_address: {{ address: localhost, port_value: {} }}\n",
+        a.port()
+    );
+    format!(
+        "{}{}{}{dns}",
+        cluster("a", &[a], ""),
+        cluster("b", &[b], ""),
+        cluster("dead", &[dead], "")
+    )
+}
+
 fn start_pair() -> Option<Pair> {
     let a = Upstream::start("a");
     let b = Upstream::start("b");
     let dead: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-    let clusters = format!(
-        "{}{}{}",
-        cluster("a", &[a.addr], ""),
-        cluster("b", &[b.addr], ""),
-        cluster("dead", &[dead], "")
-    );
-    let boot = bootstrap(ROUTES, "", &clusters);
+    let boot = bootstrap(ROUTES, "", &clusters(a.addr, b.addr, dead));
     let envoy = Courier::start_envoy(&boot)?;
     let courier = Courier::start(&boot);
     Some(Pair {
@@ -537,14 +552,8 @@ fn codec_replies_match_envoy() {
 fn http_10_replies_match_envoy() {
     let a = Upstream::start("a");
     let hcm = "          http_protocol_options: { accept_http_10: true }\n";
-    // The route table names b and dead too; Envoy refuses unknown clusters.
-    let clusters = format!(
-        "{}{}{}",
-        cluster("a", &[a.addr], ""),
-        cluster("b", &[a.addr], ""),
-        cluster("dead", &[a.addr], "")
-    );
-    let boot = bootstrap(ROUTES, hcm, &clusters);
+    // The route table names the other clusters too; Envoy refuses unknown ones.
+    let boot = bootstrap(ROUTES, hcm, &clusters(a.addr, a.addr, a.addr));
     let courier = Courier::start(&boot);
     let raw: &[&[u8]] = &[
         b"GET /a/x HTTP/1.0\r\nhost: h\r\n\r\n",
@@ -578,12 +587,7 @@ fn http_10_replies_match_envoy() {
 fn via_matches_envoy() {
     let a = Upstream::start("a");
     let hcm = "          via: my-via\n";
-    let clusters = format!(
-        "{}{}{}",
-        cluster("a", &[a.addr], ""),
-        cluster("b", &[a.addr], ""),
-        cluster("dead", &[a.addr], "")
-    );
+    let clusters = clusters(a.addr, a.addr, a.addr);
     let boot = bootstrap(ROUTES, hcm, &clusters);
     let observe = |p: &Courier| {
         let r = get(p.listener, "h", "/a/via", &[("via", "1.0 foo")]);
@@ -625,12 +629,7 @@ fn via_matches_envoy() {
 #[test]
 fn forwarding_headers_match_envoy() {
     let a = Upstream::start("a");
-    let clusters = format!(
-        "{}{}{}",
-        cluster("a", &[a.addr], ""),
-        cluster("b", &[a.addr], ""),
-        cluster("dead", &[a.addr], "")
-    );
+    let clusters = clusters(a.addr, a.addr, a.addr);
     let sent: &[(&str, &str)] = &[
         ("x-envoy-retry-on", "5xx"),
         ("x-envoy-max-retries", "2"),

@@ -594,12 +594,18 @@ mod tests {
             h.append(HeaderName::from_static(name), HeaderValue::from_static("v"));
         }
         let mut edge = h.clone();
+        let names = |h: &HeaderMap| {
+            let mut v: Vec<String> = h.keys().map(|k| k.to_string()).collect();
+            v.sort();
+            v
+        };
         strip_external_control_headers(&mut h, false);
-        let kept: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
-        assert_eq!(kept, ["x-envoy-original-path", "x-envoy-custom", "x-other"]);
+        assert_eq!(
+            names(&h),
+            ["x-envoy-custom", "x-envoy-original-path", "x-other"]
+        );
         strip_external_control_headers(&mut edge, true);
-        let kept: Vec<&str> = edge.keys().map(|k| k.as_str()).collect();
-        assert_eq!(kept, ["x-envoy-custom", "x-other"]);
+        assert_eq!(names(&edge), ["x-envoy-custom", "x-other"]);
     }
 
     #[test]

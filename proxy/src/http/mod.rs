@@ -19,7 +19,7 @@
 //! # Known differences from Envoy
 //!
 //! `tests/http_differential.rs` runs the same bootstrap through Courier and Envoy 1.40 and
-//! compares 71 requests (all equal today; `tests/http_upgrade.rs` does the same for
+//! compares 73 requests (all equal today; `tests/http_upgrade.rs` does the same for
 //! websockets). Differences that remain, by design or not yet
 //! done:
 //!
@@ -49,9 +49,6 @@
 //!   its upgrade headers.
 //! - Found by a differential review (Courier and Envoy 1.40 side by side) and not yet
 //!   matched:
-//!   - `auto_host_rewrite` uses the endpoint's `ip:port` (Envoy: the DNS hostname of a
-//!     STRICT/LOGICAL_DNS endpoint, and no rewrite for a STATIC one); host rewrites do not
-//!     add `x-envoy-original-host`.
 //!   - `use_remote_address` with a loopback client appends `127.0.0.1` to
 //!     `x-forwarded-for` (Envoy appends the machine's own address). `internal_address_config`
 //!     is not supported: every request is external, which is Envoy 1.40's default.

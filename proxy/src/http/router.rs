@@ -77,6 +77,7 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_ENVOY_EXTERNAL_ADDRESS: HeaderName = HeaderName::from_static("x-envoy-external-address");
 static X_ENVOY_ORIGINAL_PATH: HeaderName = HeaderName::from_static("x-envoy-original-path");
+static X_ENVOY_ORIGINAL_HOST: HeaderName = HeaderName::from_static("x-envoy-original-host");
 static X_ENVOY_EXPECTED_RQ_TIMEOUT_MS: HeaderName =
     HeaderName::from_static("x-envoy-expected-rq-timeout-ms");
 static X_ENVOY_UPSTREAM_SERVICE_TIME: HeaderName =
@@ -899,8 +900,10 @@ async fn forward(
             cluster.stats.lb_healthy_panic.inc(worker);
         }
         outcome.upstream_host = Some(host.address);
-        if matches!(action.host_rewrite, HostRewrite::Auto) {
-            upstream_authority = Cow::Owned(host.address.to_string());
+        // As Envoy: the endpoint's hostname (a DNS cluster's name, an endpoint's
+        // `hostname`); an endpoint without one leaves the authority as it is.
+        if let (HostRewrite::Auto, Some(name)) = (&action.host_rewrite, &host.hostname) {
+            upstream_authority = Cow::Owned(name.to_string());
         }
         let body = match (&buffered, stream_body.take()) {
             (Some(b), _) => ProxyBody::full(b.clone()),
@@ -951,6 +954,14 @@ async fn forward(
         } else {
             parts.headers.clone()
         };
+        if upstream_authority != authority {
+            // A rewritten host: the original goes along, as Envoy sends it.
+            if let Ok(v) = HeaderValue::from_str(authority) {
+                up_req
+                    .headers_mut()
+                    .insert(X_ENVOY_ORIGINAL_HOST.clone(), v);
+            }
+        }
         if !h2_upstream {
             let value = match &downstream_host {
                 Some(v) if v.as_bytes() == upstream_authority.as_bytes() => Some(v.clone()),

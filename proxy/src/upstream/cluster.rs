@@ -413,6 +413,7 @@ struct ParsedEndpoint {
     weight: u32,
     health: HostHealth,
     priority: u32,
+    hostname: Option<Arc<str>>,
 }
 
 /// Validates an assignment and reads its endpoints; allocates nothing that lasts.
@@ -455,6 +456,7 @@ fn parse_assignment(cla: &ClusterLoadAssignment) -> Result<Vec<ParsedEndpoint>, 
                 weight,
                 health,
                 priority: locality.priority,
+                hostname: (!ep.hostname.is_empty()).then(|| Arc::from(ep.hostname.as_str())),
             });
         }
     }
@@ -495,6 +497,7 @@ pub fn build_host_set(
                 health: e.health,
                 priority: e.priority,
                 stats,
+                hostname: e.hostname,
             })
         })
         .collect();

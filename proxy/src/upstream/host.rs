@@ -56,6 +56,9 @@ pub struct Host {
     pub priority: u32,
     /// Shared stats.
     pub stats: Arc<HostStats>,
+    /// The endpoint's hostname, what `auto_host_rewrite` sends: the name a DNS cluster
+    /// resolved, or an EDS/static endpoint's `hostname` (none by default).
+    pub hostname: Option<Arc<str>>,
 }
 
 /// A cluster's hosts and the subset a load balancer may pick from.

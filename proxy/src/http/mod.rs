@@ -52,8 +52,6 @@
 //!   - `use_remote_address` with a loopback client appends `127.0.0.1` to
 //!     `x-forwarded-for` (Envoy appends the machine's own address). `internal_address_config`
 //!     is not supported: every request is external, which is Envoy 1.40's default.
-//!   - `normalize_path` removes `.`/`..` segments only; Envoy also decodes unreserved
-//!     `%XX`, turns `\` into `/`, and refuses `%00` with `400`.
 //!   - The request target is checked by the `http` crate's URI grammar: `"`, `<`, `>` and
 //!     a backtick are refused (Envoy forwards them), raw UTF-8 and a `#fragment` are
 //!     accepted (Envoy refuses them).

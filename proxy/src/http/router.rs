@@ -164,24 +164,72 @@ fn merge_slashes(path: &str) -> String {
     s
 }
 
+/// RFC 3986 §2.3: the characters that never need percent-encoding.
+fn is_unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+/// The first step of Envoy's `normalize_path` (RFC 3986 §6.2.2): escapes of unreserved
+/// characters decoded (so `%2e%2e` is a `..` segment, and `%41` is `A` for route
+/// matching), other escapes kept as they are, `\` read as `/`. `None` for an
+/// encoded NUL, which Envoy refuses.
+fn decode_unreserved(path: &str) -> Option<String> {
+    let hex = |b: u8| (b as char).to_digit(16);
+    let b = path.as_bytes();
+    let mut out = String::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' if i + 2 < b.len() => match (hex(b[i + 1]), hex(b[i + 2])) {
+                (Some(h), Some(l)) => {
+                    let v = (h * 16 + l) as u8;
+                    if v == 0 {
+                        return None;
+                    }
+                    if is_unreserved(v) {
+                        out.push(v as char);
+                    } else {
+                        out.push_str(&path[i..i + 3]);
+                    }
+                    i += 3;
+                    continue;
+                }
+                _ => out.push('%'),
+            },
+            b'\\' => out.push('/'),
+            _ => {
+                // Copy the whole UTF-8 sequence starting here.
+                let end = (i + 1..=b.len())
+                    .find(|&e| path.is_char_boundary(e))
+                    .unwrap_or(b.len());
+                out.push_str(&path[i..end]);
+                i = end;
+                continue;
+            }
+        }
+        i += 1;
+    }
+    Some(out)
+}
+
 /// `normalize_path` / `merge_slashes` on a path with an optional query (what the
-/// connection manager does before routing).
-pub fn sanitize_path(path: &str, normalize: bool, merge: bool) -> String {
+/// connection manager does before routing); `None` for a path Envoy refuses with `400`.
+pub fn sanitize_path(path: &str, normalize: bool, merge: bool) -> Option<String> {
     let (p, q) = match path.split_once('?') {
         Some((p, q)) => (p, Some(q)),
         None => (path, None),
     };
     let mut p = p.to_string();
     if normalize && p.starts_with('/') {
-        p = normalize_dots(&p);
+        p = normalize_dots(&decode_unreserved(&p)?);
     }
     if merge {
         p = merge_slashes(&p);
     }
-    match q {
+    Some(match q {
         Some(q) => format!("{p}?{q}"),
         None => p,
-    }
+    })
 }
 
 /// The request's response flags and upstream for the access log.
@@ -476,7 +524,13 @@ async fn process(
         return local_reply(StatusCode::BAD_REQUEST, "");
     }
     if cfg.normalize_path || cfg.merge_slashes {
-        path = Cow::Owned(sanitize_path(&path, cfg.normalize_path, cfg.merge_slashes));
+        match sanitize_path(&path, cfg.normalize_path, cfg.merge_slashes) {
+            Some(p) => path = Cow::Owned(p),
+            None => {
+                conn.closing.set(true);
+                return local_reply(StatusCode::BAD_REQUEST, "");
+            }
+        }
     }
     // Forwarding headers. Without `internal_address_config` (not supported) Envoy 1.40
     // takes no address for internal, so every request is external.
@@ -1373,6 +1427,16 @@ mod tests {
         assert_eq!(normalize_dots("/../a"), "/a");
         assert_eq!(normalize_dots("/a/b/.."), "/a/");
         assert_eq!(merge_slashes("//a///b/"), "/a/b/");
+        let norm = |p: &str| sanitize_path(p, true, false);
+        assert_eq!(norm("/a/%2e%2E/x?q=%2e").as_deref(), Some("/x?q=%2e"));
+        assert_eq!(
+            norm("/a/%41%7e%20%2f%3a").as_deref(),
+            Some("/a/A~%20%2f%3a")
+        );
+        assert_eq!(norm("/a\\b\\..\\c").as_deref(), Some("/a/c"));
+        assert_eq!(norm("/a/%00"), None);
+        assert_eq!(norm("/a/%zz/%4").as_deref(), Some("/a/%zz/%4"));
+        assert_eq!(norm("/é/%C3%A9").as_deref(), Some("/é/%C3%A9"));
         let v = super::super::headers::uuid4_value();
         let id = v.to_str().unwrap_or_default();
         assert_eq!(id.len(), 36);

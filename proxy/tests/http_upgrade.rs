@@ -505,3 +505,42 @@ fn upgrade_disabled_on_the_route_is_refused() {
     assert_eq!(resp.status, 403);
     assert_eq!(c.stat("http.ingress.downstream_rq_ws_on_non_ws_route"), 1);
 }
+
+/// The stream idle timeout goes on applying to an upgraded connection, as in Envoy: a
+/// tunnel that carried bytes stays open while it is used and is closed once it has been
+/// idle for `stream_idle_timeout`.
+#[test]
+fn idle_websocket_is_closed_like_envoy() {
+    let ws = start_ws_echo();
+    let hcm = "          upgrade_configs: [ { upgrade_type: websocket } ]\n          stream_idle_timeout: 0.6s\n";
+    let boot = bootstrap(ROUTES, hcm, &cluster("ws", &[ws], ""));
+    let run = |p: &Courier| {
+        let (mut s, mut reader, resp) = open_upgrade(p.listener, "/chat");
+        assert_eq!(resp.status, 101);
+        // Used every 0.3 s for 1.2 s: more than the timeout in all, never idle for it.
+        for _ in 0..4 {
+            std::thread::sleep(Duration::from_millis(300));
+            s.write_all(b"ping").expect("write");
+            let mut back = [0u8; 4];
+            reader
+                .read_exact(&mut back)
+                .expect("the tunnel is still open");
+        }
+        // Then idle: closed after the timeout (the read times out after 5 s otherwise).
+        let started = std::time::Instant::now();
+        let mut rest = Vec::new();
+        let closed = reader.read_to_end(&mut rest).is_ok();
+        (closed, started.elapsed() < Duration::from_millis(2500))
+    };
+    let courier = Courier::start(&boot);
+    assert_eq!(run(&courier), (true, true));
+    assert_eq!(
+        courier.wait_stat("http.ingress.downstream_rq_idle_timeout", 1),
+        1
+    );
+    let Some(envoy) = Courier::start_envoy(&boot) else {
+        eprintln!("envoy not on PATH: skipping the idle websocket differential");
+        return;
+    };
+    assert_eq!(run(&envoy), (true, true), "envoy");
+}

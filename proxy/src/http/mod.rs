@@ -55,8 +55,6 @@
 //!   - The request target is checked by the `http` crate's URI grammar: `"`, `<`, `>` and
 //!     a backtick are refused (Envoy forwards them), raw UTF-8 and a `#fragment` are
 //!     accepted (Envoy refuses them).
-//!   - A websocket tunnel is not subject to the stream idle timeout (Envoy closes one idle
-//!     for `stream_idle_timeout`).
 //!   - Small ones: a `HEAD` response loses `transfer-encoding: chunked`; upstream HTTP/1
 //!     trailers reach HTTP/2 clients (Envoy drops them); an empty `content-length: 0` is
 //!     added for POST/PUT/PATCH only (Envoy also for a few other methods); a second `Host`

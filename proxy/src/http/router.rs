@@ -6,7 +6,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -1060,7 +1060,13 @@ async fn forward(
             Some(downstream) => {
                 // Boxed: rare, and the request future would otherwise carry its size.
                 let upgraded = Box::pin(send_upgrade(
-                    &cluster, &host, worker, up_req, downstream, conn,
+                    &cluster,
+                    &host,
+                    worker,
+                    up_req,
+                    downstream,
+                    conn,
+                    action.idle_timeout,
                 ));
                 rt::timeout(try_deadline, upgraded).await
             }
@@ -1223,6 +1229,7 @@ async fn send_upgrade(
     req: Request<ProxyBody>,
     downstream: DownstreamUpgrade,
     downstream_conn: &Rc<ConnInfo>,
+    route_idle_timeout: Option<Duration>,
 ) -> Result<Response<ProxyBody>, AttemptError> {
     let stats = cluster.stats.clone();
     stats.upstream_cx_total.inc(worker);
@@ -1265,7 +1272,18 @@ async fn send_upgrade(
         // The tunnel is an active stream of its connection until it closes: an HTTP/2
         // connection carrying one is not idle.
         conn.active.set(conn.active.get() + 1);
-        upgrade::tunnel(downstream, upstream, move || {
+        // The tunnel is the stream's body: the stream idle timeout goes on applying to it.
+        let cfg = &downstream_conn.config;
+        let idle = StreamIdle::new(
+            cfg.stream_idle_timeout,
+            true,
+            cfg.stats.downstream_rq_idle_timeout.clone(),
+            worker,
+        );
+        if let Some(t) = route_idle_timeout {
+            idle.set_route_timeout(t);
+        }
+        upgrade::tunnel(downstream, upstream, idle, move || {
             conn.config.stats.downstream_cx_upgrades_active.dec(worker);
             stats.upstream_cx_active.dec(worker);
             conn.active.set(conn.active.get().saturating_sub(1));

@@ -5,8 +5,9 @@
 //! and the response's. When it runs out before the response has started, the stream gets
 //! Envoy's local reply: `504 stream timeout`, or `408` while the request is still arriving.
 //! After the response has started, the response body ends with an error, which resets the
-//! stream (HTTP/2) or closes the connection (HTTP/1.1). `downstream_rq_idle_timeout`
-//! counts either.
+//! stream (HTTP/2) or closes the connection (HTTP/1.1). An upgraded (websocket) stream
+//! keeps it: its tunnel closes once no byte has crossed it for the timeout.
+//! `downstream_rq_idle_timeout` counts each.
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;

@@ -24,6 +24,7 @@ use send_wrapper::SendWrapper;
 
 use super::body::ProxyBody;
 use super::conn::PrefixedIo;
+use super::stream_idle::StreamIdle;
 use crate::event::rt;
 
 /// Whether a request asks for an upgrade: an `Upgrade` field and `upgrade` among the
@@ -245,13 +246,18 @@ impl<T: Write + Unpin> Write for WorkerIo<T> {
 
 /// Joins the two sides once both upgrades complete, on this worker; `on_end` runs when the
 /// tunnel closes.
-pub fn tunnel(downstream: DownstreamUpgrade, upstream: OnUpgrade, on_end: impl FnOnce() + 'static) {
+pub fn tunnel(
+    downstream: DownstreamUpgrade,
+    upstream: OnUpgrade,
+    idle: StreamIdle,
+    on_end: impl FnOnce() + 'static,
+) {
     rt::spawn(async move {
         let upstream = upstream.await.map_err(|e| format!("upstream: {e}"));
         let spliced = match downstream {
             DownstreamUpgrade::Http1(rx) => match (rx.await, upstream) {
                 (Ok((down, end)), Ok(up)) => {
-                    let spliced = std::pin::pin!(splice(down, up));
+                    let spliced = std::pin::pin!(splice(down, up, idle));
                     match futures::future::select(spliced, end.cancel).await {
                         futures::future::Either::Left((r, _)) => r,
                         futures::future::Either::Right(_) => {
@@ -263,7 +269,7 @@ pub fn tunnel(downstream: DownstreamUpgrade, upstream: OnUpgrade, on_end: impl F
                 (_, Err(e)) => Err(e),
             },
             DownstreamUpgrade::Http2(on) => match (on.await, upstream) {
-                (Ok(down), Ok(up)) => splice(down, up).await,
+                (Ok(down), Ok(up)) => splice(down, up, idle).await,
                 (Err(e), _) => Err(format!("downstream: {e}")),
                 (_, Err(e)) => Err(e),
             },
@@ -275,7 +281,7 @@ pub fn tunnel(downstream: DownstreamUpgrade, upstream: OnUpgrade, on_end: impl F
     });
 }
 
-async fn splice<A, B>(a: A, b: B) -> Result<(), String>
+async fn splice<A, B>(a: A, b: B, idle: StreamIdle) -> Result<(), String>
 where
     A: Read + Write + Unpin,
     B: Read + Write + Unpin,
@@ -285,6 +291,7 @@ where
         b,
         a_to_b: Direction::default(),
         b_to_a: Direction::default(),
+        idle,
     }
     .await
     .map_err(|e| e.to_string())
@@ -299,6 +306,8 @@ struct Direction {
     end: usize,
     eof: bool,
     done: bool,
+    /// Bytes were read since the tunnel last looked.
+    moved: bool,
 }
 
 impl Default for Direction {
@@ -309,6 +318,7 @@ impl Default for Direction {
             end: 0,
             eof: false,
             done: false,
+            moved: false,
         }
     }
 }
@@ -352,6 +362,7 @@ impl Direction {
                 Poll::Pending => return Poll::Pending,
             }
             let n = read.filled().len();
+            self.moved = true;
             self.start = 0;
             self.end = n;
             if n == 0 {
@@ -361,12 +372,14 @@ impl Direction {
     }
 }
 
-/// Both directions between two upgraded connections, until both have ended.
+/// Both directions between two upgraded connections, until both have ended or the tunnel
+/// has been idle for the stream idle timeout (as Envoy, whose upgraded stream keeps it).
 struct Splice<A, B> {
     a: A,
     b: B,
     a_to_b: Direction,
     b_to_a: Direction,
+    idle: StreamIdle,
 }
 
 impl<A: Read + Write + Unpin, B: Read + Write + Unpin> Future for Splice<A, B> {
@@ -383,9 +396,17 @@ impl<A: Read + Write + Unpin, B: Read + Write + Unpin> Future for Splice<A, B> {
             return Poll::Ready(Err(e));
         }
         if this.a_to_b.done && this.b_to_a.done {
-            Poll::Ready(Ok(()))
-        } else {
-            Poll::Pending
+            return Poll::Ready(Ok(()));
+        }
+        if std::mem::take(&mut this.a_to_b.moved) | std::mem::take(&mut this.b_to_a.moved) {
+            this.idle.touch();
+        }
+        match this.idle.poll_expired(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "stream idle timeout",
+            ))),
+            Poll::Pending => Poll::Pending,
         }
     }
 }

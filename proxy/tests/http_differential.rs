@@ -490,6 +490,8 @@ fn codec_cases() -> Vec<(&'static str, Vec<u8>)> {
         ("chunk extension, direct", b"POST /direct HTTP/1.1\r\nhost: h\r\ntransfer-encoding: chunked\r\n\r\n2;a=b\r\nab\r\n0\r\n\r\n"),
         ("chunked upstream", b"POST /a HTTP/1.1\r\nhost: h\r\ntransfer-encoding: chunked\r\n\r\n2;a=b\r\nab\r\n3\r\ncde\r\n0\r\n\r\n"),
         ("NUL in target", b"GET /\x00 HTTP/1.1\r\nhost: h\r\n\r\n"),
+        ("fragment in target", b"GET /direct#frag HTTP/1.1\r\nhost: h\r\n\r\n"),
+        ("UTF-8 in target", b"GET /direct/\xc3\xa9 HTTP/1.1\r\nhost: h\r\n\r\n"),
         ("empty header name", b"GET /direct HTTP/1.1\r\nhost: h\r\n: b\r\n\r\n"),
         ("lone CR", b"GET /direct HTTP/1.1\r\nhost: h\rx: y\r\n\r\n"),
         ("CONNECT", b"CONNECT h:80 HTTP/1.1\r\nhost: h:80\r\n\r\n"),

@@ -58,6 +58,9 @@ pub struct CodecError {
     pub status: StatusCode,
     /// What was wrong (logged; not sent).
     pub reason: &'static str,
+    /// The reply has no body: Envoy refuses this one in its connection manager, after the
+    /// codec (whose replies carry the status's reason phrase).
+    pub bare: bool,
 }
 
 impl CodecError {
@@ -65,6 +68,15 @@ impl CodecError {
         CodecError {
             status: StatusCode::BAD_REQUEST,
             reason,
+            bare: false,
+        }
+    }
+
+    /// A request target the connection manager refuses (`400` without a body).
+    fn bad_target(reason: &'static str) -> Self {
+        CodecError {
+            bare: true,
+            ..CodecError::bad(reason)
         }
     }
 
@@ -73,6 +85,7 @@ impl CodecError {
         CodecError {
             status: StatusCode::UPGRADE_REQUIRED,
             reason: "unsupported HTTP version",
+            bare: false,
         }
     }
 
@@ -81,6 +94,7 @@ impl CodecError {
         CodecError {
             status: StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             reason: "request headers too large",
+            bare: false,
         }
     }
 }
@@ -125,6 +139,15 @@ pub fn parse_request_head(
         _ => Version::HTTP_11,
     };
     let target = req.path.unwrap_or_default().as_bytes();
+    // Raw non-ASCII bytes and a fragment have no place in a request target (RFC 9112
+    // §3.2), and the `http` crate would take the one and drop the other. Envoy's codec
+    // refuses the first, its connection manager the second.
+    if target.iter().any(|&b| b >= 0x80) {
+        return Err(CodecError::bad("non-ASCII byte in the target"));
+    }
+    if target.contains(&b'#') {
+        return Err(CodecError::bad_target("fragment in the target"));
+    }
     let spans = HeadSpans::new(buf, req.headers, Some(target));
     let SplitHead {
         target,
@@ -182,6 +205,7 @@ fn body_framing(
             return Err(CodecError {
                 status: StatusCode::NOT_IMPLEMENTED,
                 reason: "transfer-encoding other than chunked",
+                bare: false,
             });
         }
         return Ok(Some(BodyDecoder::chunked()));
@@ -408,6 +432,8 @@ mod tests {
             (b"POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\ntransfer-encoding: chunked\r\n\r\n", 501),
             (b"POST / HTTP/1.0\r\ntransfer-encoding: chunked\r\n\r\n", 400),
             (b"GET / HTTP/1.0\r\n\r\n", 200),
+            (b"GET /a#frag HTTP/1.1\r\nhost: h\r\n\r\n", 400),
+            (b"GET /\xc3\xa9 HTTP/1.1\r\nhost: h\r\n\r\n", 400),
             (b"GET / HTTP/1.1\r\nhost: h\r\n", 0),
         ];
         for (raw, want) in cases {

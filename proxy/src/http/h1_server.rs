@@ -111,6 +111,7 @@ impl DownstreamBody {
                     t.body_error = Some(CodecError {
                         status: StatusCode::BAD_REQUEST,
                         reason: "malformed request body",
+                        bare: false,
                     });
                     return Poll::Ready(Some(Err(e)));
                 }
@@ -654,11 +655,13 @@ fn reply(info: &ConnInfo, status: StatusCode, body: &str) -> Response<ProxyBody>
     r
 }
 
-/// Envoy's reply to a request its codec refuses: the status and its reason as the body.
+/// Envoy's reply to a request its codec refuses: the status and its reason as the body (no
+/// body for a target its connection manager refuses).
 fn error_reply(info: &ConnInfo, e: CodecError) -> Response<ProxyBody> {
-    reply(
-        info,
-        e.status,
-        e.status.canonical_reason().unwrap_or_default(),
-    )
+    let body = if e.bare {
+        ""
+    } else {
+        e.status.canonical_reason().unwrap_or_default()
+    };
+    reply(info, e.status, body)
 }

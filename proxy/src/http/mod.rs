@@ -24,7 +24,7 @@
 //! done:
 //!
 //! - HTTP/1.1 codec errors get Envoy's replies (status, reason as body, `connection:
-//!   close`); `tests/http_differential.rs::codec_replies_match_envoy` compares 33 malformed
+//!   close`); `tests/http_differential.rs::codec_replies_match_envoy` compares 36 malformed
 //!   or unusual requests. One deliberate difference: an obs-fold header line is refused
 //!   with `400` (Envoy unfolds it). Response trailers are not sent on HTTP/1.1 (Envoy's
 //!   default, `enable_trailers` off).
@@ -52,9 +52,8 @@
 //!   - `use_remote_address` with a loopback client appends `127.0.0.1` to
 //!     `x-forwarded-for` (Envoy appends the machine's own address). `internal_address_config`
 //!     is not supported: every request is external, which is Envoy 1.40's default.
-//!   - The request target is checked by the `http` crate's URI grammar: `"`, `<`, `>` and
-//!     a backtick are refused (Envoy forwards them), raw UTF-8 and a `#fragment` are
-//!     accepted (Envoy refuses them).
+//!   - `"`, `<`, `>` and a backtick in a request target are refused (the `http` crate's
+//!     URI grammar; Envoy forwards them).
 //!   - Small ones: a `HEAD` response loses `transfer-encoding: chunked`; upstream HTTP/1
 //!     trailers reach HTTP/2 clients (Envoy drops them); an empty `content-length: 0` is
 //!     added for POST/PUT/PATCH only (Envoy also for a few other methods); a second `Host`

@@ -48,6 +48,7 @@ fn script(method: &str, path: &str) -> (String, bool) {
         ),
         "/bad-length" => (r("HTTP/1.1 200 OK\r\ncontent-length: 1x\r\n\r\nx"), true),
         "/garbage" => (r("HTX/9 what\r\n\r\n"), true),
+        "/truncated" => (r("HTTP/1.1 200 OK\r\ncontent-le"), true),
         "/idle-close" => (r("HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nbye!"), true),
         "/len" if method == "HEAD" => (r("HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n"), false),
         _ => (r("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nplain"), false),
@@ -174,6 +175,16 @@ fn protocol_errors_are_502() {
             r.body_str()
         );
     }
+    assert_eq!(c.stat("cluster.up.upstream_cx_protocol_error"), 3);
+    // A head cut short by the upstream's close is a reset (503), not a protocol error.
+    let r = get(c.listener, "h", "/truncated", &[]);
+    assert_eq!(r.status, 503);
+    assert!(
+        r.body_str()
+            .ends_with("reset reason: connection termination"),
+        "{}",
+        r.body_str()
+    );
     assert_eq!(c.stat("cluster.up.upstream_cx_protocol_error"), 3);
     // The worker still serves.
     assert_eq!(get(c.listener, "h", "/plain", &[]).status, 200);

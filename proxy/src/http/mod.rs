@@ -54,6 +54,10 @@
 //!     is not supported: every request is external, which is Envoy 1.40's default.
 //!   - `"`, `<`, `>` and a backtick in a request target are refused (the `http` crate's
 //!     URI grammar; Envoy forwards them).
+//!   - A stream idle timeout before the response answers `408` when the request body had
+//!     not been read to its end, `504` otherwise; Envoy's choice follows whether its codec
+//!     had received the whole request (they differ when a complete body waits unread, for
+//!     an upstream connection).
 //!   - Small ones: a `HEAD` response loses `transfer-encoding: chunked`; upstream HTTP/1
 //!     trailers reach HTTP/2 clients (Envoy drops them); an empty `content-length: 0` is
 //!     added for POST/PUT/PATCH only (Envoy also for a few other methods); a second `Host`

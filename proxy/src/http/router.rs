@@ -415,16 +415,18 @@ pub(crate) fn finish_response(cfg: &HcmConfig, resp: &mut Response<ProxyBody>) {
 /// Adds the connection manager's `via` to a message's, as Envoy does: one field, the
 /// values comma-separated.
 fn append_via(headers: &mut HeaderMap, via: &HeaderValue) {
-    let joined = match headers.get(header::VIA) {
-        Some(prior) => {
-            let mut v = prior.as_bytes().to_vec();
-            v.extend_from_slice(b", ");
-            v.extend_from_slice(via.as_bytes());
-            HeaderValue::from_bytes(&v).unwrap_or_else(|_| via.clone())
-        }
-        None => via.clone(),
+    let mut joined = Vec::new();
+    for prior in headers.get_all(header::VIA) {
+        joined.extend_from_slice(prior.as_bytes());
+        joined.extend_from_slice(b", ");
+    }
+    let value = if joined.is_empty() {
+        via.clone()
+    } else {
+        joined.extend_from_slice(via.as_bytes());
+        HeaderValue::from_bytes(&joined).unwrap_or_else(|_| via.clone())
     };
-    headers.insert(header::VIA, joined);
+    headers.insert(header::VIA, value);
 }
 
 /// Header-size accounting as Envoy's `max_request_headers_kb` (names + values).
@@ -1445,6 +1447,16 @@ mod tests {
         assert_eq!(normalize_dots("/../a"), "/a");
         assert_eq!(normalize_dots("/a/b/.."), "/a/");
         assert_eq!(merge_slashes("//a///b/"), "/a/b/");
+        let mut h = HeaderMap::new();
+        let ours = HeaderValue::from_static("ours");
+        append_via(&mut h, &ours);
+        assert_eq!(h.get_all(header::VIA).iter().collect::<Vec<_>>(), ["ours"]);
+        h.append(header::VIA, HeaderValue::from_static("1.1 b"));
+        append_via(&mut h, &ours);
+        assert_eq!(
+            h.get_all(header::VIA).iter().collect::<Vec<_>>(),
+            ["ours, 1.1 b, ours"]
+        );
         let norm = |p: &str| sanitize_path(p, true, false);
         assert_eq!(norm("/a/%2e%2E/x?q=%2e").as_deref(), Some("/x?q=%2e"));
         assert_eq!(

@@ -85,12 +85,20 @@ impl StreamIdle {
             *timer = None;
             return Poll::Pending;
         };
-        // Activity since the timer was armed has moved the deadline: rearmed here.
         let sleep = timer.get_or_insert_with(|| Sleep::until(deadline));
-        if sleep.deadline() != deadline {
+        // Activity only moves the deadline later: the timer is left on the old one and
+        // moved when it fires, so a busy stream adds one timer entry per timeout period,
+        // not one per frame. (A route's shorter timeout moves it earlier, once.)
+        if deadline < sleep.deadline() {
             sleep.reset(deadline);
         }
-        ready!(Pin::new(sleep).poll(cx));
+        loop {
+            ready!(Pin::new(&mut *sleep).poll(cx));
+            match self.deadline() {
+                Some(later) if later > sleep.deadline() => sleep.reset(later),
+                _ => break,
+            }
+        }
         *timer = None;
         self.counter.inc(self.worker);
         Poll::Ready(())

@@ -46,6 +46,10 @@ pub enum H1Error {
     /// of a body).
     #[error("upstream closed the connection")]
     Closed,
+    /// The upstream closed the connection partway through the response head (a reset,
+    /// as Envoy reports it, not a protocol error).
+    #[error("upstream closed the connection in the response head")]
+    Truncated,
     /// The response broke HTTP/1.1.
     #[error("upstream protocol error: {0}")]
     Protocol(&'static str),
@@ -207,9 +211,7 @@ impl H1Connection {
                 Poll::Ready(Ok(0)) if self.buf.is_empty() => {
                     return Poll::Ready(Err(H1Error::Closed))
                 }
-                Poll::Ready(Ok(0)) => {
-                    return Poll::Ready(Err(H1Error::Protocol("incomplete response head")))
-                }
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(H1Error::Truncated)),
                 Poll::Ready(Ok(_)) => {}
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
             }

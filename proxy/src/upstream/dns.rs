@@ -115,12 +115,9 @@ pub async fn resolve_all(server: &Server) {
         let mut cm = server.cluster_manager.borrow_mut();
         let unchanged = cm.get(&cluster).is_some_and(|e| {
             e.info.hosts.hosts.len() == hosts.len()
-                && e.info
-                    .hosts
-                    .hosts
-                    .iter()
-                    .zip(&hosts)
-                    .all(|(a, b)| a.address == b.address && a.weight == b.weight)
+                && e.info.hosts.hosts.iter().zip(&hosts).all(|(a, b)| {
+                    a.address == b.address && a.weight == b.weight && a.hostname == b.hostname
+                })
         });
         if !unchanged {
             cm.set_resolved_hosts(&cluster, Arc::new(HostSet::new(hosts, panic_threshold)));

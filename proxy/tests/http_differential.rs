@@ -548,6 +548,21 @@ fn codec_replies_match_envoy() {
     assert_eq!(get(courier.listener, "h", "/direct", &[]).status, 418);
 }
 
+/// Runs `observe` against a real Envoy serving `boot` and asserts it sees what Courier saw
+/// (`got`); skipped, with a note, when Envoy is not on PATH.
+fn assert_envoy_agrees<T: PartialEq + std::fmt::Debug>(
+    boot: &str,
+    what: &str,
+    observe: impl Fn(&Courier) -> T,
+    got: &T,
+) {
+    let Some(envoy) = Courier::start_envoy(boot) else {
+        eprintln!("envoy not on PATH: skipping the {what} differential");
+        return;
+    };
+    assert_eq!(&observe(&envoy), got, "{what}: courier vs envoy");
+}
+
 /// With `accept_http_10`, HTTP/1.0 clients get `HTTP/1.0` status lines (local and proxied
 /// replies alike), as from Envoy.
 #[test]
@@ -563,24 +578,18 @@ fn http_10_replies_match_envoy() {
         b"GET /direct HTTP/1.0\r\nhost: h\r\n\r\n",
         b"GET /nothing-matches HTTP/1.0\r\nhost: h\r\n\r\n",
     ];
-    let got: Vec<_> = raw
-        .iter()
-        .map(|r| codec_observe(courier.listener, r))
-        .collect();
+    let observe = |p: &Courier| {
+        raw.iter()
+            .map(|r| codec_observe(p.listener, r))
+            .collect::<Vec<_>>()
+    };
+    let got = observe(&courier);
     assert!(
         got.iter()
             .all(|o| o.as_ref().is_some_and(|o| o.0 == "HTTP/1.0")),
         "{got:?}"
     );
-    let Some(envoy) = Courier::start_envoy(&boot) else {
-        eprintln!("envoy not on PATH: skipping the HTTP/1.0 differential");
-        return;
-    };
-    let want: Vec<_> = raw
-        .iter()
-        .map(|r| codec_observe(envoy.listener, r))
-        .collect();
-    assert_eq!(got, want, "courier vs envoy");
+    assert_envoy_agrees(&boot, "HTTP/1.0", observe, &got);
 }
 
 /// `via`: appended to the request's own (one field) and added to every response, proxied
@@ -617,11 +626,7 @@ fn via_matches_envoy() {
             Some("my-via".to_string())
         )
     );
-    let Some(envoy) = Courier::start_envoy(&boot) else {
-        eprintln!("envoy not on PATH: skipping the via differential");
-        return;
-    };
-    assert_eq!(observe(&envoy), got, "courier vs envoy");
+    assert_envoy_agrees(&boot, "via", observe, &got);
 }
 
 /// The forwarding headers of an external request, with and without `use_remote_address`:
@@ -677,11 +682,12 @@ fn forwarding_headers_match_envoy() {
                 .any(|(k, v)| k == "x-envoy-retry-on" && v.is_none()),
             "{got:?}"
         );
-        let Some(envoy) = Courier::start_envoy(&boot) else {
-            eprintln!("envoy not on PATH: skipping the forwarding headers differential");
-            return;
-        };
-        assert_eq!(observe(&envoy), got, "courier vs envoy, hcm: {hcm:?}");
+        assert_envoy_agrees(
+            &boot,
+            &format!("forwarding headers ({hcm:?})"),
+            observe,
+            &got,
+        );
     }
 }
 
@@ -723,9 +729,5 @@ fn normalized_paths_match_envoy() {
             .any(|(p, s, up)| p == "/x/%2E%2e/a/y" && *s == 200 && up.as_deref() == Some("/a/y")),
         "{got:?}"
     );
-    let Some(envoy) = Courier::start_envoy(&boot) else {
-        eprintln!("envoy not on PATH: skipping the normalize_path differential");
-        return;
-    };
-    assert_eq!(observe(&envoy), got, "courier vs envoy");
+    assert_envoy_agrees(&boot, "normalize_path", observe, &got);
 }

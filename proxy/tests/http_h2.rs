@@ -62,13 +62,21 @@ fn setup() -> (Courier, Upstream) {
     (Courier::start(&bootstrap(ROUTES, "", &clusters)), a)
 }
 
-async fn h2_get(addr: SocketAddr, paths: &[&str]) -> Vec<(u16, String, String, Option<String>)> {
+/// An HTTP/2 (prior knowledge) client connection to `addr`, driven on the current runtime.
+async fn h2_connect(
+    addr: SocketAddr,
+) -> hyper::client::conn::http2::SendRequest<http_body_util::Empty<Bytes>> {
     let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let (sender, conn) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
             .await
             .expect("h2 handshake");
     tokio::spawn(conn);
+    sender
+}
+
+async fn h2_get(addr: SocketAddr, paths: &[&str]) -> Vec<(u16, String, String, Option<String>)> {
+    let sender = h2_connect(addr).await;
     let mut futs = Vec::new();
     for p in paths {
         let mut sender = sender.clone();
@@ -147,14 +155,7 @@ fn http2_split_cookies_are_joined_for_http1_upstreams() {
         .build()
         .expect("runtime");
     rt.block_on(async {
-        let tcp = tokio::net::TcpStream::connect(c.listener)
-            .await
-            .expect("connect");
-        let (mut sender, conn) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-                .await
-                .expect("h2 handshake");
-        tokio::spawn(conn);
+        let mut sender = h2_connect(c.listener).await;
         let req = Request::get("http://example.com/cookies")
             .header("cookie", "a=1")
             .header("cookie", "b=2")

@@ -247,10 +247,7 @@ pub fn response_fields(headers: &HeaderMap) -> ResponseFields {
                 .ok()
                 .and_then(|s| s.parse().ok());
         } else if name == header::CONNECTION {
-            fields.close |= value
-                .as_bytes()
-                .split(|b| *b == b',')
-                .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close"));
+            fields.close |= super::headers::has_token(value, b"close");
         }
     }
     if lengths > 1 {

@@ -15,20 +15,12 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::Version;
 
 use super::header_map_pool;
+use super::headers::{has_token, is_response_hop_by_hop};
 
 thread_local! {
     /// Field offsets of the head being split off: kept between heads so that parsing one
     /// allocates nothing.
     static FIELD_SPANS: Cell<Vec<(Range<usize>, Range<usize>)>> = const { Cell::new(Vec::new()) };
-}
-
-/// The connection-level fields of a response that a proxy never forwards (RFC 9110 §7.6.1);
-/// a `101`'s are kept, since they are its upgrade.
-fn is_response_hop_by_hop(name: &HeaderName) -> bool {
-    name == header::CONNECTION
-        || name == header::TRANSFER_ENCODING
-        || name == header::UPGRADE
-        || matches!(name.as_str(), "keep-alive" | "proxy-connection")
 }
 
 /// What a head's framing fields say, noted as the head is split off.
@@ -67,14 +59,8 @@ impl FramingFields {
             self.transfer_encoding = Some(value.clone());
             self.transfer_encoding_fields += 1;
         } else if name == header::CONNECTION {
-            for token in value.as_bytes().split(|b| *b == b',') {
-                let token = token.trim_ascii();
-                if token.eq_ignore_ascii_case(b"close") {
-                    self.close = true;
-                } else if token.eq_ignore_ascii_case(b"keep-alive") {
-                    self.keep_alive = true;
-                }
-            }
+            self.close |= has_token(value, b"close");
+            self.keep_alive |= has_token(value, b"keep-alive");
         } else if name == header::EXPECT {
             self.expect_continue |= value.as_bytes().eq_ignore_ascii_case(b"100-continue");
         }

@@ -403,21 +403,72 @@ pub fn drop_h2c_upgrade(headers: &mut HeaderMap) {
     }
 }
 
+/// The connection-level fields of a response that a proxy never forwards (RFC 9110
+/// §7.6.1); a `101` keeps them, since they are its upgrade.
+pub fn is_response_hop_by_hop(name: &HeaderName) -> bool {
+    use http::header::*;
+    name == CONNECTION
+        || name == TRANSFER_ENCODING
+        || name == UPGRADE
+        || matches!(name.as_str(), "keep-alive" | "proxy-connection")
+}
+
 /// Removes the hop-by-hop headers of an upstream response (kept on a 101, whose
 /// `Connection`/`Upgrade` the client needs).
 pub fn strip_response_hop_by_hop(headers: &mut HeaderMap, status: http::StatusCode) {
-    if status == http::StatusCode::SWITCHING_PROTOCOLS || !headers.keys().any(is_hop_by_hop) {
+    if status == http::StatusCode::SWITCHING_PROTOCOLS
+        || !headers.keys().any(is_response_hop_by_hop)
+    {
         return;
     }
     // Usually `Connection: keep-alive` is the only one.
     headers.remove(http::header::CONNECTION);
-    if !headers.keys().any(is_hop_by_hop) {
+    if !headers.keys().any(is_response_hop_by_hop) {
         return;
     }
     headers.remove("keep-alive");
     headers.remove("proxy-connection");
     headers.remove(http::header::TRANSFER_ENCODING);
     headers.remove(http::header::UPGRADE);
+}
+
+/// Whether a comma-separated field value (`Connection` and the like) lists `token`, in
+/// any case.
+pub fn has_token(value: &HeaderValue, token: &[u8]) -> bool {
+    value
+        .as_bytes()
+        .split(|b| *b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+}
+
+/// Every value of `name` joined with `sep`, then `extra` if given; `None` when that is
+/// no more than one value (nothing to join).
+fn joined_values(
+    headers: &HeaderMap,
+    name: &HeaderName,
+    sep: &[u8],
+    extra: Option<&HeaderValue>,
+) -> Option<HeaderValue> {
+    let values = headers.get_all(name).iter().chain(extra);
+    let mut out = Vec::new();
+    let mut count = 0;
+    for v in values {
+        if count > 0 {
+            out.extend_from_slice(sep);
+        }
+        out.extend_from_slice(v.as_bytes());
+        count += 1;
+    }
+    (count > 1)
+        .then(|| HeaderValue::from_bytes(&out).ok())
+        .flatten()
+}
+
+/// Adds `value` to the message's `name` field as Envoy appends (`via`): one field, the
+/// values comma-separated.
+pub fn append_value(headers: &mut HeaderMap, name: &HeaderName, value: &HeaderValue) {
+    let joined = joined_values(headers, name, b", ", Some(value));
+    headers.insert(name.clone(), joined.unwrap_or_else(|| value.clone()));
 }
 
 /// A header value holding `n` in decimal. Values below 1024 (durations in ms, attempt
@@ -519,16 +570,7 @@ pub fn strip_external_control_headers(headers: &mut HeaderMap, edge: bool) {
 /// Joins the `cookie` fields an HTTP/2 client split (RFC 9113 §8.2.3) into one, with `; `,
 /// as Envoy's codec does: an HTTP/1.1 upstream may read only one `Cookie` line.
 pub fn join_cookies(headers: &mut HeaderMap) {
-    let mut values = headers.get_all(http::header::COOKIE).iter();
-    let (Some(first), Some(_)) = (values.next(), values.next()) else {
-        return;
-    };
-    let mut joined = first.as_bytes().to_vec();
-    for v in headers.get_all(http::header::COOKIE).iter().skip(1) {
-        joined.extend_from_slice(b"; ");
-        joined.extend_from_slice(v.as_bytes());
-    }
-    if let Ok(v) = HeaderValue::from_bytes(&joined) {
+    if let Some(v) = joined_values(headers, &http::header::COOKIE, b"; ", None) {
         headers.insert(http::header::COOKIE, v);
     }
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::Body as _;
@@ -408,25 +408,8 @@ pub(crate) fn finish_response(cfg: &HcmConfig, resp: &mut Response<ProxyBody>) {
         S::PassThrough => {}
     }
     if let Some(via) = &cfg.via {
-        append_via(resp.headers_mut(), via);
+        super::headers::append_value(resp.headers_mut(), &header::VIA, via);
     }
-}
-
-/// Adds the connection manager's `via` to a message's, as Envoy does: one field, the
-/// values comma-separated.
-fn append_via(headers: &mut HeaderMap, via: &HeaderValue) {
-    let mut joined = Vec::new();
-    for prior in headers.get_all(header::VIA) {
-        joined.extend_from_slice(prior.as_bytes());
-        joined.extend_from_slice(b", ");
-    }
-    let value = if joined.is_empty() {
-        via.clone()
-    } else {
-        joined.extend_from_slice(via.as_bytes());
-        HeaderValue::from_bytes(&joined).unwrap_or_else(|_| via.clone())
-    };
-    headers.insert(header::VIA, value);
 }
 
 /// Header-size accounting as Envoy's `max_request_headers_kb` (names + values).
@@ -564,7 +547,7 @@ async fn process(
         }
     }
     if let Some(via) = &cfg.via {
-        append_via(headers, via);
+        super::headers::append_value(headers, &header::VIA, via);
     }
     // Route.
     let table: Option<Arc<RouteTable>> = match &cfg.routes {
@@ -1447,12 +1430,14 @@ mod tests {
         assert_eq!(normalize_dots("/../a"), "/a");
         assert_eq!(normalize_dots("/a/b/.."), "/a/");
         assert_eq!(merge_slashes("//a///b/"), "/a/b/");
-        let mut h = HeaderMap::new();
+        let mut h = http::HeaderMap::new();
         let ours = HeaderValue::from_static("ours");
-        append_via(&mut h, &ours);
+        let append_via =
+            |h: &mut http::HeaderMap| super::super::headers::append_value(h, &header::VIA, &ours);
+        append_via(&mut h);
         assert_eq!(h.get_all(header::VIA).iter().collect::<Vec<_>>(), ["ours"]);
         h.append(header::VIA, HeaderValue::from_static("1.1 b"));
-        append_via(&mut h, &ours);
+        append_via(&mut h);
         assert_eq!(
             h.get_all(header::VIA).iter().collect::<Vec<_>>(),
             ["ours, 1.1 b, ours"]

@@ -32,11 +32,10 @@ use crate::event::rt;
 /// hop-by-hop field like any other, dropped on the way upstream.
 pub fn is_upgrade(headers: &http::HeaderMap) -> bool {
     headers.contains_key(header::UPGRADE)
-        && headers.get_all(header::CONNECTION).iter().any(|v| {
-            v.as_bytes()
-                .split(|b| *b == b',')
-                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"upgrade"))
-        })
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .any(|v| super::headers::has_token(v, b"upgrade"))
 }
 
 /// The downstream half of an upgrade, delivered once the response accepting it is sent.

@@ -226,25 +226,17 @@ fn serve_conn(
         let mut status = 200;
         let mut out_body = format!("{name} {method} {path}");
         let after = |pat: &str| path.find(pat).map(|i| &path[i + pat.len()..]);
+        // The number that follows a path prefix (`/delay/<ms>`), up to `/` or `?`.
+        fn number<T: std::str::FromStr>(rest: &str) -> Option<T> {
+            rest.split(['/', '?']).next().and_then(|c| c.parse().ok())
+        }
         if let Some(code) = after("/status/") {
-            status = code
-                .split(['/', '?'])
-                .next()
-                .and_then(|c| c.parse().ok())
-                .unwrap_or(500);
+            status = number(code).unwrap_or(500);
         } else if let Some(ms) = after("/delay/") {
-            let ms: u64 = ms
-                .split(['/', '?'])
-                .next()
-                .and_then(|c| c.parse().ok())
-                .unwrap_or(0);
+            let ms: u64 = number(ms).unwrap_or(0);
             std::thread::sleep(Duration::from_millis(ms));
         } else if let Some(n) = after("/flaky/") {
-            let n: usize = n
-                .split(['/', '?'])
-                .next()
-                .and_then(|c| c.parse().ok())
-                .unwrap_or(1);
+            let n: usize = number(n).unwrap_or(1);
             let mut f = flaky.lock().expect("lock");
             let count = f.entry(path.clone()).or_insert(0);
             *count += 1;
@@ -253,11 +245,7 @@ fn serve_conn(
                 out_body = "flaky".into();
             }
         } else if let Some(ms) = after("/stall/") {
-            let ms: u64 = ms
-                .split(['/', '?'])
-                .next()
-                .and_then(|c| c.parse().ok())
-                .unwrap_or(0);
+            let ms: u64 = number(ms).unwrap_or(0);
             let head =
                 format!("HTTP/1.1 200 X\r\nx-upstream: {name}\r\ncontent-length: 10\r\n\r\nabc");
             if w.write_all(head.as_bytes()).is_err() {

@@ -195,6 +195,12 @@ fn cases() -> Vec<Case> {
         case("h", "/status/404"),
         case("h", "/status/500"),
         case("h", "/status/503"),
+        // Envoy writes its own reason phrases, whatever the upstream sent.
+        case("h", "/status/203"),
+        case("h", "/status/418"),
+        case("h", "/status/451"),
+        case("h", "/status/599"),
+        case("h", "/status/299"),
         case("h", "/a/path%20with%20escapes"),
         case("h", "/a/very/long/path/with/many/segments/and/more"),
     ];
@@ -252,10 +258,22 @@ fn cases() -> Vec<Case> {
         method: "HEAD",
         ..case("h", "/a/head")
     });
-    v.push(Case {
-        method: "DELETE",
-        ..case("h", "/a/delete")
-    });
+    // Only GET, HEAD, DELETE, TRACE and CONNECT go upstream without an empty
+    // `content-length`.
+    for (method, path) in [
+        ("DELETE", "/a/delete"),
+        ("OPTIONS", "/a/options"),
+        ("PURGE", "/a/purge"),
+        ("PUT", "/a/put"),
+        ("TRACE", "/a/trace"),
+    ] {
+        v.push(Case {
+            method,
+            ..case("h", path)
+        });
+    }
+    // A second `Host`: Envoy's header map joins the two.
+    v.push(with("/a/two-hosts", vec![("host", "second.example")]));
     v
 }
 
@@ -263,6 +281,7 @@ fn cases() -> Vec<Case> {
 #[derive(Debug, PartialEq)]
 struct Observed {
     status: u16,
+    reason: String,
     body: String,
     headers: Vec<(String, Option<String>)>,
     upstream_path: Option<String>,
@@ -288,6 +307,7 @@ const UPSTREAM_HEADERS: &[&str] = &[
     "x-envoy-original-path",
     "x-envoy-original-host",
     "x-envoy-expected-rq-timeout-ms",
+    "content-length",
     "upgrade",
     "http2-settings",
 ];
@@ -308,6 +328,7 @@ fn observe(addr: SocketAddr, c: &Case, ups: &[&Upstream]) -> Observed {
     }
     Observed {
         status: r.status,
+        reason: r.reason.clone(),
         body: r.body_str(),
         headers: RESPONSE_HEADERS
             .iter()
@@ -497,6 +518,12 @@ fn codec_cases() -> Vec<(&'static str, Vec<u8>)> {
         ("CONNECT", b"CONNECT h:80 HTTP/1.1\r\nhost: h:80\r\n\r\n"),
         ("OPTIONS *", b"OPTIONS * HTTP/1.1\r\nhost: h\r\n\r\n"),
         ("connection close", b"GET /direct HTTP/1.1\r\nhost: h\r\nconnection: close\r\n\r\n"),
+        ("lowercase method", b"get /direct HTTP/1.1\r\nhost: h\r\n\r\n"),
+        ("unknown method", b"FOO /direct HTTP/1.1\r\nhost: h\r\n\r\n"),
+        ("M-SEARCH", b"M-SEARCH /direct HTTP/1.1\r\nhost: h\r\n\r\n"),
+        ("QUERY", b"QUERY /direct HTTP/1.1\r\nhost: h\r\n\r\n"),
+        ("PROPFIND", b"PROPFIND /direct HTTP/1.1\r\nhost: h\r\n\r\n"),
+        ("MKCALENDAR", b"MKCALENDAR /a HTTP/1.1\r\nhost: h\r\n\r\n"),
         ("refused upgrade", b"GET /a/ws HTTP/1.1\r\nhost: h\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n"),
     ];
     let mut cases: Vec<(&'static str, Vec<u8>)> =
@@ -506,14 +533,21 @@ fn codec_cases() -> Vec<(&'static str, Vec<u8>)> {
     cases
 }
 
-/// Status line version, status, body, and whether the reply announced `connection: close`.
-fn codec_observe(addr: SocketAddr, raw: &[u8]) -> Option<(String, u16, String, bool)> {
+/// Status line (version, status, reason), body, and whether the reply announced
+/// `connection: close`.
+fn codec_observe(addr: SocketAddr, raw: &[u8]) -> Option<(String, u16, String, String, bool)> {
     let mut client = Client::connect(addr);
     client.send_raw(raw);
     let head = raw.starts_with(b"HEAD ");
     let r = read_response(&mut client.reader, head)?;
     let close = r.header("connection") == Some("close");
-    Some((r.version.clone(), r.status, r.body_str(), close))
+    Some((
+        r.version.clone(),
+        r.status,
+        r.reason.clone(),
+        r.body_str(),
+        close,
+    ))
 }
 
 #[test]
@@ -666,7 +700,11 @@ fn forwarding_headers_match_envoy() {
             "x-request-id kept".into(),
             Some((value("x-request-id").as_deref() == Some("client-id")).to_string()),
         ));
-        for name in ["x-envoy-external-address", "x-forwarded-proto"] {
+        for name in [
+            "x-envoy-external-address",
+            "x-forwarded-proto",
+            "x-forwarded-for",
+        ] {
             seen.push((name.into(), value(name)));
         }
         seen

@@ -62,19 +62,6 @@ fn setup() -> (Courier, Upstream) {
     (Courier::start(&bootstrap(ROUTES, "", &clusters)), a)
 }
 
-/// An HTTP/2 (prior knowledge) client connection to `addr`, driven on the current runtime.
-async fn h2_connect(
-    addr: SocketAddr,
-) -> hyper::client::conn::http2::SendRequest<http_body_util::Empty<Bytes>> {
-    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let (sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-            .await
-            .expect("h2 handshake");
-    tokio::spawn(conn);
-    sender
-}
-
 async fn h2_get(addr: SocketAddr, paths: &[&str]) -> Vec<(u16, String, String, Option<String>)> {
     let sender = h2_connect(addr).await;
     let mut futs = Vec::new();

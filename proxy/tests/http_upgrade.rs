@@ -226,7 +226,7 @@ fn websocket_matches_envoy() {
 /// An HTTP/2 (prior knowledge) connection to `addr`, once the server's SETTINGS arrived
 /// (the answer to a first request comes after them: an extended CONNECT may only be sent
 /// once they enabled it); `closed` resolves when the connection ends.
-async fn h2_connect(
+async fn h2_connect_settled(
     addr: SocketAddr,
 ) -> (
     hyper::client::conn::http2::SendRequest<Empty<Bytes>>,
@@ -313,7 +313,7 @@ fn h2_websocket_exchange(
     half_close: bool,
 ) -> (u16, Option<String>, usize, Vec<u8>) {
     block_on(async move {
-        let (mut send, _closed) = h2_connect(addr).await;
+        let (mut send, _closed) = h2_connect_settled(addr).await;
         let (status, upstream, io) = h2_websocket_open(&mut send, addr, path).await;
         let Some(mut io) = io else {
             return (status, upstream, 0, Vec::new());
@@ -439,12 +439,12 @@ fn http2_websocket_is_not_idle() {
     let courier = Courier::start(&bootstrap(ROUTES, &hcm, &cluster("ws", &[ws], "")));
     let addr = courier.listener;
     block_on(async {
-        let (mut send, _tunnel_closed) = h2_connect(addr).await;
+        let (mut send, _tunnel_closed) = h2_connect_settled(addr).await;
         let (status, _, io) = h2_websocket_open(&mut send, addr, "/chat").await;
         assert_eq!(status, 200);
         let mut io = io.expect("tunnel");
         h2_echo(&mut io, b"before").await;
-        let (_plain, plain_closed) = h2_connect(addr).await;
+        let (_plain, plain_closed) = h2_connect_settled(addr).await;
         plain_closed.await.expect("the plain connection closes");
         assert_eq!(
             courier.stat("http.ingress.downstream_cx_idle_timeout"),

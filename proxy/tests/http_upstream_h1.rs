@@ -24,6 +24,10 @@ struct Counts {
 fn script(method: &str, path: &str) -> (String, bool) {
     let r = |s: &str| s.to_string();
     match path {
+        "/chunked" if method == "HEAD" => (
+            r("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"),
+            false,
+        ),
         "/chunked" => (
             r("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nx-trailer: t\r\n\r\n"),
             false,
@@ -141,6 +145,12 @@ fn response_framings() {
     assert_eq!(r.status, 204);
     let r = client.request("HEAD", "h", "/len", &[], b"");
     assert_eq!((r.status, r.header("content-length")), (200, Some("10")));
+    // A HEAD response keeps its chunked coding, as Envoy passes it on.
+    let r = client.request("HEAD", "h", "/chunked", &[], b"");
+    assert_eq!(
+        (r.status, r.header("transfer-encoding")),
+        (200, Some("chunked"))
+    );
     // All of the above on one upstream connection, kept alive.
     assert_eq!(counts.connections.load(Ordering::SeqCst), 1);
     let r = client.get("h", "/until-close", &[]);
@@ -211,4 +221,51 @@ fn a_connection_closed_while_idle_is_not_reused() {
     }
     assert_eq!(counts.connections.load(Ordering::SeqCst), 20);
     assert_eq!(c.stat("cluster.up.upstream_rq_rx_reset"), 0);
+}
+
+/// What an HTTP/2 client gets for `path`: the body and the `x-trailer` trailer.
+fn h2_body_and_trailer(addr: SocketAddr, path: &str) -> (String, Option<String>) {
+    use http_body_util::BodyExt;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let mut sender = h2_connect(addr).await;
+        let req = http::Request::get(format!("http://h{path}"))
+            .body(http_body_util::Empty::new())
+            .expect("request");
+        let resp = sender.send_request(req).await.expect("response");
+        let collected = resp.into_body().collect().await.expect("body");
+        let trailer = collected
+            .trailers()
+            .and_then(|t| t.get("x-trailer"))
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        (
+            String::from_utf8_lossy(&collected.to_bytes()).into_owned(),
+            trailer,
+        )
+    })
+}
+
+/// An HTTP/1.1 upstream's trailers are read only with the cluster's `enable_trailers`, as
+/// by Envoy's codec: without it an HTTP/2 client gets the body and no trailers.
+#[test]
+fn http1_upstream_trailers_need_enable_trailers() {
+    let (up, _) = start_scripted();
+    let enabled = "    typed_extension_protocol_options:\n      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n        explicit_http_config:\n          http_protocol_options: { enable_trailers: true }\n";
+    for (extra, want) in [("", None), (enabled, Some("t"))] {
+        let boot = bootstrap(ROUTES, "", &cluster("up", &[up], extra));
+        let c = Courier::start(&boot);
+        let got = h2_body_and_trailer(c.listener, "/chunked");
+        assert_eq!(got, ("hello world".to_string(), want.map(str::to_string)));
+        if let Some(envoy) = Courier::start_envoy(&boot) {
+            assert_eq!(
+                h2_body_and_trailer(envoy.listener, "/chunked"),
+                got,
+                "Envoy"
+            );
+        }
+    }
 }

@@ -25,6 +25,8 @@ pub struct ProxyBody {
     on_end: Option<OnEnd>,
     bytes: u64,
     idle: Option<IdleWatch>,
+    /// Trailers end the body without being passed on.
+    drop_trailers: bool,
 }
 
 /// A body's part in its stream's idle timeout ([`StreamIdle`]).
@@ -44,29 +46,29 @@ enum Kind {
 }
 
 impl ProxyBody {
-    /// No body.
-    pub fn empty() -> ProxyBody {
+    fn of(kind: Kind) -> ProxyBody {
         ProxyBody {
-            kind: Kind::Empty,
+            kind,
             on_end: None,
             bytes: 0,
             idle: None,
+            drop_trailers: false,
         }
+    }
+
+    /// No body.
+    pub fn empty() -> ProxyBody {
+        ProxyBody::of(Kind::Empty)
     }
 
     /// A complete body.
     pub fn full(b: impl Into<Bytes>) -> ProxyBody {
         let b = b.into();
-        ProxyBody {
-            kind: if b.is_empty() {
-                Kind::Empty
-            } else {
-                Kind::Full(Some(b))
-            },
-            on_end: None,
-            bytes: 0,
-            idle: None,
-        }
+        ProxyBody::of(if b.is_empty() {
+            Kind::Empty
+        } else {
+            Kind::Full(Some(b))
+        })
     }
 
     /// A streamed body; `on_end` runs when it ends (at once if it is already complete).
@@ -78,34 +80,28 @@ impl ProxyBody {
                 f(true, 0);
             }
         }
-        ProxyBody {
-            kind: Kind::Stream(inner),
-            on_end,
-            bytes: 0,
-            idle: None,
-        }
+        let mut body = ProxyBody::of(Kind::Stream(inner));
+        body.on_end = on_end;
+        body
     }
 
     /// A response body read from an upstream HTTP/1.1 connection by Courier's own client
     /// ([`super::upstream_h1`]).
     pub fn upstream(inner: UpstreamBody) -> ProxyBody {
-        ProxyBody {
-            kind: Kind::Upstream(inner),
-            on_end: None,
-            bytes: 0,
-            idle: None,
-        }
+        ProxyBody::of(Kind::Upstream(inner))
     }
 
     /// A request body read from a downstream HTTP/1.1 connection by Courier's own codec
     /// ([`super::h1_server`]).
     pub fn downstream(inner: DownstreamBody) -> ProxyBody {
-        ProxyBody {
-            kind: Kind::Downstream(inner),
-            on_end: None,
-            bytes: 0,
-            idle: None,
-        }
+        ProxyBody::of(Kind::Downstream(inner))
+    }
+
+    /// Ends the body at its trailers instead of passing them on (an HTTP/1.1 upstream's
+    /// trailers without `enable_trailers`, which Envoy's codec does not read).
+    pub fn without_trailers(mut self) -> ProxyBody {
+        self.drop_trailers = true;
+        self
     }
 
     /// Adds a hook run after the existing ones when the body ends or is dropped.
@@ -167,7 +163,7 @@ impl Body for ProxyBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        let r = match &mut this.kind {
+        let mut r = match &mut this.kind {
             Kind::Empty => Poll::Ready(None),
             Kind::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Kind::Stream(inner) => Pin::new(inner)
@@ -178,6 +174,10 @@ impl Body for ProxyBody {
                 .map_err(|e| Box::new(e) as BoxError),
             Kind::Downstream(inner) => inner.poll_frame(cx).map_err(|e| Box::new(e) as BoxError),
         };
+        if this.drop_trailers && matches!(&r, Poll::Ready(Some(Ok(f))) if f.is_trailers()) {
+            // Trailers come last: the body is complete without them.
+            r = Poll::Ready(None);
+        }
         let ended = match &r {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(d) = frame.data_ref() {

@@ -72,8 +72,9 @@ impl CodecError {
         }
     }
 
-    /// A request target the connection manager refuses (`400` without a body).
-    fn bad_target(reason: &'static str) -> Self {
+    /// A request the connection manager refuses after the codec took it (`400` without a
+    /// body).
+    fn refused(reason: &'static str) -> Self {
         CodecError {
             bare: true,
             ..CodecError::bad(reason)
@@ -131,8 +132,7 @@ pub fn parse_request_head(
     if len > limits.max_head_bytes {
         return Err(CodecError::too_large());
     }
-    let method = Method::from_bytes(req.method.unwrap_or_default().as_bytes())
-        .map_err(|_| CodecError::bad("invalid method"))?;
+    let method = request_method(req.method.unwrap_or_default())?;
     let version = match req.version {
         Some(0) if !limits.accept_http_10 => return Err(CodecError::upgrade_required()),
         Some(0) => Version::HTTP_10,
@@ -146,16 +146,20 @@ pub fn parse_request_head(
         return Err(CodecError::bad("non-ASCII byte in the target"));
     }
     if target.contains(&b'#') {
-        return Err(CodecError::bad_target("fragment in the target"));
+        return Err(CodecError::refused("fragment in the target"));
     }
     let spans = HeadSpans::new(buf, req.headers, Some(target));
     let SplitHead {
         target,
-        headers,
+        mut headers,
         framing,
     } = spans
         .split_off(buf, len, 8, false)
         .map_err(CodecError::bad)?;
+    if framing.host_fields > 1 {
+        // Envoy's header map keeps one `Host`, the values comma-joined.
+        super::headers::join_fields(&mut headers, &header::HOST, b",");
+    }
     let uri = Uri::from_maybe_shared(target).map_err(|_| CodecError::bad("invalid target"))?;
     let body = body_framing(&framing, version)?;
     let keep_alive = framing.keeps_alive(version);
@@ -171,6 +175,69 @@ pub fn parse_request_head(
         keep_alive,
         expect_continue,
     }))
+}
+
+/// The methods Envoy's HTTP/1 codec accepts, the common ones first (measured against
+/// Envoy 1.40; its codec answers any other token, `get` or `M-SEARCH` included, `400`).
+const ACCEPTED_METHODS: [&str; 34] = [
+    "GET",
+    "POST",
+    "HEAD",
+    "PUT",
+    "DELETE",
+    "OPTIONS",
+    "PATCH",
+    "TRACE",
+    "CONNECT",
+    "ACL",
+    "BIND",
+    "CHECKOUT",
+    "COPY",
+    "LINK",
+    "LOCK",
+    "MERGE",
+    "MKACTIVITY",
+    "MKCALENDAR",
+    "MKCOL",
+    "MOVE",
+    "MSEARCH",
+    "NOTIFY",
+    "PROPFIND",
+    "PROPPATCH",
+    "PURGE",
+    "REBIND",
+    "REPORT",
+    "SEARCH",
+    "SOURCE",
+    "SUBSCRIBE",
+    "UNBIND",
+    "UNLINK",
+    "UNLOCK",
+    "UNSUBSCRIBE",
+];
+
+/// A request line's method, if Envoy would take it.
+fn request_method(token: &str) -> Result<Method, CodecError> {
+    if !ACCEPTED_METHODS.contains(&token) {
+        // Envoy's codec reads `QUERY`, but its connection manager then refuses it.
+        return Err(if token == "QUERY" {
+            CodecError::refused("QUERY method")
+        } else {
+            CodecError::bad("invalid method")
+        });
+    }
+    Method::from_bytes(token.as_bytes()).map_err(|_| CodecError::bad("invalid method"))
+}
+
+/// A status line's reason phrase, as Envoy writes it whatever the upstream sent: the
+/// registered phrase, with Envoy's own for a few codes and `Unknown` for the rest.
+pub fn reason_phrase(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        203 => "Non-Authoritative Information",
+        418 | 451 => "Unknown",
+        599 => "Last Unassigned Server Error Code",
+        _ => status.canonical_reason().unwrap_or("Unknown"),
+    }
 }
 
 /// Whether the request line is well formed but for its version (`HTTP/2.0`, `HTTP/1.2`):
@@ -301,19 +368,14 @@ pub fn encode_response_head(
     });
     out.put_slice(parts.status.as_str().as_bytes());
     out.put_u8(b' ');
-    out.put_slice(
-        parts
-            .status
-            .canonical_reason()
-            .unwrap_or_default()
-            .as_bytes(),
-    );
+    out.put_slice(reason_phrase(parts.status).as_bytes());
     out.put_slice(b"\r\n");
     let mut has_length = false;
     let mut has_date = false;
     for (name, value) in &parts.headers {
+        // A response without a body (to `HEAD`) keeps the `transfer-encoding` it was given.
         if (name == header::CONNECTION && connection != ConnectionHeader::AsGiven)
-            || name == header::TRANSFER_ENCODING
+            || (name == header::TRANSFER_ENCODING && framing != ResponseFraming::None)
             || name.as_str() == "keep-alive"
         {
             continue;

@@ -40,6 +40,8 @@ pub(crate) struct FramingFields {
     pub keep_alive: bool,
     /// `Expect: 100-continue`.
     pub expect_continue: bool,
+    /// How many `Host` fields there are (a request's).
+    pub host_fields: usize,
 }
 
 impl FramingFields {
@@ -63,6 +65,8 @@ impl FramingFields {
             self.keep_alive |= has_token(value, b"keep-alive");
         } else if name == header::EXPECT {
             self.expect_continue |= value.as_bytes().eq_ignore_ascii_case(b"100-continue");
+        } else if name == header::HOST {
+            self.host_fields += 1;
         }
     }
 }

@@ -39,8 +39,8 @@ use hyper::body::{Body as _, Frame};
 use super::body::ProxyBody;
 use super::conn::PrefixedIo;
 use super::downstream_h1::{
-    encode_response_head, parse_request_head, response_fields, CodecError, ConnectionHeader,
-    Limits, RequestHead, ResponseFraming,
+    encode_response_head, parse_request_head, reason_phrase, response_fields, CodecError,
+    ConnectionHeader, Limits, RequestHead, ResponseFraming,
 };
 use super::header_map_pool;
 use super::router::{self, ConnInfo};
@@ -658,10 +658,6 @@ fn reply(info: &ConnInfo, status: StatusCode, body: &str) -> Response<ProxyBody>
 /// Envoy's reply to a request its codec refuses: the status and its reason as the body (no
 /// body for a target its connection manager refuses).
 fn error_reply(info: &ConnInfo, e: CodecError) -> Response<ProxyBody> {
-    let body = if e.bare {
-        ""
-    } else {
-        e.status.canonical_reason().unwrap_or_default()
-    };
+    let body = if e.bare { "" } else { reason_phrase(e.status) };
     reply(info, e.status, body)
 }

@@ -185,6 +185,9 @@ pub struct HcmConfig {
     pub server_header: ServerHeaderTransformation,
     /// `use_remote_address`.
     pub use_remote_address: bool,
+    /// The machine's own address, appended to `x-forwarded-for` for a loopback client
+    /// ([`crate::server::local_info`]).
+    pub local_address: std::net::IpAddr,
     /// `xff_num_trusted_hops`.
     pub xff_num_trusted_hops: u32,
     /// `skip_xff_append`.
@@ -485,6 +488,7 @@ impl HcmConfig {
             server_name,
             server_header,
             use_remote_address: proto.use_remote_address.as_ref().is_some_and(|b| b.value),
+            local_address: crate::server::local_info::local_address(),
             xff_num_trusted_hops: proto.xff_num_trusted_hops,
             skip_xff_append: proto.skip_xff_append,
             via,

@@ -570,8 +570,13 @@ pub fn strip_external_control_headers(headers: &mut HeaderMap, edge: bool) {
 /// Joins the `cookie` fields an HTTP/2 client split (RFC 9113 §8.2.3) into one, with `; `,
 /// as Envoy's codec does: an HTTP/1.1 upstream may read only one `Cookie` line.
 pub fn join_cookies(headers: &mut HeaderMap) {
-    if let Some(v) = joined_values(headers, &http::header::COOKIE, b"; ", None) {
-        headers.insert(http::header::COOKIE, v);
+    join_fields(headers, &http::header::COOKIE, b"; ");
+}
+
+/// Makes the `name` fields one, their values joined with `sep`.
+pub fn join_fields(headers: &mut HeaderMap, name: &HeaderName, sep: &[u8]) {
+    if let Some(v) = joined_values(headers, name, sep, None) {
+        headers.insert(name.clone(), v);
     }
 }
 

@@ -524,7 +524,12 @@ async fn process(
     let remote_ip = conn.remote.ip();
     if cfg.use_remote_address {
         if !cfg.skip_xff_append {
-            let ip = remote_ip.to_string();
+            // As Envoy: a loopback peer is this machine, named by its own address.
+            let ip = if remote_ip.is_loopback() {
+                cfg.local_address.to_string()
+            } else {
+                remote_ip.to_string()
+            };
             let v = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
                 Some(prev) if !prev.is_empty() => format!("{prev},{ip}"),
                 _ => ip,
@@ -1303,6 +1308,16 @@ async fn send_h1_upgrade(
         .map_err(upgrade::UpgradeSendError::Reset)
 }
 
+/// An HTTP/1.1 upstream's response body as the cluster passes it on: its trailers only
+/// with `enable_trailers`.
+fn http1_response_body(cluster: &ClusterInfo, body: ProxyBody) -> ProxyBody {
+    if cluster.http1_trailers {
+        body
+    } else {
+        body.without_trailers()
+    }
+}
+
 async fn send_once(
     pool: &Rc<pool::ClusterPool>,
     cluster: &Arc<ClusterInfo>,
@@ -1342,7 +1357,8 @@ async fn send_once(
                     // The upstream client leaves the response's hop-by-hop fields out.
                     Ok((resp, body)) => {
                         header_map_pool::recycle(parts.headers);
-                        return Ok(Response::from_parts(resp, ProxyBody::upstream(body)));
+                        let body = http1_response_body(cluster, ProxyBody::upstream(body));
+                        return Ok(Response::from_parts(resp, body));
                     }
                     // The upstream closed the kept-alive connection as the request went
                     // out: an idempotent request goes again on another connection.
@@ -1378,7 +1394,10 @@ async fn send_once(
                             }
                         })),
                     );
-                    return Ok(Response::from_parts(parts, body));
+                    return Ok(Response::from_parts(
+                        parts,
+                        http1_response_body(cluster, body),
+                    ));
                 }
                 Err(mut e) => match e.take_message() {
                     Some(r) => {

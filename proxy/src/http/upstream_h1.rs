@@ -261,11 +261,14 @@ fn encode_request(out: &mut Vec<u8>, parts: &http::request::Parts, body_len: usi
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    // A body is always sent with its length; an empty one is announced only where the
-    // method implies a body (as hyper's client does).
+    // A body is always sent with its length; an empty one is announced unless the method
+    // has no body (Envoy's codec: all but GET, HEAD, DELETE, TRACE and CONNECT).
     if body_len > 0
         || had_length
-        || matches!(parts.method, Method::POST | Method::PUT | Method::PATCH)
+        || !matches!(
+            parts.method,
+            Method::GET | Method::HEAD | Method::DELETE | Method::TRACE | Method::CONNECT
+        )
     {
         // Writing to a `Vec` cannot fail.
         let _ = write!(out, "content-length: {body_len}\r\n");
@@ -292,13 +295,21 @@ pub fn parse_response_head(
     buf: &mut BytesMut,
     head_request: bool,
 ) -> Result<Option<ResponseHead>, H1Error> {
-    let Some((parts, framing, keep_alive)) = parse_head(buf)? else {
+    let Some((mut parts, framing, keep_alive)) = parse_head(buf)? else {
         if buf.len() > MAX_HEAD {
             return Err(H1Error::Protocol("response headers too large"));
         }
         return Ok(None);
     };
     let status = parts.status;
+    if head_request && framing == Framing::ChunkSize {
+        // Envoy passes a HEAD response's `transfer-encoding: chunked` on (the body a GET
+        // would get is chunked); the downstream codec writes it without a body.
+        parts.headers.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+    }
     let framing = if head_request
         || status.is_informational()
         || status == StatusCode::NO_CONTENT

@@ -5,5 +5,6 @@
 
 mod drain;
 mod instance;
+pub mod local_info;
 
 pub use instance::{run, Server, ServerState};

@@ -152,6 +152,9 @@ pub struct ClusterInfo {
     pub thresholds: Thresholds,
     /// Whether upstream HTTP uses HTTP/2.
     pub http2: bool,
+    /// `http_protocol_options.enable_trailers`: an HTTP/1.1 upstream's response trailers
+    /// are passed on (off by default, as Envoy, whose HTTP/1 codec then drops them).
+    pub http1_trailers: bool,
     /// The hosts, replaced as a whole on every membership change.
     pub hosts: Arc<HostSet>,
     /// `cluster.<name>.*`.
@@ -172,6 +175,7 @@ impl ClusterInfo {
             buffer_limit: self.buffer_limit,
             thresholds: self.thresholds,
             http2: self.http2,
+            http1_trailers: self.http1_trailers,
             hosts,
             stats: self.stats.clone(),
             proto: self.proto.clone(),
@@ -260,7 +264,10 @@ pub fn compile_cluster(proto: &pb::Cluster, store: &Store) -> Result<ClusterInfo
         .as_ref()
         .map_or(1024 * 1024, |v| v.value as usize);
     let thresholds = thresholds(proto);
-    let http2 = http2_enabled(proto)?;
+    let UpstreamHttp {
+        http2,
+        http1_trailers,
+    } = upstream_http(proto)?;
     let stats = ClusterStats::new(store, &proto.name);
     let hosts = match (&discovery, &proto.load_assignment) {
         (DiscoveryType::Static, Some(cla)) => build_host_set(cla, store, None, panic_threshold)
@@ -287,6 +294,7 @@ pub fn compile_cluster(proto: &pb::Cluster, store: &Store) -> Result<ClusterInfo
         buffer_limit,
         thresholds,
         http2,
+        http1_trailers,
         hosts,
         stats,
         proto: Arc::new(Encoded::new(proto)),
@@ -351,9 +359,19 @@ fn thresholds(proto: &pb::Cluster) -> Thresholds {
     t
 }
 
+/// The protocol a cluster's upstream HTTP speaks, and how.
+struct UpstreamHttp {
+    http2: bool,
+    http1_trailers: bool,
+}
+
 #[allow(deprecated)] // the legacy `http2_protocol_options` is still common in configs
-fn http2_enabled(proto: &pb::Cluster) -> Result<bool, ConfigError> {
+fn upstream_http(proto: &pb::Cluster) -> Result<UpstreamHttp, ConfigError> {
     let mut http2 = proto.http2_protocol_options.is_some();
+    let mut http1_trailers = proto
+        .http_protocol_options
+        .as_ref()
+        .is_some_and(|o| o.enable_trailers);
     let mut keys: Vec<&String> = proto.typed_extension_protocol_options.keys().collect();
     keys.sort();
     for key in keys {
@@ -372,6 +390,9 @@ fn http2_enabled(proto: &pb::Cluster) -> Result<bool, ConfigError> {
                     c.protocol_config,
                     Some(ProtocolConfig::Http2ProtocolOptions(_))
                 );
+                if let Some(ProtocolConfig::HttpProtocolOptions(o)) = &c.protocol_config {
+                    http1_trailers = o.enable_trailers;
+                }
             }
             Some(UpstreamProtocolOptions::UseDownstreamProtocolConfig(_)) => {
                 return Err(ConfigError::unsupported(format!(
@@ -384,7 +405,10 @@ fn http2_enabled(proto: &pb::Cluster) -> Result<bool, ConfigError> {
             None => {}
         }
     }
-    Ok(http2)
+    Ok(UpstreamHttp {
+        http2,
+        http1_trailers,
+    })
 }
 
 /// The (host, port, weight) targets of a DNS cluster's load assignment.

@@ -43,6 +43,8 @@ pub struct Resp {
     /// The status line's version (`HTTP/1.1`).
     pub version: String,
     pub status: u16,
+    /// The status line's reason phrase.
+    pub reason: String,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
 }
@@ -261,9 +263,12 @@ fn serve_conn(
         } else if path.contains("/echo") {
             out_body = String::from_utf8_lossy(&body).into_owned();
         }
+        let len = out_body.len();
+        if method == "HEAD" {
+            out_body.clear();
+        }
         let resp = format!(
-            "HTTP/1.1 {status} X\r\nx-upstream: {name}\r\ncontent-length: {}\r\n\r\n{out_body}",
-            out_body.len()
+            "HTTP/1.1 {status} X\r\nx-upstream: {name}\r\ncontent-length: {len}\r\n\r\n{out_body}"
         );
         if w.write_all(resp.as_bytes()).is_err() {
             return;
@@ -294,6 +299,7 @@ pub fn read_response(r: &mut BufReader<TcpStream>, head: bool) -> Option<Resp> {
         return Some(Resp {
             version: line.split(' ').next().unwrap_or_default().to_string(),
             status,
+            reason: line.splitn(3, ' ').nth(2).unwrap_or_default().to_string(),
             headers,
             body,
         });
@@ -548,4 +554,19 @@ static_resources:
   clusters:
 {clusters}"#
     )
+}
+
+/// An HTTP/2 (prior knowledge) client connection to `addr`, driven by a task of its own.
+pub async fn h2_connect(
+    addr: SocketAddr,
+) -> hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .expect("h2 handshake");
+    tokio::spawn(conn);
+    sender
 }

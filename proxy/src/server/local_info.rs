@@ -1,0 +1,66 @@
+//! What the process knows of the machine it runs on (Envoy's `LocalInfo`): its address.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::OnceLock;
+
+/// The machine's own IPv4 address as Envoy picks it (`--local-address-ip-version v4`, its
+/// default): the first IPv4 interface address that is not a loopback one, else loopback.
+///
+/// `use_remote_address` appends it to `x-forwarded-for` in place of a loopback client's
+/// address. Read once, on first use, and cached: interfaces are not watched.
+pub fn local_address() -> IpAddr {
+    static ADDRESS: OnceLock<IpAddr> = OnceLock::new();
+    *ADDRESS.get_or_init(|| {
+        let found = first_non_loopback_v4();
+        tracing::debug!(address = ?found, "local address");
+        found.map_or(IpAddr::V4(Ipv4Addr::LOCALHOST), IpAddr::V4)
+    })
+}
+
+fn first_non_loopback_v4() -> Option<Ipv4Addr> {
+    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `list` with a linked list it allocates, or fails.
+    if unsafe { libc::getifaddrs(&mut list) } != 0 {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "getifaddrs failed");
+        return None;
+    }
+    let mut found = None;
+    let mut at = list;
+    while !at.is_null() {
+        // SAFETY: `at` is a node of the list getifaddrs returned, not yet freed.
+        let ifa = unsafe { &*at };
+        at = ifa.ifa_next;
+        if ifa.ifa_addr.is_null() {
+            continue;
+        }
+        // SAFETY: `ifa_addr` points to a sockaddr whose family says its real type.
+        if i32::from(unsafe { (*ifa.ifa_addr).sa_family }) != libc::AF_INET {
+            continue;
+        }
+        // SAFETY: an AF_INET address is a sockaddr_in.
+        let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
+        let ip = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+        if !ip.is_loopback() {
+            found = Some(ip);
+            break;
+        }
+    }
+    // SAFETY: `list` came from getifaddrs and is freed once, after its last use.
+    unsafe { libc::freeifaddrs(list) };
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_local_address_is_one_of_this_machines() {
+        let addr = local_address();
+        assert!(addr.is_ipv4());
+        // Only an address of this machine can be bound.
+        assert!(std::net::UdpSocket::bind((addr, 0)).is_ok(), "{addr}");
+        // Loopback only when there is nothing else, as Envoy.
+        assert_eq!(addr.is_loopback(), first_non_loopback_v4().is_none());
+    }
+}

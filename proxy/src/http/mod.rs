@@ -19,12 +19,12 @@
 //! # Known differences from Envoy
 //!
 //! `tests/http_differential.rs` runs the same bootstrap through Courier and Envoy 1.40 and
-//! compares 73 requests (all equal today; `tests/http_upgrade.rs` does the same for
+//! compares 83 requests (all equal today; `tests/http_upgrade.rs` does the same for
 //! websockets). Differences that remain, by design or not yet
 //! done:
 //!
 //! - HTTP/1.1 codec errors get Envoy's replies (status, reason as body, `connection:
-//!   close`); `tests/http_differential.rs::codec_replies_match_envoy` compares 36 malformed
+//!   close`); `tests/http_differential.rs::codec_replies_match_envoy` compares 42 malformed
 //!   or unusual requests. One deliberate difference: an obs-fold header line is refused
 //!   with `400` (Envoy unfolds it). Response trailers are not sent on HTTP/1.1 (Envoy's
 //!   default, `enable_trailers` off).
@@ -49,21 +49,22 @@
 //!   its upgrade headers.
 //! - Found by a differential review (Courier and Envoy 1.40 side by side) and not yet
 //!   matched:
-//!   - `use_remote_address` with a loopback client appends `127.0.0.1` to
-//!     `x-forwarded-for` (Envoy appends the machine's own address). `internal_address_config`
-//!     is not supported: every request is external, which is Envoy 1.40's default.
-//!   - `"`, `<`, `>` and a backtick in a request target are refused (the `http` crate's
-//!     URI grammar; Envoy forwards them).
+//!   - `internal_address_config` is not supported: every request is external, which is
+//!     Envoy 1.40's default.
+//!   - `<`, `>` and a backtick in a request path, and `"`, `<`, `>` in a query, are refused
+//!     with `400` (the `http` crate's URI grammar; Envoy forwards them).
 //!   - A stream idle timeout before the response answers `408` when the request body had
 //!     not been read to its end, `504` otherwise; Envoy's choice follows whether its codec
 //!     had received the whole request (they differ when a complete body waits unread, for
 //!     an upstream connection).
-//!   - Small ones: a `HEAD` response loses `transfer-encoding: chunked`; upstream HTTP/1
-//!     trailers reach HTTP/2 clients (Envoy drops them); an empty `content-length: 0` is
-//!     added for POST/PUT/PATCH only (Envoy also for a few other methods); a second `Host`
-//!     is ignored (Envoy joins them); a lowercase or unknown method token is forwarded
-//!     (Envoy: 400); status codes without a registered reason get an empty phrase; header
-//!     order differs.
+//!   - Header order differs: Courier's header map moves fields when others are removed.
+//! - Matched since (each compared with Envoy in `tests/http_differential.rs` or
+//!   `tests/http_upstream_h1.rs`): the method tokens Envoy's codec accepts (others `400`),
+//!   Envoy's reason phrases (`418 Unknown`), a repeated `Host` joined with `,`, an empty
+//!   `content-length: 0` for every method but GET, HEAD, DELETE, TRACE and CONNECT, a HEAD
+//!   response's `transfer-encoding`, HTTP/1 upstream trailers dropped without the cluster's
+//!   `enable_trailers`, and a loopback client's `x-forwarded-for` naming the machine's own
+//!   address ([`crate::server::local_info`]).
 //! - Not yet: inline route configs are not checked against known clusters (`validate_clusters`; Envoy rejects an
 //!   unknown cluster at load),
 //!   `per_request_buffer_limit_bytes` (retried bodies are buffered up to the cluster's

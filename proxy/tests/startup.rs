@@ -8,6 +8,7 @@ use std::net::TcpListener;
 use common::*;
 
 const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/static-tcp.yaml");
+const STATIC_HTTP: &str = include_str!("../../examples/static-http.yaml");
 
 /// A listener on `port` proxying to cluster `c`, which exists.
 fn good_yaml(port: u16) -> String {
@@ -100,6 +101,12 @@ fn bad_configs() -> Vec<(&'static str, String, &'static str)> {
             "static_resources.listeners[0].filter_chains.filters.typed_config.rds.config_source",
         ),
         (
+            // Envoy: inline routes are validated against the known clusters by default.
+            "inline route to an unknown cluster",
+            STATIC_HTTP.replace("route: { cluster: web }", "route: { cluster: nope }"),
+            "static_resources.listeners[0].filter_chains[0].filters[0].typed_config.route_config.virtual_hosts[0].routes[1].route: route: unknown cluster 'nope'",
+        ),
+        (
             "duplicate cluster",
             format!("{good}  - name: backend\n    type: STATIC\n    connect_timeout: 1s\n"),
             "static_resources.clusters[1].name",
@@ -139,6 +146,20 @@ fn serve_rejects_bad_files_with_the_field_path() {
         let f = run_with_config("serve", &yaml);
         assert_one_line_error(&f, &[path]);
     }
+}
+
+/// `validate_clusters: false` lets inline routes name clusters that are not (yet) known,
+/// as in Envoy.
+#[test]
+fn inline_routes_may_opt_out_of_cluster_validation() {
+    let yaml = STATIC_HTTP
+        .replace("route: { cluster: web }", "route: { cluster: nope }")
+        .replace(
+            "            name: local_route\n",
+            "            name: local_route\n            validate_clusters: false\n",
+        );
+    let f = run_with_config("validate", &yaml);
+    assert_eq!(f.code(), 0, "{f:?}");
 }
 
 #[test]

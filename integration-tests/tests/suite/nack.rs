@@ -417,6 +417,16 @@ async fn nack_invalid_listeners() {
             &["filter chain", "filter_chain"],
         ),
         case(
+            // Inline routes are checked against the known clusters (`validate_clusters`
+            // defaults to true for them).
+            "inline route to an unknown cluster",
+            ResourceType::Listener,
+            vec![listener_yaml(&format!(
+                "name: inline_unknown\naddress: {{ socket_address: {{ address: 127.0.0.1, port_value: {p} }} }}\nfilter_chains: [{{ filters: [{{ name: envoy.filters.network.http_connection_manager, typed_config: {{ '@type': type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager, stat_prefix: x, route_config: {{ virtual_hosts: [{{ name: all, domains: ['*'], routes: [{{ match: {{ prefix: / }}, route: {{ cluster: nope }} }}] }}] }}, http_filters: [{{ name: envoy.filters.http.router, typed_config: {{ '@type': type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }} }}] }} }}] }}]\n"
+            ))],
+            &["unknown cluster 'nope'"],
+        ),
+        case(
             "unknown listener filter",
             ResourceType::Listener,
             vec![tcp(

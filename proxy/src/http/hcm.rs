@@ -550,6 +550,15 @@ impl HcmConfig {
 }
 
 impl HcmConfig {
+    /// A cluster its inline route configuration names that `known` does not (see
+    /// [`RouteTable::unknown_cluster`]).
+    pub fn unknown_cluster(&self, known: &dyn Fn(&str) -> bool) -> Option<ConfigError> {
+        match &self.routes {
+            RouteSource::Static(t) => t.unknown_cluster(true, known).map(|e| e.at("route_config")),
+            RouteSource::Rds(_) => None,
+        }
+    }
+
     /// The RDS subscription the connection manager needs (none for inline routes).
     pub fn rds(&self) -> Option<&RdsSubscription> {
         match &self.routes {

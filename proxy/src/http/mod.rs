@@ -65,8 +65,10 @@
 //!   response's `transfer-encoding`, HTTP/1 upstream trailers dropped without the cluster's
 //!   `enable_trailers`, and a loopback client's `x-forwarded-for` naming the machine's own
 //!   address ([`crate::server::local_info`]).
-//! - Not yet: inline route configs are not checked against known clusters (`validate_clusters`; Envoy rejects an
-//!   unknown cluster at load),
+//! - Inline route configurations are checked against the known clusters at load
+//!   (`validate_clusters`, on by default for them, off for RDS, as Envoy): a static
+//!   listener naming an unknown cluster fails start-up, an LDS one is NACKed.
+//! - Not yet:
 //!   `per_request_buffer_limit_bytes` (retried bodies are buffered up to the cluster's
 //!   buffer limit), hedging, shadowing, CORS, rate limits.
 

@@ -152,6 +152,32 @@ impl ListenerConfig {
         ))
     }
 
+    /// A cluster an HTTP connection manager's inline routes name that `known` does not
+    /// (Envoy refuses the listener; see [`crate::http::route::RouteTable::unknown_cluster`]).
+    pub fn unknown_cluster(&self, known: &dyn Fn(&str) -> bool) -> Option<ConfigError> {
+        let chains = self
+            .filter_chains
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (format!("filter_chains[{i}]"), c))
+            .chain(
+                self.default_chain
+                    .iter()
+                    .map(|c| ("default_filter_chain".to_string(), c)),
+            );
+        for (path, chain) in chains {
+            let NetworkFilter::HttpConnectionManager(h) = &chain.filter else {
+                continue;
+            };
+            if let Some(e) = h.unknown_cluster(known) {
+                // The connection manager is the chain's last (terminal) filter.
+                let filter = chain.proto.filters.len().saturating_sub(1);
+                return Some(e.at(&format!("{path}.filters[{filter}].typed_config")));
+            }
+        }
+        None
+    }
+
     /// Every cluster the listener's filters may route to.
     pub fn referenced_clusters(&self) -> Vec<String> {
         let mut out = Vec::new();

@@ -115,13 +115,16 @@ impl ListenerManager {
     }
 
     /// Adds or updates a listener. It warms (the previous version, if any, keeps serving)
-    /// until every RDS route configuration it needs satisfies `routes_ready`.
+    /// until every RDS route configuration it needs satisfies `routes_ready`. Its inline
+    /// routes may name only clusters `known_cluster` knows (unless they opt out with
+    /// `validate_clusters: false`).
     pub fn add_or_update(
         &mut self,
         proto: &Listener,
         version_info: &str,
         added_via_api: bool,
         routes_ready: &dyn Fn(&str) -> bool,
+        known_cluster: &dyn Fn(&str) -> bool,
     ) -> Result<ListenerChange, ConfigError> {
         let current = self
             .warming
@@ -149,6 +152,9 @@ impl ListenerManager {
             self.active.get(&proto.name).map(|e| &*e.config),
         )?);
         config.check_rds_sources(self.ads_configured)?;
+        if let Some(e) = config.unknown_cluster(known_cluster) {
+            return Err(e);
+        }
         // Two listeners may not share an address (port 0 is always distinct).
         if config.address.port() != 0 {
             let clash = self

@@ -314,7 +314,8 @@ fn load_static_resources(server: &Server) -> anyhow::Result<()> {
         }
         // A listener needing RDS warms until its routes arrive (or their initial fetch
         // times out), holding initialisation back as Envoy's init manager does.
-        lm.add_or_update(listener, "", false, &|_| false)
+        let cm = server.cluster_manager.borrow();
+        lm.add_or_update(listener, "", false, &|_| false, &|name| cm.contains(name))
             .map_err(|e| {
                 anyhow::anyhow!("{}", e.at(&format!("static_resources.listeners[{i}]")))
             })?;
@@ -346,6 +347,7 @@ fn validate(bootstrap: &Bootstrap, options: &Options) -> anyhow::Result<()> {
                 anyhow::anyhow!("{}", e.at(&format!("static_resources.clusters[{i}]")))
             })?;
         }
+        let clusters = names;
         let mut names = std::collections::HashSet::new();
         for (i, listener) in sr.listeners.iter().enumerate() {
             if !names.insert(&listener.name) {
@@ -355,7 +357,13 @@ fn validate(bootstrap: &Bootstrap, options: &Options) -> anyhow::Result<()> {
                 );
             }
             crate::listener::compile_listener(listener, &store, None)
-                .and_then(|config| config.check_rds_sources(ads_configured(bootstrap)))
+                .and_then(|config| {
+                    config.check_rds_sources(ads_configured(bootstrap))?;
+                    match config.unknown_cluster(&|name| clusters.iter().any(|c| *c == name)) {
+                        Some(e) => Err(e),
+                        None => Ok(()),
+                    }
+                })
                 .map_err(|e| {
                     anyhow::anyhow!("{}", e.at(&format!("static_resources.listeners[{i}]")))
                 })?;

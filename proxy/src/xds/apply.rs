@@ -270,6 +270,7 @@ fn apply_lds(server: &Server, update: Update<'_>) -> Result<(), String> {
     let xds = server.xds.borrow();
     let ready = |name: &str| xds.route_ready(name);
     let mut lm = server.listener_manager.borrow_mut();
+    let cm = server.cluster_manager.borrow();
     // Removals first, so a new listener can take a removed one's address.
     let names_in_update: HashSet<String> = resources.iter().map(|r| r.name.clone()).collect();
     let to_remove: Vec<String> = match removed {
@@ -296,7 +297,7 @@ fn apply_lds(server: &Server, update: Update<'_>) -> Result<(), String> {
             errors.push(format!("duplicate listener {} found", r.name));
             continue;
         }
-        match lm.add_or_update(&listener, &version, true, &ready) {
+        match lm.add_or_update(&listener, &version, true, &ready, &|name| cm.contains(name)) {
             Ok(_) => failures.push((r.name.clone(), None)),
             Err(e) => {
                 failures.push((
@@ -308,6 +309,7 @@ fn apply_lds(server: &Server, update: Update<'_>) -> Result<(), String> {
         }
     }
     drop(lm);
+    drop(cm);
     drop(xds);
     let mut xds = server.xds.borrow_mut();
     for (name, failure) in failures {
@@ -418,8 +420,13 @@ fn apply_rds(server: &Server, update: Update<'_>) -> Result<(), String> {
                     .inc(MAIN_THREAD);
             }
         };
-        let compiled_table = unknown_cluster(server, &route)
-            .map_or_else(|| RouteTable::compile(&route, &server.store), Err);
+        let compiled_table = RouteTable::compile(&route, &server.store).and_then(|t| {
+            let cm = server.cluster_manager.borrow();
+            match t.unknown_cluster(false, &|name| cm.contains(name)) {
+                Some(e) => Err(e),
+                None => Ok(t),
+            }
+        });
         match compiled_table {
             Ok(table) => {
                 attempt(true);
@@ -442,40 +449,6 @@ fn apply_rds(server: &Server, update: Update<'_>) -> Result<(), String> {
     let ready = |name: &str| xds.route_ready(name);
     server.listener_manager.borrow_mut().on_routes_ready(&ready);
     Ok(())
-}
-
-/// With `validate_clusters: true`, a route to a cluster the cluster manager does not know
-/// rejects the whole route configuration (Envoy's check; RDS defaults to not validating).
-fn unknown_cluster(
-    server: &Server,
-    route: &RouteConfiguration,
-) -> Option<crate::config::ConfigError> {
-    use courier_proto::envoy::config::route::v3::{route::Action, route_action::ClusterSpecifier};
-    if !route.validate_clusters.as_ref().is_some_and(|v| v.value) {
-        return None;
-    }
-    let cm = server.cluster_manager.borrow();
-    for (vi, vhost) in route.virtual_hosts.iter().enumerate() {
-        for (ri, r) in vhost.routes.iter().enumerate() {
-            let Some(Action::Route(action)) = &r.action else {
-                continue;
-            };
-            let names: Vec<&str> = match &action.cluster_specifier {
-                Some(ClusterSpecifier::Cluster(c)) => vec![c.as_str()],
-                Some(ClusterSpecifier::WeightedClusters(w)) => {
-                    w.clusters.iter().map(|c| c.name.as_str()).collect()
-                }
-                _ => Vec::new(),
-            };
-            if let Some(missing) = names.into_iter().find(|n| !cm.contains(n)) {
-                return Some(crate::config::ConfigError::new(
-                    format!("virtual_hosts[{vi}].routes[{ri}].route"),
-                    format!("route: unknown cluster '{missing}'"),
-                ));
-            }
-        }
-    }
-    None
 }
 
 fn finish(

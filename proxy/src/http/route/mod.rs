@@ -837,6 +837,46 @@ impl RouteTable {
         Some((vh, r))
     }
 
+    /// The first cluster a route names that `known` does not, when the table is validated:
+    /// `validate_clusters`, by default on for a listener's own (`inline`) route
+    /// configuration and off for RDS, as Envoy. Envoy refuses such a configuration.
+    pub fn unknown_cluster(
+        &self,
+        inline: bool,
+        known: &dyn Fn(&str) -> bool,
+    ) -> Option<ConfigError> {
+        if !self
+            .proto
+            .validate_clusters
+            .as_ref()
+            .map_or(inline, |v| v.value)
+        {
+            return None;
+        }
+        for (vi, vh) in self.vhosts.iter().enumerate() {
+            for (ri, r) in vh.routes.iter().enumerate() {
+                let Action::Route(a) = &r.action else {
+                    continue;
+                };
+                let (kind, mut names): (&str, Box<dyn Iterator<Item = &str>>) = match &a.cluster {
+                    ClusterSpec::Single(c) => ("cluster", Box::new(std::iter::once(c.as_str()))),
+                    ClusterSpec::Weighted { clusters, .. } => (
+                        "weighted cluster",
+                        Box::new(clusters.iter().map(|c| c.name.as_str())),
+                    ),
+                    ClusterSpec::Header(_) => continue,
+                };
+                if let Some(missing) = names.find(|n| !known(n)) {
+                    return Some(ConfigError::new(
+                        format!("virtual_hosts[{vi}].routes[{ri}].route"),
+                        format!("route: unknown {kind} '{missing}'"),
+                    ));
+                }
+            }
+        }
+        None
+    }
+
     /// Every cluster this table may route to by name (not `cluster_header`).
     pub fn cluster_names(&self) -> Vec<String> {
         let mut out = Vec::new();

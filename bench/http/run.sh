@@ -8,6 +8,7 @@
 #
 #   bench/http/run.sh                 # workers 1 and 2, 50 connections, 15 s per run
 #   WORKERS="1" DURATION=5 CONNS=50 bench/http/run.sh
+#   INFLIGHT=0 bench/http/run.sh      # skip the memory-per-request-in-flight phase
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -211,3 +212,27 @@ for w in $WORKERS; do
     done
   done
 done
+
+# Memory per request in flight: INFLIGHT requests (one per connection) held by a slow
+# upstream, 1 worker; the proxies' resident memory before and while they are held.
+INFLIGHT="${INFLIGHT:-2000}"
+if [ "$INFLIGHT" != 0 ]; then
+  echo
+  echo "Memory per request in flight ($INFLIGHT held upstream, 1 worker):"
+  SLOW_PORT=18090
+  for proxy in courier envoy nginx haproxy; do
+    if [ "$proxy" = envoy ] && ! need envoy; then continue; fi
+    case "$proxy" in
+      courier) UP_PORT=$SLOW_PORT courier_cfg 1 >"$WORK/ci.yaml"
+        cmd=("$COURIER" -c "$WORK/ci.yaml" --concurrency 1 -l error) ;;
+      envoy) UP_PORT=$SLOW_PORT courier_cfg 1 >"$WORK/ei.yaml"
+        cmd=(envoy -c "$WORK/ei.yaml" --concurrency 1 -l error --use-dynamic-base-id) ;;
+      nginx) UP_PORT=$SLOW_PORT nginx_cfg 1 >"$WORK/ni.conf"
+        cmd=(nginx -c "$WORK/ni.conf" -g "daemon off;") ;;
+      haproxy) UP_PORT=$SLOW_PORT haproxy_cfg 1 >"$WORK/hi.cfg"
+        cmd=(haproxy -f "$WORK/hi.cfg" -db) ;;
+    esac
+    printf "  %-8s %s\n" "$proxy" \
+      "$(python3 "$ROOT/bench/http/inflight.py" "$INFLIGHT" "$PX_PORT" "$SLOW_PORT" -- "${cmd[@]}")"
+  done
+fi

@@ -272,6 +272,9 @@ fn cases() -> Vec<Case> {
             ..case("h", path)
         });
     }
+    // Only `100-continue` is answered by the proxy; other expectations go upstream.
+    v.push(with("/a/expect", vec![("expect", "foo")]));
+    v.push(with("/a/expect", vec![("expect", "100-continue")]));
     // A second `Host`: Envoy's header map joins the two.
     v.push(with("/a/two-hosts", vec![("host", "second.example")]));
     v
@@ -308,6 +311,7 @@ const UPSTREAM_HEADERS: &[&str] = &[
     "x-envoy-original-host",
     "x-envoy-expected-rq-timeout-ms",
     "content-length",
+    "expect",
     "upgrade",
     "http2-settings",
 ];
@@ -518,6 +522,9 @@ fn codec_cases() -> Vec<(&'static str, Vec<u8>)> {
         ("CONNECT", b"CONNECT h:80 HTTP/1.1\r\nhost: h:80\r\n\r\n"),
         ("OPTIONS *", b"OPTIONS * HTTP/1.1\r\nhost: h\r\n\r\n"),
         ("connection close", b"GET /direct HTTP/1.1\r\nhost: h\r\nconnection: close\r\n\r\n"),
+        ("target without a slash", b"GET direct HTTP/1.1\r\nhost: h\r\n\r\n"),
+        ("authority-form target", b"GET h:80 HTTP/1.1\r\nhost: h\r\n\r\n"),
+        ("expect 100-continue, no body", b"GET /direct HTTP/1.1\r\nhost: h\r\nexpect: 100-continue\r\n\r\n"),
         ("lowercase method", b"get /direct HTTP/1.1\r\nhost: h\r\n\r\n"),
         ("unknown method", b"FOO /direct HTTP/1.1\r\nhost: h\r\n\r\n"),
         ("M-SEARCH", b"M-SEARCH /direct HTTP/1.1\r\nhost: h\r\n\r\n"),

@@ -148,6 +148,14 @@ pub fn parse_request_head(
     if target.contains(&b'#') {
         return Err(CodecError::refused("fragment in the target"));
     }
+    // Origin form (`/path`), absolute form (`http://host/path`), `*`, or CONNECT's
+    // authority form: anything else (`GET host:80`, `GET path`) would be read as an
+    // authority and override the Host header, so Envoy's codec refuses it, and so does
+    // this one.
+    let absolute = target.windows(3).any(|w| w == b"://");
+    if !(target.starts_with(b"/") || target == b"*" || absolute || method == Method::CONNECT) {
+        return Err(CodecError::bad("request target in authority form"));
+    }
     let spans = HeadSpans::new(buf, req.headers, Some(target));
     let SplitHead {
         target,

@@ -867,7 +867,15 @@ async fn forward(
     let is_upgrade = on_upgrade.is_some();
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    parts.headers.remove(header::EXPECT);
+    // `100-continue` was answered here (or by the codec); other expectations go on, as
+    // Envoy forwards them.
+    if parts
+        .headers
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+    {
+        parts.headers.remove(header::EXPECT);
+    }
     // Kept to be reused upstream when the authority is unchanged (no copy).
     let downstream_host = parts.headers.remove(header::HOST);
     let new_path: Cow<'_, str> = if let Some(p) = &action.prefix_rewrite {

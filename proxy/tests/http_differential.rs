@@ -290,6 +290,8 @@ struct Observed {
     upstream_path: Option<String>,
     upstream_host: Option<String>,
     upstream_headers: Vec<(String, Option<String>)>,
+    /// The order in which the upstream received the fields the proxy sets or keeps.
+    upstream_order: Vec<String>,
 }
 
 const RESPONSE_HEADERS: &[&str] = &[
@@ -351,8 +353,27 @@ fn observe(addr: SocketAddr, c: &Case, ups: &[&Upstream]) -> Observed {
                 )
             })
             .collect(),
+        upstream_order: seen
+            .as_ref()
+            .map(|s| {
+                s.headers
+                    .iter()
+                    .map(|(k, _)| k.clone())
+                    .filter(|k| ORDERED.contains(&k.as_str()))
+                    .collect()
+            })
+            .unwrap_or_default(),
     }
 }
+
+/// Fields whose order upstream is compared. Not `x-request-id`: where Courier removes a
+/// field (hop-by-hop, `request_headers_to_remove`), its header map moves the last field,
+/// the request id, into the gap.
+const ORDERED: &[&str] = &[
+    "host",
+    "x-forwarded-proto",
+    "x-envoy-expected-rq-timeout-ms",
+];
 
 /// Both proxies over `ROUTES`, with upstreams `a` and `b` and a `dead` cluster; `None`
 /// when Envoy is not on PATH.

@@ -57,7 +57,9 @@
 //!     not been read to its end, `504` otherwise; Envoy's choice follows whether its codec
 //!     had received the whole request (they differ when a complete body waits unread, for
 //!     an upstream connection).
-//!   - Header order differs: Courier's header map moves fields when others are removed.
+//!   - Header order: fields keep the client's order and the proxy's own follow them, as
+//!     in Envoy, except that removing a field (hop-by-hop ones, `request_headers_to_remove`)
+//!     moves the map's last field (usually `x-request-id`) into its place.
 //! - Matched since (each compared with Envoy in `tests/http_differential.rs` or
 //!   `tests/http_upstream_h1.rs`): the method tokens Envoy's codec accepts (others `400`),
 //!   Envoy's reason phrases (`418 Unknown`), a repeated `Host` joined with `,`, an empty

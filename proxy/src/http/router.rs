@@ -876,8 +876,10 @@ async fn forward(
     {
         parts.headers.remove(header::EXPECT);
     }
-    // Kept to be reused upstream when the authority is unchanged (no copy).
-    let downstream_host = parts.headers.remove(header::HOST);
+    // Kept to be reused upstream when the authority is unchanged (no copy). The field
+    // stays where it is: removing it would move the map's last field into its place, and
+    // Envoy sends `host` where the client did (first, as a rule).
+    let downstream_host = parts.headers.get(header::HOST).cloned();
     let new_path: Cow<'_, str> = if let Some(p) = &action.prefix_rewrite {
         Cow::Owned(rewrite_prefix(route, path, p))
     } else if let Some((re, sub)) = &action.regex_rewrite {
@@ -1021,7 +1023,10 @@ async fn forward(
                     .insert(X_ENVOY_ORIGINAL_HOST.clone(), v);
             }
         }
-        if !h2_upstream {
+        if h2_upstream {
+            // `:authority` carries it.
+            up_req.headers_mut().remove(header::HOST);
+        } else {
             let value = match &downstream_host {
                 Some(v) if v.as_bytes() == upstream_authority.as_bytes() => Some(v.clone()),
                 _ => HeaderValue::from_str(&upstream_authority).ok(),

@@ -71,7 +71,7 @@ pub struct TypeStatus {
 }
 
 impl TypeStatus {
-    /// True if the node ACKed `version` (recently, see [`ACK_HISTORY`]).
+    /// True if the node ACKed `version` (among its last `ACK_HISTORY` ACKs).
     pub fn has_acked(&self, version: &str) -> bool {
         self.acked_history.iter().any(|v| v == version)
     }

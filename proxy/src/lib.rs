@@ -3,7 +3,7 @@
 //!
 //! Layout follows the architecture: the main thread ([`server`], [`xds`], [`admin`], the
 //! managers in [`upstream`] and [`listener`]) builds immutable snapshots and publishes them
-//! through [`thread_local`] slots to the [`worker`]s, each running its own [`event`] loop
+//! through [`thread_local`](mod@thread_local) slots to the [`worker`]s, each running its own [`event`] loop
 //! with the network [`filters`].
 
 pub mod admin;

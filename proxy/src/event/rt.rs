@@ -2,7 +2,7 @@
 //! on the worker that owns their sockets.
 //!
 //! - **Tasks**: `'static` futures (not `Send`) in a slab, polled by the dispatcher when
-//!   their waker fires. Handlers can be woken the same way ([`handler_waker`] →
+//!   their waker fires. Handlers can be woken the same way ([`Runtime::handler_waker`] →
 //!   [`EventHandler::on_wake`](super::EventHandler::on_wake)).
 //! - **Wakers** are `Send + Sync` (an `Arc` with an "already queued" flag and a shared
 //!   queue); a wake from another thread also wakes the dispatcher's `mio::Waker`.
@@ -141,7 +141,7 @@ impl Timers {
     }
 }
 
-/// One worker's runtime. Reached through [`with`] on the worker's thread.
+/// One worker's runtime. Reached through [`try_with`] or [`current`] on the worker's thread.
 pub struct Runtime {
     registry: Registry,
     ready: Arc<ReadyQueue>,

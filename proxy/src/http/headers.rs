@@ -547,8 +547,8 @@ const EDGE_STRIPPED: &[&str] = &[
     "x-envoy-original-path",
 ];
 
-/// Removes the control headers an external request may not carry ([`EXTERNAL_STRIPPED`],
-/// and [`EDGE_STRIPPED`] when `edge`).
+/// Removes the control headers an external request may not carry (`EXTERNAL_STRIPPED`,
+/// and `EDGE_STRIPPED` when `edge`).
 pub fn strip_external_control_headers(headers: &mut HeaderMap, edge: bool) {
     let stripped = |name: &HeaderName| {
         let n = name.as_str();

@@ -275,8 +275,9 @@ fn cases() -> Vec<Case> {
     // Only `100-continue` is answered by the proxy; other expectations go upstream.
     v.push(with("/a/expect", vec![("expect", "foo")]));
     v.push(with("/a/expect", vec![("expect", "100-continue")]));
-    // A second `Host`: Envoy's header map joins the two.
+    // A second `Host`: Envoy's header map joins the two, an empty one left out.
     v.push(with("/a/two-hosts", vec![("host", "second.example")]));
+    v.push(with("/a/empty-host", vec![("host", "")]));
     v
 }
 
@@ -545,6 +546,7 @@ fn codec_cases() -> Vec<(&'static str, Vec<u8>)> {
         ("connection close", b"GET /direct HTTP/1.1\r\nhost: h\r\nconnection: close\r\n\r\n"),
         ("target without a slash", b"GET direct HTTP/1.1\r\nhost: h\r\n\r\n"),
         ("authority-form target", b"GET h:80 HTTP/1.1\r\nhost: h\r\n\r\n"),
+        ("asterisk target, GET", b"GET * HTTP/1.1\r\nhost: h\r\n\r\n"),
         ("expect 100-continue, no body", b"GET /direct HTTP/1.1\r\nhost: h\r\nexpect: 100-continue\r\n\r\n"),
         ("lowercase method", b"get /direct HTTP/1.1\r\nhost: h\r\n\r\n"),
         ("unknown method", b"FOO /direct HTTP/1.1\r\nhost: h\r\n\r\n"),

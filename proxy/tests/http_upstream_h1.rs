@@ -24,6 +24,7 @@ struct Counts {
 fn script(method: &str, path: &str) -> (String, bool) {
     let r = |s: &str| s.to_string();
     match path {
+        "/no-length" if method == "HEAD" => (r("HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n"), true),
         "/chunked" if method == "HEAD" => (
             r("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"),
             false,
@@ -145,7 +146,8 @@ fn response_framings() {
     assert_eq!(r.status, 204);
     let r = client.request("HEAD", "h", "/len", &[], b"");
     assert_eq!((r.status, r.header("content-length")), (200, Some("10")));
-    // A HEAD response keeps its chunked coding, as Envoy passes it on.
+    // A HEAD response without a length announces the chunked coding a GET would get, as
+    // Envoy's codec does.
     let r = client.request("HEAD", "h", "/chunked", &[], b"");
     assert_eq!(
         (r.status, r.header("transfer-encoding")),
@@ -267,5 +269,40 @@ fn http1_upstream_trailers_need_enable_trailers() {
                 "Envoy"
             );
         }
+    }
+}
+
+/// HEAD responses' framing fields, as Envoy writes them: the upstream's length, or, without
+/// one, `transfer-encoding: chunked` (for HTTP/1.1 clients).
+#[test]
+fn head_response_framing_matches_envoy() {
+    let (up, _) = start_scripted();
+    let boot = bootstrap(ROUTES, "", &cluster("up", &[up], ""));
+    let observe = |p: &Courier| {
+        let mut out = Vec::new();
+        for (path, version) in [
+            ("/len", "1.1"),
+            ("/chunked", "1.1"),
+            ("/no-length", "1.1"),
+            ("/chunked", "1.0"),
+        ] {
+            let mut client = Client::connect(p.listener);
+            client.send_raw(format!("HEAD {path} HTTP/{version}\r\nhost: h\r\n\r\n").as_bytes());
+            let r = read_response(&mut client.reader, true).expect("response");
+            out.push((
+                format!("{path} {version}"),
+                r.status,
+                r.header("content-length").map(str::to_string),
+                r.header("transfer-encoding").map(str::to_string),
+            ));
+        }
+        out
+    };
+    let c = Courier::start(&boot);
+    let got = observe(&c);
+    assert_eq!(got[2].3.as_deref(), Some("chunked"), "{got:?}");
+    assert_eq!(got[3].3, None, "an HTTP/1.0 client: {got:?}");
+    if let Some(envoy) = Courier::start_envoy(&boot) {
+        assert_eq!(observe(&envoy), got, "Envoy");
     }
 }

@@ -148,12 +148,13 @@ pub fn parse_request_head(
     if target.contains(&b'#') {
         return Err(CodecError::refused("fragment in the target"));
     }
-    // Origin form (`/path`), absolute form (`http://host/path`), `*`, or CONNECT's
-    // authority form: anything else (`GET host:80`, `GET path`) would be read as an
-    // authority and override the Host header, so Envoy's codec refuses it, and so does
+    // Origin form (`/path`), absolute form (`http://host/path`), OPTIONS' `*`, or
+    // CONNECT's authority form: anything else (`GET host:80`, `GET path`) would be read as
+    // an authority and override the Host header, so Envoy's codec refuses it, and so does
     // this one.
     let absolute = target.windows(3).any(|w| w == b"://");
-    if !(target.starts_with(b"/") || target == b"*" || absolute || method == Method::CONNECT) {
+    let asterisk = target == b"*" && method == Method::OPTIONS;
+    if !(target.starts_with(b"/") || asterisk || absolute || method == Method::CONNECT) {
         return Err(CodecError::bad("request target in authority form"));
     }
     let spans = HeadSpans::new(buf, req.headers, Some(target));
@@ -242,7 +243,7 @@ fn request_method(token: &str) -> Result<Method, CodecError> {
 pub fn reason_phrase(status: StatusCode) -> &'static str {
     match status.as_u16() {
         203 => "Non-Authoritative Information",
-        418 | 451 => "Unknown",
+        102 | 103 | 418 | 451 => "Unknown",
         599 => "Last Unassigned Server Error Code",
         _ => status.canonical_reason().unwrap_or("Unknown"),
     }
@@ -341,6 +342,9 @@ pub enum ResponseFraming {
     Length(u64),
     /// Chunked transfer coding.
     Chunked,
+    /// A HEAD response without a length: `transfer-encoding: chunked` is announced (the
+    /// coding a GET would get), no body is written, as Envoy's codec does.
+    HeadChunked,
     /// Until the connection closes (HTTP/1.0 clients with a body of unknown length).
     UntilClose,
 }
@@ -381,9 +385,8 @@ pub fn encode_response_head(
     let mut has_length = false;
     let mut has_date = false;
     for (name, value) in &parts.headers {
-        // A response without a body (to `HEAD`) keeps the `transfer-encoding` it was given.
         if (name == header::CONNECTION && connection != ConnectionHeader::AsGiven)
-            || (name == header::TRANSFER_ENCODING && framing != ResponseFraming::None)
+            || name == header::TRANSFER_ENCODING
             || name.as_str() == "keep-alive"
         {
             continue;
@@ -400,7 +403,9 @@ pub fn encode_response_head(
                 super::headers::decimal_value(n).as_bytes(),
             );
         }
-        ResponseFraming::Chunked => put_field(out, b"transfer-encoding", b"chunked"),
+        ResponseFraming::Chunked | ResponseFraming::HeadChunked => {
+            put_field(out, b"transfer-encoding", b"chunked")
+        }
         _ => {}
     }
     if !has_date {

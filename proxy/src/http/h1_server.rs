@@ -520,7 +520,17 @@ impl H1Server {
             || status == StatusCode::NOT_MODIFIED;
         let fields = response_fields(&parts.headers);
         let framing = if no_body {
-            ResponseFraming::None
+            let announce_chunked = ex.head_request
+                && !ex.http10
+                && fields.content_length.is_none()
+                && !status.is_informational()
+                && status != StatusCode::NO_CONTENT
+                && status != StatusCode::NOT_MODIFIED;
+            if announce_chunked {
+                ResponseFraming::HeadChunked
+            } else {
+                ResponseFraming::None
+            }
         } else if let Some(n) = fields.content_length {
             ResponseFraming::Length(n)
         } else if let Some(n) = body.size_hint().exact() {
@@ -559,7 +569,7 @@ impl H1Server {
         header_map_pool::recycle(parts.headers);
         self.phase = match framing {
             // The body's completion hooks (stats, access log) run as it is dropped.
-            ResponseFraming::None => Phase::Flush,
+            ResponseFraming::None | ResponseFraming::HeadChunked => Phase::Flush,
             _ => Phase::Body {
                 body,
                 framing,
@@ -620,7 +630,7 @@ impl H1Server {
                             self.out.push_slice(b"\r\n");
                         }
                         ResponseFraming::UntilClose => self.out.push_bytes(data),
-                        ResponseFraming::None => {}
+                        ResponseFraming::None | ResponseFraming::HeadChunked => {}
                     }
                 }
                 None => {

@@ -441,8 +441,8 @@ pub fn has_token(value: &HeaderValue, token: &[u8]) -> bool {
         .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
 }
 
-/// Every value of `name` joined with `sep`, then `extra` if given; `None` when that is
-/// no more than one value (nothing to join).
+/// Every value of `name` joined with `sep`, then `extra` if given, empty values left out
+/// (as Envoy appends); `None` when there is no more than one value (nothing to join).
 fn joined_values(
     headers: &HeaderMap,
     name: &HeaderName,
@@ -453,11 +453,14 @@ fn joined_values(
     let mut out = Vec::new();
     let mut count = 0;
     for v in values {
-        if count > 0 {
+        count += 1;
+        if v.is_empty() {
+            continue;
+        }
+        if !out.is_empty() {
             out.extend_from_slice(sep);
         }
         out.extend_from_slice(v.as_bytes());
-        count += 1;
     }
     (count > 1)
         .then(|| HeaderValue::from_bytes(&out).ok())

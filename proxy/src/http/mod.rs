@@ -19,12 +19,12 @@
 //! # Known differences from Envoy
 //!
 //! `tests/http_differential.rs` runs the same bootstrap through Courier and Envoy 1.40 and
-//! compares 85 requests (all equal today; `tests/http_upgrade.rs` does the same for
+//! compares 86 requests (all equal today; `tests/http_upgrade.rs` does the same for
 //! websockets). Differences that remain, by design or not yet
 //! done:
 //!
 //! - HTTP/1.1 codec errors get Envoy's replies (status, reason as body, `connection:
-//!   close`); `tests/http_differential.rs::codec_replies_match_envoy` compares 45 malformed
+//!   close`); `tests/http_differential.rs::codec_replies_match_envoy` compares 46 malformed
 //!   or unusual requests. One deliberate difference: an obs-fold header line is refused
 //!   with `400` (Envoy unfolds it). Response trailers are not sent on HTTP/1.1 (Envoy's
 //!   default, `enable_trailers` off).
@@ -62,13 +62,15 @@
 //!     moves the map's last field (usually `x-request-id`) into its place.
 //! - Matched since (each compared with Envoy in `tests/http_differential.rs` or
 //!   `tests/http_upstream_h1.rs`): the method tokens Envoy's codec accepts (others `400`),
-//!   Envoy's reason phrases (`418 Unknown`), a repeated `Host` joined with `,`, an empty
-//!   `content-length: 0` for every method but GET, HEAD, DELETE, TRACE and CONNECT, a HEAD
-//!   response's `transfer-encoding`, HTTP/1 upstream trailers dropped without the cluster's
-//!   `enable_trailers`, a loopback client's `x-forwarded-for` naming the machine's own
-//!   address ([`crate::server::local_info`]), a request target that is neither a path,
-//!   an absolute URL, `*` nor CONNECT's authority refused with `400` (it was read as an
-//!   authority overriding `Host`), and expectations other than `100-continue` forwarded.
+//!   Envoy's reason phrases (`418 Unknown`), a repeated `Host` joined with `,` (empty
+//!   values left out), an empty `content-length: 0` for every method but GET, HEAD, DELETE,
+//!   TRACE and CONNECT, a HEAD response without a length announcing
+//!   `transfer-encoding: chunked` to HTTP/1.1 clients, HTTP/1 upstream trailers dropped
+//!   without the cluster's `enable_trailers`, a loopback client's (`127.0.0.1` or `::1`)
+//!   `x-forwarded-for` naming the machine's own address ([`crate::server::local_info`]), a
+//!   request target that is neither a path, an absolute URL, OPTIONS' `*` nor CONNECT's
+//!   authority refused with `400` (it was read as an authority overriding `Host`), and
+//!   expectations other than `100-continue` forwarded.
 //! - Inline route configurations are checked against the known clusters at load
 //!   (`validate_clusters`, on by default for them, off for RDS, as Envoy): a static
 //!   listener naming an unknown cluster fails start-up, an LDS one is NACKed.

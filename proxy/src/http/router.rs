@@ -531,8 +531,9 @@ async fn process(
     let remote_ip = conn.remote.ip();
     if cfg.use_remote_address {
         if !cfg.skip_xff_append {
-            // As Envoy: a loopback peer is this machine, named by its own address.
-            let ip = if remote_ip.is_loopback() {
+            // As Envoy: a loopback peer (127.0.0.1 or ::1 exactly, a v4-mapped one
+            // included) is this machine, named by its own address.
+            let ip = if crate::server::local_info::is_loopback(remote_ip) {
                 cfg.local_address.to_string()
             } else {
                 remote_ip.to_string()

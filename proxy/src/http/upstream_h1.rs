@@ -295,21 +295,13 @@ pub fn parse_response_head(
     buf: &mut BytesMut,
     head_request: bool,
 ) -> Result<Option<ResponseHead>, H1Error> {
-    let Some((mut parts, framing, keep_alive)) = parse_head(buf)? else {
+    let Some((parts, framing, keep_alive)) = parse_head(buf)? else {
         if buf.len() > MAX_HEAD {
             return Err(H1Error::Protocol("response headers too large"));
         }
         return Ok(None);
     };
     let status = parts.status;
-    if head_request && framing == Framing::ChunkSize {
-        // Envoy passes a HEAD response's `transfer-encoding: chunked` on (the body a GET
-        // would get is chunked); the downstream codec writes it without a body.
-        parts.headers.insert(
-            header::TRANSFER_ENCODING,
-            HeaderValue::from_static("chunked"),
-        );
-    }
     let framing = if head_request
         || status.is_informational()
         || status == StatusCode::NO_CONTENT

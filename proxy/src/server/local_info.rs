@@ -1,10 +1,10 @@
 //! What the process knows of the machine it runs on (Envoy's `LocalInfo`): its address.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::OnceLock;
 
 /// The machine's own IPv4 address as Envoy picks it (`--local-address-ip-version v4`, its
-/// default): the first IPv4 interface address that is not a loopback one, else loopback.
+/// default): the first IPv4 interface address other than `127.0.0.1`, else `127.0.0.1`.
 ///
 /// `use_remote_address` appends it to `x-forwarded-for` in place of a loopback client's
 /// address. Read once, on first use, and cached: interfaces are not watched.
@@ -15,6 +15,15 @@ pub fn local_address() -> IpAddr {
         tracing::debug!(address = ?found, "local address");
         found.map_or(IpAddr::V4(Ipv4Addr::LOCALHOST), IpAddr::V4)
     })
+}
+
+/// Whether `ip` is the loopback address as Envoy tells it: `127.0.0.1` or `::1` exactly
+/// (an IPv4-mapped `::ffff:127.0.0.1` counts), not the rest of `127.0.0.0/8`.
+pub fn is_loopback(ip: IpAddr) -> bool {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => v4 == Ipv4Addr::LOCALHOST,
+        IpAddr::V6(v6) => v6 == Ipv6Addr::LOCALHOST,
+    }
 }
 
 fn first_non_loopback_v4() -> Option<Ipv4Addr> {
@@ -40,7 +49,7 @@ fn first_non_loopback_v4() -> Option<Ipv4Addr> {
         // SAFETY: an AF_INET address is a sockaddr_in.
         let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
         let ip = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
-        if !ip.is_loopback() {
+        if ip != Ipv4Addr::LOCALHOST {
             found = Some(ip);
             break;
         }
@@ -61,6 +70,24 @@ mod tests {
         // Only an address of this machine can be bound.
         assert!(std::net::UdpSocket::bind((addr, 0)).is_ok(), "{addr}");
         // Loopback only when there is nothing else, as Envoy.
-        assert_eq!(addr.is_loopback(), first_non_loopback_v4().is_none());
+        assert_eq!(
+            addr == IpAddr::V4(Ipv4Addr::LOCALHOST),
+            first_non_loopback_v4().is_none()
+        );
+    }
+
+    #[test]
+    fn only_the_loopback_address_itself_is_loopback() {
+        for (ip, loopback) in [
+            ("127.0.0.1", true),
+            ("::1", true),
+            ("::ffff:127.0.0.1", true),
+            ("127.0.0.2", false),
+            ("10.0.0.1", false),
+            ("::2", false),
+        ] {
+            let parsed: IpAddr = ip.parse().expect("address");
+            assert_eq!(is_loopback(parsed), loopback, "{ip}");
+        }
     }
 }

@@ -67,26 +67,16 @@ async fn h2_get(addr: SocketAddr, paths: &[&str]) -> Vec<(u16, String, String, O
     let mut futs = Vec::new();
     for p in paths {
         let mut sender = sender.clone();
-        let req = Request::get(format!("http://example.com{p}"))
-            .body(http_body_util::Empty::<Bytes>::new())
-            .expect("request");
+        let p = p.to_string();
         futs.push(tokio::spawn(async move {
-            let resp = sender.send_request(req).await.expect("response");
-            let status = resp.status().as_u16();
-            let up = resp
-                .headers()
+            let (parts, body, trailer) = h2_fetch(&mut sender, &p, "grpc-status").await;
+            let up = parts
+                .headers
                 .get("x-upstream")
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("-")
                 .to_string();
-            let collected = resp.into_body().collect().await.expect("body");
-            let trailer = collected
-                .trailers()
-                .and_then(|t| t.get("grpc-status"))
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string);
-            let body = String::from_utf8_lossy(&collected.to_bytes()).into_owned();
-            (status, up, body, trailer)
+            (parts.status.as_u16(), up, body, trailer)
         }));
     }
     let mut out = Vec::new();

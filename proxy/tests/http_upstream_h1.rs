@@ -227,27 +227,14 @@ fn a_connection_closed_while_idle_is_not_reused() {
 
 /// What an HTTP/2 client gets for `path`: the body and the `x-trailer` trailer.
 fn h2_body_and_trailer(addr: SocketAddr, path: &str) -> (String, Option<String>) {
-    use http_body_util::BodyExt;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
     rt.block_on(async {
         let mut sender = h2_connect(addr).await;
-        let req = http::Request::get(format!("http://h{path}"))
-            .body(http_body_util::Empty::new())
-            .expect("request");
-        let resp = sender.send_request(req).await.expect("response");
-        let collected = resp.into_body().collect().await.expect("body");
-        let trailer = collected
-            .trailers()
-            .and_then(|t| t.get("x-trailer"))
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        (
-            String::from_utf8_lossy(&collected.to_bytes()).into_owned(),
-            trailer,
-        )
+        let (_, body, trailer) = h2_fetch(&mut sender, path, "x-trailer").await;
+        (body, trailer)
     })
 }
 

@@ -570,3 +570,29 @@ pub async fn h2_connect(
     tokio::spawn(conn);
     sender
 }
+
+/// A GET of `path` on an HTTP/2 connection: the response head, its body as text, and the
+/// value of its trailer `trailer` if it has one.
+pub async fn h2_fetch(
+    sender: &mut hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+    path: &str,
+    trailer: &str,
+) -> (http::response::Parts, String, Option<String>) {
+    use http_body_util::BodyExt;
+    let req = http::Request::get(format!("http://example.com{path}"))
+        .body(http_body_util::Empty::new())
+        .expect("request");
+    let (parts, body) = sender
+        .send_request(req)
+        .await
+        .expect("response")
+        .into_parts();
+    let collected = body.collect().await.expect("body");
+    let value = collected
+        .trailers()
+        .and_then(|t| t.get(trailer))
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let text = String::from_utf8_lossy(&collected.to_bytes()).into_owned();
+    (parts, text, value)
+}

@@ -858,15 +858,15 @@ impl RouteTable {
                 let Action::Route(a) = &r.action else {
                     continue;
                 };
-                let (kind, mut names): (&str, Box<dyn Iterator<Item = &str>>) = match &a.cluster {
-                    ClusterSpec::Single(c) => ("cluster", Box::new(std::iter::once(c.as_str()))),
+                let (kind, names): (&str, Vec<&str>) = match &a.cluster {
+                    ClusterSpec::Single(c) => ("cluster", vec![c.as_str()]),
                     ClusterSpec::Weighted { clusters, .. } => (
                         "weighted cluster",
-                        Box::new(clusters.iter().map(|c| c.name.as_str())),
+                        clusters.iter().map(|c| c.name.as_str()).collect(),
                     ),
                     ClusterSpec::Header(_) => continue,
                 };
-                if let Some(missing) = names.find(|n| !known(n)) {
+                if let Some(missing) = names.into_iter().find(|n| !known(n)) {
                     return Some(ConfigError::new(
                         format!("virtual_hosts[{vi}].routes[{ri}].route"),
                         format!("route: unknown {kind} '{missing}'"),

@@ -20,6 +20,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::{BufMut, BytesMut};
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, StatusCode, Uri, Version};
+use percent_encoding::{percent_encode, AsciiSet};
 
 use super::h1_head::{FramingFields, HeadSpans, SplitHead};
 use super::upstream_h1::BodyDecoder;
@@ -154,7 +155,11 @@ pub fn parse_request_head(
     // this one.
     let absolute = target.windows(3).any(|w| w == b"://");
     let asterisk = target == b"*" && method == Method::OPTIONS;
-    if !(target.starts_with(b"/") || asterisk || absolute || method == Method::CONNECT) {
+    if method == Method::CONNECT {
+        if !is_authority_with_port(target) {
+            return Err(CodecError::bad("CONNECT target is not host:port"));
+        }
+    } else if !(target.starts_with(b"/") || asterisk || absolute) {
         return Err(CodecError::bad("request target in authority form"));
     }
     let spans = HeadSpans::new(buf, req.headers, Some(target));
@@ -169,7 +174,7 @@ pub fn parse_request_head(
         // Envoy's header map keeps one `Host`, the values comma-joined.
         super::headers::join_fields(&mut headers, &header::HOST, b",");
     }
-    let uri = Uri::from_maybe_shared(target).map_err(|_| CodecError::bad("invalid target"))?;
+    let uri = target_uri(target, absolute)?;
     let body = body_framing(&framing, version)?;
     let keep_alive = framing.keeps_alive(version);
     let expect_continue = body.is_some() && version == Version::HTTP_11 && framing.expect_continue;
@@ -184,6 +189,74 @@ pub fn parse_request_head(
         keep_alive,
         expect_continue,
     }))
+}
+
+/// Whether a CONNECT target is an authority with a port (`host:443`, `[::1]:443`), the only
+/// form Envoy's codec takes for CONNECT (`host`, `host:`, `:443`, `host:99999`,
+/// `user@host:443` and `host:443/x` get `400`).
+fn is_authority_with_port(target: &[u8]) -> bool {
+    let Some(colon) = target.iter().rposition(|&b| b == b':') else {
+        return false;
+    };
+    let (host, port) = (&target[..colon], &target[colon + 1..]);
+    // Leading zeros are fine (`h:0080`), as in Envoy.
+    let port_ok = !port.is_empty()
+        && port.iter().all(u8::is_ascii_digit)
+        && port.iter().fold(0u32, |n, d| {
+            n.saturating_mul(10).saturating_add(u32::from(d - b'0'))
+        }) <= 65535;
+    let bracketed = host.first() == Some(&b'[');
+    let host_ok = !host.is_empty()
+        && bracketed == (host.last() == Some(&b']'))
+        && !host.iter().any(|b| matches!(b, b'@' | b'/' | b'?'))
+        && (bracketed || !host.contains(&b':'));
+    port_ok && host_ok
+}
+
+/// Characters Envoy forwards in a request path but the `http` crate's URI grammar
+/// refuses: percent-encoded instead (`%3C`), which every URI decoder reads as the same path.
+const PATH_ESCAPES: &AsciiSet = &AsciiSet::EMPTY.add(b'<').add(b'>').add(b'`');
+/// The same for a query: `"` is refused there too (a backtick is not).
+const QUERY_ESCAPES: &AsciiSet = &AsciiSet::EMPTY.add(b'<').add(b'>').add(b'"');
+
+/// The request target as a URI. Envoy's codec forwards `<`, `>` and a backtick in a path,
+/// and `"`, `<` and `>` in a query; the `http` crate's URI refuses them, so they are
+/// percent-encoded rather than refused (a documented difference: Envoy forwards them
+/// raw). The common target is parsed as it is, without a copy.
+fn target_uri(target: bytes::Bytes, absolute: bool) -> Result<Uri, CodecError> {
+    let invalid = |_| CodecError::bad("invalid target");
+    if !target
+        .iter()
+        .any(|b| matches!(b, b'<' | b'>' | b'`' | b'"'))
+    {
+        return Uri::from_maybe_shared(target).map_err(invalid);
+    }
+    // The path starts after an absolute URL's authority.
+    let path_start = if absolute {
+        let after_scheme = target
+            .windows(3)
+            .position(|w| w == b"://")
+            .map_or(0, |i| i + 3);
+        target[after_scheme..]
+            .iter()
+            .position(|b| matches!(b, b'/' | b'?'))
+            .map_or(target.len(), |i| after_scheme + i)
+    } else {
+        0
+    };
+    let query_start = target[path_start..]
+        .iter()
+        .position(|&b| b == b'?')
+        .map_or(target.len(), |i| path_start + i);
+    let mut escaped = String::with_capacity(target.len() + 8);
+    // The target is ASCII (checked above), so every byte is a char.
+    escaped.extend(target[..path_start].iter().map(|&b| char::from(b)));
+    escaped.extend(percent_encode(
+        &target[path_start..query_start],
+        PATH_ESCAPES,
+    ));
+    escaped.extend(percent_encode(&target[query_start..], QUERY_ESCAPES));
+    Uri::try_from(escaped).map_err(invalid)
 }
 
 /// The methods Envoy's HTTP/1 codec accepts, the common ones first (measured against
@@ -477,6 +550,67 @@ mod tests {
             Ok(Some(_)) => 200,
             Ok(None) => 0,
             Err(e) => e.status.as_u16(),
+        }
+    }
+
+    fn target(raw: &[u8]) -> String {
+        match parse(raw) {
+            Ok(Some(head)) => head.parts.uri.to_string(),
+            other => panic!("{:?}", other.map(|h| h.map(|h| h.parts))),
+        }
+    }
+
+    #[test]
+    fn characters_the_uri_grammar_refuses_are_percent_encoded() {
+        let cases: &[(&[u8], &str)] = &[
+            (b"GET /a HTTP/1.1\r\n\r\n", "/a"),
+            (b"GET /a<b>`c HTTP/1.1\r\n\r\n", "/a%3Cb%3E%60c"),
+            // `"` is allowed in a path, a backtick in a query.
+            (b"GET /a\"?q=\"<>` HTTP/1.1\r\n\r\n", "/a\"?q=%22%3C%3E`"),
+            (
+                b"GET http://h<x/p<?q=< HTTP/1.1\r\n\r\n",
+                "http://h<x/p%3C?q=%3C",
+            ),
+        ];
+        for (raw, want) in cases {
+            if want.contains("h<x") {
+                // `<` in an authority stays refused.
+                assert_eq!(status(raw), 400);
+            } else {
+                assert_eq!(target(raw), *want, "{}", String::from_utf8_lossy(raw));
+            }
+        }
+        assert_eq!(
+            target(b"GET http://h/p<?q=\"x\" HTTP/1.1\r\n\r\n"),
+            "http://h/p%3C?q=%22x%22"
+        );
+    }
+
+    #[test]
+    fn connect_takes_only_an_authority_with_a_port() {
+        let ok = ["h:80", "[::1]:443", "1.2.3.4:0", "h:065535", "h:00000080"];
+        let bad = [
+            "h",
+            "h:",
+            ":80",
+            "h:99999",
+            "h:99999999999",
+            "h:+80",
+            "h:80x",
+            "a@h:80",
+            "h:80/x",
+            "/x",
+            "[::1",
+            "::1:80",
+            "http://h:80",
+        ];
+        for t in ok {
+            assert!(is_authority_with_port(t.as_bytes()), "{t}");
+        }
+        for t in bad {
+            assert!(!is_authority_with_port(t.as_bytes()), "{t}");
+            let raw = format!("CONNECT {t} HTTP/1.1\r\nhost: h\r\n\r\n");
+            assert_eq!(status(raw.as_bytes()), 400, "{t}");
         }
     }
 

@@ -19,15 +19,20 @@
 //! # Known differences from Envoy
 //!
 //! `tests/http_differential.rs` runs the same bootstrap through Courier and Envoy 1.40 and
-//! compares 86 requests (all equal today; `tests/http_upgrade.rs` does the same for
+//! compares 88 requests (all equal today; `tests/http_upgrade.rs` does the same for
 //! websockets). Differences that remain, by design or not yet
 //! done:
 //!
 //! - HTTP/1.1 codec errors get Envoy's replies (status, reason as body, `connection:
-//!   close`); `tests/http_differential.rs::codec_replies_match_envoy` compares 46 malformed
+//!   close`); `tests/http_differential.rs::codec_replies_match_envoy` compares 55 malformed
 //!   or unusual requests. One deliberate difference: an obs-fold header line is refused
 //!   with `400` (Envoy unfolds it). Response trailers are not sent on HTTP/1.1 (Envoy's
 //!   default, `enable_trailers` off).
+//! - `<`, `>` and a backtick in an HTTP/1.1 request path, and `"`, `<` and `>` in its
+//!   query, go upstream percent-encoded (`%3C`); Envoy forwards them as they came. The
+//!   `http` crate's URI grammar refuses them raw; encoding names the same resource to any
+//!   URI decoder, where refusing them (as Courier did) broke such clients. Routes match the
+//!   encoded path. Over HTTP/2 the `h2` crate refuses such a `:path` (the stream is reset).
 //! - The route `timeout` ends when the upstream response *headers* arrive; Envoy's also
 //!   covers the response body.
 //! - `downstream_rq_time`/`upstream_rq_time` use Envoy's default bucket bounds; `/stats`
@@ -51,8 +56,6 @@
 //!   matched:
 //!   - `internal_address_config` is not supported: every request is external, which is
 //!     Envoy 1.40's default.
-//!   - `<`, `>` and a backtick in a request path, and `"`, `<`, `>` in a query, are refused
-//!     with `400` (the `http` crate's URI grammar; Envoy forwards them).
 //!   - A stream idle timeout before the response answers `408` when the request body had
 //!     not been read to its end, `504` otherwise; Envoy's choice follows whether its codec
 //!     had received the whole request (they differ when a complete body waits unread, for

@@ -16,6 +16,8 @@ const ROUTES: &str = r#"            name: local
               routes:
               - match: { prefix: "/route-idle" }
                 route: { cluster: a, timeout: 0s, idle_timeout: 0.2s }
+              - match: { prefix: "/route-timeout" }
+                route: { cluster: a, timeout: 0.3s, idle_timeout: 0s }
               - match: { prefix: "/no-idle" }
                 route: { cluster: a, timeout: 0s, idle_timeout: 0s }
               - match: { prefix: "/" }
@@ -73,11 +75,66 @@ fn run_cases(p: &Courier) -> Vec<String> {
         text.starts_with("HTTP/1.1 200"),
         text.ends_with("\r\n\r\nabc")
     ));
+    // The route timeout spans the whole response (Envoy's): a body still arriving when it
+    // ends is cut off, with no idle timeout in play.
+    let mut c = Client::connect(p.listener);
+    c.send_raw(b"GET /route-timeout/stall/3000 HTTP/1.1\r\nhost: h\r\n\r\n");
+    let started = Instant::now();
+    let mut got = Vec::new();
+    let _ = c.reader.read_to_end(&mut got);
+    assert!(
+        started.elapsed() < Duration::from_millis(2500),
+        "closed late"
+    );
+    let text = String::from_utf8_lossy(&got);
+    seen.push(format!(
+        "route timeout mid-body: starts 200={} ends with the 3 bytes={}",
+        text.starts_with("HTTP/1.1 200"),
+        text.ends_with("\r\n\r\nabc")
+    ));
+    // Over HTTP/2 the stream is reset instead.
+    seen.push(format!(
+        "route timeout mid-body, HTTP/2: {}",
+        h2_body_outcome(p.listener, "/route-timeout/stall/3000")
+    ));
+    seen.push(format!(
+        "upstream_rq_timeout={}",
+        p.wait_stat("cluster.a.upstream_rq_timeout", 2)
+    ));
     seen.push(format!(
         "downstream_rq_idle_timeout={}",
         p.wait_stat("http.ingress.downstream_rq_idle_timeout", 4)
     ));
     seen
+}
+
+/// An HTTP/2 GET of `path`: its status and how its body ended.
+fn h2_body_outcome(addr: std::net::SocketAddr, path: &str) -> String {
+    use http_body_util::BodyExt;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let mut sender = h2_connect(addr).await;
+        let req = http::Request::get(format!("http://h{path}"))
+            .body(http_body_util::Empty::new())
+            .expect("request");
+        let (parts, mut body) = sender
+            .send_request(req)
+            .await
+            .expect("response")
+            .into_parts();
+        let mut got = 0;
+        let end = loop {
+            match body.frame().await {
+                Some(Ok(f)) => got += f.data_ref().map_or(0, |d| d.len()),
+                Some(Err(_)) => break "reset",
+                None => break "complete",
+            }
+        };
+        format!("{}, body {end} after {got} bytes", parts.status.as_u16())
+    })
 }
 
 #[test]
@@ -94,6 +151,9 @@ fn stream_idle_timeouts_match_envoy() {
             "route disables it: 200 a GET /no-idle/delay/700",
             "stalled request body: 408 stream timeout closed=true",
             "stalled response body: starts 200=true ends with the 3 bytes=true",
+            "route timeout mid-body: starts 200=true ends with the 3 bytes=true",
+            "route timeout mid-body, HTTP/2: 200, body reset after 3 bytes",
+            "upstream_rq_timeout=2",
             "downstream_rq_idle_timeout=4",
         ]
     );

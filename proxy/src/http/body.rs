@@ -29,7 +29,8 @@ pub struct ProxyBody {
     drop_trailers: bool,
 }
 
-/// A body's part in its stream's idle timeout ([`StreamIdle`]).
+/// A body's part in its stream's idle timeout and, for a response, the route timeout
+/// ([`StreamIdle`]).
 struct IdleWatch {
     stream: Rc<StreamIdle>,
     /// A response body ends with an error once the stream is idle too long; a request
@@ -124,7 +125,7 @@ impl ProxyBody {
     }
 
     /// Ends this (response) body with an error when its stream stays idle past its
-    /// timeout; each frame restarts the timer.
+    /// timeout (each frame restarts the timer), or outlives the route timeout.
     pub fn enforce_idle_timeout(&mut self, stream: Rc<StreamIdle>) {
         self.idle = Some(IdleWatch {
             stream,
@@ -195,9 +196,11 @@ impl Body for ProxyBody {
         if let Some(w) = &mut this.idle {
             match &r {
                 Poll::Ready(Some(Ok(_))) => w.stream.touch(),
-                Poll::Pending if w.enforce && w.stream.poll_expired(cx).is_ready() => {
-                    this.finish(false);
-                    return Poll::Ready(Some(Err("stream idle timeout".into())));
+                Poll::Pending if w.enforce => {
+                    if let Poll::Ready(expiry) = w.stream.poll_expired(cx) {
+                        this.finish(false);
+                        return Poll::Ready(Some(Err(expiry.message().into())));
+                    }
                 }
                 _ => {}
             }

@@ -10,7 +10,7 @@
 //! - [`router`]: one request: sanitising, route selection, local replies, forwarding with
 //!   retries and timeouts.
 //! - [`stream_idle`]: the stream idle timeout (`stream_idle_timeout`, a route's
-//!   `idle_timeout`).
+//!   `idle_timeout`), and the route `timeout` once the response has started.
 //! - [`pool`]: per-worker upstream connection pools and circuit breakers.
 //! - [`upstream_h1`]: Courier's own HTTP/1.1 upstream client, driven by the request that
 //!   uses the connection (complete request bodies; streamed ones and upgrades use hyper's).
@@ -33,8 +33,6 @@
 //!   `http` crate's URI grammar refuses them raw; encoding names the same resource to any
 //!   URI decoder, where refusing them (as Courier did) broke such clients. Routes match the
 //!   encoded path. Over HTTP/2 the `h2` crate refuses such a `:path` (the stream is reset).
-//! - The route `timeout` ends when the upstream response *headers* arrive; Envoy's also
-//!   covers the response body.
 //! - `downstream_rq_time`/`upstream_rq_time` use Envoy's default bucket bounds; `/stats`
 //!   quantiles are interpolated linearly inside a bucket (Envoy's log-linear histogram gives
 //!   slightly different figures) and, with no flush interval, the interval figure is `nan`.
@@ -72,8 +70,11 @@
 //!   without the cluster's `enable_trailers`, a loopback client's (`127.0.0.1` or `::1`)
 //!   `x-forwarded-for` naming the machine's own address ([`crate::server::local_info`]), a
 //!   request target that is neither a path, an absolute URL, OPTIONS' `*` nor CONNECT's
-//!   authority refused with `400` (it was read as an authority overriding `Host`), and
-//!   expectations other than `100-continue` forwarded.
+//!   authority refused with `400` (it was read as an authority overriding `Host`),
+//!   expectations other than `100-continue` forwarded, a CONNECT target other than
+//!   `host:port` refused with `400`, and the route `timeout` spanning the response body
+//!   (a body still arriving when it ends is cut off: the HTTP/1.1 connection closes, an
+//!   HTTP/2 stream is reset; `upstream_rq_timeout`, flag `UT`; `tests/http_stream_idle.rs`).
 //! - Inline route configurations are checked against the known clusters at load
 //!   (`validate_clusters`, on by default for them, off for RDS, as Envoy): a static
 //!   listener naming an unknown cluster fails start-up, an LDS one is NACKed.

@@ -348,6 +348,7 @@ pub async fn serve(
     let conn2 = conn.clone();
     let (parts, body) = resp.into_parts();
     let resp_headers = log_state.as_ref().map(|_| parts.headers.clone());
+    let timers = log_state.as_ref().map(|_| idle.clone());
     let on_done = move |_ok: bool, bytes_sent: u64| {
         let cfg = &conn2.config;
         cfg.stats.downstream_rq_completed.inc(worker);
@@ -367,7 +368,11 @@ pub async fn serve(
                 request: headers,
                 response: resp_headers.as_ref(),
                 status,
-                flags: outcome.flags,
+                // A timeout that cut the response body off after its head.
+                flags: timers
+                    .as_ref()
+                    .and_then(|t| t.expired())
+                    .map_or(outcome.flags, |e| e.flag()),
                 bytes_received: 0,
                 bytes_sent,
                 duration: start.elapsed(),
@@ -683,6 +688,7 @@ async fn process(
             }
             forward(
                 conn, req, &authority, &path, &table, vh, route, action, &fcx, on_upgrade, outcome,
+                idle,
             )
             .await
         }
@@ -815,6 +821,7 @@ async fn forward(
     fcx: &FormatContext<'_>,
     mut on_upgrade: Option<DownstreamUpgrade>,
     outcome: &mut Outcome,
+    idle: &StreamIdle,
 ) -> Response<ProxyBody> {
     let cfg = &conn.config;
     let worker = conn.worker;
@@ -1125,6 +1132,13 @@ async fn forward(
                 }
                 if let Some(w) = weighted {
                     w.response_headers.apply(resp.headers_mut(), fcx);
+                }
+                // Envoy's route timeout spans the whole response: a body still arriving
+                // when it ends is cut off (an upgrade's tunnel is not).
+                if let Some(deadline) = global_deadline {
+                    if !is_upgrade && !resp.body().is_end_stream() {
+                        idle.set_response_deadline(deadline, pool.stats.rq_timeout.clone());
+                    }
                 }
                 return resp;
             }

@@ -8,6 +8,11 @@
 //! stream (HTTP/2) or closes the connection (HTTP/1.1). An upgraded (websocket) stream
 //! keeps it: its tunnel closes once no byte has crossed it for the timeout.
 //! `downstream_rq_idle_timeout` counts each.
+//!
+//! The same timer carries the route `timeout` once the response has started: Envoy's spans
+//! the whole response, its body included, so a body still arriving when it runs out ends
+//! with an error the same way (counted in the cluster's `upstream_rq_timeout`). Before the
+//! response head, the router enforces the route timeout itself (`504`).
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
@@ -29,6 +34,38 @@ pub struct StreamIdle {
     timer: RefCell<Option<Sleep>>,
     counter: Arc<Counter>,
     worker: usize,
+    /// The route timeout's end, once the response has started, and the cluster's
+    /// `upstream_rq_timeout`.
+    response_deadline: RefCell<Option<(Instant, Arc<Counter>)>>,
+    /// Which timeout ended the stream, if one did.
+    expired: Cell<Option<Expiry>>,
+}
+
+/// Which of a stream's timeouts ran out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expiry {
+    /// Nothing moved on the stream for its idle timeout.
+    Idle,
+    /// The route timeout ended while the response body was still arriving.
+    Route,
+}
+
+impl Expiry {
+    /// The access log's response flag (Envoy's).
+    pub fn flag(self) -> &'static str {
+        match self {
+            Expiry::Idle => "SI",
+            Expiry::Route => "UT",
+        }
+    }
+
+    /// The error a body ends with.
+    pub fn message(self) -> &'static str {
+        match self {
+            Expiry::Idle => "stream idle timeout",
+            Expiry::Route => "upstream request timeout",
+        }
+    }
 }
 
 impl StreamIdle {
@@ -46,7 +83,15 @@ impl StreamIdle {
             timer: RefCell::new(None),
             counter,
             worker,
+            response_deadline: RefCell::new(None),
+            expired: Cell::new(None),
         }
+    }
+
+    /// The response has started with the route timeout ending at `deadline`: the response
+    /// body must end by then, else it ends with an error, counted in `counter`.
+    pub fn set_response_deadline(&self, deadline: Instant, counter: Arc<Counter>) {
+        *self.response_deadline.borrow_mut() = Some((deadline, counter));
     }
 
     /// The route's `idle_timeout` replaces the connection manager's; zero disables it.
@@ -73,13 +118,23 @@ impl StreamIdle {
     }
 
     /// When the stream times out unless something moves first.
-    fn deadline(&self) -> Option<Instant> {
+    fn idle_deadline(&self) -> Option<Instant> {
         self.timeout.get().map(|t| self.last_activity.get() + t)
     }
 
-    /// Polls the stream's timer towards the idle deadline: `Ready` once the stream has been
-    /// idle for its whole timeout (and then counted).
-    pub fn poll_expired(&self, cx: &mut Context<'_>) -> Poll<()> {
+    /// The earlier of the idle deadline and the response's route deadline.
+    fn deadline(&self) -> Option<Instant> {
+        let route = self.response_deadline.borrow().as_ref().map(|(d, _)| *d);
+        match (self.idle_deadline(), route) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Polls the stream's timer towards its deadline: `Ready` once the stream has been
+    /// idle for its whole timeout, or the response has outlived the route timeout (and
+    /// then counted).
+    pub fn poll_expired(&self, cx: &mut Context<'_>) -> Poll<Expiry> {
         let mut timer = self.timer.borrow_mut();
         let Some(deadline) = self.deadline() else {
             *timer = None;
@@ -100,8 +155,24 @@ impl StreamIdle {
             }
         }
         *timer = None;
-        self.counter.inc(self.worker);
-        Poll::Ready(())
+        let route = self.response_deadline.borrow();
+        let expiry = match route.as_ref() {
+            Some((at, counter)) if Instant::now() >= *at => {
+                counter.inc(self.worker);
+                Expiry::Route
+            }
+            _ => {
+                self.counter.inc(self.worker);
+                Expiry::Idle
+            }
+        };
+        self.expired.set(Some(expiry));
+        Poll::Ready(expiry)
+    }
+
+    /// Which timeout ended the stream, if one did.
+    pub fn expired(&self) -> Option<Expiry> {
+        self.expired.get()
     }
 
     /// Stops the timer until the next [`poll_expired`](Self::poll_expired): whoever polled
@@ -137,6 +208,6 @@ impl<F: Future> Future for UntilIdle<'_, F> {
             this.idle.disarm();
             return Poll::Ready(Some(v));
         }
-        this.idle.poll_expired(cx).map(|()| None)
+        this.idle.poll_expired(cx).map(|_| None)
     }
 }

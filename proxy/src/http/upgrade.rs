@@ -401,9 +401,9 @@ impl<A: Read + Write + Unpin, B: Read + Write + Unpin> Future for Splice<A, B> {
             this.idle.touch();
         }
         match this.idle.poll_expired(cx) {
-            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+            Poll::Ready(expiry) => Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::TimedOut,
-                "stream idle timeout",
+                expiry.message(),
             ))),
             Poll::Pending => Poll::Pending,
         }

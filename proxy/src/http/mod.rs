@@ -11,7 +11,8 @@
 //!   retries and timeouts.
 //! - [`stream_idle`]: the stream idle timeout (`stream_idle_timeout`, a route's
 //!   `idle_timeout`), and the route `timeout` once the response has started.
-//! - [`pool`]: per-worker upstream connection pools and circuit breakers.
+//! - [`pool`]: per-worker upstream connection pools and circuit breakers;
+//!   [`h2_settings`]: an HTTP/2 server's stream limit, read off its frames.
 //! - [`upstream_h1`]: Courier's own HTTP/1.1 upstream client, driven by the request that
 //!   uses the connection (complete request bodies; streamed ones and upgrades use hyper's).
 //! - [`route`]: route tables compiled from `RouteConfiguration`s (inline or RDS).
@@ -36,10 +37,14 @@
 //! - `downstream_rq_time`/`upstream_rq_time` use Envoy's default bucket bounds; `/stats`
 //!   quantiles are interpolated linearly inside a bucket (Envoy's log-linear histogram gives
 //!   slightly different figures) and, with no flush interval, the interval figure is `nan`.
+//! - Upstream HTTP/2: another connection opens when the open ones carry as many streams as
+//!   their server allows (`SETTINGS_MAX_CONCURRENT_STREAMS`, read off the frames by
+//!   [`h2_settings`]) or the cluster's `max_concurrent_streams`, as in Envoy. Unlike Envoy
+//!   1.40, no second stream goes on a new connection before the server's settings have
+//!   arrived: Envoy sends them, and a server with a low limit refuses them (`503 …
+//!   remote refused stream reset`, measured in `tests/http_h2.rs`'s setting).
 //! - Circuit breakers are counted per worker (Envoy's are per cluster across workers); with
 //!   `--concurrency 1` they match.
-//! - One HTTP/2 upstream connection per host per worker (Envoy opens more once
-//!   `max_concurrent_streams` is reached; hyper queues streams instead).
 //! - Upgraded (websocket) connections go upstream on a connection of their own, as Envoy's,
 //!   and count in `downstream_cx_active` until the tunnel closes (a shutdown drain waits
 //!   for them). Removing a listener closes its tunnels when the drain time ends, as Envoy
@@ -88,6 +93,7 @@ pub mod conn;
 pub mod downstream_h1;
 pub mod h1_head;
 pub mod h1_server;
+pub mod h2_settings;
 pub mod hcm;
 pub mod header_map_pool;
 pub mod headers;

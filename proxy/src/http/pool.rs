@@ -1,6 +1,8 @@
 //! Per-worker upstream HTTP connection pools (Envoy's `ConnectionPool`): HTTP/1.1
-//! keep-alive reuse and one multiplexed HTTP/2 connection per host, with the cluster's
-//! circuit breakers counted per worker.
+//! keep-alive reuse, and multiplexed HTTP/2 connections per host, another opened when the
+//! open ones carry as many streams as their server allows (its
+//! `SETTINGS_MAX_CONCURRENT_STREAMS`, read by [`super::h2_settings`]) or the cluster's
+//! `max_concurrent_streams`; the cluster's circuit breakers counted per worker.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -14,6 +16,7 @@ use hyper::client::conn::{http1, http2};
 use rustc_hash::FxHashMap;
 
 use super::body::ProxyBody;
+use super::h2_settings::{PeerSettings, SettingsWatch};
 use super::upstream_h1::H1Connection;
 use crate::event::rt::{self, LocalExec, RtTimer, TcpIo};
 use crate::stats::{Counter, Gauge, Histogram, Store};
@@ -128,8 +131,48 @@ pub enum Sender {
     /// An HTTP/1.1 connection driven by the request itself ([`H1Connection`]): for requests
     /// whose body is complete.
     Raw(H1Connection),
-    /// An HTTP/2 connection (shared).
-    H2(http2::SendRequest<ProxyBody>),
+    /// An HTTP/2 connection (shared), and the stream's place on it.
+    H2(http2::SendRequest<ProxyBody>, H2Stream),
+}
+
+/// One HTTP/2 connection to a host, shared by the requests on it.
+struct H2Conn {
+    sender: http2::SendRequest<ProxyBody>,
+    /// Streams open on it: requests sent whose responses have not ended.
+    active: Rc<Cell<u32>>,
+    /// The server's settings, as read so far.
+    peer: Rc<PeerSettings>,
+}
+
+impl H2Conn {
+    /// Whether another stream fits. Until the server's settings are read, only the
+    /// request that opened the connection: Envoy's pool sends more and has them refused
+    /// when the server's limit is lower. A limit of 0 is taken as 1 (the stream then waits
+    /// on the connection rather than opening connection after connection).
+    fn has_room(&self, cluster_max: u32) -> bool {
+        let limit = self.peer.max_streams().unwrap_or(1);
+        self.active.get() < limit.min(cluster_max).max(1)
+    }
+
+    /// Whether the server's settings are still to come.
+    fn settling(&self) -> bool {
+        self.peer.max_streams().is_none() && !self.sender.is_closed()
+    }
+}
+
+/// A stream's place on an HTTP/2 connection, given back when dropped (once the response
+/// has ended, or the request failed).
+pub struct H2Stream {
+    active: Rc<Cell<u32>>,
+    pool: Rc<ClusterPool>,
+}
+
+impl Drop for H2Stream {
+    fn drop(&mut self) {
+        self.active.set(self.active.get().saturating_sub(1));
+        // A request waiting for room may now have it.
+        self.pool.wake_one();
+    }
 }
 
 /// Why no connection could be had.
@@ -147,7 +190,7 @@ pub enum PoolError {
 struct HostPool {
     idle: Vec<http1::SendRequest<ProxyBody>>,
     raw_idle: Vec<H1Connection>,
-    h2: Option<http2::SendRequest<ProxyBody>>,
+    h2: Vec<H2Conn>,
     h2_connecting: bool,
 }
 
@@ -221,6 +264,15 @@ impl Drop for ConnGuard {
 }
 
 impl ClusterPool {
+    fn wake_all(&self) {
+        let waiters = std::mem::take(&mut *self.waiters.borrow_mut());
+        for w in waiters {
+            if let Some(w) = w.take() {
+                w.wake();
+            }
+        }
+    }
+
     fn wake_one(&self) {
         while let Some(w) = self.waiters.borrow_mut().pop_front() {
             if let Some(w) = w.take() {
@@ -272,9 +324,9 @@ impl ClusterPool {
         .await
     }
 
-    /// A connection to `host`: an idle HTTP/1 one, the shared HTTP/2 one, or a new one
-    /// (waiting as a pending request when `max_connections` is reached). Returns whether
-    /// the connection was reused. `raw` asks for an HTTP/1 connection of Courier's own
+    /// A connection to `host`: an idle HTTP/1 one, an HTTP/2 one with room for another
+    /// stream, or a new one (waiting as a pending request when `max_connections` is
+    /// reached). Returns whether the connection was reused. `raw` asks for an HTTP/1 connection of Courier's own
     /// client ([`Sender::Raw`]) rather than hyper's.
     pub async fn checkout(
         self: &Rc<Self>,
@@ -286,14 +338,8 @@ impl ClusterPool {
         let mut pending = false;
         let result = loop {
             if cluster.http2 {
-                let existing = self
-                    .hosts
-                    .borrow()
-                    .get(&host.address)
-                    .and_then(|h| h.h2.clone())
-                    .filter(|s| !s.is_closed());
-                if let Some(s) = existing {
-                    break Ok((Sender::H2(s), true));
+                if let Some(s) = self.h2_stream(cluster, host) {
+                    break Ok((s, true));
                 }
             } else if raw {
                 let reused = loop {
@@ -333,12 +379,14 @@ impl ClusterPool {
                 }
             }
             let b = &self.breakers;
+            // A connection on its way, or one whose server's limit is not yet known, may
+            // have room: wait for it rather than open another.
             let h2_busy = cluster.http2
                 && self
                     .hosts
                     .borrow()
                     .get(&host.address)
-                    .is_some_and(|h| h.h2_connecting);
+                    .is_some_and(|h| h.h2_connecting || h.h2.iter().any(H2Conn::settling));
             if b.connections.get() >= cluster.thresholds.max_connections || h2_busy {
                 if !h2_busy {
                     cluster.stats.upstream_cx_overflow.inc(worker);
@@ -368,6 +416,22 @@ impl ClusterPool {
             self.stats.rq_pending_active.dec(worker);
         }
         result
+    }
+
+    /// A stream on an open HTTP/2 connection to `host` with room for one.
+    fn h2_stream(self: &Rc<Self>, cluster: &ClusterInfo, host: &Host) -> Option<Sender> {
+        let mut hosts = self.hosts.borrow_mut();
+        let h = hosts.get_mut(&host.address)?;
+        h.h2.retain(|c| !c.sender.is_closed());
+        let c =
+            h.h2.iter()
+                .find(|c| c.has_room(cluster.http2_max_streams))?;
+        c.active.set(c.active.get() + 1);
+        let stream = H2Stream {
+            active: c.active.clone(),
+            pool: self.clone(),
+        };
+        Some(Sender::H2(c.sender.clone(), stream))
     }
 
     async fn connect(
@@ -410,6 +474,10 @@ impl ClusterPool {
             Some(Ok(io)) => io,
         };
         if cluster.http2 {
+            let peer = Rc::new(PeerSettings::default());
+            let pool = self.clone();
+            // Requests waiting for this connection's settings may fit on it now.
+            let io = SettingsWatch::new(io, peer.clone(), Box::new(move || pool.wake_all()));
             let handshake = http2::Builder::new(LocalExec)
                 .timer(RtTimer)
                 .handshake::<_, ProxyBody>(io)
@@ -427,7 +495,18 @@ impl ClusterPool {
                 }
             };
             self.stats.cx_http2_total.inc(worker);
-            self.hosts.borrow_mut().entry(host.address).or_default().h2 = Some(sender.clone());
+            // This request's stream is the first on it.
+            let active = Rc::new(Cell::new(1));
+            self.hosts
+                .borrow_mut()
+                .entry(host.address)
+                .or_default()
+                .h2
+                .push(H2Conn {
+                    sender: sender.clone(),
+                    active: active.clone(),
+                    peer,
+                });
             self.wake_one();
             let pool = self.clone();
             let addr = host.address;
@@ -436,13 +515,15 @@ impl ClusterPool {
                     tracing::debug!(error = %e, "upstream h2 connection closed");
                 }
                 if let Some(h) = pool.hosts.borrow_mut().get_mut(&addr) {
-                    if h.h2.as_ref().is_some_and(|s| s.is_closed()) {
-                        h.h2 = None;
-                    }
+                    h.h2.retain(|c| !c.sender.is_closed());
                 }
                 drop(guard);
             });
-            Ok(Sender::H2(sender))
+            let stream = H2Stream {
+                active,
+                pool: self.clone(),
+            };
+            Ok(Sender::H2(sender, stream))
         } else if raw {
             self.stats.cx_http1_total.inc(worker);
             Ok(Sender::Raw(H1Connection::new(io, Box::new(guard))))

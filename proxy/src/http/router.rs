@@ -1451,7 +1451,7 @@ async fn send_once(
                     }
                 },
             },
-            Sender::H2(mut s) => {
+            Sender::H2(mut s, stream) => {
                 if s.ready().await.is_err() {
                     continue;
                 }
@@ -1460,7 +1460,11 @@ async fn send_once(
                         let (mut parts, body) = resp.into_parts();
                         strip_response_hop_by_hop(&mut parts.headers, parts.status);
                         parts.version = Version::HTTP_11;
-                        return Ok(Response::from_parts(parts, ProxyBody::stream(body, None)));
+                        // The stream holds its place on the connection until the response
+                        // ends.
+                        let body =
+                            ProxyBody::stream(body, Some(Box::new(move |_, _| drop(stream))));
+                        return Ok(Response::from_parts(parts, body));
                     }
                     Err(mut e) => match e.take_message() {
                         Some(r) => {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use courier_proto::envoy::config::cluster::v3::{self as pb, cluster};
-use courier_proto::envoy::config::core::v3::{ConfigSource, HealthStatus};
+use courier_proto::envoy::config::core::v3::{ConfigSource, HealthStatus, Http2ProtocolOptions};
 use courier_proto::envoy::config::endpoint::v3::{lb_endpoint, ClusterLoadAssignment};
 use courier_proto::envoy::extensions::upstreams::http::v3::{
     http_protocol_options, HttpProtocolOptions,
@@ -152,6 +152,9 @@ pub struct ClusterInfo {
     pub thresholds: Thresholds,
     /// Whether upstream HTTP uses HTTP/2.
     pub http2: bool,
+    /// `http2_protocol_options.max_concurrent_streams`: streams per upstream HTTP/2
+    /// connection (default 2147483647), below the server's own limit.
+    pub http2_max_streams: u32,
     /// `http_protocol_options.enable_trailers`: an HTTP/1.1 upstream's response trailers
     /// are passed on (off by default, as Envoy, whose HTTP/1 codec then drops them).
     pub http1_trailers: bool,
@@ -175,6 +178,7 @@ impl ClusterInfo {
             buffer_limit: self.buffer_limit,
             thresholds: self.thresholds,
             http2: self.http2,
+            http2_max_streams: self.http2_max_streams,
             http1_trailers: self.http1_trailers,
             hosts,
             stats: self.stats.clone(),
@@ -266,6 +270,7 @@ pub fn compile_cluster(proto: &pb::Cluster, store: &Store) -> Result<ClusterInfo
     let thresholds = thresholds(proto);
     let UpstreamHttp {
         http2,
+        http2_max_streams,
         http1_trailers,
     } = upstream_http(proto)?;
     let stats = ClusterStats::new(store, &proto.name);
@@ -294,6 +299,7 @@ pub fn compile_cluster(proto: &pb::Cluster, store: &Store) -> Result<ClusterInfo
         buffer_limit,
         thresholds,
         http2,
+        http2_max_streams,
         http1_trailers,
         hosts,
         stats,
@@ -362,12 +368,23 @@ fn thresholds(proto: &pb::Cluster) -> Thresholds {
 /// The protocol a cluster's upstream HTTP speaks, and how.
 struct UpstreamHttp {
     http2: bool,
+    http2_max_streams: u32,
     http1_trailers: bool,
+}
+
+/// Envoy's default `max_concurrent_streams`.
+const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 2_147_483_647;
+
+/// `max_concurrent_streams` of HTTP/2 protocol options.
+fn max_streams(o: Option<&Http2ProtocolOptions>) -> u32 {
+    o.and_then(|o| o.max_concurrent_streams.as_ref())
+        .map_or(DEFAULT_MAX_CONCURRENT_STREAMS, |v| v.value)
 }
 
 #[allow(deprecated)] // the legacy `http2_protocol_options` is still common in configs
 fn upstream_http(proto: &pb::Cluster) -> Result<UpstreamHttp, ConfigError> {
     let mut http2 = proto.http2_protocol_options.is_some();
+    let mut http2_max_streams = max_streams(proto.http2_protocol_options.as_ref());
     let mut http1_trailers = proto
         .http_protocol_options
         .as_ref()
@@ -390,8 +407,14 @@ fn upstream_http(proto: &pb::Cluster) -> Result<UpstreamHttp, ConfigError> {
                     c.protocol_config,
                     Some(ProtocolConfig::Http2ProtocolOptions(_))
                 );
-                if let Some(ProtocolConfig::HttpProtocolOptions(o)) = &c.protocol_config {
-                    http1_trailers = o.enable_trailers;
+                match &c.protocol_config {
+                    Some(ProtocolConfig::HttpProtocolOptions(o)) => {
+                        http1_trailers = o.enable_trailers;
+                    }
+                    Some(ProtocolConfig::Http2ProtocolOptions(o)) => {
+                        http2_max_streams = max_streams(Some(o));
+                    }
+                    _ => {}
                 }
             }
             Some(UpstreamProtocolOptions::UseDownstreamProtocolConfig(_)) => {
@@ -407,6 +430,7 @@ fn upstream_http(proto: &pb::Cluster) -> Result<UpstreamHttp, ConfigError> {
     }
     Ok(UpstreamHttp {
         http2,
+        http2_max_streams,
         http1_trailers,
     })
 }

@@ -1,5 +1,6 @@
 //! The body type that flows through the proxy in both directions.
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
@@ -44,6 +45,13 @@ enum Kind {
     Stream(Incoming),
     Upstream(UpstreamBody),
     Downstream(DownstreamBody),
+    /// Data already read off a body, then the rest of that body.
+    Prefixed(Box<Prefixed>),
+}
+
+struct Prefixed {
+    read: VecDeque<Bytes>,
+    rest: ProxyBody,
 }
 
 impl ProxyBody {
@@ -98,6 +106,15 @@ impl ProxyBody {
         ProxyBody::of(Kind::Downstream(inner))
     }
 
+    /// The data already read off `rest`, then the rest of it (a request body that outgrew
+    /// its buffer limit for retries goes on streamed).
+    pub fn prefixed(read: Vec<Bytes>, rest: ProxyBody) -> ProxyBody {
+        ProxyBody::of(Kind::Prefixed(Box::new(Prefixed {
+            read: read.into(),
+            rest,
+        })))
+    }
+
     /// Ends the body at its trailers instead of passing them on (an HTTP/1.1 upstream's
     /// trailers without `enable_trailers`, which Envoy's codec does not read).
     pub fn without_trailers(mut self) -> ProxyBody {
@@ -138,7 +155,7 @@ impl ProxyBody {
         match &self.kind {
             Kind::Empty => Some(Bytes::new()),
             Kind::Full(b) => b.clone(),
-            Kind::Stream(_) | Kind::Upstream(_) | Kind::Downstream(_) => None,
+            Kind::Stream(_) | Kind::Upstream(_) | Kind::Downstream(_) | Kind::Prefixed(_) => None,
         }
     }
 
@@ -174,6 +191,10 @@ impl Body for ProxyBody {
                 .poll_frame(cx)
                 .map_err(|e| Box::new(e) as BoxError),
             Kind::Downstream(inner) => inner.poll_frame(cx).map_err(|e| Box::new(e) as BoxError),
+            Kind::Prefixed(p) => match p.read.pop_front() {
+                Some(d) => Poll::Ready(Some(Ok(Frame::data(d)))),
+                None => Pin::new(&mut p.rest).poll_frame(cx),
+            },
         };
         if this.drop_trailers && matches!(&r, Poll::Ready(Some(Ok(f))) if f.is_trailers()) {
             // Trailers come last: the body is complete without them.
@@ -221,6 +242,7 @@ impl Body for ProxyBody {
             Kind::Stream(inner) => inner.is_end_stream(),
             Kind::Upstream(inner) => inner.is_end_stream(),
             Kind::Downstream(inner) => inner.is_end_stream(),
+            Kind::Prefixed(p) => p.read.is_empty() && p.rest.is_end_stream(),
         }
     }
 
@@ -235,6 +257,18 @@ impl Body for ProxyBody {
             Kind::Downstream(inner) => inner
                 .exact_len()
                 .map_or_else(SizeHint::default, SizeHint::with_exact),
+            Kind::Prefixed(p) => {
+                let read: u64 = p.read.iter().map(|d| d.len() as u64).sum();
+                let rest = p.rest.size_hint();
+                match rest.exact() {
+                    Some(n) => SizeHint::with_exact(read + n),
+                    None => {
+                        let mut hint = SizeHint::new();
+                        hint.set_lower(read + rest.lower());
+                        hint
+                    }
+                }
+            }
         }
     }
 }

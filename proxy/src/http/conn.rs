@@ -156,6 +156,7 @@ impl HttpConnection {
         config: Arc<HcmConfig>,
         chain_tag: u64,
         listener_stats: Arc<ListenerStats>,
+        buffer_limit: usize,
     ) -> io::Result<Box<dyn EventHandler>> {
         let worker = ctx.local.id;
         let remote = stream.peer_addr()?;
@@ -178,6 +179,7 @@ impl HttpConnection {
             last_activity: Cell::new(ctx.now),
             listener_stats,
             http2: Cell::new(None),
+            buffer_limit,
         });
         let mut conn = HttpConnection {
             config,

@@ -83,9 +83,11 @@
 //! - Inline route configurations are checked against the known clusters at load
 //!   (`validate_clusters`, on by default for them, off for RDS, as Envoy): a static
 //!   listener naming an unknown cluster fails start-up, an LDS one is NACKed.
-//! - Not yet:
-//!   `per_request_buffer_limit_bytes` (retried bodies are buffered up to the cluster's
-//!   buffer limit), hedging, shadowing, CORS, rate limits.
+//! - Request bodies are buffered for retries up to the route's (or virtual host's)
+//!   `per_request_buffer_limit_bytes`, else the listener's
+//!   `per_connection_buffer_limit_bytes`; a longer body goes on streamed without retries
+//!   (`retry_or_shadow_abandoned`), as in Envoy (`tests/http_retries.rs`).
+//! - Not yet: hedging, shadowing, CORS, rate limits.
 
 pub mod access_log;
 pub mod body;

@@ -38,6 +38,9 @@ pub struct ClusterHttpStats {
     pub rq_retry_success: Arc<Counter>,
     /// `upstream_rq_retry_overflow`.
     pub rq_retry_overflow: Arc<Counter>,
+    /// `retry_or_shadow_abandoned`: a request body outgrew its buffer limit, so the
+    /// request went without retries.
+    pub retry_or_shadow_abandoned: Arc<Counter>,
     /// `upstream_rq_retry_limit_exceeded`.
     pub rq_retry_limit_exceeded: Arc<Counter>,
     /// `upstream_rq_timeout`.
@@ -83,6 +86,7 @@ impl ClusterHttpStats {
             rq_retry: c("upstream_rq_retry"),
             rq_retry_success: c("upstream_rq_retry_success"),
             rq_retry_overflow: c("upstream_rq_retry_overflow"),
+            retry_or_shadow_abandoned: c("retry_or_shadow_abandoned"),
             rq_retry_limit_exceeded: c("upstream_rq_retry_limit_exceeded"),
             rq_timeout: c("upstream_rq_timeout"),
             rq_per_try_timeout: c("upstream_rq_per_try_timeout"),

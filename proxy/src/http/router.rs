@@ -15,7 +15,7 @@ use http_body_util::BodyExt;
 use hyper::body::Body as _;
 
 use super::access_log::LogEntry;
-use super::body::ProxyBody;
+use super::body::{BoxError, ProxyBody};
 use super::hcm::{HcmConfig, RouteSource, UnderscoreAction};
 use super::header_map_pool;
 use super::headers::{decimal_value, strip_hop_by_hop, strip_response_hop_by_hop, FormatContext};
@@ -51,6 +51,9 @@ pub struct ConnInfo {
     pub listener_stats: Arc<crate::listener::ListenerStats>,
     /// The codec once detected: `Some(true)` for HTTP/2.
     pub http2: std::cell::Cell<Option<bool>>,
+    /// The listener's `per_connection_buffer_limit_bytes`: by default, how much of a
+    /// request body is buffered to be replayed on retries.
+    pub buffer_limit: usize,
 }
 
 /// The connection counts as active until its last holder is gone: the connection itself,
@@ -931,12 +934,18 @@ async fn forward(
             if b.is_end_stream() {
                 buffered = Some(Bytes::new());
             } else {
-                let limit = cluster.buffer_limit.max(64 * 1024);
-                let collected = http_body_util::Limited::new(b, limit).collect().await;
-                match collected {
-                    Ok(c) => buffered = Some(c.to_bytes()),
-                    Err(_) => {
-                        return local_reply(StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large");
+                let limit = route.buffer_limit.unwrap_or(conn.buffer_limit);
+                match buffer_for_retries(b, limit).await {
+                    Ok(Buffered::Whole(bytes)) => buffered = Some(bytes),
+                    // As Envoy: the request goes on, streamed, without retries.
+                    Ok(Buffered::TooLarge(body)) => {
+                        pool.stats.retry_or_shadow_abandoned.inc(worker);
+                        stream_body = Some(body);
+                    }
+                    // The client's body broke off (its connection is closing).
+                    Err(e) => {
+                        tracing::debug!(error = %e, "request body ended with an error");
+                        return local_reply(StatusCode::BAD_REQUEST, "");
                     }
                 }
             }
@@ -1222,6 +1231,35 @@ async fn forward(
 
 fn vh_include_attempt(_vh: &VirtualHost) -> bool {
     false
+}
+
+/// A request body read for retries.
+enum Buffered {
+    /// All of it, to be replayed on each attempt.
+    Whole(Bytes),
+    /// It outgrew the limit: what was read, then the rest, to be sent once.
+    TooLarge(ProxyBody),
+}
+
+/// Reads `body` to its end to replay it on retries, unless it outgrows `limit` bytes
+/// (Envoy's check: more than the limit). Trailers are dropped, as before buffering.
+async fn buffer_for_retries(mut body: ProxyBody, limit: usize) -> Result<Buffered, BoxError> {
+    let mut read = Vec::new();
+    let mut len = 0;
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame?.into_data() else {
+            continue;
+        };
+        len += data.len();
+        read.push(data);
+        if len > limit {
+            return Ok(Buffered::TooLarge(ProxyBody::prefixed(read, body)));
+        }
+    }
+    Ok(Buffered::Whole(match read.len() {
+        1 => read.swap_remove(0),
+        _ => read.concat().into(),
+    }))
 }
 
 /// `max_retries` circuit breaker: true when a retry may start.

@@ -74,6 +74,10 @@ pub struct Route {
     pub request_headers: HeaderMutations,
     /// Route-level response header mutations.
     pub response_headers: HeaderMutations,
+    /// `per_request_buffer_limit_bytes` (the route's, else its virtual host's): how much
+    /// of a request body is buffered to be replayed on retries. `None`: the listener's
+    /// `per_connection_buffer_limit_bytes`.
+    pub buffer_limit: Option<usize>,
 }
 
 enum PathMatch {
@@ -729,12 +733,12 @@ impl RouteTable {
                 .map(|p| RetryPolicy::compile(p, &format!("{vpath}.retry_policy")).map(Arc::new))
                 .transpose()?;
             let mut routes = Vec::new();
+            let vh_buffer_limit = vh.per_request_buffer_limit_bytes.map(|v| v.value as usize);
             for (ri, r) in vh.routes.iter().enumerate() {
-                routes.push(compile_route(
-                    r,
-                    &format!("{vpath}.routes[{ri}]"),
-                    retry_policy.as_ref(),
-                )?);
+                let mut route =
+                    compile_route(r, &format!("{vpath}.routes[{ri}]"), retry_policy.as_ref())?;
+                route.buffer_limit = route.buffer_limit.or(vh_buffer_limit);
+                routes.push(route);
             }
             vhosts.push(VirtualHost {
                 name: vh.name.clone(),
@@ -1162,6 +1166,7 @@ fn compile_route(
             &format!("{path}.response_headers_to_add"),
             &format!("{path}.response_headers_to_remove"),
         )?,
+        buffer_limit: r.per_request_buffer_limit_bytes.map(|v| v.value as usize),
     })
 }
 

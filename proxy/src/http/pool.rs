@@ -330,8 +330,8 @@ impl ClusterPool {
 
     /// A connection to `host`: an idle HTTP/1 one, an HTTP/2 one with room for another
     /// stream, or a new one (waiting as a pending request when `max_connections` is
-    /// reached). Returns whether the connection was reused. `raw` asks for an HTTP/1 connection of Courier's own
-    /// client ([`Sender::Raw`]) rather than hyper's.
+    /// reached). Returns whether the connection was reused. `raw` asks for an HTTP/1
+    /// connection of Courier's own client ([`Sender::Raw`]) rather than hyper's.
     pub async fn checkout(
         self: &Rc<Self>,
         cluster: &Arc<ClusterInfo>,

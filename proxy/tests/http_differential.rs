@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use http_support::*;
 
 const ROUTES: &str = r#"            name: local
+            internal_only_headers: [ x-internal-secret ]
             response_headers_to_add:
             - header: { key: x-global, value: g }
             virtual_hosts:
@@ -225,6 +226,8 @@ fn cases() -> Vec<Case> {
     v.push(with("/cluster-header", vec![("x-cluster", "b")]));
     v.push(with("/cluster-header", vec![("x-cluster", "unknown")]));
     v.push(with("/hdrs", vec![("x-remove-me", "1")]));
+    // `internal_only_headers` leave external requests (every one, here).
+    v.push(with("/a/internal", vec![("x-internal-secret", "1")]));
     // Redirects keep the request's scheme (x-forwarded-proto) and port.
     v.push(with("/redirect", vec![("x-forwarded-proto", "https")]));
     v.push(Case {
@@ -313,6 +316,7 @@ const UPSTREAM_HEADERS: &[&str] = &[
     "x-vh",
     "x-route",
     "x-remove-me",
+    "x-internal-secret",
     "x-forwarded-proto",
     "x-envoy-original-path",
     "x-envoy-original-host",

@@ -249,3 +249,86 @@ fn http2_upstream_stream_limit_opens_more_connections() {
         );
     }
 }
+
+/// An HTTP/2 upstream refusing the first stream for each path (RST_STREAM
+/// `REFUSED_STREAM`) and answering `200` to the next; the number of streams it saw.
+fn start_refusing_upstream() -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+    let streams = Arc::new(AtomicUsize::new(0));
+    let refused: Arc<Mutex<std::collections::HashSet<String>>> = Arc::default();
+    let count = streams.clone();
+    let addr = spawn_tokio_server(move |s| {
+        let (count, refused) = (count.clone(), refused.clone());
+        async move {
+            let Ok(mut conn) = h2::server::handshake(s).await else {
+                return;
+            };
+            while let Some(Ok((req, mut respond))) = conn.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                let first = refused
+                    .lock()
+                    .expect("lock")
+                    .insert(req.uri().path().to_string());
+                if first {
+                    respond.send_reset(h2::Reason::REFUSED_STREAM);
+                } else {
+                    let _ = respond.send_response(Response::new(()), true);
+                }
+            }
+        }
+    });
+    (addr, streams)
+}
+
+/// A stream the HTTP/2 upstream refuses is retried under `refused-stream` (and `5xx`);
+/// without a retry policy the client gets Envoy's `503 … remote refused stream reset`.
+#[test]
+fn refused_streams_are_retried_as_envoy_retries_them() {
+    let routes = r#"            name: local
+            virtual_hosts:
+            - name: main
+              domains: ["*"]
+              routes:
+              - match: { prefix: "/refused-stream" }
+                route:
+                  cluster: h2up
+                  retry_policy: { retry_on: "refused-stream", num_retries: 1, retry_back_off: { base_interval: 0.005s } }
+              - match: { prefix: "/5xx" }
+                route:
+                  cluster: h2up
+                  retry_policy: { retry_on: "5xx", num_retries: 1, retry_back_off: { base_interval: 0.005s } }
+              - match: { prefix: "/" }
+                route: { cluster: h2up }
+"#;
+    let run = |start: &dyn Fn(&str) -> Option<Courier>| {
+        let (up, streams) = start_refusing_upstream();
+        let h2_opts = "    typed_extension_protocol_options:\n      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n        explicit_http_config:\n          http2_protocol_options: {}\n";
+        let p = start(&bootstrap(routes, "", &cluster("h2up", &[up], h2_opts)))?;
+        let mut seen = Vec::new();
+        for path in ["/refused-stream/x", "/5xx/x", "/none/x"] {
+            let before = streams.load(std::sync::atomic::Ordering::SeqCst);
+            let r = get(p.listener, "h", path, &[]);
+            let attempts = streams.load(std::sync::atomic::Ordering::SeqCst) - before;
+            seen.push(format!(
+                "{path}: {} {} after {attempts}",
+                r.status,
+                r.body_str()
+            ));
+        }
+        Some(seen)
+    };
+    let got = run(&|b| Some(Courier::start(b))).expect("courier");
+    assert_eq!(
+        got,
+        [
+            "/refused-stream/x: 200  after 2",
+            "/5xx/x: 200  after 2",
+            "/none/x: 503 upstream connect error or disconnect/reset before headers. reset reason: remote refused stream reset after 1",
+        ]
+    );
+    match run(&Courier::start_envoy) {
+        Some(envoy) => assert_eq!(envoy, got, "envoy vs courier"),
+        None => eprintln!("envoy not on PATH: skipping the refused stream differential"),
+    }
+}

@@ -107,6 +107,12 @@ fn bad_configs() -> Vec<(&'static str, String, &'static str)> {
             "static_resources.listeners[0].filter_chains[0].filters[0].typed_config.route_config.virtual_hosts[0].routes[1].route: route: unknown cluster 'nope'",
         ),
         (
+            // Accepted before and without effect: refused, so no one relies on it.
+            "route priority HIGH",
+            STATIC_HTTP.replace("route: { cluster: web }", "route: { cluster: web, priority: HIGH }"),
+            "static_resources.listeners[0].filter_chains[0].filters[0].typed_config.route_config.virtual_hosts[0].routes[1].route.priority: not supported by Courier",
+        ),
+        (
             "duplicate cluster",
             format!("{good}  - name: backend\n    type: STATIC\n    connect_timeout: 1s\n"),
             "static_resources.clusters[1].name",

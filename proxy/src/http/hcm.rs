@@ -375,7 +375,9 @@ impl HcmConfig {
                 saw_router = true;
                 continue;
             }
-            if f.is_optional || f.disabled {
+            // A disabled filter can be enabled per route (`typed_per_filter_config`), so
+            // only an optional one may be left out, as Envoy requires of unknown filters.
+            if f.is_optional {
                 continue;
             }
             return Err(ConfigError::new(

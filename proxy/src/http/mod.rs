@@ -20,7 +20,7 @@
 //! # Known differences from Envoy
 //!
 //! `tests/http_differential.rs` runs the same bootstrap through Courier and Envoy 1.40 and
-//! compares 88 requests (all equal today; `tests/http_upgrade.rs` does the same for
+//! compares 89 requests (all equal today; `tests/http_upgrade.rs` does the same for
 //! websockets). Differences that remain, by design or not yet
 //! done:
 //!
@@ -87,7 +87,14 @@
 //!   `per_request_buffer_limit_bytes`, else the listener's
 //!   `per_connection_buffer_limit_bytes`; a longer body goes on streamed without retries
 //!   (`retry_or_shadow_abandoned`), as in Envoy (`tests/http_retries.rs`).
-//! - Not yet: hedging, shadowing, CORS, rate limits.
+//! - Retries: `retry_on` takes Envoy's conditions, gRPC ones included (`unavailable`, …:
+//!   a trailers-only answer's `grpc-status`), `retriable-headers`, `envoy-ratelimited`
+//!   and `refused-stream`; `retriable_request_headers` limits which requests are retried;
+//!   `reset-before-request` retries only a request that could not be sent
+//!   (`tests/http_retries.rs` and `tests/http_h2.rs` compare them with Envoy).
+//!   `internal_only_headers` leave every request (all are external).
+//! - Not yet: hedging, shadowing, CORS, rate limits; a route's `priority: HIGH` and
+//!   `path_rewrite` are refused as unsupported.
 
 pub mod access_log;
 pub mod body;

@@ -94,6 +94,9 @@ pub const UPSTREAM_CONNECT_ERROR: &str =
 /// Envoy's body for a reset before response headers.
 pub const UPSTREAM_RESET: &str =
     "upstream connect error or disconnect/reset before headers. reset reason: connection termination";
+/// Envoy's body for a stream an HTTP/2 upstream refused (`REFUSED_STREAM`, a `503`).
+pub const UPSTREAM_REFUSED: &str =
+    "upstream connect error or disconnect/reset before headers. reset reason: remote refused stream reset";
 /// Envoy's body for an upstream response that broke HTTP/1.1 (a `502`).
 pub const UPSTREAM_PROTOCOL_ERROR: &str =
     "upstream connect error or disconnect/reset before headers. reset reason: protocol error";
@@ -590,6 +593,11 @@ async fn process(
         conn.closing.set(true);
         return local_reply(StatusCode::NOT_FOUND, "");
     }
+    // `internal_only_headers` leave every request: with no `internal_address_config`,
+    // each is external (Envoy removes them before routing).
+    for name in &table.internal_only_headers {
+        req.headers_mut().remove(name);
+    }
     let Some((vh, route)) = table.route(&authority, &path, req.headers()) else {
         cfg.stats.no_route.inc(worker);
         outcome.flags = "NR";
@@ -806,6 +814,8 @@ enum AttemptError {
     Overflow,
     ConnectFailure,
     Reset,
+    /// An HTTP/2 upstream refused the stream (`REFUSED_STREAM`): it did not process it.
+    Refused,
     /// The upstream's response broke HTTP/1.1 (retried as a reset, answered `502`).
     Protocol,
     PerTryTimeout,
@@ -887,6 +897,12 @@ async fn forward(
     {
         parts.headers.remove(header::EXPECT);
     }
+    // As Envoy, `retriable_request_headers` look at the request before the route's
+    // header mutations.
+    let retry_eligible = action
+        .retry_policy
+        .as_ref()
+        .is_some_and(|r| r.applies_to(&parts.headers));
     // Kept to be reused upstream when the authority is unchanged (no copy). The field
     // stays where it is: removing it would move the map's last field into its place, and
     // Envoy sends `host` where the client did (first, as a rule).
@@ -921,7 +937,7 @@ async fn forward(
     route.request_headers.apply(&mut parts.headers, fcx);
     vh.request_headers.apply(&mut parts.headers, fcx);
     table.request_headers.apply(&mut parts.headers, fcx);
-    let retry = action.retry_policy.clone();
+    let retry = action.retry_policy.clone().filter(|_| retry_eligible);
     let per_try = retry.as_ref().and_then(|r| r.per_try_timeout);
     let global_deadline = action.timeout.map(|t| start + t);
     // Body: buffered (replayable) when retries are possible, else streamed.
@@ -1114,7 +1130,9 @@ async fn forward(
                 let status = resp.status().as_u16();
                 pool.stats.status(worker, status);
                 let can_retry = retry.as_ref().is_some_and(|r| {
-                    r.retry_status(status) && attempt <= r.num_retries && (buffered.is_some())
+                    r.retry_response(status, resp.headers())
+                        && attempt <= r.num_retries
+                        && buffered.is_some()
                 });
                 if can_retry && retry_budget(&pool, &cluster, worker) {
                     last_response = Some(resp);
@@ -1168,6 +1186,7 @@ async fn forward(
             AttemptError::Reset | AttemptError::Protocol => {
                 retry.as_ref().is_some_and(|r| r.retry_reset())
             }
+            AttemptError::Refused => retry.as_ref().is_some_and(|r| r.retry_refused()),
             AttemptError::PerTryTimeout => retry.as_ref().is_some_and(|r| r.retry_timeout()),
         };
         let more = retry.as_ref().is_some_and(|r| attempt <= r.num_retries) && buffered.is_some();
@@ -1224,6 +1243,10 @@ async fn forward(
         Some(AttemptError::Reset) => {
             outcome.flags = "UC";
             local_reply(StatusCode::SERVICE_UNAVAILABLE, UPSTREAM_RESET)
+        }
+        Some(AttemptError::Refused) => {
+            outcome.flags = "UR";
+            local_reply(StatusCode::SERVICE_UNAVAILABLE, UPSTREAM_REFUSED)
         }
         None => local_reply(StatusCode::GATEWAY_TIMEOUT, UPSTREAM_TIMEOUT),
     }
@@ -1511,6 +1534,10 @@ async fn send_once(
                         }
                         None => {
                             pool.stats.rq_rx_reset.inc(worker);
+                            tracing::debug!(error = %e.error(), "upstream reset");
+                            if refused_stream(e.error()) {
+                                return Err(AttemptError::Refused);
+                            }
                             return Err(AttemptError::Reset);
                         }
                     },
@@ -1519,6 +1546,18 @@ async fn send_once(
         }
     }
     Err(AttemptError::Reset)
+}
+
+/// Whether an HTTP/2 upstream refused the stream (RST_STREAM `REFUSED_STREAM`).
+fn refused_stream(e: &hyper::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(err) = source {
+        if let Some(h2) = err.downcast_ref::<h2::Error>() {
+            return h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+        }
+        source = err.source();
+    }
+    false
 }
 
 #[cfg(test)]

@@ -149,6 +149,8 @@ fn read_body(
 /// - `/status/<code>`: that status.
 /// - `/delay/<ms>`: 200 after a delay.
 /// - `/flaky/<n>`: 503 for the first `n` requests on this path, then 200.
+/// - `/flaky-header/<n>/<name>=<value>`: 200 with that field and body `flaky` for the
+///   first `n` requests on this path, then as below.
 /// - `/stall/<ms>`: 200 announcing a 10-byte body, 3 bytes of it, the rest after a delay.
 /// - `/close`: closes the connection without a response.
 /// - anything else: 200 with body `<name> <method> <path>`.
@@ -227,6 +229,7 @@ fn serve_conn(
         }
         let mut status = 200;
         let mut out_body = format!("{name} {method} {path}");
+        let mut extra_header = String::new();
         let after = |pat: &str| path.find(pat).map(|i| &path[i + pat.len()..]);
         // The number that follows a path prefix (`/delay/<ms>`), up to `/` or `?`.
         fn number<T: std::str::FromStr>(rest: &str) -> Option<T> {
@@ -244,6 +247,19 @@ fn serve_conn(
             *count += 1;
             if *count <= n {
                 status = 503;
+                out_body = "flaky".into();
+            }
+        } else if let Some(rest) = after("/flaky-header/") {
+            // `/flaky-header/<n>/<name>=<value>`: the first n answers carry that field.
+            let n: usize = number(rest).unwrap_or(1);
+            let field = rest.split('/').nth(1).unwrap_or("x-flaky=1");
+            let mut f = flaky.lock().expect("lock");
+            let count = f.entry(path.clone()).or_insert(0);
+            *count += 1;
+            if *count <= n {
+                if let Some((k, v)) = field.split_once('=') {
+                    extra_header = format!("{k}: {v}\r\n");
+                }
                 out_body = "flaky".into();
             }
         } else if let Some(ms) = after("/stall/") {
@@ -268,7 +284,7 @@ fn serve_conn(
             out_body.clear();
         }
         let resp = format!(
-            "HTTP/1.1 {status} X\r\nx-upstream: {name}\r\ncontent-length: {len}\r\n\r\n{out_body}"
+            "HTTP/1.1 {status} X\r\nx-upstream: {name}\r\n{extra_header}content-length: {len}\r\n\r\n{out_body}"
         );
         if w.write_all(resp.as_bytes()).is_err() {
             return;

@@ -45,6 +45,8 @@ pub struct RouteTable {
     /// Whether any header mutation of the table reads request headers: only then does a
     /// request keep a copy of its headers (the hot path hands them upstream instead).
     pub reads_request_headers: bool,
+    /// `internal_only_headers`: removed from external requests (all of them).
+    pub internal_only_headers: Vec<HeaderName>,
 }
 
 pub use courier_proto::envoy::config::route::v3::RouteConfiguration;
@@ -251,6 +253,9 @@ pub struct RetryPolicy {
     pub on_gateway_error: bool,
     /// `reset`.
     pub on_reset: bool,
+    /// `reset-before-request`: only when nothing of the request was sent (a connection
+    /// that could not be made).
+    pub on_reset_before_request: bool,
     /// `connect-failure`.
     pub on_connect_failure: bool,
     /// `retriable-4xx` (409).
@@ -261,6 +266,16 @@ pub struct RetryPolicy {
     pub on_refused_stream: bool,
     /// `retriable_status_codes`.
     pub status_codes: Vec<u16>,
+    /// gRPC statuses to retry (`cancelled`, `deadline-exceeded`, `internal`,
+    /// `resource-exhausted`, `unavailable`), read from the response head's `grpc-status`
+    /// (a trailers-only response), as Envoy.
+    pub grpc_statuses: Vec<u32>,
+    /// `envoy-ratelimited`: a response carrying `x-envoy-ratelimited`.
+    pub on_ratelimited: bool,
+    /// `retriable-headers` with `retriable_headers`: a response matching any of them.
+    retriable_headers: Option<Vec<HeaderMatcher>>,
+    /// `retriable_request_headers`: only requests matching one of them are retried.
+    request_headers: Vec<HeaderMatcher>,
     /// `num_retries` (default 1).
     pub num_retries: u32,
     /// `per_try_timeout`.
@@ -277,11 +292,23 @@ impl RetryPolicy {
             on_5xx: false,
             on_gateway_error: false,
             on_reset: false,
+            on_reset_before_request: false,
             on_connect_failure: false,
             on_retriable_4xx: false,
             on_status_codes: false,
             on_refused_stream: false,
             status_codes: p.retriable_status_codes.iter().map(|c| *c as u16).collect(),
+            grpc_statuses: Vec::new(),
+            on_ratelimited: false,
+            retriable_headers: None,
+            request_headers: p
+                .retriable_request_headers
+                .iter()
+                .enumerate()
+                .map(|(i, h)| {
+                    compile_header_matcher(h, &format!("{path}.retriable_request_headers[{i}]"))
+                })
+                .collect::<Result<_, _>>()?,
             num_retries: p.num_retries.as_ref().map_or(1, |v| v.value),
             per_try_timeout: p
                 .per_try_timeout
@@ -301,20 +328,31 @@ impl RetryPolicy {
             match token {
                 "5xx" => r.on_5xx = true,
                 "gateway-error" => r.on_gateway_error = true,
-                "reset" | "reset-before-request" => r.on_reset = true,
+                "reset" => r.on_reset = true,
+                "reset-before-request" => r.on_reset_before_request = true,
                 "connect-failure" => r.on_connect_failure = true,
                 "retriable-4xx" => r.on_retriable_4xx = true,
                 "retriable-status-codes" => r.on_status_codes = true,
                 "refused-stream" => r.on_refused_stream = true,
-                // gRPC and header-based policies are accepted but never trigger here.
-                "cancelled"
-                | "deadline-exceeded"
-                | "internal"
-                | "resource-exhausted"
-                | "unavailable"
-                | "retriable-headers"
-                | "envoy-ratelimited"
-                | "http3-post-connect-failure" => {}
+                "cancelled" => r.grpc_statuses.push(1),
+                "deadline-exceeded" => r.grpc_statuses.push(4),
+                "resource-exhausted" => r.grpc_statuses.push(8),
+                "internal" => r.grpc_statuses.push(13),
+                "unavailable" => r.grpc_statuses.push(14),
+                "envoy-ratelimited" => r.on_ratelimited = true,
+                "retriable-headers" => {
+                    r.retriable_headers = Some(
+                        p.retriable_headers
+                            .iter()
+                            .enumerate()
+                            .map(|(i, h)| {
+                                compile_header_matcher(h, &format!("{path}.retriable_headers[{i}]"))
+                            })
+                            .collect::<Result<_, _>>()?,
+                    )
+                }
+                // HTTP/3 only: Courier has no HTTP/3 upstreams.
+                "http3-post-connect-failure" => {}
                 other => {
                     return Err(ConfigError::new(
                         format!("{path}.retry_on"),
@@ -364,20 +402,64 @@ impl RetryPolicy {
         if p.retry_priority.is_some() {
             return Err(ConfigError::unsupported(format!("{path}.retry_priority")));
         }
+        for (field, set) in [
+            ("per_try_idle_timeout", p.per_try_idle_timeout.is_some()),
+            (
+                "rate_limited_retry_back_off",
+                p.rate_limited_retry_back_off.is_some(),
+            ),
+            (
+                "retry_options_predicates",
+                !p.retry_options_predicates.is_empty(),
+            ),
+        ] {
+            if set {
+                return Err(ConfigError::unsupported(format!("{path}.{field}")));
+            }
+        }
         Ok(r)
     }
 
-    /// Whether a response status asks for a retry.
-    pub fn retry_status(&self, status: u16) -> bool {
+    /// Whether this policy retries `request` at all (`retriable_request_headers`).
+    pub fn applies_to(&self, request: &HeaderMap) -> bool {
+        self.request_headers.is_empty() || self.request_headers.iter().any(|m| m.matches(request))
+    }
+
+    /// Whether a response asks for a retry: by its status, its gRPC status, or its
+    /// headers.
+    pub fn retry_response(&self, status: u16, headers: &HeaderMap) -> bool {
+        let grpc = || {
+            headers
+                .get("grpc-status")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u32>().ok())
+                .is_some_and(|code| self.grpc_statuses.contains(&code))
+        };
         (self.on_5xx && status >= 500)
             || (self.on_gateway_error && (502..=504).contains(&status))
             || (self.on_retriable_4xx && status == 409)
             || (self.on_status_codes && self.status_codes.contains(&status))
+            || (self.on_ratelimited && headers.contains_key("x-envoy-ratelimited"))
+            || (!self.grpc_statuses.is_empty() && grpc())
+            || self
+                .retriable_headers
+                .as_ref()
+                .is_some_and(|ms| ms.iter().any(|m| m.matches(headers)))
     }
 
-    /// Whether a connection failure asks for a retry.
+    /// Whether a connection failure (nothing of the request sent) asks for a retry.
     pub fn retry_connect_failure(&self) -> bool {
-        self.on_connect_failure || self.on_5xx || self.on_gateway_error || self.on_reset
+        self.on_connect_failure
+            || self.on_5xx
+            || self.on_gateway_error
+            || self.on_reset
+            || self.on_reset_before_request
+    }
+
+    /// Whether a stream an HTTP/2 upstream refused asks for a retry (`refused-stream`,
+    /// which `5xx` and `reset` include).
+    pub fn retry_refused(&self) -> bool {
+        self.on_refused_stream || self.on_5xx || self.on_reset
     }
 
     /// Whether a reset (disconnect before a response) asks for a retry.
@@ -733,7 +815,10 @@ impl RouteTable {
                 .map(|p| RetryPolicy::compile(p, &format!("{vpath}.retry_policy")).map(Arc::new))
                 .transpose()?;
             let mut routes = Vec::new();
-            let vh_buffer_limit = vh.per_request_buffer_limit_bytes.map(|v| v.value as usize);
+            let vh_buffer_limit = buffer_limit(
+                vh.request_body_buffer_limit.map(|v| v.value),
+                vh.per_request_buffer_limit_bytes.map(|v| v.value),
+            );
             for (ri, r) in vh.routes.iter().enumerate() {
                 let mut route =
                     compile_route(r, &format!("{vpath}.routes[{ri}]"), retry_policy.as_ref())?;
@@ -770,6 +855,12 @@ impl RouteTable {
             default_vhost,
             ignore_port: proto.ignore_port_in_host_matching,
             reads_request_headers: false,
+            internal_only_headers: proto
+                .internal_only_headers
+                .iter()
+                .enumerate()
+                .map(|(i, h)| header_name(h, &format!("internal_only_headers[{i}]")))
+                .collect::<Result<_, _>>()?,
             request_headers: HeaderMutations::compile(
                 &proto.request_headers_to_add,
                 &proto.request_headers_to_remove,
@@ -1166,8 +1257,19 @@ fn compile_route(
             &format!("{path}.response_headers_to_add"),
             &format!("{path}.response_headers_to_remove"),
         )?,
-        buffer_limit: r.per_request_buffer_limit_bytes.map(|v| v.value as usize),
+        buffer_limit: buffer_limit(
+            r.request_body_buffer_limit.map(|v| v.value),
+            r.per_request_buffer_limit_bytes.map(|v| v.value),
+        ),
     })
+}
+
+/// A route's or virtual host's buffer limit: `request_body_buffer_limit`, else the older
+/// `per_request_buffer_limit_bytes`.
+fn buffer_limit(request_body: Option<u64>, per_request: Option<u32>) -> Option<usize> {
+    request_body
+        .or(per_request.map(u64::from))
+        .map(|v| usize::try_from(v).unwrap_or(usize::MAX))
 }
 
 fn compile_route_action(
@@ -1187,6 +1289,9 @@ fn compile_route_action(
         ("hash_policy", !a.hash_policy.is_empty()),
         ("cors", a.cors.is_some()),
         ("hedge_policy", a.hedge_policy.is_some()),
+        // Envoy's HIGH-priority pools and circuit breakers (Courier has the default ones).
+        ("priority", a.priority != 0),
+        ("path_rewrite", !a.path_rewrite.is_empty()),
         (
             "internal_redirect_policy",
             a.internal_redirect_policy.is_some(),

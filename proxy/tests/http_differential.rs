@@ -853,3 +853,51 @@ fn normalized_paths_match_envoy() {
     );
     assert_envoy_agrees(&boot, "normalize_path", observe, &got);
 }
+
+/// `path_with_escaped_slashes_action` (with `normalize_path` and `merge_slashes`): each
+/// action's replies to paths with `%2F`/`%5C` in them, against Envoy's.
+#[test]
+fn escaped_slash_actions_match_envoy() {
+    let paths = [
+        "/a%2Fb",
+        "/a%2fb%5Cc?q=%2F",
+        "/x/..%2F..%2Fy",
+        "/a//b%2F%2F/c",
+        "/direct%2Fx",
+        "/plain",
+    ];
+    let observe = |p: &Courier| -> Vec<String> {
+        paths
+            .iter()
+            .map(|path| {
+                let r = get(p.listener, "h", path, &[]);
+                format!(
+                    "{path}: {} location={:?} close={} {}",
+                    r.status,
+                    r.header("location"),
+                    r.header("connection") == Some("close"),
+                    r.body_str()
+                )
+            })
+            .collect()
+    };
+    for action in [
+        "KEEP_UNCHANGED",
+        "REJECT_REQUEST",
+        "UNESCAPE_AND_REDIRECT",
+        "UNESCAPE_AND_FORWARD",
+    ] {
+        let a = Upstream::start("a");
+        let hcm = format!(
+            "          path_with_escaped_slashes_action: {action}\n          normalize_path: true\n          merge_slashes: true\n"
+        );
+        let boot = bootstrap(ROUTES, &hcm, &clusters(a.addr, a.addr, a.addr));
+        let got = observe(&Courier::start(&boot));
+        let unescaped = got.iter().filter(|l| l.contains("a GET /a/b ")).count();
+        match action {
+            "KEEP_UNCHANGED" | "REJECT_REQUEST" => assert_eq!(unescaped, 0, "{action}: {got:?}"),
+            _ => assert!(got.iter().any(|l| l.contains("/a/b")), "{action}: {got:?}"),
+        }
+        assert_envoy_agrees(&boot, action, observe, &got);
+    }
+}

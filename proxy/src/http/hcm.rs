@@ -8,7 +8,8 @@ use courier_proto::envoy::config::core::v3::ConfigSource;
 use courier_proto::envoy::extensions::filters::http::router::v3::Router;
 use courier_proto::envoy::extensions::filters::network::http_connection_manager::v3::{
     http_connection_manager::{
-        CodecType, RouteSpecifier, ServerHeaderTransformation, StripPortMode,
+        CodecType, PathWithEscapedSlashesAction, RouteSpecifier, ServerHeaderTransformation,
+        StripPortMode,
     },
     http_filter, HttpConnectionManager,
 };
@@ -60,6 +61,20 @@ pub enum UnderscoreAction {
     Reject,
     /// DROP_HEADER.
     Drop,
+}
+
+/// `path_with_escaped_slashes_action`: what a path with `%2F` or `%5C` (any case) in it
+/// gets before routing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EscapedSlashes {
+    /// KEEP_UNCHANGED (and Envoy's default for IMPLEMENTATION_SPECIFIC_DEFAULT).
+    Keep,
+    /// REJECT_REQUEST: `400`.
+    Reject,
+    /// UNESCAPE_AND_REDIRECT: `307` to the unescaped path.
+    Redirect,
+    /// UNESCAPE_AND_FORWARD: routed and sent on unescaped.
+    Forward,
 }
 
 /// `http.<stat_prefix>.*` stats.
@@ -222,6 +237,8 @@ pub struct HcmConfig {
     pub normalize_path: bool,
     /// `merge_slashes`.
     pub merge_slashes: bool,
+    /// `path_with_escaped_slashes_action`.
+    pub escaped_slashes: EscapedSlashes,
     /// `strip_matching_host_port` / `strip_any_host_port`.
     pub strip_port: Option<bool>,
     /// `http_protocol_options.accept_http_10`.
@@ -523,6 +540,13 @@ impl HcmConfig {
             max_request_headers_kb,
             normalize_path: proto.normalize_path.as_ref().is_some_and(|b| b.value),
             merge_slashes: proto.merge_slashes,
+            escaped_slashes: match proto.path_with_escaped_slashes_action() {
+                PathWithEscapedSlashesAction::ImplementationSpecificDefault
+                | PathWithEscapedSlashesAction::KeepUnchanged => EscapedSlashes::Keep,
+                PathWithEscapedSlashesAction::RejectRequest => EscapedSlashes::Reject,
+                PathWithEscapedSlashesAction::UnescapeAndRedirect => EscapedSlashes::Redirect,
+                PathWithEscapedSlashesAction::UnescapeAndForward => EscapedSlashes::Forward,
+            },
             strip_port: match proto.strip_port_mode {
                 Some(StripPortMode::StripAnyHostPort(true)) => Some(true),
                 _ if proto.strip_matching_host_port => Some(false),

@@ -93,6 +93,9 @@
 //!   `reset-before-request` retries only a request that could not be sent
 //!   (`tests/http_retries.rs` and `tests/http_h2.rs` compare them with Envoy).
 //!   `internal_only_headers` leave every request (all are external).
+//! - `path_with_escaped_slashes_action` (`%2F`, `%5C`): kept, refused (`400`, the
+//!   connection closes), redirected (`307` to the unescaped, normalised path) or unescaped
+//!   before routing, as Envoy (`escaped_slash_actions_match_envoy`).
 //! - Not yet: hedging, shadowing, CORS, rate limits; a route's `priority: HIGH` and
 //!   `path_rewrite` are refused as unsupported.
 

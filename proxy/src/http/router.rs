@@ -16,7 +16,7 @@ use hyper::body::Body as _;
 
 use super::access_log::LogEntry;
 use super::body::{BoxError, ProxyBody};
-use super::hcm::{HcmConfig, RouteSource, UnderscoreAction};
+use super::hcm::{EscapedSlashes, HcmConfig, RouteSource, UnderscoreAction};
 use super::header_map_pool;
 use super::headers::{decimal_value, strip_hop_by_hop, strip_response_hop_by_hop, FormatContext};
 use super::pool::{self, PoolError, Sender};
@@ -215,6 +215,37 @@ fn decode_unreserved(path: &str) -> Option<String> {
         }
         i += 1;
     }
+    Some(out)
+}
+
+/// The path (not the query) with `%2F` and `%5C`, in either case, unescaped to `/` and
+/// `\`; `None` when it has none.
+fn unescape_slashes(path: &str) -> Option<String> {
+    let end = path.find('?').unwrap_or(path.len());
+    let (p, q) = path.split_at(end);
+    let is_escape = |w: &[u8]| {
+        w[0] == b'%'
+            && (w[1] == b'2' && w[2].eq_ignore_ascii_case(&b'f')
+                || w[1] == b'5' && w[2].eq_ignore_ascii_case(&b'c'))
+    };
+    if !p.as_bytes().windows(3).any(is_escape) {
+        return None;
+    }
+    let mut out = String::with_capacity(path.len());
+    let mut rest = p;
+    while let Some(i) = rest.find('%') {
+        out.push_str(&rest[..i]);
+        let b = rest.as_bytes();
+        if b.len() >= i + 3 && is_escape(&b[i..i + 3]) {
+            out.push(if b[i + 1] == b'2' { '/' } else { '\\' });
+            rest = &rest[i + 3..];
+        } else {
+            out.push('%');
+            rest = &rest[i + 1..];
+        }
+    }
+    out.push_str(rest);
+    out.push_str(q);
     Some(out)
 }
 
@@ -526,6 +557,21 @@ async fn process(
         conn.closing.set(true);
         return local_reply(StatusCode::BAD_REQUEST, "");
     }
+    // Escaped slashes first, then normalisation, as Envoy's connection manager.
+    let mut redirect_unescaped = false;
+    if cfg.escaped_slashes != EscapedSlashes::Keep {
+        if let Some(p) = unescape_slashes(&path) {
+            match cfg.escaped_slashes {
+                EscapedSlashes::Reject => {
+                    conn.closing.set(true);
+                    return local_reply(StatusCode::BAD_REQUEST, "");
+                }
+                EscapedSlashes::Redirect => redirect_unescaped = true,
+                EscapedSlashes::Forward | EscapedSlashes::Keep => {}
+            }
+            path = Cow::Owned(p);
+        }
+    }
     if cfg.normalize_path || cfg.merge_slashes {
         match sanitize_path(&path, cfg.normalize_path, cfg.merge_slashes) {
             Some(p) => path = Cow::Owned(p),
@@ -534,6 +580,13 @@ async fn process(
                 return local_reply(StatusCode::BAD_REQUEST, "");
             }
         }
+    }
+    if redirect_unescaped {
+        let mut r = local_reply(StatusCode::TEMPORARY_REDIRECT, "");
+        if let Ok(v) = HeaderValue::from_str(&path) {
+            r.headers_mut().insert(header::LOCATION, v);
+        }
+        return r;
     }
     // Forwarding headers. Without `internal_address_config` (not supported) Envoy 1.40
     // takes no address for internal, so every request is external.
@@ -1563,6 +1616,16 @@ fn refused_stream(e: &hyper::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn escaped_slashes_are_unescaped_in_the_path_only() {
+        assert_eq!(unescape_slashes("/a/b?x=%2F"), None);
+        assert_eq!(
+            unescape_slashes("/a%2Fb%2fc%5Cd%5ce%2G%?q=%2F").as_deref(),
+            Some("/a/b/c\\d\\e%2G%?q=%2F")
+        );
+        assert_eq!(unescape_slashes("/%2F").as_deref(), Some("//"));
+    }
 
     #[test]
     fn path_normalisation() {

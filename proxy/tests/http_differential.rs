@@ -901,3 +901,34 @@ fn escaped_slash_actions_match_envoy() {
         assert_envoy_agrees(&boot, action, observe, &got);
     }
 }
+
+/// `strip_trailing_host_dot`: `exact.example.com.` is routed, and goes upstream, as
+/// `exact.example.com`, its port kept, as by Envoy.
+#[test]
+fn trailing_host_dot_matches_envoy() {
+    let a = Upstream::start("a");
+    let b = Upstream::start("b");
+    let hcm = "          strip_trailing_host_dot: true\n";
+    let boot = bootstrap(ROUTES, hcm, &clusters(a.addr, b.addr, a.addr));
+    let hosts = [
+        "exact.example.com.",
+        "EXACT.example.com.:8080",
+        "x.wild.com.",
+        "other.",
+    ];
+    let observe_all = |p: &Courier| -> Vec<String> {
+        hosts
+            .iter()
+            .map(|h| {
+                let o = observe(p.listener, &case(h, "/a/dot"), &[&a, &b]);
+                format!("{h}: {} {} host={:?}", o.status, o.body, o.upstream_host)
+            })
+            .collect()
+    };
+    let got = observe_all(&Courier::start(&boot));
+    assert!(
+        got[0].contains("host=Some(\"exact.example.com\")"),
+        "{got:?}"
+    );
+    assert_envoy_agrees(&boot, "trailing host dot", observe_all, &got);
+}

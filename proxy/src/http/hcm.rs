@@ -239,6 +239,8 @@ pub struct HcmConfig {
     pub merge_slashes: bool,
     /// `path_with_escaped_slashes_action`.
     pub escaped_slashes: EscapedSlashes,
+    /// `strip_trailing_host_dot`: `example.com.` is routed (and sent) as `example.com`.
+    pub strip_trailing_host_dot: bool,
     /// `strip_matching_host_port` / `strip_any_host_port`.
     pub strip_port: Option<bool>,
     /// `http_protocol_options.accept_http_10`.
@@ -547,6 +549,7 @@ impl HcmConfig {
                 PathWithEscapedSlashesAction::UnescapeAndRedirect => EscapedSlashes::Redirect,
                 PathWithEscapedSlashesAction::UnescapeAndForward => EscapedSlashes::Forward,
             },
+            strip_trailing_host_dot: proto.strip_trailing_host_dot,
             strip_port: match proto.strip_port_mode {
                 Some(StripPortMode::StripAnyHostPort(true)) => Some(true),
                 _ if proto.strip_matching_host_port => Some(false),

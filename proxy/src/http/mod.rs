@@ -96,8 +96,23 @@
 //! - `path_with_escaped_slashes_action` (`%2F`, `%5C`): kept, refused (`400`, the
 //!   connection closes), redirected (`307` to the unescaped, normalised path) or unescaped
 //!   before routing, as Envoy (`escaped_slash_actions_match_envoy`).
-//! - Not yet: hedging, shadowing, CORS, rate limits; a route's `priority: HIGH` and
-//!   `path_rewrite` are refused as unsupported.
+//! - `strip_trailing_host_dot` as Envoy (`trailing_host_dot_matches_envoy`).
+//! - Not yet: hedging, shadowing, CORS, rate limits. Refused as unsupported (they were
+//!   accepted without effect): a route's `priority: HIGH` and `path_rewrite`, a weighted
+//!   cluster's `host_rewrite_literal` and `header_name`, `most_specific_header_mutations_wins`,
+//!   `ignore_path_parameters_in_path_matching`, a retry policy's `per_try_idle_timeout`,
+//!   `rate_limited_retry_back_off` and `retry_options_predicates`, and a filter chain's
+//!   `use_proxy_proto`.
+//! - Accepted and not acted on (control planes set them routinely, so refusing them would
+//!   refuse whole listeners; found by an audit of every field): a route's
+//!   `max_stream_duration` (and its `grpc-timeout` handling), `max_grpc_timeout`,
+//!   `flush_timeout`, `internal_redirect_action`; the connection manager's
+//!   `internal_address_config`, `stream_flush_timeout`, `delayed_close_timeout`,
+//!   `drain_timeout`, `common_http_protocol_options.max_stream_duration`, HTTP/2 window,
+//!   keepalive and flood settings, and `http_protocol_options` other than
+//!   `accept_http_10`; a cluster's `common_http_protocol_options` (upstream idle timeout,
+//!   `max_requests_per_connection`), `HttpProtocolOptions.retry_policy`, `retry_budget`,
+//!   `per_host_thresholds`, slow start, DNS refresh settings and upstream HTTP/2 settings.
 
 pub mod access_log;
 pub mod body;

@@ -536,6 +536,13 @@ async fn process(
             return local_reply(StatusCode::BAD_REQUEST, "");
         }
     };
+    // `strip_trailing_host_dot`, then the port, as Envoy's connection manager.
+    if cfg.strip_trailing_host_dot {
+        let host = super::route::strip_port(&authority);
+        if let Some(bare) = host.strip_suffix('.') {
+            authority = Cow::Owned(format!("{bare}{}", &authority[host.len()..]));
+        }
+    }
     if let Some(any) = cfg.strip_port {
         let stripped = super::route::strip_port(&authority);
         if stripped.len() != authority.len() {

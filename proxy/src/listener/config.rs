@@ -292,6 +292,11 @@ fn compile_chain(
     if chain.transport_socket.is_some() {
         return Err(ConfigError::unsupported("transport_socket"));
     }
+    #[allow(deprecated)]
+    if chain.use_proxy_proto.is_some_and(|b| b.value) {
+        // A PROXY protocol header would be read as the first bytes of the stream.
+        return Err(ConfigError::unsupported("use_proxy_proto"));
+    }
     let mut destination_port = None;
     if let Some(m) = &chain.filter_chain_match {
         let unsupported = [

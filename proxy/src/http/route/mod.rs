@@ -721,6 +721,15 @@ impl RouteTable {
                 !proto.request_mirror_policies.is_empty(),
             ),
             ("vhost_header", !proto.vhost_header.is_empty()),
+            // Accepted without effect before: refused, so no one relies on them.
+            (
+                "most_specific_header_mutations_wins",
+                proto.most_specific_header_mutations_wins,
+            ),
+            (
+                "ignore_path_parameters_in_path_matching",
+                proto.ignore_path_parameters_in_path_matching,
+            ),
         ] {
             if set {
                 return Err(ConfigError::unsupported(field));
@@ -1318,6 +1327,9 @@ fn compile_route_action(
         }
         Some(C::WeightedClusters(w)) => {
             let wpath = format!("{path}.weighted_clusters");
+            if w.random_value_specifier.is_some() {
+                return Err(ConfigError::unsupported(format!("{wpath}.header_name")));
+            }
             if w.clusters.is_empty() {
                 return Err(ConfigError::new(
                     format!("{wpath}.clusters"),
@@ -1332,6 +1344,11 @@ fn compile_route_action(
                         format!("{cpath}.name"),
                         "cluster name is required (cluster_header is not supported)",
                     ));
+                }
+                if c.host_rewrite_specifier.is_some() {
+                    return Err(ConfigError::unsupported(format!(
+                        "{cpath}.host_rewrite_literal"
+                    )));
                 }
                 clusters.push(WeightedCluster {
                     name: c.name.clone(),

@@ -332,3 +332,79 @@ fn refused_streams_are_retried_as_envoy_retries_them() {
         None => eprintln!("envoy not on PATH: skipping the refused stream differential"),
     }
 }
+
+/// Local replies to gRPC requests in gRPC's form (`200`, `grpc-status` mapped from the
+/// HTTP status, the body as `grpc-message`), direct responses included, as Envoy sends
+/// them; a request that is not gRPC keeps the HTTP reply.
+#[test]
+fn grpc_requests_get_local_replies_in_grpc_form_as_from_envoy() {
+    let routes = r#"            name: local
+            virtual_hosts:
+            - name: main
+              domains: ["*"]
+              routes:
+              - match: { prefix: "/direct-ok" }
+                direct_response: { status: 200, body: { inline_string: "fine" } }
+              - match: { prefix: "/direct" }
+                direct_response: { status: 418, body: { inline_string: "teapot 100%" } }
+              - match: { prefix: "/dead" }
+                route: { cluster: dead }
+"#;
+    let dead: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let boot = bootstrap(routes, "", &cluster("dead", &[dead], ""));
+    let observe = |p: &Courier| -> Vec<String> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let mut sender = h2_connect(p.listener).await;
+            let mut seen = Vec::new();
+            for (path, grpc) in [
+                ("/direct", true),
+                ("/direct-ok", true),
+                ("/dead/x", true),
+                ("/nothing", true),
+                ("/dead/y", false),
+            ] {
+                let mut req = Request::post(format!("http://h{path}"));
+                if grpc {
+                    req = req.header("content-type", "application/grpc");
+                }
+                let req = req.body(http_body_util::Empty::new()).expect("request");
+                let (parts, body) = sender
+                    .send_request(req)
+                    .await
+                    .expect("response")
+                    .into_parts();
+                let body = body.collect().await.expect("body").to_bytes();
+                let h = |n: &str| {
+                    parts
+                        .headers
+                        .get(n)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_string)
+                };
+                seen.push(format!(
+                    "{path} grpc={grpc}: {} type={:?} grpc-status={:?} grpc-message={:?} body={:?}",
+                    parts.status.as_u16(),
+                    h("content-type"),
+                    h("grpc-status"),
+                    h("grpc-message"),
+                    String::from_utf8_lossy(&body)
+                ));
+            }
+            seen
+        })
+    };
+    let got = observe(&Courier::start(&boot));
+    assert!(
+        got[0].contains("200 type=Some(\"application/grpc\") grpc-status=Some(\"2\")"),
+        "{got:?}"
+    );
+    assert!(got[4].contains(": 503 "), "{got:?}");
+    match Courier::start_envoy(&boot) {
+        Some(envoy) => assert_eq!(observe(&envoy), got, "envoy vs courier"),
+        None => eprintln!("envoy not on PATH: skipping the gRPC local reply differential"),
+    }
+}

@@ -97,6 +97,10 @@
 //!   connection closes), redirected (`307` to the unescaped, normalised path) or unescaped
 //!   before routing, as Envoy (`escaped_slash_actions_match_envoy`).
 //! - `strip_trailing_host_dot` as Envoy (`trailing_host_dot_matches_envoy`).
+//! - A local reply (direct responses included) to a gRPC request
+//!   (`content-type: application/grpc…`) takes gRPC's form, as Envoy's: `200`, the status
+//!   mapped to a `grpc-status` (gRPC's table: 404 → 12, 503 → 14, …), the body as a
+//!   percent-encoded `grpc-message` (`tests/http_h2.rs`).
 //! - Not yet: hedging, shadowing, CORS, rate limits. Refused as unsupported (they were
 //!   accepted without effect): a route's `priority: HIGH` and `path_rewrite`, a weighted
 //!   cluster's `host_rewrite_literal` and `header_name`, `most_specific_header_mutations_wins`,

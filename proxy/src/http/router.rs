@@ -112,6 +112,7 @@ pub const UPSTREAM_TIMEOUT: &str = "upstream request timeout";
 pub fn local_reply(status: StatusCode, body: &str) -> Response<ProxyBody> {
     let mut r = Response::new(ProxyBody::full(Bytes::copy_from_slice(body.as_bytes())));
     *r.status_mut() = status;
+    r.extensions_mut().insert(LocalReply);
     if !body.is_empty() {
         r.headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
@@ -119,6 +120,49 @@ pub fn local_reply(status: StatusCode, body: &str) -> Response<ProxyBody> {
     r.headers_mut()
         .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
     r
+}
+
+/// Marks a response the proxy made itself (a gRPC request gets it in gRPC's form).
+#[derive(Clone, Copy)]
+struct LocalReply;
+
+/// A local reply to a gRPC request in gRPC's form, as Envoy sends it: `200`,
+/// `content-type: application/grpc`, the HTTP status mapped to a `grpc-status` (gRPC's
+/// table), the body as a percent-encoded `grpc-message`, and no body.
+fn grpc_local_reply(resp: &mut Response<ProxyBody>) {
+    let grpc_status: u8 = match resp.status().as_u16() {
+        400 => 13,
+        401 => 16,
+        403 => 7,
+        404 => 12,
+        429 | 502 | 503 | 504 => 14,
+        _ => 2,
+    };
+    let message = resp.body().bytes().unwrap_or_default();
+    *resp.status_mut() = StatusCode::OK;
+    *resp.body_mut() = ProxyBody::empty();
+    let headers = resp.headers_mut();
+    headers.remove(header::CONTENT_LENGTH);
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    headers.insert("grpc-status", decimal_value(grpc_status.into()));
+    if !message.is_empty() {
+        // gRPC's percent-encoding: everything outside printable ASCII, and `%`.
+        const GRPC_MESSAGE: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS.add(b'%');
+        let encoded = percent_encoding::percent_encode(&message, GRPC_MESSAGE).to_string();
+        if let Ok(v) = HeaderValue::from_str(&encoded) {
+            headers.insert("grpc-message", v);
+        }
+    }
+}
+
+/// Whether a request is gRPC (`content-type: application/grpc…`).
+fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
 
 fn protocol_name(v: Version) -> &'static str {
@@ -320,6 +364,7 @@ pub async fn serve(
         None
     };
     let h2_upgrade = matches!(upgrade, Some(DownstreamUpgrade::Http2(_)));
+    let grpc = is_grpc(req.headers());
     let deadline = cfg.request_timeout.map(|t| start + t);
     let idle = Rc::new(StreamIdle::new(
         cfg.stream_idle_timeout,
@@ -357,6 +402,9 @@ pub async fn serve(
             local_reply(StatusCode::REQUEST_TIMEOUT, "request timeout")
         }
     };
+    if grpc && resp.extensions().get::<LocalReply>().is_some() {
+        grpc_local_reply(&mut resp);
+    }
     if h2_upgrade && resp.status().is_success() {
         // Any 2xx to an extended CONNECT opens the tunnel (RFC 8441), so an upstream that
         // answered the upgrade with an ordinary response cannot be passed on as one.
@@ -721,6 +769,7 @@ async fn process(
                 }
             };
             *r.status_mut() = *status;
+            r.extensions_mut().insert(LocalReply);
             // Envoy sets Location on 201 and redirect direct responses.
             let code = status.as_u16();
             if code == 201 || matches!(code, 301 | 302 | 303 | 307 | 308) {

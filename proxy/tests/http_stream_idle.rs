@@ -163,3 +163,117 @@ fn stream_idle_timeouts_match_envoy() {
     };
     assert_eq!(run_cases(&envoy), got, "envoy vs courier");
 }
+
+/// Routes for `stream_durations_and_grpc_timeouts_match_envoy`.
+const DURATION_ROUTES: &str = r#"            name: local
+            virtual_hosts:
+            - name: main
+              domains: ["*"]
+              routes:
+              - match: { prefix: "/msd/" }
+                route: { cluster: a, max_stream_duration: { max_stream_duration: 0.3s } }
+              - match: { prefix: "/empty/" }
+                route: { cluster: a, timeout: 0.2s, max_stream_duration: {} }
+              - match: { prefix: "/hdr/" }
+                route: { cluster: a, max_stream_duration: { grpc_timeout_header_max: 0s } }
+              - match: { prefix: "/cap/" }
+                route: { cluster: a, max_stream_duration: { grpc_timeout_header_max: 0.3s } }
+              - match: { prefix: "/both/" }
+                route: { cluster: a, max_stream_duration: { max_stream_duration: 0.5s, grpc_timeout_header_max: 0s, grpc_timeout_header_offset: 0.1s } }
+              - match: { prefix: "/mgt/" }
+                route: { cluster: a, max_grpc_timeout: 0s }
+              - match: { prefix: "/mgc/" }
+                route: { cluster: a, max_grpc_timeout: 0.3s }
+"#;
+
+/// Each case's reply (gRPC's form for gRPC requests), and the `grpc-timeout` the upstream
+/// saw when it answered.
+fn duration_cases(p: &Courier, a: &Upstream) -> Vec<String> {
+    let cases: [(bool, &str, Option<&str>); 17] = [
+        // `max_stream_duration` ends the stream (gRPC's DEADLINE_EXCEEDED), and a gRPC
+        // request carries it upstream as its `grpc-timeout`.
+        (true, "/msd/delay/2000", None),
+        (false, "/msd/delay/2000", None),
+        (true, "/msd/delay/10", None),
+        // With `max_stream_duration` set, the route `timeout` is not used.
+        (false, "/empty/delay/700", None),
+        // `grpc_timeout_header_max`: the request's `grpc-timeout` is the duration (capped;
+        // less the offset), whatever the content type; without one, `max_stream_duration`.
+        (true, "/hdr/delay/2000", Some("200m")),
+        (true, "/hdr/delay/10", Some("300m")),
+        (true, "/hdr/delay/700", None),
+        (false, "/hdr/delay/2000", Some("200m")),
+        (true, "/cap/delay/2000", Some("5S")),
+        (true, "/both/delay/2000", Some("400m")),
+        (true, "/both/delay/2000", None),
+        // `max_grpc_timeout`: a gRPC request's `grpc-timeout` is the route timeout (504,
+        // gRPC's UNAVAILABLE), capped; 0 is no limit; not for other requests.
+        (true, "/mgt/delay/2000", Some("200m")),
+        (true, "/mgt/delay/700", None),
+        (true, "/mgt/delay/10", Some("300m")),
+        (true, "/mgc/delay/2000", None),
+        (true, "/mgc/delay/2000", Some("5S")),
+        (false, "/mgc/delay/700", None),
+    ];
+    let mut seen = Vec::new();
+    for (grpc, path, timeout) in cases {
+        let mut headers = Vec::new();
+        if grpc {
+            headers.push(("content-type", "application/grpc"));
+        }
+        if let Some(t) = timeout {
+            headers.push(("grpc-timeout", t));
+        }
+        let before = a.requests.load(std::sync::atomic::Ordering::SeqCst);
+        let r = Client::connect(p.listener).request("POST", "h", path, &headers, b"");
+        // The upstream answered: what `grpc-timeout` it was sent.
+        let answered = r.status == 200 && r.header("grpc-status").is_none();
+        let sent = a
+            .last()
+            .filter(|_| answered && a.requests.load(std::sync::atomic::Ordering::SeqCst) > before)
+            .and_then(|s| s.header("grpc-timeout").map(str::to_string));
+        seen.push(format!(
+            "{path} grpc={grpc} timeout={timeout:?}: {} grpc-status={:?} grpc-message={:?} body={:?} upstream grpc-timeout={sent:?}",
+            r.status,
+            r.header("grpc-status"),
+            r.header("grpc-message"),
+            r.body_str().split(' ').take(2).collect::<Vec<_>>().join(" "),
+        ));
+    }
+    seen.push(format!(
+        "downstream_rq_max_duration_reached={}",
+        p.wait_stat("http.ingress.downstream_rq_max_duration_reached", 7)
+    ));
+    seen
+}
+
+/// `max_stream_duration` (with `grpc_timeout_header_max`/`_offset`) and `max_grpc_timeout`,
+/// as Envoy applies them (they were accepted without effect, and such routes kept the
+/// 15 s route timeout Envoy does not use there).
+#[test]
+fn stream_durations_and_grpc_timeouts_match_envoy() {
+    let a = Upstream::start("a");
+    let boot = bootstrap(DURATION_ROUTES, "", &cluster("a", &[a.addr], ""));
+    let got = duration_cases(&Courier::start(&boot), &a);
+    assert!(
+        got[0].contains(
+            "200 grpc-status=Some(\"4\") grpc-message=Some(\"downstream duration timeout\")"
+        ),
+        "{got:?}"
+    );
+    assert!(
+        got[2].contains("upstream grpc-timeout=Some(\"300m\")"),
+        "{got:?}"
+    );
+    assert_eq!(
+        got.last().map(String::as_str),
+        Some("downstream_rq_max_duration_reached=7")
+    );
+    let a = Upstream::start("a");
+    let boot = bootstrap(DURATION_ROUTES, "", &cluster("a", &[a.addr], ""));
+    let Some(envoy) = Courier::start_envoy(&boot) else {
+        eprintln!("envoy not on PATH: skipping the stream duration differential");
+        return;
+    };
+    assert_eq!(duration_cases(&envoy, &a), got, "envoy vs courier");
+}

@@ -115,6 +115,8 @@ pub struct HttpStats {
     pub downstream_rq_completed: Arc<Counter>,
     /// `downstream_rq_timeout` (request_timeout).
     pub downstream_rq_timeout: Arc<Counter>,
+    /// `downstream_rq_max_duration_reached` (a route's `max_stream_duration`).
+    pub downstream_rq_max_duration_reached: Arc<Counter>,
     /// `downstream_rq_idle_timeout`.
     pub downstream_rq_idle_timeout: Arc<Counter>,
     /// `downstream_rq_too_large`.
@@ -170,6 +172,7 @@ impl HttpStats {
             ],
             downstream_rq_completed: c("downstream_rq_completed"),
             downstream_rq_timeout: c("downstream_rq_timeout"),
+            downstream_rq_max_duration_reached: c("downstream_rq_max_duration_reached"),
             downstream_rq_idle_timeout: c("downstream_rq_idle_timeout"),
             downstream_rq_too_large: c("downstream_rq_too_large"),
             downstream_rq_header_timeout: c("downstream_rq_header_timeout"),

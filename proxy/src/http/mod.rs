@@ -107,9 +107,14 @@
 //!   `ignore_path_parameters_in_path_matching`, a retry policy's `per_try_idle_timeout`,
 //!   `rate_limited_retry_back_off` and `retry_options_predicates`, and a filter chain's
 //!   `use_proxy_proto`.
+//! - A route's `max_stream_duration` replaces its `timeout` and ends the stream
+//!   (`504 downstream duration timeout`, gRPC's DEADLINE_EXCEEDED,
+//!   `downstream_rq_max_duration_reached`), its `grpc_timeout_header_max`/`_offset` taking
+//!   the duration from `grpc-timeout`; a gRPC request learns it as its `grpc-timeout`.
+//!   `max_grpc_timeout`/`grpc_timeout_offset` make a gRPC request's `grpc-timeout` the
+//!   route timeout. As Envoy (`stream_durations_and_grpc_timeouts_match_envoy`).
 //! - Accepted and not acted on (control planes set them routinely, so refusing them would
 //!   refuse whole listeners; found by an audit of every field): a route's
-//!   `max_stream_duration` (and its `grpc-timeout` handling), `max_grpc_timeout`,
 //!   `flush_timeout`, `internal_redirect_action`; the connection manager's
 //!   `internal_address_config`, `stream_flush_timeout`, `delayed_close_timeout`,
 //!   `drain_timeout`, `common_http_protocol_options.max_stream_duration`, HTTP/2 window,

@@ -94,6 +94,10 @@ pub const UPSTREAM_CONNECT_ERROR: &str =
 /// Envoy's body for a reset before response headers.
 pub const UPSTREAM_RESET: &str =
     "upstream connect error or disconnect/reset before headers. reset reason: connection termination";
+/// Envoy's body when a route's `max_stream_duration` ends before the response.
+pub const DURATION_TIMEOUT: &str = "downstream duration timeout";
+/// `grpc-timeout`.
+const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
 /// Envoy's body for a stream an HTTP/2 upstream refused (`REFUSED_STREAM`, a `503`).
 pub const UPSTREAM_REFUSED: &str =
     "upstream connect error or disconnect/reset before headers. reset reason: remote refused stream reset";
@@ -112,7 +116,7 @@ pub const UPSTREAM_TIMEOUT: &str = "upstream request timeout";
 pub fn local_reply(status: StatusCode, body: &str) -> Response<ProxyBody> {
     let mut r = Response::new(ProxyBody::full(Bytes::copy_from_slice(body.as_bytes())));
     *r.status_mut() = status;
-    r.extensions_mut().insert(LocalReply);
+    r.extensions_mut().insert(LocalReply(None));
     if !body.is_empty() {
         r.headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
@@ -122,22 +126,23 @@ pub fn local_reply(status: StatusCode, body: &str) -> Response<ProxyBody> {
     r
 }
 
-/// Marks a response the proxy made itself (a gRPC request gets it in gRPC's form).
+/// Marks a response the proxy made itself (a gRPC request gets it in gRPC's form), with
+/// the `grpc-status` it then carries when that is not the HTTP status's.
 #[derive(Clone, Copy)]
-struct LocalReply;
+struct LocalReply(Option<u8>);
 
 /// A local reply to a gRPC request in gRPC's form, as Envoy sends it: `200`,
 /// `content-type: application/grpc`, the HTTP status mapped to a `grpc-status` (gRPC's
 /// table), the body as a percent-encoded `grpc-message`, and no body.
-fn grpc_local_reply(resp: &mut Response<ProxyBody>) {
-    let grpc_status: u8 = match resp.status().as_u16() {
+fn grpc_local_reply(resp: &mut Response<ProxyBody>, grpc_status: Option<u8>) {
+    let grpc_status = grpc_status.unwrap_or(match resp.status().as_u16() {
         400 => 13,
         401 => 16,
         403 => 7,
         404 => 12,
         429 | 502 | 503 | 504 => 14,
         _ => 2,
-    };
+    });
     let message = resp.body().bytes().unwrap_or_default();
     *resp.status_mut() = StatusCode::OK;
     *resp.body_mut() = ProxyBody::empty();
@@ -156,6 +161,20 @@ fn grpc_local_reply(resp: &mut Response<ProxyBody>) {
             headers.insert("grpc-message", v);
         }
     }
+}
+
+/// A `grpc-timeout` value for `d`, in milliseconds as Envoy writes it (`300m`), in a
+/// larger unit when that would take more than gRPC's eight digits.
+fn grpc_timeout_value(d: Duration) -> HeaderValue {
+    let ms = d.as_millis() as u64;
+    let (n, unit) = if ms < 100_000_000 {
+        (ms, 'm')
+    } else if ms / 1000 < 100_000_000 {
+        (ms / 1000, 'S')
+    } else {
+        (ms / 3_600_000, 'H')
+    };
+    HeaderValue::from_str(&format!("{n}{unit}")).unwrap_or(HeaderValue::from_static("0m"))
 }
 
 /// Whether a request is gRPC (`content-type: application/grpc…`).
@@ -402,8 +421,10 @@ pub async fn serve(
             local_reply(StatusCode::REQUEST_TIMEOUT, "request timeout")
         }
     };
-    if grpc && resp.extensions().get::<LocalReply>().is_some() {
-        grpc_local_reply(&mut resp);
+    if grpc {
+        if let Some(LocalReply(status)) = resp.extensions().get::<LocalReply>().copied() {
+            grpc_local_reply(&mut resp, status);
+        }
     }
     if h2_upgrade && resp.status().is_success() {
         // Any 2xx to an extended CONNECT opens the tunnel (RFC 8441), so an upstream that
@@ -769,7 +790,7 @@ async fn process(
                 }
             };
             *r.status_mut() = *status;
-            r.extensions_mut().insert(LocalReply);
+            r.extensions_mut().insert(LocalReply(None));
             // Envoy sets Location on 201 and redirect direct responses.
             let code = status.as_u16();
             if code == 201 || matches!(code, 301 | 302 | 303 | 307 | 308) {
@@ -1048,7 +1069,26 @@ async fn forward(
     table.request_headers.apply(&mut parts.headers, fcx);
     let retry = action.retry_policy.clone().filter(|_| retry_eligible);
     let per_try = retry.as_ref().and_then(|r| r.per_try_timeout);
-    let global_deadline = action.timeout.map(|t| start + t);
+    let grpc = is_grpc(&parts.headers);
+    let timeouts = action.timeouts(
+        grpc,
+        parts
+            .headers
+            .get(GRPC_TIMEOUT)
+            .and_then(|v| super::route::parse_grpc_timeout(v.as_bytes())),
+    );
+    let global_deadline = timeouts.route.map(|t| start + t);
+    // `max_stream_duration` (not for an upgrade's tunnel).
+    let duration_deadline = timeouts.duration.filter(|_| !is_upgrade).map(|d| start + d);
+    if let (true, true, Some(d)) = (grpc, timeouts.duration_from_config, timeouts.duration) {
+        // As Envoy: the gRPC server learns the stream's deadline.
+        parts.headers.insert(GRPC_TIMEOUT, grpc_timeout_value(d));
+    }
+    // The earlier of the route timeout and the stream's duration bounds every attempt.
+    let overall_deadline = match (global_deadline, duration_deadline) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
     // Body: buffered (replayable) when retries are possible, else streamed.
     let mut buffered: Option<Bytes> = None;
     let mut stream_body = Some(body);
@@ -1091,7 +1131,7 @@ async fn forward(
     let upstream_start = Instant::now();
     loop {
         attempt += 1;
-        if global_deadline.is_some_and(|d| Instant::now() >= d) {
+        if overall_deadline.is_some_and(|d| Instant::now() >= d) {
             break;
         }
         let Some(host) = pool::choose_host(&cluster) else {
@@ -1181,8 +1221,8 @@ async fn forward(
             // The time left of the route timeout (Envoy subtracts what earlier attempts
             // used), capped by the per-try timeout.
             let elapsed = start.elapsed().as_millis() as u64;
-            let left = action
-                .timeout
+            let left = timeouts
+                .route
                 .map(|t| (t.as_millis() as u64).saturating_sub(elapsed));
             let per_try_ms = per_try.map(|p| p.as_millis() as u64);
             let expected = match (left, per_try_ms) {
@@ -1204,7 +1244,7 @@ async fn forward(
         pool.stats.rq_active.inc(worker);
         host.stats.rq_total.inc(worker);
         host.stats.rq_active.inc(worker);
-        let try_deadline = match (per_try.map(|p| Instant::now() + p), global_deadline) {
+        let try_deadline = match (per_try.map(|p| Instant::now() + p), overall_deadline) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
@@ -1246,7 +1286,7 @@ async fn forward(
                 if can_retry && retry_budget(&pool, &cluster, worker) {
                     last_response = Some(resp);
                     last_error = None;
-                    if !backoff(retry.as_deref(), attempt, global_deadline).await {
+                    if !backoff(retry.as_deref(), attempt, overall_deadline).await {
                         break;
                     }
                     pool.stats.rq_retry.inc(worker);
@@ -1271,16 +1311,27 @@ async fn forward(
                 }
                 // Envoy's route timeout spans the whole response: a body still arriving
                 // when it ends is cut off (an upgrade's tunnel is not).
-                if let Some(deadline) = global_deadline {
-                    if !is_upgrade && !resp.body().is_end_stream() {
-                        idle.set_response_deadline(deadline, pool.stats.rq_timeout.clone());
+                if !is_upgrade && !resp.body().is_end_stream() {
+                    // The stream's duration, when it ends first, counts as such.
+                    let cut = match (global_deadline, duration_deadline) {
+                        (Some(g), Some(d)) if d < g => {
+                            Some((d, cfg.stats.downstream_rq_max_duration_reached.clone()))
+                        }
+                        (Some(g), _) => Some((g, pool.stats.rq_timeout.clone())),
+                        (None, Some(d)) => {
+                            Some((d, cfg.stats.downstream_rq_max_duration_reached.clone()))
+                        }
+                        (None, None) => None,
+                    };
+                    if let Some((deadline, counter)) = cut {
+                        idle.set_response_deadline(deadline, counter);
                     }
                 }
                 return resp;
             }
             Some(Err(e)) => e,
             None => {
-                if global_deadline.is_some_and(|d| Instant::now() >= d) {
+                if overall_deadline.is_some_and(|d| Instant::now() >= d) {
                     break;
                 }
                 pool.stats.rq_per_try_timeout.inc(worker);
@@ -1302,7 +1353,7 @@ async fn forward(
         last_error = Some(err);
         last_response = None;
         if retriable && more && retry_budget(&pool, &cluster, worker) {
-            if !backoff(retry.as_deref(), attempt, global_deadline).await {
+            if !backoff(retry.as_deref(), attempt, overall_deadline).await {
                 break;
             }
             pool.stats.rq_retry.inc(worker);
@@ -1312,6 +1363,14 @@ async fn forward(
             pool.stats.rq_retry_limit_exceeded.inc(worker);
         }
         break;
+    }
+    if duration_deadline.is_some_and(|d| Instant::now() >= d) {
+        cfg.stats.downstream_rq_max_duration_reached.inc(worker);
+        outcome.flags = "-";
+        // gRPC's DEADLINE_EXCEEDED rather than the 504's UNAVAILABLE, as Envoy.
+        let mut r = local_reply(StatusCode::GATEWAY_TIMEOUT, DURATION_TIMEOUT);
+        r.extensions_mut().insert(LocalReply(Some(4)));
+        return r;
     }
     if let Some(mut resp) = last_response {
         if !cfg.suppress_envoy_headers {

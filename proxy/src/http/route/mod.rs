@@ -495,6 +495,11 @@ pub struct RouteAction {
     pub host_rewrite: HostRewrite,
     /// `timeout` (default 15 s; `None` when 0).
     pub timeout: Option<Duration>,
+    /// `max_stream_duration`: when set, `timeout` is not used (Envoy's "new" timeouts).
+    pub stream_duration: Option<StreamDuration>,
+    /// `max_grpc_timeout` (`Some(None)`: 0, no cap) and `grpc_timeout_offset`: a gRPC
+    /// request's route timeout comes from its `grpc-timeout`.
+    pub max_grpc_timeout: Option<(Option<Duration>, Duration)>,
     /// `idle_timeout`: replaces the connection manager's `stream_idle_timeout` for the
     /// route's streams; zero disables it.
     pub idle_timeout: Option<Duration>,
@@ -504,6 +509,100 @@ pub struct RouteAction {
     pub upgrades: Vec<(String, bool)>,
     /// `cluster_not_found_response_code`.
     pub cluster_not_found: StatusCode,
+}
+
+/// A route's `max_stream_duration`.
+#[derive(Debug, Clone, Copy)]
+pub struct StreamDuration {
+    /// `max_stream_duration` (`None` when unset or 0).
+    pub max: Option<Duration>,
+    /// `grpc_timeout_header_max`: a request's `grpc-timeout` sets the duration, capped by
+    /// this (`Some(None)`: 0, no cap).
+    pub grpc_header_max: Option<Option<Duration>>,
+    /// `grpc_timeout_header_offset`, taken off the header's value.
+    pub grpc_header_offset: Duration,
+}
+
+/// The timeouts a request gets on a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestTimeouts {
+    /// The route timeout (`504 upstream request timeout` when it ends).
+    pub route: Option<Duration>,
+    /// The stream's maximum duration (`504 downstream duration timeout`).
+    pub duration: Option<Duration>,
+    /// Whether the duration came from `max_stream_duration` itself, not `grpc-timeout`:
+    /// a gRPC request then carries it upstream as its `grpc-timeout`.
+    pub duration_from_config: bool,
+}
+
+impl RouteAction {
+    /// This route's timeouts for a request, as Envoy computes them: `max_stream_duration`
+    /// replaces `timeout` (a request's `grpc-timeout` sets the duration when
+    /// `grpc_timeout_header_max` is given, whatever its content type);
+    /// `max_grpc_timeout` takes a gRPC request's `grpc-timeout` as the route timeout.
+    pub fn timeouts(&self, grpc: bool, grpc_timeout: Option<Duration>) -> RequestTimeouts {
+        let nonzero = |d: Duration| (!d.is_zero()).then_some(d);
+        if let Some(sd) = &self.stream_duration {
+            let from_header = match (sd.grpc_header_max, grpc_timeout) {
+                (Some(max), Some(h)) => {
+                    let capped = match max {
+                        Some(m) if h > m => m,
+                        _ => h,
+                    };
+                    Some(minus_offset(capped, sd.grpc_header_offset))
+                }
+                _ => None,
+            };
+            return RequestTimeouts {
+                route: None,
+                duration: from_header.map_or(sd.max, nonzero),
+                duration_from_config: from_header.is_none() && sd.max.is_some(),
+            };
+        }
+        let route = match self.max_grpc_timeout {
+            Some((max, offset)) if grpc => {
+                let h = grpc_timeout.map_or(Duration::ZERO, |h| minus_offset(h, offset));
+                match max {
+                    Some(m) if h.is_zero() || h > m => Some(m),
+                    _ => nonzero(h),
+                }
+            }
+            _ => self.timeout,
+        };
+        RequestTimeouts {
+            route,
+            duration: None,
+            duration_from_config: false,
+        }
+    }
+}
+
+/// A `grpc-timeout` less an offset, which only applies when the timeout is longer (as
+/// Envoy's `grpc_timeout_offset`).
+fn minus_offset(t: Duration, offset: Duration) -> Duration {
+    if t > offset {
+        t - offset
+    } else {
+        t
+    }
+}
+
+/// A `grpc-timeout` value (`<up to 8 digits><H|M|S|m|u|n>`); `None` when malformed.
+pub fn parse_grpc_timeout(v: &[u8]) -> Option<Duration> {
+    let (unit, digits) = v.split_last()?;
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    Some(match unit {
+        b'H' => Duration::from_secs(n * 3600),
+        b'M' => Duration::from_secs(n * 60),
+        b'S' => Duration::from_secs(n),
+        b'm' => Duration::from_millis(n),
+        b'u' => Duration::from_micros(n),
+        b'n' => Duration::from_nanos(n),
+        _ => return None,
+    })
 }
 
 /// `redirect`.
@@ -1414,6 +1513,42 @@ fn compile_route_action(
     let timeout = duration_opt(a.timeout.as_ref(), &format!("{path}.timeout"))?
         .unwrap_or(Duration::from_secs(15));
     let idle_timeout = duration_opt(a.idle_timeout.as_ref(), &format!("{path}.idle_timeout"))?;
+    let stream_duration = match &a.max_stream_duration {
+        Some(m) => {
+            let mpath = format!("{path}.max_stream_duration");
+            let d = |v, f: &str| duration_opt(v, &format!("{mpath}.{f}"));
+            Some(StreamDuration {
+                max: d(m.max_stream_duration.as_ref(), "max_stream_duration")?
+                    .filter(|d| !d.is_zero()),
+                grpc_header_max: d(
+                    m.grpc_timeout_header_max.as_ref(),
+                    "grpc_timeout_header_max",
+                )?
+                .map(|d| (!d.is_zero()).then_some(d)),
+                grpc_header_offset: d(
+                    m.grpc_timeout_header_offset.as_ref(),
+                    "grpc_timeout_header_offset",
+                )?
+                .unwrap_or_default(),
+            })
+        }
+        None => None,
+    };
+    #[allow(deprecated)] // still what many configs say
+    let max_grpc_timeout = match duration_opt(
+        a.max_grpc_timeout.as_ref(),
+        &format!("{path}.max_grpc_timeout"),
+    )? {
+        Some(max) => Some((
+            (!max.is_zero()).then_some(max),
+            duration_opt(
+                a.grpc_timeout_offset.as_ref(),
+                &format!("{path}.grpc_timeout_offset"),
+            )?
+            .unwrap_or_default(),
+        )),
+        None => None,
+    };
     let retry_policy = match &a.retry_policy {
         Some(p) => Some(Arc::new(RetryPolicy::compile(
             p,
@@ -1452,6 +1587,8 @@ fn compile_route_action(
             .transpose()?,
         host_rewrite,
         timeout: (!timeout.is_zero()).then_some(timeout),
+        stream_duration,
+        max_grpc_timeout,
         idle_timeout,
         retry_policy,
         upgrades,

@@ -39,6 +39,9 @@ fn start_h2_upstream() -> SocketAddr {
     })
 }
 
+/// A cluster's options for HTTP/2 upstream connections.
+const H2_OPTS: &str = "    typed_extension_protocol_options:\n      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n        explicit_http_config:\n          http2_protocol_options: {}\n";
+
 const ROUTES: &str = r#"            name: local
             virtual_hosts:
             - name: main
@@ -53,11 +56,10 @@ const ROUTES: &str = r#"            name: local
 fn setup() -> (Courier, Upstream) {
     let a = Upstream::start("a");
     let h2 = start_h2_upstream();
-    let h2_opts = "    typed_extension_protocol_options:\n      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n        explicit_http_config:\n          http2_protocol_options: {}\n";
     let clusters = format!(
         "{}{}",
         cluster("a", &[a.addr], ""),
-        cluster("h2up", &[h2], h2_opts)
+        cluster("h2up", &[h2], H2_OPTS)
     );
     (Courier::start(&bootstrap(ROUTES, "", &clusters)), a)
 }
@@ -193,12 +195,11 @@ fn start_one_stream_upstream(expected: usize) -> SocketAddr {
 /// A bootstrap routing `/h2` to a fresh upstream of [`start_one_stream_upstream`].
 fn one_stream_bootstrap(expected: usize) -> String {
     let up = start_one_stream_upstream(expected);
-    let h2_opts = "    typed_extension_protocol_options:\n      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n        explicit_http_config:\n          http2_protocol_options: {}\n";
     // `a` is never used here; the route table names it.
     let clusters = format!(
         "{}{}",
         cluster("a", &[up], ""),
-        cluster("h2up", &[up], h2_opts)
+        cluster("h2up", &[up], H2_OPTS)
     );
     bootstrap(ROUTES, "", &clusters)
 }
@@ -303,8 +304,7 @@ fn refused_streams_are_retried_as_envoy_retries_them() {
 "#;
     let run = |start: &dyn Fn(&str) -> Option<Courier>| {
         let (up, streams) = start_refusing_upstream();
-        let h2_opts = "    typed_extension_protocol_options:\n      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n        explicit_http_config:\n          http2_protocol_options: {}\n";
-        let p = start(&bootstrap(routes, "", &cluster("h2up", &[up], h2_opts)))?;
+        let p = start(&bootstrap(routes, "", &cluster("h2up", &[up], H2_OPTS)))?;
         let mut seen = Vec::new();
         for path in ["/refused-stream/x", "/5xx/x", "/none/x"] {
             let before = streams.load(std::sync::atomic::Ordering::SeqCst);

@@ -152,6 +152,15 @@ fn http_circuit_breakers_overflow() {
     assert_eq!(l.connections.load(Ordering::SeqCst), 1);
 }
 
+/// `ROUTES` with every cluster it names served by `a`.
+fn one_upstream_boot(a: &Upstream) -> String {
+    let clusters: String = ["a", "mixed", "limited"]
+        .iter()
+        .map(|n| cluster(n, &[a.addr], ""))
+        .collect();
+    bootstrap(ROUTES, "", &clusters)
+}
+
 /// What a proxy does with request bodies past the buffer limit for retries: each reply,
 /// how many attempts the upstream saw, and how much body the last one carried.
 fn buffer_limit_cases(p: &Courier, a: &Upstream) -> Vec<String> {
@@ -185,16 +194,8 @@ fn buffer_limit_cases(p: &Courier, a: &Upstream) -> Vec<String> {
 /// (`retry_or_shadow_abandoned`), as in Envoy; it was refused with `413`.
 #[test]
 fn request_bodies_past_the_buffer_limit_go_without_retries() {
-    // The route table names the other clusters too.
-    let boot = |a: &Upstream| {
-        let clusters: String = ["a", "mixed", "limited"]
-            .iter()
-            .map(|n| cluster(n, &[a.addr], ""))
-            .collect();
-        bootstrap(ROUTES, "", &clusters)
-    };
     let a = Upstream::start("a");
-    let courier = Courier::start(&boot(&a));
+    let courier = Courier::start(&one_upstream_boot(&a));
     let got = buffer_limit_cases(&courier, &a);
     assert_eq!(
         got,
@@ -206,7 +207,7 @@ fn request_bodies_past_the_buffer_limit_go_without_retries() {
         ]
     );
     let a = Upstream::start("a");
-    let Some(envoy) = Courier::start_envoy(&boot(&a)) else {
+    let Some(envoy) = Courier::start_envoy(&one_upstream_boot(&a)) else {
         eprintln!("envoy not on PATH: skipping the buffer limit differential");
         return;
     };
@@ -255,15 +256,8 @@ fn retry_condition_cases(p: &Courier, a: &Upstream) -> Vec<String> {
 /// `reset-before-request` retried like `reset`).
 #[test]
 fn retry_conditions_match_envoy() {
-    let boot = |a: &Upstream| {
-        let clusters: String = ["a", "mixed", "limited"]
-            .iter()
-            .map(|n| cluster(n, &[a.addr], ""))
-            .collect();
-        bootstrap(ROUTES, "", &clusters)
-    };
     let a = Upstream::start("a");
-    let courier = Courier::start(&boot(&a));
+    let courier = Courier::start(&one_upstream_boot(&a));
     let got = retry_condition_cases(&courier, &a);
     assert_eq!(
         got,
@@ -281,7 +275,7 @@ fn retry_conditions_match_envoy() {
         ]
     );
     let a = Upstream::start("a");
-    let Some(envoy) = Courier::start_envoy(&boot(&a)) else {
+    let Some(envoy) = Courier::start_envoy(&one_upstream_boot(&a)) else {
         eprintln!("envoy not on PATH: skipping the retry conditions differential");
         return;
     };

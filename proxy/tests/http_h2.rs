@@ -408,3 +408,65 @@ fn grpc_requests_get_local_replies_in_grpc_form_as_from_envoy() {
         None => eprintln!("envoy not on PATH: skipping the gRPC local reply differential"),
     }
 }
+
+/// An HTTP/2 upstream allowing one stream per connection that answers the first request
+/// for each path `503` with a body, the next `200`.
+fn start_busy_once_upstream() -> SocketAddr {
+    use std::sync::{Arc, Mutex};
+    let seen: Arc<Mutex<std::collections::HashSet<String>>> = Arc::default();
+    spawn_tokio_server(move |s| {
+        let seen = seen.clone();
+        async move {
+            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let first = seen
+                    .lock()
+                    .expect("lock")
+                    .insert(req.uri().path().to_string());
+                async move {
+                    let mut r =
+                        Response::new(Full::new(Bytes::from(if first { "busy" } else { "fine" })));
+                    if first {
+                        *r.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+                    }
+                    Ok::<_, Infallible>(r)
+                }
+            });
+            let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .max_concurrent_streams(1)
+                .serve_connection(TokioIo::new(s), svc)
+                .await;
+        }
+    })
+}
+
+/// A retry after a `503` from an HTTP/2 upstream allowing one stream, with one connection
+/// allowed: the first answer is read off before the retry looks for a stream (held open,
+/// it kept the only stream, and the retry waited for itself until the route timeout).
+#[test]
+fn a_retry_does_not_wait_for_its_own_earlier_stream() {
+    let routes = r#"            name: local
+            virtual_hosts:
+            - name: main
+              domains: ["*"]
+              routes:
+              - match: { prefix: "/" }
+                route:
+                  cluster: h2up
+                  timeout: 5s
+                  retry_policy: { retry_on: "5xx", num_retries: 1, retry_back_off: { base_interval: 0.005s } }
+"#;
+    let up = start_busy_once_upstream();
+    let opts = format!(
+        "{H2_OPTS}    circuit_breakers:\n      thresholds:\n      - {{ max_connections: 1 }}\n"
+    );
+    let c = Courier::start(&bootstrap(routes, "", &cluster("h2up", &[up], &opts)));
+    let started = std::time::Instant::now();
+    let r = get(c.listener, "h", "/x", &[]);
+    assert_eq!((r.status, r.body_str().as_str()), (200, "fine"));
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(3),
+        "the retry waited {:?}",
+        started.elapsed()
+    );
+    assert_eq!(c.wait_stat("cluster.h2up.upstream_rq_retry", 1), 1);
+}

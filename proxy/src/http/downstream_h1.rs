@@ -153,7 +153,8 @@ pub fn parse_request_head(
     // CONNECT's authority form: anything else (`GET host:80`, `GET path`) would be read as
     // an authority and override the Host header, so Envoy's codec refuses it, and so does
     // this one.
-    let absolute = target.windows(3).any(|w| w == b"://");
+    // (A `://` inside an origin-form target's query does not make it absolute.)
+    let absolute = !target.starts_with(b"/") && target.windows(3).any(|w| w == b"://");
     let asterisk = target == b"*" && method == Method::OPTIONS;
     if method == Method::CONNECT {
         if !is_authority_with_port(target) {
@@ -583,6 +584,11 @@ mod tests {
         assert_eq!(
             target(b"GET http://h/p<?q=\"x\" HTTP/1.1\r\n\r\n"),
             "http://h/p%3C?q=%22x%22"
+        );
+        // A URL in the query of an origin-form target.
+        assert_eq!(
+            target(b"GET /a<b?u=http://x/<y> HTTP/1.1\r\n\r\n"),
+            "/a%3Cb?u=http://x/%3Cy%3E"
         );
     }
 

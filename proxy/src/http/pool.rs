@@ -164,6 +164,37 @@ impl H2Conn {
     }
 }
 
+/// A request waiting for a connection, counted in `max_pending_requests` until dropped.
+struct PendingGuard<'a> {
+    pool: &'a ClusterPool,
+    worker: usize,
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        let b = &self.pool.breakers;
+        b.pending.set(b.pending.get().saturating_sub(1));
+        self.pool.stats.rq_pending_active.dec(self.worker);
+    }
+}
+
+/// A connection attempt to an HTTP/2 host under way: requests wait for it rather than open
+/// another. Cleared when the attempt ends however it ends (it may be dropped mid-way by a
+/// timeout), and the waiters woken to look again.
+struct H2Connecting {
+    pool: Rc<ClusterPool>,
+    addr: SocketAddr,
+}
+
+impl Drop for H2Connecting {
+    fn drop(&mut self) {
+        if let Some(h) = self.pool.hosts.borrow_mut().get_mut(&self.addr) {
+            h.h2_connecting = false;
+        }
+        self.pool.wake_all();
+    }
+}
+
 /// A stream's place on an HTTP/2 connection, given back when dropped (once the response
 /// has ended, or the request failed).
 pub struct H2Stream {
@@ -174,8 +205,9 @@ pub struct H2Stream {
 impl Drop for H2Stream {
     fn drop(&mut self) {
         self.active.set(self.active.get().saturating_sub(1));
-        // A request waiting for room may now have it.
-        self.pool.wake_one();
+        // A request waiting for room may now have it; the queue is the cluster's, and the
+        // first waiter may want another host, so all look again.
+        self.pool.wake_all();
     }
 }
 
@@ -312,16 +344,24 @@ impl ClusterPool {
     }
 
     async fn wait_for_slot(&self) {
-        let slot = Rc::new(Cell::new(None));
+        /// A wait given up (its request dropped, by a timeout or a reset) leaves an empty
+        /// slot in the queue, which a wake-up then skips rather than spends.
+        struct Slot(Rc<Cell<Option<Waker>>>);
+        impl Drop for Slot {
+            fn drop(&mut self) {
+                self.0.take();
+            }
+        }
+        let slot = Slot(Rc::new(Cell::new(None)));
         let mut registered = false;
         std::future::poll_fn(|cx| {
-            if registered && slot.take().is_none() {
+            if registered && slot.0.take().is_none() {
                 return Poll::Ready(());
             }
-            slot.set(Some(cx.waker().clone()));
+            slot.0.set(Some(cx.waker().clone()));
             if !registered {
                 registered = true;
-                self.waiters.borrow_mut().push_back(slot.clone());
+                self.waiters.borrow_mut().push_back(slot.0.clone());
             }
             Poll::Pending
         })
@@ -339,8 +379,10 @@ impl ClusterPool {
         worker: usize,
         raw: bool,
     ) -> Result<(Sender, bool), PoolError> {
-        let mut pending = false;
-        let result = loop {
+        // Counted while this request waits, and given back however the wait ends (the
+        // request may be dropped while it waits).
+        let mut pending: Option<PendingGuard<'_>> = None;
+        loop {
             if cluster.http2 {
                 if let Some(s) = self.h2_stream(cluster, host) {
                     break Ok((s, true));
@@ -395,15 +437,15 @@ impl ClusterPool {
                 if !h2_busy {
                     cluster.stats.upstream_cx_overflow.inc(worker);
                 }
-                if !pending {
+                if pending.is_none() {
                     if b.pending.get() >= cluster.thresholds.max_pending_requests {
                         self.stats.rq_pending_overflow.inc(worker);
                         break Err(PoolError::Overflow);
                     }
-                    pending = true;
                     b.pending.set(b.pending.get() + 1);
                     self.stats.rq_pending_total.inc(worker);
                     self.stats.rq_pending_active.inc(worker);
+                    pending = Some(PendingGuard { pool: self, worker });
                 }
                 self.wait_for_slot().await;
                 continue;
@@ -413,13 +455,7 @@ impl ClusterPool {
             break Box::pin(self.connect(cluster, host, worker, raw))
                 .await
                 .map(|s| (s, false));
-        };
-        if pending {
-            let b = &self.breakers;
-            b.pending.set(b.pending.get().saturating_sub(1));
-            self.stats.rq_pending_active.dec(worker);
         }
-        result
     }
 
     /// A stream on an open HTTP/2 connection to `host` with room for one.
@@ -457,13 +493,17 @@ impl ClusterPool {
             host: host.clone(),
             worker,
         };
-        if cluster.http2 {
+        let _connecting = cluster.http2.then(|| {
             self.hosts
                 .borrow_mut()
                 .entry(host.address)
                 .or_default()
                 .h2_connecting = true;
-        }
+            H2Connecting {
+                pool: self.clone(),
+                addr: host.address,
+            }
+        });
         let deadline = Instant::now() + cluster.connect_timeout;
         let io = match rt::timeout(Some(deadline), TcpIo::connect(host.address)).await {
             None => {

@@ -163,25 +163,28 @@ fn grpc_local_reply(resp: &mut Response<ProxyBody>, grpc_status: Option<u8>) {
     }
 }
 
-/// A `grpc-timeout` value for `d`, in milliseconds as Envoy writes it (`300m`), in a
-/// larger unit when that would take more than gRPC's eight digits.
+/// A `grpc-timeout` value for `d`, in milliseconds as Envoy writes it (`300m`), in the
+/// next larger unit (seconds, minutes, hours) while it takes more than gRPC's eight digits.
 fn grpc_timeout_value(d: Duration) -> HeaderValue {
-    let ms = d.as_millis() as u64;
-    let (n, unit) = if ms < 100_000_000 {
-        (ms, 'm')
-    } else if ms / 1000 < 100_000_000 {
-        (ms / 1000, 'S')
-    } else {
-        (ms / 3_600_000, 'H')
-    };
+    let mut n = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    let mut unit = 'm';
+    for (div, next) in [(1000, 'S'), (60, 'M'), (60, 'H')] {
+        if n <= 99_999_999 {
+            break;
+        }
+        n /= div;
+        unit = next;
+    }
     HeaderValue::from_str(&format!("{n}{unit}")).unwrap_or(HeaderValue::from_static("0m"))
 }
 
-/// Whether a request is gRPC (`content-type: application/grpc…`).
+/// Whether a request is gRPC (`content-type: application/grpc`, or `+` a suffix).
 fn is_grpc(headers: &http::HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+    // `application/grpc` or `application/grpc+proto`, not `application/grpc-web`.
+    headers.get(header::CONTENT_TYPE).is_some_and(|v| {
+        let v = v.as_bytes();
+        v == b"application/grpc" || v.starts_with(b"application/grpc+")
+    })
 }
 
 fn protocol_name(v: Version) -> &'static str {
@@ -1080,9 +1083,9 @@ async fn forward(
     let global_deadline = timeouts.route.map(|t| start + t);
     // `max_stream_duration` (not for an upgrade's tunnel).
     let duration_deadline = timeouts.duration.filter(|_| !is_upgrade).map(|d| start + d);
-    if let (true, true, Some(d)) = (grpc, timeouts.duration_from_config, timeouts.duration) {
-        // As Envoy: the gRPC server learns the stream's deadline.
-        parts.headers.insert(GRPC_TIMEOUT, grpc_timeout_value(d));
+    if let Some(t) = timeouts.grpc_timeout.filter(|_| !is_upgrade) {
+        // As Envoy: the gRPC server learns the deadline the proxy holds it to.
+        parts.headers.insert(GRPC_TIMEOUT, grpc_timeout_value(t));
     }
     // The earlier of the route timeout and the stream's duration bounds every attempt.
     let overall_deadline = match (global_deadline, duration_deadline) {
@@ -1284,7 +1287,10 @@ async fn forward(
                         && buffered.is_some()
                 });
                 if can_retry && retry_budget(&pool, &cluster, worker) {
-                    last_response = Some(resp);
+                    // Kept in case no retry can follow, read off its connection first: an
+                    // open body would hold the attempt's connection (an HTTP/2 stream
+                    // slot) while the retry looks for one.
+                    last_response = Some(settle(resp, overall_deadline).await);
                     last_error = None;
                     if !backoff(retry.as_deref(), attempt, overall_deadline).await {
                         break;
@@ -1451,6 +1457,27 @@ async fn buffer_for_retries(mut body: ProxyBody, limit: usize) -> Result<Buffere
         1 => read.swap_remove(0),
         _ => read.concat().into(),
     }))
+}
+
+/// The most of a kept response's body read now (by `deadline`): see the caller.
+const SETTLED_BODY_LIMIT: usize = 64 * 1024;
+
+/// A response whose body is read to its end (up to [`SETTLED_BODY_LIMIT`], else left
+/// out), so that it no longer holds its upstream connection.
+async fn settle(resp: Response<ProxyBody>, deadline: Option<Instant>) -> Response<ProxyBody> {
+    let (mut parts, body) = resp.into_parts();
+    let read = http_body_util::Limited::new(body, SETTLED_BODY_LIMIT).collect();
+    let bytes = match rt::timeout(deadline, read).await {
+        Some(Ok(collected)) => collected.to_bytes(),
+        // Too long, broken or too slow: the head alone, announced as such.
+        _ => {
+            parts
+                .headers
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+            Bytes::new()
+        }
+    };
+    Response::from_parts(parts, ProxyBody::full(bytes))
 }
 
 /// `max_retries` circuit breaker: true when a retry may start.

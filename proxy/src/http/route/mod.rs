@@ -435,11 +435,14 @@ impl RetryPolicy {
                 .and_then(|v| v.parse::<u32>().ok())
                 .is_some_and(|code| self.grpc_statuses.contains(&code))
         };
+        // As Envoy: a rate-limited answer is retried under `envoy-ratelimited` only.
+        if headers.contains_key("x-envoy-ratelimited") {
+            return self.on_ratelimited;
+        }
         (self.on_5xx && status >= 500)
             || (self.on_gateway_error && (502..=504).contains(&status))
             || (self.on_retriable_4xx && status == 409)
             || (self.on_status_codes && self.status_codes.contains(&status))
-            || (self.on_ratelimited && headers.contains_key("x-envoy-ratelimited"))
             || (!self.grpc_statuses.is_empty() && grpc())
             || self
                 .retriable_headers
@@ -457,9 +460,9 @@ impl RetryPolicy {
     }
 
     /// Whether a stream an HTTP/2 upstream refused asks for a retry (`refused-stream`,
-    /// which `5xx` and `reset` include).
+    /// which `5xx`, `gateway-error` and `reset` include).
     pub fn retry_refused(&self) -> bool {
-        self.on_refused_stream || self.on_5xx || self.on_reset
+        self.on_refused_stream || self.on_5xx || self.on_gateway_error || self.on_reset
     }
 
     /// Whether a reset (disconnect before a response) asks for a retry.
@@ -530,16 +533,16 @@ pub struct RequestTimeouts {
     pub route: Option<Duration>,
     /// The stream's maximum duration (`504 downstream duration timeout`).
     pub duration: Option<Duration>,
-    /// Whether the duration came from `max_stream_duration` itself, not `grpc-timeout`:
-    /// a gRPC request then carries it upstream as its `grpc-timeout`.
-    pub duration_from_config: bool,
+    /// What a gRPC request tells its server as its `grpc-timeout` (Envoy rewrites it):
+    /// the stream's duration, or the route timeout `max_grpc_timeout` made.
+    pub grpc_timeout: Option<Duration>,
 }
 
 impl RouteAction {
-    /// This route's timeouts for a request, as Envoy computes them: `max_stream_duration`
-    /// replaces `timeout` (a request's `grpc-timeout` sets the duration when
-    /// `grpc_timeout_header_max` is given, whatever its content type);
-    /// `max_grpc_timeout` takes a gRPC request's `grpc-timeout` as the route timeout.
+    /// This route's timeouts for a request, as Envoy computes them (measured against
+    /// Envoy 1.40): `max_stream_duration` replaces `timeout` (a request's `grpc-timeout`
+    /// sets the duration when `grpc_timeout_header_max` is given, whatever its content
+    /// type); `max_grpc_timeout` takes a gRPC request's `grpc-timeout` as the route timeout.
     pub fn timeouts(&self, grpc: bool, grpc_timeout: Option<Duration>) -> RequestTimeouts {
         let nonzero = |d: Duration| (!d.is_zero()).then_some(d);
         if let Some(sd) = &self.stream_duration {
@@ -553,26 +556,31 @@ impl RouteAction {
                 }
                 _ => None,
             };
+            let duration = from_header.map_or(sd.max, nonzero);
             return RequestTimeouts {
                 route: None,
-                duration: from_header.map_or(sd.max, nonzero),
-                duration_from_config: from_header.is_none() && sd.max.is_some(),
+                duration,
+                grpc_timeout: duration.filter(|_| grpc),
             };
         }
-        let route = match self.max_grpc_timeout {
+        match self.max_grpc_timeout {
             Some((max, offset)) if grpc => {
                 let h = grpc_timeout.map_or(Duration::ZERO, |h| minus_offset(h, offset));
-                match max {
+                let route = match max {
                     Some(m) if h.is_zero() || h > m => Some(m),
                     _ => nonzero(h),
+                };
+                RequestTimeouts {
+                    route,
+                    duration: None,
+                    grpc_timeout: route,
                 }
             }
-            _ => self.timeout,
-        };
-        RequestTimeouts {
-            route,
-            duration: None,
-            duration_from_config: false,
+            _ => RequestTimeouts {
+                route: self.timeout,
+                duration: None,
+                grpc_timeout: None,
+            },
         }
     }
 }

@@ -189,7 +189,7 @@ const DURATION_ROUTES: &str = r#"            name: local
 /// Each case's reply (gRPC's form for gRPC requests), and the `grpc-timeout` the upstream
 /// saw when it answered.
 fn duration_cases(p: &Courier, a: &Upstream) -> Vec<String> {
-    let cases: [(bool, &str, Option<&str>); 17] = [
+    let cases: [(bool, &str, Option<&str>); 19] = [
         // `max_stream_duration` ends the stream (gRPC's DEADLINE_EXCEEDED), and a gRPC
         // request carries it upstream as its `grpc-timeout`.
         (true, "/msd/delay/2000", None),
@@ -204,6 +204,9 @@ fn duration_cases(p: &Courier, a: &Upstream) -> Vec<String> {
         (true, "/hdr/delay/700", None),
         (false, "/hdr/delay/2000", Some("200m")),
         (true, "/cap/delay/2000", Some("5S")),
+        // The server is told the capped deadline (`300m`), or the route timeout below.
+        (true, "/cap/delay/10", Some("5S")),
+        (true, "/mgc/delay/10", None),
         (true, "/both/delay/2000", Some("400m")),
         (true, "/both/delay/2000", None),
         // `max_grpc_timeout`: a gRPC request's `grpc-timeout` is the route timeout (504,

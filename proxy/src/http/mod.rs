@@ -90,7 +90,8 @@
 //! - Retries: `retry_on` takes Envoy's conditions, gRPC ones included (`unavailable`, …:
 //!   a trailers-only answer's `grpc-status`), `retriable-headers`, `envoy-ratelimited`
 //!   and `refused-stream`; `retriable_request_headers` limits which requests are retried;
-//!   `reset-before-request` retries only a request that could not be sent
+//!   `reset-before-request` retries only a request that could not be sent; an answer
+//!   carrying `x-envoy-ratelimited` is retried under `envoy-ratelimited` alone
 //!   (`tests/http_retries.rs` and `tests/http_h2.rs` compare them with Envoy).
 //!   `internal_only_headers` leave every request (all are external).
 //! - `path_with_escaped_slashes_action` (`%2F`, `%5C`): kept, refused (`400`, the
@@ -98,7 +99,7 @@
 //!   before routing, as Envoy (`escaped_slash_actions_match_envoy`).
 //! - `strip_trailing_host_dot` as Envoy (`trailing_host_dot_matches_envoy`).
 //! - A local reply (direct responses included) to a gRPC request
-//!   (`content-type: application/grpc…`) takes gRPC's form, as Envoy's: `200`, the status
+//!   (`content-type: application/grpc`, or `+` a suffix; not `grpc-web`) takes gRPC's form, as Envoy's: `200`, the status
 //!   mapped to a `grpc-status` (gRPC's table: 404 → 12, 503 → 14, …), the body as a
 //!   percent-encoded `grpc-message` (`tests/http_h2.rs`).
 //! - Not yet: hedging, shadowing, CORS, rate limits. Refused as unsupported (they were

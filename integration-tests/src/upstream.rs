@@ -224,7 +224,21 @@ async fn respond(
         .expect("response")
 }
 
-/// A port where nothing listens (connections are refused).
+/// A port where connections are refused for the rest of the process: a socket is bound to
+/// it and never listens. (A merely free port can meanwhile be taken by a listener of a test
+/// running in parallel, which then answers.)
 pub fn refused_port() -> u16 {
-    crate::free_port()
+    let s =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    s.bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .expect("bind");
+    let port = s
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .expect("bound address")
+        .port();
+    // Held (bound, not listening) until the test process ends.
+    std::mem::forget(s);
+    port
 }

@@ -410,7 +410,7 @@ fn clusters(a: SocketAddr, b: SocketAddr, dead: SocketAddr) -> String {
 fn start_pair() -> Option<Pair> {
     let a = Upstream::start("a");
     let b = Upstream::start("b");
-    let dead: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let dead = refusing_addr();
     let boot = bootstrap(ROUTES, "", &clusters(a.addr, b.addr, dead));
     let envoy = Courier::start_envoy(&boot)?;
     let courier = Courier::start(&boot);

@@ -350,7 +350,7 @@ fn grpc_requests_get_local_replies_in_grpc_form_as_from_envoy() {
               - match: { prefix: "/dead" }
                 route: { cluster: dead }
 "#;
-    let dead: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let dead = refusing_addr();
     let boot = bootstrap(routes, "", &cluster("dead", &[dead], ""));
     let observe = |p: &Courier| -> Vec<String> {
         let rt = tokio::runtime::Builder::new_current_thread()

@@ -70,7 +70,7 @@ const ROUTES: &str = r#"            name: local
 fn setup() -> (Courier, Upstream, Upstream) {
     let a = Upstream::start("a");
     let l = Upstream::start("limited");
-    let dead: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let dead = refusing_addr();
     let clusters = format!(
         "{}{}{}",
         cluster("a", &[a.addr], ""),

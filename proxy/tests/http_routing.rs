@@ -83,11 +83,7 @@ fn routes(a: &Upstream, b: &Upstream) -> (String, String) {
                 route: { cluster: a }
 "#
     .to_string();
-    let dead = {
-        // A port nothing listens on.
-        let p = free_port();
-        format!("127.0.0.1:{p}").parse().expect("addr")
-    };
+    let dead = refusing_addr();
     let clusters = format!(
         "{}{}{}",
         cluster("a", &[a.addr], ""),

@@ -385,6 +385,24 @@ pub fn get(addr: SocketAddr, host: &str, path: &str, headers: &[(&str, &str)]) -
     Client::connect(addr).get(host, path, headers)
 }
 
+/// An address whose connections are refused for the rest of the process: a socket is
+/// bound to it and never listens. (A port from [`free_port`] can meanwhile be taken by a
+/// listener of a test running in parallel, which then answers.)
+pub fn refusing_addr() -> SocketAddr {
+    let s =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    s.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .expect("bind");
+    let addr = s
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .expect("bound address");
+    // Held (bound, not listening) until the test process ends.
+    std::mem::forget(s);
+    addr
+}
+
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

@@ -84,7 +84,7 @@
 //!   (`validate_clusters`, on by default for them, off for RDS, as Envoy): a static
 //!   listener naming an unknown cluster fails start-up, an LDS one is NACKed.
 //! - Request bodies are buffered for retries up to the route's (or virtual host's)
-//!   `per_request_buffer_limit_bytes`, else the listener's
+//!   `request_body_buffer_limit` or `per_request_buffer_limit_bytes`, else the listener's
 //!   `per_connection_buffer_limit_bytes`; a longer body goes on streamed without retries
 //!   (`retry_or_shadow_abandoned`), as in Envoy (`tests/http_retries.rs`).
 //! - Retries: `retry_on` takes Envoy's conditions, gRPC ones included (`unavailable`, …:
@@ -98,10 +98,10 @@
 //!   connection closes), redirected (`307` to the unescaped, normalised path) or unescaped
 //!   before routing, as Envoy (`escaped_slash_actions_match_envoy`).
 //! - `strip_trailing_host_dot` as Envoy (`trailing_host_dot_matches_envoy`).
-//! - A local reply (direct responses included) to a gRPC request
-//!   (`content-type: application/grpc`, or `+` a suffix; not `grpc-web`) takes gRPC's form, as Envoy's: `200`, the status
-//!   mapped to a `grpc-status` (gRPC's table: 404 → 12, 503 → 14, …), the body as a
-//!   percent-encoded `grpc-message` (`tests/http_h2.rs`).
+//! - A local reply (direct responses included) to a gRPC request (`content-type:
+//!   application/grpc`, or `+` a suffix; not `grpc-web`) takes gRPC's form, as Envoy's:
+//!   `200`, the status mapped to a `grpc-status` (gRPC's table: 404 → 12, 503 → 14, …),
+//!   the body as a percent-encoded `grpc-message` (`tests/http_h2.rs`).
 //! - Not yet: hedging, shadowing, CORS, rate limits. Refused as unsupported (they were
 //!   accepted without effect): a route's `priority: HIGH` and `path_rewrite`, a weighted
 //!   cluster's `host_rewrite_literal` and `header_name`, `most_specific_header_mutations_wins`,

@@ -353,11 +353,7 @@ fn grpc_requests_get_local_replies_in_grpc_form_as_from_envoy() {
     let dead = refusing_addr();
     let boot = bootstrap(routes, "", &cluster("dead", &[dead], ""));
     let observe = |p: &Courier| -> Vec<String> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async {
+        block_on(async {
             let mut sender = h2_connect(p.listener).await;
             let mut seen = Vec::new();
             for (path, grpc) in [

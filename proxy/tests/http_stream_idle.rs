@@ -26,6 +26,26 @@ const ROUTES: &str = r#"            name: local
 
 const HCM: &str = "          stream_idle_timeout: 0.4s\n";
 
+/// A GET of a `/stall/` path whose response the proxy must cut off after the head and 3
+/// body bytes (the connection closes well before the upstream's 3 s stall ends).
+fn cut_off_body(p: &Courier, path: &str) -> String {
+    let mut c = Client::connect(p.listener);
+    c.send_raw(format!("GET {path} HTTP/1.1\r\nhost: h\r\n\r\n").as_bytes());
+    let started = Instant::now();
+    let mut got = Vec::new();
+    let _ = c.reader.read_to_end(&mut got);
+    assert!(
+        started.elapsed() < Duration::from_millis(2500),
+        "{path}: closed late"
+    );
+    let text = String::from_utf8_lossy(&got);
+    format!(
+        "starts 200={} ends with the 3 bytes={}",
+        text.starts_with("HTTP/1.1 200"),
+        text.ends_with("\r\n\r\nabc")
+    )
+}
+
 /// Runs every case against one proxy; returns what it saw, for comparing proxies.
 fn run_cases(p: &Courier) -> Vec<String> {
     let mut seen = Vec::new();
@@ -60,37 +80,15 @@ fn run_cases(p: &Courier) -> Vec<String> {
     ));
     // A response body that stalls after its head: the connection is closed mid-body (Envoy
     // closes a second later than Courier: its delayed close).
-    let mut c = Client::connect(p.listener);
-    c.send_raw(b"GET /stall/3000 HTTP/1.1\r\nhost: h\r\n\r\n");
-    let started = Instant::now();
-    let mut got = Vec::new();
-    let _ = c.reader.read_to_end(&mut got);
-    assert!(
-        started.elapsed() < Duration::from_millis(2500),
-        "closed late"
-    );
-    let text = String::from_utf8_lossy(&got);
     seen.push(format!(
-        "stalled response body: starts 200={} ends with the 3 bytes={}",
-        text.starts_with("HTTP/1.1 200"),
-        text.ends_with("\r\n\r\nabc")
+        "stalled response body: {}",
+        cut_off_body(p, "/stall/3000")
     ));
     // The route timeout spans the whole response (Envoy's): a body still arriving when it
     // ends is cut off, with no idle timeout in play.
-    let mut c = Client::connect(p.listener);
-    c.send_raw(b"GET /route-timeout/stall/3000 HTTP/1.1\r\nhost: h\r\n\r\n");
-    let started = Instant::now();
-    let mut got = Vec::new();
-    let _ = c.reader.read_to_end(&mut got);
-    assert!(
-        started.elapsed() < Duration::from_millis(2500),
-        "closed late"
-    );
-    let text = String::from_utf8_lossy(&got);
     seen.push(format!(
-        "route timeout mid-body: starts 200={} ends with the 3 bytes={}",
-        text.starts_with("HTTP/1.1 200"),
-        text.ends_with("\r\n\r\nabc")
+        "route timeout mid-body: {}",
+        cut_off_body(p, "/route-timeout/stall/3000")
     ));
     // Over HTTP/2 the stream is reset instead.
     seen.push(format!(
@@ -111,11 +109,7 @@ fn run_cases(p: &Courier) -> Vec<String> {
 /// An HTTP/2 GET of `path`: its status and how its body ended.
 fn h2_body_outcome(addr: std::net::SocketAddr, path: &str) -> String {
     use http_body_util::BodyExt;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async {
+    block_on(async {
         let mut sender = h2_connect(addr).await;
         let req = http::Request::get(format!("http://h{path}"))
             .body(http_body_util::Empty::new())

@@ -740,25 +740,83 @@ impl Drop for TcpIo {
     }
 }
 
-impl hyper::rt::Read for TcpIo {
-    fn poll_read(
-        self: Pin<&mut Self>,
+impl TcpIo {
+    /// Reads into hyper's cursor, showing `observe` the bytes read (for a transport that
+    /// follows the stream going past, as the upstream HTTP/2 settings scan does).
+    pub fn poll_read_observed(
+        &mut self,
         cx: &mut Context<'_>,
         mut buf: hyper::rt::ReadBufCursor<'_>,
+        observe: impl FnOnce(&[u8]),
     ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
         // SAFETY: `recv` only writes initialised bytes into the slice and we advance by
         // exactly the number it reports.
-        let n = match this.poll_recv(cx, unsafe { buf.as_mut() }) {
+        let slice = unsafe { buf.as_mut() };
+        let n = match self.poll_recv(cx, slice) {
             Poll::Ready(Ok(n)) => n,
             Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
             Poll::Pending => return Poll::Pending,
         };
+        // SAFETY: `recv` initialised the first `n` bytes of `slice`.
+        observe(unsafe { std::slice::from_raw_parts(slice.as_ptr().cast::<u8>(), n) });
         // SAFETY: `n` bytes were written by `recv`.
         unsafe { buf.advance(n) };
         Poll::Ready(Ok(()))
     }
 }
+
+impl hyper::rt::Read for TcpIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.get_mut().poll_read_observed(cx, buf, |_| {})
+    }
+}
+
+/// Implements hyper's `Write` for a transport that wraps a [`TcpIo`] (in field `$io`) and
+/// changes only how it reads: every call goes through to the socket.
+macro_rules! write_through {
+    ($ty:ty, $io:ident) => {
+        impl hyper::rt::Write for $ty {
+            fn poll_write(
+                self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+                buf: &[u8],
+            ) -> std::task::Poll<std::io::Result<usize>> {
+                std::pin::Pin::new(&mut self.get_mut().$io).poll_write(cx, buf)
+            }
+
+            fn poll_write_vectored(
+                self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+                bufs: &[std::io::IoSlice<'_>],
+            ) -> std::task::Poll<std::io::Result<usize>> {
+                std::pin::Pin::new(&mut self.get_mut().$io).poll_write_vectored(cx, bufs)
+            }
+
+            fn is_write_vectored(&self) -> bool {
+                true
+            }
+
+            fn poll_flush(
+                self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                std::pin::Pin::new(&mut self.get_mut().$io).poll_flush(cx)
+            }
+
+            fn poll_shutdown(
+                self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                std::pin::Pin::new(&mut self.get_mut().$io).poll_shutdown(cx)
+            }
+        }
+    };
+}
+pub(crate) use write_through;
 
 impl hyper::rt::Write for TcpIo {
     fn poll_write(

@@ -11,9 +11,9 @@ use std::cell::Cell;
 use std::io;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 
-use crate::event::rt::TcpIo;
+use crate::event::rt::{self, TcpIo};
 
 /// HTTP/2 frame type of SETTINGS (RFC 9113 §6.5).
 const SETTINGS: u8 = 0x4;
@@ -171,51 +171,15 @@ impl hyper::rt::Read for SettingsWatch {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-        mut buf: hyper::rt::ReadBufCursor<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        // SAFETY: `recv` only writes initialised bytes into the slice, and the cursor is
-        // advanced by exactly the number it reports.
-        let slice = unsafe { buf.as_mut() };
-        let n = ready!(this.io.poll_recv(cx, slice))?;
-        // SAFETY: `recv` initialised the first `n` bytes of `slice`.
-        let read = unsafe { std::slice::from_raw_parts(slice.as_ptr().cast::<u8>(), n) };
-        this.scan.feed(read);
-        // SAFETY: as above, `n` bytes were written.
-        unsafe { buf.advance(n) };
-        Poll::Ready(Ok(()))
+        let scan = &mut this.scan;
+        this.io.poll_read_observed(cx, buf, |read| scan.feed(read))
     }
 }
 
-impl hyper::rt::Write for SettingsWatch {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        true
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
-    }
-}
+rt::write_through!(SettingsWatch, io);
 
 #[cfg(test)]
 mod tests {

@@ -590,6 +590,15 @@ static_resources:
     )
 }
 
+/// Runs `fut` to its end on a single-threaded tokio runtime of its own.
+pub fn block_on<F: std::future::Future>(fut: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(fut)
+}
+
 /// An HTTP/2 (prior knowledge) client connection to `addr`, driven by a task of its own.
 pub async fn h2_connect(
     addr: SocketAddr,

@@ -120,9 +120,17 @@
 //!   `internal_address_config`, `stream_flush_timeout`, `delayed_close_timeout`,
 //!   `drain_timeout`, `common_http_protocol_options.max_stream_duration`, HTTP/2 window,
 //!   keepalive and flood settings, and `http_protocol_options` other than
-//!   `accept_http_10`; a cluster's `common_http_protocol_options` (upstream idle timeout,
-//!   `max_requests_per_connection`), `HttpProtocolOptions.retry_policy`, `retry_budget`,
-//!   `per_host_thresholds`, slow start, DNS refresh settings and upstream HTTP/2 settings.
+//!   `accept_http_10`; a cluster's `common_http_protocol_options` other than the three
+//!   below (`max_headers_count`, `max_stream_duration`, `headers_with_underscores_action`),
+//!   `HttpProtocolOptions.retry_policy`, `retry_budget`, `per_host_thresholds`, slow start,
+//!   DNS refresh settings and upstream HTTP/2 settings.
+//! - Upstream connections live as a cluster's `common_http_protocol_options` say, as in
+//!   Envoy (`tests/http_conn_lifetime.rs`): `idle_timeout` (default 1 h) closes a
+//!   connection with nothing on it; `max_requests_per_connection` (or the legacy cluster
+//!   field, not both) and `max_connection_duration` retire one, closing it once its last
+//!   request ends (HTTP/2: no new streams). Counted in `upstream_cx_idle_timeout`,
+//!   `upstream_cx_max_requests`, `upstream_cx_max_duration_reached`. One sweeper task per
+//!   pool closes what is due ([`pool`]), so an idle connection costs no timer.
 
 pub mod access_log;
 pub mod body;

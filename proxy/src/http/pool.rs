@@ -2,11 +2,15 @@
 //! keep-alive reuse, and multiplexed HTTP/2 connections per host, another opened when the
 //! open ones carry as many streams as their server allows (its
 //! `SETTINGS_MAX_CONCURRENT_STREAMS`, read by [`super::h2_settings`]) or the cluster's
-//! `max_concurrent_streams`; the cluster's circuit breakers counted per worker.
+//! `max_concurrent_streams`; the cluster's circuit breakers counted per worker; and each
+//! connection's lifetime ([`ConnLifetime`]: idle timeout, maximum duration and requests),
+//! kept by one sweeper task per pool that sleeps until the next connection is due.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Poll, Waker};
@@ -18,9 +22,9 @@ use rustc_hash::FxHashMap;
 use super::body::ProxyBody;
 use super::h2_settings::{PeerSettings, SettingsWatch};
 use super::upstream_h1::H1Connection;
-use crate::event::rt::{self, LocalExec, RtTimer, TcpIo};
+use crate::event::rt::{self, LocalExec, RtTimer, Sleep, TcpIo};
 use crate::stats::{Counter, Gauge, Histogram, Store};
-use crate::upstream::{ClusterInfo, Host, LbStates};
+use crate::upstream::{ClusterInfo, ConnLifetime, Host, LbStates};
 
 /// `cluster.<name>.*` HTTP stats, created on first use on each worker.
 pub struct ClusterHttpStats {
@@ -61,6 +65,13 @@ pub struct ClusterHttpStats {
     pub cx_http1_total: Arc<Counter>,
     /// `upstream_cx_http2_total`.
     pub cx_http2_total: Arc<Counter>,
+    /// `upstream_cx_idle_timeout`: connections closed by the cluster's `idle_timeout`.
+    pub cx_idle_timeout: Arc<Counter>,
+    /// `upstream_cx_max_requests`: connections that reached `max_requests_per_connection`.
+    pub cx_max_requests: Arc<Counter>,
+    /// `upstream_cx_max_duration_reached`: connections retired by
+    /// `max_connection_duration`.
+    pub cx_max_duration_reached: Arc<Counter>,
     /// `upstream_rq_time` (ms, from the first attempt to the response headers).
     pub rq_time: Arc<Histogram>,
     codes: RefCell<Vec<(u16, Arc<Counter>)>>,
@@ -97,6 +108,9 @@ impl ClusterHttpStats {
             cx_protocol_error: c("upstream_cx_protocol_error"),
             cx_http1_total: c("upstream_cx_http1_total"),
             cx_http2_total: c("upstream_cx_http2_total"),
+            cx_idle_timeout: c("upstream_cx_idle_timeout"),
+            cx_max_requests: c("upstream_cx_max_requests"),
+            cx_max_duration_reached: c("upstream_cx_max_duration_reached"),
             rq_time: store.histogram(&format!("cluster.{name}.upstream_rq_time")),
             codes: RefCell::new(Vec::new()),
             store: store.clone(),
@@ -131,19 +145,91 @@ impl ClusterHttpStats {
 pub enum Sender {
     /// An HTTP/1.1 connection through hyper's client (exclusive while the request is in
     /// flight): for streamed request bodies.
-    H1(http1::SendRequest<ProxyBody>),
+    H1(http1::SendRequest<ProxyBody>, ConnUsage),
     /// An HTTP/1.1 connection driven by the request itself ([`H1Connection`]): for requests
     /// whose body is complete.
-    Raw(H1Connection),
+    Raw(H1Connection, ConnUsage),
     /// An HTTP/2 connection (shared), and the stream's place on it.
     H2(http2::SendRequest<ProxyBody>, H2Stream),
+}
+
+/// What an upstream HTTP/1 connection has done so far, against the cluster's
+/// [`ConnLifetime`]. It travels with the connection between the pool and its request.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnUsage {
+    opened: Instant,
+    requests: u32,
+}
+
+impl ConnUsage {
+    /// A connection opened now, before its first request.
+    fn new() -> ConnUsage {
+        ConnUsage {
+            opened: Instant::now(),
+            requests: 0,
+        }
+    }
+}
+
+/// An HTTP/1 connection in the pool, waiting for a request.
+struct Idle<C> {
+    conn: C,
+    usage: ConnUsage,
+    since: Instant,
+}
+
+/// Why the pool retires a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Retire {
+    /// `idle_timeout`: nothing on it for that long.
+    Idle,
+    /// `max_connection_duration`: open for that long.
+    MaxDuration,
+}
+
+impl Retire {
+    /// When a connection opened at `opened` is retired, if it has been idle since `idle`
+    /// (`None` while requests are on it).
+    fn due(
+        lifetime: &ConnLifetime,
+        opened: Instant,
+        idle: Option<Instant>,
+    ) -> Option<(Instant, Retire)> {
+        let by_idle = idle
+            .zip(lifetime.idle_timeout)
+            .map(|(since, d)| (since + d, Retire::Idle));
+        let by_age = lifetime
+            .max_duration
+            .map(|d| (opened + d, Retire::MaxDuration));
+        match (by_idle, by_age) {
+            (Some(a), Some(b)) => Some(if b.0 <= a.0 { b } else { a }),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn count(self, stats: &ClusterHttpStats, worker: usize) {
+        match self {
+            Retire::Idle => stats.cx_idle_timeout.inc(worker),
+            Retire::MaxDuration => stats.cx_max_duration_reached.inc(worker),
+        }
+    }
+}
+
+/// The streams on an HTTP/2 connection, shared with each [`H2Stream`].
+struct H2Usage {
+    /// Requests sent whose responses have not ended.
+    active: Cell<u32>,
+    /// When `active` last fell to zero.
+    idle_since: Cell<Instant>,
 }
 
 /// One HTTP/2 connection to a host, shared by the requests on it.
 struct H2Conn {
     sender: http2::SendRequest<ProxyBody>,
-    /// Streams open on it: requests sent whose responses have not ended.
-    active: Rc<Cell<u32>>,
+    usage: Rc<H2Usage>,
+    /// Streams opened on it so far.
+    requests: u32,
+    opened: Instant,
     /// The server's settings, as read so far.
     peer: Rc<PeerSettings>,
 }
@@ -155,7 +241,7 @@ impl H2Conn {
     /// on the connection rather than opening connection after connection).
     fn has_room(&self, cluster_max: u32) -> bool {
         let limit = self.peer.max_streams().unwrap_or(1);
-        self.active.get() < limit.min(cluster_max).max(1)
+        self.usage.active.get() < limit.min(cluster_max).max(1)
     }
 
     /// Whether the server's settings are still to come.
@@ -198,13 +284,21 @@ impl Drop for H2Connecting {
 /// A stream's place on an HTTP/2 connection, given back when dropped (once the response
 /// has ended, or the request failed).
 pub struct H2Stream {
-    active: Rc<Cell<u32>>,
+    usage: Rc<H2Usage>,
     pool: Rc<ClusterPool>,
 }
 
 impl Drop for H2Stream {
     fn drop(&mut self) {
-        self.active.set(self.active.get().saturating_sub(1));
+        let active = self.usage.active.get().saturating_sub(1);
+        self.usage.active.set(active);
+        if active == 0 {
+            let now = Instant::now();
+            self.usage.idle_since.set(now);
+            if let Some(d) = self.pool.lifetime.get().idle_timeout {
+                self.pool.sweep_by(now + d);
+            }
+        }
         // A request waiting for room may now have it; the queue is the cluster's, and the
         // first waiter may want another host, so all look again.
         self.pool.wake_all();
@@ -222,10 +316,12 @@ pub enum PoolError {
     ConnectTimeout,
 }
 
+/// A host's connections on this worker. The idle lists are stacks: the connection most
+/// recently used goes first, so the oldest idle ones sit at the bottom and time out.
 #[derive(Default)]
 struct HostPool {
-    idle: Vec<http1::SendRequest<ProxyBody>>,
-    raw_idle: Vec<H1Connection>,
+    idle: Vec<Idle<http1::SendRequest<ProxyBody>>>,
+    raw_idle: Vec<Idle<H1Connection>>,
     h2: Vec<H2Conn>,
     h2_connecting: bool,
 }
@@ -247,6 +343,12 @@ pub struct Breakers {
 pub struct ClusterPool {
     hosts: RefCell<FxHashMap<SocketAddr, HostPool>>,
     waiters: RefCell<VecDeque<Rc<Cell<Option<Waker>>>>>,
+    /// The cluster's connection lifetime, as of its latest request.
+    lifetime: Cell<ConnLifetime>,
+    /// The sweeper's next wake-up, while it runs (see [`ClusterPool::sweep_by`]).
+    sweep_at: Cell<Option<Instant>>,
+    sweeper: Cell<Option<Waker>>,
+    worker: usize,
     /// Circuit-breaker counts.
     pub breakers: Breakers,
     /// HTTP stats.
@@ -258,8 +360,8 @@ thread_local! {
     static LB: RefCell<LbStates> = RefCell::new(LbStates::default());
 }
 
-/// The pool of `cluster` on this worker.
-pub fn cluster_pool(cluster: &ClusterInfo, store: &Store) -> Rc<ClusterPool> {
+/// The pool of `cluster` on worker `worker` (this one).
+pub fn cluster_pool(cluster: &ClusterInfo, store: &Store, worker: usize) -> Rc<ClusterPool> {
     POOLS.with(|p| {
         if let Some(pool) = p.borrow().get(&cluster.name) {
             return pool.clone();
@@ -267,6 +369,10 @@ pub fn cluster_pool(cluster: &ClusterInfo, store: &Store) -> Rc<ClusterPool> {
         let pool = Rc::new(ClusterPool {
             hosts: RefCell::new(FxHashMap::default()),
             waiters: RefCell::new(VecDeque::new()),
+            lifetime: Cell::new(cluster.conn_lifetime),
+            sweep_at: Cell::new(None),
+            sweeper: Cell::new(None),
+            worker,
             breakers: Breakers::default(),
             stats: ClusterHttpStats::new(store, &cluster.name),
         });
@@ -319,28 +425,140 @@ impl ClusterPool {
     }
 
     /// Returns an HTTP/1 connection for reuse once its response is complete.
-    pub fn release(&self, addr: SocketAddr, sender: http1::SendRequest<ProxyBody>) {
+    pub fn release(
+        self: &Rc<Self>,
+        addr: SocketAddr,
+        sender: http1::SendRequest<ProxyBody>,
+        usage: ConnUsage,
+    ) {
         if sender.is_closed() {
             return;
         }
-        self.hosts
-            .borrow_mut()
-            .entry(addr)
-            .or_default()
-            .idle
-            .push(sender);
-        self.wake_one();
+        if let Some(idle) = self.idle_entry(sender, usage) {
+            self.hosts
+                .borrow_mut()
+                .entry(addr)
+                .or_default()
+                .idle
+                .push(idle);
+            self.wake_one();
+        }
     }
 
     /// Returns a connection of Courier's own HTTP/1 client for reuse.
-    pub fn release_raw(&self, addr: SocketAddr, conn: H1Connection) {
-        self.hosts
-            .borrow_mut()
-            .entry(addr)
-            .or_default()
-            .raw_idle
-            .push(conn);
-        self.wake_one();
+    pub fn release_raw(self: &Rc<Self>, addr: SocketAddr, conn: H1Connection, usage: ConnUsage) {
+        if let Some(idle) = self.idle_entry(conn, usage) {
+            self.hosts
+                .borrow_mut()
+                .entry(addr)
+                .or_default()
+                .raw_idle
+                .push(idle);
+            self.wake_one();
+        }
+    }
+
+    /// A connection whose request ended, as an idle one: `None` (closing it) when it has
+    /// carried its `max_requests_per_connection` or outlived its `max_connection_duration`.
+    fn idle_entry<C>(self: &Rc<Self>, conn: C, usage: ConnUsage) -> Option<Idle<C>> {
+        let lifetime = self.lifetime.get();
+        if lifetime.max_requests.is_some_and(|m| usage.requests >= m) {
+            return None;
+        }
+        let now = Instant::now();
+        match Retire::due(&lifetime, usage.opened, Some(now)) {
+            Some((at, why)) if at <= now => {
+                why.count(&self.stats, self.worker);
+                None
+            }
+            Some((at, _)) => {
+                self.sweep_by(at);
+                Some(Idle {
+                    conn,
+                    usage,
+                    since: now,
+                })
+            }
+            None => Some(Idle {
+                conn,
+                usage,
+                since: now,
+            }),
+        }
+    }
+
+    /// Has the sweeper run by `at`: started if it is not running, woken early if it would
+    /// run later. One sweeper per pool closes every connection whose time is up, so an idle
+    /// connection costs no timer of its own.
+    fn sweep_by(self: &Rc<Self>, at: Instant) {
+        match self.sweep_at.get() {
+            Some(t) if t <= at => {}
+            Some(_) => {
+                self.sweep_at.set(Some(at));
+                if let Some(w) = self.sweeper.take() {
+                    w.wake();
+                }
+            }
+            None => {
+                // Not on a worker (its runtime is being torn down): nothing left to sweep.
+                let pool = self.clone();
+                if rt::try_with(move |rt| rt.spawn(pool.sweep())).is_some() {
+                    self.sweep_at.set(Some(at));
+                }
+            }
+        }
+    }
+
+    async fn sweep(self: Rc<Self>) {
+        while let Some(at) = self.sweep_at.get() {
+            let mut sleep = Sleep::until(at);
+            std::future::poll_fn(|cx| {
+                // Brought forward by `sweep_by`.
+                match self.sweep_at.get() {
+                    Some(t) if t < sleep.deadline() => sleep.reset(t),
+                    _ => {}
+                }
+                self.sweeper.set(Some(cx.waker().clone()));
+                Pin::new(&mut sleep).poll(cx)
+            })
+            .await;
+            self.sweeper.take();
+            let next = self.retire_due(Instant::now());
+            self.sweep_at.set(next);
+        }
+    }
+
+    /// Closes the idle connections whose `idle_timeout` has passed and retires those past
+    /// their `max_connection_duration` (an HTTP/2 one in use drains: it takes no new
+    /// streams and closes after its last). Returns when the next one is due.
+    fn retire_due(&self, now: Instant) -> Option<Instant> {
+        let lifetime = self.lifetime.get();
+        let mut next: Option<Instant> = None;
+        let (stats, worker) = (&self.stats, self.worker);
+        let mut keep = |opened: Instant, idle: Option<Instant>| -> bool {
+            match Retire::due(&lifetime, opened, idle) {
+                Some((at, why)) if at <= now => {
+                    why.count(stats, worker);
+                    false
+                }
+                Some((at, _)) => {
+                    next = Some(next.map_or(at, |n| n.min(at)));
+                    true
+                }
+                None => true,
+            }
+        };
+        for host in self.hosts.borrow_mut().values_mut() {
+            host.idle
+                .retain(|c| !c.conn.is_closed() && keep(c.usage.opened, Some(c.since)));
+            host.raw_idle
+                .retain(|c| keep(c.usage.opened, Some(c.since)));
+            host.h2.retain(|c| {
+                let idle = (c.usage.active.get() == 0).then(|| c.usage.idle_since.get());
+                !c.sender.is_closed() && keep(c.opened, idle)
+            });
+        }
+        next
     }
 
     async fn wait_for_slot(&self) {
@@ -382,9 +600,10 @@ impl ClusterPool {
         // Counted while this request waits, and given back however the wait ends (the
         // request may be dropped while it waits).
         let mut pending: Option<PendingGuard<'_>> = None;
+        self.lifetime.set(cluster.conn_lifetime);
         loop {
             if cluster.http2 {
-                if let Some(s) = self.h2_stream(cluster, host) {
+                if let Some(s) = self.h2_stream(cluster, host, worker) {
                     break Ok((s, true));
                 }
             } else if raw {
@@ -396,12 +615,13 @@ impl ClusterPool {
                         .and_then(|h| h.raw_idle.pop());
                     let Some(mut c) = c else { break None };
                     // Not if it closed (or sent unsolicited bytes) while idle.
-                    if c.is_reusable() {
+                    if c.conn.is_reusable() && self.still_young(&c.usage) {
                         break Some(c);
                     }
                 };
                 if let Some(c) = reused {
-                    break Ok((Sender::Raw(c), true));
+                    let usage = self.one_more_request(c.usage, worker);
+                    break Ok((Sender::Raw(c.conn, usage), true));
                 }
             } else {
                 let mut reused = None;
@@ -412,16 +632,17 @@ impl ClusterPool {
                         .get_mut(&host.address)
                         .and_then(|h| h.idle.pop());
                     let Some(mut s) = s else { break };
-                    if s.is_closed() {
+                    if s.conn.is_closed() || !self.still_young(&s.usage) {
                         continue;
                     }
-                    if s.ready().await.is_ok() {
+                    if s.conn.ready().await.is_ok() {
                         reused = Some(s);
                         break;
                     }
                 }
                 if let Some(s) = reused {
-                    break Ok((Sender::H1(s), true));
+                    let usage = self.one_more_request(s.usage, worker);
+                    break Ok((Sender::H1(s.conn, usage), true));
                 }
             }
             let b = &self.breakers;
@@ -458,20 +679,57 @@ impl ClusterPool {
         }
     }
 
-    /// A stream on an open HTTP/2 connection to `host` with room for one.
-    fn h2_stream(self: &Rc<Self>, cluster: &ClusterInfo, host: &Host) -> Option<Sender> {
+    /// Whether an idle connection is within its `max_connection_duration` (the sweeper
+    /// may not have run yet); one past it is counted and dropped by the caller.
+    fn still_young(&self, usage: &ConnUsage) -> bool {
+        match self.lifetime.get().max_duration {
+            Some(d) if usage.opened.elapsed() >= d => {
+                Retire::MaxDuration.count(&self.stats, self.worker);
+                false
+            }
+            _ => true,
+        }
+    }
+
+    /// Counts a request on a connection; the one that reaches
+    /// `max_requests_per_connection` is counted in `upstream_cx_max_requests`, as Envoy
+    /// counts it when it assigns that request.
+    fn one_more_request(&self, mut usage: ConnUsage, worker: usize) -> ConnUsage {
+        usage.requests += 1;
+        if self.lifetime.get().max_requests == Some(usage.requests) {
+            self.stats.cx_max_requests.inc(worker);
+        }
+        usage
+    }
+
+    /// A stream on an open HTTP/2 connection to `host` with room for one. The stream that
+    /// reaches `max_requests_per_connection` takes the connection out of the pool: it
+    /// closes once its streams end.
+    fn h2_stream(
+        self: &Rc<Self>,
+        cluster: &ClusterInfo,
+        host: &Host,
+        worker: usize,
+    ) -> Option<Sender> {
         let mut hosts = self.hosts.borrow_mut();
         let h = hosts.get_mut(&host.address)?;
         h.h2.retain(|c| !c.sender.is_closed());
-        let c =
+        let i =
             h.h2.iter()
-                .find(|c| c.has_room(cluster.http2_max_streams))?;
-        c.active.set(c.active.get() + 1);
+                .position(|c| c.has_room(cluster.http2_max_streams))?;
+        let c = &mut h.h2[i];
+        c.usage.active.set(c.usage.active.get() + 1);
+        c.requests += 1;
         let stream = H2Stream {
-            active: c.active.clone(),
+            usage: c.usage.clone(),
             pool: self.clone(),
         };
-        Some(Sender::H2(c.sender.clone(), stream))
+        let sender = Sender::H2(c.sender.clone(), stream);
+        if cluster.conn_lifetime.max_requests == Some(c.requests) {
+            self.stats.cx_max_requests.inc(worker);
+            h.h2.swap_remove(i);
+        }
+        Some(sender)
     }
 
     async fn connect(
@@ -540,17 +798,32 @@ impl ClusterPool {
             };
             self.stats.cx_http2_total.inc(worker);
             // This request's stream is the first on it.
-            let active = Rc::new(Cell::new(1));
-            self.hosts
-                .borrow_mut()
-                .entry(host.address)
-                .or_default()
-                .h2
-                .push(H2Conn {
-                    sender: sender.clone(),
-                    active: active.clone(),
-                    peer,
-                });
+            let now = Instant::now();
+            let usage = Rc::new(H2Usage {
+                active: Cell::new(1),
+                idle_since: Cell::new(now),
+            });
+            let lifetime = cluster.conn_lifetime;
+            if lifetime.max_requests == Some(1) {
+                // Its one request: it never joins the pool.
+                self.stats.cx_max_requests.inc(worker);
+            } else {
+                self.hosts
+                    .borrow_mut()
+                    .entry(host.address)
+                    .or_default()
+                    .h2
+                    .push(H2Conn {
+                        sender: sender.clone(),
+                        usage: usage.clone(),
+                        requests: 1,
+                        opened: now,
+                        peer,
+                    });
+                if let Some(d) = lifetime.max_duration {
+                    self.sweep_by(now + d);
+                }
+            }
             self.wake_one();
             let pool = self.clone();
             let addr = host.address;
@@ -564,13 +837,14 @@ impl ClusterPool {
                 drop(guard);
             });
             let stream = H2Stream {
-                active,
+                usage,
                 pool: self.clone(),
             };
             Ok(Sender::H2(sender, stream))
         } else if raw {
             self.stats.cx_http1_total.inc(worker);
-            Ok(Sender::Raw(H1Connection::new(io, Box::new(guard))))
+            let usage = self.one_more_request(ConnUsage::new(), worker);
+            Ok(Sender::Raw(H1Connection::new(io, Box::new(guard)), usage))
         } else {
             let (sender, conn) = match http1::Builder::new().handshake::<_, ProxyBody>(io).await {
                 Ok(x) => x,
@@ -586,7 +860,8 @@ impl ClusterPool {
                 }
                 drop(guard);
             });
-            Ok(Sender::H1(sender))
+            let usage = self.one_more_request(ConnUsage::new(), worker);
+            Ok(Sender::H1(sender, usage))
         }
     }
 

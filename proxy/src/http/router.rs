@@ -1007,7 +1007,7 @@ async fn forward(
     if !cfg.access_logs.is_empty() {
         outcome.upstream_cluster = Some(cluster.name.clone());
     }
-    let pool = pool::cluster_pool(&cluster, &cfg.store);
+    let pool = pool::cluster_pool(&cluster, &cfg.store, worker);
     // max_requests.
     if pool.breakers.requests.get() >= cluster.thresholds.max_requests {
         pool.stats.rq_pending_overflow.inc(worker);
@@ -1644,12 +1644,12 @@ async fn send_once(
             Err(PoolError::ConnectTimeout) => return Err(AttemptError::ConnectFailure),
         };
         match sender {
-            Sender::Raw(c) => {
+            Sender::Raw(c, usage) => {
                 let pool2 = pool.clone();
                 let addr = host.address;
                 let on_done = Box::new(move |conn: Option<H1Connection>| {
                     if let Some(conn) = conn {
-                        pool2.release_raw(addr, conn);
+                        pool2.release_raw(addr, conn, usage);
                     }
                 });
                 let (parts, req_body) = req.into_parts();
@@ -1680,7 +1680,7 @@ async fn send_once(
                     }
                 }
             }
-            Sender::H1(mut s) => match s.try_send_request(req).await {
+            Sender::H1(mut s, usage) => match s.try_send_request(req).await {
                 Ok(resp) => {
                     let pool2 = pool.clone();
                     let addr = host.address;
@@ -1691,7 +1691,7 @@ async fn send_once(
                         body,
                         Some(Box::new(move |ok, _| {
                             if ok {
-                                pool2.release(addr, s);
+                                pool2.release(addr, s, usage);
                             }
                         })),
                     );

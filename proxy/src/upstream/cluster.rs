@@ -5,7 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use courier_proto::envoy::config::cluster::v3::{self as pb, cluster};
-use courier_proto::envoy::config::core::v3::{ConfigSource, HealthStatus, Http2ProtocolOptions};
+use courier_proto::envoy::config::core::v3::{
+    ConfigSource, HealthStatus, Http2ProtocolOptions,
+    HttpProtocolOptions as CommonHttpProtocolOptions,
+};
 use courier_proto::envoy::config::endpoint::v3::{lb_endpoint, ClusterLoadAssignment};
 use courier_proto::envoy::extensions::upstreams::http::v3::{
     http_protocol_options, HttpProtocolOptions,
@@ -158,6 +161,8 @@ pub struct ClusterInfo {
     /// `http_protocol_options.enable_trailers`: an HTTP/1.1 upstream's response trailers
     /// are passed on (off by default, as Envoy, whose HTTP/1 codec then drops them).
     pub http1_trailers: bool,
+    /// How long an upstream HTTP connection lives and how many requests it carries.
+    pub conn_lifetime: ConnLifetime,
     /// The hosts, replaced as a whole on every membership change.
     pub hosts: Arc<HostSet>,
     /// `cluster.<name>.*`.
@@ -180,6 +185,7 @@ impl ClusterInfo {
             http2: self.http2,
             http2_max_streams: self.http2_max_streams,
             http1_trailers: self.http1_trailers,
+            conn_lifetime: self.conn_lifetime,
             hosts,
             stats: self.stats.clone(),
             proto: self.proto.clone(),
@@ -272,6 +278,7 @@ pub fn compile_cluster(proto: &pb::Cluster, store: &Store) -> Result<ClusterInfo
         http2,
         http2_max_streams,
         http1_trailers,
+        conn_lifetime,
     } = upstream_http(proto)?;
     let stats = ClusterStats::new(store, &proto.name);
     let hosts = match (&discovery, &proto.load_assignment) {
@@ -301,6 +308,7 @@ pub fn compile_cluster(proto: &pb::Cluster, store: &Store) -> Result<ClusterInfo
         http2,
         http2_max_streams,
         http1_trailers,
+        conn_lifetime,
         hosts,
         stats,
         proto: Arc::new(Encoded::new(proto)),
@@ -370,6 +378,73 @@ struct UpstreamHttp {
     http2: bool,
     http2_max_streams: u32,
     http1_trailers: bool,
+    conn_lifetime: ConnLifetime,
+}
+
+/// How long an upstream HTTP connection lives and how many requests it carries: a
+/// cluster's `common_http_protocol_options` (in its `HttpProtocolOptions`, else the legacy
+/// field) and the legacy `max_requests_per_connection`. Zero turns each off, as in Envoy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnLifetime {
+    /// `idle_timeout`: a connection with no request on it this long is closed (default
+    /// 1 h).
+    pub idle_timeout: Option<Duration>,
+    /// `max_connection_duration`: a connection this old takes no more requests and is
+    /// closed once its last one ends (no limit by default).
+    pub max_duration: Option<Duration>,
+    /// `max_requests_per_connection`: a connection that has carried this many requests
+    /// takes no more and is closed once they end (no limit by default).
+    pub max_requests: Option<u32>,
+}
+
+impl Default for ConnLifetime {
+    fn default() -> Self {
+        ConnLifetime {
+            idle_timeout: Some(DEFAULT_UPSTREAM_IDLE_TIMEOUT),
+            max_duration: None,
+            max_requests: None,
+        }
+    }
+}
+
+/// Envoy's default upstream connection `idle_timeout`.
+const DEFAULT_UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// A cluster's connection lifetime from its `common_http_protocol_options` (`common`, at
+/// `path`) and its legacy `max_requests_per_connection`.
+fn parse_conn_lifetime(
+    common: Option<&CommonHttpProtocolOptions>,
+    legacy_max_requests: Option<u32>,
+    path: &str,
+) -> Result<ConnLifetime, ConfigError> {
+    let nonzero = |d: Duration| (!d.is_zero()).then_some(d);
+    let mut out = ConnLifetime {
+        max_requests: legacy_max_requests.filter(|&n| n > 0),
+        ..ConnLifetime::default()
+    };
+    let Some(common) = common else {
+        return Ok(out);
+    };
+    if let Some(d) = &common.idle_timeout {
+        out.idle_timeout = nonzero(config::duration(d, &format!("{path}.idle_timeout"))?);
+    }
+    if let Some(d) = &common.max_connection_duration {
+        out.max_duration = nonzero(config::duration(
+            d,
+            &format!("{path}.max_connection_duration"),
+        )?);
+    }
+    if let Some(n) = &common.max_requests_per_connection {
+        if legacy_max_requests.is_some() {
+            return Err(ConfigError::new(
+                format!("{path}.max_requests_per_connection"),
+                "only one of max_requests_per_connection from Cluster or HttpProtocolOptions \
+                 can be specified",
+            ));
+        }
+        out.max_requests = (n.value > 0).then_some(n.value);
+    }
+    Ok(out)
 }
 
 /// Envoy's default `max_concurrent_streams`.
@@ -389,6 +464,12 @@ fn upstream_http(proto: &pb::Cluster) -> Result<UpstreamHttp, ConfigError> {
         .http_protocol_options
         .as_ref()
         .is_some_and(|o| o.enable_trailers);
+    let legacy_max_requests = proto.max_requests_per_connection.as_ref().map(|v| v.value);
+    let mut conn_lifetime = parse_conn_lifetime(
+        proto.common_http_protocol_options.as_ref(),
+        legacy_max_requests,
+        "common_http_protocol_options",
+    )?;
     let mut keys: Vec<&String> = proto.typed_extension_protocol_options.keys().collect();
     keys.sort();
     for key in keys {
@@ -399,6 +480,12 @@ fn upstream_http(proto: &pb::Cluster) -> Result<UpstreamHttp, ConfigError> {
         }
         let opts: HttpProtocolOptions = courier_proto::unpack_any(any)
             .map_err(|e| ConfigError::new(path.clone(), e.to_string()))?;
+        // The typed options replace the legacy ones, as in Envoy.
+        conn_lifetime = parse_conn_lifetime(
+            opts.common_http_protocol_options.as_ref(),
+            legacy_max_requests,
+            &format!("{path}.common_http_protocol_options"),
+        )?;
         use http_protocol_options::explicit_http_config::ProtocolConfig;
         use http_protocol_options::UpstreamProtocolOptions;
         match opts.upstream_protocol_options {
@@ -432,6 +519,7 @@ fn upstream_http(proto: &pb::Cluster) -> Result<UpstreamHttp, ConfigError> {
         http2,
         http2_max_streams,
         http1_trailers,
+        conn_lifetime,
     })
 }
 
@@ -550,4 +638,80 @@ pub fn build_host_set(
         })
         .collect();
     Ok(Arc::new(HostSet::new(hosts, panic_threshold)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn compile(yaml: &str) -> Result<ClusterInfo, ConfigError> {
+        let head = "name: c\nconnect_timeout: 1s\n";
+        let proto: pb::Cluster =
+            courier_proto::from_yaml(&format!("{head}{yaml}")).expect("a Cluster");
+        compile_cluster(&proto, &Store::new(1))
+    }
+
+    fn typed(common: &str) -> String {
+        format!(
+            "typed_extension_protocol_options:\n  envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n    \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n    common_http_protocol_options: {common}\n    explicit_http_config: {{ http_protocol_options: {{}} }}\n"
+        )
+    }
+
+    #[test]
+    fn connection_lifetime_defaults_and_overrides_as_envoy() {
+        let default = compile("").expect("compiles").conn_lifetime;
+        assert_eq!(default.idle_timeout, Some(Duration::from_secs(3600)));
+        assert_eq!((default.max_duration, default.max_requests), (None, None));
+
+        let set = compile(&typed(
+            "{ idle_timeout: 2s, max_connection_duration: 3s, max_requests_per_connection: 4 }",
+        ))
+        .expect("compiles")
+        .conn_lifetime;
+        assert_eq!(set.idle_timeout, Some(Duration::from_secs(2)));
+        assert_eq!(set.max_duration, Some(Duration::from_secs(3)));
+        assert_eq!(set.max_requests, Some(4));
+
+        // Zero turns each off.
+        let off = compile(&typed(
+            "{ idle_timeout: 0s, max_connection_duration: 0s, max_requests_per_connection: 0 }",
+        ))
+        .expect("compiles")
+        .conn_lifetime;
+        assert_eq!(
+            (off.idle_timeout, off.max_duration, off.max_requests),
+            (None, None, None)
+        );
+
+        // The legacy fields, and the typed options replacing the legacy common ones.
+        let legacy = compile(
+            "max_requests_per_connection: 7\ncommon_http_protocol_options: { idle_timeout: 9s }\n",
+        )
+        .expect("compiles")
+        .conn_lifetime;
+        assert_eq!(legacy.max_requests, Some(7));
+        assert_eq!(legacy.idle_timeout, Some(Duration::from_secs(9)));
+        let replaced = compile(&format!(
+            "common_http_protocol_options: {{ idle_timeout: 9s }}\n{}",
+            typed("{}")
+        ))
+        .expect("compiles")
+        .conn_lifetime;
+        assert_eq!(replaced.idle_timeout, Some(Duration::from_secs(3600)));
+    }
+
+    #[test]
+    fn max_requests_per_connection_in_both_places_is_refused() {
+        let err = compile(&format!(
+            "max_requests_per_connection: 1\n{}",
+            typed("{ max_requests_per_connection: 2 }")
+        ))
+        .err()
+        .expect("refused");
+        assert!(
+            err.to_string()
+                .contains("only one of max_requests_per_connection"),
+            "{err}"
+        );
+    }
 }

@@ -12,7 +12,8 @@ mod host;
 mod load_balancer;
 
 pub use cluster::{
-    compile_cluster, validate_assignment, ClusterInfo, ClusterStats, DiscoveryType, LbPolicy,
+    compile_cluster, validate_assignment, ClusterInfo, ClusterStats, ConnLifetime, DiscoveryType,
+    LbPolicy,
 };
 pub use cluster_manager::{ClusterChange, ClusterEntry, ClusterManager, ClusterManagerStats};
 pub use host::{Host, HostHealth, HostSet, HostStats};

@@ -180,40 +180,45 @@ const DURATION_ROUTES: &str = r#"            name: local
                 route: { cluster: a, max_grpc_timeout: 0.3s }
 "#;
 
-/// Each case's reply (gRPC's form for gRPC requests), and the `grpc-timeout` the upstream
-/// saw when it answered.
-fn duration_cases(p: &Courier, a: &Upstream) -> Vec<String> {
-    let cases: [(bool, &str, Option<&str>); 19] = [
-        // `max_stream_duration` ends the stream (gRPC's DEADLINE_EXCEEDED), and a gRPC
-        // request carries it upstream as its `grpc-timeout`.
-        (true, "/msd/delay/2000", None),
-        (false, "/msd/delay/2000", None),
-        (true, "/msd/delay/10", None),
-        // With `max_stream_duration` set, the route `timeout` is not used.
-        (false, "/empty/delay/700", None),
-        // `grpc_timeout_header_max`: the request's `grpc-timeout` is the duration (capped;
-        // less the offset), whatever the content type; without one, `max_stream_duration`.
-        (true, "/hdr/delay/2000", Some("200m")),
-        (true, "/hdr/delay/10", Some("300m")),
-        (true, "/hdr/delay/700", None),
-        (false, "/hdr/delay/2000", Some("200m")),
-        (true, "/cap/delay/2000", Some("5S")),
-        // The server is told the capped deadline (`300m`), or the route timeout below.
-        (true, "/cap/delay/10", Some("5S")),
-        (true, "/mgc/delay/10", None),
-        (true, "/both/delay/2000", Some("400m")),
-        (true, "/both/delay/2000", None),
-        // `max_grpc_timeout`: a gRPC request's `grpc-timeout` is the route timeout (504,
-        // gRPC's UNAVAILABLE), capped; 0 is no limit; not for other requests.
-        (true, "/mgt/delay/2000", Some("200m")),
-        (true, "/mgt/delay/700", None),
-        (true, "/mgt/delay/10", Some("300m")),
-        (true, "/mgc/delay/2000", None),
-        (true, "/mgc/delay/2000", Some("5S")),
-        (false, "/mgc/delay/700", None),
-    ];
+/// A request: gRPC or not, its path and its `grpc-timeout`.
+type DurationCase = (bool, &'static str, Option<&'static str>);
+
+/// The cases on [`DURATION_ROUTES`].
+const ROUTE_DURATION_CASES: [DurationCase; 19] = [
+    // `max_stream_duration` ends the stream (gRPC's DEADLINE_EXCEEDED), and a gRPC
+    // request carries it upstream as its `grpc-timeout`.
+    (true, "/msd/delay/2000", None),
+    (false, "/msd/delay/2000", None),
+    (true, "/msd/delay/10", None),
+    // With `max_stream_duration` set, the route `timeout` is not used.
+    (false, "/empty/delay/700", None),
+    // `grpc_timeout_header_max`: the request's `grpc-timeout` is the duration (capped;
+    // less the offset), whatever the content type; without one, `max_stream_duration`.
+    (true, "/hdr/delay/2000", Some("200m")),
+    (true, "/hdr/delay/10", Some("300m")),
+    (true, "/hdr/delay/700", None),
+    (false, "/hdr/delay/2000", Some("200m")),
+    (true, "/cap/delay/2000", Some("5S")),
+    // The server is told the capped deadline (`300m`), or the route timeout below.
+    (true, "/cap/delay/10", Some("5S")),
+    (true, "/mgc/delay/10", None),
+    (true, "/both/delay/2000", Some("400m")),
+    (true, "/both/delay/2000", None),
+    // `max_grpc_timeout`: a gRPC request's `grpc-timeout` is the route timeout (504,
+    // gRPC's UNAVAILABLE), capped; 0 is no limit; not for other requests.
+    (true, "/mgt/delay/2000", Some("200m")),
+    (true, "/mgt/delay/700", None),
+    (true, "/mgt/delay/10", Some("300m")),
+    (true, "/mgc/delay/2000", None),
+    (true, "/mgc/delay/2000", Some("5S")),
+    (false, "/mgc/delay/700", None),
+];
+
+/// Each case's reply (gRPC's form for gRPC requests), the `grpc-timeout` the upstream saw
+/// when it answered, and `downstream_rq_max_duration_reached` once it reaches `ended`.
+fn duration_cases(p: &Courier, a: &Upstream, cases: &[DurationCase], ended: u64) -> Vec<String> {
     let mut seen = Vec::new();
-    for (grpc, path, timeout) in cases {
+    for &(grpc, path, timeout) in cases {
         let mut headers = Vec::new();
         if grpc {
             headers.push(("content-type", "application/grpc"));
@@ -239,7 +244,7 @@ fn duration_cases(p: &Courier, a: &Upstream) -> Vec<String> {
     }
     seen.push(format!(
         "downstream_rq_max_duration_reached={}",
-        p.wait_stat("http.ingress.downstream_rq_max_duration_reached", 7)
+        p.wait_stat("http.ingress.downstream_rq_max_duration_reached", ended)
     ));
     seen
 }
@@ -251,7 +256,7 @@ fn duration_cases(p: &Courier, a: &Upstream) -> Vec<String> {
 fn stream_durations_and_grpc_timeouts_match_envoy() {
     let a = Upstream::start("a");
     let boot = bootstrap(DURATION_ROUTES, "", &cluster("a", &[a.addr], ""));
-    let got = duration_cases(&Courier::start(&boot), &a);
+    let got = duration_cases(&Courier::start(&boot), &a, &ROUTE_DURATION_CASES, 7);
     assert!(
         got[0].contains(
             "200 grpc-status=Some(\"4\") grpc-message=Some(\"downstream duration timeout\")"
@@ -272,5 +277,77 @@ fn stream_durations_and_grpc_timeouts_match_envoy() {
         eprintln!("envoy not on PATH: skipping the stream duration differential");
         return;
     };
-    assert_eq!(duration_cases(&envoy, &a), got, "envoy vs courier");
+    assert_eq!(
+        duration_cases(&envoy, &a, &ROUTE_DURATION_CASES, 7),
+        got,
+        "envoy vs courier"
+    );
+}
+
+const HCM_DURATION_ROUTES: &str = r#"            name: local
+            virtual_hosts:
+            - name: main
+              domains: ["*"]
+              routes:
+              - match: { prefix: "/plain/" }
+                route: { cluster: a }
+              - match: { prefix: "/short/" }
+                route: { cluster: a, timeout: 0.2s }
+              - match: { prefix: "/zero/" }
+                route: { cluster: a, max_stream_duration: { max_stream_duration: 0s } }
+              - match: { prefix: "/empty/" }
+                route: { cluster: a, timeout: 0.2s, max_stream_duration: {} }
+              - match: { prefix: "/msd/" }
+                route: { cluster: a, max_stream_duration: { max_stream_duration: 0.3s } }
+              - match: { prefix: "/hdr/" }
+                route: { cluster: a, max_stream_duration: { grpc_timeout_header_max: 0s } }
+"#;
+
+/// The connection manager's `common_http_protocol_options.max_stream_duration`: every
+/// stream's duration unless its route sets one, alongside the route timeout (measured
+/// against Envoy 1.40; it was accepted without effect).
+#[test]
+fn connection_manager_stream_duration_matches_envoy() {
+    let cases: [DurationCase; 10] = [
+        // Ends a stream on a route without one (gRPC's DEADLINE_EXCEEDED); the server is
+        // not told it.
+        (false, "/plain/delay/2000", None),
+        (true, "/plain/delay/2000", None),
+        (true, "/plain/delay/10", None),
+        // A shorter route timeout still ends the request first.
+        (false, "/short/delay/2000", None),
+        // A route's own duration (0: none) wins; an empty one falls back to the connection
+        // manager's, which the server then learns as its `grpc-timeout`.
+        (false, "/zero/delay/700", None),
+        (false, "/msd/delay/2000", None),
+        (false, "/empty/delay/2000", None),
+        (true, "/empty/delay/10", None),
+        (true, "/hdr/delay/10", None),
+        (true, "/hdr/delay/700", Some("600m")),
+    ];
+    let hcm = "          common_http_protocol_options: { max_stream_duration: 0.4s }\n";
+    let a = Upstream::start("a");
+    let boot = bootstrap(HCM_DURATION_ROUTES, hcm, &cluster("a", &[a.addr], ""));
+    let got = duration_cases(&Courier::start(&boot), &a, &cases, 5);
+    assert!(got[0].contains(": 504 "), "{got:?}");
+    assert_eq!(
+        got.last().map(String::as_str),
+        Some("downstream_rq_max_duration_reached=5")
+    );
+    assert!(got[4].contains(": 200 "), "{got:?}");
+    assert!(
+        got[7].contains("upstream grpc-timeout=Some(\"400m\")"),
+        "{got:?}"
+    );
+    let a = Upstream::start("a");
+    let boot = bootstrap(HCM_DURATION_ROUTES, hcm, &cluster("a", &[a.addr], ""));
+    let Some(envoy) = Courier::start_envoy(&boot) else {
+        eprintln!("envoy not on PATH: skipping the stream duration differential");
+        return;
+    };
+    assert_eq!(
+        duration_cases(&envoy, &a, &cases, 5),
+        got,
+        "envoy vs courier"
+    );
 }

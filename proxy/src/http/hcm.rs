@@ -115,7 +115,7 @@ pub struct HttpStats {
     pub downstream_rq_completed: Arc<Counter>,
     /// `downstream_rq_timeout` (request_timeout).
     pub downstream_rq_timeout: Arc<Counter>,
-    /// `downstream_rq_max_duration_reached` (a route's `max_stream_duration`).
+    /// `downstream_rq_max_duration_reached` (a stream's `max_stream_duration`, the route's or the connection manager's).
     pub downstream_rq_max_duration_reached: Arc<Counter>,
     /// `downstream_rq_idle_timeout`.
     pub downstream_rq_idle_timeout: Arc<Counter>,
@@ -228,6 +228,9 @@ pub struct HcmConfig {
     pub idle_timeout: Option<Duration>,
     /// `common_http_protocol_options.max_connection_duration`.
     pub max_connection_duration: Option<Duration>,
+    /// `common_http_protocol_options.max_stream_duration`: every stream's duration, unless
+    /// its route sets one (`None` when unset or 0).
+    pub max_stream_duration: Option<Duration>,
     /// `common_http_protocol_options.max_headers_count` (default 100).
     pub max_headers_count: usize,
     /// `common_http_protocol_options.max_requests_per_connection`.
@@ -427,6 +430,11 @@ impl HcmConfig {
             None,
             "common_http_protocol_options.max_connection_duration",
         )?;
+        let max_stream_duration = optional_duration(
+            common.and_then(|c| c.max_stream_duration.as_ref()),
+            None,
+            "common_http_protocol_options.max_stream_duration",
+        )?;
         let max_headers_count = common
             .and_then(|c| c.max_headers_count.as_ref())
             .map_or(100, |v| v.value as usize);
@@ -536,6 +544,7 @@ impl HcmConfig {
             )?,
             idle_timeout,
             max_connection_duration,
+            max_stream_duration,
             max_headers_count,
             max_requests_per_connection: common
                 .and_then(|c| c.max_requests_per_connection.as_ref())

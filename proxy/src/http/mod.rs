@@ -113,12 +113,15 @@
 //!   `downstream_rq_max_duration_reached`), its `grpc_timeout_header_max`/`_offset` taking
 //!   the duration from `grpc-timeout`; a gRPC request learns it as its `grpc-timeout`.
 //!   `max_grpc_timeout`/`grpc_timeout_offset` make a gRPC request's `grpc-timeout` the
-//!   route timeout. As Envoy (`stream_durations_and_grpc_timeouts_match_envoy`).
+//!   route timeout. As Envoy (`stream_durations_and_grpc_timeouts_match_envoy`). The
+//!   connection manager's `common_http_protocol_options.max_stream_duration` is the
+//!   duration of every stream whose route sets none, beside the route timeout
+//!   (`connection_manager_stream_duration_matches_envoy`); an upgrade's tunnel has none.
 //! - Accepted and not acted on (control planes set them routinely, so refusing them would
 //!   refuse whole listeners; found by an audit of every field): a route's
 //!   `flush_timeout`, `internal_redirect_action`; the connection manager's
 //!   `internal_address_config`, `stream_flush_timeout`, `delayed_close_timeout`,
-//!   `drain_timeout`, `common_http_protocol_options.max_stream_duration`, HTTP/2 window,
+//!   `drain_timeout`, HTTP/2 window,
 //!   keepalive and flood settings, and `http_protocol_options` other than
 //!   `accept_http_10`; a cluster's `common_http_protocol_options` other than the three
 //!   below (`max_headers_count`, `max_stream_duration`, `headers_with_underscores_action`),

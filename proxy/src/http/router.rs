@@ -1079,6 +1079,7 @@ async fn forward(
             .headers
             .get(GRPC_TIMEOUT)
             .and_then(|v| super::route::parse_grpc_timeout(v.as_bytes())),
+        cfg.max_stream_duration,
     );
     let global_deadline = timeouts.route.map(|t| start + t);
     // `max_stream_duration` (not for an upgrade's tunnel).

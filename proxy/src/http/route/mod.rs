@@ -517,8 +517,9 @@ pub struct RouteAction {
 /// A route's `max_stream_duration`.
 #[derive(Debug, Clone, Copy)]
 pub struct StreamDuration {
-    /// `max_stream_duration` (`None` when unset or 0).
-    pub max: Option<Duration>,
+    /// `max_stream_duration` (`Some(None)`: 0, no duration; `None`: unset, the connection
+    /// manager's applies).
+    pub max: Option<Option<Duration>>,
     /// `grpc_timeout_header_max`: a request's `grpc-timeout` sets the duration, capped by
     /// this (`Some(None)`: 0, no cap).
     pub grpc_header_max: Option<Option<Duration>>,
@@ -543,7 +544,15 @@ impl RouteAction {
     /// Envoy 1.40): `max_stream_duration` replaces `timeout` (a request's `grpc-timeout`
     /// sets the duration when `grpc_timeout_header_max` is given, whatever its content
     /// type); `max_grpc_timeout` takes a gRPC request's `grpc-timeout` as the route timeout.
-    pub fn timeouts(&self, grpc: bool, grpc_timeout: Option<Duration>) -> RequestTimeouts {
+    /// `hcm_duration` (the connection manager's `max_stream_duration`) is the duration
+    /// where the route sets none; the server learns it as a `grpc-timeout` only on a route
+    /// with `max_stream_duration` (as Envoy).
+    pub fn timeouts(
+        &self,
+        grpc: bool,
+        grpc_timeout: Option<Duration>,
+        hcm_duration: Option<Duration>,
+    ) -> RequestTimeouts {
         let nonzero = |d: Duration| (!d.is_zero()).then_some(d);
         if let Some(sd) = &self.stream_duration {
             let from_header = match (sd.grpc_header_max, grpc_timeout) {
@@ -556,7 +565,7 @@ impl RouteAction {
                 }
                 _ => None,
             };
-            let duration = from_header.map_or(sd.max, nonzero);
+            let duration = from_header.map_or(sd.max.unwrap_or(hcm_duration), nonzero);
             return RequestTimeouts {
                 route: None,
                 duration,
@@ -572,13 +581,13 @@ impl RouteAction {
                 };
                 RequestTimeouts {
                     route,
-                    duration: None,
+                    duration: hcm_duration,
                     grpc_timeout: route,
                 }
             }
             _ => RequestTimeouts {
                 route: self.timeout,
-                duration: None,
+                duration: hcm_duration,
                 grpc_timeout: None,
             },
         }
@@ -1527,7 +1536,7 @@ fn compile_route_action(
             let d = |v, f: &str| duration_opt(v, &format!("{mpath}.{f}"));
             Some(StreamDuration {
                 max: d(m.max_stream_duration.as_ref(), "max_stream_duration")?
-                    .filter(|d| !d.is_zero()),
+                    .map(|d| (!d.is_zero()).then_some(d)),
                 grpc_header_max: d(
                     m.grpc_timeout_header_max.as_ref(),
                     "grpc_timeout_header_max",

@@ -544,3 +544,55 @@ fn idle_websocket_is_closed_like_envoy() {
     };
     assert_eq!(run(&envoy), (true, true), "envoy");
 }
+
+/// A stream's `max_stream_duration` (the connection manager's here, or its route's) ends a
+/// tunnel however busy it is, as Envoy resets it; a route's `0s` lifts it.
+#[test]
+fn websocket_ends_with_its_stream_duration_like_envoy() {
+    let ws = start_ws_echo();
+    let hcm = "          upgrade_configs: [ { upgrade_type: websocket } ]\n          common_http_protocol_options: { max_stream_duration: 0.5s }\n";
+    let routes = r#"            name: local
+            virtual_hosts:
+            - name: main
+              domains: ["*"]
+              routes:
+              - match: { prefix: "/unbounded" }
+                route: { cluster: ws, max_stream_duration: { max_stream_duration: 0s } }
+              - match: { prefix: "/" }
+                route: { cluster: ws }
+"#;
+    let boot = bootstrap(routes, hcm, &cluster("ws", &[ws], ""));
+    // How long the tunnel lasted while used every 0.1 s (at most 2 s of pings).
+    let run = |p: &Courier, path: &str| -> Option<Duration> {
+        let (mut s, mut reader, resp) = open_upgrade(p.listener, path);
+        assert_eq!(resp.status, 101);
+        let started = std::time::Instant::now();
+        for _ in 0..20 {
+            std::thread::sleep(Duration::from_millis(100));
+            let mut back = [0u8; 4];
+            if s.write_all(b"ping").is_err() || reader.read_exact(&mut back).is_err() {
+                return Some(started.elapsed());
+            }
+        }
+        None
+    };
+    let check = |name: &str, p: &Courier| {
+        let ended = run(p, "/chat").unwrap_or_else(|| panic!("{name}: the tunnel outlived 2 s"));
+        assert!(
+            ended >= Duration::from_millis(400),
+            "{name}: ended after {ended:?}"
+        );
+        assert_eq!(run(p, "/unbounded/chat"), None, "{name}: 0s is no limit");
+    };
+    let courier = Courier::start(&boot);
+    check("courier", &courier);
+    assert_eq!(
+        courier.wait_stat("http.ingress.downstream_rq_max_duration_reached", 1),
+        1
+    );
+    let Some(envoy) = Courier::start_envoy(&boot) else {
+        eprintln!("envoy not on PATH: skipping the tunnel duration differential");
+        return;
+    };
+    check("envoy", &envoy);
+}

@@ -116,17 +116,18 @@
 //!   route timeout. As Envoy (`stream_durations_and_grpc_timeouts_match_envoy`). The
 //!   connection manager's `common_http_protocol_options.max_stream_duration` is the
 //!   duration of every stream whose route sets none, beside the route timeout
-//!   (`connection_manager_stream_duration_matches_envoy`); an upgrade's tunnel has none.
+//!   (`connection_manager_stream_duration_matches_envoy`). Either ends an upgrade's
+//!   tunnel, however busy, as Envoy resets it (`websocket_ends_with_its_stream_duration_like_envoy`).
 //! - Accepted and not acted on (control planes set them routinely, so refusing them would
 //!   refuse whole listeners; found by an audit of every field): a route's
 //!   `flush_timeout`, `internal_redirect_action`; the connection manager's
 //!   `internal_address_config`, `stream_flush_timeout`, `delayed_close_timeout`,
-//!   `drain_timeout`, HTTP/2 window,
-//!   keepalive and flood settings, and `http_protocol_options` other than
-//!   `accept_http_10`; a cluster's `common_http_protocol_options` other than the three
-//!   below (`max_headers_count`, `max_stream_duration`, `headers_with_underscores_action`),
-//!   `HttpProtocolOptions.retry_policy`, `retry_budget`, `per_host_thresholds`, slow start,
-//!   DNS refresh settings and upstream HTTP/2 settings.
+//!   `drain_timeout`, HTTP/2 window, keepalive and flood settings, and
+//!   `http_protocol_options` other than `accept_http_10`; a cluster's
+//!   `common_http_protocol_options` `max_headers_count`, `max_stream_duration` and
+//!   `headers_with_underscores_action`, `HttpProtocolOptions.retry_policy`,
+//!   `retry_budget`, `per_host_thresholds`, slow start, DNS refresh settings and upstream
+//!   HTTP/2 settings.
 //! - Upstream connections live as a cluster's `common_http_protocol_options` say, as in
 //!   Envoy (`tests/http_conn_lifetime.rs`): `idle_timeout` (default 1 h) closes a
 //!   connection with nothing on it; `max_requests_per_connection` (or the legacy cluster

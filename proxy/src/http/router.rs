@@ -1082,8 +1082,8 @@ async fn forward(
         cfg.max_stream_duration,
     );
     let global_deadline = timeouts.route.map(|t| start + t);
-    // `max_stream_duration` (not for an upgrade's tunnel).
-    let duration_deadline = timeouts.duration.filter(|_| !is_upgrade).map(|d| start + d);
+    // `max_stream_duration`, an upgrade's tunnel included (Envoy resets it).
+    let duration_deadline = timeouts.duration.map(|d| start + d);
     if let Some(t) = timeouts.grpc_timeout.filter(|_| !is_upgrade) {
         // As Envoy: the gRPC server learns the deadline the proxy holds it to.
         parts.headers.insert(GRPC_TIMEOUT, grpc_timeout_value(t));
@@ -1267,7 +1267,10 @@ async fn forward(
                     up_req,
                     downstream,
                     conn,
-                    action.idle_timeout,
+                    TunnelLimits {
+                        idle_timeout: action.idle_timeout,
+                        ends_at: duration_deadline,
+                    },
                 ));
                 rt::timeout(try_deadline, upgraded).await
             }
@@ -1514,6 +1517,14 @@ async fn backoff(
 /// Sends an upgrade request (websocket) on a connection of its own and, on `101`, joins
 /// it with the downstream connection into a tunnel (Envoy's upgrade handling; the pool's
 /// connections are never upgraded, so they stay reusable).
+/// What bounds an upgrade's tunnel besides the connection manager's stream idle timeout.
+struct TunnelLimits {
+    /// The route's `idle_timeout`.
+    idle_timeout: Option<Duration>,
+    /// The end of the stream's `max_stream_duration`.
+    ends_at: Option<Instant>,
+}
+
 async fn send_upgrade(
     cluster: &Arc<ClusterInfo>,
     host: &Arc<crate::upstream::Host>,
@@ -1521,7 +1532,7 @@ async fn send_upgrade(
     req: Request<ProxyBody>,
     downstream: DownstreamUpgrade,
     downstream_conn: &Rc<ConnInfo>,
-    route_idle_timeout: Option<Duration>,
+    limits: TunnelLimits,
 ) -> Result<Response<ProxyBody>, AttemptError> {
     let stats = cluster.stats.clone();
     stats.upstream_cx_total.inc(worker);
@@ -1572,8 +1583,12 @@ async fn send_upgrade(
             cfg.stats.downstream_rq_idle_timeout.clone(),
             worker,
         );
-        if let Some(t) = route_idle_timeout {
+        if let Some(t) = limits.idle_timeout {
             idle.set_route_timeout(t);
+        }
+        // The stream's `max_stream_duration` ends the tunnel (Envoy resets it).
+        if let Some(d) = limits.ends_at {
+            idle.set_response_deadline(d, cfg.stats.downstream_rq_max_duration_reached.clone());
         }
         upgrade::tunnel(downstream, upstream, idle, move || {
             conn.config.stats.downstream_cx_upgrades_active.dec(worker);

@@ -10,6 +10,7 @@ use hyper::body::Incoming;
 use hyper::body::{Body, Frame, SizeHint};
 
 use super::h1_server::DownstreamBody;
+use super::shadow::ShadowFeed;
 use super::stream_idle::StreamIdle;
 use super::upstream_h1::UpstreamBody;
 
@@ -47,6 +48,30 @@ enum Kind {
     Downstream(DownstreamBody),
     /// Data already read off a body, then the rest of that body.
     Prefixed(Box<Prefixed>),
+    /// A request body whose frames are copied to mirrors as they pass.
+    Tee(Box<Tee>),
+    /// A mirror's copy of a request body.
+    Shadow(Rc<ShadowFeed>),
+}
+
+struct Tee {
+    inner: ProxyBody,
+    feeds: Vec<Rc<ShadowFeed>>,
+}
+
+impl Tee {
+    fn end(&mut self, clean: bool) {
+        for f in self.feeds.drain(..) {
+            f.end(clean);
+        }
+    }
+}
+
+impl Drop for Tee {
+    fn drop(&mut self) {
+        // Dropped before its end: the mirrors' copies are incomplete.
+        self.end(false);
+    }
 }
 
 struct Prefixed {
@@ -115,6 +140,16 @@ impl ProxyBody {
         })))
     }
 
+    /// `inner`, its frames copied to each of `feeds` (request mirrors) as they pass.
+    pub fn tee(inner: ProxyBody, feeds: Vec<Rc<ShadowFeed>>) -> ProxyBody {
+        ProxyBody::of(Kind::Tee(Box::new(Tee { inner, feeds })))
+    }
+
+    /// A mirror's copy of a request body, fed by a [`ProxyBody::tee`].
+    pub fn shadow(feed: Rc<ShadowFeed>) -> ProxyBody {
+        ProxyBody::of(Kind::Shadow(feed))
+    }
+
     /// Ends the body at its trailers instead of passing them on (an HTTP/1.1 upstream's
     /// trailers without `enable_trailers`, which Envoy's codec does not read).
     pub fn without_trailers(mut self) -> ProxyBody {
@@ -155,7 +190,12 @@ impl ProxyBody {
         match &self.kind {
             Kind::Empty => Some(Bytes::new()),
             Kind::Full(b) => b.clone(),
-            Kind::Stream(_) | Kind::Upstream(_) | Kind::Downstream(_) | Kind::Prefixed(_) => None,
+            Kind::Stream(_)
+            | Kind::Upstream(_)
+            | Kind::Downstream(_)
+            | Kind::Prefixed(_)
+            | Kind::Tee(_)
+            | Kind::Shadow(_) => None,
         }
     }
 
@@ -169,6 +209,9 @@ impl ProxyBody {
 impl Drop for ProxyBody {
     fn drop(&mut self) {
         self.finish(false);
+        if let Kind::Shadow(feed) = &self.kind {
+            feed.detach();
+        }
     }
 }
 
@@ -195,6 +238,25 @@ impl Body for ProxyBody {
                 Some(d) => Poll::Ready(Some(Ok(Frame::data(d)))),
                 None => Pin::new(&mut p.rest).poll_frame(cx),
             },
+            Kind::Tee(t) => {
+                let r = Pin::new(&mut t.inner).poll_frame(cx);
+                match &r {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        for f in &t.feeds {
+                            f.push(frame);
+                        }
+                        // The last frame: hyper may not poll again.
+                        if t.inner.is_end_stream() {
+                            t.end(true);
+                        }
+                    }
+                    Poll::Ready(None) => t.end(true),
+                    Poll::Ready(Some(Err(_))) => t.end(false),
+                    Poll::Pending => {}
+                }
+                r
+            }
+            Kind::Shadow(feed) => feed.poll_frame(cx),
         };
         if this.drop_trailers && matches!(&r, Poll::Ready(Some(Ok(f))) if f.is_trailers()) {
             // Trailers come last: the body is complete without them.
@@ -243,6 +305,8 @@ impl Body for ProxyBody {
             Kind::Upstream(inner) => inner.is_end_stream(),
             Kind::Downstream(inner) => inner.is_end_stream(),
             Kind::Prefixed(p) => p.read.is_empty() && p.rest.is_end_stream(),
+            Kind::Tee(t) => t.inner.is_end_stream(),
+            Kind::Shadow(feed) => feed.is_end_stream(),
         }
     }
 
@@ -257,6 +321,8 @@ impl Body for ProxyBody {
             Kind::Downstream(inner) => inner
                 .exact_len()
                 .map_or_else(SizeHint::default, SizeHint::with_exact),
+            Kind::Tee(t) => t.inner.size_hint(),
+            Kind::Shadow(_) => SizeHint::default(),
             Kind::Prefixed(p) => {
                 let read: u64 = p.read.iter().map(|d| d.len() as u64).sum();
                 let rest = p.rest.size_hint();

@@ -102,7 +102,9 @@
 //!   application/grpc`, or `+` a suffix; not `grpc-web`) takes gRPC's form, as Envoy's:
 //!   `200`, the status mapped to a `grpc-status` (gRPC's table: 404 → 12, 503 → 14, …),
 //!   the body as a percent-encoded `grpc-message` (`tests/http_h2.rs`).
-//! - Not yet: hedging, shadowing, CORS, rate limits. Refused as unsupported (they were
+//! - Request mirroring (`request_mirror_policies` of a route, virtual host or route
+//!   configuration) as Envoy's streaming shadows: [`shadow`], `tests/http_shadow.rs`.
+//! - Not yet: hedging, CORS, rate limits. Refused as unsupported (they were
 //!   accepted without effect): a route's `priority: HIGH` and `path_rewrite`, a weighted
 //!   cluster's `host_rewrite_literal` and `header_name`, `most_specific_header_mutations_wins`,
 //!   `ignore_path_parameters_in_path_matching`, a retry policy's `per_try_idle_timeout`,
@@ -149,6 +151,7 @@ pub mod headers;
 pub mod pool;
 pub mod route;
 pub mod router;
+pub mod shadow;
 pub mod stream_idle;
 pub mod upgrade;
 pub mod upstream_h1;

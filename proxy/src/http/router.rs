@@ -23,6 +23,7 @@ use super::pool::{self, PoolError, Sender};
 use super::route::{
     Action, ClusterSpec, HostRewrite, Redirect, Route, RouteAction, RouteTable, VirtualHost,
 };
+use super::shadow;
 use super::stream_idle::{StreamIdle, UntilIdle};
 use super::upgrade::{self, DownstreamUpgrade, WorkerIo};
 use super::upstream_h1::{H1Connection, H1Error};
@@ -943,7 +944,8 @@ fn redirect(
 }
 
 /// Why one attempt failed.
-enum AttemptError {
+#[derive(Debug)]
+pub(super) enum AttemptError {
     Overflow,
     ConnectFailure,
     Reset,
@@ -1120,6 +1122,29 @@ async fn forward(
             }
         }
     }
+    // Request mirrors, sent with the first attempt (not for an upgrade).
+    let mut mirrors = if action.shadows.is_empty() || is_upgrade {
+        Vec::new()
+    } else {
+        // A mirror may fall this far behind: the listener's buffer limit, or the route's
+        // when that is larger (Envoy mirrors bodies past the route's).
+        let limit = route
+            .buffer_limit
+            .map_or(conn.buffer_limit, |l| l.max(conn.buffer_limit));
+        let (mirrors, feeds) = shadow::plan(
+            &action.shadows,
+            &parts.headers,
+            buffered.as_ref(),
+            stream_body.as_ref().is_some_and(|b| !b.is_end_stream()),
+            limit,
+            &pool.stats.retry_or_shadow_abandoned,
+            worker,
+        );
+        if !feeds.is_empty() {
+            stream_body = stream_body.take().map(|b| ProxyBody::tee(b, feeds));
+        }
+        mirrors
+    };
     pool.breakers.requests.set(pool.breakers.requests.get() + 1);
     struct RqGuard(Rc<pool::ClusterPool>);
     impl Drop for RqGuard {
@@ -1248,6 +1273,16 @@ async fn forward(
             up_req
                 .headers_mut()
                 .insert(X_ENVOY_ATTEMPT_COUNT.clone(), decimal_value(attempt.into()));
+        }
+        // The mirrors get the first attempt's head.
+        for mirror in mirrors.drain(..) {
+            mirror.send(
+                &up_req,
+                &upstream_authority,
+                &cfg.store,
+                worker,
+                overall_deadline,
+            );
         }
         pool.stats.rq_total.inc(worker);
         pool.stats.rq_active.inc(worker);
@@ -1635,7 +1670,9 @@ fn http1_response_body(cluster: &ClusterInfo, body: ProxyBody) -> ProxyBody {
     }
 }
 
-async fn send_once(
+/// Sends one request on a connection of `pool` to `host` (a stale kept-alive one is
+/// replaced); the response as its head arrives.
+pub(super) async fn send_once(
     pool: &Rc<pool::ClusterPool>,
     cluster: &Arc<ClusterInfo>,
     host: &Arc<crate::upstream::Host>,

@@ -21,6 +21,7 @@ use http::StatusCode;
 use regex::Regex;
 
 use super::headers::HeaderMutations;
+use super::shadow::{self, ShadowPolicy};
 use crate::config::{self, ConfigError};
 use crate::stats::Store;
 
@@ -512,6 +513,9 @@ pub struct RouteAction {
     pub upgrades: Vec<(String, bool)>,
     /// `cluster_not_found_response_code`.
     pub cluster_not_found: StatusCode,
+    /// `request_mirror_policies` (else the virtual host's, else the route
+    /// configuration's).
+    pub shadows: Arc<[ShadowPolicy]>,
 }
 
 /// A route's `max_stream_duration`.
@@ -832,10 +836,6 @@ impl RouteTable {
                 "cluster_specifier_plugins",
                 !proto.cluster_specifier_plugins.is_empty(),
             ),
-            (
-                "request_mirror_policies",
-                !proto.request_mirror_policies.is_empty(),
-            ),
             ("vhost_header", !proto.vhost_header.is_empty()),
             // Accepted without effect before: refused, so no one relies on them.
             (
@@ -851,6 +851,8 @@ impl RouteTable {
                 return Err(ConfigError::unsupported(field));
             }
         }
+        let table_shadows: Arc<[ShadowPolicy]> =
+            shadow::compile(&proto.request_mirror_policies, "request_mirror_policies")?.into();
         let mut vhosts = Vec::new();
         let mut exact = HashMap::new();
         let mut suffixes = Vec::new();
@@ -877,10 +879,6 @@ impl RouteTable {
                 ("rate_limits", !vh.rate_limits.is_empty()),
                 ("cors", vh.cors.is_some()),
                 ("hedge_policy", vh.hedge_policy.is_some()),
-                (
-                    "request_mirror_policies",
-                    !vh.request_mirror_policies.is_empty(),
-                ),
             ] {
                 if set {
                     return Err(ConfigError::unsupported(format!("{vpath}.{field}")));
@@ -944,9 +942,21 @@ impl RouteTable {
                 vh.request_body_buffer_limit.map(|v| v.value),
                 vh.per_request_buffer_limit_bytes.map(|v| v.value),
             );
+            let vh_shadows: Arc<[ShadowPolicy]> = if vh.request_mirror_policies.is_empty() {
+                table_shadows.clone()
+            } else {
+                shadow::compile(
+                    &vh.request_mirror_policies,
+                    &format!("{vpath}.request_mirror_policies"),
+                )?
+                .into()
+            };
+            let inherited = Inherited {
+                retry: retry_policy.as_ref(),
+                shadows: &vh_shadows,
+            };
             for (ri, r) in vh.routes.iter().enumerate() {
-                let mut route =
-                    compile_route(r, &format!("{vpath}.routes[{ri}]"), retry_policy.as_ref())?;
+                let mut route = compile_route(r, &format!("{vpath}.routes[{ri}]"), &inherited)?;
                 route.buffer_limit = route.buffer_limit.or(vh_buffer_limit);
                 routes.push(route);
             }
@@ -1238,10 +1248,17 @@ impl RouteMatcher {
     }
 }
 
+/// What a route takes from its virtual host (and route configuration) unless it sets its
+/// own.
+struct Inherited<'a> {
+    retry: Option<&'a Arc<RetryPolicy>>,
+    shadows: &'a Arc<[ShadowPolicy]>,
+}
+
 fn compile_route(
     r: &pb::Route,
     path: &str,
-    vh_retry: Option<&Arc<RetryPolicy>>,
+    inherited: &Inherited<'_>,
 ) -> Result<Route, ConfigError> {
     use pb::route_match::PathSpecifier as P;
     let Some(m) = &r.r#match else {
@@ -1331,9 +1348,11 @@ fn compile_route(
         grpc: m.grpc.is_some(),
     };
     let action = match &r.action {
-        Some(pb::route::Action::Route(a)) => {
-            Action::Route(compile_route_action(a, &format!("{path}.route"), vh_retry)?)
-        }
+        Some(pb::route::Action::Route(a)) => Action::Route(compile_route_action(
+            a,
+            &format!("{path}.route"),
+            inherited,
+        )?),
         Some(pb::route::Action::Redirect(rd)) => {
             Action::Redirect(compile_redirect(rd, &format!("{path}.redirect"))?)
         }
@@ -1400,16 +1419,12 @@ fn buffer_limit(request_body: Option<u64>, per_request: Option<u32>) -> Option<u
 fn compile_route_action(
     a: &pb::RouteAction,
     path: &str,
-    vh_retry: Option<&Arc<RetryPolicy>>,
+    inherited: &Inherited<'_>,
 ) -> Result<RouteAction, ConfigError> {
     use pb::route_action::{ClusterSpecifier as C, HostRewriteSpecifier as H};
     for (field, set) in [
         ("metadata_match", a.metadata_match.is_some()),
         ("path_rewrite_policy", a.path_rewrite_policy.is_some()),
-        (
-            "request_mirror_policies",
-            !a.request_mirror_policies.is_empty(),
-        ),
         ("rate_limits", !a.rate_limits.is_empty()),
         ("hash_policy", !a.hash_policy.is_empty()),
         ("cors", a.cors.is_some()),
@@ -1571,7 +1586,7 @@ fn compile_route_action(
             p,
             &format!("{path}.retry_policy"),
         )?)),
-        None => vh_retry.cloned(),
+        None => inherited.retry.cloned(),
     };
     let upgrades = a
         .upgrade_configs
@@ -1610,6 +1625,15 @@ fn compile_route_action(
         retry_policy,
         upgrades,
         cluster_not_found,
+        shadows: if a.request_mirror_policies.is_empty() {
+            inherited.shadows.clone()
+        } else {
+            shadow::compile(
+                &a.request_mirror_policies,
+                &format!("{path}.request_mirror_policies"),
+            )?
+            .into()
+        },
     })
 }
 

@@ -108,7 +108,8 @@
 //!   accepted without effect): a route's `priority: HIGH` and `path_rewrite`, a weighted
 //!   cluster's `host_rewrite_literal` and `header_name`, `most_specific_header_mutations_wins`,
 //!   `ignore_path_parameters_in_path_matching`, a retry policy's `per_try_idle_timeout`,
-//!   `rate_limited_retry_back_off` and `retry_options_predicates`, and a filter chain's
+//!   `rate_limited_retry_back_off` and `retry_options_predicates`, a route's
+//!   `internal_redirect_action: HANDLE_INTERNAL_REDIRECT`, and a filter chain's
 //!   `use_proxy_proto`.
 //! - A route's `max_stream_duration` replaces its `timeout` and ends the stream
 //!   (`504 downstream duration timeout`, gRPC's DEADLINE_EXCEEDED,
@@ -122,7 +123,7 @@
 //!   tunnel, however busy, as Envoy resets it (`websocket_ends_with_its_stream_duration_like_envoy`).
 //! - Accepted and not acted on (control planes set them routinely, so refusing them would
 //!   refuse whole listeners; found by an audit of every field): a route's
-//!   `flush_timeout`, `internal_redirect_action`; the connection manager's
+//!   `flush_timeout`; the connection manager's
 //!   `internal_address_config`, `stream_flush_timeout`, `delayed_close_timeout`,
 //!   `drain_timeout`, HTTP/2 window, keepalive and flood settings, and
 //!   `http_protocol_options` other than `accept_http_10`; a cluster's

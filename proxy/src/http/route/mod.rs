@@ -1416,6 +1416,11 @@ fn buffer_limit(request_body: Option<u64>, per_request: Option<u32>) -> Option<u
         .map(|v| usize::try_from(v).unwrap_or(usize::MAX))
 }
 
+#[allow(deprecated)] // still what older configs say
+fn internal_redirect_action(a: &pb::RouteAction) -> i32 {
+    a.internal_redirect_action
+}
+
 fn compile_route_action(
     a: &pb::RouteAction,
     path: &str,
@@ -1436,6 +1441,8 @@ fn compile_route_action(
             "internal_redirect_policy",
             a.internal_redirect_policy.is_some(),
         ),
+        // The deprecated form: HANDLE_INTERNAL_REDIRECT (PASS_THROUGH is what Courier does).
+        ("internal_redirect_action", internal_redirect_action(a) != 0),
         (
             "retry_policy_typed_config",
             a.retry_policy_typed_config.is_some(),
@@ -1693,6 +1700,43 @@ mod tests {
         let rc: RouteConfiguration =
             courier_proto::from_value(&yaml_json).expect("valid proto json");
         RouteTable::compile(&rc, &Store::new(1))
+    }
+
+    #[test]
+    fn internal_redirects_and_bad_mirrors_are_refused_by_path() {
+        let route = |action: serde_json::Value| {
+            table(serde_json::json!({
+                "name": "r",
+                "virtual_hosts": [{"name": "v", "domains": ["*"], "routes": [
+                    {"match": {"prefix": "/"}, "route": action}
+                ]}]
+            }))
+            .err()
+            .expect("must fail")
+            .path
+        };
+        assert_eq!(
+            route(
+                serde_json::json!({"cluster": "c", "internal_redirect_action": "HANDLE_INTERNAL_REDIRECT"})
+            ),
+            "virtual_hosts[0].routes[0].route.internal_redirect_action"
+        );
+        assert_eq!(
+            route(
+                serde_json::json!({"cluster": "c", "request_mirror_policies": [
+                    {"cluster": "a", "cluster_header": "x-b"}
+                ]})
+            ),
+            "virtual_hosts[0].routes[0].route.request_mirror_policies[0]"
+        );
+        assert_eq!(
+            route(
+                serde_json::json!({"cluster": "c", "request_mirror_policies": [
+                    {"cluster": "a"}, {"cluster": "b", "host_rewrite_literal": "h"}
+                ]})
+            ),
+            "virtual_hosts[0].routes[0].route.request_mirror_policies[1].host_rewrite_literal"
+        );
     }
 
     #[test]

@@ -203,8 +203,8 @@ impl HttpConnection {
         let cfg = &self.config;
         let mut b = http2::Builder::new(LocalExec);
         b.timer(RtTimer)
-            .max_concurrent_streams(cfg.h2_max_concurrent_streams)
             .max_header_list_size(cfg.max_request_headers_kb * 1024);
+        cfg.h2.apply_server(&mut b);
         if cfg.h2_allow_connect {
             b.enable_connect_protocol();
         }

@@ -1,5 +1,6 @@
 //! The compiled `envoy.filters.network.http_connection_manager` config.
 
+use super::h2_options::H2Options;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -257,8 +258,8 @@ pub struct HcmConfig {
     pub upgrades: Vec<String>,
     /// Router `suppress_envoy_headers`.
     pub suppress_envoy_headers: bool,
-    /// `http2_protocol_options.max_concurrent_streams` (default 2147483647).
-    pub h2_max_concurrent_streams: u32,
+    /// `http2_protocol_options`: streams, windows and keepalive of HTTP/2 connections.
+    pub h2: H2Options,
     /// `http2_protocol_options.allow_connect`: HTTP/2 extended CONNECT (RFC 8441), which
     /// carries websockets over HTTP/2.
     pub h2_allow_connect: bool,
@@ -494,11 +495,10 @@ impl HcmConfig {
             }
         }
         let h1 = proto.http_protocol_options.as_ref();
-        let h2_max_concurrent_streams = proto
-            .http2_protocol_options
-            .as_ref()
-            .and_then(|o| o.max_concurrent_streams.as_ref())
-            .map_or(2_147_483_647, |v| v.value);
+        let h2 = H2Options::compile(
+            proto.http2_protocol_options.as_ref(),
+            "http2_protocol_options",
+        )?;
         let h2_allow_connect = proto
             .http2_protocol_options
             .as_ref()
@@ -573,7 +573,7 @@ impl HcmConfig {
                 .filter(|s| !s.is_empty()),
             upgrades,
             suppress_envoy_headers,
-            h2_max_concurrent_streams,
+            h2,
             h2_allow_connect,
             access_logs,
             stats: HttpStats::new(store, &proto.stat_prefix),

@@ -125,12 +125,14 @@
 //!   refuse whole listeners; found by an audit of every field): a route's
 //!   `flush_timeout`; the connection manager's
 //!   `internal_address_config`, `stream_flush_timeout`, `delayed_close_timeout`,
-//!   `drain_timeout`, HTTP/2 window, keepalive and flood settings, and
-//!   `http_protocol_options` other than `accept_http_10`; a cluster's
-//!   `common_http_protocol_options` `max_headers_count`, `max_stream_duration` and
-//!   `headers_with_underscores_action`, `HttpProtocolOptions.retry_policy`,
-//!   `retry_budget`, `per_host_thresholds`, slow start, DNS refresh settings and upstream
-//!   HTTP/2 settings.
+//!   `drain_timeout`, HTTP/2 flood settings, and `http_protocol_options` other than
+//!   `accept_http_10`; a cluster's `common_http_protocol_options` `max_headers_count`,
+//!   `max_stream_duration` and `headers_with_underscores_action`, `retry_budget`,
+//!   `per_host_thresholds`, slow start and DNS refresh settings; HTTP/2's
+//!   `interval_jitter`, `connection_idle_interval` and `hpack_table_size`.
+//! - `http2_protocol_options` windows and `connection_keepalive`, downstream and upstream,
+//!   as Envoy ([`h2_options`], `tests/http_h2_options.rs`); unset windows stay hyper's
+//!   1 MiB (Envoy: 256 MiB), a documented difference.
 //! - Upstream connections live as a cluster's `common_http_protocol_options` say, as in
 //!   Envoy (`tests/http_conn_lifetime.rs`): `idle_timeout` (default 1 h) closes a
 //!   connection with nothing on it; `max_requests_per_connection` (or the legacy cluster
@@ -145,6 +147,7 @@ pub mod conn;
 pub mod downstream_h1;
 pub mod h1_head;
 pub mod h1_server;
+pub mod h2_options;
 pub mod h2_settings;
 pub mod hcm;
 pub mod header_map_pool;

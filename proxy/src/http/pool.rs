@@ -716,7 +716,7 @@ impl ClusterPool {
         h.h2.retain(|c| !c.sender.is_closed());
         let i =
             h.h2.iter()
-                .position(|c| c.has_room(cluster.http2_max_streams))?;
+                .position(|c| c.has_room(cluster.http2_options.max_concurrent_streams))?;
         let c = &mut h.h2[i];
         c.usage.active.set(c.usage.active.get() + 1);
         c.requests += 1;
@@ -780,10 +780,10 @@ impl ClusterPool {
             let pool = self.clone();
             // Requests waiting for this connection's settings may fit on it now.
             let io = SettingsWatch::new(io, peer.clone(), Box::new(move || pool.wake_all()));
-            let handshake = http2::Builder::new(LocalExec)
-                .timer(RtTimer)
-                .handshake::<_, ProxyBody>(io)
-                .await;
+            let mut builder = http2::Builder::new(LocalExec);
+            builder.timer(RtTimer);
+            cluster.http2_options.apply_client(&mut builder);
+            let handshake = builder.handshake::<_, ProxyBody>(io).await;
             self.hosts
                 .borrow_mut()
                 .entry(host.address)

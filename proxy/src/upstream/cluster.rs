@@ -6,8 +6,7 @@ use std::time::Duration;
 
 use courier_proto::envoy::config::cluster::v3::{self as pb, cluster};
 use courier_proto::envoy::config::core::v3::{
-    ConfigSource, HealthStatus, Http2ProtocolOptions,
-    HttpProtocolOptions as CommonHttpProtocolOptions,
+    ConfigSource, HealthStatus, HttpProtocolOptions as CommonHttpProtocolOptions,
 };
 use courier_proto::envoy::config::endpoint::v3::{lb_endpoint, ClusterLoadAssignment};
 use courier_proto::envoy::extensions::upstreams::http::v3::{
@@ -16,6 +15,7 @@ use courier_proto::envoy::extensions::upstreams::http::v3::{
 
 use super::host::{Host, HostHealth, HostSet, HostStats};
 use crate::config::{self, ConfigError};
+use crate::http::h2_options::H2Options;
 use crate::memory::Encoded;
 use crate::stats::{Counter, Gauge, Store};
 
@@ -155,9 +155,9 @@ pub struct ClusterInfo {
     pub thresholds: Thresholds,
     /// Whether upstream HTTP uses HTTP/2.
     pub http2: bool,
-    /// `http2_protocol_options.max_concurrent_streams`: streams per upstream HTTP/2
-    /// connection (default 2147483647), below the server's own limit.
-    pub http2_max_streams: u32,
+    /// `http2_protocol_options` (typed or legacy): `max_concurrent_streams` is the most
+    /// streams an upstream HTTP/2 connection carries, below the server's own limit.
+    pub http2_options: H2Options,
     /// `http_protocol_options.enable_trailers`: an HTTP/1.1 upstream's response trailers
     /// are passed on (off by default, as Envoy, whose HTTP/1 codec then drops them).
     pub http1_trailers: bool,
@@ -183,7 +183,7 @@ impl ClusterInfo {
             buffer_limit: self.buffer_limit,
             thresholds: self.thresholds,
             http2: self.http2,
-            http2_max_streams: self.http2_max_streams,
+            http2_options: self.http2_options,
             http1_trailers: self.http1_trailers,
             conn_lifetime: self.conn_lifetime,
             hosts,
@@ -276,7 +276,7 @@ pub fn compile_cluster(proto: &pb::Cluster, store: &Store) -> Result<ClusterInfo
     let thresholds = thresholds(proto);
     let UpstreamHttp {
         http2,
-        http2_max_streams,
+        http2_options,
         http1_trailers,
         conn_lifetime,
     } = upstream_http(proto)?;
@@ -306,7 +306,7 @@ pub fn compile_cluster(proto: &pb::Cluster, store: &Store) -> Result<ClusterInfo
         buffer_limit,
         thresholds,
         http2,
-        http2_max_streams,
+        http2_options,
         http1_trailers,
         conn_lifetime,
         hosts,
@@ -376,7 +376,7 @@ fn thresholds(proto: &pb::Cluster) -> Thresholds {
 /// The protocol a cluster's upstream HTTP speaks, and how.
 struct UpstreamHttp {
     http2: bool,
-    http2_max_streams: u32,
+    http2_options: H2Options,
     http1_trailers: bool,
     conn_lifetime: ConnLifetime,
 }
@@ -447,19 +447,13 @@ fn parse_conn_lifetime(
     Ok(out)
 }
 
-/// Envoy's default `max_concurrent_streams`.
-const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 2_147_483_647;
-
-/// `max_concurrent_streams` of HTTP/2 protocol options.
-fn max_streams(o: Option<&Http2ProtocolOptions>) -> u32 {
-    o.and_then(|o| o.max_concurrent_streams.as_ref())
-        .map_or(DEFAULT_MAX_CONCURRENT_STREAMS, |v| v.value)
-}
-
 #[allow(deprecated)] // the legacy `http2_protocol_options` is still common in configs
 fn upstream_http(proto: &pb::Cluster) -> Result<UpstreamHttp, ConfigError> {
     let mut http2 = proto.http2_protocol_options.is_some();
-    let mut http2_max_streams = max_streams(proto.http2_protocol_options.as_ref());
+    let mut http2_options = H2Options::compile(
+        proto.http2_protocol_options.as_ref(),
+        "http2_protocol_options",
+    )?;
     let mut http1_trailers = proto
         .http_protocol_options
         .as_ref()
@@ -499,7 +493,10 @@ fn upstream_http(proto: &pb::Cluster) -> Result<UpstreamHttp, ConfigError> {
                         http1_trailers = o.enable_trailers;
                     }
                     Some(ProtocolConfig::Http2ProtocolOptions(o)) => {
-                        http2_max_streams = max_streams(Some(o));
+                        http2_options = H2Options::compile(
+                            Some(o),
+                            &format!("{path}.explicit_http_config.http2_protocol_options"),
+                        )?;
                     }
                     _ => {}
                 }
@@ -517,7 +514,7 @@ fn upstream_http(proto: &pb::Cluster) -> Result<UpstreamHttp, ConfigError> {
     }
     Ok(UpstreamHttp {
         http2,
-        http2_max_streams,
+        http2_options,
         http1_trailers,
         conn_lifetime,
     })

@@ -1,0 +1,198 @@
+//! `Http2ProtocolOptions` of a connection manager (downstream) or a cluster (upstream), as
+//! they apply to hyper's HTTP/2 builders.
+//!
+//! - `max_concurrent_streams` (default 2147483647, as Envoy).
+//! - `initial_stream_window_size` and `initial_connection_window_size` when set (Envoy's
+//!   range, 65535 to 2147483647). **Unset, hyper's 1 MiB windows stay**, where Envoy
+//!   advertises 256 MiB: a deliberate difference, as a peer may send a whole window that
+//!   nothing reads yet, and 256 MiB a stream is more than a proxy should hold.
+//! - `connection_keepalive`: a PING every `interval` (jitter aside) and the connection
+//!   closed when its answer takes longer than `timeout`, as Envoy. `interval_jitter` and
+//!   `connection_idle_interval` are not acted on (hyper has neither).
+
+use std::time::Duration;
+
+use courier_proto::envoy::config::core::v3::Http2ProtocolOptions;
+
+use crate::config::{self, ConfigError};
+use crate::event::rt::LocalExec;
+
+/// Envoy's default (and maximum) `max_concurrent_streams`.
+pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 2_147_483_647;
+
+/// The window sizes Envoy accepts.
+const WINDOW_RANGE: std::ops::RangeInclusive<u32> = 65_535..=2_147_483_647;
+
+/// Compiled HTTP/2 protocol options.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct H2Options {
+    /// `max_concurrent_streams`.
+    pub max_concurrent_streams: u32,
+    /// `initial_stream_window_size`.
+    pub stream_window: Option<u32>,
+    /// `initial_connection_window_size`.
+    pub connection_window: Option<u32>,
+    /// `connection_keepalive`: PING interval and how long an answer may take.
+    pub keepalive: Option<(Duration, Duration)>,
+}
+
+impl Default for H2Options {
+    fn default() -> Self {
+        H2Options {
+            max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
+            stream_window: None,
+            connection_window: None,
+            keepalive: None,
+        }
+    }
+}
+
+impl H2Options {
+    /// Compiles `options` (found at `path`); none gives Envoy's defaults.
+    pub fn compile(
+        options: Option<&Http2ProtocolOptions>,
+        path: &str,
+    ) -> Result<H2Options, ConfigError> {
+        let Some(o) = options else {
+            return Ok(H2Options::default());
+        };
+        let window = |v: Option<u32>, field: &str| -> Result<Option<u32>, ConfigError> {
+            match v {
+                Some(n) if !WINDOW_RANGE.contains(&n) => Err(ConfigError::new(
+                    format!("{path}.{field}"),
+                    format!("value must be inside range [65535, 2147483647], got {n}"),
+                )),
+                v => Ok(v),
+            }
+        };
+        let max_concurrent_streams = o
+            .max_concurrent_streams
+            .as_ref()
+            .map_or(DEFAULT_MAX_CONCURRENT_STREAMS, |v| v.value);
+        if max_concurrent_streams == 0 {
+            return Err(ConfigError::new(
+                format!("{path}.max_concurrent_streams"),
+                "value must be inside range [1, 2147483647]",
+            ));
+        }
+        let keepalive = match &o.connection_keepalive {
+            None => None,
+            Some(k) => {
+                let kpath = format!("{path}.connection_keepalive");
+                let Some(timeout) = &k.timeout else {
+                    return Err(ConfigError::new(
+                        format!("{kpath}.timeout"),
+                        "value is required",
+                    ));
+                };
+                let timeout = config::duration(timeout, &format!("{kpath}.timeout"))?;
+                if timeout < Duration::from_millis(1) {
+                    return Err(ConfigError::new(
+                        format!("{kpath}.timeout"),
+                        "value must be at least 1ms",
+                    ));
+                }
+                // Without an interval Envoy sends no periodic PINGs.
+                match &k.interval {
+                    Some(i) => {
+                        let interval = config::duration(i, &format!("{kpath}.interval"))?;
+                        (interval >= Duration::from_millis(1)).then_some((interval, timeout))
+                    }
+                    None => None,
+                }
+            }
+        };
+        Ok(H2Options {
+            max_concurrent_streams,
+            stream_window: window(
+                o.initial_stream_window_size.as_ref().map(|v| v.value),
+                "initial_stream_window_size",
+            )?,
+            connection_window: window(
+                o.initial_connection_window_size.as_ref().map(|v| v.value),
+                "initial_connection_window_size",
+            )?,
+            keepalive,
+        })
+    }
+
+    /// Applies these options to a downstream connection's builder.
+    pub fn apply_server(&self, b: &mut hyper::server::conn::http2::Builder<LocalExec>) {
+        b.max_concurrent_streams(self.max_concurrent_streams);
+        if let Some(w) = self.stream_window {
+            b.initial_stream_window_size(w);
+        }
+        if let Some(w) = self.connection_window {
+            b.initial_connection_window_size(w);
+        }
+        if let Some((interval, timeout)) = self.keepalive {
+            b.keep_alive_interval(interval).keep_alive_timeout(timeout);
+        }
+    }
+
+    /// Applies these options to an upstream connection's builder.
+    pub fn apply_client(&self, b: &mut hyper::client::conn::http2::Builder<LocalExec>) {
+        if let Some(w) = self.stream_window {
+            b.initial_stream_window_size(w);
+        }
+        if let Some(w) = self.connection_window {
+            b.initial_connection_window_size(w);
+        }
+        if let Some((interval, timeout)) = self.keepalive {
+            // Envoy pings on its interval whether or not streams are open.
+            b.keep_alive_interval(interval)
+                .keep_alive_timeout(timeout)
+                .keep_alive_while_idle(true);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn compile(json: serde_json::Value) -> Result<H2Options, ConfigError> {
+        let o: Http2ProtocolOptions = courier_proto::from_value(&json).expect("proto json");
+        H2Options::compile(Some(&o), "http2_protocol_options")
+    }
+
+    #[test]
+    fn options_compile_with_envoy_ranges() {
+        assert_eq!(
+            compile(serde_json::json!({})).ok(),
+            Some(H2Options::default())
+        );
+        let o = compile(serde_json::json!({
+            "max_concurrent_streams": 7,
+            "initial_stream_window_size": 65535,
+            "initial_connection_window_size": 1048576,
+            "connection_keepalive": {"interval": "2s", "timeout": "1s"}
+        }))
+        .expect("compiles");
+        assert_eq!(o.max_concurrent_streams, 7);
+        assert_eq!(
+            (o.stream_window, o.connection_window),
+            (Some(65535), Some(1048576))
+        );
+        assert_eq!(
+            o.keepalive,
+            Some((Duration::from_secs(2), Duration::from_secs(1)))
+        );
+        let err =
+            compile(serde_json::json!({"initial_stream_window_size": 100})).expect_err("refused");
+        assert_eq!(
+            err.path,
+            "http2_protocol_options.initial_stream_window_size"
+        );
+        let err = compile(serde_json::json!({"connection_keepalive": {"interval": "1s"}}))
+            .expect_err("refused");
+        assert_eq!(
+            err.path,
+            "http2_protocol_options.connection_keepalive.timeout"
+        );
+        // A timeout without an interval: no periodic PINGs.
+        let o = compile(serde_json::json!({"connection_keepalive": {"timeout": "1s"}}))
+            .expect("compiles");
+        assert_eq!(o.keepalive, None);
+    }
+}

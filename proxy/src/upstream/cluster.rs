@@ -474,6 +474,24 @@ fn upstream_http(proto: &pb::Cluster) -> Result<UpstreamHttp, ConfigError> {
         }
         let opts: HttpProtocolOptions = courier_proto::unpack_any(any)
             .map_err(|e| ConfigError::new(path.clone(), e.to_string()))?;
+        // Not built: refused rather than ignored, as each changes what traffic gets.
+        for (field, set) in [
+            ("http_filters", !opts.http_filters.is_empty()),
+            ("retry_policy", opts.retry_policy.is_some()),
+            (
+                "request_mirror_policies",
+                !opts.request_mirror_policies.is_empty(),
+            ),
+            ("outlier_detection", opts.outlier_detection.is_some()),
+            (
+                "header_validation_config",
+                opts.header_validation_config.is_some(),
+            ),
+        ] {
+            if set {
+                return Err(ConfigError::unsupported(format!("{path}.{field}")));
+            }
+        }
         // The typed options replace the legacy ones, as in Envoy.
         conn_lifetime = parse_conn_lifetime(
             opts.common_http_protocol_options.as_ref(),
@@ -695,6 +713,21 @@ mod tests {
         .expect("compiles")
         .conn_lifetime;
         assert_eq!(replaced.idle_timeout, Some(Duration::from_secs(3600)));
+    }
+
+    #[test]
+    fn cluster_http_options_courier_does_not_build_are_refused() {
+        let err = compile(&typed("{}").replace(
+            "    explicit_http_config:",
+            "    retry_policy: { retry_on: 5xx }\n    explicit_http_config:",
+        ))
+        .err()
+        .expect("refused");
+        assert!(
+            err.to_string()
+                .contains("HttpProtocolOptions\"].retry_policy"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -281,3 +281,101 @@ fn retry_conditions_match_envoy() {
     };
     assert_eq!(retry_condition_cases(&envoy, &a), got, "envoy vs courier");
 }
+
+/// A cluster's `retry_budget` replaces `max_retries`: with no budget (0%, no minimum)
+/// every retry overflows; a minimum of one lets one through. As Envoy (it was accepted
+/// without effect).
+#[test]
+fn retry_budgets_match_envoy() {
+    let routes = r#"            name: local
+            virtual_hosts:
+            - name: main
+              domains: ["*"]
+              routes:
+              - match: { prefix: "/none" }
+                route: { cluster: none, retry_policy: { retry_on: "5xx", num_retries: 1, retry_back_off: { base_interval: 0.005s } } }
+              - match: { prefix: "/one" }
+                route: { cluster: one, retry_policy: { retry_on: "5xx", num_retries: 1, retry_back_off: { base_interval: 0.005s } } }
+"#;
+    let budget = |min: u32| {
+        format!("    circuit_breakers:\n      thresholds:\n      - retry_budget: {{ budget_percent: {{ value: 0 }}, min_retry_concurrency: {min} }}\n")
+    };
+    let run = |p: &Courier, a: &Upstream| {
+        let mut seen = Vec::new();
+        for path in ["/none/flaky/1/x", "/one/flaky/1/x"] {
+            let before = a.requests.load(Ordering::SeqCst);
+            let r = get(p.listener, "h", path, &[]);
+            let attempts = a.requests.load(Ordering::SeqCst) - before;
+            seen.push(format!("{path}: {} after {attempts}", r.status));
+        }
+        for c in ["none", "one"] {
+            let name = format!("cluster.{c}.upstream_rq_retry_overflow");
+            seen.push(format!("{name}={}", p.stat(&name)));
+        }
+        seen
+    };
+    let boot = |a: &Upstream| {
+        let clusters = [
+            cluster("none", &[a.addr], &budget(0)),
+            cluster("one", &[a.addr], &budget(1)),
+        ]
+        .concat();
+        bootstrap(routes, "", &clusters)
+    };
+    let a = Upstream::start("a");
+    let got = run(&Courier::start(&boot(&a)), &a);
+    assert_eq!(
+        got,
+        [
+            "/none/flaky/1/x: 503 after 1",
+            "/one/flaky/1/x: 200 after 2",
+            "cluster.none.upstream_rq_retry_overflow=1",
+            "cluster.one.upstream_rq_retry_overflow=0",
+        ]
+    );
+    let a = Upstream::start("a");
+    let Some(envoy) = Courier::start_envoy(&boot(&a)) else {
+        eprintln!("envoy not on PATH: skipping the retry budget differential");
+        return;
+    };
+    assert_eq!(run(&envoy, &a), got, "envoy vs courier");
+}
+
+/// `per_host_thresholds.max_connections`: requests past a host's limit wait for its
+/// connection rather than open another (counted in `upstream_cx_overflow`). As Envoy (it
+/// was accepted without effect).
+#[test]
+fn per_host_connection_limit_matches_envoy() {
+    let routes = r#"            name: local
+            virtual_hosts:
+            - name: main
+              domains: ["*"]
+              routes:
+              - match: { prefix: "/" }
+                route: { cluster: ph }
+"#;
+    let limit = "    circuit_breakers:\n      per_host_thresholds:\n      - max_connections: 1\n";
+    let run = |p: &Courier, a: &Upstream| {
+        let listener = p.listener;
+        let threads: Vec<_> = (0..3)
+            .map(|_| std::thread::spawn(move || get(listener, "h", "/delay/300", &[]).status))
+            .collect();
+        let statuses: Vec<u16> = threads
+            .into_iter()
+            .map(|t| t.join().expect("request thread"))
+            .collect();
+        let overflowed = p.stat("cluster.ph.upstream_cx_overflow") > 0;
+        (statuses, a.connections.load(Ordering::SeqCst), overflowed)
+    };
+    let a = Upstream::start("a");
+    let boot = bootstrap(routes, "", &cluster("ph", &[a.addr], limit));
+    let got = run(&Courier::start(&boot), &a);
+    assert_eq!(got, (vec![200, 200, 200], 1, true));
+    let a = Upstream::start("a");
+    let boot = bootstrap(routes, "", &cluster("ph", &[a.addr], limit));
+    let Some(envoy) = Courier::start_envoy(&boot) else {
+        eprintln!("envoy not on PATH: skipping the per-host limit differential");
+        return;
+    };
+    assert_eq!(run(&envoy, &a), got, "envoy vs courier");
+}

@@ -127,9 +127,12 @@
 //!   `internal_address_config`, `stream_flush_timeout`, `delayed_close_timeout`,
 //!   `drain_timeout`, HTTP/2 flood settings, and `http_protocol_options` other than
 //!   `accept_http_10`; a cluster's `common_http_protocol_options` `max_headers_count`,
-//!   `max_stream_duration` and `headers_with_underscores_action`, `retry_budget`,
-//!   `per_host_thresholds`, slow start and DNS refresh settings; HTTP/2's
+//!   `max_stream_duration` and `headers_with_underscores_action`, slow start and DNS
+//!   refresh settings; HTTP/2's
 //!   `interval_jitter`, `connection_idle_interval` and `hpack_table_size`.
+//! - A cluster's `retry_budget` (in place of `max_retries`) and
+//!   `per_host_thresholds.max_connections`, as Envoy (`tests/http_retries.rs`); counted
+//!   per worker like every circuit breaker here.
 //! - `http2_protocol_options` windows and `connection_keepalive`, downstream and upstream,
 //!   as Envoy ([`h2_options`], `tests/http_h2_options.rs`); unset windows stay hyper's
 //!   1 MiB (Envoy: 256 MiB), a documented difference.

@@ -339,10 +339,18 @@ pub struct Breakers {
     pub retries: Cell<u32>,
 }
 
+/// Where a waiting request's waker sits until a connection frees up; emptied when the
+/// request stops waiting.
+type WaitSlot = Rc<Cell<Option<Waker>>>;
+
 /// One cluster's pools on this worker.
 pub struct ClusterPool {
     hosts: RefCell<FxHashMap<SocketAddr, HostPool>>,
-    waiters: RefCell<VecDeque<Rc<Cell<Option<Waker>>>>>,
+    /// Requests waiting for a connection, each with the host it wants.
+    waiters: RefCell<VecDeque<(SocketAddr, WaitSlot)>>,
+    /// Open connections per host (`per_host_thresholds.max_connections`). Apart from
+    /// `hosts`: a connection closes (and counts down) while `hosts` may be borrowed.
+    host_connections: RefCell<FxHashMap<SocketAddr, u32>>,
     /// The cluster's connection lifetime, as of its latest request.
     lifetime: Cell<ConnLifetime>,
     /// The sweeper's next wake-up, while it runs (see [`ClusterPool::sweep_by`]).
@@ -369,6 +377,7 @@ pub fn cluster_pool(cluster: &ClusterInfo, store: &Store, worker: usize) -> Rc<C
         let pool = Rc::new(ClusterPool {
             hosts: RefCell::new(FxHashMap::default()),
             waiters: RefCell::new(VecDeque::new()),
+            host_connections: RefCell::new(FxHashMap::default()),
             lifetime: Cell::new(cluster.conn_lifetime),
             sweep_at: Cell::new(None),
             sweeper: Cell::new(None),
@@ -386,7 +395,7 @@ pub fn choose_host(cluster: &ClusterInfo) -> Option<Arc<Host>> {
     LB.with(|lb| lb.borrow_mut().choose(cluster))
 }
 
-/// Releases a circuit-breaker slot and wakes one waiter.
+/// Releases a circuit-breaker slot (the cluster's and the host's) and wakes a waiter.
 struct ConnGuard {
     pool: Rc<ClusterPool>,
     cluster: Arc<ClusterInfo>,
@@ -401,14 +410,21 @@ impl Drop for ConnGuard {
         self.cluster.stats.upstream_cx_active.dec(self.worker);
         self.cluster.stats.upstream_cx_destroy.inc(self.worker);
         self.host.stats.cx_active.dec(self.worker);
-        self.pool.wake_one();
+        let addr = self.host.address;
+        if let Some(n) = self.pool.host_connections.borrow_mut().get_mut(&addr) {
+            *n = n.saturating_sub(1);
+        }
+        // Room for a connection to this host first, else to any.
+        if !self.pool.wake_for(addr) {
+            self.pool.wake_one();
+        }
     }
 }
 
 impl ClusterPool {
     fn wake_all(&self) {
         let waiters = std::mem::take(&mut *self.waiters.borrow_mut());
-        for w in waiters {
+        for (_, w) in waiters {
             if let Some(w) = w.take() {
                 w.wake();
             }
@@ -416,12 +432,34 @@ impl ClusterPool {
     }
 
     fn wake_one(&self) {
-        while let Some(w) = self.waiters.borrow_mut().pop_front() {
+        while let Some((_, w)) = self.waiters.borrow_mut().pop_front() {
             if let Some(w) = w.take() {
                 w.wake();
                 return;
             }
         }
+    }
+
+    /// Wakes the first request waiting for `addr` (a connection to it is free); false
+    /// when there is none.
+    fn wake_for(&self, addr: SocketAddr) -> bool {
+        let mut waiters = self.waiters.borrow_mut();
+        // Given-up waits are dropped on the way.
+        waiters.retain(|(_, w)| {
+            let live = w.take();
+            let keep = live.is_some();
+            w.set(live);
+            keep
+        });
+        let Some(i) = waiters.iter().position(|(a, _)| *a == addr) else {
+            return false;
+        };
+        let waker = waiters.remove(i).and_then(|(_, w)| w.take());
+        drop(waiters);
+        if let Some(w) = waker {
+            w.wake();
+        }
+        true
     }
 
     /// Returns an HTTP/1 connection for reuse once its response is complete.
@@ -441,7 +479,7 @@ impl ClusterPool {
                 .or_default()
                 .idle
                 .push(idle);
-            self.wake_one();
+            self.wake_for(addr);
         }
     }
 
@@ -454,7 +492,7 @@ impl ClusterPool {
                 .or_default()
                 .raw_idle
                 .push(idle);
-            self.wake_one();
+            self.wake_for(addr);
         }
     }
 
@@ -561,7 +599,7 @@ impl ClusterPool {
         next
     }
 
-    async fn wait_for_slot(&self) {
+    async fn wait_for_slot(&self, addr: SocketAddr) {
         /// A wait given up (its request dropped, by a timeout or a reset) leaves an empty
         /// slot in the queue, which a wake-up then skips rather than spends.
         struct Slot(Rc<Cell<Option<Waker>>>);
@@ -579,7 +617,7 @@ impl ClusterPool {
             slot.0.set(Some(cx.waker().clone()));
             if !registered {
                 registered = true;
-                self.waiters.borrow_mut().push_back(slot.0.clone());
+                self.waiters.borrow_mut().push_back((addr, slot.0.clone()));
             }
             Poll::Pending
         })
@@ -654,7 +692,16 @@ impl ClusterPool {
                     .borrow()
                     .get(&host.address)
                     .is_some_and(|h| h.h2_connecting || h.h2.iter().any(H2Conn::settling));
-            if b.connections.get() >= cluster.thresholds.max_connections || h2_busy {
+            let host_full = cluster
+                .thresholds
+                .per_host_max_connections
+                .is_some_and(|m| {
+                    self.host_connections
+                        .borrow()
+                        .get(&host.address)
+                        .is_some_and(|&n| n >= m)
+                });
+            if b.connections.get() >= cluster.thresholds.max_connections || host_full || h2_busy {
                 if !h2_busy {
                     cluster.stats.upstream_cx_overflow.inc(worker);
                 }
@@ -668,7 +715,7 @@ impl ClusterPool {
                     self.stats.rq_pending_active.inc(worker);
                     pending = Some(PendingGuard { pool: self, worker });
                 }
-                self.wait_for_slot().await;
+                self.wait_for_slot(host.address).await;
                 continue;
             }
             // Boxed: connecting (and the handshake futures) is rare once the pool is warm,
@@ -741,6 +788,11 @@ impl ClusterPool {
     ) -> Result<Sender, PoolError> {
         let b = &self.breakers;
         b.connections.set(b.connections.get() + 1);
+        *self
+            .host_connections
+            .borrow_mut()
+            .entry(host.address)
+            .or_default() += 1;
         cluster.stats.upstream_cx_total.inc(worker);
         cluster.stats.upstream_cx_active.inc(worker);
         host.stats.cx_total.inc(worker);
@@ -824,7 +876,7 @@ impl ClusterPool {
                     self.sweep_by(now + d);
                 }
             }
-            self.wake_one();
+            self.wake_for(host.address);
             let pool = self.clone();
             let addr = host.address;
             rt::spawn(async move {

@@ -1524,9 +1524,14 @@ async fn settle(resp: Response<ProxyBody>, deadline: Option<Instant>) -> Respons
     Response::from_parts(parts, ProxyBody::full(bytes))
 }
 
-/// `max_retries` circuit breaker: true when a retry may start.
+/// `max_retries` circuit breaker (or the cluster's `retry_budget`): true when a retry may
+/// start.
 fn retry_budget(pool: &pool::ClusterPool, cluster: &ClusterInfo, worker: usize) -> bool {
-    if pool.breakers.retries.get() >= cluster.thresholds.max_retries {
+    let b = &pool.breakers;
+    let max = cluster
+        .thresholds
+        .max_retries(b.requests.get() + b.pending.get());
+    if b.retries.get() >= max {
         pool.stats.rq_retry_overflow.inc(worker);
         return false;
     }

@@ -51,7 +51,7 @@ pub enum LbPolicy {
 }
 
 /// Circuit-breaker thresholds of the default priority (Envoy's defaults: 1024, 1024, 1024, 3).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Thresholds {
     /// `max_connections`.
     pub max_connections: u32,
@@ -61,6 +61,33 @@ pub struct Thresholds {
     pub max_requests: u32,
     /// `max_retries`.
     pub max_retries: u32,
+    /// `retry_budget`: replaces `max_retries` with a share of the requests active and
+    /// pending, `budget_percent` (default 20) but at least `min_retry_concurrency`
+    /// (default 3).
+    pub retry_budget: Option<RetryBudget>,
+    /// `per_host_thresholds.max_connections` (the one per-host threshold Envoy has).
+    pub per_host_max_connections: Option<u32>,
+}
+
+/// A cluster's `retry_budget`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryBudget {
+    /// `budget_percent`.
+    pub percent: f64,
+    /// `min_retry_concurrency`.
+    pub min_concurrency: u32,
+}
+
+impl Thresholds {
+    /// How many retries may be in flight with this many requests active and pending.
+    pub fn max_retries(&self, active_and_pending: u32) -> u32 {
+        match self.retry_budget {
+            None => self.max_retries,
+            Some(b) => {
+                ((b.percent / 100.0 * f64::from(active_and_pending)) as u32).max(b.min_concurrency)
+            }
+        }
+    }
 }
 
 impl Default for Thresholds {
@@ -70,6 +97,8 @@ impl Default for Thresholds {
             max_pending_requests: 1024,
             max_requests: 1024,
             max_retries: 3,
+            retry_budget: None,
+            per_host_max_connections: None,
         }
     }
 }
@@ -356,6 +385,9 @@ fn thresholds(proto: &pb::Cluster) -> Thresholds {
         return t;
     };
     // Only the DEFAULT priority routes traffic in Courier (no priority routing).
+    if let Some(th) = cb.per_host_thresholds.iter().find(|th| th.priority == 0) {
+        t.per_host_max_connections = th.max_connections.as_ref().map(|v| v.value);
+    }
     if let Some(th) = cb.thresholds.iter().find(|th| th.priority == 0) {
         if let Some(v) = &th.max_connections {
             t.max_connections = v.value;
@@ -368,6 +400,12 @@ fn thresholds(proto: &pb::Cluster) -> Thresholds {
         }
         if let Some(v) = &th.max_retries {
             t.max_retries = v.value;
+        }
+        if let Some(b) = &th.retry_budget {
+            t.retry_budget = Some(RetryBudget {
+                percent: b.budget_percent.as_ref().map_or(20.0, |p| p.value),
+                min_concurrency: b.min_retry_concurrency.as_ref().map_or(3, |v| v.value),
+            });
         }
     }
     t

@@ -45,16 +45,16 @@ pub struct HcmService {
 impl hyper::service::Service<http::Request<hyper::body::Incoming>> for HcmService {
     type Response = http::Response<ProxyBody>;
     type Error = std::convert::Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>>>>;
+    type Future = router::ServeFuture;
 
     fn call(&self, mut req: http::Request<hyper::body::Incoming>) -> Self::Future {
         let upgrade = upgrade::h2_to_h1_request(&mut req);
         super::headers::join_cookies(req.headers_mut());
-        Box::pin(router::serve(
+        router::serve_boxed(
             self.conn.clone(),
             req.map(|b| ProxyBody::stream(b, None)),
             upgrade,
-        ))
+        )
     }
 }
 

@@ -22,7 +22,6 @@
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
-use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -43,7 +42,7 @@ use super::downstream_h1::{
     ConnectionHeader, Limits, RequestHead, ResponseFraming,
 };
 use super::header_map_pool;
-use super::router::{self, ConnInfo};
+use super::router::{self, ConnInfo, ServeFuture};
 use super::upgrade::{is_upgrade, tunnel_link, DownstreamUpgrade, TunnelEnd, TunnelLink};
 use super::upstream_h1::{recv_into, BodyDecoder, Decoded, H1Error};
 use crate::event::rt::{Sleep, TcpIo};
@@ -210,8 +209,6 @@ impl WriteQueue {
         Poll::Ready(Ok(()))
     }
 }
-
-type ServeFuture = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Infallible>>>>;
 
 enum Phase {
     /// Waiting for (the rest of) a request head.
@@ -488,7 +485,7 @@ impl H1Server {
             DownstreamUpgrade::Http1(rx)
         });
         let req = Request::from_parts(parts, body);
-        self.phase = Phase::Serve(Box::pin(router::serve(self.info.clone(), req, upgrade)));
+        self.phase = Phase::Serve(router::serve_boxed(self.info.clone(), req, upgrade));
     }
 
     /// The head was refused: Envoy's local reply, then the connection closes.

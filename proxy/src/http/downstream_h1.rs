@@ -23,6 +23,7 @@ use http::{Method, StatusCode, Uri, Version};
 use percent_encoding::{percent_encode, AsciiSet};
 
 use super::h1_head::{FramingFields, HeadSpans, SplitHead};
+use super::key_format::KeyFormat;
 use super::upstream_h1::BodyDecoder;
 
 /// Header fields parsed on the stack before falling back to the heap.
@@ -445,6 +446,7 @@ pub fn encode_response_head(
     parts: &http::response::Parts,
     framing: ResponseFraming,
     connection: ConnectionHeader,
+    keys: KeyFormat,
 ) {
     out.reserve(256);
     out.put_slice(if parts.version == Version::HTTP_10 {
@@ -467,34 +469,35 @@ pub fn encode_response_head(
         }
         has_length |= name == header::CONTENT_LENGTH;
         has_date |= name == header::DATE;
-        put_field(out, name.as_str().as_bytes(), value.as_bytes());
+        put_field(out, keys, name.as_str().as_bytes(), value.as_bytes());
     }
     match framing {
         ResponseFraming::Length(n) if !has_length => {
             put_field(
                 out,
+                keys,
                 b"content-length",
                 super::headers::decimal_value(n).as_bytes(),
             );
         }
         ResponseFraming::Chunked | ResponseFraming::HeadChunked => {
-            put_field(out, b"transfer-encoding", b"chunked")
+            put_field(out, keys, b"transfer-encoding", b"chunked")
         }
         _ => {}
     }
     if !has_date {
-        DATE.with_borrow_mut(|d| put_field(out, b"date", d.now()));
+        DATE.with_borrow_mut(|d| put_field(out, keys, b"date", d.now()));
     }
     match connection {
         ConnectionHeader::Omit | ConnectionHeader::AsGiven => {}
-        ConnectionHeader::KeepAlive => put_field(out, b"connection", b"keep-alive"),
-        ConnectionHeader::Close => put_field(out, b"connection", b"close"),
+        ConnectionHeader::KeepAlive => put_field(out, keys, b"connection", b"keep-alive"),
+        ConnectionHeader::Close => put_field(out, keys, b"connection", b"close"),
     }
     out.put_slice(b"\r\n");
 }
 
-fn put_field(out: &mut BytesMut, name: &[u8], value: &[u8]) {
-    out.put_slice(name);
+fn put_field(out: &mut BytesMut, keys: KeyFormat, name: &[u8], value: &[u8]) {
+    keys.put(out, name);
     out.put_slice(b": ");
     out.put_slice(value);
     out.put_slice(b"\r\n");
@@ -733,6 +736,7 @@ mod tests {
             &parts,
             ResponseFraming::Chunked,
             ConnectionHeader::Close,
+            KeyFormat::Lower,
         );
         assert_eq!(
             &out[..],
@@ -745,10 +749,11 @@ mod tests {
             &parts,
             ResponseFraming::Length(2),
             ConnectionHeader::Omit,
+            KeyFormat::ProperCase,
         );
         let text = String::from_utf8_lossy(&out);
         assert!(
-            text.starts_with("HTTP/1.1 200 OK\r\ncontent-length: 2\r\ndate: "),
+            text.starts_with("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nDate: "),
             "{text}"
         );
         assert!(text.ends_with(" GMT\r\n\r\n"), "{text}");

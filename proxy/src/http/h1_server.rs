@@ -31,7 +31,7 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures::channel::oneshot;
-use http::header;
+use http::header::{self, HeaderMap};
 use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::{Body as _, Frame};
 
@@ -42,6 +42,7 @@ use super::downstream_h1::{
     ConnectionHeader, Limits, RequestHead, ResponseFraming,
 };
 use super::header_map_pool;
+use super::key_format::KeyFormat;
 use super::router::{self, ConnInfo, ServeFuture};
 use super::upgrade::{is_upgrade, tunnel_link, DownstreamUpgrade, TunnelEnd, TunnelLink};
 use super::upstream_h1::{recv_into, BodyDecoder, Decoded, H1Error};
@@ -158,15 +159,30 @@ impl WriteQueue {
         self.queued.push_back(b);
     }
 
+    /// Ends a chunked body with its trailers (names as held: lower-case, as Envoy).
+    fn push_trailers(&mut self, trailers: &HeaderMap) {
+        let mut block = Vec::with_capacity(64);
+        block.extend_from_slice(b"0\r\n");
+        for (name, value) in trailers {
+            block.extend_from_slice(name.as_str().as_bytes());
+            block.extend_from_slice(b": ");
+            block.extend_from_slice(value.as_bytes());
+            block.extend_from_slice(b"\r\n");
+        }
+        block.extend_from_slice(b"\r\n");
+        self.push_slice(&block);
+    }
+
     /// Adds a response head.
     fn push_head(
         &mut self,
         parts: &http::response::Parts,
         framing: ResponseFraming,
         connection: ConnectionHeader,
+        keys: KeyFormat,
     ) {
         let before = self.staged.len();
-        encode_response_head(&mut self.staged, parts, framing, connection);
+        encode_response_head(&mut self.staged, parts, framing, connection, keys);
         self.len += self.staged.len() - before;
     }
 
@@ -210,6 +226,9 @@ impl WriteQueue {
     }
 }
 
+// The body is the phase a connection spends most of its time in; boxing it would cost an
+// allocation per response to save bytes in one enum per connection.
+#[allow(clippy::large_enum_variant)]
 enum Phase {
     /// Waiting for (the rest of) a request head.
     Head,
@@ -562,7 +581,8 @@ impl H1Server {
         } else {
             Version::HTTP_11
         };
-        self.out.push_head(&parts, framing, connection);
+        let keys = self.info.config.h1_key_format;
+        self.out.push_head(&parts, framing, connection, keys);
         header_map_pool::recycle(parts.headers);
         self.phase = match framing {
             // The body's completion hooks (stats, access log) run as it is dropped.
@@ -603,9 +623,20 @@ impl H1Server {
             };
             match frame {
                 Some(Ok(frame)) => {
-                    // Trailers are not sent on HTTP/1.1, as Envoy without `enable_trailers`.
-                    let Ok(mut data) = frame.into_data() else {
-                        continue;
+                    let mut data = match frame.into_data() {
+                        Ok(data) => data,
+                        // Trailers end a chunked body with `enable_trailers`; otherwise
+                        // (and after a length) they are dropped, as Envoy's codec does.
+                        Err(frame) => {
+                            let trailers = frame.into_trailers().ok();
+                            if let (Some(t), ResponseFraming::Chunked, true) =
+                                (trailers, &*framing, self.info.config.h1_trailers)
+                            {
+                                self.out.push_trailers(&t);
+                                *framing = ResponseFraming::None;
+                            }
+                            continue;
+                        }
                     };
                     if data.is_empty() {
                         continue;

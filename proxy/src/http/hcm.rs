@@ -1,6 +1,7 @@
 //! The compiled `envoy.filters.network.http_connection_manager` config.
 
 use super::h2_options::H2Options;
+use super::key_format::KeyFormat;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -254,6 +255,11 @@ pub struct HcmConfig {
     pub accept_http_10: bool,
     /// `http_protocol_options.default_host_for_http_10`.
     pub default_host_for_http_10: Option<String>,
+    /// `http_protocol_options.header_key_format`: how response field names are written.
+    pub h1_key_format: KeyFormat,
+    /// `http_protocol_options.enable_trailers`: a chunked response's trailers are written
+    /// (off: dropped, as Envoy's codec drops them).
+    pub h1_trailers: bool,
     /// `upgrade_configs` enabled at the connection manager (lower-case types).
     pub upgrades: Vec<String>,
     /// Router `suppress_envoy_headers`.
@@ -568,6 +574,8 @@ impl HcmConfig {
                 _ => None,
             },
             accept_http_10: h1.is_some_and(|o| o.accept_http_10),
+            h1_key_format: KeyFormat::compile(h1, "http_protocol_options")?,
+            h1_trailers: h1.is_some_and(|o| o.enable_trailers),
             default_host_for_http_10: h1
                 .map(|o| o.default_host_for_http_10.clone())
                 .filter(|s| !s.is_empty()),

@@ -21,6 +21,7 @@ use rustc_hash::FxHashMap;
 
 use super::body::ProxyBody;
 use super::h2_settings::{PeerSettings, SettingsWatch};
+use super::key_format::KeyFormat;
 use super::upstream_h1::H1Connection;
 use crate::event::rt::{self, LocalExec, RtTimer, Sleep, TcpIo};
 use crate::stats::{Counter, Gauge, Histogram, Store};
@@ -896,9 +897,14 @@ impl ClusterPool {
         } else if raw {
             self.stats.cx_http1_total.inc(worker);
             let usage = self.one_more_request(ConnUsage::new(), worker);
-            Ok(Sender::Raw(H1Connection::new(io, Box::new(guard)), usage))
+            let conn = H1Connection::new(io, Box::new(guard), cluster.http1_key_format);
+            Ok(Sender::Raw(conn, usage))
         } else {
-            let (sender, conn) = match http1::Builder::new().handshake::<_, ProxyBody>(io).await {
+            let mut builder = http1::Builder::new();
+            // hyper's title case capitalises after `-` only (Envoy's after any symbol): the
+            // same for every usual field name.
+            builder.title_case_headers(cluster.http1_key_format == KeyFormat::ProperCase);
+            let (sender, conn) = match builder.handshake::<_, ProxyBody>(io).await {
                 Ok(x) => x,
                 Err(e) => {
                     self.connect_failed(cluster, host, worker);

@@ -26,6 +26,7 @@ use http::{Method, StatusCode, Version};
 use hyper::body::Frame;
 
 use super::h1_head::{HeadSpans, SplitHead};
+use super::key_format::KeyFormat;
 use crate::event::rt::TcpIo;
 
 /// Largest response head (status line and headers) accepted: Envoy's default
@@ -74,6 +75,8 @@ pub struct H1Connection {
     /// The request head being written: kept between requests so that encoding allocates
     /// nothing.
     head: Vec<u8>,
+    /// How the request's field names are written (the cluster's `header_key_format`).
+    keys: KeyFormat,
     _guard: Guard,
 }
 
@@ -110,11 +113,12 @@ pub struct UpstreamBody {
 
 impl H1Connection {
     /// Wraps a connected socket.
-    pub fn new(io: TcpIo, guard: Guard) -> Self {
+    pub fn new(io: TcpIo, guard: Guard, keys: KeyFormat) -> Self {
         H1Connection {
             io,
             buf: BytesMut::new(),
             head: Vec::new(),
+            keys,
             _guard: guard,
         }
     }
@@ -166,7 +170,7 @@ impl H1Connection {
         on_done: OnDone,
     ) -> Result<(http::response::Parts, UpstreamBody), H1Error> {
         let mut head = std::mem::take(&mut self.head);
-        encode_request(&mut head, parts, body.len());
+        encode_request(&mut head, parts, body.len(), self.keys);
         self.write_all(&head, body).await?;
         self.head = head;
         let head_request = parts.method == Method::HEAD;
@@ -239,7 +243,12 @@ pub(crate) fn recv_into(
 
 /// Writes the request head into `out` (emptied first): request line, the headers as given,
 /// and the body's length.
-fn encode_request(out: &mut Vec<u8>, parts: &http::request::Parts, body_len: usize) {
+fn encode_request(
+    out: &mut Vec<u8>,
+    parts: &http::request::Parts,
+    body_len: usize,
+    keys: KeyFormat,
+) {
     out.clear();
     out.reserve(256);
     out.extend_from_slice(parts.method.as_str().as_bytes());
@@ -256,7 +265,7 @@ fn encode_request(out: &mut Vec<u8>, parts: &http::request::Parts, body_len: usi
         if name == header::TRANSFER_ENCODING {
             continue;
         }
-        out.extend_from_slice(name.as_str().as_bytes());
+        keys.put(out, name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
@@ -270,8 +279,9 @@ fn encode_request(out: &mut Vec<u8>, parts: &http::request::Parts, body_len: usi
             Method::GET | Method::HEAD | Method::DELETE | Method::TRACE | Method::CONNECT
         )
     {
+        keys.put(out, b"content-length");
         // Writing to a `Vec` cannot fail.
-        let _ = write!(out, "content-length: {body_len}\r\n");
+        let _ = write!(out, ": {body_len}\r\n");
     }
     out.extend_from_slice(b"\r\n");
 }
@@ -752,7 +762,7 @@ mod tests {
             .insert(header::CONTENT_LENGTH, HeaderValue::from_static("99"));
         let (parts, ()) = req.into_parts();
         let mut out = Vec::new();
-        encode_request(&mut out, &parts, 3);
+        encode_request(&mut out, &parts, 3, KeyFormat::Lower);
         let text = String::from_utf8(out).unwrap_or_default();
         assert_eq!(
             text,
@@ -762,7 +772,7 @@ mod tests {
         *get.uri_mut() = "/".parse().unwrap_or_default();
         let (parts, ()) = get.into_parts();
         let mut out = b"left over".to_vec();
-        encode_request(&mut out, &parts, 0);
+        encode_request(&mut out, &parts, 0, KeyFormat::Lower);
         let text = String::from_utf8(out).unwrap_or_default();
         assert_eq!(text, "GET / HTTP/1.1\r\n\r\n");
     }

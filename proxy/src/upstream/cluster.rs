@@ -16,6 +16,7 @@ use courier_proto::envoy::extensions::upstreams::http::v3::{
 use super::host::{Host, HostHealth, HostSet, HostStats};
 use crate::config::{self, ConfigError};
 use crate::http::h2_options::H2Options;
+use crate::http::key_format::KeyFormat;
 use crate::memory::Encoded;
 use crate::stats::{Counter, Gauge, Store};
 
@@ -190,6 +191,9 @@ pub struct ClusterInfo {
     /// `http_protocol_options.enable_trailers`: an HTTP/1.1 upstream's response trailers
     /// are passed on (off by default, as Envoy, whose HTTP/1 codec then drops them).
     pub http1_trailers: bool,
+    /// `http_protocol_options.header_key_format`: how request field names are written to
+    /// an HTTP/1.1 upstream.
+    pub http1_key_format: KeyFormat,
     /// How long an upstream HTTP connection lives and how many requests it carries.
     pub conn_lifetime: ConnLifetime,
     /// The hosts, replaced as a whole on every membership change.
@@ -214,6 +218,7 @@ impl ClusterInfo {
             http2: self.http2,
             http2_options: self.http2_options,
             http1_trailers: self.http1_trailers,
+            http1_key_format: self.http1_key_format,
             conn_lifetime: self.conn_lifetime,
             hosts,
             stats: self.stats.clone(),
@@ -307,6 +312,7 @@ pub fn compile_cluster(proto: &pb::Cluster, store: &Store) -> Result<ClusterInfo
         http2,
         http2_options,
         http1_trailers,
+        http1_key_format,
         conn_lifetime,
     } = upstream_http(proto)?;
     let stats = ClusterStats::new(store, &proto.name);
@@ -337,6 +343,7 @@ pub fn compile_cluster(proto: &pb::Cluster, store: &Store) -> Result<ClusterInfo
         http2,
         http2_options,
         http1_trailers,
+        http1_key_format,
         conn_lifetime,
         hosts,
         stats,
@@ -416,6 +423,7 @@ struct UpstreamHttp {
     http2: bool,
     http2_options: H2Options,
     http1_trailers: bool,
+    http1_key_format: KeyFormat,
     conn_lifetime: ConnLifetime,
 }
 
@@ -492,6 +500,10 @@ fn upstream_http(proto: &pb::Cluster) -> Result<UpstreamHttp, ConfigError> {
         proto.http2_protocol_options.as_ref(),
         "http2_protocol_options",
     )?;
+    let mut http1_key_format = KeyFormat::compile(
+        proto.http_protocol_options.as_ref(),
+        "http_protocol_options",
+    )?;
     let mut http1_trailers = proto
         .http_protocol_options
         .as_ref()
@@ -547,6 +559,10 @@ fn upstream_http(proto: &pb::Cluster) -> Result<UpstreamHttp, ConfigError> {
                 match &c.protocol_config {
                     Some(ProtocolConfig::HttpProtocolOptions(o)) => {
                         http1_trailers = o.enable_trailers;
+                        http1_key_format = KeyFormat::compile(
+                            Some(o),
+                            &format!("{path}.explicit_http_config.http_protocol_options"),
+                        )?;
                     }
                     Some(ProtocolConfig::Http2ProtocolOptions(o)) => {
                         http2_options = H2Options::compile(
@@ -572,6 +588,7 @@ fn upstream_http(proto: &pb::Cluster) -> Result<UpstreamHttp, ConfigError> {
         http2,
         http2_options,
         http1_trailers,
+        http1_key_format,
         conn_lifetime,
     })
 }

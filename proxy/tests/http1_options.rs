@@ -159,3 +159,47 @@ fn proper_case_keys_and_trailers_match_envoy() {
     };
     assert_eq!(exchange(&envoy, &heads), got, "envoy vs courier");
 }
+
+/// `allow_chunked_length`: a chunked request that also has `content-length` is taken (the
+/// length dropped on the way up) instead of refused with `400`. As Envoy.
+#[test]
+fn allow_chunked_length_matches_envoy() {
+    let run = |envoy: bool, allow: bool| -> Option<(u16, Vec<String>)> {
+        let (addr, heads) = recording_upstream();
+        let hcm = format!("          http_protocol_options: {{ allow_chunked_length: {allow} }}\n");
+        let boot = bootstrap(ROUTES, &hcm, &cluster("up", &[addr], ""));
+        let p = if envoy {
+            Courier::start_envoy(&boot)?
+        } else {
+            Courier::start(&boot)
+        };
+        let mut c = Client::connect(p.listener);
+        c.send_raw(b"POST /x HTTP/1.1\r\nhost: h\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n");
+        let status = c.read().map_or(0, |r| r.status);
+        let upstream = heads
+            .lock()
+            .expect("heads")
+            .first()
+            .map(|h| names(h))
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|n| n.contains("length") || n.contains("encoding"))
+            .collect();
+        Some((status, upstream))
+    };
+    let got: Vec<_> = [false, true]
+        .into_iter()
+        .map(|allow| run(false, allow).expect("courier"))
+        .collect();
+    assert_eq!(got[0], (400, vec![]));
+    assert_eq!(got[1], (200, vec!["transfer-encoding".to_string()]));
+    if run(true, false).is_none() {
+        eprintln!("envoy not on PATH: skipping the allow_chunked_length differential");
+        return;
+    }
+    let envoy: Vec<_> = [false, true]
+        .into_iter()
+        .map(|allow| run(true, allow).expect("envoy"))
+        .collect();
+    assert_eq!(envoy, got, "envoy vs courier");
+}

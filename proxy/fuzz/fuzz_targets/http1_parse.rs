@@ -14,6 +14,7 @@ const LIMITS: Limits = Limits {
     max_headers: 100,
     max_head_bytes: 60 * 1024,
     accept_http_10: true,
+    allow_chunked_length: false,
 };
 
 fuzz_target!(|data: &[u8]| {

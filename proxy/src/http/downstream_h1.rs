@@ -38,6 +38,9 @@ pub struct Limits {
     pub max_head_bytes: usize,
     /// `http_protocol_options.accept_http_10`.
     pub accept_http_10: bool,
+    /// `http_protocol_options.allow_chunked_length`: a chunked request may also carry
+    /// `content-length`, which is then dropped.
+    pub allow_chunked_length: bool,
 }
 
 /// A request head that passed the codec's checks.
@@ -177,7 +180,11 @@ pub fn parse_request_head(
         super::headers::join_fields(&mut headers, &header::HOST, b",");
     }
     let uri = target_uri(target, absolute)?;
-    let body = body_framing(&framing, version)?;
+    let body = body_framing(&framing, version, limits.allow_chunked_length)?;
+    if framing.transfer_encoding.is_some() && framing.content_length_fields > 0 {
+        // Allowed: chunked framing wins and the length goes, as Envoy forwards it.
+        headers.remove(header::CONTENT_LENGTH);
+    }
     let keep_alive = framing.keeps_alive(version);
     let expect_continue = body.is_some() && version == Version::HTTP_11 && framing.expect_continue;
     let mut parts = http::Request::new(()).into_parts().0;
@@ -343,13 +350,14 @@ fn names_other_version(buf: &[u8]) -> bool {
 fn body_framing(
     fields: &FramingFields,
     version: Version,
+    allow_chunked_length: bool,
 ) -> Result<Option<BodyDecoder>, CodecError> {
     if let Some(te) = &fields.transfer_encoding {
         if version == Version::HTTP_10 {
             return Err(CodecError::bad("transfer-encoding in an HTTP/1.0 request"));
         }
         // Envoy (without `allow_chunked_length`) refuses the smuggling ambiguity outright.
-        if fields.content_length_fields > 0 {
+        if fields.content_length_fields > 0 && !allow_chunked_length {
             return Err(CodecError::bad("both content-length and transfer-encoding"));
         }
         if fields.transfer_encoding_fields > 1 || !te.as_bytes().eq_ignore_ascii_case(b"chunked") {
@@ -543,6 +551,7 @@ mod tests {
         max_headers: 100,
         max_head_bytes: 60 * 1024,
         accept_http_10: true,
+        allow_chunked_length: false,
     };
 
     fn parse(raw: &[u8]) -> Result<Option<RequestHead>, CodecError> {
@@ -654,6 +663,23 @@ mod tests {
         for (raw, want) in cases {
             assert_eq!(status(raw), *want, "{}", String::from_utf8_lossy(raw));
         }
+    }
+
+    #[test]
+    fn chunked_with_a_length_is_refused_unless_allowed() {
+        let raw = &b"POST / HTTP/1.1\r\nhost: h\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n"[..];
+        let r = parse_request_head(&mut BytesMut::from(raw), &LIMITS);
+        assert_eq!(r.err().map(|e| e.status.as_u16()), Some(400));
+        let allow = Limits {
+            allow_chunked_length: true,
+            ..LIMITS
+        };
+        let head = parse_request_head(&mut BytesMut::from(raw), &allow)
+            .ok()
+            .flatten()
+            .expect("a head");
+        assert!(head.body.is_some());
+        assert!(!head.parts.headers.contains_key(header::CONTENT_LENGTH));
     }
 
     #[test]

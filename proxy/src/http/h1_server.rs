@@ -289,6 +289,7 @@ impl H1Server {
             max_headers: cfg.max_headers_count.max(1),
             max_head_bytes: cfg.max_request_headers_kb as usize * 1024,
             accept_http_10: cfg.accept_http_10,
+            allow_chunked_length: cfg.allow_chunked_length,
         };
         H1Server {
             t: Rc::new(RefCell::new(Transport {

@@ -260,6 +260,8 @@ pub struct HcmConfig {
     /// `http_protocol_options.enable_trailers`: a chunked response's trailers are written
     /// (off: dropped, as Envoy's codec drops them).
     pub h1_trailers: bool,
+    /// `http_protocol_options.allow_chunked_length`.
+    pub allow_chunked_length: bool,
     /// `upgrade_configs` enabled at the connection manager (lower-case types).
     pub upgrades: Vec<String>,
     /// Router `suppress_envoy_headers`.
@@ -576,6 +578,7 @@ impl HcmConfig {
             accept_http_10: h1.is_some_and(|o| o.accept_http_10),
             h1_key_format: KeyFormat::compile(h1, "http_protocol_options")?,
             h1_trailers: h1.is_some_and(|o| o.enable_trailers),
+            allow_chunked_length: h1.is_some_and(|o| o.allow_chunked_length),
             default_host_for_http_10: h1
                 .map(|o| o.default_host_for_http_10.clone())
                 .filter(|s| !s.is_empty()),

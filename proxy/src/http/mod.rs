@@ -126,8 +126,7 @@
 //!   `flush_timeout`; the connection manager's
 //!   `internal_address_config`, `stream_flush_timeout`, `delayed_close_timeout`,
 //!   `drain_timeout`, HTTP/2 flood settings, and `http_protocol_options`'
-//!   `allow_absolute_url`, `allow_chunked_length` and
-//!   `override_stream_error_on_invalid_http_message`; a cluster's `common_http_protocol_options` `max_headers_count`,
+//!   `allow_absolute_url` and `override_stream_error_on_invalid_http_message`; a cluster's `common_http_protocol_options` `max_headers_count`,
 //!   `max_stream_duration` and `headers_with_underscores_action`, slow start and DNS
 //!   refresh settings; HTTP/2's
 //!   `interval_jitter`, `connection_idle_interval` and `hpack_table_size`.
@@ -135,7 +134,8 @@
 //!   `per_host_thresholds.max_connections`, as Envoy (`tests/http_retries.rs`); counted
 //!   per worker like every circuit breaker here.
 //! - HTTP/1.1 `http_protocol_options` (connection manager and cluster):
-//!   `header_key_format: proper_case_words` and `enable_trailers` for responses, as Envoy
+//!   `header_key_format: proper_case_words`, `enable_trailers` for responses and
+//!   `allow_chunked_length`, as Envoy
 //!   ([`key_format`], `tests/http1_options.rs`). A difference: a chunked request's trailers
 //!   are not forwarded (Envoy forwards them when both sides enable trailers).
 //! - `http2_protocol_options` windows and `connection_keepalive`, downstream and upstream,

@@ -313,3 +313,26 @@ async fn thousand_clusters_converge() {
         .await;
     let _ = Duration::ZERO;
 }
+
+/// A DNS cluster added through CDS warms until its first resolution, as Envoy's: once CDS
+/// is ACKed it has its hosts, and a session through it reaches the upstream at once (it
+/// used to be active with no hosts until the next refresh, up to 5 s later).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_cluster_warms_until_resolved() {
+    let a = Upstream::tcp_echo("a").await;
+    let (p0, port) = (free_port(), free_port());
+    let fx = Fx::ads(vec![
+        static_cluster("c0", &[a.port], ""),
+        tcp_listener("l0", p0, "c0"),
+    ])
+    .await;
+    fx.update(vec![
+        cluster_yaml(&format!(
+            "name: dns\nconnect_timeout: 1s\ntype: STRICT_DNS\ndns_lookup_family: V4_ONLY\nload_assignment:\n  cluster_name: dns\n  endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: localhost, port_value: {} }} }} }} }}] }}]\n",
+            a.port
+        )),
+        tcp_listener("l1", port, "dns"),
+    ])
+    .await;
+    assert_eq!(tcp_hello(port).await.as_deref(), Ok("a"));
+}

@@ -127,8 +127,8 @@
 //!   `internal_address_config`, `stream_flush_timeout`, `delayed_close_timeout`,
 //!   `drain_timeout`, HTTP/2 flood settings, and `http_protocol_options`'
 //!   `allow_absolute_url` and `override_stream_error_on_invalid_http_message`; a cluster's `common_http_protocol_options` `max_headers_count`,
-//!   `max_stream_duration` and `headers_with_underscores_action`, slow start and DNS
-//!   refresh settings; HTTP/2's
+//!   `max_stream_duration` and `headers_with_underscores_action`, slow start and
+//!   `respect_dns_ttl`; HTTP/2's
 //!   `interval_jitter`, `connection_idle_interval` and `hpack_table_size`.
 //! - A cluster's `retry_budget` (in place of `max_retries`) and
 //!   `per_host_thresholds.max_connections`, as Envoy (`tests/http_retries.rs`); counted

@@ -150,10 +150,9 @@ impl ClusterManager {
             info.discovery,
             DiscoveryType::StrictDns | DiscoveryType::LogicalDns
         ) {
-            // Keep serving the previous resolution until the new one arrives.
-            if let Some(prev) = self.active.get(&proto.name) {
-                info = info.with_hosts(prev.info.hosts.clone());
-            }
+            // Warms until its first resolution (`upstream::dns`); a previous version
+            // serves meanwhile, as in Envoy.
+            warm = false;
         }
         info.update_membership_stats();
         let entry = ClusterEntry {
@@ -179,7 +178,7 @@ impl ClusterManager {
             self.dirty = true;
             ClusterChange::Active
         } else {
-            tracing::debug!(cluster = %proto.name, "cluster warming until its endpoints arrive");
+            tracing::debug!(cluster = %proto.name, "cluster warming until its hosts are known");
             self.warming.insert(proto.name.clone(), entry);
             ClusterChange::Warming
         };
@@ -286,9 +285,20 @@ impl ClusterManager {
         }
     }
 
-    /// Replaces the hosts of a DNS cluster after a resolution.
-    pub fn set_resolved_hosts(&mut self, name: &str, hosts: Arc<HostSet>) {
-        if let Some(entry) = self.active.get_mut(name) {
+    /// A DNS cluster's resolution: its hosts replaced (`None`: the lookup failed, the hosts
+    /// stay). A warming cluster becomes active either way: as in Envoy, its first attempt
+    /// ends warming, a failed one with no hosts.
+    pub fn set_resolved_hosts(&mut self, name: &str, hosts: Option<Arc<HostSet>>) {
+        if let Some(mut entry) = self.warming.remove(name) {
+            if let Some(hosts) = hosts {
+                entry.info = Arc::new(entry.info.with_hosts(hosts));
+                entry.info.update_membership_stats();
+            }
+            self.active.insert(name.to_string(), entry);
+            self.stats.cluster_updated.inc(MAIN_THREAD);
+            self.dirty = true;
+            self.update_gauges();
+        } else if let (Some(entry), Some(hosts)) = (self.active.get_mut(name), hosts) {
             entry.info = Arc::new(entry.info.with_hosts(hosts));
             entry.info.update_membership_stats();
             self.stats.cluster_updated.inc(MAIN_THREAD);

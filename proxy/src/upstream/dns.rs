@@ -1,28 +1,44 @@
 //! DNS resolution for STRICT_DNS and LOGICAL_DNS clusters, on the main thread.
 //!
-//! One task re-resolves every DNS cluster each refresh period (Envoy's default 5 s,
-//! `dns_refresh_rate`); a failed lookup keeps the previous hosts, as Envoy does.
+//! As Envoy: a DNS cluster (a new one, or a new version) warms until its first resolution
+//! (a failed one included), so traffic never meets it without hosts while a lookup is
+//! under way, and CDS is ACKed once it is warm; then it is resolved again every
+//! `dns_refresh_rate` (default 5 s), after a failure every
+//! `dns_failure_refresh_rate.base_interval` (default: the refresh rate). A failed lookup
+//! keeps the previous hosts. Not acted on: `respect_dns_ttl` (the system resolver gives no
+//! TTL) and the failure back-off's growth to `max_interval`.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use courier_proto::envoy::config::cluster::v3::cluster::DnsLookupFamily;
 
 use super::cluster::{dns_targets, DiscoveryType};
 use super::host::{Host, HostHealth, HostSet, HostStats};
 use crate::server::Server;
+use crate::stats::MAIN_THREAD;
 
-/// A DNS cluster's lookups: name, discovery type, (host, port, weight) targets, panic
-/// threshold, `dns_lookup_family`.
-type DnsJob = (
-    String,
-    DiscoveryType,
-    Vec<(String, u16, u32)>,
-    f64,
-    DnsLookupFamily,
-);
+/// Envoy's default `dns_refresh_rate`.
+const DEFAULT_REFRESH: Duration = Duration::from_secs(5);
+
+/// A DNS cluster's lookups.
+struct DnsJob {
+    cluster: String,
+    discovery: DiscoveryType,
+    /// (host, port, weight) of each endpoint.
+    targets: Vec<(String, u16, u32)>,
+    panic_threshold: f64,
+    family: DnsLookupFamily,
+    /// `dns_refresh_rate`.
+    refresh: Duration,
+    /// `dns_failure_refresh_rate.base_interval`, else the refresh rate.
+    failure_refresh: Duration,
+    /// Waiting for its first resolution.
+    warming: bool,
+}
 
 /// Keeps the addresses `dns_lookup_family` allows, as Envoy: `AUTO` takes the IPv6 ones
 /// when there are any, `V4_PREFERRED` the IPv4 ones, `ALL` both.
@@ -42,97 +58,188 @@ fn by_family(mut addrs: Vec<SocketAddr>, family: DnsLookupFamily) -> Vec<SocketA
     addrs
 }
 
-/// Resolves every DNS cluster once.
-pub async fn resolve_all(server: &Server) {
-    let targets: Vec<DnsJob> = {
-        let cm = server.cluster_manager.borrow();
-        cm.active()
-            .values()
-            .filter(|e| {
-                matches!(
-                    e.info.discovery,
-                    DiscoveryType::StrictDns | DiscoveryType::LogicalDns
-                )
+/// A positive duration from the proto, else `default`.
+fn rate(d: Option<&courier_proto::google::protobuf::Duration>, default: Duration) -> Duration {
+    d.and_then(|d| crate::config::duration(d, "").ok())
+        .filter(|d| !d.is_zero())
+        .unwrap_or(default)
+}
+
+/// Every DNS cluster, active and warming (a warming version first: it is the one to
+/// resolve).
+#[allow(deprecated)] // the cluster-level DNS fields are what configs say
+fn dns_jobs(server: &Server) -> Vec<DnsJob> {
+    let cm = server.cluster_manager.borrow();
+    let warming = cm.warming().values().map(|e| (e, true));
+    let active = cm
+        .active()
+        .values()
+        .filter(|e| !cm.warming().contains_key(&e.info.name))
+        .map(|e| (e, false));
+    warming
+        .chain(active)
+        .filter(|(e, _)| {
+            matches!(
+                e.info.discovery,
+                DiscoveryType::StrictDns | DiscoveryType::LogicalDns
+            )
+        })
+        .filter_map(|(e, warming)| {
+            let proto = e.info.proto.decode();
+            let family =
+                DnsLookupFamily::try_from(proto.dns_lookup_family).unwrap_or(DnsLookupFamily::Auto);
+            let refresh = rate(proto.dns_refresh_rate.as_ref(), DEFAULT_REFRESH);
+            let failure_refresh = rate(
+                proto
+                    .dns_failure_refresh_rate
+                    .as_ref()
+                    .and_then(|f| f.base_interval.as_ref()),
+                refresh,
+            );
+            let cla = proto.load_assignment?;
+            Some(DnsJob {
+                cluster: e.info.name.clone(),
+                discovery: e.info.discovery.clone(),
+                targets: dns_targets(&cla).ok()?,
+                panic_threshold: e.info.panic_threshold,
+                family,
+                refresh,
+                failure_refresh,
+                warming,
             })
-            .filter_map(|e| {
-                let proto = e.info.proto.decode();
-                let family = DnsLookupFamily::try_from(proto.dns_lookup_family)
-                    .unwrap_or(DnsLookupFamily::Auto);
-                let cla = proto.load_assignment?;
-                Some((
-                    e.info.name.clone(),
-                    e.info.discovery.clone(),
-                    dns_targets(&cla).ok()?,
-                    e.info.panic_threshold,
-                    family,
-                ))
-            })
-            .collect()
-    };
-    for (cluster, discovery, targets, panic_threshold, family) in targets {
-        let mut hosts = Vec::new();
-        let mut failed = false;
-        for (name, port, weight) in targets {
-            let hostname: Arc<str> = Arc::from(name.as_str());
-            match tokio::net::lookup_host((name.as_str(), port)).await {
-                Ok(addrs) => {
-                    let mut addrs = by_family(addrs.collect(), family);
-                    if discovery == DiscoveryType::LogicalDns {
-                        addrs.truncate(1);
-                    }
-                    for address in addrs {
-                        let stats = {
-                            let cm = server.cluster_manager.borrow();
-                            let previous = cm.get(&cluster).and_then(|e| {
-                                e.info
-                                    .hosts
-                                    .hosts
-                                    .iter()
-                                    .find(|h| h.address == address)
-                                    .map(|h| h.stats.clone())
-                            });
-                            previous.unwrap_or_else(|| HostStats::new(cm.store()))
-                        };
-                        hosts.push(Arc::new(Host {
-                            address,
-                            weight,
-                            health: HostHealth::Healthy,
-                            priority: 0,
-                            stats,
-                            hostname: Some(hostname.clone()),
-                        }));
-                    }
+        })
+        .collect()
+}
+
+/// Looks up a cluster's targets: its hosts, or `None` when a lookup failed.
+async fn lookup(server: &Server, job: &DnsJob) -> Option<Vec<Arc<Host>>> {
+    let stats = server
+        .cluster_manager
+        .borrow()
+        .get(&job.cluster)
+        .map(|e| e.info.stats.clone());
+    let mut hosts = Vec::new();
+    let mut failed = false;
+    for (name, port, weight) in &job.targets {
+        if let Some(s) = &stats {
+            s.update_attempt.inc(MAIN_THREAD);
+        }
+        let hostname: Arc<str> = Arc::from(name.as_str());
+        match tokio::net::lookup_host((name.as_str(), *port)).await {
+            Ok(addrs) => {
+                if let Some(s) = &stats {
+                    s.update_success.inc(MAIN_THREAD);
                 }
-                Err(e) => {
-                    tracing::warn!(cluster = %cluster, host = %name, error = %e, "DNS resolution failed; keeping previous hosts");
-                    failed = true;
+                let mut addrs = by_family(addrs.collect(), job.family);
+                if job.discovery == DiscoveryType::LogicalDns {
+                    addrs.truncate(1);
+                }
+                for address in addrs {
+                    let stats = {
+                        let cm = server.cluster_manager.borrow();
+                        let previous = cm.get(&job.cluster).and_then(|e| {
+                            e.info
+                                .hosts
+                                .hosts
+                                .iter()
+                                .find(|h| h.address == address)
+                                .map(|h| h.stats.clone())
+                        });
+                        previous.unwrap_or_else(|| HostStats::new(cm.store()))
+                    };
+                    hosts.push(Arc::new(Host {
+                        address,
+                        weight: *weight,
+                        health: HostHealth::Healthy,
+                        priority: 0,
+                        stats,
+                        hostname: Some(hostname.clone()),
+                    }));
                 }
             }
+            Err(e) => {
+                tracing::warn!(cluster = %job.cluster, host = %name, error = %e, "DNS resolution failed; keeping previous hosts");
+                failed = true;
+            }
         }
-        if failed {
-            continue;
-        }
-        let mut cm = server.cluster_manager.borrow_mut();
-        let unchanged = cm.get(&cluster).is_some_and(|e| {
-            e.info.hosts.hosts.len() == hosts.len()
-                && e.info.hosts.hosts.iter().zip(&hosts).all(|(a, b)| {
-                    a.address == b.address && a.weight == b.weight && a.hostname == b.hostname
-                })
-        });
-        if !unchanged {
-            cm.set_resolved_hosts(&cluster, Arc::new(HostSet::new(hosts, panic_threshold)));
-            cm.publish();
-        }
+    }
+    (!failed).then_some(hosts)
+}
+
+/// Resolves one cluster and applies the result; whether the lookups succeeded and whether
+/// a warming cluster became active.
+async fn resolve(server: &Server, job: &DnsJob) -> (bool, bool) {
+    let hosts = lookup(server, job).await;
+    let ok = hosts.is_some();
+    let mut cm = server.cluster_manager.borrow_mut();
+    let hosts = hosts.filter(|hosts| {
+        // An active cluster whose hosts did not change is left as it is.
+        job.warming
+            || !cm.get(&job.cluster).is_some_and(|e| {
+                e.info.hosts.hosts.len() == hosts.len()
+                    && e.info.hosts.hosts.iter().zip(hosts).all(|(a, b)| {
+                        a.address == b.address && a.weight == b.weight && a.hostname == b.hostname
+                    })
+            })
+    });
+    if job.warming || hosts.is_some() {
+        let set = hosts.map(|h| Arc::new(HostSet::new(h, job.panic_threshold)));
+        cm.set_resolved_hosts(&job.cluster, set);
+        cm.publish();
+    }
+    (ok, job.warming)
+}
+
+/// Resolves every DNS cluster once (at start-up, before the workers start).
+pub async fn resolve_all(server: &Server) {
+    for job in dns_jobs(server) {
+        resolve(server, &job).await;
     }
 }
 
-/// Re-resolves DNS clusters forever.
+/// Re-resolves DNS clusters each at its own rate, and resolves a warming one (added or
+/// updated) as soon as it appears.
 pub async fn refresh_loop(server: Rc<Server>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(5));
-    tick.tick().await;
+    let mut changes = server.xds_changes.subscribe();
+    let mut due: HashMap<String, Instant> = HashMap::new();
     loop {
-        tick.tick().await;
-        resolve_all(&server).await;
+        let jobs = dns_jobs(&server);
+        let now = Instant::now();
+        due.retain(|name, _| jobs.iter().any(|j| &j.cluster == name));
+        for job in &jobs {
+            let at = due.entry(job.cluster.clone()).or_insert(now + job.refresh);
+            if job.warming {
+                *at = now;
+            }
+        }
+        let ready: Vec<&DnsJob> = jobs.iter().filter(|j| due[&j.cluster] <= now).collect();
+        if ready.is_empty() {
+            let next = due.values().min().copied();
+            tokio::select! {
+                _ = async {
+                    match next {
+                        Some(at) => tokio::time::sleep_until(at.into()).await,
+                        None => std::future::pending().await,
+                    }
+                } => {}
+                // A cluster was added, updated or removed.
+                r = changes.changed() => if r.is_err() { return },
+            }
+            continue;
+        }
+        // Lookups run side by side: one slow name does not hold the others back.
+        let results =
+            futures::future::join_all(ready.iter().map(|job| resolve(&server, job))).await;
+        let mut warmed = false;
+        for (job, (ok, was_warming)) in ready.iter().zip(results) {
+            let next = if ok { job.refresh } else { job.failure_refresh };
+            due.insert(job.cluster.clone(), Instant::now() + next);
+            warmed |= was_warming;
+        }
+        if warmed {
+            // CDS's ACK and initialisation were waiting for these clusters.
+            crate::xds::after_update(&server);
+        }
     }
 }
 

@@ -57,6 +57,9 @@ enum Kind {
 struct Tee {
     inner: ProxyBody,
     feeds: Vec<Rc<ShadowFeed>>,
+    /// The body's announced length, and the data that went through.
+    declared: Option<u64>,
+    passed: u64,
 }
 
 impl Tee {
@@ -69,8 +72,12 @@ impl Tee {
 
 impl Drop for Tee {
     fn drop(&mut self) {
-        // Dropped before its end: the mirrors' copies are incomplete.
-        self.end(false);
+        // A reader may stop at the announced length without waiting for the end of the
+        // stream (hyper's HTTP/1 client does): all of it went through all the same.
+        let complete = self.inner.is_end_stream()
+            || self.declared == Some(self.passed)
+            || self.inner.size_hint().exact() == Some(0);
+        self.end(complete);
     }
 }
 
@@ -142,7 +149,13 @@ impl ProxyBody {
 
     /// `inner`, its frames copied to each of `feeds` (request mirrors) as they pass.
     pub fn tee(inner: ProxyBody, feeds: Vec<Rc<ShadowFeed>>) -> ProxyBody {
-        ProxyBody::of(Kind::Tee(Box::new(Tee { inner, feeds })))
+        let declared = inner.size_hint().exact();
+        ProxyBody::of(Kind::Tee(Box::new(Tee {
+            inner,
+            feeds,
+            declared,
+            passed: 0,
+        })))
     }
 
     /// A mirror's copy of a request body, fed by a [`ProxyBody::tee`].
@@ -242,6 +255,9 @@ impl Body for ProxyBody {
                 let r = Pin::new(&mut t.inner).poll_frame(cx);
                 match &r {
                     Poll::Ready(Some(Ok(frame))) => {
+                        if let Some(d) = frame.data_ref() {
+                            t.passed += d.len() as u64;
+                        }
                         for f in &t.feeds {
                             f.push(frame);
                         }

@@ -3,9 +3,12 @@
 //!
 //! - `max_concurrent_streams` (default 2147483647, as Envoy).
 //! - `initial_stream_window_size` and `initial_connection_window_size` when set (Envoy's
-//!   range, 65535 to 2147483647). **Unset, hyper's 1 MiB windows stay**, where Envoy
+//!   range, 65535 to 2147483647). **Unset, hyper's windows stay** (downstream 1 MiB a
+//!   stream and a connection; upstream 2 MiB a stream, 5 MiB a connection), where Envoy
 //!   advertises 256 MiB: a deliberate difference, as a peer may send a whole window that
-//!   nothing reads yet, and 256 MiB a stream is more than a proxy should hold.
+//!   nothing reads yet, and 256 MiB a stream is more than a proxy should hold. Setting
+//!   only the stream window leaves the connection window at hyper's, which then bounds a
+//!   single stream too.
 //! - `connection_keepalive`: a PING every `interval` (jitter aside) and the connection
 //!   closed when its answer takes longer than `timeout`, as Envoy. `interval_jitter` and
 //!   `connection_idle_interval` are not acted on (hyper has neither).

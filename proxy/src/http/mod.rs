@@ -140,7 +140,7 @@
 //!   are not forwarded (Envoy forwards them when both sides enable trailers).
 //! - `http2_protocol_options` windows and `connection_keepalive`, downstream and upstream,
 //!   as Envoy ([`h2_options`], `tests/http_h2_options.rs`); unset windows stay hyper's
-//!   1 MiB (Envoy: 256 MiB), a documented difference.
+//!   (1 to 5 MiB; Envoy: 256 MiB), a documented difference.
 //! - Upstream connections live as a cluster's `common_http_protocol_options` say, as in
 //!   Envoy (`tests/http_conn_lifetime.rs`): `idle_timeout` (default 1 h) closes a
 //!   connection with nothing on it; `max_requests_per_connection` (or the legacy cluster

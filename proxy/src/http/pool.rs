@@ -412,8 +412,15 @@ impl Drop for ConnGuard {
         self.cluster.stats.upstream_cx_destroy.inc(self.worker);
         self.host.stats.cx_active.dec(self.worker);
         let addr = self.host.address;
-        if let Some(n) = self.pool.host_connections.borrow_mut().get_mut(&addr) {
-            *n = n.saturating_sub(1);
+        {
+            let mut counts = self.pool.host_connections.borrow_mut();
+            if let Some(n) = counts.get_mut(&addr) {
+                *n = n.saturating_sub(1);
+                // Gone hosts leave no entry behind.
+                if *n == 0 {
+                    counts.remove(&addr);
+                }
+            }
         }
         // Room for a connection to this host first, else to any.
         if !self.pool.wake_for(addr) {
@@ -602,23 +609,42 @@ impl ClusterPool {
 
     async fn wait_for_slot(&self, addr: SocketAddr) {
         /// A wait given up (its request dropped, by a timeout or a reset) leaves an empty
-        /// slot in the queue, which a wake-up then skips rather than spends.
-        struct Slot(Rc<Cell<Option<Waker>>>);
-        impl Drop for Slot {
+        /// slot in the queue, which a wake-up then skips rather than spends; one given up
+        /// after its wake-up passes the wake-up on, so that the connection it was woken for
+        /// does not sit unused while others wait.
+        struct Slot<'a> {
+            waker: WaitSlot,
+            pool: &'a ClusterPool,
+            addr: SocketAddr,
+            registered: bool,
+            done: bool,
+        }
+        impl Drop for Slot<'_> {
             fn drop(&mut self) {
-                self.0.take();
+                let woken = self.registered && !self.done && self.waker.take().is_none();
+                if woken && !self.pool.wake_for(self.addr) {
+                    self.pool.wake_one();
+                }
             }
         }
-        let slot = Slot(Rc::new(Cell::new(None)));
-        let mut registered = false;
+        let mut slot = Slot {
+            waker: Rc::new(Cell::new(None)),
+            pool: self,
+            addr,
+            registered: false,
+            done: false,
+        };
         std::future::poll_fn(|cx| {
-            if registered && slot.0.take().is_none() {
+            if slot.registered && slot.waker.take().is_none() {
+                slot.done = true;
                 return Poll::Ready(());
             }
-            slot.0.set(Some(cx.waker().clone()));
-            if !registered {
-                registered = true;
-                self.waiters.borrow_mut().push_back((addr, slot.0.clone()));
+            slot.waker.set(Some(cx.waker().clone()));
+            if !slot.registered {
+                slot.registered = true;
+                self.waiters
+                    .borrow_mut()
+                    .push_back((addr, slot.waker.clone()));
             }
             Poll::Pending
         })
@@ -702,7 +728,13 @@ impl ClusterPool {
                         .get(&host.address)
                         .is_some_and(|&n| n >= m)
                 });
-            if b.connections.get() >= cluster.thresholds.max_connections || host_full || h2_busy {
+            let full = b.connections.get() >= cluster.thresholds.max_connections || host_full;
+            // Idle connections of the other HTTP/1 client cannot serve this request: one
+            // goes to make room (if it closes now, at once; else its close wakes this wait).
+            if full && !cluster.http2 && self.evict_other_idle(host.address, raw) == Some(true) {
+                continue;
+            }
+            if full || h2_busy {
                 if !h2_busy {
                     cluster.stats.upstream_cx_overflow.inc(worker);
                 }
@@ -724,6 +756,27 @@ impl ClusterPool {
             break Box::pin(self.connect(cluster, host, worker, raw))
                 .await
                 .map(|s| (s, false));
+        }
+    }
+
+    /// Closes an idle HTTP/1 connection to `addr` of the other client than the one `raw`
+    /// asks for, to make room under a connection limit: `Some(true)` when its slot is free
+    /// now (Courier's client closes at once), `Some(false)` when it frees as hyper's
+    /// connection task ends, `None` when there is none.
+    fn evict_other_idle(&self, addr: SocketAddr, raw: bool) -> Option<bool> {
+        let mut hosts = self.hosts.borrow_mut();
+        let h = hosts.get_mut(&addr)?;
+        if raw {
+            let open = std::iter::from_fn(|| h.idle.pop()).find(|c| !c.conn.is_closed())?;
+            // Closed outside the borrow: its guard wakes waiters.
+            drop(hosts);
+            drop(open);
+            Some(false)
+        } else {
+            let conn = h.raw_idle.pop()?;
+            drop(hosts);
+            drop(conn);
+            Some(true)
         }
     }
 
@@ -773,8 +826,15 @@ impl ClusterPool {
             pool: self.clone(),
         };
         let sender = Sender::H2(c.sender.clone(), stream);
-        if cluster.conn_lifetime.max_requests == Some(c.requests) {
-            self.stats.cx_max_requests.inc(worker);
+        // `>=`: a config update may have lowered the limit below a live connection's count.
+        if let Some(max) = cluster
+            .conn_lifetime
+            .max_requests
+            .filter(|&m| c.requests >= m)
+        {
+            if c.requests == max {
+                self.stats.cx_max_requests.inc(worker);
+            }
             h.h2.swap_remove(i);
         }
         Some(sender)

@@ -369,6 +369,50 @@ fn pin_in<T>(slot: Box<std::mem::MaybeUninit<T>>, value: T) -> Pin<Box<T>> {
     Box::into_pin(Box::write(slot, value))
 }
 
+/// A downstream request in `downstream_rq_active` and its connection's active count.
+struct ActiveRequest(Option<Rc<ConnInfo>>);
+
+impl ActiveRequest {
+    fn new(conn: &Rc<ConnInfo>) -> Self {
+        conn.active.set(conn.active.get() + 1);
+        conn.config.stats.downstream_rq_active.inc(conn.worker);
+        ActiveRequest(Some(conn.clone()))
+    }
+
+    /// The response body's completion counts the request down from here.
+    fn hand_over(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for ActiveRequest {
+    fn drop(&mut self) {
+        if let Some(conn) = self.0.take() {
+            conn.active.set(conn.active.get().saturating_sub(1));
+            conn.config.stats.downstream_rq_active.dec(conn.worker);
+        }
+    }
+}
+
+/// A gauge raised while this lives, so that a future dropped mid-way lowers it too.
+struct Raised<'a> {
+    gauge: &'a crate::stats::Gauge,
+    worker: usize,
+}
+
+impl<'a> Raised<'a> {
+    fn new(gauge: &'a crate::stats::Gauge, worker: usize) -> Self {
+        gauge.inc(worker);
+        Raised { gauge, worker }
+    }
+}
+
+impl Drop for Raised<'_> {
+    fn drop(&mut self) {
+        self.gauge.dec(self.worker);
+    }
+}
+
 /// Handles one request end to end. `upgrade` delivers the downstream connection (or HTTP/2
 /// stream) once the response accepting an upgrade request is sent.
 pub async fn serve(
@@ -381,10 +425,11 @@ pub async fn serve(
     let start = Instant::now();
     let start_wall = SystemTime::now();
     conn.requests.set(conn.requests.get() + 1);
-    conn.active.set(conn.active.get() + 1);
     conn.last_activity.set(start);
     cfg.stats.downstream_rq_total.inc(worker);
-    cfg.stats.downstream_rq_active.inc(worker);
+    // Active until the response body ends; a request dropped before it has a response
+    // (its stream reset, its timeout) stops being active there.
+    let active = ActiveRequest::new(&conn);
     if req.version() == Version::HTTP_2 {
         cfg.stats.downstream_rq_http2_total.inc(worker);
     } else {
@@ -479,6 +524,7 @@ pub async fn serve(
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     // Completion: when the response body ends (or is dropped).
+    active.hand_over();
     let conn2 = conn.clone();
     let (parts, body) = resp.into_parts();
     let resp_headers = log_state.as_ref().map(|_| parts.headers.clone());
@@ -1130,7 +1176,16 @@ async fn forward(
                 buffered = Some(Bytes::new());
             } else {
                 let limit = route.buffer_limit.unwrap_or(conn.buffer_limit);
-                match buffer_for_retries(b, limit).await {
+                // The stream's duration runs while its body arrives.
+                let Some(read) = rt::timeout(duration_deadline, buffer_for_retries(b, limit)).await
+                else {
+                    cfg.stats.downstream_rq_max_duration_reached.inc(worker);
+                    // `408`: the request is not all in (Envoy's choice), DEADLINE_EXCEEDED.
+                    let mut r = local_reply(StatusCode::REQUEST_TIMEOUT, DURATION_TIMEOUT);
+                    r.extensions_mut().insert(LocalReply(Some(4)));
+                    return r;
+                };
+                match read {
                     Ok(Buffered::Whole(bytes)) => buffered = Some(bytes),
                     // As Envoy: the request goes on, streamed, without retries.
                     Ok(Buffered::TooLarge(body)) => {
@@ -1309,9 +1364,11 @@ async fn forward(
             );
         }
         pool.stats.rq_total.inc(worker);
-        pool.stats.rq_active.inc(worker);
         host.stats.rq_total.inc(worker);
-        host.stats.rq_active.inc(worker);
+        let active = (
+            Raised::new(&pool.stats.rq_active, worker),
+            Raised::new(&host.stats.rq_active, worker),
+        );
         let try_deadline = match (per_try.map(|p| Instant::now() + p), overall_deadline) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -1343,8 +1400,7 @@ async fn forward(
                 .await
             }
         };
-        pool.stats.rq_active.dec(worker);
-        host.stats.rq_active.dec(worker);
+        drop(active);
         let err = match result {
             Some(Ok(resp)) => {
                 let status = resp.status().as_u16();
@@ -1354,7 +1410,12 @@ async fn forward(
                         && attempt <= r.num_retries
                         && buffered.is_some()
                 });
-                if can_retry && retry_budget(&pool, &cluster, worker) {
+                let slot = if can_retry {
+                    RetrySlot::take(&pool, &cluster, worker)
+                } else {
+                    None
+                };
+                if let Some(slot) = slot {
                     // Kept in case no retry can follow, read off its connection first: an
                     // open body would hold the attempt's connection (an HTTP/2 stream
                     // slot) while the retry looks for one.
@@ -1363,6 +1424,7 @@ async fn forward(
                     if !backoff(retry.as_deref(), attempt, overall_deadline).await {
                         break;
                     }
+                    drop(slot);
                     pool.stats.rq_retry.inc(worker);
                     continue;
                 }
@@ -1426,10 +1488,16 @@ async fn forward(
         let more = retry.as_ref().is_some_and(|r| attempt <= r.num_retries) && buffered.is_some();
         last_error = Some(err);
         last_response = None;
-        if retriable && more && retry_budget(&pool, &cluster, worker) {
+        let slot = if retriable && more {
+            RetrySlot::take(&pool, &cluster, worker)
+        } else {
+            None
+        };
+        if let Some(slot) = slot {
             if !backoff(retry.as_deref(), attempt, overall_deadline).await {
                 break;
             }
+            drop(slot);
             pool.stats.rq_retry.inc(worker);
             continue;
         }
@@ -1548,18 +1616,31 @@ async fn settle(resp: Response<ProxyBody>, deadline: Option<Instant>) -> Respons
     Response::from_parts(parts, ProxyBody::full(bytes))
 }
 
-/// `max_retries` circuit breaker (or the cluster's `retry_budget`): true when a retry may
-/// start.
-fn retry_budget(pool: &pool::ClusterPool, cluster: &ClusterInfo, worker: usize) -> bool {
-    let b = &pool.breakers;
-    let max = cluster
-        .thresholds
-        .max_retries(b.requests.get() + b.pending.get());
-    if b.retries.get() >= max {
-        pool.stats.rq_retry_overflow.inc(worker);
-        return false;
+/// A retry in the `max_retries` circuit breaker (or the cluster's `retry_budget`): counted
+/// from when it is scheduled until its attempt starts, as Envoy counts it.
+struct RetrySlot(Rc<pool::ClusterPool>);
+
+impl RetrySlot {
+    /// A slot, or `None` (counted in `upstream_rq_retry_overflow`) when the breaker is full.
+    fn take(pool: &Rc<pool::ClusterPool>, cluster: &ClusterInfo, worker: usize) -> Option<Self> {
+        let b = &pool.breakers;
+        let max = cluster
+            .thresholds
+            .max_retries(b.requests.get() + b.pending.get());
+        if b.retries.get() >= max {
+            pool.stats.rq_retry_overflow.inc(worker);
+            return None;
+        }
+        b.retries.set(b.retries.get() + 1);
+        Some(RetrySlot(pool.clone()))
     }
-    true
+}
+
+impl Drop for RetrySlot {
+    fn drop(&mut self) {
+        let b = &self.0.breakers;
+        b.retries.set(b.retries.get().saturating_sub(1));
+    }
 }
 
 /// Sleeps the back-off; false when the route deadline would pass first.

@@ -1,6 +1,5 @@
 //! The body type that flows through the proxy in both directions.
 
-use std::collections::VecDeque;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
@@ -10,6 +9,7 @@ use hyper::body::Incoming;
 use hyper::body::{Body, Frame, SizeHint};
 
 use super::h1_server::DownstreamBody;
+use super::retry_buffer::{Replay, RetryBuffer};
 use super::shadow::ShadowFeed;
 use super::stream_idle::StreamIdle;
 use super::upstream_h1::UpstreamBody;
@@ -46,12 +46,12 @@ enum Kind {
     Stream(Incoming),
     Upstream(UpstreamBody),
     Downstream(DownstreamBody),
-    /// Data already read off a body, then the rest of that body.
-    Prefixed(Box<Prefixed>),
     /// A request body whose frames are copied to mirrors as they pass.
     Tee(Box<Tee>),
     /// A mirror's copy of a request body.
     Shadow(Rc<ShadowFeed>),
+    /// One attempt's reading of a request body kept for retries.
+    Replay(Box<Replay>),
 }
 
 struct Tee {
@@ -79,11 +79,6 @@ impl Drop for Tee {
             || self.inner.size_hint().exact() == Some(0);
         self.end(complete);
     }
-}
-
-struct Prefixed {
-    read: VecDeque<Bytes>,
-    rest: ProxyBody,
 }
 
 impl ProxyBody {
@@ -138,15 +133,6 @@ impl ProxyBody {
         ProxyBody::of(Kind::Downstream(inner))
     }
 
-    /// The data already read off `rest`, then the rest of it (a request body that outgrew
-    /// its buffer limit for retries goes on streamed).
-    pub fn prefixed(read: Vec<Bytes>, rest: ProxyBody) -> ProxyBody {
-        ProxyBody::of(Kind::Prefixed(Box::new(Prefixed {
-            read: read.into(),
-            rest,
-        })))
-    }
-
     /// `inner`, its frames copied to each of `feeds` (request mirrors) as they pass.
     pub fn tee(inner: ProxyBody, feeds: Vec<Rc<ShadowFeed>>) -> ProxyBody {
         let declared = inner.size_hint().exact();
@@ -156,6 +142,11 @@ impl ProxyBody {
             declared,
             passed: 0,
         })))
+    }
+
+    /// One attempt's reading of a request body kept for retries: from its start.
+    pub fn replay(buffer: Rc<RetryBuffer>) -> ProxyBody {
+        ProxyBody::of(Kind::Replay(Box::new(Replay::new(buffer))))
     }
 
     /// A mirror's copy of a request body, fed by a [`ProxyBody::tee`].
@@ -206,9 +197,9 @@ impl ProxyBody {
             Kind::Stream(_)
             | Kind::Upstream(_)
             | Kind::Downstream(_)
-            | Kind::Prefixed(_)
             | Kind::Tee(_)
-            | Kind::Shadow(_) => None,
+            | Kind::Shadow(_)
+            | Kind::Replay(_) => None,
         }
     }
 
@@ -247,10 +238,6 @@ impl Body for ProxyBody {
                 .poll_frame(cx)
                 .map_err(|e| Box::new(e) as BoxError),
             Kind::Downstream(inner) => inner.poll_frame(cx).map_err(|e| Box::new(e) as BoxError),
-            Kind::Prefixed(p) => match p.read.pop_front() {
-                Some(d) => Poll::Ready(Some(Ok(Frame::data(d)))),
-                None => Pin::new(&mut p.rest).poll_frame(cx),
-            },
             Kind::Tee(t) => {
                 let r = Pin::new(&mut t.inner).poll_frame(cx);
                 match &r {
@@ -273,6 +260,7 @@ impl Body for ProxyBody {
                 r
             }
             Kind::Shadow(feed) => feed.poll_frame(cx),
+            Kind::Replay(r) => r.poll_frame(cx),
         };
         if this.drop_trailers && matches!(&r, Poll::Ready(Some(Ok(f))) if f.is_trailers()) {
             // Trailers come last: the body is complete without them.
@@ -320,9 +308,9 @@ impl Body for ProxyBody {
             Kind::Stream(inner) => inner.is_end_stream(),
             Kind::Upstream(inner) => inner.is_end_stream(),
             Kind::Downstream(inner) => inner.is_end_stream(),
-            Kind::Prefixed(p) => p.read.is_empty() && p.rest.is_end_stream(),
             Kind::Tee(t) => t.inner.is_end_stream(),
             Kind::Shadow(feed) => feed.is_end_stream(),
+            Kind::Replay(r) => r.is_end_stream(),
         }
     }
 
@@ -338,19 +326,7 @@ impl Body for ProxyBody {
                 .exact_len()
                 .map_or_else(SizeHint::default, SizeHint::with_exact),
             Kind::Tee(t) => t.inner.size_hint(),
-            Kind::Shadow(_) => SizeHint::default(),
-            Kind::Prefixed(p) => {
-                let read: u64 = p.read.iter().map(|d| d.len() as u64).sum();
-                let rest = p.rest.size_hint();
-                match rest.exact() {
-                    Some(n) => SizeHint::with_exact(read + n),
-                    None => {
-                        let mut hint = SizeHint::new();
-                        hint.set_lower(read + rest.lower());
-                        hint
-                    }
-                }
-            }
+            Kind::Shadow(_) | Kind::Replay(_) => SizeHint::default(),
         }
     }
 }

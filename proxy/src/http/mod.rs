@@ -83,9 +83,10 @@
 //! - Inline route configurations are checked against the known clusters at load
 //!   (`validate_clusters`, on by default for them, off for RDS, as Envoy): a static
 //!   listener naming an unknown cluster fails start-up, an LDS one is NACKed.
-//! - Request bodies are buffered for retries up to the route's (or virtual host's)
-//!   `request_body_buffer_limit` or `per_request_buffer_limit_bytes`, else the listener's
-//!   `per_connection_buffer_limit_bytes`; a longer body goes on streamed without retries
+//! - On a route with retries a request body goes upstream as it arrives while a copy is
+//!   kept for a retry ([`retry_buffer`]), up to the route's (or virtual host's)
+//!   `request_body_buffer_limit` / `per_request_buffer_limit_bytes`, else the listener's
+//!   `per_connection_buffer_limit_bytes`; past it the request goes on without retries
 //!   (`retry_or_shadow_abandoned`), as in Envoy (`tests/http_retries.rs`).
 //! - Retries: `retry_on` takes Envoy's conditions, gRPC ones included (`unavailable`, …:
 //!   a trailers-only answer's `grpc-status`), `retriable-headers`, `envoy-ratelimited`
@@ -162,6 +163,7 @@ pub mod header_map_pool;
 pub mod headers;
 pub mod key_format;
 pub mod pool;
+pub mod retry_buffer;
 pub mod route;
 pub mod router;
 pub mod shadow;

@@ -17,11 +17,12 @@ use http_body_util::BodyExt;
 use hyper::body::Body as _;
 
 use super::access_log::LogEntry;
-use super::body::{BoxError, ProxyBody};
+use super::body::ProxyBody;
 use super::hcm::{EscapedSlashes, HcmConfig, RouteSource, UnderscoreAction};
 use super::header_map_pool;
 use super::headers::{decimal_value, strip_hop_by_hop, strip_response_hop_by_hop, FormatContext};
 use super::pool::{self, PoolError, Sender};
+use super::retry_buffer::RetryBuffer;
 use super::route::{
     Action, ClusterSpec, HostRewrite, Redirect, Route, RouteAction, RouteTable, VirtualHost,
 };
@@ -1165,43 +1166,9 @@ async fn forward(
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     };
-    // Body: buffered (replayable) when retries are possible, else streamed.
-    let mut buffered: Option<Bytes> = None;
+    // Request mirrors, sent with the first attempt (not for an upgrade), fed as the client's
+    // body passes.
     let mut stream_body = Some(body);
-    let retries_allowed = retry.as_ref().is_some_and(|r| r.num_retries > 0);
-    if retries_allowed && !is_upgrade {
-        let body = stream_body.take();
-        if let Some(b) = body {
-            if b.is_end_stream() {
-                buffered = Some(Bytes::new());
-            } else {
-                let limit = route.buffer_limit.unwrap_or(conn.buffer_limit);
-                // The stream's duration runs while its body arrives.
-                let Some(read) = rt::timeout(duration_deadline, buffer_for_retries(b, limit)).await
-                else {
-                    cfg.stats.downstream_rq_max_duration_reached.inc(worker);
-                    // `408`: the request is not all in (Envoy's choice), DEADLINE_EXCEEDED.
-                    let mut r = local_reply(StatusCode::REQUEST_TIMEOUT, DURATION_TIMEOUT);
-                    r.extensions_mut().insert(LocalReply(Some(4)));
-                    return r;
-                };
-                match read {
-                    Ok(Buffered::Whole(bytes)) => buffered = Some(bytes),
-                    // As Envoy: the request goes on, streamed, without retries.
-                    Ok(Buffered::TooLarge(body)) => {
-                        pool.stats.retry_or_shadow_abandoned.inc(worker);
-                        stream_body = Some(body);
-                    }
-                    // The client's body broke off (its connection is closing).
-                    Err(e) => {
-                        tracing::debug!(error = %e, "request body ended with an error");
-                        return local_reply(StatusCode::BAD_REQUEST, "");
-                    }
-                }
-            }
-        }
-    }
-    // Request mirrors, sent with the first attempt (not for an upgrade).
     let mut mirrors = if action.shadows.is_empty() || is_upgrade {
         Vec::new()
     } else {
@@ -1213,7 +1180,6 @@ async fn forward(
         let (mirrors, feeds) = shadow::plan(
             &action.shadows,
             &parts.headers,
-            buffered.as_ref(),
             stream_body.as_ref().is_some_and(|b| !b.is_end_stream()),
             limit,
             &pool.stats.retry_or_shadow_abandoned,
@@ -1223,6 +1189,29 @@ async fn forward(
             stream_body = stream_body.take().map(|b| ProxyBody::tee(b, feeds));
         }
         mirrors
+    };
+    // Body, when retries are possible: taken whole if it is all in, else forwarded as it
+    // arrives with a copy kept for a retry (Envoy's buffering, which holds nothing back).
+    let mut buffered: Option<Bytes> = None;
+    let mut retry_buffer: Option<Rc<RetryBuffer>> = None;
+    let retries_allowed = retry.as_ref().is_some_and(|r| r.num_retries > 0);
+    if retries_allowed && !is_upgrade {
+        if let Some(b) = stream_body.take() {
+            if b.is_end_stream() {
+                buffered = Some(Bytes::new());
+            } else {
+                let limit = route.buffer_limit.unwrap_or(conn.buffer_limit);
+                let abandoned = pool.stats.retry_or_shadow_abandoned.clone();
+                let rb = RetryBuffer::new(b, limit, abandoned, worker);
+                match rb.prefill() {
+                    Some(bytes) => buffered = Some(bytes),
+                    None => retry_buffer = Some(rb),
+                }
+            }
+        }
+    }
+    let replayable = |buffered: &Option<Bytes>, rb: &Option<Rc<RetryBuffer>>| {
+        buffered.is_some() || rb.as_ref().is_some_and(|b| b.replayable())
     };
     pool.breakers.requests.set(pool.breakers.requests.get() + 1);
     struct RqGuard(Rc<pool::ClusterPool>);
@@ -1256,12 +1245,16 @@ async fn forward(
         if let (HostRewrite::Auto, Some(name)) = (&action.host_rewrite, &host.hostname) {
             upstream_authority = Cow::Owned(name.to_string());
         }
-        let body = match (&buffered, stream_body.take()) {
-            (Some(b), _) => ProxyBody::full(b.clone()),
-            // Nothing to stream (a GET): sent as a complete, empty body.
-            (None, Some(b)) if b.is_end_stream() => ProxyBody::empty(),
-            (None, Some(b)) => b,
-            (None, None) => ProxyBody::empty(),
+        let body = if let Some(b) = &buffered {
+            ProxyBody::full(b.clone())
+        } else if let Some(rb) = &retry_buffer {
+            ProxyBody::replay(rb.clone())
+        } else {
+            match stream_body.take() {
+                Some(b) if !b.is_end_stream() => b,
+                // Nothing to stream (a GET): sent as a complete, empty body.
+                _ => ProxyBody::empty(),
+            }
         };
         // Upgrades are built in the HTTP/1.1 form whatever the cluster's protocol; for an
         // HTTP/2 cluster, `send_upgrade` makes an extended CONNECT of it.
@@ -1298,8 +1291,8 @@ async fn forward(
             return local_reply(StatusCode::BAD_REQUEST, "");
         };
         // The last possible attempt takes the headers instead of copying them.
-        let last_attempt =
-            !(retry.as_ref().is_some_and(|r| attempt <= r.num_retries) && buffered.is_some());
+        let last_attempt = !(retry.as_ref().is_some_and(|r| attempt <= r.num_retries)
+            && replayable(&buffered, &retry_buffer));
         *up_req.headers_mut() = if last_attempt {
             std::mem::take(&mut parts.headers)
         } else {
@@ -1408,7 +1401,7 @@ async fn forward(
                 let can_retry = retry.as_ref().is_some_and(|r| {
                     r.retry_response(status, resp.headers())
                         && attempt <= r.num_retries
-                        && buffered.is_some()
+                        && replayable(&buffered, &retry_buffer)
                 });
                 let slot = if can_retry {
                     RetrySlot::take(&pool, &cluster, worker)
@@ -1485,7 +1478,8 @@ async fn forward(
             AttemptError::Refused => retry.as_ref().is_some_and(|r| r.retry_refused()),
             AttemptError::PerTryTimeout => retry.as_ref().is_some_and(|r| r.retry_timeout()),
         };
-        let more = retry.as_ref().is_some_and(|r| attempt <= r.num_retries) && buffered.is_some();
+        let more = retry.as_ref().is_some_and(|r| attempt <= r.num_retries)
+            && replayable(&buffered, &retry_buffer);
         last_error = Some(err);
         last_response = None;
         let slot = if retriable && more {
@@ -1564,35 +1558,6 @@ async fn forward(
 
 fn vh_include_attempt(_vh: &VirtualHost) -> bool {
     false
-}
-
-/// A request body read for retries.
-enum Buffered {
-    /// All of it, to be replayed on each attempt.
-    Whole(Bytes),
-    /// It outgrew the limit: what was read, then the rest, to be sent once.
-    TooLarge(ProxyBody),
-}
-
-/// Reads `body` to its end to replay it on retries, unless it outgrows `limit` bytes
-/// (Envoy's check: more than the limit). Trailers are dropped, as before buffering.
-async fn buffer_for_retries(mut body: ProxyBody, limit: usize) -> Result<Buffered, BoxError> {
-    let mut read = Vec::new();
-    let mut len = 0;
-    while let Some(frame) = body.frame().await {
-        let Ok(data) = frame?.into_data() else {
-            continue;
-        };
-        len += data.len();
-        read.push(data);
-        if len > limit {
-            return Ok(Buffered::TooLarge(ProxyBody::prefixed(read, body)));
-        }
-    }
-    Ok(Buffered::Whole(match read.len() {
-        1 => read.swap_remove(0),
-        _ => read.concat().into(),
-    }))
 }
 
 /// The most of a kept response's body read now (by `deadline`): see the caller.

@@ -260,13 +260,12 @@ pub struct Mirror<'a> {
 }
 
 /// The mirrors of a request with `headers` under `policies`, and the feeds its body is to
-/// copy its frames to: a body already `buffered` is copied whole; one still to `stream`
-/// is fed (falling at most `limit` bytes behind, else abandoned and counted in
-/// `abandoned`). A mirror to a cluster that does not exist is not sent.
+/// copy its frames to when it has one to `stream` (a mirror falls at most `limit` bytes
+/// behind, else is abandoned and counted in `abandoned`). A mirror to a cluster that does
+/// not exist is not sent.
 pub fn plan<'a>(
     policies: &'a [ShadowPolicy],
     headers: &HeaderMap,
-    buffered: Option<&Bytes>,
     stream: bool,
     limit: usize,
     abandoned: &Arc<Counter>,
@@ -283,14 +282,12 @@ pub fn plan<'a>(
             tracing::debug!(cluster = name, "mirror cluster not found");
             continue;
         };
-        let body = match buffered {
-            Some(b) => ProxyBody::full(b.clone()),
-            None if stream => {
-                let feed = ShadowFeed::new(limit, abandoned.clone(), worker);
-                feeds.push(feed.clone());
-                ProxyBody::shadow(feed)
-            }
-            None => ProxyBody::empty(),
+        let body = if stream {
+            let feed = ShadowFeed::new(limit, abandoned.clone(), worker);
+            feeds.push(feed.clone());
+            ProxyBody::shadow(feed)
+        } else {
+            ProxyBody::empty()
         };
         mirrors.push(Mirror {
             policy,

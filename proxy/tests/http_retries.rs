@@ -468,3 +468,53 @@ fn streamed_bodies_go_upstream_at_once_and_replay_on_retry() {
     };
     assert_eq!(run(&envoy, &a), got, "envoy vs courier");
 }
+
+/// A virtual host's `include_request_attempt_count` and `include_attempt_count_in_response`:
+/// `x-envoy-attempt-count` on each upstream request (1, then 2 on the retry) and on the
+/// response. As Envoy (both were accepted without effect).
+#[test]
+fn attempt_counts_match_envoy() {
+    let routes = r#"            name: local
+            virtual_hosts:
+            - name: main
+              domains: ["*"]
+              include_request_attempt_count: true
+              include_attempt_count_in_response: true
+              routes:
+              - match: { prefix: "/" }
+                route: { cluster: a, retry_policy: { retry_on: "5xx", num_retries: 1, retry_back_off: { base_interval: 0.005s } } }
+"#;
+    let run = |p: &Courier, a: &Upstream| {
+        let r = get(p.listener, "h", "/flaky/1/counted", &[]);
+        let sent: Vec<String> = a
+            .seen
+            .lock()
+            .expect("seen")
+            .iter()
+            .map(|s| format!("{:?}", s.header("x-envoy-attempt-count")))
+            .collect();
+        (
+            r.status,
+            r.header("x-envoy-attempt-count").map(str::to_string),
+            sent,
+        )
+    };
+    let a = Upstream::start("a");
+    let boot = bootstrap(routes, "", &cluster("a", &[a.addr], ""));
+    let got = run(&Courier::start(&boot), &a);
+    assert_eq!(
+        got,
+        (
+            200,
+            Some("2".to_string()),
+            vec!["Some(\"1\")".to_string(), "Some(\"2\")".to_string()]
+        )
+    );
+    let a = Upstream::start("a");
+    let boot = bootstrap(routes, "", &cluster("a", &[a.addr], ""));
+    let Some(envoy) = Courier::start_envoy(&boot) else {
+        eprintln!("envoy not on PATH: skipping the attempt count differential");
+        return;
+    };
+    assert_eq!(run(&envoy, &a), got, "envoy vs courier");
+}

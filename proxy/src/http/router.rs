@@ -1341,7 +1341,7 @@ async fn forward(
                     .insert(X_ENVOY_EXPECTED_RQ_TIMEOUT_MS.clone(), decimal_value(ms));
             }
         }
-        if attempt > 1 && vh_include_attempt(vh) {
+        if vh.attempt_count_upstream {
             up_req
                 .headers_mut()
                 .insert(X_ENVOY_ATTEMPT_COUNT.clone(), decimal_value(attempt.into()));
@@ -1435,6 +1435,10 @@ async fn forward(
                         decimal_value(start.elapsed().as_millis() as u64),
                     );
                 }
+                if vh.attempt_count_response {
+                    resp.headers_mut()
+                        .insert(X_ENVOY_ATTEMPT_COUNT.clone(), decimal_value(attempt.into()));
+                }
                 if let Some(w) = weighted {
                     w.response_headers.apply(resp.headers_mut(), fcx);
                 }
@@ -1515,6 +1519,10 @@ async fn forward(
                 decimal_value(start.elapsed().as_millis() as u64),
             );
         }
+        if vh.attempt_count_response {
+            resp.headers_mut()
+                .insert(X_ENVOY_ATTEMPT_COUNT.clone(), decimal_value(attempt.into()));
+        }
         return resp;
     }
     match last_error {
@@ -1554,10 +1562,6 @@ async fn forward(
         }
         None => local_reply(StatusCode::GATEWAY_TIMEOUT, UPSTREAM_TIMEOUT),
     }
-}
-
-fn vh_include_attempt(_vh: &VirtualHost) -> bool {
-    false
 }
 
 /// The most of a kept response's body read now (by `deadline`): see the caller.

@@ -64,6 +64,11 @@ pub struct VirtualHost {
     pub response_headers: HeaderMutations,
     /// `retry_policy` (used by routes without their own).
     pub retry_policy: Option<Arc<RetryPolicy>>,
+    /// `include_request_attempt_count`: each upstream request carries
+    /// `x-envoy-attempt-count` (1 on the first).
+    pub attempt_count_upstream: bool,
+    /// `include_attempt_count_in_response`: the response carries the attempts made.
+    pub attempt_count_response: bool,
 }
 
 /// A compiled route.
@@ -976,6 +981,8 @@ impl RouteTable {
                     &format!("{vpath}.response_headers_to_remove"),
                 )?,
                 retry_policy,
+                attempt_count_upstream: vh.include_request_attempt_count,
+                attempt_count_response: vh.include_attempt_count_in_response,
             });
         }
         suffixes.sort_by_key(|s| std::cmp::Reverse(s.0.len()));

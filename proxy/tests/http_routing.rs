@@ -355,3 +355,48 @@ fn slow_request_heads_get_408() {
         "{stats}"
     );
 }
+
+/// `append_x_forwarded_host`: a rewritten host's original is appended to
+/// `x-forwarded-host` (not when it is the last value already). As Envoy (it was accepted
+/// without effect).
+#[test]
+fn append_x_forwarded_host_matches_envoy() {
+    let routes = r#"            name: local
+            virtual_hosts:
+            - name: main
+              domains: ["*"]
+              routes:
+              - match: { prefix: "/" }
+                route: { cluster: a, host_rewrite_literal: rewritten, append_x_forwarded_host: true }
+"#;
+    let run = |p: &Courier, a: &Upstream| -> Vec<Option<String>> {
+        [None, Some("first"), Some("first,orig")]
+            .into_iter()
+            .map(|xfh| {
+                let headers: Vec<(&str, &str)> =
+                    xfh.map(|v| ("x-forwarded-host", v)).into_iter().collect();
+                assert_eq!(get(p.listener, "orig", "/", &headers).status, 200);
+                a.last()
+                    .and_then(|s| s.header("x-forwarded-host").map(str::to_string))
+            })
+            .collect()
+    };
+    let a = Upstream::start("a");
+    let boot = bootstrap(routes, "", &cluster("a", &[a.addr], ""));
+    let got = run(&Courier::start(&boot), &a);
+    assert_eq!(
+        got,
+        [
+            Some("orig".to_string()),
+            Some("first,orig".to_string()),
+            Some("first,orig".to_string())
+        ]
+    );
+    let a = Upstream::start("a");
+    let boot = bootstrap(routes, "", &cluster("a", &[a.addr], ""));
+    let Some(envoy) = Courier::start_envoy(&boot) else {
+        eprintln!("envoy not on PATH: skipping the x-forwarded-host differential");
+        return;
+    };
+    assert_eq!(run(&envoy, &a), got, "envoy vs courier");
+}

@@ -85,6 +85,7 @@ static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-prot
 static X_ENVOY_EXTERNAL_ADDRESS: HeaderName = HeaderName::from_static("x-envoy-external-address");
 static X_ENVOY_ORIGINAL_PATH: HeaderName = HeaderName::from_static("x-envoy-original-path");
 static X_ENVOY_ORIGINAL_HOST: HeaderName = HeaderName::from_static("x-envoy-original-host");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static X_ENVOY_EXPECTED_RQ_TIMEOUT_MS: HeaderName =
     HeaderName::from_static("x-envoy-expected-rq-timeout-ms");
 static X_ENVOY_UPSTREAM_SERVICE_TIME: HeaderName =
@@ -1305,6 +1306,9 @@ async fn forward(
                     .headers_mut()
                     .insert(X_ENVOY_ORIGINAL_HOST.clone(), v);
             }
+            if action.append_x_forwarded_host {
+                append_forwarded_host(up_req.headers_mut(), authority);
+            }
         }
         if h2_upstream {
             // `:authority` carries it.
@@ -1561,6 +1565,19 @@ async fn forward(
             local_reply(StatusCode::SERVICE_UNAVAILABLE, UPSTREAM_REFUSED)
         }
         None => local_reply(StatusCode::GATEWAY_TIMEOUT, UPSTREAM_TIMEOUT),
+    }
+}
+
+/// Appends `host` to `x-forwarded-host` unless it is the last value there already (Envoy's
+/// `append_x_forwarded_host`).
+fn append_forwarded_host(headers: &mut http::HeaderMap, host: &str) {
+    let joined = match headers.get(&X_FORWARDED_HOST).and_then(|v| v.to_str().ok()) {
+        Some(existing) if existing.rsplit(',').next().map(str::trim) == Some(host) => return,
+        Some(existing) => format!("{existing},{host}"),
+        None => host.to_string(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&joined) {
+        headers.insert(X_FORWARDED_HOST.clone(), v);
     }
 }
 

@@ -502,6 +502,9 @@ pub struct RouteAction {
     pub regex_rewrite: Option<(Regex, String)>,
     /// `host_rewrite_*`.
     pub host_rewrite: HostRewrite,
+    /// `append_x_forwarded_host`: a rewritten host's original is appended to
+    /// `x-forwarded-host`.
+    pub append_x_forwarded_host: bool,
     /// `timeout` (default 15 s; `None` when 0).
     pub timeout: Option<Duration>,
     /// `max_stream_duration`: when set, `timeout` is not used (Envoy's "new" timeouts).
@@ -1632,6 +1635,7 @@ fn compile_route_action(
             .map(|r| compile_rewrite(r, &format!("{path}.regex_rewrite")))
             .transpose()?,
         host_rewrite,
+        append_x_forwarded_host: a.append_x_forwarded_host,
         timeout: (!timeout.is_zero()).then_some(timeout),
         stream_duration,
         max_grpc_timeout,

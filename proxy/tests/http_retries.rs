@@ -469,9 +469,10 @@ fn streamed_bodies_go_upstream_at_once_and_replay_on_retry() {
     assert_eq!(run(&envoy, &a), got, "envoy vs courier");
 }
 
-/// A virtual host's `include_request_attempt_count` and `include_attempt_count_in_response`:
-/// `x-envoy-attempt-count` on each upstream request (1, then 2 on the retry) and on the
-/// response. As Envoy (both were accepted without effect).
+/// A virtual host's `include_request_attempt_count`, `include_attempt_count_in_response`
+/// and `include_is_timeout_retry_header`: `x-envoy-attempt-count` on each upstream request
+/// (1, then 2 on the retry) and on the response, and `x-envoy-is-timeout-retry` on a retry
+/// (`true` after a per-try timeout). As Envoy (they were accepted without effect).
 #[test]
 fn attempt_counts_match_envoy() {
     let routes = r#"            name: local
@@ -480,35 +481,44 @@ fn attempt_counts_match_envoy() {
               domains: ["*"]
               include_request_attempt_count: true
               include_attempt_count_in_response: true
+              include_is_timeout_retry_header: true
               routes:
               - match: { prefix: "/" }
-                route: { cluster: a, retry_policy: { retry_on: "5xx", num_retries: 1, retry_back_off: { base_interval: 0.005s } } }
+                route: { cluster: a, retry_policy: { retry_on: "5xx", num_retries: 1, per_try_timeout: 0.3s, retry_back_off: { base_interval: 0.005s } } }
 "#;
     let run = |p: &Courier, a: &Upstream| {
-        let r = get(p.listener, "h", "/flaky/1/counted", &[]);
-        let sent: Vec<String> = a
-            .seen
-            .lock()
-            .expect("seen")
-            .iter()
-            .map(|s| format!("{:?}", s.header("x-envoy-attempt-count")))
-            .collect();
-        (
-            r.status,
-            r.header("x-envoy-attempt-count").map(str::to_string),
-            sent,
-        )
+        let mut out = Vec::new();
+        for path in ["/flaky/1/counted", "/delay/600"] {
+            let r = get(p.listener, "h", path, &[]);
+            out.push(format!(
+                "{path}: {} x-envoy-attempt-count={:?}",
+                r.status,
+                r.header("x-envoy-attempt-count")
+            ));
+        }
+        for s in a.seen.lock().expect("seen").iter() {
+            out.push(format!(
+                "upstream {}: attempt {:?} timeout retry {:?}",
+                s.path,
+                s.header("x-envoy-attempt-count"),
+                s.header("x-envoy-is-timeout-retry")
+            ));
+        }
+        out
     };
     let a = Upstream::start("a");
     let boot = bootstrap(routes, "", &cluster("a", &[a.addr], ""));
     let got = run(&Courier::start(&boot), &a);
     assert_eq!(
         got,
-        (
-            200,
-            Some("2".to_string()),
-            vec!["Some(\"1\")".to_string(), "Some(\"2\")".to_string()]
-        )
+        [
+            "/flaky/1/counted: 200 x-envoy-attempt-count=Some(\"2\")",
+            "/delay/600: 504 x-envoy-attempt-count=Some(\"2\")",
+            "upstream /flaky/1/counted: attempt Some(\"1\") timeout retry None",
+            "upstream /flaky/1/counted: attempt Some(\"2\") timeout retry Some(\"false\")",
+            "upstream /delay/600: attempt Some(\"1\") timeout retry None",
+            "upstream /delay/600: attempt Some(\"2\") timeout retry Some(\"true\")",
+        ]
     );
     let a = Upstream::start("a");
     let boot = bootstrap(routes, "", &cluster("a", &[a.addr], ""));

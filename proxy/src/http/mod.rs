@@ -131,8 +131,10 @@
 //!   `max_stream_duration` and `headers_with_underscores_action`, slow start and
 //!   `respect_dns_ttl`; HTTP/2's
 //!   `interval_jitter`, `connection_idle_interval` and `hpack_table_size`.
-//! - A virtual host's `include_request_attempt_count` and
-//!   `include_attempt_count_in_response` (`x-envoy-attempt-count`), as Envoy.
+//! - A virtual host's `include_request_attempt_count`, `include_attempt_count_in_response`
+//!   (`x-envoy-attempt-count`, on the router's own replies too) and
+//!   `include_is_timeout_retry_header` (`x-envoy-is-timeout-retry`); a route's
+//!   `append_x_forwarded_host`. As Envoy.
 //! - A cluster's `retry_budget` (in place of `max_retries`) and
 //!   `per_host_thresholds.max_connections`, as Envoy (`tests/http_retries.rs`); counted
 //!   per worker like every circuit breaker here.

@@ -86,6 +86,7 @@ static X_ENVOY_EXTERNAL_ADDRESS: HeaderName = HeaderName::from_static("x-envoy-e
 static X_ENVOY_ORIGINAL_PATH: HeaderName = HeaderName::from_static("x-envoy-original-path");
 static X_ENVOY_ORIGINAL_HOST: HeaderName = HeaderName::from_static("x-envoy-original-host");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_ENVOY_IS_TIMEOUT_RETRY: HeaderName = HeaderName::from_static("x-envoy-is-timeout-retry");
 static X_ENVOY_EXPECTED_RQ_TIMEOUT_MS: HeaderName =
     HeaderName::from_static("x-envoy-expected-rq-timeout-ms");
 static X_ENVOY_UPSTREAM_SERVICE_TIME: HeaderName =
@@ -1230,6 +1231,8 @@ async fn forward(
     loop {
         attempt += 1;
         if overall_deadline.is_some_and(|d| Instant::now() >= d) {
+            // Not made: `attempt` counts the attempts sent.
+            attempt -= 1;
             break;
         }
         let Some(host) = pool::choose_host(&cluster) else {
@@ -1344,6 +1347,13 @@ async fn forward(
                     .headers_mut()
                     .insert(X_ENVOY_EXPECTED_RQ_TIMEOUT_MS.clone(), decimal_value(ms));
             }
+        }
+        if attempt > 1 && vh.timeout_retry_header {
+            let timeout = matches!(last_error, Some(AttemptError::PerTryTimeout));
+            up_req.headers_mut().insert(
+                X_ENVOY_IS_TIMEOUT_RETRY.clone(),
+                HeaderValue::from_static(if timeout { "true" } else { "false" }),
+            );
         }
         if vh.attempt_count_upstream {
             up_req
@@ -1529,7 +1539,7 @@ async fn forward(
         }
         return resp;
     }
-    match last_error {
+    let mut reply = match last_error {
         None | Some(AttemptError::PerTryTimeout)
             if global_deadline.is_some_and(|d| Instant::now() >= d) || last_error.is_none() =>
         {
@@ -1565,7 +1575,14 @@ async fn forward(
             local_reply(StatusCode::SERVICE_UNAVAILABLE, UPSTREAM_REFUSED)
         }
         None => local_reply(StatusCode::GATEWAY_TIMEOUT, UPSTREAM_TIMEOUT),
+    };
+    // Envoy's router counts its attempts on its own replies too.
+    if vh.attempt_count_response && attempt > 0 {
+        reply
+            .headers_mut()
+            .insert(X_ENVOY_ATTEMPT_COUNT.clone(), decimal_value(attempt.into()));
     }
+    reply
 }
 
 /// Appends `host` to `x-forwarded-host` unless it is the last value there already (Envoy's

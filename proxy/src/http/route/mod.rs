@@ -69,6 +69,9 @@ pub struct VirtualHost {
     pub attempt_count_upstream: bool,
     /// `include_attempt_count_in_response`: the response carries the attempts made.
     pub attempt_count_response: bool,
+    /// `include_is_timeout_retry_header`: a retry says whether a per-try timeout caused it
+    /// (`x-envoy-is-timeout-retry`).
+    pub timeout_retry_header: bool,
 }
 
 /// A compiled route.
@@ -986,6 +989,7 @@ impl RouteTable {
                 retry_policy,
                 attempt_count_upstream: vh.include_request_attempt_count,
                 attempt_count_response: vh.include_attempt_count_in_response,
+                timeout_retry_header: vh.include_is_timeout_retry_header,
             });
         }
         suffixes.sort_by_key(|s| std::cmp::Reverse(s.0.len()));

@@ -6,15 +6,6 @@ mod http_support;
 
 use http_support::*;
 
-const ROUTES: &str = r#"            name: local
-            virtual_hosts:
-            - name: main
-              domains: ["*"]
-              routes:
-              - match: { prefix: "/" }
-                route: { cluster: fast }
-"#;
-
 fn dns_cluster(name: &str, port: u16, extra: &str) -> String {
     format!(
         "  - name: {name}\n    type: STRICT_DNS\n    dns_lookup_family: V4_ONLY\n    connect_timeout: 1s\n{extra}    load_assignment:\n      cluster_name: {name}\n      endpoints:\n      - lb_endpoints:\n        - endpoint:\n            address:\n              socket_address: {{ address: localhost, port_value: {port} }}\n"
@@ -37,7 +28,7 @@ fn dns_refresh_rate_matches_envoy() {
         dns_cluster("slow", a.addr.port(), ""),
     ]
     .concat();
-    let boot = bootstrap(ROUTES, "", &clusters);
+    let boot = bootstrap(&all_to("fast"), "", &clusters);
     let got = observe(&Courier::start(&boot));
     assert_eq!(got, (true, true, 200));
     let Some(envoy) = Courier::start_envoy(&boot) else {

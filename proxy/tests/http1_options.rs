@@ -121,15 +121,6 @@ fn exchange(p: &Courier, heads: &Mutex<Vec<String>>) -> Vec<String> {
     out
 }
 
-const ROUTES: &str = r#"            name: local
-            virtual_hosts:
-            - name: main
-              domains: ["*"]
-              routes:
-              - match: { prefix: "/" }
-                route: { cluster: up }
-"#;
-
 #[test]
 fn proper_case_keys_and_trailers_match_envoy() {
     let options = "{ enable_trailers: true, header_key_format: { proper_case_words: {} } }";
@@ -137,7 +128,7 @@ fn proper_case_keys_and_trailers_match_envoy() {
         let (addr, heads) = recording_upstream();
         let hcm = format!("          http_protocol_options: {options}\n");
         let cluster_opts = format!("    http_protocol_options: {options}\n");
-        let boot = bootstrap(ROUTES, &hcm, &cluster("up", &[addr], &cluster_opts));
+        let boot = bootstrap(&all_to("up"), &hcm, &cluster("up", &[addr], &cluster_opts));
         let p = if envoy {
             Courier::start_envoy(&boot)?
         } else {
@@ -167,7 +158,7 @@ fn allow_chunked_length_matches_envoy() {
     let run = |envoy: bool, allow: bool| -> Option<(u16, Vec<String>)> {
         let (addr, heads) = recording_upstream();
         let hcm = format!("          http_protocol_options: {{ allow_chunked_length: {allow} }}\n");
-        let boot = bootstrap(ROUTES, &hcm, &cluster("up", &[addr], ""));
+        let boot = bootstrap(&all_to("up"), &hcm, &cluster("up", &[addr], ""));
         let p = if envoy {
             Courier::start_envoy(&boot)?
         } else {

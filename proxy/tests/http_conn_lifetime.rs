@@ -75,15 +75,6 @@ impl CountingUpstream {
     }
 }
 
-const ROUTES: &str = r#"            name: local
-            virtual_hosts:
-            - name: main
-              domains: ["*"]
-              routes:
-              - match: { prefix: "/" }
-                route: { cluster: c }
-"#;
-
 /// The cluster's typed `HttpProtocolOptions`: `common` (YAML lines indented by 10) and
 /// HTTP/1.1 or HTTP/2.
 fn protocol_options(common: &str, h2: bool) -> String {
@@ -102,7 +93,7 @@ fn proxies(cluster_extra: &str) -> Vec<(&'static str, Courier, CountingUpstream)
     let mut out = Vec::new();
     for name in ["courier", "envoy"] {
         let up = CountingUpstream::start();
-        let config = bootstrap(ROUTES, "", &cluster("c", &[up.addr], cluster_extra));
+        let config = bootstrap(&all_to("c"), "", &cluster("c", &[up.addr], cluster_extra));
         let proxy = if name == "courier" {
             Some(Courier::start(&config))
         } else {

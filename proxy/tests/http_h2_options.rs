@@ -12,22 +12,7 @@ use std::time::{Duration, Instant};
 
 use http_support::*;
 
-const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-const HEADERS: u8 = 0x1;
-const SETTINGS: u8 = 0x4;
-const PING: u8 = 0x6;
-const WINDOW_UPDATE: u8 = 0x8;
-const ACK: u8 = 0x1;
-const END_STREAM: u8 = 0x1;
-const END_HEADERS: u8 = 0x4;
-
-fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let len = payload.len() as u32;
-    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
-    f.extend_from_slice(&stream.to_be_bytes());
-    f.extend_from_slice(payload);
-    f
-}
+use http_support::h2_raw::*;
 
 /// One frame read off a connection.
 struct Frame {
@@ -141,15 +126,6 @@ fn watch(r: &mut FrameReader, seen: &mut Seen, answer_pings: bool, within: Durat
     }
 }
 
-const ROUTES: &str = r#"            name: local
-            virtual_hosts:
-            - name: main
-              domains: ["*"]
-              routes:
-              - match: { prefix: "/" }
-                route: { cluster: up }
-"#;
-
 const H2_OPTIONS: &str = "{ max_concurrent_streams: 50, initial_stream_window_size: 131072, initial_connection_window_size: 1048576, connection_keepalive: { interval: 0.3s, timeout: 0.3s } }";
 
 /// A downstream HTTP/2 client's view: what it is told, and whether unanswered PINGs
@@ -179,7 +155,7 @@ fn downstream_view(p: &Courier) -> (Seen, bool) {
 fn downstream_http2_windows_and_keepalive_match_envoy() {
     let up = Upstream::start("up");
     let hcm = format!("          http2_protocol_options: {H2_OPTIONS}\n");
-    let boot = bootstrap(ROUTES, &hcm, &cluster("up", &[up.addr], ""));
+    let boot = bootstrap(&all_to("up"), &hcm, &cluster("up", &[up.addr], ""));
     let got = downstream_view(&Courier::start(&boot));
     assert_eq!(
         got,
@@ -252,7 +228,7 @@ fn upstream_http2_windows_and_keepalive_match_envoy() {
         let opts = format!(
             "    typed_extension_protocol_options:\n      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n        explicit_http_config:\n          http2_protocol_options: {H2_OPTIONS}\n"
         );
-        let boot = bootstrap(ROUTES, "", &cluster("up", &[addr], &opts));
+        let boot = bootstrap(&all_to("up"), "", &cluster("up", &[addr], &opts));
         let p = if envoy {
             Courier::start_envoy(&boot)?
         } else {

@@ -112,18 +112,9 @@ fn start_scripted() -> (SocketAddr, Arc<Counts>) {
     (addr, counts)
 }
 
-const ROUTES: &str = r#"            name: local
-            virtual_hosts:
-            - name: main
-              domains: ["*"]
-              routes:
-              - match: { prefix: "/" }
-                route: { cluster: up }
-"#;
-
 fn setup() -> (Courier, Arc<Counts>) {
     let (up, counts) = start_scripted();
-    let c = Courier::start(&bootstrap(ROUTES, "", &cluster("up", &[up], "")));
+    let c = Courier::start(&bootstrap(&all_to("up"), "", &cluster("up", &[up], "")));
     (c, counts)
 }
 
@@ -245,7 +236,7 @@ fn http1_upstream_trailers_need_enable_trailers() {
     let (up, _) = start_scripted();
     let enabled = "    typed_extension_protocol_options:\n      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n        explicit_http_config:\n          http_protocol_options: { enable_trailers: true }\n";
     for (extra, want) in [("", None), (enabled, Some("t"))] {
-        let boot = bootstrap(ROUTES, "", &cluster("up", &[up], extra));
+        let boot = bootstrap(&all_to("up"), "", &cluster("up", &[up], extra));
         let c = Courier::start(&boot);
         let got = h2_body_and_trailer(c.listener, "/chunked");
         assert_eq!(got, ("hello world".to_string(), want.map(str::to_string)));
@@ -264,7 +255,7 @@ fn http1_upstream_trailers_need_enable_trailers() {
 #[test]
 fn head_response_framing_matches_envoy() {
     let (up, _) = start_scripted();
-    let boot = bootstrap(ROUTES, "", &cluster("up", &[up], ""));
+    let boot = bootstrap(&all_to("up"), "", &cluster("up", &[up], ""));
     let observe = |p: &Courier| {
         let mut out = Vec::new();
         for (path, version) in [

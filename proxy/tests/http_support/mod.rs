@@ -561,6 +561,39 @@ pub fn cluster(name: &str, hosts: &[SocketAddr], extra: &str) -> String {
     )
 }
 
+/// Raw HTTP/2 for clients and servers written frame by frame.
+pub mod h2_raw {
+    /// The client connection preface.
+    pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    /// Frame types.
+    pub const HEADERS: u8 = 0x1;
+    pub const RST_STREAM: u8 = 0x3;
+    pub const SETTINGS: u8 = 0x4;
+    pub const PING: u8 = 0x6;
+    pub const GOAWAY: u8 = 0x7;
+    pub const WINDOW_UPDATE: u8 = 0x8;
+    /// Flags.
+    pub const ACK: u8 = 0x1;
+    pub const END_STREAM: u8 = 0x1;
+    pub const END_HEADERS: u8 = 0x4;
+
+    /// One frame, encoded.
+    pub fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let len = payload.len() as u32;
+        let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+        f.extend_from_slice(&stream.to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    }
+}
+
+/// A route configuration (the body [`bootstrap`] takes) sending every request to `cluster`.
+pub fn all_to(cluster: &str) -> String {
+    format!(
+        "            name: local\n            virtual_hosts:\n            - name: main\n              domains: [\"*\"]\n              routes:\n              - match: {{ prefix: \"/\" }}\n                route: {{ cluster: {cluster} }}\n"
+    )
+}
+
 /// A bootstrap with one HTTP listener (`hcm_extra` goes into the HCM typed_config,
 /// `route_config` is the inline RouteConfiguration body indented by 10) and clusters.
 pub fn bootstrap(route_config: &str, hcm_extra: &str, clusters: &str) -> String {

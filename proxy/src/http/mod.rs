@@ -124,13 +124,15 @@
 //!   tunnel, however busy, as Envoy resets it (`websocket_ends_with_its_stream_duration_like_envoy`).
 //! - Accepted and not acted on (control planes set them routinely, so refusing them would
 //!   refuse whole listeners; found by an audit of every field): a route's
-//!   `flush_timeout`; the connection manager's
-//!   `internal_address_config`, `stream_flush_timeout`, `delayed_close_timeout`,
-//!   `drain_timeout`, HTTP/2 flood settings, and `http_protocol_options`'
-//!   `allow_absolute_url` and `override_stream_error_on_invalid_http_message`; a cluster's `common_http_protocol_options` `max_headers_count`,
-//!   `max_stream_duration` and `headers_with_underscores_action`, slow start and
-//!   `respect_dns_ttl`; HTTP/2's
-//!   `interval_jitter`, `connection_idle_interval` and `hpack_table_size`.
+//!   `flush_timeout` and `stat_prefix`; `typed_per_filter_config` (Courier's one filter
+//!   is the router); the connection manager's `internal_address_config`,
+//!   `stream_flush_timeout`, `delayed_close_timeout`, `drain_timeout`, HTTP/2 flood
+//!   settings, and HTTP/1 `allow_absolute_url` and
+//!   `override_stream_error_on_invalid_http_message`; a cluster's
+//!   `common_http_protocol_options` `max_headers_count`, `max_stream_duration` and
+//!   `headers_with_underscores_action`, slow start, `respect_dns_ttl` and the DNS failure
+//!   back-off's growth; HTTP/2's `interval_jitter`, `connection_idle_interval` and
+//!   `hpack_table_size`.
 //! - A virtual host's `include_request_attempt_count`, `include_attempt_count_in_response`
 //!   (`x-envoy-attempt-count`, on the router's own replies too) and
 //!   `include_is_timeout_retry_header` (`x-envoy-is-timeout-retry`); a route's

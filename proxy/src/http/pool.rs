@@ -251,6 +251,17 @@ impl H2Conn {
     }
 }
 
+/// A request in flight, counted in the cluster's `max_requests` until dropped
+/// ([`ClusterPool::request_slot`]).
+pub struct RequestSlot(Rc<ClusterPool>);
+
+impl Drop for RequestSlot {
+    fn drop(&mut self) {
+        let b = &self.0.breakers;
+        b.requests.set(b.requests.get().saturating_sub(1));
+    }
+}
+
 /// A request waiting for a connection, counted in `max_pending_requests` until dropped.
 struct PendingGuard<'a> {
     pool: &'a ClusterPool,
@@ -423,13 +434,26 @@ impl Drop for ConnGuard {
             }
         }
         // Room for a connection to this host first, else to any.
-        if !self.pool.wake_for(addr) {
-            self.pool.wake_one();
-        }
+        self.pool.wake_for_or_any(addr);
     }
 }
 
 impl ClusterPool {
+    /// Counts a request in flight (`max_requests`) until the slot drops; the caller
+    /// checked the limit.
+    pub fn request_slot(self: &Rc<Self>) -> RequestSlot {
+        let b = &self.breakers;
+        b.requests.set(b.requests.get() + 1);
+        RequestSlot(self.clone())
+    }
+
+    /// Wakes a request waiting for `addr`, else any: a connection slot is free.
+    fn wake_for_or_any(&self, addr: SocketAddr) {
+        if !self.wake_for(addr) {
+            self.wake_one();
+        }
+    }
+
     fn wake_all(&self) {
         let waiters = std::mem::take(&mut *self.waiters.borrow_mut());
         for (_, w) in waiters {
@@ -622,8 +646,8 @@ impl ClusterPool {
         impl Drop for Slot<'_> {
             fn drop(&mut self) {
                 let woken = self.registered && !self.done && self.waker.take().is_none();
-                if woken && !self.pool.wake_for(self.addr) {
-                    self.pool.wake_one();
+                if woken {
+                    self.pool.wake_for_or_any(self.addr);
                 }
             }
         }
@@ -781,7 +805,7 @@ impl ClusterPool {
     }
 
     /// Whether an idle connection is within its `max_connection_duration` (the sweeper
-    /// may not have run yet); one past it is counted and dropped by the caller.
+    /// may not have run yet); one past it is counted here, for the caller to drop.
     fn still_young(&self, usage: &ConnUsage) -> bool {
         match self.lifetime.get().max_duration {
             Some(d) if usage.opened.elapsed() >= d => {

@@ -372,47 +372,24 @@ fn pin_in<T>(slot: Box<std::mem::MaybeUninit<T>>, value: T) -> Pin<Box<T>> {
     Box::into_pin(Box::write(slot, value))
 }
 
-/// A downstream request in `downstream_rq_active` and its connection's active count.
-struct ActiveRequest(Option<Rc<ConnInfo>>);
+/// A downstream request in `downstream_rq_active` and its connection's active count, until
+/// its response body ends (the guard goes into the body's completion) or it is dropped
+/// without a response (its stream reset, its timeout).
+struct ActiveRequest(Rc<ConnInfo>);
 
 impl ActiveRequest {
     fn new(conn: &Rc<ConnInfo>) -> Self {
         conn.active.set(conn.active.get() + 1);
         conn.config.stats.downstream_rq_active.inc(conn.worker);
-        ActiveRequest(Some(conn.clone()))
-    }
-
-    /// The response body's completion counts the request down from here.
-    fn hand_over(mut self) {
-        self.0 = None;
+        ActiveRequest(conn.clone())
     }
 }
 
 impl Drop for ActiveRequest {
     fn drop(&mut self) {
-        if let Some(conn) = self.0.take() {
-            conn.active.set(conn.active.get().saturating_sub(1));
-            conn.config.stats.downstream_rq_active.dec(conn.worker);
-        }
-    }
-}
-
-/// A gauge raised while this lives, so that a future dropped mid-way lowers it too.
-struct Raised<'a> {
-    gauge: &'a crate::stats::Gauge,
-    worker: usize,
-}
-
-impl<'a> Raised<'a> {
-    fn new(gauge: &'a crate::stats::Gauge, worker: usize) -> Self {
-        gauge.inc(worker);
-        Raised { gauge, worker }
-    }
-}
-
-impl Drop for Raised<'_> {
-    fn drop(&mut self) {
-        self.gauge.dec(self.worker);
+        let conn = &self.0;
+        conn.active.set(conn.active.get().saturating_sub(1));
+        conn.config.stats.downstream_rq_active.dec(conn.worker);
     }
 }
 
@@ -430,8 +407,6 @@ pub async fn serve(
     conn.requests.set(conn.requests.get() + 1);
     conn.last_activity.set(start);
     cfg.stats.downstream_rq_total.inc(worker);
-    // Active until the response body ends; a request dropped before it has a response
-    // (its stream reset, its timeout) stops being active there.
     let active = ActiveRequest::new(&conn);
     if req.version() == Version::HTTP_2 {
         cfg.stats.downstream_rq_http2_total.inc(worker);
@@ -527,7 +502,6 @@ pub async fn serve(
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     // Completion: when the response body ends (or is dropped).
-    active.hand_over();
     let conn2 = conn.clone();
     let (parts, body) = resp.into_parts();
     let resp_headers = log_state.as_ref().map(|_| parts.headers.clone());
@@ -535,11 +509,10 @@ pub async fn serve(
     let on_done = move |_ok: bool, bytes_sent: u64| {
         let cfg = &conn2.config;
         cfg.stats.downstream_rq_completed.inc(worker);
-        cfg.stats.downstream_rq_active.dec(worker);
         cfg.stats
             .downstream_rq_time
             .record(worker, start.elapsed().as_millis() as u64);
-        conn2.active.set(conn2.active.get().saturating_sub(1));
+        drop(active);
         conn2.last_activity.set(Instant::now());
         if let Some((method, path, authority, headers, version)) = &log_state {
             let entry = LogEntry {
@@ -1215,15 +1188,7 @@ async fn forward(
     let replayable = |buffered: &Option<Bytes>, rb: &Option<Rc<RetryBuffer>>| {
         buffered.is_some() || rb.as_ref().is_some_and(|b| b.replayable())
     };
-    pool.breakers.requests.set(pool.breakers.requests.get() + 1);
-    struct RqGuard(Rc<pool::ClusterPool>);
-    impl Drop for RqGuard {
-        fn drop(&mut self) {
-            let b = &self.0.breakers;
-            b.requests.set(b.requests.get().saturating_sub(1));
-        }
-    }
-    let _rq_guard = RqGuard(pool.clone());
+    let _request = pool.request_slot();
     let mut attempt: u32 = 0;
     let mut last_error: Option<AttemptError> = None;
     let mut last_response: Option<Response<ProxyBody>> = None;
@@ -1373,8 +1338,8 @@ async fn forward(
         pool.stats.rq_total.inc(worker);
         host.stats.rq_total.inc(worker);
         let active = (
-            Raised::new(&pool.stats.rq_active, worker),
-            Raised::new(&host.stats.rq_active, worker),
+            pool.stats.rq_active.raise(worker),
+            host.stats.rq_active.raise(worker),
         );
         let try_deadline = match (per_try.map(|p| Instant::now() + p), overall_deadline) {
             (Some(a), Some(b)) => Some(a.min(b)),

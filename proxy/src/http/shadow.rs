@@ -364,10 +364,9 @@ fn exchange(
             cluster.stats.upstream_cx_none_healthy.inc(worker);
             return;
         };
-        let breakers = &pool.breakers;
-        breakers.requests.set(breakers.requests.get() + 1);
+        let _request = pool.request_slot();
         pool.stats.rq_total.inc(worker);
-        pool.stats.rq_active.inc(worker);
+        let _active = pool.stats.rq_active.raise(worker);
         let exchange = async {
             let resp = super::router::send_once(&pool, &cluster, &host, worker, req).await?;
             let status = resp.status().as_u16();
@@ -380,10 +379,6 @@ fn exchange(
             Some(Err(e)) => tracing::debug!(cluster = %cluster.name, error = ?e, "mirror failed"),
             None => pool.stats.rq_timeout.inc(worker),
         }
-        pool.stats.rq_active.dec(worker);
-        breakers
-            .requests
-            .set(breakers.requests.get().saturating_sub(1));
     });
 }
 

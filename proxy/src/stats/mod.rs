@@ -11,5 +11,5 @@ mod store;
 
 pub use render::{render_json, render_prometheus, render_text};
 pub use store::{
-    Counter, Gauge, Histogram, HistogramSnapshot, Store, HISTOGRAM_BUCKETS, MAIN_THREAD,
+    Counter, Gauge, Histogram, HistogramSnapshot, Raised, Store, HISTOGRAM_BUCKETS, MAIN_THREAD,
 };

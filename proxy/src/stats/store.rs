@@ -141,6 +141,18 @@ pub struct Gauge {
     cells: Cells,
 }
 
+/// A gauge raised by one while this lives ([`Gauge::raise`]).
+pub struct Raised<'a> {
+    gauge: &'a Gauge,
+    thread: usize,
+}
+
+impl Drop for Raised<'_> {
+    fn drop(&mut self) {
+        self.gauge.dec(self.thread);
+    }
+}
+
 impl Gauge {
     /// Adds `n` (may be negative) on `thread`'s cell.
     #[inline]
@@ -159,6 +171,16 @@ impl Gauge {
     #[inline]
     pub fn dec(&self, thread: usize) {
         self.add(thread, -1);
+    }
+
+    /// Adds one on `thread`'s cell until the returned guard drops: a future dropped
+    /// mid-way (a timeout, a reset) takes its count down with it.
+    pub fn raise(&self, thread: usize) -> Raised<'_> {
+        self.inc(thread);
+        Raised {
+            gauge: self,
+            thread,
+        }
     }
 
     /// Sets the gauge from the main thread (only for gauges no worker touches).

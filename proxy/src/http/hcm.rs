@@ -210,6 +210,8 @@ pub struct HcmConfig {
     pub local_address: std::net::IpAddr,
     /// `xff_num_trusted_hops`.
     pub xff_num_trusted_hops: u32,
+    /// `internal_address_config`: which requests are internal.
+    pub internal_addresses: super::internal_address::InternalAddresses,
     /// `skip_xff_append`.
     pub skip_xff_append: bool,
     /// `via`.
@@ -530,6 +532,10 @@ impl HcmConfig {
             use_remote_address: proto.use_remote_address.as_ref().is_some_and(|b| b.value),
             local_address: crate::server::local_info::local_address(),
             xff_num_trusted_hops: proto.xff_num_trusted_hops,
+            internal_addresses: super::internal_address::InternalAddresses::compile(
+                proto.internal_address_config.as_ref(),
+                "internal_address_config",
+            )?,
             skip_xff_append: proto.skip_xff_append,
             via,
             generate_request_id: proto.generate_request_id.as_ref().is_none_or(|b| b.value),

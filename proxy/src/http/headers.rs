@@ -518,10 +518,10 @@ pub fn decimal_value(n: u64) -> HeaderValue {
     HeaderValue::from_static(table[n as usize])
 }
 
-/// Envoy's control headers, which a request from outside must not set for the hops after
-/// this one (they would be obeyed there): removed from every request, as Envoy removes
-/// them from external ones, and with no `internal_address_config` every request is
-/// external. `x-forwarded-client-cert` goes too (`forward_client_cert_details`' default,
+/// Envoy's control headers, which a request from outside must not set (the router here,
+/// and the hops after this one, would obey them): removed from every external request, as
+/// Envoy removes them ([`super::internal_address`] tells which are internal).
+/// `x-forwarded-client-cert` goes too (`forward_client_cert_details`' default,
 /// `SANITIZE`).
 const EXTERNAL_STRIPPED: &[&str] = &[
     "x-envoy-internal",

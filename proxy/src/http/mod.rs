@@ -9,6 +9,8 @@
 //!   fields noted; [`header_map_pool`]: the worker's spare header maps, reused per message.
 //! - [`router`]: one request: sanitising, route selection, local replies, forwarding with
 //!   retries and timeouts.
+//! - [`internal_address`]: which requests are internal (`internal_address_config`);
+//!   [`request_controls`]: the `x-envoy-*` headers through which they steer the router.
 //! - [`stream_idle`]: the stream idle timeout (`stream_idle_timeout`, a route's
 //!   `idle_timeout`), and the route `timeout` once the response has started.
 //! - [`pool`]: per-worker upstream connection pools and circuit breakers;
@@ -57,8 +59,6 @@
 //!   its upgrade headers.
 //! - Found by a differential review (Courier and Envoy 1.40 side by side) and not yet
 //!   matched:
-//!   - `internal_address_config` is not supported: every request is external, which is
-//!     Envoy 1.40's default.
 //!   - A stream idle timeout before the response answers `408` when the request body had
 //!     not been read to its end, `504` otherwise; Envoy's choice follows whether its codec
 //!     had received the whole request (they differ when a complete body waits unread, for
@@ -94,7 +94,7 @@
 //!   `reset-before-request` retries only a request that could not be sent; an answer
 //!   carrying `x-envoy-ratelimited` is retried under `envoy-ratelimited` alone
 //!   (`tests/http_retries.rs` and `tests/http_h2.rs` compare them with Envoy).
-//!   `internal_only_headers` leave every request (all are external).
+//!   `internal_only_headers` leave every external request.
 //! - `path_with_escaped_slashes_action` (`%2F`, `%5C`): kept, refused (`400`, the
 //!   connection closes), redirected (`307` to the unescaped, normalised path) or unescaped
 //!   before routing, as Envoy (`escaped_slash_actions_match_envoy`).
@@ -125,8 +125,7 @@
 //! - Accepted and not acted on (control planes set them routinely, so refusing them would
 //!   refuse whole listeners; found by an audit of every field): a route's
 //!   `flush_timeout` and `stat_prefix`; `typed_per_filter_config` (Courier's one filter
-//!   is the router); the connection manager's `internal_address_config`,
-//!   `stream_flush_timeout`, `delayed_close_timeout`, `drain_timeout`, HTTP/2 flood
+//!   is the router); the connection manager's `stream_flush_timeout`, `delayed_close_timeout`, `drain_timeout`, HTTP/2 flood
 //!   settings, and HTTP/1 `allow_absolute_url` and
 //!   `override_stream_error_on_invalid_http_message`; a cluster's
 //!   `common_http_protocol_options` `max_headers_count`, `max_stream_duration` and
@@ -137,6 +136,18 @@
 //!   (`x-envoy-attempt-count`, on the router's own replies too) and
 //!   `include_is_timeout_retry_header` (`x-envoy-is-timeout-retry`); a route's
 //!   `append_x_forwarded_host`. As Envoy.
+//! - Internal requests ([`internal_address`]: `internal_address_config`, by the peer's
+//!   address or `x-forwarded-for`'s only one) keep their `x-envoy-*` controls and request
+//!   id and are marked `x-envoy-internal: true`; the router obeys and removes the controls
+//!   ([`request_controls`]: `x-envoy-retry-on`, `x-envoy-retry-grpc-on`,
+//!   `x-envoy-max-retries`, `x-envoy-retriable-status-codes`,
+//!   `x-envoy-retriable-header-names`, `x-envoy-upstream-rq-timeout-ms`,
+//!   `x-envoy-upstream-rq-per-try-timeout-ms`, `x-envoy-upstream-rq-timeout-alt-response`),
+//!   and an internal `x-envoy-force-trace` has the response echo `x-request-id`. As Envoy
+//!   (`tests/http_internal_requests.rs`). A per-try timeout no shorter than the route's is
+//!   none, as in Envoy. `x-envoy-upstream-alt-stat-name` and
+//!   `x-envoy-hedge-on-per-try-timeout` are removed without effect (no alternative stats,
+//!   no hedging); `unix_sockets` has no effect (HTTP listeners are TCP).
 //! - A cluster's `retry_budget` (in place of `max_retries`) and
 //!   `per_host_thresholds.max_connections`, as Envoy (`tests/http_retries.rs`); counted
 //!   per worker like every circuit breaker here.
@@ -167,8 +178,10 @@ pub mod h2_settings;
 pub mod hcm;
 pub mod header_map_pool;
 pub mod headers;
+pub mod internal_address;
 pub mod key_format;
 pub mod pool;
+pub mod request_controls;
 pub mod retry_buffer;
 pub mod route;
 pub mod router;

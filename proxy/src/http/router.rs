@@ -22,6 +22,7 @@ use super::hcm::{EscapedSlashes, HcmConfig, RouteSource, UnderscoreAction};
 use super::header_map_pool;
 use super::headers::{decimal_value, strip_hop_by_hop, strip_response_hop_by_hop, FormatContext};
 use super::pool::{self, PoolError, Sender};
+use super::request_controls::RequestControls;
 use super::retry_buffer::RetryBuffer;
 use super::route::{
     Action, ClusterSpec, HostRewrite, Redirect, Route, RouteAction, RouteTable, VirtualHost,
@@ -83,6 +84,8 @@ static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_ENVOY_EXTERNAL_ADDRESS: HeaderName = HeaderName::from_static("x-envoy-external-address");
+static X_ENVOY_INTERNAL: HeaderName = HeaderName::from_static("x-envoy-internal");
+static X_ENVOY_FORCE_TRACE: HeaderName = HeaderName::from_static("x-envoy-force-trace");
 static X_ENVOY_ORIGINAL_PATH: HeaderName = HeaderName::from_static("x-envoy-original-path");
 static X_ENVOY_ORIGINAL_HOST: HeaderName = HeaderName::from_static("x-envoy-original-host");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -345,6 +348,9 @@ pub fn sanitize_path(path: &str, normalize: bool, merge: bool) -> Option<String>
 #[derive(Default)]
 struct Outcome {
     flags: &'static str,
+    /// The `x-request-id` the response echoes (`always_set_request_id_in_response`, or an
+    /// internal request's `x-envoy-force-trace`), once the request's is settled.
+    request_id: Option<HeaderValue>,
     upstream_host: Option<SocketAddr>,
     upstream_cluster: Option<String>,
     route_name: String,
@@ -494,7 +500,7 @@ pub async fn serve(
         upgrade::h1_to_h2_response(&mut resp);
     }
     finish_response(&cfg, &mut resp);
-    if let Some(id) = request_id_for_response {
+    if let Some(id) = outcome.request_id.take().or(request_id_for_response) {
         resp.headers_mut().entry(&X_REQUEST_ID).or_insert(id);
     }
     if conn.closing.get() && resp.version() != Version::HTTP_2 {
@@ -714,10 +720,18 @@ async fn process(
         }
         return r;
     }
-    // Forwarding headers. Without `internal_address_config` (not supported) Envoy 1.40
-    // takes no address for internal, so every request is external.
+    // Forwarding headers. An internal request keeps its controls and request id; without
+    // `internal_address_config` every request is external (Envoy 1.40's default).
     let headers = req.headers_mut();
-    super::headers::strip_external_control_headers(headers, cfg.use_remote_address);
+    let internal = cfg.internal_addresses.is_internal(
+        conn.remote.ip(),
+        headers,
+        cfg.use_remote_address,
+        cfg.xff_num_trusted_hops,
+    );
+    if !internal {
+        super::headers::strip_external_control_headers(headers, cfg.use_remote_address);
+    }
     let remote_ip = conn.remote.ip();
     if cfg.use_remote_address {
         if !cfg.skip_xff_append {
@@ -736,18 +750,28 @@ async fn process(
                 headers.insert(X_FORWARDED_FOR.clone(), v);
             }
         }
-        if let Ok(v) = HeaderValue::from_str(&remote_ip.to_string()) {
-            headers.insert(X_ENVOY_EXTERNAL_ADDRESS.clone(), v);
+        if !internal {
+            if let Ok(v) = HeaderValue::from_str(&remote_ip.to_string()) {
+                headers.insert(X_ENVOY_EXTERNAL_ADDRESS.clone(), v);
+            }
         }
         headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
     } else if !headers.contains_key(&X_FORWARDED_PROTO) {
         headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
     }
+    if internal {
+        headers.insert(X_ENVOY_INTERNAL.clone(), HeaderValue::from_static("true"));
+    }
     if cfg.generate_request_id {
-        let regenerate = cfg.use_remote_address && !cfg.preserve_external_request_id;
+        let regenerate = cfg.use_remote_address && !internal && !cfg.preserve_external_request_id;
         if regenerate || !headers.contains_key(&X_REQUEST_ID) {
             headers.insert(X_REQUEST_ID.clone(), super::headers::uuid4_value());
         }
+    }
+    if cfg.always_set_request_id_in_response
+        || (internal && headers.contains_key(&X_ENVOY_FORCE_TRACE))
+    {
+        outcome.request_id = headers.get(&X_REQUEST_ID).cloned();
     }
     if let Some(via) = &cfg.via {
         super::headers::append_value(headers, &header::VIA, via);
@@ -772,10 +796,14 @@ async fn process(
         conn.closing.set(true);
         return local_reply(StatusCode::NOT_FOUND, "");
     }
-    // `internal_only_headers` leave every request: with no `internal_address_config`,
-    // each is external (Envoy removes them before routing).
-    for name in &table.internal_only_headers {
-        req.headers_mut().remove(name);
+    // `internal_only_headers` leave every external request (before routing, as Envoy).
+    if internal {
+        // The router obeys (and removes) its controls: see `forward`.
+        req.extensions_mut().insert(Internal);
+    } else {
+        for name in &table.internal_only_headers {
+            req.headers_mut().remove(name);
+        }
     }
     let Some((vh, route)) = table.route(&authority, &path, req.headers()) else {
         cfg.stats.no_route.inc(worker);
@@ -1002,6 +1030,35 @@ pub(super) enum AttemptError {
     PerTryTimeout,
 }
 
+/// Marks an internal request ([`super::internal_address`]) for [`forward`], which obeys its
+/// controls ([`RequestControls`]).
+#[derive(Clone, Copy)]
+struct Internal;
+
+/// What an upstream timeout answers.
+#[derive(Clone, Copy)]
+enum TimeoutReply {
+    /// Envoy's `504 upstream request timeout`.
+    GatewayTimeout,
+    /// `204` with no body (`x-envoy-upstream-rq-timeout-alt-response`).
+    NoContent,
+}
+
+impl TimeoutReply {
+    fn response(self) -> Response<ProxyBody> {
+        match self {
+            TimeoutReply::GatewayTimeout => {
+                local_reply(StatusCode::GATEWAY_TIMEOUT, UPSTREAM_TIMEOUT)
+            }
+            TimeoutReply::NoContent => {
+                let mut r = local_reply(StatusCode::NO_CONTENT, "");
+                r.headers_mut().remove(header::CONTENT_LENGTH);
+                r
+            }
+        }
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn forward(
     conn: &Rc<ConnInfo>,
@@ -1078,12 +1135,19 @@ async fn forward(
     {
         parts.headers.remove(header::EXPECT);
     }
+    // An internal request's `x-envoy-*` controls, taken off it (an external one lost them
+    // to the connection manager).
+    let controls = parts
+        .extensions
+        .remove::<Internal>()
+        .map(|_| RequestControls::take(&mut parts.headers));
+    let retry = match &controls {
+        Some(c) => c.retry_policy(action.retry_policy.as_ref()),
+        None => action.retry_policy.clone(),
+    };
     // As Envoy, `retriable_request_headers` look at the request before the route's
     // header mutations.
-    let retry_eligible = action
-        .retry_policy
-        .as_ref()
-        .is_some_and(|r| r.applies_to(&parts.headers));
+    let retry = retry.filter(|r| r.applies_to(&parts.headers));
     // Kept to be reused upstream when the authority is unchanged (no copy). The field
     // stays where it is: removing it would move the map's last field into its place, and
     // Envoy sends `host` where the client did (first, as a rule).
@@ -1118,10 +1182,8 @@ async fn forward(
     route.request_headers.apply(&mut parts.headers, fcx);
     vh.request_headers.apply(&mut parts.headers, fcx);
     table.request_headers.apply(&mut parts.headers, fcx);
-    let retry = action.retry_policy.clone().filter(|_| retry_eligible);
-    let per_try = retry.as_ref().and_then(|r| r.per_try_timeout);
     let grpc = is_grpc(&parts.headers);
-    let timeouts = action.timeouts(
+    let mut timeouts = action.timeouts(
         grpc,
         parts
             .headers
@@ -1129,6 +1191,17 @@ async fn forward(
             .and_then(|v| super::route::parse_grpc_timeout(v.as_bytes())),
         cfg.max_stream_duration,
     );
+    let mut per_try = retry.as_ref().and_then(|r| r.per_try_timeout);
+    if let Some(c) = &controls {
+        timeouts.route = c.timeout.unwrap_or(timeouts.route);
+        per_try = c.per_try_timeout.unwrap_or(per_try);
+    }
+    // As Envoy, a per-try timeout no shorter than the route's is no per-try timeout.
+    let per_try = per_try.filter(|p| timeouts.route.is_none_or(|t| *p < t));
+    let timeout_reply = match controls.as_ref().is_some_and(|c| c.alt_response) {
+        true => TimeoutReply::NoContent,
+        false => TimeoutReply::GatewayTimeout,
+    };
     let global_deadline = timeouts.route.map(|t| start + t);
     // `max_stream_duration`, an upgrade's tunnel included (Envoy resets it).
     let duration_deadline = timeouts.duration.map(|d| start + d);
@@ -1510,11 +1583,11 @@ async fn forward(
         {
             pool.stats.rq_timeout.inc(worker);
             outcome.flags = "UT";
-            local_reply(StatusCode::GATEWAY_TIMEOUT, UPSTREAM_TIMEOUT)
+            timeout_reply.response()
         }
         Some(AttemptError::PerTryTimeout) => {
             outcome.flags = "UT";
-            local_reply(StatusCode::GATEWAY_TIMEOUT, UPSTREAM_TIMEOUT)
+            timeout_reply.response()
         }
         Some(AttemptError::Overflow) => {
             outcome.flags = "UO";

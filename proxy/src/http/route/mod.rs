@@ -169,12 +169,14 @@ impl StrMatch {
     }
 }
 
+#[derive(Clone)]
 enum HeaderTest {
     Str(StrMatch),
     Present(bool),
     Range(i64, i64),
 }
 
+#[derive(Clone)]
 struct HeaderMatcher {
     name: HeaderName,
     test: HeaderTest,
@@ -255,6 +257,7 @@ pub enum HostRewrite {
 }
 
 /// `retry_policy`.
+#[derive(Clone)]
 pub struct RetryPolicy {
     /// `5xx`.
     pub on_5xx: bool,
@@ -281,8 +284,10 @@ pub struct RetryPolicy {
     pub grpc_statuses: Vec<u32>,
     /// `envoy-ratelimited`: a response carrying `x-envoy-ratelimited`.
     pub on_ratelimited: bool,
-    /// `retriable-headers` with `retriable_headers`: a response matching any of them.
-    retriable_headers: Option<Vec<HeaderMatcher>>,
+    /// `retriable-headers`: a response matching any of `retriable_headers`.
+    on_headers: bool,
+    /// `retriable_headers`.
+    retriable_headers: Vec<HeaderMatcher>,
     /// `retriable_request_headers`: only requests matching one of them are retried.
     request_headers: Vec<HeaderMatcher>,
     /// `num_retries` (default 1).
@@ -296,8 +301,9 @@ pub struct RetryPolicy {
 }
 
 impl RetryPolicy {
-    fn compile(p: &pb::RetryPolicy, path: &str) -> Result<RetryPolicy, ConfigError> {
-        let mut r = RetryPolicy {
+    /// A policy with no retry condition, and Envoy's defaults: one retry, a 25 ms back-off.
+    pub fn none() -> RetryPolicy {
+        RetryPolicy {
             on_5xx: false,
             on_gateway_error: false,
             on_reset: false,
@@ -306,68 +312,58 @@ impl RetryPolicy {
             on_retriable_4xx: false,
             on_status_codes: false,
             on_refused_stream: false,
-            status_codes: p.retriable_status_codes.iter().map(|c| *c as u16).collect(),
+            status_codes: Vec::new(),
             grpc_statuses: Vec::new(),
             on_ratelimited: false,
-            retriable_headers: None,
-            request_headers: p
-                .retriable_request_headers
-                .iter()
-                .enumerate()
-                .map(|(i, h)| {
-                    compile_header_matcher(h, &format!("{path}.retriable_request_headers[{i}]"))
-                })
-                .collect::<Result<_, _>>()?,
-            num_retries: p.num_retries.as_ref().map_or(1, |v| v.value),
-            per_try_timeout: p
-                .per_try_timeout
-                .as_ref()
-                .map(|d| config::duration(d, &format!("{path}.per_try_timeout")))
-                .transpose()?
-                .filter(|d| !d.is_zero()),
+            on_headers: false,
+            retriable_headers: Vec::new(),
+            request_headers: Vec::new(),
+            num_retries: 1,
+            per_try_timeout: None,
             base_interval: Duration::from_millis(25),
             max_interval: Duration::from_millis(250),
-        };
+        }
+    }
+
+    fn compile(p: &pb::RetryPolicy, path: &str) -> Result<RetryPolicy, ConfigError> {
+        let mut r = RetryPolicy::none();
+        r.status_codes = p.retriable_status_codes.iter().map(|c| *c as u16).collect();
+        r.request_headers = p
+            .retriable_request_headers
+            .iter()
+            .enumerate()
+            .map(|(i, h)| {
+                compile_header_matcher(h, &format!("{path}.retriable_request_headers[{i}]"))
+            })
+            .collect::<Result<_, _>>()?;
+        r.retriable_headers = p
+            .retriable_headers
+            .iter()
+            .enumerate()
+            .map(|(i, h)| compile_header_matcher(h, &format!("{path}.retriable_headers[{i}]")))
+            .collect::<Result<_, _>>()?;
+        r.num_retries = p.num_retries.as_ref().map_or(1, |v| v.value);
+        r.per_try_timeout = p
+            .per_try_timeout
+            .as_ref()
+            .map(|d| config::duration(d, &format!("{path}.per_try_timeout")))
+            .transpose()?
+            .filter(|d| !d.is_zero());
         for token in p
             .retry_on
             .split(',')
             .map(str::trim)
             .filter(|t| !t.is_empty())
         {
-            match token {
-                "5xx" => r.on_5xx = true,
-                "gateway-error" => r.on_gateway_error = true,
-                "reset" => r.on_reset = true,
-                "reset-before-request" => r.on_reset_before_request = true,
-                "connect-failure" => r.on_connect_failure = true,
-                "retriable-4xx" => r.on_retriable_4xx = true,
-                "retriable-status-codes" => r.on_status_codes = true,
-                "refused-stream" => r.on_refused_stream = true,
-                "cancelled" => r.grpc_statuses.push(1),
-                "deadline-exceeded" => r.grpc_statuses.push(4),
-                "resource-exhausted" => r.grpc_statuses.push(8),
-                "internal" => r.grpc_statuses.push(13),
-                "unavailable" => r.grpc_statuses.push(14),
-                "envoy-ratelimited" => r.on_ratelimited = true,
-                "retriable-headers" => {
-                    r.retriable_headers = Some(
-                        p.retriable_headers
-                            .iter()
-                            .enumerate()
-                            .map(|(i, h)| {
-                                compile_header_matcher(h, &format!("{path}.retriable_headers[{i}]"))
-                            })
-                            .collect::<Result<_, _>>()?,
-                    )
-                }
-                // HTTP/3 only: Courier has no HTTP/3 upstreams.
-                "http3-post-connect-failure" => {}
-                other => {
-                    return Err(ConfigError::new(
-                        format!("{path}.retry_on"),
-                        format!("unknown retry policy '{other}'"),
-                    ))
-                }
+            // HTTP/3 only: Courier has no HTTP/3 upstreams.
+            if token == "http3-post-connect-failure" {
+                continue;
+            }
+            if !r.enable(token) && !r.enable_grpc(token) {
+                return Err(ConfigError::new(
+                    format!("{path}.retry_on"),
+                    format!("unknown retry policy '{token}'"),
+                ));
             }
         }
         if let Some(b) = &p.retry_back_off {
@@ -429,6 +425,68 @@ impl RetryPolicy {
         Ok(r)
     }
 
+    /// Turns on an HTTP retry condition (a `retry_on` or `x-envoy-retry-on` token); false
+    /// when `token` names none.
+    pub fn enable(&mut self, token: &str) -> bool {
+        let flag = match token {
+            "5xx" => &mut self.on_5xx,
+            "gateway-error" => &mut self.on_gateway_error,
+            "reset" => &mut self.on_reset,
+            "reset-before-request" => &mut self.on_reset_before_request,
+            "connect-failure" => &mut self.on_connect_failure,
+            "retriable-4xx" => &mut self.on_retriable_4xx,
+            "retriable-status-codes" => &mut self.on_status_codes,
+            "refused-stream" => &mut self.on_refused_stream,
+            "envoy-ratelimited" => &mut self.on_ratelimited,
+            "retriable-headers" => &mut self.on_headers,
+            _ => return false,
+        };
+        *flag = true;
+        true
+    }
+
+    /// Turns on a gRPC retry condition (a `retry_on` or `x-envoy-retry-grpc-on` token);
+    /// false when `token` names none.
+    pub fn enable_grpc(&mut self, token: &str) -> bool {
+        let code = match token {
+            "cancelled" => 1,
+            "deadline-exceeded" => 4,
+            "resource-exhausted" => 8,
+            "internal" => 13,
+            "unavailable" => 14,
+            _ => return false,
+        };
+        if !self.grpc_statuses.contains(&code) {
+            self.grpc_statuses.push(code);
+        }
+        true
+    }
+
+    /// Whether any retry condition is on.
+    pub fn retries_anything(&self) -> bool {
+        self.on_5xx
+            || self.on_gateway_error
+            || self.on_reset
+            || self.on_reset_before_request
+            || self.on_connect_failure
+            || self.on_retriable_4xx
+            || self.on_status_codes
+            || self.on_refused_stream
+            || self.on_ratelimited
+            || self.on_headers
+            || !self.grpc_statuses.is_empty()
+    }
+
+    /// Adds a response header whose presence asks for a retry (under `retriable-headers`).
+    pub fn add_retriable_header(&mut self, name: HeaderName) {
+        self.retriable_headers.push(HeaderMatcher {
+            name,
+            test: HeaderTest::Present(true),
+            invert: false,
+            missing_as_empty: false,
+        });
+    }
+
     /// Whether this policy retries `request` at all (`retriable_request_headers`).
     pub fn applies_to(&self, request: &HeaderMap) -> bool {
         self.request_headers.is_empty() || self.request_headers.iter().any(|m| m.matches(request))
@@ -453,10 +511,7 @@ impl RetryPolicy {
             || (self.on_retriable_4xx && status == 409)
             || (self.on_status_codes && self.status_codes.contains(&status))
             || (!self.grpc_statuses.is_empty() && grpc())
-            || self
-                .retriable_headers
-                .as_ref()
-                .is_some_and(|ms| ms.iter().any(|m| m.matches(headers)))
+            || (self.on_headers && self.retriable_headers.iter().any(|m| m.matches(headers)))
     }
 
     /// Whether a connection failure (nothing of the request sent) asks for a retry.

@@ -84,7 +84,9 @@ fn masked(name: &str, v: &str, appends: bool) -> String {
     }
 }
 
-fn boot(a: &Upstream, hcm: &str) -> String {
+/// The bootstrap: `hcm` goes into the connection manager, `router` into the router's
+/// `typed_config`.
+fn boot(a: &Upstream, hcm: &str, router: &str) -> String {
     let routes = r#"            name: local
             internal_only_headers: [x-secret]
             virtual_hosts:
@@ -94,16 +96,19 @@ fn boot(a: &Upstream, hcm: &str) -> String {
               - match: { prefix: "/" }
                 route: { cluster: a }
 "#;
+    const ROUTER: &str =
+        "\"@type\": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router\n";
     bootstrap(routes, hcm, &cluster("a", &[a.addr], ""))
+        .replace(ROUTER, &format!("{ROUTER}{router}"))
 }
 
 /// Courier's report, then Envoy's when it is on PATH (asserted equal).
-fn compare(hcm: &str, cases: &[(&str, &[(&str, &str)])], expected: &[&str]) {
+fn compare(hcm: &str, router: &str, cases: &[(&str, &[(&str, &str)])], expected: &[&str]) {
     let a = Upstream::start("a");
     let appends = hcm.contains("use_remote_address: true");
-    let got = run(&Courier::start(&boot(&a, hcm)), &a, cases, appends);
+    let got = run(&Courier::start(&boot(&a, hcm, router)), &a, cases, appends);
     let a = Upstream::start("a");
-    match Courier::start_envoy(&boot(&a, hcm)) {
+    match Courier::start_envoy(&boot(&a, hcm, router)) {
         Some(envoy) => assert_eq!(run(&envoy, &a, cases, appends), got, "envoy vs courier"),
         None => eprintln!("envoy not on PATH: skipping the internal request differential"),
     }
@@ -207,7 +212,7 @@ fn internal_requests_steer_the_router_like_envoy() {
             ],
         ),
     ];
-    compare(BY_PEER, cases, &expected_by_peer());
+    compare(BY_PEER, "", cases, &expected_by_peer());
 }
 
 /// What Envoy 1.40 does with [`internal_requests_steer_the_router_like_envoy`]'s cases
@@ -252,6 +257,7 @@ fn private_forwarded_addresses_are_internal_like_envoy() {
     ];
     compare(
         "          internal_address_config: {}\n",
+        "",
         cases,
         &[
             "/flaky/1/a: 503 \"flaky\" id=None after 1; upstream [\"x-envoy-expected-rq-timeout-ms=15000\", \"x-request-id=<uuid>\"]",
@@ -276,11 +282,66 @@ fn echoed_request_ids_match_envoy() {
     ];
     compare(
         &format!("{BY_PEER}          always_set_request_id_in_response: true\n"),
+        "",
         cases,
         &[
             "/a: 200 \"a GET /a\" id=Some(\"abc\") after 1; upstream [\"x-envoy-expected-rq-timeout-ms=15000\", \"x-envoy-internal=true\", \"x-forwarded-for=<self>\", \"x-request-id=abc\"]",
             "/b: 200 \"a GET /b\" id=Some(\"<uuid>\") after 1; upstream [\"x-envoy-expected-rq-timeout-ms=15000\", \"x-envoy-external-address=127.0.0.1\", \"x-forwarded-for=1.2.3.4,<self>\", \"x-request-id=<uuid>\"]",
             "/c: 200 \"a GET /c\" id=Some(\"<uuid>\") after 1; upstream [\"x-envoy-expected-rq-timeout-ms=15000\", \"x-envoy-internal=true\", \"x-forwarded-for=<self>\", \"x-request-id=<uuid>\"]",
+        ],
+    );
+}
+
+/// The router's `strict_check_headers` refuses malformed controls; its
+/// `respect_expected_rq_timeout` takes the timeout from `x-envoy-expected-rq-timeout-ms`.
+#[test]
+fn strict_and_expected_timeout_router_options_match_envoy() {
+    let router = "              respect_expected_rq_timeout: true\n              strict_check_headers: [x-envoy-upstream-rq-timeout-ms, x-envoy-upstream-rq-per-try-timeout-ms, x-envoy-max-retries, x-envoy-retry-on, x-envoy-retry-grpc-on]\n";
+    let cases: &[(&str, &[(&str, &str)])] = &[
+        ("/a", &[("x-envoy-upstream-rq-timeout-ms", "abc")]),
+        ("/b", &[("x-envoy-upstream-rq-per-try-timeout-ms", "-1")]),
+        ("/c", &[("x-envoy-max-retries", "x")]),
+        ("/d", &[("x-envoy-retry-on", "5xx,bogus")]),
+        ("/e", &[("x-envoy-retry-grpc-on", "bogus")]),
+        (
+            "/flaky/1/f",
+            &[
+                ("x-envoy-retry-on", "5xx, reset"),
+                ("x-envoy-max-retries", "1"),
+            ],
+        ),
+        (
+            "/g",
+            &[
+                ("x-envoy-retry-on", "bogus"),
+                ("x-forwarded-for", "1.2.3.4"),
+            ],
+        ),
+        ("/delay/500/h", &[("x-envoy-expected-rq-timeout-ms", "200")]),
+        (
+            "/delay/500/i",
+            &[
+                ("x-envoy-expected-rq-timeout-ms", "200"),
+                ("x-envoy-upstream-rq-timeout-ms", "100"),
+            ],
+        ),
+        ("/delay/300/j", &[("x-envoy-upstream-rq-timeout-ms", "100")]),
+    ];
+    compare(
+        BY_PEER,
+        router,
+        cases,
+        &[
+            "/a: 400 \"invalid header 'x-envoy-upstream-rq-timeout-ms' with value 'abc'\" id=None after 0; upstream []",
+            "/b: 400 \"invalid header 'x-envoy-upstream-rq-per-try-timeout-ms' with value '-1'\" id=None after 0; upstream []",
+            "/c: 400 \"invalid header 'x-envoy-max-retries' with value 'x'\" id=None after 0; upstream []",
+            "/d: 400 \"invalid header 'x-envoy-retry-on' with value '5xx,bogus'\" id=None after 0; upstream []",
+            "/e: 400 \"invalid header 'x-envoy-retry-grpc-on' with value 'bogus'\" id=None after 0; upstream []",
+            "/flaky/1/f: 200 \"a GET /flaky/1/f\" id=None after 2; upstream [\"x-envoy-expected-rq-timeout-ms=15000\", \"x-envoy-internal=true\", \"x-forwarded-for=<self>\", \"x-request-id=<uuid>\"]",
+            "/g: 200 \"a GET /g\" id=None after 1; upstream [\"x-envoy-expected-rq-timeout-ms=15000\", \"x-envoy-external-address=127.0.0.1\", \"x-forwarded-for=1.2.3.4,<self>\", \"x-request-id=<uuid>\"]",
+            "/delay/500/h: 504 \"upstream request timeout\" id=None after 1; upstream [\"x-envoy-expected-rq-timeout-ms=200\", \"x-envoy-internal=true\", \"x-forwarded-for=<self>\", \"x-request-id=<uuid>\"]",
+            "/delay/500/i: 504 \"upstream request timeout\" id=None after 1; upstream [\"x-envoy-expected-rq-timeout-ms=200\", \"x-envoy-internal=true\", \"x-envoy-upstream-rq-timeout-ms=100\", \"x-forwarded-for=<self>\", \"x-request-id=<uuid>\"]",
+            "/delay/300/j: 504 \"upstream request timeout\" id=None after 1; upstream [\"x-envoy-expected-rq-timeout-ms=100\", \"x-envoy-internal=true\", \"x-forwarded-for=<self>\", \"x-request-id=<uuid>\"]",
         ],
     );
 }

@@ -268,6 +268,8 @@ pub struct HcmConfig {
     pub upgrades: Vec<String>,
     /// Router `suppress_envoy_headers`.
     pub suppress_envoy_headers: bool,
+    /// Router `respect_expected_rq_timeout` and `strict_check_headers`.
+    pub controls: super::request_controls::ControlOptions,
     /// `http2_protocol_options`: streams, windows and keepalive of HTTP/2 connections.
     pub h2: H2Options,
     /// `http2_protocol_options.allow_connect`: HTTP/2 extended CONNECT (RFC 8441), which
@@ -376,6 +378,7 @@ impl HcmConfig {
             _ => return Err(ConfigError::unsupported("codec_type")),
         };
         let mut suppress_envoy_headers = false;
+        let mut controls = super::request_controls::ControlOptions::default();
         let mut saw_router = false;
         for (i, f) in proto.http_filters.iter().enumerate() {
             let path = format!("http_filters[{i}]");
@@ -402,6 +405,10 @@ impl HcmConfig {
                         ConfigError::new(format!("{path}.typed_config"), e.to_string())
                     })?;
                     suppress_envoy_headers = r.suppress_envoy_headers;
+                    controls = super::request_controls::ControlOptions::compile(
+                        &r,
+                        &format!("{path}.typed_config"),
+                    )?;
                     if !r.upstream_http_filters.is_empty() {
                         return Err(ConfigError::unsupported(format!(
                             "{path}.typed_config.upstream_http_filters"
@@ -590,6 +597,7 @@ impl HcmConfig {
                 .filter(|s| !s.is_empty()),
             upgrades,
             suppress_envoy_headers,
+            controls,
             h2,
             h2_allow_connect,
             access_logs,

@@ -147,7 +147,9 @@
 //!   (`tests/http_internal_requests.rs`). A per-try timeout no shorter than the route's is
 //!   none, as in Envoy. `x-envoy-upstream-alt-stat-name` and
 //!   `x-envoy-hedge-on-per-try-timeout` are removed without effect (no alternative stats,
-//!   no hedging); `unix_sockets` has no effect (HTTP listeners are TCP).
+//!   no hedging); `unix_sockets` has no effect (HTTP listeners are TCP). The router's
+//!   `respect_expected_rq_timeout` and `strict_check_headers` (`400 invalid header …`)
+//!   act as Envoy's.
 //! - A cluster's `retry_budget` (in place of `max_retries`) and
 //!   `per_host_thresholds.max_connections`, as Envoy (`tests/http_retries.rs`); counted
 //!   per worker like every circuit breaker here.

@@ -16,6 +16,12 @@
 //!   no body instead of `504`.
 //! - `x-envoy-upstream-alt-stat-name` and `x-envoy-hedge-on-per-try-timeout` are removed
 //!   without effect: Courier keeps no alternative stats and does not hedge.
+//!
+//! The router's config can change that ([`ControlOptions`]): `respect_expected_rq_timeout`
+//! takes the route timeout from `x-envoy-expected-rq-timeout-ms` when there is one (and
+//! then leaves `x-envoy-upstream-rq-timeout-ms` alone, to go upstream); `strict_check_headers`
+//! refuses a request whose listed control is malformed (`400 invalid header '<name>' with
+//! value '<value>'`, the connection closing) rather than ignoring the value.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,7 +29,10 @@ use std::time::Duration;
 use http::header::HeaderName;
 use http::{HeaderMap, HeaderValue};
 
+use courier_proto::envoy::extensions::filters::http::router::v3::Router;
+
 use super::route::RetryPolicy;
+use crate::config::ConfigError;
 
 static RETRY_ON: HeaderName = HeaderName::from_static("x-envoy-retry-on");
 static RETRY_GRPC_ON: HeaderName = HeaderName::from_static("x-envoy-retry-grpc-on");
@@ -40,6 +49,78 @@ static TIMEOUT_ALT_RESPONSE: HeaderName =
 static ALT_STAT_NAME: HeaderName = HeaderName::from_static("x-envoy-upstream-alt-stat-name");
 static HEDGE_ON_PER_TRY_TIMEOUT: HeaderName =
     HeaderName::from_static("x-envoy-hedge-on-per-try-timeout");
+static EXPECTED_TIMEOUT_MS: HeaderName = HeaderName::from_static("x-envoy-expected-rq-timeout-ms");
+
+/// How the router takes the controls: its `respect_expected_rq_timeout` and
+/// `strict_check_headers`.
+#[derive(Debug, Clone, Default)]
+pub struct ControlOptions {
+    /// `respect_expected_rq_timeout`.
+    pub respect_expected_timeout: bool,
+    /// `strict_check_headers`.
+    pub strict: Vec<HeaderName>,
+}
+
+impl ControlOptions {
+    /// Compiles the router's options at `path` (its `typed_config`).
+    pub fn compile(router: &Router, path: &str) -> Result<ControlOptions, ConfigError> {
+        let checkable = [
+            &TIMEOUT_MS,
+            &PER_TRY_TIMEOUT_MS,
+            &MAX_RETRIES,
+            &RETRY_ON,
+            &RETRY_GRPC_ON,
+        ];
+        let strict = router
+            .strict_check_headers
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                checkable
+                    .iter()
+                    .find(|h| h.as_str() == name)
+                    .map(|h| HeaderName::clone(h))
+                    .ok_or_else(|| {
+                        ConfigError::new(
+                            format!("{path}.strict_check_headers[{i}]"),
+                            format!(
+                                "'{name}' cannot be checked: one of {} can",
+                                checkable.map(|h| h.as_str()).join(", ")
+                            ),
+                        )
+                    })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(ControlOptions {
+            respect_expected_timeout: router.respect_expected_rq_timeout,
+            strict,
+        })
+    }
+
+    /// Checks the `strict_check_headers` controls of `headers`: `Err` with Envoy's reply
+    /// body naming the first malformed one.
+    pub fn check(&self, headers: &HeaderMap) -> Result<(), String> {
+        for name in &self.strict {
+            let Some(v) = headers.get(name) else { continue };
+            let valid = if *name == RETRY_ON {
+                tokens(Some(v)).all(|t| RetryPolicy::none().enable(t))
+            } else if *name == RETRY_GRPC_ON {
+                tokens(Some(v)).all(|t| RetryPolicy::none().enable_grpc(t))
+            } else if *name == MAX_RETRIES {
+                number(Some(v)).is_some_and(|n| u32::try_from(n).is_ok())
+            } else {
+                number(Some(v)).is_some()
+            };
+            if !valid {
+                return Err(format!(
+                    "invalid header '{name}' with value '{}'",
+                    String::from_utf8_lossy(v.as_bytes())
+                ));
+            }
+        }
+        Ok(())
+    }
+}
 
 /// The controls a request carried, taken off its headers.
 #[derive(Debug, Clone, Default)]
@@ -59,9 +140,15 @@ pub struct RequestControls {
 
 impl RequestControls {
     /// Takes the controls off `headers`.
-    pub fn take(headers: &mut HeaderMap) -> RequestControls {
+    pub fn take(headers: &mut HeaderMap, options: &ControlOptions) -> RequestControls {
         let ms = |v: Option<HeaderValue>| {
             number(v.as_ref()).map(|n| Some(Duration::from_millis(n)).filter(|d| !d.is_zero()))
+        };
+        // With `respect_expected_rq_timeout` an expected timeout is the timeout, kept for
+        // the next hop, and the other header is left to go upstream (as Envoy).
+        let timeout = match headers.get(&EXPECTED_TIMEOUT_MS) {
+            Some(expected) if options.respect_expected_timeout => ms(Some(expected.clone())),
+            _ => ms(headers.remove(&TIMEOUT_MS)),
         };
         let c = RequestControls {
             retry_on: headers.remove(&RETRY_ON),
@@ -70,7 +157,7 @@ impl RequestControls {
                 .and_then(|n| u32::try_from(n).ok()),
             status_codes: headers.remove(&RETRIABLE_STATUS_CODES),
             header_names: headers.remove(&RETRIABLE_HEADER_NAMES),
-            timeout: ms(headers.remove(&TIMEOUT_MS)),
+            timeout,
             per_try_timeout: ms(headers.remove(&PER_TRY_TIMEOUT_MS)),
             alt_response: headers.remove(&TIMEOUT_ALT_RESPONSE).is_some(),
         };
@@ -150,7 +237,7 @@ mod tests {
             ("x-envoy-upstream-alt-stat-name", "x"),
             ("x-envoy-force-trace", "1"),
         ]);
-        let c = RequestControls::take(&mut h);
+        let c = RequestControls::take(&mut h, &ControlOptions::default());
         assert_eq!(h.len(), 1, "only x-envoy-force-trace stays: {h:?}");
         assert_eq!(c.timeout, Some(None));
         assert_eq!(c.per_try_timeout, None);
@@ -160,9 +247,50 @@ mod tests {
     }
 
     #[test]
+    fn strict_checks_name_the_malformed_control() {
+        let options = ControlOptions {
+            respect_expected_timeout: false,
+            strict: vec![RETRY_ON.clone(), MAX_RETRIES.clone(), TIMEOUT_MS.clone()],
+        };
+        let ok = headers(&[
+            ("x-envoy-retry-on", "5xx, reset"),
+            ("x-envoy-max-retries", "2"),
+            ("x-envoy-upstream-rq-per-try-timeout-ms", "x"),
+        ]);
+        assert_eq!(options.check(&ok), Ok(()));
+        for (name, value) in [
+            ("x-envoy-retry-on", "5xx,bogus"),
+            ("x-envoy-max-retries", "-1"),
+            ("x-envoy-upstream-rq-timeout-ms", "abc"),
+        ] {
+            assert_eq!(
+                options.check(&headers(&[(name, value)])),
+                Err(format!("invalid header '{name}' with value '{value}'"))
+            );
+        }
+    }
+
+    #[test]
+    fn the_expected_timeout_can_be_the_timeout() {
+        let options = ControlOptions {
+            respect_expected_timeout: true,
+            strict: Vec::new(),
+        };
+        let mut h = headers(&[
+            ("x-envoy-expected-rq-timeout-ms", "200"),
+            ("x-envoy-upstream-rq-timeout-ms", "100"),
+        ]);
+        let c = RequestControls::take(&mut h, &options);
+        assert_eq!(c.timeout, Some(Some(Duration::from_millis(200))));
+        assert_eq!(h.len(), 2, "both stay for the next hop");
+    }
+
+    #[test]
     fn max_retries_alone_turns_nothing_on() {
         let mut h = headers(&[("x-envoy-max-retries", "3")]);
-        assert!(RequestControls::take(&mut h).retry_policy(None).is_none());
+        assert!(RequestControls::take(&mut h, &ControlOptions::default())
+            .retry_policy(None)
+            .is_none());
     }
 
     #[test]
@@ -180,7 +308,7 @@ mod tests {
             ("x-envoy-retriable-header-names", "x-foo"),
             ("x-envoy-retry-grpc-on", "unavailable"),
         ]);
-        let p = RequestControls::take(&mut h)
+        let p = RequestControls::take(&mut h, &ControlOptions::default())
             .retry_policy(Some(&route))
             .expect("policy");
         assert!(p.on_connect_failure && p.on_status_codes);

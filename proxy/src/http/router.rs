@@ -1137,10 +1137,16 @@ async fn forward(
     }
     // An internal request's `x-envoy-*` controls, taken off it (an external one lost them
     // to the connection manager).
-    let controls = parts
-        .extensions
-        .remove::<Internal>()
-        .map(|_| RequestControls::take(&mut parts.headers));
+    let controls = match parts.extensions.remove::<Internal>() {
+        Some(Internal) => {
+            if let Err(body) = cfg.controls.check(&parts.headers) {
+                conn.closing.set(true);
+                return local_reply(StatusCode::BAD_REQUEST, &body);
+            }
+            Some(RequestControls::take(&mut parts.headers, &cfg.controls))
+        }
+        None => None,
+    };
     let retry = match &controls {
         Some(c) => c.retry_policy(action.retry_policy.as_ref()),
         None => action.retry_policy.clone(),

@@ -127,3 +127,44 @@ pub fn address_stat_name(addr: &SocketAddr) -> String {
         SocketAddr::V6(a) => format!("[{}]_{}", a.ip(), a.port()),
     }
 }
+
+/// A share of requests: a `FractionalPercent` (a `RuntimeFractionalPercent`'s default
+/// value; Courier has no runtime to override it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fraction {
+    numerator: u32,
+    denominator: u32,
+}
+
+impl Fraction {
+    /// Every request.
+    pub const ALL: Fraction = Fraction {
+        numerator: 1,
+        denominator: 1,
+    };
+
+    /// A `FractionalPercent` (an unknown denominator reads as `HUNDRED`, its default).
+    pub fn of(p: &courier_proto::envoy::r#type::v3::FractionalPercent) -> Fraction {
+        use courier_proto::envoy::r#type::v3::fractional_percent::DenominatorType;
+        let denominator = match DenominatorType::try_from(p.denominator) {
+            Ok(DenominatorType::TenThousand) => 10_000,
+            Ok(DenominatorType::Million) => 1_000_000,
+            _ => 100,
+        };
+        Fraction {
+            numerator: p.numerator,
+            denominator,
+        }
+    }
+
+    /// A `RuntimeFractionalPercent`'s default value; `unset` when there is none.
+    pub fn runtime(p: Option<&core::RuntimeFractionalPercent>, unset: Fraction) -> Fraction {
+        p.and_then(|r| r.default_value.as_ref())
+            .map_or(unset, Fraction::of)
+    }
+
+    /// Whether this request falls in the share (a fresh draw each call).
+    pub fn sample(&self) -> bool {
+        self.numerator >= self.denominator || fastrand::u32(0..self.denominator) < self.numerator
+    }
+}

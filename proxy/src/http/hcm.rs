@@ -270,6 +270,8 @@ pub struct HcmConfig {
     pub suppress_envoy_headers: bool,
     /// Router `respect_expected_rq_timeout` and `strict_check_headers`.
     pub controls: super::request_controls::ControlOptions,
+    /// The CORS filter (`envoy.filters.http.cors`), when the chain has one.
+    pub cors: Option<super::cors::CorsFilter>,
     /// `http2_protocol_options`: streams, windows and keepalive of HTTP/2 connections.
     pub h2: H2Options,
     /// `http2_protocol_options.allow_connect`: HTTP/2 extended CONNECT (RFC 8441), which
@@ -379,6 +381,7 @@ impl HcmConfig {
         };
         let mut suppress_envoy_headers = false;
         let mut controls = super::request_controls::ControlOptions::default();
+        let mut cors = None;
         let mut saw_router = false;
         for (i, f) in proto.http_filters.iter().enumerate() {
             let path = format!("http_filters[{i}]");
@@ -416,6 +419,19 @@ impl HcmConfig {
                     }
                 }
                 saw_router = true;
+                continue;
+            }
+            let is_cors = type_name == super::cors::FILTER_TYPE
+                || (type_name.is_empty() && f.name == super::cors::FILTER_NAME);
+            if is_cors {
+                // A filter disabled here is left out: routes cannot enable it again.
+                if !f.disabled && cors.is_none() {
+                    cors = Some(super::cors::CorsFilter::new(
+                        &f.name,
+                        &proto.stat_prefix,
+                        store,
+                    ));
+                }
                 continue;
             }
             // A disabled filter can be enabled per route (`typed_per_filter_config`), so
@@ -598,6 +614,7 @@ impl HcmConfig {
             upgrades,
             suppress_envoy_headers,
             controls,
+            cors,
             h2,
             h2_allow_connect,
             access_logs,

@@ -7,6 +7,7 @@
 //!   server, driven by the worker's runtime ([`crate::event::rt`]).
 //! - [`h1_head`]: a parsed HTTP/1.1 head made into a header map without copies, its framing
 //!   fields noted; [`header_map_pool`]: the worker's spare header maps, reused per message.
+//! - [`cors`]: the CORS filter.
 //! - [`router`]: one request: sanitising, route selection, local replies, forwarding with
 //!   retries and timeouts.
 //! - [`internal_address`]: which requests are internal (`internal_address_config`);
@@ -105,7 +106,7 @@
 //!   the body as a percent-encoded `grpc-message` (`tests/http_h2.rs`).
 //! - Request mirroring (`request_mirror_policies` of a route, virtual host or route
 //!   configuration) as Envoy's streaming shadows: [`shadow`], `tests/http_shadow.rs`.
-//! - Not yet: hedging, CORS, rate limits. Refused as unsupported (they were
+//! - Not yet: hedging, rate limits. Refused as unsupported (they were
 //!   accepted without effect): a route's `priority: HIGH` and `path_rewrite`, a weighted
 //!   cluster's `host_rewrite_literal` and `header_name`, `most_specific_header_mutations_wins`,
 //!   `ignore_path_parameters_in_path_matching`, a retry policy's `per_try_idle_timeout`,
@@ -124,9 +125,10 @@
 //!   tunnel, however busy, as Envoy resets it (`websocket_ends_with_its_stream_duration_like_envoy`).
 //! - Accepted and not acted on (control planes set them routinely, so refusing them would
 //!   refuse whole listeners; found by an audit of every field): a route's
-//!   `flush_timeout` and `stat_prefix`; `typed_per_filter_config` (Courier's one filter
-//!   is the router); the connection manager's `stream_flush_timeout`, `delayed_close_timeout`, `drain_timeout`, HTTP/2 flood
-//!   settings, and HTTP/1 `allow_absolute_url` and
+//!   `flush_timeout` and `stat_prefix`; `typed_per_filter_config` entries for filters
+//!   other than CORS (Courier's filters are CORS and the router); the connection
+//!   manager's `stream_flush_timeout`, `delayed_close_timeout`, `drain_timeout`, HTTP/2
+//!   flood settings, and HTTP/1 `allow_absolute_url` and
 //!   `override_stream_error_on_invalid_http_message`; a cluster's
 //!   `common_http_protocol_options` `max_headers_count`, `max_stream_duration` and
 //!   `headers_with_underscores_action`, slow start, `respect_dns_ttl` and the DNS failure
@@ -150,6 +152,11 @@
 //!   no hedging); `unix_sockets` has no effect (HTTP listeners are TCP). The router's
 //!   `respect_expected_rq_timeout` and `strict_check_headers` (`400 invalid header …`)
 //!   act as Envoy's.
+//! - The CORS filter (`envoy.filters.http.cors`, [`cors`]) with its policies in
+//!   `typed_per_filter_config` (route, virtual host, route configuration) or the
+//!   deprecated `cors` fields, as Envoy (`tests/http_cors.rs`). Other HTTP filters are
+//!   refused unless `is_optional`; a filter `disabled` in the chain is left out (routes
+//!   cannot enable it again).
 //! - A cluster's `retry_budget` (in place of `max_retries`) and
 //!   `per_host_thresholds.max_connections`, as Envoy (`tests/http_retries.rs`); counted
 //!   per worker like every circuit breaker here.
@@ -172,6 +179,7 @@
 pub mod access_log;
 pub mod body;
 pub mod conn;
+pub mod cors;
 pub mod downstream_h1;
 pub mod h1_head;
 pub mod h1_server;

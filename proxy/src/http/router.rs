@@ -18,6 +18,7 @@ use hyper::body::Body as _;
 
 use super::access_log::LogEntry;
 use super::body::ProxyBody;
+use super::cors::CorsRequest;
 use super::hcm::{EscapedSlashes, HcmConfig, RouteSource, UnderscoreAction};
 use super::header_map_pool;
 use super::headers::{decimal_value, strip_hop_by_hop, strip_response_hop_by_hop, FormatContext};
@@ -839,6 +840,24 @@ async fn process(
         };
         !allowed
     });
+    // The CORS filter, on requests routed to a cluster (as Envoy's, which sees no route
+    // entry for direct responses and redirects): a preflight is answered here, before the
+    // route's response headers (Envoy's answer gets none).
+    let cors = match (&cfg.cors, &route.action) {
+        (Some(filter), Action::Route(_)) => {
+            match filter.on_request(
+                [&route.cors, &vh.cors, &table.cors],
+                &method,
+                req.headers(),
+                worker,
+            ) {
+                CorsRequest::Preflight(r) => return *r,
+                CorsRequest::Allowed(h) => Some(h),
+                CorsRequest::Pass => None,
+            }
+        }
+        _ => None,
+    };
     let mut resp = match &route.action {
         // The refusal still gets the route's response headers, as Envoy's does.
         _ if upgrade_refused => {
@@ -923,6 +942,9 @@ async fn process(
     route.response_headers.apply(resp.headers_mut(), &fcx);
     vh.response_headers.apply(resp.headers_mut(), &fcx);
     table.response_headers.apply(resp.headers_mut(), &fcx);
+    if let Some(cors) = cors {
+        cors.apply(resp.headers_mut());
+    }
     resp
 }
 

@@ -20,7 +20,6 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use courier_proto::envoy::config::route::v3::route_action::RequestMirrorPolicy;
-use courier_proto::envoy::r#type::v3::fractional_percent::DenominatorType;
 use http::header::{HeaderMap, HeaderName};
 use http::Request;
 use http_body_util::BodyExt;
@@ -28,7 +27,7 @@ use hyper::body::Frame;
 
 use super::body::{BoxError, ProxyBody};
 use super::pool;
-use crate::config::ConfigError;
+use crate::config::{ConfigError, Fraction};
 use crate::event::rt;
 use crate::stats::{Counter, Store};
 use crate::upstream::ClusterInfo;
@@ -37,8 +36,8 @@ use crate::upstream::ClusterInfo;
 #[derive(Debug)]
 pub struct ShadowPolicy {
     target: Target,
-    /// `runtime_fraction.default_value` as (numerator, denominator); `None` mirrors all.
-    fraction: Option<(u32, u32)>,
+    /// `runtime_fraction.default_value` (all requests when unset).
+    fraction: Fraction,
     /// `!disable_shadow_host_suffix_append`.
     append_suffix: bool,
 }
@@ -84,18 +83,7 @@ pub fn compile(list: &[RequestMirrorPolicy], path: &str) -> Result<Vec<ShadowPol
                     ))
                 }
             };
-            let fraction = p
-                .runtime_fraction
-                .as_ref()
-                .and_then(|f| f.default_value.as_ref())
-                .map(|d| {
-                    let denominator = match DenominatorType::try_from(d.denominator) {
-                        Ok(DenominatorType::TenThousand) => 10_000,
-                        Ok(DenominatorType::Million) => 1_000_000,
-                        _ => 100,
-                    };
-                    (d.numerator, denominator)
-                });
+            let fraction = Fraction::runtime(p.runtime_fraction.as_ref(), Fraction::ALL);
             Ok(ShadowPolicy {
                 target,
                 fraction,
@@ -108,10 +96,8 @@ pub fn compile(list: &[RequestMirrorPolicy], path: &str) -> Result<Vec<ShadowPol
 impl ShadowPolicy {
     /// The cluster this request is mirrored to, if it is (sampled by `runtime_fraction`).
     pub fn cluster<'a>(&'a self, headers: &'a HeaderMap) -> Option<&'a str> {
-        if let Some((numerator, denominator)) = self.fraction {
-            if fastrand::u32(0..denominator) >= numerator {
-                return None;
-            }
+        if !self.fraction.sample() {
+            return None;
         }
         match &self.target {
             Target::Cluster(c) => Some(c),
@@ -389,7 +375,7 @@ mod tests {
     fn policy(append_suffix: bool) -> ShadowPolicy {
         ShadowPolicy {
             target: Target::Cluster("c".into()),
-            fraction: None,
+            fraction: Fraction::ALL,
             append_suffix,
         }
     }

@@ -20,6 +20,8 @@ use http::header::{HeaderMap, HeaderName};
 use http::StatusCode;
 use regex::Regex;
 
+use super::cors::CorsConfig;
+
 use super::headers::HeaderMutations;
 use super::shadow::{self, ShadowPolicy};
 use crate::config::{self, ConfigError};
@@ -46,8 +48,10 @@ pub struct RouteTable {
     /// Whether any header mutation of the table reads request headers: only then does a
     /// request keep a copy of its headers (the hot path hands them upstream instead).
     pub reads_request_headers: bool,
-    /// `internal_only_headers`: removed from external requests (all of them).
+    /// `internal_only_headers`: removed from external requests.
     pub internal_only_headers: Vec<HeaderName>,
+    /// CORS policies in `typed_per_filter_config`.
+    pub cors: CorsConfig,
 }
 
 pub use courier_proto::envoy::config::route::v3::RouteConfiguration;
@@ -72,6 +76,8 @@ pub struct VirtualHost {
     /// `include_is_timeout_retry_header`: a retry says whether a per-try timeout caused it
     /// (`x-envoy-is-timeout-retry`).
     pub timeout_retry_header: bool,
+    /// CORS policies (`typed_per_filter_config`, the deprecated `cors`).
+    pub cors: CorsConfig,
 }
 
 /// A compiled route.
@@ -89,6 +95,8 @@ pub struct Route {
     /// of a request body is buffered to be replayed on retries. `None`: the listener's
     /// `per_connection_buffer_limit_bytes`.
     pub buffer_limit: Option<usize>,
+    /// CORS policies (`typed_per_filter_config`, the action's deprecated `cors`).
+    pub cors: CorsConfig,
 }
 
 enum PathMatch {
@@ -943,7 +951,6 @@ impl RouteTable {
                 ("require_tls", vh.require_tls != 0),
                 ("virtual_clusters", !vh.virtual_clusters.is_empty()),
                 ("rate_limits", !vh.rate_limits.is_empty()),
-                ("cors", vh.cors.is_some()),
                 ("hedge_policy", vh.hedge_policy.is_some()),
             ] {
                 if set {
@@ -1045,6 +1052,11 @@ impl RouteTable {
                 attempt_count_upstream: vh.include_request_attempt_count,
                 attempt_count_response: vh.include_attempt_count_in_response,
                 timeout_retry_header: vh.include_is_timeout_retry_header,
+                cors: CorsConfig::compile(
+                    &vh.typed_per_filter_config,
+                    vh.cors.as_ref().map(|c| (c, format!("{vpath}.cors"))),
+                    &vpath,
+                )?,
             });
         }
         suffixes.sort_by_key(|s| std::cmp::Reverse(s.0.len()));
@@ -1059,6 +1071,7 @@ impl RouteTable {
             default_vhost,
             ignore_port: proto.ignore_port_in_host_matching,
             reads_request_headers: false,
+            cors: CorsConfig::compile(&proto.typed_per_filter_config, None, "")?,
             internal_only_headers: proto
                 .internal_only_headers
                 .iter()
@@ -1474,6 +1487,16 @@ fn compile_route(
             r.request_body_buffer_limit.map(|v| v.value),
             r.per_request_buffer_limit_bytes.map(|v| v.value),
         ),
+        cors: CorsConfig::compile(
+            &r.typed_per_filter_config,
+            match &r.action {
+                Some(pb::route::Action::Route(a)) => {
+                    a.cors.as_ref().map(|c| (c, format!("{path}.route.cors")))
+                }
+                _ => None,
+            },
+            path,
+        )?,
     })
 }
 
@@ -1501,7 +1524,6 @@ fn compile_route_action(
         ("path_rewrite_policy", a.path_rewrite_policy.is_some()),
         ("rate_limits", !a.rate_limits.is_empty()),
         ("hash_policy", !a.hash_policy.is_empty()),
-        ("cors", a.cors.is_some()),
         ("hedge_policy", a.hedge_policy.is_some()),
         // Envoy's HIGH-priority pools and circuit breakers (Courier has the default ones).
         ("priority", a.priority != 0),

@@ -143,6 +143,21 @@ impl Fraction {
         denominator: 1,
     };
 
+    /// No request.
+    pub const NONE: Fraction = Fraction {
+        numerator: 0,
+        denominator: 100,
+    };
+
+    /// This share with its numerator lowered to at most `numerator` (a request header's
+    /// percentage can only narrow a configured one).
+    pub fn capped(self, numerator: u32) -> Fraction {
+        Fraction {
+            numerator: self.numerator.min(numerator),
+            ..self
+        }
+    }
+
     /// A `FractionalPercent` (an unknown denominator reads as `HUNDRED`, its default).
     pub fn of(p: &courier_proto::envoy::r#type::v3::FractionalPercent) -> Fraction {
         use courier_proto::envoy::r#type::v3::fractional_percent::DenominatorType;

@@ -22,16 +22,15 @@
 //! - `http.<stat_prefix>.cors.origin_valid` / `origin_invalid` count requests with an
 //!   `origin`.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use courier_proto::envoy::config::route::v3 as route_pb;
 use courier_proto::envoy::extensions::filters::http::cors::v3 as cors_pb;
-use courier_proto::google::protobuf::Any;
 use http::header::{self, HeaderName};
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
 
 use super::body::ProxyBody;
+use super::filter_config::{FilterConfigs, FilterPolicy};
 use super::route::StrMatch;
 use crate::config::{ConfigError, Fraction};
 use crate::stats::{Counter, Store};
@@ -40,8 +39,8 @@ use crate::stats::{Counter, Store};
 pub const FILTER_TYPE: &str = "envoy.extensions.filters.http.cors.v3.Cors";
 /// The filter's well-known name (an HTTP filter without `typed_config`).
 pub const FILTER_NAME: &str = "envoy.filters.http.cors";
-const POLICY_TYPE: &str = "envoy.extensions.filters.http.cors.v3.CorsPolicy";
-const FILTER_CONFIG_TYPE: &str = "envoy.config.route.v3.FilterConfig";
+/// The per-route policy's type (`typed_per_filter_config`).
+pub const POLICY_TYPE: &str = "envoy.extensions.filters.http.cors.v3.CorsPolicy";
 
 static REQUEST_METHOD: HeaderName = HeaderName::from_static("access-control-request-method");
 static REQUEST_HEADERS: HeaderName = HeaderName::from_static("access-control-request-headers");
@@ -118,7 +117,10 @@ impl CorsPolicy {
     }
 
     /// The filter's `CorsPolicy`.
-    fn from_filter_proto(p: &cors_pb::CorsPolicy, path: &str) -> Result<CorsPolicy, ConfigError> {
+    pub fn from_filter_proto(
+        p: &cors_pb::CorsPolicy,
+        path: &str,
+    ) -> Result<CorsPolicy, ConfigError> {
         CorsPolicy::compile(
             PolicyFields {
                 allow_origin_string_match: &p.allow_origin_string_match,
@@ -137,7 +139,10 @@ impl CorsPolicy {
     }
 
     /// A route's or virtual host's deprecated `cors`.
-    fn from_route_proto(p: &route_pb::CorsPolicy, path: &str) -> Result<CorsPolicy, ConfigError> {
+    pub fn from_route_proto(
+        p: &route_pb::CorsPolicy,
+        path: &str,
+    ) -> Result<CorsPolicy, ConfigError> {
         let filter_enabled = p
             .enabled_specifier
             .as_ref()
@@ -158,85 +163,6 @@ impl CorsPolicy {
             path,
         )
     }
-}
-
-/// A `typed_per_filter_config` entry for a CORS filter.
-enum PerFilter {
-    Policy(Arc<CorsPolicy>),
-    /// `FilterConfig { disabled: true }`: the filter is off here.
-    Disabled,
-}
-
-/// A route's, virtual host's or route configuration's CORS settings.
-#[derive(Default)]
-pub struct CorsConfig {
-    /// `typed_per_filter_config` entries holding a `CorsPolicy`, by filter name.
-    per_filter: Vec<(String, PerFilter)>,
-    /// The deprecated `cors` field.
-    legacy: Option<Arc<CorsPolicy>>,
-}
-
-impl CorsConfig {
-    /// Compiles a level's `typed_per_filter_config` CORS entries at `path` (entries of
-    /// other types are left to their filters) and its deprecated `cors` (`legacy`, with
-    /// its own path).
-    pub fn compile(
-        typed_per_filter_config: &HashMap<String, Any>,
-        legacy: Option<(&route_pb::CorsPolicy, String)>,
-        path: &str,
-    ) -> Result<CorsConfig, ConfigError> {
-        let mut per_filter = Vec::new();
-        for (name, any) in typed_per_filter_config {
-            let at = match path {
-                "" => format!("typed_per_filter_config[{name}]"),
-                _ => format!("{path}.typed_per_filter_config[{name}]"),
-            };
-            let type_name = courier_proto::type_url::message_name(&any.type_url);
-            let entry = if type_name == POLICY_TYPE {
-                PerFilter::Policy(Arc::new(CorsPolicy::from_filter_proto(
-                    &unpack(any, &at)?,
-                    &at,
-                )?))
-            } else if type_name == FILTER_CONFIG_TYPE {
-                let fc: route_pb::FilterConfig = unpack(any, &at)?;
-                match &fc.config {
-                    _ if fc.disabled => PerFilter::Disabled,
-                    Some(inner)
-                        if courier_proto::type_url::message_name(&inner.type_url)
-                            == POLICY_TYPE =>
-                    {
-                        let at = format!("{at}.config");
-                        PerFilter::Policy(Arc::new(CorsPolicy::from_filter_proto(
-                            &unpack(inner, &at)?,
-                            &at,
-                        )?))
-                    }
-                    _ => continue,
-                }
-            } else {
-                continue;
-            };
-            per_filter.push((name.clone(), entry));
-        }
-        let legacy = legacy
-            .map(|(p, at)| CorsPolicy::from_route_proto(p, &at).map(Arc::new))
-            .transpose()?;
-        Ok(CorsConfig { per_filter, legacy })
-    }
-
-    fn entry(&self, filter: &str) -> Option<&PerFilter> {
-        self.per_filter
-            .iter()
-            .find(|(n, _)| n == filter)
-            .map(|(_, e)| e)
-    }
-}
-
-fn unpack<M: prost::Message + prost::Name + Default>(
-    any: &Any,
-    path: &str,
-) -> Result<M, ConfigError> {
-    courier_proto::unpack_any(any).map_err(|e| ConfigError::new(path, e.to_string()))
 }
 
 /// A connection manager's CORS filter.
@@ -300,7 +226,7 @@ impl CorsFilter {
     /// its route, virtual host and route configuration (most specific first).
     pub fn on_request(
         &self,
-        levels: [&CorsConfig; 3],
+        levels: [&FilterConfigs; 3],
         method: &Method,
         headers: &HeaderMap,
         worker: usize,
@@ -396,24 +322,19 @@ impl CorsFilter {
         CorsRequest::Preflight(Box::new(r))
     }
 
-    /// The policies of the levels, most specific first; `None` when a level disables the
-    /// filter.
-    fn policies<'a>(&self, levels: [&'a CorsConfig; 3]) -> Option<Policies<'a>> {
+    /// The policies of the levels, most specific first; `None` when the most specific
+    /// level that names the filter disables it.
+    fn policies<'a>(&self, levels: [&'a FilterConfigs; 3]) -> Option<Policies<'a>> {
         let mut found = Vec::new();
-        let mut decided = false;
         for level in levels {
-            match level.entry(&self.name) {
-                Some(PerFilter::Disabled) if !decided => return None,
-                Some(PerFilter::Disabled) => {}
-                Some(PerFilter::Policy(p)) => {
-                    decided = true;
-                    found.push(p.as_ref());
-                }
-                None => {}
+            match level.get(&self.name) {
+                Some(FilterPolicy::Disabled) if found.is_empty() => return None,
+                Some(FilterPolicy::Cors(p)) => found.push(p.as_ref()),
+                _ => {}
             }
         }
         if found.is_empty() {
-            found.extend(levels.iter().filter_map(|l| l.legacy.as_deref()));
+            found.extend(levels.iter().filter_map(|l| l.legacy_cors.as_deref()));
         }
         Some(Policies(found))
     }
@@ -438,10 +359,10 @@ mod tests {
         }
     }
 
-    fn config(p: cors_pb::CorsPolicy) -> CorsConfig {
+    fn config(p: cors_pb::CorsPolicy) -> FilterConfigs {
         let any = courier_proto::pack_any(&p);
-        let map = HashMap::from([(FILTER_NAME.to_string(), any)]);
-        CorsConfig::compile(&map, None, "vh").expect("valid policy")
+        let map = std::collections::HashMap::from([(FILTER_NAME.to_string(), any)]);
+        FilterConfigs::compile(&map, None, "vh").expect("valid policy")
     }
 
     fn request(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
@@ -457,7 +378,7 @@ mod tests {
         let store = Store::new(1);
         let f = CorsFilter::new(FILTER_NAME, "p", &store);
         let vh = config(policy(&["http://a.com"], "*"));
-        let none = CorsConfig::default();
+        let none = FilterConfigs::default();
         let pre = request(&[
             ("origin", "http://a.com"),
             ("access-control-request-method", "PUT"),

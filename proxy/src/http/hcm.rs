@@ -191,6 +191,14 @@ impl HttpStats {
     }
 }
 
+/// An HTTP filter Courier runs before the router.
+pub enum HttpFilter {
+    /// `envoy.filters.http.cors`.
+    Cors(super::cors::CorsFilter),
+    /// `envoy.filters.http.fault`.
+    Fault(super::fault::FaultFilter),
+}
+
 /// A compiled HTTP connection manager.
 pub struct HcmConfig {
     /// `stat_prefix`.
@@ -270,8 +278,8 @@ pub struct HcmConfig {
     pub suppress_envoy_headers: bool,
     /// Router `respect_expected_rq_timeout` and `strict_check_headers`.
     pub controls: super::request_controls::ControlOptions,
-    /// The CORS filter (`envoy.filters.http.cors`), when the chain has one.
-    pub cors: Option<super::cors::CorsFilter>,
+    /// The HTTP filters before the router, in order.
+    pub filters: Vec<HttpFilter>,
     /// `http2_protocol_options`: streams, windows and keepalive of HTTP/2 connections.
     pub h2: H2Options,
     /// `http2_protocol_options.allow_connect`: HTTP/2 extended CONNECT (RFC 8441), which
@@ -381,7 +389,7 @@ impl HcmConfig {
         };
         let mut suppress_envoy_headers = false;
         let mut controls = super::request_controls::ControlOptions::default();
-        let mut cors = None;
+        let mut filters = Vec::new();
         let mut saw_router = false;
         for (i, f) in proto.http_filters.iter().enumerate() {
             let path = format!("http_filters[{i}]");
@@ -421,16 +429,37 @@ impl HcmConfig {
                 saw_router = true;
                 continue;
             }
-            let is_cors = type_name == super::cors::FILTER_TYPE
-                || (type_name.is_empty() && f.name == super::cors::FILTER_NAME);
-            if is_cors {
+            let is =
+                |ty: &str, name: &str| type_name == ty || (type_name.is_empty() && f.name == name);
+            if is(super::cors::FILTER_TYPE, super::cors::FILTER_NAME) {
                 // A filter disabled here is left out: routes cannot enable it again.
-                if !f.disabled && cors.is_none() {
-                    cors = Some(super::cors::CorsFilter::new(
+                if !f.disabled {
+                    filters.push(HttpFilter::Cors(super::cors::CorsFilter::new(
                         &f.name,
                         &proto.stat_prefix,
                         store,
-                    ));
+                    )));
+                }
+                continue;
+            }
+            if is(super::fault::FILTER_TYPE, super::fault::FILTER_NAME) {
+                let fault = match &f.config_type {
+                    Some(http_filter::ConfigType::TypedConfig(any)) => {
+                        let at = format!("{path}.typed_config");
+                        super::fault::FaultPolicy::compile(
+                            &super::filter_config::unpack(any, &at)?,
+                            &at,
+                        )?
+                    }
+                    _ => super::fault::FaultPolicy::compile(&Default::default(), &path)?,
+                };
+                if !f.disabled {
+                    filters.push(HttpFilter::Fault(super::fault::FaultFilter::new(
+                        &f.name,
+                        fault,
+                        &proto.stat_prefix,
+                        store,
+                    )));
                 }
                 continue;
             }
@@ -614,7 +643,7 @@ impl HcmConfig {
             upgrades,
             suppress_envoy_headers,
             controls,
-            cors,
+            filters,
             h2,
             h2_allow_connect,
             access_logs,

@@ -7,7 +7,8 @@
 //!   server, driven by the worker's runtime ([`crate::event::rt`]).
 //! - [`h1_head`]: a parsed HTTP/1.1 head made into a header map without copies, its framing
 //!   fields noted; [`header_map_pool`]: the worker's spare header maps, reused per message.
-//! - [`cors`]: the CORS filter.
+//! - [`cors`] and [`fault`]: the CORS and fault injection filters; [`filter_config`]:
+//!   their per-route settings.
 //! - [`router`]: one request: sanitising, route selection, local replies, forwarding with
 //!   retries and timeouts.
 //! - [`internal_address`]: which requests are internal (`internal_address_config`);
@@ -126,7 +127,7 @@
 //! - Accepted and not acted on (control planes set them routinely, so refusing them would
 //!   refuse whole listeners; found by an audit of every field): a route's
 //!   `flush_timeout` and `stat_prefix`; `typed_per_filter_config` entries for filters
-//!   other than CORS (Courier's filters are CORS and the router); the connection
+//!   other than Courier's (CORS, fault injection, the router); the connection
 //!   manager's `stream_flush_timeout`, `delayed_close_timeout`, `drain_timeout`, HTTP/2
 //!   flood settings, and HTTP/1 `allow_absolute_url` and
 //!   `override_stream_error_on_invalid_http_message`; a cluster's
@@ -152,11 +153,14 @@
 //!   no hedging); `unix_sockets` has no effect (HTTP listeners are TCP). The router's
 //!   `respect_expected_rq_timeout` and `strict_check_headers` (`400 invalid header …`)
 //!   act as Envoy's.
-//! - The CORS filter (`envoy.filters.http.cors`, [`cors`]) with its policies in
-//!   `typed_per_filter_config` (route, virtual host, route configuration) or the
-//!   deprecated `cors` fields, as Envoy (`tests/http_cors.rs`). Other HTTP filters are
-//!   refused unless `is_optional`; a filter `disabled` in the chain is left out (routes
-//!   cannot enable it again).
+//! - HTTP filters before the router, in the chain's order: CORS (`envoy.filters.http.cors`,
+//!   [`cors`]) and fault injection (`envoy.filters.http.fault`, [`fault`]), with their
+//!   per-route settings in `typed_per_filter_config` (route, virtual host, route
+//!   configuration; [`filter_config`]) and CORS's deprecated `cors` fields, as Envoy
+//!   (`tests/http_cors.rs`, `tests/http_fault.rs`). Other HTTP filters are refused unless
+//!   `is_optional`; a filter `disabled` in the chain is left out (routes cannot enable it
+//!   again). Fault injection's `upstream_cluster` does not match requests routed by
+//!   `weighted_clusters`, and its runtime keys have no effect (no runtime).
 //! - A cluster's `retry_budget` (in place of `max_retries`) and
 //!   `per_host_thresholds.max_connections`, as Envoy (`tests/http_retries.rs`); counted
 //!   per worker like every circuit breaker here.
@@ -181,6 +185,8 @@ pub mod body;
 pub mod conn;
 pub mod cors;
 pub mod downstream_h1;
+pub mod fault;
+pub mod filter_config;
 pub mod h1_head;
 pub mod h1_server;
 pub mod h2_options;

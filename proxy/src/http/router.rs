@@ -19,7 +19,9 @@ use hyper::body::Body as _;
 use super::access_log::LogEntry;
 use super::body::ProxyBody;
 use super::cors::CorsRequest;
-use super::hcm::{EscapedSlashes, HcmConfig, RouteSource, UnderscoreAction};
+use super::fault::{AbortWith, FaultFilter};
+use super::filter_config::{FilterConfigs, FilterPolicy};
+use super::hcm::{EscapedSlashes, HcmConfig, HttpFilter, RouteSource, UnderscoreAction};
 use super::header_map_pool;
 use super::headers::{decimal_value, strip_hop_by_hop, strip_response_hop_by_hop, FormatContext};
 use super::pool::{self, PoolError, Sender};
@@ -349,6 +351,8 @@ pub fn sanitize_path(path: &str, normalize: bool, merge: bool) -> Option<String>
 #[derive(Default)]
 struct Outcome {
     flags: &'static str,
+    /// A fault the request is counted in (`active_faults`) until it completes.
+    active_fault: Option<super::fault::ActiveFault>,
     /// The `x-request-id` the response echoes (`always_set_request_id_in_response`, or an
     /// internal request's `x-envoy-force-trace`), once the request's is settled.
     request_id: Option<HeaderValue>,
@@ -840,27 +844,40 @@ async fn process(
         };
         !allowed
     });
-    // The CORS filter, on requests routed to a cluster (as Envoy's, which sees no route
-    // entry for direct responses and redirects): a preflight is answered here, before the
-    // route's response headers (Envoy's answer gets none).
-    let cors = match (&cfg.cors, &route.action) {
-        (Some(filter), Action::Route(_)) => {
-            match filter.on_request(
-                [&route.cors, &vh.cors, &table.cors],
-                &method,
-                req.headers(),
-                worker,
-            ) {
-                CorsRequest::Preflight(r) => return *r,
-                CorsRequest::Allowed(h) => Some(h),
-                CorsRequest::Pass => None,
+    // The filters before the router, in the chain's order. CORS acts on requests routed
+    // to a cluster only (Envoy's sees no route entry for direct responses and
+    // redirects): a preflight is answered at once, without the route's response headers
+    // (Envoy's answer gets none), and its headers go on whatever answers a later filter
+    // or the router gives.
+    let mut cors = None;
+    let mut filter_reply = None;
+    let levels = [&route.filters, &vh.filters, &table.filters];
+    for filter in &cfg.filters {
+        match filter {
+            HttpFilter::Cors(f) if matches!(route.action, Action::Route(_)) => {
+                match f.on_request(levels, &method, req.headers(), worker) {
+                    CorsRequest::Preflight(r) => return *r,
+                    CorsRequest::Allowed(h) => cors = Some(h),
+                    CorsRequest::Pass => {}
+                }
+            }
+            HttpFilter::Cors(_) => {}
+            HttpFilter::Fault(f) => {
+                filter_reply =
+                    inject_fault(f, levels, &route.action, req.headers(), outcome, worker).await;
+                if filter_reply.is_some() {
+                    break;
+                }
             }
         }
-        _ => None,
-    };
-    let mut resp = match &route.action {
+    }
+    // A filter's answer gets the route's response headers only on a route to a cluster
+    // (Envoy's route entry; measured).
+    let route_headers = filter_reply.is_none() || matches!(route.action, Action::Route(_));
+    let mut resp = match (filter_reply, &route.action) {
+        (Some(reply), _) => reply,
         // The refusal still gets the route's response headers, as Envoy's does.
-        _ if upgrade_refused => {
+        (None, _) if upgrade_refused => {
             cfg.stats.downstream_rq_ws_on_non_ws_route.inc(worker);
             // As Envoy, an HTTP/1.1 connection whose upgrade was refused is closed.
             if req.version() != Version::HTTP_2 {
@@ -868,7 +885,7 @@ async fn process(
             }
             local_reply(StatusCode::FORBIDDEN, "")
         }
-        Action::Direct { status, body } => {
+        (None, Action::Direct { status, body }) => {
             cfg.stats.rq_direct_response.inc(worker);
             let mut r = match body {
                 Some(b) => {
@@ -897,7 +914,7 @@ async fn process(
             }
             r
         }
-        Action::Redirect(rd) => {
+        (None, Action::Redirect(rd)) => {
             cfg.stats.rq_redirect.inc(worker);
             // As Envoy: without a scheme of its own, the redirect keeps the request's, as
             // `x-forwarded-proto` (set above) tells it.
@@ -909,7 +926,7 @@ async fn process(
                 .unwrap_or("http");
             redirect(rd, route, &authority, &path, scheme)
         }
-        Action::Route(action) => {
+        (None, Action::Route(action)) => {
             // The headers go upstream; a copy is kept only for what reads them later.
             let req_headers_for_cx =
                 (upgrade.is_some() || table.reads_request_headers).then(|| req.headers().clone());
@@ -939,13 +956,68 @@ async fn process(
         upstream: outcome.upstream_host,
         request: None,
     };
-    route.response_headers.apply(resp.headers_mut(), &fcx);
-    vh.response_headers.apply(resp.headers_mut(), &fcx);
-    table.response_headers.apply(resp.headers_mut(), &fcx);
+    if route_headers {
+        route.response_headers.apply(resp.headers_mut(), &fcx);
+        vh.response_headers.apply(resp.headers_mut(), &fcx);
+        table.response_headers.apply(resp.headers_mut(), &fcx);
+    }
     if let Some(cors) = cors {
         cors.apply(resp.headers_mut());
     }
     resp
+}
+
+/// Runs the fault filter on a request: delays it, and answers it when the fault aborts it.
+async fn inject_fault(
+    filter: &FaultFilter,
+    levels: [&FilterConfigs; 3],
+    action: &Action,
+    headers: &http::HeaderMap,
+    outcome: &mut Outcome,
+    worker: usize,
+) -> Option<Response<ProxyBody>> {
+    // Only a route to a cluster has per-route settings (Envoy's route entry); the most
+    // specific level naming the filter decides.
+    let (route_policy, cluster) = match action {
+        Action::Route(a) => {
+            let policy = match levels.iter().find_map(|l| l.get(&filter.name)) {
+                Some(FilterPolicy::Disabled) => return None,
+                Some(FilterPolicy::Fault(p)) => Some(p),
+                _ => None,
+            };
+            let cluster = match &a.cluster {
+                ClusterSpec::Single(c) => Some(c.as_str()),
+                ClusterSpec::Header(h) => headers.get(h).and_then(|v| v.to_str().ok()),
+                ClusterSpec::Weighted { .. } => None,
+            };
+            (policy, cluster)
+        }
+        _ => (None, None),
+    };
+    let injection = filter.on_request(route_policy, headers, cluster, worker)?;
+    if let Some(d) = injection.delay {
+        outcome.flags = "DI";
+        rt::Sleep::until(Instant::now() + d).await;
+    }
+    let abort = injection.abort(headers, filter, worker);
+    outcome.active_fault = Some(injection.active);
+    let (with, body) = abort?;
+    outcome.flags = if outcome.flags == "DI" { "DI,FI" } else { "FI" };
+    let mut r = match with {
+        AbortWith::Http(status) => local_reply(status, ""),
+        AbortWith::Grpc(_) => local_reply(StatusCode::OK, ""),
+    };
+    if let AbortWith::Grpc(g) = with {
+        // Beyond gRPC's codes a status reads as UNKNOWN.
+        r.extensions_mut()
+            .insert(LocalReply(Some(u8::try_from(g).unwrap_or(2))));
+    }
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    r.headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    *r.body_mut() = ProxyBody::full(body);
+    Some(r)
 }
 
 fn rewrite_prefix(route: &Route, path: &str, new_prefix: &str) -> String {

@@ -20,7 +20,7 @@ use http::header::{HeaderMap, HeaderName};
 use http::StatusCode;
 use regex::Regex;
 
-use super::cors::CorsConfig;
+use super::filter_config::FilterConfigs;
 
 use super::headers::HeaderMutations;
 use super::shadow::{self, ShadowPolicy};
@@ -50,8 +50,8 @@ pub struct RouteTable {
     pub reads_request_headers: bool,
     /// `internal_only_headers`: removed from external requests.
     pub internal_only_headers: Vec<HeaderName>,
-    /// CORS policies in `typed_per_filter_config`.
-    pub cors: CorsConfig,
+    /// `typed_per_filter_config`.
+    pub filters: FilterConfigs,
 }
 
 pub use courier_proto::envoy::config::route::v3::RouteConfiguration;
@@ -76,8 +76,8 @@ pub struct VirtualHost {
     /// `include_is_timeout_retry_header`: a retry says whether a per-try timeout caused it
     /// (`x-envoy-is-timeout-retry`).
     pub timeout_retry_header: bool,
-    /// CORS policies (`typed_per_filter_config`, the deprecated `cors`).
-    pub cors: CorsConfig,
+    /// `typed_per_filter_config`, and the deprecated `cors`.
+    pub filters: FilterConfigs,
 }
 
 /// A compiled route.
@@ -95,8 +95,8 @@ pub struct Route {
     /// of a request body is buffered to be replayed on retries. `None`: the listener's
     /// `per_connection_buffer_limit_bytes`.
     pub buffer_limit: Option<usize>,
-    /// CORS policies (`typed_per_filter_config`, the action's deprecated `cors`).
-    pub cors: CorsConfig,
+    /// `typed_per_filter_config`, and the action's deprecated `cors`.
+    pub filters: FilterConfigs,
 }
 
 enum PathMatch {
@@ -184,8 +184,9 @@ enum HeaderTest {
     Range(i64, i64),
 }
 
+/// A compiled `HeaderMatcher`.
 #[derive(Clone)]
-struct HeaderMatcher {
+pub struct HeaderMatcher {
     name: HeaderName,
     test: HeaderTest,
     invert: bool,
@@ -193,7 +194,8 @@ struct HeaderMatcher {
 }
 
 impl HeaderMatcher {
-    fn matches(&self, headers: &HeaderMap) -> bool {
+    /// Whether `headers` match.
+    pub fn matches(&self, headers: &HeaderMap) -> bool {
         let mut values = headers.get_all(&self.name).iter().peekable();
         let joined: Option<String> = if values.peek().is_none() {
             None
@@ -831,7 +833,11 @@ fn header_name(name: &str, path: &str) -> Result<HeaderName, ConfigError> {
         .map_err(|_| ConfigError::new(path, format!("invalid header name '{name}'")))
 }
 
-fn compile_header_matcher(h: &pb::HeaderMatcher, path: &str) -> Result<HeaderMatcher, ConfigError> {
+/// Compiles a `HeaderMatcher` at `path`.
+pub fn compile_header_matcher(
+    h: &pb::HeaderMatcher,
+    path: &str,
+) -> Result<HeaderMatcher, ConfigError> {
     use pb::header_matcher::HeaderMatchSpecifier as S;
     let name = header_name(&h.name, &format!("{path}.name"))?;
     let test = match &h.header_match_specifier {
@@ -1052,7 +1058,7 @@ impl RouteTable {
                 attempt_count_upstream: vh.include_request_attempt_count,
                 attempt_count_response: vh.include_attempt_count_in_response,
                 timeout_retry_header: vh.include_is_timeout_retry_header,
-                cors: CorsConfig::compile(
+                filters: FilterConfigs::compile(
                     &vh.typed_per_filter_config,
                     vh.cors.as_ref().map(|c| (c, format!("{vpath}.cors"))),
                     &vpath,
@@ -1071,7 +1077,7 @@ impl RouteTable {
             default_vhost,
             ignore_port: proto.ignore_port_in_host_matching,
             reads_request_headers: false,
-            cors: CorsConfig::compile(&proto.typed_per_filter_config, None, "")?,
+            filters: FilterConfigs::compile(&proto.typed_per_filter_config, None, "")?,
             internal_only_headers: proto
                 .internal_only_headers
                 .iter()
@@ -1487,7 +1493,7 @@ fn compile_route(
             r.request_body_buffer_limit.map(|v| v.value),
             r.per_request_buffer_limit_bytes.map(|v| v.value),
         ),
-        cors: CorsConfig::compile(
+        filters: FilterConfigs::compile(
             &r.typed_per_filter_config,
             match &r.action {
                 Some(pb::route::Action::Route(a)) => {

@@ -145,6 +145,7 @@ impl HttpConnection {
         config.stats.downstream_cx_total.inc(worker);
         config.stats.downstream_cx_active.inc(worker);
         let info = Rc::new(ConnInfo {
+            rate_limit_buckets: Default::default(),
             config: config.clone(),
             remote,
             local,

@@ -362,7 +362,7 @@ mod tests {
     fn config(p: cors_pb::CorsPolicy) -> FilterConfigs {
         let any = courier_proto::pack_any(&p);
         let map = std::collections::HashMap::from([(FILTER_NAME.to_string(), any)]);
-        FilterConfigs::compile(&map, None, "vh").expect("valid policy")
+        FilterConfigs::compile(&map, None, "vh", &Store::new(1)).expect("valid policy")
     }
 
     fn request(pairs: &[(&'static str, &'static str)]) -> HeaderMap {

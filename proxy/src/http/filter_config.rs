@@ -1,6 +1,7 @@
 //! Per-route filter configuration: the `typed_per_filter_config` of a route, virtual host
 //! or route configuration, compiled for Courier's HTTP filters ([`super::cors`],
-//! [`super::fault`]), and where the most specific one is found.
+//! [`super::fault`], [`super::local_ratelimit`]).
+
 //!
 //! An entry is keyed by the filter's name in the connection manager's `http_filters`
 //! (route tables come from RDS independently of the listeners that use them, so the
@@ -16,7 +17,9 @@ use courier_proto::google::protobuf::Any;
 
 use super::cors::{self, CorsPolicy};
 use super::fault::{self, FaultPolicy};
+use super::local_ratelimit::{self, RateLimitPolicy};
 use crate::config::ConfigError;
+use crate::stats::Store;
 
 const FILTER_CONFIG_TYPE: &str = "envoy.config.route.v3.FilterConfig";
 
@@ -26,6 +29,8 @@ pub enum FilterPolicy {
     Cors(Arc<CorsPolicy>),
     /// A fault injection policy (it replaces the filter's own).
     Fault(Arc<FaultPolicy>),
+    /// A local rate limit (it replaces the filter's own, bucket included).
+    RateLimit(Arc<RateLimitPolicy>),
     /// `FilterConfig { disabled: true }`: the filter is off here.
     Disabled,
 }
@@ -45,6 +50,7 @@ impl FilterConfigs {
         typed_per_filter_config: &HashMap<String, Any>,
         legacy_cors: Option<(&route_pb::CorsPolicy, String)>,
         path: &str,
+        store: &Store,
     ) -> Result<FilterConfigs, ConfigError> {
         let mut per_filter = Vec::new();
         for (name, any) in typed_per_filter_config {
@@ -56,11 +62,11 @@ impl FilterConfigs {
                 let fc: route_pb::FilterConfig = unpack(any, &at)?;
                 match &fc.config {
                     _ if fc.disabled => Some(FilterPolicy::Disabled),
-                    Some(inner) => policy(inner, &format!("{at}.config"))?,
+                    Some(inner) => policy(inner, &format!("{at}.config"), store)?,
                     None => None,
                 }
             } else {
-                policy(any, &at)?
+                policy(any, &at, store)?
             };
             if let Some(entry) = entry {
                 per_filter.push((name.clone(), entry));
@@ -85,7 +91,7 @@ impl FilterConfigs {
 }
 
 /// A filter's policy from an `Any`, if it is one of Courier's filters'.
-fn policy(any: &Any, path: &str) -> Result<Option<FilterPolicy>, ConfigError> {
+fn policy(any: &Any, path: &str, store: &Store) -> Result<Option<FilterPolicy>, ConfigError> {
     Ok(Some(match type_name(any) {
         cors::POLICY_TYPE => FilterPolicy::Cors(Arc::new(CorsPolicy::from_filter_proto(
             &unpack(any, path)?,
@@ -94,6 +100,9 @@ fn policy(any: &Any, path: &str) -> Result<Option<FilterPolicy>, ConfigError> {
         fault::FILTER_TYPE => {
             FilterPolicy::Fault(Arc::new(FaultPolicy::compile(&unpack(any, path)?, path)?))
         }
+        local_ratelimit::FILTER_TYPE => FilterPolicy::RateLimit(Arc::new(
+            RateLimitPolicy::compile(&unpack(any, path)?, path, true, store)?,
+        )),
         _ => return Ok(None),
     }))
 }

@@ -197,6 +197,8 @@ pub enum HttpFilter {
     Cors(super::cors::CorsFilter),
     /// `envoy.filters.http.fault`.
     Fault(super::fault::FaultFilter),
+    /// `envoy.filters.http.local_ratelimit`.
+    LocalRateLimit(super::local_ratelimit::LocalRateLimitFilter),
 }
 
 /// A compiled HTTP connection manager.
@@ -439,6 +441,26 @@ impl HcmConfig {
                         &proto.stat_prefix,
                         store,
                     )));
+                }
+                continue;
+            }
+            if is(
+                super::local_ratelimit::FILTER_TYPE,
+                super::local_ratelimit::FILTER_NAME,
+            ) {
+                let at = format!("{path}.typed_config");
+                let policy = match &f.config_type {
+                    Some(http_filter::ConfigType::TypedConfig(any)) => {
+                        super::filter_config::unpack(any, &at)?
+                    }
+                    _ => Default::default(),
+                };
+                let policy =
+                    super::local_ratelimit::RateLimitPolicy::compile(&policy, &at, false, store)?;
+                if !f.disabled {
+                    filters.push(HttpFilter::LocalRateLimit(
+                        super::local_ratelimit::LocalRateLimitFilter::new(&f.name, policy),
+                    ));
                 }
                 continue;
             }

@@ -7,8 +7,8 @@
 //!   server, driven by the worker's runtime ([`crate::event::rt`]).
 //! - [`h1_head`]: a parsed HTTP/1.1 head made into a header map without copies, its framing
 //!   fields noted; [`header_map_pool`]: the worker's spare header maps, reused per message.
-//! - [`cors`] and [`fault`]: the CORS and fault injection filters; [`filter_config`]:
-//!   their per-route settings.
+//! - [`cors`], [`fault`] and [`local_ratelimit`]: the CORS, fault injection and local
+//!   rate limit filters; [`filter_config`]: their per-route settings.
 //! - [`router`]: one request: sanitising, route selection, local replies, forwarding with
 //!   retries and timeouts.
 //! - [`internal_address`]: which requests are internal (`internal_address_config`);
@@ -107,7 +107,7 @@
 //!   the body as a percent-encoded `grpc-message` (`tests/http_h2.rs`).
 //! - Request mirroring (`request_mirror_policies` of a route, virtual host or route
 //!   configuration) as Envoy's streaming shadows: [`shadow`], `tests/http_shadow.rs`.
-//! - Not yet: hedging, rate limits. Refused as unsupported (they were
+//! - Not yet: hedging, global rate limits (`envoy.filters.http.ratelimit`). Refused as unsupported (they were
 //!   accepted without effect): a route's `priority: HIGH` and `path_rewrite`, a weighted
 //!   cluster's `host_rewrite_literal` and `header_name`, `most_specific_header_mutations_wins`,
 //!   `ignore_path_parameters_in_path_matching`, a retry policy's `per_try_idle_timeout`,
@@ -127,7 +127,7 @@
 //! - Accepted and not acted on (control planes set them routinely, so refusing them would
 //!   refuse whole listeners; found by an audit of every field): a route's
 //!   `flush_timeout` and `stat_prefix`; `typed_per_filter_config` entries for filters
-//!   other than Courier's (CORS, fault injection, the router); the connection
+//!   other than Courier's (CORS, fault injection, local rate limits, the router); the connection
 //!   manager's `stream_flush_timeout`, `delayed_close_timeout`, `drain_timeout`, HTTP/2
 //!   flood settings, and HTTP/1 `allow_absolute_url` and
 //!   `override_stream_error_on_invalid_http_message`; a cluster's
@@ -154,13 +154,16 @@
 //!   `respect_expected_rq_timeout` and `strict_check_headers` (`400 invalid header …`)
 //!   act as Envoy's.
 //! - HTTP filters before the router, in the chain's order: CORS (`envoy.filters.http.cors`,
-//!   [`cors`]) and fault injection (`envoy.filters.http.fault`, [`fault`]), with their
+//!   [`cors`]), fault injection (`envoy.filters.http.fault`, [`fault`]) and local rate
+//!   limits (`envoy.filters.http.local_ratelimit`, [`local_ratelimit`]), with their
 //!   per-route settings in `typed_per_filter_config` (route, virtual host, route
 //!   configuration; [`filter_config`]) and CORS's deprecated `cors` fields, as Envoy
-//!   (`tests/http_cors.rs`, `tests/http_fault.rs`). Other HTTP filters are refused unless
-//!   `is_optional`; a filter `disabled` in the chain is left out (routes cannot enable it
-//!   again). Fault injection's `upstream_cluster` does not match requests routed by
-//!   `weighted_clusters`, and its runtime keys have no effect (no runtime).
+//!   (`tests/http_cors.rs`, `tests/http_fault.rs`, `tests/http_local_ratelimit.rs`).
+//!   Other HTTP filters are refused unless `is_optional`; a filter `disabled` in the chain
+//!   is left out (routes cannot enable it again). Fault injection's `upstream_cluster`
+//!   does not match requests routed by `weighted_clusters`, and runtime keys have no
+//!   effect (no runtime). A local rate limit bucket is shared by all workers (an atomic
+//!   word), as Envoy's.
 //! - A cluster's `retry_budget` (in place of `max_retries`) and
 //!   `per_host_thresholds.max_connections`, as Envoy (`tests/http_retries.rs`); counted
 //!   per worker like every circuit breaker here.
@@ -196,6 +199,7 @@ pub mod header_map_pool;
 pub mod headers;
 pub mod internal_address;
 pub mod key_format;
+pub mod local_ratelimit;
 pub mod pool;
 pub mod request_controls;
 pub mod retry_buffer;

@@ -24,6 +24,7 @@ use super::filter_config::{FilterConfigs, FilterPolicy};
 use super::hcm::{EscapedSlashes, HcmConfig, HttpFilter, RouteSource, UnderscoreAction};
 use super::header_map_pool;
 use super::headers::{decimal_value, strip_hop_by_hop, strip_response_hop_by_hop, FormatContext};
+use super::local_ratelimit::RateLimited;
 use super::pool::{self, PoolError, Sender};
 use super::request_controls::RequestControls;
 use super::retry_buffer::RetryBuffer;
@@ -62,6 +63,8 @@ pub struct ConnInfo {
     /// The listener's `per_connection_buffer_limit_bytes`: by default, how much of a
     /// request body is buffered to be replayed on retries.
     pub buffer_limit: usize,
+    /// The connection's own rate limit buckets (`local_rate_limit_per_downstream_connection`).
+    pub rate_limit_buckets: super::local_ratelimit::ConnectionBuckets,
 }
 
 /// The connection counts as active until its last holder is gone: the connection itself,
@@ -142,6 +145,12 @@ pub fn local_reply(status: StatusCode, body: &str) -> Response<ProxyBody> {
 /// the `grpc-status` it then carries when that is not the HTTP status's.
 #[derive(Clone, Copy)]
 struct LocalReply(Option<u8>);
+
+/// Gives a local reply, in its gRPC form, this `grpc-status` rather than the HTTP
+/// status's.
+pub(crate) fn set_grpc_status(resp: &mut Response<ProxyBody>, status: u8) {
+    resp.extensions_mut().insert(LocalReply(Some(status)));
+}
 
 /// A local reply to a gRPC request in gRPC's form, as Envoy sends it: `200`,
 /// `content-type: application/grpc`, the HTTP status mapped to a `grpc-status` (gRPC's
@@ -850,6 +859,7 @@ async fn process(
     // (Envoy's answer gets none), and its headers go on whatever answers a later filter
     // or the router gives.
     let mut cors = None;
+    let mut rate_limit = None;
     let mut filter_reply = None;
     let levels = [&route.filters, &vh.filters, &table.filters];
     for filter in &cfg.filters {
@@ -862,6 +872,34 @@ async fn process(
                 }
             }
             HttpFilter::Cors(_) => {}
+            HttpFilter::LocalRateLimit(f) => {
+                let route_policy = match levels.iter().find_map(|l| l.get(&f.name)) {
+                    Some(FilterPolicy::Disabled) => continue,
+                    Some(FilterPolicy::RateLimit(p)) => Some(p),
+                    _ => None,
+                };
+                let cx = FormatContext {
+                    remote: Some(fcx_remote),
+                    local: Some(fcx_local),
+                    protocol,
+                    upstream: None,
+                    request: None,
+                };
+                match f.on_request(
+                    route_policy,
+                    &conn.rate_limit_buckets,
+                    req.headers_mut(),
+                    &cx,
+                    worker,
+                ) {
+                    RateLimited::Refuse(r) => {
+                        outcome.flags = "RL";
+                        filter_reply = Some(*r);
+                        break;
+                    }
+                    RateLimited::Pass(r) => rate_limit = r,
+                }
+            }
             HttpFilter::Fault(f) => {
                 filter_reply =
                     inject_fault(f, levels, &route.action, req.headers(), outcome, worker).await;
@@ -961,6 +999,9 @@ async fn process(
         vh.response_headers.apply(resp.headers_mut(), &fcx);
         table.response_headers.apply(resp.headers_mut(), &fcx);
     }
+    if let Some(r) = rate_limit {
+        r.apply(resp.headers_mut());
+    }
     if let Some(cors) = cors {
         cors.apply(resp.headers_mut());
     }
@@ -1009,8 +1050,7 @@ async fn inject_fault(
     };
     if let AbortWith::Grpc(g) = with {
         // Beyond gRPC's codes a status reads as UNKNOWN.
-        r.extensions_mut()
-            .insert(LocalReply(Some(u8::try_from(g).unwrap_or(2))));
+        set_grpc_status(&mut r, u8::try_from(g).unwrap_or(2));
     }
     r.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));

@@ -909,7 +909,7 @@ impl RouteTable {
     }
 
     /// Compiles and validates a route configuration.
-    pub fn compile(proto: &RouteConfiguration, _store: &Store) -> Result<RouteTable, ConfigError> {
+    pub fn compile(proto: &RouteConfiguration, store: &Store) -> Result<RouteTable, ConfigError> {
         for (field, set) in [
             ("vhds", proto.vhds.is_some()),
             (
@@ -1031,6 +1031,7 @@ impl RouteTable {
                 .into()
             };
             let inherited = Inherited {
+                store,
                 retry: retry_policy.as_ref(),
                 shadows: &vh_shadows,
             };
@@ -1062,6 +1063,7 @@ impl RouteTable {
                     &vh.typed_per_filter_config,
                     vh.cors.as_ref().map(|c| (c, format!("{vpath}.cors"))),
                     &vpath,
+                    store,
                 )?,
             });
         }
@@ -1077,7 +1079,7 @@ impl RouteTable {
             default_vhost,
             ignore_port: proto.ignore_port_in_host_matching,
             reads_request_headers: false,
-            filters: FilterConfigs::compile(&proto.typed_per_filter_config, None, "")?,
+            filters: FilterConfigs::compile(&proto.typed_per_filter_config, None, "", store)?,
             internal_only_headers: proto
                 .internal_only_headers
                 .iter()
@@ -1341,6 +1343,8 @@ impl RouteMatcher {
 struct Inherited<'a> {
     retry: Option<&'a Arc<RetryPolicy>>,
     shadows: &'a Arc<[ShadowPolicy]>,
+    /// Where per-route filter settings keep their counters.
+    store: &'a Store,
 }
 
 fn compile_route(
@@ -1502,6 +1506,7 @@ fn compile_route(
                 _ => None,
             },
             path,
+            inherited.store,
         )?,
     })
 }

@@ -172,10 +172,15 @@ impl Fraction {
         }
     }
 
-    /// A `RuntimeFractionalPercent`'s default value; `unset` when there is none.
-    pub fn runtime(p: Option<&core::RuntimeFractionalPercent>, unset: Fraction) -> Fraction {
-        p.and_then(|r| r.default_value.as_ref())
-            .map_or(unset, Fraction::of)
+    /// A `RuntimeFractionalPercent` at `path`: its default value, which Envoy requires.
+    pub fn runtime(
+        p: &core::RuntimeFractionalPercent,
+        path: &str,
+    ) -> Result<Fraction, ConfigError> {
+        p.default_value
+            .as_ref()
+            .map(Fraction::of)
+            .ok_or_else(|| ConfigError::new(format!("{path}.default_value"), "value is required"))
     }
 
     /// Whether this request falls in the share (a fresh draw each call).

@@ -75,6 +75,18 @@ const ROUTES: &str = r#"            name: local
                   envoy.filters.http.fault:
                     "@type": type.googleapis.com/envoy.config.route.v3.FilterConfig
                     disabled: true
+              - match: { prefix: "/direct-fault" }
+                direct_response: { status: 200, body: { inline_string: "d" } }
+                typed_per_filter_config:
+                  envoy.filters.http.fault:
+                    "@type": type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault
+                    abort: { http_status: 418, percentage: { numerator: 100 } }
+              - match: { prefix: "/direct-off" }
+                direct_response: { status: 200, body: { inline_string: "d" } }
+                typed_per_filter_config:
+                  envoy.filters.http.fault:
+                    "@type": type.googleapis.com/envoy.config.route.v3.FilterConfig
+                    disabled: true
               - match: { prefix: "/direct" }
                 direct_response: { status: 200, body: { inline_string: "d" } }
               - match: { prefix: "/" }
@@ -137,6 +149,8 @@ fn run(proxy: &Courier, a: &Upstream) -> Vec<String> {
         ("/other-cluster", &[], 0),
         ("/off", &[], 0),
         ("/direct", &[], 0),
+        ("/direct-fault", &[], 0),
+        ("/direct-off", &[], 0),
     ];
     let mut out = Vec::new();
     for (path, headers, delay_ms) in cases {
@@ -218,9 +232,79 @@ fn faults_match_envoy() {
             "/other-cluster []: 200 \"a GET /other-cluster\" [\"x-vh: 1\"] upstream=1 delayed=true",
             "/off []: 200 \"a GET /off\" [\"x-vh: 1\"] upstream=1 delayed=true",
             "/direct []: 401 \"fault filter abort\" [\"content-type: text/plain\"] upstream=0 delayed=true",
+            "/direct-fault []: 418 \"fault filter abort\" [\"content-type: text/plain\"] upstream=0 delayed=true",
+            "/direct-off []: 200 \"d\" [\"content-type: text/plain\", \"x-vh: 1\"] upstream=0 delayed=true",
             "http.ingress.fault.delays_injected=3",
-            "http.ingress.fault.aborts_injected=10",
+            "http.ingress.fault.aborts_injected=11",
             "http.ingress.fault.faults_overflow=0",
         ]
     );
+}
+
+/// A client that goes away during a delay takes its request (and active fault) with it,
+/// as Envoy resets the stream: nothing is left waiting out the delay.
+#[test]
+fn a_client_leaving_during_a_delay_ends_its_fault_like_envoy() {
+    let check = |proxy: &Courier| {
+        let mut c = Client::connect(proxy.listener);
+        c.send_raw(b"GET /hdr HTTP/1.1\r\nhost: h\r\nx-envoy-fault-delay-request: 30000\r\n\r\n");
+        let active = proxy.wait_stat("http.ingress.fault.active_faults", 1);
+        drop(c);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while proxy.stat("http.ingress.fault.active_faults") > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        format!(
+            "active while held={active}, after the client left={}",
+            proxy.stat("http.ingress.fault.active_faults")
+        )
+    };
+    let a = Upstream::start("a");
+    let got = check(&Courier::start(&boot(&a)));
+    if let Some(envoy) = Courier::start_envoy(&boot(&a)) {
+        assert_eq!(check(&envoy), got, "envoy vs courier");
+    }
+    assert_eq!(got, "active while held=1, after the client left=0");
+}
+
+/// A fault filter disabled in the chain runs only where a route's `FilterConfig` turns it
+/// on.
+#[test]
+fn a_disabled_fault_filter_runs_where_a_route_enables_it_like_envoy() {
+    let routes = r#"            name: local
+            virtual_hosts:
+            - name: main
+              domains: ["*"]
+              routes:
+              - match: { prefix: "/on" }
+                route: { cluster: a }
+                typed_per_filter_config:
+                  envoy.filters.http.fault:
+                    "@type": type.googleapis.com/envoy.config.route.v3.FilterConfig
+                    disabled: false
+                    config:
+                      "@type": type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault
+                      abort: { http_status: 418, percentage: { numerator: 100 } }
+              - match: { prefix: "/" }
+                route: { cluster: a }
+"#;
+    let filter = "          - name: envoy.filters.http.fault\n            disabled: true\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault\n              abort: { http_status: 401, percentage: { numerator: 100 } }\n          - name: envoy.filters.http.router\n";
+    let boot = |a: &Upstream| {
+        bootstrap(routes, "", &cluster("a", &[a.addr], "")).replacen(
+            "          - name: envoy.filters.http.router\n",
+            filter,
+            1,
+        )
+    };
+    let check = |proxy: &Courier| {
+        ["/on", "/off"]
+            .map(|p| format!("{p}: {}", get(proxy.listener, "h", p, &[]).status))
+            .join(", ")
+    };
+    let a = Upstream::start("a");
+    let got = check(&Courier::start(&boot(&a)));
+    if let Some(envoy) = Courier::start_envoy(&boot(&a)) {
+        assert_eq!(check(&envoy), got, "envoy vs courier");
+    }
+    assert_eq!(got, "/on: 418, /off: 200");
 }

@@ -24,6 +24,8 @@ const REPORTED: &[&str] = &[
     "x-envoy-upstream-alt-stat-name",
     "x-envoy-hedge-on-per-try-timeout",
     "x-secret",
+    "x-forwarded-client-cert",
+    "grpc-timeout",
 ];
 
 /// Sends each `(path, headers)` and reports the status, body, the response's request id,
@@ -93,6 +95,8 @@ fn boot(a: &Upstream, hcm: &str, router: &str) -> String {
             - name: main
               domains: ["*"]
               routes:
+              - match: { prefix: "/grpc" }
+                route: { cluster: a, max_grpc_timeout: 0s }
               - match: { prefix: "/" }
                 route: { cluster: a }
 "#;
@@ -202,6 +206,30 @@ fn internal_requests_steer_the_router_like_envoy() {
             ],
         ),
         (
+            "/grpc/r",
+            &[
+                ("content-type", "application/grpc"),
+                ("grpc-timeout", "10S"),
+                ("x-envoy-upstream-rq-timeout-ms", "100"),
+            ],
+        ),
+        (
+            "/grpc/s",
+            &[
+                ("content-type", "application/grpc"),
+                ("grpc-timeout", "10S"),
+                ("x-envoy-upstream-rq-per-try-timeout-ms", "200"),
+            ],
+        ),
+        (
+            "/grpc/t",
+            &[
+                ("content-type", "application/grpc"),
+                ("grpc-timeout", "10S"),
+            ],
+        ),
+        ("/u", &[("x-forwarded-client-cert", "By=spoof")]),
+        (
             "/q",
             &[
                 ("x-request-id", "abc"),
@@ -235,6 +263,10 @@ fn expected_by_peer() -> Vec<&'static str> {
         "/n: 200 \"a GET /n\" id=None after 1; upstream [\"x-envoy-expected-rq-timeout-ms=300\", \"x-envoy-internal=true\", \"x-forwarded-for=<self>\", \"x-request-id=<uuid>\"]",
         "/o: 200 \"a GET /o\" id=None after 1; upstream [\"x-envoy-expected-rq-timeout-ms=100\", \"x-envoy-internal=true\", \"x-forwarded-for=<self>\", \"x-request-id=<uuid>\"]",
         "/p: 200 \"a GET /p\" id=Some(\"abc\") after 1; upstream [\"x-envoy-expected-rq-timeout-ms=15000\", \"x-envoy-force-trace=1\", \"x-envoy-internal=true\", \"x-forwarded-for=<self>\", \"x-request-id=abc\", \"x-secret=s\"]",
+        "/grpc/r: 200 \"a GET /grpc/r\" id=None after 1; upstream [\"grpc-timeout=100m\", \"x-envoy-expected-rq-timeout-ms=100\", \"x-envoy-internal=true\", \"x-forwarded-for=<self>\", \"x-request-id=<uuid>\"]",
+        "/grpc/s: 200 \"a GET /grpc/s\" id=None after 1; upstream [\"grpc-timeout=200m\", \"x-envoy-expected-rq-timeout-ms=200\", \"x-envoy-internal=true\", \"x-forwarded-for=<self>\", \"x-request-id=<uuid>\"]",
+        "/grpc/t: 200 \"a GET /grpc/t\" id=None after 1; upstream [\"grpc-timeout=10000m\", \"x-envoy-expected-rq-timeout-ms=10000\", \"x-envoy-internal=true\", \"x-forwarded-for=<self>\", \"x-request-id=<uuid>\"]",
+        "/u: 200 \"a GET /u\" id=None after 1; upstream [\"x-envoy-expected-rq-timeout-ms=15000\", \"x-envoy-internal=true\", \"x-forwarded-for=<self>\", \"x-request-id=<uuid>\"]",
         "/q: 200 \"a GET /q\" id=None after 1; upstream [\"x-envoy-expected-rq-timeout-ms=15000\", \"x-envoy-external-address=127.0.0.1\", \"x-forwarded-for=1.2.3.4,<self>\", \"x-request-id=<uuid>\"]",
     ]
 }
@@ -279,6 +311,7 @@ fn echoed_request_ids_match_envoy() {
         ("/a", &[own]),
         ("/b", &[own, ("x-forwarded-for", "1.2.3.4")]),
         ("/c", &[]),
+        ("/flaky-header/9/x-request-id=from-upstream/d", &[own]),
     ];
     compare(
         &format!("{BY_PEER}          always_set_request_id_in_response: true\n"),
@@ -288,6 +321,7 @@ fn echoed_request_ids_match_envoy() {
             "/a: 200 \"a GET /a\" id=Some(\"abc\") after 1; upstream [\"x-envoy-expected-rq-timeout-ms=15000\", \"x-envoy-internal=true\", \"x-forwarded-for=<self>\", \"x-request-id=abc\"]",
             "/b: 200 \"a GET /b\" id=Some(\"<uuid>\") after 1; upstream [\"x-envoy-expected-rq-timeout-ms=15000\", \"x-envoy-external-address=127.0.0.1\", \"x-forwarded-for=1.2.3.4,<self>\", \"x-request-id=<uuid>\"]",
             "/c: 200 \"a GET /c\" id=Some(\"<uuid>\") after 1; upstream [\"x-envoy-expected-rq-timeout-ms=15000\", \"x-envoy-internal=true\", \"x-forwarded-for=<self>\", \"x-request-id=<uuid>\"]",
+            "/flaky-header/9/x-request-id=from-upstream/d: 200 \"flaky\" id=Some(\"abc\") after 1; upstream [\"x-envoy-expected-rq-timeout-ms=15000\", \"x-envoy-internal=true\", \"x-forwarded-for=<self>\", \"x-request-id=abc\"]",
         ],
     );
 }

@@ -703,6 +703,16 @@ impl TcpIo {
         self.shared.readable.get()
     }
 
+    /// Ready when input may have arrived ([`TcpIo::may_have_input`]); otherwise the waker
+    /// is registered for the next read edge. No syscall either way.
+    pub fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.shared.readable.get() {
+            return Poll::Ready(());
+        }
+        *self.shared.read_waker.borrow_mut() = Some(cx.waker().clone());
+        Poll::Pending
+    }
+
     fn poll_write_with(
         &mut self,
         cx: &mut Context<'_>,

@@ -109,10 +109,14 @@ impl CorsPolicy {
             allow_credentials: f.allow_credentials,
             allow_private_network_access: f.allow_private_network_access,
             forward_not_matching_preflights: f.forward_not_matching_preflights,
-            enabled: Fraction::runtime(f.filter_enabled, Fraction::ALL),
+            enabled: match f.filter_enabled {
+                Some(e) => Fraction::runtime(e, &format!("{path}.filter_enabled"))?,
+                None => Fraction::ALL,
+            },
             shadow: f
                 .shadow_enabled
-                .map(|s| Fraction::runtime(Some(s), Fraction::ALL)),
+                .map(|s| Fraction::runtime(s, &format!("{path}.shadow_enabled")))
+                .transpose()?,
         })
     }
 
@@ -168,7 +172,7 @@ impl CorsPolicy {
 /// A connection manager's CORS filter.
 pub struct CorsFilter {
     /// The filter's name in `http_filters`: its key in `typed_per_filter_config`.
-    name: String,
+    pub name: String,
     origin_valid: Arc<Counter>,
     origin_invalid: Arc<Counter>,
 }
@@ -204,11 +208,11 @@ impl AllowedHeaders {
 }
 
 /// The policies that apply to a request, most specific first.
-struct Policies<'a>(Vec<&'a CorsPolicy>);
+struct Policies<'a>([Option<&'a CorsPolicy>; 3]);
 
 impl<'a> Policies<'a> {
     fn first<T>(&self, f: impl Fn(&'a CorsPolicy) -> Option<T>) -> Option<T> {
-        self.0.iter().find_map(|p| f(p))
+        self.0.iter().flatten().find_map(|p| f(p))
     }
 }
 
@@ -231,10 +235,12 @@ impl CorsFilter {
         headers: &HeaderMap,
         worker: usize,
     ) -> CorsRequest {
-        let Some(policies) = self.policies(levels) else {
+        // Most requests are not cross-origin: nothing else is looked at for them.
+        let Some(origin) = headers.get(header::ORIGIN).filter(|o| !o.is_empty()) else {
             return CorsRequest::Pass;
         };
-        let Some(first) = policies.0.first() else {
+        let policies = self.policies(levels);
+        let Some(first) = policies.0.iter().flatten().next() else {
             return CorsRequest::Pass;
         };
         let enabled = first.enabled.sample();
@@ -242,9 +248,6 @@ impl CorsFilter {
         if !enabled && !shadow {
             return CorsRequest::Pass;
         }
-        let Some(origin) = headers.get(header::ORIGIN).filter(|o| !o.is_empty()) else {
-            return CorsRequest::Pass;
-        };
         let allowed = policies
             .first(|p| (!p.allow_origins.is_empty()).then_some(&p.allow_origins))
             .is_some_and(|ms| {
@@ -322,21 +325,18 @@ impl CorsFilter {
         CorsRequest::Preflight(Box::new(r))
     }
 
-    /// The policies of the levels, most specific first; `None` when the most specific
-    /// level that names the filter disables it.
-    fn policies<'a>(&self, levels: [&'a FilterConfigs; 3]) -> Option<Policies<'a>> {
-        let mut found = Vec::new();
-        for level in levels {
-            match level.get(&self.name) {
-                Some(FilterPolicy::Disabled) if found.is_empty() => return None,
-                Some(FilterPolicy::Cors(p)) => found.push(p.as_ref()),
-                _ => {}
-            }
+    /// The policies of the levels, most specific first: their `typed_per_filter_config`
+    /// ones, else their deprecated `cors` ones. (Whether the filter runs at all was
+    /// settled by the chain: [`super::filter_config::runs`].)
+    fn policies<'a>(&self, levels: [&'a FilterConfigs; 3]) -> Policies<'a> {
+        let found = levels.map(|l| match l.get(&self.name) {
+            Some(FilterPolicy::Cors(p)) => Some(p.as_ref()),
+            _ => None,
+        });
+        if found.iter().any(Option::is_some) {
+            return Policies(found);
         }
-        if found.is_empty() {
-            found.extend(levels.iter().filter_map(|l| l.legacy_cors.as_deref()));
-        }
-        Some(Policies(found))
+        Policies(levels.map(|l| l.legacy_cors.as_deref()))
     }
 }
 

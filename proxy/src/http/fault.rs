@@ -4,11 +4,12 @@
 //! As Envoy 1.40 (measured, `tests/http_fault.rs`):
 //!
 //! - The filter's own `HTTPFault` applies unless the most specific
-//!   `typed_per_filter_config` of a route to a cluster (route, virtual host, route
-//!   configuration) has one, which replaces it whole.
+//!   `typed_per_filter_config` of the route (route, virtual host, route configuration;
+//!   any route, a direct response's too) has one, which replaces it whole.
 //! - A fault applies to requests matching `headers`, naming one of `downstream_nodes` in
-//!   `x-envoy-downstream-service-node`, and routed to `upstream_cluster` when set; not
-//!   past `max_active_faults` (`faults_overflow`).
+//!   `x-envoy-downstream-service-node`, and routed to `upstream_cluster` when set. A
+//!   request with a fault (a delay, an abort) counts in `active_faults` until it ends; one
+//!   that would pass `max_active_faults` gets none (`faults_overflow`).
 //! - The delay comes first (`fixed_delay`, or `x-envoy-fault-delay-request` in ms with
 //!   `header_delay`), for `percentage` of requests; then the abort, sampled afresh: an
 //!   `http_status`, or a `grpc_status` (a gRPC request gets it as its `grpc-status`, any
@@ -178,7 +179,9 @@ impl FaultPolicy {
                 *d
             }
             Delay::Header => {
-                let ms = number(headers.get(&DELAY_REQUEST))?;
+                // Past `i64::MAX` Envoy's milliseconds wrap negative: no delay.
+                let ms =
+                    number(headers.get(&DELAY_REQUEST)).filter(|ms| i64::try_from(*ms).is_ok())?;
                 if !header_share(*share, headers.get(&DELAY_PERCENTAGE)).sample() {
                     return None;
                 }
@@ -250,13 +253,16 @@ pub struct Injection {
 impl Injection {
     /// The abort, sampled now (after any delay), with its body; counted.
     pub fn abort(
-        &self,
+        &mut self,
         headers: &HeaderMap,
         filter: &FaultFilter,
         worker: usize,
     ) -> Option<(AbortWith, Bytes)> {
         let policy = self.abort.as_ref()?;
         let with = policy.abort(headers)?;
+        if !filter.try_activate(policy, &mut self.active, worker) {
+            return None;
+        }
         filter.aborts_injected.inc(worker);
         let body = policy.body.as_deref().unwrap_or(ABORT_BODY);
         Some((with, Bytes::copy_from_slice(body.as_bytes())))
@@ -314,36 +320,41 @@ impl FaultFilter {
         worker: usize,
     ) -> Option<Injection> {
         let policy = route_policy.unwrap_or(&self.policy);
-        if policy
-            .max_active_faults
-            .is_some_and(|max| self.active_faults.value() >= max)
-        {
-            self.faults_overflow.inc(worker);
-            return None;
-        }
         if !policy.targets(headers, cluster) {
             return None;
         }
-        let delay = policy.delay(headers);
-        if delay.is_none() && policy.abort.is_none() {
-            return None;
-        }
+        let mut active = ActiveFault(None);
+        let delay = policy
+            .delay(headers)
+            .filter(|_| self.try_activate(policy, &mut active, worker));
         if delay.is_some() {
             self.delays_injected.inc(worker);
+        } else if policy.abort.is_none() {
+            return None;
         }
-        // One active fault per request, however many are injected. (An abort answers at
-        // once: it is counted only while a delay holds the request first.)
-        let active = if delay.is_some() {
-            self.active_faults.inc(worker);
-            ActiveFault(Some((self.active_faults.clone(), worker)))
-        } else {
-            ActiveFault(None)
-        };
         Some(Injection {
             delay,
             abort: policy.abort.is_some().then(|| policy.clone()),
             active,
         })
+    }
+
+    /// Counts the request as one active fault (once, however many it gets), unless that
+    /// would pass `max_active_faults` (`faults_overflow`): then no fault is injected.
+    fn try_activate(&self, policy: &FaultPolicy, active: &mut ActiveFault, worker: usize) -> bool {
+        if active.0.is_some() {
+            return true;
+        }
+        if policy
+            .max_active_faults
+            .is_some_and(|max| self.active_faults.value() >= max)
+        {
+            self.faults_overflow.inc(worker);
+            return false;
+        }
+        self.active_faults.inc(worker);
+        *active = ActiveFault(Some((self.active_faults.clone(), worker)));
+        true
     }
 }
 

@@ -31,6 +31,9 @@ pub enum FilterPolicy {
     Fault(Arc<FaultPolicy>),
     /// A local rate limit (it replaces the filter's own, bucket included).
     RateLimit(Arc<RateLimitPolicy>),
+    /// `FilterConfig { disabled: false }` with no config of Courier's: the filter is on
+    /// here (a filter disabled in the chain runs only where a level turns it on).
+    Enabled,
     /// `FilterConfig { disabled: true }`: the filter is off here.
     Disabled,
 }
@@ -62,8 +65,11 @@ impl FilterConfigs {
                 let fc: route_pb::FilterConfig = unpack(any, &at)?;
                 match &fc.config {
                     _ if fc.disabled => Some(FilterPolicy::Disabled),
-                    Some(inner) => policy(inner, &format!("{at}.config"), store)?,
-                    None => None,
+                    Some(inner) => Some(
+                        policy(inner, &format!("{at}.config"), store)?
+                            .unwrap_or(FilterPolicy::Enabled),
+                    ),
+                    None => Some(FilterPolicy::Enabled),
                 }
             } else {
                 policy(any, &at, store)?
@@ -87,6 +93,23 @@ impl FilterConfigs {
             .iter()
             .find(|(n, _)| n == filter)
             .map(|(_, e)| e)
+    }
+}
+
+/// The most specific entry for the filter named `name` among a request's levels (route,
+/// virtual host, route configuration).
+pub fn most_specific<'a>(levels: [&'a FilterConfigs; 3], name: &str) -> Option<&'a FilterPolicy> {
+    levels.iter().find_map(|l| l.get(name))
+}
+
+/// Whether the filter named `name` runs for a request: not where the most specific entry
+/// disables it, and, for a filter disabled in the chain (`off_by_default`), only where one
+/// turns it on (as Envoy's per-route `FilterConfig`).
+pub fn runs(levels: [&FilterConfigs; 3], name: &str, off_by_default: bool) -> bool {
+    match most_specific(levels, name) {
+        Some(FilterPolicy::Disabled) => false,
+        Some(_) => true,
+        None => !off_by_default,
     }
 }
 

@@ -56,6 +56,9 @@ const HIGH_WATER: usize = 64 * 1024;
 /// How long a closing connection reads what the client still sends (Envoy's default
 /// `delayed_close_timeout`).
 const LINGER: Duration = Duration::from_secs(1);
+/// How much a client may pipeline while its request is served; past it the connection is
+/// not read (and a close not noticed) until the response is out.
+const PIPELINED_MAX: usize = 64 * 1024;
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
 /// The socket and what was read from it, shared with the request body.
@@ -385,7 +388,14 @@ impl H1Server {
                             return Poll::Ready(Err(e));
                         }
                     }
-                    let Ok(resp) = ready!(fut.as_mut().poll(cx));
+                    let Poll::Ready(Ok(resp)) = fut.as_mut().poll(cx) else {
+                        if self.client_gone(cx) {
+                            // The request goes with the connection, as Envoy resets the
+                            // stream of a client that closes.
+                            return Poll::Ready(Ok(End::Closed));
+                        }
+                        return Poll::Pending;
+                    };
                     let resp = match self.t.borrow_mut().body_error.take() {
                         Some(e) => {
                             self.info
@@ -441,6 +451,29 @@ impl H1Server {
                 }
             }
         }
+    }
+
+    /// While the router works on a request whose body is all read, whether the client has
+    /// closed the connection (or it failed). Bytes it pipelines meanwhile are kept for the
+    /// next request, up to [`PIPELINED_MAX`]. Costs no syscall until the socket reports
+    /// input; an upgrade's connection is left alone (its bytes belong to the tunnel).
+    fn client_gone(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.exchange.upgrade.is_some() {
+            return false;
+        }
+        let mut t = self.t.borrow_mut();
+        let t = &mut *t;
+        while t.body_done() && t.rbuf.len() < PIPELINED_MAX {
+            if t.io.poll_read_ready(cx).is_pending() {
+                return false;
+            }
+            match recv_into(&mut t.io, &mut t.rbuf, cx) {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return true,
+                Poll::Ready(Ok(_)) => {}
+                Poll::Pending => return false,
+            }
+        }
+        false
     }
 
     /// Waiting for more of a head: `request_headers_timeout` runs from its first byte, and

@@ -191,6 +191,14 @@ impl HttpStats {
     }
 }
 
+/// An HTTP filter of the chain, before the router.
+pub struct ChainFilter {
+    /// `disabled` in the chain: it runs only where a route's settings turn it on.
+    pub off_by_default: bool,
+    /// The filter.
+    pub filter: HttpFilter,
+}
+
 /// An HTTP filter Courier runs before the router.
 pub enum HttpFilter {
     /// `envoy.filters.http.cors`.
@@ -281,7 +289,7 @@ pub struct HcmConfig {
     /// Router `respect_expected_rq_timeout` and `strict_check_headers`.
     pub controls: super::request_controls::ControlOptions,
     /// The HTTP filters before the router, in order.
-    pub filters: Vec<HttpFilter>,
+    pub filters: Vec<ChainFilter>,
     /// `http2_protocol_options`: streams, windows and keepalive of HTTP/2 connections.
     pub h2: H2Options,
     /// `http2_protocol_options.allow_connect`: HTTP/2 extended CONNECT (RFC 8441), which
@@ -433,15 +441,18 @@ impl HcmConfig {
             }
             let is =
                 |ty: &str, name: &str| type_name == ty || (type_name.is_empty() && f.name == name);
+            let mut push = |filter| {
+                filters.push(ChainFilter {
+                    off_by_default: f.disabled,
+                    filter,
+                })
+            };
             if is(super::cors::FILTER_TYPE, super::cors::FILTER_NAME) {
-                // A filter disabled here is left out: routes cannot enable it again.
-                if !f.disabled {
-                    filters.push(HttpFilter::Cors(super::cors::CorsFilter::new(
-                        &f.name,
-                        &proto.stat_prefix,
-                        store,
-                    )));
-                }
+                push(HttpFilter::Cors(super::cors::CorsFilter::new(
+                    &f.name,
+                    &proto.stat_prefix,
+                    store,
+                )));
                 continue;
             }
             if is(
@@ -457,11 +468,9 @@ impl HcmConfig {
                 };
                 let policy =
                     super::local_ratelimit::RateLimitPolicy::compile(&policy, &at, false, store)?;
-                if !f.disabled {
-                    filters.push(HttpFilter::LocalRateLimit(
-                        super::local_ratelimit::LocalRateLimitFilter::new(&f.name, policy),
-                    ));
-                }
+                push(HttpFilter::LocalRateLimit(
+                    super::local_ratelimit::LocalRateLimitFilter::new(&f.name, policy),
+                ));
                 continue;
             }
             if is(super::fault::FILTER_TYPE, super::fault::FILTER_NAME) {
@@ -475,14 +484,12 @@ impl HcmConfig {
                     }
                     _ => super::fault::FaultPolicy::compile(&Default::default(), &path)?,
                 };
-                if !f.disabled {
-                    filters.push(HttpFilter::Fault(super::fault::FaultFilter::new(
-                        &f.name,
-                        fault,
-                        &proto.stat_prefix,
-                        store,
-                    )));
-                }
+                push(HttpFilter::Fault(super::fault::FaultFilter::new(
+                    &f.name,
+                    fault,
+                    &proto.stat_prefix,
+                    store,
+                )));
                 continue;
             }
             // A disabled filter can be enabled per route (`typed_per_filter_config`), so

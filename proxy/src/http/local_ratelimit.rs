@@ -231,11 +231,13 @@ impl RateLimitPolicy {
             enabled: p
                 .filter_enabled
                 .as_ref()
-                .map(|f| Fraction::runtime(Some(f), Fraction::NONE)),
+                .map(|f| Fraction::runtime(f, &format!("{path}.filter_enabled")))
+                .transpose()?,
             enforced: p
                 .filter_enforced
                 .as_ref()
-                .map(|f| Fraction::runtime(Some(f), Fraction::NONE)),
+                .map(|f| Fraction::runtime(f, &format!("{path}.filter_enforced")))
+                .transpose()?,
             status,
             response_headers: HeaderMutations::compile(
                 &p.response_headers_to_add,

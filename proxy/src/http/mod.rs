@@ -57,6 +57,9 @@
 //!   Websockets over HTTP/2 (extended CONNECT, `allow_connect`) are converted to HTTP/1.1
 //!   upgrades as Envoy's codec does ([`upgrade`]); to an HTTP/2 cluster an upgrade goes as
 //!   an extended CONNECT, also as Envoy.
+//! - An HTTP/1.1 client that closes its connection while its request is being served (its
+//!   body all read) takes the request with it, as Envoy resets the stream: a half-close
+//!   gets no response, as from Envoy. Bytes it pipelines meanwhile wait for their turn.
 //! - `Upgrade: h2c` is not honoured, as in Envoy: the request is served as HTTP/1.1 without
 //!   its upgrade headers.
 //! - Found by a differential review (Courier and Envoy 1.40 side by side) and not yet
@@ -107,13 +110,13 @@
 //!   the body as a percent-encoded `grpc-message` (`tests/http_h2.rs`).
 //! - Request mirroring (`request_mirror_policies` of a route, virtual host or route
 //!   configuration) as Envoy's streaming shadows: [`shadow`], `tests/http_shadow.rs`.
-//! - Not yet: hedging, global rate limits (`envoy.filters.http.ratelimit`). Refused as unsupported (they were
-//!   accepted without effect): a route's `priority: HIGH` and `path_rewrite`, a weighted
-//!   cluster's `host_rewrite_literal` and `header_name`, `most_specific_header_mutations_wins`,
-//!   `ignore_path_parameters_in_path_matching`, a retry policy's `per_try_idle_timeout`,
-//!   `rate_limited_retry_back_off` and `retry_options_predicates`, a route's
-//!   `internal_redirect_action: HANDLE_INTERNAL_REDIRECT`, and a filter chain's
-//!   `use_proxy_proto`.
+//! - Not yet: hedging, global rate limits (`envoy.filters.http.ratelimit`). Refused as
+//!   unsupported (they were accepted without effect): a route's `priority: HIGH` and
+//!   `path_rewrite`, a weighted cluster's `host_rewrite_literal` and `header_name`,
+//!   `most_specific_header_mutations_wins`, `ignore_path_parameters_in_path_matching`, a
+//!   retry policy's `per_try_idle_timeout`, `rate_limited_retry_back_off` and
+//!   `retry_options_predicates`, a route's `internal_redirect_action:
+//!   HANDLE_INTERNAL_REDIRECT`, and a filter chain's `use_proxy_proto`.
 //! - A route's `max_stream_duration` replaces its `timeout` and ends the stream
 //!   (`504 downstream duration timeout`, gRPC's DEADLINE_EXCEEDED,
 //!   `downstream_rq_max_duration_reached`), its `grpc_timeout_header_max`/`_offset` taking
@@ -160,9 +163,9 @@
 //!   configuration; [`filter_config`]) and CORS's deprecated `cors` fields, as Envoy
 //!   (`tests/http_cors.rs`, `tests/http_fault.rs`, `tests/http_local_ratelimit.rs`).
 //!   Other HTTP filters are refused unless `is_optional`; a filter `disabled` in the chain
-//!   is left out (routes cannot enable it again). Fault injection's `upstream_cluster`
-//!   does not match requests routed by `weighted_clusters`, and runtime keys have no
-//!   effect (no runtime). A local rate limit bucket is shared by all workers (an atomic
+//!   runs only where a route's `FilterConfig` turns it on. Fault injection's
+//!   `upstream_cluster` does not match requests routed by `weighted_clusters`, and
+//!   runtime keys have no effect (no runtime). A local rate limit bucket is shared by all workers (an atomic
 //!   word), as Envoy's.
 //! - A cluster's `retry_budget` (in place of `max_retries`) and
 //!   `per_host_thresholds.max_connections`, as Envoy (`tests/http_retries.rs`); counted

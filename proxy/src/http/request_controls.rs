@@ -107,7 +107,8 @@ impl ControlOptions {
             } else if *name == RETRY_GRPC_ON {
                 tokens(Some(v)).all(|t| RetryPolicy::none().enable_grpc(t))
             } else if *name == MAX_RETRIES {
-                number(Some(v)).is_some_and(|n| u32::try_from(n).is_ok())
+                // Envoy's check takes any 64-bit count (its use then takes 32 bits).
+                number(Some(v)).is_some()
             } else {
                 number(Some(v)).is_some()
             };

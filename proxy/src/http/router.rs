@@ -20,7 +20,7 @@ use super::access_log::LogEntry;
 use super::body::ProxyBody;
 use super::cors::CorsRequest;
 use super::fault::{AbortWith, FaultFilter};
-use super::filter_config::{FilterConfigs, FilterPolicy};
+use super::filter_config::{self, most_specific, FilterConfigs, FilterPolicy};
 use super::hcm::{EscapedSlashes, HcmConfig, HttpFilter, RouteSource, UnderscoreAction};
 use super::header_map_pool;
 use super::headers::{decimal_value, strip_hop_by_hop, strip_response_hop_by_hop, FormatContext};
@@ -91,6 +91,7 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_ENVOY_EXTERNAL_ADDRESS: HeaderName = HeaderName::from_static("x-envoy-external-address");
 static X_ENVOY_INTERNAL: HeaderName = HeaderName::from_static("x-envoy-internal");
+static X_FORWARDED_CLIENT_CERT: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
 static X_ENVOY_FORCE_TRACE: HeaderName = HeaderName::from_static("x-envoy-force-trace");
 static X_ENVOY_ORIGINAL_PATH: HeaderName = HeaderName::from_static("x-envoy-original-path");
 static X_ENVOY_ORIGINAL_HOST: HeaderName = HeaderName::from_static("x-envoy-original-host");
@@ -144,18 +145,18 @@ pub fn local_reply(status: StatusCode, body: &str) -> Response<ProxyBody> {
 /// Marks a response the proxy made itself (a gRPC request gets it in gRPC's form), with
 /// the `grpc-status` it then carries when that is not the HTTP status's.
 #[derive(Clone, Copy)]
-struct LocalReply(Option<u8>);
+struct LocalReply(Option<u32>);
 
 /// Gives a local reply, in its gRPC form, this `grpc-status` rather than the HTTP
 /// status's.
-pub(crate) fn set_grpc_status(resp: &mut Response<ProxyBody>, status: u8) {
+pub(crate) fn set_grpc_status(resp: &mut Response<ProxyBody>, status: u32) {
     resp.extensions_mut().insert(LocalReply(Some(status)));
 }
 
 /// A local reply to a gRPC request in gRPC's form, as Envoy sends it: `200`,
 /// `content-type: application/grpc`, the HTTP status mapped to a `grpc-status` (gRPC's
 /// table), the body as a percent-encoded `grpc-message`, and no body.
-fn grpc_local_reply(resp: &mut Response<ProxyBody>, grpc_status: Option<u8>) {
+fn grpc_local_reply(resp: &mut Response<ProxyBody>, grpc_status: Option<u32>) {
     let grpc_status = grpc_status.unwrap_or(match resp.status().as_u16() {
         400 => 13,
         401 => 16,
@@ -515,7 +516,8 @@ pub async fn serve(
     }
     finish_response(&cfg, &mut resp);
     if let Some(id) = outcome.request_id.take().or(request_id_for_response) {
-        resp.headers_mut().entry(&X_REQUEST_ID).or_insert(id);
+        // The request's id, whatever the upstream said (as Envoy).
+        resp.headers_mut().insert(X_REQUEST_ID.clone(), id);
     }
     if conn.closing.get() && resp.version() != Version::HTTP_2 {
         resp.headers_mut()
@@ -743,7 +745,10 @@ async fn process(
         cfg.use_remote_address,
         cfg.xff_num_trusted_hops,
     );
-    if !internal {
+    if internal {
+        // `forward_client_cert_details`' SANITIZE holds for internal requests too.
+        headers.remove(&X_FORWARDED_CLIENT_CERT);
+    } else {
         super::headers::strip_external_control_headers(headers, cfg.use_remote_address);
     }
     let remote_ip = conn.remote.ip();
@@ -860,10 +865,19 @@ async fn process(
     // or the router gives.
     let mut cors = None;
     let mut rate_limit = None;
-    let mut filter_reply = None;
+    // Boxed: it is rare, and a response kept inline would be copied on every request.
+    let mut filter_reply: Option<Box<Response<ProxyBody>>> = None;
     let levels = [&route.filters, &vh.filters, &table.filters];
-    for filter in &cfg.filters {
-        match filter {
+    for chained in &cfg.filters {
+        let name = match &chained.filter {
+            HttpFilter::Cors(f) => &f.name,
+            HttpFilter::LocalRateLimit(f) => &f.name,
+            HttpFilter::Fault(f) => &f.name,
+        };
+        if !filter_config::runs(levels, name, chained.off_by_default) {
+            continue;
+        }
+        match &chained.filter {
             HttpFilter::Cors(f) if matches!(route.action, Action::Route(_)) => {
                 match f.on_request(levels, &method, req.headers(), worker) {
                     CorsRequest::Preflight(r) => return *r,
@@ -873,8 +887,7 @@ async fn process(
             }
             HttpFilter::Cors(_) => {}
             HttpFilter::LocalRateLimit(f) => {
-                let route_policy = match levels.iter().find_map(|l| l.get(&f.name)) {
-                    Some(FilterPolicy::Disabled) => continue,
+                let route_policy = match most_specific(levels, &f.name) {
                     Some(FilterPolicy::RateLimit(p)) => Some(p),
                     _ => None,
                 };
@@ -894,7 +907,7 @@ async fn process(
                 ) {
                     RateLimited::Refuse(r) => {
                         outcome.flags = "RL";
-                        filter_reply = Some(*r);
+                        filter_reply = Some(r);
                         break;
                     }
                     RateLimited::Pass(r) => rate_limit = r,
@@ -913,7 +926,7 @@ async fn process(
     // (Envoy's route entry; measured).
     let route_headers = filter_reply.is_none() || matches!(route.action, Action::Route(_));
     let mut resp = match (filter_reply, &route.action) {
-        (Some(reply), _) => reply,
+        (Some(reply), _) => *reply,
         // The refusal still gets the route's response headers, as Envoy's does.
         (None, _) if upgrade_refused => {
             cfg.stats.downstream_rq_ws_on_non_ws_route.inc(worker);
@@ -1016,26 +1029,22 @@ async fn inject_fault(
     headers: &http::HeaderMap,
     outcome: &mut Outcome,
     worker: usize,
-) -> Option<Response<ProxyBody>> {
-    // Only a route to a cluster has per-route settings (Envoy's route entry); the most
-    // specific level naming the filter decides.
-    let (route_policy, cluster) = match action {
-        Action::Route(a) => {
-            let policy = match levels.iter().find_map(|l| l.get(&filter.name)) {
-                Some(FilterPolicy::Disabled) => return None,
-                Some(FilterPolicy::Fault(p)) => Some(p),
-                _ => None,
-            };
-            let cluster = match &a.cluster {
-                ClusterSpec::Single(c) => Some(c.as_str()),
-                ClusterSpec::Header(h) => headers.get(h).and_then(|v| v.to_str().ok()),
-                ClusterSpec::Weighted { .. } => None,
-            };
-            (policy, cluster)
-        }
-        _ => (None, None),
+) -> Option<Box<Response<ProxyBody>>> {
+    // The most specific level naming the filter decides, whatever the route does (only
+    // `upstream_cluster` needs a route to a cluster).
+    let route_policy = match most_specific(levels, &filter.name) {
+        Some(FilterPolicy::Fault(p)) => Some(p),
+        _ => None,
     };
-    let injection = filter.on_request(route_policy, headers, cluster, worker)?;
+    let cluster = match action {
+        Action::Route(a) => match &a.cluster {
+            ClusterSpec::Single(c) => Some(c.as_str()),
+            ClusterSpec::Header(h) => headers.get(h).and_then(|v| v.to_str().ok()),
+            ClusterSpec::Weighted { .. } => None,
+        },
+        _ => None,
+    };
+    let mut injection = filter.on_request(route_policy, headers, cluster, worker)?;
     if let Some(d) = injection.delay {
         outcome.flags = "DI";
         rt::Sleep::until(Instant::now() + d).await;
@@ -1049,15 +1058,14 @@ async fn inject_fault(
         AbortWith::Grpc(_) => local_reply(StatusCode::OK, ""),
     };
     if let AbortWith::Grpc(g) = with {
-        // Beyond gRPC's codes a status reads as UNKNOWN.
-        set_grpc_status(&mut r, u8::try_from(g).unwrap_or(2));
+        set_grpc_status(&mut r, g);
     }
     r.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     r.headers_mut()
         .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
     *r.body_mut() = ProxyBody::full(body);
-    Some(r)
+    Some(Box::new(r))
 }
 
 fn rewrite_prefix(route: &Route, path: &str, new_prefix: &str) -> String {
@@ -1345,7 +1353,16 @@ async fn forward(
     let global_deadline = timeouts.route.map(|t| start + t);
     // `max_stream_duration`, an upgrade's tunnel included (Envoy resets it).
     let duration_deadline = timeouts.duration.map(|d| start + d);
-    if let Some(t) = timeouts.grpc_timeout.filter(|_| !is_upgrade) {
+    // `max_grpc_timeout` (without `max_stream_duration`): each attempt tells the server
+    // its own deadline (below).
+    let grpc_timeout_from_route = grpc
+        && !is_upgrade
+        && action.max_grpc_timeout.is_some()
+        && action.stream_duration.is_none();
+    if let Some(t) = timeouts
+        .grpc_timeout
+        .filter(|_| !is_upgrade && !grpc_timeout_from_route)
+    {
         // As Envoy: the gRPC server learns the deadline the proxy holds it to.
         parts.headers.insert(GRPC_TIMEOUT, grpc_timeout_value(t));
     }
@@ -1503,7 +1520,7 @@ async fn forward(
                 up_req.headers_mut().insert(header::HOST, v);
             }
         }
-        if !cfg.suppress_envoy_headers {
+        if !cfg.suppress_envoy_headers || grpc_timeout_from_route {
             // The time left of the route timeout, capped by the per-try timeout: the whole
             // timeout on the first attempt, less what earlier attempts used on a retry (as
             // Envoy; measuring the first attempt's few microseconds made it 299 under load).
@@ -1521,9 +1538,18 @@ async fn forward(
                 (t, p) => t.or(p),
             };
             if let Some(ms) = expected {
-                up_req
-                    .headers_mut()
-                    .insert(X_ENVOY_EXPECTED_RQ_TIMEOUT_MS.clone(), decimal_value(ms));
+                if !cfg.suppress_envoy_headers {
+                    up_req
+                        .headers_mut()
+                        .insert(X_ENVOY_EXPECTED_RQ_TIMEOUT_MS.clone(), decimal_value(ms));
+                }
+                if grpc_timeout_from_route {
+                    // As Envoy: the server learns the timeout this attempt is held to, an
+                    // internal request's timeout controls and the per-try one included.
+                    up_req
+                        .headers_mut()
+                        .insert(GRPC_TIMEOUT, grpc_timeout_value(Duration::from_millis(ms)));
+                }
             }
         }
         if attempt > 1 && vh.timeout_retry_header {

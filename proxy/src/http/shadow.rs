@@ -83,7 +83,10 @@ pub fn compile(list: &[RequestMirrorPolicy], path: &str) -> Result<Vec<ShadowPol
                     ))
                 }
             };
-            let fraction = Fraction::runtime(p.runtime_fraction.as_ref(), Fraction::ALL);
+            let fraction = match &p.runtime_fraction {
+                Some(f) => Fraction::runtime(f, &format!("{path}.runtime_fraction"))?,
+                None => Fraction::ALL,
+            };
             Ok(ShadowPolicy {
                 target,
                 fraction,

@@ -2,7 +2,7 @@
 //! `max_headers_count` (response heads), `max_stream_duration` (before and after the
 //! response starts) and `headers_with_underscores_action` (no effect on a cluster), over
 //! HTTP/1.1 (Courier's own client and, for streamed request bodies, hyper's) and HTTP/2
-//! upstreams. Each case runs through Courier and, when `envoy` is on PATH, through Envoy on
+//! upstreams, and websocket tunnels. Each case runs through Courier and, when `envoy` is on PATH, through Envoy on
 //! the same bootstrap; what the client gets and the cluster's counters are held to what
 //! Envoy 1.40 was measured to do.
 
@@ -10,7 +10,7 @@ mod http_support;
 
 use std::convert::Infallible;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -429,6 +429,97 @@ fn max_stream_duration_is_retried_as_a_reset_as_in_envoy() {
             if h2 {
                 up.wait_abandoned(2);
             }
+        }
+    }
+}
+
+/// An HTTP/1.1 upstream that answers any request with `101` and echoes what follows;
+/// counts the tunnels that closed.
+fn websocket_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let closed = Arc::new(AtomicUsize::new(0));
+    let c = closed.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { continue };
+            let c = c.clone();
+            std::thread::spawn(move || {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    match s.read(&mut byte) {
+                        Ok(1) => head.push(byte[0]),
+                        _ => return,
+                    }
+                }
+                let _ = s.write_all(
+                    b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n",
+                );
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = s.read(&mut buf) {
+                    if n == 0 || s.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+                c.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+    });
+    (addr, closed)
+}
+
+#[test]
+fn max_stream_duration_ends_a_websocket_tunnel_as_in_envoy() {
+    for name in ["courier", "envoy"] {
+        let (addr, closed) = websocket_upstream();
+        let config = bootstrap(
+            &all_to("c"),
+            "          upgrade_configs: [ { upgrade_type: websocket } ]\n",
+            &cluster(
+                "c",
+                &[addr],
+                &protocol_options("{ max_stream_duration: 0.3s }", false),
+            ),
+        );
+        let proxy = if name == "courier" {
+            Courier::start(&config)
+        } else {
+            match Courier::start_envoy(&config) {
+                Some(p) => p,
+                None => continue,
+            }
+        };
+        let mut s = TcpStream::connect(proxy.listener).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let start = Instant::now();
+        s.write_all(
+            b"GET /ws HTTP/1.1\r\nhost: x\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\nping",
+        )
+        .expect("write");
+        // The 101, the echo, then the tunnel ends.
+        let mut got = Vec::new();
+        let read = s.read_to_end(&mut got);
+        let took = start.elapsed();
+        assert!(read.is_ok(), "{name}: not closed: {read:?}");
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.starts_with("HTTP/1.1 101 "), "{name}: {text}");
+        assert!(text.ends_with("\r\n\r\nping"), "{name}: {text}");
+        assert!(took >= Duration::from_millis(280), "{name}: after {took:?}");
+        assert_eq!(
+            proxy.wait_stat("cluster.c.upstream_rq_max_duration_reached", 1),
+            1,
+            "{name}"
+        );
+        // The upstream's side of the tunnel was closed too.
+        let start = Instant::now();
+        while closed.load(Ordering::SeqCst) < 1 {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "{name}: upstream open"
+            );
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
 }

@@ -183,8 +183,8 @@
 //!   `http2.tx_reset`/`http2.header_overflow` counters and, as for every local reply
 //!   after an upstream failure, does not count the `502`/`503` in `upstream_rq_<code>`;
 //!   a body cut off closes the client's HTTP/1.1 connection at once (Envoy after its
-//!   `delayed_close_timeout`); upgrade tunnels and mirrored requests' response bodies are
-//!   not bounded by the cluster's `max_stream_duration`.
+//!   `delayed_close_timeout`); a mirrored request's response body is not bounded by it
+//!   (its head is). A websocket tunnel ends with it, as in Envoy.
 
 pub mod access_log;
 pub mod body;

@@ -1441,6 +1441,7 @@ async fn forward(
                     TunnelLimits {
                         idle_timeout: action.idle_timeout,
                         ends_at: duration_deadline,
+                        duration_reached: pool.stats.rq_max_duration_reached.clone(),
                     },
                 ));
                 rt::timeout(try_deadline, upgraded).await
@@ -1749,6 +1750,8 @@ struct TunnelLimits {
     idle_timeout: Option<Duration>,
     /// The end of the stream's `max_stream_duration`.
     ends_at: Option<Instant>,
+    /// The cluster's `upstream_rq_max_duration_reached`, for its `max_stream_duration`.
+    duration_reached: Arc<crate::stats::Counter>,
 }
 
 async fn send_upgrade(
@@ -1775,10 +1778,16 @@ async fn send_upgrade(
             return Err(AttemptError::ConnectFailure);
         }
     };
+    // The cluster's stream duration runs from here, the tunnel included, as Envoy's.
+    let upstream_ends = cluster.stream_limits.attempt_ends();
     let sent = if cluster.http2 {
-        upgrade::send_extended_connect(io, req).await
+        rt::timeout(upstream_ends, upgrade::send_extended_connect(io, req)).await
     } else {
-        send_h1_upgrade(io, req).await
+        rt::timeout(upstream_ends, send_h1_upgrade(io, req)).await
+    };
+    let Some(sent) = sent else {
+        limits.duration_reached.inc(worker);
+        return Err(AttemptError::MaxDuration);
     };
     let mut resp = match sent {
         Ok(r) => r,
@@ -1812,13 +1821,20 @@ async fn send_upgrade(
         if let Some(t) = limits.idle_timeout {
             idle.set_route_timeout(t);
         }
-        // The stream's `max_stream_duration` ends the tunnel (Envoy resets it).
-        if let Some(d) = limits.ends_at {
-            idle.set_response_deadline(
-                d,
-                cfg.stats.downstream_rq_max_duration_reached.clone(),
-                Expiry::Route,
-            );
+        // The stream's `max_stream_duration` and the cluster's end the tunnel, whichever
+        // comes first (Envoy resets it).
+        let stream_end = limits.ends_at.map(|d| {
+            let counter = cfg.stats.downstream_rq_max_duration_reached.clone();
+            (d, counter, Expiry::Route)
+        });
+        let cluster_end =
+            upstream_ends.map(|d| (d, limits.duration_reached, Expiry::UpstreamDuration));
+        let end = match (stream_end, cluster_end) {
+            (Some(s), Some(c)) => Some(if c.0 < s.0 { c } else { s }),
+            (s, c) => s.or(c),
+        };
+        if let Some((d, counter, expiry)) = end {
+            idle.set_response_deadline(d, counter, expiry);
         }
         upgrade::tunnel(downstream, upstream, idle, move || {
             conn.config.stats.downstream_cx_upgrades_active.dec(worker);

@@ -10,8 +10,9 @@
 //!   the response head the stream is reset and the client gets `504 upstream max stream
 //!   duration reached` (`408` while its request is still arriving), flag `UMSDR`; after,
 //!   the response body is cut off (the downstream HTTP/1.1 connection closes, an HTTP/2
-//!   stream is reset). Either way `upstream_rq_max_duration_reached` counts it. A route
-//!   retrying on `reset` retries it, as Envoy treats it as a local reset.
+//!   stream is reset), and a websocket tunnel closes. Either way
+//!   `upstream_rq_max_duration_reached` counts it. A route retrying on `reset` retries it,
+//!   as Envoy treats it as a local reset.
 //! - `headers_with_underscores_action` has no effect on a cluster: Envoy 1.40 applies it
 //!   to the requests its server codecs receive only, neither to upstream responses nor to
 //!   the requests it sends (measured with `REJECT_REQUEST` and `DROP_HEADER`), so it is

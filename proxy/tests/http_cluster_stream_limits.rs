@@ -309,7 +309,7 @@ fn headers_with_underscores_action_has_no_effect_on_a_cluster_as_in_envoy() {
 #[test]
 fn max_stream_duration_before_the_response_answers_504_as_in_envoy() {
     for (h2, streamed) in [(false, false), (false, true), (true, false)] {
-        for (name, proxy, up) in proxies("{ max_stream_duration: 0.3s }", h2) {
+        for (name, proxy, up) in proxies("{ max_stream_duration: 0.5s }", h2) {
             let what = format!("{name}, HTTP/2: {h2}, streamed: {streamed}");
             let mut client = Client::connect(proxy.listener);
             let start = Instant::now();
@@ -320,7 +320,7 @@ fn max_stream_duration_before_the_response_answers_504_as_in_envoy() {
                 (504, "upstream max stream duration reached"),
                 "{what}"
             );
-            assert!(took >= Duration::from_millis(280), "{what}: after {took:?}");
+            assert!(took >= Duration::from_millis(480), "{what}: after {took:?}");
             assert_eq!(
                 proxy.wait_stat("cluster.c.upstream_rq_max_duration_reached", 1),
                 1,
@@ -341,7 +341,7 @@ fn max_stream_duration_before_the_response_answers_504_as_in_envoy() {
 #[test]
 fn max_stream_duration_cuts_a_started_response_off_as_in_envoy() {
     for h2 in [false, true] {
-        for (name, proxy, up) in proxies("{ max_stream_duration: 0.3s }", h2) {
+        for (name, proxy, up) in proxies("{ max_stream_duration: 0.5s }", h2) {
             let what = format!("{name}, HTTP/2: {h2}");
             let mut s = TcpStream::connect(proxy.listener).expect("connect");
             s.set_read_timeout(Some(Duration::from_secs(10)))
@@ -357,7 +357,7 @@ fn max_stream_duration_cuts_a_started_response_off_as_in_envoy() {
             let text = String::from_utf8_lossy(&got);
             assert!(text.starts_with("HTTP/1.1 200 "), "{what}: {text}");
             assert!(text.ends_with("\r\n\r\nab"), "{what}: {text}");
-            assert!(took >= Duration::from_millis(280), "{what}: after {took:?}");
+            assert!(took >= Duration::from_millis(480), "{what}: after {took:?}");
             assert_eq!(
                 proxy.wait_stat("cluster.c.upstream_rq_max_duration_reached", 1),
                 1,
@@ -374,7 +374,7 @@ fn max_stream_duration_cuts_a_started_response_off_as_in_envoy() {
 #[test]
 fn max_stream_duration_while_the_request_arrives_answers_408_as_in_envoy() {
     for h2 in [false, true] {
-        for (name, proxy, _up) in proxies("{ max_stream_duration: 0.3s }", h2) {
+        for (name, proxy, _up) in proxies("{ max_stream_duration: 0.5s }", h2) {
             let what = format!("{name}, HTTP/2: {h2}");
             let mut s = TcpStream::connect(proxy.listener).expect("connect");
             s.set_read_timeout(Some(Duration::from_secs(10)))
@@ -408,7 +408,7 @@ fn max_stream_duration_is_retried_as_a_reset_as_in_envoy() {
         "route: { cluster: c, retry_policy: { retry_on: reset, num_retries: 1 } }",
     );
     for h2 in [false, true] {
-        for (name, proxy, up) in proxies_routing("{ max_stream_duration: 0.3s }", h2, &routes) {
+        for (name, proxy, up) in proxies_routing("{ max_stream_duration: 0.5s }", h2, &routes) {
             let what = format!("{name}, HTTP/2: {h2}");
             let start = Instant::now();
             let resp = get(proxy.listener, "x", "/hang", &[]);
@@ -419,7 +419,7 @@ fn max_stream_duration_is_retried_as_a_reset_as_in_envoy() {
                 "{what}"
             );
             // Each attempt had its own duration.
-            assert!(took >= Duration::from_millis(580), "{what}: after {took:?}");
+            assert!(took >= Duration::from_millis(980), "{what}: after {took:?}");
             assert_eq!(
                 proxy.wait_stat("cluster.c.upstream_rq_max_duration_reached", 2),
                 2,
@@ -479,7 +479,7 @@ fn max_stream_duration_ends_a_websocket_tunnel_as_in_envoy() {
             &cluster(
                 "c",
                 &[addr],
-                &protocol_options("{ max_stream_duration: 0.3s }", false),
+                &protocol_options("{ max_stream_duration: 0.5s }", false),
             ),
         );
         let proxy = if name == "courier" {
@@ -506,7 +506,7 @@ fn max_stream_duration_ends_a_websocket_tunnel_as_in_envoy() {
         let text = String::from_utf8_lossy(&got);
         assert!(text.starts_with("HTTP/1.1 101 "), "{name}: {text}");
         assert!(text.ends_with("\r\n\r\nping"), "{name}: {text}");
-        assert!(took >= Duration::from_millis(280), "{name}: after {took:?}");
+        assert!(took >= Duration::from_millis(480), "{name}: after {took:?}");
         assert_eq!(
             proxy.wait_stat("cluster.c.upstream_rq_max_duration_reached", 1),
             1,

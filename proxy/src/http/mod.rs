@@ -184,7 +184,8 @@
 //!   after an upstream failure, does not count the `502`/`503` in `upstream_rq_<code>`;
 //!   a body cut off closes the client's HTTP/1.1 connection at once (Envoy after its
 //!   `delayed_close_timeout`); a mirrored request's response body is not bounded by it
-//!   (its head is). A websocket tunnel ends with it, as in Envoy.
+//!   (its head is). A websocket tunnel ends with it, as in Envoy, but its access log
+//!   line, written at the `101`, has no `UMSDR` (Envoy logs the flag at the tunnel's end).
 
 pub mod access_log;
 pub mod body;

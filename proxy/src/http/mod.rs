@@ -16,7 +16,8 @@
 //! - [`stream_idle`]: the stream idle timeout (`stream_idle_timeout`, a route's
 //!   `idle_timeout`), and the route `timeout` once the response has started.
 //! - [`pool`]: per-worker upstream connection pools and circuit breakers;
-//!   [`h2_settings`]: an HTTP/2 server's stream limit, read off its frames.
+//!   [`h2_settings`]: an HTTP/2 server's stream limit, read off its frames;
+//!   [`stream_limits`]: what a cluster bounds on each upstream stream.
 //! - [`upstream_h1`]: Courier's own HTTP/1.1 upstream client, driven by the request that
 //!   uses the connection (complete request bodies; streamed ones and upgrades use hyper's).
 //! - [`route`]: route tables compiled from `RouteConfiguration`s (inline or RDS).
@@ -130,14 +131,12 @@
 //! - Accepted and not acted on (control planes set them routinely, so refusing them would
 //!   refuse whole listeners; found by an audit of every field): a route's
 //!   `flush_timeout` and `stat_prefix`; `typed_per_filter_config` entries for filters
-//!   other than Courier's (CORS, fault injection, local rate limits, the router); the connection
-//!   manager's `stream_flush_timeout`, `delayed_close_timeout`, `drain_timeout`, HTTP/2
-//!   flood settings, and HTTP/1 `allow_absolute_url` and
-//!   `override_stream_error_on_invalid_http_message`; a cluster's
-//!   `common_http_protocol_options` `max_headers_count`, `max_stream_duration` and
-//!   `headers_with_underscores_action`, slow start, `respect_dns_ttl` and the DNS failure
-//!   back-off's growth; HTTP/2's `interval_jitter`, `connection_idle_interval` and
-//!   `hpack_table_size`.
+//!   other than Courier's (CORS, fault injection, local rate limits, the router); the
+//!   connection manager's `stream_flush_timeout`, `delayed_close_timeout`,
+//!   `drain_timeout`, HTTP/2 flood settings, and HTTP/1 `allow_absolute_url` and
+//!   `override_stream_error_on_invalid_http_message`; a cluster's slow start,
+//!   `respect_dns_ttl` and the DNS failure back-off's growth; HTTP/2's `interval_jitter`,
+//!   `connection_idle_interval` and `hpack_table_size`.
 //! - A virtual host's `include_request_attempt_count`, `include_attempt_count_in_response`
 //!   (`x-envoy-attempt-count`, on the router's own replies too) and
 //!   `include_is_timeout_retry_header` (`x-envoy-is-timeout-retry`); a route's
@@ -185,6 +184,27 @@
 //!   request ends (HTTP/2: no new streams). Counted in `upstream_cx_idle_timeout`,
 //!   `upstream_cx_max_requests`, `upstream_cx_max_duration_reached`. One sweeper task per
 //!   pool closes what is due ([`pool`]), so an idle connection costs no timer.
+//! - Upstream streams are bounded as a cluster's `common_http_protocol_options` say
+//!   ([`stream_limits`]; compared with Envoy 1.40 in `tests/http_cluster_stream_limits.rs`
+//!   over HTTP/1.1, both of Courier's HTTP/1.1 clients, and HTTP/2):
+//!   `max_headers_count` (default 100) caps a response head's fields (`502` protocol
+//!   error, `upstream_cx_protocol_error`, over HTTP/1.1; over HTTP/2, `:status` counted,
+//!   the stream is reset: `503 … remote reset`, `upstream_rq_rx_reset`);
+//!   `max_stream_duration` ends an attempt that outlives it, counted from the moment it
+//!   has a connection: `504 upstream max stream duration reached` (`408` while the
+//!   request is still arriving; flag `UMSDR`; retried under `retry_on: reset`) before the
+//!   response, a cut-off body after it; `upstream_rq_max_duration_reached` either way.
+//!   `headers_with_underscores_action` has no effect on a cluster, as in Envoy, which
+//!   applies it only to the requests its server codecs receive. Differences: an HTTP/2
+//!   stream is reset with `CANCEL` (Envoy: `INTERNAL_ERROR`), and hyper parses an HTTP/2
+//!   head whole before it is counted, so a response that ended with its head is
+//!   refused without a reset frame; Courier has no `upstream_rq_tx_reset` or
+//!   `http2.tx_reset`/`http2.header_overflow` counters and, as for every local reply
+//!   after an upstream failure, does not count the `502`/`503` in `upstream_rq_<code>`;
+//!   a body cut off closes the client's HTTP/1.1 connection at once (Envoy after its
+//!   `delayed_close_timeout`); a mirrored request's response body is not bounded by it
+//!   (its head is). A websocket tunnel ends with it, as in Envoy, but its access log
+//!   line, written at the `101`, has no `UMSDR` (Envoy logs the flag at the tunnel's end).
 
 pub mod access_log;
 pub mod body;
@@ -210,6 +230,7 @@ pub mod route;
 pub mod router;
 pub mod shadow;
 pub mod stream_idle;
+pub mod stream_limits;
 pub mod upgrade;
 pub mod upstream_h1;
 

@@ -22,6 +22,7 @@ use rustc_hash::FxHashMap;
 use super::body::ProxyBody;
 use super::h2_settings::{PeerSettings, SettingsWatch};
 use super::key_format::KeyFormat;
+use super::stream_limits::DEFAULT_MAX_HEADERS;
 use super::upstream_h1::H1Connection;
 use crate::event::rt::{self, LocalExec, RtTimer, Sleep, TcpIo};
 use crate::stats::{Counter, Gauge, Histogram, Store};
@@ -52,6 +53,9 @@ pub struct ClusterHttpStats {
     pub rq_timeout: Arc<Counter>,
     /// `upstream_rq_per_try_timeout`.
     pub rq_per_try_timeout: Arc<Counter>,
+    /// `upstream_rq_max_duration_reached`: streams ended by the cluster's
+    /// `max_stream_duration`.
+    pub rq_max_duration_reached: Arc<Counter>,
     /// `upstream_rq_pending_overflow`.
     pub rq_pending_overflow: Arc<Counter>,
     /// `upstream_rq_pending_total`.
@@ -102,6 +106,7 @@ impl ClusterHttpStats {
             rq_retry_limit_exceeded: c("upstream_rq_retry_limit_exceeded"),
             rq_timeout: c("upstream_rq_timeout"),
             rq_per_try_timeout: c("upstream_rq_per_try_timeout"),
+            rq_max_duration_reached: c("upstream_rq_max_duration_reached"),
             rq_pending_overflow: c("upstream_rq_pending_overflow"),
             rq_pending_total: c("upstream_rq_pending_total"),
             rq_pending_active: g("upstream_rq_pending_active"),
@@ -981,13 +986,23 @@ impl ClusterPool {
         } else if raw {
             self.stats.cx_http1_total.inc(worker);
             let usage = self.one_more_request(ConnUsage::new(), worker);
-            let conn = H1Connection::new(io, Box::new(guard), cluster.http1_key_format);
+            let conn = H1Connection::new(
+                io,
+                Box::new(guard),
+                cluster.http1_key_format,
+                cluster.stream_limits.max_headers,
+            );
             Ok(Sender::Raw(conn, usage))
         } else {
             let mut builder = http1::Builder::new();
             // hyper's title case capitalises after `-` only (Envoy's after any symbol): the
             // same for every usual field name.
             builder.title_case_headers(cluster.http1_key_format == KeyFormat::ProperCase);
+            // hyper's default is Envoy's (100); setting it moves hyper's parse slots to the
+            // heap, so only another limit is set.
+            if cluster.stream_limits.max_headers != DEFAULT_MAX_HEADERS {
+                builder.max_headers(cluster.stream_limits.max_headers);
+            }
             let (sender, conn) = match builder.handshake::<_, ProxyBody>(io).await {
                 Ok(x) => x,
                 Err(e) => {

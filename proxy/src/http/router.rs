@@ -32,7 +32,8 @@ use super::route::{
     Action, ClusterSpec, HostRewrite, Redirect, Route, RouteAction, RouteTable, VirtualHost,
 };
 use super::shadow;
-use super::stream_idle::{StreamIdle, UntilIdle};
+use super::stream_idle::{Expiry, StreamIdle, UntilIdle};
+use super::stream_limits::{StreamEnds, UPSTREAM_DURATION_REACHED};
 use super::upgrade::{self, DownstreamUpgrade, WorkerIo};
 use super::upstream_h1::{H1Connection, H1Error};
 use crate::event::rt;
@@ -117,6 +118,9 @@ const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
 /// Envoy's body for a stream an HTTP/2 upstream refused (`REFUSED_STREAM`, a `503`).
 pub const UPSTREAM_REFUSED: &str =
     "upstream connect error or disconnect/reset before headers. reset reason: remote refused stream reset";
+/// Envoy's body for a stream reset for its response head (a `503`).
+pub const UPSTREAM_REMOTE_RESET: &str =
+    "upstream connect error or disconnect/reset before headers. reset reason: remote reset";
 /// Envoy's body for an upstream response that broke HTTP/1.1 (a `502`).
 pub const UPSTREAM_PROTOCOL_ERROR: &str =
     "upstream connect error or disconnect/reset before headers. reset reason: protocol error";
@@ -1169,6 +1173,12 @@ pub(super) enum AttemptError {
     Refused,
     /// The upstream's response broke HTTP/1.1 (retried as a reset, answered `502`).
     Protocol,
+    /// The HTTP/2 stream was reset for its response head (more fields than the cluster's
+    /// `max_headers_count`): Envoy's `503 … remote reset` (retried as a reset).
+    HeadOverflow,
+    /// The attempt outlived the cluster's `max_stream_duration` before its response head
+    /// (retried as a reset, as Envoy's local reset).
+    MaxDuration,
     PerTryTimeout,
 }
 
@@ -1597,6 +1607,7 @@ async fn forward(
                     TunnelLimits {
                         idle_timeout: action.idle_timeout,
                         ends_at: duration_deadline,
+                        duration_reached: pool.stats.rq_max_duration_reached.clone(),
                     },
                 ));
                 rt::timeout(try_deadline, upgraded).await
@@ -1665,17 +1676,32 @@ async fn forward(
                 if !is_upgrade && !resp.body().is_end_stream() {
                     // The stream's duration, when it ends first, counts as such.
                     let cut = match (global_deadline, duration_deadline) {
-                        (Some(g), Some(d)) if d < g => {
-                            Some((d, cfg.stats.downstream_rq_max_duration_reached.clone()))
-                        }
-                        (Some(g), _) => Some((g, pool.stats.rq_timeout.clone())),
-                        (None, Some(d)) => {
-                            Some((d, cfg.stats.downstream_rq_max_duration_reached.clone()))
-                        }
+                        (Some(g), Some(d)) if d < g => Some((
+                            d,
+                            cfg.stats.downstream_rq_max_duration_reached.clone(),
+                            Expiry::Route,
+                        )),
+                        (Some(g), _) => Some((g, pool.stats.rq_timeout.clone(), Expiry::Route)),
+                        (None, Some(d)) => Some((
+                            d,
+                            cfg.stats.downstream_rq_max_duration_reached.clone(),
+                            Expiry::Route,
+                        )),
                         (None, None) => None,
                     };
-                    if let Some((deadline, counter)) = cut {
-                        idle.set_response_deadline(deadline, counter);
+                    // The cluster's `max_stream_duration` resets the upstream stream, the
+                    // body included.
+                    let cut = match (cut, resp.extensions().get::<StreamEnds>()) {
+                        (Some(c), Some(e)) if c.0 <= e.0 => Some(c),
+                        (_, Some(e)) => Some((
+                            e.0,
+                            pool.stats.rq_max_duration_reached.clone(),
+                            Expiry::UpstreamDuration,
+                        )),
+                        (c, None) => c,
+                    };
+                    if let Some((deadline, counter, expiry)) = cut {
+                        idle.set_response_deadline(deadline, counter, expiry);
                     }
                 }
                 return resp;
@@ -1694,9 +1720,10 @@ async fn forward(
             AttemptError::ConnectFailure => {
                 retry.as_ref().is_some_and(|r| r.retry_connect_failure())
             }
-            AttemptError::Reset | AttemptError::Protocol => {
-                retry.as_ref().is_some_and(|r| r.retry_reset())
-            }
+            AttemptError::Reset
+            | AttemptError::Protocol
+            | AttemptError::HeadOverflow
+            | AttemptError::MaxDuration => retry.as_ref().is_some_and(|r| r.retry_reset()),
             AttemptError::Refused => retry.as_ref().is_some_and(|r| r.retry_refused()),
             AttemptError::PerTryTimeout => retry.as_ref().is_some_and(|r| r.retry_timeout()),
         };
@@ -1777,6 +1804,20 @@ async fn forward(
         Some(AttemptError::Refused) => {
             outcome.flags = "UR";
             local_reply(StatusCode::SERVICE_UNAVAILABLE, UPSTREAM_REFUSED)
+        }
+        Some(AttemptError::HeadOverflow) => {
+            outcome.flags = "UR";
+            local_reply(StatusCode::SERVICE_UNAVAILABLE, UPSTREAM_REMOTE_RESET)
+        }
+        Some(AttemptError::MaxDuration) => {
+            outcome.flags = "UMSDR";
+            // Envoy's `408` while the client's request is still arriving.
+            let status = if idle.request_complete() {
+                StatusCode::GATEWAY_TIMEOUT
+            } else {
+                StatusCode::REQUEST_TIMEOUT
+            };
+            local_reply(status, UPSTREAM_DURATION_REACHED)
         }
         None => local_reply(StatusCode::GATEWAY_TIMEOUT, UPSTREAM_TIMEOUT),
     };
@@ -1875,6 +1916,8 @@ struct TunnelLimits {
     idle_timeout: Option<Duration>,
     /// The end of the stream's `max_stream_duration`.
     ends_at: Option<Instant>,
+    /// The cluster's `upstream_rq_max_duration_reached`, for its `max_stream_duration`.
+    duration_reached: Arc<crate::stats::Counter>,
 }
 
 async fn send_upgrade(
@@ -1901,10 +1944,16 @@ async fn send_upgrade(
             return Err(AttemptError::ConnectFailure);
         }
     };
+    // The cluster's stream duration runs from here, the tunnel included, as Envoy's.
+    let upstream_ends = cluster.stream_limits.attempt_ends();
     let sent = if cluster.http2 {
-        upgrade::send_extended_connect(io, req).await
+        rt::timeout(upstream_ends, upgrade::send_extended_connect(io, req)).await
     } else {
-        send_h1_upgrade(io, req).await
+        rt::timeout(upstream_ends, send_h1_upgrade(io, req)).await
+    };
+    let Some(sent) = sent else {
+        limits.duration_reached.inc(worker);
+        return Err(AttemptError::MaxDuration);
     };
     let mut resp = match sent {
         Ok(r) => r,
@@ -1938,9 +1987,20 @@ async fn send_upgrade(
         if let Some(t) = limits.idle_timeout {
             idle.set_route_timeout(t);
         }
-        // The stream's `max_stream_duration` ends the tunnel (Envoy resets it).
-        if let Some(d) = limits.ends_at {
-            idle.set_response_deadline(d, cfg.stats.downstream_rq_max_duration_reached.clone());
+        // The stream's `max_stream_duration` and the cluster's end the tunnel, whichever
+        // comes first (Envoy resets it).
+        let stream_end = limits.ends_at.map(|d| {
+            let counter = cfg.stats.downstream_rq_max_duration_reached.clone();
+            (d, counter, Expiry::Route)
+        });
+        let cluster_end =
+            upstream_ends.map(|d| (d, limits.duration_reached, Expiry::UpstreamDuration));
+        let end = match (stream_end, cluster_end) {
+            (Some(s), Some(c)) => Some(if c.0 < s.0 { c } else { s }),
+            (s, c) => s.or(c),
+        };
+        if let Some((d, counter, expiry)) = end {
+            idle.set_response_deadline(d, counter, expiry);
         }
         upgrade::tunnel(downstream, upstream, idle, move || {
             conn.config.stats.downstream_cx_upgrades_active.dec(worker);
@@ -1997,6 +2057,7 @@ pub(super) async fn send_once(
     req: Request<ProxyBody>,
 ) -> Result<Response<ProxyBody>, AttemptError> {
     let mut req = req;
+    let limits = &cluster.stream_limits;
     // A request that never reached a reused connection (closed under us) is sent again
     // on another one, as Envoy's pool does for stale keep-alive connections.
     // A complete body (none, or buffered for retries) goes through Courier's own HTTP/1
@@ -2013,6 +2074,9 @@ pub(super) async fn send_once(
             }
             Err(PoolError::ConnectTimeout) => return Err(AttemptError::ConnectFailure),
         };
+        // As Envoy, the cluster's stream duration counts from the moment the attempt has
+        // its connection.
+        let ends = limits.attempt_ends();
         match sender {
             Sender::Raw(c, usage) => {
                 let pool2 = pool.clone();
@@ -2024,12 +2088,15 @@ pub(super) async fn send_once(
                 });
                 let (parts, req_body) = req.into_parts();
                 let body = raw_body.clone().unwrap_or_default();
-                match c.send(&parts, &body, on_done).await {
+                let Some(sent) = rt::timeout(ends, c.send(&parts, &body, on_done)).await else {
+                    return Err(duration_reached(pool, worker));
+                };
+                match sent {
                     // The upstream client leaves the response's hop-by-hop fields out.
                     Ok((resp, body)) => {
                         header_map_pool::recycle(parts.headers);
                         let body = http1_response_body(cluster, ProxyBody::upstream(body));
-                        return Ok(Response::from_parts(resp, body));
+                        return Ok(with_stream_end(Response::from_parts(resp, body), ends));
                     }
                     // The upstream closed the kept-alive connection as the request went
                     // out: an idempotent request goes again on another connection.
@@ -2050,8 +2117,9 @@ pub(super) async fn send_once(
                     }
                 }
             }
-            Sender::H1(mut s, usage) => match s.try_send_request(req).await {
-                Ok(resp) => {
+            Sender::H1(mut s, usage) => match rt::timeout(ends, s.try_send_request(req)).await {
+                None => return Err(duration_reached(pool, worker)),
+                Some(Ok(resp)) => {
                     let pool2 = pool.clone();
                     let addr = host.address;
                     let (parts, body) = resp.into_parts();
@@ -2065,15 +2133,22 @@ pub(super) async fn send_once(
                             }
                         })),
                     );
-                    return Ok(Response::from_parts(
-                        parts,
-                        http1_response_body(cluster, body),
+                    return Ok(with_stream_end(
+                        Response::from_parts(parts, http1_response_body(cluster, body)),
+                        ends,
                     ));
                 }
-                Err(mut e) => match e.take_message() {
+                Some(Err(mut e)) => match e.take_message() {
                     Some(r) => {
                         req = r;
                         continue;
+                    }
+                    // A response hyper could not parse (more fields than the cluster's
+                    // `max_headers_count` among them): Envoy's protocol error.
+                    None if e.error().is_parse() => {
+                        pool.stats.cx_protocol_error.inc(worker);
+                        tracing::debug!(error = %e.error(), "upstream protocol error");
+                        return Err(AttemptError::Protocol);
                     }
                     None => {
                         pool.stats.rq_rx_reset.inc(worker);
@@ -2086,8 +2161,20 @@ pub(super) async fn send_once(
                 if s.ready().await.is_err() {
                     continue;
                 }
-                match s.try_send_request(req).await {
-                    Ok(resp) => {
+                match rt::timeout(ends, s.try_send_request(req)).await {
+                    None => return Err(duration_reached(pool, worker)),
+                    Some(Ok(resp)) => {
+                        if cluster.stream_limits.h2_head_too_large(resp.headers()) {
+                            // Dropping the response resets the stream; the connection
+                            // stays, as Envoy's.
+                            pool.stats.rq_rx_reset.inc(worker);
+                            tracing::debug!(
+                                cluster = %cluster.name,
+                                fields = resp.headers().len() + 1,
+                                "upstream response head over max_headers_count"
+                            );
+                            return Err(AttemptError::HeadOverflow);
+                        }
                         let (mut parts, body) = resp.into_parts();
                         strip_response_hop_by_hop(&mut parts.headers, parts.status);
                         parts.version = Version::HTTP_11;
@@ -2095,9 +2182,9 @@ pub(super) async fn send_once(
                         // ends.
                         let body =
                             ProxyBody::stream(body, Some(Box::new(move |_, _| drop(stream))));
-                        return Ok(Response::from_parts(parts, body));
+                        return Ok(with_stream_end(Response::from_parts(parts, body), ends));
                     }
-                    Err(mut e) => match e.take_message() {
+                    Some(Err(mut e)) => match e.take_message() {
                         Some(r) => {
                             req = r;
                             continue;
@@ -2116,6 +2203,22 @@ pub(super) async fn send_once(
         }
     }
     Err(AttemptError::Reset)
+}
+
+/// An attempt outlived the cluster's `max_stream_duration` before its response head: the
+/// stream was dropped (an HTTP/1.1 connection closes, an HTTP/2 stream is reset).
+fn duration_reached(pool: &pool::ClusterPool, worker: usize) -> AttemptError {
+    pool.stats.rq_max_duration_reached.inc(worker);
+    AttemptError::MaxDuration
+}
+
+/// Notes on `resp` when its stream must end (the cluster's `max_stream_duration`), for
+/// the router to cut its body off then.
+fn with_stream_end(mut resp: Response<ProxyBody>, ends: Option<Instant>) -> Response<ProxyBody> {
+    if let Some(at) = ends {
+        resp.extensions_mut().insert(StreamEnds(at));
+    }
+    resp
 }
 
 /// Whether an HTTP/2 upstream refused the stream (RST_STREAM `REFUSED_STREAM`).

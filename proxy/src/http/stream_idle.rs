@@ -34,9 +34,9 @@ pub struct StreamIdle {
     timer: RefCell<Option<Sleep>>,
     counter: Arc<Counter>,
     worker: usize,
-    /// The route timeout's end, once the response has started, and the cluster's
-    /// `upstream_rq_timeout`.
-    response_deadline: RefCell<Option<(Instant, Arc<Counter>)>>,
+    /// When the response must have ended, once it has started (the route timeout, a
+    /// stream duration), what counts it and which expiry it is.
+    response_deadline: RefCell<Option<(Instant, Arc<Counter>, Expiry)>>,
     /// Which timeout ended the stream, if one did.
     expired: Cell<Option<Expiry>>,
 }
@@ -48,6 +48,9 @@ pub enum Expiry {
     Idle,
     /// The route timeout ended while the response body was still arriving.
     Route,
+    /// The cluster's `max_stream_duration` ended while the response body was still
+    /// arriving.
+    UpstreamDuration,
 }
 
 impl Expiry {
@@ -56,6 +59,7 @@ impl Expiry {
         match self {
             Expiry::Idle => "SI",
             Expiry::Route => "UT",
+            Expiry::UpstreamDuration => "UMSDR",
         }
     }
 
@@ -64,6 +68,7 @@ impl Expiry {
         match self {
             Expiry::Idle => "stream idle timeout",
             Expiry::Route => "upstream request timeout",
+            Expiry::UpstreamDuration => super::stream_limits::UPSTREAM_DURATION_REACHED,
         }
     }
 }
@@ -88,10 +93,11 @@ impl StreamIdle {
         }
     }
 
-    /// The response has started with the route timeout ending at `deadline`: the response
-    /// body must end by then, else it ends with an error, counted in `counter`.
-    pub fn set_response_deadline(&self, deadline: Instant, counter: Arc<Counter>) {
-        *self.response_deadline.borrow_mut() = Some((deadline, counter));
+    /// The response has started with the route timeout (or a stream duration, `expiry`)
+    /// ending at `deadline`: the response body must end by then, else it ends with an
+    /// error, counted in `counter`.
+    pub fn set_response_deadline(&self, deadline: Instant, counter: Arc<Counter>, expiry: Expiry) {
+        *self.response_deadline.borrow_mut() = Some((deadline, counter, expiry));
     }
 
     /// The route's `idle_timeout` replaces the connection manager's; zero disables it.
@@ -124,7 +130,7 @@ impl StreamIdle {
 
     /// The earlier of the idle deadline and the response's route deadline.
     fn deadline(&self) -> Option<Instant> {
-        let route = self.response_deadline.borrow().as_ref().map(|(d, _)| *d);
+        let route = self.response_deadline.borrow().as_ref().map(|(d, ..)| *d);
         match (self.idle_deadline(), route) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -157,9 +163,9 @@ impl StreamIdle {
         *timer = None;
         let route = self.response_deadline.borrow();
         let expiry = match route.as_ref() {
-            Some((at, counter)) if Instant::now() >= *at => {
+            Some((at, counter, expiry)) if Instant::now() >= *at => {
                 counter.inc(self.worker);
-                Expiry::Route
+                *expiry
             }
             _ => {
                 self.counter.inc(self.worker);

@@ -32,7 +32,8 @@ use crate::event::rt::TcpIo;
 /// Largest response head (status line and headers) accepted: Envoy's default
 /// `max_response_headers_kb` is 60.
 const MAX_HEAD: usize = 60 * 1024;
-/// Most response headers accepted (Envoy's default `max_response_headers_count`).
+/// Most trailer fields accepted, and the response head fields parsed without allocating
+/// (Envoy's default `max_headers_count`).
 const MAX_HEADERS: usize = 100;
 /// How much is read from the socket at a time.
 const READ_CHUNK: usize = 16 * 1024;
@@ -77,6 +78,8 @@ pub struct H1Connection {
     head: Vec<u8>,
     /// How the request's field names are written (the cluster's `header_key_format`).
     keys: KeyFormat,
+    /// The most fields a response head may carry (the cluster's `max_headers_count`).
+    max_headers: usize,
     _guard: Guard,
 }
 
@@ -112,13 +115,14 @@ pub struct UpstreamBody {
 }
 
 impl H1Connection {
-    /// Wraps a connected socket.
-    pub fn new(io: TcpIo, guard: Guard, keys: KeyFormat) -> Self {
+    /// Wraps a connected socket whose responses may carry up to `max_headers` fields.
+    pub fn new(io: TcpIo, guard: Guard, keys: KeyFormat, max_headers: usize) -> Self {
         H1Connection {
             io,
             buf: BytesMut::new(),
             head: Vec::new(),
             keys,
+            max_headers,
             _guard: guard,
         }
     }
@@ -206,7 +210,9 @@ impl H1Connection {
     ) -> Poll<Result<ResponseHead, H1Error>> {
         loop {
             if !self.buf.is_empty() {
-                if let Some(head) = parse_response_head(&mut self.buf, head_request)? {
+                if let Some(head) =
+                    parse_response_head(&mut self.buf, head_request, self.max_headers)?
+                {
                     return Poll::Ready(Ok(head));
                 }
             }
@@ -300,12 +306,14 @@ pub struct ResponseHead {
 /// `head_request`: the response answers a `HEAD` and has no body whatever it says. The
 /// connection-level fields (`connection`, `keep-alive`, `proxy-connection`,
 /// `transfer-encoding`, `upgrade`) frame the response but are left out of its headers,
-/// as a proxy strips them; a `101` keeps them.
+/// as a proxy strips them; a `101` keeps them. More than `max_headers` fields is a
+/// protocol error, as in Envoy's codec.
 pub fn parse_response_head(
     buf: &mut BytesMut,
     head_request: bool,
+    max_headers: usize,
 ) -> Result<Option<ResponseHead>, H1Error> {
-    let Some((parts, framing, keep_alive)) = parse_head(buf)? else {
+    let Some((parts, framing, keep_alive)) = parse_head(buf, max_headers)? else {
         if buf.len() > MAX_HEAD {
             return Err(H1Error::Protocol("response headers too large"));
         }
@@ -332,15 +340,21 @@ pub fn parse_response_head(
 /// the body's framing and whether the connection may be kept alive.
 fn parse_head(
     buf: &mut BytesMut,
+    max_headers: usize,
 ) -> Result<Option<(http::response::Parts, Framing, bool)>, H1Error> {
-    // Uninitialised: zeroing room for 100 headers would cost more than parsing five.
-    let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    // Uninitialised: zeroing room for 100 headers would cost more than parsing five. A
+    // limit above the default takes its room from the heap.
+    let mut stack = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut heap = Vec::new();
+    let slots = if max_headers <= MAX_HEADERS {
+        &mut stack[..max_headers]
+    } else {
+        heap.resize_with(max_headers, MaybeUninit::uninit);
+        &mut heap[..]
+    };
     let mut resp = httparse::Response::new(&mut []);
-    let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
-        &mut resp,
-        buf,
-        &mut headers,
-    );
+    let parsed =
+        httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut resp, buf, slots);
     let len = match parsed {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Ok(None),
@@ -655,7 +669,24 @@ mod tests {
     use super::*;
 
     fn head(text: &str) -> Result<Option<(http::response::Parts, Framing, bool)>, H1Error> {
-        parse_head(&mut BytesMut::from(text.as_bytes()))
+        parse_head(&mut BytesMut::from(text.as_bytes()), MAX_HEADERS)
+    }
+
+    #[test]
+    fn head_fields_are_limited_by_max_headers() {
+        let with = |n: usize| {
+            let fields: String = (0..n).map(|i| format!("x-{i}: v\r\n")).collect();
+            format!("HTTP/1.1 200 OK\r\n{fields}\r\n")
+        };
+        for limit in [5, MAX_HEADERS, 150] {
+            let mut ok = BytesMut::from(with(limit).as_bytes());
+            assert!(matches!(parse_head(&mut ok, limit), Ok(Some(_))), "{limit}");
+            let mut over = BytesMut::from(with(limit + 1).as_bytes());
+            assert!(
+                matches!(parse_head(&mut over, limit), Err(H1Error::Protocol(_))),
+                "{limit}"
+            );
+        }
     }
 
     #[test]

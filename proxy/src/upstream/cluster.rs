@@ -17,6 +17,7 @@ use super::host::{Host, HostHealth, HostSet, HostStats};
 use crate::config::{self, ConfigError};
 use crate::http::h2_options::H2Options;
 use crate::http::key_format::KeyFormat;
+use crate::http::stream_limits::StreamLimits;
 use crate::memory::Encoded;
 use crate::stats::{Counter, Gauge, Store};
 
@@ -196,6 +197,8 @@ pub struct ClusterInfo {
     pub http1_key_format: KeyFormat,
     /// How long an upstream HTTP connection lives and how many requests it carries.
     pub conn_lifetime: ConnLifetime,
+    /// What bounds each upstream stream: response head fields and duration.
+    pub stream_limits: StreamLimits,
     /// The hosts, replaced as a whole on every membership change.
     pub hosts: Arc<HostSet>,
     /// `cluster.<name>.*`.
@@ -220,6 +223,7 @@ impl ClusterInfo {
             http1_trailers: self.http1_trailers,
             http1_key_format: self.http1_key_format,
             conn_lifetime: self.conn_lifetime,
+            stream_limits: self.stream_limits,
             hosts,
             stats: self.stats.clone(),
             proto: self.proto.clone(),
@@ -314,6 +318,7 @@ pub fn compile_cluster(proto: &pb::Cluster, store: &Store) -> Result<ClusterInfo
         http1_trailers,
         http1_key_format,
         conn_lifetime,
+        stream_limits,
     } = upstream_http(proto)?;
     let stats = ClusterStats::new(store, &proto.name);
     let hosts = match (&discovery, &proto.load_assignment) {
@@ -345,6 +350,7 @@ pub fn compile_cluster(proto: &pb::Cluster, store: &Store) -> Result<ClusterInfo
         http1_trailers,
         http1_key_format,
         conn_lifetime,
+        stream_limits,
         hosts,
         stats,
         proto: Arc::new(Encoded::new(proto)),
@@ -425,6 +431,7 @@ struct UpstreamHttp {
     http1_trailers: bool,
     http1_key_format: KeyFormat,
     conn_lifetime: ConnLifetime,
+    stream_limits: StreamLimits,
 }
 
 /// How long an upstream HTTP connection lives and how many requests it carries: a
@@ -514,6 +521,10 @@ fn upstream_http(proto: &pb::Cluster) -> Result<UpstreamHttp, ConfigError> {
         legacy_max_requests,
         "common_http_protocol_options",
     )?;
+    let mut stream_limits = StreamLimits::compile(
+        proto.common_http_protocol_options.as_ref(),
+        "common_http_protocol_options",
+    )?;
     let mut keys: Vec<&String> = proto.typed_extension_protocol_options.keys().collect();
     keys.sort();
     for key in keys {
@@ -546,6 +557,10 @@ fn upstream_http(proto: &pb::Cluster) -> Result<UpstreamHttp, ConfigError> {
         conn_lifetime = parse_conn_lifetime(
             opts.common_http_protocol_options.as_ref(),
             legacy_max_requests,
+            &format!("{path}.common_http_protocol_options"),
+        )?;
+        stream_limits = StreamLimits::compile(
+            opts.common_http_protocol_options.as_ref(),
             &format!("{path}.common_http_protocol_options"),
         )?;
         use http_protocol_options::explicit_http_config::ProtocolConfig;
@@ -590,6 +605,7 @@ fn upstream_http(proto: &pb::Cluster) -> Result<UpstreamHttp, ConfigError> {
         http1_trailers,
         http1_key_format,
         conn_lifetime,
+        stream_limits,
     })
 }
 

@@ -73,11 +73,11 @@ pub async fn handle(server: &Server, req: Request<Incoming>) -> Response<Full<By
             stats::render_prometheus(&server.store),
         ),
         "/healthcheck/fail" => {
-            server.set_health_failed(true);
+            server.set_health_failed(true).await;
             response(200, TEXT, "OK\n")
         }
         "/healthcheck/ok" => {
-            server.set_health_failed(false);
+            server.set_health_failed(false).await;
             response(200, TEXT, "OK\n")
         }
         "/drain_listeners" => {

@@ -152,6 +152,8 @@ pub struct Runtime {
     worker: Cell<usize>,
     clusters: RefCell<Option<Arc<ClusterSnapshot>>>,
     routes: RefCell<Option<Arc<RouteSnapshot>>>,
+    /// The server fails its health checks (`/healthcheck/fail`): connections drain-close.
+    health_failed: Cell<bool>,
 }
 
 impl Runtime {
@@ -172,6 +174,7 @@ impl Runtime {
             worker: Cell::new(0),
             clusters: RefCell::new(None),
             routes: RefCell::new(None),
+            health_failed: Cell::new(false),
         });
         CURRENT_ID.with(|c| c.set(id));
         CURRENT.with(|c| *c.borrow_mut() = Some(rt));
@@ -375,6 +378,16 @@ impl Runtime {
     /// The worker's current RDS route tables.
     pub fn routes(&self) -> Option<Arc<RouteSnapshot>> {
         self.routes.borrow().clone()
+    }
+
+    /// Whether the server fails its health checks (`/healthcheck/fail`).
+    pub fn health_failed(&self) -> bool {
+        self.health_failed.get()
+    }
+
+    /// Set by the main thread on `/healthcheck/fail` and `/healthcheck/ok`.
+    pub fn set_health_failed(&self, failed: bool) {
+        self.health_failed.set(failed);
     }
 
     fn register_io(&self, stream: &mut TcpStream) -> io::Result<(usize, Rc<IoShared>)> {

@@ -146,6 +146,7 @@ impl HttpConnection {
         config.stats.downstream_cx_active.inc(worker);
         let info = Rc::new(ConnInfo {
             rate_limit_buckets: Default::default(),
+            draining: Default::default(),
             config: config.clone(),
             remote,
             local,
@@ -218,6 +219,10 @@ impl HttpConnection {
 
     /// Drives the connection; true when it is finished.
     fn poll(&mut self) -> bool {
+        // A response asked for the connection to drain (a failed health check).
+        if self.info.draining.get() && !self.shutting_down {
+            self.graceful();
+        }
         let waker = self.waker.clone();
         let mut cx = Context::from_waker(&waker);
         loop {
@@ -408,8 +413,7 @@ impl EventHandler for HttpConnection {
     fn on_drain(&mut self, ctx: &mut Ctx, me: HandlerId) -> Next {
         // Envoy drains HTTP connections gracefully: `Connection: close` on HTTP/1.1, GOAWAY
         // on HTTP/2.
-        self.config.stats.downstream_cx_drain_close.inc(self.worker);
-        self.info.closing.set(true);
+        self.info.drain_close();
         if matches!(self.state, State::Detect { .. }) {
             return self.close(ctx, me);
         }

@@ -58,6 +58,9 @@
 //!   Websockets over HTTP/2 (extended CONNECT, `allow_connect`) are converted to HTTP/1.1
 //!   upgrades as Envoy's codec does ([`upgrade`]); to an HTTP/2 cluster an upgrade goes as
 //!   an extended CONNECT, also as Envoy.
+//! - While the server fails its health checks (`/healthcheck/fail`), every HTTP response
+//!   drain-closes its connection (`connection: close`, HTTP/2 GOAWAY;
+//!   `downstream_cx_drain_close`), as Envoy's (`tests/http_health_fail.rs`).
 //! - An HTTP/1.1 client that closes its connection while its request is being served (its
 //!   body all read) takes the request with it, as Envoy resets the stream: a half-close
 //!   gets no response, as from Envoy. Bytes it pipelines meanwhile wait for their turn.

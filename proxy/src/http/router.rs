@@ -66,6 +66,20 @@ pub struct ConnInfo {
     pub buffer_limit: usize,
     /// The connection's own rate limit buckets (`local_rate_limit_per_downstream_connection`).
     pub rate_limit_buckets: super::local_ratelimit::ConnectionBuckets,
+    /// The connection drains (a listener drain, a failed health check): it takes no new
+    /// request after the current ones (HTTP/2: GOAWAY).
+    pub draining: std::cell::Cell<bool>,
+}
+
+impl ConnInfo {
+    /// Starts draining the connection (`downstream_cx_drain_close`, once): HTTP/1.1 closes
+    /// after the current response, HTTP/2 sends GOAWAY ([`super::conn`] acts on it).
+    pub fn drain_close(&self) {
+        self.closing.set(true);
+        if !self.draining.replace(true) {
+            self.config.stats.downstream_cx_drain_close.inc(self.worker);
+        }
+    }
 }
 
 /// The connection counts as active until its last holder is gone: the connection itself,
@@ -522,6 +536,11 @@ pub async fn serve(
     if let Some(id) = outcome.request_id.take().or(request_id_for_response) {
         // The request's id, whatever the upstream said (as Envoy).
         resp.headers_mut().insert(X_REQUEST_ID.clone(), id);
+    }
+    // While the server fails its health checks every response ends its connection, as
+    // Envoy's drain-close: `connection: close` on HTTP/1.1, GOAWAY on HTTP/2.
+    if rt::try_with(|r| r.health_failed()).unwrap_or(false) {
+        conn.drain_close();
     }
     if conn.closing.get() && resp.version() != Version::HTTP_2 {
         resp.headers_mut()

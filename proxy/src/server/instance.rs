@@ -107,10 +107,16 @@ impl Server {
         self.refresh_server_stats();
     }
 
-    /// `/healthcheck/fail` and `/healthcheck/ok`.
-    pub fn set_health_failed(&self, failed: bool) {
+    /// `/healthcheck/fail` and `/healthcheck/ok`. Resolves once every worker knows: from
+    /// then on (until `/healthcheck/ok`) their HTTP connections drain-close, as Envoy's.
+    pub async fn set_health_failed(&self, failed: bool) {
         self.health_failed.set(failed);
         self.refresh_server_stats();
+        self.tls
+            .run_on_all_workers_async(move |_| {
+                crate::event::rt::try_with(|rt| rt.set_health_failed(failed));
+            })
+            .await;
     }
 
     /// Recomputes the `server.*` gauges read by admin.

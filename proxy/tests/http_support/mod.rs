@@ -439,6 +439,20 @@ pub fn admin_get(admin: SocketAddr, path: &str) -> Option<String> {
     Some(resp.body_str())
 }
 
+/// POSTs to an admin endpoint (`/healthcheck/fail`, …); the status.
+pub fn admin_post(admin: SocketAddr, path: &str) -> Option<u16> {
+    let mut s = TcpStream::connect(admin).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(
+        format!(
+            "POST {path} HTTP/1.1\r\nhost: admin\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .ok()?;
+    read_response(&mut BufReader::new(s), false).map(|r| r.status)
+}
+
 impl Courier {
     /// Starts courier with `bootstrap` (YAML text; `LISTENER_PORT` is replaced by a free
     /// port) and waits until it is ready and accepting.

@@ -11,7 +11,7 @@ use http_support::*;
 /// response closed its connection, and `downstream_cx_drain_close`.
 fn run(proxy: &Courier) -> Vec<String> {
     let mut out = Vec::new();
-    let mut h1 = |label: &str, out: &mut Vec<String>| {
+    let h1 = |label: &str, out: &mut Vec<String>| {
         let mut c = Client::connect(proxy.listener);
         let r = c.get("h", "/", &[]);
         // A connection said closed must be; one kept alive must take another request.

@@ -400,3 +400,76 @@ fn append_x_forwarded_host_matches_envoy() {
     };
     assert_eq!(run(&envoy, &a), got, "envoy vs courier");
 }
+
+/// Header matchers on pseudo-headers (`:method`, `:authority`, `:path` with its query,
+/// `:scheme`; a response's `:status` in `retriable_headers`), as control planes write them
+/// (Istio matches methods this way). They were refused as invalid header names.
+#[test]
+fn pseudo_header_matchers_match_envoy() {
+    let routes = r#"            name: local
+            virtual_hosts:
+            - name: main
+              domains: ["*"]
+              routes:
+              - match: { prefix: "/retry", headers: [{ name: ":method", string_match: { exact: "GET" } }] }
+                route:
+                  cluster: a
+                  retry_policy:
+                    retry_on: retriable-headers
+                    num_retries: 1
+                    retry_back_off: { base_interval: 0.005s }
+                    retriable_headers: [{ name: ":status", range_match: { start: 500, end: 600 } }]
+              - match: { prefix: "/", headers: [{ name: ":method", string_match: { exact: "POST" } }] }
+                direct_response: { status: 200, body: { inline_string: "post" } }
+              - match: { prefix: "/", headers: [{ name: ":authority", string_match: { prefix: "a." } }] }
+                direct_response: { status: 200, body: { inline_string: "authority a" } }
+              - match: { prefix: "/", headers: [{ name: ":path", string_match: { contains: "q=1" } }] }
+                direct_response: { status: 200, body: { inline_string: "path with q" } }
+              - match: { prefix: "/", headers: [{ name: ":scheme", string_match: { exact: "https" } }] }
+                direct_response: { status: 200, body: { inline_string: "https" } }
+              - match: { prefix: "/", headers: [{ name: ":unknown", present_match: true }] }
+                direct_response: { status: 200, body: { inline_string: "unknown pseudo" } }
+              - match: { prefix: "/", headers: [{ name: ":scheme", string_match: { exact: "http" } }] }
+                direct_response: { status: 200, body: { inline_string: "http" } }
+"#;
+    let run = |p: &Courier, a: &Upstream| {
+        let mut out = Vec::new();
+        for (method, host, path) in [
+            ("POST", "h", "/x"),
+            ("GET", "a.example", "/x"),
+            ("GET", "h", "/x?q=1"),
+            ("GET", "h", "/x"),
+            ("DELETE", "h", "/retry/flaky/1/x"),
+            ("GET", "h", "/retry/flaky/1/y"),
+        ] {
+            let before = a.requests.load(std::sync::atomic::Ordering::SeqCst);
+            let r = Client::connect(p.listener).request(method, host, path, &[], b"");
+            let attempts = a.requests.load(std::sync::atomic::Ordering::SeqCst) - before;
+            out.push(format!(
+                "{method} {host} {path}: {} {:?} attempts={attempts}",
+                r.status,
+                r.body_str()
+            ));
+        }
+        out
+    };
+    let a = Upstream::start("a");
+    let boot = bootstrap(routes, "", &cluster("a", &[a.addr], ""));
+    let got = run(&Courier::start(&boot), &a);
+    let a2 = Upstream::start("a");
+    let boot2 = bootstrap(routes, "", &cluster("a", &[a2.addr], ""));
+    if let Some(envoy) = Courier::start_envoy(&boot2) {
+        assert_eq!(run(&envoy, &a2), got, "envoy vs courier");
+    }
+    assert_eq!(
+        got,
+        [
+            "POST h /x: 200 \"post\" attempts=0",
+            "GET a.example /x: 200 \"authority a\" attempts=0",
+            "GET h /x?q=1: 200 \"path with q\" attempts=0",
+            "GET h /x: 200 \"http\" attempts=0",
+            "DELETE h /retry/flaky/1/x: 200 \"http\" attempts=0",
+            "GET h /retry/flaky/1/y: 200 \"a GET /retry/flaky/1/y\" attempts=2",
+        ]
+    );
+}

@@ -50,6 +50,13 @@ fuzz_target!(|data: &[u8]| {
             }
         }
     }
-    let _ = table().route(host, path, &headers);
+    let pseudo = courier::http::route::Pseudo {
+        method: Some("GET"),
+        path: Some(path),
+        authority: Some(host),
+        scheme: Some("http"),
+        status: None,
+    };
+    let _ = table().route(host, path, &headers, &pseudo);
     let _ = courier::http::router::sanitize_path(path, true, true);
 });

@@ -13,11 +13,17 @@ fuzz_target!(|data: &[u8]| {
     };
     let head_request = control & 1 == 1;
     let step = usize::from(control >> 1).max(1);
+    // Envoy's default field limit, or one past the parser's inline slots.
+    let max_headers = if control & 0x80 == 0 {
+        courier::http::stream_limits::DEFAULT_MAX_HEADERS
+    } else {
+        150
+    };
     let mut pieces = input.chunks(step);
     let mut buf = BytesMut::new();
     // The head (1xx heads are skipped, as the client does).
     let mut head = loop {
-        match parse_response_head(&mut buf, head_request) {
+        match parse_response_head(&mut buf, head_request, max_headers) {
             Ok(Some(h)) if h.parts.status.is_informational() => continue,
             Ok(Some(h)) => break h,
             Ok(None) => match pieces.next() {

@@ -32,7 +32,7 @@ use courier_proto::envoy::extensions::filters::http::fault::v3::{fault_abort, Ht
 use http::header::HeaderName;
 use http::{HeaderMap, HeaderValue, StatusCode};
 
-use super::route::{compile_header_matcher, HeaderMatcher};
+use super::route::{compile_header_matcher, HeaderMatcher, Pseudo};
 use crate::config::{self, ConfigError, Fraction};
 use crate::stats::{Counter, Gauge, Store};
 
@@ -156,7 +156,7 @@ impl FaultPolicy {
     }
 
     /// Whether this policy's faults are for the request (`cluster`: where it is routed).
-    fn targets(&self, headers: &HeaderMap, cluster: Option<&str>) -> bool {
+    fn targets(&self, headers: &HeaderMap, pseudo: &Pseudo<'_>, cluster: Option<&str>) -> bool {
         self.upstream_cluster
             .as_deref()
             .is_none_or(|want| cluster == Some(want))
@@ -165,7 +165,7 @@ impl FaultPolicy {
                     .get(&DOWNSTREAM_NODE)
                     .and_then(|v| v.to_str().ok())
                     .is_some_and(|n| self.downstream_nodes.iter().any(|d| d == n)))
-            && self.headers.iter().all(|m| m.matches(headers))
+            && self.headers.iter().all(|m| m.matches(headers, pseudo))
     }
 
     /// The delay this request gets, if any.
@@ -316,11 +316,12 @@ impl FaultFilter {
         &self,
         route_policy: Option<&Arc<FaultPolicy>>,
         headers: &HeaderMap,
+        pseudo: &Pseudo<'_>,
         cluster: Option<&str>,
         worker: usize,
     ) -> Option<Injection> {
         let policy = route_policy.unwrap_or(&self.policy);
-        if !policy.targets(headers, cluster) {
+        if !policy.targets(headers, pseudo, cluster) {
             return None;
         }
         let mut active = ActiveFault(None);

@@ -58,6 +58,10 @@
 //!   Websockets over HTTP/2 (extended CONNECT, `allow_connect`) are converted to HTTP/1.1
 //!   upgrades as Envoy's codec does ([`upgrade`]); to an HTTP/2 cluster an upgrade goes as
 //!   an extended CONNECT, also as Envoy.
+//! - Header matchers (routes, retry policies, fault injection) may name pseudo-headers as
+//!   Envoy's do: `:method`, `:path` (with its query), `:authority`, `:scheme` of a
+//!   request, `:status` of a response in `retriable_headers`; another pseudo-header is
+//!   never present (`pseudo_header_matchers_match_envoy`).
 //! - While the server fails its health checks (`/healthcheck/fail`), every HTTP response
 //!   drain-closes its connection (`connection: close`, HTTP/2 GOAWAY;
 //!   `downstream_cx_drain_close`), as Envoy's (`tests/http_health_fail.rs`).

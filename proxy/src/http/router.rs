@@ -29,7 +29,7 @@ use super::pool::{self, PoolError, Sender};
 use super::request_controls::RequestControls;
 use super::retry_buffer::RetryBuffer;
 use super::route::{
-    Action, ClusterSpec, HostRewrite, Redirect, Route, RouteAction, RouteTable, VirtualHost,
+    Action, ClusterSpec, HostRewrite, Pseudo, Redirect, Route, RouteAction, RouteTable, VirtualHost,
 };
 use super::shadow;
 use super::stream_idle::{Expiry, StreamIdle, UntilIdle};
@@ -847,7 +847,15 @@ async fn process(
             req.headers_mut().remove(name);
         }
     }
-    let Some((vh, route)) = table.route(&authority, &path, req.headers()) else {
+    // What header matchers see of `:method`, `:path`, `:authority` and `:scheme`.
+    let pseudo = Pseudo {
+        method: Some(method.as_str()),
+        path: Some(&path),
+        authority: Some(&authority),
+        scheme: Some(scheme_of(req.uri())),
+        status: None,
+    };
+    let Some((vh, route)) = table.route(&authority, &path, req.headers(), &pseudo) else {
         cfg.stats.no_route.inc(worker);
         outcome.flags = "NR";
         return local_reply(StatusCode::NOT_FOUND, "");
@@ -937,8 +945,16 @@ async fn process(
                 }
             }
             HttpFilter::Fault(f) => {
-                filter_reply =
-                    inject_fault(f, levels, &route.action, req.headers(), outcome, worker).await;
+                filter_reply = inject_fault(
+                    f,
+                    levels,
+                    &route.action,
+                    req.headers(),
+                    &pseudo,
+                    outcome,
+                    worker,
+                )
+                .await;
                 if filter_reply.is_some() {
                     break;
                 }
@@ -1050,6 +1066,7 @@ async fn inject_fault(
     levels: [&FilterConfigs; 3],
     action: &Action,
     headers: &http::HeaderMap,
+    pseudo: &Pseudo<'_>,
     outcome: &mut Outcome,
     worker: usize,
 ) -> Option<Box<Response<ProxyBody>>> {
@@ -1067,7 +1084,7 @@ async fn inject_fault(
         },
         _ => None,
     };
-    let mut injection = filter.on_request(route_policy, headers, cluster, worker)?;
+    let mut injection = filter.on_request(route_policy, headers, pseudo, cluster, worker)?;
     if let Some(d) = injection.delay {
         outcome.flags = "DI";
         rt::Sleep::until(Instant::now() + d).await;
@@ -1089,6 +1106,15 @@ async fn inject_fault(
         .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
     *r.body_mut() = ProxyBody::full(body);
     Some(Box::new(r))
+}
+
+/// A request's `:scheme`: its URI's (an HTTP/2 request, an absolute URL), else `http`.
+fn scheme_of(uri: &http::Uri) -> &'static str {
+    if uri.scheme() == Some(&http::uri::Scheme::HTTPS) {
+        "https"
+    } else {
+        "http"
+    }
 }
 
 fn rewrite_prefix(route: &Route, path: &str, new_prefix: &str) -> String {
@@ -1324,7 +1350,14 @@ async fn forward(
     };
     // As Envoy, `retriable_request_headers` look at the request before the route's
     // header mutations.
-    let retry = retry.filter(|r| r.applies_to(&parts.headers));
+    let pseudo = Pseudo {
+        method: Some(parts.method.as_str()),
+        path: Some(path),
+        authority: Some(authority),
+        scheme: Some(scheme_of(&parts.uri)),
+        status: None,
+    };
+    let retry = retry.filter(|r| r.applies_to(&parts.headers, &pseudo));
     // Kept to be reused upstream when the authority is unchanged (no copy). The field
     // stays where it is: removing it would move the map's last field into its place, and
     // Envoy sends `host` where the client did (first, as a rule).

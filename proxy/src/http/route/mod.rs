@@ -187,21 +187,63 @@ enum HeaderTest {
 /// A compiled `HeaderMatcher`.
 #[derive(Clone)]
 pub struct HeaderMatcher {
-    name: HeaderName,
+    name: MatchedName,
     test: HeaderTest,
     invert: bool,
     missing_as_empty: bool,
 }
 
+/// What a header matcher looks at: a header, or one of the pseudo-headers a `HeaderMap`
+/// does not hold.
+#[derive(Clone)]
+enum MatchedName {
+    Header(HeaderName),
+    Method,
+    Path,
+    Authority,
+    Scheme,
+    Status,
+    /// Another pseudo-header: never present.
+    OtherPseudo,
+}
+
+/// The pseudo-headers of the message a [`HeaderMatcher`] looks at (`:method`, `:path`
+/// with its query, `:authority`, `:scheme` of a request; `:status` of a response), as
+/// Envoy's matchers see them.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Pseudo<'a> {
+    /// `:method`.
+    pub method: Option<&'a str>,
+    /// `:path`.
+    pub path: Option<&'a str>,
+    /// `:authority`.
+    pub authority: Option<&'a str>,
+    /// `:scheme`.
+    pub scheme: Option<&'a str>,
+    /// `:status`.
+    pub status: Option<u16>,
+}
+
 impl HeaderMatcher {
-    /// Whether `headers` match.
-    pub fn matches(&self, headers: &HeaderMap) -> bool {
-        let mut values = headers.get_all(&self.name).iter().peekable();
-        let joined: Option<String> = if values.peek().is_none() {
-            None
-        } else {
-            let v: Vec<&str> = values.map(|v| v.to_str().unwrap_or("")).collect();
-            Some(v.join(","))
+    /// Whether the message with `headers` and `pseudo` headers matches.
+    pub fn matches(&self, headers: &HeaderMap, pseudo: &Pseudo<'_>) -> bool {
+        let pseudo_value = |v: Option<&str>| v.map(str::to_string);
+        let joined: Option<String> = match &self.name {
+            MatchedName::Header(name) => {
+                let mut values = headers.get_all(name).iter().peekable();
+                if values.peek().is_none() {
+                    None
+                } else {
+                    let v: Vec<&str> = values.map(|v| v.to_str().unwrap_or("")).collect();
+                    Some(v.join(","))
+                }
+            }
+            MatchedName::Method => pseudo_value(pseudo.method),
+            MatchedName::Path => pseudo_value(pseudo.path),
+            MatchedName::Authority => pseudo_value(pseudo.authority),
+            MatchedName::Scheme => pseudo_value(pseudo.scheme),
+            MatchedName::Status => pseudo.status.map(|s| s.to_string()),
+            MatchedName::OtherPseudo => None,
         };
         if joined.is_none() && !self.missing_as_empty {
             // Envoy: a missing header never matches a value matcher, inverted or not; a
@@ -490,16 +532,20 @@ impl RetryPolicy {
     /// Adds a response header whose presence asks for a retry (under `retriable-headers`).
     pub fn add_retriable_header(&mut self, name: HeaderName) {
         self.retriable_headers.push(HeaderMatcher {
-            name,
+            name: MatchedName::Header(name),
             test: HeaderTest::Present(true),
             invert: false,
             missing_as_empty: false,
         });
     }
 
-    /// Whether this policy retries `request` at all (`retriable_request_headers`).
-    pub fn applies_to(&self, request: &HeaderMap) -> bool {
-        self.request_headers.is_empty() || self.request_headers.iter().any(|m| m.matches(request))
+    /// Whether this policy retries a request at all (`retriable_request_headers`).
+    pub fn applies_to(&self, request: &HeaderMap, pseudo: &Pseudo<'_>) -> bool {
+        self.request_headers.is_empty()
+            || self
+                .request_headers
+                .iter()
+                .any(|m| m.matches(request, pseudo))
     }
 
     /// Whether a response asks for a retry: by its status, its gRPC status, or its
@@ -521,7 +567,15 @@ impl RetryPolicy {
             || (self.on_retriable_4xx && status == 409)
             || (self.on_status_codes && self.status_codes.contains(&status))
             || (!self.grpc_statuses.is_empty() && grpc())
-            || (self.on_headers && self.retriable_headers.iter().any(|m| m.matches(headers)))
+            || (self.on_headers && {
+                let pseudo = Pseudo {
+                    status: Some(status),
+                    ..Pseudo::default()
+                };
+                self.retriable_headers
+                    .iter()
+                    .any(|m| m.matches(headers, &pseudo))
+            })
     }
 
     /// Whether a connection failure (nothing of the request sent) asks for a retry.
@@ -839,7 +893,15 @@ pub fn compile_header_matcher(
     path: &str,
 ) -> Result<HeaderMatcher, ConfigError> {
     use pb::header_matcher::HeaderMatchSpecifier as S;
-    let name = header_name(&h.name, &format!("{path}.name"))?;
+    let name = match h.name.to_ascii_lowercase().as_str() {
+        ":method" => MatchedName::Method,
+        ":path" => MatchedName::Path,
+        ":authority" | "host" => MatchedName::Authority,
+        ":scheme" => MatchedName::Scheme,
+        ":status" => MatchedName::Status,
+        n if n.starts_with(':') => MatchedName::OtherPseudo,
+        _ => MatchedName::Header(header_name(&h.name, &format!("{path}.name"))?),
+    };
     let test = match &h.header_match_specifier {
         Some(S::ExactMatch(s)) => HeaderTest::Str(StrMatch::Exact(s.clone(), false)),
         Some(S::SafeRegexMatch(r)) => HeaderTest::Str(StrMatch::Regex(compile_regex(
@@ -1151,9 +1213,10 @@ impl RouteTable {
         host: &str,
         path: &str,
         headers: &HeaderMap,
+        pseudo: &Pseudo<'_>,
     ) -> Option<(&VirtualHost, &Route)> {
         let vh = self.find_vhost(host)?;
-        let r = vh.find_route(path, headers)?;
+        let r = vh.find_route(path, headers, pseudo)?;
         Some((vh, r))
     }
 
@@ -1240,10 +1303,15 @@ pub fn strip_port(host: &str) -> &str {
 
 impl VirtualHost {
     /// The first matching route.
-    pub fn find_route(&self, path: &str, headers: &HeaderMap) -> Option<&Route> {
+    pub fn find_route(
+        &self,
+        path: &str,
+        headers: &HeaderMap,
+        pseudo: &Pseudo<'_>,
+    ) -> Option<&Route> {
         self.routes
             .iter()
-            .find(|r| r.matcher.matches(path, headers))
+            .find(|r| r.matcher.matches(path, headers, pseudo))
     }
 }
 
@@ -1271,7 +1339,7 @@ fn path_only(path: &str) -> &str {
 }
 
 impl RouteMatcher {
-    fn matches(&self, full_path: &str, headers: &HeaderMap) -> bool {
+    fn matches(&self, full_path: &str, headers: &HeaderMap, pseudo: &Pseudo<'_>) -> bool {
         let path = path_only(full_path);
         let ok = match &self.path {
             PathMatch::Prefix(p) => {
@@ -1313,7 +1381,7 @@ impl RouteMatcher {
         {
             return false;
         }
-        if !self.headers.iter().all(|h| h.matches(headers)) {
+        if !self.headers.iter().all(|h| h.matches(headers, pseudo)) {
             return false;
         }
         if !self.query.is_empty() {
@@ -1924,7 +1992,7 @@ mod tests {
             h
         };
         let name = |p: &str, h: &HeaderMap| {
-            t.route("x", p, h)
+            t.route("x", p, h, &Pseudo::default())
                 .map(|(_, r)| r.name.clone())
                 .unwrap_or_default()
         };
@@ -1965,7 +2033,7 @@ mod tests {
         for _ in 0..20_000 {
             let n = rng.usize(0..24);
             let s: String = (0..n).map(|_| chars[rng.usize(..chars.len())]).collect();
-            let _ = t.route(&s, &s, &HeaderMap::new());
+            let _ = t.route(&s, &s, &HeaderMap::new(), &Pseudo::default());
             let _ = crate::http::router::sanitize_path(&s, true, true);
         }
     }

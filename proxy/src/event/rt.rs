@@ -152,8 +152,6 @@ pub struct Runtime {
     worker: Cell<usize>,
     clusters: RefCell<Option<Arc<ClusterSnapshot>>>,
     routes: RefCell<Option<Arc<RouteSnapshot>>>,
-    /// The server fails its health checks (`/healthcheck/fail`): connections drain-close.
-    health_failed: Cell<bool>,
 }
 
 impl Runtime {
@@ -174,7 +172,6 @@ impl Runtime {
             worker: Cell::new(0),
             clusters: RefCell::new(None),
             routes: RefCell::new(None),
-            health_failed: Cell::new(false),
         });
         CURRENT_ID.with(|c| c.set(id));
         CURRENT.with(|c| *c.borrow_mut() = Some(rt));
@@ -380,16 +377,6 @@ impl Runtime {
         self.routes.borrow().clone()
     }
 
-    /// Whether the server fails its health checks (`/healthcheck/fail`).
-    pub fn health_failed(&self) -> bool {
-        self.health_failed.get()
-    }
-
-    /// Set by the main thread on `/healthcheck/fail` and `/healthcheck/ok`.
-    pub fn set_health_failed(&self, failed: bool) {
-        self.health_failed.set(failed);
-    }
-
     fn register_io(&self, stream: &mut TcpStream) -> io::Result<(usize, Rc<IoShared>)> {
         let shared = Rc::new(IoShared {
             readable: Cell::new(true),
@@ -455,6 +442,23 @@ impl Runtime {
             t.compact();
         }
     }
+}
+
+thread_local! {
+    /// The server fails its health checks (`/healthcheck/fail`): this worker's
+    /// connections drain-close. Read on every response, so a plain thread-local.
+    static HEALTH_FAILED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether the server fails its health checks, as this worker was told.
+pub fn health_failed() -> bool {
+    HEALTH_FAILED.with(Cell::get)
+}
+
+/// Tells this worker whether the server fails its health checks (posted by the main
+/// thread on `/healthcheck/fail` and `/healthcheck/ok`).
+pub fn set_health_failed(failed: bool) {
+    HEALTH_FAILED.with(|h| h.set(failed));
 }
 
 /// Runs `f` with this thread's runtime, if it has one.
@@ -722,7 +726,11 @@ impl TcpIo {
         if self.shared.readable.get() {
             return Poll::Ready(());
         }
-        *self.shared.read_waker.borrow_mut() = Some(cx.waker().clone());
+        let mut slot = self.shared.read_waker.borrow_mut();
+        // Polled again by the same task (as a served request is), the waker is there.
+        if !slot.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            *slot = Some(cx.waker().clone());
+        }
         Poll::Pending
     }
 

@@ -539,7 +539,7 @@ pub async fn serve(
     }
     // While the server fails its health checks every response ends its connection, as
     // Envoy's drain-close: `connection: close` on HTTP/1.1, GOAWAY on HTTP/2.
-    if rt::try_with(|r| r.health_failed()).unwrap_or(false) {
+    if rt::health_failed() {
         conn.drain_close();
     }
     if conn.closing.get() && resp.version() != Version::HTTP_2 {
@@ -2140,15 +2140,23 @@ pub(super) async fn send_once(
                 });
                 let (parts, req_body) = req.into_parts();
                 let body = raw_body.clone().unwrap_or_default();
-                let Some(sent) = rt::timeout(ends, c.send(&parts, &body, on_done)).await else {
-                    return Err(duration_reached(pool, worker));
+                let sent = match ends {
+                    // Without a duration the send is awaited in place: moved into a
+                    // timer's future it would be copied on every request.
+                    None => c.send(&parts, &body, on_done).await,
+                    Some(_) => match rt::timeout(ends, c.send(&parts, &body, on_done)).await {
+                        Some(sent) => sent,
+                        None => return Err(duration_reached(pool, worker)),
+                    },
                 };
                 match sent {
                     // The upstream client leaves the response's hop-by-hop fields out.
                     Ok((resp, body)) => {
                         header_map_pool::recycle(parts.headers);
                         let body = http1_response_body(cluster, ProxyBody::upstream(body));
-                        return Ok(with_stream_end(Response::from_parts(resp, body), ends));
+                        let mut resp = Response::from_parts(resp, body);
+                        mark_stream_end(&mut resp, ends);
+                        return Ok(resp);
                     }
                     // The upstream closed the kept-alive connection as the request went
                     // out: an idempotent request goes again on another connection.
@@ -2185,10 +2193,9 @@ pub(super) async fn send_once(
                             }
                         })),
                     );
-                    return Ok(with_stream_end(
-                        Response::from_parts(parts, http1_response_body(cluster, body)),
-                        ends,
-                    ));
+                    let mut resp = Response::from_parts(parts, http1_response_body(cluster, body));
+                    mark_stream_end(&mut resp, ends);
+                    return Ok(resp);
                 }
                 Some(Err(mut e)) => match e.take_message() {
                     Some(r) => {
@@ -2234,7 +2241,9 @@ pub(super) async fn send_once(
                         // ends.
                         let body =
                             ProxyBody::stream(body, Some(Box::new(move |_, _| drop(stream))));
-                        return Ok(with_stream_end(Response::from_parts(parts, body), ends));
+                        let mut resp = Response::from_parts(parts, body);
+                        mark_stream_end(&mut resp, ends);
+                        return Ok(resp);
                     }
                     Some(Err(mut e)) => match e.take_message() {
                         Some(r) => {
@@ -2266,11 +2275,10 @@ fn duration_reached(pool: &pool::ClusterPool, worker: usize) -> AttemptError {
 
 /// Notes on `resp` when its stream must end (the cluster's `max_stream_duration`), for
 /// the router to cut its body off then.
-fn with_stream_end(mut resp: Response<ProxyBody>, ends: Option<Instant>) -> Response<ProxyBody> {
+fn mark_stream_end(resp: &mut Response<ProxyBody>, ends: Option<Instant>) {
     if let Some(at) = ends {
         resp.extensions_mut().insert(StreamEnds(at));
     }
-    resp
 }
 
 /// Whether an HTTP/2 upstream refused the stream (RST_STREAM `REFUSED_STREAM`).

@@ -114,7 +114,7 @@ impl Server {
         self.refresh_server_stats();
         self.tls
             .run_on_all_workers_async(move |_| {
-                crate::event::rt::try_with(|rt| rt.set_health_failed(failed));
+                crate::event::rt::set_health_failed(failed);
             })
             .await;
     }

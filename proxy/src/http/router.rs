@@ -847,15 +847,17 @@ async fn process(
             req.headers_mut().remove(name);
         }
     }
-    // What header matchers see of `:method`, `:path`, `:authority` and `:scheme`.
-    let pseudo = Pseudo {
+    // What header matchers see of `:method`, `:path`, `:authority` and `:scheme` (built
+    // where used: held across the request's awaits it would take room in its future).
+    let scheme = scheme_of(req.uri());
+    let pseudo = || Pseudo {
         method: Some(method.as_str()),
         path: Some(&path),
         authority: Some(&authority),
-        scheme: Some(scheme_of(req.uri())),
+        scheme: Some(scheme),
         status: None,
     };
-    let Some((vh, route)) = table.route(&authority, &path, req.headers(), &pseudo) else {
+    let Some((vh, route)) = table.route(&authority, &path, req.headers(), &pseudo()) else {
         cfg.stats.no_route.inc(worker);
         outcome.flags = "NR";
         return local_reply(StatusCode::NOT_FOUND, "");
@@ -945,15 +947,16 @@ async fn process(
                 }
             }
             HttpFilter::Fault(f) => {
-                filter_reply = inject_fault(
+                // Boxed: its delay would otherwise take room in every request's future.
+                filter_reply = Box::pin(inject_fault(
                     f,
                     levels,
                     &route.action,
                     req.headers(),
-                    &pseudo,
+                    &pseudo(),
                     outcome,
                     worker,
-                )
+                ))
                 .await;
                 if filter_reply.is_some() {
                     break;
@@ -1334,30 +1337,34 @@ async fn forward(
     }
     // An internal request's `x-envoy-*` controls, taken off it (an external one lost them
     // to the connection manager).
-    let controls = match parts.extensions.remove::<Internal>() {
+    // Only what the attempts need of them is kept: the controls themselves would take room
+    // in every request's future.
+    let (retry, timeout_controls) = match parts.extensions.remove::<Internal>() {
         Some(Internal) => {
             if let Err(body) = cfg.controls.check(&parts.headers) {
                 conn.closing.set(true);
                 return local_reply(StatusCode::BAD_REQUEST, &body);
             }
-            Some(RequestControls::take(&mut parts.headers, &cfg.controls))
+            let c = RequestControls::take(&mut parts.headers, &cfg.controls);
+            (
+                c.retry_policy(action.retry_policy.as_ref()),
+                Some((c.timeout, c.per_try_timeout, c.alt_response)),
+            )
         }
-        None => None,
-    };
-    let retry = match &controls {
-        Some(c) => c.retry_policy(action.retry_policy.as_ref()),
-        None => action.retry_policy.clone(),
+        None => (action.retry_policy.clone(), None),
     };
     // As Envoy, `retriable_request_headers` look at the request before the route's
     // header mutations.
-    let pseudo = Pseudo {
-        method: Some(parts.method.as_str()),
-        path: Some(path),
-        authority: Some(authority),
-        scheme: Some(scheme_of(&parts.uri)),
-        status: None,
-    };
-    let retry = retry.filter(|r| r.applies_to(&parts.headers, &pseudo));
+    let retry = retry.filter(|r| {
+        let pseudo = Pseudo {
+            method: Some(parts.method.as_str()),
+            path: Some(path),
+            authority: Some(authority),
+            scheme: Some(scheme_of(&parts.uri)),
+            status: None,
+        };
+        r.applies_to(&parts.headers, &pseudo)
+    });
     // Kept to be reused upstream when the authority is unchanged (no copy). The field
     // stays where it is: removing it would move the map's last field into its place, and
     // Envoy sends `host` where the client did (first, as a rule).
@@ -1402,13 +1409,15 @@ async fn forward(
         cfg.max_stream_duration,
     );
     let mut per_try = retry.as_ref().and_then(|r| r.per_try_timeout);
-    if let Some(c) = &controls {
-        timeouts.route = c.timeout.unwrap_or(timeouts.route);
-        per_try = c.per_try_timeout.unwrap_or(per_try);
+    let mut alt_response = false;
+    if let Some((timeout, per_try_timeout, alt)) = timeout_controls {
+        timeouts.route = timeout.unwrap_or(timeouts.route);
+        per_try = per_try_timeout.unwrap_or(per_try);
+        alt_response = alt;
     }
     // As Envoy, a per-try timeout no shorter than the route's is no per-try timeout.
     let per_try = per_try.filter(|p| timeouts.route.is_none_or(|t| *p < t));
-    let timeout_reply = match controls.as_ref().is_some_and(|c| c.alt_response) {
+    let timeout_reply = match alt_response {
         true => TimeoutReply::NoContent,
         false => TimeoutReply::GatewayTimeout,
     };
@@ -2144,10 +2153,12 @@ pub(super) async fn send_once(
                     // Without a duration the send is awaited in place: moved into a
                     // timer's future it would be copied on every request.
                     None => c.send(&parts, &body, on_done).await,
-                    Some(_) => match rt::timeout(ends, c.send(&parts, &body, on_done)).await {
-                        Some(sent) => sent,
-                        None => return Err(duration_reached(pool, worker)),
-                    },
+                    Some(_) => {
+                        match Box::pin(rt::timeout(ends, c.send(&parts, &body, on_done))).await {
+                            Some(sent) => sent,
+                            None => return Err(duration_reached(pool, worker)),
+                        }
+                    }
                 };
                 match sent {
                     // The upstream client leaves the response's hop-by-hop fields out.

@@ -67,11 +67,10 @@ fn boot(a: &Upstream, vh_policy: &str) -> String {
         cluster("dead", &[refusing_addr()], ""),
     ]
     .concat();
-    let cors_filter = "          - name: envoy.filters.http.cors\n            typed_config: { \"@type\": type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors }\n          - name: envoy.filters.http.router\n";
-    bootstrap(&ROUTES.replace("VH_POLICY", vh_policy), "", &clusters).replacen(
-        "          - name: envoy.filters.http.router\n",
+    let cors_filter = "          - name: envoy.filters.http.cors\n            typed_config: { \"@type\": type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors }\n";
+    with_filters(
+        &bootstrap(&ROUTES.replace("VH_POLICY", vh_policy), "", &clusters),
         cors_filter,
-        1,
     )
 }
 

@@ -94,14 +94,10 @@ const ROUTES: &str = r#"            name: local
 "#;
 
 /// The filter's own config: aborts everything with 401 unless a route says otherwise.
-const FILTER: &str = "          - name: envoy.filters.http.fault\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault\n              abort: { http_status: 401, percentage: { numerator: 100 } }\n          - name: envoy.filters.http.router\n";
+const FILTER: &str = "          - name: envoy.filters.http.fault\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault\n              abort: { http_status: 401, percentage: { numerator: 100 } }\n";
 
 fn boot(a: &Upstream) -> String {
-    bootstrap(ROUTES, "", &cluster("a", &[a.addr], "")).replacen(
-        "          - name: envoy.filters.http.router\n",
-        FILTER,
-        1,
-    )
+    with_filters(&bootstrap(ROUTES, "", &cluster("a", &[a.addr], "")), FILTER)
 }
 
 /// A request: its path, headers, and the delay it should take (ms).
@@ -288,14 +284,9 @@ fn a_disabled_fault_filter_runs_where_a_route_enables_it_like_envoy() {
               - match: { prefix: "/" }
                 route: { cluster: a }
 "#;
-    let filter = "          - name: envoy.filters.http.fault\n            disabled: true\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault\n              abort: { http_status: 401, percentage: { numerator: 100 } }\n          - name: envoy.filters.http.router\n";
-    let boot = |a: &Upstream| {
-        bootstrap(routes, "", &cluster("a", &[a.addr], "")).replacen(
-            "          - name: envoy.filters.http.router\n",
-            filter,
-            1,
-        )
-    };
+    let filter = "          - name: envoy.filters.http.fault\n            disabled: true\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault\n              abort: { http_status: 401, percentage: { numerator: 100 } }\n";
+    let boot =
+        |a: &Upstream| with_filters(&bootstrap(routes, "", &cluster("a", &[a.addr], "")), filter);
     let check = |proxy: &Courier| {
         ["/on", "/off"]
             .map(|p| format!("{p}: {}", get(proxy.listener, "h", p, &[]).status))

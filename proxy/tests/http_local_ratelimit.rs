@@ -72,14 +72,10 @@ const ROUTES: &str = r#"            name: local
 "#;
 
 /// The filter's own bucket: two tokens, answered `503` past them.
-const FILTER: &str = "          - name: envoy.filters.http.local_ratelimit\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit\n              stat_prefix: filter_rl\n              token_bucket: { max_tokens: 2, tokens_per_fill: 1, fill_interval: 60s }\n              filter_enabled: { default_value: { numerator: 100 } }\n              filter_enforced: { default_value: { numerator: 100 } }\n              status: { code: 503 }\n          - name: envoy.filters.http.router\n";
+const FILTER: &str = "          - name: envoy.filters.http.local_ratelimit\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit\n              stat_prefix: filter_rl\n              token_bucket: { max_tokens: 2, tokens_per_fill: 1, fill_interval: 60s }\n              filter_enabled: { default_value: { numerator: 100 } }\n              filter_enforced: { default_value: { numerator: 100 } }\n              status: { code: 503 }\n";
 
 fn boot(a: &Upstream) -> String {
-    bootstrap(ROUTES, "", &cluster("a", &[a.addr], "")).replacen(
-        "          - name: envoy.filters.http.router\n",
-        FILTER,
-        1,
-    )
+    with_filters(&bootstrap(ROUTES, "", &cluster("a", &[a.addr], "")), FILTER)
 }
 
 /// Each request (on a fresh connection unless it says `same`) as status, body, the

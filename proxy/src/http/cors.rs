@@ -70,6 +70,25 @@ pub struct CorsPolicy {
 }
 
 /// The fields both `CorsPolicy` protos have (the filter's, and the route's deprecated one).
+/// They name them alike, but for `filter_enabled`, which the route's holds in a oneof.
+macro_rules! policy_fields {
+    ($p:expr, $filter_enabled:expr) => {
+        PolicyFields {
+            allow_origin_string_match: &$p.allow_origin_string_match,
+            allow_methods: &$p.allow_methods,
+            allow_headers: &$p.allow_headers,
+            expose_headers: &$p.expose_headers,
+            max_age: &$p.max_age,
+            allow_credentials: $p.allow_credentials.map(|b| b.value),
+            allow_private_network_access: $p.allow_private_network_access.map(|b| b.value),
+            forward_not_matching_preflights: $p.forward_not_matching_preflights.map(|b| b.value),
+            filter_enabled: $filter_enabled,
+            shadow_enabled: $p.shadow_enabled.as_ref(),
+        }
+    };
+}
+
+/// The fields both `CorsPolicy` protos have, borrowed.
 struct PolicyFields<'a> {
     allow_origin_string_match: &'a [courier_proto::envoy::r#type::matcher::v3::StringMatcher],
     allow_methods: &'a str,
@@ -125,21 +144,7 @@ impl CorsPolicy {
         p: &cors_pb::CorsPolicy,
         path: &str,
     ) -> Result<CorsPolicy, ConfigError> {
-        CorsPolicy::compile(
-            PolicyFields {
-                allow_origin_string_match: &p.allow_origin_string_match,
-                allow_methods: &p.allow_methods,
-                allow_headers: &p.allow_headers,
-                expose_headers: &p.expose_headers,
-                max_age: &p.max_age,
-                allow_credentials: p.allow_credentials.map(|b| b.value),
-                allow_private_network_access: p.allow_private_network_access.map(|b| b.value),
-                forward_not_matching_preflights: p.forward_not_matching_preflights.map(|b| b.value),
-                filter_enabled: p.filter_enabled.as_ref(),
-                shadow_enabled: p.shadow_enabled.as_ref(),
-            },
-            path,
-        )
+        CorsPolicy::compile(policy_fields!(p, p.filter_enabled.as_ref()), path)
     }
 
     /// A route's or virtual host's deprecated `cors`.
@@ -151,21 +156,7 @@ impl CorsPolicy {
             .enabled_specifier
             .as_ref()
             .map(|route_pb::cors_policy::EnabledSpecifier::FilterEnabled(e)| e);
-        CorsPolicy::compile(
-            PolicyFields {
-                allow_origin_string_match: &p.allow_origin_string_match,
-                allow_methods: &p.allow_methods,
-                allow_headers: &p.allow_headers,
-                expose_headers: &p.expose_headers,
-                max_age: &p.max_age,
-                allow_credentials: p.allow_credentials.map(|b| b.value),
-                allow_private_network_access: p.allow_private_network_access.map(|b| b.value),
-                forward_not_matching_preflights: p.forward_not_matching_preflights.map(|b| b.value),
-                filter_enabled,
-                shadow_enabled: p.shadow_enabled.as_ref(),
-            },
-            path,
-        )
+        CorsPolicy::compile(policy_fields!(p, filter_enabled), path)
     }
 }
 
@@ -343,6 +334,7 @@ impl CorsFilter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http::headers::test_header_map as request;
     use courier_proto::envoy::r#type::matcher::v3::{string_matcher::MatchPattern, StringMatcher};
 
     fn policy(origins: &[&str], methods: &str) -> cors_pb::CorsPolicy {
@@ -363,14 +355,6 @@ mod tests {
         let any = courier_proto::pack_any(&p);
         let map = std::collections::HashMap::from([(FILTER_NAME.to_string(), any)]);
         FilterConfigs::compile(&map, None, "vh", &Store::new(1)).expect("valid policy")
-    }
-
-    fn request(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.insert(*k, HeaderValue::from_static(v));
-        }
-        h
     }
 
     #[test]

@@ -362,6 +362,7 @@ impl FaultFilter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http::headers::test_header_map as headers;
     use courier_proto::envoy::extensions::filters::http::fault::v3::FaultAbort;
     use courier_proto::envoy::r#type::v3::FractionalPercent;
 
@@ -378,14 +379,6 @@ mod tests {
             ..Default::default()
         };
         FaultPolicy::compile(&p, "f").expect("valid fault")
-    }
-
-    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.insert(*k, HeaderValue::from_static(v));
-        }
-        h
     }
 
     #[test]

@@ -626,6 +626,16 @@ fn arena_value(bytes: &[u8]) -> HeaderValue {
     HeaderValue::from_maybe_shared(shared).unwrap_or_else(|_| HeaderValue::from_static("-"))
 }
 
+/// A header map of `pairs`, in order (for tests).
+#[cfg(test)]
+pub(crate) fn test_header_map(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    for (k, v) in pairs {
+        h.append(*k, HeaderValue::from_static(v));
+    }
+    h
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

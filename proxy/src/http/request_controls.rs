@@ -219,14 +219,7 @@ fn number(v: Option<&HeaderValue>) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.append(*k, HeaderValue::from_static(v));
-        }
-        h
-    }
+    use crate::http::headers::test_header_map as headers;
 
     #[test]
     fn controls_are_taken_off_the_request() {

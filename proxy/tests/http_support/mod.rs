@@ -637,6 +637,13 @@ static_resources:
     )
 }
 
+/// `bootstrap` with the HTTP filters `filters` (YAML list items, indented as
+/// [`bootstrap`] writes them) ahead of the router.
+pub fn with_filters(bootstrap: &str, filters: &str) -> String {
+    const ROUTER: &str = "          - name: envoy.filters.http.router\n";
+    bootstrap.replacen(ROUTER, &format!("{filters}{ROUTER}"), 1)
+}
+
 /// Runs `fut` to its end on a single-threaded tokio runtime of its own.
 pub fn block_on<F: std::future::Future>(fut: F) -> F::Output {
     tokio::runtime::Builder::new_current_thread()

@@ -372,3 +372,52 @@ impl LocalRateLimitFilter {
         RateLimited::Refuse(Box::new(r))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_bucket_gives_its_tokens_then_waits_for_the_refill() {
+        // One token a minute: nothing refills while the test runs.
+        let b = Bucket {
+            max_tokens: 2.0,
+            rate: 1.0 / 60.0,
+        };
+        let t = Tokens::full(&b);
+        assert_eq!(t.remaining(&b), 2);
+        assert_eq!(t.reset_secs(&b), 0);
+        assert!(t.take(&b));
+        assert!(t.take(&b));
+        assert!(!t.take(&b));
+        assert_eq!(t.remaining(&b), 0);
+        let reset = t.reset_secs(&b);
+        assert!((59..=60).contains(&reset), "{reset}");
+    }
+
+    #[test]
+    fn configs_are_checked_as_envoy_does() {
+        let store = Store::new(1);
+        let compile = |yaml: &str, per_route: bool| {
+            let p: LocalRateLimit = courier_proto::from_yaml(yaml).expect("LocalRateLimit");
+            RateLimitPolicy::compile(&p, "rl", per_route, &store)
+        };
+        let bucket = "token_bucket: { max_tokens: 1, fill_interval: 1s }";
+        assert!(compile(&format!("{{ stat_prefix: s, {bucket} }}"), true).is_ok());
+        let no_bucket = compile("{ stat_prefix: s }", true).err().map(|e| e.path);
+        assert_eq!(no_bucket.as_deref(), Some("rl.token_bucket"));
+        let fast = compile(
+            "{ stat_prefix: s, token_bucket: { max_tokens: 1, fill_interval: 0.01s } }",
+            false,
+        );
+        assert!(fast.is_err());
+        let descriptors = compile(
+            &format!("{{ stat_prefix: s, {bucket}, descriptors: [{{ entries: [{{ key: k, value: v }}], token_bucket: {{ max_tokens: 1, fill_interval: 1s }} }}] }}"),
+            false,
+        );
+        assert_eq!(
+            descriptors.err().map(|e| e.path).as_deref(),
+            Some("rl.descriptors")
+        );
+    }
+}

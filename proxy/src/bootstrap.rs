@@ -62,6 +62,7 @@ pub fn load(options: &Options) -> Result<Bootstrap, BootstrapError> {
     if let Some(zone) = &options.service_zone {
         node.locality.get_or_insert_with(Locality::default).zone = zone.clone();
     }
+    crate::server::local_info::set_service_cluster(&node.cluster);
     node.user_agent_name = "courier".into();
     node.user_agent_version_type = Some(
         courier_proto::envoy::config::core::v3::node::UserAgentVersionType::UserAgentVersion(

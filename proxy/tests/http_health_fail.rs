@@ -1,5 +1,5 @@
 //! A server failing its health checks (`/healthcheck/fail`) drain-closes its HTTP
-//! connections, as Envoy's: every HTTP/1.1 response says `connection: close` and the
+//! connections, and the health check filter answers for it, as Envoy's: every HTTP/1.1 response says `connection: close` and the
 //! connection closes; an HTTP/2 connection gets GOAWAY. `/healthcheck/ok` ends it. Runs
 //! through Courier and, when `envoy` is on PATH, through Envoy 1.40; the two must agree.
 
@@ -77,6 +77,94 @@ fn failed_health_checks_drain_close_connections_like_envoy() {
             "after http/1.1: 200 connection=None then 200",
             "after http/2: 200 goaway=false",
             "downstream_cx_drain_close=2",
+        ]
+    );
+}
+
+/// The health check filter (`envoy.filters.http.health_check`) answering `/healthz`
+/// itself, or passing it through, before and while the server fails its health checks.
+#[test]
+fn health_check_filter_matches_envoy() {
+    let routes = "            name: local\n            virtual_hosts:\n            - name: main\n              domains: [\"*\"]\n              response_headers_to_add: [{ header: { key: x-vh, value: \"1\" } }]\n              routes:\n              - match: { prefix: \"/\" }\n                route: { cluster: a }\n";
+    let filter = |pass_through: bool| {
+        format!("          - name: envoy.filters.http.health_check\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.filters.http.health_check.v3.HealthCheck\n              pass_through_mode: {pass_through}\n              headers: [{{ name: \":path\", string_match: {{ exact: \"/healthz\" }} }}]\n")
+    };
+    let run = |proxy: &Courier, a: &Upstream| {
+        let mut out = Vec::new();
+        let probe = |label: &str, path: &str, out: &mut Vec<String>| {
+            let before = a.requests.load(std::sync::atomic::Ordering::SeqCst);
+            let r = get(proxy.listener, "h", path, &[]);
+            let upstream = a.requests.load(std::sync::atomic::Ordering::SeqCst) - before;
+            let shown: Vec<String> = [
+                "x-envoy-upstream-healthchecked-cluster",
+                "x-envoy-immediate-health-check-fail",
+                "x-vh",
+                "connection",
+            ]
+            .iter()
+            .filter_map(|n| r.header(n).map(|v| format!("{n}: {v}")))
+            .collect();
+            out.push(format!(
+                "{label} {path}: {} {:?} upstream={upstream} {shown:?}",
+                r.status,
+                r.body_str()
+            ));
+        };
+        probe("passing", "/healthz", &mut out);
+        probe("passing", "/healthz?x=1", &mut out);
+        probe("passing", "/x", &mut out);
+        admin_post(proxy.admin, "/healthcheck/fail");
+        probe("failing", "/healthz", &mut out);
+        probe("failing", "/x", &mut out);
+        admin_post(proxy.admin, "/healthcheck/ok");
+        probe("passing again", "/healthz", &mut out);
+        for c in ["request_total", "ok", "failed"] {
+            let name = format!("http.ingress.health_check.{c}");
+            out.push(format!("{name}={}", proxy.stat(&name)));
+        }
+        out
+    };
+    let mut got = Vec::new();
+    for pass_through in [false, true] {
+        let a = Upstream::start("a");
+        let boot = |a: &Upstream| {
+            with_filters(
+                &bootstrap(routes, "", &cluster("a", &[a.addr], "")),
+                &filter(pass_through),
+            )
+        };
+        let args = ["--service-cluster", "svc"];
+        let courier = run(&Courier::start_with(&boot(&a), &args), &a);
+        let a = Upstream::start("a");
+        if let Some(envoy) = Courier::start_envoy_with(&boot(&a), &args) {
+            assert_eq!(run(&envoy, &a), courier, "envoy vs courier");
+        }
+        got.push(format!("pass_through_mode: {pass_through}"));
+        got.extend(courier);
+    }
+    assert_eq!(
+        got,
+        [
+            "pass_through_mode: false",
+            "passing /healthz: 200 \"\" upstream=0 [\"x-envoy-upstream-healthchecked-cluster: svc\", \"x-vh: 1\"]",
+            "passing /healthz?x=1: 200 \"a GET /healthz?x=1\" upstream=1 [\"x-vh: 1\"]",
+            "passing /x: 200 \"a GET /x\" upstream=1 [\"x-vh: 1\"]",
+            "failing /healthz: 503 \"\" upstream=0 [\"x-envoy-upstream-healthchecked-cluster: svc\", \"x-envoy-immediate-health-check-fail: true\", \"x-vh: 1\", \"connection: close\"]",
+            "failing /x: 200 \"a GET /x\" upstream=1 [\"x-envoy-immediate-health-check-fail: true\", \"x-vh: 1\", \"connection: close\"]",
+            "passing again /healthz: 200 \"\" upstream=0 [\"x-envoy-upstream-healthchecked-cluster: svc\", \"x-vh: 1\"]",
+            "http.ingress.health_check.request_total=3",
+            "http.ingress.health_check.ok=2",
+            "http.ingress.health_check.failed=1",
+            "pass_through_mode: true",
+            "passing /healthz: 200 \"a GET /healthz\" upstream=1 [\"x-envoy-upstream-healthchecked-cluster: svc\", \"x-vh: 1\"]",
+            "passing /healthz?x=1: 200 \"a GET /healthz?x=1\" upstream=1 [\"x-vh: 1\"]",
+            "passing /x: 200 \"a GET /x\" upstream=1 [\"x-vh: 1\"]",
+            "failing /healthz: 503 \"\" upstream=0 [\"x-envoy-upstream-healthchecked-cluster: svc\", \"x-envoy-immediate-health-check-fail: true\", \"x-vh: 1\", \"connection: close\"]",
+            "failing /x: 200 \"a GET /x\" upstream=1 [\"x-envoy-immediate-health-check-fail: true\", \"x-vh: 1\", \"connection: close\"]",
+            "passing again /healthz: 200 \"a GET /healthz\" upstream=1 [\"x-envoy-upstream-healthchecked-cluster: svc\", \"x-vh: 1\"]",
+            "http.ingress.health_check.request_total=1",
+            "http.ingress.health_check.ok=0",
+            "http.ingress.health_check.failed=1",
         ]
     );
 }

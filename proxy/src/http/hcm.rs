@@ -207,6 +207,8 @@ pub enum HttpFilter {
     Fault(super::fault::FaultFilter),
     /// `envoy.filters.http.local_ratelimit`.
     LocalRateLimit(super::local_ratelimit::LocalRateLimitFilter),
+    /// `envoy.filters.http.health_check`.
+    HealthCheck(super::health_check::HealthCheckFilter),
 }
 
 /// A compiled HTTP connection manager.
@@ -470,6 +472,28 @@ impl HcmConfig {
                     super::local_ratelimit::RateLimitPolicy::compile(&policy, &at, false, store)?;
                 push(HttpFilter::LocalRateLimit(
                     super::local_ratelimit::LocalRateLimitFilter::new(&f.name, policy),
+                ));
+                continue;
+            }
+            if is(
+                super::health_check::FILTER_TYPE,
+                super::health_check::FILTER_NAME,
+            ) {
+                let at = format!("{path}.typed_config");
+                let hc = match &f.config_type {
+                    Some(http_filter::ConfigType::TypedConfig(any)) => {
+                        super::filter_config::unpack(any, &at)?
+                    }
+                    _ => Default::default(),
+                };
+                push(HttpFilter::HealthCheck(
+                    super::health_check::HealthCheckFilter::compile(
+                        &f.name,
+                        &hc,
+                        &at,
+                        &proto.stat_prefix,
+                        store,
+                    )?,
                 ));
                 continue;
             }

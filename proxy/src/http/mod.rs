@@ -7,8 +7,9 @@
 //!   server, driven by the worker's runtime ([`crate::event::rt`]).
 //! - [`h1_head`]: a parsed HTTP/1.1 head made into a header map without copies, its framing
 //!   fields noted; [`header_map_pool`]: the worker's spare header maps, reused per message.
-//! - [`cors`], [`fault`] and [`local_ratelimit`]: the CORS, fault injection and local
-//!   rate limit filters; [`filter_config`]: their per-route settings.
+//! - [`cors`], [`fault`], [`local_ratelimit`] and [`health_check`]: the CORS, fault
+//!   injection, local rate limit and health check filters; [`filter_config`]: their
+//!   per-route settings.
 //! - [`router`]: one request: sanitising, route selection, local replies, forwarding with
 //!   retries and timeouts.
 //! - [`internal_address`]: which requests are internal (`internal_address_config`);
@@ -138,8 +139,8 @@
 //! - Accepted and not acted on (control planes set them routinely, so refusing them would
 //!   refuse whole listeners; found by an audit of every field): a route's
 //!   `flush_timeout` and `stat_prefix`; `typed_per_filter_config` entries for filters
-//!   other than Courier's (CORS, fault injection, local rate limits, the router); the
-//!   connection manager's `stream_flush_timeout`, `delayed_close_timeout`,
+//!   other than Courier's (CORS, fault injection, local rate limits, health checks,
+//!   the router); the connection manager's `stream_flush_timeout`, `delayed_close_timeout`,
 //!   `drain_timeout`, HTTP/2 flood settings, and HTTP/1 `allow_absolute_url` and
 //!   `override_stream_error_on_invalid_http_message`; a cluster's slow start,
 //!   `respect_dns_ttl` and the DNS failure back-off's growth; HTTP/2's `interval_jitter`,
@@ -163,8 +164,9 @@
 //!   `respect_expected_rq_timeout` and `strict_check_headers` (`400 invalid header …`)
 //!   act as Envoy's.
 //! - HTTP filters before the router, in the chain's order: CORS (`envoy.filters.http.cors`,
-//!   [`cors`]), fault injection (`envoy.filters.http.fault`, [`fault`]) and local rate
-//!   limits (`envoy.filters.http.local_ratelimit`, [`local_ratelimit`]), with their
+//!   [`cors`]), fault injection (`envoy.filters.http.fault`, [`fault`]), local rate
+//!   limits (`envoy.filters.http.local_ratelimit`, [`local_ratelimit`]) and health checks
+//!   (`envoy.filters.http.health_check`, [`health_check`]), with their
 //!   per-route settings in `typed_per_filter_config` (route, virtual host, route
 //!   configuration; [`filter_config`]) and CORS's deprecated `cors` fields, as Envoy
 //!   (`tests/http_cors.rs`, `tests/http_fault.rs`, `tests/http_local_ratelimit.rs`).
@@ -227,6 +229,7 @@ pub mod h2_settings;
 pub mod hcm;
 pub mod header_map_pool;
 pub mod headers;
+pub mod health_check;
 pub mod internal_address;
 pub mod key_format;
 pub mod local_ratelimit;

@@ -24,6 +24,7 @@ use super::filter_config::{self, most_specific, FilterConfigs, FilterPolicy};
 use super::hcm::{EscapedSlashes, HcmConfig, HttpFilter, RouteSource, UnderscoreAction};
 use super::header_map_pool;
 use super::headers::{decimal_value, strip_hop_by_hop, strip_response_hop_by_hop, FormatContext};
+use super::health_check::HealthCheckRequest;
 use super::local_ratelimit::RateLimited;
 use super::pool::{self, PoolError, Sender};
 use super::request_controls::RequestControls;
@@ -898,6 +899,7 @@ async fn process(
     // or the router gives.
     let mut cors = None;
     let mut rate_limit = None;
+    let mut health_mark = None;
     // Boxed: it is rare, and a response kept inline would be copied on every request.
     let mut filter_reply: Option<Box<Response<ProxyBody>>> = None;
     let levels = [&route.filters, &vh.filters, &table.filters];
@@ -906,6 +908,7 @@ async fn process(
             HttpFilter::Cors(f) => &f.name,
             HttpFilter::LocalRateLimit(f) => &f.name,
             HttpFilter::Fault(f) => &f.name,
+            HttpFilter::HealthCheck(f) => &f.name,
         };
         if !filter_config::runs(levels, name, chained.off_by_default) {
             continue;
@@ -919,6 +922,18 @@ async fn process(
                 }
             }
             HttpFilter::Cors(_) => {}
+            HttpFilter::HealthCheck(f) => {
+                let failed = rt::health_failed();
+                match f.on_request(req.headers(), &pseudo(), failed, worker) {
+                    HealthCheckRequest::Answer(r) => {
+                        filter_reply = Some(r);
+                        break;
+                    }
+                    HealthCheckRequest::PassThrough => health_mark = Some((f, true, failed)),
+                    HealthCheckRequest::Pass if failed => health_mark = Some((f, false, true)),
+                    HealthCheckRequest::Pass => {}
+                }
+            }
             HttpFilter::LocalRateLimit(f) => {
                 let route_policy = match most_specific(levels, &f.name) {
                     Some(FilterPolicy::RateLimit(p)) => Some(p),
@@ -1056,6 +1071,9 @@ async fn process(
     }
     if let Some(r) = rate_limit {
         r.apply(resp.headers_mut());
+    }
+    if let Some((f, health_check, failed)) = health_mark {
+        f.mark(resp.headers_mut(), health_check, failed);
     }
     if let Some(cors) = cors {
         cors.apply(resp.headers_mut());

@@ -59,6 +59,19 @@ fn first_non_loopback_v4() -> Option<Ipv4Addr> {
     found
 }
 
+/// The node's cluster (`node.cluster`, or `--service-cluster`), as the bootstrap set it;
+/// empty before start-up, or when neither gives one.
+pub fn service_cluster() -> &'static str {
+    SERVICE_CLUSTER.get().map_or("", String::as_str)
+}
+
+/// Records the node's cluster once the bootstrap is loaded (later calls are ignored).
+pub fn set_service_cluster(cluster: &str) {
+    let _ = SERVICE_CLUSTER.set(cluster.to_string());
+}
+
+static SERVICE_CLUSTER: OnceLock<String> = OnceLock::new();
+
 #[cfg(test)]
 mod tests {
     use super::*;

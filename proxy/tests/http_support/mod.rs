@@ -466,6 +466,11 @@ impl Courier {
 
     /// Starts a real Envoy (`envoy` on PATH) on the same bootstrap, if there is one.
     pub fn start_envoy(bootstrap: &str) -> Option<Courier> {
+        Courier::start_envoy_with(bootstrap, &[])
+    }
+
+    /// [`Courier::start_envoy`] with more command-line arguments.
+    pub fn start_envoy_with(bootstrap: &str, args: &[&str]) -> Option<Courier> {
         let ok = Command::new("envoy")
             .arg("--version")
             .stdout(Stdio::null())
@@ -473,11 +478,9 @@ impl Courier {
             .status()
             .is_ok_and(|s| s.success());
         ok.then(|| {
-            Courier::launch(
-                "envoy",
-                bootstrap,
-                &["--use-dynamic-base-id", "-l", "error"],
-            )
+            let mut all = vec!["--use-dynamic-base-id", "-l", "error"];
+            all.extend_from_slice(args);
+            Courier::launch("envoy", bootstrap, &all)
         })
     }
 

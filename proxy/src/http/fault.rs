@@ -32,6 +32,7 @@ use courier_proto::envoy::extensions::filters::http::fault::v3::{fault_abort, Ht
 use http::header::HeaderName;
 use http::{HeaderMap, HeaderValue, StatusCode};
 
+use super::headers::parse_decimal;
 use super::route::{compile_header_matcher, HeaderMatcher, Pseudo};
 use crate::config::{self, ConfigError, Fraction};
 use crate::stats::{Counter, Gauge, Store};
@@ -180,8 +181,8 @@ impl FaultPolicy {
             }
             Delay::Header => {
                 // Past `i64::MAX` Envoy's milliseconds wrap negative: no delay.
-                let ms =
-                    number(headers.get(&DELAY_REQUEST)).filter(|ms| i64::try_from(*ms).is_ok())?;
+                let ms = parse_decimal(headers.get(&DELAY_REQUEST))
+                    .filter(|ms| i64::try_from(*ms).is_ok())?;
                 if !header_share(*share, headers.get(&DELAY_PERCENTAGE)).sample() {
                     return None;
                 }
@@ -198,11 +199,11 @@ impl FaultPolicy {
             Abort::Http(s) => AbortWith::Http(*s),
             Abort::Grpc(g) => AbortWith::Grpc(*g),
             Abort::Header => {
-                let http = number(headers.get(&ABORT_REQUEST))
+                let http = parse_decimal(headers.get(&ABORT_REQUEST))
                     .filter(|c| (200..600).contains(c))
                     .and_then(|c| StatusCode::from_u16(c as u16).ok());
-                let grpc =
-                    number(headers.get(&ABORT_GRPC_REQUEST)).and_then(|g| u32::try_from(g).ok());
+                let grpc = parse_decimal(headers.get(&ABORT_GRPC_REQUEST))
+                    .and_then(|g| u32::try_from(g).ok());
                 match (http, grpc) {
                     (Some(s), _) => AbortWith::Http(s),
                     (None, Some(g)) => AbortWith::Grpc(g),
@@ -220,15 +221,10 @@ impl FaultPolicy {
 
 /// A configured share, narrowed by a request header's percentage.
 fn header_share(configured: Fraction, header: Option<&HeaderValue>) -> Fraction {
-    match number(header).and_then(|n| u32::try_from(n).ok()) {
+    match parse_decimal(header).and_then(|n| u32::try_from(n).ok()) {
         Some(n) => configured.capped(n),
         None => configured,
     }
-}
-
-/// A header value that is a decimal number.
-fn number(v: Option<&HeaderValue>) -> Option<u64> {
-    v?.to_str().ok()?.trim().parse().ok()
 }
 
 /// How a request is aborted.

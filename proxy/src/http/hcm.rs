@@ -211,6 +211,18 @@ pub enum HttpFilter {
     HealthCheck(super::health_check::HealthCheckFilter),
 }
 
+impl HttpFilter {
+    /// The filter's name in `http_filters`: its key in `typed_per_filter_config`.
+    pub fn name(&self) -> &str {
+        match self {
+            HttpFilter::Cors(f) => &f.name,
+            HttpFilter::Fault(f) => &f.name,
+            HttpFilter::LocalRateLimit(f) => &f.name,
+            HttpFilter::HealthCheck(f) => &f.name,
+        }
+    }
+}
+
 /// A compiled HTTP connection manager.
 pub struct HcmConfig {
     /// `stat_prefix`.

@@ -474,6 +474,12 @@ pub fn append_value(headers: &mut HeaderMap, name: &HeaderName, value: &HeaderVa
     headers.insert(name.clone(), joined.unwrap_or_else(|| value.clone()));
 }
 
+/// A header value that is a decimal number (surrounding whitespace allowed, as Envoy's
+/// `SimpleAtoi`); `None` when absent or not one.
+pub fn parse_decimal(v: Option<&HeaderValue>) -> Option<u64> {
+    v?.to_str().ok()?.trim().parse().ok()
+}
+
 /// A header value holding `n` in decimal. Values below 1024 (durations in ms, attempt
 /// counts) come from a table of static strings, so they cost no allocation.
 pub fn decimal_value(n: u64) -> HeaderValue {

@@ -31,6 +31,7 @@ use http::{HeaderMap, HeaderValue};
 
 use courier_proto::envoy::extensions::filters::http::router::v3::Router;
 
+use super::headers::parse_decimal;
 use super::route::RetryPolicy;
 use crate::config::ConfigError;
 
@@ -108,9 +109,9 @@ impl ControlOptions {
                 tokens(Some(v)).all(|t| RetryPolicy::none().enable_grpc(t))
             } else if *name == MAX_RETRIES {
                 // Envoy's check takes any 64-bit count (its use then takes 32 bits).
-                number(Some(v)).is_some()
+                parse_decimal(Some(v)).is_some()
             } else {
-                number(Some(v)).is_some()
+                parse_decimal(Some(v)).is_some()
             };
             if !valid {
                 return Err(format!(
@@ -143,7 +144,8 @@ impl RequestControls {
     /// Takes the controls off `headers`.
     pub fn take(headers: &mut HeaderMap, options: &ControlOptions) -> RequestControls {
         let ms = |v: Option<HeaderValue>| {
-            number(v.as_ref()).map(|n| Some(Duration::from_millis(n)).filter(|d| !d.is_zero()))
+            parse_decimal(v.as_ref())
+                .map(|n| Some(Duration::from_millis(n)).filter(|d| !d.is_zero()))
         };
         // With `respect_expected_rq_timeout` an expected timeout is the timeout, kept for
         // the next hop, and the other header is left to go upstream (as Envoy).
@@ -154,7 +156,7 @@ impl RequestControls {
         let c = RequestControls {
             retry_on: headers.remove(&RETRY_ON),
             retry_grpc_on: headers.remove(&RETRY_GRPC_ON),
-            max_retries: number(headers.remove(&MAX_RETRIES).as_ref())
+            max_retries: parse_decimal(headers.remove(&MAX_RETRIES).as_ref())
                 .and_then(|n| u32::try_from(n).ok()),
             status_codes: headers.remove(&RETRIABLE_STATUS_CODES),
             header_names: headers.remove(&RETRIABLE_HEADER_NAMES),
@@ -208,12 +210,6 @@ fn tokens(v: Option<&HeaderValue>) -> impl Iterator<Item = &str> {
         .split(',')
         .map(str::trim)
         .filter(|t| !t.is_empty())
-}
-
-/// A header value that is a decimal number (as Envoy's `SimpleAtoi`: surrounding
-/// whitespace allowed).
-fn number(v: Option<&HeaderValue>) -> Option<u64> {
-    v?.to_str().ok()?.trim().parse().ok()
 }
 
 #[cfg(test)]

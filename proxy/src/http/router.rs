@@ -850,14 +850,8 @@ async fn process(
     }
     // What header matchers see of `:method`, `:path`, `:authority` and `:scheme` (built
     // where used: held across the request's awaits it would take room in its future).
-    let scheme = scheme_of(req.uri());
-    let pseudo = || Pseudo {
-        method: Some(method.as_str()),
-        path: Some(&path),
-        authority: Some(&authority),
-        scheme: Some(scheme),
-        status: None,
-    };
+    let scheme = Pseudo::scheme_of(req.uri());
+    let pseudo = || Pseudo::request(&method, &path, &authority, scheme);
     let Some((vh, route)) = table.route(&authority, &path, req.headers(), &pseudo()) else {
         cfg.stats.no_route.inc(worker);
         outcome.flags = "NR";
@@ -904,13 +898,7 @@ async fn process(
     let mut filter_reply: Option<Box<Response<ProxyBody>>> = None;
     let levels = [&route.filters, &vh.filters, &table.filters];
     for chained in &cfg.filters {
-        let name = match &chained.filter {
-            HttpFilter::Cors(f) => &f.name,
-            HttpFilter::LocalRateLimit(f) => &f.name,
-            HttpFilter::Fault(f) => &f.name,
-            HttpFilter::HealthCheck(f) => &f.name,
-        };
-        if !filter_config::runs(levels, name, chained.off_by_default) {
+        if !filter_config::runs(levels, chained.filter.name(), chained.off_by_default) {
             continue;
         }
         match &chained.filter {
@@ -1127,15 +1115,6 @@ async fn inject_fault(
         .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
     *r.body_mut() = ProxyBody::full(body);
     Some(Box::new(r))
-}
-
-/// A request's `:scheme`: its URI's (an HTTP/2 request, an absolute URL), else `http`.
-fn scheme_of(uri: &http::Uri) -> &'static str {
-    if uri.scheme() == Some(&http::uri::Scheme::HTTPS) {
-        "https"
-    } else {
-        "http"
-    }
 }
 
 fn rewrite_prefix(route: &Route, path: &str, new_prefix: &str) -> String {
@@ -1374,13 +1353,8 @@ async fn forward(
     // As Envoy, `retriable_request_headers` look at the request before the route's
     // header mutations.
     let retry = retry.filter(|r| {
-        let pseudo = Pseudo {
-            method: Some(parts.method.as_str()),
-            path: Some(path),
-            authority: Some(authority),
-            scheme: Some(scheme_of(&parts.uri)),
-            status: None,
-        };
+        let scheme = Pseudo::scheme_of(&parts.uri);
+        let pseudo = Pseudo::request(&parts.method, path, authority, scheme);
         r.applies_to(&parts.headers, &pseudo)
     });
     // Kept to be reused upstream when the authority is unchanged (no copy). The field

@@ -224,6 +224,33 @@ pub struct Pseudo<'a> {
     pub status: Option<u16>,
 }
 
+impl<'a> Pseudo<'a> {
+    /// A request's pseudo-headers.
+    pub fn request(
+        method: &'a http::Method,
+        path: &'a str,
+        authority: &'a str,
+        scheme: &'static str,
+    ) -> Pseudo<'a> {
+        Pseudo {
+            method: Some(method.as_str()),
+            path: Some(path),
+            authority: Some(authority),
+            scheme: Some(scheme),
+            status: None,
+        }
+    }
+
+    /// A request's `:scheme`: its URI's (an HTTP/2 request, an absolute URL), else `http`.
+    pub fn scheme_of(uri: &http::Uri) -> &'static str {
+        if uri.scheme() == Some(&http::uri::Scheme::HTTPS) {
+            "https"
+        } else {
+            "http"
+        }
+    }
+}
+
 impl HeaderMatcher {
     /// Whether the message with `headers` and `pseudo` headers matches.
     pub fn matches(&self, headers: &HeaderMap, pseudo: &Pseudo<'_>) -> bool {

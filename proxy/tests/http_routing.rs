@@ -473,3 +473,114 @@ fn pseudo_header_matchers_match_envoy() {
         ]
     );
 }
+
+/// A virtual host's `require_tls`: a plaintext request (by `x-forwarded-proto`) is sent to
+/// `https` with a `301` before any route is matched; `EXTERNAL_ONLY` spares internal
+/// requests. Behind a TLS-terminating load balancer (`x-forwarded-proto: https`, trusted
+/// without `use_remote_address`) nothing is redirected. As Envoy.
+#[test]
+fn require_tls_matches_envoy() {
+    let routes = r#"            name: local
+            virtual_hosts:
+            - name: all
+              domains: ["all.example", "all.example:8080"]
+              require_tls: ALL
+              routes:
+              - match: { prefix: "/only" }
+                route: { cluster: a }
+            - name: external
+              domains: ["ext.example"]
+              require_tls: EXTERNAL_ONLY
+              routes:
+              - match: { prefix: "/" }
+                route: { cluster: a }
+            - name: rest
+              domains: ["*"]
+              routes:
+              - match: { prefix: "/" }
+                route: { cluster: a }
+"#;
+    let cases: &[(&str, &str, &[(&str, &str)])] = &[
+        ("all.example", "/only/x", &[]),
+        ("all.example", "/nothing/here?q=1&r=2", &[]),
+        ("all.example:8080", "/only", &[]),
+        ("all.example", "/only/x", &[("x-forwarded-proto", "https")]),
+        ("all.example", "/only/x", &[("x-forwarded-proto", "http")]),
+        ("ext.example", "/x", &[]),
+        ("ext.example", "/x", &[("x-envoy-internal", "true")]),
+        ("ext.example", "/x", &[("x-forwarded-proto", "https")]),
+        ("other.example", "/x", &[]),
+    ];
+    let run = |p: &Courier, a: &Upstream| {
+        let mut out = Vec::new();
+        for (host, path, headers) in cases {
+            let before = a.requests.load(std::sync::atomic::Ordering::SeqCst);
+            let r = get(p.listener, host, path, headers);
+            let upstream = a.requests.load(std::sync::atomic::Ordering::SeqCst) - before;
+            let what = if r.status == 200 {
+                format!("200 from {:?}", r.header("x-upstream"))
+            } else {
+                format!(
+                    "{} location={:?} length={:?} body={:?}",
+                    r.status,
+                    r.header("location"),
+                    r.header("content-length"),
+                    r.body_str(),
+                )
+            };
+            out.push(format!(
+                "{host}{path} {headers:?}: {what} upstream={upstream}"
+            ));
+        }
+        out
+    };
+    let edge = "          use_remote_address: true\n          internal_address_config: { cidr_ranges: [{ address_prefix: 127.0.0.1, prefix_len: 32 }] }\n";
+    let mut reports = Vec::new();
+    for hcm in ["", edge] {
+        let a = Upstream::start("a");
+        let got = run(
+            &Courier::start(&bootstrap(routes, hcm, &cluster("a", &[a.addr], ""))),
+            &a,
+        );
+        let a = Upstream::start("a");
+        match Courier::start_envoy(&bootstrap(routes, hcm, &cluster("a", &[a.addr], ""))) {
+            Some(envoy) => assert_eq!(run(&envoy, &a), got, "envoy vs courier ({hcm:?})"),
+            None => eprintln!("envoy not on PATH: skipping the require_tls differential"),
+        }
+        reports.push(got);
+    }
+    let redirect =
+        |to: &str| format!("301 location=Some({to:?}) length=Some(\"0\") body=\"\" upstream=0");
+    let passed = "200 from Some(\"a\") upstream=1";
+    let expected_plain = [
+        redirect("https://all.example/only/x"),
+        redirect("https://all.example/nothing/here?q=1&r=2"),
+        redirect("https://all.example:8080/only"),
+        passed.to_string(),
+        redirect("https://all.example/only/x"),
+        redirect("https://ext.example/x"),
+        redirect("https://ext.example/x"),
+        passed.to_string(),
+        passed.to_string(),
+    ];
+    // At the edge `x-forwarded-proto` is the connection's own (`http`), and the loopback
+    // client is internal.
+    let expected_edge = [
+        redirect("https://all.example/only/x"),
+        redirect("https://all.example/nothing/here?q=1&r=2"),
+        redirect("https://all.example:8080/only"),
+        redirect("https://all.example/only/x"),
+        redirect("https://all.example/only/x"),
+        passed.to_string(),
+        passed.to_string(),
+        passed.to_string(),
+        passed.to_string(),
+    ];
+    for (got, expected) in reports.iter().zip([expected_plain, expected_edge]) {
+        let got: Vec<&str> = got
+            .iter()
+            .map(|l| l.split_once(": ").map_or("", |x| x.1))
+            .collect();
+        assert_eq!(got, expected, "{reports:#?}");
+    }
+}

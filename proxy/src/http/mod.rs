@@ -113,6 +113,11 @@
 //!   connection closes), redirected (`307` to the unescaped, normalised path) or unescaped
 //!   before routing, as Envoy (`escaped_slash_actions_match_envoy`).
 //! - `strip_trailing_host_dot` as Envoy (`trailing_host_dot_matches_envoy`).
+//! - A virtual host's `require_tls` (`ALL`, `EXTERNAL_ONLY`) answers a request whose
+//!   `x-forwarded-proto` is not `https` (Courier's listeners are plaintext; a
+//!   TLS-terminating load balancer in front says `https`) with Envoy's `301` to
+//!   `https://<host><path>`, before any route is matched; `EXTERNAL_ONLY` spares requests
+//!   marked `x-envoy-internal: true` (`require_tls_matches_envoy`).
 //! - A local reply (direct responses included) to a gRPC request (`content-type:
 //!   application/grpc`, or `+` a suffix; not `grpc-web`) takes gRPC's form, as Envoy's:
 //!   `200`, the status mapped to a `grpc-status` (gRPC's table: 404 → 12, 503 → 14, …),

@@ -852,7 +852,17 @@ async fn process(
     // where used: held across the request's awaits it would take room in its future).
     let scheme = Pseudo::scheme_of(req.uri());
     let pseudo = || Pseudo::request(&method, &path, &authority, scheme);
-    let Some((vh, route)) = table.route(&authority, &path, req.headers(), &pseudo()) else {
+    let Some(vh) = table.find_vhost(&authority) else {
+        cfg.stats.no_route.inc(worker);
+        outcome.flags = "NR";
+        return local_reply(StatusCode::NOT_FOUND, "");
+    };
+    // `require_tls` comes before the routes, as in Envoy: even a request no route takes
+    // is sent to `https`.
+    if vh.require_tls.redirects(req.headers()) {
+        return tls_redirect(&authority, &path);
+    }
+    let Some(route) = vh.find_route(&path, req.headers(), &pseudo()) else {
         cfg.stats.no_route.inc(worker);
         outcome.flags = "NR";
         return local_reply(StatusCode::NOT_FOUND, "");
@@ -1201,6 +1211,19 @@ fn redirect(
     let mut r = Response::new(ProxyBody::empty());
     *r.status_mut() = rd.status;
     if let Ok(v) = HeaderValue::from_str(&location) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    r.headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+    r
+}
+
+/// Envoy's answer to a plaintext request for a virtual host with `require_tls`: `301` to the
+/// same host and path (query included) over `https`.
+fn tls_redirect(authority: &str, path: &str) -> Response<ProxyBody> {
+    let mut r = Response::new(ProxyBody::empty());
+    *r.status_mut() = StatusCode::MOVED_PERMANENTLY;
+    if let Ok(v) = HeaderValue::from_str(&format!("https://{authority}{path}")) {
         r.headers_mut().insert(header::LOCATION, v);
     }
     r.headers_mut()

@@ -78,6 +78,44 @@ pub struct VirtualHost {
     pub timeout_retry_header: bool,
     /// `typed_per_filter_config`, and the deprecated `cors`.
     pub filters: FilterConfigs,
+    /// `require_tls`.
+    pub require_tls: TlsRequirement,
+}
+
+/// A virtual host's `require_tls`: which of its requests are redirected to `https` when
+/// they did not come over TLS (as Courier's listeners are plaintext, those whose
+/// `x-forwarded-proto` is not `https`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TlsRequirement {
+    /// `NONE`.
+    None,
+    /// `EXTERNAL_ONLY`: requests not marked `x-envoy-internal: true`.
+    ExternalOnly,
+    /// `ALL`.
+    All,
+}
+
+impl TlsRequirement {
+    /// Whether a request with these (already sanitised) headers must be redirected to
+    /// `https`: as Envoy, by `x-forwarded-proto` (a TLS-terminating load balancer in front
+    /// sets it to `https`) and, for `EXTERNAL_ONLY`, `x-envoy-internal`.
+    pub fn redirects(self, headers: &HeaderMap) -> bool {
+        let plain = || {
+            headers
+                .get("x-forwarded-proto")
+                .is_none_or(|v| v.as_bytes() != b"https")
+        };
+        match self {
+            TlsRequirement::None => false,
+            TlsRequirement::All => plain(),
+            TlsRequirement::ExternalOnly => {
+                plain()
+                    && headers
+                        .get("x-envoy-internal")
+                        .is_none_or(|v| v.as_bytes() != b"true")
+            }
+        }
+    }
 }
 
 /// A compiled route.
@@ -1043,7 +1081,6 @@ impl RouteTable {
             }
             for (field, set) in [
                 ("matcher", vh.matcher.is_some()),
-                ("require_tls", vh.require_tls != 0),
                 ("virtual_clusters", !vh.virtual_clusters.is_empty()),
                 ("rate_limits", !vh.rate_limits.is_empty()),
                 ("hedge_policy", vh.hedge_policy.is_some()),
@@ -1154,6 +1191,22 @@ impl RouteTable {
                     &vpath,
                     store,
                 )?,
+                require_tls: match pb::virtual_host::TlsRequirementType::try_from(vh.require_tls) {
+                    Ok(pb::virtual_host::TlsRequirementType::None) => TlsRequirement::None,
+                    Ok(pb::virtual_host::TlsRequirementType::ExternalOnly) => {
+                        TlsRequirement::ExternalOnly
+                    }
+                    Ok(pb::virtual_host::TlsRequirementType::All) => TlsRequirement::All,
+                    Err(_) => {
+                        return Err(ConfigError::new(
+                            format!("{vpath}.require_tls"),
+                            format!(
+                                "value must be one of the defined enum values, not {}",
+                                vh.require_tls
+                            ),
+                        ))
+                    }
+                },
             });
         }
         suffixes.sort_by_key(|s| std::cmp::Reverse(s.0.len()));

@@ -2,7 +2,8 @@
 //! (typed and legacy), `idle_timeout` and `max_connection_duration`, over HTTP/1.1 and
 //! HTTP/2 upstreams. Each case runs through Courier and, when `envoy` is on PATH, through
 //! Envoy on the same bootstrap, and what the upstream saw (connections opened and closed)
-//! and the cluster's counters are compared.
+//! and the cluster's counters are compared. Last, how long a downstream connection the
+//! proxy closes lingers (`delayed_close_timeout`).
 
 mod http_support;
 
@@ -230,6 +231,70 @@ fn max_connection_duration_retires_connections_as_in_envoy() {
                 proxy.wait_stat("cluster.c.upstream_cx_max_duration_reached", 2),
                 2,
                 "{what}"
+            );
+        }
+    }
+}
+
+/// The listener's `downstream_cx_active` once it is `want`, or whatever it is at the
+/// deadline.
+fn wait_active(p: &Courier, want: u64, within: Duration) -> u64 {
+    let name = format!(
+        "listener.127.0.0.1_{}.downstream_cx_active",
+        p.listener.port()
+    );
+    let deadline = Instant::now() + within;
+    loop {
+        let v = p.stat(&name);
+        if v == want || Instant::now() > deadline {
+            return v;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// `delayed_close_timeout`: after a response that closes its connection, Courier
+/// half-closes at once and reads what the client still sends until the client closes or
+/// the delay ends; with `0s` the connection ends as soon as its response is out (well
+/// before the default second). Not compared with Envoy, whose FIN waits for the delay: a
+/// client reading to the end of the connection would wait for it (a documented
+/// difference).
+#[test]
+fn delayed_close_timeout_bounds_the_linger() {
+    use std::io::{Read, Write};
+    for (delay, lingers) in [("0s", false), ("30s", true)] {
+        let a = Upstream::start("a");
+        let hcm = format!("          delayed_close_timeout: {delay}\n");
+        let p = Courier::start(&bootstrap(&all_to("a"), &hcm, &cluster("a", &[a.addr], "")));
+        let mut s = std::net::TcpStream::connect(p.listener).expect("connect");
+        s.write_all(b"GET / HTTP/1.1\r\nhost: h\r\nconnection: close\r\n\r\n")
+            .expect("send");
+        let mut response = Vec::new();
+        s.read_to_end(&mut response)
+            .expect("read to the proxy's FIN");
+        assert!(response.starts_with(b"HTTP/1.1 200"), "{delay}");
+        let ended = Instant::now();
+        if lingers {
+            // Still reading: what the client sends now is taken, not answered with a reset.
+            assert_eq!(wait_active(&p, 1, Duration::ZERO), 1, "{delay}: lingers");
+            s.write_all(b"late bytes").expect("the proxy still reads");
+            assert_eq!(wait_active(&p, 1, Duration::ZERO), 1, "{delay}: lingers");
+            drop(s);
+            assert_eq!(
+                wait_active(&p, 0, Duration::from_secs(10)),
+                0,
+                "{delay}: client closed"
+            );
+        } else {
+            assert_eq!(
+                wait_active(&p, 0, Duration::from_secs(10)),
+                0,
+                "{delay}: closed"
+            );
+            assert!(
+                ended.elapsed() < Duration::from_millis(700),
+                "{delay}: the connection ended {:?} after its response, as with the default delay",
+                ended.elapsed()
             );
         }
     }

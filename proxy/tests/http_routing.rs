@@ -500,7 +500,8 @@ fn require_tls_matches_envoy() {
               - match: { prefix: "/" }
                 route: { cluster: a }
 "#;
-    let cases: &[(&str, &str, &[(&str, &str)])] = &[
+    type Case<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)]);
+    let cases: &[Case] = &[
         ("all.example", "/only/x", &[]),
         ("all.example", "/nothing/here?q=1&r=2", &[]),
         ("all.example:8080", "/only", &[]),

@@ -27,7 +27,6 @@ use std::io;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{ready, Context, Poll};
-use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures::channel::oneshot;
@@ -53,9 +52,6 @@ use crate::event::rt::{Sleep, TcpIo};
 const COPY_MAX: usize = 4096;
 /// The response body is not polled further while this much waits to be written.
 const HIGH_WATER: usize = 64 * 1024;
-/// How long a closing connection reads what the client still sends (Envoy's default
-/// `delayed_close_timeout`).
-const LINGER: Duration = Duration::from_secs(1);
 /// How much a client may pipeline while its request is served; past it the connection is
 /// not read (and a close not noticed) until the response is out.
 const PIPELINED_MAX: usize = 64 * 1024;
@@ -433,7 +429,13 @@ impl H1Server {
                     let t = self.t.borrow();
                     let _ = t.io.stream().shutdown(std::net::Shutdown::Write);
                     drop(t);
-                    self.phase = Phase::Linger(Box::pin(Sleep::after(LINGER)));
+                    // The client learns of the close at once (Envoy's FIN waits for the
+                    // delay); what it still sends is read and dropped meanwhile, so that
+                    // its arrival does not reset a response it has not read yet.
+                    let Some(delay) = self.info.config.delayed_close_timeout else {
+                        return Poll::Ready(Ok(End::Closed));
+                    };
+                    self.phase = Phase::Linger(Box::pin(Sleep::after(delay)));
                 }
                 Phase::Linger(timer) => {
                     if timer.as_mut().poll(cx).is_ready() {

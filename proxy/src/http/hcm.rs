@@ -260,6 +260,9 @@ pub struct HcmConfig {
     pub request_headers_timeout: Option<Duration>,
     /// `stream_idle_timeout` (default 5 min).
     pub stream_idle_timeout: Option<Duration>,
+    /// `delayed_close_timeout` (default 1 s): how long a connection the proxy closes keeps
+    /// reading what its client still sends; `None` (0) closes it once its output is out.
+    pub delayed_close_timeout: Option<Duration>,
     /// `common_http_protocol_options.idle_timeout` (default 1 h).
     pub idle_timeout: Option<Duration>,
     /// `common_http_protocol_options.max_connection_duration`.
@@ -672,6 +675,11 @@ impl HcmConfig {
                 proto.stream_idle_timeout.as_ref(),
                 Some(Duration::from_secs(300)),
                 "stream_idle_timeout",
+            )?,
+            delayed_close_timeout: optional_duration(
+                proto.delayed_close_timeout.as_ref(),
+                Some(Duration::from_secs(1)),
+                "delayed_close_timeout",
             )?,
             idle_timeout,
             max_connection_duration,

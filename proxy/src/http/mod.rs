@@ -69,6 +69,12 @@
 //! - An HTTP/1.1 client that closes its connection while its request is being served (its
 //!   body all read) takes the request with it, as Envoy resets the stream: a half-close
 //!   gets no response, as from Envoy. Bytes it pipelines meanwhile wait for their turn.
+//! - `delayed_close_timeout` (default 1 s; `0s`: none): an HTTP/1.1 connection Courier
+//!   closes is half-closed at once and what the client still sends is read and dropped
+//!   until the client closes or the delay ends, as nginx's lingering close. Envoy sends its
+//!   FIN only when the delay ends (or the client closes first), so a client that reads to
+//!   the end of the connection waits a second for Envoy and not for Courier
+//!   (`delayed_close_timeout_bounds_the_linger`).
 //! - `Upgrade: h2c` is not honoured, as in Envoy: the request is served as HTTP/1.1 without
 //!   its upgrade headers.
 //! - Found by a differential review (Courier and Envoy 1.40 side by side) and not yet
@@ -145,7 +151,7 @@
 //!   refuse whole listeners; found by an audit of every field): a route's
 //!   `flush_timeout` and `stat_prefix`; `typed_per_filter_config` entries for filters
 //!   other than Courier's (CORS, fault injection, local rate limits, health checks,
-//!   the router); the connection manager's `stream_flush_timeout`, `delayed_close_timeout`,
+//!   the router); the connection manager's `stream_flush_timeout`,
 //!   `drain_timeout`, HTTP/2 flood settings, and HTTP/1 `allow_absolute_url` and
 //!   `override_stream_error_on_invalid_http_message`; a cluster's slow start,
 //!   `respect_dns_ttl` and the DNS failure back-off's growth; HTTP/2's `interval_jitter`,

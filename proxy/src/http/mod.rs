@@ -16,6 +16,8 @@
 //!   [`request_controls`]: the `x-envoy-*` headers through which they steer the router.
 //! - [`stream_idle`]: the stream idle timeout (`stream_idle_timeout`, a route's
 //!   `idle_timeout`), and the route `timeout` once the response has started.
+//! - [`request_stats`]: the upstream request stats of a cluster, a route with a
+//!   `stat_prefix` and a virtual cluster.
 //! - [`pool`]: per-worker upstream connection pools and circuit breakers;
 //!   [`h2_settings`]: an HTTP/2 server's stream limit, read off its frames;
 //!   [`stream_limits`]: what a cluster bounds on each upstream stream.
@@ -75,6 +77,17 @@
 //!   FIN only when the delay ends (or the client closes first), so a client that reads to
 //!   the end of the connection waits a second for Envoy and not for Courier
 //!   (`delayed_close_timeout_bounds_the_linger`).
+//! - Upstream request stats ([`request_stats`]) as Envoy's router counts them, compared in
+//!   `tests/http_request_stats.rs`: for the cluster (its codes again under `external.` /
+//!   `internal.`, retried answers under `retry.`), for a route with a `stat_prefix`
+//!   (`vhost.<virtual host>.route.<stat_prefix>.`) and for a virtual host's
+//!   `virtual_clusters` (`vhost.<virtual host>.vcluster.<name>.`, `other` for requests
+//!   none matched). `upstream_rq_total` counts attempts that had a connection; the code a
+//!   request ends with is charged once (a timeout as its `504`, a reset or connect
+//!   failure as its `503`, a protocol error as its `502`); `upstream_rq_retry_success`
+//!   and `_limit_exceeded` as Envoy's retry state. A route timeout that cuts a response
+//!   body off counts in the cluster's `upstream_rq_timeout` only (Envoy also in the
+//!   route's and virtual cluster's).
 //! - `Upgrade: h2c` is not honoured, as in Envoy: the request is served as HTTP/1.1 without
 //!   its upgrade headers.
 //! - Found by a differential review (Courier and Envoy 1.40 side by side) and not yet
@@ -219,8 +232,7 @@
 //!   stream is reset with `CANCEL` (Envoy: `INTERNAL_ERROR`), and hyper parses an HTTP/2
 //!   head whole before it is counted, so a response that ended with its head is
 //!   refused without a reset frame; Courier has no `upstream_rq_tx_reset` or
-//!   `http2.tx_reset`/`http2.header_overflow` counters and, as for every local reply
-//!   after an upstream failure, does not count the `502`/`503` in `upstream_rq_<code>`;
+//!   `http2.tx_reset`/`http2.header_overflow` counters;
 //!   a body cut off closes the client's HTTP/1.1 connection at once (Envoy after its
 //!   `delayed_close_timeout`); a mirrored request's response body is not bounded by it
 //!   (its head is). A websocket tunnel ends with it, as in Envoy, but its access log
@@ -246,6 +258,7 @@ pub mod key_format;
 pub mod local_ratelimit;
 pub mod pool;
 pub mod request_controls;
+pub mod request_stats;
 pub mod retry_buffer;
 pub mod route;
 pub mod router;

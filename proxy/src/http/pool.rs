@@ -22,35 +22,22 @@ use rustc_hash::FxHashMap;
 use super::body::ProxyBody;
 use super::h2_settings::{PeerSettings, SettingsWatch};
 use super::key_format::KeyFormat;
+use super::request_stats::RequestStats;
 use super::stream_limits::DEFAULT_MAX_HEADERS;
 use super::upstream_h1::H1Connection;
 use crate::event::rt::{self, LocalExec, RtTimer, Sleep, TcpIo};
-use crate::stats::{Counter, Gauge, Histogram, Store};
+use crate::stats::{Counter, Gauge, Store};
 use crate::upstream::{ClusterInfo, ConnLifetime, Host, LbStates};
 
 /// `cluster.<name>.*` HTTP stats, created on first use on each worker.
 pub struct ClusterHttpStats {
-    /// `upstream_rq_total`.
-    pub rq_total: Arc<Counter>,
-    /// `upstream_rq_completed`.
-    pub rq_completed: Arc<Counter>,
+    /// The upstream request stats a route and a virtual cluster keep too.
+    pub rq: RequestStats,
     /// `upstream_rq_active`.
     pub rq_active: Arc<Gauge>,
-    /// `upstream_rq_1xx` … `upstream_rq_5xx`.
-    pub rq_xx: [Arc<Counter>; 5],
-    /// `upstream_rq_retry`.
-    pub rq_retry: Arc<Counter>,
-    /// `upstream_rq_retry_success`.
-    pub rq_retry_success: Arc<Counter>,
-    /// `upstream_rq_retry_overflow`.
-    pub rq_retry_overflow: Arc<Counter>,
     /// `retry_or_shadow_abandoned`: a request body outgrew its buffer limit, so the
     /// request went without retries.
     pub retry_or_shadow_abandoned: Arc<Counter>,
-    /// `upstream_rq_retry_limit_exceeded`.
-    pub rq_retry_limit_exceeded: Arc<Counter>,
-    /// `upstream_rq_timeout`.
-    pub rq_timeout: Arc<Counter>,
     /// `upstream_rq_per_try_timeout`.
     pub rq_per_try_timeout: Arc<Counter>,
     /// `upstream_rq_max_duration_reached`: streams ended by the cluster's
@@ -77,11 +64,6 @@ pub struct ClusterHttpStats {
     /// `upstream_cx_max_duration_reached`: connections retired by
     /// `max_connection_duration`.
     pub cx_max_duration_reached: Arc<Counter>,
-    /// `upstream_rq_time` (ms, from the first attempt to the response headers).
-    pub rq_time: Arc<Histogram>,
-    codes: RefCell<Vec<(u16, Arc<Counter>)>>,
-    store: Store,
-    name: String,
 }
 
 impl ClusterHttpStats {
@@ -89,22 +71,9 @@ impl ClusterHttpStats {
         let c = |s: &str| store.counter(&format!("cluster.{name}.{s}"));
         let g = |s: &str| store.gauge(&format!("cluster.{name}.{s}"));
         ClusterHttpStats {
-            rq_total: c("upstream_rq_total"),
-            rq_completed: c("upstream_rq_completed"),
+            rq: RequestStats::cluster(store, name),
             rq_active: g("upstream_rq_active"),
-            rq_xx: [
-                c("upstream_rq_1xx"),
-                c("upstream_rq_2xx"),
-                c("upstream_rq_3xx"),
-                c("upstream_rq_4xx"),
-                c("upstream_rq_5xx"),
-            ],
-            rq_retry: c("upstream_rq_retry"),
-            rq_retry_success: c("upstream_rq_retry_success"),
-            rq_retry_overflow: c("upstream_rq_retry_overflow"),
             retry_or_shadow_abandoned: c("retry_or_shadow_abandoned"),
-            rq_retry_limit_exceeded: c("upstream_rq_retry_limit_exceeded"),
-            rq_timeout: c("upstream_rq_timeout"),
             rq_per_try_timeout: c("upstream_rq_per_try_timeout"),
             rq_max_duration_reached: c("upstream_rq_max_duration_reached"),
             rq_pending_overflow: c("upstream_rq_pending_overflow"),
@@ -117,33 +86,7 @@ impl ClusterHttpStats {
             cx_idle_timeout: c("upstream_cx_idle_timeout"),
             cx_max_requests: c("upstream_cx_max_requests"),
             cx_max_duration_reached: c("upstream_cx_max_duration_reached"),
-            rq_time: store.histogram(&format!("cluster.{name}.upstream_rq_time")),
-            codes: RefCell::new(Vec::new()),
-            store: store.clone(),
-            name: name.to_string(),
         }
-    }
-
-    /// Counts a response status (`upstream_rq_<code>`, `upstream_rq_<class>xx`,
-    /// `upstream_rq_completed`).
-    pub fn status(&self, worker: usize, code: u16) {
-        let class = (code / 100) as usize;
-        if (1..=5).contains(&class) {
-            self.rq_xx[class - 1].inc(worker);
-        }
-        let mut codes = self.codes.borrow_mut();
-        // A handful of distinct codes per cluster: a scan beats hashing.
-        match codes.iter().find(|(c, _)| *c == code) {
-            Some((_, counter)) => counter.inc(worker),
-            None => {
-                let counter = self
-                    .store
-                    .counter(&format!("cluster.{}.upstream_rq_{code}", self.name));
-                counter.inc(worker);
-                codes.push((code, counter));
-            }
-        }
-        self.rq_completed.inc(worker);
     }
 }
 

@@ -28,6 +28,7 @@ use super::health_check::HealthCheckRequest;
 use super::local_ratelimit::RateLimited;
 use super::pool::{self, PoolError, Sender};
 use super::request_controls::RequestControls;
+use super::request_stats::StatSinks;
 use super::retry_buffer::RetryBuffer;
 use super::route::{
     Action, ClusterSpec, HostRewrite, Pseudo, Redirect, Route, RouteAction, RouteTable, VirtualHost,
@@ -1373,13 +1374,25 @@ async fn forward(
         }
         None => (action.retry_policy.clone(), None),
     };
-    // As Envoy, `retriable_request_headers` look at the request before the route's
-    // header mutations.
-    let retry = retry.filter(|r| {
+    // As Envoy, `retriable_request_headers` and virtual clusters look at the request
+    // before the route's header mutations.
+    let (retry, vcluster) = {
         let scheme = Pseudo::scheme_of(&parts.uri);
         let pseudo = Pseudo::request(&parts.method, path, authority, scheme);
-        r.applies_to(&parts.headers, &pseudo)
-    });
+        (
+            retry.filter(|r| r.applies_to(&parts.headers, &pseudo)),
+            vh.virtual_cluster(&parts.headers, &pseudo),
+        )
+    };
+    let sinks = StatSinks {
+        cluster: &pool.stats.rq,
+        route: route.stats.as_deref(),
+        vcluster,
+        internal: parts
+            .headers
+            .get(&X_ENVOY_INTERNAL)
+            .is_some_and(|v| v.as_bytes() == b"true"),
+    };
     // Kept to be reused upstream when the authority is unchanged (no copy). The field
     // stays where it is: removing it would move the map's last field into its place, and
     // Envoy sends `host` where the client did (first, as a rule).
@@ -1660,7 +1673,6 @@ async fn forward(
                 overall_deadline,
             );
         }
-        pool.stats.rq_total.inc(worker);
         host.stats.rq_total.inc(worker);
         let active = (
             pool.stats.rq_active.raise(worker),
@@ -1685,6 +1697,7 @@ async fn forward(
                         ends_at: duration_deadline,
                         duration_reached: pool.stats.rq_max_duration_reached.clone(),
                     },
+                    &sinks,
                 ));
                 rt::timeout(try_deadline, upgraded).await
             }
@@ -1693,7 +1706,7 @@ async fn forward(
                 // the request future, next to the copy the timeout holds.
                 rt::timeout(
                     try_deadline,
-                    send_once(&pool, &cluster, &host, worker, up_req),
+                    send_once(&pool, &cluster, &host, worker, &sinks, up_req),
                 )
                 .await
             }
@@ -1702,18 +1715,18 @@ async fn forward(
         let err = match result {
             Some(Ok(resp)) => {
                 let status = resp.status().as_u16();
-                pool.stats.status(worker, status);
-                let can_retry = retry.as_ref().is_some_and(|r| {
-                    r.retry_response(status, resp.headers())
-                        && attempt <= r.num_retries
-                        && replayable(&buffered, &retry_buffer)
-                });
-                let slot = if can_retry {
-                    RetrySlot::take(&pool, &cluster, worker)
+                let retriable = retry
+                    .as_ref()
+                    .is_some_and(|r| r.retry_response(status, resp.headers()));
+                let left = retry.as_ref().is_some_and(|r| attempt <= r.num_retries);
+                let more = left && replayable(&buffered, &retry_buffer);
+                let slot = if retriable && more {
+                    RetrySlot::take(&pool, &cluster, worker, sinks)
                 } else {
                     None
                 };
                 if let Some(slot) = slot {
+                    sinks.cluster.charge_retried(worker, status);
                     // Kept in case no retry can follow, read off its connection first: an
                     // open body would hold the attempt's connection (an HTTP/2 stream
                     // slot) while the retry looks for one.
@@ -1723,16 +1736,16 @@ async fn forward(
                         break;
                     }
                     drop(slot);
-                    pool.stats.rq_retry.inc(worker);
+                    sinks.retry(worker);
                     continue;
                 }
-                if attempt > 1 {
-                    pool.stats.rq_retry_success.inc(worker);
+                if retriable && !left {
+                    sinks.retry_limit_exceeded(worker);
+                } else if attempt > 1 && !retriable {
+                    sinks.retry_success(worker);
                 }
                 let elapsed = upstream_start.elapsed();
-                pool.stats
-                    .rq_time
-                    .record(worker, elapsed.as_millis() as u64);
+                sinks.charge(worker, status, Some(elapsed.as_millis() as u64));
                 let mut resp = resp;
                 if !cfg.suppress_envoy_headers {
                     resp.headers_mut().insert(
@@ -1757,7 +1770,7 @@ async fn forward(
                             cfg.stats.downstream_rq_max_duration_reached.clone(),
                             Expiry::Route,
                         )),
-                        (Some(g), _) => Some((g, pool.stats.rq_timeout.clone(), Expiry::Route)),
+                        (Some(g), _) => Some((g, pool.stats.rq.timeout.clone(), Expiry::Route)),
                         (None, Some(d)) => Some((
                             d,
                             cfg.stats.downstream_rq_max_duration_reached.clone(),
@@ -1803,12 +1816,15 @@ async fn forward(
             AttemptError::Refused => retry.as_ref().is_some_and(|r| r.retry_refused()),
             AttemptError::PerTryTimeout => retry.as_ref().is_some_and(|r| r.retry_timeout()),
         };
-        let more = retry.as_ref().is_some_and(|r| attempt <= r.num_retries)
-            && replayable(&buffered, &retry_buffer);
+        let left = retry.as_ref().is_some_and(|r| attempt <= r.num_retries);
+        let more = left && replayable(&buffered, &retry_buffer);
+        if attempt > 1 && !retriable {
+            sinks.retry_success(worker);
+        }
         last_error = Some(err);
         last_response = None;
         let slot = if retriable && more {
-            RetrySlot::take(&pool, &cluster, worker)
+            RetrySlot::take(&pool, &cluster, worker, sinks)
         } else {
             None
         };
@@ -1817,11 +1833,11 @@ async fn forward(
                 break;
             }
             drop(slot);
-            pool.stats.rq_retry.inc(worker);
+            sinks.retry(worker);
             continue;
         }
-        if retriable && !more && retry.is_some() {
-            pool.stats.rq_retry_limit_exceeded.inc(worker);
+        if retriable && !left {
+            sinks.retry_limit_exceeded(worker);
         }
         break;
     }
@@ -1834,6 +1850,7 @@ async fn forward(
         return r;
     }
     if let Some(mut resp) = last_response {
+        sinks.charge(worker, resp.status().as_u16(), None);
         if !cfg.suppress_envoy_headers {
             resp.headers_mut().insert(
                 X_ENVOY_UPSTREAM_SERVICE_TIME.clone(),
@@ -1850,7 +1867,7 @@ async fn forward(
         None | Some(AttemptError::PerTryTimeout)
             if global_deadline.is_some_and(|d| Instant::now() >= d) || last_error.is_none() =>
         {
-            pool.stats.rq_timeout.inc(worker);
+            sinks.timeout(worker);
             outcome.flags = "UT";
             timeout_reply.response()
         }
@@ -1897,6 +1914,11 @@ async fn forward(
         }
         None => local_reply(StatusCode::GATEWAY_TIMEOUT, UPSTREAM_TIMEOUT),
     };
+    // As Envoy's router, the reply to an upstream failure or timeout is the code the
+    // request ends with; a stream's duration running out is not charged.
+    if !matches!(last_error, Some(AttemptError::MaxDuration)) {
+        sinks.charge(worker, reply.status().as_u16(), None);
+    }
     // Envoy's router counts its attempts on its own replies too.
     if vh.attempt_count_response && attempt > 0 {
         reply
@@ -1946,13 +1968,18 @@ struct RetrySlot(Rc<pool::ClusterPool>);
 
 impl RetrySlot {
     /// A slot, or `None` (counted in `upstream_rq_retry_overflow`) when the breaker is full.
-    fn take(pool: &Rc<pool::ClusterPool>, cluster: &ClusterInfo, worker: usize) -> Option<Self> {
+    fn take(
+        pool: &Rc<pool::ClusterPool>,
+        cluster: &ClusterInfo,
+        worker: usize,
+        sinks: StatSinks<'_>,
+    ) -> Option<Self> {
         let b = &pool.breakers;
         let max = cluster
             .thresholds
             .max_retries(b.requests.get() + b.pending.get());
         if b.retries.get() >= max {
-            pool.stats.rq_retry_overflow.inc(worker);
+            sinks.retry_overflow(worker);
             return None;
         }
         b.retries.set(b.retries.get() + 1);
@@ -1996,6 +2023,7 @@ struct TunnelLimits {
     duration_reached: Arc<crate::stats::Counter>,
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn send_upgrade(
     cluster: &Arc<ClusterInfo>,
     host: &Arc<crate::upstream::Host>,
@@ -2004,6 +2032,7 @@ async fn send_upgrade(
     downstream: DownstreamUpgrade,
     downstream_conn: &Rc<ConnInfo>,
     limits: TunnelLimits,
+    sinks: &StatSinks<'_>,
 ) -> Result<Response<ProxyBody>, AttemptError> {
     let stats = cluster.stats.clone();
     stats.upstream_cx_total.inc(worker);
@@ -2020,6 +2049,7 @@ async fn send_upgrade(
             return Err(AttemptError::ConnectFailure);
         }
     };
+    sinks.attempt(worker);
     // The cluster's stream duration runs from here, the tunnel included, as Envoy's.
     let upstream_ends = cluster.stream_limits.attempt_ends();
     let sent = if cluster.http2 {
@@ -2130,6 +2160,7 @@ pub(super) async fn send_once(
     cluster: &Arc<ClusterInfo>,
     host: &Arc<crate::upstream::Host>,
     worker: usize,
+    sinks: &StatSinks<'_>,
     req: Request<ProxyBody>,
 ) -> Result<Response<ProxyBody>, AttemptError> {
     let mut req = req;
@@ -2139,6 +2170,7 @@ pub(super) async fn send_once(
     // A complete body (none, or buffered for retries) goes through Courier's own HTTP/1
     // client; a streamed one through hyper's.
     let raw_body = (!cluster.http2).then(|| req.body().bytes()).flatten();
+    let mut counted = false;
     for _ in 0..3 {
         let raw = raw_body.is_some();
         let (sender, reused) = match pool.checkout(cluster, host, worker, raw).await {
@@ -2150,6 +2182,11 @@ pub(super) async fn send_once(
             }
             Err(PoolError::ConnectTimeout) => return Err(AttemptError::ConnectFailure),
         };
+        // As Envoy, an attempt counts (`upstream_rq_total`) once it has a connection.
+        if !counted {
+            sinks.attempt(worker);
+            counted = true;
+        }
         // As Envoy, the cluster's stream duration counts from the moment the attempt has
         // its connection.
         let ends = limits.attempt_ends();

@@ -27,6 +27,7 @@ use hyper::body::Frame;
 
 use super::body::{BoxError, ProxyBody};
 use super::pool;
+use super::request_stats::StatSinks;
 use crate::config::{ConfigError, Fraction};
 use crate::event::rt;
 use crate::stats::{Counter, Store};
@@ -344,6 +345,10 @@ fn exchange(
     deadline: Option<Instant>,
 ) {
     let pool = pool::cluster_pool(&cluster, store, worker);
+    let internal = req
+        .headers()
+        .get("x-envoy-internal")
+        .is_some_and(|v| v.as_bytes() == b"true");
     rt::spawn(async move {
         if pool.breakers.requests.get() >= cluster.thresholds.max_requests {
             pool.stats.rq_pending_overflow.inc(worker);
@@ -354,19 +359,25 @@ fn exchange(
             return;
         };
         let _request = pool.request_slot();
-        pool.stats.rq_total.inc(worker);
         let _active = pool.stats.rq_active.raise(worker);
         let exchange = async {
-            let resp = super::router::send_once(&pool, &cluster, &host, worker, req).await?;
+            let sinks = StatSinks {
+                cluster: &pool.stats.rq,
+                route: None,
+                vcluster: None,
+                internal,
+            };
+            let resp =
+                super::router::send_once(&pool, &cluster, &host, worker, &sinks, req).await?;
             let status = resp.status().as_u16();
             // Read off so that the connection goes back to the pool.
             let _ = resp.into_body().collect().await;
             Ok::<_, super::router::AttemptError>(status)
         };
         match rt::timeout(deadline, exchange).await {
-            Some(Ok(status)) => pool.stats.status(worker, status),
+            Some(Ok(status)) => pool.stats.rq.charge(worker, status, internal),
             Some(Err(e)) => tracing::debug!(cluster = %cluster.name, error = ?e, "mirror failed"),
-            None => pool.stats.rq_timeout.inc(worker),
+            None => pool.stats.rq.timeout.inc(worker),
         }
     });
 }

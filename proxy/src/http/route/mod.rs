@@ -23,6 +23,7 @@ use regex::Regex;
 use super::filter_config::FilterConfigs;
 
 use super::headers::HeaderMutations;
+use super::request_stats::RequestStats;
 use super::shadow::{self, ShadowPolicy};
 use crate::config::{self, ConfigError};
 use crate::stats::Store;
@@ -80,6 +81,18 @@ pub struct VirtualHost {
     pub filters: FilterConfigs,
     /// `require_tls`.
     pub require_tls: TlsRequirement,
+    /// `virtual_clusters`, in order.
+    virtual_clusters: Vec<VirtualCluster>,
+    /// The stats of requests no virtual cluster matched (`vcluster.other`), when the
+    /// virtual host has virtual clusters.
+    other_vcluster: Option<Box<RequestStats>>,
+}
+
+/// A virtual cluster: requests matching all its header matchers are counted under its
+/// name (`vhost.<virtual host>.vcluster.<name>.`).
+struct VirtualCluster {
+    headers: Vec<HeaderMatcher>,
+    stats: RequestStats,
 }
 
 /// A virtual host's `require_tls`: which of its requests are redirected to `https` when
@@ -135,6 +148,9 @@ pub struct Route {
     pub buffer_limit: Option<usize>,
     /// `typed_per_filter_config`, and the action's deprecated `cors`.
     pub filters: FilterConfigs,
+    /// `stat_prefix`: the route's own upstream request stats
+    /// (`vhost.<virtual host>.route.<stat_prefix>.`).
+    pub stats: Option<Box<RequestStats>>,
 }
 
 enum PathMatch {
@@ -1081,7 +1097,6 @@ impl RouteTable {
             }
             for (field, set) in [
                 ("matcher", vh.matcher.is_some()),
-                ("virtual_clusters", !vh.virtual_clusters.is_empty()),
                 ("rate_limits", !vh.rate_limits.is_empty()),
                 ("hedge_policy", vh.hedge_policy.is_some()),
             ] {
@@ -1157,6 +1172,7 @@ impl RouteTable {
                 .into()
             };
             let inherited = Inherited {
+                vhost: &vh.name,
                 store,
                 retry: retry_policy.as_ref(),
                 shadows: &vh_shadows,
@@ -1166,7 +1182,44 @@ impl RouteTable {
                 route.buffer_limit = route.buffer_limit.or(vh_buffer_limit);
                 routes.push(route);
             }
+            let mut virtual_clusters = Vec::with_capacity(vh.virtual_clusters.len());
+            for (ci, vc) in vh.virtual_clusters.iter().enumerate() {
+                let cpath = format!("{vpath}.virtual_clusters[{ci}]");
+                if vc.name.is_empty() {
+                    return Err(ConfigError::new(
+                        format!("{cpath}.name"),
+                        "value length must be at least 1 characters",
+                    ));
+                }
+                if vc.headers.is_empty() {
+                    // Envoy's own check.
+                    return Err(ConfigError::new(
+                        format!("{cpath}.headers"),
+                        "virtual clusters must define 'headers'",
+                    ));
+                }
+                virtual_clusters.push(VirtualCluster {
+                    headers: vc
+                        .headers
+                        .iter()
+                        .enumerate()
+                        .map(|(hi, h)| compile_header_matcher(h, &format!("{cpath}.headers[{hi}]")))
+                        .collect::<Result<_, _>>()?,
+                    stats: RequestStats::virtual_host(
+                        store,
+                        format!("vhost.{}.vcluster.{}.", vh.name, vc.name),
+                    ),
+                });
+            }
+            let other_vcluster = (!virtual_clusters.is_empty()).then(|| {
+                Box::new(RequestStats::virtual_host(
+                    store,
+                    format!("vhost.{}.vcluster.other.", vh.name),
+                ))
+            });
             vhosts.push(VirtualHost {
+                virtual_clusters,
+                other_vcluster,
                 name: vh.name.clone(),
                 routes,
                 request_headers: HeaderMutations::compile(
@@ -1382,6 +1435,22 @@ pub fn strip_port(host: &str) -> &str {
 }
 
 impl VirtualHost {
+    /// The stats of the virtual cluster a request belongs to: the first whose header
+    /// matchers all match, else `other`; `None` without virtual clusters.
+    pub fn virtual_cluster(
+        &self,
+        headers: &HeaderMap,
+        pseudo: &Pseudo<'_>,
+    ) -> Option<&RequestStats> {
+        let other = self.other_vcluster.as_deref()?;
+        Some(
+            self.virtual_clusters
+                .iter()
+                .find(|vc| vc.headers.iter().all(|h| h.matches(headers, pseudo)))
+                .map_or(other, |vc| &vc.stats),
+        )
+    }
+
     /// The first matching route.
     pub fn find_route(
         &self,
@@ -1489,6 +1558,8 @@ impl RouteMatcher {
 /// What a route takes from its virtual host (and route configuration) unless it sets its
 /// own.
 struct Inherited<'a> {
+    /// The virtual host's name, in route stats' names.
+    vhost: &'a str,
     retry: Option<&'a Arc<RetryPolicy>>,
     shadows: &'a Arc<[ShadowPolicy]>,
     /// Where per-route filter settings keep their counters.
@@ -1656,6 +1727,12 @@ fn compile_route(
             path,
             inherited.store,
         )?,
+        stats: (!r.stat_prefix.is_empty()).then(|| {
+            Box::new(RequestStats::virtual_host(
+                inherited.store,
+                format!("vhost.{}.route.{}.", inherited.vhost, r.stat_prefix),
+            ))
+        }),
     })
 }
 
@@ -2005,6 +2082,52 @@ mod tests {
             err.path,
             "virtual_hosts[0].routes[1].match.safe_regex.regex"
         );
+    }
+
+    #[test]
+    fn virtual_clusters_are_checked_and_matched_in_order() {
+        let store = Store::new(1);
+        let vh = |clusters: serde_json::Value| {
+            let rc: RouteConfiguration = courier_proto::from_value(&serde_json::json!({
+                "name": "r",
+                "virtual_hosts": [{"name": "v", "domains": ["*"], "routes": [],
+                    "virtual_clusters": clusters}]
+            }))
+            .expect("valid proto json");
+            RouteTable::compile(&rc, &store)
+        };
+        let err = vh(serde_json::json!([{"name": "c"}]))
+            .err()
+            .expect("a virtual cluster without headers is refused");
+        assert_eq!(err.path, "virtual_hosts[0].virtual_clusters[0].headers");
+        let err =
+            vh(serde_json::json!([{"headers": [{"name": ":method", "present_match": true}]}]))
+                .err()
+                .expect("a virtual cluster without a name is refused");
+        assert_eq!(err.path, "virtual_hosts[0].virtual_clusters[0].name");
+        let t = vh(serde_json::json!([
+            {"name": "gets", "headers": [{"name": ":method", "string_match": {"exact": "GET"}}]},
+            {"name": "api", "headers": [{"name": ":path", "string_match": {"prefix": "/api"}}]}
+        ]))
+        .expect("compiles");
+        let charge = |method: &str, path: &str| {
+            let pseudo = Pseudo {
+                method: Some(method),
+                path: Some(path),
+                ..Pseudo::default()
+            };
+            t.vhosts[0]
+                .virtual_cluster(&HeaderMap::new(), &pseudo)
+                .expect("a virtual host with virtual clusters")
+                .charge(0, 200, false);
+        };
+        charge("GET", "/api/x");
+        charge("POST", "/api/x");
+        charge("POST", "/other");
+        let counters: HashMap<String, u64> = store.counters().into_iter().collect();
+        assert_eq!(counters["vhost.v.vcluster.gets.upstream_rq_200"], 1);
+        assert_eq!(counters["vhost.v.vcluster.api.upstream_rq_200"], 1);
+        assert_eq!(counters["vhost.v.vcluster.other.upstream_rq_200"], 1);
     }
 
     #[test]

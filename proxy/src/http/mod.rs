@@ -234,6 +234,7 @@ pub mod internal_address;
 pub mod key_format;
 pub mod local_ratelimit;
 pub mod pool;
+pub mod rbac;
 pub mod request_controls;
 pub mod retry_buffer;
 pub mod route;

@@ -33,7 +33,7 @@
 
 pub mod rules;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use courier_proto::envoy::config::rbac::v3 as rbac_pb;
 use courier_proto::envoy::extensions::filters::http::rbac::v3 as pb;
@@ -74,6 +74,8 @@ pub struct Decision<'a> {
     pub allowed: bool,
     /// The first policy (by name) that matched.
     pub policy: Option<&'a str>,
+    /// Its place in the engine's policies.
+    index: Option<usize>,
 }
 
 impl Engine {
@@ -109,17 +111,17 @@ impl Engine {
 
     /// The engine's decision for a request.
     pub fn decide(&self, r: &RequestView<'_>) -> Decision<'_> {
-        let policy = self
-            .policies
-            .iter()
-            .find(|p| p.matches(r))
-            .map(|p| p.name.as_str());
+        let index = self.policies.iter().position(|p| p.matches(r));
         let allowed = match self.action {
-            Action::Allow => policy.is_some(),
-            Action::Deny => policy.is_none(),
+            Action::Allow => index.is_some(),
+            Action::Deny => index.is_none(),
             Action::Log => true,
         };
-        Decision { allowed, policy }
+        Decision {
+            allowed,
+            policy: index.map(|i| self.policies[i].name.as_str()),
+            index,
+        }
     }
 }
 
@@ -179,10 +181,13 @@ struct Outcomes {
     /// `allowed` or `shadow_allowed`.
     allowed_name: &'static str,
     denied_name: &'static str,
+    /// The per-policy counters of the filter's own engine, by policy, made on first use
+    /// (Envoy shows none before).
+    own: Box<[[OnceLock<Arc<Counter>>; 2]]>,
 }
 
 impl Outcomes {
-    fn new(store: &Store, prefix: String, shadow: bool) -> Outcomes {
+    fn new(store: &Store, prefix: String, shadow: bool, own: Option<&Engine>) -> Outcomes {
         let (allowed_name, denied_name) = match shadow {
             true => ("shadow_allowed", "shadow_denied"),
             false => ("allowed", "denied"),
@@ -194,21 +199,31 @@ impl Outcomes {
             prefix,
             allowed_name,
             denied_name,
+            own: own
+                .map(|e| e.policies.iter().map(|_| Default::default()).collect())
+                .unwrap_or_default(),
         }
     }
 
-    fn count(&self, d: Decision<'_>, per_rule: bool, worker: usize) {
+    /// Counts a decision; `own`: the filter's own engine's (not a route's).
+    fn count(&self, d: Decision<'_>, per_rule: bool, own: bool, worker: usize) {
         let (total, name) = match d.allowed {
             true => (&self.allowed, self.allowed_name),
             false => (&self.denied, self.denied_name),
         };
         total.inc(worker);
-        if let Some(policy) = d.policy.filter(|_| per_rule) {
-            // Named by the policy, which may come from any route: looked up when counted
-            // (only with `track_per_rule_stats`), as Envoy's are.
+        let (Some(policy), Some(i), true) = (d.policy, d.index, per_rule) else {
+            return;
+        };
+        let make = || {
             self.store
                 .counter(&format!("{}.policy.{policy}.{name}", self.prefix))
-                .inc(worker);
+        };
+        match self.own.get(i).filter(|_| own) {
+            Some(cells) => cells[usize::from(!d.allowed)].get_or_init(make).inc(worker),
+            // A route's policy, which route tables from RDS share between connection
+            // managers: named when counted (under this filter's prefix).
+            None => make().inc(worker),
         }
     }
 }
@@ -242,11 +257,14 @@ impl RbacFilter {
         store: &Store,
     ) -> Result<RbacFilter, ConfigError> {
         let base = format!("http.{prefix}.rbac");
+        let rules = RbacRules::compile(p, path)?;
+        let enforced = stat_prefix(&base, &p.rules_stat_prefix);
+        let shadow = stat_prefix(&base, &p.shadow_rules_stat_prefix);
         Ok(RbacFilter {
             name: name.to_string(),
-            rules: RbacRules::compile(p, path)?,
-            enforced: Outcomes::new(store, stat_prefix(&base, &p.rules_stat_prefix), false),
-            shadow: Outcomes::new(store, stat_prefix(&base, &p.shadow_rules_stat_prefix), true),
+            enforced: Outcomes::new(store, enforced, false, rules.enforced.as_ref()),
+            shadow: Outcomes::new(store, shadow, true, rules.shadow.as_ref()),
+            rules,
         })
     }
 
@@ -258,16 +276,17 @@ impl RbacFilter {
         r: &RequestView<'_>,
         worker: usize,
     ) -> Option<Box<Response<ProxyBody>>> {
+        let own = route_rules.is_none();
         let rules = route_rules.unwrap_or(&self.rules);
         if let Some(shadow) = &rules.shadow {
             let d = shadow.decide(r);
             tracing::debug!(filter = %self.name, allowed = d.allowed, policy = ?d.policy, "rbac shadow");
-            self.shadow.count(d, rules.per_rule_stats, worker);
+            self.shadow.count(d, rules.per_rule_stats, own, worker);
         }
         let engine = rules.enforced.as_ref()?;
         let d = engine.decide(r);
         tracing::debug!(filter = %self.name, allowed = d.allowed, policy = ?d.policy, "rbac");
-        self.enforced.count(d, rules.per_rule_stats, worker);
+        self.enforced.count(d, rules.per_rule_stats, own, worker);
         (!d.allowed).then(|| Box::new(super::router::local_reply(StatusCode::FORBIDDEN, BODY)))
     }
 }

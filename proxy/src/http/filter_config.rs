@@ -1,6 +1,6 @@
 //! Per-route filter configuration: the `typed_per_filter_config` of a route, virtual host
 //! or route configuration, compiled for Courier's HTTP filters ([`super::cors`],
-//! [`super::fault`], [`super::local_ratelimit`]).
+//! [`super::fault`], [`super::local_ratelimit`], [`super::rbac`]).
 
 //!
 //! An entry is keyed by the filter's name in the connection manager's `http_filters`
@@ -18,6 +18,7 @@ use courier_proto::google::protobuf::Any;
 use super::cors::{self, CorsPolicy};
 use super::fault::{self, FaultPolicy};
 use super::local_ratelimit::{self, RateLimitPolicy};
+use super::rbac::{self, RbacRules};
 use crate::config::ConfigError;
 use crate::stats::Store;
 
@@ -31,6 +32,8 @@ pub enum FilterPolicy {
     Fault(Arc<FaultPolicy>),
     /// A local rate limit (it replaces the filter's own, bucket included).
     RateLimit(Arc<RateLimitPolicy>),
+    /// RBAC rules (an `RBACPerRoute`: they replace the filter's own).
+    Rbac(Arc<RbacRules>),
     /// `FilterConfig { disabled: false }` with no config of Courier's: the filter is on
     /// here (a filter disabled in the chain runs only where a level turns it on).
     Enabled,
@@ -126,6 +129,9 @@ fn policy(any: &Any, path: &str, store: &Store) -> Result<Option<FilterPolicy>, 
         local_ratelimit::FILTER_TYPE => FilterPolicy::RateLimit(Arc::new(
             RateLimitPolicy::compile(&unpack(any, path)?, path, true, store)?,
         )),
+        rbac::PER_ROUTE_TYPE => {
+            FilterPolicy::Rbac(Arc::new(RbacRules::per_route(&unpack(any, path)?, path)?))
+        }
         _ => return Ok(None),
     }))
 }

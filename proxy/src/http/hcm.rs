@@ -209,6 +209,8 @@ pub enum HttpFilter {
     LocalRateLimit(super::local_ratelimit::LocalRateLimitFilter),
     /// `envoy.filters.http.health_check`.
     HealthCheck(super::health_check::HealthCheckFilter),
+    /// `envoy.filters.http.rbac`.
+    Rbac(super::rbac::RbacFilter),
 }
 
 impl HttpFilter {
@@ -219,6 +221,7 @@ impl HttpFilter {
             HttpFilter::Fault(f) => &f.name,
             HttpFilter::LocalRateLimit(f) => &f.name,
             HttpFilter::HealthCheck(f) => &f.name,
+            HttpFilter::Rbac(f) => &f.name,
         }
     }
 }
@@ -510,6 +513,23 @@ impl HcmConfig {
                         store,
                     )?,
                 ));
+                continue;
+            }
+            if is(super::rbac::FILTER_TYPE, super::rbac::FILTER_NAME) {
+                let at = format!("{path}.typed_config");
+                let rbac = match &f.config_type {
+                    Some(http_filter::ConfigType::TypedConfig(any)) => {
+                        super::filter_config::unpack(any, &at)?
+                    }
+                    _ => Default::default(),
+                };
+                push(HttpFilter::Rbac(super::rbac::RbacFilter::compile(
+                    &f.name,
+                    &rbac,
+                    &at,
+                    &proto.stat_prefix,
+                    store,
+                )?));
                 continue;
             }
             if is(super::fault::FILTER_TYPE, super::fault::FILTER_NAME) {

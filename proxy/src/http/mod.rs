@@ -7,9 +7,9 @@
 //!   server, driven by the worker's runtime ([`crate::event::rt`]).
 //! - [`h1_head`]: a parsed HTTP/1.1 head made into a header map without copies, its framing
 //!   fields noted; [`header_map_pool`]: the worker's spare header maps, reused per message.
-//! - [`cors`], [`fault`], [`local_ratelimit`] and [`health_check`]: the CORS, fault
-//!   injection, local rate limit and health check filters; [`filter_config`]: their
-//!   per-route settings.
+//! - [`cors`], [`fault`], [`local_ratelimit`], [`health_check`] and [`rbac`]: the CORS,
+//!   fault injection, local rate limit, health check and RBAC filters; [`filter_config`]:
+//!   their per-route settings.
 //! - [`router`]: one request: sanitising, route selection, local replies, forwarding with
 //!   retries and timeouts.
 //! - [`internal_address`]: which requests are internal (`internal_address_config`);
@@ -164,7 +164,7 @@
 //!   refuse whole listeners; found by an audit of every field): a route's
 //!   `flush_timeout` and `stat_prefix`; `typed_per_filter_config` entries for filters
 //!   other than Courier's (CORS, fault injection, local rate limits, health checks,
-//!   the router); the connection manager's `stream_flush_timeout`,
+//!   RBAC, the router); the connection manager's `stream_flush_timeout`,
 //!   `drain_timeout`, HTTP/2 flood settings, and HTTP/1 `allow_absolute_url` and
 //!   `override_stream_error_on_invalid_http_message`; a cluster's slow start,
 //!   `respect_dns_ttl` and the DNS failure back-off's growth; HTTP/2's `interval_jitter`,
@@ -189,11 +189,20 @@
 //!   act as Envoy's.
 //! - HTTP filters before the router, in the chain's order: CORS (`envoy.filters.http.cors`,
 //!   [`cors`]), fault injection (`envoy.filters.http.fault`, [`fault`]), local rate
-//!   limits (`envoy.filters.http.local_ratelimit`, [`local_ratelimit`]) and health checks
-//!   (`envoy.filters.http.health_check`, [`health_check`]), with their
+//!   limits (`envoy.filters.http.local_ratelimit`, [`local_ratelimit`]), health checks
+//!   (`envoy.filters.http.health_check`, [`health_check`]) and RBAC
+//!   (`envoy.filters.http.rbac`, [`rbac`]), with their
 //!   per-route settings in `typed_per_filter_config` (route, virtual host, route
 //!   configuration; [`filter_config`]) and CORS's deprecated `cors` fields, as Envoy
-//!   (`tests/http_cors.rs`, `tests/http_fault.rs`, `tests/http_local_ratelimit.rs`).
+//!   (`tests/http_cors.rs`, `tests/http_fault.rs`, `tests/http_local_ratelimit.rs`,
+//!   `tests/http_rbac.rs`). RBAC differences: connections have no TLS, so
+//!   `requested_server_name` matches an empty name and `authenticated` never matches
+//!   (as Envoy's on a plaintext connection); its dynamic metadata (`access_log_hint`,
+//!   the effective policy) is not kept and `%RESPONSE_CODE_DETAILS%` is not logged; a
+//!   request no route matches is answered `404` before any filter runs, where Envoy's
+//!   RBAC filter would deny it first (`403`) under the filter's own rules. The xDS
+//!   `matcher`/`shadow_matcher`, CEL conditions, audit logging and permissions or
+//!   principals on metadata, filter state, URI templates or extensions are refused.
 //!   Other HTTP filters are refused unless `is_optional`; a filter `disabled` in the chain
 //!   runs only where a route's `FilterConfig` turns it on. Fault injection's
 //!   `upstream_cluster` does not match requests routed by `weighted_clusters`, and
@@ -257,6 +266,7 @@ pub mod internal_address;
 pub mod key_format;
 pub mod local_ratelimit;
 pub mod pool;
+pub mod rbac;
 pub mod request_controls;
 pub mod request_stats;
 pub mod retry_buffer;

@@ -27,6 +27,7 @@ use super::headers::{decimal_value, strip_hop_by_hop, strip_response_hop_by_hop,
 use super::health_check::HealthCheckRequest;
 use super::local_ratelimit::RateLimited;
 use super::pool::{self, PoolError, Sender};
+use super::rbac::{RequestView, XffTrust};
 use super::request_controls::RequestControls;
 use super::request_stats::StatSinks;
 use super::retry_buffer::RetryBuffer;
@@ -958,6 +959,27 @@ async fn process(
                         break;
                     }
                     RateLimited::Pass(r) => rate_limit = r,
+                }
+            }
+            HttpFilter::Rbac(f) => {
+                let route_rules = match most_specific(levels, &f.name) {
+                    Some(FilterPolicy::Rbac(r)) => Some(r.as_ref()),
+                    _ => None,
+                };
+                let view = RequestView {
+                    headers: req.headers(),
+                    pseudo: pseudo(),
+                    local: conn.local,
+                    peer: conn.remote.ip(),
+                    xff: XffTrust {
+                        use_remote_address: cfg.use_remote_address,
+                        trusted_hops: cfg.xff_num_trusted_hops,
+                        appended: cfg.use_remote_address && !cfg.skip_xff_append,
+                    },
+                };
+                if let Some(r) = f.on_request(route_rules, &view, worker) {
+                    filter_reply = Some(r);
+                    break;
                 }
             }
             HttpFilter::Fault(f) => {

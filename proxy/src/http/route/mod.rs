@@ -6,6 +6,7 @@
 // Deprecated proto fields (header matchers, cors) are still accepted or rejected by name.
 #![allow(deprecated)]
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -307,23 +308,31 @@ impl<'a> Pseudo<'a> {
 
 impl HeaderMatcher {
     /// Whether the message with `headers` and `pseudo` headers matches.
-    pub fn matches(&self, headers: &HeaderMap, pseudo: &Pseudo<'_>) -> bool {
-        let pseudo_value = |v: Option<&str>| v.map(str::to_string);
-        let joined: Option<String> = match &self.name {
+    pub fn matches<'a>(&self, headers: &'a HeaderMap, pseudo: &Pseudo<'a>) -> bool {
+        // Borrowed but for a repeated header (joined with `,`, as Envoy) and `:status`:
+        // matchers run on every request, for routes and filters alike.
+        let pseudo_value = |v: Option<&'a str>| v.map(Cow::Borrowed);
+        let joined: Option<Cow<'a, str>> = match &self.name {
             MatchedName::Header(name) => {
-                let mut values = headers.get_all(name).iter().peekable();
-                if values.peek().is_none() {
-                    None
-                } else {
-                    let v: Vec<&str> = values.map(|v| v.to_str().unwrap_or("")).collect();
-                    Some(v.join(","))
+                let mut values = headers.get_all(name).iter();
+                match (values.next(), values.next()) {
+                    (None, _) => None,
+                    (Some(v), None) => Some(Cow::Borrowed(v.to_str().unwrap_or(""))),
+                    (Some(first), Some(second)) => {
+                        let v: Vec<&str> = [first, second]
+                            .into_iter()
+                            .chain(values)
+                            .map(|v| v.to_str().unwrap_or(""))
+                            .collect();
+                        Some(Cow::Owned(v.join(",")))
+                    }
                 }
             }
             MatchedName::Method => pseudo_value(pseudo.method),
             MatchedName::Path => pseudo_value(pseudo.path),
             MatchedName::Authority => pseudo_value(pseudo.authority),
             MatchedName::Scheme => pseudo_value(pseudo.scheme),
-            MatchedName::Status => pseudo.status.map(|s| s.to_string()),
+            MatchedName::Status => pseudo.status.map(|s| Cow::Owned(s.to_string())),
             MatchedName::OtherPseudo => None,
         };
         if joined.is_none() && !self.missing_as_empty {

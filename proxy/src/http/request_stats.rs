@@ -58,15 +58,11 @@ impl CodeCounters {
             self.classes[class - 1].inc(worker);
         }
         // A handful of distinct codes per set: a scan beats hashing.
-        let known = self
-            .codes
-            .load()
-            .iter()
-            .find(|(c, _)| *c == code)
-            .map(|(_, counter)| counter.clone());
-        match known {
-            Some(counter) => counter.inc(worker),
+        let codes = self.codes.load();
+        match codes.iter().find(|(c, _)| *c == code) {
+            Some((_, counter)) => counter.inc(worker),
             None => {
+                drop(codes);
                 let counter = self
                     .store
                     .counter(&format!("{}upstream_rq_{code}", self.prefix));

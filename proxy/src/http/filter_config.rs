@@ -41,6 +41,12 @@ pub enum FilterPolicy {
     Disabled,
 }
 
+/// No per-route settings: what filters see of a request no route takes.
+pub static NONE: FilterConfigs = FilterConfigs {
+    per_filter: Vec::new(),
+    legacy_cors: None,
+};
+
 /// A route's, virtual host's or route configuration's filter settings.
 #[derive(Default)]
 pub struct FilterConfigs {

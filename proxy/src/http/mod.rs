@@ -198,13 +198,14 @@
 //!   `tests/http_rbac.rs`). RBAC differences: connections have no TLS, so
 //!   `requested_server_name` matches an empty name and `authenticated` never matches
 //!   (as Envoy's on a plaintext connection); its dynamic metadata (`access_log_hint`,
-//!   the effective policy) is not kept and `%RESPONSE_CODE_DETAILS%` is not logged; a
-//!   request no route matches is answered `404` before any filter runs, where Envoy's
-//!   RBAC filter would deny it first (`403`) under the filter's own rules. The xDS
+//!   the effective policy) is not kept and `%RESPONSE_CODE_DETAILS%` is not logged. The xDS
 //!   `matcher`/`shadow_matcher`, CEL conditions, audit logging and permissions or
 //!   principals on metadata, filter state, URI templates or extensions are refused.
 //!   Other HTTP filters are refused unless `is_optional`; a filter `disabled` in the chain
-//!   runs only where a route's `FilterConfig` turns it on. Fault injection's
+//!   runs only where a route's `FilterConfig` turns it on. A request no route takes goes
+//!   through the filters too, with no per-route settings (a health check, fault, rate limit
+//!   or RBAC denial answers it; CORS leaves it alone), and gets the `404` if they pass it
+//!   on (`tests/http_filters_no_route.rs`). Fault injection's
 //!   `upstream_cluster` does not match requests routed by `weighted_clusters`, and
 //!   runtime keys have no effect (no runtime). A local rate limit bucket is shared by all workers (an atomic
 //!   word), as Envoy's.

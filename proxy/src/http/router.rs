@@ -854,23 +854,19 @@ async fn process(
     // where used: held across the request's awaits it would take room in its future).
     let scheme = Pseudo::scheme_of(req.uri());
     let pseudo = || Pseudo::request(&method, &path, &authority, scheme);
-    let Some(vh) = table.find_vhost(&authority) else {
-        cfg.stats.no_route.inc(worker);
-        outcome.flags = "NR";
-        return local_reply(StatusCode::NOT_FOUND, "");
-    };
+    let vh = table.find_vhost(&authority);
     // `require_tls` comes before the routes, as in Envoy: even a request no route takes
     // is sent to `https`.
-    if vh.require_tls.redirects(req.headers()) {
+    if vh.is_some_and(|vh| vh.require_tls.redirects(req.headers())) {
         return tls_redirect(&authority, &path);
     }
-    let Some(route) = vh.find_route(&path, req.headers(), &pseudo()) else {
-        cfg.stats.no_route.inc(worker);
-        outcome.flags = "NR";
-        return local_reply(StatusCode::NOT_FOUND, "");
-    };
-    if !cfg.access_logs.is_empty() {
-        outcome.route_name = route.name.clone();
+    // A request no route takes still goes through the filters, as in Envoy (a health
+    // check, a fault or a rate limit may answer it), with no per-route settings.
+    let routed = vh.and_then(|vh| Some((vh, vh.find_route(&path, req.headers(), &pseudo())?)));
+    if let Some((_, route)) = routed {
+        if !cfg.access_logs.is_empty() {
+            outcome.route_name = route.name.clone();
+        }
     }
     let fcx_remote = conn.remote;
     let fcx_local = conn.local;
@@ -888,8 +884,8 @@ async fn process(
         upgrade = None;
     }
     let upgrade_refused = upgrade.as_ref().is_some_and(|up| {
-        let allowed = match &route.action {
-            Action::Route(a) => a
+        let allowed = match routed.map(|(_, route)| &route.action) {
+            Some(Action::Route(a)) => a
                 .upgrades
                 .iter()
                 .find(|(t, _)| t == up)
@@ -908,13 +904,17 @@ async fn process(
     let mut health_mark = None;
     // Boxed: it is rare, and a response kept inline would be copied on every request.
     let mut filter_reply: Option<Box<Response<ProxyBody>>> = None;
-    let levels = [&route.filters, &vh.filters, &table.filters];
+    let levels = match routed {
+        Some((vh, route)) => [&route.filters, &vh.filters, &table.filters],
+        None => [&filter_config::NONE; 3],
+    };
+    let to_cluster = routed.is_some_and(|(_, route)| matches!(route.action, Action::Route(_)));
     for chained in &cfg.filters {
         if !filter_config::runs(levels, chained.filter.name(), chained.off_by_default) {
             continue;
         }
         match &chained.filter {
-            HttpFilter::Cors(f) if matches!(route.action, Action::Route(_)) => {
+            HttpFilter::Cors(f) if to_cluster => {
                 match f.on_request(levels, &method, req.headers(), worker) {
                     CorsRequest::Preflight(r) => return *r,
                     CorsRequest::Allowed(h) => cors = Some(h),
@@ -987,7 +987,7 @@ async fn process(
                 filter_reply = Box::pin(inject_fault(
                     f,
                     levels,
-                    &route.action,
+                    routed.map(|(_, route)| &route.action),
                     req.headers(),
                     &pseudo(),
                     outcome,
@@ -1002,7 +1002,19 @@ async fn process(
     }
     // A filter's answer gets the route's response headers only on a route to a cluster
     // (Envoy's route entry; measured).
-    let route_headers = filter_reply.is_none() || matches!(route.action, Action::Route(_));
+    let route_headers = routed.filter(|_| filter_reply.is_none() || to_cluster);
+    let Some((vh, route)) = routed else {
+        let mut resp = match filter_reply {
+            Some(reply) => *reply,
+            None => {
+                cfg.stats.no_route.inc(worker);
+                outcome.flags = "NR";
+                local_reply(StatusCode::NOT_FOUND, "")
+            }
+        };
+        mark_response(&mut resp, rate_limit, health_mark, cors);
+        return resp;
+    };
     let mut resp = match (filter_reply, &route.action) {
         (Some(reply), _) => *reply,
         // The refusal still gets the route's response headers, as Envoy's does.
@@ -1085,11 +1097,23 @@ async fn process(
         upstream: outcome.upstream_host,
         request: None,
     };
-    if route_headers {
+    if let Some((vh, route)) = route_headers {
         route.response_headers.apply(resp.headers_mut(), &fcx);
         vh.response_headers.apply(resp.headers_mut(), &fcx);
         table.response_headers.apply(resp.headers_mut(), &fcx);
     }
+    mark_response(&mut resp, rate_limit, health_mark, cors);
+    resp
+}
+
+/// What the filters add to whatever answers a request: rate limit headers, the health
+/// check filter's marks, CORS headers.
+fn mark_response(
+    resp: &mut Response<ProxyBody>,
+    rate_limit: Option<super::local_ratelimit::Remaining>,
+    health_mark: Option<(&super::health_check::HealthCheckFilter, bool, bool)>,
+    cors: Option<super::cors::AllowedHeaders>,
+) {
     if let Some(r) = rate_limit {
         r.apply(resp.headers_mut());
     }
@@ -1099,14 +1123,13 @@ async fn process(
     if let Some(cors) = cors {
         cors.apply(resp.headers_mut());
     }
-    resp
 }
 
 /// Runs the fault filter on a request: delays it, and answers it when the fault aborts it.
 async fn inject_fault(
     filter: &FaultFilter,
     levels: [&FilterConfigs; 3],
-    action: &Action,
+    action: Option<&Action>,
     headers: &http::HeaderMap,
     pseudo: &Pseudo<'_>,
     outcome: &mut Outcome,
@@ -1119,7 +1142,7 @@ async fn inject_fault(
         _ => None,
     };
     let cluster = match action {
-        Action::Route(a) => match &a.cluster {
+        Some(Action::Route(a)) => match &a.cluster {
             ClusterSpec::Single(c) => Some(c.as_str()),
             ClusterSpec::Header(h) => headers.get(h).and_then(|v| v.to_str().ok()),
             ClusterSpec::Weighted { .. } => None,

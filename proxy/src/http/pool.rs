@@ -351,8 +351,8 @@ pub fn cluster_pool(cluster: &ClusterInfo, store: &Store, worker: usize) -> Rc<C
 }
 
 /// Picks a host of `cluster` with this worker's HTTP load balancer.
-pub fn choose_host(cluster: &ClusterInfo) -> Option<Arc<Host>> {
-    LB.with(|lb| lb.borrow_mut().choose(cluster))
+pub fn choose_host(cluster: &ClusterInfo, hash: Option<u64>) -> Option<Arc<Host>> {
+    LB.with(|lb| lb.borrow_mut().choose(cluster, hash))
 }
 
 /// Releases a circuit-breaker slot (the cluster's and the host's) and wakes a waiter.

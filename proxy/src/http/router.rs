@@ -1429,6 +1429,15 @@ async fn forward(
             vh.virtual_cluster(&parts.headers, &pseudo),
         )
     };
+    // The load balancer's hash (a route's `hash_policy`), also from the request as it came;
+    // a cookie it makes goes on the response (boxed: rare).
+    let (lb_hash, set_cookie) = match &action.hash_policy {
+        Some(policies) => {
+            let h = policies.hash(&parts.headers, path, conn.remote, conn.local);
+            (h.hash, h.set_cookie.map(Box::new))
+        }
+        None => (None, None),
+    };
     let sinks = StatSinks {
         cluster: &pool.stats.rq,
         route: route.stats.as_deref(),
@@ -1574,7 +1583,7 @@ async fn forward(
             attempt -= 1;
             break;
         }
-        let Some(host) = pool::choose_host(&cluster) else {
+        let Some(host) = pool::choose_host(&cluster, lb_hash) else {
             cluster.stats.upstream_cx_none_healthy.inc(worker);
             outcome.flags = "UH";
             return local_reply(StatusCode::SERVICE_UNAVAILABLE, NO_HEALTHY_UPSTREAM);
@@ -1804,6 +1813,9 @@ async fn forward(
                 }
                 if let Some(w) = weighted {
                     w.response_headers.apply(resp.headers_mut(), fcx);
+                }
+                if let Some(cookie) = set_cookie {
+                    resp.headers_mut().append(header::SET_COOKIE, *cookie);
                 }
                 // Envoy's route timeout spans the whole response: a body still arriving
                 // when it ends is cut off (an upgrade's tunnel is not).

@@ -354,7 +354,7 @@ fn exchange(
             pool.stats.rq_pending_overflow.inc(worker);
             return;
         }
-        let Some(host) = pool::choose_host(&cluster) else {
+        let Some(host) = pool::choose_host(&cluster, None) else {
             cluster.stats.upstream_cx_none_healthy.inc(worker);
             return;
         };

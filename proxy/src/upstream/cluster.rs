@@ -50,6 +50,14 @@ pub enum LbPolicy {
     Random,
     /// LEAST_REQUEST (power of two choices).
     LeastRequest,
+    /// RING_HASH: requests with the same hash (a route's `hash_policy`) go to the same host
+    /// ([`super::ring_hash`]).
+    RingHash {
+        /// `ring_hash_lb_config.minimum_ring_size` (default 1024).
+        min_ring_size: u64,
+        /// `ring_hash_lb_config.maximum_ring_size` (default 8M).
+        max_ring_size: u64,
+    },
 }
 
 /// Circuit-breaker thresholds of the default priority (Envoy's defaults: 1024, 1024, 1024, 3).
@@ -289,6 +297,7 @@ pub fn compile_cluster(proto: &pb::Cluster, store: &Store) -> Result<ClusterInfo
         Ok(cluster::LbPolicy::RoundRobin) => LbPolicy::RoundRobin,
         Ok(cluster::LbPolicy::Random) => LbPolicy::Random,
         Ok(cluster::LbPolicy::LeastRequest) => LbPolicy::LeastRequest,
+        Ok(cluster::LbPolicy::RingHash) => ring_hash_policy(proto)?,
         _ => return Err(ConfigError::unsupported("lb_policy")),
     };
     let connect_timeout = config::duration_or(
@@ -357,6 +366,64 @@ pub fn compile_cluster(proto: &pb::Cluster, store: &Store) -> Result<ClusterInfo
     };
     info.update_membership_stats();
     Ok(info)
+}
+
+/// A `RING_HASH` cluster's ring settings, checked as Envoy checks them.
+fn ring_hash_policy(proto: &pb::Cluster) -> Result<LbPolicy, ConfigError> {
+    use super::ring_hash::{DEFAULT_MAX_RING_SIZE, DEFAULT_MIN_RING_SIZE};
+    use cluster::ring_hash_lb_config::HashFunction;
+    let config = match &proto.lb_config {
+        Some(cluster::LbConfig::RingHashLbConfig(c)) => Some(c),
+        _ => None,
+    };
+    let min_ring_size = config
+        .and_then(|c| c.minimum_ring_size.as_ref())
+        .map_or(DEFAULT_MIN_RING_SIZE, |v| v.value);
+    let max_ring_size = config
+        .and_then(|c| c.maximum_ring_size.as_ref())
+        .map_or(DEFAULT_MAX_RING_SIZE, |v| v.value);
+    for (field, value) in [
+        ("minimum_ring_size", min_ring_size),
+        ("maximum_ring_size", max_ring_size),
+    ] {
+        if value > DEFAULT_MAX_RING_SIZE {
+            return Err(ConfigError::new(
+                format!("ring_hash_lb_config.{field}"),
+                format!("value must be less than or equal to {DEFAULT_MAX_RING_SIZE}"),
+            ));
+        }
+    }
+    if min_ring_size > max_ring_size {
+        return Err(ConfigError::new(
+            "ring_hash_lb_config",
+            format!("ring hash: minimum_ring_size ({min_ring_size}) > maximum_ring_size ({max_ring_size})"),
+        ));
+    }
+    if config.is_some_and(|c| c.hash_function == HashFunction::MurmurHash2 as i32) {
+        return Err(ConfigError::unsupported(
+            "ring_hash_lb_config.hash_function",
+        ));
+    }
+    if let Some(c) = proto
+        .common_lb_config
+        .as_ref()
+        .and_then(|c| c.consistent_hashing_lb_config.as_ref())
+    {
+        if c.use_hostname_for_hashing {
+            return Err(ConfigError::unsupported(
+                "common_lb_config.consistent_hashing_lb_config.use_hostname_for_hashing",
+            ));
+        }
+        if c.hash_balance_factor.is_some() {
+            return Err(ConfigError::unsupported(
+                "common_lb_config.consistent_hashing_lb_config.hash_balance_factor",
+            ));
+        }
+    }
+    Ok(LbPolicy::RingHash {
+        min_ring_size,
+        max_ring_size,
+    })
 }
 
 fn reject_unsupported(proto: &pb::Cluster) -> Result<(), ConfigError> {
@@ -741,6 +808,45 @@ mod tests {
         format!(
             "typed_extension_protocol_options:\n  envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n    \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n    common_http_protocol_options: {common}\n    explicit_http_config: {{ http_protocol_options: {{}} }}\n"
         )
+    }
+
+    #[test]
+    fn ring_hash_settings_are_checked_as_envoy_checks_them() {
+        let policy =
+            |yaml: &str| compile(&format!("lb_policy: RING_HASH\n{yaml}")).map(|c| c.lb_policy);
+        assert_eq!(
+            policy("").expect("compiles"),
+            LbPolicy::RingHash {
+                min_ring_size: 1024,
+                max_ring_size: 8 * 1024 * 1024
+            }
+        );
+        assert_eq!(
+            policy("ring_hash_lb_config: { minimum_ring_size: 10, maximum_ring_size: 20 }\n")
+                .expect("compiles"),
+            LbPolicy::RingHash {
+                min_ring_size: 10,
+                max_ring_size: 20
+            }
+        );
+        let err = |yaml: &str| policy(yaml).err().map(|e| e.path).unwrap_or_default();
+        assert_eq!(
+            err("ring_hash_lb_config: { minimum_ring_size: 30, maximum_ring_size: 20 }\n"),
+            "ring_hash_lb_config"
+        );
+        assert_eq!(
+            err("ring_hash_lb_config: { maximum_ring_size: 9000000 }\n"),
+            "ring_hash_lb_config.maximum_ring_size"
+        );
+        assert_eq!(
+            err("ring_hash_lb_config: { hash_function: MURMUR_HASH_2 }\n"),
+            "ring_hash_lb_config.hash_function"
+        );
+        assert_eq!(
+            err("common_lb_config: { consistent_hashing_lb_config: { use_hostname_for_hashing: true } }\n"),
+            "common_lb_config.consistent_hashing_lb_config.use_hostname_for_hashing"
+        );
+        assert!(compile("lb_policy: MAGLEV\n").is_err());
     }
 
     #[test]

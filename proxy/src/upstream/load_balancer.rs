@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use super::cluster::{ClusterInfo, LbPolicy};
 use super::host::{Host, HostSet};
+use super::ring_hash::Ring;
 
 /// Load-balancer state of every cluster this worker has picked from.
 #[derive(Default)]
@@ -22,10 +23,14 @@ struct LbState {
     /// Plain round robin position when all weights are equal.
     next: usize,
     weighted: bool,
+    /// A `RING_HASH` cluster's ring, built with the state.
+    ring: Option<Ring>,
+    /// The policy the state was built for.
+    policy: LbPolicy,
 }
 
 impl LbState {
-    fn new(hosts: Arc<HostSet>) -> LbState {
+    fn new(hosts: Arc<HostSet>, policy: LbPolicy) -> LbState {
         let weights: Vec<u32> = hosts
             .eligible
             .iter()
@@ -39,7 +44,16 @@ impl LbState {
         } else {
             fastrand::usize(..hosts.eligible.len())
         };
+        let ring = match policy {
+            LbPolicy::RingHash {
+                min_ring_size,
+                max_ring_size,
+            } => Some(Ring::build(&hosts, min_ring_size, max_ring_size)),
+            _ => None,
+        };
         LbState {
+            ring,
+            policy,
             current: vec![0; hosts.eligible.len()],
             hosts,
             total_weight,
@@ -112,14 +126,19 @@ impl LbState {
 }
 
 impl LbStates {
-    /// Picks a host of `cluster` per its policy; `None` when no host is eligible.
-    pub fn choose(&mut self, cluster: &ClusterInfo) -> Option<Arc<Host>> {
+    /// Picks a host of `cluster` per its policy; `None` when no host is eligible. `hash` is
+    /// the request's (a route's `hash_policy`), for hashing policies; without one they pick
+    /// at random, as Envoy's.
+    pub fn choose(&mut self, cluster: &ClusterInfo, hash: Option<u64>) -> Option<Arc<Host>> {
         let hosts = &cluster.hosts;
         let state = match self.states.get_mut(&cluster.name) {
-            Some(s) if Arc::ptr_eq(&s.hosts, hosts) => s,
+            // A changed policy (a cluster update) needs its own state too.
+            Some(s) if Arc::ptr_eq(&s.hosts, hosts) && s.policy == cluster.lb_policy => s,
             _ => {
-                self.states
-                    .insert(cluster.name.clone(), LbState::new(hosts.clone()));
+                self.states.insert(
+                    cluster.name.clone(),
+                    LbState::new(hosts.clone(), cluster.lb_policy),
+                );
                 self.states.get_mut(&cluster.name)?
             }
         };
@@ -127,6 +146,11 @@ impl LbStates {
             LbPolicy::RoundRobin => state.round_robin(),
             LbPolicy::Random => state.random(),
             LbPolicy::LeastRequest => state.least_request(),
+            LbPolicy::RingHash { .. } => {
+                let ring = state.ring.as_ref()?;
+                let i = ring.choose(hash.unwrap_or_else(|| fastrand::u64(..)))?;
+                state.hosts.hosts.get(i).cloned()
+            }
         }
     }
 

@@ -6,6 +6,8 @@
 // Deprecated proto fields (header matchers, cors) are still accepted or rejected by name.
 #![allow(deprecated)]
 
+pub mod hash_policy;
+
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -28,6 +30,7 @@ use super::request_stats::RequestStats;
 use super::shadow::{self, ShadowPolicy};
 use crate::config::{self, ConfigError};
 use crate::stats::Store;
+use hash_policy::HashPolicies;
 
 /// A compiled route configuration.
 pub struct RouteTable {
@@ -712,6 +715,8 @@ pub struct RouteAction {
     pub prefix_rewrite: Option<String>,
     /// `regex_rewrite`.
     pub regex_rewrite: Option<(Regex, String)>,
+    /// `hash_policy`, for a hashing load balancer.
+    pub hash_policy: Option<HashPolicies>,
     /// `host_rewrite_*`.
     pub host_rewrite: HostRewrite,
     /// `append_x_forwarded_host`: a rewritten host's original is appended to
@@ -1768,7 +1773,6 @@ fn compile_route_action(
         ("metadata_match", a.metadata_match.is_some()),
         ("path_rewrite_policy", a.path_rewrite_policy.is_some()),
         ("rate_limits", !a.rate_limits.is_empty()),
-        ("hash_policy", !a.hash_policy.is_empty()),
         ("hedge_policy", a.hedge_policy.is_some()),
         // Envoy's HIGH-priority pools and circuit breakers (Courier has the default ones).
         ("priority", a.priority != 0),
@@ -1960,6 +1964,7 @@ fn compile_route_action(
             .as_ref()
             .map(|r| compile_rewrite(r, &format!("{path}.regex_rewrite")))
             .transpose()?,
+        hash_policy: HashPolicies::compile(&a.hash_policy, &format!("{path}.hash_policy"))?,
         host_rewrite,
         append_x_forwarded_host: a.append_x_forwarded_host,
         timeout: (!timeout.is_zero()).then_some(timeout),

@@ -1,4 +1,4 @@
-//! `RING_HASH` clusters and routes' `hash_policy`: the same request hash picks the same
+//! `RING_HASH` and `MAGLEV` clusters and routes' `hash_policy`: the same request hash picks the same
 //! host from Courier as from Envoy 1.40 (the same ring, the same xxHash64 of the same
 //! request parts), for header, cookie, query parameter and source address policies, several
 //! policies combined, `terminal`, and weighted hosts; a cookie policy with a `ttl` makes the
@@ -42,10 +42,15 @@ const ROUTES: &str = r#"            name: local
                   - { header: { header_name: x-c } }
               - match: { prefix: "/w" }
                 route: { cluster: weighted, hash_policy: [ { header: { header_name: x-user } } ] }
+              - match: { prefix: "/maglev-weighted" }
+                route: { cluster: maglev_weighted, hash_policy: [ { header: { header_name: x-user } } ] }
+              - match: { prefix: "/maglev" }
+                route: { cluster: maglev, hash_policy: [ { header: { header_name: x-user } } ] }
 "#;
 
 /// The clusters: `ring` over four hosts, `weighted` over three with weights 1, 2 and 5 and
-/// a small ring (its scaling and carried fractions).
+/// a small ring (its scaling and carried fractions); `maglev` and `maglev_weighted` the
+/// same with Maglev tables (the default size, and a small one).
 fn clusters(hosts: &[SocketAddr]) -> String {
     let endpoints = |weights: &[u32]| {
         hosts
@@ -78,7 +83,26 @@ fn clusters(hosts: &[SocketAddr]) -> String {
       cluster_name: weighted
       endpoints:
       - lb_endpoints:
+{}  - name: maglev
+    type: STATIC
+    connect_timeout: 1s
+    lb_policy: MAGLEV
+    load_assignment:
+      cluster_name: maglev
+      endpoints:
+      - lb_endpoints:
+{}  - name: maglev_weighted
+    type: STATIC
+    connect_timeout: 1s
+    lb_policy: MAGLEV
+    maglev_lb_config: {{ table_size: 101 }}
+    load_assignment:
+      cluster_name: maglev_weighted
+      endpoints:
+      - lb_endpoints:
 {}"#,
+        endpoints(&[1, 1, 1, 1]),
+        endpoints(&[1, 2, 5]),
         endpoints(&[1, 1, 1, 1]),
         endpoints(&[1, 2, 5])
     )
@@ -111,6 +135,12 @@ fn run(p: &Courier) -> Vec<String> {
         );
         served(format!("query {user}"), &format!("/q?x=1&u={user}"), &[]);
         served(format!("weighted {user}"), "/w", &[("x-user", user)]);
+        served(format!("maglev {user}"), "/maglev", &[("x-user", user)]);
+        served(
+            format!("maglev weighted {user}"),
+            "/maglev-weighted",
+            &[("x-user", user)],
+        );
         served(
             format!("multi {user}"),
             "/multi",
@@ -168,7 +198,7 @@ fn ring_hash_picks_the_hosts_envoy_picks() {
         Some(envoy) => assert_eq!(run(&envoy), got, "envoy vs courier"),
         None => eprintln!("envoy not on PATH: skipping the ring hash differential"),
     }
-    // The hashes spread over the ring's hosts (48 hashed requests: missing a host by chance
+    // The hashes spread over the ring's hosts (64 hashed requests: missing a host by chance
     // is below one in 10^5), the order of a field's values does not matter, and the made
     // cookie has Envoy's form.
     for name in names {

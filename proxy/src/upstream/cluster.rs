@@ -58,6 +58,11 @@ pub enum LbPolicy {
         /// `ring_hash_lb_config.maximum_ring_size` (default 8M).
         max_ring_size: u64,
     },
+    /// MAGLEV: as `RingHash`, with a lookup table ([`super::maglev`]).
+    Maglev {
+        /// `maglev_lb_config.table_size` (default 65537, a prime).
+        table_size: u64,
+    },
 }
 
 /// Circuit-breaker thresholds of the default priority (Envoy's defaults: 1024, 1024, 1024, 3).
@@ -298,6 +303,7 @@ pub fn compile_cluster(proto: &pb::Cluster, store: &Store) -> Result<ClusterInfo
         Ok(cluster::LbPolicy::Random) => LbPolicy::Random,
         Ok(cluster::LbPolicy::LeastRequest) => LbPolicy::LeastRequest,
         Ok(cluster::LbPolicy::RingHash) => ring_hash_policy(proto)?,
+        Ok(cluster::LbPolicy::Maglev) => maglev_policy(proto)?,
         _ => return Err(ConfigError::unsupported("lb_policy")),
     };
     let connect_timeout = config::duration_or(
@@ -404,6 +410,39 @@ fn ring_hash_policy(proto: &pb::Cluster) -> Result<LbPolicy, ConfigError> {
             "ring_hash_lb_config.hash_function",
         ));
     }
+    consistent_hashing_supported(proto)?;
+    Ok(LbPolicy::RingHash {
+        min_ring_size,
+        max_ring_size,
+    })
+}
+
+/// A `MAGLEV` cluster's table size, checked as Envoy checks it.
+fn maglev_policy(proto: &pb::Cluster) -> Result<LbPolicy, ConfigError> {
+    use super::maglev::{is_prime, DEFAULT_TABLE_SIZE};
+    let table_size = match &proto.lb_config {
+        Some(cluster::LbConfig::MaglevLbConfig(c)) => c.table_size.as_ref().map(|v| v.value),
+        _ => None,
+    }
+    .unwrap_or(DEFAULT_TABLE_SIZE);
+    if table_size > 5_000_011 {
+        return Err(ConfigError::new(
+            "maglev_lb_config.table_size",
+            "value must be less than or equal to 5000011",
+        ));
+    }
+    if !is_prime(table_size) {
+        return Err(ConfigError::new(
+            "maglev_lb_config.table_size",
+            "The table size of maglev must be prime number",
+        ));
+    }
+    consistent_hashing_supported(proto)?;
+    Ok(LbPolicy::Maglev { table_size })
+}
+
+/// Refuses the consistent hashing settings Courier lacks.
+fn consistent_hashing_supported(proto: &pb::Cluster) -> Result<(), ConfigError> {
     if let Some(c) = proto
         .common_lb_config
         .as_ref()
@@ -420,10 +459,7 @@ fn ring_hash_policy(proto: &pb::Cluster) -> Result<LbPolicy, ConfigError> {
             ));
         }
     }
-    Ok(LbPolicy::RingHash {
-        min_ring_size,
-        max_ring_size,
-    })
+    Ok(())
 }
 
 fn reject_unsupported(proto: &pb::Cluster) -> Result<(), ConfigError> {
@@ -846,7 +882,19 @@ mod tests {
             err("common_lb_config: { consistent_hashing_lb_config: { use_hostname_for_hashing: true } }\n"),
             "common_lb_config.consistent_hashing_lb_config.use_hostname_for_hashing"
         );
-        assert!(compile("lb_policy: MAGLEV\n").is_err());
+        assert_eq!(
+            compile("lb_policy: MAGLEV\n")
+                .map(|c| c.lb_policy)
+                .expect("compiles"),
+            LbPolicy::Maglev { table_size: 65537 }
+        );
+        assert_eq!(
+            compile("lb_policy: MAGLEV\nmaglev_lb_config: { table_size: 100 }\n")
+                .err()
+                .map(|e| e.path)
+                .unwrap_or_default(),
+            "maglev_lb_config.table_size"
+        );
     }
 
     #[test]

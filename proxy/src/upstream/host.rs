@@ -70,6 +70,9 @@ pub struct HostSet {
     pub eligible: Vec<usize>,
     /// Whether `eligible` is the panic-mode set (Envoy's `lb_healthy_panic`).
     pub panic: bool,
+    /// A `MAGLEV` cluster's table over these hosts, built by the first worker to need it
+    /// and shared by all (a table is large).
+    maglev: std::sync::OnceLock<super::maglev::MaglevTable>,
 }
 
 impl HostSet {
@@ -111,7 +114,15 @@ impl HostSet {
             hosts,
             eligible,
             panic,
+            maglev: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The Maglev table of `size` slots over the eligible hosts, built on first use (a
+    /// worker asking meanwhile waits for it, once per host set).
+    pub fn maglev(&self, size: u64) -> &super::maglev::MaglevTable {
+        self.maglev
+            .get_or_init(|| super::maglev::MaglevTable::build(self, size))
     }
 
     /// Number of hosts whose health is `Healthy`.

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use super::cluster::{ClusterInfo, LbPolicy};
 use super::host::{Host, HostSet};
+use super::maglev::MaglevTable;
 use super::ring_hash::Ring;
 
 /// Load-balancer state of every cluster this worker has picked from.
@@ -25,6 +26,9 @@ struct LbState {
     weighted: bool,
     /// A `RING_HASH` cluster's ring, built with the state.
     ring: Option<Ring>,
+    /// A `MAGLEV` table of this worker's own, when the host set's shared one has another
+    /// size (a cluster update that changed only the table size).
+    own_maglev: Option<MaglevTable>,
     /// The policy the state was built for.
     policy: LbPolicy,
 }
@@ -51,8 +55,15 @@ impl LbState {
             } => Some(Ring::build(&hosts, min_ring_size, max_ring_size)),
             _ => None,
         };
+        let own_maglev = match policy {
+            LbPolicy::Maglev { table_size } if hosts.maglev(table_size).size() != table_size => {
+                Some(MaglevTable::build(&hosts, table_size))
+            }
+            _ => None,
+        };
         LbState {
             ring,
+            own_maglev,
             policy,
             current: vec![0; hosts.eligible.len()],
             hosts,
@@ -149,6 +160,14 @@ impl LbStates {
             LbPolicy::RingHash { .. } => {
                 let ring = state.ring.as_ref()?;
                 let i = ring.choose(hash.unwrap_or_else(|| fastrand::u64(..)))?;
+                state.hosts.hosts.get(i).cloned()
+            }
+            LbPolicy::Maglev { table_size } => {
+                let table = match &state.own_maglev {
+                    Some(t) => t,
+                    None => state.hosts.maglev(table_size),
+                };
+                let i = table.choose(hash.unwrap_or_else(|| fastrand::u64(..)))?;
                 state.hosts.hosts.get(i).cloned()
             }
         }

@@ -10,6 +10,7 @@ mod cluster_manager;
 pub mod dns;
 mod host;
 mod load_balancer;
+pub mod maglev;
 pub mod ring_hash;
 
 pub use cluster::{

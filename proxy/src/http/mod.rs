@@ -90,13 +90,14 @@
 //!   route's and virtual cluster's).
 //! - A route's `hash_policy` ([`route::hash_policy`]: header, with `regex_rewrite`; cookie,
 //!   made with Envoy's value and `set-cookie` when a `ttl` is set; query parameter; source
-//!   address; `terminal`) feeds `RING_HASH` clusters ([`crate::upstream::ring_hash`]), and
-//!   the same request goes to the same host as from Envoy: the same ring of xxHash64
-//!   points over the same addresses and weights (`tests/http_hash_policy.rs`, compared
-//!   host for host). Without a hash the ring is entered at random, as in Envoy. Refused:
-//!   `MAGLEV`, `MURMUR_HASH_2`, `use_hostname_for_hashing`, `hash_balance_factor`, a
-//!   `filter_state` policy. Courier has no `ring_hash_lb.*` gauges, and builds a ring per
-//!   worker (Envoy one shared ring).
+//!   address; `terminal`) feeds `RING_HASH` and `MAGLEV` clusters
+//!   ([`crate::upstream::ring_hash`], [`crate::upstream::maglev`]), and the same request
+//!   goes to the same host as from Envoy: the same ring of xxHash64 points, the same Maglev
+//!   table, over the same addresses and weights (`tests/http_hash_policy.rs`, compared host
+//!   for host). Without a hash a host is picked at random, as in Envoy. Refused:
+//!   `MURMUR_HASH_2`, `use_hostname_for_hashing`, `hash_balance_factor`, a `filter_state`
+//!   policy. Courier has no `ring_hash_lb.*`/`maglev_lb.*` gauges, and builds a ring per
+//!   worker (a Maglev table is shared by the workers, as Envoy shares both).
 //! - `Upgrade: h2c` is not honoured, as in Envoy: the request is served as HTTP/1.1 without
 //!   its upgrade headers.
 //! - Found by a differential review (Courier and Envoy 1.40 side by side) and not yet

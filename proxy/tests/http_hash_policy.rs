@@ -42,6 +42,35 @@ const ROUTES: &str = r#"            name: local
                   - { header: { header_name: x-c } }
               - match: { prefix: "/w" }
                 route: { cluster: weighted, hash_policy: [ { header: { header_name: x-user } } ] }
+              - match: { prefix: "/retry-plain" }
+                route:
+                  cluster: ring
+                  hash_policy: [ { header: { header_name: x-user } } ]
+                  retry_policy: { retry_on: 5xx, num_retries: 1, retry_back_off: { base_interval: 0.001s } }
+              - match: { prefix: "/retry" }
+                route:
+                  cluster: ring
+                  hash_policy: [ { header: { header_name: x-user } } ]
+                  retry_policy:
+                    retry_on: 5xx
+                    num_retries: 1
+                    retry_back_off: { base_interval: 0.001s }
+                    host_selection_retry_max_attempts: 20
+                    retry_host_predicate:
+                    - name: envoy.retry_host_predicates.previous_hosts
+                      typed_config: { "@type": type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate }
+              - match: { prefix: "/maglev-retry" }
+                route:
+                  cluster: maglev
+                  hash_policy: [ { header: { header_name: x-user } } ]
+                  retry_policy:
+                    retry_on: 5xx
+                    num_retries: 1
+                    retry_back_off: { base_interval: 0.001s }
+                    host_selection_retry_max_attempts: 20
+                    retry_host_predicate:
+                    - name: envoy.retry_host_predicates.previous_hosts
+                      typed_config: { "@type": type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate }
               - match: { prefix: "/maglev-weighted" }
                 route: { cluster: maglev_weighted, hash_policy: [ { header: { header_name: x-user } } ] }
               - match: { prefix: "/maglev" }
@@ -136,6 +165,22 @@ fn run(p: &Courier) -> Vec<String> {
         served(format!("query {user}"), &format!("/q?x=1&u={user}"), &[]);
         served(format!("weighted {user}"), "/w", &[("x-user", user)]);
         served(format!("maglev {user}"), "/maglev", &[("x-user", user)]);
+        // Every host answers 503: the retry's host is the one the response names.
+        served(
+            format!("retry avoiding {user}"),
+            "/retry/status/503",
+            &[("x-user", user)],
+        );
+        served(
+            format!("retry same {user}"),
+            "/retry-plain/status/503",
+            &[("x-user", user)],
+        );
+        served(
+            format!("maglev retry avoiding {user}"),
+            "/maglev-retry/status/503",
+            &[("x-user", user)],
+        );
         served(
             format!("maglev weighted {user}"),
             "/maglev-weighted",
@@ -204,6 +249,32 @@ fn ring_hash_picks_the_hosts_envoy_picks() {
     for name in names {
         assert!(
             got.iter().any(|l| l.ends_with(&format!("Some({name:?})"))),
+            "{got:#?}"
+        );
+    }
+    // A retry with `previous_hosts` goes to another host (20 more picks: all landing on the
+    // same host is below one in 10^11); without it, to the same one.
+    let host_of = |label: String| {
+        got.iter()
+            .find(|l| l.starts_with(&format!("{label}:")))
+            .and_then(|l| l.rsplit(' ').next())
+            .unwrap_or_default()
+            .to_string()
+    };
+    for user in ["alice", "bob", "carol", "dave"] {
+        assert_ne!(
+            host_of(format!("retry avoiding {user}")),
+            host_of(format!("header {user}")),
+            "{got:#?}"
+        );
+        assert_eq!(
+            host_of(format!("retry same {user}")),
+            host_of(format!("header {user}")),
+            "{got:#?}"
+        );
+        assert_ne!(
+            host_of(format!("maglev retry avoiding {user}")),
+            host_of(format!("maglev {user}")),
             "{got:#?}"
         );
     }

@@ -137,7 +137,10 @@
 //!   `reset-before-request` retries only a request that could not be sent; an answer
 //!   carrying `x-envoy-ratelimited` is retried under `envoy-ratelimited` alone
 //!   (`tests/http_retries.rs` and `tests/http_h2.rs` compare them with Envoy).
-//!   `internal_only_headers` leave every external request.
+//!   `internal_only_headers` leave every external request. The `previous_hosts` retry host
+//!   predicate with `host_selection_retry_max_attempts` (as Istio sets on every route) sends
+//!   a retry away from the hosts already tried, the hashing balancers stepping as Envoy's
+//!   (`tests/http_hash_policy.rs`); other predicates and `retry_priority` are refused.
 //! - `path_with_escaped_slashes_action` (`%2F`, `%5C`): kept, refused (`400`, the
 //!   connection closes), redirected (`307` to the unescaped, normalised path) or unescaped
 //!   before routing, as Envoy (`escaped_slash_actions_match_envoy`).

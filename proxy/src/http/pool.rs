@@ -352,7 +352,30 @@ pub fn cluster_pool(cluster: &ClusterInfo, store: &Store, worker: usize) -> Rc<C
 
 /// Picks a host of `cluster` with this worker's HTTP load balancer.
 pub fn choose_host(cluster: &ClusterInfo, hash: Option<u64>) -> Option<Arc<Host>> {
-    LB.with(|lb| lb.borrow_mut().choose(cluster, hash))
+    LB.with(|lb| lb.borrow_mut().choose(cluster, hash, 0))
+}
+
+/// Picks a host for a retry that avoids the hosts already tried (a retry policy's
+/// `previous_hosts` predicate): up to `reselections` more picks, then the last one
+/// whatever it is, as Envoy's.
+pub fn choose_host_avoiding(
+    cluster: &ClusterInfo,
+    hash: Option<u64>,
+    tried: &[std::net::SocketAddr],
+    reselections: u32,
+) -> Option<Arc<Host>> {
+    LB.with(|lb| {
+        let mut lb = lb.borrow_mut();
+        let mut host = None;
+        for attempt in 0..=reselections {
+            host = lb.choose(cluster, hash, attempt);
+            match &host {
+                Some(h) if tried.contains(&h.address) => continue,
+                _ => break,
+            }
+        }
+        host
+    })
 }
 
 /// Releases a circuit-breaker slot (the cluster's and the host's) and wakes a waiter.

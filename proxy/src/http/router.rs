@@ -1573,6 +1573,8 @@ async fn forward(
     };
     let _request = pool.request_slot();
     let mut attempt: u32 = 0;
+    // The hosts tried so far, for a `previous_hosts` retry predicate.
+    let mut tried: Vec<std::net::SocketAddr> = Vec::new();
     let mut last_error: Option<AttemptError> = None;
     let mut last_response: Option<Response<ProxyBody>> = None;
     let upstream_start = Instant::now();
@@ -1583,7 +1585,14 @@ async fn forward(
             attempt -= 1;
             break;
         }
-        let Some(host) = pool::choose_host(&cluster, lb_hash) else {
+        let avoiding = retry
+            .as_ref()
+            .filter(|r| r.avoid_previous_hosts && attempt > 1);
+        let host = match avoiding {
+            Some(r) => pool::choose_host_avoiding(&cluster, lb_hash, &tried, r.host_reselections),
+            None => pool::choose_host(&cluster, lb_hash),
+        };
+        let Some(host) = host else {
             cluster.stats.upstream_cx_none_healthy.inc(worker);
             outcome.flags = "UH";
             return local_reply(StatusCode::SERVICE_UNAVAILABLE, NO_HEALTHY_UPSTREAM);
@@ -1592,6 +1601,9 @@ async fn forward(
             cluster.stats.lb_healthy_panic.inc(worker);
         }
         outcome.upstream_host = Some(host.address);
+        if retry.as_ref().is_some_and(|r| r.avoid_previous_hosts) {
+            tried.push(host.address);
+        }
         // As Envoy: the endpoint's hostname (a DNS cluster's name, an endpoint's
         // `hostname`); an endpoint without one leaves the authority as it is.
         if let (HostRewrite::Auto, Some(name)) = (&action.host_rewrite, &host.hostname) {

@@ -139,8 +139,14 @@ impl LbState {
 impl LbStates {
     /// Picks a host of `cluster` per its policy; `None` when no host is eligible. `hash` is
     /// the request's (a route's `hash_policy`), for hashing policies; without one they pick
-    /// at random, as Envoy's.
-    pub fn choose(&mut self, cluster: &ClusterInfo, hash: Option<u64>) -> Option<Arc<Host>> {
+    /// at random, as Envoy's. `attempt` counts the picks a retry host predicate refused
+    /// (hashing policies step away from the refused host).
+    pub fn choose(
+        &mut self,
+        cluster: &ClusterInfo,
+        hash: Option<u64>,
+        attempt: u32,
+    ) -> Option<Arc<Host>> {
         let hosts = &cluster.hosts;
         let state = match self.states.get_mut(&cluster.name) {
             // A changed policy (a cluster update) needs its own state too.
@@ -159,7 +165,7 @@ impl LbStates {
             LbPolicy::LeastRequest => state.least_request(),
             LbPolicy::RingHash { .. } => {
                 let ring = state.ring.as_ref()?;
-                let i = ring.choose(hash.unwrap_or_else(|| fastrand::u64(..)))?;
+                let i = ring.choose(hash.unwrap_or_else(|| fastrand::u64(..)), attempt)?;
                 state.hosts.hosts.get(i).cloned()
             }
             LbPolicy::Maglev { table_size } => {
@@ -167,7 +173,7 @@ impl LbStates {
                     Some(t) => t,
                     None => state.hosts.maglev(table_size),
                 };
-                let i = table.choose(hash.unwrap_or_else(|| fastrand::u64(..)))?;
+                let i = table.choose(hash.unwrap_or_else(|| fastrand::u64(..)), attempt)?;
                 state.hosts.hosts.get(i).cloned()
             }
         }

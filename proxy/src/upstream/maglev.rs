@@ -91,11 +91,18 @@ impl MaglevTable {
         MaglevTable { slots }
     }
 
-    /// The host (an index into the host set) for `hash`; `None` for an empty table.
-    pub fn choose(&self, hash: u64) -> Option<usize> {
+    /// The host (an index into the host set) for `hash`; a host selection retried
+    /// `attempt` times moves the hash as Envoy's does (XOR with `-attempt`, changing most of
+    /// its bits). `None` for an empty table.
+    pub fn choose(&self, hash: u64, attempt: u32) -> Option<usize> {
         if self.slots.is_empty() {
             return None;
         }
+        let hash = if attempt > 0 {
+            hash ^ 0u64.wrapping_sub(u64::from(attempt))
+        } else {
+            hash
+        };
         Some(self.slots[(hash % self.slots.len() as u64) as usize] as usize)
     }
 
@@ -154,8 +161,8 @@ mod tests {
         // Within a slot or two of the weights' shares.
         assert!(owned(2).abs_diff(10007 / 2) <= 2, "{}", owned(2));
         assert!(owned(0).abs_diff(10007 / 4) <= 2, "{}", owned(0));
-        assert_eq!(t.choose(10007 + 5), t.choose(5));
-        assert!(MaglevTable::build(&set(&[]), 7).choose(1).is_none());
+        assert_eq!(t.choose(10007 + 5, 0), t.choose(5, 0));
+        assert!(MaglevTable::build(&set(&[]), 7).choose(1, 0).is_none());
     }
 
     #[test]

@@ -61,8 +61,9 @@ impl Ring {
     }
 
     /// The host (an index into the host set) owning `hash`: the first point at or after it,
-    /// wrapping to the first point. `None` for an empty ring.
-    pub fn choose(&self, hash: u64) -> Option<usize> {
+    /// wrapping to the first point; a host selection retried `attempt` times takes the
+    /// point that many places on, as Envoy's. `None` for an empty ring.
+    pub fn choose(&self, hash: u64, attempt: u32) -> Option<usize> {
         if self.points.is_empty() {
             return None;
         }
@@ -70,6 +71,7 @@ impl Ring {
         // last point goes to the first).
         let i = self.points.partition_point(|p| p.0 < hash);
         let i = if i == self.points.len() { 0 } else { i };
+        let i = (i + attempt as usize) % self.points.len();
         Some(self.points[i].1 as usize)
     }
 
@@ -131,11 +133,12 @@ mod tests {
         let r = Ring::build(&set(&[1, 1, 1]), 16, DEFAULT_MAX_RING_SIZE);
         let first = r.points[0];
         let last = r.points[r.points.len() - 1];
-        assert_eq!(r.choose(first.0), Some(first.1 as usize));
-        assert_eq!(r.choose(first.0 - 1), Some(first.1 as usize));
-        assert_eq!(r.choose(last.0 + 1), Some(first.1 as usize));
+        assert_eq!(r.choose(first.0, 0), Some(first.1 as usize));
+        assert_eq!(r.choose(first.0 - 1, 0), Some(first.1 as usize));
+        assert_eq!(r.choose(last.0 + 1, 0), Some(first.1 as usize));
         let second = r.points[1];
-        assert_eq!(r.choose(first.0 + 1), Some(second.1 as usize));
-        assert!(Ring::build(&set(&[]), 16, 16).choose(5).is_none());
+        assert_eq!(r.choose(first.0 + 1, 0), Some(second.1 as usize));
+        assert_eq!(r.choose(first.0, 1), Some(second.1 as usize));
+        assert!(Ring::build(&set(&[]), 16, 16).choose(5, 0).is_none());
     }
 }

@@ -443,7 +443,16 @@ pub struct RetryPolicy {
     pub base_interval: Duration,
     /// Back-off cap (default 10 × base).
     pub max_interval: Duration,
+    /// `retry_host_predicate` `previous_hosts`: a retry avoids the hosts already tried.
+    pub avoid_previous_hosts: bool,
+    /// `host_selection_retry_max_attempts`: how many more picks a retry makes to avoid them.
+    pub host_reselections: u32,
 }
+
+/// The one retry host predicate Courier has (Envoy's `previous_hosts`), by its config's
+/// type.
+const PREVIOUS_HOSTS_TYPE: &str =
+    "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate";
 
 impl RetryPolicy {
     /// A policy with no retry condition, and Envoy's defaults: one retry, a 25 ms back-off.
@@ -467,6 +476,8 @@ impl RetryPolicy {
             per_try_timeout: None,
             base_interval: Duration::from_millis(25),
             max_interval: Duration::from_millis(250),
+            avoid_previous_hosts: false,
+            host_reselections: 0,
         }
     }
 
@@ -544,11 +555,26 @@ impl RetryPolicy {
             r.base_interval = base;
             r.max_interval = max;
         }
-        if !p.retry_host_predicate.is_empty() {
-            return Err(ConfigError::unsupported(format!(
-                "{path}.retry_host_predicate"
-            )));
+        use pb::retry_policy::retry_host_predicate::ConfigType;
+        for (i, predicate) in p.retry_host_predicate.iter().enumerate() {
+            let previous_hosts = match &predicate.config_type {
+                Some(ConfigType::TypedConfig(any)) => any
+                    .type_url
+                    .rsplit('/')
+                    .next()
+                    .is_some_and(|t| t == PREVIOUS_HOSTS_TYPE),
+                None => predicate.name == "envoy.retry_host_predicates.previous_hosts",
+            };
+            if !previous_hosts {
+                return Err(ConfigError::unsupported(format!(
+                    "{path}.retry_host_predicate[{i}]"
+                )));
+            }
+            r.avoid_previous_hosts = true;
         }
+        // Envoy reads a negative count as none.
+        r.host_reselections =
+            u32::try_from(p.host_selection_retry_max_attempts.max(0)).unwrap_or(u32::MAX);
         if p.retry_priority.is_some() {
             return Err(ConfigError::unsupported(format!("{path}.retry_priority")));
         }
@@ -2095,6 +2121,39 @@ mod tests {
         assert_eq!(
             err.path,
             "virtual_hosts[0].routes[1].match.safe_regex.regex"
+        );
+    }
+
+    #[test]
+    fn only_the_previous_hosts_retry_predicate_is_taken() {
+        let policy = |predicate: serde_json::Value| {
+            table(serde_json::json!({
+                "name": "r",
+                "virtual_hosts": [{"name": "v", "domains": ["*"], "routes": [
+                    {"match": {"prefix": "/"}, "route": {"cluster": "c", "retry_policy": {
+                        "retry_on": "5xx",
+                        "host_selection_retry_max_attempts": 3,
+                        "retry_host_predicate": [predicate]
+                    }}}
+                ]}]
+            }))
+        };
+        let t = policy(serde_json::json!({"name": "envoy.retry_host_predicates.previous_hosts",
+            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"}}))
+        .expect("compiles");
+        let Action::Route(a) = &t.vhosts[0].routes[0].action else {
+            panic!("a route action")
+        };
+        let r = a.retry_policy.as_ref().expect("a retry policy");
+        assert!(r.avoid_previous_hosts);
+        assert_eq!(r.host_reselections, 3);
+        let err = policy(serde_json::json!({"name": "envoy.retry_host_predicates.omit_canary_hosts",
+            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.retry.host.omit_canary_hosts.v3.OmitCanaryHostsPredicate"}}))
+        .err()
+        .expect("refused");
+        assert_eq!(
+            err.path,
+            "virtual_hosts[0].routes[0].route.retry_policy.retry_host_predicate[0]"
         );
     }
 

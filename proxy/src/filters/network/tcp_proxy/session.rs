@@ -213,7 +213,7 @@ impl TcpProxySession {
             );
             return Err(io::Error::new(io::ErrorKind::NotFound, "no such cluster"));
         };
-        let Some(host) = ctx.local.lb.choose(&cluster, None) else {
+        let Some(host) = ctx.local.lb.choose(&cluster, None, 0) else {
             cluster.stats.upstream_cx_none_healthy.inc(self.worker);
             tracing::debug!(cluster = %cluster.name, "tcp_proxy: no healthy upstream, closing");
             return Err(io::Error::new(

@@ -81,8 +81,8 @@ const ROUTES: &str = r#"            name: local
 /// a small ring (its scaling and carried fractions); `maglev` and `maglev_weighted` the
 /// same with Maglev tables (the default size, and a small one).
 fn clusters(hosts: &[SocketAddr]) -> String {
-    let endpoints = |weights: &[u32]| {
-        hosts
+    let cluster = |name: &str, policy: &str, weights: &[u32]| {
+        let endpoints: String = hosts
             .iter()
             .zip(weights)
             .map(|(a, w)| {
@@ -92,49 +92,26 @@ fn clusters(hosts: &[SocketAddr]) -> String {
                     a.port()
                 )
             })
-            .collect::<String>()
+            .collect();
+        format!(
+            "  - name: {name}\n    type: STATIC\n    connect_timeout: 1s\n{policy}    load_assignment:\n      cluster_name: {name}\n      endpoints:\n      - lb_endpoints:\n{endpoints}"
+        )
     };
-    format!(
-        r#"  - name: ring
-    type: STATIC
-    connect_timeout: 1s
-    lb_policy: RING_HASH
-    load_assignment:
-      cluster_name: ring
-      endpoints:
-      - lb_endpoints:
-{}  - name: weighted
-    type: STATIC
-    connect_timeout: 1s
-    lb_policy: RING_HASH
-    ring_hash_lb_config: {{ minimum_ring_size: 13 }}
-    load_assignment:
-      cluster_name: weighted
-      endpoints:
-      - lb_endpoints:
-{}  - name: maglev
-    type: STATIC
-    connect_timeout: 1s
-    lb_policy: MAGLEV
-    load_assignment:
-      cluster_name: maglev
-      endpoints:
-      - lb_endpoints:
-{}  - name: maglev_weighted
-    type: STATIC
-    connect_timeout: 1s
-    lb_policy: MAGLEV
-    maglev_lb_config: {{ table_size: 101 }}
-    load_assignment:
-      cluster_name: maglev_weighted
-      endpoints:
-      - lb_endpoints:
-{}"#,
-        endpoints(&[1, 1, 1, 1]),
-        endpoints(&[1, 2, 5]),
-        endpoints(&[1, 1, 1, 1]),
-        endpoints(&[1, 2, 5])
-    )
+    [
+        cluster("ring", "    lb_policy: RING_HASH\n", &[1, 1, 1, 1]),
+        cluster(
+            "weighted",
+            "    lb_policy: RING_HASH\n    ring_hash_lb_config: { minimum_ring_size: 13 }\n",
+            &[1, 2, 5],
+        ),
+        cluster("maglev", "    lb_policy: MAGLEV\n", &[1, 1, 1, 1]),
+        cluster(
+            "maglev_weighted",
+            "    lb_policy: MAGLEV\n    maglev_lb_config: { table_size: 101 }\n",
+            &[1, 2, 5],
+        ),
+    ]
+    .concat()
 }
 
 /// Which upstream served each request, and a made cookie (its value checked and masked).

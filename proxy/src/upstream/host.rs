@@ -133,3 +133,23 @@ impl HostSet {
             .count()
     }
 }
+
+/// A host set of healthy hosts `10.0.0.<i + 1>:80` with these weights, for tests.
+#[cfg(test)]
+pub(crate) fn test_host_set(weights: &[u32]) -> HostSet {
+    let hosts = weights
+        .iter()
+        .enumerate()
+        .map(|(i, &weight)| {
+            Arc::new(Host {
+                address: SocketAddr::from(([10, 0, 0, i as u8 + 1], 80)),
+                weight,
+                health: HostHealth::Healthy,
+                priority: 0,
+                stats: HostStats::new(&Store::new(1)),
+                hostname: None,
+            })
+        })
+        .collect();
+    HostSet::new(hosts, 50.0)
+}

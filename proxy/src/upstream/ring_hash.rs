@@ -88,28 +88,10 @@ impl Ring {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
-    use crate::stats::Store;
-    use crate::upstream::host::{Host, HostHealth, HostStats};
 
     fn set(weights: &[u32]) -> HostSet {
-        let hosts = weights
-            .iter()
-            .enumerate()
-            .map(|(i, &weight)| {
-                Arc::new(Host {
-                    address: format!("10.0.0.{}:80", i + 1).parse().expect("addr"),
-                    weight,
-                    health: HostHealth::Healthy,
-                    priority: 0,
-                    stats: HostStats::new(&Store::new(1)),
-                    hostname: None,
-                })
-            })
-            .collect();
-        HostSet::new(hosts, 50.0)
+        crate::upstream::host::test_host_set(weights)
     }
 
     #[test]

@@ -250,6 +250,7 @@
 
 pub mod access_log;
 pub mod body;
+pub mod compressor;
 pub mod conn;
 pub mod cors;
 pub mod downstream_h1;

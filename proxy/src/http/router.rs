@@ -904,6 +904,7 @@ async fn process(
     let mut health_mark = None;
     // Boxed, as it is rare: held across the request's awaits, it is copied with them.
     let mut compress: Option<Box<super::compressor::CompressorRequest<'_>>> = None;
+    let grpc = cfg.compressor.is_some() && is_grpc(req.headers());
     // Boxed: it is rare, and a response kept inline would be copied on every request.
     let mut filter_reply: Option<Box<Response<ProxyBody>>> = None;
     let levels = match routed {
@@ -923,7 +924,7 @@ async fn process(
                         // Envoy's compressor sees the preflight before its codec gives it
                         // a length.
                         let length = r.headers_mut().remove(header::CONTENT_LENGTH);
-                        compress_response(cfg, levels, compress.as_deref(), &mut r, worker);
+                        compress_response(cfg, levels, compress.as_deref(), grpc, &mut r, worker);
                         if let Some(l) = length {
                             r.headers_mut().insert(header::CONTENT_LENGTH, l);
                         }
@@ -1028,7 +1029,7 @@ async fn process(
             }
         };
         mark_response(&mut resp, rate_limit, health_mark, cors);
-        compress_response(cfg, levels, compress.as_deref(), &mut resp, worker);
+        compress_response(cfg, levels, compress.as_deref(), grpc, &mut resp, worker);
         return resp;
     };
     let mut resp = match (filter_reply, &route.action) {
@@ -1119,7 +1120,7 @@ async fn process(
         table.response_headers.apply(resp.headers_mut(), &fcx);
     }
     mark_response(&mut resp, rate_limit, health_mark, cors);
-    compress_response(cfg, levels, compress.as_deref(), &mut resp, worker);
+    compress_response(cfg, levels, compress.as_deref(), grpc, &mut resp, worker);
     resp
 }
 
@@ -1130,6 +1131,7 @@ fn compress_response(
     cfg: &HcmConfig,
     levels: [&filter_config::FilterConfigs; 3],
     seen: Option<&super::compressor::CompressorRequest<'_>>,
+    grpc: bool,
     resp: &mut Response<ProxyBody>,
     worker: usize,
 ) {
@@ -1139,6 +1141,13 @@ fn compress_response(
     let HttpFilter::Compressor(f) = &chained.filter else {
         return;
     };
+    // A local reply to a gRPC request goes out in gRPC's form, headers only, which is
+    // what Envoy's compressor sees of it: it is given that form first.
+    if grpc {
+        if let Some(LocalReply(status)) = resp.extensions_mut().remove::<LocalReply>() {
+            grpc_local_reply(resp, status);
+        }
+    }
     match seen {
         Some(r) => r.on_response(resp, worker),
         None if filter_config::runs(levels, &f.name, chained.off_by_default) => {

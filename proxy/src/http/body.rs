@@ -8,6 +8,7 @@ use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::body::{Body, Frame, SizeHint};
 
+use super::compressor::Compressing;
 use super::h1_server::DownstreamBody;
 use super::retry_buffer::{Replay, RetryBuffer};
 use super::shadow::ShadowFeed;
@@ -52,6 +53,8 @@ enum Kind {
     Shadow(Rc<ShadowFeed>),
     /// One attempt's reading of a request body kept for retries.
     Replay(Box<Replay>),
+    /// A body gzipped as it passes (the compressor filter).
+    Compressed(Box<Compressing>),
 }
 
 struct Tee {
@@ -149,6 +152,11 @@ impl ProxyBody {
         ProxyBody::of(Kind::Replay(Box::new(Replay::new(buffer))))
     }
 
+    /// A body gzipped as it passes ([`super::compressor`]).
+    pub fn compressed(c: Box<Compressing>) -> ProxyBody {
+        ProxyBody::of(Kind::Compressed(c))
+    }
+
     /// A mirror's copy of a request body, fed by a [`ProxyBody::tee`].
     pub fn shadow(feed: Rc<ShadowFeed>) -> ProxyBody {
         ProxyBody::of(Kind::Shadow(feed))
@@ -199,7 +207,8 @@ impl ProxyBody {
             | Kind::Downstream(_)
             | Kind::Tee(_)
             | Kind::Shadow(_)
-            | Kind::Replay(_) => None,
+            | Kind::Replay(_)
+            | Kind::Compressed(_) => None,
         }
     }
 
@@ -261,6 +270,7 @@ impl Body for ProxyBody {
             }
             Kind::Shadow(feed) => feed.poll_frame(cx),
             Kind::Replay(r) => r.poll_frame(cx),
+            Kind::Compressed(c) => c.poll_frame(cx),
         };
         if this.drop_trailers && matches!(&r, Poll::Ready(Some(Ok(f))) if f.is_trailers()) {
             // Trailers come last: the body is complete without them.
@@ -311,6 +321,7 @@ impl Body for ProxyBody {
             Kind::Tee(t) => t.inner.is_end_stream(),
             Kind::Shadow(feed) => feed.is_end_stream(),
             Kind::Replay(r) => r.is_end_stream(),
+            Kind::Compressed(c) => c.is_end_stream(),
         }
     }
 
@@ -326,7 +337,7 @@ impl Body for ProxyBody {
                 .exact_len()
                 .map_or_else(SizeHint::default, SizeHint::with_exact),
             Kind::Tee(t) => t.inner.size_hint(),
-            Kind::Shadow(_) | Kind::Replay(_) => SizeHint::default(),
+            Kind::Shadow(_) | Kind::Replay(_) | Kind::Compressed(_) => SizeHint::default(),
         }
     }
 }

@@ -1,6 +1,6 @@
 //! Per-route filter configuration: the `typed_per_filter_config` of a route, virtual host
 //! or route configuration, compiled for Courier's HTTP filters ([`super::cors`],
-//! [`super::fault`], [`super::local_ratelimit`], [`super::rbac`]).
+//! [`super::fault`], [`super::local_ratelimit`], [`super::rbac`], [`super::compressor`]).
 
 //!
 //! An entry is keyed by the filter's name in the connection manager's `http_filters`
@@ -15,6 +15,7 @@ use std::sync::Arc;
 use courier_proto::envoy::config::route::v3 as route_pb;
 use courier_proto::google::protobuf::Any;
 
+use super::compressor::{self, CompressorPerRoute};
 use super::cors::{self, CorsPolicy};
 use super::fault::{self, FaultPolicy};
 use super::local_ratelimit::{self, RateLimitPolicy};
@@ -34,6 +35,8 @@ pub enum FilterPolicy {
     RateLimit(Arc<RateLimitPolicy>),
     /// RBAC rules (an `RBACPerRoute`: they replace the filter's own).
     Rbac(Arc<RbacRules>),
+    /// A compressor's `CompressorPerRoute`.
+    Compressor(Arc<CompressorPerRoute>),
     /// `FilterConfig { disabled: false }` with no config of Courier's: the filter is on
     /// here (a filter disabled in the chain runs only where a level turns it on).
     Enabled,
@@ -138,6 +141,9 @@ fn policy(any: &Any, path: &str, store: &Store) -> Result<Option<FilterPolicy>, 
         rbac::PER_ROUTE_TYPE => {
             FilterPolicy::Rbac(Arc::new(RbacRules::per_route(&unpack(any, path)?, path)?))
         }
+        compressor::PER_ROUTE_TYPE => FilterPolicy::Compressor(Arc::new(
+            CompressorPerRoute::compile(&unpack(any, path)?, path)?,
+        )),
         _ => return Ok(None),
     }))
 }

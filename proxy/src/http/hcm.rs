@@ -211,6 +211,8 @@ pub enum HttpFilter {
     HealthCheck(super::health_check::HealthCheckFilter),
     /// `envoy.filters.http.rbac`.
     Rbac(super::rbac::RbacFilter),
+    /// `envoy.filters.http.compressor` (boxed: it is large and rare).
+    Compressor(Box<super::compressor::CompressorFilter>),
 }
 
 impl HttpFilter {
@@ -222,6 +224,7 @@ impl HttpFilter {
             HttpFilter::LocalRateLimit(f) => &f.name,
             HttpFilter::HealthCheck(f) => &f.name,
             HttpFilter::Rbac(f) => &f.name,
+            HttpFilter::Compressor(f) => &f.name,
         }
     }
 }
@@ -310,6 +313,9 @@ pub struct HcmConfig {
     pub controls: super::request_controls::ControlOptions,
     /// The HTTP filters before the router, in order.
     pub filters: Vec<ChainFilter>,
+    /// The compressor's place in `filters`, if the chain has one: it judges every
+    /// response, those to requests that did not reach it included.
+    pub compressor: Option<usize>,
     /// `http2_protocol_options`: streams, windows and keepalive of HTTP/2 connections.
     pub h2: H2Options,
     /// `http2_protocol_options.allow_connect`: HTTP/2 extended CONNECT (RFC 8441), which
@@ -421,6 +427,7 @@ impl HcmConfig {
         let mut controls = super::request_controls::ControlOptions::default();
         let mut filters = Vec::new();
         let mut saw_router = false;
+        let mut seen_compressor = false;
         for (i, f) in proto.http_filters.iter().enumerate() {
             let path = format!("http_filters[{i}]");
             if saw_router {
@@ -532,6 +539,34 @@ impl HcmConfig {
                 )?));
                 continue;
             }
+            if is(
+                super::compressor::FILTER_TYPE,
+                super::compressor::FILTER_NAME,
+            ) {
+                let at = format!("{path}.typed_config");
+                let Some(http_filter::ConfigType::TypedConfig(any)) = &f.config_type else {
+                    return Err(ConfigError::new(at, "value is required"));
+                };
+                // Envoy lets several compressors negotiate by `accept-encoding`; Courier
+                // has only gzip, so a second one could only be another gzip.
+                if seen_compressor {
+                    return Err(ConfigError::new(
+                        path,
+                        "a second compressor filter is not supported (Courier has one gzip compressor per chain)",
+                    ));
+                }
+                seen_compressor = true;
+                push(HttpFilter::Compressor(Box::new(
+                    super::compressor::CompressorFilter::compile(
+                        &f.name,
+                        &super::filter_config::unpack(any, &at)?,
+                        &at,
+                        &proto.stat_prefix,
+                        store,
+                    )?,
+                )));
+                continue;
+            }
             if is(super::fault::FILTER_TYPE, super::fault::FILTER_NAME) {
                 let fault = match &f.config_type {
                     Some(http_filter::ConfigType::TypedConfig(any)) => {
@@ -564,6 +599,9 @@ impl HcmConfig {
                 ),
             ));
         }
+        let compressor = filters
+            .iter()
+            .position(|f| matches!(f.filter, HttpFilter::Compressor(_)));
         if !saw_router {
             return Err(ConfigError::new(
                 "http_filters",
@@ -737,6 +775,7 @@ impl HcmConfig {
             suppress_envoy_headers,
             controls,
             filters,
+            compressor,
             h2,
             h2_allow_connect,
             access_logs,

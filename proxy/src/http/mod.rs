@@ -7,9 +7,9 @@
 //!   server, driven by the worker's runtime ([`crate::event::rt`]).
 //! - [`h1_head`]: a parsed HTTP/1.1 head made into a header map without copies, its framing
 //!   fields noted; [`header_map_pool`]: the worker's spare header maps, reused per message.
-//! - [`cors`], [`fault`], [`local_ratelimit`], [`health_check`] and [`rbac`]: the CORS,
-//!   fault injection, local rate limit, health check and RBAC filters; [`filter_config`]:
-//!   their per-route settings.
+//! - [`cors`], [`fault`], [`local_ratelimit`], [`health_check`], [`rbac`] and
+//!   [`compressor`]: the CORS, fault injection, local rate limit, health check, RBAC and
+//!   compressor (gzip) filters; [`filter_config`]: their per-route settings.
 //! - [`router`]: one request: sanitising, route selection, local replies, forwarding with
 //!   retries and timeouts.
 //! - [`internal_address`]: which requests are internal (`internal_address_config`);
@@ -177,7 +177,7 @@
 //!   refuse whole listeners; found by an audit of every field): a route's
 //!   `flush_timeout` and `stat_prefix`; `typed_per_filter_config` entries for filters
 //!   other than Courier's (CORS, fault injection, local rate limits, health checks,
-//!   RBAC, the router); the connection manager's `stream_flush_timeout`,
+//!   RBAC, the compressor, the router); the connection manager's `stream_flush_timeout`,
 //!   `drain_timeout`, HTTP/2 flood settings, and HTTP/1 `allow_absolute_url` and
 //!   `override_stream_error_on_invalid_http_message`; a cluster's slow start,
 //!   `respect_dns_ttl` and the DNS failure back-off's growth; HTTP/2's `interval_jitter`,
@@ -203,12 +203,21 @@
 //! - HTTP filters before the router, in the chain's order: CORS (`envoy.filters.http.cors`,
 //!   [`cors`]), fault injection (`envoy.filters.http.fault`, [`fault`]), local rate
 //!   limits (`envoy.filters.http.local_ratelimit`, [`local_ratelimit`]), health checks
-//!   (`envoy.filters.http.health_check`, [`health_check`]) and RBAC
-//!   (`envoy.filters.http.rbac`, [`rbac`]), with their
+//!   (`envoy.filters.http.health_check`, [`health_check`]), RBAC
+//!   (`envoy.filters.http.rbac`, [`rbac`]) and the compressor
+//!   (`envoy.filters.http.compressor` with the gzip library, [`compressor`]), with their
 //!   per-route settings in `typed_per_filter_config` (route, virtual host, route
 //!   configuration; [`filter_config`]) and CORS's deprecated `cors` fields, as Envoy
 //!   (`tests/http_cors.rs`, `tests/http_fault.rs`, `tests/http_local_ratelimit.rs`,
-//!   `tests/http_rbac.rs`). RBAC differences: connections have no TLS, so
+//!   `tests/http_rbac.rs`, `tests/http_compressor.rs`). The compressor judges every
+//!   response sent after the filters (a filter's answer, a CORS preflight, the router's
+//!   own replies, direct responses), as Envoy's encoder pass does; a request a filter
+//!   before it answered has no `accept-encoding` for it. Compressor differences: gzip is
+//!   the only library (brotli, zstd are refused), one compressor per chain (a second is
+//!   refused), `status_header_enabled` is refused, Gzip's `memory_level`,
+//!   `compression_strategy` and `chunk_size` are accepted without effect (compressed
+//!   bytes differ from Envoy's zlib, the decompressed body is the same), and a `require_tls`
+//!   redirect (answered before the filters) is not judged by it. RBAC differences: connections have no TLS, so
 //!   `requested_server_name` matches an empty name and `authenticated` never matches
 //!   (as Envoy's on a plaintext connection); its dynamic metadata (`access_log_hint`,
 //!   the effective policy) is not kept and `%RESPONSE_CODE_DETAILS%` is not logged. The xDS
@@ -263,6 +272,7 @@
 
 pub mod access_log;
 pub mod body;
+pub mod compressor;
 pub mod conn;
 pub mod cors;
 pub mod downstream_h1;

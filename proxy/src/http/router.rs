@@ -902,6 +902,9 @@ async fn process(
     let mut cors = None;
     let mut rate_limit = None;
     let mut health_mark = None;
+    // Boxed, as it is rare: held across the request's awaits, it is copied with them.
+    let mut compress: Option<Box<super::compressor::CompressorRequest<'_>>> = None;
+    let grpc = cfg.compressor.is_some() && is_grpc(req.headers());
     // Boxed: it is rare, and a response kept inline would be copied on every request.
     let mut filter_reply: Option<Box<Response<ProxyBody>>> = None;
     let levels = match routed {
@@ -916,7 +919,17 @@ async fn process(
         match &chained.filter {
             HttpFilter::Cors(f) if to_cluster => {
                 match f.on_request(levels, &method, req.headers(), worker) {
-                    CorsRequest::Preflight(r) => return *r,
+                    CorsRequest::Preflight(r) => {
+                        let mut r = *r;
+                        // Envoy's compressor sees the preflight before its codec gives it
+                        // a length.
+                        let length = r.headers_mut().remove(header::CONTENT_LENGTH);
+                        compress_response(cfg, levels, compress.as_deref(), grpc, &mut r, worker);
+                        if let Some(l) = length {
+                            r.headers_mut().insert(header::CONTENT_LENGTH, l);
+                        }
+                        return r;
+                    }
                     CorsRequest::Allowed(h) => cors = Some(h),
                     CorsRequest::Pass => {}
                 }
@@ -982,6 +995,9 @@ async fn process(
                     break;
                 }
             }
+            HttpFilter::Compressor(f) => {
+                compress = Some(f.on_request(levels, &mut req, worker));
+            }
             HttpFilter::Fault(f) => {
                 // Boxed: its delay would otherwise take room in every request's future.
                 filter_reply = Box::pin(inject_fault(
@@ -1013,6 +1029,7 @@ async fn process(
             }
         };
         mark_response(&mut resp, rate_limit, health_mark, cors);
+        compress_response(cfg, levels, compress.as_deref(), grpc, &mut resp, worker);
         return resp;
     };
     let mut resp = match (filter_reply, &route.action) {
@@ -1103,7 +1120,41 @@ async fn process(
         table.response_headers.apply(resp.headers_mut(), &fcx);
     }
     mark_response(&mut resp, rate_limit, health_mark, cors);
+    compress_response(cfg, levels, compress.as_deref(), grpc, &mut resp, worker);
     resp
+}
+
+/// The compressor's response pass, when the chain has a compressor that runs for the
+/// request: `seen` is what it made of the request, if the request reached it (Envoy runs
+/// it on the answers of filters before it too, without the request's `accept-encoding`).
+fn compress_response(
+    cfg: &HcmConfig,
+    levels: [&filter_config::FilterConfigs; 3],
+    seen: Option<&super::compressor::CompressorRequest<'_>>,
+    grpc: bool,
+    resp: &mut Response<ProxyBody>,
+    worker: usize,
+) {
+    let Some(chained) = cfg.compressor.and_then(|i| cfg.filters.get(i)) else {
+        return;
+    };
+    let HttpFilter::Compressor(f) = &chained.filter else {
+        return;
+    };
+    // A local reply to a gRPC request goes out in gRPC's form, headers only, which is
+    // what Envoy's compressor sees of it: it is given that form first.
+    if grpc {
+        if let Some(LocalReply(status)) = resp.extensions_mut().remove::<LocalReply>() {
+            grpc_local_reply(resp, status);
+        }
+    }
+    match seen {
+        Some(r) => r.on_response(resp, worker),
+        None if filter_config::runs(levels, &f.name, chained.off_by_default) => {
+            f.unseen(levels).on_response(resp, worker)
+        }
+        None => {}
+    }
 }
 
 /// What the filters add to whatever answers a request: rate limit headers, the health

@@ -274,6 +274,11 @@ fn serve_conn(
                 return;
             }
             continue;
+        } else if let Some(query) = after("/shape?") {
+            if !shaped(&mut w, name, &method, query, &headers, &body) {
+                return;
+            }
+            continue;
         } else if path.contains("/close") {
             return;
         } else if path.contains("/echo") {
@@ -290,6 +295,108 @@ fn serve_conn(
             return;
         }
     }
+}
+
+/// The body of a `/shape` response: `n` bytes of text.
+pub fn shape_text(n: usize) -> Vec<u8> {
+    (0..n)
+        .map(|i| b"the quick brown fox jumps over the lazy dog "[i % 44] ^ ((i / 997) as u8 & 1))
+        .collect()
+}
+
+/// Answers `/shape?<query>`: `&`-separated `key=value`s choose the response.
+///
+/// - `status` (200), `n` (100; the body is [`shape_text`]`(n)`), `ct` (content-type),
+///   `etag` (`abc` → `"abc"`, `W-abc` → `W/"abc"`), `vary`, `cc` (cache-control), `ce`
+///   (content-encoding): the response's.
+/// - `chunked=1`: no length, the body in `chunks` (1) chunks, flushed apart; `trailer=v`
+///   ends it with the trailer `x-trailer: v`.
+/// - `echo=1`: the body is the request's.
+///
+/// The response says what the request's `accept-encoding` and `content-encoding` were
+/// (`x-seen-ae`, `x-seen-ce`: `-` when absent).
+fn shaped(
+    w: &mut TcpStream,
+    name: &str,
+    method: &str,
+    query: &str,
+    req_headers: &[(String, String)],
+    req_body: &[u8],
+) -> bool {
+    let q: HashMap<&str, &str> = query
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .collect();
+    let num = |k: &str, d: usize| q.get(k).and_then(|v| v.parse().ok()).unwrap_or(d);
+    let status = num("status", 200);
+    let mut body = if q.get("echo") == Some(&"1") {
+        req_body.to_vec()
+    } else {
+        shape_text(num("n", 100))
+    };
+    let seen = |k: &str| {
+        req_headers
+            .iter()
+            .find(|(n, _)| n == k)
+            .map_or("-".to_string(), |(_, v)| v.clone())
+    };
+    let mut head = format!(
+        "HTTP/1.1 {status} X\r\nx-upstream: {name}\r\nx-seen-ae: {}\r\nx-seen-ce: {}\r\n",
+        seen("accept-encoding"),
+        seen("content-encoding")
+    );
+    for (k, field) in [
+        ("ct", "content-type"),
+        ("vary", "vary"),
+        ("cc", "cache-control"),
+        ("ce", "content-encoding"),
+    ] {
+        if let Some(v) = q.get(k) {
+            head.push_str(&format!("{field}: {v}\r\n"));
+        }
+    }
+    if let Some(e) = q.get("etag") {
+        match e.strip_prefix("W-") {
+            Some(weak) => head.push_str(&format!("etag: W/\"{weak}\"\r\n")),
+            None => head.push_str(&format!("etag: \"{e}\"\r\n")),
+        }
+    }
+    let no_body = method == "HEAD" || status == 204 || status == 304;
+    let chunked = q.get("chunked") == Some(&"1");
+    if chunked {
+        head.push_str("transfer-encoding: chunked\r\n\r\n");
+    } else if status != 204 && status != 304 {
+        head.push_str(&format!("content-length: {}\r\n\r\n", body.len()));
+    } else {
+        head.push_str("\r\n");
+    }
+    if no_body {
+        body.clear();
+    }
+    if w.write_all(head.as_bytes()).is_err() {
+        return false;
+    }
+    if !chunked {
+        return w.write_all(&body).is_ok();
+    }
+    if !no_body {
+        let parts = num("chunks", 1).max(1);
+        let size = body.len().div_ceil(parts).max(1);
+        for part in body.chunks(size) {
+            let mut c = format!("{:x}\r\n", part.len()).into_bytes();
+            c.extend_from_slice(part);
+            c.extend_from_slice(b"\r\n");
+            if w.write_all(&c).and_then(|_| w.flush()).is_err() {
+                return false;
+            }
+        }
+        let end = match q.get("trailer") {
+            Some(t) => format!("0\r\nx-trailer: {t}\r\n\r\n"),
+            None => "0\r\n\r\n".to_string(),
+        };
+        return w.write_all(end.as_bytes()).is_ok();
+    }
+    true
 }
 
 /// Reads one response from `r` (for a HEAD request pass `head = true`).

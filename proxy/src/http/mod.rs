@@ -156,6 +156,8 @@
 //!   the body as a percent-encoded `grpc-message` (`tests/http_h2.rs`).
 //! - Request mirroring (`request_mirror_policies` of a route, virtual host or route
 //!   configuration) as Envoy's streaming shadows: [`shadow`], `tests/http_shadow.rs`.
+//! - A request field sent on several lines goes upstream as it came; Envoy joined two
+//!   `accept-encoding` lines into one (seen in `tests/http_compressor.rs`'s setting).
 //! - Not yet: hedging, global rate limits (`envoy.filters.http.ratelimit`). Refused as
 //!   unsupported (they were accepted without effect): a route's `priority: HIGH` and
 //!   `path_rewrite`, a weighted cluster's `host_rewrite_literal` and `header_name`,
@@ -175,7 +177,7 @@
 //!   tunnel, however busy, as Envoy resets it (`websocket_ends_with_its_stream_duration_like_envoy`).
 //! - Accepted and not acted on (control planes set them routinely, so refusing them would
 //!   refuse whole listeners; found by an audit of every field): a route's
-//!   `flush_timeout` and `stat_prefix`; `typed_per_filter_config` entries for filters
+//!   `flush_timeout`; `typed_per_filter_config` entries for filters
 //!   other than Courier's (CORS, fault injection, local rate limits, health checks,
 //!   RBAC, the compressor, the router); the connection manager's `stream_flush_timeout`,
 //!   `drain_timeout`, HTTP/2 flood settings, and HTTP/1 `allow_absolute_url` and

@@ -96,8 +96,9 @@
 //!   table, over the same addresses and weights (`tests/http_hash_policy.rs`, compared host
 //!   for host). Without a hash a host is picked at random, as in Envoy. Refused:
 //!   `MURMUR_HASH_2`, `use_hostname_for_hashing`, `hash_balance_factor`, a `filter_state`
-//!   policy. Courier has no `ring_hash_lb.*`/`maglev_lb.*` gauges, and builds a ring per
-//!   worker (a Maglev table is shared by the workers, as Envoy shares both).
+//!   policy. Courier has no `ring_hash_lb.*`/`maglev_lb.*` gauges. A ring or table is built
+//!   once per host set and shared by the workers, as Envoy's; a Maglev slot takes a byte
+//!   for up to 255 hosts (64 KiB for the default 65537 slots).
 //! - `Upgrade: h2c` is not honoured, as in Envoy: the request is served as HTTP/1.1 without
 //!   its upgrade headers.
 //! - Found by a differential review (Courier and Envoy 1.40 side by side) and not yet

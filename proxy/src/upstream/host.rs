@@ -73,6 +73,8 @@ pub struct HostSet {
     /// A `MAGLEV` cluster's table over these hosts, built by the first worker to need it
     /// and shared by all (a table is large).
     maglev: std::sync::OnceLock<super::maglev::MaglevTable>,
+    /// A `RING_HASH` cluster's ring over these hosts, likewise.
+    ring: std::sync::OnceLock<super::ring_hash::Ring>,
 }
 
 impl HostSet {
@@ -115,7 +117,15 @@ impl HostSet {
             eligible,
             panic,
             maglev: std::sync::OnceLock::new(),
+            ring: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The hash ring over the eligible hosts, built on first use (a worker asking
+    /// meanwhile waits for it, once per host set).
+    pub fn ring(&self, min_ring_size: u64, max_ring_size: u64) -> &super::ring_hash::Ring {
+        self.ring
+            .get_or_init(|| super::ring_hash::Ring::build(self, min_ring_size, max_ring_size))
     }
 
     /// The Maglev table of `size` slots over the eligible hosts, built on first use (a

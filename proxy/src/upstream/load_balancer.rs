@@ -24,8 +24,9 @@ struct LbState {
     /// Plain round robin position when all weights are equal.
     next: usize,
     weighted: bool,
-    /// A `RING_HASH` cluster's ring, built with the state.
-    ring: Option<Ring>,
+    /// A `RING_HASH` ring of this worker's own, when the host set's shared one has other
+    /// sizes (a cluster update that changed only them).
+    own_ring: Option<Ring>,
     /// A `MAGLEV` table of this worker's own, when the host set's shared one has another
     /// size (a cluster update that changed only the table size).
     own_maglev: Option<MaglevTable>,
@@ -48,11 +49,16 @@ impl LbState {
         } else {
             fastrand::usize(..hosts.eligible.len())
         };
-        let ring = match policy {
+        let own_ring = match policy {
             LbPolicy::RingHash {
                 min_ring_size,
                 max_ring_size,
-            } => Some(Ring::build(&hosts, min_ring_size, max_ring_size)),
+            } if !hosts
+                .ring(min_ring_size, max_ring_size)
+                .built_with(min_ring_size, max_ring_size) =>
+            {
+                Some(Ring::build(&hosts, min_ring_size, max_ring_size))
+            }
             _ => None,
         };
         let own_maglev = match policy {
@@ -62,7 +68,7 @@ impl LbState {
             _ => None,
         };
         LbState {
-            ring,
+            own_ring,
             own_maglev,
             policy,
             current: vec![0; hosts.eligible.len()],
@@ -163,8 +169,14 @@ impl LbStates {
             LbPolicy::RoundRobin => state.round_robin(),
             LbPolicy::Random => state.random(),
             LbPolicy::LeastRequest => state.least_request(),
-            LbPolicy::RingHash { .. } => {
-                let ring = state.ring.as_ref()?;
+            LbPolicy::RingHash {
+                min_ring_size,
+                max_ring_size,
+            } => {
+                let ring = match &state.own_ring {
+                    Some(r) => r,
+                    None => state.hosts.ring(min_ring_size, max_ring_size),
+                };
                 let i = ring.choose(hash.unwrap_or_else(|| fastrand::u64(..)), attempt)?;
                 state.hosts.hosts.get(i).cloned()
             }

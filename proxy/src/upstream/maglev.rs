@@ -18,9 +18,37 @@ use super::host::HostSet;
 /// `maglev_lb_config.table_size` when unset.
 pub const DEFAULT_TABLE_SIZE: u64 = 65537;
 
-/// A built table: each slot names a host by its index in the host set.
+/// A built table: each slot names one of the table's hosts, in as few bytes as their
+/// number needs (a byte for up to 255 hosts: 64 KiB for the default size).
 pub struct MaglevTable {
-    slots: Vec<u32>,
+    /// The hosts, as indices into the host set.
+    hosts: Vec<u32>,
+    slots: Slots,
+}
+
+/// Slots holding indices into [`MaglevTable::hosts`].
+enum Slots {
+    Narrow(Vec<u8>),
+    Medium(Vec<u16>),
+    Wide(Vec<u32>),
+}
+
+impl Slots {
+    fn len(&self) -> usize {
+        match self {
+            Slots::Narrow(v) => v.len(),
+            Slots::Medium(v) => v.len(),
+            Slots::Wide(v) => v.len(),
+        }
+    }
+
+    fn get(&self, i: usize) -> usize {
+        match self {
+            Slots::Narrow(v) => usize::from(v[i]),
+            Slots::Medium(v) => usize::from(v[i]),
+            Slots::Wide(v) => v[i] as usize,
+        }
+    }
 }
 
 /// A host as the table is filled.
@@ -42,7 +70,10 @@ impl MaglevTable {
             .map(|&i| f64::from(set.hosts[i].weight.max(1)))
             .sum();
         if set.eligible.is_empty() || size < 2 {
-            return MaglevTable { slots: Vec::new() };
+            return MaglevTable {
+                hosts: Vec::new(),
+                slots: Slots::Wide(Vec::new()),
+            };
         }
         let mut keyed: Vec<(String, usize)> = set
             .eligible
@@ -52,8 +83,9 @@ impl MaglevTable {
         keyed.sort();
         let mut entries: Vec<Entry> = keyed
             .iter()
-            .map(|(key, i)| Entry {
-                index: *i as u32,
+            .enumerate()
+            .map(|(n, (key, i))| Entry {
+                index: n as u32,
                 offset: xxh64(key.as_bytes(), 0) % size,
                 skip: xxh64(key.as_bytes(), 1) % (size - 1) + 1,
                 weight: f64::from(set.hosts[*i].weight.max(1)) / total,
@@ -88,14 +120,22 @@ impl MaglevTable {
             }
             iteration += 1;
         }
-        MaglevTable { slots }
+        let slots = match keyed.len() {
+            0..=255 => Slots::Narrow(slots.into_iter().map(|s| s as u8).collect()),
+            256..=65535 => Slots::Medium(slots.into_iter().map(|s| s as u16).collect()),
+            _ => Slots::Wide(slots),
+        };
+        MaglevTable {
+            hosts: keyed.iter().map(|(_, i)| *i as u32).collect(),
+            slots,
+        }
     }
 
     /// The host (an index into the host set) for `hash`; a host selection retried
     /// `attempt` times moves the hash as Envoy's does (XOR with `-attempt`, changing most of
     /// its bits). `None` for an empty table.
     pub fn choose(&self, hash: u64, attempt: u32) -> Option<usize> {
-        if self.slots.is_empty() {
+        if self.hosts.is_empty() {
             return None;
         }
         let hash = if attempt > 0 {
@@ -103,7 +143,8 @@ impl MaglevTable {
         } else {
             hash
         };
-        Some(self.slots[(hash % self.slots.len() as u64) as usize] as usize)
+        let slot = self.slots.get((hash % self.slots.len() as u64) as usize);
+        Some(self.hosts[slot] as usize)
     }
 
     /// The table's size.
@@ -138,7 +179,11 @@ mod tests {
     #[test]
     fn slots_follow_weights() {
         let t = MaglevTable::build(&set(&[1, 1, 2]), 10007);
-        let owned = |host: u32| t.slots.iter().filter(|&&s| s == host).count();
+        let owned = |host: usize| {
+            (0..t.slots.len())
+                .filter(|&i| t.hosts[t.slots.get(i)] as usize == host)
+                .count()
+        };
         assert_eq!(owned(0) + owned(1) + owned(2), 10007);
         // Within a slot or two of the weights' shares.
         assert!(owned(2).abs_diff(10007 / 2) <= 2, "{}", owned(2));

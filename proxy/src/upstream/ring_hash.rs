@@ -6,6 +6,9 @@
 //! host from either proxy: a host's points are the xxHash64 of `<address>_<i>`, the scale
 //! gives the lightest host a whole number of points (at least `minimum_ring_size` in all,
 //! at most `maximum_ring_size`), and fractional shares are carried from host to host.
+//!
+//! One ring serves every worker: it is built once per host set (by the first worker that
+//! needs it) and kept with the set.
 
 use xxhash_rust::xxh64::xxh64;
 
@@ -19,6 +22,8 @@ pub const DEFAULT_MAX_RING_SIZE: u64 = 8 * 1024 * 1024;
 /// A built ring: points sorted by hash, each naming a host by its index in the host set.
 pub struct Ring {
     points: Vec<(u64, u32)>,
+    /// The sizes it was built with.
+    sizes: (u64, u64),
 }
 
 impl Ring {
@@ -30,8 +35,12 @@ impl Ring {
             .map(|&i| (i, f64::from(set.hosts[i].weight.max(1))))
             .collect();
         let total: f64 = weights.iter().map(|(_, w)| w).sum();
+        let sizes = (min_ring_size, max_ring_size);
         if weights.is_empty() || total <= 0.0 {
-            return Ring { points: Vec::new() };
+            return Ring {
+                points: Vec::new(),
+                sizes,
+            };
         }
         let min_weight = weights
             .iter()
@@ -57,7 +66,12 @@ impl Ring {
             }
         }
         points.sort_by_key(|p| p.0);
-        Ring { points }
+        Ring { points, sizes }
+    }
+
+    /// Whether the ring was built with these sizes.
+    pub fn built_with(&self, min_ring_size: u64, max_ring_size: u64) -> bool {
+        self.sizes == (min_ring_size, max_ring_size)
     }
 
     /// The host (an index into the host set) owning `hash`: the first point at or after it,

@@ -741,19 +741,9 @@ fn unsupported_settings_are_refused() {
         ),
     ] {
         let yaml = with_filters(&bootstrap(&all_to("a"), "", &clusters(&a)), &filter(config))
-            .replace("GZIP_LIB", GZIP_LIB)
-            .replace("LISTENER_PORT", "0");
-        let dir = tempfile::tempdir().expect("tempdir");
-        let cfg = dir.path().join("bootstrap.yaml");
-        std::fs::write(&cfg, yaml).expect("write bootstrap");
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_courier"))
-            .args(["--mode", "validate", "-c"])
-            .arg(&cfg)
-            .output()
-            .expect("run courier");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{label}: {stderr}");
+            .replace("GZIP_LIB", GZIP_LIB);
+        let (code, stderr) = validate(&yaml);
+        assert_eq!(code, Some(1), "{label}: {stderr}");
         assert!(stderr.contains(path), "{label}: {stderr}");
-        assert!(!stderr.contains("panicked"), "{stderr}");
     }
 }

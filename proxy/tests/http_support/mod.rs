@@ -803,3 +803,19 @@ pub async fn h2_fetch(
     let text = String::from_utf8_lossy(&collected.to_bytes()).into_owned();
     (parts, text, value)
 }
+
+/// Runs `courier --mode validate` on `bootstrap` (its `LISTENER_PORT` made 0): the exit
+/// code and what it printed on stderr. A refusal must never be a panic.
+pub fn validate(bootstrap: &str) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("bootstrap.yaml");
+    std::fs::write(&cfg, bootstrap.replace("LISTENER_PORT", "0")).expect("write bootstrap");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_courier"))
+        .args(["--mode", "validate", "-c"])
+        .arg(&cfg)
+        .output()
+        .expect("run courier");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    (out.status.code(), stderr)
+}

@@ -255,26 +255,16 @@ fn clusters(a: &Upstream) -> String {
 /// An HTTP/2 GET with `accept-encoding: gzip`: status, `content-encoding`, the body
 /// decompressed, and the trailer `x-trailer`.
 fn h2_case(proxy: &Courier) -> Vec<String> {
-    use http_body_util::BodyExt;
     block_on(async {
         let mut sender = h2_connect(proxy.listener).await;
         let path = "/shape?ct=text/plain&n=20000&chunked=1&chunks=4&trailer=t1";
-        let req = http::Request::get(format!("http://example.com{path}"))
-            .header("accept-encoding", "gzip")
-            .body(http_body_util::Empty::new())
-            .expect("request");
-        let (parts, body) = sender
-            .send_request(req)
-            .await
-            .expect("response")
-            .into_parts();
-        let collected = body.collect().await.expect("body");
-        let trailer = collected
-            .trailers()
-            .and_then(|t| t.get("x-trailer"))
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        let bytes = collected.to_bytes();
+        let (parts, bytes, trailer) = h2_fetch_bytes(
+            &mut sender,
+            path,
+            &[("accept-encoding", "gzip")],
+            "x-trailer",
+        )
+        .await;
         let ce = parts.headers.get("content-encoding").cloned();
         assert_eq!(ce.as_ref().map(|v| v.as_bytes()), Some(&b"gzip"[..]), "h2");
         let plain = gunzip(&bytes).expect("h2: gzip");

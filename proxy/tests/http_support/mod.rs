@@ -785,10 +785,24 @@ pub async fn h2_fetch(
     path: &str,
     trailer: &str,
 ) -> (http::response::Parts, String, Option<String>) {
+    let (parts, body, value) = h2_fetch_bytes(sender, path, &[], trailer).await;
+    (parts, String::from_utf8_lossy(&body).into_owned(), value)
+}
+
+/// A GET of `path` with `headers` on an HTTP/2 connection: the response head, its body, and
+/// the value of its trailer `trailer` if it has one.
+pub async fn h2_fetch_bytes(
+    sender: &mut hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+    path: &str,
+    headers: &[(&str, &str)],
+    trailer: &str,
+) -> (http::response::Parts, bytes::Bytes, Option<String>) {
     use http_body_util::BodyExt;
-    let req = http::Request::get(format!("http://example.com{path}"))
-        .body(http_body_util::Empty::new())
-        .expect("request");
+    let mut req = http::Request::get(format!("http://example.com{path}"));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(http_body_util::Empty::new()).expect("request");
     let (parts, body) = sender
         .send_request(req)
         .await
@@ -800,8 +814,7 @@ pub async fn h2_fetch(
         .and_then(|t| t.get(trailer))
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    let text = String::from_utf8_lossy(&collected.to_bytes()).into_owned();
-    (parts, text, value)
+    (parts, collected.to_bytes(), value)
 }
 
 /// Runs `courier --mode validate` on `bootstrap` (its `LISTENER_PORT` made 0): the exit

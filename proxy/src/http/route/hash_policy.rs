@@ -161,7 +161,7 @@ impl HashPolicies {
                         xxh64(value.as_bytes(), 0)
                     }),
                 },
-                Kind::SourceIp => Some(xxh64(remote.ip().to_string().as_bytes(), 0)),
+                Kind::SourceIp => Some(ip_hash(remote.ip())),
                 Kind::QueryParameter(name) => {
                     query_value(path, name).map(|v| xxh64(v.as_bytes(), 0))
                 }
@@ -202,6 +202,18 @@ fn header_hash(
     }
     values.sort();
     Some(values.iter().fold(0, |seed, v| xxh64(v, seed)))
+}
+
+/// The xxHash64 of an address's text, written on the stack (it runs on every request of a
+/// route hashing by source address).
+fn ip_hash(ip: std::net::IpAddr) -> u64 {
+    use std::io::Write;
+    let mut buf = [0u8; 64];
+    let mut cursor = std::io::Cursor::new(&mut buf[..]);
+    // An address's text is at most 45 bytes: the write cannot fail.
+    let _ = write!(cursor, "{ip}");
+    let n = cursor.position() as usize;
+    xxh64(&buf[..n], 0)
 }
 
 /// The value of cookie `name` in the request's `cookie` fields, without surrounding quotes
@@ -278,6 +290,8 @@ mod tests {
         assert_eq!(query_value("/p?a=1&b=2&a=3", "a"), Some("1"));
         assert_eq!(query_value("/p?flag&b=2", "flag"), Some(""));
         assert_eq!(query_value("/p", "a"), None);
+        let ip: std::net::IpAddr = "2001:db8::1".parse().expect("ip");
+        assert_eq!(ip_hash(ip), xxh64(b"2001:db8::1", 0));
     }
 
     #[test]

@@ -1456,6 +1456,7 @@ async fn forward(
     // to the connection manager).
     // Only what the attempts need of them is kept: the controls themselves would take room
     // in every request's future.
+    let internal = parts.extensions.get::<Internal>().is_some();
     let (retry, timeout_controls) = match parts.extensions.remove::<Internal>() {
         Some(Internal) => {
             if let Err(body) = cfg.controls.check(&parts.headers) {
@@ -1493,10 +1494,7 @@ async fn forward(
         cluster: &pool.stats.rq,
         route: route.stats.as_deref(),
         vcluster,
-        internal: parts
-            .headers
-            .get(&X_ENVOY_INTERNAL)
-            .is_some_and(|v| v.as_bytes() == b"true"),
+        internal,
     };
     // Kept to be reused upstream when the authority is unchanged (no copy). The field
     // stays where it is: removing it would move the map's last field into its place, and

@@ -22,6 +22,8 @@ pub struct Upstream {
     pub accepted: Arc<AtomicU64>,
     /// Requests (HTTP) or greetings (TCP) served.
     pub served: Arc<AtomicU64>,
+    /// Connections open now (accepted and not yet closed).
+    pub open: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -31,10 +33,31 @@ impl Drop for Upstream {
     }
 }
 
+/// Counts a connection open until its task ends (however it ends: closed or aborted).
+struct OpenGuard(Arc<AtomicU64>);
+
+impl OpenGuard {
+    fn new(open: &Arc<AtomicU64>) -> OpenGuard {
+        open.fetch_add(1, Ordering::SeqCst);
+        OpenGuard(open.clone())
+    }
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 impl Upstream {
     /// Connections accepted so far.
     pub fn accepted(&self) -> u64 {
         self.accepted.load(Ordering::SeqCst)
+    }
+
+    /// Connections open now: accepted, and not yet closed by either side.
+    pub fn open(&self) -> u64 {
+        self.open.load(Ordering::SeqCst)
     }
 
     /// A TCP server that writes `upstream <name>\n` on accept, then echoes until EOF.
@@ -43,9 +66,10 @@ impl Upstream {
         let port = listener.local_addr().expect("addr").port();
         let accepted = Arc::new(AtomicU64::new(0));
         let served = Arc::new(AtomicU64::new(0));
+        let open = Arc::new(AtomicU64::new(0));
         let greeting = format!("upstream {name}\n");
         let task = {
-            let (accepted, served) = (accepted.clone(), served.clone());
+            let (accepted, served, open) = (accepted.clone(), served.clone(), open.clone());
             tokio::spawn(async move {
                 let mut conns = tokio::task::JoinSet::new();
                 loop {
@@ -55,7 +79,9 @@ impl Upstream {
                     accepted.fetch_add(1, Ordering::SeqCst);
                     let greeting = greeting.clone();
                     let served = served.clone();
+                    let open = OpenGuard::new(&open);
                     conns.spawn(async move {
+                        let _open = open;
                         if sock.write_all(greeting.as_bytes()).await.is_err() {
                             return;
                         }
@@ -82,6 +108,7 @@ impl Upstream {
             port,
             accepted,
             served,
+            open,
             task,
         }
     }
@@ -100,9 +127,10 @@ impl Upstream {
         let port = listener.local_addr().expect("addr").port();
         let accepted = Arc::new(AtomicU64::new(0));
         let served = Arc::new(AtomicU64::new(0));
+        let open = Arc::new(AtomicU64::new(0));
         let name_s: Arc<str> = name.into();
         let task = {
-            let (accepted, served) = (accepted.clone(), served.clone());
+            let (accepted, served, open) = (accepted.clone(), served.clone(), open.clone());
             tokio::spawn(async move {
                 let mut conns = tokio::task::JoinSet::new();
                 loop {
@@ -118,7 +146,9 @@ impl Upstream {
                         continue;
                     }
                     let (name, served) = (name_s.clone(), served.clone());
+                    let open = OpenGuard::new(&open);
                     conns.spawn(async move {
+                        let _open = open;
                         let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                             let (name, served) = (name.clone(), served.clone());
                             async move {
@@ -141,6 +171,7 @@ impl Upstream {
             port,
             accepted,
             served,
+            open,
             task,
         }
     }

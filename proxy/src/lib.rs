@@ -3,13 +3,12 @@
 //!
 //! Layout follows the architecture: the main thread ([`server`], [`xds`], [`admin`], the
 //! managers in [`upstream`] and [`listener`]) builds immutable snapshots and publishes them
-//! through [`thread_local`](mod@thread_local) slots to the [`worker`]s, each running its own [`event`] loop
-//! with the network [`filters`].
+//! through `courier_runtime`'s thread-local slots to the [`worker`]s, each running its own
+//! event loop (`courier_runtime::event`) with the network [`filters`].
 
 pub mod admin;
 pub mod bootstrap;
 pub mod config;
-pub mod event;
 pub mod filters;
 pub mod http;
 pub mod listener;
@@ -17,7 +16,6 @@ pub mod memory;
 pub mod options;
 pub mod server;
 pub mod stats;
-pub mod thread_local;
 pub mod upstream;
 pub mod worker;
 pub mod xds;

@@ -2,26 +2,33 @@
 //! connections, its load-balancer state and its stat cells. Workers never talk to each
 //! other and never lock; the main thread reaches them only by posting.
 
+use std::cell::Cell;
 use std::collections::{HashMap, HashSet};
 use std::io;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use crate::event::{Dispatcher, DispatcherHandle, HandlerId};
-use crate::filters::network::tcp_proxy::SCRATCH_SIZE;
-use crate::http::RouteSnapshot;
-use crate::listener::ListenerConfig;
-use crate::thread_local::{SlotId, SlotTable};
-use crate::upstream::{ClusterSnapshot, LbStates};
+use courier_runtime::event;
+use courier_runtime::thread_local as tls;
 
-/// The well-known slots every worker reads.
-#[derive(Debug, Clone, Copy)]
-pub struct WorkerSlots {
-    /// Cluster snapshots.
-    pub clusters: SlotId<ClusterSnapshot>,
-    /// RDS route tables.
-    pub routes: SlotId<RouteSnapshot>,
-}
+pub use courier_runtime::event::{rt, EventHandler, HandlerId, Next, PostError};
+pub use courier_runtime::thread_local::{MainPoster, MainTask, SlotId};
+
+use crate::filters::network::tcp_proxy::SCRATCH_SIZE;
+use crate::listener::ListenerConfig;
+
+/// A worker's dispatcher, its loop state being [`WorkerLocal`].
+pub type Dispatcher = event::Dispatcher<WorkerLocal>;
+/// The posting side of a worker's dispatcher.
+pub type DispatcherHandle = event::DispatcherHandle<WorkerLocal>;
+/// What a worker's handlers are given on each callback.
+pub type Ctx = event::Ctx<WorkerLocal>;
+/// A callback posted to a worker.
+pub type Posted = event::Posted<WorkerLocal>;
+/// The slot system over Courier's workers.
+pub type ThreadLocal = tls::ThreadLocal<WorkerLocal>;
+/// A slot (a value replicated on every worker).
+pub type Slot<T> = tls::Slot<T>;
 
 /// A listener as one worker sees it.
 pub struct WorkerListener {
@@ -31,19 +38,12 @@ pub struct WorkerListener {
     pub config: Arc<ListenerConfig>,
 }
 
-/// A worker's own state, reachable from every handler through `ctx.local`.
+/// A worker's own state, lent to every handler callback as `ctx.local`. What tasks (hyper's
+/// futures) need as well lives in the worker's thread: slots ([`SlotId::get`]) and the
+/// [`ThreadLocalClusterManager`].
 pub struct WorkerLocal {
     /// Index of this worker (its stat cell).
     pub id: usize,
-    /// This worker's copies of every thread-local slot.
-    pub slots: SlotTable,
-    /// Where the cluster manager publishes its snapshots.
-    pub cluster_slot: SlotId<ClusterSnapshot>,
-    /// Where RDS route tables are published.
-    pub route_slot: SlotId<RouteSnapshot>,
-    /// Per-cluster load-balancer state (round-robin positions), rebuilt when a host set
-    /// changes.
-    pub lb: LbStates,
     /// Listeners this worker accepts on, by name.
     pub listeners: HashMap<String, WorkerListener>,
     /// Scratch buffer every proxied read goes through (see the tcp_proxy session).
@@ -54,29 +54,13 @@ pub struct WorkerLocal {
 
 impl WorkerLocal {
     /// Fresh state for worker `id`.
-    pub fn new(id: usize, slots: WorkerSlots) -> Self {
+    pub fn new(id: usize) -> Self {
         WorkerLocal {
             id,
-            slots: SlotTable::default(),
-            cluster_slot: slots.clusters,
-            route_slot: slots.routes,
-            lb: LbStates::default(),
             listeners: HashMap::new(),
             scratch: vec![0; SCRATCH_SIZE].into_boxed_slice(),
             connections: HashMap::new(),
         }
-    }
-
-    /// The current cluster snapshot on this worker.
-    #[inline]
-    pub fn clusters(&self) -> Option<Arc<ClusterSnapshot>> {
-        self.slots.get(self.cluster_slot).cloned()
-    }
-
-    /// The current RDS route tables on this worker.
-    #[inline]
-    pub fn routes(&self) -> Option<&Arc<RouteSnapshot>> {
-        self.slots.get(self.route_slot)
     }
 
     /// Records a connection accepted by the chain `chain_tag`.
@@ -103,6 +87,23 @@ impl WorkerLocal {
     }
 }
 
+thread_local! {
+    /// The server fails its health checks (`/healthcheck/fail`): this worker's
+    /// connections drain-close. Read on every response, so a plain thread-local.
+    static HEALTH_FAILED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether the server fails its health checks, as this worker was told.
+pub fn health_failed() -> bool {
+    HEALTH_FAILED.with(Cell::get)
+}
+
+/// Tells this worker whether the server fails its health checks (posted by the main
+/// thread on `/healthcheck/fail` and `/healthcheck/ok`).
+pub fn set_health_failed(failed: bool) {
+    HEALTH_FAILED.with(|h| h.set(failed));
+}
+
 /// The main thread's handle to a running worker.
 pub struct Worker {
     /// Posts callbacks to the worker.
@@ -112,13 +113,13 @@ pub struct Worker {
 
 impl Worker {
     /// Starts worker `id` on its own thread.
-    pub fn spawn(id: usize, slots: WorkerSlots) -> io::Result<Worker> {
+    pub fn spawn(id: usize) -> io::Result<Worker> {
         // The dispatcher holds handlers that are not `Send`, so it is built on its thread.
         let (tx, rx) = std::sync::mpsc::channel();
         let thread = std::thread::Builder::new()
             .name(format!("courier-worker-{id}"))
             .spawn(move || {
-                let (mut dispatcher, handle) = match Dispatcher::new(WorkerLocal::new(id, slots)) {
+                let (mut dispatcher, handle) = match Dispatcher::new(WorkerLocal::new(id)) {
                     Ok(d) => d,
                     Err(e) => {
                         let _ = tx.send(Err(e));

@@ -9,6 +9,7 @@ mod fixture;
 mod http;
 mod listeners;
 mod nack;
+mod pools;
 mod resilience;
 mod scripted;
 mod sources;

@@ -28,9 +28,9 @@ use super::h1_server::{End, H1Server};
 use super::hcm::{Codec, HcmConfig};
 use super::router::{self, ConnInfo};
 use super::upgrade;
-use crate::event::rt::{self, LocalExec, RtTimer, TcpIo};
-use crate::event::{Ctx, EventHandler, HandlerId, Next};
 use crate::listener::ListenerStats;
+use crate::worker::{Ctx, EventHandler, HandlerId, Next, WorkerLocal};
+use courier_runtime::event::rt::{self, LocalExec, RtTimer, TcpIo};
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const TIMER_IDLE: u64 = 1;
@@ -94,7 +94,7 @@ impl hyper::rt::Read for PrefixedIo {
     }
 }
 
-rt::write_through!(PrefixedIo, io);
+courier_runtime::write_through!(PrefixedIo, io);
 
 type H2Conn = http2::Connection<PrefixedIo, HcmService, LocalExec>;
 
@@ -133,7 +133,7 @@ impl HttpConnection {
         chain_tag: u64,
         listener_stats: Arc<ListenerStats>,
         buffer_limit: usize,
-    ) -> io::Result<Box<dyn EventHandler>> {
+    ) -> io::Result<Box<dyn EventHandler<WorkerLocal>>> {
         let worker = ctx.local.id;
         let remote = stream.peer_addr()?;
         let local = stream.local_addr()?;
@@ -360,7 +360,7 @@ impl HttpConnection {
     }
 }
 
-impl EventHandler for HttpConnection {
+impl EventHandler<WorkerLocal> for HttpConnection {
     fn on_ready(&mut self, _source: usize, _event: &Event, ctx: &mut Ctx, me: HandlerId) -> Next {
         self.run(ctx, me)
     }

@@ -45,7 +45,7 @@ use super::key_format::KeyFormat;
 use super::router::{self, ConnInfo, ServeFuture};
 use super::upgrade::{is_upgrade, tunnel_link, DownstreamUpgrade, TunnelEnd, TunnelLink};
 use super::upstream_h1::{recv_into, BodyDecoder, Decoded, H1Error};
-use crate::event::rt::{Sleep, TcpIo};
+use courier_runtime::event::rt::{Sleep, TcpIo};
 
 /// Body chunks up to this size are copied next to the framing (one `writev` slice, no
 /// reference kept); larger ones are queued as they are.

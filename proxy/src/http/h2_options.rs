@@ -18,7 +18,7 @@ use std::time::Duration;
 use courier_proto::envoy::config::core::v3::Http2ProtocolOptions;
 
 use crate::config::{self, ConfigError};
-use crate::event::rt::LocalExec;
+use courier_runtime::event::rt::LocalExec;
 
 /// Envoy's default (and maximum) `max_concurrent_streams`.
 pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 2_147_483_647;

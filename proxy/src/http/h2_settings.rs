@@ -13,7 +13,7 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
 
-use crate::event::rt::{self, TcpIo};
+use courier_runtime::event::rt::TcpIo;
 
 /// HTTP/2 frame type of SETTINGS (RFC 9113 §6.5).
 const SETTINGS: u8 = 0x4;
@@ -179,7 +179,7 @@ impl hyper::rt::Read for SettingsWatch {
     }
 }
 
-rt::write_through!(SettingsWatch, io);
+courier_runtime::write_through!(SettingsWatch, io);
 
 #[cfg(test)]
 mod tests {

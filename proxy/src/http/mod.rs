@@ -4,7 +4,7 @@
 //! - [`conn`]: a downstream connection: protocol detection, idle and drain handling.
 //! - [`h1_server`] and [`downstream_h1`]: Courier's own HTTP/1.1 server codec (the
 //!   connection's state machine, and the sans-I/O parser and encoder); HTTP/2 is hyper's
-//!   server, driven by the worker's runtime ([`crate::event::rt`]).
+//!   server, driven by the worker's runtime ([`courier_runtime::event::rt`]).
 //! - [`h1_head`]: a parsed HTTP/1.1 head made into a header map without copies, its framing
 //!   fields noted; [`header_map_pool`]: the worker's spare header maps, reused per message.
 //! - [`cors`], [`fault`], [`local_ratelimit`], [`health_check`], [`rbac`] and
@@ -305,14 +305,4 @@ pub mod stream_limits;
 pub mod upgrade;
 pub mod upstream_h1;
 
-use std::collections::HashMap;
-use std::sync::Arc;
-
 pub use hcm::{HcmConfig, RdsSubscription, HTTP_CONNECTION_MANAGER};
-
-/// Route tables from RDS by route configuration name, published to workers through a slot.
-#[derive(Default)]
-pub struct RouteSnapshot {
-    /// Compiled tables by `RouteConfiguration.name`.
-    pub tables: HashMap<String, Arc<route::RouteTable>>,
-}

@@ -17,7 +17,7 @@ use std::task::{Poll, Waker};
 use std::time::Instant;
 
 use hyper::client::conn::{http1, http2};
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 
 use super::body::ProxyBody;
 use super::h2_settings::{PeerSettings, SettingsWatch};
@@ -25,9 +25,9 @@ use super::key_format::KeyFormat;
 use super::request_stats::RequestStats;
 use super::stream_limits::DEFAULT_MAX_HEADERS;
 use super::upstream_h1::H1Connection;
-use crate::event::rt::{self, LocalExec, RtTimer, Sleep, TcpIo};
 use crate::stats::{Counter, Gauge, Store};
-use crate::upstream::{ClusterInfo, ConnLifetime, Host, LbStates};
+use crate::upstream::{ClusterInfo, ConnLifetime, ConnPool, Host, ThreadLocalClusterManager};
+use courier_runtime::event::rt::{self, LocalExec, RtTimer, Sleep, TcpIo};
 
 /// `cluster.<name>.*` HTTP stats, created on first use on each worker.
 pub struct ClusterHttpStats {
@@ -316,6 +316,11 @@ pub struct ClusterPool {
     /// The sweeper's next wake-up, while it runs (see [`ClusterPool::sweep_by`]).
     sweep_at: Cell<Option<Instant>>,
     sweeper: Cell<Option<Waker>>,
+    /// The cluster was removed or replaced: connections close as their requests end.
+    draining: Cell<bool>,
+    /// Hosts that left the cluster while connections to them were open: those close as
+    /// their requests end. An address leaves the set with its last connection.
+    gone: RefCell<FxHashSet<SocketAddr>>,
     worker: usize,
     /// Circuit-breaker counts.
     pub breakers: Breakers,
@@ -323,36 +328,30 @@ pub struct ClusterPool {
     pub stats: ClusterHttpStats,
 }
 
-thread_local! {
-    static POOLS: RefCell<FxHashMap<String, Rc<ClusterPool>>> = RefCell::new(FxHashMap::default());
-    static LB: RefCell<LbStates> = RefCell::new(LbStates::default());
-}
-
-/// The pool of `cluster` on worker `worker` (this one).
+/// The pool of `cluster` on worker `worker` (this one), kept by the worker's
+/// [`ThreadLocalClusterManager`] (which drains it when the cluster goes).
 pub fn cluster_pool(cluster: &ClusterInfo, store: &Store, worker: usize) -> Rc<ClusterPool> {
-    POOLS.with(|p| {
-        if let Some(pool) = p.borrow().get(&cluster.name) {
-            return pool.clone();
-        }
-        let pool = Rc::new(ClusterPool {
+    ThreadLocalClusterManager::with(|tlcm| {
+        tlcm.conn_pool(cluster, || ClusterPool {
             hosts: RefCell::new(FxHashMap::default()),
             waiters: RefCell::new(VecDeque::new()),
             host_connections: RefCell::new(FxHashMap::default()),
             lifetime: Cell::new(cluster.conn_lifetime),
             sweep_at: Cell::new(None),
             sweeper: Cell::new(None),
+            draining: Cell::new(false),
+            gone: RefCell::new(FxHashSet::default()),
             worker,
             breakers: Breakers::default(),
             stats: ClusterHttpStats::new(store, &cluster.name),
-        });
-        p.borrow_mut().insert(cluster.name.clone(), pool.clone());
-        pool
+        })
     })
 }
 
-/// Picks a host of `cluster` with this worker's HTTP load balancer.
+/// Picks a host of `cluster` with this worker's load balancer (the one `tcp_proxy` uses
+/// too).
 pub fn choose_host(cluster: &ClusterInfo, hash: Option<u64>) -> Option<Arc<Host>> {
-    LB.with(|lb| lb.borrow_mut().choose(cluster, hash, 0))
+    ThreadLocalClusterManager::with(|tlcm| tlcm.choose_host(cluster, hash, 0))
 }
 
 /// Picks a host for a retry that avoids the hosts already tried (a retry policy's
@@ -364,11 +363,10 @@ pub fn choose_host_avoiding(
     tried: &[std::net::SocketAddr],
     reselections: u32,
 ) -> Option<Arc<Host>> {
-    LB.with(|lb| {
-        let mut lb = lb.borrow_mut();
+    ThreadLocalClusterManager::with(|tlcm| {
         let mut host = None;
         for attempt in 0..=reselections {
-            host = lb.choose(cluster, hash, attempt);
+            host = tlcm.choose_host(cluster, hash, attempt);
             match &host {
                 Some(h) if tried.contains(&h.address) => continue,
                 _ => break,
@@ -401,6 +399,7 @@ impl Drop for ConnGuard {
                 // Gone hosts leave no entry behind.
                 if *n == 0 {
                     counts.remove(&addr);
+                    self.pool.gone.borrow_mut().remove(&addr);
                 }
             }
         }
@@ -472,7 +471,7 @@ impl ClusterPool {
         sender: http1::SendRequest<ProxyBody>,
         usage: ConnUsage,
     ) {
-        if sender.is_closed() {
+        if sender.is_closed() || self.retired(addr) {
             return;
         }
         if let Some(idle) = self.idle_entry(sender, usage) {
@@ -488,6 +487,9 @@ impl ClusterPool {
 
     /// Returns a connection of Courier's own HTTP/1 client for reuse.
     pub fn release_raw(self: &Rc<Self>, addr: SocketAddr, conn: H1Connection, usage: ConnUsage) {
+        if self.retired(addr) {
+            return;
+        }
         if let Some(idle) = self.idle_entry(conn, usage) {
             self.hosts
                 .borrow_mut()
@@ -496,6 +498,15 @@ impl ClusterPool {
                 .raw_idle
                 .push(idle);
             self.wake_for(addr);
+        }
+    }
+
+    /// Whether connections to `addr` close rather than wait for another request: the
+    /// cluster or the host is gone.
+    fn retired(&self, addr: SocketAddr) -> bool {
+        self.draining.get() || {
+            let gone = self.gone.borrow();
+            !gone.is_empty() && gone.contains(&addr)
         }
     }
 
@@ -915,6 +926,8 @@ impl ClusterPool {
             if lifetime.max_requests == Some(1) {
                 // Its one request: it never joins the pool.
                 self.stats.cx_max_requests.inc(worker);
+            } else if self.retired(host.address) {
+                // Drained while it connected: it carries this request only.
             } else {
                 self.hosts
                     .borrow_mut()
@@ -994,5 +1007,33 @@ impl ClusterPool {
         if let Some(h) = self.hosts.borrow_mut().get_mut(&host.address) {
             h.h2_connecting = false;
         }
+    }
+}
+
+impl ConnPool for ClusterPool {
+    fn drain(&self) {
+        self.draining.set(true);
+        // Dropped outside the borrow: a closing connection's guard reaches the pool.
+        let hosts = std::mem::take(&mut *self.hosts.borrow_mut());
+        drop(hosts);
+        self.wake_all();
+    }
+
+    fn drain_hosts(&self, gone: &FxHashSet<SocketAddr>) {
+        let mut left = Vec::new();
+        {
+            let mut hosts = self.hosts.borrow_mut();
+            let open = self.host_connections.borrow();
+            let mut retired = self.gone.borrow_mut();
+            for addr in gone {
+                left.extend(hosts.remove(addr));
+                // Busy connections to it close when their requests end.
+                if open.contains_key(addr) {
+                    retired.insert(*addr);
+                }
+            }
+        }
+        drop(left);
+        self.wake_all();
     }
 }

@@ -39,8 +39,8 @@ use super::stream_idle::{Expiry, StreamIdle, UntilIdle};
 use super::stream_limits::{StreamEnds, UPSTREAM_DURATION_REACHED};
 use super::upgrade::{self, DownstreamUpgrade, WorkerIo};
 use super::upstream_h1::{H1Connection, H1Error};
-use crate::event::rt;
-use crate::upstream::ClusterInfo;
+use crate::upstream::{ClusterInfo, ThreadLocalClusterManager};
+use courier_runtime::event::rt;
 
 /// What a request knows about its connection.
 pub struct ConnInfo {
@@ -542,7 +542,7 @@ pub async fn serve(
     }
     // While the server fails its health checks every response ends its connection, as
     // Envoy's drain-close: `connection: close` on HTTP/1.1, GOAWAY on HTTP/2.
-    if rt::health_failed() {
+    if crate::worker::health_failed() {
         conn.drain_close();
     }
     if conn.closing.get() && resp.version() != Version::HTTP_2 {
@@ -824,9 +824,7 @@ async fn process(
     // Route.
     let table: Option<Arc<RouteTable>> = match &cfg.routes {
         RouteSource::Static(t) => Some(t.clone()),
-        RouteSource::Rds(rds) => rt::current()
-            .and_then(|r| r.routes())
-            .and_then(|s| s.tables.get(&rds.route_config_name).cloned()),
+        RouteSource::Rds(rds) => super::route::rds::table(&rds.route_config_name),
     };
     let Some(table) = table else {
         cfg.stats.no_route.inc(worker);
@@ -936,7 +934,7 @@ async fn process(
             }
             HttpFilter::Cors(_) => {}
             HttpFilter::HealthCheck(f) => {
-                let failed = rt::health_failed();
+                let failed = crate::worker::health_failed();
                 match f.on_request(req.headers(), &pseudo(), failed, worker) {
                     HealthCheckRequest::Answer(r) => {
                         filter_reply = Some(r);
@@ -1418,9 +1416,7 @@ async fn forward(
             (Cow::Borrowed(pick.name.as_str()), Some(pick))
         }
     };
-    let cluster = rt::current()
-        .and_then(|r| r.clusters())
-        .and_then(|s| s.get(cluster_name.as_ref()).cloned());
+    let cluster = ThreadLocalClusterManager::with(|tlcm| tlcm.get(&cluster_name));
     let Some(cluster) = cluster else {
         cfg.stats.no_cluster.inc(worker);
         outcome.flags = "NC";

@@ -29,9 +29,9 @@ use super::body::{BoxError, ProxyBody};
 use super::pool;
 use super::request_stats::StatSinks;
 use crate::config::{ConfigError, Fraction};
-use crate::event::rt;
 use crate::stats::{Counter, Store};
-use crate::upstream::ClusterInfo;
+use crate::upstream::{ClusterInfo, ThreadLocalClusterManager};
+use courier_runtime::event::rt;
 
 /// One compiled `RequestMirrorPolicy`.
 #[derive(Debug)]
@@ -261,14 +261,14 @@ pub fn plan<'a>(
     abandoned: &Arc<Counter>,
     worker: usize,
 ) -> (Vec<Mirror<'a>>, Vec<Rc<ShadowFeed>>) {
-    let clusters = rt::current().and_then(|r| r.clusters());
+    let clusters = ThreadLocalClusterManager::with(|tlcm| tlcm.snapshot());
     let mut mirrors = Vec::new();
     let mut feeds = Vec::new();
     for policy in policies {
         let Some(name) = policy.cluster(headers) else {
             continue;
         };
-        let Some(cluster) = clusters.as_ref().and_then(|c| c.get(name).cloned()) else {
+        let Some(cluster) = clusters.get(name).cloned() else {
             tracing::debug!(cluster = name, "mirror cluster not found");
             continue;
         };

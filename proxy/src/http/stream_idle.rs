@@ -21,8 +21,8 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
-use crate::event::rt::Sleep;
 use crate::stats::Counter;
+use courier_runtime::event::rt::Sleep;
 
 /// One stream's idle state, shared by its request future and its bodies.
 pub struct StreamIdle {

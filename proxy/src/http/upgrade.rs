@@ -25,7 +25,7 @@ use send_wrapper::SendWrapper;
 use super::body::ProxyBody;
 use super::conn::PrefixedIo;
 use super::stream_idle::StreamIdle;
-use crate::event::rt;
+use courier_runtime::event::rt;
 
 /// Whether a request asks for an upgrade: an `Upgrade` field and `upgrade` among the
 /// `Connection` tokens (as Envoy's `Utility::isUpgrade`). A stray `Upgrade` alone is a

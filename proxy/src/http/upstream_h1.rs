@@ -27,7 +27,7 @@ use hyper::body::Frame;
 
 use super::h1_head::{HeadSpans, SplitHead};
 use super::key_format::KeyFormat;
-use crate::event::rt::TcpIo;
+use courier_runtime::event::rt::TcpIo;
 
 /// Largest response head (status line and headers) accepted: Envoy's default
 /// `max_response_headers_kb` is 60.

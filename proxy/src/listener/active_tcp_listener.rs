@@ -9,8 +9,8 @@ use mio::net::TcpListener;
 use mio::Interest;
 
 use super::ListenerConfig;
-use crate::event::{Ctx, EventHandler, HandlerId, Next};
 use crate::filters::network::{tcp_proxy::TcpProxySession, NetworkFilter};
+use crate::worker::{Ctx, EventHandler, HandlerId, Next, WorkerLocal};
 
 const TIMER_RESUME_ACCEPT: u64 = 1;
 
@@ -29,7 +29,7 @@ impl ActiveTcpListener {
         me: HandlerId,
         name: String,
         socket: std::net::TcpListener,
-    ) -> io::Result<Box<dyn EventHandler>> {
+    ) -> io::Result<Box<dyn EventHandler<WorkerLocal>>> {
         socket.set_nonblocking(true)?;
         let mut socket = TcpListener::from_std(socket);
         ctx.registry
@@ -108,7 +108,7 @@ fn accept_connection(ctx: &mut Ctx, config: &Arc<ListenerConfig>, stream: mio::n
     }
 }
 
-impl EventHandler for ActiveTcpListener {
+impl EventHandler<WorkerLocal> for ActiveTcpListener {
     fn on_ready(&mut self, _source: usize, _event: &Event, ctx: &mut Ctx, me: HandlerId) -> Next {
         self.accept_all(ctx, me)
     }

@@ -19,9 +19,9 @@ use super::config::{compile_listener, ListenerConfig, RdsNeed};
 use super::socket::bind_listener_sockets;
 use super::ActiveTcpListener;
 use crate::config::ConfigError;
-use crate::event::Ctx;
 use crate::stats::{Counter, Gauge, Store, MAIN_THREAD};
-use crate::thread_local::ThreadLocal;
+use crate::worker::Ctx;
+use crate::worker::ThreadLocal;
 use crate::worker::WorkerListener;
 
 /// `listener_manager.*` stats.

@@ -10,13 +10,13 @@ use anyhow::Context;
 use courier_proto::envoy::config::bootstrap::v3::Bootstrap;
 use tokio::sync::Notify;
 
-use crate::http::RouteSnapshot;
+use crate::http::route::rds::{self, RouteSnapshot};
 use crate::listener::ListenerManager;
 use crate::options::{Mode, Options};
 use crate::stats::{Gauge, Store};
-use crate::thread_local::{MainPoster, ThreadLocal};
-use crate::upstream::{ClusterManager, ClusterSnapshot};
-use crate::worker::{Worker, WorkerSlots};
+use crate::upstream::{ClusterManager, ClusterSnapshot, ThreadLocalClusterManager};
+use crate::worker::Worker;
+use crate::worker::{MainPoster, ThreadLocal};
 use crate::xds::XdsState;
 
 /// Envoy's server states, as `/ready` and `server.state` report them.
@@ -114,7 +114,7 @@ impl Server {
         self.refresh_server_stats();
         self.tls
             .run_on_all_workers_async(move |_| {
-                crate::event::rt::set_health_failed(failed);
+                crate::worker::set_health_failed(failed);
             })
             .await;
     }
@@ -212,15 +212,13 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     let store = Store::new(concurrency);
     let (main_poster, mut main_inbox) = MainPoster::new();
     let tls = ThreadLocal::new(main_poster);
-    let cluster_slot = tls.allocate_slot::<ClusterSnapshot>();
-    let route_slot = tls.allocate_slot::<RouteSnapshot>();
-    let slots = WorkerSlots {
-        clusters: cluster_slot.id(),
-        routes: route_slot.id(),
-    };
+    // Each worker hands every new value to its own manager of it.
+    let cluster_slot =
+        tls.allocate_slot_applied::<ClusterSnapshot>(ThreadLocalClusterManager::apply);
+    let route_slot = tls.allocate_slot_applied::<RouteSnapshot>(rds::apply_on_worker);
     let mut workers = Vec::with_capacity(concurrency);
     for id in 0..concurrency {
-        workers.push(Worker::spawn(id, slots).context("starting worker threads")?);
+        workers.push(Worker::spawn(id).context("starting worker threads")?);
     }
     tls.register_workers(workers.iter().map(|w| w.dispatcher.clone()).collect());
     tokio::task::spawn_local(async move {

@@ -18,7 +18,7 @@ use super::ClusterSnapshot;
 use crate::config::ConfigError;
 use crate::memory::Encoded;
 use crate::stats::{Counter, Gauge, Store, MAIN_THREAD};
-use crate::thread_local::Slot;
+use courier_runtime::thread_local::Slot;
 
 /// `cluster_manager.*` stats.
 pub struct ClusterManagerStats {

@@ -2,8 +2,9 @@
 //!
 //! The [`ClusterManager`] lives on the main thread: it compiles Cluster protos into
 //! immutable [`ClusterInfo`]s, keeps them in a [`ClusterSnapshot`] and publishes each new
-//! snapshot to the workers through a thread-local slot. Workers pick hosts with their own
-//! [`LbStates`].
+//! snapshot to the workers through a thread-local slot. On each worker a
+//! [`ThreadLocalClusterManager`] takes the snapshot: it picks hosts (one balancer state per
+//! cluster) and keeps, and drains, each cluster's connection pools.
 
 mod cluster;
 mod cluster_manager;
@@ -12,6 +13,7 @@ mod host;
 mod load_balancer;
 pub mod maglev;
 pub mod ring_hash;
+mod thread_local_cluster_manager;
 
 pub use cluster::{
     compile_cluster, validate_assignment, ClusterInfo, ClusterStats, ConnLifetime, DiscoveryType,
@@ -20,6 +22,7 @@ pub use cluster::{
 pub use cluster_manager::{ClusterChange, ClusterEntry, ClusterManager, ClusterManagerStats};
 pub use host::{Host, HostHealth, HostSet, HostStats};
 pub use load_balancer::LbStates;
+pub use thread_local_cluster_manager::{ConnPool, ThreadLocalClusterManager};
 
 use std::sync::Arc;
 

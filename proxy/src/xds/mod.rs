@@ -27,11 +27,11 @@ use courier_proto::type_url;
 use prost::Message;
 
 use crate::config::{self, ConfigError};
+use crate::http::route::rds::RouteSnapshot;
 use crate::http::route::RouteTable;
-use crate::http::RouteSnapshot;
 use crate::server::{Server, ServerState};
 use crate::stats::{Counter, Gauge, Store, MAIN_THREAD};
-use crate::thread_local::Slot;
+use courier_runtime::thread_local::Slot;
 use mux::{Mux, Protocol, Rpc};
 
 const DEFAULT_INITIAL_FETCH_TIMEOUT: Duration = Duration::from_secs(15);

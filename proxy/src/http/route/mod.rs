@@ -7,6 +7,7 @@
 #![allow(deprecated)]
 
 pub mod hash_policy;
+pub mod rds;
 
 use std::borrow::Cow;
 use std::collections::HashMap;

@@ -23,9 +23,9 @@ use mio::net::TcpStream;
 use mio::Interest;
 
 use super::TcpProxyConfig;
-use crate::event::{Ctx, EventHandler, HandlerId, Next};
 use crate::listener::ListenerStats;
-use crate::upstream::{ClusterInfo, Host};
+use crate::upstream::{ClusterInfo, Host, ThreadLocalClusterManager};
+use crate::worker::{Ctx, EventHandler, HandlerId, Next, WorkerLocal};
 
 const DOWNSTREAM: usize = 0;
 const UPSTREAM: usize = 1;
@@ -160,7 +160,7 @@ impl TcpProxySession {
         chain_tag: u64,
         listener_stats: Arc<ListenerStats>,
         downstream_limit: usize,
-    ) -> io::Result<Box<dyn EventHandler>> {
+    ) -> io::Result<Box<dyn EventHandler<WorkerLocal>>> {
         let worker = ctx.local.id;
         ctx.registry.register(
             &mut stream,
@@ -201,10 +201,7 @@ impl TcpProxySession {
     /// Opens a connection to the next host of the cluster.
     fn connect(&mut self, ctx: &mut Ctx, me: HandlerId) -> io::Result<()> {
         let cluster_name = self.config.pick_cluster();
-        let cluster = ctx
-            .local
-            .clusters()
-            .and_then(|snapshot| snapshot.get(cluster_name).cloned());
+        let cluster = ThreadLocalClusterManager::with(|tlcm| tlcm.get(cluster_name));
         let Some(cluster) = cluster else {
             self.config.stats.downstream_cx_no_route.inc(self.worker);
             tracing::debug!(
@@ -213,7 +210,9 @@ impl TcpProxySession {
             );
             return Err(io::Error::new(io::ErrorKind::NotFound, "no such cluster"));
         };
-        let Some(host) = ctx.local.lb.choose(&cluster, None, 0) else {
+        let Some(host) =
+            ThreadLocalClusterManager::with(|tlcm| tlcm.choose_host(&cluster, None, 0))
+        else {
             cluster.stats.upstream_cx_none_healthy.inc(self.worker);
             tracing::debug!(cluster = %cluster.name, "tcp_proxy: no healthy upstream, closing");
             return Err(io::Error::new(
@@ -459,7 +458,7 @@ fn flow(
     Ok(moved)
 }
 
-impl EventHandler for TcpProxySession {
+impl EventHandler<WorkerLocal> for TcpProxySession {
     fn on_ready(&mut self, source: usize, event: &Event, ctx: &mut Ctx, me: HandlerId) -> Next {
         match source {
             DOWNSTREAM => self.downstream.note(event),

@@ -11,10 +11,9 @@ use slab::Slab;
 
 use super::rt::{self, Target};
 use super::TimerQueue;
-use crate::worker::WorkerLocal;
 
 /// A callback posted to a worker from another thread.
-pub type Posted = Box<dyn FnOnce(&mut Ctx) + Send>;
+pub type Posted<L> = Box<dyn FnOnce(&mut Ctx<L>) + Send>;
 
 const WAKER: Token = Token(usize::MAX);
 /// Each handler owns up to this many mio registrations (e.g. a proxy session's two sockets).
@@ -45,49 +44,53 @@ pub enum Next {
     Close,
 }
 
-/// Something driven by the dispatcher: a listener, a proxy session, a connection.
-pub trait EventHandler {
+/// Something driven by the dispatcher: a listener, a proxy session, a connection. `L` is
+/// the loop's local state (the worker's, for Courier's workers).
+pub trait EventHandler<L> {
     /// Readiness on the registration `source` (the index passed to [`HandlerId::token`]).
-    fn on_ready(&mut self, source: usize, event: &Event, ctx: &mut Ctx, me: HandlerId) -> Next;
+    fn on_ready(&mut self, source: usize, event: &Event, ctx: &mut Ctx<L>, me: HandlerId) -> Next;
     /// A timer scheduled with `tag` expired.
-    fn on_timer(&mut self, tag: u64, ctx: &mut Ctx, me: HandlerId) -> Next;
+    fn on_timer(&mut self, tag: u64, ctx: &mut Ctx<L>, me: HandlerId) -> Next;
     /// The worker asks every handler to finish (listener drain, shutdown). Default: close.
-    fn on_drain(&mut self, _ctx: &mut Ctx, _me: HandlerId) -> Next {
+    fn on_drain(&mut self, _ctx: &mut Ctx<L>, _me: HandlerId) -> Next {
         Next::Close
     }
     /// A waker from [`rt::Runtime::handler_waker`](super::rt::Runtime::handler_waker) for
     /// this handler fired. Default: nothing.
-    fn on_wake(&mut self, _ctx: &mut Ctx, _me: HandlerId) -> Next {
+    fn on_wake(&mut self, _ctx: &mut Ctx<L>, _me: HandlerId) -> Next {
         Next::Continue
     }
 }
 
-struct Entry {
+/// A handler as the loop holds it.
+type BoxHandler<L> = Box<dyn EventHandler<L>>;
+
+struct Entry<L> {
     generation: u64,
-    handler: Option<Box<dyn EventHandler>>,
+    handler: Option<BoxHandler<L>>,
 }
 
-/// Everything a handler may touch during a callback.
-pub struct Ctx {
+/// Everything a handler may touch during a callback; `local` is the loop's own state.
+pub struct Ctx<L> {
     /// Registers sockets with this worker's poll.
     pub registry: Registry,
     /// This worker's timers.
     pub timers: TimerQueue,
     /// The loop's notion of now, refreshed once per iteration.
     pub now: Instant,
-    /// Worker-local state: slots, listeners, load balancers, stats handles.
-    pub local: WorkerLocal,
-    handlers: Slab<Entry>,
-    deferred: Vec<Box<dyn EventHandler>>,
+    /// The loop's local state, owned by the loop and lent to each callback.
+    pub local: L,
+    handlers: Slab<Entry<L>>,
+    deferred: Vec<BoxHandler<L>>,
     generation: u64,
     exit: bool,
 }
 
-impl Ctx {
+impl<L> Ctx<L> {
     /// Adds a handler; `build` receives its id first so it can register its sockets.
     pub fn insert_handler<F>(&mut self, build: F) -> io::Result<HandlerId>
     where
-        F: FnOnce(&mut Ctx, HandlerId) -> io::Result<Box<dyn EventHandler>>,
+        F: FnOnce(&mut Ctx<L>, HandlerId) -> io::Result<BoxHandler<L>>,
     {
         self.generation += 1;
         let generation = self.generation;
@@ -159,7 +162,7 @@ impl Ctx {
 
     fn with_handler<F>(&mut self, id: HandlerId, f: F)
     where
-        F: FnOnce(&mut dyn EventHandler, &mut Ctx) -> Next,
+        F: FnOnce(&mut dyn EventHandler<L>, &mut Ctx<L>) -> Next,
     {
         let Some(entry) = self.handlers.get_mut(id.key) else {
             return;
@@ -195,10 +198,18 @@ impl Ctx {
 }
 
 /// The posting side of a dispatcher, usable from any thread.
-#[derive(Clone)]
-pub struct DispatcherHandle {
-    tx: Sender<Posted>,
+pub struct DispatcherHandle<L> {
+    tx: Sender<Posted<L>>,
     waker: Arc<Waker>,
+}
+
+impl<L> Clone for DispatcherHandle<L> {
+    fn clone(&self) -> Self {
+        DispatcherHandle {
+            tx: self.tx.clone(),
+            waker: self.waker.clone(),
+        }
+    }
 }
 
 /// A post to a worker whose loop has exited.
@@ -206,26 +217,26 @@ pub struct DispatcherHandle {
 #[error("the worker's dispatcher has exited")]
 pub struct PostError;
 
-impl DispatcherHandle {
+impl<L> DispatcherHandle<L> {
     /// Queues `cb` to run on the dispatcher's thread at its next loop iteration.
-    pub fn post(&self, cb: Posted) -> Result<(), PostError> {
+    pub fn post(&self, cb: Posted<L>) -> Result<(), PostError> {
         self.tx.send(cb).map_err(|_| PostError)?;
         self.waker.wake().map_err(|_| PostError)
     }
 }
 
 /// One event loop; runs on the thread that calls [`Dispatcher::run`].
-pub struct Dispatcher {
+pub struct Dispatcher<L> {
     poll: Poll,
-    posted: Receiver<Posted>,
-    ctx: Ctx,
+    posted: Receiver<Posted<L>>,
+    ctx: Ctx<L>,
     rt: std::rc::Rc<rt::Runtime>,
     ready: Vec<Arc<rt::TargetWaker>>,
 }
 
-impl Dispatcher {
-    /// Creates a loop and the handle other threads post to.
-    pub fn new(local: WorkerLocal) -> io::Result<(Dispatcher, DispatcherHandle)> {
+impl<L> Dispatcher<L> {
+    /// Creates a loop owning `local`, and the handle other threads post to.
+    pub fn new(local: L) -> io::Result<(Dispatcher<L>, DispatcherHandle<L>)> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let (tx, rx) = mpsc::channel();
@@ -319,11 +330,6 @@ impl Dispatcher {
     /// Fires runtime timers and runs woken tasks and handlers, a bounded number of rounds
     /// so that I/O is not starved.
     fn run_async(&mut self) {
-        self.rt.sync_worker(
-            self.ctx.local.id,
-            self.ctx.local.clusters().as_ref(),
-            self.ctx.local.routes(),
-        );
         for _ in 0..32 {
             self.rt.fire_timers(Instant::now());
             self.rt.take_ready(&mut self.ready);
@@ -353,7 +359,7 @@ impl Dispatcher {
     }
 
     /// The context, for set-up before the loop runs.
-    pub fn ctx(&mut self) -> &mut Ctx {
+    pub fn ctx(&mut self) -> &mut Ctx<L> {
         &mut self.ctx
     }
 }

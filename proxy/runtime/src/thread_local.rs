@@ -2,13 +2,17 @@
 //! the workers.
 //!
 //! The main thread builds an immutable snapshot and [`Slot::set`]s it: a callback is posted
-//! to every worker, which swaps the `Arc` in its own [`SlotTable`]. A worker reads its copy
-//! without any synchronisation; work in flight keeps the old `Arc` alive until it is done,
-//! and the old snapshot is freed when the last holder drops it.
-//! [`ThreadLocal::run_on_all_workers`] runs a callback everywhere and then a completion on
-//! the main thread, for actions that must wait until no worker uses the old value.
+//! to every worker, which swaps the `Arc` in its thread's slot table. Code on a worker —
+//! an event handler or a task — reads its copy with [`SlotId::get`], without any
+//! synchronisation; work in flight keeps the old `Arc` alive until it is done, and the old
+//! snapshot is freed when the last holder drops it. A slot may also name an `apply`
+//! function that each worker runs on every new value (a per-worker manager diffing the old
+//! and the new snapshot, say). [`ThreadLocal::run_on_all_workers`] runs a callback
+//! everywhere and then a completion on the main thread, for actions that must wait until
+//! no worker uses the old value.
 
 use std::any::Any;
+use std::cell::RefCell;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -16,7 +20,7 @@ use std::sync::{Arc, OnceLock};
 use arc_swap::ArcSwapOption;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::event::{Ctx, DispatcherHandle};
+use crate::event::{Ctx, DispatcherHandle, Posted};
 
 /// Identifies a slot; `Copy`, so workers can keep it in their own state.
 pub struct SlotId<T> {
@@ -37,31 +41,47 @@ impl<T> std::fmt::Debug for SlotId<T> {
     }
 }
 
-/// One worker's values of every slot.
+impl<T: Send + Sync + 'static> SlotId<T> {
+    /// This thread's current value of the slot (`None` off the workers, or before the
+    /// first value reached this one).
+    #[inline]
+    pub fn get(self) -> Option<Arc<T>> {
+        TABLE.with(|t| t.borrow().get(self).cloned())
+    }
+}
+
+/// One thread's values of every slot.
 #[derive(Default)]
-pub struct SlotTable {
-    values: Vec<Option<Box<dyn Any + Send>>>,
+struct SlotTable {
+    values: Vec<Option<Box<dyn Any>>>,
+}
+
+thread_local! {
+    static TABLE: RefCell<SlotTable> = RefCell::new(SlotTable::default());
 }
 
 impl SlotTable {
-    /// This worker's current value of `slot`.
     #[inline]
-    pub fn get<T: Send + Sync + 'static>(&self, slot: SlotId<T>) -> Option<&Arc<T>> {
+    fn get<T: Send + Sync + 'static>(&self, slot: SlotId<T>) -> Option<&Arc<T>> {
         self.values
             .get(slot.index)?
             .as_ref()?
             .downcast_ref::<Arc<T>>()
     }
 
-    fn set<T: Send + Sync + 'static>(&mut self, slot: SlotId<T>, value: Option<Arc<T>>) {
-        if self.values.len() <= slot.index {
-            self.values.resize_with(slot.index + 1, || None);
-        }
-        self.values[slot.index] = value.map(|v| Box::new(v) as Box<dyn Any + Send>);
+    fn set(index: usize, value: Option<Box<dyn Any>>) {
+        // The old value drops outside the borrow: its destructor may read a slot.
+        let old = TABLE.with(|t| {
+            let mut t = t.borrow_mut();
+            if t.values.len() <= index {
+                t.values.resize_with(index + 1, || None);
+            }
+            std::mem::replace(&mut t.values[index], value)
+        });
+        drop(old);
     }
 }
 
-/// A callback for the main thread.
 pub type MainTask = Box<dyn FnOnce() + Send>;
 
 /// The main thread's inbox: completions of `run_on_all_workers` and other posts from
@@ -84,17 +104,26 @@ impl MainPoster {
     }
 }
 
-/// The slot system: the set of workers and the main thread's inbox.
-pub struct ThreadLocal {
-    workers: OnceLock<Vec<DispatcherHandle>>,
+/// A callback every worker runs, without its loop's local state (what a slot posts).
+type Broadcast = Arc<dyn Fn() + Send + Sync>;
+
+/// What a [`Slot`] needs of the slot system, whatever the workers' local state.
+trait Broadcaster: Send + Sync {
+    fn broadcast(&self, cb: Broadcast, on_complete: MainTask);
+}
+
+/// The slot system: the set of workers (loops with local state `L`) and the main thread's
+/// inbox.
+pub struct ThreadLocal<L> {
+    workers: OnceLock<Vec<DispatcherHandle<L>>>,
     main: MainPoster,
     next_slot: AtomicUsize,
 }
 
-impl ThreadLocal {
-    /// A slot system; slots can be allocated at once (workers learn their ids at spawn),
-    /// values are delivered once [`register_workers`](Self::register_workers) ran.
-    pub fn new(main: MainPoster) -> Arc<ThreadLocal> {
+impl<L: 'static> ThreadLocal<L> {
+    /// A slot system; slots can be allocated at once, values are delivered once
+    /// [`register_workers`](Self::register_workers) ran.
+    pub fn new(main: MainPoster) -> Arc<ThreadLocal<L>> {
         Arc::new(ThreadLocal {
             workers: OnceLock::new(),
             main,
@@ -103,11 +132,11 @@ impl ThreadLocal {
     }
 
     /// Sets the workers' dispatchers; only the first call has an effect.
-    pub fn register_workers(&self, workers: Vec<DispatcherHandle>) {
+    pub fn register_workers(&self, workers: Vec<DispatcherHandle<L>>) {
         let _ = self.workers.set(workers);
     }
 
-    fn workers(&self) -> &[DispatcherHandle] {
+    fn workers(&self) -> &[DispatcherHandle<L>] {
         self.workers.get().map_or(&[], Vec::as_slice)
     }
 
@@ -123,6 +152,19 @@ impl ThreadLocal {
 
     /// Allocates a new slot, empty on every worker.
     pub fn allocate_slot<T: Send + Sync + 'static>(self: &Arc<Self>) -> Slot<T> {
+        self.slot(None)
+    }
+
+    /// Allocates a new slot whose every new value each worker also hands to `apply`, right
+    /// after storing it (the per-worker state that follows the value updates itself there).
+    pub fn allocate_slot_applied<T: Send + Sync + 'static>(
+        self: &Arc<Self>,
+        apply: fn(&Arc<T>),
+    ) -> Slot<T> {
+        self.slot(Some(apply))
+    }
+
+    fn slot<T: Send + Sync + 'static>(self: &Arc<Self>, apply: Option<fn(&Arc<T>)>) -> Slot<T> {
         Slot {
             id: SlotId {
                 index: self.next_slot.fetch_add(1, Ordering::Relaxed),
@@ -130,6 +172,7 @@ impl ThreadLocal {
             },
             tls: self.clone(),
             current: ArcSwapOption::empty(),
+            apply,
         }
     }
 
@@ -137,7 +180,7 @@ impl ThreadLocal {
     /// main thread, exactly once. Workers whose loop has exited count as done.
     pub fn run_on_all_workers<F>(&self, cb: Arc<F>, on_complete: MainTask)
     where
-        F: Fn(&mut Ctx) + Send + Sync + 'static,
+        F: Fn(&mut Ctx<L>) + Send + Sync + 'static,
     {
         let workers = self.workers();
         if workers.is_empty() {
@@ -163,7 +206,7 @@ impl ThreadLocal {
         for worker in workers {
             let cb = cb.clone();
             let done = finish.clone();
-            let posted = worker.post(Box::new(move |ctx: &mut Ctx| {
+            let posted = worker.post(Box::new(move |ctx: &mut Ctx<L>| {
                 cb(ctx);
                 done();
             }));
@@ -177,7 +220,7 @@ impl ThreadLocal {
     /// completion.
     pub async fn run_on_all_workers_async<F>(&self, cb: F)
     where
-        F: Fn(&mut Ctx) + Send + Sync + 'static,
+        F: Fn(&mut Ctx<L>) + Send + Sync + 'static,
     {
         let (tx, rx) = oneshot::channel();
         self.run_on_all_workers(
@@ -190,18 +233,25 @@ impl ThreadLocal {
     }
 
     /// Posts `cb` to worker `index` only.
-    pub fn post_to(&self, index: usize, cb: crate::event::Posted) -> bool {
+    pub fn post_to(&self, index: usize, cb: Posted<L>) -> bool {
         self.workers()
             .get(index)
             .is_some_and(|w| w.post(cb).is_ok())
     }
 }
 
+impl<L: 'static> Broadcaster for ThreadLocal<L> {
+    fn broadcast(&self, cb: Broadcast, on_complete: MainTask) {
+        self.run_on_all_workers(Arc::new(move |_: &mut Ctx<L>| cb()), on_complete);
+    }
+}
+
 /// A typed slot: the main thread's handle to one value replicated on every worker.
 pub struct Slot<T> {
     id: SlotId<T>,
-    tls: Arc<ThreadLocal>,
+    tls: Arc<dyn Broadcaster>,
     current: ArcSwapOption<T>,
+    apply: Option<fn(&Arc<T>)>,
 }
 
 impl<T: Send + Sync + 'static> Slot<T> {
@@ -210,25 +260,35 @@ impl<T: Send + Sync + 'static> Slot<T> {
         self.id
     }
 
+    /// The callback that stores `value` on a worker (and applies it).
+    fn store_on_workers(&self, value: Arc<T>) -> Broadcast {
+        let (index, apply) = (self.id.index, self.apply);
+        Arc::new(move || {
+            SlotTable::set(index, Some(Box::new(value.clone())));
+            if let Some(apply) = apply {
+                apply(&value);
+            }
+        })
+    }
+
     /// Publishes `value` to every worker (each applies it at its next loop iteration).
     pub fn set(&self, value: Arc<T>) {
         self.current.store(Some(value.clone()));
-        let id = self.id;
-        self.tls.run_on_all_workers(
-            Arc::new(move |ctx: &mut Ctx| ctx.local.slots.set(id, Some(value.clone()))),
-            Box::new(|| {}),
-        );
+        self.tls
+            .broadcast(self.store_on_workers(value), Box::new(|| {}));
     }
 
     /// Publishes `value` and resolves once every worker holds it.
     pub async fn set_and_wait(&self, value: Arc<T>) {
         self.current.store(Some(value.clone()));
-        let id = self.id;
-        self.tls
-            .run_on_all_workers_async(move |ctx: &mut Ctx| {
-                ctx.local.slots.set(id, Some(value.clone()))
-            })
-            .await;
+        let (tx, rx) = oneshot::channel();
+        self.tls.broadcast(
+            self.store_on_workers(value),
+            Box::new(move || {
+                let _ = tx.send(());
+            }),
+        );
+        let _ = rx.await;
     }
 
     /// The last published value, for readers outside the workers (admin, stats).
@@ -240,12 +300,8 @@ impl<T: Send + Sync + 'static> Slot<T> {
 impl<T> Drop for Slot<T> {
     fn drop(&mut self) {
         let index = self.id.index;
-        self.tls.run_on_all_workers(
-            Arc::new(move |ctx: &mut Ctx| {
-                if let Some(v) = ctx.local.slots.values.get_mut(index) {
-                    *v = None;
-                }
-            }),
+        self.tls.broadcast(
+            Arc::new(move || SlotTable::set(index, None)),
             Box::new(|| {}),
         );
     }

@@ -31,8 +31,6 @@ use mio::{Interest, Registry, Token};
 use slab::Slab;
 
 use super::HandlerId;
-use crate::http::RouteSnapshot;
-use crate::upstream::ClusterSnapshot;
 
 /// Tokens at or above this bit belong to runtime I/O registrations.
 pub(crate) const IO_BIT: usize = 1 << 62;
@@ -149,9 +147,6 @@ pub struct Runtime {
     task_generation: Cell<u64>,
     io: RefCell<Slab<Rc<IoShared>>>,
     timers: RefCell<Timers>,
-    worker: Cell<usize>,
-    clusters: RefCell<Option<Arc<ClusterSnapshot>>>,
-    routes: RefCell<Option<Arc<RouteSnapshot>>>,
 }
 
 impl Runtime {
@@ -169,9 +164,6 @@ impl Runtime {
             task_generation: Cell::new(0),
             io: RefCell::new(Slab::new()),
             timers: RefCell::new(Timers::default()),
-            worker: Cell::new(0),
-            clusters: RefCell::new(None),
-            routes: RefCell::new(None),
         });
         CURRENT_ID.with(|c| c.set(id));
         CURRENT.with(|c| *c.borrow_mut() = Some(rt));
@@ -332,51 +324,6 @@ impl Runtime {
             .map(|Reverse((d, _, _))| d.saturating_duration_since(now))
     }
 
-    /// Refreshes the worker view futures read (called by the dispatcher each iteration).
-    pub(crate) fn sync_worker(
-        &self,
-        worker: usize,
-        clusters: Option<&Arc<ClusterSnapshot>>,
-        routes: Option<&Arc<RouteSnapshot>>,
-    ) {
-        self.worker.set(worker);
-        {
-            let mut c = self.clusters.borrow_mut();
-            let same = match (&*c, clusters) {
-                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-                (None, None) => true,
-                _ => false,
-            };
-            if !same {
-                *c = clusters.cloned();
-            }
-        }
-        let mut r = self.routes.borrow_mut();
-        let same = match (&*r, routes) {
-            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-            (None, None) => true,
-            _ => false,
-        };
-        if !same {
-            *r = routes.cloned();
-        }
-    }
-
-    /// This worker's index.
-    pub fn worker(&self) -> usize {
-        self.worker.get()
-    }
-
-    /// The worker's current cluster snapshot.
-    pub fn clusters(&self) -> Option<Arc<ClusterSnapshot>> {
-        self.clusters.borrow().clone()
-    }
-
-    /// The worker's current RDS route tables.
-    pub fn routes(&self) -> Option<Arc<RouteSnapshot>> {
-        self.routes.borrow().clone()
-    }
-
     fn register_io(&self, stream: &mut TcpStream) -> io::Result<(usize, Rc<IoShared>)> {
         let shared = Rc::new(IoShared {
             readable: Cell::new(true),
@@ -442,23 +389,6 @@ impl Runtime {
             t.compact();
         }
     }
-}
-
-thread_local! {
-    /// The server fails its health checks (`/healthcheck/fail`): this worker's
-    /// connections drain-close. Read on every response, so a plain thread-local.
-    static HEALTH_FAILED: Cell<bool> = const { Cell::new(false) };
-}
-
-/// Whether the server fails its health checks, as this worker was told.
-pub fn health_failed() -> bool {
-    HEALTH_FAILED.with(Cell::get)
-}
-
-/// Tells this worker whether the server fails its health checks (posted by the main
-/// thread on `/healthcheck/fail` and `/healthcheck/ok`).
-pub fn set_health_failed(failed: bool) {
-    HEALTH_FAILED.with(|h| h.set(failed));
 }
 
 /// Runs `f` with this thread's runtime, if it has one.
@@ -808,6 +738,7 @@ impl hyper::rt::Read for TcpIo {
 
 /// Implements hyper's `Write` for a transport that wraps a [`TcpIo`] (in field `$io`) and
 /// changes only how it reads: every call goes through to the socket.
+#[macro_export]
 macro_rules! write_through {
     ($ty:ty, $io:ident) => {
         impl hyper::rt::Write for $ty {
@@ -847,7 +778,6 @@ macro_rules! write_through {
         }
     };
 }
-pub(crate) use write_through;
 
 impl hyper::rt::Write for TcpIo {
     fn poll_write(

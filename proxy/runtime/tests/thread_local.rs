@@ -7,46 +7,61 @@ use std::sync::mpsc;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use courier::event::Ctx;
-use courier::http::RouteSnapshot;
-use courier::thread_local::{MainPoster, MainTask, Slot, SlotId, ThreadLocal};
-use courier::upstream::ClusterSnapshot;
-use courier::worker::{Worker, WorkerSlots};
+use std::thread::JoinHandle;
+
+use courier_runtime::event::{Dispatcher, DispatcherHandle};
+use courier_runtime::thread_local::{MainPoster, MainTask, SlotId};
 use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::mpsc::UnboundedReceiver;
 
 const DEADLINE: Duration = Duration::from_secs(30);
+
+/// The loops here carry no local state of their own.
+type Ctx = courier_runtime::event::Ctx<()>;
+type ThreadLocal = courier_runtime::thread_local::ThreadLocal<()>;
+
+/// A worker thread running a dispatcher, as the proxy's workers do.
+struct Worker {
+    dispatcher: DispatcherHandle<()>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Worker {
+    fn spawn() -> Worker {
+        let (tx, rx) = mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let (mut dispatcher, handle) = Dispatcher::new(()).expect("dispatcher");
+            tx.send(handle).expect("send handle");
+            dispatcher.run().expect("loop");
+        });
+        Worker {
+            dispatcher: rx.recv_timeout(DEADLINE).expect("worker started"),
+            thread: Some(thread),
+        }
+    }
+
+    fn stop(mut self) {
+        let _ = self.dispatcher.post(Box::new(|ctx: &mut Ctx| ctx.exit()));
+        if let Some(t) = self.thread.take() {
+            t.join().expect("worker thread");
+        }
+    }
+}
 
 /// Workers plus the main thread's inbox, which the test drains by hand.
 struct Fixture {
     tls: Arc<ThreadLocal>,
     workers: Vec<Worker>,
     main: UnboundedReceiver<MainTask>,
-    _clusters: Slot<ClusterSnapshot>,
-    _routes: Slot<RouteSnapshot>,
 }
 
 impl Fixture {
     fn new(n: usize) -> Fixture {
         let (poster, main) = MainPoster::new();
         let tls = ThreadLocal::new(poster);
-        let clusters = tls.allocate_slot::<ClusterSnapshot>();
-        let routes = tls.allocate_slot::<RouteSnapshot>();
-        let slots = WorkerSlots {
-            clusters: clusters.id(),
-            routes: routes.id(),
-        };
-        let workers: Vec<Worker> = (0..n)
-            .map(|id| Worker::spawn(id, slots).expect("spawn worker"))
-            .collect();
+        let workers: Vec<Worker> = (0..n).map(|_| Worker::spawn()).collect();
         tls.register_workers(workers.iter().map(|w| w.dispatcher.clone()).collect());
-        Fixture {
-            tls,
-            workers,
-            main,
-            _clusters: clusters,
-            _routes: routes,
-        }
+        Fixture { tls, workers, main }
     }
 
     /// Runs main-thread tasks until `done` holds (panics after the deadline).
@@ -83,8 +98,8 @@ impl Fixture {
         let (tx, rx) = mpsc::channel();
         let posted = self.tls.post_to(
             index,
-            Box::new(move |ctx: &mut Ctx| {
-                let _ = tx.send(ctx.local.slots.get(slot).cloned());
+            Box::new(move |_: &mut Ctx| {
+                let _ = tx.send(slot.get());
             }),
         );
         assert!(posted, "worker {index} is gone");
@@ -176,8 +191,9 @@ fn completion_fires_exactly_once_after_every_worker() {
     }
     // Once workers 0..3 answer a later post, they have finished the callback (and its
     // accounting); still no completion may be queued.
+    let probe = f.tls.allocate_slot::<u64>();
     for i in 0..3 {
-        let _ = f.read_on::<ClusterSnapshot>(i, f._clusters.id());
+        let _ = f.read_on(i, probe.id());
     }
     assert_eq!(ran.load(Ordering::SeqCst), 3);
     assert!(
@@ -248,8 +264,8 @@ fn old_snapshots_are_freed_when_the_last_user_drops_them() {
     let id = slot.id();
     assert!(f.tls.post_to(
         1,
-        Box::new(move |ctx: &mut Ctx| {
-            let held = ctx.local.slots.get(id).cloned();
+        Box::new(move |_: &mut Ctx| {
+            let held = id.get();
             IN_FLIGHT.with(|h| *h.borrow_mut() = held);
         })
     ));
@@ -279,8 +295,8 @@ fn a_set_while_a_worker_is_busy_applies_at_its_next_iteration() {
     // (nothing swaps under a running callback), and the new one right after.
     let (seen_tx, seen_rx) = mpsc::channel();
     let id = slot.id();
-    let gate = block_worker(&f, 0, move |ctx: &mut Ctx| {
-        let _ = seen_tx.send(ctx.local.slots.get(id).map(|v| **v));
+    let gate = block_worker(&f, 0, move |_: &mut Ctx| {
+        let _ = seen_tx.send(id.get().map(|v| *v));
     });
     slot.set(Arc::new(2));
     // The idle worker applies it at once.
@@ -303,4 +319,44 @@ fn dropping_a_slot_clears_it_on_every_worker() {
     f.barrier();
     assert!(f.read_all(id).iter().all(Option::is_none));
     assert_eq!(weak.strong_count(), 0);
+}
+
+thread_local! {
+    /// What an `apply` function was handed on this worker.
+    static APPLIED: RefCell<Vec<u64>> = const { RefCell::new(Vec::new()) };
+}
+
+#[test]
+fn an_applied_slot_hands_each_value_to_every_worker_after_storing_it() {
+    let f = Fixture::new(2);
+    let slot = f.tls.allocate_slot_applied::<u64>(|v| {
+        APPLIED.with(|a| a.borrow_mut().push(**v));
+    });
+    let id = slot.id();
+    for v in [7u64, 8] {
+        slot.set(Arc::new(v));
+    }
+    for i in 0..2 {
+        let (tx, rx) = mpsc::channel();
+        assert!(f.tls.post_to(
+            i,
+            Box::new(move |_: &mut Ctx| {
+                let _ = tx.send((APPLIED.with(|a| a.borrow().clone()), id.get()));
+            })
+        ));
+        let (applied, stored) = rx.recv_timeout(DEADLINE).expect("worker answered");
+        assert_eq!(applied, vec![7, 8], "worker {i}");
+        assert_eq!(stored.as_deref(), Some(&8), "worker {i}");
+    }
+}
+
+#[test]
+fn a_slot_reads_nothing_off_the_workers() {
+    let f = Fixture::new(1);
+    let slot = f.tls.allocate_slot::<u64>();
+    slot.set(Arc::new(1));
+    assert_eq!(f.read_on(0, slot.id()).as_deref(), Some(&1));
+    // The main thread is no worker: it reads the published value with `current`.
+    assert!(slot.id().get().is_none());
+    assert_eq!(slot.current().as_deref(), Some(&1));
 }

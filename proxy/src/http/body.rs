@@ -1,4 +1,11 @@
 //! The body type that flows through the proxy in both directions.
+//!
+//! A [`ProxyBody`] is one of the codecs' own bodies (a full one, hyper's, Courier's
+//! HTTP/1 server's and client's), or a body a filter or the router transforms as it
+//! passes ([`ProxyBody::filtered`]: compression, a mirror's tee, a retry's replay), boxed,
+//! as those always were. Its completion hooks and its part in the stream's idle timeout
+//! ([`ActivityWatch`]) are the connection manager's, reached through a trait so the codec
+//! layer imports nothing above it.
 
 use std::pin::Pin;
 use std::rc::Rc;
@@ -8,11 +15,7 @@ use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::body::{Body, Frame, SizeHint};
 
-use super::compressor::Compressing;
 use super::h1_server::DownstreamBody;
-use super::retry_buffer::{Replay, RetryBuffer};
-use super::shadow::ShadowFeed;
-use super::stream_idle::StreamIdle;
 use super::upstream_h1::UpstreamBody;
 
 /// Boxed body error.
@@ -21,6 +24,20 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Called once when a streamed body ends: `true` when it reached its end cleanly, and the
 /// number of data bytes that went through.
 pub type OnEnd = Box<dyn FnOnce(bool, u64)>;
+
+/// A body transformed as it passes, boxed (see [`ProxyBody::filtered`]).
+pub type FilteredBody = Pin<Box<dyn Body<Data = Bytes, Error = BoxError>>>;
+
+/// A stream's idle timeout as a body sees it (the connection manager's `StreamIdle`).
+pub trait ActivityWatch {
+    /// A frame went through: the stream is not idle.
+    fn touch(&self);
+    /// The request body ended.
+    fn request_ended(&self);
+    /// Ready with the error message once the stream has been idle too long (or outlived
+    /// its route timeout); registers `cx` to be woken then.
+    fn poll_expired(&self, cx: &mut Context<'_>) -> Poll<&'static str>;
+}
 
 /// A request or response body, with completion hooks.
 pub struct ProxyBody {
@@ -35,7 +52,7 @@ pub struct ProxyBody {
 /// A body's part in its stream's idle timeout and, for a response, the route timeout
 /// ([`StreamIdle`]).
 struct IdleWatch {
-    stream: Rc<StreamIdle>,
+    stream: Rc<dyn ActivityWatch>,
     /// A response body ends with an error once the stream is idle too long; a request
     /// body only reports its frames (the request future enforces the timeout).
     enforce: bool,
@@ -47,41 +64,8 @@ enum Kind {
     Stream(Incoming),
     Upstream(UpstreamBody),
     Downstream(DownstreamBody),
-    /// A request body whose frames are copied to mirrors as they pass.
-    Tee(Box<Tee>),
-    /// A mirror's copy of a request body.
-    Shadow(Rc<ShadowFeed>),
-    /// One attempt's reading of a request body kept for retries.
-    Replay(Box<Replay>),
-    /// A body gzipped as it passes (the compressor filter).
-    Compressed(Box<Compressing>),
-}
-
-struct Tee {
-    inner: ProxyBody,
-    feeds: Vec<Rc<ShadowFeed>>,
-    /// The body's announced length, and the data that went through.
-    declared: Option<u64>,
-    passed: u64,
-}
-
-impl Tee {
-    fn end(&mut self, clean: bool) {
-        for f in self.feeds.drain(..) {
-            f.end(clean);
-        }
-    }
-}
-
-impl Drop for Tee {
-    fn drop(&mut self) {
-        // A reader may stop at the announced length without waiting for the end of the
-        // stream (hyper's HTTP/1 client does): all of it went through all the same.
-        let complete = self.inner.is_end_stream()
-            || self.declared == Some(self.passed)
-            || self.inner.size_hint().exact() == Some(0);
-        self.end(complete);
-    }
+    /// A body transformed as it passes.
+    Filtered(FilteredBody),
 }
 
 impl ProxyBody {
@@ -136,30 +120,9 @@ impl ProxyBody {
         ProxyBody::of(Kind::Downstream(inner))
     }
 
-    /// `inner`, its frames copied to each of `feeds` (request mirrors) as they pass.
-    pub fn tee(inner: ProxyBody, feeds: Vec<Rc<ShadowFeed>>) -> ProxyBody {
-        let declared = inner.size_hint().exact();
-        ProxyBody::of(Kind::Tee(Box::new(Tee {
-            inner,
-            feeds,
-            declared,
-            passed: 0,
-        })))
-    }
-
-    /// One attempt's reading of a request body kept for retries: from its start.
-    pub fn replay(buffer: Rc<RetryBuffer>) -> ProxyBody {
-        ProxyBody::of(Kind::Replay(Box::new(Replay::new(buffer))))
-    }
-
-    /// A body gzipped as it passes ([`super::compressor`]).
-    pub fn compressed(c: Box<Compressing>) -> ProxyBody {
-        ProxyBody::of(Kind::Compressed(c))
-    }
-
-    /// A mirror's copy of a request body, fed by a [`ProxyBody::tee`].
-    pub fn shadow(feed: Rc<ShadowFeed>) -> ProxyBody {
-        ProxyBody::of(Kind::Shadow(feed))
+    /// `body`, transformed as it passes by a filter or the router.
+    pub fn filtered(body: impl Body<Data = Bytes, Error = BoxError> + 'static) -> ProxyBody {
+        ProxyBody::of(Kind::Filtered(Box::pin(body)))
     }
 
     /// Ends the body at its trailers instead of passing them on (an HTTP/1.1 upstream's
@@ -181,7 +144,7 @@ impl ProxyBody {
     }
 
     /// Reports this (request) body's frames and its end to the stream's idle timeout.
-    pub fn report_activity(&mut self, stream: Rc<StreamIdle>) {
+    pub fn report_activity(&mut self, stream: Rc<dyn ActivityWatch>) {
         self.idle = Some(IdleWatch {
             stream,
             enforce: false,
@@ -190,7 +153,7 @@ impl ProxyBody {
 
     /// Ends this (response) body with an error when its stream stays idle past its
     /// timeout (each frame restarts the timer), or outlives the route timeout.
-    pub fn enforce_idle_timeout(&mut self, stream: Rc<StreamIdle>) {
+    pub fn enforce_idle_timeout(&mut self, stream: Rc<dyn ActivityWatch>) {
         self.idle = Some(IdleWatch {
             stream,
             enforce: true,
@@ -202,13 +165,7 @@ impl ProxyBody {
         match &self.kind {
             Kind::Empty => Some(Bytes::new()),
             Kind::Full(b) => b.clone(),
-            Kind::Stream(_)
-            | Kind::Upstream(_)
-            | Kind::Downstream(_)
-            | Kind::Tee(_)
-            | Kind::Shadow(_)
-            | Kind::Replay(_)
-            | Kind::Compressed(_) => None,
+            Kind::Stream(_) | Kind::Upstream(_) | Kind::Downstream(_) | Kind::Filtered(_) => None,
         }
     }
 
@@ -222,9 +179,6 @@ impl ProxyBody {
 impl Drop for ProxyBody {
     fn drop(&mut self) {
         self.finish(false);
-        if let Kind::Shadow(feed) = &self.kind {
-            feed.detach();
-        }
     }
 }
 
@@ -247,30 +201,7 @@ impl Body for ProxyBody {
                 .poll_frame(cx)
                 .map_err(|e| Box::new(e) as BoxError),
             Kind::Downstream(inner) => inner.poll_frame(cx).map_err(|e| Box::new(e) as BoxError),
-            Kind::Tee(t) => {
-                let r = Pin::new(&mut t.inner).poll_frame(cx);
-                match &r {
-                    Poll::Ready(Some(Ok(frame))) => {
-                        if let Some(d) = frame.data_ref() {
-                            t.passed += d.len() as u64;
-                        }
-                        for f in &t.feeds {
-                            f.push(frame);
-                        }
-                        // The last frame: hyper may not poll again.
-                        if t.inner.is_end_stream() {
-                            t.end(true);
-                        }
-                    }
-                    Poll::Ready(None) => t.end(true),
-                    Poll::Ready(Some(Err(_))) => t.end(false),
-                    Poll::Pending => {}
-                }
-                r
-            }
-            Kind::Shadow(feed) => feed.poll_frame(cx),
-            Kind::Replay(r) => r.poll_frame(cx),
-            Kind::Compressed(c) => c.poll_frame(cx),
+            Kind::Filtered(b) => b.as_mut().poll_frame(cx),
         };
         if this.drop_trailers && matches!(&r, Poll::Ready(Some(Ok(f))) if f.is_trailers()) {
             // Trailers come last: the body is complete without them.
@@ -294,9 +225,9 @@ impl Body for ProxyBody {
             match &r {
                 Poll::Ready(Some(Ok(_))) => w.stream.touch(),
                 Poll::Pending if w.enforce => {
-                    if let Poll::Ready(expiry) = w.stream.poll_expired(cx) {
+                    if let Poll::Ready(message) = w.stream.poll_expired(cx) {
                         this.finish(false);
-                        return Poll::Ready(Some(Err(expiry.message().into())));
+                        return Poll::Ready(Some(Err(message.into())));
                     }
                 }
                 _ => {}
@@ -318,10 +249,7 @@ impl Body for ProxyBody {
             Kind::Stream(inner) => inner.is_end_stream(),
             Kind::Upstream(inner) => inner.is_end_stream(),
             Kind::Downstream(inner) => inner.is_end_stream(),
-            Kind::Tee(t) => t.inner.is_end_stream(),
-            Kind::Shadow(feed) => feed.is_end_stream(),
-            Kind::Replay(r) => r.is_end_stream(),
-            Kind::Compressed(c) => c.is_end_stream(),
+            Kind::Filtered(b) => b.is_end_stream(),
         }
     }
 
@@ -336,8 +264,7 @@ impl Body for ProxyBody {
             Kind::Downstream(inner) => inner
                 .exact_len()
                 .map_or_else(SizeHint::default, SizeHint::with_exact),
-            Kind::Tee(t) => t.inner.size_hint(),
-            Kind::Shadow(_) | Kind::Replay(_) | Kind::Compressed(_) => SizeHint::default(),
+            Kind::Filtered(b) => b.size_hint(),
         }
     }
 }

@@ -24,9 +24,10 @@ use hyper::server::conn::http2;
 use mio::event::Event;
 
 use super::body::ProxyBody;
-use super::h1_server::{End, H1Server};
+use super::h1_server::{End, H1Server, ServeFuture};
 use super::hcm::{Codec, HcmConfig};
 use super::router::{self, ConnInfo};
+use super::handoff::PrefixedIo;
 use super::upgrade;
 use crate::listener::ListenerStats;
 use crate::worker::{Ctx, EventHandler, HandlerId, Next, WorkerLocal};
@@ -45,7 +46,7 @@ pub struct HcmService {
 impl hyper::service::Service<http::Request<hyper::body::Incoming>> for HcmService {
     type Response = http::Response<ProxyBody>;
     type Error = std::convert::Infallible;
-    type Future = router::ServeFuture;
+    type Future = ServeFuture;
 
     fn call(&self, mut req: http::Request<hyper::body::Incoming>) -> Self::Future {
         let upgrade = upgrade::h2_to_h1_request(&mut req);
@@ -58,43 +59,6 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for HcmServic
     }
 }
 
-/// A transport with bytes already read in front (the protocol sniff, or what a client sent
-/// after an upgrade request's head).
-pub struct PrefixedIo {
-    prefix: Vec<u8>,
-    pos: usize,
-    io: TcpIo,
-}
-
-impl PrefixedIo {
-    /// `io`, read from after `prefix`.
-    pub fn new(prefix: Vec<u8>, io: TcpIo) -> Self {
-        PrefixedIo { prefix, pos: 0, io }
-    }
-}
-
-impl hyper::rt::Read for PrefixedIo {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        mut buf: hyper::rt::ReadBufCursor<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if this.pos < this.prefix.len() {
-            let n = (this.prefix.len() - this.pos).min(buf.remaining());
-            buf.put_slice(&this.prefix[this.pos..this.pos + n]);
-            this.pos += n;
-            if this.pos == this.prefix.len() {
-                this.prefix = Vec::new();
-                this.pos = 0;
-            }
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut this.io).poll_read(cx, buf)
-    }
-}
-
-courier_runtime::write_through!(PrefixedIo, io);
 
 type H2Conn = http2::Connection<PrefixedIo, HcmService, LocalExec>;
 
@@ -103,11 +67,11 @@ enum State {
         io: Option<TcpIo>,
         buf: Vec<u8>,
     },
-    H1(Box<H1Server>),
+    H1(Box<H1Server<ConnInfo>>),
     H2(Pin<Box<H2Conn>>),
     /// An HTTP/1.1 connection upgraded: the tunnel has its socket; kept so that closing
     /// the connection (a listener's drain) closes the tunnel.
-    Tunnel(upgrade::TunnelLink),
+    Tunnel(super::handoff::TunnelLink),
     Done,
 }
 
@@ -158,6 +122,7 @@ impl HttpConnection {
             listener_stats,
             http2: Cell::new(None),
             buffer_limit,
+            h1: config.h1_settings(),
         });
         let mut conn = HttpConnection {
             config,

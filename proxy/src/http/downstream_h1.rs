@@ -177,7 +177,7 @@ pub fn parse_request_head(
         .map_err(CodecError::bad)?;
     if framing.host_fields > 1 {
         // Envoy's header map keeps one `Host`, the values comma-joined.
-        super::headers::join_fields(&mut headers, &header::HOST, b",");
+        super::fields::join_fields(&mut headers, &header::HOST, b",");
     }
     let uri = target_uri(target, absolute)?;
     let body = body_framing(&framing, version, limits.allow_chunked_length)?;
@@ -406,7 +406,7 @@ pub fn response_fields(headers: &HeaderMap) -> ResponseFields {
                 .ok()
                 .and_then(|s| s.parse().ok());
         } else if name == header::CONNECTION {
-            fields.close |= super::headers::has_token(value, b"close");
+            fields.close |= super::fields::has_token(value, b"close");
         }
     }
     if lengths > 1 {
@@ -485,7 +485,7 @@ pub fn encode_response_head(
                 out,
                 keys,
                 b"content-length",
-                super::headers::decimal_value(n).as_bytes(),
+                super::fields::decimal_value(n).as_bytes(),
             );
         }
         ResponseFraming::Chunked | ResponseFraming::HeadChunked => {

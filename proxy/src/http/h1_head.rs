@@ -15,7 +15,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::Version;
 
 use super::header_map_pool;
-use super::headers::{has_token, is_response_hop_by_hop};
+use super::fields::{has_token, is_response_hop_by_hop};
 
 thread_local! {
     /// Field offsets of the head being split off: kept between heads so that parsing one

@@ -23,10 +23,12 @@
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::future::Future;
+use std::convert::Infallible;
 use std::io;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures::channel::oneshot;
@@ -35,15 +37,13 @@ use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::{Body as _, Frame};
 
 use super::body::ProxyBody;
-use super::conn::PrefixedIo;
 use super::downstream_h1::{
     encode_response_head, parse_request_head, reason_phrase, response_fields, CodecError,
     ConnectionHeader, Limits, RequestHead, ResponseFraming,
 };
 use super::header_map_pool;
 use super::key_format::KeyFormat;
-use super::router::{self, ConnInfo, ServeFuture};
-use super::upgrade::{is_upgrade, tunnel_link, DownstreamUpgrade, TunnelEnd, TunnelLink};
+use super::handoff::{is_upgrade, tunnel_link, DownstreamUpgrade, PrefixedIo, TunnelEnd, TunnelLink};
 use super::upstream_h1::{recv_into, BodyDecoder, Decoded, H1Error};
 use courier_runtime::event::rt::{Sleep, TcpIo};
 
@@ -267,10 +267,60 @@ pub enum End {
     Upgraded,
 }
 
-/// One downstream HTTP/1.1 connection.
-pub struct H1Server {
+/// A request's future, as the connection manager serves it.
+pub type ServeFuture = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Infallible>>>>;
+
+/// What the HTTP/1.1 server codec asks of the connection manager above it (which it never
+/// imports): settings, the request service, local replies and stat counts.
+pub trait H1Service: 'static {
+    /// This connection's codec settings.
+    fn settings(&self) -> &H1Settings;
+    /// Serves a request; `upgrade` receives the socket after a `101`.
+    fn serve(self: Rc<Self>, req: Request<ProxyBody>, upgrade: Option<DownstreamUpgrade>)
+        -> ServeFuture;
+    /// A reply the codec sends itself (a refused head, a header timeout), finished as the
+    /// connection manager finishes its own.
+    fn local_reply(&self, status: StatusCode, body: &str) -> Response<ProxyBody>;
+    /// Whether the connection closes after the current response (a drain).
+    fn closing(&self) -> bool;
+    /// Counts `event` in the connection manager's stats.
+    fn count(&self, event: CodecEvent);
+}
+
+/// Codec events the connection manager counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CodecEvent {
+    /// `downstream_cx_protocol_error`.
+    ProtocolError,
+    /// `downstream_rq_header_timeout`.
+    HeaderTimeout,
+}
+
+/// The HTTP/1.1 server codec's settings (from the connection manager's config).
+#[derive(Debug, Clone, Copy)]
+pub struct H1Settings {
+    /// `common_http_protocol_options.max_headers_count`.
+    pub max_headers: usize,
+    /// `max_request_headers_kb`, in bytes.
+    pub max_head_bytes: usize,
+    /// `http_protocol_options.accept_http_10`.
+    pub accept_http_10: bool,
+    /// `http_protocol_options.allow_chunked_length`.
+    pub allow_chunked_length: bool,
+    /// `delayed_close_timeout`.
+    pub delayed_close_timeout: Option<Duration>,
+    /// `request_headers_timeout`.
+    pub request_headers_timeout: Option<Duration>,
+    /// `http_protocol_options.header_key_format`.
+    pub key_format: KeyFormat,
+    /// `http_protocol_options.enable_trailers`.
+    pub trailers: bool,
+}
+
+/// One downstream HTTP/1.1 connection, serving its requests with `S`.
+pub struct H1Server<S: H1Service> {
     t: Rc<RefCell<Transport>>,
-    info: Rc<ConnInfo>,
+    info: Rc<S>,
     limits: Limits,
     out: WriteQueue,
     phase: Phase,
@@ -280,13 +330,13 @@ pub struct H1Server {
     header_timer: Option<Pin<Box<Sleep>>>,
 }
 
-impl H1Server {
+impl<S: H1Service> H1Server<S> {
     /// Serves `io`, whose first bytes (read to detect the protocol) are `prefix`.
-    pub fn new(io: TcpIo, prefix: &[u8], info: Rc<ConnInfo>) -> Self {
-        let cfg = &info.config;
+    pub fn new(io: TcpIo, prefix: &[u8], info: Rc<S>) -> Self {
+        let cfg = info.settings();
         let limits = Limits {
-            max_headers: cfg.max_headers_count.max(1),
-            max_head_bytes: cfg.max_request_headers_kb as usize * 1024,
+            max_headers: cfg.max_headers.max(1),
+            max_head_bytes: cfg.max_head_bytes,
             accept_http_10: cfg.accept_http_10,
             allow_chunked_length: cfg.allow_chunked_length,
         };
@@ -394,13 +444,9 @@ impl H1Server {
                     };
                     let resp = match self.t.borrow_mut().body_error.take() {
                         Some(e) => {
-                            self.info
-                                .config
-                                .stats
-                                .downstream_cx_protocol_error
-                                .inc(self.info.worker);
+                            self.info.count(CodecEvent::ProtocolError);
                             self.exchange.keep_alive = false;
-                            error_reply(&self.info, e)
+                            error_reply(&*self.info, e)
                         }
                         None => resp,
                     };
@@ -432,7 +478,7 @@ impl H1Server {
                     // The client learns of the close at once (Envoy's FIN waits for the
                     // delay); what it still sends is read and dropped meanwhile, so that
                     // its arrival does not reset a response it has not read yet.
-                    let Some(delay) = self.info.config.delayed_close_timeout else {
+                    let Some(delay) = self.info.settings().delayed_close_timeout else {
                         return Poll::Ready(Ok(End::Closed));
                     };
                     self.phase = Phase::Linger(Box::pin(Sleep::after(delay)));
@@ -481,7 +527,7 @@ impl H1Server {
     /// Waiting for more of a head: `request_headers_timeout` runs from its first byte, and
     /// on expiry the client gets Envoy's `408`.
     fn header_timed_out(&mut self, cx: &mut Context<'_>) -> bool {
-        let Some(timeout) = self.info.config.request_headers_timeout else {
+        let Some(timeout) = self.info.settings().request_headers_timeout else {
             return false;
         };
         if self.t.borrow().rbuf.is_empty() {
@@ -494,15 +540,13 @@ impl H1Server {
             return false;
         }
         self.header_timer = None;
-        let cfg = &self.info.config;
-        cfg.stats.downstream_rq_header_timeout.inc(self.info.worker);
+        self.info.count(CodecEvent::HeaderTimeout);
         self.t.borrow_mut().rbuf.clear();
         self.exchange = Exchange::default();
-        self.respond(reply(
-            &self.info,
-            StatusCode::REQUEST_TIMEOUT,
-            "request header timeout",
-        ));
+        self.respond(
+            self.info
+                .local_reply(StatusCode::REQUEST_TIMEOUT, "request header timeout"),
+        );
         true
     }
 
@@ -540,20 +584,16 @@ impl H1Server {
             DownstreamUpgrade::Http1(rx)
         });
         let req = Request::from_parts(parts, body);
-        self.phase = Phase::Serve(router::serve_boxed(self.info.clone(), req, upgrade));
+        self.phase = Phase::Serve(self.info.clone().serve(req, upgrade));
     }
 
     /// The head was refused: Envoy's local reply, then the connection closes.
     fn codec_error(&mut self, e: CodecError) {
         tracing::debug!(error = %e, "downstream HTTP/1.1 codec error");
-        self.info
-            .config
-            .stats
-            .downstream_cx_protocol_error
-            .inc(self.info.worker);
+        self.info.count(CodecEvent::ProtocolError);
         self.t.borrow_mut().rbuf.clear();
         self.exchange = Exchange::default();
-        self.respond(error_reply(&self.info, e));
+        self.respond(error_reply(&*self.info, e));
     }
 
     /// Queues the response head and moves on to its body.
@@ -597,7 +637,7 @@ impl H1Server {
         if framing == ResponseFraming::UntilClose
             || !self.t.borrow().body_done()
             || self.shutting_down
-            || self.info.closing.get()
+            || self.info.closing()
             || fields.close
         {
             ex.keep_alive = false;
@@ -617,7 +657,7 @@ impl H1Server {
         } else {
             Version::HTTP_11
         };
-        let keys = self.info.config.h1_key_format;
+        let keys = self.info.settings().key_format;
         self.out.push_head(&parts, framing, connection, keys);
         header_map_pool::recycle(parts.headers);
         self.phase = match framing {
@@ -666,7 +706,7 @@ impl H1Server {
                         Err(frame) => {
                             let trailers = frame.into_trailers().ok();
                             if let (Some(t), ResponseFraming::Chunked, true) =
-                                (trailers, &*framing, self.info.config.h1_trailers)
+                                (trailers, &*framing, self.info.settings().trailers)
                             {
                                 self.out.push_trailers(&t);
                                 *framing = ResponseFraming::None;
@@ -722,16 +762,9 @@ impl H1Server {
     }
 }
 
-/// A local reply from the connection itself, with the connection manager's `server`.
-fn reply(info: &ConnInfo, status: StatusCode, body: &str) -> Response<ProxyBody> {
-    let mut r = router::local_reply(status, body);
-    router::finish_response(&info.config, &mut r);
-    r
-}
-
 /// Envoy's reply to a request its codec refuses: the status and its reason as the body (no
 /// body for a target its connection manager refuses).
-fn error_reply(info: &ConnInfo, e: CodecError) -> Response<ProxyBody> {
+fn error_reply(info: &impl H1Service, e: CodecError) -> Response<ProxyBody> {
     let body = if e.bare { "" } else { reason_phrase(e.status) };
-    reply(info, e.status, body)
+    info.local_reply(e.status, body)
 }

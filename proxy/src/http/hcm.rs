@@ -1,5 +1,6 @@
 //! The compiled `envoy.filters.network.http_connection_manager` config.
 
+use super::h1_server::H1Settings;
 use super::h2_options::H2Options;
 use super::key_format::KeyFormat;
 use std::sync::Arc;
@@ -794,6 +795,20 @@ impl HcmConfig {
 }
 
 impl HcmConfig {
+    /// The HTTP/1.1 server codec's settings.
+    pub fn h1_settings(&self) -> H1Settings {
+        H1Settings {
+            max_headers: self.max_headers_count,
+            max_head_bytes: self.max_request_headers_kb as usize * 1024,
+            accept_http_10: self.accept_http_10,
+            allow_chunked_length: self.allow_chunked_length,
+            delayed_close_timeout: self.delayed_close_timeout,
+            request_headers_timeout: self.request_headers_timeout,
+            key_format: self.h1_key_format,
+            trailers: self.h1_trailers,
+        }
+    }
+
     /// A cluster its inline route configuration names that `known` does not (see
     /// [`RouteTable::unknown_cluster`]).
     pub fn unknown_cluster(&self, known: &dyn Fn(&str) -> bool) -> Option<ConfigError> {

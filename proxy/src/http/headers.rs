@@ -1,6 +1,8 @@
 //! Header mutations (`request_headers_to_add/remove`, `response_headers_to_add/remove`) and
 //! small header helpers shared by the connection manager and the router.
 
+pub use super::fields::{decimal_value, has_token, is_response_hop_by_hop, join_fields};
+use super::fields::joined_values;
 use courier_proto::envoy::config::core::v3::{
     header_value_option::HeaderAppendAction, HeaderValueOption,
 };
@@ -403,16 +405,6 @@ pub fn drop_h2c_upgrade(headers: &mut HeaderMap) {
     }
 }
 
-/// The connection-level fields of a response that a proxy never forwards (RFC 9110
-/// §7.6.1); a `101` keeps them, since they are its upgrade.
-pub fn is_response_hop_by_hop(name: &HeaderName) -> bool {
-    use http::header::*;
-    name == CONNECTION
-        || name == TRANSFER_ENCODING
-        || name == UPGRADE
-        || matches!(name.as_str(), "keep-alive" | "proxy-connection")
-}
-
 /// Removes the hop-by-hop headers of an upstream response (kept on a 101, whose
 /// `Connection`/`Upgrade` the client needs).
 pub fn strip_response_hop_by_hop(headers: &mut HeaderMap, status: http::StatusCode) {
@@ -432,40 +424,6 @@ pub fn strip_response_hop_by_hop(headers: &mut HeaderMap, status: http::StatusCo
     headers.remove(http::header::UPGRADE);
 }
 
-/// Whether a comma-separated field value (`Connection` and the like) lists `token`, in
-/// any case.
-pub fn has_token(value: &HeaderValue, token: &[u8]) -> bool {
-    value
-        .as_bytes()
-        .split(|b| *b == b',')
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
-}
-
-/// Every value of `name` joined with `sep`, then `extra` if given, empty values left out
-/// (as Envoy appends); `None` when there is no more than one value (nothing to join).
-fn joined_values(
-    headers: &HeaderMap,
-    name: &HeaderName,
-    sep: &[u8],
-    extra: Option<&HeaderValue>,
-) -> Option<HeaderValue> {
-    let values = headers.get_all(name).iter().chain(extra);
-    let mut out = Vec::new();
-    let mut count = 0;
-    for v in values {
-        count += 1;
-        if v.is_empty() {
-            continue;
-        }
-        if !out.is_empty() {
-            out.extend_from_slice(sep);
-        }
-        out.extend_from_slice(v.as_bytes());
-    }
-    (count > 1)
-        .then(|| HeaderValue::from_bytes(&out).ok())
-        .flatten()
-}
 
 /// Adds `value` to the message's `name` field as Envoy appends (`via`): one field, the
 /// values comma-separated.
@@ -478,50 +436,6 @@ pub fn append_value(headers: &mut HeaderMap, name: &HeaderName, value: &HeaderVa
 /// `SimpleAtoi`); `None` when absent or not one.
 pub fn parse_decimal(v: Option<&HeaderValue>) -> Option<u64> {
     v?.to_str().ok()?.trim().parse().ok()
-}
-
-/// A header value holding `n` in decimal. Values below 1024 (durations in ms, attempt
-/// counts) come from a table of static strings, so they cost no allocation.
-pub fn decimal_value(n: u64) -> HeaderValue {
-    static SMALL: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
-    const SMALL_LEN: u64 = 1024;
-    if n >= SMALL_LEN {
-        // Larger values repeat too (a route's timeout in ms): the worker keeps the last one.
-        thread_local! {
-            static LAST: std::cell::RefCell<Option<(u64, HeaderValue)>> =
-                const { std::cell::RefCell::new(None) };
-        }
-        return LAST.with(|last| {
-            let mut last = last.borrow_mut();
-            match &*last {
-                Some((m, v)) if *m == n => v.clone(),
-                _ => {
-                    let v = HeaderValue::from(n);
-                    *last = Some((n, v.clone()));
-                    v
-                }
-            }
-        });
-    }
-    let table = SMALL.get_or_init(|| {
-        let mut all = String::new();
-        let mut ends = Vec::with_capacity(SMALL_LEN as usize);
-        for i in 0..SMALL_LEN {
-            all.push_str(&i.to_string());
-            ends.push(all.len());
-        }
-        // One allocation for the process's lifetime, so the strings can be `'static`.
-        let all: &'static str = Box::leak(all.into_boxed_str());
-        let mut start = 0;
-        ends.into_iter()
-            .map(|end| {
-                let s = &all[start..end];
-                start = end;
-                s
-            })
-            .collect()
-    });
-    HeaderValue::from_static(table[n as usize])
 }
 
 /// Envoy's control headers, which a request from outside must not set (the router here,
@@ -580,13 +494,6 @@ pub fn strip_external_control_headers(headers: &mut HeaderMap, edge: bool) {
 /// as Envoy's codec does: an HTTP/1.1 upstream may read only one `Cookie` line.
 pub fn join_cookies(headers: &mut HeaderMap) {
     join_fields(headers, &http::header::COOKIE, b"; ");
-}
-
-/// Makes the `name` fields one, their values joined with `sep`.
-pub fn join_fields(headers: &mut HeaderMap, name: &HeaderName, sep: &[u8]) {
-    if let Some(v) = joined_values(headers, name, sep, None) {
-        headers.insert(name.clone(), v);
-    }
 }
 
 /// A random (version 4) UUID, as Envoy generates for `x-request-id`.

@@ -227,3 +227,19 @@ impl Replay {
             && (self.trailers_sent || b.trailers.borrow().is_none())
     }
 }
+
+impl hyper::body::Body for Replay {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Replay::poll_frame(self.get_mut(), cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        Replay::is_end_stream(self)
+    }
+}

@@ -3,7 +3,6 @@
 
 use std::borrow::Cow;
 use std::convert::Infallible;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -30,14 +29,16 @@ use super::pool::{self, PoolError, Sender};
 use super::rbac::{RequestView, XffTrust};
 use super::request_controls::RequestControls;
 use super::request_stats::StatSinks;
-use super::retry_buffer::RetryBuffer;
+use super::retry_buffer::{Replay, RetryBuffer};
 use super::route::{
     Action, ClusterSpec, HostRewrite, Pseudo, Redirect, Route, RouteAction, RouteTable, VirtualHost,
 };
 use super::shadow;
 use super::stream_idle::{Expiry, StreamIdle, UntilIdle};
 use super::stream_limits::{StreamEnds, UPSTREAM_DURATION_REACHED};
-use super::upgrade::{self, DownstreamUpgrade, WorkerIo};
+use super::h1_server::{CodecEvent, H1Service, H1Settings, ServeFuture};
+use super::handoff::DownstreamUpgrade;
+use super::upgrade::{self, WorkerIo};
 use super::upstream_h1::{H1Connection, H1Error};
 use crate::upstream::{ClusterInfo, ThreadLocalClusterManager};
 use courier_runtime::event::rt;
@@ -72,6 +73,41 @@ pub struct ConnInfo {
     /// The connection drains (a listener drain, a failed health check): it takes no new
     /// request after the current ones (HTTP/2: GOAWAY).
     pub draining: std::cell::Cell<bool>,
+    /// The HTTP/1.1 codec's settings, from `config`.
+    pub h1: H1Settings,
+}
+
+/// The HTTP/1.1 codec serves its requests through the connection manager.
+impl H1Service for ConnInfo {
+    fn settings(&self) -> &H1Settings {
+        &self.h1
+    }
+
+    fn serve(
+        self: Rc<Self>,
+        req: Request<ProxyBody>,
+        upgrade: Option<DownstreamUpgrade>,
+    ) -> ServeFuture {
+        serve_boxed(self, req, upgrade)
+    }
+
+    fn local_reply(&self, status: StatusCode, body: &str) -> Response<ProxyBody> {
+        let mut r = local_reply(status, body);
+        finish_response(&self.config, &mut r);
+        r
+    }
+
+    fn closing(&self) -> bool {
+        self.closing.get()
+    }
+
+    fn count(&self, event: CodecEvent) {
+        let stats = &self.config.stats;
+        match event {
+            CodecEvent::ProtocolError => stats.downstream_cx_protocol_error.inc(self.worker),
+            CodecEvent::HeaderTimeout => stats.downstream_rq_header_timeout.inc(self.worker),
+        }
+    }
 }
 
 impl ConnInfo {
@@ -393,7 +429,6 @@ struct Outcome {
 }
 
 /// A request's future, boxed.
-pub type ServeFuture = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Infallible>>>>;
 
 /// A request's future ([`serve`]) on the heap, built in place: it is several KiB, and
 /// built on the stack first it would be copied whole into its box on every request (which
@@ -870,7 +905,7 @@ async fn process(
     let fcx_local = conn.local;
     let protocol = protocol_name(req.version());
     // Upgrades (websocket).
-    let mut upgrade = upgrade::is_upgrade(req.headers())
+    let mut upgrade = super::handoff::is_upgrade(req.headers())
         .then(|| req.headers().get(header::UPGRADE))
         .flatten()
         .and_then(|v| v.to_str().ok())
@@ -1589,7 +1624,7 @@ async fn forward(
             worker,
         );
         if !feeds.is_empty() {
-            stream_body = stream_body.take().map(|b| ProxyBody::tee(b, feeds));
+            stream_body = stream_body.take().map(|b| shadow::tee(b, feeds));
         }
         mirrors
     };
@@ -1657,7 +1692,7 @@ async fn forward(
         let body = if let Some(b) = &buffered {
             ProxyBody::full(b.clone())
         } else if let Some(rb) = &retry_buffer {
-            ProxyBody::replay(rb.clone())
+            ProxyBody::filtered(Replay::new(rb.clone()))
         } else {
             match stream_body.take() {
                 Some(b) if !b.is_end_stream() => b,

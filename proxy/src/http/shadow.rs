@@ -13,6 +13,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
@@ -23,7 +24,7 @@ use courier_proto::envoy::config::route::v3::route_action::RequestMirrorPolicy;
 use http::header::{HeaderMap, HeaderName};
 use http::Request;
 use http_body_util::BodyExt;
-use hyper::body::Frame;
+use hyper::body::{Body, Frame, SizeHint};
 
 use super::body::{BoxError, ProxyBody};
 use super::pool;
@@ -132,7 +133,7 @@ impl ShadowPolicy {
 }
 
 /// A request body's frames as they pass, for one mirror: the request's body pushes them
-/// ([`ProxyBody::tee`]), the mirror's body ([`ProxyBody::shadow`]) takes them.
+/// ([`tee`]), the mirror's body ([`FeedBody`]) takes them.
 pub struct ShadowFeed {
     frames: RefCell<VecDeque<Frame<Bytes>>>,
     queued: Cell<usize>,
@@ -275,7 +276,7 @@ pub fn plan<'a>(
         let body = if stream {
             let feed = ShadowFeed::new(limit, abandoned.clone(), worker);
             feeds.push(feed.clone());
-            ProxyBody::shadow(feed)
+            ProxyBody::filtered(FeedBody(feed))
         } else {
             ProxyBody::empty()
         };
@@ -403,5 +404,108 @@ mod tests {
         assert_eq!(p.authority("[::1]:80"), "[::1]-shadow:80");
         assert_eq!(p.authority("[::1]"), "[::1]-shadow");
         assert_eq!(policy(false).authority("a:1"), "a:1");
+    }
+}
+
+/// `inner`, its frames copied to each of `feeds` (request mirrors) as they pass.
+pub fn tee(inner: ProxyBody, feeds: Vec<Rc<ShadowFeed>>) -> ProxyBody {
+    let declared = inner.size_hint().exact();
+    ProxyBody::filtered(Tee {
+        inner,
+        feeds,
+        declared,
+        passed: 0,
+    })
+}
+
+/// A request body whose frames are copied to mirrors as they pass.
+struct Tee {
+    inner: ProxyBody,
+    feeds: Vec<Rc<ShadowFeed>>,
+    /// The body's announced length, and the data that went through.
+    declared: Option<u64>,
+    passed: u64,
+}
+
+impl Tee {
+    fn end(&mut self, clean: bool) {
+        for f in self.feeds.drain(..) {
+            f.end(clean);
+        }
+    }
+}
+
+impl Drop for Tee {
+    fn drop(&mut self) {
+        // A reader may stop at the announced length without waiting for the end of the
+        // stream (hyper's HTTP/1 client does): all of it went through all the same.
+        let complete = self.inner.is_end_stream()
+            || self.declared == Some(self.passed)
+            || self.inner.size_hint().exact() == Some(0);
+        self.end(complete);
+    }
+}
+
+impl Body for Tee {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let t = self.get_mut();
+        let r = Pin::new(&mut t.inner).poll_frame(cx);
+        match &r {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(d) = frame.data_ref() {
+                    t.passed += d.len() as u64;
+                }
+                for f in &t.feeds {
+                    f.push(frame);
+                }
+                // The last frame: hyper may not poll again.
+                if t.inner.is_end_stream() {
+                    t.end(true);
+                }
+            }
+            Poll::Ready(None) => t.end(true),
+            Poll::Ready(Some(Err(_))) => t.end(false),
+            Poll::Pending => {}
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A mirror's copy of a request body, fed by a [`tee`]; a mirror that goes away detaches.
+struct FeedBody(Rc<ShadowFeed>);
+
+impl Drop for FeedBody {
+    fn drop(&mut self) {
+        self.0.detach();
+    }
+}
+
+impl Body for FeedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.0.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_end_stream()
     }
 }

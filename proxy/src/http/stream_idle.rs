@@ -217,3 +217,17 @@ impl<F: Future> Future for UntilIdle<'_, F> {
         this.idle.poll_expired(cx).map(|_| None)
     }
 }
+
+impl crate::http::body::ActivityWatch for StreamIdle {
+    fn touch(&self) {
+        StreamIdle::touch(self)
+    }
+
+    fn request_ended(&self) {
+        StreamIdle::request_ended(self)
+    }
+
+    fn poll_expired(&self, cx: &mut Context<'_>) -> Poll<&'static str> {
+        StreamIdle::poll_expired(self, cx).map(Expiry::message)
+    }
+}

@@ -16,77 +16,15 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use futures::channel::oneshot;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper::upgrade::OnUpgrade;
 use send_wrapper::SendWrapper;
 
 use super::body::ProxyBody;
-use super::conn::PrefixedIo;
+use super::handoff::DownstreamUpgrade;
 use super::stream_idle::StreamIdle;
 use courier_runtime::event::rt;
-
-/// Whether a request asks for an upgrade: an `Upgrade` field and `upgrade` among the
-/// `Connection` tokens (as Envoy's `Utility::isUpgrade`). A stray `Upgrade` alone is a
-/// hop-by-hop field like any other, dropped on the way upstream.
-pub fn is_upgrade(headers: &http::HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE)
-        && headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .any(|v| super::headers::has_token(v, b"upgrade"))
-}
-
-/// The downstream half of an upgrade, delivered once the response accepting it is sent.
-pub enum DownstreamUpgrade {
-    /// HTTP/1.1: the connection (with what the client sent past the request head in
-    /// front), once the `101` is written, and the tunnel's end of its [`TunnelLink`].
-    Http1(oneshot::Receiver<(PrefixedIo, TunnelEnd)>),
-    /// HTTP/2 extended CONNECT: the stream, once the `200` is sent.
-    Http2(OnUpgrade),
-}
-
-/// What an HTTP/1.1 connection's handler keeps once a tunnel has taken its socket, so the
-/// tunnel stays one of the listener's connections: dropping the link (the handler closed,
-/// e.g. at the end of a listener's drain) ends the tunnel, and the link resolves when the
-/// tunnel ends by itself. (An HTTP/2 tunnel is a stream of a connection its handler still
-/// drives, and ends with it.)
-pub struct TunnelLink {
-    ended: oneshot::Receiver<()>,
-    _cancel: oneshot::Sender<()>,
-}
-
-/// The tunnel's end of a [`TunnelLink`].
-pub struct TunnelEnd {
-    cancel: oneshot::Receiver<()>,
-    _ended: oneshot::Sender<()>,
-}
-
-/// A connected [`TunnelLink`] and [`TunnelEnd`].
-pub fn tunnel_link() -> (TunnelLink, TunnelEnd) {
-    let (cancel_tx, cancel) = oneshot::channel();
-    let (ended_tx, ended) = oneshot::channel();
-    (
-        TunnelLink {
-            ended,
-            _cancel: cancel_tx,
-        },
-        TunnelEnd {
-            cancel,
-            _ended: ended_tx,
-        },
-    )
-}
-
-impl Future for TunnelLink {
-    type Output = ();
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        // The tunnel never sends: its end is dropped when it is over.
-        Pin::new(&mut self.get_mut().ended).poll(cx).map(|_| ())
-    }
-}
 
 /// Rewrites an HTTP/2 extended CONNECT (`:protocol` set) into the HTTP/1.1 upgrade
 /// request Envoy's codec makes of it, and returns the stream's upgrade handle; `None` (and
@@ -257,7 +195,7 @@ pub fn tunnel(
             DownstreamUpgrade::Http1(rx) => match (rx.await, upstream) {
                 (Ok((down, end)), Ok(up)) => {
                     let spliced = std::pin::pin!(splice(down, up, idle));
-                    match futures::future::select(spliced, end.cancel).await {
+                    match futures::future::select(spliced, end.cancelled()).await {
                         futures::future::Either::Left((r, _)) => r,
                         futures::future::Either::Right(_) => {
                             Err("closed with its connection (listener drained)".into())

@@ -210,6 +210,22 @@ impl Compressing {
     }
 }
 
+impl Body for Compressing {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Compressing::poll_frame(self.get_mut(), cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        Compressing::is_end_stream(self)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -451,7 +451,7 @@ impl CompressorFilter {
         let compress_request = self.request.as_ref().is_some_and(|c| {
             c.enabled
                 && !req.body().is_end_stream()
-                && !super::upgrade::is_upgrade(req.headers())
+                && !crate::http::handoff::is_upgrade(req.headers())
                 && c.long_enough(req.headers(), &self.request_stats, worker)
                 && c.content_type_allowed(req.headers())
                 && !req.headers().contains_key(header::CONTENT_ENCODING)
@@ -463,12 +463,12 @@ impl CompressorFilter {
             h.insert(header::CONTENT_ENCODING, GZIP);
             self.request_stats.compressed.inc(worker);
             let body = std::mem::replace(req.body_mut(), ProxyBody::empty());
-            *req.body_mut() = ProxyBody::compressed(Box::new(Compressing::new(
+            *req.body_mut() = ProxyBody::filtered(Compressing::new(
                 body,
                 r.gzip().encoder(),
                 self.request_stats.clone(),
                 worker,
-            )));
+            ));
         } else {
             self.request_stats.not_compressed.inc(worker);
         }
@@ -587,7 +587,7 @@ impl CompressorRequest<'_> {
         let enabled = self.response_enabled();
         let long_enough = enabled && cfg.common.long_enough(headers, stats, worker);
         let compressible = long_enough
-            && !super::upgrade::is_upgrade(headers)
+            && !crate::http::handoff::is_upgrade(headers)
             && !cfg
                 .uncompressible_response_codes
                 .contains(&resp.status().as_u16())
@@ -614,12 +614,12 @@ impl CompressorRequest<'_> {
         }
         if compress {
             let body = std::mem::replace(resp.body_mut(), ProxyBody::empty());
-            *resp.body_mut() = ProxyBody::compressed(Box::new(Compressing::new(
+            *resp.body_mut() = ProxyBody::filtered(Compressing::new(
                 body,
                 self.gzip().encoder(),
                 stats.clone(),
                 worker,
-            )));
+            ));
         }
     }
 

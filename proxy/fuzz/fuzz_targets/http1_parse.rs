@@ -6,8 +6,8 @@
 #![no_main]
 
 use bytes::BytesMut;
-use courier::http::downstream_h1::{parse_request_head, Limits};
-use courier::http::upstream_h1::Decoded;
+use courier::http::codec::downstream_h1::{parse_request_head, Limits};
+use courier::http::codec::upstream_h1::Decoded;
 use libfuzzer_sys::fuzz_target;
 
 const LIMITS: Limits = Limits {

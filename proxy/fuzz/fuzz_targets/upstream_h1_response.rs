@@ -4,7 +4,7 @@
 #![no_main]
 
 use bytes::BytesMut;
-use courier::http::upstream_h1::{parse_response_head, Decoded};
+use courier::http::codec::upstream_h1::{parse_response_head, Decoded};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -15,7 +15,7 @@ fuzz_target!(|data: &[u8]| {
     let step = usize::from(control >> 1).max(1);
     // Envoy's default field limit, or one past the parser's inline slots.
     let max_headers = if control & 0x80 == 0 {
-        courier::http::stream_limits::DEFAULT_MAX_HEADERS
+        courier::http::codec::stream_limits::DEFAULT_MAX_HEADERS
     } else {
         150
     };

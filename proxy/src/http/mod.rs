@@ -273,38 +273,10 @@
 //!   (its head is). A websocket tunnel ends with it, as in Envoy, but its access log
 //!   line, written at the `101`, has no `UMSDR` (Envoy logs the flag at the tunnel's end).
 
-pub mod access_log;
-pub mod body;
-pub mod compressor;
-pub mod conn;
-pub mod cors;
-pub mod downstream_h1;
-pub mod fault;
-pub mod fields;
-pub mod filter_config;
-pub mod h1_head;
-pub mod handoff;
-pub mod h1_server;
-pub mod h2_options;
-pub mod h2_settings;
-pub mod hcm;
-pub mod header_map_pool;
-pub mod headers;
-pub mod health_check;
-pub mod internal_address;
-pub mod key_format;
-pub mod local_ratelimit;
-pub mod pool;
-pub mod rbac;
-pub mod request_controls;
+pub mod codec;
+pub mod conn_manager;
 pub mod request_stats;
-pub mod retry_buffer;
 pub mod route;
 pub mod router;
-pub mod shadow;
-pub mod stream_idle;
-pub mod stream_limits;
-pub mod upgrade;
-pub mod upstream_h1;
 
-pub use hcm::{HcmConfig, RdsSubscription, HTTP_CONNECTION_MANAGER};
+pub use conn_manager::config::{HcmConfig, RdsSubscription, HTTP_CONNECTION_MANAGER};

@@ -99,7 +99,9 @@ fn accept_connection(ctx: &mut Ctx, config: &Arc<ListenerConfig>, stream: mio::n
             let stats = config.stats.clone();
             let limit = config.buffer_limit;
             let started = ctx.insert_handler(move |ctx, id| {
-                crate::http::conn::HttpConnection::start(ctx, id, stream, hcm, tag, stats, limit)
+                crate::http::conn_manager::connection::HttpConnection::start(
+                    ctx, id, stream, hcm, tag, stats, limit,
+                )
             });
             if let Err(e) = started {
                 tracing::debug!(listener = %config.name, error = %e, "connection closed at start");

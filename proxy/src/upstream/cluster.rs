@@ -15,9 +15,9 @@ use courier_proto::envoy::extensions::upstreams::http::v3::{
 
 use super::host::{Host, HostHealth, HostSet, HostStats};
 use crate::config::{self, ConfigError};
-use crate::http::h2_options::H2Options;
-use crate::http::key_format::KeyFormat;
-use crate::http::stream_limits::StreamLimits;
+use crate::http::codec::h2_options::H2Options;
+use crate::http::codec::key_format::KeyFormat;
+use crate::http::codec::stream_limits::StreamLimits;
 use crate::memory::Encoded;
 use crate::stats::{Counter, Gauge, Store};
 

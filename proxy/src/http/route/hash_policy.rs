@@ -68,7 +68,7 @@ impl HashPolicies {
             let ppath = format!("{path}[{i}]");
             let kind = match &p.policy_specifier {
                 Some(P::Header(h)) => Kind::Header {
-                    name: super::header_name(
+                    name: crate::http::route::header_name(
                         &h.header_name,
                         &format!("{ppath}.header.header_name"),
                     )?,
@@ -76,7 +76,10 @@ impl HashPolicies {
                         .regex_rewrite
                         .as_ref()
                         .map(|r| {
-                            super::compile_rewrite(r, &format!("{ppath}.header.regex_rewrite"))
+                            crate::http::route::compile_rewrite(
+                                r,
+                                &format!("{ppath}.header.regex_rewrite"),
+                            )
                         })
                         .transpose()?,
                 },

@@ -24,12 +24,12 @@ use http::header::{HeaderMap, HeaderName};
 use http::StatusCode;
 use regex::Regex;
 
-use super::filter_config::FilterConfigs;
+use crate::filters::http::FilterConfigs;
 
-use super::headers::HeaderMutations;
-use super::request_stats::RequestStats;
-use super::shadow::{self, ShadowPolicy};
 use crate::config::{self, ConfigError};
+use crate::http::conn_manager::headers::HeaderMutations;
+use crate::http::request_stats::RequestStats;
+use crate::http::router::shadow::{self, ShadowPolicy};
 use crate::stats::Store;
 use hash_policy::HashPolicies;
 

@@ -9,7 +9,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::RouteTable;
+use crate::http::route::RouteTable;
 
 /// Route tables from RDS by route configuration name, published to workers through a slot.
 #[derive(Default)]

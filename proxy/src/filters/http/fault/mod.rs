@@ -1,0 +1,420 @@
+//! Fault injection (`envoy.filters.http.fault`): requests delayed, or answered with an
+//! error, before they are routed upstream.
+//!
+//! As Envoy 1.40 (measured, `tests/http_fault.rs`):
+//!
+//! - The filter's own `HTTPFault` applies unless the most specific
+//!   `typed_per_filter_config` of the route (route, virtual host, route configuration;
+//!   any route, a direct response's too) has one, which replaces it whole.
+//! - A fault applies to requests matching `headers`, naming one of `downstream_nodes` in
+//!   `x-envoy-downstream-service-node`, and routed to `upstream_cluster` when set. A
+//!   request with a fault (a delay, an abort) counts in `active_faults` until it ends; one
+//!   that would pass `max_active_faults` gets none (`faults_overflow`).
+//! - The delay comes first (`fixed_delay`, or `x-envoy-fault-delay-request` in ms with
+//!   `header_delay`), for `percentage` of requests; then the abort, sampled afresh: an
+//!   `http_status`, or a `grpc_status` (a gRPC request gets it as its `grpc-status`, any
+//!   other `200`), or with `header_abort` `x-envoy-fault-abort-request` (200 to 599) or
+//!   `x-envoy-fault-abort-grpc-request`. The body is `fault filter abort` (or
+//!   `response_body`). With header faults, `x-envoy-fault-*-request-percentage` narrows
+//!   the configured percentage. The headers go upstream untouched.
+//! - Counted in `http.<stat_prefix>.fault.delays_injected`, `aborts_injected`,
+//!   `faults_overflow`, and the `active_faults` gauge; flags `DI` and `FI`.
+//!
+//! Not supported: `response_rate_limit` (refused); runtime keys (Courier has no runtime:
+//! the configured values apply); per-downstream-cluster stats.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use courier_proto::envoy::extensions::filters::common::fault::v3::fault_delay::FaultDelaySecifier;
+use courier_proto::envoy::extensions::filters::http::fault::v3::{fault_abort, HttpFault};
+use http::header::HeaderName;
+use http::{HeaderMap, HeaderValue, StatusCode};
+
+use crate::config::{self, ConfigError, Fraction};
+use crate::http::conn_manager::headers::parse_decimal;
+use crate::http::route::{compile_header_matcher, HeaderMatcher, Pseudo};
+use crate::stats::{Counter, Gauge, Store};
+
+/// The filter's config type, also the per-route policy's.
+pub const FILTER_TYPE: &str = "envoy.extensions.filters.http.fault.v3.HTTPFault";
+/// The filter's well-known name (an HTTP filter without `typed_config`).
+pub const FILTER_NAME: &str = "envoy.filters.http.fault";
+
+static DELAY_REQUEST: HeaderName = HeaderName::from_static("x-envoy-fault-delay-request");
+static DELAY_PERCENTAGE: HeaderName =
+    HeaderName::from_static("x-envoy-fault-delay-request-percentage");
+static ABORT_REQUEST: HeaderName = HeaderName::from_static("x-envoy-fault-abort-request");
+static ABORT_GRPC_REQUEST: HeaderName = HeaderName::from_static("x-envoy-fault-abort-grpc-request");
+static ABORT_PERCENTAGE: HeaderName =
+    HeaderName::from_static("x-envoy-fault-abort-request-percentage");
+static DOWNSTREAM_NODE: HeaderName = HeaderName::from_static("x-envoy-downstream-service-node");
+
+/// Envoy's abort body.
+const ABORT_BODY: &str = "fault filter abort";
+
+enum Delay {
+    Fixed(Duration),
+    /// `header_delay`: `x-envoy-fault-delay-request`.
+    Header,
+}
+
+enum Abort {
+    Http(StatusCode),
+    Grpc(u32),
+    /// `header_abort`: `x-envoy-fault-abort-request` / `-grpc-request`.
+    Header,
+}
+
+/// A compiled `HTTPFault`.
+pub struct FaultPolicy {
+    delay: Option<(Delay, Fraction)>,
+    abort: Option<(Abort, Fraction)>,
+    body: Option<String>,
+    upstream_cluster: Option<String>,
+    headers: Vec<HeaderMatcher>,
+    downstream_nodes: Vec<String>,
+    max_active_faults: Option<i64>,
+}
+
+impl FaultPolicy {
+    /// Compiles an `HTTPFault` at `path`.
+    pub fn compile(p: &HttpFault, path: &str) -> Result<FaultPolicy, ConfigError> {
+        if p.response_rate_limit.is_some() {
+            return Err(ConfigError::unsupported(format!(
+                "{path}.response_rate_limit"
+            )));
+        }
+        let share = |p: Option<&courier_proto::envoy::r#type::v3::FractionalPercent>| {
+            p.map_or(Fraction::NONE, Fraction::of)
+        };
+        let delay = match &p.delay {
+            None => None,
+            Some(d) => {
+                let source = match &d.fault_delay_secifier {
+                    Some(FaultDelaySecifier::FixedDelay(f)) => {
+                        Delay::Fixed(config::duration(f, &format!("{path}.delay.fixed_delay"))?)
+                    }
+                    Some(FaultDelaySecifier::HeaderDelay(_)) => Delay::Header,
+                    None => {
+                        return Err(ConfigError::new(
+                            format!("{path}.delay"),
+                            "one of fixed_delay or header_delay is required",
+                        ))
+                    }
+                };
+                Some((source, share(d.percentage.as_ref())))
+            }
+        };
+        let abort = match &p.abort {
+            None => None,
+            Some(a) => {
+                let source = match &a.error_type {
+                    Some(fault_abort::ErrorType::HttpStatus(s)) => {
+                        let status = u16::try_from(*s)
+                            .ok()
+                            .filter(|s| (200..600).contains(s))
+                            .and_then(|s| StatusCode::from_u16(s).ok())
+                            .ok_or_else(|| {
+                                ConfigError::new(
+                                    format!("{path}.abort.http_status"),
+                                    format!("value must be in [200, 600), got {s}"),
+                                )
+                            })?;
+                        Abort::Http(status)
+                    }
+                    Some(fault_abort::ErrorType::GrpcStatus(s)) => Abort::Grpc(*s),
+                    Some(fault_abort::ErrorType::HeaderAbort(_)) => Abort::Header,
+                    None => {
+                        return Err(ConfigError::new(
+                            format!("{path}.abort"),
+                            "one of http_status, grpc_status or header_abort is required",
+                        ))
+                    }
+                };
+                Some((source, share(a.percentage.as_ref())))
+            }
+        };
+        Ok(FaultPolicy {
+            delay,
+            abort,
+            body: p
+                .abort
+                .as_ref()
+                .map(|a| a.response_body.clone())
+                .filter(|b| !b.is_empty()),
+            upstream_cluster: Some(p.upstream_cluster.clone()).filter(|c| !c.is_empty()),
+            headers: p
+                .headers
+                .iter()
+                .enumerate()
+                .map(|(i, h)| compile_header_matcher(h, &format!("{path}.headers[{i}]")))
+                .collect::<Result<_, _>>()?,
+            downstream_nodes: p.downstream_nodes.clone(),
+            max_active_faults: p.max_active_faults.map(|v| i64::from(v.value)),
+        })
+    }
+
+    /// Whether this policy's faults are for the request (`cluster`: where it is routed).
+    fn targets(&self, headers: &HeaderMap, pseudo: &Pseudo<'_>, cluster: Option<&str>) -> bool {
+        self.upstream_cluster
+            .as_deref()
+            .is_none_or(|want| cluster == Some(want))
+            && (self.downstream_nodes.is_empty()
+                || headers
+                    .get(&DOWNSTREAM_NODE)
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|n| self.downstream_nodes.iter().any(|d| d == n)))
+            && self.headers.iter().all(|m| m.matches(headers, pseudo))
+    }
+
+    /// The delay this request gets, if any.
+    fn delay(&self, headers: &HeaderMap) -> Option<Duration> {
+        let (source, share) = self.delay.as_ref()?;
+        let d = match source {
+            Delay::Fixed(d) => {
+                if !share.sample() {
+                    return None;
+                }
+                *d
+            }
+            Delay::Header => {
+                // Past `i64::MAX` Envoy's milliseconds wrap negative: no delay.
+                let ms = parse_decimal(headers.get(&DELAY_REQUEST))
+                    .filter(|ms| i64::try_from(*ms).is_ok())?;
+                if !header_share(*share, headers.get(&DELAY_PERCENTAGE)).sample() {
+                    return None;
+                }
+                Duration::from_millis(ms)
+            }
+        };
+        (!d.is_zero()).then_some(d)
+    }
+
+    /// The abort this request gets, if any: an HTTP status, or a gRPC one.
+    fn abort(&self, headers: &HeaderMap) -> Option<AbortWith> {
+        let (source, share) = self.abort.as_ref()?;
+        let with = match source {
+            Abort::Http(s) => AbortWith::Http(*s),
+            Abort::Grpc(g) => AbortWith::Grpc(*g),
+            Abort::Header => {
+                let http = parse_decimal(headers.get(&ABORT_REQUEST))
+                    .filter(|c| (200..600).contains(c))
+                    .and_then(|c| StatusCode::from_u16(c as u16).ok());
+                let grpc = parse_decimal(headers.get(&ABORT_GRPC_REQUEST))
+                    .and_then(|g| u32::try_from(g).ok());
+                match (http, grpc) {
+                    (Some(s), _) => AbortWith::Http(s),
+                    (None, Some(g)) => AbortWith::Grpc(g),
+                    (None, None) => return None,
+                }
+            }
+        };
+        let share = match source {
+            Abort::Header => header_share(*share, headers.get(&ABORT_PERCENTAGE)),
+            _ => *share,
+        };
+        share.sample().then_some(with)
+    }
+}
+
+/// A configured share, narrowed by a request header's percentage.
+fn header_share(configured: Fraction, header: Option<&HeaderValue>) -> Fraction {
+    match parse_decimal(header).and_then(|n| u32::try_from(n).ok()) {
+        Some(n) => configured.capped(n),
+        None => configured,
+    }
+}
+
+/// How a request is aborted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AbortWith {
+    /// This HTTP status.
+    Http(StatusCode),
+    /// This gRPC status (an HTTP `200`).
+    Grpc(u32),
+}
+
+/// What the filter does to a request.
+pub struct Injection {
+    /// Wait this long first.
+    pub delay: Option<Duration>,
+    /// Then answer (decided after the delay, as Envoy samples it then).
+    abort: Option<Arc<FaultPolicy>>,
+    /// To be held while the request lives: the `active_faults` gauge.
+    pub active: ActiveFault,
+}
+
+impl Injection {
+    /// The abort, sampled now (after any delay), with its body; counted.
+    pub fn abort(
+        &mut self,
+        headers: &HeaderMap,
+        filter: &FaultFilter,
+        worker: usize,
+    ) -> Option<(AbortWith, Bytes)> {
+        let policy = self.abort.as_ref()?;
+        let with = policy.abort(headers)?;
+        if !filter.try_activate(policy, &mut self.active, worker) {
+            return None;
+        }
+        filter.aborts_injected.inc(worker);
+        let body = policy.body.as_deref().unwrap_or(ABORT_BODY);
+        Some((with, Bytes::copy_from_slice(body.as_bytes())))
+    }
+}
+
+/// One fault in progress, counted in `active_faults` until dropped (the request's end).
+pub struct ActiveFault(Option<(Arc<Gauge>, usize)>);
+
+impl Drop for ActiveFault {
+    fn drop(&mut self) {
+        if let Some((gauge, worker)) = self.0.take() {
+            gauge.dec(worker);
+        }
+    }
+}
+
+/// A connection manager's fault filter.
+pub struct FaultFilter {
+    /// The filter's name in `http_filters`: its key in `typed_per_filter_config`.
+    pub name: String,
+    /// The filter's own `HTTPFault`.
+    policy: Arc<FaultPolicy>,
+    delays_injected: Arc<Counter>,
+    aborts_injected: Arc<Counter>,
+    faults_overflow: Arc<Counter>,
+    active_faults: Arc<Gauge>,
+}
+
+impl FaultFilter {
+    /// The filter named `name`, configured with `policy`, in a connection manager whose
+    /// stats are under `http.<prefix>`.
+    pub fn new(name: &str, policy: FaultPolicy, prefix: &str, store: &Store) -> FaultFilter {
+        let c = |s: &str| store.counter(&format!("http.{prefix}.fault.{s}"));
+        // Envoy shows it though Courier never limits response rates.
+        let _ = c("response_rl_injected");
+        FaultFilter {
+            name: name.to_string(),
+            policy: Arc::new(policy),
+            delays_injected: c("delays_injected"),
+            aborts_injected: c("aborts_injected"),
+            faults_overflow: c("faults_overflow"),
+            active_faults: store.gauge(&format!("http.{prefix}.fault.active_faults")),
+        }
+    }
+
+    /// The filter's decision for a request: `route_policy` is the most specific
+    /// per-route `HTTPFault` (`None`: the filter's own), `cluster` where the request is
+    /// routed. `None` when no fault applies.
+    pub fn on_request(
+        &self,
+        route_policy: Option<&Arc<FaultPolicy>>,
+        headers: &HeaderMap,
+        pseudo: &Pseudo<'_>,
+        cluster: Option<&str>,
+        worker: usize,
+    ) -> Option<Injection> {
+        let policy = route_policy.unwrap_or(&self.policy);
+        if !policy.targets(headers, pseudo, cluster) {
+            return None;
+        }
+        let mut active = ActiveFault(None);
+        let delay = policy
+            .delay(headers)
+            .filter(|_| self.try_activate(policy, &mut active, worker));
+        if delay.is_some() {
+            self.delays_injected.inc(worker);
+        } else if policy.abort.is_none() {
+            return None;
+        }
+        Some(Injection {
+            delay,
+            abort: policy.abort.is_some().then(|| policy.clone()),
+            active,
+        })
+    }
+
+    /// Counts the request as one active fault (once, however many it gets), unless that
+    /// would pass `max_active_faults` (`faults_overflow`): then no fault is injected.
+    fn try_activate(&self, policy: &FaultPolicy, active: &mut ActiveFault, worker: usize) -> bool {
+        if active.0.is_some() {
+            return true;
+        }
+        if policy
+            .max_active_faults
+            .is_some_and(|max| self.active_faults.value() >= max)
+        {
+            self.faults_overflow.inc(worker);
+            return false;
+        }
+        self.active_faults.inc(worker);
+        *active = ActiveFault(Some((self.active_faults.clone(), worker)));
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::conn_manager::headers::test_header_map as headers;
+    use courier_proto::envoy::extensions::filters::http::fault::v3::FaultAbort;
+    use courier_proto::envoy::r#type::v3::FractionalPercent;
+
+    fn abort_policy(error: fault_abort::ErrorType, numerator: u32) -> FaultPolicy {
+        let p = HttpFault {
+            abort: Some(FaultAbort {
+                error_type: Some(error),
+                percentage: Some(FractionalPercent {
+                    numerator,
+                    denominator: 0,
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        FaultPolicy::compile(&p, "f").expect("valid fault")
+    }
+
+    #[test]
+    fn header_aborts_take_valid_statuses_and_narrowed_shares() {
+        let p = abort_policy(fault_abort::ErrorType::HeaderAbort(Default::default()), 100);
+        let h = |pairs| p.abort(&headers(pairs));
+        assert_eq!(
+            h(&[("x-envoy-fault-abort-request", "429")]),
+            Some(AbortWith::Http(StatusCode::TOO_MANY_REQUESTS))
+        );
+        assert_eq!(h(&[("x-envoy-fault-abort-request", "600")]), None);
+        assert_eq!(h(&[("x-envoy-fault-abort-request", "abc")]), None);
+        assert_eq!(
+            h(&[("x-envoy-fault-abort-grpc-request", "5")]),
+            Some(AbortWith::Grpc(5))
+        );
+        assert_eq!(
+            h(&[
+                ("x-envoy-fault-abort-request", "429"),
+                ("x-envoy-fault-abort-request-percentage", "0")
+            ]),
+            None
+        );
+        assert_eq!(h(&[]), None);
+    }
+
+    #[test]
+    fn unset_percentages_inject_nothing() {
+        let mut p = HttpFault {
+            abort: Some(FaultAbort {
+                error_type: Some(fault_abort::ErrorType::HttpStatus(503)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let none = FaultPolicy::compile(&p, "f").expect("valid fault");
+        assert_eq!(none.abort(&HeaderMap::new()), None);
+        if let Some(a) = p.abort.as_mut() {
+            a.error_type = Some(fault_abort::ErrorType::HttpStatus(99));
+        }
+        assert!(FaultPolicy::compile(&p, "f").is_err());
+    }
+}

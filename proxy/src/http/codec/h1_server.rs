@@ -1,0 +1,775 @@
+//! A downstream HTTP/1.1 connection: Courier's own server codec ([`crate::http::codec::downstream_h1`])
+//! driven on the worker's socket, one request at a time.
+//!
+//! ```text
+//!  Head ─► Serve (router) ─► Body (response body out) ─► Flush ─┬─► Head (keep-alive)
+//!    │                                                         ├─► upgrade (101: the
+//!    │                                                         │    socket joins a tunnel)
+//!    └─ codec error: Envoy's local reply ─────────────────────►└─► Linger ─► closed
+//! ```
+//!
+//! hyper's server ran a dispatcher task with its own buffers and state per connection;
+//! this is the part of a proxied request that is left once parsing is `httparse` and the
+//! response head, its framing and a small body go out in one `writev`.
+//!
+//! Pipelined requests wait in the read buffer until the response before them is written.
+//! A request body is read by the router through [`DownstreamBody`], straight off the same
+//! buffer and socket. The connection is kept only when the client asked for it, the
+//! response said nothing against it, and the request body was read to its end (as Envoy,
+//! a response that finishes before its request closes the connection). Closing first
+//! half-closes and then reads what the client still sends for up to a second (Envoy's
+//! delayed close), so that a reply is not destroyed by a reset.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use futures::channel::oneshot;
+use http::header::{self, HeaderMap};
+use http::{Method, Request, Response, StatusCode, Version};
+use hyper::body::{Body as _, Frame};
+
+use crate::http::codec::body::ProxyBody;
+use crate::http::codec::downstream_h1::{
+    encode_response_head, parse_request_head, reason_phrase, response_fields, CodecError,
+    ConnectionHeader, Limits, RequestHead, ResponseFraming,
+};
+use crate::http::codec::handoff::{
+    is_upgrade, tunnel_link, DownstreamUpgrade, PrefixedIo, TunnelEnd, TunnelLink,
+};
+use crate::http::codec::header_map_pool;
+use crate::http::codec::key_format::KeyFormat;
+use crate::http::codec::upstream_h1::{recv_into, BodyDecoder, Decoded, H1Error};
+use courier_runtime::event::rt::{Sleep, TcpIo};
+
+/// Body chunks up to this size are copied next to the framing (one `writev` slice, no
+/// reference kept); larger ones are queued as they are.
+const COPY_MAX: usize = 4096;
+/// The response body is not polled further while this much waits to be written.
+const HIGH_WATER: usize = 64 * 1024;
+/// How much a client may pipeline while its request is served; past it the connection is
+/// not read (and a close not noticed) until the response is out.
+const PIPELINED_MAX: usize = 64 * 1024;
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+/// The socket and what was read from it, shared with the request body.
+struct Transport {
+    io: TcpIo,
+    rbuf: BytesMut,
+    /// The current request's body while it is read.
+    body: Option<BodyDecoder>,
+    /// The request body broke its framing: the response becomes Envoy's `400`.
+    body_error: Option<CodecError>,
+}
+
+impl Transport {
+    fn body_done(&self) -> bool {
+        self.body.as_ref().is_none_or(BodyDecoder::is_done)
+    }
+}
+
+/// A request body read straight off the downstream connection.
+pub struct DownstreamBody {
+    t: Rc<RefCell<Transport>>,
+}
+
+impl DownstreamBody {
+    /// Whether the body is complete.
+    pub fn is_end_stream(&self) -> bool {
+        self.t.borrow().body_done()
+    }
+
+    /// The bytes left, when known.
+    pub fn exact_len(&self) -> Option<u64> {
+        self.t
+            .borrow()
+            .body
+            .as_ref()
+            .and_then(BodyDecoder::exact_len)
+    }
+
+    /// The next data or trailers frame.
+    pub fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, H1Error>>> {
+        let mut t = self.t.borrow_mut();
+        let t = &mut *t;
+        let Some(decoder) = t.body.as_mut() else {
+            return Poll::Ready(None);
+        };
+        loop {
+            let decoded = match decoder.decode(&mut t.rbuf) {
+                Ok(d) => d,
+                Err(e) => {
+                    t.body_error = Some(CodecError {
+                        status: StatusCode::BAD_REQUEST,
+                        reason: "malformed request body",
+                        bare: false,
+                    });
+                    return Poll::Ready(Some(Err(e)));
+                }
+            };
+            match decoded {
+                Decoded::Data(data) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                Decoded::Trailers(trailers) => {
+                    return Poll::Ready(Some(Ok(Frame::trailers(trailers))))
+                }
+                Decoded::End => return Poll::Ready(None),
+                Decoded::NeedMore => {}
+            }
+            match ready!(recv_into(&mut t.io, &mut t.rbuf, cx)) {
+                // A request body is never delimited by the close.
+                Ok(0) => return Poll::Ready(Some(Err(H1Error::Closed))),
+                Ok(_) => {}
+                Err(e) => return Poll::Ready(Some(Err(e.into()))),
+            }
+        }
+    }
+}
+
+/// Bytes waiting to be written: small pieces copied together, large bodies by reference.
+#[derive(Default)]
+struct WriteQueue {
+    staged: BytesMut,
+    queued: VecDeque<Bytes>,
+    len: usize,
+}
+
+impl WriteQueue {
+    fn push_slice(&mut self, b: &[u8]) {
+        self.staged.extend_from_slice(b);
+        self.len += b.len();
+    }
+
+    fn push_bytes(&mut self, b: Bytes) {
+        if b.len() <= COPY_MAX {
+            return self.push_slice(&b);
+        }
+        if !self.staged.is_empty() {
+            self.queued.push_back(self.staged.split().freeze());
+        }
+        self.len += b.len();
+        self.queued.push_back(b);
+    }
+
+    /// Ends a chunked body with its trailers (names as held: lower-case, as Envoy).
+    fn push_trailers(&mut self, trailers: &HeaderMap) {
+        let mut block = Vec::with_capacity(64);
+        block.extend_from_slice(b"0\r\n");
+        for (name, value) in trailers {
+            block.extend_from_slice(name.as_str().as_bytes());
+            block.extend_from_slice(b": ");
+            block.extend_from_slice(value.as_bytes());
+            block.extend_from_slice(b"\r\n");
+        }
+        block.extend_from_slice(b"\r\n");
+        self.push_slice(&block);
+    }
+
+    /// Adds a response head.
+    fn push_head(
+        &mut self,
+        parts: &http::response::Parts,
+        framing: ResponseFraming,
+        connection: ConnectionHeader,
+        keys: KeyFormat,
+    ) {
+        let before = self.staged.len();
+        encode_response_head(&mut self.staged, parts, framing, connection, keys);
+        self.len += self.staged.len() - before;
+    }
+
+    fn poll_flush(&mut self, io: &mut TcpIo, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.len > 0 {
+            let mut slices = [io::IoSlice::new(&[]); 8];
+            let mut k = 0;
+            for b in self.queued.iter().take(slices.len() - 1) {
+                slices[k] = io::IoSlice::new(b);
+                k += 1;
+            }
+            // The staged bytes come after everything queued: only with all of it.
+            if !self.staged.is_empty() && k == self.queued.len() && k < slices.len() {
+                slices[k] = io::IoSlice::new(&self.staged);
+                k += 1;
+            }
+            let mut n = ready!(io.poll_send_vectored(cx, &slices[..k]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.len -= n;
+            while n > 0 {
+                match self.queued.front_mut() {
+                    Some(front) if front.len() <= n => {
+                        n -= front.len();
+                        self.queued.pop_front();
+                    }
+                    Some(front) => {
+                        front.advance(n);
+                        n = 0;
+                    }
+                    None => {
+                        self.staged.advance(n);
+                        n = 0;
+                    }
+                }
+            }
+        }
+        self.staged.clear();
+        Poll::Ready(Ok(()))
+    }
+}
+
+// The body is the phase a connection spends most of its time in; boxing it would cost an
+// allocation per response to save bytes in one enum per connection.
+#[allow(clippy::large_enum_variant)]
+enum Phase {
+    /// Waiting for (the rest of) a request head.
+    Head,
+    /// The router is handling the request.
+    Serve(ServeFuture),
+    /// The response body is going out.
+    Body {
+        body: ProxyBody,
+        framing: ResponseFraming,
+        /// Bytes left when the length was announced.
+        left: u64,
+    },
+    /// The last bytes of the response are going out.
+    Flush,
+    /// Half-closed; reading what the client still sends until it closes or time is up.
+    Linger(Pin<Box<Sleep>>),
+}
+
+/// The current request/response exchange.
+#[derive(Default)]
+struct Exchange {
+    /// The connection may carry another request after this one.
+    keep_alive: bool,
+    head_request: bool,
+    http10: bool,
+    /// The request asked for an upgrade; the sender gets the connection after a `101`.
+    upgrade: Option<oneshot::Sender<(PrefixedIo, TunnelEnd)>>,
+    /// The response was `101 Switching Protocols` to an upgrade request.
+    switching: bool,
+}
+
+/// How a connection ended.
+pub enum End {
+    /// Closed (or the client went away).
+    Closed,
+    /// `101` written: [`H1Server::hand_over`] gives the socket to the tunnel.
+    Upgraded,
+}
+
+/// A request's future, as the connection manager serves it.
+pub type ServeFuture = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Infallible>>>>;
+
+/// What the HTTP/1.1 server codec asks of the connection manager above it (which it never
+/// imports): settings, the request service, local replies and stat counts.
+pub trait H1Service: 'static {
+    /// This connection's codec settings.
+    fn settings(&self) -> &H1Settings;
+    /// Serves a request; `upgrade` receives the socket after a `101`.
+    fn serve(
+        self: Rc<Self>,
+        req: Request<ProxyBody>,
+        upgrade: Option<DownstreamUpgrade>,
+    ) -> ServeFuture;
+    /// A reply the codec sends itself (a refused head, a header timeout), finished as the
+    /// connection manager finishes its own.
+    fn local_reply(&self, status: StatusCode, body: &str) -> Response<ProxyBody>;
+    /// Whether the connection closes after the current response (a drain).
+    fn closing(&self) -> bool;
+    /// Counts `event` in the connection manager's stats.
+    fn count(&self, event: CodecEvent);
+}
+
+/// Codec events the connection manager counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CodecEvent {
+    /// `downstream_cx_protocol_error`.
+    ProtocolError,
+    /// `downstream_rq_header_timeout`.
+    HeaderTimeout,
+}
+
+/// The HTTP/1.1 server codec's settings (from the connection manager's config).
+#[derive(Debug, Clone, Copy)]
+pub struct H1Settings {
+    /// `common_http_protocol_options.max_headers_count`.
+    pub max_headers: usize,
+    /// `max_request_headers_kb`, in bytes.
+    pub max_head_bytes: usize,
+    /// `http_protocol_options.accept_http_10`.
+    pub accept_http_10: bool,
+    /// `http_protocol_options.allow_chunked_length`.
+    pub allow_chunked_length: bool,
+    /// `delayed_close_timeout`.
+    pub delayed_close_timeout: Option<Duration>,
+    /// `request_headers_timeout`.
+    pub request_headers_timeout: Option<Duration>,
+    /// `http_protocol_options.header_key_format`.
+    pub key_format: KeyFormat,
+    /// `http_protocol_options.enable_trailers`.
+    pub trailers: bool,
+}
+
+/// One downstream HTTP/1.1 connection, serving its requests with `S`.
+pub struct H1Server<S: H1Service> {
+    t: Rc<RefCell<Transport>>,
+    info: Rc<S>,
+    limits: Limits,
+    out: WriteQueue,
+    phase: Phase,
+    exchange: Exchange,
+    shutting_down: bool,
+    /// `request_headers_timeout`: armed when a head's first byte arrives.
+    header_timer: Option<Pin<Box<Sleep>>>,
+}
+
+impl<S: H1Service> H1Server<S> {
+    /// Serves `io`, whose first bytes (read to detect the protocol) are `prefix`.
+    pub fn new(io: TcpIo, prefix: &[u8], info: Rc<S>) -> Self {
+        let cfg = info.settings();
+        let limits = Limits {
+            max_headers: cfg.max_headers.max(1),
+            max_head_bytes: cfg.max_head_bytes,
+            accept_http_10: cfg.accept_http_10,
+            allow_chunked_length: cfg.allow_chunked_length,
+        };
+        H1Server {
+            t: Rc::new(RefCell::new(Transport {
+                io,
+                rbuf: BytesMut::from(prefix),
+                body: None,
+                body_error: None,
+            })),
+            info,
+            limits,
+            out: WriteQueue::default(),
+            phase: Phase::Head,
+            exchange: Exchange::default(),
+            shutting_down: false,
+            header_timer: None,
+        }
+    }
+
+    /// Stops taking requests: the one in flight (if any) is answered with
+    /// `Connection: close`, an idle connection closes at once.
+    pub fn graceful(&mut self) {
+        self.shutting_down = true;
+    }
+
+    /// After [`End::Upgraded`]: the socket, with any bytes the client sent past the
+    /// request head, goes to whoever waits on the [`DownstreamUpgrade`]; the link to the
+    /// tunnel comes back (`None`: no one took the socket, and it closes).
+    pub fn hand_over(mut self) -> Option<TunnelLink> {
+        let tx = self.exchange.upgrade.take()?;
+        match Rc::try_unwrap(self.t) {
+            Ok(t) => {
+                let t = t.into_inner();
+                let (link, end) = tunnel_link();
+                // An error: the router gave up waiting (timeout).
+                tx.send((PrefixedIo::new(t.rbuf.to_vec(), t.io), end))
+                    .ok()
+                    .map(|()| link)
+            }
+            Err(_) => {
+                tracing::debug!("upgrade with the request body still held; closing");
+                None
+            }
+        }
+    }
+
+    /// Drives the connection until it ends.
+    pub fn poll(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<End>> {
+        loop {
+            match &mut self.phase {
+                Phase::Head => {
+                    if self.shutting_down {
+                        return Poll::Ready(Ok(End::Closed));
+                    }
+                    let parsed = {
+                        let mut t = self.t.borrow_mut();
+                        if t.rbuf.is_empty() {
+                            None
+                        } else {
+                            Some(parse_request_head(&mut t.rbuf, &self.limits))
+                        }
+                    };
+                    match parsed {
+                        Some(Ok(Some(head))) => {
+                            self.header_timer = None;
+                            self.start(head);
+                            continue;
+                        }
+                        Some(Err(e)) => {
+                            self.header_timer = None;
+                            self.codec_error(e);
+                            continue;
+                        }
+                        Some(Ok(None)) | None => {}
+                    }
+                    let read = {
+                        let mut t = self.t.borrow_mut();
+                        let t = &mut *t;
+                        recv_into(&mut t.io, &mut t.rbuf, cx)
+                    };
+                    match read {
+                        Poll::Ready(Ok(0)) => return Poll::Ready(Ok(End::Closed)),
+                        Poll::Ready(Ok(_)) => continue,
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                        Poll::Pending if self.header_timed_out(cx) => continue,
+                        Poll::Pending => return Poll::Pending,
+                    }
+                }
+                Phase::Serve(fut) => {
+                    // What is already queued (`100 Continue`) goes out while the router works.
+                    if self.out.len > 0 {
+                        let mut t = self.t.borrow_mut();
+                        if let Poll::Ready(Err(e)) = self.out.poll_flush(&mut t.io, cx) {
+                            return Poll::Ready(Err(e));
+                        }
+                    }
+                    let Poll::Ready(Ok(resp)) = fut.as_mut().poll(cx) else {
+                        if self.client_gone(cx) {
+                            // The request goes with the connection, as Envoy resets the
+                            // stream of a client that closes.
+                            return Poll::Ready(Ok(End::Closed));
+                        }
+                        return Poll::Pending;
+                    };
+                    let resp = match self.t.borrow_mut().body_error.take() {
+                        Some(e) => {
+                            self.info.count(CodecEvent::ProtocolError);
+                            self.exchange.keep_alive = false;
+                            error_reply(&*self.info, e)
+                        }
+                        None => resp,
+                    };
+                    self.respond(resp);
+                }
+                Phase::Body { .. } => ready!(self.poll_body(cx))?,
+                Phase::Flush => {
+                    {
+                        let mut t = self.t.borrow_mut();
+                        ready!(self.out.poll_flush(&mut t.io, cx))?;
+                    }
+                    if self.exchange.switching {
+                        return Poll::Ready(Ok(End::Upgraded));
+                    }
+                    let reusable = self.exchange.keep_alive && {
+                        let mut t = self.t.borrow_mut();
+                        let done = t.body_done();
+                        t.body = None;
+                        done
+                    };
+                    self.exchange = Exchange::default();
+                    if reusable && !self.shutting_down {
+                        self.phase = Phase::Head;
+                        continue;
+                    }
+                    let t = self.t.borrow();
+                    let _ = t.io.stream().shutdown(std::net::Shutdown::Write);
+                    drop(t);
+                    // The client learns of the close at once (Envoy's FIN waits for the
+                    // delay); what it still sends is read and dropped meanwhile, so that
+                    // its arrival does not reset a response it has not read yet.
+                    let Some(delay) = self.info.settings().delayed_close_timeout else {
+                        return Poll::Ready(Ok(End::Closed));
+                    };
+                    self.phase = Phase::Linger(Box::pin(Sleep::after(delay)));
+                }
+                Phase::Linger(timer) => {
+                    if timer.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Ok(End::Closed));
+                    }
+                    let mut t = self.t.borrow_mut();
+                    let t = &mut *t;
+                    loop {
+                        t.rbuf.clear();
+                        match ready!(recv_into(&mut t.io, &mut t.rbuf, cx)) {
+                            Ok(0) | Err(_) => return Poll::Ready(Ok(End::Closed)),
+                            Ok(_) => {}
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// While the router works on a request whose body is all read, whether the client has
+    /// closed the connection (or it failed). Bytes it pipelines meanwhile are kept for the
+    /// next request, up to [`PIPELINED_MAX`]. Costs no syscall until the socket reports
+    /// input; an upgrade's connection is left alone (its bytes belong to the tunnel).
+    fn client_gone(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.exchange.upgrade.is_some() {
+            return false;
+        }
+        let mut t = self.t.borrow_mut();
+        let t = &mut *t;
+        while t.body_done() && t.rbuf.len() < PIPELINED_MAX {
+            if t.io.poll_read_ready(cx).is_pending() {
+                return false;
+            }
+            match recv_into(&mut t.io, &mut t.rbuf, cx) {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return true,
+                Poll::Ready(Ok(_)) => {}
+                Poll::Pending => return false,
+            }
+        }
+        false
+    }
+
+    /// Waiting for more of a head: `request_headers_timeout` runs from its first byte, and
+    /// on expiry the client gets Envoy's `408`.
+    fn header_timed_out(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(timeout) = self.info.settings().request_headers_timeout else {
+            return false;
+        };
+        if self.t.borrow().rbuf.is_empty() {
+            return false;
+        }
+        let timer = self
+            .header_timer
+            .get_or_insert_with(|| Box::pin(Sleep::after(timeout)));
+        if timer.as_mut().poll(cx).is_pending() {
+            return false;
+        }
+        self.header_timer = None;
+        self.info.count(CodecEvent::HeaderTimeout);
+        self.t.borrow_mut().rbuf.clear();
+        self.exchange = Exchange::default();
+        self.respond(
+            self.info
+                .local_reply(StatusCode::REQUEST_TIMEOUT, "request header timeout"),
+        );
+        true
+    }
+
+    /// A request head arrived: the router takes it.
+    fn start(&mut self, head: RequestHead) {
+        let RequestHead {
+            parts,
+            body,
+            keep_alive,
+            expect_continue,
+        } = head;
+        self.exchange = Exchange {
+            keep_alive,
+            head_request: parts.method == Method::HEAD,
+            http10: parts.version == Version::HTTP_10,
+            ..Exchange::default()
+        };
+        if expect_continue {
+            // Envoy answers `100 Continue` itself, at once.
+            self.out.push_slice(CONTINUE);
+        }
+        let body = match body {
+            None => ProxyBody::empty(),
+            Some(decoder) => {
+                let mut t = self.t.borrow_mut();
+                t.body = Some(decoder);
+                t.body_error = None;
+                drop(t);
+                ProxyBody::downstream(DownstreamBody { t: self.t.clone() })
+            }
+        };
+        let upgrade = is_upgrade(&parts.headers).then(|| {
+            let (tx, rx) = oneshot::channel();
+            self.exchange.upgrade = Some(tx);
+            DownstreamUpgrade::Http1(rx)
+        });
+        let req = Request::from_parts(parts, body);
+        self.phase = Phase::Serve(self.info.clone().serve(req, upgrade));
+    }
+
+    /// The head was refused: Envoy's local reply, then the connection closes.
+    fn codec_error(&mut self, e: CodecError) {
+        tracing::debug!(error = %e, "downstream HTTP/1.1 codec error");
+        self.info.count(CodecEvent::ProtocolError);
+        self.t.borrow_mut().rbuf.clear();
+        self.exchange = Exchange::default();
+        self.respond(error_reply(&*self.info, e));
+    }
+
+    /// Queues the response head and moves on to its body.
+    fn respond(&mut self, resp: Response<ProxyBody>) {
+        let (mut parts, body) = resp.into_parts();
+        let status = parts.status;
+        if status.is_informational() || status == StatusCode::NO_CONTENT {
+            // RFC 9110 §8.6: these never carry a length.
+            parts.headers.remove(header::CONTENT_LENGTH);
+        }
+        let ex = &mut self.exchange;
+        ex.switching = status == StatusCode::SWITCHING_PROTOCOLS && ex.upgrade.is_some();
+        let no_body = ex.head_request
+            || status.is_informational()
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED;
+        let fields = response_fields(&parts.headers);
+        let framing = if no_body {
+            let announce_chunked = ex.head_request
+                && !ex.http10
+                && fields.content_length.is_none()
+                && !status.is_informational()
+                && status != StatusCode::NO_CONTENT
+                && status != StatusCode::NOT_MODIFIED;
+            if announce_chunked {
+                ResponseFraming::HeadChunked
+            } else {
+                ResponseFraming::None
+            }
+        } else if let Some(n) = fields.content_length {
+            ResponseFraming::Length(n)
+        } else if let Some(n) = body.size_hint().exact() {
+            ResponseFraming::Length(n)
+        } else if ex.http10 {
+            ResponseFraming::UntilClose
+        } else {
+            ResponseFraming::Chunked
+        };
+        // As Envoy: a response that goes out before its request has fully arrived ends the
+        // connection (the rest of the request cannot be told from a next one).
+        if framing == ResponseFraming::UntilClose
+            || !self.t.borrow().body_done()
+            || self.shutting_down
+            || self.info.closing()
+            || fields.close
+        {
+            ex.keep_alive = false;
+        }
+        let connection = if ex.switching {
+            ConnectionHeader::AsGiven
+        } else if !ex.keep_alive {
+            ConnectionHeader::Close
+        } else if ex.http10 {
+            ConnectionHeader::KeepAlive
+        } else {
+            ConnectionHeader::Omit
+        };
+        // The status line carries the client's version, as Envoy's does.
+        parts.version = if ex.http10 {
+            Version::HTTP_10
+        } else {
+            Version::HTTP_11
+        };
+        let keys = self.info.settings().key_format;
+        self.out.push_head(&parts, framing, connection, keys);
+        header_map_pool::recycle(parts.headers);
+        self.phase = match framing {
+            // The body's completion hooks (stats, access log) run as it is dropped.
+            ResponseFraming::None | ResponseFraming::HeadChunked => Phase::Flush,
+            _ => Phase::Body {
+                body,
+                framing,
+                left: match framing {
+                    ResponseFraming::Length(n) => n,
+                    _ => 0,
+                },
+            },
+        };
+    }
+
+    /// Moves response body frames into the write queue, and out.
+    fn poll_body(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let Phase::Body {
+            body,
+            framing,
+            left,
+        } = &mut self.phase
+        else {
+            return Poll::Ready(Ok(()));
+        };
+        loop {
+            if self.out.len >= HIGH_WATER {
+                let mut t = self.t.borrow_mut();
+                ready!(self.out.poll_flush(&mut t.io, cx))?;
+            }
+            let frame = match Pin::new(&mut *body).poll_frame(cx) {
+                Poll::Pending => {
+                    let mut t = self.t.borrow_mut();
+                    ready!(self.out.poll_flush(&mut t.io, cx))?;
+                    return Poll::Pending;
+                }
+                Poll::Ready(f) => f,
+            };
+            match frame {
+                Some(Ok(frame)) => {
+                    let mut data = match frame.into_data() {
+                        Ok(data) => data,
+                        // Trailers end a chunked body with `enable_trailers`; otherwise
+                        // (and after a length) they are dropped, as Envoy's codec does.
+                        Err(frame) => {
+                            let trailers = frame.into_trailers().ok();
+                            if let (Some(t), ResponseFraming::Chunked, true) =
+                                (trailers, &*framing, self.info.settings().trailers)
+                            {
+                                self.out.push_trailers(&t);
+                                *framing = ResponseFraming::None;
+                            }
+                            continue;
+                        }
+                    };
+                    if data.is_empty() {
+                        continue;
+                    }
+                    match framing {
+                        ResponseFraming::Length(_) => {
+                            if data.len() as u64 > *left {
+                                // More than announced: cut, and never reuse the connection.
+                                data.truncate(*left as usize);
+                                self.exchange.keep_alive = false;
+                            }
+                            *left -= data.len() as u64;
+                            self.out.push_bytes(data);
+                        }
+                        ResponseFraming::Chunked => {
+                            self.out
+                                .push_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                            self.out.push_bytes(data);
+                            self.out.push_slice(b"\r\n");
+                        }
+                        ResponseFraming::UntilClose => self.out.push_bytes(data),
+                        ResponseFraming::None | ResponseFraming::HeadChunked => {}
+                    }
+                }
+                None => {
+                    match framing {
+                        ResponseFraming::Chunked => self.out.push_slice(b"0\r\n\r\n"),
+                        // Less than announced: the client sees the close.
+                        ResponseFraming::Length(_) if *left > 0 => {
+                            self.exchange.keep_alive = false;
+                        }
+                        _ => {}
+                    }
+                    self.phase = Phase::Flush;
+                    return Poll::Ready(Ok(()));
+                }
+                Some(Err(e)) => {
+                    // The upstream failed mid-body: what was sent stands, unterminated, and
+                    // the connection closes (as Envoy resets the stream).
+                    tracing::debug!(error = %e, "response body failed");
+                    self.exchange.keep_alive = false;
+                    self.phase = Phase::Flush;
+                    return Poll::Ready(Ok(()));
+                }
+            }
+        }
+    }
+}
+
+/// Envoy's reply to a request its codec refuses: the status and its reason as the body (no
+/// body for a target its connection manager refuses).
+fn error_reply(info: &impl H1Service, e: CodecError) -> Response<ProxyBody> {
+    let body = if e.bare { "" } else { reason_phrase(e.status) };
+    info.local_reply(e.status, body)
+}

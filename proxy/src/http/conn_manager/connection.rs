@@ -1,0 +1,387 @@
+//! A downstream HTTP connection on a worker: an [`EventHandler`] owning the codec (Courier's
+//! HTTP/1.1 server, [`crate::http::codec::h1_server`], or hyper's HTTP/2 server connection), polled when
+//! its waker fires (`on_wake`).
+//!
+//! ```text
+//!  accept ─► Detect (AUTO: HTTP/2 preface?) ─► H1 | H2 ─► done (close)
+//!                        drain / idle / max duration ─► graceful shutdown (Connection: close
+//!                                                       or GOAWAY) ─► done
+//!            H1 ─► 101 ─► Tunnel (the socket is spliced elsewhere) ─► done when the tunnel
+//!                         ends; closing the connection (a drain's end) ends the tunnel
+//! ```
+
+use std::cell::Cell;
+use std::future::Future;
+use std::io;
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::Instant;
+
+use hyper::server::conn::http2;
+use mio::event::Event;
+
+use crate::http::codec::body::ProxyBody;
+use crate::http::codec::h1_server::{End, H1Server, ServeFuture};
+use crate::http::codec::handoff::PrefixedIo;
+use crate::http::conn_manager::config::{Codec, HcmConfig};
+use crate::http::conn_manager::upgrade;
+use crate::http::router::{self, ConnInfo};
+use crate::listener::ListenerStats;
+use crate::worker::{Ctx, EventHandler, HandlerId, Next, WorkerLocal};
+use courier_runtime::event::rt::{self, LocalExec, RtTimer, TcpIo};
+
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const TIMER_IDLE: u64 = 1;
+const TIMER_MAX_DURATION: u64 = 2;
+
+/// The request handler hyper's HTTP/2 server calls.
+#[derive(Clone)]
+pub struct HcmService {
+    conn: Rc<ConnInfo>,
+}
+
+impl hyper::service::Service<http::Request<hyper::body::Incoming>> for HcmService {
+    type Response = http::Response<ProxyBody>;
+    type Error = std::convert::Infallible;
+    type Future = ServeFuture;
+
+    fn call(&self, mut req: http::Request<hyper::body::Incoming>) -> Self::Future {
+        let upgrade = upgrade::h2_to_h1_request(&mut req);
+        crate::http::conn_manager::headers::join_cookies(req.headers_mut());
+        router::serve_boxed(
+            self.conn.clone(),
+            req.map(|b| ProxyBody::stream(b, None)),
+            upgrade,
+        )
+    }
+}
+
+type H2Conn = http2::Connection<PrefixedIo, HcmService, LocalExec>;
+
+enum State {
+    Detect {
+        io: Option<TcpIo>,
+        buf: Vec<u8>,
+    },
+    H1(Box<H1Server<ConnInfo>>),
+    H2(Pin<Box<H2Conn>>),
+    /// An HTTP/1.1 connection upgraded: the tunnel has its socket; kept so that closing
+    /// the connection (a listener's drain) closes the tunnel.
+    Tunnel(crate::http::codec::handoff::TunnelLink),
+    Done,
+}
+
+/// One downstream HTTP connection.
+pub struct HttpConnection {
+    config: Arc<HcmConfig>,
+    chain_tag: u64,
+    worker: usize,
+    state: State,
+    waker: Waker,
+    info: Rc<ConnInfo>,
+    started: Instant,
+    shutting_down: bool,
+}
+
+impl HttpConnection {
+    /// Takes over an accepted connection.
+    pub fn start(
+        ctx: &mut Ctx,
+        me: HandlerId,
+        stream: mio::net::TcpStream,
+        config: Arc<HcmConfig>,
+        chain_tag: u64,
+        listener_stats: Arc<ListenerStats>,
+        buffer_limit: usize,
+    ) -> io::Result<Box<dyn EventHandler<WorkerLocal>>> {
+        let worker = ctx.local.id;
+        let remote = stream.peer_addr()?;
+        let local = stream.local_addr()?;
+        let rt = rt::current().ok_or_else(|| io::Error::other("no worker runtime"))?;
+        let io = TcpIo::new(stream)?;
+        let waker = rt.handler_waker(me);
+        listener_stats.downstream_cx_total.inc(worker);
+        listener_stats.downstream_cx_active.inc(worker);
+        config.stats.downstream_cx_total.inc(worker);
+        config.stats.downstream_cx_active.inc(worker);
+        let info = Rc::new(ConnInfo {
+            rate_limit_buckets: Default::default(),
+            draining: Default::default(),
+            config: config.clone(),
+            remote,
+            local,
+            worker,
+            requests: Cell::new(0),
+            active: Cell::new(0),
+            closing: Cell::new(false),
+            last_activity: Cell::new(ctx.now),
+            listener_stats,
+            http2: Cell::new(None),
+            buffer_limit,
+            h1: config.h1_settings(),
+        });
+        let mut conn = HttpConnection {
+            config,
+            chain_tag,
+            worker,
+            state: State::Detect {
+                io: Some(io),
+                buf: Vec::new(),
+            },
+            waker,
+            info,
+            started: ctx.now,
+            shutting_down: false,
+        };
+        if let Some(idle) = conn.config.idle_timeout {
+            ctx.schedule(me, idle, TIMER_IDLE);
+        }
+        if let Some(max) = conn.config.max_connection_duration {
+            ctx.schedule(me, max, TIMER_MAX_DURATION);
+        }
+        ctx.local.track_connection(chain_tag, me);
+        if conn.poll() {
+            // Finished before it began (peer closed at once); still a handler until the
+            // first wake, which the dispatcher delivers right away.
+            conn.waker.wake_by_ref();
+        }
+        Ok(Box::new(conn))
+    }
+
+    fn service(&self) -> HcmService {
+        HcmService {
+            conn: self.info.clone(),
+        }
+    }
+
+    fn h1(&mut self, io: TcpIo, prefix: &[u8]) {
+        let cfg = &self.config;
+        cfg.stats.downstream_cx_http1_total.inc(self.worker);
+        cfg.stats.downstream_cx_http1_active.inc(self.worker);
+        self.info.http2.set(Some(false));
+        self.state = State::H1(Box::new(H1Server::new(io, prefix, self.info.clone())));
+    }
+
+    fn h2(&mut self, io: PrefixedIo) {
+        let cfg = &self.config;
+        let mut b = http2::Builder::new(LocalExec);
+        b.timer(RtTimer)
+            .max_header_list_size(cfg.max_request_headers_kb * 1024);
+        cfg.h2.apply_server(&mut b);
+        if cfg.h2_allow_connect {
+            b.enable_connect_protocol();
+        }
+        let conn = b.serve_connection(io, self.service());
+        cfg.stats.downstream_cx_http2_total.inc(self.worker);
+        cfg.stats.downstream_cx_http2_active.inc(self.worker);
+        self.info.http2.set(Some(true));
+        self.state = State::H2(Box::pin(conn));
+    }
+
+    /// Drives the connection; true when it is finished.
+    fn poll(&mut self) -> bool {
+        // A response asked for the connection to drain (a failed health check).
+        if self.info.draining.get() && !self.shutting_down {
+            self.graceful();
+        }
+        let waker = self.waker.clone();
+        let mut cx = Context::from_waker(&waker);
+        loop {
+            match &mut self.state {
+                State::Detect { io, buf } => {
+                    let codec = self.config.codec;
+                    let decided = match codec {
+                        Codec::Http1 => Some(false),
+                        Codec::Http2 => Some(true),
+                        Codec::Auto => {
+                            let Some(tcp) = io.as_mut() else { return true };
+                            let mut tmp = [MaybeUninit::<u8>::uninit(); 24];
+                            let want = PREFACE.len() - buf.len();
+                            match tcp.poll_recv(&mut cx, &mut tmp[..want]) {
+                                Poll::Pending => return false,
+                                Poll::Ready(Err(_)) | Poll::Ready(Ok(0)) => {
+                                    self.state = State::Done;
+                                    return true;
+                                }
+                                Poll::Ready(Ok(n)) => {
+                                    // SAFETY: `recv` initialised the first `n` bytes.
+                                    let got = unsafe {
+                                        std::slice::from_raw_parts(tmp.as_ptr() as *const u8, n)
+                                    };
+                                    buf.extend_from_slice(got);
+                                }
+                            }
+                            if !PREFACE.starts_with(buf) {
+                                Some(false)
+                            } else if buf.len() == PREFACE.len() {
+                                Some(true)
+                            } else {
+                                None
+                            }
+                        }
+                    };
+                    let Some(is_h2) = decided else { continue };
+                    let Some(tcp) = io.take() else { return true };
+                    let prefix = std::mem::take(buf);
+                    if is_h2 {
+                        self.h2(PrefixedIo::new(prefix, tcp));
+                    } else {
+                        self.h1(tcp, &prefix);
+                    }
+                    if self.shutting_down {
+                        self.graceful();
+                    }
+                }
+                State::H1(conn) => {
+                    return match conn.poll(&mut cx) {
+                        Poll::Pending => false,
+                        Poll::Ready(r) => {
+                            let State::H1(conn) = std::mem::replace(&mut self.state, State::Done)
+                            else {
+                                return true;
+                            };
+                            match r {
+                                Ok(End::Upgraded) => {
+                                    if let Some(link) = conn.hand_over() {
+                                        self.state = State::Tunnel(link);
+                                        continue;
+                                    }
+                                }
+                                Ok(End::Closed) => {}
+                                Err(e) => {
+                                    tracing::debug!(error = %e, "downstream connection error")
+                                }
+                            }
+                            true
+                        }
+                    };
+                }
+                State::Tunnel(link) => {
+                    return match Pin::new(link).poll(&mut cx) {
+                        Poll::Pending => false,
+                        Poll::Ready(()) => {
+                            self.state = State::Done;
+                            true
+                        }
+                    };
+                }
+                State::H2(conn) => {
+                    return match conn.as_mut().poll(&mut cx) {
+                        Poll::Pending => false,
+                        Poll::Ready(r) => {
+                            if let Err(e) = r {
+                                self.note_error(&e);
+                            }
+                            self.state = State::Done;
+                            true
+                        }
+                    };
+                }
+                State::Done => return true,
+            }
+        }
+    }
+
+    fn note_error(&self, e: &hyper::Error) {
+        if e.is_parse() || e.is_parse_too_large() || e.is_parse_status() {
+            self.config
+                .stats
+                .downstream_cx_protocol_error
+                .inc(self.worker);
+        } else if e.is_timeout() {
+            self.config
+                .stats
+                .downstream_rq_header_timeout
+                .inc(self.worker);
+        }
+        tracing::debug!(error = %e, "downstream http connection error");
+    }
+
+    fn graceful(&mut self) {
+        self.shutting_down = true;
+        match &mut self.state {
+            State::H1(c) => c.graceful(),
+            State::H2(c) => c.as_mut().graceful_shutdown(),
+            // Nothing to tell a tunnel: it closes with the connection at the drain's end.
+            State::Detect { .. } | State::Tunnel(_) | State::Done => {}
+        }
+        self.waker.wake_by_ref();
+    }
+
+    fn close(&mut self, ctx: &mut Ctx, me: HandlerId) -> Next {
+        ctx.local.untrack_connection(self.chain_tag, me);
+        Next::Close
+    }
+
+    fn run(&mut self, ctx: &mut Ctx, me: HandlerId) -> Next {
+        if self.poll() {
+            return self.close(ctx, me);
+        }
+        Next::Continue
+    }
+}
+
+impl EventHandler<WorkerLocal> for HttpConnection {
+    fn on_ready(&mut self, _source: usize, _event: &Event, ctx: &mut Ctx, me: HandlerId) -> Next {
+        self.run(ctx, me)
+    }
+
+    fn on_wake(&mut self, ctx: &mut Ctx, me: HandlerId) -> Next {
+        self.run(ctx, me)
+    }
+
+    fn on_timer(&mut self, tag: u64, ctx: &mut Ctx, me: HandlerId) -> Next {
+        match tag {
+            TIMER_IDLE => {
+                let Some(idle) = self.config.idle_timeout else {
+                    return Next::Continue;
+                };
+                if self.info.active.get() > 0 {
+                    ctx.schedule(me, idle, TIMER_IDLE);
+                    return Next::Continue;
+                }
+                let quiet = ctx
+                    .now
+                    .saturating_duration_since(self.info.last_activity.get());
+                if quiet >= idle {
+                    self.config
+                        .stats
+                        .downstream_cx_idle_timeout
+                        .inc(self.worker);
+                    if matches!(self.state, State::Detect { .. }) {
+                        return self.close(ctx, me);
+                    }
+                    self.graceful();
+                    return self.run(ctx, me);
+                }
+                ctx.schedule(me, idle - quiet, TIMER_IDLE);
+                Next::Continue
+            }
+            TIMER_MAX_DURATION => {
+                let _ = self.started;
+                self.config
+                    .stats
+                    .downstream_cx_max_duration_reached
+                    .inc(self.worker);
+                self.info.closing.set(true);
+                self.graceful();
+                self.run(ctx, me)
+            }
+            _ => Next::Continue,
+        }
+    }
+
+    fn on_drain(&mut self, ctx: &mut Ctx, me: HandlerId) -> Next {
+        // Envoy drains HTTP connections gracefully: `Connection: close` on HTTP/1.1, GOAWAY
+        // on HTTP/2.
+        self.info.drain_close();
+        if matches!(self.state, State::Detect { .. }) {
+            return self.close(ctx, me);
+        }
+        self.graceful();
+        self.run(ctx, me)
+    }
+}

@@ -1,0 +1,615 @@
+//! Header mutations (`request_headers_to_add/remove`, `response_headers_to_add/remove`) and
+//! small header helpers shared by the connection manager and the router.
+
+use crate::http::codec::fields::joined_values;
+pub use crate::http::codec::fields::{
+    decimal_value, has_token, is_response_hop_by_hop, join_fields,
+};
+use courier_proto::envoy::config::core::v3::{
+    header_value_option::HeaderAppendAction, HeaderValueOption,
+};
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+
+use crate::config::ConfigError;
+
+/// How a header value is added.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppendAction {
+    /// `APPEND_IF_EXISTS_OR_ADD` (and `append: true`).
+    Append,
+    /// `ADD_IF_ABSENT`.
+    AddIfAbsent,
+    /// `OVERWRITE_IF_EXISTS_OR_ADD` (and `append: false`).
+    Overwrite,
+    /// `OVERWRITE_IF_EXISTS`.
+    OverwriteIfExists,
+}
+
+/// One value piece: literal text or a `%COMMAND%` substituted per request.
+#[derive(Debug, Clone)]
+enum Part {
+    Literal(String),
+    DownstreamRemoteAddress,
+    DownstreamRemoteAddressNoPort,
+    DownstreamLocalAddress,
+    DownstreamLocalAddressNoPort,
+    Protocol,
+    UpstreamRemoteAddress,
+    RequestHeader(HeaderName),
+}
+
+/// A header value with Envoy's `%...%` substitutions.
+#[derive(Debug, Clone)]
+pub struct ValueFormat {
+    parts: Vec<Part>,
+    literal: Option<HeaderValue>,
+}
+
+/// What substitutions can read.
+#[derive(Default)]
+pub struct FormatContext<'a> {
+    /// Client address.
+    pub remote: Option<std::net::SocketAddr>,
+    /// Local (listener) address.
+    pub local: Option<std::net::SocketAddr>,
+    /// `HTTP/1.1`, `HTTP/2`.
+    pub protocol: &'a str,
+    /// Upstream host address, once picked.
+    pub upstream: Option<std::net::SocketAddr>,
+    /// Request headers.
+    pub request: Option<&'a HeaderMap>,
+}
+
+impl ValueFormat {
+    /// Parses `value`; unknown `%COMMANDS%` are rejected like Envoy does.
+    pub fn parse(value: &str, path: &str) -> Result<ValueFormat, ConfigError> {
+        let mut parts = Vec::new();
+        let mut lit = String::new();
+        let mut rest = value;
+        while let Some(i) = rest.find('%') {
+            lit.push_str(&rest[..i]);
+            let after = &rest[i + 1..];
+            if let Some(stripped) = after.strip_prefix('%') {
+                lit.push('%');
+                rest = stripped;
+                continue;
+            }
+            let Some(end) = after.find('%') else {
+                return Err(ConfigError::new(
+                    path,
+                    format!(
+                        "Invalid header configuration. Un-terminated variable expression '{after}'"
+                    ),
+                ));
+            };
+            let cmd = &after[..end];
+            let part = match cmd {
+                "DOWNSTREAM_REMOTE_ADDRESS" => Part::DownstreamRemoteAddress,
+                "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT" => Part::DownstreamRemoteAddressNoPort,
+                "DOWNSTREAM_LOCAL_ADDRESS" => Part::DownstreamLocalAddress,
+                "DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT" => Part::DownstreamLocalAddressNoPort,
+                "PROTOCOL" => Part::Protocol,
+                "UPSTREAM_REMOTE_ADDRESS" => Part::UpstreamRemoteAddress,
+                c if c.starts_with("REQ(") && c.ends_with(')') => {
+                    let name = &c[4..c.len() - 1];
+                    let name = name.split('?').next().unwrap_or(name);
+                    Part::RequestHeader(HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                        ConfigError::new(path, format!("invalid header name in %{c}%"))
+                    })?)
+                }
+                _ => {
+                    return Err(ConfigError::new(
+                        path,
+                        format!("Invalid header configuration. Format string contains unsupported command '%{cmd}%'"),
+                    ))
+                }
+            };
+            if !lit.is_empty() {
+                parts.push(Part::Literal(std::mem::take(&mut lit)));
+            }
+            parts.push(part);
+            rest = &after[end + 1..];
+        }
+        lit.push_str(rest);
+        if !lit.is_empty() {
+            parts.push(Part::Literal(lit));
+        }
+        let literal = match parts.as_slice() {
+            [] => Some(HeaderValue::from_static("")),
+            [Part::Literal(s)] => Some(
+                HeaderValue::from_str(s)
+                    .map_err(|_| ConfigError::new(path, "invalid header value"))?,
+            ),
+            _ => None,
+        };
+        Ok(ValueFormat { parts, literal })
+    }
+
+    /// The value for one request.
+    pub fn render(&self, cx: &FormatContext<'_>) -> Option<HeaderValue> {
+        if let Some(v) = &self.literal {
+            return Some(v.clone());
+        }
+        let mut out = String::new();
+        for p in &self.parts {
+            match p {
+                Part::Literal(s) => out.push_str(s),
+                Part::DownstreamRemoteAddress => {
+                    if let Some(a) = cx.remote {
+                        out.push_str(&a.to_string())
+                    }
+                }
+                Part::DownstreamRemoteAddressNoPort => {
+                    if let Some(a) = cx.remote {
+                        out.push_str(&a.ip().to_string())
+                    }
+                }
+                Part::DownstreamLocalAddress => {
+                    if let Some(a) = cx.local {
+                        out.push_str(&a.to_string())
+                    }
+                }
+                Part::DownstreamLocalAddressNoPort => {
+                    if let Some(a) = cx.local {
+                        out.push_str(&a.ip().to_string())
+                    }
+                }
+                Part::Protocol => out.push_str(cx.protocol),
+                Part::UpstreamRemoteAddress => {
+                    if let Some(a) = cx.upstream {
+                        out.push_str(&a.to_string())
+                    }
+                }
+                Part::RequestHeader(h) => {
+                    if let Some(v) = cx
+                        .request
+                        .and_then(|r| r.get(h))
+                        .and_then(|v| v.to_str().ok())
+                    {
+                        out.push_str(v)
+                    }
+                }
+            }
+        }
+        HeaderValue::from_str(&out).ok()
+    }
+}
+
+/// One header to add.
+#[derive(Debug, Clone)]
+pub struct HeaderAdd {
+    name: HeaderName,
+    value: ValueFormat,
+    action: AppendAction,
+    keep_empty: bool,
+}
+
+/// Headers to add and remove at one level (route, virtual host, route configuration).
+#[derive(Debug, Clone, Default)]
+pub struct HeaderMutations {
+    add: Vec<HeaderAdd>,
+    remove: Vec<HeaderName>,
+}
+
+fn invalid_name(name: &str) -> bool {
+    // Pseudo-headers and `host` may not be mutated (Envoy rejects them in config).
+    name.starts_with(':') || name.eq_ignore_ascii_case("host")
+}
+
+impl HeaderMutations {
+    /// Compiles `*_headers_to_add` and `*_headers_to_remove`.
+    pub fn compile(
+        add: &[HeaderValueOption],
+        remove: &[String],
+        add_path: &str,
+        remove_path: &str,
+    ) -> Result<HeaderMutations, ConfigError> {
+        let mut out = HeaderMutations::default();
+        for (i, opt) in add.iter().enumerate() {
+            let path = format!("{add_path}[{i}]");
+            let Some(h) = &opt.header else {
+                return Err(ConfigError::new(path, "header is required"));
+            };
+            if h.key.is_empty() || invalid_name(&h.key) {
+                return Err(ConfigError::new(
+                    format!("{path}.header.key"),
+                    format!("invalid header name '{}'", h.key),
+                ));
+            }
+            let name = HeaderName::from_bytes(h.key.as_bytes()).map_err(|_| {
+                ConfigError::new(
+                    format!("{path}.header.key"),
+                    format!("invalid header name '{}'", h.key),
+                )
+            })?;
+            let raw = if h.raw_value.is_empty() {
+                h.value.clone()
+            } else {
+                String::from_utf8(h.raw_value.clone()).map_err(|_| {
+                    ConfigError::new(format!("{path}.header.raw_value"), "not UTF-8")
+                })?
+            };
+            let value = ValueFormat::parse(&raw, &format!("{path}.header.value"))?;
+            #[allow(deprecated)]
+            let action = match &opt.append {
+                Some(b) if b.value => AppendAction::Append,
+                Some(_) => AppendAction::Overwrite,
+                None => match HeaderAppendAction::try_from(opt.append_action) {
+                    Ok(HeaderAppendAction::AppendIfExistsOrAdd) => AppendAction::Append,
+                    Ok(HeaderAppendAction::AddIfAbsent) => AppendAction::AddIfAbsent,
+                    Ok(HeaderAppendAction::OverwriteIfExistsOrAdd) => AppendAction::Overwrite,
+                    Ok(HeaderAppendAction::OverwriteIfExists) => AppendAction::OverwriteIfExists,
+                    Err(_) => {
+                        return Err(ConfigError::new(
+                            format!("{path}.append_action"),
+                            "unknown append action",
+                        ))
+                    }
+                },
+            };
+            out.add.push(HeaderAdd {
+                name,
+                value,
+                action,
+                keep_empty: opt.keep_empty_value,
+            });
+        }
+        for (i, name) in remove.iter().enumerate() {
+            let path = format!("{remove_path}[{i}]");
+            if name.is_empty() || invalid_name(name) {
+                return Err(ConfigError::new(
+                    path,
+                    format!("invalid header name '{name}'"),
+                ));
+            }
+            out.remove
+                .push(HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                    ConfigError::new(path, format!("invalid header name '{name}'"))
+                })?);
+        }
+        Ok(out)
+    }
+
+    /// Whether a value reads request headers (`%REQ(...)%`), so the request's headers
+    /// must be kept for it after they were handed upstream.
+    pub fn reads_request_headers(&self) -> bool {
+        self.add.iter().any(|a| {
+            a.value
+                .parts
+                .iter()
+                .any(|p| matches!(p, Part::RequestHeader(_)))
+        })
+    }
+
+    /// Whether there is nothing to do.
+    pub fn is_empty(&self) -> bool {
+        self.add.is_empty() && self.remove.is_empty()
+    }
+
+    /// Applies removals then additions to `headers`.
+    pub fn apply(&self, headers: &mut HeaderMap, cx: &FormatContext<'_>) {
+        for name in &self.remove {
+            headers.remove(name);
+        }
+        for a in &self.add {
+            let Some(v) = a.value.render(cx) else {
+                continue;
+            };
+            if v.is_empty() && !a.keep_empty {
+                continue;
+            }
+            match a.action {
+                AppendAction::Append => {
+                    headers.append(a.name.clone(), v);
+                }
+                AppendAction::AddIfAbsent => {
+                    if !headers.contains_key(&a.name) {
+                        headers.insert(a.name.clone(), v);
+                    }
+                }
+                AppendAction::Overwrite => {
+                    headers.insert(a.name.clone(), v);
+                }
+                AppendAction::OverwriteIfExists => {
+                    if headers.contains_key(&a.name) {
+                        headers.insert(a.name.clone(), v);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Whether `name` is a hop-by-hop header (RFC 9110 §7.6.1, plus `proxy-connection`).
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    use http::header::*;
+    name == CONNECTION
+        || name == TRANSFER_ENCODING
+        || name == UPGRADE
+        || name == TE
+        || matches!(name.as_str(), "keep-alive" | "proxy-connection")
+}
+
+/// Hop-by-hop headers a proxy must not forward.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    use http::header::*;
+    // Most requests carry none: one pass over the names is cheaper than a hashed removal
+    // per hop-by-hop name.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
+    if let Some(conn) = headers.get(CONNECTION).cloned() {
+        if let Ok(s) = conn.to_str() {
+            for token in s.split(',') {
+                let t = token.trim();
+                if t.is_empty()
+                    || t.eq_ignore_ascii_case("close")
+                    || t.eq_ignore_ascii_case("keep-alive")
+                {
+                    continue;
+                }
+                if let Ok(n) = HeaderName::from_bytes(t.to_ascii_lowercase().as_bytes()) {
+                    // Never let the client strip the headers we rely on.
+                    if n != HOST && n != CONTENT_LENGTH {
+                        headers.remove(n);
+                    }
+                }
+            }
+        }
+    }
+    headers.remove(CONNECTION);
+    headers.remove("keep-alive");
+    headers.remove("proxy-connection");
+    headers.remove(TRANSFER_ENCODING);
+    headers.remove(UPGRADE);
+    if let Some(te) = headers.get(TE) {
+        // Only `te: trailers` survives (gRPC needs it).
+        let keep = te.to_str().is_ok_and(|s| {
+            s.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        });
+        if keep {
+            headers.insert(TE, HeaderValue::from_static("trailers"));
+        } else {
+            headers.remove(TE);
+        }
+    }
+}
+
+/// Turns an `Upgrade: h2c` request into a plain one, as Envoy's HTTP/1 codec does: drops
+/// `Upgrade` and `HTTP2-Settings`, and the `upgrade` and `http2-settings` tokens of
+/// `Connection` (other tokens stay, so `close` keeps its meaning). For a request whose
+/// `Upgrade` is `h2c`.
+pub fn drop_h2c_upgrade(headers: &mut HeaderMap) {
+    use http::header::{CONNECTION, UPGRADE};
+    headers.remove(UPGRADE);
+    headers.remove("http2-settings");
+    if let Some(conn) = headers.get(CONNECTION) {
+        let kept: Vec<&str> = conn
+            .to_str()
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|t| {
+                !t.is_empty()
+                    && !t.eq_ignore_ascii_case("upgrade")
+                    && !t.eq_ignore_ascii_case("http2-settings")
+            })
+            .collect();
+        match HeaderValue::from_str(&kept.join(",")) {
+            Ok(v) if !kept.is_empty() => {
+                headers.insert(CONNECTION, v);
+            }
+            _ => {
+                headers.remove(CONNECTION);
+            }
+        }
+    }
+}
+
+/// Removes the hop-by-hop headers of an upstream response (kept on a 101, whose
+/// `Connection`/`Upgrade` the client needs).
+pub fn strip_response_hop_by_hop(headers: &mut HeaderMap, status: http::StatusCode) {
+    if status == http::StatusCode::SWITCHING_PROTOCOLS
+        || !headers.keys().any(is_response_hop_by_hop)
+    {
+        return;
+    }
+    // Usually `Connection: keep-alive` is the only one.
+    headers.remove(http::header::CONNECTION);
+    if !headers.keys().any(is_response_hop_by_hop) {
+        return;
+    }
+    headers.remove("keep-alive");
+    headers.remove("proxy-connection");
+    headers.remove(http::header::TRANSFER_ENCODING);
+    headers.remove(http::header::UPGRADE);
+}
+
+/// Adds `value` to the message's `name` field as Envoy appends (`via`): one field, the
+/// values comma-separated.
+pub fn append_value(headers: &mut HeaderMap, name: &HeaderName, value: &HeaderValue) {
+    let joined = joined_values(headers, name, b", ", Some(value));
+    headers.insert(name.clone(), joined.unwrap_or_else(|| value.clone()));
+}
+
+/// A header value that is a decimal number (surrounding whitespace allowed, as Envoy's
+/// `SimpleAtoi`); `None` when absent or not one.
+pub fn parse_decimal(v: Option<&HeaderValue>) -> Option<u64> {
+    v?.to_str().ok()?.trim().parse().ok()
+}
+
+/// Envoy's control headers, which a request from outside must not set (the router here,
+/// and the hops after this one, would obey them): removed from every external request, as
+/// Envoy removes them ([`crate::http::conn_manager::internal_address`] tells which are internal).
+/// `x-forwarded-client-cert` goes too (`forward_client_cert_details`' default,
+/// `SANITIZE`).
+const EXTERNAL_STRIPPED: &[&str] = &[
+    "x-envoy-internal",
+    "x-envoy-retriable-status-codes",
+    "x-envoy-retriable-header-names",
+    "x-envoy-retry-on",
+    "x-envoy-retry-grpc-on",
+    "x-envoy-max-retries",
+    "x-envoy-upstream-alt-stat-name",
+    "x-envoy-upstream-rq-timeout-ms",
+    "x-envoy-upstream-rq-per-try-timeout-ms",
+    "x-envoy-upstream-rq-timeout-alt-response",
+    "x-envoy-expected-rq-timeout-ms",
+    "x-envoy-force-trace",
+    "x-envoy-ip-tags",
+    "x-envoy-original-url",
+    "x-envoy-hedge-on-per-try-timeout",
+    "x-forwarded-client-cert",
+];
+
+/// Also removed at the edge (`use_remote_address`).
+const EDGE_STRIPPED: &[&str] = &[
+    "x-envoy-decorator-operation",
+    "x-envoy-downstream-service-cluster",
+    "x-envoy-downstream-service-node",
+    "x-envoy-original-path",
+];
+
+/// Removes the control headers an external request may not carry (`EXTERNAL_STRIPPED`,
+/// and `EDGE_STRIPPED` when `edge`).
+pub fn strip_external_control_headers(headers: &mut HeaderMap, edge: bool) {
+    let stripped = |name: &HeaderName| {
+        let n = name.as_str();
+        EXTERNAL_STRIPPED.contains(&n) || (edge && EDGE_STRIPPED.contains(&n))
+    };
+    // Most requests carry none: one pass over the names first.
+    if !headers.keys().any(|k| {
+        let n = k.as_str();
+        n.starts_with("x-envoy-") || n == "x-forwarded-client-cert"
+    }) {
+        return;
+    }
+    let doomed: Vec<HeaderName> = headers.keys().filter(|k| stripped(k)).cloned().collect();
+    for name in doomed {
+        headers.remove(name);
+    }
+}
+
+/// Joins the `cookie` fields an HTTP/2 client split (RFC 9113 §8.2.3) into one, with `; `,
+/// as Envoy's codec does: an HTTP/1.1 upstream may read only one `Cookie` line.
+pub fn join_cookies(headers: &mut HeaderMap) {
+    join_fields(headers, &http::header::COOKIE, b"; ");
+}
+
+/// A random (version 4) UUID, as Envoy generates for `x-request-id`.
+pub fn uuid4_value() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut bytes = fastrand::u128(..).to_be_bytes();
+    bytes[6] = (bytes[6] & 0x0f) | 0x40; // version 4
+    bytes[8] = (bytes[8] & 0x3f) | 0x80; // variant 10xx
+    let mut out = [b'-'; 36];
+    let mut at = 0;
+    for (i, b) in bytes.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            at += 1; // the dash
+        }
+        out[at] = HEX[(b >> 4) as usize];
+        out[at + 1] = HEX[(b & 0xf) as usize];
+        at += 2;
+    }
+    arena_value(&out)
+}
+
+/// Bytes the value arena allocates at a time.
+const ARENA_CHUNK: usize = 4096;
+
+thread_local! {
+    /// Generated header values are cut from this buffer: a request id each request would
+    /// otherwise be an allocation of its own.
+    static VALUE_ARENA: std::cell::RefCell<bytes::BytesMut> =
+        std::cell::RefCell::new(bytes::BytesMut::new());
+}
+
+/// A header value holding `bytes`, cut from the worker's value arena: an allocation per
+/// few kilobytes of values rather than per value (a chunk is reused once all its values
+/// are dropped).
+fn arena_value(bytes: &[u8]) -> HeaderValue {
+    let shared = VALUE_ARENA.with_borrow_mut(|arena| {
+        if arena.capacity() - arena.len() < bytes.len() {
+            arena.reserve(ARENA_CHUNK.max(bytes.len()));
+        }
+        arena.extend_from_slice(bytes);
+        arena.split().freeze()
+    });
+    HeaderValue::from_maybe_shared(shared).unwrap_or_else(|_| HeaderValue::from_static("-"))
+}
+
+/// A header map of `pairs`, in order (for tests).
+#[cfg(test)]
+pub(crate) fn test_header_map(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    for (k, v) in pairs {
+        h.append(*k, HeaderValue::from_static(v));
+    }
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_headers_are_stripped_from_external_requests() {
+        let mut h = HeaderMap::new();
+        for name in [
+            "x-envoy-retry-on",
+            "x-envoy-internal",
+            "x-forwarded-client-cert",
+            "x-envoy-original-path",
+            "x-envoy-custom",
+            "x-other",
+        ] {
+            h.append(HeaderName::from_static(name), HeaderValue::from_static("v"));
+        }
+        let mut edge = h.clone();
+        let names = |h: &HeaderMap| {
+            let mut v: Vec<String> = h.keys().map(|k| k.to_string()).collect();
+            v.sort();
+            v
+        };
+        strip_external_control_headers(&mut h, false);
+        assert_eq!(
+            names(&h),
+            ["x-envoy-custom", "x-envoy-original-path", "x-other"]
+        );
+        strip_external_control_headers(&mut edge, true);
+        assert_eq!(names(&edge), ["x-envoy-custom", "x-other"]);
+    }
+
+    #[test]
+    fn split_cookies_are_joined() {
+        let mut h = HeaderMap::new();
+        h.append(http::header::COOKIE, HeaderValue::from_static("a=1"));
+        join_cookies(&mut h);
+        assert_eq!(h.get_all(http::header::COOKIE).iter().count(), 1);
+        h.append(http::header::COOKIE, HeaderValue::from_static("b=2"));
+        h.append(http::header::COOKIE, HeaderValue::from_static("c=3"));
+        join_cookies(&mut h);
+        let all: Vec<_> = h.get_all(http::header::COOKIE).iter().collect();
+        assert_eq!(all, ["a=1; b=2; c=3"]);
+    }
+
+    #[test]
+    fn arena_values_stay_intact_across_chunks() {
+        // Enough ids to span several arena chunks, all held at once.
+        let ids: Vec<HeaderValue> = (0..500).map(|_| uuid4_value()).collect();
+        let mut seen = std::collections::HashSet::new();
+        for id in &ids {
+            let s = id.to_str().unwrap_or_default();
+            assert_eq!(s.len(), 36, "{s}");
+            assert_eq!(s.matches('-').count(), 4, "{s}");
+            assert!(seen.insert(s.to_string()), "repeated id {s}");
+        }
+        drop(ids);
+        // A chunk whose values are all gone is reused.
+        let again = uuid4_value();
+        assert_eq!(again.len(), 36);
+        assert_eq!(arena_value(b"x").as_bytes(), b"x");
+    }
+}

@@ -1,0 +1,14 @@
+//! The HTTP connection manager (Envoy's `http_connection_manager`): its [`config`], the
+//! downstream [`connection`] (protocol detection, HTTP/1.1 or HTTP/2, draining), the checks
+//! and rewrites every request gets ([`headers`], [`internal_address`],
+//! [`request_controls`]), stream idle timers ([`stream_idle`]), upgrades and tunnels
+//! ([`upgrade`]), and the [`access_log`].
+
+pub mod access_log;
+pub mod config;
+pub mod connection;
+pub mod headers;
+pub mod internal_address;
+pub mod request_controls;
+pub mod stream_idle;
+pub mod upgrade;

@@ -1,0 +1,511 @@
+//! Request mirroring (Envoy's shadowing, `request_mirror_policies`): a copy of a routed
+//! request goes to another cluster, its answer ignored, without holding the request back.
+//!
+//! As Envoy 1.40 (measured): the policies of the route's action, else its virtual host's,
+//! else the route configuration's apply; the copy carries the headers the upstream gets
+//! on the first attempt, its authority with `-shadow` appended to the host part
+//! (`disable_shadow_host_suffix_append` keeps it); its body streams beside the request's
+//! (a body past the route's buffer limit is mirrored too). Here a copy whose cluster reads
+//! more slowly than the client sends falls behind by at most the listener's buffer limit
+//! (`per_connection_buffer_limit_bytes`, 1 MiB by default, or the route's if larger), then
+//! is abandoned (`retry_or_shadow_abandoned`): a mirror never slows the request down.
+//! `runtime_fraction` samples with its default value (Courier has no runtime).
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::Instant;
+
+use bytes::Bytes;
+use courier_proto::envoy::config::route::v3::route_action::RequestMirrorPolicy;
+use http::header::{HeaderMap, HeaderName};
+use http::Request;
+use http_body_util::BodyExt;
+use hyper::body::{Body, Frame, SizeHint};
+
+use crate::config::{ConfigError, Fraction};
+use crate::http::codec::body::{BoxError, ProxyBody};
+use crate::http::request_stats::StatSinks;
+use crate::http::router::pool;
+use crate::stats::{Counter, Store};
+use crate::upstream::{ClusterInfo, ThreadLocalClusterManager};
+use courier_runtime::event::rt;
+
+/// One compiled `RequestMirrorPolicy`.
+#[derive(Debug)]
+pub struct ShadowPolicy {
+    target: Target,
+    /// `runtime_fraction.default_value` (all requests when unset).
+    fraction: Fraction,
+    /// `!disable_shadow_host_suffix_append`.
+    append_suffix: bool,
+}
+
+#[derive(Debug)]
+enum Target {
+    /// `cluster`.
+    Cluster(String),
+    /// `cluster_header`: the cluster named by the request's field (none: no mirror).
+    Header(HeaderName),
+}
+
+/// Compiles a list of `request_mirror_policies` at `path`.
+pub fn compile(list: &[RequestMirrorPolicy], path: &str) -> Result<Vec<ShadowPolicy>, ConfigError> {
+    list.iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let path = format!("{path}[{i}]");
+            if !p.request_headers_mutations.is_empty() {
+                return Err(ConfigError::unsupported(format!(
+                    "{path}.request_headers_mutations"
+                )));
+            }
+            if !p.host_rewrite_literal.is_empty() {
+                return Err(ConfigError::unsupported(format!(
+                    "{path}.host_rewrite_literal"
+                )));
+            }
+            let target = match (p.cluster.is_empty(), p.cluster_header.is_empty()) {
+                (false, true) => Target::Cluster(p.cluster.clone()),
+                (true, false) => Target::Header(
+                    HeaderName::from_bytes(p.cluster_header.as_bytes()).map_err(|_| {
+                        ConfigError::new(
+                            format!("{path}.cluster_header"),
+                            format!("invalid header name {:?}", p.cluster_header),
+                        )
+                    })?,
+                ),
+                _ => {
+                    return Err(ConfigError::new(
+                        path,
+                        "exactly one of cluster and cluster_header must be specified",
+                    ))
+                }
+            };
+            let fraction = match &p.runtime_fraction {
+                Some(f) => Fraction::runtime(f, &format!("{path}.runtime_fraction"))?,
+                None => Fraction::ALL,
+            };
+            Ok(ShadowPolicy {
+                target,
+                fraction,
+                append_suffix: !p.disable_shadow_host_suffix_append,
+            })
+        })
+        .collect()
+}
+
+impl ShadowPolicy {
+    /// The cluster this request is mirrored to, if it is (sampled by `runtime_fraction`).
+    pub fn cluster<'a>(&'a self, headers: &'a HeaderMap) -> Option<&'a str> {
+        if !self.fraction.sample() {
+            return None;
+        }
+        match &self.target {
+            Target::Cluster(c) => Some(c),
+            Target::Header(h) => headers
+                .get(h)
+                .and_then(|v| v.to_str().ok())
+                .filter(|c| !c.is_empty()),
+        }
+    }
+
+    /// The copy's authority: `host-shadow[:port]`, as Envoy's, unless the suffix is off.
+    pub fn authority(&self, authority: &str) -> String {
+        if !self.append_suffix {
+            return authority.to_string();
+        }
+        let split = if authority.starts_with('[') {
+            authority
+                .find("]:")
+                .map(|i| (&authority[..=i], &authority[i + 2..]))
+        } else {
+            authority.rsplit_once(':')
+        };
+        match split {
+            Some((host, port)) => format!("{host}-shadow:{port}"),
+            None => format!("{authority}-shadow"),
+        }
+    }
+}
+
+/// A request body's frames as they pass, for one mirror: the request's body pushes them
+/// ([`tee`]), the mirror's body ([`FeedBody`]) takes them.
+pub struct ShadowFeed {
+    frames: RefCell<VecDeque<Frame<Bytes>>>,
+    queued: Cell<usize>,
+    limit: usize,
+    state: Cell<FeedState>,
+    waker: Cell<Option<Waker>>,
+    abandoned: Arc<Counter>,
+    worker: usize,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum FeedState {
+    Open,
+    Ended,
+    /// The request's body broke off, or the mirror fell too far behind.
+    Broken,
+}
+
+impl ShadowFeed {
+    /// A feed holding at most `limit` bytes the mirror has not taken; past that the
+    /// mirror is abandoned and counted in `abandoned`.
+    pub fn new(limit: usize, abandoned: Arc<Counter>, worker: usize) -> Rc<ShadowFeed> {
+        Rc::new(ShadowFeed {
+            frames: RefCell::new(VecDeque::new()),
+            queued: Cell::new(0),
+            limit,
+            state: Cell::new(FeedState::Open),
+            waker: Cell::new(None),
+            abandoned,
+            worker,
+        })
+    }
+
+    /// A frame of the request's body went by.
+    pub fn push(&self, frame: &Frame<Bytes>) {
+        if self.state.get() != FeedState::Open {
+            return;
+        }
+        let copy = if let Some(d) = frame.data_ref() {
+            self.queued.set(self.queued.get() + d.len());
+            Frame::data(d.clone())
+        } else if let Some(t) = frame.trailers_ref() {
+            Frame::trailers(t.clone())
+        } else {
+            return;
+        };
+        if self.queued.get() > self.limit {
+            self.abandoned.inc(self.worker);
+            self.frames.borrow_mut().clear();
+            self.close(FeedState::Broken);
+            return;
+        }
+        self.frames.borrow_mut().push_back(copy);
+        self.wake();
+    }
+
+    /// The request's body ended: cleanly (`true`) or not.
+    pub fn end(&self, clean: bool) {
+        if self.state.get() == FeedState::Open {
+            self.close(if clean {
+                FeedState::Ended
+            } else {
+                FeedState::Broken
+            });
+        }
+    }
+
+    fn close(&self, state: FeedState) {
+        self.state.set(state);
+        self.wake();
+    }
+
+    fn wake(&self) {
+        if let Some(w) = self.waker.take() {
+            w.wake();
+        }
+    }
+
+    /// The mirror's next frame.
+    pub fn poll_frame(&self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Some(f) = self.frames.borrow_mut().pop_front() {
+            if let Some(d) = f.data_ref() {
+                self.queued.set(self.queued.get().saturating_sub(d.len()));
+            }
+            return Poll::Ready(Some(Ok(f)));
+        }
+        match self.state.get() {
+            FeedState::Ended => Poll::Ready(None),
+            FeedState::Broken => Poll::Ready(Some(Err("request body not mirrored".into()))),
+            FeedState::Open => {
+                self.waker.set(Some(cx.waker().clone()));
+                Poll::Pending
+            }
+        }
+    }
+
+    /// Whether the mirror has taken every frame and the body has ended.
+    pub fn is_end_stream(&self) -> bool {
+        self.state.get() == FeedState::Ended && self.frames.borrow().is_empty()
+    }
+
+    /// The mirror is gone (it failed, or timed out): nothing more is kept for it.
+    pub fn detach(&self) {
+        self.frames.borrow_mut().clear();
+        self.state.set(FeedState::Broken);
+    }
+}
+
+/// A request's mirror to one cluster, its body ready (complete, or fed as the request's
+/// streams).
+pub struct Mirror<'a> {
+    policy: &'a ShadowPolicy,
+    cluster: Arc<ClusterInfo>,
+    body: ProxyBody,
+}
+
+/// The mirrors of a request with `headers` under `policies`, and the feeds its body is to
+/// copy its frames to when it has one to `stream` (a mirror falls at most `limit` bytes
+/// behind, else is abandoned and counted in `abandoned`). A mirror to a cluster that does
+/// not exist is not sent.
+pub fn plan<'a>(
+    policies: &'a [ShadowPolicy],
+    headers: &HeaderMap,
+    stream: bool,
+    limit: usize,
+    abandoned: &Arc<Counter>,
+    worker: usize,
+) -> (Vec<Mirror<'a>>, Vec<Rc<ShadowFeed>>) {
+    let clusters = ThreadLocalClusterManager::with(|tlcm| tlcm.snapshot());
+    let mut mirrors = Vec::new();
+    let mut feeds = Vec::new();
+    for policy in policies {
+        let Some(name) = policy.cluster(headers) else {
+            continue;
+        };
+        let Some(cluster) = clusters.get(name).cloned() else {
+            tracing::debug!(cluster = name, "mirror cluster not found");
+            continue;
+        };
+        let body = if stream {
+            let feed = ShadowFeed::new(limit, abandoned.clone(), worker);
+            feeds.push(feed.clone());
+            ProxyBody::filtered(FeedBody(feed))
+        } else {
+            ProxyBody::empty()
+        };
+        mirrors.push(Mirror {
+            policy,
+            cluster,
+            body,
+        });
+    }
+    (mirrors, feeds)
+}
+
+impl Mirror<'_> {
+    /// Sends the mirror with `main`'s head (the request's to its own upstream, whose
+    /// authority is `authority`), bounded by `deadline`.
+    pub fn send(
+        self,
+        main: &Request<ProxyBody>,
+        authority: &str,
+        store: &Store,
+        worker: usize,
+        deadline: Option<Instant>,
+    ) {
+        let authority = self.policy.authority(authority);
+        let http2 = self.cluster.http2;
+        let mut uri = http::Uri::builder();
+        if http2 {
+            uri = uri.scheme("http").authority(authority.as_str());
+        }
+        if let Some(pq) = main.uri().path_and_query() {
+            uri = uri.path_and_query(pq.clone());
+        }
+        let head = Request::builder()
+            .method(main.method().clone())
+            .version(if http2 {
+                http::Version::HTTP_2
+            } else {
+                http::Version::HTTP_11
+            })
+            .uri(match uri.build() {
+                Ok(u) => u,
+                Err(e) => {
+                    tracing::debug!(error = %e, "mirror not sent: its authority is not valid");
+                    return;
+                }
+            });
+        let Ok(mut req) = head.body(self.body) else {
+            return;
+        };
+        *req.headers_mut() = main.headers().clone();
+        if http2 {
+            req.headers_mut().remove(http::header::HOST);
+        } else if let Ok(v) = http::HeaderValue::from_str(&authority) {
+            req.headers_mut().insert(http::header::HOST, v);
+        }
+        exchange(self.cluster, req, store, worker, deadline);
+    }
+}
+
+/// Sends `req` to `cluster` on this worker, as a request of that cluster's (its circuit
+/// breakers and stats), bounded by `deadline`; the answer is read and dropped.
+fn exchange(
+    cluster: Arc<ClusterInfo>,
+    req: Request<ProxyBody>,
+    store: &Store,
+    worker: usize,
+    deadline: Option<Instant>,
+) {
+    let pool = pool::cluster_pool(&cluster, store, worker);
+    let internal = req
+        .headers()
+        .get("x-envoy-internal")
+        .is_some_and(|v| v.as_bytes() == b"true");
+    rt::spawn(async move {
+        if pool.breakers.requests.get() >= cluster.thresholds.max_requests {
+            pool.stats.rq_pending_overflow.inc(worker);
+            return;
+        }
+        let Some(host) = pool::choose_host(&cluster, None) else {
+            cluster.stats.upstream_cx_none_healthy.inc(worker);
+            return;
+        };
+        let _request = pool.request_slot();
+        let _active = pool.stats.rq_active.raise(worker);
+        let exchange = async {
+            let sinks = StatSinks {
+                cluster: &pool.stats.rq,
+                route: None,
+                vcluster: None,
+                internal,
+            };
+            let resp =
+                crate::http::router::send_once(&pool, &cluster, &host, worker, &sinks, req).await?;
+            let status = resp.status().as_u16();
+            // Read off so that the connection goes back to the pool.
+            let _ = resp.into_body().collect().await;
+            Ok::<_, crate::http::router::AttemptError>(status)
+        };
+        match rt::timeout(deadline, exchange).await {
+            Some(Ok(status)) => pool.stats.rq.charge(worker, status, internal),
+            Some(Err(e)) => tracing::debug!(cluster = %cluster.name, error = ?e, "mirror failed"),
+            None => pool.stats.rq.timeout.inc(worker),
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(append_suffix: bool) -> ShadowPolicy {
+        ShadowPolicy {
+            target: Target::Cluster("c".into()),
+            fraction: Fraction::ALL,
+            append_suffix,
+        }
+    }
+
+    #[test]
+    fn shadow_authority_as_envoy() {
+        let p = policy(true);
+        assert_eq!(p.authority("example.com"), "example.com-shadow");
+        assert_eq!(p.authority("example.com:8080"), "example.com-shadow:8080");
+        assert_eq!(p.authority("127.0.0.1:80"), "127.0.0.1-shadow:80");
+        assert_eq!(p.authority("[::1]:80"), "[::1]-shadow:80");
+        assert_eq!(p.authority("[::1]"), "[::1]-shadow");
+        assert_eq!(policy(false).authority("a:1"), "a:1");
+    }
+}
+
+/// `inner`, its frames copied to each of `feeds` (request mirrors) as they pass.
+pub fn tee(inner: ProxyBody, feeds: Vec<Rc<ShadowFeed>>) -> ProxyBody {
+    let declared = inner.size_hint().exact();
+    ProxyBody::filtered(Tee {
+        inner,
+        feeds,
+        declared,
+        passed: 0,
+    })
+}
+
+/// A request body whose frames are copied to mirrors as they pass.
+struct Tee {
+    inner: ProxyBody,
+    feeds: Vec<Rc<ShadowFeed>>,
+    /// The body's announced length, and the data that went through.
+    declared: Option<u64>,
+    passed: u64,
+}
+
+impl Tee {
+    fn end(&mut self, clean: bool) {
+        for f in self.feeds.drain(..) {
+            f.end(clean);
+        }
+    }
+}
+
+impl Drop for Tee {
+    fn drop(&mut self) {
+        // A reader may stop at the announced length without waiting for the end of the
+        // stream (hyper's HTTP/1 client does): all of it went through all the same.
+        let complete = self.inner.is_end_stream()
+            || self.declared == Some(self.passed)
+            || self.inner.size_hint().exact() == Some(0);
+        self.end(complete);
+    }
+}
+
+impl Body for Tee {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let t = self.get_mut();
+        let r = Pin::new(&mut t.inner).poll_frame(cx);
+        match &r {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(d) = frame.data_ref() {
+                    t.passed += d.len() as u64;
+                }
+                for f in &t.feeds {
+                    f.push(frame);
+                }
+                // The last frame: hyper may not poll again.
+                if t.inner.is_end_stream() {
+                    t.end(true);
+                }
+            }
+            Poll::Ready(None) => t.end(true),
+            Poll::Ready(Some(Err(_))) => t.end(false),
+            Poll::Pending => {}
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A mirror's copy of a request body, fed by a [`tee`]; a mirror that goes away detaches.
+struct FeedBody(Rc<ShadowFeed>);
+
+impl Drop for FeedBody {
+    fn drop(&mut self) {
+        self.0.detach();
+    }
+}
+
+impl Body for FeedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.0.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_end_stream()
+    }
+}

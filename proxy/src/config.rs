@@ -188,3 +188,31 @@ impl Fraction {
         self.numerator >= self.denominator || fastrand::u32(0..self.denominator) < self.numerator
     }
 }
+
+/// Checks a `ConfigSource` names something Courier can subscribe with (a cluster's EDS
+/// source, a connection manager's RDS source, the bootstrap's).
+pub fn validate_config_source(source: &core::ConfigSource) -> Result<(), ConfigError> {
+    use core::config_source::ConfigSourceSpecifier;
+    match &source.config_source_specifier {
+        Some(ConfigSourceSpecifier::Ads(_)) => Ok(()),
+        Some(ConfigSourceSpecifier::ApiConfigSource(api)) => api_type_is_delta(api).map(|_| ()),
+        Some(ConfigSourceSpecifier::PathConfigSource(_)) => Ok(()),
+        #[allow(deprecated)]
+        Some(ConfigSourceSpecifier::Path(_)) => Ok(()),
+        Some(ConfigSourceSpecifier::Self_(_)) => Err(ConfigError::unsupported("self")),
+        None => Err(ConfigError::new("", "config_source_specifier is required")),
+    }
+}
+
+/// Whether an `ApiConfigSource` subscribes with the delta protocol (else state of the
+/// world); an `api_type` Courier does not speak is refused.
+pub fn api_type_is_delta(api: &core::ApiConfigSource) -> Result<bool, ConfigError> {
+    use core::api_config_source::ApiType;
+    match ApiType::try_from(api.api_type) {
+        Ok(ApiType::Grpc | ApiType::AggregatedGrpc) => Ok(false),
+        Ok(ApiType::DeltaGrpc | ApiType::AggregatedDeltaGrpc) => Ok(true),
+        _ => Err(ConfigError::unsupported(
+            "api_type (only GRPC and DELTA_GRPC)",
+        )),
+    }
+}

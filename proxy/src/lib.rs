@@ -14,6 +14,7 @@ pub mod http;
 pub mod listener;
 pub mod memory;
 pub mod options;
+pub mod protocol;
 pub mod server;
 pub mod stats;
 pub mod upstream;

@@ -15,7 +15,7 @@ fuzz_target!(|data: &[u8]| {
     let step = usize::from(control >> 1).max(1);
     // Envoy's default field limit, or one past the parser's inline slots.
     let max_headers = if control & 0x80 == 0 {
-        courier::http::codec::stream_limits::DEFAULT_MAX_HEADERS
+        courier::protocol::stream_limits::DEFAULT_MAX_HEADERS
     } else {
         150
     };

@@ -271,7 +271,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     }
 
     server.set_state(ServerState::Initializing);
-    crate::upstream::dns::resolve_all(&server).await;
+    crate::upstream::dns::resolve_all(&server.cluster_manager).await;
     tokio::task::spawn_local(crate::upstream::dns::refresh_loop(server.clone()));
     crate::xds::start(&server).await?;
     if options.mode == Mode::InitOnly {
@@ -380,4 +380,19 @@ fn validate(bootstrap: &Bootstrap, options: &Options) -> anyhow::Result<()> {
         .map_or_else(|| "--config-yaml".to_string(), |p| p.display().to_string());
     println!("configuration '{origin}' OK");
     Ok(())
+}
+
+/// DNS resolution reaches the main thread through this narrow view of the server.
+impl crate::upstream::dns::DnsContext for Server {
+    fn cluster_manager(&self) -> &RefCell<ClusterManager> {
+        &self.cluster_manager
+    }
+
+    fn cluster_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.xds_changes.subscribe()
+    }
+
+    fn clusters_warmed(self: &Rc<Self>) {
+        crate::xds::after_update(self);
+    }
 }

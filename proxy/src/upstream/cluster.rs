@@ -13,11 +13,12 @@ use courier_proto::envoy::extensions::upstreams::http::v3::{
     http_protocol_options, HttpProtocolOptions,
 };
 
-use super::host::{Host, HostHealth, HostSet, HostStats};
+use super::host::{Host, HostHealth, HostStats};
+use super::host_set::HostSet;
 use crate::config::{self, ConfigError};
-use crate::http::codec::h2_options::H2Options;
-use crate::http::codec::key_format::KeyFormat;
-use crate::http::codec::stream_limits::StreamLimits;
+use crate::protocol::h2_options::H2Options;
+use crate::protocol::key_format::KeyFormat;
+use crate::protocol::stream_limits::StreamLimits;
 use crate::memory::Encoded;
 use crate::stats::{Counter, Gauge, Store};
 
@@ -279,7 +280,7 @@ pub fn compile_cluster(proto: &pb::Cluster, store: &Store) -> Result<ClusterInfo
                             "cannot create an EDS cluster without an EDS config",
                         ));
                     };
-                    crate::xds::validate_config_source(eds_config)
+                    crate::config::validate_config_source(eds_config)
                         .map_err(|e| e.at("eds_cluster_config.eds_config"))?;
                     DiscoveryType::Eds {
                         service_name: proto

@@ -13,7 +13,7 @@ use courier_proto::envoy::config::cluster::v3::Cluster;
 use courier_proto::envoy::config::endpoint::v3::ClusterLoadAssignment;
 
 use super::cluster::{build_host_set, compile_cluster, ClusterInfo, DiscoveryType};
-use super::host::HostSet;
+use super::host_set::HostSet;
 use super::ClusterSnapshot;
 use crate::config::ConfigError;
 use crate::memory::Encoded;

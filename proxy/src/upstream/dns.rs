@@ -8,6 +8,7 @@
 //! keeps the previous hosts. Not acted on: `respect_dns_ttl` (the system resolver gives no
 //! TTL) and the failure back-off's growth to `max_interval`.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -17,9 +18,21 @@ use std::time::{Duration, Instant};
 use courier_proto::envoy::config::cluster::v3::cluster::DnsLookupFamily;
 
 use super::cluster::{dns_targets, DiscoveryType};
-use super::host::{Host, HostHealth, HostSet, HostStats};
-use crate::server::Server;
+use super::host::{Host, HostHealth, HostStats};
+use super::host_set::HostSet;
+use super::ClusterManager;
 use crate::stats::MAIN_THREAD;
+
+/// What DNS resolution needs of the main thread: the cluster manager it gives hosts to, the
+/// changes it re-plans on, and whom to tell when clusters warmed.
+pub trait DnsContext {
+    /// The cluster manager.
+    fn cluster_manager(&self) -> &RefCell<ClusterManager>;
+    /// Ticks whenever clusters were added, updated or removed.
+    fn cluster_changes(&self) -> tokio::sync::watch::Receiver<u64>;
+    /// Warming DNS clusters got their first hosts: CDS's ACK and initialisation may go on.
+    fn clusters_warmed(self: &Rc<Self>);
+}
 
 /// Envoy's default `dns_refresh_rate`.
 const DEFAULT_REFRESH: Duration = Duration::from_secs(5);
@@ -68,8 +81,8 @@ fn rate(d: Option<&courier_proto::google::protobuf::Duration>, default: Duration
 /// Every DNS cluster, active and warming (a warming version first: it is the one to
 /// resolve).
 #[allow(deprecated)] // the cluster-level DNS fields are what configs say
-fn dns_jobs(server: &Server) -> Vec<DnsJob> {
-    let cm = server.cluster_manager.borrow();
+fn dns_jobs(cm: &RefCell<ClusterManager>) -> Vec<DnsJob> {
+    let cm = cm.borrow();
     let warming = cm.warming().values().map(|e| (e, true));
     let active = cm
         .active()
@@ -112,9 +125,8 @@ fn dns_jobs(server: &Server) -> Vec<DnsJob> {
 }
 
 /// Looks up a cluster's targets: its hosts, or `None` when a lookup failed.
-async fn lookup(server: &Server, job: &DnsJob) -> Option<Vec<Arc<Host>>> {
-    let stats = server
-        .cluster_manager
+async fn lookup(cm: &RefCell<ClusterManager>, job: &DnsJob) -> Option<Vec<Arc<Host>>> {
+    let stats = cm
         .borrow()
         .get(&job.cluster)
         .map(|e| e.info.stats.clone());
@@ -136,7 +148,7 @@ async fn lookup(server: &Server, job: &DnsJob) -> Option<Vec<Arc<Host>>> {
                 }
                 for address in addrs {
                     let stats = {
-                        let cm = server.cluster_manager.borrow();
+                        let cm = cm.borrow();
                         let previous = cm.get(&job.cluster).and_then(|e| {
                             e.info
                                 .hosts
@@ -168,10 +180,10 @@ async fn lookup(server: &Server, job: &DnsJob) -> Option<Vec<Arc<Host>>> {
 
 /// Resolves one cluster and applies the result; whether the lookups succeeded and whether
 /// a warming cluster became active.
-async fn resolve(server: &Server, job: &DnsJob) -> (bool, bool) {
-    let hosts = lookup(server, job).await;
+async fn resolve(cm: &RefCell<ClusterManager>, job: &DnsJob) -> (bool, bool) {
+    let hosts = lookup(cm, job).await;
     let ok = hosts.is_some();
-    let mut cm = server.cluster_manager.borrow_mut();
+    let mut cm = cm.borrow_mut();
     let hosts = hosts.filter(|hosts| {
         // An active cluster whose hosts did not change is left as it is.
         job.warming
@@ -191,19 +203,20 @@ async fn resolve(server: &Server, job: &DnsJob) -> (bool, bool) {
 }
 
 /// Resolves every DNS cluster once (at start-up, before the workers start).
-pub async fn resolve_all(server: &Server) {
-    for job in dns_jobs(server) {
-        resolve(server, &job).await;
+pub async fn resolve_all(cm: &RefCell<ClusterManager>) {
+    for job in dns_jobs(cm) {
+        resolve(cm, &job).await;
     }
 }
 
 /// Re-resolves DNS clusters each at its own rate, and resolves a warming one (added or
 /// updated) as soon as it appears.
-pub async fn refresh_loop(server: Rc<Server>) {
-    let mut changes = server.xds_changes.subscribe();
+pub async fn refresh_loop(ctx: Rc<impl DnsContext>) {
+    let mut changes = ctx.cluster_changes();
+    let cm = ctx.cluster_manager();
     let mut due: HashMap<String, Instant> = HashMap::new();
     loop {
-        let jobs = dns_jobs(&server);
+        let jobs = dns_jobs(cm);
         let now = Instant::now();
         due.retain(|name, _| jobs.iter().any(|j| &j.cluster == name));
         for job in &jobs {
@@ -229,7 +242,7 @@ pub async fn refresh_loop(server: Rc<Server>) {
         }
         // Lookups run side by side: one slow name does not hold the others back.
         let results =
-            futures::future::join_all(ready.iter().map(|job| resolve(&server, job))).await;
+            futures::future::join_all(ready.iter().map(|job| resolve(cm, job))).await;
         let mut warmed = false;
         for (job, (ok, was_warming)) in ready.iter().zip(results) {
             let next = if ok { job.refresh } else { job.failure_refresh };
@@ -238,7 +251,7 @@ pub async fn refresh_loop(server: Rc<Server>) {
         }
         if warmed {
             // CDS's ACK and initialisation were waiting for these clusters.
-            crate::xds::after_update(&server);
+            ctx.clusters_warmed();
         }
     }
 }

@@ -6,7 +6,8 @@
 use std::sync::Arc;
 
 use super::cluster::{ClusterInfo, LbPolicy};
-use super::host::{Host, HostSet};
+use super::host::Host;
+use super::host_set::HostSet;
 use super::maglev::MaglevTable;
 use super::ring_hash::Ring;
 

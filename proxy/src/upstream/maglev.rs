@@ -13,7 +13,7 @@
 
 use xxhash_rust::xxh64::xxh64;
 
-use super::host::HostSet;
+use super::host_set::HostSet;
 
 /// `maglev_lb_config.table_size` when unset.
 pub const DEFAULT_TABLE_SIZE: u64 = 65537;
@@ -173,7 +173,7 @@ mod tests {
     use super::*;
 
     fn set(weights: &[u32]) -> HostSet {
-        crate::upstream::host::test_host_set(weights)
+        crate::upstream::host_set::test_host_set(weights)
     }
 
     #[test]

@@ -10,6 +10,7 @@ mod cluster;
 mod cluster_manager;
 pub mod dns;
 mod host;
+mod host_set;
 mod load_balancer;
 pub mod maglev;
 pub mod ring_hash;
@@ -20,7 +21,8 @@ pub use cluster::{
     LbPolicy,
 };
 pub use cluster_manager::{ClusterChange, ClusterEntry, ClusterManager, ClusterManagerStats};
-pub use host::{Host, HostHealth, HostSet, HostStats};
+pub use host::{Host, HostHealth, HostStats};
+pub use host_set::HostSet;
 pub use load_balancer::LbStates;
 pub use thread_local_cluster_manager::{ConnPool, ThreadLocalClusterManager};
 

@@ -12,7 +12,7 @@
 
 use xxhash_rust::xxh64::xxh64;
 
-use super::host::HostSet;
+use super::host_set::HostSet;
 
 /// `minimum_ring_size` when unset.
 pub const DEFAULT_MIN_RING_SIZE: u64 = 1024;
@@ -105,7 +105,7 @@ mod tests {
     use super::*;
 
     fn set(weights: &[u32]) -> HostSet {
-        crate::upstream::host::test_host_set(weights)
+        crate::upstream::host_set::test_host_set(weights)
     }
 
     #[test]

@@ -21,7 +21,6 @@ use courier_proto::google::protobuf::Any;
 use courier_proto::type_url;
 use prost::Message;
 
-use super::mux::Mux;
 use crate::http::route::RouteTable;
 use crate::memory::Encoded;
 use crate::server::Server;
@@ -149,12 +148,11 @@ pub fn decode_delta(
         .collect()
 }
 
-/// Applies one response from `_mux`; then re-syncs dependent subscriptions and
+/// Applies one response from a stream; then re-syncs dependent subscriptions and
 /// initialisation (which may send requests on any mux before this response is ACKed, as
 /// Envoy does).
 pub fn apply(
     server: &Rc<Server>,
-    _mux: &Mux,
     type_url: &str,
     update: Update<'_>,
 ) -> Result<(), String> {

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use courier_proto::envoy::config::bootstrap::v3::Bootstrap;
 use courier_proto::envoy::config::core::v3::{
-    api_config_source::ApiType, config_source::ConfigSourceSpecifier, ApiConfigSource, ConfigSource,
+    config_source::ConfigSourceSpecifier, ApiConfigSource, ConfigSource,
 };
 use courier_proto::type_url;
 use prost::Message;
@@ -310,29 +310,14 @@ impl XdsState {
     }
 }
 
-/// Checks a `ConfigSource` names something Courier can subscribe with.
-pub fn validate_config_source(source: &ConfigSource) -> Result<(), ConfigError> {
-    match &source.config_source_specifier {
-        Some(ConfigSourceSpecifier::Ads(_)) => Ok(()),
-        Some(ConfigSourceSpecifier::ApiConfigSource(api)) => protocol(api).map(|_| ()),
-        Some(ConfigSourceSpecifier::PathConfigSource(_)) => Ok(()),
-        #[allow(deprecated)]
-        Some(ConfigSourceSpecifier::Path(_)) => Ok(()),
-        Some(ConfigSourceSpecifier::Self_(_)) => Err(ConfigError::unsupported("self")),
-        None => Err(ConfigError::new("", "config_source_specifier is required")),
-    }
-}
+pub use config::validate_config_source;
 
 fn protocol(api: &ApiConfigSource) -> Result<Protocol, ConfigError> {
-    match ApiType::try_from(api.api_type) {
-        Ok(ApiType::Grpc) => Ok(Protocol::Sotw),
-        Ok(ApiType::DeltaGrpc) => Ok(Protocol::Delta),
-        Ok(ApiType::AggregatedGrpc) => Ok(Protocol::Sotw),
-        Ok(ApiType::AggregatedDeltaGrpc) => Ok(Protocol::Delta),
-        _ => Err(ConfigError::unsupported(
-            "api_type (only GRPC and DELTA_GRPC)",
-        )),
-    }
+    Ok(if config::api_type_is_delta(api)? {
+        Protocol::Delta
+    } else {
+        Protocol::Sotw
+    })
 }
 
 fn initial_fetch_timeout(source: &ConfigSource) -> Duration {

@@ -554,7 +554,6 @@ impl Mux {
         let result = decoded.and_then(|resources| {
             apply::apply(
                 server,
-                self,
                 type_url,
                 Update::Sotw {
                     version: &resp.version_info,
@@ -581,7 +580,6 @@ impl Mux {
                 .collect();
             apply::apply(
                 server,
-                self,
                 type_url,
                 Update::Delta {
                     version: &resp.system_version_info,

@@ -23,7 +23,7 @@ use http::{Method, StatusCode, Uri, Version};
 use percent_encoding::{percent_encode, AsciiSet};
 
 use crate::http::codec::h1_head::{FramingFields, HeadSpans, SplitHead};
-use crate::http::codec::key_format::KeyFormat;
+use crate::protocol::key_format::KeyFormat;
 use crate::http::codec::upstream_h1::BodyDecoder;
 
 /// Header fields parsed on the stack before falling back to the heap.

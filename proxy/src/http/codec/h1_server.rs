@@ -45,7 +45,7 @@ use crate::http::codec::handoff::{
     is_upgrade, tunnel_link, DownstreamUpgrade, PrefixedIo, TunnelEnd, TunnelLink,
 };
 use crate::http::codec::header_map_pool;
-use crate::http::codec::key_format::KeyFormat;
+use crate::protocol::key_format::KeyFormat;
 use crate::http::codec::upstream_h1::{recv_into, BodyDecoder, Decoded, H1Error};
 use courier_runtime::event::rt::{Sleep, TcpIo};
 

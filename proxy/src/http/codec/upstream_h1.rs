@@ -26,7 +26,7 @@ use http::{Method, StatusCode, Version};
 use hyper::body::Frame;
 
 use crate::http::codec::h1_head::{HeadSpans, SplitHead};
-use crate::http::codec::key_format::KeyFormat;
+use crate::protocol::key_format::KeyFormat;
 use courier_runtime::event::rt::TcpIo;
 
 /// Largest response head (status line and headers) accepted: Envoy's default

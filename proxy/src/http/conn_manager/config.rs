@@ -1,8 +1,8 @@
 //! The compiled `envoy.filters.network.http_connection_manager` config.
 
 use crate::http::codec::h1_server::H1Settings;
-use crate::http::codec::h2_options::H2Options;
-use crate::http::codec::key_format::KeyFormat;
+use crate::protocol::h2_options::H2Options;
+use crate::protocol::key_format::KeyFormat;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -401,7 +401,7 @@ impl HcmConfig {
                 let Some(config_source) = &rds.config_source else {
                     return Err(ConfigError::new("rds.config_source", "value is required"));
                 };
-                crate::xds::validate_config_source(config_source)
+                crate::config::validate_config_source(config_source)
                     .map_err(|e| e.at("rds.config_source"))?;
                 RouteSource::Rds(Box::new(RdsSubscription {
                     route_config_name: rds.route_config_name.clone(),

@@ -69,7 +69,7 @@ impl Expiry {
             Expiry::Idle => "stream idle timeout",
             Expiry::Route => "upstream request timeout",
             Expiry::UpstreamDuration => {
-                crate::http::codec::stream_limits::UPSTREAM_DURATION_REACHED
+                crate::protocol::stream_limits::UPSTREAM_DURATION_REACHED
             }
         }
     }

@@ -29,7 +29,7 @@ use crate::http::codec::body::ProxyBody;
 use crate::http::codec::h1_server::{CodecEvent, H1Service, H1Settings, ServeFuture};
 use crate::http::codec::handoff::DownstreamUpgrade;
 use crate::http::codec::header_map_pool;
-use crate::http::codec::stream_limits::{StreamEnds, UPSTREAM_DURATION_REACHED};
+use crate::protocol::stream_limits::{StreamEnds, UPSTREAM_DURATION_REACHED};
 use crate::http::codec::upstream_h1::{H1Connection, H1Error};
 use crate::http::conn_manager::access_log::LogEntry;
 use crate::http::conn_manager::config::{

@@ -21,8 +21,8 @@ use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::http::codec::body::ProxyBody;
 use crate::http::codec::h2_settings::{PeerSettings, SettingsWatch};
-use crate::http::codec::key_format::KeyFormat;
-use crate::http::codec::stream_limits::DEFAULT_MAX_HEADERS;
+use crate::protocol::key_format::KeyFormat;
+use crate::protocol::stream_limits::DEFAULT_MAX_HEADERS;
 use crate::http::codec::upstream_h1::H1Connection;
 use crate::http::request_stats::RequestStats;
 use crate::stats::{Counter, Gauge, Store};

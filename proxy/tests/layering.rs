@@ -11,19 +11,47 @@ use std::path::{Path, PathBuf};
 /// `from` must never import `to` (folders or files under `proxy/src`, prefixes).
 const FORBIDDEN: &[(&str, &str, &str)] = &[
     // The floor is its own crate (courier-runtime), which the compiler already guards.
-    ("upstream/", "http/", "the upstream layer serves every protocol"),
-    ("upstream/", "xds/", "clusters are built by the main thread's managers"),
+    (
+        "upstream/",
+        "http/",
+        "the upstream layer serves every protocol",
+    ),
+    (
+        "upstream/",
+        "xds/",
+        "clusters are built by the main thread's managers",
+    ),
     ("upstream/", "server/", "no service locator"),
     ("upstream/", "listener/", "clusters know no listener"),
     ("upstream/", "filters/", "clusters know no filter"),
-    ("http/codec/", "http/conn_manager/", "a codec is given a service"),
+    (
+        "http/codec/",
+        "http/conn_manager/",
+        "a codec is given a service",
+    ),
     ("http/codec/", "http/router/", "a codec is given a service"),
     ("http/codec/", "http/route/", "a codec knows no route"),
     ("http/codec/", "filters/", "a codec knows no filter"),
-    ("http/route/", "filters/", "per-filter route config is opaque"),
-    ("http/route/", "http/router/", "routes are data the router reads"),
-    ("http/route/", "http/conn_manager/", "routes are data the manager reads"),
-    ("filters/http/", "http/router/", "filters act through the connection manager"),
+    (
+        "http/route/",
+        "filters/",
+        "per-filter route config is opaque",
+    ),
+    (
+        "http/route/",
+        "http/router/",
+        "routes are data the router reads",
+    ),
+    (
+        "http/route/",
+        "http/conn_manager/",
+        "routes are data the manager reads",
+    ),
+    (
+        "filters/http/",
+        "http/router/",
+        "filters act through the connection manager",
+    ),
     ("stats/", "http/", "stats are a leaf"),
     ("config.rs", "http/", "config helpers are a leaf"),
 ];
@@ -50,7 +78,10 @@ fn module_of(rel: &str) -> Vec<String> {
         .split('/')
         .map(String::from)
         .collect();
-    if matches!(parts.last().map(String::as_str), Some("mod" | "lib" | "main")) {
+    if matches!(
+        parts.last().map(String::as_str),
+        Some("mod" | "lib" | "main")
+    ) {
         parts.pop();
     }
     parts
@@ -114,8 +145,10 @@ fn graph() -> BTreeMap<String, BTreeSet<String>> {
                 .replace('\\', "/")
         })
         .collect();
-    let path_re = regex::Regex::new(r"\b(crate|(?:super::)+)((?:::)?[a-z_][a-z0-9_]*(?:::[a-z_][a-z0-9_]*)*)")
-        .expect("regex");
+    let path_re = regex::Regex::new(
+        r"\b(crate|(?:super::)+)((?:::)?[a-z_][a-z0-9_]*(?:::[a-z_][a-z0-9_]*)*)",
+    )
+    .expect("regex");
     let mut graph = BTreeMap::new();
     for rel in &files {
         let text = std::fs::read_to_string(root.join(rel)).expect("read file");

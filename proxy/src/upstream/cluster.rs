@@ -16,10 +16,10 @@ use courier_proto::envoy::extensions::upstreams::http::v3::{
 use super::host::{Host, HostHealth, HostStats};
 use super::host_set::HostSet;
 use crate::config::{self, ConfigError};
+use crate::memory::Encoded;
 use crate::protocol::h2_options::H2Options;
 use crate::protocol::key_format::KeyFormat;
 use crate::protocol::stream_limits::StreamLimits;
-use crate::memory::Encoded;
 use crate::stats::{Counter, Gauge, Store};
 
 const HTTP_PROTOCOL_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";

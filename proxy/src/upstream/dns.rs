@@ -126,10 +126,7 @@ fn dns_jobs(cm: &RefCell<ClusterManager>) -> Vec<DnsJob> {
 
 /// Looks up a cluster's targets: its hosts, or `None` when a lookup failed.
 async fn lookup(cm: &RefCell<ClusterManager>, job: &DnsJob) -> Option<Vec<Arc<Host>>> {
-    let stats = cm
-        .borrow()
-        .get(&job.cluster)
-        .map(|e| e.info.stats.clone());
+    let stats = cm.borrow().get(&job.cluster).map(|e| e.info.stats.clone());
     let mut hosts = Vec::new();
     let mut failed = false;
     for (name, port, weight) in &job.targets {
@@ -241,8 +238,7 @@ pub async fn refresh_loop(ctx: Rc<impl DnsContext>) {
             continue;
         }
         // Lookups run side by side: one slow name does not hold the others back.
-        let results =
-            futures::future::join_all(ready.iter().map(|job| resolve(cm, job))).await;
+        let results = futures::future::join_all(ready.iter().map(|job| resolve(cm, job))).await;
         let mut warmed = false;
         for (job, (ok, was_warming)) in ready.iter().zip(results) {
             let next = if ok { job.refresh } else { job.failure_refresh };

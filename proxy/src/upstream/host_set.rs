@@ -69,14 +69,14 @@ impl HostSet {
     /// meanwhile waits for it, once per host set).
     pub fn ring(&self, min_ring_size: u64, max_ring_size: u64) -> &super::ring_hash::Ring {
         self.ring
-            .get_or_init(|| super::ring_hash::Ring::build(self, min_ring_size, max_ring_size))
+            .get_or_init(|| super::ring_hash::Ring::build(&self.hosts, &self.eligible, min_ring_size, max_ring_size))
     }
 
     /// The Maglev table of `size` slots over the eligible hosts, built on first use (a
     /// worker asking meanwhile waits for it, once per host set).
     pub fn maglev(&self, size: u64) -> &super::maglev::MaglevTable {
         self.maglev
-            .get_or_init(|| super::maglev::MaglevTable::build(self, size))
+            .get_or_init(|| super::maglev::MaglevTable::build(&self.hosts, &self.eligible, size))
     }
 
     /// Number of hosts whose health is `Healthy`.

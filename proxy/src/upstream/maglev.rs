@@ -11,9 +11,11 @@
 //! One table serves every worker: it is built once per host set (by the first worker that
 //! needs it) and kept with the set, as a table is large (65537 slots by default).
 
+use std::sync::Arc;
+
 use xxhash_rust::xxh64::xxh64;
 
-use super::host_set::HostSet;
+use super::host::Host;
 
 /// `maglev_lb_config.table_size` when unset.
 pub const DEFAULT_TABLE_SIZE: u64 = 65537;
@@ -62,23 +64,21 @@ struct Entry {
 }
 
 impl MaglevTable {
-    /// The table of `set`'s eligible hosts; `size` is prime (checked with the config).
-    pub fn build(set: &HostSet, size: u64) -> MaglevTable {
-        let total: f64 = set
-            .eligible
+    /// The table of the `eligible` ones of `hosts`; `size` is prime (checked with the config).
+    pub fn build(hosts: &[Arc<Host>], eligible: &[usize], size: u64) -> MaglevTable {
+        let total: f64 = eligible
             .iter()
-            .map(|&i| f64::from(set.hosts[i].weight.max(1)))
+            .map(|&i| f64::from(hosts[i].weight.max(1)))
             .sum();
-        if set.eligible.is_empty() || size < 2 {
+        if eligible.is_empty() || size < 2 {
             return MaglevTable {
                 hosts: Vec::new(),
                 slots: Slots::Wide(Vec::new()),
             };
         }
-        let mut keyed: Vec<(String, usize)> = set
-            .eligible
+        let mut keyed: Vec<(String, usize)> = eligible
             .iter()
-            .map(|&i| (set.hosts[i].address.to_string(), i))
+            .map(|&i| (hosts[i].address.to_string(), i))
             .collect();
         keyed.sort();
         let mut entries: Vec<Entry> = keyed
@@ -88,7 +88,7 @@ impl MaglevTable {
                 index: n as u32,
                 offset: xxh64(key.as_bytes(), 0) % size,
                 skip: xxh64(key.as_bytes(), 1) % (size - 1) + 1,
-                weight: f64::from(set.hosts[*i].weight.max(1)) / total,
+                weight: f64::from(hosts[*i].weight.max(1)) / total,
                 target: 0.0,
                 next: 0,
             })
@@ -172,13 +172,19 @@ pub fn is_prime(n: u64) -> bool {
 mod tests {
     use super::*;
 
+    use crate::upstream::HostSet;
+
     fn set(weights: &[u32]) -> HostSet {
         crate::upstream::host_set::test_host_set(weights)
     }
 
+    fn build(set: &HostSet, size: u64) -> MaglevTable {
+        MaglevTable::build(&set.hosts, &set.eligible, size)
+    }
+
     #[test]
     fn slots_follow_weights() {
-        let t = MaglevTable::build(&set(&[1, 1, 2]), 10007);
+        let t = build(&set(&[1, 1, 2]), 10007);
         let owned = |host: usize| {
             (0..t.slots.len())
                 .filter(|&i| t.hosts[t.slots.get(i)] as usize == host)
@@ -189,7 +195,7 @@ mod tests {
         assert!(owned(2).abs_diff(10007 / 2) <= 2, "{}", owned(2));
         assert!(owned(0).abs_diff(10007 / 4) <= 2, "{}", owned(0));
         assert_eq!(t.choose(10007 + 5, 0), t.choose(5, 0));
-        assert!(MaglevTable::build(&set(&[]), 7).choose(1, 0).is_none());
+        assert!(build(&set(&[]), 7).choose(1, 0).is_none());
     }
 
     #[test]

@@ -10,9 +10,11 @@
 //! One ring serves every worker: it is built once per host set (by the first worker that
 //! needs it) and kept with the set.
 
+use std::sync::Arc;
+
 use xxhash_rust::xxh64::xxh64;
 
-use super::host_set::HostSet;
+use super::host::Host;
 
 /// `minimum_ring_size` when unset.
 pub const DEFAULT_MIN_RING_SIZE: u64 = 1024;
@@ -28,11 +30,15 @@ pub struct Ring {
 
 impl Ring {
     /// The ring of `set`'s eligible hosts.
-    pub fn build(set: &HostSet, min_ring_size: u64, max_ring_size: u64) -> Ring {
-        let weights: Vec<(usize, f64)> = set
-            .eligible
+    pub fn build(
+        hosts: &[Arc<Host>],
+        eligible: &[usize],
+        min_ring_size: u64,
+        max_ring_size: u64,
+    ) -> Ring {
+        let weights: Vec<(usize, f64)> = eligible
             .iter()
-            .map(|&i| (i, f64::from(set.hosts[i].weight.max(1))))
+            .map(|&i| (i, f64::from(hosts[i].weight.max(1))))
             .collect();
         let total: f64 = weights.iter().map(|(_, w)| w).sum();
         let sizes = (min_ring_size, max_ring_size);
@@ -53,7 +59,7 @@ impl Ring {
         let mut key = String::new();
         for (index, weight) in weights {
             target += scale * (weight / total);
-            let address = set.hosts[index].address.to_string();
+            let address = hosts[index].address.to_string();
             let mut i = 0u64;
             while current < target {
                 use std::fmt::Write;
@@ -104,29 +110,35 @@ impl Ring {
 mod tests {
     use super::*;
 
+    use crate::upstream::HostSet;
+
     fn set(weights: &[u32]) -> HostSet {
         crate::upstream::host_set::test_host_set(weights)
     }
 
+    fn build(set: &HostSet, min_ring_size: u64, max_ring_size: u64) -> Ring {
+        Ring::build(&set.hosts, &set.eligible, min_ring_size, max_ring_size)
+    }
+
     #[test]
     fn points_follow_weights_and_the_minimum_size() {
-        let r = Ring::build(
+        let r = build(
             &set(&[1, 1, 1]),
             DEFAULT_MIN_RING_SIZE,
             DEFAULT_MAX_RING_SIZE,
         );
         // ceil(1024 / 3) points each.
         assert_eq!(r.len(), 3 * 342);
-        let r = Ring::build(&set(&[1, 3]), 8, DEFAULT_MAX_RING_SIZE);
+        let r = build(&set(&[1, 3]), 8, DEFAULT_MAX_RING_SIZE);
         let owned = |host: u32| r.points.iter().filter(|p| p.1 == host).count();
         assert_eq!((owned(0), owned(1)), (2, 6));
-        let r = Ring::build(&set(&[1, 1]), 1024, 10);
+        let r = build(&set(&[1, 1]), 1024, 10);
         assert_eq!(r.len(), 10);
     }
 
     #[test]
     fn a_hash_goes_to_the_first_point_at_or_after_it() {
-        let r = Ring::build(&set(&[1, 1, 1]), 16, DEFAULT_MAX_RING_SIZE);
+        let r = build(&set(&[1, 1, 1]), 16, DEFAULT_MAX_RING_SIZE);
         let first = r.points[0];
         let last = r.points[r.points.len() - 1];
         assert_eq!(r.choose(first.0, 0), Some(first.1 as usize));
@@ -135,6 +147,6 @@ mod tests {
         let second = r.points[1];
         assert_eq!(r.choose(first.0 + 1, 0), Some(second.1 as usize));
         assert_eq!(r.choose(first.0, 1), Some(second.1 as usize));
-        assert!(Ring::build(&set(&[]), 16, 16).choose(5, 0).is_none());
+        assert!(build(&set(&[]), 16, 16).choose(5, 0).is_none());
     }
 }

@@ -151,11 +151,7 @@ pub fn decode_delta(
 /// Applies one response from a stream; then re-syncs dependent subscriptions and
 /// initialisation (which may send requests on any mux before this response is ACKed, as
 /// Envoy does).
-pub fn apply(
-    server: &Rc<Server>,
-    type_url: &str,
-    update: Update<'_>,
-) -> Result<(), String> {
+pub fn apply(server: &Rc<Server>, type_url: &str, update: Update<'_>) -> Result<(), String> {
     apply_unmuxed(server, type_url, update)
 }
 

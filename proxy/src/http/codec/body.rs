@@ -15,7 +15,7 @@ use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::body::{Body, Frame, SizeHint};
 
-use crate::http::codec::h1_server::DownstreamBody;
+use crate::http::codec::downstream_body::DownstreamBody;
 use crate::http::codec::upstream_h1::UpstreamBody;
 
 /// Boxed body error.

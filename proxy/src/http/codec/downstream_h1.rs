@@ -23,8 +23,8 @@ use http::{Method, StatusCode, Uri, Version};
 use percent_encoding::{percent_encode, AsciiSet};
 
 use crate::http::codec::h1_head::{FramingFields, HeadSpans, SplitHead};
-use crate::protocol::key_format::KeyFormat;
 use crate::http::codec::upstream_h1::BodyDecoder;
+use crate::protocol::key_format::KeyFormat;
 
 /// Header fields parsed on the stack before falling back to the heap.
 const STACK_FIELDS: usize = 128;

@@ -34,9 +34,10 @@ use bytes::{Buf, Bytes, BytesMut};
 use futures::channel::oneshot;
 use http::header::{self, HeaderMap};
 use http::{Method, Request, Response, StatusCode, Version};
-use hyper::body::{Body as _, Frame};
+use hyper::body::Body as _;
 
 use crate::http::codec::body::ProxyBody;
+use crate::http::codec::downstream_body::{DownstreamBody, Transport};
 use crate::http::codec::downstream_h1::{
     encode_response_head, parse_request_head, reason_phrase, response_fields, CodecError,
     ConnectionHeader, Limits, RequestHead, ResponseFraming,
@@ -45,8 +46,8 @@ use crate::http::codec::handoff::{
     is_upgrade, tunnel_link, DownstreamUpgrade, PrefixedIo, TunnelEnd, TunnelLink,
 };
 use crate::http::codec::header_map_pool;
+use crate::http::codec::upstream_h1::recv_into;
 use crate::protocol::key_format::KeyFormat;
-use crate::http::codec::upstream_h1::{recv_into, BodyDecoder, Decoded, H1Error};
 use courier_runtime::event::rt::{Sleep, TcpIo};
 
 /// Body chunks up to this size are copied next to the framing (one `writev` slice, no
@@ -58,82 +59,6 @@ const HIGH_WATER: usize = 64 * 1024;
 /// not read (and a close not noticed) until the response is out.
 const PIPELINED_MAX: usize = 64 * 1024;
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
-
-/// The socket and what was read from it, shared with the request body.
-struct Transport {
-    io: TcpIo,
-    rbuf: BytesMut,
-    /// The current request's body while it is read.
-    body: Option<BodyDecoder>,
-    /// The request body broke its framing: the response becomes Envoy's `400`.
-    body_error: Option<CodecError>,
-}
-
-impl Transport {
-    fn body_done(&self) -> bool {
-        self.body.as_ref().is_none_or(BodyDecoder::is_done)
-    }
-}
-
-/// A request body read straight off the downstream connection.
-pub struct DownstreamBody {
-    t: Rc<RefCell<Transport>>,
-}
-
-impl DownstreamBody {
-    /// Whether the body is complete.
-    pub fn is_end_stream(&self) -> bool {
-        self.t.borrow().body_done()
-    }
-
-    /// The bytes left, when known.
-    pub fn exact_len(&self) -> Option<u64> {
-        self.t
-            .borrow()
-            .body
-            .as_ref()
-            .and_then(BodyDecoder::exact_len)
-    }
-
-    /// The next data or trailers frame.
-    pub fn poll_frame(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, H1Error>>> {
-        let mut t = self.t.borrow_mut();
-        let t = &mut *t;
-        let Some(decoder) = t.body.as_mut() else {
-            return Poll::Ready(None);
-        };
-        loop {
-            let decoded = match decoder.decode(&mut t.rbuf) {
-                Ok(d) => d,
-                Err(e) => {
-                    t.body_error = Some(CodecError {
-                        status: StatusCode::BAD_REQUEST,
-                        reason: "malformed request body",
-                        bare: false,
-                    });
-                    return Poll::Ready(Some(Err(e)));
-                }
-            };
-            match decoded {
-                Decoded::Data(data) => return Poll::Ready(Some(Ok(Frame::data(data)))),
-                Decoded::Trailers(trailers) => {
-                    return Poll::Ready(Some(Ok(Frame::trailers(trailers))))
-                }
-                Decoded::End => return Poll::Ready(None),
-                Decoded::NeedMore => {}
-            }
-            match ready!(recv_into(&mut t.io, &mut t.rbuf, cx)) {
-                // A request body is never delimited by the close.
-                Ok(0) => return Poll::Ready(Some(Err(H1Error::Closed))),
-                Ok(_) => {}
-                Err(e) => return Poll::Ready(Some(Err(e.into()))),
-            }
-        }
-    }
-}
 
 /// Bytes waiting to be written: small pieces copied together, large bodies by reference.
 #[derive(Default)]

@@ -27,8 +27,8 @@ use crate::http::codec::body::ProxyBody;
 use crate::http::codec::h1_server::{End, H1Server, ServeFuture};
 use crate::http::codec::handoff::PrefixedIo;
 use crate::http::conn_manager::config::{Codec, HcmConfig};
+use crate::http::conn_manager::conn_info::ConnInfo;
 use crate::http::conn_manager::upgrade;
-use crate::http::router::{self, ConnInfo};
 use crate::listener::ListenerStats;
 use crate::worker::{Ctx, EventHandler, HandlerId, Next, WorkerLocal};
 use courier_runtime::event::rt::{self, LocalExec, RtTimer, TcpIo};
@@ -51,7 +51,7 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for HcmServic
     fn call(&self, mut req: http::Request<hyper::body::Incoming>) -> Self::Future {
         let upgrade = upgrade::h2_to_h1_request(&mut req);
         crate::http::conn_manager::headers::join_cookies(req.headers_mut());
-        router::serve_boxed(
+        crate::http::conn_manager::serve::serve_boxed(
             self.conn.clone(),
             req.map(|b| ProxyBody::stream(b, None)),
             upgrade,

@@ -6,9 +6,13 @@
 
 pub mod access_log;
 pub mod config;
+pub mod conn_info;
 pub mod connection;
 pub mod headers;
 pub mod internal_address;
+pub mod local_reply;
+pub mod path;
 pub mod request_controls;
+pub mod serve;
 pub mod stream_idle;
 pub mod upgrade;

@@ -68,9 +68,7 @@ impl Expiry {
         match self {
             Expiry::Idle => "stream idle timeout",
             Expiry::Route => "upstream request timeout",
-            Expiry::UpstreamDuration => {
-                crate::protocol::stream_limits::UPSTREAM_DURATION_REACHED
-            }
+            Expiry::UpstreamDuration => crate::protocol::stream_limits::UPSTREAM_DURATION_REACHED,
         }
     }
 }

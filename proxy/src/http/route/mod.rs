@@ -2311,7 +2311,7 @@ mod tests {
             let n = rng.usize(0..24);
             let s: String = (0..n).map(|_| chars[rng.usize(..chars.len())]).collect();
             let _ = t.route(&s, &s, &HeaderMap::new(), &Pseudo::default());
-            let _ = crate::http::router::sanitize_path(&s, true, true);
+            let _ = crate::http::conn_manager::path::sanitize_path(&s, true, true);
         }
     }
 

@@ -21,10 +21,10 @@ use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::http::codec::body::ProxyBody;
 use crate::http::codec::h2_settings::{PeerSettings, SettingsWatch};
-use crate::protocol::key_format::KeyFormat;
-use crate::protocol::stream_limits::DEFAULT_MAX_HEADERS;
 use crate::http::codec::upstream_h1::H1Connection;
 use crate::http::request_stats::RequestStats;
+use crate::protocol::key_format::KeyFormat;
+use crate::protocol::stream_limits::DEFAULT_MAX_HEADERS;
 use crate::stats::{Counter, Gauge, Store};
 use crate::upstream::{ClusterInfo, ConnLifetime, ConnPool, Host, ThreadLocalClusterManager};
 use courier_runtime::event::rt::{self, LocalExec, RtTimer, Sleep, TcpIo};

@@ -137,7 +137,7 @@ impl HealthCheckFilter {
             self.ok.inc(worker);
             StatusCode::OK
         };
-        let mut r = crate::http::router::local_reply(status, "");
+        let mut r = crate::http::conn_manager::local_reply::local_reply(status, "");
         self.mark(r.headers_mut(), true, failed);
         HealthCheckRequest::Answer(Box::new(r))
     }

@@ -361,13 +361,13 @@ impl LocalRateLimitFilter {
             return RateLimited::Pass(report(tokens));
         }
         policy.stat_enforced.inc(worker);
-        let mut r = crate::http::router::local_reply(policy.status, BODY);
+        let mut r = crate::http::conn_manager::local_reply::local_reply(policy.status, BODY);
         policy.response_headers.apply(r.headers_mut(), cx);
         if let Some(rem) = report(tokens) {
             rem.apply(r.headers_mut());
         }
         if policy.resource_exhausted {
-            crate::http::router::set_grpc_status(&mut r, 8);
+            crate::http::conn_manager::local_reply::set_grpc_status(&mut r, 8);
         }
         RateLimited::Refuse(Box::new(r))
     }

@@ -288,7 +288,7 @@ impl RbacFilter {
         tracing::debug!(filter = %self.name, allowed = d.allowed, policy = ?d.policy, "rbac");
         self.enforced.count(d, rules.per_rule_stats, own, worker);
         (!d.allowed).then(|| {
-            Box::new(crate::http::router::local_reply(
+            Box::new(crate::http::conn_manager::local_reply::local_reply(
                 StatusCode::FORBIDDEN,
                 BODY,
             ))

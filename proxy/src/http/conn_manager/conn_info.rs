@@ -1,0 +1,73 @@
+//! What a request knows about its downstream connection ([`ConnInfo`]), and how the
+//! HTTP/1.1 codec reaches the connection manager through it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::http::codec::h1_server::H1Settings;
+use crate::http::conn_manager::config::HcmConfig;
+
+/// What a request knows about its connection.
+pub struct ConnInfo {
+    /// The connection manager.
+    pub config: Arc<HcmConfig>,
+    /// Client address.
+    pub remote: SocketAddr,
+    /// Local address.
+    pub local: SocketAddr,
+    /// Worker index.
+    pub worker: usize,
+    /// Requests started on this connection.
+    pub requests: std::cell::Cell<u32>,
+    /// Requests in flight on this connection.
+    pub active: std::cell::Cell<u32>,
+    /// Set when the connection should close after the current request.
+    pub closing: std::cell::Cell<bool>,
+    /// Last time a request started or finished.
+    pub last_activity: std::cell::Cell<Instant>,
+    /// The listener's stats (its `downstream_cx_active` is what a drain waits on).
+    pub listener_stats: Arc<crate::listener::ListenerStats>,
+    /// The codec once detected: `Some(true)` for HTTP/2.
+    pub http2: std::cell::Cell<Option<bool>>,
+    /// The listener's `per_connection_buffer_limit_bytes`: by default, how much of a
+    /// request body is buffered to be replayed on retries.
+    pub buffer_limit: usize,
+    /// The connection's own rate limit buckets (`local_rate_limit_per_downstream_connection`).
+    pub rate_limit_buckets: crate::filters::http::local_ratelimit::ConnectionBuckets,
+    /// The connection drains (a listener drain, a failed health check): it takes no new
+    /// request after the current ones (HTTP/2: GOAWAY).
+    pub draining: std::cell::Cell<bool>,
+    /// The HTTP/1.1 codec's settings, from `config`.
+    pub h1: H1Settings,
+}
+
+impl ConnInfo {
+    /// Starts draining the connection (`downstream_cx_drain_close`, once): HTTP/1.1 closes
+    /// after the current response, HTTP/2 sends GOAWAY ([`crate::http::conn_manager::connection`] acts on it).
+    pub fn drain_close(&self) {
+        self.closing.set(true);
+        if !self.draining.replace(true) {
+            self.config.stats.downstream_cx_drain_close.inc(self.worker);
+        }
+    }
+}
+
+/// The connection counts as active until its last holder is gone: the connection itself,
+/// a response still finishing, or a tunnel (an upgraded connection outlives its HTTP codec;
+/// as in Envoy, it stays in `downstream_cx_active` and a drain waits for it).
+impl Drop for ConnInfo {
+    fn drop(&mut self) {
+        let w = self.worker;
+        let stats = &self.config.stats;
+        match self.http2.get() {
+            Some(true) => stats.downstream_cx_http2_active.dec(w),
+            Some(false) => stats.downstream_cx_http1_active.dec(w),
+            None => {}
+        }
+        stats.downstream_cx_active.dec(w);
+        stats.downstream_cx_destroy.inc(w);
+        self.listener_stats.downstream_cx_active.dec(w);
+        self.listener_stats.downstream_cx_destroy.inc(w);
+    }
+}

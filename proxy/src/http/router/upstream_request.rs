@@ -1,0 +1,251 @@
+//! One attempt of a request on an upstream connection (Envoy's `UpstreamRequest`): a
+//! connection from the pool, the request sent, the response head awaited.
+
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{Request, Response, Version};
+
+use crate::http::codec::body::ProxyBody;
+use crate::http::codec::header_map_pool;
+use crate::http::codec::upstream_h1::{H1Connection, H1Error};
+use crate::http::conn_manager::headers::strip_response_hop_by_hop;
+use crate::http::request_stats::StatSinks;
+use crate::http::router::pool;
+use crate::protocol::stream_limits::StreamEnds;
+use crate::upstream::ClusterInfo;
+use courier_runtime::event::rt;
+use pool::{PoolError, Sender};
+
+/// An HTTP/1.1 upstream's response body as the cluster passes it on: its trailers only
+/// with `enable_trailers`.
+pub(crate) fn http1_response_body(cluster: &ClusterInfo, body: ProxyBody) -> ProxyBody {
+    if cluster.http1_trailers {
+        body
+    } else {
+        body.without_trailers()
+    }
+}
+
+/// Sends one request on a connection of `pool` to `host` (a stale kept-alive one is
+/// replaced); the response as its head arrives.
+pub(crate) async fn send_once(
+    pool: &Rc<pool::ClusterPool>,
+    cluster: &Arc<ClusterInfo>,
+    host: &Arc<crate::upstream::Host>,
+    worker: usize,
+    sinks: &StatSinks<'_>,
+    req: Request<ProxyBody>,
+) -> Result<Response<ProxyBody>, AttemptError> {
+    let mut req = req;
+    let limits = &cluster.stream_limits;
+    // A request that never reached a reused connection (closed under us) is sent again
+    // on another one, as Envoy's pool does for stale keep-alive connections.
+    // A complete body (none, or buffered for retries) goes through Courier's own HTTP/1
+    // client; a streamed one through hyper's.
+    let raw_body = (!cluster.http2).then(|| req.body().bytes()).flatten();
+    let mut counted = false;
+    for _ in 0..3 {
+        let raw = raw_body.is_some();
+        let (sender, reused) = match pool.checkout(cluster, host, worker, raw).await {
+            Ok(s) => s,
+            Err(PoolError::Overflow) => return Err(AttemptError::Overflow),
+            Err(PoolError::ConnectFailure(e)) => {
+                tracing::debug!(cluster = %cluster.name, error = %e, "upstream connect failure");
+                return Err(AttemptError::ConnectFailure);
+            }
+            Err(PoolError::ConnectTimeout) => return Err(AttemptError::ConnectFailure),
+        };
+        // As Envoy, an attempt counts (`upstream_rq_total`) once it has a connection.
+        if !counted {
+            sinks.attempt(worker);
+            counted = true;
+        }
+        // As Envoy, the cluster's stream duration counts from the moment the attempt has
+        // its connection.
+        let ends = limits.attempt_ends();
+        match sender {
+            Sender::Raw(c, usage) => {
+                let pool2 = pool.clone();
+                let addr = host.address;
+                let on_done = Box::new(move |conn: Option<H1Connection>| {
+                    if let Some(conn) = conn {
+                        pool2.release_raw(addr, conn, usage);
+                    }
+                });
+                let (parts, req_body) = req.into_parts();
+                let body = raw_body.clone().unwrap_or_default();
+                let sent = match ends {
+                    // Without a duration the send is awaited in place: moved into a
+                    // timer's future it would be copied on every request.
+                    None => c.send(&parts, &body, on_done).await,
+                    Some(_) => {
+                        match Box::pin(rt::timeout(ends, c.send(&parts, &body, on_done))).await {
+                            Some(sent) => sent,
+                            None => return Err(duration_reached(pool, worker)),
+                        }
+                    }
+                };
+                match sent {
+                    // The upstream client leaves the response's hop-by-hop fields out.
+                    Ok((resp, body)) => {
+                        header_map_pool::recycle(parts.headers);
+                        let body = http1_response_body(cluster, ProxyBody::upstream(body));
+                        let mut resp = Response::from_parts(resp, body);
+                        mark_stream_end(&mut resp, ends);
+                        return Ok(resp);
+                    }
+                    // The upstream closed the kept-alive connection as the request went
+                    // out: an idempotent request goes again on another connection.
+                    Err(e) if reused && e.before_response() && parts.method.is_idempotent() => {
+                        tracing::debug!(error = %e, "stale upstream connection; sending again");
+                        req = Request::from_parts(parts, req_body);
+                        continue;
+                    }
+                    Err(H1Error::Protocol(e)) => {
+                        pool.stats.cx_protocol_error.inc(worker);
+                        tracing::debug!(error = %e, "upstream protocol error");
+                        return Err(AttemptError::Protocol);
+                    }
+                    Err(e) => {
+                        pool.stats.rq_rx_reset.inc(worker);
+                        tracing::debug!(error = %e, "upstream reset");
+                        return Err(AttemptError::Reset);
+                    }
+                }
+            }
+            Sender::H1(mut s, usage) => match rt::timeout(ends, s.try_send_request(req)).await {
+                None => return Err(duration_reached(pool, worker)),
+                Some(Ok(resp)) => {
+                    let pool2 = pool.clone();
+                    let addr = host.address;
+                    let (parts, body) = resp.into_parts();
+                    let mut parts = parts;
+                    strip_response_hop_by_hop(&mut parts.headers, parts.status);
+                    let body = ProxyBody::stream(
+                        body,
+                        Some(Box::new(move |ok, _| {
+                            if ok {
+                                pool2.release(addr, s, usage);
+                            }
+                        })),
+                    );
+                    let mut resp = Response::from_parts(parts, http1_response_body(cluster, body));
+                    mark_stream_end(&mut resp, ends);
+                    return Ok(resp);
+                }
+                Some(Err(mut e)) => match e.take_message() {
+                    Some(r) => {
+                        req = r;
+                        continue;
+                    }
+                    // A response hyper could not parse (more fields than the cluster's
+                    // `max_headers_count` among them): Envoy's protocol error.
+                    None if e.error().is_parse() => {
+                        pool.stats.cx_protocol_error.inc(worker);
+                        tracing::debug!(error = %e.error(), "upstream protocol error");
+                        return Err(AttemptError::Protocol);
+                    }
+                    None => {
+                        pool.stats.rq_rx_reset.inc(worker);
+                        tracing::debug!(error = %e.error(), "upstream reset");
+                        return Err(AttemptError::Reset);
+                    }
+                },
+            },
+            Sender::H2(mut s, stream) => {
+                if s.ready().await.is_err() {
+                    continue;
+                }
+                match rt::timeout(ends, s.try_send_request(req)).await {
+                    None => return Err(duration_reached(pool, worker)),
+                    Some(Ok(resp)) => {
+                        if cluster.stream_limits.h2_head_too_large(resp.headers()) {
+                            // Dropping the response resets the stream; the connection
+                            // stays, as Envoy's.
+                            pool.stats.rq_rx_reset.inc(worker);
+                            tracing::debug!(
+                                cluster = %cluster.name,
+                                fields = resp.headers().len() + 1,
+                                "upstream response head over max_headers_count"
+                            );
+                            return Err(AttemptError::HeadOverflow);
+                        }
+                        let (mut parts, body) = resp.into_parts();
+                        strip_response_hop_by_hop(&mut parts.headers, parts.status);
+                        parts.version = Version::HTTP_11;
+                        // The stream holds its place on the connection until the response
+                        // ends.
+                        let body =
+                            ProxyBody::stream(body, Some(Box::new(move |_, _| drop(stream))));
+                        let mut resp = Response::from_parts(parts, body);
+                        mark_stream_end(&mut resp, ends);
+                        return Ok(resp);
+                    }
+                    Some(Err(mut e)) => match e.take_message() {
+                        Some(r) => {
+                            req = r;
+                            continue;
+                        }
+                        None => {
+                            pool.stats.rq_rx_reset.inc(worker);
+                            tracing::debug!(error = %e.error(), "upstream reset");
+                            if refused_stream(e.error()) {
+                                return Err(AttemptError::Refused);
+                            }
+                            return Err(AttemptError::Reset);
+                        }
+                    },
+                }
+            }
+        }
+    }
+    Err(AttemptError::Reset)
+}
+
+/// An attempt outlived the cluster's `max_stream_duration` before its response head: the
+/// stream was dropped (an HTTP/1.1 connection closes, an HTTP/2 stream is reset).
+pub(crate) fn duration_reached(pool: &pool::ClusterPool, worker: usize) -> AttemptError {
+    pool.stats.rq_max_duration_reached.inc(worker);
+    AttemptError::MaxDuration
+}
+
+/// Notes on `resp` when its stream must end (the cluster's `max_stream_duration`), for
+/// the router to cut its body off then.
+pub(crate) fn mark_stream_end(resp: &mut Response<ProxyBody>, ends: Option<Instant>) {
+    if let Some(at) = ends {
+        resp.extensions_mut().insert(StreamEnds(at));
+    }
+}
+
+/// Whether an HTTP/2 upstream refused the stream (RST_STREAM `REFUSED_STREAM`).
+pub(crate) fn refused_stream(e: &hyper::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(err) = source {
+        if let Some(h2) = err.downcast_ref::<h2::Error>() {
+            return h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+        }
+        source = err.source();
+    }
+    false
+}
+
+/// Why one attempt failed.
+#[derive(Debug)]
+pub(crate) enum AttemptError {
+    Overflow,
+    ConnectFailure,
+    Reset,
+    /// An HTTP/2 upstream refused the stream (`REFUSED_STREAM`): it did not process it.
+    Refused,
+    /// The upstream's response broke HTTP/1.1 (retried as a reset, answered `502`).
+    Protocol,
+    /// The HTTP/2 stream was reset for its response head (more fields than the cluster's
+    /// `max_headers_count`): Envoy's `503 … remote reset` (retried as a reset).
+    HeadOverflow,
+    /// The attempt outlived the cluster's `max_stream_duration` before its response head
+    /// (retried as a reset, as Envoy's local reset).
+    MaxDuration,
+    PerTryTimeout,
+}

@@ -79,9 +79,13 @@ fn http_rds_invalid_regex_is_rejected_with_path() {
         ]}]
     }))
     .expect("proto");
-    let err = RouteTable::compile(&rc, &courier::stats::Store::new(1))
-        .err()
-        .expect("invalid regex must be rejected");
+    let err = RouteTable::compile(
+        &rc,
+        &courier::stats::Store::new(1),
+        &courier::filters::http::HTTP_FILTERS,
+    )
+    .err()
+    .expect("invalid regex must be rejected");
     assert_eq!(
         err.path,
         "virtual_hosts[0].routes[0].match.safe_regex.regex"

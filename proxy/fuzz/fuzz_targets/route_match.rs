@@ -30,7 +30,7 @@ fn table() -> &'static RouteTable {
             ]
         }))
         .expect("fuzz route config");
-        RouteTable::compile(&rc, &courier::stats::Store::new(1)).expect("compiles")
+        RouteTable::compile(&rc, &courier::stats::Store::new(1), &courier::filters::http::HTTP_FILTERS).expect("compiles")
     })
 }
 

@@ -68,8 +68,9 @@ impl HostSet {
     /// The hash ring over the eligible hosts, built on first use (a worker asking
     /// meanwhile waits for it, once per host set).
     pub fn ring(&self, min_ring_size: u64, max_ring_size: u64) -> &super::ring_hash::Ring {
-        self.ring
-            .get_or_init(|| super::ring_hash::Ring::build(&self.hosts, &self.eligible, min_ring_size, max_ring_size))
+        self.ring.get_or_init(|| {
+            super::ring_hash::Ring::build(&self.hosts, &self.eligible, min_ring_size, max_ring_size)
+        })
     }
 
     /// The Maglev table of `size` slots over the eligible hosts, built on first use (a

@@ -58,13 +58,22 @@ impl LbState {
                 .ring(min_ring_size, max_ring_size)
                 .built_with(min_ring_size, max_ring_size) =>
             {
-                Some(Ring::build(&hosts.hosts, &hosts.eligible, min_ring_size, max_ring_size))
+                Some(Ring::build(
+                    &hosts.hosts,
+                    &hosts.eligible,
+                    min_ring_size,
+                    max_ring_size,
+                ))
             }
             _ => None,
         };
         let own_maglev = match policy {
             LbPolicy::Maglev { table_size } if hosts.maglev(table_size).size() != table_size => {
-                Some(MaglevTable::build(&hosts.hosts, &hosts.eligible, table_size))
+                Some(MaglevTable::build(
+                    &hosts.hosts,
+                    &hosts.eligible,
+                    table_size,
+                ))
             }
             _ => None,
         };

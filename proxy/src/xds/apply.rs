@@ -414,13 +414,15 @@ fn apply_rds(server: &Server, update: Update<'_>) -> Result<(), String> {
                     .inc(MAIN_THREAD);
             }
         };
-        let compiled_table = RouteTable::compile(&route, &server.store).and_then(|t| {
-            let cm = server.cluster_manager.borrow();
-            match t.unknown_cluster(false, &|name| cm.contains(name)) {
-                Some(e) => Err(e),
-                None => Ok(t),
-            }
-        });
+        let compiled_table =
+            RouteTable::compile(&route, &server.store, &crate::filters::http::HTTP_FILTERS)
+                .and_then(|t| {
+                    let cm = server.cluster_manager.borrow();
+                    match t.unknown_cluster(false, &|name| cm.contains(name)) {
+                        Some(e) => Err(e),
+                        None => Ok(t),
+                    }
+                });
         match compiled_table {
             Ok(table) => {
                 attempt(true);

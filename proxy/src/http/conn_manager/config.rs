@@ -389,7 +389,8 @@ impl HcmConfig {
         }
         let routes = match &proto.route_specifier {
             Some(RouteSpecifier::RouteConfig(rc)) => RouteSource::Static(Arc::new(
-                RouteTable::compile(rc, store).map_err(|e| e.at("route_config"))?,
+                RouteTable::compile(rc, store, &crate::filters::http::HTTP_FILTERS)
+                    .map_err(|e| e.at("route_config"))?,
             )),
             Some(RouteSpecifier::Rds(rds)) => {
                 if rds.route_config_name.is_empty() {

@@ -6,7 +6,6 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::{Response, StatusCode};
 
 use crate::http::codec::body::ProxyBody;
-use crate::http::conn_manager::config::HcmConfig;
 use crate::http::conn_manager::headers::decimal_value;
 
 /// Envoy's body for an upstream connection failure.
@@ -100,24 +99,4 @@ pub(crate) fn is_grpc(headers: &http::HeaderMap) -> bool {
         let v = v.as_bytes();
         v == b"application/grpc" || v.starts_with(b"application/grpc+")
     })
-}
-
-/// Server header, per `server_header_transformation`.
-pub(crate) fn finish_response(cfg: &HcmConfig, resp: &mut Response<ProxyBody>) {
-    use courier_proto::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::ServerHeaderTransformation as S;
-    match cfg.server_header {
-        S::Overwrite => {
-            resp.headers_mut()
-                .insert(header::SERVER, cfg.server_name.clone());
-        }
-        S::AppendIfAbsent => {
-            resp.headers_mut()
-                .entry(header::SERVER)
-                .or_insert_with(|| cfg.server_name.clone());
-        }
-        S::PassThrough => {}
-    }
-    if let Some(via) = &cfg.via {
-        crate::http::conn_manager::headers::append_value(resp.headers_mut(), &header::VIA, via);
-    }
 }

@@ -14,11 +14,13 @@ use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Body as _;
 
 use crate::filters::http::cors::CorsRequest;
+use crate::filters::http::fault::FaultPolicy;
 use crate::filters::http::fault::{AbortWith, FaultFilter};
 use crate::filters::http::health_check::HealthCheckRequest;
+use crate::filters::http::local_ratelimit::RateLimitPolicy;
 use crate::filters::http::local_ratelimit::RateLimited;
+use crate::filters::http::rbac::RbacRules;
 use crate::filters::http::rbac::{RequestView, XffTrust};
-use crate::filters::http::{self as http_filters, most_specific, FilterConfigs, FilterPolicy};
 use crate::http::codec::body::ProxyBody;
 use crate::http::codec::h1_server::{CodecEvent, H1Service, H1Settings, ServeFuture};
 use crate::http::codec::handoff::DownstreamUpgrade;
@@ -27,13 +29,14 @@ use crate::http::conn_manager::config::{
     EscapedSlashes, HcmConfig, HttpFilter, RouteSource, UnderscoreAction,
 };
 use crate::http::conn_manager::conn_info::ConnInfo;
-use crate::http::conn_manager::headers::FormatContext;
 use crate::http::conn_manager::local_reply::{
-    finish_response, grpc_local_reply, is_grpc, local_reply, set_grpc_status, LocalReply,
+    grpc_local_reply, is_grpc, local_reply, set_grpc_status, LocalReply,
 };
 use crate::http::conn_manager::path::{sanitize_path, unescape_slashes};
 use crate::http::conn_manager::stream_idle::{StreamIdle, UntilIdle};
 use crate::http::conn_manager::upgrade::{self};
+use crate::http::route::header_mutations::FormatContext;
+use crate::http::route::per_filter::{self, FilterConfigs};
 use crate::http::route::{Action, ClusterSpec, Pseudo, RouteTable};
 use crate::http::router::{
     forward, is_scheme, redirect, tls_redirect, Internal, Outcome, X_ENVOY_EXTERNAL_ADDRESS,
@@ -550,11 +553,11 @@ pub(crate) async fn process(
     let mut filter_reply: Option<Box<Response<ProxyBody>>> = None;
     let levels = match routed {
         Some((vh, route)) => [&route.filters, &vh.filters, &table.filters],
-        None => [&http_filters::NONE; 3],
+        None => [&per_filter::NONE; 3],
     };
     let to_cluster = routed.is_some_and(|(_, route)| matches!(route.action, Action::Route(_)));
     for chained in &cfg.filters {
-        if !http_filters::runs(levels, chained.filter.name(), chained.off_by_default) {
+        if !per_filter::runs(levels, chained.filter.name(), chained.off_by_default) {
             continue;
         }
         match &chained.filter {
@@ -589,10 +592,7 @@ pub(crate) async fn process(
                 }
             }
             HttpFilter::LocalRateLimit(f) => {
-                let route_policy = match most_specific(levels, &f.name) {
-                    Some(FilterPolicy::RateLimit(p)) => Some(p),
-                    _ => None,
-                };
+                let route_policy = per_filter::policy_arc::<RateLimitPolicy>(levels, &f.name);
                 let cx = FormatContext {
                     remote: Some(fcx_remote),
                     local: Some(fcx_local),
@@ -601,7 +601,7 @@ pub(crate) async fn process(
                     request: None,
                 };
                 match f.on_request(
-                    route_policy,
+                    route_policy.as_ref(),
                     &conn.rate_limit_buckets,
                     req.headers_mut(),
                     &cx,
@@ -616,10 +616,7 @@ pub(crate) async fn process(
                 }
             }
             HttpFilter::Rbac(f) => {
-                let route_rules = match most_specific(levels, &f.name) {
-                    Some(FilterPolicy::Rbac(r)) => Some(r.as_ref()),
-                    _ => None,
-                };
+                let route_rules = per_filter::policy::<RbacRules>(levels, &f.name);
                 let view = RequestView {
                     headers: req.headers(),
                     pseudo: pseudo(),
@@ -770,7 +767,7 @@ pub(crate) async fn process(
 /// it on the answers of filters before it too, without the request's `accept-encoding`).
 pub(crate) fn compress_response(
     cfg: &HcmConfig,
-    levels: [&http_filters::FilterConfigs; 3],
+    levels: [&FilterConfigs; 3],
     seen: Option<&crate::filters::http::compressor::CompressorRequest<'_>>,
     grpc: bool,
     resp: &mut Response<ProxyBody>,
@@ -791,7 +788,7 @@ pub(crate) fn compress_response(
     }
     match seen {
         Some(r) => r.on_response(resp, worker),
-        None if http_filters::runs(levels, &f.name, chained.off_by_default) => {
+        None if per_filter::runs(levels, &f.name, chained.off_by_default) => {
             f.unseen(levels).on_response(resp, worker)
         }
         None => {}
@@ -833,10 +830,7 @@ pub(crate) async fn inject_fault(
 ) -> Option<Box<Response<ProxyBody>>> {
     // The most specific level naming the filter decides, whatever the route does (only
     // `upstream_cluster` needs a route to a cluster).
-    let route_policy = match most_specific(levels, &filter.name) {
-        Some(FilterPolicy::Fault(p)) => Some(p),
-        _ => None,
-    };
+    let route_policy = per_filter::policy_arc::<FaultPolicy>(levels, &filter.name);
     let cluster = match action {
         Some(Action::Route(a)) => match &a.cluster {
             ClusterSpec::Single(c) => Some(c.as_str()),
@@ -845,7 +839,8 @@ pub(crate) async fn inject_fault(
         },
         _ => None,
     };
-    let mut injection = filter.on_request(route_policy, headers, pseudo, cluster, worker)?;
+    let mut injection =
+        filter.on_request(route_policy.as_ref(), headers, pseudo, cluster, worker)?;
     if let Some(d) = injection.delay {
         outcome.flags = "DI";
         rt::Sleep::until(Instant::now() + d).await;
@@ -899,5 +894,25 @@ impl H1Service for ConnInfo {
             CodecEvent::ProtocolError => stats.downstream_cx_protocol_error.inc(self.worker),
             CodecEvent::HeaderTimeout => stats.downstream_rq_header_timeout.inc(self.worker),
         }
+    }
+}
+
+/// Server header, per `server_header_transformation`.
+pub(crate) fn finish_response(cfg: &HcmConfig, resp: &mut Response<ProxyBody>) {
+    use courier_proto::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::ServerHeaderTransformation as S;
+    match cfg.server_header {
+        S::Overwrite => {
+            resp.headers_mut()
+                .insert(header::SERVER, cfg.server_name.clone());
+        }
+        S::AppendIfAbsent => {
+            resp.headers_mut()
+                .entry(header::SERVER)
+                .or_insert_with(|| cfg.server_name.clone());
+        }
+        S::PassThrough => {}
+    }
+    if let Some(via) = &cfg.via {
+        crate::http::conn_manager::headers::append_value(resp.headers_mut(), &header::VIA, via);
     }
 }

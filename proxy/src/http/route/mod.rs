@@ -7,7 +7,10 @@
 #![allow(deprecated)]
 
 pub mod hash_policy;
+pub mod header_mutations;
+pub mod per_filter;
 pub mod rds;
+pub mod shadow_policy;
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -24,14 +27,14 @@ use http::header::{HeaderMap, HeaderName};
 use http::StatusCode;
 use regex::Regex;
 
-use crate::filters::http::FilterConfigs;
+use per_filter::{FilterConfigs, PerFilterCompiler};
 
 use crate::config::{self, ConfigError};
-use crate::http::conn_manager::headers::HeaderMutations;
 use crate::http::request_stats::RequestStats;
-use crate::http::router::shadow::{self, ShadowPolicy};
 use crate::stats::Store;
 use hash_policy::HashPolicies;
+use header_mutations::HeaderMutations;
+use shadow_policy::ShadowPolicy;
 
 /// A compiled route configuration.
 pub struct RouteTable {
@@ -1093,7 +1096,11 @@ impl RouteTable {
     }
 
     /// Compiles and validates a route configuration.
-    pub fn compile(proto: &RouteConfiguration, store: &Store) -> Result<RouteTable, ConfigError> {
+    pub fn compile(
+        proto: &RouteConfiguration,
+        store: &Store,
+        filters: &dyn PerFilterCompiler,
+    ) -> Result<RouteTable, ConfigError> {
         for (field, set) in [
             ("vhds", proto.vhds.is_some()),
             (
@@ -1116,7 +1123,8 @@ impl RouteTable {
             }
         }
         let table_shadows: Arc<[ShadowPolicy]> =
-            shadow::compile(&proto.request_mirror_policies, "request_mirror_policies")?.into();
+            shadow_policy::compile(&proto.request_mirror_policies, "request_mirror_policies")?
+                .into();
         let mut vhosts = Vec::new();
         let mut exact = HashMap::new();
         let mut suffixes = Vec::new();
@@ -1206,7 +1214,7 @@ impl RouteTable {
             let vh_shadows: Arc<[ShadowPolicy]> = if vh.request_mirror_policies.is_empty() {
                 table_shadows.clone()
             } else {
-                shadow::compile(
+                shadow_policy::compile(
                     &vh.request_mirror_policies,
                     &format!("{vpath}.request_mirror_policies"),
                 )?
@@ -1215,6 +1223,7 @@ impl RouteTable {
             let inherited = Inherited {
                 vhost: &vh.name,
                 store,
+                filters,
                 retry: retry_policy.as_ref(),
                 shadows: &vh_shadows,
             };
@@ -1284,6 +1293,7 @@ impl RouteTable {
                     vh.cors.as_ref().map(|c| (c, format!("{vpath}.cors"))),
                     &vpath,
                     store,
+                    filters,
                 )?,
                 require_tls: match pb::virtual_host::TlsRequirementType::try_from(vh.require_tls) {
                     Ok(pb::virtual_host::TlsRequirementType::None) => TlsRequirement::None,
@@ -1315,7 +1325,13 @@ impl RouteTable {
             default_vhost,
             ignore_port: proto.ignore_port_in_host_matching,
             reads_request_headers: false,
-            filters: FilterConfigs::compile(&proto.typed_per_filter_config, None, "", store)?,
+            filters: FilterConfigs::compile(
+                &proto.typed_per_filter_config,
+                None,
+                "",
+                store,
+                filters,
+            )?,
             internal_only_headers: proto
                 .internal_only_headers
                 .iter()
@@ -1605,6 +1621,8 @@ struct Inherited<'a> {
     shadows: &'a Arc<[ShadowPolicy]>,
     /// Where per-route filter settings keep their counters.
     store: &'a Store,
+    /// Compiles per-route filter settings.
+    filters: &'a dyn PerFilterCompiler,
 }
 
 fn compile_route(
@@ -1767,6 +1785,7 @@ fn compile_route(
             },
             path,
             inherited.store,
+            inherited.filters,
         )?,
         stats: (!r.stat_prefix.is_empty()).then(|| {
             Box::new(RequestStats::virtual_host(
@@ -2004,7 +2023,7 @@ fn compile_route_action(
         shadows: if a.request_mirror_policies.is_empty() {
             inherited.shadows.clone()
         } else {
-            shadow::compile(
+            shadow_policy::compile(
                 &a.request_mirror_policies,
                 &format!("{path}.request_mirror_policies"),
             )?
@@ -2068,7 +2087,7 @@ mod tests {
     fn table(yaml_json: serde_json::Value) -> Result<RouteTable, ConfigError> {
         let rc: RouteConfiguration =
             courier_proto::from_value(&yaml_json).expect("valid proto json");
-        RouteTable::compile(&rc, &Store::new(1))
+        RouteTable::compile(&rc, &Store::new(1), &crate::filters::http::HTTP_FILTERS)
     }
 
     #[test]
@@ -2168,7 +2187,7 @@ mod tests {
                     "virtual_clusters": clusters}]
             }))
             .expect("valid proto json");
-            RouteTable::compile(&rc, &store)
+            RouteTable::compile(&rc, &store, &crate::filters::http::HTTP_FILTERS)
         };
         let err = vh(serde_json::json!([{"name": "c"}]))
             .err()

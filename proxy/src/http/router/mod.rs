@@ -22,7 +22,7 @@ use crate::http::codec::body::ProxyBody;
 use crate::http::codec::handoff::DownstreamUpgrade;
 use crate::http::conn_manager::conn_info::ConnInfo;
 use crate::http::conn_manager::headers::{
-    decimal_value, strip_hop_by_hop, strip_response_hop_by_hop, FormatContext,
+    decimal_value, strip_hop_by_hop, strip_response_hop_by_hop,
 };
 use crate::http::conn_manager::local_reply::{
     is_grpc, local_reply, LocalReply, DURATION_TIMEOUT, GRPC_TIMEOUT, NO_HEALTHY_UPSTREAM,
@@ -33,6 +33,7 @@ use crate::http::conn_manager::request_controls::RequestControls;
 use crate::http::conn_manager::stream_idle::{Expiry, StreamIdle};
 use crate::http::conn_manager::upgrade::{self, WorkerIo};
 use crate::http::request_stats::StatSinks;
+use crate::http::route::header_mutations::FormatContext;
 use crate::http::route::{
     ClusterSpec, HostRewrite, Pseudo, Redirect, Route, RouteAction, RouteTable, VirtualHost,
 };

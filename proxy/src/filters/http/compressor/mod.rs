@@ -54,8 +54,8 @@ use hyper::body::Body;
 use self::accept::{choose, Decision};
 pub use self::gzip::{Compressing, GzipParams};
 use crate::config::ConfigError;
-use crate::filters::http::{most_specific, FilterConfigs, FilterPolicy};
 use crate::http::codec::body::ProxyBody;
+use crate::http::route::per_filter::{self, FilterConfigs};
 use crate::http::route::StrMatch;
 use crate::stats::{Counter, Store};
 
@@ -422,10 +422,7 @@ impl CompressorFilter {
 
     /// The route's `CompressorPerRoute`, the most specific of the request's levels.
     fn per_route<'a>(&self, levels: [&'a FilterConfigs; 3]) -> Option<&'a CompressorPerRoute> {
-        match most_specific(levels, &self.name) {
-            Some(FilterPolicy::Compressor(p)) => Some(p),
-            _ => None,
-        }
+        per_filter::policy(levels, &self.name)
     }
 
     /// The filter's request pass: notes `accept-encoding` (removing it when configured),

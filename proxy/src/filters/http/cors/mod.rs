@@ -30,8 +30,8 @@ use http::header::{self, HeaderName};
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
 
 use crate::config::{ConfigError, Fraction};
-use crate::filters::http::{FilterConfigs, FilterPolicy};
 use crate::http::codec::body::ProxyBody;
+use crate::http::route::per_filter::FilterConfigs;
 use crate::http::route::StrMatch;
 use crate::stats::{Counter, Store};
 
@@ -318,16 +318,13 @@ impl CorsFilter {
 
     /// The policies of the levels, most specific first: their `typed_per_filter_config`
     /// ones, else their deprecated `cors` ones. (Whether the filter runs at all was
-    /// settled by the chain: [`crate::filters::http::runs`].)
+    /// settled by the chain: [`crate::http::route::per_filter::runs`].)
     fn policies<'a>(&self, levels: [&'a FilterConfigs; 3]) -> Policies<'a> {
-        let found = levels.map(|l| match l.get(&self.name) {
-            Some(FilterPolicy::Cors(p)) => Some(p.as_ref()),
-            _ => None,
-        });
+        let found = levels.map(|l| l.policy::<CorsPolicy>(&self.name));
         if found.iter().any(Option::is_some) {
             return Policies(found);
         }
-        Policies(levels.map(|l| l.legacy_cors.as_deref()))
+        Policies(levels.map(FilterConfigs::legacy_cors::<CorsPolicy>))
     }
 }
 
@@ -354,7 +351,14 @@ mod tests {
     fn config(p: cors_pb::CorsPolicy) -> FilterConfigs {
         let any = courier_proto::pack_any(&p);
         let map = std::collections::HashMap::from([(FILTER_NAME.to_string(), any)]);
-        FilterConfigs::compile(&map, None, "vh", &Store::new(1)).expect("valid policy")
+        FilterConfigs::compile(
+            &map,
+            None,
+            "vh",
+            &Store::new(1),
+            &crate::filters::http::HTTP_FILTERS,
+        )
+        .expect("valid policy")
     }
 
     #[test]

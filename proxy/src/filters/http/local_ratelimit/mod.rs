@@ -33,7 +33,8 @@ use http::header::HeaderName;
 use http::{HeaderMap, StatusCode};
 
 use crate::config::{self, ConfigError, Fraction};
-use crate::http::conn_manager::headers::{decimal_value, FormatContext, HeaderMutations};
+use crate::http::conn_manager::headers::decimal_value;
+use crate::http::route::header_mutations::{FormatContext, HeaderMutations};
 use crate::stats::{Counter, Store};
 
 /// The filter's config type, also the per-route policy's.

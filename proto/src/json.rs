@@ -343,6 +343,47 @@ pub fn unpack_any<M: Message + Name + Default>(any: &Any) -> Result<M, AnyError>
     })
 }
 
+/// An extension config given as a `TypedStruct` (`xds.type.v3` or `udpa.type.v1`), as the
+/// `Any` of the message it stands for, as Envoy reads it wherever a `typed_config` goes;
+/// `None` when `any` is no `TypedStruct`.
+pub fn unwrap_typed_struct(any: &Any) -> Option<Result<Any, AnyError>> {
+    let wrapper = crate::type_url::message_name(&any.type_url);
+    if wrapper != "xds.type.v3.TypedStruct" && wrapper != "udpa.type.v1.TypedStruct" {
+        return None;
+    }
+    Some(typed_struct_inner(any, wrapper))
+}
+
+fn typed_struct_inner(any: &Any, wrapper: &str) -> Result<Any, AnyError> {
+    let decode_error = |type_name: &str, message: String| AnyError::Decode {
+        type_name: type_name.to_string(),
+        message,
+    };
+    let typed = crate::typed_struct::TypedStruct::decode(any.value.as_slice())
+        .map_err(|e| decode_error(wrapper, e.to_string()))?;
+    let inner = crate::type_url::message_name(&typed.type_url).to_string();
+    let desc = descriptor(&inner).map_err(|e| decode_error(&inner, e.to_string()))?;
+    // The `Struct` is the message in the proto3 JSON mapping.
+    let value = match &typed.value {
+        Some(v) => {
+            let dynamic = DynamicMessage::decode(
+                descriptor("google.protobuf.Struct")
+                    .map_err(|e| decode_error(&inner, e.to_string()))?,
+                v.encode_to_vec().as_slice(),
+            )
+            .map_err(|e| decode_error(&inner, e.to_string()))?;
+            serde_json::to_value(&dynamic).map_err(|e| decode_error(&inner, e.to_string()))?
+        }
+        None => serde_json::Value::Object(Default::default()),
+    };
+    let message = deserialize(&desc, value)
+        .map_err(|f| decode_error(&inner, format!("{} (at {})", f.error, f.path)))?;
+    Ok(Any {
+        type_url: typed.type_url,
+        value: message.encode_to_vec(),
+    })
+}
+
 /// Wraps `msg` in an `Any` with its canonical type URL.
 pub fn pack_any<M: Message + Name>(msg: &M) -> Any {
     Any {

@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod bootstrap;
 pub mod config;
+pub mod extensions;
 pub mod filters;
 pub mod http;
 pub mod listener;

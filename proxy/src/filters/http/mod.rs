@@ -1,9 +1,17 @@
-//! HTTP filters, one folder each, and their registry.
+//! HTTP filters, one folder each, and their registries.
 //!
-//! [`HTTP_FILTERS`] resolves what routes carry for a filter (a `typed_per_filter_config`
-//! value, by its type) to that filter's compiler: routes hold the result opaquely
-//! ([`crate::http::route::per_filter`]) and the filter reads it back typed. Adding a
-//! per-route config is one line in [`PER_ROUTE`].
+//! - [`CHAIN`]: the filters a connection manager's `http_filters` may name, resolved by
+//!   type (or well-known name) through the extension registry
+//!   ([`crate::extensions::Registry`], with Envoy's rules for unknown, optional and
+//!   `TypedStruct` configs) to a factory building an [`HttpFilter`].
+//! - [`HTTP_FILTERS`]: what routes carry for a filter (a `typed_per_filter_config` value,
+//!   by its type), resolved to that filter's compiler ([`PER_ROUTE`]); routes hold the
+//!   result opaquely ([`crate::http::route::per_filter`]) and the filter reads it back
+//!   typed.
+//!
+//! Adding a filter: its folder, a line in [`CHAIN`] (and in [`PER_ROUTE`] if it takes
+//! per-route config), a variant of [`HttpFilter`], and its step in the connection
+//! manager's request path (`http::conn_manager::serve`).
 
 pub mod compressor;
 pub mod cors;
@@ -18,6 +26,7 @@ use courier_proto::envoy::config::route::v3 as route_pb;
 use courier_proto::google::protobuf::Any;
 
 use crate::config::ConfigError;
+use crate::extensions::{Factory, Registry};
 use crate::http::route::per_filter::{FilterConfig, PerFilterCompiler};
 use crate::stats::Store;
 use compressor::CompressorPerRoute;
@@ -27,6 +36,154 @@ use local_ratelimit::RateLimitPolicy;
 use rbac::RbacRules;
 
 pub use crate::http::route::per_filter::unpack;
+
+/// An HTTP filter Courier runs before the router.
+pub enum HttpFilter {
+    /// `envoy.filters.http.cors`.
+    Cors(cors::CorsFilter),
+    /// `envoy.filters.http.fault`.
+    Fault(fault::FaultFilter),
+    /// `envoy.filters.http.local_ratelimit`.
+    LocalRateLimit(local_ratelimit::LocalRateLimitFilter),
+    /// `envoy.filters.http.health_check`.
+    HealthCheck(health_check::HealthCheckFilter),
+    /// `envoy.filters.http.rbac`.
+    Rbac(rbac::RbacFilter),
+    /// `envoy.filters.http.compressor` (boxed: it is large and rare).
+    Compressor(Box<compressor::CompressorFilter>),
+}
+
+impl HttpFilter {
+    /// The filter's name in `http_filters`: its key in `typed_per_filter_config`.
+    pub fn name(&self) -> &str {
+        match self {
+            HttpFilter::Cors(f) => &f.name,
+            HttpFilter::Fault(f) => &f.name,
+            HttpFilter::LocalRateLimit(f) => &f.name,
+            HttpFilter::HealthCheck(f) => &f.name,
+            HttpFilter::Rbac(f) => &f.name,
+            HttpFilter::Compressor(f) => &f.name,
+        }
+    }
+}
+
+/// What a filter's factory is given: an `http_filters` entry.
+pub struct FilterArgs<'a> {
+    /// The entry's `name` (its key in routes' `typed_per_filter_config`).
+    pub name: &'a str,
+    /// Its `typed_config`, a `TypedStruct` unwrapped.
+    pub config: Option<&'a Any>,
+    /// Where its `typed_config` is, for errors.
+    pub path: &'a str,
+    /// The connection manager's `stat_prefix`.
+    pub stat_prefix: &'a str,
+    /// Where the filter's stats live.
+    pub store: &'a Store,
+}
+
+impl FilterArgs<'_> {
+    /// The config as `M`; the message's defaults when there is none.
+    fn config_or_default<M: prost::Message + prost::Name + Default>(
+        &self,
+    ) -> Result<M, ConfigError> {
+        match self.config {
+            Some(any) => unpack(any, self.path),
+            None => Ok(M::default()),
+        }
+    }
+}
+
+/// Builds one HTTP filter from its `http_filters` entry.
+pub type BuildFilter = fn(&FilterArgs<'_>) -> Result<HttpFilter, ConfigError>;
+
+/// The HTTP filters a connection manager's chain may hold (the router, its terminal
+/// filter, is the manager's own).
+pub static CHAIN: Registry<BuildFilter> = Registry {
+    point: "HTTP filter",
+    factories: &[
+        Factory {
+            type_name: cors::FILTER_TYPE,
+            name: cors::FILTER_NAME,
+            build: |a| {
+                Ok(HttpFilter::Cors(cors::CorsFilter::new(
+                    a.name,
+                    a.stat_prefix,
+                    a.store,
+                )))
+            },
+        },
+        Factory {
+            type_name: local_ratelimit::FILTER_TYPE,
+            name: local_ratelimit::FILTER_NAME,
+            build: |a| {
+                let policy =
+                    RateLimitPolicy::compile(&a.config_or_default()?, a.path, false, a.store)?;
+                Ok(HttpFilter::LocalRateLimit(
+                    local_ratelimit::LocalRateLimitFilter::new(a.name, policy),
+                ))
+            },
+        },
+        Factory {
+            type_name: health_check::FILTER_TYPE,
+            name: health_check::FILTER_NAME,
+            build: |a| {
+                Ok(HttpFilter::HealthCheck(
+                    health_check::HealthCheckFilter::compile(
+                        a.name,
+                        &a.config_or_default()?,
+                        a.path,
+                        a.stat_prefix,
+                        a.store,
+                    )?,
+                ))
+            },
+        },
+        Factory {
+            type_name: rbac::FILTER_TYPE,
+            name: rbac::FILTER_NAME,
+            build: |a| {
+                Ok(HttpFilter::Rbac(rbac::RbacFilter::compile(
+                    a.name,
+                    &a.config_or_default()?,
+                    a.path,
+                    a.stat_prefix,
+                    a.store,
+                )?))
+            },
+        },
+        Factory {
+            type_name: compressor::FILTER_TYPE,
+            name: compressor::FILTER_NAME,
+            build: |a| {
+                let Some(any) = a.config else {
+                    return Err(ConfigError::new(a.path, "value is required"));
+                };
+                Ok(HttpFilter::Compressor(Box::new(
+                    compressor::CompressorFilter::compile(
+                        a.name,
+                        &unpack(any, a.path)?,
+                        a.path,
+                        a.stat_prefix,
+                        a.store,
+                    )?,
+                )))
+            },
+        },
+        Factory {
+            type_name: fault::FILTER_TYPE,
+            name: fault::FILTER_NAME,
+            build: |a| {
+                let fault = FaultPolicy::compile(&a.config_or_default()?, a.path)?;
+                Ok(HttpFilter::Fault(fault::FaultFilter::new(
+                    a.name,
+                    fault,
+                    a.stat_prefix,
+                    a.store,
+                )))
+            },
+        },
+    ],
+};
 
 /// Compiles one type of per-route config for its filter.
 type CompilePerRoute = fn(&Any, &str, &Store) -> Result<FilterConfig, ConfigError>;

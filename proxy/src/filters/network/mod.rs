@@ -6,8 +6,10 @@ pub mod tcp_proxy;
 use std::sync::Arc;
 
 use courier_proto::envoy::config::listener::v3::{filter, Filter};
+use courier_proto::google::protobuf::Any;
 
 use crate::config::ConfigError;
+use crate::extensions::{Factory, Registry};
 use crate::stats::Store;
 
 /// Well-known name and type of the TCP proxy filter.
@@ -32,6 +34,49 @@ impl NetworkFilter {
     }
 }
 
+/// What a network filter's factory is given.
+pub struct FilterArgs<'a> {
+    /// The filter's config (a `TypedStruct` unwrapped).
+    pub config: &'a Any,
+    /// Where its `typed_config` is, for errors.
+    pub path: &'a str,
+    /// Where its stats live.
+    pub store: &'a Store,
+}
+
+/// Builds one network filter from its config.
+pub type BuildFilter = fn(&FilterArgs<'_>) -> Result<NetworkFilter, ConfigError>;
+
+/// The network filters a listener's filter chain may hold (each one terminal).
+pub static NETWORK_FILTERS: Registry<BuildFilter> = Registry {
+    point: "network filter",
+    factories: &[
+        Factory {
+            type_name: "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+            name: TCP_PROXY,
+            build: |a| {
+                let cfg = courier_proto::unpack_any(a.config)
+                    .map_err(|e| ConfigError::new(a.path, e.to_string()))?;
+                Ok(NetworkFilter::TcpProxy(Arc::new(
+                    tcp_proxy::TcpProxyConfig::compile(&cfg, a.store).map_err(|e| e.at(a.path))?,
+                )))
+            },
+        },
+        Factory {
+            type_name:
+                "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+            name: crate::http::HTTP_CONNECTION_MANAGER,
+            build: |a| {
+                let cfg = courier_proto::unpack_any(a.config)
+                    .map_err(|e| ConfigError::new(a.path, e.to_string()))?;
+                Ok(NetworkFilter::HttpConnectionManager(Arc::new(
+                    crate::http::HcmConfig::compile(&cfg, a.store).map_err(|e| e.at(a.path))?,
+                )))
+            },
+        },
+    ],
+};
+
 /// Compiles a chain's `filters`: supported filters only, the last one terminal.
 pub fn compile_filters(filters: &[Filter], store: &Store) -> Result<NetworkFilter, ConfigError> {
     let mut terminal = None;
@@ -43,33 +88,28 @@ pub fn compile_filters(filters: &[Filter], store: &Store) -> Result<NetworkFilte
                 format!("filter '{}' needs a typed_config", f.name),
             ));
         };
-        let type_name = courier_proto::type_url::message_name(&any.type_url);
-        let compiled = match type_name {
-            "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy" => {
-                let cfg = courier_proto::unpack_any(any)
-                    .map_err(|e| ConfigError::new(format!("{path}.typed_config"), e.to_string()))?;
-                NetworkFilter::TcpProxy(Arc::new(
-                    tcp_proxy::TcpProxyConfig::compile(&cfg, store)
-                        .map_err(|e| e.at(&format!("{path}.typed_config")))?,
-                ))
-            }
-            "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager" => {
-                let cfg = courier_proto::unpack_any(any)
-                    .map_err(|e| ConfigError::new(format!("{path}.typed_config"), e.to_string()))?;
-                NetworkFilter::HttpConnectionManager(Arc::new(
-                    crate::http::HcmConfig::compile(&cfg, store)
-                        .map_err(|e| e.at(&format!("{path}.typed_config")))?,
-                ))
-            }
-            other => return Err(ConfigError::new(
-                format!("{path}.typed_config"),
-                format!(
-                    "unsupported network filter '{}' (type {other}); Courier supports {TCP_PROXY} and {}",
-                    f.name,
-                    crate::http::HTTP_CONNECTION_MANAGER
-                ),
-            )),
-        };
+        let at = format!("{path}.typed_config");
+        // Network filters have no `is_optional`: every unknown one is refused.
+        let found = NETWORK_FILTERS
+            .resolve(Some(any), &f.name, false, &at)
+            .map_err(|e| {
+                ConfigError::new(
+                    &at,
+                    format!(
+                        "unsupported network filter '{}': {}; Courier supports {TCP_PROXY} and {}",
+                        f.name,
+                        e.message,
+                        crate::http::HTTP_CONNECTION_MANAGER
+                    ),
+                )
+            })?
+            .ok_or_else(|| ConfigError::new(&at, "unsupported network filter"))?;
+        let config = found.config.as_ref().unwrap_or(any);
+        let compiled = (found.factory.build)(&FilterArgs {
+            config,
+            path: &at,
+            store,
+        })?;
         if i + 1 != filters.len() {
             return Err(ConfigError::new(
                 path,

@@ -19,6 +19,7 @@ use courier_proto::envoy::extensions::filters::network::http_connection_manager:
 use http::HeaderValue;
 
 use crate::config::{self, ConfigError};
+use crate::filters::http::HttpFilter;
 use crate::http::route::RouteTable;
 use crate::stats::{Counter, Gauge, Histogram, Store};
 
@@ -198,36 +199,6 @@ pub struct ChainFilter {
     pub off_by_default: bool,
     /// The filter.
     pub filter: HttpFilter,
-}
-
-/// An HTTP filter Courier runs before the router.
-pub enum HttpFilter {
-    /// `envoy.filters.http.cors`.
-    Cors(crate::filters::http::cors::CorsFilter),
-    /// `envoy.filters.http.fault`.
-    Fault(crate::filters::http::fault::FaultFilter),
-    /// `envoy.filters.http.local_ratelimit`.
-    LocalRateLimit(crate::filters::http::local_ratelimit::LocalRateLimitFilter),
-    /// `envoy.filters.http.health_check`.
-    HealthCheck(crate::filters::http::health_check::HealthCheckFilter),
-    /// `envoy.filters.http.rbac`.
-    Rbac(crate::filters::http::rbac::RbacFilter),
-    /// `envoy.filters.http.compressor` (boxed: it is large and rare).
-    Compressor(Box<crate::filters::http::compressor::CompressorFilter>),
-}
-
-impl HttpFilter {
-    /// The filter's name in `http_filters`: its key in `typed_per_filter_config`.
-    pub fn name(&self) -> &str {
-        match self {
-            HttpFilter::Cors(f) => &f.name,
-            HttpFilter::Fault(f) => &f.name,
-            HttpFilter::LocalRateLimit(f) => &f.name,
-            HttpFilter::HealthCheck(f) => &f.name,
-            HttpFilter::Rbac(f) => &f.name,
-            HttpFilter::Compressor(f) => &f.name,
-        }
-    }
 }
 
 /// A compiled HTTP connection manager.
@@ -469,98 +440,26 @@ impl HcmConfig {
                 saw_router = true;
                 continue;
             }
-            let is =
-                |ty: &str, name: &str| type_name == ty || (type_name.is_empty() && f.name == name);
-            let mut push = |filter| {
-                filters.push(ChainFilter {
-                    off_by_default: f.disabled,
-                    filter,
-                })
+            let config = match &f.config_type {
+                Some(http_filter::ConfigType::TypedConfig(any)) => Some(any),
+                _ => None,
             };
-            if is(
-                crate::filters::http::cors::FILTER_TYPE,
-                crate::filters::http::cors::FILTER_NAME,
-            ) {
-                push(HttpFilter::Cors(
-                    crate::filters::http::cors::CorsFilter::new(&f.name, &proto.stat_prefix, store),
-                ));
+            let at = format!("{path}.typed_config");
+            let Some(found) =
+                crate::filters::http::CHAIN.resolve(config, &f.name, f.is_optional, &path)?
+            else {
                 continue;
-            }
-            if is(
-                crate::filters::http::local_ratelimit::FILTER_TYPE,
-                crate::filters::http::local_ratelimit::FILTER_NAME,
-            ) {
-                let at = format!("{path}.typed_config");
-                let policy = match &f.config_type {
-                    Some(http_filter::ConfigType::TypedConfig(any)) => {
-                        crate::filters::http::unpack(any, &at)?
-                    }
-                    _ => Default::default(),
-                };
-                let policy = crate::filters::http::local_ratelimit::RateLimitPolicy::compile(
-                    &policy, &at, false, store,
-                )?;
-                push(HttpFilter::LocalRateLimit(
-                    crate::filters::http::local_ratelimit::LocalRateLimitFilter::new(
-                        &f.name, policy,
-                    ),
-                ));
-                continue;
-            }
-            if is(
-                crate::filters::http::health_check::FILTER_TYPE,
-                crate::filters::http::health_check::FILTER_NAME,
-            ) {
-                let at = format!("{path}.typed_config");
-                let hc = match &f.config_type {
-                    Some(http_filter::ConfigType::TypedConfig(any)) => {
-                        crate::filters::http::unpack(any, &at)?
-                    }
-                    _ => Default::default(),
-                };
-                push(HttpFilter::HealthCheck(
-                    crate::filters::http::health_check::HealthCheckFilter::compile(
-                        &f.name,
-                        &hc,
-                        &at,
-                        &proto.stat_prefix,
-                        store,
-                    )?,
-                ));
-                continue;
-            }
-            if is(
-                crate::filters::http::rbac::FILTER_TYPE,
-                crate::filters::http::rbac::FILTER_NAME,
-            ) {
-                let at = format!("{path}.typed_config");
-                let rbac = match &f.config_type {
-                    Some(http_filter::ConfigType::TypedConfig(any)) => {
-                        crate::filters::http::unpack(any, &at)?
-                    }
-                    _ => Default::default(),
-                };
-                push(HttpFilter::Rbac(
-                    crate::filters::http::rbac::RbacFilter::compile(
-                        &f.name,
-                        &rbac,
-                        &at,
-                        &proto.stat_prefix,
-                        store,
-                    )?,
-                ));
-                continue;
-            }
-            if is(
-                crate::filters::http::compressor::FILTER_TYPE,
-                crate::filters::http::compressor::FILTER_NAME,
-            ) {
-                let at = format!("{path}.typed_config");
-                let Some(http_filter::ConfigType::TypedConfig(any)) = &f.config_type else {
-                    return Err(ConfigError::new(at, "value is required"));
-                };
-                // Envoy lets several compressors negotiate by `accept-encoding`; Courier
-                // has only gzip, so a second one could only be another gzip.
+            };
+            let filter = (found.factory.build)(&crate::filters::http::FilterArgs {
+                name: &f.name,
+                config: found.config.as_ref(),
+                path: &at,
+                stat_prefix: &proto.stat_prefix,
+                store,
+            })?;
+            // Envoy lets several compressors negotiate by `accept-encoding`; Courier
+            // has only gzip, so a second one could only be another gzip.
+            if matches!(filter, HttpFilter::Compressor(_)) {
                 if seen_compressor {
                     return Err(ConfigError::new(
                         path,
@@ -568,56 +467,11 @@ impl HcmConfig {
                     ));
                 }
                 seen_compressor = true;
-                push(HttpFilter::Compressor(Box::new(
-                    crate::filters::http::compressor::CompressorFilter::compile(
-                        &f.name,
-                        &crate::filters::http::unpack(any, &at)?,
-                        &at,
-                        &proto.stat_prefix,
-                        store,
-                    )?,
-                )));
-                continue;
             }
-            if is(
-                crate::filters::http::fault::FILTER_TYPE,
-                crate::filters::http::fault::FILTER_NAME,
-            ) {
-                let fault = match &f.config_type {
-                    Some(http_filter::ConfigType::TypedConfig(any)) => {
-                        let at = format!("{path}.typed_config");
-                        crate::filters::http::fault::FaultPolicy::compile(
-                            &crate::filters::http::unpack(any, &at)?,
-                            &at,
-                        )?
-                    }
-                    _ => crate::filters::http::fault::FaultPolicy::compile(
-                        &Default::default(),
-                        &path,
-                    )?,
-                };
-                push(HttpFilter::Fault(
-                    crate::filters::http::fault::FaultFilter::new(
-                        &f.name,
-                        fault,
-                        &proto.stat_prefix,
-                        store,
-                    ),
-                ));
-                continue;
-            }
-            // A disabled filter can be enabled per route (`typed_per_filter_config`), so
-            // only an optional one may be left out, as Envoy requires of unknown filters.
-            if f.is_optional {
-                continue;
-            }
-            return Err(ConfigError::new(
-                path,
-                format!(
-                    "Didn't find a registered implementation for '{}' with type URL: '{}'",
-                    f.name, type_name
-                ),
-            ));
+            filters.push(ChainFilter {
+                off_by_default: f.disabled,
+                filter,
+            });
         }
         let compressor = filters
             .iter()

@@ -21,13 +21,12 @@ use crate::filters::http::local_ratelimit::RateLimitPolicy;
 use crate::filters::http::local_ratelimit::RateLimited;
 use crate::filters::http::rbac::RbacRules;
 use crate::filters::http::rbac::{RequestView, XffTrust};
+use crate::filters::http::HttpFilter;
 use crate::http::codec::body::ProxyBody;
 use crate::http::codec::h1_server::{CodecEvent, H1Service, H1Settings, ServeFuture};
 use crate::http::codec::handoff::DownstreamUpgrade;
 use crate::http::conn_manager::access_log::LogEntry;
-use crate::http::conn_manager::config::{
-    EscapedSlashes, HcmConfig, HttpFilter, RouteSource, UnderscoreAction,
-};
+use crate::http::conn_manager::config::{EscapedSlashes, HcmConfig, RouteSource, UnderscoreAction};
 use crate::http::conn_manager::conn_info::ConnInfo;
 use crate::http::conn_manager::local_reply::{
     grpc_local_reply, is_grpc, local_reply, set_grpc_status, LocalReply,

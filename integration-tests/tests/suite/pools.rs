@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use courier_control_plane::{Resource, ResourceType};
 use courier_integration_tests::resources::*;
-use courier_integration_tests::traffic::HttpConn;
+use courier_integration_tests::traffic::{HttpConn, TcpSession};
 use courier_integration_tests::upstream::Upstream;
 use courier_integration_tests::{eventually, free_port, http_supported, Bootstrap, Cp, Proxy};
 
@@ -177,4 +177,42 @@ async fn hosts_removed_by_eds_have_their_connections_closed() {
         "the remaining host keeps its connections ({} open, {b_open} before)",
         b.open()
     );
+}
+
+/// `tcp_proxy` keeps no idle upstream connections: a replaced cluster's busy one is its
+/// session's, which goes on until the client ends it (Envoy drains a TCP pool the same
+/// way); then nothing of the old cluster stays open, and new sessions take the new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_clusters_tcp_session_finishes_then_nothing_stays_open() {
+    let (u0, u1) = (
+        Upstream::tcp_echo("u0").await,
+        Upstream::tcp_echo("u1").await,
+    );
+    let port = free_port();
+    let fx = Fx::ads(vec![
+        static_cluster("c", &[u0.port], ""),
+        tcp_listener("tl", port, "c"),
+    ])
+    .await;
+    let mut session = TcpSession::open(port).await.expect("session");
+    assert_eq!(session.upstream, "u0");
+    session.roundtrip("before").await.expect("echo before");
+    // The same cluster with another endpoint: a new cluster in Envoy's terms.
+    fx.update(vec![static_cluster("c", &[u1.port], "")]).await;
+    eventually("new sessions go to the new endpoint", || async {
+        match TcpSession::open(port).await {
+            Ok(s) if s.upstream == "u1" => Some(()),
+            _ => None,
+        }
+    })
+    .await;
+    session
+        .roundtrip("after")
+        .await
+        .expect("the old cluster's session goes on");
+    drop(session);
+    eventually("the old cluster's connection closed", || async {
+        (u0.open() == 0).then_some(())
+    })
+    .await;
 }

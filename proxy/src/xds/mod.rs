@@ -27,7 +27,7 @@ use courier_proto::type_url;
 use prost::Message;
 
 use crate::config::{self, ConfigError};
-use crate::http::route::rds::RouteSnapshot;
+use crate::http::route::rds::{RouteProvider, RouteSnapshot};
 use crate::http::route::RouteTable;
 use crate::server::{Server, ServerState};
 use crate::stats::{Counter, Gauge, Store, MAIN_THREAD};
@@ -148,8 +148,8 @@ enum Source {
 pub struct XdsState {
     /// Stats.
     pub stats: XdsStats,
-    route_slot: Slot<RouteSnapshot>,
-    routes: BTreeMap<String, Arc<RouteTable>>,
+    /// The RDS route tables.
+    routes: RouteProvider,
     /// RDS names whose first response arrived or whose initial fetch timed out.
     routes_ready: HashSet<String>,
     /// EDS names whose first response arrived.
@@ -175,15 +175,13 @@ pub struct XdsState {
 impl XdsState {
     /// State publishing RDS tables through `route_slot`.
     pub fn new(route_slot: Slot<RouteSnapshot>, store: &Store) -> XdsState {
-        route_slot.set(Arc::new(RouteSnapshot::default()));
         XdsState {
             stats: XdsStats {
                 connected_state: store.gauge("control_plane.connected_state"),
                 cds: SubscriptionStats::new(store, "cluster_manager.cds"),
                 lds: SubscriptionStats::new(store, "listener_manager.lds"),
             },
-            route_slot,
-            routes: BTreeMap::new(),
+            routes: RouteProvider::new(route_slot),
             routes_ready: HashSet::new(),
             eds_ready: HashSet::new(),
             initial_fetch: Default::default(),
@@ -205,7 +203,7 @@ impl XdsState {
     pub fn dumps(&self) -> Vec<serde_json::Value> {
         let dynamic: Vec<serde_json::Value> = self
             .routes
-            .values()
+            .tables()
             .map(|t| {
                 let mut route = serde_json::Map::new();
                 route.insert(
@@ -283,12 +281,12 @@ impl XdsState {
 
     /// Whether listeners needing `name` may stop warming.
     pub fn route_ready(&self, name: &str) -> bool {
-        self.routes_ready.contains(name) || self.routes.contains_key(name)
+        self.routes_ready.contains(name) || self.routes.contains(name)
     }
 
     fn set_route(&mut self, table: Arc<RouteTable>) {
         self.routes_ready.insert(table.name.clone());
-        self.routes.insert(table.name.clone(), table);
+        self.routes.set(table);
     }
 
     fn remove_route(&mut self, name: &str) {
@@ -296,13 +294,7 @@ impl XdsState {
     }
 
     fn publish_routes(&self) {
-        self.route_slot.set(Arc::new(RouteSnapshot {
-            tables: self
-                .routes
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-        }));
+        self.routes.publish();
     }
 
     fn eds_received(&mut self, name: &str) {
@@ -633,10 +625,9 @@ fn sync_rds(server: &Rc<Server>) {
         xds.route_ready(n)
     });
     let mut xds = server.xds.borrow_mut();
-    let before = xds.routes.len();
-    xds.routes.retain(|n, _| names.contains(n));
+    let dropped = xds.routes.retain(|n| names.contains(n));
     xds.routes_ready.retain(|n| names.contains(n));
-    if xds.routes.len() != before {
+    if dropped {
         xds.publish_routes();
     }
 }

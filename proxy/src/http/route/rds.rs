@@ -1,15 +1,72 @@
-//! The RDS route provider's worker side: the route tables RDS delivered, as this worker
-//! sees them.
+//! The RDS route provider: the route tables RDS delivered.
 //!
-//! The main thread publishes every new [`RouteSnapshot`] through a slot whose `apply` is
-//! [`apply_on_worker`]; a request on an RDS listener then finds its table with [`table`],
-//! from the connection's handler and hyper's tasks alike.
+//! On the main thread, the [`RouteProvider`] keeps them (the xDS client feeds it) and
+//! publishes every change as one [`RouteSnapshot`] through a slot whose `apply` is
+//! [`apply_on_worker`]; on a worker, a request on an RDS listener finds its table with
+//! [`table`], from the connection's handler and hyper's tasks alike.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use crate::http::route::RouteTable;
+use courier_runtime::thread_local::Slot;
+
+use super::RouteTable;
+
+/// The main thread's RDS route tables, by route configuration name.
+pub struct RouteProvider {
+    slot: Slot<RouteSnapshot>,
+    tables: BTreeMap<String, Arc<RouteTable>>,
+}
+
+impl RouteProvider {
+    /// A provider publishing through `slot` (an empty snapshot at once).
+    pub fn new(slot: Slot<RouteSnapshot>) -> RouteProvider {
+        slot.set(Arc::new(RouteSnapshot::default()));
+        RouteProvider {
+            slot,
+            tables: BTreeMap::new(),
+        }
+    }
+
+    /// Whether a table named `name` is held.
+    pub fn contains(&self, name: &str) -> bool {
+        self.tables.contains_key(name)
+    }
+
+    /// Every table held, by name.
+    pub fn tables(&self) -> impl Iterator<Item = &Arc<RouteTable>> {
+        self.tables.values()
+    }
+
+    /// Takes `table` (a new one, or a new version), to be published.
+    pub fn set(&mut self, table: Arc<RouteTable>) {
+        self.tables.insert(table.name.clone(), table);
+    }
+
+    /// Drops the table `name` (no listener needs it any more), to be published.
+    pub fn remove(&mut self, name: &str) {
+        self.tables.remove(name);
+    }
+
+    /// Keeps only the tables `keep` names; whether any was dropped (to be published).
+    pub fn retain(&mut self, keep: impl Fn(&str) -> bool) -> bool {
+        let before = self.tables.len();
+        self.tables.retain(|name, _| keep(name));
+        self.tables.len() != before
+    }
+
+    /// Publishes the tables held to every worker.
+    pub fn publish(&self) {
+        self.slot.set(Arc::new(RouteSnapshot {
+            tables: self
+                .tables
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        }));
+    }
+}
 
 /// Route tables from RDS by route configuration name, published to workers through a slot.
 #[derive(Default)]

@@ -1,6 +1,5 @@
 //! xDS resource types and the encoded resources the cache holds.
 
-use std::fmt;
 use std::sync::Arc;
 
 use courier_proto::envoy::config::cluster::v3::{cluster, Cluster};
@@ -12,86 +11,13 @@ use courier_proto::envoy::extensions::filters::network::http_connection_manager:
 };
 use courier_proto::envoy::extensions::transport_sockets::tls::v3::Secret;
 use courier_proto::google::protobuf::Any;
-use courier_proto::type_url;
+use courier_proto::ResourceMessage;
 use prost::Message;
 use sha2::{Digest, Sha256};
 
-/// The xDS resource types courier-cp serves, in the order a server pushes them on ADS so a
-/// client can make before break: clusters, their endpoints, listeners, their routes, secrets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum ResourceType {
-    /// CDS: `envoy.config.cluster.v3.Cluster`.
-    Cluster,
-    /// EDS: `envoy.config.endpoint.v3.ClusterLoadAssignment`.
-    Endpoint,
-    /// LDS: `envoy.config.listener.v3.Listener`.
-    Listener,
-    /// RDS: `envoy.config.route.v3.RouteConfiguration`.
-    Route,
-    /// SDS: `envoy.extensions.transport_sockets.tls.v3.Secret`.
-    Secret,
-}
-
-impl ResourceType {
-    /// Every type, in ADS push order.
-    pub const ALL: [ResourceType; 5] = [
-        ResourceType::Cluster,
-        ResourceType::Endpoint,
-        ResourceType::Listener,
-        ResourceType::Route,
-        ResourceType::Secret,
-    ];
-
-    /// Index into per-type arrays (equals the ADS push order).
-    pub fn index(self) -> usize {
-        self as usize
-    }
-
-    /// The v3 type URL.
-    pub fn type_url(self) -> &'static str {
-        match self {
-            ResourceType::Cluster => type_url::CLUSTER,
-            ResourceType::Endpoint => type_url::CLUSTER_LOAD_ASSIGNMENT,
-            ResourceType::Listener => type_url::LISTENER,
-            ResourceType::Route => type_url::ROUTE_CONFIGURATION,
-            ResourceType::Secret => type_url::SECRET,
-        }
-    }
-
-    /// The type for a type URL, if courier-cp serves it.
-    pub fn from_type_url(url: &str) -> Option<ResourceType> {
-        ResourceType::ALL.into_iter().find(|t| t.type_url() == url)
-    }
-
-    /// Short name used in the admin API paths, the resources file and metrics labels
-    /// (`clusters`, `endpoints`, `listeners`, `routes`, `secrets`).
-    pub fn plural(self) -> &'static str {
-        match self {
-            ResourceType::Cluster => "clusters",
-            ResourceType::Endpoint => "endpoints",
-            ResourceType::Listener => "listeners",
-            ResourceType::Route => "routes",
-            ResourceType::Secret => "secrets",
-        }
-    }
-
-    /// The type for its [`plural`](Self::plural) name.
-    pub fn from_plural(name: &str) -> Option<ResourceType> {
-        ResourceType::ALL.into_iter().find(|t| t.plural() == name)
-    }
-
-    /// True for the types a client subscribes to by wildcard by default (CDS, LDS): SotW
-    /// responses carry the full set and absence means removal.
-    pub fn is_wildcard_type(self) -> bool {
-        matches!(self, ResourceType::Cluster | ResourceType::Listener)
-    }
-}
-
-impl fmt::Display for ResourceType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.plural())
-    }
-}
+/// The xDS resource types courier-cp serves, defined in `courier-proto` (one definition for
+/// the control plane and the proxy).
+pub use courier_proto::ResourceType;
 
 /// Why a resource could not be built from a message or an `Any`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -155,25 +81,16 @@ impl Resource {
     pub fn from_any(any: &Any) -> Result<Arc<Resource>, ResourceError> {
         let kind = ResourceType::from_type_url(&any.type_url)
             .ok_or_else(|| ResourceError::UnsupportedType(any.type_url.clone()))?;
-        let bytes = any.value.as_slice();
-        let decode_err = |e: prost::DecodeError| ResourceError::Decode {
+        let message = kind.decode(&any.value).map_err(|e| ResourceError::Decode {
             type_url: any.type_url.clone(),
             message: e.to_string(),
-        };
-        match kind {
-            ResourceType::Cluster => {
-                Resource::cluster(&Cluster::decode(bytes).map_err(decode_err)?)
-            }
-            ResourceType::Endpoint => {
-                Resource::endpoint(&ClusterLoadAssignment::decode(bytes).map_err(decode_err)?)
-            }
-            ResourceType::Listener => {
-                Resource::listener(&Listener::decode(bytes).map_err(decode_err)?)
-            }
-            ResourceType::Route => {
-                Resource::route(&RouteConfiguration::decode(bytes).map_err(decode_err)?)
-            }
-            ResourceType::Secret => Resource::secret(&Secret::decode(bytes).map_err(decode_err)?),
+        })?;
+        match message {
+            ResourceMessage::Cluster(c) => Resource::cluster(&c),
+            ResourceMessage::Endpoint(cla) => Resource::endpoint(&cla),
+            ResourceMessage::Listener(l) => Resource::listener(&l),
+            ResourceMessage::Route(r) => Resource::route(&r),
+            ResourceMessage::Secret(s) => Resource::secret(&s),
         }
     }
 

@@ -21,14 +21,17 @@
 //! ```
 //!
 //! The main entry points: [`from_yaml`], [`from_json`], [`from_value`], [`load_file`] to load;
-//! [`to_json`] to render; [`pack_any`] / [`unpack_any`] for `Any`; [`resource_name`] for xDS
-//! resources; [`type_url`] for the resource type URLs.
+//! [`to_json`] to render; [`pack_any`] / [`unpack_any`] for `Any`; [`ResourceType`] for the
+//! xDS resource types and their type URLs ([`type_url`] has the constants);
+//! [`unwrap_resource`] to take a resource of a discovery response out of its `Resource`
+//! wrapper, decode and name it; [`resource_name`] to name one.
 
 mod error;
 
 pub mod descriptors;
 pub mod json;
 pub mod resource;
+pub mod resource_type;
 pub mod type_url;
 pub mod typed_struct;
 
@@ -37,4 +40,5 @@ pub use json::{
     from_json, from_value, from_yaml, load_file, pack_any, to_json, unpack_any,
     unwrap_typed_struct, AnyError, FileError, LoadError, Location,
 };
-pub use resource::{resource_name, ResourceError};
+pub use resource::{resource_name, unwrap_resource, ResourceError, UnwrappedResource};
+pub use resource_type::{ResourceMessage, ResourceType};

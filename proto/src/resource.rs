@@ -1,19 +1,19 @@
-//! Names of xDS resources carried in `Any`s.
+//! xDS resources carried in `Any`s: unwrapping `envoy.service.discovery.v3.Resource`
+//! wrappers, decoding and naming.
+
+use std::borrow::Cow;
 
 use prost::Message;
 
-use crate::envoy::config::cluster::v3::Cluster;
 use crate::envoy::config::core::v3::TypedExtensionConfig;
-use crate::envoy::config::endpoint::v3::ClusterLoadAssignment;
-use crate::envoy::config::listener::v3::Listener;
-use crate::envoy::config::route::v3::{RouteConfiguration, ScopedRouteConfiguration, VirtualHost};
-use crate::envoy::extensions::transport_sockets::tls::v3::Secret;
+use crate::envoy::config::route::v3::{ScopedRouteConfiguration, VirtualHost};
 use crate::envoy::service::discovery::v3::Resource;
 use crate::envoy::service::runtime::v3::Runtime;
 use crate::google::protobuf::Any;
+use crate::resource_type::{ResourceMessage, ResourceType};
 use crate::type_url;
 
-/// Why [`resource_name`] could not name a resource.
+/// Why [`unwrap_resource`] or [`resource_name`] could not take out or name a resource.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ResourceError {
@@ -39,6 +39,10 @@ pub enum ResourceError {
     /// An `envoy.service.discovery.v3.Resource` wrapper with neither a name nor a resource.
     #[error("Resource wrapper has neither a name nor a resource")]
     EmptyWrapper,
+    /// An `envoy.service.discovery.v3.Resource` wrapper without a resource, where one is
+    /// needed ([`unwrap_resource`]).
+    #[error("Resource wrapper without a resource")]
+    MissingResource,
 }
 
 fn decode<M: Message + Default>(type_url: &str, bytes: &[u8]) -> Result<M, ResourceError> {
@@ -48,15 +52,115 @@ fn decode<M: Message + Default>(type_url: &str, bytes: &[u8]) -> Result<M, Resou
     })
 }
 
+/// One resource of a discovery response, taken out of its `Resource` wrapper (if it had
+/// one) and decoded: what [`unwrap_resource`] returns.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UnwrappedResource<'a> {
+    /// The resource's own `Any`: the wrapper's `resource`, or the given `Any` itself.
+    pub any: Cow<'a, Any>,
+    /// The resource's name, decoded from its message ([`ResourceMessage::name`]).
+    pub name: String,
+    /// The wrapper's `name`; empty without a wrapper.
+    pub wrapper_name: String,
+    /// The wrapper's `version`; empty without a wrapper.
+    pub version: String,
+    /// The decoded message.
+    pub message: ResourceMessage,
+}
+
+/// An `Any` opened if it is an `envoy.service.discovery.v3.Resource` wrapper (one level).
+struct Opened<'a> {
+    /// The wrapped `Any` (`None` for a wrapper without one), or the `Any` itself.
+    resource: Option<Cow<'a, Any>>,
+    /// The wrapper's name and version; empty without a wrapper.
+    name: String,
+    version: String,
+}
+
+impl<'a> Opened<'a> {
+    fn bare(any: &'a Any) -> Opened<'a> {
+        Opened {
+            resource: Some(Cow::Borrowed(any)),
+            name: String::new(),
+            version: String::new(),
+        }
+    }
+
+    fn open(any: &'a Any) -> Result<Opened<'a>, ResourceError> {
+        if any.type_url != type_url::RESOURCE {
+            return Ok(Opened::bare(any));
+        }
+        let wrapper: Resource = decode(type_url::RESOURCE, &any.value)?;
+        Ok(Opened {
+            resource: wrapper.resource.map(Cow::Owned),
+            name: wrapper.name,
+            version: wrapper.version,
+        })
+    }
+}
+
+/// Takes one resource of `kind` out of an `Any` of a discovery response and names it.
+///
+/// An `envoy.service.discovery.v3.Resource` wrapper (exactly [`type_url::RESOURCE`]) is
+/// unwrapped, one level: its `name` and `version` are returned alongside, and it must hold a
+/// resource ([`ResourceError::MissingResource`]). The resource's type URL must then be
+/// exactly `kind`'s, as Envoy's mux requires of every resource of a response
+/// ([`ResourceError::WrongType`]); its bytes are decoded ([`ResourceError::Decode`]; the
+/// wrapper's own bytes are reported with [`type_url::RESOURCE`]) and the name is read from
+/// the message.
+///
+/// ```
+/// use courier_proto::envoy::config::endpoint::v3::ClusterLoadAssignment;
+/// use courier_proto::envoy::service::discovery::v3::Resource;
+/// use courier_proto::{pack_any, unwrap_resource, ResourceType};
+///
+/// let cla = pack_any(&ClusterLoadAssignment { cluster_name: "backend".into(), ..Default::default() });
+/// let wrapped = pack_any(&Resource {
+///     name: "alias".into(),
+///     version: "v1".into(),
+///     resource: Some(cla.clone()),
+///     ..Default::default()
+/// });
+/// let r = unwrap_resource(ResourceType::Endpoint, &wrapped).unwrap();
+/// assert_eq!((r.name.as_str(), r.wrapper_name.as_str(), r.version.as_str()), ("backend", "alias", "v1"));
+/// assert_eq!(*r.any, cla);
+/// ```
+pub fn unwrap_resource(
+    kind: ResourceType,
+    any: &Any,
+) -> Result<UnwrappedResource<'_>, ResourceError> {
+    let opened = Opened::open(any)?;
+    let any = opened.resource.ok_or(ResourceError::MissingResource)?;
+    let expected = kind.type_url();
+    if any.type_url != expected {
+        return Err(ResourceError::WrongType {
+            expected: expected.to_string(),
+            actual: any.type_url.clone(),
+        });
+    }
+    let message = kind.decode(&any.value).map_err(|e| ResourceError::Decode {
+        type_url: expected.to_string(),
+        message: e.to_string(),
+    })?;
+    Ok(UnwrappedResource {
+        name: message.name().to_string(),
+        any,
+        wrapper_name: opened.name,
+        version: opened.version,
+        message,
+    })
+}
+
 /// The name of the xDS resource of type `type_url` held in `any`.
 ///
-/// Understands [`type_url::LISTENER`], [`type_url::CLUSTER`],
-/// [`type_url::ROUTE_CONFIGURATION`], [`type_url::SCOPED_ROUTE_CONFIGURATION`],
-/// [`type_url::VIRTUAL_HOST`], [`type_url::CLUSTER_LOAD_ASSIGNMENT`] (whose name is its
-/// `cluster_name`), [`type_url::SECRET`], [`type_url::RUNTIME`] and
+/// Understands the [`ResourceType`]s ([`type_url::LISTENER`], [`type_url::CLUSTER`],
+/// [`type_url::ROUTE_CONFIGURATION`], [`type_url::CLUSTER_LOAD_ASSIGNMENT`] (whose name is
+/// its `cluster_name`), [`type_url::SECRET`]) and [`type_url::SCOPED_ROUTE_CONFIGURATION`],
+/// [`type_url::VIRTUAL_HOST`], [`type_url::RUNTIME`] and
 /// [`type_url::TYPED_EXTENSION_CONFIG`]. An `envoy.service.discovery.v3.Resource` wrapper is
-/// unwrapped: its `name` wins when set (as in Envoy), otherwise the wrapped resource is named.
-/// An `Any` of another type than `type_url` is a [`ResourceError::WrongType`].
+/// unwrapped (one level, as [`unwrap_resource`] does): its `name` wins when set (as in
+/// Envoy), otherwise the wrapped resource is named. An `Any` of another type than
+/// `type_url` (compared by message name) is a [`ResourceError::WrongType`].
 ///
 /// ```
 /// use courier_proto::envoy::config::cluster::v3::Cluster;
@@ -66,14 +170,15 @@ fn decode<M: Message + Default>(type_url: &str, bytes: &[u8]) -> Result<M, Resou
 /// assert_eq!(resource_name(type_url::CLUSTER, &any).unwrap(), "echo");
 /// ```
 pub fn resource_name(type_url: &str, any: &Any) -> Result<String, ResourceError> {
-    if any.type_url == type_url::RESOURCE && type_url != type_url::RESOURCE {
-        let wrapper: Resource = decode(type_url::RESOURCE, &any.value)?;
-        if !wrapper.name.is_empty() {
-            return Ok(wrapper.name);
-        }
-        let inner = wrapper.resource.ok_or(ResourceError::EmptyWrapper)?;
-        return resource_name(type_url, &inner);
+    let opened = if type_url == type_url::RESOURCE {
+        Opened::bare(any)
+    } else {
+        Opened::open(any)?
+    };
+    if !opened.name.is_empty() {
+        return Ok(opened.name);
     }
+    let any = opened.resource.ok_or(ResourceError::EmptyWrapper)?;
     if type_url::message_name(&any.type_url) != type_url::message_name(type_url) {
         return Err(ResourceError::WrongType {
             expected: type_url.to_string(),
@@ -81,18 +186,20 @@ pub fn resource_name(type_url: &str, any: &Any) -> Result<String, ResourceError>
         });
     }
     let bytes = any.value.as_slice();
+    if let Some(kind) = ResourceType::from_type_url(type_url) {
+        return kind
+            .decode(bytes)
+            .map(|m| m.name().to_string())
+            .map_err(|e| ResourceError::Decode {
+                type_url: type_url.to_string(),
+                message: e.to_string(),
+            });
+    }
     Ok(match type_url {
-        type_url::LISTENER => decode::<Listener>(type_url, bytes)?.name,
-        type_url::CLUSTER => decode::<Cluster>(type_url, bytes)?.name,
-        type_url::ROUTE_CONFIGURATION => decode::<RouteConfiguration>(type_url, bytes)?.name,
         type_url::SCOPED_ROUTE_CONFIGURATION => {
             decode::<ScopedRouteConfiguration>(type_url, bytes)?.name
         }
         type_url::VIRTUAL_HOST => decode::<VirtualHost>(type_url, bytes)?.name,
-        type_url::CLUSTER_LOAD_ASSIGNMENT => {
-            decode::<ClusterLoadAssignment>(type_url, bytes)?.cluster_name
-        }
-        type_url::SECRET => decode::<Secret>(type_url, bytes)?.name,
         type_url::RUNTIME => decode::<Runtime>(type_url, bytes)?.name,
         type_url::TYPED_EXTENSION_CONFIG => decode::<TypedExtensionConfig>(type_url, bytes)?.name,
         other => return Err(ResourceError::UnsupportedType(other.to_string())),

@@ -12,8 +12,12 @@ use courier_proto::envoy::extensions::transport_sockets::tls::v3::Secret;
 use courier_proto::envoy::service::discovery::v3::Resource;
 use courier_proto::envoy::service::runtime::v3::Runtime;
 use courier_proto::google::protobuf::Any;
-use courier_proto::{pack_any, resource_name, type_url, unpack_any, AnyError, ResourceError};
+use courier_proto::{
+    pack_any, resource_name, type_url, unpack_any, unwrap_resource, AnyError, ResourceError,
+    ResourceMessage, ResourceType,
+};
 use prost::{Message, Name};
+use std::borrow::Cow;
 
 #[test]
 fn type_urls_match_prost() {
@@ -250,4 +254,153 @@ fn resource_name_errors() {
         value: cluster("c").encode_to_vec(),
     };
     assert!(resource_name(type_url::CLUSTER, &bad_wrapper).is_err());
+}
+
+#[test]
+fn resource_types_map_type_urls_and_names() {
+    let prost_urls = [
+        Cluster::type_url(),
+        ClusterLoadAssignment::type_url(),
+        Listener::type_url(),
+        RouteConfiguration::type_url(),
+        Secret::type_url(),
+    ];
+    let plurals = ["clusters", "endpoints", "listeners", "routes", "secrets"];
+    for (i, kind) in ResourceType::ALL.into_iter().enumerate() {
+        assert_eq!(kind.index(), i);
+        assert_eq!(kind.type_url(), prost_urls[i]);
+        assert_eq!(ResourceType::from_type_url(kind.type_url()), Some(kind));
+        assert_eq!(kind.plural(), plurals[i]);
+        assert_eq!(kind.to_string(), plurals[i]);
+        assert_eq!(ResourceType::from_plural(plurals[i]), Some(kind));
+    }
+    // ADS push order: make before break.
+    assert!(ResourceType::Cluster < ResourceType::Endpoint);
+    assert!(ResourceType::Listener < ResourceType::Route);
+    assert!(ResourceType::Cluster.is_wildcard_type() && ResourceType::Listener.is_wildcard_type());
+    assert!(!ResourceType::Endpoint.is_wildcard_type());
+    // Type URLs are compared exactly; other types are not resource types.
+    for other in [
+        type_url::RESOURCE,
+        type_url::VIRTUAL_HOST,
+        "envoy.config.cluster.v3.Cluster",
+        "example.com/envoy.config.cluster.v3.Cluster",
+        "",
+    ] {
+        assert_eq!(ResourceType::from_type_url(other), None, "{other}");
+    }
+    assert_eq!(ResourceType::from_plural("cluster"), None);
+}
+
+#[test]
+fn resource_types_decode_their_messages() {
+    let anys = [
+        pack_any(&cluster("c1")),
+        pack_any(&ClusterLoadAssignment {
+            cluster_name: "e1".into(),
+            ..Default::default()
+        }),
+        pack_any(&Listener {
+            name: "l1".into(),
+            ..Default::default()
+        }),
+        pack_any(&RouteConfiguration {
+            name: "r1".into(),
+            ..Default::default()
+        }),
+        pack_any(&Secret {
+            name: "s1".into(),
+            ..Default::default()
+        }),
+    ];
+    for (kind, any) in ResourceType::ALL.into_iter().zip(&anys) {
+        let message = kind.decode(&any.value).unwrap();
+        assert_eq!(message.resource_type(), kind);
+        assert!(message.name().ends_with('1'), "{kind}: {}", message.name());
+    }
+    assert!(ResourceType::Cluster.decode(&[0x0a, 0xff]).is_err());
+}
+
+#[test]
+fn unwrap_resource_takes_a_resource_out_of_its_wrapper() {
+    // Not wrapped: the Any itself, borrowed; no wrapper name or version.
+    let any = pack_any(&cluster("c1"));
+    let r = unwrap_resource(ResourceType::Cluster, &any).unwrap();
+    assert!(matches!(r.any, Cow::Borrowed(_)));
+    assert_eq!(*r.any, any);
+    assert_eq!(r.name, "c1");
+    assert_eq!((r.wrapper_name.as_str(), r.version.as_str()), ("", ""));
+    assert!(matches!(&r.message, ResourceMessage::Cluster(c) if c.name == "c1"));
+
+    // Wrapped: the inner Any, the wrapper's name and version; the name is the message's.
+    let wrapped = pack_any(&Resource {
+        name: "alias".into(),
+        version: "v7".into(),
+        resource: Some(any.clone()),
+        ..Default::default()
+    });
+    let r = unwrap_resource(ResourceType::Cluster, &wrapped).unwrap();
+    assert_eq!(*r.any, any);
+    assert_eq!(r.name, "c1");
+    assert_eq!(r.wrapper_name, "alias");
+    assert_eq!(r.version, "v7");
+}
+
+#[test]
+fn unwrap_resource_errors() {
+    let any = pack_any(&cluster("c1"));
+    assert_eq!(
+        unwrap_resource(ResourceType::Listener, &any),
+        Err(ResourceError::WrongType {
+            expected: type_url::LISTENER.into(),
+            actual: type_url::CLUSTER.into(),
+        })
+    );
+    // The type URL must match exactly, as Envoy's mux requires.
+    let other_host = Any {
+        type_url: "example.com/envoy.config.cluster.v3.Cluster".into(),
+        value: any.value.clone(),
+    };
+    assert!(matches!(
+        unwrap_resource(ResourceType::Cluster, &other_host),
+        Err(ResourceError::WrongType { .. })
+    ));
+    let garbage = Any {
+        type_url: type_url::CLUSTER.into(),
+        value: vec![0x0a, 0xff],
+    };
+    assert!(matches!(
+        unwrap_resource(ResourceType::Cluster, &garbage),
+        Err(ResourceError::Decode { type_url, .. }) if type_url == type_url::CLUSTER
+    ));
+    // A wrapper that does not decode is reported as the wrapper.
+    let bad_wrapper = Any {
+        type_url: type_url::RESOURCE.into(),
+        value: vec![0x0a, 0xff],
+    };
+    assert!(matches!(
+        unwrap_resource(ResourceType::Cluster, &bad_wrapper),
+        Err(ResourceError::Decode { type_url, .. }) if type_url == type_url::RESOURCE
+    ));
+    // A wrapper must hold a resource, named or not.
+    let named_only = pack_any(&Resource {
+        name: "c1".into(),
+        ..Default::default()
+    });
+    assert_eq!(
+        unwrap_resource(ResourceType::Cluster, &named_only),
+        Err(ResourceError::MissingResource)
+    );
+    // One level only: a wrapper in a wrapper is of the wrong type.
+    let nested = pack_any(&Resource {
+        resource: Some(pack_any(&Resource {
+            resource: Some(any),
+            ..Default::default()
+        })),
+        ..Default::default()
+    });
+    assert!(matches!(
+        unwrap_resource(ResourceType::Cluster, &nested),
+        Err(ResourceError::WrongType { actual, .. }) if actual == type_url::RESOURCE
+    ));
 }

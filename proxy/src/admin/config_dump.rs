@@ -66,7 +66,7 @@ fn clusters_dump(server: &Server) -> Value {
             "cluster": typed(&e.info.proto.decode()),
             "last_updated": timestamp(e.last_updated),
         });
-        if let Some(err) = xds.error_state(courier_proto::type_url::CLUSTER, &e.info.name) {
+        if let Some(err) = xds.error_state(courier_proto::ResourceType::Cluster, &e.info.name) {
             entry["error_state"] = err.clone();
         }
         if e.added_via_api {
@@ -80,9 +80,9 @@ fn clusters_dump(server: &Server) -> Value {
         }
     }
     // Rejected clusters that never became active still show their error, as in Envoy.
-    for name in xds.error_names(courier_proto::type_url::CLUSTER) {
+    for name in xds.error_names(courier_proto::ResourceType::Cluster) {
         if cm.get(&name).is_none() {
-            if let Some(err) = xds.error_state(courier_proto::type_url::CLUSTER, &name) {
+            if let Some(err) = xds.error_state(courier_proto::ResourceType::Cluster, &name) {
                 dynamic_active.push(json!({ "error_state": err }));
             }
         }
@@ -114,7 +114,7 @@ fn clusters_dump(server: &Server) -> Value {
 fn listeners_dump(server: &Server) -> Value {
     let lm = server.listener_manager.borrow();
     let xds = server.xds.borrow();
-    let listener_type = courier_proto::type_url::LISTENER;
+    let listener_type = courier_proto::ResourceType::Listener;
     let mut static_listeners = Vec::new();
     let mut dynamic = Vec::new();
     for (name, e) in lm.listeners() {

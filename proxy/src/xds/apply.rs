@@ -18,8 +18,7 @@ use courier_proto::envoy::config::listener::v3::Listener;
 use courier_proto::envoy::config::route::v3::RouteConfiguration;
 use courier_proto::envoy::service::discovery::v3::Resource as ResourceWrapper;
 use courier_proto::google::protobuf::Any;
-use courier_proto::type_url;
-use prost::Message;
+use courier_proto::{type_url, unwrap_resource, ResourceError, ResourceMessage, ResourceType};
 
 use crate::http::route::RouteTable;
 use crate::memory::Encoded;
@@ -70,64 +69,64 @@ pub enum Update<'a> {
     },
 }
 
-fn decode_one(type_url: &str, any: &Any, index: usize) -> Result<Resource, String> {
-    let (any, version) = if any.type_url == type_url::RESOURCE {
-        let wrapper = ResourceWrapper::decode(any.value.as_slice())
-            .map_err(|e| format!("resources[{index}]: cannot decode Resource wrapper: {e}"))?;
-        let inner = wrapper
-            .resource
-            .ok_or_else(|| format!("resources[{index}]: Resource wrapper without a resource"))?;
-        (inner, wrapper.version)
-    } else {
-        (any.clone(), String::new())
-    };
-    if any.type_url != type_url {
-        return Err(format!(
-            "{} does not match the message-wide type URL {type_url} in DiscoveryResponse",
-            any.type_url
-        ));
-    }
-    let bytes = any.value.as_slice();
-    let err = |e: prost::DecodeError| format!("resources[{index}]: cannot decode {type_url}: {e}");
-    let (name, proto) = match type_url {
-        type_url::CLUSTER => {
-            let name = Cluster::decode(bytes).map_err(err)?.name;
-            (name, Proto::Cluster(Encoded::from_valid_bytes(bytes)))
+/// Unwraps, checks and decodes one resource of a response of `kind`; an `Err` is the
+/// NACK's message (Envoy's wording).
+fn decode_one(kind: ResourceType, any: &Any, index: usize) -> Result<Resource, String> {
+    let expected = kind.type_url();
+    let unwrapped = unwrap_resource(kind, any).map_err(|e| match e {
+        ResourceError::Decode {
+            type_url: t,
+            message,
+        } if t == type_url::RESOURCE => {
+            format!("resources[{index}]: cannot decode Resource wrapper: {message}")
         }
-        type_url::CLUSTER_LOAD_ASSIGNMENT => {
-            let name = ClusterLoadAssignment::decode(bytes)
-                .map_err(err)?
-                .cluster_name;
-            (name, Proto::Assignment(Encoded::from_valid_bytes(bytes)))
+        ResourceError::MissingResource => {
+            format!("resources[{index}]: Resource wrapper without a resource")
         }
-        type_url::LISTENER => {
-            let l = Listener::decode(bytes).map_err(err)?;
-            (l.name.clone(), Proto::Listener(Box::new(l)))
+        ResourceError::WrongType { actual, .. } => format!(
+            "{actual} does not match the message-wide type URL {expected} in DiscoveryResponse"
+        ),
+        ResourceError::Decode { message, .. } => {
+            format!("resources[{index}]: cannot decode {expected}: {message}")
         }
-        _ => {
-            let r = RouteConfiguration::decode(bytes).map_err(err)?;
-            (r.name.clone(), Proto::Route(Box::new(r)))
+        other => format!("resources[{index}]: {other}"),
+    })?;
+    let proto = match unwrapped.message {
+        // Only the bytes are kept: the decoded message is dropped at once.
+        ResourceMessage::Cluster(_) => {
+            Proto::Cluster(Encoded::from_valid_bytes(&unwrapped.any.value))
+        }
+        ResourceMessage::Endpoint(_) => {
+            Proto::Assignment(Encoded::from_valid_bytes(&unwrapped.any.value))
+        }
+        ResourceMessage::Listener(l) => Proto::Listener(l),
+        ResourceMessage::Route(r) => Proto::Route(r),
+        // No stream or file subscribes to SDS (see `mux::ORDER`).
+        ResourceMessage::Secret(_) => {
+            return Err(format!(
+                "resources[{index}]: unsupported resource type {expected}"
+            ))
         }
     };
     Ok(Resource {
-        name,
-        version,
+        name: unwrapped.name,
+        version: unwrapped.version,
         proto,
     })
 }
 
 /// Decodes a SotW response's resources (unwrapping `Resource` wrappers).
-pub fn decode(type_url: &str, resources: &[Any]) -> Result<Vec<Resource>, String> {
+pub fn decode(kind: ResourceType, resources: &[Any]) -> Result<Vec<Resource>, String> {
     resources
         .iter()
         .enumerate()
-        .map(|(i, any)| decode_one(type_url, any, i))
+        .map(|(i, any)| decode_one(kind, any, i))
         .collect()
 }
 
 /// Decodes a delta response's resources.
 pub fn decode_delta(
-    type_url: &str,
+    kind: ResourceType,
     resources: &[ResourceWrapper],
 ) -> Result<Vec<Resource>, String> {
     resources
@@ -138,7 +137,7 @@ pub fn decode_delta(
                 .resource
                 .as_ref()
                 .ok_or_else(|| format!("resources[{i}] ('{}'): no resource", r.name))?;
-            let mut decoded = decode_one(type_url, any, i)?;
+            let mut decoded = decode_one(kind, any, i)?;
             decoded.version.clone_from(&r.version);
             if decoded.name.is_empty() {
                 decoded.name.clone_from(&r.name);
@@ -151,24 +150,29 @@ pub fn decode_delta(
 /// Applies one response from a stream; then re-syncs dependent subscriptions and
 /// initialisation (which may send requests on any mux before this response is ACKed, as
 /// Envoy does).
-pub fn apply(server: &Rc<Server>, type_url: &str, update: Update<'_>) -> Result<(), String> {
-    apply_unmuxed(server, type_url, update)
+pub fn apply(server: &Rc<Server>, kind: ResourceType, update: Update<'_>) -> Result<(), String> {
+    apply_unmuxed(server, kind, update)
 }
 
 /// Applies a response that came from a file rather than a stream.
 pub fn apply_unmuxed(
     server: &Rc<Server>,
-    type_url: &str,
+    kind: ResourceType,
     update: Update<'_>,
 ) -> Result<(), String> {
-    let result = match type_url {
-        type_url::CLUSTER => apply_cds(server, update),
-        type_url::CLUSTER_LOAD_ASSIGNMENT => apply_eds(server, update),
-        type_url::LISTENER => apply_lds(server, update),
-        _ => apply_rds(server, update),
+    let result = match kind {
+        ResourceType::Cluster => apply_cds(server, update),
+        ResourceType::Endpoint => apply_eds(server, update),
+        ResourceType::Listener => apply_lds(server, update),
+        ResourceType::Route => apply_rds(server, update),
+        // Never decoded (see `decode_one`), so never applied.
+        ResourceType::Secret => Err(format!(
+            "unsupported resource type {}",
+            ResourceType::Secret.type_url()
+        )),
     };
     // A first response, accepted or not, completes that type's initial fetch.
-    super::mark_initialized(server, type_url);
+    super::mark_initialized(server, kind);
     super::after_update(server);
     result
 }
@@ -212,10 +216,10 @@ fn apply_cds(server: &Server, update: Update<'_>) -> Result<(), String> {
             Ok(_) => server
                 .xds
                 .borrow_mut()
-                .clear_error(type_url::CLUSTER, &r.name),
+                .clear_error(ResourceType::Cluster, &r.name),
             Err(e) => {
                 server.xds.borrow_mut().record_error(
-                    type_url::CLUSTER,
+                    ResourceType::Cluster,
                     &r.name,
                     &version,
                     courier_proto::to_json(&cluster),
@@ -308,9 +312,9 @@ fn apply_lds(server: &Server, update: Update<'_>) -> Result<(), String> {
     let mut xds = server.xds.borrow_mut();
     for (name, failure) in failures {
         match failure {
-            None => xds.clear_error(type_url::LISTENER, &name),
+            None => xds.clear_error(ResourceType::Listener, &name),
             Some((json, detail)) => {
-                xds.record_error(type_url::LISTENER, &name, &version, json, &detail)
+                xds.record_error(ResourceType::Listener, &name, &version, json, &detail)
             }
         }
     }

@@ -10,13 +10,14 @@ use std::collections::{BinaryHeap, HashMap};
 use std::rc::{Rc, Weak};
 use std::time::Duration;
 
+use courier_proto::ResourceType;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::server::Server;
 
-/// A subscription whose first response is awaited: (type URL, name; empty for CDS/LDS).
-pub type Subscription = (&'static str, String);
+/// A subscription whose first response is awaited: (type, name; empty for CDS/LDS).
+pub type Subscription = (ResourceType, String);
 
 /// The pending initial-fetch deadlines.
 #[derive(Default)]
@@ -49,10 +50,10 @@ impl InitialFetchTimers {
         }
     }
 
-    /// Forgets subscriptions of `type_url` that are no longer needed, so one needed again
+    /// Forgets subscriptions of `kind` that are no longer needed, so one needed again
     /// later is timed afresh.
-    pub fn retain(&mut self, type_url: &str, needed: impl Fn(&str) -> bool) {
-        self.started.retain(|(t, n), _| *t != type_url || needed(n));
+    pub fn retain(&mut self, kind: ResourceType, needed: impl Fn(&str) -> bool) {
+        self.started.retain(|(t, n), _| *t != kind || needed(n));
     }
 
     /// Pops the subscriptions whose deadline has passed.
@@ -75,7 +76,7 @@ impl InitialFetchTimers {
 
 /// Drains the server's queue on the main thread's `LocalSet` until the server is dropped,
 /// calling `fire` for each subscription whose deadline passes.
-pub fn spawn(server: Weak<Server>, fire: fn(&Rc<Server>, &'static str, &str)) {
+pub fn spawn(server: Weak<Server>, fire: fn(&Rc<Server>, ResourceType, &str)) {
     tokio::task::spawn_local(async move {
         loop {
             let (next, changed) = {
@@ -110,8 +111,8 @@ pub fn spawn(server: Weak<Server>, fire: fn(&Rc<Server>, &'static str, &str)) {
                 .borrow_mut()
                 .initial_fetch
                 .pop_due(Instant::now());
-            for (type_url, name) in fired {
-                fire(&server, type_url, &name);
+            for (kind, name) in fired {
+                fire(&server, kind, &name);
             }
         }
     });
@@ -120,34 +121,41 @@ pub fn spawn(server: Weak<Server>, fire: fn(&Rc<Server>, &'static str, &str)) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use courier_proto::ResourceType::{Cluster, Endpoint};
 
     #[tokio::test(start_paused = true)]
     async fn fires_each_subscription_once_in_deadline_order() {
         let mut t = InitialFetchTimers::default();
-        t.start(("b", "late".into()), Duration::from_secs(2));
-        t.start(("a", "early".into()), Duration::from_secs(1));
-        t.start(("a", "early".into()), Duration::from_secs(1));
-        t.start(("a", "never".into()), Duration::ZERO);
+        t.start((Cluster, "late".into()), Duration::from_secs(2));
+        t.start((Endpoint, "early".into()), Duration::from_secs(1));
+        t.start((Endpoint, "early".into()), Duration::from_secs(1));
+        t.start((Endpoint, "never".into()), Duration::ZERO);
         assert!(t.pop_due(Instant::now()).is_empty());
         tokio::time::advance(Duration::from_millis(1500)).await;
-        assert_eq!(t.pop_due(Instant::now()), vec![("a", "early".to_string())]);
+        assert_eq!(
+            t.pop_due(Instant::now()),
+            vec![(Endpoint, "early".to_string())]
+        );
         tokio::time::advance(Duration::from_secs(1)).await;
-        assert_eq!(t.pop_due(Instant::now()), vec![("b", "late".to_string())]);
+        assert_eq!(
+            t.pop_due(Instant::now()),
+            vec![(Cluster, "late".to_string())]
+        );
         // Already started: not timed again while still needed.
-        t.start(("a", "early".into()), Duration::from_secs(1));
+        t.start((Endpoint, "early".into()), Duration::from_secs(1));
         assert_eq!(t.next_deadline(), None);
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_subscription_no_longer_needed_is_dropped_and_timed_afresh_later() {
         let mut t = InitialFetchTimers::default();
-        t.start(("eds", "c".into()), Duration::from_secs(1));
-        t.retain("eds", |_| false);
-        t.start(("eds", "c".into()), Duration::from_secs(5));
+        t.start((Endpoint, "c".into()), Duration::from_secs(1));
+        t.retain(Endpoint, |_| false);
+        t.start((Endpoint, "c".into()), Duration::from_secs(5));
         // The first deadline belongs to the dropped subscription: it does not fire.
         tokio::time::advance(Duration::from_secs(2)).await;
         assert!(t.pop_due(Instant::now()).is_empty());
         tokio::time::advance(Duration::from_secs(4)).await;
-        assert_eq!(t.pop_due(Instant::now()), vec![("eds", "c".to_string())]);
+        assert_eq!(t.pop_due(Instant::now()), vec![(Endpoint, "c".to_string())]);
     }
 }

@@ -23,7 +23,7 @@ use courier_proto::envoy::config::bootstrap::v3::Bootstrap;
 use courier_proto::envoy::config::core::v3::{
     config_source::ConfigSourceSpecifier, ApiConfigSource, ConfigSource,
 };
-use courier_proto::type_url;
+use courier_proto::{type_url, ResourceType};
 use prost::Message;
 
 use crate::config::{self, ConfigError};
@@ -99,33 +99,35 @@ impl XdsStats {
 
     /// Counts `update_rejected` for a response whose resources did not decode (wrong type
     /// URL, undecodable bytes): Envoy rejects those like any invalid resource.
-    pub fn decode_rejected(&self, type_url: &str) {
-        match type_url {
-            type_url::CLUSTER => self.cds.update_rejected.inc(MAIN_THREAD),
-            type_url::LISTENER => self.lds.update_rejected.inc(MAIN_THREAD),
-            _ => {}
+    pub fn decode_rejected(&self, kind: ResourceType) {
+        if let Some(stats) = self.subscription(kind) {
+            stats.update_rejected.inc(MAIN_THREAD);
         }
     }
 
     /// Counts `update_failure` for a config source file that does not parse (Envoy: a file
     /// that parses but holds invalid resources is `update_rejected`, one that does not parse
     /// is `update_failure`).
-    pub fn file_failed(&self, type_url: &str) {
-        match type_url {
-            type_url::CLUSTER => self.cds.update_failure.inc(MAIN_THREAD),
-            type_url::LISTENER => self.lds.update_failure.inc(MAIN_THREAD),
-            _ => {}
+    pub fn file_failed(&self, kind: ResourceType) {
+        if let Some(stats) = self.subscription(kind) {
+            stats.update_failure.inc(MAIN_THREAD);
         }
     }
 
     /// Counts `update_failure` for the types of a stream that failed.
-    pub fn stream_failed(&self, types: Vec<&'static str>) {
-        for t in types {
-            match t {
-                type_url::CLUSTER => self.cds.update_failure.inc(MAIN_THREAD),
-                type_url::LISTENER => self.lds.update_failure.inc(MAIN_THREAD),
-                _ => {}
-            }
+    pub fn stream_failed(&self, types: Vec<ResourceType>) {
+        for stats in types.into_iter().filter_map(|kind| self.subscription(kind)) {
+            stats.update_failure.inc(MAIN_THREAD);
+        }
+    }
+
+    /// The subscription stats of `kind`: CDS and LDS have them, EDS, RDS and SDS do not
+    /// (EDS counts per cluster, RDS per connection manager).
+    fn subscription(&self, kind: ResourceType) -> Option<&SubscriptionStats> {
+        match kind {
+            ResourceType::Cluster => Some(&self.cds),
+            ResourceType::Listener => Some(&self.lds),
+            ResourceType::Endpoint | ResourceType::Route | ResourceType::Secret => None,
         }
     }
 }
@@ -157,11 +159,11 @@ pub struct XdsState {
     /// `initial_fetch_timeout` deadlines.
     initial_fetch: initial_fetch::InitialFetchTimers,
     /// `path_config_source` files watched, by (type, path).
-    watched_paths: HashSet<(&'static str, String)>,
+    watched_paths: HashSet<(ResourceType, String)>,
     cds: Option<Source>,
     lds: Option<Source>,
     /// EDS/RDS muxes by config source (serialized), for non-ADS sources.
-    muxes: BTreeMap<(Vec<u8>, &'static str), Rc<Mux>>,
+    muxes: BTreeMap<(Vec<u8>, ResourceType), Rc<Mux>>,
     ads: Option<Rc<Mux>>,
     phase: InitPhase,
     cds_initialized: bool,
@@ -169,7 +171,7 @@ pub struct XdsState {
     cds_timeout: Duration,
     lds_timeout: Duration,
     /// The last rejected update per (type, name): config_dump's `error_state`.
-    errors: BTreeMap<(&'static str, String), serde_json::Value>,
+    errors: BTreeMap<(ResourceType, String), serde_json::Value>,
 }
 
 impl XdsState {
@@ -206,10 +208,7 @@ impl XdsState {
             .tables()
             .map(|t| {
                 let mut route = serde_json::Map::new();
-                route.insert(
-                    "@type".into(),
-                    "type.googleapis.com/envoy.config.route.v3.RouteConfiguration".into(),
-                );
+                route.insert("@type".into(), ResourceType::Route.type_url().into());
                 if let serde_json::Value::Object(fields) = courier_proto::to_json(&*t.proto) {
                     route.extend(fields);
                 }
@@ -235,19 +234,19 @@ impl XdsState {
     /// Records a rejected resource (Envoy's `UpdateFailureState`).
     pub fn record_error(
         &mut self,
-        type_url: &'static str,
+        kind: ResourceType,
         name: &str,
         version: &str,
         failed: serde_json::Value,
         details: &str,
     ) {
         let mut failed_configuration = serde_json::Map::new();
-        failed_configuration.insert("@type".into(), type_url.into());
+        failed_configuration.insert("@type".into(), kind.type_url().into());
         if let serde_json::Value::Object(fields) = failed {
             failed_configuration.extend(fields);
         }
         self.errors.insert(
-            (type_url, name.to_string()),
+            (kind, name.to_string()),
             serde_json::json!({
                 "failed_configuration": failed_configuration,
                 "last_update_attempt": crate::admin::timestamp(std::time::SystemTime::now()),
@@ -258,23 +257,23 @@ impl XdsState {
     }
 
     /// Forgets the error of a resource that was accepted since.
-    pub fn clear_error(&mut self, type_url: &'static str, name: &str) {
-        self.errors.remove(&(type_url, name.to_string()));
+    pub fn clear_error(&mut self, kind: ResourceType, name: &str) {
+        self.errors.remove(&(kind, name.to_string()));
     }
 
     /// The last rejected update of a resource, if it has not been accepted since.
-    pub fn error_state(&self, type_url: &str, name: &str) -> Option<&serde_json::Value> {
+    pub fn error_state(&self, kind: ResourceType, name: &str) -> Option<&serde_json::Value> {
         self.errors
             .iter()
-            .find(|((t, n), _)| *t == type_url && n == name)
+            .find(|((t, n), _)| *t == kind && n == name)
             .map(|(_, v)| v)
     }
 
-    /// Names of resources of `type_url` with a recorded error.
-    pub fn error_names(&self, type_url: &str) -> Vec<String> {
+    /// Names of resources of `kind` with a recorded error.
+    pub fn error_names(&self, kind: ResourceType) -> Vec<String> {
         self.errors
             .keys()
-            .filter(|(t, _)| *t == type_url)
+            .filter(|(t, _)| *t == kind)
             .map(|(_, n)| n.clone())
             .collect()
     }
@@ -384,7 +383,7 @@ fn new_mux(
 fn source_for(
     server: &Rc<Server>,
     source: &ConfigSource,
-    type_url: &'static str,
+    kind: ResourceType,
 ) -> Result<Source, ConfigError> {
     match &source.config_source_specifier {
         Some(ConfigSourceSpecifier::Ads(_)) => server
@@ -395,15 +394,15 @@ fn source_for(
             .map(Source::Mux)
             .ok_or_else(|| ConfigError::new("ads", "needs dynamic_resources.ads_config")),
         Some(ConfigSourceSpecifier::ApiConfigSource(api)) => {
-            let key = (api.encode_to_vec(), type_url);
+            let key = (api.encode_to_vec(), kind);
             if let Some(m) = server.xds.borrow().muxes.get(&key) {
                 return Ok(Source::Mux(m.clone()));
             }
             let mux = new_mux(
                 server,
-                type_url::message_name(type_url),
+                type_url::message_name(kind.type_url()),
                 api,
-                Rpc::Single(type_url),
+                Rpc::Single(kind),
             )?;
             server.xds.borrow_mut().muxes.insert(key, mux.clone());
             Ok(Source::Mux(mux))
@@ -442,7 +441,7 @@ pub async fn start(server: &Rc<Server>) -> anyhow::Result<()> {
         server.xds.borrow_mut().ads = Some(mux);
     }
     if let Some(cds) = &dr.cds_config {
-        let source = source_for(server, cds, type_url::CLUSTER)
+        let source = source_for(server, cds, ResourceType::Cluster)
             .map_err(|e| anyhow::anyhow!("{}", e.at("dynamic_resources.cds_config")))?;
         let mut xds = server.xds.borrow_mut();
         xds.cds = Some(source);
@@ -451,7 +450,7 @@ pub async fn start(server: &Rc<Server>) -> anyhow::Result<()> {
         server.xds.borrow_mut().cds_initialized = true;
     }
     if let Some(lds) = &dr.lds_config {
-        let source = source_for(server, lds, type_url::LISTENER)
+        let source = source_for(server, lds, ResourceType::Listener)
             .map_err(|e| anyhow::anyhow!("{}", e.at("dynamic_resources.lds_config")))?;
         let mut xds = server.xds.borrow_mut();
         xds.lds = Some(source);
@@ -462,17 +461,17 @@ pub async fn start(server: &Rc<Server>) -> anyhow::Result<()> {
     // CDS first; LDS starts once the cluster manager is initialised (Envoy's order).
     let cds = server.xds.borrow().cds.clone();
     match cds {
-        Some(Source::Mux(m)) => m.subscribe_wildcard(type_url::CLUSTER),
+        Some(Source::Mux(m)) => m.subscribe_wildcard(ResourceType::Cluster),
         Some(Source::Path) => {
             if let Some(path) = dr.cds_config.as_ref().and_then(path_of) {
-                path_source::watch(server, path, type_url::CLUSTER);
+                path_source::watch(server, path, ResourceType::Cluster);
             }
         }
         None => {}
     }
     if server.xds.borrow().cds.is_some() {
         let timeout = server.xds.borrow().cds_timeout;
-        start_initial_fetch_timer(server, type_url::CLUSTER, String::new(), timeout);
+        start_initial_fetch_timer(server, ResourceType::Cluster, String::new(), timeout);
     }
     after_update(server);
     // Wait for init to finish (admin answers INITIALIZING meanwhile).
@@ -488,7 +487,7 @@ pub async fn start(server: &Rc<Server>) -> anyhow::Result<()> {
 /// Starts `initial_fetch_timeout` for one subscription (`name` empty for CDS/LDS).
 fn start_initial_fetch_timer(
     server: &Rc<Server>,
-    type_url: &'static str,
+    kind: ResourceType,
     name: String,
     timeout: Duration,
 ) {
@@ -496,34 +495,33 @@ fn start_initial_fetch_timer(
         .xds
         .borrow_mut()
         .initial_fetch
-        .start((type_url, name), timeout);
+        .start((kind, name), timeout);
 }
 
-fn on_initial_fetch_timeout(server: &Rc<Server>, type_url: &'static str, name: &str) {
+fn on_initial_fetch_timeout(server: &Rc<Server>, kind: ResourceType, name: &str) {
     let mut fired = false;
     {
         let mut xds = server.xds.borrow_mut();
-        match type_url {
-            type_url::CLUSTER if !xds.cds_initialized => {
+        match kind {
+            ResourceType::Cluster if !xds.cds_initialized => {
                 xds.cds_initialized = true;
                 xds.stats.cds.init_fetch_timeout.inc(MAIN_THREAD);
                 fired = true;
             }
-            type_url::LISTENER if !xds.lds_initialized => {
+            ResourceType::Listener if !xds.lds_initialized => {
                 xds.lds_initialized = true;
                 xds.stats.lds.init_fetch_timeout.inc(MAIN_THREAD);
                 fired = true;
             }
-            type_url::ROUTE_CONFIGURATION if !xds.route_ready(name) => {
+            ResourceType::Route if !xds.route_ready(name) => {
                 xds.routes_ready.insert(name.to_string());
                 fired = true;
             }
+            // Already initialised or ready; EDS is handled below; no SDS subscriptions.
             _ => {}
         }
     }
-    if type_url == type_url::CLUSTER_LOAD_ASSIGNMENT
-        && !server.xds.borrow().eds_ready.contains(name)
-    {
+    if kind == ResourceType::Endpoint && !server.xds.borrow().eds_ready.contains(name) {
         server
             .cluster_manager
             .borrow_mut()
@@ -535,14 +533,14 @@ fn on_initial_fetch_timeout(server: &Rc<Server>, type_url: &'static str, name: &
             .inc(MAIN_THREAD);
         fired = true;
     }
-    if type_url == type_url::ROUTE_CONFIGURATION && fired {
+    if kind == ResourceType::Route && fired {
         let xds = server.xds.borrow();
         let ready = |n: &str| xds.route_ready(n);
         server.listener_manager.borrow_mut().on_routes_ready(&ready);
     }
     if fired {
         tracing::warn!(
-            type_url,
+            type_url = kind.type_url(),
             name,
             "initial fetch timed out; continuing without it"
         );
@@ -551,12 +549,12 @@ fn on_initial_fetch_timeout(server: &Rc<Server>, type_url: &'static str, name: &
 }
 
 /// Marks the first response of CDS/LDS.
-pub(crate) fn mark_initialized(server: &Server, type_url: &str) {
+pub(crate) fn mark_initialized(server: &Server, kind: ResourceType) {
     let mut xds = server.xds.borrow_mut();
-    match type_url {
-        type_url::CLUSTER => xds.cds_initialized = true,
-        type_url::LISTENER => xds.lds_initialized = true,
-        _ => {}
+    match kind {
+        ResourceType::Cluster => xds.cds_initialized = true,
+        ResourceType::Listener => xds.lds_initialized = true,
+        ResourceType::Endpoint | ResourceType::Route | ResourceType::Secret => {}
     }
 }
 
@@ -569,9 +567,9 @@ pub fn after_update(server: &Rc<Server>) {
     let cds = server.xds.borrow().cds.clone();
     if let Some(Source::Mux(m)) = cds {
         if warming {
-            m.pause(type_url::CLUSTER);
+            m.pause(ResourceType::Cluster);
         } else {
-            m.resume(type_url::CLUSTER);
+            m.resume(ResourceType::Cluster);
         }
     }
     advance_init(server);
@@ -598,12 +596,9 @@ fn sync_eds(server: &Rc<Server>) {
         }
         by_source.into_values().collect()
     };
-    let all = subscribe_named(
-        server,
-        type_url::CLUSTER_LOAD_ASSIGNMENT,
-        &groups,
-        &|xds, n| xds.eds_ready.contains(n),
-    );
+    let all = subscribe_named(server, ResourceType::Endpoint, &groups, &|xds, n| {
+        xds.eds_ready.contains(n)
+    });
     server.cluster_manager.borrow_mut().retain_assignments(&all);
     server
         .xds
@@ -621,7 +616,7 @@ fn sync_rds(server: &Rc<Server>) {
             None => groups.push((rds.config_source, vec![rds.route_config_name])),
         }
     }
-    let names = subscribe_named(server, type_url::ROUTE_CONFIGURATION, &groups, &|xds, n| {
+    let names = subscribe_named(server, ResourceType::Route, &groups, &|xds, n| {
         xds.route_ready(n)
     });
     let mut xds = server.xds.borrow_mut();
@@ -632,14 +627,14 @@ fn sync_rds(server: &Rc<Server>) {
     }
 }
 
-/// Keeps the named subscriptions of `type_url` (EDS or RDS) in step with what clusters
+/// Keeps the named subscriptions of `kind` (EDS or RDS) in step with what clusters
 /// and listeners need, as Envoy's subscriptions follow the resources holding them:
 /// `groups` are the needed names by config source. Every mux serving the type gets its
 /// whole name set (an empty one unsubscribes), file sources are watched, and names not yet
 /// received get an initial-fetch timer. Returns every needed name.
 fn subscribe_named(
     server: &Rc<Server>,
-    type_url: &'static str,
+    kind: ResourceType,
     groups: &[(ConfigSource, Vec<String>)],
     received: &dyn Fn(&XdsState, &str) -> bool,
 ) -> HashSet<String> {
@@ -652,21 +647,23 @@ fn subscribe_named(
             for name in names {
                 all.insert(name.clone());
                 if !received(&xds, name) {
-                    xds.initial_fetch.start((type_url, name.clone()), timeout);
+                    xds.initial_fetch.start((kind, name.clone()), timeout);
                 }
             }
         }
-        match source_for(server, source, type_url) {
+        match source_for(server, source, kind) {
             Ok(Source::Mux(m)) => match per_mux.iter_mut().find(|(x, _)| Rc::ptr_eq(x, &m)) {
                 Some((_, set)) => set.extend(names.iter().cloned()),
                 None => per_mux.push((m, names.iter().cloned().collect())),
             },
             Ok(Source::Path) => {
                 if let Some(path) = path_of(source) {
-                    path_source::watch(server, path, type_url);
+                    path_source::watch(server, path, kind);
                 }
             }
-            Err(e) => tracing::warn!(type_url, names = ?names, error = %e, "cannot subscribe"),
+            Err(e) => {
+                tracing::warn!(type_url = kind.type_url(), names = ?names, error = %e, "cannot subscribe")
+            }
         }
     }
     let muxes: Vec<Rc<Mux>> = {
@@ -677,7 +674,7 @@ fn subscribe_named(
             .chain(
                 xds.muxes
                     .iter()
-                    .filter(|((_, t), _)| *t == type_url)
+                    .filter(|((_, t), _)| *t == kind)
                     .map(|(_, m)| m.clone()),
             )
             .collect()
@@ -688,12 +685,12 @@ fn subscribe_named(
             .find(|(x, _)| Rc::ptr_eq(x, &m))
             .map(|(_, n)| n.clone())
             .unwrap_or_default();
-        m.set_names(type_url, names);
+        m.set_names(kind, names);
     }
     // Received names need no timer: forgetting them keeps only pending ones in memory.
     let mut xds = server.xds.borrow_mut();
     let mut timers = std::mem::take(&mut xds.initial_fetch);
-    timers.retain(type_url, |n| all.contains(n) && !received(&xds, n));
+    timers.retain(kind, |n| all.contains(n) && !received(&xds, n));
     xds.initial_fetch = timers;
     drop(xds);
     all
@@ -713,7 +710,7 @@ fn advance_init(server: &Rc<Server>) {
             (xds.lds.clone(), xds.lds_timeout)
         };
         match lds {
-            Some(Source::Mux(m)) => m.subscribe_wildcard(type_url::LISTENER),
+            Some(Source::Mux(m)) => m.subscribe_wildcard(ResourceType::Listener),
             Some(Source::Path) => {
                 if let Some(path) = server
                     .bootstrap
@@ -722,13 +719,13 @@ fn advance_init(server: &Rc<Server>) {
                     .and_then(|d| d.lds_config.as_ref())
                     .and_then(path_of)
                 {
-                    path_source::watch(server, path, type_url::LISTENER);
+                    path_source::watch(server, path, ResourceType::Listener);
                 }
             }
             None => {}
         }
         if server.xds.borrow().lds.is_some() {
-            start_initial_fetch_timer(server, type_url::LISTENER, String::new(), timeout);
+            start_initial_fetch_timer(server, ResourceType::Listener, String::new(), timeout);
         }
     }
     if server.xds.borrow().phase == InitPhase::Listeners {

@@ -25,7 +25,7 @@ use courier_proto::envoy::service::{
     route::v3::route_discovery_service_client::RouteDiscoveryServiceClient,
 };
 use courier_proto::google::rpc::Status;
-use courier_proto::type_url;
+use courier_proto::ResourceType;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::transport::Channel;
@@ -48,8 +48,8 @@ pub enum Protocol {
 pub enum Rpc {
     /// Aggregated: every type on one stream.
     Ads,
-    /// One resource type (its type URL).
-    Single(&'static str),
+    /// One resource type.
+    Single(ResourceType),
 }
 
 #[derive(Default)]
@@ -80,13 +80,14 @@ enum Sender {
 
 #[derive(Default)]
 struct MuxState {
-    types: BTreeMap<&'static str, TypeState>,
+    types: BTreeMap<ResourceType, TypeState>,
     sender: Option<Sender>,
     node_sent: bool,
 }
 
 /// Opens the stream RPC for `rpc`: the ADS method, or the per-type service's method, in the
-/// order [ADS, CDS, EDS, LDS, RDS]. The services share no trait, hence a macro.
+/// order [ADS, CDS, EDS, LDS, RDS]. The services share no trait, hence a macro. Courier does
+/// not subscribe to SDS, so no per-type SDS stream is ever opened.
 macro_rules! open_rpc {
     ($rpc:expr, $channel:expr, $requests:expr, [$ads:ident, $cds:ident, $eds:ident, $lds:ident, $rds:ident]) => {
         match $rpc {
@@ -95,26 +96,29 @@ macro_rules! open_rpc {
                     .$ads($requests)
                     .await
             }
-            Rpc::Single(type_url::CLUSTER) => {
+            Rpc::Single(ResourceType::Cluster) => {
                 ClusterDiscoveryServiceClient::new($channel)
                     .$cds($requests)
                     .await
             }
-            Rpc::Single(type_url::CLUSTER_LOAD_ASSIGNMENT) => {
+            Rpc::Single(ResourceType::Endpoint) => {
                 EndpointDiscoveryServiceClient::new($channel)
                     .$eds($requests)
                     .await
             }
-            Rpc::Single(type_url::LISTENER) => {
+            Rpc::Single(ResourceType::Listener) => {
                 ListenerDiscoveryServiceClient::new($channel)
                     .$lds($requests)
                     .await
             }
-            Rpc::Single(_) => {
+            Rpc::Single(ResourceType::Route) => {
                 RouteDiscoveryServiceClient::new($channel)
                     .$rds($requests)
                     .await
             }
+            Rpc::Single(ResourceType::Secret) => Err(tonic::Status::unimplemented(
+                "Courier has no per-type SDS stream",
+            )),
         }
     };
 }
@@ -131,15 +135,18 @@ pub struct Mux {
 }
 
 /// The ordering of types on a stream that (re)connects: make before break.
-const ORDER: [&str; 4] = [
-    type_url::CLUSTER,
-    type_url::CLUSTER_LOAD_ASSIGNMENT,
-    type_url::LISTENER,
-    type_url::ROUTE_CONFIGURATION,
+/// These are also the only types a stream handles: a response of any other type (SDS
+/// included) is ignored as of an unknown type.
+const ORDER: [ResourceType; 4] = [
+    ResourceType::Cluster,
+    ResourceType::Endpoint,
+    ResourceType::Listener,
+    ResourceType::Route,
 ];
 
-fn canonical(type_url: &str) -> Option<&'static str> {
-    ORDER.into_iter().find(|t| *t == type_url)
+/// The type of a response's type URL, if it is one a stream handles.
+fn canonical(type_url: &str) -> Option<ResourceType> {
+    ResourceType::from_type_url(type_url).filter(|t| ORDER.contains(t))
 }
 
 impl Mux {
@@ -174,23 +181,23 @@ impl Mux {
         tokio::task::spawn_local(async move { mux.run(server).await });
     }
 
-    /// Subscribes to every resource of `type_url` (LDS, CDS).
-    pub fn subscribe_wildcard(&self, type_url: &'static str) {
+    /// Subscribes to every resource of `kind` (LDS, CDS).
+    pub fn subscribe_wildcard(&self, kind: ResourceType) {
         let mut st = self.state.borrow_mut();
-        let t = st.types.entry(type_url).or_default();
+        let t = st.types.entry(kind).or_default();
         if t.interested && t.wildcard {
             return;
         }
         t.interested = true;
         t.wildcard = true;
         drop(st);
-        self.send(type_url);
+        self.send(kind);
     }
 
-    /// Sets the names of `type_url` wanted (EDS, RDS); sends a request when they change.
-    pub fn set_names(&self, type_url: &'static str, names: BTreeSet<String>) {
+    /// Sets the names of `kind` wanted (EDS, RDS); sends a request when they change.
+    pub fn set_names(&self, kind: ResourceType, names: BTreeSet<String>) {
         let mut st = self.state.borrow_mut();
-        let t = st.types.entry(type_url).or_default();
+        let t = st.types.entry(kind).or_default();
         if t.names == names && (t.interested || names.is_empty()) {
             return;
         }
@@ -200,56 +207,56 @@ impl Mux {
         let keep = t.names.clone();
         t.versions.retain(|k, _| keep.contains(k));
         drop(st);
-        self.send(type_url);
+        self.send(kind);
     }
 
-    /// Holds requests of `type_url` until [`Mux::resume`] (Envoy pauses CDS while
-    /// clusters warm).
-    pub fn pause(&self, type_url: &'static str) {
+    /// Holds requests of `kind` until [`Mux::resume`] (Envoy pauses CDS while clusters
+    /// warm).
+    pub fn pause(&self, kind: ResourceType) {
         self.state
             .borrow_mut()
             .types
-            .entry(type_url)
+            .entry(kind)
             .or_default()
             .paused = true;
     }
 
     /// Releases a paused type, sending the request that was held, if any.
-    pub fn resume(&self, type_url: &'static str) {
+    pub fn resume(&self, kind: ResourceType) {
         let pending = {
             let mut st = self.state.borrow_mut();
-            let t = st.types.entry(type_url).or_default();
+            let t = st.types.entry(kind).or_default();
             let was = t.paused && t.pending;
             t.paused = false;
             t.pending = false;
             was
         };
         if pending {
-            self.send(type_url);
+            self.send(kind);
         }
     }
 
-    /// Whether `type_url` is paused.
-    pub fn is_paused(&self, type_url: &str) -> bool {
+    /// Whether `kind` is paused.
+    pub fn is_paused(&self, kind: ResourceType) -> bool {
         self.state
             .borrow()
             .types
-            .get(type_url)
+            .get(&kind)
             .is_some_and(|t| t.paused)
     }
 
-    /// The last accepted version of `type_url`.
-    pub fn version(&self, type_url: &str) -> Option<String> {
+    /// The last accepted version of `kind`.
+    pub fn version(&self, kind: ResourceType) -> Option<String> {
         self.state
             .borrow()
             .types
-            .get(type_url)
+            .get(&kind)
             .map(|t| t.version.clone())
     }
 
-    /// Builds and sends the current request of `type_url` (ACK/NACK or subscription
-    /// change), unless the type is paused or the stream is down.
-    fn send(&self, type_url: &'static str) {
+    /// Builds and sends the current request of `kind` (ACK/NACK or subscription change),
+    /// unless the type is paused or the stream is down.
+    fn send(&self, kind: ResourceType) {
         let mut st = self.state.borrow_mut();
         let include_node = !st.node_sent || !self.node_first_only;
         let MuxState {
@@ -257,7 +264,7 @@ impl Mux {
             sender,
             node_sent,
         } = &mut *st;
-        let Some(t) = types.get_mut(type_url) else {
+        let Some(t) = types.get_mut(&kind) else {
             return;
         };
         if !t.interested {
@@ -281,7 +288,7 @@ impl Mux {
                     } else {
                         t.names.iter().cloned().collect()
                     },
-                    type_url: type_url.to_string(),
+                    type_url: kind.type_url().to_string(),
                     response_nonce: t.nonce.clone(),
                     error_detail: t.error.take(),
                     ..Default::default()
@@ -302,7 +309,7 @@ impl Mux {
                 }
                 let req = DeltaDiscoveryRequest {
                     node,
-                    type_url: type_url.to_string(),
+                    type_url: kind.type_url().to_string(),
                     resource_names_subscribe: subscribe,
                     resource_names_unsubscribe: unsubscribe,
                     response_nonce: t.nonce.clone(),
@@ -319,7 +326,7 @@ impl Mux {
 
     /// Queues the first request of every subscribed type on a new stream.
     fn send_initial(&self) {
-        let types: Vec<&'static str> = {
+        let types: Vec<ResourceType> = {
             let mut st = self.state.borrow_mut();
             let delta = matches!(st.sender, Some(Sender::Delta(_)));
             st.node_sent = false;
@@ -339,16 +346,16 @@ impl Mux {
                 .filter(|u| st.types.get(u).is_some_and(|t| t.interested))
                 .collect()
         };
-        for type_url in types {
+        for kind in types {
             if self.protocol == Protocol::Delta {
-                self.send_delta_initial(type_url);
+                self.send_delta_initial(kind);
             } else {
-                self.send(type_url);
+                self.send(kind);
             }
         }
     }
 
-    fn send_delta_initial(&self, type_url: &'static str) {
+    fn send_delta_initial(&self, kind: ResourceType) {
         let mut st = self.state.borrow_mut();
         let include_node = !st.node_sent || !self.node_first_only;
         let MuxState {
@@ -356,7 +363,7 @@ impl Mux {
             sender,
             node_sent,
         } = &mut *st;
-        let (Some(t), Some(Sender::Delta(tx))) = (types.get_mut(type_url), sender.as_ref()) else {
+        let (Some(t), Some(Sender::Delta(tx))) = (types.get_mut(&kind), sender.as_ref()) else {
             return;
         };
         let subscribe: Vec<String> = if t.wildcard {
@@ -372,7 +379,7 @@ impl Mux {
         };
         let req = DeltaDiscoveryRequest {
             node: include_node.then(|| self.node.clone()),
-            type_url: type_url.to_string(),
+            type_url: kind.type_url().to_string(),
             resource_names_subscribe: subscribe,
             initial_resource_versions: t.versions.clone().into_iter().collect(),
             ..Default::default()
@@ -406,7 +413,7 @@ impl Mux {
         }
     }
 
-    fn interested_types(&self) -> Vec<&'static str> {
+    fn interested_types(&self) -> Vec<ResourceType> {
         self.state
             .borrow()
             .types
@@ -528,50 +535,50 @@ impl Mux {
     }
 
     /// Checks a response is of a type this stream watches and records its nonce; returns
-    /// the canonical type URL, or `None` (logged) for a response to ignore.
-    fn accept(&self, type_url: &str, nonce: &str) -> Option<&'static str> {
-        let Some(canonical_url) = canonical(type_url) else {
+    /// its type, or `None` (logged) for a response to ignore.
+    fn accept(&self, type_url: &str, nonce: &str) -> Option<ResourceType> {
+        let Some(kind) = canonical(type_url) else {
             tracing::warn!(mux = %self.name, type_url, "ignoring a response of an unknown type");
             return None;
         };
         let mut st = self.state.borrow_mut();
-        let Some(t) = st.types.get_mut(canonical_url).filter(|t| t.interested) else {
+        let Some(t) = st.types.get_mut(&kind).filter(|t| t.interested) else {
             tracing::warn!(mux = %self.name, type_url, "ignoring a response for an unwatched type");
             return None;
         };
         t.nonce = nonce.to_string();
-        Some(canonical_url)
+        Some(kind)
     }
 
     fn on_sotw_response(&self, server: &Rc<Server>, resp: DiscoveryResponse) {
-        let Some(type_url) = self.accept(&resp.type_url, &resp.nonce) else {
+        let Some(kind) = self.accept(&resp.type_url, &resp.nonce) else {
             return;
         };
-        let decoded = apply::decode(type_url, &resp.resources);
+        let decoded = apply::decode(kind, &resp.resources);
         if decoded.is_err() {
-            server.xds.borrow().stats.decode_rejected(type_url);
+            server.xds.borrow().stats.decode_rejected(kind);
         }
         let result = decoded.and_then(|resources| {
             apply::apply(
                 server,
-                type_url,
+                kind,
                 Update::Sotw {
                     version: &resp.version_info,
                     resources,
                 },
             )
         });
-        self.finish_response(type_url, &resp.version_info, result, &[], &[]);
+        self.finish_response(kind, &resp.version_info, result, &[], &[]);
     }
 
     fn on_delta_response(&self, server: &Rc<Server>, resp: DeltaDiscoveryResponse) {
-        let Some(type_url) = self.accept(&resp.type_url, &resp.nonce) else {
+        let Some(kind) = self.accept(&resp.type_url, &resp.nonce) else {
             return;
         };
         let mut versions = Vec::new();
-        let decoded = apply::decode_delta(type_url, &resp.resources);
+        let decoded = apply::decode_delta(kind, &resp.resources);
         if decoded.is_err() {
-            server.xds.borrow().stats.decode_rejected(type_url);
+            server.xds.borrow().stats.decode_rejected(kind);
         }
         let result = decoded.and_then(|resources| {
             versions = resources
@@ -580,7 +587,7 @@ impl Mux {
                 .collect();
             apply::apply(
                 server,
-                type_url,
+                kind,
                 Update::Delta {
                     version: &resp.system_version_info,
                     resources,
@@ -589,7 +596,7 @@ impl Mux {
             )
         });
         self.finish_response(
-            type_url,
+            kind,
             &resp.system_version_info,
             result,
             &versions,
@@ -600,7 +607,7 @@ impl Mux {
     /// Records the outcome and answers with an ACK or a NACK.
     fn finish_response(
         &self,
-        type_url: &'static str,
+        kind: ResourceType,
         version: &str,
         result: Result<(), String>,
         delta_versions: &[(String, String)],
@@ -608,7 +615,7 @@ impl Mux {
     ) {
         {
             let mut st = self.state.borrow_mut();
-            let t = st.types.entry(type_url).or_default();
+            let t = st.types.entry(kind).or_default();
             match &result {
                 Ok(()) => {
                     t.version = version.to_string();
@@ -621,7 +628,7 @@ impl Mux {
                     }
                 }
                 Err(detail) => {
-                    tracing::warn!(mux = %self.name, type_url, error = %detail, "rejecting xDS update");
+                    tracing::warn!(mux = %self.name, type_url = kind.type_url(), error = %detail, "rejecting xDS update");
                     t.error = Some(Status {
                         code: tonic::Code::Internal as i32,
                         message: detail.clone(),
@@ -630,7 +637,7 @@ impl Mux {
                 }
             }
         }
-        self.send(type_url);
+        self.send(kind);
     }
 }
 

@@ -7,19 +7,20 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use courier_proto::envoy::service::discovery::v3::DiscoveryResponse;
+use courier_proto::ResourceType;
 
 use super::apply::{self, Update};
 use crate::server::Server;
 
 const POLL: Duration = Duration::from_millis(500);
 
-/// Watches `path` for resources of `type_url` (once per path and type).
-pub fn watch(server: &Rc<Server>, path: String, type_url: &'static str) {
+/// Watches `path` for resources of `kind` (once per path and type).
+pub fn watch(server: &Rc<Server>, path: String, kind: ResourceType) {
     if !server
         .xds
         .borrow_mut()
         .watched_paths
-        .insert((type_url, path.clone()))
+        .insert((kind, path.clone()))
     {
         return;
     }
@@ -30,7 +31,7 @@ pub fn watch(server: &Rc<Server>, path: String, type_url: &'static str) {
             let Some(server) = weak.upgrade() else { return };
             match tokio::fs::read_to_string(&path).await {
                 Ok(text) if last.as_deref() != Some(text.as_str()) => {
-                    load(&server, &path, type_url, &text);
+                    load(&server, &path, kind, &text);
                     last = Some(text);
                 }
                 Ok(_) => {}
@@ -44,7 +45,7 @@ pub fn watch(server: &Rc<Server>, path: String, type_url: &'static str) {
     });
 }
 
-fn load(server: &Rc<Server>, path: &str, type_url: &'static str, text: &str) {
+fn load(server: &Rc<Server>, path: &str, kind: ResourceType, text: &str) {
     let parsed: Result<DiscoveryResponse, _> = if path.ends_with(".json") {
         courier_proto::from_json(text)
     } else {
@@ -54,18 +55,18 @@ fn load(server: &Rc<Server>, path: &str, type_url: &'static str, text: &str) {
         Ok(r) => r,
         Err(e) => {
             tracing::warn!(path, error = %e, "rejecting config source file");
-            server.xds.borrow().stats.file_failed(type_url);
+            server.xds.borrow().stats.file_failed(kind);
             return;
         }
     };
-    let decoded = apply::decode(type_url, &response.resources);
+    let decoded = apply::decode(kind, &response.resources);
     if decoded.is_err() {
-        server.xds.borrow().stats.decode_rejected(type_url);
+        server.xds.borrow().stats.decode_rejected(kind);
     }
     let result = decoded.and_then(|resources| {
         apply::apply_unmuxed(
             server,
-            type_url,
+            kind,
             Update::Sotw {
                 version: &response.version_info,
                 resources,

@@ -53,10 +53,26 @@ const FORBIDDEN: &[(&str, &str, &str)] = &[
         "filters act through the connection manager",
     ),
     ("stats/", "http/", "stats are a leaf"),
-    ("protocol/", "http/", "protocol options are config, below the codecs"),
-    ("protocol/", "upstream/", "protocol options are config, below the clusters"),
-    ("extensions.rs", "filters/", "the registry knows no extension; each point keeps its table"),
-    ("extensions.rs", "http/", "the registry knows no extension; each point keeps its table"),
+    (
+        "protocol/",
+        "http/",
+        "protocol options are config, below the codecs",
+    ),
+    (
+        "protocol/",
+        "upstream/",
+        "protocol options are config, below the clusters",
+    ),
+    (
+        "extensions.rs",
+        "filters/",
+        "the registry knows no extension; each point keeps its table",
+    ),
+    (
+        "extensions.rs",
+        "http/",
+        "the registry knows no extension; each point keeps its table",
+    ),
     ("config.rs", "http/", "config helpers are a leaf"),
 ];
 

@@ -25,8 +25,18 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// number of data bytes that went through.
 pub type OnEnd = Box<dyn FnOnce(bool, u64)>;
 
-/// A body transformed as it passes, boxed (see [`ProxyBody::filtered`]).
-pub type FilteredBody = Pin<Box<dyn Body<Data = Bytes, Error = BoxError>>>;
+/// A body a filter or the router transforms as it passes (compression, a mirror's tee or
+/// copy, a retry's replay): what [`ProxyBody::filtered`] takes.
+pub trait BodyTransform {
+    /// The next frame.
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>>;
+    /// Whether nothing is left.
+    fn is_end_stream(&self) -> bool;
+    /// What is known of the length.
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
+}
 
 /// A stream's idle timeout as a body sees it (the connection manager's `StreamIdle`).
 pub trait ActivityWatch {
@@ -65,7 +75,7 @@ enum Kind {
     Upstream(UpstreamBody),
     Downstream(DownstreamBody),
     /// A body transformed as it passes.
-    Filtered(FilteredBody),
+    Filtered(Box<dyn BodyTransform>),
 }
 
 impl ProxyBody {
@@ -121,8 +131,8 @@ impl ProxyBody {
     }
 
     /// `body`, transformed as it passes by a filter or the router.
-    pub fn filtered(body: impl Body<Data = Bytes, Error = BoxError> + 'static) -> ProxyBody {
-        ProxyBody::of(Kind::Filtered(Box::pin(body)))
+    pub fn filtered(body: impl BodyTransform + 'static) -> ProxyBody {
+        ProxyBody::of(Kind::Filtered(Box::new(body)))
     }
 
     /// Ends the body at its trailers instead of passing them on (an HTTP/1.1 upstream's
@@ -201,7 +211,7 @@ impl Body for ProxyBody {
                 .poll_frame(cx)
                 .map_err(|e| Box::new(e) as BoxError),
             Kind::Downstream(inner) => inner.poll_frame(cx).map_err(|e| Box::new(e) as BoxError),
-            Kind::Filtered(b) => b.as_mut().poll_frame(cx),
+            Kind::Filtered(b) => b.poll_frame(cx),
         };
         if this.drop_trailers && matches!(&r, Poll::Ready(Some(Ok(f))) if f.is_trailers()) {
             // Trailers come last: the body is complete without them.

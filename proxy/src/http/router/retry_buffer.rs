@@ -18,7 +18,7 @@ use bytes::Bytes;
 use http::HeaderMap;
 use hyper::body::{Body, Frame};
 
-use crate::http::codec::body::{BoxError, ProxyBody};
+use crate::http::codec::body::{BodyTransform, BoxError, ProxyBody};
 use crate::stats::Counter;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -176,12 +176,11 @@ impl Replay {
             trailers_sent: false,
         }
     }
+}
 
+impl BodyTransform for Replay {
     /// The next frame.
-    pub fn poll_frame(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let b = &*self.buffer;
         {
             let mut kept = b.kept.borrow_mut();
@@ -220,26 +219,10 @@ impl Replay {
     }
 
     /// Whether nothing is left to read.
-    pub fn is_end_stream(&self) -> bool {
+    fn is_end_stream(&self) -> bool {
         let b = &*self.buffer;
         b.state.get() == State::Ended
             && self.next >= b.kept.borrow().len()
             && (self.trailers_sent || b.trailers.borrow().is_none())
-    }
-}
-
-impl hyper::body::Body for Replay {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        Replay::poll_frame(self.get_mut(), cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        Replay::is_end_stream(self)
     }
 }

@@ -25,7 +25,7 @@ use http::Request;
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, SizeHint};
 
-use crate::http::codec::body::{BoxError, ProxyBody};
+use crate::http::codec::body::{BodyTransform, BoxError, ProxyBody};
 use crate::http::request_stats::StatSinks;
 use crate::http::route::shadow_policy::ShadowPolicy;
 use crate::http::router::pool;
@@ -323,15 +323,9 @@ impl Drop for Tee {
     }
 }
 
-impl Body for Tee {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let t = self.get_mut();
+impl BodyTransform for Tee {
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let t = self;
         let r = Pin::new(&mut t.inner).poll_frame(cx);
         match &r {
             Poll::Ready(Some(Ok(frame))) => {
@@ -371,14 +365,8 @@ impl Drop for FeedBody {
     }
 }
 
-impl Body for FeedBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+impl BodyTransform for FeedBody {
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         self.0.poll_frame(cx)
     }
 

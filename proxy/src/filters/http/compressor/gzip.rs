@@ -14,7 +14,7 @@ use hyper::body::{Body, Frame};
 use crate::config::ConfigError;
 use crate::filters::http::compressor::DirectionStats;
 use crate::filters::http::compressor::GZIP_TYPE;
-use crate::http::codec::body::{BoxError, ProxyBody};
+use crate::http::codec::body::{BodyTransform, BoxError, ProxyBody};
 
 /// The gzip library's settings (a `Gzip`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -163,12 +163,11 @@ impl Compressing {
             .add(self.worker, out.len() as u64);
         Ok(Bytes::from(out))
     }
+}
 
+impl BodyTransform for Compressing {
     /// The next frame of the compressed body.
-    pub fn poll_frame(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         if let Some(t) = self.trailers.take() {
             return Poll::Ready(Some(Ok(Frame::trailers(t))));
         }
@@ -205,24 +204,8 @@ impl Compressing {
     }
 
     /// Whether the compressed body has ended.
-    pub fn is_end_stream(&self) -> bool {
-        self.finished && self.trailers.is_none()
-    }
-}
-
-impl Body for Compressing {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        Compressing::poll_frame(self.get_mut(), cx)
-    }
-
     fn is_end_stream(&self) -> bool {
-        Compressing::is_end_stream(self)
+        self.finished && self.trailers.is_none()
     }
 }
 

@@ -40,7 +40,7 @@ fuzz_target!(|data: &[u8]| {
                 break;
             }
         };
-        let _ = courier::http::router::sanitize_path(head.parts.uri.path(), true, true);
+        let _ = courier::http::conn_manager::path::sanitize_path(head.parts.uri.path(), true, true);
         let Some(mut decoder) = head.body else {
             continue;
         };

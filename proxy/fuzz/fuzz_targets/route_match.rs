@@ -58,5 +58,5 @@ fuzz_target!(|data: &[u8]| {
         status: None,
     };
     let _ = table().route(host, path, &headers, &pseudo);
-    let _ = courier::http::router::sanitize_path(path, true, true);
+    let _ = courier::http::conn_manager::path::sanitize_path(path, true, true);
 });

@@ -14,13 +14,17 @@ use std::time::{Duration, SystemTime};
 
 use courier_proto::envoy::config::accesslog::v3::{access_log, AccessLog as AccessLogProto};
 use courier_proto::envoy::config::core::v3::substitution_format_string::Format;
+use courier_proto::envoy::config::core::v3::SubstitutionFormatString;
 use courier_proto::envoy::extensions::access_loggers::file::v3::{file_access_log, FileAccessLog};
 use courier_proto::envoy::extensions::access_loggers::stream::v3::{
-    stdout_access_log, StdoutAccessLog,
+    stderr_access_log, stdout_access_log, StderrAccessLog, StdoutAccessLog,
 };
 use http::HeaderMap;
 
+use courier_proto::google::protobuf::Any;
+
 use crate::config::ConfigError;
+use crate::extensions::{Factory, Registry};
 
 /// Envoy's default access log format.
 pub const DEFAULT_FORMAT: &str = "[%START_TIME%] \"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%\" %RESPONSE_CODE% %RESPONSE_FLAGS% %BYTES_RECEIVED% %BYTES_SENT% %DURATION% %RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% \"%REQ(X-FORWARDED-FOR)%\" \"%REQ(USER-AGENT)%\" \"%REQ(X-REQUEST-ID)%\" \"%REQ(:AUTHORITY)%\" \"%UPSTREAM_HOST%\"\n";
@@ -212,6 +216,87 @@ fn format_from(f: Option<&Format>) -> Result<String, ConfigError> {
     }
 }
 
+/// Builds an access logger's sink (a path) and its format from its config.
+type BuildLogger = fn(&Any) -> Result<(String, String), ConfigError>;
+
+/// The access loggers an `access_log` entry may name.
+static ACCESS_LOGGERS: Registry<BuildLogger> = Registry {
+    point: "access logger",
+    factories: &[
+        Factory {
+            type_name: "envoy.extensions.access_loggers.file.v3.FileAccessLog",
+            name: "envoy.access_loggers.file",
+            build: file_logger,
+        },
+        Factory {
+            type_name: "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
+            name: "envoy.access_loggers.stdout",
+            build: |any| stream_logger::<StdoutAccessLog>(any, "/dev/stdout"),
+        },
+        Factory {
+            type_name: "envoy.extensions.access_loggers.stream.v3.StderrAccessLog",
+            name: "envoy.access_loggers.stderr",
+            build: |any| stream_logger::<StderrAccessLog>(any, "/dev/stderr"),
+        },
+    ],
+};
+
+/// `envoy.access_loggers.file`: its path and format.
+fn file_logger(any: &Any) -> Result<(String, String), ConfigError> {
+    let f: FileAccessLog = courier_proto::unpack_any(any)
+        .map_err(|e| ConfigError::new("typed_config", e.to_string()))?;
+    if f.path.is_empty() {
+        return Err(ConfigError::new(
+            "typed_config.path",
+            "value length must be at least 1 characters",
+        ));
+    }
+    let fmt = match &f.access_log_format {
+        None => DEFAULT_FORMAT.to_string(),
+        #[allow(deprecated)]
+        Some(file_access_log::AccessLogFormat::Format(s)) => s.clone(),
+        Some(file_access_log::AccessLogFormat::LogFormat(l)) => {
+            format_from(l.format.as_ref()).map_err(|e| e.at("typed_config.log_format"))?
+        }
+        Some(_) => return Err(ConfigError::unsupported("typed_config.json_format")),
+    };
+    Ok((f.path, fmt))
+}
+
+/// A stream logger's config: its `log_format`, if any.
+trait StreamLogger: prost::Message + prost::Name + Default {
+    fn log_format(&self) -> Option<&SubstitutionFormatString>;
+}
+
+impl StreamLogger for StdoutAccessLog {
+    fn log_format(&self) -> Option<&SubstitutionFormatString> {
+        match &self.access_log_format {
+            Some(stdout_access_log::AccessLogFormat::LogFormat(l)) => Some(l),
+            None => None,
+        }
+    }
+}
+
+impl StreamLogger for StderrAccessLog {
+    fn log_format(&self) -> Option<&SubstitutionFormatString> {
+        match &self.access_log_format {
+            Some(stderr_access_log::AccessLogFormat::LogFormat(l)) => Some(l),
+            None => None,
+        }
+    }
+}
+
+/// `envoy.access_loggers.stdout` / `stderr`: the stream's path and the format.
+fn stream_logger<L: StreamLogger>(any: &Any, path: &str) -> Result<(String, String), ConfigError> {
+    let s: L = courier_proto::unpack_any(any)
+        .map_err(|e| ConfigError::new("typed_config", e.to_string()))?;
+    let fmt = match s.log_format() {
+        None => DEFAULT_FORMAT.to_string(),
+        Some(l) => format_from(l.format.as_ref()).map_err(|e| e.at("typed_config.log_format"))?,
+    };
+    Ok((path.to_string(), fmt))
+}
+
 impl AccessLog {
     /// Compiles one `access_log` entry.
     pub fn compile(proto: &AccessLogProto) -> Result<AccessLog, ConfigError> {
@@ -224,48 +309,15 @@ impl AccessLog {
                 "an access logger needs a typed_config",
             ));
         };
-        let type_name = courier_proto::type_url::message_name(&any.type_url);
-        let (path, fmt) = match type_name {
-            "envoy.extensions.access_loggers.file.v3.FileAccessLog" => {
-                let f: FileAccessLog = courier_proto::unpack_any(any)
-                    .map_err(|e| ConfigError::new("typed_config", e.to_string()))?;
-                if f.path.is_empty() {
-                    return Err(ConfigError::new(
-                        "typed_config.path",
-                        "value length must be at least 1 characters",
-                    ));
-                }
-                let fmt = match &f.access_log_format {
-                    None => DEFAULT_FORMAT.to_string(),
-                    #[allow(deprecated)]
-                    Some(file_access_log::AccessLogFormat::Format(s)) => s.clone(),
-                    Some(file_access_log::AccessLogFormat::LogFormat(l)) => {
-                        format_from(l.format.as_ref())
-                            .map_err(|e| e.at("typed_config.log_format"))?
-                    }
-                    Some(_) => return Err(ConfigError::unsupported("typed_config.json_format")),
-                };
-                (f.path, fmt)
-            }
-            "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog" => {
-                let s: StdoutAccessLog = courier_proto::unpack_any(any)
-                    .map_err(|e| ConfigError::new("typed_config", e.to_string()))?;
-                let fmt = match &s.access_log_format {
-                    None => DEFAULT_FORMAT.to_string(),
-                    Some(stdout_access_log::AccessLogFormat::LogFormat(l)) => {
-                        format_from(l.format.as_ref())
-                            .map_err(|e| e.at("typed_config.log_format"))?
-                    }
-                };
-                ("/dev/stdout".to_string(), fmt)
-            }
-            other => {
-                return Err(ConfigError::new(
-                    "typed_config",
-                    format!("unsupported access logger type {other}"),
-                ))
-            }
+        let Some(found) = ACCESS_LOGGERS.resolve(Some(any), &proto.name, false, "typed_config")?
+        else {
+            return Err(ConfigError::new(
+                "typed_config",
+                "unsupported access logger",
+            ));
         };
+        let config = found.config.as_ref().unwrap_or(any);
+        let (path, fmt) = (found.factory.build)(config)?;
         let ops = parse_format(&fmt).map_err(|e| e.at("typed_config"))?;
         Ok(AccessLog {
             ops,
@@ -367,6 +419,32 @@ fn rfc3339_millis(t: SystemTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn entry(any: Any) -> AccessLogProto {
+        AccessLogProto {
+            name: "log".into(),
+            config_type: Some(access_log::ConfigType::TypedConfig(any)),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn loggers_resolve_through_the_registry() {
+        let stderr = courier_proto::pack_any(&StderrAccessLog::default());
+        assert!(AccessLog::compile(&entry(stderr)).is_ok());
+        let unknown = Any {
+            type_url: "type.googleapis.com/envoy.extensions.access_loggers.grpc.v3.HttpGrpcAccessLogConfig"
+                .into(),
+            value: Vec::new(),
+        };
+        let err = AccessLog::compile(&entry(unknown)).err().expect("refused");
+        assert_eq!(err.path, "typed_config");
+        assert!(
+            err.message.contains("HttpGrpcAccessLogConfig"),
+            "{}",
+            err.message
+        );
+    }
 
     #[test]
     fn parses_default_format() {

@@ -14,12 +14,13 @@ use courier_proto::envoy::extensions::filters::network::http_connection_manager:
         CodecType, PathWithEscapedSlashesAction, RouteSpecifier, ServerHeaderTransformation,
         StripPortMode,
     },
-    http_filter, HttpConnectionManager,
+    http_filter, HttpConnectionManager, HttpFilter as HttpFilterProto,
 };
 use http::HeaderValue;
 
 use crate::config::{self, ConfigError};
 use crate::filters::http::HttpFilter;
+use crate::http::conn_manager::request_controls::ControlOptions;
 use crate::http::route::RouteTable;
 use crate::stats::{Counter, Gauge, Histogram, Store};
 
@@ -316,88 +317,212 @@ fn optional_duration(
 }
 
 impl HcmConfig {
-    /// Compiles the filter config.
+    /// Compiles the filter config. Each part is compiled by a function of its own, in the
+    /// order their errors are reported (the first one wins).
     pub fn compile(proto: &HttpConnectionManager, store: &Store) -> Result<HcmConfig, ConfigError> {
-        if proto.stat_prefix.is_empty() {
+        check_supported(proto)?;
+        let routes = compile_routes(proto, store)?;
+        let codec = compile_codec(proto.codec_type)?;
+        let chain = FilterChain::compile(proto, store)?;
+        let common = CommonOptions::compile(proto.common_http_protocol_options.as_ref())?;
+        let max_request_headers_kb = proto
+            .max_request_headers_kb
+            .as_ref()
+            .map_or(60, |v| v.value);
+        if !(1..=8192).contains(&max_request_headers_kb) {
             return Err(ConfigError::new(
-                "stat_prefix",
-                "value length must be at least 1 characters",
+                "max_request_headers_kb",
+                "value must be inside range (0, 8192]",
             ));
         }
-        for (field, set) in [
-            ("tracing", proto.tracing.is_some()),
-            (
-                "http3_protocol_options",
-                proto.http3_protocol_options.is_some(),
-            ),
-            (
-                "original_ip_detection_extensions",
-                !proto.original_ip_detection_extensions.is_empty(),
-            ),
-            (
-                "early_header_mutation_extensions",
-                !proto.early_header_mutation_extensions.is_empty(),
-            ),
-            ("request_id_extension", proto.request_id_extension.is_some()),
-            ("local_reply_config", proto.local_reply_config.is_some()),
-            (
-                "forward_client_cert_details",
-                proto.forward_client_cert_details != 0,
-            ),
-            (
-                "typed_header_validation_config",
-                proto.typed_header_validation_config.is_some(),
-            ),
-            (
-                "path_normalization_options",
-                proto.path_normalization_options.is_some(),
-            ),
-            ("proxy_status_config", proto.proxy_status_config.is_some()),
-        ] {
-            if set {
-                return Err(ConfigError::unsupported(field));
-            }
+        let server = ServerHeaders::compile(proto)?;
+        let upgrades = compile_upgrades(proto)?;
+        let h1 = proto.http_protocol_options.as_ref();
+        let h2 = H2Options::compile(
+            proto.http2_protocol_options.as_ref(),
+            "http2_protocol_options",
+        )?;
+        let h2_allow_connect = proto
+            .http2_protocol_options
+            .as_ref()
+            .is_some_and(|o| o.allow_connect);
+        let access_logs = compile_access_logs(proto)?;
+        let local_address = crate::server::local_info::local_address();
+        let internal_addresses =
+            crate::http::conn_manager::internal_address::InternalAddresses::compile(
+                proto.internal_address_config.as_ref(),
+                "internal_address_config",
+            )?;
+        let timeouts = StreamTimeouts::compile(proto)?;
+        Ok(HcmConfig {
+            stat_prefix: proto.stat_prefix.clone(),
+            routes,
+            codec,
+            server_name: server.name,
+            server_header: server.transformation,
+            use_remote_address: proto.use_remote_address.as_ref().is_some_and(|b| b.value),
+            local_address,
+            xff_num_trusted_hops: proto.xff_num_trusted_hops,
+            internal_addresses,
+            skip_xff_append: proto.skip_xff_append,
+            via: server.via,
+            generate_request_id: proto.generate_request_id.as_ref().is_none_or(|b| b.value),
+            preserve_external_request_id: proto.preserve_external_request_id,
+            always_set_request_id_in_response: proto.always_set_request_id_in_response,
+            request_timeout: timeouts.request,
+            request_headers_timeout: timeouts.request_headers,
+            stream_idle_timeout: timeouts.stream_idle,
+            delayed_close_timeout: timeouts.delayed_close,
+            idle_timeout: common.idle_timeout,
+            max_connection_duration: common.max_connection_duration,
+            max_stream_duration: common.max_stream_duration,
+            max_headers_count: common.max_headers_count,
+            max_requests_per_connection: common.max_requests_per_connection,
+            underscores: common.underscores,
+            max_request_headers_kb,
+            normalize_path: proto.normalize_path.as_ref().is_some_and(|b| b.value),
+            merge_slashes: proto.merge_slashes,
+            escaped_slashes: escaped_slashes(proto),
+            strip_trailing_host_dot: proto.strip_trailing_host_dot,
+            strip_port: strip_port(proto),
+            accept_http_10: h1.is_some_and(|o| o.accept_http_10),
+            h1_key_format: KeyFormat::compile(h1, "http_protocol_options")?,
+            h1_trailers: h1.is_some_and(|o| o.enable_trailers),
+            allow_chunked_length: h1.is_some_and(|o| o.allow_chunked_length),
+            default_host_for_http_10: h1
+                .map(|o| o.default_host_for_http_10.clone())
+                .filter(|s| !s.is_empty()),
+            upgrades,
+            suppress_envoy_headers: chain.suppress_envoy_headers,
+            controls: chain.controls,
+            filters: chain.filters,
+            compressor: chain.compressor,
+            h2,
+            h2_allow_connect,
+            access_logs,
+            stats: HttpStats::new(store, &proto.stat_prefix),
+            store: store.clone(),
+        })
+    }
+
+    /// Every cluster the inline route table may route to.
+    pub fn cluster_names(&self) -> Vec<String> {
+        match &self.routes {
+            RouteSource::Static(t) => t.cluster_names(),
+            RouteSource::Rds(_) => Vec::new(),
         }
-        let routes = match &proto.route_specifier {
-            Some(RouteSpecifier::RouteConfig(rc)) => RouteSource::Static(Arc::new(
-                RouteTable::compile(rc, store, &crate::filters::http::HTTP_FILTERS)
-                    .map_err(|e| e.at("route_config"))?,
-            )),
-            Some(RouteSpecifier::Rds(rds)) => {
-                if rds.route_config_name.is_empty() {
-                    return Err(ConfigError::new(
-                        "rds.route_config_name",
-                        "value length must be at least 1 characters",
-                    ));
-                }
-                let Some(config_source) = &rds.config_source else {
-                    return Err(ConfigError::new("rds.config_source", "value is required"));
-                };
-                crate::config::validate_config_source(config_source)
-                    .map_err(|e| e.at("rds.config_source"))?;
-                RouteSource::Rds(Box::new(RdsSubscription {
-                    route_config_name: rds.route_config_name.clone(),
-                    config_source: config_source.clone(),
-                }))
-            }
-            Some(RouteSpecifier::ScopedRoutes(_)) => {
-                return Err(ConfigError::unsupported("scoped_routes"))
-            }
-            None => {
+    }
+}
+
+/// `stat_prefix` is required, and the fields Courier does not implement are refused by
+/// name rather than ignored.
+fn check_supported(proto: &HttpConnectionManager) -> Result<(), ConfigError> {
+    if proto.stat_prefix.is_empty() {
+        return Err(ConfigError::new(
+            "stat_prefix",
+            "value length must be at least 1 characters",
+        ));
+    }
+    for (field, set) in [
+        ("tracing", proto.tracing.is_some()),
+        (
+            "http3_protocol_options",
+            proto.http3_protocol_options.is_some(),
+        ),
+        (
+            "original_ip_detection_extensions",
+            !proto.original_ip_detection_extensions.is_empty(),
+        ),
+        (
+            "early_header_mutation_extensions",
+            !proto.early_header_mutation_extensions.is_empty(),
+        ),
+        ("request_id_extension", proto.request_id_extension.is_some()),
+        ("local_reply_config", proto.local_reply_config.is_some()),
+        (
+            "forward_client_cert_details",
+            proto.forward_client_cert_details != 0,
+        ),
+        (
+            "typed_header_validation_config",
+            proto.typed_header_validation_config.is_some(),
+        ),
+        (
+            "path_normalization_options",
+            proto.path_normalization_options.is_some(),
+        ),
+        ("proxy_status_config", proto.proxy_status_config.is_some()),
+    ] {
+        if set {
+            return Err(ConfigError::unsupported(field));
+        }
+    }
+    Ok(())
+}
+
+/// `route_config` (compiled here, its errors under `route_config`) or `rds` (its
+/// subscription checked; the routes come later); `scoped_routes` is refused.
+fn compile_routes(
+    proto: &HttpConnectionManager,
+    store: &Store,
+) -> Result<RouteSource, ConfigError> {
+    match &proto.route_specifier {
+        Some(RouteSpecifier::RouteConfig(rc)) => Ok(RouteSource::Static(Arc::new(
+            RouteTable::compile(rc, store, &crate::filters::http::HTTP_FILTERS)
+                .map_err(|e| e.at("route_config"))?,
+        ))),
+        Some(RouteSpecifier::Rds(rds)) => {
+            if rds.route_config_name.is_empty() {
                 return Err(ConfigError::new(
-                    "route_specifier",
-                    "one of rds or route_config is required",
-                ))
+                    "rds.route_config_name",
+                    "value length must be at least 1 characters",
+                ));
             }
-        };
-        let codec = match CodecType::try_from(proto.codec_type) {
-            Ok(CodecType::Auto) => Codec::Auto,
-            Ok(CodecType::Http1) => Codec::Http1,
-            Ok(CodecType::Http2) => Codec::Http2,
-            _ => return Err(ConfigError::unsupported("codec_type")),
-        };
+            let Some(config_source) = &rds.config_source else {
+                return Err(ConfigError::new("rds.config_source", "value is required"));
+            };
+            crate::config::validate_config_source(config_source)
+                .map_err(|e| e.at("rds.config_source"))?;
+            Ok(RouteSource::Rds(Box::new(RdsSubscription {
+                route_config_name: rds.route_config_name.clone(),
+                config_source: config_source.clone(),
+            })))
+        }
+        Some(RouteSpecifier::ScopedRoutes(_)) => Err(ConfigError::unsupported("scoped_routes")),
+        None => Err(ConfigError::new(
+            "route_specifier",
+            "one of rds or route_config is required",
+        )),
+    }
+}
+
+/// `codec_type`.
+fn compile_codec(codec_type: i32) -> Result<Codec, ConfigError> {
+    match CodecType::try_from(codec_type) {
+        Ok(CodecType::Auto) => Ok(Codec::Auto),
+        Ok(CodecType::Http1) => Ok(Codec::Http1),
+        Ok(CodecType::Http2) => Ok(Codec::Http2),
+        _ => Err(ConfigError::unsupported("codec_type")),
+    }
+}
+
+/// `http_filters`, compiled: the filters before the router, and the router's own settings.
+struct FilterChain {
+    filters: Vec<ChainFilter>,
+    /// The compressor's place in `filters`.
+    compressor: Option<usize>,
+    /// The router's `suppress_envoy_headers`.
+    suppress_envoy_headers: bool,
+    /// The router's request controls.
+    controls: ControlOptions,
+}
+
+impl FilterChain {
+    /// Each filter through the HTTP filter registry (an optional unknown one skipped), up
+    /// to the router, which must end the chain; at most one compressor.
+    fn compile(proto: &HttpConnectionManager, store: &Store) -> Result<FilterChain, ConfigError> {
         let mut suppress_envoy_headers = false;
-        let mut controls = crate::http::conn_manager::request_controls::ControlOptions::default();
+        let mut controls = ControlOptions::default();
         let mut filters = Vec::new();
         let mut saw_router = false;
         let mut seen_compressor = false;
@@ -422,41 +547,14 @@ impl HcmConfig {
                 || (type_name.is_empty() && f.name == "envoy.filters.http.router");
             if is_router {
                 if let Some(http_filter::ConfigType::TypedConfig(any)) = &f.config_type {
-                    let r: Router = courier_proto::unpack_any(any).map_err(|e| {
-                        ConfigError::new(format!("{path}.typed_config"), e.to_string())
-                    })?;
-                    suppress_envoy_headers = r.suppress_envoy_headers;
-                    controls =
-                        crate::http::conn_manager::request_controls::ControlOptions::compile(
-                            &r,
-                            &format!("{path}.typed_config"),
-                        )?;
-                    if !r.upstream_http_filters.is_empty() {
-                        return Err(ConfigError::unsupported(format!(
-                            "{path}.typed_config.upstream_http_filters"
-                        )));
-                    }
+                    (suppress_envoy_headers, controls) = compile_router(any, &path)?;
                 }
                 saw_router = true;
                 continue;
             }
-            let config = match &f.config_type {
-                Some(http_filter::ConfigType::TypedConfig(any)) => Some(any),
-                _ => None,
-            };
-            let at = format!("{path}.typed_config");
-            let Some(found) =
-                crate::filters::http::CHAIN.resolve(config, &f.name, f.is_optional, &path)?
-            else {
+            let Some(filter) = build_filter(f, &path, &proto.stat_prefix, store)? else {
                 continue;
             };
-            let filter = (found.factory.build)(&crate::filters::http::FilterArgs {
-                name: &f.name,
-                config: found.config.as_ref(),
-                path: &at,
-                stat_prefix: &proto.stat_prefix,
-                store,
-            })?;
             // Envoy lets several compressors negotiate by `accept-encoding`; Courier
             // has only gzip, so a second one could only be another gzip.
             if matches!(filter, HttpFilter::Compressor(_)) {
@@ -482,7 +580,75 @@ impl HcmConfig {
                 "a terminal http filter is required: the last filter must be envoy.filters.http.router",
             ));
         }
-        let common = proto.common_http_protocol_options.as_ref();
+        Ok(FilterChain {
+            filters,
+            compressor,
+            suppress_envoy_headers,
+            controls,
+        })
+    }
+}
+
+/// The router's typed config: its `suppress_envoy_headers` and request controls
+/// (`upstream_http_filters` are refused).
+fn compile_router(
+    any: &courier_proto::google::protobuf::Any,
+    path: &str,
+) -> Result<(bool, ControlOptions), ConfigError> {
+    let r: Router = courier_proto::unpack_any(any)
+        .map_err(|e| ConfigError::new(format!("{path}.typed_config"), e.to_string()))?;
+    let controls = ControlOptions::compile(&r, &format!("{path}.typed_config"))?;
+    if !r.upstream_http_filters.is_empty() {
+        return Err(ConfigError::unsupported(format!(
+            "{path}.typed_config.upstream_http_filters"
+        )));
+    }
+    Ok((r.suppress_envoy_headers, controls))
+}
+
+/// A filter of the chain other than the router, built by its factory in the HTTP filter
+/// registry; `None` for an optional filter the registry does not know.
+fn build_filter(
+    f: &HttpFilterProto,
+    path: &str,
+    stat_prefix: &str,
+    store: &Store,
+) -> Result<Option<HttpFilter>, ConfigError> {
+    let config = match &f.config_type {
+        Some(http_filter::ConfigType::TypedConfig(any)) => Some(any),
+        _ => None,
+    };
+    let at = format!("{path}.typed_config");
+    let Some(found) = crate::filters::http::CHAIN.resolve(config, &f.name, f.is_optional, path)?
+    else {
+        return Ok(None);
+    };
+    let filter = (found.factory.build)(&crate::filters::http::FilterArgs {
+        name: &f.name,
+        config: found.config.as_ref(),
+        path: &at,
+        stat_prefix,
+        store,
+    })?;
+    Ok(Some(filter))
+}
+
+/// `common_http_protocol_options`, as the connection manager reads them.
+struct CommonOptions {
+    idle_timeout: Option<Duration>,
+    max_connection_duration: Option<Duration>,
+    max_stream_duration: Option<Duration>,
+    max_headers_count: usize,
+    max_requests_per_connection: Option<u32>,
+    underscores: UnderscoreAction,
+}
+
+impl CommonOptions {
+    /// The options with Envoy's defaults (an idle timeout of 1 h, 100 headers); a zero
+    /// duration turns its limit off.
+    fn compile(
+        common: Option<&courier_proto::envoy::config::core::v3::HttpProtocolOptions>,
+    ) -> Result<CommonOptions, ConfigError> {
         let idle_timeout = optional_duration(
             common.and_then(|c| c.idle_timeout.as_ref()),
             Some(Duration::from_secs(3600)),
@@ -520,100 +686,7 @@ impl HcmConfig {
                 }
             },
         };
-        let max_request_headers_kb = proto
-            .max_request_headers_kb
-            .as_ref()
-            .map_or(60, |v| v.value);
-        if !(1..=8192).contains(&max_request_headers_kb) {
-            return Err(ConfigError::new(
-                "max_request_headers_kb",
-                "value must be inside range (0, 8192]",
-            ));
-        }
-        let server_name = if proto.server_name.is_empty() {
-            HeaderValue::from_static("envoy")
-        } else {
-            HeaderValue::from_str(&proto.server_name)
-                .map_err(|_| ConfigError::new("server_name", "invalid header value"))?
-        };
-        let server_header =
-            ServerHeaderTransformation::try_from(proto.server_header_transformation)
-                .map_err(|_| ConfigError::new("server_header_transformation", "unknown value"))?;
-        let via = (!proto.via.is_empty())
-            .then(|| {
-                HeaderValue::from_str(&proto.via)
-                    .map_err(|_| ConfigError::new("via", "invalid header value"))
-            })
-            .transpose()?;
-        let mut upgrades = Vec::new();
-        for (i, u) in proto.upgrade_configs.iter().enumerate() {
-            if !u.filters.is_empty() {
-                return Err(ConfigError::unsupported(format!(
-                    "upgrade_configs[{i}].filters"
-                )));
-            }
-            if u.enabled.as_ref().is_none_or(|b| b.value) {
-                upgrades.push(u.upgrade_type.to_ascii_lowercase());
-            }
-        }
-        let h1 = proto.http_protocol_options.as_ref();
-        let h2 = H2Options::compile(
-            proto.http2_protocol_options.as_ref(),
-            "http2_protocol_options",
-        )?;
-        let h2_allow_connect = proto
-            .http2_protocol_options
-            .as_ref()
-            .is_some_and(|o| o.allow_connect);
-        let access_logs = proto
-            .access_log
-            .iter()
-            .enumerate()
-            .map(|(i, l)| {
-                crate::http::conn_manager::access_log::AccessLog::compile(l)
-                    .map(Arc::new)
-                    .map_err(|e| e.at(&format!("access_log[{i}]")))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(HcmConfig {
-            stat_prefix: proto.stat_prefix.clone(),
-            routes,
-            codec,
-            server_name,
-            server_header,
-            use_remote_address: proto.use_remote_address.as_ref().is_some_and(|b| b.value),
-            local_address: crate::server::local_info::local_address(),
-            xff_num_trusted_hops: proto.xff_num_trusted_hops,
-            internal_addresses:
-                crate::http::conn_manager::internal_address::InternalAddresses::compile(
-                    proto.internal_address_config.as_ref(),
-                    "internal_address_config",
-                )?,
-            skip_xff_append: proto.skip_xff_append,
-            via,
-            generate_request_id: proto.generate_request_id.as_ref().is_none_or(|b| b.value),
-            preserve_external_request_id: proto.preserve_external_request_id,
-            always_set_request_id_in_response: proto.always_set_request_id_in_response,
-            request_timeout: optional_duration(
-                proto.request_timeout.as_ref(),
-                None,
-                "request_timeout",
-            )?,
-            request_headers_timeout: optional_duration(
-                proto.request_headers_timeout.as_ref(),
-                None,
-                "request_headers_timeout",
-            )?,
-            stream_idle_timeout: optional_duration(
-                proto.stream_idle_timeout.as_ref(),
-                Some(Duration::from_secs(300)),
-                "stream_idle_timeout",
-            )?,
-            delayed_close_timeout: optional_duration(
-                proto.delayed_close_timeout.as_ref(),
-                Some(Duration::from_secs(1)),
-                "delayed_close_timeout",
-            )?,
+        Ok(CommonOptions {
             idle_timeout,
             max_connection_duration,
             max_stream_duration,
@@ -623,48 +696,123 @@ impl HcmConfig {
                 .map(|v| v.value)
                 .filter(|v| *v > 0),
             underscores,
-            max_request_headers_kb,
-            normalize_path: proto.normalize_path.as_ref().is_some_and(|b| b.value),
-            merge_slashes: proto.merge_slashes,
-            escaped_slashes: match proto.path_with_escaped_slashes_action() {
-                PathWithEscapedSlashesAction::ImplementationSpecificDefault
-                | PathWithEscapedSlashesAction::KeepUnchanged => EscapedSlashes::Keep,
-                PathWithEscapedSlashesAction::RejectRequest => EscapedSlashes::Reject,
-                PathWithEscapedSlashesAction::UnescapeAndRedirect => EscapedSlashes::Redirect,
-                PathWithEscapedSlashesAction::UnescapeAndForward => EscapedSlashes::Forward,
-            },
-            strip_trailing_host_dot: proto.strip_trailing_host_dot,
-            strip_port: match proto.strip_port_mode {
-                Some(StripPortMode::StripAnyHostPort(true)) => Some(true),
-                _ if proto.strip_matching_host_port => Some(false),
-                _ => None,
-            },
-            accept_http_10: h1.is_some_and(|o| o.accept_http_10),
-            h1_key_format: KeyFormat::compile(h1, "http_protocol_options")?,
-            h1_trailers: h1.is_some_and(|o| o.enable_trailers),
-            allow_chunked_length: h1.is_some_and(|o| o.allow_chunked_length),
-            default_host_for_http_10: h1
-                .map(|o| o.default_host_for_http_10.clone())
-                .filter(|s| !s.is_empty()),
-            upgrades,
-            suppress_envoy_headers,
-            controls,
-            filters,
-            compressor,
-            h2,
-            h2_allow_connect,
-            access_logs,
-            stats: HttpStats::new(store, &proto.stat_prefix),
-            store: store.clone(),
         })
     }
+}
 
-    /// Every cluster the inline route table may route to.
-    pub fn cluster_names(&self) -> Vec<String> {
-        match &self.routes {
-            RouteSource::Static(t) => t.cluster_names(),
-            RouteSource::Rds(_) => Vec::new(),
+/// `server_name` (default `envoy`), `server_header_transformation` and `via`.
+struct ServerHeaders {
+    name: HeaderValue,
+    transformation: ServerHeaderTransformation,
+    via: Option<HeaderValue>,
+}
+
+impl ServerHeaders {
+    fn compile(proto: &HttpConnectionManager) -> Result<ServerHeaders, ConfigError> {
+        let name = if proto.server_name.is_empty() {
+            HeaderValue::from_static("envoy")
+        } else {
+            HeaderValue::from_str(&proto.server_name)
+                .map_err(|_| ConfigError::new("server_name", "invalid header value"))?
+        };
+        let transformation =
+            ServerHeaderTransformation::try_from(proto.server_header_transformation)
+                .map_err(|_| ConfigError::new("server_header_transformation", "unknown value"))?;
+        let via = (!proto.via.is_empty())
+            .then(|| {
+                HeaderValue::from_str(&proto.via)
+                    .map_err(|_| ConfigError::new("via", "invalid header value"))
+            })
+            .transpose()?;
+        Ok(ServerHeaders {
+            name,
+            transformation,
+            via,
+        })
+    }
+}
+
+/// The upgrade types `upgrade_configs` enables, lower-case (their `filters` are refused).
+fn compile_upgrades(proto: &HttpConnectionManager) -> Result<Vec<String>, ConfigError> {
+    let mut upgrades = Vec::new();
+    for (i, u) in proto.upgrade_configs.iter().enumerate() {
+        if !u.filters.is_empty() {
+            return Err(ConfigError::unsupported(format!(
+                "upgrade_configs[{i}].filters"
+            )));
         }
+        if u.enabled.as_ref().is_none_or(|b| b.value) {
+            upgrades.push(u.upgrade_type.to_ascii_lowercase());
+        }
+    }
+    Ok(upgrades)
+}
+
+/// `access_log`, each with its errors under `access_log[i]`.
+fn compile_access_logs(
+    proto: &HttpConnectionManager,
+) -> Result<Vec<Arc<crate::http::conn_manager::access_log::AccessLog>>, ConfigError> {
+    proto
+        .access_log
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            crate::http::conn_manager::access_log::AccessLog::compile(l)
+                .map(Arc::new)
+                .map_err(|e| e.at(&format!("access_log[{i}]")))
+        })
+        .collect()
+}
+
+/// The stream's timeouts: `request_timeout` and `request_headers_timeout` (default off),
+/// `stream_idle_timeout` (default 5 min), `delayed_close_timeout` (default 1 s); 0 is off.
+struct StreamTimeouts {
+    request: Option<Duration>,
+    request_headers: Option<Duration>,
+    stream_idle: Option<Duration>,
+    delayed_close: Option<Duration>,
+}
+
+impl StreamTimeouts {
+    fn compile(proto: &HttpConnectionManager) -> Result<StreamTimeouts, ConfigError> {
+        Ok(StreamTimeouts {
+            request: optional_duration(proto.request_timeout.as_ref(), None, "request_timeout")?,
+            request_headers: optional_duration(
+                proto.request_headers_timeout.as_ref(),
+                None,
+                "request_headers_timeout",
+            )?,
+            stream_idle: optional_duration(
+                proto.stream_idle_timeout.as_ref(),
+                Some(Duration::from_secs(300)),
+                "stream_idle_timeout",
+            )?,
+            delayed_close: optional_duration(
+                proto.delayed_close_timeout.as_ref(),
+                Some(Duration::from_secs(1)),
+                "delayed_close_timeout",
+            )?,
+        })
+    }
+}
+
+/// `path_with_escaped_slashes_action` (Envoy's implementation-specific default keeps them).
+fn escaped_slashes(proto: &HttpConnectionManager) -> EscapedSlashes {
+    match proto.path_with_escaped_slashes_action() {
+        PathWithEscapedSlashesAction::ImplementationSpecificDefault
+        | PathWithEscapedSlashesAction::KeepUnchanged => EscapedSlashes::Keep,
+        PathWithEscapedSlashesAction::RejectRequest => EscapedSlashes::Reject,
+        PathWithEscapedSlashesAction::UnescapeAndRedirect => EscapedSlashes::Redirect,
+        PathWithEscapedSlashesAction::UnescapeAndForward => EscapedSlashes::Forward,
+    }
+}
+
+/// `strip_any_host_port` (`Some(true)`) or `strip_matching_host_port` (`Some(false)`).
+fn strip_port(proto: &HttpConnectionManager) -> Option<bool> {
+    match proto.strip_port_mode {
+        Some(StripPortMode::StripAnyHostPort(true)) => Some(true),
+        _ if proto.strip_matching_host_port => Some(false),
+        _ => None,
     }
 }
 

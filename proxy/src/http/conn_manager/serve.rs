@@ -4,6 +4,8 @@
 
 use std::borrow::Cow;
 use std::convert::Infallible;
+use std::net::IpAddr;
+use std::ops::ControlFlow;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -13,14 +15,15 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Body as _;
 
+use crate::filters::http::compressor::CompressorRequest;
 use crate::filters::http::cors::CorsRequest;
 use crate::filters::http::fault::FaultPolicy;
 use crate::filters::http::fault::{AbortWith, FaultFilter};
-use crate::filters::http::health_check::HealthCheckRequest;
+use crate::filters::http::health_check::{HealthCheckFilter, HealthCheckRequest};
 use crate::filters::http::local_ratelimit::RateLimitPolicy;
-use crate::filters::http::local_ratelimit::RateLimited;
+use crate::filters::http::local_ratelimit::{LocalRateLimitFilter, RateLimited};
 use crate::filters::http::rbac::RbacRules;
-use crate::filters::http::rbac::{RequestView, XffTrust};
+use crate::filters::http::rbac::{RbacFilter, RequestView, XffTrust};
 use crate::filters::http::HttpFilter;
 use crate::http::codec::body::ProxyBody;
 use crate::http::codec::h1_server::{CodecEvent, H1Service, H1Settings, ServeFuture};
@@ -36,7 +39,7 @@ use crate::http::conn_manager::stream_idle::{StreamIdle, UntilIdle};
 use crate::http::conn_manager::upgrade::{self};
 use crate::http::route::header_mutations::FormatContext;
 use crate::http::route::per_filter::{self, FilterConfigs};
-use crate::http::route::{Action, ClusterSpec, Pseudo, RouteTable};
+use crate::http::route::{Action, ClusterSpec, Pseudo, Redirect, Route, RouteTable, VirtualHost};
 use crate::http::router::{
     forward, is_scheme, redirect, tls_redirect, Internal, Outcome, X_ENVOY_EXTERNAL_ADDRESS,
     X_ENVOY_FORCE_TRACE, X_ENVOY_INTERNAL, X_FORWARDED_CLIENT_CERT, X_FORWARDED_FOR,
@@ -51,8 +54,6 @@ pub(crate) fn protocol_name(v: Version) -> &'static str {
         _ => "HTTP/1.1",
     }
 }
-
-/// A request's future, boxed.
 
 /// A request's future ([`serve`]) on the heap, built in place: it is several KiB, and
 /// built on the stack first it would be copied whole into its box on every request (which
@@ -105,26 +106,8 @@ pub async fn serve(
     let worker = conn.worker;
     let start = Instant::now();
     let start_wall = SystemTime::now();
-    conn.requests.set(conn.requests.get() + 1);
-    conn.last_activity.set(start);
-    cfg.stats.downstream_rq_total.inc(worker);
-    let active = ActiveRequest::new(&conn);
-    if req.version() == Version::HTTP_2 {
-        cfg.stats.downstream_rq_http2_total.inc(worker);
-    } else {
-        cfg.stats.downstream_rq_http1_total.inc(worker);
-    }
-    let log_state = (!cfg.access_logs.is_empty()).then(|| {
-        (
-            req.method().to_string(),
-            req.uri()
-                .path_and_query()
-                .map_or_else(|| req.uri().path().to_string(), |p| p.to_string()),
-            authority_of(&req).unwrap_or_default(),
-            req.headers().clone(),
-            req.version(),
-        )
-    });
+    let active = count_request(&conn, &req, start);
+    let log = RequestLog::of(&cfg, &req);
     let mut outcome = Outcome {
         flags: "-",
         ..Default::default()
@@ -173,28 +156,119 @@ pub async fn serve(
             local_reply(StatusCode::REQUEST_TIMEOUT, "request timeout")
         }
     };
+    let status = finish_downstream_response(
+        &conn,
+        &mut resp,
+        grpc,
+        h2_upgrade,
+        &mut outcome,
+        request_id_for_response,
+    );
+    // Completion: when the response body ends (or is dropped).
+    let conn2 = conn.clone();
+    let (parts, body) = resp.into_parts();
+    let resp_headers = log.as_ref().map(|_| parts.headers.clone());
+    let timers = log.as_ref().map(|_| idle.clone());
+    let done = Completion {
+        conn: conn2,
+        start,
+        active,
+        log,
+        start_wall,
+        resp_headers,
+        status,
+        timers,
+        outcome,
+    };
+    let mut body = body;
+    body.on_end(Box::new(move |_ok: bool, bytes_sent: u64| {
+        done.done(bytes_sent)
+    }));
+    if !body.is_end_stream() {
+        body.enforce_idle_timeout(idle);
+    }
+    Ok(Response::from_parts(parts, body))
+}
+
+/// Counts a new request on its connection (`downstream_rq_total`, by protocol, and
+/// `downstream_rq_active` until the returned guard goes) and notes the connection active.
+fn count_request(conn: &Rc<ConnInfo>, req: &Request<ProxyBody>, start: Instant) -> ActiveRequest {
+    let cfg = &conn.config;
+    let worker = conn.worker;
+    conn.requests.set(conn.requests.get() + 1);
+    conn.last_activity.set(start);
+    cfg.stats.downstream_rq_total.inc(worker);
+    let active = ActiveRequest::new(conn);
+    if req.version() == Version::HTTP_2 {
+        cfg.stats.downstream_rq_http2_total.inc(worker);
+    } else {
+        cfg.stats.downstream_rq_http1_total.inc(worker);
+    }
+    active
+}
+
+/// What the access logs say of a request, taken as it arrives (before the connection
+/// manager sanitises it and the router sends it on).
+struct RequestLog {
+    method: String,
+    path: String,
+    authority: String,
+    headers: http::HeaderMap,
+    version: Version,
+}
+
+impl RequestLog {
+    /// The request's log fields, when the connection manager has access logs.
+    fn of(cfg: &HcmConfig, req: &Request<ProxyBody>) -> Option<RequestLog> {
+        (!cfg.access_logs.is_empty()).then(|| RequestLog {
+            method: req.method().to_string(),
+            path: req
+                .uri()
+                .path_and_query()
+                .map_or_else(|| req.uri().path().to_string(), |p| p.to_string()),
+            authority: authority_of(req).unwrap_or_default(),
+            headers: req.headers().clone(),
+            version: req.version(),
+        })
+    }
+}
+
+/// What the connection manager does to every response on its way out, in Envoy's order:
+/// a local reply to a gRPC request in gRPC's form, an HTTP/2 upgrade's response checked,
+/// the `downstream_rq_<n>xx` count, the `server` and `via` headers, the request's id, and
+/// the connection's close (drain or `connection: close`). Returns the status as counted
+/// and logged.
+fn finish_downstream_response(
+    conn: &ConnInfo,
+    resp: &mut Response<ProxyBody>,
+    grpc: bool,
+    h2_upgrade: bool,
+    outcome: &mut Outcome,
+    request_id_for_response: Option<HeaderValue>,
+) -> u16 {
+    let cfg = &conn.config;
     if grpc {
         if let Some(LocalReply(status)) = resp.extensions().get::<LocalReply>().copied() {
-            grpc_local_reply(&mut resp, status);
+            grpc_local_reply(resp, status);
         }
     }
     if h2_upgrade && resp.status().is_success() {
         // Any 2xx to an extended CONNECT opens the tunnel (RFC 8441), so an upstream that
         // answered the upgrade with an ordinary response cannot be passed on as one.
         outcome.flags = "UPE";
-        resp = local_reply(StatusCode::BAD_GATEWAY, "upstream did not switch protocols");
+        *resp = local_reply(StatusCode::BAD_GATEWAY, "upstream did not switch protocols");
     }
     // Counted and logged as the upstream answered (a `101`), as Envoy's connection manager
     // does before its HTTP/2 codec turns it into a `200`.
     let status = resp.status().as_u16();
     let class = (status / 100) as usize;
     if (1..=5).contains(&class) {
-        cfg.stats.downstream_rq_xx[class - 1].inc(worker);
+        cfg.stats.downstream_rq_xx[class - 1].inc(conn.worker);
     }
     if h2_upgrade {
-        upgrade::h1_to_h2_response(&mut resp);
+        upgrade::h1_to_h2_response(resp);
     }
-    finish_response(&cfg, &mut resp);
+    finish_response(cfg, resp);
     if let Some(id) = outcome.request_id.take().or(request_id_for_response) {
         // The request's id, whatever the upstream said (as Envoy).
         resp.headers_mut().insert(X_REQUEST_ID.clone(), id);
@@ -208,53 +282,66 @@ pub async fn serve(
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
-    // Completion: when the response body ends (or is dropped).
-    let conn2 = conn.clone();
-    let (parts, body) = resp.into_parts();
-    let resp_headers = log_state.as_ref().map(|_| parts.headers.clone());
-    let timers = log_state.as_ref().map(|_| idle.clone());
-    let on_done = move |_ok: bool, bytes_sent: u64| {
-        let cfg = &conn2.config;
+    status
+}
+
+/// A request's completion, run when its response body ends (or is dropped): its counts,
+/// the end of its `downstream_rq_active`, and its access log entries. (Its fields drop in
+/// order after it runs, as a closure's captures would.)
+struct Completion {
+    conn: Rc<ConnInfo>,
+    start: Instant,
+    active: ActiveRequest,
+    log: Option<RequestLog>,
+    start_wall: SystemTime,
+    /// The response's headers, for the access logs.
+    resp_headers: Option<http::HeaderMap>,
+    status: u16,
+    /// The stream's timers, for the access logs: a timeout that cut the response body off
+    /// after its head is logged by its flag.
+    timers: Option<Rc<StreamIdle>>,
+    outcome: Outcome,
+}
+
+impl Completion {
+    fn done(self, bytes_sent: u64) {
+        let cfg = &self.conn.config;
+        let worker = self.conn.worker;
         cfg.stats.downstream_rq_completed.inc(worker);
         cfg.stats
             .downstream_rq_time
-            .record(worker, start.elapsed().as_millis() as u64);
-        drop(active);
-        conn2.last_activity.set(Instant::now());
-        if let Some((method, path, authority, headers, version)) = &log_state {
+            .record(worker, self.start.elapsed().as_millis() as u64);
+        drop(self.active);
+        self.conn.last_activity.set(Instant::now());
+        if let Some(log) = &self.log {
             let entry = LogEntry {
-                start: start_wall,
-                method,
-                path,
-                authority,
-                protocol: protocol_name(*version),
-                request: headers,
-                response: resp_headers.as_ref(),
-                status,
+                start: self.start_wall,
+                method: &log.method,
+                path: &log.path,
+                authority: &log.authority,
+                protocol: protocol_name(log.version),
+                request: &log.headers,
+                response: self.resp_headers.as_ref(),
+                status: self.status,
                 // A timeout that cut the response body off after its head.
-                flags: timers
+                flags: self
+                    .timers
                     .as_ref()
                     .and_then(|t| t.expired())
-                    .map_or(outcome.flags, |e| e.flag()),
+                    .map_or(self.outcome.flags, |e| e.flag()),
                 bytes_received: 0,
                 bytes_sent,
-                duration: start.elapsed(),
-                upstream_host: outcome.upstream_host,
-                upstream_cluster: outcome.upstream_cluster.as_deref(),
-                remote: conn2.remote,
-                route_name: &outcome.route_name,
+                duration: self.start.elapsed(),
+                upstream_host: self.outcome.upstream_host,
+                upstream_cluster: self.outcome.upstream_cluster.as_deref(),
+                remote: self.conn.remote,
+                route_name: &self.outcome.route_name,
             };
             for l in &cfg.access_logs {
                 l.log(&entry);
             }
         }
-    };
-    let mut body = body;
-    body.on_end(Box::new(on_done));
-    if !body.is_end_stream() {
-        body.enforce_idle_timeout(idle);
     }
-    Ok(Response::from_parts(parts, body))
 }
 
 pub(crate) fn authority_of<B>(req: &Request<B>) -> Option<String> {
@@ -280,6 +367,22 @@ pub(crate) fn headers_size<B>(req: &Request<B>) -> usize {
     n
 }
 
+/// The value of a step of [`process`], or, when the step answered the request itself (a
+/// refusal, a redirect), that answer returned at once.
+macro_rules! step {
+    ($step:expr) => {
+        match $step {
+            ControlFlow::Continue(value) => value,
+            ControlFlow::Break(answer) => return answer,
+        }
+    };
+}
+
+/// The connection manager's request path (Envoy's `ActiveStream::decodeHeaders`): the
+/// request's checks and sanitising, its route, the HTTP filters before the router, then
+/// whatever answers it (a filter, a redirect, a direct response, the router) with what the
+/// route and the filters add to the answer. Each step is a function of its own, in order;
+/// only the filters and the router wait.
 pub(crate) async fn process(
     conn: &Rc<ConnInfo>,
     mut req: Request<ProxyBody>,
@@ -287,24 +390,221 @@ pub(crate) async fn process(
     outcome: &mut Outcome,
     idle: &StreamIdle,
 ) -> Response<ProxyBody> {
-    let cfg = &conn.config;
-    let worker = conn.worker;
     // The version and framing (HTTP/1.0 without `accept_http_10`, Content-Length with
     // Transfer-Encoding and the like) were checked by the codec: `downstream_h1` for
     // HTTP/1, hyper's for HTTP/2.
+    step!(check_header_fields(conn, &mut req));
+    // Host / authority, borrowed from cheap clones of the request's own (shared) bytes, as
+    // the request itself moves on upstream.
+    let uri_authority = req.uri().authority().cloned();
+    let host_header = match &uri_authority {
+        Some(_) => None,
+        None => req.headers().get(header::HOST).cloned(),
+    };
+    let authority = step!(routed_authority(
+        conn,
+        req.version(),
+        uri_authority.as_ref(),
+        host_header.as_ref(),
+    ));
+    let method = req.method().clone();
+    let path_and_query = req.uri().path_and_query().cloned();
+    let path = step!(routed_path(conn, &method, path_and_query.as_ref()));
+    let internal = forwarding_headers(&conn.config, conn.remote.ip(), req.headers_mut());
+    request_id(&conn.config, internal, req.headers_mut(), outcome);
+    let table = step!(route_table(conn, &method, &mut req, internal, outcome));
+    let scheme = Pseudo::scheme_of(req.uri());
+    let vh = table.find_vhost(&authority);
+    // `require_tls` comes before the routes, as in Envoy: even a request no route takes
+    // is sent to `https`.
+    if vh.is_some_and(|vh| vh.require_tls.redirects(req.headers())) {
+        return tls_redirect(&authority, &path);
+    }
+    // A request no route takes still goes through the filters, as in Envoy (a health
+    // check, a fault or a rate limit may answer it), with no per-route settings.
+    let routed = vh.and_then(|vh| {
+        // What header matchers see of `:method`, `:path`, `:authority` and `:scheme` (built
+        // where used: held across the request's awaits it would take room in its future).
+        let pseudo = Pseudo::request(&method, &path, &authority, scheme);
+        Some((vh, vh.find_route(&path, req.headers(), &pseudo)?))
+    });
+    if let Some((_, route)) = routed {
+        if !conn.config.access_logs.is_empty() {
+            outcome.route_name = route.name.clone();
+        }
+    }
+    let s = Stream {
+        conn,
+        method: &method,
+        path: &path,
+        authority: &authority,
+        scheme,
+        protocol: protocol_name(req.version()),
+        routed,
+        levels: match routed {
+            Some((vh, route)) => [&route.filters, &vh.filters, &table.filters],
+            None => [&per_filter::NONE; 3],
+        },
+        to_cluster: routed.is_some_and(|(_, route)| matches!(route.action, Action::Route(_))),
+    };
+    let upgrade = upgrade_request(&s, &mut req);
+    let mut marks = FilterMarks {
+        cors: None,
+        rate_limit: None,
+        health_mark: None,
+        compress: None,
+        grpc: conn.config.compressor.is_some() && is_grpc(req.headers()),
+    };
+    let filter_reply = step!(run_filters(&s, &mut req, &mut marks, outcome).await);
+    // A filter's answer gets the route's response headers only on a route to a cluster
+    // (Envoy's route entry; measured).
+    let route_headers = routed.filter(|_| filter_reply.is_none() || s.to_cluster);
+    let Some((vh, route)) = routed else {
+        return no_route_answer(&s, filter_reply, marks, outcome);
+    };
+    let mut resp = match (filter_reply, &route.action) {
+        (Some(reply), _) => *reply,
+        // The refusal still gets the route's response headers, as Envoy's does.
+        (None, _) if upgrade == UpgradeRequest::Refused => refuse_upgrade(conn, &req),
+        (None, Action::Direct { status, body }) => direct_response(&s, *status, body.as_ref()),
+        (None, Action::Redirect(rd)) => route_redirect(&s, &req, rd, route),
+        (None, Action::Route(action)) => {
+            let upgrading = upgrade != UpgradeRequest::None;
+            // The headers go upstream; a copy is kept only for what reads them later.
+            let req_headers_for_cx =
+                (upgrading || table.reads_request_headers).then(|| req.headers().clone());
+            let fcx = s.format_context(None, req_headers_for_cx.as_ref());
+            // The downstream's upgrade is taken (and dropped) even when not upgrading.
+            let on_upgrade = upgrading.then_some(()).and(downstream_upgrade.take());
+            if let Some(t) = action.idle_timeout {
+                idle.set_route_timeout(t);
+            }
+            forward(
+                conn, req, &authority, &path, &table, vh, route, action, &fcx, on_upgrade, outcome,
+                idle,
+            )
+            .await
+        }
+    };
+    // Response header mutations: route, virtual host, route configuration.
+    let fcx = s.format_context(outcome.upstream_host, None);
+    if let Some((vh, route)) = route_headers {
+        route.response_headers.apply(resp.headers_mut(), &fcx);
+        vh.response_headers.apply(resp.headers_mut(), &fcx);
+        table.response_headers.apply(resp.headers_mut(), &fcx);
+    }
+    marks.apply(&s, &mut resp);
+    resp
+}
+
+/// What the steps after routing share about a request: its routing facts, borrowed from
+/// [`process`]'s locals (a few words, in place of long parameter lists).
+struct Stream<'a> {
+    conn: &'a Rc<ConnInfo>,
+    method: &'a Method,
+    /// The path as routed (unescaped and normalised as configured), with its query.
+    path: &'a str,
+    /// The host as routed (its trailing dot and port stripped as configured).
+    authority: &'a str,
+    /// The request's `:scheme`.
+    scheme: &'static str,
+    /// `HTTP/1.1`, `HTTP/2`, for header formatters.
+    protocol: &'static str,
+    /// The virtual host and route that took the request, if one did.
+    routed: Option<(&'a VirtualHost, &'a Route)>,
+    /// The per-filter settings that apply, most specific first: the route's, its virtual
+    /// host's, the route configuration's (none without a route).
+    levels: [&'a FilterConfigs; 3],
+    /// Whether the route sends the request to a cluster (not a redirect or a direct
+    /// response).
+    to_cluster: bool,
+}
+
+impl<'a> Stream<'a> {
+    /// What header matchers see of `:method`, `:path`, `:authority` and `:scheme`.
+    fn pseudo(&self) -> Pseudo<'a> {
+        Pseudo::request(self.method, self.path, self.authority, self.scheme)
+    }
+
+    /// What header formatters see of the request.
+    fn format_context<'c>(
+        &self,
+        upstream: Option<std::net::SocketAddr>,
+        request: Option<&'c http::HeaderMap>,
+    ) -> FormatContext<'c> {
+        FormatContext {
+            remote: Some(self.conn.remote),
+            local: Some(self.conn.local),
+            protocol: self.protocol,
+            upstream,
+            request,
+        }
+    }
+}
+
+/// What the filters before the router leave on whatever answers the request: rate limit
+/// headers, the health check filter's marks, CORS headers, and the compressor's pass.
+struct FilterMarks<'a> {
+    cors: Option<crate::filters::http::cors::AllowedHeaders>,
+    rate_limit: Option<crate::filters::http::local_ratelimit::Remaining>,
+    health_mark: Option<(&'a HealthCheckFilter, bool, bool)>,
+    /// Boxed, as it is rare: held across the request's awaits, it is copied with them.
+    compress: Option<Box<CompressorRequest<'a>>>,
+    /// A gRPC request, when the chain has a compressor (which sees a local reply to one in
+    /// gRPC's form).
+    grpc: bool,
+}
+
+impl FilterMarks<'_> {
+    /// Marks the answer, then compresses it, as the filters' encode steps.
+    fn apply(self, s: &Stream<'_>, resp: &mut Response<ProxyBody>) {
+        mark_response(resp, self.rate_limit, self.health_mark, self.cors);
+        let cfg = &s.conn.config;
+        compress_response(
+            cfg,
+            s.levels,
+            self.compress.as_deref(),
+            self.grpc,
+            resp,
+            s.conn.worker,
+        );
+    }
+
+    /// The compressor's response pass (see [`compress_response`]).
+    fn compress(&self, s: &Stream<'_>, resp: &mut Response<ProxyBody>) {
+        let cfg = &s.conn.config;
+        compress_response(
+            cfg,
+            s.levels,
+            self.compress.as_deref(),
+            self.grpc,
+            resp,
+            s.conn.worker,
+        );
+    }
+}
+
+/// The request's header count and size (`max_headers_count`, `max_request_headers_kb`:
+/// `431`) and names with underscores (`headers_with_underscores_action`: `400`, or
+/// dropped). A refused request closes its connection.
+fn check_header_fields(
+    conn: &ConnInfo,
+    req: &mut Request<ProxyBody>,
+) -> ControlFlow<Response<ProxyBody>> {
+    let cfg = &conn.config;
     if req.headers().len() > cfg.max_headers_count
-        || headers_size(&req) > cfg.max_request_headers_kb as usize * 1024
+        || headers_size(req) > cfg.max_request_headers_kb as usize * 1024
     {
-        cfg.stats.downstream_rq_too_large.inc(worker);
+        cfg.stats.downstream_rq_too_large.inc(conn.worker);
         conn.closing.set(true);
-        return local_reply(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "");
+        return ControlFlow::Break(local_reply(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, ""));
     }
     match cfg.underscores {
         UnderscoreAction::Allow => {}
         UnderscoreAction::Reject => {
             if req.headers().keys().any(|k| k.as_str().contains('_')) {
                 conn.closing.set(true);
-                return local_reply(StatusCode::BAD_REQUEST, "");
+                return ControlFlow::Break(local_reply(StatusCode::BAD_REQUEST, ""));
             }
         }
         UnderscoreAction::Drop => {
@@ -319,27 +619,33 @@ pub(crate) async fn process(
             }
         }
     }
-    // Host / authority, borrowed from cheap clones of the request's own (shared) bytes, as
-    // the request itself moves on upstream.
-    let uri_authority = req.uri().authority().cloned();
-    let host_header = match &uri_authority {
-        Some(_) => None,
-        None => req.headers().get(header::HOST).cloned(),
-    };
-    let found = match (&uri_authority, &host_header) {
+    ControlFlow::Continue(())
+}
+
+/// The host the request is routed by: its URI's authority, else its `host` (an HTTP/1.0
+/// request without one gets `default_host_for_http_10`; any other is refused, `400`),
+/// then `strip_trailing_host_dot` and the port stripped, as Envoy's connection manager.
+fn routed_authority<'r>(
+    conn: &ConnInfo,
+    version: Version,
+    uri_authority: Option<&'r http::uri::Authority>,
+    host_header: Option<&'r HeaderValue>,
+) -> ControlFlow<Response<ProxyBody>, Cow<'r, str>> {
+    let cfg = &conn.config;
+    let found = match (uri_authority, host_header) {
         (Some(a), _) => Some(a.as_str()),
         (None, Some(h)) => h.to_str().ok(),
         (None, None) => None,
     };
     let mut authority: Cow<'_, str> = match found {
         Some(a) => Cow::Borrowed(a),
-        None if req.version() == Version::HTTP_10 => {
+        None if version == Version::HTTP_10 => {
             Cow::Owned(cfg.default_host_for_http_10.clone().unwrap_or_default())
         }
         None => {
             conn.closing.set(true);
             // Envoy's reply has no body.
-            return local_reply(StatusCode::BAD_REQUEST, "");
+            return ControlFlow::Break(local_reply(StatusCode::BAD_REQUEST, ""));
         }
     };
     // `strip_trailing_host_dot`, then the port, as Envoy's connection manager.
@@ -359,16 +665,25 @@ pub(crate) async fn process(
             }
         }
     }
-    // Path.
-    let method = req.method().clone();
-    let path_and_query = req.uri().path_and_query().cloned();
-    let mut path: Cow<'_, str> = path_and_query
-        .as_ref()
-        .map_or(Cow::Borrowed("/"), |p| Cow::Borrowed(p.as_str()));
+    ControlFlow::Continue(authority)
+}
+
+/// The path the request is routed by: it must be absolute (or `*` for `OPTIONS`), then
+/// escaped slashes are handled (`path_with_escaped_slashes_action`) and the path
+/// normalised (`normalize_path`, `merge_slashes`), as Envoy's connection manager: a path
+/// refused is a `400` that closes the connection, an unescaped one may be a `307` to it.
+fn routed_path<'r>(
+    conn: &ConnInfo,
+    method: &Method,
+    path_and_query: Option<&'r http::uri::PathAndQuery>,
+) -> ControlFlow<Response<ProxyBody>, Cow<'r, str>> {
+    let cfg = &conn.config;
+    let mut path: Cow<'_, str> =
+        path_and_query.map_or(Cow::Borrowed("/"), |p| Cow::Borrowed(p.as_str()));
     let asterisk = method == Method::OPTIONS && path == "*";
     if !path.starts_with('/') && !asterisk {
         conn.closing.set(true);
-        return local_reply(StatusCode::BAD_REQUEST, "");
+        return ControlFlow::Break(local_reply(StatusCode::BAD_REQUEST, ""));
     }
     // Escaped slashes first, then normalisation, as Envoy's connection manager.
     let mut redirect_unescaped = false;
@@ -377,7 +692,7 @@ pub(crate) async fn process(
             match cfg.escaped_slashes {
                 EscapedSlashes::Reject => {
                     conn.closing.set(true);
-                    return local_reply(StatusCode::BAD_REQUEST, "");
+                    return ControlFlow::Break(local_reply(StatusCode::BAD_REQUEST, ""));
                 }
                 EscapedSlashes::Redirect => redirect_unescaped = true,
                 EscapedSlashes::Forward | EscapedSlashes::Keep => {}
@@ -390,7 +705,7 @@ pub(crate) async fn process(
             Some(p) => path = Cow::Owned(p),
             None => {
                 conn.closing.set(true);
-                return local_reply(StatusCode::BAD_REQUEST, "");
+                return ControlFlow::Break(local_reply(StatusCode::BAD_REQUEST, ""));
             }
         }
     }
@@ -399,13 +714,19 @@ pub(crate) async fn process(
         if let Ok(v) = HeaderValue::from_str(&path) {
             r.headers_mut().insert(header::LOCATION, v);
         }
-        return r;
+        return ControlFlow::Break(r);
     }
-    // Forwarding headers. An internal request keeps its controls and request id; without
-    // `internal_address_config` every request is external (Envoy 1.40's default).
-    let headers = req.headers_mut();
+    ControlFlow::Continue(path)
+}
+
+/// The forwarding headers: whether the request is internal, the control headers an
+/// external one may not set, `x-forwarded-for`, `x-envoy-external-address`,
+/// `x-forwarded-proto` and `x-envoy-internal`. An internal request keeps its controls and
+/// request id; without `internal_address_config` every request is external (Envoy 1.40's
+/// default). Returns whether the request is internal.
+fn forwarding_headers(cfg: &HcmConfig, remote_ip: IpAddr, headers: &mut http::HeaderMap) -> bool {
     let internal = cfg.internal_addresses.is_internal(
-        conn.remote.ip(),
+        remote_ip,
         headers,
         cfg.use_remote_address,
         cfg.xff_num_trusted_hops,
@@ -419,7 +740,6 @@ pub(crate) async fn process(
             cfg.use_remote_address,
         );
     }
-    let remote_ip = conn.remote.ip();
     if cfg.use_remote_address {
         if !cfg.skip_xff_append {
             // As Envoy: a loopback peer (127.0.0.1 or ::1 exactly, a v4-mapped one
@@ -449,6 +769,19 @@ pub(crate) async fn process(
     if internal {
         headers.insert(X_ENVOY_INTERNAL.clone(), HeaderValue::from_static("true"));
     }
+    internal
+}
+
+/// `x-request-id` (generated, or regenerated for an external request unless
+/// `preserve_external_request_id`), kept for the response when it echoes it
+/// (`always_set_request_id_in_response`, an internal request's `x-envoy-force-trace`);
+/// then `via`.
+fn request_id(
+    cfg: &HcmConfig,
+    internal: bool,
+    headers: &mut http::HeaderMap,
+    outcome: &mut Outcome,
+) {
     if cfg.generate_request_id {
         let regenerate = cfg.use_remote_address && !internal && !cfg.preserve_external_request_id;
         if regenerate || !headers.contains_key(&X_REQUEST_ID) {
@@ -466,23 +799,36 @@ pub(crate) async fn process(
     if let Some(via) = &cfg.via {
         crate::http::conn_manager::headers::append_value(headers, &header::VIA, via);
     }
-    // Route.
+}
+
+/// The route table the request is routed by (inline, or the RDS one, `404` while none has
+/// arrived); a CONNECT request is refused (`404`). An internal request is marked for the
+/// router, which obeys its controls; an external one loses the `internal_only_headers`
+/// (before routing, as Envoy).
+fn route_table(
+    conn: &ConnInfo,
+    method: &Method,
+    req: &mut Request<ProxyBody>,
+    internal: bool,
+    outcome: &mut Outcome,
+) -> ControlFlow<Response<ProxyBody>, Arc<RouteTable>> {
+    let cfg = &conn.config;
     let table: Option<Arc<RouteTable>> = match &cfg.routes {
         RouteSource::Static(t) => Some(t.clone()),
         RouteSource::Rds(rds) => crate::http::route::rds::table(&rds.route_config_name),
     };
     let Some(table) = table else {
-        cfg.stats.no_route.inc(worker);
+        cfg.stats.no_route.inc(conn.worker);
         outcome.flags = "NR";
-        return local_reply(StatusCode::NOT_FOUND, "");
+        return ControlFlow::Break(local_reply(StatusCode::NOT_FOUND, ""));
     };
     if method == Method::CONNECT {
         // Only routes with a `connect_matcher` take CONNECT, and Courier has none: Envoy's
         // 404, and the connection (a would-be tunnel) closes.
-        cfg.stats.no_route.inc(worker);
+        cfg.stats.no_route.inc(conn.worker);
         outcome.flags = "NR";
         conn.closing.set(true);
-        return local_reply(StatusCode::NOT_FOUND, "");
+        return ControlFlow::Break(local_reply(StatusCode::NOT_FOUND, ""));
     }
     // `internal_only_headers` leave every external request (before routing, as Envoy).
     if internal {
@@ -493,272 +839,272 @@ pub(crate) async fn process(
             req.headers_mut().remove(name);
         }
     }
-    // What header matchers see of `:method`, `:path`, `:authority` and `:scheme` (built
-    // where used: held across the request's awaits it would take room in its future).
-    let scheme = Pseudo::scheme_of(req.uri());
-    let pseudo = || Pseudo::request(&method, &path, &authority, scheme);
-    let vh = table.find_vhost(&authority);
-    // `require_tls` comes before the routes, as in Envoy: even a request no route takes
-    // is sent to `https`.
-    if vh.is_some_and(|vh| vh.require_tls.redirects(req.headers())) {
-        return tls_redirect(&authority, &path);
-    }
-    // A request no route takes still goes through the filters, as in Envoy (a health
-    // check, a fault or a rate limit may answer it), with no per-route settings.
-    let routed = vh.and_then(|vh| Some((vh, vh.find_route(&path, req.headers(), &pseudo())?)));
-    if let Some((_, route)) = routed {
-        if !cfg.access_logs.is_empty() {
-            outcome.route_name = route.name.clone();
-        }
-    }
-    let fcx_remote = conn.remote;
-    let fcx_local = conn.local;
-    let protocol = protocol_name(req.version());
-    // Upgrades (websocket).
+    ControlFlow::Continue(table)
+}
+
+/// A request's upgrade (websocket), as its route takes it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum UpgradeRequest {
+    /// Not an upgrade (or an `h2c` one, served as plain HTTP/1.1).
+    None,
+    /// An upgrade the route (or the connection manager) enables.
+    Allowed,
+    /// An upgrade nothing enables: `403`, unless a filter answers first.
+    Refused,
+}
+
+/// Whether the request asks for an upgrade and whether its route allows it (its own
+/// `upgrade_configs`, else the connection manager's; only a route to a cluster does).
+/// Envoy does not upgrade to `h2c`: such a request is served as plain HTTP/1.1, without
+/// its upgrade headers.
+fn upgrade_request(s: &Stream<'_>, req: &mut Request<ProxyBody>) -> UpgradeRequest {
+    let cfg = &s.conn.config;
     let mut upgrade = crate::http::codec::handoff::is_upgrade(req.headers())
         .then(|| req.headers().get(header::UPGRADE))
         .flatten()
         .and_then(|v| v.to_str().ok())
         .map(str::to_ascii_lowercase);
     if upgrade.as_deref() == Some("h2c") {
-        // Envoy does not upgrade to h2c: the request is served as plain HTTP/1.1, without
-        // its upgrade headers.
         crate::http::conn_manager::headers::drop_h2c_upgrade(req.headers_mut());
         upgrade = None;
     }
-    let upgrade_refused = upgrade.as_ref().is_some_and(|up| {
-        let allowed = match routed.map(|(_, route)| &route.action) {
-            Some(Action::Route(a)) => a
-                .upgrades
-                .iter()
-                .find(|(t, _)| t == up)
-                .map_or_else(|| cfg.upgrades.iter().any(|t| t == up), |(_, en)| *en),
-            _ => false,
-        };
-        !allowed
-    });
-    // The filters before the router, in the chain's order. CORS acts on requests routed
-    // to a cluster only (Envoy's sees no route entry for direct responses and
-    // redirects): a preflight is answered at once, without the route's response headers
-    // (Envoy's answer gets none), and its headers go on whatever answers a later filter
-    // or the router gives.
-    let mut cors = None;
-    let mut rate_limit = None;
-    let mut health_mark = None;
-    // Boxed, as it is rare: held across the request's awaits, it is copied with them.
-    let mut compress: Option<Box<crate::filters::http::compressor::CompressorRequest<'_>>> = None;
-    let grpc = cfg.compressor.is_some() && is_grpc(req.headers());
-    // Boxed: it is rare, and a response kept inline would be copied on every request.
-    let mut filter_reply: Option<Box<Response<ProxyBody>>> = None;
-    let levels = match routed {
-        Some((vh, route)) => [&route.filters, &vh.filters, &table.filters],
-        None => [&per_filter::NONE; 3],
+    let Some(up) = upgrade else {
+        return UpgradeRequest::None;
     };
-    let to_cluster = routed.is_some_and(|(_, route)| matches!(route.action, Action::Route(_)));
+    let allowed = match s.routed.map(|(_, route)| &route.action) {
+        Some(Action::Route(a)) => a
+            .upgrades
+            .iter()
+            .find(|(t, _)| *t == up)
+            .map_or_else(|| cfg.upgrades.contains(&up), |(_, en)| *en),
+        _ => false,
+    };
+    if allowed {
+        UpgradeRequest::Allowed
+    } else {
+        UpgradeRequest::Refused
+    }
+}
+
+/// The filters before the router, in the chain's order, each where its route's settings
+/// let it run: what they leave on the answer goes in `marks`, and the first filter to
+/// answer the request stops the chain (`Continue(Some(answer))`). CORS acts on requests
+/// routed to a cluster only (Envoy's sees no route entry for direct responses and
+/// redirects): a preflight is answered at once (`Break`), without the route's response
+/// headers (Envoy's answer gets none), and its headers go on whatever answers a later
+/// filter or the router gives.
+async fn run_filters<'a>(
+    s: &Stream<'a>,
+    req: &mut Request<ProxyBody>,
+    marks: &mut FilterMarks<'a>,
+    outcome: &mut Outcome,
+) -> ControlFlow<Response<ProxyBody>, Option<Box<Response<ProxyBody>>>> {
+    let cfg: &'a HcmConfig = &s.conn.config;
+    let worker = s.conn.worker;
     for chained in &cfg.filters {
-        if !per_filter::runs(levels, chained.filter.name(), chained.off_by_default) {
+        if !per_filter::runs(s.levels, chained.filter.name(), chained.off_by_default) {
             continue;
         }
         match &chained.filter {
-            HttpFilter::Cors(f) if to_cluster => {
-                match f.on_request(levels, &method, req.headers(), worker) {
-                    CorsRequest::Preflight(r) => {
-                        let mut r = *r;
-                        // Envoy's compressor sees the preflight before its codec gives it
-                        // a length.
-                        let length = r.headers_mut().remove(header::CONTENT_LENGTH);
-                        compress_response(cfg, levels, compress.as_deref(), grpc, &mut r, worker);
-                        if let Some(l) = length {
-                            r.headers_mut().insert(header::CONTENT_LENGTH, l);
-                        }
-                        return r;
-                    }
-                    CorsRequest::Allowed(h) => cors = Some(h),
+            HttpFilter::Cors(f) if s.to_cluster => {
+                match f.on_request(s.levels, s.method, req.headers(), worker) {
+                    CorsRequest::Preflight(r) => return ControlFlow::Break(preflight(s, marks, r)),
+                    CorsRequest::Allowed(h) => marks.cors = Some(h),
                     CorsRequest::Pass => {}
                 }
             }
             HttpFilter::Cors(_) => {}
             HttpFilter::HealthCheck(f) => {
                 let failed = crate::worker::health_failed();
-                match f.on_request(req.headers(), &pseudo(), failed, worker) {
-                    HealthCheckRequest::Answer(r) => {
-                        filter_reply = Some(r);
-                        break;
+                match f.on_request(req.headers(), &s.pseudo(), failed, worker) {
+                    HealthCheckRequest::Answer(r) => return ControlFlow::Continue(Some(r)),
+                    HealthCheckRequest::PassThrough => marks.health_mark = Some((f, true, failed)),
+                    HealthCheckRequest::Pass if failed => {
+                        marks.health_mark = Some((f, false, true))
                     }
-                    HealthCheckRequest::PassThrough => health_mark = Some((f, true, failed)),
-                    HealthCheckRequest::Pass if failed => health_mark = Some((f, false, true)),
                     HealthCheckRequest::Pass => {}
                 }
             }
-            HttpFilter::LocalRateLimit(f) => {
-                let route_policy = per_filter::policy_arc::<RateLimitPolicy>(levels, &f.name);
-                let cx = FormatContext {
-                    remote: Some(fcx_remote),
-                    local: Some(fcx_local),
-                    protocol,
-                    upstream: None,
-                    request: None,
-                };
-                match f.on_request(
-                    route_policy.as_ref(),
-                    &conn.rate_limit_buckets,
-                    req.headers_mut(),
-                    &cx,
-                    worker,
-                ) {
-                    RateLimited::Refuse(r) => {
-                        outcome.flags = "RL";
-                        filter_reply = Some(r);
-                        break;
-                    }
-                    RateLimited::Pass(r) => rate_limit = r,
+            HttpFilter::LocalRateLimit(f) => match local_rate_limit(s, f, req.headers_mut()) {
+                RateLimited::Refuse(r) => {
+                    outcome.flags = "RL";
+                    return ControlFlow::Continue(Some(r));
                 }
-            }
+                RateLimited::Pass(r) => marks.rate_limit = r,
+            },
             HttpFilter::Rbac(f) => {
-                let route_rules = per_filter::policy::<RbacRules>(levels, &f.name);
-                let view = RequestView {
-                    headers: req.headers(),
-                    pseudo: pseudo(),
-                    local: conn.local,
-                    peer: conn.remote.ip(),
-                    xff: XffTrust {
-                        use_remote_address: cfg.use_remote_address,
-                        trusted_hops: cfg.xff_num_trusted_hops,
-                        appended: cfg.use_remote_address && !cfg.skip_xff_append,
-                    },
-                };
-                if let Some(r) = f.on_request(route_rules, &view, worker) {
-                    filter_reply = Some(r);
-                    break;
+                if let Some(r) = rbac(s, f, req.headers()) {
+                    return ControlFlow::Continue(Some(r));
                 }
             }
             HttpFilter::Compressor(f) => {
-                compress = Some(f.on_request(levels, &mut req, worker));
+                marks.compress = Some(f.on_request(s.levels, req, worker));
             }
             HttpFilter::Fault(f) => {
                 // Boxed: its delay would otherwise take room in every request's future.
-                filter_reply = Box::pin(inject_fault(
+                let reply = Box::pin(inject_fault(
                     f,
-                    levels,
-                    routed.map(|(_, route)| &route.action),
+                    s.levels,
+                    s.routed.map(|(_, route)| &route.action),
                     req.headers(),
-                    &pseudo(),
+                    &s.pseudo(),
                     outcome,
                     worker,
                 ))
                 .await;
-                if filter_reply.is_some() {
-                    break;
+                if reply.is_some() {
+                    return ControlFlow::Continue(reply);
                 }
             }
         }
     }
-    // A filter's answer gets the route's response headers only on a route to a cluster
-    // (Envoy's route entry; measured).
-    let route_headers = routed.filter(|_| filter_reply.is_none() || to_cluster);
-    let Some((vh, route)) = routed else {
-        let mut resp = match filter_reply {
-            Some(reply) => *reply,
-            None => {
-                cfg.stats.no_route.inc(worker);
-                outcome.flags = "NR";
-                local_reply(StatusCode::NOT_FOUND, "")
-            }
-        };
-        mark_response(&mut resp, rate_limit, health_mark, cors);
-        compress_response(cfg, levels, compress.as_deref(), grpc, &mut resp, worker);
-        return resp;
+    ControlFlow::Continue(None)
+}
+
+/// A CORS preflight's answer, which goes out at once: it gets the compressor's pass (not
+/// the other filters' marks), which Envoy's compressor gives it before its codec gives it
+/// a length.
+fn preflight(
+    s: &Stream<'_>,
+    marks: &FilterMarks<'_>,
+    r: Box<Response<ProxyBody>>,
+) -> Response<ProxyBody> {
+    let mut r = *r;
+    let length = r.headers_mut().remove(header::CONTENT_LENGTH);
+    marks.compress(s, &mut r);
+    if let Some(l) = length {
+        r.headers_mut().insert(header::CONTENT_LENGTH, l);
+    }
+    r
+}
+
+/// The local rate limit filter on a request, with the route's policy if it has one.
+fn local_rate_limit(
+    s: &Stream<'_>,
+    f: &LocalRateLimitFilter,
+    headers: &mut http::HeaderMap,
+) -> RateLimited {
+    let route_policy = per_filter::policy_arc::<RateLimitPolicy>(s.levels, &f.name);
+    let cx = s.format_context(None, None);
+    f.on_request(
+        route_policy.as_ref(),
+        &s.conn.rate_limit_buckets,
+        headers,
+        &cx,
+        s.conn.worker,
+    )
+}
+
+/// The RBAC filter on a request, with the route's rules if it has them: its refusal, if
+/// it refuses the request.
+fn rbac(
+    s: &Stream<'_>,
+    f: &RbacFilter,
+    headers: &http::HeaderMap,
+) -> Option<Box<Response<ProxyBody>>> {
+    let cfg = &s.conn.config;
+    let route_rules = per_filter::policy::<RbacRules>(s.levels, &f.name);
+    let view = RequestView {
+        headers,
+        pseudo: s.pseudo(),
+        local: s.conn.local,
+        peer: s.conn.remote.ip(),
+        xff: XffTrust {
+            use_remote_address: cfg.use_remote_address,
+            trusted_hops: cfg.xff_num_trusted_hops,
+            appended: cfg.use_remote_address && !cfg.skip_xff_append,
+        },
     };
-    let mut resp = match (filter_reply, &route.action) {
-        (Some(reply), _) => *reply,
-        // The refusal still gets the route's response headers, as Envoy's does.
-        (None, _) if upgrade_refused => {
-            cfg.stats.downstream_rq_ws_on_non_ws_route.inc(worker);
-            // As Envoy, an HTTP/1.1 connection whose upgrade was refused is closed.
-            if req.version() != Version::HTTP_2 {
-                conn.closing.set(true);
-            }
-            local_reply(StatusCode::FORBIDDEN, "")
+    f.on_request(route_rules, &view, s.conn.worker)
+}
+
+/// The answer to a request no route takes: a filter's, else `404` (`no_route`, `NR`),
+/// with the filters' marks.
+fn no_route_answer(
+    s: &Stream<'_>,
+    filter_reply: Option<Box<Response<ProxyBody>>>,
+    marks: FilterMarks<'_>,
+    outcome: &mut Outcome,
+) -> Response<ProxyBody> {
+    let mut resp = match filter_reply {
+        Some(reply) => *reply,
+        None => {
+            s.conn.config.stats.no_route.inc(s.conn.worker);
+            outcome.flags = "NR";
+            local_reply(StatusCode::NOT_FOUND, "")
         }
-        (None, Action::Direct { status, body }) => {
-            cfg.stats.rq_direct_response.inc(worker);
-            let mut r = match body {
-                Some(b) => {
-                    let mut r = Response::new(ProxyBody::full(b.clone()));
-                    r.headers_mut()
-                        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-                    r.headers_mut()
-                        .insert(header::CONTENT_LENGTH, HeaderValue::from(b.len()));
-                    r
-                }
-                None => {
-                    let mut r = Response::new(ProxyBody::empty());
-                    r.headers_mut()
-                        .insert(header::CONTENT_LENGTH, HeaderValue::from(0));
-                    r
-                }
-            };
-            *r.status_mut() = *status;
-            r.extensions_mut().insert(LocalReply(None));
-            // Envoy sets Location on 201 and redirect direct responses.
-            let code = status.as_u16();
-            if code == 201 || matches!(code, 301 | 302 | 303 | 307 | 308) {
-                if let Ok(v) = HeaderValue::from_str(&format!("http://{authority}{path}")) {
-                    r.headers_mut().insert(header::LOCATION, v);
-                }
-            }
+    };
+    marks.apply(s, &mut resp);
+    resp
+}
+
+/// An upgrade its route does not enable: `403` (`downstream_rq_ws_on_non_ws_route`); as
+/// Envoy, an HTTP/1.1 connection whose upgrade was refused is closed.
+fn refuse_upgrade(conn: &ConnInfo, req: &Request<ProxyBody>) -> Response<ProxyBody> {
+    conn.config
+        .stats
+        .downstream_rq_ws_on_non_ws_route
+        .inc(conn.worker);
+    if req.version() != Version::HTTP_2 {
+        conn.closing.set(true);
+    }
+    local_reply(StatusCode::FORBIDDEN, "")
+}
+
+/// A route's `direct_response` (`rq_direct_response`): its status and body (as
+/// `text/plain`), and, as Envoy, a `location` to the request's own URL on a `201` or a
+/// redirect status.
+fn direct_response(
+    s: &Stream<'_>,
+    status: StatusCode,
+    body: Option<&bytes::Bytes>,
+) -> Response<ProxyBody> {
+    s.conn.config.stats.rq_direct_response.inc(s.conn.worker);
+    let mut r = match body {
+        Some(b) => {
+            let mut r = Response::new(ProxyBody::full(b.clone()));
+            r.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+            r.headers_mut()
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(b.len()));
             r
         }
-        (None, Action::Redirect(rd)) => {
-            cfg.stats.rq_redirect.inc(worker);
-            // As Envoy: without a scheme of its own, the redirect keeps the request's, as
-            // `x-forwarded-proto` (set above) tells it.
-            let scheme = req
-                .headers()
-                .get(&X_FORWARDED_PROTO)
-                .and_then(|v| v.to_str().ok())
-                .filter(|s| is_scheme(s))
-                .unwrap_or("http");
-            redirect(rd, route, &authority, &path, scheme)
-        }
-        (None, Action::Route(action)) => {
-            // The headers go upstream; a copy is kept only for what reads them later.
-            let req_headers_for_cx =
-                (upgrade.is_some() || table.reads_request_headers).then(|| req.headers().clone());
-            let fcx = FormatContext {
-                remote: Some(fcx_remote),
-                local: Some(fcx_local),
-                protocol,
-                upstream: None,
-                request: req_headers_for_cx.as_ref(),
-            };
-            let on_upgrade = upgrade.as_ref().and(downstream_upgrade.take());
-            if let Some(t) = action.idle_timeout {
-                idle.set_route_timeout(t);
-            }
-            forward(
-                conn, req, &authority, &path, &table, vh, route, action, &fcx, on_upgrade, outcome,
-                idle,
-            )
-            .await
+        None => {
+            let mut r = Response::new(ProxyBody::empty());
+            r.headers_mut()
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+            r
         }
     };
-    // Response header mutations: route, virtual host, route configuration.
-    let fcx = FormatContext {
-        remote: Some(fcx_remote),
-        local: Some(fcx_local),
-        protocol,
-        upstream: outcome.upstream_host,
-        request: None,
-    };
-    if let Some((vh, route)) = route_headers {
-        route.response_headers.apply(resp.headers_mut(), &fcx);
-        vh.response_headers.apply(resp.headers_mut(), &fcx);
-        table.response_headers.apply(resp.headers_mut(), &fcx);
+    *r.status_mut() = status;
+    r.extensions_mut().insert(LocalReply(None));
+    // Envoy sets Location on 201 and redirect direct responses.
+    let code = status.as_u16();
+    if code == 201 || matches!(code, 301 | 302 | 303 | 307 | 308) {
+        if let Ok(v) = HeaderValue::from_str(&format!("http://{}{}", s.authority, s.path)) {
+            r.headers_mut().insert(header::LOCATION, v);
+        }
     }
-    mark_response(&mut resp, rate_limit, health_mark, cors);
-    compress_response(cfg, levels, compress.as_deref(), grpc, &mut resp, worker);
-    resp
+    r
+}
+
+/// A route's `redirect` (`rq_redirect`). As Envoy: without a scheme of its own, the
+/// redirect keeps the request's, as `x-forwarded-proto` (set by [`forwarding_headers`])
+/// tells it.
+fn route_redirect(
+    s: &Stream<'_>,
+    req: &Request<ProxyBody>,
+    rd: &Redirect,
+    route: &Route,
+) -> Response<ProxyBody> {
+    s.conn.config.stats.rq_redirect.inc(s.conn.worker);
+    let scheme = req
+        .headers()
+        .get(&X_FORWARDED_PROTO)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| is_scheme(v))
+        .unwrap_or("http");
+    redirect(rd, route, s.authority, s.path, scheme)
 }
 
 /// The compressor's response pass, when the chain has a compressor that runs for the

@@ -1095,7 +1095,8 @@ impl RouteTable {
         tables.into_iter().chain(vhosts)
     }
 
-    /// Compiles and validates a route configuration.
+    /// Compiles and validates a route configuration: its virtual hosts in order (each
+    /// checked, its domains indexed, then compiled), then its own settings.
     pub fn compile(
         proto: &RouteConfiguration,
         store: &Store,
@@ -1125,194 +1126,25 @@ impl RouteTable {
         let table_shadows: Arc<[ShadowPolicy]> =
             shadow_policy::compile(&proto.request_mirror_policies, "request_mirror_policies")?
                 .into();
+        let defaults = TableDefaults {
+            shadows: &table_shadows,
+            store,
+            filters,
+        };
         let mut vhosts = Vec::new();
-        let mut exact = HashMap::new();
-        let mut suffixes = Vec::new();
-        let mut prefixes = Vec::new();
-        let mut default_vhost = None;
+        let mut domains = Domains::default();
         for (vi, vh) in proto.virtual_hosts.iter().enumerate() {
             let vpath = format!("virtual_hosts[{vi}]");
-            if vh.name.is_empty() {
-                return Err(ConfigError::new(
-                    format!("{vpath}.name"),
-                    "value length must be at least 1 characters",
-                ));
-            }
-            if vh.domains.is_empty() {
-                return Err(ConfigError::new(
-                    format!("{vpath}.domains"),
-                    "value must contain at least 1 item(s)",
-                ));
-            }
-            for (field, set) in [
-                ("matcher", vh.matcher.is_some()),
-                ("rate_limits", !vh.rate_limits.is_empty()),
-                ("hedge_policy", vh.hedge_policy.is_some()),
-            ] {
-                if set {
-                    return Err(ConfigError::unsupported(format!("{vpath}.{field}")));
-                }
-            }
-            for (di, d) in vh.domains.iter().enumerate() {
-                let dpath = format!("{vpath}.domains[{di}]");
-                let d = d.to_ascii_lowercase();
-                let dup = |what: &str| {
-                    ConfigError::new(
-                        dpath.clone(),
-                        format!(
-                            "Only unique values for domains are permitted. Duplicate entry of domain {what} in route {}",
-                            proto.name
-                        ),
-                    )
-                };
-                if d == "*" {
-                    if default_vhost.is_some() {
-                        return Err(dup("*"));
-                    }
-                    default_vhost = Some(vi);
-                } else if let Some(s) = d.strip_prefix('*') {
-                    if s.contains('*') {
-                        return Err(ConfigError::new(
-                            dpath,
-                            format!("invalid domain '{d}': wildcard must be a prefix or suffix"),
-                        ));
-                    }
-                    if suffixes.iter().any(|(x, _): &(String, usize)| x == s) {
-                        return Err(dup(&d));
-                    }
-                    suffixes.push((s.to_string(), vi));
-                } else if let Some(p) = d.strip_suffix('*') {
-                    if p.contains('*') {
-                        return Err(ConfigError::new(
-                            dpath,
-                            format!("invalid domain '{d}': wildcard must be a prefix or suffix"),
-                        ));
-                    }
-                    if prefixes.iter().any(|(x, _): &(String, usize)| x == p) {
-                        return Err(dup(&d));
-                    }
-                    prefixes.push((p.to_string(), vi));
-                } else if d.contains('*') {
-                    return Err(ConfigError::new(
-                        dpath,
-                        format!("invalid domain '{d}': wildcard must be a prefix or suffix"),
-                    ));
-                } else if exact.insert(d.clone(), vi).is_some() {
-                    return Err(dup(&d));
-                }
-            }
-            let retry_policy = vh
-                .retry_policy
-                .as_ref()
-                .map(|p| RetryPolicy::compile(p, &format!("{vpath}.retry_policy")).map(Arc::new))
-                .transpose()?;
-            let mut routes = Vec::new();
-            let vh_buffer_limit = buffer_limit(
-                vh.request_body_buffer_limit.map(|v| v.value),
-                vh.per_request_buffer_limit_bytes.map(|v| v.value),
-            );
-            let vh_shadows: Arc<[ShadowPolicy]> = if vh.request_mirror_policies.is_empty() {
-                table_shadows.clone()
-            } else {
-                shadow_policy::compile(
-                    &vh.request_mirror_policies,
-                    &format!("{vpath}.request_mirror_policies"),
-                )?
-                .into()
-            };
-            let inherited = Inherited {
-                vhost: &vh.name,
-                store,
-                filters,
-                retry: retry_policy.as_ref(),
-                shadows: &vh_shadows,
-            };
-            for (ri, r) in vh.routes.iter().enumerate() {
-                let mut route = compile_route(r, &format!("{vpath}.routes[{ri}]"), &inherited)?;
-                route.buffer_limit = route.buffer_limit.or(vh_buffer_limit);
-                routes.push(route);
-            }
-            let mut virtual_clusters = Vec::with_capacity(vh.virtual_clusters.len());
-            for (ci, vc) in vh.virtual_clusters.iter().enumerate() {
-                let cpath = format!("{vpath}.virtual_clusters[{ci}]");
-                if vc.name.is_empty() {
-                    return Err(ConfigError::new(
-                        format!("{cpath}.name"),
-                        "value length must be at least 1 characters",
-                    ));
-                }
-                if vc.headers.is_empty() {
-                    // Envoy's own check.
-                    return Err(ConfigError::new(
-                        format!("{cpath}.headers"),
-                        "virtual clusters must define 'headers'",
-                    ));
-                }
-                virtual_clusters.push(VirtualCluster {
-                    headers: vc
-                        .headers
-                        .iter()
-                        .enumerate()
-                        .map(|(hi, h)| compile_header_matcher(h, &format!("{cpath}.headers[{hi}]")))
-                        .collect::<Result<_, _>>()?,
-                    stats: RequestStats::virtual_host(
-                        store,
-                        format!("vhost.{}.vcluster.{}.", vh.name, vc.name),
-                    ),
-                });
-            }
-            let other_vcluster = (!virtual_clusters.is_empty()).then(|| {
-                Box::new(RequestStats::virtual_host(
-                    store,
-                    format!("vhost.{}.vcluster.other.", vh.name),
-                ))
-            });
-            vhosts.push(VirtualHost {
-                virtual_clusters,
-                other_vcluster,
-                name: vh.name.clone(),
-                routes,
-                request_headers: HeaderMutations::compile(
-                    &vh.request_headers_to_add,
-                    &vh.request_headers_to_remove,
-                    &format!("{vpath}.request_headers_to_add"),
-                    &format!("{vpath}.request_headers_to_remove"),
-                )?,
-                response_headers: HeaderMutations::compile(
-                    &vh.response_headers_to_add,
-                    &vh.response_headers_to_remove,
-                    &format!("{vpath}.response_headers_to_add"),
-                    &format!("{vpath}.response_headers_to_remove"),
-                )?,
-                retry_policy,
-                attempt_count_upstream: vh.include_request_attempt_count,
-                attempt_count_response: vh.include_attempt_count_in_response,
-                timeout_retry_header: vh.include_is_timeout_retry_header,
-                filters: FilterConfigs::compile(
-                    &vh.typed_per_filter_config,
-                    vh.cors.as_ref().map(|c| (c, format!("{vpath}.cors"))),
-                    &vpath,
-                    store,
-                    filters,
-                )?,
-                require_tls: match pb::virtual_host::TlsRequirementType::try_from(vh.require_tls) {
-                    Ok(pb::virtual_host::TlsRequirementType::None) => TlsRequirement::None,
-                    Ok(pb::virtual_host::TlsRequirementType::ExternalOnly) => {
-                        TlsRequirement::ExternalOnly
-                    }
-                    Ok(pb::virtual_host::TlsRequirementType::All) => TlsRequirement::All,
-                    Err(_) => {
-                        return Err(ConfigError::new(
-                            format!("{vpath}.require_tls"),
-                            format!(
-                                "value must be one of the defined enum values, not {}",
-                                vh.require_tls
-                            ),
-                        ))
-                    }
-                },
-            });
+            check_virtual_host(vh, &vpath)?;
+            domains.add(vh, vi, &vpath, &proto.name)?;
+            vhosts.push(compile_virtual_host(vh, &vpath, &defaults)?);
         }
+        let Domains {
+            exact,
+            mut suffixes,
+            mut prefixes,
+            default_vhost,
+        } = domains;
         suffixes.sort_by_key(|s| std::cmp::Reverse(s.0.len()));
         prefixes.sort_by_key(|s| std::cmp::Reverse(s.0.len()));
         let mut table = RouteTable {
@@ -1612,6 +1444,249 @@ impl RouteMatcher {
     }
 }
 
+/// The route table's domain index, as its virtual hosts are added: exact domains,
+/// `*.suffix` and `prefix.*` wildcards (unsorted until the table is built) and `*`.
+#[derive(Default)]
+struct Domains {
+    exact: HashMap<String, usize>,
+    suffixes: Vec<(String, usize)>,
+    prefixes: Vec<(String, usize)>,
+    default_vhost: Option<usize>,
+}
+
+impl Domains {
+    /// Indexes virtual host `vi`'s domains (lower-cased): a domain may appear once in the
+    /// whole table, and a wildcard only as its prefix or suffix, as Envoy requires.
+    /// `route` is the route configuration's name, for Envoy's duplicate message.
+    fn add(
+        &mut self,
+        vh: &pb::VirtualHost,
+        vi: usize,
+        vpath: &str,
+        route: &str,
+    ) -> Result<(), ConfigError> {
+        for (di, d) in vh.domains.iter().enumerate() {
+            let dpath = format!("{vpath}.domains[{di}]");
+            let d = d.to_ascii_lowercase();
+            let dup = |what: &str| {
+                ConfigError::new(
+                    dpath.clone(),
+                    format!(
+                        "Only unique values for domains are permitted. Duplicate entry of domain {what} in route {route}"
+                    ),
+                )
+            };
+            if d == "*" {
+                if self.default_vhost.is_some() {
+                    return Err(dup("*"));
+                }
+                self.default_vhost = Some(vi);
+            } else if let Some(s) = d.strip_prefix('*') {
+                if s.contains('*') {
+                    return Err(ConfigError::new(
+                        dpath,
+                        format!("invalid domain '{d}': wildcard must be a prefix or suffix"),
+                    ));
+                }
+                if self.suffixes.iter().any(|(x, _)| x == s) {
+                    return Err(dup(&d));
+                }
+                self.suffixes.push((s.to_string(), vi));
+            } else if let Some(p) = d.strip_suffix('*') {
+                if p.contains('*') {
+                    return Err(ConfigError::new(
+                        dpath,
+                        format!("invalid domain '{d}': wildcard must be a prefix or suffix"),
+                    ));
+                }
+                if self.prefixes.iter().any(|(x, _)| x == p) {
+                    return Err(dup(&d));
+                }
+                self.prefixes.push((p.to_string(), vi));
+            } else if d.contains('*') {
+                return Err(ConfigError::new(
+                    dpath,
+                    format!("invalid domain '{d}': wildcard must be a prefix or suffix"),
+                ));
+            } else if self.exact.insert(d.clone(), vi).is_some() {
+                return Err(dup(&d));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A virtual host's required fields (`name`, `domains`) and the ones Courier refuses by
+/// name, checked before its domains are indexed.
+fn check_virtual_host(vh: &pb::VirtualHost, vpath: &str) -> Result<(), ConfigError> {
+    if vh.name.is_empty() {
+        return Err(ConfigError::new(
+            format!("{vpath}.name"),
+            "value length must be at least 1 characters",
+        ));
+    }
+    if vh.domains.is_empty() {
+        return Err(ConfigError::new(
+            format!("{vpath}.domains"),
+            "value must contain at least 1 item(s)",
+        ));
+    }
+    for (field, set) in [
+        ("matcher", vh.matcher.is_some()),
+        ("rate_limits", !vh.rate_limits.is_empty()),
+        ("hedge_policy", vh.hedge_policy.is_some()),
+    ] {
+        if set {
+            return Err(ConfigError::unsupported(format!("{vpath}.{field}")));
+        }
+    }
+    Ok(())
+}
+
+/// What a virtual host takes from its route configuration.
+struct TableDefaults<'a> {
+    /// The route configuration's `request_mirror_policies`, for virtual hosts without
+    /// their own.
+    shadows: &'a Arc<[ShadowPolicy]>,
+    /// Where stats and per-filter settings keep their counters.
+    store: &'a Store,
+    /// Compiles per-filter settings.
+    filters: &'a dyn PerFilterCompiler,
+}
+
+/// A virtual host: its retry policy, buffer limit and mirrors (which its routes inherit),
+/// its routes in order, its virtual clusters, header mutations, per-filter settings and
+/// `require_tls`.
+fn compile_virtual_host(
+    vh: &pb::VirtualHost,
+    vpath: &str,
+    table: &TableDefaults<'_>,
+) -> Result<VirtualHost, ConfigError> {
+    let retry_policy = vh
+        .retry_policy
+        .as_ref()
+        .map(|p| RetryPolicy::compile(p, &format!("{vpath}.retry_policy")).map(Arc::new))
+        .transpose()?;
+    let mut routes = Vec::new();
+    let vh_buffer_limit = buffer_limit(
+        vh.request_body_buffer_limit.map(|v| v.value),
+        vh.per_request_buffer_limit_bytes.map(|v| v.value),
+    );
+    let vh_shadows: Arc<[ShadowPolicy]> = if vh.request_mirror_policies.is_empty() {
+        table.shadows.clone()
+    } else {
+        shadow_policy::compile(
+            &vh.request_mirror_policies,
+            &format!("{vpath}.request_mirror_policies"),
+        )?
+        .into()
+    };
+    let inherited = Inherited {
+        vhost: &vh.name,
+        store: table.store,
+        filters: table.filters,
+        retry: retry_policy.as_ref(),
+        shadows: &vh_shadows,
+    };
+    for (ri, r) in vh.routes.iter().enumerate() {
+        let mut route = compile_route(r, &format!("{vpath}.routes[{ri}]"), &inherited)?;
+        route.buffer_limit = route.buffer_limit.or(vh_buffer_limit);
+        routes.push(route);
+    }
+    let virtual_clusters = compile_virtual_clusters(vh, vpath, table.store)?;
+    let other_vcluster = (!virtual_clusters.is_empty()).then(|| {
+        Box::new(RequestStats::virtual_host(
+            table.store,
+            format!("vhost.{}.vcluster.other.", vh.name),
+        ))
+    });
+    Ok(VirtualHost {
+        virtual_clusters,
+        other_vcluster,
+        name: vh.name.clone(),
+        routes,
+        request_headers: HeaderMutations::compile(
+            &vh.request_headers_to_add,
+            &vh.request_headers_to_remove,
+            &format!("{vpath}.request_headers_to_add"),
+            &format!("{vpath}.request_headers_to_remove"),
+        )?,
+        response_headers: HeaderMutations::compile(
+            &vh.response_headers_to_add,
+            &vh.response_headers_to_remove,
+            &format!("{vpath}.response_headers_to_add"),
+            &format!("{vpath}.response_headers_to_remove"),
+        )?,
+        retry_policy,
+        attempt_count_upstream: vh.include_request_attempt_count,
+        attempt_count_response: vh.include_attempt_count_in_response,
+        timeout_retry_header: vh.include_is_timeout_retry_header,
+        filters: FilterConfigs::compile(
+            &vh.typed_per_filter_config,
+            vh.cors.as_ref().map(|c| (c, format!("{vpath}.cors"))),
+            vpath,
+            table.store,
+            table.filters,
+        )?,
+        require_tls: tls_requirement(vh, vpath)?,
+    })
+}
+
+/// A virtual host's `virtual_clusters`, in order, each with its stats
+/// (`vhost.<virtual host>.vcluster.<name>.`).
+fn compile_virtual_clusters(
+    vh: &pb::VirtualHost,
+    vpath: &str,
+    store: &Store,
+) -> Result<Vec<VirtualCluster>, ConfigError> {
+    let mut virtual_clusters = Vec::with_capacity(vh.virtual_clusters.len());
+    for (ci, vc) in vh.virtual_clusters.iter().enumerate() {
+        let cpath = format!("{vpath}.virtual_clusters[{ci}]");
+        if vc.name.is_empty() {
+            return Err(ConfigError::new(
+                format!("{cpath}.name"),
+                "value length must be at least 1 characters",
+            ));
+        }
+        if vc.headers.is_empty() {
+            // Envoy's own check.
+            return Err(ConfigError::new(
+                format!("{cpath}.headers"),
+                "virtual clusters must define 'headers'",
+            ));
+        }
+        virtual_clusters.push(VirtualCluster {
+            headers: vc
+                .headers
+                .iter()
+                .enumerate()
+                .map(|(hi, h)| compile_header_matcher(h, &format!("{cpath}.headers[{hi}]")))
+                .collect::<Result<_, _>>()?,
+            stats: RequestStats::virtual_host(
+                store,
+                format!("vhost.{}.vcluster.{}.", vh.name, vc.name),
+            ),
+        });
+    }
+    Ok(virtual_clusters)
+}
+
+/// A virtual host's `require_tls`.
+fn tls_requirement(vh: &pb::VirtualHost, vpath: &str) -> Result<TlsRequirement, ConfigError> {
+    match pb::virtual_host::TlsRequirementType::try_from(vh.require_tls) {
+        Ok(pb::virtual_host::TlsRequirementType::None) => Ok(TlsRequirement::None),
+        Ok(pb::virtual_host::TlsRequirementType::ExternalOnly) => Ok(TlsRequirement::ExternalOnly),
+        Ok(pb::virtual_host::TlsRequirementType::All) => Ok(TlsRequirement::All),
+        Err(_) => Err(ConfigError::new(
+            format!("{vpath}.require_tls"),
+            format!(
+                "value must be one of the defined enum values, not {}",
+                vh.require_tls
+            ),
+        )),
+    }
+}
+
 /// What a route takes from its virtual host (and route configuration) unless it sets its
 /// own.
 struct Inherited<'a> {
@@ -1625,136 +1700,21 @@ struct Inherited<'a> {
     filters: &'a dyn PerFilterCompiler,
 }
 
+/// A route: its match, its action, its header mutations, buffer limit, per-filter
+/// settings (with the action's deprecated `cors`) and stats.
 fn compile_route(
     r: &pb::Route,
     path: &str,
     inherited: &Inherited<'_>,
 ) -> Result<Route, ConfigError> {
-    use pb::route_match::PathSpecifier as P;
     let Some(m) = &r.r#match else {
         return Err(ConfigError::new(
             format!("{path}.match"),
             "value is required",
         ));
     };
-    let mpath = format!("{path}.match");
-    for (field, set) in [
-        ("runtime_fraction", m.runtime_fraction.is_some()),
-        ("cookies", !m.cookies.is_empty()),
-        ("tls_context", m.tls_context.is_some()),
-        ("dynamic_metadata", !m.dynamic_metadata.is_empty()),
-        ("filter_state", !m.filter_state.is_empty()),
-    ] {
-        if set {
-            return Err(ConfigError::unsupported(format!("{mpath}.{field}")));
-        }
-    }
-    let case_sensitive = m.case_sensitive.as_ref().is_none_or(|b| b.value);
-    let pathm =
-        match &m.path_specifier {
-            Some(P::Prefix(p)) => PathMatch::Prefix(p.clone()),
-            Some(P::Path(p)) => PathMatch::Path(p.clone()),
-            Some(P::SafeRegex(re)) => {
-                PathMatch::Regex(compile_regex(re, &format!("{mpath}.safe_regex"))?)
-            }
-            Some(P::PathSeparatedPrefix(p)) => {
-                if p.contains(['?', '#']) || (p.len() > 1 && p.ends_with('/')) {
-                    return Err(ConfigError::new(
-                        format!("{mpath}.path_separated_prefix"),
-                        "value must not contain '?' or '#' or end with '/'",
-                    ));
-                }
-                PathMatch::SeparatedPrefix(p.clone())
-            }
-            Some(P::ConnectMatcher(_)) => {
-                return Err(ConfigError::unsupported(format!("{mpath}.connect_matcher")))
-            }
-            Some(P::PathMatchPolicy(_)) => {
-                return Err(ConfigError::unsupported(format!(
-                    "{mpath}.path_match_policy"
-                )))
-            }
-            None => return Err(ConfigError::new(
-                &mpath,
-                "path_specifier is required (prefix, path, safe_regex or path_separated_prefix)",
-            )),
-        };
-    let headers = m
-        .headers
-        .iter()
-        .enumerate()
-        .map(|(i, h)| compile_header_matcher(h, &format!("{mpath}.headers[{i}]")))
-        .collect::<Result<Vec<_>, _>>()?;
-    let query = m
-        .query_parameters
-        .iter()
-        .enumerate()
-        .map(|(i, q)| {
-            use pb::query_parameter_matcher::QueryParameterMatchSpecifier as Q;
-            let qp = format!("{mpath}.query_parameters[{i}]");
-            if q.name.is_empty() {
-                return Err(ConfigError::new(
-                    format!("{qp}.name"),
-                    "value length must be at least 1 characters",
-                ));
-            }
-            let test = match &q.query_parameter_match_specifier {
-                Some(Q::StringMatch(s)) => {
-                    Some(StrMatch::compile(s, &format!("{qp}.string_match"))?)
-                }
-                Some(Q::PresentMatch(_)) | None => None,
-            };
-            Ok(QueryMatcher {
-                name: q.name.clone(),
-                test,
-            })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let matcher = RouteMatcher {
-        path: pathm,
-        case_sensitive,
-        headers,
-        query,
-        grpc: m.grpc.is_some(),
-    };
-    let action = match &r.action {
-        Some(pb::route::Action::Route(a)) => Action::Route(compile_route_action(
-            a,
-            &format!("{path}.route"),
-            inherited,
-        )?),
-        Some(pb::route::Action::Redirect(rd)) => {
-            Action::Redirect(compile_redirect(rd, &format!("{path}.redirect"))?)
-        }
-        Some(pb::route::Action::DirectResponse(d)) => {
-            let dpath = format!("{path}.direct_response");
-            let body = d
-                .body
-                .as_ref()
-                .map(|b| data_source(b, &format!("{dpath}.body")))
-                .transpose()?;
-            if body.as_ref().is_some_and(|b| b.len() > 4096) {
-                return Err(ConfigError::new(
-                    format!("{dpath}.body"),
-                    "response body size is over the max_direct_response_body_size_bytes limit of 4096",
-                ));
-            }
-            if d.body_format.is_some() {
-                return Err(ConfigError::unsupported(format!("{dpath}.body_format")));
-            }
-            Action::Direct {
-                status: status(d.status, &format!("{dpath}.status"))?,
-                body,
-            }
-        }
-        Some(_) => return Err(ConfigError::unsupported(format!("{path}.action"))),
-        None => {
-            return Err(ConfigError::new(
-                format!("{path}.action"),
-                "one of route, redirect or direct_response is required",
-            ))
-        }
-    };
+    let matcher = compile_route_match(m, &format!("{path}.match"))?;
+    let action = compile_action(r, path, inherited)?;
     Ok(Route {
         name: r.name.clone(),
         matcher,
@@ -1796,6 +1756,152 @@ fn compile_route(
     })
 }
 
+/// A route's `match` (at `mpath`): its path, header and query parameter matchers, and
+/// `grpc`; the matchers Courier does not implement are refused by name.
+fn compile_route_match(m: &pb::RouteMatch, mpath: &str) -> Result<RouteMatcher, ConfigError> {
+    for (field, set) in [
+        ("runtime_fraction", m.runtime_fraction.is_some()),
+        ("cookies", !m.cookies.is_empty()),
+        ("tls_context", m.tls_context.is_some()),
+        ("dynamic_metadata", !m.dynamic_metadata.is_empty()),
+        ("filter_state", !m.filter_state.is_empty()),
+    ] {
+        if set {
+            return Err(ConfigError::unsupported(format!("{mpath}.{field}")));
+        }
+    }
+    let case_sensitive = m.case_sensitive.as_ref().is_none_or(|b| b.value);
+    let pathm = compile_path_match(m, mpath)?;
+    let headers = m
+        .headers
+        .iter()
+        .enumerate()
+        .map(|(i, h)| compile_header_matcher(h, &format!("{mpath}.headers[{i}]")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let query = m
+        .query_parameters
+        .iter()
+        .enumerate()
+        .map(|(i, q)| compile_query_matcher(q, &format!("{mpath}.query_parameters[{i}]")))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(RouteMatcher {
+        path: pathm,
+        case_sensitive,
+        headers,
+        query,
+        grpc: m.grpc.is_some(),
+    })
+}
+
+/// A route match's path specifier: `prefix`, `path`, `safe_regex` or
+/// `path_separated_prefix` (`connect_matcher` and `path_match_policy` are refused).
+fn compile_path_match(m: &pb::RouteMatch, mpath: &str) -> Result<PathMatch, ConfigError> {
+    use pb::route_match::PathSpecifier as P;
+    match &m.path_specifier {
+        Some(P::Prefix(p)) => Ok(PathMatch::Prefix(p.clone())),
+        Some(P::Path(p)) => Ok(PathMatch::Path(p.clone())),
+        Some(P::SafeRegex(re)) => Ok(PathMatch::Regex(compile_regex(
+            re,
+            &format!("{mpath}.safe_regex"),
+        )?)),
+        Some(P::PathSeparatedPrefix(p)) => {
+            if p.contains(['?', '#']) || (p.len() > 1 && p.ends_with('/')) {
+                return Err(ConfigError::new(
+                    format!("{mpath}.path_separated_prefix"),
+                    "value must not contain '?' or '#' or end with '/'",
+                ));
+            }
+            Ok(PathMatch::SeparatedPrefix(p.clone()))
+        }
+        Some(P::ConnectMatcher(_)) => {
+            Err(ConfigError::unsupported(format!("{mpath}.connect_matcher")))
+        }
+        Some(P::PathMatchPolicy(_)) => Err(ConfigError::unsupported(format!(
+            "{mpath}.path_match_policy"
+        ))),
+        None => Err(ConfigError::new(
+            mpath,
+            "path_specifier is required (prefix, path, safe_regex or path_separated_prefix)",
+        )),
+    }
+}
+
+/// A query parameter matcher (at `qp`): a name, and a string match unless it only asks
+/// for the parameter to be present.
+fn compile_query_matcher(
+    q: &pb::QueryParameterMatcher,
+    qp: &str,
+) -> Result<QueryMatcher, ConfigError> {
+    use pb::query_parameter_matcher::QueryParameterMatchSpecifier as Q;
+    if q.name.is_empty() {
+        return Err(ConfigError::new(
+            format!("{qp}.name"),
+            "value length must be at least 1 characters",
+        ));
+    }
+    let test = match &q.query_parameter_match_specifier {
+        Some(Q::StringMatch(s)) => Some(StrMatch::compile(s, &format!("{qp}.string_match"))?),
+        Some(Q::PresentMatch(_)) | None => None,
+    };
+    Ok(QueryMatcher {
+        name: q.name.clone(),
+        test,
+    })
+}
+
+/// A route's action: `route`, `redirect` or `direct_response` (any other is refused).
+fn compile_action(
+    r: &pb::Route,
+    path: &str,
+    inherited: &Inherited<'_>,
+) -> Result<Action, ConfigError> {
+    match &r.action {
+        Some(pb::route::Action::Route(a)) => Ok(Action::Route(compile_route_action(
+            a,
+            &format!("{path}.route"),
+            inherited,
+        )?)),
+        Some(pb::route::Action::Redirect(rd)) => Ok(Action::Redirect(compile_redirect(
+            rd,
+            &format!("{path}.redirect"),
+        )?)),
+        Some(pb::route::Action::DirectResponse(d)) => {
+            compile_direct_response(d, &format!("{path}.direct_response"))
+        }
+        Some(_) => Err(ConfigError::unsupported(format!("{path}.action"))),
+        None => Err(ConfigError::new(
+            format!("{path}.action"),
+            "one of route, redirect or direct_response is required",
+        )),
+    }
+}
+
+/// A `direct_response` (at `dpath`): its status, and its body (at most 4096 bytes, as
+/// Envoy's default `max_direct_response_body_size_bytes`; `body_format` is refused).
+fn compile_direct_response(
+    d: &pb::DirectResponseAction,
+    dpath: &str,
+) -> Result<Action, ConfigError> {
+    let body = d
+        .body
+        .as_ref()
+        .map(|b| data_source(b, &format!("{dpath}.body")))
+        .transpose()?;
+    if body.as_ref().is_some_and(|b| b.len() > 4096) {
+        return Err(ConfigError::new(
+            format!("{dpath}.body"),
+            "response body size is over the max_direct_response_body_size_bytes limit of 4096",
+        ));
+    }
+    if d.body_format.is_some() {
+        return Err(ConfigError::unsupported(format!("{dpath}.body_format")));
+    }
+    Ok(Action::Direct {
+        status: status(d.status, &format!("{dpath}.status"))?,
+        body,
+    })
+}
+
 /// A route's or virtual host's buffer limit: `request_body_buffer_limit`, else the older
 /// `per_request_buffer_limit_bytes`.
 fn buffer_limit(request_body: Option<u64>, per_request: Option<u32>) -> Option<usize> {
@@ -1809,171 +1915,26 @@ fn internal_redirect_action(a: &pb::RouteAction) -> i32 {
     a.internal_redirect_action
 }
 
+/// A route's `route` action: the cluster(s), host rewrite, timeouts, retry policy (else
+/// the virtual host's), upgrades, path rewrites, hash policy and mirrors (else the
+/// virtual host's). The fields Courier does not implement are refused by name.
 fn compile_route_action(
     a: &pb::RouteAction,
     path: &str,
     inherited: &Inherited<'_>,
 ) -> Result<RouteAction, ConfigError> {
-    use pb::route_action::{ClusterSpecifier as C, HostRewriteSpecifier as H};
-    for (field, set) in [
-        ("metadata_match", a.metadata_match.is_some()),
-        ("path_rewrite_policy", a.path_rewrite_policy.is_some()),
-        ("rate_limits", !a.rate_limits.is_empty()),
-        ("hedge_policy", a.hedge_policy.is_some()),
-        // Envoy's HIGH-priority pools and circuit breakers (Courier has the default ones).
-        ("priority", a.priority != 0),
-        ("path_rewrite", !a.path_rewrite.is_empty()),
-        (
-            "internal_redirect_policy",
-            a.internal_redirect_policy.is_some(),
-        ),
-        // The deprecated form: HANDLE_INTERNAL_REDIRECT (PASS_THROUGH is what Courier does).
-        ("internal_redirect_action", internal_redirect_action(a) != 0),
-        (
-            "retry_policy_typed_config",
-            a.retry_policy_typed_config.is_some(),
-        ),
-    ] {
-        if set {
-            return Err(ConfigError::unsupported(format!("{path}.{field}")));
-        }
-    }
-    let cluster = match &a.cluster_specifier {
-        Some(C::Cluster(c)) if !c.is_empty() => ClusterSpec::Single(c.clone()),
-        Some(C::Cluster(_)) => {
-            return Err(ConfigError::new(
-                format!("{path}.cluster"),
-                "value length must be at least 1 characters",
-            ))
-        }
-        Some(C::ClusterHeader(h)) => {
-            ClusterSpec::Header(header_name(h, &format!("{path}.cluster_header"))?)
-        }
-        Some(C::WeightedClusters(w)) => {
-            let wpath = format!("{path}.weighted_clusters");
-            if w.random_value_specifier.is_some() {
-                return Err(ConfigError::unsupported(format!("{wpath}.header_name")));
-            }
-            if w.clusters.is_empty() {
-                return Err(ConfigError::new(
-                    format!("{wpath}.clusters"),
-                    "value must contain at least 1 item(s)",
-                ));
-            }
-            let mut clusters = Vec::new();
-            for (i, c) in w.clusters.iter().enumerate() {
-                let cpath = format!("{wpath}.clusters[{i}]");
-                if c.name.is_empty() {
-                    return Err(ConfigError::new(
-                        format!("{cpath}.name"),
-                        "cluster name is required (cluster_header is not supported)",
-                    ));
-                }
-                if c.host_rewrite_specifier.is_some() {
-                    return Err(ConfigError::unsupported(format!(
-                        "{cpath}.host_rewrite_literal"
-                    )));
-                }
-                clusters.push(WeightedCluster {
-                    name: c.name.clone(),
-                    weight: c.weight.as_ref().map_or(0, |v| v.value),
-                    request_headers: HeaderMutations::compile(
-                        &c.request_headers_to_add,
-                        &c.request_headers_to_remove,
-                        &format!("{cpath}.request_headers_to_add"),
-                        &format!("{cpath}.request_headers_to_remove"),
-                    )?,
-                    response_headers: HeaderMutations::compile(
-                        &c.response_headers_to_add,
-                        &c.response_headers_to_remove,
-                        &format!("{cpath}.response_headers_to_add"),
-                        &format!("{cpath}.response_headers_to_remove"),
-                    )?,
-                });
-            }
-            let sum: u64 = clusters.iter().map(|c| c.weight as u64).sum();
-            #[allow(deprecated)]
-            if let Some(t) = &w.total_weight {
-                if t.value as u64 != sum {
-                    return Err(ConfigError::new(
-                        format!("{wpath}.total_weight"),
-                        format!("Sum of weights in the weighted_cluster must equal total_weight ({} != {})", sum, t.value),
-                    ));
-                }
-            }
-            if sum == 0 {
-                return Err(ConfigError::new(
-                    wpath,
-                    "Sum of weights in the weighted_cluster must be greater than 0",
-                ));
-            }
-            ClusterSpec::Weighted {
-                clusters,
-                total: sum,
-            }
-        }
-        Some(_) => {
-            return Err(ConfigError::unsupported(format!(
-                "{path}.cluster_specifier_plugin"
-            )))
-        }
-        None => {
-            return Err(ConfigError::new(
-                path,
-                "one of cluster, cluster_header or weighted_clusters is required",
-            ))
-        }
-    };
-    let host_rewrite = match &a.host_rewrite_specifier {
-        None => HostRewrite::None,
-        Some(H::HostRewriteLiteral(h)) => HostRewrite::Literal(h.clone()),
-        Some(H::AutoHostRewrite(b)) if b.value => HostRewrite::Auto,
-        Some(H::AutoHostRewrite(_)) => HostRewrite::None,
-        Some(_) => {
-            return Err(ConfigError::unsupported(format!(
-                "{path}.host_rewrite_specifier"
-            )))
-        }
-    };
+    check_route_action(a, path)?;
+    let cluster = compile_cluster_spec(a, path)?;
+    let host_rewrite = compile_host_rewrite(a, path)?;
     let timeout = duration_opt(a.timeout.as_ref(), &format!("{path}.timeout"))?
         .unwrap_or(Duration::from_secs(15));
     let idle_timeout = duration_opt(a.idle_timeout.as_ref(), &format!("{path}.idle_timeout"))?;
-    let stream_duration = match &a.max_stream_duration {
-        Some(m) => {
-            let mpath = format!("{path}.max_stream_duration");
-            let d = |v, f: &str| duration_opt(v, &format!("{mpath}.{f}"));
-            Some(StreamDuration {
-                max: d(m.max_stream_duration.as_ref(), "max_stream_duration")?
-                    .map(|d| (!d.is_zero()).then_some(d)),
-                grpc_header_max: d(
-                    m.grpc_timeout_header_max.as_ref(),
-                    "grpc_timeout_header_max",
-                )?
-                .map(|d| (!d.is_zero()).then_some(d)),
-                grpc_header_offset: d(
-                    m.grpc_timeout_header_offset.as_ref(),
-                    "grpc_timeout_header_offset",
-                )?
-                .unwrap_or_default(),
-            })
-        }
-        None => None,
-    };
-    #[allow(deprecated)] // still what many configs say
-    let max_grpc_timeout = match duration_opt(
-        a.max_grpc_timeout.as_ref(),
-        &format!("{path}.max_grpc_timeout"),
-    )? {
-        Some(max) => Some((
-            (!max.is_zero()).then_some(max),
-            duration_opt(
-                a.grpc_timeout_offset.as_ref(),
-                &format!("{path}.grpc_timeout_offset"),
-            )?
-            .unwrap_or_default(),
-        )),
-        None => None,
-    };
+    let stream_duration = a
+        .max_stream_duration
+        .as_ref()
+        .map(|m| compile_stream_duration(m, &format!("{path}.max_stream_duration")))
+        .transpose()?;
+    let max_grpc_timeout = compile_max_grpc_timeout(a, path)?;
     let retry_policy = match &a.retry_policy {
         Some(p) => Some(Arc::new(RetryPolicy::compile(
             p,
@@ -2030,6 +1991,192 @@ fn compile_route_action(
             .into()
         },
     })
+}
+
+/// The route action fields Courier does not implement, refused by name.
+fn check_route_action(a: &pb::RouteAction, path: &str) -> Result<(), ConfigError> {
+    for (field, set) in [
+        ("metadata_match", a.metadata_match.is_some()),
+        ("path_rewrite_policy", a.path_rewrite_policy.is_some()),
+        ("rate_limits", !a.rate_limits.is_empty()),
+        ("hedge_policy", a.hedge_policy.is_some()),
+        // Envoy's HIGH-priority pools and circuit breakers (Courier has the default ones).
+        ("priority", a.priority != 0),
+        ("path_rewrite", !a.path_rewrite.is_empty()),
+        (
+            "internal_redirect_policy",
+            a.internal_redirect_policy.is_some(),
+        ),
+        // The deprecated form: HANDLE_INTERNAL_REDIRECT (PASS_THROUGH is what Courier does).
+        ("internal_redirect_action", internal_redirect_action(a) != 0),
+        (
+            "retry_policy_typed_config",
+            a.retry_policy_typed_config.is_some(),
+        ),
+    ] {
+        if set {
+            return Err(ConfigError::unsupported(format!("{path}.{field}")));
+        }
+    }
+    Ok(())
+}
+
+/// The action's cluster: `cluster`, `cluster_header` or `weighted_clusters`
+/// (`cluster_specifier_plugin` is refused).
+fn compile_cluster_spec(a: &pb::RouteAction, path: &str) -> Result<ClusterSpec, ConfigError> {
+    use pb::route_action::ClusterSpecifier as C;
+    match &a.cluster_specifier {
+        Some(C::Cluster(c)) if !c.is_empty() => Ok(ClusterSpec::Single(c.clone())),
+        Some(C::Cluster(_)) => Err(ConfigError::new(
+            format!("{path}.cluster"),
+            "value length must be at least 1 characters",
+        )),
+        Some(C::ClusterHeader(h)) => Ok(ClusterSpec::Header(header_name(
+            h,
+            &format!("{path}.cluster_header"),
+        )?)),
+        Some(C::WeightedClusters(w)) => {
+            compile_weighted_clusters(w, &format!("{path}.weighted_clusters"))
+        }
+        Some(_) => Err(ConfigError::unsupported(format!(
+            "{path}.cluster_specifier_plugin"
+        ))),
+        None => Err(ConfigError::new(
+            path,
+            "one of cluster, cluster_header or weighted_clusters is required",
+        )),
+    }
+}
+
+/// `weighted_clusters` (at `wpath`): named clusters with their weights and header
+/// mutations; the weights must add up to `total_weight` if it is given, and to more
+/// than 0.
+fn compile_weighted_clusters(
+    w: &pb::WeightedCluster,
+    wpath: &str,
+) -> Result<ClusterSpec, ConfigError> {
+    if w.random_value_specifier.is_some() {
+        return Err(ConfigError::unsupported(format!("{wpath}.header_name")));
+    }
+    if w.clusters.is_empty() {
+        return Err(ConfigError::new(
+            format!("{wpath}.clusters"),
+            "value must contain at least 1 item(s)",
+        ));
+    }
+    let mut clusters = Vec::new();
+    for (i, c) in w.clusters.iter().enumerate() {
+        let cpath = format!("{wpath}.clusters[{i}]");
+        if c.name.is_empty() {
+            return Err(ConfigError::new(
+                format!("{cpath}.name"),
+                "cluster name is required (cluster_header is not supported)",
+            ));
+        }
+        if c.host_rewrite_specifier.is_some() {
+            return Err(ConfigError::unsupported(format!(
+                "{cpath}.host_rewrite_literal"
+            )));
+        }
+        clusters.push(WeightedCluster {
+            name: c.name.clone(),
+            weight: c.weight.as_ref().map_or(0, |v| v.value),
+            request_headers: HeaderMutations::compile(
+                &c.request_headers_to_add,
+                &c.request_headers_to_remove,
+                &format!("{cpath}.request_headers_to_add"),
+                &format!("{cpath}.request_headers_to_remove"),
+            )?,
+            response_headers: HeaderMutations::compile(
+                &c.response_headers_to_add,
+                &c.response_headers_to_remove,
+                &format!("{cpath}.response_headers_to_add"),
+                &format!("{cpath}.response_headers_to_remove"),
+            )?,
+        });
+    }
+    let sum: u64 = clusters.iter().map(|c| c.weight as u64).sum();
+    #[allow(deprecated)]
+    if let Some(t) = &w.total_weight {
+        if t.value as u64 != sum {
+            return Err(ConfigError::new(
+                format!("{wpath}.total_weight"),
+                format!(
+                    "Sum of weights in the weighted_cluster must equal total_weight ({} != {})",
+                    sum, t.value
+                ),
+            ));
+        }
+    }
+    if sum == 0 {
+        return Err(ConfigError::new(
+            wpath,
+            "Sum of weights in the weighted_cluster must be greater than 0",
+        ));
+    }
+    Ok(ClusterSpec::Weighted {
+        clusters,
+        total: sum,
+    })
+}
+
+/// `host_rewrite_literal` or `auto_host_rewrite` (other host rewrites are refused).
+fn compile_host_rewrite(a: &pb::RouteAction, path: &str) -> Result<HostRewrite, ConfigError> {
+    use pb::route_action::HostRewriteSpecifier as H;
+    match &a.host_rewrite_specifier {
+        None => Ok(HostRewrite::None),
+        Some(H::HostRewriteLiteral(h)) => Ok(HostRewrite::Literal(h.clone())),
+        Some(H::AutoHostRewrite(b)) if b.value => Ok(HostRewrite::Auto),
+        Some(H::AutoHostRewrite(_)) => Ok(HostRewrite::None),
+        Some(_) => Err(ConfigError::unsupported(format!(
+            "{path}.host_rewrite_specifier"
+        ))),
+    }
+}
+
+/// A route's `max_stream_duration` (at `mpath`); a zero maximum is no maximum.
+fn compile_stream_duration(
+    m: &pb::route_action::MaxStreamDuration,
+    mpath: &str,
+) -> Result<StreamDuration, ConfigError> {
+    let d = |v, f: &str| duration_opt(v, &format!("{mpath}.{f}"));
+    Ok(StreamDuration {
+        max: d(m.max_stream_duration.as_ref(), "max_stream_duration")?
+            .map(|d| (!d.is_zero()).then_some(d)),
+        grpc_header_max: d(
+            m.grpc_timeout_header_max.as_ref(),
+            "grpc_timeout_header_max",
+        )?
+        .map(|d| (!d.is_zero()).then_some(d)),
+        grpc_header_offset: d(
+            m.grpc_timeout_header_offset.as_ref(),
+            "grpc_timeout_header_offset",
+        )?
+        .unwrap_or_default(),
+    })
+}
+
+/// The deprecated `max_grpc_timeout` (a zero one is no cap) with its
+/// `grpc_timeout_offset`.
+#[allow(deprecated)] // still what many configs say
+fn compile_max_grpc_timeout(
+    a: &pb::RouteAction,
+    path: &str,
+) -> Result<Option<(Option<Duration>, Duration)>, ConfigError> {
+    match duration_opt(
+        a.max_grpc_timeout.as_ref(),
+        &format!("{path}.max_grpc_timeout"),
+    )? {
+        Some(max) => Ok(Some((
+            (!max.is_zero()).then_some(max),
+            duration_opt(
+                a.grpc_timeout_offset.as_ref(),
+                &format!("{path}.grpc_timeout_offset"),
+            )?
+            .unwrap_or_default(),
+        ))),
+        None => Ok(None),
+    }
 }
 
 fn compile_redirect(r: &pb::RedirectAction, path: &str) -> Result<Redirect, ConfigError> {

@@ -90,8 +90,6 @@ impl HostSet {
 }
 
 /// A host set of healthy hosts `10.0.0.<i + 1>:80` with these weights, for tests.
-
-/// A host set of healthy hosts with `weights`, for tests.
 #[cfg(test)]
 pub(crate) fn test_host_set(weights: &[u32]) -> HostSet {
     let hosts = weights

@@ -52,8 +52,6 @@ pub(crate) fn protocol_name(v: Version) -> &'static str {
     }
 }
 
-/// A request's future, boxed.
-
 /// A request's future ([`serve`]) on the heap, built in place: it is several KiB, and
 /// built on the stack first it would be copied whole into its box on every request (which
 /// the optimiser does or does not elide as the code around it changes; measured at 7.6 KB

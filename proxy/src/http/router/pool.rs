@@ -916,35 +916,7 @@ impl ClusterPool {
                 }
             };
             self.stats.cx_http2_total.inc(worker);
-            // This request's stream is the first on it.
-            let now = Instant::now();
-            let usage = Rc::new(H2Usage {
-                active: Cell::new(1),
-                idle_since: Cell::new(now),
-            });
-            let lifetime = cluster.conn_lifetime;
-            if lifetime.max_requests == Some(1) {
-                // Its one request: it never joins the pool.
-                self.stats.cx_max_requests.inc(worker);
-            } else if self.retired(host.address) {
-                // Drained while it connected: it carries this request only.
-            } else {
-                self.hosts
-                    .borrow_mut()
-                    .entry(host.address)
-                    .or_default()
-                    .h2
-                    .push(H2Conn {
-                        sender: sender.clone(),
-                        usage: usage.clone(),
-                        requests: 1,
-                        opened: now,
-                        peer,
-                    });
-                if let Some(d) = lifetime.max_duration {
-                    self.sweep_by(now + d);
-                }
-            }
+            let usage = self.add_h2(cluster, host.address, &sender, peer, worker);
             self.wake_for(host.address);
             let pool = self.clone();
             let addr = host.address;
@@ -999,6 +971,49 @@ impl ClusterPool {
             let usage = self.one_more_request(ConnUsage::new(), worker);
             Ok(Sender::H1(sender, usage))
         }
+    }
+
+    /// A new HTTP/2 connection to `addr` in the pool, its first stream this request's:
+    /// kept for more requests unless it may carry only one (`max_requests_per_connection`)
+    /// or the host was drained while it connected. Its usage, which the stream shares.
+    fn add_h2(
+        self: &Rc<Self>,
+        cluster: &ClusterInfo,
+        addr: SocketAddr,
+        sender: &http2::SendRequest<ProxyBody>,
+        peer: Rc<PeerSettings>,
+        worker: usize,
+    ) -> Rc<H2Usage> {
+        // This request's stream is the first on it.
+        let now = Instant::now();
+        let usage = Rc::new(H2Usage {
+            active: Cell::new(1),
+            idle_since: Cell::new(now),
+        });
+        let lifetime = cluster.conn_lifetime;
+        if lifetime.max_requests == Some(1) {
+            // Its one request: it never joins the pool.
+            self.stats.cx_max_requests.inc(worker);
+        } else if self.retired(addr) {
+            // Drained while it connected: it carries this request only.
+        } else {
+            self.hosts
+                .borrow_mut()
+                .entry(addr)
+                .or_default()
+                .h2
+                .push(H2Conn {
+                    sender: sender.clone(),
+                    usage: usage.clone(),
+                    requests: 1,
+                    opened: now,
+                    peer,
+                });
+            if let Some(d) = lifetime.max_duration {
+                self.sweep_by(now + d);
+            }
+        }
+        usage
     }
 
     fn connect_failed(&self, cluster: &ClusterInfo, host: &Host, worker: usize) {

@@ -50,12 +50,7 @@ pub(crate) async fn send_once(
         let raw = raw_body.is_some();
         let (sender, reused) = match pool.checkout(cluster, host, worker, raw).await {
             Ok(s) => s,
-            Err(PoolError::Overflow) => return Err(AttemptError::Overflow),
-            Err(PoolError::ConnectFailure(e)) => {
-                tracing::debug!(cluster = %cluster.name, error = %e, "upstream connect failure");
-                return Err(AttemptError::ConnectFailure);
-            }
-            Err(PoolError::ConnectTimeout) => return Err(AttemptError::ConnectFailure),
+            Err(e) => return Err(checkout_failure(cluster, e)),
         };
         // As Envoy, an attempt counts (`upstream_rq_total`) once it has a connection.
         if !counted {
@@ -140,18 +135,7 @@ pub(crate) async fn send_once(
                         req = r;
                         continue;
                     }
-                    // A response hyper could not parse (more fields than the cluster's
-                    // `max_headers_count` among them): Envoy's protocol error.
-                    None if e.error().is_parse() => {
-                        pool.stats.cx_protocol_error.inc(worker);
-                        tracing::debug!(error = %e.error(), "upstream protocol error");
-                        return Err(AttemptError::Protocol);
-                    }
-                    None => {
-                        pool.stats.rq_rx_reset.inc(worker);
-                        tracing::debug!(error = %e.error(), "upstream reset");
-                        return Err(AttemptError::Reset);
-                    }
+                    None => return Err(h1_failure(pool, worker, e.error())),
                 },
             },
             Sender::H2(mut s, stream) => {
@@ -161,47 +145,88 @@ pub(crate) async fn send_once(
                 match rt::timeout(ends, s.try_send_request(req)).await {
                     None => return Err(duration_reached(pool, worker)),
                     Some(Ok(resp)) => {
-                        if cluster.stream_limits.h2_head_too_large(resp.headers()) {
-                            // Dropping the response resets the stream; the connection
-                            // stays, as Envoy's.
-                            pool.stats.rq_rx_reset.inc(worker);
-                            tracing::debug!(
-                                cluster = %cluster.name,
-                                fields = resp.headers().len() + 1,
-                                "upstream response head over max_headers_count"
-                            );
-                            return Err(AttemptError::HeadOverflow);
-                        }
-                        let (mut parts, body) = resp.into_parts();
-                        strip_response_hop_by_hop(&mut parts.headers, parts.status);
-                        parts.version = Version::HTTP_11;
-                        // The stream holds its place on the connection until the response
-                        // ends.
-                        let body =
-                            ProxyBody::stream(body, Some(Box::new(move |_, _| drop(stream))));
-                        let mut resp = Response::from_parts(parts, body);
-                        mark_stream_end(&mut resp, ends);
-                        return Ok(resp);
+                        return h2_response(pool, cluster, worker, resp, stream, ends)
                     }
                     Some(Err(mut e)) => match e.take_message() {
                         Some(r) => {
                             req = r;
                             continue;
                         }
-                        None => {
-                            pool.stats.rq_rx_reset.inc(worker);
-                            tracing::debug!(error = %e.error(), "upstream reset");
-                            if refused_stream(e.error()) {
-                                return Err(AttemptError::Refused);
-                            }
-                            return Err(AttemptError::Reset);
-                        }
+                        None => return Err(h2_failure(pool, worker, e.error())),
                     },
                 }
             }
         }
     }
     Err(AttemptError::Reset)
+}
+
+/// The attempt's failure when the pool gives it no connection.
+fn checkout_failure(cluster: &ClusterInfo, e: PoolError) -> AttemptError {
+    match e {
+        PoolError::Overflow => AttemptError::Overflow,
+        PoolError::ConnectFailure(e) => {
+            tracing::debug!(cluster = %cluster.name, error = %e, "upstream connect failure");
+            AttemptError::ConnectFailure
+        }
+        PoolError::ConnectTimeout => AttemptError::ConnectFailure,
+    }
+}
+
+/// The attempt's failure when hyper's HTTP/1.1 client gets no response: a response it could
+/// not parse (more fields than the cluster's `max_headers_count` among them) is Envoy's
+/// protocol error, anything else a reset.
+fn h1_failure(pool: &pool::ClusterPool, worker: usize, e: &hyper::Error) -> AttemptError {
+    if e.is_parse() {
+        pool.stats.cx_protocol_error.inc(worker);
+        tracing::debug!(error = %e, "upstream protocol error");
+        return AttemptError::Protocol;
+    }
+    pool.stats.rq_rx_reset.inc(worker);
+    tracing::debug!(error = %e, "upstream reset");
+    AttemptError::Reset
+}
+
+/// An HTTP/2 response head as it goes on (its stream holding its place on the connection
+/// until the response ends), or a reset for a head over the cluster's
+/// `max_headers_count`.
+fn h2_response(
+    pool: &pool::ClusterPool,
+    cluster: &ClusterInfo,
+    worker: usize,
+    resp: Response<hyper::body::Incoming>,
+    stream: pool::H2Stream,
+    ends: Option<Instant>,
+) -> Result<Response<ProxyBody>, AttemptError> {
+    if cluster.stream_limits.h2_head_too_large(resp.headers()) {
+        // Dropping the response resets the stream; the connection stays, as Envoy's.
+        pool.stats.rq_rx_reset.inc(worker);
+        tracing::debug!(
+            cluster = %cluster.name,
+            fields = resp.headers().len() + 1,
+            "upstream response head over max_headers_count"
+        );
+        return Err(AttemptError::HeadOverflow);
+    }
+    let (mut parts, body) = resp.into_parts();
+    strip_response_hop_by_hop(&mut parts.headers, parts.status);
+    parts.version = Version::HTTP_11;
+    // The stream holds its place on the connection until the response ends.
+    let body = ProxyBody::stream(body, Some(Box::new(move |_, _| drop(stream))));
+    let mut resp = Response::from_parts(parts, body);
+    mark_stream_end(&mut resp, ends);
+    Ok(resp)
+}
+
+/// The attempt's failure when an HTTP/2 stream gets no response: a reset, or a refused
+/// stream (`REFUSED_STREAM`), which the upstream did not process.
+fn h2_failure(pool: &pool::ClusterPool, worker: usize, e: &hyper::Error) -> AttemptError {
+    pool.stats.rq_rx_reset.inc(worker);
+    tracing::debug!(error = %e, "upstream reset");
+    if refused_stream(e) {
+        return AttemptError::Refused;
+    }
+    AttemptError::Reset
 }
 
 /// An attempt outlived the cluster's `max_stream_duration` before its response head: the

@@ -563,17 +563,14 @@ struct FilterMarks<'a> {
 
 impl FilterMarks<'_> {
     /// Marks the answer, then compresses it, as the filters' encode steps.
-    fn apply(self, s: &Stream<'_>, resp: &mut Response<ProxyBody>) {
-        mark_response(resp, self.rate_limit, self.health_mark, self.cors);
-        let cfg = &s.conn.config;
-        compress_response(
-            cfg,
-            s.levels,
-            self.compress.as_deref(),
-            self.grpc,
+    fn apply(mut self, s: &Stream<'_>, resp: &mut Response<ProxyBody>) {
+        mark_response(
             resp,
-            s.conn.worker,
+            self.rate_limit.take(),
+            self.health_mark.take(),
+            self.cors.take(),
         );
+        self.compress(s, resp);
     }
 
     /// The compressor's response pass (see [`compress_response`]).

@@ -1,6 +1,8 @@
-//! A worker thread (Envoy's `Worker`): one dispatcher, the sockets it accepted, its upstream
-//! connections, its load-balancer state and its stat cells. Workers never talk to each
-//! other and never lock; the main thread reaches them only by posting.
+//! A worker thread (Envoy's `Worker`): one dispatcher (`courier_runtime`'s, with
+//! [`WorkerLocal`] as its loop state), the sockets it accepted, and, in its thread, its
+//! `ThreadLocalClusterManager` (balancers and upstream pools), RDS tables and stat cells.
+//! Workers never talk to each other and never lock; the main thread reaches them only by
+//! posting.
 
 use std::cell::Cell;
 use std::collections::{HashMap, HashSet};
@@ -11,8 +13,8 @@ use std::thread::JoinHandle;
 use courier_runtime::event;
 use courier_runtime::thread_local as tls;
 
-pub use courier_runtime::event::{rt, EventHandler, HandlerId, Next, PostError};
-pub use courier_runtime::thread_local::{MainPoster, MainTask, SlotId};
+pub use courier_runtime::event::{EventHandler, HandlerId, Next};
+pub use courier_runtime::thread_local::MainPoster;
 
 use crate::filters::network::tcp_proxy::SCRATCH_SIZE;
 use crate::listener::ListenerConfig;
@@ -23,12 +25,8 @@ pub type Dispatcher = event::Dispatcher<WorkerLocal>;
 pub type DispatcherHandle = event::DispatcherHandle<WorkerLocal>;
 /// What a worker's handlers are given on each callback.
 pub type Ctx = event::Ctx<WorkerLocal>;
-/// A callback posted to a worker.
-pub type Posted = event::Posted<WorkerLocal>;
 /// The slot system over Courier's workers.
 pub type ThreadLocal = tls::ThreadLocal<WorkerLocal>;
-/// A slot (a value replicated on every worker).
-pub type Slot<T> = tls::Slot<T>;
 
 /// A listener as one worker sees it.
 pub struct WorkerListener {

@@ -193,6 +193,7 @@ pub async fn serve(
 
 /// Counts a new request on its connection (`downstream_rq_total`, by protocol, and
 /// `downstream_rq_active` until the returned guard goes) and notes the connection active.
+#[inline(always)]
 fn count_request(conn: &Rc<ConnInfo>, req: &Request<ProxyBody>, start: Instant) -> ActiveRequest {
     let cfg = &conn.config;
     let worker = conn.worker;
@@ -220,6 +221,7 @@ struct RequestLog {
 
 impl RequestLog {
     /// The request's log fields, when the connection manager has access logs.
+    #[inline(always)]
     fn of(cfg: &HcmConfig, req: &Request<ProxyBody>) -> Option<RequestLog> {
         (!cfg.access_logs.is_empty()).then(|| RequestLog {
             method: req.method().to_string(),
@@ -239,6 +241,7 @@ impl RequestLog {
 /// the `downstream_rq_<n>xx` count, the `server` and `via` headers, the request's id, and
 /// the connection's close (drain or `connection: close`). Returns the status as counted
 /// and logged.
+#[inline(always)]
 fn finish_downstream_response(
     conn: &ConnInfo,
     resp: &mut Response<ProxyBody>,
@@ -305,6 +308,7 @@ struct Completion {
 }
 
 impl Completion {
+    #[inline(always)]
     fn done(self, bytes_sent: u64) {
         let cfg = &self.conn.config;
         let worker = self.conn.worker;
@@ -528,11 +532,13 @@ struct Stream<'a> {
 
 impl<'a> Stream<'a> {
     /// What header matchers see of `:method`, `:path`, `:authority` and `:scheme`.
+    #[inline(always)]
     fn pseudo(&self) -> Pseudo<'a> {
         Pseudo::request(self.method, self.path, self.authority, self.scheme)
     }
 
     /// What header formatters see of the request.
+    #[inline(always)]
     fn format_context<'c>(
         &self,
         upstream: Option<std::net::SocketAddr>,
@@ -563,6 +569,7 @@ struct FilterMarks<'a> {
 
 impl FilterMarks<'_> {
     /// Marks the answer, then compresses it, as the filters' encode steps.
+    #[inline(always)]
     fn apply(mut self, s: &Stream<'_>, resp: &mut Response<ProxyBody>) {
         mark_response(
             resp,
@@ -574,6 +581,7 @@ impl FilterMarks<'_> {
     }
 
     /// The compressor's response pass (see [`compress_response`]).
+    #[inline(always)]
     fn compress(&self, s: &Stream<'_>, resp: &mut Response<ProxyBody>) {
         let cfg = &s.conn.config;
         compress_response(
@@ -590,6 +598,7 @@ impl FilterMarks<'_> {
 /// The request's header count and size (`max_headers_count`, `max_request_headers_kb`:
 /// `431`) and names with underscores (`headers_with_underscores_action`: `400`, or
 /// dropped). A refused request closes its connection.
+#[inline(always)]
 fn check_header_fields(
     conn: &ConnInfo,
     req: &mut Request<ProxyBody>,
@@ -628,6 +637,7 @@ fn check_header_fields(
 /// The host the request is routed by: its URI's authority, else its `host` (an HTTP/1.0
 /// request without one gets `default_host_for_http_10`; any other is refused, `400`),
 /// then `strip_trailing_host_dot` and the port stripped, as Envoy's connection manager.
+#[inline(always)]
 fn routed_authority<'r>(
     conn: &ConnInfo,
     version: Version,
@@ -675,6 +685,7 @@ fn routed_authority<'r>(
 /// escaped slashes are handled (`path_with_escaped_slashes_action`) and the path
 /// normalised (`normalize_path`, `merge_slashes`), as Envoy's connection manager: a path
 /// refused is a `400` that closes the connection, an unescaped one may be a `307` to it.
+#[inline(always)]
 fn routed_path<'r>(
     conn: &ConnInfo,
     method: &Method,
@@ -727,6 +738,7 @@ fn routed_path<'r>(
 /// `x-forwarded-proto` and `x-envoy-internal`. An internal request keeps its controls and
 /// request id; without `internal_address_config` every request is external (Envoy 1.40's
 /// default). Returns whether the request is internal.
+#[inline(always)]
 fn forwarding_headers(cfg: &HcmConfig, remote_ip: IpAddr, headers: &mut http::HeaderMap) -> bool {
     let internal = cfg.internal_addresses.is_internal(
         remote_ip,
@@ -779,6 +791,7 @@ fn forwarding_headers(cfg: &HcmConfig, remote_ip: IpAddr, headers: &mut http::He
 /// `preserve_external_request_id`), kept for the response when it echoes it
 /// (`always_set_request_id_in_response`, an internal request's `x-envoy-force-trace`);
 /// then `via`.
+#[inline(always)]
 fn request_id(
     cfg: &HcmConfig,
     internal: bool,
@@ -808,6 +821,7 @@ fn request_id(
 /// arrived); a CONNECT request is refused (`404`). An internal request is marked for the
 /// router, which obeys its controls; an external one loses the `internal_only_headers`
 /// (before routing, as Envoy).
+#[inline(always)]
 fn route_table(
     conn: &ConnInfo,
     method: &Method,
@@ -860,6 +874,7 @@ enum UpgradeRequest {
 /// `upgrade_configs`, else the connection manager's; only a route to a cluster does).
 /// Envoy does not upgrade to `h2c`: such a request is served as plain HTTP/1.1, without
 /// its upgrade headers.
+#[inline(always)]
 fn upgrade_request(s: &Stream<'_>, req: &mut Request<ProxyBody>) -> UpgradeRequest {
     let cfg = &s.conn.config;
     let mut upgrade = crate::http::codec::handoff::is_upgrade(req.headers())

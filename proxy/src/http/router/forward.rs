@@ -97,6 +97,7 @@ pub(crate) async fn forward(
 /// The cluster `action` sends a request with `headers` to (its `cluster`, the one a
 /// request header names, or a weighted pick, returned too: its header mutations apply);
 /// `None` when there is no such cluster (Envoy's `NC`).
+#[inline(always)]
 fn pick_cluster<'a>(
     headers: &HeaderMap,
     action: &'a RouteAction,
@@ -197,6 +198,7 @@ impl<'a> Forward<'a> {
     /// controls that do not parse), the retry policy, virtual cluster and load balancer's
     /// hash from the request as it came, then the route's rewrites and header mutations,
     /// the timeouts, the mirrors and the retry body.
+    #[inline(always)]
     fn new(
         conn: &'a Rc<ConnInfo>,
         req: Request<ProxyBody>,
@@ -272,6 +274,7 @@ impl<'a> Forward<'a> {
 
 /// Strips what does not go upstream: hop-by-hop headers, and an `expect: 100-continue`,
 /// answered here (or by the codec); other expectations go on, as Envoy forwards them.
+#[inline(always)]
 fn strip_for_upstream(headers: &mut HeaderMap) {
     strip_hop_by_hop(headers);
     if headers
@@ -286,6 +289,7 @@ fn strip_for_upstream(headers: &mut HeaderMap) {
 /// it) and, for an internal request ([`Internal`]), its `x-envoy-*` controls, taken off
 /// its headers (an external one lost them to the connection manager). `Err`: the `400`
 /// body for controls that do not parse.
+#[inline(always)]
 fn take_controls(
     conn: &ConnInfo,
     parts: &mut request::Parts,
@@ -305,6 +309,7 @@ fn take_controls(
 /// The timeouts besides the route's: the retry policy's per-try timeout, unless an
 /// internal request's controls set their own. Only these of the controls are kept: the
 /// controls themselves would take room in every request's future.
+#[inline(always)]
 fn timeout_overrides(
     controls: Option<&RequestControls>,
     retry: Option<&RetryPolicy>,
@@ -329,6 +334,7 @@ impl<'a> UpstreamHead<'a> {
     /// (`x-envoy-original-path` when the path changes), an upgrade's `upgrade` and
     /// `connection` as the client sent them, and the request header mutations of the
     /// weighted cluster, the route, the virtual host and the route table, in that order.
+    #[inline(always)]
     fn new(
         mut parts: request::Parts,
         routed: Routed<'a>,
@@ -513,6 +519,7 @@ impl Forward<'_> {
     /// The host of this attempt (with a `previous_hosts` predicate, one not tried yet if
     /// the load balancer finds one), recorded as the request's upstream, whose name an
     /// `auto_host_rewrite` sends; `None` when the cluster has no healthy host.
+    #[inline(always)]
     fn pick_host(&mut self, outcome: &mut Outcome) -> Option<Arc<Host>> {
         let cluster = self.target.cluster;
         let avoiding = self
@@ -543,6 +550,7 @@ impl Forward<'_> {
 
     /// Whether the retry policy has retries left after this attempt, and whether one can
     /// follow: retries left and the body there to send again.
+    #[inline(always)]
     fn retries_left(&self) -> (bool, bool) {
         let left = self
             .retry
@@ -554,6 +562,7 @@ impl Forward<'_> {
     /// This attempt's request: the shared head (taken by the last possible attempt, else
     /// copied) with its path and authority, this attempt's body, and the headers that
     /// differ by attempt; `None` when the rewritten path or authority makes no URI.
+    #[inline(always)]
     fn build_request(&mut self) -> Option<Request<ProxyBody>> {
         let body = self.body.for_attempt();
         // Upgrades are built in the HTTP/1.1 form whatever the cluster's protocol; for an
@@ -597,6 +606,7 @@ impl Forward<'_> {
     /// client's own value when unchanged. A rewritten one sends the original along
     /// (`x-envoy-original-host`, and `x-forwarded-host` with `append_x_forwarded_host`),
     /// as Envoy.
+    #[inline(always)]
     fn set_authority(&self, headers: &mut HeaderMap, h2_upstream: bool) {
         let (authority, upstream) = (self.routed.authority, &self.head.authority);
         if upstream != authority {
@@ -624,6 +634,7 @@ impl Forward<'_> {
     /// (`x-envoy-expected-rq-timeout-ms`, or a gRPC server's `grpc-timeout` when each
     /// attempt tells its own), whether a retry follows a per-try timeout
     /// (`x-envoy-is-timeout-retry`), and the attempt count (`x-envoy-attempt-count`).
+    #[inline(always)]
     fn set_attempt_headers(&self, headers: &mut HeaderMap) {
         let suppress = self.conn.config.suppress_envoy_headers;
         let grpc_per_attempt = self.deadlines.grpc_per_attempt;
@@ -675,6 +686,7 @@ impl Forward<'_> {
     /// Whether `resp` is retried (Envoy's `shouldRetryHeaders`): the retry's slot, its
     /// status charged as retried; `None` when it is passed on, counted as the retry
     /// policy's success or its limit reached.
+    #[inline(always)]
     fn retry_for_response(&self, resp: &Response<ProxyBody>) -> Option<RetrySlot> {
         let worker = self.conn.worker;
         let status = resp.status().as_u16();
@@ -723,6 +735,7 @@ impl Forward<'_> {
     /// (`x-envoy-upstream-service-time`, the attempt count), the weighted cluster's
     /// mutations and the hash policy's cookie; a body still arriving is cut off where the
     /// route timeout or a stream duration ends (`idle`), an upgrade's tunnel excepted.
+    #[inline(always)]
     fn finish(
         &mut self,
         mut resp: Response<ProxyBody>,

@@ -36,6 +36,7 @@ impl RequestBody {
     /// The client's `body`; when a retry may need it again (`keep`), taken whole if it is
     /// all in, else forwarded as it arrives with a copy kept, up to `limit` bytes (past it
     /// counted in `abandoned`): Envoy's buffering, which holds nothing back.
+    #[inline(always)]
     pub(super) fn new(
         body: ProxyBody,
         keep: bool,
@@ -64,6 +65,7 @@ impl RequestBody {
 
     /// The body of the next attempt: the buffered copy, a replay of the kept one, or the
     /// client's own (to the first attempt only).
+    #[inline(always)]
     pub(super) fn for_attempt(&mut self) -> ProxyBody {
         if let Some(b) = &self.buffered {
             ProxyBody::full(b.clone())
@@ -79,6 +81,7 @@ impl RequestBody {
     }
 
     /// Whether another attempt could send the body again.
+    #[inline(always)]
     pub(super) fn replayable(&self) -> bool {
         self.buffered.is_some() || self.replay.as_ref().is_some_and(|b| b.replayable())
     }

@@ -99,6 +99,7 @@ impl Deadlines {
     /// on `action`, from `start`; `hcm_duration` is the connection manager's
     /// `max_stream_duration`. As Envoy, the gRPC server learns the deadline the proxy holds
     /// it to: `headers` get it as their `grpc-timeout` unless each attempt sends its own.
+    #[inline(always)]
     pub(super) fn new(
         start: Instant,
         headers: &mut HeaderMap,
@@ -152,21 +153,25 @@ impl Deadlines {
     }
 
     /// Whether the route timeout or the stream's duration has run out: no attempt follows.
+    #[inline(always)]
     pub(super) fn overall_passed(&self) -> bool {
         self.overall.is_some_and(|d| Instant::now() >= d)
     }
 
     /// Whether the route timeout has run out.
+    #[inline(always)]
     pub(super) fn route_passed(&self) -> bool {
         self.global.is_some_and(|d| Instant::now() >= d)
     }
 
     /// Whether the stream's `max_stream_duration` has run out.
+    #[inline(always)]
     pub(super) fn duration_passed(&self) -> bool {
         self.duration.is_some_and(|d| Instant::now() >= d)
     }
 
     /// The deadline of an attempt starting now: its per-try timeout, within the overall one.
+    #[inline(always)]
     pub(super) fn for_attempt(&self) -> Option<Instant> {
         match (self.per_try.map(|p| Instant::now() + p), self.overall) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -178,6 +183,7 @@ impl Deadlines {
     /// it: the route timeout left, capped by the per-try timeout. The whole timeout on the
     /// first attempt, less what earlier attempts used on a retry (as Envoy; measuring the
     /// first attempt's few microseconds made it 299 under load).
+    #[inline(always)]
     pub(super) fn expected_ms(&self, attempt: u32) -> Option<u64> {
         let elapsed = if attempt == 1 {
             0
@@ -199,6 +205,7 @@ impl Deadlines {
     /// the stream's duration (`stream_duration` counts it) ends first; the cluster's
     /// `max_stream_duration` (`ends`, counted in `cluster_duration`) resets the upstream
     /// stream, the body included.
+    #[inline(always)]
     pub(super) fn body_cut<'c>(
         &self,
         ends: Option<&StreamEnds>,

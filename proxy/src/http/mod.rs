@@ -11,11 +11,10 @@
 //!   filters and route selection ([`conn_manager::serve`]), local replies
 //!   ([`conn_manager::local_reply`]), forwarded headers and internal addresses, stream idle
 //!   timers, upgrades and tunnels, and the access log.
-//! - [`router`]: the router filter: forwarding (`router/forward.rs`) with attempts,
-//!   retries, timeouts and mirrors ([`router::shadow`]), one upstream attempt
-//!   ([`router::upstream_request`]), the per-worker HTTP connection pools
-//!   ([`router::pool`], kept and drained by the worker's `ThreadLocalClusterManager`) and
-//!   retry buffers.
+//! - [`router`]: the router filter: forwarding with attempts, retries, timeouts and
+//!   mirrors ([`router::shadow`]), one upstream attempt ([`router::upstream_request`]), the
+//!   per-worker HTTP connection pools ([`router::pool`], kept and drained by the worker's
+//!   `ThreadLocalClusterManager`) and retry buffers.
 //! - [`route`]: route tables compiled from `RouteConfiguration`s (inline or RDS) with their
 //!   matchers, hash policies, header mutations, mirror policies and opaque per-filter
 //!   configs ([`route::per_filter`]); [`route::rds`] is the RDS route provider's worker side.

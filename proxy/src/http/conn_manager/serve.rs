@@ -40,9 +40,8 @@ use crate::http::conn_manager::upgrade::{self};
 use crate::http::route::header_mutations::FormatContext;
 use crate::http::route::per_filter::{self, FilterConfigs};
 use crate::http::route::{Action, ClusterSpec, Pseudo, Redirect, Route, RouteTable, VirtualHost};
-use crate::http::router::forward::forward;
 use crate::http::router::{
-    is_scheme, redirect, tls_redirect, Internal, Outcome, Routed, X_ENVOY_EXTERNAL_ADDRESS,
+    forward, is_scheme, redirect, tls_redirect, Internal, Outcome, X_ENVOY_EXTERNAL_ADDRESS,
     X_ENVOY_FORCE_TRACE, X_ENVOY_INTERNAL, X_FORWARDED_CLIENT_CERT, X_FORWARDED_FOR,
     X_FORWARDED_PROTO, X_REQUEST_ID,
 };
@@ -484,16 +483,11 @@ pub(crate) async fn process(
             if let Some(t) = action.idle_timeout {
                 idle.set_route_timeout(t);
             }
-            let routed = Routed {
-                authority: &authority,
-                path: &path,
-                table: &table,
-                vh,
-                route,
-                action,
-                fcx: &fcx,
-            };
-            forward(conn, req, routed, on_upgrade, outcome, idle).await
+            forward(
+                conn, req, &authority, &path, &table, vh, route, action, &fcx, on_upgrade, outcome,
+                idle,
+            )
+            .await
         }
     };
     // Response header mutations: route, virtual host, route configuration.

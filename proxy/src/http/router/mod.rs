@@ -1,38 +1,47 @@
-//! The router filter. Forwarding a request is `forward.rs` (the cluster, the upstream head,
-//! the attempts, the reply), with its `timeouts.rs` and `retry.rs`; one attempt is
-//! [`upstream_request`], a request's mirrors [`shadow`], the per-worker connection pools
-//! [`pool`]. Here: what the connection manager hands the router (`Routed`, `Internal`) and
-//! learns from it (`Outcome`), the header names both use, redirects, and an upgrade's
-//! connection of its own.
+//! One request through the connection manager and the router filter: header sanitising,
+//! route selection, local replies, and forwarding with retries and timeouts.
 
-pub(crate) mod forward;
 pub mod pool;
-mod retry;
 pub mod retry_buffer;
 pub mod shadow;
-mod timeouts;
 pub mod upstream_request;
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
-use http::{Request, Response, StatusCode};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body_util::BodyExt;
+use hyper::body::Body as _;
 
 use crate::http::codec::body::ProxyBody;
 use crate::http::codec::handoff::DownstreamUpgrade;
 use crate::http::conn_manager::conn_info::ConnInfo;
-use crate::http::conn_manager::headers::strip_response_hop_by_hop;
+use crate::http::conn_manager::headers::{
+    decimal_value, strip_hop_by_hop, strip_response_hop_by_hop,
+};
+use crate::http::conn_manager::local_reply::{
+    is_grpc, local_reply, LocalReply, DURATION_TIMEOUT, GRPC_TIMEOUT, NO_HEALTHY_UPSTREAM,
+    UPSTREAM_CONNECT_ERROR, UPSTREAM_OVERFLOW, UPSTREAM_PROTOCOL_ERROR, UPSTREAM_REFUSED,
+    UPSTREAM_REMOTE_RESET, UPSTREAM_RESET, UPSTREAM_TIMEOUT,
+};
+use crate::http::conn_manager::request_controls::RequestControls;
 use crate::http::conn_manager::stream_idle::{Expiry, StreamIdle};
 use crate::http::conn_manager::upgrade::{self, WorkerIo};
 use crate::http::request_stats::StatSinks;
 use crate::http::route::header_mutations::FormatContext;
-use crate::http::route::{Redirect, Route, RouteAction, RouteTable, VirtualHost};
-use crate::http::router::upstream_request::AttemptError;
-use crate::upstream::ClusterInfo;
+use crate::http::route::{
+    ClusterSpec, HostRewrite, Pseudo, Redirect, Route, RouteAction, RouteTable, VirtualHost,
+};
+use crate::http::router::retry_buffer::{Replay, RetryBuffer};
+use crate::protocol::stream_limits::{StreamEnds, UPSTREAM_DURATION_REACHED};
+use crate::upstream::{ClusterInfo, ThreadLocalClusterManager};
 use courier_runtime::event::rt;
+use upstream_request::{send_once, AttemptError};
 
 pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub(crate) static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -57,6 +66,21 @@ pub(crate) static X_ENVOY_UPSTREAM_SERVICE_TIME: HeaderName =
 pub(crate) static X_ENVOY_OVERLOADED: HeaderName = HeaderName::from_static("x-envoy-overloaded");
 pub(crate) static X_ENVOY_ATTEMPT_COUNT: HeaderName =
     HeaderName::from_static("x-envoy-attempt-count");
+
+/// A `grpc-timeout` value for `d`, in milliseconds as Envoy writes it (`300m`), in the
+/// next larger unit (seconds, minutes, hours) while it takes more than gRPC's eight digits.
+pub(crate) fn grpc_timeout_value(d: Duration) -> HeaderValue {
+    let mut n = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    let mut unit = 'm';
+    for (div, next) in [(1000, 'S'), (60, 'M'), (60, 'H')] {
+        if n <= 99_999_999 {
+            break;
+        }
+        n /= div;
+        unit = next;
+    }
+    HeaderValue::from_str(&format!("{n}{unit}")).unwrap_or(HeaderValue::from_static("0m"))
+}
 
 pub(crate) fn rewrite_prefix(route: &Route, path: &str, new_prefix: &str) -> String {
     if route.is_regex() {
@@ -162,24 +186,701 @@ pub(crate) fn tls_redirect(authority: &str, path: &str) -> Response<ProxyBody> {
     r
 }
 
-/// Marks an internal request ([`crate::http::conn_manager::internal_address`]) for
-/// [`forward::forward`], which obeys its controls
-/// ([`crate::http::conn_manager::request_controls::RequestControls`]).
+/// Marks an internal request ([`crate::http::conn_manager::internal_address`]) for [`forward`], which obeys its
+/// controls ([`RequestControls`]).
 #[derive(Clone, Copy)]
 pub(crate) struct Internal;
 
-/// What the connection manager settled about a request before the router forwards it
-/// ([`forward::forward`]): the authority and path it was routed by, the route it matched
-/// with its virtual host and route table, and what the header formatters read.
+/// What an upstream timeout answers.
 #[derive(Clone, Copy)]
-pub(crate) struct Routed<'a> {
-    pub(crate) authority: &'a str,
-    pub(crate) path: &'a str,
-    pub(crate) table: &'a RouteTable,
-    pub(crate) vh: &'a VirtualHost,
-    pub(crate) route: &'a Route,
-    pub(crate) action: &'a RouteAction,
-    pub(crate) fcx: &'a FormatContext<'a>,
+pub(crate) enum TimeoutReply {
+    /// Envoy's `504 upstream request timeout`.
+    GatewayTimeout,
+    /// `204` with no body (`x-envoy-upstream-rq-timeout-alt-response`).
+    NoContent,
+}
+
+impl TimeoutReply {
+    fn response(self) -> Response<ProxyBody> {
+        match self {
+            TimeoutReply::GatewayTimeout => {
+                local_reply(StatusCode::GATEWAY_TIMEOUT, UPSTREAM_TIMEOUT)
+            }
+            TimeoutReply::NoContent => {
+                let mut r = local_reply(StatusCode::NO_CONTENT, "");
+                r.headers_mut().remove(header::CONTENT_LENGTH);
+                r
+            }
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn forward(
+    conn: &Rc<ConnInfo>,
+    req: Request<ProxyBody>,
+    authority: &str,
+    path: &str,
+    table: &RouteTable,
+    vh: &VirtualHost,
+    route: &Route,
+    action: &RouteAction,
+    fcx: &FormatContext<'_>,
+    mut on_upgrade: Option<DownstreamUpgrade>,
+    outcome: &mut Outcome,
+    idle: &StreamIdle,
+) -> Response<ProxyBody> {
+    let cfg = &conn.config;
+    let worker = conn.worker;
+    let start = Instant::now();
+    // Cluster.
+    let (cluster_name, weighted) = match &action.cluster {
+        ClusterSpec::Single(c) => (Cow::Borrowed(c.as_str()), None),
+        ClusterSpec::Header(h) => match req.headers().get(h).and_then(|v| v.to_str().ok()) {
+            Some(c) if !c.is_empty() => (Cow::Owned(c.to_string()), None),
+            _ => {
+                cfg.stats.no_cluster.inc(worker);
+                outcome.flags = "NC";
+                return local_reply(action.cluster_not_found, "");
+            }
+        },
+        ClusterSpec::Weighted { clusters, total } => {
+            let mut r = fastrand::u64(0..*total);
+            let mut pick = &clusters[clusters.len() - 1];
+            for c in clusters {
+                if r < c.weight as u64 {
+                    pick = c;
+                    break;
+                }
+                r -= c.weight as u64;
+            }
+            (Cow::Borrowed(pick.name.as_str()), Some(pick))
+        }
+    };
+    let cluster = ThreadLocalClusterManager::with(|tlcm| tlcm.get(&cluster_name));
+    let Some(cluster) = cluster else {
+        cfg.stats.no_cluster.inc(worker);
+        outcome.flags = "NC";
+        return local_reply(action.cluster_not_found, "");
+    };
+    if !cfg.access_logs.is_empty() {
+        outcome.upstream_cluster = Some(cluster.name.clone());
+    }
+    let pool = pool::cluster_pool(&cluster, &cfg.store, worker);
+    // max_requests.
+    if pool.breakers.requests.get() >= cluster.thresholds.max_requests {
+        pool.stats.rq_pending_overflow.inc(worker);
+        outcome.flags = "UO";
+        let mut r = local_reply(StatusCode::SERVICE_UNAVAILABLE, UPSTREAM_OVERFLOW);
+        r.headers_mut()
+            .insert(X_ENVOY_OVERLOADED.clone(), HeaderValue::from_static("true"));
+        return r;
+    }
+    // Build the upstream request head.
+    let is_upgrade = on_upgrade.is_some();
+    let (mut parts, body) = req.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    // `100-continue` was answered here (or by the codec); other expectations go on, as
+    // Envoy forwards them.
+    if parts
+        .headers
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+    {
+        parts.headers.remove(header::EXPECT);
+    }
+    // An internal request's `x-envoy-*` controls, taken off it (an external one lost them
+    // to the connection manager).
+    // Only what the attempts need of them is kept: the controls themselves would take room
+    // in every request's future.
+    let internal = parts.extensions.get::<Internal>().is_some();
+    let (retry, timeout_controls) = match parts.extensions.remove::<Internal>() {
+        Some(Internal) => {
+            if let Err(body) = cfg.controls.check(&parts.headers) {
+                conn.closing.set(true);
+                return local_reply(StatusCode::BAD_REQUEST, &body);
+            }
+            let c = RequestControls::take(&mut parts.headers, &cfg.controls);
+            (
+                c.retry_policy(action.retry_policy.as_ref()),
+                Some((c.timeout, c.per_try_timeout, c.alt_response)),
+            )
+        }
+        None => (action.retry_policy.clone(), None),
+    };
+    // As Envoy, `retriable_request_headers` and virtual clusters look at the request
+    // before the route's header mutations.
+    let (retry, vcluster) = {
+        let scheme = Pseudo::scheme_of(&parts.uri);
+        let pseudo = Pseudo::request(&parts.method, path, authority, scheme);
+        (
+            retry.filter(|r| r.applies_to(&parts.headers, &pseudo)),
+            vh.virtual_cluster(&parts.headers, &pseudo),
+        )
+    };
+    // The load balancer's hash (a route's `hash_policy`), also from the request as it came;
+    // a cookie it makes goes on the response (boxed: rare).
+    let (lb_hash, set_cookie) = match &action.hash_policy {
+        Some(policies) => {
+            let h = policies.hash(&parts.headers, path, conn.remote, conn.local);
+            (h.hash, h.set_cookie.map(Box::new))
+        }
+        None => (None, None),
+    };
+    let sinks = StatSinks {
+        cluster: &pool.stats.rq,
+        route: route.stats.as_deref(),
+        vcluster,
+        internal,
+    };
+    // Kept to be reused upstream when the authority is unchanged (no copy). The field
+    // stays where it is: removing it would move the map's last field into its place, and
+    // Envoy sends `host` where the client did (first, as a rule).
+    let downstream_host = parts.headers.get(header::HOST).cloned();
+    let new_path: Cow<'_, str> = if let Some(p) = &action.prefix_rewrite {
+        Cow::Owned(rewrite_prefix(route, path, p))
+    } else if let Some((re, sub)) = &action.regex_rewrite {
+        Cow::Owned(rewrite_regex(re, sub, path))
+    } else {
+        Cow::Borrowed(path)
+    };
+    if new_path != path {
+        if let Ok(v) = HeaderValue::from_str(path) {
+            parts.headers.insert(X_ENVOY_ORIGINAL_PATH.clone(), v);
+        }
+    }
+    let mut upstream_authority: Cow<'_, str> = match &action.host_rewrite {
+        HostRewrite::Literal(h) => Cow::Borrowed(h),
+        _ => Cow::Borrowed(authority),
+    };
+    if is_upgrade {
+        if let Some(u) = fcx.request.and_then(|h| h.get(header::UPGRADE)) {
+            parts.headers.insert(header::UPGRADE, u.clone());
+            parts
+                .headers
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        }
+    }
+    if let Some(w) = weighted {
+        w.request_headers.apply(&mut parts.headers, fcx);
+    }
+    route.request_headers.apply(&mut parts.headers, fcx);
+    vh.request_headers.apply(&mut parts.headers, fcx);
+    table.request_headers.apply(&mut parts.headers, fcx);
+    let grpc = is_grpc(&parts.headers);
+    let mut timeouts = action.timeouts(
+        grpc,
+        parts
+            .headers
+            .get(GRPC_TIMEOUT)
+            .and_then(|v| crate::http::route::parse_grpc_timeout(v.as_bytes())),
+        cfg.max_stream_duration,
+    );
+    let mut per_try = retry.as_ref().and_then(|r| r.per_try_timeout);
+    let mut alt_response = false;
+    if let Some((timeout, per_try_timeout, alt)) = timeout_controls {
+        timeouts.route = timeout.unwrap_or(timeouts.route);
+        per_try = per_try_timeout.unwrap_or(per_try);
+        alt_response = alt;
+    }
+    // As Envoy, a per-try timeout no shorter than the route's is no per-try timeout.
+    let per_try = per_try.filter(|p| timeouts.route.is_none_or(|t| *p < t));
+    let timeout_reply = match alt_response {
+        true => TimeoutReply::NoContent,
+        false => TimeoutReply::GatewayTimeout,
+    };
+    let global_deadline = timeouts.route.map(|t| start + t);
+    // `max_stream_duration`, an upgrade's tunnel included (Envoy resets it).
+    let duration_deadline = timeouts.duration.map(|d| start + d);
+    // `max_grpc_timeout` (without `max_stream_duration`): each attempt tells the server
+    // its own deadline (below).
+    let grpc_timeout_from_route = grpc
+        && !is_upgrade
+        && action.max_grpc_timeout.is_some()
+        && action.stream_duration.is_none();
+    if let Some(t) = timeouts
+        .grpc_timeout
+        .filter(|_| !is_upgrade && !grpc_timeout_from_route)
+    {
+        // As Envoy: the gRPC server learns the deadline the proxy holds it to.
+        parts.headers.insert(GRPC_TIMEOUT, grpc_timeout_value(t));
+    }
+    // The earlier of the route timeout and the stream's duration bounds every attempt.
+    let overall_deadline = match (global_deadline, duration_deadline) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    // Request mirrors, sent with the first attempt (not for an upgrade), fed as the client's
+    // body passes.
+    let mut stream_body = Some(body);
+    let mut mirrors = if action.shadows.is_empty() || is_upgrade {
+        Vec::new()
+    } else {
+        // A mirror may fall this far behind: the listener's buffer limit, or the route's
+        // when that is larger (Envoy mirrors bodies past the route's).
+        let limit = route
+            .buffer_limit
+            .map_or(conn.buffer_limit, |l| l.max(conn.buffer_limit));
+        let (mirrors, feeds) = shadow::plan(
+            &action.shadows,
+            &parts.headers,
+            stream_body.as_ref().is_some_and(|b| !b.is_end_stream()),
+            limit,
+            &pool.stats.retry_or_shadow_abandoned,
+            worker,
+        );
+        if !feeds.is_empty() {
+            stream_body = stream_body.take().map(|b| shadow::tee(b, feeds));
+        }
+        mirrors
+    };
+    // Body, when retries are possible: taken whole if it is all in, else forwarded as it
+    // arrives with a copy kept for a retry (Envoy's buffering, which holds nothing back).
+    let mut buffered: Option<Bytes> = None;
+    let mut retry_buffer: Option<Rc<RetryBuffer>> = None;
+    let retries_allowed = retry.as_ref().is_some_and(|r| r.num_retries > 0);
+    if retries_allowed && !is_upgrade {
+        if let Some(b) = stream_body.take() {
+            if b.is_end_stream() {
+                buffered = Some(Bytes::new());
+            } else {
+                let limit = route.buffer_limit.unwrap_or(conn.buffer_limit);
+                let abandoned = pool.stats.retry_or_shadow_abandoned.clone();
+                let rb = RetryBuffer::new(b, limit, abandoned, worker);
+                match rb.prefill() {
+                    Some(bytes) => buffered = Some(bytes),
+                    None => retry_buffer = Some(rb),
+                }
+            }
+        }
+    }
+    let replayable = |buffered: &Option<Bytes>, rb: &Option<Rc<RetryBuffer>>| {
+        buffered.is_some() || rb.as_ref().is_some_and(|b| b.replayable())
+    };
+    let _request = pool.request_slot();
+    let mut attempt: u32 = 0;
+    // The hosts tried so far, for a `previous_hosts` retry predicate.
+    let mut tried: Vec<std::net::SocketAddr> = Vec::new();
+    let mut last_error: Option<AttemptError> = None;
+    let mut last_response: Option<Response<ProxyBody>> = None;
+    let upstream_start = Instant::now();
+    loop {
+        attempt += 1;
+        if overall_deadline.is_some_and(|d| Instant::now() >= d) {
+            // Not made: `attempt` counts the attempts sent.
+            attempt -= 1;
+            break;
+        }
+        let avoiding = retry
+            .as_ref()
+            .filter(|r| r.avoid_previous_hosts && attempt > 1);
+        let host = match avoiding {
+            Some(r) => pool::choose_host_avoiding(&cluster, lb_hash, &tried, r.host_reselections),
+            None => pool::choose_host(&cluster, lb_hash),
+        };
+        let Some(host) = host else {
+            cluster.stats.upstream_cx_none_healthy.inc(worker);
+            outcome.flags = "UH";
+            return local_reply(StatusCode::SERVICE_UNAVAILABLE, NO_HEALTHY_UPSTREAM);
+        };
+        if cluster.hosts.panic {
+            cluster.stats.lb_healthy_panic.inc(worker);
+        }
+        outcome.upstream_host = Some(host.address);
+        if retry.as_ref().is_some_and(|r| r.avoid_previous_hosts) {
+            tried.push(host.address);
+        }
+        // As Envoy: the endpoint's hostname (a DNS cluster's name, an endpoint's
+        // `hostname`); an endpoint without one leaves the authority as it is.
+        if let (HostRewrite::Auto, Some(name)) = (&action.host_rewrite, &host.hostname) {
+            upstream_authority = Cow::Owned(name.to_string());
+        }
+        let body = if let Some(b) = &buffered {
+            ProxyBody::full(b.clone())
+        } else if let Some(rb) = &retry_buffer {
+            ProxyBody::filtered(Replay::new(rb.clone()))
+        } else {
+            match stream_body.take() {
+                Some(b) if !b.is_end_stream() => b,
+                // Nothing to stream (a GET): sent as a complete, empty body.
+                _ => ProxyBody::empty(),
+            }
+        };
+        // Upgrades are built in the HTTP/1.1 form whatever the cluster's protocol; for an
+        // HTTP/2 cluster, `send_upgrade` makes an extended CONNECT of it.
+        let h2_upstream = cluster.http2 && !is_upgrade;
+        let mut head = http::request::Builder::new()
+            .method(parts.method.clone())
+            .version(if h2_upstream {
+                Version::HTTP_2
+            } else {
+                Version::HTTP_11
+            });
+        // Unchanged (the common case), the request's own path is reused without parsing.
+        let path_and_query = match parts.uri.path_and_query() {
+            Some(pq) if pq.as_str() == new_path => pq.clone(),
+            _ => match http::uri::PathAndQuery::try_from(new_path.as_ref()) {
+                Ok(pq) => pq,
+                Err(_) => return local_reply(StatusCode::BAD_REQUEST, ""),
+            },
+        };
+        let uri = if h2_upstream {
+            Uri::builder()
+                .scheme("http")
+                .authority(upstream_authority.as_ref())
+                .path_and_query(path_and_query)
+                .build()
+        } else {
+            Uri::builder().path_and_query(path_and_query).build()
+        };
+        let Ok(uri) = uri else {
+            return local_reply(StatusCode::BAD_REQUEST, "");
+        };
+        head = head.uri(uri);
+        let Ok(mut up_req) = head.body(body) else {
+            return local_reply(StatusCode::BAD_REQUEST, "");
+        };
+        // The last possible attempt takes the headers instead of copying them.
+        let last_attempt = !(retry.as_ref().is_some_and(|r| attempt <= r.num_retries)
+            && replayable(&buffered, &retry_buffer));
+        *up_req.headers_mut() = if last_attempt {
+            std::mem::take(&mut parts.headers)
+        } else {
+            parts.headers.clone()
+        };
+        if upstream_authority != authority {
+            // A rewritten host: the original goes along, as Envoy sends it.
+            if let Ok(v) = HeaderValue::from_str(authority) {
+                up_req
+                    .headers_mut()
+                    .insert(X_ENVOY_ORIGINAL_HOST.clone(), v);
+            }
+            if action.append_x_forwarded_host {
+                append_forwarded_host(up_req.headers_mut(), authority);
+            }
+        }
+        if h2_upstream {
+            // `:authority` carries it.
+            up_req.headers_mut().remove(header::HOST);
+        } else {
+            let value = match &downstream_host {
+                Some(v) if v.as_bytes() == upstream_authority.as_bytes() => Some(v.clone()),
+                _ => HeaderValue::from_str(&upstream_authority).ok(),
+            };
+            if let Some(v) = value {
+                up_req.headers_mut().insert(header::HOST, v);
+            }
+        }
+        if !cfg.suppress_envoy_headers || grpc_timeout_from_route {
+            // The time left of the route timeout, capped by the per-try timeout: the whole
+            // timeout on the first attempt, less what earlier attempts used on a retry (as
+            // Envoy; measuring the first attempt's few microseconds made it 299 under load).
+            let elapsed = if attempt == 1 {
+                0
+            } else {
+                start.elapsed().as_millis() as u64
+            };
+            let left = timeouts
+                .route
+                .map(|t| (t.as_millis() as u64).saturating_sub(elapsed));
+            let per_try_ms = per_try.map(|p| p.as_millis() as u64);
+            let expected = match (left, per_try_ms) {
+                (Some(t), Some(p)) => Some(t.min(p)),
+                (t, p) => t.or(p),
+            };
+            if let Some(ms) = expected {
+                if !cfg.suppress_envoy_headers {
+                    up_req
+                        .headers_mut()
+                        .insert(X_ENVOY_EXPECTED_RQ_TIMEOUT_MS.clone(), decimal_value(ms));
+                }
+                if grpc_timeout_from_route {
+                    // As Envoy: the server learns the timeout this attempt is held to, an
+                    // internal request's timeout controls and the per-try one included.
+                    up_req
+                        .headers_mut()
+                        .insert(GRPC_TIMEOUT, grpc_timeout_value(Duration::from_millis(ms)));
+                }
+            }
+        }
+        if attempt > 1 && vh.timeout_retry_header {
+            let timeout = matches!(last_error, Some(AttemptError::PerTryTimeout));
+            up_req.headers_mut().insert(
+                X_ENVOY_IS_TIMEOUT_RETRY.clone(),
+                HeaderValue::from_static(if timeout { "true" } else { "false" }),
+            );
+        }
+        if vh.attempt_count_upstream {
+            up_req
+                .headers_mut()
+                .insert(X_ENVOY_ATTEMPT_COUNT.clone(), decimal_value(attempt.into()));
+        }
+        // The mirrors get the first attempt's head.
+        for mirror in mirrors.drain(..) {
+            mirror.send(
+                &up_req,
+                &upstream_authority,
+                &cfg.store,
+                worker,
+                overall_deadline,
+            );
+        }
+        host.stats.rq_total.inc(worker);
+        let active = (
+            pool.stats.rq_active.raise(worker),
+            host.stats.rq_active.raise(worker),
+        );
+        let try_deadline = match (per_try.map(|p| Instant::now() + p), overall_deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let result = match on_upgrade.take() {
+            Some(downstream) => {
+                // Boxed: rare, and the request future would otherwise carry its size.
+                let upgraded = Box::pin(send_upgrade(
+                    &cluster,
+                    &host,
+                    worker,
+                    up_req,
+                    downstream,
+                    conn,
+                    TunnelLimits {
+                        idle_timeout: action.idle_timeout,
+                        ends_at: duration_deadline,
+                        duration_reached: pool.stats.rq_max_duration_reached.clone(),
+                    },
+                    &sinks,
+                ));
+                rt::timeout(try_deadline, upgraded).await
+            }
+            None => {
+                // Built in place: a future held in a local would take room of its own in
+                // the request future, next to the copy the timeout holds.
+                rt::timeout(
+                    try_deadline,
+                    send_once(&pool, &cluster, &host, worker, &sinks, up_req),
+                )
+                .await
+            }
+        };
+        drop(active);
+        let err = match result {
+            Some(Ok(resp)) => {
+                let status = resp.status().as_u16();
+                let retriable = retry
+                    .as_ref()
+                    .is_some_and(|r| r.retry_response(status, resp.headers()));
+                let left = retry.as_ref().is_some_and(|r| attempt <= r.num_retries);
+                let more = left && replayable(&buffered, &retry_buffer);
+                let slot = if retriable && more {
+                    RetrySlot::take(&pool, &cluster, worker, sinks)
+                } else {
+                    None
+                };
+                if let Some(slot) = slot {
+                    sinks.cluster.charge_retried(worker, status);
+                    // Kept in case no retry can follow, read off its connection first: an
+                    // open body would hold the attempt's connection (an HTTP/2 stream
+                    // slot) while the retry looks for one.
+                    last_response = Some(settle(resp, overall_deadline).await);
+                    last_error = None;
+                    if !backoff(retry.as_deref(), attempt, overall_deadline).await {
+                        break;
+                    }
+                    drop(slot);
+                    sinks.retry(worker);
+                    continue;
+                }
+                if retriable && !left {
+                    sinks.retry_limit_exceeded(worker);
+                } else if attempt > 1 && !retriable {
+                    sinks.retry_success(worker);
+                }
+                let elapsed = upstream_start.elapsed();
+                sinks.charge(worker, status, Some(elapsed.as_millis() as u64));
+                let mut resp = resp;
+                if !cfg.suppress_envoy_headers {
+                    resp.headers_mut().insert(
+                        X_ENVOY_UPSTREAM_SERVICE_TIME.clone(),
+                        decimal_value(start.elapsed().as_millis() as u64),
+                    );
+                }
+                if vh.attempt_count_response {
+                    resp.headers_mut()
+                        .insert(X_ENVOY_ATTEMPT_COUNT.clone(), decimal_value(attempt.into()));
+                }
+                if let Some(w) = weighted {
+                    w.response_headers.apply(resp.headers_mut(), fcx);
+                }
+                if let Some(cookie) = set_cookie {
+                    resp.headers_mut().append(header::SET_COOKIE, *cookie);
+                }
+                // Envoy's route timeout spans the whole response: a body still arriving
+                // when it ends is cut off (an upgrade's tunnel is not).
+                if !is_upgrade && !resp.body().is_end_stream() {
+                    // The stream's duration, when it ends first, counts as such.
+                    let cut = match (global_deadline, duration_deadline) {
+                        (Some(g), Some(d)) if d < g => Some((
+                            d,
+                            cfg.stats.downstream_rq_max_duration_reached.clone(),
+                            Expiry::Route,
+                        )),
+                        (Some(g), _) => Some((g, pool.stats.rq.timeout.clone(), Expiry::Route)),
+                        (None, Some(d)) => Some((
+                            d,
+                            cfg.stats.downstream_rq_max_duration_reached.clone(),
+                            Expiry::Route,
+                        )),
+                        (None, None) => None,
+                    };
+                    // The cluster's `max_stream_duration` resets the upstream stream, the
+                    // body included.
+                    let cut = match (cut, resp.extensions().get::<StreamEnds>()) {
+                        (Some(c), Some(e)) if c.0 <= e.0 => Some(c),
+                        (_, Some(e)) => Some((
+                            e.0,
+                            pool.stats.rq_max_duration_reached.clone(),
+                            Expiry::UpstreamDuration,
+                        )),
+                        (c, None) => c,
+                    };
+                    if let Some((deadline, counter, expiry)) = cut {
+                        idle.set_response_deadline(deadline, counter, expiry);
+                    }
+                }
+                return resp;
+            }
+            Some(Err(e)) => e,
+            None => {
+                if overall_deadline.is_some_and(|d| Instant::now() >= d) {
+                    break;
+                }
+                pool.stats.rq_per_try_timeout.inc(worker);
+                AttemptError::PerTryTimeout
+            }
+        };
+        let retriable = match &err {
+            AttemptError::Overflow => false,
+            AttemptError::ConnectFailure => {
+                retry.as_ref().is_some_and(|r| r.retry_connect_failure())
+            }
+            AttemptError::Reset
+            | AttemptError::Protocol
+            | AttemptError::HeadOverflow
+            | AttemptError::MaxDuration => retry.as_ref().is_some_and(|r| r.retry_reset()),
+            AttemptError::Refused => retry.as_ref().is_some_and(|r| r.retry_refused()),
+            AttemptError::PerTryTimeout => retry.as_ref().is_some_and(|r| r.retry_timeout()),
+        };
+        let left = retry.as_ref().is_some_and(|r| attempt <= r.num_retries);
+        let more = left && replayable(&buffered, &retry_buffer);
+        if attempt > 1 && !retriable {
+            sinks.retry_success(worker);
+        }
+        last_error = Some(err);
+        last_response = None;
+        let slot = if retriable && more {
+            RetrySlot::take(&pool, &cluster, worker, sinks)
+        } else {
+            None
+        };
+        if let Some(slot) = slot {
+            if !backoff(retry.as_deref(), attempt, overall_deadline).await {
+                break;
+            }
+            drop(slot);
+            sinks.retry(worker);
+            continue;
+        }
+        if retriable && !left {
+            sinks.retry_limit_exceeded(worker);
+        }
+        break;
+    }
+    if duration_deadline.is_some_and(|d| Instant::now() >= d) {
+        cfg.stats.downstream_rq_max_duration_reached.inc(worker);
+        outcome.flags = "-";
+        // gRPC's DEADLINE_EXCEEDED rather than the 504's UNAVAILABLE, as Envoy.
+        let mut r = local_reply(StatusCode::GATEWAY_TIMEOUT, DURATION_TIMEOUT);
+        r.extensions_mut().insert(LocalReply(Some(4)));
+        return r;
+    }
+    if let Some(mut resp) = last_response {
+        sinks.charge(worker, resp.status().as_u16(), None);
+        if !cfg.suppress_envoy_headers {
+            resp.headers_mut().insert(
+                X_ENVOY_UPSTREAM_SERVICE_TIME.clone(),
+                decimal_value(start.elapsed().as_millis() as u64),
+            );
+        }
+        if vh.attempt_count_response {
+            resp.headers_mut()
+                .insert(X_ENVOY_ATTEMPT_COUNT.clone(), decimal_value(attempt.into()));
+        }
+        return resp;
+    }
+    let mut reply = match last_error {
+        None | Some(AttemptError::PerTryTimeout)
+            if global_deadline.is_some_and(|d| Instant::now() >= d) || last_error.is_none() =>
+        {
+            sinks.timeout(worker);
+            outcome.flags = "UT";
+            timeout_reply.response()
+        }
+        Some(AttemptError::PerTryTimeout) => {
+            outcome.flags = "UT";
+            timeout_reply.response()
+        }
+        Some(AttemptError::Overflow) => {
+            outcome.flags = "UO";
+            let mut r = local_reply(StatusCode::SERVICE_UNAVAILABLE, UPSTREAM_OVERFLOW);
+            r.headers_mut()
+                .insert(X_ENVOY_OVERLOADED.clone(), HeaderValue::from_static("true"));
+            r
+        }
+        Some(AttemptError::ConnectFailure) => {
+            outcome.flags = "UF";
+            local_reply(StatusCode::SERVICE_UNAVAILABLE, UPSTREAM_CONNECT_ERROR)
+        }
+        Some(AttemptError::Protocol) => {
+            outcome.flags = "UPE";
+            local_reply(StatusCode::BAD_GATEWAY, UPSTREAM_PROTOCOL_ERROR)
+        }
+        Some(AttemptError::Reset) => {
+            outcome.flags = "UC";
+            local_reply(StatusCode::SERVICE_UNAVAILABLE, UPSTREAM_RESET)
+        }
+        Some(AttemptError::Refused) => {
+            outcome.flags = "UR";
+            local_reply(StatusCode::SERVICE_UNAVAILABLE, UPSTREAM_REFUSED)
+        }
+        Some(AttemptError::HeadOverflow) => {
+            outcome.flags = "UR";
+            local_reply(StatusCode::SERVICE_UNAVAILABLE, UPSTREAM_REMOTE_RESET)
+        }
+        Some(AttemptError::MaxDuration) => {
+            outcome.flags = "UMSDR";
+            // Envoy's `408` while the client's request is still arriving.
+            let status = if idle.request_complete() {
+                StatusCode::GATEWAY_TIMEOUT
+            } else {
+                StatusCode::REQUEST_TIMEOUT
+            };
+            local_reply(status, UPSTREAM_DURATION_REACHED)
+        }
+        None => local_reply(StatusCode::GATEWAY_TIMEOUT, UPSTREAM_TIMEOUT),
+    };
+    // As Envoy's router, the reply to an upstream failure or timeout is the code the
+    // request ends with; a stream's duration running out is not charged.
+    if !matches!(last_error, Some(AttemptError::MaxDuration)) {
+        sinks.charge(worker, reply.status().as_u16(), None);
+    }
+    // Envoy's router counts its attempts on its own replies too.
+    if vh.attempt_count_response && attempt > 0 {
+        reply
+            .headers_mut()
+            .insert(X_ENVOY_ATTEMPT_COUNT.clone(), decimal_value(attempt.into()));
+    }
+    reply
 }
 
 /// Appends `host` to `x-forwarded-host` unless it is the last value there already (Envoy's
@@ -193,6 +894,78 @@ pub(crate) fn append_forwarded_host(headers: &mut http::HeaderMap, host: &str) {
     if let Ok(v) = HeaderValue::from_str(&joined) {
         headers.insert(X_FORWARDED_HOST.clone(), v);
     }
+}
+
+/// The most of a kept response's body read now (by `deadline`): see the caller.
+pub(crate) const SETTLED_BODY_LIMIT: usize = 64 * 1024;
+
+/// A response whose body is read to its end (up to [`SETTLED_BODY_LIMIT`], else left
+/// out), so that it no longer holds its upstream connection.
+pub(crate) async fn settle(
+    resp: Response<ProxyBody>,
+    deadline: Option<Instant>,
+) -> Response<ProxyBody> {
+    let (mut parts, body) = resp.into_parts();
+    let read = http_body_util::Limited::new(body, SETTLED_BODY_LIMIT).collect();
+    let bytes = match rt::timeout(deadline, read).await {
+        Some(Ok(collected)) => collected.to_bytes(),
+        // Too long, broken or too slow: the head alone, announced as such.
+        _ => {
+            parts
+                .headers
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+            Bytes::new()
+        }
+    };
+    Response::from_parts(parts, ProxyBody::full(bytes))
+}
+
+/// A retry in the `max_retries` circuit breaker (or the cluster's `retry_budget`): counted
+/// from when it is scheduled until its attempt starts, as Envoy counts it.
+pub(crate) struct RetrySlot(Rc<pool::ClusterPool>);
+
+impl RetrySlot {
+    /// A slot, or `None` (counted in `upstream_rq_retry_overflow`) when the breaker is full.
+    fn take(
+        pool: &Rc<pool::ClusterPool>,
+        cluster: &ClusterInfo,
+        worker: usize,
+        sinks: StatSinks<'_>,
+    ) -> Option<Self> {
+        let b = &pool.breakers;
+        let max = cluster
+            .thresholds
+            .max_retries(b.requests.get() + b.pending.get());
+        if b.retries.get() >= max {
+            sinks.retry_overflow(worker);
+            return None;
+        }
+        b.retries.set(b.retries.get() + 1);
+        Some(RetrySlot(pool.clone()))
+    }
+}
+
+impl Drop for RetrySlot {
+    fn drop(&mut self) {
+        let b = &self.0.breakers;
+        b.retries.set(b.retries.get().saturating_sub(1));
+    }
+}
+
+/// Sleeps the back-off; false when the route deadline would pass first.
+pub(crate) async fn backoff(
+    policy: Option<&crate::http::route::RetryPolicy>,
+    attempt: u32,
+    deadline: Option<Instant>,
+) -> bool {
+    let Some(p) = policy else { return false };
+    let d = p.backoff(attempt);
+    let until = Instant::now() + d;
+    if deadline.is_some_and(|dl| until >= dl) {
+        return false;
+    }
+    rt::Sleep::until(until).await;
+    true
 }
 
 /// Sends an upgrade request (websocket) on a connection of its own and, on `101`, joins

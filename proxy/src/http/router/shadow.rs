@@ -269,14 +269,12 @@ fn exchange(
                 vcluster: None,
                 internal,
             };
-            let resp = crate::http::router::upstream_request::send_once(
-                &pool, &cluster, &host, worker, &sinks, req,
-            )
-            .await?;
+            let resp =
+                crate::http::router::send_once(&pool, &cluster, &host, worker, &sinks, req).await?;
             let status = resp.status().as_u16();
             // Read off so that the connection goes back to the pool.
             let _ = resp.into_body().collect().await;
-            Ok::<_, crate::http::router::upstream_request::AttemptError>(status)
+            Ok::<_, crate::http::router::AttemptError>(status)
         };
         match rt::timeout(deadline, exchange).await {
             Some(Ok(status)) => pool.stats.rq.charge(worker, status, internal),

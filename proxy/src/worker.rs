@@ -37,8 +37,10 @@ pub struct WorkerListener {
 }
 
 /// A worker's own state, lent to every handler callback as `ctx.local`. What tasks (hyper's
-/// futures) need as well lives in the worker's thread: slots ([`SlotId::get`]) and the
-/// [`ThreadLocalClusterManager`].
+/// futures) need as well lives in the worker's thread: slots
+/// ([`courier_runtime::thread_local::SlotId::get`]), the
+/// [`crate::upstream::ThreadLocalClusterManager`] and the RDS tables
+/// ([`crate::http::route::rds::table`]).
 pub struct WorkerLocal {
     /// Index of this worker (its stat cell).
     pub id: usize,

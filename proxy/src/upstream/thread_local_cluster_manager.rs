@@ -13,7 +13,7 @@
 //!   same way; connections to hosts that stay are untouched.
 //!
 //! The pools themselves belong to the protocols that use them (HTTP's in
-//! `http::pool`); this home keeps them type-erased behind [`ConnPool`], so the upstream
+//! `http::router::pool`); this home keeps them type-erased behind [`ConnPool`], so the upstream
 //! layer never imports a codec.
 
 use std::any::Any;

@@ -5,11 +5,11 @@
 //!   ([`crate::extensions::Registry`], with Envoy's rules for unknown, optional and
 //!   `TypedStruct` configs) to a factory building an [`HttpFilter`].
 //! - [`HTTP_FILTERS`]: what routes carry for a filter (a `typed_per_filter_config` value,
-//!   by its type), resolved to that filter's compiler ([`PER_ROUTE`]); routes hold the
+//!   by its type), resolved to that filter's compiler (`PER_ROUTE`); routes hold the
 //!   result opaquely ([`crate::http::route::per_filter`]) and the filter reads it back
 //!   typed.
 //!
-//! Adding a filter: its folder, a line in [`CHAIN`] (and in [`PER_ROUTE`] if it takes
+//! Adding a filter: its folder, a line in [`CHAIN`] (and in `PER_ROUTE` if it takes
 //! per-route config), a variant of [`HttpFilter`], and its step in the connection
 //! manager's request path (`http::conn_manager::serve`).
 

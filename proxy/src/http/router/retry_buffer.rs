@@ -34,7 +34,7 @@ enum State {
     Broken,
 }
 
-/// The body of one request, shared by its attempts ([`ProxyBody::replay`]).
+/// The body of one request, shared by its attempts ([`ProxyBody::filtered`] of a [`Replay`]).
 pub struct RetryBuffer {
     source: RefCell<Option<ProxyBody>>,
     kept: RefCell<Vec<Bytes>>,

@@ -34,7 +34,7 @@ use crate::upstream::{ClusterInfo, ThreadLocalClusterManager};
 use courier_runtime::event::rt;
 
 /// A request body's frames as they pass, for one mirror: the request's body pushes them
-/// ([`tee`]), the mirror's body ([`FeedBody`]) takes them.
+/// ([`tee`]), the mirror's body takes them.
 pub struct ShadowFeed {
     frames: RefCell<VecDeque<Frame<Bytes>>>,
     queued: Cell<usize>,

@@ -99,7 +99,7 @@ impl GzipParams {
     }
 }
 
-/// A body gzipped as it passes ([`ProxyBody::compressed`]): each data frame goes out
+/// A body gzipped as it passes ([`ProxyBody::filtered`]): each data frame goes out
 /// compressed and flushed, the gzip stream ends with the body (before its trailers).
 pub struct Compressing {
     inner: ProxyBody,

@@ -23,6 +23,7 @@ use http::{Method, StatusCode, Uri, Version};
 use percent_encoding::{percent_encode, AsciiSet};
 
 use crate::http::codec::h1_head::{FramingFields, HeadSpans, SplitHead};
+use crate::http::codec::request_fields;
 use crate::http::codec::upstream_h1::BodyDecoder;
 use crate::protocol::key_format::KeyFormat;
 
@@ -69,7 +70,8 @@ pub struct CodecError {
 }
 
 impl CodecError {
-    fn bad(reason: &'static str) -> Self {
+    /// A request Envoy's codec refuses (`400` with its reason phrase as the body).
+    pub(crate) fn bad(reason: &'static str) -> Self {
         CodecError {
             status: StatusCode::BAD_REQUEST,
             reason,
@@ -79,9 +81,18 @@ impl CodecError {
 
     /// A request the connection manager refuses after the codec took it (`400` without a
     /// body).
-    fn refused(reason: &'static str) -> Self {
+    pub(crate) fn refused(reason: &'static str) -> Self {
         CodecError {
             bare: true,
+            ..CodecError::bad(reason)
+        }
+    }
+
+    /// A request Envoy's codec answers `403` (an `https` absolute URL on a plaintext
+    /// connection).
+    pub(crate) fn forbidden(reason: &'static str) -> Self {
+        CodecError {
+            status: StatusCode::FORBIDDEN,
             ..CodecError::bad(reason)
         }
     }
@@ -179,6 +190,23 @@ pub fn parse_request_head(
         // Envoy's header map keeps one `Host`, the values comma-joined.
         crate::http::codec::fields::join_fields(&mut headers, &header::HOST, b",");
     }
+    if framing.repeated {
+        request_fields::join_repeated(&mut headers);
+    }
+    if framing.connection_fields > 0 {
+        request_fields::check_connection(&headers, absolute)?;
+    }
+    // An absolute-form target's authority replaces `Host`, so only that one is checked.
+    let target = if absolute {
+        request_fields::absolute_form(target)?
+    } else {
+        if let Some(host) = headers.get(header::HOST) {
+            if !request_fields::is_valid_authority(host.as_bytes()) {
+                return Err(CodecError::bad("invalid authority"));
+            }
+        }
+        target
+    };
     let uri = target_uri(target, absolute)?;
     let body = body_framing(&framing, version, limits.allow_chunked_length)?;
     if framing.transfer_encoding.is_some() && framing.content_length_fields > 0 {
@@ -186,7 +214,13 @@ pub fn parse_request_head(
         headers.remove(header::CONTENT_LENGTH);
     }
     let keep_alive = framing.keeps_alive(version);
-    let expect_continue = body.is_some() && version == Version::HTTP_11 && framing.expect_continue;
+    // Envoy answers `100 Continue` to any HTTP/1.1 request that expects it, body or not.
+    // Repeated `Expect` lines are one joined value, which is then not `100-continue`.
+    let expect_continue = version == Version::HTTP_11
+        && framing.expect_continue
+        && headers
+            .get(header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
     let mut parts = http::Request::new(()).into_parts().0;
     parts.method = method;
     parts.uri = uri;

@@ -98,3 +98,11 @@ pub fn join_fields(headers: &mut HeaderMap, name: &HeaderName, sep: &[u8]) {
         headers.insert(name.clone(), v);
     }
 }
+
+/// Makes each of `names` one field, its repeated lines joined with `,`: the fields Envoy's
+/// header map keeps as one.
+pub fn join_each(headers: &mut HeaderMap, names: &[&'static str]) {
+    for name in names {
+        join_fields(headers, &HeaderName::from_static(name), b",");
+    }
+}

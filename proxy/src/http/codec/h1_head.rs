@@ -42,6 +42,10 @@ pub(crate) struct FramingFields {
     pub expect_continue: bool,
     /// How many `Host` fields there are (a request's).
     pub host_fields: usize,
+    /// How many `Connection` fields there are.
+    pub connection_fields: usize,
+    /// Some field name came more than once.
+    pub repeated: bool,
 }
 
 impl FramingFields {
@@ -61,6 +65,7 @@ impl FramingFields {
             self.transfer_encoding = Some(value.clone());
             self.transfer_encoding_fields += 1;
         } else if name == header::CONNECTION {
+            self.connection_fields += 1;
             self.close |= has_token(value, b"close");
             self.keep_alive |= has_token(value, b"keep-alive");
         } else if name == header::EXPECT {
@@ -131,7 +136,7 @@ impl HeadSpans {
                 .map_err(|_| "invalid header value")?;
             framing.note(&name, &value);
             if !(drop_hop_by_hop && is_response_hop_by_hop(&name)) {
-                headers.append(name, value);
+                framing.repeated |= headers.append(name, value);
             }
         }
         FIELD_SPANS.set(fields);

@@ -25,7 +25,8 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Version};
 use hyper::body::Frame;
 
-use crate::http::codec::h1_head::{HeadSpans, SplitHead};
+use crate::http::codec::fields::join_each;
+use crate::http::codec::h1_head::{FramingFields, HeadSpans, SplitHead};
 use crate::protocol::key_format::KeyFormat;
 use courier_runtime::event::rt::TcpIo;
 
@@ -41,9 +42,13 @@ const READ_CHUNK: usize = 16 * 1024;
 /// Why a request got no usable response.
 #[derive(Debug, thiserror::Error)]
 pub enum H1Error {
-    /// Reading or writing the socket failed.
+    /// Reading the socket failed.
     #[error("upstream connection: {0}")]
     Io(#[from] io::Error),
+    /// Writing the request failed: the connection was closed or reset before the request
+    /// went out whole, so the upstream cannot have served it.
+    #[error("upstream connection closed before the request was written: {0}")]
+    Unsent(io::Error),
     /// The upstream closed the connection before any byte of a response (or of the rest
     /// of a body).
     #[error("upstream closed the connection")]
@@ -61,11 +66,13 @@ pub enum H1Error {
 pub type Guard = Box<dyn std::any::Any>;
 
 impl H1Error {
-    /// Whether the upstream closed or reset the connection before any response byte: on a
-    /// reused keep-alive connection that is the pool's race with the upstream's idle close,
-    /// and an idempotent request may be sent again on another connection.
-    pub fn before_response(&self) -> bool {
-        matches!(self, H1Error::Closed | H1Error::Io(_))
+    /// Whether the request never went out whole (the connection was found closed as it
+    /// was written): on a reused keep-alive connection that is the pool's race with the
+    /// upstream's idle close, and the request may go on another connection. A request
+    /// written whole is never sent again (the upstream may have acted on it), as in
+    /// Envoy, which sends it once and answers `503` when no response comes.
+    pub fn unsent(&self) -> bool {
+        matches!(self, H1Error::Unsent(_))
     }
 }
 
@@ -175,7 +182,7 @@ impl H1Connection {
     ) -> Result<(http::response::Parts, UpstreamBody), H1Error> {
         let mut head = std::mem::take(&mut self.head);
         encode_request(&mut head, parts, body.len(), self.keys);
-        self.write_all(&head, body).await?;
+        self.write_all(&head, body).await.map_err(H1Error::Unsent)?;
         self.head = head;
         let head_request = parts.method == Method::HEAD;
         loop {
@@ -380,34 +387,11 @@ fn parse_head(
         .split_off(buf, len, 4, drop_hop_by_hop)
         .map_err(H1Error::Protocol)?;
     let keep_alive = fields.keeps_alive(version);
-    let framing = match &fields.transfer_encoding {
-        Some(te) => {
-            // As Envoy's codec: `chunked` is the only coding, and never with a length (RFC
-            // 9112 §6.3 makes that a smuggling risk).
-            if fields.content_length_fields > 0 {
-                return Err(H1Error::Protocol(
-                    "both content-length and transfer-encoding",
-                ));
-            }
-            if fields.transfer_encoding_fields > 1
-                || !te.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked")
-            {
-                return Err(H1Error::Protocol("transfer-encoding other than chunked"));
-            }
-            Framing::ChunkSize
-        }
-        // One field (the usual case) needs no lookup.
-        None if fields.content_length_fields <= 1 => {
-            match content_length(fields.content_length.iter())? {
-                Some(n) => Framing::Length(n),
-                None => Framing::UntilClose,
-            }
-        }
-        None => match content_length(map.get_all(header::CONTENT_LENGTH).iter())? {
-            Some(n) => Framing::Length(n),
-            None => Framing::UntilClose,
-        },
-    };
+    let framing = response_framing(status, &fields)?;
+    let mut map = map;
+    if fields.repeated {
+        join_each(&mut map, JOINED_RESPONSE_FIELDS);
+    }
     let mut parts = http::Response::new(()).into_parts().0;
     parts.status = status;
     parts.version = version;
@@ -415,29 +399,97 @@ fn parse_head(
     Ok(Some((parts, framing, keep_alive)))
 }
 
-/// The response's `Content-Length` from its values: every value (and every comma-separated
-/// element) must be the same decimal number.
-fn content_length<'a>(
-    values: impl Iterator<Item = &'a HeaderValue>,
-) -> Result<Option<u64>, H1Error> {
-    let mut found: Option<u64> = None;
-    for v in values {
-        for part in v.as_bytes().split(|b| *b == b',') {
-            let digits = part.trim_ascii();
-            if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) || digits.len() > 19 {
-                return Err(H1Error::Protocol("invalid content-length"));
-            }
-            let n: u64 = std::str::from_utf8(digits)
-                .ok()
-                .and_then(|s| s.parse().ok())
-                .ok_or(H1Error::Protocol("invalid content-length"))?;
-            if found.is_some_and(|f| f != n) {
-                return Err(H1Error::Protocol("conflicting content-length values"));
-            }
-            found = Some(n);
-        }
+/// The response fields Envoy's header map keeps as one, their repeated lines joined with
+/// `,` (measured against Envoy 1.40); others (`set-cookie`, `link`, …) keep their lines.
+const JOINED_RESPONSE_FIELDS: &[&str] = &[
+    "access-control-allow-headers",
+    "access-control-allow-methods",
+    "access-control-allow-origin",
+    "access-control-expose-headers",
+    "access-control-max-age",
+    "age",
+    "cache-control",
+    "content-encoding",
+    "content-type",
+    "etag",
+    "expires",
+    "grpc-message",
+    "grpc-status",
+    "last-modified",
+    "location",
+    "vary",
+    "via",
+    "x-envoy-attempt-count",
+    "x-envoy-decorator-operation",
+    "x-envoy-degraded",
+    "x-envoy-immediate-health-check-fail",
+    "x-envoy-ratelimited",
+    "x-envoy-upstream-canary",
+    "x-request-id",
+];
+
+/// The body's framing from a response's fields, refused where Envoy's codec refuses it
+/// (measured against Envoy 1.40; each is a `502` to the client): more than one
+/// `Content-Length` field, a length that is not one decimal number (`3, 3` included), a
+/// `1xx` (but `101`) or `204` that announces a body (`content-length: 0` is allowed),
+/// and any coding but `chunked`, or `chunked` with a length. A `304`'s length describes
+/// the resource, not this message, and is passed on as it came.
+fn response_framing(status: StatusCode, fields: &FramingFields) -> Result<Framing, H1Error> {
+    if fields.content_length_fields > 1 {
+        return Err(H1Error::Protocol("repeated content-length"));
     }
-    Ok(found)
+    let bodiless = (status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS)
+        || status == StatusCode::NO_CONTENT;
+    if bodiless {
+        let announces_body = fields.transfer_encoding.is_some()
+            || fields
+                .content_length
+                .as_ref()
+                .is_some_and(|v| v.as_bytes() != b"0");
+        if announces_body {
+            return Err(H1Error::Protocol(
+                "a body announced on a 1xx or 204 response",
+            ));
+        }
+        return Ok(Framing::Done);
+    }
+    if let Some(te) = &fields.transfer_encoding {
+        // As Envoy's codec: `chunked` is the only coding, and never with a length (RFC
+        // 9112 §6.3 makes that a smuggling risk).
+        if fields.content_length_fields > 0 {
+            return Err(H1Error::Protocol(
+                "both content-length and transfer-encoding",
+            ));
+        }
+        if fields.transfer_encoding_fields > 1
+            || !te.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked")
+        {
+            return Err(H1Error::Protocol("transfer-encoding other than chunked"));
+        }
+        return Ok(if status == StatusCode::NOT_MODIFIED {
+            Framing::Done
+        } else {
+            Framing::ChunkSize
+        });
+    }
+    if status == StatusCode::NOT_MODIFIED {
+        return Ok(Framing::Done);
+    }
+    match &fields.content_length {
+        Some(v) => content_length(v.as_bytes()).map(Framing::Length),
+        None => Ok(Framing::UntilClose),
+    }
+}
+
+/// A response's `Content-Length`: one decimal number.
+fn content_length(value: &[u8]) -> Result<u64, H1Error> {
+    let digits = value.trim_ascii();
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) || digits.len() > 19 {
+        return Err(H1Error::Protocol("invalid content-length"));
+    }
+    Ok(digits
+        .iter()
+        .fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
 }
 
 impl UpstreamBody {
@@ -712,9 +764,24 @@ mod tests {
         assert!(matches!(r, Ok(Some((_, Framing::Length(1), false)))));
         let r = head("HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 1\r\n\r\n");
         assert!(matches!(r, Ok(Some((_, Framing::Length(1), false)))));
-        let r = head("HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 5\r\n\r\n");
-        assert!(matches!(r, Ok(Some((_, Framing::Length(5), true)))));
-        assert!(head("HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\n").is_err());
+        // Envoy refuses a repeated length even when the values agree, and a list.
+        for bad in [
+            "HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 5\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: 5, 5\r\n\r\n",
+            "HTTP/1.1 304 OK\r\ncontent-length: 5\r\ncontent-length: 5\r\n\r\n",
+            "HTTP/1.1 204 OK\r\ncontent-length: 5\r\n\r\n",
+            "HTTP/1.1 204 OK\r\ncontent-length: 00\r\n\r\n",
+            "HTTP/1.1 204 OK\r\ntransfer-encoding: chunked\r\n\r\n",
+            "HTTP/1.1 100 Continue\r\ncontent-length: 5\r\n\r\n",
+        ] {
+            assert!(head(bad).is_err(), "{bad}");
+        }
+        let r = head("HTTP/1.1 204 OK\r\ncontent-length: 0\r\n\r\n");
+        assert!(matches!(r, Ok(Some((_, Framing::Done, true)))));
+        // A 304's length describes the resource: passed on as it came.
+        let r = head("HTTP/1.1 304 OK\r\ncontent-length: x\r\n\r\n");
+        assert!(matches!(r, Ok(Some((_, Framing::Done, true)))));
         assert!(head("HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n").is_err());
         assert!(head("HTTP/1.1 200 OK\r\ncontent-length: 1x\r\n\r\n").is_err());
         assert!(head("HTTP/1.1 999x OK\r\n\r\n").is_err());

@@ -25,23 +25,24 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if !headers.keys().any(is_hop_by_hop) {
         return;
     }
-    if let Some(conn) = headers.get(CONNECTION).cloned() {
-        if let Ok(s) = conn.to_str() {
-            for token in s.split(',') {
-                let t = token.trim();
-                if t.is_empty()
-                    || t.eq_ignore_ascii_case("close")
-                    || t.eq_ignore_ascii_case("keep-alive")
-                {
-                    continue;
-                }
-                if let Ok(n) = HeaderName::from_bytes(t.to_ascii_lowercase().as_bytes()) {
-                    // Never let the client strip the headers we rely on.
-                    if n != HOST && n != CONTENT_LENGTH {
-                        headers.remove(n);
-                    }
-                }
-            }
+    // Every `Connection` line nominates fields (the codec has checked that none is one
+    // the proxy relies on).
+    let nominated: Vec<HeaderName> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| {
+            !t.is_empty()
+                && !t.eq_ignore_ascii_case(b"close")
+                && !t.eq_ignore_ascii_case(b"keep-alive")
+        })
+        .filter_map(|t| HeaderName::from_bytes(&t.to_ascii_lowercase()).ok())
+        .collect();
+    for n in nominated {
+        // Never let the client strip the headers we rely on; `te` is dealt with below.
+        if n != HOST && n != CONTENT_LENGTH && n != TE {
+            headers.remove(n);
         }
     }
     headers.remove(CONNECTION);
@@ -49,8 +50,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove("proxy-connection");
     headers.remove(TRANSFER_ENCODING);
     headers.remove(UPGRADE);
-    if let Some(te) = headers.get(TE) {
-        // Only `te: trailers` survives (gRPC needs it).
+    if let Some(te) = headers.get(TE).filter(|te| !te.is_empty()) {
+        // Only `te: trailers` survives (gRPC needs it); an empty one goes on as it came,
+        // as from Envoy.
         let keep = te.to_str().is_ok_and(|s| {
             s.split(',')
                 .any(|t| t.trim().eq_ignore_ascii_case("trailers"))

@@ -563,6 +563,7 @@ pub(crate) async fn forward(
             // `:authority` carries it.
             up_req.headers_mut().remove(header::HOST);
         } else {
+            announce_streamed_body(&mut up_req, is_upgrade);
             let value = match &downstream_host {
                 Some(v) if v.as_bytes() == upstream_authority.as_bytes() => Some(v.clone()),
                 _ => HeaderValue::from_str(&upstream_authority).ok(),
@@ -1113,6 +1114,25 @@ pub(crate) struct Outcome {
     pub(crate) upstream_host: Option<SocketAddr>,
     pub(crate) upstream_cluster: Option<String>,
     pub(crate) route_name: String,
+}
+
+/// A body of unknown length streamed to an HTTP/1.1 upstream goes chunked. hyper's client
+/// assumes a GET, HEAD or CONNECT has no body and would send it without one (the client's
+/// body then left unread), so the coding is named for it; Envoy forwards such a body.
+fn announce_streamed_body(req: &mut Request<ProxyBody>, is_upgrade: bool) {
+    let streamed = !req.body().is_end_stream() && req.body().size_hint().exact().is_none();
+    if streamed
+        && !is_upgrade
+        && matches!(
+            *req.method(),
+            http::Method::GET | http::Method::HEAD | http::Method::CONNECT
+        )
+    {
+        req.headers_mut().insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+    }
 }
 
 #[cfg(test)]

@@ -40,8 +40,8 @@ pub(crate) async fn send_once(
 ) -> Result<Response<ProxyBody>, AttemptError> {
     let mut req = req;
     let limits = &cluster.stream_limits;
-    // A request that never reached a reused connection (closed under us) is sent again
-    // on another one, as Envoy's pool does for stale keep-alive connections.
+    // A request that never went out on a reused connection (found closed as it was
+    // written) goes on another one; a request written whole is never sent twice.
     // A complete body (none, or buffered for retries) goes through Courier's own HTTP/1
     // client; a streamed one through hyper's.
     let raw_body = (!cluster.http2).then(|| req.body().bytes()).flatten();
@@ -91,9 +91,9 @@ pub(crate) async fn send_once(
                         mark_stream_end(&mut resp, ends);
                         return Ok(resp);
                     }
-                    // The upstream closed the kept-alive connection as the request went
-                    // out: an idempotent request goes again on another connection.
-                    Err(e) if reused && e.before_response() && parts.method.is_idempotent() => {
+                    // The upstream closed the kept-alive connection before the request
+                    // went out: it goes on another connection.
+                    Err(e) if reused && e.unsent() => {
                         tracing::debug!(error = %e, "stale upstream connection; sending again");
                         req = Request::from_parts(parts, req_body);
                         continue;

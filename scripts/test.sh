@@ -19,13 +19,13 @@ if command -v envoy >/dev/null; then
   PROXY_UNDER_TEST=envoy cargo test -p courier-integration-tests -- --test-threads="${COURIER_IT_THREADS:-8}"
 fi
 # Fuzz smoke run (cargo-fuzz, libFuzzer): the HTTP/1 parsing path, the route matcher and
-# the upstream HTTP/1 client's response parsing,
+# the upstream HTTP/1 client's response parsing, the header sanitation before forwarding,
 # from the committed seeds. cargo-fuzz passes nightly-only flags; RUSTC_BOOTSTRAP lets the
 # stable toolchain accept them, and `--sanitizer none` needs no sanitizer runtime. Any
 # crash fails the run (the input is saved under proxy/fuzz/artifacts/).
 if [ "${COURIER_FUZZ_SECONDS:-30}" != 0 ]; then
   command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked --version 0.13.2
-  for target in http1_parse route_match upstream_h1_response; do
+  for target in http1_parse route_match upstream_h1_response header_sanitation; do
     corpus="$PWD/proxy/fuzz/corpus/$target"
     mkdir -p "$corpus"
     (cd proxy/fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run --sanitizer none "$target" \

@@ -1,6 +1,9 @@
 //! Fuzzes Courier's own HTTP/1.1 upstream client on what an upstream may send: arbitrary
 //! bytes, delivered in pieces, through the response-head parser and the body decoder.
-//! Nothing may panic, and the body can never hold more bytes than were received.
+//! Nothing may panic, the body can never hold more bytes than were received, and a head
+//! that passes is framed as Envoy accepts it: at most one `content-length`, none but `0`
+//! on a `204` or an interim response, and a `content-length` that is one number unless the
+//! response is a `304`.
 #![no_main]
 
 use bytes::BytesMut;
@@ -23,7 +26,19 @@ fuzz_target!(|data: &[u8]| {
     let mut buf = BytesMut::new();
     // The head (1xx heads are skipped, as the client does).
     let mut head = loop {
-        match parse_response_head(&mut buf, head_request, max_headers) {
+        let parsed = parse_response_head(&mut buf, head_request, max_headers);
+        if let Ok(Some(h)) = &parsed {
+            let status = h.parts.status;
+            let lengths: Vec<_> = h.parts.headers.get_all("content-length").iter().collect();
+            assert!(lengths.len() <= 1, "{lengths:?}");
+            let bodiless = status == 204 || (status.is_informational() && status != 101);
+            if bodiless {
+                assert!(lengths.iter().all(|v| *v == "0"), "{status} {lengths:?}");
+            } else if status != 304 {
+                assert!(lengths.iter().all(|v| v.as_bytes().iter().all(u8::is_ascii_digit)), "{lengths:?}");
+            }
+        }
+        match parsed {
             Ok(Some(h)) if h.parts.status.is_informational() => continue,
             Ok(Some(h)) => break h,
             Ok(None) => match pieces.next() {

@@ -26,8 +26,10 @@ use mio::event::Event;
 use crate::http::codec::body::ProxyBody;
 use crate::http::codec::h1_server::{End, H1Server, ServeFuture};
 use crate::http::codec::handoff::PrefixedIo;
+use crate::http::codec::request_fields::is_valid_authority;
 use crate::http::conn_manager::config::{Codec, HcmConfig};
 use crate::http::conn_manager::conn_info::ConnInfo;
+use crate::http::conn_manager::local_reply::local_reply;
 use crate::http::conn_manager::upgrade;
 use crate::listener::ListenerStats;
 use crate::worker::{Ctx, EventHandler, HandlerId, Next, WorkerLocal};
@@ -49,6 +51,16 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for HcmServic
     type Future = ServeFuture;
 
     fn call(&self, mut req: http::Request<hyper::body::Incoming>) -> Self::Future {
+        if let Some(authority) = req.uri().authority() {
+            // RFC 9113 §8.3.1: no userinfo in `:authority`; Envoy also refuses characters
+            // an authority may not hold (the `h2` crate refuses most of them first).
+            let a = authority.as_str().as_bytes();
+            if a.contains(&b'@') || !is_valid_authority(a) {
+                tracing::debug!(authority = %authority, "invalid :authority refused");
+                let reply = local_reply(http::StatusCode::BAD_REQUEST, "");
+                return Box::pin(std::future::ready(Ok(reply)));
+            }
+        }
         let upgrade = upgrade::h2_to_h1_request(&mut req);
         crate::http::conn_manager::headers::join_cookies(req.headers_mut());
         crate::http::conn_manager::serve::serve_boxed(

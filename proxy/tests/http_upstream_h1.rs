@@ -18,6 +18,8 @@ struct Counts {
     connections: AtomicUsize,
     /// Connections the upstream has closed on its own after answering.
     closed: AtomicUsize,
+    /// Requests read whole.
+    requests: AtomicUsize,
 }
 
 /// The raw response for a request line, and whether to close the connection after it.
@@ -55,6 +57,8 @@ fn script(method: &str, path: &str) -> (String, bool) {
         "/garbage" => (r("HTX/9 what\r\n\r\n"), true),
         "/truncated" => (r("HTTP/1.1 200 OK\r\ncontent-le"), true),
         "/idle-close" => (r("HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nbye!"), true),
+        // Read whole, never answered: the connection closes.
+        "/read-then-close" => (String::new(), true),
         "/len" if method == "HEAD" => (r("HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n"), false),
         _ => (r("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nplain"), false),
     }
@@ -97,6 +101,7 @@ fn start_scripted() -> (SocketAddr, Arc<Counts>) {
                     if reader.read_exact(&mut body).is_err() {
                         return;
                     }
+                    c.requests.fetch_add(1, Ordering::SeqCst);
                     let (resp, close) = script(&method, &path);
                     if out.write_all(resp.as_bytes()).is_err() {
                         return;
@@ -214,6 +219,30 @@ fn a_connection_closed_while_idle_is_not_reused() {
     }
     assert_eq!(counts.connections.load(Ordering::SeqCst), 20);
     assert_eq!(c.stat("cluster.up.upstream_rq_rx_reset"), 0);
+}
+
+/// A request the upstream read whole and closed on without answering is sent once, as by
+/// Envoy (`503`, "connection termination"): the upstream may have acted on it, so only a
+/// request that could not be written goes again on another connection.
+#[test]
+fn a_request_written_whole_is_sent_once() {
+    let (up, counts) = start_scripted();
+    let boot = bootstrap(&all_to("up"), "", &cluster("up", &[up], ""));
+    let observe = |p: &Courier| {
+        let mut client = Client::connect(p.listener);
+        // A kept-alive upstream connection first, so that the next request reuses it.
+        assert_eq!(client.get("h", "/plain", &[]).status, 200);
+        let before = counts.requests.load(Ordering::SeqCst);
+        let r = client.get("h", "/read-then-close", &[]);
+        let sent = counts.requests.load(Ordering::SeqCst) - before;
+        (r.status, sent, r.body_str())
+    };
+    let c = Courier::start(&boot);
+    let got = observe(&c);
+    assert_eq!((got.0, got.1), (503, 1), "{got:?}");
+    if let Some(envoy) = Courier::start_envoy(&boot) {
+        assert_eq!(observe(&envoy), got, "Envoy");
+    }
 }
 
 /// What an HTTP/2 client gets for `path`: the body and the `x-trailer` trailer.

@@ -273,6 +273,8 @@ fn extra_fields(rng: &mut Rng, out: &mut Vec<u8>, request: bool) {
             6 if request => field(out, b"x-request-id", b"fixed-id"),
             7 if request => field(out, b"proxy-connection", b"keep-alive"),
             8 if request => field(out, b"expect", one_of(rng, &[b"100-continue", b"foo"])),
+            // An obs-fold: a value continued on the next line.
+            9 => field(out, b"x-a", b"b\r\n c"),
             _ => {
                 field(out, b"x-a", &text(rng, 6));
                 if rng.bool() {

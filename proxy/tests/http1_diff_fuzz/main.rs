@@ -36,7 +36,7 @@ use observe::{exchange, ClientSaw, Recorder};
 
 /// A proxy with its recording upstream.
 struct Proxy {
-    _process: Courier,
+    process: Courier,
     listener: SocketAddr,
     recorder: Recorder,
 }
@@ -56,7 +56,7 @@ impl Proxy {
         };
         Some(Proxy {
             listener: process.listener,
-            _process: process,
+            process,
             recorder,
         })
     }
@@ -66,9 +66,15 @@ impl Proxy {
             Side::Request => None,
             Side::Response { .. } => Some(case.bytes.clone()),
         });
+        let errors_before = self.process.stat(PROTOCOL_ERRORS);
         let client = exchange(self.listener, &case.client_bytes(), &case.client_heads());
         let upstream = self.recorder.settle();
-        Observation { client, upstream }
+        let protocol_errors = self.process.stat(PROTOCOL_ERRORS) - errors_before;
+        Observation {
+            client,
+            upstream,
+            protocol_errors,
+        }
     }
 }
 
@@ -78,7 +84,12 @@ struct Observation {
     client: ClientSaw,
     /// The requests forwarded whole; `None` when one was still half-way at the deadline.
     upstream: Option<Vec<Message>>,
+    /// How many downstream connections the case made count as protocol errors.
+    protocol_errors: u64,
 }
+
+/// The counter Envoy adds a refused request head to.
+const PROTOCOL_ERRORS: &str = "http.ingress.downstream_cx_protocol_error";
 
 /// Fields whose values differ between any two runs (ids, timings), left out of comparisons.
 const VOLATILE: &[&str] = &[
@@ -196,11 +207,14 @@ fn compare(case: &Case, e: &Observation, c: &Observation) -> Option<Verdict> {
         // (Envoy may also send `100 Continue` before a fault Courier finds first).
         let finals = |s: &[u16]| s.iter().copied().filter(|&x| x != 100).collect::<Vec<_>>();
         let (ef, cf) = (finals(&es), finals(&cs));
-        let both_refuse = ef.len() == cf.len()
-            && ef
-                .iter()
-                .zip(&cf)
-                .all(|(e, c)| e == c || (*e >= 400 && *c >= 400));
+        // A missing answer is a refusal too (the connection closed without one).
+        let both_refuse = (0..ef.len().max(cf.len())).all(|i| {
+            let (e, c) = (
+                ef.get(i).copied().unwrap_or(400),
+                cf.get(i).copied().unwrap_or(400),
+            );
+            e == c || (e >= 400 && c >= 400)
+        });
         if both_refuse {
             return Some(Verdict::Reply(format!(
                 "Envoy answered {es:?}, Courier {cs:?}"
@@ -226,6 +240,12 @@ fn compare(case: &Case, e: &Observation, c: &Observation) -> Option<Verdict> {
             }
         }
     }
+    if e.protocol_errors != c.protocol_errors {
+        return Some(Verdict::Differs(format!(
+            "{PROTOCOL_ERRORS}: Envoy +{}, Courier +{}",
+            e.protocol_errors, c.protocol_errors
+        )));
+    }
     if e.client.stalled != c.client.stalled {
         return Some(Verdict::Differs(format!(
             "stalled: Envoy {}, Courier {}",
@@ -239,14 +259,8 @@ fn compare(case: &Case, e: &Observation, c: &Observation) -> Option<Verdict> {
 /// cases; `None` when a disagreement is not one of them.
 fn known_difference(case: &Case, verdict: &Verdict) -> Option<&'static str> {
     let bytes = &case.bytes;
-    let head_end = bytes
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .unwrap_or(bytes.len());
-    // The head and the byte after it (a CR just before the blank line counts too).
-    let head = &bytes[..(head_end + 1).min(bytes.len())];
-    // A CR that does not end a line.
-    let lone_cr = head.windows(2).any(|w| w[0] == b'\r' && w[1] != b'\n');
+    // A CR that does not end a line (anywhere: a pipelined request's head counts too).
+    let lone_cr = bytes.windows(2).any(|w| w[0] == b'\r' && w[1] != b'\n');
     match (case.side, verdict) {
         // RFC 9112 §2.3: a major version other than 1 is not HTTP/1; Courier reads only
         // 1.0 and 1.1 responses (Envoy passes `HTTP/1.2` and `HTTP/2.0` ones on, or closes).
@@ -270,10 +284,21 @@ fn known_difference(case: &Case, verdict: &Verdict) -> Option<&'static str> {
             Some("unsolicited 101 from the upstream")
         }
         // RFC 9112 §2.2: a bare CR in a head is invalid; Courier refuses it (httparse),
-        // Envoy drops it from the value.
-        (_, Verdict::Stricter(_)) if lone_cr => Some("bare CR in a message head"),
-        (Side::Response { .. }, Verdict::Differs(_)) if lone_cr => {
+        // Envoy drops it from the value. Never an excuse for forwarding more.
+        (_, Verdict::Stricter(_) | Verdict::Differs(_)) if lone_cr => {
             Some("bare CR in a message head")
+        }
+        // RFC 9112 §5.2: a server may refuse an obs-fold; Courier does (`400`, a
+        // request-smuggling route, counted as a protocol error), Envoy unfolds it. From an
+        // upstream, Courier's `502` against Envoy's unfolding.
+        _ if bytes.windows(3).any(|w| w == b"\r\n " || w == b"\r\n\t") => Some("obs-fold"),
+        // A `Connection` nominating `content-length`: Envoy removes the length and sends
+        // the body chunked, Courier keeps it (the body's framing is not the client's to
+        // strip); the upstream gets the same body either way.
+        (Side::Request, Verdict::Differs(d))
+            if d.starts_with("upstream saw") && nominates_content_length(bytes) =>
+        {
+            Some("connection nominating content-length")
         }
         // RFC 9112 §3: one space between the request line's parts; Courier refuses a tab
         // or a second space there (`400`), Envoy takes them as one separator.
@@ -282,6 +307,14 @@ fn known_difference(case: &Case, verdict: &Verdict) -> Option<&'static str> {
         }
         _ => None,
     }
+}
+
+/// Whether a `Connection` line in `bytes` names `content-length`.
+fn nominates_content_length(bytes: &[u8]) -> bool {
+    bytes.split(|&b| b == b'\n').any(|line| {
+        let line = line.to_ascii_lowercase();
+        line.starts_with(b"connection:") && line.windows(14).any(|w| w == b"content-length")
+    })
 }
 
 /// Whether any request line in `bytes` holds a tab or two spaces in a row.

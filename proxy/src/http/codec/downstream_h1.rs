@@ -22,6 +22,7 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, StatusCode, Uri, Version};
 use percent_encoding::{percent_encode, AsciiSet};
 
+pub use crate::http::codec::codec_error::CodecError;
 use crate::http::codec::h1_head::{FramingFields, HeadSpans, SplitHead};
 use crate::http::codec::request_fields;
 use crate::http::codec::upstream_h1::BodyDecoder;
@@ -56,66 +57,6 @@ pub struct RequestHead {
     pub expect_continue: bool,
 }
 
-/// A request the codec refuses, with the status Envoy answers it with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("{reason} ({status})")]
-pub struct CodecError {
-    /// The local reply's status.
-    pub status: StatusCode,
-    /// What was wrong (logged; not sent).
-    pub reason: &'static str,
-    /// The reply has no body: Envoy refuses this one in its connection manager, after the
-    /// codec (whose replies carry the status's reason phrase).
-    pub bare: bool,
-}
-
-impl CodecError {
-    /// A request Envoy's codec refuses (`400` with its reason phrase as the body).
-    pub(crate) fn bad(reason: &'static str) -> Self {
-        CodecError {
-            status: StatusCode::BAD_REQUEST,
-            reason,
-            bare: false,
-        }
-    }
-
-    /// A request the connection manager refuses after the codec took it (`400` without a
-    /// body).
-    pub(crate) fn refused(reason: &'static str) -> Self {
-        CodecError {
-            bare: true,
-            ..CodecError::bad(reason)
-        }
-    }
-
-    /// A request Envoy's codec answers `403` (an `https` absolute URL on a plaintext
-    /// connection).
-    pub(crate) fn forbidden(reason: &'static str) -> Self {
-        CodecError {
-            status: StatusCode::FORBIDDEN,
-            ..CodecError::bad(reason)
-        }
-    }
-
-    /// A version other than 1.1 (or 1.0 where allowed).
-    pub fn upgrade_required() -> Self {
-        CodecError {
-            status: StatusCode::UPGRADE_REQUIRED,
-            reason: "unsupported HTTP version",
-            bare: false,
-        }
-    }
-
-    /// The head grew past the limits.
-    pub fn too_large() -> Self {
-        CodecError {
-            status: StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            reason: "request headers too large",
-            bare: false,
-        }
-    }
-}
-
 /// Parses a request head off the front of `buf` once it is complete (`None` until then).
 pub fn parse_request_head(
     buf: &mut BytesMut,
@@ -148,7 +89,18 @@ pub fn parse_request_head(
     if len > limits.max_head_bytes {
         return Err(CodecError::too_large());
     }
-    let method = request_method(req.method.unwrap_or_default())?;
+    // What Envoy's connection manager refuses (a bare `400`) is found here too, but
+    // answered only once the codec's own checks have passed, as in Envoy, where they come
+    // first.
+    let mut refusal: Option<CodecError> = None;
+    let method = match request_method(req.method.unwrap_or_default()) {
+        Ok(m) => m,
+        Err(e) if e.bare => {
+            refusal = Some(e);
+            Method::GET
+        }
+        Err(e) => return Err(e),
+    };
     let version = match req.version {
         Some(0) if !limits.accept_http_10 => return Err(CodecError::upgrade_required()),
         Some(0) => Version::HTTP_10,
@@ -162,7 +114,7 @@ pub fn parse_request_head(
         return Err(CodecError::bad("non-ASCII byte in the target"));
     }
     if target.contains(&b'#') {
-        return Err(CodecError::refused("fragment in the target"));
+        refusal = refusal.or(Some(CodecError::refused("fragment in the target")));
     }
     // Origin form (`/path`), absolute form (`http://host/path`), OPTIONS' `*`, or
     // CONNECT's authority form: anything else (`GET host:80`, `GET path`) would be read as
@@ -194,17 +146,17 @@ pub fn parse_request_head(
         request_fields::join_repeated(&mut headers);
     }
     if framing.connection_fields > 0 {
-        request_fields::check_connection(&headers, absolute)?;
+        match request_fields::check_connection(&headers, absolute) {
+            Err(e) if e.bare => refusal = refusal.or(Some(e)),
+            other => other?,
+        }
     }
     // An absolute-form target's authority replaces `Host`, so only that one is checked.
     let target = if absolute {
         request_fields::absolute_form(target)?
+    } else if framing.host_invalid {
+        return Err(CodecError::bad("invalid authority"));
     } else {
-        if let Some(host) = headers.get(header::HOST) {
-            if !request_fields::is_valid_authority(host.as_bytes()) {
-                return Err(CodecError::bad("invalid authority"));
-            }
-        }
         target
     };
     let uri = target_uri(target, absolute)?;
@@ -212,6 +164,9 @@ pub fn parse_request_head(
     if framing.transfer_encoding.is_some() && framing.content_length_fields > 0 {
         // Allowed: chunked framing wins and the length goes, as Envoy forwards it.
         headers.remove(header::CONTENT_LENGTH);
+    }
+    if let Some(e) = refusal {
+        return Err(e);
     }
     let keep_alive = framing.keeps_alive(version);
     // Envoy answers `100 Continue` to any HTTP/1.1 request that expects it, body or not.

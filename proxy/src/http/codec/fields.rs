@@ -106,3 +106,23 @@ pub fn join_each(headers: &mut HeaderMap, names: &[&'static str]) {
         join_fields(headers, &HeaderName::from_static(name), b",");
     }
 }
+
+/// Whether each byte may appear in an authority: RFC 3986's unreserved and sub-delims,
+/// `:`, `@`, `[`, `]` and `%` (Envoy's `HeaderUtility::authorityIsValid`).
+const AUTHORITY: [bool; 256] = {
+    let mut table = [false; 256];
+    let allowed =
+        b"!$&'()*+,-.0123456789:;=@ABCDEFGHIJKLMNOPQRSTUVWXYZ[]_abcdefghijklmnopqrstuvwxyz~%";
+    let mut i = 0;
+    while i < allowed.len() {
+        table[allowed[i] as usize] = true;
+        i += 1;
+    }
+    table
+};
+
+/// Whether `value` may be an authority (`Host`, `:authority`): Envoy refuses one holding
+/// `/`, `?`, `#`, whitespace, quotes, angle brackets, a backslash or a control character.
+pub fn is_valid_authority(value: &[u8]) -> bool {
+    value.iter().all(|&b| AUTHORITY[usize::from(b)])
+}

@@ -14,7 +14,7 @@ use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::Version;
 
-use crate::http::codec::fields::{has_token, is_response_hop_by_hop};
+use crate::http::codec::fields::{has_token, is_response_hop_by_hop, is_valid_authority};
 use crate::http::codec::header_map_pool;
 
 thread_local! {
@@ -42,6 +42,8 @@ pub(crate) struct FramingFields {
     pub expect_continue: bool,
     /// How many `Host` fields there are (a request's).
     pub host_fields: usize,
+    /// A `Host` value holds a character an authority may not hold.
+    pub host_invalid: bool,
     /// How many `Connection` fields there are.
     pub connection_fields: usize,
     /// Some field name came more than once.
@@ -72,6 +74,7 @@ impl FramingFields {
             self.expect_continue |= value.as_bytes().eq_ignore_ascii_case(b"100-continue");
         } else if name == header::HOST {
             self.host_fields += 1;
+            self.host_invalid |= !is_valid_authority(value.as_bytes());
         }
     }
 }

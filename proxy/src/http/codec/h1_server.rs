@@ -520,7 +520,10 @@ impl<S: H1Service> H1Server<S> {
     /// The head was refused: Envoy's local reply, then the connection closes.
     fn codec_error(&mut self, e: CodecError) {
         tracing::debug!(error = %e, "downstream HTTP/1.1 codec error");
-        self.info.count(CodecEvent::ProtocolError);
+        // A bare refusal is the connection manager's in Envoy, not a codec error.
+        if !e.bare {
+            self.info.count(CodecEvent::ProtocolError);
+        }
         self.t.borrow_mut().rbuf.clear();
         self.exchange = Exchange::default();
         self.respond(error_reply(&*self.info, e));

@@ -5,6 +5,7 @@
 //! and never imports the connection manager, the router or a filter.
 
 pub mod body;
+pub mod codec_error;
 pub mod downstream_body;
 pub mod downstream_h1;
 pub mod fields;

@@ -15,28 +15,9 @@
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap};
 
-use crate::http::codec::downstream_h1::CodecError;
+use crate::http::codec::codec_error::CodecError;
+pub use crate::http::codec::fields::is_valid_authority;
 use crate::http::codec::fields::join_each;
-
-/// Whether each byte may appear in an authority: RFC 3986's unreserved and sub-delims,
-/// `:`, `@`, `[`, `]` and `%` (Envoy's `HeaderUtility::authorityIsValid`).
-const AUTHORITY: [bool; 256] = {
-    let mut table = [false; 256];
-    let allowed =
-        b"!$&'()*+,-.0123456789:;=@ABCDEFGHIJKLMNOPQRSTUVWXYZ[]_abcdefghijklmnopqrstuvwxyz~%";
-    let mut i = 0;
-    while i < allowed.len() {
-        table[allowed[i] as usize] = true;
-        i += 1;
-    }
-    table
-};
-
-/// Whether `value` may be an authority (`Host`, `:authority`): Envoy refuses one holding
-/// `/`, `?`, `#`, whitespace, quotes, angle brackets, a backslash or a control character.
-pub fn is_valid_authority(value: &[u8]) -> bool {
-    value.iter().all(|&b| AUTHORITY[usize::from(b)])
-}
 
 /// The request fields Envoy's header map keeps as one, their repeated lines joined with
 /// `,` (measured: a request with two lines of each reaches Envoy's upstream with one).
@@ -153,6 +134,16 @@ pub fn absolute_form(target: Bytes) -> Result<Bytes, CodecError> {
     let authority = &target[start..end];
     let userinfo = authority.iter().rposition(|&b| b == b'@');
     let host_port = userinfo.map_or(authority, |at| &authority[at + 1..]);
+    // RFC 3986 userinfo: unreserved, percent-encoded, sub-delims and `:` (Envoy refuses a
+    // second `@`, or a bracket, there).
+    let userinfo_ok = userinfo.is_none_or(|at| {
+        authority[..at]
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=:".contains(&b))
+    });
+    if !userinfo_ok {
+        return Err(invalid());
+    }
     // Envoy's URL parser takes a narrower host than a Host field may hold: letters,
     // digits, `-`, `.`, `%` and an IPv6 literal's `[`, `:`, `]` (no `_`, `~` or
     // sub-delims); the userinfo it drops may hold anything an authority may.

@@ -1,5 +1,6 @@
 //! HTTP codecs: Courier's own HTTP/1.1 server ([`h1_server`], parsing in
-//! [`downstream_h1`], Envoy's checks on a request's fields in [`request_fields`]) and client ([`upstream_h1`]) on a shared head parser ([`h1_head`]),
+//! [`downstream_h1`], Envoy's checks on a request's fields in [`request_fields`], refusals
+//! in [`codec_error`]) and client ([`upstream_h1`]) on a shared head parser ([`h1_head`]),
 //! hyper's HTTP/2 watched by [`h2_settings`], and the
 //! [`body`] that flows through the proxy. A codec is given a service ([`h1_server::H1Service`])
 //! and never imports the connection manager, the router or a filter.

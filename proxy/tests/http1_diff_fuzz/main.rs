@@ -43,7 +43,7 @@ struct Proxy {
 
 impl Proxy {
     fn start(envoy: bool) -> Option<Proxy> {
-        let recorder = Recorder::start();
+        let recorder = Recorder::start(envoy);
         let config = bootstrap(
             &all_to("up"),
             "          use_remote_address: true\n",
@@ -302,7 +302,9 @@ fn known_difference(case: &Case, verdict: &Verdict) -> Option<&'static str> {
         }
         // RFC 9112 §3: one space between the request line's parts; Courier refuses a tab
         // or a second space there (`400`), Envoy takes them as one separator.
-        (Side::Request, Verdict::Stricter(_)) if request_line_whitespace(bytes) => {
+        (Side::Request, Verdict::Stricter(_) | Verdict::Differs(_))
+            if request_line_whitespace(bytes) =>
+        {
             Some("extra whitespace in a request line")
         }
         _ => None,

@@ -26,20 +26,36 @@ pub struct Recorder {
     seen: Arc<Mutex<Vec<Message>>>,
     /// Connections holding part of a request.
     partial: Arc<AtomicUsize>,
+    /// Connections the upstream closed after a scripted response that the proxy has not
+    /// closed yet: until it has, it might still pick one for the next request.
+    closing: Arc<AtomicUsize>,
+    /// Whether [`Recorder::settle`] waits for those closes (see [`Recorder::start`]).
+    await_closes: bool,
 }
 
 impl Recorder {
-    pub fn start() -> Recorder {
+    /// `await_closes`: each case waits until the proxy has closed the connections the
+    /// upstream closed. Envoy needs it: its pool drops a connection when it reads the close,
+    /// and a request that comes first is written to the dead connection and answered `503`
+    /// (it sends a request once). Courier checks an idle connection for a close as it takes
+    /// it from the pool, and closes it only then, so waiting would never end.
+    pub fn start(await_closes: bool) -> Recorder {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind the recording upstream");
         let addr = listener.local_addr().expect("recording upstream address");
         let reply = Arc::new(Mutex::new(None));
         let seen = Arc::new(Mutex::new(Vec::new()));
         let partial = Arc::new(AtomicUsize::new(0));
-        let (r, s, p) = (reply.clone(), seen.clone(), partial.clone());
+        let closing = Arc::new(AtomicUsize::new(0));
+        let (r, s, p, c) = (
+            reply.clone(),
+            seen.clone(),
+            partial.clone(),
+            closing.clone(),
+        );
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
-                let (r, s, p) = (r.clone(), s.clone(), p.clone());
-                std::thread::spawn(move || serve(stream, &r, &s, &p));
+                let (r, s, p, c) = (r.clone(), s.clone(), p.clone(), c.clone());
+                std::thread::spawn(move || serve(stream, &r, &s, &p, &c));
             }
         });
         Recorder {
@@ -47,6 +63,8 @@ impl Recorder {
             reply,
             seen,
             partial,
+            closing,
+            await_closes,
         }
     }
 
@@ -57,11 +75,15 @@ impl Recorder {
     }
 
     /// Waits until no connection holds part of a request (the proxy finished or gave up
-    /// forwarding), then returns what was forwarded whole. `None`: still partial at the
-    /// deadline.
+    /// forwarding) and the proxy has closed every connection the upstream closed, then
+    /// returns what was forwarded whole. `None`: still partial at the deadline.
     pub fn settle(&self) -> Option<Vec<Message>> {
         let deadline = Instant::now() + CASE_DEADLINE;
-        while self.partial.load(Ordering::SeqCst) > 0 {
+        let busy = || {
+            self.partial.load(Ordering::SeqCst) > 0
+                || (self.await_closes && self.closing.load(Ordering::SeqCst) > 0)
+        };
+        while busy() {
             if Instant::now() > deadline {
                 return None;
             }
@@ -77,6 +99,7 @@ fn serve(
     reply: &Mutex<Reply>,
     seen: &Mutex<Vec<Message>>,
     partial: &AtomicUsize,
+    closing: &AtomicUsize,
 ) {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 16384];
@@ -108,10 +131,12 @@ fn serve(
                         Some(bytes) => stream.write_all(bytes),
                     };
                     if answer.is_some() || written.is_err() {
+                        closing.fetch_add(1, Ordering::SeqCst);
                         let _ = stream.shutdown(Shutdown::Write);
                         // Reads on until the proxy closes, so that its close is not a reset.
                         buf.clear();
                         while matches!(stream.read(&mut chunk), Ok(n) if n > 0) {}
+                        closing.fetch_sub(1, Ordering::SeqCst);
                         set_partial(false, &mut counted);
                         return;
                     }

@@ -39,8 +39,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         })
         .filter_map(|t| HeaderName::from_bytes(&t.to_ascii_lowercase()).ok())
         .collect();
+    let mut te_nominated = false;
     for n in nominated {
         // Never let the client strip the headers we rely on; `te` is dealt with below.
+        te_nominated |= n == TE;
         if n != HOST && n != CONTENT_LENGTH && n != TE {
             headers.remove(n);
         }
@@ -50,9 +52,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove("proxy-connection");
     headers.remove(TRANSFER_ENCODING);
     headers.remove(UPGRADE);
-    if let Some(te) = headers.get(TE).filter(|te| !te.is_empty()) {
-        // Only `te: trailers` survives (gRPC needs it); an empty one goes on as it came,
-        // as from Envoy.
+    if let Some(te) = headers.get(TE).filter(|te| te_nominated || !te.is_empty()) {
+        // Only `te: trailers` survives (gRPC needs it); an empty one goes on as it came
+        // unless `Connection` names it, as from Envoy.
         let keep = te.to_str().is_ok_and(|s| {
             s.split(',')
                 .any(|t| t.trim().eq_ignore_ascii_case("trailers"))

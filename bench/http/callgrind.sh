@@ -6,6 +6,8 @@
 # request without start-up and shutdown.
 #
 #   bench/http/callgrind.sh [COURIER_BINARY]    (default: target/release/courier)
+#   KEEP=DIR bench/http/callgrind.sh …          (keeps the callgrind outputs in DIR, for
+#                                                callgrind_annotate)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BIN="${1:-target/release/courier}"
@@ -68,6 +70,7 @@ for _ in range(n):
 s.close()
 EOF
   kill -INT "$pid"; wait "$pid" || true
+  if [ -n "${KEEP:-}" ]; then mkdir -p "$KEEP" && cp "$WORK/cg.$n" "$KEEP/"; fi
   awk '/^summary:/ { print $2 }' "$WORK/cg.$n"
 }
 

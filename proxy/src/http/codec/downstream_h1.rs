@@ -145,7 +145,8 @@ pub fn parse_request_head(
     if framing.repeated {
         request_fields::join_repeated(&mut headers);
     }
-    if framing.connection_fields > 0 {
+    // An upgrade's `Connection` goes upstream as it came (Envoy checks no nomination).
+    if framing.connection_fields > 0 && !crate::http::codec::handoff::is_upgrade(&headers) {
         match request_fields::check_connection(&headers, absolute) {
             Err(e) if e.bare => refusal = refusal.or(Some(e)),
             other => other?,

@@ -25,8 +25,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if !headers.keys().any(is_hop_by_hop) {
         return;
     }
-    // Every `Connection` line nominates fields (the codec has checked that none is one
-    // the proxy relies on).
+    // Every `Connection` line nominates fields.
     let nominated: Vec<HeaderName> = headers
         .get_all(CONNECTION)
         .iter()
@@ -41,9 +40,17 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .collect();
     let mut te_nominated = false;
     for n in nominated {
-        // Never let the client strip the headers we rely on; `te` is dealt with below.
+        // Never let the client strip the headers we rely on or set (an upgrade's
+        // `Connection` is not checked by the codec); `te` is dealt with below.
         te_nominated |= n == TE;
-        if n != HOST && n != CONTENT_LENGTH && n != TE {
+        let kept = n == HOST
+            || n == CONTENT_LENGTH
+            || n == TE
+            || matches!(
+                n.as_str(),
+                "x-forwarded-for" | "x-forwarded-host" | "x-forwarded-proto"
+            );
+        if !kept {
             headers.remove(n);
         }
     }

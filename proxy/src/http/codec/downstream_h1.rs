@@ -145,17 +145,22 @@ pub fn parse_request_head(
     if framing.repeated {
         request_fields::join_repeated(&mut headers);
     }
-    // An upgrade's `Connection` goes upstream as it came (Envoy checks no nomination).
-    if framing.connection_fields > 0 && !crate::http::codec::handoff::is_upgrade(&headers) {
-        match request_fields::check_connection(&headers, absolute) {
-            Err(e) if e.bare => refusal = refusal.or(Some(e)),
-            other => other?,
+    // An upgrade's `Connection` goes upstream as it came (Envoy checks no nomination); an
+    // `h2c` one is no upgrade to Envoy (its codec drops it), so it is checked.
+    let mut host_nominated = false;
+    if framing.connection_fields > 0 && !request_fields::is_upgrade_kept(&headers) {
+        host_nominated = request_fields::check_connection(&headers, absolute)?;
+        if host_nominated {
+            refusal = refusal.or(Some(CodecError::refused(
+                "connection header nominates host",
+            )));
         }
     }
-    // An absolute-form target's authority replaces `Host`, so only that one is checked.
+    // An absolute-form target's authority replaces `Host`, so only that one is checked; a
+    // nominated `Host` is gone before Envoy would check it.
     let target = if absolute {
         request_fields::absolute_form(target)?
-    } else if framing.host_invalid {
+    } else if framing.host_invalid && !host_nominated {
         return Err(CodecError::bad("invalid authority"));
     } else {
         target

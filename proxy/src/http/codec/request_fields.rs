@@ -64,15 +64,27 @@ pub fn join_repeated(headers: &mut HeaderMap) {
     join_each(headers, JOINED);
 }
 
+/// Whether the request is an upgrade Envoy keeps (`Connection: upgrade` and an `Upgrade`
+/// other than `h2c`, which Envoy's codec drops).
+pub fn is_upgrade_kept(headers: &HeaderMap) -> bool {
+    crate::http::codec::handoff::is_upgrade(headers)
+        && !headers
+            .get(header::UPGRADE)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"h2c"))
+}
+
 /// How many fields `Connection` may nominate: Envoy refuses ten or more.
 const MAX_CONNECTION_TOKENS: usize = 9;
 
 /// Envoy's codec refuses a `Connection` field that would strip what the proxy adds or
 /// relies on: `x-forwarded-for`, `-host` and `-proto`, a pseudo-header, or ten tokens and
 /// more (`400`, its codec reply). Naming `host` removes it, and a request without a host
-/// is refused after the codec (a bare `400`). Every `Connection` line counts.
+/// is refused after the codec (a bare `400`): the caller's to do. Every `Connection` line
+/// counts.
 /// An absolute-form target (`absolute`) names the authority itself, so `host` may go.
-pub fn check_connection(headers: &HeaderMap, absolute: bool) -> Result<(), CodecError> {
+/// `Ok(true)`: `host` is named (Envoy removes it, so its value is never checked) and the
+/// request is to be refused once the codec's checks pass.
+pub fn check_connection(headers: &HeaderMap, absolute: bool) -> Result<bool, CodecError> {
     let mut tokens = 0;
     let mut names_host = false;
     for value in headers.get_all(header::CONNECTION) {
@@ -103,10 +115,7 @@ pub fn check_connection(headers: &HeaderMap, absolute: bool) -> Result<(), Codec
             "connection header nominates too many fields",
         ));
     }
-    if names_host && !absolute {
-        return Err(CodecError::refused("connection header nominates host"));
-    }
-    Ok(())
+    Ok(names_host && !absolute)
 }
 
 /// Checks an absolute-form target (`scheme://authority/path`) as Envoy's codec does and
@@ -249,13 +258,13 @@ mod tests {
             }
             check_connection(&h, false).map_err(|e| (e.status.as_u16(), e.bare))
         };
-        assert_eq!(check(&["keep-alive, x-a, te"]), Ok(()));
-        assert_eq!(check(&["a,b,c,d,e,f,g,h,i"]), Ok(()));
+        assert_eq!(check(&["keep-alive, x-a, te"]), Ok(false));
+        assert_eq!(check(&["a,b,c,d,e,f,g,h,i"]), Ok(false));
         assert_eq!(check(&["a,b,c,d,e", "f,g,h,i,j"]), Err((400, false)));
         assert_eq!(check(&["X-Forwarded-For"]), Err((400, false)));
         assert_eq!(check(&[":path"]), Err((400, false)));
-        assert_eq!(check(&["host"]), Err((400, true)));
-        assert_eq!(check(&["x-a, ,x-b,,,,,,,,,,"]), Ok(()));
+        assert_eq!(check(&["host"]), Ok(true));
+        assert_eq!(check(&["x-a, ,x-b,,,,,,,,,,"]), Ok(false));
     }
 
     #[test]

@@ -167,6 +167,18 @@ pub fn parse_request_head(
     };
     let uri = target_uri(target, absolute)?;
     let body = body_framing(&framing, version, limits.allow_chunked_length)?;
+    if method == Method::CONNECT && body.is_some() {
+        // A CONNECT has no content (RFC 9110 §9.3.6): Envoy's codec refuses a coding
+        // (`501`) or a length other than 0 (`400`).
+        return Err(if framing.transfer_encoding.is_some() {
+            CodecError {
+                status: StatusCode::NOT_IMPLEMENTED,
+                ..CodecError::bad("transfer-encoding on CONNECT")
+            }
+        } else {
+            CodecError::bad("content-length on CONNECT")
+        });
+    }
     if framing.transfer_encoding.is_some() && framing.content_length_fields > 0 {
         // Allowed: chunked framing wins and the length goes, as Envoy forwards it.
         headers.remove(header::CONTENT_LENGTH);

@@ -291,7 +291,11 @@ fn known_difference(case: &Case, verdict: &Verdict) -> Option<&'static str> {
         // RFC 9112 §5.2: a server may refuse an obs-fold; Courier does (`400`, a
         // request-smuggling route, counted as a protocol error), Envoy unfolds it. From an
         // upstream, Courier's `502` against Envoy's unfolding.
-        _ if bytes.windows(3).any(|w| w == b"\r\n " || w == b"\r\n\t") => Some("obs-fold"),
+        (_, Verdict::Stricter(_) | Verdict::Differs(_) | Verdict::Reply(_))
+            if bytes.windows(3).any(|w| w == b"\r\n " || w == b"\r\n\t") =>
+        {
+            Some("obs-fold")
+        }
         // A `Connection` nominating `content-length`: Envoy removes the length and sends
         // the body chunked, Courier keeps it (the body's framing is not the client's to
         // strip); the upstream gets the same body either way.

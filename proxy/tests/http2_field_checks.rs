@@ -63,24 +63,14 @@ fn send(proxy: SocketAddr, block: &[u8]) -> Outcome {
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
             Err(_) => return Outcome::Closed,
         }
-        let mut at = 0;
-        while buf.len() >= at + 9 {
-            let len = (usize::from(buf[at]) << 16)
-                | (usize::from(buf[at + 1]) << 8)
-                | usize::from(buf[at + 2]);
-            if buf.len() < at + 9 + len {
-                break;
-            }
-            let stream = u32::from_be_bytes([buf[at + 5], buf[at + 6], buf[at + 7], buf[at + 8]]);
-            match buf[at + 3] {
-                HEADERS if stream == 1 => return Outcome::Response,
-                RST_STREAM if stream == 1 => return Outcome::Reset,
+        for f in take_frames(&mut buf) {
+            match f.kind {
+                HEADERS if f.stream == 1 => return Outcome::Response,
+                RST_STREAM if f.stream == 1 => return Outcome::Reset,
                 GOAWAY => return Outcome::Closed,
                 _ => {}
             }
-            at += 9 + len;
         }
-        buf.drain(..at);
     }
     panic!("no response, reset or close within 5 s");
 }

@@ -54,22 +54,12 @@ fn read_until_goaway(s: &mut TcpStream, within: Duration) -> Option<u32> {
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
             Err(_) => return None,
         }
-        // Walk complete frames.
-        let mut at = 0;
-        while buf.len() >= at + 9 {
-            let len = (usize::from(buf[at]) << 16)
-                | (usize::from(buf[at + 1]) << 8)
-                | usize::from(buf[at + 2]);
-            if buf.len() < at + 9 + len {
-                break;
-            }
-            if buf[at + 3] == GOAWAY && len >= 8 {
-                let p = &buf[at + 9..at + 17];
+        for f in take_frames(&mut buf) {
+            if f.kind == GOAWAY && f.payload.len() >= 8 {
+                let p = &f.payload;
                 return Some(u32::from_be_bytes([p[4], p[5], p[6], p[7]]));
             }
-            at += 9 + len;
         }
-        buf.drain(..at);
     }
     panic!("the server neither sent GOAWAY nor closed within {within:?}");
 }

@@ -701,6 +701,36 @@ pub mod h2_raw {
     pub const END_STREAM: u8 = 0x1;
     pub const END_HEADERS: u8 = 0x4;
 
+    /// A frame read off the wire: its type, stream and payload.
+    pub struct RawFrame {
+        pub kind: u8,
+        pub stream: u32,
+        pub payload: Vec<u8>,
+    }
+
+    /// Takes every whole frame off the front of `buf` (a partial one stays).
+    pub fn take_frames(buf: &mut Vec<u8>) -> Vec<RawFrame> {
+        let mut frames = Vec::new();
+        let mut at = 0;
+        while buf.len() >= at + 9 {
+            let len = (usize::from(buf[at]) << 16)
+                | (usize::from(buf[at + 1]) << 8)
+                | usize::from(buf[at + 2]);
+            if buf.len() < at + 9 + len {
+                break;
+            }
+            let id = [buf[at + 5], buf[at + 6], buf[at + 7], buf[at + 8]];
+            frames.push(RawFrame {
+                kind: buf[at + 3],
+                stream: u32::from_be_bytes(id) & 0x7fff_ffff,
+                payload: buf[at + 9..at + 9 + len].to_vec(),
+            });
+            at += 9 + len;
+        }
+        buf.drain(..at);
+        frames
+    }
+
     /// One frame, encoded.
     pub fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
         let len = payload.len() as u32;

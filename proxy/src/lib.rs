@@ -18,6 +18,7 @@ pub mod options;
 pub mod protocol;
 pub mod server;
 pub mod stats;
+pub mod transport_socket;
 pub mod upstream;
 pub mod worker;
 pub mod xds;

@@ -8,7 +8,10 @@ use mio::event::Event;
 use mio::net::TcpListener;
 use mio::Interest;
 
+use super::filter_chain_match::ConnectionFacts;
+use super::tls_inspector::Inspecting;
 use super::ListenerConfig;
+use crate::transport_socket::tls::ServerTls;
 use crate::filters::network::{tcp_proxy::TcpProxySession, NetworkFilter};
 use crate::worker::{Ctx, EventHandler, HandlerId, Next, WorkerLocal};
 
@@ -71,42 +74,67 @@ impl ActiveTcpListener {
 fn accept_connection(ctx: &mut Ctx, config: &Arc<ListenerConfig>, stream: mio::net::TcpStream) {
     // The local port matters only to chains matching on it; skipping the getsockname(2)
     // otherwise saves one of the ~20 syscalls a proxied connection costs.
-    let port = if config.chains().any(|c| c.destination_port.is_some()) {
+    let port = if config.matches_port() {
         stream.local_addr().map_or(0, |a| a.port())
     } else {
         0
     };
-    let Some(chain) = config.select_chain(port) else {
+    if let Some(inspector) = &config.tls_inspector {
+        let (inspector, listener) = (inspector.clone(), config.clone());
+        let started = ctx.insert_handler(move |ctx, id| {
+            Inspecting::start(ctx, id, stream, listener, inspector, port)
+        });
+        if let Err(e) = started {
+            tracing::debug!(listener = %config.name, error = %e, "connection ended in the TLS inspector");
+        }
+        return;
+    }
+    let facts = ConnectionFacts {
+        port,
+        server_name: None,
+        transport_protocol: "raw_buffer",
+        application_protocols: Vec::new(),
+    };
+    start_session(ctx, config, stream, &facts);
+}
+
+/// Picks the connection's filter chain and hands the connection to its terminal filter.
+pub(super) fn start_session(
+    ctx: &mut Ctx,
+    config: &Arc<ListenerConfig>,
+    stream: mio::net::TcpStream,
+    facts: &ConnectionFacts,
+) {
+    let Some(chain) = config.select_chain(facts) else {
         config.stats.no_filter_chain_match.inc(ctx.local.id);
         return;
     };
-    match &chain.filter {
+    let tag = chain.tag;
+    let stats = config.stats.clone();
+    let limit = config.buffer_limit;
+    let tls = chain
+        .tls
+        .clone()
+        .zip(config.stats.ssl.clone())
+        .map(|(context, stats)| ServerTls { context, stats });
+    let started = match &chain.filter {
         NetworkFilter::TcpProxy(tcp) => {
             let tcp = tcp.clone();
-            let tag = chain.tag;
-            let stats = config.stats.clone();
-            let limit = config.buffer_limit;
-            let started = ctx.insert_handler(move |ctx, id| {
-                TcpProxySession::start(ctx, id, stream, tcp, tag, stats, limit)
-            });
-            if let Err(e) = started {
-                tracing::debug!(listener = %config.name, error = %e, "connection closed at start");
-            }
+            ctx.insert_handler(move |ctx, id| {
+                TcpProxySession::start(ctx, id, stream, tcp, tag, stats, limit, tls)
+            })
         }
         NetworkFilter::HttpConnectionManager(hcm) => {
             let hcm = hcm.clone();
-            let tag = chain.tag;
-            let stats = config.stats.clone();
-            let limit = config.buffer_limit;
-            let started = ctx.insert_handler(move |ctx, id| {
+            ctx.insert_handler(move |ctx, id| {
                 crate::http::conn_manager::connection::HttpConnection::start(
-                    ctx, id, stream, hcm, tag, stats, limit,
+                    ctx, id, stream, hcm, tag, stats, limit, tls,
                 )
-            });
-            if let Err(e) = started {
-                tracing::debug!(listener = %config.name, error = %e, "connection closed at start");
-            }
+            })
         }
+    };
+    if let Err(e) = started {
+        tracing::debug!(listener = %config.name, error = %e, "connection closed at start");
     }
 }
 

@@ -8,7 +8,10 @@ use courier_proto::envoy::config::core::v3::config_source::ConfigSourceSpecifier
 use courier_proto::envoy::config::listener::v3::{self as pb, listener::DrainType};
 
 use crate::config::{self, ConfigError};
+use super::filter_chain_match::{self, ChainMatch, ConnectionFacts};
+use super::tls_inspector::TlsInspector;
 use crate::filters::network::{compile_filters, NetworkFilter};
+use crate::transport_socket::tls::{ServerContext, SslStats};
 use crate::http::RdsSubscription;
 use crate::stats::{Counter, Gauge, Store};
 
@@ -24,10 +27,14 @@ pub struct ListenerStats {
     pub no_filter_chain_match: Arc<Counter>,
     /// `downstream_cx_transport_socket_connect_timeout` is not tracked; accept errors are.
     pub downstream_cx_accept_error: Arc<Counter>,
+    /// `downstream_pre_cx_timeout`: listener filters (the TLS inspector) timed out.
+    pub downstream_pre_cx_timeout: Arc<Counter>,
+    /// `ssl.*`, when a chain terminates TLS.
+    pub ssl: Option<Arc<SslStats>>,
 }
 
 impl ListenerStats {
-    fn new(store: &Store, prefix: &str) -> Arc<ListenerStats> {
+    fn new(store: &Store, prefix: &str, tls: bool) -> Arc<ListenerStats> {
         let c = |s: &str| store.counter(&format!("listener.{prefix}.{s}"));
         Arc::new(ListenerStats {
             downstream_cx_total: c("downstream_cx_total"),
@@ -35,6 +42,8 @@ impl ListenerStats {
             downstream_cx_destroy: c("downstream_cx_destroy"),
             no_filter_chain_match: c("no_filter_chain_match"),
             downstream_cx_accept_error: c("downstream_cx_accept_error"),
+            downstream_pre_cx_timeout: c("downstream_pre_cx_timeout"),
+            ssl: tls.then(|| SslStats::new(store, &format!("listener.{prefix}"))),
         })
     }
 }
@@ -46,8 +55,10 @@ pub struct FilterChain {
     pub tag: u64,
     /// `name` (may be empty).
     pub name: String,
-    /// `filter_chain_match.destination_port`, if set.
-    pub destination_port: Option<u16>,
+    /// `filter_chain_match`.
+    pub matching: ChainMatch,
+    /// `transport_socket`: TLS, or the raw socket (`None`).
+    pub tls: Option<Arc<ServerContext>>,
     /// The terminal network filter.
     pub filter: NetworkFilter,
     /// The source proto, to tell which chains changed on an in-place update.
@@ -72,6 +83,12 @@ pub struct ListenerConfig {
     pub filter_chains: Vec<Arc<FilterChain>>,
     /// `default_filter_chain`.
     pub default_chain: Option<Arc<FilterChain>>,
+    /// `listener_filters`: the TLS inspector, if configured.
+    pub tls_inspector: Option<TlsInspector>,
+    /// `listener_filters_timeout` (default 15 s; `None` when 0, no limit).
+    pub listener_filters_timeout: Option<std::time::Duration>,
+    /// `continue_on_listener_filters_timeout`.
+    pub continue_on_listener_filters_timeout: bool,
     /// Stats.
     pub stats: Arc<ListenerStats>,
     /// Source proto (config_dump, change detection).
@@ -79,17 +96,20 @@ pub struct ListenerConfig {
 }
 
 impl ListenerConfig {
-    /// The chain for a connection to local port `port`.
-    pub fn select_chain(&self, port: u16) -> Option<&Arc<FilterChain>> {
+    /// The chain for a connection (see [`filter_chain_match`]).
+    pub fn select_chain(&self, facts: &ConnectionFacts) -> Option<&Arc<FilterChain>> {
+        filter_chain_match::select(
+            self.filter_chains.iter().map(|c| (&c.matching, c)),
+            facts,
+        )
+        .or(self.default_chain.as_ref())
+    }
+
+    /// Whether a chain matches on the local port (which costs a `getsockname`).
+    pub fn matches_port(&self) -> bool {
         self.filter_chains
             .iter()
-            .find(|c| c.destination_port == Some(port))
-            .or_else(|| {
-                self.filter_chains
-                    .iter()
-                    .find(|c| c.destination_port.is_none())
-            })
-            .or(self.default_chain.as_ref())
+            .any(|c| c.matching.destination_port.is_some())
     }
 
     /// Every chain, the default one last.
@@ -204,7 +224,6 @@ pub fn compile_listener(
     }
     let address = config::socket_address(proto.address.as_ref(), "address")?;
     for (field, set) in [
-        ("listener_filters", !proto.listener_filters.is_empty()),
         (
             "additional_addresses",
             !proto.additional_addresses.is_empty(),
@@ -228,6 +247,7 @@ pub fn compile_listener(
             return Err(ConfigError::unsupported(field));
         }
     }
+    let tls_inspector = super::tls_inspector::compile_listener_filters(&proto.listener_filters, store)?;
     if proto.filter_chains.is_empty() && proto.default_filter_chain.is_none() {
         return Err(ConfigError::new(
             "filter_chains",
@@ -244,7 +264,7 @@ pub fn compile_listener(
         .collect::<Result<Vec<_>, _>>()?;
     let mut seen = std::collections::HashSet::new();
     for (i, c) in filter_chains.iter().enumerate() {
-        if !seen.insert(c.destination_port) {
+        if !c.matching.keys().into_iter().all(|k| seen.insert(k)) {
             return Err(ConfigError::new(
                 format!("filter_chains[{i}].filter_chain_match"),
                 format!(
@@ -264,6 +284,14 @@ pub fn compile_listener(
     } else {
         proto.stat_prefix.clone()
     };
+    let terminates_tls = filter_chains
+        .iter()
+        .chain(default_chain.iter())
+        .any(|c| c.tls.is_some());
+    let listener_filters_timeout = match &proto.listener_filters_timeout {
+        Some(d) => config::duration(d, "listener_filters_timeout")?,
+        None => std::time::Duration::from_secs(15),
+    };
     Ok(ListenerConfig {
         name: proto.name.clone(),
         address,
@@ -276,7 +304,11 @@ pub fn compile_listener(
         modify_only: proto.drain_type == DrainType::ModifyOnly as i32,
         filter_chains,
         default_chain,
-        stats: ListenerStats::new(store, &prefix),
+        tls_inspector,
+        listener_filters_timeout: (!listener_filters_timeout.is_zero())
+            .then_some(listener_filters_timeout),
+        continue_on_listener_filters_timeout: proto.continue_on_listener_filters_timeout,
+        stats: ListenerStats::new(store, &prefix, terminates_tls),
         proto: Arc::new(proto.clone()),
     })
 }
@@ -289,49 +321,22 @@ fn compile_chain(
     if let Some(same) = previous.and_then(|p| p.chains().find(|c| c.proto == *chain)) {
         return Ok(same.clone());
     }
-    if chain.transport_socket.is_some() {
-        return Err(ConfigError::unsupported("transport_socket"));
-    }
     #[allow(deprecated)]
     if chain.use_proxy_proto.is_some_and(|b| b.value) {
         // A PROXY protocol header would be read as the first bytes of the stream.
         return Err(ConfigError::unsupported("use_proxy_proto"));
     }
-    let mut destination_port = None;
-    if let Some(m) = &chain.filter_chain_match {
-        let unsupported = [
-            ("prefix_ranges", !m.prefix_ranges.is_empty()),
-            ("source_prefix_ranges", !m.source_prefix_ranges.is_empty()),
-            (
-                "direct_source_prefix_ranges",
-                !m.direct_source_prefix_ranges.is_empty(),
-            ),
-            ("source_ports", !m.source_ports.is_empty()),
-            ("server_names", !m.server_names.is_empty()),
-            ("transport_protocol", !m.transport_protocol.is_empty()),
-            ("application_protocols", !m.application_protocols.is_empty()),
-            ("address_suffix", !m.address_suffix.is_empty()),
-            ("source_type", m.source_type != 0),
-        ];
-        if let Some((field, _)) = unsupported.iter().find(|(_, set)| *set) {
-            return Err(ConfigError::unsupported(format!(
-                "filter_chain_match.{field}"
-            )));
-        }
-        if let Some(p) = &m.destination_port {
-            destination_port = Some(u16::try_from(p.value).map_err(|_| {
-                ConfigError::new(
-                    "filter_chain_match.destination_port",
-                    format!("port {} out of range", p.value),
-                )
-            })?);
-        }
-    }
+    let matching = ChainMatch::compile(chain.filter_chain_match.as_ref())?;
+    let tls = crate::transport_socket::compile_downstream(
+        chain.transport_socket.as_ref(),
+        "transport_socket",
+    )?;
     let filter = compile_filters(&chain.filters, store)?;
     Ok(Arc::new(FilterChain {
         tag: NEXT_TAG.fetch_add(1, Ordering::Relaxed),
         name: chain.name.clone(),
-        destination_port,
+        matching,
+        tls,
         filter,
         proto: chain.clone(),
     }))

@@ -3,8 +3,10 @@
 
 mod active_tcp_listener;
 mod config;
+pub mod filter_chain_match;
 mod manager;
 mod socket;
+pub mod tls_inspector;
 
 pub use active_tcp_listener::ActiveTcpListener;
 pub use config::{compile_listener, FilterChain, ListenerConfig, ListenerStats, RdsNeed};

@@ -213,6 +213,8 @@ pub struct ClusterInfo {
     pub conn_lifetime: ConnLifetime,
     /// What bounds each upstream stream: response head fields and duration.
     pub stream_limits: StreamLimits,
+    /// `transport_socket`: TLS to the hosts, or the raw socket (`None`).
+    pub tls: Option<crate::transport_socket::tls::ClientTls>,
     /// The hosts, replaced as a whole on every membership change.
     pub hosts: Arc<HostSet>,
     /// `cluster.<name>.*`.
@@ -238,6 +240,7 @@ impl ClusterInfo {
             http1_key_format: self.http1_key_format,
             conn_lifetime: self.conn_lifetime,
             stream_limits: self.stream_limits,
+            tls: self.tls.clone(),
             hosts,
             stats: self.stats.clone(),
             proto: self.proto.clone(),
@@ -337,6 +340,14 @@ pub fn compile_cluster(proto: &pb::Cluster, store: &Store) -> Result<ClusterInfo
         stream_limits,
     } = upstream_http(proto)?;
     let stats = ClusterStats::new(store, &proto.name);
+    let tls = crate::transport_socket::compile_upstream(
+        proto.transport_socket.as_ref(),
+        "transport_socket",
+    )?
+    .map(|context| crate::transport_socket::tls::ClientTls {
+        context,
+        stats: crate::transport_socket::tls::SslStats::new(store, &format!("cluster.{}", proto.name)),
+    });
     let hosts = match (&discovery, &proto.load_assignment) {
         (DiscoveryType::Static, Some(cla)) => build_host_set(cla, store, None, panic_threshold)
             .map_err(|e| e.at("load_assignment"))?,
@@ -367,6 +378,7 @@ pub fn compile_cluster(proto: &pb::Cluster, store: &Store) -> Result<ClusterInfo
         http1_key_format,
         conn_lifetime,
         stream_limits,
+        tls,
         hosts,
         stats,
         proto: Arc::new(Encoded::new(proto)),
@@ -464,11 +476,6 @@ fn consistent_hashing_supported(proto: &pb::Cluster) -> Result<(), ConfigError> 
 }
 
 fn reject_unsupported(proto: &pb::Cluster) -> Result<(), ConfigError> {
-    if let Some(ts) = &proto.transport_socket {
-        if ts.name != "envoy.transport_sockets.raw_buffer" {
-            return Err(ConfigError::unsupported("transport_socket"));
-        }
-    }
     if !proto.transport_socket_matches.is_empty() {
         return Err(ConfigError::unsupported("transport_socket_matches"));
     }

@@ -8,6 +8,7 @@
 
 mod cluster;
 mod cluster_manager;
+pub mod connect;
 pub mod dns;
 mod host;
 mod host_set;

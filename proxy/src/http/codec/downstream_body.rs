@@ -11,11 +11,11 @@ use hyper::body::Frame;
 
 use super::downstream_h1::CodecError;
 use super::upstream_h1::{recv_into, BodyDecoder, Decoded, H1Error};
-use courier_runtime::event::rt::TcpIo;
+use crate::transport_socket::Transport;
 
-/// The socket and what was read from it, shared with the request body.
-pub(crate) struct Transport {
-    pub(crate) io: TcpIo,
+/// The transport and what was read from it, shared with the request body.
+pub(crate) struct ConnReader {
+    pub(crate) io: Transport,
     pub(crate) rbuf: BytesMut,
     /// The current request's body while it is read.
     pub(crate) body: Option<BodyDecoder>,
@@ -23,7 +23,7 @@ pub(crate) struct Transport {
     pub(crate) body_error: Option<CodecError>,
 }
 
-impl Transport {
+impl ConnReader {
     pub(crate) fn body_done(&self) -> bool {
         self.body.as_ref().is_none_or(BodyDecoder::is_done)
     }
@@ -31,7 +31,7 @@ impl Transport {
 
 /// A request body read straight off the downstream connection.
 pub struct DownstreamBody {
-    pub(crate) t: Rc<RefCell<Transport>>,
+    pub(crate) t: Rc<RefCell<ConnReader>>,
 }
 
 impl DownstreamBody {

@@ -37,7 +37,7 @@ use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Body as _;
 
 use crate::http::codec::body::ProxyBody;
-use crate::http::codec::downstream_body::{DownstreamBody, Transport};
+use crate::http::codec::downstream_body::{ConnReader, DownstreamBody};
 use crate::http::codec::downstream_h1::{
     encode_response_head, parse_request_head, reason_phrase, response_fields, CodecError,
     ConnectionHeader, Limits, RequestHead, ResponseFraming,
@@ -48,7 +48,9 @@ use crate::http::codec::handoff::{
 use crate::http::codec::header_map_pool;
 use crate::http::codec::upstream_h1::recv_into;
 use crate::protocol::key_format::KeyFormat;
-use courier_runtime::event::rt::{Sleep, TcpIo};
+use courier_runtime::event::rt::Sleep;
+
+use crate::transport_socket::Transport;
 
 /// Body chunks up to this size are copied next to the framing (one `writev` slice, no
 /// reference kept); larger ones are queued as they are.
@@ -112,7 +114,7 @@ impl WriteQueue {
         self.len += self.staged.len() - before;
     }
 
-    fn poll_flush(&mut self, io: &mut TcpIo, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    fn poll_flush(&mut self, io: &mut Transport, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while self.len > 0 {
             let mut slices = [io::IoSlice::new(&[]); 8];
             let mut k = 0;
@@ -148,7 +150,8 @@ impl WriteQueue {
             }
         }
         self.staged.clear();
-        Poll::Ready(Ok(()))
+        // What a TLS transport still holds goes out before the response counts as sent.
+        io.poll_flush_transport(cx)
     }
 }
 
@@ -249,7 +252,7 @@ pub struct H1Settings {
 
 /// One downstream HTTP/1.1 connection, serving its requests with `S`.
 pub struct H1Server<S: H1Service> {
-    t: Rc<RefCell<Transport>>,
+    t: Rc<RefCell<ConnReader>>,
     info: Rc<S>,
     limits: Limits,
     out: WriteQueue,
@@ -262,7 +265,7 @@ pub struct H1Server<S: H1Service> {
 
 impl<S: H1Service> H1Server<S> {
     /// Serves `io`, whose first bytes (read to detect the protocol) are `prefix`.
-    pub fn new(io: TcpIo, prefix: &[u8], info: Rc<S>) -> Self {
+    pub fn new(io: Transport, prefix: &[u8], info: Rc<S>) -> Self {
         let cfg = info.settings();
         let limits = Limits {
             max_headers: cfg.max_headers.max(1),
@@ -271,7 +274,7 @@ impl<S: H1Service> H1Server<S> {
             allow_chunked_length: cfg.allow_chunked_length,
         };
         H1Server {
-            t: Rc::new(RefCell::new(Transport {
+            t: Rc::new(RefCell::new(ConnReader {
                 io,
                 rbuf: BytesMut::from(prefix),
                 body: None,
@@ -402,8 +405,8 @@ impl<S: H1Service> H1Server<S> {
                         self.phase = Phase::Head;
                         continue;
                     }
-                    let t = self.t.borrow();
-                    let _ = t.io.stream().shutdown(std::net::Shutdown::Write);
+                    let mut t = self.t.borrow_mut();
+                    t.io.shutdown_write();
                     drop(t);
                     // The client learns of the close at once (Envoy's FIN waits for the
                     // delay); what it still sends is read and dropped meanwhile, so that

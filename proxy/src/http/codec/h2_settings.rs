@@ -13,7 +13,7 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
 
-use courier_runtime::event::rt::TcpIo;
+use crate::transport_socket::Transport;
 
 /// HTTP/2 frame type of SETTINGS (RFC 9113 §6.5).
 const SETTINGS: u8 = 0x4;
@@ -152,14 +152,14 @@ impl FrameScan {
 
 /// An upstream socket whose incoming frames are scanned for the server's stream limit.
 pub struct SettingsWatch {
-    io: TcpIo,
+    io: Transport,
     scan: FrameScan,
 }
 
 impl SettingsWatch {
     /// Wraps a freshly connected socket (nothing read from it yet); see
     /// [`FrameScan::new`].
-    pub fn new(io: TcpIo, peer: Rc<PeerSettings>, on_known: Box<dyn FnOnce()>) -> SettingsWatch {
+    pub fn new(io: Transport, peer: Rc<PeerSettings>, on_known: Box<dyn FnOnce()>) -> SettingsWatch {
         SettingsWatch {
             io,
             scan: FrameScan::new(peer, on_known),

@@ -12,7 +12,7 @@ use futures::channel::oneshot;
 use http::header;
 use hyper::upgrade::OnUpgrade;
 
-use courier_runtime::event::rt::TcpIo;
+use crate::transport_socket::Transport;
 
 /// Whether a request asks for an upgrade: an `Upgrade` field and `upgrade` among the
 /// `Connection` tokens (as Envoy's `Utility::isUpgrade`). A stray `Upgrade` alone is a
@@ -93,12 +93,12 @@ impl Future for TunnelLink {
 pub struct PrefixedIo {
     prefix: Vec<u8>,
     pos: usize,
-    io: TcpIo,
+    io: Transport,
 }
 
 impl PrefixedIo {
     /// `io`, read from after `prefix`.
-    pub fn new(prefix: Vec<u8>, io: TcpIo) -> Self {
+    pub fn new(prefix: Vec<u8>, io: Transport) -> Self {
         PrefixedIo { prefix, pos: 0, io }
     }
 }

@@ -28,7 +28,7 @@ use hyper::body::Frame;
 use crate::http::codec::fields::join_each;
 use crate::http::codec::h1_head::{FramingFields, HeadSpans, SplitHead};
 use crate::protocol::key_format::KeyFormat;
-use courier_runtime::event::rt::TcpIo;
+use crate::transport_socket::Transport;
 
 /// Largest response head (status line and headers) accepted: Envoy's default
 /// `max_response_headers_kb` is 60.
@@ -78,7 +78,7 @@ impl H1Error {
 
 /// One HTTP/1.1 connection to an upstream host, idle or carrying one request.
 pub struct H1Connection {
-    io: TcpIo,
+    io: Transport,
     buf: BytesMut,
     /// The request head being written: kept between requests so that encoding allocates
     /// nothing.
@@ -123,7 +123,7 @@ pub struct UpstreamBody {
 
 impl H1Connection {
     /// Wraps a connected socket whose responses may carry up to `max_headers` fields.
-    pub fn new(io: TcpIo, guard: Guard, keys: KeyFormat, max_headers: usize) -> Self {
+    pub fn new(io: Transport, guard: Guard, keys: KeyFormat, max_headers: usize) -> Self {
         H1Connection {
             io,
             buf: BytesMut::new(),
@@ -238,7 +238,7 @@ impl H1Connection {
 
 /// Reads what the socket has (up to 16 KiB) onto the end of `buf`.
 pub(crate) fn recv_into(
-    io: &mut TcpIo,
+    io: &mut Transport,
     buf: &mut BytesMut,
     cx: &mut Context<'_>,
 ) -> Poll<io::Result<usize>> {

@@ -40,6 +40,8 @@ pub struct ConnInfo {
     pub draining: std::cell::Cell<bool>,
     /// The HTTP/1.1 codec's settings, from `config`.
     pub h1: H1Settings,
+    /// The connection is TLS (`x-forwarded-proto: https`).
+    pub secure: bool,
 }
 
 impl ConnInfo {

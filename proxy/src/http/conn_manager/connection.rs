@@ -3,7 +3,8 @@
 //! its waker fires (`on_wake`).
 //!
 //! ```text
-//!  accept ─► Detect (AUTO: HTTP/2 preface?) ─► H1 | H2 ─► done (close)
+//!  accept ─► [Handshake (TLS): ALPN h2 / http/1.1 decides the codec] ─►
+//!            Detect (AUTO: HTTP/2 preface?) ─► H1 | H2 ─► done (close)
 //!                        drain / idle / max duration ─► graceful shutdown (Connection: close
 //!                                                       or GOAWAY) ─► done
 //!            H1 ─► 101 ─► Tunnel (the socket is spliced elsewhere) ─► done when the tunnel
@@ -33,6 +34,8 @@ use crate::http::conn_manager::local_reply::local_reply;
 use crate::http::conn_manager::upgrade;
 use crate::listener::ListenerStats;
 use crate::worker::{Ctx, EventHandler, HandlerId, Next, WorkerLocal};
+use crate::transport_socket::tls::ServerTls;
+use crate::transport_socket::{TlsIo, Transport};
 use courier_runtime::event::rt::{self, LocalExec, RtTimer, TcpIo};
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -74,8 +77,10 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for HcmServic
 type H2Conn = http2::Connection<PrefixedIo, HcmService, LocalExec>;
 
 enum State {
+    /// The TLS handshake (a chain with a TLS transport socket).
+    Handshake(Option<Box<TlsIo>>),
     Detect {
-        io: Option<TcpIo>,
+        io: Option<Transport>,
         buf: Vec<u8>,
     },
     H1(Box<H1Server<ConnInfo>>),
@@ -108,12 +113,21 @@ impl HttpConnection {
         chain_tag: u64,
         listener_stats: Arc<ListenerStats>,
         buffer_limit: usize,
+        tls: Option<ServerTls>,
     ) -> io::Result<Box<dyn EventHandler<WorkerLocal>>> {
         let worker = ctx.local.id;
         let remote = stream.peer_addr()?;
         let local = stream.local_addr()?;
         let rt = rt::current().ok_or_else(|| io::Error::other("no worker runtime"))?;
-        let io = TcpIo::new(stream)?;
+        let tcp = TcpIo::new(stream)?;
+        let secure = tls.is_some();
+        let state = match tls {
+            Some(tls) => State::Handshake(Some(Box::new(TlsIo::new(tcp, tls.session(worker)?)))),
+            None => State::Detect {
+                io: Some(Transport::Raw(tcp)),
+                buf: Vec::new(),
+            },
+        };
         let waker = rt.handler_waker(me);
         listener_stats.downstream_cx_total.inc(worker);
         listener_stats.downstream_cx_active.inc(worker);
@@ -134,15 +148,13 @@ impl HttpConnection {
             http2: Cell::new(None),
             buffer_limit,
             h1: config.h1_settings(),
+            secure,
         });
         let mut conn = HttpConnection {
             config,
             chain_tag,
             worker,
-            state: State::Detect {
-                io: Some(io),
-                buf: Vec::new(),
-            },
+            state,
             waker,
             info,
             started: ctx.now,
@@ -169,7 +181,7 @@ impl HttpConnection {
         }
     }
 
-    fn h1(&mut self, io: TcpIo, prefix: &[u8]) {
+    fn h1(&mut self, io: Transport, prefix: &[u8]) {
         let cfg = &self.config;
         cfg.stats.downstream_cx_http1_total.inc(self.worker);
         cfg.stats.downstream_cx_http1_active.inc(self.worker);
@@ -203,6 +215,38 @@ impl HttpConnection {
         let mut cx = Context::from_waker(&waker);
         loop {
             match &mut self.state {
+                State::Handshake(tls) => {
+                    let Some(io) = tls.as_mut() else { return true };
+                    match io.poll_handshake(&mut cx) {
+                        Poll::Pending => return false,
+                        Poll::Ready(Err(e)) => {
+                            tracing::debug!(error = %e, "downstream TLS handshake failed");
+                            self.state = State::Done;
+                            return true;
+                        }
+                        Poll::Ready(Ok(())) => {}
+                    }
+                    let Some(io) = tls.take() else { return true };
+                    // With AUTO, ALPN names the codec; without it the preface does.
+                    let alpn = match self.config.codec {
+                        Codec::Auto => io.session().connection().alpn_protocol().map(<[u8]>::to_vec),
+                        _ => None,
+                    };
+                    let io = Transport::Tls(io);
+                    match alpn.as_deref() {
+                        Some(b"h2") => self.h2(PrefixedIo::new(Vec::new(), io)),
+                        Some(b"http/1.1") => self.h1(io, &[]),
+                        _ => {
+                            self.state = State::Detect {
+                                io: Some(io),
+                                buf: Vec::new(),
+                            }
+                        }
+                    }
+                    if self.shutting_down {
+                        self.graceful();
+                    }
+                }
                 State::Detect { io, buf } => {
                     let codec = self.config.codec;
                     let decided = match codec {
@@ -318,7 +362,7 @@ impl HttpConnection {
             State::H1(c) => c.graceful(),
             State::H2(c) => c.as_mut().graceful_shutdown(),
             // Nothing to tell a tunnel: it closes with the connection at the drain's end.
-            State::Detect { .. } | State::Tunnel(_) | State::Done => {}
+            State::Handshake(_) | State::Detect { .. } | State::Tunnel(_) | State::Done => {}
         }
         self.waker.wake_by_ref();
     }
@@ -363,7 +407,7 @@ impl EventHandler<WorkerLocal> for HttpConnection {
                         .stats
                         .downstream_cx_idle_timeout
                         .inc(self.worker);
-                    if matches!(self.state, State::Detect { .. }) {
+                    if matches!(self.state, State::Detect { .. } | State::Handshake(_)) {
                         return self.close(ctx, me);
                     }
                     self.graceful();
@@ -390,7 +434,7 @@ impl EventHandler<WorkerLocal> for HttpConnection {
         // Envoy drains HTTP connections gracefully: `Connection: close` on HTTP/1.1, GOAWAY
         // on HTTP/2.
         self.info.drain_close();
-        if matches!(self.state, State::Detect { .. }) {
+        if matches!(self.state, State::Detect { .. } | State::Handshake(_)) {
             return self.close(ctx, me);
         }
         self.graceful();

@@ -414,7 +414,12 @@ pub(crate) async fn process(
     let method = req.method().clone();
     let path_and_query = req.uri().path_and_query().cloned();
     let path = step!(routed_path(conn, &method, path_and_query.as_ref()));
-    let internal = forwarding_headers(&conn.config, conn.remote.ip(), req.headers_mut());
+    let internal = forwarding_headers(
+        &conn.config,
+        conn.remote.ip(),
+        conn.secure,
+        req.headers_mut(),
+    );
     request_id(&conn.config, internal, req.headers_mut(), outcome);
     let table = step!(route_table(conn, &method, &mut req, internal, outcome));
     let scheme = Pseudo::scheme_of(req.uri());
@@ -733,7 +738,13 @@ fn routed_path<'r>(
 /// request id; without `internal_address_config` every request is external (Envoy 1.40's
 /// default). Returns whether the request is internal.
 #[inline(always)]
-fn forwarding_headers(cfg: &HcmConfig, remote_ip: IpAddr, headers: &mut http::HeaderMap) -> bool {
+fn forwarding_headers(
+    cfg: &HcmConfig,
+    remote_ip: IpAddr,
+    secure: bool,
+    headers: &mut http::HeaderMap,
+) -> bool {
+    let scheme = HeaderValue::from_static(if secure { "https" } else { "http" });
     let internal = cfg.internal_addresses.is_internal(
         remote_ip,
         headers,
@@ -771,9 +782,9 @@ fn forwarding_headers(cfg: &HcmConfig, remote_ip: IpAddr, headers: &mut http::He
                 headers.insert(X_ENVOY_EXTERNAL_ADDRESS.clone(), v);
             }
         }
-        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+        headers.insert(X_FORWARDED_PROTO.clone(), scheme);
     } else if !headers.contains_key(&X_FORWARDED_PROTO) {
-        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+        headers.insert(X_FORWARDED_PROTO.clone(), scheme);
     }
     if internal {
         headers.insert(X_ENVOY_INTERNAL.clone(), HeaderValue::from_static("true"));

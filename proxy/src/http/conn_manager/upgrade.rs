@@ -24,6 +24,7 @@ use send_wrapper::SendWrapper;
 use crate::http::codec::body::ProxyBody;
 use crate::http::codec::handoff::DownstreamUpgrade;
 use crate::http::conn_manager::stream_idle::StreamIdle;
+use crate::transport_socket::Transport;
 use courier_runtime::event::rt;
 
 /// Rewrites an HTTP/2 extended CONNECT (`:protocol` set) into the HTTP/1.1 upgrade
@@ -76,7 +77,7 @@ pub enum UpgradeSendError {
 /// the stream comes back as the `101` (with `upgrade` and `connection`) the rest of the
 /// upgrade path expects; any other response as it is.
 pub async fn send_extended_connect(
-    io: rt::TcpIo,
+    io: Transport,
     req: Request<ProxyBody>,
 ) -> Result<Response<hyper::body::Incoming>, UpgradeSendError> {
     let (mut parts, _) = req.into_parts();

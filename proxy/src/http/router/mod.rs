@@ -995,15 +995,15 @@ pub(crate) async fn send_upgrade(
 ) -> Result<Response<ProxyBody>, AttemptError> {
     let stats = cluster.stats.clone();
     stats.upstream_cx_total.inc(worker);
-    let deadline = Instant::now() + cluster.connect_timeout;
-    let io = match rt::timeout(Some(deadline), rt::TcpIo::connect(host.address)).await {
-        Some(Ok(io)) => io,
-        Some(Err(e)) => {
+    let alpn = crate::transport_socket::tls::AlpnFallback::Http1;
+    let io = match crate::upstream::connect::connect(cluster, host, alpn, worker).await {
+        Ok(io) => io,
+        Err(crate::upstream::connect::ConnectError::Failed(e)) => {
             tracing::debug!(cluster = %cluster.name, error = %e, "upstream connect failure");
             stats.upstream_cx_connect_fail.inc(worker);
             return Err(AttemptError::ConnectFailure);
         }
-        None => {
+        Err(crate::upstream::connect::ConnectError::Timeout) => {
             stats.upstream_cx_connect_timeout.inc(worker);
             return Err(AttemptError::ConnectFailure);
         }
@@ -1084,7 +1084,7 @@ pub(crate) async fn send_upgrade(
 
 /// Sends an upgrade request to an HTTP/1.1 upstream on `io` of its own.
 pub(crate) async fn send_h1_upgrade(
-    io: rt::TcpIo,
+    io: crate::transport_socket::Transport,
     req: Request<ProxyBody>,
 ) -> Result<Response<hyper::body::Incoming>, upgrade::UpgradeSendError> {
     let (mut sender, conn) = hyper::client::conn::http1::Builder::new()

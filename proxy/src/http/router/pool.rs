@@ -27,7 +27,10 @@ use crate::protocol::key_format::KeyFormat;
 use crate::protocol::stream_limits::DEFAULT_MAX_HEADERS;
 use crate::stats::{Counter, Gauge, Store};
 use crate::upstream::{ClusterInfo, ConnLifetime, ConnPool, Host, ThreadLocalClusterManager};
-use courier_runtime::event::rt::{self, LocalExec, RtTimer, Sleep, TcpIo};
+use courier_runtime::event::rt::{self, LocalExec, RtTimer, Sleep};
+
+use crate::transport_socket::tls::AlpnFallback;
+use crate::upstream::connect::{self, ConnectError};
 
 /// `cluster.<name>.*` HTTP stats, created on first use on each worker.
 pub struct ClusterHttpStats {
@@ -881,18 +884,22 @@ impl ClusterPool {
                 addr: host.address,
             }
         });
-        let deadline = Instant::now() + cluster.connect_timeout;
-        let io = match rt::timeout(Some(deadline), TcpIo::connect(host.address)).await {
-            None => {
+        let alpn = if cluster.http2 {
+            AlpnFallback::Http2
+        } else {
+            AlpnFallback::Http1
+        };
+        let io = match connect::connect(cluster, host, alpn, worker).await {
+            Err(ConnectError::Timeout) => {
                 self.connect_failed(cluster, host, worker);
                 cluster.stats.upstream_cx_connect_timeout.inc(worker);
                 return Err(PoolError::ConnectTimeout);
             }
-            Some(Err(e)) => {
+            Err(ConnectError::Failed(e)) => {
                 self.connect_failed(cluster, host, worker);
                 return Err(PoolError::ConnectFailure(e.to_string()));
             }
-            Some(Ok(io)) => io,
+            Ok(io) => io,
         };
         if cluster.http2 {
             let peer = Rc::new(PeerSettings::default());

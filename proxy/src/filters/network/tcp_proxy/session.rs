@@ -13,7 +13,8 @@
 //! connection's buffer limit) the source is not read, which pushes back on the sender
 //! through TCP flow control. An idle connection holds no buffer memory at all.
 
-use std::io::{self, Read, Write};
+use std::io::{self, IoSlice, Read, Write};
+use std::mem::MaybeUninit;
 use std::net::Shutdown;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,6 +25,7 @@ use mio::Interest;
 
 use super::TcpProxyConfig;
 use crate::listener::ListenerStats;
+use crate::transport_socket::tls::{AlpnFallback, ServerTls, TlsSession};
 use crate::upstream::{ClusterInfo, Host, ThreadLocalClusterManager};
 use crate::worker::{Ctx, EventHandler, HandlerId, Next, WorkerLocal};
 
@@ -48,9 +50,11 @@ enum State {
 }
 
 /// One socket and what we know of its readiness (mio is edge-triggered: a flag stays set
-/// until a syscall returns `WouldBlock`).
+/// until a syscall returns `WouldBlock`), with its TLS session when its transport socket
+/// is TLS.
 struct Side {
     stream: TcpStream,
+    tls: Option<Box<TlsSession>>,
     readable: bool,
     writable: bool,
     read_closed: bool,
@@ -58,14 +62,60 @@ struct Side {
 }
 
 impl Side {
-    fn new(stream: TcpStream) -> Side {
+    fn new(stream: TcpStream, tls: Option<TlsSession>) -> Side {
         Side {
             stream,
+            tls: tls.map(Box::new),
             readable: false,
             writable: false,
             read_closed: false,
             write_closed: false,
         }
+    }
+
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match &mut self.tls {
+            None => self.stream.read(buf),
+            Some(tls) => {
+                // SAFETY: `MaybeUninit<u8>` has the layout of `u8`; only bytes are written.
+                let out = unsafe { &mut *(buf as *mut [u8] as *mut [MaybeUninit<u8>]) };
+                tls.read(&mut self.stream, out)
+            }
+        }
+    }
+
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match &mut self.tls {
+            None => self.stream.write(buf),
+            Some(tls) => tls.write(&mut self.stream, &[IoSlice::new(buf)]),
+        }
+    }
+
+    /// Writes what the TLS session holds (handshake messages, records a full socket
+    /// refused); an error only when the socket failed.
+    fn flush_tls(&mut self) -> io::Result<()> {
+        let Some(tls) = &mut self.tls else {
+            return Ok(());
+        };
+        if !self.writable || !tls.wants_write() {
+            return Ok(());
+        }
+        match tls.flush(&mut self.stream) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                self.writable = false;
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn shutdown_write(&mut self) -> io::Result<()> {
+        if let Some(tls) = &mut self.tls {
+            // close_notify, best effort: the FIN follows regardless.
+            let _ = tls.close(&mut self.stream);
+        }
+        self.stream.shutdown(Shutdown::Write)
     }
 
     fn note(&mut self, event: &Event) {
@@ -160,8 +210,10 @@ impl TcpProxySession {
         chain_tag: u64,
         listener_stats: Arc<ListenerStats>,
         downstream_limit: usize,
+        tls: Option<ServerTls>,
     ) -> io::Result<Box<dyn EventHandler<WorkerLocal>>> {
         let worker = ctx.local.id;
+        let tls = tls.map(|t| t.session(worker)).transpose()?;
         ctx.registry.register(
             &mut stream,
             me.token(DOWNSTREAM),
@@ -177,7 +229,7 @@ impl TcpProxySession {
             listener_stats,
             worker,
             state: State::Connecting,
-            downstream: Side::new(stream),
+            downstream: Side::new(stream, tls),
             upstream: None,
             cluster: None,
             host: None,
@@ -225,6 +277,11 @@ impl TcpProxySession {
         }
         self.attempts += 1;
         self.release_upstream();
+        let tls = cluster
+            .tls
+            .as_ref()
+            .map(|t| t.session(host.address.ip(), AlpnFallback::None, self.worker))
+            .transpose()?;
         let mut stream = TcpStream::connect(host.address)?;
         let _ = stream.set_nodelay(true);
         ctx.registry.register(
@@ -241,7 +298,7 @@ impl TcpProxySession {
             cluster.connect_timeout,
             TIMER_CONNECT | self.attempts as u64,
         );
-        self.upstream = Some(Side::new(stream));
+        self.upstream = Some(Side::new(stream, tls));
         self.cluster = Some(cluster);
         self.host = Some(host);
         self.state = State::Connecting;
@@ -405,9 +462,12 @@ fn flow(
         written: 0,
         closed: false,
     };
+    // What the TLS session holds goes first (its handshake, records a full socket left).
+    dst.flush_tls().map_err(|_| true)?;
+    src.flush_tls().map_err(|_| false)?;
     // Flush what is already buffered first, to preserve order.
     while !pending.is_empty() && dst.writable {
-        match dst.stream.write(pending.bytes()) {
+        match dst.write(pending.bytes()) {
             Ok(0) => return Err(true),
             Ok(n) => {
                 pending.consume(n);
@@ -419,7 +479,7 @@ fn flow(
         }
     }
     if src.readable && !src.read_closed && pending.len() < high_watermark.max(1) {
-        match src.stream.read(scratch) {
+        match src.read(scratch) {
             Ok(0) => {
                 src.read_closed = true;
                 moved.closed = true;
@@ -428,7 +488,7 @@ fn flow(
                 moved.read += n as u64;
                 let mut off = 0;
                 if pending.is_empty() && dst.writable {
-                    match dst.stream.write(&scratch[..n]) {
+                    match dst.write(&scratch[..n]) {
                         Ok(w) => off = w,
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => dst.writable = false,
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -449,7 +509,7 @@ fn flow(
     if src.read_closed && pending.is_empty() && !dst.write_closed {
         dst.write_closed = true;
         moved.closed = true;
-        if let Err(e) = dst.stream.shutdown(Shutdown::Write) {
+        if let Err(e) = dst.shutdown_write() {
             if e.kind() != io::ErrorKind::NotConnected {
                 return Err(true);
             }

@@ -1,0 +1,358 @@
+//! `envoy.filters.listener.tls_inspector`: before a chain is picked, peeks at the
+//! connection's first bytes (`MSG_PEEK`: nothing is consumed, so a TLS-passthrough
+//! `tcp_proxy` chain forwards the ClientHello untouched) for a TLS ClientHello, its SNI
+//! and its ALPN offer.
+//!
+//! The ClientHello is parsed by rustls's `Acceptor` over a copy of the peeked bytes.
+//! A connection that sends nothing within `listener_filters_timeout` is closed (or, with
+//! `continue_on_listener_filters_timeout`, given to a chain as plaintext).
+
+use std::io;
+use std::sync::Arc;
+
+use courier_proto::envoy::config::listener::v3::{listener_filter, ListenerFilter};
+use courier_proto::envoy::extensions::filters::listener::tls_inspector::v3 as pb;
+use mio::event::Event;
+use mio::net::TcpStream;
+use mio::Interest;
+
+use super::filter_chain_match::ConnectionFacts;
+use super::ListenerConfig;
+use crate::config::ConfigError;
+use crate::extensions::{Factory, Registry};
+use crate::stats::{Counter, Store};
+use crate::worker::{Ctx, EventHandler, HandlerId, Next, WorkerLocal};
+
+const TIMER_TIMEOUT: u64 = 1;
+/// Envoy's default `max_client_hello_size`.
+const MAX_CLIENT_HELLO: usize = 16 * 1024;
+const INITIAL_READ: usize = 1024;
+
+/// `tls_inspector.*` stats.
+pub struct TlsInspectorStats {
+    tls_found: Arc<Counter>,
+    tls_not_found: Arc<Counter>,
+    sni_found: Arc<Counter>,
+    sni_not_found: Arc<Counter>,
+    alpn_found: Arc<Counter>,
+    alpn_not_found: Arc<Counter>,
+    client_hello_too_large: Arc<Counter>,
+    connection_closed: Arc<Counter>,
+    read_error: Arc<Counter>,
+}
+
+/// A compiled TLS inspector.
+#[derive(Clone)]
+pub struct TlsInspector {
+    stats: Arc<TlsInspectorStats>,
+    max_client_hello: usize,
+}
+
+/// Builds a listener filter.
+pub type BuildListenerFilter = fn(&courier_proto::google::protobuf::Any, &str, &Store) -> Result<TlsInspector, ConfigError>;
+
+/// The listener filters Courier has.
+pub static LISTENER_FILTERS: Registry<BuildListenerFilter> = Registry {
+    point: "listener filter",
+    factories: &[Factory {
+        type_name: "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector",
+        name: "envoy.filters.listener.tls_inspector",
+        build: |any, path, store| {
+            let cfg: pb::TlsInspector = courier_proto::unpack_any(any)
+                .map_err(|e| ConfigError::new(path, e.to_string()))?;
+            TlsInspector::compile(&cfg, path, store)
+        },
+    }],
+};
+
+impl TlsInspector {
+    fn compile(cfg: &pb::TlsInspector, path: &str, store: &Store) -> Result<TlsInspector, ConfigError> {
+        let unsupported = [
+            (
+                "enable_ja3_fingerprinting",
+                cfg.enable_ja3_fingerprinting.as_ref().is_some_and(|b| b.value),
+            ),
+            (
+                "enable_ja4_fingerprinting",
+                cfg.enable_ja4_fingerprinting.as_ref().is_some_and(|b| b.value),
+            ),
+        ];
+        if let Some((field, _)) = unsupported.iter().find(|(_, set)| *set) {
+            return Err(ConfigError::unsupported(format!("{path}.{field}")));
+        }
+        let max_client_hello = cfg
+            .max_client_hello_size
+            .as_ref()
+            .map_or(MAX_CLIENT_HELLO, |v| v.value as usize);
+        if max_client_hello > 64 * 1024 {
+            return Err(ConfigError::new(
+                format!("{path}.max_client_hello_size"),
+                format!("max_client_hello_size of {max_client_hello} is over the 65536 limit"),
+            ));
+        }
+        let c = |s: &str| store.counter(&format!("tls_inspector.{s}"));
+        Ok(TlsInspector {
+            stats: Arc::new(TlsInspectorStats {
+                tls_found: c("tls_found"),
+                tls_not_found: c("tls_not_found"),
+                sni_found: c("sni_found"),
+                sni_not_found: c("sni_not_found"),
+                alpn_found: c("alpn_found"),
+                alpn_not_found: c("alpn_not_found"),
+                client_hello_too_large: c("client_hello_too_large"),
+                connection_closed: c("connection_closed"),
+                read_error: c("read_error"),
+            }),
+            max_client_hello,
+        })
+    }
+}
+
+/// Compiles a listener's `listener_filters`: the TLS inspector is the one Courier has.
+pub fn compile_listener_filters(
+    filters: &[ListenerFilter],
+    store: &Store,
+) -> Result<Option<TlsInspector>, ConfigError> {
+    let mut inspector = None;
+    for (i, f) in filters.iter().enumerate() {
+        let path = format!("listener_filters[{i}]");
+        if f.filter_disabled.is_some() {
+            return Err(ConfigError::unsupported(format!("{path}.filter_disabled")));
+        }
+        let any = match &f.config_type {
+            Some(listener_filter::ConfigType::TypedConfig(any)) => Some(any),
+            Some(listener_filter::ConfigType::ConfigDiscovery(_)) => {
+                return Err(ConfigError::unsupported(format!("{path}.config_discovery")))
+            }
+            None => None,
+        };
+        let at = format!("{path}.typed_config");
+        let Some(found) = LISTENER_FILTERS.resolve(any, &f.name, false, &at)? else {
+            continue;
+        };
+        let config = found.config.unwrap_or_default();
+        let default_any;
+        let config = if config.type_url.is_empty() {
+            default_any = courier_proto::google::protobuf::Any {
+                type_url: format!("type.googleapis.com/{}", found.factory.type_name),
+                value: Vec::new(),
+            };
+            &default_any
+        } else {
+            &config
+        };
+        inspector = Some((found.factory.build)(config, &at, store)?);
+    }
+    Ok(inspector)
+}
+
+/// What the peeked bytes are.
+#[derive(Debug, PartialEq)]
+enum Peeked {
+    /// Not enough yet.
+    Incomplete,
+    /// Not a TLS ClientHello.
+    NotTls,
+    /// A ClientHello.
+    Tls {
+        sni: Option<String>,
+        alpn: Vec<String>,
+    },
+}
+
+fn inspect(bytes: &[u8]) -> Peeked {
+    match bytes.first() {
+        None => return Peeked::Incomplete,
+        // A TLS record starts with the handshake content type.
+        Some(0x16) => {}
+        Some(_) => return Peeked::NotTls,
+    }
+    let mut acceptor = rustls::server::Acceptor::default();
+    let mut rd = bytes;
+    while !rd.is_empty() {
+        match acceptor.read_tls(&mut rd) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(_) => return Peeked::NotTls,
+        }
+    }
+    match acceptor.accept() {
+        Ok(None) => Peeked::Incomplete,
+        Ok(Some(accepted)) => {
+            let hello = accepted.client_hello();
+            Peeked::Tls {
+                sni: hello.server_name().map(str::to_ascii_lowercase),
+                alpn: hello
+                    .alpn()
+                    .map(|it| {
+                        it.map(|p| String::from_utf8_lossy(p).into_owned())
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            }
+        }
+        Err(_) => Peeked::NotTls,
+    }
+}
+
+/// A connection being inspected, before its chain is known.
+pub struct Inspecting {
+    stream: Option<TcpStream>,
+    config: Arc<ListenerConfig>,
+    inspector: TlsInspector,
+    port: u16,
+    buf: Vec<u8>,
+}
+
+impl Inspecting {
+    /// Registers `stream` and waits for its first bytes.
+    pub fn start(
+        ctx: &mut Ctx,
+        me: HandlerId,
+        mut stream: TcpStream,
+        config: Arc<ListenerConfig>,
+        inspector: TlsInspector,
+        port: u16,
+    ) -> io::Result<Box<dyn EventHandler<WorkerLocal>>> {
+        ctx.registry
+            .register(&mut stream, me.token(0), Interest::READABLE)?;
+        if let Some(timeout) = config.listener_filters_timeout {
+            ctx.schedule(me, timeout, TIMER_TIMEOUT);
+        }
+        let mut me_ = Inspecting {
+            stream: Some(stream),
+            config,
+            inspector,
+            port,
+            buf: vec![0; INITIAL_READ],
+        };
+        // Bytes may have arrived with the connection.
+        if me_.peek(ctx) == Next::Close {
+            return Err(io::Error::other("connection ended during inspection"));
+        }
+        Ok(Box::new(me_))
+    }
+
+    fn peek(&mut self, ctx: &mut Ctx) -> Next {
+        let Some(stream) = self.stream.as_ref() else {
+            return Next::Close;
+        };
+        loop {
+            // SAFETY: `buf` is initialised; recv writes at most its length.
+            let n = unsafe {
+                libc::recv(
+                    std::os::fd::AsRawFd::as_raw_fd(stream),
+                    self.buf.as_mut_ptr().cast(),
+                    self.buf.len(),
+                    libc::MSG_PEEK,
+                )
+            };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                return match e.kind() {
+                    io::ErrorKind::WouldBlock => Next::Continue,
+                    io::ErrorKind::Interrupted => continue,
+                    _ => {
+                        self.inspector.stats.read_error.inc(ctx.local.id);
+                        Next::Close
+                    }
+                };
+            }
+            let n = n as usize;
+            if n == 0 {
+                self.inspector.stats.connection_closed.inc(ctx.local.id);
+                return Next::Close;
+            }
+            let worker = ctx.local.id;
+            let stats = &self.inspector.stats;
+            return match inspect(&self.buf[..n]) {
+                Peeked::Incomplete if n < self.buf.len() => Next::Continue,
+                Peeked::Incomplete if self.buf.len() < self.inspector.max_client_hello => {
+                    let more = (self.buf.len() * 4).min(self.inspector.max_client_hello);
+                    self.buf.resize(more, 0);
+                    continue;
+                }
+                Peeked::Incomplete => {
+                    stats.client_hello_too_large.inc(worker);
+                    Next::Close
+                }
+                Peeked::NotTls => {
+                    stats.tls_not_found.inc(worker);
+                    self.hand_over(ctx, None, "raw_buffer", Vec::new())
+                }
+                Peeked::Tls { sni, alpn } => {
+                    stats.tls_found.inc(worker);
+                    if sni.is_some() {
+                        stats.sni_found.inc(worker)
+                    } else {
+                        stats.sni_not_found.inc(worker)
+                    }
+                    if alpn.is_empty() {
+                        stats.alpn_not_found.inc(worker)
+                    } else {
+                        stats.alpn_found.inc(worker)
+                    }
+                    self.hand_over(ctx, sni, "tls", alpn)
+                }
+            };
+        }
+    }
+
+    fn hand_over(
+        &mut self,
+        ctx: &mut Ctx,
+        server_name: Option<String>,
+        transport_protocol: &'static str,
+        application_protocols: Vec<String>,
+    ) -> Next {
+        let Some(mut stream) = self.stream.take() else {
+            return Next::Close;
+        };
+        if ctx.registry.deregister(&mut stream).is_err() {
+            return Next::Close;
+        }
+        self.buf = Vec::new();
+        let facts = ConnectionFacts {
+            port: self.port,
+            server_name,
+            transport_protocol,
+            application_protocols,
+        };
+        super::active_tcp_listener::start_session(ctx, &self.config, stream, &facts);
+        Next::Close
+    }
+}
+
+impl EventHandler<WorkerLocal> for Inspecting {
+    fn on_ready(&mut self, _source: usize, _event: &Event, ctx: &mut Ctx, _me: HandlerId) -> Next {
+        self.peek(ctx)
+    }
+
+    fn on_timer(&mut self, tag: u64, ctx: &mut Ctx, _me: HandlerId) -> Next {
+        if tag != TIMER_TIMEOUT {
+            return Next::Continue;
+        }
+        self.config.stats.downstream_pre_cx_timeout.inc(ctx.local.id);
+        if self.config.continue_on_listener_filters_timeout {
+            return self.hand_over(ctx, None, "raw_buffer", Vec::new());
+        }
+        Next::Close
+    }
+
+    fn on_drain(&mut self, _ctx: &mut Ctx, _me: HandlerId) -> Next {
+        Next::Close
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plaintext_is_told_apart_at_the_first_byte() {
+        assert_eq!(inspect(b"GET / HTTP/1.1\r\n"), Peeked::NotTls);
+        assert_eq!(inspect(b""), Peeked::Incomplete);
+        // A record header announcing more than is there yet.
+        assert_eq!(inspect(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01]), Peeked::Incomplete);
+    }
+}

@@ -1,0 +1,114 @@
+//! Transport sockets: what sits between a connection's socket and its filters (Envoy's
+//! `TransportSocket`) — `raw_buffer`, the socket itself, or `tls`.
+//!
+//! A filter chain's or cluster's `transport_socket` resolves through the extension
+//! registry ([`DOWNSTREAM`], [`UPSTREAM`]) to a compiled context; on the workers a
+//! connection's codec reads and writes a [`Transport`].
+
+pub mod tls;
+mod transport;
+
+use std::sync::Arc;
+
+use courier_proto::envoy::config::core::v3::{transport_socket, TransportSocket};
+use courier_proto::google::protobuf::Any;
+
+use crate::config::ConfigError;
+use crate::extensions::{Factory, Registry};
+
+pub use transport::{TlsIo, Transport};
+
+/// The transport socket extensions' well-known names.
+pub const RAW_BUFFER: &str = "envoy.transport_sockets.raw_buffer";
+/// See [`RAW_BUFFER`].
+pub const TLS: &str = "envoy.transport_sockets.tls";
+const RAW_BUFFER_TYPE: &str = "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer";
+
+/// Builds a downstream transport socket: `None` is `raw_buffer`.
+pub type BuildDownstream = fn(&Any, &str) -> Result<Option<Arc<tls::ServerContext>>, ConfigError>;
+/// Builds an upstream transport socket: `None` is `raw_buffer`.
+pub type BuildUpstream = fn(&Any, &str) -> Result<Option<Arc<tls::ClientContext>>, ConfigError>;
+
+/// A filter chain's transport sockets.
+pub static DOWNSTREAM: Registry<BuildDownstream> = Registry {
+    point: "downstream transport socket",
+    factories: &[
+        Factory {
+            type_name: RAW_BUFFER_TYPE,
+            name: RAW_BUFFER,
+            build: |_, _| Ok(None),
+        },
+        Factory {
+            type_name: "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+            name: TLS,
+            build: |any, path| {
+                let ctx = courier_proto::unpack_any(any)
+                    .map_err(|e| ConfigError::new(path, e.to_string()))?;
+                Ok(Some(Arc::new(tls::server_context::compile(&ctx, path)?)))
+            },
+        },
+    ],
+};
+
+/// A cluster's transport sockets.
+pub static UPSTREAM: Registry<BuildUpstream> = Registry {
+    point: "upstream transport socket",
+    factories: &[
+        Factory {
+            type_name: RAW_BUFFER_TYPE,
+            name: RAW_BUFFER,
+            build: |_, _| Ok(None),
+        },
+        Factory {
+            type_name: "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            name: TLS,
+            build: |any, path| {
+                let ctx = courier_proto::unpack_any(any)
+                    .map_err(|e| ConfigError::new(path, e.to_string()))?;
+                Ok(Some(Arc::new(tls::client_context::compile(&ctx, path)?)))
+            },
+        },
+    ],
+};
+
+/// Resolves `socket` at `path` in `registry` and builds it.
+fn build<T>(
+    registry: &Registry<fn(&Any, &str) -> Result<Option<T>, ConfigError>>,
+    socket: &TransportSocket,
+    path: &str,
+) -> Result<Option<T>, ConfigError> {
+    let any = match &socket.config_type {
+        Some(transport_socket::ConfigType::TypedConfig(any)) => Some(any),
+        None => None,
+    };
+    let at = format!("{path}.typed_config");
+    let Some(found) = registry.resolve(any, &socket.name, false, &at)? else {
+        return Ok(None);
+    };
+    match &found.config {
+        Some(config) => (found.factory.build)(config, &at),
+        // A name without a config: raw_buffer needs none; TLS without a context is
+        // refused as Envoy refuses it.
+        None if found.factory.name == RAW_BUFFER => Ok(None),
+        None => Err(ConfigError::new(
+            path,
+            format!("transport socket '{}' needs a typed_config", socket.name),
+        )),
+    }
+}
+
+/// Compiles a filter chain's `transport_socket` (at `path`).
+pub fn compile_downstream(
+    socket: Option<&TransportSocket>,
+    path: &str,
+) -> Result<Option<Arc<tls::ServerContext>>, ConfigError> {
+    socket.map_or(Ok(None), |s| build(&DOWNSTREAM, s, path))
+}
+
+/// Compiles a cluster's `transport_socket` (at `path`).
+pub fn compile_upstream(
+    socket: Option<&TransportSocket>,
+    path: &str,
+) -> Result<Option<Arc<tls::ClientContext>>, ConfigError> {
+    socket.map_or(Ok(None), |s| build(&UPSTREAM, s, path))
+}

@@ -1,0 +1,157 @@
+//! `UpstreamTlsContext` compiled to a rustls client config, and the connections it
+//! starts.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use courier_proto::envoy::extensions::transport_sockets::tls::v3::UpstreamTlsContext;
+use rustls::client::{ResolvesClientCert, Resumption};
+use rustls::sign::CertifiedKey;
+use rustls::SignatureScheme;
+use rustls::pki_types::ServerName;
+use rustls::ClientConfig;
+
+use super::common;
+use super::params::Side;
+use super::validation::{ServerVerifier, Validation};
+use crate::config::ConfigError;
+
+/// A compiled upstream TLS context.
+pub struct ClientContext {
+    config: Arc<ClientConfig>,
+    /// `sni`: the name sent, if any.
+    sni: Option<ServerName<'static>>,
+}
+
+impl std::fmt::Debug for ClientContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientContext")
+            .field("sni", &self.sni)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the upstream connection will speak, for the ALPN Envoy offers when the context
+/// names none.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum AlpnFallback {
+    /// Offer nothing (tcp_proxy).
+    None,
+    /// `http/1.1`.
+    Http1,
+    /// `h2`.
+    Http2,
+}
+
+impl ClientContext {
+    /// A new client connection to `peer` (its address names the server when no `sni` is
+    /// configured; rustls sends no SNI for an address).
+    pub fn connect(
+        &self,
+        peer: IpAddr,
+        fallback: AlpnFallback,
+    ) -> Result<rustls::ClientConnection, rustls::Error> {
+        let name = self
+            .sni
+            .clone()
+            .unwrap_or(ServerName::IpAddress(peer.into()));
+        let alpn: &[&[u8]] = match fallback {
+            _ if !self.config.alpn_protocols.is_empty() => &[],
+            AlpnFallback::None => &[],
+            AlpnFallback::Http1 => &[b"http/1.1"],
+            AlpnFallback::Http2 => &[b"h2"],
+        };
+        if alpn.is_empty() {
+            rustls::ClientConnection::new(self.config.clone(), name)
+        } else {
+            rustls::ClientConnection::new_with_alpn(
+                self.config.clone(),
+                name,
+                alpn.iter().map(|p| p.to_vec()).collect(),
+            )
+        }
+    }
+}
+
+/// The one client certificate of a context, sent whenever the server asks.
+#[derive(Debug)]
+struct ClientCert(Arc<CertifiedKey>);
+
+impl ResolvesClientCert for ClientCert {
+    fn resolve(&self, _hints: &[&[u8]], _schemes: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// Compiles an `UpstreamTlsContext` at `path`.
+pub fn compile(ctx: &UpstreamTlsContext, path: &str) -> Result<ClientContext, ConfigError> {
+    #[allow(deprecated)]
+    let unsupported = [
+        ("auto_host_sni", ctx.auto_host_sni),
+        ("auto_sni_san_validation", ctx.auto_sni_san_validation),
+        // rustls never renegotiates; a server asking to would fail the connection.
+        ("allow_renegotiation", ctx.allow_renegotiation),
+        (
+            "enforce_rsa_key_usage",
+            ctx.enforce_rsa_key_usage.is_some_and(|b| !b.value),
+        ),
+    ];
+    if let Some((field, _)) = unsupported.iter().find(|(_, set)| *set) {
+        return Err(ConfigError::unsupported(format!("{path}.{field}")));
+    }
+    let common_path = format!("{path}.common_tls_context");
+    let default = Default::default();
+    let common = common::compile(
+        ctx.common_tls_context.as_ref().unwrap_or(&default),
+        Side::Client,
+        &common_path,
+    )?;
+    if common.certificates.len() > 1 {
+        return Err(ConfigError::new(
+            format!("{common_path}.tls_certificates"),
+            "Multiple TLS certificates are not supported for client contexts",
+        ));
+    }
+    let sni = if ctx.sni.is_empty() {
+        None
+    } else {
+        Some(ServerName::try_from(ctx.sni.clone()).map_err(|e| {
+            ConfigError::new(format!("{path}.sni"), format!("invalid SNI '{}': {e}", ctx.sni))
+        })?)
+    };
+    let validation = common
+        .validation
+        .unwrap_or_else(|| Arc::new(Validation::default()));
+    let verifier = ServerVerifier::new(
+        validation,
+        common.params.provider.clone(),
+        false,
+        &format!("{common_path}.validation_context"),
+    )?;
+    let builder = ClientConfig::builder_with_provider(common.params.provider.clone())
+        .with_protocol_versions(&common.params.versions)
+        .map_err(|e| ConfigError::new(&common_path, format!("invalid tls_params: {e}")))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier));
+    let mut config = match common.certificates.into_iter().next() {
+        Some(key) => builder.with_client_cert_resolver(Arc::new(ClientCert(key))),
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = common.alpn;
+    // Envoy keeps one session per upstream by default (`max_session_keys`: 1; 0 turns
+    // resumption off).
+    let keys = ctx.max_session_keys.as_ref().map_or(1, |v| v.value as usize);
+    config.resumption = if keys == 0 {
+        Resumption::disabled()
+    } else {
+        Resumption::in_memory_sessions(keys.max(1) * 4)
+    };
+    Ok(ClientContext {
+        config: Arc::new(config),
+        sni,
+    })
+}

@@ -1,0 +1,65 @@
+//! `envoy.transport_sockets.tls`: TLS on rustls, run inside the workers on rustls's
+//! sans-I/O connections (no thread or runtime of its own).
+//!
+//! Compiling (main thread): [`server_context`] and [`client_context`] turn Envoy's
+//! contexts into rustls configs, through [`common`] (certificates, [`params`],
+//! [`validation`]). Running (workers): a [`TlsSession`] beside each socket.
+
+pub mod certificates;
+pub mod client_context;
+pub mod common;
+pub mod params;
+pub mod server_context;
+pub mod session;
+pub mod stats;
+pub mod validation;
+
+pub use client_context::{AlpnFallback, ClientContext};
+pub use server_context::ServerContext;
+pub use session::TlsSession;
+pub use stats::SslStats;
+
+use std::sync::Arc;
+
+/// A filter chain's TLS, with the stats its handshakes count into.
+#[derive(Clone)]
+pub struct ServerTls {
+    /// The chain's compiled context.
+    pub context: Arc<ServerContext>,
+    /// The listener's `ssl.*`.
+    pub stats: Arc<SslStats>,
+}
+
+impl ServerTls {
+    /// A new server session for an accepted connection on `worker`.
+    pub fn session(&self, worker: usize) -> std::io::Result<TlsSession> {
+        let conn = rustls::ServerConnection::new(self.context.config.clone())
+            .map_err(std::io::Error::other)?;
+        Ok(TlsSession::new(conn.into(), self.stats.clone(), worker))
+    }
+}
+
+/// A cluster's TLS, with the stats its handshakes count into.
+#[derive(Clone)]
+pub struct ClientTls {
+    /// The cluster's compiled context.
+    pub context: Arc<ClientContext>,
+    /// The cluster's `ssl.*`.
+    pub stats: Arc<SslStats>,
+}
+
+impl ClientTls {
+    /// A new client session to `peer` on `worker`.
+    pub fn session(
+        &self,
+        peer: std::net::IpAddr,
+        fallback: AlpnFallback,
+        worker: usize,
+    ) -> std::io::Result<TlsSession> {
+        let conn = self
+            .context
+            .connect(peer, fallback)
+            .map_err(std::io::Error::other)?;
+        Ok(TlsSession::new(conn.into(), self.stats.clone(), worker))
+    }
+}

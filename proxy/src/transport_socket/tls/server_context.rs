@@ -1,0 +1,196 @@
+//! `DownstreamTlsContext` compiled to a rustls server config, and the certificate
+//! choice Envoy makes per handshake.
+
+use std::sync::Arc;
+
+use courier_proto::envoy::extensions::transport_sockets::tls::v3::{
+    downstream_tls_context::{OcspStaplePolicy, SessionTicketKeysType},
+    DownstreamTlsContext,
+};
+use rustls::server::{ClientHello, NoServerSessionStorage, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::ServerConfig;
+
+use super::common;
+use super::params::Side;
+use super::validation::ClientVerifier;
+use crate::config::ConfigError;
+
+/// A compiled downstream TLS context.
+pub struct ServerContext {
+    /// The rustls config every handshake of the filter chain starts from.
+    pub config: Arc<ServerConfig>,
+}
+
+impl std::fmt::Debug for ServerContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerContext").finish_non_exhaustive()
+    }
+}
+
+/// Picks the certificate for a handshake as Envoy does: one whose names cover the SNI,
+/// else any; among those, the first whose key the client can verify.
+#[derive(Debug)]
+struct CertChoice {
+    certs: Vec<(Arc<CertifiedKey>, Vec<String>)>,
+    require_sni: bool,
+}
+
+impl CertChoice {
+    fn new(certs: Vec<Arc<CertifiedKey>>, require_sni: bool) -> CertChoice {
+        let certs = certs
+            .into_iter()
+            .map(|c| {
+                let names = c.end_entity_cert().map(dns_names).unwrap_or_default();
+                (c, names)
+            })
+            .collect();
+        CertChoice { certs, require_sni }
+    }
+}
+
+fn dns_names(der: &rustls::pki_types::CertificateDer<'_>) -> Vec<String> {
+    use x509_parser::extensions::GeneralName;
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
+        return Vec::new();
+    };
+    let Ok(Some(san)) = cert.subject_alternative_name() else {
+        return Vec::new();
+    };
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            GeneralName::DNSName(s) => Some(s.to_ascii_lowercase()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn name_covers(pattern: &str, sni: &str) -> bool {
+    if pattern == sni {
+        return true;
+    }
+    match pattern.strip_prefix("*.") {
+        Some(suffix) => sni
+            .split_once('.')
+            .is_some_and(|(label, rest)| !label.is_empty() && rest == suffix),
+        None => false,
+    }
+}
+
+impl ResolvesServerCert for CertChoice {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let sni = hello.server_name().map(str::to_ascii_lowercase);
+        if self.require_sni && sni.is_none() {
+            return None;
+        }
+        let schemes = hello.signature_schemes();
+        let usable = |c: &&(Arc<CertifiedKey>, Vec<String>)| c.0.key.choose_scheme(schemes).is_some();
+        let named = |c: &&(Arc<CertifiedKey>, Vec<String>)| {
+            sni.as_deref()
+                .is_some_and(|s| c.1.iter().any(|p| name_covers(p, s)))
+        };
+        self.certs
+            .iter()
+            .filter(named)
+            .find(usable)
+            .or_else(|| self.certs.iter().find(usable))
+            .or_else(|| self.certs.first())
+            .map(|c| c.0.clone())
+    }
+}
+
+/// Compiles a `DownstreamTlsContext` at `path`.
+pub fn compile(ctx: &DownstreamTlsContext, path: &str) -> Result<ServerContext, ConfigError> {
+    let unsupported = [
+        ("session_timeout", ctx.session_timeout.is_some()),
+        (
+            "ocsp_staple_policy",
+            ctx.ocsp_staple_policy != OcspStaplePolicy::LenientStapling as i32,
+        ),
+        (
+            "session_ticket_keys",
+            matches!(
+                ctx.session_ticket_keys_type,
+                Some(SessionTicketKeysType::SessionTicketKeys(_))
+            ),
+        ),
+        (
+            "session_ticket_keys_sds_secret_config",
+            matches!(
+                ctx.session_ticket_keys_type,
+                Some(SessionTicketKeysType::SessionTicketKeysSdsSecretConfig(_))
+            ),
+        ),
+    ];
+    if let Some((field, _)) = unsupported.iter().find(|(_, set)| *set) {
+        return Err(ConfigError::unsupported(format!("{path}.{field}")));
+    }
+    let common_path = format!("{path}.common_tls_context");
+    let default = Default::default();
+    let common = common::compile(
+        ctx.common_tls_context.as_ref().unwrap_or(&default),
+        Side::Server,
+        &common_path,
+    )?;
+    if common.certificates.is_empty() {
+        return Err(ConfigError::new(
+            &common_path,
+            "No TLS certificates found for server context",
+        ));
+    }
+    let require_client = ctx.require_client_certificate.is_some_and(|b| b.value);
+    let validation = common.validation.filter(|v| v.checks_anything());
+    if require_client && validation.is_none() {
+        return Err(ConfigError::new(
+            path,
+            "require_client_certificate needs a validation context with trusted_ca or matchers",
+        ));
+    }
+    let builder = ServerConfig::builder_with_provider(common.params.provider.clone())
+        .with_protocol_versions(&common.params.versions)
+        .map_err(|e| ConfigError::new(&common_path, format!("invalid tls_params: {e}")))?;
+    let builder = match validation {
+        Some(v) => builder.with_client_cert_verifier(Arc::new(ClientVerifier::new(
+            v,
+            common.params.provider.clone(),
+            require_client,
+            &format!("{common_path}.validation_context"),
+        )?)),
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_cert_resolver(Arc::new(CertChoice::new(
+        common.certificates,
+        ctx.require_sni.is_some_and(|b| b.value),
+    )));
+    config.alpn_protocols = common.alpn;
+    config.ignore_client_order = !ctx.prefer_client_ciphers;
+    let stateless_off = matches!(
+        ctx.session_ticket_keys_type,
+        Some(SessionTicketKeysType::DisableStatelessSessionResumption(true))
+    );
+    if !stateless_off {
+        config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()
+            .map_err(|e| ConfigError::new(path, format!("session tickets: {e}")))?;
+    }
+    if ctx.disable_stateful_session_resumption {
+        config.session_storage = Arc::new(NoServerSessionStorage {});
+    }
+    Ok(ServerContext {
+        config: Arc::new(config),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::name_covers;
+
+    #[test]
+    fn a_wildcard_name_covers_one_label() {
+        assert!(name_covers("*.example.com", "a.example.com"));
+        assert!(!name_covers("*.example.com", "a.b.example.com"));
+        assert!(!name_covers("*.example.com", "example.com"));
+        assert!(name_covers("example.com", "example.com"));
+    }
+}

@@ -7,13 +7,13 @@ use std::sync::Arc;
 use courier_proto::envoy::config::core::v3::config_source::ConfigSourceSpecifier;
 use courier_proto::envoy::config::listener::v3::{self as pb, listener::DrainType};
 
-use crate::config::{self, ConfigError};
 use super::filter_chain_match::{self, ChainMatch, ConnectionFacts};
 use super::tls_inspector::TlsInspector;
+use crate::config::{self, ConfigError};
 use crate::filters::network::{compile_filters, NetworkFilter};
-use crate::transport_socket::tls::{ServerContext, SslStats};
 use crate::http::RdsSubscription;
 use crate::stats::{Counter, Gauge, Store};
+use crate::transport_socket::tls::{ServerContext, SslStats};
 
 /// `listener.<address or stat_prefix>.*` stats.
 pub struct ListenerStats {
@@ -98,11 +98,8 @@ pub struct ListenerConfig {
 impl ListenerConfig {
     /// The chain for a connection (see [`filter_chain_match`]).
     pub fn select_chain(&self, facts: &ConnectionFacts) -> Option<&Arc<FilterChain>> {
-        filter_chain_match::select(
-            self.filter_chains.iter().map(|c| (&c.matching, c)),
-            facts,
-        )
-        .or(self.default_chain.as_ref())
+        filter_chain_match::select(self.filter_chains.iter().map(|c| (&c.matching, c)), facts)
+            .or(self.default_chain.as_ref())
     }
 
     /// Whether a chain matches on the local port (which costs a `getsockname`).
@@ -247,7 +244,8 @@ pub fn compile_listener(
             return Err(ConfigError::unsupported(field));
         }
     }
-    let tls_inspector = super::tls_inspector::compile_listener_filters(&proto.listener_filters, store)?;
+    let tls_inspector =
+        super::tls_inspector::compile_listener_filters(&proto.listener_filters, store)?;
     if proto.filter_chains.is_empty() && proto.default_filter_chain.is_none() {
         return Err(ConfigError::new(
             "filter_chains",

@@ -82,7 +82,11 @@ impl ChainMatch {
         }
         Ok(ChainMatch {
             destination_port,
-            server_names: m.server_names.iter().map(|s| s.to_ascii_lowercase()).collect(),
+            server_names: m
+                .server_names
+                .iter()
+                .map(|s| s.to_ascii_lowercase())
+                .collect(),
             transport_protocol: (!m.transport_protocol.is_empty())
                 .then(|| m.transport_protocol.clone()),
             application_protocols: m.application_protocols.clone(),
@@ -235,13 +239,22 @@ mod tests {
             (m(&[], Some("raw_buffer"), &[]), "plain"),
         ];
         let pick = |f: ConnectionFacts| select(chains.iter().map(|(m, t)| (m, t)), &f).copied();
-        assert_eq!(pick(facts(Some("api.example.com"), "tls", &[])), Some("exact"));
+        assert_eq!(
+            pick(facts(Some("api.example.com"), "tls", &[])),
+            Some("exact")
+        );
         assert_eq!(pick(facts(Some("x.example.com"), "tls", &[])), Some("wild"));
-        assert_eq!(pick(facts(Some("b.a.example.com"), "tls", &[])), Some("longer wild"));
+        assert_eq!(
+            pick(facts(Some("b.a.example.com"), "tls", &[])),
+            Some("longer wild")
+        );
         assert_eq!(pick(facts(Some("other.org"), "tls", &[])), Some("any tls"));
         assert_eq!(pick(facts(None, "raw_buffer", &[])), Some("plain"));
         // A name matched, then its chain's transport did not: no chain (Envoy's tree).
-        let strict = [(m(&["a.org"], Some("raw_buffer"), &[]), 1), (m(&[], None, &[]), 2)];
+        let strict = [
+            (m(&["a.org"], Some("raw_buffer"), &[]), 1),
+            (m(&[], None, &[]), 2),
+        ];
         let f = facts(Some("a.org"), "tls", &[]);
         assert_eq!(select(strict.iter().map(|(m, t)| (m, t)), &f), None);
     }

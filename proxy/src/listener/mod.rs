@@ -8,6 +8,6 @@ mod manager;
 mod socket;
 pub mod tls_inspector;
 
-pub use active_tcp_listener::ActiveTcpListener;
+pub use active_tcp_listener::{AcceptedConnection, ActiveTcpListener};
 pub use config::{compile_listener, FilterChain, ListenerConfig, ListenerStats, RdsNeed};
 pub use manager::{ListenerEntry, ListenerManager};

@@ -37,8 +37,6 @@ pub struct TlsInspectorStats {
     alpn_found: Arc<Counter>,
     alpn_not_found: Arc<Counter>,
     client_hello_too_large: Arc<Counter>,
-    connection_closed: Arc<Counter>,
-    read_error: Arc<Counter>,
 }
 
 /// A compiled TLS inspector.
@@ -49,7 +47,8 @@ pub struct TlsInspector {
 }
 
 /// Builds a listener filter.
-pub type BuildListenerFilter = fn(&courier_proto::google::protobuf::Any, &str, &Store) -> Result<TlsInspector, ConfigError>;
+pub type BuildListenerFilter =
+    fn(&courier_proto::google::protobuf::Any, &str, &Store) -> Result<TlsInspector, ConfigError>;
 
 /// The listener filters Courier has.
 pub static LISTENER_FILTERS: Registry<BuildListenerFilter> = Registry {
@@ -66,15 +65,23 @@ pub static LISTENER_FILTERS: Registry<BuildListenerFilter> = Registry {
 };
 
 impl TlsInspector {
-    fn compile(cfg: &pb::TlsInspector, path: &str, store: &Store) -> Result<TlsInspector, ConfigError> {
+    fn compile(
+        cfg: &pb::TlsInspector,
+        path: &str,
+        store: &Store,
+    ) -> Result<TlsInspector, ConfigError> {
         let unsupported = [
             (
                 "enable_ja3_fingerprinting",
-                cfg.enable_ja3_fingerprinting.as_ref().is_some_and(|b| b.value),
+                cfg.enable_ja3_fingerprinting
+                    .as_ref()
+                    .is_some_and(|b| b.value),
             ),
             (
                 "enable_ja4_fingerprinting",
-                cfg.enable_ja4_fingerprinting.as_ref().is_some_and(|b| b.value),
+                cfg.enable_ja4_fingerprinting
+                    .as_ref()
+                    .is_some_and(|b| b.value),
             ),
         ];
         if let Some((field, _)) = unsupported.iter().find(|(_, set)| *set) {
@@ -100,8 +107,6 @@ impl TlsInspector {
                 alpn_found: c("alpn_found"),
                 alpn_not_found: c("alpn_not_found"),
                 client_hello_too_large: c("client_hello_too_large"),
-                connection_closed: c("connection_closed"),
-                read_error: c("read_error"),
             }),
             max_client_hello,
         })
@@ -252,15 +257,11 @@ impl Inspecting {
                 return match e.kind() {
                     io::ErrorKind::WouldBlock => Next::Continue,
                     io::ErrorKind::Interrupted => continue,
-                    _ => {
-                        self.inspector.stats.read_error.inc(ctx.local.id);
-                        Next::Close
-                    }
+                    _ => Next::Close,
                 };
             }
             let n = n as usize;
             if n == 0 {
-                self.inspector.stats.connection_closed.inc(ctx.local.id);
                 return Next::Close;
             }
             let worker = ctx.local.id;
@@ -332,7 +333,10 @@ impl EventHandler<WorkerLocal> for Inspecting {
         if tag != TIMER_TIMEOUT {
             return Next::Continue;
         }
-        self.config.stats.downstream_pre_cx_timeout.inc(ctx.local.id);
+        self.config
+            .stats
+            .downstream_pre_cx_timeout
+            .inc(ctx.local.id);
         if self.config.continue_on_listener_filters_timeout {
             return self.hand_over(ctx, None, "raw_buffer", Vec::new());
         }
@@ -353,6 +357,9 @@ mod tests {
         assert_eq!(inspect(b"GET / HTTP/1.1\r\n"), Peeked::NotTls);
         assert_eq!(inspect(b""), Peeked::Incomplete);
         // A record header announcing more than is there yet.
-        assert_eq!(inspect(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01]), Peeked::Incomplete);
+        assert_eq!(
+            inspect(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01]),
+            Peeked::Incomplete
+        );
     }
 }

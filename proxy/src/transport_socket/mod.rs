@@ -25,9 +25,9 @@ pub const TLS: &str = "envoy.transport_sockets.tls";
 const RAW_BUFFER_TYPE: &str = "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer";
 
 /// Builds a downstream transport socket: `None` is `raw_buffer`.
-pub type BuildDownstream = fn(&Any, &str) -> Result<Option<Arc<tls::ServerContext>>, ConfigError>;
+pub type BuildDownstream = Build<Arc<tls::ServerContext>>;
 /// Builds an upstream transport socket: `None` is `raw_buffer`.
-pub type BuildUpstream = fn(&Any, &str) -> Result<Option<Arc<tls::ClientContext>>, ConfigError>;
+pub type BuildUpstream = Build<Arc<tls::ClientContext>>;
 
 /// A filter chain's transport sockets.
 pub static DOWNSTREAM: Registry<BuildDownstream> = Registry {
@@ -71,16 +71,19 @@ pub static UPSTREAM: Registry<BuildUpstream> = Registry {
     ],
 };
 
+/// A transport socket factory: `None` is `raw_buffer`.
+type Build<T> = fn(&Any, &str) -> Result<Option<T>, ConfigError>;
+
 /// Resolves `socket` at `path` in `registry` and builds it.
 fn build<T>(
-    registry: &Registry<fn(&Any, &str) -> Result<Option<T>, ConfigError>>,
+    registry: &Registry<Build<T>>,
     socket: &TransportSocket,
     path: &str,
 ) -> Result<Option<T>, ConfigError> {
-    let any = match &socket.config_type {
-        Some(transport_socket::ConfigType::TypedConfig(any)) => Some(any),
-        None => None,
-    };
+    let any = socket
+        .config_type
+        .as_ref()
+        .map(|transport_socket::ConfigType::TypedConfig(any)| any);
     let at = format!("{path}.typed_config");
     let Some(found) = registry.resolve(any, &socket.name, false, &at)? else {
         return Ok(None);

@@ -287,10 +287,7 @@ impl hyper::rt::Write for Transport {
         match self.get_mut() {
             Transport::Raw(t) => Pin::new(t).poll_shutdown(cx),
             Transport::Tls(t) => {
-                let mut sock = Polled {
-                    io: &mut t.tcp,
-                    cx,
-                };
+                let mut sock = Polled { io: &mut t.tcp, cx };
                 match t.session.close(&mut sock) {
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Poll::Pending,
                     // The socket's own shutdown follows whatever close_notify's fate.

@@ -346,7 +346,10 @@ pub fn compile_cluster(proto: &pb::Cluster, store: &Store) -> Result<ClusterInfo
     )?
     .map(|context| crate::transport_socket::tls::ClientTls {
         context,
-        stats: crate::transport_socket::tls::SslStats::new(store, &format!("cluster.{}", proto.name)),
+        stats: crate::transport_socket::tls::SslStats::new(
+            store,
+            &format!("cluster.{}", proto.name),
+        ),
     });
     let hosts = match (&discovery, &proto.load_assignment) {
         (DiscoveryType::Static, Some(cla)) => build_host_set(cla, store, None, panic_threshold)

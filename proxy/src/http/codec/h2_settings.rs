@@ -159,7 +159,11 @@ pub struct SettingsWatch {
 impl SettingsWatch {
     /// Wraps a freshly connected socket (nothing read from it yet); see
     /// [`FrameScan::new`].
-    pub fn new(io: Transport, peer: Rc<PeerSettings>, on_known: Box<dyn FnOnce()>) -> SettingsWatch {
+    pub fn new(
+        io: Transport,
+        peer: Rc<PeerSettings>,
+        on_known: Box<dyn FnOnce()>,
+    ) -> SettingsWatch {
         SettingsWatch {
             io,
             scan: FrameScan::new(peer, on_known),

@@ -32,10 +32,9 @@ use crate::http::conn_manager::config::{Codec, HcmConfig};
 use crate::http::conn_manager::conn_info::ConnInfo;
 use crate::http::conn_manager::local_reply::local_reply;
 use crate::http::conn_manager::upgrade;
-use crate::listener::ListenerStats;
-use crate::worker::{Ctx, EventHandler, HandlerId, Next, WorkerLocal};
-use crate::transport_socket::tls::ServerTls;
+use crate::listener::AcceptedConnection;
 use crate::transport_socket::{TlsIo, Transport};
+use crate::worker::{Ctx, EventHandler, HandlerId, Next, WorkerLocal};
 use courier_runtime::event::rt::{self, LocalExec, RtTimer, TcpIo};
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -108,13 +107,16 @@ impl HttpConnection {
     pub fn start(
         ctx: &mut Ctx,
         me: HandlerId,
-        stream: mio::net::TcpStream,
+        accepted: AcceptedConnection,
         config: Arc<HcmConfig>,
-        chain_tag: u64,
-        listener_stats: Arc<ListenerStats>,
-        buffer_limit: usize,
-        tls: Option<ServerTls>,
     ) -> io::Result<Box<dyn EventHandler<WorkerLocal>>> {
+        let AcceptedConnection {
+            stream,
+            chain_tag,
+            listener_stats,
+            buffer_limit,
+            tls,
+        } = accepted;
         let worker = ctx.local.id;
         let remote = stream.peer_addr()?;
         let local = stream.local_addr()?;
@@ -229,7 +231,11 @@ impl HttpConnection {
                     let Some(io) = tls.take() else { return true };
                     // With AUTO, ALPN names the codec; without it the preface does.
                     let alpn = match self.config.codec {
-                        Codec::Auto => io.session().connection().alpn_protocol().map(<[u8]>::to_vec),
+                        Codec::Auto => io
+                            .session()
+                            .connection()
+                            .alpn_protocol()
+                            .map(<[u8]>::to_vec),
                         _ => None,
                     };
                     let io = Transport::Tls(io);

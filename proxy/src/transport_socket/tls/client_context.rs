@@ -6,10 +6,10 @@ use std::sync::Arc;
 
 use courier_proto::envoy::extensions::transport_sockets::tls::v3::UpstreamTlsContext;
 use rustls::client::{ResolvesClientCert, Resumption};
-use rustls::sign::CertifiedKey;
-use rustls::SignatureScheme;
 use rustls::pki_types::ServerName;
+use rustls::sign::CertifiedKey;
 use rustls::ClientConfig;
+use rustls::SignatureScheme;
 
 use super::common;
 use super::params::Side;
@@ -120,7 +120,10 @@ pub fn compile(ctx: &UpstreamTlsContext, path: &str) -> Result<ClientContext, Co
         None
     } else {
         Some(ServerName::try_from(ctx.sni.clone()).map_err(|e| {
-            ConfigError::new(format!("{path}.sni"), format!("invalid SNI '{}': {e}", ctx.sni))
+            ConfigError::new(
+                format!("{path}.sni"),
+                format!("invalid SNI '{}': {e}", ctx.sni),
+            )
         })?)
     };
     let validation = common
@@ -144,7 +147,10 @@ pub fn compile(ctx: &UpstreamTlsContext, path: &str) -> Result<ClientContext, Co
     config.alpn_protocols = common.alpn;
     // Envoy keeps one session per upstream by default (`max_session_keys`: 1; 0 turns
     // resumption off).
-    let keys = ctx.max_session_keys.as_ref().map_or(1, |v| v.value as usize);
+    let keys = ctx
+        .max_session_keys
+        .as_ref()
+        .map_or(1, |v| v.value as usize);
     config.resumption = if keys == 0 {
         Resumption::disabled()
     } else {

@@ -111,7 +111,11 @@ pub fn compile(
             )),
         }
     };
-    let min = version(p.tls_minimum_protocol_version, "tls_minimum_protocol_version", 2)?;
+    let min = version(
+        p.tls_minimum_protocol_version,
+        "tls_minimum_protocol_version",
+        2,
+    )?;
     let default_max = if side == Side::Client { 2 } else { 3 };
     let max = version(
         p.tls_maximum_protocol_version,
@@ -217,7 +221,9 @@ mod tests {
             cipher_suites: vec!["AES128-SHA".into()],
             ..Default::default()
         };
-        let e = compile(Some(&p), Side::Server, "tls_params").err().expect("refused");
+        let e = compile(Some(&p), Side::Server, "tls_params")
+            .err()
+            .expect("refused");
         assert_eq!(e.path, "tls_params.cipher_suites[0]");
         assert!(e.message.contains("AES128-SHA"), "{}", e.message);
     }
@@ -235,7 +241,9 @@ mod tests {
             tls_minimum_protocol_version: TlsProtocol::TlSv10 as i32,
             ..Default::default()
         };
-        let e = compile(Some(&old), Side::Server, "p").err().expect("refused");
+        let e = compile(Some(&old), Side::Server, "p")
+            .err()
+            .expect("refused");
         assert_eq!(e.path, "p.tls_minimum_protocol_version");
     }
 }

@@ -86,7 +86,8 @@ impl ResolvesServerCert for CertChoice {
             return None;
         }
         let schemes = hello.signature_schemes();
-        let usable = |c: &&(Arc<CertifiedKey>, Vec<String>)| c.0.key.choose_scheme(schemes).is_some();
+        let usable =
+            |c: &&(Arc<CertifiedKey>, Vec<String>)| c.0.key.choose_scheme(schemes).is_some();
         let named = |c: &&(Arc<CertifiedKey>, Vec<String>)| {
             sni.as_deref()
                 .is_some_and(|s| c.1.iter().any(|p| name_covers(p, s)))
@@ -168,7 +169,9 @@ pub fn compile(ctx: &DownstreamTlsContext, path: &str) -> Result<ServerContext, 
     config.ignore_client_order = !ctx.prefer_client_ciphers;
     let stateless_off = matches!(
         ctx.session_ticket_keys_type,
-        Some(SessionTicketKeysType::DisableStatelessSessionResumption(true))
+        Some(SessionTicketKeysType::DisableStatelessSessionResumption(
+            true
+        ))
     );
     if !stateless_off {
         config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()

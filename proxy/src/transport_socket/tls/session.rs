@@ -85,14 +85,14 @@ impl TlsSession {
         let state = match self.conn.process_new_packets() {
             Ok(state) => state,
             Err(e) => {
-            // Tell the peer why (the alert rustls queued), best effort.
-            let _ = self.flush(sock);
-            if !self.established {
-                self.stats.failed(self.worker, Failure::of(&e));
-            } else {
-                self.stats.connection_error.inc(self.worker);
-            }
-            return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+                // Tell the peer why (the alert rustls queued), best effort.
+                let _ = self.flush(sock);
+                if !self.established {
+                    self.stats.failed(self.worker, Failure::of(&e));
+                } else {
+                    self.stats.connection_error.inc(self.worker);
+                }
+                return Err(io::Error::new(io::ErrorKind::InvalidData, e));
             }
         };
         self.plaintext = state.plaintext_bytes_to_read();
@@ -108,11 +108,11 @@ impl TlsSession {
     fn on_established(&mut self) {
         self.established = true;
         self.stats.handshake.inc(self.worker);
+        self.stats.negotiated(self.worker, &self.conn);
         if self.conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
             self.stats.session_reused.inc(self.worker);
         }
-        if matches!(self.conn, Connection::Server(_)) && self.conn.peer_certificates().is_none()
-        {
+        if matches!(self.conn, Connection::Server(_)) && self.conn.peer_certificates().is_none() {
             self.stats.no_certificate.inc(self.worker);
         }
     }

@@ -75,7 +75,10 @@ impl Validation {
                     .is_some_and(|b| b.value),
             ),
             ("allow_expired_certificate", v.allow_expired_certificate),
-            ("custom_validator_config", v.custom_validator_config.is_some()),
+            (
+                "custom_validator_config",
+                v.custom_validator_config.is_some(),
+            ),
             ("only_verify_leaf_cert_crl", v.only_verify_leaf_cert_crl),
             ("max_verify_depth", v.max_verify_depth.is_some()),
         ];
@@ -310,7 +313,9 @@ impl ServerVerifier {
                 WebPkiServerVerifier::builder_with_provider(roots.clone(), provider.clone())
                     .with_crls(validation.crls.clone())
                     .build()
-                    .map_err(|e| ConfigError::new(path, format!("invalid validation context: {e}")))?,
+                    .map_err(|e| {
+                        ConfigError::new(path, format!("invalid validation context: {e}"))
+                    })?,
             ),
             None => None,
         };
@@ -333,8 +338,13 @@ impl ServerCertVerifier for ServerVerifier {
         now: UnixTime,
     ) -> Result<ServerCertVerified, Error> {
         if let Some(chain) = &self.chain {
-            match chain.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
-            {
+            match chain.verify_server_cert(
+                end_entity,
+                intermediates,
+                server_name,
+                ocsp_response,
+                now,
+            ) {
                 Ok(_) => {}
                 // The chain verified; only the name did not match, which Envoy does not
                 // check unless asked to.
@@ -407,7 +417,9 @@ impl ClientVerifier {
                     .with_crls(validation.crls.clone())
                     .allow_unauthenticated()
                     .build()
-                    .map_err(|e| ConfigError::new(path, format!("invalid validation context: {e}")))?,
+                    .map_err(|e| {
+                        ConfigError::new(path, format!("invalid validation context: {e}"))
+                    })?,
             ),
             None => None,
         };

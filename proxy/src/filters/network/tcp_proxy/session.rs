@@ -24,8 +24,9 @@ use mio::net::TcpStream;
 use mio::Interest;
 
 use super::TcpProxyConfig;
+use crate::listener::AcceptedConnection;
 use crate::listener::ListenerStats;
-use crate::transport_socket::tls::{AlpnFallback, ServerTls, TlsSession};
+use crate::transport_socket::tls::{AlpnFallback, TlsSession};
 use crate::upstream::{ClusterInfo, Host, ThreadLocalClusterManager};
 use crate::worker::{Ctx, EventHandler, HandlerId, Next, WorkerLocal};
 
@@ -205,13 +206,16 @@ impl TcpProxySession {
     pub fn start(
         ctx: &mut Ctx,
         me: HandlerId,
-        mut stream: TcpStream,
+        accepted: AcceptedConnection,
         config: Arc<TcpProxyConfig>,
-        chain_tag: u64,
-        listener_stats: Arc<ListenerStats>,
-        downstream_limit: usize,
-        tls: Option<ServerTls>,
     ) -> io::Result<Box<dyn EventHandler<WorkerLocal>>> {
+        let AcceptedConnection {
+            mut stream,
+            chain_tag,
+            listener_stats,
+            buffer_limit: downstream_limit,
+            tls,
+        } = accepted;
         let worker = ctx.local.id;
         let tls = tls.map(|t| t.session(worker)).transpose()?;
         ctx.registry.register(

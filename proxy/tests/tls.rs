@@ -1,0 +1,421 @@
+//! TLS end to end, differential with Envoy 1.40 (`envoy` on PATH) on the same bootstrap:
+//! SNI routing across chains (exact, wildcard, any TLS, plaintext default on the same
+//! port), ALPN, mTLS accept and reject cases, TLS passthrough and termination in
+//! `tcp_proxy`, and TLS to upstreams (SNI, SAN and CA checks, client certificates).
+//! Outcomes and `ssl.*` / `tls_inspector.*` counters must be Envoy's.
+
+mod http_support;
+mod tls_support;
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use http_support::*;
+use tls_support::*;
+
+struct Pki {
+    _dir: tempfile::TempDir,
+    ca: Ca,
+    server: Pem,
+    backend: Pem,
+    client_good: Pem,
+    client_evil: Pem,
+    client_foreign: Pem,
+}
+
+fn pki() -> Pki {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let ca = Ca::new(d, "ca");
+    let other = Ca::new(d, "other-ca");
+    Pki {
+        server: ca.leaf(
+            d,
+            "server",
+            &["api.example.com", "*.example.com", "other.org", "mtls.test"],
+            &[],
+        ),
+        backend: ca.leaf(d, "backend", &["backend.internal"], &[]),
+        client_good: ca.leaf(d, "good", &[], &["spiffe://cluster.local/ns/a/sa/good"]),
+        client_evil: ca.leaf(d, "evil", &[], &["spiffe://cluster.local/ns/a/sa/evil"]),
+        client_foreign: other.leaf(d, "foreign", &[], &["spiffe://cluster.local/ns/a/sa/good"]),
+        ca,
+        _dir: dir,
+    }
+}
+
+fn p(path: &Path) -> String {
+    path.display().to_string()
+}
+
+/// A `DownstreamTlsContext` transport socket (indented for a filter chain).
+fn downstream_tls(pki: &Pki, extra: &str) -> String {
+    format!(
+        r#"      transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+{extra}          common_tls_context:
+            alpn_protocols: ["h2", "http/1.1"]
+            tls_certificates:
+            - certificate_chain: {{ filename: "{}" }}
+              private_key: {{ filename: "{}" }}
+"#,
+        p(&pki.server.cert),
+        p(&pki.server.key)
+    )
+}
+
+fn hcm(prefix: &str, cluster: &str) -> String {
+    format!(
+        r#"      filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: {prefix}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
+          route_config:
+            virtual_hosts:
+            - name: v
+              domains: ["*"]
+              routes:
+              - match: {{ prefix: "/" }}
+                route: {{ cluster: {cluster} }}
+"#
+    )
+}
+
+fn tcp_proxy(cluster: &str) -> String {
+    format!(
+        r#"      filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: {cluster}
+          cluster: {cluster}
+"#
+    )
+}
+
+/// An `UpstreamTlsContext` for a cluster (`extra` goes into `common_tls_context`).
+fn upstream_tls(sni: &str, common: &str) -> String {
+    format!(
+        r#"    transport_socket:
+      name: envoy.transport_sockets.tls
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
+        sni: "{sni}"
+        common_tls_context:
+          {common}
+"#
+    )
+}
+
+fn validation(ca: &Path, san: &str) -> String {
+    format!(
+        r#"validation_context:
+            trusted_ca: {{ filename: "{}" }}
+            match_typed_subject_alt_names:
+            - san_type: DNS
+              matcher: {{ exact: "{san}" }}"#,
+        p(ca)
+    )
+}
+
+struct Env {
+    upstreams: Vec<Upstream>,
+    _backend: TlsUpstream,
+    backend_mtls: TlsUpstream,
+    boot: String,
+}
+
+fn env(pki: &Pki) -> Env {
+    let names = ["api", "wild", "anytls", "plain", "mtls", "tcpup"];
+    let upstreams: Vec<Upstream> = names.iter().map(|n| Upstream::start(n)).collect();
+    let backend = TlsUpstream::start("backend", &pki.backend, None);
+    let backend_mtls = TlsUpstream::start("backend-mtls", &pki.backend, Some(&pki.ca.cert));
+    let mtls = format!(
+        r#"          require_client_certificate: true
+          common_tls_context:
+            validation_context:
+              trusted_ca: {{ filename: "{}" }}
+              match_typed_subject_alt_names:
+              - san_type: URI
+                matcher: {{ exact: "spiffe://cluster.local/ns/a/sa/good" }}
+"#,
+        p(&pki.ca.cert)
+    );
+    // The mTLS chain's context: the validation context merged into the common one.
+    let mtls_socket = downstream_tls(pki, "").replace("          common_tls_context:\n", &mtls);
+    let chains = [
+        format!(
+            "    - filter_chain_match: {{ server_names: [\"api.example.com\"] }}\n{}{}",
+            downstream_tls(pki, ""),
+            hcm("api", "api")
+        ),
+        format!(
+            "    - filter_chain_match: {{ server_names: [\"*.example.com\"] }}\n{}{}",
+            downstream_tls(pki, ""),
+            hcm("wild", "wild")
+        ),
+        format!(
+            "    - filter_chain_match: {{ server_names: [\"mtls.test\"] }}\n{}{}",
+            mtls_socket,
+            hcm("mtls", "mtls")
+        ),
+        format!(
+            "    - filter_chain_match: {{ server_names: [\"tcp.example.com\"] }}\n{}{}",
+            downstream_tls(pki, ""),
+            tcp_proxy("tcpup")
+        ),
+        format!(
+            "    - filter_chain_match: {{ server_names: [\"tcptls.example.com\"] }}\n{}{}",
+            downstream_tls(pki, ""),
+            tcp_proxy("backend_ok")
+        ),
+        format!(
+            "    - filter_chain_match: {{ server_names: [\"backend.internal\"] }}\n{}",
+            tcp_proxy("passthrough")
+        ),
+        format!(
+            "    - filter_chain_match: {{ transport_protocol: tls }}\n{}{}",
+            downstream_tls(pki, ""),
+            hcm("anytls", "anytls")
+        ),
+    ]
+    .concat();
+    let default_chain = hcm("plain", "plain");
+    let mut clusters: String = names
+        .iter()
+        .zip(&upstreams)
+        .map(|(n, u)| cluster(n, &[u.addr], ""))
+        .collect();
+    let client_cert = format!(
+        "tls_certificates: [{{ certificate_chain: {{ filename: \"{}\" }}, private_key: {{ filename: \"{}\" }} }}]\n          ",
+        p(&pki.client_good.cert),
+        p(&pki.client_good.key)
+    );
+    for (name, addr, tls) in [
+        (
+            "backend_ok",
+            backend_mtls.addr,
+            upstream_tls(
+                "backend.internal",
+                &format!(
+                    "{client_cert}{}",
+                    validation(&pki.ca.cert, "backend.internal")
+                ),
+            ),
+        ),
+        (
+            "backend_badsan",
+            backend.addr,
+            upstream_tls(
+                "backend.internal",
+                &validation(&pki.ca.cert, "nope.internal"),
+            ),
+        ),
+        (
+            "backend_wrongca",
+            backend.addr,
+            upstream_tls(
+                "backend.internal",
+                &validation(&pki.client_foreign.cert, "backend.internal"),
+            ),
+        ),
+        ("backend_noverify", backend.addr, upstream_tls("", "{}")),
+        (
+            "backend_nocert",
+            backend_mtls.addr,
+            upstream_tls("backend.internal", "{}"),
+        ),
+        ("passthrough", backend.addr, String::new()),
+    ] {
+        clusters.push_str(&cluster(name, &[addr], &tls));
+    }
+    let routes = [
+        "backend_ok",
+        "backend_badsan",
+        "backend_wrongca",
+        "backend_noverify",
+        "backend_nocert",
+    ]
+    .iter()
+    .map(|c| {
+        format!(
+            "              - match: {{ prefix: \"/{c}\" }}\n                route: {{ cluster: {c} }}\n"
+        )
+    })
+    .collect::<String>();
+    let default_chain = default_chain.replace(
+        "              - match: { prefix: \"/\" }\n",
+        &format!("{routes}              - match: {{ prefix: \"/\" }}\n"),
+    );
+    let boot = format!(
+        r#"admin:
+  address:
+    socket_address: {{ address: 127.0.0.1, port_value: 0 }}
+static_resources:
+  listeners:
+  - name: tls
+    stat_prefix: tls
+    address:
+      socket_address: {{ address: 127.0.0.1, port_value: LISTENER_PORT }}
+    listener_filters:
+    - name: envoy.filters.listener.tls_inspector
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector
+    filter_chains:
+{chains}    default_filter_chain:
+{default_chain}  clusters:
+{clusters}"#
+    );
+    Env {
+        upstreams,
+        _backend: backend,
+        backend_mtls,
+        boot,
+    }
+}
+
+/// One case: its name, the ALPN protocol chosen, and the response (status, body).
+type Case = (String, Option<Vec<u8>>, Option<(u16, String)>);
+
+/// Everything one proxy did with the cases, to compare.
+#[derive(Debug, PartialEq)]
+struct Observed {
+    cases: Vec<Case>,
+    stats: Vec<(String, u64)>,
+}
+
+const STATS: &[&str] = &[
+    "listener.tls.ssl.handshake",
+    "listener.tls.ssl.connection_error",
+    "listener.tls.ssl.no_certificate",
+    "listener.tls.ssl.fail_verify_no_cert",
+    "listener.tls.ssl.fail_verify_error",
+    "listener.tls.ssl.fail_verify_san",
+    "tls_inspector.tls_found",
+    "tls_inspector.tls_not_found",
+    "tls_inspector.sni_found",
+    "tls_inspector.alpn_found",
+    "tls_inspector.alpn_not_found",
+    "cluster.backend_ok.ssl.handshake",
+    "cluster.backend_badsan.ssl.fail_verify_san",
+    "cluster.backend_wrongca.ssl.fail_verify_error",
+    "cluster.backend_noverify.ssl.handshake",
+    "listener.tls.ssl.versions.TLSv1.3",
+    "cluster.backend_ok.ssl.versions.TLSv1.2",
+];
+
+fn run(pki: &Pki, env: &Env, proxy: &Courier) -> Observed {
+    let addr: SocketAddr = proxy.listener;
+    let ca = &pki.ca.cert;
+    let mut cases = Vec::new();
+    let mut tls = |name: &str, sni: &str, alpn: &[&str], client: Option<&Pem>| {
+        let r = tls_get(addr, ca, sni, alpn, client);
+        cases.push((name.to_string(), r.alpn, r.response));
+    };
+    tls("exact name", "api.example.com", &["http/1.1"], None);
+    tls("wildcard name", "x.example.com", &[], None);
+    tls("other name: any TLS", "other.org", &["http/1.1"], None);
+    tls("h2 offered", "api.example.com", &["h2", "http/1.1"], None);
+    tls(
+        "mTLS with a good certificate",
+        "mtls.test",
+        &[],
+        Some(&pki.client_good),
+    );
+    tls("mTLS without a certificate", "mtls.test", &[], None);
+    tls(
+        "mTLS, SAN not allowed",
+        "mtls.test",
+        &[],
+        Some(&pki.client_evil),
+    );
+    tls(
+        "mTLS, unknown CA",
+        "mtls.test",
+        &[],
+        Some(&pki.client_foreign),
+    );
+    tls("tcp_proxy terminating TLS", "tcp.example.com", &[], None);
+    tls(
+        "tcp_proxy terminating and originating TLS",
+        "tcptls.example.com",
+        &[],
+        None,
+    );
+    tls("tcp_proxy passthrough", "backend.internal", &[], None);
+    let plain = get(addr, "h", "/", &[]);
+    cases.push((
+        "plaintext default chain".into(),
+        None,
+        Some((plain.status, plain.body_str())),
+    ));
+    for c in [
+        "backend_ok",
+        "backend_badsan",
+        "backend_wrongca",
+        "backend_noverify",
+        "backend_nocert",
+    ] {
+        let r = get(addr, "h", &format!("/{c}"), &[]);
+        // Envoy's 503 body names its TLS error; only the status is compared for those.
+        let body = if r.status == 200 {
+            r.body_str()
+        } else {
+            String::new()
+        };
+        cases.push((format!("upstream {c}"), None, Some((r.status, body))));
+    }
+    let _ = env;
+    let stats = STATS
+        .iter()
+        .map(|s| (s.to_string(), proxy.stat(s)))
+        .collect();
+    Observed { cases, stats }
+}
+
+#[test]
+fn tls_matches_envoy() {
+    let pki = pki();
+    let env = env(&pki);
+    let Some(envoy) = Courier::start_envoy(&env.boot) else {
+        eprintln!("envoy not on PATH: skipped");
+        return;
+    };
+    let from_envoy = run(&pki, &env, &envoy);
+    drop(envoy);
+    let envoy_offers = std::mem::take(&mut *env.backend_mtls.offered.lock().expect("lock"));
+    let courier = Courier::start(&env.boot);
+    let from_courier = run(&pki, &env, &courier);
+    let courier_offers = std::mem::take(&mut *env.backend_mtls.offered.lock().expect("lock"));
+    for (e, c) in from_envoy.cases.iter().zip(&from_courier.cases) {
+        eprintln!(
+            "{}:\n  envoy   {:?} {:?}\n  courier {:?} {:?}",
+            e.0, e.1, e.2, c.1, c.2
+        );
+    }
+    for (e, c) in from_envoy.stats.iter().zip(&from_courier.stats) {
+        eprintln!("{}: envoy {} courier {}", e.0, e.1, c.1);
+    }
+    eprintln!("upstream offers: envoy {envoy_offers:?}\n  courier {courier_offers:?}");
+    // The cases' expected outcomes, so that a change on both sides is caught too.
+    let ok = |i: usize| from_courier.cases[i].2.as_ref().map(|r| r.0);
+    assert_eq!(ok(0), Some(200));
+    assert_eq!(ok(5), None, "mTLS without a certificate must fail");
+    assert_eq!(from_courier.cases[3].1.as_deref(), Some(&b"h2"[..]));
+    assert_eq!(from_envoy.cases, from_courier.cases);
+    assert_eq!(from_envoy.stats, from_courier.stats);
+    assert_eq!(
+        envoy_offers, courier_offers,
+        "what the upstream handshakes offered"
+    );
+    assert!(env
+        .upstreams
+        .iter()
+        .all(|u| u.requests.load(std::sync::atomic::Ordering::SeqCst) > 0));
+}

@@ -419,3 +419,93 @@ fn tls_matches_envoy() {
         .iter()
         .all(|u| u.requests.load(std::sync::atomic::Ordering::SeqCst) > 0));
 }
+
+/// Runs `envoy --mode validate`; `None` without Envoy on PATH.
+fn envoy_validates(bootstrap: &str) -> Option<bool> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("bootstrap.yaml");
+    std::fs::write(&cfg, bootstrap.replace("LISTENER_PORT", "0")).expect("write");
+    let out = std::process::Command::new("envoy")
+        .args([
+            "--mode",
+            "validate",
+            "--use-dynamic-base-id",
+            "-l",
+            "critical",
+            "-c",
+        ])
+        .arg(&cfg)
+        .output()
+        .ok()?;
+    Some(out.status.success())
+}
+
+#[test]
+fn bad_tls_config_is_refused_by_path_as_envoy_refuses_it() {
+    let pki = pki();
+    let base = bootstrap(&all_to("up"), "", &cluster("up", &[refusing_addr()], ""));
+    let chain = "    filter_chains:\n    - filters:\n";
+    let with_socket = |extra: &str, common: &str| {
+        let socket = downstream_tls(&pki, extra).replace(
+            "          common_tls_context:\n",
+            &format!("          common_tls_context:\n{common}"),
+        );
+        base.replacen(
+            chain,
+            &format!("    filter_chains:\n    -{}      filters:\n", &socket[5..]),
+            1,
+        )
+    };
+    let wrong_key = with_socket("", "").replace(&p(&pki.server.key), &p(&pki.backend.key));
+    let missing = with_socket("", "").replace(&p(&pki.server.cert), "/nonexistent/cert.pem");
+    let cipher = with_socket(
+        "",
+        "            tls_params: { cipher_suites: [NOT-A-CIPHER] }\n",
+    );
+    let pin = with_socket(
+        "",
+        &format!(
+            "            validation_context: {{ trusted_ca: {{ filename: \"{}\" }}, verify_certificate_spki: [\"xyz\"] }}\n",
+            p(&pki.ca.cert)
+        ),
+    );
+    let wildcard = base.replacen(
+        chain,
+        "    filter_chains:\n    - filter_chain_match: { server_names: [\"a*.example.com\"] }\n      filters:\n",
+        1,
+    );
+    let cases = [
+        (
+            "a key that is not the certificate's",
+            wrong_key,
+            "tls_certificates[0].private_key",
+        ),
+        (
+            "an unreadable certificate file",
+            missing,
+            "certificate_chain.filename",
+        ),
+        ("an unknown cipher", cipher, "cipher_suites[0]"),
+        ("a malformed SPKI pin", pin, "verify_certificate_spki[0]"),
+        (
+            "a partial wildcard server name",
+            wildcard,
+            "server_names[0]",
+        ),
+    ];
+    // The well-formed base must pass, or the cases prove nothing.
+    let good = with_socket("", "");
+    assert_eq!(validate(&good).0, Some(0), "{}", validate(&good).1);
+    for (name, boot, path) in cases {
+        let (code, stderr) = validate(&boot);
+        eprintln!("{name}: {}", stderr.lines().last().unwrap_or_default());
+        assert_ne!(code, Some(0), "{name}: accepted");
+        assert!(
+            stderr.contains(path),
+            "{name}: the error must name {path}: {stderr}"
+        );
+        if let Some(ok) = envoy_validates(&boot) {
+            assert!(!ok, "{name}: Envoy accepts it");
+        }
+    }
+}

@@ -248,6 +248,14 @@ async fn nack_invalid_clusters() {
             EXT,
         ),
         case(
+            "upstream TLS whose trusted CA is not a certificate",
+            ResourceType::Cluster,
+            vec![cluster_yaml(&format!(
+                "name: bad_ca\n{st}transport_socket: {{ name: envoy.transport_sockets.tls, typed_config: {{ '@type': type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext, common_tls_context: {{ validation_context: {{ trusted_ca: {{ inline_string: 'not a certificate' }} }} }} }} }}\n"
+            ))],
+            &["trusted ca", "certificate"],
+        ),
+        case(
             "undecodable typed_extension_protocol_options",
             ResourceType::Cluster,
             vec![cluster_with(&format!("name: bad_opts\n{st}"), |c| {
@@ -399,6 +407,14 @@ async fn nack_invalid_listeners() {
                     .replace("address: 127.0.0.1", "address: not-an-ip"),
             )],
             &["malformed", "invalid", "ip"],
+        ),
+        case(
+            "downstream TLS whose certificate chain is not a certificate",
+            ResourceType::Listener,
+            vec![listener_yaml(&format!(
+                "name: bad_cert\naddress: {{ socket_address: {{ address: 127.0.0.1, port_value: {p} }} }}\nfilter_chains:\n- transport_socket: {{ name: envoy.transport_sockets.tls, typed_config: {{ '@type': type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext, common_tls_context: {{ tls_certificates: [{{ certificate_chain: {{ inline_string: 'garbage' }}, private_key: {{ inline_string: 'garbage' }} }}] }} }} }}\n  filters: [{{ name: envoy.filters.network.tcp_proxy, typed_config: {{ '@type': type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: x, cluster: c1 }} }}]\n"
+            ))],
+            &["certificate chain"],
         ),
         case(
             "two filter chains with the same match",

@@ -29,10 +29,12 @@ fn bytes(ds: &DataSource, path: &str) -> Result<Vec<u8>, ConfigError> {
     Ok(b.to_vec())
 }
 
-/// Every PEM certificate of `ds` (a chain, or a CA bundle).
+/// Every PEM certificate of `ds`: `what` is a `certificate chain` or `trusted CA
+/// certificates`, for Envoy's wording of the error.
 pub fn certificates(
     ds: &DataSource,
     path: &str,
+    what: &str,
 ) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
     let pem = bytes(ds, path)?;
     let certs = CertificateDer::pem_slice_iter(&pem)
@@ -40,14 +42,14 @@ pub fn certificates(
         .map_err(|e| {
             ConfigError::new(
                 path,
-                format!("Failed to load certificate chain from {}: {e}", origin(ds)),
+                format!("Failed to load {what} from {}: {e}", origin(ds)),
             )
         })?;
     if certs.is_empty() {
         return Err(ConfigError::new(
             path,
             format!(
-                "Failed to load certificate chain from {}: no PEM certificate found",
+                "Failed to load {what} from {}: no PEM certificate found",
                 origin(ds)
             ),
         ));
@@ -118,7 +120,7 @@ pub fn certified_key(
         .private_key
         .as_ref()
         .ok_or_else(|| ConfigError::new(&key_path, "a private key is required"))?;
-    let certs = certificates(chain, &chain_path)?;
+    let certs = certificates(chain, &chain_path, "certificate chain")?;
     let der = private_key(key, &key_path)?;
     let mut certified = CertifiedKey::from_der(certs, der, provider).map_err(|e| {
         ConfigError::new(

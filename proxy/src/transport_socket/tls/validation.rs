@@ -91,7 +91,7 @@ impl Validation {
         if let Some(ca) = &v.trusted_ca {
             let at = format!("{path}.trusted_ca");
             let mut roots = RootCertStore::empty();
-            for cert in certificates::certificates(ca, &at)? {
+            for cert in certificates::certificates(ca, &at, "trusted CA certificates")? {
                 roots.add(cert).map_err(|e| {
                     ConfigError::new(&at, format!("Failed to load trusted CA certificates: {e}"))
                 })?;

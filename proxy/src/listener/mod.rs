@@ -5,9 +5,11 @@ mod active_tcp_listener;
 mod config;
 pub mod filter_chain_match;
 mod manager;
+mod new_connection;
 mod socket;
 pub mod tls_inspector;
 
-pub use active_tcp_listener::{AcceptedConnection, ActiveTcpListener};
+pub use active_tcp_listener::ActiveTcpListener;
 pub use config::{compile_listener, FilterChain, ListenerConfig, ListenerStats, RdsNeed};
 pub use manager::{ListenerEntry, ListenerManager};
+pub use new_connection::AcceptedConnection;

@@ -319,7 +319,7 @@ impl Inspecting {
             transport_protocol,
             application_protocols,
         };
-        super::active_tcp_listener::start_session(ctx, &self.config, stream, &facts);
+        super::new_connection::new_connection(ctx, &self.config, stream, &facts);
         Next::Close
     }
 }

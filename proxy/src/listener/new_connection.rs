@@ -1,0 +1,64 @@
+//! A connection whose filter chain is known: the chain picked from what the listener
+//! knows of it (Envoy's `newConnection`), and the connection handed to the chain's
+//! terminal filter with the chain's transport socket.
+
+use std::sync::Arc;
+
+use super::filter_chain_match::ConnectionFacts;
+use super::ListenerConfig;
+use crate::filters::network::{tcp_proxy::TcpProxySession, NetworkFilter};
+use crate::transport_socket::tls::ServerTls;
+use crate::worker::Ctx;
+
+/// An accepted connection on its way to its chain's terminal filter.
+pub struct AcceptedConnection {
+    /// The socket.
+    pub stream: mio::net::TcpStream,
+    /// The chain's tag (connections are tracked per chain for in-place updates).
+    pub chain_tag: u64,
+    /// The listener's stats.
+    pub listener_stats: Arc<super::ListenerStats>,
+    /// `per_connection_buffer_limit_bytes`.
+    pub buffer_limit: usize,
+    /// The chain's TLS, when its transport socket is TLS.
+    pub tls: Option<ServerTls>,
+}
+
+/// Picks the connection's filter chain and hands the connection to its terminal filter.
+pub fn new_connection(
+    ctx: &mut Ctx,
+    config: &Arc<ListenerConfig>,
+    stream: mio::net::TcpStream,
+    facts: &ConnectionFacts,
+) {
+    let Some(chain) = config.select_chain(facts) else {
+        config.stats.no_filter_chain_match.inc(ctx.local.id);
+        return;
+    };
+    let accepted = AcceptedConnection {
+        stream,
+        chain_tag: chain.tag,
+        listener_stats: config.stats.clone(),
+        buffer_limit: config.buffer_limit,
+        tls: chain
+            .tls
+            .clone()
+            .zip(config.stats.ssl.clone())
+            .map(|(context, stats)| ServerTls { context, stats }),
+    };
+    let started = match &chain.filter {
+        NetworkFilter::TcpProxy(tcp) => {
+            let tcp = tcp.clone();
+            ctx.insert_handler(move |ctx, id| TcpProxySession::start(ctx, id, accepted, tcp))
+        }
+        NetworkFilter::HttpConnectionManager(hcm) => {
+            let hcm = hcm.clone();
+            ctx.insert_handler(move |ctx, id| {
+                crate::http::conn_manager::connection::HttpConnection::start(ctx, id, accepted, hcm)
+            })
+        }
+    };
+    if let Err(e) = started {
+        tracing::debug!(listener = %config.name, error = %e, "connection closed at start");
+    }
+}

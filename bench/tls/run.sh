@@ -2,11 +2,12 @@
 # TLS benchmark: Courier vs Envoy 1.40 vs nginx vs HAProxy terminating TLS with the same
 # certificate, one worker each, the same plaintext upstream (nginx), in one run.
 #
-#   1. New TLS connections, one request each (`Connection: close`: every request is a
-#      full handshake), ECDSA P-256 and RSA-2048: connections/s and the proxy's CPU per
-#      connection. On 2 cores the client needs about as much CPU as the proxy, so CPU per
-#      connection is the figure that compares proxies; the rate is capped by the client
-#      for the cheaper handshakes.
+#   1. New TLS connections, one request each, ECDSA P-256 and RSA-2048: full handshakes
+#      (CLIENTS parallel `openssl s_time -new`, which never resumes) and resumed ones (wrk
+#      with `Connection: close`, which resumes each connection's session):
+#      connections/s and the proxy's CPU per connection. On 2 cores the clients need
+#      about as much CPU as the proxy, so CPU per connection is the figure that compares
+#      proxies; the rate is capped by the clients for the cheaper handshakes.
 #   2. Keep-alive HTTPS: HTTP/1.1 (wrk) and HTTP/2 over ALPN (h2load), req/s and the
 #      proxy's CPU per request.
 #   3. Memory per idle TLS connection: IDLE connections handshaken and left open
@@ -21,6 +22,7 @@ ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 CONNS="${CONNS:-50}"
 DURATION="${DURATION:-10}"
 IDLE="${IDLE:-2000}"
+CLIENTS="${CLIENTS:-3}"
 H2_REQUESTS="${H2_REQUESTS:-100000}"
 PROXIES="${PROXIES:-courier envoy nginx haproxy}"
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
@@ -60,6 +62,7 @@ http {
 }
 EOF
 nginx -c "$WORK/upstream.conf" -g "daemon off;" &
+UPSTREAM_PID=$!
 sleep 0.5
 
 courier_cfg() { # key
@@ -129,7 +132,7 @@ haproxy_cfg() { # key
   cat <<EOF
 global
   nbthread 1
-  maxconn 20000
+  maxconn 8000
 defaults
   mode http
   timeout connect 5s
@@ -160,6 +163,13 @@ start_proxy() { # name key
   return 1
 }
 stop_proxy() { kill "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; }
+# Waits for the s_time clients (every background job but the upstream and the proxy).
+wait_clients() {
+  local p
+  for p in $(jobs -p); do
+    [ "$p" = "$PID" ] || [ "$p" = "$UPSTREAM_PID" ] || wait "$p" 2>/dev/null || true
+  done
+}
 
 ticks_of() {
   local ut_sum=0 st_sum=0 ut st
@@ -183,14 +193,28 @@ for key in ecdsa rsa; do
   for proxy in $PROXIES; do
     if [ "$proxy" = envoy ] && ! need envoy; then continue; fi
     start_proxy "$proxy" "$key" || continue
+    # Full handshakes: openssl s_time -new never resumes; CLIENTS of them in parallel.
+    c0=$(ticks_of "$PID")
+    for _ in $(seq "$CLIENTS"); do
+      openssl s_time -connect "127.0.0.1:$PX_PORT" -new -time "$DURATION" -www / >"$WORK/st.$_" 2>/dev/null &
+    done
+    wait_clients
+    c1=$(ticks_of "$PID")
+    n=$(cat "$WORK"/st.* | awk '/connections in .* real seconds/ {n += $1} END {print n + 0}')
+    rate=$(echo "scale=1; $n / $DURATION" | bc)
+    cpu=$(us_per "$c0" "$c1" "$n")
+    printf "%-8s %-24s %12s %12s\n" "$proxy" "full handshake+req $key" "$rate" "$cpu"
+    R["$proxy,hs,$key"]=$cpu
+    rm -f "$WORK"/st.*
+    # Resumed handshakes: wrk keeps each connection's session and resumes it.
     c0=$(ticks_of "$PID")
     out=$(wrk -t1 -c"$CONNS" -d"${DURATION}s" -H "Connection: close" "https://127.0.0.1:$PX_PORT/")
     c1=$(ticks_of "$PID")
     rate=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
     n=$(awk '/requests in/ {print $1}' <<<"$out")
     cpu=$(us_per "$c0" "$c1" "${n:-0}")
-    printf "%-8s %-24s %12s %12s\n" "$proxy" "new conn+req $key" "$rate" "$cpu"
-    R["$proxy,hs,$key"]=$cpu
+    printf "%-8s %-24s %12s %12s\n" "$proxy" "resumed handshake+req" "$rate" "$cpu"
+    R["$proxy,resumed,$key"]=$cpu
     if [ "$key" = ecdsa ]; then
       c0=$(ticks_of "$PID")
       out=$(wrk -t1 -c"$CONNS" -d"${DURATION}s" "https://127.0.0.1:$PX_PORT/")
@@ -222,9 +246,10 @@ echo
 echo "Courier's ratios (above 1 is better for Courier; CPU and memory are other/courier):"
 for other in envoy nginx haproxy; do
   [ -z "${R[$other,h1]:-}" ] && continue
-  printf "  vs %-8s cpu per new connection: ecdsa %s rsa %s | keep-alive req/s: h1 %s h2 %s | idle memory %s\n" "$other" \
+  printf "  vs %-8s cpu per full handshake: ecdsa %s rsa %s | per resumed: %s | keep-alive req/s: h1 %s h2 %s | idle memory %s\n" "$other" \
     "$(ratio "${R[$other,hs,ecdsa]}" "${R[courier,hs,ecdsa]}")" \
     "$(ratio "${R[$other,hs,rsa]}" "${R[courier,hs,rsa]}")" \
+    "$(ratio "${R[$other,resumed,ecdsa]}" "${R[courier,resumed,ecdsa]}")" \
     "$(ratio "${R[courier,h1]}" "${R[$other,h1]}")" \
     "$(ratio "${R[courier,h2]}" "${R[$other,h2]}")" \
     "$(ratio "${R[$other,idle]}" "${R[courier,idle]}")"

@@ -509,3 +509,162 @@ fn bad_tls_config_is_refused_by_path_as_envoy_refuses_it() {
         }
     }
 }
+
+/// What the upstream saw of one request: its status at the client, and the
+/// `x-forwarded-client-cert` and `x-forwarded-proto` it got.
+type Seen = (String, Option<u16>, Option<String>, Option<String>);
+
+#[test]
+fn client_certificates_reach_rbac_and_xfcc_as_in_envoy() {
+    let pki = pki();
+    let d = pki._dir.path();
+    let server = pki.ca.leaf(
+        d,
+        "server-spiffe",
+        &["sni.test", "other.test"],
+        &["spiffe://cluster.local/ns/edge/sa/proxy"],
+    );
+    let up = Upstream::start("up");
+    let route = all_to("up");
+    let log_path = d.join("access.log");
+    let hcm_extra = format!(
+        r#"          forward_client_cert_details: SANITIZE_SET
+          set_current_client_cert_details: {{ subject: true, cert: true, chain: true, uri: true, dns: true }}
+          access_log:
+          - name: envoy.access_loggers.file
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
+              path: "{}"
+              log_format:
+                text_format_source:
+                  inline_string: "%RESPONSE_CODE% %REQUESTED_SERVER_NAME% %DOWNSTREAM_TLS_VERSION% %DOWNSTREAM_TLS_CIPHER% %DOWNSTREAM_PEER_SUBJECT% %DOWNSTREAM_PEER_URI_SAN% %DOWNSTREAM_PEER_DNS_SAN% %DOWNSTREAM_LOCAL_URI_SAN% %DOWNSTREAM_PEER_FINGERPRINT_256%\n"
+"#,
+        p(&log_path)
+    );
+    let boot = bootstrap(&route, &hcm_extra, &cluster("up", &[up.addr], ""));
+    let rbac = r#"          - name: envoy.filters.http.rbac
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC
+              rules:
+                action: ALLOW
+                policies:
+                  good:
+                    permissions: [{ any: true }]
+                    principals: [{ authenticated: { principal_name: { exact: "spiffe://cluster.local/ns/a/sa/good" } } }]
+                  open:
+                    permissions: [{ url_path: { path: { prefix: /open } } }]
+                    principals: [{ any: true }]
+                  sni:
+                    permissions: [{ and_rules: { rules: [{ url_path: { path: { prefix: /sni } } }, { requested_server_name: { exact: sni.test } }] } }]
+                    principals: [{ any: true }]
+"#;
+    let boot = with_filters(&boot, rbac);
+    let socket = format!(
+        r#"    - transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+          common_tls_context:
+            tls_certificates:
+            - certificate_chain: {{ filename: "{}" }}
+              private_key: {{ filename: "{}" }}
+            validation_context: {{ trusted_ca: {{ filename: "{}" }} }}
+      filters:
+"#,
+        p(&server.cert),
+        p(&server.key),
+        p(&pki.ca.cert)
+    );
+    // The inspector gives the connection its requested server name (RBAC's
+    // `requested_server_name`); TLS termination alone does not, in Envoy.
+    let inspector = "    listener_filters:\n    - name: envoy.filters.listener.tls_inspector\n      typed_config: { \"@type\": type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector }\n";
+    let boot = boot.replacen(
+        "    filter_chains:\n    - filters:\n",
+        &format!("{inspector}    filter_chains:\n{socket}"),
+        1,
+    );
+    let run = |proxy: &Courier| -> Vec<Seen> {
+        let cases: [(&str, &str, &str, Option<&Pem>); 6] = [
+            (
+                "good certificate",
+                "other.test",
+                "/",
+                Some(&pki.client_good),
+            ),
+            (
+                "certificate not allowed",
+                "other.test",
+                "/",
+                Some(&pki.client_evil),
+            ),
+            ("no certificate", "other.test", "/", None),
+            ("no certificate, open path", "other.test", "/open", None),
+            ("SNI allowed", "sni.test", "/sni", None),
+            ("SNI not allowed", "other.test", "/sni", None),
+        ];
+        cases
+            .iter()
+            .map(|(name, sni, path, cert)| {
+                let before = up.requests.load(std::sync::atomic::Ordering::SeqCst);
+                let status = tls_connect(proxy.listener, &pki.ca.cert, sni, &["http/1.1"], *cert)
+                    .ok()
+                    .and_then(|mut s| get_over(&mut s, sni, path).ok())
+                    .map(|r| r.0);
+                let reached = up.requests.load(std::sync::atomic::Ordering::SeqCst) > before;
+                let seen = if reached { up.last() } else { None };
+                (
+                    name.to_string(),
+                    status,
+                    seen.as_ref()
+                        .and_then(|s| s.header("x-forwarded-client-cert").map(String::from)),
+                    seen.as_ref()
+                        .and_then(|s| s.header("x-forwarded-proto").map(String::from)),
+                )
+            })
+            .collect()
+    };
+    let Some(envoy) = Courier::start_envoy(&boot) else {
+        eprintln!("envoy not on PATH: skipped");
+        return;
+    };
+    let from_envoy = run(&envoy);
+    let envoy_log = log_lines(&log_path, 6);
+    drop(envoy);
+    std::fs::remove_file(&log_path).expect("remove the log");
+    let courier = Courier::start(&boot);
+    let from_courier = run(&courier);
+    let courier_log = log_lines(&log_path, 6);
+    eprintln!("access log: envoy {envoy_log:#?}\n  courier {courier_log:#?}");
+    assert_eq!(envoy_log, courier_log, "the access log's TLS fields");
+    for (e, c) in from_envoy.iter().zip(&from_courier) {
+        eprintln!(
+            "{}:\n  envoy   {:?} {:?} {:?}\n  courier {:?} {:?} {:?}",
+            e.0, e.1, e.2, e.3, c.1, c.2, c.3
+        );
+    }
+    assert_eq!(from_courier[0].1, Some(200));
+    assert_eq!(from_courier[1].1, Some(403));
+    assert!(
+        from_courier[0]
+            .2
+            .as_deref()
+            .is_some_and(|x| x.starts_with("By=spiffe://cluster.local/ns/edge/sa/proxy;Hash=")),
+        "{:?}",
+        from_courier[0].2
+    );
+    assert_eq!(from_envoy, from_courier);
+}
+
+/// The first `n` lines of an access log, once they are written (Envoy flushes its file
+/// logs every second).
+fn log_lines(path: &Path, n: usize) -> Vec<String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let lines: Vec<String> = text.lines().map(String::from).collect();
+        if lines.len() >= n || std::time::Instant::now() > deadline {
+            return lines;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

@@ -22,6 +22,9 @@ pub struct AcceptedConnection {
     pub buffer_limit: usize,
     /// The chain's TLS, when its transport socket is TLS.
     pub tls: Option<ServerTls>,
+    /// The SNI the TLS inspector found (Envoy's "requested server name": only a listener
+    /// filter sets it).
+    pub requested_server_name: Option<String>,
 }
 
 /// Picks the connection's filter chain and hands the connection to its terminal filter.
@@ -45,6 +48,7 @@ pub fn new_connection(
             .clone()
             .zip(config.stats.ssl.clone())
             .map(|(context, stats)| ServerTls { context, stats }),
+        requested_server_name: facts.server_name.clone(),
     };
     let started = match &chain.filter {
         NetworkFilter::TcpProxy(tcp) => {

@@ -5,6 +5,7 @@
 // `format` and `text_format` are deprecated in the protos but common in configs.
 #![allow(deprecated)]
 
+use crate::transport_socket::tls::TlsConnectionInfo;
 use std::collections::HashMap;
 use std::io::Write;
 use std::net::SocketAddr;
@@ -46,6 +47,42 @@ enum Op {
     DownstreamRemoteAddress,
     DownstreamRemoteAddressNoPort,
     RouteName,
+    Tls(TlsField),
+}
+
+/// The downstream connection's TLS facts the format can name (`-` on plaintext or when
+/// absent, as Envoy prints them).
+#[derive(Debug, Clone, Copy)]
+enum TlsField {
+    RequestedServerName,
+    Version,
+    Cipher,
+    PeerSubject,
+    PeerUriSan,
+    PeerDnsSan,
+    PeerFingerprint256,
+    LocalUriSan,
+}
+
+impl TlsField {
+    fn write(self, e: &LogEntry<'_>, out: &mut String) {
+        let tls = e.tls;
+        let peer = tls.and_then(|t| t.peer.as_ref());
+        let value: Option<String> = match self {
+            TlsField::RequestedServerName => e.requested_server_name.map(str::to_string),
+            TlsField::Version => tls.map(|t| t.version.to_string()),
+            TlsField::Cipher => tls.map(|t| t.cipher.to_string()),
+            TlsField::PeerSubject => peer.map(|p| p.names.subject.clone()),
+            TlsField::PeerUriSan => peer.map(|p| p.names.uri_sans.join(",")),
+            TlsField::PeerDnsSan => peer.map(|p| p.names.dns_sans.join(",")),
+            TlsField::PeerFingerprint256 => peer.map(|p| p.sha256.clone()),
+            TlsField::LocalUriSan => tls.map(|t| t.local_uri_sans.join(",")),
+        };
+        match value {
+            Some(v) if !v.is_empty() => out.push_str(&v),
+            _ => out.push('-'),
+        }
+    }
 }
 
 /// What one request leaves for the log.
@@ -82,6 +119,10 @@ pub struct LogEntry<'a> {
     pub remote: SocketAddr,
     /// Route name.
     pub route_name: &'a str,
+    /// What the downstream TLS handshake settled.
+    pub tls: Option<&'a TlsConnectionInfo>,
+    /// The SNI the listener's TLS inspector found.
+    pub requested_server_name: Option<&'a str>,
 }
 
 /// A compiled access log.
@@ -142,6 +183,14 @@ fn parse_format(fmt: &str) -> Result<Vec<Op>, ConfigError> {
                 "DOWNSTREAM_REMOTE_ADDRESS" => Op::DownstreamRemoteAddress,
                 "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT" => Op::DownstreamRemoteAddressNoPort,
                 "ROUTE_NAME" => Op::RouteName,
+                "REQUESTED_SERVER_NAME" => Op::Tls(TlsField::RequestedServerName),
+                "DOWNSTREAM_TLS_VERSION" => Op::Tls(TlsField::Version),
+                "DOWNSTREAM_TLS_CIPHER" => Op::Tls(TlsField::Cipher),
+                "DOWNSTREAM_PEER_SUBJECT" => Op::Tls(TlsField::PeerSubject),
+                "DOWNSTREAM_PEER_URI_SAN" => Op::Tls(TlsField::PeerUriSan),
+                "DOWNSTREAM_PEER_DNS_SAN" => Op::Tls(TlsField::PeerDnsSan),
+                "DOWNSTREAM_PEER_FINGERPRINT_256" => Op::Tls(TlsField::PeerFingerprint256),
+                "DOWNSTREAM_LOCAL_URI_SAN" => Op::Tls(TlsField::LocalUriSan),
                 other => {
                     return Err(ConfigError::new(
                         "format",
@@ -384,6 +433,7 @@ impl AccessLog {
                 } else {
                     e.route_name
                 }),
+                Op::Tls(field) => field.write(e, &mut out),
             }
         }
         out

@@ -225,6 +225,8 @@ pub struct HcmConfig {
     pub internal_addresses: crate::http::conn_manager::internal_address::InternalAddresses,
     /// `skip_xff_append`.
     pub skip_xff_append: bool,
+    /// `forward_client_cert_details` and `set_current_client_cert_details`.
+    pub client_cert: crate::http::conn_manager::client_cert::ClientCertPolicy,
     /// `via`.
     pub via: Option<HeaderValue>,
     /// `generate_request_id` (default true).
@@ -365,6 +367,10 @@ impl HcmConfig {
             xff_num_trusted_hops: proto.xff_num_trusted_hops,
             internal_addresses,
             skip_xff_append: proto.skip_xff_append,
+            client_cert: crate::http::conn_manager::client_cert::ClientCertPolicy::compile(
+                proto.forward_client_cert_details,
+                proto.set_current_client_cert_details.as_ref(),
+            )?,
             via: server.via,
             generate_request_id: proto.generate_request_id.as_ref().is_none_or(|b| b.value),
             preserve_external_request_id: proto.preserve_external_request_id,
@@ -439,10 +445,6 @@ fn check_supported(proto: &HttpConnectionManager) -> Result<(), ConfigError> {
         ),
         ("request_id_extension", proto.request_id_extension.is_some()),
         ("local_reply_config", proto.local_reply_config.is_some()),
-        (
-            "forward_client_cert_details",
-            proto.forward_client_cert_details != 0,
-        ),
         (
             "typed_header_validation_config",
             proto.typed_header_validation_config.is_some(),

@@ -42,6 +42,10 @@ pub struct ConnInfo {
     pub h1: H1Settings,
     /// The connection is TLS (`x-forwarded-proto: https`).
     pub secure: bool,
+    /// The SNI the listener's TLS inspector found.
+    pub requested_server_name: Option<Box<str>>,
+    /// What its TLS handshake settled, once it has.
+    pub tls: std::cell::OnceCell<Box<crate::transport_socket::tls::TlsConnectionInfo>>,
 }
 
 impl ConnInfo {

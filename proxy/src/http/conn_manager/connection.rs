@@ -33,6 +33,7 @@ use crate::http::conn_manager::conn_info::ConnInfo;
 use crate::http::conn_manager::local_reply::local_reply;
 use crate::http::conn_manager::upgrade;
 use crate::listener::AcceptedConnection;
+use crate::transport_socket::tls::{ServerContext, TlsConnectionInfo};
 use crate::transport_socket::{TlsIo, Transport};
 use crate::worker::{Ctx, EventHandler, HandlerId, Next, WorkerLocal};
 use courier_runtime::event::rt::{self, LocalExec, RtTimer, TcpIo};
@@ -77,7 +78,7 @@ type H2Conn = http2::Connection<PrefixedIo, HcmService, LocalExec>;
 
 enum State {
     /// The TLS handshake (a chain with a TLS transport socket).
-    Handshake(Option<Box<TlsIo>>),
+    Handshake(Option<Box<TlsIo>>, Arc<ServerContext>),
     Detect {
         io: Option<Transport>,
         buf: Vec<u8>,
@@ -116,6 +117,7 @@ impl HttpConnection {
             listener_stats,
             buffer_limit,
             tls,
+            requested_server_name,
         } = accepted;
         let worker = ctx.local.id;
         let remote = stream.peer_addr()?;
@@ -124,7 +126,10 @@ impl HttpConnection {
         let tcp = TcpIo::new(stream)?;
         let secure = tls.is_some();
         let state = match tls {
-            Some(tls) => State::Handshake(Some(Box::new(TlsIo::new(tcp, tls.session(worker)?)))),
+            Some(tls) => State::Handshake(
+                Some(Box::new(TlsIo::new(tcp, tls.session(worker)?))),
+                tls.context,
+            ),
             None => State::Detect {
                 io: Some(Transport::Raw(tcp)),
                 buf: Vec::new(),
@@ -151,6 +156,8 @@ impl HttpConnection {
             buffer_limit,
             h1: config.h1_settings(),
             secure,
+            tls: Default::default(),
+            requested_server_name: requested_server_name.map(String::into_boxed_str),
         });
         let mut conn = HttpConnection {
             config,
@@ -217,7 +224,7 @@ impl HttpConnection {
         let mut cx = Context::from_waker(&waker);
         loop {
             match &mut self.state {
-                State::Handshake(tls) => {
+                State::Handshake(tls, context) => {
                     let Some(io) = tls.as_mut() else { return true };
                     match io.poll_handshake(&mut cx) {
                         Poll::Pending => return false,
@@ -229,6 +236,10 @@ impl HttpConnection {
                         Poll::Ready(Ok(())) => {}
                     }
                     let Some(io) = tls.take() else { return true };
+                    let _ = self.info.tls.set(Box::new(TlsConnectionInfo::of(
+                        io.session(),
+                        &context.local_uri_sans,
+                    )));
                     // With AUTO, ALPN names the codec; without it the preface does.
                     let alpn = match self.config.codec {
                         Codec::Auto => io
@@ -368,7 +379,7 @@ impl HttpConnection {
             State::H1(c) => c.graceful(),
             State::H2(c) => c.as_mut().graceful_shutdown(),
             // Nothing to tell a tunnel: it closes with the connection at the drain's end.
-            State::Handshake(_) | State::Detect { .. } | State::Tunnel(_) | State::Done => {}
+            State::Handshake(..) | State::Detect { .. } | State::Tunnel(_) | State::Done => {}
         }
         self.waker.wake_by_ref();
     }
@@ -413,7 +424,7 @@ impl EventHandler<WorkerLocal> for HttpConnection {
                         .stats
                         .downstream_cx_idle_timeout
                         .inc(self.worker);
-                    if matches!(self.state, State::Detect { .. } | State::Handshake(_)) {
+                    if matches!(self.state, State::Detect { .. } | State::Handshake(..)) {
                         return self.close(ctx, me);
                     }
                     self.graceful();
@@ -440,7 +451,7 @@ impl EventHandler<WorkerLocal> for HttpConnection {
         // Envoy drains HTTP connections gracefully: `Connection: close` on HTTP/1.1, GOAWAY
         // on HTTP/2.
         self.info.drain_close();
-        if matches!(self.state, State::Detect { .. } | State::Handshake(_)) {
+        if matches!(self.state, State::Detect { .. } | State::Handshake(..)) {
             return self.close(ctx, me);
         }
         self.graceful();

@@ -140,8 +140,8 @@ pub fn parse_decimal(v: Option<&HeaderValue>) -> Option<u64> {
 /// Envoy's control headers, which a request from outside must not set (the router here,
 /// and the hops after this one, would obey them): removed from every external request, as
 /// Envoy removes them ([`crate::http::conn_manager::internal_address`] tells which are internal).
-/// `x-forwarded-client-cert` goes too (`forward_client_cert_details`' default,
-/// `SANITIZE`).
+/// (`x-forwarded-client-cert` is `forward_client_cert_details`' to decide:
+/// [`crate::http::conn_manager::client_cert`].)
 const EXTERNAL_STRIPPED: &[&str] = &[
     "x-envoy-internal",
     "x-envoy-retriable-status-codes",
@@ -158,7 +158,6 @@ const EXTERNAL_STRIPPED: &[&str] = &[
     "x-envoy-ip-tags",
     "x-envoy-original-url",
     "x-envoy-hedge-on-per-try-timeout",
-    "x-forwarded-client-cert",
 ];
 
 /// Also removed at the edge (`use_remote_address`).

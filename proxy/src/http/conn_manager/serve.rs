@@ -4,7 +4,6 @@
 
 use std::borrow::Cow;
 use std::convert::Infallible;
-use std::net::IpAddr;
 use std::ops::ControlFlow;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -42,8 +41,7 @@ use crate::http::route::per_filter::{self, FilterConfigs};
 use crate::http::route::{Action, ClusterSpec, Pseudo, Redirect, Route, RouteTable, VirtualHost};
 use crate::http::router::{
     forward, is_scheme, redirect, tls_redirect, Internal, Outcome, X_ENVOY_EXTERNAL_ADDRESS,
-    X_ENVOY_FORCE_TRACE, X_ENVOY_INTERNAL, X_FORWARDED_CLIENT_CERT, X_FORWARDED_FOR,
-    X_FORWARDED_PROTO, X_REQUEST_ID,
+    X_ENVOY_FORCE_TRACE, X_ENVOY_INTERNAL, X_FORWARDED_FOR, X_FORWARDED_PROTO, X_REQUEST_ID,
 };
 use courier_runtime::event::rt;
 
@@ -340,6 +338,8 @@ impl Completion {
                 upstream_cluster: self.outcome.upstream_cluster.as_deref(),
                 remote: self.conn.remote,
                 route_name: &self.outcome.route_name,
+                tls: self.conn.tls.get().map(|t| &**t),
+                requested_server_name: self.conn.requested_server_name.as_deref(),
             };
             for l in &cfg.access_logs {
                 l.log(&entry);
@@ -414,12 +414,7 @@ pub(crate) async fn process(
     let method = req.method().clone();
     let path_and_query = req.uri().path_and_query().cloned();
     let path = step!(routed_path(conn, &method, path_and_query.as_ref()));
-    let internal = forwarding_headers(
-        &conn.config,
-        conn.remote.ip(),
-        conn.secure,
-        req.headers_mut(),
-    );
+    let internal = forwarding_headers(&conn, req.headers_mut());
     request_id(&conn.config, internal, req.headers_mut(), outcome);
     let table = step!(route_table(conn, &method, &mut req, internal, outcome));
     let scheme = Pseudo::scheme_of(req.uri());
@@ -738,23 +733,18 @@ fn routed_path<'r>(
 /// request id; without `internal_address_config` every request is external (Envoy 1.40's
 /// default). Returns whether the request is internal.
 #[inline(always)]
-fn forwarding_headers(
-    cfg: &HcmConfig,
-    remote_ip: IpAddr,
-    secure: bool,
-    headers: &mut http::HeaderMap,
-) -> bool {
-    let scheme = HeaderValue::from_static(if secure { "https" } else { "http" });
+fn forwarding_headers(conn: &ConnInfo, headers: &mut http::HeaderMap) -> bool {
+    let cfg = &conn.config;
+    let remote_ip = conn.remote.ip();
+    let scheme = HeaderValue::from_static(if conn.secure { "https" } else { "http" });
     let internal = cfg.internal_addresses.is_internal(
         remote_ip,
         headers,
         cfg.use_remote_address,
         cfg.xff_num_trusted_hops,
     );
-    if internal {
-        // `forward_client_cert_details`' SANITIZE holds for internal requests too.
-        headers.remove(&X_FORWARDED_CLIENT_CERT);
-    } else {
+    cfg.client_cert.apply(conn.tls.get().map(|t| &**t), headers);
+    if !internal {
         crate::http::conn_manager::headers::strip_external_control_headers(
             headers,
             cfg.use_remote_address,
@@ -1032,6 +1022,8 @@ fn rbac(
         pseudo: s.pseudo(),
         local: s.conn.local,
         peer: s.conn.remote.ip(),
+        tls: s.conn.tls.get().map(|t| &**t),
+        requested_server_name: s.conn.requested_server_name.as_deref(),
         xff: XffTrust {
             use_remote_address: cfg.use_remote_address,
             trusted_hops: cfg.xff_num_trusted_hops,

@@ -49,8 +49,6 @@ pub(crate) static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-for
 pub(crate) static X_ENVOY_EXTERNAL_ADDRESS: HeaderName =
     HeaderName::from_static("x-envoy-external-address");
 pub(crate) static X_ENVOY_INTERNAL: HeaderName = HeaderName::from_static("x-envoy-internal");
-pub(crate) static X_FORWARDED_CLIENT_CERT: HeaderName =
-    HeaderName::from_static("x-forwarded-client-cert");
 pub(crate) static X_ENVOY_FORCE_TRACE: HeaderName = HeaderName::from_static("x-envoy-force-trace");
 pub(crate) static X_ENVOY_ORIGINAL_PATH: HeaderName =
     HeaderName::from_static("x-envoy-original-path");

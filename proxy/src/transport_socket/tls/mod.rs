@@ -8,6 +8,7 @@
 pub mod certificates;
 pub mod client_context;
 pub mod common;
+pub mod connection_info;
 pub mod params;
 pub mod server_context;
 pub mod session;
@@ -15,6 +16,7 @@ pub mod stats;
 pub mod validation;
 
 pub use client_context::{AlpnFallback, ClientContext};
+pub use connection_info::TlsConnectionInfo;
 pub use server_context::ServerContext;
 pub use session::TlsSession;
 pub use stats::SslStats;

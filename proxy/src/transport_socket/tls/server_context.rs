@@ -20,6 +20,8 @@ use crate::config::ConfigError;
 pub struct ServerContext {
     /// The rustls config every handshake of the filter chain starts from.
     pub config: Arc<ServerConfig>,
+    /// The URI SANs of the (first) certificate: XFCC's `By`.
+    pub local_uri_sans: Vec<String>,
 }
 
 impl std::fmt::Debug for ServerContext {
@@ -161,12 +163,19 @@ pub fn compile(ctx: &DownstreamTlsContext, path: &str) -> Result<ServerContext, 
         )?)),
         None => builder.with_no_client_auth(),
     };
+    let local_uri_sans = common.certificates[0]
+        .end_entity_cert()
+        .map(|c| super::connection_info::CertificateNames::of(c).uri_sans)
+        .unwrap_or_default();
     let mut config = builder.with_cert_resolver(Arc::new(CertChoice::new(
         common.certificates,
         ctx.require_sni.is_some_and(|b| b.value),
     )));
     config.alpn_protocols = common.alpn;
-    config.ignore_client_order = !ctx.prefer_client_ciphers;
+    // The client's order picks the cipher suite: what BoringSSL (Envoy) does for TLS 1.3,
+    // whatever `prefer_client_ciphers` says. rustls has one switch for both versions, so
+    // TLS 1.2 follows the client's order too (integration-tests/DIFFERENCES.md).
+    config.ignore_client_order = false;
     let stateless_off = matches!(
         ctx.session_ticket_keys_type,
         Some(SessionTicketKeysType::DisableStatelessSessionResumption(
@@ -182,6 +191,7 @@ pub fn compile(ctx: &DownstreamTlsContext, path: &str) -> Result<ServerContext, 
     }
     Ok(ServerContext {
         config: Arc::new(config),
+        local_uri_sans,
     })
 }
 

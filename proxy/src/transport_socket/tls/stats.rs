@@ -43,6 +43,11 @@ fn cipher_index(suite: CipherSuite) -> Option<usize> {
     })
 }
 
+/// A cipher suite's name as Envoy reports it (`%DOWNSTREAM_TLS_CIPHER%`).
+pub fn cipher_name(suite: CipherSuite) -> Option<&'static str> {
+    cipher_index(suite).and_then(|i| NEGOTIATED[i].strip_prefix("ciphers."))
+}
+
 fn version_index(v: ProtocolVersion) -> Option<usize> {
     Some(match v {
         ProtocolVersion::TLSv1_2 => 9,

@@ -10,10 +10,10 @@
 //! - A policy matches when one of its permissions and one of its principals do
 //!   ([`rules`]): `any`, `header` (pseudo-headers included, `:path` with its query),
 //!   `url_path` (without query), `destination_ip`/`_port`/`_port_range` (the connection's
-//!   local address), `requested_server_name` (always empty: no TLS), `direct_remote_ip`
+//!   local address), `requested_server_name` (the SNI; empty on plaintext), `direct_remote_ip`
 //!   and `source_ip` (the peer), `remote_ip` (the client behind `x-forwarded-for`, as the
 //!   connection manager's `use_remote_address` and `xff_num_trusted_hops` say),
-//!   `authenticated` (never: no TLS), and `and`/`or`/`not` of them.
+//!   `authenticated` (a TLS connection, its peer certificate's URI SANs, else DNS SANs, else subject), and `and`/`or`/`not` of them.
 //! - `shadow_rules` are evaluated too, only counted.
 //! - A denied request is answered `403` with the body `RBAC: access denied` (gRPC:
 //!   `grpc-status: 7`).
@@ -314,6 +314,8 @@ mod tests {
             pseudo: Pseudo::request(m, path, "host", "http"),
             local: "127.0.0.1:80".parse().expect("address"),
             peer: "10.0.0.1".parse().expect("address"),
+            tls: None,
+            requested_server_name: None,
             xff: XffTrust::default(),
         }
     }

@@ -3,9 +3,8 @@
 //!
 //! Permissions and principals share one compiled form, [`Rule`]: both are trees of
 //! `and`/`or`/`not` over leaf tests of the request and its connection, and Envoy
-//! evaluates them alike (`matchers.cc`). Tests whose outcome cannot vary on a plaintext
-//! connection are settled at load: `requested_server_name` sees an empty SNI, and
-//! `authenticated` never matches (there is no peer certificate).
+//! evaluates them alike (`matchers.cc`). `requested_server_name` and `authenticated` read
+//! the connection's TLS handshake.
 
 // `source_ip` and `metadata` are deprecated fields, still accepted or refused by name.
 #![allow(deprecated)]
@@ -20,6 +19,7 @@ use http::HeaderMap;
 use crate::config::ConfigError;
 use crate::http::conn_manager::internal_address::Cidr;
 use crate::http::route::{compile_header_matcher, HeaderMatcher, Pseudo, StrMatch};
+use crate::transport_socket::tls::TlsConnectionInfo;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
@@ -48,6 +48,10 @@ pub struct RequestView<'a> {
     pub local: SocketAddr,
     /// The connection's peer.
     pub peer: IpAddr,
+    /// What the connection's TLS handshake settled (`None`: plaintext).
+    pub tls: Option<&'a TlsConnectionInfo>,
+    /// The SNI the listener's TLS inspector found.
+    pub requested_server_name: Option<&'a str>,
     /// How the client's address is found behind `x-forwarded-for`.
     pub xff: XffTrust,
 }
@@ -114,7 +118,7 @@ fn last_xff_address(headers: &HeaderMap, skip: u32) -> Option<IpAddr> {
 /// A compiled permission or principal.
 #[derive(Clone)]
 pub enum Rule {
-    /// Settled at load (`any`, and tests a plaintext connection cannot pass or fail).
+    /// Settled at load (`any`).
     Always(bool),
     /// `and_rules` / `and_ids`.
     And(Box<[Rule]>),
@@ -136,6 +140,11 @@ pub enum Rule {
     DirectRemoteIp(Cidr),
     /// `remote_ip`: the client's address behind `x-forwarded-for`.
     RemoteIp(Cidr),
+    /// `requested_server_name`: the SNI the TLS inspector found (empty without one).
+    RequestedServerName(StrMatch),
+    /// `authenticated`: a TLS connection; with a matcher, its peer certificate's URI SANs,
+    /// else its DNS SANs, else its subject must match (Envoy's `AuthenticatedMatcher`).
+    Authenticated(Option<StrMatch>),
 }
 
 impl Rule {
@@ -156,6 +165,22 @@ impl Rule {
             }
             Rule::DirectRemoteIp(c) => c.contains(r.peer),
             Rule::RemoteIp(c) => c.contains(r.remote()),
+            Rule::RequestedServerName(m) => m.matches(r.requested_server_name.unwrap_or("")),
+            Rule::Authenticated(m) => {
+                let Some(tls) = r.tls else { return false };
+                let Some(m) = m else { return true };
+                let Some(peer) = &tls.peer else {
+                    return m.matches("");
+                };
+                let names = &peer.names;
+                if !names.uri_sans.is_empty() {
+                    names.uri_sans.iter().any(|u| m.matches(u))
+                } else if !names.dns_sans.is_empty() {
+                    names.dns_sans.iter().any(|d| m.matches(d))
+                } else {
+                    m.matches(&names.subject)
+                }
+            }
         }
     }
 }
@@ -254,11 +279,10 @@ pub fn permission(p: &pb::Permission, path: &str) -> Result<Rule, ConfigError> {
             Rule::DestinationPorts(r.start.unsigned_abs(), r.end.unsigned_abs())
         }
         Some(R::NotRule(r)) => Rule::Not(Box::new(permission(r, &format!("{path}.not_rule"))?)),
-        // No TLS: every connection's requested server name is empty, as Envoy's for
-        // plaintext.
-        Some(R::RequestedServerName(m)) => Rule::Always(
-            StrMatch::compile(m, &format!("{path}.requested_server_name"))?.matches(""),
-        ),
+        Some(R::RequestedServerName(m)) => Rule::RequestedServerName(StrMatch::compile(
+            m,
+            &format!("{path}.requested_server_name"),
+        )?),
         Some(R::Metadata(_)) => return Err(ConfigError::unsupported(format!("{path}.metadata"))),
         Some(R::Matcher(_)) => return Err(ConfigError::unsupported(format!("{path}.matcher"))),
         Some(R::UriTemplate(_)) => {
@@ -286,14 +310,12 @@ pub fn principal(p: &pb::Principal, path: &str) -> Result<Rule, ConfigError> {
         Some(I::AndIds(s)) => Rule::And(set(&s.ids, "and_ids")?),
         Some(I::OrIds(s)) => Rule::Or(set(&s.ids, "or_ids")?),
         Some(I::Any(b)) => any(*b, path)?,
-        // Envoy: only a TLS connection is authenticated; Courier's have no TLS. The
-        // matcher is still checked, so a config Envoy refuses is refused here too.
-        Some(I::Authenticated(a)) => {
-            if let Some(m) = &a.principal_name {
-                StrMatch::compile(m, &format!("{path}.authenticated.principal_name"))?;
-            }
-            Rule::Always(false)
-        }
+        Some(I::Authenticated(a)) => Rule::Authenticated(
+            a.principal_name
+                .as_ref()
+                .map(|m| StrMatch::compile(m, &format!("{path}.authenticated.principal_name")))
+                .transpose()?,
+        ),
         // Courier reads no PROXY protocol: the connection's remote address is the peer.
         Some(I::SourceIp(c)) => Rule::DirectRemoteIp(cidr(c, &format!("{path}.source_ip"))?),
         Some(I::DirectRemoteIp(c)) => {
@@ -380,6 +402,8 @@ mod tests {
             pseudo: Pseudo::request(method, path, "host", "http"),
             local: "127.0.0.1:8080".parse().expect("address"),
             peer: "192.168.1.1".parse().expect("address"),
+            tls: None,
+            requested_server_name: None,
             xff: XffTrust::default(),
         }
     }

@@ -215,6 +215,7 @@ impl TcpProxySession {
             listener_stats,
             buffer_limit: downstream_limit,
             tls,
+            ..
         } = accepted;
         let worker = ctx.local.id;
         let tls = tls.map(|t| t.session(worker)).transpose()?;

@@ -273,10 +273,19 @@ mod tests {
         strip_external_control_headers(&mut h, false);
         assert_eq!(
             names(&h),
-            ["x-envoy-custom", "x-envoy-original-path", "x-other"]
+            [
+                "x-envoy-custom",
+                "x-envoy-original-path",
+                "x-forwarded-client-cert",
+                "x-other"
+            ]
         );
         strip_external_control_headers(&mut edge, true);
-        assert_eq!(names(&edge), ["x-envoy-custom", "x-other"]);
+        // XFCC is the client certificate policy's (`client_cert.rs`).
+        assert_eq!(
+            names(&edge),
+            ["x-envoy-custom", "x-forwarded-client-cert", "x-other"]
+        );
     }
 
     #[test]

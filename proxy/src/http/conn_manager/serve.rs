@@ -414,7 +414,7 @@ pub(crate) async fn process(
     let method = req.method().clone();
     let path_and_query = req.uri().path_and_query().cloned();
     let path = step!(routed_path(conn, &method, path_and_query.as_ref()));
-    let internal = forwarding_headers(&conn, req.headers_mut());
+    let internal = forwarding_headers(conn, req.headers_mut());
     request_id(&conn.config, internal, req.headers_mut(), outcome);
     let table = step!(route_table(conn, &method, &mut req, internal, outcome));
     let scheme = Pseudo::scheme_of(req.uri());

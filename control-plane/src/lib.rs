@@ -77,7 +77,7 @@ pub use cache::{
     NodeClusterHash, NodeHash, NodeIdHash, Snapshot, SnapshotBuilder, SnapshotCache, SnapshotError,
 };
 pub use resource::{Resource, ResourceError, ResourceType};
-pub use server::{ServerConfig, XdsServer, XdsServerHandle};
+pub use server::{ServerConfig, ServerTls, XdsServer, XdsServerHandle};
 pub use status::{NackRecord, NodeStatus, StatusRegistry, TypeStatus, WaitTimeout};
 
 /// Version string of this build, `courier-cp <version> (<git rev>)`.

@@ -11,7 +11,7 @@ use clap::{Parser, ValueEnum};
 use courier_control_plane::admin::Admin;
 use courier_control_plane::app::App;
 use courier_control_plane::{
-    file_watch, ControlPlane, NodeClusterHash, NodeIdHash, ServerConfig, SnapshotCache,
+    file_watch, ControlPlane, NodeClusterHash, NodeIdHash, ServerConfig, ServerTls, SnapshotCache,
 };
 use tokio::sync::watch;
 
@@ -52,6 +52,15 @@ struct Args {
     /// On ADS, answer EDS/RDS only once every requested name exists (go-control-plane).
     #[arg(long)]
     ads_strict: bool,
+    /// Serve xDS over TLS with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Require client certificates chaining to this CA (PEM): mTLS. Needs --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    client_ca: Option<PathBuf>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -76,8 +85,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
         NodeKey::Id => SnapshotCache::with_hash(NodeIdHash),
         NodeKey::Cluster => SnapshotCache::with_hash(NodeClusterHash),
     };
+    let read = |p: &PathBuf| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(ServerTls {
+            cert: read(cert)?,
+            key: read(key)?,
+            client_ca: args.client_ca.as_ref().map(read).transpose()?,
+        }),
+        _ => None,
+    };
     let config = ServerConfig {
         ads_strict: args.ads_strict,
+        tls,
     };
     let cp = ControlPlane::with_cache(cache.clone(), config);
     let app = Arc::new(App::new(cache, cp.status().clone(), args.resources.clone()));

@@ -332,7 +332,13 @@ async fn sotw_named_resources_that_do_not_exist_yet_are_sent_when_they_appear() 
 
 #[tokio::test]
 async fn sotw_strict_ads_waits_for_every_requested_name() {
-    let cp = ControlPlane::with_cache(SnapshotCache::new(), ServerConfig { ads_strict: true });
+    let cp = ControlPlane::with_cache(
+        SnapshotCache::new(),
+        ServerConfig {
+            ads_strict: true,
+            tls: None,
+        },
+    );
     cp.cache().set_snapshot(NODE, base_snapshot());
     let server = start(&cp).await;
     let mut c = Sotw::ads(&server).await;

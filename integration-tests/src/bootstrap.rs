@@ -37,6 +37,40 @@ pub struct Bootstrap {
     pub initial_fetch_timeout: Option<String>,
     /// `set_node_on_first_message_only`.
     pub node_on_first_message_only: bool,
+    /// TLS to the control plane, certificates from files.
+    pub xds_tls: Option<XdsTls>,
+}
+
+/// The xDS cluster's `UpstreamTlsContext`, from PEM files.
+#[derive(Debug, Clone)]
+pub struct XdsTls {
+    /// The CA the server's certificate must chain to.
+    pub ca: PathBuf,
+    /// The client certificate and key (mTLS), if any.
+    pub client: Option<(PathBuf, PathBuf)>,
+    /// The SNI sent, and the DNS name the server's certificate must have.
+    pub server_name: String,
+}
+
+impl XdsTls {
+    fn transport_socket(&self) -> String {
+        let client = self
+            .client
+            .as_ref()
+            .map(|(cert, key)| {
+                format!(
+                    "tls_certificates: [{{ certificate_chain: {{ filename: '{}' }}, private_key: {{ filename: '{}' }} }}], ",
+                    cert.display(),
+                    key.display()
+                )
+            })
+            .unwrap_or_default();
+        format!(
+            "    transport_socket: {{ name: envoy.transport_sockets.tls, typed_config: {{ '@type': type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext, sni: {name}, common_tls_context: {{ {client}validation_context: {{ trusted_ca: {{ filename: '{ca}' }}, match_typed_subject_alt_names: [{{ san_type: DNS, matcher: {{ exact: {name} }} }}] }} }} }} }}\n",
+            name = self.server_name,
+            ca = self.ca.display(),
+        )
+    }
 }
 
 impl Bootstrap {
@@ -48,6 +82,7 @@ impl Bootstrap {
             mode: Mode::Ads { delta: false },
             initial_fetch_timeout: None,
             node_on_first_message_only: true,
+            xds_tls: None,
         }
     }
 
@@ -66,6 +101,12 @@ impl Bootstrap {
     }
 
     /// Sets `initial_fetch_timeout` (e.g. "1s").
+    /// Talks to the control plane over TLS.
+    pub fn xds_tls(mut self, tls: XdsTls) -> Bootstrap {
+        self.xds_tls = Some(tls);
+        self
+    }
+
     pub fn initial_fetch_timeout(mut self, t: &str) -> Bootstrap {
         self.initial_fetch_timeout = Some(t.to_string());
         self
@@ -126,7 +167,7 @@ static_resources:
   - name: xds
     type: STATIC
     connect_timeout: 1s
-    typed_extension_protocol_options:
+{xds_tls}    typed_extension_protocol_options:
       envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
         "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
         explicit_http_config: {{ http2_protocol_options: {{}} }}
@@ -150,6 +191,11 @@ static_resources:
 "#,
             node = self.node,
             port = self.cp_port,
+            xds_tls = self
+                .xds_tls
+                .as_ref()
+                .map(XdsTls::transport_socket)
+                .unwrap_or_default(),
         )
     }
 

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use courier_control_plane::{ControlPlane, ResourceType, Snapshot, XdsServerHandle};
 
-pub use bootstrap::{Bootstrap, Mode};
+pub use bootstrap::{Bootstrap, Mode, XdsTls};
 pub use proxy::{Proxy, ProxyKind};
 
 /// How long any single fact may take to become true: generous, since the machine is shared
@@ -100,9 +100,24 @@ impl Cp {
         Cp::start_on(0).await
     }
 
+    /// Starts a control plane serving xDS over TLS (mTLS when `tls` names a client CA).
+    pub async fn start_tls(tls: courier_control_plane::ServerTls) -> Cp {
+        let cp = ControlPlane::with_cache(
+            courier_control_plane::SnapshotCache::new(),
+            courier_control_plane::ServerConfig {
+                tls: Some(tls),
+                ..Default::default()
+            },
+        );
+        Cp::serve(cp, 0).await
+    }
+
     /// Starts a control plane on `port` (0: ephemeral).
     pub async fn start_on(port: u16) -> Cp {
-        let cp = ControlPlane::new();
+        Cp::serve(ControlPlane::new(), port).await
+    }
+
+    async fn serve(cp: ControlPlane, port: u16) -> Cp {
         let handle = cp
             .start(format!("127.0.0.1:{port}").parse().expect("addr"))
             .await

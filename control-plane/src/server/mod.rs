@@ -41,6 +41,29 @@ pub struct ServerConfig {
     /// config; waiting for it would hold back a legitimate update until the client
     /// unsubscribes.
     pub ads_strict: bool,
+    /// Serve over TLS (and require client certificates when it names a client CA).
+    pub tls: Option<ServerTls>,
+}
+
+/// The xDS server's TLS: its certificate and key (PEM), and the CA its clients'
+/// certificates must chain to (mTLS), if any.
+#[derive(Clone, Default)]
+pub struct ServerTls {
+    /// The server's certificate chain, PEM.
+    pub cert: Vec<u8>,
+    /// The server's private key, PEM.
+    pub key: Vec<u8>,
+    /// The CA client certificates must chain to; `None` serves TLS without client
+    /// certificates.
+    pub client_ca: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerTls")
+            .field("mtls", &self.client_ca.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// Which types a stream may carry.
@@ -187,8 +210,8 @@ impl XdsServer {
         ReceiverStream::new(rx)
     }
 
-    /// A tonic router with ADS and every per-type service.
-    pub fn router(&self) -> tonic::transport::server::Router {
+    /// A tonic router with ADS and every per-type service (over TLS when configured).
+    pub fn router(&self) -> Result<tonic::transport::server::Router, tonic::transport::Error> {
         use courier_proto::envoy::service::cluster::v3::cluster_discovery_service_server::ClusterDiscoveryServiceServer;
         use courier_proto::envoy::service::endpoint::v3::endpoint_discovery_service_server::EndpointDiscoveryServiceServer;
         use courier_proto::envoy::service::listener::v3::listener_discovery_service_server::ListenerDiscoveryServiceServer;
@@ -196,9 +219,18 @@ impl XdsServer {
         use courier_proto::envoy::service::secret::v3::secret_discovery_service_server::SecretDiscoveryServiceServer;
         // Large snapshots (thousands of clusters) exceed tonic's 4 MiB default message size.
         const MAX_MESSAGE: usize = 64 * 1024 * 1024;
-        tonic::transport::Server::builder()
+        let mut builder = tonic::transport::Server::builder()
             .tcp_nodelay(true)
-            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_interval(Some(Duration::from_secs(30)));
+        if let Some(tls) = &self.shared.config.tls {
+            let mut config = tonic::transport::ServerTlsConfig::new()
+                .identity(tonic::transport::Identity::from_pem(&tls.cert, &tls.key));
+            if let Some(ca) = &tls.client_ca {
+                config = config.client_ca_root(tonic::transport::Certificate::from_pem(ca));
+            }
+            builder = builder.tls_config(config)?;
+        }
+        Ok(builder
             .add_service(
                 AggregatedDiscoveryServiceServer::new(self.clone())
                     .max_decoding_message_size(MAX_MESSAGE)
@@ -218,7 +250,7 @@ impl XdsServer {
             )))
             .add_service(SecretDiscoveryServiceServer::new(per_type::Sds(
                 self.clone(),
-            )))
+            ))))
     }
 
     /// Serves on `listener` until `shutdown` resolves, then ends every stream and stops.
@@ -232,7 +264,7 @@ impl XdsServer {
             shutdown.await;
             this.shutdown_streams();
         };
-        self.router()
+        self.router()?
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
             .await
     }

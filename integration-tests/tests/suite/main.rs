@@ -13,3 +13,4 @@ mod pools;
 mod resilience;
 mod scripted;
 mod sources;
+mod xds_tls;

@@ -425,14 +425,7 @@ impl Mux {
 
     /// One connection: returns whether a stream was established.
     async fn stream_once(&self, server: &Weak<Server>) -> bool {
-        let endpoint = match self.target.endpoint() {
-            Ok(e) => e,
-            Err(e) => {
-                tracing::error!(mux = %self.name, uri = %self.target.uri, error = %e, "invalid xDS target");
-                return false;
-            }
-        };
-        let channel = match endpoint.connect().await {
+        let channel = match self.target.connect().await {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(mux = %self.name, uri = %self.target.uri, error = %e, "cannot connect to the xDS server");

@@ -1,25 +1,112 @@
 //! Where an xDS stream connects: a tonic channel built from an `ApiConfigSource`'s
-//! `grpc_services` (an `envoy_grpc` static cluster, or a `google_grpc` target URI).
+//! `grpc_services` (an `envoy_grpc` static cluster, or a `google_grpc` target URI), in
+//! plaintext or over TLS: the static cluster's `UpstreamTlsContext` (Envoy's semantics,
+//! certificates from files), or `google_grpc`'s `ssl_credentials` (gRPC's: the server's
+//! certificate must name the target's host).
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use courier_proto::envoy::config::bootstrap::v3::Bootstrap;
+use courier_proto::envoy::config::core::v3::grpc_service::google_grpc::channel_credentials::CredentialSpecifier;
 use courier_proto::envoy::config::core::v3::{grpc_service::TargetSpecifier, ApiConfigSource};
 use courier_proto::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
-use tonic::transport::Endpoint;
+use courier_proto::envoy::extensions::transport_sockets::tls::v3::{
+    common_tls_context::ValidationContextType, CertificateValidationContext, CommonTlsContext,
+    TlsCertificate, UpstreamTlsContext,
+};
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
+use tonic::codegen::http::Uri;
+use tonic::transport::{Channel, Endpoint};
 
 use crate::config::{self, ConfigError};
+use crate::transport_socket::tls::{client_context, ClientContext};
+
+/// TLS to the management server.
+#[derive(Clone)]
+pub struct XdsTls {
+    config: Arc<rustls::ClientConfig>,
+    name: ServerName<'static>,
+}
+
+impl std::fmt::Debug for XdsTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("XdsTls")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
 
 /// A resolved gRPC target.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct GrpcTarget {
     /// `http://host:port`.
     pub uri: String,
     /// Per-request timeout from `grpc_services[0].timeout`, if any.
     pub timeout: Option<Duration>,
+    /// TLS, when the target asks for it.
+    pub tls: Option<XdsTls>,
+}
+
+/// Connects tonic's channel over TLS: TCP, then rustls's handshake (tokio-rustls).
+#[derive(Clone)]
+struct TlsConnector(XdsTls);
+
+type Connecting = Pin<
+    Box<
+        dyn Future<
+                Output = std::io::Result<
+                    TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
+                >,
+            > + Send,
+    >,
+>;
+
+impl tonic::codegen::Service<Uri> for TlsConnector {
+    type Response = TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+    type Error = std::io::Error;
+    type Future = Connecting;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let tls = self.0.clone();
+        Box::pin(async move {
+            let host = uri
+                .host()
+                .unwrap_or_default()
+                .trim_matches(|c| c == '[' || c == ']');
+            let port = uri.port_u16().unwrap_or(443);
+            let tcp = tokio::net::TcpStream::connect((host, port)).await?;
+            tcp.set_nodelay(true)?;
+            let stream = tokio_rustls::TlsConnector::from(tls.config)
+                .connect(tls.name, tcp)
+                .await?;
+            Ok(TokioIo::new(stream))
+        })
+    }
 }
 
 impl GrpcTarget {
+    /// Connects a channel to the target.
+    pub async fn connect(&self) -> Result<Channel, tonic::transport::Error> {
+        let endpoint = self.endpoint()?;
+        match &self.tls {
+            None => endpoint.connect().await,
+            Some(tls) => {
+                endpoint
+                    .connect_with_connector(TlsConnector(tls.clone()))
+                    .await
+            }
+        }
+    }
+
     /// A tonic endpoint for this target.
     pub fn endpoint(&self) -> Result<Endpoint, tonic::transport::Error> {
         Ok(Endpoint::from_shared(self.uri.clone())?
@@ -47,6 +134,7 @@ pub fn grpc_target(
         .as_ref()
         .map(|d| config::duration(d, "grpc_services[0].timeout"))
         .transpose()?;
+    let mut tls = None;
     let uri = match &service.target_specifier {
         Some(TargetSpecifier::EnvoyGrpc(g)) => {
             let cluster = bootstrap
@@ -59,12 +147,14 @@ pub fn grpc_target(
                         format!("unknown static cluster '{}'", g.cluster_name),
                     )
                 })?;
-            if cluster.transport_socket.is_some() {
-                return Err(ConfigError::unsupported(format!(
-                    "static_resources.clusters['{}'].transport_socket (TLS to the xDS server)",
-                    cluster.name
-                )));
-            }
+            let socket_path = format!(
+                "static_resources.clusters['{}'].transport_socket",
+                cluster.name
+            );
+            let context = crate::transport_socket::compile_upstream(
+                cluster.transport_socket.as_ref(),
+                &socket_path,
+            )?;
             let endpoint = cluster
                 .load_assignment
                 .as_ref()
@@ -86,14 +176,12 @@ pub fn grpc_target(
             } else {
                 host
             };
+            if let Some(context) = context {
+                tls = Some(xds_tls(&context, &host, &socket_path)?);
+            }
             format!("http://{host}:{port}")
         }
         Some(TargetSpecifier::GoogleGrpc(g)) => {
-            if g.channel_credentials.is_some() {
-                return Err(ConfigError::unsupported(
-                    "grpc_services[0].google_grpc.channel_credentials",
-                ));
-            }
             let target = g
                 .target_uri
                 .trim_start_matches("dns:///")
@@ -104,6 +192,12 @@ pub fn grpc_target(
                     "value length must be at least 1 characters",
                 ));
             }
+            if let Some(creds) = &g.channel_credentials {
+                let path = "grpc_services[0].google_grpc.channel_credentials";
+                let host = host_of(target);
+                let context = google_grpc_tls(creds.credential_specifier.as_ref(), &host, path)?;
+                tls = Some(xds_tls(&context, &host, path)?);
+            }
             format!("http://{target}")
         }
         None => {
@@ -113,5 +207,83 @@ pub fn grpc_target(
             ))
         }
     };
-    Ok(GrpcTarget { uri, timeout })
+    Ok(GrpcTarget { uri, timeout, tls })
+}
+
+/// The host of a `host:port` target (brackets of an IPv6 address removed).
+fn host_of(target: &str) -> String {
+    let host = match target.rsplit_once(':') {
+        Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => target,
+    };
+    host.trim_matches(|c| c == '[' || c == ']').to_string()
+}
+
+fn xds_tls(context: &ClientContext, host: &str, path: &str) -> Result<XdsTls, ConfigError> {
+    let (config, name) = context
+        .for_grpc(host)
+        .ok_or_else(|| ConfigError::new(path, format!("'{host}' is not a name TLS can verify")))?;
+    Ok(XdsTls { config, name })
+}
+
+/// gRPC's `ssl_credentials` as the equivalent upstream TLS context: the roots verify the
+/// server, whose certificate must name `host`; the key and chain are the client's.
+fn google_grpc_tls(
+    creds: Option<&CredentialSpecifier>,
+    host: &str,
+    path: &str,
+) -> Result<ClientContext, ConfigError> {
+    let ssl = match creds {
+        Some(CredentialSpecifier::SslCredentials(ssl)) => ssl,
+        Some(_) => {
+            return Err(ConfigError::unsupported(format!(
+                "{path}: only ssl_credentials are supported"
+            )))
+        }
+        None => return Err(ConfigError::new(path, "credential_specifier is required")),
+    };
+    let Some(roots) = &ssl.root_certs else {
+        // gRPC would use the system's roots; Courier has none to offer.
+        return Err(ConfigError::unsupported(format!(
+            "{path}.ssl_credentials without root_certs (system roots)"
+        )));
+    };
+    let tls_certificates = match (&ssl.cert_chain, &ssl.private_key) {
+        (Some(chain), Some(key)) => vec![TlsCertificate {
+            certificate_chain: Some(chain.clone()),
+            private_key: Some(key.clone()),
+            ..Default::default()
+        }],
+        (None, None) => Vec::new(),
+        _ => {
+            return Err(ConfigError::new(
+                format!("{path}.ssl_credentials"),
+                "cert_chain and private_key go together",
+            ))
+        }
+    };
+    let ctx = UpstreamTlsContext {
+        sni: host.to_string(),
+        common_tls_context: Some(CommonTlsContext {
+            tls_certificates,
+            validation_context_type: Some(ValidationContextType::ValidationContext(
+                CertificateValidationContext {
+                    trusted_ca: Some(roots.clone()),
+                    ..Default::default()
+                },
+            )),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    // The sni must be a valid name: an address is reached without one.
+    let ctx = if host.parse::<std::net::IpAddr>().is_ok() {
+        UpstreamTlsContext {
+            sni: String::new(),
+            ..ctx
+        }
+    } else {
+        ctx
+    };
+    client_context::compile_verifying_name(&ctx, &format!("{path}.ssl_credentials"))
 }

@@ -44,6 +44,23 @@ pub enum AlpnFallback {
 }
 
 impl ClientContext {
+    /// The rustls config and server name for a connection made outside the workers (an
+    /// xDS stream to `host`): ALPN `h2` unless the context names protocols.
+    pub fn for_grpc(&self, host: &str) -> Option<(Arc<ClientConfig>, ServerName<'static>)> {
+        let name = match &self.sni {
+            Some(n) => n.clone(),
+            None => ServerName::try_from(host.to_string()).ok()?,
+        };
+        let config = if self.config.alpn_protocols.is_empty() {
+            let mut c = (*self.config).clone();
+            c.alpn_protocols = vec![b"h2".to_vec()];
+            Arc::new(c)
+        } else {
+            self.config.clone()
+        };
+        Some((config, name))
+    }
+
     /// A new client connection to `peer` (its address names the server when no `sni` is
     /// configured; rustls sends no SNI for an address).
     pub fn connect(
@@ -87,8 +104,26 @@ impl ResolvesClientCert for ClientCert {
     }
 }
 
-/// Compiles an `UpstreamTlsContext` at `path`.
+/// Compiles an `UpstreamTlsContext` at `path` (Envoy's semantics: the server's name is
+/// checked only by the context's own SAN matchers).
 pub fn compile(ctx: &UpstreamTlsContext, path: &str) -> Result<ClientContext, ConfigError> {
+    compile_with(ctx, path, false)
+}
+
+/// Compiles a context whose peer's certificate must also be valid for the name it is
+/// reached by (`sni`): gRPC's SSL credentials (`google_grpc`).
+pub fn compile_verifying_name(
+    ctx: &UpstreamTlsContext,
+    path: &str,
+) -> Result<ClientContext, ConfigError> {
+    compile_with(ctx, path, true)
+}
+
+fn compile_with(
+    ctx: &UpstreamTlsContext,
+    path: &str,
+    check_name: bool,
+) -> Result<ClientContext, ConfigError> {
     #[allow(deprecated)]
     let unsupported = [
         ("auto_host_sni", ctx.auto_host_sni),
@@ -132,7 +167,7 @@ pub fn compile(ctx: &UpstreamTlsContext, path: &str) -> Result<ClientContext, Co
     let verifier = ServerVerifier::new(
         validation,
         common.params.provider.clone(),
-        false,
+        check_name,
         &format!("{common_path}.validation_context"),
     )?;
     let builder = ClientConfig::builder_with_provider(common.params.provider.clone())

@@ -288,3 +288,74 @@ def test_chart_boots_proxy_and_traffic_flows(chart, tmp_path, cleanup, proxy, cp
         assert not ref.servicer.nacks, ref.servicer.nacks
     _, info = http_get(admin, "/server_info")
     assert POD_NAME in info
+
+
+def make_xds_pki(d):
+    """A CA, the xDS server's certificate (SAN xds.test) and the proxy's client certificate,
+    under the names the chart's xds.tls secret holds (ca.crt, tls.crt, tls.key)."""
+    d.mkdir()
+    run = lambda *a: subprocess.run(a, cwd=d, check=True, capture_output=True)
+    run("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+        "-days", "1", "-subj", "/CN=xds-ca", "-keyout", "ca.key", "-out", "ca.crt")
+    for name, san in (("server", "DNS:xds.test"), ("tls", "DNS:proxy.test")):
+        run("openssl", "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+            "-subj", f"/CN={name}", "-keyout", f"{name}.key", "-out", f"{name}.csr")
+        (d / f"{name}.ext").write_text(f"subjectAltName={san}\n")
+        run("openssl", "x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+            "-CAcreateserial", "-days", "1", "-extfile", f"{name}.ext", "-out", f"{name}.crt")
+    return d
+
+
+@pytest.mark.parametrize("proxy", ["courier", "envoy"])
+def test_chart_xds_tls_values_work_end_to_end(chart, tmp_path, cleanup, proxy):
+    """The chart's xds.tls values (mTLS, SAN check, SNI from the address) against courier-cp
+    serving ADS over mTLS (--tls-cert, --tls-key, --client-ca): the proxy connects, is
+    configured and forwards traffic."""
+    pki = make_xds_pki(tmp_path / "pki")
+    values = {
+        "xds": {"address": "xds.test:18000",
+                "tls": {"enabled": True, "secretName": "xds-client-cert", "mtls": True,
+                        "subjectAltNames": ["xds.test"], "mountPath": str(pki)}},
+        "admin": {"address": "0.0.0.0"},
+        "readyListener": {"enabled": False},
+    }
+    r = render(chart, values)
+    resources = render(chart, TCP).cp_resources()
+    upstream = Upstream()
+    cleanup(upstream.stop)
+    ports = {9901: free_port(), 18000: free_port(), 10000: free_port(), 8080: upstream.port}
+    bootstrap_path = tmp_path / "bootstrap.yaml"
+    bootstrap_path.write_text(yaml.safe_dump(to_loopback(r.bootstrap, ports)))
+    resources_path = tmp_path / "resources.yaml"
+    resources_path.write_text(yaml.safe_dump(to_loopback(resources, ports)))
+
+    cpp = Proc("courier-cp", [str(binary("COURIER_CP_BIN", "courier-cp")), "--listen", f"127.0.0.1:{ports[18000]}",
+                              "--resources", str(resources_path), "--tls-cert", str(pki / "server.crt"),
+                              "--tls-key", str(pki / "server.key"), "--client-ca", str(pki / "ca.crt")],
+               tmp_path / "courier-cp.log")
+    cleanup(cpp.stop)
+    procs = [cpp]
+    wait_for("courier-cp to accept", lambda: socket.create_connection(("127.0.0.1", ports[18000]), timeout=1).close()
+             or True, procs)
+
+    subst = {"/etc/courier/bootstrap.yaml": str(bootstrap_path), "$(POD_NAME)": POD_NAME,
+             "$(POD_NAMESPACE)": NAMESPACE}
+    args = [subst.get(a, a) for a in r.container["args"]]
+    argv = [envoy_bin(), *args, "--disable-hot-restart"] if proxy == "envoy" else \
+        [str(binary("COURIER_BIN", "courier")), *args]
+    px = Proc(proxy, argv, tmp_path / f"{proxy}.log")
+    cleanup(px.stop)
+    procs.append(px)
+    admin = ports[9901]
+    wait_for("admin /ready to answer LIVE", lambda: http_get(admin, "/ready")[1].strip() == "LIVE", procs)
+
+    def through_proxy():
+        with socket.create_connection(("127.0.0.1", ports[10000]), timeout=2) as s:
+            s.sendall(b"GET /tls/hello HTTP/1.1\r\nhost: e2e\r\nconnection: close\r\n\r\n")
+            data = b""
+            while chunk := s.recv(4096):
+                data += chunk
+        return data if b"hello from upstream /tls/hello" in data else None
+    wait_for("traffic through the tcp_proxy listener from xDS over mTLS", through_proxy, procs)
+    _, stats = http_get(admin, "/stats")
+    assert "control_plane.connected_state: 1" in stats

@@ -668,3 +668,72 @@ fn log_lines(path: &Path, n: usize) -> Vec<String> {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
+
+/// Reads until the peer closes; `true` when it did within 10 s.
+fn closed_by_peer(s: &mut std::net::TcpStream) -> bool {
+    use std::io::Read;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .expect("timeout");
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+#[test]
+fn stalled_and_garbage_handshakes_are_closed_and_counted_as_in_envoy() {
+    use std::io::Write;
+    let pki = pki();
+    let up = Upstream::start("up");
+    let boot = bootstrap(&all_to("up"), "", &cluster("up", &[up.addr], ""));
+    let socket = downstream_tls(&pki, "");
+    let boot = boot
+        .replacen(
+            "    filter_chains:\n    - filters:\n",
+            &format!(
+                "    filter_chains:\n    - transport_socket_connect_timeout: 0.3s\n{}      filters:\n",
+                &socket
+            ),
+            1,
+        )
+        .replacen("  - name: http\n", "  - name: http\n    stat_prefix: edge\n", 1);
+    let run = |proxy: &Courier| -> (bool, bool, bool, Vec<u64>) {
+        // A client that connects and sends nothing.
+        let mut stalled = std::net::TcpStream::connect(proxy.listener).expect("connect");
+        let stall_closed = closed_by_peer(&mut stalled);
+        // A client that sends bytes that are no TLS record.
+        let mut garbage = std::net::TcpStream::connect(proxy.listener).expect("connect");
+        garbage
+            .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            .expect("write");
+        let garbage_closed = closed_by_peer(&mut garbage);
+        // A good client is still served.
+        let ok = tls_get(proxy.listener, &pki.ca.cert, "api.example.com", &[], None)
+            .response
+            .is_some_and(|r| r.0 == 200);
+        let stats = [
+            "listener.edge.downstream_cx_transport_socket_connect_timeout",
+            "listener.edge.ssl.connection_error",
+            "listener.edge.ssl.handshake",
+        ]
+        .iter()
+        .map(|s| proxy.wait_stat(s, 1))
+        .collect();
+        (stall_closed, garbage_closed, ok, stats)
+    };
+    let Some(envoy) = Courier::start_envoy(&boot) else {
+        eprintln!("envoy not on PATH: skipped");
+        return;
+    };
+    let from_envoy = run(&envoy);
+    drop(envoy);
+    let from_courier = run(&Courier::start(&boot));
+    eprintln!("envoy {from_envoy:?}\ncourier {from_courier:?}");
+    assert_eq!(from_courier, (true, true, true, vec![1, 1, 1]));
+    assert_eq!(from_envoy, from_courier);
+}

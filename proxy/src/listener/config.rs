@@ -25,8 +25,11 @@ pub struct ListenerStats {
     pub downstream_cx_destroy: Arc<Counter>,
     /// `no_filter_chain_match`.
     pub no_filter_chain_match: Arc<Counter>,
-    /// `downstream_cx_transport_socket_connect_timeout` is not tracked; accept errors are.
+    /// `downstream_cx_accept_error`.
     pub downstream_cx_accept_error: Arc<Counter>,
+    /// `downstream_cx_transport_socket_connect_timeout`: TLS handshakes cut at the chain's
+    /// `transport_socket_connect_timeout`.
+    pub downstream_cx_transport_socket_connect_timeout: Arc<Counter>,
     /// `downstream_pre_cx_timeout`: listener filters (the TLS inspector) timed out.
     pub downstream_pre_cx_timeout: Arc<Counter>,
     /// `ssl.*`, when a chain terminates TLS.
@@ -42,6 +45,9 @@ impl ListenerStats {
             downstream_cx_destroy: c("downstream_cx_destroy"),
             no_filter_chain_match: c("no_filter_chain_match"),
             downstream_cx_accept_error: c("downstream_cx_accept_error"),
+            downstream_cx_transport_socket_connect_timeout: c(
+                "downstream_cx_transport_socket_connect_timeout",
+            ),
             downstream_pre_cx_timeout: c("downstream_pre_cx_timeout"),
             ssl: tls.then(|| SslStats::new(store, &format!("listener.{prefix}"))),
         })
@@ -59,6 +65,8 @@ pub struct FilterChain {
     pub matching: ChainMatch,
     /// `transport_socket`: TLS, or the raw socket (`None`).
     pub tls: Option<Arc<ServerContext>>,
+    /// `transport_socket_connect_timeout`: how long a TLS handshake may take.
+    pub transport_socket_connect_timeout: Option<std::time::Duration>,
     /// The terminal network filter.
     pub filter: NetworkFilter,
     /// The source proto, to tell which chains changed on an in-place update.
@@ -335,6 +343,12 @@ fn compile_chain(
         name: chain.name.clone(),
         matching,
         tls,
+        transport_socket_connect_timeout: chain
+            .transport_socket_connect_timeout
+            .as_ref()
+            .map(|d| config::duration(d, "transport_socket_connect_timeout"))
+            .transpose()?
+            .filter(|d| !d.is_zero()),
         filter,
         proto: chain.clone(),
     }))

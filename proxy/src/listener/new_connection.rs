@@ -22,6 +22,8 @@ pub struct AcceptedConnection {
     pub buffer_limit: usize,
     /// The chain's TLS, when its transport socket is TLS.
     pub tls: Option<ServerTls>,
+    /// The chain's `transport_socket_connect_timeout`: the handshake's deadline.
+    pub handshake_timeout: Option<std::time::Duration>,
     /// The SNI the TLS inspector found (Envoy's "requested server name": only a listener
     /// filter sets it).
     pub requested_server_name: Option<String>,
@@ -49,6 +51,7 @@ pub fn new_connection(
             .zip(config.stats.ssl.clone())
             .map(|(context, stats)| ServerTls { context, stats }),
         requested_server_name: facts.server_name.clone(),
+        handshake_timeout: chain.transport_socket_connect_timeout,
     };
     let started = match &chain.filter {
         NetworkFilter::TcpProxy(tcp) => {

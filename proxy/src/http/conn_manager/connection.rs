@@ -41,6 +41,7 @@ use courier_runtime::event::rt::{self, LocalExec, RtTimer, TcpIo};
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const TIMER_IDLE: u64 = 1;
 const TIMER_MAX_DURATION: u64 = 2;
+const TIMER_HANDSHAKE: u64 = 3;
 
 /// The request handler hyper's HTTP/2 server calls.
 #[derive(Clone)]
@@ -118,6 +119,7 @@ impl HttpConnection {
             buffer_limit,
             tls,
             requested_server_name,
+            handshake_timeout,
         } = accepted;
         let worker = ctx.local.id;
         let remote = stream.peer_addr()?;
@@ -174,6 +176,9 @@ impl HttpConnection {
         }
         if let Some(max) = conn.config.max_connection_duration {
             ctx.schedule(me, max, TIMER_MAX_DURATION);
+        }
+        if let (true, Some(t)) = (secure, handshake_timeout) {
+            ctx.schedule(me, t, TIMER_HANDSHAKE);
         }
         ctx.local.track_connection(chain_tag, me);
         if conn.poll() {
@@ -432,6 +437,17 @@ impl EventHandler<WorkerLocal> for HttpConnection {
                 }
                 ctx.schedule(me, idle - quiet, TIMER_IDLE);
                 Next::Continue
+            }
+            TIMER_HANDSHAKE => {
+                if !matches!(self.state, State::Handshake(..)) {
+                    return Next::Continue;
+                }
+                self.info
+                    .listener_stats
+                    .downstream_cx_transport_socket_connect_timeout
+                    .inc(self.worker);
+                tracing::debug!("TLS handshake timed out");
+                self.close(ctx, me)
             }
             TIMER_MAX_DURATION => {
                 let _ = self.started;

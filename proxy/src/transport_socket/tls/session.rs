@@ -134,9 +134,8 @@ impl TlsSession {
                 return Ok(());
             }
             if !self.receive(sock)? {
-                if !self.established {
-                    self.stats.connection_error.inc(self.worker);
-                }
+                // Not a TLS error (Envoy counts none): a peer that connects and leaves
+                // (a port probe) or gives up half-way.
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
                     "the peer closed the connection during the TLS handshake",

@@ -35,6 +35,7 @@ const UPSTREAM: usize = 1;
 
 const TIMER_IDLE: u64 = 1;
 const TIMER_MAX_DURATION: u64 = 2;
+const TIMER_HANDSHAKE: u64 = 3;
 /// Connect timeouts carry the attempt number so a stale one is ignored.
 const TIMER_CONNECT: u64 = 1 << 32;
 
@@ -215,6 +216,7 @@ impl TcpProxySession {
             listener_stats,
             buffer_limit: downstream_limit,
             tls,
+            handshake_timeout,
             ..
         } = accepted;
         let worker = ctx.local.id;
@@ -250,6 +252,9 @@ impl TcpProxySession {
         }
         if let Some(max) = session.config.max_duration {
             ctx.schedule(me, max, TIMER_MAX_DURATION);
+        }
+        if let (true, Some(t)) = (session.downstream.tls.is_some(), handshake_timeout) {
+            ctx.schedule(me, t, TIMER_HANDSHAKE);
         }
         ctx.local.track_connection(chain_tag, me);
         Ok(Box::new(session))
@@ -574,6 +579,20 @@ impl EventHandler<WorkerLocal> for TcpProxySession {
                 Next::Continue
             }
             TIMER_MAX_DURATION => self.close(ctx, me),
+            TIMER_HANDSHAKE => {
+                if !self
+                    .downstream
+                    .tls
+                    .as_ref()
+                    .is_some_and(|t| t.is_handshaking())
+                {
+                    return Next::Continue;
+                }
+                self.listener_stats
+                    .downstream_cx_transport_socket_connect_timeout
+                    .inc(self.worker);
+                self.close(ctx, me)
+            }
             _ => Next::Continue,
         }
     }

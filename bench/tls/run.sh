@@ -3,8 +3,8 @@
 # certificate, one worker each, the same plaintext upstream (nginx), in one run.
 #
 #   1. New TLS connections, one request each, ECDSA P-256 and RSA-2048: full handshakes
-#      (CLIENTS parallel `openssl s_time -new`, which never resumes) and resumed ones (wrk
-#      with `Connection: close`, which resumes each connection's session):
+#      (batches of BATCH h2load clients of one request each: h2load never resumes) and
+#      resumed ones (wrk with `Connection: close`, which resumes each connection's session):
 #      connections/s and the proxy's CPU per connection. On 2 cores the clients need
 #      about as much CPU as the proxy, so CPU per connection is the figure that compares
 #      proxies; the rate is capped by the clients for the cheaper handshakes.
@@ -22,7 +22,7 @@ ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 CONNS="${CONNS:-50}"
 DURATION="${DURATION:-10}"
 IDLE="${IDLE:-2000}"
-CLIENTS="${CLIENTS:-3}"
+BATCH="${BATCH:-500}"
 H2_REQUESTS="${H2_REQUESTS:-100000}"
 PROXIES="${PROXIES:-courier envoy nginx haproxy}"
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
@@ -163,13 +163,7 @@ start_proxy() { # name key
   return 1
 }
 stop_proxy() { kill "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; }
-# Waits for the s_time clients (every background job but the upstream and the proxy).
-wait_clients() {
-  local p
-  for p in $(jobs -p); do
-    [ "$p" = "$PID" ] || [ "$p" = "$UPSTREAM_PID" ] || wait "$p" 2>/dev/null || true
-  done
-}
+
 
 ticks_of() {
   local ut_sum=0 st_sum=0 ut st
@@ -193,19 +187,20 @@ for key in ecdsa rsa; do
   for proxy in $PROXIES; do
     if [ "$proxy" = envoy ] && ! need envoy; then continue; fi
     start_proxy "$proxy" "$key" || continue
-    # Full handshakes: openssl s_time -new never resumes; CLIENTS of them in parallel.
+    # Full handshakes: h2load keeps no session between its clients; -c = -n makes each
+    # client one connection with one request. Repeated for DURATION seconds.
     c0=$(ticks_of "$PID")
-    for _ in $(seq "$CLIENTS"); do
-      openssl s_time -connect "127.0.0.1:$PX_PORT" -new -time "$DURATION" -www / >"$WORK/st.$_" 2>/dev/null &
+    n=0
+    end=$((SECONDS + DURATION))
+    while [ "$SECONDS" -lt "$end" ]; do
+      out=$(h2load --h1 -c"$BATCH" -n"$BATCH" "https://127.0.0.1:$PX_PORT/" 2>/dev/null || true)
+      n=$((n + $(awk '/^requests:/ {print $8 + 0}' <<<"$out")))
     done
-    wait_clients
     c1=$(ticks_of "$PID")
-    n=$(cat "$WORK"/st.* | awk '/connections in .* real seconds/ {n += $1} END {print n + 0}')
     rate=$(echo "scale=1; $n / $DURATION" | bc)
     cpu=$(us_per "$c0" "$c1" "$n")
     printf "%-8s %-24s %12s %12s\n" "$proxy" "full handshake+req $key" "$rate" "$cpu"
     R["$proxy,hs,$key"]=$cpu
-    rm -f "$WORK"/st.*
     # Resumed handshakes: wrk keeps each connection's session and resumes it.
     c0=$(ticks_of "$PID")
     out=$(wrk -t1 -c"$CONNS" -d"${DURATION}s" -H "Connection: close" "https://127.0.0.1:$PX_PORT/")

@@ -104,12 +104,6 @@ fn check_supported(b: &Bootstrap) -> Result<(), crate::config::ConfigError> {
     use crate::config::ConfigError;
     let unsupported = [
         (
-            "static_resources.secrets",
-            b.static_resources
-                .as_ref()
-                .is_some_and(|s| !s.secrets.is_empty()),
-        ),
-        (
             "cluster_manager.outlier_detection",
             b.cluster_manager
                 .as_ref()

@@ -474,7 +474,28 @@ fn bad_tls_config_is_refused_by_path_as_envoy_refuses_it() {
         "    filter_chains:\n    - filter_chain_match: { server_names: [\"a*.example.com\"] }\n      filters:\n",
         1,
     );
+    let unknown_secret = with_socket(
+        "",
+        "            tls_certificate_sds_secret_configs: [{ name: nope }]\n",
+    );
+    let missing_secret_file = format!(
+        "node: {{ id: n, cluster: c }}\n{}",
+        with_socket(
+            "",
+            "            tls_certificate_sds_secret_configs: [{ name: s, sds_config: { path_config_source: { path: /nonexistent/s.yaml } } }]\n",
+        )
+    );
     let cases = [
+        (
+            "a static secret that is not there",
+            unknown_secret,
+            "tls_certificate_sds_secret_configs[0].name",
+        ),
+        (
+            "a secret file that is not there",
+            missing_secret_file,
+            "path_config_source.path",
+        ),
         (
             "a key that is not the certificate's",
             wrong_key,
@@ -736,4 +757,204 @@ fn stalled_and_garbage_handshakes_are_closed_and_counted_as_in_envoy() {
     eprintln!("envoy {from_envoy:?}\ncourier {from_courier:?}");
     assert_eq!(from_courier, (true, true, true, vec![1, 1, 1]));
     assert_eq!(from_envoy, from_courier);
+}
+
+/// Writes `pem` as the secret `name` in an SDS file (a `DiscoveryResponse`), by rename so
+/// that a reader sees the old file or the new one, never half of one (Envoy watches for
+/// the rename).
+fn write_secret_file(file: &Path, name: &str, chain: &str, key: &str) {
+    let text = format!(
+        r#"version_info: "{}"
+resources:
+- "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret
+  name: {name}
+  tls_certificate:
+    certificate_chain: {{ inline_string: {chain:?} }}
+    private_key: {{ inline_string: {key:?} }}
+"#,
+        chain.len()
+    );
+    let tmp = file.with_extension("tmp");
+    std::fs::write(&tmp, text).expect("write secret");
+    std::fs::rename(&tmp, file).expect("rename secret");
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).expect("read pem")
+}
+
+/// What a proxy did while its certificate was rotated through an SDS file.
+#[derive(Debug, PartialEq)]
+struct Rotation {
+    first_is_one: bool,
+    rotated_to_two: bool,
+    old_connection_still_served: bool,
+    bad_update_kept_two: bool,
+    failed_new_connections: usize,
+    foreign_client_refused: bool,
+    sds_stats: Vec<u64>,
+}
+
+#[test]
+fn sds_file_rotation_drops_nothing_and_static_secrets_validate_as_in_envoy() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let pki = pki();
+    let d = pki._dir.path();
+    let one = pki.ca.leaf(d, "one", &["api.example.com"], &[]);
+    let two = pki.ca.leaf(d, "two", &["api.example.com"], &[]);
+    let secret_file = d.join("server-secret.yaml");
+    let up = Upstream::start("up");
+    let socket = format!(
+        r#"      transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+          require_client_certificate: true
+          common_tls_context:
+            tls_certificate_sds_secret_configs:
+            - name: server
+              sds_config: {{ path_config_source: {{ path: "{}" }} }}
+            validation_context_sds_secret_config: {{ name: clients }}
+"#,
+        p(&secret_file)
+    );
+    let secrets = format!(
+        "  secrets:\n  - name: clients\n    validation_context:\n      trusted_ca: {{ filename: \"{}\" }}\n  clusters:\n",
+        p(&pki.ca.cert)
+    );
+    let boot = bootstrap(&all_to("up"), "", &cluster("up", &[up.addr], ""))
+        .replacen(
+            "    filter_chains:\n    - filters:\n",
+            &format!("    filter_chains:\n    - {}      filters:\n", &socket[6..]),
+            1,
+        )
+        .replacen("  clusters:\n", &secrets, 1);
+    // A secret subscription needs a named node, in Envoy and in Courier.
+    let unnamed = boot.clone();
+    let boot = format!("node: {{ id: edge-1, cluster: edge }}\n{boot}");
+    let served = |addr: SocketAddr| -> Option<Vec<u8>> {
+        let mut s = tls_connect(
+            addr,
+            &pki.ca.cert,
+            "api.example.com",
+            &[],
+            Some(&pki.client_good),
+        )
+        .ok()?;
+        let leaf = s.conn.peer_certificates()?.first()?.to_vec();
+        (get_over(&mut s, "api.example.com", "/").ok()?.0 == 200).then_some(leaf)
+    };
+    let one_der = certs(&one.cert)[0].to_vec();
+    let two_der = certs(&two.cert)[0].to_vec();
+    let run = |proxy: &Courier| -> Rotation {
+        let addr = proxy.listener;
+        let mut kept = tls_connect(
+            addr,
+            &pki.ca.cert,
+            "api.example.com",
+            &[],
+            Some(&pki.client_good),
+        )
+        .expect("first connection");
+        let first_is_one = kept
+            .conn
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .is_some_and(|c| c.as_ref() == one_der.as_slice())
+            && get_kept(&mut kept, "api.example.com", "/").is_ok_and(|r| r.0 == 200);
+        // New connections, one after another, for the whole rotation.
+        let stop = Arc::new(AtomicBool::new(false));
+        let failed = Arc::new(AtomicUsize::new(0));
+        let load = std::thread::scope(|scope| {
+            let (stop2, failed2) = (stop.clone(), failed.clone());
+            let served = &served;
+            let handle = scope.spawn(move || {
+                let mut n = 0;
+                while !stop2.load(Ordering::Relaxed) {
+                    if served(addr).is_none() {
+                        failed2.fetch_add(1, Ordering::Relaxed);
+                    }
+                    n += 1;
+                }
+                n
+            });
+            write_secret_file(&secret_file, "server", &read(&two.cert), &read(&two.key));
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+            let mut rotated_to_two = false;
+            while std::time::Instant::now() < deadline {
+                if served(addr).as_deref() == Some(two_der.as_slice()) {
+                    rotated_to_two = true;
+                    break;
+                }
+            }
+            let old_connection_still_served =
+                get_kept(&mut kept, "api.example.com", "/").is_ok_and(|r| r.0 == 200);
+            // A secret that does not build (no key in it) is refused; two stays.
+            write_secret_file(&secret_file, "server", &read(&two.cert), "not a key");
+            proxy.wait_stat("sds.server.update_rejected", 1);
+            let bad_update_kept_two = served(addr).as_deref() == Some(two_der.as_slice());
+            stop.store(true, Ordering::Relaxed);
+            let n = handle.join().expect("load thread");
+            (
+                rotated_to_two,
+                old_connection_still_served,
+                bad_update_kept_two,
+                n,
+            )
+        });
+        eprintln!("{} new connections during the rotation", load.3);
+        let foreign_client_refused = tls_get(
+            addr,
+            &pki.ca.cert,
+            "api.example.com",
+            &[],
+            Some(&pki.client_foreign),
+        )
+        .response
+        .is_none();
+        let sds_stats = ["update_attempt", "update_success", "update_rejected"]
+            .iter()
+            .map(|s| proxy.stat(&format!("sds.server.{s}")))
+            .collect();
+        Rotation {
+            first_is_one,
+            rotated_to_two: load.0,
+            old_connection_still_served: load.1,
+            bad_update_kept_two: load.2,
+            failed_new_connections: failed.load(Ordering::Relaxed),
+            foreign_client_refused,
+            sds_stats,
+        }
+    };
+    write_secret_file(&secret_file, "server", &read(&one.cert), &read(&one.key));
+    let (code, refused) = validate(&unnamed);
+    assert_eq!(code, Some(1), "{refused}");
+    assert!(
+        refused.contains("node 'id' and 'cluster' are required"),
+        "{refused}"
+    );
+    if let Some(valid) = envoy_validates(&unnamed) {
+        assert!(!valid, "envoy accepts an SDS file without a named node");
+    }
+    let from_envoy = Courier::start_envoy(&boot).map(|envoy| run(&envoy));
+    write_secret_file(&secret_file, "server", &read(&one.cert), &read(&one.key));
+    let from_courier = run(&Courier::start(&boot));
+    eprintln!("envoy {from_envoy:?}\ncourier {from_courier:?}");
+    assert_eq!(
+        from_courier,
+        Rotation {
+            first_is_one: true,
+            rotated_to_two: true,
+            old_connection_still_served: true,
+            bad_update_kept_two: true,
+            failed_new_connections: 0,
+            foreign_client_refused: true,
+            sds_stats: vec![3, 2, 1],
+        }
+    );
+    match from_envoy {
+        Some(envoy) => assert_eq!(envoy, from_courier),
+        None => eprintln!("envoy not on PATH: compared with the expected outcome only"),
+    }
 }

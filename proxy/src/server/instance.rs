@@ -204,12 +204,15 @@ fn resident_memory() -> Option<u64> {
 /// Runs the proxy until it is told to exit; the error is the one-line start-up failure.
 pub async fn run(options: Options) -> anyhow::Result<()> {
     let bootstrap = crate::bootstrap::load(&options)?;
+    // Secrets first: listeners, clusters and the xDS transport name them.
+    crate::transport_socket::tls::sds::configure(&bootstrap).map_err(|e| anyhow::anyhow!("{e}"))?;
     if options.mode == Mode::Validate {
         validate(&bootstrap, &options)?;
         return Ok(());
     }
     let concurrency = options.concurrency();
     let store = Store::new(concurrency);
+    crate::transport_socket::tls::sds::set_store(&store);
     let (main_poster, mut main_inbox) = MainPoster::new();
     let tls = ThreadLocal::new(main_poster);
     // Each worker hands every new value to its own manager of it.
@@ -273,6 +276,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     server.set_state(ServerState::Initializing);
     crate::upstream::dns::resolve_all(&server.cluster_manager).await;
     tokio::task::spawn_local(crate::upstream::dns::refresh_loop(server.clone()));
+    tokio::task::spawn_local(crate::transport_socket::tls::sds::watch_files());
     crate::xds::start(&server).await?;
     if options.mode == Mode::InitOnly {
         return Ok(());

@@ -44,7 +44,7 @@ pub static DOWNSTREAM: Registry<BuildDownstream> = Registry {
             build: |any, path| {
                 let ctx = courier_proto::unpack_any(any)
                     .map_err(|e| ConfigError::new(path, e.to_string()))?;
-                Ok(Some(Arc::new(tls::server_context::compile(&ctx, path)?)))
+                Ok(Some(tls::server_context::compile(&ctx, path)?))
             },
         },
     ],
@@ -65,7 +65,7 @@ pub static UPSTREAM: Registry<BuildUpstream> = Registry {
             build: |any, path| {
                 let ctx = courier_proto::unpack_any(any)
                     .map_err(|e| ConfigError::new(path, e.to_string()))?;
-                Ok(Some(Arc::new(tls::client_context::compile(&ctx, path)?)))
+                Ok(Some(tls::client_context::compile(&ctx, path)?))
             },
         },
     ],

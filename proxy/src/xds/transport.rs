@@ -19,7 +19,6 @@ use courier_proto::envoy::extensions::transport_sockets::tls::v3::{
     TlsCertificate, UpstreamTlsContext,
 };
 use hyper_util::rt::TokioIo;
-use rustls::pki_types::ServerName;
 use tonic::codegen::http::Uri;
 use tonic::transport::{Channel, Endpoint};
 
@@ -29,14 +28,17 @@ use crate::transport_socket::tls::{client_context, ClientContext};
 /// TLS to the management server.
 #[derive(Clone)]
 pub struct XdsTls {
-    config: Arc<rustls::ClientConfig>,
-    name: ServerName<'static>,
+    /// The context (its current build is read at each connection: rotated secrets apply
+    /// to the next one).
+    context: Arc<ClientContext>,
+    /// The name the server's certificate must hold (and the SNI).
+    host: String,
 }
 
 impl std::fmt::Debug for XdsTls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("XdsTls")
-            .field("name", &self.name)
+            .field("host", &self.host)
             .finish_non_exhaustive()
     }
 }
@@ -85,8 +87,11 @@ impl tonic::codegen::Service<Uri> for TlsConnector {
             let port = uri.port_u16().unwrap_or(443);
             let tcp = tokio::net::TcpStream::connect((host, port)).await?;
             tcp.set_nodelay(true)?;
-            let stream = tokio_rustls::TlsConnector::from(tls.config)
-                .connect(tls.name, tcp)
+            let (config, name) = tls.context.for_grpc(&tls.host).ok_or_else(|| {
+                std::io::Error::other(format!("'{}' is not a name TLS can verify", tls.host))
+            })?;
+            let stream = tokio_rustls::TlsConnector::from(config)
+                .connect(name, tcp)
                 .await?;
             Ok(TokioIo::new(stream))
         })
@@ -177,7 +182,7 @@ pub fn grpc_target(
                 host
             };
             if let Some(context) = context {
-                tls = Some(xds_tls(&context, &host, &socket_path)?);
+                tls = Some(xds_tls(context, &host, &socket_path)?);
             }
             format!("http://{host}:{port}")
         }
@@ -196,7 +201,7 @@ pub fn grpc_target(
                 let path = "grpc_services[0].google_grpc.channel_credentials";
                 let host = host_of(target);
                 let context = google_grpc_tls(creds.credential_specifier.as_ref(), &host, path)?;
-                tls = Some(xds_tls(&context, &host, path)?);
+                tls = Some(xds_tls(context, &host, path)?);
             }
             format!("http://{target}")
         }
@@ -219,11 +224,15 @@ fn host_of(target: &str) -> String {
     host.trim_matches(|c| c == '[' || c == ']').to_string()
 }
 
-fn xds_tls(context: &ClientContext, host: &str, path: &str) -> Result<XdsTls, ConfigError> {
-    let (config, name) = context
+fn xds_tls(context: Arc<ClientContext>, host: &str, path: &str) -> Result<XdsTls, ConfigError> {
+    // Checked once here so that a bad name is a config error, not a failing connection.
+    context
         .for_grpc(host)
         .ok_or_else(|| ConfigError::new(path, format!("'{host}' is not a name TLS can verify")))?;
-    Ok(XdsTls { config, name })
+    Ok(XdsTls {
+        context,
+        host: host.to_string(),
+    })
 }
 
 /// gRPC's `ssl_credentials` as the equivalent upstream TLS context: the roots verify the
@@ -232,7 +241,7 @@ fn google_grpc_tls(
     creds: Option<&CredentialSpecifier>,
     host: &str,
     path: &str,
-) -> Result<ClientContext, ConfigError> {
+) -> Result<Arc<ClientContext>, ConfigError> {
     let ssl = match creds {
         Some(CredentialSpecifier::SslCredentials(ssl)) => ssl,
         Some(_) => {

@@ -76,7 +76,8 @@ impl Ca {
     }
 }
 
-fn certs(path: &Path) -> Vec<CertificateDer<'static>> {
+/// The certificates of a PEM file.
+pub fn certs(path: &Path) -> Vec<CertificateDer<'static>> {
     CertificateDer::pem_file_iter(path)
         .expect("open")
         .collect::<Result<_, _>>()
@@ -142,10 +143,26 @@ pub fn get_over<S: Read + Write>(
     host: &str,
     path: &str,
 ) -> Result<(u16, String), String> {
+    request_over(stream, host, path, "connection: close\r\n")
+}
+
+/// `GET path` over `stream`, keeping the connection open for the next request.
+pub fn get_kept<S: Read + Write>(
+    stream: &mut S,
+    host: &str,
+    path: &str,
+) -> Result<(u16, String), String> {
+    request_over(stream, host, path, "")
+}
+
+fn request_over<S: Read + Write>(
+    stream: &mut S,
+    host: &str,
+    path: &str,
+    extra: &str,
+) -> Result<(u16, String), String> {
     stream
-        .write_all(
-            format!("GET {path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n").as_bytes(),
-        )
+        .write_all(format!("GET {path} HTTP/1.1\r\nhost: {host}\r\n{extra}\r\n").as_bytes())
         .map_err(|e| e.to_string())?;
     let mut raw = Vec::new();
     let mut chunk = [0u8; 4096];

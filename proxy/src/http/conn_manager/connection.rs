@@ -243,7 +243,7 @@ impl HttpConnection {
                     let Some(io) = tls.take() else { return true };
                     let _ = self.info.tls.set(Box::new(TlsConnectionInfo::of(
                         io.session(),
-                        &context.local_uri_sans,
+                        &context.local_uri_sans(),
                     )));
                     // With AUTO, ALPN names the codec; without it the preface does.
                     let alpn = match self.config.codec {

@@ -11,16 +11,31 @@ use rustls::sign::CertifiedKey;
 use rustls::ClientConfig;
 use rustls::SignatureScheme;
 
+use arc_swap::ArcSwap;
+
 use super::common;
 use super::params::Side;
+use super::sds::{self, Reload};
 use super::validation::{ServerVerifier, Validation};
 use crate::config::ConfigError;
 
 /// A compiled upstream TLS context.
 pub struct ClientContext {
-    config: Arc<ClientConfig>,
+    /// The current build (rebuilt when its secret files change, [`super::sds`]).
+    config: ArcSwap<ClientConfig>,
     /// `sni`: the name sent, if any.
     sni: Option<ServerName<'static>>,
+    proto: UpstreamTlsContext,
+    path: String,
+    check_name: bool,
+}
+
+impl Reload for ClientContext {
+    fn reload(&self) -> Result<(), ConfigError> {
+        let (config, _, _) = build(&self.proto, &self.path, self.check_name)?;
+        self.config.store(Arc::new(config));
+        Ok(())
+    }
 }
 
 impl std::fmt::Debug for ClientContext {
@@ -51,12 +66,13 @@ impl ClientContext {
             Some(n) => n.clone(),
             None => ServerName::try_from(host.to_string()).ok()?,
         };
-        let config = if self.config.alpn_protocols.is_empty() {
-            let mut c = (*self.config).clone();
+        let current = self.config.load_full();
+        let config = if current.alpn_protocols.is_empty() {
+            let mut c = (*current).clone();
             c.alpn_protocols = vec![b"h2".to_vec()];
             Arc::new(c)
         } else {
-            self.config.clone()
+            current
         };
         Some((config, name))
     }
@@ -72,17 +88,18 @@ impl ClientContext {
             .sni
             .clone()
             .unwrap_or(ServerName::IpAddress(peer.into()));
+        let config = self.config.load_full();
         let alpn: &[&[u8]] = match fallback {
-            _ if !self.config.alpn_protocols.is_empty() => &[],
+            _ if !config.alpn_protocols.is_empty() => &[],
             AlpnFallback::None => &[],
             AlpnFallback::Http1 => &[b"http/1.1"],
             AlpnFallback::Http2 => &[b"h2"],
         };
         if alpn.is_empty() {
-            rustls::ClientConnection::new(self.config.clone(), name)
+            rustls::ClientConnection::new(config, name)
         } else {
             rustls::ClientConnection::new_with_alpn(
-                self.config.clone(),
+                config,
                 name,
                 alpn.iter().map(|p| p.to_vec()).collect(),
             )
@@ -106,7 +123,7 @@ impl ResolvesClientCert for ClientCert {
 
 /// Compiles an `UpstreamTlsContext` at `path` (Envoy's semantics: the server's name is
 /// checked only by the context's own SAN matchers).
-pub fn compile(ctx: &UpstreamTlsContext, path: &str) -> Result<ClientContext, ConfigError> {
+pub fn compile(ctx: &UpstreamTlsContext, path: &str) -> Result<Arc<ClientContext>, ConfigError> {
     compile_with(ctx, path, false)
 }
 
@@ -115,7 +132,7 @@ pub fn compile(ctx: &UpstreamTlsContext, path: &str) -> Result<ClientContext, Co
 pub fn compile_verifying_name(
     ctx: &UpstreamTlsContext,
     path: &str,
-) -> Result<ClientContext, ConfigError> {
+) -> Result<Arc<ClientContext>, ConfigError> {
     compile_with(ctx, path, true)
 }
 
@@ -123,7 +140,30 @@ fn compile_with(
     ctx: &UpstreamTlsContext,
     path: &str,
     check_name: bool,
-) -> Result<ClientContext, ConfigError> {
+) -> Result<Arc<ClientContext>, ConfigError> {
+    let (config, sni, files) = build(ctx, path, check_name)?;
+    let context = Arc::new(ClientContext {
+        config: ArcSwap::from_pointee(config),
+        sni,
+        proto: ctx.clone(),
+        path: path.to_string(),
+        check_name,
+    });
+    if !files.is_empty() {
+        let weak: std::sync::Weak<dyn Reload + Send + Sync> = Arc::downgrade(&context) as _;
+        sds::watch(files, weak);
+    }
+    Ok(context)
+}
+
+/// A built client config, its SNI, and the secret files it was built from.
+type Build = (
+    ClientConfig,
+    Option<ServerName<'static>>,
+    Vec<sds::SecretFile>,
+);
+
+fn build(ctx: &UpstreamTlsContext, path: &str, check_name: bool) -> Result<Build, ConfigError> {
     #[allow(deprecated)]
     let unsupported = [
         ("auto_host_sni", ctx.auto_host_sni),
@@ -191,8 +231,5 @@ fn compile_with(
     } else {
         Resumption::in_memory_sessions(keys.max(1) * 4)
     };
-    Ok(ClientContext {
-        config: Arc::new(config),
-        sni,
-    })
+    Ok((config, sni, common.files))
 }

@@ -3,12 +3,15 @@
 use std::sync::Arc;
 
 use courier_proto::envoy::extensions::transport_sockets::tls::v3::{
-    common_tls_context::ValidationContextType, CommonTlsContext,
+    common_tls_context::ValidationContextType, secret, CertificateValidationContext,
+    CommonTlsContext, SdsSecretConfig,
 };
+use prost::Message;
 use rustls::sign::CertifiedKey;
 
 use super::certificates;
 use super::params::{self, Params, Side};
+use super::sds;
 use super::validation::Validation;
 use crate::config::ConfigError;
 
@@ -22,17 +25,28 @@ pub struct Common {
     pub alpn: Vec<Vec<u8>>,
     /// The validation context, if any.
     pub validation: Option<Arc<Validation>>,
+    /// The secret files it was built from (rebuilt when they change).
+    pub files: Vec<sds::SecretFile>,
+}
+
+fn validation_secret(
+    config: &SdsSecretConfig,
+    path: &str,
+    files: &mut Vec<sds::SecretFile>,
+) -> Result<CertificateValidationContext, ConfigError> {
+    match sds::resolve(config, path, files)? {
+        secret::Type::ValidationContext(v) => Ok(v),
+        _ => Err(ConfigError::new(
+            format!("{path}.name"),
+            format!("secret '{}' is not a validation context", config.name),
+        )),
+    }
 }
 
 /// Compiles `common_tls_context` at `path`.
 pub fn compile(c: &CommonTlsContext, side: Side, path: &str) -> Result<Common, ConfigError> {
     #[allow(deprecated)]
     let unsupported = [
-        // SDS is not built yet: a secret named here would never arrive.
-        (
-            "tls_certificate_sds_secret_configs",
-            !c.tls_certificate_sds_secret_configs.is_empty(),
-        ),
         (
             "tls_certificate_provider_instance",
             c.tls_certificate_provider_instance.is_some(),
@@ -56,7 +70,8 @@ pub fn compile(c: &CommonTlsContext, side: Side, path: &str) -> Result<Common, C
         return Err(ConfigError::unsupported(format!("{path}.{field}")));
     }
     let params = params::compile(c.tls_params.as_ref(), side, &format!("{path}.tls_params"))?;
-    let certificates = c
+    let mut files = Vec::new();
+    let mut certificates = c
         .tls_certificates
         .iter()
         .enumerate()
@@ -68,21 +83,64 @@ pub fn compile(c: &CommonTlsContext, side: Side, path: &str) -> Result<Common, C
             )
         })
         .collect::<Result<Vec<_>, _>>()?;
+    for (i, config) in c.tls_certificate_sds_secret_configs.iter().enumerate() {
+        let at = format!("{path}.tls_certificate_sds_secret_configs[{i}]");
+        let secret::Type::TlsCertificate(cert) = sds::resolve(config, &at, &mut files)? else {
+            return Err(ConfigError::new(
+                format!("{at}.name"),
+                format!("secret '{}' is not a TLS certificate", config.name),
+            ));
+        };
+        certificates.push(certificates::certified_key(
+            &cert,
+            &format!("{at} (secret '{}')", config.name),
+            &params.provider,
+        )?);
+    }
     let validation = match &c.validation_context_type {
         None => None,
         Some(ValidationContextType::ValidationContext(v)) => Some(Arc::new(Validation::compile(
             v,
             &format!("{path}.validation_context"),
         )?)),
-        Some(ValidationContextType::CombinedValidationContext(_)) => {
-            return Err(ConfigError::unsupported(format!(
-                "{path}.combined_validation_context"
-            )))
+        Some(ValidationContextType::CombinedValidationContext(combined)) => {
+            let at = format!("{path}.combined_validation_context");
+            let Some(config) = &combined.validation_context_sds_secret_config else {
+                return Err(ConfigError::new(
+                    format!("{at}.validation_context_sds_secret_config"),
+                    "value is required",
+                ));
+            };
+            #[allow(deprecated)]
+            let provider = combined.validation_context_certificate_provider.is_some()
+                || combined
+                    .validation_context_certificate_provider_instance
+                    .is_some();
+            if provider {
+                return Err(ConfigError::unsupported(format!(
+                    "{at}.validation_context_certificate_provider"
+                )));
+            }
+            // Envoy's merge: the secret's fields over the default's, lists appended
+            // (protobuf's MergeFrom).
+            let mut merged = combined
+                .default_validation_context
+                .clone()
+                .unwrap_or_default();
+            let dynamic = validation_secret(
+                config,
+                &format!("{at}.validation_context_sds_secret_config"),
+                &mut files,
+            )?;
+            merged
+                .merge(dynamic.encode_to_vec().as_slice())
+                .map_err(|e| ConfigError::new(&at, e.to_string()))?;
+            Some(Arc::new(Validation::compile(&merged, &at)?))
         }
-        Some(ValidationContextType::ValidationContextSdsSecretConfig(_)) => {
-            return Err(ConfigError::unsupported(format!(
-                "{path}.validation_context_sds_secret_config"
-            )))
+        Some(ValidationContextType::ValidationContextSdsSecretConfig(config)) => {
+            let at = format!("{path}.validation_context_sds_secret_config");
+            let v = validation_secret(config, &at, &mut files)?;
+            Some(Arc::new(Validation::compile(&v, &at)?))
         }
         Some(_) => {
             return Err(ConfigError::unsupported(format!(
@@ -100,5 +158,6 @@ pub fn compile(c: &CommonTlsContext, side: Side, path: &str) -> Result<Common, C
         certificates,
         alpn,
         validation,
+        files,
     })
 }

@@ -10,6 +10,7 @@ pub mod client_context;
 pub mod common;
 pub mod connection_info;
 pub mod params;
+pub mod sds;
 pub mod server_context;
 pub mod session;
 pub mod stats;
@@ -35,8 +36,8 @@ pub struct ServerTls {
 impl ServerTls {
     /// A new server session for an accepted connection on `worker`.
     pub fn session(&self, worker: usize) -> std::io::Result<TlsSession> {
-        let conn = rustls::ServerConnection::new(self.context.config.clone())
-            .map_err(std::io::Error::other)?;
+        let conn =
+            rustls::ServerConnection::new(self.context.config()).map_err(std::io::Error::other)?;
         Ok(TlsSession::new(conn.into(), self.stats.clone(), worker))
     }
 }

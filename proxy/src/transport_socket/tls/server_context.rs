@@ -11,17 +11,49 @@ use rustls::server::{ClientHello, NoServerSessionStorage, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
 
+use arc_swap::ArcSwap;
+
 use super::common;
 use super::params::Side;
+use super::sds::{self, Reload};
 use super::validation::ClientVerifier;
 use crate::config::ConfigError;
 
-/// A compiled downstream TLS context.
+/// A compiled downstream TLS context. Built from secret files, it is rebuilt when they
+/// change ([`super::sds`]); a worker reads the current build at each handshake (one
+/// atomic load, no lock).
 pub struct ServerContext {
+    built: ArcSwap<Built>,
+    proto: DownstreamTlsContext,
+    path: String,
+}
+
+/// One build of a context.
+struct Built {
     /// The rustls config every handshake of the filter chain starts from.
-    pub config: Arc<ServerConfig>,
+    config: Arc<ServerConfig>,
     /// The URI SANs of the (first) certificate: XFCC's `By`.
-    pub local_uri_sans: Vec<String>,
+    local_uri_sans: Vec<String>,
+}
+
+impl ServerContext {
+    /// The rustls config for a new handshake.
+    pub fn config(&self) -> Arc<ServerConfig> {
+        self.built.load().config.clone()
+    }
+
+    /// The URI SANs of the context's (first) certificate.
+    pub fn local_uri_sans(&self) -> Vec<String> {
+        self.built.load().local_uri_sans.clone()
+    }
+}
+
+impl Reload for ServerContext {
+    fn reload(&self) -> Result<(), ConfigError> {
+        let (built, _) = build(&self.proto, &self.path)?;
+        self.built.store(Arc::new(built));
+        Ok(())
+    }
 }
 
 impl std::fmt::Debug for ServerContext {
@@ -105,7 +137,24 @@ impl ResolvesServerCert for CertChoice {
 }
 
 /// Compiles a `DownstreamTlsContext` at `path`.
-pub fn compile(ctx: &DownstreamTlsContext, path: &str) -> Result<ServerContext, ConfigError> {
+pub fn compile(ctx: &DownstreamTlsContext, path: &str) -> Result<Arc<ServerContext>, ConfigError> {
+    let (built, files) = build(ctx, path)?;
+    let context = Arc::new(ServerContext {
+        built: ArcSwap::from_pointee(built),
+        proto: ctx.clone(),
+        path: path.to_string(),
+    });
+    if !files.is_empty() {
+        let weak: std::sync::Weak<dyn Reload + Send + Sync> = Arc::downgrade(&context) as _;
+        sds::watch(files, weak);
+    }
+    Ok(context)
+}
+
+fn build(
+    ctx: &DownstreamTlsContext,
+    path: &str,
+) -> Result<(Built, Vec<sds::SecretFile>), ConfigError> {
     let unsupported = [
         ("session_timeout", ctx.session_timeout.is_some()),
         (
@@ -189,10 +238,13 @@ pub fn compile(ctx: &DownstreamTlsContext, path: &str) -> Result<ServerContext, 
     if ctx.disable_stateful_session_resumption {
         config.session_storage = Arc::new(NoServerSessionStorage {});
     }
-    Ok(ServerContext {
-        config: Arc::new(config),
-        local_uri_sans,
-    })
+    Ok((
+        Built {
+            config: Arc::new(config),
+            local_uri_sans,
+        },
+        common.files,
+    ))
 }
 
 #[cfg(test)]

@@ -157,6 +157,7 @@ impl Cp {
             ResourceType::Endpoint,
             ResourceType::Listener,
             ResourceType::Route,
+            ResourceType::Secret,
         ] {
             if !snapshot.of(kind).items().is_empty() {
                 self.ack(node, kind, snapshot.version(kind)).await;

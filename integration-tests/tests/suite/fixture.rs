@@ -100,6 +100,7 @@ impl Fx {
             ResourceType::Endpoint,
             ResourceType::Listener,
             ResourceType::Route,
+            ResourceType::Secret,
         ] {
             if kinds.contains(&k) {
                 self.cp.ack(self.node(), k, s.version(k)).await;

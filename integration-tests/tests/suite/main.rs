@@ -13,4 +13,5 @@ mod pools;
 mod resilience;
 mod scripted;
 mod sources;
+mod xds_sds;
 mod xds_tls;

@@ -49,7 +49,7 @@ impl ListenerStats {
                 "downstream_cx_transport_socket_connect_timeout",
             ),
             downstream_pre_cx_timeout: c("downstream_pre_cx_timeout"),
-            ssl: tls.then(|| SslStats::new(store, &format!("listener.{prefix}"))),
+            ssl: tls.then(|| SslStats::new(store, &format!("listener.{prefix}"), true)),
         })
     }
 }
@@ -132,6 +132,20 @@ impl ListenerConfig {
             l
         };
         strip(&self.proto) == strip(other)
+    }
+
+    /// Whether it can serve: its routes satisfy `routes_ready`, its secrets are settled.
+    pub fn dependencies_ready(&self, routes_ready: &dyn Fn(&str) -> bool) -> bool {
+        self.rds_needs().iter().all(|r| routes_ready(r.name())) && self.secrets_settled()
+    }
+
+    /// Whether every server secret its TLS contexts name has arrived (or its initial
+    /// fetch timed out): until then the listener warms.
+    pub fn secrets_settled(&self) -> bool {
+        use crate::transport_socket::tls::sds;
+        self.chains()
+            .filter_map(|c| c.tls.as_ref())
+            .all(|t| t.pending().iter().all(|n| sds::settled(n)))
     }
 
     /// The RDS route configurations the listener needs before it can serve

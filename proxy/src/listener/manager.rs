@@ -115,7 +115,8 @@ impl ListenerManager {
     }
 
     /// Adds or updates a listener. It warms (the previous version, if any, keeps serving)
-    /// until every RDS route configuration it needs satisfies `routes_ready`. Its inline
+    /// until every RDS route configuration it needs satisfies `routes_ready` and every
+    /// server secret it names has arrived. Its inline
     /// routes may name only clusters `known_cluster` knows (unless they opt out with
     /// `validate_clusters: false`).
     pub fn add_or_update(
@@ -235,27 +236,22 @@ impl ListenerManager {
             sockets,
         };
         self.warming.remove(&proto.name);
-        if entry
-            .config
-            .rds_needs()
-            .iter()
-            .all(|r| routes_ready(r.name()))
-        {
+        if entry.config.dependencies_ready(routes_ready) {
             self.activate(entry);
         } else {
-            tracing::debug!(listener = %proto.name, "listener warming until its routes arrive");
+            tracing::debug!(listener = %proto.name, "listener warming until its routes and secrets arrive");
             self.warming.insert(proto.name.clone(), entry);
         }
         self.update_gauges();
         Ok(change)
     }
 
-    /// Activates warming listeners whose routes are now ready.
+    /// Activates warming listeners whose routes (and secrets) are now ready.
     pub fn on_routes_ready(&mut self, routes_ready: &dyn Fn(&str) -> bool) {
         let ready: Vec<String> = self
             .warming
             .iter()
-            .filter(|(_, e)| e.config.rds_needs().iter().all(|r| routes_ready(r.name())))
+            .filter(|(_, e)| e.config.dependencies_ready(routes_ready))
             .map(|(n, _)| n.clone())
             .collect();
         for name in ready {

@@ -349,6 +349,7 @@ pub fn compile_cluster(proto: &pb::Cluster, store: &Store) -> Result<ClusterInfo
         stats: crate::transport_socket::tls::SslStats::new(
             store,
             &format!("cluster.{}", proto.name),
+            false,
         ),
     });
     let hosts = match (&discovery, &proto.load_assignment) {

@@ -47,6 +47,20 @@ pub struct ClusterEntry {
     pub last_updated: SystemTime,
     /// Whether it came from CDS (dynamic) rather than the bootstrap.
     pub added_via_api: bool,
+    /// Whether its hosts are known (its first EDS response or DNS resolution came, or
+    /// their initial fetch timed out; always, for static hosts). A warming cluster whose
+    /// hosts are known waits only for its TLS secrets.
+    pub hosts_known: bool,
+}
+
+/// Whether every server secret the cluster's TLS context names has arrived (or timed out).
+fn secrets_settled(info: &ClusterInfo) -> bool {
+    info.tls.as_ref().is_none_or(|t| {
+        t.context
+            .pending()
+            .iter()
+            .all(|n| crate::transport_socket::tls::sds::settled(n))
+    })
 }
 
 /// The cluster manager.
@@ -160,6 +174,7 @@ impl ClusterManager {
             version_info: version_info.to_string(),
             last_updated: SystemTime::now(),
             added_via_api,
+            hosts_known: warm,
         };
         self.unindex(&proto.name);
         if let DiscoveryType::Eds { service_name, .. } = &entry.info.discovery {
@@ -171,14 +186,14 @@ impl ClusterManager {
         } else {
             self.stats.cluster_added.inc(MAIN_THREAD);
         }
-        let change = if warm {
+        let change = if warm && secrets_settled(&entry.info) {
             // Make before break: the new cluster replaces the old one in one publish.
             self.warming.remove(&proto.name);
             self.active.insert(proto.name.clone(), entry);
             self.dirty = true;
             ClusterChange::Active
         } else {
-            tracing::debug!(cluster = %proto.name, "cluster warming until its hosts are known");
+            tracing::debug!(cluster = %proto.name, "cluster warming until its hosts and secrets are known");
             self.warming.insert(proto.name.clone(), entry);
             ClusterChange::Warming
         };
@@ -240,7 +255,7 @@ impl ClusterManager {
             if let Some(mut entry) = self.warming.remove(&name) {
                 entry.info = Arc::new(entry.info.with_hosts(hosts));
                 entry.info.update_membership_stats();
-                self.active.insert(name.clone(), entry);
+                self.hosts_known(name.clone(), entry);
             } else if let Some(entry) = self.active.get_mut(&name) {
                 entry.info = Arc::new(entry.info.with_hosts(hosts));
                 entry.info.update_membership_stats();
@@ -294,7 +309,7 @@ impl ClusterManager {
                 entry.info = Arc::new(entry.info.with_hosts(hosts));
                 entry.info.update_membership_stats();
             }
-            self.active.insert(name.to_string(), entry);
+            self.hosts_known(name.to_string(), entry);
             self.stats.cluster_updated.inc(MAIN_THREAD);
             self.dirty = true;
             self.update_gauges();
@@ -310,10 +325,39 @@ impl ClusterManager {
     /// (initial_fetch_timeout): it becomes active with no hosts, as in Envoy.
     pub fn finish_warming(&mut self, name: &str) {
         if let Some(entry) = self.warming.remove(name) {
-            self.active.insert(name.to_string(), entry);
+            self.hosts_known(name.to_string(), entry);
             self.dirty = true;
             self.update_gauges();
         }
+    }
+
+    /// A warming cluster's hosts are known: it becomes active, or keeps warming until
+    /// its secrets arrive.
+    fn hosts_known(&mut self, name: String, mut entry: ClusterEntry) {
+        entry.hosts_known = true;
+        if secrets_settled(&entry.info) {
+            self.active.insert(name, entry);
+        } else {
+            self.warming.insert(name, entry);
+        }
+    }
+
+    /// Activates warming clusters whose hosts are known and whose secrets have now
+    /// arrived (or timed out).
+    pub fn on_secrets_settled(&mut self) {
+        let ready: Vec<String> = self
+            .warming
+            .iter()
+            .filter(|(_, e)| e.hosts_known && secrets_settled(&e.info))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in ready {
+            if let Some(entry) = self.warming.remove(&name) {
+                self.active.insert(name, entry);
+                self.dirty = true;
+            }
+        }
+        self.update_gauges();
     }
 
     /// Ends warming of every cluster fed by EDS `service_name` (its initial fetch timed out).

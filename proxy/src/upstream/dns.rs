@@ -83,7 +83,8 @@ fn rate(d: Option<&courier_proto::google::protobuf::Duration>, default: Duration
 #[allow(deprecated)] // the cluster-level DNS fields are what configs say
 fn dns_jobs(cm: &RefCell<ClusterManager>) -> Vec<DnsJob> {
     let cm = cm.borrow();
-    let warming = cm.warming().values().map(|e| (e, true));
+    // A warming cluster whose hosts are known waits for its secrets, not for DNS.
+    let warming = cm.warming().values().map(|e| (e, !e.hosts_known));
     let active = cm
         .active()
         .values()

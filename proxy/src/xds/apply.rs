@@ -16,6 +16,7 @@ use courier_proto::envoy::config::cluster::v3::Cluster;
 use courier_proto::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use courier_proto::envoy::config::listener::v3::Listener;
 use courier_proto::envoy::config::route::v3::RouteConfiguration;
+use courier_proto::envoy::extensions::transport_sockets::tls::v3::Secret;
 use courier_proto::envoy::service::discovery::v3::Resource as ResourceWrapper;
 use courier_proto::google::protobuf::Any;
 use courier_proto::{type_url, unwrap_resource, ResourceError, ResourceMessage, ResourceType};
@@ -37,6 +38,8 @@ pub enum Proto {
     Listener(Box<Listener>),
     /// RDS.
     Route(Box<RouteConfiguration>),
+    /// SDS.
+    Secret(Box<Secret>),
 }
 
 /// One resource of a response.
@@ -101,12 +104,7 @@ fn decode_one(kind: ResourceType, any: &Any, index: usize) -> Result<Resource, S
         }
         ResourceMessage::Listener(l) => Proto::Listener(l),
         ResourceMessage::Route(r) => Proto::Route(r),
-        // No stream or file subscribes to SDS (see `mux::ORDER`).
-        ResourceMessage::Secret(_) => {
-            return Err(format!(
-                "resources[{index}]: unsupported resource type {expected}"
-            ))
-        }
+        ResourceMessage::Secret(s) => Proto::Secret(s),
     };
     Ok(Resource {
         name: unwrapped.name,
@@ -165,11 +163,7 @@ pub fn apply_unmuxed(
         ResourceType::Endpoint => apply_eds(server, update),
         ResourceType::Listener => apply_lds(server, update),
         ResourceType::Route => apply_rds(server, update),
-        // Never decoded (see `decode_one`), so never applied.
-        ResourceType::Secret => Err(format!(
-            "unsupported resource type {}",
-            ResourceType::Secret.type_url()
-        )),
+        ResourceType::Secret => apply_sds(server, update),
     };
     // A first response, accepted or not, completes that type's initial fetch.
     super::mark_initialized(server, kind);
@@ -449,6 +443,28 @@ fn apply_rds(server: &Server, update: Update<'_>) -> Result<(), String> {
     let ready = |name: &str| xds.route_ready(name);
     server.listener_manager.borrow_mut().on_routes_ready(&ready);
     Ok(())
+}
+
+/// SDS: secrets are stored and the contexts naming them rebuilt (a secret that does not
+/// build rejects the update; the others of the response still apply, as Envoy applies
+/// each SDS subscription on its own). A delta removal is ignored: the last secret keeps
+/// serving, as in Envoy. Listeners and clusters waiting on the secrets stop warming.
+fn apply_sds(server: &Server, update: Update<'_>) -> Result<(), String> {
+    let (_version, resources, _removed, _) = split(update);
+    let secrets = resources
+        .into_iter()
+        .filter_map(|r| match r.proto {
+            Proto::Secret(s) if !s.name.is_empty() => Some(*s),
+            Proto::Secret(mut s) => {
+                s.name = r.name;
+                Some(*s)
+            }
+            _ => None,
+        })
+        .collect();
+    let result = crate::transport_socket::tls::sds::on_secrets(secrets);
+    super::on_secrets_settled(server);
+    result
 }
 
 fn finish(

@@ -517,9 +517,18 @@ fn on_initial_fetch_timeout(server: &Rc<Server>, kind: ResourceType, name: &str)
                 xds.routes_ready.insert(name.to_string());
                 fired = true;
             }
-            // Already initialised or ready; EDS is handled below; no SDS subscriptions.
+            // Already initialised or ready; EDS and SDS are handled below.
             _ => {}
         }
+    }
+    if kind == ResourceType::Secret && !crate::transport_socket::tls::sds::settled(name) {
+        crate::transport_socket::tls::sds::give_up(name);
+        server
+            .store
+            .counter(&format!("sds.{name}.init_fetch_timeout"))
+            .inc(MAIN_THREAD);
+        on_secrets_settled(server);
+        fired = true;
     }
     if kind == ResourceType::Endpoint && !server.xds.borrow().eds_ready.contains(name) {
         server
@@ -562,6 +571,7 @@ pub(crate) fn mark_initialized(server: &Server, kind: ResourceType) {
 pub fn after_update(server: &Rc<Server>) {
     sync_eds(server);
     sync_rds(server);
+    sync_sds(server);
     // Envoy holds its CDS ACK while clusters warm, so a server sees one ACK per update.
     let warming = !server.cluster_manager.borrow().warming().is_empty();
     let cds = server.xds.borrow().cds.clone();
@@ -625,6 +635,28 @@ fn sync_rds(server: &Rc<Server>) {
     if dropped {
         xds.publish_routes();
     }
+}
+
+/// Subscribes to the server secrets that live TLS contexts name.
+fn sync_sds(server: &Rc<Server>) {
+    use crate::transport_socket::tls::sds;
+    let groups = sds::server_needs();
+    let names = subscribe_named(server, ResourceType::Secret, &groups, &|_, n| {
+        sds::settled(n)
+    });
+    sds::retain_received(&names);
+}
+
+/// Listeners and clusters whose secrets have all arrived (or timed out) stop warming.
+pub(crate) fn on_secrets_settled(server: &Server) {
+    {
+        let xds = server.xds.borrow();
+        let ready = |n: &str| xds.route_ready(n);
+        server.listener_manager.borrow_mut().on_routes_ready(&ready);
+    }
+    let mut cm = server.cluster_manager.borrow_mut();
+    cm.on_secrets_settled();
+    cm.publish();
 }
 
 /// Keeps the named subscriptions of `kind` (EDS or RDS) in step with what clusters

@@ -23,6 +23,7 @@ use courier_proto::envoy::service::{
     endpoint::v3::endpoint_discovery_service_client::EndpointDiscoveryServiceClient,
     listener::v3::listener_discovery_service_client::ListenerDiscoveryServiceClient,
     route::v3::route_discovery_service_client::RouteDiscoveryServiceClient,
+    secret::v3::secret_discovery_service_client::SecretDiscoveryServiceClient,
 };
 use courier_proto::google::rpc::Status;
 use courier_proto::ResourceType;
@@ -86,10 +87,9 @@ struct MuxState {
 }
 
 /// Opens the stream RPC for `rpc`: the ADS method, or the per-type service's method, in the
-/// order [ADS, CDS, EDS, LDS, RDS]. The services share no trait, hence a macro. Courier does
-/// not subscribe to SDS, so no per-type SDS stream is ever opened.
+/// order [ADS, CDS, EDS, LDS, RDS, SDS]. The services share no trait, hence a macro.
 macro_rules! open_rpc {
-    ($rpc:expr, $channel:expr, $requests:expr, [$ads:ident, $cds:ident, $eds:ident, $lds:ident, $rds:ident]) => {
+    ($rpc:expr, $channel:expr, $requests:expr, [$ads:ident, $cds:ident, $eds:ident, $lds:ident, $rds:ident, $sds:ident]) => {
         match $rpc {
             Rpc::Ads => {
                 AggregatedDiscoveryServiceClient::new($channel)
@@ -116,9 +116,11 @@ macro_rules! open_rpc {
                     .$rds($requests)
                     .await
             }
-            Rpc::Single(ResourceType::Secret) => Err(tonic::Status::unimplemented(
-                "Courier has no per-type SDS stream",
-            )),
+            Rpc::Single(ResourceType::Secret) => {
+                SecretDiscoveryServiceClient::new($channel)
+                    .$sds($requests)
+                    .await
+            }
         }
     };
 }
@@ -134,14 +136,16 @@ pub struct Mux {
     state: RefCell<MuxState>,
 }
 
-/// The ordering of types on a stream that (re)connects: make before break.
-/// These are also the only types a stream handles: a response of any other type (SDS
-/// included) is ignored as of an unknown type.
-const ORDER: [ResourceType; 4] = [
+/// The ordering of types on a stream that (re)connects: make before break (secrets
+/// last: the clusters and listeners that name them keep warming until they arrive).
+/// These are also the only types a stream handles: a response of any other type is
+/// ignored as of an unknown type.
+const ORDER: [ResourceType; 5] = [
     ResourceType::Cluster,
     ResourceType::Endpoint,
     ResourceType::Listener,
     ResourceType::Route,
+    ResourceType::Secret,
 ];
 
 /// The type of a response's type URL, if it is one a stream handles.
@@ -452,7 +456,8 @@ impl Mux {
                 stream_clusters,
                 stream_endpoints,
                 stream_listeners,
-                stream_routes
+                stream_routes,
+                stream_secrets
             ]
         );
         self.read_responses(response, server, Self::on_sotw_response)
@@ -473,7 +478,8 @@ impl Mux {
                 delta_clusters,
                 delta_endpoints,
                 delta_listeners,
-                delta_routes
+                delta_routes,
+                delta_secrets
             ]
         );
         self.read_responses(response, server, Self::on_delta_response)

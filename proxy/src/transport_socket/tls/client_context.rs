@@ -21,8 +21,8 @@ use crate::config::ConfigError;
 
 /// A compiled upstream TLS context.
 pub struct ClientContext {
-    /// The current build (rebuilt when its secret files change, [`super::sds`]).
-    config: ArcSwap<ClientConfig>,
+    /// The current build (rebuilt when its secrets change, [`super::sds`]).
+    built: ArcSwap<Built>,
     /// `sni`: the name sent, if any.
     sni: Option<ServerName<'static>>,
     proto: UpstreamTlsContext,
@@ -30,11 +30,35 @@ pub struct ClientContext {
     check_name: bool,
 }
 
+/// One build of a context.
+struct Built {
+    /// `None` while a secret it names has not arrived.
+    config: Option<Arc<ClientConfig>>,
+    /// The server secrets it still waits for.
+    pending: Vec<String>,
+}
+
 impl Reload for ClientContext {
     fn reload(&self) -> Result<(), ConfigError> {
-        let (config, _, _) = build(&self.proto, &self.path, self.check_name)?;
-        self.config.store(Arc::new(config));
+        let build = build(&self.proto, &self.path, self.check_name)?;
+        self.built.store(Arc::new(build.built));
         Ok(())
+    }
+}
+
+impl ClientContext {
+    /// The server secrets it still waits for (its cluster warms on them).
+    pub fn pending(&self) -> Vec<String> {
+        self.built.load().pending.clone()
+    }
+
+    /// The current config, or why there is none.
+    fn current(&self) -> Result<Arc<ClientConfig>, rustls::Error> {
+        self.built
+            .load()
+            .config
+            .clone()
+            .ok_or_else(|| rustls::Error::General("the context's secrets have not arrived".into()))
     }
 }
 
@@ -66,7 +90,7 @@ impl ClientContext {
             Some(n) => n.clone(),
             None => ServerName::try_from(host.to_string()).ok()?,
         };
-        let current = self.config.load_full();
+        let current = self.current().ok()?;
         let config = if current.alpn_protocols.is_empty() {
             let mut c = (*current).clone();
             c.alpn_protocols = vec![b"h2".to_vec()];
@@ -88,7 +112,7 @@ impl ClientContext {
             .sni
             .clone()
             .unwrap_or(ServerName::IpAddress(peer.into()));
-        let config = self.config.load_full();
+        let config = self.current()?;
         let alpn: &[&[u8]] = match fallback {
             _ if !config.alpn_protocols.is_empty() => &[],
             AlpnFallback::None => &[],
@@ -141,27 +165,27 @@ fn compile_with(
     path: &str,
     check_name: bool,
 ) -> Result<Arc<ClientContext>, ConfigError> {
-    let (config, sni, files) = build(ctx, path, check_name)?;
+    let build = build(ctx, path, check_name)?;
     let context = Arc::new(ClientContext {
-        config: ArcSwap::from_pointee(config),
-        sni,
+        built: ArcSwap::from_pointee(build.built),
+        sni: build.sni,
         proto: ctx.clone(),
         path: path.to_string(),
         check_name,
     });
-    if !files.is_empty() {
+    if !build.secrets.is_empty() {
         let weak: std::sync::Weak<dyn Reload + Send + Sync> = Arc::downgrade(&context) as _;
-        sds::watch(files, weak);
+        sds::watch(build.secrets, weak);
     }
     Ok(context)
 }
 
-/// A built client config, its SNI, and the secret files it was built from.
-type Build = (
-    ClientConfig,
-    Option<ServerName<'static>>,
-    Vec<sds::SecretFile>,
-);
+/// A build, the SNI, and the changeable secrets it was built from.
+struct Build {
+    built: Built,
+    sni: Option<ServerName<'static>>,
+    secrets: Vec<sds::SecretRef>,
+}
 
 fn build(ctx: &UpstreamTlsContext, path: &str, check_name: bool) -> Result<Build, ConfigError> {
     #[allow(deprecated)]
@@ -178,19 +202,6 @@ fn build(ctx: &UpstreamTlsContext, path: &str, check_name: bool) -> Result<Build
     if let Some((field, _)) = unsupported.iter().find(|(_, set)| *set) {
         return Err(ConfigError::unsupported(format!("{path}.{field}")));
     }
-    let common_path = format!("{path}.common_tls_context");
-    let default = Default::default();
-    let common = common::compile(
-        ctx.common_tls_context.as_ref().unwrap_or(&default),
-        Side::Client,
-        &common_path,
-    )?;
-    if common.certificates.len() > 1 {
-        return Err(ConfigError::new(
-            format!("{common_path}.tls_certificates"),
-            "Multiple TLS certificates are not supported for client contexts",
-        ));
-    }
     let sni = if ctx.sni.is_empty() {
         None
     } else {
@@ -201,6 +212,29 @@ fn build(ctx: &UpstreamTlsContext, path: &str, check_name: bool) -> Result<Build
             )
         })?)
     };
+    let common_path = format!("{path}.common_tls_context");
+    let default = Default::default();
+    let common = common::compile(
+        ctx.common_tls_context.as_ref().unwrap_or(&default),
+        Side::Client,
+        &common_path,
+    )?;
+    if !common.ready() {
+        return Ok(Build {
+            built: Built {
+                config: None,
+                pending: common.pending,
+            },
+            sni,
+            secrets: common.secrets,
+        });
+    }
+    if common.certificates.len() > 1 {
+        return Err(ConfigError::new(
+            format!("{common_path}.tls_certificates"),
+            "Multiple TLS certificates are not supported for client contexts",
+        ));
+    }
     let validation = common
         .validation
         .unwrap_or_else(|| Arc::new(Validation::default()));
@@ -231,5 +265,12 @@ fn build(ctx: &UpstreamTlsContext, path: &str, check_name: bool) -> Result<Build
     } else {
         Resumption::in_memory_sessions(keys.max(1) * 4)
     };
-    Ok((config, sni, common.files))
+    Ok(Build {
+        built: Built {
+            config: Some(Arc::new(config)),
+            pending: Vec::new(),
+        },
+        sni,
+        secrets: common.secrets,
+    })
 }

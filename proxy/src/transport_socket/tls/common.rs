@@ -25,17 +25,33 @@ pub struct Common {
     pub alpn: Vec<Vec<u8>>,
     /// The validation context, if any.
     pub validation: Option<Arc<Validation>>,
-    /// The secret files it was built from (rebuilt when they change).
-    pub files: Vec<sds::SecretFile>,
+    /// The changeable secrets it was built from (rebuilt when they change).
+    pub secrets: Vec<sds::SecretRef>,
+    /// Server secrets that have not arrived: the context cannot handshake yet.
+    pub pending: Vec<String>,
 }
 
+impl Common {
+    /// Whether every secret it names is there.
+    pub fn ready(&self) -> bool {
+        self.pending.is_empty()
+    }
+}
+
+/// A validation context secret, `None` while its server has not sent it (then it is
+/// noted in `pending`).
 fn validation_secret(
     config: &SdsSecretConfig,
     path: &str,
-    files: &mut Vec<sds::SecretFile>,
-) -> Result<CertificateValidationContext, ConfigError> {
-    match sds::resolve(config, path, files)? {
-        secret::Type::ValidationContext(v) => Ok(v),
+    secrets: &mut Vec<sds::SecretRef>,
+    pending: &mut Vec<String>,
+) -> Result<Option<CertificateValidationContext>, ConfigError> {
+    match sds::resolve(config, path, secrets)? {
+        None => {
+            pending.push(config.name.clone());
+            Ok(None)
+        }
+        Some(secret::Type::ValidationContext(v)) => Ok(Some(v)),
         _ => Err(ConfigError::new(
             format!("{path}.name"),
             format!("secret '{}' is not a validation context", config.name),
@@ -70,7 +86,8 @@ pub fn compile(c: &CommonTlsContext, side: Side, path: &str) -> Result<Common, C
         return Err(ConfigError::unsupported(format!("{path}.{field}")));
     }
     let params = params::compile(c.tls_params.as_ref(), side, &format!("{path}.tls_params"))?;
-    let mut files = Vec::new();
+    let mut secrets = Vec::new();
+    let mut pending = Vec::new();
     let mut certificates = c
         .tls_certificates
         .iter()
@@ -85,7 +102,12 @@ pub fn compile(c: &CommonTlsContext, side: Side, path: &str) -> Result<Common, C
         .collect::<Result<Vec<_>, _>>()?;
     for (i, config) in c.tls_certificate_sds_secret_configs.iter().enumerate() {
         let at = format!("{path}.tls_certificate_sds_secret_configs[{i}]");
-        let secret::Type::TlsCertificate(cert) = sds::resolve(config, &at, &mut files)? else {
+        let resolved = sds::resolve(config, &at, &mut secrets)?;
+        let Some(resolved) = resolved else {
+            pending.push(config.name.clone());
+            continue;
+        };
+        let secret::Type::TlsCertificate(cert) = resolved else {
             return Err(ConfigError::new(
                 format!("{at}.name"),
                 format!("secret '{}' is not a TLS certificate", config.name),
@@ -130,17 +152,25 @@ pub fn compile(c: &CommonTlsContext, side: Side, path: &str) -> Result<Common, C
             let dynamic = validation_secret(
                 config,
                 &format!("{at}.validation_context_sds_secret_config"),
-                &mut files,
+                &mut secrets,
+                &mut pending,
             )?;
-            merged
-                .merge(dynamic.encode_to_vec().as_slice())
-                .map_err(|e| ConfigError::new(&at, e.to_string()))?;
-            Some(Arc::new(Validation::compile(&merged, &at)?))
+            match dynamic {
+                None => None,
+                Some(dynamic) => {
+                    merged
+                        .merge(dynamic.encode_to_vec().as_slice())
+                        .map_err(|e| ConfigError::new(&at, e.to_string()))?;
+                    Some(Arc::new(Validation::compile(&merged, &at)?))
+                }
+            }
         }
         Some(ValidationContextType::ValidationContextSdsSecretConfig(config)) => {
             let at = format!("{path}.validation_context_sds_secret_config");
-            let v = validation_secret(config, &at, &mut files)?;
-            Some(Arc::new(Validation::compile(&v, &at)?))
+            match validation_secret(config, &at, &mut secrets, &mut pending)? {
+                None => None,
+                Some(v) => Some(Arc::new(Validation::compile(&v, &at)?)),
+            }
         }
         Some(_) => {
             return Err(ConfigError::unsupported(format!(
@@ -158,6 +188,7 @@ pub fn compile(c: &CommonTlsContext, side: Side, path: &str) -> Result<Common, C
         certificates,
         alpn,
         validation,
-        files,
+        secrets,
+        pending,
     })
 }

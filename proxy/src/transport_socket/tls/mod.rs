@@ -36,8 +36,13 @@ pub struct ServerTls {
 impl ServerTls {
     /// A new server session for an accepted connection on `worker`.
     pub fn session(&self, worker: usize) -> std::io::Result<TlsSession> {
-        let conn =
-            rustls::ServerConnection::new(self.context.config()).map_err(std::io::Error::other)?;
+        let Some(config) = self.context.config() else {
+            self.stats.context_secrets_not_ready.inc(worker);
+            return Err(std::io::Error::other(
+                "the filter chain's TLS secrets have not arrived",
+            ));
+        };
+        let conn = rustls::ServerConnection::new(config).map_err(std::io::Error::other)?;
         Ok(TlsSession::new(conn.into(), self.stats.clone(), worker))
     }
 }
@@ -59,10 +64,12 @@ impl ClientTls {
         fallback: AlpnFallback,
         worker: usize,
     ) -> std::io::Result<TlsSession> {
-        let conn = self
-            .context
-            .connect(peer, fallback)
-            .map_err(std::io::Error::other)?;
+        let conn = self.context.connect(peer, fallback).map_err(|e| {
+            if !self.context.pending().is_empty() {
+                self.stats.context_secrets_not_ready.inc(worker);
+            }
+            std::io::Error::other(e)
+        })?;
         Ok(TlsSession::new(conn.into(), self.stats.clone(), worker))
     }
 }

@@ -1,27 +1,30 @@
 //! Secrets a TLS context names rather than holds (`*_sds_secret_config`): from the
-//! bootstrap's `static_resources.secrets`, or from a file (`sds_config:
-//! { path_config_source }`, a `DiscoveryResponse` of `Secret`s, as Envoy reads it) that
-//! is re-read when it changes. A context built from files registers here; when one of its
-//! files changes, the main thread rebuilds the context and the next handshakes use it
-//! (connections keep theirs: nothing is drained, as in Envoy). A rebuild that fails
-//! keeps the last good context.
+//! bootstrap's `static_resources.secrets`, from a file (`sds_config: { path_config_source }`,
+//! a `DiscoveryResponse` holding the one `Secret`, as Envoy reads it), or from a management
+//! server (`sds_config: { ads }` or an `api_config_source`: SDS subscriptions).
 //!
-//! Each secret read from a file counts its updates as Envoy's filesystem subscription
-//! does: `sds.<name>.update_attempt`, `update_success`, `update_rejected` (the file holds
-//! a secret that does not build) and `update_failure` (the file cannot be read or
-//! parsed).
+//! A context that names secrets from files or servers registers here. When a file
+//! changes (polled every 500 ms) or a server sends the secret, the main thread rebuilds
+//! every context that names it, and the next handshakes use the new build (connections
+//! keep theirs: nothing is drained, as in Envoy). A rebuild that fails keeps the last good
+//! context (and NACKs the update). A context whose server secret has not arrived yet is
+//! *pending*: its listener or cluster warms until the secret arrives or its
+//! `initial_fetch_timeout` passes (then handshakes fail, counted as Envoy's
+//! `*_context_secrets_not_ready`).
 //!
-//! Secrets from a management server (`ads`, `api_config_source`) are not built yet and
-//! are refused by path.
+//! Each secret counts its updates as Envoy's subscriptions do: `sds.<name>.update_attempt`,
+//! `update_success`, `update_rejected` (a secret that does not build) and `update_failure`
+//! (a file that cannot be read or parsed).
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Weak;
 use std::time::Duration;
 
 use courier_proto::envoy::config::bootstrap::v3::Bootstrap;
 use courier_proto::envoy::config::core::v3::config_source::ConfigSourceSpecifier;
+use courier_proto::envoy::config::core::v3::ConfigSource;
 use courier_proto::envoy::extensions::transport_sockets::tls::v3::{
     secret, SdsSecretConfig, Secret,
 };
@@ -44,7 +47,11 @@ thread_local! {
     static STORE: RefCell<Option<Store>> = const { RefCell::new(None) };
     /// Secrets read from files so far: their first read is counted once, however many
     /// contexts name them (Envoy shares one subscription per secret).
-    static LOADED: RefCell<std::collections::HashSet<String>> = RefCell::new(Default::default());
+    static LOADED: RefCell<HashSet<String>> = RefCell::new(Default::default());
+    /// Secrets received from management servers, by name.
+    static RECEIVED: RefCell<HashMap<String, Secret>> = RefCell::new(HashMap::new());
+    /// Server secrets whose initial fetch timed out: their users stop warming.
+    static GAVE_UP: RefCell<HashSet<String>> = RefCell::new(HashSet::new());
 }
 
 /// Counts `sds.<name>.<stat>`.
@@ -72,16 +79,27 @@ pub trait Reload {
 struct Watch {
     /// Each file, the secret read from it, and its contents when last read.
     files: Vec<(PathBuf, String, String)>,
+    /// The server secrets it names, with their config sources.
+    served: Vec<(String, ConfigSource)>,
     target: Weak<dyn Reload + Send + Sync>,
 }
 
-/// A secret file a context was built from.
+/// Where a secret a context names comes from, when it can change.
 #[derive(Debug, Clone)]
-pub struct SecretFile {
-    /// The file.
-    pub path: PathBuf,
-    /// The secret it holds.
+pub enum SecretSource {
+    /// A file, re-read when it changes.
+    File(PathBuf),
+    /// A management server (an SDS subscription).
+    Server(ConfigSource),
+}
+
+/// A changeable secret a context was built from (or waits for).
+#[derive(Debug, Clone)]
+pub struct SecretRef {
+    /// The secret's name.
     pub name: String,
+    /// Where it comes from.
+    pub source: SecretSource,
 }
 
 /// Installs the bootstrap's `static_resources.secrets` and notes whether its node is
@@ -116,13 +134,13 @@ pub fn configure(bootstrap: &Bootstrap) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// The secret `config` names (`path` is its place in the config, for errors); a file it
-/// came from is added to `files`.
+/// The secret `config` names (`path` is its place in the config, for errors), `None`
+/// while a server has not sent it yet; a file or server it comes from is added to `refs`.
 pub fn resolve(
     config: &SdsSecretConfig,
     path: &str,
-    files: &mut Vec<SecretFile>,
-) -> Result<secret::Type, ConfigError> {
+    refs: &mut Vec<SecretRef>,
+) -> Result<Option<secret::Type>, ConfigError> {
     if config.name.is_empty() {
         return Err(ConfigError::new(
             format!("{path}.name"),
@@ -134,37 +152,62 @@ pub fn resolve(
         .as_ref()
         .and_then(|s| s.config_source_specifier.as_ref())
     {
-        None => STATIC.with(|m| m.borrow().get(&config.name).cloned()).ok_or_else(|| {
-            ConfigError::new(
-                format!("{path}.name"),
-                format!(
-                    "Unknown static secret: {} (not in static_resources.secrets)",
-                    config.name
-                ),
-            )
-        })?,
+        None => STATIC
+            .with(|m| m.borrow().get(&config.name).cloned())
+            .ok_or_else(|| {
+                ConfigError::new(
+                    format!("{path}.name"),
+                    format!(
+                        "Unknown static secret: {} (not in static_resources.secrets)",
+                        config.name
+                    ),
+                )
+            })?,
         Some(ConfigSourceSpecifier::PathConfigSource(p)) => {
             if p.watched_directory.is_some() {
                 return Err(ConfigError::unsupported(format!(
                     "{path}.sds_config.path_config_source.watched_directory"
                 )));
             }
-            first_read(&p.path, &config.name, path, files)?
+            first_read(&p.path, &config.name, path, refs)?
         }
         #[allow(deprecated)]
-        Some(ConfigSourceSpecifier::Path(p)) => first_read(p, &config.name, path, files)?,
+        Some(ConfigSourceSpecifier::Path(p)) => first_read(p, &config.name, path, refs)?,
+        Some(ConfigSourceSpecifier::Ads(_) | ConfigSourceSpecifier::ApiConfigSource(_)) => {
+            check_node(path)?;
+            let source = config.sds_config.clone().unwrap_or_default();
+            refs.push(SecretRef {
+                name: config.name.clone(),
+                source: SecretSource::Server(source),
+            });
+            match RECEIVED.with(|r| r.borrow().get(&config.name).cloned()) {
+                Some(secret) => secret,
+                None => return Ok(None),
+            }
+        }
         Some(_) => {
             return Err(ConfigError::unsupported(format!(
-                "{path}.sds_config (secrets from a management server: use static_resources.secrets or a path_config_source file)"
+                "{path}.sds_config (only ads, api_config_source and path_config_source)"
             )))
         }
     };
-    found.r#type.ok_or_else(|| {
+    found.r#type.map(Some).ok_or_else(|| {
         ConfigError::new(
             format!("{path}.name"),
             format!("secret '{}' holds nothing", config.name),
         )
     })
+}
+
+/// A secret subscription needs a named node (Envoy's `checkLocalInfo`).
+fn check_node(path: &str) -> Result<(), ConfigError> {
+    if NODE_NAMED.with(|n| n.get()) {
+        return Ok(());
+    }
+    Err(ConfigError::new(
+        format!("{path}.sds_config"),
+        "TlsCertificateSdsApi: node 'id' and 'cluster' are required. Set it either in 'node' config or via --service-node and --service-cluster options.",
+    ))
 }
 
 /// Reads secret `name` from `file` for a context being compiled; the first read of a
@@ -173,14 +216,9 @@ fn first_read(
     file: &str,
     name: &str,
     path: &str,
-    files: &mut Vec<SecretFile>,
+    refs: &mut Vec<SecretRef>,
 ) -> Result<Secret, ConfigError> {
-    if !NODE_NAMED.with(|n| n.get()) {
-        return Err(ConfigError::new(
-            format!("{path}.sds_config"),
-            "TlsCertificateSdsApi: node 'id' and 'cluster' are required. Set it either in 'node' config or via --service-node and --service-cluster options.",
-        ));
-    }
+    check_node(path)?;
     let at = format!("{path}.sds_config.path_config_source.path");
     let first = LOADED.with(|l| l.borrow_mut().insert(name.to_string()));
     if first {
@@ -192,9 +230,9 @@ fn first_read(
     if first {
         count(name, "update_success");
     }
-    files.push(SecretFile {
-        path: PathBuf::from(file),
+    refs.push(SecretRef {
         name: name.to_string(),
+        source: SecretSource::File(PathBuf::from(file)),
     });
     Ok(secret)
 }
@@ -225,16 +263,115 @@ fn from_text(text: &str, file: &str, name: &str) -> Result<Secret, String> {
     Ok(secret)
 }
 
-/// Rebuilds `target` whenever one of `files` changes (from the main thread's watcher).
-pub fn watch(files: Vec<SecretFile>, target: Weak<dyn Reload + Send + Sync>) {
-    let files = files
-        .into_iter()
-        .map(|f| {
-            let text = std::fs::read_to_string(&f.path).unwrap_or_default();
-            (f.path, f.name, text)
+/// Rebuilds `target` whenever one of the secrets `refs` names changes: a file (from the
+/// main thread's watcher) or a server's secret ([`on_secrets`]).
+pub fn watch(refs: Vec<SecretRef>, target: Weak<dyn Reload + Send + Sync>) {
+    let mut files = Vec::new();
+    let mut served = Vec::new();
+    for r in refs {
+        match r.source {
+            SecretSource::File(path) => {
+                let text = std::fs::read_to_string(&path).unwrap_or_default();
+                files.push((path, r.name, text));
+            }
+            SecretSource::Server(source) => served.push((r.name, source)),
+        }
+    }
+    WATCHES.with(|w| {
+        w.borrow_mut().push(Watch {
+            files,
+            served,
+            target,
         })
-        .collect();
-    WATCHES.with(|w| w.borrow_mut().push(Watch { files, target }));
+    });
+}
+
+/// The server secrets that live contexts name, grouped by config source (for the SDS
+/// subscriptions); contexts no longer held are forgotten.
+pub fn server_needs() -> Vec<(ConfigSource, Vec<String>)> {
+    WATCHES.with(|w| {
+        let mut w = w.borrow_mut();
+        w.retain(|w| w.target.strong_count() > 0);
+        let mut by_source: BTreeMap<Vec<u8>, (ConfigSource, Vec<String>)> = BTreeMap::new();
+        for (name, source) in w.iter().flat_map(|w| w.served.iter()) {
+            let names = &mut by_source
+                .entry(prost::Message::encode_to_vec(source))
+                .or_insert_with(|| (source.clone(), Vec::new()))
+                .1;
+            if !names.contains(name) {
+                names.push(name.clone());
+            }
+        }
+        by_source.into_values().collect()
+    })
+}
+
+/// Whether the server secret `name` has arrived.
+pub fn received(name: &str) -> bool {
+    RECEIVED.with(|r| r.borrow().contains_key(name))
+}
+
+/// Whether the users of `name` may stop warming: it arrived, or its fetch timed out.
+pub fn settled(name: &str) -> bool {
+    received(name) || GAVE_UP.with(|g| g.borrow().contains(name))
+}
+
+/// The initial fetch of server secret `name` timed out: its users stop warming.
+pub fn give_up(name: &str) {
+    GAVE_UP.with(|g| g.borrow_mut().insert(name.to_string()));
+}
+
+/// Forgets server secrets no context names any more (`needed`), as Envoy drops an SDS
+/// subscription with its last user.
+pub fn retain_received(needed: &HashSet<String>) {
+    RECEIVED.with(|r| r.borrow_mut().retain(|n, _| needed.contains(n)));
+    GAVE_UP.with(|g| g.borrow_mut().retain(|n| needed.contains(n)));
+}
+
+/// Applies secrets a server sent: each is stored and every context naming it rebuilt.
+/// A secret that does not build is refused whole (its previous value is restored, the
+/// contexts keep their builds): the error names it. Secrets nobody names are ignored.
+pub fn on_secrets(secrets: Vec<Secret>) -> Result<(), String> {
+    let mut errors = Vec::new();
+    for secret in secrets {
+        let name = secret.name.clone();
+        let users: Vec<std::sync::Arc<dyn Reload + Send + Sync>> = WATCHES.with(|w| {
+            w.borrow()
+                .iter()
+                .filter(|w| w.served.iter().any(|(n, _)| *n == name))
+                .filter_map(|w| w.target.upgrade())
+                .collect()
+        });
+        if users.is_empty() {
+            continue;
+        }
+        count(&name, "update_attempt");
+        let previous = RECEIVED.with(|r| r.borrow_mut().insert(name.clone(), secret));
+        let failed = users.iter().find_map(|u| u.reload().err());
+        match failed {
+            None => count(&name, "update_success"),
+            Some(e) => {
+                count(&name, "update_rejected");
+                RECEIVED.with(|r| {
+                    let mut r = r.borrow_mut();
+                    match previous {
+                        Some(p) => r.insert(name.clone(), p),
+                        None => r.remove(&name),
+                    }
+                });
+                // Contexts already rebuilt from the refused secret go back.
+                for u in &users {
+                    let _ = u.reload();
+                }
+                errors.push(format!("{name}: {e}"));
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors.join("; "))
+    }
 }
 
 /// The main thread's watcher: every 500 ms, rebuilds the contexts whose files changed

@@ -19,8 +19,8 @@ use super::sds::{self, Reload};
 use super::validation::ClientVerifier;
 use crate::config::ConfigError;
 
-/// A compiled downstream TLS context. Built from secret files, it is rebuilt when they
-/// change ([`super::sds`]); a worker reads the current build at each handshake (one
+/// A compiled downstream TLS context. Built from changeable secrets, it is rebuilt when
+/// they change ([`super::sds`]); a worker reads the current build at each handshake (one
 /// atomic load, no lock).
 pub struct ServerContext {
     built: ArcSwap<Built>,
@@ -30,16 +30,24 @@ pub struct ServerContext {
 
 /// One build of a context.
 struct Built {
-    /// The rustls config every handshake of the filter chain starts from.
-    config: Arc<ServerConfig>,
+    /// The rustls config every handshake of the filter chain starts from; `None` while a
+    /// secret it names has not arrived.
+    config: Option<Arc<ServerConfig>>,
     /// The URI SANs of the (first) certificate: XFCC's `By`.
     local_uri_sans: Vec<String>,
+    /// The server secrets it still waits for.
+    pending: Vec<String>,
 }
 
 impl ServerContext {
-    /// The rustls config for a new handshake.
-    pub fn config(&self) -> Arc<ServerConfig> {
+    /// The rustls config for a new handshake, `None` while a secret has not arrived.
+    pub fn config(&self) -> Option<Arc<ServerConfig>> {
         self.built.load().config.clone()
+    }
+
+    /// The server secrets it still waits for (its listener warms on them).
+    pub fn pending(&self) -> Vec<String> {
+        self.built.load().pending.clone()
     }
 
     /// The URI SANs of the context's (first) certificate.
@@ -138,15 +146,15 @@ impl ResolvesServerCert for CertChoice {
 
 /// Compiles a `DownstreamTlsContext` at `path`.
 pub fn compile(ctx: &DownstreamTlsContext, path: &str) -> Result<Arc<ServerContext>, ConfigError> {
-    let (built, files) = build(ctx, path)?;
+    let (built, secrets) = build(ctx, path)?;
     let context = Arc::new(ServerContext {
         built: ArcSwap::from_pointee(built),
         proto: ctx.clone(),
         path: path.to_string(),
     });
-    if !files.is_empty() {
+    if !secrets.is_empty() {
         let weak: std::sync::Weak<dyn Reload + Send + Sync> = Arc::downgrade(&context) as _;
-        sds::watch(files, weak);
+        sds::watch(secrets, weak);
     }
     Ok(context)
 }
@@ -154,7 +162,7 @@ pub fn compile(ctx: &DownstreamTlsContext, path: &str) -> Result<Arc<ServerConte
 fn build(
     ctx: &DownstreamTlsContext,
     path: &str,
-) -> Result<(Built, Vec<sds::SecretFile>), ConfigError> {
+) -> Result<(Built, Vec<sds::SecretRef>), ConfigError> {
     let unsupported = [
         ("session_timeout", ctx.session_timeout.is_some()),
         (
@@ -186,6 +194,14 @@ fn build(
         Side::Server,
         &common_path,
     )?;
+    if !common.ready() {
+        let built = Built {
+            config: None,
+            local_uri_sans: Vec::new(),
+            pending: common.pending,
+        };
+        return Ok((built, common.secrets));
+    }
     if common.certificates.is_empty() {
         return Err(ConfigError::new(
             &common_path,
@@ -240,10 +256,11 @@ fn build(
     }
     Ok((
         Built {
-            config: Arc::new(config),
+            config: Some(Arc::new(config)),
             local_uri_sans,
+            pending: Vec::new(),
         },
-        common.files,
+        common.secrets,
     ))
 }
 

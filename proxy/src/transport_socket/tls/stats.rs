@@ -84,6 +84,10 @@ pub struct SslStats {
     pub fail_verify_san: Arc<Counter>,
     /// `fail_verify_cert_hash`.
     pub fail_verify_cert_hash: Arc<Counter>,
+    /// `server_ssl_socket_factory.downstream_context_secrets_not_ready` (listeners) or
+    /// `client_ssl_socket_factory.upstream_context_secrets_not_ready` (clusters): a
+    /// connection refused because the context's secrets have not arrived.
+    pub context_secrets_not_ready: Arc<Counter>,
     /// `ciphers.*`, `versions.*`, `curves.*`: created at their first use, as Envoy's
     /// (a handful of registry lookups per listener or cluster in its whole life, after
     /// which counting takes no lock).
@@ -93,10 +97,16 @@ pub struct SslStats {
 }
 
 impl SslStats {
-    /// The counters under `<scope>.ssl.`.
-    pub fn new(store: &Store, scope: &str) -> Arc<SslStats> {
+    /// The counters under `<scope>.ssl.` of a listener (`downstream`) or a cluster.
+    pub fn new(store: &Store, scope: &str, downstream: bool) -> Arc<SslStats> {
         let c = |s: &str| store.counter(&format!("{scope}.ssl.{s}"));
+        let not_ready = if downstream {
+            "server_ssl_socket_factory.downstream_context_secrets_not_ready"
+        } else {
+            "client_ssl_socket_factory.upstream_context_secrets_not_ready"
+        };
         Arc::new(SslStats {
+            context_secrets_not_ready: store.counter(&format!("{scope}.{not_ready}")),
             handshake: c("handshake"),
             connection_error: c("connection_error"),
             session_reused: c("session_reused"),

@@ -485,7 +485,17 @@ fn bad_tls_config_is_refused_by_path_as_envoy_refuses_it() {
             "            tls_certificate_sds_secret_configs: [{ name: s, sds_config: { path_config_source: { path: /nonexistent/s.yaml } } }]\n",
         )
     );
+    let auto_plain = base.replacen(
+        "    connect_timeout: 1s\n",
+        "    connect_timeout: 1s\n    typed_extension_protocol_options:\n      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n        auto_config: {}\n",
+        1,
+    );
     let cases = [
+        (
+            "auto_config without TLS (no ALPN)",
+            auto_plain,
+            "ALPN configured for cluster up which has a non-ALPN transport socket",
+        ),
         (
             "a static secret that is not there",
             unknown_secret,
@@ -956,5 +966,109 @@ fn sds_file_rotation_drops_nothing_and_static_secrets_validate_as_in_envoy() {
     match from_envoy {
         Some(envoy) => assert_eq!(envoy, from_courier),
         None => eprintln!("envoy not on PATH: compared with the expected outcome only"),
+    }
+}
+
+/// What `auto_config` clusters did: the statuses and bodies of two requests through
+/// each, the ALPN the HTTP/1.1-only upstream was offered, and the protocol counters.
+type AutoSeen = (Vec<(u16, String)>, Vec<String>, Vec<u64>);
+
+#[test]
+fn auto_config_lets_alpn_pick_http2_or_http1_per_upstream_as_in_envoy() {
+    let pki = pki();
+    let up = Upstream::start("up");
+    // h1: an HTTP/1.1-only TLS upstream; h2: a TLS listener of the proxy itself, which
+    // offers h2 (its HTTP connection manager takes both).
+    let backend = TlsUpstream::start("backend", &pki.backend, None);
+    let edge_port = free_port();
+    let edge = format!(
+        r#"  - name: edge
+    address:
+      socket_address: {{ address: 127.0.0.1, port_value: {edge_port} }}
+    filter_chains:
+    - {}{}"#,
+        &downstream_tls(&pki, "")[6..],
+        hcm("edge", "up")
+    );
+    let auto = |sni: &str, san: &str| {
+        format!(
+            r#"    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        auto_config: {{}}
+{}"#,
+            upstream_tls(sni, &validation(&pki.ca.cert, san))
+        )
+    };
+    let routes = "            name: local\n            virtual_hosts:\n            - name: main\n              domains: [\"*\"]\n              routes:\n              - match: { prefix: \"/h2\" }\n                route: { cluster: auto_h2 }\n              - match: { prefix: \"/h1\" }\n                route: { cluster: auto_h1 }\n";
+    let clusters = [
+        cluster("up", &[up.addr], ""),
+        cluster(
+            "auto_h2",
+            &[SocketAddr::from(([127, 0, 0, 1], edge_port))],
+            &auto("api.example.com", "api.example.com"),
+        ),
+        cluster(
+            "auto_h1",
+            &[backend.addr],
+            &auto("backend.internal", "backend.internal"),
+        ),
+    ]
+    .concat();
+    let boot = bootstrap(routes, "", &clusters).replacen(
+        "  clusters:\n",
+        &format!("{edge}  clusters:\n"),
+        1,
+    );
+    let run = |proxy: &Courier| -> AutoSeen {
+        let responses = ["/h2/a", "/h2/b", "/h1/a", "/h1/b"]
+            .iter()
+            .map(|path| {
+                let r = get(proxy.listener, "example.com", path, &[]);
+                (r.status, r.body_str())
+            })
+            .collect();
+        let offered = backend
+            .offered
+            .lock()
+            .map(|o| o.first().map(|f| f.alpn.clone()).unwrap_or_default())
+            .unwrap_or_default();
+        backend.offered.lock().map(|mut o| o.clear()).ok();
+        let stats = [
+            "cluster.auto_h2.upstream_cx_http2_total",
+            "cluster.auto_h2.upstream_cx_total",
+            "http.edge.downstream_cx_total",
+            "cluster.auto_h1.upstream_cx_http1_total",
+        ]
+        .iter()
+        .map(|s| proxy.stat(s))
+        .collect();
+        (responses, offered, stats)
+    };
+    let from_envoy = Courier::start_envoy(&boot).map(|envoy| run(&envoy));
+    let from_courier = run(&Courier::start(&boot));
+    eprintln!("envoy {from_envoy:?}\ncourier {from_courier:?}");
+    let backend_body = "backend sni=backend.internal".to_string();
+    assert_eq!(from_courier.0[2], (200, backend_body.clone()));
+    assert_eq!(from_courier.0[3], (200, backend_body));
+    assert_eq!(from_courier.0[0].0, 200);
+    assert_eq!(from_courier.0[1].0, 200);
+    assert_eq!(
+        from_courier.1,
+        vec!["h2".to_string(), "http/1.1".to_string()]
+    );
+    // Both HTTP/2 requests on one connection (the edge saw one); HTTP/1.1 for the other
+    // upstream.
+    assert_eq!(from_courier.2, vec![1, 1, 1, 1]);
+    if let Some(mut envoy) = from_envoy {
+        assert_eq!(envoy.1, from_courier.1);
+        // Envoy's mixed pool counts its one connection twice in `upstream_cx_total`
+        // (once as undecided, once as HTTP/2); Courier counts connections
+        // (integration-tests/DIFFERENCES.md).
+        assert_eq!(envoy.2[1], 2);
+        envoy.2[1] = 1;
+        assert_eq!(envoy.2, from_courier.2);
+        let statuses = |s: &AutoSeen| s.0.iter().map(|r| r.0).collect::<Vec<_>>();
+        assert_eq!(statuses(&envoy), statuses(&from_courier));
     }
 }

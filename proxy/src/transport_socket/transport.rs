@@ -142,6 +142,11 @@ impl Transport {
         }
     }
 
+    /// The ALPN protocol TLS negotiated, if any.
+    pub fn alpn(&self) -> Option<&[u8]> {
+        self.tls().and_then(|t| t.connection().alpn_protocol())
+    }
+
     /// The TLS session, for a TLS transport.
     pub fn tls(&self) -> Option<&TlsSession> {
         match self {

@@ -200,6 +200,9 @@ pub struct ClusterInfo {
     pub thresholds: Thresholds,
     /// Whether upstream HTTP uses HTTP/2.
     pub http2: bool,
+    /// `auto_config`: each connection speaks what TLS's ALPN negotiates (`h2` or
+    /// `http/1.1`); `http2` is then false and the pool learns each host's protocol.
+    pub http_auto: bool,
     /// `http2_protocol_options` (typed or legacy): `max_concurrent_streams` is the most
     /// streams an upstream HTTP/2 connection carries, below the server's own limit.
     pub http2_options: H2Options,
@@ -235,6 +238,7 @@ impl ClusterInfo {
             buffer_limit: self.buffer_limit,
             thresholds: self.thresholds,
             http2: self.http2,
+            http_auto: self.http_auto,
             http2_options: self.http2_options,
             http1_trailers: self.http1_trailers,
             http1_key_format: self.http1_key_format,
@@ -333,6 +337,7 @@ pub fn compile_cluster(proto: &pb::Cluster, store: &Store) -> Result<ClusterInfo
     let thresholds = thresholds(proto);
     let UpstreamHttp {
         http2,
+        http_auto,
         http2_options,
         http1_trailers,
         http1_key_format,
@@ -352,6 +357,16 @@ pub fn compile_cluster(proto: &pb::Cluster, store: &Store) -> Result<ClusterInfo
             false,
         ),
     });
+    if http_auto && tls.is_none() {
+        // Envoy's check: ALPN needs a transport socket that negotiates it.
+        return Err(ConfigError::new(
+            "typed_extension_protocol_options",
+            format!(
+                "ALPN configured for cluster {} which has a non-ALPN transport socket",
+                proto.name
+            ),
+        ));
+    }
     let hosts = match (&discovery, &proto.load_assignment) {
         (DiscoveryType::Static, Some(cla)) => build_host_set(cla, store, None, panic_threshold)
             .map_err(|e| e.at("load_assignment"))?,
@@ -377,6 +392,7 @@ pub fn compile_cluster(proto: &pb::Cluster, store: &Store) -> Result<ClusterInfo
         buffer_limit,
         thresholds,
         http2,
+        http_auto,
         http2_options,
         http1_trailers,
         http1_key_format,
@@ -542,6 +558,7 @@ fn thresholds(proto: &pb::Cluster) -> Thresholds {
 /// The protocol a cluster's upstream HTTP speaks, and how.
 struct UpstreamHttp {
     http2: bool,
+    http_auto: bool,
     http2_options: H2Options,
     http1_trailers: bool,
     http1_key_format: KeyFormat,
@@ -618,6 +635,7 @@ fn parse_conn_lifetime(
 #[allow(deprecated)] // the legacy `http2_protocol_options` is still common in configs
 fn upstream_http(proto: &pb::Cluster) -> Result<UpstreamHttp, ConfigError> {
     let mut http2 = proto.http2_protocol_options.is_some();
+    let mut http_auto = false;
     let mut http2_options = H2Options::compile(
         proto.http2_protocol_options.as_ref(),
         "http2_protocol_options",
@@ -708,14 +726,36 @@ fn upstream_http(proto: &pb::Cluster) -> Result<UpstreamHttp, ConfigError> {
                     "{path}.use_downstream_protocol_config"
                 )))
             }
-            Some(UpstreamProtocolOptions::AutoConfig(_)) => {
-                return Err(ConfigError::unsupported(format!("{path}.auto_config")))
+            Some(UpstreamProtocolOptions::AutoConfig(c)) => {
+                let at = format!("{path}.auto_config");
+                if c.http3_protocol_options.is_some() {
+                    return Err(ConfigError::unsupported(format!(
+                        "{at}.http3_protocol_options"
+                    )));
+                }
+                if c.alternate_protocols_cache_options.is_some() {
+                    return Err(ConfigError::unsupported(format!(
+                        "{at}.alternate_protocols_cache_options"
+                    )));
+                }
+                http2 = false;
+                http_auto = true;
+                if let Some(o) = &c.http_protocol_options {
+                    http1_trailers = o.enable_trailers;
+                    http1_key_format =
+                        KeyFormat::compile(Some(o), &format!("{at}.http_protocol_options"))?;
+                }
+                http2_options = H2Options::compile(
+                    c.http2_protocol_options.as_ref(),
+                    &format!("{at}.http2_protocol_options"),
+                )?;
             }
             None => {}
         }
     }
     Ok(UpstreamHttp {
         http2,
+        http_auto,
         http2_options,
         http1_trailers,
         http1_key_format,

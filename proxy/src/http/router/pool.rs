@@ -287,6 +287,10 @@ struct HostPool {
     raw_idle: Vec<Idle<H1Connection>>,
     h2: Vec<H2Conn>,
     h2_connecting: bool,
+    /// `auto_config`: the host negotiated `h2` on its last connection, so its next
+    /// requests look for room on its HTTP/2 connections first (as Envoy's mixed pool
+    /// remembers a host's protocol).
+    alpn_h2: bool,
 }
 
 /// Circuit-breaker counts of one cluster on this worker.
@@ -676,7 +680,8 @@ impl ClusterPool {
         let mut pending: Option<PendingGuard<'_>> = None;
         self.lifetime.set(cluster.conn_lifetime);
         loop {
-            if cluster.http2 {
+            let h2 = self.speaks_h2(cluster, host.address);
+            if h2 {
                 if let Some(s) = self.h2_stream(cluster, host, worker) {
                     break Ok((s, true));
                 }
@@ -722,7 +727,7 @@ impl ClusterPool {
             let b = &self.breakers;
             // A connection on its way, or one whose server's limit is not yet known, may
             // have room: wait for it rather than open another.
-            let h2_busy = cluster.http2
+            let h2_busy = h2
                 && self
                     .hosts
                     .borrow()
@@ -740,7 +745,7 @@ impl ClusterPool {
             let full = b.connections.get() >= cluster.thresholds.max_connections || host_full;
             // Idle connections of the other HTTP/1 client cannot serve this request: one
             // goes to make room (if it closes now, at once; else its close wakes this wait).
-            if full && !cluster.http2 && self.evict_other_idle(host.address, raw) == Some(true) {
+            if full && !h2 && self.evict_other_idle(host.address, raw) == Some(true) {
                 continue;
             }
             if full || h2_busy {
@@ -766,6 +771,13 @@ impl ClusterPool {
                 .await
                 .map(|s| (s, false));
         }
+    }
+
+    /// Whether requests to `addr` go on HTTP/2 connections: the cluster's protocol, or
+    /// under `auto_config` what the host negotiated last.
+    fn speaks_h2(&self, cluster: &ClusterInfo, addr: SocketAddr) -> bool {
+        cluster.http2
+            || (cluster.http_auto && self.hosts.borrow().get(&addr).is_some_and(|h| h.alpn_h2))
     }
 
     /// Closes an idle HTTP/1 connection to `addr` of the other client than the one `raw`
@@ -873,7 +885,8 @@ impl ClusterPool {
             host: host.clone(),
             worker,
         };
-        let _connecting = cluster.http2.then(|| {
+        let known_h2 = self.speaks_h2(cluster, host.address);
+        let _connecting = known_h2.then(|| {
             self.hosts
                 .borrow_mut()
                 .entry(host.address)
@@ -886,6 +899,8 @@ impl ClusterPool {
         });
         let alpn = if cluster.http2 {
             AlpnFallback::Http2
+        } else if cluster.http_auto {
+            AlpnFallback::Auto
         } else {
             AlpnFallback::Http1
         };
@@ -901,7 +916,19 @@ impl ClusterPool {
             }
             Ok(io) => io,
         };
-        if cluster.http2 {
+        let h2 = if cluster.http_auto {
+            let h2 = io.alpn() == Some(b"h2");
+            let mut hosts = self.hosts.borrow_mut();
+            let h = hosts.entry(host.address).or_default();
+            h.alpn_h2 = h2;
+            if !h2 {
+                h.h2_connecting = false;
+            }
+            h2
+        } else {
+            cluster.http2
+        };
+        if h2 {
             let peer = Rc::new(PeerSettings::default());
             let pool = self.clone();
             // Requests waiting for this connection's settings may fit on it now.

@@ -60,6 +60,10 @@ pub(crate) async fn send_once(
         // As Envoy, the cluster's stream duration counts from the moment the attempt has
         // its connection.
         let ends = limits.attempt_ends();
+        if cluster.http_auto {
+            // Built in the HTTP/1.1 form; the connection's negotiated protocol decides.
+            set_form(&mut req, matches!(sender, Sender::H2(..)));
+        }
         match sender {
             Sender::Raw(c, usage) => {
                 let pool2 = pool.clone();
@@ -159,6 +163,46 @@ pub(crate) async fn send_once(
         }
     }
     Err(AttemptError::Reset)
+}
+
+/// Puts `req` in the form of the connection it goes on (`auto_config`): HTTP/2's (the
+/// authority in the URI, no `host`) or HTTP/1.1's (origin-form path, `host`), whichever
+/// it was in.
+fn set_form(req: &mut Request<ProxyBody>, h2: bool) {
+    if h2 == (req.version() == Version::HTTP_2) {
+        return;
+    }
+    let path = req.uri().path_and_query().cloned();
+    if h2 {
+        let Some(host) = req.headers_mut().remove(http::header::HOST) else {
+            return;
+        };
+        let uri = host.to_str().ok().and_then(|authority| {
+            let mut b = http::Uri::builder().scheme("http").authority(authority);
+            if let Some(pq) = path {
+                b = b.path_and_query(pq);
+            }
+            b.build().ok()
+        });
+        let Some(uri) = uri else {
+            // Not an authority an HTTP/2 request can carry: left in the HTTP/1.1 form,
+            // which hyper's HTTP/2 client refuses as any malformed request.
+            req.headers_mut().insert(http::header::HOST, host);
+            return;
+        };
+        *req.uri_mut() = uri;
+        *req.version_mut() = Version::HTTP_2;
+    } else {
+        if let Some(authority) = req.uri().authority() {
+            if let Ok(v) = http::HeaderValue::from_str(authority.as_str()) {
+                req.headers_mut().insert(http::header::HOST, v);
+            }
+        }
+        if let Some(pq) = path {
+            *req.uri_mut() = http::Uri::from(pq);
+        }
+        *req.version_mut() = Version::HTTP_11;
+    }
 }
 
 /// The attempt's failure when the pool gives it no connection.

@@ -80,6 +80,8 @@ pub enum AlpnFallback {
     Http1,
     /// `h2`.
     Http2,
+    /// `h2` then `http/1.1` (`auto_config`: the server's choice names the codec).
+    Auto,
 }
 
 impl ClientContext {
@@ -118,6 +120,7 @@ impl ClientContext {
             AlpnFallback::None => &[],
             AlpnFallback::Http1 => &[b"http/1.1"],
             AlpnFallback::Http2 => &[b"h2"],
+            AlpnFallback::Auto => &[b"h2", b"http/1.1"],
         };
         if alpn.is_empty() {
             rustls::ClientConnection::new(config, name)

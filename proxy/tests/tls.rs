@@ -1072,3 +1072,70 @@ fn auto_config_lets_alpn_pick_http2_or_http1_per_upstream_as_in_envoy() {
         assert_eq!(statuses(&envoy), statuses(&from_courier));
     }
 }
+
+#[test]
+fn transport_socket_matches_pick_tls_per_endpoint_metadata_as_in_envoy() {
+    let pki = pki();
+    let plain = Upstream::start("plain");
+    let backend = TlsUpstream::start("backend", &pki.backend, None);
+    let tls = upstream_tls(
+        "backend.internal",
+        &validation(&pki.ca.cert, "backend.internal"),
+    )
+    .replace("\n    ", "\n      ")
+    .replacen(
+        "    transport_socket:",
+        "    - name: mtls\n      match: { tlsMode: istio }\n      transport_socket:",
+        1,
+    );
+    let mixed = format!(
+        r#"  - name: mixed
+    type: STATIC
+    connect_timeout: 1s
+    transport_socket_matches:
+{tls}    load_assignment:
+      cluster_name: mixed
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {} }} }} }}
+          metadata: {{ filter_metadata: {{ envoy.transport_socket_match: {{ tlsMode: istio }} }} }}
+        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {} }} }} }}
+"#,
+        backend.addr.port(),
+        plain.addr.port()
+    );
+    let boot = bootstrap(&all_to("mixed"), "", &mixed);
+    let run = |proxy: &Courier| -> (Vec<String>, Vec<u64>) {
+        let mut bodies: Vec<String> = (0..4)
+            .map(|i| {
+                let r = get(proxy.listener, "example.com", &format!("/{i}"), &[]);
+                format!(
+                    "{} {}",
+                    r.status,
+                    r.body_str().split(' ').next().unwrap_or("")
+                )
+            })
+            .collect();
+        bodies.sort();
+        let stats = [
+            "cluster.mixed.mtls.total_match_count",
+            "cluster.mixed.ssl.handshake",
+            "cluster.mixed.default.total_match_count",
+        ]
+        .iter()
+        .map(|s| proxy.stat(s))
+        .collect();
+        (bodies, stats)
+    };
+    let from_envoy = Courier::start_envoy(&boot).map(|envoy| run(&envoy));
+    let from_courier = run(&Courier::start(&boot));
+    eprintln!("envoy {from_envoy:?}\ncourier {from_courier:?}");
+    let expected = ["200 backend", "200 backend", "200 plain", "200 plain"];
+    assert_eq!(from_courier.0, expected);
+    // One host took each socket; the marked one was reached over TLS (one handshake:
+    // the connection is kept alive).
+    assert_eq!(from_courier.1, vec![1, 1, 1]);
+    if let Some(envoy) = from_envoy {
+        assert_eq!(envoy, from_courier);
+    }
+}

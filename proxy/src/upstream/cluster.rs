@@ -15,6 +15,7 @@ use courier_proto::envoy::extensions::upstreams::http::v3::{
 
 use super::host::{Host, HostHealth, HostStats};
 use super::host_set::HostSet;
+use super::transport_socket_match::SocketMatches;
 use crate::config::{self, ConfigError};
 use crate::memory::Encoded;
 use crate::protocol::h2_options::H2Options;
@@ -218,6 +219,8 @@ pub struct ClusterInfo {
     pub stream_limits: StreamLimits,
     /// `transport_socket`: TLS to the hosts, or the raw socket (`None`).
     pub tls: Option<crate::transport_socket::tls::ClientTls>,
+    /// `transport_socket_matches`: other sockets, for the hosts whose metadata asks.
+    pub socket_matches: Arc<SocketMatches>,
     /// The hosts, replaced as a whole on every membership change.
     pub hosts: Arc<HostSet>,
     /// `cluster.<name>.*`.
@@ -227,6 +230,22 @@ pub struct ClusterInfo {
 }
 
 impl ClusterInfo {
+    /// The TLS a connection to `host` runs: its transport socket match's, else the
+    /// cluster's (`None`: the raw socket).
+    pub fn host_tls(&self, host: &Host) -> Option<&crate::transport_socket::tls::ClientTls> {
+        match host.transport_match {
+            Some(i) => self.socket_matches.tls(i),
+            None => self.tls.as_ref(),
+        }
+    }
+
+    /// Every TLS context of the cluster (its own and its matches').
+    pub fn tls_contexts(&self) -> impl Iterator<Item = &crate::transport_socket::tls::ClientTls> {
+        self.tls
+            .iter()
+            .chain(self.socket_matches.sockets().flatten())
+    }
+
     /// A copy of this cluster with a new host set (an endpoint update).
     pub fn with_hosts(&self, hosts: Arc<HostSet>) -> ClusterInfo {
         ClusterInfo {
@@ -245,6 +264,7 @@ impl ClusterInfo {
             conn_lifetime: self.conn_lifetime,
             stream_limits: self.stream_limits,
             tls: self.tls.clone(),
+            socket_matches: self.socket_matches.clone(),
             hosts,
             stats: self.stats.clone(),
             proto: self.proto.clone(),
@@ -345,19 +365,30 @@ pub fn compile_cluster(proto: &pb::Cluster, store: &Store) -> Result<ClusterInfo
         stream_limits,
     } = upstream_http(proto)?;
     let stats = ClusterStats::new(store, &proto.name);
+    // One `ssl.*` for every TLS socket of the cluster, as Envoy's cluster scope; made
+    // only for a cluster with TLS.
+    let ssl = std::cell::OnceCell::new();
+    let ssl = || {
+        ssl.get_or_init(|| {
+            crate::transport_socket::tls::SslStats::new(
+                store,
+                &format!("cluster.{}", proto.name),
+                false,
+            )
+        })
+        .clone()
+    };
     let tls = crate::transport_socket::compile_upstream(
         proto.transport_socket.as_ref(),
         "transport_socket",
     )?
     .map(|context| crate::transport_socket::tls::ClientTls {
         context,
-        stats: crate::transport_socket::tls::SslStats::new(
-            store,
-            &format!("cluster.{}", proto.name),
-            false,
-        ),
+        stats: ssl(),
     });
-    if http_auto && tls.is_none() {
+    let socket_matches = Arc::new(SocketMatches::compile(proto, store, &ssl)?);
+    let every_socket_tls = tls.is_some() && socket_matches.sockets().all(|t| t.is_some());
+    if http_auto && !every_socket_tls {
         // Envoy's check: ALPN needs a transport socket that negotiates it.
         return Err(ConfigError::new(
             "typed_extension_protocol_options",
@@ -368,11 +399,13 @@ pub fn compile_cluster(proto: &pb::Cluster, store: &Store) -> Result<ClusterInfo
         ));
     }
     let hosts = match (&discovery, &proto.load_assignment) {
-        (DiscoveryType::Static, Some(cla)) => build_host_set(cla, store, None, panic_threshold)
-            .map_err(|e| e.at("load_assignment"))?,
+        (DiscoveryType::Static, Some(cla)) => {
+            build_host_set(cla, store, None, panic_threshold, &socket_matches)
+                .map_err(|e| e.at("load_assignment"))?
+        }
         (DiscoveryType::StrictDns | DiscoveryType::LogicalDns, Some(cla)) => {
             // Validate the names now; resolution happens on the main thread.
-            dns_targets(cla).map_err(|e| e.at("load_assignment"))?;
+            dns_targets(cla, &SocketMatches::default()).map_err(|e| e.at("load_assignment"))?;
             Arc::new(HostSet::new(Vec::new(), panic_threshold))
         }
         (DiscoveryType::StrictDns | DiscoveryType::LogicalDns, None) => {
@@ -399,6 +432,7 @@ pub fn compile_cluster(proto: &pb::Cluster, store: &Store) -> Result<ClusterInfo
         conn_lifetime,
         stream_limits,
         tls,
+        socket_matches,
         hosts,
         stats,
         proto: Arc::new(Encoded::new(proto)),
@@ -496,9 +530,6 @@ fn consistent_hashing_supported(proto: &pb::Cluster) -> Result<(), ConfigError> 
 }
 
 fn reject_unsupported(proto: &pb::Cluster) -> Result<(), ConfigError> {
-    if !proto.transport_socket_matches.is_empty() {
-        return Err(ConfigError::unsupported("transport_socket_matches"));
-    }
     if !proto.health_checks.is_empty() {
         return Err(ConfigError::unsupported("health_checks"));
     }
@@ -764,8 +795,25 @@ fn upstream_http(proto: &pb::Cluster) -> Result<UpstreamHttp, ConfigError> {
     })
 }
 
-/// The (host, port, weight) targets of a DNS cluster's load assignment.
-pub fn dns_targets(cla: &ClusterLoadAssignment) -> Result<Vec<(String, u16, u32)>, ConfigError> {
+/// A DNS cluster's endpoint to resolve.
+#[derive(Debug, Clone)]
+pub struct DnsTarget {
+    /// The name to resolve.
+    pub name: String,
+    /// The port.
+    pub port: u16,
+    /// `load_balancing_weight` (default 1).
+    pub weight: u32,
+    /// The transport socket match its metadata chose.
+    pub transport_match: Option<u16>,
+}
+
+/// The targets of a DNS cluster's load assignment (each choosing among `matches`; the
+/// choice is counted as each resolved host is created).
+pub fn dns_targets(
+    cla: &ClusterLoadAssignment,
+    matches: &SocketMatches,
+) -> Result<Vec<DnsTarget>, ConfigError> {
     let mut out = Vec::new();
     for (li, locality) in cla.endpoints.iter().enumerate() {
         for (ei, lb) in locality.lb_endpoints.iter().enumerate() {
@@ -778,7 +826,12 @@ pub fn dns_targets(cla: &ClusterLoadAssignment) -> Result<Vec<(String, u16, u32)
                 &format!("{path}.endpoint.address"),
             )?;
             let weight = lb.load_balancing_weight.as_ref().map_or(1, |w| w.value);
-            out.push((host, port, weight));
+            out.push(DnsTarget {
+                name: host,
+                port,
+                weight,
+                transport_match: matches.find(lb.metadata.as_ref(), locality.metadata.as_ref()),
+            });
         }
     }
     Ok(out)
@@ -791,10 +844,15 @@ struct ParsedEndpoint {
     health: HostHealth,
     priority: u32,
     hostname: Option<Arc<str>>,
+    transport_match: Option<u16>,
 }
 
-/// Validates an assignment and reads its endpoints; allocates nothing that lasts.
-fn parse_assignment(cla: &ClusterLoadAssignment) -> Result<Vec<ParsedEndpoint>, ConfigError> {
+/// Validates an assignment and reads its endpoints (each choosing among `matches`);
+/// allocates nothing that lasts.
+fn parse_assignment(
+    cla: &ClusterLoadAssignment,
+    matches: &SocketMatches,
+) -> Result<Vec<ParsedEndpoint>, ConfigError> {
     let overprovisioning = cla
         .policy
         .as_ref()
@@ -834,6 +892,7 @@ fn parse_assignment(cla: &ClusterLoadAssignment) -> Result<Vec<ParsedEndpoint>, 
                 health,
                 priority: locality.priority,
                 hostname: (!ep.hostname.is_empty()).then(|| Arc::from(ep.hostname.as_str())),
+                transport_match: matches.choose(lb.metadata.as_ref(), locality.metadata.as_ref()),
             });
         }
     }
@@ -842,7 +901,7 @@ fn parse_assignment(cla: &ClusterLoadAssignment) -> Result<Vec<ParsedEndpoint>, 
 
 /// Checks an assignment (EDS validation of a whole response before any of it applies).
 pub fn validate_assignment(cla: &ClusterLoadAssignment) -> Result<(), ConfigError> {
-    parse_assignment(cla).map(|_| ())
+    parse_assignment(cla, &SocketMatches::default()).map(|_| ())
 }
 
 /// Builds a host set from an assignment, reusing the stats of hosts already in `previous`
@@ -852,6 +911,7 @@ pub fn build_host_set(
     store: &Store,
     previous: Option<&HostSet>,
     panic_threshold: f64,
+    matches: &SocketMatches,
 ) -> Result<Arc<HostSet>, ConfigError> {
     let known: HashMap<std::net::SocketAddr, Arc<HostStats>> = previous
         .map(|p| {
@@ -861,7 +921,7 @@ pub fn build_host_set(
                 .collect()
         })
         .unwrap_or_default();
-    let hosts = parse_assignment(cla)?
+    let hosts = parse_assignment(cla, matches)?
         .into_iter()
         .map(|e| {
             let stats = known
@@ -875,6 +935,7 @@ pub fn build_host_set(
                 priority: e.priority,
                 stats,
                 hostname: e.hostname,
+                transport_match: e.transport_match,
             })
         })
         .collect();

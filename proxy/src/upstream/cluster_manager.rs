@@ -55,7 +55,7 @@ pub struct ClusterEntry {
 
 /// Whether every server secret the cluster's TLS context names has arrived (or timed out).
 fn secrets_settled(info: &ClusterInfo) -> bool {
-    info.tls.as_ref().is_none_or(|t| {
+    info.tls_contexts().all(|t| {
         t.context
             .pending()
             .iter()
@@ -155,6 +155,7 @@ impl ClusterManager {
                         &self.store,
                         self.active.get(&proto.name).map(|e| &*e.info.hosts),
                         info.panic_threshold,
+                        &info.socket_matches,
                     )?;
                     info = info.with_hosts(hosts);
                 }
@@ -245,7 +246,13 @@ impl ClusterManager {
                 continue;
             };
             let previous = self.active.get(name).map(|e| &*e.info.hosts);
-            let hosts = build_host_set(&cla, &self.store, previous, entry.info.panic_threshold)?;
+            let hosts = build_host_set(
+                &cla,
+                &self.store,
+                previous,
+                entry.info.panic_threshold,
+                &entry.info.socket_matches,
+            )?;
             updates.push((name.clone(), hosts));
         }
         self.assignments

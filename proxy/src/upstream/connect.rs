@@ -33,7 +33,7 @@ pub async fn connect(
     let deadline = Instant::now() + cluster.connect_timeout;
     let open = async {
         let tcp = TcpIo::connect(host.address).await?;
-        let Some(tls) = &cluster.tls else {
+        let Some(tls) = cluster.host_tls(host) else {
             return Ok(Transport::Raw(tcp));
         };
         let session = tls.session(host.address.ip(), alpn, worker)?;

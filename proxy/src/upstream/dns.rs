@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use courier_proto::envoy::config::cluster::v3::cluster::DnsLookupFamily;
 
-use super::cluster::{dns_targets, DiscoveryType};
+use super::cluster::{dns_targets, DiscoveryType, DnsTarget};
 use super::host::{Host, HostHealth, HostStats};
 use super::host_set::HostSet;
 use super::ClusterManager;
@@ -41,8 +41,8 @@ const DEFAULT_REFRESH: Duration = Duration::from_secs(5);
 struct DnsJob {
     cluster: String,
     discovery: DiscoveryType,
-    /// (host, port, weight) of each endpoint.
-    targets: Vec<(String, u16, u32)>,
+    /// Each endpoint to resolve.
+    targets: Vec<DnsTarget>,
     panic_threshold: f64,
     family: DnsLookupFamily,
     /// `dns_refresh_rate`.
@@ -114,7 +114,7 @@ fn dns_jobs(cm: &RefCell<ClusterManager>) -> Vec<DnsJob> {
             Some(DnsJob {
                 cluster: e.info.name.clone(),
                 discovery: e.info.discovery.clone(),
-                targets: dns_targets(&cla).ok()?,
+                targets: dns_targets(&cla, &e.info.socket_matches).ok()?,
                 panic_threshold: e.info.panic_threshold,
                 family,
                 refresh,
@@ -127,10 +127,22 @@ fn dns_jobs(cm: &RefCell<ClusterManager>) -> Vec<DnsJob> {
 
 /// Looks up a cluster's targets: its hosts, or `None` when a lookup failed.
 async fn lookup(cm: &RefCell<ClusterManager>, job: &DnsJob) -> Option<Vec<Arc<Host>>> {
-    let stats = cm.borrow().get(&job.cluster).map(|e| e.info.stats.clone());
+    let (stats, matches) = match cm.borrow().get(&job.cluster) {
+        Some(e) => (
+            Some(e.info.stats.clone()),
+            Some(e.info.socket_matches.clone()),
+        ),
+        None => (None, None),
+    };
     let mut hosts = Vec::new();
     let mut failed = false;
-    for (name, port, weight) in &job.targets {
+    for DnsTarget {
+        name,
+        port,
+        weight,
+        transport_match,
+    } in &job.targets
+    {
         if let Some(s) = &stats {
             s.update_attempt.inc(MAIN_THREAD);
         }
@@ -157,6 +169,9 @@ async fn lookup(cm: &RefCell<ClusterManager>, job: &DnsJob) -> Option<Vec<Arc<Ho
                         });
                         previous.unwrap_or_else(|| HostStats::new(cm.store()))
                     };
+                    if let Some(m) = &matches {
+                        m.count(*transport_match);
+                    }
                     hosts.push(Arc::new(Host {
                         address,
                         weight: *weight,
@@ -164,6 +179,7 @@ async fn lookup(cm: &RefCell<ClusterManager>, job: &DnsJob) -> Option<Vec<Arc<Ho
                         priority: 0,
                         stats,
                         hostname: Some(hostname.clone()),
+                        transport_match: *transport_match,
                     }));
                 }
             }

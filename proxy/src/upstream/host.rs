@@ -59,4 +59,7 @@ pub struct Host {
     /// The endpoint's hostname, what `auto_host_rewrite` sends: the name a DNS cluster
     /// resolved, or an EDS/static endpoint's `hostname` (none by default).
     pub hostname: Option<Arc<str>>,
+    /// The `transport_socket_matches` entry its metadata chose (`None`: the cluster's
+    /// `transport_socket`).
+    pub transport_match: Option<u16>,
 }

@@ -103,6 +103,7 @@ pub(crate) fn test_host_set(weights: &[u32]) -> HostSet {
                 priority: 0,
                 stats: super::host::HostStats::new(&crate::stats::Store::new(1)),
                 hostname: None,
+                transport_match: None,
             })
         })
         .collect();

@@ -16,6 +16,7 @@ mod load_balancer;
 pub mod maglev;
 pub mod ring_hash;
 mod thread_local_cluster_manager;
+pub mod transport_socket_match;
 
 pub use cluster::{
     compile_cluster, validate_assignment, ClusterInfo, ClusterStats, ConnLifetime, DiscoveryType,

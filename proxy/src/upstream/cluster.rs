@@ -529,7 +529,56 @@ fn consistent_hashing_supported(proto: &pb::Cluster) -> Result<(), ConfigError> 
     Ok(())
 }
 
+#[allow(deprecated)] // deprecated DNS fields are still what some configs send
 fn reject_unsupported(proto: &pb::Cluster) -> Result<(), ConfigError> {
+    // Each changes what traffic gets, its stats or its DNS: refused until built.
+    let unbuilt = [
+        ("alt_stat_name", !proto.alt_stat_name.is_empty()),
+        ("stats_matcher", proto.stats_matcher.is_some()),
+        ("track_cluster_stats", proto.track_cluster_stats.is_some()),
+        ("track_timeout_budgets", proto.track_timeout_budgets),
+        (
+            "upstream_http_protocol_options",
+            proto.upstream_http_protocol_options.is_some(),
+        ),
+        (
+            "upstream_connection_options",
+            proto.upstream_connection_options.is_some(),
+        ),
+        ("upstream_config", proto.upstream_config.is_some()),
+        ("protocol_selection", proto.protocol_selection != 0),
+        ("preconnect_policy", proto.preconnect_policy.is_some()),
+        (
+            "connection_pool_per_downstream_connection",
+            proto.connection_pool_per_downstream_connection,
+        ),
+        ("queuing_policies", proto.queuing_policies.is_some()),
+        (
+            "per_connection_buffer_high_watermark_timeout",
+            proto.per_connection_buffer_high_watermark_timeout.is_some(),
+        ),
+        (
+            "wait_for_warm_on_init",
+            proto
+                .wait_for_warm_on_init
+                .as_ref()
+                .is_some_and(|b| !b.value),
+        ),
+        ("dns_jitter", proto.dns_jitter.is_some()),
+        ("dns_resolvers", !proto.dns_resolvers.is_empty()),
+        ("use_tcp_for_dns_lookups", proto.use_tcp_for_dns_lookups),
+        (
+            "dns_resolution_config",
+            proto.dns_resolution_config.is_some(),
+        ),
+        (
+            "typed_dns_resolver_config",
+            proto.typed_dns_resolver_config.is_some(),
+        ),
+    ];
+    if let Some((field, _)) = unbuilt.iter().find(|(_, set)| *set) {
+        return Err(ConfigError::unsupported(*field));
+    }
     if !proto.health_checks.is_empty() {
         return Err(ConfigError::unsupported("health_checks"));
     }
@@ -711,6 +760,11 @@ fn upstream_http(proto: &pb::Cluster) -> Result<UpstreamHttp, ConfigError> {
             (
                 "header_validation_config",
                 opts.header_validation_config.is_some(),
+            ),
+            ("hash_policy", !opts.hash_policy.is_empty()),
+            (
+                "upstream_http_protocol_options",
+                opts.upstream_http_protocol_options.is_some(),
             ),
         ] {
             if set {
@@ -957,6 +1011,38 @@ mod tests {
         format!(
             "typed_extension_protocol_options:\n  envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n    \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n    common_http_protocol_options: {common}\n    explicit_http_config: {{ http_protocol_options: {{}} }}\n"
         )
+    }
+
+    #[test]
+    fn fields_not_built_are_refused_by_path() {
+        for (yaml, path) in [
+            (
+                "upstream_http_protocol_options: { auto_sni: true }\n",
+                "upstream_http_protocol_options",
+            ),
+            ("alt_stat_name: other\n", "alt_stat_name"),
+            (
+                "upstream_connection_options: { tcp_keepalive: {} }\n",
+                "upstream_connection_options",
+            ),
+            (
+                "protocol_selection: USE_DOWNSTREAM_PROTOCOL\n",
+                "protocol_selection",
+            ),
+            ("wait_for_warm_on_init: false\n", "wait_for_warm_on_init"),
+            (
+                "dns_resolvers: [{ socket_address: { address: 1.1.1.1, port_value: 53 } }]\n",
+                "dns_resolvers",
+            ),
+        ] {
+            let err = compile(yaml).err().map(|e| e.path).unwrap_or_default();
+            assert_eq!(err, path, "{yaml}");
+        }
+        // Envoy's defaults, written out, are fine.
+        assert!(compile(
+            "wait_for_warm_on_init: true\nprotocol_selection: USE_CONFIGURED_PROTOCOL\n"
+        )
+        .is_ok());
     }
 
     #[test]

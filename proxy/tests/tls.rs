@@ -1139,3 +1139,107 @@ fn transport_socket_matches_pick_tls_per_endpoint_metadata_as_in_envoy() {
         assert_eq!(envoy, from_courier);
     }
 }
+
+/// A request: its host, path and extra headers.
+type Probe<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)]);
+
+#[test]
+fn auto_sni_names_each_request_s_server_and_checks_its_certificate_as_in_envoy() {
+    let pki = pki();
+    // Its certificate names api.example.com, *.example.com, other.org and mtls.test.
+    let multi = TlsUpstream::start("multi", &pki.server, None);
+    let auto = |name: &str, extra: &str| {
+        let mut c = cluster(
+            name,
+            &[multi.addr],
+            &format!(
+                r#"    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        upstream_http_protocol_options: {{ auto_sni: true, auto_san_validation: true{extra} }}
+        explicit_http_config: {{ http_protocol_options: {{}} }}
+{}"#,
+                upstream_tls(
+                    "",
+                    &format!(
+                        "validation_context: {{ trusted_ca: {{ filename: \"{}\" }} }}",
+                        p(&pki.ca.cert)
+                    )
+                )
+            ),
+        );
+        c = c.replace("        sni: \"\"\n", "");
+        c
+    };
+    let clusters = [
+        auto("auto", ""),
+        auto("auto_hdr", ", override_auto_sni_header: x-sni"),
+    ]
+    .concat();
+    let routes = "            name: local\n            virtual_hosts:\n            - name: main\n              domains: [\"*\"]\n              routes:\n              - match: { prefix: \"/hdr\" }\n                route: { cluster: auto_hdr }\n              - match: { prefix: \"/\" }\n                route: { cluster: auto }\n";
+    let boot = bootstrap(routes, "", &clusters);
+    let run = |proxy: &Courier| -> (Vec<(u16, String)>, Vec<String>, Vec<u64>) {
+        let requests: [Probe; 5] = [
+            ("a.example.com", "/", &[]),
+            ("other.org:8080", "/", &[]),
+            ("evil.test", "/", &[]),
+            ("a.example.com", "/again", &[]),
+            ("ignored.test", "/hdr", &[("x-sni", "api.example.com")]),
+        ];
+        let responses = requests
+            .iter()
+            .map(|(host, path, headers)| {
+                let r = get(proxy.listener, host, path, headers);
+                let body = if r.status == 200 {
+                    r.body_str()
+                } else {
+                    String::new()
+                };
+                (r.status, body)
+            })
+            .collect();
+        let mut offered: Vec<String> = multi
+            .offered
+            .lock()
+            .map(|o| {
+                o.iter()
+                    .map(|f| f.sni.clone().unwrap_or_default())
+                    .collect()
+            })
+            .unwrap_or_default();
+        offered.sort();
+        multi.offered.lock().map(|mut o| o.clear()).ok();
+        let stats = [
+            "cluster.auto.ssl.fail_verify_san",
+            "cluster.auto.ssl.handshake",
+        ]
+        .iter()
+        .map(|s| proxy.stat(s))
+        .collect();
+        (responses, offered, stats)
+    };
+    let from_envoy = Courier::start_envoy(&boot).map(|envoy| run(&envoy));
+    let from_courier = run(&Courier::start(&boot));
+    eprintln!("envoy {from_envoy:?}\ncourier {from_courier:?}");
+    let ok = |sni: &str| (200, format!("multi sni={sni}"));
+    assert_eq!(
+        from_courier.0,
+        vec![
+            ok("a.example.com"),
+            ok("other.org"),
+            (503, String::new()),
+            ok("a.example.com"),
+            ok("api.example.com"),
+        ]
+    );
+    // One connection per name (the second a.example.com request reuses the first's; the
+    // refused handshake is not recorded by the upstream).
+    assert_eq!(
+        from_courier.1,
+        ["a.example.com", "api.example.com", "other.org"]
+    );
+    assert_eq!(from_courier.2, vec![1, 2]);
+    if let Some(envoy) = from_envoy {
+        assert_eq!(envoy, from_courier);
+    }
+}

@@ -22,6 +22,7 @@ use crate::protocol::h2_options::H2Options;
 use crate::protocol::key_format::KeyFormat;
 use crate::protocol::stream_limits::StreamLimits;
 use crate::stats::{Counter, Gauge, Store};
+use crate::transport_socket::tls::AutoName;
 
 const HTTP_PROTOCOL_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
 
@@ -204,6 +205,9 @@ pub struct ClusterInfo {
     /// `auto_config`: each connection speaks what TLS's ALPN negotiates (`h2` or
     /// `http/1.1`); `http2` is then false and the pool learns each host's protocol.
     pub http_auto: bool,
+    /// `upstream_http_protocol_options.auto_sni`: each request names its upstream
+    /// connection's server.
+    pub auto_sni: Option<AutoSni>,
     /// `http2_protocol_options` (typed or legacy): `max_concurrent_streams` is the most
     /// streams an upstream HTTP/2 connection carries, below the server's own limit.
     pub http2_options: H2Options,
@@ -258,6 +262,7 @@ impl ClusterInfo {
             thresholds: self.thresholds,
             http2: self.http2,
             http_auto: self.http_auto,
+            auto_sni: self.auto_sni.clone(),
             http2_options: self.http2_options,
             http1_trailers: self.http1_trailers,
             http1_key_format: self.http1_key_format,
@@ -358,6 +363,7 @@ pub fn compile_cluster(proto: &pb::Cluster, store: &Store) -> Result<ClusterInfo
     let UpstreamHttp {
         http2,
         http_auto,
+        auto_sni,
         http2_options,
         http1_trailers,
         http1_key_format,
@@ -426,6 +432,7 @@ pub fn compile_cluster(proto: &pb::Cluster, store: &Store) -> Result<ClusterInfo
         thresholds,
         http2,
         http_auto,
+        auto_sni,
         http2_options,
         http1_trailers,
         http1_key_format,
@@ -538,10 +545,6 @@ fn reject_unsupported(proto: &pb::Cluster) -> Result<(), ConfigError> {
         ("track_cluster_stats", proto.track_cluster_stats.is_some()),
         ("track_timeout_budgets", proto.track_timeout_budgets),
         (
-            "upstream_http_protocol_options",
-            proto.upstream_http_protocol_options.is_some(),
-        ),
-        (
             "upstream_connection_options",
             proto.upstream_connection_options.is_some(),
         ),
@@ -639,6 +642,7 @@ fn thresholds(proto: &pb::Cluster) -> Thresholds {
 struct UpstreamHttp {
     http2: bool,
     http_auto: bool,
+    auto_sni: Option<AutoSni>,
     http2_options: H2Options,
     http1_trailers: bool,
     http1_key_format: KeyFormat,
@@ -716,6 +720,10 @@ fn parse_conn_lifetime(
 fn upstream_http(proto: &pb::Cluster) -> Result<UpstreamHttp, ConfigError> {
     let mut http2 = proto.http2_protocol_options.is_some();
     let mut http_auto = false;
+    let mut auto_sni = AutoSni::compile(
+        proto.upstream_http_protocol_options.as_ref(),
+        "upstream_http_protocol_options",
+    )?;
     let mut http2_options = H2Options::compile(
         proto.http2_protocol_options.as_ref(),
         "http2_protocol_options",
@@ -762,16 +770,16 @@ fn upstream_http(proto: &pb::Cluster) -> Result<UpstreamHttp, ConfigError> {
                 opts.header_validation_config.is_some(),
             ),
             ("hash_policy", !opts.hash_policy.is_empty()),
-            (
-                "upstream_http_protocol_options",
-                opts.upstream_http_protocol_options.is_some(),
-            ),
         ] {
             if set {
                 return Err(ConfigError::unsupported(format!("{path}.{field}")));
             }
         }
         // The typed options replace the legacy ones, as in Envoy.
+        if let Some(o) = &opts.upstream_http_protocol_options {
+            auto_sni =
+                AutoSni::compile(Some(o), &format!("{path}.upstream_http_protocol_options"))?;
+        }
         conn_lifetime = parse_conn_lifetime(
             opts.common_http_protocol_options.as_ref(),
             legacy_max_requests,
@@ -841,12 +849,96 @@ fn upstream_http(proto: &pb::Cluster) -> Result<UpstreamHttp, ConfigError> {
     Ok(UpstreamHttp {
         http2,
         http_auto,
+        auto_sni,
         http2_options,
         http1_trailers,
         http1_key_format,
         conn_lifetime,
         stream_limits,
     })
+}
+
+/// `upstream_http_protocol_options`: the upstream connection's server name taken from
+/// each request (`auto_sni`), and checked against the server's certificate
+/// (`auto_san_validation`). Connections are pooled per name, as Envoy pools them per
+/// transport socket options.
+#[derive(Debug, Clone)]
+pub struct AutoSni {
+    /// `auto_san_validation`: the certificate must name the host (instead of the SAN
+    /// matchers of the validation context).
+    pub san_validation: bool,
+    /// `override_auto_sni_header`: the header naming the server, when present.
+    pub header: Option<http::HeaderName>,
+}
+
+impl AutoSni {
+    /// `None` unless `auto_sni` is set.
+    fn compile(
+        o: Option<&courier_proto::envoy::config::core::v3::UpstreamHttpProtocolOptions>,
+        path: &str,
+    ) -> Result<Option<AutoSni>, ConfigError> {
+        let Some(o) = o else { return Ok(None) };
+        if !o.auto_sni {
+            if o.auto_san_validation {
+                // Envoy would check the host's name while sending the configured SNI;
+                // Courier checks the name it connects with.
+                return Err(ConfigError::unsupported(format!(
+                    "{path}.auto_san_validation without auto_sni"
+                )));
+            }
+            return Ok(None);
+        }
+        let header = if o.override_auto_sni_header.is_empty() {
+            None
+        } else {
+            Some(
+                http::HeaderName::from_bytes(o.override_auto_sni_header.as_bytes()).map_err(
+                    |_| {
+                        ConfigError::new(
+                            format!("{path}.override_auto_sni_header"),
+                            format!(
+                                "'{}' is not a valid header name",
+                                o.override_auto_sni_header
+                            ),
+                        )
+                    },
+                )?,
+            )
+        };
+        Ok(Some(AutoSni {
+            san_validation: o.auto_san_validation,
+            header,
+        }))
+    }
+
+    /// The server name `req` asks for: its `override_auto_sni_header`, else its host,
+    /// without the port.
+    pub fn name_for<B>(&self, req: &http::Request<B>) -> Option<AutoName> {
+        let from_header = self
+            .header
+            .as_ref()
+            .and_then(|h| req.headers().get(h))
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty());
+        let authority = from_header
+            .or_else(|| req.uri().authority().map(|a| a.as_str()))
+            .or_else(|| {
+                req.headers()
+                    .get(http::header::HOST)
+                    .and_then(|v| v.to_str().ok())
+            })?;
+        let host = match authority.strip_prefix('[') {
+            Some(rest) => rest.split(']').next().unwrap_or(rest),
+            None => match authority.rsplit_once(':') {
+                Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+                _ => authority,
+            },
+        };
+        (!host.is_empty()).then(|| AutoName {
+            name: Arc::from(host),
+            san_validation: self.san_validation,
+        })
+    }
 }
 
 /// A DNS cluster's endpoint to resolve.
@@ -1017,8 +1109,8 @@ mod tests {
     fn fields_not_built_are_refused_by_path() {
         for (yaml, path) in [
             (
-                "upstream_http_protocol_options: { auto_sni: true }\n",
-                "upstream_http_protocol_options",
+                "upstream_http_protocol_options: { auto_san_validation: true }\n",
+                "upstream_http_protocol_options.auto_san_validation without auto_sni",
             ),
             ("alt_stat_name: other\n", "alt_stat_name"),
             (

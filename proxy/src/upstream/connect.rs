@@ -8,7 +8,7 @@ use std::time::Instant;
 use courier_runtime::event::rt::{self, TcpIo};
 
 use super::{ClusterInfo, Host};
-use crate::transport_socket::tls::AlpnFallback;
+use crate::transport_socket::tls::{AlpnFallback, AutoName};
 use crate::transport_socket::{TlsIo, Transport};
 
 /// Why a connection could not be opened.
@@ -23,11 +23,13 @@ pub enum ConnectError {
 }
 
 /// Connects to `host` of `cluster`; `alpn` is what the connection will speak when the
-/// TLS context names no ALPN protocols.
+/// TLS context names no ALPN protocols, `auto` the server name a request chose
+/// (`auto_sni`).
 pub async fn connect(
     cluster: &ClusterInfo,
     host: &Host,
     alpn: AlpnFallback,
+    auto: Option<&AutoName>,
     worker: usize,
 ) -> Result<Transport, ConnectError> {
     let deadline = Instant::now() + cluster.connect_timeout;
@@ -36,7 +38,7 @@ pub async fn connect(
         let Some(tls) = cluster.host_tls(host) else {
             return Ok(Transport::Raw(tcp));
         };
-        let session = tls.session(host.address.ip(), alpn, worker)?;
+        let session = tls.session(host.address.ip(), alpn, auto, worker)?;
         let mut io = TlsIo::new(tcp, session);
         io.handshake().await?;
         Ok(Transport::Tls(Box::new(io)))

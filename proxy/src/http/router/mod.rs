@@ -994,18 +994,20 @@ pub(crate) async fn send_upgrade(
     let stats = cluster.stats.clone();
     stats.upstream_cx_total.inc(worker);
     let alpn = crate::transport_socket::tls::AlpnFallback::Http1;
-    let io = match crate::upstream::connect::connect(cluster, host, alpn, worker).await {
-        Ok(io) => io,
-        Err(crate::upstream::connect::ConnectError::Failed(e)) => {
-            tracing::debug!(cluster = %cluster.name, error = %e, "upstream connect failure");
-            stats.upstream_cx_connect_fail.inc(worker);
-            return Err(AttemptError::ConnectFailure);
-        }
-        Err(crate::upstream::connect::ConnectError::Timeout) => {
-            stats.upstream_cx_connect_timeout.inc(worker);
-            return Err(AttemptError::ConnectFailure);
-        }
-    };
+    let name = cluster.auto_sni.as_ref().and_then(|a| a.name_for(&req));
+    let io =
+        match crate::upstream::connect::connect(cluster, host, alpn, name.as_ref(), worker).await {
+            Ok(io) => io,
+            Err(crate::upstream::connect::ConnectError::Failed(e)) => {
+                tracing::debug!(cluster = %cluster.name, error = %e, "upstream connect failure");
+                stats.upstream_cx_connect_fail.inc(worker);
+                return Err(AttemptError::ConnectFailure);
+            }
+            Err(crate::upstream::connect::ConnectError::Timeout) => {
+                stats.upstream_cx_connect_timeout.inc(worker);
+                return Err(AttemptError::ConnectFailure);
+            }
+        };
     sinks.attempt(worker);
     // The cluster's stream duration runs from here, the tunnel included, as Envoy's.
     let upstream_ends = cluster.stream_limits.attempt_ends();

@@ -29,8 +29,29 @@ use crate::stats::{Counter, Gauge, Store};
 use crate::upstream::{ClusterInfo, ConnLifetime, ConnPool, Host, ThreadLocalClusterManager};
 use courier_runtime::event::rt::{self, LocalExec, RtTimer, Sleep};
 
-use crate::transport_socket::tls::AlpnFallback;
+use crate::transport_socket::tls::{AlpnFallback, AutoName};
 use crate::upstream::connect::{self, ConnectError};
+
+/// Which connections can carry a request: those to its host, opened with its server
+/// name when the cluster takes it from each request (`auto_sni`; Envoy keys its pools by
+/// the transport socket options the same way).
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+pub struct ConnKey {
+    /// The host.
+    pub addr: SocketAddr,
+    /// The server name the request chose, under `auto_sni`.
+    pub name: Option<AutoName>,
+}
+
+impl ConnKey {
+    /// Connections to `addr` named `name`.
+    pub fn new(addr: SocketAddr, name: Option<&AutoName>) -> ConnKey {
+        ConnKey {
+            addr,
+            name: name.cloned(),
+        }
+    }
+}
 
 /// `cluster.<name>.*` HTTP stats, created on first use on each worker.
 pub struct ClusterHttpStats {
@@ -232,12 +253,12 @@ impl Drop for PendingGuard<'_> {
 /// timeout), and the waiters woken to look again.
 struct H2Connecting {
     pool: Rc<ClusterPool>,
-    addr: SocketAddr,
+    key: ConnKey,
 }
 
 impl Drop for H2Connecting {
     fn drop(&mut self) {
-        if let Some(h) = self.pool.hosts.borrow_mut().get_mut(&self.addr) {
+        if let Some(h) = self.pool.hosts.borrow_mut().get_mut(&self.key) {
             h.h2_connecting = false;
         }
         self.pool.wake_all();
@@ -312,9 +333,9 @@ type WaitSlot = Rc<Cell<Option<Waker>>>;
 
 /// One cluster's pools on this worker.
 pub struct ClusterPool {
-    hosts: RefCell<FxHashMap<SocketAddr, HostPool>>,
-    /// Requests waiting for a connection, each with the host it wants.
-    waiters: RefCell<VecDeque<(SocketAddr, WaitSlot)>>,
+    hosts: RefCell<FxHashMap<ConnKey, HostPool>>,
+    /// Requests waiting for a connection, each with the connections it can take.
+    waiters: RefCell<VecDeque<(ConnKey, WaitSlot)>>,
     /// Open connections per host (`per_host_thresholds.max_connections`). Apart from
     /// `hosts`: a connection closes (and counts down) while `hosts` may be borrowed.
     host_connections: RefCell<FxHashMap<SocketAddr, u32>>,
@@ -424,9 +445,10 @@ impl ClusterPool {
         RequestSlot(self.clone())
     }
 
-    /// Wakes a request waiting for `addr`, else any: a connection slot is free.
+    /// Wakes a request waiting for `addr` (whatever its server name), else any: a
+    /// connection slot is free.
     fn wake_for_or_any(&self, addr: SocketAddr) {
-        if !self.wake_for(addr) {
+        if !self.wake_first(|k| k.addr == addr) {
             self.wake_one();
         }
     }
@@ -449,9 +471,14 @@ impl ClusterPool {
         }
     }
 
-    /// Wakes the first request waiting for `addr` (a connection to it is free); false
-    /// when there is none.
-    fn wake_for(&self, addr: SocketAddr) -> bool {
+    /// Wakes the first request waiting for `key`'s connections (one is free); false when
+    /// there is none.
+    fn wake_for(&self, key: &ConnKey) -> bool {
+        self.wake_first(|k| k == key)
+    }
+
+    /// Wakes the first waiting request whose key `wanted` accepts; false when none does.
+    fn wake_first(&self, wanted: impl Fn(&ConnKey) -> bool) -> bool {
         let mut waiters = self.waiters.borrow_mut();
         // Given-up waits are dropped on the way.
         waiters.retain(|(_, w)| {
@@ -460,7 +487,7 @@ impl ClusterPool {
             w.set(live);
             keep
         });
-        let Some(i) = waiters.iter().position(|(a, _)| *a == addr) else {
+        let Some(i) = waiters.iter().position(|(k, _)| wanted(k)) else {
             return false;
         };
         let waker = waiters.remove(i).and_then(|(_, w)| w.take());
@@ -474,37 +501,37 @@ impl ClusterPool {
     /// Returns an HTTP/1 connection for reuse once its response is complete.
     pub fn release(
         self: &Rc<Self>,
-        addr: SocketAddr,
+        key: ConnKey,
         sender: http1::SendRequest<ProxyBody>,
         usage: ConnUsage,
     ) {
-        if sender.is_closed() || self.retired(addr) {
+        if sender.is_closed() || self.retired(key.addr) {
             return;
         }
         if let Some(idle) = self.idle_entry(sender, usage) {
             self.hosts
                 .borrow_mut()
-                .entry(addr)
+                .entry(key.clone())
                 .or_default()
                 .idle
                 .push(idle);
-            self.wake_for(addr);
+            self.wake_for(&key);
         }
     }
 
     /// Returns a connection of Courier's own HTTP/1 client for reuse.
-    pub fn release_raw(self: &Rc<Self>, addr: SocketAddr, conn: H1Connection, usage: ConnUsage) {
-        if self.retired(addr) {
+    pub fn release_raw(self: &Rc<Self>, key: ConnKey, conn: H1Connection, usage: ConnUsage) {
+        if self.retired(key.addr) {
             return;
         }
         if let Some(idle) = self.idle_entry(conn, usage) {
             self.hosts
                 .borrow_mut()
-                .entry(addr)
+                .entry(key.clone())
                 .or_default()
                 .raw_idle
                 .push(idle);
-            self.wake_for(addr);
+            self.wake_for(&key);
         }
     }
 
@@ -620,7 +647,7 @@ impl ClusterPool {
         next
     }
 
-    async fn wait_for_slot(&self, addr: SocketAddr) {
+    async fn wait_for_slot(&self, key: &ConnKey) {
         /// A wait given up (its request dropped, by a timeout or a reset) leaves an empty
         /// slot in the queue, which a wake-up then skips rather than spends; one given up
         /// after its wake-up passes the wake-up on, so that the connection it was woken for
@@ -643,7 +670,7 @@ impl ClusterPool {
         let mut slot = Slot {
             waker: Rc::new(Cell::new(None)),
             pool: self,
-            addr,
+            addr: key.addr,
             registered: false,
             done: false,
         };
@@ -657,7 +684,7 @@ impl ClusterPool {
                 slot.registered = true;
                 self.waiters
                     .borrow_mut()
-                    .push_back((addr, slot.waker.clone()));
+                    .push_back((key.clone(), slot.waker.clone()));
             }
             Poll::Pending
         })
@@ -672,6 +699,7 @@ impl ClusterPool {
         self: &Rc<Self>,
         cluster: &Arc<ClusterInfo>,
         host: &Arc<Host>,
+        key: &ConnKey,
         worker: usize,
         raw: bool,
     ) -> Result<(Sender, bool), PoolError> {
@@ -680,9 +708,9 @@ impl ClusterPool {
         let mut pending: Option<PendingGuard<'_>> = None;
         self.lifetime.set(cluster.conn_lifetime);
         loop {
-            let h2 = self.speaks_h2(cluster, host.address);
+            let h2 = self.speaks_h2(cluster, key);
             if h2 {
-                if let Some(s) = self.h2_stream(cluster, host, worker) {
+                if let Some(s) = self.h2_stream(cluster, key, worker) {
                     break Ok((s, true));
                 }
             } else if raw {
@@ -690,7 +718,7 @@ impl ClusterPool {
                     let c = self
                         .hosts
                         .borrow_mut()
-                        .get_mut(&host.address)
+                        .get_mut(key)
                         .and_then(|h| h.raw_idle.pop());
                     let Some(mut c) = c else { break None };
                     // Not if it closed (or sent unsolicited bytes) while idle.
@@ -708,7 +736,7 @@ impl ClusterPool {
                     let s = self
                         .hosts
                         .borrow_mut()
-                        .get_mut(&host.address)
+                        .get_mut(key)
                         .and_then(|h| h.idle.pop());
                     let Some(mut s) = s else { break };
                     if s.conn.is_closed() || !self.still_young(&s.usage) {
@@ -731,7 +759,7 @@ impl ClusterPool {
                 && self
                     .hosts
                     .borrow()
-                    .get(&host.address)
+                    .get(key)
                     .is_some_and(|h| h.h2_connecting || h.h2.iter().any(H2Conn::settling));
             let host_full = cluster
                 .thresholds
@@ -745,7 +773,7 @@ impl ClusterPool {
             let full = b.connections.get() >= cluster.thresholds.max_connections || host_full;
             // Idle connections of the other HTTP/1 client cannot serve this request: one
             // goes to make room (if it closes now, at once; else its close wakes this wait).
-            if full && !h2 && self.evict_other_idle(host.address, raw) == Some(true) {
+            if full && !h2 && self.evict_other_idle(key, raw) == Some(true) {
                 continue;
             }
             if full || h2_busy {
@@ -762,12 +790,12 @@ impl ClusterPool {
                     self.stats.rq_pending_active.inc(worker);
                     pending = Some(PendingGuard { pool: self, worker });
                 }
-                self.wait_for_slot(host.address).await;
+                self.wait_for_slot(key).await;
                 continue;
             }
             // Boxed: connecting (and the handshake futures) is rare once the pool is warm,
             // and would otherwise make every request's future larger.
-            break Box::pin(self.connect(cluster, host, worker, raw))
+            break Box::pin(self.connect(cluster, host, key, worker, raw))
                 .await
                 .map(|s| (s, false));
         }
@@ -775,18 +803,18 @@ impl ClusterPool {
 
     /// Whether requests to `addr` go on HTTP/2 connections: the cluster's protocol, or
     /// under `auto_config` what the host negotiated last.
-    fn speaks_h2(&self, cluster: &ClusterInfo, addr: SocketAddr) -> bool {
+    fn speaks_h2(&self, cluster: &ClusterInfo, key: &ConnKey) -> bool {
         cluster.http2
-            || (cluster.http_auto && self.hosts.borrow().get(&addr).is_some_and(|h| h.alpn_h2))
+            || (cluster.http_auto && self.hosts.borrow().get(key).is_some_and(|h| h.alpn_h2))
     }
 
     /// Closes an idle HTTP/1 connection to `addr` of the other client than the one `raw`
     /// asks for, to make room under a connection limit: `Some(true)` when its slot is free
     /// now (Courier's client closes at once), `Some(false)` when it frees as hyper's
     /// connection task ends, `None` when there is none.
-    fn evict_other_idle(&self, addr: SocketAddr, raw: bool) -> Option<bool> {
+    fn evict_other_idle(&self, key: &ConnKey, raw: bool) -> Option<bool> {
         let mut hosts = self.hosts.borrow_mut();
-        let h = hosts.get_mut(&addr)?;
+        let h = hosts.get_mut(key)?;
         if raw {
             let open = std::iter::from_fn(|| h.idle.pop()).find(|c| !c.conn.is_closed())?;
             // Closed outside the borrow: its guard wakes waiters.
@@ -830,11 +858,11 @@ impl ClusterPool {
     fn h2_stream(
         self: &Rc<Self>,
         cluster: &ClusterInfo,
-        host: &Host,
+        key: &ConnKey,
         worker: usize,
     ) -> Option<Sender> {
         let mut hosts = self.hosts.borrow_mut();
-        let h = hosts.get_mut(&host.address)?;
+        let h = hosts.get_mut(key)?;
         h.h2.retain(|c| !c.sender.is_closed());
         let i =
             h.h2.iter()
@@ -865,6 +893,7 @@ impl ClusterPool {
         self: &Rc<Self>,
         cluster: &Arc<ClusterInfo>,
         host: &Arc<Host>,
+        key: &ConnKey,
         worker: usize,
         raw: bool,
     ) -> Result<Sender, PoolError> {
@@ -885,16 +914,16 @@ impl ClusterPool {
             host: host.clone(),
             worker,
         };
-        let known_h2 = self.speaks_h2(cluster, host.address);
+        let known_h2 = self.speaks_h2(cluster, key);
         let _connecting = known_h2.then(|| {
             self.hosts
                 .borrow_mut()
-                .entry(host.address)
+                .entry(key.clone())
                 .or_default()
                 .h2_connecting = true;
             H2Connecting {
                 pool: self.clone(),
-                addr: host.address,
+                key: key.clone(),
             }
         });
         let alpn = if cluster.http2 {
@@ -904,14 +933,14 @@ impl ClusterPool {
         } else {
             AlpnFallback::Http1
         };
-        let io = match connect::connect(cluster, host, alpn, worker).await {
+        let io = match connect::connect(cluster, host, alpn, key.name.as_ref(), worker).await {
             Err(ConnectError::Timeout) => {
-                self.connect_failed(cluster, host, worker);
+                self.connect_failed(cluster, host, key, worker);
                 cluster.stats.upstream_cx_connect_timeout.inc(worker);
                 return Err(PoolError::ConnectTimeout);
             }
             Err(ConnectError::Failed(e)) => {
-                self.connect_failed(cluster, host, worker);
+                self.connect_failed(cluster, host, key, worker);
                 return Err(PoolError::ConnectFailure(e.to_string()));
             }
             Ok(io) => io,
@@ -919,7 +948,7 @@ impl ClusterPool {
         let h2 = if cluster.http_auto {
             let h2 = io.alpn() == Some(b"h2");
             let mut hosts = self.hosts.borrow_mut();
-            let h = hosts.entry(host.address).or_default();
+            let h = hosts.entry(key.clone()).or_default();
             h.alpn_h2 = h2;
             if !h2 {
                 h.h2_connecting = false;
@@ -939,26 +968,26 @@ impl ClusterPool {
             let handshake = builder.handshake::<_, ProxyBody>(io).await;
             self.hosts
                 .borrow_mut()
-                .entry(host.address)
+                .entry(key.clone())
                 .or_default()
                 .h2_connecting = false;
             let (sender, conn) = match handshake {
                 Ok(x) => x,
                 Err(e) => {
-                    self.connect_failed(cluster, host, worker);
+                    self.connect_failed(cluster, host, key, worker);
                     return Err(PoolError::ConnectFailure(e.to_string()));
                 }
             };
             self.stats.cx_http2_total.inc(worker);
-            let usage = self.add_h2(cluster, host.address, &sender, peer, worker);
-            self.wake_for(host.address);
+            let usage = self.add_h2(cluster, key, &sender, peer, worker);
+            self.wake_for(key);
             let pool = self.clone();
-            let addr = host.address;
+            let key = key.clone();
             rt::spawn(async move {
                 if let Err(e) = conn.await {
                     tracing::debug!(error = %e, "upstream h2 connection closed");
                 }
-                if let Some(h) = pool.hosts.borrow_mut().get_mut(&addr) {
+                if let Some(h) = pool.hosts.borrow_mut().get_mut(&key) {
                     h.h2.retain(|c| !c.sender.is_closed());
                 }
                 drop(guard);
@@ -991,7 +1020,7 @@ impl ClusterPool {
             let (sender, conn) = match builder.handshake::<_, ProxyBody>(io).await {
                 Ok(x) => x,
                 Err(e) => {
-                    self.connect_failed(cluster, host, worker);
+                    self.connect_failed(cluster, host, key, worker);
                     return Err(PoolError::ConnectFailure(e.to_string()));
                 }
             };
@@ -1013,7 +1042,7 @@ impl ClusterPool {
     fn add_h2(
         self: &Rc<Self>,
         cluster: &ClusterInfo,
-        addr: SocketAddr,
+        key: &ConnKey,
         sender: &http2::SendRequest<ProxyBody>,
         peer: Rc<PeerSettings>,
         worker: usize,
@@ -1028,12 +1057,12 @@ impl ClusterPool {
         if lifetime.max_requests == Some(1) {
             // Its one request: it never joins the pool.
             self.stats.cx_max_requests.inc(worker);
-        } else if self.retired(addr) {
+        } else if self.retired(key.addr) {
             // Drained while it connected: it carries this request only.
         } else {
             self.hosts
                 .borrow_mut()
-                .entry(addr)
+                .entry(key.clone())
                 .or_default()
                 .h2
                 .push(H2Conn {
@@ -1050,10 +1079,10 @@ impl ClusterPool {
         usage
     }
 
-    fn connect_failed(&self, cluster: &ClusterInfo, host: &Host, worker: usize) {
+    fn connect_failed(&self, cluster: &ClusterInfo, host: &Host, key: &ConnKey, worker: usize) {
         cluster.stats.upstream_cx_connect_fail.inc(worker);
         host.stats.cx_connect_fail.inc(worker);
-        if let Some(h) = self.hosts.borrow_mut().get_mut(&host.address) {
+        if let Some(h) = self.hosts.borrow_mut().get_mut(key) {
             h.h2_connecting = false;
         }
     }
@@ -1075,7 +1104,10 @@ impl ConnPool for ClusterPool {
             let open = self.host_connections.borrow();
             let mut retired = self.gone.borrow_mut();
             for addr in gone {
-                left.extend(hosts.remove(addr));
+                // Every server name's connections to it.
+                let keys: Vec<ConnKey> =
+                    hosts.keys().filter(|k| k.addr == *addr).cloned().collect();
+                left.extend(keys.iter().filter_map(|k| hosts.remove(k)));
                 // Busy connections to it close when their requests end.
                 if open.contains_key(addr) {
                     retired.insert(*addr);

@@ -45,10 +45,13 @@ pub(crate) async fn send_once(
     // A complete body (none, or buffered for retries) goes through Courier's own HTTP/1
     // client; a streamed one through hyper's.
     let raw_body = (!cluster.http2).then(|| req.body().bytes()).flatten();
+    // Under `auto_sni`, only connections opened with this request's server name serve it.
+    let name = cluster.auto_sni.as_ref().and_then(|a| a.name_for(&req));
+    let key = pool::ConnKey::new(host.address, name.as_ref());
     let mut counted = false;
     for _ in 0..3 {
         let raw = raw_body.is_some();
-        let (sender, reused) = match pool.checkout(cluster, host, worker, raw).await {
+        let (sender, reused) = match pool.checkout(cluster, host, &key, worker, raw).await {
             Ok(s) => s,
             Err(e) => return Err(checkout_failure(cluster, e)),
         };
@@ -67,10 +70,10 @@ pub(crate) async fn send_once(
         match sender {
             Sender::Raw(c, usage) => {
                 let pool2 = pool.clone();
-                let addr = host.address;
+                let key = key.clone();
                 let on_done = Box::new(move |conn: Option<H1Connection>| {
                     if let Some(conn) = conn {
-                        pool2.release_raw(addr, conn, usage);
+                        pool2.release_raw(key, conn, usage);
                     }
                 });
                 let (parts, req_body) = req.into_parts();
@@ -118,7 +121,7 @@ pub(crate) async fn send_once(
                 None => return Err(duration_reached(pool, worker)),
                 Some(Ok(resp)) => {
                     let pool2 = pool.clone();
-                    let addr = host.address;
+                    let key = key.clone();
                     let (parts, body) = resp.into_parts();
                     let mut parts = parts;
                     strip_response_hop_by_hop(&mut parts.headers, parts.status);
@@ -126,7 +129,7 @@ pub(crate) async fn send_once(
                         body,
                         Some(Box::new(move |ok, _| {
                             if ok {
-                                pool2.release(addr, s, usage);
+                                pool2.release(key, s, usage);
                             }
                         })),
                     );

@@ -2,7 +2,7 @@
 //! starts.
 
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use courier_proto::envoy::extensions::transport_sockets::tls::v3::UpstreamTlsContext;
 use rustls::client::{ResolvesClientCert, Resumption};
@@ -34,8 +34,31 @@ pub struct ClientContext {
 struct Built {
     /// `None` while a secret it names has not arrived.
     config: Option<Arc<ClientConfig>>,
+    /// The verifier `config` holds, for the `auto_san_validation` variant.
+    verifier: Option<ServerVerifier>,
+    /// `config` whose verifier checks the name connected to instead of the SAN
+    /// matchers (`auto_san_validation`); made at its first use.
+    san_from_name: OnceLock<Arc<ClientConfig>>,
     /// The server secrets it still waits for.
     pending: Vec<String>,
+}
+
+impl Built {
+    /// The config for a connection to `name` when `auto_san_validation` asks the
+    /// certificate to name it.
+    fn san_from_name(&self) -> Option<Arc<ClientConfig>> {
+        let (config, verifier) = (self.config.as_ref()?, self.verifier.as_ref()?);
+        Some(
+            self.san_from_name
+                .get_or_init(|| {
+                    let mut c = (**config).clone();
+                    c.dangerous()
+                        .set_certificate_verifier(Arc::new(verifier.clone().san_from_name()));
+                    Arc::new(c)
+                })
+                .clone(),
+        )
+    }
 }
 
 impl Reload for ClientContext {
@@ -68,6 +91,15 @@ impl std::fmt::Debug for ClientContext {
             .field("sni", &self.sni)
             .finish_non_exhaustive()
     }
+}
+
+/// The server name a request chose for its upstream connection (`auto_sni`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct AutoName {
+    /// The host (no port): the SNI sent.
+    pub name: Arc<str>,
+    /// `auto_san_validation`: the certificate must name it.
+    pub san_validation: bool,
 }
 
 /// What the upstream connection will speak, for the ALPN Envoy offers when the context
@@ -104,17 +136,36 @@ impl ClientContext {
     }
 
     /// A new client connection to `peer` (its address names the server when no `sni` is
-    /// configured; rustls sends no SNI for an address).
+    /// configured; rustls sends no SNI for an address). `auto` is the request's host
+    /// under `auto_sni`: it replaces `sni`, and with `auto_san_validation` the server's
+    /// certificate must name it.
     pub fn connect(
         &self,
         peer: IpAddr,
         fallback: AlpnFallback,
+        auto: Option<&AutoName>,
     ) -> Result<rustls::ClientConnection, rustls::Error> {
-        let name = self
-            .sni
-            .clone()
-            .unwrap_or(ServerName::IpAddress(peer.into()));
-        let config = self.current()?;
+        let auto_name = auto.and_then(|a| {
+            ServerName::try_from(a.name.to_string())
+                .ok()
+                .map(|n| (n, a.san_validation))
+        });
+        let (name, config) = match auto_name {
+            Some((name, true)) => {
+                let built = self.built.load();
+                let config = built.san_from_name().ok_or_else(|| {
+                    rustls::Error::General("the context's secrets have not arrived".into())
+                })?;
+                (name, config)
+            }
+            Some((name, false)) => (name, self.current()?),
+            None => (
+                self.sni
+                    .clone()
+                    .unwrap_or(ServerName::IpAddress(peer.into())),
+                self.current()?,
+            ),
+        };
         let alpn: &[&[u8]] = match fallback {
             _ if !config.alpn_protocols.is_empty() => &[],
             AlpnFallback::None => &[],
@@ -226,6 +277,8 @@ fn build(ctx: &UpstreamTlsContext, path: &str, check_name: bool) -> Result<Build
         return Ok(Build {
             built: Built {
                 config: None,
+                verifier: None,
+                san_from_name: OnceLock::new(),
                 pending: common.pending,
             },
             sni,
@@ -251,7 +304,7 @@ fn build(ctx: &UpstreamTlsContext, path: &str, check_name: bool) -> Result<Build
         .with_protocol_versions(&common.params.versions)
         .map_err(|e| ConfigError::new(&common_path, format!("invalid tls_params: {e}")))?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(verifier));
+        .with_custom_certificate_verifier(Arc::new(verifier.clone()));
     let mut config = match common.certificates.into_iter().next() {
         Some(key) => builder.with_client_cert_resolver(Arc::new(ClientCert(key))),
         None => builder.with_no_client_auth(),
@@ -271,6 +324,8 @@ fn build(ctx: &UpstreamTlsContext, path: &str, check_name: bool) -> Result<Build
     Ok(Build {
         built: Built {
             config: Some(Arc::new(config)),
+            verifier: Some(verifier),
+            san_from_name: OnceLock::new(),
             pending: Vec::new(),
         },
         sni,

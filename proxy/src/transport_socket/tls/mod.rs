@@ -16,7 +16,7 @@ pub mod session;
 pub mod stats;
 pub mod validation;
 
-pub use client_context::{AlpnFallback, ClientContext};
+pub use client_context::{AlpnFallback, AutoName, ClientContext};
 pub use connection_info::TlsConnectionInfo;
 pub use server_context::ServerContext;
 pub use session::TlsSession;
@@ -62,9 +62,10 @@ impl ClientTls {
         &self,
         peer: std::net::IpAddr,
         fallback: AlpnFallback,
+        auto: Option<&AutoName>,
         worker: usize,
     ) -> std::io::Result<TlsSession> {
-        let conn = self.context.connect(peer, fallback).map_err(|e| {
+        let conn = self.context.connect(peer, fallback, auto).map_err(|e| {
             if !self.context.pending().is_empty() {
                 self.stats.context_secrets_not_ready.inc(worker);
             }

@@ -178,12 +178,31 @@ impl Validation {
 
     /// The checks after the chain's, on the end-entity certificate.
     fn check_leaf(&self, leaf: &CertificateDer<'_>) -> Result<(), Error> {
-        if self.sans.is_empty() && self.cert_hashes.is_empty() && self.spki_hashes.is_empty() {
+        self.check_leaf_for(leaf, None)
+    }
+
+    /// [`Validation::check_leaf`]; with `name` (`auto_san_validation`), the certificate
+    /// must name it instead of satisfying the configured SAN matchers, as Envoy's SAN
+    /// override list replaces them.
+    fn check_leaf_for(
+        &self,
+        leaf: &CertificateDer<'_>,
+        name: Option<&ServerName<'_>>,
+    ) -> Result<(), Error> {
+        if name.is_none()
+            && self.sans.is_empty()
+            && self.cert_hashes.is_empty()
+            && self.spki_hashes.is_empty()
+        {
             return Ok(());
         }
         let (_, cert) = x509_parser::parse_x509_certificate(leaf)
             .map_err(|_| Error::InvalidCertificate(CertificateError::BadEncoding))?;
-        if !self.sans.is_empty() && !self.san_matches(&cert) {
+        let name_ok = match name {
+            Some(n) => names(&cert, n),
+            None => self.sans.is_empty() || self.san_matches(&cert),
+        };
+        if !name_ok {
             return Err(Error::InvalidCertificate(CertificateError::NotValidForName));
         }
         if !self.cert_hashes.is_empty() || !self.spki_hashes.is_empty() {
@@ -235,6 +254,26 @@ fn wildcard_matches(m: &StrMatch, san: &str) -> bool {
         && want.ends_with(&suffix)
         && suffix.starts_with('.')
         && !want[..want.len() - suffix.len()].contains('.')
+}
+
+/// Whether `cert` has a SAN for `name`: a DNS SAN equal to it (ASCII case aside) or a
+/// wildcard covering its first label; an IP SAN equal to an address.
+fn names(cert: &x509_parser::certificate::X509Certificate<'_>, name: &ServerName<'_>) -> bool {
+    use x509_parser::extensions::GeneralName;
+    let Ok(Some(san)) = cert.subject_alternative_name() else {
+        return false;
+    };
+    san.value.general_names.iter().any(|g| match (g, name) {
+        (GeneralName::DNSName(san), ServerName::DnsName(want)) => {
+            let want = want.as_ref();
+            san.eq_ignore_ascii_case(want)
+                || wildcard_matches(&StrMatch::Exact(want.to_string(), true), san)
+        }
+        (GeneralName::IPAddress(b), ServerName::IpAddress(ip)) => {
+            ip_string(b) == Some(IpAddr::from(*ip).to_string())
+        }
+        _ => false,
+    })
 }
 
 fn ip_string(b: &[u8]) -> Option<String> {
@@ -290,13 +329,16 @@ impl Failure {
 }
 
 /// Verifies a server's certificate for an upstream connection.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ServerVerifier {
     validation: Arc<Validation>,
     chain: Option<Arc<WebPkiServerVerifier>>,
     /// `auto_sni_san_validation` / SNI-derived name check (Envoy checks the name only
     /// when asked to).
     check_name: bool,
+    /// `auto_san_validation`: the name connected to (the request's host) replaces the
+    /// configured SAN matchers.
+    san_from_name: bool,
     provider: Arc<CryptoProvider>,
 }
 
@@ -323,8 +365,16 @@ impl ServerVerifier {
             validation,
             chain,
             check_name,
+            san_from_name: false,
             provider,
         })
+    }
+
+    /// This verifier with the name connected to replacing the SAN matchers
+    /// (`auto_san_validation`).
+    pub fn san_from_name(mut self) -> ServerVerifier {
+        self.san_from_name = true;
+        self
     }
 }
 
@@ -355,7 +405,8 @@ impl ServerCertVerifier for ServerVerifier {
                 Err(e) => return Err(e),
             }
         }
-        self.validation.check_leaf(end_entity)?;
+        self.validation
+            .check_leaf_for(end_entity, self.san_from_name.then_some(server_name))?;
         Ok(ServerCertVerified::assertion())
     }
 

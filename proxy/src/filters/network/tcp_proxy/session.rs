@@ -287,10 +287,11 @@ impl TcpProxySession {
         }
         self.attempts += 1;
         self.release_upstream();
+        // The host's transport socket (a `transport_socket_matches` entry, else the
+        // cluster's); no request names the server here (`auto_sni` is HTTP's).
         let tls = cluster
-            .tls
-            .as_ref()
-            .map(|t| t.session(host.address.ip(), AlpnFallback::None, self.worker))
+            .host_tls(&host)
+            .map(|t| t.session(host.address.ip(), AlpnFallback::None, None, self.worker))
             .transpose()?;
         let mut stream = TcpStream::connect(host.address)?;
         let _ = stream.set_nodelay(true);

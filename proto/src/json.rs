@@ -292,6 +292,16 @@ pub fn load_file<M: Message + Name + Default>(
 
 /// Renders `msg` in the proto3 JSON mapping with proto field names (as Envoy's admin does).
 pub fn to_json<M: Message + Name>(msg: &M) -> serde_json::Value {
+    render(msg, true)
+}
+
+/// [`to_json`] with fields at their defaults written out too (Envoy's admin prints
+/// `/certs` so).
+pub fn to_json_with_defaults<M: Message + Name>(msg: &M) -> serde_json::Value {
+    render(msg, false)
+}
+
+fn render<M: Message + Name>(msg: &M, skip_defaults: bool) -> serde_json::Value {
     let Ok(desc) = descriptor(&M::full_name()) else {
         return serde_json::Value::Null;
     };
@@ -301,7 +311,7 @@ pub fn to_json<M: Message + Name>(msg: &M) -> serde_json::Value {
     };
     let opts = SerializeOptions::new()
         .use_proto_field_name(true)
-        .skip_default_fields(true);
+        .skip_default_fields(skip_defaults);
     dynamic
         .serialize_with_options(serde_json::value::Serializer, &opts)
         .unwrap_or(serde_json::Value::Null)

@@ -1243,3 +1243,74 @@ fn auto_sni_names_each_request_s_server_and_checks_its_certificate_as_in_envoy()
         assert_eq!(envoy, from_courier);
     }
 }
+
+/// `/certs` with its certificate entries in a stable order (contexts are listed in an
+/// order of each proxy's own).
+fn certs_of(proxy: &Courier) -> serde_json::Value {
+    let body = admin_get(proxy.admin, "/certs").unwrap_or_default();
+    let mut v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    if let Some(list) = v.get_mut("certificates").and_then(|c| c.as_array_mut()) {
+        list.sort_by_key(|c| c.to_string());
+    }
+    v
+}
+
+#[test]
+fn certs_and_the_expiry_gauge_report_as_in_envoy() {
+    let pki = pki();
+    let up = Upstream::start("up");
+    let backend = TlsUpstream::start("backend", &pki.backend, None);
+    let mtls = format!(
+        "          require_client_certificate: true\n          common_tls_context:\n            validation_context: {{ trusted_ca: {{ filename: \"{}\" }} }}\n",
+        p(&pki.ca.cert)
+    );
+    let socket = downstream_tls(&pki, "").replacen("          common_tls_context:\n", &mtls, 1);
+    let tls_cluster = cluster(
+        "backend",
+        &[backend.addr],
+        &upstream_tls(
+            "backend.internal",
+            &format!(
+                "tls_certificates: [{{ certificate_chain: {{ filename: \"{}\" }}, private_key: {{ filename: \"{}\" }} }}]\n          {}",
+                p(&pki.client_good.cert),
+                p(&pki.client_good.key),
+                validation(&pki.ca.cert, "backend.internal")
+            ),
+        ),
+    );
+    let boot = bootstrap(
+        &all_to("up"),
+        "",
+        &[cluster("up", &[up.addr], ""), tls_cluster].concat(),
+    )
+    .replacen(
+        "    filter_chains:\n    - filters:\n",
+        &format!("    filter_chains:\n    -{}      filters:\n", &socket[5..]),
+        1,
+    );
+    let run = |proxy: &Courier| {
+        (
+            certs_of(proxy),
+            proxy.stat("server.days_until_first_cert_expiring"),
+        )
+    };
+    let from_courier = run(&Courier::start(&boot));
+    eprintln!("courier {from_courier:#?}");
+    let certs = from_courier.0["certificates"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(certs.len(), 2, "the listener's context and the cluster's");
+    let leaf = |c: &serde_json::Value| c["cert_chain"][0]["path"].as_str().map(String::from);
+    let mut leaves: Vec<_> = certs.iter().filter_map(leaf).collect();
+    leaves.sort();
+    let mut expected = vec![p(&pki.server.cert), p(&pki.client_good.cert)];
+    expected.sort();
+    assert_eq!(leaves, expected);
+    assert!(from_courier.1 > 0 && from_courier.1 < u64::from(u32::MAX));
+    if let Some(envoy) = Courier::start_envoy(&boot) {
+        let from_envoy = run(&envoy);
+        eprintln!("envoy {from_envoy:#?}");
+        assert_eq!(from_envoy, from_courier);
+    }
+}

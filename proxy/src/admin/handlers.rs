@@ -49,6 +49,15 @@ pub async fn handle(server: &Server, req: Request<Incoming>) -> Response<Full<By
             response(status, TEXT, format!("{}\n", state.name()))
         }
         "/server_info" => response(200, JSON, pretty(&server.server_info())),
+        "/certs" => {
+            let report =
+                crate::transport_socket::tls::inventory::report(std::time::SystemTime::now());
+            response(
+                200,
+                JSON,
+                pretty(&courier_proto::to_json_with_defaults(&report)),
+            )
+        }
         "/listeners" => listeners(server, json),
         "/clusters" => clusters(server, json),
         "/config_dump" => {
@@ -96,6 +105,7 @@ pub async fn handle(server: &Server, req: Request<Incoming>) -> Response<Full<By
 }
 
 const HELP: &str = "admin commands are:
+  /certs: print certificate info
   /clusters: upstream cluster status
   /config_dump: dump current Courier configs
   /drain_listeners: drain listeners (POST; ?graceful, ?inboundonly)

@@ -60,6 +60,9 @@ struct ServerStats {
     uptime: Arc<Gauge>,
     total_connections: Arc<Gauge>,
     memory_physical_size: Arc<Gauge>,
+    days_until_first_cert_expiring: Arc<Gauge>,
+    /// Always 0: Courier staples no OCSP responses (as Envoy without any).
+    _seconds_until_first_ocsp_response_expiring: Arc<Gauge>,
 }
 
 /// The main thread's view of the whole proxy.
@@ -134,6 +137,12 @@ impl Server {
         if let Some(rss) = resident_memory() {
             self.stats.memory_physical_size.set(rss as i64);
         }
+        let days = crate::transport_socket::tls::inventory::days_until_first_cert_expiring(
+            SystemTime::now(),
+        );
+        self.stats
+            .days_until_first_cert_expiring
+            .set(i64::try_from(days).unwrap_or(i64::MAX));
     }
 
     /// `/server_info`.
@@ -254,6 +263,9 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
             uptime: store.gauge("server.uptime"),
             total_connections: store.gauge("server.total_connections"),
             memory_physical_size: store.gauge("server.memory_physical_size"),
+            days_until_first_cert_expiring: store.gauge("server.days_until_first_cert_expiring"),
+            _seconds_until_first_ocsp_response_expiring: store
+                .gauge("server.seconds_until_first_ocsp_response_expiring"),
         },
         exit: Notify::new(),
         admin_address: Cell::new(None),

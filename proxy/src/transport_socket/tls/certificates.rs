@@ -13,7 +13,7 @@ use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyD
 use crate::config::ConfigError;
 
 /// Where a `DataSource` points, as Envoy's messages name it (`<inline>` or the file).
-fn origin(ds: &DataSource) -> String {
+pub fn origin(ds: &DataSource) -> String {
     match &ds.specifier {
         Some(data_source::Specifier::Filename(f)) => f.clone(),
         _ => "<inline>".to_string(),

@@ -14,6 +14,7 @@ use rustls::SignatureScheme;
 use arc_swap::ArcSwap;
 
 use super::common;
+use super::inventory::{self, ContextCerts, HoldsCertificates};
 use super::params::Side;
 use super::sds::{self, Reload};
 use super::validation::{ServerVerifier, Validation};
@@ -41,6 +42,8 @@ struct Built {
     san_from_name: OnceLock<Arc<ClientConfig>>,
     /// The server secrets it still waits for.
     pending: Vec<String>,
+    /// What it holds, for `/certs`.
+    held: ContextCerts,
 }
 
 impl Built {
@@ -58,6 +61,12 @@ impl Built {
                 })
                 .clone(),
         )
+    }
+}
+
+impl HoldsCertificates for ClientContext {
+    fn certificates(&self) -> ContextCerts {
+        self.built.load().held.clone()
     }
 }
 
@@ -231,6 +240,8 @@ fn compile_with(
         let weak: std::sync::Weak<dyn Reload + Send + Sync> = Arc::downgrade(&context) as _;
         sds::watch(build.secrets, weak);
     }
+    let held: std::sync::Weak<dyn HoldsCertificates + Send + Sync> = Arc::downgrade(&context) as _;
+    inventory::register(held);
     Ok(context)
 }
 
@@ -280,6 +291,7 @@ fn build(ctx: &UpstreamTlsContext, path: &str, check_name: bool) -> Result<Build
                 verifier: None,
                 san_from_name: OnceLock::new(),
                 pending: common.pending,
+                held: common.held,
             },
             sni,
             secrets: common.secrets,
@@ -291,6 +303,7 @@ fn build(ctx: &UpstreamTlsContext, path: &str, check_name: bool) -> Result<Build
             "Multiple TLS certificates are not supported for client contexts",
         ));
     }
+    let held = common.held;
     let validation = common
         .validation
         .unwrap_or_else(|| Arc::new(Validation::default()));
@@ -327,6 +340,7 @@ fn build(ctx: &UpstreamTlsContext, path: &str, check_name: bool) -> Result<Build
             verifier: Some(verifier),
             san_from_name: OnceLock::new(),
             pending: Vec::new(),
+            held,
         },
         sni,
         secrets: common.secrets,

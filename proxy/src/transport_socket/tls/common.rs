@@ -10,6 +10,7 @@ use prost::Message;
 use rustls::sign::CertifiedKey;
 
 use super::certificates;
+use super::inventory::{CertRecord, ContextCerts};
 use super::params::{self, Params, Side};
 use super::sds;
 use super::validation::Validation;
@@ -25,6 +26,8 @@ pub struct Common {
     pub alpn: Vec<Vec<u8>>,
     /// The validation context, if any.
     pub validation: Option<Arc<Validation>>,
+    /// What it holds, for `/certs`.
+    pub held: ContextCerts,
     /// The changeable secrets it was built from (rebuilt when they change).
     pub secrets: Vec<sds::SecretRef>,
     /// Server secrets that have not arrived: the context cannot handshake yet.
@@ -36,6 +39,15 @@ impl Common {
     pub fn ready(&self) -> bool {
         self.pending.is_empty()
     }
+}
+
+/// Where a certificate's chain came from (`<inline>` or its file).
+fn origin_of(
+    cert: &courier_proto::envoy::extensions::transport_sockets::tls::v3::TlsCertificate,
+) -> String {
+    cert.certificate_chain
+        .as_ref()
+        .map_or_else(|| "<inline>".to_string(), certificates::origin)
 }
 
 /// A validation context secret, `None` while its server has not sent it (then it is
@@ -100,6 +112,11 @@ pub fn compile(c: &CommonTlsContext, side: Side, path: &str) -> Result<Common, C
             )
         })
         .collect::<Result<Vec<_>, _>>()?;
+    let mut origins: Vec<String> = c
+        .tls_certificates
+        .iter()
+        .map(|cert| origin_of(cert))
+        .collect();
     for (i, config) in c.tls_certificate_sds_secret_configs.iter().enumerate() {
         let at = format!("{path}.tls_certificate_sds_secret_configs[{i}]");
         let resolved = sds::resolve(config, &at, &mut secrets)?;
@@ -118,6 +135,7 @@ pub fn compile(c: &CommonTlsContext, side: Side, path: &str) -> Result<Common, C
             &format!("{at} (secret '{}')", config.name),
             &params.provider,
         )?);
+        origins.push(origin_of(&cert));
     }
     let validation = match &c.validation_context_type {
         None => None,
@@ -183,7 +201,21 @@ pub fn compile(c: &CommonTlsContext, side: Side, path: &str) -> Result<Common, C
         .iter()
         .map(|p| p.as_bytes().to_vec())
         .collect();
+    let held = ContextCerts {
+        ca: validation.as_ref().and_then(|v| v.ca_record.clone()),
+        chain: certificates
+            .iter()
+            .zip(origins)
+            .filter_map(|(key, path)| {
+                key.cert.first().map(|der| CertRecord {
+                    path,
+                    der: der.clone(),
+                })
+            })
+            .collect(),
+    };
     Ok(Common {
+        held,
         params,
         certificates,
         alpn,

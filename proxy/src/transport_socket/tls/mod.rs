@@ -9,6 +9,7 @@ pub mod certificates;
 pub mod client_context;
 pub mod common;
 pub mod connection_info;
+pub mod inventory;
 pub mod params;
 pub mod sds;
 pub mod server_context;

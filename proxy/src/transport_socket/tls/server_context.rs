@@ -14,6 +14,7 @@ use rustls::ServerConfig;
 use arc_swap::ArcSwap;
 
 use super::common;
+use super::inventory::{self, ContextCerts, HoldsCertificates};
 use super::params::Side;
 use super::sds::{self, Reload};
 use super::validation::ClientVerifier;
@@ -37,6 +38,8 @@ struct Built {
     local_uri_sans: Vec<String>,
     /// The server secrets it still waits for.
     pending: Vec<String>,
+    /// What it holds, for `/certs`.
+    held: ContextCerts,
 }
 
 impl ServerContext {
@@ -53,6 +56,12 @@ impl ServerContext {
     /// The URI SANs of the context's (first) certificate.
     pub fn local_uri_sans(&self) -> Vec<String> {
         self.built.load().local_uri_sans.clone()
+    }
+}
+
+impl HoldsCertificates for ServerContext {
+    fn certificates(&self) -> ContextCerts {
+        self.built.load().held.clone()
     }
 }
 
@@ -156,6 +165,8 @@ pub fn compile(ctx: &DownstreamTlsContext, path: &str) -> Result<Arc<ServerConte
         let weak: std::sync::Weak<dyn Reload + Send + Sync> = Arc::downgrade(&context) as _;
         sds::watch(secrets, weak);
     }
+    let held: std::sync::Weak<dyn HoldsCertificates + Send + Sync> = Arc::downgrade(&context) as _;
+    inventory::register(held);
     Ok(context)
 }
 
@@ -199,6 +210,7 @@ fn build(
             config: None,
             local_uri_sans: Vec::new(),
             pending: common.pending,
+            held: common.held,
         };
         return Ok((built, common.secrets));
     }
@@ -228,6 +240,7 @@ fn build(
         )?)),
         None => builder.with_no_client_auth(),
     };
+    let held = common.held;
     let local_uri_sans = common.certificates[0]
         .end_entity_cert()
         .map(|c| super::connection_info::CertificateNames::of(c).uri_sans)
@@ -259,6 +272,7 @@ fn build(
             config: Some(Arc::new(config)),
             local_uri_sans,
             pending: Vec::new(),
+            held,
         },
         common.secrets,
     ))

@@ -47,6 +47,8 @@ enum SanKind {
 /// A compiled validation context (the checks after the chain's).
 #[derive(Debug, Default)]
 pub struct Validation {
+    /// The first trusted CA certificate (for `/certs`).
+    pub ca_record: Option<super::inventory::CertRecord>,
     roots: Option<Arc<RootCertStore>>,
     crls: Vec<rustls::pki_types::CertificateRevocationListDer<'static>>,
     sans: Vec<SanMatcher>,
@@ -91,7 +93,12 @@ impl Validation {
         if let Some(ca) = &v.trusted_ca {
             let at = format!("{path}.trusted_ca");
             let mut roots = RootCertStore::empty();
-            for cert in certificates::certificates(ca, &at, "trusted CA certificates")? {
+            let cas = certificates::certificates(ca, &at, "trusted CA certificates")?;
+            out.ca_record = cas.first().map(|der| super::inventory::CertRecord {
+                path: certificates::origin(ca),
+                der: der.clone(),
+            });
+            for cert in cas {
                 roots.add(cert).map_err(|e| {
                     ConfigError::new(&at, format!("Failed to load trusted CA certificates: {e}"))
                 })?;
@@ -276,7 +283,8 @@ fn names(cert: &x509_parser::certificate::X509Certificate<'_>, name: &ServerName
     })
 }
 
-fn ip_string(b: &[u8]) -> Option<String> {
+/// An IP address SAN's bytes as text.
+pub(crate) fn ip_string(b: &[u8]) -> Option<String> {
     Some(match b.len() {
         4 => IpAddr::from(<[u8; 4]>::try_from(b).ok()?).to_string(),
         16 => IpAddr::from(<[u8; 16]>::try_from(b).ok()?).to_string(),

@@ -112,11 +112,7 @@ pub fn compile(c: &CommonTlsContext, side: Side, path: &str) -> Result<Common, C
             )
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let mut origins: Vec<String> = c
-        .tls_certificates
-        .iter()
-        .map(|cert| origin_of(cert))
-        .collect();
+    let mut origins: Vec<String> = c.tls_certificates.iter().map(origin_of).collect();
     for (i, config) in c.tls_certificate_sds_secret_configs.iter().enumerate() {
         let at = format!("{path}.tls_certificate_sds_secret_configs[{i}]");
         let resolved = sds::resolve(config, &at, &mut secrets)?;

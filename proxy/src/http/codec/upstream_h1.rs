@@ -38,6 +38,8 @@ const MAX_HEAD: usize = 60 * 1024;
 const MAX_HEADERS: usize = 100;
 /// How much is read from the socket at a time.
 const READ_CHUNK: usize = 16 * 1024;
+/// The first read of a connection, on the stack (most request heads fit).
+const FIRST_READ: usize = 2048;
 
 /// Why a request got no usable response.
 #[derive(Debug, thiserror::Error)]
@@ -242,6 +244,22 @@ pub(crate) fn recv_into(
     buf: &mut BytesMut,
     cx: &mut Context<'_>,
 ) -> Poll<io::Result<usize>> {
+    if buf.capacity() == 0 {
+        // A connection's first read goes through the stack: nothing is allocated until
+        // bytes arrive, so a connection that sends nothing (a TLS client after its
+        // handshake, a preconnected one) holds no read buffer.
+        let mut first = [MaybeUninit::<u8>::uninit(); FIRST_READ];
+        return match io.poll_recv(cx, &mut first) {
+            Poll::Ready(Ok(n)) => {
+                // SAFETY: `recv` initialised exactly the first `n` bytes.
+                let read = unsafe { std::slice::from_raw_parts(first.as_ptr().cast::<u8>(), n) };
+                buf.reserve(READ_CHUNK.max(n));
+                buf.extend_from_slice(read);
+                Poll::Ready(Ok(n))
+            }
+            other => other,
+        };
+    }
     buf.reserve(READ_CHUNK);
     let spare = buf.spare_capacity_mut();
     match io.poll_recv(cx, spare) {

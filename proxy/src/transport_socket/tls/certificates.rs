@@ -137,3 +137,12 @@ pub fn certified_key(
     }
     Ok(Arc::new(certified))
 }
+
+/// An IP address SAN's bytes as text.
+pub(crate) fn ip_string(b: &[u8]) -> Option<String> {
+    Some(match b.len() {
+        4 => std::net::IpAddr::from(<[u8; 4]>::try_from(b).ok()?).to_string(),
+        16 => std::net::IpAddr::from(<[u8; 16]>::try_from(b).ok()?).to_string(),
+        _ => return None,
+    })
+}

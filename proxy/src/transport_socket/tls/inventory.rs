@@ -107,7 +107,7 @@ fn details(record: &CertRecord, now: SystemTime) -> Option<CertificateDetails> {
                         GeneralName::DNSName(d) => Name::Dns(d.to_string()),
                         GeneralName::URI(u) => Name::Uri(u.to_string()),
                         GeneralName::IPAddress(b) => {
-                            Name::IpAddress(super::validation::ip_string(b)?)
+                            Name::IpAddress(super::certificates::ip_string(b)?)
                         }
                         _ => return None,
                     };

@@ -234,7 +234,7 @@ impl Validation {
                 GeneralName::DNSName(s) => (SanKind::Dns, s.to_string()),
                 GeneralName::URI(s) => (SanKind::Uri, s.to_string()),
                 GeneralName::RFC822Name(s) => (SanKind::Email, s.to_string()),
-                GeneralName::IPAddress(b) => match ip_string(b) {
+                GeneralName::IPAddress(b) => match certificates::ip_string(b) {
                     Some(ip) => (SanKind::Ip, ip),
                     None => return false,
                 },
@@ -277,18 +277,9 @@ fn names(cert: &x509_parser::certificate::X509Certificate<'_>, name: &ServerName
                 || wildcard_matches(&StrMatch::Exact(want.to_string(), true), san)
         }
         (GeneralName::IPAddress(b), ServerName::IpAddress(ip)) => {
-            ip_string(b) == Some(IpAddr::from(*ip).to_string())
+            certificates::ip_string(b) == Some(IpAddr::from(*ip).to_string())
         }
         _ => false,
-    })
-}
-
-/// An IP address SAN's bytes as text.
-pub(crate) fn ip_string(b: &[u8]) -> Option<String> {
-    Some(match b.len() {
-        4 => IpAddr::from(<[u8; 4]>::try_from(b).ok()?).to_string(),
-        16 => IpAddr::from(<[u8; 16]>::try_from(b).ok()?).to_string(),
-        _ => return None,
     })
 }
 

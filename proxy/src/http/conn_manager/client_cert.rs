@@ -14,6 +14,7 @@ use courier_proto::envoy::extensions::filters::network::http_connection_manager:
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::config::ConfigError;
+use crate::transport_socket::tls::connection_info::PeerEncodings;
 use crate::transport_socket::tls::TlsConnectionInfo;
 
 static XFCC: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
@@ -88,6 +89,15 @@ impl ClientCertPolicy {
         Ok(p)
     }
 
+    /// The peer certificate encodings this policy sends (kept per connection only then).
+    pub fn encodings(&self) -> PeerEncodings {
+        let sets = matches!(self.mode, Mode::AppendForward | Mode::SanitizeSet);
+        PeerEncodings {
+            pem: sets && self.cert,
+            chain: sets && self.chain,
+        }
+    }
+
     /// Applies the policy to a request's headers.
     pub fn apply(&self, tls: Option<&TlsConnectionInfo>, headers: &mut HeaderMap) {
         let Some((tls, peer)) = tls.and_then(|t| Some((t, t.peer.as_ref()?))) else {
@@ -110,10 +120,12 @@ impl ClientCertPolicy {
                     .collect();
                 parts.push(format!("Hash={}", peer.sha256));
                 if self.cert {
-                    parts.push(format!("Cert=\"{}\"", peer.pem_url_encoded));
+                    let pem = peer.pem_url_encoded.as_deref().unwrap_or_default();
+                    parts.push(format!("Cert=\"{pem}\""));
                 }
                 if self.chain {
-                    parts.push(format!("Chain=\"{}\"", peer.chain_url_encoded));
+                    let chain = peer.chain_url_encoded.as_deref().unwrap_or_default();
+                    parts.push(format!("Chain=\"{chain}\""));
                 }
                 if self.subject {
                     parts.push(format!("Subject=\"{}\"", peer.names.subject));

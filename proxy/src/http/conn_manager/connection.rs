@@ -244,6 +244,7 @@ impl HttpConnection {
                     let _ = self.info.tls.set(Box::new(TlsConnectionInfo::of(
                         io.session(),
                         &context.local_uri_sans(),
+                        self.config.client_cert.encodings(),
                     )));
                     // With AUTO, ALPN names the codec; without it the preface does.
                     let alpn = match self.config.codec {

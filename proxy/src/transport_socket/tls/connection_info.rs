@@ -96,10 +96,21 @@ pub struct PeerCertificate {
     pub names: CertificateNames,
     /// SHA-256 of its DER, lower-case hex (XFCC's `Hash`).
     pub sha256: String,
-    /// Its PEM, URL-encoded (XFCC's `Cert`).
-    pub pem_url_encoded: String,
-    /// The whole chain the peer sent, PEM, URL-encoded (XFCC's `Chain`).
-    pub chain_url_encoded: String,
+    /// Its PEM, URL-encoded (XFCC's `Cert`): kept only when the connection's config
+    /// sends it (a few KB per connection otherwise held for nothing).
+    pub pem_url_encoded: Option<String>,
+    /// The whole chain the peer sent, PEM, URL-encoded (XFCC's `Chain`): kept only when
+    /// the config sends it.
+    pub chain_url_encoded: Option<String>,
+}
+
+/// Which of the peer certificate's encodings a connection's config uses.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PeerEncodings {
+    /// XFCC's `Cert`.
+    pub pem: bool,
+    /// XFCC's `Chain`.
+    pub chain: bool,
 }
 
 /// What a downstream connection's handshake settled.
@@ -117,17 +128,21 @@ pub struct TlsConnectionInfo {
 
 impl TlsConnectionInfo {
     /// Reads a completed handshake.
-    pub fn of(session: &TlsSession, local_uri_sans: &[String]) -> TlsConnectionInfo {
+    pub fn of(
+        session: &TlsSession,
+        local_uri_sans: &[String],
+        keep: PeerEncodings,
+    ) -> TlsConnectionInfo {
         let conn = session.connection();
         let peer = conn.peer_certificates().and_then(|chain| {
             let leaf = chain.first()?;
             Some(PeerCertificate {
                 names: CertificateNames::of(leaf),
                 sha256: hex(&Sha256::digest(leaf.as_ref())),
-                pem_url_encoded: url_encode(&pem(leaf.as_ref())),
-                chain_url_encoded: url_encode(
-                    &chain.iter().map(|c| pem(c.as_ref())).collect::<String>(),
-                ),
+                pem_url_encoded: keep.pem.then(|| url_encode(&pem(leaf.as_ref()))),
+                chain_url_encoded: keep.chain.then(|| {
+                    url_encode(&chain.iter().map(|c| pem(c.as_ref())).collect::<String>())
+                }),
             })
         });
         TlsConnectionInfo {

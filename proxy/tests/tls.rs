@@ -1314,3 +1314,84 @@ fn certs_and_the_expiry_gauge_report_as_in_envoy() {
         assert_eq!(from_envoy, from_courier);
     }
 }
+
+/// One request over TLS with `config` (its session store shared between calls): whether
+/// the handshake resumed a session, and the status.
+fn resumed_get(addr: SocketAddr, config: &std::sync::Arc<rustls::ClientConfig>) -> (bool, u16) {
+    let name = rustls::pki_types::ServerName::try_from("api.example.com").expect("name");
+    let conn = rustls::ClientConnection::new(config.clone(), name).expect("client");
+    let tcp = std::net::TcpStream::connect(addr).expect("connect");
+    tcp.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .expect("timeout");
+    let mut s = rustls::StreamOwned::new(conn, tcp);
+    let status = get_over(&mut s, "api.example.com", "/").map_or(0, |r| r.0);
+    let resumed = s.conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+    (resumed, status)
+}
+
+#[test]
+fn session_ticket_keys_let_proxies_resume_each_other_s_sessions_as_in_envoy() {
+    let pki = pki();
+    let d = pki._dir.path();
+    let up = Upstream::start("up");
+    let key_a = d.join("ticket-a.key");
+    let key_b = d.join("ticket-b.key");
+    std::fs::write(&key_a, (0..80u8).collect::<Vec<_>>()).expect("key");
+    std::fs::write(&key_b, (100..180u8).collect::<Vec<_>>()).expect("key");
+    let boot_with = |key: &Path| {
+        let extra = format!(
+            "          session_ticket_keys: {{ keys: [{{ filename: \"{}\" }}] }}\n",
+            p(key)
+        );
+        let socket = downstream_tls(&pki, &extra);
+        bootstrap(&all_to("up"), "", &cluster("up", &[up.addr], "")).replacen(
+            "    filter_chains:\n    - filters:\n",
+            &format!("    filter_chains:\n    -{}      filters:\n", &socket[5..]),
+            1,
+        )
+    };
+    let (same, other) = (boot_with(&key_a), boot_with(&key_b));
+    let client = || {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in certs(&pki.ca.cert) {
+            roots.add(c).expect("root");
+        }
+        std::sync::Arc::new(
+            rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+                rustls::crypto::aws_lc_rs::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+        )
+    };
+    // A session from one proxy, offered to a second with the same key and to a third
+    // with another key.
+    let run = |start: &dyn Fn(&str) -> Option<Courier>| -> Option<Vec<(bool, u16)>> {
+        let (a, b, c) = (start(&same)?, start(&same)?, start(&other)?);
+        let config = client();
+        let first = resumed_get(a.listener, &config);
+        let on_same_key = resumed_get(b.listener, &config);
+        let on_other_key = resumed_get(c.listener, &config);
+        Some(vec![first, on_same_key, on_other_key])
+    };
+    let from_courier = run(&|b| Some(Courier::start(b))).expect("courier runs");
+    let from_envoy = run(&|b| Courier::start_envoy(b));
+    eprintln!("envoy {from_envoy:?}\ncourier {from_courier:?}");
+    assert_eq!(from_courier, vec![(false, 200), (true, 200), (false, 200)]);
+    if let Some(envoy) = from_envoy {
+        assert_eq!(envoy, from_courier);
+    }
+    // A key of another length is refused, by both.
+    std::fs::write(&key_b, [7u8; 48]).expect("key");
+    let (code, stderr) = validate(&boot_with(&key_b));
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("session_ticket_keys.keys[0]") && stderr.contains("Length 48"),
+        "{stderr}"
+    );
+    if let Some(ok) = envoy_validates(&boot_with(&key_b)) {
+        assert!(!ok, "Envoy accepts a 48-byte ticket key");
+    }
+}

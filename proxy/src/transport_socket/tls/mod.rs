@@ -14,6 +14,7 @@ pub mod params;
 pub mod sds;
 pub mod server_context;
 pub mod session;
+pub mod session_tickets;
 pub mod stats;
 pub mod validation;
 

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use courier_proto::envoy::extensions::transport_sockets::tls::v3::{
     downstream_tls_context::{OcspStaplePolicy, SessionTicketKeysType},
-    DownstreamTlsContext,
+    secret, DownstreamTlsContext,
 };
 use rustls::server::{ClientHello, NoServerSessionStorage, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
@@ -17,6 +17,7 @@ use super::common;
 use super::inventory::{self, ContextCerts, HoldsCertificates};
 use super::params::Side;
 use super::sds::{self, Reload};
+use super::session_tickets;
 use super::validation::ClientVerifier;
 use crate::config::ConfigError;
 
@@ -153,6 +154,19 @@ impl ResolvesServerCert for CertChoice {
     }
 }
 
+/// The bytes of each session ticket key.
+fn key_bytes(
+    keys: &[courier_proto::envoy::config::core::v3::DataSource],
+    path: &str,
+) -> Result<Vec<Vec<u8>>, ConfigError> {
+    keys.iter()
+        .enumerate()
+        .map(|(i, k)| {
+            crate::http::route::data_source(k, &format!("{path}.keys[{i}]")).map(|b| b.to_vec())
+        })
+        .collect()
+}
+
 /// Compiles a `DownstreamTlsContext` at `path`.
 pub fn compile(ctx: &DownstreamTlsContext, path: &str) -> Result<Arc<ServerContext>, ConfigError> {
     let (built, secrets) = build(ctx, path)?;
@@ -180,31 +194,43 @@ fn build(
             "ocsp_staple_policy",
             ctx.ocsp_staple_policy != OcspStaplePolicy::LenientStapling as i32,
         ),
-        (
-            "session_ticket_keys",
-            matches!(
-                ctx.session_ticket_keys_type,
-                Some(SessionTicketKeysType::SessionTicketKeys(_))
-            ),
-        ),
-        (
-            "session_ticket_keys_sds_secret_config",
-            matches!(
-                ctx.session_ticket_keys_type,
-                Some(SessionTicketKeysType::SessionTicketKeysSdsSecretConfig(_))
-            ),
-        ),
     ];
     if let Some((field, _)) = unsupported.iter().find(|(_, set)| *set) {
         return Err(ConfigError::unsupported(format!("{path}.{field}")));
     }
     let common_path = format!("{path}.common_tls_context");
     let default = Default::default();
-    let common = common::compile(
+    let mut common = common::compile(
         ctx.common_tls_context.as_ref().unwrap_or(&default),
         Side::Server,
         &common_path,
     )?;
+    let ticket_keys = match &ctx.session_ticket_keys_type {
+        Some(SessionTicketKeysType::SessionTicketKeys(k)) => {
+            let at = format!("{path}.session_ticket_keys");
+            Some(session_tickets::compile(&key_bytes(&k.keys, &at)?, &at)?)
+        }
+        Some(SessionTicketKeysType::SessionTicketKeysSdsSecretConfig(config)) => {
+            let at = format!("{path}.session_ticket_keys_sds_secret_config");
+            match sds::resolve(config, &at, &mut common.secrets)? {
+                None => {
+                    common.pending.push(config.name.clone());
+                    None
+                }
+                Some(secret::Type::SessionTicketKeys(k)) => {
+                    let at = format!("{at} (secret '{}')", config.name);
+                    Some(session_tickets::compile(&key_bytes(&k.keys, &at)?, &at)?)
+                }
+                Some(_) => {
+                    return Err(ConfigError::new(
+                        format!("{at}.name"),
+                        format!("secret '{}' is not session ticket keys", config.name),
+                    ))
+                }
+            }
+        }
+        _ => None,
+    };
     if !common.ready() {
         let built = Built {
             config: None,
@@ -260,7 +286,9 @@ fn build(
             true
         ))
     );
-    if !stateless_off {
+    if let Some(keyed) = ticket_keys {
+        config.ticketer = keyed;
+    } else if !stateless_off {
         config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()
             .map_err(|e| ConfigError::new(path, format!("session tickets: {e}")))?;
     }

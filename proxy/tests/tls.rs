@@ -1395,3 +1395,146 @@ fn session_ticket_keys_let_proxies_resume_each_other_s_sessions_as_in_envoy() {
         assert!(!ok, "Envoy accepts a 48-byte ticket key");
     }
 }
+
+/// Runs `cmd` with `args`; its stdout and whether it succeeded (`None` when the tool is
+/// not installed).
+fn tool(cmd: &str, args: &[&str], stdin: &str) -> Option<(bool, String)> {
+    use std::io::Write;
+    let mut child = std::process::Command::new(cmd)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .ok()?;
+    if let Some(mut input) = child.stdin.take() {
+        let _ = input.write_all(stdin.as_bytes());
+    }
+    let out = child.wait_with_output().ok()?;
+    Some((
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    ))
+}
+
+/// Clients other than rustls against the same TLS listener: curl (OpenSSL, HTTP/2 over
+/// ALPN), `openssl s_client` (mTLS, TLS 1.2 and 1.3) and Python's `ssl`.
+#[test]
+fn openssl_curl_and_python_clients_interoperate() {
+    let pki = pki();
+    let up = Upstream::start("up");
+    let mtls = format!(
+        "          require_client_certificate: true\n          common_tls_context:\n            validation_context: {{ trusted_ca: {{ filename: \"{}\" }} }}\n",
+        p(&pki.ca.cert)
+    );
+    let socket = downstream_tls(&pki, "").replacen("          common_tls_context:\n", &mtls, 1);
+    let boot = bootstrap(&all_to("up"), "", &cluster("up", &[up.addr], "")).replacen(
+        "    filter_chains:\n    - filters:\n",
+        &format!("    filter_chains:\n    -{}      filters:\n", &socket[5..]),
+        1,
+    );
+    let proxy = Courier::start(&boot);
+    let port = proxy.listener.port().to_string();
+    // The paths that must reach the upstream, for each client that ran.
+    let mut expected: Vec<&str> = Vec::new();
+    let (ca, cert, key) = (
+        p(&pki.ca.cert),
+        p(&pki.client_good.cert),
+        p(&pki.client_good.key),
+    );
+    let resolve = format!("api.example.com:{port}:127.0.0.1");
+    let url = format!("https://api.example.com:{port}/curl");
+    let curl = tool(
+        "curl",
+        &[
+            "-sS",
+            "--http2",
+            "--cacert",
+            &ca,
+            "--cert",
+            &cert,
+            "--key",
+            &key,
+            "--resolve",
+            &resolve,
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{http_version}",
+            &url,
+        ],
+        "",
+    );
+    if let Some((ok, out)) = curl {
+        assert!(ok, "curl failed: {out}");
+        assert_eq!(out, "200 2", "HTTP/2 over ALPN with a client certificate");
+        expected.push("/curl");
+    }
+    let connect = format!("127.0.0.1:{port}");
+    for version in ["-tls1_2", "-tls1_3"] {
+        let s_client = tool(
+            "openssl",
+            &[
+                "s_client",
+                "-connect",
+                &connect,
+                "-servername",
+                "api.example.com",
+                "-CAfile",
+                &ca,
+                "-cert",
+                &cert,
+                "-key",
+                &key,
+                "-alpn",
+                "http/1.1",
+                version,
+                "-quiet",
+            ],
+            "GET /openssl HTTP/1.1\r\nhost: api.example.com\r\nconnection: close\r\n\r\n",
+        );
+        if let Some((_, out)) = s_client {
+            assert!(out.starts_with("HTTP/1.1 200"), "{version}: {out}");
+            expected.push("/openssl");
+        }
+        // Without a client certificate the handshake is refused.
+        let refused = tool(
+            "openssl",
+            &[
+                "s_client",
+                "-connect",
+                &connect,
+                "-servername",
+                "api.example.com",
+                "-CAfile",
+                &ca,
+                version,
+                "-quiet",
+            ],
+            "GET / HTTP/1.1\r\nhost: api.example.com\r\n\r\n",
+        );
+        if let Some((_, out)) = refused {
+            assert!(
+                !out.contains("HTTP/1.1"),
+                "{version} without a certificate: {out}"
+            );
+        }
+    }
+    let script = format!(
+        "import socket, ssl\nctx = ssl.create_default_context(cafile='{ca}')\nctx.load_cert_chain('{cert}', '{key}')\ns = ctx.wrap_socket(socket.create_connection(('127.0.0.1', {port})), server_hostname='api.example.com')\ns.sendall(b'GET /python HTTP/1.1\\r\\nhost: api.example.com\\r\\nconnection: close\\r\\n\\r\\n')\nprint(s.recv(12).decode(), s.version())\n"
+    );
+    if let Some((ok, out)) = tool("python3", &["-c", &script], "") {
+        assert!(ok, "python failed: {out}");
+        assert_eq!(out.trim(), "HTTP/1.1 200 TLSv1.3");
+        expected.push("/python");
+    }
+    let seen: Vec<String> = up
+        .seen
+        .lock()
+        .map(|s| s.iter().map(|r| r.path.clone()).collect())
+        .unwrap_or_default();
+    assert_eq!(
+        seen, expected,
+        "every client's request, and only those, went through"
+    );
+}

@@ -1034,15 +1034,15 @@ fn auto_config_lets_alpn_pick_http2_or_http1_per_upstream_as_in_envoy() {
             .map(|o| o.first().map(|f| f.alpn.clone()).unwrap_or_default())
             .unwrap_or_default();
         backend.offered.lock().map(|mut o| o.clear()).ok();
-        let stats = [
-            "cluster.auto_h2.upstream_cx_http2_total",
-            "cluster.auto_h2.upstream_cx_total",
-            "http.edge.downstream_cx_total",
-            "cluster.auto_h1.upstream_cx_http1_total",
-        ]
-        .iter()
-        .map(|s| proxy.stat(s))
-        .collect();
+        let stats = stats_of(
+            proxy,
+            &[
+                "cluster.auto_h2.upstream_cx_http2_total",
+                "cluster.auto_h2.upstream_cx_total",
+                "http.edge.downstream_cx_total",
+                "cluster.auto_h1.upstream_cx_http1_total",
+            ],
+        );
         (responses, offered, stats)
     };
     let from_envoy = Courier::start_envoy(&boot).map(|envoy| run(&envoy));
@@ -1117,14 +1117,14 @@ fn transport_socket_matches_pick_tls_per_endpoint_metadata_as_in_envoy() {
             })
             .collect();
         bodies.sort();
-        let stats = [
-            "cluster.mixed.mtls.total_match_count",
-            "cluster.mixed.ssl.handshake",
-            "cluster.mixed.default.total_match_count",
-        ]
-        .iter()
-        .map(|s| proxy.stat(s))
-        .collect();
+        let stats = stats_of(
+            proxy,
+            &[
+                "cluster.mixed.mtls.total_match_count",
+                "cluster.mixed.ssl.handshake",
+                "cluster.mixed.default.total_match_count",
+            ],
+        );
         (bodies, stats)
     };
     let from_envoy = Courier::start_envoy(&boot).map(|envoy| run(&envoy));
@@ -1209,13 +1209,13 @@ fn auto_sni_names_each_request_s_server_and_checks_its_certificate_as_in_envoy()
             .unwrap_or_default();
         offered.sort();
         multi.offered.lock().map(|mut o| o.clear()).ok();
-        let stats = [
-            "cluster.auto.ssl.fail_verify_san",
-            "cluster.auto.ssl.handshake",
-        ]
-        .iter()
-        .map(|s| proxy.stat(s))
-        .collect();
+        let stats = stats_of(
+            proxy,
+            &[
+                "cluster.auto.ssl.fail_verify_san",
+                "cluster.auto.ssl.handshake",
+            ],
+        );
         (responses, offered, stats)
     };
     let from_envoy = Courier::start_envoy(&boot).map(|envoy| run(&envoy));
@@ -1537,4 +1537,9 @@ fn openssl_curl_and_python_clients_interoperate() {
         seen, expected,
         "every client's request, and only those, went through"
     );
+}
+
+/// The values of `names` on `proxy`.
+fn stats_of(proxy: &Courier, names: &[&str]) -> Vec<u64> {
+    names.iter().map(|s| proxy.stat(s)).collect()
 }

@@ -146,11 +146,10 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
     tokio::task::spawn_blocking(f).await.expect("blocking task")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sds_over_ads_warms_rotates_and_rejects_like_envoy() {
-    let pki = Arc::new(pki());
+/// courier-cp serving, and the proxy up with, an echo upstream `a` behind the TLS listener
+/// `l1` on `port` whose certificate is the secret `edge-cert` (`pki.one`).
+async fn edge(pki: &Pki, port: u16) -> (Fx, Upstream) {
     let up = Upstream::tcp_echo("a").await;
-    let port = free_port();
     let cp = Cp::start().await;
     let fx = Fx::with(
         cp,
@@ -162,6 +161,14 @@ async fn sds_over_ads_warms_rotates_and_rejects_like_envoy() {
         ],
     )
     .await;
+    (fx, up)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sds_over_ads_warms_rotates_and_rejects_like_envoy() {
+    let pki = Arc::new(pki());
+    let port = free_port();
+    let (fx, _up) = edge(&pki, port).await;
     // The listener came up with the secret's certificate.
     let p = pki.clone();
     let (leaf, greeting, mut kept) = blocking(move || tls_hello(port, &p.ca))
@@ -235,19 +242,8 @@ fn validation_secret(name: &str, ca: &str) -> Arc<Resource> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_warms_on_its_sds_validation_context_like_envoy() {
     let pki = Arc::new(pki());
-    let up = Upstream::tcp_echo("a").await;
     let (tls_port, plain_port) = (free_port(), free_port());
-    let cp = Cp::start().await;
-    let fx = Fx::with(
-        cp,
-        |cp_port| Bootstrap::ads(NODE, cp_port),
-        vec![
-            static_cluster("c1", &[up.port], ""),
-            tls_listener("l1", tls_port, "c1", "edge-cert"),
-            secret("edge-cert", &pki.one),
-        ],
-    )
-    .await;
+    let (fx, _up) = edge(&pki, tls_port).await;
     let tls_cluster = static_cluster(
         "c2",
         &[tls_port],

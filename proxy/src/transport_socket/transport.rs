@@ -156,6 +156,7 @@ impl Transport {
     }
 
     /// Reads into `buf` (non-blocking, waker registered when nothing is there).
+    #[inline]
     pub fn poll_recv(
         &mut self,
         cx: &mut Context<'_>,
@@ -168,6 +169,7 @@ impl Transport {
     }
 
     /// Writes `bufs` (non-blocking, waker registered when the socket is full).
+    #[inline]
     pub fn poll_send_vectored(
         &mut self,
         cx: &mut Context<'_>,
@@ -180,6 +182,7 @@ impl Transport {
     }
 
     /// Writes out whatever the transport still holds (nothing, for a raw socket).
+    #[inline]
     pub fn poll_flush_transport(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self {
             Transport::Raw(_) => Poll::Ready(Ok(())),
@@ -189,6 +192,7 @@ impl Transport {
 
     /// Whether input may have arrived since the last read found none; false means
     /// certainly none.
+    #[inline]
     pub fn may_have_input(&self) -> bool {
         match self {
             Transport::Raw(t) => t.may_have_input(),
@@ -197,6 +201,7 @@ impl Transport {
     }
 
     /// Ready when input may have arrived; otherwise the waker is registered.
+    #[inline]
     pub fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         match self {
             Transport::Raw(t) => t.poll_read_ready(cx),

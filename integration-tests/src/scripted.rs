@@ -1,6 +1,7 @@
-//! A scripted SotW ADS server: the test sends exactly the `DiscoveryResponse`s it wants
+//! A scripted ADS server: the test sends exactly the `DiscoveryResponse`s it wants
 //! (wrong type URLs, undecodable bytes, duplicate names — what courier-cp refuses to build)
-//! and reads every `DiscoveryRequest` the proxy sends.
+//! and reads every `DiscoveryRequest` the proxy sends; on delta streams it reads the
+//! `DeltaDiscoveryRequest`s and answers as the test says.
 
 use std::time::Duration;
 
@@ -16,10 +17,33 @@ use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::{Request, Response, Status, Streaming};
 
 type Tx = mpsc::Sender<Result<DiscoveryResponse, Status>>;
+type DeltaTx = mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>;
 
 struct Service {
     // The newest stream's sender, handed to the test.
     streams: mpsc::UnboundedSender<(Tx, mpsc::UnboundedReceiver<DiscoveryRequest>)>,
+    delta_streams: mpsc::UnboundedSender<(DeltaTx, mpsc::UnboundedReceiver<DeltaDiscoveryRequest>)>,
+}
+
+/// Forwards a stream's requests to the test; the sender of its responses.
+fn relay<Req: Send + 'static, Resp>(
+    request: Request<Streaming<Req>>,
+) -> (
+    mpsc::Sender<Result<Resp, Status>>,
+    mpsc::Receiver<Result<Resp, Status>>,
+    mpsc::UnboundedReceiver<Req>,
+) {
+    let (tx, rx) = mpsc::channel(16);
+    let (req_tx, req_rx) = mpsc::unbounded_channel();
+    let mut incoming = request.into_inner();
+    tokio::spawn(async move {
+        while let Some(Ok(req)) = incoming.next().await {
+            if req_tx.send(req).is_err() {
+                return;
+            }
+        }
+    });
+    (tx, rx, req_rx)
 }
 
 #[tonic::async_trait]
@@ -31,25 +55,18 @@ impl AggregatedDiscoveryService for Service {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        let (tx, rx) = mpsc::channel(16);
-        let (req_tx, req_rx) = mpsc::unbounded_channel();
-        let mut incoming = request.into_inner();
-        tokio::spawn(async move {
-            while let Some(Ok(req)) = incoming.next().await {
-                if req_tx.send(req).is_err() {
-                    return;
-                }
-            }
-        });
+        let (tx, rx, req_rx) = relay(request);
         let _ = self.streams.send((tx, req_rx));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
     async fn delta_aggregated_resources(
         &self,
-        _request: Request<Streaming<DeltaDiscoveryRequest>>,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        Err(Status::unimplemented("scripted server speaks SotW only"))
+        let (tx, rx, req_rx) = relay(request);
+        let _ = self.delta_streams.send((tx, req_rx));
+        Ok(Response::new(ReceiverStream::new(rx)))
     }
 }
 
@@ -58,7 +75,47 @@ pub struct ScriptedAds {
     /// Its port.
     pub port: u16,
     streams: Mutex<mpsc::UnboundedReceiver<(Tx, mpsc::UnboundedReceiver<DiscoveryRequest>)>>,
+    delta_streams:
+        Mutex<mpsc::UnboundedReceiver<(DeltaTx, mpsc::UnboundedReceiver<DeltaDiscoveryRequest>)>>,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// One delta ADS stream as the server sees it.
+pub struct ScriptedDeltaStream {
+    tx: DeltaTx,
+    rx: mpsc::UnboundedReceiver<DeltaDiscoveryRequest>,
+    nonce: u64,
+}
+
+impl ScriptedDeltaStream {
+    /// The next request of `type_url` (requests of other types are dropped).
+    pub async fn recv(&mut self, type_url: &str) -> DeltaDiscoveryRequest {
+        loop {
+            let r = tokio::time::timeout(crate::FACT_TIMEOUT, self.rx.recv())
+                .await
+                .unwrap_or_else(|_| panic!("no delta {type_url} request in time"))
+                .expect("stream closed");
+            if r.type_url == type_url {
+                return r;
+            }
+        }
+    }
+
+    /// Sends a response with no resources; returns its nonce.
+    pub async fn send_empty(&mut self, type_url: &str, version: &str) -> String {
+        self.nonce += 1;
+        let nonce = format!("d{}", self.nonce);
+        self.tx
+            .send(Ok(DeltaDiscoveryResponse {
+                system_version_info: version.to_string(),
+                type_url: type_url.to_string(),
+                nonce: nonce.clone(),
+                ..Default::default()
+            }))
+            .await
+            .expect("stream closed");
+        nonce
+    }
 }
 
 impl Drop for ScriptedAds {
@@ -84,7 +141,11 @@ impl ScriptedAds {
             .expect("bind");
         let port = listener.local_addr().expect("addr").port();
         let (tx, rx) = mpsc::unbounded_channel();
-        let svc = Service { streams: tx };
+        let (delta_tx, delta_rx) = mpsc::unbounded_channel();
+        let svc = Service {
+            streams: tx,
+            delta_streams: delta_tx,
+        };
         let task = tokio::spawn(async move {
             let _ = tonic::transport::Server::builder()
                 .add_service(AggregatedDiscoveryServiceServer::new(svc))
@@ -94,8 +155,19 @@ impl ScriptedAds {
         ScriptedAds {
             port,
             streams: Mutex::new(rx),
+            delta_streams: Mutex::new(delta_rx),
             task,
         }
+    }
+
+    /// Waits for the proxy's next delta stream.
+    pub async fn next_delta_stream(&self) -> ScriptedDeltaStream {
+        let (tx, rx) =
+            tokio::time::timeout(crate::FACT_TIMEOUT, self.delta_streams.lock().await.recv())
+                .await
+                .expect("no delta ADS stream opened in time")
+                .expect("server gone");
+        ScriptedDeltaStream { tx, rx, nonce: 0 }
     }
 
     /// Waits for the proxy's next stream.

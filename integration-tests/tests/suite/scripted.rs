@@ -268,3 +268,27 @@ async fn reconnect_resends_last_version_and_node() {
     assert!(lds.response_nonce.is_empty());
     assert!(proxy.active_clusters().await.contains_key("c1"));
 }
+
+/// Delta's first CDS and LDS requests subscribe with an empty list (the legacy wildcard,
+/// XDS.md rule 11), as Envoy 1.40 does: a server that predates the explicit `"*"` reads
+/// that as a resource name and would send nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delta_subscribes_to_the_wildcard_with_an_empty_first_request() {
+    let ads = ScriptedAds::start().await;
+    let _proxy = Proxy::start(&Bootstrap::delta_ads(NODE, ads.port).yaml()).await;
+    let mut s = ads.next_delta_stream().await;
+    let cds = s.recv(CDS).await;
+    assert!(
+        cds.resource_names_subscribe.is_empty(),
+        "first CDS request: {:?}",
+        cds.resource_names_subscribe
+    );
+    // No clusters: initialisation goes on to LDS.
+    s.send_empty(CDS, "1").await;
+    let lds = s.recv(LDS).await;
+    assert!(
+        lds.resource_names_subscribe.is_empty(),
+        "first LDS request: {:?}",
+        lds.resource_names_subscribe
+    );
+}

@@ -303,7 +303,9 @@ impl Mux {
                 let mut subscribe = Vec::new();
                 let mut unsubscribe = Vec::new();
                 if t.wildcard && !t.sent_wildcard {
-                    subscribe.push("*".to_string());
+                    // The legacy wildcard: the type's first request names nothing, as
+                    // Envoy's does (XDS.md rule 11; an explicit "*" is only for a
+                    // wildcard mixed with names, which Courier never asks for).
                     t.sent_wildcard = true;
                 }
                 if !t.wildcard {
@@ -370,8 +372,9 @@ impl Mux {
         let (Some(t), Some(Sender::Delta(tx))) = (types.get_mut(&kind), sender.as_ref()) else {
             return;
         };
+        // A wildcard subscription is the legacy one: nothing named (XDS.md rule 11).
         let subscribe: Vec<String> = if t.wildcard {
-            vec!["*".to_string()]
+            Vec::new()
         } else {
             t.names.iter().cloned().collect()
         };

@@ -25,14 +25,16 @@ struct Service {
     delta_streams: mpsc::UnboundedSender<(DeltaTx, mpsc::UnboundedReceiver<DeltaDiscoveryRequest>)>,
 }
 
-/// Forwards a stream's requests to the test; the sender of its responses.
-fn relay<Req: Send + 'static, Resp>(
-    request: Request<Streaming<Req>>,
-) -> (
+/// A relayed stream: the sender of its responses and their receiving end (the stream
+/// returned to the proxy), and the requests read off it.
+type Relayed<Req, Resp> = (
     mpsc::Sender<Result<Resp, Status>>,
     mpsc::Receiver<Result<Resp, Status>>,
     mpsc::UnboundedReceiver<Req>,
-) {
+);
+
+/// Forwards a stream's requests to the test.
+fn relay<Req: Send + 'static, Resp>(request: Request<Streaming<Req>>) -> Relayed<Req, Resp> {
     let (tx, rx) = mpsc::channel(16);
     let (req_tx, req_rx) = mpsc::unbounded_channel();
     let mut incoming = request.into_inner();

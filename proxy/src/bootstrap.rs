@@ -69,6 +69,15 @@ pub fn load(options: &Options) -> Result<Bootstrap, BootstrapError> {
             crate::VERSION.into(),
         ),
     );
+    // Envoy names a static listener that has none (a random UUID).
+    if let Some(sr) = bootstrap.static_resources.as_mut() {
+        for l in sr.listeners.iter_mut().filter(|l| l.name.is_empty()) {
+            l.name = crate::http::conn_manager::headers::uuid4_value()
+                .to_str()
+                .unwrap_or_default()
+                .to_string();
+        }
+    }
     check_supported(&bootstrap)?;
     Ok(bootstrap)
 }

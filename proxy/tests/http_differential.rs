@@ -932,3 +932,29 @@ fn trailing_host_dot_matches_envoy() {
     );
     assert_envoy_agrees(&boot, "trailing host dot", observe_all, &got);
 }
+
+/// A static listener without a name is given one (Envoy: a random UUID) and serves.
+#[test]
+fn an_unnamed_static_listener_gets_a_name_and_serves_as_in_envoy() {
+    let up = Upstream::start("up");
+    let boot = bootstrap(&all_to("up"), "", &cluster("up", &[up.addr], "")).replacen(
+        "  - name: http\n    address:",
+        "  - address:",
+        1,
+    );
+    assert!(!boot.contains("name: http"), "the listener has no name");
+    let run = |proxy: &Courier| -> (u16, usize) {
+        let status = get(proxy.listener, "example.com", "/", &[]).status;
+        let names = admin_get(proxy.admin, "/listeners?format=json").unwrap_or_default();
+        let v: serde_json::Value = serde_json::from_str(&names).unwrap_or_default();
+        let name_len = v["listener_statuses"][0]["name"]
+            .as_str()
+            .map_or(0, str::len);
+        (status, name_len)
+    };
+    let from_courier = run(&Courier::start(&boot));
+    assert_eq!(from_courier, (200, 36), "served, named by a UUID");
+    if let Some(envoy) = Courier::start_envoy(&boot) {
+        assert_eq!(run(&envoy), from_courier);
+    }
+}

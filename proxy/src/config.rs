@@ -69,7 +69,28 @@ pub fn socket_address(addr: Option<&core::Address>, path: &str) -> Result<Socket
             format!("malformed IP address: {}", sa.0),
         )
     })?;
+    let compat_ok = match ip {
+        IpAddr::V6(v6) => v6.is_unspecified() || v6.to_ipv4_mapped().is_some(),
+        IpAddr::V4(_) => false,
+    };
+    if ipv4_compat(addr) && !compat_ok {
+        return Err(ConfigError::new(
+            format!("{path}.socket_address.ipv4_compat"),
+            format!(
+                "Only IPv6 address '::' or valid IPv4-mapped IPv6 address can set ipv4_compat: {}",
+                SocketAddr::new(ip, sa.1)
+            ),
+        ));
+    }
     Ok(SocketAddr::new(ip, sa.1))
+}
+
+/// `socket_address.ipv4_compat`: an IPv6 listener that takes IPv4 connections too.
+pub fn ipv4_compat(addr: Option<&core::Address>) -> bool {
+    matches!(
+        addr.and_then(|a| a.address.as_ref()),
+        Some(core::address::Address::SocketAddress(sa)) if sa.ipv4_compat
+    )
 }
 
 /// Host and port of an `Address` (for DNS clusters the host may be a name).

@@ -958,3 +958,35 @@ fn an_unnamed_static_listener_gets_a_name_and_serves_as_in_envoy() {
         assert_eq!(run(&envoy), from_courier);
     }
 }
+
+/// `ipv4_compat`: an IPv6 wildcard listener with it takes IPv4 connections; on an IPv4
+/// address it is refused with Envoy's reason.
+#[test]
+fn ipv4_compat_takes_ipv4_on_an_ipv6_wildcard_and_is_refused_elsewhere_as_in_envoy() {
+    let up = Upstream::start("up");
+    let base = bootstrap(&all_to("up"), "", &cluster("up", &[up.addr], ""));
+    // The harness waits for 127.0.0.1:LISTENER_PORT: the listener must take IPv4.
+    let compat = base.replacen(
+        "socket_address: { address: 127.0.0.1, port_value: LISTENER_PORT }",
+        "socket_address: { address: \"::\", port_value: LISTENER_PORT, ipv4_compat: true }",
+        1,
+    );
+    assert!(compat.contains("ipv4_compat"), "the listener was rewritten");
+    let run = |proxy: &Courier| get(proxy.listener, "example.com", "/", &[]).status;
+    let from_courier = run(&Courier::start(&compat));
+    assert_eq!(from_courier, 200, "IPv4 through the IPv6 listener");
+    let refused = base.replacen(
+        "port_value: LISTENER_PORT }",
+        "port_value: LISTENER_PORT, ipv4_compat: true }",
+        1,
+    );
+    let (code, stderr) = validate(&refused);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("ipv4_compat") && stderr.contains("Only IPv6 address '::'"),
+        "{stderr}"
+    );
+    if let Some(envoy) = Courier::start_envoy(&compat) {
+        assert_eq!(run(&envoy), from_courier);
+    }
+}

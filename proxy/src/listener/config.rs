@@ -83,6 +83,8 @@ pub struct ListenerConfig {
     pub reuse_port: bool,
     /// `tcp_backlog_size`.
     pub backlog: u32,
+    /// `socket_address.ipv4_compat`: an IPv6 socket that takes IPv4 connections too.
+    pub ipv4_compat: bool,
     /// `per_connection_buffer_limit_bytes` (default 1 MiB).
     pub buffer_limit: usize,
     /// `drain_type`: MODIFY_ONLY listeners are not drained by `/drain_listeners`.
@@ -317,6 +319,7 @@ pub fn compile_listener(
         address,
         reuse_port: proto.enable_reuse_port.as_ref().is_none_or(|v| v.value),
         backlog: proto.tcp_backlog_size.as_ref().map_or(1024, |v| v.value),
+        ipv4_compat: config::ipv4_compat(proto.address.as_ref()),
         buffer_limit: proto
             .per_connection_buffer_limit_bytes
             .as_ref()

@@ -179,7 +179,9 @@ impl ListenerManager {
             .warming
             .get(&proto.name)
             .or_else(|| self.active.get(&proto.name))
-            .filter(|e| e.config.address == config.address);
+            .filter(|e| {
+                e.config.address == config.address && e.config.ipv4_compat == config.ipv4_compat
+            });
         let (bound, sockets) = match same_address {
             Some(e) => (
                 e.bound,
@@ -194,6 +196,7 @@ impl ListenerManager {
                 config.address,
                 config.reuse_port,
                 config.backlog,
+                config.ipv4_compat,
                 self.tls.concurrency(),
             ) {
                 Ok(b) => b,

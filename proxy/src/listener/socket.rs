@@ -12,6 +12,7 @@ pub fn bind_listener_sockets(
     address: SocketAddr,
     reuse_port: bool,
     backlog: u32,
+    ipv4_compat: bool,
     workers: usize,
 ) -> io::Result<(SocketAddr, Vec<TcpListener>)> {
     let count = if reuse_port { workers.max(1) } else { 1 };
@@ -28,7 +29,8 @@ pub fn bind_listener_sockets(
             socket.set_reuse_port(true)?;
         }
         if bound.is_ipv6() {
-            socket.set_only_v6(true)?;
+            // IPv6 only unless `ipv4_compat`, as Envoy sets it.
+            socket.set_only_v6(!ipv4_compat)?;
         }
         socket.set_nonblocking(true)?;
         socket.bind(&bound.into())?;

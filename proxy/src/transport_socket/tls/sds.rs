@@ -404,6 +404,7 @@ fn poll_once() {
                     file: file.clone(),
                     name: name.clone(),
                     text,
+                    unreadable: false,
                     rejected: None,
                 });
             }
@@ -414,6 +415,7 @@ fn poll_once() {
         if let Err(e) = from_text(&u.text, &u.file.display().to_string(), &u.name) {
             tracing::warn!(secret = %u.name, error = %e, "secret file update failed; the last good secret stays");
             count(&u.name, "update_failure");
+            u.unreadable = true;
             u.rejected = Some(e);
         }
     }
@@ -436,7 +438,7 @@ fn poll_once() {
             }
         }
     }
-    for u in &updates {
+    for u in updates.iter().filter(|u| !u.unreadable) {
         match &u.rejected {
             None => {
                 tracing::info!(secret = %u.name, file = %u.file.display(), "secret updated from its file");
@@ -457,6 +459,8 @@ struct Update {
     file: PathBuf,
     name: String,
     text: String,
+    /// The file holds no secret it can be read as (counted as `update_failure`).
+    unreadable: bool,
     /// Why the update was refused, if it was.
     rejected: Option<String>,
 }

@@ -216,3 +216,19 @@ fn init_only_binds_and_exits_0() {
     let f = run_with_config("init_only", &good_yaml(0));
     assert_eq!(f.code(), 0, "{f:?}");
 }
+
+/// A CDS or LDS file that does not exist fails start-up (Envoy: "paths must refer to an
+/// existing path in the system"); `--mode validate` lets it pass, as Envoy's does.
+#[test]
+fn a_missing_lds_file_fails_start_up_as_in_envoy() {
+    let yaml = "node: { id: node1, cluster: c1 }\ndynamic_resources:\n  lds_config: { path_config_source: { path: /nonexistent/lds.yaml } }\n";
+    let f = run_with_config("serve", yaml);
+    assert_one_line_error(
+        &f,
+        &[
+            "dynamic_resources.lds_config",
+            "'/nonexistent/lds.yaml' does not exist",
+        ],
+    );
+    assert_eq!(run_with_config("validate", yaml).code(), 0);
+}

@@ -415,6 +415,27 @@ fn source_for(
     }
 }
 
+/// A CDS or LDS file must exist when the server starts: Envoy's start-up error (`--mode
+/// validate` does not check, as Envoy's does not).
+fn check_source_files(bootstrap: &Bootstrap) -> anyhow::Result<()> {
+    let Some(dr) = &bootstrap.dynamic_resources else {
+        return Ok(());
+    };
+    for (field, source) in [
+        ("cds_config", &dr.cds_config),
+        ("lds_config", &dr.lds_config),
+    ] {
+        if let Some(path) = source.as_ref().and_then(path_of) {
+            if !std::path::Path::new(&path).exists() {
+                anyhow::bail!(
+                    "dynamic_resources.{field}: paths must refer to an existing path in the system: '{path}' does not exist"
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 fn path_of(source: &ConfigSource) -> Option<String> {
     #[allow(deprecated)]
     match &source.config_source_specifier {
@@ -428,6 +449,7 @@ fn path_of(source: &ConfigSource) -> Option<String> {
 /// (at once without `dynamic_resources`).
 pub async fn start(server: &Rc<Server>) -> anyhow::Result<()> {
     validate_bootstrap(&server.bootstrap).map_err(|e| anyhow::anyhow!("{e}"))?;
+    check_source_files(&server.bootstrap)?;
     initial_fetch::spawn(Rc::downgrade(server), on_initial_fetch_timeout);
     // Without dynamic_resources initialisation still waits for static listeners' RDS.
     let dr = server

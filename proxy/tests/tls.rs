@@ -1543,3 +1543,81 @@ fn openssl_curl_and_python_clients_interoperate() {
 fn stats_of(proxy: &Courier, names: &[&str]) -> Vec<u64> {
     names.iter().map(|s| proxy.stat(s)).collect()
 }
+
+#[test]
+fn auto_host_sni_and_sni_san_validation_follow_the_host_as_in_envoy() {
+    let pki = pki();
+    // Its certificate names api.example.com, *.example.com, other.org and mtls.test.
+    let multi = TlsUpstream::start("multi", &pki.server, None);
+    let ca = p(&pki.ca.cert);
+    let tls_cluster = |name: &str, hostname: &str, context: &str| {
+        format!(
+            r#"  - name: {name}
+    type: STATIC
+    connect_timeout: 1s
+    transport_socket:
+      name: envoy.transport_sockets.tls
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
+{context}        common_tls_context: {{ validation_context: {{ trusted_ca: {{ filename: "{ca}" }} }} }}
+    load_assignment:
+      cluster_name: {name}
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {} }} }}, hostname: "{hostname}" }}
+"#,
+            multi.addr.port()
+        )
+    };
+    let by_host = "        auto_host_sni: true\n        auto_sni_san_validation: true\n";
+    let clusters = [
+        tls_cluster("good", "svc.example.com", by_host),
+        tls_cluster("bad", "evil.test", by_host),
+        tls_cluster(
+            "fixed",
+            "ignored.test",
+            "        sni: nothere.test\n        auto_sni_san_validation: true\n",
+        ),
+    ]
+    .concat();
+    let routes = "            name: local\n            virtual_hosts:\n            - name: main\n              domains: [\"*\"]\n              routes:\n              - match: { prefix: \"/good\" }\n                route: { cluster: good }\n              - match: { prefix: \"/bad\" }\n                route: { cluster: bad }\n              - match: { prefix: \"/fixed\" }\n                route: { cluster: fixed }\n";
+    let boot = bootstrap(routes, "", &clusters);
+    let run = |proxy: &Courier| -> (Vec<(u16, String)>, Vec<u64>) {
+        let responses = ["/good", "/bad", "/fixed"]
+            .iter()
+            .map(|path| {
+                let r = get(proxy.listener, "example.com", path, &[]);
+                let body = if r.status == 200 {
+                    r.body_str()
+                } else {
+                    String::new()
+                };
+                (r.status, body)
+            })
+            .collect();
+        let stats = stats_of(
+            proxy,
+            &[
+                "cluster.good.ssl.handshake",
+                "cluster.bad.ssl.fail_verify_san",
+                "cluster.fixed.ssl.fail_verify_san",
+            ],
+        );
+        (responses, stats)
+    };
+    let from_envoy = Courier::start_envoy(&boot).map(|envoy| run(&envoy));
+    let from_courier = run(&Courier::start(&boot));
+    eprintln!("envoy {from_envoy:?}\ncourier {from_courier:?}");
+    assert_eq!(
+        from_courier.0,
+        vec![
+            (200, "multi sni=svc.example.com".to_string()),
+            (503, String::new()),
+            (503, String::new()),
+        ]
+    );
+    assert_eq!(from_courier.1, vec![1, 1, 1]);
+    if let Some(envoy) = from_envoy {
+        assert_eq!(envoy, from_courier);
+    }
+}

@@ -38,7 +38,12 @@ pub async fn connect(
         let Some(tls) = cluster.host_tls(host) else {
             return Ok(Transport::Raw(tcp));
         };
-        let session = tls.session(host.address.ip(), alpn, auto, worker)?;
+        // The request's name (`auto_sni`), else the host's (`auto_host_sni`).
+        let host_name = auto
+            .is_none()
+            .then(|| tls.context.host_name(host.hostname.as_deref()))
+            .flatten();
+        let session = tls.session(host.address.ip(), alpn, auto.or(host_name.as_ref()), worker)?;
         let mut io = TlsIo::new(tcp, session);
         io.handshake().await?;
         Ok(Transport::Tls(Box::new(io)))

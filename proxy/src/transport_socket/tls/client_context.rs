@@ -26,6 +26,12 @@ pub struct ClientContext {
     built: ArcSwap<Built>,
     /// `sni`: the name sent, if any.
     sni: Option<ServerName<'static>>,
+    /// `auto_host_sni`: a host's hostname (DNS name, or its endpoint's `hostname`) is
+    /// the name sent.
+    auto_host_sni: bool,
+    /// `auto_sni_san_validation`: the certificate must name what was sent, instead of
+    /// the SAN matchers.
+    sni_san_validation: bool,
     proto: UpstreamTlsContext,
     path: String,
     check_name: bool,
@@ -82,6 +88,16 @@ impl ClientContext {
     /// The server secrets it still waits for (its cluster warms on them).
     pub fn pending(&self) -> Vec<String> {
         self.built.load().pending.clone()
+    }
+
+    /// The name a connection to a host whose hostname is `hostname` is opened with under
+    /// `auto_host_sni` (`None` without it, or without a hostname).
+    pub fn host_name(&self, hostname: Option<&str>) -> Option<AutoName> {
+        let name = hostname.filter(|_| self.auto_host_sni)?;
+        Some(AutoName {
+            name: Arc::from(name),
+            san_validation: self.sni_san_validation,
+        })
     }
 
     /// The current config, or why there is none.
@@ -159,6 +175,7 @@ impl ClientContext {
                 .ok()
                 .map(|n| (n, a.san_validation))
         });
+        let auto_name = auto_name.map(|(n, check)| (n, check || self.sni_san_validation));
         let (name, config) = match auto_name {
             Some((name, true)) => {
                 let built = self.built.load();
@@ -168,12 +185,20 @@ impl ClientContext {
                 (name, config)
             }
             Some((name, false)) => (name, self.current()?),
-            None => (
-                self.sni
+            None => {
+                let name = self
+                    .sni
                     .clone()
-                    .unwrap_or(ServerName::IpAddress(peer.into())),
-                self.current()?,
-            ),
+                    .unwrap_or(ServerName::IpAddress(peer.into()));
+                let config = if self.sni_san_validation {
+                    self.built.load().san_from_name().ok_or_else(|| {
+                        rustls::Error::General("the context's secrets have not arrived".into())
+                    })?
+                } else {
+                    self.current()?
+                };
+                (name, config)
+            }
         };
         let alpn: &[&[u8]] = match fallback {
             _ if !config.alpn_protocols.is_empty() => &[],
@@ -232,6 +257,8 @@ fn compile_with(
     let context = Arc::new(ClientContext {
         built: ArcSwap::from_pointee(build.built),
         sni: build.sni,
+        auto_host_sni: ctx.auto_host_sni,
+        sni_san_validation: ctx.auto_sni_san_validation,
         proto: ctx.clone(),
         path: path.to_string(),
         check_name,
@@ -255,8 +282,6 @@ struct Build {
 fn build(ctx: &UpstreamTlsContext, path: &str, check_name: bool) -> Result<Build, ConfigError> {
     #[allow(deprecated)]
     let unsupported = [
-        ("auto_host_sni", ctx.auto_host_sni),
-        ("auto_sni_san_validation", ctx.auto_sni_san_validation),
         // rustls never renegotiates; a server asking to would fail the connection.
         ("allow_renegotiation", ctx.allow_renegotiation),
         (

@@ -288,10 +288,19 @@ impl TcpProxySession {
         self.attempts += 1;
         self.release_upstream();
         // The host's transport socket (a `transport_socket_matches` entry, else the
-        // cluster's); no request names the server here (`auto_sni` is HTTP's).
+        // cluster's); no request names the server here (`auto_sni` is HTTP's), the host
+        // may (`auto_host_sni`).
         let tls = cluster
             .host_tls(&host)
-            .map(|t| t.session(host.address.ip(), AlpnFallback::None, None, self.worker))
+            .map(|t| {
+                let name = t.context.host_name(host.hostname.as_deref());
+                t.session(
+                    host.address.ip(),
+                    AlpnFallback::None,
+                    name.as_ref(),
+                    self.worker,
+                )
+            })
             .transpose()?;
         let mut stream = TcpStream::connect(host.address)?;
         let _ = stream.set_nodelay(true);

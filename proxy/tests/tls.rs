@@ -1045,9 +1045,7 @@ fn auto_config_lets_alpn_pick_http2_or_http1_per_upstream_as_in_envoy() {
         );
         (responses, offered, stats)
     };
-    let from_envoy = Courier::start_envoy(&boot).map(|envoy| run(&envoy));
-    let from_courier = run(&Courier::start(&boot));
-    eprintln!("envoy {from_envoy:?}\ncourier {from_courier:?}");
+    let (from_envoy, from_courier) = on_both(&boot, run);
     let backend_body = "backend sni=backend.internal".to_string();
     assert_eq!(from_courier.0[2], (200, backend_body.clone()));
     assert_eq!(from_courier.0[3], (200, backend_body));
@@ -1127,9 +1125,7 @@ fn transport_socket_matches_pick_tls_per_endpoint_metadata_as_in_envoy() {
         );
         (bodies, stats)
     };
-    let from_envoy = Courier::start_envoy(&boot).map(|envoy| run(&envoy));
-    let from_courier = run(&Courier::start(&boot));
-    eprintln!("envoy {from_envoy:?}\ncourier {from_courier:?}");
+    let (from_envoy, from_courier) = on_both(&boot, run);
     let expected = ["200 backend", "200 backend", "200 plain", "200 plain"];
     assert_eq!(from_courier.0, expected);
     // One host took each socket; the marked one was reached over TLS (one handshake:
@@ -1218,9 +1214,7 @@ fn auto_sni_names_each_request_s_server_and_checks_its_certificate_as_in_envoy()
         );
         (responses, offered, stats)
     };
-    let from_envoy = Courier::start_envoy(&boot).map(|envoy| run(&envoy));
-    let from_courier = run(&Courier::start(&boot));
-    eprintln!("envoy {from_envoy:?}\ncourier {from_courier:?}");
+    let (from_envoy, from_courier) = on_both(&boot, run);
     let ok = |sni: &str| (200, format!("multi sni={sni}"));
     assert_eq!(
         from_courier.0,
@@ -1605,9 +1599,7 @@ fn auto_host_sni_and_sni_san_validation_follow_the_host_as_in_envoy() {
         );
         (responses, stats)
     };
-    let from_envoy = Courier::start_envoy(&boot).map(|envoy| run(&envoy));
-    let from_courier = run(&Courier::start(&boot));
-    eprintln!("envoy {from_envoy:?}\ncourier {from_courier:?}");
+    let (from_envoy, from_courier) = on_both(&boot, run);
     assert_eq!(
         from_courier.0,
         vec![
@@ -1620,4 +1612,13 @@ fn auto_host_sni_and_sni_san_validation_follow_the_host_as_in_envoy() {
     if let Some(envoy) = from_envoy {
         assert_eq!(envoy, from_courier);
     }
+}
+
+/// `run` against Envoy (when it is installed) and against Courier on the same bootstrap;
+/// both outcomes, printed.
+fn on_both<T: std::fmt::Debug>(boot: &str, run: impl Fn(&Courier) -> T) -> (Option<T>, T) {
+    let from_envoy = Courier::start_envoy(boot).map(|envoy| run(&envoy));
+    let from_courier = run(&Courier::start(boot));
+    eprintln!("envoy {from_envoy:?}\ncourier {from_courier:?}");
+    (from_envoy, from_courier)
 }

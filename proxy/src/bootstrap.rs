@@ -118,6 +118,13 @@ fn check_supported(b: &Bootstrap) -> Result<(), crate::config::ConfigError> {
                 .as_ref()
                 .is_some_and(|c| c.outlier_detection.is_some()),
         ),
+        // Envoy routes zone-aware against the local cluster once it is named.
+        (
+            "cluster_manager.local_cluster_name",
+            b.cluster_manager
+                .as_ref()
+                .is_some_and(|c| !c.local_cluster_name.is_empty()),
+        ),
         (
             "overload_manager",
             b.overload_manager

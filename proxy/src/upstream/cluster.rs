@@ -331,6 +331,7 @@ pub fn compile_cluster(proto: &pb::Cluster, store: &Store) -> Result<ClusterInfo
             return Err(ConfigError::unsupported("cluster_type"))
         }
     };
+    lb_settings_built(proto)?;
     let lb_policy = match cluster::LbPolicy::try_from(proto.lb_policy) {
         Ok(cluster::LbPolicy::RoundRobin) => LbPolicy::RoundRobin,
         Ok(cluster::LbPolicy::Random) => LbPolicy::Random,
@@ -513,6 +514,61 @@ fn maglev_policy(proto: &pb::Cluster) -> Result<LbPolicy, ConfigError> {
     }
     consistent_hashing_supported(proto)?;
     Ok(LbPolicy::Maglev { table_size })
+}
+
+/// Refuses the load-balancing settings Courier does not act on (each changes which host
+/// a request gets). Settings of another policy than the cluster's are ignored, as Envoy
+/// ignores them.
+fn lb_settings_built(proto: &pb::Cluster) -> Result<(), ConfigError> {
+    let policy = cluster::LbPolicy::try_from(proto.lb_policy);
+    let refused = match &proto.lb_config {
+        Some(cluster::LbConfig::LeastRequestLbConfig(c))
+            if policy == Ok(cluster::LbPolicy::LeastRequest) =>
+        {
+            if c.choice_count.as_ref().is_some_and(|v| v.value != 2) {
+                Some("least_request_lb_config.choice_count")
+            } else if c.active_request_bias.is_some() {
+                Some("least_request_lb_config.active_request_bias")
+            } else if c.slow_start_config.is_some() {
+                Some("least_request_lb_config.slow_start_config")
+            } else {
+                None
+            }
+        }
+        Some(cluster::LbConfig::RoundRobinLbConfig(c))
+            if policy == Ok(cluster::LbPolicy::RoundRobin) && c.slow_start_config.is_some() =>
+        {
+            Some("round_robin_lb_config.slow_start_config")
+        }
+        _ => None,
+    };
+    if let Some(field) = refused {
+        return Err(ConfigError::unsupported(field));
+    }
+    if let Some(c) = &proto.common_lb_config {
+        use cluster::common_lb_config::LocalityConfigSpecifier;
+        let refused = [
+            (
+                "common_lb_config.locality_weighted_lb_config",
+                matches!(
+                    c.locality_config_specifier,
+                    Some(LocalityConfigSpecifier::LocalityWeightedLbConfig(_))
+                ),
+            ),
+            (
+                "common_lb_config.close_connections_on_host_set_change",
+                c.close_connections_on_host_set_change,
+            ),
+            (
+                "common_lb_config.override_host_status",
+                c.override_host_status.is_some(),
+            ),
+        ];
+        if let Some((field, _)) = refused.iter().find(|(_, set)| *set) {
+            return Err(ConfigError::unsupported(*field));
+        }
+    }
+    Ok(())
 }
 
 /// Refuses the consistent hashing settings Courier lacks.
@@ -1123,6 +1179,14 @@ mod tests {
             ),
             ("wait_for_warm_on_init: false\n", "wait_for_warm_on_init"),
             (
+                "lb_policy: LEAST_REQUEST\nleast_request_lb_config: { choice_count: 3 }\n",
+                "least_request_lb_config.choice_count",
+            ),
+            (
+                "common_lb_config: { locality_weighted_lb_config: {} }\n",
+                "common_lb_config.locality_weighted_lb_config",
+            ),
+            (
                 "dns_resolvers: [{ socket_address: { address: 1.1.1.1, port_value: 53 } }]\n",
                 "dns_resolvers",
             ),
@@ -1133,6 +1197,13 @@ mod tests {
         // Envoy's defaults, written out, are fine.
         assert!(compile(
             "wait_for_warm_on_init: true\nprotocol_selection: USE_CONFIGURED_PROTOCOL\n"
+        )
+        .is_ok());
+        // Another policy's settings are ignored, as Envoy ignores them; the default
+        // choice count is what Courier does.
+        assert!(compile("least_request_lb_config: { choice_count: 3 }\n").is_ok());
+        assert!(compile(
+            "lb_policy: LEAST_REQUEST\nleast_request_lb_config: { choice_count: 2 }\n"
         )
         .is_ok());
     }

@@ -511,11 +511,27 @@ pub fn refusing_addr() -> SocketAddr {
 }
 
 /// A free TCP port on 127.0.0.1.
+/// A port free now, below the kernel's ephemeral range: a port the kernel hands out (port
+/// 0) is soon taken again by some outgoing connection of a proxy under test. Each process
+/// starts at its own offset and walks up (as `courier_integration_tests::free_port`).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const LOW: u32 = 10_000;
+    let high = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768)
+        .clamp(LOW + 1_000, 65_535);
+    let span = high - LOW;
+    let start = std::process::id().wrapping_mul(7_919) % span;
+    (0..span)
+        .filter_map(|_| {
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
+            u16::try_from(LOW + (start + n) % span).ok()
+        })
+        .find(|&port| TcpListener::bind(("127.0.0.1", port)).is_ok())
+        .expect("a free TCP port below the ephemeral range")
 }
 
 /// A running courier.
@@ -591,7 +607,20 @@ impl Courier {
         })
     }
 
+    /// Starts `binary` on `bootstrap`. A start whose listener port was taken meanwhile (a
+    /// free port is only free until someone binds it: tests run in parallel) is retried
+    /// on another port.
     fn launch(binary: &str, bootstrap: &str, args: &[&str]) -> Courier {
+        for _ in 0..3 {
+            if let Some(started) = Courier::try_launch(binary, bootstrap, args) {
+                return started;
+            }
+        }
+        panic!("{binary} exited during start-up three times");
+    }
+
+    /// One start; `None` when the process exited before it was ready.
+    fn try_launch(binary: &str, bootstrap: &str, args: &[&str]) -> Option<Courier> {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
         let text = bootstrap.replace("LISTENER_PORT", &port.to_string());
@@ -619,7 +648,8 @@ impl Courier {
                 break a;
             }
             if let Ok(Some(status)) = child.try_wait() {
-                panic!("{binary} exited during start-up: {status}");
+                eprintln!("{binary} exited during start-up: {status}");
+                return None;
             }
             assert!(
                 Instant::now() < deadline,
@@ -633,15 +663,19 @@ impl Courier {
             if ready && TcpStream::connect(listener).is_ok() {
                 break;
             }
+            if let Ok(Some(status)) = child.try_wait() {
+                eprintln!("{binary} exited before it was ready: {status}");
+                return None;
+            }
             assert!(Instant::now() < deadline, "courier did not become ready");
             std::thread::sleep(Duration::from_millis(20));
         }
-        Courier {
+        Some(Courier {
             child,
             admin,
             listener,
             _dir: dir,
-        }
+        })
     }
 
     /// A counter's value from `/stats`.

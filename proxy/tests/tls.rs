@@ -1465,46 +1465,33 @@ fn openssl_curl_and_python_clients_interoperate() {
         expected.push("/curl");
     }
     let connect = format!("127.0.0.1:{port}");
+    // `openssl s_client` with `extra` arguments, sending `request`.
+    let s_client = |extra: &[&str], request: &str| {
+        let mut args = vec![
+            "s_client",
+            "-connect",
+            &connect,
+            "-servername",
+            "api.example.com",
+            "-CAfile",
+            &ca,
+            "-quiet",
+        ];
+        args.extend_from_slice(extra);
+        tool("openssl", &args, request)
+    };
     for version in ["-tls1_2", "-tls1_3"] {
-        let s_client = tool(
-            "openssl",
-            &[
-                "s_client",
-                "-connect",
-                &connect,
-                "-servername",
-                "api.example.com",
-                "-CAfile",
-                &ca,
-                "-cert",
-                &cert,
-                "-key",
-                &key,
-                "-alpn",
-                "http/1.1",
-                version,
-                "-quiet",
-            ],
+        let with_cert = s_client(
+            &["-cert", &cert, "-key", &key, "-alpn", "http/1.1", version],
             "GET /openssl HTTP/1.1\r\nhost: api.example.com\r\nconnection: close\r\n\r\n",
         );
-        if let Some((_, out)) = s_client {
+        if let Some((_, out)) = with_cert {
             assert!(out.starts_with("HTTP/1.1 200"), "{version}: {out}");
             expected.push("/openssl");
         }
         // Without a client certificate the handshake is refused.
-        let refused = tool(
-            "openssl",
-            &[
-                "s_client",
-                "-connect",
-                &connect,
-                "-servername",
-                "api.example.com",
-                "-CAfile",
-                &ca,
-                version,
-                "-quiet",
-            ],
+        let refused = s_client(
+            &[version],
             "GET / HTTP/1.1\r\nhost: api.example.com\r\n\r\n",
         );
         if let Some((_, out)) = refused {

@@ -74,6 +74,10 @@ impl HoldsCertificates for ClientContext {
     fn certificates(&self) -> ContextCerts {
         self.built.load().held.clone()
     }
+
+    fn expires(&self) -> Option<i64> {
+        self.built.load().held.expires()
+    }
 }
 
 impl Reload for ClientContext {

@@ -197,9 +197,9 @@ pub fn compile(c: &CommonTlsContext, side: Side, path: &str) -> Result<Common, C
         .iter()
         .map(|p| p.as_bytes().to_vec())
         .collect();
-    let held = ContextCerts {
-        ca: validation.as_ref().and_then(|v| v.ca_record.clone()),
-        chain: certificates
+    let held = ContextCerts::new(
+        validation.as_ref().and_then(|v| v.ca_record.clone()),
+        certificates
             .iter()
             .zip(origins)
             .filter_map(|(key, path)| {
@@ -209,7 +209,7 @@ pub fn compile(c: &CommonTlsContext, side: Side, path: &str) -> Result<Common, C
                 })
             })
             .collect(),
-    };
+    );
     Ok(Common {
         held,
         params,

@@ -30,12 +30,37 @@ pub struct ContextCerts {
     pub ca: Option<CertRecord>,
     /// The leaf of each of its certificates.
     pub chain: Vec<CertRecord>,
+    /// When the first of them expires (Unix seconds), read once when the context is
+    /// built: the gauge is refreshed on every admin request.
+    expires: Option<i64>,
+}
+
+impl ContextCerts {
+    /// The records of a built context.
+    pub fn new(ca: Option<CertRecord>, chain: Vec<CertRecord>) -> ContextCerts {
+        let expires = ca
+            .iter()
+            .chain(chain.iter())
+            .filter_map(|r| {
+                let (_, cert) = x509_parser::parse_x509_certificate(&r.der).ok()?;
+                Some(cert.validity().not_after.timestamp())
+            })
+            .min();
+        ContextCerts { ca, chain, expires }
+    }
+
+    /// When the first of its certificates expires (Unix seconds).
+    pub fn expires(&self) -> Option<i64> {
+        self.expires
+    }
 }
 
 /// A compiled context that can say what it holds (its current build).
 pub trait HoldsCertificates {
     /// The certificates of its current build.
     fn certificates(&self) -> ContextCerts;
+    /// When the first certificate of its current build expires (Unix seconds).
+    fn expires(&self) -> Option<i64>;
 }
 
 thread_local! {
@@ -79,13 +104,20 @@ pub fn report(now: SystemTime) -> Certificates {
 /// `server.days_until_first_cert_expiring`: the fewest days any live context's
 /// certificate has left (`u32::MAX` without any, as Envoy).
 pub fn days_until_first_cert_expiring(now: SystemTime) -> u64 {
-    live()
-        .iter()
-        .flat_map(|ctx| ctx.ca.iter().chain(ctx.chain.iter()))
-        .filter_map(|r| details(r, now))
-        .map(|d| d.days_until_expiration)
-        .min()
-        .unwrap_or(u64::from(u32::MAX))
+    let first = CONTEXTS.with(|c| {
+        let mut c = c.borrow_mut();
+        c.retain(|w| w.strong_count() > 0);
+        c.iter().filter_map(|w| w.upgrade()?.expires()).min()
+    });
+    let now = now
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    first.map_or(u64::from(u32::MAX), |t| days_left(t, now))
+}
+
+/// Whole days from `now` to `not_after` (0 once past), as Envoy counts them.
+fn days_left(not_after: i64, now: i64) -> u64 {
+    u64::try_from((not_after - now).max(0) / 86_400).unwrap_or(0)
 }
 
 fn details(record: &CertRecord, now: SystemTime) -> Option<CertificateDetails> {
@@ -120,7 +152,7 @@ fn details(record: &CertRecord, now: SystemTime) -> Option<CertificateDetails> {
         path: record.path.clone(),
         serial_number: serial(cert.raw_serial()),
         subject_alt_names,
-        days_until_expiration: u64::try_from((not_after - now).max(0) / 86_400).unwrap_or(0),
+        days_until_expiration: days_left(not_after, now),
         valid_from: Some(Timestamp {
             seconds: not_before,
             nanos: 0,

@@ -64,6 +64,10 @@ impl HoldsCertificates for ServerContext {
     fn certificates(&self) -> ContextCerts {
         self.built.load().held.clone()
     }
+
+    fn expires(&self) -> Option<i64> {
+        self.built.load().held.expires()
+    }
 }
 
 impl Reload for ServerContext {

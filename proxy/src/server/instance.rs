@@ -288,6 +288,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     server.set_state(ServerState::Initializing);
     crate::upstream::dns::resolve_all(&server.cluster_manager).await;
     tokio::task::spawn_local(crate::upstream::dns::refresh_loop(server.clone()));
+    tokio::task::spawn_local(crate::upstream::health_checker::runner::run(server.clone()));
     tokio::task::spawn_local(crate::transport_socket::tls::sds::watch_files());
     crate::xds::start(&server).await?;
     if options.mode == Mode::InitOnly {
@@ -398,8 +399,9 @@ fn validate(bootstrap: &Bootstrap, options: &Options) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// DNS resolution reaches the main thread through this narrow view of the server.
-impl crate::upstream::dns::DnsContext for Server {
+/// DNS resolution, health checking and outlier detection reach the main thread through
+/// this narrow view of the server.
+impl crate::upstream::UpstreamContext for Server {
     fn cluster_manager(&self) -> &RefCell<ClusterManager> {
         &self.cluster_manager
     }

@@ -196,6 +196,9 @@ pub struct ClusterInfo {
     pub lb_policy: LbPolicy,
     /// `common_lb_config.healthy_panic_threshold` in percent (default 50).
     pub panic_threshold: f64,
+    /// `common_lb_config.update_merge_window` (default 1 s): health changes this close
+    /// to the previous update reach the workers together when it ends.
+    pub update_merge_window: Duration,
     /// `per_connection_buffer_limit_bytes` (default 1 MiB).
     pub buffer_limit: usize,
     /// Default-priority circuit breakers.
@@ -225,6 +228,11 @@ pub struct ClusterInfo {
     pub tls: Option<crate::transport_socket::tls::ClientTls>,
     /// `transport_socket_matches`: other sockets, for the hosts whose metadata asks.
     pub socket_matches: Arc<SocketMatches>,
+    /// `health_checks`: the active check and its `health_check.*` stats.
+    pub health_check: Option<(
+        Arc<super::health_checker::HealthCheck>,
+        Arc<super::health_checker::HealthCheckStats>,
+    )>,
     /// The hosts, replaced as a whole on every membership change.
     pub hosts: Arc<HostSet>,
     /// `cluster.<name>.*`.
@@ -258,6 +266,7 @@ impl ClusterInfo {
             connect_timeout: self.connect_timeout,
             lb_policy: self.lb_policy,
             panic_threshold: self.panic_threshold,
+            update_merge_window: self.update_merge_window,
             buffer_limit: self.buffer_limit,
             thresholds: self.thresholds,
             http2: self.http2,
@@ -270,6 +279,7 @@ impl ClusterInfo {
             stream_limits: self.stream_limits,
             tls: self.tls.clone(),
             socket_matches: self.socket_matches.clone(),
+            health_check: self.health_check.clone(),
             hosts,
             stats: self.stats.clone(),
             proto: self.proto.clone(),
@@ -356,6 +366,14 @@ pub fn compile_cluster(proto: &pb::Cluster, store: &Store) -> Result<ClusterInfo
         .as_ref()
         .and_then(|c| c.healthy_panic_threshold.as_ref())
         .map_or(50.0, |p| p.value);
+    let update_merge_window = config::duration_or(
+        proto
+            .common_lb_config
+            .as_ref()
+            .and_then(|c| c.update_merge_window.as_ref()),
+        Duration::from_secs(1),
+        "common_lb_config.update_merge_window",
+    )?;
     let buffer_limit = proto
         .per_connection_buffer_limit_bytes
         .as_ref()
@@ -405,11 +423,26 @@ pub fn compile_cluster(proto: &pb::Cluster, store: &Store) -> Result<ClusterInfo
             ),
         ));
     }
+    let health_check =
+        super::health_checker::HealthCheck::compile_all(&proto.health_checks, &proto.name, http2)?
+            .map(|c| {
+                (
+                    c,
+                    super::health_checker::HealthCheckStats::new(store, &proto.name),
+                )
+            });
     let hosts = match (&discovery, &proto.load_assignment) {
-        (DiscoveryType::Static, Some(cla)) => {
-            build_host_set(cla, store, None, panic_threshold, &socket_matches)
-                .map_err(|e| e.at("load_assignment"))?
-        }
+        (DiscoveryType::Static, Some(cla)) => build_host_set(
+            cla,
+            store,
+            None,
+            HostSetParams {
+                panic_threshold,
+                matches: &socket_matches,
+                health_checked: health_check.is_some(),
+            },
+        )
+        .map_err(|e| e.at("load_assignment"))?,
         (DiscoveryType::StrictDns | DiscoveryType::LogicalDns, Some(cla)) => {
             // Validate the names now; resolution happens on the main thread.
             dns_targets(cla, &SocketMatches::default()).map_err(|e| e.at("load_assignment"))?;
@@ -429,6 +462,7 @@ pub fn compile_cluster(proto: &pb::Cluster, store: &Store) -> Result<ClusterInfo
         connect_timeout,
         lb_policy,
         panic_threshold,
+        update_merge_window,
         buffer_limit,
         thresholds,
         http2,
@@ -441,6 +475,7 @@ pub fn compile_cluster(proto: &pb::Cluster, store: &Store) -> Result<ClusterInfo
         stream_limits,
         tls,
         socket_matches,
+        health_check,
         hosts,
         stats,
         proto: Arc::new(Encoded::new(proto)),
@@ -563,6 +598,10 @@ fn lb_settings_built(proto: &pb::Cluster) -> Result<(), ConfigError> {
                 "common_lb_config.override_host_status",
                 c.override_host_status.is_some(),
             ),
+            (
+                "common_lb_config.ignore_new_hosts_until_first_hc",
+                c.ignore_new_hosts_until_first_hc,
+            ),
         ];
         if let Some((field, _)) = refused.iter().find(|(_, set)| *set) {
             return Err(ConfigError::unsupported(*field));
@@ -637,9 +676,6 @@ fn reject_unsupported(proto: &pb::Cluster) -> Result<(), ConfigError> {
     ];
     if let Some((field, _)) = unbuilt.iter().find(|(_, set)| *set) {
         return Err(ConfigError::unsupported(*field));
-    }
-    if !proto.health_checks.is_empty() {
-        return Err(ConfigError::unsupported("health_checks"));
     }
     if proto.outlier_detection.is_some() {
         return Err(ConfigError::unsupported("outlier_detection"));
@@ -1074,6 +1110,16 @@ fn parse_assignment(
             };
             let address =
                 config::socket_address(ep.address.as_ref(), &format!("{path}.endpoint.address"))?;
+            if ep
+                .health_check_config
+                .as_ref()
+                .is_some_and(|c| *c != Default::default())
+            {
+                // A check on another port or name, or none for this host: not built.
+                return Err(ConfigError::unsupported(format!(
+                    "{path}.endpoint.health_check_config"
+                )));
+            }
             let weight = lb.load_balancing_weight.as_ref().map_or(1, |w| w.value);
             if weight == 0 {
                 return Err(ConfigError::new(
@@ -1106,14 +1152,35 @@ pub fn validate_assignment(cla: &ClusterLoadAssignment) -> Result<(), ConfigErro
     parse_assignment(cla, &SocketMatches::default()).map(|_| ())
 }
 
-/// Builds a host set from an assignment, reusing the stats of hosts already in `previous`
-/// so that per-host counters survive endpoint updates.
+/// What a host set is built with, of its cluster.
+#[derive(Clone, Copy)]
+pub struct HostSetParams<'a> {
+    /// `healthy_panic_threshold`.
+    pub panic_threshold: f64,
+    /// The transport socket matches hosts choose among.
+    pub matches: &'a SocketMatches,
+    /// Whether the cluster has active health checking (new hosts start failing it).
+    pub health_checked: bool,
+}
+
+impl ClusterInfo {
+    /// What its host sets are built with.
+    pub fn host_set_params(&self) -> HostSetParams<'_> {
+        HostSetParams {
+            panic_threshold: self.panic_threshold,
+            matches: &self.socket_matches,
+            health_checked: self.health_check.is_some(),
+        }
+    }
+}
+
+/// Builds a host set from an assignment, reusing the stats (and health) of hosts already
+/// in `previous`, so that they survive endpoint updates.
 pub fn build_host_set(
     cla: &ClusterLoadAssignment,
     store: &Store,
     previous: Option<&HostSet>,
-    panic_threshold: f64,
-    matches: &SocketMatches,
+    params: HostSetParams<'_>,
 ) -> Result<Arc<HostSet>, ConfigError> {
     let known: HashMap<std::net::SocketAddr, Arc<HostStats>> = previous
         .map(|p| {
@@ -1123,25 +1190,26 @@ pub fn build_host_set(
                 .collect()
         })
         .unwrap_or_default();
-    let hosts = parse_assignment(cla, matches)?
+    let hosts = parse_assignment(cla, params.matches)?
         .into_iter()
         .map(|e| {
             let stats = known
                 .get(&e.address)
                 .cloned()
                 .unwrap_or_else(|| HostStats::new(store));
-            Arc::new(Host {
-                address: e.address,
-                weight: e.weight,
-                health: e.health,
-                priority: e.priority,
+            stats.prepare_for(params.health_checked);
+            Arc::new(Host::new(
+                e.address,
+                e.weight,
+                e.health,
+                e.priority,
                 stats,
-                hostname: e.hostname,
-                transport_match: e.transport_match,
-            })
+                e.hostname,
+                e.transport_match,
+            ))
         })
         .collect();
-    Ok(Arc::new(HostSet::new(hosts, panic_threshold)))
+    Ok(Arc::new(HostSet::new(hosts, params.panic_threshold)))
 }
 
 #[cfg(test)]

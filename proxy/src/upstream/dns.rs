@@ -20,19 +20,8 @@ use courier_proto::envoy::config::cluster::v3::cluster::DnsLookupFamily;
 use super::cluster::{dns_targets, DiscoveryType, DnsTarget};
 use super::host::{Host, HostHealth, HostStats};
 use super::host_set::HostSet;
-use super::ClusterManager;
+use super::{ClusterManager, UpstreamContext};
 use crate::stats::MAIN_THREAD;
-
-/// What DNS resolution needs of the main thread: the cluster manager it gives hosts to, the
-/// changes it re-plans on, and whom to tell when clusters warmed.
-pub trait DnsContext {
-    /// The cluster manager.
-    fn cluster_manager(&self) -> &RefCell<ClusterManager>;
-    /// Ticks whenever clusters were added, updated or removed.
-    fn cluster_changes(&self) -> tokio::sync::watch::Receiver<u64>;
-    /// Warming DNS clusters got their first hosts: CDS's ACK and initialisation may go on.
-    fn clusters_warmed(self: &Rc<Self>);
-}
 
 /// Envoy's default `dns_refresh_rate`.
 const DEFAULT_REFRESH: Duration = Duration::from_secs(5);
@@ -51,6 +40,8 @@ struct DnsJob {
     failure_refresh: Duration,
     /// Waiting for its first resolution.
     warming: bool,
+    /// Whether the cluster has active health checking.
+    health_checked: bool,
 }
 
 /// Keeps the addresses `dns_lookup_family` allows, as Envoy: `AUTO` takes the IPv6 ones
@@ -120,6 +111,7 @@ fn dns_jobs(cm: &RefCell<ClusterManager>) -> Vec<DnsJob> {
                 refresh,
                 failure_refresh,
                 warming,
+                health_checked: e.info.health_check.is_some(),
             })
         })
         .collect()
@@ -172,15 +164,16 @@ async fn lookup(cm: &RefCell<ClusterManager>, job: &DnsJob) -> Option<Vec<Arc<Ho
                     if let Some(m) = &matches {
                         m.count(*transport_match);
                     }
-                    hosts.push(Arc::new(Host {
+                    stats.prepare_for(job.health_checked);
+                    hosts.push(Arc::new(Host::new(
                         address,
-                        weight: *weight,
-                        health: HostHealth::Healthy,
-                        priority: 0,
+                        *weight,
+                        HostHealth::Healthy,
+                        0,
                         stats,
-                        hostname: Some(hostname.clone()),
-                        transport_match: *transport_match,
-                    }));
+                        Some(hostname.clone()),
+                        *transport_match,
+                    )));
                 }
             }
             Err(e) => {
@@ -225,7 +218,7 @@ pub async fn resolve_all(cm: &RefCell<ClusterManager>) {
 
 /// Re-resolves DNS clusters each at its own rate, and resolves a warming one (added or
 /// updated) as soon as it appears.
-pub async fn refresh_loop(ctx: Rc<impl DnsContext>) {
+pub async fn refresh_loop(ctx: Rc<impl UpstreamContext>) {
     let mut changes = ctx.cluster_changes();
     let cm = ctx.cluster_manager();
     let mut due: HashMap<String, Instant> = HashMap::new();

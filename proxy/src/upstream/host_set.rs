@@ -96,15 +96,15 @@ pub(crate) fn test_host_set(weights: &[u32]) -> HostSet {
         .iter()
         .enumerate()
         .map(|(i, &weight)| {
-            Arc::new(Host {
-                address: std::net::SocketAddr::from(([10, 0, 0, i as u8 + 1], 80)),
+            Arc::new(Host::new(
+                std::net::SocketAddr::from(([10, 0, 0, i as u8 + 1], 80)),
                 weight,
-                health: HostHealth::Healthy,
-                priority: 0,
-                stats: super::host::HostStats::new(&crate::stats::Store::new(1)),
-                hostname: None,
-                transport_match: None,
-            })
+                HostHealth::Healthy,
+                0,
+                super::host::HostStats::new(&crate::stats::Store::new(1)),
+                None,
+                None,
+            ))
         })
         .collect();
     HostSet::new(hosts, 50.0)

@@ -113,10 +113,11 @@ fn check_supported(b: &Bootstrap) -> Result<(), crate::config::ConfigError> {
     use crate::config::ConfigError;
     let unsupported = [
         (
-            "cluster_manager.outlier_detection",
+            "cluster_manager.outlier_detection.event_service",
             b.cluster_manager
                 .as_ref()
-                .is_some_and(|c| c.outlier_detection.is_some()),
+                .and_then(|c| c.outlier_detection.as_ref())
+                .is_some_and(|o| o.event_service.is_some()),
         ),
         // Envoy routes zone-aware against the local cluster once it is named.
         (

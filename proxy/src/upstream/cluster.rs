@@ -233,6 +233,8 @@ pub struct ClusterInfo {
         Arc<super::health_checker::HealthCheck>,
         Arc<super::health_checker::HealthCheckStats>,
     )>,
+    /// `outlier_detection`: its settings and the way workers report to it.
+    pub outlier: Option<Arc<super::outlier_detection::Detector>>,
     /// The hosts, replaced as a whole on every membership change.
     pub hosts: Arc<HostSet>,
     /// `cluster.<name>.*`.
@@ -280,6 +282,7 @@ impl ClusterInfo {
             tls: self.tls.clone(),
             socket_matches: self.socket_matches.clone(),
             health_check: self.health_check.clone(),
+            outlier: self.outlier.clone(),
             hosts,
             stats: self.stats.clone(),
             proto: self.proto.clone(),
@@ -298,8 +301,18 @@ impl ClusterInfo {
 }
 
 /// Compiles a Cluster proto. `hosts` are the initial hosts (for EDS: none until the first
-/// assignment arrives; for DNS: none until the first resolution).
+/// assignment arrives; for DNS: none until the first resolution). Its outlier detector,
+/// if any, reports nowhere (see [`compile_cluster_reporting`]).
 pub fn compile_cluster(proto: &pb::Cluster, store: &Store) -> Result<ClusterInfo, ConfigError> {
+    compile_cluster_reporting(proto, store, &tokio::sync::mpsc::unbounded_channel().0)
+}
+
+/// [`compile_cluster`], its outlier detector reporting to `outlier_events`.
+pub fn compile_cluster_reporting(
+    proto: &pb::Cluster,
+    store: &Store,
+    outlier_events: &tokio::sync::mpsc::UnboundedSender<super::outlier_detection::OutlierEvent>,
+) -> Result<ClusterInfo, ConfigError> {
     if proto.name.is_empty() {
         return Err(ConfigError::new("name", "cluster name must not be empty"));
     }
@@ -431,6 +444,16 @@ pub fn compile_cluster(proto: &pb::Cluster, store: &Store) -> Result<ClusterInfo
                     super::health_checker::HealthCheckStats::new(store, &proto.name),
                 )
             });
+    let outlier = match &proto.outlier_detection {
+        Some(o) => Some(Arc::new(super::outlier_detection::Detector::new(
+            super::outlier_detection::OutlierConfig::compile(o)
+                .map_err(|e| e.at("outlier_detection"))?,
+            store,
+            &proto.name,
+            outlier_events.clone(),
+        ))),
+        None => None,
+    };
     let hosts = match (&discovery, &proto.load_assignment) {
         (DiscoveryType::Static, Some(cla)) => build_host_set(
             cla,
@@ -476,6 +499,7 @@ pub fn compile_cluster(proto: &pb::Cluster, store: &Store) -> Result<ClusterInfo
         tls,
         socket_matches,
         health_check,
+        outlier,
         hosts,
         stats,
         proto: Arc::new(Encoded::new(proto)),
@@ -676,9 +700,6 @@ fn reject_unsupported(proto: &pb::Cluster) -> Result<(), ConfigError> {
     ];
     if let Some((field, _)) = unbuilt.iter().find(|(_, set)| *set) {
         return Err(ConfigError::unsupported(*field));
-    }
-    if proto.outlier_detection.is_some() {
-        return Err(ConfigError::unsupported("outlier_detection"));
     }
     if proto.lb_subset_config.is_some() {
         return Err(ConfigError::unsupported("lb_subset_config"));

@@ -12,7 +12,7 @@ use std::time::{Instant, SystemTime};
 use courier_proto::envoy::config::cluster::v3::Cluster;
 use courier_proto::envoy::config::endpoint::v3::ClusterLoadAssignment;
 
-use super::cluster::{build_host_set, compile_cluster, ClusterInfo, DiscoveryType};
+use super::cluster::{build_host_set, compile_cluster_reporting, ClusterInfo, DiscoveryType};
 use super::host_set::HostSet;
 use super::ClusterSnapshot;
 use crate::config::ConfigError;
@@ -102,6 +102,8 @@ pub struct ClusterManager {
     /// Per active cluster: when its hosts last reached the workers, and whether a health
     /// change waits for its `update_merge_window` to end.
     merges: std::collections::HashMap<String, Merge>,
+    /// Where clusters' outlier detectors report ([`super::outlier_detection::run`]).
+    outlier_events: tokio::sync::mpsc::UnboundedSender<super::outlier_detection::OutlierEvent>,
 }
 
 /// A cluster's `update_merge_window` state.
@@ -140,8 +142,13 @@ pub enum ClusterChange {
 }
 
 impl ClusterManager {
-    /// A manager publishing through `slot`.
-    pub fn new(store: Store, slot: Slot<ClusterSnapshot>) -> ClusterManager {
+    /// A manager publishing through `slot`, its clusters' outlier detectors reporting to
+    /// `outlier_events`.
+    pub fn new(
+        store: Store,
+        slot: Slot<ClusterSnapshot>,
+        outlier_events: tokio::sync::mpsc::UnboundedSender<super::outlier_detection::OutlierEvent>,
+    ) -> ClusterManager {
         let stats = ClusterManagerStats {
             cluster_added: store.counter("cluster_manager.cluster_added"),
             cluster_modified: store.counter("cluster_manager.cluster_modified"),
@@ -161,6 +168,7 @@ impl ClusterManager {
             dirty: true,
             changes: tokio::sync::watch::channel(0).0,
             merges: std::collections::HashMap::new(),
+            outlier_events,
         }
     }
 
@@ -276,7 +284,7 @@ impl ClusterManager {
                 ),
             ));
         }
-        let mut info = compile_cluster(proto, &self.store)?;
+        let mut info = compile_cluster_reporting(proto, &self.store, &self.outlier_events)?;
         let is_update =
             self.active.contains_key(&proto.name) || self.warming.contains_key(&proto.name);
         let mut warm = true;

@@ -22,8 +22,8 @@ mod thread_local_cluster_manager;
 pub mod transport_socket_match;
 
 pub use cluster::{
-    compile_cluster, validate_assignment, ClusterInfo, ClusterStats, ConnLifetime, DiscoveryType,
-    LbPolicy,
+    compile_cluster, compile_cluster_reporting, validate_assignment, ClusterInfo, ClusterStats,
+    ConnLifetime, DiscoveryType, LbPolicy,
 };
 pub use cluster_manager::{
     ClusterChange, ClusterEntry, ClusterManager, ClusterManagerStats, HealthRefresh,

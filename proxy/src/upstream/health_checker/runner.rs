@@ -140,6 +140,10 @@ async fn session<C: UpstreamContext + 'static>(ctx: Rc<C>, t: Target) {
         };
         let (health, transition) = state.apply(outcome, &t.host.stats, check);
         count_and_log(&t, outcome, first, failing_before);
+        let mut transition = transition;
+        if health == super::State::Healthy && unejected_by_check(&ctx, &t) {
+            transition = Transition::Changed;
+        }
         if transition == Transition::Changed {
             tracing::debug!(cluster = %t.cluster, host = %t.host.address, flags = %t.host.stats.flags(), "health check changed a host");
             refresh(&ctx, &t.cluster);
@@ -150,6 +154,19 @@ async fn session<C: UpstreamContext + 'static>(ctx: Rc<C>, t: Target) {
             || t.cluster_stats.upstream_cx_rx_bytes_total.value() > 0;
         tokio::time::sleep(check.next_interval(health, transition, had_traffic)).await;
     }
+}
+
+/// A passing check brings an outlier-ejected host back
+/// (`successful_active_health_check_uneject_host`); whether it did.
+fn unejected_by_check<C: UpstreamContext + 'static>(ctx: &Rc<C>, t: &Target) -> bool {
+    let info = ctx
+        .cluster_manager()
+        .borrow()
+        .get(&t.cluster)
+        .map(|e| e.info.clone());
+    info.is_some_and(|info| {
+        crate::upstream::outlier_detection::on_health_check_passed(&info, &t.host)
+    })
 }
 
 /// Publishes a host health change of `cluster` to the workers, now or when its merge

@@ -255,7 +255,10 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     };
     let (outlier_events, outlier_decider) =
         crate::upstream::outlier_detection::Decider::channel(outlier_log);
-    let cluster_manager = ClusterManager::new(store.clone(), cluster_slot, outlier_events);
+    let mut cluster_manager = ClusterManager::new(store.clone(), cluster_slot, outlier_events);
+    cluster_manager.set_default_bind(
+        crate::bootstrap::upstream_bind_config(&bootstrap).map_err(|e| anyhow::anyhow!("{e}"))?,
+    );
     let mut listener_manager =
         ListenerManager::new(store.clone(), tls.clone(), options.drain_time());
     listener_manager.set_ads_configured(ads_configured(&bootstrap));

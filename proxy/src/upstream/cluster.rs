@@ -233,6 +233,9 @@ pub struct ClusterInfo {
         Arc<super::health_checker::HealthCheck>,
         Arc<super::health_checker::HealthCheckStats>,
     )>,
+    /// `upstream_bind_config` (else the bootstrap's): the local address connections to
+    /// the hosts are made from.
+    pub bind: Option<super::bind_config::BindConfig>,
     /// `outlier_detection`: its settings and the way workers report to it.
     pub outlier: Option<Arc<super::outlier_detection::Detector>>,
     /// The hosts, replaced as a whole on every membership change.
@@ -283,6 +286,7 @@ impl ClusterInfo {
             socket_matches: self.socket_matches.clone(),
             health_check: self.health_check.clone(),
             outlier: self.outlier.clone(),
+            bind: self.bind,
             hosts,
             stats: self.stats.clone(),
             proto: self.proto.clone(),
@@ -500,6 +504,11 @@ pub fn compile_cluster_reporting(
         socket_matches,
         health_check,
         outlier,
+        bind: proto
+            .upstream_bind_config
+            .as_ref()
+            .map(|b| super::bind_config::BindConfig::compile(b, "upstream_bind_config"))
+            .transpose()?,
         hosts,
         stats,
         proto: Arc::new(Encoded::new(proto)),
@@ -706,9 +715,6 @@ fn reject_unsupported(proto: &pb::Cluster) -> Result<(), ConfigError> {
     }
     if proto.load_balancing_policy.is_some() {
         return Err(ConfigError::unsupported("load_balancing_policy"));
-    }
-    if proto.upstream_bind_config.is_some() {
-        return Err(ConfigError::unsupported("upstream_bind_config"));
     }
     if !proto.filters.is_empty() {
         return Err(ConfigError::unsupported("filters"));

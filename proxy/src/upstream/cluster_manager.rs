@@ -102,6 +102,8 @@ pub struct ClusterManager {
     /// Per active cluster: when its hosts last reached the workers, and whether a health
     /// change waits for its `update_merge_window` to end.
     merges: std::collections::HashMap<String, Merge>,
+    /// The bootstrap's `cluster_manager.upstream_bind_config`, for clusters without one.
+    default_bind: Option<super::bind_config::BindConfig>,
     /// Where clusters' outlier detectors report ([`super::outlier_detection::run`]).
     outlier_events: tokio::sync::mpsc::UnboundedSender<super::outlier_detection::OutlierEvent>,
 }
@@ -168,8 +170,15 @@ impl ClusterManager {
             dirty: true,
             changes: tokio::sync::watch::channel(0).0,
             merges: std::collections::HashMap::new(),
+            default_bind: None,
             outlier_events,
         }
+    }
+
+    /// Sets the bootstrap's `cluster_manager.upstream_bind_config`: the source address of
+    /// clusters without their own.
+    pub fn set_default_bind(&mut self, bind: Option<super::bind_config::BindConfig>) {
+        self.default_bind = bind;
     }
 
     /// Ticks on every change of a cluster or of its hosts, warming ones included.
@@ -285,6 +294,9 @@ impl ClusterManager {
             ));
         }
         let mut info = compile_cluster_reporting(proto, &self.store, &self.outlier_events)?;
+        if info.bind.is_none() {
+            info.bind = self.default_bind;
+        }
         let is_update =
             self.active.contains_key(&proto.name) || self.warming.contains_key(&proto.name);
         let mut warm = true;

@@ -37,6 +37,7 @@ struct Target {
     cluster_stats: Arc<ClusterStats>,
     host: Arc<Host>,
     tls: Option<ClientTls>,
+    bind: Option<crate::upstream::bind_config::BindConfig>,
 }
 
 /// A running session.
@@ -92,6 +93,7 @@ fn reconcile<C: UpstreamContext + 'static>(
                     cluster_stats: info.stats.clone(),
                     host: host.clone(),
                     tls: info.host_tls(host).cloned(),
+                    bind: info.bind,
                 });
             }
         }
@@ -252,7 +254,7 @@ fn count_and_log(t: &Target, outcome: Outcome, first: bool, failing_before: bool
 /// Opens a connection to the target's host (TLS when its cluster has it, offering
 /// `alpn`).
 async fn connect(t: &Target, alpn: &[u8]) -> std::io::Result<Box<dyn Io>> {
-    let tcp = tokio::net::TcpStream::connect(t.host.address).await?;
+    let tcp = crate::upstream::bind_config::open_tokio(t.host.address, t.bind.as_ref()).await?;
     let _ = tcp.set_nodelay(true);
     let Some(tls) = &t.tls else {
         return Ok(Box::new(tcp));

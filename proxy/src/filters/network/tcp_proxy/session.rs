@@ -302,7 +302,7 @@ impl TcpProxySession {
                 )
             })
             .transpose()?;
-        let mut stream = TcpStream::connect(host.address)?;
+        let mut stream = crate::upstream::bind_config::open(host.address, cluster.bind.as_ref())?;
         let _ = stream.set_nodelay(true);
         ctx.registry.register(
             &mut stream,

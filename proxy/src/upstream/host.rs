@@ -27,7 +27,7 @@ pub struct HostStats {
     /// Whether active health checking has had a first result for the host.
     hc_checked: AtomicBool,
     /// Outlier detection's per-host counters, when the cluster has it.
-    pub outlier: super::outlier_detection::HostMonitor,
+    pub outlier: super::outlier_detection::host_monitor::HostMonitor,
 }
 
 impl HostStats {

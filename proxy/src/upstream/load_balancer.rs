@@ -198,6 +198,9 @@ impl LbStates {
                 let i = table.choose(hash.unwrap_or_else(|| fastrand::u64(..)), attempt)?;
                 state.hosts.hosts.get(i).cloned()
             }
+            // The cluster picks by each request's destination
+            // ([`super::original_dst`]), never here.
+            LbPolicy::ClusterProvided => None,
         }
     }
 

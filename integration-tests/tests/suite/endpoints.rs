@@ -1,6 +1,7 @@
 //! EDS: add / remove / reweight endpoints under load, health status, HTTP/2 and gRPC
 //! upstreams behind tcp_proxy.
 
+use courier_integration_tests::bootstrap::ADS_SOURCE;
 use courier_integration_tests::resources::*;
 use courier_integration_tests::traffic::{tcp_distribution, Load, LoadKind, TcpSession};
 use courier_integration_tests::upstream::Upstream;
@@ -212,4 +213,45 @@ async fn h2_upstream(port: u16, grpc: bool) -> Result<String, String> {
         }
     }
     Ok(upstream)
+}
+
+/// With active health checking, a host EDS removes stays while it passes its checks
+/// (`/pending_dynamic_removal`, still serving) and goes once it fails one, as in Envoy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eds_removed_host_stays_until_it_fails_health_checks() {
+    let a = Upstream::tcp_echo("a").await;
+    let b = Upstream::tcp_echo("b").await;
+    let b_port = b.port;
+    let port = free_port();
+    let hc = "health_checks: [{ timeout: 1s, interval: 0.1s, no_traffic_interval: 0.1s, unhealthy_threshold: 1, healthy_threshold: 1, tcp_health_check: {} }]\n";
+    let fx = Fx::ads(vec![
+        eds_cluster_with("c1", ADS_SOURCE, hc),
+        endpoints("c1", &[a.port, b.port]),
+        tcp_listener("l1", port, "c1"),
+    ])
+    .await;
+    eventually("both hosts pass their checks", || async {
+        let hosts = fx.proxy.hosts("c1").await;
+        (hosts.len() == 2 && hosts.iter().all(|h| h.1 == "healthy")).then_some(())
+    })
+    .await;
+    fx.update(vec![endpoints("c1", &[a.port])]).await;
+    eventually("b stays, pending removal", || async {
+        fx.proxy
+            .hosts("c1")
+            .await
+            .iter()
+            .any(|h| h.0.ends_with(&format!(":{b_port}")) && h.1 == "/pending_dynamic_removal")
+            .then_some(())
+    })
+    .await;
+    let dist = tcp_distribution(port, 20).await;
+    assert!(dist.contains_key("b"), "b no longer serves: {dist:?}");
+    // b stops: its next check fails and it goes.
+    drop(b);
+    eventually("b removed once it fails its check", || async {
+        let hosts = fx.proxy.hosts("c1").await;
+        (hosts.len() == 1).then_some(())
+    })
+    .await;
 }

@@ -13,6 +13,7 @@ use courier_proto::envoy::extensions::upstreams::http::v3::{
     http_protocol_options, HttpProtocolOptions,
 };
 
+use super::health_flags::HealthFlags;
 use super::host::{Host, HostHealth, HostStats};
 use super::host_set::HostSet;
 use super::transport_socket_match::SocketMatches;
@@ -243,6 +244,9 @@ pub struct ClusterInfo {
     pub bind: Option<super::bind_config::BindConfig>,
     /// `outlier_detection`: its settings and the way workers report to it.
     pub outlier: Option<Arc<super::outlier_detection::Detector>>,
+    /// `ignore_health_on_host_removal`: a host EDS removes goes at once, even while it
+    /// passes its health checks.
+    pub ignore_health_on_host_removal: bool,
     /// An `ORIGINAL_DST` cluster's settings.
     pub original_dst: Option<Arc<super::original_dst::OriginalDst>>,
     /// The hosts, replaced as a whole on every membership change.
@@ -293,6 +297,7 @@ impl ClusterInfo {
             socket_matches: self.socket_matches.clone(),
             health_check: self.health_check.clone(),
             outlier: self.outlier.clone(),
+            ignore_health_on_host_removal: self.ignore_health_on_host_removal,
             original_dst: self.original_dst.clone(),
             bind: self.bind,
             hosts,
@@ -512,6 +517,7 @@ pub fn compile_cluster_reporting(
                 panic_threshold,
                 matches: &socket_matches,
                 health_checked: health_check.is_some(),
+                keep_healthy_removed: false,
             },
         )
         .map_err(|e| e.at("load_assignment"))?,
@@ -549,6 +555,7 @@ pub fn compile_cluster_reporting(
         socket_matches,
         health_check,
         outlier,
+        ignore_health_on_host_removal: proto.ignore_health_on_host_removal,
         original_dst,
         bind: proto
             .upstream_bind_config
@@ -1234,6 +1241,9 @@ pub struct HostSetParams<'a> {
     pub matches: &'a SocketMatches,
     /// Whether the cluster has active health checking (new hosts start failing it).
     pub health_checked: bool,
+    /// Whether a host EDS removes stays while it passes its health checks (Envoy's
+    /// default with health checking; `ignore_health_on_host_removal` turns it off).
+    pub keep_healthy_removed: bool,
 }
 
 impl ClusterInfo {
@@ -1243,6 +1253,8 @@ impl ClusterInfo {
             panic_threshold: self.panic_threshold,
             matches: &self.socket_matches,
             health_checked: self.health_check.is_some(),
+            keep_healthy_removed: self.health_check.is_some()
+                && !self.ignore_health_on_host_removal,
         }
     }
 }
@@ -1263,7 +1275,7 @@ pub fn build_host_set(
                 .collect()
         })
         .unwrap_or_default();
-    let hosts = parse_assignment(cla, params.matches)?
+    let mut hosts: Vec<Arc<Host>> = parse_assignment(cla, params.matches)?
         .into_iter()
         .map(|e| {
             let stats = known
@@ -1271,6 +1283,7 @@ pub fn build_host_set(
                 .cloned()
                 .unwrap_or_else(|| HostStats::new(store));
             stats.prepare_for(params.health_checked);
+            stats.set_flag(HealthFlags::PENDING_DYNAMIC_REMOVAL, false);
             Arc::new(Host::new(
                 e.address,
                 e.weight,
@@ -1282,6 +1295,20 @@ pub fn build_host_set(
             ))
         })
         .collect();
+    // As Envoy: with health checking, a host EDS removed that still passes its checks
+    // stays (and serves) until it fails one.
+    if let (true, Some(previous)) = (params.keep_healthy_removed, previous) {
+        for h in &previous.hosts {
+            let flags = h.stats.flags();
+            if hosts.iter().any(|n| n.address == h.address)
+                || flags.intersects(HealthFlags::FAILED_ACTIVE_HC)
+            {
+                continue;
+            }
+            h.stats.set_flag(HealthFlags::PENDING_DYNAMIC_REMOVAL, true);
+            hosts.push(Arc::new(h.refreshed()));
+        }
+    }
     Ok(Arc::new(HostSet::new(hosts, params.panic_threshold)))
 }
 

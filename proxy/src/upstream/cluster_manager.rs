@@ -68,12 +68,16 @@ fn ready(info: &ClusterInfo) -> bool {
     secrets && checked
 }
 
-/// `info` with its hosts' selection health recomputed from their current flags.
+/// `info` with its hosts' selection health recomputed from their current flags; a host
+/// EDS removed that kept serving while it passed its checks goes once it fails one.
 fn refreshed(info: &ClusterInfo) -> Arc<ClusterInfo> {
+    use super::HealthFlags as F;
+    let gone = F::PENDING_DYNAMIC_REMOVAL | F::FAILED_ACTIVE_HC;
     let hosts = info
         .hosts
         .hosts
         .iter()
+        .filter(|h| !h.stats.flags().contains(gone))
         .map(|h| Arc::new(h.refreshed()))
         .collect();
     let info = info.with_hosts(Arc::new(HostSet::new(hosts, info.panic_threshold)));

@@ -18,6 +18,9 @@ impl HealthFlags {
     pub const DEGRADED_ACTIVE_HC: HealthFlags = HealthFlags(1 << 3);
     /// EDS says DEGRADED.
     pub const DEGRADED_EDS_HEALTH: HealthFlags = HealthFlags(1 << 4);
+    /// EDS removed the host, but it passes active health checks: it serves until it
+    /// fails one.
+    pub const PENDING_DYNAMIC_REMOVAL: HealthFlags = HealthFlags(1 << 5);
     /// The host's last check timed out.
     pub const ACTIVE_HC_TIMEOUT: HealthFlags = HealthFlags(1 << 8);
 
@@ -27,12 +30,13 @@ impl HealthFlags {
     );
 
     /// Envoy's names, in its order.
-    const NAMES: [(HealthFlags, &'static str); 6] = [
+    const NAMES: [(HealthFlags, &'static str); 7] = [
         (Self::FAILED_ACTIVE_HC, "/failed_active_hc"),
         (Self::FAILED_OUTLIER_CHECK, "/failed_outlier_check"),
         (Self::FAILED_EDS_HEALTH, "/failed_eds_health"),
         (Self::DEGRADED_ACTIVE_HC, "/degraded_active_hc"),
         (Self::DEGRADED_EDS_HEALTH, "/degraded_eds_health"),
+        (Self::PENDING_DYNAMIC_REMOVAL, "/pending_dynamic_removal"),
         (Self::ACTIVE_HC_TIMEOUT, "/active_hc_timeout"),
     ];
 

@@ -34,9 +34,6 @@ pub trait DnsContext {
     fn clusters_warmed(self: &Rc<Self>);
 }
 
-/// Envoy's default `dns_refresh_rate`.
-const DEFAULT_REFRESH: Duration = Duration::from_secs(5);
-
 /// A DNS cluster's lookups.
 struct DnsJob {
     cluster: String,
@@ -71,16 +68,8 @@ fn by_family(mut addrs: Vec<SocketAddr>, family: DnsLookupFamily) -> Vec<SocketA
     addrs
 }
 
-/// A positive duration from the proto, else `default`.
-fn rate(d: Option<&courier_proto::google::protobuf::Duration>, default: Duration) -> Duration {
-    d.and_then(|d| crate::config::duration(d, "").ok())
-        .filter(|d| !d.is_zero())
-        .unwrap_or(default)
-}
-
 /// Every DNS cluster, active and warming (a warming version first: it is the one to
 /// resolve).
-#[allow(deprecated)] // the cluster-level DNS fields are what configs say
 fn dns_jobs(cm: &RefCell<ClusterManager>) -> Vec<DnsJob> {
     let cm = cm.borrow();
     // A warming cluster whose hosts are known waits for its secrets, not for DNS.
@@ -100,16 +89,11 @@ fn dns_jobs(cm: &RefCell<ClusterManager>) -> Vec<DnsJob> {
         })
         .filter_map(|(e, warming)| {
             let proto = e.info.proto.decode();
-            let family =
-                DnsLookupFamily::try_from(proto.dns_lookup_family).unwrap_or(DnsLookupFamily::Auto);
-            let refresh = rate(proto.dns_refresh_rate.as_ref(), DEFAULT_REFRESH);
-            let failure_refresh = rate(
-                proto
-                    .dns_failure_refresh_rate
-                    .as_ref()
-                    .and_then(|f| f.base_interval.as_ref()),
+            let super::cluster::DnsSettings {
+                family,
                 refresh,
-            );
+                failure_refresh,
+            } = e.info.dns;
             let cla = proto.load_assignment?;
             Some(DnsJob {
                 cluster: e.info.name.clone(),

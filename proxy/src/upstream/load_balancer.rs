@@ -5,7 +5,10 @@
 
 use std::sync::Arc;
 
-use super::cluster::{ClusterInfo, LbPolicy};
+use std::cmp::Ordering;
+use std::collections::BinaryHeap;
+
+use super::cluster::{ClusterInfo, LbPolicy, LeastRequest};
 use super::host::Host;
 use super::host_set::HostSet;
 use super::maglev::MaglevTable;
@@ -33,6 +36,58 @@ struct LbState {
     own_maglev: Option<MaglevTable>,
     /// The policy the state was built for.
     policy: LbPolicy,
+    /// Weighted LEAST_REQUEST: Envoy's earliest-deadline-first schedule, each eligible host
+    /// due again `1 / weight` after its last pick, its weight then scaled down by its
+    /// active requests.
+    edf: BinaryHeap<EdfEntry>,
+    /// The schedule's clock: the deadline of the last pick.
+    edf_now: f64,
+    /// The last `EdfEntry::seq` given.
+    edf_seq: u64,
+}
+
+/// A host in the EDF schedule. The heap is a max-heap, so the order is reversed: the
+/// earliest deadline (then the earliest added) comes out first.
+struct EdfEntry {
+    deadline: f64,
+    /// Ties go to the host added first, as Envoy's `order_offset`.
+    seq: u64,
+    /// Index into `eligible`.
+    slot: usize,
+}
+
+impl PartialEq for EdfEntry {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+impl Eq for EdfEntry {}
+impl PartialOrd for EdfEntry {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for EdfEntry {
+    fn cmp(&self, other: &Self) -> Ordering {
+        other
+            .deadline
+            .total_cmp(&self.deadline)
+            .then(other.seq.cmp(&self.seq))
+    }
+}
+
+/// A host's LEAST_REQUEST weight with unequal weights, as Envoy's:
+/// `weight / (active_requests + 1)^bias`.
+fn least_request_weight(host: &Host, bias: f64) -> f64 {
+    let weight = f64::from(host.weight.max(1));
+    let active = host.stats.rq_active.value().max(0) as f64 + 1.0;
+    if bias == 1.0 {
+        weight / active
+    } else if bias == 0.0 {
+        weight
+    } else {
+        weight / active.powf(bias)
+    }
 }
 
 impl LbState {
@@ -77,7 +132,23 @@ impl LbState {
             }
             _ => None,
         };
+        let mut edf = BinaryHeap::new();
+        if let (LbPolicy::LeastRequest(lr), true) = (policy, weighted) {
+            // Each host starts at a random point of its first period, so that workers
+            // (each with its own schedule) do not all start on the same host.
+            for (slot, &i) in hosts.eligible.iter().enumerate() {
+                let period = 1.0 / least_request_weight(&hosts.hosts[i], lr.active_request_bias);
+                edf.push(EdfEntry {
+                    deadline: period * fastrand::f64(),
+                    seq: slot as u64,
+                    slot,
+                });
+            }
+        }
         LbState {
+            edf,
+            edf_now: 0.0,
+            edf_seq: hosts.eligible.len() as u64,
             own_ring,
             own_maglev,
             policy,
@@ -132,23 +203,61 @@ impl LbState {
         eligible.last().map(|&i| self.hosts.hosts[i].clone())
     }
 
-    fn least_request(&self) -> Option<Arc<Host>> {
-        // Envoy's default: power of two choices on active requests.
+    fn least_request(&mut self, config: LeastRequest) -> Option<Arc<Host>> {
         let eligible = &self.hosts.eligible;
-        match eligible.len() {
-            0 => None,
-            1 => Some(self.hosts.hosts[eligible[0]].clone()),
-            n => {
-                let a = &self.hosts.hosts[eligible[fastrand::usize(..n)]];
-                let b = &self.hosts.hosts[eligible[fastrand::usize(..n)]];
-                let load = |h: &Host| h.stats.rq_active.value() + h.stats.cx_active.value();
-                Some(if load(b) < load(a) {
-                    b.clone()
-                } else {
-                    a.clone()
-                })
-            }
+        let hosts = &self.hosts.hosts;
+        let n = eligible.len();
+        if n == 0 {
+            return None;
         }
+        // Envoy's load is the host's active requests (across workers), not connections.
+        let load = |slot: usize| hosts[eligible[slot]].stats.rq_active.value();
+        let slot = if self.weighted {
+            // Envoy's EDF: the host due first is picked and scheduled again with its weight
+            // as of now (the request being picked for is not yet active on it).
+            let mut entry = self.edf.pop()?;
+            self.edf_now = entry.deadline;
+            let weight =
+                least_request_weight(&hosts[eligible[entry.slot]], config.active_request_bias);
+            let slot = entry.slot;
+            entry.deadline = self.edf_now + 1.0 / weight;
+            self.edf_seq += 1;
+            entry.seq = self.edf_seq;
+            self.edf.push(entry);
+            slot
+        } else if config.full_scan {
+            // Every host; ties broken uniformly at random (reservoir sampling), as Envoy.
+            let mut best = 0;
+            let mut tied = 1u32;
+            for slot in 1..n {
+                match load(slot).cmp(&load(best)) {
+                    Ordering::Less => {
+                        best = slot;
+                        tied = 1;
+                    }
+                    Ordering::Equal => {
+                        tied += 1;
+                        if fastrand::u32(..tied) == 0 {
+                            best = slot;
+                        }
+                    }
+                    Ordering::Greater => {}
+                }
+            }
+            best
+        } else {
+            // `choice_count` random hosts (with replacement, as Envoy); the first sampled
+            // keeps a tie.
+            let mut best = fastrand::usize(..n);
+            for _ in 1..config.choice_count {
+                let sampled = fastrand::usize(..n);
+                if load(sampled) < load(best) {
+                    best = sampled;
+                }
+            }
+            best
+        };
+        Some(hosts[eligible[slot]].clone())
     }
 }
 
@@ -178,7 +287,7 @@ impl LbStates {
         match cluster.lb_policy {
             LbPolicy::RoundRobin => state.round_robin(),
             LbPolicy::Random => state.random(),
-            LbPolicy::LeastRequest => state.least_request(),
+            LbPolicy::LeastRequest(config) => state.least_request(config),
             LbPolicy::RingHash {
                 min_ring_size,
                 max_ring_size,
@@ -204,5 +313,90 @@ impl LbStates {
     /// Drops state of clusters that no longer exist.
     pub fn retain(&mut self, keep: impl Fn(&str) -> bool) {
         self.states.retain(|name, _| keep(name));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::upstream::host_set::test_host_set;
+
+    fn state(weights: &[u32], lr: LeastRequest) -> LbState {
+        LbState::new(Arc::new(test_host_set(weights)), LbPolicy::LeastRequest(lr))
+    }
+
+    /// How many of `picks` picks went to each host.
+    fn shares(s: &mut LbState, lr: LeastRequest, picks: usize) -> Vec<usize> {
+        let mut counts = vec![0; s.hosts.hosts.len()];
+        for _ in 0..picks {
+            let host = s.least_request(lr).expect("a host");
+            let i = s
+                .hosts
+                .hosts
+                .iter()
+                .position(|h| Arc::ptr_eq(h, &host))
+                .expect("one of the set");
+            counts[i] += 1;
+        }
+        counts
+    }
+
+    #[test]
+    fn weighted_least_request_follows_the_weights_when_idle() {
+        let lr = LeastRequest::default();
+        let mut s = state(&[1, 2, 3], lr);
+        let counts = shares(&mut s, lr, 6000);
+        // EDF is deterministic once started: each host within a pick or two of its share.
+        for (count, expected) in counts.iter().zip([1000, 2000, 3000]) {
+            assert!(count.abs_diff(expected) <= 3, "{counts:?}");
+        }
+    }
+
+    #[test]
+    fn weighted_least_request_scales_weights_by_active_requests() {
+        let lr = LeastRequest::default();
+        let mut s = state(&[1, 2, 3], lr);
+        // 2 active on the heaviest host: 3 / (2 + 1) = 1, the lightest's weight.
+        s.hosts.hosts[2].stats.rq_active.set(2);
+        let counts = shares(&mut s, lr, 4000);
+        for (count, expected) in counts.iter().zip([1000, 2000, 1000]) {
+            assert!(count.abs_diff(expected) <= 10, "{counts:?}");
+        }
+        // A bias of 0 ignores the active requests.
+        let lr = LeastRequest {
+            active_request_bias: 0.0,
+            ..lr
+        };
+        let mut s = state(&[1, 2, 3], lr);
+        s.hosts.hosts[2].stats.rq_active.set(2);
+        let counts = shares(&mut s, lr, 6000);
+        for (count, expected) in counts.iter().zip([1000, 2000, 3000]) {
+            assert!(count.abs_diff(expected) <= 3, "{counts:?}");
+        }
+    }
+
+    #[test]
+    fn equal_weights_compare_choice_count_hosts() {
+        let lr = LeastRequest {
+            choice_count: 16,
+            ..LeastRequest::default()
+        };
+        let mut s = state(&[1, 1, 1], lr);
+        s.hosts.hosts[0].stats.rq_active.set(5);
+        // Host 0 wins only when all 16 samples are host 0: (1/3)^16.
+        let counts = shares(&mut s, lr, 3000);
+        assert_eq!(counts[0], 0, "{counts:?}");
+        assert!(counts[1] > 1200 && counts[2] > 1200, "{counts:?}");
+
+        // Full scan: never the loaded host; the tie is split at random.
+        let lr = LeastRequest {
+            full_scan: true,
+            ..LeastRequest::default()
+        };
+        let mut s = state(&[1, 1, 1], lr);
+        s.hosts.hosts[0].stats.rq_active.set(1);
+        let counts = shares(&mut s, lr, 3000);
+        assert_eq!(counts[0], 0, "{counts:?}");
+        assert!(counts[1] > 1300 && counts[2] > 1300, "{counts:?}");
     }
 }

@@ -12,6 +12,7 @@ pub mod connect;
 pub mod dns;
 mod host;
 mod host_set;
+mod lb_policy;
 mod load_balancer;
 pub mod maglev;
 pub mod ring_hash;
@@ -20,7 +21,7 @@ pub mod transport_socket_match;
 
 pub use cluster::{
     compile_cluster, validate_assignment, ClusterInfo, ClusterStats, ConnLifetime, DiscoveryType,
-    LbPolicy,
+    LbPolicy, LeastRequest,
 };
 pub use cluster_manager::{ClusterChange, ClusterEntry, ClusterManager, ClusterManagerStats};
 pub use host::{Host, HostHealth, HostStats};

@@ -1,0 +1,572 @@
+//! Load-balancing policies: a cluster's `lb_policy` (with its `lb_config`) or its typed
+//! `load_balancing_policy`, compiled into one [`LbPolicy`].
+//!
+//! As Envoy (`ClusterInfoImpl`): when `load_balancing_policy` is set (or `lb_policy` is
+//! `LOAD_BALANCING_POLICY_CONFIG`) it decides alone and `lb_policy`/`lb_config` are
+//! ignored; its `policies` are tried in order and the first whose type is registered wins.
+//! A type Envoy does not know is skipped as Envoy skips it; a type Envoy knows but Courier
+//! does not build is refused by its path rather than skipped, since Envoy would pick it
+//! and balance otherwise.
+
+use courier_proto::envoy::config::cluster::v3::{self as pb, cluster};
+use courier_proto::envoy::config::core::v3::RuntimeDouble;
+use courier_proto::envoy::extensions::load_balancing_policies as lbp;
+use courier_proto::google::protobuf::Any;
+
+use super::maglev::{is_prime, DEFAULT_TABLE_SIZE};
+use super::ring_hash::{DEFAULT_MAX_RING_SIZE, DEFAULT_MIN_RING_SIZE};
+use crate::config::ConfigError;
+use crate::extensions::{Factory, Registry};
+
+/// How a cluster picks a host for a request.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum LbPolicy {
+    /// ROUND_ROBIN (weighted).
+    RoundRobin,
+    /// RANDOM (weighted).
+    Random,
+    /// LEAST_REQUEST: the fewest active requests among `choice_count` random hosts (equal
+    /// weights), or weights scaled down by active requests (unequal weights).
+    LeastRequest(LeastRequest),
+    /// RING_HASH: requests with the same hash (a route's `hash_policy`) go to the same host
+    /// ([`super::ring_hash`]).
+    RingHash {
+        /// `minimum_ring_size` (default 1024).
+        min_ring_size: u64,
+        /// `maximum_ring_size` (default 8M).
+        max_ring_size: u64,
+    },
+    /// MAGLEV: as `RingHash`, with a lookup table ([`super::maglev`]).
+    Maglev {
+        /// `table_size` (default 65537, a prime).
+        table_size: u64,
+    },
+}
+
+/// A LEAST_REQUEST policy's settings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LeastRequest {
+    /// `choice_count` (default 2, at least 2): hosts sampled per pick when weights are
+    /// equal.
+    pub choice_count: u32,
+    /// `active_request_bias.default_value` (default 1.0): with unequal weights a host's
+    /// weight is `weight / (active_requests + 1)^bias`.
+    pub active_request_bias: f64,
+    /// `selection_method: FULL_SCAN`: every host is compared instead of `choice_count`
+    /// random ones.
+    pub full_scan: bool,
+}
+
+impl Default for LeastRequest {
+    fn default() -> Self {
+        LeastRequest {
+            choice_count: 2,
+            active_request_bias: 1.0,
+            full_scan: false,
+        }
+    }
+}
+
+/// Builds a policy from a typed config (`Any`), its path and the cluster.
+type Build = fn(&Any, &str) -> Result<LbPolicy, ConfigError>;
+
+/// The load-balancing policy extension point: the built-in policies, then the policies
+/// Envoy has that Courier refuses (so that they are not skipped as unknown).
+static LB_POLICIES: Registry<Build> = Registry {
+    point: "load balancing policy",
+    factories: &[
+        Factory {
+            type_name: "envoy.extensions.load_balancing_policies.round_robin.v3.RoundRobin",
+            name: "envoy.load_balancing_policies.round_robin",
+            build: round_robin,
+        },
+        Factory {
+            type_name: "envoy.extensions.load_balancing_policies.least_request.v3.LeastRequest",
+            name: "envoy.load_balancing_policies.least_request",
+            build: least_request,
+        },
+        Factory {
+            type_name: "envoy.extensions.load_balancing_policies.random.v3.Random",
+            name: "envoy.load_balancing_policies.random",
+            build: random,
+        },
+        Factory {
+            type_name: "envoy.extensions.load_balancing_policies.ring_hash.v3.RingHash",
+            name: "envoy.load_balancing_policies.ring_hash",
+            build: ring_hash,
+        },
+        Factory {
+            type_name: "envoy.extensions.load_balancing_policies.maglev.v3.Maglev",
+            name: "envoy.load_balancing_policies.maglev",
+            build: maglev,
+        },
+        Factory {
+            type_name: "envoy.extensions.load_balancing_policies.client_side_weighted_round_robin.v3.ClientSideWeightedRoundRobin",
+            name: "envoy.load_balancing_policies.client_side_weighted_round_robin",
+            build: not_built,
+        },
+        Factory {
+            type_name: "envoy.extensions.load_balancing_policies.cluster_provided.v3.ClusterProvided",
+            name: "envoy.load_balancing_policies.cluster_provided",
+            build: not_built,
+        },
+        Factory {
+            type_name: "envoy.extensions.load_balancing_policies.subset.v3.Subset",
+            name: "envoy.load_balancing_policies.subset",
+            build: not_built,
+        },
+        Factory {
+            type_name: "envoy.extensions.load_balancing_policies.wrr_locality.v3.WrrLocality",
+            name: "envoy.load_balancing_policies.wrr_locality",
+            build: not_built,
+        },
+        Factory {
+            type_name: "envoy.extensions.load_balancing_policies.override_host.v3.OverrideHost",
+            name: "envoy.load_balancing_policies.override_host",
+            build: not_built,
+        },
+        Factory {
+            type_name: "envoy.extensions.load_balancing_policies.pick_first.v3.PickFirst",
+            name: "envoy.load_balancing_policies.pick_first",
+            build: not_built,
+        },
+        Factory {
+            type_name: "envoy.extensions.load_balancing_policies.load_aware_locality.v3.LoadAwareLocality",
+            name: "envoy.load_balancing_policies.load_aware_locality",
+            build: not_built,
+        },
+        Factory {
+            type_name: "envoy.extensions.load_balancing_policies.random_subsetting.v3.RandomSubsetting",
+            name: "envoy.load_balancing_policies.random_subsetting",
+            build: not_built,
+        },
+        Factory {
+            type_name: "envoy.extensions.load_balancing_policies.dynamic_modules.v3.DynamicModulesLoadBalancerConfig",
+            name: "envoy.load_balancing_policies.dynamic_modules",
+            build: not_built,
+        },
+    ],
+};
+
+/// The cluster's policy, from `load_balancing_policy` when set, else from `lb_policy`.
+pub fn compile(proto: &pb::Cluster) -> Result<LbPolicy, ConfigError> {
+    let typed = proto.load_balancing_policy.is_some()
+        || proto.lb_policy == cluster::LbPolicy::LoadBalancingPolicyConfig as i32;
+    if typed {
+        typed_policy(proto)
+    } else {
+        legacy_policy(proto)
+    }
+}
+
+fn typed_policy(proto: &pb::Cluster) -> Result<LbPolicy, ConfigError> {
+    let Some(lbp) = &proto.load_balancing_policy else {
+        return Err(ConfigError::new(
+            "load_balancing_policy",
+            "cluster: field load_balancing_policy need to be set",
+        ));
+    };
+    // Envoy's checks, in its order.
+    if proto.lb_subset_config.is_some() {
+        return Err(ConfigError::new(
+            "lb_subset_config",
+            "cluster: load_balancing_policy cannot be combined with lb_subset_config",
+        ));
+    }
+    if let Some(c) = &proto.common_lb_config {
+        use cluster::common_lb_config::LocalityConfigSpecifier;
+        if c.locality_config_specifier.is_some() || c.consistent_hashing_lb_config.is_some() {
+            let field = match c.locality_config_specifier {
+                Some(LocalityConfigSpecifier::ZoneAwareLbConfig(_)) => "zone_aware_lb_config",
+                Some(LocalityConfigSpecifier::LocalityWeightedLbConfig(_)) => {
+                    "locality_weighted_lb_config"
+                }
+                None => "consistent_hashing_lb_config",
+            };
+            return Err(ConfigError::new(
+                format!("common_lb_config.{field}"),
+                "cluster: load_balancing_policy cannot be combined with partial fields \
+                 (zone_aware_lb_config, locality_weighted_lb_config, \
+                 consistent_hashing_lb_config) of common_lb_config",
+            ));
+        }
+    }
+    let mut missing = Vec::new();
+    for (i, policy) in lbp.policies.iter().enumerate() {
+        let path = format!("load_balancing_policy.policies[{i}].typed_extension_config");
+        let Some(ext) = &policy.typed_extension_config else {
+            missing.push(String::new());
+            continue;
+        };
+        match LB_POLICIES.resolve(ext.typed_config.as_ref(), &ext.name, true, &path)? {
+            Some(found) => {
+                // Envoy loads a policy named without a config with its defaults.
+                let config = found.config.unwrap_or_else(|| Any {
+                    type_url: format!("type.googleapis.com/{}", found.factory.type_name),
+                    value: Vec::new(),
+                });
+                return (found.factory.build)(&config, &format!("{path}.typed_config"));
+            }
+            None => missing.push(ext.name.clone()),
+        }
+    }
+    Err(ConfigError::new(
+        "load_balancing_policy",
+        format!(
+            "cluster: didn't find a registered load balancer factory implementation for \
+             cluster: '{}' with names from [{}]",
+            proto.name,
+            missing.join(", ")
+        ),
+    ))
+}
+
+/// Decodes a typed config of type `T`, refusing a mismatched type at `path`.
+fn unpack<T: prost::Message + Default + prost::Name>(
+    any: &Any,
+    path: &str,
+) -> Result<T, ConfigError> {
+    courier_proto::unpack_any(any).map_err(|e| ConfigError::new(path, e.to_string()))
+}
+
+fn not_built(_: &Any, path: &str) -> Result<LbPolicy, ConfigError> {
+    // The path ends in `.typed_config`; the policy as a whole is what is refused.
+    Err(ConfigError::unsupported(
+        path.strip_suffix(".typed_config").unwrap_or(path),
+    ))
+}
+
+/// Refuses what a typed policy's `locality_lb_config` asks that Courier lacks. Zone-aware
+/// routing needs the bootstrap's `local_cluster_name`, which Courier refuses, so Envoy
+/// does no zone routing either and its settings change nothing; except
+/// `fail_traffic_on_panic`, which Envoy applies to any cluster in panic.
+fn locality_lb_config(
+    c: Option<&lbp::common::v3::LocalityLbConfig>,
+    path: &str,
+) -> Result<(), ConfigError> {
+    use lbp::common::v3::locality_lb_config::LocalityConfigSpecifier;
+    match c.and_then(|c| c.locality_config_specifier.as_ref()) {
+        Some(LocalityConfigSpecifier::LocalityWeightedLbConfig(_)) => {
+            Err(ConfigError::unsupported(format!(
+                "{path}.locality_lb_config.locality_weighted_lb_config"
+            )))
+        }
+        Some(LocalityConfigSpecifier::ZoneAwareLbConfig(z)) if z.fail_traffic_on_panic => {
+            Err(ConfigError::unsupported(format!(
+                "{path}.locality_lb_config.zone_aware_lb_config.fail_traffic_on_panic"
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn round_robin(any: &Any, path: &str) -> Result<LbPolicy, ConfigError> {
+    let c: lbp::round_robin::v3::RoundRobin = unpack(any, path)?;
+    if c.slow_start_config.is_some() {
+        return Err(ConfigError::unsupported(format!(
+            "{path}.slow_start_config"
+        )));
+    }
+    locality_lb_config(c.locality_lb_config.as_ref(), path)?;
+    Ok(LbPolicy::RoundRobin)
+}
+
+fn random(any: &Any, path: &str) -> Result<LbPolicy, ConfigError> {
+    let c: lbp::random::v3::Random = unpack(any, path)?;
+    locality_lb_config(c.locality_lb_config.as_ref(), path)?;
+    Ok(LbPolicy::Random)
+}
+
+fn least_request(any: &Any, path: &str) -> Result<LbPolicy, ConfigError> {
+    use lbp::least_request::v3::least_request::SelectionMethod;
+    let c: lbp::least_request::v3::LeastRequest = unpack(any, path)?;
+    if c.slow_start_config.is_some() {
+        return Err(ConfigError::unsupported(format!(
+            "{path}.slow_start_config"
+        )));
+    }
+    locality_lb_config(c.locality_lb_config.as_ref(), path)?;
+    // `enable_full_scan` is documented "Unused" and Envoy reads it nowhere.
+    let full_scan = match SelectionMethod::try_from(c.selection_method) {
+        Ok(SelectionMethod::NChoices) => false,
+        Ok(SelectionMethod::FullScan) => true,
+        Err(_) => {
+            return Err(ConfigError::new(
+                format!("{path}.selection_method"),
+                "value must be one of the defined enum values",
+            ))
+        }
+    };
+    Ok(LbPolicy::LeastRequest(LeastRequest {
+        choice_count: choice_count(c.choice_count.map(|v| v.value), path)?,
+        active_request_bias: active_request_bias(c.active_request_bias.as_ref(), path)?,
+        full_scan,
+    }))
+}
+
+/// `choice_count`, checked as Envoy's proto validation checks it.
+fn choice_count(value: Option<u32>, path: &str) -> Result<u32, ConfigError> {
+    match value {
+        None => Ok(2),
+        Some(n) if n >= 2 => Ok(n),
+        Some(_) => Err(ConfigError::new(
+            format!("{path}.choice_count"),
+            "value must be greater than or equal to 2",
+        )),
+    }
+}
+
+/// `active_request_bias`: its default value (Envoy falls back to 1.0, with a warning, for
+/// a negative or NaN one). A runtime key is refused: Courier has no runtime to look it up.
+fn active_request_bias(bias: Option<&RuntimeDouble>, path: &str) -> Result<f64, ConfigError> {
+    let Some(bias) = bias else {
+        return Ok(1.0);
+    };
+    if !bias.runtime_key.is_empty() {
+        return Err(ConfigError::unsupported(format!(
+            "{path}.active_request_bias.runtime_key"
+        )));
+    }
+    let value = bias.default_value;
+    if value < 0.0 || value.is_nan() {
+        tracing::warn!(
+            path,
+            value,
+            "invalid active request bias supplied, using 1.0"
+        );
+        return Ok(1.0);
+    }
+    Ok(value)
+}
+
+/// Ring sizes checked as Envoy checks them (`prefix` names the message holding them).
+fn ring_sizes(min: Option<u64>, max: Option<u64>, prefix: &str) -> Result<LbPolicy, ConfigError> {
+    let min_ring_size = min.unwrap_or(DEFAULT_MIN_RING_SIZE);
+    let max_ring_size = max.unwrap_or(DEFAULT_MAX_RING_SIZE);
+    for (field, value) in [
+        ("minimum_ring_size", min_ring_size),
+        ("maximum_ring_size", max_ring_size),
+    ] {
+        if value > DEFAULT_MAX_RING_SIZE {
+            return Err(ConfigError::new(
+                format!("{prefix}.{field}"),
+                format!("value must be less than or equal to {DEFAULT_MAX_RING_SIZE}"),
+            ));
+        }
+    }
+    if min_ring_size > max_ring_size {
+        return Err(ConfigError::new(
+            prefix,
+            format!("ring hash: minimum_ring_size ({min_ring_size}) > maximum_ring_size ({max_ring_size})"),
+        ));
+    }
+    Ok(LbPolicy::RingHash {
+        min_ring_size,
+        max_ring_size,
+    })
+}
+
+/// A Maglev table size checked as Envoy checks it.
+fn table_size(size: Option<u64>, path: &str) -> Result<LbPolicy, ConfigError> {
+    let table_size = size.unwrap_or(DEFAULT_TABLE_SIZE);
+    if table_size > 5_000_011 {
+        return Err(ConfigError::new(
+            path,
+            "value must be less than or equal to 5000011",
+        ));
+    }
+    if !is_prime(table_size) {
+        return Err(ConfigError::new(
+            path,
+            "The table size of maglev must be prime number",
+        ));
+    }
+    Ok(LbPolicy::Maglev { table_size })
+}
+
+/// Refuses the consistent-hashing settings Courier lacks (`prefix` names the message).
+fn consistent_hashing(
+    use_hostname_for_hashing: bool,
+    hash_balance_factor: Option<u32>,
+    prefix: &str,
+) -> Result<(), ConfigError> {
+    if use_hostname_for_hashing {
+        return Err(ConfigError::unsupported(format!(
+            "{prefix}.use_hostname_for_hashing"
+        )));
+    }
+    if let Some(f) = hash_balance_factor {
+        if f < 100 {
+            return Err(ConfigError::new(
+                format!("{prefix}.hash_balance_factor"),
+                "value must be greater than or equal to 100",
+            ));
+        }
+        return Err(ConfigError::unsupported(format!(
+            "{prefix}.hash_balance_factor"
+        )));
+    }
+    Ok(())
+}
+
+#[allow(deprecated)] // the deprecated fields still act in Envoy
+fn ring_hash(any: &Any, path: &str) -> Result<LbPolicy, ConfigError> {
+    use lbp::ring_hash::v3::ring_hash::HashFunction;
+    let c: lbp::ring_hash::v3::RingHash = unpack(any, path)?;
+    let (use_hostname, balance) = (
+        c.use_hostname_for_hashing,
+        c.hash_balance_factor.map(|v| v.value),
+    );
+    if c.hash_function == HashFunction::MurmurHash2 as i32 {
+        return Err(ConfigError::unsupported(format!("{path}.hash_function")));
+    }
+    consistent_hashing(use_hostname, balance, path)?;
+    if let Some(ch) = &c.consistent_hashing_lb_config {
+        consistent_hashing(
+            ch.use_hostname_for_hashing,
+            ch.hash_balance_factor.map(|v| v.value),
+            &format!("{path}.consistent_hashing_lb_config"),
+        )?;
+    }
+    if c.locality_weighted_lb_config.is_some() {
+        return Err(ConfigError::unsupported(format!(
+            "{path}.locality_weighted_lb_config"
+        )));
+    }
+    ring_sizes(
+        c.minimum_ring_size.map(|v| v.value),
+        c.maximum_ring_size.map(|v| v.value),
+        path,
+    )
+}
+
+fn maglev(any: &Any, path: &str) -> Result<LbPolicy, ConfigError> {
+    let c: lbp::maglev::v3::Maglev = unpack(any, path)?;
+    if let Some(ch) = &c.consistent_hashing_lb_config {
+        consistent_hashing(
+            ch.use_hostname_for_hashing,
+            ch.hash_balance_factor.map(|v| v.value),
+            &format!("{path}.consistent_hashing_lb_config"),
+        )?;
+    }
+    if c.locality_weighted_lb_config.is_some() {
+        return Err(ConfigError::unsupported(format!(
+            "{path}.locality_weighted_lb_config"
+        )));
+    }
+    table_size(c.table_size.map(|v| v.value), &format!("{path}.table_size"))
+}
+
+/// `lb_policy` with its `lb_config`. Settings of another policy than the cluster's are
+/// ignored, as Envoy ignores them.
+fn legacy_policy(proto: &pb::Cluster) -> Result<LbPolicy, ConfigError> {
+    let policy = match cluster::LbPolicy::try_from(proto.lb_policy) {
+        Ok(cluster::LbPolicy::RoundRobin) => {
+            if let Some(cluster::LbConfig::RoundRobinLbConfig(c)) = &proto.lb_config {
+                if c.slow_start_config.is_some() {
+                    return Err(ConfigError::unsupported(
+                        "round_robin_lb_config.slow_start_config",
+                    ));
+                }
+            }
+            LbPolicy::RoundRobin
+        }
+        Ok(cluster::LbPolicy::Random) => LbPolicy::Random,
+        Ok(cluster::LbPolicy::LeastRequest) => {
+            let mut lr = LeastRequest::default();
+            if let Some(cluster::LbConfig::LeastRequestLbConfig(c)) = &proto.lb_config {
+                let path = "least_request_lb_config";
+                if c.slow_start_config.is_some() {
+                    return Err(ConfigError::unsupported(format!(
+                        "{path}.slow_start_config"
+                    )));
+                }
+                lr.choice_count = choice_count(c.choice_count.map(|v| v.value), path)?;
+                lr.active_request_bias = active_request_bias(c.active_request_bias.as_ref(), path)?;
+            }
+            LbPolicy::LeastRequest(lr)
+        }
+        Ok(cluster::LbPolicy::RingHash) => {
+            use cluster::ring_hash_lb_config::HashFunction;
+            let config = match &proto.lb_config {
+                Some(cluster::LbConfig::RingHashLbConfig(c)) => Some(c),
+                _ => None,
+            };
+            let policy = ring_sizes(
+                config
+                    .and_then(|c| c.minimum_ring_size.as_ref())
+                    .map(|v| v.value),
+                config
+                    .and_then(|c| c.maximum_ring_size.as_ref())
+                    .map(|v| v.value),
+                "ring_hash_lb_config",
+            )?;
+            if config.is_some_and(|c| c.hash_function == HashFunction::MurmurHash2 as i32) {
+                return Err(ConfigError::unsupported(
+                    "ring_hash_lb_config.hash_function",
+                ));
+            }
+            legacy_consistent_hashing(proto)?;
+            policy
+        }
+        Ok(cluster::LbPolicy::Maglev) => {
+            let size = match &proto.lb_config {
+                Some(cluster::LbConfig::MaglevLbConfig(c)) => {
+                    c.table_size.as_ref().map(|v| v.value)
+                }
+                _ => None,
+            };
+            let policy = table_size(size, "maglev_lb_config.table_size")?;
+            legacy_consistent_hashing(proto)?;
+            policy
+        }
+        _ => return Err(ConfigError::unsupported("lb_policy")),
+    };
+    legacy_common_lb_config(proto)?;
+    Ok(policy)
+}
+
+/// `common_lb_config.consistent_hashing_lb_config` of a hashing `lb_policy`.
+fn legacy_consistent_hashing(proto: &pb::Cluster) -> Result<(), ConfigError> {
+    match proto
+        .common_lb_config
+        .as_ref()
+        .and_then(|c| c.consistent_hashing_lb_config.as_ref())
+    {
+        Some(c) => consistent_hashing(
+            c.use_hostname_for_hashing,
+            c.hash_balance_factor.map(|v| v.value),
+            "common_lb_config.consistent_hashing_lb_config",
+        ),
+        None => Ok(()),
+    }
+}
+
+/// Refuses the `common_lb_config` settings Courier does not act on (each changes which
+/// host a request gets).
+fn legacy_common_lb_config(proto: &pb::Cluster) -> Result<(), ConfigError> {
+    let Some(c) = &proto.common_lb_config else {
+        return Ok(());
+    };
+    use cluster::common_lb_config::LocalityConfigSpecifier;
+    let refused = [
+        (
+            "common_lb_config.locality_weighted_lb_config",
+            matches!(
+                c.locality_config_specifier,
+                Some(LocalityConfigSpecifier::LocalityWeightedLbConfig(_))
+            ),
+        ),
+        (
+            "common_lb_config.zone_aware_lb_config.fail_traffic_on_panic",
+            matches!(
+                &c.locality_config_specifier,
+                Some(LocalityConfigSpecifier::ZoneAwareLbConfig(z)) if z.fail_traffic_on_panic
+            ),
+        ),
+    ];
+    match refused.iter().find(|(_, set)| *set) {
+        Some((field, _)) => Err(ConfigError::unsupported(*field)),
+        None => Ok(()),
+    }
+}

@@ -23,7 +23,7 @@ use crate::extensions::{Factory, Registry};
 pub enum LbPolicy {
     /// ROUND_ROBIN (weighted).
     RoundRobin,
-    /// RANDOM (weighted).
+    /// RANDOM: uniform among the eligible hosts (Envoy ignores weights here).
     Random,
     /// LEAST_REQUEST: the fewest active requests among `choice_count` random hosts (equal
     /// weights), or weights scaled down by active requests (unequal weights).

@@ -186,21 +186,12 @@ impl LbState {
     }
 
     fn random(&self) -> Option<Arc<Host>> {
+        // Envoy's RANDOM draws uniformly among the eligible hosts: weights play no part.
         let eligible = &self.hosts.eligible;
         if eligible.is_empty() {
             return None;
         }
-        if !self.weighted {
-            return Some(self.hosts.hosts[eligible[fastrand::usize(..eligible.len())]].clone());
-        }
-        let mut r = fastrand::i64(0..self.total_weight.max(1));
-        for &i in eligible {
-            r -= self.hosts.hosts[i].weight as i64;
-            if r < 0 {
-                return Some(self.hosts.hosts[i].clone());
-            }
-        }
-        eligible.last().map(|&i| self.hosts.hosts[i].clone())
+        Some(self.hosts.hosts[eligible[fastrand::usize(..eligible.len())]].clone())
     }
 
     fn least_request(&mut self, config: LeastRequest) -> Option<Arc<Host>> {

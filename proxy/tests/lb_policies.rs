@@ -285,3 +285,87 @@ fn least_request_sends_less_to_a_slow_host_as_envoy() {
     assert!(envoy < 0.2, "envoy: slow host served {envoy:.3}");
     eprintln!("slow host share: courier {courier:.3}, envoy {envoy:.3}");
 }
+
+/// A static cluster with one locality per host, weighted `locality_weights` (Envoy
+/// Gateway's shape: a backend per locality, its weight the locality's).
+fn locality_cluster(
+    name: &str,
+    hosts: &[SocketAddr],
+    locality_weights: &[u32],
+    policy: &str,
+) -> String {
+    let endpoints: String = hosts
+        .iter()
+        .zip(locality_weights)
+        .enumerate()
+        .map(|(i, (a, w))| {
+            format!(
+                "      - locality: {{ region: {name}/backend/{i} }}\n        load_balancing_weight: {w}\n        lb_endpoints:\n        - endpoint: {{ address: {{ socket_address: {{ address: {}, port_value: {} }} }} }}\n          load_balancing_weight: 1\n",
+                a.ip(),
+                a.port()
+            )
+        })
+        .collect();
+    format!(
+        "  - name: {name}\n    type: STATIC\n    connect_timeout: 1s\n{policy}    load_assignment:\n      cluster_name: {name}\n      endpoints:\n{endpoints}"
+    )
+}
+
+#[test]
+fn locality_weighted_balancing_as_envoy_gateway_sends_it() {
+    let ups: Vec<Upstream> = ["a", "b", "c"].iter().map(|n| Upstream::start(n)).collect();
+    let addrs: Vec<SocketAddr> = ups.iter().map(|u| u.addr).collect();
+    let locality_weighted = "            locality_lb_config: { locality_weighted_lb_config: {} }\n";
+    let clusters = [
+        locality_cluster(
+            "eg",
+            &addrs,
+            &WEIGHTS,
+            &typed("least_request", "LeastRequest", locality_weighted),
+        ),
+        locality_cluster(
+            "eg_rr",
+            &addrs,
+            &WEIGHTS,
+            &typed("round_robin", "RoundRobin", locality_weighted),
+        ),
+        locality_cluster(
+            "legacy",
+            &addrs,
+            &WEIGHTS,
+            "    common_lb_config: { locality_weighted_lb_config: {} }\n",
+        ),
+        // Without locality weighting the localities' weights play no part.
+        locality_cluster("plain", &addrs, &WEIGHTS, ""),
+    ]
+    .concat();
+    let boot = bootstrap(&routes(&["eg", "eg_rr", "legacy", "plain"]), "", &clusters);
+    let check = |p: &Courier, who: &str| {
+        let weighted = WEIGHTS.map(|w| f64::from(w) / 8.0);
+        for (name, expected) in [
+            ("eg", weighted),
+            ("eg_rr", weighted),
+            ("legacy", weighted),
+            ("plain", [1.0 / 3.0; 3]),
+        ] {
+            let got = counts(p, name);
+            let per_host: Vec<usize> = ["a", "b", "c"]
+                .iter()
+                .map(|h| got.get(*h).copied().unwrap_or(0))
+                .collect();
+            for (count, share) in per_host.iter().zip(expected) {
+                let deviation = (*count as f64 / REQUESTS as f64 - share).abs();
+                assert!(
+                    deviation <= 0.02,
+                    "{who} {name}: {per_host:?} of {REQUESTS}, expected shares {expected:?}"
+                );
+            }
+        }
+    };
+    check(&Courier::start(&boot), "courier");
+    let Some(envoy) = Courier::start_envoy(&boot) else {
+        eprintln!("envoy not on PATH: skipping the locality-weighted differential");
+        return;
+    };
+    check(&envoy, "envoy");
+}

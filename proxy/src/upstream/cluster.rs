@@ -45,7 +45,7 @@ pub enum DiscoveryType {
     },
 }
 
-pub use super::lb_policy::{LbPolicy, LeastRequest};
+pub use super::lb_policy::{Balancing, LbPolicy, LeastRequest};
 
 /// How a DNS cluster resolves: the cluster-level fields (`STRICT_DNS`, `LOGICAL_DNS`) or
 /// the `envoy.cluster.dns` extension's `DnsCluster`.
@@ -299,6 +299,8 @@ pub struct ClusterInfo {
     pub dns: DnsSettings,
     /// Load-balancing policy.
     pub lb_policy: LbPolicy,
+    /// Locality-weighted balancing: a locality first, then a host in it by `lb_policy`.
+    pub locality_weighted: bool,
     /// `common_lb_config.healthy_panic_threshold` in percent (default 50).
     pub panic_threshold: f64,
     /// `per_connection_buffer_limit_bytes` (default 1 MiB).
@@ -363,6 +365,7 @@ impl ClusterInfo {
             connect_timeout: self.connect_timeout,
             dns: self.dns,
             lb_policy: self.lb_policy,
+            locality_weighted: self.locality_weighted,
             panic_threshold: self.panic_threshold,
             buffer_limit: self.buffer_limit,
             thresholds: self.thresholds,
@@ -447,7 +450,10 @@ pub fn compile_cluster(proto: &pb::Cluster, store: &Store) -> Result<ClusterInfo
         }
     };
     common_lb_settings_built(proto)?;
-    let lb_policy = super::lb_policy::compile(proto)?;
+    let Balancing {
+        policy: lb_policy,
+        locality_weighted,
+    } = super::lb_policy::compile(proto)?;
     let connect_timeout = config::duration_or(
         proto.connect_timeout.as_ref(),
         Duration::from_secs(5),
@@ -537,6 +543,7 @@ pub fn compile_cluster(proto: &pb::Cluster, store: &Store) -> Result<ClusterInfo
         connect_timeout,
         dns,
         lb_policy,
+        locality_weighted,
         panic_threshold,
         buffer_limit,
         thresholds,
@@ -993,6 +1000,10 @@ pub struct DnsTarget {
     pub weight: u32,
     /// The transport socket match its metadata chose.
     pub transport_match: Option<u16>,
+    /// Its locality (see [`Host::locality`]).
+    pub locality: u32,
+    /// Its locality's weight (see [`Host::locality_weight`]).
+    pub locality_weight: u32,
 }
 
 /// The targets of a DNS cluster's load assignment (each choosing among `matches`; the
@@ -1002,7 +1013,10 @@ pub fn dns_targets(
     matches: &SocketMatches,
 ) -> Result<Vec<DnsTarget>, ConfigError> {
     let mut out = Vec::new();
-    for (li, locality) in cla.endpoints.iter().enumerate() {
+    let groups = localities(cla);
+    for ((li, locality), &(locality_index, locality_weight)) in
+        cla.endpoints.iter().enumerate().zip(&groups)
+    {
         for (ei, lb) in locality.lb_endpoints.iter().enumerate() {
             let path = format!("endpoints[{li}].lb_endpoints[{ei}]");
             let Some(lb_endpoint::HostIdentifier::Endpoint(ep)) = &lb.host_identifier else {
@@ -1018,6 +1032,8 @@ pub fn dns_targets(
                 port,
                 weight,
                 transport_match: matches.find(lb.metadata.as_ref(), locality.metadata.as_ref()),
+                locality: locality_index,
+                locality_weight,
             });
         }
     }
@@ -1032,6 +1048,49 @@ struct ParsedEndpoint {
     priority: u32,
     hostname: Option<Arc<str>>,
     transport_match: Option<u16>,
+    locality: u32,
+    locality_weight: u32,
+}
+
+/// Each `endpoints` entry's locality, as Envoy groups them: an index among the distinct
+/// localities (sorted by region, zone and sub-zone, as Envoy's `LocalityLess`), and the
+/// weight of that locality at that priority (the last entry's, as Envoy's map keeps).
+fn localities(cla: &ClusterLoadAssignment) -> Vec<(u32, u32)> {
+    fn key(
+        e: &courier_proto::envoy::config::endpoint::v3::LocalityLbEndpoints,
+    ) -> (&str, &str, &str) {
+        e.locality
+            .as_ref()
+            .map(|l| (l.region.as_str(), l.zone.as_str(), l.sub_zone.as_str()))
+            .unwrap_or_default()
+    }
+    let mut keys: Vec<(&str, &str, &str)> = cla.endpoints.iter().map(key).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    let mut weights: HashMap<(u32, u32), u32> = HashMap::new();
+    let indices: Vec<u32> = cla
+        .endpoints
+        .iter()
+        .map(|e| {
+            let index = keys.binary_search(&key(e)).unwrap_or(0) as u32;
+            let weight = e.load_balancing_weight.as_ref().map_or(0, |w| w.value);
+            weights.insert((e.priority, index), weight);
+            index
+        })
+        .collect();
+    cla.endpoints
+        .iter()
+        .zip(indices)
+        .map(|(e, i)| (i, weights.get(&(e.priority, i)).copied().unwrap_or(0)))
+        .collect()
+}
+
+/// An assignment's `policy.overprovisioning_factor`.
+pub fn overprovisioning(cla: &ClusterLoadAssignment) -> u32 {
+    cla.policy
+        .as_ref()
+        .and_then(|p| p.overprovisioning_factor.as_ref())
+        .map_or(super::host_set::DEFAULT_OVERPROVISIONING, |f| f.value)
 }
 
 /// Validates an assignment and reads its endpoints (each choosing among `matches`);
@@ -1051,7 +1110,10 @@ fn parse_assignment(
         ));
     }
     let mut endpoints = Vec::new();
-    for (li, locality) in cla.endpoints.iter().enumerate() {
+    let groups = localities(cla);
+    for ((li, locality), &(locality_index, locality_weight)) in
+        cla.endpoints.iter().enumerate().zip(&groups)
+    {
         for (ei, lb) in locality.lb_endpoints.iter().enumerate() {
             let path = format!("endpoints[{li}].lb_endpoints[{ei}]");
             let Some(lb_endpoint::HostIdentifier::Endpoint(ep)) = &lb.host_identifier else {
@@ -1080,6 +1142,8 @@ fn parse_assignment(
                 priority: locality.priority,
                 hostname: (!ep.hostname.is_empty()).then(|| Arc::from(ep.hostname.as_str())),
                 transport_match: matches.choose(lb.metadata.as_ref(), locality.metadata.as_ref()),
+                locality: locality_index,
+                locality_weight,
             });
         }
     }
@@ -1123,10 +1187,14 @@ pub fn build_host_set(
                 stats,
                 hostname: e.hostname,
                 transport_match: e.transport_match,
+                locality: e.locality,
+                locality_weight: e.locality_weight,
             })
         })
         .collect();
-    Ok(Arc::new(HostSet::new(hosts, panic_threshold)))
+    let mut set = HostSet::new(hosts, panic_threshold);
+    set.overprovisioning = overprovisioning(cla);
+    Ok(Arc::new(set))
 }
 
 #[cfg(test)]
@@ -1168,7 +1236,7 @@ mod tests {
                 "least_request_lb_config.slow_start_config",
             ),
             (
-                "common_lb_config: { locality_weighted_lb_config: {} }\n",
+                "lb_policy: MAGLEV\ncommon_lb_config: { locality_weighted_lb_config: {} }\n",
                 "common_lb_config.locality_weighted_lb_config",
             ),
             (
@@ -1349,14 +1417,6 @@ mod tests {
             ),
             (
                 typed_lb(&[&lb_any(
-                    "least_request",
-                    "LeastRequest",
-                    ", locality_lb_config: { locality_weighted_lb_config: {} }",
-                )]),
-                format!("{p0}.locality_lb_config.locality_weighted_lb_config"),
-            ),
-            (
-                typed_lb(&[&lb_any(
                     "random",
                     "Random",
                     ", locality_lb_config: { zone_aware_lb_config: { fail_traffic_on_panic: true } }",
@@ -1401,6 +1461,23 @@ mod tests {
         ] {
             assert_eq!(err(&yaml), path, "{yaml}");
         }
+        // Envoy Gateway's form: least request, locality-weighted.
+        let eg = compile(&typed_lb(&[&lb_any(
+            "least_request",
+            "LeastRequest",
+            ", locality_lb_config: { locality_weighted_lb_config: {} }",
+        )]))
+        .expect("compiles");
+        assert!(eg.locality_weighted);
+        assert_eq!(
+            eg.lb_policy,
+            LbPolicy::LeastRequest(LeastRequest::default())
+        );
+        assert!(
+            compile("common_lb_config: { locality_weighted_lb_config: {} }\n")
+                .expect("compiles")
+                .locality_weighted
+        );
         // A zone-aware config changes nothing without a local cluster.
         assert!(compile(&typed_lb(&[&lb_any(
             "least_request",

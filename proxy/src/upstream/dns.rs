@@ -40,6 +40,8 @@ struct DnsJob {
     discovery: DiscoveryType,
     /// Each endpoint to resolve.
     targets: Vec<DnsTarget>,
+    /// The assignment's `overprovisioning_factor`.
+    overprovisioning: u32,
     panic_threshold: f64,
     family: DnsLookupFamily,
     /// `dns_refresh_rate`.
@@ -99,6 +101,7 @@ fn dns_jobs(cm: &RefCell<ClusterManager>) -> Vec<DnsJob> {
                 cluster: e.info.name.clone(),
                 discovery: e.info.discovery.clone(),
                 targets: dns_targets(&cla, &e.info.socket_matches).ok()?,
+                overprovisioning: super::cluster::overprovisioning(&cla),
                 panic_threshold: e.info.panic_threshold,
                 family,
                 refresh,
@@ -125,6 +128,8 @@ async fn lookup(cm: &RefCell<ClusterManager>, job: &DnsJob) -> Option<Vec<Arc<Ho
         port,
         weight,
         transport_match,
+        locality,
+        locality_weight,
     } in &job.targets
     {
         if let Some(s) = &stats {
@@ -164,6 +169,8 @@ async fn lookup(cm: &RefCell<ClusterManager>, job: &DnsJob) -> Option<Vec<Arc<Ho
                         stats,
                         hostname: Some(hostname.clone()),
                         transport_match: *transport_match,
+                        locality: *locality,
+                        locality_weight: *locality_weight,
                     }));
                 }
             }
@@ -193,7 +200,11 @@ async fn resolve(cm: &RefCell<ClusterManager>, job: &DnsJob) -> (bool, bool) {
             })
     });
     if job.warming || hosts.is_some() {
-        let set = hosts.map(|h| Arc::new(HostSet::new(h, job.panic_threshold)));
+        let set = hosts.map(|h| {
+            let mut set = HostSet::new(h, job.panic_threshold);
+            set.overprovisioning = job.overprovisioning;
+            Arc::new(set)
+        });
         cm.set_resolved_hosts(&job.cluster, set);
         cm.publish();
     }

@@ -62,4 +62,9 @@ pub struct Host {
     /// The `transport_socket_matches` entry its metadata chose (`None`: the cluster's
     /// `transport_socket`).
     pub transport_match: Option<u16>,
+    /// Its locality: an index among the assignment's distinct localities (Envoy's
+    /// order: by region, zone and sub-zone), for locality-weighted balancing.
+    pub locality: u32,
+    /// Its locality's `load_balancing_weight` (0 when unset, as Envoy reads it).
+    pub locality_weight: u32,
 }

@@ -5,6 +5,9 @@ use std::sync::Arc;
 
 use super::host::{Host, HostHealth};
 
+/// Envoy's default `overprovisioning_factor`.
+pub const DEFAULT_OVERPROVISIONING: u32 = 140;
+
 /// A cluster's hosts and the subset a load balancer may pick from.
 pub struct HostSet {
     /// Every host, in configuration order.
@@ -14,6 +17,9 @@ pub struct HostSet {
     pub eligible: Vec<usize>,
     /// Whether `eligible` is the panic-mode set (Envoy's `lb_healthy_panic`).
     pub panic: bool,
+    /// The assignment's `policy.overprovisioning_factor` (default 140): how much a
+    /// locality's share of eligible hosts is inflated before it loses weight.
+    pub overprovisioning: u32,
     /// A `MAGLEV` cluster's table over these hosts, built by the first worker to need it
     /// and shared by all (a table is large).
     maglev: std::sync::OnceLock<super::maglev::MaglevTable>,
@@ -60,6 +66,7 @@ impl HostSet {
             hosts,
             eligible,
             panic,
+            overprovisioning: DEFAULT_OVERPROVISIONING,
             maglev: std::sync::OnceLock::new(),
             ring: std::sync::OnceLock::new(),
         }
@@ -104,6 +111,8 @@ pub(crate) fn test_host_set(weights: &[u32]) -> HostSet {
                 stats: super::host::HostStats::new(&crate::stats::Store::new(1)),
                 hostname: None,
                 transport_match: None,
+                locality: 0,
+                locality_weight: 0,
             })
         })
         .collect();

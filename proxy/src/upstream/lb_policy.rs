@@ -67,8 +67,27 @@ impl Default for LeastRequest {
     }
 }
 
-/// Builds a policy from a typed config (`Any`), its path and the cluster.
-type Build = fn(&Any, &str) -> Result<LbPolicy, ConfigError>;
+/// A cluster's compiled load balancing.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Balancing {
+    /// The policy that picks a host.
+    pub policy: LbPolicy,
+    /// `locality_weighted_lb_config`: a locality is picked first, by its weight scaled by
+    /// the share of its hosts that are eligible, then a host in it by `policy`.
+    pub locality_weighted: bool,
+}
+
+impl From<LbPolicy> for Balancing {
+    fn from(policy: LbPolicy) -> Self {
+        Balancing {
+            policy,
+            locality_weighted: false,
+        }
+    }
+}
+
+/// Builds a policy from a typed config (`Any`) and its path.
+type Build = fn(&Any, &str) -> Result<Balancing, ConfigError>;
 
 /// The load-balancing policy extension point: the built-in policies, then the policies
 /// Envoy has that Courier refuses (so that they are not skipped as unknown).
@@ -149,7 +168,7 @@ static LB_POLICIES: Registry<Build> = Registry {
 };
 
 /// The cluster's policy, from `load_balancing_policy` when set, else from `lb_policy`.
-pub fn compile(proto: &pb::Cluster) -> Result<LbPolicy, ConfigError> {
+pub fn compile(proto: &pb::Cluster) -> Result<Balancing, ConfigError> {
     let typed = proto.load_balancing_policy.is_some()
         || proto.lb_policy == cluster::LbPolicy::LoadBalancingPolicyConfig as i32;
     if typed {
@@ -159,7 +178,7 @@ pub fn compile(proto: &pb::Cluster) -> Result<LbPolicy, ConfigError> {
     }
 }
 
-fn typed_policy(proto: &pb::Cluster) -> Result<LbPolicy, ConfigError> {
+fn typed_policy(proto: &pb::Cluster) -> Result<Balancing, ConfigError> {
     let Some(lbp) = &proto.load_balancing_policy else {
         return Err(ConfigError::new(
             "load_balancing_policy",
@@ -229,55 +248,55 @@ fn unpack<T: prost::Message + Default + prost::Name>(
     courier_proto::unpack_any(any).map_err(|e| ConfigError::new(path, e.to_string()))
 }
 
-fn not_built(_: &Any, path: &str) -> Result<LbPolicy, ConfigError> {
+fn not_built(_: &Any, path: &str) -> Result<Balancing, ConfigError> {
     // The path ends in `.typed_config`; the policy as a whole is what is refused.
     Err(ConfigError::unsupported(
         path.strip_suffix(".typed_config").unwrap_or(path),
     ))
 }
 
-/// Refuses what a typed policy's `locality_lb_config` asks that Courier lacks. Zone-aware
-/// routing needs the bootstrap's `local_cluster_name`, which Courier refuses, so Envoy
-/// does no zone routing either and its settings change nothing; except
-/// `fail_traffic_on_panic`, which Envoy applies to any cluster in panic.
+/// A typed policy's `locality_lb_config`: whether it asks for locality-weighted
+/// balancing. Zone-aware routing needs the bootstrap's `local_cluster_name`, which
+/// Courier refuses, so Envoy does no zone routing either and its settings change nothing;
+/// except `fail_traffic_on_panic`, which Envoy applies to any cluster in panic (refused).
 fn locality_lb_config(
     c: Option<&lbp::common::v3::LocalityLbConfig>,
     path: &str,
-) -> Result<(), ConfigError> {
+) -> Result<bool, ConfigError> {
     use lbp::common::v3::locality_lb_config::LocalityConfigSpecifier;
     match c.and_then(|c| c.locality_config_specifier.as_ref()) {
-        Some(LocalityConfigSpecifier::LocalityWeightedLbConfig(_)) => {
-            Err(ConfigError::unsupported(format!(
-                "{path}.locality_lb_config.locality_weighted_lb_config"
-            )))
-        }
+        Some(LocalityConfigSpecifier::LocalityWeightedLbConfig(_)) => Ok(true),
         Some(LocalityConfigSpecifier::ZoneAwareLbConfig(z)) if z.fail_traffic_on_panic => {
             Err(ConfigError::unsupported(format!(
                 "{path}.locality_lb_config.zone_aware_lb_config.fail_traffic_on_panic"
             )))
         }
-        _ => Ok(()),
+        _ => Ok(false),
     }
 }
 
-fn round_robin(any: &Any, path: &str) -> Result<LbPolicy, ConfigError> {
+fn round_robin(any: &Any, path: &str) -> Result<Balancing, ConfigError> {
     let c: lbp::round_robin::v3::RoundRobin = unpack(any, path)?;
     if c.slow_start_config.is_some() {
         return Err(ConfigError::unsupported(format!(
             "{path}.slow_start_config"
         )));
     }
-    locality_lb_config(c.locality_lb_config.as_ref(), path)?;
-    Ok(LbPolicy::RoundRobin)
+    Ok(Balancing {
+        policy: LbPolicy::RoundRobin,
+        locality_weighted: locality_lb_config(c.locality_lb_config.as_ref(), path)?,
+    })
 }
 
-fn random(any: &Any, path: &str) -> Result<LbPolicy, ConfigError> {
+fn random(any: &Any, path: &str) -> Result<Balancing, ConfigError> {
     let c: lbp::random::v3::Random = unpack(any, path)?;
-    locality_lb_config(c.locality_lb_config.as_ref(), path)?;
-    Ok(LbPolicy::Random)
+    Ok(Balancing {
+        policy: LbPolicy::Random,
+        locality_weighted: locality_lb_config(c.locality_lb_config.as_ref(), path)?,
+    })
 }
 
-fn least_request(any: &Any, path: &str) -> Result<LbPolicy, ConfigError> {
+fn least_request(any: &Any, path: &str) -> Result<Balancing, ConfigError> {
     use lbp::least_request::v3::least_request::SelectionMethod;
     let c: lbp::least_request::v3::LeastRequest = unpack(any, path)?;
     if c.slow_start_config.is_some() {
@@ -285,7 +304,7 @@ fn least_request(any: &Any, path: &str) -> Result<LbPolicy, ConfigError> {
             "{path}.slow_start_config"
         )));
     }
-    locality_lb_config(c.locality_lb_config.as_ref(), path)?;
+    let locality_weighted = locality_lb_config(c.locality_lb_config.as_ref(), path)?;
     // `enable_full_scan` is documented "Unused" and Envoy reads it nowhere.
     let full_scan = match SelectionMethod::try_from(c.selection_method) {
         Ok(SelectionMethod::NChoices) => false,
@@ -297,11 +316,14 @@ fn least_request(any: &Any, path: &str) -> Result<LbPolicy, ConfigError> {
             ))
         }
     };
-    Ok(LbPolicy::LeastRequest(LeastRequest {
-        choice_count: choice_count(c.choice_count.map(|v| v.value), path)?,
-        active_request_bias: active_request_bias(c.active_request_bias.as_ref(), path)?,
-        full_scan,
-    }))
+    Ok(Balancing {
+        policy: LbPolicy::LeastRequest(LeastRequest {
+            choice_count: choice_count(c.choice_count.map(|v| v.value), path)?,
+            active_request_bias: active_request_bias(c.active_request_bias.as_ref(), path)?,
+            full_scan,
+        }),
+        locality_weighted,
+    })
 }
 
 /// `choice_count`, checked as Envoy's proto validation checks it.
@@ -410,7 +432,7 @@ fn consistent_hashing(
 }
 
 #[allow(deprecated)] // the deprecated fields still act in Envoy
-fn ring_hash(any: &Any, path: &str) -> Result<LbPolicy, ConfigError> {
+fn ring_hash(any: &Any, path: &str) -> Result<Balancing, ConfigError> {
     use lbp::ring_hash::v3::ring_hash::HashFunction;
     let c: lbp::ring_hash::v3::RingHash = unpack(any, path)?;
     let (use_hostname, balance) = (
@@ -438,9 +460,10 @@ fn ring_hash(any: &Any, path: &str) -> Result<LbPolicy, ConfigError> {
         c.maximum_ring_size.map(|v| v.value),
         path,
     )
+    .map(Balancing::from)
 }
 
-fn maglev(any: &Any, path: &str) -> Result<LbPolicy, ConfigError> {
+fn maglev(any: &Any, path: &str) -> Result<Balancing, ConfigError> {
     let c: lbp::maglev::v3::Maglev = unpack(any, path)?;
     if let Some(ch) = &c.consistent_hashing_lb_config {
         consistent_hashing(
@@ -454,12 +477,12 @@ fn maglev(any: &Any, path: &str) -> Result<LbPolicy, ConfigError> {
             "{path}.locality_weighted_lb_config"
         )));
     }
-    table_size(c.table_size.map(|v| v.value), &format!("{path}.table_size"))
+    table_size(c.table_size.map(|v| v.value), &format!("{path}.table_size")).map(Balancing::from)
 }
 
 /// `lb_policy` with its `lb_config`. Settings of another policy than the cluster's are
 /// ignored, as Envoy ignores them.
-fn legacy_policy(proto: &pb::Cluster) -> Result<LbPolicy, ConfigError> {
+fn legacy_policy(proto: &pb::Cluster) -> Result<Balancing, ConfigError> {
     let policy = match cluster::LbPolicy::try_from(proto.lb_policy) {
         Ok(cluster::LbPolicy::RoundRobin) => {
             if let Some(cluster::LbConfig::RoundRobinLbConfig(c)) = &proto.lb_config {
@@ -522,8 +545,17 @@ fn legacy_policy(proto: &pb::Cluster) -> Result<LbPolicy, ConfigError> {
         }
         _ => return Err(ConfigError::unsupported("lb_policy")),
     };
-    legacy_common_lb_config(proto)?;
-    Ok(policy)
+    let locality_weighted = legacy_common_lb_config(proto)?;
+    if locality_weighted && matches!(policy, LbPolicy::RingHash { .. } | LbPolicy::Maglev { .. }) {
+        // Envoy weighs a hashing policy's hosts by their localities' weights; not built.
+        return Err(ConfigError::unsupported(
+            "common_lb_config.locality_weighted_lb_config",
+        ));
+    }
+    Ok(Balancing {
+        policy,
+        locality_weighted,
+    })
 }
 
 /// `common_lb_config.consistent_hashing_lb_config` of a hashing `lb_policy`.
@@ -542,31 +574,20 @@ fn legacy_consistent_hashing(proto: &pb::Cluster) -> Result<(), ConfigError> {
     }
 }
 
-/// Refuses the `common_lb_config` settings Courier does not act on (each changes which
-/// host a request gets).
-fn legacy_common_lb_config(proto: &pb::Cluster) -> Result<(), ConfigError> {
-    let Some(c) = &proto.common_lb_config else {
-        return Ok(());
-    };
+/// `common_lb_config`'s locality settings: whether locality-weighted balancing is on
+/// (zone-aware settings change nothing without a local cluster, but
+/// `fail_traffic_on_panic`, refused).
+fn legacy_common_lb_config(proto: &pb::Cluster) -> Result<bool, ConfigError> {
     use cluster::common_lb_config::LocalityConfigSpecifier;
-    let refused = [
-        (
-            "common_lb_config.locality_weighted_lb_config",
-            matches!(
-                c.locality_config_specifier,
-                Some(LocalityConfigSpecifier::LocalityWeightedLbConfig(_))
-            ),
+    match proto
+        .common_lb_config
+        .as_ref()
+        .and_then(|c| c.locality_config_specifier.as_ref())
+    {
+        Some(LocalityConfigSpecifier::LocalityWeightedLbConfig(_)) => Ok(true),
+        Some(LocalityConfigSpecifier::ZoneAwareLbConfig(z)) if z.fail_traffic_on_panic => Err(
+            ConfigError::unsupported("common_lb_config.zone_aware_lb_config.fail_traffic_on_panic"),
         ),
-        (
-            "common_lb_config.zone_aware_lb_config.fail_traffic_on_panic",
-            matches!(
-                &c.locality_config_specifier,
-                Some(LocalityConfigSpecifier::ZoneAwareLbConfig(z)) if z.fail_traffic_on_panic
-            ),
-        ),
-    ];
-    match refused.iter().find(|(_, set)| *set) {
-        Some((field, _)) => Err(ConfigError::unsupported(*field)),
-        None => Ok(()),
+        _ => Ok(false),
     }
 }

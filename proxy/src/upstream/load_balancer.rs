@@ -3,10 +3,9 @@
 //! State is rebuilt when the cluster's host set changes (pointer identity of the published
 //! `Arc<HostSet>`), so an endpoint update costs nothing until the next pick.
 
-use std::sync::Arc;
-
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
+use std::sync::Arc;
 
 use super::cluster::{ClusterInfo, LbPolicy, LeastRequest};
 use super::host::Host;
@@ -22,37 +21,84 @@ pub struct LbStates {
 
 struct LbState {
     hosts: Arc<HostSet>,
-    /// Smooth weighted round robin: current weights per eligible host.
-    current: Vec<i64>,
-    total_weight: i64,
-    /// Plain round robin position when all weights are equal.
-    next: usize,
-    weighted: bool,
+    /// The eligible hosts as one source of hosts (Envoy's `HostsSource`), or, with
+    /// locality-weighted balancing, one source per locality (indexed by
+    /// [`Host::locality`]; an empty one for a locality without eligible hosts).
+    sources: Vec<Picker>,
+    /// Locality-weighted balancing: the schedule of the localities with a positive
+    /// effective weight (`EdfEntry::slot` indexes `sources`), and those weights. Empty
+    /// otherwise, or when no locality has weight (then `sources[0]` has every eligible
+    /// host, as Envoy falls back to them).
+    localities: Edf,
+    locality_weights: Vec<f64>,
     /// A `RING_HASH` ring of this worker's own, when the host set's shared one has other
     /// sizes (a cluster update that changed only them).
     own_ring: Option<Ring>,
     /// A `MAGLEV` table of this worker's own, when the host set's shared one has another
     /// size (a cluster update that changed only the table size).
     own_maglev: Option<MaglevTable>,
-    /// The policy the state was built for.
-    policy: LbPolicy,
-    /// Weighted LEAST_REQUEST: Envoy's earliest-deadline-first schedule, each eligible host
-    /// due again `1 / weight` after its last pick, its weight then scaled down by its
-    /// active requests.
-    edf: BinaryHeap<EdfEntry>,
-    /// The schedule's clock: the deadline of the last pick.
-    edf_now: f64,
-    /// The last `EdfEntry::seq` given.
-    edf_seq: u64,
+    /// The policy the state was built for, and whether locality-weighted.
+    policy: (LbPolicy, bool),
 }
 
-/// A host in the EDF schedule. The heap is a max-heap, so the order is reversed: the
+/// The state of one source of hosts.
+struct Picker {
+    /// Indices into the host set's `hosts`.
+    members: Vec<usize>,
+    /// Whether the members' weights differ.
+    weighted: bool,
+    /// Smooth weighted round robin: current weights per member.
+    current: Vec<i64>,
+    total_weight: i64,
+    /// Plain round robin position when all weights are equal.
+    next: usize,
+    /// Weighted LEAST_REQUEST: Envoy's earliest-deadline-first schedule, each member due
+    /// again `1 / weight` after its last pick, its weight then scaled down by its active
+    /// requests.
+    edf: Edf,
+}
+
+/// An earliest-deadline-first schedule (Envoy's `EdfScheduler`).
+#[derive(Default)]
+struct Edf {
+    heap: BinaryHeap<EdfEntry>,
+    /// The schedule's clock: the deadline of the last pick.
+    now: f64,
+    /// The last `EdfEntry::seq` given.
+    seq: u64,
+}
+
+impl Edf {
+    /// Schedules `slot` with `weight`, first due at a random point of its first period,
+    /// so that workers (each with its own schedule) do not all start on the same one.
+    fn add_randomly(&mut self, slot: usize, weight: f64) {
+        self.seq += 1;
+        self.heap.push(EdfEntry {
+            deadline: fastrand::f64() / weight,
+            seq: self.seq,
+            slot,
+        });
+    }
+
+    /// The slot due first, scheduled again with `weight(slot)` (as of now).
+    fn pick(&mut self, weight: impl Fn(usize) -> f64) -> Option<usize> {
+        let mut entry = self.heap.pop()?;
+        self.now = entry.deadline;
+        entry.deadline = self.now + 1.0 / weight(entry.slot);
+        self.seq += 1;
+        entry.seq = self.seq;
+        let slot = entry.slot;
+        self.heap.push(entry);
+        Some(slot)
+    }
+}
+
+/// A slot in an EDF schedule. The heap is a max-heap, so the order is reversed: the
 /// earliest deadline (then the earliest added) comes out first.
 struct EdfEntry {
     deadline: f64,
-    /// Ties go to the host added first, as Envoy's `order_offset`.
+    /// Ties go to the entry added first, as Envoy's `order_offset`.
     seq: u64,
-    /// Index into `eligible`.
     slot: usize,
 }
 
@@ -90,87 +136,47 @@ fn least_request_weight(host: &Host, bias: f64) -> f64 {
     }
 }
 
-impl LbState {
-    fn new(hosts: Arc<HostSet>, policy: LbPolicy) -> LbState {
-        let weights: Vec<u32> = hosts
-            .eligible
-            .iter()
-            .map(|&i| hosts.hosts[i].weight)
-            .collect();
-        let weighted = weights.windows(2).any(|w| w[0] != w[1]);
-        let total_weight = weights.iter().map(|&w| w as i64).sum();
+impl Picker {
+    fn new(hosts: &[Arc<Host>], members: Vec<usize>, policy: LbPolicy) -> Picker {
+        let weight = |i: usize| hosts[i].weight;
+        let weighted = members.windows(2).any(|w| weight(w[0]) != weight(w[1]));
+        let total_weight = members.iter().map(|&i| i64::from(weight(i))).sum();
         // Start each worker at a random position so workers don't all hit host 0 first.
-        let next = if hosts.eligible.is_empty() {
+        let next = if members.is_empty() {
             0
         } else {
-            fastrand::usize(..hosts.eligible.len())
+            fastrand::usize(..members.len())
         };
-        let own_ring = match policy {
-            LbPolicy::RingHash {
-                min_ring_size,
-                max_ring_size,
-            } if !hosts
-                .ring(min_ring_size, max_ring_size)
-                .built_with(min_ring_size, max_ring_size) =>
-            {
-                Some(Ring::build(
-                    &hosts.hosts,
-                    &hosts.eligible,
-                    min_ring_size,
-                    max_ring_size,
-                ))
-            }
-            _ => None,
-        };
-        let own_maglev = match policy {
-            LbPolicy::Maglev { table_size } if hosts.maglev(table_size).size() != table_size => {
-                Some(MaglevTable::build(
-                    &hosts.hosts,
-                    &hosts.eligible,
-                    table_size,
-                ))
-            }
-            _ => None,
-        };
-        let mut edf = BinaryHeap::new();
+        let mut edf = Edf::default();
         if let (LbPolicy::LeastRequest(lr), true) = (policy, weighted) {
-            // Each host starts at a random point of its first period, so that workers
-            // (each with its own schedule) do not all start on the same host.
-            for (slot, &i) in hosts.eligible.iter().enumerate() {
-                let period = 1.0 / least_request_weight(&hosts.hosts[i], lr.active_request_bias);
-                edf.push(EdfEntry {
-                    deadline: period * fastrand::f64(),
-                    seq: slot as u64,
+            for (slot, &i) in members.iter().enumerate() {
+                edf.add_randomly(
                     slot,
-                });
+                    least_request_weight(&hosts[i], lr.active_request_bias),
+                );
             }
         }
-        LbState {
-            edf,
-            edf_now: 0.0,
-            edf_seq: hosts.eligible.len() as u64,
-            own_ring,
-            own_maglev,
-            policy,
-            current: vec![0; hosts.eligible.len()],
-            hosts,
+        Picker {
+            current: vec![0; members.len()],
+            members,
+            weighted,
             total_weight,
             next,
-            weighted,
+            edf,
         }
     }
 
-    fn round_robin(&mut self) -> Option<Arc<Host>> {
-        let eligible = &self.hosts.eligible;
-        if eligible.is_empty() {
+    fn round_robin(&mut self, hosts: &[Arc<Host>]) -> Option<usize> {
+        let members = &self.members;
+        if members.is_empty() {
             return None;
         }
         let pick = if self.weighted {
             // Smooth weighted round robin: same long-run shares as Envoy's EDF scheduler,
             // interleaved rather than bursty.
             let mut best = 0;
-            for (i, &host) in eligible.iter().enumerate() {
-                self.current[i] += self.hosts.hosts[host].weight as i64;
+            for (i, &host) in members.iter().enumerate() {
+                self.current[i] += i64::from(hosts[host].weight);
                 if self.current[i] > self.current[best] {
                     best = i;
                 }
@@ -178,44 +184,35 @@ impl LbState {
             self.current[best] -= self.total_weight;
             best
         } else {
-            let p = self.next % eligible.len();
+            let p = self.next % members.len();
             self.next = self.next.wrapping_add(1);
             p
         };
-        Some(self.hosts.hosts[eligible[pick]].clone())
+        Some(members[pick])
     }
 
-    fn random(&self) -> Option<Arc<Host>> {
+    fn random(&self) -> Option<usize> {
         // Envoy's RANDOM draws uniformly among the eligible hosts: weights play no part.
-        let eligible = &self.hosts.eligible;
-        if eligible.is_empty() {
+        if self.members.is_empty() {
             return None;
         }
-        Some(self.hosts.hosts[eligible[fastrand::usize(..eligible.len())]].clone())
+        Some(self.members[fastrand::usize(..self.members.len())])
     }
 
-    fn least_request(&mut self, config: LeastRequest) -> Option<Arc<Host>> {
-        let eligible = &self.hosts.eligible;
-        let hosts = &self.hosts.hosts;
-        let n = eligible.len();
+    fn least_request(&mut self, hosts: &[Arc<Host>], config: LeastRequest) -> Option<usize> {
+        let members = &self.members;
+        let n = members.len();
         if n == 0 {
             return None;
         }
         // Envoy's load is the host's active requests (across workers), not connections.
-        let load = |slot: usize| hosts[eligible[slot]].stats.rq_active.value();
+        let load = |slot: usize| hosts[members[slot]].stats.rq_active.value();
         let slot = if self.weighted {
             // Envoy's EDF: the host due first is picked and scheduled again with its weight
             // as of now (the request being picked for is not yet active on it).
-            let mut entry = self.edf.pop()?;
-            self.edf_now = entry.deadline;
-            let weight =
-                least_request_weight(&hosts[eligible[entry.slot]], config.active_request_bias);
-            let slot = entry.slot;
-            entry.deadline = self.edf_now + 1.0 / weight;
-            self.edf_seq += 1;
-            entry.seq = self.edf_seq;
-            self.edf.push(entry);
-            slot
+            self.edf.pick(|slot| {
+                least_request_weight(&hosts[members[slot]], config.active_request_bias)
+            })?
         } else if config.full_scan {
             // Every host; ties broken uniformly at random (reservoir sampling), as Envoy.
             let mut best = 0;
@@ -248,8 +245,126 @@ impl LbState {
             }
             best
         };
-        Some(hosts[eligible[slot]].clone())
+        Some(members[slot])
     }
+}
+
+impl LbState {
+    fn new(hosts: Arc<HostSet>, policy: LbPolicy, locality_weighted: bool) -> LbState {
+        let own_ring = match policy {
+            LbPolicy::RingHash {
+                min_ring_size,
+                max_ring_size,
+            } if !hosts
+                .ring(min_ring_size, max_ring_size)
+                .built_with(min_ring_size, max_ring_size) =>
+            {
+                Some(Ring::build(
+                    &hosts.hosts,
+                    &hosts.eligible,
+                    min_ring_size,
+                    max_ring_size,
+                ))
+            }
+            _ => None,
+        };
+        let own_maglev = match policy {
+            LbPolicy::Maglev { table_size } if hosts.maglev(table_size).size() != table_size => {
+                Some(MaglevTable::build(
+                    &hosts.hosts,
+                    &hosts.eligible,
+                    table_size,
+                ))
+            }
+            _ => None,
+        };
+        let mut localities = Edf::default();
+        let mut locality_weights = Vec::new();
+        let mut sources = Vec::new();
+        // In panic Envoy balances over every host, localities aside.
+        if locality_weighted && !hosts.panic && !hosts.eligible.is_empty() {
+            locality_weights = locality_weights_of(&hosts);
+            for (l, &w) in locality_weights.iter().enumerate() {
+                if w > 0.0 {
+                    localities.add_randomly(l, w);
+                }
+            }
+            if !localities.heap.is_empty() {
+                sources = (0..locality_weights.len())
+                    .map(|l| {
+                        let members = hosts
+                            .eligible
+                            .iter()
+                            .copied()
+                            .filter(|&i| hosts.hosts[i].locality as usize == l)
+                            .collect();
+                        Picker::new(&hosts.hosts, members, policy)
+                    })
+                    .collect();
+            }
+        }
+        if sources.is_empty() {
+            sources.push(Picker::new(&hosts.hosts, hosts.eligible.clone(), policy));
+        }
+        LbState {
+            sources,
+            localities,
+            locality_weights,
+            own_ring,
+            own_maglev,
+            policy: (policy, locality_weighted),
+            hosts,
+        }
+    }
+}
+
+/// The source to pick from: a locality by its schedule, else the only one.
+fn source<'a>(
+    sources: &'a mut [Picker],
+    localities: &mut Edf,
+    weights: &[f64],
+) -> Option<&'a mut Picker> {
+    let i = if localities.heap.is_empty() {
+        0
+    } else {
+        localities.pick(|l| weights[l])?
+    };
+    sources.get_mut(i)
+}
+
+/// Each locality's effective weight, as Envoy's `effectiveLocalityWeight`: its weight
+/// times the share of its hosts that are eligible, inflated by the overprovisioning
+/// factor and capped at 1. A locality without hosts at the eligible priority weighs 0.
+fn locality_weights_of(hosts: &HostSet) -> Vec<f64> {
+    let Some(priority) = hosts.eligible.first().map(|&i| hosts.hosts[i].priority) else {
+        return Vec::new();
+    };
+    let count = hosts
+        .hosts
+        .iter()
+        .map(|h| h.locality as usize + 1)
+        .max()
+        .unwrap_or(0);
+    let mut all = vec![0u32; count];
+    let mut eligible = vec![0u32; count];
+    let mut weight = vec![0u32; count];
+    for h in hosts.hosts.iter().filter(|h| h.priority == priority) {
+        all[h.locality as usize] += 1;
+        weight[h.locality as usize] = h.locality_weight;
+    }
+    for &i in &hosts.eligible {
+        eligible[hosts.hosts[i].locality as usize] += 1;
+    }
+    let factor = f64::from(hosts.overprovisioning) / 100.0;
+    (0..count)
+        .map(|l| {
+            if all[l] == 0 {
+                return 0.0;
+            }
+            let availability = f64::from(eligible[l]) / f64::from(all[l]);
+            f64::from(weight[l]) * (factor * availability).min(1.0)
+        })
+        .collect()
 }
 
 impl LbStates {
@@ -264,41 +379,54 @@ impl LbStates {
         attempt: u32,
     ) -> Option<Arc<Host>> {
         let hosts = &cluster.hosts;
+        let policy = (cluster.lb_policy, cluster.locality_weighted);
         let state = match self.states.get_mut(&cluster.name) {
             // A changed policy (a cluster update) needs its own state too.
-            Some(s) if Arc::ptr_eq(&s.hosts, hosts) && s.policy == cluster.lb_policy => s,
+            Some(s) if Arc::ptr_eq(&s.hosts, hosts) && s.policy == policy => s,
             _ => {
                 self.states.insert(
                     cluster.name.clone(),
-                    LbState::new(hosts.clone(), cluster.lb_policy),
+                    LbState::new(hosts.clone(), policy.0, policy.1),
                 );
                 self.states.get_mut(&cluster.name)?
             }
         };
-        match cluster.lb_policy {
-            LbPolicy::RoundRobin => state.round_robin(),
-            LbPolicy::Random => state.random(),
-            LbPolicy::LeastRequest(config) => state.least_request(config),
+        let LbState {
+            hosts: set,
+            sources,
+            localities,
+            locality_weights,
+            own_ring,
+            own_maglev,
+            ..
+        } = state;
+        let index = match cluster.lb_policy {
+            LbPolicy::RoundRobin => {
+                source(sources, localities, locality_weights)?.round_robin(&set.hosts)
+            }
+            LbPolicy::Random => source(sources, localities, locality_weights)?.random(),
+            LbPolicy::LeastRequest(config) => {
+                source(sources, localities, locality_weights)?.least_request(&set.hosts, config)
+            }
             LbPolicy::RingHash {
                 min_ring_size,
                 max_ring_size,
             } => {
-                let ring = match &state.own_ring {
+                let ring = match own_ring {
                     Some(r) => r,
-                    None => state.hosts.ring(min_ring_size, max_ring_size),
+                    None => set.ring(min_ring_size, max_ring_size),
                 };
-                let i = ring.choose(hash.unwrap_or_else(|| fastrand::u64(..)), attempt)?;
-                state.hosts.hosts.get(i).cloned()
+                ring.choose(hash.unwrap_or_else(|| fastrand::u64(..)), attempt)
             }
             LbPolicy::Maglev { table_size } => {
-                let table = match &state.own_maglev {
+                let table = match own_maglev {
                     Some(t) => t,
-                    None => state.hosts.maglev(table_size),
+                    None => set.maglev(table_size),
                 };
-                let i = table.choose(hash.unwrap_or_else(|| fastrand::u64(..)), attempt)?;
-                state.hosts.hosts.get(i).cloned()
+                table.choose(hash.unwrap_or_else(|| fastrand::u64(..)), attempt)
             }
-        }
+        }?;
+        set.hosts.get(index).cloned()
     }
 
     /// Drops state of clusters that no longer exist.
@@ -313,15 +441,65 @@ mod tests {
     use crate::upstream::host_set::test_host_set;
 
     fn state(weights: &[u32], lr: LeastRequest) -> LbState {
-        LbState::new(Arc::new(test_host_set(weights)), LbPolicy::LeastRequest(lr))
+        LbState::new(
+            Arc::new(test_host_set(weights)),
+            LbPolicy::LeastRequest(lr),
+            false,
+        )
     }
 
     /// How many of `picks` picks went to each host.
     fn shares(s: &mut LbState, lr: LeastRequest, picks: usize) -> Vec<usize> {
         let mut counts = vec![0; s.hosts.hosts.len()];
         for _ in 0..picks {
-            let host = s.least_request(lr).expect("a host");
-            let i = s
+            let i = s.sources[0]
+                .least_request(&s.hosts.hosts, lr)
+                .expect("a host");
+            counts[i] += 1;
+        }
+        counts
+    }
+
+    /// A cluster over `(weight, locality, locality weight, healthy)` hosts.
+    fn cluster(hosts: &[(u32, u32, u32, bool)], policy: LbPolicy) -> ClusterInfo {
+        let proto: courier_proto::envoy::config::cluster::v3::Cluster =
+            courier_proto::from_yaml("name: c\nconnect_timeout: 1s\n").expect("a cluster");
+        let store = crate::stats::Store::new(1);
+        let mut info = super::super::compile_cluster(&proto, &store).expect("compiles");
+        let hosts = hosts
+            .iter()
+            .enumerate()
+            .map(|(i, &(weight, locality, locality_weight, healthy))| {
+                Arc::new(Host {
+                    address: std::net::SocketAddr::from(([10, 0, 0, i as u8 + 1], 80)),
+                    weight,
+                    health: if healthy {
+                        crate::upstream::HostHealth::Healthy
+                    } else {
+                        crate::upstream::HostHealth::Unhealthy
+                    },
+                    priority: 0,
+                    stats: crate::upstream::HostStats::new(&store),
+                    hostname: None,
+                    transport_match: None,
+                    locality,
+                    locality_weight,
+                })
+            })
+            .collect();
+        info = info.with_hosts(Arc::new(HostSet::new(hosts, 0.0)));
+        info.lb_policy = policy;
+        info.locality_weighted = true;
+        info
+    }
+
+    /// How many of `picks` picks of `cluster` went to each host.
+    fn cluster_shares(cluster: &ClusterInfo, picks: usize) -> Vec<usize> {
+        let mut states = LbStates::default();
+        let mut counts = vec![0; cluster.hosts.hosts.len()];
+        for _ in 0..picks {
+            let host = states.choose(cluster, None, 0).expect("a host");
+            let i = cluster
                 .hosts
                 .hosts
                 .iter()
@@ -330,6 +508,44 @@ mod tests {
             counts[i] += 1;
         }
         counts
+    }
+
+    #[test]
+    fn localities_are_picked_by_weight_then_hosts_within() {
+        // Localities 0 (weight 20: hosts 0, 1), 1 (weight 60: host 2), 2 (unweighted: host
+        // 3, never picked).
+        let hosts = [
+            (1, 0, 20, true),
+            (1, 0, 20, true),
+            (1, 1, 60, true),
+            (5, 2, 0, true),
+        ];
+        for policy in [
+            LbPolicy::RoundRobin,
+            LbPolicy::LeastRequest(LeastRequest::default()),
+        ] {
+            let counts = cluster_shares(&cluster(&hosts, policy), 8000);
+            assert_eq!(counts.iter().sum::<usize>(), 8000);
+            // The locality schedule is deterministic once started; within locality 0,
+            // least request's idle hosts tie and split at random.
+            assert!(
+                (counts[0] + counts[1]).abs_diff(2000) <= 2,
+                "{policy:?}: {counts:?}"
+            );
+            assert!(counts[2].abs_diff(6000) <= 2, "{policy:?}: {counts:?}");
+            assert!(counts[0].abs_diff(1000) <= 150, "{policy:?}: {counts:?}");
+            assert_eq!(counts[3], 0, "{policy:?}: {counts:?}");
+        }
+        // A locality with half its hosts down: 1.4 x 0.5 = 0.7 of its weight.
+        let hosts = [(1, 0, 10, true), (1, 0, 10, false), (1, 1, 7, true)];
+        let counts = cluster_shares(&cluster(&hosts, LbPolicy::RoundRobin), 1400);
+        for (count, expected) in counts.iter().zip([700, 0, 700]) {
+            assert!(count.abs_diff(expected) <= 2, "{counts:?}");
+        }
+        // No locality weighted: every eligible host, as without localities.
+        let hosts = [(1, 0, 0, true), (1, 1, 0, true)];
+        let counts = cluster_shares(&cluster(&hosts, LbPolicy::RoundRobin), 100);
+        assert_eq!(counts, [50, 50]);
     }
 
     #[test]

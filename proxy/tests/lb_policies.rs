@@ -369,3 +369,118 @@ fn locality_weighted_balancing_as_envoy_gateway_sends_it() {
     };
     check(&envoy, "envoy");
 }
+
+/// Writes the assignment of each of clusters `names` (over `hosts`, weight 1) as an EDS
+/// file of its own in `dir` (a `DiscoveryResponse`: Envoy takes one assignment a file), by
+/// rename so that a reader sees the old file or the new one, never half of one (Envoy
+/// watches for the rename).
+fn write_eds(dir: &std::path::Path, names: &[&str], hosts: &[SocketAddr], version: u32) {
+    for name in names {
+        let mut text = format!("version_info: \"{version}\"\nresources:\n");
+        text.push_str(&format!(
+            "- \"@type\": type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment\n  cluster_name: {name}\n  endpoints:\n  - lb_endpoints:\n"
+        ));
+        for a in hosts {
+            text.push_str(&format!(
+                "    - endpoint: {{ address: {{ socket_address: {{ address: {}, port_value: {} }} }} }}\n",
+                a.ip(),
+                a.port()
+            ));
+        }
+        let file = dir.join(format!("{name}.yaml"));
+        let tmp = dir.join(format!("{name}.tmp"));
+        std::fs::write(&tmp, text).expect("write eds");
+        std::fs::rename(&tmp, file).expect("rename eds");
+    }
+}
+
+/// How many of `n` requests to `/<name>/` went to upstream `c`.
+fn share_of_c(p: &Courier, name: &str, n: usize) -> f64 {
+    let mut client = Client::connect(p.listener);
+    let c = (0..n)
+        .filter(|_| {
+            client
+                .get("h", &format!("/{name}/"), &[])
+                .header("x-upstream")
+                == Some("c")
+        })
+        .count();
+    c as f64 / n as f64
+}
+
+#[test]
+fn slow_start_ramps_a_new_host_up_as_envoy() {
+    // The window is what is tested: the test waits it out (the hosts' age is the fact).
+    const WINDOW: Duration = Duration::from_secs(4);
+    let ups: Vec<Upstream> = ["a", "b", "c"].iter().map(|n| Upstream::start(n)).collect();
+    let addrs: Vec<SocketAddr> = ups.iter().map(|u| u.addr).collect();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let names = ["ss_rr", "ss_lr"];
+    write_eds(dir.path(), &names, &addrs[..2], 1);
+    let slow = format!(
+        "            slow_start_config: {{ slow_start_window: {}s, min_weight_percent: {{ value: 10 }} }}\n",
+        WINDOW.as_secs()
+    );
+    let clusters: String = [
+        ("ss_rr", typed("round_robin", "RoundRobin", &slow)),
+        ("ss_lr", typed("least_request", "LeastRequest", &slow)),
+    ]
+    .iter()
+    .map(|(name, policy)| {
+        format!(
+            "  - name: {name}\n    type: EDS\n    connect_timeout: 1s\n{policy}    eds_cluster_config:\n      eds_config:\n        resource_api_version: V3\n        path_config_source: {{ path: {} }}\n",
+            dir.path().join(format!("{name}.yaml")).display()
+        )
+    })
+    .collect();
+    let boot = format!(
+        "node: {{ id: n1, cluster: c1 }}\n{}",
+        bootstrap(&routes(&names), "", &clusters)
+    );
+    let mut proxies = vec![("courier", Courier::start(&boot))];
+    if let Some(envoy) = Courier::start_envoy(&boot) {
+        proxies.push(("envoy", envoy));
+    } else {
+        eprintln!("envoy not on PATH: skipping the slow start differential");
+    }
+    let membership = |n: u64| {
+        for (who, p) in &proxies {
+            for name in names {
+                let stat = format!("cluster.{name}.membership_total");
+                assert_eq!(p.wait_stat(&stat, n), n, "{who} {stat}");
+            }
+        }
+    };
+    membership(2);
+    // Hosts a and b leave their window; then c arrives.
+    std::thread::sleep(WINDOW + Duration::from_millis(500));
+    write_eds(dir.path(), &names, &addrs, 2);
+    membership(3);
+    let added = std::time::Instant::now();
+    for (who, p) in &proxies {
+        for name in names {
+            let share = share_of_c(p, name, 300);
+            let age = added.elapsed();
+            eprintln!("{who} {name}: the new host served {share:.3}, {age:?} after it came");
+            // c's weight is at most max(10%, age / window) of a's or b's: a fifth of the
+            // traffic at most while it is younger than half the window.
+            if age < WINDOW / 2 {
+                assert!(share < 0.2, "{who} {name}: new host served {share:.3}");
+            } else {
+                eprintln!("{who} {name}: burst ended {age:?} after the update: not checked");
+            }
+            assert!(share > 0.0, "{who} {name}: the new host served nothing");
+        }
+    }
+    // Out of the window: a third each.
+    std::thread::sleep(WINDOW.saturating_sub(added.elapsed()) + Duration::from_millis(500));
+    for (who, p) in &proxies {
+        for name in names {
+            let share = share_of_c(p, name, 300);
+            assert!(
+                (share - 1.0 / 3.0).abs() < 0.07,
+                "{who} {name}: after the window the new host served {share:.3}"
+            );
+        }
+    }
+}

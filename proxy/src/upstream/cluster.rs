@@ -45,7 +45,7 @@ pub enum DiscoveryType {
     },
 }
 
-pub use super::lb_policy::{Balancing, LbPolicy, LeastRequest};
+pub use super::lb_policy::{Balancing, LbPolicy, LeastRequest, SlowStart};
 
 /// How a DNS cluster resolves: the cluster-level fields (`STRICT_DNS`, `LOGICAL_DNS`) or
 /// the `envoy.cluster.dns` extension's `DnsCluster`.
@@ -301,6 +301,8 @@ pub struct ClusterInfo {
     pub lb_policy: LbPolicy,
     /// Locality-weighted balancing: a locality first, then a host in it by `lb_policy`.
     pub locality_weighted: bool,
+    /// Slow start: hosts newer than its window get part of their weight.
+    pub slow_start: Option<SlowStart>,
     /// `common_lb_config.healthy_panic_threshold` in percent (default 50).
     pub panic_threshold: f64,
     /// `per_connection_buffer_limit_bytes` (default 1 MiB).
@@ -366,6 +368,7 @@ impl ClusterInfo {
             dns: self.dns,
             lb_policy: self.lb_policy,
             locality_weighted: self.locality_weighted,
+            slow_start: self.slow_start,
             panic_threshold: self.panic_threshold,
             buffer_limit: self.buffer_limit,
             thresholds: self.thresholds,
@@ -453,6 +456,7 @@ pub fn compile_cluster(proto: &pb::Cluster, store: &Store) -> Result<ClusterInfo
     let Balancing {
         policy: lb_policy,
         locality_weighted,
+        slow_start,
     } = super::lb_policy::compile(proto)?;
     let connect_timeout = config::duration_or(
         proto.connect_timeout.as_ref(),
@@ -544,6 +548,7 @@ pub fn compile_cluster(proto: &pb::Cluster, store: &Store) -> Result<ClusterInfo
         dns,
         lb_policy,
         locality_weighted,
+        slow_start,
         panic_threshold,
         buffer_limit,
         thresholds,
@@ -1164,21 +1169,22 @@ pub fn build_host_set(
     panic_threshold: f64,
     matches: &SocketMatches,
 ) -> Result<Arc<HostSet>, ConfigError> {
-    let known: HashMap<std::net::SocketAddr, Arc<HostStats>> = previous
+    let known: HashMap<std::net::SocketAddr, (Arc<HostStats>, std::time::Instant)> = previous
         .map(|p| {
             p.hosts
                 .iter()
-                .map(|h| (h.address, h.stats.clone()))
+                .map(|h| (h.address, (h.stats.clone(), h.created)))
                 .collect()
         })
         .unwrap_or_default();
+    let now = std::time::Instant::now();
     let hosts = parse_assignment(cla, matches)?
         .into_iter()
         .map(|e| {
-            let stats = known
+            let (stats, created) = known
                 .get(&e.address)
                 .cloned()
-                .unwrap_or_else(|| HostStats::new(store));
+                .unwrap_or_else(|| (HostStats::new(store), now));
             Arc::new(Host {
                 address: e.address,
                 weight: e.weight,
@@ -1189,6 +1195,7 @@ pub fn build_host_set(
                 transport_match: e.transport_match,
                 locality: e.locality,
                 locality_weight: e.locality_weight,
+                created,
             })
         })
         .collect();
@@ -1232,8 +1239,8 @@ mod tests {
             ),
             ("wait_for_warm_on_init: false\n", "wait_for_warm_on_init"),
             (
-                "lb_policy: LEAST_REQUEST\nleast_request_lb_config: { slow_start_config: {} }\n",
-                "least_request_lb_config.slow_start_config",
+                "lb_policy: LEAST_REQUEST\nleast_request_lb_config: { slow_start_config: { slow_start_window: 1s, aggression: { default_value: 2, runtime_key: k } } }\n",
+                "least_request_lb_config.slow_start_config.aggression.runtime_key",
             ),
             (
                 "lb_policy: MAGLEV\ncommon_lb_config: { locality_weighted_lb_config: {} }\n",
@@ -1401,19 +1408,11 @@ mod tests {
             ),
             (
                 typed_lb(&[&lb_any(
-                    "least_request",
-                    "LeastRequest",
-                    ", slow_start_config: { slow_start_window: 10s }",
-                )]),
-                format!("{p0}.slow_start_config"),
-            ),
-            (
-                typed_lb(&[&lb_any(
                     "round_robin",
                     "RoundRobin",
-                    ", slow_start_config: { slow_start_window: 10s }",
+                    ", slow_start_config: { slow_start_window: 10s, min_weight_percent: { value: 120 } }",
                 )]),
-                format!("{p0}.slow_start_config"),
+                format!("{p0}.slow_start_config.min_weight_percent.value"),
             ),
             (
                 typed_lb(&[&lb_any(
@@ -1477,6 +1476,42 @@ mod tests {
             compile("common_lb_config: { locality_weighted_lb_config: {} }\n")
                 .expect("compiles")
                 .locality_weighted
+        );
+        // Slow start, as Envoy Gateway sends it.
+        let slow = compile(&typed_lb(&[&lb_any(
+            "round_robin",
+            "RoundRobin",
+            ", slow_start_config: { slow_start_window: 30s, aggression: { default_value: 2 }, min_weight_percent: { value: 5 } }",
+        )]))
+        .expect("compiles");
+        assert_eq!(
+            slow.slow_start,
+            Some(SlowStart {
+                window: Duration::from_secs(30),
+                aggression: 2.0,
+                min_weight: 0.05
+            })
+        );
+        let lr = compile("lb_policy: LEAST_REQUEST\nleast_request_lb_config: { slow_start_config: { slow_start_window: 5s } }\n")
+            .expect("compiles");
+        assert_eq!(
+            lr.slow_start,
+            Some(SlowStart {
+                window: Duration::from_secs(5),
+                aggression: 1.0,
+                min_weight: 0.1
+            })
+        );
+        // No window: no slow start, as Envoy.
+        assert_eq!(
+            compile(&typed_lb(&[&lb_any(
+                "least_request",
+                "LeastRequest",
+                ", slow_start_config: {}"
+            )]))
+            .expect("compiles")
+            .slow_start,
+            None
         );
         // A zone-aware config changes nothing without a local cluster.
         assert!(compile(&typed_lb(&[&lb_any(

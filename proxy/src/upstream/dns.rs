@@ -146,7 +146,7 @@ async fn lookup(cm: &RefCell<ClusterManager>, job: &DnsJob) -> Option<Vec<Arc<Ho
                     addrs.truncate(1);
                 }
                 for address in addrs {
-                    let stats = {
+                    let (stats, created) = {
                         let cm = cm.borrow();
                         let previous = cm.get(&job.cluster).and_then(|e| {
                             e.info
@@ -154,9 +154,9 @@ async fn lookup(cm: &RefCell<ClusterManager>, job: &DnsJob) -> Option<Vec<Arc<Ho
                                 .hosts
                                 .iter()
                                 .find(|h| h.address == address)
-                                .map(|h| h.stats.clone())
+                                .map(|h| (h.stats.clone(), h.created))
                         });
-                        previous.unwrap_or_else(|| HostStats::new(cm.store()))
+                        previous.unwrap_or_else(|| (HostStats::new(cm.store()), Instant::now()))
                     };
                     if let Some(m) = &matches {
                         m.count(*transport_match);
@@ -171,6 +171,7 @@ async fn lookup(cm: &RefCell<ClusterManager>, job: &DnsJob) -> Option<Vec<Arc<Ho
                         transport_match: *transport_match,
                         locality: *locality,
                         locality_weight: *locality_weight,
+                        created,
                     }));
                 }
             }

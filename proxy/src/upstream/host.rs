@@ -67,4 +67,7 @@ pub struct Host {
     pub locality: u32,
     /// Its locality's `load_balancing_weight` (0 when unset, as Envoy reads it).
     pub locality_weight: u32,
+    /// When the host was created: kept across endpoint updates that keep its address, as
+    /// Envoy keeps the host, for slow start.
+    pub created: std::time::Instant,
 }

@@ -113,6 +113,7 @@ pub(crate) fn test_host_set(weights: &[u32]) -> HostSet {
                 transport_match: None,
                 locality: 0,
                 locality_weight: 0,
+                created: std::time::Instant::now(),
             })
         })
         .collect();

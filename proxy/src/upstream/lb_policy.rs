@@ -75,6 +75,8 @@ pub struct Balancing {
     /// `locality_weighted_lb_config`: a locality is picked first, by its weight scaled by
     /// the share of its hosts that are eligible, then a host in it by `policy`.
     pub locality_weighted: bool,
+    /// `slow_start_config` (round robin and least request).
+    pub slow_start: Option<SlowStart>,
 }
 
 impl From<LbPolicy> for Balancing {
@@ -82,7 +84,118 @@ impl From<LbPolicy> for Balancing {
         Balancing {
             policy,
             locality_weighted: false,
+            slow_start: None,
         }
+    }
+}
+
+/// `slow_start_config` of a round robin or least request policy: a host newer than the
+/// window gets `weight * max(min_weight, (age / window)^(1 / aggression))`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SlowStart {
+    /// `slow_start_window` (positive; unset or zero disables slow start, as Envoy).
+    pub window: std::time::Duration,
+    /// `aggression.default_value` (default 1.0; not positive or NaN is Envoy's 1.0).
+    pub aggression: f64,
+    /// `min_weight_percent` as a fraction (default 0.1).
+    pub min_weight: f64,
+}
+
+impl SlowStart {
+    /// The factor scaling the weight of a host `age` old (1 once out of the window).
+    pub fn factor(&self, age: std::time::Duration) -> f64 {
+        if age >= self.window {
+            return 1.0;
+        }
+        // Envoy counts at least a millisecond of age.
+        let time =
+            age.max(std::time::Duration::from_millis(1)).as_secs_f64() / self.window.as_secs_f64();
+        let ramp = if self.aggression == 1.0 {
+            time
+        } else {
+            time.powf(1.0 / self.aggression)
+        };
+        ramp.max(self.min_weight)
+    }
+}
+
+/// A `SlowStartConfig` (legacy or typed: the same fields) at `path`.
+fn slow_start(
+    window: Option<&courier_proto::google::protobuf::Duration>,
+    aggression: Option<&RuntimeDouble>,
+    min_weight_percent: Option<f64>,
+    path: &str,
+) -> Result<Option<SlowStart>, ConfigError> {
+    let window = match window {
+        Some(d) => crate::config::duration(d, &format!("{path}.slow_start_window"))?,
+        None => std::time::Duration::ZERO,
+    };
+    if window.is_zero() {
+        return Ok(None);
+    }
+    let aggression = match aggression {
+        None => 1.0,
+        Some(a) if !a.runtime_key.is_empty() => {
+            return Err(ConfigError::unsupported(format!(
+                "{path}.aggression.runtime_key"
+            )))
+        }
+        Some(a) if a.default_value <= 0.0 || a.default_value.is_nan() => {
+            tracing::warn!(
+                path,
+                value = a.default_value,
+                "invalid aggression, using 1.0"
+            );
+            1.0
+        }
+        Some(a) => a.default_value,
+    };
+    let min_weight = match min_weight_percent {
+        None => 0.1,
+        Some(p) if (0.0..=100.0).contains(&p) => p / 100.0,
+        Some(_) => {
+            return Err(ConfigError::new(
+                format!("{path}.min_weight_percent.value"),
+                "value must be inside range [0, 100]",
+            ))
+        }
+    };
+    Ok(Some(SlowStart {
+        window,
+        aggression,
+        min_weight,
+    }))
+}
+
+/// A typed policy's `slow_start_config`.
+fn typed_slow_start(
+    c: Option<&lbp::common::v3::SlowStartConfig>,
+    path: &str,
+) -> Result<Option<SlowStart>, ConfigError> {
+    match c {
+        None => Ok(None),
+        Some(c) => slow_start(
+            c.slow_start_window.as_ref(),
+            c.aggression.as_ref(),
+            c.min_weight_percent.as_ref().map(|p| p.value),
+            &format!("{path}.slow_start_config"),
+        ),
+    }
+}
+
+/// A legacy `lb_config`'s `slow_start_config`.
+fn legacy_slow_start(
+    c: Option<&cluster::SlowStartConfig>,
+    path: &str,
+) -> Result<Option<SlowStart>, ConfigError> {
+    match c {
+        None => Ok(None),
+        Some(c) => slow_start(
+            c.slow_start_window.as_ref(),
+            c.aggression.as_ref(),
+            c.min_weight_percent.as_ref().map(|p| p.value),
+            &format!("{path}.slow_start_config"),
+        ),
     }
 }
 
@@ -277,14 +390,10 @@ fn locality_lb_config(
 
 fn round_robin(any: &Any, path: &str) -> Result<Balancing, ConfigError> {
     let c: lbp::round_robin::v3::RoundRobin = unpack(any, path)?;
-    if c.slow_start_config.is_some() {
-        return Err(ConfigError::unsupported(format!(
-            "{path}.slow_start_config"
-        )));
-    }
     Ok(Balancing {
         policy: LbPolicy::RoundRobin,
         locality_weighted: locality_lb_config(c.locality_lb_config.as_ref(), path)?,
+        slow_start: typed_slow_start(c.slow_start_config.as_ref(), path)?,
     })
 }
 
@@ -293,17 +402,14 @@ fn random(any: &Any, path: &str) -> Result<Balancing, ConfigError> {
     Ok(Balancing {
         policy: LbPolicy::Random,
         locality_weighted: locality_lb_config(c.locality_lb_config.as_ref(), path)?,
+        slow_start: None,
     })
 }
 
 fn least_request(any: &Any, path: &str) -> Result<Balancing, ConfigError> {
     use lbp::least_request::v3::least_request::SelectionMethod;
     let c: lbp::least_request::v3::LeastRequest = unpack(any, path)?;
-    if c.slow_start_config.is_some() {
-        return Err(ConfigError::unsupported(format!(
-            "{path}.slow_start_config"
-        )));
-    }
+    let slow_start = typed_slow_start(c.slow_start_config.as_ref(), path)?;
     let locality_weighted = locality_lb_config(c.locality_lb_config.as_ref(), path)?;
     // `enable_full_scan` is documented "Unused" and Envoy reads it nowhere.
     let full_scan = match SelectionMethod::try_from(c.selection_method) {
@@ -323,6 +429,7 @@ fn least_request(any: &Any, path: &str) -> Result<Balancing, ConfigError> {
             full_scan,
         }),
         locality_weighted,
+        slow_start,
     })
 }
 
@@ -483,14 +590,12 @@ fn maglev(any: &Any, path: &str) -> Result<Balancing, ConfigError> {
 /// `lb_policy` with its `lb_config`. Settings of another policy than the cluster's are
 /// ignored, as Envoy ignores them.
 fn legacy_policy(proto: &pb::Cluster) -> Result<Balancing, ConfigError> {
+    let mut slow_start = None;
     let policy = match cluster::LbPolicy::try_from(proto.lb_policy) {
         Ok(cluster::LbPolicy::RoundRobin) => {
             if let Some(cluster::LbConfig::RoundRobinLbConfig(c)) = &proto.lb_config {
-                if c.slow_start_config.is_some() {
-                    return Err(ConfigError::unsupported(
-                        "round_robin_lb_config.slow_start_config",
-                    ));
-                }
+                slow_start =
+                    legacy_slow_start(c.slow_start_config.as_ref(), "round_robin_lb_config")?;
             }
             LbPolicy::RoundRobin
         }
@@ -499,11 +604,7 @@ fn legacy_policy(proto: &pb::Cluster) -> Result<Balancing, ConfigError> {
             let mut lr = LeastRequest::default();
             if let Some(cluster::LbConfig::LeastRequestLbConfig(c)) = &proto.lb_config {
                 let path = "least_request_lb_config";
-                if c.slow_start_config.is_some() {
-                    return Err(ConfigError::unsupported(format!(
-                        "{path}.slow_start_config"
-                    )));
-                }
+                slow_start = legacy_slow_start(c.slow_start_config.as_ref(), path)?;
                 lr.choice_count = choice_count(c.choice_count.map(|v| v.value), path)?;
                 lr.active_request_bias = active_request_bias(c.active_request_bias.as_ref(), path)?;
             }
@@ -555,6 +656,7 @@ fn legacy_policy(proto: &pb::Cluster) -> Result<Balancing, ConfigError> {
     Ok(Balancing {
         policy,
         locality_weighted,
+        slow_start,
     })
 }
 

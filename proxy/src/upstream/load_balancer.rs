@@ -7,7 +7,9 @@ use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 use std::sync::Arc;
 
-use super::cluster::{ClusterInfo, LbPolicy, LeastRequest};
+use std::time::Instant;
+
+use super::cluster::{ClusterInfo, LbPolicy, LeastRequest, SlowStart};
 use super::host::Host;
 use super::host_set::HostSet;
 use super::maglev::MaglevTable;
@@ -37,9 +39,12 @@ struct LbState {
     /// A `MAGLEV` table of this worker's own, when the host set's shared one has another
     /// size (a cluster update that changed only the table size).
     own_maglev: Option<MaglevTable>,
-    /// The policy the state was built for, and whether locality-weighted.
-    policy: (LbPolicy, bool),
+    /// The policy the state was built for, whether locality-weighted, its slow start.
+    policy: Policy,
 }
+
+/// What a state is built for: the policy, locality weighting, slow start.
+type Policy = (LbPolicy, bool, Option<SlowStart>);
 
 /// The state of one source of hosts.
 struct Picker {
@@ -52,10 +57,14 @@ struct Picker {
     total_weight: i64,
     /// Plain round robin position when all weights are equal.
     next: usize,
-    /// Weighted LEAST_REQUEST: Envoy's earliest-deadline-first schedule, each member due
-    /// again `1 / weight` after its last pick, its weight then scaled down by its active
-    /// requests.
+    /// Weighted LEAST_REQUEST, or either policy in slow start: Envoy's
+    /// earliest-deadline-first schedule, each member due again `1 / weight` after its last
+    /// pick, its weight as of then (scaled down by its active requests, or by its age).
     edf: Edf,
+    /// Slow start, when a host was in its window as the state was built: Envoy then
+    /// schedules by EDF until the host set next changes, each weight scaled by the host's
+    /// age while it is in the window.
+    slow_start: Option<SlowStart>,
 }
 
 /// An earliest-deadline-first schedule (Envoy's `EdfScheduler`).
@@ -122,6 +131,27 @@ impl Ord for EdfEntry {
     }
 }
 
+/// A host's weight in an EDF schedule: its weight, as least request scales it, and as
+/// slow start scales it while the host is in the window.
+fn edf_weight(
+    host: &Host,
+    lr: Option<LeastRequest>,
+    slow_start: Option<SlowStart>,
+    now: Instant,
+) -> f64 {
+    let weight = match lr {
+        Some(lr) => least_request_weight(host, lr.active_request_bias),
+        None => f64::from(host.weight.max(1)),
+    };
+    match slow_start {
+        // As Envoy, only a healthy host ramps up.
+        Some(s) if host.health == super::host::HostHealth::Healthy => {
+            weight * s.factor(now.saturating_duration_since(host.created))
+        }
+        _ => weight,
+    }
+}
+
 /// A host's LEAST_REQUEST weight with unequal weights, as Envoy's:
 /// `weight / (active_requests + 1)^bias`.
 fn least_request_weight(host: &Host, bias: f64) -> f64 {
@@ -137,7 +167,7 @@ fn least_request_weight(host: &Host, bias: f64) -> f64 {
 }
 
 impl Picker {
-    fn new(hosts: &[Arc<Host>], members: Vec<usize>, policy: LbPolicy) -> Picker {
+    fn new(hosts: &[Arc<Host>], members: Vec<usize>, policy: Policy, now: Instant) -> Picker {
         let weight = |i: usize| hosts[i].weight;
         let weighted = members.windows(2).any(|w| weight(w[0]) != weight(w[1]));
         let total_weight = members.iter().map(|&i| i64::from(weight(i))).sum();
@@ -147,13 +177,23 @@ impl Picker {
         } else {
             fastrand::usize(..members.len())
         };
+        // Envoy's `noHostsAreInSlowStart`, as of this host set: is the newest host in the
+        // window?
+        let slow_start = policy.2.filter(|s| {
+            members
+                .iter()
+                .map(|&i| hosts[i].created)
+                .max()
+                .is_some_and(|newest| now.saturating_duration_since(newest) <= s.window)
+        });
         let mut edf = Edf::default();
-        if let (LbPolicy::LeastRequest(lr), true) = (policy, weighted) {
+        let lr = match policy.0 {
+            LbPolicy::LeastRequest(lr) => Some(lr),
+            _ => None,
+        };
+        if slow_start.is_some() || (weighted && lr.is_some()) {
             for (slot, &i) in members.iter().enumerate() {
-                edf.add_randomly(
-                    slot,
-                    least_request_weight(&hosts[i], lr.active_request_bias),
-                );
+                edf.add_randomly(slot, edf_weight(&hosts[i], lr, slow_start, now));
             }
         }
         Picker {
@@ -163,6 +203,7 @@ impl Picker {
             total_weight,
             next,
             edf,
+            slow_start,
         }
     }
 
@@ -171,7 +212,11 @@ impl Picker {
         if members.is_empty() {
             return None;
         }
-        let pick = if self.weighted {
+        let pick = if let Some(slow_start) = self.slow_start {
+            let now = Instant::now();
+            self.edf
+                .pick(|slot| edf_weight(&hosts[members[slot]], None, Some(slow_start), now))?
+        } else if self.weighted {
             // Smooth weighted round robin: same long-run shares as Envoy's EDF scheduler,
             // interleaved rather than bursty.
             let mut best = 0;
@@ -207,12 +252,13 @@ impl Picker {
         }
         // Envoy's load is the host's active requests (across workers), not connections.
         let load = |slot: usize| hosts[members[slot]].stats.rq_active.value();
-        let slot = if self.weighted {
+        let slot = if self.weighted || self.slow_start.is_some() {
             // Envoy's EDF: the host due first is picked and scheduled again with its weight
             // as of now (the request being picked for is not yet active on it).
-            self.edf.pick(|slot| {
-                least_request_weight(&hosts[members[slot]], config.active_request_bias)
-            })?
+            let now = Instant::now();
+            let slow_start = self.slow_start;
+            self.edf
+                .pick(|slot| edf_weight(&hosts[members[slot]], Some(config), slow_start, now))?
         } else if config.full_scan {
             // Every host; ties broken uniformly at random (reservoir sampling), as Envoy.
             let mut best = 0;
@@ -250,7 +296,9 @@ impl Picker {
 }
 
 impl LbState {
-    fn new(hosts: Arc<HostSet>, policy: LbPolicy, locality_weighted: bool) -> LbState {
+    fn new(hosts: Arc<HostSet>, (policy, locality_weighted, slow_start): Policy) -> LbState {
+        let now = Instant::now();
+        let picker_policy = (policy, locality_weighted, slow_start);
         let own_ring = match policy {
             LbPolicy::RingHash {
                 min_ring_size,
@@ -298,13 +346,18 @@ impl LbState {
                             .copied()
                             .filter(|&i| hosts.hosts[i].locality as usize == l)
                             .collect();
-                        Picker::new(&hosts.hosts, members, policy)
+                        Picker::new(&hosts.hosts, members, picker_policy, now)
                     })
                     .collect();
             }
         }
         if sources.is_empty() {
-            sources.push(Picker::new(&hosts.hosts, hosts.eligible.clone(), policy));
+            sources.push(Picker::new(
+                &hosts.hosts,
+                hosts.eligible.clone(),
+                picker_policy,
+                now,
+            ));
         }
         LbState {
             sources,
@@ -312,7 +365,7 @@ impl LbState {
             locality_weights,
             own_ring,
             own_maglev,
-            policy: (policy, locality_weighted),
+            policy: picker_policy,
             hosts,
         }
     }
@@ -379,15 +432,17 @@ impl LbStates {
         attempt: u32,
     ) -> Option<Arc<Host>> {
         let hosts = &cluster.hosts;
-        let policy = (cluster.lb_policy, cluster.locality_weighted);
+        let policy = (
+            cluster.lb_policy,
+            cluster.locality_weighted,
+            cluster.slow_start,
+        );
         let state = match self.states.get_mut(&cluster.name) {
             // A changed policy (a cluster update) needs its own state too.
             Some(s) if Arc::ptr_eq(&s.hosts, hosts) && s.policy == policy => s,
             _ => {
-                self.states.insert(
-                    cluster.name.clone(),
-                    LbState::new(hosts.clone(), policy.0, policy.1),
-                );
+                self.states
+                    .insert(cluster.name.clone(), LbState::new(hosts.clone(), policy));
                 self.states.get_mut(&cluster.name)?
             }
         };
@@ -443,8 +498,7 @@ mod tests {
     fn state(weights: &[u32], lr: LeastRequest) -> LbState {
         LbState::new(
             Arc::new(test_host_set(weights)),
-            LbPolicy::LeastRequest(lr),
-            false,
+            (LbPolicy::LeastRequest(lr), false, None),
         )
     }
 
@@ -484,6 +538,7 @@ mod tests {
                     transport_match: None,
                     locality,
                     locality_weight,
+                    created: std::time::Instant::now(),
                 })
             })
             .collect();
@@ -508,6 +563,64 @@ mod tests {
             counts[i] += 1;
         }
         counts
+    }
+
+    #[test]
+    fn slow_start_scales_new_hosts_by_age() {
+        use std::time::Duration;
+        let s = SlowStart {
+            window: Duration::from_secs(10),
+            aggression: 1.0,
+            min_weight: 0.1,
+        };
+        assert_eq!(s.factor(Duration::from_secs(5)), 0.5);
+        assert_eq!(s.factor(Duration::from_millis(100)), 0.1);
+        assert_eq!(s.factor(Duration::from_secs(10)), 1.0);
+        let aggressive = SlowStart {
+            aggression: 2.0,
+            ..s
+        };
+        assert!((aggressive.factor(Duration::from_millis(2500)) - 0.5).abs() < 1e-9);
+
+        // Hosts 0 and 1 a minute old, host 2 new: host 2 at a tenth of its weight.
+        let mut set = test_host_set(&[1, 1, 1]);
+        let old = Instant::now() - Duration::from_secs(60);
+        for h in &mut set.hosts[..2] {
+            if let Some(h) = Arc::get_mut(h) {
+                h.created = old;
+            }
+        }
+        let set = Arc::new(set);
+        for policy in [
+            LbPolicy::RoundRobin,
+            LbPolicy::LeastRequest(LeastRequest::default()),
+        ] {
+            let mut st = LbState::new(set.clone(), (policy, false, Some(s)));
+            let mut counts = [0usize; 3];
+            for _ in 0..2100 {
+                let i = match policy {
+                    LbPolicy::RoundRobin => st.sources[0].round_robin(&set.hosts),
+                    _ => st.sources[0].least_request(&set.hosts, LeastRequest::default()),
+                };
+                counts[i.expect("a host")] += 1;
+            }
+            // 1 : 1 : 0.1, give or take the ramp over the test's few milliseconds.
+            assert!(counts[2].abs_diff(100) <= 10, "{policy:?}: {counts:?}");
+            assert!(counts[0].abs_diff(1000) <= 10, "{policy:?}: {counts:?}");
+        }
+        // Once the newest host is out of the window, plain round robin.
+        let st = LbState::new(
+            Arc::new(test_host_set(&[1, 1])),
+            (
+                LbPolicy::RoundRobin,
+                false,
+                Some(SlowStart {
+                    window: Duration::from_nanos(1),
+                    ..s
+                }),
+            ),
+        );
+        assert!(st.sources[0].slow_start.is_none());
     }
 
     #[test]

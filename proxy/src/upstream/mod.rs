@@ -21,7 +21,7 @@ pub mod transport_socket_match;
 
 pub use cluster::{
     compile_cluster, validate_assignment, ClusterInfo, ClusterStats, ConnLifetime, DiscoveryType,
-    LbPolicy, LeastRequest,
+    LbPolicy, LeastRequest, SlowStart,
 };
 pub use cluster_manager::{ClusterChange, ClusterEntry, ClusterManager, ClusterManagerStats};
 pub use host::{Host, HostHealth, HostStats};

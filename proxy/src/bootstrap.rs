@@ -113,10 +113,17 @@ fn check_supported(b: &Bootstrap) -> Result<(), crate::config::ConfigError> {
     use crate::config::ConfigError;
     let unsupported = [
         (
-            "cluster_manager.outlier_detection",
+            "cluster_manager.load_stats_config",
             b.cluster_manager
                 .as_ref()
-                .is_some_and(|c| c.outlier_detection.is_some()),
+                .is_some_and(|c| c.load_stats_config.is_some()),
+        ),
+        (
+            "cluster_manager.outlier_detection.event_service",
+            b.cluster_manager
+                .as_ref()
+                .and_then(|c| c.outlier_detection.as_ref())
+                .is_some_and(|o| o.event_service.is_some()),
         ),
         // Envoy routes zone-aware against the local cluster once it is named.
         (
@@ -143,5 +150,22 @@ fn check_supported(b: &Bootstrap) -> Result<(), crate::config::ConfigError> {
     if let Some((field, _)) = unsupported.iter().find(|(_, set)| *set) {
         return Err(ConfigError::unsupported(*field));
     }
+    upstream_bind_config(b)?;
     Ok(())
+}
+
+/// The bootstrap's `cluster_manager.upstream_bind_config`, compiled.
+pub fn upstream_bind_config(
+    b: &Bootstrap,
+) -> Result<Option<crate::upstream::bind_config::BindConfig>, crate::config::ConfigError> {
+    b.cluster_manager
+        .as_ref()
+        .and_then(|c| c.upstream_bind_config.as_ref())
+        .map(|bind| {
+            crate::upstream::bind_config::BindConfig::compile(
+                bind,
+                "cluster_manager.upstream_bind_config",
+            )
+        })
+        .transpose()
 }

@@ -275,7 +275,7 @@ async fn nack_invalid_clusters() {
             vec![cluster_yaml(&format!(
                 "name: bad_hc\n{st}health_checks: [{{ interval: 1s, tcp_health_check: {{}} }}]\n"
             ))],
-            &["timeout", "required", "threshold", "not supported"],
+            &["timeout", "required", "threshold"],
         ),
         case(
             "ring hash minimum_ring_size above maximum",

@@ -179,7 +179,7 @@ fn clusters(server: &Server, json: bool) -> Response<Full<Bytes>> {
                                 {"name": "rq_total", "value": h.stats.rq_total.value().to_string(), "type": "COUNTER"},
                                 {"name": "rq_active", "value": h.stats.rq_active.value().to_string(), "type": "GAUGE"},
                             ],
-                            "health_status": {"eds_health_status": health_name(h.health)},
+                            "health_status": health_status(h),
                             "weight": h.weight,
                             "priority": h.priority,
                         })
@@ -221,14 +221,7 @@ fn clusters(server: &Server, json: bool) -> Response<Full<Bytes>> {
             out.push_str(&format!("{p}::cx_total::{}\n", h.stats.cx_total.value()));
             out.push_str(&format!("{p}::rq_active::{}\n", h.stats.rq_active.value()));
             out.push_str(&format!("{p}::rq_total::{}\n", h.stats.rq_total.value()));
-            out.push_str(&format!(
-                "{p}::health_flags::{}\n",
-                match h.health {
-                    crate::upstream::HostHealth::Healthy => "healthy",
-                    crate::upstream::HostHealth::Degraded => "/degraded_eds_health",
-                    crate::upstream::HostHealth::Unhealthy => "/failed_eds_health",
-                }
-            ));
+            out.push_str(&format!("{p}::health_flags::{}\n", h.health_flags_text()));
             out.push_str(&format!("{p}::weight::{}\n", h.weight));
             out.push_str(&format!("{p}::priority::{}\n", h.priority));
         }
@@ -236,10 +229,29 @@ fn clusters(server: &Server, json: bool) -> Response<Full<Bytes>> {
     response(200, TEXT, out)
 }
 
-fn health_name(h: crate::upstream::HostHealth) -> &'static str {
-    match h {
-        crate::upstream::HostHealth::Healthy => "HEALTHY",
-        crate::upstream::HostHealth::Degraded => "DEGRADED",
-        crate::upstream::HostHealth::Unhealthy => "UNHEALTHY",
+/// Envoy's JSON `health_status` of a host: its EDS status and the flags checking set.
+fn health_status(h: &crate::upstream::Host) -> serde_json::Value {
+    use crate::upstream::{HealthFlags, HostHealth};
+    let mut out = serde_json::Map::new();
+    let eds = match h.eds_health {
+        HostHealth::Healthy => "HEALTHY",
+        HostHealth::Degraded => "DEGRADED",
+        HostHealth::Unhealthy => "UNHEALTHY",
+    };
+    out.insert("eds_health_status".into(), eds.into());
+    let flags = h.stats.flags();
+    for (flag, name) in [
+        (HealthFlags::FAILED_ACTIVE_HC, "failed_active_health_check"),
+        (HealthFlags::FAILED_OUTLIER_CHECK, "failed_outlier_check"),
+        (
+            HealthFlags::DEGRADED_ACTIVE_HC,
+            "failed_active_degraded_check",
+        ),
+        (HealthFlags::ACTIVE_HC_TIMEOUT, "active_hc_timeout"),
+    ] {
+        if flags.intersects(flag) {
+            out.insert(name.into(), true.into());
+        }
     }
+    serde_json::Value::Object(out)
 }

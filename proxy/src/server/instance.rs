@@ -239,7 +239,26 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         }
     });
 
-    let cluster_manager = ClusterManager::new(store.clone(), cluster_slot);
+    let outlier_log = match bootstrap
+        .cluster_manager
+        .as_ref()
+        .and_then(|c| c.outlier_detection.as_ref())
+        .map(|o| o.event_log_path.as_str())
+        .filter(|p| !p.is_empty())
+    {
+        Some(path) => Some(
+            crate::upstream::outlier_detection::EventLog::open(path).with_context(|| {
+                format!("cannot open cluster_manager.outlier_detection.event_log_path '{path}'")
+            })?,
+        ),
+        None => None,
+    };
+    let (outlier_events, outlier_decider) =
+        crate::upstream::outlier_detection::Decider::channel(outlier_log);
+    let mut cluster_manager = ClusterManager::new(store.clone(), cluster_slot, outlier_events);
+    cluster_manager.set_default_bind(
+        crate::bootstrap::upstream_bind_config(&bootstrap).map_err(|e| anyhow::anyhow!("{e}"))?,
+    );
     let mut listener_manager =
         ListenerManager::new(store.clone(), tls.clone(), options.drain_time());
     listener_manager.set_ads_configured(ads_configured(&bootstrap));
@@ -288,6 +307,11 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     server.set_state(ServerState::Initializing);
     crate::upstream::dns::resolve_all(&server.cluster_manager).await;
     tokio::task::spawn_local(crate::upstream::dns::refresh_loop(server.clone()));
+    tokio::task::spawn_local(crate::upstream::health_checker::runner::run(server.clone()));
+    tokio::task::spawn_local(crate::upstream::outlier_detection::run(
+        server.clone(),
+        outlier_decider,
+    ));
     tokio::task::spawn_local(crate::transport_socket::tls::sds::watch_files());
     crate::xds::start(&server).await?;
     if options.mode == Mode::InitOnly {
@@ -398,8 +422,9 @@ fn validate(bootstrap: &Bootstrap, options: &Options) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// DNS resolution reaches the main thread through this narrow view of the server.
-impl crate::upstream::dns::DnsContext for Server {
+/// DNS resolution, health checking and outlier detection reach the main thread through
+/// this narrow view of the server.
+impl crate::upstream::UpstreamContext for Server {
     fn cluster_manager(&self) -> &RefCell<ClusterManager> {
         &self.cluster_manager
     }

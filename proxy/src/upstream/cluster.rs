@@ -305,6 +305,9 @@ pub struct ClusterInfo {
     pub slow_start: Option<SlowStart>,
     /// `common_lb_config.healthy_panic_threshold` in percent (default 50).
     pub panic_threshold: f64,
+    /// `common_lb_config.update_merge_window` (default 1 s): health changes this close
+    /// to the previous update reach the workers together when it ends.
+    pub update_merge_window: Duration,
     /// `per_connection_buffer_limit_bytes` (default 1 MiB).
     pub buffer_limit: usize,
     /// Default-priority circuit breakers.
@@ -334,6 +337,16 @@ pub struct ClusterInfo {
     pub tls: Option<crate::transport_socket::tls::ClientTls>,
     /// `transport_socket_matches`: other sockets, for the hosts whose metadata asks.
     pub socket_matches: Arc<SocketMatches>,
+    /// `health_checks`: the active check and its `health_check.*` stats.
+    pub health_check: Option<(
+        Arc<super::health_checker::HealthCheck>,
+        Arc<super::health_checker::HealthCheckStats>,
+    )>,
+    /// `upstream_bind_config` (else the bootstrap's): the local address connections to
+    /// the hosts are made from.
+    pub bind: Option<super::bind_config::BindConfig>,
+    /// `outlier_detection`: its settings and the way workers report to it.
+    pub outlier: Option<Arc<super::outlier_detection::Detector>>,
     /// The hosts, replaced as a whole on every membership change.
     pub hosts: Arc<HostSet>,
     /// `cluster.<name>.*`.
@@ -370,6 +383,7 @@ impl ClusterInfo {
             locality_weighted: self.locality_weighted,
             slow_start: self.slow_start,
             panic_threshold: self.panic_threshold,
+            update_merge_window: self.update_merge_window,
             buffer_limit: self.buffer_limit,
             thresholds: self.thresholds,
             http2: self.http2,
@@ -382,6 +396,9 @@ impl ClusterInfo {
             stream_limits: self.stream_limits,
             tls: self.tls.clone(),
             socket_matches: self.socket_matches.clone(),
+            health_check: self.health_check.clone(),
+            outlier: self.outlier.clone(),
+            bind: self.bind,
             hosts,
             stats: self.stats.clone(),
             proto: self.proto.clone(),
@@ -400,8 +417,18 @@ impl ClusterInfo {
 }
 
 /// Compiles a Cluster proto. `hosts` are the initial hosts (for EDS: none until the first
-/// assignment arrives; for DNS: none until the first resolution).
+/// assignment arrives; for DNS: none until the first resolution). Its outlier detector,
+/// if any, reports nowhere (see [`compile_cluster_reporting`]).
 pub fn compile_cluster(proto: &pb::Cluster, store: &Store) -> Result<ClusterInfo, ConfigError> {
+    compile_cluster_reporting(proto, store, &tokio::sync::mpsc::unbounded_channel().0)
+}
+
+/// [`compile_cluster`], its outlier detector reporting to `outlier_events`.
+pub fn compile_cluster_reporting(
+    proto: &pb::Cluster,
+    store: &Store,
+    outlier_events: &tokio::sync::mpsc::UnboundedSender<super::outlier_detection::OutlierEvent>,
+) -> Result<ClusterInfo, ConfigError> {
     if proto.name.is_empty() {
         return Err(ConfigError::new("name", "cluster name must not be empty"));
     }
@@ -474,6 +501,14 @@ pub fn compile_cluster(proto: &pb::Cluster, store: &Store) -> Result<ClusterInfo
         .as_ref()
         .and_then(|c| c.healthy_panic_threshold.as_ref())
         .map_or(50.0, |p| p.value);
+    let update_merge_window = config::duration_or(
+        proto
+            .common_lb_config
+            .as_ref()
+            .and_then(|c| c.update_merge_window.as_ref()),
+        Duration::from_secs(1),
+        "common_lb_config.update_merge_window",
+    )?;
     let buffer_limit = proto
         .per_connection_buffer_limit_bytes
         .as_ref()
@@ -523,11 +558,36 @@ pub fn compile_cluster(proto: &pb::Cluster, store: &Store) -> Result<ClusterInfo
             ),
         ));
     }
+    let health_check =
+        super::health_checker::HealthCheck::compile_all(&proto.health_checks, &proto.name, http2)?
+            .map(|c| {
+                (
+                    c,
+                    super::health_checker::HealthCheckStats::new(store, &proto.name),
+                )
+            });
+    let outlier = match &proto.outlier_detection {
+        Some(o) => Some(Arc::new(super::outlier_detection::Detector::new(
+            super::outlier_detection::OutlierConfig::compile(o)
+                .map_err(|e| e.at("outlier_detection"))?,
+            store,
+            &proto.name,
+            outlier_events.clone(),
+        ))),
+        None => None,
+    };
     let hosts = match (&discovery, &proto.load_assignment) {
-        (DiscoveryType::Static, Some(cla)) => {
-            build_host_set(cla, store, None, panic_threshold, &socket_matches)
-                .map_err(|e| e.at("load_assignment"))?
-        }
+        (DiscoveryType::Static, Some(cla)) => build_host_set(
+            cla,
+            store,
+            None,
+            HostSetParams {
+                panic_threshold,
+                matches: &socket_matches,
+                health_checked: health_check.is_some(),
+            },
+        )
+        .map_err(|e| e.at("load_assignment"))?,
         (DiscoveryType::StrictDns | DiscoveryType::LogicalDns, Some(cla)) => {
             // Validate the names now; resolution happens on the main thread.
             dns_targets(cla, &SocketMatches::default()).map_err(|e| e.at("load_assignment"))?;
@@ -550,6 +610,7 @@ pub fn compile_cluster(proto: &pb::Cluster, store: &Store) -> Result<ClusterInfo
         locality_weighted,
         slow_start,
         panic_threshold,
+        update_merge_window,
         buffer_limit,
         thresholds,
         http2,
@@ -562,6 +623,13 @@ pub fn compile_cluster(proto: &pb::Cluster, store: &Store) -> Result<ClusterInfo
         stream_limits,
         tls,
         socket_matches,
+        health_check,
+        outlier,
+        bind: proto
+            .upstream_bind_config
+            .as_ref()
+            .map(|b| super::bind_config::BindConfig::compile(b, "upstream_bind_config"))
+            .transpose()?,
         hosts,
         stats,
         proto: Arc::new(Encoded::new(proto)),
@@ -584,6 +652,10 @@ fn common_lb_settings_built(proto: &pb::Cluster) -> Result<(), ConfigError> {
         (
             "common_lb_config.override_host_status",
             c.override_host_status.is_some(),
+        ),
+        (
+            "common_lb_config.ignore_new_hosts_until_first_hc",
+            c.ignore_new_hosts_until_first_hc,
         ),
     ];
     match refused.iter().find(|(_, set)| *set) {
@@ -638,17 +710,8 @@ fn reject_unsupported(proto: &pb::Cluster) -> Result<(), ConfigError> {
     if let Some((field, _)) = unbuilt.iter().find(|(_, set)| *set) {
         return Err(ConfigError::unsupported(*field));
     }
-    if !proto.health_checks.is_empty() {
-        return Err(ConfigError::unsupported("health_checks"));
-    }
-    if proto.outlier_detection.is_some() {
-        return Err(ConfigError::unsupported("outlier_detection"));
-    }
     if proto.lb_subset_config.is_some() {
         return Err(ConfigError::unsupported("lb_subset_config"));
-    }
-    if proto.upstream_bind_config.is_some() {
-        return Err(ConfigError::unsupported("upstream_bind_config"));
     }
     if !proto.filters.is_empty() {
         return Err(ConfigError::unsupported("filters"));
@@ -1126,6 +1189,16 @@ fn parse_assignment(
             };
             let address =
                 config::socket_address(ep.address.as_ref(), &format!("{path}.endpoint.address"))?;
+            if ep
+                .health_check_config
+                .as_ref()
+                .is_some_and(|c| *c != Default::default())
+            {
+                // A check on another port or name, or none for this host: not built.
+                return Err(ConfigError::unsupported(format!(
+                    "{path}.endpoint.health_check_config"
+                )));
+            }
             let weight = lb.load_balancing_weight.as_ref().map_or(1, |w| w.value);
             if weight == 0 {
                 return Err(ConfigError::new(
@@ -1160,46 +1233,67 @@ pub fn validate_assignment(cla: &ClusterLoadAssignment) -> Result<(), ConfigErro
     parse_assignment(cla, &SocketMatches::default()).map(|_| ())
 }
 
-/// Builds a host set from an assignment, reusing the stats of hosts already in `previous`
-/// so that per-host counters survive endpoint updates.
+/// What a host set is built with, of its cluster.
+#[derive(Clone, Copy)]
+pub struct HostSetParams<'a> {
+    /// `healthy_panic_threshold`.
+    pub panic_threshold: f64,
+    /// The transport socket matches hosts choose among.
+    pub matches: &'a SocketMatches,
+    /// Whether the cluster has active health checking (new hosts start failing it).
+    pub health_checked: bool,
+}
+
+impl ClusterInfo {
+    /// What its host sets are built with.
+    pub fn host_set_params(&self) -> HostSetParams<'_> {
+        HostSetParams {
+            panic_threshold: self.panic_threshold,
+            matches: &self.socket_matches,
+            health_checked: self.health_check.is_some(),
+        }
+    }
+}
+
+/// Builds a host set from an assignment, reusing the stats (and health) of hosts already
+/// in `previous`, so that they survive endpoint updates.
 pub fn build_host_set(
     cla: &ClusterLoadAssignment,
     store: &Store,
     previous: Option<&HostSet>,
-    panic_threshold: f64,
-    matches: &SocketMatches,
+    params: HostSetParams<'_>,
 ) -> Result<Arc<HostSet>, ConfigError> {
-    let known: HashMap<std::net::SocketAddr, (Arc<HostStats>, std::time::Instant)> = previous
+    let known: HashMap<std::net::SocketAddr, Arc<HostStats>> = previous
         .map(|p| {
             p.hosts
                 .iter()
-                .map(|h| (h.address, (h.stats.clone(), h.created)))
+                .map(|h| (h.address, h.stats.clone()))
                 .collect()
         })
         .unwrap_or_default();
-    let now = std::time::Instant::now();
-    let hosts = parse_assignment(cla, matches)?
+    let hosts = parse_assignment(cla, params.matches)?
         .into_iter()
         .map(|e| {
-            let (stats, created) = known
+            let stats = known
                 .get(&e.address)
                 .cloned()
-                .unwrap_or_else(|| (HostStats::new(store), now));
-            Arc::new(Host {
-                address: e.address,
-                weight: e.weight,
-                health: e.health,
-                priority: e.priority,
-                stats,
-                hostname: e.hostname,
-                transport_match: e.transport_match,
-                locality: e.locality,
-                locality_weight: e.locality_weight,
-                created,
-            })
+                .unwrap_or_else(|| HostStats::new(store));
+            stats.prepare_for(params.health_checked);
+            Arc::new(
+                Host::new(
+                    e.address,
+                    e.weight,
+                    e.health,
+                    e.priority,
+                    stats,
+                    e.hostname,
+                    e.transport_match,
+                )
+                .in_locality(e.locality, e.locality_weight),
+            )
         })
         .collect();
-    let mut set = HostSet::new(hosts, panic_threshold);
+    let mut set = HostSet::new(hosts, params.panic_threshold);
     set.overprovisioning = overprovisioning(cla);
     Ok(Arc::new(set))
 }

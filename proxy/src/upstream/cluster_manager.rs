@@ -7,12 +7,12 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use courier_proto::envoy::config::cluster::v3::Cluster;
 use courier_proto::envoy::config::endpoint::v3::ClusterLoadAssignment;
 
-use super::cluster::{build_host_set, compile_cluster, ClusterInfo, DiscoveryType};
+use super::cluster::{build_host_set, compile_cluster_reporting, ClusterInfo, DiscoveryType};
 use super::host_set::HostSet;
 use super::ClusterSnapshot;
 use crate::config::ConfigError;
@@ -53,14 +53,34 @@ pub struct ClusterEntry {
     pub hosts_known: bool,
 }
 
-/// Whether every server secret the cluster's TLS context names has arrived (or timed out).
-fn secrets_settled(info: &ClusterInfo) -> bool {
-    info.tls_contexts().all(|t| {
+/// Whether a cluster whose hosts are known may serve: every server secret its TLS context
+/// names has arrived (or timed out), and, with active health checking, each host has had
+/// its first check (as Envoy's cluster initialisation waits for them).
+fn ready(info: &ClusterInfo) -> bool {
+    let secrets = info.tls_contexts().all(|t| {
         t.context
             .pending()
             .iter()
             .all(|n| crate::transport_socket::tls::sds::settled(n))
-    })
+    });
+    let checked =
+        info.health_check.is_none() || info.hosts.hosts.iter().all(|h| h.stats.hc_checked());
+    secrets && checked
+}
+
+/// `info` with its hosts' selection health recomputed from their current flags.
+fn refreshed(info: &ClusterInfo) -> Arc<ClusterInfo> {
+    let hosts = info
+        .hosts
+        .hosts
+        .iter()
+        .map(|h| Arc::new(h.refreshed()))
+        .collect();
+    let mut set = HostSet::new(hosts, info.panic_threshold);
+    set.overprovisioning = info.hosts.overprovisioning;
+    let info = info.with_hosts(Arc::new(set));
+    info.update_membership_stats();
+    Arc::new(info)
 }
 
 /// The cluster manager.
@@ -79,6 +99,39 @@ pub struct ClusterManager {
     eds_users: BTreeSet<(String, String)>,
     stats: ClusterManagerStats,
     dirty: bool,
+    /// Ticks on every change of a cluster or of its hosts (published or warming).
+    changes: tokio::sync::watch::Sender<u64>,
+    /// Per active cluster: when its hosts last reached the workers, and whether a health
+    /// change waits for its `update_merge_window` to end.
+    merges: std::collections::HashMap<String, Merge>,
+    /// The bootstrap's `cluster_manager.upstream_bind_config`, for clusters without one.
+    default_bind: Option<super::bind_config::BindConfig>,
+    /// Where clusters' outlier detectors report ([`super::outlier_detection::run`]).
+    outlier_events: tokio::sync::mpsc::UnboundedSender<super::outlier_detection::OutlierEvent>,
+}
+
+/// A cluster's `update_merge_window` state.
+#[derive(Clone, Copy)]
+struct Merge {
+    /// When its hosts last reached the workers (after it became active).
+    last: Instant,
+    /// A health change waits for the window's end.
+    waiting: bool,
+}
+
+/// What [`ClusterManager::refresh_health`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HealthRefresh {
+    /// Applied; `activated` when a warming version became active.
+    Applied {
+        /// A warming version became active.
+        activated: bool,
+    },
+    /// Held until the cluster's merge window ends: call
+    /// [`ClusterManager::apply_merged_health`] then.
+    Held(std::time::Duration),
+    /// Already held: the pending apply will take it.
+    Merged,
 }
 
 /// What [`ClusterManager::add_or_update`] did.
@@ -93,8 +146,13 @@ pub enum ClusterChange {
 }
 
 impl ClusterManager {
-    /// A manager publishing through `slot`.
-    pub fn new(store: Store, slot: Slot<ClusterSnapshot>) -> ClusterManager {
+    /// A manager publishing through `slot`, its clusters' outlier detectors reporting to
+    /// `outlier_events`.
+    pub fn new(
+        store: Store,
+        slot: Slot<ClusterSnapshot>,
+        outlier_events: tokio::sync::mpsc::UnboundedSender<super::outlier_detection::OutlierEvent>,
+    ) -> ClusterManager {
         let stats = ClusterManagerStats {
             cluster_added: store.counter("cluster_manager.cluster_added"),
             cluster_modified: store.counter("cluster_manager.cluster_modified"),
@@ -112,6 +170,100 @@ impl ClusterManager {
             eds_users: BTreeSet::new(),
             stats,
             dirty: true,
+            changes: tokio::sync::watch::channel(0).0,
+            merges: std::collections::HashMap::new(),
+            default_bind: None,
+            outlier_events,
+        }
+    }
+
+    /// Sets the bootstrap's `cluster_manager.upstream_bind_config`: the source address of
+    /// clusters without their own.
+    pub fn set_default_bind(&mut self, bind: Option<super::bind_config::BindConfig>) {
+        self.default_bind = bind;
+    }
+
+    /// Ticks on every change of a cluster or of its hosts, warming ones included.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    fn notify(&self) {
+        self.changes.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    /// Rebuilds cluster `name`'s host sets with each host's current health, after health
+    /// checking or outlier detection changed it. A warming version is rebuilt at once
+    /// (and becomes active when its hosts all had their first check); the active one, as
+    /// in Envoy, at once unless it changed less than `update_merge_window` ago: then the
+    /// change waits for the window's end, merged with any that follow.
+    pub fn refresh_health(&mut self, name: &str) -> HealthRefresh {
+        let mut activated = false;
+        if let Some(entry) = self.warming.get_mut(name) {
+            entry.info = refreshed(&entry.info);
+            if entry.hosts_known && ready(&entry.info) {
+                if let Some(entry) = self.warming.remove(name) {
+                    self.active.insert(name.to_string(), entry);
+                    // A new version starts without a window, as Envoy's.
+                    self.merges.remove(name);
+                    self.dirty = true;
+                    activated = true;
+                    self.update_gauges();
+                }
+            }
+            return HealthRefresh::Applied { activated };
+        }
+        let Some(entry) = self.active.get(name) else {
+            return HealthRefresh::Applied { activated };
+        };
+        let window = entry.info.update_merge_window;
+        let now = Instant::now();
+        if let Some(merge) = self.merges.get_mut(name) {
+            if merge.waiting {
+                return HealthRefresh::Merged;
+            }
+            let since = now.duration_since(merge.last);
+            if !window.is_zero() && since <= window {
+                merge.waiting = true;
+                return HealthRefresh::Held(window - since);
+            }
+        }
+        self.merges.insert(
+            name.to_string(),
+            Merge {
+                last: now,
+                waiting: false,
+            },
+        );
+        self.apply_health(name);
+        HealthRefresh::Applied { activated }
+    }
+
+    /// Membership changed (hosts reached the workers): a health change within the merge
+    /// window from now waits for it, as in Envoy.
+    fn hosts_updated(&mut self, name: &str) {
+        self.merges.insert(
+            name.to_string(),
+            Merge {
+                last: Instant::now(),
+                waiting: false,
+            },
+        );
+    }
+
+    /// Applies the health changes held for cluster `name`'s merge window.
+    pub fn apply_merged_health(&mut self, name: &str) {
+        if let Some(m) = self.merges.get_mut(name) {
+            m.waiting = false;
+            m.last = Instant::now();
+        }
+        self.apply_health(name);
+    }
+
+    fn apply_health(&mut self, name: &str) {
+        if let Some(entry) = self.active.get_mut(name) {
+            entry.info = refreshed(&entry.info);
+            self.dirty = true;
         }
     }
 
@@ -143,7 +295,10 @@ impl ClusterManager {
                 ),
             ));
         }
-        let mut info = compile_cluster(proto, &self.store)?;
+        let mut info = compile_cluster_reporting(proto, &self.store, &self.outlier_events)?;
+        if info.bind.is_none() {
+            info.bind = self.default_bind;
+        }
         let is_update =
             self.active.contains_key(&proto.name) || self.warming.contains_key(&proto.name);
         let mut warm = true;
@@ -154,8 +309,7 @@ impl ClusterManager {
                         &cla.decode(),
                         &self.store,
                         self.active.get(&proto.name).map(|e| &*e.info.hosts),
-                        info.panic_threshold,
-                        &info.socket_matches,
+                        info.host_set_params(),
                     )?;
                     info = info.with_hosts(hosts);
                 }
@@ -187,9 +341,10 @@ impl ClusterManager {
         } else {
             self.stats.cluster_added.inc(MAIN_THREAD);
         }
-        let change = if warm && secrets_settled(&entry.info) {
+        let change = if warm && ready(&entry.info) {
             // Make before break: the new cluster replaces the old one in one publish.
             self.warming.remove(&proto.name);
+            self.merges.remove(&proto.name);
             self.active.insert(proto.name.clone(), entry);
             self.dirty = true;
             ClusterChange::Active
@@ -199,6 +354,7 @@ impl ClusterManager {
             ClusterChange::Warming
         };
         self.update_gauges();
+        self.notify();
         Ok(change)
     }
 
@@ -207,12 +363,14 @@ impl ClusterManager {
         self.unindex(name);
         let warming = self.warming.remove(name).is_some();
         let active = self.active.remove(name).is_some();
+        self.merges.remove(name);
         if active {
             self.dirty = true;
         }
         if warming || active {
             self.stats.cluster_removed.inc(MAIN_THREAD);
             self.update_gauges();
+            self.notify();
         }
         warming || active
     }
@@ -246,13 +404,7 @@ impl ClusterManager {
                 continue;
             };
             let previous = self.active.get(name).map(|e| &*e.info.hosts);
-            let hosts = build_host_set(
-                &cla,
-                &self.store,
-                previous,
-                entry.info.panic_threshold,
-                &entry.info.socket_matches,
-            )?;
+            let hosts = build_host_set(&cla, &self.store, previous, entry.info.host_set_params())?;
             updates.push((name.clone(), hosts));
         }
         self.assignments
@@ -266,6 +418,7 @@ impl ClusterManager {
             } else if let Some(entry) = self.active.get_mut(&name) {
                 entry.info = Arc::new(entry.info.with_hosts(hosts));
                 entry.info.update_membership_stats();
+                self.hosts_updated(&name);
             }
             self.stats.cluster_updated.inc(MAIN_THREAD);
             touched.push(name);
@@ -273,6 +426,7 @@ impl ClusterManager {
         if !touched.is_empty() {
             self.dirty = true;
             self.update_gauges();
+            self.notify();
         }
         Ok(touched)
     }
@@ -320,11 +474,14 @@ impl ClusterManager {
             self.stats.cluster_updated.inc(MAIN_THREAD);
             self.dirty = true;
             self.update_gauges();
+            self.notify();
         } else if let (Some(entry), Some(hosts)) = (self.active.get_mut(name), hosts) {
             entry.info = Arc::new(entry.info.with_hosts(hosts));
             entry.info.update_membership_stats();
+            self.hosts_updated(name);
             self.stats.cluster_updated.inc(MAIN_THREAD);
             self.dirty = true;
+            self.notify();
         }
     }
 
@@ -335,6 +492,7 @@ impl ClusterManager {
             self.hosts_known(name.to_string(), entry);
             self.dirty = true;
             self.update_gauges();
+            self.notify();
         }
     }
 
@@ -342,7 +500,7 @@ impl ClusterManager {
     /// its secrets arrive.
     fn hosts_known(&mut self, name: String, mut entry: ClusterEntry) {
         entry.hosts_known = true;
-        if secrets_settled(&entry.info) {
+        if ready(&entry.info) {
             self.active.insert(name, entry);
         } else {
             self.warming.insert(name, entry);
@@ -355,7 +513,7 @@ impl ClusterManager {
         let ready: Vec<String> = self
             .warming
             .iter()
-            .filter(|(_, e)| e.hosts_known && secrets_settled(&e.info))
+            .filter(|(_, e)| e.hosts_known && ready(&e.info))
             .map(|(n, _)| n.clone())
             .collect();
         for name in ready {

@@ -34,7 +34,11 @@ pub async fn connect(
 ) -> Result<Transport, ConnectError> {
     let deadline = Instant::now() + cluster.connect_timeout;
     let open = async {
-        let tcp = TcpIo::connect(host.address).await?;
+        let tcp = TcpIo::connected(super::bind_config::open(
+            host.address,
+            cluster.bind.as_ref(),
+        )?)
+        .await?;
         let Some(tls) = cluster.host_tls(host) else {
             return Ok(Transport::Raw(tcp));
         };

@@ -20,7 +20,7 @@ use courier_proto::envoy::config::cluster::v3::cluster::DnsLookupFamily;
 use super::cluster::{dns_targets, DiscoveryType, DnsTarget};
 use super::host::{Host, HostHealth, HostStats};
 use super::host_set::HostSet;
-use super::ClusterManager;
+use super::{ClusterManager, UpstreamContext};
 use crate::stats::MAIN_THREAD;
 
 /// What DNS resolution needs of the main thread: the cluster manager it gives hosts to, the
@@ -50,6 +50,8 @@ struct DnsJob {
     failure_refresh: Duration,
     /// Waiting for its first resolution.
     warming: bool,
+    /// Whether the cluster has active health checking.
+    health_checked: bool,
 }
 
 /// Keeps the addresses `dns_lookup_family` allows, as Envoy: `AUTO` takes the IPv6 ones
@@ -107,6 +109,7 @@ fn dns_jobs(cm: &RefCell<ClusterManager>) -> Vec<DnsJob> {
                 refresh,
                 failure_refresh,
                 warming,
+                health_checked: e.info.health_check.is_some(),
             })
         })
         .collect()
@@ -146,7 +149,7 @@ async fn lookup(cm: &RefCell<ClusterManager>, job: &DnsJob) -> Option<Vec<Arc<Ho
                     addrs.truncate(1);
                 }
                 for address in addrs {
-                    let (stats, created) = {
+                    let stats = {
                         let cm = cm.borrow();
                         let previous = cm.get(&job.cluster).and_then(|e| {
                             e.info
@@ -154,25 +157,26 @@ async fn lookup(cm: &RefCell<ClusterManager>, job: &DnsJob) -> Option<Vec<Arc<Ho
                                 .hosts
                                 .iter()
                                 .find(|h| h.address == address)
-                                .map(|h| (h.stats.clone(), h.created))
+                                .map(|h| h.stats.clone())
                         });
-                        previous.unwrap_or_else(|| (HostStats::new(cm.store()), Instant::now()))
+                        previous.unwrap_or_else(|| HostStats::new(cm.store()))
                     };
                     if let Some(m) = &matches {
                         m.count(*transport_match);
                     }
-                    hosts.push(Arc::new(Host {
-                        address,
-                        weight: *weight,
-                        health: HostHealth::Healthy,
-                        priority: 0,
-                        stats,
-                        hostname: Some(hostname.clone()),
-                        transport_match: *transport_match,
-                        locality: *locality,
-                        locality_weight: *locality_weight,
-                        created,
-                    }));
+                    stats.prepare_for(job.health_checked);
+                    hosts.push(Arc::new(
+                        Host::new(
+                            address,
+                            *weight,
+                            HostHealth::Healthy,
+                            0,
+                            stats,
+                            Some(hostname.clone()),
+                            *transport_match,
+                        )
+                        .in_locality(*locality, *locality_weight),
+                    ));
                 }
             }
             Err(e) => {
@@ -221,7 +225,7 @@ pub async fn resolve_all(cm: &RefCell<ClusterManager>) {
 
 /// Re-resolves DNS clusters each at its own rate, and resolves a warming one (added or
 /// updated) as soon as it appears.
-pub async fn refresh_loop(ctx: Rc<impl DnsContext>) {
+pub async fn refresh_loop(ctx: Rc<impl UpstreamContext>) {
     let mut changes = ctx.cluster_changes();
     let cm = ctx.cluster_manager();
     let mut due: HashMap<String, Instant> = HashMap::new();

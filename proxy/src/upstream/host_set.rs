@@ -30,6 +30,14 @@ pub struct HostSet {
 impl HostSet {
     /// Computes the eligible subset with Envoy's panic threshold (percent; 0 disables).
     pub fn new(hosts: Vec<Arc<Host>>, panic_threshold: f64) -> HostSet {
+        // Envoy's load balancers note when they first see a host healthy (its
+        // `lastHcPassTime`, unless a health check set it): slow start counts from there.
+        // Host sets are built as the main thread publishes them, when Envoy's workers see
+        // them; Courier's balancers are built at their first pick, too late for it.
+        let now = std::time::Instant::now();
+        for h in hosts.iter().filter(|h| h.health == HostHealth::Healthy) {
+            h.stats.healthy_since_or(now);
+        }
         let healthy: Vec<usize> = hosts
             .iter()
             .enumerate()
@@ -103,18 +111,15 @@ pub(crate) fn test_host_set(weights: &[u32]) -> HostSet {
         .iter()
         .enumerate()
         .map(|(i, &weight)| {
-            Arc::new(Host {
-                address: std::net::SocketAddr::from(([10, 0, 0, i as u8 + 1], 80)),
+            Arc::new(Host::new(
+                std::net::SocketAddr::from(([10, 0, 0, i as u8 + 1], 80)),
                 weight,
-                health: HostHealth::Healthy,
-                priority: 0,
-                stats: super::host::HostStats::new(&crate::stats::Store::new(1)),
-                hostname: None,
-                transport_match: None,
-                locality: 0,
-                locality_weight: 0,
-                created: std::time::Instant::now(),
-            })
+                HostHealth::Healthy,
+                0,
+                super::host::HostStats::new(&crate::stats::Store::new(1)),
+                None,
+                None,
+            ))
         })
         .collect();
     HostSet::new(hosts, 50.0)

@@ -143,10 +143,10 @@ fn edf_weight(
         Some(lr) => least_request_weight(host, lr.active_request_bias),
         None => f64::from(host.weight.max(1)),
     };
-    match slow_start {
-        // As Envoy, only a healthy host ramps up.
-        Some(s) if host.health == super::host::HostHealth::Healthy => {
-            weight * s.factor(now.saturating_duration_since(host.created))
+    // As Envoy, only a healthy host ramps up, from when it became healthy.
+    match (slow_start, host.stats.healthy_since()) {
+        (Some(s), Some(since)) if host.health == super::host::HostHealth::Healthy => {
+            weight * s.factor(now.saturating_duration_since(since))
         }
         _ => weight,
     }
@@ -177,14 +177,16 @@ impl Picker {
         } else {
             fastrand::usize(..members.len())
         };
-        // Envoy's `noHostsAreInSlowStart`, as of this host set: is the newest host in the
-        // window?
+        // Envoy's `noHostsAreInSlowStart`, as of this host set: did a healthy host become
+        // healthy within the window?
         let slow_start = policy.2.filter(|s| {
-            members
-                .iter()
-                .map(|&i| hosts[i].created)
-                .max()
-                .is_some_and(|newest| now.saturating_duration_since(newest) <= s.window)
+            members.iter().any(|&i| {
+                let h = &hosts[i];
+                h.health == super::host::HostHealth::Healthy
+                    && h.stats
+                        .healthy_since()
+                        .is_some_and(|since| now.saturating_duration_since(since) <= s.window)
+            })
         });
         let mut edf = Edf::default();
         let lr = match policy.0 {
@@ -524,22 +526,23 @@ mod tests {
             .iter()
             .enumerate()
             .map(|(i, &(weight, locality, locality_weight, healthy))| {
-                Arc::new(Host {
-                    address: std::net::SocketAddr::from(([10, 0, 0, i as u8 + 1], 80)),
-                    weight,
-                    health: if healthy {
-                        crate::upstream::HostHealth::Healthy
-                    } else {
-                        crate::upstream::HostHealth::Unhealthy
-                    },
-                    priority: 0,
-                    stats: crate::upstream::HostStats::new(&store),
-                    hostname: None,
-                    transport_match: None,
-                    locality,
-                    locality_weight,
-                    created: std::time::Instant::now(),
-                })
+                let health = if healthy {
+                    crate::upstream::HostHealth::Healthy
+                } else {
+                    crate::upstream::HostHealth::Unhealthy
+                };
+                Arc::new(
+                    Host::new(
+                        std::net::SocketAddr::from(([10, 0, 0, i as u8 + 1], 80)),
+                        weight,
+                        health,
+                        0,
+                        crate::upstream::HostStats::new(&store),
+                        None,
+                        None,
+                    )
+                    .in_locality(locality, locality_weight),
+                )
             })
             .collect();
         info = info.with_hosts(Arc::new(HostSet::new(hosts, 0.0)));
@@ -582,13 +585,11 @@ mod tests {
         };
         assert!((aggressive.factor(Duration::from_millis(2500)) - 0.5).abs() < 1e-9);
 
-        // Hosts 0 and 1 a minute old, host 2 new: host 2 at a tenth of its weight.
-        let mut set = test_host_set(&[1, 1, 1]);
+        // Hosts 0 and 1 healthy for a minute, host 2 new: host 2 at a tenth of its weight.
+        let set = test_host_set(&[1, 1, 1]);
         let old = Instant::now() - Duration::from_secs(60);
-        for h in &mut set.hosts[..2] {
-            if let Some(h) = Arc::get_mut(h) {
-                h.created = old;
-            }
+        for h in &set.hosts[..2] {
+            h.stats.set_healthy_since(old);
         }
         let set = Arc::new(set);
         for policy in [
@@ -608,18 +609,12 @@ mod tests {
             assert!(counts[2].abs_diff(100) <= 10, "{policy:?}: {counts:?}");
             assert!(counts[0].abs_diff(1000) <= 10, "{policy:?}: {counts:?}");
         }
-        // Once the newest host is out of the window, plain round robin.
-        let st = LbState::new(
-            Arc::new(test_host_set(&[1, 1])),
-            (
-                LbPolicy::RoundRobin,
-                false,
-                Some(SlowStart {
-                    window: Duration::from_nanos(1),
-                    ..s
-                }),
-            ),
-        );
+        // Once every host is out of the window, plain round robin.
+        let set = test_host_set(&[1, 1]);
+        for h in &set.hosts {
+            h.stats.set_healthy_since(old);
+        }
+        let st = LbState::new(Arc::new(set), (LbPolicy::RoundRobin, false, Some(s)));
         assert!(st.sources[0].slow_start.is_none());
     }
 

@@ -6,30 +6,51 @@
 //! [`ThreadLocalClusterManager`] takes the snapshot: it picks hosts (one balancer state per
 //! cluster) and keeps, and drains, each cluster's connection pools.
 
+pub mod bind_config;
 mod cluster;
 mod cluster_manager;
 pub mod connect;
 pub mod dns;
+pub mod health_checker;
+mod health_flags;
 mod host;
 mod host_set;
 mod lb_policy;
 mod load_balancer;
 pub mod maglev;
+pub mod outlier_detection;
 pub mod ring_hash;
 mod thread_local_cluster_manager;
 pub mod transport_socket_match;
 
 pub use cluster::{
-    compile_cluster, validate_assignment, ClusterInfo, ClusterStats, ConnLifetime, DiscoveryType,
-    LbPolicy, LeastRequest, SlowStart,
+    compile_cluster, compile_cluster_reporting, validate_assignment, ClusterInfo, ClusterStats,
+    ConnLifetime, DiscoveryType, LbPolicy, LeastRequest, SlowStart,
 };
-pub use cluster_manager::{ClusterChange, ClusterEntry, ClusterManager, ClusterManagerStats};
+pub use cluster_manager::{
+    ClusterChange, ClusterEntry, ClusterManager, ClusterManagerStats, HealthRefresh,
+};
+pub use health_flags::HealthFlags;
 pub use host::{Host, HostHealth, HostStats};
 pub use host_set::HostSet;
 pub use load_balancer::LbStates;
 pub use thread_local_cluster_manager::{ConnPool, ThreadLocalClusterManager};
 
+use std::cell::RefCell;
+use std::rc::Rc;
 use std::sync::Arc;
+
+/// What the main thread's upstream tasks (DNS resolution, health checking, outlier
+/// detection) need of the server: the cluster manager they change, the changes they
+/// re-plan on, and whom to tell when clusters warmed.
+pub trait UpstreamContext {
+    /// The cluster manager.
+    fn cluster_manager(&self) -> &RefCell<ClusterManager>;
+    /// Ticks whenever clusters were added, updated or removed.
+    fn cluster_changes(&self) -> tokio::sync::watch::Receiver<u64>;
+    /// Warming clusters got what they waited for: CDS's ACK and initialisation may go on.
+    fn clusters_warmed(self: &Rc<Self>);
+}
 
 /// The clusters a worker can route to, immutable once published.
 #[derive(Default)]

@@ -564,7 +564,11 @@ impl TcpIo {
 
     /// Connects to `addr` (non-blocking) and waits until the connection is established.
     pub async fn connect(addr: SocketAddr) -> io::Result<TcpIo> {
-        let stream = TcpStream::connect(addr)?;
+        TcpIo::connected(TcpStream::connect(addr)?).await
+    }
+
+    /// Waits until `stream`, a non-blocking connect under way, is established.
+    pub async fn connected(stream: TcpStream) -> io::Result<TcpIo> {
         let _ = stream.set_nodelay(true);
         let io = TcpIo::new(stream)?;
         io.shared.writable.set(false);

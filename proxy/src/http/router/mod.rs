@@ -663,6 +663,9 @@ pub(crate) async fn forward(
             }
         };
         drop(active);
+        if let Some(detector) = &cluster.outlier {
+            report_outlier(detector, &host, &result);
+        }
         let err = match result {
             Some(Ok(resp)) => {
                 let status = resp.status().as_u16();
@@ -884,6 +887,38 @@ pub(crate) async fn forward(
 
 /// Appends `host` to `x-forwarded-host` unless it is the last value there already (Envoy's
 /// `append_x_forwarded_host`).
+/// Tells the cluster's outlier detector what an attempt on `host` saw, as Envoy's router
+/// does: the status, a connection that failed or was reset, or a timeout (reported as
+/// the 504 the client gets).
+fn report_outlier<T>(
+    detector: &crate::upstream::outlier_detection::Detector,
+    host: &crate::upstream::Host,
+    result: &Option<Result<Response<T>, AttemptError>>,
+) {
+    use crate::upstream::outlier_detection::Report;
+    match result {
+        Some(Ok(resp)) => {
+            detector.report(host, Report::ConnectSuccess);
+            detector.report(host, Report::Status(resp.status().as_u16()));
+        }
+        Some(Err(AttemptError::ConnectFailure)) => detector.report(host, Report::ConnectFailed),
+        Some(Err(
+            AttemptError::Reset
+            | AttemptError::Protocol
+            | AttemptError::Refused
+            | AttemptError::HeadOverflow,
+        )) => {
+            // The connection was up: Envoy's pool reported it before the reset.
+            detector.report(host, Report::ConnectSuccess);
+            detector.report(host, Report::ConnectFailed);
+        }
+        Some(Err(AttemptError::Overflow | AttemptError::MaxDuration)) => {}
+        None | Some(Err(AttemptError::PerTryTimeout)) => {
+            detector.report(host, Report::Timeout(504))
+        }
+    }
+}
+
 pub(crate) fn append_forwarded_host(headers: &mut http::HeaderMap, host: &str) {
     let joined = match headers.get(&X_FORWARDED_HOST).and_then(|v| v.to_str().ok()) {
         Some(existing) if existing.rsplit(',').next().map(str::trim) == Some(host) => return,

@@ -164,6 +164,36 @@ impl ClientContext {
         Some((config, name))
     }
 
+    /// The rustls config and server name for a health check connection to `peer` (whose
+    /// hostname is `hostname`), made on the main thread: the name a worker's connection
+    /// would send, and ALPN `alpn` unless the context names protocols.
+    pub fn for_main_thread(
+        &self,
+        peer: IpAddr,
+        hostname: Option<&str>,
+        alpn: &[u8],
+    ) -> Option<(Arc<ClientConfig>, ServerName<'static>)> {
+        let auto = self
+            .host_name(hostname)
+            .and_then(|a| ServerName::try_from(a.name.to_string()).ok());
+        let name = auto
+            .or_else(|| self.sni.clone())
+            .unwrap_or(ServerName::IpAddress(peer.into()));
+        let current = if self.sni_san_validation {
+            self.built.load().san_from_name()?
+        } else {
+            self.current().ok()?
+        };
+        let config = if current.alpn_protocols.is_empty() && !alpn.is_empty() {
+            let mut c = (*current).clone();
+            c.alpn_protocols = vec![alpn.to_vec()];
+            Arc::new(c)
+        } else {
+            current
+        };
+        Some((config, name))
+    }
+
     /// A new client connection to `peer` (its address names the server when no `sni` is
     /// configured; rustls sends no SNI for an address). `auto` is the request's host
     /// under `auto_sni`: it replaces `sni`, and with `auto_san_validation` the server's

@@ -302,7 +302,7 @@ impl TcpProxySession {
                 )
             })
             .transpose()?;
-        let mut stream = TcpStream::connect(host.address)?;
+        let mut stream = crate::upstream::bind_config::open(host.address, cluster.bind.as_ref())?;
         let _ = stream.set_nodelay(true);
         ctx.registry.register(
             &mut stream,
@@ -348,6 +348,17 @@ impl TcpProxySession {
         }
         if let Some(host) = &self.host {
             host.stats.cx_connect_fail.inc(self.worker);
+            if let Some(d) = self.cluster.as_ref().and_then(|c| c.outlier.as_ref()) {
+                use crate::upstream::outlier_detection::Report;
+                d.report(
+                    host,
+                    if timeout {
+                        Report::Timeout(504)
+                    } else {
+                        Report::ConnectFailed
+                    },
+                );
+            }
         }
         self.release_upstream();
         if self.attempts < self.config.max_connect_attempts && self.connect(ctx, me).is_ok() {
@@ -557,6 +568,16 @@ impl EventHandler<WorkerLocal> for TcpProxySession {
                 Some(false) => return self.connect_failed(ctx, me, false),
                 Some(true) => {
                     self.state = State::Open;
+                    if let (Some(host), Some(d)) = (
+                        &self.host,
+                        self.cluster.as_ref().and_then(|c| c.outlier.as_ref()),
+                    ) {
+                        // For a TCP proxy, connecting is the whole transaction.
+                        d.report(
+                            host,
+                            crate::upstream::outlier_detection::Report::ConnectSuccessFinal,
+                        );
+                    }
                     // The downstream may have sent data while we connected; read it now.
                     self.downstream.readable = true;
                     self.downstream.writable = true;

@@ -1,12 +1,16 @@
 //! Worker-local load balancing (Envoy's `LoadBalancer`), one state per cluster per worker.
 //!
 //! State is rebuilt when the cluster's host set changes (pointer identity of the published
-//! `Arc<HostSet>`), so an endpoint update costs nothing until the next pick.
+//! `Arc<HostSet>`), so an endpoint update costs nothing until the next pick. With
+//! locality-weighted balancing a locality is picked first (Envoy's EDF over the
+//! localities' effective weights), then a host among the locality's eligible ones. Round
+//! robin, least request and random keep their state per such source of hosts; weighted
+//! least request and slow start schedule by EDF as Envoy's `EdfLoadBalancerBase`. A pick
+//! allocates nothing.
 
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 use std::sync::Arc;
-
 use std::time::Instant;
 
 use super::cluster::{ClusterInfo, LbPolicy, LeastRequest, SlowStart};

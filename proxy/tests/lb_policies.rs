@@ -67,6 +67,17 @@ fn cases() -> Vec<Case> {
             weighted,
             0.02,
         ),
+        // Both fields: the typed policy decides, `lb_policy` is ignored.
+        (
+            "both",
+            format!(
+                "    lb_policy: MAGLEV\n{}",
+                typed("round_robin", "RoundRobin", "")
+            ),
+            WEIGHTS,
+            weighted,
+            0.02,
+        ),
         // Unequal weights: Envoy's weighted least request (idle hosts: the weights).
         (
             "lr_typed",

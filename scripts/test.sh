@@ -6,6 +6,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 python3 -m pip install --quiet --disable-pip-version-check -r scripts/requirements-test.txt
+# iptables for the transparent-proxy test (a network namespace with a REDIRECT rule);
+# where it cannot be installed, that test says it skipped.
+if ! command -v iptables >/dev/null && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+  (apt-get update -qq && apt-get install -y -q iptables) >/dev/null 2>&1 || echo "iptables not installed: the transparent-proxy test will skip"
+fi
 # pip may install console scripts (envoy) outside PATH on some machines.
 PATH="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$HOME/.local/bin:$PATH"
 export PATH

@@ -30,8 +30,9 @@ pub type ThreadLocal = tls::ThreadLocal<WorkerLocal>;
 
 /// A listener as one worker sees it.
 pub struct WorkerListener {
-    /// The accepting socket's handler.
-    pub handler: HandlerId,
+    /// The accepting socket's handler (`None` for a listener with `bind_to_port: false`,
+    /// reached only by another's `use_original_dst` hand-off).
+    pub handler: Option<HandlerId>,
     /// The listener's current config (replaced in place on a filter-chain update).
     pub config: Arc<ListenerConfig>,
 }

@@ -299,3 +299,98 @@ fn invalid_health_checks_are_refused_as_envoy_refuses_them() {
         assert!(out.contains(why), "{why} not in: {out}");
     }
 }
+
+/// A gRPC upstream (HTTP/2) whose `grpc.health.v1.Health/Check` answers the serving
+/// status the test sets (1 SERVING, 2 NOT_SERVING), and which records the service asked.
+struct GrpcTarget {
+    addr: SocketAddr,
+    status: Arc<AtomicU16>,
+    asked: Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+impl GrpcTarget {
+    fn start() -> GrpcTarget {
+        use http_body_util::{BodyExt, StreamBody};
+        use hyper::body::Frame;
+        let status = Arc::new(AtomicU16::new(1));
+        let asked = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (s, a) = (status.clone(), asked.clone());
+        let addr = spawn_tokio_server(move |stream| {
+            let (s, a) = (s.clone(), a.clone());
+            async move {
+                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let (s, a) = (s.clone(), a.clone());
+                    async move {
+                        let path = req.uri().path().to_string();
+                        let body = req.into_body().collect().await.map(|c| c.to_bytes());
+                        if let (Ok(b), Ok(mut seen)) = (body, a.lock()) {
+                            *seen = b.to_vec();
+                        }
+                        let msg: Vec<u8> = if path == "/grpc.health.v1.Health/Check" {
+                            vec![0, 0, 0, 0, 2, 0x08, s.load(Ordering::SeqCst) as u8]
+                        } else {
+                            vec![0, 0, 0, 0, 0]
+                        };
+                        let mut trailers = http::HeaderMap::new();
+                        trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+                        let frames = vec![
+                            Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from(msg))),
+                            Ok(Frame::trailers(trailers)),
+                        ];
+                        hyper::Response::builder()
+                            .header("content-type", "application/grpc")
+                            .body(StreamBody::new(futures::stream::iter(frames)))
+                    }
+                });
+                let _ =
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+            }
+        });
+        GrpcTarget {
+            addr,
+            status,
+            asked,
+        }
+    }
+}
+
+/// gRPC health checks: the standard service, asked about `service_name`; NOT_SERVING
+/// fails the host at once, SERVING brings it back after the healthy threshold.
+fn grpc_scenario(start: impl Fn(&str) -> Option<Courier>) -> Option<Vec<String>> {
+    let target = GrpcTarget::start();
+    let up = Upstream::start("up");
+    let hc = health_check("      grpc_health_check: { service_name: svc }\n");
+    let h2 = "    typed_extension_protocol_options:\n      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n        explicit_http_config: { http2_protocol_options: {} }\n";
+    let clusters = format!(
+        "{}{}",
+        cluster("up", &[up.addr], ""),
+        cluster("grpc", &[target.addr], &format!("{h2}{hc}"))
+    );
+    let proxy = start(&bootstrap(&all_to("up"), "", &clusters))?;
+    let port = target.addr.port();
+    let mut seen = vec![flags(&proxy, "grpc")
+        .get(&port)
+        .cloned()
+        .unwrap_or_default()];
+    target.status.store(2, Ordering::SeqCst);
+    wait_flags(&proxy, "grpc", port, "/failed_active_hc");
+    seen.push("/failed_active_hc".into());
+    target.status.store(1, Ordering::SeqCst);
+    wait_flags(&proxy, "grpc", port, "healthy");
+    seen.push("healthy".into());
+    // HealthCheckRequest { service: "svc" } in one gRPC message.
+    let asked = target.asked.lock().map(|a| a.clone()).unwrap_or_default();
+    assert_eq!(asked, [0, 0, 0, 0, 5, 0x0a, 3, b's', b'v', b'c']);
+    Some(seen)
+}
+
+#[test]
+fn grpc_checks_follow_the_serving_status_as_envoy() {
+    let courier = grpc_scenario(|b| Some(Courier::start(b))).expect("courier ran");
+    assert_eq!(courier, ["healthy", "/failed_active_hc", "healthy"]);
+    if let Some(envoy) = grpc_scenario(Courier::start_envoy) {
+        assert_eq!(courier, envoy);
+    }
+}

@@ -71,17 +71,30 @@ impl ActiveTcpListener {
 }
 
 fn accept_connection(ctx: &mut Ctx, config: &Arc<ListenerConfig>, stream: mio::net::TcpStream) {
+    let restored = if config.restore_original_dst {
+        super::original_dst::original_dst(&stream)
+    } else {
+        None
+    };
+    // `use_original_dst`: the listener of the original destination takes it, its own
+    // listener filters and chains included.
+    let handed_off = restored
+        .filter(|_| config.use_original_dst)
+        .and_then(|dst| super::original_dst::listener_for(&ctx.local.listeners, dst))
+        .map(|l| l.config.clone())
+        .filter(|c| !Arc::ptr_eq(c, config));
+    let config = handed_off.as_ref().unwrap_or(config);
     // The local port matters only to chains matching on it; skipping the getsockname(2)
     // otherwise saves one of the ~20 syscalls a proxied connection costs.
-    let port = if config.matches_port() {
-        stream.local_addr().map_or(0, |a| a.port())
-    } else {
-        0
+    let port = match restored {
+        Some(dst) => dst.port(),
+        None if config.matches_port() => stream.local_addr().map_or(0, |a| a.port()),
+        None => 0,
     };
     if let Some(inspector) = &config.tls_inspector {
         let (inspector, listener) = (inspector.clone(), config.clone());
         let started = ctx.insert_handler(move |ctx, id| {
-            Inspecting::start(ctx, id, stream, listener, inspector, port)
+            Inspecting::start(ctx, id, stream, listener, inspector, port, restored)
         });
         if let Err(e) = started {
             tracing::debug!(listener = %config.name, error = %e, "connection ended in the TLS inspector");
@@ -93,6 +106,7 @@ fn accept_connection(ctx: &mut Ctx, config: &Arc<ListenerConfig>, stream: mio::n
         server_name: None,
         transport_protocol: "raw_buffer",
         application_protocols: Vec::new(),
+        restored_local: restored,
     };
     new_connection(ctx, config, stream, &facts);
 }

@@ -95,6 +95,14 @@ pub struct ListenerConfig {
     pub default_chain: Option<Arc<FilterChain>>,
     /// `listener_filters`: the TLS inspector, if configured.
     pub tls_inspector: Option<TlsInspector>,
+    /// The original destination filter (or `use_original_dst`): a redirected
+    /// connection's local address is the one it was sent to.
+    pub restore_original_dst: bool,
+    /// `use_original_dst`: a redirected connection goes to the listener of its original
+    /// destination, when there is one.
+    pub use_original_dst: bool,
+    /// `bind_to_port` (default true): false for a listener reached only by hand-off.
+    pub bind_to_port: bool,
     /// `listener_filters_timeout` (default 15 s; `None` when 0, no limit).
     pub listener_filters_timeout: Option<std::time::Duration>,
     /// `continue_on_listener_filters_timeout`.
@@ -257,10 +265,6 @@ pub fn compile_listener(
             "transparent",
             proto.transparent.as_ref().is_some_and(|v| v.value),
         ),
-        (
-            "use_original_dst",
-            proto.use_original_dst.as_ref().is_some_and(|v| v.value),
-        ),
         ("access_log", !proto.access_log.is_empty()),
         ("socket_options", !proto.socket_options.is_empty()),
     ] {
@@ -268,8 +272,8 @@ pub fn compile_listener(
             return Err(ConfigError::unsupported(field));
         }
     }
-    let tls_inspector =
-        super::tls_inspector::compile_listener_filters(&proto.listener_filters, store)?;
+    let listener_filters = super::listener_filters::compile(&proto.listener_filters, store)?;
+    let use_original_dst = proto.use_original_dst.as_ref().is_some_and(|v| v.value);
     if proto.filter_chains.is_empty() && proto.default_filter_chain.is_none() {
         return Err(ConfigError::new(
             "filter_chains",
@@ -327,7 +331,11 @@ pub fn compile_listener(
         modify_only: proto.drain_type == DrainType::ModifyOnly as i32,
         filter_chains,
         default_chain,
-        tls_inspector,
+        tls_inspector: listener_filters.tls_inspector,
+        // `use_original_dst` adds the original destination filter, as in Envoy.
+        restore_original_dst: use_original_dst || listener_filters.original_dst,
+        use_original_dst,
+        bind_to_port: proto.bind_to_port.as_ref().is_none_or(|v| v.value),
         listener_filters_timeout: (!listener_filters_timeout.is_zero())
             .then_some(listener_filters_timeout),
         continue_on_listener_filters_timeout: proto.continue_on_listener_filters_timeout,

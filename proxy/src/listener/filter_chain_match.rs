@@ -35,6 +35,9 @@ pub struct ConnectionFacts {
     pub transport_protocol: &'static str,
     /// The client's ALPN offer.
     pub application_protocols: Vec<String>,
+    /// The original destination a listener filter restored: the connection's local
+    /// address from here on.
+    pub restored_local: Option<std::net::SocketAddr>,
 }
 
 impl ChainMatch {
@@ -222,6 +225,7 @@ mod tests {
 
     fn facts(sni: Option<&str>, tp: &'static str, alpn: &[&str]) -> ConnectionFacts {
         ConnectionFacts {
+            restored_local: None,
             port: 443,
             server_name: sni.map(String::from),
             transport_protocol: tp,

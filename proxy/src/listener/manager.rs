@@ -180,9 +180,13 @@ impl ListenerManager {
             .get(&proto.name)
             .or_else(|| self.active.get(&proto.name))
             .filter(|e| {
-                e.config.address == config.address && e.config.ipv4_compat == config.ipv4_compat
+                e.config.address == config.address
+                    && e.config.ipv4_compat == config.ipv4_compat
+                    && e.config.bind_to_port == config.bind_to_port
             });
         let (bound, sockets) = match same_address {
+            // Reached only through another listener's hand-off: nothing to bind.
+            _ if !config.bind_to_port => (config.address, Vec::new()),
             Some(e) => (
                 e.bound,
                 dup_all(&e.sockets).map_err(|err| {
@@ -270,9 +274,10 @@ impl ListenerManager {
         let name = entry.config.name.clone();
         let previous = self.active.remove(&name);
         if self.workers_started {
-            let same_address = previous
-                .as_ref()
-                .is_some_and(|p| p.config.address == entry.config.address);
+            let same_address = previous.as_ref().is_some_and(|p| {
+                p.config.address == entry.config.address
+                    && p.config.bind_to_port == entry.config.bind_to_port
+            });
             // Chains whose tag survives in the new config keep their connections.
             let drained: Vec<u64> = previous
                 .as_ref()
@@ -375,6 +380,22 @@ impl ListenerManager {
 
     fn post_start(&self, entry: &ListenerEntry) {
         let name = entry.config.name.clone();
+        if !entry.config.bind_to_port {
+            let config = entry.config.clone();
+            self.tls.run_on_all_workers(
+                Arc::new(move |ctx: &mut Ctx| {
+                    ctx.local.listeners.insert(
+                        name.clone(),
+                        WorkerListener {
+                            handler: None,
+                            config: config.clone(),
+                        },
+                    );
+                }),
+                Box::new(|| {}),
+            );
+            return;
+        }
         for worker in 0..self.tls.concurrency() {
             let socket = match entry.sockets.get(worker).or(entry.sockets.first()) {
                 Some(s) => match s.try_clone() {
@@ -396,9 +417,13 @@ impl ListenerManager {
                     });
                     match started {
                         Ok(handler) => {
-                            ctx.local
-                                .listeners
-                                .insert(name, WorkerListener { handler, config });
+                            ctx.local.listeners.insert(
+                                name,
+                                WorkerListener {
+                                    handler: Some(handler),
+                                    config,
+                                },
+                            );
                         }
                         Err(e) => {
                             tracing::error!(listener = %name, error = %e, "worker cannot register listener")
@@ -426,8 +451,8 @@ impl ListenerManager {
         let name = name.to_string();
         self.tls.run_on_all_workers(
             Arc::new(move |ctx: &mut Ctx| {
-                if let Some(l) = ctx.local.listeners.remove(&name) {
-                    ctx.close_handler(l.handler);
+                if let Some(handler) = ctx.local.listeners.remove(&name).and_then(|l| l.handler) {
+                    ctx.close_handler(handler);
                 }
             }),
             Box::new(|| {}),

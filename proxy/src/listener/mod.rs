@@ -4,8 +4,10 @@
 mod active_tcp_listener;
 mod config;
 pub mod filter_chain_match;
+pub mod listener_filters;
 mod manager;
 mod new_connection;
+pub mod original_dst;
 mod socket;
 pub mod tls_inspector;
 

@@ -27,6 +27,9 @@ pub struct AcceptedConnection {
     /// The SNI the TLS inspector found (Envoy's "requested server name": only a listener
     /// filter sets it).
     pub requested_server_name: Option<String>,
+    /// The original destination a listener filter restored: the connection's local
+    /// address (an `ORIGINAL_DST` cluster connects to it).
+    pub restored_local: Option<std::net::SocketAddr>,
 }
 
 /// Picks the connection's filter chain and hands the connection to its terminal filter.
@@ -51,6 +54,7 @@ pub fn new_connection(
             .zip(config.stats.ssl.clone())
             .map(|(context, stats)| ServerTls { context, stats }),
         requested_server_name: facts.server_name.clone(),
+        restored_local: facts.restored_local,
         handshake_timeout: chain.transport_socket_connect_timeout,
     };
     let started = match &chain.filter {

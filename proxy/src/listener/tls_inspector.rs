@@ -10,7 +10,6 @@
 use std::io;
 use std::sync::Arc;
 
-use courier_proto::envoy::config::listener::v3::{listener_filter, ListenerFilter};
 use courier_proto::envoy::extensions::filters::listener::tls_inspector::v3 as pb;
 use mio::event::Event;
 use mio::net::TcpStream;
@@ -19,7 +18,6 @@ use mio::Interest;
 use super::filter_chain_match::ConnectionFacts;
 use super::ListenerConfig;
 use crate::config::ConfigError;
-use crate::extensions::{Factory, Registry};
 use crate::stats::{Counter, Store};
 use crate::worker::{Ctx, EventHandler, HandlerId, Next, WorkerLocal};
 
@@ -46,26 +44,9 @@ pub struct TlsInspector {
     max_client_hello: usize,
 }
 
-/// Builds a listener filter.
-pub type BuildListenerFilter =
-    fn(&courier_proto::google::protobuf::Any, &str, &Store) -> Result<TlsInspector, ConfigError>;
-
-/// The listener filters Courier has.
-pub static LISTENER_FILTERS: Registry<BuildListenerFilter> = Registry {
-    point: "listener filter",
-    factories: &[Factory {
-        type_name: "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector",
-        name: "envoy.filters.listener.tls_inspector",
-        build: |any, path, store| {
-            let cfg: pb::TlsInspector = courier_proto::unpack_any(any)
-                .map_err(|e| ConfigError::new(path, e.to_string()))?;
-            TlsInspector::compile(&cfg, path, store)
-        },
-    }],
-};
-
 impl TlsInspector {
-    fn compile(
+    /// Compiles its config (at `path`).
+    pub fn compile(
         cfg: &pb::TlsInspector,
         path: &str,
         store: &Store,
@@ -111,44 +92,6 @@ impl TlsInspector {
             max_client_hello,
         })
     }
-}
-
-/// Compiles a listener's `listener_filters`: the TLS inspector is the one Courier has.
-pub fn compile_listener_filters(
-    filters: &[ListenerFilter],
-    store: &Store,
-) -> Result<Option<TlsInspector>, ConfigError> {
-    let mut inspector = None;
-    for (i, f) in filters.iter().enumerate() {
-        let path = format!("listener_filters[{i}]");
-        if f.filter_disabled.is_some() {
-            return Err(ConfigError::unsupported(format!("{path}.filter_disabled")));
-        }
-        let any = match &f.config_type {
-            Some(listener_filter::ConfigType::TypedConfig(any)) => Some(any),
-            Some(listener_filter::ConfigType::ConfigDiscovery(_)) => {
-                return Err(ConfigError::unsupported(format!("{path}.config_discovery")))
-            }
-            None => None,
-        };
-        let at = format!("{path}.typed_config");
-        let Some(found) = LISTENER_FILTERS.resolve(any, &f.name, false, &at)? else {
-            continue;
-        };
-        let config = found.config.unwrap_or_default();
-        let default_any;
-        let config = if config.type_url.is_empty() {
-            default_any = courier_proto::google::protobuf::Any {
-                type_url: format!("type.googleapis.com/{}", found.factory.type_name),
-                value: Vec::new(),
-            };
-            &default_any
-        } else {
-            &config
-        };
-        inspector = Some((found.factory.build)(config, &at, store)?);
-    }
-    Ok(inspector)
 }
 
 /// What the peeked bytes are.
@@ -206,6 +149,8 @@ pub struct Inspecting {
     config: Arc<ListenerConfig>,
     inspector: TlsInspector,
     port: u16,
+    /// The original destination a listener filter restored.
+    restored: Option<std::net::SocketAddr>,
     buf: Vec<u8>,
 }
 
@@ -218,6 +163,7 @@ impl Inspecting {
         config: Arc<ListenerConfig>,
         inspector: TlsInspector,
         port: u16,
+        restored: Option<std::net::SocketAddr>,
     ) -> io::Result<Box<dyn EventHandler<WorkerLocal>>> {
         ctx.registry
             .register(&mut stream, me.token(0), Interest::READABLE)?;
@@ -229,6 +175,7 @@ impl Inspecting {
             config,
             inspector,
             port,
+            restored,
             buf: vec![0; INITIAL_READ],
         };
         // Bytes may have arrived with the connection.
@@ -318,6 +265,7 @@ impl Inspecting {
             server_name,
             transport_protocol,
             application_protocols,
+            restored_local: self.restored,
         };
         super::new_connection::new_connection(ctx, &self.config, stream, &facts);
         Next::Close

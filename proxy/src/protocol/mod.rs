@@ -4,5 +4,6 @@
 //! and the clusters that use it.
 
 pub mod h2_options;
+pub mod header_mutations;
 pub mod key_format;
 pub mod stream_limits;

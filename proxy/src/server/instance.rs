@@ -255,7 +255,15 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     };
     let (outlier_events, outlier_decider) =
         crate::upstream::outlier_detection::Decider::channel(outlier_log);
-    let mut cluster_manager = ClusterManager::new(store.clone(), cluster_slot, outlier_events);
+    let (new_hosts, host_adder) = crate::upstream::original_dst::HostAdder::channel();
+    let mut cluster_manager = ClusterManager::new(
+        store.clone(),
+        cluster_slot,
+        crate::upstream::ToMainThread {
+            outlier_events,
+            new_hosts,
+        },
+    );
     cluster_manager.set_default_bind(
         crate::bootstrap::upstream_bind_config(&bootstrap).map_err(|e| anyhow::anyhow!("{e}"))?,
     );
@@ -311,6 +319,10 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     tokio::task::spawn_local(crate::upstream::outlier_detection::run(
         server.clone(),
         outlier_decider,
+    ));
+    tokio::task::spawn_local(crate::upstream::original_dst::run(
+        server.clone(),
+        host_adder,
     ));
     tokio::task::spawn_local(crate::transport_socket::tls::sds::watch_files());
     crate::xds::start(&server).await?;

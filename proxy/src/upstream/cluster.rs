@@ -36,6 +36,9 @@ pub enum DiscoveryType {
     StrictDns,
     /// Names resolved by the main thread, first address used.
     LogicalDns,
+    /// `ORIGINAL_DST`: each request's original destination is its host
+    /// ([`super::original_dst`]).
+    OriginalDst,
     /// Endpoints from EDS under this service name.
     Eds {
         /// `eds_cluster_config.service_name`, or the cluster name.
@@ -347,6 +350,8 @@ pub struct ClusterInfo {
     pub bind: Option<super::bind_config::BindConfig>,
     /// `outlier_detection`: its settings and the way workers report to it.
     pub outlier: Option<Arc<super::outlier_detection::Detector>>,
+    /// An `ORIGINAL_DST` cluster's settings.
+    pub original_dst: Option<Arc<super::original_dst::OriginalDst>>,
     /// The hosts, replaced as a whole on every membership change.
     pub hosts: Arc<HostSet>,
     /// `cluster.<name>.*`.
@@ -398,6 +403,7 @@ impl ClusterInfo {
             socket_matches: self.socket_matches.clone(),
             health_check: self.health_check.clone(),
             outlier: self.outlier.clone(),
+            original_dst: self.original_dst.clone(),
             bind: self.bind,
             hosts,
             stats: self.stats.clone(),
@@ -416,18 +422,38 @@ impl ClusterInfo {
     }
 }
 
-/// Compiles a Cluster proto. `hosts` are the initial hosts (for EDS: none until the first
-/// assignment arrives; for DNS: none until the first resolution). Its outlier detector,
-/// if any, reports nowhere (see [`compile_cluster_reporting`]).
-pub fn compile_cluster(proto: &pb::Cluster, store: &Store) -> Result<ClusterInfo, ConfigError> {
-    compile_cluster_reporting(proto, store, &tokio::sync::mpsc::unbounded_channel().0)
+/// Where a cluster's workers post what the main thread decides on: outlier detection's
+/// consecutive failures, and the hosts an `ORIGINAL_DST` cluster's workers made.
+#[derive(Clone)]
+pub struct ToMainThread {
+    /// Outlier detection's events ([`super::outlier_detection::run`]).
+    pub outlier_events: tokio::sync::mpsc::UnboundedSender<super::outlier_detection::OutlierEvent>,
+    /// New `ORIGINAL_DST` hosts ([`super::original_dst::run`]).
+    pub new_hosts: tokio::sync::mpsc::UnboundedSender<super::original_dst::NewHost>,
 }
 
-/// [`compile_cluster`], its outlier detector reporting to `outlier_events`.
+impl ToMainThread {
+    /// Channels nobody reads (a cluster compiled only to be checked).
+    pub fn nowhere() -> ToMainThread {
+        ToMainThread {
+            outlier_events: tokio::sync::mpsc::unbounded_channel().0,
+            new_hosts: tokio::sync::mpsc::unbounded_channel().0,
+        }
+    }
+}
+
+/// Compiles a Cluster proto. `hosts` are the initial hosts (for EDS: none until the first
+/// assignment arrives; for DNS: none until the first resolution). What its workers would
+/// post to the main thread goes nowhere (see [`compile_cluster_reporting`]).
+pub fn compile_cluster(proto: &pb::Cluster, store: &Store) -> Result<ClusterInfo, ConfigError> {
+    compile_cluster_reporting(proto, store, &ToMainThread::nowhere())
+}
+
+/// [`compile_cluster`], its workers posting to the main thread through `to_main`.
 pub fn compile_cluster_reporting(
     proto: &pb::Cluster,
     store: &Store,
-    outlier_events: &tokio::sync::mpsc::UnboundedSender<super::outlier_detection::OutlierEvent>,
+    to_main: &ToMainThread,
 ) -> Result<ClusterInfo, ConfigError> {
     if proto.name.is_empty() {
         return Err(ConfigError::new("name", "cluster name must not be empty"));
@@ -441,6 +467,7 @@ pub fn compile_cluster_reporting(
                 Ok(cluster::DiscoveryType::Static) => DiscoveryType::Static,
                 Ok(cluster::DiscoveryType::StrictDns) => DiscoveryType::StrictDns,
                 Ok(cluster::DiscoveryType::LogicalDns) => DiscoveryType::LogicalDns,
+                Ok(cluster::DiscoveryType::OriginalDst) => DiscoveryType::OriginalDst,
                 Ok(cluster::DiscoveryType::Eds) => {
                     let Some(eds_config) = proto
                         .eds_cluster_config
@@ -484,7 +511,7 @@ pub fn compile_cluster_reporting(
         policy: lb_policy,
         locality_weighted,
         slow_start,
-    } = super::lb_policy::compile(proto)?;
+    } = super::lb_policy::compile(proto, discovery == DiscoveryType::OriginalDst)?;
     let connect_timeout = config::duration_or(
         proto.connect_timeout.as_ref(),
         Duration::from_secs(5),
@@ -572,10 +599,17 @@ pub fn compile_cluster_reporting(
                 .map_err(|e| e.at("outlier_detection"))?,
             store,
             &proto.name,
-            outlier_events.clone(),
+            to_main.outlier_events.clone(),
         ))),
         None => None,
     };
+    let original_dst =
+        match discovery {
+            DiscoveryType::OriginalDst => Some(Arc::new(
+                super::original_dst::OriginalDst::compile(proto, store, &to_main.new_hosts)?,
+            )),
+            _ => None,
+        };
     let hosts = match (&discovery, &proto.load_assignment) {
         (DiscoveryType::Static, Some(cla)) => build_host_set(
             cla,
@@ -625,6 +659,7 @@ pub fn compile_cluster_reporting(
         socket_matches,
         health_check,
         outlier,
+        original_dst,
         bind: proto
             .upstream_bind_config
             .as_ref()
@@ -1491,7 +1526,7 @@ mod tests {
             // What Envoy knows and Courier does not build is refused, not skipped.
             (
                 typed_lb(&[
-                    &lb_any("cluster_provided", "ClusterProvided", ""),
+                    &lb_any("wrr_locality", "WrrLocality", ""),
                     &lb_any("random", "Random", ""),
                 ]),
                 "load_balancing_policy.policies[0].typed_extension_config".to_string(),
@@ -1554,6 +1589,18 @@ mod tests {
         ] {
             assert_eq!(err(&yaml), path, "{yaml}");
         }
+        // A cluster-provided policy on a cluster that provides none: Envoy's error.
+        let provided = compile(&typed_lb(&[&lb_any(
+            "cluster_provided",
+            "ClusterProvided",
+            "",
+        )]))
+        .err()
+        .expect("refused");
+        assert_eq!(
+            provided.message,
+            "cluster manager: cluster provided LB specified but cluster 'c' did not provide one. Check cluster documentation."
+        );
         // Envoy Gateway's form: least request, locality-weighted.
         let eg = compile(&typed_lb(&[&lb_any(
             "least_request",

@@ -106,8 +106,8 @@ pub struct ClusterManager {
     merges: std::collections::HashMap<String, Merge>,
     /// The bootstrap's `cluster_manager.upstream_bind_config`, for clusters without one.
     default_bind: Option<super::bind_config::BindConfig>,
-    /// Where clusters' outlier detectors report ([`super::outlier_detection::run`]).
-    outlier_events: tokio::sync::mpsc::UnboundedSender<super::outlier_detection::OutlierEvent>,
+    /// Where clusters' workers post to the main thread.
+    to_main: super::ToMainThread,
 }
 
 /// A cluster's `update_merge_window` state.
@@ -146,12 +146,12 @@ pub enum ClusterChange {
 }
 
 impl ClusterManager {
-    /// A manager publishing through `slot`, its clusters' outlier detectors reporting to
-    /// `outlier_events`.
+    /// A manager publishing through `slot`, its clusters' workers posting to the main
+    /// thread through `to_main`.
     pub fn new(
         store: Store,
         slot: Slot<ClusterSnapshot>,
-        outlier_events: tokio::sync::mpsc::UnboundedSender<super::outlier_detection::OutlierEvent>,
+        to_main: super::ToMainThread,
     ) -> ClusterManager {
         let stats = ClusterManagerStats {
             cluster_added: store.counter("cluster_manager.cluster_added"),
@@ -173,7 +173,7 @@ impl ClusterManager {
             changes: tokio::sync::watch::channel(0).0,
             merges: std::collections::HashMap::new(),
             default_bind: None,
-            outlier_events,
+            to_main,
         }
     }
 
@@ -239,6 +239,56 @@ impl ClusterManager {
         HealthRefresh::Applied { activated }
     }
 
+    /// Adds `host` (an `ORIGINAL_DST` host a worker made) to cluster `name`, unless it
+    /// has one at that address already.
+    pub fn add_host(&mut self, name: &str, host: Arc<super::Host>) {
+        let Some(entry) = self.active.get_mut(name) else {
+            return;
+        };
+        if entry
+            .info
+            .hosts
+            .hosts
+            .iter()
+            .any(|h| h.address == host.address)
+        {
+            return;
+        }
+        let mut hosts = entry.info.hosts.hosts.clone();
+        hosts.push(host);
+        entry.info = Arc::new(
+            entry
+                .info
+                .with_hosts(Arc::new(HostSet::new(hosts, entry.info.panic_threshold))),
+        );
+        entry.info.update_membership_stats();
+        self.stats.cluster_updated.inc(MAIN_THREAD);
+        self.dirty = true;
+    }
+
+    /// Keeps only the hosts of cluster `name` at `keep` (an `ORIGINAL_DST` sweep).
+    pub fn retain_hosts(&mut self, name: &str, keep: &[std::net::SocketAddr]) {
+        let Some(entry) = self.active.get_mut(name) else {
+            return;
+        };
+        let hosts = entry
+            .info
+            .hosts
+            .hosts
+            .iter()
+            .filter(|h| keep.contains(&h.address))
+            .cloned()
+            .collect();
+        entry.info = Arc::new(
+            entry
+                .info
+                .with_hosts(Arc::new(HostSet::new(hosts, entry.info.panic_threshold))),
+        );
+        entry.info.update_membership_stats();
+        self.stats.cluster_updated.inc(MAIN_THREAD);
+        self.dirty = true;
+    }
+
     /// Membership changed (hosts reached the workers): a health change within the merge
     /// window from now waits for it, as in Envoy.
     fn hosts_updated(&mut self, name: &str) {
@@ -295,7 +345,7 @@ impl ClusterManager {
                 ),
             ));
         }
-        let mut info = compile_cluster_reporting(proto, &self.store, &self.outlier_events)?;
+        let mut info = compile_cluster_reporting(proto, &self.store, &self.to_main)?;
         if info.bind.is_none() {
             info.bind = self.default_bind;
         }

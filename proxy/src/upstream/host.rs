@@ -28,7 +28,7 @@ pub struct HostStats {
     /// Whether active health checking has had a first result for the host.
     hc_checked: AtomicBool,
     /// Outlier detection's per-host counters, when the cluster has it.
-    pub outlier: super::outlier_detection::HostMonitor,
+    pub outlier: super::outlier_detection::host_monitor::HostMonitor,
     /// Envoy's `lastHcPassTime`, where slow start counts a host's age from: when active
     /// health checking last found the host healthy again, else when a load balancer first
     /// saw it healthy. Nanoseconds from [`EPOCH`] ([`UNSET`]: not yet).

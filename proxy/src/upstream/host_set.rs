@@ -25,6 +25,8 @@ pub struct HostSet {
     maglev: std::sync::OnceLock<super::maglev::MaglevTable>,
     /// A `RING_HASH` cluster's ring over these hosts, likewise.
     ring: std::sync::OnceLock<super::ring_hash::Ring>,
+    /// The hosts by address, built on first use (an `ORIGINAL_DST` cluster's lookups).
+    by_address: std::sync::OnceLock<rustc_hash::FxHashMap<std::net::SocketAddr, usize>>,
 }
 
 impl HostSet {
@@ -77,6 +79,7 @@ impl HostSet {
             overprovisioning: DEFAULT_OVERPROVISIONING,
             maglev: std::sync::OnceLock::new(),
             ring: std::sync::OnceLock::new(),
+            by_address: std::sync::OnceLock::new(),
         }
     }
 
@@ -93,6 +96,18 @@ impl HostSet {
     pub fn maglev(&self, size: u64) -> &super::maglev::MaglevTable {
         self.maglev
             .get_or_init(|| super::maglev::MaglevTable::build(&self.hosts, &self.eligible, size))
+    }
+
+    /// The host at `address`.
+    pub fn find(&self, address: std::net::SocketAddr) -> Option<&Arc<Host>> {
+        let index = self.by_address.get_or_init(|| {
+            self.hosts
+                .iter()
+                .enumerate()
+                .map(|(i, h)| (h.address, i))
+                .collect()
+        });
+        index.get(&address).and_then(|&i| self.hosts.get(i))
     }
 
     /// Number of hosts whose health is `Healthy`.

@@ -41,6 +41,8 @@ pub enum LbPolicy {
         /// `table_size` (default 65537, a prime).
         table_size: u64,
     },
+    /// CLUSTER_PROVIDED: the cluster picks (an `ORIGINAL_DST` cluster).
+    ClusterProvided,
 }
 
 /// A LEAST_REQUEST policy's settings.
@@ -202,6 +204,17 @@ fn legacy_slow_start(
 /// Builds a policy from a typed config (`Any`) and its path.
 type Build = fn(&Any, &str) -> Result<Balancing, ConfigError>;
 
+/// Envoy's error for a cluster-provided policy on a cluster that provides none.
+fn none_provided(proto: &pb::Cluster, path: &str) -> ConfigError {
+    ConfigError::new(
+        path,
+        format!(
+            "cluster manager: cluster provided LB specified but cluster '{}' did not provide one. Check cluster documentation.",
+            proto.name
+        ),
+    )
+}
+
 /// The load-balancing policy extension point: the built-in policies, then the policies
 /// Envoy has that Courier refuses (so that they are not skipped as unknown).
 static LB_POLICIES: Registry<Build> = Registry {
@@ -240,7 +253,7 @@ static LB_POLICIES: Registry<Build> = Registry {
         Factory {
             type_name: "envoy.extensions.load_balancing_policies.cluster_provided.v3.ClusterProvided",
             name: "envoy.load_balancing_policies.cluster_provided",
-            build: not_built,
+            build: cluster_provided,
         },
         Factory {
             type_name: "envoy.extensions.load_balancing_policies.subset.v3.Subset",
@@ -281,14 +294,34 @@ static LB_POLICIES: Registry<Build> = Registry {
 };
 
 /// The cluster's policy, from `load_balancing_policy` when set, else from `lb_policy`.
-pub fn compile(proto: &pb::Cluster) -> Result<Balancing, ConfigError> {
+/// `original_dst`: the cluster is `ORIGINAL_DST`, the one type that provides its own
+/// balancer (and takes no other).
+pub fn compile(proto: &pb::Cluster, original_dst: bool) -> Result<Balancing, ConfigError> {
     let typed = proto.load_balancing_policy.is_some()
         || proto.lb_policy == cluster::LbPolicy::LoadBalancingPolicyConfig as i32;
-    if typed {
-        typed_policy(proto)
+    let balancing = if typed {
+        typed_policy(proto)?
     } else {
-        legacy_policy(proto)
+        legacy_policy(proto, original_dst)?
+    };
+    match (balancing.policy, original_dst) {
+        (LbPolicy::ClusterProvided, false) => Err(none_provided(proto, "load_balancing_policy")),
+        (LbPolicy::ClusterProvided, true) | (_, false) => Ok(balancing),
+        // Without `lb_policy: CLUSTER_PROVIDED` the cluster refuses itself, with Envoy's
+        // message (`original_dst`).
+        (_, true) if proto.lb_policy != cluster::LbPolicy::ClusterProvided as i32 => Ok(balancing),
+        // The cluster's own balancer picks by each request's destination: a typed policy
+        // of another kind would have no hosts to pick from.
+        (_, true) => Err(ConfigError::new(
+            "load_balancing_policy",
+            "only a cluster-provided policy is valid for an ORIGINAL_DST cluster",
+        )),
     }
+}
+
+fn cluster_provided(any: &Any, path: &str) -> Result<Balancing, ConfigError> {
+    let _: lbp::cluster_provided::v3::ClusterProvided = unpack(any, path)?;
+    Ok(LbPolicy::ClusterProvided.into())
 }
 
 fn typed_policy(proto: &pb::Cluster) -> Result<Balancing, ConfigError> {
@@ -589,7 +622,7 @@ fn maglev(any: &Any, path: &str) -> Result<Balancing, ConfigError> {
 
 /// `lb_policy` with its `lb_config`. Settings of another policy than the cluster's are
 /// ignored, as Envoy ignores them.
-fn legacy_policy(proto: &pb::Cluster) -> Result<Balancing, ConfigError> {
+fn legacy_policy(proto: &pb::Cluster, original_dst: bool) -> Result<Balancing, ConfigError> {
     let mut slow_start = None;
     let policy = match cluster::LbPolicy::try_from(proto.lb_policy) {
         Ok(cluster::LbPolicy::RoundRobin) => {
@@ -644,6 +677,8 @@ fn legacy_policy(proto: &pb::Cluster) -> Result<Balancing, ConfigError> {
             legacy_consistent_hashing(proto)?;
             policy
         }
+        Ok(cluster::LbPolicy::ClusterProvided) if original_dst => LbPolicy::ClusterProvided,
+        Ok(cluster::LbPolicy::ClusterProvided) => return Err(none_provided(proto, "lb_policy")),
         _ => return Err(ConfigError::unsupported("lb_policy")),
     };
     let locality_weighted = legacy_common_lb_config(proto)?;

@@ -486,6 +486,9 @@ impl LbStates {
                 };
                 table.choose(hash.unwrap_or_else(|| fastrand::u64(..)), attempt)
             }
+            // The cluster picks by each request's destination
+            // ([`super::original_dst`]), never here.
+            LbPolicy::ClusterProvided => None,
         }?;
         set.hosts.get(index).cloned()
     }

@@ -49,6 +49,9 @@ pub struct ThreadLocalClusterManager {
     snapshot: RefCell<Arc<ClusterSnapshot>>,
     lb: RefCell<LbStates>,
     pools: RefCell<FxHashMap<String, PoolEntry>>,
+    /// `ORIGINAL_DST` hosts this worker made that the cluster's published hosts do not
+    /// have yet, by cluster.
+    new_hosts: RefCell<FxHashMap<String, FxHashMap<SocketAddr, Arc<Host>>>>,
 }
 
 thread_local! {
@@ -82,6 +85,19 @@ impl ThreadLocalClusterManager {
         attempt: u32,
     ) -> Option<Arc<Host>> {
         self.lb.borrow_mut().choose(cluster, hash, attempt)
+    }
+
+    /// The host of an `ORIGINAL_DST` cluster for destination `dst`: the cluster's, else
+    /// one this worker made already, else a new one (posted to the main thread, which
+    /// adds it to the cluster).
+    pub fn original_dst_host(&self, cluster: &ClusterInfo, dst: SocketAddr) -> Option<Arc<Host>> {
+        let od = cluster.original_dst.as_ref()?;
+        if let Some(h) = cluster.hosts.find(dst) {
+            return Some(h.clone());
+        }
+        let mut made = self.new_hosts.borrow_mut();
+        let mine = made.entry(cluster.name.clone()).or_default();
+        Some(mine.entry(dst).or_insert_with(|| od.new_host(dst)).clone())
     }
 
     /// The pool of type `P` of `cluster` on this worker, made by `make` on first use (or
@@ -151,6 +167,14 @@ impl ThreadLocalClusterManager {
             }
         });
         self.lb.borrow_mut().retain(|name| next.get(name).is_some());
+        // Hosts this worker made are forgotten once published (or their cluster is gone).
+        self.new_hosts.borrow_mut().retain(|name, made| {
+            let Some(c) = next.get(name) else {
+                return false;
+            };
+            made.retain(|addr, _| c.hosts.find(*addr).is_none());
+            !made.is_empty()
+        });
         for pool in drained {
             pool.drain();
         }

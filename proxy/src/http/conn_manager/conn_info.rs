@@ -16,6 +16,9 @@ pub struct ConnInfo {
     pub remote: SocketAddr,
     /// Local address.
     pub local: SocketAddr,
+    /// Whether `local` is an original destination a listener filter restored (what an
+    /// `ORIGINAL_DST` cluster connects to).
+    pub local_restored: bool,
     /// Worker index.
     pub worker: usize,
     /// Requests started on this connection.

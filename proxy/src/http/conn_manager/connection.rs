@@ -120,10 +120,14 @@ impl HttpConnection {
             tls,
             requested_server_name,
             handshake_timeout,
+            restored_local,
         } = accepted;
         let worker = ctx.local.id;
         let remote = stream.peer_addr()?;
-        let local = stream.local_addr()?;
+        let local = match restored_local {
+            Some(dst) => dst,
+            None => stream.local_addr()?,
+        };
         let rt = rt::current().ok_or_else(|| io::Error::other("no worker runtime"))?;
         let tcp = TcpIo::new(stream)?;
         let secure = tls.is_some();
@@ -148,6 +152,7 @@ impl HttpConnection {
             config: config.clone(),
             remote,
             local,
+            local_restored: restored_local.is_some(),
             worker,
             requests: Cell::new(0),
             active: Cell::new(0),

@@ -36,13 +36,13 @@ use crate::http::conn_manager::local_reply::{
 use crate::http::conn_manager::path::{sanitize_path, unescape_slashes};
 use crate::http::conn_manager::stream_idle::{StreamIdle, UntilIdle};
 use crate::http::conn_manager::upgrade::{self};
-use crate::http::route::header_mutations::FormatContext;
 use crate::http::route::per_filter::{self, FilterConfigs};
 use crate::http::route::{Action, ClusterSpec, Pseudo, Redirect, Route, RouteTable, VirtualHost};
 use crate::http::router::{
     forward, is_scheme, redirect, tls_redirect, Internal, Outcome, X_ENVOY_EXTERNAL_ADDRESS,
     X_ENVOY_FORCE_TRACE, X_ENVOY_INTERNAL, X_FORWARDED_FOR, X_FORWARDED_PROTO, X_REQUEST_ID,
 };
+use crate::protocol::header_mutations::FormatContext;
 use courier_runtime::event::rt;
 
 pub(crate) fn protocol_name(v: Version) -> &'static str {

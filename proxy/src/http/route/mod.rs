@@ -7,7 +7,6 @@
 #![allow(deprecated)]
 
 pub mod hash_policy;
-pub mod header_mutations;
 pub mod per_filter;
 pub mod rds;
 pub mod shadow_policy;
@@ -31,9 +30,9 @@ use per_filter::{FilterConfigs, PerFilterCompiler};
 
 use crate::config::{self, ConfigError};
 use crate::http::request_stats::RequestStats;
+use crate::protocol::header_mutations::HeaderMutations;
 use crate::stats::Store;
 use hash_policy::HashPolicies;
-use header_mutations::HeaderMutations;
 use shadow_policy::ShadowPolicy;
 
 /// A compiled route configuration.

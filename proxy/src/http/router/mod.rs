@@ -33,11 +33,11 @@ use crate::http::conn_manager::request_controls::RequestControls;
 use crate::http::conn_manager::stream_idle::{Expiry, StreamIdle};
 use crate::http::conn_manager::upgrade::{self, WorkerIo};
 use crate::http::request_stats::StatSinks;
-use crate::http::route::header_mutations::FormatContext;
 use crate::http::route::{
     ClusterSpec, HostRewrite, Pseudo, Redirect, Route, RouteAction, RouteTable, VirtualHost,
 };
 use crate::http::router::retry_buffer::{Replay, RetryBuffer};
+use crate::protocol::header_mutations::FormatContext;
 use crate::protocol::stream_limits::{StreamEnds, UPSTREAM_DURATION_REACHED};
 use crate::upstream::{ClusterInfo, ThreadLocalClusterManager};
 use courier_runtime::event::rt;
@@ -325,6 +325,15 @@ pub(crate) async fn forward(
         }
         None => (None, None),
     };
+    // An `ORIGINAL_DST` cluster's destination: the request's header or the connection's
+    // restored local address.
+    let original_dst = cluster.original_dst.as_ref().map(|od| {
+        od.destination(
+            Some(&parts.headers),
+            conn.local_restored.then_some(conn.local),
+            worker,
+        )
+    });
     let sinks = StatSinks {
         cluster: &pool.stats.rq,
         route: route.stats.as_deref(),
@@ -472,9 +481,12 @@ pub(crate) async fn forward(
         let avoiding = retry
             .as_ref()
             .filter(|r| r.avoid_previous_hosts && attempt > 1);
-        let host = match avoiding {
-            Some(r) => pool::choose_host_avoiding(&cluster, lb_hash, &tried, r.host_reselections),
-            None => pool::choose_host(&cluster, lb_hash),
+        let host = match (original_dst, avoiding) {
+            (Some(dst), _) => dst.and_then(|dst| pool::original_dst_host(&cluster, dst)),
+            (None, Some(r)) => {
+                pool::choose_host_avoiding(&cluster, lb_hash, &tried, r.host_reselections)
+            }
+            (None, None) => pool::choose_host(&cluster, lb_hash),
         };
         let Some(host) = host else {
             cluster.stats.upstream_cx_none_healthy.inc(worker);

@@ -382,6 +382,12 @@ pub fn choose_host(cluster: &ClusterInfo, hash: Option<u64>) -> Option<Arc<Host>
     ThreadLocalClusterManager::with(|tlcm| tlcm.choose_host(cluster, hash, 0))
 }
 
+/// The host of an `ORIGINAL_DST` cluster for destination `dst` (see
+/// [`ThreadLocalClusterManager::original_dst_host`]).
+pub fn original_dst_host(cluster: &ClusterInfo, dst: std::net::SocketAddr) -> Option<Arc<Host>> {
+    ThreadLocalClusterManager::with(|tlcm| tlcm.original_dst_host(cluster, dst))
+}
+
 /// Picks a host for a retry that avoids the hosts already tried (a retry policy's
 /// `previous_hosts` predicate): up to `reselections` more picks, then the last one
 /// whatever it is, as Envoy's.

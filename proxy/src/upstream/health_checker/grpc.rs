@@ -7,7 +7,7 @@ use http_body_util::{BodyExt, Full};
 
 use super::{FailureKind, Outcome};
 use crate::config::ConfigError;
-use crate::http::route::header_mutations::{FormatContext, HeaderMutations};
+use crate::protocol::header_mutations::{FormatContext, HeaderMutations};
 
 /// A compiled `grpc_health_check`.
 #[derive(Debug)]

@@ -11,7 +11,7 @@ use http_body_util::{BodyExt, Full};
 
 use super::{FailureKind, Outcome};
 use crate::config::ConfigError;
-use crate::http::route::header_mutations::{FormatContext, HeaderMutations};
+use crate::protocol::header_mutations::{FormatContext, HeaderMutations};
 
 /// Envoy's default `response_buffer_size`.
 const DEFAULT_RESPONSE_BUFFER: usize = 1024;

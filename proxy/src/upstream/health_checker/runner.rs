@@ -16,7 +16,7 @@ use super::event_log::HostEvent;
 use super::{FailureKind, HealthCheck, HealthCheckStats, Outcome, Probe, Session, Transition};
 use crate::stats::MAIN_THREAD;
 use crate::transport_socket::tls::ClientTls;
-use crate::upstream::{ClusterStats, HealthRefresh, Host, UpstreamContext};
+use crate::upstream::{ClusterStats, Host, UpstreamContext};
 
 /// A byte stream to a host: plain TCP or TLS over it.
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -148,7 +148,7 @@ async fn session<C: UpstreamContext + 'static>(ctx: Rc<C>, t: Target) {
         }
         if transition == Transition::Changed {
             tracing::debug!(cluster = %t.cluster, host = %t.host.address, flags = %t.host.stats.flags(), "health check changed a host");
-            refresh(&ctx, &t.cluster);
+            crate::upstream::health_refresh::refresh(&ctx, &t.cluster);
             set_gauges(&ctx.cluster_manager().borrow(), &t);
         }
         let had_traffic = t.cluster_stats.upstream_cx_total.value() > 0
@@ -169,30 +169,6 @@ fn unejected_by_check<C: UpstreamContext + 'static>(ctx: &Rc<C>, t: &Target) -> 
     info.is_some_and(|info| {
         crate::upstream::outlier_detection::on_health_check_passed(&info, &t.host)
     })
-}
-
-/// Publishes a host health change of `cluster` to the workers, now or when its merge
-/// window ends; tells the server when a warming cluster became active.
-pub fn refresh<C: UpstreamContext + 'static>(ctx: &Rc<C>, cluster: &str) {
-    let outcome = {
-        let mut cm = ctx.cluster_manager().borrow_mut();
-        let outcome = cm.refresh_health(cluster);
-        cm.publish();
-        outcome
-    };
-    match outcome {
-        HealthRefresh::Applied { activated: true } => ctx.clusters_warmed(),
-        HealthRefresh::Held(wait) => {
-            let (ctx, cluster) = (ctx.clone(), cluster.to_string());
-            tokio::task::spawn_local(async move {
-                tokio::time::sleep(wait).await;
-                let mut cm = ctx.cluster_manager().borrow_mut();
-                cm.apply_merged_health(&cluster);
-                cm.publish();
-            });
-        }
-        HealthRefresh::Applied { activated: false } | HealthRefresh::Merged => {}
-    }
 }
 
 /// `health_check.healthy` and `degraded`: the cluster's hosts passing, and passing

@@ -34,7 +34,7 @@ use http::{HeaderMap, StatusCode};
 
 use crate::config::{self, ConfigError, Fraction};
 use crate::http::conn_manager::headers::decimal_value;
-use crate::http::route::header_mutations::{FormatContext, HeaderMutations};
+use crate::protocol::header_mutations::{FormatContext, HeaderMutations};
 use crate::stats::{Counter, Store};
 
 /// The filter's config type, also the per-route policy's.

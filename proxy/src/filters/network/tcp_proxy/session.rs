@@ -194,6 +194,8 @@ pub struct TcpProxySession {
     upstream: Option<Side>,
     cluster: Option<Arc<ClusterInfo>>,
     host: Option<Arc<Host>>,
+    /// The original destination the listener restored (an `ORIGINAL_DST` cluster's host).
+    restored_local: Option<std::net::SocketAddr>,
     attempts: u32,
     to_upstream: Pending,
     to_downstream: Pending,
@@ -217,6 +219,7 @@ impl TcpProxySession {
             buffer_limit: downstream_limit,
             tls,
             handshake_timeout,
+            restored_local,
             ..
         } = accepted;
         let worker = ctx.local.id;
@@ -240,6 +243,7 @@ impl TcpProxySession {
             upstream: None,
             cluster: None,
             host: None,
+            restored_local,
             attempts: 0,
             to_upstream: Pending::default(),
             to_downstream: Pending::default(),
@@ -272,9 +276,13 @@ impl TcpProxySession {
             );
             return Err(io::Error::new(io::ErrorKind::NotFound, "no such cluster"));
         };
-        let Some(host) =
-            ThreadLocalClusterManager::with(|tlcm| tlcm.choose_host(&cluster, None, 0))
-        else {
+        let host = ThreadLocalClusterManager::with(|tlcm| match &cluster.original_dst {
+            Some(od) => od
+                .destination(None, self.restored_local, self.worker)
+                .and_then(|dst| tlcm.original_dst_host(&cluster, dst)),
+            None => tlcm.choose_host(&cluster, None, 0),
+        });
+        let Some(host) = host else {
             cluster.stats.upstream_cx_none_healthy.inc(self.worker);
             tracing::debug!(cluster = %cluster.name, "tcp_proxy: no healthy upstream, closing");
             return Err(io::Error::new(

@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use courier_proto::envoy::config::cluster::v3::cluster::DnsLookupFamily;
 use courier_proto::envoy::config::cluster::v3::{self as pb, cluster};
 use courier_proto::envoy::config::core::v3::{
     ConfigSource, HealthStatus, HttpProtocolOptions as CommonHttpProtocolOptions,
@@ -48,30 +49,130 @@ pub enum DiscoveryType {
     },
 }
 
-/// Supported `lb_policy` values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LbPolicy {
-    /// ROUND_ROBIN (weighted).
-    RoundRobin,
-    /// RANDOM (weighted).
-    Random,
-    /// LEAST_REQUEST (power of two choices).
-    LeastRequest,
-    /// RING_HASH: requests with the same hash (a route's `hash_policy`) go to the same host
-    /// ([`super::ring_hash`]).
-    RingHash {
-        /// `ring_hash_lb_config.minimum_ring_size` (default 1024).
-        min_ring_size: u64,
-        /// `ring_hash_lb_config.maximum_ring_size` (default 8M).
-        max_ring_size: u64,
-    },
-    /// MAGLEV: as `RingHash`, with a lookup table ([`super::maglev`]).
-    Maglev {
-        /// `maglev_lb_config.table_size` (default 65537, a prime).
-        table_size: u64,
-    },
-    /// CLUSTER_PROVIDED: the cluster picks (an `ORIGINAL_DST` cluster).
-    ClusterProvided,
+pub use super::lb_policy::{Balancing, LbPolicy, LeastRequest, SlowStart};
+
+/// How a DNS cluster resolves: the cluster-level fields (`STRICT_DNS`, `LOGICAL_DNS`) or
+/// the `envoy.cluster.dns` extension's `DnsCluster`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DnsSettings {
+    /// `dns_lookup_family`.
+    pub family: DnsLookupFamily,
+    /// `dns_refresh_rate` (default 5 s).
+    pub refresh: Duration,
+    /// `dns_failure_refresh_rate.base_interval`, else the refresh rate.
+    pub failure_refresh: Duration,
+}
+
+/// Envoy's default `dns_refresh_rate`.
+const DEFAULT_DNS_REFRESH: Duration = Duration::from_secs(5);
+
+/// A positive duration from the proto, else `default`.
+fn rate(d: Option<&courier_proto::google::protobuf::Duration>, default: Duration) -> Duration {
+    d.and_then(|d| crate::config::duration(d, "").ok())
+        .filter(|d| !d.is_zero())
+        .unwrap_or(default)
+}
+
+impl DnsSettings {
+    /// The cluster-level DNS fields.
+    #[allow(deprecated)] // the cluster-level DNS fields are what configs say
+    fn of_cluster(proto: &pb::Cluster) -> DnsSettings {
+        let refresh = rate(proto.dns_refresh_rate.as_ref(), DEFAULT_DNS_REFRESH);
+        DnsSettings {
+            family: DnsLookupFamily::try_from(proto.dns_lookup_family)
+                .unwrap_or(DnsLookupFamily::Auto),
+            refresh,
+            failure_refresh: rate(
+                proto
+                    .dns_failure_refresh_rate
+                    .as_ref()
+                    .and_then(|f| f.base_interval.as_ref()),
+                refresh,
+            ),
+        }
+    }
+}
+
+/// The cluster type `envoy.cluster.dns` (its config a `DnsCluster`): `STRICT_DNS`, or
+/// `LOGICAL_DNS` with `all_addresses_in_single_endpoint`. Settings are read as the
+/// cluster-level ones are, and what those refuse is refused here too.
+fn dns_cluster(
+    ct: &cluster::CustomClusterType,
+) -> Result<(DiscoveryType, DnsSettings), ConfigError> {
+    use courier_proto::envoy::extensions::clusters::common::dns::v3::DnsLookupFamily as Family;
+    use courier_proto::envoy::extensions::clusters::dns::v3::DnsCluster;
+    const PATH: &str = "cluster_type.typed_config";
+    let c: DnsCluster = match &ct.typed_config {
+        None => DnsCluster::default(),
+        Some(any) => {
+            let any = match courier_proto::unwrap_typed_struct(any) {
+                Some(inner) => inner.map_err(|e| ConfigError::new(PATH, e.to_string()))?,
+                None => any.clone(),
+            };
+            courier_proto::unpack_any(&any).map_err(|e| ConfigError::new(PATH, e.to_string()))?
+        }
+    };
+    let refused = [
+        ("dns_jitter", c.dns_jitter.is_some()),
+        (
+            "typed_dns_resolver_config",
+            c.typed_dns_resolver_config.is_some(),
+        ),
+        // Envoy's floor under the refresh rate, which Courier would not apply.
+        ("dns_min_refresh_rate", c.dns_min_refresh_rate.is_some()),
+    ];
+    if let Some((field, _)) = refused.iter().find(|(_, set)| *set) {
+        return Err(ConfigError::unsupported(format!("{PATH}.{field}")));
+    }
+    // Envoy's proto validation: more than 1 ms.
+    let over_1ms = |d: &courier_proto::google::protobuf::Duration, field: &str| {
+        let path = format!("{PATH}.{field}");
+        if config::duration(d, &path)? <= Duration::from_millis(1) {
+            return Err(ConfigError::new(path, "value must be greater than 1ms"));
+        }
+        Ok(())
+    };
+    if let Some(d) = &c.dns_refresh_rate {
+        over_1ms(d, "dns_refresh_rate")?;
+    }
+    if let Some(d) = c
+        .dns_failure_refresh_rate
+        .as_ref()
+        .and_then(|f| f.base_interval.as_ref())
+    {
+        over_1ms(d, "dns_failure_refresh_rate.base_interval")?;
+    }
+    let refresh = rate(c.dns_refresh_rate.as_ref(), DEFAULT_DNS_REFRESH);
+    let family = match Family::try_from(c.dns_lookup_family) {
+        // Unspecified is Envoy's AUTO.
+        Ok(Family::Unspecified | Family::Auto) => DnsLookupFamily::Auto,
+        Ok(Family::V4Only) => DnsLookupFamily::V4Only,
+        Ok(Family::V6Only) => DnsLookupFamily::V6Only,
+        Ok(Family::V4Preferred) => DnsLookupFamily::V4Preferred,
+        Ok(Family::All) => DnsLookupFamily::All,
+        Err(_) => {
+            return Err(ConfigError::new(
+                format!("{PATH}.dns_lookup_family"),
+                "value must be one of the defined enum values",
+            ))
+        }
+    };
+    let settings = DnsSettings {
+        family,
+        refresh,
+        failure_refresh: rate(
+            c.dns_failure_refresh_rate
+                .as_ref()
+                .and_then(|f| f.base_interval.as_ref()),
+            refresh,
+        ),
+    };
+    let discovery = if c.all_addresses_in_single_endpoint {
+        DiscoveryType::LogicalDns
+    } else {
+        DiscoveryType::StrictDns
+    };
+    Ok((discovery, settings))
 }
 
 /// Circuit-breaker thresholds of the default priority (Envoy's defaults: 1024, 1024, 1024, 3).
@@ -198,8 +299,14 @@ pub struct ClusterInfo {
     pub discovery: DiscoveryType,
     /// `connect_timeout` (default 5 s).
     pub connect_timeout: Duration,
+    /// How a DNS cluster resolves (unused by the other types).
+    pub dns: DnsSettings,
     /// Load-balancing policy.
     pub lb_policy: LbPolicy,
+    /// Locality-weighted balancing: a locality first, then a host in it by `lb_policy`.
+    pub locality_weighted: bool,
+    /// Slow start: hosts newer than its window get part of their weight.
+    pub slow_start: Option<SlowStart>,
     /// `common_lb_config.healthy_panic_threshold` in percent (default 50).
     pub panic_threshold: f64,
     /// `common_lb_config.update_merge_window` (default 1 s): health changes this close
@@ -280,7 +387,10 @@ impl ClusterInfo {
             name: self.name.clone(),
             discovery: self.discovery.clone(),
             connect_timeout: self.connect_timeout,
+            dns: self.dns,
             lb_policy: self.lb_policy,
+            locality_weighted: self.locality_weighted,
+            slow_start: self.slow_start,
             panic_threshold: self.panic_threshold,
             update_merge_window: self.update_merge_window,
             buffer_limit: self.buffer_limit,
@@ -354,6 +464,7 @@ pub fn compile_cluster_reporting(
         return Err(ConfigError::new("name", "cluster name must not be empty"));
     }
     reject_unsupported(proto)?;
+    let mut dns = DnsSettings::of_cluster(proto);
     let discovery = match &proto.cluster_discovery_type {
         None => DiscoveryType::Static,
         Some(cluster::ClusterDiscoveryType::Type(t)) => {
@@ -388,28 +499,24 @@ pub fn compile_cluster_reporting(
                 _ => return Err(ConfigError::unsupported("type").at("")),
             }
         }
-        Some(cluster::ClusterDiscoveryType::ClusterType(_)) => {
-            return Err(ConfigError::unsupported("cluster_type"))
+        Some(cluster::ClusterDiscoveryType::ClusterType(ct)) if ct.name == "envoy.cluster.dns" => {
+            let (discovery, settings) = dns_cluster(ct)?;
+            dns = settings;
+            discovery
         }
-    };
-    lb_settings_built(proto)?;
-    let lb_policy = match cluster::LbPolicy::try_from(proto.lb_policy) {
-        Ok(cluster::LbPolicy::RoundRobin) => LbPolicy::RoundRobin,
-        Ok(cluster::LbPolicy::Random) => LbPolicy::Random,
-        Ok(cluster::LbPolicy::LeastRequest) => LbPolicy::LeastRequest,
-        Ok(cluster::LbPolicy::RingHash) => ring_hash_policy(proto)?,
-        Ok(cluster::LbPolicy::Maglev) => maglev_policy(proto)?,
-        Ok(cluster::LbPolicy::ClusterProvided) if discovery == DiscoveryType::OriginalDst => {
-            LbPolicy::ClusterProvided
-        }
-        Ok(cluster::LbPolicy::ClusterProvided) => {
+        Some(cluster::ClusterDiscoveryType::ClusterType(ct)) => {
             return Err(ConfigError::new(
-                "lb_policy",
-                format!("cluster manager: cluster provided LB specified but cluster '{}' did not provide one. Check cluster documentation.", proto.name),
+                "cluster_type.name",
+                format!("cluster type '{}' not supported by Courier", ct.name),
             ))
         }
-        _ => return Err(ConfigError::unsupported("lb_policy")),
     };
+    common_lb_settings_built(proto)?;
+    let Balancing {
+        policy: lb_policy,
+        locality_weighted,
+        slow_start,
+    } = super::lb_policy::compile(proto, discovery == DiscoveryType::OriginalDst)?;
     let connect_timeout = config::duration_or(
         proto.connect_timeout.as_ref(),
         Duration::from_secs(5),
@@ -538,7 +645,10 @@ pub fn compile_cluster_reporting(
         name: proto.name.clone(),
         discovery,
         connect_timeout,
+        dns,
         lb_policy,
+        locality_weighted,
+        slow_start,
         panic_threshold,
         update_merge_window,
         buffer_limit,
@@ -570,151 +680,30 @@ pub fn compile_cluster_reporting(
     Ok(info)
 }
 
-/// A `RING_HASH` cluster's ring settings, checked as Envoy checks them.
-fn ring_hash_policy(proto: &pb::Cluster) -> Result<LbPolicy, ConfigError> {
-    use super::ring_hash::{DEFAULT_MAX_RING_SIZE, DEFAULT_MIN_RING_SIZE};
-    use cluster::ring_hash_lb_config::HashFunction;
-    let config = match &proto.lb_config {
-        Some(cluster::LbConfig::RingHashLbConfig(c)) => Some(c),
-        _ => None,
+/// Refuses the `common_lb_config` settings Courier does not act on, whatever the policy
+/// (each changes which host a request gets or when connections close).
+fn common_lb_settings_built(proto: &pb::Cluster) -> Result<(), ConfigError> {
+    let Some(c) = &proto.common_lb_config else {
+        return Ok(());
     };
-    let min_ring_size = config
-        .and_then(|c| c.minimum_ring_size.as_ref())
-        .map_or(DEFAULT_MIN_RING_SIZE, |v| v.value);
-    let max_ring_size = config
-        .and_then(|c| c.maximum_ring_size.as_ref())
-        .map_or(DEFAULT_MAX_RING_SIZE, |v| v.value);
-    for (field, value) in [
-        ("minimum_ring_size", min_ring_size),
-        ("maximum_ring_size", max_ring_size),
-    ] {
-        if value > DEFAULT_MAX_RING_SIZE {
-            return Err(ConfigError::new(
-                format!("ring_hash_lb_config.{field}"),
-                format!("value must be less than or equal to {DEFAULT_MAX_RING_SIZE}"),
-            ));
-        }
+    let refused = [
+        (
+            "common_lb_config.close_connections_on_host_set_change",
+            c.close_connections_on_host_set_change,
+        ),
+        (
+            "common_lb_config.override_host_status",
+            c.override_host_status.is_some(),
+        ),
+        (
+            "common_lb_config.ignore_new_hosts_until_first_hc",
+            c.ignore_new_hosts_until_first_hc,
+        ),
+    ];
+    match refused.iter().find(|(_, set)| *set) {
+        Some((field, _)) => Err(ConfigError::unsupported(*field)),
+        None => Ok(()),
     }
-    if min_ring_size > max_ring_size {
-        return Err(ConfigError::new(
-            "ring_hash_lb_config",
-            format!("ring hash: minimum_ring_size ({min_ring_size}) > maximum_ring_size ({max_ring_size})"),
-        ));
-    }
-    if config.is_some_and(|c| c.hash_function == HashFunction::MurmurHash2 as i32) {
-        return Err(ConfigError::unsupported(
-            "ring_hash_lb_config.hash_function",
-        ));
-    }
-    consistent_hashing_supported(proto)?;
-    Ok(LbPolicy::RingHash {
-        min_ring_size,
-        max_ring_size,
-    })
-}
-
-/// A `MAGLEV` cluster's table size, checked as Envoy checks it.
-fn maglev_policy(proto: &pb::Cluster) -> Result<LbPolicy, ConfigError> {
-    use super::maglev::{is_prime, DEFAULT_TABLE_SIZE};
-    let table_size = match &proto.lb_config {
-        Some(cluster::LbConfig::MaglevLbConfig(c)) => c.table_size.as_ref().map(|v| v.value),
-        _ => None,
-    }
-    .unwrap_or(DEFAULT_TABLE_SIZE);
-    if table_size > 5_000_011 {
-        return Err(ConfigError::new(
-            "maglev_lb_config.table_size",
-            "value must be less than or equal to 5000011",
-        ));
-    }
-    if !is_prime(table_size) {
-        return Err(ConfigError::new(
-            "maglev_lb_config.table_size",
-            "The table size of maglev must be prime number",
-        ));
-    }
-    consistent_hashing_supported(proto)?;
-    Ok(LbPolicy::Maglev { table_size })
-}
-
-/// Refuses the load-balancing settings Courier does not act on (each changes which host
-/// a request gets). Settings of another policy than the cluster's are ignored, as Envoy
-/// ignores them.
-fn lb_settings_built(proto: &pb::Cluster) -> Result<(), ConfigError> {
-    let policy = cluster::LbPolicy::try_from(proto.lb_policy);
-    let refused = match &proto.lb_config {
-        Some(cluster::LbConfig::LeastRequestLbConfig(c))
-            if policy == Ok(cluster::LbPolicy::LeastRequest) =>
-        {
-            if c.choice_count.as_ref().is_some_and(|v| v.value != 2) {
-                Some("least_request_lb_config.choice_count")
-            } else if c.active_request_bias.is_some() {
-                Some("least_request_lb_config.active_request_bias")
-            } else if c.slow_start_config.is_some() {
-                Some("least_request_lb_config.slow_start_config")
-            } else {
-                None
-            }
-        }
-        Some(cluster::LbConfig::RoundRobinLbConfig(c))
-            if policy == Ok(cluster::LbPolicy::RoundRobin) && c.slow_start_config.is_some() =>
-        {
-            Some("round_robin_lb_config.slow_start_config")
-        }
-        _ => None,
-    };
-    if let Some(field) = refused {
-        return Err(ConfigError::unsupported(field));
-    }
-    if let Some(c) = &proto.common_lb_config {
-        use cluster::common_lb_config::LocalityConfigSpecifier;
-        let refused = [
-            (
-                "common_lb_config.locality_weighted_lb_config",
-                matches!(
-                    c.locality_config_specifier,
-                    Some(LocalityConfigSpecifier::LocalityWeightedLbConfig(_))
-                ),
-            ),
-            (
-                "common_lb_config.close_connections_on_host_set_change",
-                c.close_connections_on_host_set_change,
-            ),
-            (
-                "common_lb_config.override_host_status",
-                c.override_host_status.is_some(),
-            ),
-            (
-                "common_lb_config.ignore_new_hosts_until_first_hc",
-                c.ignore_new_hosts_until_first_hc,
-            ),
-        ];
-        if let Some((field, _)) = refused.iter().find(|(_, set)| *set) {
-            return Err(ConfigError::unsupported(*field));
-        }
-    }
-    Ok(())
-}
-
-/// Refuses the consistent hashing settings Courier lacks.
-fn consistent_hashing_supported(proto: &pb::Cluster) -> Result<(), ConfigError> {
-    if let Some(c) = proto
-        .common_lb_config
-        .as_ref()
-        .and_then(|c| c.consistent_hashing_lb_config.as_ref())
-    {
-        if c.use_hostname_for_hashing {
-            return Err(ConfigError::unsupported(
-                "common_lb_config.consistent_hashing_lb_config.use_hostname_for_hashing",
-            ));
-        }
-        if c.hash_balance_factor.is_some() {
-            return Err(ConfigError::unsupported(
-                "common_lb_config.consistent_hashing_lb_config.hash_balance_factor",
-            ));
-        }
-    }
-    Ok(())
 }
 
 #[allow(deprecated)] // deprecated DNS fields are still what some configs send
@@ -765,9 +754,6 @@ fn reject_unsupported(proto: &pb::Cluster) -> Result<(), ConfigError> {
     }
     if proto.lb_subset_config.is_some() {
         return Err(ConfigError::unsupported("lb_subset_config"));
-    }
-    if proto.load_balancing_policy.is_some() {
-        return Err(ConfigError::unsupported("load_balancing_policy"));
     }
     if !proto.filters.is_empty() {
         return Err(ConfigError::unsupported("filters"));
@@ -1124,6 +1110,10 @@ pub struct DnsTarget {
     pub weight: u32,
     /// The transport socket match its metadata chose.
     pub transport_match: Option<u16>,
+    /// Its locality (see [`Host::locality`]).
+    pub locality: u32,
+    /// Its locality's weight (see [`Host::locality_weight`]).
+    pub locality_weight: u32,
 }
 
 /// The targets of a DNS cluster's load assignment (each choosing among `matches`; the
@@ -1133,7 +1123,10 @@ pub fn dns_targets(
     matches: &SocketMatches,
 ) -> Result<Vec<DnsTarget>, ConfigError> {
     let mut out = Vec::new();
-    for (li, locality) in cla.endpoints.iter().enumerate() {
+    let groups = localities(cla);
+    for ((li, locality), &(locality_index, locality_weight)) in
+        cla.endpoints.iter().enumerate().zip(&groups)
+    {
         for (ei, lb) in locality.lb_endpoints.iter().enumerate() {
             let path = format!("endpoints[{li}].lb_endpoints[{ei}]");
             let Some(lb_endpoint::HostIdentifier::Endpoint(ep)) = &lb.host_identifier else {
@@ -1149,6 +1142,8 @@ pub fn dns_targets(
                 port,
                 weight,
                 transport_match: matches.find(lb.metadata.as_ref(), locality.metadata.as_ref()),
+                locality: locality_index,
+                locality_weight,
             });
         }
     }
@@ -1163,6 +1158,49 @@ struct ParsedEndpoint {
     priority: u32,
     hostname: Option<Arc<str>>,
     transport_match: Option<u16>,
+    locality: u32,
+    locality_weight: u32,
+}
+
+/// Each `endpoints` entry's locality, as Envoy groups them: an index among the distinct
+/// localities (sorted by region, zone and sub-zone, as Envoy's `LocalityLess`), and the
+/// weight of that locality at that priority (the last entry's, as Envoy's map keeps).
+fn localities(cla: &ClusterLoadAssignment) -> Vec<(u32, u32)> {
+    fn key(
+        e: &courier_proto::envoy::config::endpoint::v3::LocalityLbEndpoints,
+    ) -> (&str, &str, &str) {
+        e.locality
+            .as_ref()
+            .map(|l| (l.region.as_str(), l.zone.as_str(), l.sub_zone.as_str()))
+            .unwrap_or_default()
+    }
+    let mut keys: Vec<(&str, &str, &str)> = cla.endpoints.iter().map(key).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    let mut weights: HashMap<(u32, u32), u32> = HashMap::new();
+    let indices: Vec<u32> = cla
+        .endpoints
+        .iter()
+        .map(|e| {
+            let index = keys.binary_search(&key(e)).unwrap_or(0) as u32;
+            let weight = e.load_balancing_weight.as_ref().map_or(0, |w| w.value);
+            weights.insert((e.priority, index), weight);
+            index
+        })
+        .collect();
+    cla.endpoints
+        .iter()
+        .zip(indices)
+        .map(|(e, i)| (i, weights.get(&(e.priority, i)).copied().unwrap_or(0)))
+        .collect()
+}
+
+/// An assignment's `policy.overprovisioning_factor`.
+pub fn overprovisioning(cla: &ClusterLoadAssignment) -> u32 {
+    cla.policy
+        .as_ref()
+        .and_then(|p| p.overprovisioning_factor.as_ref())
+        .map_or(super::host_set::DEFAULT_OVERPROVISIONING, |f| f.value)
 }
 
 /// Validates an assignment and reads its endpoints (each choosing among `matches`);
@@ -1182,7 +1220,10 @@ fn parse_assignment(
         ));
     }
     let mut endpoints = Vec::new();
-    for (li, locality) in cla.endpoints.iter().enumerate() {
+    let groups = localities(cla);
+    for ((li, locality), &(locality_index, locality_weight)) in
+        cla.endpoints.iter().enumerate().zip(&groups)
+    {
         for (ei, lb) in locality.lb_endpoints.iter().enumerate() {
             let path = format!("endpoints[{li}].lb_endpoints[{ei}]");
             let Some(lb_endpoint::HostIdentifier::Endpoint(ep)) = &lb.host_identifier else {
@@ -1221,6 +1262,8 @@ fn parse_assignment(
                 priority: locality.priority,
                 hostname: (!ep.hostname.is_empty()).then(|| Arc::from(ep.hostname.as_str())),
                 transport_match: matches.choose(lb.metadata.as_ref(), locality.metadata.as_ref()),
+                locality: locality_index,
+                locality_weight,
             });
         }
     }
@@ -1284,15 +1327,18 @@ pub fn build_host_set(
                 .unwrap_or_else(|| HostStats::new(store));
             stats.prepare_for(params.health_checked);
             stats.set_flag(HealthFlags::PENDING_DYNAMIC_REMOVAL, false);
-            Arc::new(Host::new(
-                e.address,
-                e.weight,
-                e.health,
-                e.priority,
-                stats,
-                e.hostname,
-                e.transport_match,
-            ))
+            Arc::new(
+                Host::new(
+                    e.address,
+                    e.weight,
+                    e.health,
+                    e.priority,
+                    stats,
+                    e.hostname,
+                    e.transport_match,
+                )
+                .in_locality(e.locality, e.locality_weight),
+            )
         })
         .collect();
     // As Envoy: with health checking, a host EDS removed that still passes its checks
@@ -1309,7 +1355,9 @@ pub fn build_host_set(
             hosts.push(Arc::new(h.refreshed()));
         }
     }
-    Ok(Arc::new(HostSet::new(hosts, params.panic_threshold)))
+    let mut set = HostSet::new(hosts, params.panic_threshold);
+    set.overprovisioning = overprovisioning(cla);
+    Ok(Arc::new(set))
 }
 
 #[cfg(test)]
@@ -1347,11 +1395,11 @@ mod tests {
             ),
             ("wait_for_warm_on_init: false\n", "wait_for_warm_on_init"),
             (
-                "lb_policy: LEAST_REQUEST\nleast_request_lb_config: { choice_count: 3 }\n",
-                "least_request_lb_config.choice_count",
+                "lb_policy: LEAST_REQUEST\nleast_request_lb_config: { slow_start_config: { slow_start_window: 1s, aggression: { default_value: 2, runtime_key: k } } }\n",
+                "least_request_lb_config.slow_start_config.aggression.runtime_key",
             ),
             (
-                "common_lb_config: { locality_weighted_lb_config: {} }\n",
+                "lb_policy: MAGLEV\ncommon_lb_config: { locality_weighted_lb_config: {} }\n",
                 "common_lb_config.locality_weighted_lb_config",
             ),
             (
@@ -1367,13 +1415,345 @@ mod tests {
             "wait_for_warm_on_init: true\nprotocol_selection: USE_CONFIGURED_PROTOCOL\n"
         )
         .is_ok());
-        // Another policy's settings are ignored, as Envoy ignores them; the default
-        // choice count is what Courier does.
-        assert!(compile("least_request_lb_config: { choice_count: 3 }\n").is_ok());
-        assert!(compile(
-            "lb_policy: LEAST_REQUEST\nleast_request_lb_config: { choice_count: 2 }\n"
+        // Another policy's settings are ignored, as Envoy ignores them.
+        assert!(compile("least_request_lb_config: { slow_start_config: {} }\n").is_ok());
+    }
+
+    /// A `load_balancing_policy` of these `policies` (each a YAML flow map of a
+    /// `typed_extension_config`).
+    fn typed_lb(policies: &[&str]) -> String {
+        let mut yaml = String::from("load_balancing_policy:\n  policies:\n");
+        for p in policies {
+            yaml.push_str(&format!("  - typed_extension_config: {p}\n"));
+        }
+        yaml
+    }
+
+    fn lb_any(kind: &str, message: &str, fields: &str) -> String {
+        format!(
+            "{{ name: envoy.load_balancing_policies.{kind}, typed_config: {{ \"@type\": type.googleapis.com/envoy.extensions.load_balancing_policies.{kind}.v3.{message}{fields} }} }}"
         )
+    }
+
+    #[test]
+    fn least_request_settings_are_acted_on() {
+        let policy = |yaml: &str| compile(yaml).map(|c| c.lb_policy);
+        assert_eq!(
+            policy("lb_policy: LEAST_REQUEST\n").expect("compiles"),
+            LbPolicy::LeastRequest(LeastRequest::default())
+        );
+        assert_eq!(
+            policy("lb_policy: LEAST_REQUEST\nleast_request_lb_config: { choice_count: 5, active_request_bias: { default_value: 0.5 } }\n")
+                .expect("compiles"),
+            LbPolicy::LeastRequest(LeastRequest {
+                choice_count: 5,
+                active_request_bias: 0.5,
+                full_scan: false
+            })
+        );
+        // A negative bias is Envoy's 1.0 (with a warning).
+        assert_eq!(
+            policy("lb_policy: LEAST_REQUEST\nleast_request_lb_config: { active_request_bias: { default_value: -2 } }\n")
+                .expect("compiles"),
+            LbPolicy::LeastRequest(LeastRequest::default())
+        );
+        let err = |yaml: &str| compile(yaml).err().map(|e| e.path).unwrap_or_default();
+        assert_eq!(
+            err("lb_policy: LEAST_REQUEST\nleast_request_lb_config: { choice_count: 1 }\n"),
+            "least_request_lb_config.choice_count"
+        );
+        assert_eq!(
+            err("lb_policy: LEAST_REQUEST\nleast_request_lb_config: { active_request_bias: { default_value: 2, runtime_key: k } }\n"),
+            "least_request_lb_config.active_request_bias.runtime_key"
+        );
+        let typed = policy(&typed_lb(&[&lb_any(
+            "least_request",
+            "LeastRequest",
+            ", choice_count: 3, selection_method: FULL_SCAN, active_request_bias: { default_value: 0 }",
+        )]))
+        .expect("compiles");
+        assert_eq!(
+            typed,
+            LbPolicy::LeastRequest(LeastRequest {
+                choice_count: 3,
+                active_request_bias: 0.0,
+                full_scan: true
+            })
+        );
+    }
+
+    #[test]
+    fn typed_load_balancing_policies_compile_as_envoy() {
+        let policy = |yaml: &str| compile(yaml).map(|c| c.lb_policy);
+        let p0 = "load_balancing_policy.policies[0].typed_extension_config.typed_config";
+        // Envoy Gateway's usual form; `lb_policy` is ignored when the typed policy is set.
+        assert_eq!(
+            policy(&format!(
+                "lb_policy: MAGLEV\n{}",
+                typed_lb(&[&lb_any("least_request", "LeastRequest", "")])
+            ))
+            .expect("compiles"),
+            LbPolicy::LeastRequest(LeastRequest::default())
+        );
+        assert_eq!(
+            policy(&typed_lb(&[&lb_any("round_robin", "RoundRobin", "")])).expect("rr"),
+            LbPolicy::RoundRobin
+        );
+        assert_eq!(
+            policy(&typed_lb(&[&lb_any("random", "Random", "")])).expect("random"),
+            LbPolicy::Random
+        );
+        assert_eq!(
+            policy(&typed_lb(&[&lb_any(
+                "ring_hash",
+                "RingHash",
+                ", minimum_ring_size: 64, maximum_ring_size: 128"
+            )]))
+            .expect("ring"),
+            LbPolicy::RingHash {
+                min_ring_size: 64,
+                max_ring_size: 128
+            }
+        );
+        assert_eq!(
+            policy(&typed_lb(&[&lb_any("maglev", "Maglev", ", table_size: 7")])).expect("maglev"),
+            LbPolicy::Maglev { table_size: 7 }
+        );
+        // Without a typed_config the name finds the policy, with its defaults.
+        assert_eq!(
+            policy(&typed_lb(&[
+                "{ name: envoy.load_balancing_policies.maglev }"
+            ]))
+            .expect("by name"),
+            LbPolicy::Maglev { table_size: 65537 }
+        );
+        // Unknown types are skipped; the first known one wins.
+        let unknown = "{ name: my.policy, typed_config: { \"@type\": type.googleapis.com/envoy.config.core.v3.Locality } }";
+        assert_eq!(
+            policy(&typed_lb(&[unknown, &lb_any("random", "Random", "")])).expect("second"),
+            LbPolicy::Random
+        );
+        let none = compile(&typed_lb(&[unknown])).err().expect("refused");
+        assert_eq!(none.path, "load_balancing_policy");
+        assert_eq!(
+            none.message,
+            "cluster: didn't find a registered load balancer factory implementation for cluster: 'c' with names from [my.policy]"
+        );
+        // LOAD_BALANCING_POLICY_CONFIG needs the field.
+        assert_eq!(
+            compile("lb_policy: LOAD_BALANCING_POLICY_CONFIG\n")
+                .err()
+                .map(|e| e.message)
+                .unwrap_or_default(),
+            "cluster: field load_balancing_policy need to be set"
+        );
+
+        let err = |yaml: &str| compile(yaml).err().map(|e| e.path).unwrap_or_default();
+        for (yaml, path) in [
+            // What Envoy knows and Courier does not build is refused, not skipped.
+            (
+                typed_lb(&[
+                    &lb_any("wrr_locality", "WrrLocality", ""),
+                    &lb_any("random", "Random", ""),
+                ]),
+                "load_balancing_policy.policies[0].typed_extension_config".to_string(),
+            ),
+            (
+                typed_lb(&[&lb_any("least_request", "LeastRequest", ", choice_count: 1")]),
+                format!("{p0}.choice_count"),
+            ),
+            (
+                typed_lb(&[&lb_any(
+                    "round_robin",
+                    "RoundRobin",
+                    ", slow_start_config: { slow_start_window: 10s, min_weight_percent: { value: 120 } }",
+                )]),
+                format!("{p0}.slow_start_config.min_weight_percent.value"),
+            ),
+            (
+                typed_lb(&[&lb_any(
+                    "random",
+                    "Random",
+                    ", locality_lb_config: { zone_aware_lb_config: { fail_traffic_on_panic: true } }",
+                )]),
+                format!("{p0}.locality_lb_config.zone_aware_lb_config.fail_traffic_on_panic"),
+            ),
+            (
+                typed_lb(&[&lb_any(
+                    "ring_hash",
+                    "RingHash",
+                    ", minimum_ring_size: 30, maximum_ring_size: 20",
+                )]),
+                p0.to_string(),
+            ),
+            (
+                typed_lb(&[&lb_any("ring_hash", "RingHash", ", hash_function: MURMUR_HASH_2")]),
+                format!("{p0}.hash_function"),
+            ),
+            (
+                typed_lb(&[&lb_any(
+                    "ring_hash",
+                    "RingHash",
+                    ", consistent_hashing_lb_config: { hash_balance_factor: 150 }",
+                )]),
+                format!("{p0}.consistent_hashing_lb_config.hash_balance_factor"),
+            ),
+            (
+                typed_lb(&[&lb_any("maglev", "Maglev", ", table_size: 100")]),
+                format!("{p0}.table_size"),
+            ),
+            (
+                typed_lb(&[&lb_any("maglev", "Maglev", ", locality_weighted_lb_config: {}")]),
+                format!("{p0}.locality_weighted_lb_config"),
+            ),
+            (
+                format!(
+                    "common_lb_config: {{ consistent_hashing_lb_config: {{}} }}\n{}",
+                    typed_lb(&[&lb_any("maglev", "Maglev", "")])
+                ),
+                "common_lb_config.consistent_hashing_lb_config".to_string(),
+            ),
+        ] {
+            assert_eq!(err(&yaml), path, "{yaml}");
+        }
+        // A cluster-provided policy on a cluster that provides none: Envoy's error.
+        let provided = compile(&typed_lb(&[&lb_any(
+            "cluster_provided",
+            "ClusterProvided",
+            "",
+        )]))
+        .err()
+        .expect("refused");
+        assert_eq!(
+            provided.message,
+            "cluster manager: cluster provided LB specified but cluster 'c' did not provide one. Check cluster documentation."
+        );
+        // Envoy Gateway's form: least request, locality-weighted.
+        let eg = compile(&typed_lb(&[&lb_any(
+            "least_request",
+            "LeastRequest",
+            ", locality_lb_config: { locality_weighted_lb_config: {} }",
+        )]))
+        .expect("compiles");
+        assert!(eg.locality_weighted);
+        assert_eq!(
+            eg.lb_policy,
+            LbPolicy::LeastRequest(LeastRequest::default())
+        );
+        assert!(
+            compile("common_lb_config: { locality_weighted_lb_config: {} }\n")
+                .expect("compiles")
+                .locality_weighted
+        );
+        // Slow start, as Envoy Gateway sends it.
+        let slow = compile(&typed_lb(&[&lb_any(
+            "round_robin",
+            "RoundRobin",
+            ", slow_start_config: { slow_start_window: 30s, aggression: { default_value: 2 }, min_weight_percent: { value: 5 } }",
+        )]))
+        .expect("compiles");
+        assert_eq!(
+            slow.slow_start,
+            Some(SlowStart {
+                window: Duration::from_secs(30),
+                aggression: 2.0,
+                min_weight: 0.05
+            })
+        );
+        let lr = compile("lb_policy: LEAST_REQUEST\nleast_request_lb_config: { slow_start_config: { slow_start_window: 5s } }\n")
+            .expect("compiles");
+        assert_eq!(
+            lr.slow_start,
+            Some(SlowStart {
+                window: Duration::from_secs(5),
+                aggression: 1.0,
+                min_weight: 0.1
+            })
+        );
+        // No window: no slow start, as Envoy.
+        assert_eq!(
+            compile(&typed_lb(&[&lb_any(
+                "least_request",
+                "LeastRequest",
+                ", slow_start_config: {}"
+            )]))
+            .expect("compiles")
+            .slow_start,
+            None
+        );
+        // A zone-aware config changes nothing without a local cluster.
+        assert!(compile(&typed_lb(&[&lb_any(
+            "least_request",
+            "LeastRequest",
+            ", locality_lb_config: { zone_aware_lb_config: { min_cluster_size: 1 } }",
+        )]))
         .is_ok());
+    }
+
+    #[test]
+    fn dns_cluster_extension_maps_onto_strict_and_logical_dns() {
+        let la = "load_assignment: { endpoints: [{ lb_endpoints: [{ endpoint: { address: { socket_address: { address: localhost, port_value: 80 } } } }] }] }\n";
+        let dns = |fields: &str| {
+            compile(&format!(
+                "{la}cluster_type: {{ name: envoy.cluster.dns, typed_config: {{ \"@type\": type.googleapis.com/envoy.extensions.clusters.dns.v3.DnsCluster{fields} }} }}\n"
+            ))
+        };
+        let strict =
+            dns(", dns_refresh_rate: 30s, respect_dns_ttl: true, dns_lookup_family: V4_PREFERRED")
+                .expect("compiles");
+        assert_eq!(strict.discovery, DiscoveryType::StrictDns);
+        assert_eq!(
+            strict.dns,
+            DnsSettings {
+                family: DnsLookupFamily::V4Preferred,
+                refresh: Duration::from_secs(30),
+                failure_refresh: Duration::from_secs(30),
+            }
+        );
+        let logical = dns(", all_addresses_in_single_endpoint: true, dns_failure_refresh_rate: { base_interval: 2s, max_interval: 10s }")
+            .expect("compiles");
+        assert_eq!(logical.discovery, DiscoveryType::LogicalDns);
+        assert_eq!(
+            logical.dns,
+            DnsSettings {
+                family: DnsLookupFamily::Auto,
+                refresh: Duration::from_secs(5),
+                failure_refresh: Duration::from_secs(2),
+            }
+        );
+        let err = |r: Result<ClusterInfo, ConfigError>| r.err().map(|e| e.path).unwrap_or_default();
+        assert_eq!(
+            err(dns(", dns_jitter: 1s")),
+            "cluster_type.typed_config.dns_jitter"
+        );
+        assert_eq!(
+            err(dns(", dns_min_refresh_rate: 10s")),
+            "cluster_type.typed_config.dns_min_refresh_rate"
+        );
+        assert_eq!(
+            err(dns(", dns_refresh_rate: 0.001s")),
+            "cluster_type.typed_config.dns_refresh_rate"
+        );
+        assert_eq!(
+            err(dns(
+                ", typed_dns_resolver_config: { name: envoy.network.dns_resolver.cares }"
+            )),
+            "cluster_type.typed_config.typed_dns_resolver_config"
+        );
+        // A DNS cluster still needs its names.
+        assert_eq!(
+            err(compile("cluster_type: { name: envoy.cluster.dns }\n")),
+            "load_assignment"
+        );
+        let other = compile("cluster_type: { name: envoy.clusters.aggregate }\n")
+            .err()
+            .expect("refused");
+        assert_eq!(other.path, "cluster_type.name");
+        assert!(
+            other.message.contains("envoy.clusters.aggregate"),
+            "{}",
+            other.message
+        );
     }
 
     #[test]

@@ -80,7 +80,9 @@ fn refreshed(info: &ClusterInfo) -> Arc<ClusterInfo> {
         .filter(|h| !h.stats.flags().contains(gone))
         .map(|h| Arc::new(h.refreshed()))
         .collect();
-    let info = info.with_hosts(Arc::new(HostSet::new(hosts, info.panic_threshold)));
+    let mut set = HostSet::new(hosts, info.panic_threshold);
+    set.overprovisioning = info.hosts.overprovisioning;
+    let info = info.with_hosts(Arc::new(set));
     info.update_membership_stats();
     Arc::new(info)
 }

@@ -23,8 +23,16 @@ use super::host_set::HostSet;
 use super::{ClusterManager, UpstreamContext};
 use crate::stats::MAIN_THREAD;
 
-/// Envoy's default `dns_refresh_rate`.
-const DEFAULT_REFRESH: Duration = Duration::from_secs(5);
+/// What DNS resolution needs of the main thread: the cluster manager it gives hosts to, the
+/// changes it re-plans on, and whom to tell when clusters warmed.
+pub trait DnsContext {
+    /// The cluster manager.
+    fn cluster_manager(&self) -> &RefCell<ClusterManager>;
+    /// Ticks whenever clusters were added, updated or removed.
+    fn cluster_changes(&self) -> tokio::sync::watch::Receiver<u64>;
+    /// Warming DNS clusters got their first hosts: CDS's ACK and initialisation may go on.
+    fn clusters_warmed(self: &Rc<Self>);
+}
 
 /// A DNS cluster's lookups.
 struct DnsJob {
@@ -32,6 +40,8 @@ struct DnsJob {
     discovery: DiscoveryType,
     /// Each endpoint to resolve.
     targets: Vec<DnsTarget>,
+    /// The assignment's `overprovisioning_factor`.
+    overprovisioning: u32,
     panic_threshold: f64,
     family: DnsLookupFamily,
     /// `dns_refresh_rate`.
@@ -62,16 +72,8 @@ fn by_family(mut addrs: Vec<SocketAddr>, family: DnsLookupFamily) -> Vec<SocketA
     addrs
 }
 
-/// A positive duration from the proto, else `default`.
-fn rate(d: Option<&courier_proto::google::protobuf::Duration>, default: Duration) -> Duration {
-    d.and_then(|d| crate::config::duration(d, "").ok())
-        .filter(|d| !d.is_zero())
-        .unwrap_or(default)
-}
-
 /// Every DNS cluster, active and warming (a warming version first: it is the one to
 /// resolve).
-#[allow(deprecated)] // the cluster-level DNS fields are what configs say
 fn dns_jobs(cm: &RefCell<ClusterManager>) -> Vec<DnsJob> {
     let cm = cm.borrow();
     // A warming cluster whose hosts are known waits for its secrets, not for DNS.
@@ -91,21 +93,17 @@ fn dns_jobs(cm: &RefCell<ClusterManager>) -> Vec<DnsJob> {
         })
         .filter_map(|(e, warming)| {
             let proto = e.info.proto.decode();
-            let family =
-                DnsLookupFamily::try_from(proto.dns_lookup_family).unwrap_or(DnsLookupFamily::Auto);
-            let refresh = rate(proto.dns_refresh_rate.as_ref(), DEFAULT_REFRESH);
-            let failure_refresh = rate(
-                proto
-                    .dns_failure_refresh_rate
-                    .as_ref()
-                    .and_then(|f| f.base_interval.as_ref()),
+            let super::cluster::DnsSettings {
+                family,
                 refresh,
-            );
+                failure_refresh,
+            } = e.info.dns;
             let cla = proto.load_assignment?;
             Some(DnsJob {
                 cluster: e.info.name.clone(),
                 discovery: e.info.discovery.clone(),
                 targets: dns_targets(&cla, &e.info.socket_matches).ok()?,
+                overprovisioning: super::cluster::overprovisioning(&cla),
                 panic_threshold: e.info.panic_threshold,
                 family,
                 refresh,
@@ -133,6 +131,8 @@ async fn lookup(cm: &RefCell<ClusterManager>, job: &DnsJob) -> Option<Vec<Arc<Ho
         port,
         weight,
         transport_match,
+        locality,
+        locality_weight,
     } in &job.targets
     {
         if let Some(s) = &stats {
@@ -165,15 +165,18 @@ async fn lookup(cm: &RefCell<ClusterManager>, job: &DnsJob) -> Option<Vec<Arc<Ho
                         m.count(*transport_match);
                     }
                     stats.prepare_for(job.health_checked);
-                    hosts.push(Arc::new(Host::new(
-                        address,
-                        *weight,
-                        HostHealth::Healthy,
-                        0,
-                        stats,
-                        Some(hostname.clone()),
-                        *transport_match,
-                    )));
+                    hosts.push(Arc::new(
+                        Host::new(
+                            address,
+                            *weight,
+                            HostHealth::Healthy,
+                            0,
+                            stats,
+                            Some(hostname.clone()),
+                            *transport_match,
+                        )
+                        .in_locality(*locality, *locality_weight),
+                    ));
                 }
             }
             Err(e) => {
@@ -202,7 +205,11 @@ async fn resolve(cm: &RefCell<ClusterManager>, job: &DnsJob) -> (bool, bool) {
             })
     });
     if job.warming || hosts.is_some() {
-        let set = hosts.map(|h| Arc::new(HostSet::new(h, job.panic_threshold)));
+        let set = hosts.map(|h| {
+            let mut set = HostSet::new(h, job.panic_threshold);
+            set.overprovisioning = job.overprovisioning;
+            Arc::new(set)
+        });
         cm.set_resolved_hosts(&job.cluster, set);
         cm.publish();
     }

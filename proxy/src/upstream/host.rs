@@ -1,8 +1,9 @@
 //! Upstream hosts: an endpoint's address, weight, health and stats.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, Ordering};
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, Instant};
 
 use super::health_flags::HealthFlags;
 use crate::stats::{Counter, Gauge, Store};
@@ -28,7 +29,18 @@ pub struct HostStats {
     hc_checked: AtomicBool,
     /// Outlier detection's per-host counters, when the cluster has it.
     pub outlier: super::outlier_detection::host_monitor::HostMonitor,
+    /// Envoy's `lastHcPassTime`, where slow start counts a host's age from: when active
+    /// health checking last found the host healthy again, else when a load balancer first
+    /// saw it healthy. Nanoseconds from [`EPOCH`] ([`UNSET`]: not yet).
+    healthy_since: AtomicI64,
 }
+
+/// The origin of [`HostStats`]' timestamps (kept in atomics, signed: a time may precede
+/// it).
+static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
+
+/// No timestamp.
+const UNSET: i64 = i64::MIN;
 
 impl HostStats {
     /// Fresh stats; like Envoy's they appear in `/clusters`, not in `/stats`.
@@ -42,7 +54,55 @@ impl HostStats {
             flags: AtomicU32::new(0),
             hc_checked: AtomicBool::new(false),
             outlier: Default::default(),
+            healthy_since: AtomicI64::new(UNSET),
         })
+    }
+
+    /// When the host became healthy, as far as slow start is concerned (Envoy's
+    /// `lastHcPassTime`).
+    pub fn healthy_since(&self) -> Option<Instant> {
+        match self.healthy_since.load(Ordering::Relaxed) {
+            UNSET => None,
+            n => Some(Self::instant(n)),
+        }
+    }
+
+    /// Records that the host became healthy `at` (active health checking's pass).
+    pub fn set_healthy_since(&self, at: Instant) {
+        self.healthy_since.store(Self::stamp(at), Ordering::Relaxed);
+    }
+
+    /// When the host became healthy, recording `now` if nothing did before (a load
+    /// balancer seeing a healthy host with no check passed, as Envoy's).
+    pub fn healthy_since_or(&self, now: Instant) -> Instant {
+        match self.healthy_since.compare_exchange(
+            UNSET,
+            Self::stamp(now),
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        ) {
+            Ok(_) => now,
+            Err(n) => Self::instant(n),
+        }
+    }
+
+    fn stamp(at: Instant) -> i64 {
+        // i64 nanoseconds span 292 years either way: saturating is never reached, and
+        // -i64::MAX is above UNSET.
+        let nanos = |d: Duration| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX);
+        match at.checked_duration_since(*EPOCH) {
+            Some(after) => nanos(after),
+            None => -nanos(EPOCH.duration_since(at)),
+        }
+    }
+
+    fn instant(stamp: i64) -> Instant {
+        let d = Duration::from_nanos(stamp.unsigned_abs());
+        if stamp >= 0 {
+            *EPOCH + d
+        } else {
+            EPOCH.checked_sub(d).unwrap_or(*EPOCH)
+        }
     }
 
     /// The flags health checking and outlier detection set.
@@ -122,6 +182,11 @@ pub struct Host {
     /// The `transport_socket_matches` entry its metadata chose (`None`: the cluster's
     /// `transport_socket`).
     pub transport_match: Option<u16>,
+    /// Its locality: an index among the assignment's distinct localities (Envoy's
+    /// order: by region, zone and sub-zone), for locality-weighted balancing.
+    pub locality: u32,
+    /// Its locality's `load_balancing_weight` (0 when unset, as Envoy reads it).
+    pub locality_weight: u32,
 }
 
 impl Host {
@@ -144,7 +209,16 @@ impl Host {
             stats,
             hostname,
             transport_match,
+            locality: 0,
+            locality_weight: 0,
         }
+    }
+
+    /// This host in `locality` (see [`Host::locality`]) of weight `weight`.
+    pub fn in_locality(mut self, locality: u32, weight: u32) -> Host {
+        self.locality = locality;
+        self.locality_weight = weight;
+        self
     }
 
     /// This host with its selection health recomputed from the current flags.
@@ -158,6 +232,7 @@ impl Host {
             self.hostname.clone(),
             self.transport_match,
         )
+        .in_locality(self.locality, self.locality_weight)
     }
 
     /// Envoy's `health_flags` text for `/clusters`: `healthy`, or each flag as

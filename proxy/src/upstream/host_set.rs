@@ -5,6 +5,9 @@ use std::sync::Arc;
 
 use super::host::{Host, HostHealth};
 
+/// Envoy's default `overprovisioning_factor`.
+pub const DEFAULT_OVERPROVISIONING: u32 = 140;
+
 /// A cluster's hosts and the subset a load balancer may pick from.
 pub struct HostSet {
     /// Every host, in configuration order.
@@ -14,6 +17,9 @@ pub struct HostSet {
     pub eligible: Vec<usize>,
     /// Whether `eligible` is the panic-mode set (Envoy's `lb_healthy_panic`).
     pub panic: bool,
+    /// The assignment's `policy.overprovisioning_factor` (default 140): how much a
+    /// locality's share of eligible hosts is inflated before it loses weight.
+    pub overprovisioning: u32,
     /// A `MAGLEV` cluster's table over these hosts, built by the first worker to need it
     /// and shared by all (a table is large).
     maglev: std::sync::OnceLock<super::maglev::MaglevTable>,
@@ -26,6 +32,14 @@ pub struct HostSet {
 impl HostSet {
     /// Computes the eligible subset with Envoy's panic threshold (percent; 0 disables).
     pub fn new(hosts: Vec<Arc<Host>>, panic_threshold: f64) -> HostSet {
+        // Envoy's load balancers note when they first see a host healthy (its
+        // `lastHcPassTime`, unless a health check set it): slow start counts from there.
+        // Host sets are built as the main thread publishes them, when Envoy's workers see
+        // them; Courier's balancers are built at their first pick, too late for it.
+        let now = std::time::Instant::now();
+        for h in hosts.iter().filter(|h| h.health == HostHealth::Healthy) {
+            h.stats.healthy_since_or(now);
+        }
         let healthy: Vec<usize> = hosts
             .iter()
             .enumerate()
@@ -62,6 +76,7 @@ impl HostSet {
             hosts,
             eligible,
             panic,
+            overprovisioning: DEFAULT_OVERPROVISIONING,
             maglev: std::sync::OnceLock::new(),
             ring: std::sync::OnceLock::new(),
             by_address: std::sync::OnceLock::new(),

@@ -16,6 +16,7 @@ mod health_flags;
 pub mod health_refresh;
 mod host;
 mod host_set;
+mod lb_policy;
 mod load_balancer;
 pub mod maglev;
 pub mod original_dst;
@@ -26,7 +27,7 @@ pub mod transport_socket_match;
 
 pub use cluster::{
     compile_cluster, compile_cluster_reporting, validate_assignment, ClusterInfo, ClusterStats,
-    ConnLifetime, DiscoveryType, LbPolicy, ToMainThread,
+    ConnLifetime, DiscoveryType, LbPolicy, LeastRequest, SlowStart, ToMainThread,
 };
 pub use cluster_manager::{
     ClusterChange, ClusterEntry, ClusterManager, ClusterManagerStats, HealthRefresh,

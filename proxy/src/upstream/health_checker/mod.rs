@@ -472,6 +472,9 @@ impl Session {
                     } else {
                         transition = Transition::ChangePending;
                     }
+                    // Slow start counts the host's age from here, as Envoy's
+                    // `lastHcPassTime`.
+                    flags.set_healthy_since(std::time::Instant::now());
                 }
                 if flags.set_flag(F::DEGRADED_ACTIVE_HC, degraded)
                     && transition == Transition::Unchanged

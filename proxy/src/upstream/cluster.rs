@@ -1219,6 +1219,24 @@ fn parse_assignment(
             "value must be greater than 0",
         ));
     }
+    if let Some(p) = &cla.policy {
+        // Each changes which host, or whether any, gets a request: refused until built.
+        for (field, set) in [
+            ("policy.drop_overloads", !p.drop_overloads.is_empty()),
+            (
+                "policy.endpoint_stale_after",
+                p.endpoint_stale_after.is_some(),
+            ),
+            (
+                "policy.weighted_priority_health",
+                p.weighted_priority_health,
+            ),
+        ] {
+            if set {
+                return Err(ConfigError::unsupported(field));
+            }
+        }
+    }
     let mut endpoints = Vec::new();
     let groups = localities(cla);
     for ((li, locality), &(locality_index, locality_weight)) in
@@ -1355,8 +1373,7 @@ pub fn build_host_set(
             hosts.push(Arc::new(h.refreshed()));
         }
     }
-    let mut set = HostSet::new(hosts, params.panic_threshold);
-    set.overprovisioning = overprovisioning(cla);
+    let set = HostSet::with_overprovisioning(hosts, params.panic_threshold, overprovisioning(cla));
     Ok(Arc::new(set))
 }
 

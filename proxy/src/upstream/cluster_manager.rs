@@ -80,8 +80,8 @@ fn refreshed(info: &ClusterInfo) -> Arc<ClusterInfo> {
         .filter(|h| !h.stats.flags().contains(gone))
         .map(|h| Arc::new(h.refreshed()))
         .collect();
-    let mut set = HostSet::new(hosts, info.panic_threshold);
-    set.overprovisioning = info.hosts.overprovisioning;
+    let set =
+        HostSet::with_overprovisioning(hosts, info.panic_threshold, info.hosts.overprovisioning);
     let info = info.with_hosts(Arc::new(set));
     info.update_membership_stats();
     Arc::new(info)

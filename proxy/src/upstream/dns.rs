@@ -206,8 +206,7 @@ async fn resolve(cm: &RefCell<ClusterManager>, job: &DnsJob) -> (bool, bool) {
     });
     if job.warming || hosts.is_some() {
         let set = hosts.map(|h| {
-            let mut set = HostSet::new(h, job.panic_threshold);
-            set.overprovisioning = job.overprovisioning;
+            let set = HostSet::with_overprovisioning(h, job.panic_threshold, job.overprovisioning);
             Arc::new(set)
         });
         cm.set_resolved_hosts(&job.cluster, set);

@@ -12,10 +12,11 @@ pub const DEFAULT_OVERPROVISIONING: u32 = 140;
 pub struct HostSet {
     /// Every host, in configuration order.
     pub hosts: Vec<Arc<Host>>,
-    /// Indices into `hosts` that are eligible now: the healthy hosts of the best priority
-    /// that has any, or every host when the cluster is in panic mode.
+    /// Indices into `hosts` that are eligible now: those of the level that takes the
+    /// load (the best priority's healthy hosts, usually; all of its hosts in panic). When
+    /// several levels share the load, the first's (see [`HostSet::levels`]).
     pub eligible: Vec<usize>,
-    /// Whether `eligible` is the panic-mode set (Envoy's `lb_healthy_panic`).
+    /// Whether `eligible` is a panic-mode set (Envoy's `lb_healthy_panic`).
     pub panic: bool,
     /// The assignment's `policy.overprovisioning_factor` (default 140): how much a
     /// locality's share of eligible hosts is inflated before it loses weight.
@@ -27,11 +28,157 @@ pub struct HostSet {
     ring: std::sync::OnceLock<super::ring_hash::Ring>,
     /// The hosts by address, built on first use (an `ORIGINAL_DST` cluster's lookups).
     by_address: std::sync::OnceLock<rustc_hash::FxHashMap<std::net::SocketAddr, usize>>,
+    /// When several priority levels (or a level's healthy and degraded hosts) take load:
+    /// each level's host set, after the cumulative percentage of the load up to it.
+    split: Option<Vec<(u32, Arc<HostSet>)>>,
+}
+
+/// One level that takes load: a priority's healthy hosts, or its degraded ones (all of
+/// its hosts when it is in panic).
+#[derive(Debug, PartialEq)]
+struct Level {
+    load: u32,
+    members: Vec<usize>,
+    panic: bool,
+}
+
+/// Envoy's priority loads (`LoadBalancerBase::recalculatePerPriorityState`): each
+/// priority is available in proportion to its healthy (then degraded) hosts, inflated by
+/// the overprovisioning factor and capped at 100; the load goes to the best priorities
+/// first and spills over to the next as their availability falls; the loads are
+/// normalised when the total availability is below 100. When no host anywhere is
+/// healthy or degraded (total panic) the load follows each priority's host count. A
+/// priority in panic (healthy and degraded below the panic threshold) picks among all its
+/// hosts. Returns the levels that take load, healthy ones first.
+fn priority_loads(hosts: &[Arc<Host>], panic_threshold: f64, overprovisioning: u32) -> Vec<Level> {
+    let levels = hosts
+        .iter()
+        .map(|h| h.priority as usize + 1)
+        .max()
+        .unwrap_or(0);
+    if levels == 0 {
+        return Vec::new();
+    }
+    let mut total = vec![0u32; levels];
+    let mut healthy = vec![0u32; levels];
+    let mut degraded = vec![0u32; levels];
+    for h in hosts {
+        let p = h.priority as usize;
+        total[p] += 1;
+        match h.health {
+            HostHealth::Healthy => healthy[p] += 1,
+            HostHealth::Degraded => degraded[p] += 1,
+            HostHealth::Unhealthy => {}
+        }
+    }
+    let availability = |count: &[u32], p: usize| -> u32 {
+        (overprovisioning * count[p])
+            .checked_div(total[p])
+            .map_or(0, |a| a.min(100))
+    };
+    let health: Vec<u32> = (0..levels).map(|p| availability(&healthy, p)).collect();
+    let degraded_availability: Vec<u32> = (0..levels).map(|p| availability(&degraded, p)).collect();
+    let panic: Vec<bool> = (0..levels)
+        .map(|p| {
+            total[p] > 0
+                && panic_threshold > 0.0
+                && 100.0 * f64::from(healthy[p] + degraded[p]) / f64::from(total[p])
+                    < panic_threshold
+        })
+        .collect();
+    let all_of = |p: usize| -> Vec<usize> {
+        (0..hosts.len())
+            .filter(|&i| hosts[i].priority as usize == p)
+            .collect()
+    };
+    let of = |p: usize, want: HostHealth| -> Vec<usize> {
+        if panic[p] {
+            return all_of(p);
+        }
+        (0..hosts.len())
+            .filter(|&i| hosts[i].priority as usize == p && hosts[i].health == want)
+            .collect()
+    };
+    let normalized: u32 = health
+        .iter()
+        .chain(&degraded_availability)
+        .sum::<u32>()
+        .min(100);
+    let mut out = Vec::new();
+    if normalized == 0 {
+        // Total panic: every host of every priority, by the priorities' host counts.
+        let all: u32 = total.iter().sum();
+        let mut left = 100;
+        for (p, &count) in total.iter().enumerate() {
+            let load = (100 * count / all).min(left);
+            left -= load;
+            if count > 0 {
+                out.push(Level {
+                    load,
+                    members: all_of(p),
+                    panic: true,
+                });
+            }
+        }
+        if let Some(first) = out.first_mut() {
+            first.load += left;
+        }
+        return out.into_iter().filter(|l| l.load > 0).collect();
+    }
+    let mut left = 100u32;
+    let mut healthy_load = vec![0u32; levels];
+    for p in 0..levels {
+        healthy_load[p] = (health[p] * 100 / normalized).min(left);
+        left -= healthy_load[p];
+    }
+    let mut degraded_load = vec![0u32; levels];
+    for p in 0..levels {
+        degraded_load[p] = (degraded_availability[p] * 100 / normalized).min(left);
+        left -= degraded_load[p];
+    }
+    // Rounding leftovers go to the first available level, healthy before degraded.
+    if left > 0 {
+        if let Some(p) = (0..levels).find(|&p| health[p] > 0) {
+            healthy_load[p] += left;
+        } else if let Some(p) = (0..levels).find(|&p| degraded_availability[p] > 0) {
+            degraded_load[p] += left;
+        }
+    }
+    for p in 0..levels {
+        if healthy_load[p] > 0 {
+            out.push(Level {
+                load: healthy_load[p],
+                members: of(p, HostHealth::Healthy),
+                panic: panic[p],
+            });
+        }
+    }
+    for p in 0..levels {
+        if degraded_load[p] > 0 {
+            out.push(Level {
+                load: degraded_load[p],
+                members: of(p, HostHealth::Degraded),
+                panic: panic[p],
+            });
+        }
+    }
+    out
 }
 
 impl HostSet {
-    /// Computes the eligible subset with Envoy's panic threshold (percent; 0 disables).
+    /// A host set with Envoy's panic threshold (percent; 0 disables) and the default
+    /// overprovisioning factor.
     pub fn new(hosts: Vec<Arc<Host>>, panic_threshold: f64) -> HostSet {
+        HostSet::with_overprovisioning(hosts, panic_threshold, DEFAULT_OVERPROVISIONING)
+    }
+
+    /// A host set: its priorities' loads as Envoy computes them ([`priority_loads`]), the
+    /// eligible hosts of each level that takes load, and its panic state.
+    pub fn with_overprovisioning(
+        hosts: Vec<Arc<Host>>,
+        panic_threshold: f64,
+        overprovisioning: u32,
+    ) -> HostSet {
         // Envoy's load balancers note when they first see a host healthy (its
         // `lastHcPassTime`, unless a health check set it): slow start counts from there.
         // Host sets are built as the main thread publishes them, when Envoy's workers see
@@ -40,47 +187,59 @@ impl HostSet {
         for h in hosts.iter().filter(|h| h.health == HostHealth::Healthy) {
             h.stats.healthy_since_or(now);
         }
-        let healthy: Vec<usize> = hosts
-            .iter()
-            .enumerate()
-            .filter(|(_, h)| h.health == HostHealth::Healthy)
-            .map(|(i, _)| i)
-            .collect();
-        // Envoy routes to the highest-priority level with healthy hosts.
-        let best_priority = healthy.iter().map(|&i| hosts[i].priority).min();
-        let mut eligible: Vec<usize> = healthy
-            .iter()
-            .copied()
-            .filter(|&i| Some(hosts[i].priority) == best_priority)
-            .collect();
-        if eligible.is_empty() {
-            eligible = hosts
-                .iter()
-                .enumerate()
-                .filter(|(_, h)| h.health == HostHealth::Degraded)
-                .map(|(i, _)| i)
-                .collect();
-        }
-        let total = hosts.len();
-        let healthy_pct = if total == 0 {
-            100.0
-        } else {
-            100.0 * healthy.len() as f64 / total as f64
+        let mut levels = priority_loads(&hosts, panic_threshold, overprovisioning);
+        let (eligible, panic) = match levels.first_mut() {
+            Some(l) => (std::mem::take(&mut l.members), l.panic),
+            None => (Vec::new(), false),
         };
-        let panic = total > 0 && panic_threshold > 0.0 && healthy_pct < panic_threshold;
-        if panic {
-            // Panic mode: Envoy balances over all hosts rather than overload the few healthy.
-            eligible = (0..total).collect();
-        }
+        // More than one level takes load: each gets a host set of its own, picked by
+        // its share of the load.
+        let split = (levels.len() > 1).then(|| {
+            let mut cumulative = 0;
+            let mut out = Vec::with_capacity(levels.len());
+            for (i, l) in levels.into_iter().enumerate() {
+                cumulative += l.load;
+                let members = if i == 0 { eligible.clone() } else { l.members };
+                out.push((
+                    cumulative,
+                    Arc::new(HostSet::level(
+                        hosts.clone(),
+                        members,
+                        l.panic,
+                        overprovisioning,
+                    )),
+                ));
+            }
+            out
+        });
+        let mut set = HostSet::level(hosts, eligible, panic, overprovisioning);
+        set.split = split;
+        set
+    }
+
+    /// One level's host set: `eligible` are the hosts it picks from.
+    fn level(
+        hosts: Vec<Arc<Host>>,
+        eligible: Vec<usize>,
+        panic: bool,
+        overprovisioning: u32,
+    ) -> HostSet {
         HostSet {
             hosts,
             eligible,
             panic,
-            overprovisioning: DEFAULT_OVERPROVISIONING,
+            overprovisioning,
+            split: None,
             maglev: std::sync::OnceLock::new(),
             ring: std::sync::OnceLock::new(),
             by_address: std::sync::OnceLock::new(),
         }
+    }
+
+    /// When more than one priority level takes load: each level's host set, after the
+    /// cumulative percentage of the load up to it (a draw in `0..100` below it picks it).
+    pub fn levels(&self) -> Option<&[(u32, Arc<HostSet>)]> {
+        self.split.as_deref()
     }
 
     /// The hash ring over the eligible hosts, built on first use (a worker asking
@@ -138,4 +297,65 @@ pub(crate) fn test_host_set(weights: &[u32]) -> HostSet {
         })
         .collect();
     HostSet::new(hosts, 50.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Hosts by (priority, health).
+    fn hosts(spec: &[(u32, HostHealth)]) -> Vec<Arc<Host>> {
+        spec.iter()
+            .enumerate()
+            .map(|(i, &(priority, health))| {
+                Arc::new(Host::new(
+                    std::net::SocketAddr::from(([10, 0, 0, i as u8 + 1], 80)),
+                    1,
+                    health,
+                    priority,
+                    super::super::host::HostStats::new(&crate::stats::Store::new(1)),
+                    None,
+                    None,
+                ))
+            })
+            .collect()
+    }
+
+    fn loads(spec: &[(u32, HostHealth)]) -> Vec<(u32, Vec<usize>, bool)> {
+        priority_loads(&hosts(spec), 50.0, DEFAULT_OVERPROVISIONING)
+            .into_iter()
+            .map(|l| (l.load, l.members, l.panic))
+            .collect()
+    }
+
+    use HostHealth::{Degraded as D, Healthy as H, Unhealthy as U};
+
+    #[test]
+    fn load_spills_to_the_next_priority_as_envoy_computes_it() {
+        // P0 half healthy: 1.4 x 50% = 70% stays, 30% spills to P1.
+        assert_eq!(
+            loads(&[(0, H), (0, U), (1, H)]),
+            [(70, vec![0], false), (30, vec![2], false)]
+        );
+        // P0 all down: everything to P1.
+        assert_eq!(loads(&[(0, U), (1, H)]), [(100, vec![1], false)]);
+        // Healthy hosts anywhere come before degraded ones.
+        assert_eq!(loads(&[(0, D), (1, H)]), [(100, vec![1], false)]);
+        assert_eq!(loads(&[(0, D), (0, U)]), [(100, vec![0], false)]);
+    }
+
+    #[test]
+    fn panic_and_normalisation_as_envoy() {
+        // A quarter healthy: availability 35 normalised to the whole load, and in panic
+        // (below 50%) the level picks among all its hosts.
+        assert_eq!(
+            loads(&[(0, H), (0, U), (0, U), (0, U)]),
+            [(100, vec![0, 1, 2, 3], true)]
+        );
+        // Nothing healthy anywhere: by host counts, every host.
+        assert_eq!(
+            loads(&[(0, U), (0, U), (1, U)]),
+            [(67, vec![0, 1], true), (33, vec![2], true)]
+        );
+    }
 }

@@ -22,7 +22,8 @@ use super::ring_hash::Ring;
 /// Load-balancer state of every cluster this worker has picked from.
 #[derive(Default)]
 pub struct LbStates {
-    states: rustc_hash::FxHashMap<String, LbState>,
+    /// By cluster, one state per priority level that takes load.
+    states: rustc_hash::FxHashMap<String, Vec<Option<LbState>>>,
 }
 
 struct LbState {
@@ -437,20 +438,42 @@ impl LbStates {
         hash: Option<u64>,
         attempt: u32,
     ) -> Option<Arc<Host>> {
-        let hosts = &cluster.hosts;
         let policy = (
             cluster.lb_policy,
             cluster.locality_weighted,
             cluster.slow_start,
         );
-        let state = match self.states.get_mut(&cluster.name) {
+        // The priority level: by the request's hash for hashing policies (a key keeps
+        // its level), else at random, by the levels' shares of the load.
+        let (slot, hosts) = match cluster.hosts.levels() {
+            None => (0, &cluster.hosts),
+            Some(levels) => {
+                let hashing = matches!(
+                    cluster.lb_policy,
+                    LbPolicy::RingHash { .. } | LbPolicy::Maglev { .. }
+                );
+                let draw = match hash {
+                    Some(h) if hashing => (h % 100) as u32,
+                    _ => fastrand::u32(..100),
+                };
+                let i = levels
+                    .iter()
+                    .position(|(cumulative, _)| draw < *cumulative)
+                    .unwrap_or(levels.len() - 1);
+                (i, &levels[i].1)
+            }
+        };
+        if !self.states.contains_key(&cluster.name) {
+            self.states.insert(cluster.name.clone(), Vec::new());
+        }
+        let slots = self.states.get_mut(&cluster.name)?;
+        // One slot per level that takes load now (fewer levels: the others' states go).
+        let count = cluster.hosts.levels().map_or(1, <[_]>::len);
+        slots.resize_with(count.max(slot + 1), || None);
+        let state = match &mut slots[slot] {
             // A changed policy (a cluster update) needs its own state too.
             Some(s) if Arc::ptr_eq(&s.hosts, hosts) && s.policy == policy => s,
-            _ => {
-                self.states
-                    .insert(cluster.name.clone(), LbState::new(hosts.clone(), policy));
-                self.states.get_mut(&cluster.name)?
-            }
+            entry => entry.insert(LbState::new(hosts.clone(), policy)),
         };
         let LbState {
             hosts: set,

@@ -84,30 +84,53 @@ fn accept_connection(ctx: &mut Ctx, config: &Arc<ListenerConfig>, stream: mio::n
         .map(|l| l.config.clone())
         .filter(|c| !Arc::ptr_eq(c, config));
     let config = handed_off.as_ref().unwrap_or(config);
+    if let Some(filter) = &config.proxy_protocol {
+        let (filter, listener) = (filter.clone(), config.clone());
+        let started = ctx.insert_handler(move |ctx, id| {
+            super::proxy_protocol::Reading::start(ctx, id, stream, listener, filter, restored)
+        });
+        if let Err(e) = started {
+            tracing::debug!(listener = %config.name, error = %e, "connection ended in the PROXY protocol filter");
+        }
+        return;
+    }
+    after_proxy_protocol(ctx, config, stream, restored, None);
+}
+
+/// The rest of a connection's listener filters (the TLS inspector), then its chain.
+/// `local` and `remote` are the addresses the earlier filters restored.
+pub fn after_proxy_protocol(
+    ctx: &mut Ctx,
+    config: &Arc<ListenerConfig>,
+    stream: mio::net::TcpStream,
+    local: Option<std::net::SocketAddr>,
+    remote: Option<std::net::SocketAddr>,
+) {
     // The local port matters only to chains matching on it; skipping the getsockname(2)
     // otherwise saves one of the ~20 syscalls a proxied connection costs.
-    let port = match restored {
+    let port = match local {
         Some(dst) => dst.port(),
         None if config.matches_port() => stream.local_addr().map_or(0, |a| a.port()),
         None => 0,
     };
+    let facts = ConnectionFacts {
+        port,
+        server_name: None,
+        transport_protocol: "raw_buffer",
+        application_protocols: Vec::new(),
+        restored_local: local,
+        restored_remote: remote,
+    };
     if let Some(inspector) = &config.tls_inspector {
         let (inspector, listener) = (inspector.clone(), config.clone());
         let started = ctx.insert_handler(move |ctx, id| {
-            Inspecting::start(ctx, id, stream, listener, inspector, port, restored)
+            Inspecting::start(ctx, id, stream, listener, inspector, facts)
         });
         if let Err(e) = started {
             tracing::debug!(listener = %config.name, error = %e, "connection ended in the TLS inspector");
         }
         return;
     }
-    let facts = ConnectionFacts {
-        port,
-        server_name: None,
-        transport_protocol: "raw_buffer",
-        application_protocols: Vec::new(),
-        restored_local: restored,
-    };
     new_connection(ctx, config, stream, &facts);
 }
 

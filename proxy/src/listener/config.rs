@@ -103,6 +103,8 @@ pub struct ListenerConfig {
     pub use_original_dst: bool,
     /// `bind_to_port` (default true): false for a listener reached only by hand-off.
     pub bind_to_port: bool,
+    /// The PROXY protocol filter, when configured.
+    pub proxy_protocol: Option<super::proxy_protocol::ProxyProtocol>,
     /// `listener_filters_timeout` (default 15 s; `None` when 0, no limit).
     pub listener_filters_timeout: Option<std::time::Duration>,
     /// `continue_on_listener_filters_timeout`.
@@ -336,6 +338,7 @@ pub fn compile_listener(
         restore_original_dst: use_original_dst || listener_filters.original_dst,
         use_original_dst,
         bind_to_port: proto.bind_to_port.as_ref().is_none_or(|v| v.value),
+        proxy_protocol: listener_filters.proxy_protocol,
         listener_filters_timeout: (!listener_filters_timeout.is_zero())
             .then_some(listener_filters_timeout),
         continue_on_listener_filters_timeout: proto.continue_on_listener_filters_timeout,

@@ -38,6 +38,9 @@ pub struct ConnectionFacts {
     /// The original destination a listener filter restored: the connection's local
     /// address from here on.
     pub restored_local: Option<std::net::SocketAddr>,
+    /// The client address a PROXY protocol header gave: the connection's remote address
+    /// from here on.
+    pub restored_remote: Option<std::net::SocketAddr>,
 }
 
 impl ChainMatch {
@@ -226,6 +229,7 @@ mod tests {
     fn facts(sni: Option<&str>, tp: &'static str, alpn: &[&str]) -> ConnectionFacts {
         ConnectionFacts {
             restored_local: None,
+            restored_remote: None,
             port: 443,
             server_name: sni.map(String::from),
             transport_protocol: tp,

@@ -1,6 +1,6 @@
 //! A listener's `listener_filters`: what runs on an accepted connection before its
-//! filter chain is picked. Courier has the TLS inspector and the original destination
-//! filter.
+//! filter chain is picked. Courier has the original destination filter, the PROXY
+//! protocol filter and the TLS inspector (run in that order).
 
 use courier_proto::envoy::config::listener::v3::{listener_filter, ListenerFilter};
 use courier_proto::envoy::extensions::filters::listener::original_dst::v3::OriginalDst;
@@ -18,6 +18,8 @@ pub enum ListenerFilterConfig {
     /// `envoy.filters.listener.original_dst`: the connection's local address becomes the
     /// destination it had before NAT redirected it (`SO_ORIGINAL_DST`).
     OriginalDst,
+    /// `envoy.filters.listener.proxy_protocol`.
+    ProxyProtocol(super::proxy_protocol::ProxyProtocol),
 }
 
 /// Builds a listener filter.
@@ -38,6 +40,17 @@ pub static LISTENER_FILTERS: Registry<BuildListenerFilter> = Registry {
                 let cfg: tls_pb::TlsInspector = courier_proto::unpack_any(any)
                     .map_err(|e| ConfigError::new(path, e.to_string()))?;
                 TlsInspector::compile(&cfg, path, store).map(ListenerFilterConfig::TlsInspector)
+            },
+        },
+        Factory {
+            type_name: "envoy.extensions.filters.listener.proxy_protocol.v3.ProxyProtocol",
+            name: "envoy.filters.listener.proxy_protocol",
+            build: |any, path, store| {
+                let cfg: courier_proto::envoy::extensions::filters::listener::proxy_protocol::v3::ProxyProtocol =
+                    courier_proto::unpack_any(any)
+                        .map_err(|e| ConfigError::new(path, e.to_string()))?;
+                super::proxy_protocol::ProxyProtocol::compile(&cfg, path, store)
+                    .map(ListenerFilterConfig::ProxyProtocol)
             },
         },
         Factory {
@@ -65,6 +78,8 @@ pub struct ListenerFilters {
     pub tls_inspector: Option<TlsInspector>,
     /// Whether the original destination filter is configured.
     pub original_dst: bool,
+    /// The PROXY protocol filter, when configured.
+    pub proxy_protocol: Option<super::proxy_protocol::ProxyProtocol>,
 }
 
 /// Compiles a listener's `listener_filters`.
@@ -100,6 +115,16 @@ pub fn compile(filters: &[ListenerFilter], store: &Store) -> Result<ListenerFilt
         match (found.factory.build)(config, &at, store)? {
             ListenerFilterConfig::TlsInspector(t) => out.tls_inspector = Some(t),
             ListenerFilterConfig::OriginalDst => out.original_dst = true,
+            ListenerFilterConfig::ProxyProtocol(p) => {
+                if out.tls_inspector.is_some() {
+                    // Courier reads the PROXY header first; the other order would inspect
+                    // the header as a ClientHello.
+                    return Err(ConfigError::unsupported(format!(
+                        "{path} (the PROXY protocol filter after the TLS inspector)"
+                    )));
+                }
+                out.proxy_protocol = Some(p);
+            }
         }
     }
     Ok(out)

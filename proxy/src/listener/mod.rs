@@ -8,6 +8,7 @@ pub mod listener_filters;
 mod manager;
 mod new_connection;
 pub mod original_dst;
+pub mod proxy_protocol;
 mod socket;
 pub mod tls_inspector;
 

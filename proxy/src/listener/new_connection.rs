@@ -30,6 +30,8 @@ pub struct AcceptedConnection {
     /// The original destination a listener filter restored: the connection's local
     /// address (an `ORIGINAL_DST` cluster connects to it).
     pub restored_local: Option<std::net::SocketAddr>,
+    /// The client address a PROXY protocol header gave: the connection's remote address.
+    pub restored_remote: Option<std::net::SocketAddr>,
 }
 
 /// Picks the connection's filter chain and hands the connection to its terminal filter.
@@ -55,6 +57,7 @@ pub fn new_connection(
             .map(|(context, stats)| ServerTls { context, stats }),
         requested_server_name: facts.server_name.clone(),
         restored_local: facts.restored_local,
+        restored_remote: facts.restored_remote,
         handshake_timeout: chain.transport_socket_connect_timeout,
     };
     let started = match &chain.filter {

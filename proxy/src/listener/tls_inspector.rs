@@ -148,9 +148,9 @@ pub struct Inspecting {
     stream: Option<TcpStream>,
     config: Arc<ListenerConfig>,
     inspector: TlsInspector,
-    port: u16,
-    /// The original destination a listener filter restored.
-    restored: Option<std::net::SocketAddr>,
+    /// What is known of the connection already (its port, the addresses earlier
+    /// listener filters restored); the inspector adds what the ClientHello says.
+    facts: ConnectionFacts,
     buf: Vec<u8>,
 }
 
@@ -162,8 +162,7 @@ impl Inspecting {
         mut stream: TcpStream,
         config: Arc<ListenerConfig>,
         inspector: TlsInspector,
-        port: u16,
-        restored: Option<std::net::SocketAddr>,
+        facts: ConnectionFacts,
     ) -> io::Result<Box<dyn EventHandler<WorkerLocal>>> {
         ctx.registry
             .register(&mut stream, me.token(0), Interest::READABLE)?;
@@ -174,8 +173,7 @@ impl Inspecting {
             stream: Some(stream),
             config,
             inspector,
-            port,
-            restored,
+            facts,
             buf: vec![0; INITIAL_READ],
         };
         // Bytes may have arrived with the connection.
@@ -261,11 +259,10 @@ impl Inspecting {
         }
         self.buf = Vec::new();
         let facts = ConnectionFacts {
-            port: self.port,
             server_name,
             transport_protocol,
             application_protocols,
-            restored_local: self.restored,
+            ..std::mem::take(&mut self.facts)
         };
         super::new_connection::new_connection(ctx, &self.config, stream, &facts);
         Next::Close

@@ -61,6 +61,23 @@ pub struct DnsSettings {
     pub refresh: Duration,
     /// `dns_failure_refresh_rate.base_interval`, else the refresh rate.
     pub failure_refresh: Duration,
+    /// `dns_failure_refresh_rate.max_interval` (default ten times the base): with a
+    /// failure rate, failures back off exponentially, jittered, up to it (Envoy's
+    /// `JitteredExponentialBackOffStrategy`); without, every retry waits the refresh rate.
+    pub failure_max: Option<Duration>,
+}
+
+impl DnsSettings {
+    /// The failure back-off's maximum of a `dns_failure_refresh_rate` with these
+    /// intervals (`None`: none configured).
+    fn failure_max_of(
+        base_interval: Option<&courier_proto::google::protobuf::Duration>,
+        max_interval: Option<&courier_proto::google::protobuf::Duration>,
+        base: Duration,
+    ) -> Option<Duration> {
+        base_interval?;
+        Some(rate(max_interval, base * 10).max(base))
+    }
 }
 
 /// Envoy's default `dns_refresh_rate`.
@@ -89,7 +106,28 @@ impl DnsSettings {
                     .and_then(|f| f.base_interval.as_ref()),
                 refresh,
             ),
+            failure_max: None,
         }
+        .with_failure_max(
+            proto
+                .dns_failure_refresh_rate
+                .as_ref()
+                .and_then(|f| f.base_interval.as_ref()),
+            proto
+                .dns_failure_refresh_rate
+                .as_ref()
+                .and_then(|f| f.max_interval.as_ref()),
+        )
+    }
+
+    fn with_failure_max(
+        mut self,
+        base_interval: Option<&courier_proto::google::protobuf::Duration>,
+        max_interval: Option<&courier_proto::google::protobuf::Duration>,
+    ) -> DnsSettings {
+        self.failure_max =
+            DnsSettings::failure_max_of(base_interval, max_interval, self.failure_refresh);
+        self
     }
 }
 
@@ -166,7 +204,16 @@ fn dns_cluster(
                 .and_then(|f| f.base_interval.as_ref()),
             refresh,
         ),
-    };
+        failure_max: None,
+    }
+    .with_failure_max(
+        c.dns_failure_refresh_rate
+            .as_ref()
+            .and_then(|f| f.base_interval.as_ref()),
+        c.dns_failure_refresh_rate
+            .as_ref()
+            .and_then(|f| f.max_interval.as_ref()),
+    );
     let discovery = if c.all_addresses_in_single_endpoint {
         DiscoveryType::LogicalDns
     } else {
@@ -1725,6 +1772,7 @@ mod tests {
                 family: DnsLookupFamily::V4Preferred,
                 refresh: Duration::from_secs(30),
                 failure_refresh: Duration::from_secs(30),
+                failure_max: None,
             }
         );
         let logical = dns(", all_addresses_in_single_endpoint: true, dns_failure_refresh_rate: { base_interval: 2s, max_interval: 10s }")
@@ -1736,6 +1784,7 @@ mod tests {
                 family: DnsLookupFamily::Auto,
                 refresh: Duration::from_secs(5),
                 failure_refresh: Duration::from_secs(2),
+                failure_max: Some(Duration::from_secs(10)),
             }
         );
         let err = |r: Result<ClusterInfo, ConfigError>| r.err().map(|e| e.path).unwrap_or_default();

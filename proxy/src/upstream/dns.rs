@@ -4,9 +4,10 @@
 //! (a failed one included), so traffic never meets it without hosts while a lookup is
 //! under way, and CDS is ACKed once it is warm; then it is resolved again every
 //! `dns_refresh_rate` (default 5 s), after a failure every
-//! `dns_failure_refresh_rate.base_interval` (default: the refresh rate). A failed lookup
-//! keeps the previous hosts. Not acted on: `respect_dns_ttl` (the system resolver gives no
-//! TTL) and the failure back-off's growth to `max_interval`.
+//! `dns_failure_refresh_rate` (a jittered exponential back-off from `base_interval` up to
+//! `max_interval`, as Envoy's; without it, the refresh rate). A failed lookup keeps the
+//! previous hosts. Not acted on: `respect_dns_ttl` (the system resolver gives no TTL; see
+//! DIFFERENCES.md).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -48,6 +49,8 @@ struct DnsJob {
     refresh: Duration,
     /// `dns_failure_refresh_rate.base_interval`, else the refresh rate.
     failure_refresh: Duration,
+    /// The failure back-off's maximum, with a `dns_failure_refresh_rate`.
+    failure_max: Option<Duration>,
     /// Waiting for its first resolution.
     warming: bool,
     /// Whether the cluster has active health checking.
@@ -97,6 +100,7 @@ fn dns_jobs(cm: &RefCell<ClusterManager>) -> Vec<DnsJob> {
                 family,
                 refresh,
                 failure_refresh,
+                failure_max,
             } = e.info.dns;
             let cla = proto.load_assignment?;
             Some(DnsJob {
@@ -108,6 +112,7 @@ fn dns_jobs(cm: &RefCell<ClusterManager>) -> Vec<DnsJob> {
                 family,
                 refresh,
                 failure_refresh,
+                failure_max,
                 warming,
                 health_checked: e.info.health_check.is_some(),
             })
@@ -228,6 +233,8 @@ pub async fn refresh_loop(ctx: Rc<impl UpstreamContext>) {
     let mut changes = ctx.cluster_changes();
     let cm = ctx.cluster_manager();
     let mut due: HashMap<String, Instant> = HashMap::new();
+    // Each failing cluster's next back-off bound (reset by a success).
+    let mut backoff: HashMap<String, Duration> = HashMap::new();
     loop {
         let jobs = dns_jobs(cm);
         let now = Instant::now();
@@ -256,8 +263,27 @@ pub async fn refresh_loop(ctx: Rc<impl UpstreamContext>) {
         // Lookups run side by side: one slow name does not hold the others back.
         let results = futures::future::join_all(ready.iter().map(|job| resolve(cm, job))).await;
         let mut warmed = false;
+        backoff.retain(|name, _| jobs.iter().any(|j| &j.cluster == name));
         for (job, (ok, was_warming)) in ready.iter().zip(results) {
-            let next = if ok { job.refresh } else { job.failure_refresh };
+            let next = match (ok, job.failure_max) {
+                (true, _) => {
+                    backoff.remove(&job.cluster);
+                    job.refresh
+                }
+                (false, None) => job.failure_refresh,
+                (false, Some(max)) => {
+                    // Envoy's jittered exponential back-off: a random wait below the
+                    // bound, which doubles after each failure up to the maximum.
+                    let bound = backoff
+                        .get(&job.cluster)
+                        .copied()
+                        .unwrap_or(job.failure_refresh);
+                    let doubled = if bound < max / 2 { bound * 2 } else { max };
+                    backoff.insert(job.cluster.clone(), doubled);
+                    let ms = bound.as_millis().max(1) as u64;
+                    Duration::from_millis(fastrand::u64(..ms)).min(max)
+                }
+            };
             due.insert(job.cluster.clone(), Instant::now() + next);
             warmed |= was_warming;
         }

@@ -121,9 +121,13 @@ impl HttpConnection {
             requested_server_name,
             handshake_timeout,
             restored_local,
+            restored_remote,
         } = accepted;
         let worker = ctx.local.id;
-        let remote = stream.peer_addr()?;
+        let remote = match restored_remote {
+            Some(src) => src,
+            None => stream.peer_addr()?,
+        };
         let local = match restored_local {
             Some(dst) => dst,
             None => stream.local_addr()?,

@@ -8,9 +8,6 @@ use mio::event::Event;
 use mio::net::TcpListener;
 use mio::Interest;
 
-use super::filter_chain_match::ConnectionFacts;
-use super::new_connection::new_connection;
-use super::tls_inspector::Inspecting;
 use super::ListenerConfig;
 use crate::worker::{Ctx, EventHandler, HandlerId, Next, WorkerLocal};
 
@@ -94,44 +91,7 @@ fn accept_connection(ctx: &mut Ctx, config: &Arc<ListenerConfig>, stream: mio::n
         }
         return;
     }
-    after_proxy_protocol(ctx, config, stream, restored, None);
-}
-
-/// The rest of a connection's listener filters (the TLS inspector), then its chain.
-/// `local` and `remote` are the addresses the earlier filters restored.
-pub fn after_proxy_protocol(
-    ctx: &mut Ctx,
-    config: &Arc<ListenerConfig>,
-    stream: mio::net::TcpStream,
-    local: Option<std::net::SocketAddr>,
-    remote: Option<std::net::SocketAddr>,
-) {
-    // The local port matters only to chains matching on it; skipping the getsockname(2)
-    // otherwise saves one of the ~20 syscalls a proxied connection costs.
-    let port = match local {
-        Some(dst) => dst.port(),
-        None if config.matches_port() => stream.local_addr().map_or(0, |a| a.port()),
-        None => 0,
-    };
-    let facts = ConnectionFacts {
-        port,
-        server_name: None,
-        transport_protocol: "raw_buffer",
-        application_protocols: Vec::new(),
-        restored_local: local,
-        restored_remote: remote,
-    };
-    if let Some(inspector) = &config.tls_inspector {
-        let (inspector, listener) = (inspector.clone(), config.clone());
-        let started = ctx.insert_handler(move |ctx, id| {
-            Inspecting::start(ctx, id, stream, listener, inspector, facts)
-        });
-        if let Err(e) = started {
-            tracing::debug!(listener = %config.name, error = %e, "connection ended in the TLS inspector");
-        }
-        return;
-    }
-    new_connection(ctx, config, stream, &facts);
+    super::tls_inspector::inspect_then_connect(ctx, config, stream, restored, None);
 }
 
 impl EventHandler<WorkerLocal> for ActiveTcpListener {

@@ -398,7 +398,7 @@ impl Reading {
             Some((src, dst)) => (Some(src), Some(dst)),
             None => (None, self.restored_local),
         };
-        super::active_tcp_listener::after_proxy_protocol(ctx, &self.config, stream, local, remote);
+        super::tls_inspector::inspect_then_connect(ctx, &self.config, stream, local, remote);
         Next::Close
     }
 }

@@ -7,6 +7,7 @@
 
 pub mod tls;
 mod transport;
+pub mod upstream_proxy_protocol;
 
 use std::sync::Arc;
 
@@ -114,4 +115,33 @@ pub fn compile_upstream(
     path: &str,
 ) -> Result<Option<Arc<tls::ClientContext>>, ConfigError> {
     socket.map_or(Ok(None), |s| build(&UPSTREAM, s, path))
+}
+
+/// Compiles a cluster's `transport_socket` (at `path`): its TLS (`None`: raw) and, for
+/// `upstream_proxy_protocol`, the PROXY protocol header its connections start with (its
+/// inner socket is the TLS or raw one).
+pub fn compile_upstream_socket(
+    socket: Option<&TransportSocket>,
+    path: &str,
+) -> Result<
+    (
+        Option<Arc<tls::ClientContext>>,
+        Option<upstream_proxy_protocol::ProxyProtocolVersion>,
+    ),
+    ConfigError,
+> {
+    let wrapper = socket
+        .and_then(|s| s.config_type.as_ref())
+        .map(|transport_socket::ConfigType::TypedConfig(any)| any)
+        .filter(|any| {
+            courier_proto::type_url::message_name(&any.type_url) == upstream_proxy_protocol::TYPE
+        });
+    let Some(any) = wrapper else {
+        return Ok((compile_upstream(socket, path)?, None));
+    };
+    let at = format!("{path}.typed_config");
+    let t = courier_proto::unpack_any(any).map_err(|e| ConfigError::new(&at, e.to_string()))?;
+    let (version, inner) = upstream_proxy_protocol::compile(&t, &at)?;
+    let tls = compile_upstream(inner.as_ref(), &format!("{at}.transport_socket"))?;
+    Ok((tls, Some(version)))
 }

@@ -386,6 +386,10 @@ pub struct ClusterInfo {
     pub stream_limits: StreamLimits,
     /// `transport_socket`: TLS to the hosts, or the raw socket (`None`).
     pub tls: Option<crate::transport_socket::tls::ClientTls>,
+    /// `upstream_proxy_protocol`: each connection starts with a PROXY protocol header
+    /// naming its downstream connection's addresses.
+    pub proxy_protocol:
+        Option<crate::transport_socket::upstream_proxy_protocol::ProxyProtocolVersion>,
     /// `transport_socket_matches`: other sockets, for the hosts whose metadata asks.
     pub socket_matches: Arc<SocketMatches>,
     /// `health_checks`: the active check and its `health_check.*` stats.
@@ -451,6 +455,7 @@ impl ClusterInfo {
             conn_lifetime: self.conn_lifetime,
             stream_limits: self.stream_limits,
             tls: self.tls.clone(),
+            proxy_protocol: self.proxy_protocol,
             socket_matches: self.socket_matches.clone(),
             health_check: self.health_check.clone(),
             outlier: self.outlier.clone(),
@@ -617,11 +622,11 @@ pub fn compile_cluster_reporting(
         })
         .clone()
     };
-    let tls = crate::transport_socket::compile_upstream(
+    let (tls, proxy_protocol) = crate::transport_socket::compile_upstream_socket(
         proto.transport_socket.as_ref(),
         "transport_socket",
-    )?
-    .map(|context| crate::transport_socket::tls::ClientTls {
+    )?;
+    let tls = tls.map(|context| crate::transport_socket::tls::ClientTls {
         context,
         stats: ssl(),
     });
@@ -709,6 +714,7 @@ pub fn compile_cluster_reporting(
         conn_lifetime,
         stream_limits,
         tls,
+        proxy_protocol,
         socket_matches,
         health_check,
         outlier,

@@ -24,21 +24,32 @@ pub enum ConnectError {
 
 /// Connects to `host` of `cluster`; `alpn` is what the connection will speak when the
 /// TLS context names no ALPN protocols, `auto` the server name a request chose
-/// (`auto_sni`).
+/// (`auto_sni`), `downstream` the (client, destination) addresses of the downstream
+/// connection it serves (the PROXY protocol header of an `upstream_proxy_protocol`
+/// cluster names them).
 pub async fn connect(
     cluster: &ClusterInfo,
     host: &Host,
     alpn: AlpnFallback,
     auto: Option<&AutoName>,
     worker: usize,
+    downstream: Option<(std::net::SocketAddr, std::net::SocketAddr)>,
 ) -> Result<Transport, ConnectError> {
     let deadline = Instant::now() + cluster.connect_timeout;
     let open = async {
-        let tcp = TcpIo::connected(super::bind_config::open(
+        let mut tcp = TcpIo::connected(super::bind_config::open(
             host.address,
             cluster.bind.as_ref(),
         )?)
         .await?;
+        if let Some(version) = cluster.proxy_protocol {
+            use crate::transport_socket::upstream_proxy_protocol::{header, local_header};
+            let bytes = match downstream {
+                Some((src, dst)) => header(version, src, dst),
+                None => local_header(version),
+            };
+            write_all(&mut tcp, &bytes).await?;
+        }
         let Some(tls) = cluster.host_tls(host) else {
             return Ok(Transport::Raw(tcp));
         };
@@ -56,4 +67,17 @@ pub async fn connect(
         None => Err(ConnectError::Timeout),
         Some(r) => r.map_err(ConnectError::Failed),
     }
+}
+
+/// Writes all of `bytes` (the PROXY protocol header, before anything else).
+async fn write_all(io: &mut TcpIo, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        let n = std::future::poll_fn(|cx| io.poll_send_vectored(cx, &[io::IoSlice::new(bytes)]))
+            .await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        bytes = &bytes[n..];
+    }
+    Ok(())
 }

@@ -669,7 +669,15 @@ pub(crate) async fn forward(
                 // the request future, next to the copy the timeout holds.
                 rt::timeout(
                     try_deadline,
-                    send_once(&pool, &cluster, &host, worker, &sinks, up_req),
+                    send_once(
+                        &pool,
+                        &cluster,
+                        &host,
+                        worker,
+                        &sinks,
+                        up_req,
+                        Some((conn.remote, conn.local)),
+                    ),
                 )
                 .await
             }
@@ -1042,19 +1050,27 @@ pub(crate) async fn send_upgrade(
     stats.upstream_cx_total.inc(worker);
     let alpn = crate::transport_socket::tls::AlpnFallback::Http1;
     let name = cluster.auto_sni.as_ref().and_then(|a| a.name_for(&req));
-    let io =
-        match crate::upstream::connect::connect(cluster, host, alpn, name.as_ref(), worker).await {
-            Ok(io) => io,
-            Err(crate::upstream::connect::ConnectError::Failed(e)) => {
-                tracing::debug!(cluster = %cluster.name, error = %e, "upstream connect failure");
-                stats.upstream_cx_connect_fail.inc(worker);
-                return Err(AttemptError::ConnectFailure);
-            }
-            Err(crate::upstream::connect::ConnectError::Timeout) => {
-                stats.upstream_cx_connect_timeout.inc(worker);
-                return Err(AttemptError::ConnectFailure);
-            }
-        };
+    let io = match crate::upstream::connect::connect(
+        cluster,
+        host,
+        alpn,
+        name.as_ref(),
+        worker,
+        Some((downstream_conn.remote, downstream_conn.local)),
+    )
+    .await
+    {
+        Ok(io) => io,
+        Err(crate::upstream::connect::ConnectError::Failed(e)) => {
+            tracing::debug!(cluster = %cluster.name, error = %e, "upstream connect failure");
+            stats.upstream_cx_connect_fail.inc(worker);
+            return Err(AttemptError::ConnectFailure);
+        }
+        Err(crate::upstream::connect::ConnectError::Timeout) => {
+            stats.upstream_cx_connect_timeout.inc(worker);
+            return Err(AttemptError::ConnectFailure);
+        }
+    };
     sinks.attempt(worker);
     // The cluster's stream duration runs from here, the tunnel included, as Envoy's.
     let upstream_ends = cluster.stream_limits.attempt_ends();

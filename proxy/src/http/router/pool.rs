@@ -41,6 +41,10 @@ pub struct ConnKey {
     pub addr: SocketAddr,
     /// The server name the request chose, under `auto_sni`.
     pub name: Option<AutoName>,
+    /// Under `upstream_proxy_protocol`: the downstream connection's (client,
+    /// destination) addresses its PROXY header names (a connection serves one downstream
+    /// connection's requests, as Envoy pools them).
+    pub downstream: Option<(SocketAddr, SocketAddr)>,
 }
 
 impl ConnKey {
@@ -49,6 +53,7 @@ impl ConnKey {
         ConnKey {
             addr,
             name: name.cloned(),
+            downstream: None,
         }
     }
 }
@@ -939,7 +944,16 @@ impl ClusterPool {
         } else {
             AlpnFallback::Http1
         };
-        let io = match connect::connect(cluster, host, alpn, key.name.as_ref(), worker).await {
+        let io = match connect::connect(
+            cluster,
+            host,
+            alpn,
+            key.name.as_ref(),
+            worker,
+            key.downstream,
+        )
+        .await
+        {
             Err(ConnectError::Timeout) => {
                 self.connect_failed(cluster, host, key, worker);
                 cluster.stats.upstream_cx_connect_timeout.inc(worker);

@@ -29,7 +29,9 @@ pub(crate) fn http1_response_body(cluster: &ClusterInfo, body: ProxyBody) -> Pro
 }
 
 /// Sends one request on a connection of `pool` to `host` (a stale kept-alive one is
-/// replaced); the response as its head arrives.
+/// replaced); the response as its head arrives. `downstream` is the (client,
+/// destination) addresses of the request's connection, which an `upstream_proxy_protocol`
+/// cluster's connections are kept per.
 pub(crate) async fn send_once(
     pool: &Rc<pool::ClusterPool>,
     cluster: &Arc<ClusterInfo>,
@@ -37,6 +39,7 @@ pub(crate) async fn send_once(
     worker: usize,
     sinks: &StatSinks<'_>,
     req: Request<ProxyBody>,
+    downstream: Option<(std::net::SocketAddr, std::net::SocketAddr)>,
 ) -> Result<Response<ProxyBody>, AttemptError> {
     let mut req = req;
     let limits = &cluster.stream_limits;
@@ -47,7 +50,10 @@ pub(crate) async fn send_once(
     let raw_body = (!cluster.http2).then(|| req.body().bytes()).flatten();
     // Under `auto_sni`, only connections opened with this request's server name serve it.
     let name = cluster.auto_sni.as_ref().and_then(|a| a.name_for(&req));
-    let key = pool::ConnKey::new(host.address, name.as_ref());
+    let mut key = pool::ConnKey::new(host.address, name.as_ref());
+    if cluster.proxy_protocol.is_some() {
+        key.downstream = downstream;
+    }
     let mut counted = false;
     for _ in 0..3 {
         let raw = raw_body.is_some();

@@ -38,6 +38,8 @@ struct Target {
     host: Arc<Host>,
     tls: Option<ClientTls>,
     bind: Option<crate::upstream::bind_config::BindConfig>,
+    /// `upstream_proxy_protocol`: checks start with a header naming no connection.
+    proxy_protocol: Option<crate::transport_socket::upstream_proxy_protocol::ProxyProtocolVersion>,
 }
 
 /// A running session.
@@ -94,6 +96,7 @@ fn reconcile<C: UpstreamContext + 'static>(
                     host: host.clone(),
                     tls: info.host_tls(host).cloned(),
                     bind: info.bind,
+                    proxy_protocol: info.proxy_protocol,
                 });
             }
         }
@@ -230,7 +233,12 @@ fn count_and_log(t: &Target, outcome: Outcome, first: bool, failing_before: bool
 /// Opens a connection to the target's host (TLS when its cluster has it, offering
 /// `alpn`).
 async fn connect(t: &Target, alpn: &[u8]) -> std::io::Result<Box<dyn Io>> {
-    let tcp = crate::upstream::bind_config::open_tokio(t.host.address, t.bind.as_ref()).await?;
+    let mut tcp = crate::upstream::bind_config::open_tokio(t.host.address, t.bind.as_ref()).await?;
+    if let Some(version) = t.proxy_protocol {
+        use tokio::io::AsyncWriteExt;
+        let header = crate::transport_socket::upstream_proxy_protocol::local_header(version);
+        tcp.write_all(&header).await?;
+    }
     let _ = tcp.set_nodelay(true);
     let Some(tls) = &t.tls else {
         return Ok(Box::new(tcp));

@@ -196,6 +196,8 @@ pub struct TcpProxySession {
     host: Option<Arc<Host>>,
     /// The original destination the listener restored (an `ORIGINAL_DST` cluster's host).
     restored_local: Option<std::net::SocketAddr>,
+    /// The client address a PROXY protocol header gave.
+    restored_remote: Option<std::net::SocketAddr>,
     attempts: u32,
     to_upstream: Pending,
     to_downstream: Pending,
@@ -220,6 +222,7 @@ impl TcpProxySession {
             tls,
             handshake_timeout,
             restored_local,
+            restored_remote,
             ..
         } = accepted;
         let worker = ctx.local.id;
@@ -244,6 +247,7 @@ impl TcpProxySession {
             cluster: None,
             host: None,
             restored_local,
+            restored_remote,
             attempts: 0,
             to_upstream: Pending::default(),
             to_downstream: Pending::default(),
@@ -373,6 +377,28 @@ impl TcpProxySession {
             return Next::Continue;
         }
         self.close(ctx, me)
+    }
+
+    /// Under `upstream_proxy_protocol`, writes the PROXY header naming the downstream
+    /// connection's addresses, before any byte of it (and before a TLS handshake);
+    /// whether the connection may go on.
+    fn send_proxy_header(&mut self) -> bool {
+        use std::io::Write;
+        let Some(version) = self.cluster.as_ref().and_then(|c| c.proxy_protocol) else {
+            return true;
+        };
+        let src = self
+            .restored_remote
+            .or_else(|| self.downstream.stream.peer_addr().ok());
+        let dst = self
+            .restored_local
+            .or_else(|| self.downstream.stream.local_addr().ok());
+        let (Some(src), Some(dst), Some(up)) = (src, dst, self.upstream.as_mut()) else {
+            return false;
+        };
+        let header = crate::transport_socket::upstream_proxy_protocol::header(version, src, dst);
+        // A new connection's send buffer takes a header of at most a few hundred bytes.
+        matches!(up.stream.write(&header), Ok(n) if n == header.len())
     }
 
     /// Checks a connecting upstream after an event: connected, failed, or not yet.
@@ -575,6 +601,9 @@ impl EventHandler<WorkerLocal> for TcpProxySession {
                 None => return Next::Continue,
                 Some(false) => return self.connect_failed(ctx, me, false),
                 Some(true) => {
+                    if !self.send_proxy_header() {
+                        return self.connect_failed(ctx, me, false);
+                    }
                     self.state = State::Open;
                     if let (Some(host), Some(d)) = (
                         &self.host,

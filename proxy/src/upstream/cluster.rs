@@ -1213,6 +1213,16 @@ struct ParsedEndpoint {
     transport_match: Option<u16>,
     locality: u32,
     locality_weight: u32,
+    canary: bool,
+}
+
+/// Whether an endpoint's metadata marks it canary (`envoy.lb` `canary: true`).
+fn is_canary(metadata: Option<&courier_proto::envoy::config::core::v3::Metadata>) -> bool {
+    use courier_proto::google::protobuf::value::Kind;
+    metadata
+        .and_then(|m| m.filter_metadata.get("envoy.lb"))
+        .and_then(|s| s.fields.get("canary"))
+        .is_some_and(|v| matches!(v.kind, Some(Kind::BoolValue(true))))
 }
 
 /// Each `endpoints` entry's locality, as Envoy groups them: an index among the distinct
@@ -1335,6 +1345,7 @@ fn parse_assignment(
                 transport_match: matches.choose(lb.metadata.as_ref(), locality.metadata.as_ref()),
                 locality: locality_index,
                 locality_weight,
+                canary: is_canary(lb.metadata.as_ref()),
             });
         }
     }
@@ -1408,7 +1419,8 @@ pub fn build_host_set(
                     e.hostname,
                     e.transport_match,
                 )
-                .in_locality(e.locality, e.locality_weight),
+                .in_locality(e.locality, e.locality_weight)
+                .with_canary(e.canary),
             )
         })
         .collect();

@@ -187,6 +187,9 @@ pub struct Host {
     pub locality: u32,
     /// Its locality's `load_balancing_weight` (0 when unset, as Envoy reads it).
     pub locality_weight: u32,
+    /// `envoy.lb` metadata `canary: true` (what the `omit_canary_hosts` retry host
+    /// predicate avoids).
+    pub canary: bool,
 }
 
 impl Host {
@@ -211,7 +214,14 @@ impl Host {
             transport_match,
             locality: 0,
             locality_weight: 0,
+            canary: false,
         }
+    }
+
+    /// This host marked canary (its `envoy.lb` metadata says `canary: true`).
+    pub fn with_canary(mut self, canary: bool) -> Host {
+        self.canary = canary;
+        self
     }
 
     /// This host in `locality` (see [`Host::locality`]) of weight `weight`.
@@ -233,6 +243,7 @@ impl Host {
             self.transport_match,
         )
         .in_locality(self.locality, self.locality_weight)
+        .with_canary(self.canary)
     }
 
     /// Envoy's `health_flags` text for `/clusters`: `healthy`, or each flag as

@@ -450,12 +450,17 @@ pub struct RetryPolicy {
     pub avoid_previous_hosts: bool,
     /// `host_selection_retry_max_attempts`: how many more picks a retry makes to avoid them.
     pub host_reselections: u32,
+    /// `retry_host_predicate` `omit_canary_hosts`: a retry avoids canary hosts.
+    pub omit_canary_hosts: bool,
 }
 
-/// The one retry host predicate Courier has (Envoy's `previous_hosts`), by its config's
-/// type.
+/// The retry host predicates Courier has (Envoy's `previous_hosts` and
+/// `omit_canary_hosts`), by their configs' types.
 const PREVIOUS_HOSTS_TYPE: &str =
     "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate";
+/// See [`PREVIOUS_HOSTS_TYPE`].
+const OMIT_CANARY_HOSTS_TYPE: &str =
+    "envoy.extensions.retry.host.omit_canary_hosts.v3.OmitCanaryHostsPredicate";
 
 impl RetryPolicy {
     /// A policy with no retry condition, and Envoy's defaults: one retry, a 25 ms back-off.
@@ -481,6 +486,7 @@ impl RetryPolicy {
             max_interval: Duration::from_millis(250),
             avoid_previous_hosts: false,
             host_reselections: 0,
+            omit_canary_hosts: false,
         }
     }
 
@@ -560,20 +566,29 @@ impl RetryPolicy {
         }
         use pb::retry_policy::retry_host_predicate::ConfigType;
         for (i, predicate) in p.retry_host_predicate.iter().enumerate() {
-            let previous_hosts = match &predicate.config_type {
+            let is = |type_name: &str, name: &str| match &predicate.config_type {
                 Some(ConfigType::TypedConfig(any)) => any
                     .type_url
                     .rsplit('/')
                     .next()
-                    .is_some_and(|t| t == PREVIOUS_HOSTS_TYPE),
-                None => predicate.name == "envoy.retry_host_predicates.previous_hosts",
+                    .is_some_and(|t| t == type_name),
+                None => predicate.name == name,
             };
-            if !previous_hosts {
+            if is(
+                PREVIOUS_HOSTS_TYPE,
+                "envoy.retry_host_predicates.previous_hosts",
+            ) {
+                r.avoid_previous_hosts = true;
+            } else if is(
+                OMIT_CANARY_HOSTS_TYPE,
+                "envoy.retry_host_predicates.omit_canary_hosts",
+            ) {
+                r.omit_canary_hosts = true;
+            } else {
                 return Err(ConfigError::unsupported(format!(
                     "{path}.retry_host_predicate[{i}]"
                 )));
             }
-            r.avoid_previous_hosts = true;
         }
         // Envoy reads a negative count as none.
         r.host_reselections =
@@ -2291,7 +2306,7 @@ mod tests {
     }
 
     #[test]
-    fn only_the_previous_hosts_retry_predicate_is_taken() {
+    fn previous_hosts_and_omit_canary_hosts_are_the_predicates_taken() {
         let policy = |predicate: serde_json::Value| {
             table(serde_json::json!({
                 "name": "r",
@@ -2313,8 +2328,15 @@ mod tests {
         let r = a.retry_policy.as_ref().expect("a retry policy");
         assert!(r.avoid_previous_hosts);
         assert_eq!(r.host_reselections, 3);
-        let err = policy(serde_json::json!({"name": "envoy.retry_host_predicates.omit_canary_hosts",
+        let t = policy(serde_json::json!({"name": "envoy.retry_host_predicates.omit_canary_hosts",
             "typed_config": {"@type": "type.googleapis.com/envoy.extensions.retry.host.omit_canary_hosts.v3.OmitCanaryHostsPredicate"}}))
+        .expect("compiles");
+        let Action::Route(a) = &t.vhosts[0].routes[0].action else {
+            panic!("a route action")
+        };
+        assert!(a.retry_policy.as_ref().is_some_and(|r| r.omit_canary_hosts));
+        let err = policy(serde_json::json!({"name": "envoy.retry_host_predicates.omit_host_metadata",
+            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.retry.host.omit_host_metadata.v3.OmitHostMetadataConfig"}}))
         .err()
         .expect("refused");
         assert_eq!(

@@ -478,14 +478,19 @@ pub(crate) async fn forward(
             attempt -= 1;
             break;
         }
+        // The retry policy's host predicates, on retries only, as Envoy consults them.
         let avoiding = retry
             .as_ref()
-            .filter(|r| r.avoid_previous_hosts && attempt > 1);
+            .filter(|r| (r.avoid_previous_hosts || r.omit_canary_hosts) && attempt > 1);
         let host = match (original_dst, avoiding) {
             (Some(dst), _) => dst.and_then(|dst| pool::original_dst_host(&cluster, dst)),
-            (None, Some(r)) => {
-                pool::choose_host_avoiding(&cluster, lb_hash, &tried, r.host_reselections)
-            }
+            (None, Some(r)) => pool::choose_host_avoiding(
+                &cluster,
+                lb_hash,
+                &tried,
+                r.omit_canary_hosts,
+                r.host_reselections,
+            ),
             (None, None) => pool::choose_host(&cluster, lb_hash),
         };
         let Some(host) = host else {

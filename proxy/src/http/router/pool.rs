@@ -393,13 +393,14 @@ pub fn original_dst_host(cluster: &ClusterInfo, dst: std::net::SocketAddr) -> Op
     ThreadLocalClusterManager::with(|tlcm| tlcm.original_dst_host(cluster, dst))
 }
 
-/// Picks a host for a retry that avoids the hosts already tried (a retry policy's
-/// `previous_hosts` predicate): up to `reselections` more picks, then the last one
-/// whatever it is, as Envoy's.
+/// Picks a host that the retry policy's host predicates accept: not one already tried
+/// (`previous_hosts`), not a canary (`omit_canary_hosts`); up to `reselections` more
+/// picks, then the last one whatever it is, as Envoy's.
 pub fn choose_host_avoiding(
     cluster: &ClusterInfo,
     hash: Option<u64>,
     tried: &[std::net::SocketAddr],
+    omit_canary: bool,
     reselections: u32,
 ) -> Option<Arc<Host>> {
     ThreadLocalClusterManager::with(|tlcm| {
@@ -407,7 +408,7 @@ pub fn choose_host_avoiding(
         for attempt in 0..=reselections {
             host = tlcm.choose_host(cluster, hash, attempt);
             match &host {
-                Some(h) if tried.contains(&h.address) => continue,
+                Some(h) if tried.contains(&h.address) || (omit_canary && h.canary) => continue,
                 _ => break,
             }
         }

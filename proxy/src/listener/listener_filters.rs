@@ -112,7 +112,20 @@ pub fn compile(filters: &[ListenerFilter], store: &Store) -> Result<ListenerFilt
         } else {
             &config
         };
-        match (found.factory.build)(config, &at, store)? {
+        let built = (found.factory.build)(config, &at, store)?;
+        let twice = match &built {
+            ListenerFilterConfig::TlsInspector(_) => out.tls_inspector.is_some(),
+            ListenerFilterConfig::OriginalDst => out.original_dst,
+            ListenerFilterConfig::ProxyProtocol(_) => out.proxy_protocol.is_some(),
+        };
+        if twice {
+            // Envoy runs each; Courier runs one of a kind.
+            return Err(ConfigError::unsupported(format!(
+                "{path} (a second {} listener filter)",
+                found.factory.name
+            )));
+        }
+        match built {
             ListenerFilterConfig::TlsInspector(t) => out.tls_inspector = Some(t),
             ListenerFilterConfig::OriginalDst => out.original_dst = true,
             ListenerFilterConfig::ProxyProtocol(p) => {

@@ -408,12 +408,24 @@ impl EventHandler<WorkerLocal> for Reading {
         self.peek(ctx)
     }
 
-    fn on_timer(&mut self, tag: u64, _ctx: &mut Ctx, _me: HandlerId) -> Next {
-        if tag == TIMER_TIMEOUT {
-            // As the TLS inspector: a connection that sends no header in time is closed.
-            return Next::Close;
+    fn on_timer(&mut self, tag: u64, ctx: &mut Ctx, _me: HandlerId) -> Next {
+        if tag != TIMER_TIMEOUT {
+            return Next::Continue;
         }
-        Next::Continue
+        // As every listener filter in Envoy: a connection whose header does not come in
+        // time is closed, or given to its chain as it is.
+        self.config
+            .stats
+            .downstream_pre_cx_timeout
+            .inc(ctx.local.id);
+        if self.config.continue_on_listener_filters_timeout {
+            return self.hand_over(ctx, None);
+        }
+        Next::Close
+    }
+
+    fn on_drain(&mut self, _ctx: &mut Ctx, _me: HandlerId) -> Next {
+        Next::Close
     }
 }
 

@@ -246,15 +246,14 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         .map(|o| o.event_log_path.as_str())
         .filter(|p| !p.is_empty())
     {
-        Some(path) => Some(
+        Some(path) => Some(Arc::new(
             crate::upstream::outlier_detection::EventLog::open(path).with_context(|| {
                 format!("cannot open cluster_manager.outlier_detection.event_log_path '{path}'")
             })?,
-        ),
+        )),
         None => None,
     };
-    let (outlier_events, outlier_decider) =
-        crate::upstream::outlier_detection::Decider::channel(outlier_log);
+    let (outlier_events, outlier_decider) = crate::upstream::outlier_detection::Decider::channel();
     let (new_hosts, host_adder) = crate::upstream::original_dst::HostAdder::channel();
     let mut cluster_manager = ClusterManager::new(
         store.clone(),
@@ -262,6 +261,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         crate::upstream::ToMainThread {
             outlier_events,
             new_hosts,
+            outlier_log,
         },
     );
     cluster_manager.set_default_bind(

@@ -487,6 +487,8 @@ pub struct ToMainThread {
     pub outlier_events: tokio::sync::mpsc::UnboundedSender<super::outlier_detection::OutlierEvent>,
     /// New `ORIGINAL_DST` hosts ([`super::original_dst::run`]).
     pub new_hosts: tokio::sync::mpsc::UnboundedSender<super::original_dst::NewHost>,
+    /// `cluster_manager.outlier_detection.event_log_path`, where outlier detectors log.
+    pub outlier_log: Option<Arc<super::outlier_detection::EventLog>>,
 }
 
 impl ToMainThread {
@@ -495,6 +497,7 @@ impl ToMainThread {
         ToMainThread {
             outlier_events: tokio::sync::mpsc::unbounded_channel().0,
             new_hosts: tokio::sync::mpsc::unbounded_channel().0,
+            outlier_log: None,
         }
     }
 }
@@ -657,6 +660,7 @@ pub fn compile_cluster_reporting(
             store,
             &proto.name,
             to_main.outlier_events.clone(),
+            to_main.outlier_log.clone(),
         ))),
         None => None,
     };

@@ -246,33 +246,20 @@ impl ClusterManager {
     /// Adds `host` (an `ORIGINAL_DST` host a worker made) to cluster `name`, unless it
     /// has one at that address already.
     pub fn add_host(&mut self, name: &str, host: Arc<super::Host>) {
-        let Some(entry) = self.active.get_mut(name) else {
+        let Some(entry) = self.active.get(name) else {
             return;
         };
-        if entry
-            .info
-            .hosts
-            .hosts
-            .iter()
-            .any(|h| h.address == host.address)
-        {
+        if entry.info.hosts.find(host.address).is_some() {
             return;
         }
         let mut hosts = entry.info.hosts.hosts.clone();
         hosts.push(host);
-        entry.info = Arc::new(
-            entry
-                .info
-                .with_hosts(Arc::new(HostSet::new(hosts, entry.info.panic_threshold))),
-        );
-        entry.info.update_membership_stats();
-        self.stats.cluster_updated.inc(MAIN_THREAD);
-        self.dirty = true;
+        self.replace_hosts(name, hosts);
     }
 
     /// Keeps only the hosts of cluster `name` at `keep` (an `ORIGINAL_DST` sweep).
-    pub fn retain_hosts(&mut self, name: &str, keep: &[std::net::SocketAddr]) {
-        let Some(entry) = self.active.get_mut(name) else {
+    pub fn retain_hosts(&mut self, name: &str, keep: &HashSet<std::net::SocketAddr>) {
+        let Some(entry) = self.active.get(name) else {
             return;
         };
         let hosts = entry
@@ -283,14 +270,26 @@ impl ClusterManager {
             .filter(|h| keep.contains(&h.address))
             .cloned()
             .collect();
-        entry.info = Arc::new(
-            entry
-                .info
-                .with_hosts(Arc::new(HostSet::new(hosts, entry.info.panic_threshold))),
+        self.replace_hosts(name, hosts);
+    }
+
+    /// Cluster `name`'s membership is now `hosts` (its settings kept), published with the
+    /// next snapshot; the tasks that follow membership are told.
+    fn replace_hosts(&mut self, name: &str, hosts: Vec<Arc<super::Host>>) {
+        let Some(entry) = self.active.get_mut(name) else {
+            return;
+        };
+        let set = HostSet::with_overprovisioning(
+            hosts,
+            entry.info.panic_threshold,
+            entry.info.hosts.overprovisioning,
         );
+        entry.info = Arc::new(entry.info.with_hosts(Arc::new(set)));
         entry.info.update_membership_stats();
         self.stats.cluster_updated.inc(MAIN_THREAD);
         self.dirty = true;
+        self.hosts_updated(name);
+        self.notify();
     }
 
     /// Membership changed (hosts reached the workers): a health change within the merge

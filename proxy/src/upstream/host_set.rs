@@ -71,26 +71,44 @@ fn priority_loads(hosts: &[Arc<Host>], panic_threshold: f64, overprovisioning: u
             HostHealth::Unhealthy => {}
         }
     }
+    // In u64, as Envoy: the factor comes from the configuration.
     let availability = |count: &[u32], p: usize| -> u32 {
-        (overprovisioning * count[p])
-            .checked_div(total[p])
-            .map_or(0, |a| a.min(100))
+        (u64::from(overprovisioning) * u64::from(count[p]))
+            .checked_div(u64::from(total[p]))
+            .map_or(0, |a| a.min(100) as u32)
     };
     let health: Vec<u32> = (0..levels).map(|p| availability(&healthy, p)).collect();
     let degraded_availability: Vec<u32> = (0..levels).map(|p| availability(&degraded, p)).collect();
-    let panic: Vec<bool> = (0..levels)
-        .map(|p| {
-            total[p] > 0
-                && panic_threshold > 0.0
-                && 100.0 * f64::from(healthy[p] + degraded[p]) / f64::from(total[p])
-                    < panic_threshold
-        })
-        .collect();
     let all_of = |p: usize| -> Vec<usize> {
         (0..hosts.len())
             .filter(|&i| hosts[i].priority as usize == p)
             .collect()
     };
+    let normalized: u32 = health
+        .iter()
+        .chain(&degraded_availability)
+        .sum::<u32>()
+        .min(100);
+    // Panic disabled and nothing available: all the load on the first priority's healthy
+    // hosts, of which there are none ("no healthy upstream"), as Envoy.
+    if normalized == 0 && panic_threshold <= 0.0 {
+        return vec![Level {
+            load: 100,
+            members: Vec::new(),
+            panic: false,
+        }];
+    }
+    // As Envoy, no priority panics while the priorities together are fully available; an
+    // empty priority counts as in panic.
+    let panic: Vec<bool> = (0..levels)
+        .map(|p| {
+            normalized < 100
+                && panic_threshold > 0.0
+                && (total[p] == 0
+                    || 100.0 * f64::from(healthy[p] + degraded[p]) / f64::from(total[p])
+                        < panic_threshold)
+        })
+        .collect();
     let of = |p: usize, want: HostHealth| -> Vec<usize> {
         if panic[p] {
             return all_of(p);
@@ -99,18 +117,13 @@ fn priority_loads(hosts: &[Arc<Host>], panic_threshold: f64, overprovisioning: u
             .filter(|&i| hosts[i].priority as usize == p && hosts[i].health == want)
             .collect()
     };
-    let normalized: u32 = health
-        .iter()
-        .chain(&degraded_availability)
-        .sum::<u32>()
-        .min(100);
     let mut out = Vec::new();
-    if normalized == 0 {
+    if panic.iter().all(|&p| p) {
         // Total panic: every host of every priority, by the priorities' host counts.
         let all: u32 = total.iter().sum();
         let mut left = 100;
         for (p, &count) in total.iter().enumerate() {
-            let load = (100 * count / all).min(left);
+            let load = (100 * count / all.max(1)).min(left);
             left -= load;
             if count > 0 {
                 out.push(Level {
@@ -356,6 +369,37 @@ mod tests {
         assert_eq!(
             loads(&[(0, U), (0, U), (1, U)]),
             [(67, vec![0, 1], true), (33, vec![2], true)]
+        );
+        // Fully available together: no priority panics, whatever its own share.
+        assert_eq!(
+            loads(&[(0, H), (0, U), (0, U), (0, U), (1, H)]),
+            [(35, vec![0], false), (65, vec![4], false)]
+        );
+        // Every priority in panic: by host counts.
+        assert_eq!(
+            loads(&[
+                (0, H),
+                (0, U),
+                (0, U),
+                (0, U),
+                (1, H),
+                (1, U),
+                (1, U),
+                (1, U),
+                (1, U),
+                (1, U),
+                (1, U),
+                (1, U)
+            ]),
+            [(34, vec![0, 1, 2, 3], true), (66, (4..12).collect(), true)]
+        );
+        // Panic disabled, nothing available: no host.
+        assert_eq!(
+            priority_loads(&hosts(&[(0, U)]), 0.0, DEFAULT_OVERPROVISIONING)
+                .into_iter()
+                .map(|l| (l.load, l.members))
+                .collect::<Vec<_>>(),
+            [(100, vec![])]
         );
     }
 }

@@ -252,13 +252,13 @@ fn reconcile<C: UpstreamContext + 'static>(
                 tokio::time::sleep(interval).await;
                 let mut cm = c.cluster_manager().borrow_mut();
                 let Some(entry) = cm.get(&n) else { return };
-                let mut keep = Vec::new();
+                let mut keep = std::collections::HashSet::new();
                 let mut next = HashMap::new();
                 for h in &entry.info.hosts.hosts {
                     let traffic = h.stats.rq_total.value() + h.stats.cx_total.value();
                     let busy = h.stats.cx_active.value() > 0 || h.stats.rq_active.value() > 0;
                     if busy || seen.get(&h.address) != Some(&traffic) {
-                        keep.push(h.address);
+                        keep.insert(h.address);
                         next.insert(h.address, traffic);
                     }
                 }

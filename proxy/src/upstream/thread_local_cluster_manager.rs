@@ -96,8 +96,14 @@ impl ThreadLocalClusterManager {
             return Some(h.clone());
         }
         let mut made = self.new_hosts.borrow_mut();
-        let mine = made.entry(cluster.name.clone()).or_default();
-        Some(mine.entry(dst).or_insert_with(|| od.new_host(dst)).clone())
+        if let Some(h) = made.get(&cluster.name).and_then(|m| m.get(&dst)) {
+            return Some(h.clone());
+        }
+        let host = od.new_host(dst);
+        made.entry(cluster.name.clone())
+            .or_default()
+            .insert(dst, host.clone());
+        Some(host)
     }
 
     /// The pool of type `P` of `cluster` on this worker, made by `make` on first use (or

@@ -77,7 +77,7 @@ impl HttpCheck {
                 "value length must be at least 1 characters",
             ));
         }
-        if h.path.bytes().any(|b| b.is_ascii_control()) {
+        if h.path.bytes().any(|b| b.is_ascii_control()) || h.path.parse::<http::Uri>().is_err() {
             return Err(ConfigError::new(
                 "path",
                 "value does not match regex pattern",
@@ -243,21 +243,22 @@ impl HttpCheck {
                 }
             }
         }
-        if !self.receive.is_empty() && !super::payload_matches(&self.receive, &body) {
-            return (
-                Outcome::Failure {
-                    kind: FailureKind::Active,
-                    retriable: false,
-                    status,
-                },
-                close,
-            );
-        }
+        // The status first, as Envoy: a retriable status stays retriable whatever the body.
         if !in_ranges(status, &self.expected) {
             return (
                 Outcome::Failure {
                     kind: FailureKind::Active,
                     retriable: in_ranges(status, &self.retriable),
+                    status,
+                },
+                close,
+            );
+        }
+        if !self.receive.is_empty() && !super::payload_matches(&self.receive, &body) {
+            return (
+                Outcome::Failure {
+                    kind: FailureKind::Active,
+                    retriable: false,
                     status,
                 },
                 close,

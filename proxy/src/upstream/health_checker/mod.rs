@@ -4,7 +4,8 @@
 //! session per host of every cluster that has one, probes the host ([`http`], [`tcp`],
 //! [`grpc`]) and moves it between healthy and failing with Envoy's rules ([`Session`]):
 //! a host starts failing until its first check, a first success or an ACTIVE failure
-//! (an unexpected HTTP status) changes it at once, other outcomes need the thresholds.
+//! (an unexpected HTTP status not in `retriable_statuses`) changes it at once, other
+//! outcomes need the thresholds.
 //! A change sets the host's flags and the cluster manager publishes a new host set to
 //! the workers.
 
@@ -316,7 +317,7 @@ impl HealthCheck {
     fn with_jitter(&self, base: Duration, jitter: Duration) -> Duration {
         let base_ms = base.as_millis() as u64;
         let mut ms = base_ms;
-        let percent = u64::from(self.interval_jitter_percent) * base_ms / 100;
+        let percent = u64::from(self.interval_jitter_percent).saturating_mul(base_ms) / 100;
         if percent > 0 {
             ms += fastrand::u64(..percent);
         }

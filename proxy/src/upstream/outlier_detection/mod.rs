@@ -141,6 +141,8 @@ pub struct Detector {
     pub stats: OutlierStats,
     cluster: String,
     events: mpsc::UnboundedSender<OutlierEvent>,
+    /// `cluster_manager.outlier_detection.event_log_path`.
+    log: Option<Arc<EventLog>>,
 }
 
 impl std::fmt::Debug for Detector {
@@ -152,18 +154,20 @@ impl std::fmt::Debug for Detector {
 }
 
 impl Detector {
-    /// A detector for cluster `cluster` posting to `events`.
+    /// A detector for cluster `cluster` posting to `events`, logging to `log`.
     pub fn new(
         config: OutlierConfig,
         store: &Store,
         cluster: &str,
         events: mpsc::UnboundedSender<OutlierEvent>,
+        log: Option<Arc<EventLog>>,
     ) -> Detector {
         Detector {
             config,
             stats: OutlierStats::new(store, cluster),
             cluster: cluster.to_string(),
             events,
+            log,
         }
     }
 
@@ -294,21 +298,13 @@ impl EventLog {
 /// interval.
 pub struct Decider {
     rx: mpsc::UnboundedReceiver<OutlierEvent>,
-    log: Option<Rc<EventLog>>,
 }
 
 impl Decider {
-    /// The channel workers post to, and the main thread's end of it. `log` is the
-    /// bootstrap's `cluster_manager.outlier_detection.event_log_path`.
-    pub fn channel(log: Option<EventLog>) -> (mpsc::UnboundedSender<OutlierEvent>, Decider) {
+    /// The channel workers post to, and the main thread's end of it.
+    pub fn channel() -> (mpsc::UnboundedSender<OutlierEvent>, Decider) {
         let (tx, rx) = mpsc::unbounded_channel();
-        (
-            tx,
-            Decider {
-                rx,
-                log: log.map(Rc::new),
-            },
-        )
+        (tx, Decider { rx })
     }
 }
 
@@ -317,11 +313,11 @@ pub async fn run(ctx: Rc<impl UpstreamContext + 'static>, mut decider: Decider) 
     let mut changes = ctx.cluster_manager().borrow().subscribe();
     let mut timers: HashMap<String, (Arc<Detector>, tokio::task::JoinHandle<()>)> = HashMap::new();
     loop {
-        reconcile(&ctx, &mut timers, &decider.log);
+        reconcile(&ctx, &mut timers);
         tokio::select! {
             event = decider.rx.recv() => {
                 let Some(event) = event else { return };
-                on_consecutive(&ctx, &event, decider.log.as_deref());
+                on_consecutive(&ctx, &event);
             }
             changed = changes.changed() => if changed.is_err() { return },
         }
@@ -332,7 +328,6 @@ pub async fn run(ctx: Rc<impl UpstreamContext + 'static>, mut decider: Decider) 
 fn reconcile<C: UpstreamContext + 'static>(
     ctx: &Rc<C>,
     timers: &mut HashMap<String, (Arc<Detector>, tokio::task::JoinHandle<()>)>,
-    log: &Option<Rc<EventLog>>,
 ) {
     let detectors: Vec<(String, Arc<Detector>)> = ctx
         .cluster_manager()
@@ -354,11 +349,11 @@ fn reconcile<C: UpstreamContext + 'static>(
         if timers.contains_key(&name) {
             continue;
         }
-        let (c, n, l, d) = (ctx.clone(), name.clone(), log.clone(), detector.clone());
+        let (c, n, d) = (ctx.clone(), name.clone(), detector.clone());
         let task = tokio::task::spawn_local(async move {
             loop {
                 tokio::time::sleep(d.config.interval).await;
-                on_interval(&c, &n, l.as_deref());
+                on_interval(&c, &n);
             }
         });
         timers.insert(name, (detector, task));
@@ -366,11 +361,7 @@ fn reconcile<C: UpstreamContext + 'static>(
 }
 
 /// A worker saw a host reach a consecutive-failure threshold.
-fn on_consecutive<C: UpstreamContext + 'static>(
-    ctx: &Rc<C>,
-    event: &OutlierEvent,
-    log: Option<&EventLog>,
-) {
+fn on_consecutive<C: UpstreamContext + 'static>(ctx: &Rc<C>, event: &OutlierEvent) {
     let (info, host) = {
         let cm = ctx.cluster_manager().borrow();
         let Some(entry) = cm.get(&event.cluster) else {
@@ -399,7 +390,7 @@ fn on_consecutive<C: UpstreamContext + 'static>(
         return;
     }
     detector.stats.detected(event.kind);
-    if eject(&info, detector, &host, event.kind, None, log) {
+    if eject(&info, detector, &host, event.kind, None) {
         super::health_refresh::refresh(ctx, &info.name);
     }
     if event.kind == EjectionType::Consecutive5xx {
@@ -416,7 +407,6 @@ fn eject(
     host: &Host,
     kind: EjectionType,
     rates: Option<(f64, f64, f64)>,
-    log: Option<&EventLog>,
 ) -> bool {
     let hosts = &info.hosts.hosts;
     let active = ejected_count(info);
@@ -449,7 +439,7 @@ fn eject(
         d.stats.ejections_active.set(active as i64 + 1);
         tracing::debug!(cluster = %info.name, host = %host.address, ?kind, "outlier detection ejected a host");
     }
-    if let Some(log) = log {
+    if let Some(log) = &d.log {
         log.log(Logged {
             cluster: &info.name,
             host,
@@ -476,7 +466,7 @@ fn ejected_count(info: &ClusterInfo) -> usize {
 }
 
 /// Brings `host` back; its consecutive counts start over.
-fn uneject(info: &ClusterInfo, host: &Host, log: Option<&EventLog>) {
+fn uneject(info: &ClusterInfo, host: &Host) {
     host.stats
         .set_flag(HealthFlags::FAILED_OUTLIER_CHECK, false);
     let m = &host.stats.outlier;
@@ -489,10 +479,9 @@ fn uneject(info: &ClusterInfo, host: &Host, log: Option<&EventLog>) {
     }
     let mut e = m.ejections();
     e.last_unejection = Some(Instant::now());
-    if let Some(d) = &info.outlier {
-        d.stats.ejections_active.set(ejected_count(info) as i64);
-    }
-    if let Some(log) = log {
+    let Some(d) = &info.outlier else { return };
+    d.stats.ejections_active.set(ejected_count(info) as i64);
+    if let Some(log) = &d.log {
         log.log(Logged {
             cluster: &info.name,
             host,
@@ -516,13 +505,13 @@ pub fn on_health_check_passed(info: &ClusterInfo, host: &Host) -> bool {
     {
         return false;
     }
-    uneject(info, host, None);
+    uneject(info, host);
     true
 }
 
 /// One interval of cluster `name`: ejections that have run their time end, and the
 /// interval's success rates and failure percentages eject.
-fn on_interval<C: UpstreamContext + 'static>(ctx: &Rc<C>, name: &str, log: Option<&EventLog>) {
+fn on_interval<C: UpstreamContext + 'static>(ctx: &Rc<C>, name: &str) {
     let Some(info) = ctx
         .cluster_manager()
         .borrow()
@@ -551,7 +540,7 @@ fn on_interval<C: UpstreamContext + 'static>(ctx: &Rc<C>, name: &str, log: Optio
                     .is_some_and(|t| now.duration_since(t) >= time)
             };
             if due {
-                uneject(&info, host, log);
+                uneject(&info, host);
                 changed = true;
             }
         }
@@ -559,7 +548,7 @@ fn on_interval<C: UpstreamContext + 'static>(ctx: &Rc<C>, name: &str, log: Optio
         local.push(m.local.take());
     }
     for (counts, origin_local) in [(external, false), (local, true)] {
-        changed |= rates(&info, d, &counts, origin_local, log);
+        changed |= rates(&info, d, &counts, origin_local);
     }
     for host in &info.hosts.hosts {
         if host
@@ -584,13 +573,7 @@ fn on_interval<C: UpstreamContext + 'static>(ctx: &Rc<C>, name: &str, log: Optio
 
 /// Success rate and failure percentage ejections over one interval's `counts` (success,
 /// total) per host; whether any host was ejected.
-fn rates(
-    info: &ClusterInfo,
-    d: &Detector,
-    counts: &[(u32, u32)],
-    origin_local: bool,
-    log: Option<&EventLog>,
-) -> bool {
+fn rates(info: &ClusterInfo, d: &Detector, counts: &[(u32, u32)], origin_local: bool) -> bool {
     let c = &d.config;
     let hosts = &info.hosts.hosts;
     if (hosts.len() as u32) < c.success_rate_minimum_hosts
@@ -636,7 +619,7 @@ fn rates(
             if rate < threshold {
                 d.stats.inc("ejections_success_rate");
                 d.stats.detected(kind);
-                ejected |= eject(info, d, &hosts[i], kind, Some((mean, threshold, rate)), log);
+                ejected |= eject(info, d, &hosts[i], kind, Some((mean, threshold, rate)));
             }
         }
     }
@@ -656,7 +639,7 @@ fn rates(
             }
             if 100.0 - rate >= f64::from(c.failure_percentage_threshold) {
                 d.stats.detected(kind);
-                ejected |= eject(info, d, &hosts[i], kind, Some((-1.0, -1.0, rate)), log);
+                ejected |= eject(info, d, &hosts[i], kind, Some((-1.0, -1.0, rate)));
             }
         }
     }

@@ -1492,7 +1492,10 @@ impl Domains {
             };
             if d == "*" {
                 if self.default_vhost.is_some() {
-                    return Err(dup("*"));
+                    return Err(ConfigError::new(
+                        dpath,
+                        format!("Only a single wildcard domain is permitted in route {route}"),
+                    ));
                 }
                 self.default_vhost = Some(vi);
             } else if let Some(s) = d.strip_prefix('*') {
@@ -2427,6 +2430,23 @@ mod tests {
         .err()
         .expect("must fail");
         assert_eq!(err.path, "virtual_hosts[1].domains[0]");
+    }
+
+    #[test]
+    fn a_second_wildcard_domain_is_refused_with_envoys_message() {
+        let err = table(serde_json::json!({
+            "name": "r",
+            "virtual_hosts": [
+                {"name": "a", "domains": ["*"], "routes": []},
+                {"name": "b", "domains": ["*"], "routes": []}
+            ]
+        }))
+        .err()
+        .expect("must fail");
+        assert_eq!(
+            err.message,
+            "Only a single wildcard domain is permitted in route r"
+        );
     }
 
     #[test]

@@ -143,6 +143,21 @@ fn consecutive_5xx(start: impl Fn(&str) -> Option<Courier>) -> Option<Run> {
     }
     let ejected = wait_flags(&proxy, bad.addr, "/failed_outlier_check");
     let hits_before_ejection = bad.hits.load(Ordering::SeqCst);
+    // The ejected host's idle pooled connection is closed, as Envoy drains a host's pools
+    // on a health failure.
+    let prefix = format!("od::{}::cx_active::", bad.addr);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while admin_get(proxy.admin, "/clusters")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.strip_prefix(&prefix).is_some_and(|v| v != "0"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the ejected host's connections stayed open"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     bad.answer(200);
     let back = wait_flags(&proxy, bad.addr, "healthy");
     let first = back - ejected;

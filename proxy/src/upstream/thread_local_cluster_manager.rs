@@ -158,7 +158,7 @@ impl ThreadLocalClusterManager {
                 // Only the endpoints changed (an EDS or DNS update keeps the config).
                 Some(new) if Arc::ptr_eq(&old.proto, &new.proto) => {
                     if !Arc::ptr_eq(&old.hosts, &new.hosts) {
-                        let gone = hosts_gone(old, new);
+                        let gone = hosts_gone_or_failed(old, new);
                         if !gone.is_empty() {
                             hosts_left.push((entry.drain.clone(), gone));
                         }
@@ -190,13 +190,30 @@ impl ThreadLocalClusterManager {
     }
 }
 
-/// Addresses of `old`'s hosts that `new` does not have.
-fn hosts_gone(old: &ClusterInfo, new: &ClusterInfo) -> FxHashSet<SocketAddr> {
+/// Addresses of `old`'s hosts that `new` does not have, and of hosts a health check or
+/// outlier detection has just failed: their connections drain, as Envoy drains a host's
+/// pools on a health failure.
+fn hosts_gone_or_failed(old: &ClusterInfo, new: &ClusterInfo) -> FxHashSet<SocketAddr> {
+    use super::HealthFlags as F;
+    let failed = F::FAILED_ACTIVE_HC | F::FAILED_OUTLIER_CHECK;
     let kept: FxHashSet<SocketAddr> = new.hosts.hosts.iter().map(|h| h.address).collect();
-    old.hosts
+    let mut out: FxHashSet<SocketAddr> = old
+        .hosts
         .hosts
         .iter()
         .map(|h| h.address)
         .filter(|a| !kept.contains(a))
-        .collect()
+        .collect();
+    for h in &new.hosts.hosts {
+        let newly_failed = h.health == super::HostHealth::Unhealthy
+            && h.stats.flags().intersects(failed)
+            && old
+                .hosts
+                .find(h.address)
+                .is_some_and(|o| o.health != super::HostHealth::Unhealthy);
+        if newly_failed {
+            out.insert(h.address);
+        }
+    }
+    out
 }

@@ -278,11 +278,7 @@ async fn probe(check: &HealthCheck, t: &Target, conn: &mut Option<Conn>) -> Outc
         }
         Probe::Http(h) => {
             let req = h.request(t.host.address, https);
-            let resp = if h.http2 {
-                send_h2(t, conn, req).await
-            } else {
-                send_h1(t, conn, req).await
-            };
+            let resp = send(t, conn, req, h.http2).await;
             let Some(resp) = resp else { return network };
             let (outcome, close) = h.judge(resp).await;
             if close
@@ -301,7 +297,7 @@ async fn probe(check: &HealthCheck, t: &Target, conn: &mut Option<Conn>) -> Outc
         }
         Probe::Grpc(g) => {
             let req = g.request(https, t.host.address);
-            let Some(resp) = send_h2(t, conn, req).await else {
+            let Some(resp) = send(t, conn, req, true).await else {
                 return network;
             };
             let outcome = g.judge(resp).await;
@@ -313,53 +309,52 @@ async fn probe(check: &HealthCheck, t: &Target, conn: &mut Option<Conn>) -> Outc
     }
 }
 
-/// Sends `req` over HTTP/1.1, on the kept connection when it is still open.
-async fn send_h1(
+/// Sends `req` over HTTP/2 (`http2`) or HTTP/1.1, on the kept connection when it is
+/// still open and speaks it, else on a new one.
+async fn send(
     t: &Target,
     conn: &mut Option<Conn>,
     req: http::Request<Full<Bytes>>,
+    http2: bool,
 ) -> Option<http::Response<hyper::body::Incoming>> {
-    let mut sender = match conn.take() {
-        Some(Conn::Http1(s)) if !s.is_closed() => s,
-        _ => {
-            let io = connect(t, b"http/1.1").await.ok()?;
-            let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io))
-                .await
-                .ok()?;
-            tokio::task::spawn_local(async move {
-                let _ = connection.await;
-            });
-            sender
-        }
+    let kept = match conn.take() {
+        Some(Conn::Http1(s)) if !http2 && !s.is_closed() => Some(Conn::Http1(s)),
+        Some(Conn::Http2(s)) if http2 && !s.is_closed() => Some(Conn::Http2(s)),
+        _ => None,
     };
-    sender.ready().await.ok()?;
-    let resp = sender.send_request(req).await.ok()?;
-    *conn = Some(Conn::Http1(sender));
-    Some(resp)
-}
-
-/// Sends `req` over HTTP/2, on the kept connection when it is still open.
-async fn send_h2(
-    t: &Target,
-    conn: &mut Option<Conn>,
-    req: http::Request<Full<Bytes>>,
-) -> Option<http::Response<hyper::body::Incoming>> {
-    let mut sender = match conn.take() {
-        Some(Conn::Http2(s)) if !s.is_closed() => s,
-        _ => {
-            let io = connect(t, b"h2").await.ok()?;
-            let (sender, connection) =
-                hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io))
+    let mut sender = match kept {
+        Some(c) => c,
+        None => {
+            let io = TokioIo::new(
+                connect(t, if http2 { b"h2" } else { b"http/1.1" })
+                    .await
+                    .ok()?,
+            );
+            // The connection runs as a task of its own until either side closes it.
+            if http2 {
+                let (s, c) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
                     .await
                     .ok()?;
-            tokio::task::spawn_local(async move {
-                let _ = connection.await;
-            });
-            sender
+                tokio::task::spawn_local(c);
+                Conn::Http2(s)
+            } else {
+                let (s, c) = hyper::client::conn::http1::handshake(io).await.ok()?;
+                tokio::task::spawn_local(c);
+                Conn::Http1(s)
+            }
         }
     };
-    sender.ready().await.ok()?;
-    let resp = sender.send_request(req).await.ok()?;
-    *conn = Some(Conn::Http2(sender));
+    let resp = match &mut sender {
+        Conn::Http1(s) => {
+            s.ready().await.ok()?;
+            s.send_request(req).await.ok()?
+        }
+        Conn::Http2(s) => {
+            s.ready().await.ok()?;
+            s.send_request(req).await.ok()?
+        }
+        Conn::Tcp(_) => return None,
+    };
+    *conn = Some(sender);
     Some(resp)
 }

@@ -21,6 +21,7 @@ mod load_balancer;
 pub mod maglev;
 pub mod original_dst;
 pub mod outlier_detection;
+mod per_cluster_tasks;
 pub mod ring_hash;
 mod thread_local_cluster_manager;
 pub mod transport_socket_match;

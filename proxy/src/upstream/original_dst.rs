@@ -19,6 +19,7 @@ use courier_proto::envoy::config::cluster::v3::{self as pb, cluster};
 use tokio::sync::mpsc;
 
 use super::host::{Host, HostHealth, HostStats};
+use super::per_cluster_tasks::PerClusterTasks;
 use super::UpstreamContext;
 use crate::config::ConfigError;
 use crate::stats::{Counter, Store};
@@ -203,8 +204,7 @@ impl HostAdder {
 /// Adds the hosts workers made and sweeps unused ones, until the server ends.
 pub async fn run(ctx: Rc<impl UpstreamContext + 'static>, mut adder: HostAdder) {
     let mut changes = ctx.cluster_manager().borrow().subscribe();
-    let mut sweeps: HashMap<String, (Arc<OriginalDst>, tokio::task::JoinHandle<()>)> =
-        HashMap::new();
+    let mut sweeps = PerClusterTasks::default();
     loop {
         reconcile(&ctx, &mut sweeps);
         tokio::select! {
@@ -220,10 +220,7 @@ pub async fn run(ctx: Rc<impl UpstreamContext + 'static>, mut adder: HostAdder) 
 }
 
 /// Keeps one sweep per `ORIGINAL_DST` cluster.
-fn reconcile<C: UpstreamContext + 'static>(
-    ctx: &Rc<C>,
-    sweeps: &mut HashMap<String, (Arc<OriginalDst>, tokio::task::JoinHandle<()>)>,
-) {
+fn reconcile<C: UpstreamContext + 'static>(ctx: &Rc<C>, sweeps: &mut PerClusterTasks<OriginalDst>) {
     let clusters: Vec<(String, Arc<OriginalDst>)> = ctx
         .cluster_manager()
         .borrow()
@@ -231,44 +228,34 @@ fn reconcile<C: UpstreamContext + 'static>(
         .values()
         .filter_map(|e| Some((e.info.name.clone(), e.info.original_dst.clone()?)))
         .collect();
-    sweeps.retain(|name, (od, task)| {
-        let keep = clusters
-            .iter()
-            .any(|(n, c)| n == name && Arc::ptr_eq(c, od));
-        if !keep {
-            task.abort();
-        }
-        keep
+    sweeps.reconcile(clusters, |name, od| {
+        tokio::task::spawn_local(sweep(ctx.clone(), name.to_string(), od.cleanup_interval))
     });
-    for (name, od) in clusters {
-        if sweeps.contains_key(&name) {
-            continue;
-        }
-        let (c, n, interval) = (ctx.clone(), name.clone(), od.cleanup_interval);
-        let task = tokio::task::spawn_local(async move {
-            // Traffic counts at the previous sweep, by host.
-            let mut seen: HashMap<SocketAddr, u64> = HashMap::new();
-            loop {
-                tokio::time::sleep(interval).await;
-                let mut cm = c.cluster_manager().borrow_mut();
-                let Some(entry) = cm.get(&n) else { return };
-                let mut keep = std::collections::HashSet::new();
-                let mut next = HashMap::new();
-                for h in &entry.info.hosts.hosts {
-                    let traffic = h.stats.rq_total.value() + h.stats.cx_total.value();
-                    let busy = h.stats.cx_active.value() > 0 || h.stats.rq_active.value() > 0;
-                    if busy || seen.get(&h.address) != Some(&traffic) {
-                        keep.insert(h.address);
-                        next.insert(h.address, traffic);
-                    }
-                }
-                seen = next;
-                if keep.len() != entry.info.hosts.hosts.len() {
-                    cm.retain_hosts(&n, &keep);
-                    cm.publish();
-                }
+}
+
+/// Every `interval`, drops the hosts of cluster `name` that carried no traffic since the
+/// previous sweep and hold no connection.
+async fn sweep<C: UpstreamContext + 'static>(ctx: Rc<C>, name: String, interval: Duration) {
+    // Traffic counts at the previous sweep, by host.
+    let mut seen: HashMap<SocketAddr, u64> = HashMap::new();
+    loop {
+        tokio::time::sleep(interval).await;
+        let mut cm = ctx.cluster_manager().borrow_mut();
+        let Some(entry) = cm.get(&name) else { return };
+        let mut keep = std::collections::HashSet::new();
+        let mut next = HashMap::new();
+        for h in &entry.info.hosts.hosts {
+            let traffic = h.stats.rq_total.value() + h.stats.cx_total.value();
+            let busy = h.stats.cx_active.value() > 0 || h.stats.rq_active.value() > 0;
+            if busy || seen.get(&h.address) != Some(&traffic) {
+                keep.insert(h.address);
+                next.insert(h.address, traffic);
             }
-        });
-        sweeps.insert(name, (od, task));
+        }
+        seen = next;
+        if keep.len() != entry.info.hosts.hosts.len() {
+            cm.retain_hosts(&name, &keep);
+            cm.publish();
+        }
     }
 }

@@ -28,6 +28,7 @@ pub use host_monitor::HostMonitor;
 
 use super::health_flags::HealthFlags;
 use super::host::Host;
+use super::per_cluster_tasks::PerClusterTasks;
 use super::{ClusterInfo, UpstreamContext};
 use crate::stats::{Counter, Gauge, Store, MAIN_THREAD};
 
@@ -311,7 +312,7 @@ impl Decider {
 /// Decides ejections until the server ends.
 pub async fn run(ctx: Rc<impl UpstreamContext + 'static>, mut decider: Decider) {
     let mut changes = ctx.cluster_manager().borrow().subscribe();
-    let mut timers: HashMap<String, (Arc<Detector>, tokio::task::JoinHandle<()>)> = HashMap::new();
+    let mut timers = PerClusterTasks::default();
     loop {
         reconcile(&ctx, &mut timers);
         tokio::select! {
@@ -325,10 +326,7 @@ pub async fn run(ctx: Rc<impl UpstreamContext + 'static>, mut decider: Decider) 
 }
 
 /// Keeps one interval timer per detected cluster.
-fn reconcile<C: UpstreamContext + 'static>(
-    ctx: &Rc<C>,
-    timers: &mut HashMap<String, (Arc<Detector>, tokio::task::JoinHandle<()>)>,
-) {
+fn reconcile<C: UpstreamContext + 'static>(ctx: &Rc<C>, timers: &mut PerClusterTasks<Detector>) {
     let detectors: Vec<(String, Arc<Detector>)> = ctx
         .cluster_manager()
         .borrow()
@@ -336,28 +334,15 @@ fn reconcile<C: UpstreamContext + 'static>(
         .values()
         .filter_map(|e| Some((e.info.name.clone(), e.info.outlier.clone()?)))
         .collect();
-    timers.retain(|name, (d, task)| {
-        let keep = detectors
-            .iter()
-            .any(|(n, nd)| n == name && Arc::ptr_eq(d, nd));
-        if !keep {
-            task.abort();
-        }
-        keep
-    });
-    for (name, detector) in detectors {
-        if timers.contains_key(&name) {
-            continue;
-        }
-        let (c, n, d) = (ctx.clone(), name.clone(), detector.clone());
-        let task = tokio::task::spawn_local(async move {
+    timers.reconcile(detectors, |name, detector| {
+        let (c, n, d) = (ctx.clone(), name.to_string(), detector.clone());
+        tokio::task::spawn_local(async move {
             loop {
                 tokio::time::sleep(d.config.interval).await;
                 on_interval(&c, &n);
             }
-        });
-        timers.insert(name, (detector, task));
-    }
+        })
+    });
 }
 
 /// A worker saw a host reach a consecutive-failure threshold.

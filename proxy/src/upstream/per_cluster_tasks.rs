@@ -39,9 +39,9 @@ impl<T> PerClusterTasks<T> {
             keep
         });
         for (name, setting) in wanted {
-            if !self.tasks.contains_key(&name) {
-                let task = start(&name, &setting);
-                self.tasks.insert(name, (setting, task));
+            if let std::collections::hash_map::Entry::Vacant(slot) = self.tasks.entry(name) {
+                let task = start(slot.key(), &setting);
+                slot.insert((setting, task));
             }
         }
     }

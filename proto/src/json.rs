@@ -9,6 +9,10 @@ use crate::google::protobuf::Any;
 use crate::error::{locate_yaml_key, path_string, reason, segments, Context};
 pub use crate::error::{FileError, LoadError, Location};
 
+/// prost-reflect's complaint about an `Any` without a type, as [`LoadError::reason`]
+/// words it.
+const MISSING_TYPE: &str = "missing \"@type\" in Any";
+
 fn descriptor(name: &str) -> Result<MessageDescriptor, LoadError> {
     pool()
         .get_message_by_name(name)
@@ -180,9 +184,10 @@ pub fn from_yaml<M: Message + Name + Default>(text: &str) -> Result<M, LoadError
         Err(_) if yaml_is_null(text) => Ok(M::default()),
         Err(failure) => {
             let err = yaml_error(&desc, text, failure);
-            if err.reason() == "unknown field \"<<\"" {
+            if err.reason() == "unknown field \"<<\"" || err.reason() == MISSING_TYPE {
                 // Merge keys: the streaming deserializer does not expand them, the YAML
-                // value model does (errors then have a path but no location).
+                // value model does (errors then have a path but no location). An empty
+                // `Any` is read through the value model too ([`crate::empty_any`]).
                 return from_merged_yaml(&desc, text).unwrap_or(Err(err));
             }
             Err(err)
@@ -198,12 +203,14 @@ fn from_merged_yaml<M: Message + Name + Default>(
 ) -> Option<Result<M, LoadError>> {
     let mut value = serde_yaml_ng::from_str::<serde_yaml_ng::Value>(text).ok()?;
     value.apply_merge().ok()?;
-    let doc = serde_json::to_value(&value).ok();
-    Some(match deserialize(desc, value) {
+    let mut doc = serde_json::to_value(&value).ok()?;
+    crate::empty_any::strip(desc, &mut doc);
+    let shown = doc.clone();
+    Some(match deserialize(desc, &doc) {
         Ok(dynamic) => transcode(dynamic),
         Err(failure) => {
             let raw = failure.error.to_string();
-            Err(invalid(desc, doc.as_ref(), &failure.path, &raw, None))
+            Err(invalid(desc, Some(&shown), &failure.path, &raw, None))
         }
     })
 }
@@ -244,7 +251,12 @@ pub fn from_json<M: Message + Name + Default>(text: &str) -> Result<M, LoadError
             let location = json_location(&failure.error);
             let raw = strip_location(&failure.error.to_string(), location);
             let doc = serde_json::from_str::<serde_json::Value>(text).ok();
-            Err(invalid(&desc, doc.as_ref(), &failure.path, &raw, location))
+            let err = invalid(&desc, doc.as_ref(), &failure.path, &raw, location);
+            match doc {
+                // An empty `Any` is read through the value model ([`crate::empty_any`]).
+                Some(doc) if err.reason() == MISSING_TYPE => from_value(&doc),
+                _ => Err(err),
+            }
         }
     }
 }
@@ -256,6 +268,14 @@ pub fn from_value<M: Message + Name + Default>(value: &serde_json::Value) -> Res
     if value.is_null() {
         return Ok(M::default());
     }
+    let mut stripped = None;
+    if value.to_string().contains("{}") {
+        let mut v = value.clone();
+        if crate::empty_any::strip(&desc, &mut v) {
+            stripped = Some(v);
+        }
+    }
+    let value = stripped.as_ref().unwrap_or(value);
     match deserialize(&desc, value) {
         Ok(dynamic) => transcode(dynamic),
         Err(failure) => {

@@ -29,6 +29,7 @@
 mod error;
 
 pub mod descriptors;
+mod empty_any;
 pub mod json;
 pub mod resource;
 pub mod resource_type;

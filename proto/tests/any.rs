@@ -404,3 +404,32 @@ fn unwrap_resource_errors() {
         Err(ResourceError::WrongType { actual, .. }) if actual == type_url::RESOURCE
     ));
 }
+
+/// An empty `Any` (`{}`), as Envoy Gateway writes `FilterConfig { config: {} }`: read as
+/// an unset field, in YAML and JSON; a `{}` in a map of `Any`s stays an error, as Envoy
+/// refuses it.
+#[test]
+fn an_empty_any_reads_as_unset() {
+    use courier_proto::envoy::config::route::v3::FilterConfig;
+    let yaml = r#"
+virtual_hosts:
+- name: a
+  domains: ["*"]
+  typed_per_filter_config:
+    envoy.filters.http.jwt_authn:
+      "@type": type.googleapis.com/envoy.config.route.v3.FilterConfig
+      config: {}
+"#;
+    let rc: RouteConfiguration = courier_proto::from_yaml(yaml).expect("an empty Any is valid");
+    let any = &rc.virtual_hosts[0].typed_per_filter_config["envoy.filters.http.jwt_authn"];
+    let fc: FilterConfig = courier_proto::unpack_any(any).expect("a FilterConfig");
+    assert_eq!(fc.config, None);
+    let json = r#"{"virtual_hosts": [{"name": "a", "domains": ["*"], "typed_per_filter_config": {"x": {"@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig", "config": {}}}}]}"#;
+    let rc: RouteConfiguration = courier_proto::from_json(json).expect("in JSON too");
+    assert_eq!(rc.virtual_hosts[0].typed_per_filter_config.len(), 1);
+    let in_map = "virtual_hosts:\n- name: a\n  domains: [\"*\"]\n  typed_per_filter_config:\n    envoy.filters.http.cors: {}\n";
+    let err = courier_proto::from_yaml::<RouteConfiguration>(in_map)
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("@type"), "{err}");
+}

@@ -184,11 +184,17 @@ pub fn from_yaml<M: Message + Name + Default>(text: &str) -> Result<M, LoadError
         Err(_) if yaml_is_null(text) => Ok(M::default()),
         Err(failure) => {
             let err = yaml_error(&desc, text, failure);
-            if err.reason() == "unknown field \"<<\"" || err.reason() == MISSING_TYPE {
+            if err.reason() == "unknown field \"<<\"" {
                 // Merge keys: the streaming deserializer does not expand them, the YAML
-                // value model does (errors then have a path but no location). An empty
-                // `Any` is read through the value model too ([`crate::empty_any`]).
+                // value model does (errors then have a path but no location).
                 return from_merged_yaml(&desc, text).unwrap_or(Err(err));
+            }
+            if err.reason() == MISSING_TYPE {
+                // Perhaps an empty `Any` ([`crate::empty_any`]), read through the value
+                // model; a real error keeps its location.
+                if let Some(Ok(m)) = from_merged_yaml(&desc, text) {
+                    return Ok(m);
+                }
             }
             Err(err)
         }
@@ -253,8 +259,9 @@ pub fn from_json<M: Message + Name + Default>(text: &str) -> Result<M, LoadError
             let doc = serde_json::from_str::<serde_json::Value>(text).ok();
             let err = invalid(&desc, doc.as_ref(), &failure.path, &raw, location);
             match doc {
-                // An empty `Any` is read through the value model ([`crate::empty_any`]).
-                Some(doc) if err.reason() == MISSING_TYPE => from_value(&doc),
+                // Perhaps an empty `Any` ([`crate::empty_any`]), read through the value
+                // model; a real error keeps its location.
+                Some(doc) if err.reason() == MISSING_TYPE => from_value(&doc).map_err(|_| err),
                 _ => Err(err),
             }
         }

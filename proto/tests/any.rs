@@ -428,8 +428,6 @@ virtual_hosts:
     let rc: RouteConfiguration = courier_proto::from_json(json).expect("in JSON too");
     assert_eq!(rc.virtual_hosts[0].typed_per_filter_config.len(), 1);
     let in_map = "virtual_hosts:\n- name: a\n  domains: [\"*\"]\n  typed_per_filter_config:\n    envoy.filters.http.cors: {}\n";
-    let err = courier_proto::from_yaml::<RouteConfiguration>(in_map)
-        .err()
-        .expect("refused");
+    let err = courier_proto::from_yaml::<RouteConfiguration>(in_map).expect_err("refused");
     assert!(err.to_string().contains("@type"), "{err}");
 }

@@ -122,6 +122,15 @@ impl ListenerConfig {
             .or(self.default_chain.as_ref())
     }
 
+    /// A connection's listener filters ran out of `listener_filters_timeout`: counted
+    /// (`downstream_pre_cx_timeout`); whether it goes on to its chain as it is
+    /// (`continue_on_listener_filters_timeout`) rather than close, as Envoy decides for
+    /// every listener filter.
+    pub fn filters_timed_out(&self, worker: usize) -> bool {
+        self.stats.downstream_pre_cx_timeout.inc(worker);
+        self.continue_on_listener_filters_timeout
+    }
+
     /// Whether a chain matches on the local port (which costs a `getsockname`).
     pub fn matches_port(&self) -> bool {
         self.filter_chains

@@ -412,13 +412,7 @@ impl EventHandler<WorkerLocal> for Reading {
         if tag != TIMER_TIMEOUT {
             return Next::Continue;
         }
-        // As every listener filter in Envoy: a connection whose header does not come in
-        // time is closed, or given to its chain as it is.
-        self.config
-            .stats
-            .downstream_pre_cx_timeout
-            .inc(ctx.local.id);
-        if self.config.continue_on_listener_filters_timeout {
+        if self.config.filters_timed_out(ctx.local.id) {
             return self.hand_over(ctx, None);
         }
         Next::Close

@@ -315,11 +315,7 @@ impl EventHandler<WorkerLocal> for Inspecting {
         if tag != TIMER_TIMEOUT {
             return Next::Continue;
         }
-        self.config
-            .stats
-            .downstream_pre_cx_timeout
-            .inc(ctx.local.id);
-        if self.config.continue_on_listener_filters_timeout {
+        if self.config.filters_timed_out(ctx.local.id) {
             return self.hand_over(ctx, None, "raw_buffer", Vec::new());
         }
         Next::Close

@@ -157,20 +157,15 @@ fn priority_loads(hosts: &[Arc<Host>], panic_threshold: f64, overprovisioning: u
             degraded_load[p] += left;
         }
     }
-    for p in 0..levels {
-        if healthy_load[p] > 0 {
+    // The healthy levels first, then the degraded ones, as Envoy picks them.
+    for (loads, health) in [
+        (&healthy_load, HostHealth::Healthy),
+        (&degraded_load, HostHealth::Degraded),
+    ] {
+        for p in (0..levels).filter(|&p| loads[p] > 0) {
             out.push(Level {
-                load: healthy_load[p],
-                members: of(p, HostHealth::Healthy),
-                panic: panic[p],
-            });
-        }
-    }
-    for p in 0..levels {
-        if degraded_load[p] > 0 {
-            out.push(Level {
-                load: degraded_load[p],
-                members: of(p, HostHealth::Degraded),
+                load: loads[p],
+                members: of(p, health),
                 panic: panic[p],
             });
         }

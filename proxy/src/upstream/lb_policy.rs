@@ -583,18 +583,11 @@ fn ring_hash(any: &Any, path: &str) -> Result<Balancing, ConfigError> {
         return Err(ConfigError::unsupported(format!("{path}.hash_function")));
     }
     consistent_hashing(use_hostname, balance, path)?;
-    if let Some(ch) = &c.consistent_hashing_lb_config {
-        consistent_hashing(
-            ch.use_hostname_for_hashing,
-            ch.hash_balance_factor.map(|v| v.value),
-            &format!("{path}.consistent_hashing_lb_config"),
-        )?;
-    }
-    if c.locality_weighted_lb_config.is_some() {
-        return Err(ConfigError::unsupported(format!(
-            "{path}.locality_weighted_lb_config"
-        )));
-    }
+    hashing_common(
+        c.consistent_hashing_lb_config.as_ref(),
+        c.locality_weighted_lb_config.is_some(),
+        path,
+    )?;
     ring_sizes(
         c.minimum_ring_size.map(|v| v.value),
         c.maximum_ring_size.map(|v| v.value),
@@ -603,20 +596,35 @@ fn ring_hash(any: &Any, path: &str) -> Result<Balancing, ConfigError> {
     .map(Balancing::from)
 }
 
-fn maglev(any: &Any, path: &str) -> Result<Balancing, ConfigError> {
-    let c: lbp::maglev::v3::Maglev = unpack(any, path)?;
-    if let Some(ch) = &c.consistent_hashing_lb_config {
+/// What ring hash and Maglev share: `consistent_hashing_lb_config`, and the
+/// locality weighting Courier does not build for hashing policies.
+fn hashing_common(
+    ch: Option<&lbp::common::v3::ConsistentHashingLbConfig>,
+    locality_weighted: bool,
+    path: &str,
+) -> Result<(), ConfigError> {
+    if let Some(ch) = ch {
         consistent_hashing(
             ch.use_hostname_for_hashing,
             ch.hash_balance_factor.map(|v| v.value),
             &format!("{path}.consistent_hashing_lb_config"),
         )?;
     }
-    if c.locality_weighted_lb_config.is_some() {
+    if locality_weighted {
         return Err(ConfigError::unsupported(format!(
             "{path}.locality_weighted_lb_config"
         )));
     }
+    Ok(())
+}
+
+fn maglev(any: &Any, path: &str) -> Result<Balancing, ConfigError> {
+    let c: lbp::maglev::v3::Maglev = unpack(any, path)?;
+    hashing_common(
+        c.consistent_hashing_lb_config.as_ref(),
+        c.locality_weighted_lb_config.is_some(),
+        path,
+    )?;
     table_size(c.table_size.map(|v| v.value), &format!("{path}.table_size")).map(Balancing::from)
 }
 

@@ -227,6 +227,12 @@ pub async fn resolve_all(cm: &RefCell<ClusterManager>) {
     }
 }
 
+/// `d` after `now`, or a year on when the configured rate is past what an `Instant` holds.
+fn later(now: Instant, d: Duration) -> Instant {
+    now.checked_add(d)
+        .unwrap_or_else(|| now + Duration::from_secs(365 * 24 * 3600))
+}
+
 /// Re-resolves DNS clusters each at its own rate, and resolves a warming one (added or
 /// updated) as soon as it appears.
 pub async fn refresh_loop(ctx: Rc<impl UpstreamContext>) {
@@ -240,7 +246,9 @@ pub async fn refresh_loop(ctx: Rc<impl UpstreamContext>) {
         let now = Instant::now();
         due.retain(|name, _| jobs.iter().any(|j| &j.cluster == name));
         for job in &jobs {
-            let at = due.entry(job.cluster.clone()).or_insert(now + job.refresh);
+            let at = due
+                .entry(job.cluster.clone())
+                .or_insert(later(now, job.refresh));
             if job.warming {
                 *at = now;
             }
@@ -284,7 +292,7 @@ pub async fn refresh_loop(ctx: Rc<impl UpstreamContext>) {
                     Duration::from_millis(fastrand::u64(..ms)).min(max)
                 }
             };
-            due.insert(job.cluster.clone(), Instant::now() + next);
+            due.insert(job.cluster.clone(), later(Instant::now(), next));
             warmed |= was_warming;
         }
         if warmed {

@@ -418,7 +418,8 @@ fn eject(
         let jitter_ms = d.config.max_ejection_time_jitter.as_millis() as u64;
         e.jitter = Duration::from_millis(fastrand::u64(..=jitter_ms));
         let base = d.config.base_ejection_time;
-        if base * e.backoff < d.config.max_ejection_time + base {
+        // Saturating: the times come from the configuration.
+        if base.saturating_mul(e.backoff) < d.config.max_ejection_time.saturating_add(base) {
             e.backoff += 1;
         }
         d.stats.ejections_active.set(active as i64 + 1);
@@ -520,7 +521,11 @@ fn on_interval<C: UpstreamContext + 'static>(ctx: &Rc<C>, name: &str) {
         {
             let due = {
                 let e = m.ejections();
-                let time = (c.base_ejection_time * e.backoff).min(c.max_ejection_time) + e.jitter;
+                let time = c
+                    .base_ejection_time
+                    .saturating_mul(e.backoff)
+                    .min(c.max_ejection_time)
+                    .saturating_add(e.jitter);
                 e.last_ejection
                     .is_some_and(|t| now.duration_since(t) >= time)
             };

@@ -1609,3 +1609,54 @@ fn on_both<T: std::fmt::Debug>(boot: &str, run: impl Fn(&Courier) -> T) -> (Opti
     eprintln!("envoy {from_envoy:?}\ncourier {from_courier:?}");
     (from_envoy, from_courier)
 }
+
+/// Active health checks run over the cluster's TLS: a check through a context that
+/// validates the backend's certificate passes; one whose SAN matcher the certificate
+/// fails never gets a handshake, and the host stays failing. As Envoy.
+#[test]
+fn health_checks_run_over_the_cluster_tls_as_in_envoy() {
+    let pki = pki();
+    let backend = TlsUpstream::start("backend", &pki.backend, None);
+    let hc = "    health_checks:\n    - { timeout: 1s, interval: 0.1s, no_traffic_interval: 0.1s, unhealthy_threshold: 1, healthy_threshold: 1, http_health_check: { path: /healthz } }\n";
+    let clusters = [("good", "backend.internal"), ("badsan", "nope.internal")]
+        .iter()
+        .map(|(name, san)| {
+            cluster(
+                name,
+                &[backend.addr],
+                &format!(
+                    "{}{hc}",
+                    upstream_tls("backend.internal", &validation(&pki.ca.cert, san))
+                ),
+            )
+        })
+        .collect::<String>();
+    let boot = bootstrap(&all_to("good"), "", &clusters);
+    let flags = |proxy: &Courier| -> Vec<String> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let text = admin_get(proxy.admin, "/clusters").unwrap_or_default();
+            let of = |c: &str| {
+                text.lines()
+                    .find_map(|l| {
+                        l.strip_prefix(&format!("{c}::"))
+                            .and_then(|r| r.split_once("::health_flags::"))
+                            .map(|(_, f)| f.to_string())
+                    })
+                    .unwrap_or_default()
+            };
+            let (good, bad) = (of("good"), of("badsan"));
+            if (good == "healthy" && proxy.stat("cluster.badsan.health_check.failure") >= 2)
+                || std::time::Instant::now() > deadline
+            {
+                return vec![good, bad];
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    };
+    let (envoy, courier) = on_both(&boot, flags);
+    assert_eq!(courier, ["healthy", "/failed_active_hc"]);
+    if let Some(envoy) = envoy {
+        assert_eq!(envoy, courier);
+    }
+}

@@ -79,28 +79,11 @@ fn http_connections_come_from_the_cluster_source_address() {
 fn tcp_proxy_connections_come_from_the_cluster_source_address() {
     let up = peer_echo();
     let run = |start: &dyn Fn(&str) -> Option<Courier>| -> Option<String> {
-        let b = format!(
-            r#"admin:
-  address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
-static_resources:
-  listeners:
-  - name: tcp
-    address: {{ socket_address: {{ address: 127.0.0.1, port_value: LISTENER_PORT }} }}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.tcp_proxy
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
-          stat_prefix: t
-          cluster: c
-  clusters:
-{}"#,
-            cluster(
-                "c",
-                &[up],
-                "    upstream_bind_config: { source_address: { address: 127.0.0.4, port_value: 0 } }\n"
-            )
-        );
+        let b = tcp_bootstrap(&cluster(
+            "c",
+            &[up],
+            "    upstream_bind_config: { source_address: { address: 127.0.0.4, port_value: 0 } }\n",
+        ));
         let proxy = start(&b)?;
         let r = get(proxy.listener, "x", "/", &[]);
         Some(r.body_str())

@@ -123,24 +123,7 @@ fn http_upstreams_get_the_downstream_addresses_as_envoy() {
 #[test]
 fn tcp_proxy_upstreams_get_the_downstream_addresses_as_envoy() {
     let up = header_echo();
-    let b = format!(
-        r#"admin:
-  address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
-static_resources:
-  listeners:
-  - name: tcp
-    address: {{ socket_address: {{ address: 127.0.0.1, port_value: LISTENER_PORT }} }}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.tcp_proxy
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
-          stat_prefix: t
-          cluster: c
-  clusters:
-{}"#,
-        pp_cluster(up, "V1")
-    );
+    let b = tcp_bootstrap(&pp_cluster(up, "V1"));
     for proxy in [Some(Courier::start(&b)), Courier::start_envoy(&b)]
         .into_iter()
         .flatten()

@@ -811,6 +811,27 @@ static_resources:
     )
 }
 
+/// A bootstrap with one `tcp_proxy` listener to cluster `c`, defined in `clusters`.
+pub fn tcp_bootstrap(clusters: &str) -> String {
+    format!(
+        r#"admin:
+  address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
+static_resources:
+  listeners:
+  - name: tcp
+    address: {{ socket_address: {{ address: 127.0.0.1, port_value: LISTENER_PORT }} }}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: t
+          cluster: c
+  clusters:
+{clusters}"#
+    )
+}
+
 /// `bootstrap` with the HTTP filters `filters` (YAML list items, indented as
 /// [`bootstrap`] writes them) ahead of the router.
 pub fn with_filters(bootstrap: &str, filters: &str) -> String {

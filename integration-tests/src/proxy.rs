@@ -200,6 +200,11 @@ impl Proxy {
             .unwrap_or_else(|e| panic!("admin POST {path}: {e}"))
     }
 
+    /// `/stats` as the admin renders it.
+    pub async fn stats_text(&self) -> String {
+        self.get("/stats").await.1
+    }
+
     /// Every stat as name → value.
     pub async fn stats(&self) -> HashMap<String, i64> {
         let (_, body) = self.get("/stats").await;

@@ -14,4 +14,5 @@ mod resilience;
 mod scripted;
 mod sources;
 mod xds_sds;
+mod xds_stats;
 mod xds_tls;

@@ -16,7 +16,7 @@ pub fn active_downstream_connections(store: &Store) -> i64 {
         .filter(|(name, _)| {
             name.starts_with("listener.") && name.ends_with(".downstream_cx_active")
         })
-        .map(|(_, v)| v)
+        .map(|(_, v)| v.as_i64())
         .sum()
 }
 

@@ -24,8 +24,24 @@ fn quantile_text(v: f64) -> String {
     s.trim_end_matches('0').trim_end_matches('.').to_string()
 }
 
-/// `name: value` lines sorted by name, as Envoy's `/stats`; `filter` keeps names containing it.
+/// Text readouts passing `filter`, sorted by name.
+fn text_readouts(store: &Store, filter: Option<&str>) -> Vec<(String, String)> {
+    let mut all: Vec<_> = store
+        .text_readouts()
+        .into_iter()
+        .filter(|(k, _)| filter.is_none_or(|f| k.contains(f)))
+        .collect();
+    all.sort();
+    all
+}
+
+/// `name: value` lines sorted by name, as Envoy's `/stats`; `filter` keeps names containing
+/// it. Text readouts come first (quoted), then counters and gauges, then histograms.
 pub fn render_text(store: &Store, filter: Option<&str>) -> String {
+    let mut out = String::new();
+    for (k, v) in text_readouts(store, filter) {
+        let _ = writeln!(out, "{k}: {}", serde_json::Value::from(v));
+    }
     let mut all: Vec<(String, String)> = store
         .counters()
         .into_iter()
@@ -34,7 +50,6 @@ pub fn render_text(store: &Store, filter: Option<&str>) -> String {
         .filter(|(k, _)| filter.is_none_or(|f| k.contains(f)))
         .collect();
     all.sort();
-    let mut out = String::new();
     for (k, v) in all {
         let _ = writeln!(out, "{k}: {v}");
     }
@@ -67,8 +82,10 @@ pub fn render_json(store: &Store, filter: Option<&str>) -> serde_json::Value {
         .filter(|(k, _)| filter.is_none_or(|f| k.contains(f)))
         .collect();
     all.sort_by(|a, b| a.0.cmp(&b.0));
-    let mut stats: Vec<_> = all
+    let mut stats: Vec<_> = text_readouts(store, filter)
         .into_iter()
+        .map(|(name, value)| (name, serde_json::Value::from(value)))
+        .chain(all)
         .map(|(name, value)| serde_json::json!({"name": name, "value": value}))
         .collect();
     let computed: Vec<_> = histograms(store, filter)

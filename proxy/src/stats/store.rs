@@ -139,6 +139,67 @@ impl Counter {
 /// A value that goes up and down; per-thread deltas summed when read.
 pub struct Gauge {
     cells: Cells,
+    /// Read as an unsigned 64-bit value (Envoy's gauges are `uint64`): a set-only gauge
+    /// such as a subscription's `version` hash uses the whole range.
+    unsigned: bool,
+}
+
+/// A gauge's value as rendered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GaugeValue {
+    /// An up-and-down gauge (per-thread deltas may be negative).
+    Signed(i64),
+    /// A set-only gauge holding a full `u64`.
+    Unsigned(u64),
+}
+
+impl GaugeValue {
+    /// The value as a signed number (an unsigned one above `i64::MAX` saturates).
+    pub fn as_i64(self) -> i64 {
+        match self {
+            GaugeValue::Signed(v) => v,
+            GaugeValue::Unsigned(v) => i64::try_from(v).unwrap_or(i64::MAX),
+        }
+    }
+}
+
+impl std::fmt::Display for GaugeValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GaugeValue::Signed(v) => v.fmt(f),
+            GaugeValue::Unsigned(v) => v.fmt(f),
+        }
+    }
+}
+
+impl From<GaugeValue> for serde_json::Value {
+    fn from(v: GaugeValue) -> serde_json::Value {
+        match v {
+            GaugeValue::Signed(v) => v.into(),
+            GaugeValue::Unsigned(v) => v.into(),
+        }
+    }
+}
+
+/// A string stat (Envoy's text readout), e.g. a subscription's `version_text`; set and
+/// read on the main thread.
+#[derive(Default)]
+pub struct TextReadout {
+    value: Mutex<String>,
+}
+
+impl TextReadout {
+    /// Replaces the value.
+    pub fn set(&self, value: &str) {
+        let mut v = lock(&self.value);
+        v.clear();
+        v.push_str(value);
+    }
+
+    /// The current value.
+    pub fn value(&self) -> String {
+        lock(&self.value).clone()
+    }
 }
 
 /// A gauge raised by one while this lives ([`Gauge::raise`]).
@@ -185,9 +246,15 @@ impl Gauge {
 
     /// Sets the gauge from the main thread (only for gauges no worker touches).
     pub fn set(&self, value: i64) {
+        // Two's complement: the bit pattern of the value.
+        self.set_unsigned(value as u64);
+    }
+
+    /// Sets the whole `u64` of a gauge created by [`Store::unsigned_gauge`].
+    pub fn set_unsigned(&self, value: u64) {
         let rows = &self.cells.block.rows;
         for (i, row) in rows.iter().enumerate() {
-            let v = if i == rows.len() - 1 { value as u64 } else { 0 };
+            let v = if i == rows.len() - 1 { value } else { 0 };
             row.0[usize::from(self.cells.slot)].store(v, Ordering::Relaxed);
         }
     }
@@ -195,6 +262,15 @@ impl Gauge {
     /// The sum over all threads.
     pub fn value(&self) -> i64 {
         self.cells.sum() as i64
+    }
+
+    /// The value as rendered: unsigned for a gauge created as one.
+    pub fn rendered(&self) -> GaugeValue {
+        if self.unsigned {
+            GaugeValue::Unsigned(self.cells.sum())
+        } else {
+            GaugeValue::Signed(self.value())
+        }
     }
 }
 
@@ -298,6 +374,7 @@ struct Registry {
     counters: BTreeMap<Key, Arc<Counter>>,
     gauges: BTreeMap<Key, Arc<Gauge>>,
     histograms: BTreeMap<Key, Arc<Histogram>>,
+    text_readouts: BTreeMap<Key, Arc<TextReadout>>,
 }
 
 impl Registry {
@@ -363,6 +440,15 @@ impl Store {
 
     /// The gauge named `name`, created at zero on first use.
     pub fn gauge(&self, name: &str) -> Arc<Gauge> {
+        self.gauge_of_kind(name, false)
+    }
+
+    /// A set-only gauge holding a whole `u64` (a version hash), created at zero.
+    pub fn unsigned_gauge(&self, name: &str) -> Arc<Gauge> {
+        self.gauge_of_kind(name, true)
+    }
+
+    fn gauge_of_kind(&self, name: &str, unsigned: bool) -> Arc<Gauge> {
         let mut r = lock(&self.registry);
         let key = r.key(name);
         r.gauges
@@ -370,9 +456,84 @@ impl Store {
             .or_insert_with(|| {
                 Arc::new(Gauge {
                     cells: self.cells(),
+                    unsigned,
                 })
             })
             .clone()
+    }
+
+    /// The text readout named `name`, created empty on first use.
+    pub fn text_readout(&self, name: &str) -> Arc<TextReadout> {
+        let mut r = lock(&self.registry);
+        let key = r.key(name);
+        r.text_readouts.entry(key).or_default().clone()
+    }
+
+    /// Forgets every stat of `scope` and of the scopes nested in it (`cluster.a` and
+    /// `cluster.a.outlier_detection`, not `cluster.ab`), as Envoy drops a removed
+    /// cluster's scope: they leave `/stats`, their slots return to the arena once the
+    /// last handle held elsewhere drops, and a later stat of the same name starts at zero.
+    pub fn remove_scope(&self, scope: &str) {
+        let mut r = lock(&self.registry);
+        let exact: Arc<str> = Arc::from(scope);
+        // '/' sorts right after '.', so `[scope., scope/)` holds exactly the nested scopes.
+        let nested: Arc<str> = Arc::from(format!("{scope}."));
+        let after_nested: Arc<str> = Arc::from(format!("{scope}/"));
+        let empty: Arc<str> = Arc::from("");
+        let doomed = |r: &Registry| -> Vec<Key> {
+            let in_scope = |k: &&Key| *k.0 == *exact || k.0.starts_with(&*nested);
+            let ranges = [
+                (exact.clone(), empty.clone())..(nested.clone(), empty.clone()),
+                (nested.clone(), empty.clone())..(after_nested.clone(), empty.clone()),
+            ];
+            let mut keys = Vec::new();
+            for range in ranges {
+                keys.extend(
+                    r.counters
+                        .range(range.clone())
+                        .map(|(k, _)| k)
+                        .filter(in_scope)
+                        .cloned(),
+                );
+                keys.extend(
+                    r.gauges
+                        .range(range.clone())
+                        .map(|(k, _)| k)
+                        .filter(in_scope)
+                        .cloned(),
+                );
+                keys.extend(
+                    r.histograms
+                        .range(range.clone())
+                        .map(|(k, _)| k)
+                        .filter(in_scope)
+                        .cloned(),
+                );
+                keys.extend(
+                    r.text_readouts
+                        .range(range)
+                        .map(|(k, _)| k)
+                        .filter(in_scope)
+                        .cloned(),
+                );
+            }
+            keys
+        };
+        for key in doomed(&r) {
+            r.counters.remove(&key);
+            r.gauges.remove(&key);
+            r.histograms.remove(&key);
+            r.text_readouts.remove(&key);
+        }
+    }
+
+    /// Every text readout's current value, by name (in no particular order).
+    pub fn text_readouts(&self) -> Vec<(String, String)> {
+        lock(&self.registry)
+            .text_readouts
+            .iter()
+            .map(|(k, v)| (full_name(k), v.value()))
+            .collect()
     }
 
     /// The histogram named `name`, created empty on first use.
@@ -397,6 +558,7 @@ impl Store {
     pub fn detached_gauge(&self) -> Arc<Gauge> {
         Arc::new(Gauge {
             cells: self.cells(),
+            unsigned: false,
         })
     }
 
@@ -419,11 +581,11 @@ impl Store {
     }
 
     /// Every gauge's current value, by name (in no particular order).
-    pub fn gauges(&self) -> Vec<(String, i64)> {
+    pub fn gauges(&self) -> Vec<(String, GaugeValue)> {
         lock(&self.registry)
             .gauges
             .iter()
-            .map(|(k, v)| (full_name(k), v.value()))
+            .map(|(k, v)| (full_name(k), v.rendered()))
             .collect()
     }
 }
@@ -464,8 +626,49 @@ mod tests {
                 ("cluster.a.upstream_cx_total".to_string(), 2),
             ]
         );
-        assert_eq!(store.gauges(), vec![("uptime".to_string(), 3)]);
+        assert_eq!(
+            store.gauges(),
+            vec![("uptime".to_string(), GaugeValue::Signed(3))]
+        );
+        let version = store.unsigned_gauge("cds.version");
+        version.set_unsigned(u64::MAX - 1);
+        assert_eq!(version.rendered().to_string(), (u64::MAX - 1).to_string());
+        store.text_readout("cds.version_text").set("v1");
+        assert_eq!(
+            store.text_readouts(),
+            vec![("cds.version_text".to_string(), "v1".to_string())]
+        );
         assert_eq!(store.counter("cluster.a.upstream_cx_total").value(), 2);
+    }
+
+    #[test]
+    fn removing_a_scope_drops_it_and_its_nested_scopes_only() {
+        let store = Store::new(1);
+        for name in [
+            "cluster.a.upstream_cx_total",
+            "cluster.a.outlier_detection.ejections_total",
+            "cluster.a-b.upstream_cx_total",
+            "cluster.ab.upstream_cx_total",
+            "cluster.a",
+        ] {
+            store.counter(name).inc(0);
+        }
+        store.unsigned_gauge("cluster.a.version").set_unsigned(7);
+        store.text_readout("cluster.a.version_text").set("v");
+        store.remove_scope("cluster.a");
+        let mut left: Vec<String> = store.counters().into_iter().map(|(k, _)| k).collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                "cluster.a",
+                "cluster.a-b.upstream_cx_total",
+                "cluster.ab.upstream_cx_total"
+            ]
+        );
+        assert!(store.gauges().is_empty());
+        assert!(store.text_readouts().is_empty());
+        assert_eq!(store.counter("cluster.a.upstream_cx_total").value(), 0);
     }
 
     #[test]

@@ -301,19 +301,27 @@ pub struct ClusterStats {
     pub membership_total: Arc<Gauge>,
     /// `membership_healthy`.
     pub membership_healthy: Arc<Gauge>,
-    /// `update_attempt` (EDS).
+    /// `update_attempt` (EDS and DNS).
     pub update_attempt: Arc<Counter>,
-    /// `update_success` (EDS).
+    /// `update_success` (EDS and DNS).
     pub update_success: Arc<Counter>,
-    /// `update_rejected` (EDS).
-    pub update_rejected: Arc<Counter>,
     /// `update_empty` (EDS).
     pub update_empty: Arc<Counter>,
+    /// `update_failure` (EDS stream failures, DNS failures).
+    pub update_failure: Arc<Counter>,
+    /// `update_no_rebuild`: accepted EDS updates that left the hosts as they were.
+    pub update_no_rebuild: Arc<Counter>,
+    /// The EDS subscription's stats (under the cluster's scope, sharing the counters
+    /// above, as in Envoy).
+    pub eds: Option<crate::xds::SubscriptionStats>,
+    /// `version` (the EDS subscription's; Envoy has it on every cluster).
+    _version: Arc<Gauge>,
 }
 
 impl ClusterStats {
-    /// Registers (or finds) the stats of cluster `name`.
-    pub fn new(store: &Store, name: &str) -> Arc<ClusterStats> {
+    /// Registers (or finds) the stats of cluster `name`, with an EDS subscription's when
+    /// `eds`.
+    pub fn new(store: &Store, name: &str, eds: bool) -> Arc<ClusterStats> {
         let c = |s: &str| store.counter(&format!("cluster.{name}.{s}"));
         let g = |s: &str| store.gauge(&format!("cluster.{name}.{s}"));
         Arc::new(ClusterStats {
@@ -331,8 +339,11 @@ impl ClusterStats {
             membership_healthy: g("membership_healthy"),
             update_attempt: c("update_attempt"),
             update_success: c("update_success"),
-            update_rejected: c("update_rejected"),
             update_empty: c("update_empty"),
+            update_failure: c("update_failure"),
+            update_no_rebuild: c("update_no_rebuild"),
+            eds: eds.then(|| crate::xds::SubscriptionStats::new(store, &format!("cluster.{name}"))),
+            _version: store.unsigned_gauge(&format!("cluster.{name}.version")),
         })
     }
 }
@@ -611,7 +622,11 @@ pub fn compile_cluster_reporting(
         conn_lifetime,
         stream_limits,
     } = upstream_http(proto)?;
-    let stats = ClusterStats::new(store, &proto.name);
+    let stats = ClusterStats::new(
+        store,
+        &proto.name,
+        matches!(discovery, DiscoveryType::Eds { .. }),
+    );
     // One `ssl.*` for every TLS socket of the cluster, as Envoy's cluster scope; made
     // only for a cluster with TLS.
     let ssl = std::cell::OnceCell::new();

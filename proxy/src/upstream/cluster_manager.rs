@@ -394,6 +394,11 @@ impl ClusterManager {
         } else {
             self.stats.cluster_added.inc(MAIN_THREAD);
         }
+        // Each new cluster object starts its own EDS subscription, as Envoy's EDS cluster
+        // does (an update counts a start again).
+        if let Some(eds) = &entry.info.stats.eds {
+            eds.started();
+        }
         let change = if warm && ready(&entry.info) {
             // Make before break: the new cluster replaces the old one in one publish.
             self.warming.remove(&proto.name);
@@ -421,6 +426,8 @@ impl ClusterManager {
             self.dirty = true;
         }
         if warming || active {
+            // Envoy drops a removed cluster's stats scope with it.
+            self.store.remove_scope(&format!("cluster.{name}"));
             self.stats.cluster_removed.inc(MAIN_THREAD);
             self.update_gauges();
             self.notify();

@@ -186,6 +186,9 @@ async fn lookup(cm: &RefCell<ClusterManager>, job: &DnsJob) -> Option<Vec<Arc<Ho
             }
             Err(e) => {
                 tracing::warn!(cluster = %job.cluster, host = %name, error = %e, "DNS resolution failed; keeping previous hosts");
+                if let Some(s) = &stats {
+                    s.update_failure.inc(MAIN_THREAD);
+                }
                 failed = true;
             }
         }

@@ -11,6 +11,7 @@
 use std::collections::HashSet;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::Instant;
 
 use courier_proto::envoy::config::cluster::v3::Cluster;
 use courier_proto::envoy::config::endpoint::v3::ClusterLoadAssignment;
@@ -188,12 +189,9 @@ fn split(update: Update<'_>) -> (String, Vec<Resource>, Option<Vec<String>>, boo
 }
 
 fn apply_cds(server: &Server, update: Update<'_>) -> Result<(), String> {
-    let (version, resources, removed, sotw) = split(update);
-    let stats = server.xds.borrow().stats.cds.clone();
-    stats.update_attempt.inc(MAIN_THREAD);
-    if resources.is_empty() && sotw {
-        stats.update_empty.inc(MAIN_THREAD);
-    }
+    let started = Instant::now();
+    let (version, resources, removed, _) = split(update);
+    let mut changed = 0usize;
     let mut errors = Vec::new();
     let mut seen = HashSet::new();
     let mut cm = server.cluster_manager.borrow_mut();
@@ -207,10 +205,15 @@ fn apply_cds(server: &Server, update: Update<'_>) -> Result<(), String> {
         }
         let cluster = encoded.decode();
         match cm.add_or_update(&cluster, &version, true) {
-            Ok(_) => server
-                .xds
-                .borrow_mut()
-                .clear_error(ResourceType::Cluster, &r.name),
+            Ok(change) => {
+                if change != crate::upstream::ClusterChange::Unchanged {
+                    changed += 1;
+                }
+                server
+                    .xds
+                    .borrow_mut()
+                    .clear_error(ResourceType::Cluster, &r.name);
+            }
             Err(e) => {
                 server.xds.borrow_mut().record_error(
                     ResourceType::Cluster,
@@ -241,21 +244,28 @@ fn apply_cds(server: &Server, update: Update<'_>) -> Result<(), String> {
     }
     cm.publish();
     drop(cm);
-    finish(
-        &stats,
+    let stats = server.xds.borrow().stats.cds.clone();
+    let result = finish(
+        &[stats],
         &version,
+        started,
         errors,
         "Error adding/updating cluster(s) ",
-    )
+    );
+    // Envoy's `config_reload`: an accepted update that added or changed clusters.
+    if result.is_ok() && changed > 0 {
+        let xds = server.xds.borrow();
+        xds.stats.cds_config_reload.inc(MAIN_THREAD);
+        xds.stats
+            .cds_config_reload_time_ms
+            .set(super::subscription_stats::now_ms());
+    }
+    result
 }
 
 fn apply_lds(server: &Server, update: Update<'_>) -> Result<(), String> {
-    let (version, resources, removed, sotw) = split(update);
-    let stats = server.xds.borrow().stats.lds.clone();
-    stats.update_attempt.inc(MAIN_THREAD);
-    if resources.is_empty() && sotw {
-        stats.update_empty.inc(MAIN_THREAD);
-    }
+    let started = Instant::now();
+    let (version, resources, removed, _) = split(update);
     let mut errors = Vec::new();
     let mut failures = Vec::new();
     let mut seen = HashSet::new();
@@ -313,16 +323,19 @@ fn apply_lds(server: &Server, update: Update<'_>) -> Result<(), String> {
         }
     }
     drop(xds);
+    let stats = server.xds.borrow().stats.lds.clone();
     finish(
-        &stats,
+        &[stats],
         &version,
+        started,
         errors,
         "Error adding/updating listener(s) ",
     )
 }
 
 fn apply_eds(server: &Server, update: Update<'_>) -> Result<(), String> {
-    let (_version, resources, removed, _) = split(update);
+    let started = Instant::now();
+    let (version, resources, removed, _) = split(update);
     let assignments: Vec<(String, Encoded<ClusterLoadAssignment>)> = {
         let cm = server.cluster_manager.borrow();
         resources
@@ -334,25 +347,46 @@ fn apply_eds(server: &Server, update: Update<'_>) -> Result<(), String> {
             })
             .collect()
     };
-    // Validate everything before changing anything: one bad assignment rejects all.
+    // Validate everything before changing anything: one bad assignment rejects all (and
+    // every subscription the response serves counts the rejection, as Envoy's mux does).
+    let reject = |e: String| {
+        for (name, _) in &assignments {
+            for stats in super::subscriptions_of(server, ResourceType::Endpoint, name) {
+                stats.rejected();
+            }
+        }
+        Err(e)
+    };
     for (name, cla) in &assignments {
         if let Err(e) = crate::upstream::validate_assignment(&cla.decode()) {
-            count_eds(server, name, false);
-            return Err(format!("{name}: {e}"));
+            return reject(format!("{name}: {e}"));
         }
     }
-    for (name, cla) in assignments {
+    let mut outcomes = Vec::with_capacity(assignments.len());
+    for (name, cla) in &assignments {
         let applied = server
             .cluster_manager
             .borrow_mut()
-            .update_assignment(&name, &cla);
-        if let Err(e) = applied {
-            count_eds(server, &name, false);
-            return Err(format!("{name}: {e}"));
+            .update_assignment(name, cla);
+        match applied {
+            Ok(rebuilt) => outcomes.push((name, rebuilt)),
+            Err(e) => return reject(format!("{name}: {e}")),
         }
-        server.xds.borrow_mut().eds_received(&name);
-        count_eds(server, &name, true);
+        server.xds.borrow_mut().eds_received(name);
     }
+    let took = started.elapsed();
+    let cm = server.cluster_manager.borrow();
+    for (name, rebuilt) in outcomes {
+        for e in cm.eds_users(name) {
+            if let Some(eds) = &e.info.stats.eds {
+                eds.accepted(&version, took);
+            }
+            if !rebuilt.contains(&e.info.name) {
+                e.info.stats.update_no_rebuild.inc(MAIN_THREAD);
+            }
+        }
+    }
+    drop(cm);
     let mut cm = server.cluster_manager.borrow_mut();
     for name in removed.unwrap_or_default() {
         // Delta removal of an assignment: the cluster keeps existing with no hosts.
@@ -366,52 +400,19 @@ fn apply_eds(server: &Server, update: Update<'_>) -> Result<(), String> {
     Ok(())
 }
 
-fn count_eds(server: &Server, service: &str, ok: bool) {
-    let cm = server.cluster_manager.borrow();
-    for e in cm.eds_users(service) {
-        e.info.stats.update_attempt.inc(MAIN_THREAD);
-        if ok {
-            e.info.stats.update_success.inc(MAIN_THREAD);
-        } else {
-            e.info.stats.update_rejected.inc(MAIN_THREAD);
-        }
-    }
-}
-
 fn apply_rds(server: &Server, update: Update<'_>) -> Result<(), String> {
-    let (_version, resources, removed, _) = split(update);
+    let started = Instant::now();
+    let (version, resources, removed, _) = split(update);
     let wanted = server.listener_manager.borrow().rds_needs();
     let mut compiled = Vec::new();
     for r in resources {
         let Proto::Route(route) = r.proto else {
             continue;
         };
-        let prefixes: Vec<&str> = wanted
-            .iter()
-            .filter(|w| w.name() == r.name)
-            .map(|w| w.stat_prefix.as_str())
-            .collect();
-        if prefixes.is_empty() {
+        if !wanted.iter().any(|w| w.name() == r.name) {
             continue;
         }
-        let attempt = |ok: bool| {
-            for p in &prefixes {
-                let base = format!("http.{p}.rds.{}", r.name);
-                server
-                    .store
-                    .counter(&format!("{base}.update_attempt"))
-                    .inc(MAIN_THREAD);
-                let outcome = if ok {
-                    "update_success"
-                } else {
-                    "update_rejected"
-                };
-                server
-                    .store
-                    .counter(&format!("{base}.{outcome}"))
-                    .inc(MAIN_THREAD);
-            }
-        };
+        let subscriptions = super::subscriptions_of(server, ResourceType::Route, &r.name);
         let compiled_table =
             RouteTable::compile(&route, &server.store, &crate::filters::http::HTTP_FILTERS)
                 .and_then(|t| {
@@ -422,18 +423,35 @@ fn apply_rds(server: &Server, update: Update<'_>) -> Result<(), String> {
                     }
                 });
         match compiled_table {
-            Ok(table) => {
-                attempt(true);
-                compiled.push(Arc::new(table));
-            }
+            Ok(table) => compiled.push((Arc::new(table), subscriptions)),
             Err(e) => {
-                attempt(false);
+                for stats in &subscriptions {
+                    stats.rejected();
+                }
                 return Err(format!("{}: {e}", r.name));
             }
         }
     }
+    let took = started.elapsed();
     let mut xds = server.xds.borrow_mut();
-    for table in compiled {
+    for (table, subscriptions) in compiled {
+        // Envoy's `config_reload`: the route configuration's content changed.
+        let reloaded = !xds.routes.same_proto(&table);
+        for stats in &subscriptions {
+            stats.accepted(&version, took);
+        }
+        if reloaded {
+            for scope in super::rds_stat_scopes(server, &table.name) {
+                server
+                    .store
+                    .counter(&format!("{scope}.config_reload"))
+                    .inc(MAIN_THREAD);
+                server
+                    .store
+                    .gauge(&format!("{scope}.config_reload_time_ms"))
+                    .set(super::subscription_stats::now_ms());
+            }
+        }
         xds.set_route(table);
     }
     for name in removed.unwrap_or_default() {
@@ -467,18 +485,25 @@ fn apply_sds(server: &Server, update: Update<'_>) -> Result<(), String> {
     result
 }
 
+/// Counts the outcome of a CDS/LDS update on its subscriptions; an `Err` is the NACK.
 fn finish(
-    stats: &super::SubscriptionStats,
+    subscriptions: &[super::SubscriptionStats],
     version: &str,
+    started: Instant,
     errors: Vec<String>,
     prefix: &str,
 ) -> Result<(), String> {
+    let took = started.elapsed();
+    for stats in subscriptions {
+        if errors.is_empty() {
+            stats.accepted(version, took);
+        } else {
+            stats.rejected();
+        }
+    }
     if errors.is_empty() {
-        stats.update_success.inc(MAIN_THREAD);
-        stats.set_version(version);
         Ok(())
     } else {
-        stats.update_rejected.inc(MAIN_THREAD);
         Err(format!("{prefix}{}", errors.join(", ")))
     }
 }

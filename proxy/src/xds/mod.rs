@@ -12,6 +12,7 @@ pub mod apply;
 pub mod initial_fetch;
 pub mod mux;
 pub mod path_source;
+pub mod subscription_stats;
 pub mod transport;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
@@ -33,75 +34,31 @@ use crate::server::{Server, ServerState};
 use crate::stats::{Counter, Gauge, Store, MAIN_THREAD};
 use courier_runtime::thread_local::Slot;
 use mux::{Mux, Protocol, Rpc};
+pub use subscription_stats::{ControlPlaneStats, SubscriptionStats};
 
 const DEFAULT_INITIAL_FETCH_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// `cluster_manager.cds.*` / `listener_manager.lds.*`.
-#[derive(Clone)]
-pub struct SubscriptionStats {
-    /// `update_attempt`.
-    pub update_attempt: Arc<Counter>,
-    /// `update_success`.
-    pub update_success: Arc<Counter>,
-    /// `update_rejected`.
-    pub update_rejected: Arc<Counter>,
-    /// `update_failure` (stream failures).
-    pub update_failure: Arc<Counter>,
-    /// `update_empty`.
-    pub update_empty: Arc<Counter>,
-    /// `init_fetch_timeout`.
-    pub init_fetch_timeout: Arc<Counter>,
-    /// `version`: a hash of the last accepted version_info, as Envoy's.
-    pub version: Arc<Gauge>,
-    /// `version_text` is not a number; kept for config_dump.
-    pub version_text: std::rc::Rc<std::cell::RefCell<String>>,
-}
-
-impl SubscriptionStats {
-    fn new(store: &Store, prefix: &str) -> SubscriptionStats {
-        let c = |s: &str| store.counter(&format!("{prefix}.{s}"));
-        SubscriptionStats {
-            update_attempt: c("update_attempt"),
-            update_success: c("update_success"),
-            update_rejected: c("update_rejected"),
-            update_failure: c("update_failure"),
-            update_empty: c("update_empty"),
-            init_fetch_timeout: c("init_fetch_timeout"),
-            version: store.gauge(&format!("{prefix}.version")),
-            version_text: Default::default(),
-        }
-    }
-
-    /// Records an accepted version.
-    pub fn set_version(&self, version: &str) {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        version.hash(&mut h);
-        self.version.set((h.finish() >> 1) as i64);
-        *self.version_text.borrow_mut() = version.to_string();
-    }
-}
-
-/// Stats of the xDS client.
+/// The CDS and LDS subscriptions' stats, and what a stream failure or a response that
+/// does not decode counts.
 pub struct XdsStats {
-    connected_state: Arc<Gauge>,
-    /// CDS.
+    /// `cluster_manager.cds.*`.
     pub cds: SubscriptionStats,
-    /// LDS.
+    /// `listener_manager.lds.*`.
     pub lds: SubscriptionStats,
+    /// `cluster_manager.cds.config_reload`: accepted updates that added or changed clusters.
+    pub cds_config_reload: Arc<Counter>,
+    /// `cluster_manager.cds.config_reload_time_ms`.
+    pub cds_config_reload_time_ms: Arc<Gauge>,
 }
 
 impl XdsStats {
-    /// `control_plane.connected_state`.
-    pub fn set_connected(&self, connected: bool) {
-        self.connected_state.set(i64::from(connected));
-    }
-
-    /// Counts `update_rejected` for a response whose resources did not decode (wrong type
-    /// URL, undecodable bytes): Envoy rejects those like any invalid resource.
-    pub fn decode_rejected(&self, kind: ResourceType) {
-        if let Some(stats) = self.subscription(kind) {
-            stats.update_rejected.inc(MAIN_THREAD);
+    /// The CDS or LDS subscription's stats; EDS, RDS and SDS subscriptions are per
+    /// resource (see [`subscriptions_of`]).
+    fn wildcard(&self, kind: ResourceType) -> Option<&SubscriptionStats> {
+        match kind {
+            ResourceType::Cluster => Some(&self.cds),
+            ResourceType::Listener => Some(&self.lds),
+            ResourceType::Endpoint | ResourceType::Route | ResourceType::Secret => None,
         }
     }
 
@@ -109,27 +66,59 @@ impl XdsStats {
     /// that parses but holds invalid resources is `update_rejected`, one that does not parse
     /// is `update_failure`).
     pub fn file_failed(&self, kind: ResourceType) {
-        if let Some(stats) = self.subscription(kind) {
-            stats.update_failure.inc(MAIN_THREAD);
+        if let Some(stats) = self.wildcard(kind) {
+            stats.connection_failed();
         }
     }
 
-    /// Counts `update_failure` for the types of a stream that failed.
-    pub fn stream_failed(&self, types: Vec<ResourceType>) {
-        for stats in types.into_iter().filter_map(|kind| self.subscription(kind)) {
-            stats.update_failure.inc(MAIN_THREAD);
+    /// Counts `update_rejected` for a file whose resources did not decode.
+    pub fn file_rejected(&self, kind: ResourceType) {
+        if let Some(stats) = self.wildcard(kind) {
+            stats.rejected();
         }
     }
+}
 
-    /// The subscription stats of `kind`: CDS and LDS have them, EDS, RDS and SDS do not
-    /// (EDS counts per cluster, RDS per connection manager).
-    fn subscription(&self, kind: ResourceType) -> Option<&SubscriptionStats> {
-        match kind {
-            ResourceType::Cluster => Some(&self.cds),
-            ResourceType::Listener => Some(&self.lds),
-            ResourceType::Endpoint | ResourceType::Route | ResourceType::Secret => None,
-        }
+/// The stats of every subscription to `name` of `kind` (`name` empty for CDS/LDS): one
+/// for CDS or LDS, one per cluster using an EDS service name, one per connection manager
+/// needing a route configuration. SDS counts on its own (`sds.<name>.*`).
+pub fn subscriptions_of(server: &Server, kind: ResourceType, name: &str) -> Vec<SubscriptionStats> {
+    match kind {
+        ResourceType::Cluster | ResourceType::Listener => server
+            .xds
+            .borrow()
+            .stats
+            .wildcard(kind)
+            .cloned()
+            .into_iter()
+            .collect(),
+        ResourceType::Endpoint => server
+            .cluster_manager
+            .borrow()
+            .eds_users(name)
+            .filter_map(|e| e.info.stats.eds.clone())
+            .collect(),
+        ResourceType::Route => rds_stat_scopes(server, name)
+            .iter()
+            .map(|scope| SubscriptionStats::new(&server.store, scope))
+            .collect(),
+        ResourceType::Secret => Vec::new(),
     }
+}
+
+/// `http.<stat_prefix>.rds.<name>` of every connection manager needing route config `name`.
+fn rds_stat_scopes(server: &Server, name: &str) -> Vec<String> {
+    let mut scopes: Vec<String> = server
+        .listener_manager
+        .borrow()
+        .rds_needs()
+        .iter()
+        .filter(|n| n.name() == name)
+        .map(|n| format!("http.{}.rds.{name}", n.stat_prefix))
+        .collect();
+    scopes.sort();
+    scopes.dedup();
+    scopes
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -156,14 +145,17 @@ pub struct XdsState {
     routes_ready: HashSet<String>,
     /// EDS names whose first response arrived.
     eds_ready: HashSet<String>,
+    /// Scopes (`http.<prefix>.rds.<name>`) of the RDS subscriptions started.
+    rds_started: HashSet<String>,
     /// `initial_fetch_timeout` deadlines.
     initial_fetch: initial_fetch::InitialFetchTimers,
     /// `path_config_source` files watched, by (type, path).
     watched_paths: HashSet<(ResourceType, String)>,
     cds: Option<Source>,
     lds: Option<Source>,
-    /// EDS/RDS muxes by config source (serialized), for non-ADS sources.
-    muxes: BTreeMap<(Vec<u8>, ResourceType), Rc<Mux>>,
+    /// Streams of non-ADS sources, by config source (serialized), type and resource name
+    /// (empty for CDS and LDS): as in Envoy, each subscription has a stream of its own.
+    muxes: BTreeMap<ResourceType, BTreeMap<Vec<u8>, BTreeMap<String, Rc<Mux>>>>,
     ads: Option<Rc<Mux>>,
     phase: InitPhase,
     cds_initialized: bool,
@@ -179,13 +171,15 @@ impl XdsState {
     pub fn new(route_slot: Slot<RouteSnapshot>, store: &Store) -> XdsState {
         XdsState {
             stats: XdsStats {
-                connected_state: store.gauge("control_plane.connected_state"),
                 cds: SubscriptionStats::new(store, "cluster_manager.cds"),
                 lds: SubscriptionStats::new(store, "listener_manager.lds"),
+                cds_config_reload: store.counter("cluster_manager.cds.config_reload"),
+                cds_config_reload_time_ms: store.gauge("cluster_manager.cds.config_reload_time_ms"),
             },
             routes: RouteProvider::new(route_slot),
             routes_ready: HashSet::new(),
             eds_ready: HashSet::new(),
+            rds_started: HashSet::new(),
             initial_fetch: Default::default(),
             watched_paths: HashSet::new(),
             cds: None,
@@ -223,12 +217,12 @@ impl XdsState {
 
     /// Last accepted CDS version.
     pub fn cds_version(&self) -> Option<String> {
-        Some(self.stats.cds.version_text.borrow().clone()).filter(|v| !v.is_empty())
+        Some(self.stats.cds.version_text()).filter(|v| !v.is_empty())
     }
 
     /// Last accepted LDS version.
     pub fn lds_version(&self) -> Option<String> {
-        Some(self.stats.lds.version_text.borrow().clone()).filter(|v| !v.is_empty())
+        Some(self.stats.lds.version_text()).filter(|v| !v.is_empty())
     }
 
     /// Records a rejected resource (Envoy's `UpdateFailureState`).
@@ -361,11 +355,13 @@ fn node(bootstrap: &Bootstrap) -> courier_proto::envoy::config::core::v3::Node {
     bootstrap.node.clone().unwrap_or_default()
 }
 
+/// Starts a stream; its `control_plane.*` stats live under `stats_scope` (empty: the root).
 fn new_mux(
     server: &Rc<Server>,
     name: &str,
     api: &ApiConfigSource,
     rpc: Rpc,
+    stats_scope: &str,
 ) -> Result<Rc<Mux>, ConfigError> {
     let target = transport::grpc_target(api, &server.bootstrap)?;
     let mux = Mux::new(
@@ -375,15 +371,40 @@ fn new_mux(
         rpc,
         node(&server.bootstrap),
         api.set_node_on_first_message_only,
+        ControlPlaneStats::new(&server.store, stats_scope),
     );
     mux.start(Rc::downgrade(server));
     Ok(mux)
 }
 
+/// The scope of the subscription to `name` of `kind` (Envoy's: the CDS/LDS API, the
+/// cluster, the connection manager's RDS, the secret).
+fn subscription_scope(server: &Server, kind: ResourceType, name: &str) -> String {
+    match kind {
+        ResourceType::Cluster => "cluster_manager.cds".into(),
+        ResourceType::Listener => "listener_manager.lds".into(),
+        ResourceType::Endpoint => server
+            .cluster_manager
+            .borrow()
+            .eds_users(name)
+            .map(|e| format!("cluster.{}", e.info.name))
+            .next()
+            .unwrap_or_else(|| format!("cluster.{name}")),
+        ResourceType::Route => rds_stat_scopes(server, name)
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| format!("rds.{name}")),
+        ResourceType::Secret => format!("sds.{name}"),
+    }
+}
+
+/// Where the subscription to `name` of `kind` (empty for CDS/LDS) comes from: the ADS
+/// stream, a stream of its own (started on first use), or a file.
 fn source_for(
     server: &Rc<Server>,
     source: &ConfigSource,
     kind: ResourceType,
+    name: &str,
 ) -> Result<Source, ConfigError> {
     match &source.config_source_specifier {
         Some(ConfigSourceSpecifier::Ads(_)) => server
@@ -394,18 +415,7 @@ fn source_for(
             .map(Source::Mux)
             .ok_or_else(|| ConfigError::new("ads", "needs dynamic_resources.ads_config")),
         Some(ConfigSourceSpecifier::ApiConfigSource(api)) => {
-            let key = (api.encode_to_vec(), kind);
-            if let Some(m) = server.xds.borrow().muxes.get(&key) {
-                return Ok(Source::Mux(m.clone()));
-            }
-            let mux = new_mux(
-                server,
-                type_url::message_name(kind.type_url()),
-                api,
-                Rpc::Single(kind),
-            )?;
-            server.xds.borrow_mut().muxes.insert(key, mux.clone());
-            Ok(Source::Mux(mux))
+            api_mux(server, api, &api.encode_to_vec(), kind, name).map(Source::Mux)
         }
         #[allow(deprecated)]
         Some(ConfigSourceSpecifier::PathConfigSource(_) | ConfigSourceSpecifier::Path(_)) => {
@@ -413,6 +423,43 @@ fn source_for(
         }
         _ => Err(ConfigError::unsupported("config source")),
     }
+}
+
+/// The stream of its own of the subscription to `name` of `kind` from `api` (`encoded`),
+/// started on first use.
+fn api_mux(
+    server: &Rc<Server>,
+    api: &ApiConfigSource,
+    encoded: &[u8],
+    kind: ResourceType,
+    name: &str,
+) -> Result<Rc<Mux>, ConfigError> {
+    let held = server
+        .xds
+        .borrow()
+        .muxes
+        .get(&kind)
+        .and_then(|by_source| by_source.get(encoded))
+        .and_then(|by_name| by_name.get(name).cloned());
+    if let Some(m) = held {
+        return Ok(m);
+    }
+    let label = match name {
+        "" => type_url::message_name(kind.type_url()).to_string(),
+        _ => format!("{} {name}", type_url::message_name(kind.type_url())),
+    };
+    let scope = subscription_scope(server, kind, name);
+    let mux = new_mux(server, &label, api, Rpc::Single(kind), &scope)?;
+    server
+        .xds
+        .borrow_mut()
+        .muxes
+        .entry(kind)
+        .or_default()
+        .entry(encoded.to_vec())
+        .or_default()
+        .insert(name.to_string(), mux.clone());
+    Ok(mux)
 }
 
 /// A CDS or LDS file must exist when the server starts: Envoy's start-up error (`--mode
@@ -458,21 +505,22 @@ pub async fn start(server: &Rc<Server>) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_default();
     if let Some(ads) = &dr.ads_config {
-        let mux = new_mux(server, "ads", ads, Rpc::Ads)
+        let mux = new_mux(server, "ads", ads, Rpc::Ads, "")
             .map_err(|e| anyhow::anyhow!("{}", e.at("dynamic_resources.ads_config")))?;
         server.xds.borrow_mut().ads = Some(mux);
     }
     if let Some(cds) = &dr.cds_config {
-        let source = source_for(server, cds, ResourceType::Cluster)
+        let source = source_for(server, cds, ResourceType::Cluster, "")
             .map_err(|e| anyhow::anyhow!("{}", e.at("dynamic_resources.cds_config")))?;
         let mut xds = server.xds.borrow_mut();
+        xds.stats.cds.started();
         xds.cds = Some(source);
         xds.cds_timeout = initial_fetch_timeout(cds);
     } else {
         server.xds.borrow_mut().cds_initialized = true;
     }
     if let Some(lds) = &dr.lds_config {
-        let source = source_for(server, lds, ResourceType::Listener)
+        let source = source_for(server, lds, ResourceType::Listener, "")
             .map_err(|e| anyhow::anyhow!("{}", e.at("dynamic_resources.lds_config")))?;
         let mut xds = server.xds.borrow_mut();
         xds.lds = Some(source);
@@ -527,17 +575,21 @@ fn on_initial_fetch_timeout(server: &Rc<Server>, kind: ResourceType, name: &str)
         match kind {
             ResourceType::Cluster if !xds.cds_initialized => {
                 xds.cds_initialized = true;
-                xds.stats.cds.init_fetch_timeout.inc(MAIN_THREAD);
+                xds.stats.cds.fetch_timed_out();
                 fired = true;
             }
             ResourceType::Listener if !xds.lds_initialized => {
                 xds.lds_initialized = true;
-                xds.stats.lds.init_fetch_timeout.inc(MAIN_THREAD);
+                xds.stats.lds.fetch_timed_out();
                 fired = true;
             }
             ResourceType::Route if !xds.route_ready(name) => {
                 xds.routes_ready.insert(name.to_string());
                 fired = true;
+                // RDS subscriptions' stats come from the listener manager, not `xds`.
+                for stats in subscriptions_of(server, kind, name) {
+                    stats.fetch_timed_out();
+                }
             }
             // Already initialised or ready; EDS and SDS are handled below.
             _ => {}
@@ -553,15 +605,14 @@ fn on_initial_fetch_timeout(server: &Rc<Server>, kind: ResourceType, name: &str)
         fired = true;
     }
     if kind == ResourceType::Endpoint && !server.xds.borrow().eds_ready.contains(name) {
+        for stats in subscriptions_of(server, kind, name) {
+            stats.fetch_timed_out();
+        }
         server
             .cluster_manager
             .borrow_mut()
             .finish_warming_service(name);
         server.cluster_manager.borrow_mut().publish();
-        server
-            .store
-            .counter(&format!("cluster.{name}.init_fetch_timeout"))
-            .inc(MAIN_THREAD);
         fired = true;
     }
     if kind == ResourceType::Route && fired {
@@ -641,7 +692,9 @@ fn sync_eds(server: &Rc<Server>) {
 
 fn sync_rds(server: &Rc<Server>) {
     let mut groups: Vec<(ConfigSource, Vec<String>)> = Vec::new();
-    for need in server.listener_manager.borrow().rds_needs() {
+    let needs = server.listener_manager.borrow().rds_needs();
+    start_rds_subscriptions(server, &needs);
+    for need in needs {
         let rds = need.rds;
         match groups.iter_mut().find(|(s, _)| *s == rds.config_source) {
             Some((_, names)) => names.push(rds.route_config_name),
@@ -657,6 +710,27 @@ fn sync_rds(server: &Rc<Server>) {
     if dropped {
         xds.publish_routes();
     }
+}
+
+/// Counts the start of each RDS subscription that is new (Envoy creates its stats, the
+/// RDS-only ones included, and counts an attempt); forgets those no longer needed.
+fn start_rds_subscriptions(server: &Server, needs: &[crate::listener::RdsNeed]) {
+    let scopes: HashSet<String> = needs
+        .iter()
+        .map(|n| format!("http.{}.rds.{}", n.stat_prefix, n.name()))
+        .collect();
+    let mut xds = server.xds.borrow_mut();
+    for scope in &scopes {
+        if xds.rds_started.insert(scope.clone()) {
+            SubscriptionStats::new(&server.store, scope).started();
+            server.store.counter(&format!("{scope}.config_reload"));
+            server.store.counter(&format!("{scope}.update_empty"));
+            server
+                .store
+                .gauge(&format!("{scope}.config_reload_time_ms"));
+        }
+    }
+    xds.rds_started.retain(|s| scopes.contains(s));
 }
 
 /// Subscribes to the server secrets that live TLS contexts name.
@@ -705,39 +779,78 @@ fn subscribe_named(
                 }
             }
         }
-        match source_for(server, source, kind) {
-            Ok(Source::Mux(m)) => match per_mux.iter_mut().find(|(x, _)| Rc::ptr_eq(x, &m)) {
-                Some((_, set)) => set.extend(names.iter().cloned()),
-                None => per_mux.push((m, names.iter().cloned().collect())),
-            },
-            Ok(Source::Path) => {
-                if let Some(path) = path_of(source) {
-                    path_source::watch(server, path, kind);
+        // Encoded once for the group: thousands of subscriptions share a source.
+        let api = match &source.config_source_specifier {
+            Some(ConfigSourceSpecifier::ApiConfigSource(api)) => Some((api, api.encode_to_vec())),
+            _ => None,
+        };
+        for name in names {
+            let found = match &api {
+                // A stream of its own, told its name below.
+                Some((api, encoded)) => match api_mux(server, api, encoded, kind, name) {
+                    Ok(_) => continue,
+                    Err(e) => Err(e),
+                },
+                None => source_for(server, source, kind, name),
+            };
+            match found {
+                Ok(Source::Mux(m)) => match per_mux.iter_mut().find(|(x, _)| Rc::ptr_eq(x, &m)) {
+                    Some((_, set)) => {
+                        set.insert(name.clone());
+                    }
+                    None => per_mux.push((m, BTreeSet::from([name.clone()]))),
+                },
+                Ok(Source::Path) => {
+                    if let Some(path) = path_of(source) {
+                        path_source::watch(server, path, kind);
+                    }
                 }
-            }
-            Err(e) => {
-                tracing::warn!(type_url = kind.type_url(), names = ?names, error = %e, "cannot subscribe")
+                Err(e) => {
+                    tracing::warn!(type_url = kind.type_url(), name, error = %e, "cannot subscribe")
+                }
             }
         }
     }
-    let muxes: Vec<Rc<Mux>> = {
-        let xds = server.xds.borrow();
-        xds.ads
-            .iter()
-            .cloned()
-            .chain(
-                xds.muxes
-                    .iter()
-                    .filter(|((_, t), _)| *t == kind)
-                    .map(|(_, m)| m.clone()),
-            )
-            .collect()
+    // A subscription's own stream ends with it; the ADS stream gets its whole name set
+    // (an empty one unsubscribes).
+    let gone: Vec<Rc<Mux>> = {
+        let mut xds = server.xds.borrow_mut();
+        let mut gone = Vec::new();
+        if let Some(by_source) = xds.muxes.get_mut(&kind) {
+            for by_name in by_source.values_mut() {
+                by_name.retain(|name, m| {
+                    let keep = all.contains(name);
+                    if !keep {
+                        gone.push(m.clone());
+                    }
+                    keep
+                });
+            }
+            by_source.retain(|_, by_name| !by_name.is_empty());
+        }
+        gone
     };
-    for m in muxes {
+    for m in gone {
+        m.stop();
+    }
+    let own: Vec<(String, Rc<Mux>)> = server
+        .xds
+        .borrow()
+        .muxes
+        .get(&kind)
+        .into_iter()
+        .flat_map(|by_source| by_source.values())
+        .flat_map(|by_name| by_name.iter().map(|(n, m)| (n.clone(), m.clone())))
+        .collect();
+    for (name, m) in own {
+        m.subscribe_one(kind, &name);
+    }
+    let ads = server.xds.borrow().ads.clone();
+    if let Some(m) = ads {
         let names = per_mux
-            .iter()
+            .into_iter()
             .find(|(x, _)| Rc::ptr_eq(x, &m))
-            .map(|(_, n)| n.clone())
+            .map(|(_, n)| n)
             .unwrap_or_default();
         m.set_names(kind, names);
     }
@@ -761,6 +874,9 @@ fn advance_init(server: &Rc<Server>) {
         server.xds.borrow_mut().phase = InitPhase::Listeners;
         let (lds, timeout) = {
             let xds = server.xds.borrow();
+            if xds.lds.is_some() {
+                xds.stats.lds.started();
+            }
             (xds.lds.clone(), xds.lds_timeout)
         };
         match lds {

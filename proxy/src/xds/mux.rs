@@ -33,6 +33,7 @@ use tonic::transport::Channel;
 
 use super::apply::{self, Update};
 use super::transport::GrpcTarget;
+use super::{ControlPlaneStats, SubscriptionStats};
 use crate::server::Server;
 
 /// SotW or incremental.
@@ -134,6 +135,9 @@ pub struct Mux {
     node: Node,
     node_first_only: bool,
     state: RefCell<MuxState>,
+    control_plane: ControlPlaneStats,
+    /// The running stream task, aborted by [`Mux::stop`].
+    task: RefCell<Option<tokio::task::AbortHandle>>,
 }
 
 /// The ordering of types on a stream that (re)connects: make before break (secrets
@@ -162,6 +166,7 @@ impl Mux {
         rpc: Rpc,
         node: Node,
         node_first_only: bool,
+        control_plane: ControlPlaneStats,
     ) -> Rc<Mux> {
         Rc::new(Mux {
             name,
@@ -171,6 +176,8 @@ impl Mux {
             node,
             node_first_only,
             state: RefCell::default(),
+            control_plane,
+            task: RefCell::new(None),
         })
     }
 
@@ -182,7 +189,46 @@ impl Mux {
     /// Runs the stream forever on the main thread.
     pub fn start(self: &Rc<Self>, server: Weak<Server>) {
         let mux = self.clone();
-        tokio::task::spawn_local(async move { mux.run(server).await });
+        let task = tokio::task::spawn_local(async move { mux.run(server).await });
+        *self.task.borrow_mut() = Some(task.abort_handle());
+    }
+
+    /// Ends the stream for good (its subscription is gone).
+    pub fn stop(&self) {
+        if let Some(task) = self.task.borrow_mut().take() {
+            task.abort();
+        }
+        self.state.borrow_mut().sender = None;
+        self.control_plane.set_connected(false);
+    }
+
+    /// Subscribes to `name` alone (a stream of one subscription), sending a request only
+    /// when that changes something.
+    pub fn subscribe_one(&self, kind: ResourceType, name: &str) {
+        let unchanged = self
+            .state
+            .borrow()
+            .types
+            .get(&kind)
+            .is_some_and(|t| t.interested && t.names.len() == 1 && t.names.contains(name));
+        if !unchanged {
+            self.set_names(kind, BTreeSet::from([name.to_string()]));
+        }
+    }
+
+    /// The stats of every subscription this stream serves for `kind`.
+    fn subscriptions(&self, server: &Server, kind: ResourceType) -> Vec<SubscriptionStats> {
+        let (wildcard, names) = match self.state.borrow().types.get(&kind) {
+            Some(t) if t.interested => (t.wildcard, t.names.clone()),
+            _ => return Vec::new(),
+        };
+        if wildcard {
+            return super::subscriptions_of(server, kind, "");
+        }
+        names
+            .iter()
+            .flat_map(|n| super::subscriptions_of(server, kind, n))
+            .collect()
     }
 
     /// Subscribes to every resource of `kind` (LDS, CDS).
@@ -404,12 +450,13 @@ impl Mux {
             let Some(server) = server.upgrade() else {
                 return;
             };
-            server.xds.borrow().stats.set_connected(false);
-            server
-                .xds
-                .borrow()
-                .stats
-                .stream_failed(self.interested_types());
+            self.control_plane.set_connected(false);
+            // Envoy's establishment failure: every subscription on the stream counts it.
+            for kind in self.interested_types() {
+                for stats in self.subscriptions(&server, kind) {
+                    stats.connection_failed();
+                }
+            }
             if established {
                 backoff.reset();
             }
@@ -432,7 +479,12 @@ impl Mux {
 
     /// One connection: returns whether a stream was established.
     async fn stream_once(&self, server: &Weak<Server>) -> bool {
-        let channel = match self.target.connect().await {
+        let channel = match self.rpc {
+            // The ADS stream has a connection of its own; per-subscription streams share one.
+            Rpc::Ads => self.target.connect().await,
+            Rpc::Single(_) => self.target.shared_channel(),
+        };
+        let channel = match channel {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(mux = %self.name, uri = %self.target.uri, error = %e, "cannot connect to the xDS server");
@@ -504,7 +556,7 @@ impl Mux {
                 return false;
             }
         };
-        self.connected(server);
+        self.connected();
         loop {
             match stream.message().await {
                 Ok(Some(resp)) => {
@@ -529,11 +581,9 @@ impl Mux {
         }
     }
 
-    fn connected(&self, server: &Weak<Server>) {
+    fn connected(&self) {
         tracing::info!(mux = %self.name, uri = %self.target.uri, "xDS stream established");
-        if let Some(server) = server.upgrade() {
-            server.xds.borrow().stats.set_connected(true);
-        }
+        self.control_plane.set_connected(true);
     }
 
     /// Checks a response is of a type this stream watches and records its nonce; returns
@@ -556,9 +606,12 @@ impl Mux {
         let Some(kind) = self.accept(&resp.type_url, &resp.nonce) else {
             return;
         };
+        if let Some(cp) = &resp.control_plane {
+            self.control_plane.set_identifier(&cp.identifier);
+        }
         let decoded = apply::decode(kind, &resp.resources);
         if decoded.is_err() {
-            server.xds.borrow().stats.decode_rejected(kind);
+            self.decode_rejected(server, kind);
         }
         let result = decoded.and_then(|resources| {
             apply::apply(
@@ -578,9 +631,12 @@ impl Mux {
             return;
         };
         let mut versions = Vec::new();
+        if let Some(cp) = &resp.control_plane {
+            self.control_plane.set_identifier(&cp.identifier);
+        }
         let decoded = apply::decode_delta(kind, &resp.resources);
         if decoded.is_err() {
-            server.xds.borrow().stats.decode_rejected(kind);
+            self.decode_rejected(server, kind);
         }
         let result = decoded.and_then(|resources| {
             versions = resources
@@ -604,6 +660,14 @@ impl Mux {
             &versions,
             &resp.removed_resources,
         );
+    }
+
+    /// A response whose resources do not decode (wrong type URL, bad bytes) is rejected by
+    /// every subscription of its type on this stream, as in Envoy.
+    fn decode_rejected(&self, server: &Server, kind: ResourceType) {
+        for stats in self.subscriptions(server, kind) {
+            stats.rejected();
+        }
     }
 
     /// Records the outcome and answers with an ACK or a NACK.

@@ -61,7 +61,7 @@ fn load(server: &Rc<Server>, path: &str, kind: ResourceType, text: &str) {
     };
     let decoded = apply::decode(kind, &response.resources);
     if decoded.is_err() {
-        server.xds.borrow().stats.decode_rejected(kind);
+        server.xds.borrow().stats.file_rejected(kind);
     }
     let result = decoded.and_then(|resources| {
         apply::apply_unmuxed(

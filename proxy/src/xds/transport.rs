@@ -112,6 +112,28 @@ impl GrpcTarget {
         }
     }
 
+    /// A channel to the target shared by every stream of a subscription of its own
+    /// (thousands of EDS clusters share one HTTP/2 connection, as Envoy's streams share
+    /// the xDS cluster's connection pool). It connects on first use and reconnects when
+    /// the connection is lost; a stream that fails retries on it with back-off.
+    pub fn shared_channel(&self) -> Result<Channel, tonic::transport::Error> {
+        thread_local! {
+            static CHANNELS: std::cell::RefCell<std::collections::HashMap<(String, Option<String>), Channel>> =
+                Default::default();
+        }
+        let key = (self.uri.clone(), self.tls.as_ref().map(|t| t.host.clone()));
+        if let Some(channel) = CHANNELS.with(|c| c.borrow().get(&key).cloned()) {
+            return Ok(channel);
+        }
+        let endpoint = self.endpoint()?;
+        let channel = match &self.tls {
+            None => endpoint.connect_lazy(),
+            Some(tls) => endpoint.connect_with_connector_lazy(TlsConnector(tls.clone())),
+        };
+        CHANNELS.with(|c| c.borrow_mut().insert(key, channel.clone()));
+        Ok(channel)
+    }
+
     /// A tonic endpoint for this target.
     pub fn endpoint(&self) -> Result<Endpoint, tonic::transport::Error> {
         Ok(Endpoint::from_shared(self.uri.clone())?

@@ -39,6 +39,13 @@ impl RouteProvider {
         self.tables.values()
     }
 
+    /// Whether the held table of `table`'s name has the same configuration.
+    pub fn same_proto(&self, table: &RouteTable) -> bool {
+        self.tables
+            .get(&table.name)
+            .is_some_and(|held| held.proto == table.proto)
+    }
+
     /// Takes `table` (a new one, or a new version), to be published.
     pub fn set(&mut self, table: Arc<RouteTable>) {
         self.tables.insert(table.name.clone(), table);

@@ -19,9 +19,16 @@ use tonic::{Request, Response, Status, Streaming};
 type Tx = mpsc::Sender<Result<DiscoveryResponse, Status>>;
 type DeltaTx = mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>;
 
+/// A SotW stream handed to the test: its response sender, its requests, its metadata.
+type NewStream = (
+    Tx,
+    mpsc::UnboundedReceiver<DiscoveryRequest>,
+    tonic::metadata::MetadataMap,
+);
+
 struct Service {
     // The newest stream's sender, handed to the test.
-    streams: mpsc::UnboundedSender<(Tx, mpsc::UnboundedReceiver<DiscoveryRequest>)>,
+    streams: mpsc::UnboundedSender<NewStream>,
     delta_streams: mpsc::UnboundedSender<(DeltaTx, mpsc::UnboundedReceiver<DeltaDiscoveryRequest>)>,
 }
 
@@ -57,8 +64,9 @@ impl AggregatedDiscoveryService for Service {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        let metadata = request.metadata().clone();
         let (tx, rx, req_rx) = relay(request);
-        let _ = self.streams.send((tx, req_rx));
+        let _ = self.streams.send((tx, req_rx, metadata));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
@@ -76,7 +84,7 @@ impl AggregatedDiscoveryService for Service {
 pub struct ScriptedAds {
     /// Its port.
     pub port: u16,
-    streams: Mutex<mpsc::UnboundedReceiver<(Tx, mpsc::UnboundedReceiver<DiscoveryRequest>)>>,
+    streams: Mutex<mpsc::UnboundedReceiver<NewStream>>,
     delta_streams:
         Mutex<mpsc::UnboundedReceiver<(DeltaTx, mpsc::UnboundedReceiver<DeltaDiscoveryRequest>)>>,
     task: tokio::task::JoinHandle<()>,
@@ -128,6 +136,8 @@ impl Drop for ScriptedAds {
 
 /// One ADS stream as the server sees it.
 pub struct ScriptedStream {
+    /// The metadata (headers) the proxy opened the stream with.
+    pub metadata: tonic::metadata::MetadataMap,
     tx: Tx,
     rx: mpsc::UnboundedReceiver<DiscoveryRequest>,
     nonce: u64,
@@ -162,6 +172,30 @@ impl ScriptedAds {
         }
     }
 
+    /// Starts on a Unix-domain socket at `path` (`port` is 0): a local agent as Istio's
+    /// and Kuma's bootstraps reach it.
+    pub async fn start_unix(path: &std::path::Path) -> ScriptedAds {
+        let listener = tokio::net::UnixListener::bind(path).expect("bind unix socket");
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (delta_tx, delta_rx) = mpsc::unbounded_channel();
+        let svc = Service {
+            streams: tx,
+            delta_streams: delta_tx,
+        };
+        let task = tokio::spawn(async move {
+            let _ = tonic::transport::Server::builder()
+                .add_service(AggregatedDiscoveryServiceServer::new(svc))
+                .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener))
+                .await;
+        });
+        ScriptedAds {
+            port: 0,
+            streams: Mutex::new(rx),
+            delta_streams: Mutex::new(delta_rx),
+            task,
+        }
+    }
+
     /// Waits for the proxy's next delta stream.
     pub async fn next_delta_stream(&self) -> ScriptedDeltaStream {
         let (tx, rx) =
@@ -174,11 +208,13 @@ impl ScriptedAds {
 
     /// Waits for the proxy's next stream.
     pub async fn next_stream(&self) -> ScriptedStream {
-        let (tx, rx) = tokio::time::timeout(crate::FACT_TIMEOUT, self.streams.lock().await.recv())
-            .await
-            .expect("no ADS stream opened in time")
-            .expect("server gone");
+        let (tx, rx, metadata) =
+            tokio::time::timeout(crate::FACT_TIMEOUT, self.streams.lock().await.recv())
+                .await
+                .expect("no ADS stream opened in time")
+                .expect("server gone");
         ScriptedStream {
+            metadata,
             tx,
             rx,
             nonce: 0,

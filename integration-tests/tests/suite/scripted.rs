@@ -292,3 +292,75 @@ async fn delta_subscribes_to_the_wildcard_with_an_empty_first_request() {
         lds.resource_names_subscribe
     );
 }
+
+/// ADS through a local agent on a Unix-domain socket, as Istio's and Kuma's bootstraps
+/// reach their control plane: an `envoy_grpc` cluster whose endpoint is a `pipe`, and a
+/// `google_grpc` `unix:` target. The stream opens with the `initial_metadata`, the node is
+/// sent, a response is ACKed. (`grpc.default_authority`: Envoy's gRPC client would
+/// otherwise send the socket path as `:authority`, which the test's server refuses.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ads_over_a_unix_socket() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (i, how) in ["envoy_grpc", "google_grpc"].into_iter().enumerate() {
+        let socket = dir.path().join(format!("xds-{i}.sock"));
+        let ads = ScriptedAds::start_unix(&socket).await;
+        let service = match how {
+            "envoy_grpc" => "envoy_grpc: { cluster_name: agent }".to_string(),
+            _ => format!(
+                "google_grpc: {{ target_uri: 'unix:{}', stat_prefix: agent, channel_args: {{ args: {{ grpc.default_authority: {{ string_value: localhost }} }} }} }}",
+                socket.display()
+            ),
+        };
+        let service =
+            format!("{service}, initial_metadata: [{{ key: x-agent-token, value: t{i} }}]");
+        let yaml = format!(
+            r#"node: {{ id: {NODE}, cluster: it-cluster }}
+admin: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }} }}
+dynamic_resources:
+  ads_config: {{ api_type: GRPC, transport_api_version: V3, grpc_services: [{{ {service} }}] }}
+  cds_config: {{ ads: {{}}, resource_api_version: V3 }}
+  lds_config: {{ ads: {{}}, resource_api_version: V3 }}
+static_resources:
+  clusters:
+  - name: agent
+    type: STATIC
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{ http2_protocol_options: {{}} }}
+    load_assignment:
+      cluster_name: agent
+      endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ pipe: {{ path: '{}' }} }} }} }}] }}]
+"#,
+            socket.display()
+        );
+        let proxy = Proxy::start(&yaml).await;
+        let mut s = ads.next_stream().await;
+        assert_eq!(
+            s.metadata
+                .get("x-agent-token")
+                .and_then(|v| v.to_str().ok()),
+            Some(format!("t{i}").as_str()),
+            "{how}: initial_metadata sent"
+        );
+        let first = s.recv(CDS).await;
+        assert_eq!(
+            first.node.as_ref().map(|n| n.id.as_str()),
+            Some(NODE),
+            "{how}: the first request carries the node"
+        );
+        let n = s
+            .send(CDS, "1", vec![static_cluster("c1", &[1], "").any().clone()])
+            .await;
+        assert_ack(&s.recv(CDS).await, "1", &n);
+        s.recv(LDS).await;
+        let n = s.send(LDS, "1", vec![]).await;
+        assert_ack(&s.recv(LDS).await, "1", &n);
+        proxy.wait_live().await;
+        assert!(
+            proxy.active_clusters().await.contains_key("c1"),
+            "{how}: CDS over the Unix socket applied"
+        );
+    }
+}

@@ -347,12 +347,18 @@ fn load_static_resources(server: &Server) -> anyhow::Result<()> {
         return Ok(());
     };
     let mut cm = server.cluster_manager.borrow_mut();
+    let mut pipe_clusters = std::collections::HashSet::new();
     for (i, cluster) in sr.clusters.iter().enumerate() {
-        if cm.contains(&cluster.name) {
+        if cm.contains(&cluster.name) || pipe_clusters.contains(&cluster.name) {
             anyhow::bail!(
                 "static_resources.clusters[{i}].name: duplicate cluster '{}'",
                 cluster.name
             );
+        }
+        if crate::xds::transport::is_pipe_cluster(cluster) {
+            tracing::info!(cluster = %cluster.name, "cluster with pipe endpoints: used only by gRPC config sources");
+            pipe_clusters.insert(cluster.name.clone());
+            continue;
         }
         cm.add_or_update(cluster, "", false)
             .map_err(|e| anyhow::anyhow!("{}", e.at(&format!("static_resources.clusters[{i}]"))))?;
@@ -398,6 +404,9 @@ fn validate(bootstrap: &Bootstrap, options: &Options) -> anyhow::Result<()> {
                     "static_resources.clusters[{i}].name: duplicate cluster '{}'",
                     cluster.name
                 );
+            }
+            if crate::xds::transport::is_pipe_cluster(cluster) {
+                continue;
             }
             crate::upstream::compile_cluster(cluster, &store).map_err(|e| {
                 anyhow::anyhow!("{}", e.at(&format!("static_resources.clusters[{i}]")))

@@ -501,7 +501,7 @@ impl Mux {
         let (tx, rx) = mpsc::unbounded_channel();
         self.state.borrow_mut().sender = Some(Sender::Sotw(tx));
         self.send_initial();
-        let requests = UnboundedReceiverStream::new(rx);
+        let requests = self.request(UnboundedReceiverStream::new(rx));
         let response = open_rpc!(
             self.rpc,
             channel,
@@ -523,7 +523,7 @@ impl Mux {
         let (tx, rx) = mpsc::unbounded_channel();
         self.state.borrow_mut().sender = Some(Sender::Delta(tx));
         self.send_initial();
-        let requests = UnboundedReceiverStream::new(rx);
+        let requests = self.request(UnboundedReceiverStream::new(rx));
         let response = open_rpc!(
             self.rpc,
             channel,
@@ -539,6 +539,20 @@ impl Mux {
         );
         self.read_responses(response, server, Self::on_delta_response)
             .await
+    }
+
+    /// The stream's request, with `initial_metadata` (validated with the config).
+    fn request<T>(&self, requests: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(requests);
+        for (key, value) in &self.target.metadata {
+            if let (Ok(key), Ok(value)) = (
+                tonic::metadata::AsciiMetadataKey::from_bytes(key.as_bytes()),
+                tonic::metadata::AsciiMetadataValue::try_from(value.as_str()),
+            ) {
+                request.metadata_mut().insert(key, value);
+            }
+        }
+        request
     }
 
     /// Delivers every response of an opened stream to `handle` until the stream ends;

@@ -11,8 +11,12 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use courier_proto::envoy::config::bootstrap::v3::Bootstrap;
+use courier_proto::envoy::config::core::v3::grpc_service::google_grpc::channel_args::value::ValueSpecifier as ChannelArg;
 use courier_proto::envoy::config::core::v3::grpc_service::google_grpc::channel_credentials::CredentialSpecifier;
-use courier_proto::envoy::config::core::v3::{grpc_service::TargetSpecifier, ApiConfigSource};
+use courier_proto::envoy::config::core::v3::grpc_service::GoogleGrpc;
+use courier_proto::envoy::config::core::v3::{
+    address::Address, grpc_service::TargetSpecifier, ApiConfigSource, Pipe,
+};
 use courier_proto::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
 use courier_proto::envoy::extensions::transport_sockets::tls::v3::{
     common_tls_context::ValidationContextType, CertificateValidationContext, CommonTlsContext,
@@ -46,10 +50,20 @@ impl std::fmt::Debug for XdsTls {
 /// A resolved gRPC target.
 #[derive(Debug, Clone)]
 pub struct GrpcTarget {
-    /// `http://host:port`.
+    /// `http://host:port` (`http://localhost` for a Unix socket, the `:authority` gRPC
+    /// sends there).
     pub uri: String,
+    /// A Unix-domain socket to connect to instead of `uri`'s host and port: a
+    /// `google_grpc` `unix:` target, or an `envoy_grpc` cluster whose endpoint is a `pipe`
+    /// (how Istio's and Kuma's bootstraps reach their local agent).
+    pub unix: Option<std::path::PathBuf>,
     /// Per-request timeout from `grpc_services[0].timeout`, if any.
     pub timeout: Option<Duration>,
+    /// The `:authority` of the streams (Envoy's: `envoy_grpc.authority`, else the cluster
+    /// name; for `google_grpc`, `grpc.default_authority`, else the target).
+    pub authority: Option<Uri>,
+    /// `initial_metadata`: headers sent on every stream.
+    pub metadata: Vec<(String, String)>,
     /// TLS, when the target asks for it.
     pub tls: Option<XdsTls>,
 }
@@ -102,6 +116,9 @@ impl GrpcTarget {
     /// Connects a channel to the target.
     pub async fn connect(&self) -> Result<Channel, tonic::transport::Error> {
         let endpoint = self.endpoint()?;
+        if let Some(path) = &self.unix {
+            return endpoint.connect_with_connector(unix_connector(path)).await;
+        }
         match &self.tls {
             None => endpoint.connect().await,
             Some(tls) => {
@@ -121,14 +138,21 @@ impl GrpcTarget {
             static CHANNELS: std::cell::RefCell<std::collections::HashMap<(String, Option<String>), Channel>> =
                 Default::default();
         }
-        let key = (self.uri.clone(), self.tls.as_ref().map(|t| t.host.clone()));
+        let key = (
+            match &self.unix {
+                Some(path) => format!("unix:{}", path.display()),
+                None => self.uri.clone(),
+            },
+            self.tls.as_ref().map(|t| t.host.clone()),
+        );
         if let Some(channel) = CHANNELS.with(|c| c.borrow().get(&key).cloned()) {
             return Ok(channel);
         }
         let endpoint = self.endpoint()?;
-        let channel = match &self.tls {
-            None => endpoint.connect_lazy(),
-            Some(tls) => endpoint.connect_with_connector_lazy(TlsConnector(tls.clone())),
+        let channel = match (&self.unix, &self.tls) {
+            (Some(path), _) => endpoint.connect_with_connector_lazy(unix_connector(path)),
+            (None, None) => endpoint.connect_lazy(),
+            (None, Some(tls)) => endpoint.connect_with_connector_lazy(TlsConnector(tls.clone())),
         };
         CHANNELS.with(|c| c.borrow_mut().insert(key, channel.clone()));
         Ok(channel)
@@ -136,12 +160,42 @@ impl GrpcTarget {
 
     /// A tonic endpoint for this target.
     pub fn endpoint(&self) -> Result<Endpoint, tonic::transport::Error> {
-        Ok(Endpoint::from_shared(self.uri.clone())?
+        let mut endpoint = Endpoint::from_shared(self.uri.clone())?;
+        if let Some(origin) = &self.authority {
+            endpoint = endpoint.origin(origin.clone());
+        }
+        Ok(endpoint
             .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(30))
             .keep_alive_while_idle(true))
     }
+}
+
+/// Connects to a Unix-domain socket whatever the URI says.
+#[derive(Clone)]
+struct UnixConnector(std::path::PathBuf);
+
+type UnixConnecting =
+    Pin<Box<dyn Future<Output = std::io::Result<TokioIo<tokio::net::UnixStream>>> + Send>>;
+
+impl tonic::codegen::Service<Uri> for UnixConnector {
+    type Response = TokioIo<tokio::net::UnixStream>;
+    type Error = std::io::Error;
+    type Future = UnixConnecting;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _uri: Uri) -> Self::Future {
+        let path = self.0.clone();
+        Box::pin(async move { Ok(TokioIo::new(tokio::net::UnixStream::connect(path).await?)) })
+    }
+}
+
+fn unix_connector(path: &std::path::Path) -> UnixConnector {
+    UnixConnector(path.to_path_buf())
 }
 
 /// Resolves the first `grpc_services` entry of `source` against the bootstrap's static
@@ -161,9 +215,52 @@ pub fn grpc_target(
         .as_ref()
         .map(|d| config::duration(d, "grpc_services[0].timeout"))
         .transpose()?;
+    if service.retry_policy.is_some() {
+        return Err(ConfigError::unsupported("grpc_services[0].retry_policy"));
+    }
+    let metadata = service
+        .initial_metadata
+        .iter()
+        .map(|h| (h.key.to_ascii_lowercase(), h.value.clone()))
+        .collect::<Vec<_>>();
+    for (i, (key, value)) in metadata.iter().enumerate() {
+        let valid =
+            tonic::metadata::MetadataKey::<tonic::metadata::Ascii>::from_bytes(key.as_bytes())
+                .is_ok()
+                && tonic::metadata::MetadataValue::<tonic::metadata::Ascii>::try_from(
+                    value.as_str(),
+                )
+                .is_ok();
+        if !valid {
+            return Err(ConfigError::new(
+                format!("grpc_services[0].initial_metadata[{i}]"),
+                format!("'{key}: {value}' is not a valid header"),
+            ));
+        }
+    }
+    let authority: Option<String>;
     let mut tls = None;
+    let mut unix = None;
     let uri = match &service.target_specifier {
         Some(TargetSpecifier::EnvoyGrpc(g)) => {
+            for (field, set) in [
+                ("retry_policy", g.retry_policy.is_some()),
+                (
+                    "max_receive_message_length",
+                    g.max_receive_message_length.is_some(),
+                ),
+            ] {
+                if set {
+                    return Err(ConfigError::unsupported(format!(
+                        "grpc_services[0].envoy_grpc.{field}"
+                    )));
+                }
+            }
+            authority = Some(if g.authority.is_empty() {
+                g.cluster_name.clone()
+            } else {
+                g.authority.clone()
+            });
             let cluster = bootstrap
                 .static_resources
                 .as_ref()
@@ -197,6 +294,22 @@ pub fn grpc_target(
                         format!("cluster '{}' has no endpoint", g.cluster_name),
                     )
                 })?;
+            if let Some(Address::Pipe(pipe)) = &endpoint.address {
+                if context.is_some() {
+                    return Err(ConfigError::unsupported(format!(
+                        "{socket_path} (TLS over a pipe address)"
+                    )));
+                }
+                unix = Some(pipe_path(pipe, &cluster.name)?);
+                return Ok(GrpcTarget {
+                    uri: "http://localhost".into(),
+                    unix,
+                    timeout,
+                    authority: origin(authority)?,
+                    metadata,
+                    tls,
+                });
+            }
             let (host, port) = config::socket_address_parts(Some(endpoint), "address")?;
             let host = if host.contains(':') {
                 format!("[{host}]")
@@ -208,7 +321,27 @@ pub fn grpc_target(
             }
             format!("http://{host}:{port}")
         }
+        Some(TargetSpecifier::GoogleGrpc(g)) if g.target_uri.starts_with("unix:") => {
+            let path = "grpc_services[0].google_grpc";
+            authority = google_grpc_authority(g)?;
+            // gRPC's forms: `unix:relative/path`, `unix:/absolute`, `unix:///absolute`.
+            let socket = g.target_uri["unix:".len()..].trim_start_matches("//");
+            if socket.is_empty() {
+                return Err(ConfigError::new(
+                    format!("{path}.target_uri"),
+                    "a unix: target needs a socket path",
+                ));
+            }
+            if g.channel_credentials.is_some() {
+                return Err(ConfigError::unsupported(format!(
+                    "{path}.channel_credentials with a unix: target"
+                )));
+            }
+            unix = Some(std::path::PathBuf::from(socket));
+            "http://localhost".to_string()
+        }
         Some(TargetSpecifier::GoogleGrpc(g)) => {
+            authority = google_grpc_authority(g)?;
             let target = g
                 .target_uri
                 .trim_start_matches("dns:///")
@@ -234,7 +367,111 @@ pub fn grpc_target(
             ))
         }
     };
-    Ok(GrpcTarget { uri, timeout, tls })
+    Ok(GrpcTarget {
+        uri,
+        unix,
+        timeout,
+        authority: origin(authority)?,
+        metadata,
+        tls,
+    })
+}
+
+/// The origin a stream's `:authority` comes from.
+fn origin(authority: Option<String>) -> Result<Option<Uri>, ConfigError> {
+    authority
+        .map(|a| {
+            Uri::try_from(format!("http://{a}")).map_err(|_| {
+                ConfigError::new(
+                    "grpc_services[0]",
+                    format!("'{a}' is not a valid :authority"),
+                )
+            })
+        })
+        .transpose()
+}
+
+/// Checks the `google_grpc` fields Courier does not build (refused by name) and returns the
+/// `grpc.default_authority` channel argument, the only one it takes.
+fn google_grpc_authority(g: &GoogleGrpc) -> Result<Option<String>, ConfigError> {
+    let path = "grpc_services[0].google_grpc";
+    for (field, set) in [
+        ("call_credentials", !g.call_credentials.is_empty()),
+        (
+            "call_credentials_plugin",
+            !g.call_credentials_plugin.is_empty(),
+        ),
+        (
+            "channel_credentials_plugin",
+            !g.channel_credentials_plugin.is_empty(),
+        ),
+        (
+            "credentials_factory_name",
+            !g.credentials_factory_name.is_empty(),
+        ),
+        ("config", g.config.is_some()),
+        (
+            "per_stream_buffer_limit_bytes",
+            g.per_stream_buffer_limit_bytes.is_some(),
+        ),
+    ] {
+        if set {
+            return Err(ConfigError::unsupported(format!("{path}.{field}")));
+        }
+    }
+    let mut authority = None;
+    for (name, value) in g.channel_args.iter().flat_map(|a| &a.args) {
+        match (name.as_str(), &value.value_specifier) {
+            ("grpc.default_authority", Some(ChannelArg::StringValue(v))) => {
+                authority = Some(v.clone());
+            }
+            _ => {
+                return Err(ConfigError::unsupported(format!(
+                    "{path}.channel_args.args['{name}']"
+                )))
+            }
+        }
+    }
+    Ok(authority)
+}
+
+/// Whether `cluster` is a static cluster whose endpoints are all `pipe` addresses. Courier
+/// connects to Unix sockets only from gRPC config sources (`envoy_grpc`), so such a
+/// cluster is not added to the cluster manager: traffic routed to it is refused as to an
+/// unknown cluster (DIFFERENCES.md).
+pub fn is_pipe_cluster(cluster: &courier_proto::envoy::config::cluster::v3::Cluster) -> bool {
+    let mut endpoints = cluster
+        .load_assignment
+        .iter()
+        .flat_map(|cla| &cla.endpoints)
+        .flat_map(|l| &l.lb_endpoints)
+        .peekable();
+    endpoints.peek().is_some()
+        && endpoints.all(|e| {
+            matches!(
+                &e.host_identifier,
+                Some(HostIdentifier::Endpoint(ep))
+                    if matches!(ep.address.as_ref().and_then(|a| a.address.as_ref()), Some(Address::Pipe(_)))
+            )
+        })
+}
+
+/// The socket path of a `pipe` address (abstract sockets, `@name`, are Linux-only and not
+/// supported by tokio's connect).
+fn pipe_path(pipe: &Pipe, cluster: &str) -> Result<std::path::PathBuf, ConfigError> {
+    let path = format!("static_resources.clusters['{cluster}'].load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.pipe.path");
+    if pipe.path.is_empty() {
+        return Err(ConfigError::new(
+            path,
+            "value length must be at least 1 characters",
+        ));
+    }
+    if pipe.path.starts_with('@') {
+        return Err(ConfigError::unsupported(format!(
+            "{path} (abstract socket)"
+        )));
+    }
+    Ok(std::path::PathBuf::from(&pipe.path))
 }
 
 /// The host of a `host:port` target (brackets of an IPv6 address removed).

@@ -81,6 +81,13 @@ filter_chains:
     ]
 }
 
+/// A change to the snapshot: upserts, removals, and the type whose ACK ends it.
+type Step = (
+    Vec<Arc<Resource>>,
+    Vec<(ResourceType, String)>,
+    ResourceType,
+);
+
 async fn same_stats_as_envoy(mode: Mode) {
     if ProxyKind::from_env() != ProxyKind::Courier {
         return;
@@ -115,11 +122,7 @@ async fn same_stats_as_envoy(mode: Mode) {
     courier.wait_live().await;
     envoy.wait_live().await;
     // Steps: new endpoints; the route moves to c2; c1 goes away.
-    let steps: [(
-        Vec<Arc<Resource>>,
-        Vec<(ResourceType, String)>,
-        ResourceType,
-    ); 3] = [
+    let steps: [Step; 3] = [
         (
             vec![endpoints("c1", &[1, 3])],
             vec![],

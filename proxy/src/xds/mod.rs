@@ -135,6 +135,10 @@ enum Source {
     Path,
 }
 
+/// The streams of one type's subscriptions that have a stream of their own: by encoded
+/// config source, then by resource name.
+type OwnStreams = BTreeMap<Vec<u8>, BTreeMap<String, Rc<Mux>>>;
+
 /// The xDS client's state, owned by the server.
 pub struct XdsState {
     /// Stats.
@@ -155,7 +159,7 @@ pub struct XdsState {
     lds: Option<Source>,
     /// Streams of non-ADS sources, by config source (serialized), type and resource name
     /// (empty for CDS and LDS): as in Envoy, each subscription has a stream of its own.
-    muxes: BTreeMap<ResourceType, BTreeMap<Vec<u8>, BTreeMap<String, Rc<Mux>>>>,
+    muxes: BTreeMap<ResourceType, OwnStreams>,
     ads: Option<Rc<Mux>>,
     phase: InitPhase,
     cds_initialized: bool,

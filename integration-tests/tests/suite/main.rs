@@ -9,6 +9,7 @@ mod fixture;
 mod http;
 mod listeners;
 mod nack;
+mod on_demand;
 mod pools;
 mod resilience;
 mod scripted;

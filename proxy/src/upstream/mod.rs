@@ -19,6 +19,7 @@ mod host_set;
 mod lb_policy;
 mod load_balancer;
 pub mod maglev;
+pub mod on_demand;
 pub mod original_dst;
 pub mod outlier_detection;
 mod per_cluster_tasks;

@@ -52,6 +52,8 @@ pub struct ThreadLocalClusterManager {
     /// `ORIGINAL_DST` hosts this worker made that the cluster's published hosts do not
     /// have yet, by cluster.
     new_hosts: RefCell<FxHashMap<String, FxHashMap<SocketAddr, Arc<Host>>>>,
+    /// Requests waiting for a cluster discovered on demand, by cluster name.
+    arrivals: RefCell<FxHashMap<String, Vec<std::task::Waker>>>,
 }
 
 thread_local! {
@@ -63,6 +65,11 @@ impl ThreadLocalClusterManager {
     #[inline]
     pub fn with<R>(f: impl FnOnce(&ThreadLocalClusterManager) -> R) -> R {
         CURRENT.with(f)
+    }
+
+    /// Runs `f` with this thread's manager unless the thread is being torn down.
+    pub fn try_with(f: impl FnOnce(&ThreadLocalClusterManager)) {
+        let _ = CURRENT.try_with(f);
     }
 
     /// The active cluster `name`.
@@ -128,6 +135,27 @@ impl ThreadLocalClusterManager {
         pool
     }
 
+    /// Wakes `waker` when a snapshot holding cluster `name` arrives
+    /// ([`super::on_demand::ClusterArrival`]).
+    pub fn wake_on_arrival(&self, name: &str, waker: &std::task::Waker) {
+        let mut arrivals = self.arrivals.borrow_mut();
+        let wakers = arrivals.entry(name.to_string()).or_default();
+        if !wakers.iter().any(|w| w.will_wake(waker)) {
+            wakers.push(waker.clone());
+        }
+    }
+
+    /// Withdraws a waker registered by [`Self::wake_on_arrival`].
+    pub fn forget_arrival(&self, name: &str, waker: &std::task::Waker) {
+        let mut arrivals = self.arrivals.borrow_mut();
+        if let Some(wakers) = arrivals.get_mut(name) {
+            wakers.retain(|w| !w.will_wake(waker));
+            if wakers.is_empty() {
+                arrivals.remove(name);
+            }
+        }
+    }
+
     /// Number of clusters with a pool on this worker (for tests and `/clusters`).
     pub fn pool_count(&self) -> usize {
         self.pools.borrow().len()
@@ -186,6 +214,24 @@ impl ThreadLocalClusterManager {
         }
         for (pool, gone) in hosts_left {
             pool.drain_hosts(&gone);
+        }
+        // Requests waiting for clusters this snapshot brings go on (woken outside the
+        // borrow: a woken task may wait again).
+        let arrived: Vec<std::task::Waker> = {
+            let mut arrivals = self.arrivals.borrow_mut();
+            let names: Vec<String> = arrivals
+                .keys()
+                .filter(|n| next.get(n).is_some())
+                .cloned()
+                .collect();
+            names
+                .iter()
+                .filter_map(|n| arrivals.remove(n))
+                .flatten()
+                .collect()
+        };
+        for waker in arrived {
+            waker.wake();
         }
     }
 }

@@ -11,6 +11,7 @@
 pub mod apply;
 pub mod initial_fetch;
 pub mod mux;
+pub mod on_demand;
 pub mod path_source;
 pub mod subscription_stats;
 pub mod transport;
@@ -84,6 +85,8 @@ impl XdsStats {
 /// needing a route configuration. SDS counts on its own (`sds.<name>.*`).
 pub fn subscriptions_of(server: &Server, kind: ResourceType, name: &str) -> Vec<SubscriptionStats> {
     match kind {
+        // Named clusters are on-demand ones: not the CDS subscription's.
+        ResourceType::Cluster | ResourceType::Listener if !name.is_empty() => Vec::new(),
         ResourceType::Cluster | ResourceType::Listener => server
             .xds
             .borrow()
@@ -385,6 +388,9 @@ fn new_mux(
 /// cluster, the connection manager's RDS, the secret).
 fn subscription_scope(server: &Server, kind: ResourceType, name: &str) -> String {
     match kind {
+        ResourceType::Cluster if name == on_demand::ON_DEMAND_STREAM => {
+            "cluster_manager.odcds".into()
+        }
         ResourceType::Cluster => "cluster_manager.cds".into(),
         ResourceType::Listener => "listener_manager.lds".into(),
         ResourceType::Endpoint => server
@@ -499,6 +505,9 @@ fn path_of(source: &ConfigSource) -> Option<String> {
 /// Starts the subscriptions and drives initialisation; returns once the server is LIVE
 /// (at once without `dynamic_resources`).
 pub async fn start(server: &Rc<Server>) -> anyhow::Result<()> {
+    if let Some(requests) = crate::upstream::on_demand::install() {
+        on_demand::spawn(Rc::downgrade(server), requests);
+    }
     validate_bootstrap(&server.bootstrap).map_err(|e| anyhow::anyhow!("{e}"))?;
     check_source_files(&server.bootstrap)?;
     initial_fetch::spawn(Rc::downgrade(server), on_initial_fetch_timeout);

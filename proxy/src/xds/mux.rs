@@ -73,6 +73,8 @@ struct TypeState {
     versions: BTreeMap<String, String>,
     sent_names: BTreeSet<String>,
     sent_wildcard: bool,
+    /// Delta: the server was told `"*"` explicitly (a wildcard mixed with names).
+    sent_explicit_wildcard: bool,
 }
 
 enum Sender {
@@ -260,6 +262,21 @@ impl Mux {
         self.send(kind);
     }
 
+    /// Adds `name` to the subscription of `kind`, next to its wildcard or other names
+    /// (on-demand CDS; delta streams only, checked by the caller).
+    pub fn subscribe_on_demand(&self, kind: ResourceType, name: &str) {
+        {
+            let mut st = self.state.borrow_mut();
+            let t = st.types.entry(kind).or_default();
+            if t.interested && t.names.contains(name) {
+                return;
+            }
+            t.interested = true;
+            t.names.insert(name.to_string());
+        }
+        self.send(kind);
+    }
+
     /// Holds requests of `kind` until [`Mux::resume`] (Envoy pauses CDS while clusters
     /// warm).
     pub fn pause(&self, kind: ResourceType) {
@@ -350,14 +367,17 @@ impl Mux {
                 let mut unsubscribe = Vec::new();
                 if t.wildcard && !t.sent_wildcard {
                     // The legacy wildcard: the type's first request names nothing, as
-                    // Envoy's does (XDS.md rule 11; an explicit "*" is only for a
-                    // wildcard mixed with names, which Courier never asks for).
+                    // Envoy's does (XDS.md rule 11).
                     t.sent_wildcard = true;
                 }
-                if !t.wildcard {
-                    subscribe.extend(t.names.difference(&t.sent_names).cloned());
-                    unsubscribe.extend(t.sent_names.difference(&t.names).cloned());
-                    t.sent_names = t.names.clone();
+                subscribe.extend(t.names.difference(&t.sent_names).cloned());
+                unsubscribe.extend(t.sent_names.difference(&t.names).cloned());
+                t.sent_names = t.names.clone();
+                // A wildcard mixed with names (on-demand clusters next to CDS) is
+                // subscribed to explicitly with the first name.
+                if t.wildcard && !subscribe.is_empty() && !t.sent_explicit_wildcard {
+                    subscribe.insert(0, "*".to_string());
+                    t.sent_explicit_wildcard = true;
                 }
                 let req = DeltaDiscoveryRequest {
                     node,
@@ -388,6 +408,7 @@ impl Mux {
                 t.error = None;
                 t.sent_names.clear();
                 t.sent_wildcard = false;
+                t.sent_explicit_wildcard = false;
                 t.pending = false;
                 if delta {
                     t.version.clear();
@@ -418,18 +439,17 @@ impl Mux {
         let (Some(t), Some(Sender::Delta(tx))) = (types.get_mut(&kind), sender.as_ref()) else {
             return;
         };
-        // A wildcard subscription is the legacy one: nothing named (XDS.md rule 11).
-        let subscribe: Vec<String> = if t.wildcard {
-            Vec::new()
-        } else {
-            t.names.iter().cloned().collect()
-        };
+        // A wildcard alone is the legacy one, nothing named; mixed with names it is an
+        // explicit "*" (XDS.md rule 11).
+        let explicit = t.wildcard && !t.names.is_empty();
+        let subscribe: Vec<String> = explicit
+            .then(|| "*".to_string())
+            .into_iter()
+            .chain(t.names.iter().cloned())
+            .collect();
         t.sent_wildcard = t.wildcard;
-        t.sent_names = if t.wildcard {
-            BTreeSet::new()
-        } else {
-            t.names.clone()
-        };
+        t.sent_explicit_wildcard = explicit;
+        t.sent_names = t.names.clone();
         let req = DeltaDiscoveryRequest {
             node: include_node.then(|| self.node.clone()),
             type_url: kind.type_url().to_string(),

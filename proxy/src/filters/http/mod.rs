@@ -18,6 +18,7 @@ pub mod cors;
 pub mod fault;
 pub mod health_check;
 pub mod local_ratelimit;
+pub mod on_demand;
 pub mod rbac;
 
 use std::sync::Arc;
@@ -51,6 +52,8 @@ pub enum HttpFilter {
     Rbac(rbac::RbacFilter),
     /// `envoy.filters.http.compressor` (boxed: it is large and rare).
     Compressor(Box<compressor::CompressorFilter>),
+    /// `envoy.filters.http.on_demand` (on-demand CDS).
+    OnDemand(on_demand::OnDemandFilter),
 }
 
 impl HttpFilter {
@@ -63,6 +66,7 @@ impl HttpFilter {
             HttpFilter::HealthCheck(f) => &f.name,
             HttpFilter::Rbac(f) => &f.name,
             HttpFilter::Compressor(f) => &f.name,
+            HttpFilter::OnDemand(f) => &f.name,
         }
     }
 }
@@ -167,6 +171,17 @@ pub static CHAIN: Registry<BuildFilter> = Registry {
                         a.store,
                     )?,
                 )))
+            },
+        },
+        Factory {
+            type_name: on_demand::FILTER_TYPE,
+            name: on_demand::FILTER_NAME,
+            build: |a| {
+                Ok(HttpFilter::OnDemand(on_demand::OnDemandFilter::compile(
+                    a.name,
+                    &a.config_or_default()?,
+                    a.path,
+                )?))
             },
         },
         Factory {

@@ -953,6 +953,20 @@ async fn run_filters<'a>(
             HttpFilter::Compressor(f) => {
                 marks.compress = Some(f.on_request(s.levels, req, worker));
             }
+            HttpFilter::OnDemand(f) => {
+                let cluster = s.routed.and_then(|(_, route)| match &route.action {
+                    Action::Route(action) => match &action.cluster {
+                        ClusterSpec::Single(name) => Some(name.as_str()),
+                        ClusterSpec::Header(h) => {
+                            req.headers().get(h).and_then(|v| v.to_str().ok())
+                        }
+                        _ => None,
+                    },
+                    _ => None,
+                });
+                // Boxed: its wait would otherwise take room in every request's future.
+                Box::pin(f.on_request(cluster)).await;
+            }
             HttpFilter::Fault(f) => {
                 // Boxed: its delay would otherwise take room in every request's future.
                 let reply = Box::pin(inject_fault(

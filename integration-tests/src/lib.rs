@@ -12,6 +12,7 @@ pub mod bootstrap;
 pub mod proxy;
 pub mod resources;
 pub mod scripted;
+pub mod scripted_rest;
 pub mod traffic;
 pub mod upstream;
 

@@ -11,6 +11,7 @@ mod listeners;
 mod nack;
 mod pools;
 mod resilience;
+mod rest;
 mod scripted;
 mod sources;
 mod xds_sds;

@@ -2,6 +2,7 @@
 //! answers every poll as the test says (wrong types, bad JSON, errors, redirects, endless
 //! bodies, hangs), and sovereign, a REST control plane from PyPI.
 
+use std::os::unix::process::CommandExt as _;
 use std::sync::Arc;
 
 use courier_control_plane::{Resource, ResourceType};
@@ -154,4 +155,181 @@ async fn rest_bad_answers_are_counted_and_the_last_good_config_serves() {
     })
     .await;
     assert!(proxy.running(), "the proxy survived every bad answer");
+}
+
+/// sovereign (`pip install sovereign`, a REST-only xDS control plane in Python) as a child
+/// process in its own process group, stopped (the group: gunicorn and its worker) on drop.
+struct Sovereign {
+    child: std::process::Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for Sovereign {
+    fn drop(&mut self) {
+        let group = format!("-{}", self.child.id());
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", "--", &group])
+            .status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// sovereign's templates: clusters and tcp_proxy listeners rendered from the instances of a
+/// JSON file source (`kind`, `name`, `port`, `cluster`).
+const SOVEREIGN_CLUSTERS: &str = r#"resources:
+{% for i in instances if i.kind == 'cluster' %}
+  - "@type": type.googleapis.com/envoy.config.cluster.v3.Cluster
+    name: {{ i.name }}
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: {{ i.name }}
+      endpoints:
+      - lb_endpoints:
+        - endpoint: { address: { socket_address: { address: 127.0.0.1, port_value: {{ i.port }} } } }
+{% endfor %}
+"#;
+const SOVEREIGN_LISTENERS: &str = r#"resources:
+{% for i in instances if i.kind == 'listener' %}
+  - "@type": type.googleapis.com/envoy.config.listener.v3.Listener
+    name: {{ i.name }}
+    address: { socket_address: { address: 127.0.0.1, port_value: {{ i.port }} } }
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: {{ i.name }}
+          cluster: {{ i.cluster }}
+{% endfor %}
+"#;
+
+impl Sovereign {
+    /// The `sovereign` executable: `SOVEREIGN_BIN`, else on PATH.
+    fn binary() -> Option<std::path::PathBuf> {
+        if let Ok(p) = std::env::var("SOVEREIGN_BIN") {
+            return Some(p.into());
+        }
+        std::env::var_os("PATH").and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|d| d.join("sovereign"))
+                .find(|p| p.is_file())
+        })
+    }
+
+    /// Starts sovereign serving `instances`; `None` (the test then skips) when it is not
+    /// installed.
+    async fn start(instances: &serde_json::Value) -> Option<Sovereign> {
+        let bin = Sovereign::binary()?;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = |f: &str| dir.path().join(f).display().to_string();
+        std::fs::write(path("clusters.yaml"), SOVEREIGN_CLUSTERS).expect("write");
+        std::fs::write(path("listeners.yaml"), SOVEREIGN_LISTENERS).expect("write");
+        let config = format!(
+            "templates:\n  default:\n    - type: clusters\n      spec: {{ protocol: file, serialization: jinja2, path: '{}' }}\n    - type: listeners\n      spec: {{ protocol: file, serialization: jinja2, path: '{}' }}\nsources:\n  - type: file\n    config:\n      spec: {{ protocol: file, serialization: json, path: '{}' }}\nsource_config: {{ refresh_rate: 1 }}\nmatching: {{ enabled: false }}\n",
+            path("clusters.yaml"),
+            path("listeners.yaml"),
+            path("instances.json"),
+        );
+        std::fs::write(path("config.yaml"), config).expect("write");
+        let port = free_port();
+        let sov = Sovereign {
+            child: std::process::Command::new(bin)
+                .env(
+                    "SOVEREIGN_CONFIG",
+                    format!("file://{}", path("config.yaml")),
+                )
+                .env("SOVEREIGN_HOST", "127.0.0.1")
+                .env("SOVEREIGN_PORT", port.to_string())
+                .env("SOVEREIGN_WORKERS", "1")
+                .stdout(std::fs::File::create(path("sovereign.log")).expect("log"))
+                .stderr(std::fs::File::create(path("sovereign.err")).expect("log"))
+                .process_group(0)
+                .spawn()
+                .expect("start sovereign"),
+            port,
+            dir,
+        };
+        sov.serve(instances);
+        eventually("sovereign listens", || async {
+            courier_integration_tests::proxy::port_open(port)
+                .await
+                .then_some(())
+        })
+        .await;
+        Some(sov)
+    }
+
+    /// Replaces the instances (sovereign re-reads its source every second).
+    fn serve(&self, instances: &serde_json::Value) {
+        let tmp = self.dir.path().join("instances.json.tmp");
+        std::fs::write(&tmp, instances.to_string()).expect("write");
+        std::fs::rename(&tmp, self.dir.path().join("instances.json")).expect("rename");
+    }
+}
+
+/// sovereign, a REST control plane from PyPI, drives the proxy through adding, updating and
+/// removing clusters and listeners over REST-JSON (CDS and LDS polled with `api_type:
+/// REST`). sovereign answers a type with no resources `404`, so a removal keeps one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rest_sovereign_drives_add_update_remove() {
+    let (a, b) = (Upstream::tcp_echo("a").await, Upstream::tcp_echo("b").await);
+    let (p1, p2) = (free_port(), free_port());
+    let cluster = |name: &str, port: u16| serde_json::json!({ "kind": "cluster", "name": name, "port": port });
+    let listener = |name: &str, port: u16, c: &str| serde_json::json!({ "kind": "listener", "name": name, "port": port, "cluster": c });
+    let Some(sov) = Sovereign::start(&serde_json::json!([
+        cluster("ca", a.port),
+        listener("l1", p1, "ca")
+    ]))
+    .await
+    else {
+        eprintln!("SKIPPED: sovereign is not installed (pip install -r scripts/requirements-test.txt, or set SOVEREIGN_BIN)");
+        return;
+    };
+    let boot = Bootstrap::ads(NODE, free_port()).mode(Mode::Rest { port: sov.port });
+    let proxy = Proxy::start(&boot.yaml()).await;
+    proxy.wait_live().await;
+    eventually("l1 serves a (from sovereign)", || async {
+        (tcp_hello(p1).await.as_deref() == Ok("a")).then_some(())
+    })
+    .await;
+
+    // Add a cluster and a listener; update l1 onto the new cluster.
+    sov.serve(&serde_json::json!([
+        cluster("ca", a.port),
+        cluster("cb", b.port),
+        listener("l1", p1, "cb"),
+        listener("l2", p2, "ca"),
+    ]));
+    eventually("l1 moved to cb (b)", || async {
+        (tcp_hello(p1).await.as_deref() == Ok("b")).then_some(())
+    })
+    .await;
+    eventually("l2 added, serving a", || async {
+        (tcp_hello(p2).await.as_deref() == Ok("a")).then_some(())
+    })
+    .await;
+
+    // Remove l2 and ca.
+    sov.serve(&serde_json::json!([
+        cluster("cb", b.port),
+        listener("l1", p1, "cb")
+    ]));
+    eventually("l2 removed", || async {
+        tcp_hello(p2).await.is_err().then_some(())
+    })
+    .await;
+    eventually("ca removed", || async {
+        (!proxy.active_clusters().await.contains_key("ca")).then_some(())
+    })
+    .await;
+    assert_eq!(tcp_hello(p1).await.as_deref(), Ok("b"));
+    assert!(proxy.stat("cluster_manager.cds.update_success").await >= Some(3));
+    assert!(proxy.stat("listener_manager.lds.update_success").await >= Some(3));
+    assert_eq!(
+        proxy.stat("cluster_manager.cds.update_rejected").await,
+        Some(0)
+    );
 }

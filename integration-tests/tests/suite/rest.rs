@@ -39,11 +39,11 @@ async fn rest_bad_answers_are_counted_and_the_last_good_config_serves() {
     let l1 = tcp_listener("l1", port, "ca");
     server.set(
         ResourceType::Cluster,
-        Reply::response(ResourceType::Cluster, "1", &[ca.clone()]),
+        Reply::response(ResourceType::Cluster, "1", std::slice::from_ref(&ca)),
     );
     server.set(
         ResourceType::Listener,
-        Reply::response(ResourceType::Listener, "1", &[l1.clone()]),
+        Reply::response(ResourceType::Listener, "1", std::slice::from_ref(&l1)),
     );
     let boot = Bootstrap::ads(NODE, free_port()).mode(Mode::Rest { port: server.port });
     let proxy = Proxy::start(&boot.yaml()).await;

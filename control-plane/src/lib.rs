@@ -61,6 +61,9 @@
 //!   re-sent until the snapshot changes (rule 23, unlike go-control-plane).
 //! * Delta streams track what each client holds, honour `initial_resource_versions`, and send
 //!   only differences and removals.
+//! * REST-JSON ([`ControlPlane::start_rest`], `courier-cp --rest-listen`): polls answered from
+//!   the snapshot, `304` when the client holds the current version for the same names,
+//!   ACK/NACK from `version_info`/`error_detail`; see `server/rest.rs`.
 
 pub mod admin;
 pub mod app;
@@ -77,7 +80,7 @@ pub use cache::{
     NodeClusterHash, NodeHash, NodeIdHash, Snapshot, SnapshotBuilder, SnapshotCache, SnapshotError,
 };
 pub use resource::{Resource, ResourceError, ResourceType};
-pub use server::{ServerConfig, ServerTls, XdsServer, XdsServerHandle};
+pub use server::{RestServerHandle, ServerConfig, ServerTls, XdsServer, XdsServerHandle};
 pub use status::{NackRecord, NodeStatus, StatusRegistry, TypeStatus, WaitTimeout};
 
 /// Version string of this build, `courier-cp <version> (<git rev>)`.
@@ -138,5 +141,11 @@ impl ControlPlane {
     /// is shut down or dropped.
     pub async fn start(&self, addr: SocketAddr) -> std::io::Result<XdsServerHandle> {
         self.xds_server().start(addr).await
+    }
+
+    /// Binds `addr` (port 0: ephemeral) and serves REST-JSON xDS (`api_type: REST`) in a
+    /// background task until the handle is shut down or dropped.
+    pub async fn start_rest(&self, addr: SocketAddr) -> std::io::Result<RestServerHandle> {
+        self.xds_server().start_rest(addr).await
     }
 }

@@ -40,6 +40,9 @@ struct Args {
     /// Address of the xDS gRPC server.
     #[arg(long, default_value = "127.0.0.1:18000")]
     listen: SocketAddr,
+    /// Also serve REST-JSON xDS (`api_type: REST`, HTTP/1.1 or h2c, plaintext) here.
+    #[arg(long)]
+    rest_listen: Option<SocketAddr>,
     /// Resources file (YAML/JSON) or directory of them; watched for changes.
     #[arg(long)]
     resources: Option<PathBuf>,
@@ -124,6 +127,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .with_context(|| format!("binding the admin API on {addr}"))?;
     }
 
+    let rest = match args.rest_listen {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the REST xDS server on {addr}"))?;
+            tracing::info!(%addr, "REST xDS server listening");
+            Some(tokio::spawn(
+                cp.xds_server().serve_rest(listener, stop_rx.clone()),
+            ))
+        }
+        None => None,
+    };
+
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding the xDS server on {}", args.listen))?;
@@ -141,6 +157,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Ok(Ok(Err(e))) => tracing::warn!(error = %e, "xDS server ended with an error"),
         Ok(Err(e)) => tracing::warn!(error = %e, "xDS server task failed"),
         Err(_) => tracing::warn!("graceful shutdown timed out"),
+    }
+    if let Some(rest) = rest {
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, rest).await;
     }
     Ok(())
 }

@@ -15,6 +15,13 @@ pub enum Mode {
         /// Incremental xDS.
         delta: bool,
     },
+    /// REST-JSON polls (`api_type: REST`, [`REST_REFRESH_DELAY`]) for CDS and LDS, through
+    /// the static cluster `xds_rest` (HTTP/1.1) to `port` (the control plane's REST port);
+    /// EDS/RDS sources should be [`REST_SOURCE`].
+    Rest {
+        /// The REST server's port.
+        port: u16,
+    },
     /// `path_config_source` files for CDS and LDS.
     Files {
         /// The CDS file.
@@ -132,6 +139,9 @@ impl Bootstrap {
                 "{{ api_config_source: {}, resource_api_version: V3{ift} }}",
                 self.api_source(*delta)
             ),
+            (Mode::Rest { .. }, _) => {
+                format!("{{ api_config_source: {REST_API_SOURCE}, resource_api_version: V3{ift} }}")
+            }
             (Mode::Files { .. }, Some(f)) => format!(
                 "{{ path_config_source: {{ path: '{}' }}, resource_api_version: V3{ift} }}",
                 f.display()
@@ -148,7 +158,9 @@ impl Bootstrap {
                 self.source(None),
                 format!("  ads_config: {}\n", self.api_source(*delta)),
             ),
-            Mode::PerType { .. } => (self.source(None), self.source(None), String::new()),
+            Mode::PerType { .. } | Mode::Rest { .. } => {
+                (self.source(None), self.source(None), String::new())
+            }
             Mode::Files { cds, lds } => (
                 self.source(Some(cds)),
                 self.source(Some(lds)),
@@ -164,7 +176,7 @@ dynamic_resources:
   lds_config: {lds}
 static_resources:
   clusters:
-  - name: xds
+{rest_cluster}  - name: xds
     type: STATIC
     connect_timeout: 1s
 {xds_tls}    typed_extension_protocol_options:
@@ -191,6 +203,12 @@ static_resources:
 "#,
             node = self.node,
             port = self.cp_port,
+            rest_cluster = match self.mode {
+                Mode::Rest { port } => format!(
+                    "  - name: xds_rest\n    type: STATIC\n    connect_timeout: 1s\n    load_assignment:\n      cluster_name: xds_rest\n      endpoints:\n      - lb_endpoints:\n        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }} }}\n"
+                ),
+                _ => String::new(),
+            },
             xds_tls = self
                 .xds_tls
                 .as_ref()
@@ -204,6 +222,7 @@ static_resources:
         match self.mode {
             Mode::PerType { delta: false } => GRPC_SOURCE,
             Mode::PerType { delta: true } => DELTA_GRPC_SOURCE,
+            Mode::Rest { .. } => REST_SOURCE,
             _ => ADS_SOURCE,
         }
     }
@@ -220,3 +239,11 @@ pub const ADS_SOURCE: &str = "{ ads: {}, resource_api_version: V3 }";
 pub const GRPC_SOURCE: &str = "{ api_config_source: { api_type: GRPC, transport_api_version: V3, grpc_services: [{ envoy_grpc: { cluster_name: xds } }] }, resource_api_version: V3 }";
 /// EDS/RDS over their own delta stream.
 pub const DELTA_GRPC_SOURCE: &str = "{ api_config_source: { api_type: DELTA_GRPC, transport_api_version: V3, grpc_services: [{ envoy_grpc: { cluster_name: xds } }] }, resource_api_version: V3 }";
+
+/// `refresh_delay` of the REST sources: short, so tests converge fast (Envoy polls every
+/// `refresh_delay` plus up to as much jitter).
+pub const REST_REFRESH_DELAY: &str = "0.2s";
+/// The `api_config_source` of REST-JSON polls to the static cluster `xds_rest`.
+pub const REST_API_SOURCE: &str = "{ api_type: REST, transport_api_version: V3, cluster_names: [xds_rest], refresh_delay: 0.2s, request_timeout: 1s }";
+/// EDS/RDS over REST-JSON polls ([`Mode::Rest`] bootstraps only: they define `xds_rest`).
+pub const REST_SOURCE: &str = "{ api_config_source: { api_type: REST, transport_api_version: V3, cluster_names: [xds_rest], refresh_delay: 0.2s, request_timeout: 1s }, resource_api_version: V3 }";

@@ -12,13 +12,16 @@ pub mod bootstrap;
 pub mod proxy;
 pub mod resources;
 pub mod scripted;
+pub mod scripted_rest;
 pub mod traffic;
 pub mod upstream;
 
 use std::future::Future;
 use std::time::Duration;
 
-use courier_control_plane::{ControlPlane, ResourceType, Snapshot, XdsServerHandle};
+use courier_control_plane::{
+    ControlPlane, ResourceType, RestServerHandle, Snapshot, XdsServerHandle,
+};
 
 pub use bootstrap::{Bootstrap, Mode, XdsTls};
 pub use proxy::{Proxy, ProxyKind};
@@ -91,7 +94,10 @@ pub struct Cp {
     pub cp: ControlPlane,
     /// Where it serves xDS.
     pub port: u16,
+    /// Where it serves REST-JSON xDS (`api_type: REST`).
+    pub rest_port: u16,
     handle: Option<XdsServerHandle>,
+    rest: Option<RestServerHandle>,
 }
 
 impl Cp {
@@ -122,16 +128,25 @@ impl Cp {
             .start(format!("127.0.0.1:{port}").parse().expect("addr"))
             .await
             .expect("start courier-cp");
+        let rest = cp
+            .start_rest("127.0.0.1:0".parse().expect("addr"))
+            .await
+            .expect("start courier-cp's REST server");
         Cp {
             port: handle.local_addr().port(),
+            rest_port: rest.local_addr().port(),
             cp,
             handle: Some(handle),
+            rest: Some(rest),
         }
     }
 
-    /// Kills the server (every stream ends); the cache and status stay.
+    /// Kills the server (every stream ends, REST stops); the cache and status stay.
     pub async fn stop(&mut self) {
         if let Some(h) = self.handle.take() {
+            h.shutdown().await;
+        }
+        if let Some(h) = self.rest.take() {
             h.shutdown().await;
         }
     }

@@ -216,7 +216,13 @@ pub fn validate_config_source(source: &core::ConfigSource) -> Result<(), ConfigE
     use core::config_source::ConfigSourceSpecifier;
     match &source.config_source_specifier {
         Some(ConfigSourceSpecifier::Ads(_)) => Ok(()),
-        Some(ConfigSourceSpecifier::ApiConfigSource(api)) => api_type_is_delta(api).map(|_| ()),
+        Some(ConfigSourceSpecifier::ApiConfigSource(api)) => {
+            api_type_is_delta(api)?;
+            if crate::xds::rest::is_rest(api) {
+                crate::xds::rest::validate_api(api).map_err(|e| e.at("api_config_source"))?;
+            }
+            Ok(())
+        }
         Some(ConfigSourceSpecifier::PathConfigSource(_)) => Ok(()),
         #[allow(deprecated)]
         Some(ConfigSourceSpecifier::Path(_)) => Ok(()),
@@ -226,14 +232,14 @@ pub fn validate_config_source(source: &core::ConfigSource) -> Result<(), ConfigE
 }
 
 /// Whether an `ApiConfigSource` subscribes with the delta protocol (else state of the
-/// world); an `api_type` Courier does not speak is refused.
+/// world, which REST-JSON polls are); an `api_type` Courier does not speak is refused.
 pub fn api_type_is_delta(api: &core::ApiConfigSource) -> Result<bool, ConfigError> {
     use core::api_config_source::ApiType;
     match ApiType::try_from(api.api_type) {
-        Ok(ApiType::Grpc | ApiType::AggregatedGrpc) => Ok(false),
+        Ok(ApiType::Grpc | ApiType::AggregatedGrpc | ApiType::Rest) => Ok(false),
         Ok(ApiType::DeltaGrpc | ApiType::AggregatedDeltaGrpc) => Ok(true),
         _ => Err(ConfigError::unsupported(
-            "api_type (only GRPC and DELTA_GRPC)",
+            "api_type (only GRPC, DELTA_GRPC and REST)",
         )),
     }
 }

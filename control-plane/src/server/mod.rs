@@ -1,10 +1,13 @@
 //! The gRPC xDS services on tonic: ADS (state of the world and delta) and the per-type
-//! CDS/EDS/LDS/RDS/SDS services, all driven by one [`SnapshotCache`] and reporting to one
-//! [`StatusRegistry`].
+//! CDS/EDS/LDS/RDS/SDS services, plus REST-JSON xDS on a port of its own, all driven by
+//! one [`SnapshotCache`] and reporting to one [`StatusRegistry`].
 
 mod delta;
 mod per_type;
+mod rest;
 mod sotw;
+
+pub use rest::RestServerHandle;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -267,6 +270,35 @@ impl XdsServer {
         self.router()?
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
             .await
+    }
+
+    /// Serves REST-JSON xDS (`POST /v3/discovery:<type>`, HTTP/1.1 or h2c) on `listener`
+    /// until `shutdown` turns true (or the server's streams are shut down).
+    pub async fn serve_rest(self, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
+        let rest = Arc::new(rest::Rest::new(self.shared.clone()));
+        let mut streams_down = self.shared.shutdown.subscribe();
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let serving = tokio::spawn(rest.serve(listener, stop_rx));
+        tokio::select! {
+            _ = shutdown_requested(&mut shutdown) => {}
+            _ = shutdown_requested(&mut streams_down) => {}
+        }
+        stop_tx.send_replace(true);
+        let _ = serving.await;
+    }
+
+    /// Binds `addr` (port 0: ephemeral) and serves REST-JSON xDS in a background task.
+    pub async fn start_rest(self, addr: SocketAddr) -> std::io::Result<RestServerHandle> {
+        let listener = TcpListener::bind(addr).await?;
+        let local_addr = listener.local_addr()?;
+        let (stop, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(self.serve_rest(listener, stop_rx));
+        tracing::info!(%local_addr, "REST xDS server listening");
+        Ok(RestServerHandle {
+            local_addr,
+            stop,
+            task: Some(task),
+        })
     }
 
     /// Binds `addr` (port 0 for an ephemeral port) and serves in a background task.

@@ -12,6 +12,7 @@ mod nack;
 mod on_demand;
 mod pools;
 mod resilience;
+mod rest;
 mod scripted;
 mod sources;
 mod xds_sds;

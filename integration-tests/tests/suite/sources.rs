@@ -1,9 +1,9 @@
 //! Config sources other than ADS: per-type gRPC streams (SotW and delta), files.
 
 use courier_control_plane::ResourceType;
-use courier_integration_tests::bootstrap::Mode;
+use courier_integration_tests::bootstrap::{Mode, REST_SOURCE};
 use courier_integration_tests::resources::*;
-use courier_integration_tests::traffic::tcp_hello;
+use courier_integration_tests::traffic::{http_get, tcp_hello};
 use courier_integration_tests::upstream::Upstream;
 use courier_integration_tests::{eventually, free_port, Bootstrap, Cp, Proxy};
 
@@ -46,6 +46,98 @@ async fn non_ads_per_type_sotw_streams() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn non_ads_per_type_delta_streams() {
     per_type_streams(true).await;
+}
+
+async fn http_upstream_of(port: u16) -> Option<String> {
+    match http_get(port).await {
+        Ok(r) if r.status == 200 => r.upstream().map(str::to_string),
+        _ => None,
+    }
+}
+
+/// REST-JSON xDS (`api_type: REST`) for every type: CDS and LDS polled from the control
+/// plane's REST port, EDS and RDS too; clusters, endpoints, listeners and routes are added,
+/// updated and removed, each change ACKed through the next poll's `version_info`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rest_json_sources_add_update_remove() {
+    let (a, b) = (Upstream::tcp_echo("a").await, Upstream::tcp_echo("b").await);
+    let (ha, hb) = (Upstream::http("ha").await, Upstream::http("hb").await);
+    let (port, http_port) = (free_port(), free_port());
+    let cp = Cp::start().await;
+    let rest_port = cp.rest_port;
+    let boot = move |p| Bootstrap::ads(NODE, p).mode(Mode::Rest { port: rest_port });
+    assert_eq!(boot(0).dependent_source(), REST_SOURCE);
+    let fx = Fx::with(
+        cp,
+        boot,
+        vec![
+            eds_cluster_with("c1", REST_SOURCE, ""),
+            endpoints("c1", &[a.port]),
+            tcp_listener("l1", port, "c1"),
+        ],
+    )
+    .await;
+    assert_eq!(tcp_hello(port).await.as_deref(), Ok("a"));
+
+    // EDS update.
+    fx.update(vec![endpoints("c1", &[b.port])]).await;
+    eventually("EDS over REST moved traffic to b", || async {
+        (tcp_hello(port).await.as_deref() == Ok("b")).then_some(())
+    })
+    .await;
+
+    // CDS add (a new EDS subscription name), LDS update onto it.
+    fx.update(vec![
+        eds_cluster_with("c2", REST_SOURCE, ""),
+        endpoints("c2", &[a.port]),
+        tcp_listener("l1", port, "c2"),
+    ])
+    .await;
+    eventually("l1 moved to the new cluster c2 (a)", || async {
+        (tcp_hello(port).await.as_deref() == Ok("a")).then_some(())
+    })
+    .await;
+
+    // LDS add with RDS over REST, then an RDS update.
+    fx.update(vec![
+        static_cluster("hca", &[ha.port], ""),
+        static_cluster("hcb", &[hb.port], ""),
+        http_listener_with("hl", http_port, "r1", REST_SOURCE),
+        route("r1", "hca"),
+    ])
+    .await;
+    eventually("hl routes to ha", || async {
+        (http_upstream_of(http_port).await.as_deref() == Some("ha")).then_some(())
+    })
+    .await;
+    fx.update(vec![route("r1", "hcb")]).await;
+    eventually("RDS over REST moved hl to hb", || async {
+        (http_upstream_of(http_port).await.as_deref() == Some("hb")).then_some(())
+    })
+    .await;
+
+    // CDS and LDS removals.
+    fx.remove(&[
+        (ResourceType::Cluster, "c1"),
+        (ResourceType::Listener, "hl"),
+    ])
+    .await;
+    eventually("CDS over REST removed c1", || async {
+        (!fx.proxy.active_clusters().await.contains_key("c1")).then_some(())
+    })
+    .await;
+    eventually("LDS over REST removed hl", || async {
+        http_get(http_port).await.is_err().then_some(())
+    })
+    .await;
+    assert_eq!(tcp_hello(port).await.as_deref(), Ok("a"));
+    fx.remove(&[(ResourceType::Listener, "l1")]).await;
+    eventually("LDS over REST removed l1", || async {
+        tcp_hello(port).await.is_err().then_some(())
+    })
+    .await;
+    assert!(fx.proxy.stat("cluster_manager.cds.update_success").await >= Some(3));
+    assert!(fx.proxy.stat("listener_manager.lds.update_success").await >= Some(3));
 }
 
 /// `path_config_source` files for CDS and LDS: initial load, reload on replace, an invalid

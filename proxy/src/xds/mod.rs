@@ -4,6 +4,7 @@
 //! - [`apply`]: what a response does to the cluster and listener managers and route tables.
 //! - [`path_source`]: `path_config_source`, files watched on disk.
 //! - [`transport`]: where a stream connects.
+//! - [`rest`]: REST-JSON polling (`api_type: REST`) for a mux instead of a stream.
 //! - here: which stream serves which type, keeping EDS/RDS subscriptions in step with the
 //!   clusters and listeners that need them, initial-fetch timeouts, and initialisation
 //!   (CDS round, then LDS round, then LIVE — as Envoy's init manager).
@@ -13,6 +14,7 @@ pub mod initial_fetch;
 pub mod mux;
 pub mod on_demand;
 pub mod path_source;
+pub mod rest;
 pub mod subscription_stats;
 pub mod transport;
 
@@ -326,6 +328,12 @@ pub fn validate_bootstrap(bootstrap: &Bootstrap) -> Result<(), ConfigError> {
         return Ok(());
     };
     if let Some(ads) = &dr.ads_config {
+        if rest::is_rest(ads) {
+            return Err(ConfigError::new(
+                "dynamic_resources.ads_config",
+                "envoy.config.core.v3.ApiConfigSource type must be of non-aggregated gRPC",
+            ));
+        }
         protocol(ads).map_err(|e| e.at("dynamic_resources.ads_config"))?;
         transport::grpc_target(ads, bootstrap).map_err(|e| e.at("dynamic_resources.ads_config"))?;
     }
@@ -344,7 +352,7 @@ pub fn validate_bootstrap(bootstrap: &Bootstrap) -> Result<(), ConfigError> {
                 ));
             }
             Some(ConfigSourceSpecifier::ApiConfigSource(api)) => {
-                transport::grpc_target(api, bootstrap)
+                rest::transport(api, bootstrap)
                     .map_err(|e| e.at(&format!("{path}.api_config_source")))?;
             }
             _ => {}
@@ -370,7 +378,7 @@ fn new_mux(
     rpc: Rpc,
     stats_scope: &str,
 ) -> Result<Rc<Mux>, ConfigError> {
-    let target = transport::grpc_target(api, &server.bootstrap)?;
+    let target = rest::transport(api, &server.bootstrap)?;
     let mux = Mux::new(
         name.to_string(),
         target,

@@ -7,6 +7,11 @@
 //! Responses are handed to [`super::apply`] synchronously on the main thread; the mux
 //! then answers with an ACK (the response's version and nonce) or a NACK (the last
 //! accepted version, the nonce, and `error_detail`).
+//!
+//! A mux whose [`Transport`] is REST-JSON (`api_type: REST`) keeps the same SotW state but
+//! polls instead of streaming: [`super::rest`] builds each poll with
+//! [`Mux::rest_request`] and hands responses to the same SotW handler, so the next poll's
+//! `version_info`/`error_detail` is the ACK/NACK.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
@@ -32,9 +37,25 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::transport::Channel;
 
 use super::apply::{self, Update};
+use super::rest::RestTarget;
 use super::transport::GrpcTarget;
 use super::{ControlPlaneStats, SubscriptionStats};
 use crate::server::Server;
+
+/// Where a mux's requests go: a gRPC stream, or REST-JSON polls (SotW only).
+#[derive(Debug, Clone)]
+pub enum Transport {
+    /// A gRPC server (`GRPC`, `DELTA_GRPC` and their aggregated forms).
+    Grpc(GrpcTarget),
+    /// A REST-JSON server (`api_type: REST`), polled.
+    Rest(RestTarget),
+}
+
+impl From<GrpcTarget> for Transport {
+    fn from(target: GrpcTarget) -> Transport {
+        Transport::Grpc(target)
+    }
+}
 
 /// SotW or incremental.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,7 +152,7 @@ macro_rules! open_rpc {
 /// An xDS stream and its subscriptions.
 pub struct Mux {
     name: String,
-    target: GrpcTarget,
+    target: Transport,
     protocol: Protocol,
     rpc: Rpc,
     node: Node,
@@ -140,6 +161,9 @@ pub struct Mux {
     control_plane: ControlPlaneStats,
     /// The running stream task, aborted by [`Mux::stop`].
     task: RefCell<Option<tokio::task::AbortHandle>>,
+    /// Bumped when a subscription changes (REST polls at once then, as Envoy's new
+    /// subscription does).
+    subscriptions: tokio::sync::watch::Sender<u64>,
 }
 
 /// The ordering of types on a stream that (re)connects: make before break (secrets
@@ -163,7 +187,7 @@ impl Mux {
     /// A mux for `target`; call [`Mux::start`] to run it.
     pub fn new(
         name: String,
-        target: GrpcTarget,
+        target: impl Into<Transport>,
         protocol: Protocol,
         rpc: Rpc,
         node: Node,
@@ -172,7 +196,7 @@ impl Mux {
     ) -> Rc<Mux> {
         Rc::new(Mux {
             name,
-            target,
+            target: target.into(),
             protocol,
             rpc,
             node,
@@ -180,6 +204,7 @@ impl Mux {
             state: RefCell::default(),
             control_plane,
             task: RefCell::new(None),
+            subscriptions: tokio::sync::watch::Sender::new(0),
         })
     }
 
@@ -219,7 +244,11 @@ impl Mux {
     }
 
     /// The stats of every subscription this stream serves for `kind`.
-    fn subscriptions(&self, server: &Server, kind: ResourceType) -> Vec<SubscriptionStats> {
+    pub(super) fn subscriptions(
+        &self,
+        server: &Server,
+        kind: ResourceType,
+    ) -> Vec<SubscriptionStats> {
         let (wildcard, names) = match self.state.borrow().types.get(&kind) {
             Some(t) if t.interested => (t.wildcard, t.names.clone()),
             _ => return Vec::new(),
@@ -243,6 +272,7 @@ impl Mux {
         t.interested = true;
         t.wildcard = true;
         drop(st);
+        self.subscriptions.send_modify(|n| *n += 1);
         self.send(kind);
     }
 
@@ -259,6 +289,7 @@ impl Mux {
         let keep = t.names.clone();
         t.versions.retain(|k, _| keep.contains(k));
         drop(st);
+        self.subscriptions.send_modify(|n| *n += 1);
         self.send(kind);
     }
 
@@ -347,19 +378,8 @@ impl Mux {
         let node = include_node.then(|| self.node.clone());
         let sent = match sender {
             Sender::Sotw(tx) => {
-                let req = DiscoveryRequest {
-                    version_info: t.version.clone(),
-                    node,
-                    resource_names: if t.wildcard {
-                        Vec::new()
-                    } else {
-                        t.names.iter().cloned().collect()
-                    },
-                    type_url: kind.type_url().to_string(),
-                    response_nonce: t.nonce.clone(),
-                    error_detail: t.error.take(),
-                    ..Default::default()
-                };
+                let error = t.error.take();
+                let req = sotw_request(kind, t, node, t.nonce.clone(), error);
                 tx.send(req).is_ok()
             }
             Sender::Delta(tx) => {
@@ -462,7 +482,51 @@ impl Mux {
         }
     }
 
+    /// The next REST poll of this mux's type: a SotW request with the node, the last
+    /// accepted version and, after a rejection, its `error_detail` (kept on every poll
+    /// until a response is accepted: a poll has no nonce to tie a NACK to). `None` while
+    /// nothing is subscribed. Pauses do not apply (Envoy pauses only gRPC muxes).
+    pub(super) fn rest_request(&self) -> Option<(ResourceType, DiscoveryRequest)> {
+        let Rpc::Single(kind) = self.rpc else {
+            return None;
+        };
+        let st = self.state.borrow();
+        let t = st.types.get(&kind)?;
+        if !t.interested || (!t.wildcard && t.names.is_empty()) {
+            return None;
+        }
+        let req = sotw_request(
+            kind,
+            t,
+            Some(self.node.clone()),
+            String::new(),
+            t.error.clone(),
+        );
+        Some((kind, req))
+    }
+
+    /// Changes of the subscriptions (a counter bumped by each).
+    pub(super) fn subscription_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.subscriptions.subscribe()
+    }
+
+    /// Records a REST response that could not be read as a `DiscoveryResponse` as a
+    /// rejection (counted, and the next poll carries `error_detail`).
+    pub(super) fn rest_rejected(&self, server: &Server, kind: ResourceType, detail: String) {
+        self.decode_rejected(server, kind);
+        self.finish_response(kind, "", Err(detail), &[], &[]);
+    }
+
+    /// The mux's name (for logs).
+    pub(super) fn name(&self) -> &str {
+        &self.name
+    }
+
     async fn run(self: Rc<Self>, server: Weak<Server>) {
+        if let Transport::Rest(target) = &self.target {
+            let target = target.clone();
+            return super::rest::run(self, target, server).await;
+        }
         let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
         loop {
             let established = self.stream_once(&server).await;
@@ -499,15 +563,18 @@ impl Mux {
 
     /// One connection: returns whether a stream was established.
     async fn stream_once(&self, server: &Weak<Server>) -> bool {
+        let Transport::Grpc(target) = &self.target else {
+            return false;
+        };
         let channel = match self.rpc {
             // The ADS stream has a connection of its own; per-subscription streams share one.
-            Rpc::Ads => self.target.connect().await,
-            Rpc::Single(_) => self.target.shared_channel(),
+            Rpc::Ads => target.connect().await,
+            Rpc::Single(_) => target.shared_channel(),
         };
         let channel = match channel {
             Ok(c) => c,
             Err(e) => {
-                tracing::warn!(mux = %self.name, uri = %self.target.uri, error = %e, "cannot connect to the xDS server");
+                tracing::warn!(mux = %self.name, uri = %target.uri, error = %e, "cannot connect to the xDS server");
                 return false;
             }
         };
@@ -564,7 +631,11 @@ impl Mux {
     /// The stream's request, with `initial_metadata` (validated with the config).
     fn request<T>(&self, requests: T) -> tonic::Request<T> {
         let mut request = tonic::Request::new(requests);
-        for (key, value) in &self.target.metadata {
+        let metadata = match &self.target {
+            Transport::Grpc(target) => target.metadata.as_slice(),
+            Transport::Rest(_) => &[],
+        };
+        for (key, value) in metadata {
             if let (Ok(key), Ok(value)) = (
                 tonic::metadata::AsciiMetadataKey::from_bytes(key.as_bytes()),
                 tonic::metadata::AsciiMetadataValue::try_from(value.as_str()),
@@ -616,7 +687,9 @@ impl Mux {
     }
 
     fn connected(&self) {
-        tracing::info!(mux = %self.name, uri = %self.target.uri, "xDS stream established");
+        if let Transport::Grpc(target) = &self.target {
+            tracing::info!(mux = %self.name, uri = %target.uri, "xDS stream established");
+        }
         self.control_plane.set_connected(true);
     }
 
@@ -636,7 +709,8 @@ impl Mux {
         Some(kind)
     }
 
-    fn on_sotw_response(&self, server: &Rc<Server>, resp: DiscoveryResponse) {
+    /// Applies a SotW response (from a stream or a REST poll) and records the ACK/NACK.
+    pub(super) fn on_sotw_response(&self, server: &Rc<Server>, resp: DiscoveryResponse) {
         let Some(kind) = self.accept(&resp.type_url, &resp.nonce) else {
             return;
         };
@@ -738,6 +812,29 @@ impl Mux {
             }
         }
         self.send(kind);
+    }
+}
+
+/// A SotW request of `kind` from its state `t`.
+fn sotw_request(
+    kind: ResourceType,
+    t: &TypeState,
+    node: Option<Node>,
+    response_nonce: String,
+    error_detail: Option<Status>,
+) -> DiscoveryRequest {
+    DiscoveryRequest {
+        version_info: t.version.clone(),
+        node,
+        resource_names: if t.wildcard {
+            Vec::new()
+        } else {
+            t.names.iter().cloned().collect()
+        },
+        type_url: kind.type_url().to_string(),
+        response_nonce,
+        error_detail,
+        ..Default::default()
     }
 }
 

@@ -261,39 +261,16 @@ pub fn grpc_target(
             } else {
                 g.authority.clone()
             });
-            let cluster = bootstrap
-                .static_resources
-                .as_ref()
-                .and_then(|s| s.clusters.iter().find(|c| c.name == g.cluster_name))
-                .ok_or_else(|| {
-                    ConfigError::new(
-                        "grpc_services[0].envoy_grpc.cluster_name",
-                        format!("unknown static cluster '{}'", g.cluster_name),
-                    )
-                })?;
-            let socket_path = format!(
-                "static_resources.clusters['{}'].transport_socket",
-                cluster.name
-            );
-            let context = crate::transport_socket::compile_upstream(
-                cluster.transport_socket.as_ref(),
-                &socket_path,
+            let StaticCluster {
+                cluster,
+                tls: context,
+                endpoint,
+                socket_path,
+            } = static_cluster(
+                bootstrap,
+                &g.cluster_name,
+                "grpc_services[0].envoy_grpc.cluster_name",
             )?;
-            let endpoint = cluster
-                .load_assignment
-                .as_ref()
-                .and_then(|cla| cla.endpoints.first())
-                .and_then(|l| l.lb_endpoints.first())
-                .and_then(|e| match &e.host_identifier {
-                    Some(HostIdentifier::Endpoint(ep)) => ep.address.as_ref(),
-                    _ => None,
-                })
-                .ok_or_else(|| {
-                    ConfigError::new(
-                        "grpc_services[0].envoy_grpc.cluster_name",
-                        format!("cluster '{}' has no endpoint", g.cluster_name),
-                    )
-                })?;
             if let Some(Address::Pipe(pipe)) = &endpoint.address {
                 if context.is_some() {
                     return Err(ConfigError::unsupported(format!(
@@ -458,7 +435,7 @@ pub fn is_pipe_cluster(cluster: &courier_proto::envoy::config::cluster::v3::Clus
 
 /// The socket path of a `pipe` address (abstract sockets, `@name`, are Linux-only and not
 /// supported by tokio's connect).
-fn pipe_path(pipe: &Pipe, cluster: &str) -> Result<std::path::PathBuf, ConfigError> {
+pub(super) fn pipe_path(pipe: &Pipe, cluster: &str) -> Result<std::path::PathBuf, ConfigError> {
     let path = format!("static_resources.clusters['{cluster}'].load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.pipe.path");
     if pipe.path.is_empty() {
         return Err(ConfigError::new(
@@ -472,6 +449,54 @@ fn pipe_path(pipe: &Pipe, cluster: &str) -> Result<std::path::PathBuf, ConfigErr
         )));
     }
     Ok(std::path::PathBuf::from(&pipe.path))
+}
+
+/// A bootstrap's static cluster that carries xDS: its first endpoint's address, and its
+/// TLS context if it has one.
+pub(super) struct StaticCluster<'a> {
+    /// The cluster.
+    pub cluster: &'a courier_proto::envoy::config::cluster::v3::Cluster,
+    /// Its first endpoint's address.
+    pub endpoint: &'a courier_proto::envoy::config::core::v3::Address,
+    /// Its TLS, if its transport socket has one.
+    pub tls: Option<Arc<ClientContext>>,
+    /// The path of its `transport_socket`, for errors.
+    pub socket_path: String,
+}
+
+/// Resolves the static cluster `name` of `bootstrap` (named at `path`, for errors).
+pub(super) fn static_cluster<'a>(
+    bootstrap: &'a Bootstrap,
+    name: &str,
+    path: &str,
+) -> Result<StaticCluster<'a>, ConfigError> {
+    let cluster = bootstrap
+        .static_resources
+        .as_ref()
+        .and_then(|s| s.clusters.iter().find(|c| c.name == name))
+        .ok_or_else(|| ConfigError::new(path, format!("unknown static cluster '{name}'")))?;
+    let socket_path = format!(
+        "static_resources.clusters['{}'].transport_socket",
+        cluster.name
+    );
+    let tls =
+        crate::transport_socket::compile_upstream(cluster.transport_socket.as_ref(), &socket_path)?;
+    let endpoint = cluster
+        .load_assignment
+        .as_ref()
+        .and_then(|cla| cla.endpoints.first())
+        .and_then(|l| l.lb_endpoints.first())
+        .and_then(|e| match &e.host_identifier {
+            Some(HostIdentifier::Endpoint(ep)) => ep.address.as_ref(),
+            _ => None,
+        })
+        .ok_or_else(|| ConfigError::new(path, format!("cluster '{name}' has no endpoint")))?;
+    Ok(StaticCluster {
+        cluster,
+        endpoint,
+        tls,
+        socket_path,
+    })
 }
 
 /// The host of a `host:port` target (brackets of an IPv6 address removed).

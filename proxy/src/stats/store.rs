@@ -281,40 +281,81 @@ pub const HISTOGRAM_BUCKETS: [f64; 19] = [
     60000.0, 300000.0, 600000.0, 1800000.0, 3600000.0,
 ];
 
-/// A distribution of values (Envoy's histogram): per-thread bucket counts and sum.
+/// A distribution of values (Envoy's histogram): bucket counts and sum.
 pub struct Histogram {
-    /// One per bound in [`HISTOGRAM_BUCKETS`], then one for larger values.
-    buckets: Box<[Cells]>,
-    sum: Cells,
+    storage: HistogramStorage,
+}
+
+enum HistogramStorage {
+    /// Per-thread cells: one per bound in [`HISTOGRAM_BUCKETS`], one for larger values.
+    PerThread { buckets: Box<[Cells]>, sum: Cells },
+    /// Recorded by the main thread only (an xDS subscription's `update_duration`): plain
+    /// counters, a fifth of the per-thread cells' memory, which matters at one histogram
+    /// per cluster. The buckets, then the sum.
+    MainThread(Box<[AtomicU64]>),
+}
+
+/// The bucket of `value`.
+fn bucket_of(value: u64) -> usize {
+    let v = value as f64;
+    HISTOGRAM_BUCKETS
+        .iter()
+        .position(|b| v <= *b)
+        .unwrap_or(HISTOGRAM_BUCKETS.len())
 }
 
 impl Histogram {
     fn new(store: &Store) -> Histogram {
         Histogram {
-            buckets: (0..=HISTOGRAM_BUCKETS.len())
-                .map(|_| store.cells())
-                .collect(),
-            sum: store.cells(),
+            storage: HistogramStorage::PerThread {
+                buckets: (0..=HISTOGRAM_BUCKETS.len())
+                    .map(|_| store.cells())
+                    .collect(),
+                sum: store.cells(),
+            },
+        }
+    }
+
+    fn main_thread() -> Histogram {
+        Histogram {
+            storage: HistogramStorage::MainThread(
+                (0..HISTOGRAM_BUCKETS.len() + 2)
+                    .map(|_| AtomicU64::new(0))
+                    .collect(),
+            ),
         }
     }
 
     /// Records `value` on `thread`'s cells.
     #[inline]
     pub fn record(&self, thread: usize, value: u64) {
-        let v = value as f64;
-        let bucket = HISTOGRAM_BUCKETS
-            .iter()
-            .position(|b| v <= *b)
-            .unwrap_or(HISTOGRAM_BUCKETS.len());
-        self.buckets[bucket].add(thread, 1);
-        self.sum.add(thread, value);
+        let bucket = bucket_of(value);
+        match &self.storage {
+            HistogramStorage::PerThread { buckets, sum } => {
+                buckets[bucket].add(thread, 1);
+                sum.add(thread, value);
+            }
+            HistogramStorage::MainThread(cells) => {
+                cells[bucket].fetch_add(1, Ordering::Relaxed);
+                cells[cells.len() - 1].fetch_add(value, Ordering::Relaxed);
+            }
+        }
     }
 
     /// The counts and sum over all threads.
     pub fn snapshot(&self) -> HistogramSnapshot {
-        HistogramSnapshot {
-            counts: self.buckets.iter().map(Cells::sum).collect(),
-            sum: self.sum.sum(),
+        match &self.storage {
+            HistogramStorage::PerThread { buckets, sum } => HistogramSnapshot {
+                counts: buckets.iter().map(Cells::sum).collect(),
+                sum: sum.sum(),
+            },
+            HistogramStorage::MainThread(cells) => {
+                let (sum, buckets) = cells.split_last().unwrap_or((&cells[0], &[]));
+                HistogramSnapshot {
+                    counts: buckets.iter().map(|c| c.load(Ordering::Relaxed)).collect(),
+                    sum: sum.load(Ordering::Relaxed),
+                }
+            }
         }
     }
 }
@@ -546,6 +587,17 @@ impl Store {
             .clone()
     }
 
+    /// A histogram only the main thread records into (see [`Histogram::record`]), created
+    /// empty on first use.
+    pub fn main_thread_histogram(&self, name: &str) -> Arc<Histogram> {
+        let mut r = lock(&self.registry);
+        let key = r.key(name);
+        r.histograms
+            .entry(key)
+            .or_insert_with(|| Arc::new(Histogram::main_thread()))
+            .clone()
+    }
+
     /// A counter outside the registry (not listed by admin `/stats`), e.g. per-host stats
     /// that Envoy shows only in `/clusters`.
     pub fn detached_counter(&self) -> Arc<Counter> {
@@ -712,5 +764,16 @@ mod tests {
         assert_eq!(snap.quantile(0.5), Some(6.25));
         assert_eq!(snap.quantile(1.0), Some(3_600_000.0));
         assert_eq!(store.histograms().len(), 1);
+    }
+
+    #[test]
+    fn a_main_thread_histogram_reads_as_a_per_thread_one() {
+        let store = Store::new(2);
+        let (a, b) = (store.histogram("a"), store.main_thread_histogram("b"));
+        for v in [0, 3, 7, 8, 12, 4_000_000] {
+            a.record(MAIN_THREAD, v);
+            b.record(MAIN_THREAD, v);
+        }
+        assert_eq!(a.snapshot(), b.snapshot());
     }
 }

@@ -54,7 +54,7 @@ impl SubscriptionStats {
             update_time: store.gauge(&name("update_time")),
             version: store.unsigned_gauge(&name("version")),
             version_text: store.text_readout(&name("version_text")),
-            update_duration: store.histogram(&name("update_duration")),
+            update_duration: store.main_thread_histogram(&name("update_duration")),
         }
     }
 

@@ -148,17 +148,31 @@ async fn same_stats_as_envoy(mode: Mode) {
             cp.ack(node, kind, s.version(kind)).await;
         }
     }
-    // Both proxies have ACKed every step; their stats were set before each ACK went out.
-    let (c, e) = (
-        xds_stats(&courier.stats_text().await),
-        xds_stats(&envoy.stats_text().await),
-    );
-    let missing: Vec<&String> = e.iter().filter(|l| !c.contains(l)).collect();
-    let extra: Vec<&String> = c.iter().filter(|l| !e.contains(l)).collect();
-    assert!(
-        missing.is_empty() && extra.is_empty(),
-        "{mode:?}: xDS stats differ from Envoy's\n  Envoy only:   {missing:#?}\n  Courier only: {extra:#?}"
-    );
+    // Both proxies have ACKed every step; a subscription whose stream answered after the
+    // ACK that was waited for (per-type streams ACK on their own) settles shortly after.
+    let mut last = (Vec::new(), Vec::new());
+    let settled = tokio::time::timeout(courier_integration_tests::FACT_TIMEOUT, async {
+        loop {
+            let (c, e) = (
+                xds_stats(&courier.stats_text().await),
+                xds_stats(&envoy.stats_text().await),
+            );
+            if c == e {
+                return;
+            }
+            last = (c, e);
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    if settled.is_err() {
+        let (c, e) = last;
+        let missing: Vec<&String> = e.iter().filter(|l| !c.contains(l)).collect();
+        let extra: Vec<&String> = c.iter().filter(|l| !e.contains(l)).collect();
+        panic!(
+            "{mode:?}: xDS stats differ from Envoy's\n  Envoy only:   {missing:#?}\n  Courier only: {extra:#?}"
+        );
+    }
 }
 
 fn which_envoy() -> Option<std::path::PathBuf> {

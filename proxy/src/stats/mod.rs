@@ -11,6 +11,6 @@ mod store;
 
 pub use render::{render_json, render_prometheus, render_text};
 pub use store::{
-    Counter, Gauge, GaugeValue, Histogram, HistogramSnapshot, Raised, Store, TextReadout,
-    HISTOGRAM_BUCKETS, MAIN_THREAD,
+    Counter, Gauge, GaugeValue, Histogram, HistogramSnapshot, Raised, StatGroup, StatValue, Store,
+    TextReadout, HISTOGRAM_BUCKETS, MAIN_THREAD,
 };

@@ -301,21 +301,12 @@ pub struct ClusterStats {
     pub membership_total: Arc<Gauge>,
     /// `membership_healthy`.
     pub membership_healthy: Arc<Gauge>,
-    /// `update_attempt` (EDS and DNS).
-    pub update_attempt: Arc<Counter>,
-    /// `update_success` (EDS and DNS).
-    pub update_success: Arc<Counter>,
-    /// `update_empty` (EDS).
-    pub update_empty: Arc<Counter>,
-    /// `update_failure` (EDS stream failures, DNS failures).
-    pub update_failure: Arc<Counter>,
-    /// `update_no_rebuild`: accepted EDS updates that left the hosts as they were.
-    pub update_no_rebuild: Arc<Counter>,
-    /// The EDS subscription's stats (under the cluster's scope, sharing the counters
-    /// above, as in Envoy).
-    pub eds: Option<crate::xds::SubscriptionStats>,
-    /// `version` (the EDS subscription's; Envoy has it on every cluster).
-    _version: Arc<Gauge>,
+    /// The configuration-update stats (`update_attempt`, `update_success`,
+    /// `update_failure`, `update_empty`, `update_no_rebuild`, `version`; DNS resolutions
+    /// count there), with the EDS subscription's for an EDS cluster, as in Envoy.
+    pub updates: crate::xds::SubscriptionStats,
+    /// Whether `updates` are an EDS subscription's.
+    pub eds: bool,
 }
 
 impl ClusterStats {
@@ -337,13 +328,12 @@ impl ClusterStats {
             lb_healthy_panic: c("lb_healthy_panic"),
             membership_total: g("membership_total"),
             membership_healthy: g("membership_healthy"),
-            update_attempt: c("update_attempt"),
-            update_success: c("update_success"),
-            update_empty: c("update_empty"),
-            update_failure: c("update_failure"),
-            update_no_rebuild: c("update_no_rebuild"),
-            eds: eds.then(|| crate::xds::SubscriptionStats::new(store, &format!("cluster.{name}"))),
-            _version: store.unsigned_gauge(&format!("cluster.{name}.version")),
+            updates: crate::xds::SubscriptionStats::for_cluster(
+                store,
+                &format!("cluster.{name}"),
+                eds,
+            ),
+            eds,
         })
     }
 }

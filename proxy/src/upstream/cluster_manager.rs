@@ -396,8 +396,8 @@ impl ClusterManager {
         }
         // Each new cluster object starts its own EDS subscription, as Envoy's EDS cluster
         // does (an update counts a start again).
-        if let Some(eds) = &entry.info.stats.eds {
-            eds.started();
+        if entry.info.stats.eds {
+            entry.info.stats.updates.started();
         }
         let change = if warm && ready(&entry.info) {
             // Make before break: the new cluster replaces the old one in one publish.

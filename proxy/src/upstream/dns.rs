@@ -22,7 +22,6 @@ use super::cluster::{dns_targets, DiscoveryType, DnsTarget};
 use super::host::{Host, HostHealth, HostStats};
 use super::host_set::HostSet;
 use super::{ClusterManager, UpstreamContext};
-use crate::stats::MAIN_THREAD;
 
 /// What DNS resolution needs of the main thread: the cluster manager it gives hosts to, the
 /// changes it re-plans on, and whom to tell when clusters warmed.
@@ -141,13 +140,13 @@ async fn lookup(cm: &RefCell<ClusterManager>, job: &DnsJob) -> Option<Vec<Arc<Ho
     } in &job.targets
     {
         if let Some(s) = &stats {
-            s.update_attempt.inc(MAIN_THREAD);
+            s.updates.started();
         }
         let hostname: Arc<str> = Arc::from(name.as_str());
         match tokio::net::lookup_host((name.as_str(), *port)).await {
             Ok(addrs) => {
                 if let Some(s) = &stats {
-                    s.update_success.inc(MAIN_THREAD);
+                    s.updates.resolved();
                 }
                 let mut addrs = by_family(addrs.collect(), job.family);
                 if job.discovery == DiscoveryType::LogicalDns {
@@ -187,7 +186,7 @@ async fn lookup(cm: &RefCell<ClusterManager>, job: &DnsJob) -> Option<Vec<Arc<Ho
             Err(e) => {
                 tracing::warn!(cluster = %job.cluster, host = %name, error = %e, "DNS resolution failed; keeping previous hosts");
                 if let Some(s) = &stats {
-                    s.update_failure.inc(MAIN_THREAD);
+                    s.updates.resolution_failed();
                 }
                 failed = true;
             }

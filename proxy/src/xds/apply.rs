@@ -378,11 +378,12 @@ fn apply_eds(server: &Server, update: Update<'_>) -> Result<(), String> {
     let cm = server.cluster_manager.borrow();
     for (name, rebuilt) in outcomes {
         for e in cm.eds_users(name) {
-            if let Some(eds) = &e.info.stats.eds {
-                eds.accepted(&version, took);
-            }
-            if !rebuilt.contains(&e.info.name) {
-                e.info.stats.update_no_rebuild.inc(MAIN_THREAD);
+            let stats = &e.info.stats;
+            if stats.eds {
+                stats.updates.accepted(&version, took);
+                if !rebuilt.contains(&e.info.name) {
+                    stats.updates.not_rebuilt();
+                }
             }
         }
     }

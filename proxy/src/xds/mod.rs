@@ -101,7 +101,8 @@ pub fn subscriptions_of(server: &Server, kind: ResourceType, name: &str) -> Vec<
             .cluster_manager
             .borrow()
             .eds_users(name)
-            .filter_map(|e| e.info.stats.eds.clone())
+            .filter(|e| e.info.stats.eds)
+            .map(|e| e.info.stats.updates.clone())
             .collect(),
         ResourceType::Route => rds_stat_scopes(server, name)
             .iter()

@@ -8,6 +8,7 @@ mod endpoints;
 mod fixture;
 mod http;
 mod listeners;
+mod matrix;
 mod nack;
 mod on_demand;
 mod pools;

@@ -111,6 +111,38 @@ impl ScriptedDeltaStream {
         }
     }
 
+    /// Sends `resources` (name, resource), each at version `version`; returns the nonce.
+    pub async fn send(
+        &mut self,
+        type_url: &str,
+        version: &str,
+        resources: Vec<(String, prost_types_any::Any)>,
+    ) -> String {
+        self.nonce += 1;
+        let nonce = format!("d{}", self.nonce);
+        self.tx
+            .send(Ok(DeltaDiscoveryResponse {
+                system_version_info: version.to_string(),
+                type_url: type_url.to_string(),
+                nonce: nonce.clone(),
+                resources: resources
+                    .into_iter()
+                    .map(
+                        |(name, any)| courier_proto::envoy::service::discovery::v3::Resource {
+                            name,
+                            version: version.to_string(),
+                            resource: Some(any),
+                            ..Default::default()
+                        },
+                    )
+                    .collect(),
+                ..Default::default()
+            }))
+            .await
+            .expect("stream closed");
+        nonce
+    }
+
     /// Sends a response with no resources; returns its nonce.
     pub async fn send_empty(&mut self, type_url: &str, version: &str) -> String {
         self.nonce += 1;

@@ -12,6 +12,8 @@ use courier_proto::envoy::config::cluster::v3::Cluster;
 use courier_proto::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use courier_proto::envoy::config::listener::v3::Listener;
 
+mod on_demand;
+
 struct Args {
     courier: PathBuf,
     clusters: usize,
@@ -20,6 +22,10 @@ struct Args {
     concurrency: usize,
     /// Which proxies to run (both by default; one alone while iterating).
     proxies: Vec<String>,
+    /// `convergence` (the default) or `on-demand`.
+    scenario: String,
+    /// On-demand scenario: how many distinct clusters requests ask for.
+    requests: usize,
 }
 
 fn parse_args() -> Result<Args> {
@@ -30,6 +36,8 @@ fn parse_args() -> Result<Args> {
         updates: 100,
         concurrency: 2,
         proxies: vec!["courier".into(), "envoy".into()],
+        scenario: "convergence".into(),
+        requests: 100,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -41,6 +49,8 @@ fn parse_args() -> Result<Args> {
             "--updates" => args.updates = value.parse()?,
             "--concurrency" => args.concurrency = value.parse()?,
             "--proxies" => args.proxies = value.split(',').map(String::from).collect(),
+            "--scenario" => args.scenario = value,
+            "--requests" => args.requests = value.parse()?,
             other => bail!("unknown flag {other}"),
         }
     }
@@ -107,16 +117,25 @@ filter_chains:
 }
 
 fn bootstrap(node: &str, xds_port: u16) -> String {
+    bootstrap_with(node, xds_port, "GRPC", true)
+}
+
+/// A bootstrap over ADS (`api_type`), with a CDS subscription or (on-demand) without.
+fn bootstrap_with(node: &str, xds_port: u16, api_type: &str, cds: bool) -> String {
+    let cds = if cds {
+        "  cds_config: { ads: {}, resource_api_version: V3 }\n"
+    } else {
+        ""
+    };
     format!(
         r#"node: {{ id: {node}, cluster: bench }}
 admin: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }} }}
 dynamic_resources:
   ads_config:
-    api_type: GRPC
+    api_type: {api_type}
     transport_api_version: V3
     grpc_services: [{{ envoy_grpc: {{ cluster_name: xds }} }}]
-  cds_config: {{ ads: {{}}, resource_api_version: V3 }}
-  lds_config: {{ ads: {{}}, resource_api_version: V3 }}
+{cds}  lds_config: {{ ads: {{}}, resource_api_version: V3 }}
 static_resources:
   clusters:
   - name: xds
@@ -189,11 +208,16 @@ fn start_proxy(
 }
 
 fn http_get(addr: SocketAddr, path: &str) -> Result<String> {
+    http_get_with(addr, path, "")
+}
+
+/// GET with extra header lines (each ending in CRLF).
+fn http_get_with(addr: SocketAddr, path: &str, headers: &str) -> Result<String> {
     let mut s = TcpStream::connect(addr)?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
     std::io::Write::write_all(
         &mut s,
-        format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\n{headers}Connection: close\r\n\r\n").as_bytes(),
     )?;
     let mut out = String::new();
     s.read_to_string(&mut out)?;
@@ -401,6 +425,9 @@ fn main() -> Result<()> {
         .worker_threads(1)
         .enable_all()
         .build()?;
+    if args.scenario == "on-demand" {
+        return on_demand::main(&args, &rt);
+    }
     println!(
         "xDS convergence: {} EDS clusters, {} listeners, {} updates, concurrency {}",
         args.clusters, args.listeners, args.updates, args.concurrency

@@ -364,3 +364,79 @@ static_resources:
         );
     }
 }
+
+/// A wildcard mixed with a name: delta CDS starts as the legacy wildcard (an empty first
+/// request); when on-demand CDS then asks for one cluster, the request subscribes to that
+/// name alone — what Envoy 1.40 sends (measured with this test; XDS.md rule 11 reads as if
+/// an explicit `"*"` came with it) — and the cluster serves the waiting request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_demand_cds_next_to_the_legacy_wildcard_subscribes_by_name() {
+    const RDS: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
+    let up = Upstream::http("od").await;
+    let port = free_port();
+    let ads = ScriptedAds::start().await;
+    let _proxy = Proxy::start(&Bootstrap::delta_ads(NODE, ads.port).yaml()).await;
+    let mut s = ads.next_delta_stream().await;
+    let cds = s.recv(CDS).await;
+    assert!(
+        cds.resource_names_subscribe.is_empty(),
+        "legacy wildcard first"
+    );
+    s.send_empty(CDS, "1").await;
+    s.recv(LDS).await;
+    let listener = listener_yaml(&format!(
+        r#"name: l1
+address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }}
+filter_chains:
+- filters:
+  - name: envoy.filters.network.http_connection_manager
+    typed_config:
+      "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+      stat_prefix: l1
+      rds: {{ route_config_name: r1, config_source: {{ ads: {{}}, resource_api_version: V3 }} }}
+      http_filters:
+      - name: envoy.filters.http.on_demand
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.http.on_demand.v3.OnDemand
+          odcds: {{ source: {{ ads: {{}}, resource_api_version: V3 }}, timeout: 5s }}
+      - name: envoy.filters.http.router
+        typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
+"#
+    ));
+    s.send(LDS, "1", vec![("l1".into(), listener.any().clone())])
+        .await;
+    s.recv(RDS).await;
+    let route = route_yaml(
+        "name: r1\nvirtual_hosts: [{ name: all, domains: ['*'], routes: [{ match: { prefix: / }, route: { cluster: od } }] }]\n",
+    );
+    s.send(RDS, "1", vec![("r1".into(), route.any().clone())])
+        .await;
+    eventually("l1 listens", || async {
+        courier_integration_tests::proxy::port_open(port)
+            .await
+            .then_some(())
+    })
+    .await;
+    let request =
+        tokio::spawn(async move { courier_integration_tests::traffic::http_get(port).await });
+    // The on-demand request: the cluster's name, alone.
+    let odcds = loop {
+        let r = s.recv(CDS).await;
+        if !r.resource_names_subscribe.is_empty() {
+            break r;
+        }
+    };
+    assert_eq!(odcds.resource_names_subscribe, ["od"], "{odcds:?}");
+    s.send(
+        CDS,
+        "2",
+        vec![(
+            "od".into(),
+            static_cluster("od", &[up.port], "").any().clone(),
+        )],
+    )
+    .await;
+    let r = request.await.expect("request task").expect("response");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.upstream(), Some("od"));
+}

@@ -94,8 +94,6 @@ struct TypeState {
     versions: BTreeMap<String, String>,
     sent_names: BTreeSet<String>,
     sent_wildcard: bool,
-    /// Delta: the server was told `"*"` explicitly (a wildcard mixed with names).
-    sent_explicit_wildcard: bool,
 }
 
 enum Sender {
@@ -392,13 +390,10 @@ impl Mux {
                 }
                 subscribe.extend(t.names.difference(&t.sent_names).cloned());
                 unsubscribe.extend(t.sent_names.difference(&t.names).cloned());
+                // Names next to a legacy wildcard (on-demand clusters next to CDS) go
+                // alone, without an explicit "*": what Envoy 1.40 sends (measured; XDS.md
+                // rule 11 would add "*").
                 t.sent_names = t.names.clone();
-                // A wildcard mixed with names (on-demand clusters next to CDS) is
-                // subscribed to explicitly with the first name.
-                if t.wildcard && !subscribe.is_empty() && !t.sent_explicit_wildcard {
-                    subscribe.insert(0, "*".to_string());
-                    t.sent_explicit_wildcard = true;
-                }
                 let req = DeltaDiscoveryRequest {
                     node,
                     type_url: kind.type_url().to_string(),
@@ -428,7 +423,6 @@ impl Mux {
                 t.error = None;
                 t.sent_names.clear();
                 t.sent_wildcard = false;
-                t.sent_explicit_wildcard = false;
                 t.pending = false;
                 if delta {
                     t.version.clear();
@@ -459,16 +453,10 @@ impl Mux {
         let (Some(t), Some(Sender::Delta(tx))) = (types.get_mut(&kind), sender.as_ref()) else {
             return;
         };
-        // A wildcard alone is the legacy one, nothing named; mixed with names it is an
-        // explicit "*" (XDS.md rule 11).
-        let explicit = t.wildcard && !t.names.is_empty();
-        let subscribe: Vec<String> = explicit
-            .then(|| "*".to_string())
-            .into_iter()
-            .chain(t.names.iter().cloned())
-            .collect();
+        // A wildcard is the legacy one (XDS.md rule 11); names next to it go alone, as
+        // Envoy 1.40 sends them.
+        let subscribe: Vec<String> = t.names.iter().cloned().collect();
         t.sent_wildcard = t.wildcard;
-        t.sent_explicit_wildcard = explicit;
         t.sent_names = t.names.clone();
         let req = DeltaDiscoveryRequest {
             node: include_node.then(|| self.node.clone()),

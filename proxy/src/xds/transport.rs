@@ -204,6 +204,11 @@ pub fn grpc_target(
     source: &ApiConfigSource,
     bootstrap: &Bootstrap,
 ) -> Result<GrpcTarget, ConfigError> {
+    // Envoy's token bucket on a stream's requests (`control_plane.rate_limit_enforced`):
+    // not built, so refused rather than ignored.
+    if source.rate_limit_settings.is_some() {
+        return Err(ConfigError::unsupported("rate_limit_settings"));
+    }
     let Some(service) = source.grpc_services.first() else {
         return Err(ConfigError::new(
             "grpc_services",

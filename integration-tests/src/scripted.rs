@@ -8,6 +8,7 @@ use std::time::Duration;
 use courier_proto::envoy::service::discovery::v3::aggregated_discovery_service_server::{
     AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
 };
+pub use courier_proto::envoy::service::discovery::v3::Resource as DeltaResource;
 use courier_proto::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
@@ -118,6 +119,25 @@ impl ScriptedDeltaStream {
         version: &str,
         resources: Vec<(String, prost_types_any::Any)>,
     ) -> String {
+        let resources = resources
+            .into_iter()
+            .map(|(name, any)| DeltaResource {
+                name,
+                version: version.to_string(),
+                resource: Some(any),
+                ..Default::default()
+            })
+            .collect();
+        self.send_resources(type_url, version, resources).await
+    }
+
+    /// Sends `Resource` wrappers as they are (TTLs, heartbeats); returns the nonce.
+    pub async fn send_resources(
+        &mut self,
+        type_url: &str,
+        version: &str,
+        resources: Vec<DeltaResource>,
+    ) -> String {
         self.nonce += 1;
         let nonce = format!("d{}", self.nonce);
         self.tx
@@ -125,17 +145,7 @@ impl ScriptedDeltaStream {
                 system_version_info: version.to_string(),
                 type_url: type_url.to_string(),
                 nonce: nonce.clone(),
-                resources: resources
-                    .into_iter()
-                    .map(
-                        |(name, any)| courier_proto::envoy::service::discovery::v3::Resource {
-                            name,
-                            version: version.to_string(),
-                            resource: Some(any),
-                            ..Default::default()
-                        },
-                    )
-                    .collect(),
+                resources,
                 ..Default::default()
             }))
             .await

@@ -41,5 +41,7 @@ pub use json::{
     from_json, from_value, from_yaml, load_file, pack_any, to_json, to_json_with_defaults,
     unpack_any, unwrap_typed_struct, AnyError, FileError, LoadError, Location,
 };
-pub use resource::{resource_name, unwrap_resource, ResourceError, UnwrappedResource};
+pub use resource::{
+    heartbeat, resource_name, unwrap_resource, Heartbeat, ResourceError, UnwrappedResource,
+};
 pub use resource_type::{ResourceMessage, ResourceType};

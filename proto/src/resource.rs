@@ -64,17 +64,45 @@ pub struct UnwrappedResource<'a> {
     pub wrapper_name: String,
     /// The wrapper's `version`; empty without a wrapper.
     pub version: String,
+    /// The wrapper's `ttl`: the resource goes away unless refreshed within it.
+    pub ttl: Option<crate::google::protobuf::Duration>,
     /// The decoded message.
     pub message: ResourceMessage,
+}
+
+/// A `Resource` wrapper without a resource: a heartbeat refreshing a resource's TTL
+/// (xDS TTLs), when the client holds that resource at that version.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Heartbeat {
+    /// The wrapper's `name`.
+    pub name: String,
+    /// The wrapper's `version`.
+    pub version: String,
+    /// The wrapper's `ttl`.
+    pub ttl: Option<crate::google::protobuf::Duration>,
+}
+
+/// The heartbeat in `any`, if it is a `Resource` wrapper holding no resource.
+pub fn heartbeat(any: &Any) -> Option<Heartbeat> {
+    if any.type_url != type_url::RESOURCE {
+        return None;
+    }
+    let wrapper: Resource = decode(type_url::RESOURCE, &any.value).ok()?;
+    wrapper.resource.is_none().then_some(Heartbeat {
+        name: wrapper.name,
+        version: wrapper.version,
+        ttl: wrapper.ttl,
+    })
 }
 
 /// An `Any` opened if it is an `envoy.service.discovery.v3.Resource` wrapper (one level).
 struct Opened<'a> {
     /// The wrapped `Any` (`None` for a wrapper without one), or the `Any` itself.
     resource: Option<Cow<'a, Any>>,
-    /// The wrapper's name and version; empty without a wrapper.
+    /// The wrapper's name, version and TTL; empty without a wrapper.
     name: String,
     version: String,
+    ttl: Option<crate::google::protobuf::Duration>,
 }
 
 impl<'a> Opened<'a> {
@@ -83,6 +111,7 @@ impl<'a> Opened<'a> {
             resource: Some(Cow::Borrowed(any)),
             name: String::new(),
             version: String::new(),
+            ttl: None,
         }
     }
 
@@ -95,6 +124,7 @@ impl<'a> Opened<'a> {
             resource: wrapper.resource.map(Cow::Owned),
             name: wrapper.name,
             version: wrapper.version,
+            ttl: wrapper.ttl,
         })
     }
 }
@@ -147,6 +177,7 @@ pub fn unwrap_resource(
         any,
         wrapper_name: opened.name,
         version: opened.version,
+        ttl: opened.ttl,
         message,
     })
 }

@@ -440,3 +440,59 @@ filter_chains:
     assert_eq!(r.status, 200);
     assert_eq!(r.upstream(), Some("od"));
 }
+
+/// xDS TTLs on delta: a cluster sent in a `Resource` wrapper with a `ttl` stays while
+/// heartbeats (the wrapper without the resource) refresh it, and goes away once they stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resource_with_a_ttl_expires_unless_heartbeats_refresh_it() {
+    use courier_integration_tests::scripted::DeltaResource;
+    use std::time::{Duration, Instant};
+    let ttl = || {
+        Some(courier_proto::google::protobuf::Duration {
+            seconds: 1,
+            nanos: 0,
+        })
+    };
+    let ads = ScriptedAds::start().await;
+    let proxy = Proxy::start(&Bootstrap::delta_ads(NODE, ads.port).yaml()).await;
+    let mut s = ads.next_delta_stream().await;
+    s.recv(CDS).await;
+    let cluster = DeltaResource {
+        name: "t".into(),
+        version: "1".into(),
+        resource: Some(static_cluster("t", &[1], "").any().clone()),
+        ttl: ttl(),
+        ..Default::default()
+    };
+    s.send_resources(CDS, "1", vec![cluster]).await;
+    s.recv(LDS).await;
+    s.send_empty(LDS, "1").await;
+    proxy.wait_live().await;
+    assert!(proxy.active_clusters().await.contains_key("t"));
+    // Heartbeats every 400 ms for 2 s: the cluster outlives its 1 s TTL.
+    let heartbeat = || DeltaResource {
+        name: "t".into(),
+        version: "1".into(),
+        ttl: ttl(),
+        ..Default::default()
+    };
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(2) {
+        s.send_resources(CDS, "1", vec![heartbeat()]).await;
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert!(
+            proxy.active_clusters().await.contains_key("t"),
+            "refreshed by heartbeats"
+        );
+    }
+    // No more heartbeats: it expires.
+    eventually("t expired", || async {
+        (!proxy.active_clusters().await.contains_key("t")).then_some(())
+    })
+    .await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(2300),
+        "not before its TTL: {:?}",
+        started.elapsed()
+    );
+}

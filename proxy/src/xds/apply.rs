@@ -41,6 +41,9 @@ pub enum Proto {
     Route(Box<RouteConfiguration>),
     /// SDS.
     Secret(Box<Secret>),
+    /// A `Resource` wrapper without a resource: a heartbeat refreshing the TTL of a
+    /// resource held at that version (it keeps it, and changes nothing).
+    Heartbeat,
 }
 
 /// One resource of a response.
@@ -49,8 +52,31 @@ pub struct Resource {
     pub name: String,
     /// Delta: the resource's version.
     pub version: String,
+    /// The wrapper's TTL: the resource goes away unless refreshed within it.
+    pub ttl: Option<std::time::Duration>,
     /// The message.
     pub proto: Proto,
+}
+
+impl Resource {
+    fn heartbeat(
+        name: String,
+        version: String,
+        ttl: Option<&courier_proto::google::protobuf::Duration>,
+    ) -> Resource {
+        Resource {
+            name,
+            version,
+            ttl: ttl.and_then(ttl_of),
+            proto: Proto::Heartbeat,
+        }
+    }
+}
+
+/// A TTL as a duration (a negative or zero one: none).
+fn ttl_of(d: &courier_proto::google::protobuf::Duration) -> Option<std::time::Duration> {
+    let ttl = crate::config::duration(d, "ttl").ok()?;
+    (!ttl.is_zero()).then_some(ttl)
 }
 
 /// A response to apply.
@@ -76,6 +102,9 @@ pub enum Update<'a> {
 /// Unwraps, checks and decodes one resource of a response of `kind`; an `Err` is the
 /// NACK's message (Envoy's wording).
 fn decode_one(kind: ResourceType, any: &Any, index: usize) -> Result<Resource, String> {
+    if let Some(hb) = courier_proto::heartbeat(any) {
+        return Ok(Resource::heartbeat(hb.name, hb.version, hb.ttl.as_ref()));
+    }
     let expected = kind.type_url();
     let unwrapped = unwrap_resource(kind, any).map_err(|e| match e {
         ResourceError::Decode {
@@ -110,6 +139,7 @@ fn decode_one(kind: ResourceType, any: &Any, index: usize) -> Result<Resource, S
     Ok(Resource {
         name: unwrapped.name,
         version: unwrapped.version,
+        ttl: unwrapped.ttl.as_ref().and_then(ttl_of),
         proto,
     })
 }
@@ -132,12 +162,17 @@ pub fn decode_delta(
         .iter()
         .enumerate()
         .map(|(i, r)| {
-            let any = r
-                .resource
-                .as_ref()
-                .ok_or_else(|| format!("resources[{i}] ('{}'): no resource", r.name))?;
+            let Some(any) = r.resource.as_ref() else {
+                // No body: a TTL heartbeat (the mux checks the resource is held).
+                return Ok(Resource::heartbeat(
+                    r.name.clone(),
+                    r.version.clone(),
+                    r.ttl.as_ref(),
+                ));
+            };
             let mut decoded = decode_one(kind, any, i)?;
             decoded.version.clone_from(&r.version);
+            decoded.ttl = r.ttl.as_ref().and_then(ttl_of);
             if decoded.name.is_empty() {
                 decoded.name.clone_from(&r.name);
             }
@@ -197,6 +232,10 @@ fn apply_cds(server: &Server, update: Update<'_>) -> Result<(), String> {
     let mut cm = server.cluster_manager.borrow_mut();
     for r in resources {
         let Proto::Cluster(encoded) = r.proto else {
+            // A heartbeat keeps its cluster (state of the world included).
+            if matches!(r.proto, Proto::Heartbeat) {
+                seen.insert(r.name);
+            }
             continue;
         };
         if !seen.insert(r.name.clone()) {

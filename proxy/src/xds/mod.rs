@@ -17,6 +17,7 @@ pub mod path_source;
 pub mod rest;
 pub mod subscription_stats;
 pub mod transport;
+pub mod ttl;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::rc::Rc;

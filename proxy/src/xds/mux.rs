@@ -157,8 +157,10 @@ pub struct Mux {
     node_first_only: bool,
     state: RefCell<MuxState>,
     control_plane: ControlPlaneStats,
-    /// The running stream task, aborted by [`Mux::stop`].
-    task: RefCell<Option<tokio::task::AbortHandle>>,
+    /// The TTLs of the resources this stream delivered with one.
+    ttls: super::ttl::Ttls,
+    /// The running stream and TTL tasks, aborted by [`Mux::stop`].
+    tasks: RefCell<Vec<tokio::task::AbortHandle>>,
     /// Bumped when a subscription changes (REST polls at once then, as Envoy's new
     /// subscription does).
     subscriptions: tokio::sync::watch::Sender<u64>,
@@ -201,7 +203,8 @@ impl Mux {
             node_first_only,
             state: RefCell::default(),
             control_plane,
-            task: RefCell::new(None),
+            ttls: Default::default(),
+            tasks: RefCell::new(Vec::new()),
             subscriptions: tokio::sync::watch::Sender::new(0),
         })
     }
@@ -214,13 +217,16 @@ impl Mux {
     /// Runs the stream forever on the main thread.
     pub fn start(self: &Rc<Self>, server: Weak<Server>) {
         let mux = self.clone();
-        let task = tokio::task::spawn_local(async move { mux.run(server).await });
-        *self.task.borrow_mut() = Some(task.abort_handle());
+        let weak = server.clone();
+        let stream = tokio::task::spawn_local(async move { mux.run(weak).await });
+        let mux = Rc::downgrade(self);
+        let ttls = tokio::task::spawn_local(async move { expire_resources(mux, server).await });
+        *self.tasks.borrow_mut() = vec![stream.abort_handle(), ttls.abort_handle()];
     }
 
     /// Ends the stream for good (its subscription is gone).
     pub fn stop(&self) {
-        if let Some(task) = self.task.borrow_mut().take() {
+        for task in self.tasks.borrow_mut().drain(..) {
             task.abort();
         }
         self.state.borrow_mut().sender = None;
@@ -705,11 +711,14 @@ impl Mux {
         if let Some(cp) = &resp.control_plane {
             self.control_plane.set_identifier(&cp.identifier);
         }
-        let decoded = apply::decode(kind, &resp.resources);
+        let decoded = apply::decode(kind, &resp.resources)
+            .and_then(|resources| self.check_heartbeats(kind, resources));
         if decoded.is_err() {
             self.decode_rejected(server, kind);
         }
+        let mut ttls = Vec::new();
         let result = decoded.and_then(|resources| {
+            ttls = resources.iter().map(|r| (r.name.clone(), r.ttl)).collect();
             apply::apply(
                 server,
                 kind,
@@ -719,6 +728,9 @@ impl Mux {
                 },
             )
         });
+        if result.is_ok() {
+            self.track_ttls(kind, &ttls, &[]);
+        }
         self.finish_response(kind, &resp.version_info, result, &[], &[]);
     }
 
@@ -730,13 +742,17 @@ impl Mux {
         if let Some(cp) = &resp.control_plane {
             self.control_plane.set_identifier(&cp.identifier);
         }
-        let decoded = apply::decode_delta(kind, &resp.resources);
+        let decoded = apply::decode_delta(kind, &resp.resources)
+            .and_then(|resources| self.check_heartbeats(kind, resources));
         if decoded.is_err() {
             self.decode_rejected(server, kind);
         }
+        let mut ttls = Vec::new();
         let result = decoded.and_then(|resources| {
+            ttls = resources.iter().map(|r| (r.name.clone(), r.ttl)).collect();
             versions = resources
                 .iter()
+                .filter(|r| !matches!(r.proto, apply::Proto::Heartbeat))
                 .map(|r| (r.name.clone(), r.version.clone()))
                 .collect();
             apply::apply(
@@ -749,6 +765,9 @@ impl Mux {
                 },
             )
         });
+        if result.is_ok() {
+            self.track_ttls(kind, &ttls, &resp.removed_resources);
+        }
         self.finish_response(
             kind,
             &resp.system_version_info,
@@ -756,6 +775,37 @@ impl Mux {
             &versions,
             &resp.removed_resources,
         );
+    }
+
+    /// A heartbeat (a `Resource` wrapper without a resource) is valid only for a resource
+    /// held with a TTL; any other is a resource without a body, rejected.
+    fn check_heartbeats(
+        &self,
+        kind: ResourceType,
+        resources: Vec<apply::Resource>,
+    ) -> Result<Vec<apply::Resource>, String> {
+        for (i, r) in resources.iter().enumerate() {
+            if matches!(r.proto, apply::Proto::Heartbeat) && !self.ttls.holds(kind, &r.name) {
+                return Err(format!("resources[{i}] ('{}'): no resource", r.name));
+            }
+        }
+        Ok(resources)
+    }
+
+    /// After an accepted response: each resource's TTL from its wrapper (a heartbeat
+    /// refreshes it; none clears it); removed resources have none.
+    fn track_ttls(
+        &self,
+        kind: ResourceType,
+        ttls: &[(String, Option<Duration>)],
+        removed: &[String],
+    ) {
+        for (name, ttl) in ttls {
+            self.ttls.set(kind, name, *ttl);
+        }
+        for name in removed {
+            self.ttls.set(kind, name, None);
+        }
     }
 
     /// A response whose resources do not decode (wrong type URL, bad bytes) is rejected by
@@ -823,6 +873,45 @@ fn sotw_request(
         response_nonce,
         error_detail,
         ..Default::default()
+    }
+}
+
+/// Removes the resources whose TTL expires, as a delta removal would (Envoy's TTL expiry,
+/// in state of the world too), until the stream goes.
+async fn expire_resources(mux: Weak<Mux>, server: Weak<Server>) {
+    loop {
+        let Some(m) = mux.upgrade() else {
+            return;
+        };
+        // Held while waiting: a stopped stream's task is aborted.
+        let expired = m.ttls.expired().await;
+        drop(m);
+        let Some(server) = server.upgrade() else {
+            return;
+        };
+        let mut by_kind: BTreeMap<ResourceType, Vec<String>> = BTreeMap::new();
+        for (kind, name) in expired {
+            by_kind.entry(kind).or_default().push(name);
+        }
+        for (kind, names) in by_kind {
+            tracing::info!(
+                type_url = kind.type_url(),
+                ?names,
+                "xDS resources expired (TTL)"
+            );
+            let removed = apply::apply(
+                &server,
+                kind,
+                Update::Delta {
+                    version: "",
+                    resources: Vec::new(),
+                    removed: &names,
+                },
+            );
+            if let Err(e) = removed {
+                tracing::warn!(type_url = kind.type_url(), error = %e, "removing expired resources failed");
+            }
+        }
     }
 }
 

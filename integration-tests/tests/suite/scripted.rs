@@ -496,3 +496,32 @@ async fn a_resource_with_a_ttl_expires_unless_heartbeats_refresh_it() {
         started.elapsed()
     );
 }
+
+/// A response far above gRPC's default 4 MiB message limit (100,000 clusters in one
+/// response are tens of MiB) is taken, as Envoy takes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_above_four_mebibytes_is_accepted() {
+    let ads = ScriptedAds::start().await;
+    let proxy = Proxy::start(&Bootstrap::ads(NODE, ads.port).yaml()).await;
+    let mut s = ads.next_stream().await;
+    s.recv(CDS).await;
+    let blob = "x".repeat(700 * 1024);
+    let clusters: Vec<Any> = (0..8)
+        .map(|i| {
+            static_cluster(
+                &format!("big{i}"),
+                &[1],
+                &format!("metadata: {{ filter_metadata: {{ bench: {{ blob: {blob} }} }} }}"),
+            )
+            .any()
+            .clone()
+        })
+        .collect();
+    assert!(clusters.iter().map(|a| a.value.len()).sum::<usize>() > 5 << 20);
+    let n = s.send(CDS, "1", clusters).await;
+    assert_ack(&s.recv(CDS).await, "1", &n);
+    s.recv(LDS).await;
+    s.send(LDS, "1", vec![]).await;
+    proxy.wait_live().await;
+    assert!(proxy.active_clusters().await.contains_key("big7"));
+}

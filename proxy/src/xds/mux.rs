@@ -115,37 +115,49 @@ macro_rules! open_rpc {
         match $rpc {
             Rpc::Ads => {
                 AggregatedDiscoveryServiceClient::new($channel)
+                    .max_decoding_message_size(MAX_RESPONSE_BYTES)
                     .$ads($requests)
                     .await
             }
             Rpc::Single(ResourceType::Cluster) => {
                 ClusterDiscoveryServiceClient::new($channel)
+                    .max_decoding_message_size(MAX_RESPONSE_BYTES)
                     .$cds($requests)
                     .await
             }
             Rpc::Single(ResourceType::Endpoint) => {
                 EndpointDiscoveryServiceClient::new($channel)
+                    .max_decoding_message_size(MAX_RESPONSE_BYTES)
                     .$eds($requests)
                     .await
             }
             Rpc::Single(ResourceType::Listener) => {
                 ListenerDiscoveryServiceClient::new($channel)
+                    .max_decoding_message_size(MAX_RESPONSE_BYTES)
                     .$lds($requests)
                     .await
             }
             Rpc::Single(ResourceType::Route) => {
                 RouteDiscoveryServiceClient::new($channel)
+                    .max_decoding_message_size(MAX_RESPONSE_BYTES)
                     .$rds($requests)
                     .await
             }
             Rpc::Single(ResourceType::Secret) => {
                 SecretDiscoveryServiceClient::new($channel)
+                    .max_decoding_message_size(MAX_RESPONSE_BYTES)
                     .$sds($requests)
                     .await
             }
         }
     };
 }
+
+/// The largest xDS response a stream takes (tonic's default is 4 MiB, which 100,000
+/// clusters in one state-of-the-world or first delta response exceed many times; Envoy sets
+/// no limit). A larger one fails the stream, counted as `update_failure`, and the stream
+/// is retried with back-off.
+pub const MAX_RESPONSE_BYTES: usize = 1 << 30;
 
 /// An xDS stream and its subscriptions.
 pub struct Mux {

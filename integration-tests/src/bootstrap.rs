@@ -46,6 +46,8 @@ pub struct Bootstrap {
     pub node_on_first_message_only: bool,
     /// TLS to the control plane, certificates from files.
     pub xds_tls: Option<XdsTls>,
+    /// Whether there is a `cds_config` (without one, clusters come only on demand).
+    pub cds: bool,
 }
 
 /// The xDS cluster's `UpstreamTlsContext`, from PEM files.
@@ -90,7 +92,14 @@ impl Bootstrap {
             initial_fetch_timeout: None,
             node_on_first_message_only: true,
             xds_tls: None,
+            cds: true,
         }
+    }
+
+    /// Without `cds_config`: the proxy holds only the clusters it discovers on demand.
+    pub fn without_cds(mut self) -> Bootstrap {
+        self.cds = false;
+        self
     }
 
     /// Delta ADS.
@@ -167,13 +176,17 @@ impl Bootstrap {
                 String::new(),
             ),
         };
+        let cds = if self.cds {
+            format!("  cds_config: {cds}\n")
+        } else {
+            String::new()
+        };
         format!(
             r#"node: {{ id: {node}, cluster: it-cluster }}
 admin:
   address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
 dynamic_resources:
-{ads}  cds_config: {cds}
-  lds_config: {lds}
+{ads}{cds}  lds_config: {lds}
 static_resources:
   clusters:
 {rest_cluster}  - name: xds

@@ -213,3 +213,34 @@ pub fn write_discovery_file(path: &std::path::Path, version: &str, resources: &[
     std::fs::write(&tmp, serde_json::to_vec_pretty(&body).expect("json")).expect("write");
     std::fs::rename(&tmp, path).expect("rename");
 }
+
+/// An HTTP listener whose connection manager runs `envoy.filters.http.on_demand` with
+/// on-demand CDS from `odcds_source` (waiting up to `timeout`), then the router; routes
+/// come over RDS (`route`, over ADS).
+pub fn on_demand_http_listener(
+    name: &str,
+    port: u16,
+    route: &str,
+    odcds_source: &str,
+    timeout: &str,
+) -> Arc<Resource> {
+    listener_yaml(&format!(
+        r#"name: {name}
+address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }}
+filter_chains:
+- filters:
+  - name: envoy.filters.network.http_connection_manager
+    typed_config:
+      "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+      stat_prefix: {name}
+      rds: {{ route_config_name: {route}, config_source: {{ ads: {{}}, resource_api_version: V3 }} }}
+      http_filters:
+      - name: envoy.filters.http.on_demand
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.http.on_demand.v3.OnDemand
+          odcds: {{ source: {odcds_source}, timeout: {timeout} }}
+      - name: envoy.filters.http.router
+        typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
+"#
+    ))
+}

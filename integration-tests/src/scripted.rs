@@ -194,30 +194,27 @@ impl ScriptedAds {
             .await
             .expect("bind");
         let port = listener.local_addr().expect("addr").port();
-        let (tx, rx) = mpsc::unbounded_channel();
-        let (delta_tx, delta_rx) = mpsc::unbounded_channel();
-        let svc = Service {
-            streams: tx,
-            delta_streams: delta_tx,
-        };
-        let task = tokio::spawn(async move {
-            let _ = tonic::transport::Server::builder()
-                .add_service(AggregatedDiscoveryServiceServer::new(svc))
-                .serve_with_incoming(TcpListenerStream::new(listener))
-                .await;
-        });
-        ScriptedAds {
-            port,
-            streams: Mutex::new(rx),
-            delta_streams: Mutex::new(delta_rx),
-            task,
-        }
+        ScriptedAds::serve(port, TcpListenerStream::new(listener))
     }
 
     /// Starts on a Unix-domain socket at `path` (`port` is 0): a local agent as Istio's
     /// and Kuma's bootstraps reach it.
     pub async fn start_unix(path: &std::path::Path) -> ScriptedAds {
         let listener = tokio::net::UnixListener::bind(path).expect("bind unix socket");
+        ScriptedAds::serve(0, tokio_stream::wrappers::UnixListenerStream::new(listener))
+    }
+
+    /// Serves the connections `incoming` yields.
+    fn serve<S, IO>(port: u16, incoming: S) -> ScriptedAds
+    where
+        S: futures::Stream<Item = std::io::Result<IO>> + Send + 'static,
+        IO: tokio::io::AsyncRead
+            + tokio::io::AsyncWrite
+            + tonic::transport::server::Connected
+            + Unpin
+            + Send
+            + 'static,
+    {
         let (tx, rx) = mpsc::unbounded_channel();
         let (delta_tx, delta_rx) = mpsc::unbounded_channel();
         let svc = Service {
@@ -227,11 +224,11 @@ impl ScriptedAds {
         let task = tokio::spawn(async move {
             let _ = tonic::transport::Server::builder()
                 .add_service(AggregatedDiscoveryServiceServer::new(svc))
-                .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener))
+                .serve_with_incoming(incoming)
                 .await;
         });
         ScriptedAds {
-            port: 0,
+            port,
             streams: Mutex::new(rx),
             delta_streams: Mutex::new(delta_rx),
             task,

@@ -321,12 +321,13 @@ impl XdsServer {
     }
 }
 
-/// A running xDS server (see [`XdsServer::start`]). Dropping it stops the server.
+/// A running xDS server, gRPC ([`XdsServer::start`]) or REST-JSON. Dropping it stops the
+/// server.
 #[derive(Debug)]
 pub struct XdsServerHandle {
-    local_addr: SocketAddr,
-    stop: watch::Sender<bool>,
-    task: Option<JoinHandle<()>>,
+    pub(crate) local_addr: SocketAddr,
+    pub(crate) stop: watch::Sender<bool>,
+    pub(crate) task: Option<JoinHandle<()>>,
 }
 
 impl XdsServerHandle {

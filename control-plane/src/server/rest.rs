@@ -24,7 +24,6 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -34,7 +33,6 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
 use super::{shutdown_requested, Shared};
 use crate::resource::ResourceType;
@@ -268,32 +266,5 @@ impl Rest {
     }
 }
 
-/// A running REST-JSON xDS server (see [`super::XdsServer::start_rest`]). Dropping it stops
-/// the server.
-#[derive(Debug)]
-pub struct RestServerHandle {
-    pub(crate) local_addr: SocketAddr,
-    pub(crate) stop: watch::Sender<bool>,
-    pub(crate) task: Option<JoinHandle<()>>,
-}
-
-impl RestServerHandle {
-    /// The address the server listens on.
-    pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
-    }
-
-    /// Stops accepting, closes every connection and waits for the server task.
-    pub async fn shutdown(mut self) {
-        self.stop.send_replace(true);
-        if let Some(task) = self.task.take() {
-            let _ = task.await;
-        }
-    }
-}
-
-impl Drop for RestServerHandle {
-    fn drop(&mut self) {
-        self.stop.send_replace(true);
-    }
-}
+/// A running REST-JSON server: the same handle as the gRPC server's.
+pub type RestServerHandle = super::XdsServerHandle;

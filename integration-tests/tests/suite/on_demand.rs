@@ -10,61 +10,16 @@ use courier_integration_tests::proxy::ProxyOptions;
 use courier_integration_tests::resources::*;
 use courier_integration_tests::traffic::http1_once;
 use courier_integration_tests::upstream::Upstream;
-use courier_integration_tests::{free_port, Cp, Proxy, ProxyKind};
+use courier_integration_tests::{free_port, Bootstrap, Cp, Proxy, ProxyKind};
 
 use crate::fixture::snapshot;
 
 const NODE: &str = "on-demand";
 
-fn bootstrap(cp_port: u16) -> String {
-    format!(
-        r#"node: {{ id: {NODE}, cluster: it-cluster }}
-admin: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }} }}
-dynamic_resources:
-  ads_config: {{ api_type: DELTA_GRPC, transport_api_version: V3, set_node_on_first_message_only: true, grpc_services: [{{ envoy_grpc: {{ cluster_name: xds }} }}] }}
-  lds_config: {{ ads: {{}}, resource_api_version: V3 }}
-static_resources:
-  clusters:
-  - name: xds
-    type: STATIC
-    connect_timeout: 1s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {{ http2_protocol_options: {{}} }}
-    load_assignment:
-      cluster_name: xds
-      endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {cp_port} }} }} }} }}] }}]
-"#
-    )
-}
-
 /// `odcds.source` over ADS.
 const OVER_ADS: &str = "{ ads: {}, resource_api_version: V3 }";
 /// `odcds.source` on a delta stream of its own.
 const OWN_STREAM: &str = "{ api_config_source: { api_type: DELTA_GRPC, transport_api_version: V3, grpc_services: [{ envoy_grpc: { cluster_name: xds } }] }, resource_api_version: V3 }";
-
-fn listener(port: u16, source: &str) -> std::sync::Arc<courier_control_plane::Resource> {
-    listener_yaml(&format!(
-        r#"name: l1
-address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }}
-filter_chains:
-- filters:
-  - name: envoy.filters.network.http_connection_manager
-    typed_config:
-      "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-      stat_prefix: l1
-      rds: {{ route_config_name: r1, config_source: {{ ads: {{}}, resource_api_version: V3 }} }}
-      http_filters:
-      - name: envoy.filters.http.on_demand
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.http.on_demand.v3.OnDemand
-          odcds: {{ source: {source}, timeout: 1s }}
-      - name: envoy.filters.http.router
-        typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
-"#
-    ))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_is_discovered_over_ads_when_a_request_needs_it() {
@@ -84,7 +39,7 @@ async fn discovered_on_demand(source: &str) {
         NODE,
         snapshot(vec![
             static_cluster("od", &[upstream.port], ""),
-            listener(port, source),
+            on_demand_http_listener("l1", port, "r1", source, "1s"),
             route_yaml(
                 "name: r1\nvirtual_hosts: [{ name: all, domains: ['*'], routes: [{ match: { prefix: /od }, route: { cluster: od } }, { match: { prefix: /nope }, route: { cluster: nope } }] }]\n",
             ),
@@ -92,7 +47,7 @@ async fn discovered_on_demand(source: &str) {
     );
     let proxy = Proxy::start_with(
         ProxyKind::from_env(),
-        &bootstrap(cp.port),
+        &Bootstrap::delta_ads(NODE, cp.port).without_cds().yaml(),
         ProxyOptions::default(),
     )
     .await;

@@ -384,25 +384,13 @@ async fn on_demand_cds_next_to_the_legacy_wildcard_subscribes_by_name() {
     );
     s.send_empty(CDS, "1").await;
     s.recv(LDS).await;
-    let listener = listener_yaml(&format!(
-        r#"name: l1
-address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }}
-filter_chains:
-- filters:
-  - name: envoy.filters.network.http_connection_manager
-    typed_config:
-      "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-      stat_prefix: l1
-      rds: {{ route_config_name: r1, config_source: {{ ads: {{}}, resource_api_version: V3 }} }}
-      http_filters:
-      - name: envoy.filters.http.on_demand
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.http.on_demand.v3.OnDemand
-          odcds: {{ source: {{ ads: {{}}, resource_api_version: V3 }}, timeout: 5s }}
-      - name: envoy.filters.http.router
-        typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
-"#
-    ));
+    let listener = on_demand_http_listener(
+        "l1",
+        port,
+        "r1",
+        "{ ads: {}, resource_api_version: V3 }",
+        "5s",
+    );
     s.send(LDS, "1", vec![("l1".into(), listener.any().clone())])
         .await;
     s.recv(RDS).await;

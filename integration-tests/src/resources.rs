@@ -139,23 +139,25 @@ pub fn http_listener(name: &str, port: u16, route: &str) -> Arc<Resource> {
 
 /// An HTTP listener with the RDS config source `source`.
 pub fn http_listener_with(name: &str, port: u16, route: &str, source: &str) -> Arc<Resource> {
-    http_listener_text(name, port, route, source, "")
+    http_listener_text(name, port, route, source, "", "")
 }
 
 /// An HTTP listener whose connection manager also takes `upgrade_configs: [websocket]`.
 pub fn http_listener_websocket(name: &str, port: u16, route: &str) -> Arc<Resource> {
     let extra = "      upgrade_configs: [ { upgrade_type: websocket } ]\n";
-    http_listener_text(name, port, route, ADS_SOURCE, extra)
+    http_listener_text(name, port, route, ADS_SOURCE, extra, "")
 }
 
 /// An HTTP listener; `hcm_extra` holds more `http_connection_manager` fields (YAML lines
-/// indented six spaces).
+/// indented six spaces), `filters` the HTTP filters before the router (list items indented
+/// six spaces).
 fn http_listener_text(
     name: &str,
     port: u16,
     route: &str,
     source: &str,
     hcm_extra: &str,
+    filters: &str,
 ) -> Arc<Resource> {
     listener_yaml(&format!(
         r#"name: {name}
@@ -168,7 +170,7 @@ filter_chains:
       stat_prefix: {name}
       rds: {{ route_config_name: {route}, config_source: {source} }}
 {hcm_extra}      http_filters:
-      - name: envoy.filters.http.router
+{filters}      - name: envoy.filters.http.router
         typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
 "#
     ))
@@ -224,23 +226,12 @@ pub fn on_demand_http_listener(
     odcds_source: &str,
     timeout: &str,
 ) -> Arc<Resource> {
-    listener_yaml(&format!(
-        r#"name: {name}
-address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }}
-filter_chains:
-- filters:
-  - name: envoy.filters.network.http_connection_manager
-    typed_config:
-      "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-      stat_prefix: {name}
-      rds: {{ route_config_name: {route}, config_source: {{ ads: {{}}, resource_api_version: V3 }} }}
-      http_filters:
-      - name: envoy.filters.http.on_demand
+    let on_demand = format!(
+        r#"      - name: envoy.filters.http.on_demand
         typed_config:
           "@type": type.googleapis.com/envoy.extensions.filters.http.on_demand.v3.OnDemand
           odcds: {{ source: {odcds_source}, timeout: {timeout} }}
-      - name: envoy.filters.http.router
-        typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
 "#
-    ))
+    );
+    http_listener_text(name, port, route, ADS_SOURCE, "", &on_demand)
 }

@@ -113,11 +113,33 @@ fn stats_text_json_and_prometheus() {
     ] {
         assert_eq!(stats.get(name), Some(&value), "{name}");
     }
+    // Envoy's order: text readouts (quoted values), then counters and gauges, then
+    // histograms, each part sorted by name.
     let text = courier.get("/stats").body;
-    let names: Vec<&str> = text.lines().filter_map(|l| l.split(": ").next()).collect();
-    let mut sorted = names.clone();
-    sorted.sort();
-    assert_eq!(names, sorted, "/stats is sorted by name");
+    let part = |l: &&str| {
+        if l.contains(": \"") {
+            0
+        } else if l.contains("No recorded values") || l.contains("P0(") {
+            2
+        } else {
+            1
+        }
+    };
+    let lines: Vec<&str> = text.lines().collect();
+    let parts: Vec<u8> = lines.iter().map(|l| part(l)).collect();
+    let mut in_order = parts.clone();
+    in_order.sort();
+    assert_eq!(parts, in_order, "text readouts, then counters and gauges, then histograms");
+    for p in 0..3 {
+        let names: Vec<&str> = lines
+            .iter()
+            .filter(|l| part(l) == p)
+            .filter_map(|l| l.split(": ").next())
+            .collect();
+        let mut sorted = names.clone();
+        sorted.sort();
+        assert_eq!(names, sorted, "/stats part {p} is sorted by name");
+    }
 
     let filtered = courier.get("/stats?filter=cluster.backend.").body;
     assert!(!filtered.is_empty());

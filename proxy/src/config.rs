@@ -218,8 +218,8 @@ pub fn validate_config_source(source: &core::ConfigSource) -> Result<(), ConfigE
         Some(ConfigSourceSpecifier::Ads(_)) => Ok(()),
         Some(ConfigSourceSpecifier::ApiConfigSource(api)) => {
             api_type_is_delta(api)?;
-            if crate::xds::rest::is_rest(api) {
-                crate::xds::rest::validate_api(api).map_err(|e| e.at("api_config_source"))?;
+            if is_rest(api) {
+                validate_rest_api(api).map_err(|e| e.at("api_config_source"))?;
             }
             Ok(())
         }
@@ -229,6 +229,51 @@ pub fn validate_config_source(source: &core::ConfigSource) -> Result<(), ConfigE
         Some(ConfigSourceSpecifier::Self_(_)) => Err(ConfigError::unsupported("self")),
         None => Err(ConfigError::new("", "config_source_specifier is required")),
     }
+}
+
+/// Whether `api` is a REST-JSON source.
+pub fn is_rest(api: &core::ApiConfigSource) -> bool {
+    api.api_type == core::api_config_source::ApiType::Rest as i32
+}
+
+/// Checks a REST `api_config_source` on its own, with Envoy's errors (paths relative to
+/// it): one cluster name, no gRPC service, a `refresh_delay`, a positive `request_timeout`.
+/// `rate_limit_settings` applies to gRPC only and is ignored, as in Envoy.
+pub fn validate_rest_api(api: &core::ApiConfigSource) -> Result<(), ConfigError> {
+    if api.cluster_names.is_empty() && api.grpc_services.is_empty() {
+        return Err(ConfigError::new(
+            "",
+            "API configs must have either a gRPC service or a cluster name defined",
+        ));
+    }
+    if !api.grpc_services.is_empty() {
+        return Err(ConfigError::new(
+            "grpc_services",
+            "envoy.config.core.v3.ApiConfigSource, if not a gRPC type, must not have a gRPC service specified",
+        ));
+    }
+    if api.cluster_names.len() != 1 {
+        return Err(ConfigError::new(
+            "cluster_names",
+            "envoy.config.core.v3.ApiConfigSource must have a singleton cluster name specified",
+        ));
+    }
+    let Some(refresh) = &api.refresh_delay else {
+        return Err(ConfigError::new(
+            "refresh_delay",
+            "refresh_delay is required for REST API configuration sources",
+        ));
+    };
+    duration(refresh, "refresh_delay")?;
+    if let Some(t) = &api.request_timeout {
+        if duration(t, "request_timeout")?.is_zero() {
+            return Err(ConfigError::new(
+                "request_timeout",
+                "value must be greater than 0s",
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Whether an `ApiConfigSource` subscribes with the delta protocol (else state of the

@@ -126,10 +126,13 @@ fn stats_text_json_and_prometheus() {
         }
     };
     let lines: Vec<&str> = text.lines().collect();
-    let parts: Vec<u8> = lines.iter().map(|l| part(l)).collect();
+    let parts: Vec<u8> = lines.iter().map(part).collect();
     let mut in_order = parts.clone();
     in_order.sort();
-    assert_eq!(parts, in_order, "text readouts, then counters and gauges, then histograms");
+    assert_eq!(
+        parts, in_order,
+        "text readouts, then counters and gauges, then histograms"
+    );
     for p in 0..3 {
         let names: Vec<&str> = lines
             .iter()

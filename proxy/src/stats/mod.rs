@@ -8,6 +8,7 @@
 
 mod render;
 mod store;
+pub mod subscription;
 
 pub use render::{render_json, render_prometheus, render_text};
 pub use store::{

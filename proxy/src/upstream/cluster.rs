@@ -304,7 +304,7 @@ pub struct ClusterStats {
     /// The configuration-update stats (`update_attempt`, `update_success`,
     /// `update_failure`, `update_empty`, `update_no_rebuild`, `version`; DNS resolutions
     /// count there), with the EDS subscription's for an EDS cluster, as in Envoy.
-    pub updates: crate::xds::SubscriptionStats,
+    pub updates: crate::stats::subscription::SubscriptionStats,
     /// Whether `updates` are an EDS subscription's.
     pub eds: bool,
 }
@@ -328,7 +328,7 @@ impl ClusterStats {
             lb_healthy_panic: c("lb_healthy_panic"),
             membership_total: g("membership_total"),
             membership_healthy: g("membership_healthy"),
-            updates: crate::xds::SubscriptionStats::for_cluster(
+            updates: crate::stats::subscription::SubscriptionStats::for_cluster(
                 store,
                 &format!("cluster.{name}"),
                 eds,

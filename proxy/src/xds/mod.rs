@@ -15,7 +15,7 @@ pub mod mux;
 pub mod on_demand;
 pub mod path_source;
 pub mod rest;
-pub mod subscription_stats;
+pub mod rest_target;
 pub mod transport;
 pub mod ttl;
 
@@ -35,10 +35,12 @@ use crate::config::{self, ConfigError};
 use crate::http::route::rds::{RouteProvider, RouteSnapshot};
 use crate::http::route::RouteTable;
 use crate::server::{Server, ServerState};
+pub use crate::stats::subscription::{
+    self as subscription_stats, ControlPlaneStats, SubscriptionStats,
+};
 use crate::stats::{Counter, Gauge, Store, MAIN_THREAD};
 use courier_runtime::thread_local::Slot;
 use mux::{Mux, Protocol, Rpc};
-pub use subscription_stats::{ControlPlaneStats, SubscriptionStats};
 
 const DEFAULT_INITIAL_FETCH_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -354,7 +356,7 @@ pub fn validate_bootstrap(bootstrap: &Bootstrap) -> Result<(), ConfigError> {
                 ));
             }
             Some(ConfigSourceSpecifier::ApiConfigSource(api)) => {
-                rest::transport(api, bootstrap)
+                transport(api, bootstrap)
                     .map_err(|e| e.at(&format!("{path}.api_config_source")))?;
             }
             _ => {}
@@ -380,7 +382,11 @@ fn new_mux(
     rpc: Rpc,
     stats_scope: &str,
 ) -> Result<Rc<Mux>, ConfigError> {
-    let target = rest::transport(api, &server.bootstrap)?;
+    let target = transport(api, &server.bootstrap)?;
+    let rest = match &target {
+        mux::Transport::Rest(target) => Some(target.clone()),
+        mux::Transport::Grpc(_) => None,
+    };
     let mux = Mux::new(
         name.to_string(),
         target,
@@ -390,8 +396,26 @@ fn new_mux(
         api.set_node_on_first_message_only,
         ControlPlaneStats::new(&server.store, stats_scope),
     );
-    mux.start(Rc::downgrade(server));
+    match rest {
+        Some(target) => mux.start_with(Rc::downgrade(server), move |mux, server| {
+            rest::run(mux, target, server)
+        }),
+        None => mux.start_with(Rc::downgrade(server), Mux::run),
+    }
     Ok(mux)
+}
+
+/// The transport of an `ApiConfigSource` of `bootstrap`: REST-JSON polls for `api_type:
+/// REST`, else a gRPC target.
+pub fn transport(
+    api: &ApiConfigSource,
+    bootstrap: &Bootstrap,
+) -> Result<mux::Transport, ConfigError> {
+    if config::is_rest(api) {
+        rest_target::rest_target(api, bootstrap).map(mux::Transport::Rest)
+    } else {
+        transport::grpc_target(api, bootstrap).map(mux::Transport::from)
+    }
 }
 
 /// The scope of the subscription to `name` of `kind` (Envoy's: the CDS/LDS API, the

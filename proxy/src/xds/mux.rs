@@ -37,7 +37,7 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::transport::Channel;
 
 use super::apply::{self, Update};
-use super::rest::RestTarget;
+use super::rest_target::RestTarget;
 use super::transport::GrpcTarget;
 use super::{ControlPlaneStats, SubscriptionStats};
 use crate::server::Server;
@@ -226,11 +226,15 @@ impl Mux {
         self.protocol
     }
 
-    /// Runs the stream forever on the main thread.
-    pub fn start(self: &Rc<Self>, server: Weak<Server>) {
-        let mux = self.clone();
-        let weak = server.clone();
-        let stream = tokio::task::spawn_local(async move { mux.run(weak).await });
+    /// Runs `stream` (the gRPC stream's [`Mux::run`], or REST-JSON polls) and the TTL
+    /// expiry on the main thread, until [`Mux::stop`].
+    pub fn start_with<F, Fut>(self: &Rc<Self>, server: Weak<Server>, stream: F)
+    where
+        F: FnOnce(Rc<Mux>, Weak<Server>) -> Fut,
+        Fut: std::future::Future<Output = ()> + 'static,
+    {
+        let running = stream(self.clone(), server.clone());
+        let stream = tokio::task::spawn_local(running);
         let mux = Rc::downgrade(self);
         let ttls = tokio::task::spawn_local(async move { expire_resources(mux, server).await });
         *self.tasks.borrow_mut() = vec![stream.abort_handle(), ttls.abort_handle()];
@@ -528,11 +532,8 @@ impl Mux {
         &self.name
     }
 
-    async fn run(self: Rc<Self>, server: Weak<Server>) {
-        if let Transport::Rest(target) = &self.target {
-            let target = target.clone();
-            return super::rest::run(self, target, server).await;
-        }
+    /// The gRPC stream's life: connect, stream, reconnect with back-off, forever.
+    pub(super) async fn run(self: Rc<Self>, server: Weak<Server>) {
         let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
         loop {
             let established = self.stream_once(&server).await;

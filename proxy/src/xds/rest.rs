@@ -25,214 +25,24 @@
 //! blocks it.
 
 use std::rc::{Rc, Weak};
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use courier_proto::envoy::config::bootstrap::v3::Bootstrap;
-use courier_proto::envoy::config::cluster::v3::Cluster;
-use courier_proto::envoy::config::core::v3::{
-    address::Address, api_config_source::ApiType, ApiConfigSource,
-};
-use courier_proto::envoy::extensions::upstreams::http::v3::{
-    http_protocol_options::{explicit_http_config::ProtocolConfig, UpstreamProtocolOptions},
-    HttpProtocolOptions,
-};
 use courier_proto::envoy::service::discovery::v3::DiscoveryResponse;
 use courier_proto::ResourceType;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::mux::{Mux, Transport};
-use crate::config::{self, ConfigError};
+use super::mux::Mux;
+use super::rest_target::RestTarget;
+pub use crate::config::{is_rest, validate_rest_api as validate_api};
 use crate::server::Server;
-use crate::transport_socket::tls::ClientContext;
 
 /// The largest response body a poll reads: 4 MiB, tonic's default limit for one gRPC
 /// message, which the gRPC streams use too. A larger body fails the poll
 /// (`update_failure`) after at most this much was read; it is never buffered whole.
 pub const MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
-
-/// `request_timeout` when the source leaves it unset (Envoy's default).
-const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// The shortest wait between polls: Envoy accepts `refresh_delay: 0s` (and then divides by
-/// it when jittering); Courier polls at most once a millisecond instead.
-const MIN_REFRESH_DELAY: Duration = Duration::from_millis(1);
-
-/// The name Envoy gives the type in its errors.
-const API_CONFIG_SOURCE: &str = "envoy.config.core.v3.ApiConfigSource";
-
-/// The typed protocol options of a cluster's HTTP upstream.
-const HTTP_PROTOCOL_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
-
-/// A REST-JSON server: where polls go and how often.
-#[derive(Clone)]
-pub struct RestTarget {
-    /// The static cluster (also the `host` header, as Envoy sends).
-    cluster: String,
-    /// Its first endpoint: a host (IPv6 without brackets) and port, or a Unix socket (a
-    /// `pipe` address).
-    host: String,
-    port: u16,
-    unix: Option<std::path::PathBuf>,
-    /// HTTP/2 (the cluster's protocol options), else HTTP/1.1.
-    http2: bool,
-    /// TLS, when the cluster has a transport socket.
-    tls: Option<Arc<ClientContext>>,
-    refresh_delay: Duration,
-    request_timeout: Duration,
-}
-
-impl std::fmt::Debug for RestTarget {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RestTarget")
-            .field("cluster", &self.cluster)
-            .field("host", &self.host)
-            .field("port", &self.port)
-            .field("unix", &self.unix)
-            .field("http2", &self.http2)
-            .field("tls", &self.tls.is_some())
-            .field("refresh_delay", &self.refresh_delay)
-            .field("request_timeout", &self.request_timeout)
-            .finish()
-    }
-}
-
-/// Whether `api` is a REST-JSON source.
-pub fn is_rest(api: &ApiConfigSource) -> bool {
-    api.api_type == ApiType::Rest as i32
-}
-
-/// Checks a REST `api_config_source` on its own, with Envoy's errors (paths relative to
-/// it): one cluster name, no gRPC service, a `refresh_delay`, a positive `request_timeout`.
-/// `rate_limit_settings` applies to gRPC only and is ignored, as in Envoy.
-pub fn validate_api(api: &ApiConfigSource) -> Result<(), ConfigError> {
-    if api.cluster_names.is_empty() && api.grpc_services.is_empty() {
-        return Err(ConfigError::new(
-            "",
-            "API configs must have either a gRPC service or a cluster name defined",
-        ));
-    }
-    if !api.grpc_services.is_empty() {
-        return Err(ConfigError::new(
-            "grpc_services",
-            format!(
-                "{API_CONFIG_SOURCE}, if not a gRPC type, must not have a gRPC service specified"
-            ),
-        ));
-    }
-    if api.cluster_names.len() != 1 {
-        return Err(ConfigError::new(
-            "cluster_names",
-            format!("{API_CONFIG_SOURCE} must have a singleton cluster name specified"),
-        ));
-    }
-    let Some(refresh) = &api.refresh_delay else {
-        return Err(ConfigError::new(
-            "refresh_delay",
-            "refresh_delay is required for REST API configuration sources",
-        ));
-    };
-    config::duration(refresh, "refresh_delay")?;
-    if let Some(t) = &api.request_timeout {
-        if config::duration(t, "request_timeout")?.is_zero() {
-            return Err(ConfigError::new(
-                "request_timeout",
-                "value must be greater than 0s",
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// The transport of an `ApiConfigSource` of `bootstrap`: REST-JSON polls for `api_type:
-/// REST`, else a gRPC target.
-pub fn transport(api: &ApiConfigSource, bootstrap: &Bootstrap) -> Result<Transport, ConfigError> {
-    if is_rest(api) {
-        rest_target(api, bootstrap).map(Transport::Rest)
-    } else {
-        super::transport::grpc_target(api, bootstrap).map(Transport::from)
-    }
-}
-
-/// Resolves a REST source against the bootstrap's static clusters.
-pub fn rest_target(
-    api: &ApiConfigSource,
-    bootstrap: &Bootstrap,
-) -> Result<RestTarget, ConfigError> {
-    validate_api(api)?;
-    let name = &api.cluster_names[0];
-    let known = bootstrap
-        .static_resources
-        .as_ref()
-        .is_some_and(|s| s.clusters.iter().any(|c| &c.name == name));
-    if !known {
-        return Err(ConfigError::new(
-            "cluster_names[0]",
-            format!("{API_CONFIG_SOURCE} must have a statically defined non-EDS cluster: '{name}' does not exist, was added via api, or is an EDS cluster"),
-        ));
-    }
-    let target = super::transport::static_cluster(bootstrap, name, "cluster_names[0]")?;
-    let (host, port, unix) = match &target.endpoint.address {
-        Some(Address::Pipe(pipe)) => {
-            if target.tls.is_some() {
-                return Err(ConfigError::unsupported(format!(
-                    "{} (TLS over a pipe address)",
-                    target.socket_path
-                )));
-            }
-            let path = super::transport::pipe_path(pipe, name)?;
-            (String::new(), 0, Some(path))
-        }
-        _ => {
-            let (host, port) =
-                config::socket_address_parts(Some(target.endpoint), "cluster_names[0]")?;
-            (host, port, None)
-        }
-    };
-    let refresh_delay = api
-        .refresh_delay
-        .as_ref()
-        .map(|d| config::duration(d, "refresh_delay"))
-        .transpose()?
-        .unwrap_or_default()
-        .max(MIN_REFRESH_DELAY);
-    let request_timeout = config::duration_or(
-        api.request_timeout.as_ref(),
-        DEFAULT_REQUEST_TIMEOUT,
-        "request_timeout",
-    )?;
-    Ok(RestTarget {
-        cluster: name.clone(),
-        http2: speaks_http2(target.cluster),
-        host,
-        port,
-        unix,
-        tls: target.tls,
-        refresh_delay,
-        request_timeout,
-    })
-}
-
-/// Whether a cluster's upstream is HTTP/2: `explicit_http_config.http2_protocol_options` in
-/// its typed protocol options, or the legacy `http2_protocol_options`.
-fn speaks_http2(cluster: &Cluster) -> bool {
-    if let Some(any) = cluster
-        .typed_extension_protocol_options
-        .get(HTTP_PROTOCOL_OPTIONS)
-    {
-        let options = courier_proto::unpack_any::<HttpProtocolOptions>(any).ok();
-        return matches!(
-            options.and_then(|o| o.upstream_protocol_options),
-            Some(UpstreamProtocolOptions::ExplicitHttpConfig(c))
-                if matches!(c.protocol_config, Some(ProtocolConfig::Http2ProtocolOptions(_)))
-        );
-    }
-    #[allow(deprecated)]
-    cluster.http2_protocol_options.is_some()
-}
 
 /// Why a poll failed (Envoy's `ConnectionFailure`: counted as `update_failure`).
 #[derive(Debug, thiserror::Error)]
@@ -506,6 +316,7 @@ async fn handshake(target: &RestTarget, io: Box<dyn Io>) -> Result<Conn, PollErr
 #[cfg(test)]
 mod tests {
     use super::*;
+    use courier_proto::envoy::config::core::v3::ApiConfigSource;
 
     fn api(yaml: &str) -> ApiConfigSource {
         courier_proto::from_yaml(yaml).expect("api config source")

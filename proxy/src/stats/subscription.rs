@@ -22,9 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::stats::{
-    Counter, Gauge, GaugeValue, Histogram, StatGroup, StatValue, Store, TextReadout,
-};
+use super::{Counter, Gauge, GaugeValue, Histogram, StatGroup, StatValue, Store, TextReadout};
 
 /// Which stats a group holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -182,7 +180,7 @@ impl SubscriptionStats {
         }
         if let Some(h) = &s.update_duration {
             h.record(
-                crate::stats::MAIN_THREAD,
+                super::MAIN_THREAD,
                 u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
             );
         }

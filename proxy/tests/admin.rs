@@ -144,6 +144,14 @@ fn stats_text_json_and_prometheus() {
         assert_eq!(names, sorted, "/stats part {p} is sorted by name");
     }
 
+    // No dynamic_resources: no CDS, LDS or control-plane stats, as Envoy shows none.
+    assert!(
+        !text.contains("cluster_manager.cds.")
+            && !text.contains("listener_manager.lds.")
+            && !text.contains("control_plane."),
+        "subscription stats without subscriptions"
+    );
+
     let filtered = courier.get("/stats?filter=cluster.backend.").body;
     assert!(!filtered.is_empty());
     assert!(filtered.lines().all(|l| l.starts_with("cluster.backend.")));

@@ -277,7 +277,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         tls: tls.clone(),
         cluster_manager: RefCell::new(cluster_manager),
         listener_manager: RefCell::new(listener_manager),
-        xds: RefCell::new(XdsState::new(route_slot, &store)),
+        xds: RefCell::new(XdsState::new(route_slot)),
         xds_changes: tokio::sync::watch::channel(0).0,
         started_at: SystemTime::now(),
         started: Instant::now(),

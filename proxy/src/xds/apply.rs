@@ -285,7 +285,7 @@ fn apply_cds(server: &Server, update: Update<'_>) -> Result<(), String> {
     drop(cm);
     let stats = server.xds.borrow().stats.cds.clone();
     let result = finish(
-        &[stats],
+        stats.as_slice(),
         &version,
         started,
         errors,
@@ -293,11 +293,10 @@ fn apply_cds(server: &Server, update: Update<'_>) -> Result<(), String> {
     );
     // Envoy's `config_reload`: an accepted update that added or changed clusters.
     if result.is_ok() && changed > 0 {
-        let xds = server.xds.borrow();
-        xds.stats.cds_config_reload.inc(MAIN_THREAD);
-        xds.stats
-            .cds_config_reload_time_ms
-            .set(super::subscription_stats::now_ms());
+        if let Some((reloads, at)) = &server.xds.borrow().stats.cds_config_reload {
+            reloads.inc(MAIN_THREAD);
+            at.set(super::subscription_stats::now_ms());
+        }
     }
     result
 }
@@ -364,7 +363,7 @@ fn apply_lds(server: &Server, update: Update<'_>) -> Result<(), String> {
     drop(xds);
     let stats = server.xds.borrow().stats.lds.clone();
     finish(
-        &[stats],
+        stats.as_slice(),
         &version,
         started,
         errors,

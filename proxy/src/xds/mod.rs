@@ -38,23 +38,24 @@ use crate::server::{Server, ServerState};
 pub use crate::stats::subscription::{
     self as subscription_stats, ControlPlaneStats, SubscriptionStats,
 };
-use crate::stats::{Counter, Gauge, Store, MAIN_THREAD};
+use crate::stats::{Counter, Gauge, MAIN_THREAD};
 use courier_runtime::thread_local::Slot;
 use mux::{Mux, Protocol, Rpc};
 
 const DEFAULT_INITIAL_FETCH_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// The CDS and LDS subscriptions' stats, and what a stream failure or a response that
-/// does not decode counts.
+/// The CDS and LDS subscriptions' stats (made when the bootstrap configures them: Envoy
+/// shows none without), and what a stream failure or a response that does not decode
+/// counts.
+#[derive(Default)]
 pub struct XdsStats {
     /// `cluster_manager.cds.*`.
-    pub cds: SubscriptionStats,
+    pub cds: Option<SubscriptionStats>,
     /// `listener_manager.lds.*`.
-    pub lds: SubscriptionStats,
-    /// `cluster_manager.cds.config_reload`: accepted updates that added or changed clusters.
-    pub cds_config_reload: Arc<Counter>,
-    /// `cluster_manager.cds.config_reload_time_ms`.
-    pub cds_config_reload_time_ms: Arc<Gauge>,
+    pub lds: Option<SubscriptionStats>,
+    /// `cluster_manager.cds.config_reload` (accepted updates that added or changed
+    /// clusters) and `config_reload_time_ms`.
+    pub cds_config_reload: Option<(Arc<Counter>, Arc<Gauge>)>,
 }
 
 impl XdsStats {
@@ -62,8 +63,8 @@ impl XdsStats {
     /// resource (see [`subscriptions_of`]).
     fn wildcard(&self, kind: ResourceType) -> Option<&SubscriptionStats> {
         match kind {
-            ResourceType::Cluster => Some(&self.cds),
-            ResourceType::Listener => Some(&self.lds),
+            ResourceType::Cluster => self.cds.as_ref(),
+            ResourceType::Listener => self.lds.as_ref(),
             ResourceType::Endpoint | ResourceType::Route | ResourceType::Secret => None,
         }
     }
@@ -181,14 +182,9 @@ pub struct XdsState {
 
 impl XdsState {
     /// State publishing RDS tables through `route_slot`.
-    pub fn new(route_slot: Slot<RouteSnapshot>, store: &Store) -> XdsState {
+    pub fn new(route_slot: Slot<RouteSnapshot>) -> XdsState {
         XdsState {
-            stats: XdsStats {
-                cds: SubscriptionStats::new(store, "cluster_manager.cds"),
-                lds: SubscriptionStats::new(store, "listener_manager.lds"),
-                cds_config_reload: store.counter("cluster_manager.cds.config_reload"),
-                cds_config_reload_time_ms: store.gauge("cluster_manager.cds.config_reload_time_ms"),
-            },
+            stats: XdsStats::default(),
             routes: RouteProvider::new(route_slot),
             routes_ready: HashSet::new(),
             eds_ready: HashSet::new(),
@@ -230,12 +226,20 @@ impl XdsState {
 
     /// Last accepted CDS version.
     pub fn cds_version(&self) -> Option<String> {
-        Some(self.stats.cds.version_text()).filter(|v| !v.is_empty())
+        self.stats
+            .cds
+            .as_ref()
+            .map(SubscriptionStats::version_text)
+            .filter(|v| !v.is_empty())
     }
 
     /// Last accepted LDS version.
     pub fn lds_version(&self) -> Option<String> {
-        Some(self.stats.lds.version_text()).filter(|v| !v.is_empty())
+        self.stats
+            .lds
+            .as_ref()
+            .map(SubscriptionStats::version_text)
+            .filter(|v| !v.is_empty())
     }
 
     /// Records a rejected resource (Envoy's `UpdateFailureState`).
@@ -560,7 +564,15 @@ pub async fn start(server: &Rc<Server>) -> anyhow::Result<()> {
         let source = source_for(server, cds, ResourceType::Cluster, "")
             .map_err(|e| anyhow::anyhow!("{}", e.at("dynamic_resources.cds_config")))?;
         let mut xds = server.xds.borrow_mut();
-        xds.stats.cds.started();
+        let stats = SubscriptionStats::new(&server.store, "cluster_manager.cds");
+        stats.started();
+        xds.stats.cds = Some(stats);
+        xds.stats.cds_config_reload = Some((
+            server.store.counter("cluster_manager.cds.config_reload"),
+            server
+                .store
+                .gauge("cluster_manager.cds.config_reload_time_ms"),
+        ));
         xds.cds = Some(source);
         xds.cds_timeout = initial_fetch_timeout(cds);
     } else {
@@ -570,6 +582,10 @@ pub async fn start(server: &Rc<Server>) -> anyhow::Result<()> {
         let source = source_for(server, lds, ResourceType::Listener, "")
             .map_err(|e| anyhow::anyhow!("{}", e.at("dynamic_resources.lds_config")))?;
         let mut xds = server.xds.borrow_mut();
+        xds.stats.lds = Some(SubscriptionStats::new(
+            &server.store,
+            "listener_manager.lds",
+        ));
         xds.lds = Some(source);
         xds.lds_timeout = initial_fetch_timeout(lds);
     } else {
@@ -622,12 +638,16 @@ fn on_initial_fetch_timeout(server: &Rc<Server>, kind: ResourceType, name: &str)
         match kind {
             ResourceType::Cluster if !xds.cds_initialized => {
                 xds.cds_initialized = true;
-                xds.stats.cds.fetch_timed_out();
+                if let Some(stats) = &xds.stats.cds {
+                    stats.fetch_timed_out();
+                }
                 fired = true;
             }
             ResourceType::Listener if !xds.lds_initialized => {
                 xds.lds_initialized = true;
-                xds.stats.lds.fetch_timed_out();
+                if let Some(stats) = &xds.stats.lds {
+                    stats.fetch_timed_out();
+                }
                 fired = true;
             }
             ResourceType::Route if !xds.route_ready(name) => {
@@ -921,8 +941,8 @@ fn advance_init(server: &Rc<Server>) {
         server.xds.borrow_mut().phase = InitPhase::Listeners;
         let (lds, timeout) = {
             let xds = server.xds.borrow();
-            if xds.lds.is_some() {
-                xds.stats.lds.started();
+            if let Some(stats) = &xds.stats.lds {
+                stats.started();
             }
             (xds.lds.clone(), xds.lds_timeout)
         };

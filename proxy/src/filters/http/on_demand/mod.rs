@@ -87,7 +87,7 @@ fn compile_odcds(proto: &OnDemandCds, path: &str) -> Result<OdCds, ConfigError> 
             "{path} without a source (xDS-TP)"
         )));
     };
-    crate::xds::validate_config_source(source).map_err(|e| e.at(&format!("{path}.source")))?;
+    config::validate_config_source(source).map_err(|e| e.at(&format!("{path}.source")))?;
     match &source.config_source_specifier {
         Some(ConfigSourceSpecifier::Ads(_)) => {}
         Some(ConfigSourceSpecifier::ApiConfigSource(api))

@@ -228,6 +228,26 @@ async fn cluster_warming_update_and_remove() {
     assert!(proxy.active_clusters().await.contains_key("w"));
 }
 
+/// After the first CDS request: CDS `cds_version` with the static cluster `c1`, then LDS
+/// `lds_version` with no listeners, each ACKed.
+async fn serve_c1_and_no_listeners(
+    s: &mut courier_integration_tests::scripted::ScriptedStream,
+    cds_version: &str,
+    lds_version: &str,
+) {
+    let n = s
+        .send(
+            CDS,
+            cds_version,
+            vec![static_cluster("c1", &[1], "").any().clone()],
+        )
+        .await;
+    assert_ack(&s.recv(CDS).await, cds_version, &n);
+    s.recv(LDS).await;
+    let n = s.send(LDS, lds_version, vec![]).await;
+    assert_ack(&s.recv(LDS).await, lds_version, &n);
+}
+
 /// Stream reset: the proxy reconnects and re-sends its subscriptions with the last accepted
 /// version, a node, and no nonce.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -236,13 +256,7 @@ async fn reconnect_resends_last_version_and_node() {
     let proxy = Proxy::start(&Bootstrap::ads(NODE, ads.port).yaml()).await;
     let mut s = ads.next_stream().await;
     s.recv(CDS).await;
-    let n = s
-        .send(CDS, "7", vec![static_cluster("c1", &[1], "").any().clone()])
-        .await;
-    assert_ack(&s.recv(CDS).await, "7", &n);
-    s.recv(LDS).await;
-    let n = s.send(LDS, "3", vec![]).await;
-    assert_ack(&s.recv(LDS).await, "3", &n);
+    serve_c1_and_no_listeners(&mut s, "7", "3").await;
     proxy.wait_live().await;
     drop(s); // ends the stream
     let mut s2 = ads.next_stream().await;
@@ -350,13 +364,7 @@ static_resources:
             Some(NODE),
             "{how}: the first request carries the node"
         );
-        let n = s
-            .send(CDS, "1", vec![static_cluster("c1", &[1], "").any().clone()])
-            .await;
-        assert_ack(&s.recv(CDS).await, "1", &n);
-        s.recv(LDS).await;
-        let n = s.send(LDS, "1", vec![]).await;
-        assert_ack(&s.recv(LDS).await, "1", &n);
+        serve_c1_and_no_listeners(&mut s, "1", "1").await;
         proxy.wait_live().await;
         assert!(
             proxy.active_clusters().await.contains_key("c1"),

@@ -448,10 +448,14 @@ fn apply_rds(server: &Server, update: Update<'_>) -> Result<(), String> {
         let Proto::Route(route) = r.proto else {
             continue;
         };
-        if !wanted.iter().any(|w| w.name() == r.name) {
+        let scopes = super::rds_scopes_in(&wanted, &r.name);
+        if scopes.is_empty() {
             continue;
         }
-        let subscriptions = super::subscriptions_of(server, ResourceType::Route, &r.name);
+        let subscriptions: Vec<_> = scopes
+            .iter()
+            .map(|scope| super::SubscriptionStats::new(&server.store, scope))
+            .collect();
         let compiled_table =
             RouteTable::compile(&route, &server.store, &crate::filters::http::HTTP_FILTERS)
                 .and_then(|t| {
@@ -462,7 +466,7 @@ fn apply_rds(server: &Server, update: Update<'_>) -> Result<(), String> {
                     }
                 });
         match compiled_table {
-            Ok(table) => compiled.push((Arc::new(table), subscriptions)),
+            Ok(table) => compiled.push((Arc::new(table), scopes, subscriptions)),
             Err(e) => {
                 for stats in &subscriptions {
                     stats.rejected();
@@ -473,14 +477,14 @@ fn apply_rds(server: &Server, update: Update<'_>) -> Result<(), String> {
     }
     let took = started.elapsed();
     let mut xds = server.xds.borrow_mut();
-    for (table, subscriptions) in compiled {
+    for (table, scopes, subscriptions) in compiled {
         // Envoy's `config_reload`: the route configuration's content changed.
         let reloaded = !xds.routes.same_proto(&table);
         for stats in &subscriptions {
             stats.accepted(&version, took);
         }
         if reloaded {
-            for scope in super::rds_stat_scopes(server, &table.name) {
+            for scope in &scopes {
                 server
                     .store
                     .counter(&format!("{scope}.config_reload"))

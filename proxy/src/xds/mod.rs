@@ -118,10 +118,12 @@ pub fn subscriptions_of(server: &Server, kind: ResourceType, name: &str) -> Vec<
 
 /// `http.<stat_prefix>.rds.<name>` of every connection manager needing route config `name`.
 fn rds_stat_scopes(server: &Server, name: &str) -> Vec<String> {
-    let mut scopes: Vec<String> = server
-        .listener_manager
-        .borrow()
-        .rds_needs()
+    rds_scopes_in(&server.listener_manager.borrow().rds_needs(), name)
+}
+
+/// The scopes of route config `name` among connection managers' `needs`.
+pub(crate) fn rds_scopes_in(needs: &[crate::listener::RdsNeed], name: &str) -> Vec<String> {
+    let mut scopes: Vec<String> = needs
         .iter()
         .filter(|n| n.name() == name)
         .map(|n| format!("http.{}.rds.{name}", n.stat_prefix))
@@ -336,7 +338,7 @@ pub fn validate_bootstrap(bootstrap: &Bootstrap) -> Result<(), ConfigError> {
         return Ok(());
     };
     if let Some(ads) = &dr.ads_config {
-        if rest::is_rest(ads) {
+        if config::is_rest(ads) {
             return Err(ConfigError::new(
                 "dynamic_resources.ads_config",
                 "envoy.config.core.v3.ApiConfigSource type must be of non-aggregated gRPC",

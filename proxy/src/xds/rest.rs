@@ -36,7 +36,6 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::mux::Mux;
 use super::rest_target::RestTarget;
-pub use crate::config::{is_rest, validate_rest_api as validate_api};
 use crate::server::Server;
 
 /// The largest response body a poll reads: 4 MiB, tonic's default limit for one gRPC
@@ -316,6 +315,7 @@ async fn handshake(target: &RestTarget, io: Box<dyn Io>) -> Result<Conn, PollErr
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::validate_rest_api as validate_api;
     use courier_proto::envoy::config::core::v3::ApiConfigSource;
 
     fn api(yaml: &str) -> ApiConfigSource {

@@ -225,6 +225,9 @@ const PER_ROUTE: &[(&str, CompilePerRoute)] = &[
     (rbac::PER_ROUTE_TYPE, |any, path, _| {
         Ok(Arc::new(RbacRules::per_route(&unpack(any, path)?, path)?))
     }),
+    (on_demand::PER_ROUTE_TYPE, |_, path, _| {
+        Err(ConfigError::unsupported(path.to_string()))
+    }),
     (compressor::PER_ROUTE_TYPE, |any, path, _| {
         Ok(Arc::new(CompressorPerRoute::compile(
             &unpack(any, path)?,

@@ -25,6 +25,8 @@ use crate::upstream::ThreadLocalClusterManager;
 pub const FILTER_TYPE: &str = "envoy.extensions.filters.http.on_demand.v3.OnDemand";
 /// Its well-known name.
 pub const FILTER_NAME: &str = "envoy.filters.http.on_demand";
+/// Its per-route config type (refused: Courier does not switch on-demand CDS per route).
+pub const PER_ROUTE_TYPE: &str = "envoy.extensions.filters.http.on_demand.v3.PerRouteConfig";
 
 const DEFAULT_TIMEOUT: Duration = Duration::from_millis(5000);
 
@@ -105,4 +107,36 @@ fn compile_odcds(proto: &OnDemandCds, path: &str) -> Result<OdCds, ConfigError> 
         source: Arc::new(source.clone()),
         timeout,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::route::per_filter::PerFilterCompiler;
+
+    fn filter(yaml: &str) -> Result<OnDemandFilter, ConfigError> {
+        let proto: OnDemand = courier_proto::from_yaml(yaml).expect("OnDemand");
+        OnDemandFilter::compile("od", &proto, "http_filters[0].typed_config")
+    }
+
+    #[test]
+    fn odcds_needs_delta_and_a_source() {
+        assert!(filter("odcds: { source: { ads: {} } }").is_ok());
+        assert!(filter("odcds: { source: { api_config_source: { api_type: DELTA_GRPC, grpc_services: [{ envoy_grpc: { cluster_name: xds } }] } } }").is_ok());
+        let sotw = filter("odcds: { source: { api_config_source: { api_type: GRPC, grpc_services: [{ envoy_grpc: { cluster_name: xds } }] } } }");
+        assert!(sotw.is_err_and(|e| e.message.contains("needs delta xDS")));
+        assert!(filter("odcds: {}").is_err());
+        assert!(filter("odcds: { source: { ads: {} }, resources_locator: xdstp://x }").is_err());
+    }
+
+    #[test]
+    fn per_route_config_is_refused_not_ignored() {
+        let any = courier_proto::google::protobuf::Any {
+            type_url: format!("type.googleapis.com/{PER_ROUTE_TYPE}"),
+            value: Vec::new(),
+        };
+        let store = crate::stats::Store::new(1);
+        let compiled = crate::filters::http::HTTP_FILTERS.compile(&any, "route", &store);
+        assert!(compiled.is_err_and(|e| e.message == "not supported by Courier"));
+    }
 }

@@ -140,17 +140,12 @@ fn check_supported(b: &Bootstrap) -> Result<(), crate::config::ConfigError> {
         ),
         ("tracing", b.tracing.is_some()),
         ("stats_sinks", !b.stats_sinks.is_empty()),
-        (
-            "layered_runtime",
-            b.layered_runtime
-                .as_ref()
-                .is_some_and(|r| !r.layers.is_empty()),
-        ),
     ];
     if let Some((field, _)) = unsupported.iter().find(|(_, set)| *set) {
         return Err(ConfigError::unsupported(*field));
     }
     upstream_bind_config(b)?;
+    crate::layered_runtime::validate(b.layered_runtime.as_ref())?;
     Ok(())
 }
 

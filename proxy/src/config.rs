@@ -149,8 +149,8 @@ pub fn address_stat_name(addr: &SocketAddr) -> String {
     }
 }
 
-/// A share of requests: a `FractionalPercent` (a `RuntimeFractionalPercent`'s default
-/// value; Courier has no runtime to override it).
+/// A share of requests: a `FractionalPercent` (with a runtime key, see
+/// [`crate::layered_runtime::RuntimeFraction`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Fraction {
     numerator: u32,
@@ -193,20 +193,29 @@ impl Fraction {
         }
     }
 
-    /// A `RuntimeFractionalPercent` at `path`: its default value, which Envoy requires.
-    pub fn runtime(
-        p: &core::RuntimeFractionalPercent,
-        path: &str,
-    ) -> Result<Fraction, ConfigError> {
-        p.default_value
-            .as_ref()
-            .map(Fraction::of)
-            .ok_or_else(|| ConfigError::new(format!("{path}.default_value"), "value is required"))
+    /// `numerator` out of `denominator`.
+    pub const fn new(numerator: u32, denominator: u32) -> Fraction {
+        Fraction {
+            numerator,
+            denominator,
+        }
+    }
+
+    /// `numerator` percent.
+    pub const fn percent(numerator: u32) -> Fraction {
+        Fraction::new(numerator, 100)
     }
 
     /// Whether this request falls in the share (a fresh draw each call).
     pub fn sample(&self) -> bool {
         self.numerator >= self.denominator || fastrand::u32(0..self.denominator) < self.numerator
+    }
+
+    /// Whether a request with this random value falls in the share (Envoy's
+    /// `evaluateFractionalPercent`: the value modulo the denominator, below the numerator),
+    /// so that one value per request splits consistently across several shares.
+    pub fn contains(&self, random: u64) -> bool {
+        random % u64::from(self.denominator.max(1)) < u64::from(self.numerator)
     }
 }
 

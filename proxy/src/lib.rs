@@ -12,6 +12,7 @@ pub mod config;
 pub mod extensions;
 pub mod filters;
 pub mod http;
+pub mod layered_runtime;
 pub mod listener;
 pub mod memory;
 pub mod options;

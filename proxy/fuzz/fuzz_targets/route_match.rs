@@ -57,6 +57,6 @@ fuzz_target!(|data: &[u8]| {
         scheme: Some("http"),
         status: None,
     };
-    let _ = table().route(host, path, &headers, &pseudo);
+    let _ = table().route(host, path, &headers, &pseudo, 0);
     let _ = courier::http::conn_manager::path::sanitize_path(path, true, true);
 });

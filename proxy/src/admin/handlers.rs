@@ -34,7 +34,11 @@ pub async fn handle(server: &Server, req: Request<Incoming>) -> Response<Full<By
     let path = req.uri().path().to_string();
     let mutating = matches!(
         path.as_str(),
-        "/healthcheck/fail" | "/healthcheck/ok" | "/drain_listeners" | "/quitquitquit"
+        "/healthcheck/fail"
+            | "/healthcheck/ok"
+            | "/drain_listeners"
+            | "/quitquitquit"
+            | "/runtime_modify"
     );
     // Envoy requires POST for endpoints that change state.
     if mutating && req.method() != Method::POST {
@@ -49,6 +53,8 @@ pub async fn handle(server: &Server, req: Request<Incoming>) -> Response<Full<By
             response(status, TEXT, format!("{}\n", state.name()))
         }
         "/server_info" => response(200, JSON, pretty(&server.server_info())),
+        "/runtime" => response(200, JSON, pretty(&server.runtime.dump())),
+        "/runtime_modify" => runtime_modify(server, req).await,
         "/certs" => {
             let report =
                 crate::transport_socket::tls::inventory::report(std::time::SystemTime::now());
@@ -254,4 +260,39 @@ fn health_status(h: &crate::upstream::Host) -> serde_json::Value {
         }
     }
     serde_json::Value::Object(out)
+}
+
+/// `/runtime_modify`: the query's (or a form body's) pairs set admin-layer keys; an empty
+/// value removes one. Without an admin layer: 503, as Envoy.
+async fn runtime_modify(server: &Server, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    use http_body_util::BodyExt;
+    let mut pairs: Vec<(String, String)> = form_pairs(req.uri().query().unwrap_or(""));
+    if pairs.is_empty() {
+        // Envoy takes the pairs from an urlencoded body when the query has none.
+        let body = match req.into_body().collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(e) => return response(400, TEXT, format!("cannot read the body: {e}\n")),
+        };
+        pairs = form_pairs(&String::from_utf8_lossy(&body));
+    }
+    match server.runtime.modify(&pairs) {
+        Ok(()) => response(200, TEXT, "OK\n"),
+        Err(e) => response(503, TEXT, format!("{e}\n")),
+    }
+}
+
+/// `k=v&k2=v2`, percent-decoded (`+` is a space, as in forms).
+fn form_pairs(text: &str) -> Vec<(String, String)> {
+    let decode = |s: &str| {
+        percent_encoding::percent_decode_str(&s.replace('+', " "))
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    text.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| match p.split_once('=') {
+            Some((k, v)) => (decode(k), decode(v)),
+            None => (decode(p), String::new()),
+        })
+        .collect()
 }

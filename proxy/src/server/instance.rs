@@ -92,6 +92,8 @@ pub struct Server {
     pub(crate) exit: Notify,
     /// The admin server's bound address.
     pub admin_address: Cell<Option<SocketAddr>>,
+    /// The runtime (`layered_runtime`).
+    pub runtime: Rc<crate::layered_runtime::Loader>,
 }
 
 impl Server {
@@ -228,6 +230,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     let cluster_slot =
         tls.allocate_slot_applied::<ClusterSnapshot>(ThreadLocalClusterManager::apply);
     let route_slot = tls.allocate_slot_applied::<RouteSnapshot>(rds::apply_on_worker);
+    let runtime_slot = tls.allocate_slot::<crate::layered_runtime::Snapshot>();
     let mut workers = Vec::with_capacity(concurrency);
     for id in 0..concurrency {
         workers.push(Worker::spawn(id).context("starting worker threads")?);
@@ -267,6 +270,16 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     cluster_manager.set_default_bind(
         crate::bootstrap::upstream_bind_config(&bootstrap).map_err(|e| anyhow::anyhow!("{e}"))?,
     );
+    let runtime = Rc::new(
+        crate::layered_runtime::Loader::new(
+            bootstrap.layered_runtime.as_ref(),
+            bootstrap.node.as_ref().map_or("", |n| n.cluster.as_str()),
+            &store,
+            runtime_slot,
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))?,
+    );
+    crate::layered_runtime::Loader::watch_disk_layers(runtime.clone());
     let mut listener_manager =
         ListenerManager::new(store.clone(), tls.clone(), options.drain_time());
     listener_manager.set_ads_configured(ads_configured(&bootstrap));
@@ -296,6 +309,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         },
         exit: Notify::new(),
         admin_address: Cell::new(None),
+        runtime,
     });
     server.refresh_server_stats();
 
@@ -325,6 +339,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         host_adder,
     ));
     tokio::task::spawn_local(crate::transport_socket::tls::sds::watch_files());
+    server.runtime.rtds_initialized();
     crate::xds::start(&server).await?;
     if options.mode == Mode::InitOnly {
         return Ok(());

@@ -479,7 +479,7 @@ fn choice_count(value: Option<u32>, path: &str) -> Result<u32, ConfigError> {
 }
 
 /// `active_request_bias`: its default value (Envoy falls back to 1.0, with a warning, for
-/// a negative or NaN one). A runtime key is refused: Courier has no runtime to look it up.
+/// a negative or NaN one). A runtime key is refused: the balancers read their settings once, not per pick.
 fn active_request_bias(bias: Option<&RuntimeDouble>, path: &str) -> Result<f64, ConfigError> {
     let Some(bias) = bias else {
         return Ok(1.0);

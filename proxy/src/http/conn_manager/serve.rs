@@ -430,7 +430,10 @@ pub(crate) async fn process(
         // What header matchers see of `:method`, `:path`, `:authority` and `:scheme` (built
         // where used: held across the request's awaits it would take room in its future).
         let pseudo = Pseudo::request(&method, &path, &authority, scheme);
-        Some((vh, vh.find_route(&path, req.headers(), &pseudo)?))
+        Some((
+            vh,
+            vh.find_route(&path, req.headers(), &pseudo, fastrand::u64(..))?,
+        ))
     });
     if let Some((_, route)) = routed {
         if !conn.config.access_logs.is_empty() {

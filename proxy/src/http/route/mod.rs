@@ -30,6 +30,7 @@ use per_filter::{FilterConfigs, PerFilterCompiler};
 
 use crate::config::{self, ConfigError};
 use crate::http::request_stats::RequestStats;
+use crate::layered_runtime::RuntimeFraction;
 use crate::protocol::header_mutations::HeaderMutations;
 use crate::stats::Store;
 use hash_policy::HashPolicies;
@@ -174,6 +175,8 @@ struct RouteMatcher {
     query: Vec<QueryMatcher>,
     /// `grpc: {}`: only requests with `content-type: application/grpc*`.
     grpc: bool,
+    /// `runtime_fraction`: the share of requests (by their random value) the route takes.
+    runtime: Option<RuntimeFraction>,
 }
 
 /// A compiled string matcher.
@@ -1243,16 +1246,18 @@ impl RouteTable {
         None
     }
 
-    /// The first route of the matching virtual host that matches.
+    /// The first route of the matching virtual host that matches; `random` is the
+    /// request's random value (Envoy's stream id), which `runtime_fraction`s sample.
     pub fn route(
         &self,
         host: &str,
         path: &str,
         headers: &HeaderMap,
         pseudo: &Pseudo<'_>,
+        random: u64,
     ) -> Option<(&VirtualHost, &Route)> {
         let vh = self.find_vhost(host)?;
-        let r = vh.find_route(path, headers, pseudo)?;
+        let r = vh.find_route(path, headers, pseudo, random)?;
         Some((vh, r))
     }
 
@@ -1354,16 +1359,18 @@ impl VirtualHost {
         )
     }
 
-    /// The first matching route.
+    /// The first matching route (`random`: the request's random value, see
+    /// [`RouteTable::route`]).
     pub fn find_route(
         &self,
         path: &str,
         headers: &HeaderMap,
         pseudo: &Pseudo<'_>,
+        random: u64,
     ) -> Option<&Route> {
         self.routes
             .iter()
-            .find(|r| r.matcher.matches(path, headers, pseudo))
+            .find(|r| r.matcher.matches(path, headers, pseudo, random))
     }
 }
 
@@ -1391,7 +1398,16 @@ fn path_only(path: &str) -> &str {
 }
 
 impl RouteMatcher {
-    fn matches(&self, full_path: &str, headers: &HeaderMap, pseudo: &Pseudo<'_>) -> bool {
+    fn matches(
+        &self,
+        full_path: &str,
+        headers: &HeaderMap,
+        pseudo: &Pseudo<'_>,
+        random: u64,
+    ) -> bool {
+        if self.runtime.as_ref().is_some_and(|r| !r.contains(random)) {
+            return false;
+        }
         let path = path_only(full_path);
         let ok = match &self.path {
             PathMatch::Prefix(p) => {
@@ -1777,7 +1793,6 @@ fn compile_route(
 /// `grpc`; the matchers Courier does not implement are refused by name.
 fn compile_route_match(m: &pb::RouteMatch, mpath: &str) -> Result<RouteMatcher, ConfigError> {
     for (field, set) in [
-        ("runtime_fraction", m.runtime_fraction.is_some()),
         ("cookies", !m.cookies.is_empty()),
         ("tls_context", m.tls_context.is_some()),
         ("dynamic_metadata", !m.dynamic_metadata.is_empty()),
@@ -1807,6 +1822,11 @@ fn compile_route_match(m: &pb::RouteMatch, mpath: &str) -> Result<RouteMatcher, 
         headers,
         query,
         grpc: m.grpc.is_some(),
+        runtime: m
+            .runtime_fraction
+            .as_ref()
+            .map(|f| RuntimeFraction::compile(f, &format!("{mpath}.runtime_fraction")))
+            .transpose()?,
     })
 }
 
@@ -2476,7 +2496,7 @@ mod tests {
             h
         };
         let name = |p: &str, h: &HeaderMap| {
-            t.route("x", p, h, &Pseudo::default())
+            t.route("x", p, h, &Pseudo::default(), 0)
                 .map(|(_, r)| r.name.clone())
                 .unwrap_or_default()
         };
@@ -2517,7 +2537,7 @@ mod tests {
         for _ in 0..20_000 {
             let n = rng.usize(0..24);
             let s: String = (0..n).map(|_| chars[rng.usize(..chars.len())]).collect();
-            let _ = t.route(&s, &s, &HeaderMap::new(), &Pseudo::default());
+            let _ = t.route(&s, &s, &HeaderMap::new(), &Pseudo::default(), 0);
             let _ = crate::http::conn_manager::path::sanitize_path(&s, true, true);
         }
     }

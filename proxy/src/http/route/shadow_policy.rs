@@ -6,13 +6,14 @@ use courier_proto::envoy::config::route::v3::route_action::RequestMirrorPolicy;
 use http::header::{HeaderMap, HeaderName};
 
 use crate::config::{ConfigError, Fraction};
+use crate::layered_runtime::RuntimeFraction;
 
 /// One compiled `RequestMirrorPolicy`.
 #[derive(Debug)]
 pub struct ShadowPolicy {
     target: Target,
     /// `runtime_fraction.default_value` (all requests when unset).
-    fraction: Fraction,
+    fraction: RuntimeFraction,
     /// `!disable_shadow_host_suffix_append`.
     append_suffix: bool,
 }
@@ -59,8 +60,8 @@ pub fn compile(list: &[RequestMirrorPolicy], path: &str) -> Result<Vec<ShadowPol
                 }
             };
             let fraction = match &p.runtime_fraction {
-                Some(f) => Fraction::runtime(f, &format!("{path}.runtime_fraction"))?,
-                None => Fraction::ALL,
+                Some(f) => RuntimeFraction::compile(f, &format!("{path}.runtime_fraction"))?,
+                None => RuntimeFraction::fixed(Fraction::ALL),
             };
             Ok(ShadowPolicy {
                 target,
@@ -112,7 +113,7 @@ mod tests {
     fn policy(append_suffix: bool) -> ShadowPolicy {
         ShadowPolicy {
             target: Target::Cluster("c".into()),
-            fraction: Fraction::ALL,
+            fraction: RuntimeFraction::fixed(Fraction::ALL),
             append_suffix,
         }
     }

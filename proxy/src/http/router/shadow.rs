@@ -9,7 +9,7 @@
 //! more slowly than the client sends falls behind by at most the listener's buffer limit
 //! (`per_connection_buffer_limit_bytes`, 1 MiB by default, or the route's if larger), then
 //! is abandoned (`retry_or_shadow_abandoned`): a mirror never slows the request down.
-//! `runtime_fraction` samples with its default value (Courier has no runtime).
+//! `runtime_fraction` samples its runtime key's share (its default value without one).
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;

@@ -10,7 +10,7 @@
 //!   answered sees none. Every response the proxy sends after the filters (the
 //!   upstream's, a direct response, the router's own replies, a filter's answer, a CORS
 //!   preflight) is then judged: compressed when response compression is enabled (the
-//!   runtime flag's `default_value`, or the route's `CompressorPerRoute`), its
+//!   runtime flag, or the route's `CompressorPerRoute`), its
 //!   `content-length` (when it has one) is at least `min_content_length` (30), it is not an
 //!   upgrade, its status is not in `uncompressible_response_codes`, its `content-type`
 //!   (without parameters) is in `content_type` (Envoy's default list when empty) or
@@ -38,7 +38,7 @@
 //! `status_header_enabled` is refused; of Gzip's settings `compression_level` and
 //! `window_bits` are honoured, `memory_level`, `compression_strategy` and `chunk_size`
 //! are accepted without effect (flate2 exposes none of them; the output is valid gzip
-//! either way, only its size differs). Runtime keys have no effect (no runtime).
+//! either way, only its size differs).
 
 mod accept;
 mod gzip;
@@ -57,6 +57,7 @@ use crate::config::ConfigError;
 use crate::http::codec::body::ProxyBody;
 use crate::http::route::per_filter::{self, FilterConfigs};
 use crate::http::route::StrMatch;
+use crate::layered_runtime::RuntimeFlag;
 use crate::stats::{Counter, Store};
 
 /// The filter's config type (`typed_config`).
@@ -97,7 +98,7 @@ const DEFAULT_CONTENT_TYPES: &[&str] = &[
 
 /// `response_direction_config.common_config` (or `request_direction_config`'s).
 struct Common {
-    enabled: bool,
+    enabled: RuntimeFlag,
     min_content_length: u64,
     content_types: ContentTypes,
 }
@@ -187,9 +188,9 @@ impl Common {
     }
 }
 
-/// A `RuntimeFeatureFlag`: its `default_value` (true when unset), as there is no runtime.
-fn feature_flag(f: Option<&RuntimeFeatureFlag>) -> bool {
-    f.and_then(|f| f.default_value).is_none_or(|b| b.value)
+/// A `RuntimeFeatureFlag` (on when unset).
+fn feature_flag(f: Option<&RuntimeFeatureFlag>) -> RuntimeFlag {
+    RuntimeFlag::compile(f)
 }
 
 /// `min_content_length` (0 or unset: 30, as Envoy).
@@ -446,7 +447,7 @@ impl CompressorFilter {
             headers.remove(header::ACCEPT_ENCODING);
         }
         let compress_request = self.request.as_ref().is_some_and(|c| {
-            c.enabled
+            c.enabled.enabled()
                 && !req.body().is_end_stream()
                 && !crate::http::codec::handoff::is_upgrade(req.headers())
                 && c.long_enough(req.headers(), &self.request_stats, worker)
@@ -522,7 +523,7 @@ impl CompressorRequest<'_> {
     fn response_enabled(&self) -> bool {
         self.per_route
             .and_then(|p| p.response_enabled)
-            .unwrap_or(self.filter.response.common.enabled)
+            .unwrap_or_else(|| self.filter.response.common.enabled.enabled())
     }
 
     fn remove_accept_encoding(&self) -> bool {

@@ -33,6 +33,7 @@ use crate::config::{ConfigError, Fraction};
 use crate::http::codec::body::ProxyBody;
 use crate::http::route::per_filter::FilterConfigs;
 use crate::http::route::StrMatch;
+use crate::layered_runtime::RuntimeFraction;
 use crate::stats::{Counter, Store};
 
 /// The filter's config type (`typed_config`).
@@ -65,8 +66,8 @@ pub struct CorsPolicy {
     allow_credentials: Option<bool>,
     allow_private_network_access: Option<bool>,
     forward_not_matching_preflights: Option<bool>,
-    enabled: Fraction,
-    shadow: Option<Fraction>,
+    enabled: RuntimeFraction,
+    shadow: Option<RuntimeFraction>,
 }
 
 /// The fields both `CorsPolicy` protos have (the filter's, and the route's deprecated one).
@@ -129,12 +130,12 @@ impl CorsPolicy {
             allow_private_network_access: f.allow_private_network_access,
             forward_not_matching_preflights: f.forward_not_matching_preflights,
             enabled: match f.filter_enabled {
-                Some(e) => Fraction::runtime(e, &format!("{path}.filter_enabled"))?,
-                None => Fraction::ALL,
+                Some(e) => RuntimeFraction::compile(e, &format!("{path}.filter_enabled"))?,
+                None => RuntimeFraction::fixed(Fraction::ALL),
             },
             shadow: f
                 .shadow_enabled
-                .map(|s| Fraction::runtime(s, &format!("{path}.shadow_enabled")))
+                .map(|s| RuntimeFraction::compile(s, &format!("{path}.shadow_enabled")))
                 .transpose()?,
         })
     }
@@ -235,7 +236,7 @@ impl CorsFilter {
             return CorsRequest::Pass;
         };
         let enabled = first.enabled.sample();
-        let shadow = first.shadow.is_some_and(|s| s.sample());
+        let shadow = first.shadow.as_ref().is_some_and(|s| s.sample());
         if !enabled && !shadow {
             return CorsRequest::Pass;
         }

@@ -20,8 +20,13 @@
 //! - Counted in `http.<stat_prefix>.fault.delays_injected`, `aborts_injected`,
 //!   `faults_overflow`, and the `active_faults` gauge; flags `DI` and `FI`.
 //!
-//! Not supported: `response_rate_limit` (refused); runtime keys (Courier has no runtime:
-//! the configured values apply); per-downstream-cluster stats.
+//! - Runtime keys override the configured values as in Envoy: `delay_percent_runtime`
+//!   (default `fault.http.delay.fixed_delay_percent`), `abort_percent_runtime`,
+//!   `delay_duration_runtime`, `abort_http_status_runtime`, `abort_grpc_status_runtime`
+//!   and `max_active_faults_runtime`, each with Envoy's default key.
+//!
+//! Not supported: `response_rate_limit` (refused); per-downstream-cluster runtime keys
+//! and stats (`fault.http.<downstream cluster>.*`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -67,8 +72,45 @@ enum Abort {
     Header,
 }
 
+/// The runtime keys a policy reads (`*_runtime`, or Envoy's defaults).
+struct RuntimeKeys {
+    delay_percent: String,
+    abort_percent: String,
+    delay_duration: String,
+    abort_http_status: String,
+    abort_grpc_status: String,
+    max_active_faults: String,
+}
+
+impl RuntimeKeys {
+    fn compile(p: &HttpFault) -> RuntimeKeys {
+        let key = |set: &str, default: &str| {
+            if set.is_empty() {
+                default.to_string()
+            } else {
+                set.to_string()
+            }
+        };
+        RuntimeKeys {
+            delay_percent: key(
+                &p.delay_percent_runtime,
+                "fault.http.delay.fixed_delay_percent",
+            ),
+            abort_percent: key(&p.abort_percent_runtime, "fault.http.abort.abort_percent"),
+            delay_duration: key(
+                &p.delay_duration_runtime,
+                "fault.http.delay.fixed_duration_ms",
+            ),
+            abort_http_status: key(&p.abort_http_status_runtime, "fault.http.abort.http_status"),
+            abort_grpc_status: key(&p.abort_grpc_status_runtime, "fault.http.abort.grpc_status"),
+            max_active_faults: key(&p.max_active_faults_runtime, "fault.http.max_active_faults"),
+        }
+    }
+}
+
 /// A compiled `HTTPFault`.
 pub struct FaultPolicy {
+    keys: RuntimeKeys,
     delay: Option<(Delay, Fraction)>,
     abort: Option<(Abort, Fraction)>,
     body: Option<String>,
@@ -137,6 +179,7 @@ impl FaultPolicy {
             }
         };
         Ok(FaultPolicy {
+            keys: RuntimeKeys::compile(p),
             delay,
             abort,
             body: p
@@ -169,12 +212,14 @@ impl FaultPolicy {
             && self.headers.iter().all(|m| m.matches(headers, pseudo))
     }
 
-    /// The delay this request gets, if any.
+    /// The delay this request gets, if any (its share and length overridable by the
+    /// runtime, a header delay's too, as in Envoy).
     fn delay(&self, headers: &HeaderMap) -> Option<Duration> {
         let (source, share) = self.delay.as_ref()?;
+        let runtime = crate::layered_runtime::snapshot();
         let d = match source {
             Delay::Fixed(d) => {
-                if !share.sample() {
+                if !runtime.fraction(&self.keys.delay_percent, *share).sample() {
                     return None;
                 }
                 *d
@@ -183,11 +228,17 @@ impl FaultPolicy {
                 // Past `i64::MAX` Envoy's milliseconds wrap negative: no delay.
                 let ms = parse_decimal(headers.get(&DELAY_REQUEST))
                     .filter(|ms| i64::try_from(*ms).is_ok())?;
-                if !header_share(*share, headers.get(&DELAY_PERCENTAGE)).sample() {
+                let share = header_share(*share, headers.get(&DELAY_PERCENTAGE));
+                if !runtime.fraction(&self.keys.delay_percent, share).sample() {
                     return None;
                 }
                 Duration::from_millis(ms)
             }
+        };
+        let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let d = match runtime.get_integer(&self.keys.delay_duration, ms) {
+            n if n == ms => d,
+            n => Duration::from_millis(n),
         };
         (!d.is_zero()).then_some(d)
     }
@@ -195,9 +246,22 @@ impl FaultPolicy {
     /// The abort this request gets, if any: an HTTP status, or a gRPC one.
     fn abort(&self, headers: &HeaderMap) -> Option<AbortWith> {
         let (source, share) = self.abort.as_ref()?;
+        let runtime = crate::layered_runtime::snapshot();
         let with = match source {
-            Abort::Http(s) => AbortWith::Http(*s),
-            Abort::Grpc(g) => AbortWith::Grpc(*g),
+            // A runtime status outside Envoy's range leaves the configured one.
+            Abort::Http(s) => AbortWith::Http(
+                u16::try_from(
+                    runtime.get_integer(&self.keys.abort_http_status, u64::from(s.as_u16())),
+                )
+                .ok()
+                .filter(|s| (200..600).contains(s))
+                .and_then(|s| StatusCode::from_u16(s).ok())
+                .unwrap_or(*s),
+            ),
+            Abort::Grpc(g) => AbortWith::Grpc(
+                u32::try_from(runtime.get_integer(&self.keys.abort_grpc_status, u64::from(*g)))
+                    .unwrap_or(*g),
+            ),
             Abort::Header => {
                 let http = parse_decimal(headers.get(&ABORT_REQUEST))
                     .filter(|c| (200..600).contains(c))
@@ -215,7 +279,10 @@ impl FaultPolicy {
             Abort::Header => header_share(*share, headers.get(&ABORT_PERCENTAGE)),
             _ => *share,
         };
-        share.sample().then_some(with)
+        runtime
+            .fraction(&self.keys.abort_percent, share)
+            .sample()
+            .then_some(with)
     }
 }
 
@@ -342,10 +409,13 @@ impl FaultFilter {
         if active.0.is_some() {
             return true;
         }
-        if policy
-            .max_active_faults
-            .is_some_and(|max| self.active_faults.value() >= max)
-        {
+        let max = crate::layered_runtime::snapshot().get_integer(
+            &policy.keys.max_active_faults,
+            policy
+                .max_active_faults
+                .map_or(u64::MAX, |m| u64::try_from(m).unwrap_or(0)),
+        );
+        if u64::try_from(self.active_faults.value()).unwrap_or(0) >= max {
             self.faults_overflow.inc(worker);
             return false;
         }

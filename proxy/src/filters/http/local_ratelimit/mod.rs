@@ -32,8 +32,9 @@ use courier_proto::envoy::extensions::filters::http::local_ratelimit::v3::LocalR
 use http::header::HeaderName;
 use http::{HeaderMap, StatusCode};
 
-use crate::config::{self, ConfigError, Fraction};
+use crate::config::{self, ConfigError};
 use crate::http::conn_manager::headers::decimal_value;
+use crate::layered_runtime::RuntimeFraction;
 use crate::protocol::header_mutations::{FormatContext, HeaderMutations};
 use crate::stats::{Counter, Store};
 
@@ -130,8 +131,8 @@ pub struct RateLimitPolicy {
     /// The bucket every worker shares (unused per connection).
     tokens: Option<Arc<Tokens>>,
     per_connection: bool,
-    enabled: Option<Fraction>,
-    enforced: Option<Fraction>,
+    enabled: Option<RuntimeFraction>,
+    enforced: Option<RuntimeFraction>,
     status: StatusCode,
     response_headers: HeaderMutations,
     request_headers: HeaderMutations,
@@ -232,12 +233,12 @@ impl RateLimitPolicy {
             enabled: p
                 .filter_enabled
                 .as_ref()
-                .map(|f| Fraction::runtime(f, &format!("{path}.filter_enabled")))
+                .map(|f| RuntimeFraction::compile(f, &format!("{path}.filter_enabled")))
                 .transpose()?,
             enforced: p
                 .filter_enforced
                 .as_ref()
-                .map(|f| Fraction::runtime(f, &format!("{path}.filter_enforced")))
+                .map(|f| RuntimeFraction::compile(f, &format!("{path}.filter_enforced")))
                 .transpose()?,
             status,
             response_headers: HeaderMutations::compile(
@@ -333,7 +334,7 @@ impl LocalRateLimitFilter {
         worker: usize,
     ) -> RateLimited {
         let policy = route_policy.unwrap_or(&self.policy);
-        if !policy.enabled.is_some_and(|f| f.sample()) {
+        if !policy.enabled.as_ref().is_some_and(|f| f.sample()) {
             return RateLimited::Pass(None);
         }
         policy.stat_enabled.inc(worker);
@@ -357,7 +358,7 @@ impl LocalRateLimitFilter {
             return RateLimited::Pass(report(tokens));
         }
         policy.stat_rate_limited.inc(worker);
-        if !policy.enforced.is_some_and(|f| f.sample()) {
+        if !policy.enforced.as_ref().is_some_and(|f| f.sample()) {
             policy.request_headers.apply(headers, cx);
             return RateLimited::Pass(report(tokens));
         }

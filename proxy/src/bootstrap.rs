@@ -132,12 +132,6 @@ fn check_supported(b: &Bootstrap) -> Result<(), crate::config::ConfigError> {
                 .as_ref()
                 .is_some_and(|c| !c.local_cluster_name.is_empty()),
         ),
-        (
-            "overload_manager",
-            b.overload_manager
-                .as_ref()
-                .is_some_and(|o| !o.resource_monitors.is_empty()),
-        ),
         ("tracing", b.tracing.is_some()),
         ("stats_sinks", !b.stats_sinks.is_empty()),
     ];
@@ -146,6 +140,7 @@ fn check_supported(b: &Bootstrap) -> Result<(), crate::config::ConfigError> {
     }
     upstream_bind_config(b)?;
     crate::layered_runtime::validate(b.layered_runtime.as_ref())?;
+    crate::overload::compile(b.overload_manager.as_ref(), 0)?;
     Ok(())
 }
 

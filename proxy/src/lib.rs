@@ -16,6 +16,7 @@ pub mod layered_runtime;
 pub mod listener;
 pub mod memory;
 pub mod options;
+pub mod overload;
 pub mod protocol;
 pub mod server;
 pub mod stats;

@@ -9,6 +9,7 @@ use mio::net::TcpListener;
 use mio::Interest;
 
 use super::ListenerConfig;
+use crate::overload::connection_limit::ConnectionPermit;
 use crate::worker::{Ctx, EventHandler, HandlerId, Next, WorkerLocal};
 
 const TIMER_RESUME_ACCEPT: u64 = 1;
@@ -48,8 +49,18 @@ impl ActiveTcpListener {
         loop {
             match self.socket.accept() {
                 Ok((stream, _peer)) => {
+                    let permit = if config.ignore_global_conn_limit {
+                        Some(ConnectionPermit::exempt())
+                    } else {
+                        ConnectionPermit::try_acquire()
+                    };
+                    let Some(permit) = permit else {
+                        // At the global limit: closed at once (the drop), as Envoy does.
+                        config.stats.downstream_global_cx_overflow.inc(ctx.local.id);
+                        continue;
+                    };
                     let _ = stream.set_nodelay(true);
-                    accept_connection(ctx, &config, stream);
+                    accept_connection(ctx, &config, stream, permit);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Next::Continue,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -67,7 +78,12 @@ impl ActiveTcpListener {
     }
 }
 
-fn accept_connection(ctx: &mut Ctx, config: &Arc<ListenerConfig>, stream: mio::net::TcpStream) {
+fn accept_connection(
+    ctx: &mut Ctx,
+    config: &Arc<ListenerConfig>,
+    stream: mio::net::TcpStream,
+    permit: ConnectionPermit,
+) {
     let restored = if config.restore_original_dst {
         super::original_dst::original_dst(&stream)
     } else {
@@ -84,14 +100,16 @@ fn accept_connection(ctx: &mut Ctx, config: &Arc<ListenerConfig>, stream: mio::n
     if let Some(filter) = &config.proxy_protocol {
         let (filter, listener) = (filter.clone(), config.clone());
         let started = ctx.insert_handler(move |ctx, id| {
-            super::proxy_protocol::Reading::start(ctx, id, stream, listener, filter, restored)
+            super::proxy_protocol::Reading::start(
+                ctx, id, stream, listener, filter, restored, permit,
+            )
         });
         if let Err(e) = started {
             tracing::debug!(listener = %config.name, error = %e, "connection ended in the PROXY protocol filter");
         }
         return;
     }
-    super::tls_inspector::inspect_then_connect(ctx, config, stream, restored, None);
+    super::tls_inspector::inspect_then_connect(ctx, config, stream, restored, None, permit);
 }
 
 impl EventHandler<WorkerLocal> for ActiveTcpListener {

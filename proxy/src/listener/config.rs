@@ -32,6 +32,9 @@ pub struct ListenerStats {
     pub downstream_cx_transport_socket_connect_timeout: Arc<Counter>,
     /// `downstream_pre_cx_timeout`: listener filters (the TLS inspector) timed out.
     pub downstream_pre_cx_timeout: Arc<Counter>,
+    /// `downstream_global_cx_overflow`: connections closed at accept, the process being
+    /// at its global connection limit.
+    pub downstream_global_cx_overflow: Arc<Counter>,
     /// `ssl.*`, when a chain terminates TLS.
     pub ssl: Option<Arc<SslStats>>,
 }
@@ -49,6 +52,7 @@ impl ListenerStats {
                 "downstream_cx_transport_socket_connect_timeout",
             ),
             downstream_pre_cx_timeout: c("downstream_pre_cx_timeout"),
+            downstream_global_cx_overflow: c("downstream_global_cx_overflow"),
             ssl: tls.then(|| SslStats::new(store, &format!("listener.{prefix}"), true)),
         })
     }
@@ -109,6 +113,8 @@ pub struct ListenerConfig {
     pub listener_filters_timeout: Option<std::time::Duration>,
     /// `continue_on_listener_filters_timeout`.
     pub continue_on_listener_filters_timeout: bool,
+    /// `ignore_global_conn_limit`: exempt from the global downstream connection limit.
+    pub ignore_global_conn_limit: bool,
     /// Stats.
     pub stats: Arc<ListenerStats>,
     /// Source proto (config_dump, change detection).
@@ -351,6 +357,7 @@ pub fn compile_listener(
         listener_filters_timeout: (!listener_filters_timeout.is_zero())
             .then_some(listener_filters_timeout),
         continue_on_listener_filters_timeout: proto.continue_on_listener_filters_timeout,
+        ignore_global_conn_limit: proto.ignore_global_conn_limit,
         stats: ListenerStats::new(store, &prefix, terminates_tls),
         proto: Arc::new(proto.clone()),
     })

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use super::filter_chain_match::ConnectionFacts;
 use super::ListenerConfig;
 use crate::filters::network::{tcp_proxy::TcpProxySession, NetworkFilter};
+use crate::overload::connection_limit::ConnectionPermit;
 use crate::transport_socket::tls::ServerTls;
 use crate::worker::Ctx;
 
@@ -32,6 +33,8 @@ pub struct AcceptedConnection {
     pub restored_local: Option<std::net::SocketAddr>,
     /// The client address a PROXY protocol header gave: the connection's remote address.
     pub restored_remote: Option<std::net::SocketAddr>,
+    /// The connection's share of the global connection limit, held while it lives.
+    pub permit: ConnectionPermit,
 }
 
 /// Picks the connection's filter chain and hands the connection to its terminal filter.
@@ -40,6 +43,7 @@ pub fn new_connection(
     config: &Arc<ListenerConfig>,
     stream: mio::net::TcpStream,
     facts: &ConnectionFacts,
+    permit: ConnectionPermit,
 ) {
     let Some(chain) = config.select_chain(facts) else {
         config.stats.no_filter_chain_match.inc(ctx.local.id);
@@ -59,6 +63,7 @@ pub fn new_connection(
         restored_local: facts.restored_local,
         restored_remote: facts.restored_remote,
         handshake_timeout: chain.transport_socket_connect_timeout,
+        permit,
     };
     let started = match &chain.filter {
         NetworkFilter::TcpProxy(tcp) => {

@@ -21,6 +21,7 @@ use mio::Interest;
 
 use super::ListenerConfig;
 use crate::config::ConfigError;
+use crate::overload::connection_limit::ConnectionPermit;
 use crate::stats::{Counter, Store};
 use crate::worker::{Ctx, EventHandler, HandlerId, Next, WorkerLocal};
 
@@ -273,6 +274,8 @@ pub struct Reading {
     filter: ProxyProtocol,
     restored_local: Option<SocketAddr>,
     buf: Vec<u8>,
+    /// The connection's share of the global connection limit.
+    permit: ConnectionPermit,
 }
 
 impl Reading {
@@ -284,6 +287,7 @@ impl Reading {
         config: Arc<ListenerConfig>,
         filter: ProxyProtocol,
         restored_local: Option<SocketAddr>,
+        permit: ConnectionPermit,
     ) -> io::Result<Box<dyn EventHandler<WorkerLocal>>> {
         ctx.registry
             .register(&mut stream, me.token(0), Interest::READABLE)?;
@@ -296,6 +300,7 @@ impl Reading {
             filter,
             restored_local,
             buf: vec![0; 256],
+            permit,
         };
         if reading.peek(ctx) == Next::Close {
             return Err(io::Error::other(
@@ -398,7 +403,15 @@ impl Reading {
             Some((src, dst)) => (Some(src), Some(dst)),
             None => (None, self.restored_local),
         };
-        super::tls_inspector::inspect_then_connect(ctx, &self.config, stream, local, remote);
+        let permit = std::mem::replace(&mut self.permit, ConnectionPermit::exempt());
+        super::tls_inspector::inspect_then_connect(
+            ctx,
+            &self.config,
+            stream,
+            local,
+            remote,
+            permit,
+        );
         Next::Close
     }
 }

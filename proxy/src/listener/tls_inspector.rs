@@ -18,6 +18,7 @@ use mio::Interest;
 use super::filter_chain_match::ConnectionFacts;
 use super::ListenerConfig;
 use crate::config::ConfigError;
+use crate::overload::connection_limit::ConnectionPermit;
 use crate::stats::{Counter, Store};
 use crate::worker::{Ctx, EventHandler, HandlerId, Next, WorkerLocal};
 
@@ -102,6 +103,7 @@ pub fn inspect_then_connect(
     stream: mio::net::TcpStream,
     local: Option<std::net::SocketAddr>,
     remote: Option<std::net::SocketAddr>,
+    permit: ConnectionPermit,
 ) {
     // The local port matters only to chains matching on it; skipping the getsockname(2)
     // otherwise saves one of the ~20 syscalls a proxied connection costs.
@@ -121,14 +123,14 @@ pub fn inspect_then_connect(
     if let Some(inspector) = &config.tls_inspector {
         let (inspector, listener) = (inspector.clone(), config.clone());
         let started = ctx.insert_handler(move |ctx, id| {
-            Inspecting::start(ctx, id, stream, listener, inspector, facts)
+            Inspecting::start(ctx, id, stream, listener, inspector, facts, permit)
         });
         if let Err(e) = started {
             tracing::debug!(listener = %config.name, error = %e, "connection ended in the TLS inspector");
         }
         return;
     }
-    super::new_connection::new_connection(ctx, config, stream, &facts);
+    super::new_connection::new_connection(ctx, config, stream, &facts, permit);
 }
 
 /// What the peeked bytes are.
@@ -189,6 +191,8 @@ pub struct Inspecting {
     /// listener filters restored); the inspector adds what the ClientHello says.
     facts: ConnectionFacts,
     buf: Vec<u8>,
+    /// The connection's share of the global connection limit.
+    permit: ConnectionPermit,
 }
 
 impl Inspecting {
@@ -200,6 +204,7 @@ impl Inspecting {
         config: Arc<ListenerConfig>,
         inspector: TlsInspector,
         facts: ConnectionFacts,
+        permit: ConnectionPermit,
     ) -> io::Result<Box<dyn EventHandler<WorkerLocal>>> {
         ctx.registry
             .register(&mut stream, me.token(0), Interest::READABLE)?;
@@ -212,6 +217,7 @@ impl Inspecting {
             inspector,
             facts,
             buf: vec![0; INITIAL_READ],
+            permit,
         };
         // Bytes may have arrived with the connection.
         if me_.peek(ctx) == Next::Close {
@@ -301,7 +307,8 @@ impl Inspecting {
             application_protocols,
             ..std::mem::take(&mut self.facts)
         };
-        super::new_connection::new_connection(ctx, &self.config, stream, &facts);
+        let permit = std::mem::replace(&mut self.permit, ConnectionPermit::exempt());
+        super::new_connection::new_connection(ctx, &self.config, stream, &facts, permit);
         Next::Close
     }
 }

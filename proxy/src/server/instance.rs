@@ -221,6 +221,23 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         validate(&bootstrap, &options)?;
         return Ok(());
     }
+    let nofile = crate::overload::fd_limit();
+    let connection_limit = crate::overload::compile(bootstrap.overload_manager.as_ref(), nofile)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    match connection_limit {
+        crate::overload::connection_limit::LimitSource::Monitor(max) => {
+            tracing::info!(max, "global downstream connection limit (overload manager)")
+        }
+        crate::overload::connection_limit::LimitSource::RuntimeOrDefault(default) => {
+            tracing::info!(
+                default,
+                nofile,
+                "no global downstream connection limit configured: Courier's default applies \
+                 unless the runtime sets overload.global_downstream_max_connections"
+            )
+        }
+    }
+    crate::overload::connection_limit::configure(connection_limit);
     let concurrency = options.concurrency();
     let store = Store::new(concurrency);
     crate::transport_socket::tls::sds::set_store(&store);

@@ -607,6 +607,11 @@ impl Courier {
         })
     }
 
+    /// Starts another binary (a wrapper script, say) taking courier's arguments.
+    pub fn launch_binary(binary: &str, bootstrap: &str, args: &[&str]) -> Courier {
+        Courier::launch(binary, bootstrap, args)
+    }
+
     /// Starts `binary` on `bootstrap`. A start whose listener port was taken meanwhile (a
     /// free port is only free until someone binds it: tests run in parallel) is retried
     /// on another port.

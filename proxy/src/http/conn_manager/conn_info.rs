@@ -12,6 +12,9 @@ use crate::http::conn_manager::config::HcmConfig;
 pub struct ConnInfo {
     /// The connection manager.
     pub config: Arc<HcmConfig>,
+    /// The connection's share of the global connection limit, given back with the
+    /// connection's `downstream_cx_active`.
+    pub permit: crate::overload::connection_limit::ConnectionPermit,
     /// Client address.
     pub remote: SocketAddr,
     /// Local address.

@@ -122,6 +122,7 @@ impl HttpConnection {
             handshake_timeout,
             restored_local,
             restored_remote,
+            permit,
         } = accepted;
         let worker = ctx.local.id;
         let remote = match restored_remote {
@@ -151,6 +152,7 @@ impl HttpConnection {
         config.stats.downstream_cx_total.inc(worker);
         config.stats.downstream_cx_active.inc(worker);
         let info = Rc::new(ConnInfo {
+            permit,
             rate_limit_buckets: Default::default(),
             draining: Default::default(),
             config: config.clone(),

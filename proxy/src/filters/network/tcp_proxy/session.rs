@@ -26,6 +26,7 @@ use mio::Interest;
 use super::TcpProxyConfig;
 use crate::listener::AcceptedConnection;
 use crate::listener::ListenerStats;
+use crate::overload::connection_limit::ConnectionPermit;
 use crate::transport_socket::tls::{AlpnFallback, TlsSession};
 use crate::upstream::{ClusterInfo, Host, ThreadLocalClusterManager};
 use crate::worker::{Ctx, EventHandler, HandlerId, Next, WorkerLocal};
@@ -185,6 +186,8 @@ enum Failure {
 
 /// A TCP proxy session.
 pub struct TcpProxySession {
+    /// The connection's share of the global connection limit.
+    _permit: ConnectionPermit,
     config: Arc<TcpProxyConfig>,
     chain_tag: u64,
     listener_stats: Arc<ListenerStats>,
@@ -223,6 +226,7 @@ impl TcpProxySession {
             handshake_timeout,
             restored_local,
             restored_remote,
+            permit,
             ..
         } = accepted;
         let worker = ctx.local.id;
@@ -237,6 +241,7 @@ impl TcpProxySession {
         listener_stats.downstream_cx_total.inc(worker);
         listener_stats.downstream_cx_active.inc(worker);
         let mut session = TcpProxySession {
+            _permit: permit,
             config,
             chain_tag,
             listener_stats,

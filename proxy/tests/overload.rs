@@ -1,0 +1,275 @@
+//! The global downstream connection limit: the overload manager's
+//! `global_downstream_max_connections` monitor, the runtime key
+//! `overload.global_downstream_max_connections`, a listener's `ignore_global_conn_limit`,
+//! and Courier's default limit derived from the file-descriptor limit (Envoy has none).
+//! Runs through Courier and, when `envoy` is on PATH, through Envoy 1.40; the two must
+//! agree wherever Envoy has the same limit.
+
+mod http_support;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use http_support::*;
+
+fn direct_bootstrap(extra: &str) -> String {
+    let boot = bootstrap(&all_to("unused"), "", "    []\n").replace(
+        "route: { cluster: unused }",
+        "direct_response: { status: 200, body: { inline_string: ok } }",
+    );
+    format!("{boot}{extra}")
+}
+
+const MONITOR: &str = "overload_manager:
+  refresh_interval: 0.25s
+  resource_monitors:
+  - name: envoy.resource_monitors.global_downstream_max_connections
+    typed_config:
+      \"@type\": type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig
+      max_active_downstream_connections: 2
+";
+
+/// Sends a request on an open connection: `Some(status line)`, or `None` when the proxy
+/// closed it.
+fn ask(c: &mut TcpStream) -> Option<String> {
+    c.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    c.write_all(b"GET / HTTP/1.1\r\nhost: h\r\n\r\n").ok()?;
+    let mut buf = [0u8; 512];
+    let n = c.read(&mut buf).ok()?;
+    let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+    text.lines()
+        .next()
+        .map(str::to_string)
+        .filter(|l| !l.is_empty())
+}
+
+/// Waits until the start-up probe's connection (the harness connects once to see the
+/// listener accept) is gone: it holds a share of the limit until the proxy closes it.
+fn settle(proxy: &Courier) {
+    let stat = |s: &str| {
+        proxy.stat(&format!(
+            "listener.127.0.0.1_{}.downstream_{s}",
+            proxy.listener.port()
+        ))
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !(stat("cx_total") >= 1 && stat("cx_active") == 0) {
+        assert!(
+            Instant::now() < deadline,
+            "the probe connection stayed open"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Opens `n` connections, then asks on each: what each got.
+fn flood(addr: SocketAddr, n: usize) -> (Vec<TcpStream>, Vec<Option<String>>) {
+    let mut conns: Vec<TcpStream> = (0..n)
+        .map(|_| TcpStream::connect(addr).expect("the kernel accepts"))
+        .collect();
+    let answers = conns.iter_mut().map(ask).collect();
+    (conns, answers)
+}
+
+fn overflow(proxy: &Courier, addr: SocketAddr) -> u64 {
+    proxy.stat(&format!(
+        "listener.127.0.0.1_{}.downstream_global_cx_overflow",
+        addr.port()
+    ))
+}
+
+/// Waits until a new connection to `addr` is served again.
+fn served_again(addr: SocketAddr) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(mut c) = TcpStream::connect(addr) {
+            if ask(&mut c).is_some() {
+                return true;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// Four connections against a limit of two, then the first two closed.
+fn limited(proxy: &Courier) -> Vec<String> {
+    settle(proxy);
+    let (conns, answers) = flood(proxy.listener, 4);
+    let mut out = vec![format!("answers: {answers:?}")];
+    // Closed first: Envoy counts admin connections against a runtime-set limit (Courier's
+    // admin is exempt), so /stats is read once the flood is gone.
+    drop(conns);
+    out.push(format!(
+        "overflow: {}",
+        proxy.wait_stat(
+            &format!(
+                "listener.127.0.0.1_{}.downstream_global_cx_overflow",
+                proxy.listener.port()
+            ),
+            2
+        )
+    ));
+    out.push(format!("served again: {}", served_again(proxy.listener)));
+    out
+}
+
+#[test]
+fn the_downstream_connections_monitor_limits_connections_like_envoy() {
+    let boot = direct_bootstrap(MONITOR);
+    let got = limited(&Courier::start(&boot));
+    if let Some(envoy) = Courier::start_envoy(&boot) {
+        assert_eq!(limited(&envoy), got, "envoy vs courier");
+    }
+    assert_eq!(
+        got,
+        [
+            r#"answers: [Some("HTTP/1.1 200 OK"), Some("HTTP/1.1 200 OK"), None, None]"#,
+            "overflow: 2",
+            "served again: true",
+        ]
+    );
+}
+
+#[test]
+fn the_runtime_key_limits_connections_without_a_monitor_like_envoy() {
+    let boot = direct_bootstrap(
+        "layered_runtime:
+  layers:
+  - name: base
+    static_layer: { overload.global_downstream_max_connections: 2 }
+",
+    );
+    let got = limited(&Courier::start(&boot));
+    if let Some(envoy) = Courier::start_envoy(&boot) {
+        assert_eq!(limited(&envoy), got, "envoy vs courier");
+    }
+    assert_eq!(
+        got[0],
+        r#"answers: [Some("HTTP/1.1 200 OK"), Some("HTTP/1.1 200 OK"), None, None]"#
+    );
+}
+
+#[test]
+fn a_listener_ignoring_the_global_limit_keeps_accepting_like_envoy() {
+    let exempt_port = free_port();
+    let boot = direct_bootstrap(MONITOR);
+    // A second listener, exempt, after the first.
+    let second = boot
+        .split("  - name: http\n")
+        .nth(1)
+        .and_then(|rest| rest.split("  clusters:").next())
+        .expect("the listener block")
+        .replace("LISTENER_PORT", &exempt_port.to_string());
+    let boot = boot.replacen(
+        "  clusters:",
+        &format!("  - name: exempt\n    ignore_global_conn_limit: true\n{second}  clusters:"),
+        1,
+    );
+    let run = |proxy: &Courier| {
+        let exempt: SocketAddr = format!("127.0.0.1:{exempt_port}").parse().expect("addr");
+        settle(proxy);
+        let (_held, answers) = flood(proxy.listener, 3);
+        let (_more, exempt_answers) = flood(exempt, 3);
+        (answers, exempt_answers, overflow(proxy, exempt))
+    };
+    let got = run(&Courier::start(&boot));
+    if let Some(envoy) = Courier::start_envoy(&boot) {
+        assert_eq!(run(&envoy), got, "envoy vs courier");
+    }
+    let ok = Some("HTTP/1.1 200 OK".to_string());
+    assert_eq!(got.0, [ok.clone(), ok.clone(), None]);
+    assert_eq!(got.1, [ok.clone(), ok.clone(), ok]);
+    assert_eq!(got.2, 0);
+}
+
+/// Courier started through `ulimit -n <nofile>`.
+fn start_with_nofile(boot: &str, nofile: u32, dir: &std::path::Path) -> Courier {
+    let script = dir.join("courier-limited.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nulimit -n {nofile} || exit 1\nexec {} \"$@\"\n",
+            env!("CARGO_BIN_EXE_courier")
+        ),
+    )
+    .expect("write wrapper");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    Courier::launch_binary(script.to_str().expect("utf-8 path"), boot, &[])
+}
+
+#[test]
+fn without_any_limit_a_flood_is_refused_before_descriptors_run_out() {
+    // 256 descriptors: Courier's default limit is (256 - 128) / 2 = 64 connections.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let proxy = start_with_nofile(&direct_bootstrap(""), 256, dir.path());
+    settle(&proxy);
+    let (conns, answers) = flood(proxy.listener, 100);
+    let served = answers.iter().filter(|a| a.is_some()).count();
+    assert_eq!(served, 64, "{answers:?}");
+    assert_eq!(
+        proxy.wait_stat(
+            &format!(
+                "listener.127.0.0.1_{}.downstream_global_cx_overflow",
+                proxy.listener.port()
+            ),
+            36
+        ),
+        36
+    );
+    // The process kept descriptors for its admin, and recovers once clients leave.
+    assert!(admin_get(proxy.admin, "/ready").is_some_and(|b| b.contains("LIVE")));
+    drop(conns);
+    assert!(served_again(proxy.listener));
+}
+
+#[test]
+fn overload_settings_not_built_or_invalid_are_refused_by_path() {
+    let monitor = |name: &str, max: i64| {
+        format!(
+            "overload_manager:
+  resource_monitors:
+  - name: {name}
+    typed_config:
+      \"@type\": type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig
+      max_active_downstream_connections: {max}
+"
+        )
+    };
+    for (extra, want) in [
+        (
+            monitor("envoy.resource_monitors.global_downstream_max_connections", 0),
+            "max_active_downstream_connections: value must be greater than 0",
+        ),
+        (
+            monitor("mine", 10),
+            "must be named envoy.resource_monitors.global_downstream_max_connections",
+        ),
+        (
+            "overload_manager:
+  resource_monitors:
+  - name: envoy.resource_monitors.fixed_heap
+    typed_config:
+      \"@type\": type.googleapis.com/envoy.extensions.resource_monitors.fixed_heap.v3.FixedHeapConfig
+      max_heap_size_bytes: 1000000
+"
+            .to_string(),
+            "overload_manager.resource_monitors[0]: Didn't find a registered implementation",
+        ),
+        (
+            "overload_manager:
+  actions:
+  - name: envoy.overload_actions.stop_accepting_requests
+    triggers: [{ name: m, threshold: { value: 0.9 } }]
+"
+            .to_string(),
+            "overload_manager.actions",
+        ),
+    ] {
+        let (code, stderr) = validate(&direct_bootstrap(&extra));
+        assert_eq!(code, Some(1), "{stderr}");
+        assert!(stderr.contains(want), "want {want:?} in {stderr}");
+    }
+}

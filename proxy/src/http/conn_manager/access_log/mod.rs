@@ -1,0 +1,308 @@
+//! HTTP access logs (`envoy.access_loggers.file`, `stdout`, `stderr`) in Envoy's text or
+//! JSON formats (`format.rs`). Lines are formatted on the worker and handed to a writer
+//! thread through a channel, so a slow disk never blocks a worker.
+
+// `format` and `text_format` are deprecated in the protos but common in configs.
+#![allow(deprecated)]
+
+use crate::transport_socket::tls::TlsConnectionInfo;
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::mpsc::{self, Sender};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, SystemTime};
+
+use courier_proto::envoy::config::accesslog::v3::{access_log, AccessLog as AccessLogProto};
+use courier_proto::envoy::config::core::v3::substitution_format_string::Format;
+use courier_proto::envoy::config::core::v3::SubstitutionFormatString;
+use courier_proto::envoy::extensions::access_loggers::file::v3::{file_access_log, FileAccessLog};
+use courier_proto::envoy::extensions::access_loggers::stream::v3::{
+    stderr_access_log, stdout_access_log, StderrAccessLog, StdoutAccessLog,
+};
+use http::HeaderMap;
+
+use courier_proto::google::protobuf::Any;
+
+use crate::config::ConfigError;
+use crate::extensions::{Factory, Registry};
+use format::LogFormat;
+
+mod format;
+
+/// Envoy's default access log format.
+pub const DEFAULT_FORMAT: &str = "[%START_TIME%] \"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%\" %RESPONSE_CODE% %RESPONSE_FLAGS% %BYTES_RECEIVED% %BYTES_SENT% %DURATION% %RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% \"%REQ(X-FORWARDED-FOR)%\" \"%REQ(USER-AGENT)%\" \"%REQ(X-REQUEST-ID)%\" \"%REQ(:AUTHORITY)%\" \"%UPSTREAM_HOST%\"\n";
+
+/// What one request leaves for the log.
+pub struct LogEntry<'a> {
+    /// When the request started.
+    pub start: SystemTime,
+    /// Method.
+    pub method: &'a str,
+    /// Path (original, before rewrites).
+    pub path: &'a str,
+    /// Authority.
+    pub authority: &'a str,
+    /// Protocol (`HTTP/1.1`).
+    pub protocol: &'a str,
+    /// Request headers.
+    pub request: &'a HeaderMap,
+    /// Response headers.
+    pub response: Option<&'a HeaderMap>,
+    /// Status sent.
+    pub status: u16,
+    /// Envoy response flags (`NR`, `UF`, `UT`, `-`).
+    pub flags: &'a str,
+    /// Request body bytes.
+    pub bytes_received: u64,
+    /// Response body bytes.
+    pub bytes_sent: u64,
+    /// Total duration.
+    pub duration: Duration,
+    /// Upstream host.
+    pub upstream_host: Option<SocketAddr>,
+    /// Upstream cluster.
+    pub upstream_cluster: Option<&'a str>,
+    /// Client address.
+    pub remote: SocketAddr,
+    /// Route name.
+    pub route_name: &'a str,
+    /// What the downstream TLS handshake settled.
+    pub tls: Option<&'a TlsConnectionInfo>,
+    /// The SNI the listener's TLS inspector found.
+    pub requested_server_name: Option<&'a str>,
+}
+
+/// A compiled access log.
+pub struct AccessLog {
+    format: LogFormat,
+    sink: Sender<String>,
+}
+
+fn writer(path: &str) -> Sender<String> {
+    static WRITERS: OnceLock<Mutex<HashMap<String, Sender<String>>>> = OnceLock::new();
+    let map = WRITERS.get_or_init(Default::default);
+    let mut map = map.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(tx) = map.get(path) {
+        return tx.clone();
+    }
+    let (tx, rx) = mpsc::channel::<String>();
+    let p = path.to_string();
+    let spawned = std::thread::Builder::new()
+        .name("courier-access-log".into())
+        .spawn(move || {
+            let mut out: Box<dyn Write> = if p == "/dev/stdout" {
+                Box::new(std::io::stdout())
+            } else {
+                match std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&p)
+                {
+                    Ok(f) => Box::new(f),
+                    Err(e) => {
+                        tracing::error!(path = %p, error = %e, "cannot open access log");
+                        return;
+                    }
+                }
+            };
+            while let Ok(line) = rx.recv() {
+                let _ = out.write_all(line.as_bytes());
+                while let Ok(more) = rx.try_recv() {
+                    let _ = out.write_all(more.as_bytes());
+                }
+                let _ = out.flush();
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "cannot start the access log writer");
+    }
+    map.insert(path.to_string(), tx.clone());
+    tx
+}
+
+/// A `log_format` (paths relative to it). `content_type` and `json_format_options` change
+/// nothing in an access log (Envoy reads the first for local replies only, and prints JSON
+/// keys sorted either way); `formatters` extensions are refused.
+fn format_from(f: &SubstitutionFormatString) -> Result<LogFormat, ConfigError> {
+    if !f.formatters.is_empty() {
+        return Err(ConfigError::unsupported("formatters"));
+    }
+    let omit = f.omit_empty_values;
+    match &f.format {
+        None => LogFormat::text(DEFAULT_FORMAT, omit),
+        Some(Format::TextFormat(s)) => LogFormat::text(s, omit).map_err(|e| e.at("text_format")),
+        Some(Format::TextFormatSource(ds)) => {
+            let b = crate::http::route::data_source(ds, "text_format_source")?;
+            LogFormat::text(&String::from_utf8_lossy(&b), omit)
+                .map_err(|e| e.at("text_format_source"))
+        }
+        Some(Format::JsonFormat(j)) => LogFormat::json(j, omit, "json_format"),
+    }
+}
+
+/// Envoy's default format.
+fn default_format() -> Result<LogFormat, ConfigError> {
+    LogFormat::text(DEFAULT_FORMAT, false)
+}
+
+/// Builds an access logger's sink (a path) and its format from its config.
+type BuildLogger = fn(&Any) -> Result<(String, LogFormat), ConfigError>;
+
+/// The access loggers an `access_log` entry may name.
+static ACCESS_LOGGERS: Registry<BuildLogger> = Registry {
+    point: "access logger",
+    factories: &[
+        Factory {
+            type_name: "envoy.extensions.access_loggers.file.v3.FileAccessLog",
+            name: "envoy.access_loggers.file",
+            build: file_logger,
+        },
+        Factory {
+            type_name: "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
+            name: "envoy.access_loggers.stdout",
+            build: |any| stream_logger::<StdoutAccessLog>(any, "/dev/stdout"),
+        },
+        Factory {
+            type_name: "envoy.extensions.access_loggers.stream.v3.StderrAccessLog",
+            name: "envoy.access_loggers.stderr",
+            build: |any| stream_logger::<StderrAccessLog>(any, "/dev/stderr"),
+        },
+    ],
+};
+
+/// `envoy.access_loggers.file`: its path and format.
+fn file_logger(any: &Any) -> Result<(String, LogFormat), ConfigError> {
+    let f: FileAccessLog = courier_proto::unpack_any(any)
+        .map_err(|e| ConfigError::new("typed_config", e.to_string()))?;
+    if f.path.is_empty() {
+        return Err(ConfigError::new(
+            "typed_config.path",
+            "value length must be at least 1 characters",
+        ));
+    }
+    let fmt = match &f.access_log_format {
+        None => default_format()?,
+        Some(file_access_log::AccessLogFormat::Format(s)) => {
+            LogFormat::text(s, false).map_err(|e| e.at("typed_config.format"))?
+        }
+        Some(file_access_log::AccessLogFormat::LogFormat(l)) => {
+            format_from(l).map_err(|e| e.at("typed_config.log_format"))?
+        }
+        // The deprecated forms of `log_format.json_format`.
+        Some(file_access_log::AccessLogFormat::JsonFormat(j)) => {
+            LogFormat::json(j, false, "typed_config.json_format")?
+        }
+        Some(file_access_log::AccessLogFormat::TypedJsonFormat(j)) => {
+            LogFormat::json(j, false, "typed_config.typed_json_format")?
+        }
+    };
+    Ok((f.path, fmt))
+}
+
+/// A stream logger's config: its `log_format`, if any.
+trait StreamLogger: prost::Message + prost::Name + Default {
+    fn log_format(&self) -> Option<&SubstitutionFormatString>;
+}
+
+impl StreamLogger for StdoutAccessLog {
+    fn log_format(&self) -> Option<&SubstitutionFormatString> {
+        match &self.access_log_format {
+            Some(stdout_access_log::AccessLogFormat::LogFormat(l)) => Some(l),
+            None => None,
+        }
+    }
+}
+
+impl StreamLogger for StderrAccessLog {
+    fn log_format(&self) -> Option<&SubstitutionFormatString> {
+        match &self.access_log_format {
+            Some(stderr_access_log::AccessLogFormat::LogFormat(l)) => Some(l),
+            None => None,
+        }
+    }
+}
+
+/// `envoy.access_loggers.stdout` / `stderr`: the stream's path and the format.
+fn stream_logger<L: StreamLogger>(
+    any: &Any,
+    path: &str,
+) -> Result<(String, LogFormat), ConfigError> {
+    let s: L = courier_proto::unpack_any(any)
+        .map_err(|e| ConfigError::new("typed_config", e.to_string()))?;
+    let fmt = match s.log_format() {
+        None => default_format()?,
+        Some(l) => format_from(l).map_err(|e| e.at("typed_config.log_format"))?,
+    };
+    Ok((path.to_string(), fmt))
+}
+
+impl AccessLog {
+    /// Compiles one `access_log` entry.
+    pub fn compile(proto: &AccessLogProto) -> Result<AccessLog, ConfigError> {
+        if proto.filter.is_some() {
+            return Err(ConfigError::unsupported("filter"));
+        }
+        let Some(access_log::ConfigType::TypedConfig(any)) = &proto.config_type else {
+            return Err(ConfigError::new(
+                "typed_config",
+                "an access logger needs a typed_config",
+            ));
+        };
+        let Some(found) = ACCESS_LOGGERS.resolve(Some(any), &proto.name, false, "typed_config")?
+        else {
+            return Err(ConfigError::new(
+                "typed_config",
+                "unsupported access logger",
+            ));
+        };
+        let config = found.config.as_ref().unwrap_or(any);
+        let (path, format) = (found.factory.build)(config)?;
+        Ok(AccessLog {
+            format,
+            sink: writer(&path),
+        })
+    }
+
+    /// Formats and queues one line.
+    pub fn log(&self, e: &LogEntry<'_>) {
+        let line = self.format.render(e);
+        let _ = self.sink.send(line);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(any: Any) -> AccessLogProto {
+        AccessLogProto {
+            name: "log".into(),
+            config_type: Some(access_log::ConfigType::TypedConfig(any)),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn loggers_resolve_through_the_registry() {
+        let stderr = courier_proto::pack_any(&StderrAccessLog::default());
+        assert!(AccessLog::compile(&entry(stderr)).is_ok());
+        let unknown = Any {
+            type_url: "type.googleapis.com/envoy.extensions.access_loggers.grpc.v3.HttpGrpcAccessLogConfig"
+                .into(),
+            value: Vec::new(),
+        };
+        let err = AccessLog::compile(&entry(unknown)).err().expect("refused");
+        assert_eq!(err.path, "typed_config");
+        assert!(
+            err.message.contains("HttpGrpcAccessLogConfig"),
+            "{}",
+            err.message
+        );
+    }
+
+    #[test]
+    fn parses_default_format() {
+        assert!(default_format().expect("parses").names_response_code());
+    }
+}

@@ -1,0 +1,133 @@
+//! Access-log formats as Envoy 1.40 writes them: `json_format` (typed values for a lone
+//! operator, `null` for an absent one, nested objects, literals, keys sorted), and
+//! `omit_empty_values` in JSON and in text. The same requests go through Courier and,
+//! when `envoy` is on PATH, through Envoy; the logged lines must be equal.
+
+mod http_support;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use http_support::*;
+
+fn logged_bootstrap(dir: &Path) -> String {
+    let logger = |name: &str, format: &str| {
+        format!(
+            "          - name: {name}
+            typed_config:
+              \"@type\": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
+              path: {}
+{format}",
+            dir.join(format!("{name}.log")).display()
+        )
+    };
+    let loggers = [
+        logger(
+            "json",
+            "              log_format:
+                json_format:
+                  code: \"%RESPONSE_CODE%\"
+                  method: \"%REQ(:METHOD)%\"
+                  mixed: \"x-%RESPONSE_CODE%-%REQ(X-NONE)%\"
+                  missing: \"%REQ(X-NONE)%\"
+                  nested: { a: \"%PROTOCOL%\", b: \"%UPSTREAM_HOST%\" }
+                  lit: 5
+                  yes: true
+                  bytes: \"%BYTES_SENT%\"
+                  received: \"%BYTES_RECEIVED%\"
+                  flags: \"%RESPONSE_FLAGS%\"
+                  ua: \"%REQ(USER-AGENT)%\"
+                  short: \"%REQ(X-LONG):3%\"
+                  pct: \"100%%\"
+                  route: \"%ROUTE_NAME%\"
+",
+        ),
+        logger(
+            "omit",
+            "              log_format:
+                omit_empty_values: true
+                json_format: { code: \"%RESPONSE_CODE%\", missing: \"%REQ(X-NONE)%\", nested: { a: \"%UPSTREAM_HOST%\" }, empty: \"\", lit: 5 }
+",
+        ),
+        logger(
+            "text",
+            "              log_format:
+                omit_empty_values: true
+                text_format: \"[%REQ(X-NONE)%] %RESPONSE_CODE% %RESPONSE_FLAGS%\\n\"
+",
+        ),
+        logger(
+            "legacy",
+            "              json_format: { code: \"%RESPONSE_CODE%\", path: \"%REQ(:PATH)%\" }
+",
+        ),
+    ]
+    .concat();
+    bootstrap(
+        "            name: local
+            virtual_hosts:
+            - name: main
+              domains: [\"*\"]
+              routes:
+              - name: ok
+                match: { prefix: \"/ok\" }
+                direct_response: { status: 200, body: { inline_string: hello } }
+",
+        &format!("          access_log:\n{loggers}"),
+        "    []\n",
+    )
+}
+
+/// The lines of `name`.log once it has `n`.
+fn lines(dir: &Path, name: &str, n: usize) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default();
+        let got: Vec<String> = text.lines().map(str::to_string).collect();
+        if got.len() >= n || Instant::now() > deadline {
+            return got;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn run(start: &dyn Fn(&str) -> Option<Courier>) -> Option<Vec<String>> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let proxy = start(&logged_bootstrap(dir.path()))?;
+    get(
+        proxy.listener,
+        "h",
+        "/ok",
+        &[("user-agent", "te\"st"), ("x-long", "abcdef")],
+    );
+    get(proxy.listener, "h", "/nope", &[]);
+    let mut out = Vec::new();
+    for name in ["json", "omit", "text", "legacy"] {
+        out.extend(lines(dir.path(), name, 2));
+    }
+    Some(out)
+}
+
+#[test]
+fn json_and_omitted_values_are_logged_as_envoy_logs_them() {
+    let got = run(&|b| Some(Courier::start(b))).expect("courier starts");
+    // Envoy flushes log files every 10 s by default.
+    if let Some(envoy) =
+        run(&|b| Courier::start_envoy_with(b, &["--file-flush-interval-msec", "20"]))
+    {
+        assert_eq!(envoy, got, "envoy vs courier");
+    }
+    assert_eq!(
+        got,
+        [
+            r#"{"bytes":5,"code":200,"flags":"-","lit":5,"method":"GET","missing":null,"mixed":"x-200--","nested":{"a":"HTTP/1.1","b":null},"pct":"100%","received":0,"route":"ok","short":"abc","ua":"te\"st","yes":true}"#,
+            r#"{"bytes":0,"code":404,"flags":"NR","lit":5,"method":"GET","missing":null,"mixed":"x-404--","nested":{"a":"HTTP/1.1","b":null},"pct":"100%","received":0,"route":null,"short":null,"ua":null,"yes":true}"#,
+            r#"{"code":200,"empty":"","lit":5}"#,
+            r#"{"code":404,"empty":"","lit":5}"#,
+            "[] 200 -",
+            "[] 404 NR",
+            r#"{"code":200,"path":"/ok"}"#,
+            r#"{"code":404,"path":"/nope"}"#,
+        ]
+    );
+}

@@ -120,6 +120,8 @@ const HELP: &str = "admin commands are:
   /listeners: print listener info
   /quitquitquit: exit the server (POST)
   /ready: print server state, return 200 if LIVE, otherwise 503
+  /runtime: print runtime values
+  /runtime_modify: modify runtime values (POST; ?key=value, an empty value removes the key)
   /server_info: print server version/status information
   /stats: print server stats (?format=json, ?filter=)
   /stats/prometheus: print server stats in prometheus format

@@ -13,6 +13,7 @@ pub mod extensions;
 pub mod filters;
 pub mod http;
 pub mod listener;
+pub mod logging;
 pub mod memory;
 pub mod options;
 pub mod protocol;

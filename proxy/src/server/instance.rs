@@ -219,6 +219,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         validate(&bootstrap, &options)?;
         return Ok(());
     }
+    super::fd_limit::raise();
     let concurrency = options.concurrency();
     let store = Store::new(concurrency);
     crate::transport_socket::tls::sds::set_store(&store);

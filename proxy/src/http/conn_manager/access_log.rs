@@ -390,9 +390,10 @@ impl AccessLog {
         ) -> String {
             let get = |n: &str| -> Option<String> {
                 match n {
-                    ":method" => Some(e.method.to_string()),
-                    ":path" => Some(e.path.to_string()),
-                    ":authority" => Some(e.authority.to_string()),
+                    // Empty: a stream whose head never arrived (Envoy's `-`).
+                    ":method" => (!e.method.is_empty()).then(|| e.method.to_string()),
+                    ":path" => (!e.path.is_empty()).then(|| e.path.to_string()),
+                    ":authority" => (!e.authority.is_empty()).then(|| e.authority.to_string()),
                     ":status" => Some(e.status.to_string()),
                     _ => map?.get(n)?.to_str().ok().map(str::to_string),
                 }

@@ -71,6 +71,7 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for HcmServic
             self.conn.clone(),
             req.map(|b| ProxyBody::stream(b, None)),
             upgrade,
+            Instant::now(),
         )
     }
 }

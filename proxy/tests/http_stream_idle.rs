@@ -603,3 +603,119 @@ fn slow_request_heads_time_out_as_in_envoy() {
         );
     }
 }
+
+/// An HTTP/2 client that opens a request's header block (HEADERS without END_HEADERS) and
+/// never ends it: how the proxy ends it, and whether within `within`.
+fn h2_stalled_head(p: &Courier, within: Duration) -> String {
+    use h2_raw::*;
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(p.listener).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let started = Instant::now();
+    let mut out = PREFACE.to_vec();
+    out.extend(frame(SETTINGS, 0, 0, &[]));
+    // `:method GET`, `:scheme http`, `:path /` (static table), and no END_HEADERS.
+    out.extend(frame(HEADERS, 0, 1, &[0x82, 0x86, 0x84]));
+    s.write_all(&out).expect("write");
+    let (mut buf, mut seen) = (Vec::new(), Vec::new());
+    let mut chunk = [0u8; 4096];
+    let end = loop {
+        match s.read(&mut chunk) {
+            Ok(0) => break "connection closed".to_string(),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) => break format!("read error {:?}", e.kind()),
+        }
+        for f in take_frames(&mut buf) {
+            match (f.kind, f.stream) {
+                (HEADERS, 1) => seen.push("response head".to_string()),
+                (0x0, 1) => seen.push(format!("body {:?}", String::from_utf8_lossy(&f.payload))),
+                _ => {}
+            }
+            if f.kind == RST_STREAM && f.stream == 1 {
+                seen.push(format!("RST_STREAM {:?}", f.payload));
+            }
+        }
+        if seen.iter().any(|s| s.starts_with("RST_STREAM")) {
+            break format!("stream answered: {}", seen.join(", "));
+        }
+    };
+    format!("{end}; in time={}", started.elapsed() < within)
+}
+
+/// The same timers on HTTP/2, where the head is a header block that never ends. Envoy
+/// answers the stream `408` and resets it; Courier (hyper has no stream to answer until the
+/// block ends, and nothing else may cross the connection until it does) closes the
+/// connection — at the same moment, with the same counter and the same access log flag
+/// (documented in DIFFERENCES.md).
+#[test]
+fn slow_http2_request_heads_time_out_as_in_envoy() {
+    let a = Upstream::start("a");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cases = [
+        (
+            HEAD_TIMER_CASES[0],
+            "downstream_rq_idle_timeout",
+            "SI",
+            "stream timeout",
+        ),
+        (
+            HEAD_TIMER_CASES[1],
+            "downstream_rq_header_timeout",
+            "-",
+            "request header timeout",
+        ),
+        (
+            HEAD_TIMER_CASES[2],
+            "downstream_rq_timeout",
+            "-",
+            "request timeout",
+        ),
+    ];
+    let outcome = |p: &Courier, log: &std::path::Path, counter: &str| {
+        let end = h2_stalled_head(p, Duration::from_millis(850));
+        let n = p.wait_stat(&format!("http.ingress.{counter}"), 1);
+        let line = wait_for_lines(log, 1).remove(0);
+        let (status, rest) = line.split_once(' ').expect("a log line");
+        (
+            end,
+            format!("{counter}={n}; log: {rest}"),
+            status.to_string(),
+        )
+    };
+    for ((case, timers), counter, flag, body) in cases {
+        let log = dir.path().join(format!("courier-h2-{counter}.log"));
+        let boot = head_timer_bootstrap(timers, a.addr, &log).replace(
+            "          stat_prefix: ingress\n",
+            "          stat_prefix: ingress\n          codec_type: HTTP2\n",
+        );
+        let courier = Courier::start(&boot);
+        let (end, common, status) = outcome(&courier, &log, counter);
+        assert_eq!(end, "connection closed; in time=true", "{case}");
+        assert_eq!(
+            common,
+            format!("{counter}=1; log: {flag} - HTTP/2"),
+            "{case}"
+        );
+        assert_eq!(status, "0", "{case}: nothing was answered");
+
+        let log = dir.path().join(format!("envoy-h2-{counter}.log"));
+        let boot = head_timer_bootstrap(timers, a.addr, &log).replace(
+            "          stat_prefix: ingress\n",
+            "          stat_prefix: ingress\n          codec_type: HTTP2\n",
+        );
+        let Some(envoy) = Courier::start_envoy_with(&boot, &["--file-flush-interval-msec", "20"])
+        else {
+            eprintln!("envoy not on PATH: skipping the HTTP/2 head timer differential");
+            return;
+        };
+        let (envoy_end, envoy_common, envoy_status) = outcome(&envoy, &log, counter);
+        assert_eq!(envoy_common, common, "{case}: envoy vs courier");
+        assert_eq!(
+            envoy_end,
+            format!("stream answered: response head, body {body:?}, RST_STREAM [0, 0, 0, 0]; in time=true"),
+            "{case}: envoy"
+        );
+        assert_eq!(envoy_status, "408", "{case}: envoy");
+    }
+}

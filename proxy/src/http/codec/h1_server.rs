@@ -238,6 +238,17 @@ pub enum HeadTimeout {
     RequestHeaders,
 }
 
+impl HeadTimeout {
+    /// The body of Envoy's `408` for it.
+    pub fn reply_body(self) -> &'static str {
+        match self {
+            HeadTimeout::StreamIdle => "stream timeout",
+            HeadTimeout::Request => "request timeout",
+            HeadTimeout::RequestHeaders => "request header timeout",
+        }
+    }
+}
+
 /// Codec events the connection manager counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CodecEvent {
@@ -268,6 +279,22 @@ pub struct H1Settings {
     pub key_format: KeyFormat,
     /// `http_protocol_options.enable_trailers`.
     pub trailers: bool,
+}
+
+impl H1Settings {
+    /// The first of the stream's timers to run out on a head still arriving, and after
+    /// how long from its first byte (`None`: the head may take forever).
+    pub fn first_head_timer(&self) -> Option<(Duration, HeadTimeout)> {
+        // On a tie, the timer Envoy creates first fires first.
+        [
+            (self.stream_idle_timeout, HeadTimeout::StreamIdle),
+            (self.request_timeout, HeadTimeout::Request),
+            (self.request_headers_timeout, HeadTimeout::RequestHeaders),
+        ]
+        .into_iter()
+        .filter_map(|(t, which)| Some((t?, which)))
+        .min_by_key(|&(t, _)| t)
+    }
 }
 
 /// One downstream HTTP/1.1 connection, serving its requests with `S`.
@@ -492,20 +519,7 @@ impl<S: H1Service> H1Server<S> {
             return false;
         };
         if self.head_timer.is_none() {
-            let settings = self.info.settings();
-            // On a tie, the timer Envoy creates first fires first.
-            let first = [
-                (settings.stream_idle_timeout, HeadTimeout::StreamIdle),
-                (settings.request_timeout, HeadTimeout::Request),
-                (
-                    settings.request_headers_timeout,
-                    HeadTimeout::RequestHeaders,
-                ),
-            ]
-            .into_iter()
-            .filter_map(|(t, which)| Some((t?, which)))
-            .min_by_key(|&(t, _)| t);
-            let Some((timeout, which)) = first else {
+            let Some((timeout, which)) = self.info.settings().first_head_timer() else {
                 return false;
             };
             self.head_timer = Some((Box::pin(Sleep::until(started + timeout)), which));

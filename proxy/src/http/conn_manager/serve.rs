@@ -1279,56 +1279,78 @@ impl H1Service for ConnInfo {
         }
     }
 
-    /// Envoy's stream for a head that never finished: counted as a request (total, HTTP/1,
-    /// 4xx, completed) and by its timer, logged with no request fields (`SI` for the idle
-    /// timeout), answered `408`.
+    /// Envoy's stream for a head that never finished: answered `408`, counted and logged
+    /// by [`ConnInfo::head_timed_out`].
     fn head_timeout(&self, which: HeadTimeout, started: Instant) -> Response<ProxyBody> {
+        let mut resp = local_reply(StatusCode::REQUEST_TIMEOUT, which.reply_body());
+        finish_response(&self.config, &mut resp);
+        let sent = resp.body().size_hint().exact().unwrap_or(0);
+        self.head_timed_out(which, started, Some(&resp), sent);
+        resp
+    }
+}
+
+impl ConnInfo {
+    /// Counts and logs a stream whose head never finished, as Envoy's: a request (total, by
+    /// protocol, completed) and its timer's counter; with `resp` (HTTP/1.1's `408`) a 4xx,
+    /// without one (an HTTP/2 connection closed instead) status 0. The access log has no
+    /// request fields (`-`) and the flag `SI` for the idle timeout.
+    pub(crate) fn head_timed_out(
+        &self,
+        which: HeadTimeout,
+        started: Instant,
+        resp: Option<&Response<ProxyBody>>,
+        bytes_sent: u64,
+    ) {
         let cfg = &self.config;
         let (stats, w) = (&cfg.stats, self.worker);
-        let (counter, body, flags) = match which {
-            HeadTimeout::StreamIdle => (&stats.downstream_rq_idle_timeout, "stream timeout", "SI"),
-            HeadTimeout::Request => (&stats.downstream_rq_timeout, "request timeout", "-"),
-            HeadTimeout::RequestHeaders => (
-                &stats.downstream_rq_header_timeout,
-                "request header timeout",
-                "-",
-            ),
+        let (counter, flags) = match which {
+            HeadTimeout::StreamIdle => (&stats.downstream_rq_idle_timeout, "SI"),
+            HeadTimeout::Request => (&stats.downstream_rq_timeout, "-"),
+            HeadTimeout::RequestHeaders => (&stats.downstream_rq_header_timeout, "-"),
         };
         counter.inc(w);
         self.requests.set(self.requests.get() + 1);
         stats.downstream_rq_total.inc(w);
-        stats.downstream_rq_http1_total.inc(w);
-        stats.downstream_rq_xx[3].inc(w);
-        stats.downstream_rq_completed.inc(w);
-        let mut resp = local_reply(StatusCode::REQUEST_TIMEOUT, body);
-        finish_response(cfg, &mut resp);
-        if !cfg.access_logs.is_empty() {
-            let no_headers = http::HeaderMap::new();
-            let entry = LogEntry {
-                start: wall_clock_at(started),
-                method: "",
-                path: "",
-                authority: "",
-                protocol: protocol_name(Version::HTTP_11),
-                request: &no_headers,
-                response: Some(resp.headers()),
-                status: StatusCode::REQUEST_TIMEOUT.as_u16(),
-                flags,
-                bytes_received: 0,
-                bytes_sent: body.len() as u64,
-                duration: started.elapsed(),
-                upstream_host: None,
-                upstream_cluster: None,
-                remote: self.remote,
-                route_name: "",
-                tls: self.tls.get().map(|t| &**t),
-                requested_server_name: self.requested_server_name.as_deref(),
-            };
-            for l in &cfg.access_logs {
-                l.log(&entry);
-            }
+        let version = if self.http2.get() == Some(true) {
+            stats.downstream_rq_http2_total.inc(w);
+            Version::HTTP_2
+        } else {
+            stats.downstream_rq_http1_total.inc(w);
+            Version::HTTP_11
+        };
+        let status = resp.map_or(0, |r| r.status().as_u16());
+        if resp.is_some() {
+            stats.downstream_rq_xx[3].inc(w);
         }
-        resp
+        stats.downstream_rq_completed.inc(w);
+        if cfg.access_logs.is_empty() {
+            return;
+        }
+        let no_headers = http::HeaderMap::new();
+        let entry = LogEntry {
+            start: wall_clock_at(started),
+            method: "",
+            path: "",
+            authority: "",
+            protocol: protocol_name(version),
+            request: &no_headers,
+            response: resp.map(|r| r.headers()),
+            status,
+            flags,
+            bytes_received: 0,
+            bytes_sent,
+            duration: started.elapsed(),
+            upstream_host: None,
+            upstream_cluster: None,
+            remote: self.remote,
+            route_name: "",
+            tls: self.tls.get().map(|t| &**t),
+            requested_server_name: self.requested_server_name.as_deref(),
+        };
+        for l in &cfg.access_logs {
+            l.log(&entry);
+        }
     }
 }
 

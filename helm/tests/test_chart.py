@@ -259,6 +259,39 @@ def test_external_xds_has_no_control_plane(chart):
     assert "courier-cp" not in r.notes
 
 
+@pytest.mark.parametrize("drain,grace", [
+    # sigterm: the preStop sleep, then a drain a request that never ends holds to its end.
+    ({}, 5 + 30 + 10),
+    ({"preStopDelaySeconds": 15, "timeSeconds": 600}, 15 + 600 + 10),
+    # admin: the preStop hook drains and waits, then SIGTERM drains what is still open.
+    ({"mode": "admin", "timeSeconds": 20}, 2 * 20 + 10),
+    ({"mode": "none"}, 30 + 10),
+])
+def test_grace_period_exceeds_the_drain(chart, drain, grace):
+    r = render(chart, {"drain": drain})
+    pod = r.workload["spec"]["template"]["spec"]
+    assert pod["terminationGracePeriodSeconds"] == grace
+    args = r.container["args"]
+    drain_time = int(args[args.index("--drain-time-s") + 1])
+    assert pod["terminationGracePeriodSeconds"] > drain_time
+
+
+@pytest.mark.parametrize("values,needed", [
+    ({"terminationGracePeriodSeconds": 30}, 35),
+    ({"terminationGracePeriodSeconds": 35}, 35),
+    ({"terminationGracePeriodSeconds": 50, "drain": {"mode": "admin"}}, 60),
+    ({"terminationGracePeriodSeconds": 30, "drain": {"mode": "none"}}, 30),
+])
+def test_grace_period_that_would_cut_the_drain_fails(chart, values, needed):
+    with pytest.raises(helm.HelmRenderError, match=f"must exceed the shutdown it covers, {needed} s"):
+        render(chart, values)
+
+
+def test_grace_period_given_and_long_enough_is_kept(chart):
+    r = render(chart, {"terminationGracePeriodSeconds": 36})
+    assert r.workload["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 36
+
+
 def test_control_plane_disabled_without_address_fails(chart):
     with pytest.raises(helm.HelmRenderError, match="xds.address is required"):
         render(chart, {"controlPlane": {"enabled": False}})

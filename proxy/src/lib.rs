@@ -14,6 +14,7 @@ pub mod filters;
 pub mod http;
 pub mod layered_runtime;
 pub mod listener;
+pub mod logging;
 pub mod memory;
 pub mod options;
 pub mod overload;

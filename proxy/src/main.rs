@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use courier::logging::{LogFormat, LogSetup};
 use courier::options::Options;
 
 fn main() -> ExitCode {
@@ -26,13 +27,25 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("COURIER_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter)),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let format = match options.log_format.as_deref() {
+        Some(pattern) => match LogFormat::parse(pattern, options.log_format_escaped) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(1);
+            }
+        },
+        None => None,
+    };
+    let setup = LogSetup {
+        filter,
+        path: options.log_path.as_deref(),
+        format,
+    };
+    if let Err(e) = courier::logging::init(setup) {
+        eprintln!("error: {e}");
+        return ExitCode::from(1);
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -55,6 +55,16 @@ pub struct Options {
     /// trace, debug, info, warning/warn, error, critical, off.
     #[arg(short = 'l', long = "log-level", default_value = "info")]
     pub log_level: String,
+    /// Log to this file (created if absent, appended to) instead of stderr.
+    #[arg(long = "log-path")]
+    pub log_path: Option<PathBuf>,
+    /// Envoy's (spdlog's) log line pattern, e.g. `[%Y-%m-%d %T.%e][%t][%l][%n] %v`; the
+    /// supported flags are listed in `courier::logging`. Without it, `tracing`'s shape.
+    #[arg(long = "log-format")]
+    pub log_format: Option<String>,
+    /// Escape newlines and control characters in `%v` (Envoy's flag of the same name).
+    #[arg(long = "log-format-escaped")]
+    pub log_format_escaped: bool,
     /// Seconds connections are given to close during a drain.
     #[arg(long = "drain-time-s", default_value_t = 600)]
     pub drain_time_s: u64,

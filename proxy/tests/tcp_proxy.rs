@@ -402,6 +402,36 @@ fn sigterm_drains_and_lets_inflight_transfer_complete() {
     assert_eq!(status.code(), Some(0), "stderr:\n{}", courier.stderr());
 }
 
+/// Envoy's drain semantics: a drain asks connections to close and never cuts them, so one
+/// that never ends holds the process for the whole `--drain-time-s` (documented in
+/// DIFFERENCES.md; the Helm chart's grace period must exceed it).
+#[test]
+fn a_connection_that_never_ends_holds_the_drain_to_its_end() {
+    const DRAIN: Duration = Duration::from_secs(2);
+    let echo = Upstream::echo();
+    let mut courier = Courier::start(
+        &static_tcp_yaml(0, &[echo.addr], &[], &[]),
+        &["--drain-time-s", "2", "-l", "info"],
+    );
+    let mut c = connect(courier.listener("tcp_in"));
+    assert_eq!(echo_roundtrip(&mut c, b"x"), b"x");
+    let signalled = Instant::now();
+    courier.signal(libc::SIGTERM);
+    let status = courier.wait_exit(DEADLINE);
+    let held = signalled.elapsed();
+    assert_eq!(status.code(), Some(0), "stderr:\n{}", courier.stderr());
+    assert!(
+        held >= DRAIN,
+        "exited after {held:?}, before the drain time"
+    );
+    assert!(
+        courier.stderr().contains("drain time over; exiting"),
+        "{}",
+        courier.stderr()
+    );
+    drop(c);
+}
+
 #[test]
 fn second_signal_exits_at_once_with_code_1() {
     let echo = Upstream::echo();

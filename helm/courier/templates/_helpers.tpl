@@ -139,11 +139,35 @@ app.kubernetes.io/component: control-plane
 {{- end -}}
 {{- end -}}
 
-{{- define "courier.terminationGracePeriodSeconds" -}}
-{{- if not (kindIs "invalid" .Values.terminationGracePeriodSeconds) -}}
-{{- int .Values.terminationGracePeriodSeconds -}}
+{{/*
+The longest a terminating pod can take before courier exits by itself: the preStop hook, then
+the SIGTERM drain. A request that never ends holds the drain for all of --drain-time-s (Envoy's
+drain semantics: connections are asked to close, never cut), so the drain counts in full.
+sigterm: preStop sleep + drain. admin: preStop drains and waits timeSeconds, then SIGTERM drains
+again (what is still open). none: the SIGTERM drain.
+*/}}
+{{- define "courier.shutdownSeconds" -}}
+{{- $drain := int .Values.drain.timeSeconds -}}
+{{- if eq .Values.drain.mode "sigterm" -}}
+{{- add $drain (int .Values.drain.preStopDelaySeconds) -}}
+{{- else if eq .Values.drain.mode "admin" -}}
+{{- mul $drain 2 -}}
 {{- else -}}
-{{- add (int .Values.drain.timeSeconds) (int .Values.drain.preStopDelaySeconds) 10 -}}
+{{- $drain -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The grace period must exceed the shutdown, or the kubelet's SIGKILL cuts the drain. */}}
+{{- define "courier.terminationGracePeriodSeconds" -}}
+{{- $needed := int (include "courier.shutdownSeconds" .) -}}
+{{- if not (kindIs "invalid" .Values.terminationGracePeriodSeconds) -}}
+{{- $grace := int .Values.terminationGracePeriodSeconds -}}
+{{- if le $grace $needed -}}
+{{- fail (printf "terminationGracePeriodSeconds (%d) must exceed the shutdown it covers, %d s (drain.mode %s: %s); raise it or lower drain.timeSeconds" $grace $needed .Values.drain.mode (ternary "drain.preStopDelaySeconds + drain.timeSeconds" (ternary "2 x drain.timeSeconds: the preStop wait, then the SIGTERM drain" "drain.timeSeconds" (eq .Values.drain.mode "admin")) (eq .Values.drain.mode "sigterm"))) -}}
+{{- end -}}
+{{- $grace -}}
+{{- else -}}
+{{- add $needed 10 -}}
 {{- end -}}
 {{- end -}}
 

@@ -16,7 +16,9 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
+use crate::listener::accept_backoff::{is_transient, AcceptBackoff};
 use crate::server::Server;
+use crate::stats::MAIN_THREAD;
 
 pub use config_dump::{config_dump, timestamp};
 
@@ -43,11 +45,24 @@ pub async fn serve(listener: TcpListener, server: Rc<Server>) {
             Err(e) => tracing::error!(error = %e, "cannot read the admin address"),
         }
     }
+    let accept_errors = server
+        .store
+        .counter("listener.admin.downstream_cx_accept_error");
+    let mut backoff = AcceptBackoff::new();
     loop {
         let (stream, _) = match listener.accept().await {
-            Ok(s) => s,
+            Ok(s) => {
+                backoff.accepted("admin");
+                s
+            }
+            Err(e) if is_transient(&e) => continue,
             Err(e) => {
-                tracing::warn!(error = %e, "admin accept failed");
+                // Typically EMFILE: the connection stays queued and the socket readable, so
+                // an immediate retry would spin the main thread. One pause at a time.
+                accept_errors.inc(MAIN_THREAD);
+                let pause = backoff.failed("admin", &e);
+                tokio::time::sleep(pause).await;
+                backoff.resume();
                 continue;
             }
         };

@@ -2,12 +2,12 @@
 
 use std::io;
 use std::sync::Arc;
-use std::time::Duration;
 
 use mio::event::Event;
 use mio::net::TcpListener;
 use mio::Interest;
 
+use super::accept_backoff::{is_transient, AcceptBackoff};
 use super::ListenerConfig;
 use crate::overload::connection_limit::ConnectionPermit;
 use crate::worker::{Ctx, EventHandler, HandlerId, Next, WorkerLocal};
@@ -20,6 +20,9 @@ const TIMER_RESUME_ACCEPT: u64 = 1;
 pub struct ActiveTcpListener {
     name: String,
     socket: TcpListener,
+    /// Pauses accepting while `accept` fails (the descriptor limit): one retry pending at
+    /// most, however many connections arrive meanwhile.
+    backoff: AcceptBackoff,
 }
 
 impl ActiveTcpListener {
@@ -34,7 +37,11 @@ impl ActiveTcpListener {
         let mut socket = TcpListener::from_std(socket);
         ctx.registry
             .register(&mut socket, me.token(0), Interest::READABLE)?;
-        Ok(Box::new(ActiveTcpListener { name, socket }))
+        Ok(Box::new(ActiveTcpListener {
+            name,
+            socket,
+            backoff: AcceptBackoff::new(),
+        }))
     }
 
     fn accept_all(&mut self, ctx: &mut Ctx, me: HandlerId) -> Next {
@@ -49,6 +56,7 @@ impl ActiveTcpListener {
         loop {
             match self.socket.accept() {
                 Ok((stream, _peer)) => {
+                    self.backoff.accepted(&self.name);
                     let permit = if config.ignore_global_conn_limit {
                         Some(ConnectionPermit::exempt())
                     } else {
@@ -63,14 +71,13 @@ impl ActiveTcpListener {
                     accept_connection(ctx, &config, stream, permit);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Next::Continue,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => {}
+                Err(e) if is_transient(&e) => {}
                 Err(e) => {
-                    // Typically EMFILE: stop for a moment rather than spin; connections
+                    // Typically EMFILE: stop for a while rather than spin; connections
                     // wait in the kernel's queue meanwhile.
                     config.stats.downstream_cx_accept_error.inc(ctx.local.id);
-                    tracing::warn!(listener = %self.name, error = %e, "accept failed; pausing accepts for 100ms");
-                    ctx.schedule(me, Duration::from_millis(100), TIMER_RESUME_ACCEPT);
+                    let pause = self.backoff.failed(&self.name, &e);
+                    ctx.schedule(me, pause, TIMER_RESUME_ACCEPT);
                     return Next::Continue;
                 }
             }
@@ -114,11 +121,17 @@ fn accept_connection(
 
 impl EventHandler<WorkerLocal> for ActiveTcpListener {
     fn on_ready(&mut self, _source: usize, _event: &Event, ctx: &mut Ctx, me: HandlerId) -> Next {
+        // Paused: the pending retry takes what arrived meanwhile (a retry per arrival
+        // would multiply the retries, and the log, with every queued connection).
+        if self.backoff.paused() {
+            return Next::Continue;
+        }
         self.accept_all(ctx, me)
     }
 
     fn on_timer(&mut self, tag: u64, ctx: &mut Ctx, me: HandlerId) -> Next {
         if tag == TIMER_RESUME_ACCEPT {
+            self.backoff.resume();
             return self.accept_all(ctx, me);
         }
         Next::Continue

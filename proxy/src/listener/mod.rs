@@ -1,6 +1,7 @@
 //! Listeners: compiled listener configs, the sockets every worker accepts on, and the main
 //! thread's listener manager (add, update in place or by generation, drain, remove).
 
+pub mod accept_backoff;
 mod active_tcp_listener;
 mod config;
 pub mod filter_chain_match;

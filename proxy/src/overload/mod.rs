@@ -117,17 +117,3 @@ pub fn compile(om: Option<&OverloadManager>, nofile: u64) -> Result<LimitSource,
     }
     Ok(source)
 }
-
-/// The process's file-descriptor limit (soft), as the default limit is derived from it.
-pub fn fd_limit() -> u64 {
-    let mut rl = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes into the struct it is given and nothing else.
-    let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) };
-    if rc != 0 {
-        return 1024;
-    }
-    rl.rlim_cur
-}

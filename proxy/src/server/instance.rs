@@ -221,7 +221,8 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         validate(&bootstrap, &options)?;
         return Ok(());
     }
-    let nofile = crate::overload::fd_limit();
+    // The default connection limit is derived from the raised limit (1024 if unreadable).
+    let nofile = super::fd_limit::raise().map_or(1024, |l| l.soft);
     let connection_limit = crate::overload::compile(bootstrap.overload_manager.as_ref(), nofile)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     match connection_limit {

@@ -4,6 +4,7 @@
 //! live in `RefCell`s borrowed only between awaits, never across one.
 
 mod drain;
+pub mod fd_limit;
 mod instance;
 pub mod local_info;
 

@@ -94,6 +94,57 @@ static_resources:
     )
 }
 
+/// Makes `cmd`'s child start under an `RLIMIT_NOFILE` of `soft` and `hard`.
+pub fn with_nofile(cmd: &mut Command, soft: u64, hard: u64) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: between fork and exec the hook only calls setrlimit (async-signal-safe) on a
+    // struct of its own; it allocates nothing and takes no lock.
+    unsafe {
+        cmd.pre_exec(move || {
+            let lim = libc::rlimit {
+                rlim_cur: soft,
+                rlim_max: hard,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// `(soft, hard)` "Max open files" of process `pid`, from `/proc/<pid>/limits`.
+pub fn nofile_limits(pid: u32) -> (u64, u64) {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("limits");
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("a Max open files line");
+    let mut numbers = line
+        .trim_start_matches("Max open files")
+        .split_whitespace()
+        .map(|n| n.parse::<u64>().expect("a number"));
+    (numbers.next().expect("soft"), numbers.next().expect("hard"))
+}
+
+/// Open descriptors of process `pid`.
+pub fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+/// CPU time (user + system) process `pid` has used, from `/proc/<pid>/stat`.
+pub fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    // Fields 14 and 15 of proc(5) (utime, stime), counted from the state (field 3).
+    let ticks: u64 =
+        fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Duration::from_millis(ticks * 1000 / hz)
+}
+
 /// The result of running `courier` to completion.
 pub struct Finished {
     /// Exit status.
@@ -206,16 +257,37 @@ impl Courier {
     /// Starts courier and waits for the admin address; `Err(stderr)` if it exits first
     /// (e.g. a port that was free a moment ago is taken now).
     pub fn try_spawn(yaml: &str, args: &[&str]) -> Result<Courier, String> {
+        Courier::try_spawn_with(yaml, args, |_| {})
+    }
+
+    /// [`Courier::spawn`] under an `RLIMIT_NOFILE` of `soft` and `hard`, set in the child
+    /// before it runs courier.
+    pub fn spawn_with_nofile(yaml: &str, args: &[&str], soft: u64, hard: u64) -> Courier {
+        Courier::try_spawn_with(yaml, args, |cmd| with_nofile(cmd, soft, hard))
+            .unwrap_or_else(|stderr| panic!("courier exited early; stderr:\n{stderr}"))
+    }
+
+    /// [`Courier::try_spawn`], with `prepare` adjusting the command first.
+    pub fn try_spawn_with(
+        yaml: &str,
+        args: &[&str],
+        prepare: impl FnOnce(&mut Command),
+    ) -> Result<Courier, String> {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = write_config(dir.path(), "bootstrap.yaml", yaml);
         let admin_path = dir.path().join("admin-address");
-        let child = Command::new(COURIER)
-            .arg("-c")
+        let mut cmd = Command::new(COURIER);
+        prepare(&mut cmd);
+        cmd.arg("-c")
             .arg(&config)
             .arg("--admin-address-path")
             .arg(&admin_path)
-            .args(["-l", "warning"])
-            .args(args)
+            .args(args);
+        // Quiet unless the test asks for a level.
+        if !args.iter().any(|a| *a == "-l" || *a == "--log-level") {
+            cmd.args(["-l", "warning"]);
+        }
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(dir.path().join("stdout")).expect("stdout file"))
             .stderr(std::fs::File::create(dir.path().join("stderr")).expect("stderr file"))

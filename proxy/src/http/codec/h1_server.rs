@@ -28,7 +28,7 @@ use std::io;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{ready, Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures::channel::oneshot;
@@ -205,11 +205,13 @@ pub type ServeFuture = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, I
 pub trait H1Service: 'static {
     /// This connection's codec settings.
     fn settings(&self) -> &H1Settings;
-    /// Serves a request; `upgrade` receives the socket after a `101`.
+    /// Serves a request whose head's first byte arrived at `started` (the stream's start,
+    /// from which `request_timeout` runs); `upgrade` receives the socket after a `101`.
     fn serve(
         self: Rc<Self>,
         req: Request<ProxyBody>,
         upgrade: Option<DownstreamUpgrade>,
+        started: Instant,
     ) -> ServeFuture;
     /// A reply the codec sends itself (a refused head, a header timeout), finished as the
     /// connection manager finishes its own.
@@ -218,6 +220,33 @@ pub trait H1Service: 'static {
     fn closing(&self) -> bool;
     /// Counts `event` in the connection manager's stats.
     fn count(&self, event: CodecEvent);
+    /// A head still arriving ran out of time (`which`; its first byte came at `started`):
+    /// the connection manager counts and logs the stream and gives the reply.
+    fn head_timeout(&self, which: HeadTimeout, started: Instant) -> Response<ProxyBody>;
+}
+
+/// Which of a stream's timers ran out while its head was still arriving. As in Envoy, the
+/// stream starts with the head's first byte, and so do all three; bytes of an unfinished
+/// head do not restart the idle timer (a slowly sent head is not activity).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeadTimeout {
+    /// `stream_idle_timeout` (default 5 min).
+    StreamIdle,
+    /// `request_timeout`.
+    Request,
+    /// `request_headers_timeout`.
+    RequestHeaders,
+}
+
+impl HeadTimeout {
+    /// The body of Envoy's `408` for it.
+    pub fn reply_body(self) -> &'static str {
+        match self {
+            HeadTimeout::StreamIdle => "stream timeout",
+            HeadTimeout::Request => "request timeout",
+            HeadTimeout::RequestHeaders => "request header timeout",
+        }
+    }
 }
 
 /// Codec events the connection manager counts.
@@ -225,8 +254,6 @@ pub trait H1Service: 'static {
 pub enum CodecEvent {
     /// `downstream_cx_protocol_error`.
     ProtocolError,
-    /// `downstream_rq_header_timeout`.
-    HeaderTimeout,
 }
 
 /// The HTTP/1.1 server codec's settings (from the connection manager's config).
@@ -244,10 +271,30 @@ pub struct H1Settings {
     pub delayed_close_timeout: Option<Duration>,
     /// `request_headers_timeout`.
     pub request_headers_timeout: Option<Duration>,
+    /// `stream_idle_timeout`: also bounds a head still arriving.
+    pub stream_idle_timeout: Option<Duration>,
+    /// `request_timeout`: runs from the head's first byte.
+    pub request_timeout: Option<Duration>,
     /// `http_protocol_options.header_key_format`.
     pub key_format: KeyFormat,
     /// `http_protocol_options.enable_trailers`.
     pub trailers: bool,
+}
+
+impl H1Settings {
+    /// The first of the stream's timers to run out on a head still arriving, and after
+    /// how long from its first byte (`None`: the head may take forever).
+    pub fn first_head_timer(&self) -> Option<(Duration, HeadTimeout)> {
+        // On a tie, the timer Envoy creates first fires first.
+        [
+            (self.stream_idle_timeout, HeadTimeout::StreamIdle),
+            (self.request_timeout, HeadTimeout::Request),
+            (self.request_headers_timeout, HeadTimeout::RequestHeaders),
+        ]
+        .into_iter()
+        .filter_map(|(t, which)| Some((t?, which)))
+        .min_by_key(|&(t, _)| t)
+    }
 }
 
 /// One downstream HTTP/1.1 connection, serving its requests with `S`.
@@ -259,8 +306,11 @@ pub struct H1Server<S: H1Service> {
     phase: Phase,
     exchange: Exchange,
     shutting_down: bool,
-    /// `request_headers_timeout`: armed when a head's first byte arrives.
-    header_timer: Option<Pin<Box<Sleep>>>,
+    /// When the current head's first byte arrived (the stream's start).
+    head_started: Option<Instant>,
+    /// The first of the stream's timers to run out while its head arrives, armed when
+    /// the head is found incomplete.
+    head_timer: Option<(Pin<Box<Sleep>>, HeadTimeout)>,
 }
 
 impl<S: H1Service> H1Server<S> {
@@ -286,7 +336,8 @@ impl<S: H1Service> H1Server<S> {
             phase: Phase::Head,
             exchange: Exchange::default(),
             shutting_down: false,
-            header_timer: None,
+            head_started: None,
+            head_timer: None,
         }
     }
 
@@ -330,17 +381,21 @@ impl<S: H1Service> H1Server<S> {
                         if t.rbuf.is_empty() {
                             None
                         } else {
+                            // The stream starts with the head's first byte.
+                            self.head_started.get_or_insert_with(Instant::now);
                             Some(parse_request_head(&mut t.rbuf, &self.limits))
                         }
                     };
                     match parsed {
                         Some(Ok(Some(head))) => {
-                            self.header_timer = None;
-                            self.start(head);
+                            self.head_timer = None;
+                            let started = self.head_started.take().unwrap_or_else(Instant::now);
+                            self.start(head, started);
                             continue;
                         }
                         Some(Err(e)) => {
-                            self.header_timer = None;
+                            self.head_timer = None;
+                            self.head_started = None;
                             self.codec_error(e);
                             continue;
                         }
@@ -355,7 +410,7 @@ impl<S: H1Service> H1Server<S> {
                         Poll::Ready(Ok(0)) => return Poll::Ready(Ok(End::Closed)),
                         Poll::Ready(Ok(_)) => continue,
                         Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                        Poll::Pending if self.header_timed_out(cx) => continue,
+                        Poll::Pending if self.head_timed_out(cx) => continue,
                         Poll::Pending => return Poll::Pending,
                     }
                 }
@@ -457,34 +512,36 @@ impl<S: H1Service> H1Server<S> {
         false
     }
 
-    /// Waiting for more of a head: `request_headers_timeout` runs from its first byte, and
-    /// on expiry the client gets Envoy's `408`.
-    fn header_timed_out(&mut self, cx: &mut Context<'_>) -> bool {
-        let Some(timeout) = self.info.settings().request_headers_timeout else {
+    /// Waiting for more of a head: the stream's timers run from its first byte, and the
+    /// first to run out gets its reply (Envoy's `408`s), after which the connection closes.
+    fn head_timed_out(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(started) = self.head_started else {
             return false;
         };
-        if self.t.borrow().rbuf.is_empty() {
-            return false;
+        if self.head_timer.is_none() {
+            let Some((timeout, which)) = self.info.settings().first_head_timer() else {
+                return false;
+            };
+            self.head_timer = Some((Box::pin(Sleep::until(started + timeout)), which));
         }
-        let timer = self
-            .header_timer
-            .get_or_insert_with(|| Box::pin(Sleep::after(timeout)));
+        let Some((timer, which)) = self.head_timer.as_mut() else {
+            return false;
+        };
         if timer.as_mut().poll(cx).is_pending() {
             return false;
         }
-        self.header_timer = None;
-        self.info.count(CodecEvent::HeaderTimeout);
+        let which = *which;
+        self.head_timer = None;
+        self.head_started = None;
         self.t.borrow_mut().rbuf.clear();
         self.exchange = Exchange::default();
-        self.respond(
-            self.info
-                .local_reply(StatusCode::REQUEST_TIMEOUT, "request header timeout"),
-        );
+        let reply = self.info.head_timeout(which, started);
+        self.respond(reply);
         true
     }
 
     /// A request head arrived: the router takes it.
-    fn start(&mut self, head: RequestHead) {
+    fn start(&mut self, head: RequestHead, started: Instant) {
         let RequestHead {
             parts,
             body,
@@ -517,7 +574,7 @@ impl<S: H1Service> H1Server<S> {
             DownstreamUpgrade::Http1(rx)
         });
         let req = Request::from_parts(parts, body);
-        self.phase = Phase::Serve(self.info.clone().serve(req, upgrade));
+        self.phase = Phase::Serve(self.info.clone().serve(req, upgrade, started));
     }
 
     /// The head was refused: Envoy's local reply, then the connection closes.

@@ -101,6 +101,29 @@ impl PrefixedIo {
     pub fn new(prefix: Vec<u8>, io: Transport) -> Self {
         PrefixedIo { prefix, pos: 0, io }
     }
+
+    /// [`hyper::rt::Read::poll_read`], showing `observe` the bytes read (the prefix's
+    /// included) before they are handed over.
+    pub fn poll_read_observed(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut buf: hyper::rt::ReadBufCursor<'_>,
+        observe: impl FnOnce(&[u8]),
+    ) -> Poll<io::Result<()>> {
+        if self.pos < self.prefix.len() {
+            let n = (self.prefix.len() - self.pos).min(buf.remaining());
+            let bytes = &self.prefix[self.pos..self.pos + n];
+            observe(bytes);
+            buf.put_slice(bytes);
+            self.pos += n;
+            if self.pos == self.prefix.len() {
+                self.prefix = Vec::new();
+                self.pos = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        self.io.poll_read_observed(cx, buf, observe)
+    }
 }
 
 impl hyper::rt::Read for PrefixedIo {

@@ -828,6 +828,8 @@ impl HcmConfig {
             allow_chunked_length: self.allow_chunked_length,
             delayed_close_timeout: self.delayed_close_timeout,
             request_headers_timeout: self.request_headers_timeout,
+            stream_idle_timeout: self.stream_idle_timeout,
+            request_timeout: self.request_timeout,
             key_format: self.h1_key_format,
             trailers: self.h1_trailers,
         }

@@ -26,6 +26,7 @@ use mio::event::Event;
 
 use crate::http::codec::body::ProxyBody;
 use crate::http::codec::h1_server::{End, H1Server, ServeFuture};
+use crate::http::codec::h2_head_watch::HeadWatch;
 use crate::http::codec::handoff::PrefixedIo;
 use crate::http::codec::request_fields::is_valid_authority;
 use crate::http::conn_manager::config::{Codec, HcmConfig};
@@ -42,6 +43,7 @@ const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const TIMER_IDLE: u64 = 1;
 const TIMER_MAX_DURATION: u64 = 2;
 const TIMER_HANDSHAKE: u64 = 3;
+const TIMER_H2_HEAD: u64 = 4;
 
 /// The request handler hyper's HTTP/2 server calls.
 #[derive(Clone)]
@@ -71,11 +73,12 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for HcmServic
             self.conn.clone(),
             req.map(|b| ProxyBody::stream(b, None)),
             upgrade,
+            Instant::now(),
         )
     }
 }
 
-type H2Conn = http2::Connection<PrefixedIo, HcmService, LocalExec>;
+type H2Conn = http2::Connection<HeadWatch, HcmService, LocalExec>;
 
 enum State {
     /// The TLS handshake (a chain with a TLS transport socket).
@@ -102,6 +105,11 @@ pub struct HttpConnection {
     info: Rc<ConnInfo>,
     started: Instant,
     shutting_down: bool,
+    /// HTTP/2: since when a client's header block has been waiting for its end (what the
+    /// stream timers run from while hyper has no stream to show yet).
+    h2_head: Option<Rc<Cell<Option<Instant>>>>,
+    /// The open header block the head timer is armed for.
+    h2_head_armed: Option<Instant>,
 }
 
 impl HttpConnection {
@@ -181,6 +189,8 @@ impl HttpConnection {
             info,
             started: ctx.now,
             shutting_down: false,
+            h2_head: None,
+            h2_head_armed: None,
         };
         if let Some(idle) = conn.config.idle_timeout {
             ctx.schedule(me, idle, TIMER_IDLE);
@@ -196,6 +206,9 @@ impl HttpConnection {
             // Finished before it began (peer closed at once); still a handler until the
             // first wake, which the dispatcher delivers right away.
             conn.waker.wake_by_ref();
+        } else {
+            // The first read may already have opened a header block.
+            conn.arm_h2_head_timer(ctx, me);
         }
         Ok(Box::new(conn))
     }
@@ -223,7 +236,9 @@ impl HttpConnection {
         if cfg.h2_allow_connect {
             b.enable_connect_protocol();
         }
-        let conn = b.serve_connection(io, self.service());
+        let open = Rc::new(Cell::new(None));
+        let conn = b.serve_connection(HeadWatch::new(io, open.clone()), self.service());
+        self.h2_head = Some(open);
         cfg.stats.downstream_cx_http2_total.inc(self.worker);
         cfg.stats.downstream_cx_http2_active.inc(self.worker);
         self.info.http2.set(Some(true));
@@ -410,7 +425,28 @@ impl HttpConnection {
         if self.poll() {
             return self.close(ctx, me);
         }
+        self.arm_h2_head_timer(ctx, me);
         Next::Continue
+    }
+
+    /// HTTP/2: a header block that opened and has not ended gets the stream's first timer
+    /// (from the block's first frame), once per block.
+    fn arm_h2_head_timer(&mut self, ctx: &mut Ctx, me: HandlerId) {
+        let Some(since) = self.h2_head.as_ref().and_then(|open| open.get()) else {
+            return;
+        };
+        if self.h2_head_armed == Some(since) {
+            return;
+        }
+        let Some((timeout, _)) = self.info.h1.first_head_timer() else {
+            return;
+        };
+        self.h2_head_armed = Some(since);
+        ctx.schedule(
+            me,
+            (since + timeout).saturating_duration_since(ctx.now),
+            TIMER_H2_HEAD,
+        );
     }
 }
 
@@ -459,6 +495,26 @@ impl EventHandler<WorkerLocal> for HttpConnection {
                     .downstream_cx_transport_socket_connect_timeout
                     .inc(self.worker);
                 tracing::debug!("TLS handshake timed out");
+                self.close(ctx, me)
+            }
+            TIMER_H2_HEAD => {
+                self.h2_head_armed = None;
+                let Some(since) = self.h2_head.as_ref().and_then(|open| open.get()) else {
+                    return Next::Continue;
+                };
+                let Some((timeout, which)) = self.info.h1.first_head_timer() else {
+                    return Next::Continue;
+                };
+                if ctx.now < since + timeout {
+                    // Another block opened since the timer was armed.
+                    self.arm_h2_head_timer(ctx, me);
+                    return Next::Continue;
+                }
+                // Envoy answers the stream a 408 and resets it; hyper has no stream to
+                // answer until the block ends, and until then nothing else may cross the
+                // connection (RFC 9113 §6.10): it closes.
+                tracing::debug!(timer = ?which, "HTTP/2 request head timed out; closing the connection");
+                self.info.head_timed_out(which, since, None, 0);
                 self.close(ctx, me)
             }
             TIMER_MAX_DURATION => {

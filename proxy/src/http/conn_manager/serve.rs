@@ -25,7 +25,7 @@ use crate::filters::http::rbac::RbacRules;
 use crate::filters::http::rbac::{RbacFilter, RequestView, XffTrust};
 use crate::filters::http::HttpFilter;
 use crate::http::codec::body::ProxyBody;
-use crate::http::codec::h1_server::{CodecEvent, H1Service, H1Settings, ServeFuture};
+use crate::http::codec::h1_server::{CodecEvent, H1Service, H1Settings, HeadTimeout, ServeFuture};
 use crate::http::codec::handoff::DownstreamUpgrade;
 use crate::http::conn_manager::access_log::LogEntry;
 use crate::http::conn_manager::config::{EscapedSlashes, HcmConfig, RouteSource, UnderscoreAction};
@@ -61,10 +61,11 @@ pub fn serve_boxed(
     conn: Rc<ConnInfo>,
     req: Request<ProxyBody>,
     upgrade: Option<DownstreamUpgrade>,
+    start: Instant,
 ) -> ServeFuture {
     // The box is allocated before the future is built (arguments are evaluated in order),
     // so that it is built where it stays.
-    pin_in(Box::new_uninit(), serve(conn, req, upgrade)) as ServeFuture
+    pin_in(Box::new_uninit(), serve(conn, req, upgrade, start)) as ServeFuture
 }
 
 /// `value` in `slot`, pinned.
@@ -94,16 +95,18 @@ impl Drop for ActiveRequest {
 }
 
 /// Handles one request end to end. `upgrade` delivers the downstream connection (or HTTP/2
-/// stream) once the response accepting an upgrade request is sent.
+/// stream) once the response accepting an upgrade request is sent. The stream started at
+/// `start` (an HTTP/1.1 head's first byte): `request_timeout` and the logged duration run
+/// from there, as Envoy's.
 pub async fn serve(
     conn: Rc<ConnInfo>,
     req: Request<ProxyBody>,
     upgrade: Option<DownstreamUpgrade>,
+    start: Instant,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let cfg = conn.config.clone();
     let worker = conn.worker;
-    let start = Instant::now();
-    let start_wall = SystemTime::now();
+    let start_wall = wall_clock_at(start);
     let active = count_request(&conn, &req, start);
     let log = RequestLog::of(&cfg, &req);
     let mut outcome = Outcome {
@@ -186,6 +189,12 @@ pub async fn serve(
         body.enforce_idle_timeout(idle);
     }
     Ok(Response::from_parts(parts, body))
+}
+
+/// The wall-clock time of `at`, a moment just past.
+fn wall_clock_at(at: Instant) -> SystemTime {
+    let now = SystemTime::now();
+    now.checked_sub(at.elapsed()).unwrap_or(now)
 }
 
 /// Counts a new request on its connection (`downstream_rq_total`, by protocol, and
@@ -1251,8 +1260,9 @@ impl H1Service for ConnInfo {
         self: Rc<Self>,
         req: Request<ProxyBody>,
         upgrade: Option<DownstreamUpgrade>,
+        started: Instant,
     ) -> ServeFuture {
-        serve_boxed(self, req, upgrade)
+        serve_boxed(self, req, upgrade, started)
     }
 
     fn local_reply(&self, status: StatusCode, body: &str) -> Response<ProxyBody> {
@@ -1269,7 +1279,80 @@ impl H1Service for ConnInfo {
         let stats = &self.config.stats;
         match event {
             CodecEvent::ProtocolError => stats.downstream_cx_protocol_error.inc(self.worker),
-            CodecEvent::HeaderTimeout => stats.downstream_rq_header_timeout.inc(self.worker),
+        }
+    }
+
+    /// Envoy's stream for a head that never finished: answered `408`, counted and logged
+    /// by [`ConnInfo::head_timed_out`].
+    fn head_timeout(&self, which: HeadTimeout, started: Instant) -> Response<ProxyBody> {
+        let mut resp = local_reply(StatusCode::REQUEST_TIMEOUT, which.reply_body());
+        finish_response(&self.config, &mut resp);
+        let sent = resp.body().size_hint().exact().unwrap_or(0);
+        self.head_timed_out(which, started, Some(&resp), sent);
+        resp
+    }
+}
+
+impl ConnInfo {
+    /// Counts and logs a stream whose head never finished, as Envoy's: a request (total, by
+    /// protocol, completed) and its timer's counter; with `resp` (HTTP/1.1's `408`) a 4xx,
+    /// without one (an HTTP/2 connection closed instead) status 0. The access log has no
+    /// request fields (`-`) and the flag `SI` for the idle timeout.
+    pub(crate) fn head_timed_out(
+        &self,
+        which: HeadTimeout,
+        started: Instant,
+        resp: Option<&Response<ProxyBody>>,
+        bytes_sent: u64,
+    ) {
+        let cfg = &self.config;
+        let (stats, w) = (&cfg.stats, self.worker);
+        let (counter, flags) = match which {
+            HeadTimeout::StreamIdle => (&stats.downstream_rq_idle_timeout, "SI"),
+            HeadTimeout::Request => (&stats.downstream_rq_timeout, "-"),
+            HeadTimeout::RequestHeaders => (&stats.downstream_rq_header_timeout, "-"),
+        };
+        counter.inc(w);
+        self.requests.set(self.requests.get() + 1);
+        stats.downstream_rq_total.inc(w);
+        let version = if self.http2.get() == Some(true) {
+            stats.downstream_rq_http2_total.inc(w);
+            Version::HTTP_2
+        } else {
+            stats.downstream_rq_http1_total.inc(w);
+            Version::HTTP_11
+        };
+        let status = resp.map_or(0, |r| r.status().as_u16());
+        if resp.is_some() {
+            stats.downstream_rq_xx[3].inc(w);
+        }
+        stats.downstream_rq_completed.inc(w);
+        if cfg.access_logs.is_empty() {
+            return;
+        }
+        let no_headers = http::HeaderMap::new();
+        let entry = LogEntry {
+            start: wall_clock_at(started),
+            method: "",
+            path: "",
+            authority: "",
+            protocol: protocol_name(version),
+            request: &no_headers,
+            response: resp.map(|r| r.headers()),
+            status,
+            flags,
+            bytes_received: 0,
+            bytes_sent,
+            duration: started.elapsed(),
+            upstream_host: None,
+            upstream_cluster: None,
+            remote: self.remote,
+            route_name: "",
+            tls: self.tls.get().map(|t| &**t),
+            requested_server_name: self.requested_server_name.as_deref(),
+        };
+        for l in &cfg.access_logs {
+            l.log(&entry);
         }
     }
 }

@@ -88,9 +88,10 @@ fn header<'a>(
 ) -> Val<'a> {
     let get = |n: &str| -> Option<Cow<'a, str>> {
         match n {
-            ":method" => Some(Cow::Borrowed(e.method)),
-            ":path" => Some(Cow::Borrowed(e.path)),
-            ":authority" => Some(Cow::Borrowed(e.authority)),
+            // Empty: a stream whose head never arrived (Envoy's `-`).
+            ":method" => (!e.method.is_empty()).then_some(Cow::Borrowed(e.method)),
+            ":path" => (!e.path.is_empty()).then_some(Cow::Borrowed(e.path)),
+            ":authority" => (!e.authority.is_empty()).then_some(Cow::Borrowed(e.authority)),
             ":status" => Some(Cow::Owned(e.status.to_string())),
             _ => map?.get(n)?.to_str().ok().map(Cow::Borrowed),
         }

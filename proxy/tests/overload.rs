@@ -9,6 +9,7 @@ mod http_support;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use http_support::*;
@@ -254,22 +255,214 @@ fn overload_settings_not_built_or_invalid_are_refused_by_path() {
     typed_config:
       \"@type\": type.googleapis.com/envoy.extensions.resource_monitors.fixed_heap.v3.FixedHeapConfig
       max_heap_size_bytes: 1000000
+  actions:
+  - name: envoy.overload_actions.stop_accepting_requests
+    triggers: [{ name: envoy.resource_monitors.cgroup_memory, threshold: { value: 0.9 } }]
 "
             .to_string(),
-            "overload_manager.resource_monitors[0]: Didn't find a registered implementation",
+            "overload_manager.actions[0].triggers[0].name: Unknown trigger resource envoy.resource_monitors.cgroup_memory",
         ),
         (
             "overload_manager:
+  resource_monitors:
+  - name: envoy.resource_monitors.fixed_heap
+    typed_config:
+      \"@type\": type.googleapis.com/envoy.extensions.resource_monitors.fixed_heap.v3.FixedHeapConfig
+      max_heap_size_bytes: 1000000
   actions:
-  - name: envoy.overload_actions.stop_accepting_requests
-    triggers: [{ name: m, threshold: { value: 0.9 } }]
+  - name: envoy.overload_actions.reduce_timeouts
+    triggers: [{ name: envoy.resource_monitors.fixed_heap, scaled: { scaling_threshold: 0.8, saturation_threshold: 0.9 } }]
 "
             .to_string(),
-            "overload_manager.actions",
+            "overload_manager.actions[0].name (envoy.overload_actions.reduce_timeouts)",
+        ),
+        (
+            "overload_manager:
+  resource_monitors:
+  - name: envoy.resource_monitors.fixed_heap
+    typed_config:
+      \"@type\": type.googleapis.com/envoy.extensions.resource_monitors.fixed_heap.v3.FixedHeapConfig
+      max_heap_size_bytes: 1000000
+  actions:
+  - name: envoy.overload_actions.shrink_heap
+    triggers: [{ name: envoy.resource_monitors.fixed_heap, scaled: { scaling_threshold: 0.9, saturation_threshold: 0.8 } }]
+"
+            .to_string(),
+            "scaling_threshold must be less than saturation_threshold",
         ),
     ] {
         let (code, stderr) = validate(&direct_bootstrap(&extra));
         assert_eq!(code, Some(1), "{stderr}");
         assert!(stderr.contains(want), "want {want:?} in {stderr}");
     }
+}
+
+/// Writes a pressure as operators (and Envoy's watch) expect: a new file renamed over
+/// the old one.
+fn set_pressure(path: &Path, p: f64) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, format!("{p}")).expect("write pressure");
+    std::fs::rename(&tmp, path).expect("rename pressure");
+}
+
+/// Waits until gauge `name` reads `want`.
+fn wait_gauge(proxy: &Courier, name: &str, want: u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while proxy.stat(name) != want {
+        assert!(Instant::now() < deadline, "{name} never became {want}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// One request on a new connection: its status line, whether it said `connection:
+/// close`, and its body; `None` when the connection closed unanswered.
+fn one_request(addr: SocketAddr) -> Option<(String, bool, String)> {
+    let mut c = TcpStream::connect(addr).ok()?;
+    c.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    c.write_all(b"GET / HTTP/1.1\r\nhost: h\r\n\r\n").ok()?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 1024];
+    loop {
+        match c.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+        let text = String::from_utf8_lossy(&buf);
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let len = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length: ")
+                        .map(str::to_string)
+                })
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .unwrap_or(0);
+            if body.len() >= len {
+                break;
+            }
+        }
+    }
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let status = head.lines().next()?.to_string();
+    let close = head.to_ascii_lowercase().contains("\r\nconnection: close");
+    Some((status, close, body.to_string()))
+}
+
+const ACTIONS: &str = "overload_manager:
+  refresh_interval: 0.05s
+  resource_monitors:
+  - name: envoy.resource_monitors.injected_resource
+    typed_config:
+      \"@type\": type.googleapis.com/envoy.extensions.resource_monitors.injected_resource.v3.InjectedResourceConfig
+      filename: PRESSURE_FILE
+  actions:
+  - name: envoy.overload_actions.disable_http_keepalive
+    triggers: [{ name: envoy.resource_monitors.injected_resource, threshold: { value: 0.8 } }]
+  - name: envoy.overload_actions.stop_accepting_requests
+    triggers: [{ name: envoy.resource_monitors.injected_resource, threshold: { value: 0.9 } }]
+  - name: envoy.overload_actions.reject_incoming_connections
+    triggers: [{ name: envoy.resource_monitors.injected_resource, threshold: { value: 0.95 } }]
+  - name: envoy.overload_actions.stop_accepting_connections
+    triggers: [{ name: envoy.resource_monitors.injected_resource, threshold: { value: 0.99 } }]
+";
+
+/// Pressure stepped up through every action and back down.
+fn stepped(proxy: &Courier, pressure: &Path) -> Vec<String> {
+    let action = |a: &str| format!("overload.envoy.overload_actions.{a}.active");
+    let mut out = Vec::new();
+    let step = |label: &str, p: f64, active: &[&str], out: &mut Vec<String>| {
+        set_pressure(pressure, p);
+        wait_gauge(
+            proxy,
+            "overload.envoy.resource_monitors.injected_resource.pressure",
+            (p * 100.0) as u64,
+        );
+        for a in active {
+            wait_gauge(proxy, &action(a), 1);
+        }
+        out.push(format!("{label}: {:?}", one_request(proxy.listener)));
+    };
+    step("calm", 0.1, &[], &mut out);
+    step("keepalive off", 0.85, &["disable_http_keepalive"], &mut out);
+    step(
+        "requests refused",
+        0.92,
+        &["stop_accepting_requests"],
+        &mut out,
+    );
+    step(
+        "connections rejected",
+        0.97,
+        &["reject_incoming_connections"],
+        &mut out,
+    );
+    // Not accepting: the connection waits in the backlog and is served once the
+    // pressure falls.
+    set_pressure(pressure, 1.0);
+    wait_gauge(proxy, &action("stop_accepting_connections"), 1);
+    let listener = proxy.listener;
+    let waiting = std::thread::spawn(move || one_request(listener));
+    let before = proxy.stat(&format!(
+        "listener.127.0.0.1_{}.downstream_cx_total",
+        proxy.listener.port()
+    ));
+    set_pressure(pressure, 0.1);
+    out.push(format!(
+        "held then served: {:?}",
+        waiting.join().expect("client")
+    ));
+    out.push(format!("accepted while stopped: {}", before));
+    for a in [
+        "disable_http_keepalive",
+        "stop_accepting_requests",
+        "reject_incoming_connections",
+        "stop_accepting_connections",
+    ] {
+        wait_gauge(proxy, &action(a), 0);
+    }
+    let stat = |s: &str| proxy.stat(s);
+    out.push(format!(
+        "disable_keepalive={} overload_close={} overload_reject={}",
+        stat("http.ingress.downstream_cx_overload_disable_keepalive"),
+        stat("http.ingress.downstream_rq_overload_close"),
+        stat(&format!(
+            "listener.127.0.0.1_{}.downstream_cx_overload_reject",
+            proxy.listener.port()
+        )),
+    ));
+    out
+}
+
+#[test]
+fn overload_actions_follow_pressure_like_envoy() {
+    let run = |start: &dyn Fn(&str) -> Option<Courier>| {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pressure = dir.path().join("pressure");
+        set_pressure(&pressure, 0.0);
+        let boot =
+            direct_bootstrap(&ACTIONS.replace("PRESSURE_FILE", &pressure.display().to_string()));
+        let proxy = start(&boot)?;
+        settle(&proxy);
+        Some(stepped(&proxy, &pressure))
+    };
+    let got = run(&|b| Some(Courier::start(b))).expect("courier starts");
+    if let Some(envoy) = run(&|b| Courier::start_envoy(b)) {
+        assert_eq!(envoy, got, "envoy vs courier");
+    }
+    assert_eq!(got[0], r#"calm: Some(("HTTP/1.1 200 OK", false, "ok"))"#);
+    assert_eq!(
+        got[1],
+        r#"keepalive off: Some(("HTTP/1.1 200 OK", true, "ok"))"#
+    );
+    assert!(
+        got[2].contains("503 Service Unavailable") && got[2].contains("envoy overloaded"),
+        "{got:#?}"
+    );
+    assert_eq!(got[3], "connections rejected: None");
+    assert_eq!(
+        got[4],
+        r#"held then served: Some(("HTTP/1.1 200 OK", false, "ok"))"#
+    );
 }

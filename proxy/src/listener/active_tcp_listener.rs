@@ -9,10 +9,14 @@ use mio::Interest;
 
 use super::accept_backoff::{is_transient, AcceptBackoff};
 use super::ListenerConfig;
+use crate::overload::actions;
 use crate::overload::connection_limit::ConnectionPermit;
 use crate::worker::{Ctx, EventHandler, HandlerId, Next, WorkerLocal};
 
 const TIMER_RESUME_ACCEPT: u64 = 1;
+const TIMER_OVERLOAD_RECHECK: u64 = 2;
+/// How often a listener stopped by the overload manager looks again.
+const OVERLOAD_RECHECK: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Accepts connections on one worker's socket and hands each to its filter chain. The
 /// listener's current config is read from the worker's listener table on every accept, so
@@ -23,6 +27,8 @@ pub struct ActiveTcpListener {
     /// Pauses accepting while `accept` fails (the descriptor limit): one retry pending at
     /// most, however many connections arrive meanwhile.
     backoff: AcceptBackoff,
+    /// Not accepting under `stop_accepting_connections` (a re-check timer is pending).
+    overload_paused: bool,
 }
 
 impl ActiveTcpListener {
@@ -41,10 +47,20 @@ impl ActiveTcpListener {
             name,
             socket,
             backoff: AcceptBackoff::new(),
+            overload_paused: false,
         }))
     }
 
     fn accept_all(&mut self, ctx: &mut Ctx, me: HandlerId) -> Next {
+        // The overload manager's `stop_accepting_connections`: connections wait in the
+        // kernel's backlog; one timer looks again, however many arrive meanwhile.
+        if actions::states().stop_accepting_connections >= 1.0 {
+            if !self.overload_paused {
+                self.overload_paused = true;
+                ctx.schedule(me, OVERLOAD_RECHECK, TIMER_OVERLOAD_RECHECK);
+            }
+            return Next::Continue;
+        }
         let Some(config) = ctx
             .local
             .listeners
@@ -57,6 +73,11 @@ impl ActiveTcpListener {
             match self.socket.accept() {
                 Ok((stream, _peer)) => {
                     self.backoff.accepted(&self.name);
+                    // The overload manager's `reject_incoming_connections`.
+                    if actions::applies(actions::states().reject_incoming_connections) {
+                        config.stats.downstream_cx_overload_reject.inc(ctx.local.id);
+                        continue;
+                    }
                     let permit = if config.ignore_global_conn_limit {
                         Some(ConnectionPermit::exempt())
                     } else {
@@ -123,13 +144,20 @@ impl EventHandler<WorkerLocal> for ActiveTcpListener {
     fn on_ready(&mut self, _source: usize, _event: &Event, ctx: &mut Ctx, me: HandlerId) -> Next {
         // Paused: the pending retry takes what arrived meanwhile (a retry per arrival
         // would multiply the retries, and the log, with every queued connection).
-        if self.backoff.paused() {
+        if self.backoff.paused() || self.overload_paused {
             return Next::Continue;
         }
         self.accept_all(ctx, me)
     }
 
     fn on_timer(&mut self, tag: u64, ctx: &mut Ctx, me: HandlerId) -> Next {
+        if tag == TIMER_OVERLOAD_RECHECK {
+            self.overload_paused = false;
+            if self.backoff.paused() {
+                return Next::Continue;
+            }
+            return self.accept_all(ctx, me);
+        }
         if tag == TIMER_RESUME_ACCEPT {
             self.backoff.resume();
             return self.accept_all(ctx, me);

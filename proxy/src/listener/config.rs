@@ -35,6 +35,9 @@ pub struct ListenerStats {
     /// `downstream_global_cx_overflow`: connections closed at accept, the process being
     /// at its global connection limit.
     pub downstream_global_cx_overflow: Arc<Counter>,
+    /// `downstream_cx_overload_reject`: connections closed at accept by the overload
+    /// manager's `reject_incoming_connections`.
+    pub downstream_cx_overload_reject: Arc<Counter>,
     /// `ssl.*`, when a chain terminates TLS.
     pub ssl: Option<Arc<SslStats>>,
 }
@@ -53,6 +56,7 @@ impl ListenerStats {
             ),
             downstream_pre_cx_timeout: c("downstream_pre_cx_timeout"),
             downstream_global_cx_overflow: c("downstream_global_cx_overflow"),
+            downstream_cx_overload_reject: c("downstream_cx_overload_reject"),
             ssl: tls.then(|| SslStats::new(store, &format!("listener.{prefix}"), true)),
         })
     }

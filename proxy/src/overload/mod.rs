@@ -1,74 +1,76 @@
-//! The overload manager (bootstrap `overload_manager`): resource monitors and what the
-//! proxy does when a resource runs short.
+//! The overload manager (bootstrap `overload_manager`): resource monitors, and the actions
+//! the proxy takes as resources run short.
 //!
-//! Built: the `envoy.resource_monitors.global_downstream_max_connections` monitor
-//! (`DownstreamConnectionsConfig`), a proactive resource checked by every worker as it
-//! accepts ([`connection_limit`]); without it, the runtime key
-//! `overload.global_downstream_max_connections`, as in Envoy, and else — where Envoy has
-//! no limit — a default derived from the file-descriptor limit, so that a connection
-//! flood is refused cleanly (`downstream_global_cx_overflow`) before descriptors run out
-//! for upstreams and the admin. A listener with `ignore_global_conn_limit` is exempt.
+//! - Reactive monitors (`monitors.rs`: `injected_resource`, `fixed_heap`,
+//!   `cgroup_memory`) are read on the main thread every `refresh_interval` (1 s by
+//!   default); each action's state is the highest of its triggers' (`actions.rs`), and
+//!   the states the workers act on are published to them through a slot when they
+//!   change. Stats as Envoy's: `overload.<monitor>.pressure` (percent),
+//!   `failed_updates`, `overload.<action>.active` and `scale_percent`.
+//! - The `envoy.resource_monitors.global_downstream_max_connections` monitor is a
+//!   proactive limit checked by every worker as it accepts ([`connection_limit`]);
+//!   without it, the runtime key `overload.global_downstream_max_connections`, as in
+//!   Envoy, and else — where Envoy has no limit — a default derived from the
+//!   file-descriptor limit, so that a connection flood is refused cleanly
+//!   (`downstream_global_cx_overflow`) before descriptors run out for upstreams and the
+//!   admin. A listener with `ignore_global_conn_limit` is exempt.
 //!
-//! Not built yet, refused by path: reactive monitors (`fixed_heap`, `cgroup_memory`, …),
-//! `actions`, `loadshed_points`, `buffer_factory_config`.
+//! Not built yet, refused by path: the `reduce_timeouts` and `reset_high_memory_stream`
+//! actions, `loadshed_points`, `buffer_factory_config`.
 
+pub mod actions;
 pub mod connection_limit;
+mod monitors;
+
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use courier_proto::envoy::config::overload::v3::resource_monitor::ConfigType;
-use courier_proto::envoy::config::overload::v3::OverloadManager;
-use courier_proto::envoy::extensions::resource_monitors::downstream_connections::v3::DownstreamConnectionsConfig;
-use courier_proto::google::protobuf::Any;
+use courier_proto::envoy::config::overload::v3::OverloadManager as OverloadManagerProto;
+use courier_runtime::thread_local::Slot;
 
 use crate::config::ConfigError;
-use crate::extensions::{Factory, Registry};
+use crate::stats::{Counter, Gauge, Store, MAIN_THREAD};
+use actions::{Action, ActionKind, ActionStates};
 use connection_limit::LimitSource;
+use monitors::{Monitor, RESOURCE_MONITORS};
 
 /// The name the downstream-connections monitor must have (Envoy's proactive resource).
 pub const GLOBAL_DOWNSTREAM_MAX_CONNECTIONS: &str =
     "envoy.resource_monitors.global_downstream_max_connections";
 
-/// What a resource monitor compiles to.
-enum Monitor {
-    /// A proactive limit on downstream connections.
-    DownstreamConnections(u64),
+/// How often free heap is given back while `shrink_heap` is active (Envoy's period).
+const SHRINK_HEAP_EVERY: Duration = Duration::from_secs(10);
+
+/// The bootstrap's `overload_manager`, compiled.
+#[derive(Debug, Clone)]
+pub struct OverloadConfig {
+    /// Where the global connection limit comes from.
+    pub connection_limit: LimitSource,
+    refresh_interval: Duration,
+    monitors: Vec<(String, Monitor)>,
+    actions: Vec<Action>,
 }
 
-type BuildMonitor = fn(&Any) -> Result<Monitor, ConfigError>;
-
-/// The resource monitors an `overload_manager` may name.
-static RESOURCE_MONITORS: Registry<BuildMonitor> = Registry {
-    point: "resource monitor",
-    factories: &[Factory {
-        type_name: "envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig",
-        name: GLOBAL_DOWNSTREAM_MAX_CONNECTIONS,
-        build: downstream_connections,
-    }],
-};
-
-fn downstream_connections(any: &Any) -> Result<Monitor, ConfigError> {
-    let c: DownstreamConnectionsConfig = courier_proto::unpack_any(any)
-        .map_err(|e| ConfigError::new("typed_config", e.to_string()))?;
-    let max = u64::try_from(c.max_active_downstream_connections)
-        .ok()
-        .filter(|m| *m > 0)
-        .ok_or_else(|| {
-            ConfigError::new(
-                "typed_config.max_active_downstream_connections",
-                "value must be greater than 0",
-            )
-        })?;
-    Ok(Monitor::DownstreamConnections(max))
-}
-
-/// Where the global connection limit comes from, per the bootstrap's `overload_manager`
-/// (checked as Envoy checks it; what is not built is refused by path).
-pub fn compile(om: Option<&OverloadManager>, nofile: u64) -> Result<LimitSource, ConfigError> {
+/// Compiles the bootstrap's `overload_manager` (checked as Envoy checks it; what is not
+/// built is refused by path). `nofile` is the descriptor limit the default connection
+/// limit comes from.
+pub fn compile(
+    om: Option<&OverloadManagerProto>,
+    nofile: u64,
+) -> Result<OverloadConfig, ConfigError> {
     let default = LimitSource::RuntimeOrDefault(connection_limit::default_from_fd_limit(nofile));
+    let mut config = OverloadConfig {
+        connection_limit: default,
+        refresh_interval: Duration::from_secs(1),
+        monitors: Vec::new(),
+        actions: Vec::new(),
+    };
     let Some(om) = om else {
-        return Ok(default);
+        return Ok(config);
     };
     for (field, set) in [
-        ("overload_manager.actions", !om.actions.is_empty()),
         (
             "overload_manager.loadshed_points",
             !om.loadshed_points.is_empty(),
@@ -82,11 +84,13 @@ pub fn compile(om: Option<&OverloadManager>, nofile: u64) -> Result<LimitSource,
             return Err(ConfigError::unsupported(field));
         }
     }
-    let mut source = default;
-    let mut names = std::collections::HashSet::new();
+    if let Some(r) = &om.refresh_interval {
+        config.refresh_interval = crate::config::duration(r, "overload_manager.refresh_interval")?
+            .max(Duration::from_millis(1));
+    }
     for (i, m) in om.resource_monitors.iter().enumerate() {
         let path = format!("overload_manager.resource_monitors[{i}]");
-        if !names.insert(m.name.as_str()) {
+        if config.monitors.iter().any(|(n, _)| *n == m.name) {
             return Err(ConfigError::new(
                 format!("{path}.name"),
                 format!("Duplicate resource monitor {}", m.name),
@@ -99,21 +103,158 @@ pub fn compile(om: Option<&OverloadManager>, nofile: u64) -> Result<LimitSource,
         let Some(found) = RESOURCE_MONITORS.resolve(typed, &m.name, false, &path)? else {
             continue;
         };
-        let config = found.config.unwrap_or_default();
-        match (found.factory.build)(&config).map_err(|e| e.at(&path))? {
-            Monitor::DownstreamConnections(max) => {
-                if m.name != GLOBAL_DOWNSTREAM_MAX_CONNECTIONS {
-                    return Err(ConfigError::new(
-                        format!("{path}.name"),
-                        format!(
-                            "the downstream connections monitor must be named {GLOBAL_DOWNSTREAM_MAX_CONNECTIONS}, not {}",
-                            m.name
-                        ),
-                    ));
+        let any = found.config.unwrap_or_default();
+        let monitor = (found.factory.build)(&any).map_err(|e| e.at(&path))?;
+        if let Monitor::DownstreamConnections(max) = monitor {
+            if m.name != GLOBAL_DOWNSTREAM_MAX_CONNECTIONS {
+                return Err(ConfigError::new(
+                    format!("{path}.name"),
+                    format!(
+                        "the downstream connections monitor must be named {GLOBAL_DOWNSTREAM_MAX_CONNECTIONS}, not {}",
+                        m.name
+                    ),
+                ));
+            }
+            config.connection_limit = LimitSource::Monitor(max);
+        }
+        config.monitors.push((m.name.clone(), monitor));
+    }
+    for (i, a) in om.actions.iter().enumerate() {
+        let path = format!("overload_manager.actions[{i}]");
+        if config.actions.iter().any(|x| x.name == a.name) {
+            return Err(ConfigError::new(
+                format!("{path}.name"),
+                format!("Duplicate overload action {}", a.name),
+            ));
+        }
+        let monitors = &config.monitors;
+        let find = |name: &str| {
+            monitors.iter().position(|(n, _)| n == name).map(|i| {
+                if monitors[i].1.is_proactive() {
+                    Err(())
+                } else {
+                    Ok(i)
                 }
-                source = LimitSource::Monitor(max);
+            })
+        };
+        config.actions.push(actions::compile(a, &path, &find)?);
+    }
+    Ok(config)
+}
+
+struct MonitorStats {
+    pressure: Arc<Gauge>,
+    failed_updates: Arc<Counter>,
+}
+
+struct ActionStats {
+    active: Arc<Gauge>,
+    scale_percent: Arc<Gauge>,
+}
+
+/// The main thread's overload manager: reads the monitors, computes the actions' states,
+/// publishes what workers act on.
+pub struct OverloadManager {
+    config: OverloadConfig,
+    slot: Slot<ActionStates>,
+    monitor_stats: Vec<Option<MonitorStats>>,
+    action_stats: Vec<ActionStats>,
+}
+
+impl OverloadManager {
+    /// Sets the connection limit and starts the refresh loop (when a reactive monitor
+    /// is configured).
+    pub fn start(config: OverloadConfig, store: &Store, slot: Slot<ActionStates>) {
+        connection_limit::configure(config.connection_limit);
+        slot.set(Arc::new(ActionStates::default()));
+        let monitor_stats = config
+            .monitors
+            .iter()
+            .map(|(name, m)| {
+                (!m.is_proactive()).then(|| MonitorStats {
+                    pressure: store.gauge(&format!("overload.{name}.pressure")),
+                    failed_updates: store.counter(&format!("overload.{name}.failed_updates")),
+                })
+            })
+            .collect();
+        let action_stats = config
+            .actions
+            .iter()
+            .map(|a| ActionStats {
+                active: store.gauge(&format!("overload.{}.active", a.name)),
+                scale_percent: store.gauge(&format!("overload.{}.scale_percent", a.name)),
+            })
+            .collect();
+        if config.actions.is_empty() {
+            return;
+        }
+        let manager = Rc::new(OverloadManager {
+            config,
+            slot,
+            monitor_stats,
+            action_stats,
+        });
+        tokio::task::spawn_local(async move {
+            let mut published = ActionStates::default();
+            let mut last_shrink: Option<Instant> = None;
+            let mut pressures: Vec<Option<f64>> = vec![None; manager.config.monitors.len()];
+            loop {
+                manager.refresh(&mut pressures, &mut published, &mut last_shrink);
+                tokio::time::sleep(manager.config.refresh_interval).await;
+            }
+        });
+    }
+
+    /// One refresh: the monitors read (a failed read keeps the last pressure, counted),
+    /// every action's state, the workers' states published if changed.
+    fn refresh(
+        &self,
+        pressures: &mut [Option<f64>],
+        published: &mut ActionStates,
+        last_shrink: &mut Option<Instant>,
+    ) {
+        for (i, (name, monitor)) in self.config.monitors.iter().enumerate() {
+            let Some(stats) = &self.monitor_stats[i] else {
+                continue;
+            };
+            match monitor.pressure() {
+                Ok(p) => {
+                    pressures[i] = Some(p);
+                    stats.pressure.set((p * 100.0) as i64);
+                }
+                Err(e) => {
+                    stats.failed_updates.inc(MAIN_THREAD);
+                    tracing::debug!(monitor = %name, error = %e, "resource monitor update failed");
+                }
             }
         }
+        let mut states = ActionStates::default();
+        for (action, stats) in self.config.actions.iter().zip(&self.action_stats) {
+            let state = action
+                .triggers
+                .iter()
+                .filter_map(|t| pressures[t.monitor].map(|p| t.state(p)))
+                .fold(0.0, f64::max);
+            stats.active.set(i64::from(state >= 1.0));
+            stats.scale_percent.set((state * 100.0) as i64);
+            match action.kind {
+                ActionKind::StopAcceptingRequests => states.stop_accepting_requests = state,
+                ActionKind::DisableHttpKeepalive => states.disable_http_keepalive = state,
+                ActionKind::StopAcceptingConnections => states.stop_accepting_connections = state,
+                ActionKind::RejectIncomingConnections => states.reject_incoming_connections = state,
+                ActionKind::ShrinkHeap => {
+                    let due = last_shrink.is_none_or(|t| t.elapsed() >= SHRINK_HEAP_EVERY);
+                    if state >= 1.0 && due {
+                        crate::memory::release_free_heap();
+                        *last_shrink = Some(Instant::now());
+                    }
+                }
+            }
+        }
+        if states != *published {
+            tracing::info!(?states, "overload action states changed");
+            *published = states;
+            self.slot.set(Arc::new(states));
+        }
     }
-    Ok(source)
 }

@@ -223,9 +223,9 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     }
     // The default connection limit is derived from the raised limit (1024 if unreadable).
     let nofile = super::fd_limit::raise().map_or(1024, |l| l.soft);
-    let connection_limit = crate::overload::compile(bootstrap.overload_manager.as_ref(), nofile)
+    let overload = crate::overload::compile(bootstrap.overload_manager.as_ref(), nofile)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    match connection_limit {
+    match overload.connection_limit {
         crate::overload::connection_limit::LimitSource::Monitor(max) => {
             tracing::info!(max, "global downstream connection limit (overload manager)")
         }
@@ -238,7 +238,6 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
             )
         }
     }
-    crate::overload::connection_limit::configure(connection_limit);
     let concurrency = options.concurrency();
     let store = Store::new(concurrency);
     crate::transport_socket::tls::sds::set_store(&store);
@@ -249,6 +248,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         tls.allocate_slot_applied::<ClusterSnapshot>(ThreadLocalClusterManager::apply);
     let route_slot = tls.allocate_slot_applied::<RouteSnapshot>(rds::apply_on_worker);
     let runtime_slot = tls.allocate_slot::<crate::layered_runtime::Snapshot>();
+    let overload_slot = tls.allocate_slot_applied(crate::overload::actions::apply_on_worker);
     let mut workers = Vec::with_capacity(concurrency);
     for id in 0..concurrency {
         workers.push(Worker::spawn(id).context("starting worker threads")?);
@@ -298,6 +298,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("{e}"))?,
     );
     crate::layered_runtime::Loader::watch_disk_layers(runtime.clone());
+    crate::overload::OverloadManager::start(overload, &store, overload_slot);
     let mut listener_manager =
         ListenerManager::new(store.clone(), tls.clone(), options.drain_time());
     listener_manager.set_ads_configured(ads_configured(&bootstrap));

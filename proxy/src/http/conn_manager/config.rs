@@ -106,6 +106,11 @@ pub struct HttpStats {
     pub downstream_cx_protocol_error: Arc<Counter>,
     /// `downstream_cx_drain_close`.
     pub downstream_cx_drain_close: Arc<Counter>,
+    /// `downstream_cx_overload_disable_keepalive`: responses that ended their connection
+    /// under the `disable_http_keepalive` overload action.
+    pub downstream_cx_overload_disable_keepalive: Arc<Counter>,
+    /// `downstream_rq_overload_close`: requests refused under `stop_accepting_requests`.
+    pub downstream_rq_overload_close: Arc<Counter>,
     /// `downstream_rq_total`.
     pub downstream_rq_total: Arc<Counter>,
     /// `downstream_rq_active`.
@@ -164,6 +169,8 @@ impl HttpStats {
             downstream_cx_max_duration_reached: c("downstream_cx_max_duration_reached"),
             downstream_cx_protocol_error: c("downstream_cx_protocol_error"),
             downstream_cx_drain_close: c("downstream_cx_drain_close"),
+            downstream_cx_overload_disable_keepalive: c("downstream_cx_overload_disable_keepalive"),
+            downstream_rq_overload_close: c("downstream_rq_overload_close"),
             downstream_rq_total: c("downstream_rq_total"),
             downstream_rq_active: g("downstream_rq_active"),
             downstream_rq_http1_total: c("downstream_rq_http1_total"),

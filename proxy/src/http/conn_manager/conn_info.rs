@@ -63,6 +63,14 @@ impl ConnInfo {
             self.config.stats.downstream_cx_drain_close.inc(self.worker);
         }
     }
+
+    /// Ends the connection after the current response without counting a drain (the
+    /// overload manager's `disable_http_keepalive`): HTTP/1.1 `connection: close`,
+    /// HTTP/2 GOAWAY.
+    pub fn close_after_response(&self) {
+        self.closing.set(true);
+        self.draining.set(true);
+    }
 }
 
 /// The connection counts as active until its last holder is gone: the connection itself,

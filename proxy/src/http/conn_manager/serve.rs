@@ -42,6 +42,7 @@ use crate::http::router::{
     forward, is_scheme, redirect, tls_redirect, Internal, Outcome, X_ENVOY_EXTERNAL_ADDRESS,
     X_ENVOY_FORCE_TRACE, X_ENVOY_INTERNAL, X_FORWARDED_FOR, X_FORWARDED_PROTO, X_REQUEST_ID,
 };
+use crate::overload::actions;
 use crate::protocol::header_mutations::FormatContext;
 use courier_runtime::event::rt;
 
@@ -288,6 +289,13 @@ fn finish_downstream_response(
     if crate::worker::health_failed() {
         conn.drain_close();
     }
+    // The overload manager's `disable_http_keepalive` (a share of responses while scaled).
+    if !conn.draining.get() && actions::applies(actions::states().disable_http_keepalive) {
+        cfg.stats
+            .downstream_cx_overload_disable_keepalive
+            .inc(conn.worker);
+        conn.close_after_response();
+    }
     if conn.closing.get() && resp.version() != Version::HTTP_2 {
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -407,6 +415,16 @@ pub(crate) async fn process(
     // Transfer-Encoding and the like) were checked by the codec: `downstream_h1` for
     // HTTP/1, hyper's for HTTP/2.
     step!(check_header_fields(conn, &mut req));
+    // The overload manager's `stop_accepting_requests`, before anything else is done for
+    // the request, as in Envoy.
+    if actions::applies(actions::states().stop_accepting_requests) {
+        conn.config
+            .stats
+            .downstream_rq_overload_close
+            .inc(conn.worker);
+        outcome.flags = "OL";
+        return local_reply(StatusCode::SERVICE_UNAVAILABLE, "envoy overloaded");
+    }
     // Host / authority, borrowed from cheap clones of the request's own (shared) bytes, as
     // the request itself moves on upstream.
     let uri_authority = req.uri().authority().cloned();

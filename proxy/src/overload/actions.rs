@@ -1,0 +1,265 @@
+//! Overload actions: what the proxy does as resources run short, each driven by triggers
+//! on monitors' pressures (Envoy's `OverloadAction`s). The main thread computes every
+//! action's state in `[0, 1]`; workers read the states they act on from a per-worker copy
+//! the overload manager's slot keeps current ([`ActionStates`]).
+
+use std::cell::Cell;
+use std::sync::Arc;
+
+use courier_proto::envoy::config::overload::v3::{trigger::TriggerOneof, OverloadAction};
+
+use crate::config::ConfigError;
+
+/// The actions Courier takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActionKind {
+    /// New HTTP requests are answered `503 envoy overloaded` (a share of them while the
+    /// state is between 0 and 1).
+    StopAcceptingRequests,
+    /// Responses end their connection (HTTP/1 `connection: close`, HTTP/2 GOAWAY).
+    DisableHttpKeepalive,
+    /// Listeners stop accepting (connections wait in the kernel's backlog).
+    StopAcceptingConnections,
+    /// New connections are closed as they are accepted.
+    RejectIncomingConnections,
+    /// Free heap is given back to the system every 10 s while active.
+    ShrinkHeap,
+}
+
+impl ActionKind {
+    fn named(name: &str) -> Option<ActionKind> {
+        Some(match name {
+            "envoy.overload_actions.stop_accepting_requests" => ActionKind::StopAcceptingRequests,
+            "envoy.overload_actions.disable_http_keepalive" => ActionKind::DisableHttpKeepalive,
+            "envoy.overload_actions.stop_accepting_connections" => {
+                ActionKind::StopAcceptingConnections
+            }
+            "envoy.overload_actions.reject_incoming_connections" => {
+                ActionKind::RejectIncomingConnections
+            }
+            "envoy.overload_actions.shrink_heap" => ActionKind::ShrinkHeap,
+            _ => return None,
+        })
+    }
+}
+
+/// When a trigger fires.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum TriggerKind {
+    /// Saturated at or above this pressure, else off.
+    Threshold(f64),
+    /// Off below `scaling`, saturated at or above `saturation`, linear between.
+    Scaled { scaling: f64, saturation: f64 },
+}
+
+/// One trigger: a monitor (by index) and when it fires.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Trigger {
+    /// Index of the monitor in the manager's list.
+    pub monitor: usize,
+    kind: TriggerKind,
+}
+
+impl Trigger {
+    /// The trigger's state for a pressure.
+    pub fn state(&self, pressure: f64) -> f64 {
+        match self.kind {
+            TriggerKind::Threshold(v) => {
+                if pressure >= v {
+                    1.0
+                } else {
+                    0.0
+                }
+            }
+            TriggerKind::Scaled {
+                scaling,
+                saturation,
+            } => {
+                if pressure < scaling {
+                    0.0
+                } else if pressure >= saturation {
+                    1.0
+                } else {
+                    (pressure - scaling) / (saturation - scaling)
+                }
+            }
+        }
+    }
+}
+
+/// A compiled action.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Action {
+    /// Its name (its stats' scope: `overload.<name>.*`).
+    pub name: String,
+    /// What it does.
+    pub kind: ActionKind,
+    /// Its triggers; the action's state is the highest of theirs.
+    pub triggers: Vec<Trigger>,
+}
+
+/// Compiles `action` at `path`; `monitor` finds a trigger's monitor by name (`None`:
+/// unknown, `Some(Err)`: not a pressure-reporting monitor).
+pub fn compile(
+    action: &OverloadAction,
+    path: &str,
+    monitor: &dyn Fn(&str) -> Option<Result<usize, ()>>,
+) -> Result<Action, ConfigError> {
+    let kind = match ActionKind::named(&action.name) {
+        Some(k) => k,
+        None => {
+            return Err(ConfigError::unsupported(format!(
+                "{path}.name ({})",
+                action.name
+            )))
+        }
+    };
+    if action.typed_config.is_some() {
+        return Err(ConfigError::unsupported(format!("{path}.typed_config")));
+    }
+    if action.triggers.is_empty() {
+        return Err(ConfigError::new(
+            format!("{path}.triggers"),
+            "value must contain at least 1 item(s)",
+        ));
+    }
+    let mut triggers = Vec::new();
+    for (i, t) in action.triggers.iter().enumerate() {
+        let at = format!("{path}.triggers[{i}]");
+        let index = match monitor(&t.name) {
+            Some(Ok(index)) => index,
+            Some(Err(())) => {
+                return Err(ConfigError::new(
+                    format!("{at}.name"),
+                    format!(
+                        "{} is a proactive resource: it cannot trigger an action",
+                        t.name
+                    ),
+                ))
+            }
+            None => {
+                return Err(ConfigError::new(
+                    format!("{at}.name"),
+                    format!("Unknown trigger resource {}", t.name),
+                ))
+            }
+        };
+        let kind = match &t.trigger_oneof {
+            Some(TriggerOneof::Threshold(th)) => {
+                if !(0.0..=1.0).contains(&th.value) {
+                    return Err(ConfigError::new(
+                        format!("{at}.threshold.value"),
+                        "value must be inside range [0, 1]",
+                    ));
+                }
+                TriggerKind::Threshold(th.value)
+            }
+            Some(TriggerOneof::Scaled(s)) => {
+                for (field, v) in [
+                    ("scaling_threshold", s.scaling_threshold),
+                    ("saturation_threshold", s.saturation_threshold),
+                ] {
+                    if !(0.0..=1.0).contains(&v) {
+                        return Err(ConfigError::new(
+                            format!("{at}.scaled.{field}"),
+                            "value must be inside range [0, 1]",
+                        ));
+                    }
+                }
+                if s.scaling_threshold >= s.saturation_threshold {
+                    return Err(ConfigError::new(
+                        format!("{at}.scaled"),
+                        "scaling_threshold must be less than saturation_threshold",
+                    ));
+                }
+                TriggerKind::Scaled {
+                    scaling: s.scaling_threshold,
+                    saturation: s.saturation_threshold,
+                }
+            }
+            None => {
+                return Err(ConfigError::new(
+                    at,
+                    "trigger_oneof is required (threshold or scaled)",
+                ))
+            }
+        };
+        triggers.push(Trigger {
+            monitor: index,
+            kind,
+        });
+    }
+    Ok(Action {
+        name: action.name.clone(),
+        kind,
+        triggers,
+    })
+}
+
+/// The states of the actions workers take, as published to them.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ActionStates {
+    /// `stop_accepting_requests`.
+    pub stop_accepting_requests: f64,
+    /// `disable_http_keepalive`.
+    pub disable_http_keepalive: f64,
+    /// `stop_accepting_connections` (acted on when saturated).
+    pub stop_accepting_connections: f64,
+    /// `reject_incoming_connections`.
+    pub reject_incoming_connections: f64,
+}
+
+thread_local! {
+    /// This worker's copy of the states: read on every request and accept, so a plain
+    /// thread-local kept by the slot's apply function.
+    static STATES: Cell<ActionStates> = const { Cell::new(ActionStates {
+        stop_accepting_requests: 0.0,
+        disable_http_keepalive: 0.0,
+        stop_accepting_connections: 0.0,
+        reject_incoming_connections: 0.0,
+    }) };
+}
+
+/// The slot's apply function: each worker copies the new states.
+pub fn apply_on_worker(states: &Arc<ActionStates>) {
+    STATES.with(|s| s.set(**states));
+}
+
+/// This worker's action states.
+#[inline]
+pub fn states() -> ActionStates {
+    STATES.with(Cell::get)
+}
+
+/// Whether an action in `state` applies to this request or connection: always when
+/// saturated, never when off, else a draw with the state's probability (Envoy's
+/// `bernoulli`).
+#[inline]
+pub fn applies(state: f64) -> bool {
+    state >= 1.0 || (state > 0.0 && fastrand::f64() < state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn triggers_fire_as_envoys() {
+        let t = Trigger {
+            monitor: 0,
+            kind: TriggerKind::Threshold(0.9),
+        };
+        assert_eq!((t.state(0.89), t.state(0.9)), (0.0, 1.0));
+        let s = Trigger {
+            monitor: 0,
+            kind: TriggerKind::Scaled {
+                scaling: 0.5,
+                saturation: 0.9,
+            },
+        };
+        assert_eq!(s.state(0.4), 0.0);
+        assert!((s.state(0.7) - 0.5).abs() < 1e-9);
+        assert_eq!(s.state(0.95), 1.0);
+        assert!(!applies(0.0) && applies(1.0));
+    }
+}

@@ -12,9 +12,15 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// An HTTP listener `http_in` answering every request itself, and the admin.
+/// An HTTP listener `http_in` answering every request itself, and the admin. The global
+/// connection limit is set above the descriptor limit, so that clients can use up the
+/// descriptors (Courier's default limit would refuse them first).
 const HTTP_YAML: &str = r#"
 admin: { address: { socket_address: { address: 127.0.0.1, port_value: 0 } } }
+layered_runtime:
+  layers:
+  - name: base
+    static_layer: { overload.global_downstream_max_connections: 1000000 }
 static_resources:
   listeners:
   - name: http_in

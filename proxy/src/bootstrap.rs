@@ -141,6 +141,7 @@ fn check_supported(b: &Bootstrap) -> Result<(), crate::config::ConfigError> {
     upstream_bind_config(b)?;
     crate::layered_runtime::validate(b.layered_runtime.as_ref())?;
     crate::overload::compile(b.overload_manager.as_ref(), 0)?;
+    crate::server::stats_config::compile(b)?;
     Ok(())
 }
 

@@ -179,8 +179,8 @@ fn stats_text_json_and_prometheus() {
             "envoy_listener_downstream_cx_total{{envoy_listener_address=\"127.0.0.1_{port}\"}} 3"
         ),
         "# TYPE envoy_server_live gauge".to_string(),
-        "envoy_server_live 1".to_string(),
-        "envoy_server_concurrency 2".to_string(),
+        "envoy_server_live{} 1".to_string(),
+        "envoy_server_concurrency{} 2".to_string(),
     ] {
         assert!(
             r.body.lines().any(|l| l == line),

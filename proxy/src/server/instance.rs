@@ -240,6 +240,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     }
     let concurrency = options.concurrency();
     let store = Store::new(concurrency);
+    store.set_view(super::stats_config::compile(&bootstrap).map_err(|e| anyhow::anyhow!("{e}"))?);
     crate::transport_socket::tls::sds::set_store(&store);
     let (main_poster, mut main_inbox) = MainPoster::new();
     let tls = ThreadLocal::new(main_poster);

@@ -7,5 +7,6 @@ mod drain;
 pub mod fd_limit;
 mod instance;
 pub mod local_info;
+pub mod stats_config;
 
 pub use instance::{run, Server, ServerState};

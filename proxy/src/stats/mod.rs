@@ -9,9 +9,10 @@
 mod render;
 mod store;
 pub mod subscription;
+pub mod tags;
 
 pub use render::{render_json, render_prometheus, render_text};
 pub use store::{
-    Counter, Gauge, GaugeValue, Histogram, HistogramSnapshot, Raised, StatGroup, StatValue, Store,
-    TextReadout, HISTOGRAM_BUCKETS, MAIN_THREAD,
+    Counter, Gauge, GaugeValue, Histogram, HistogramSnapshot, Raised, StatFilter, StatGroup,
+    StatValue, StatsView, Store, TextReadout, HISTOGRAM_BUCKETS, MAIN_THREAD,
 };

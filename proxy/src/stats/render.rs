@@ -7,12 +7,17 @@ use super::{HistogramSnapshot, Store, HISTOGRAM_BUCKETS};
 /// The quantiles Envoy's `/stats` reports for histograms, in percent.
 const QUANTILES: [f64; 10] = [0.0, 25.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.5, 99.9, 100.0];
 
+/// Whether stat `name` is shown: `stats_matcher` lets it through and it contains `filter`.
+fn keep(store: &Store, filter: Option<&str>, name: &str) -> bool {
+    filter.is_none_or(|f| name.contains(f)) && store.view().shows(name)
+}
+
 /// Histograms passing `filter`, sorted by name.
 fn histograms(store: &Store, filter: Option<&str>) -> Vec<(String, HistogramSnapshot)> {
     let mut all: Vec<_> = store
         .histograms()
         .into_iter()
-        .filter(|(k, _)| filter.is_none_or(|f| k.contains(f)))
+        .filter(|(k, _)| keep(store, filter, k))
         .collect();
     all.sort_by(|a, b| a.0.cmp(&b.0));
     all
@@ -29,7 +34,7 @@ fn text_readouts(store: &Store, filter: Option<&str>) -> Vec<(String, String)> {
     let mut all: Vec<_> = store
         .text_readouts()
         .into_iter()
-        .filter(|(k, _)| filter.is_none_or(|f| k.contains(f)))
+        .filter(|(k, _)| keep(store, filter, k))
         .collect();
     all.sort();
     all
@@ -47,7 +52,7 @@ pub fn render_text(store: &Store, filter: Option<&str>) -> String {
         .into_iter()
         .map(|(k, v)| (k, v.to_string()))
         .chain(store.gauges().into_iter().map(|(k, v)| (k, v.to_string())))
-        .filter(|(k, _)| filter.is_none_or(|f| k.contains(f)))
+        .filter(|(k, _)| keep(store, filter, k))
         .collect();
     all.sort();
     for (k, v) in all {
@@ -79,7 +84,7 @@ pub fn render_json(store: &Store, filter: Option<&str>) -> serde_json::Value {
         .into_iter()
         .map(|(k, v)| (k, v.into()))
         .chain(store.gauges().into_iter().map(|(k, v)| (k, v.into())))
-        .filter(|(k, _)| filter.is_none_or(|f| k.contains(f)))
+        .filter(|(k, _)| keep(store, filter, k))
         .collect();
     all.sort_by(|a, b| a.0.cmp(&b.0));
     let mut stats: Vec<_> = text_readouts(store, filter)
@@ -107,51 +112,12 @@ pub fn render_json(store: &Store, filter: Option<&str>) -> serde_json::Value {
     serde_json::json!({ "stats": stats })
 }
 
-/// Envoy's tag extraction for the families Courier emits: the entity name becomes a label.
-fn extract_tags(name: &str) -> (String, Vec<(&'static str, String)>) {
-    const RULES: [(&str, &str); 5] = [
-        ("cluster.", "envoy_cluster_name"),
-        ("listener.", "envoy_listener_address"),
-        ("http.", "envoy_http_conn_manager_prefix"),
-        ("tcp.", "envoy_tcp_prefix"),
-        ("vhost.", "envoy_virtual_host"),
-    ];
-    for (prefix, tag) in RULES {
-        if let Some(rest) = name.strip_prefix(prefix) {
-            if let Some((entity, stat)) = rest.rsplit_once('.') {
-                // Multi-part suffixes (e.g. `lds.update_attempt`) are rare; the last
-                // segment is the stat and the rest the entity, except for known nested stats.
-                let (entity, stat) = split_nested(entity, stat);
-                return (
-                    format!(
-                        "{}{}",
-                        prefix.trim_end_matches('.'),
-                        format_args!("_{stat}")
-                    ),
-                    vec![(tag, entity)],
-                );
-            }
-        }
-    }
-    (name.to_string(), Vec::new())
-}
-
-fn split_nested(entity: &str, stat: &str) -> (String, String) {
-    for nested in [".rds.", ".lb_", ".health_check."] {
-        if let Some(idx) = entity.find(nested) {
-            return (
-                entity[..idx].to_string(),
-                format!("{}.{stat}", &entity[idx + 1..]),
-            );
-        }
-    }
-    (entity.to_string(), stat.to_string())
-}
-
-/// `key="value"` with the value escaped for the Prometheus text format.
+/// `key="value"` with the key sanitized (`envoy.cluster_name` is `envoy_cluster_name`)
+/// and the value escaped for the Prometheus text format.
 fn label(key: &str, value: &str) -> String {
     format!(
-        "{key}=\"{}\"",
+        "{}=\"{}\"",
+        sanitize(key),
         value.replace('\\', "\\\\").replace('"', "\\\"")
     )
 }
@@ -174,14 +140,14 @@ pub fn render_prometheus(store: &Store) -> String {
     let mut emit = |kind: &str, samples: Vec<(String, String)>| {
         let mut families: std::collections::BTreeMap<String, Vec<String>> = Default::default();
         for (name, value) in samples {
-            let (base, tags) = extract_tags(&name);
+            if !store.view().shows(&name) {
+                continue;
+            }
+            let (base, tags) = store.view().tags.produce(&name);
             let metric = format!("envoy_{}", sanitize(&base));
-            let labels = if tags.is_empty() {
-                String::new()
-            } else {
-                let inner: Vec<String> = tags.iter().map(|(k, v)| label(k, v)).collect();
-                format!("{{{}}}", inner.join(","))
-            };
+            let inner: Vec<String> = tags.iter().map(|(k, v)| label(k, v)).collect();
+            // Envoy writes `{}` for a stat without tags.
+            let labels = format!("{{{}}}", inner.join(","));
             families
                 .entry(metric.clone())
                 .or_default()
@@ -219,16 +185,12 @@ pub fn render_prometheus(store: &Store) -> String {
 fn render_prometheus_histograms(store: &Store, out: &mut String) {
     let mut families: std::collections::BTreeMap<String, Vec<String>> = Default::default();
     for (name, h) in histograms(store, None) {
-        let (base, tags) = extract_tags(&name);
+        let (base, tags) = store.view().tags.produce(&name);
         let metric = format!("envoy_{}", sanitize(&base));
         let labels: Vec<String> = tags.iter().map(|(k, v)| label(k, v)).collect();
         let with = |extra: Option<String>| {
             let all: Vec<String> = labels.iter().cloned().chain(extra).collect();
-            if all.is_empty() {
-                String::new()
-            } else {
-                format!("{{{}}}", all.join(","))
-            }
+            format!("{{{}}}", all.join(","))
         };
         let lines = families.entry(metric.clone()).or_default();
         let mut cumulative = 0;
@@ -261,6 +223,6 @@ mod tests {
         store.gauge("server.live").set(1);
         let text = render_prometheus(&store);
         assert!(text.contains("envoy_cluster_upstream_cx_total{envoy_cluster_name=\"echo\"} 3"));
-        assert!(text.contains("# TYPE envoy_server_live gauge\nenvoy_server_live 1"));
+        assert!(text.contains("# TYPE envoy_server_live gauge\nenvoy_server_live{} 1"));
     }
 }

@@ -480,6 +480,25 @@ pub struct Store {
     threads: usize,
     registry: Arc<Mutex<Registry>>,
     arena: Arc<Mutex<Arena>>,
+    view: Arc<std::sync::OnceLock<StatsView>>,
+}
+
+/// Whether a stat, by name, is shown.
+pub type StatFilter = Box<dyn Fn(&str) -> bool + Send + Sync>;
+
+/// Which stats the admin shows and how they are tagged (`stats_config`).
+pub struct StatsView {
+    /// Prometheus labels.
+    pub tags: super::tags::TagProducer,
+    /// `stats_matcher`: whether a stat is shown (`None`: all are).
+    pub shown: Option<StatFilter>,
+}
+
+impl StatsView {
+    /// Whether `name` is shown.
+    pub fn shows(&self, name: &str) -> bool {
+        self.shown.as_ref().is_none_or(|f| f(name))
+    }
 }
 
 impl Store {
@@ -489,7 +508,21 @@ impl Store {
             threads: workers,
             registry: Arc::default(),
             arena: Arc::default(),
+            view: Arc::default(),
         }
+    }
+
+    /// Sets how stats are shown (once, at start-up; later calls change nothing).
+    pub fn set_view(&self, view: StatsView) {
+        let _ = self.view.set(view);
+    }
+
+    /// How stats are shown: as set, else Envoy's default tags and every stat.
+    pub fn view(&self) -> &StatsView {
+        self.view.get_or_init(|| StatsView {
+            tags: super::tags::TagProducer::default(),
+            shown: None,
+        })
     }
 
     fn cells(&self) -> Cells {

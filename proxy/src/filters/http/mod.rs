@@ -49,7 +49,7 @@ pub enum HttpFilter {
     /// `envoy.filters.http.health_check`.
     HealthCheck(health_check::HealthCheckFilter),
     /// `envoy.filters.http.rbac`.
-    Rbac(rbac::RbacFilter),
+    Rbac(Box<rbac::RbacFilter>),
     /// `envoy.filters.http.compressor` (boxed: it is large and rare).
     Compressor(Box<compressor::CompressorFilter>),
     /// `envoy.filters.http.on_demand` (on-demand CDS).
@@ -146,13 +146,13 @@ pub static CHAIN: Registry<BuildFilter> = Registry {
             type_name: rbac::FILTER_TYPE,
             name: rbac::FILTER_NAME,
             build: |a| {
-                Ok(HttpFilter::Rbac(rbac::RbacFilter::compile(
+                Ok(HttpFilter::Rbac(Box::new(rbac::RbacFilter::compile(
                     a.name,
                     &a.config_or_default()?,
                     a.path,
                     a.stat_prefix,
                     a.store,
-                )?))
+                )?)))
             },
         },
         Factory {

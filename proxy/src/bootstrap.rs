@@ -108,6 +108,9 @@ fn merge(base: &mut Bootstrap, overlay: Bootstrap) {
 }
 
 /// Rejects bootstrap features Courier does not implement and that would change behaviour.
+/// Accepted without effect, as they change nothing visible here: `stats_flush_interval`
+/// and `stats_flush_on_admin` (no stats sink to flush to), `deferred_stat_options`,
+/// `inline_headers` and `grpc_async_client_manager_config` (Envoy-internal tuning).
 #[allow(deprecated)] // `tracing` is deprecated in the proto, still honoured by Envoy
 fn check_supported(b: &Bootstrap) -> Result<(), crate::config::ConfigError> {
     use crate::config::ConfigError;
@@ -134,6 +137,38 @@ fn check_supported(b: &Bootstrap) -> Result<(), crate::config::ConfigError> {
         ),
         ("tracing", b.tracing.is_some()),
         ("stats_sinks", !b.stats_sinks.is_empty()),
+        // Not built; each changes behaviour, so each is refused rather than ignored.
+        ("node_context_params", !b.node_context_params.is_empty()),
+        ("hds_config", b.hds_config.is_some()),
+        ("flags_path", !b.flags_path.is_empty()),
+        ("watchdog", b.watchdog.is_some()),
+        ("watchdogs", b.watchdogs.is_some()),
+        ("enable_dispatcher_stats", b.enable_dispatcher_stats),
+        ("header_prefix", !b.header_prefix.is_empty()),
+        (
+            "stats_server_version_override",
+            b.stats_server_version_override.is_some(),
+        ),
+        ("bootstrap_extensions", !b.bootstrap_extensions.is_empty()),
+        ("fatal_actions", !b.fatal_actions.is_empty()),
+        ("config_sources", !b.config_sources.is_empty()),
+        ("default_config_source", b.default_config_source.is_some()),
+        ("default_socket_interface", !b.default_socket_interface.is_empty()),
+        (
+            "certificate_provider_instances",
+            !b.certificate_provider_instances.is_empty(),
+        ),
+        ("perf_tracing_file_path", !b.perf_tracing_file_path.is_empty()),
+        ("default_regex_engine", b.default_regex_engine.is_some()),
+        ("xds_delegate_extension", b.xds_delegate_extension.is_some()),
+        (
+            "xds_config_tracker_extension",
+            b.xds_config_tracker_extension.is_some(),
+        ),
+        ("application_log_config", b.application_log_config.is_some()),
+        ("memory_allocator_manager", b.memory_allocator_manager.is_some()),
+        ("enable_worker_cpu_affinity", b.enable_worker_cpu_affinity),
+        ("stats_eviction", b.stats_eviction.is_some()),
     ];
     if let Some((field, _)) = unsupported.iter().find(|(_, set)| *set) {
         return Err(ConfigError::unsupported(*field));

@@ -96,6 +96,21 @@ fn bad_configs() -> Vec<(&'static str, String, &'static str)> {
             "stats_sinks",
         ),
         (
+            "bootstrap field not built",
+            format!("{good}header_prefix: x-acme\n"),
+            "header_prefix: not supported by Courier",
+        ),
+        (
+            "bootstrap extension",
+            format!("{good}bootstrap_extensions:\n- name: envoy.bootstrap.internal_listener\n  typed_config: {{ \"@type\": type.googleapis.com/envoy.extensions.bootstrap.internal_listener.v3.InternalListener }}\n"),
+            "bootstrap_extensions: not supported by Courier",
+        ),
+        (
+            "watchdogs",
+            format!("{good}watchdogs: {{ main_thread_watchdog: {{ kill_timeout: 10s }} }}\n"),
+            "watchdogs: not supported by Courier",
+        ),
+        (
             "RDS over ADS without an ADS stream",
             HTTP_RDS_OVER_ADS.to_string(),
             "static_resources.listeners[0].filter_chains.filters.typed_config.rds.config_source",

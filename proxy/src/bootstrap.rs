@@ -153,12 +153,18 @@ fn check_supported(b: &Bootstrap) -> Result<(), crate::config::ConfigError> {
         ("fatal_actions", !b.fatal_actions.is_empty()),
         ("config_sources", !b.config_sources.is_empty()),
         ("default_config_source", b.default_config_source.is_some()),
-        ("default_socket_interface", !b.default_socket_interface.is_empty()),
+        (
+            "default_socket_interface",
+            !b.default_socket_interface.is_empty(),
+        ),
         (
             "certificate_provider_instances",
             !b.certificate_provider_instances.is_empty(),
         ),
-        ("perf_tracing_file_path", !b.perf_tracing_file_path.is_empty()),
+        (
+            "perf_tracing_file_path",
+            !b.perf_tracing_file_path.is_empty(),
+        ),
         ("default_regex_engine", b.default_regex_engine.is_some()),
         ("xds_delegate_extension", b.xds_delegate_extension.is_some()),
         (
@@ -166,7 +172,10 @@ fn check_supported(b: &Bootstrap) -> Result<(), crate::config::ConfigError> {
             b.xds_config_tracker_extension.is_some(),
         ),
         ("application_log_config", b.application_log_config.is_some()),
-        ("memory_allocator_manager", b.memory_allocator_manager.is_some()),
+        (
+            "memory_allocator_manager",
+            b.memory_allocator_manager.is_some(),
+        ),
         ("enable_worker_cpu_affinity", b.enable_worker_cpu_affinity),
         ("stats_eviction", b.stats_eviction.is_some()),
     ];

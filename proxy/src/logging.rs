@@ -516,10 +516,17 @@ pub struct LogSetup<'a> {
 }
 
 /// Installs the process's subscriber. Log lines go to `--log-path` (appended to) or to
-/// stderr; `tracing`'s default shape is coloured only on a terminal.
+/// stderr; `tracing`'s default shape is coloured only on a terminal. The filter can be
+/// changed later, per logger ([`set_levels`], the admin's `/logging`).
 pub fn init(setup: LogSetup<'_>) -> Result<(), LoggingError> {
-    let filter =
-        EnvFilter::try_from_env("COURIER_LOG").unwrap_or_else(|_| EnvFilter::new(setup.filter));
+    let from_env = std::env::var("COURIER_LOG").ok();
+    let filter = from_env
+        .as_deref()
+        .and_then(|f| EnvFilter::try_new(f).ok())
+        .unwrap_or_else(|| EnvFilter::new(setup.filter));
+    if let Ok(mut levels) = LEVELS.lock() {
+        levels.base = setup.filter.to_string();
+    }
     let file = match setup.path {
         Some(path) => Some(Arc::new(open_append(path)?)),
         None => None,
@@ -528,20 +535,155 @@ pub fn init(setup: LogSetup<'_>) -> Result<(), LoggingError> {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(ansi);
-    // Four combinations of writer and format, each a different subscriber type.
+    // Four combinations of writer and format, each a different subscriber type; each
+    // keeps a way to swap its filter.
+    macro_rules! install {
+        ($b:expr) => {{
+            let b = $b.with_filter_reloading();
+            let handle = b.reload_handle();
+            let _ = RELOAD.set(Box::new(move |f| {
+                handle.reload(f).map_err(|e| e.to_string())
+            }));
+            b.try_init()
+        }};
+    }
     let installed = match (file, setup.format) {
-        (Some(file), Some(format)) => builder
-            .with_writer(file)
-            .event_format(PatternFormatter(format))
-            .try_init(),
-        (Some(file), None) => builder.with_writer(file).try_init(),
-        (None, Some(format)) => builder
+        (Some(file), Some(format)) => {
+            install!(builder
+                .with_writer(file)
+                .event_format(PatternFormatter(format)))
+        }
+        (Some(file), None) => install!(builder.with_writer(file)),
+        (None, Some(format)) => install!(builder
             .with_writer(std::io::stderr)
-            .event_format(PatternFormatter(format))
-            .try_init(),
-        (None, None) => builder.with_writer(std::io::stderr).try_init(),
+            .event_format(PatternFormatter(format))),
+        (None, None) => install!(builder.with_writer(std::io::stderr)),
     };
     installed.map_err(|_| LoggingError::AlreadySet)
+}
+
+/// Swaps the installed subscriber's filter.
+type Reload = Box<dyn Fn(EnvFilter) -> Result<(), String> + Send + Sync>;
+
+static RELOAD: std::sync::OnceLock<Reload> = std::sync::OnceLock::new();
+
+/// The loggers `/logging` names (Courier's modules; `main` is the server's), as `%n`
+/// prints them.
+pub const LOGGERS: &[&str] = &[
+    "admin",
+    "bootstrap",
+    "config",
+    "extensions",
+    "filters",
+    "http",
+    "layered_runtime",
+    "listener",
+    "main",
+    "overload",
+    "protocol",
+    "stats",
+    "transport_socket",
+    "upstream",
+    "worker",
+    "xds",
+];
+
+/// The level set for each logger that differs from the base (`--log-level`).
+#[derive(Default)]
+struct Levels {
+    base: String,
+    per_logger: std::collections::BTreeMap<&'static str, &'static str>,
+}
+
+static LEVELS: std::sync::Mutex<Levels> = std::sync::Mutex::new(Levels {
+    base: String::new(),
+    per_logger: std::collections::BTreeMap::new(),
+});
+
+/// Why `/logging` refused a change.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum LevelError {
+    /// Not one of [`LOGGERS`].
+    #[error("unknown logger name")]
+    UnknownLogger,
+    /// Not one of Envoy's level names.
+    #[error("unknown logger level")]
+    UnknownLevel,
+}
+
+/// Envoy's level name as a `tracing` one.
+fn tracing_level(envoy: &str) -> Result<&'static str, LevelError> {
+    Ok(match envoy {
+        "trace" => "trace",
+        "debug" => "debug",
+        "info" => "info",
+        "warning" | "warn" => "warn",
+        "error" | "critical" => "error",
+        "off" => "off",
+        _ => return Err(LevelError::UnknownLevel),
+    })
+}
+
+/// Envoy's name for a `tracing` level.
+fn envoy_level(tracing: &str) -> &'static str {
+    match tracing {
+        "trace" => "trace",
+        "debug" => "debug",
+        "warn" => "warning",
+        "error" => "error",
+        "off" => "off",
+        _ => "info",
+    }
+}
+
+/// Sets levels: `None` for every logger, else the named one; then swaps the filter.
+pub fn set_levels(changes: &[(Option<&str>, &str)]) -> Result<(), LevelError> {
+    let mut levels = LEVELS.lock().map_err(|_| LevelError::UnknownLogger)?;
+    let mut next_base = levels.base.clone();
+    let mut next = levels.per_logger.clone();
+    for (logger, level) in changes {
+        let level = tracing_level(level)?;
+        match logger {
+            None => {
+                next_base = level.to_string();
+                next.clear();
+            }
+            Some(name) => {
+                let known = LOGGERS
+                    .iter()
+                    .find(|l| **l == *name)
+                    .ok_or(LevelError::UnknownLogger)?;
+                next.insert(known, level);
+            }
+        }
+    }
+    levels.base = next_base;
+    levels.per_logger = next;
+    let mut directives = vec![levels.base.clone()];
+    for (logger, level) in &levels.per_logger {
+        let module = if *logger == "main" { "server" } else { logger };
+        directives.push(format!("courier::{module}={level}"));
+    }
+    if let (Some(reload), Ok(filter)) = (RELOAD.get(), EnvFilter::try_new(directives.join(","))) {
+        if let Err(e) = reload(filter) {
+            tracing::warn!(error = %e, "cannot change the log levels");
+        }
+    }
+    Ok(())
+}
+
+/// `active loggers:` and each logger's level, as Envoy's `/logging` prints them.
+pub fn levels_text() -> String {
+    let levels = LEVELS.lock().ok();
+    let mut out = String::from("active loggers:\n");
+    for logger in LOGGERS {
+        let level = levels
+            .as_ref()
+            .and_then(|l| l.per_logger.get(logger).copied().or(Some(l.base.as_str())))
+            .unwrap_or("info");
+        out.push_str(&format!("  {logger}: {}\n", envoy_level(level)));
+    }
+    out
 }
 
 fn open_append(path: &Path) -> Result<File, LoggingError> {

@@ -39,6 +39,8 @@ pub async fn handle(server: &Server, req: Request<Incoming>) -> Response<Full<By
             | "/drain_listeners"
             | "/quitquitquit"
             | "/runtime_modify"
+            | "/logging"
+            | "/reset_counters"
     );
     // Envoy requires POST for endpoints that change state.
     if mutating && req.method() != Method::POST {
@@ -54,6 +56,15 @@ pub async fn handle(server: &Server, req: Request<Incoming>) -> Response<Full<By
         }
         "/server_info" => response(200, JSON, pretty(&server.server_info())),
         "/runtime" => response(200, JSON, pretty(&server.runtime.dump())),
+        "/logging" => logging(&q),
+        "/reset_counters" => {
+            server.store.reset_counters();
+            response(200, TEXT, "OK\n")
+        }
+        "/memory" => response(200, JSON, pretty(&memory())),
+        // Courier has no hot restart (yet): Envoy built without it says the same.
+        "/hot_restart_version" => response(200, TEXT, "disabled\n"),
+        "/init_dump" => response(200, JSON, pretty(&init_dump(server))),
         "/runtime_modify" => runtime_modify(server, req).await,
         "/certs" => {
             let report =
@@ -120,6 +131,11 @@ const HELP: &str = "admin commands are:
   /listeners: print listener info
   /quitquitquit: exit the server (POST)
   /ready: print server state, return 200 if LIVE, otherwise 503
+  /hot_restart_version: print the hot restart compatibility version
+  /init_dump: dump the initialization targets not yet ready
+  /logging: query/change logging levels (POST; ?level=, ?<logger>=<level>, ?paths=)
+  /memory: print current allocation/heap usage
+  /reset_counters: reset all counters to zero (POST)
   /runtime: print runtime values
   /runtime_modify: modify runtime values (POST; ?key=value, an empty value removes the key)
   /server_info: print server version/status information
@@ -297,4 +313,80 @@ fn form_pairs(text: &str) -> Vec<(String, String)> {
             None => (decode(p), String::new()),
         })
         .collect()
+}
+
+/// `/logging`: sets levels (`level=` for every logger, `<logger>=<level>`, or
+/// `paths=<logger>:<level>,…`) and lists every logger's level; a bad name or level is
+/// 400 with Envoy's usage text.
+fn logging(q: &HashMap<String, String>) -> Response<Full<Bytes>> {
+    let mut changes: Vec<(Option<&str>, &str)> = Vec::new();
+    for (key, value) in q {
+        match key.as_str() {
+            "level" => changes.push((None, value)),
+            "paths" => changes.extend(value.split(',').filter(|p| !p.is_empty()).map(|p| {
+                let (name, level) = p.split_once(':').unwrap_or((p, ""));
+                (Some(name), level)
+            })),
+            name => changes.push((Some(name), value)),
+        }
+    }
+    // `level=` first, so that a named logger in the same request keeps its own level.
+    changes.sort_by_key(|(name, _)| name.is_some());
+    match crate::logging::set_levels(&changes) {
+        Ok(()) => response(200, TEXT, crate::logging::levels_text()),
+        Err(e) => response(
+            400,
+            TEXT,
+            format!(
+                "error: {e}\n\nusage: /logging?<name>=<level> (change single level)\n\
+                 usage: /logging?paths=name1:level1,name2:level2,... (change multiple levels)\n\
+                 usage: /logging?level=<level> (change all levels)\n\
+                 levels: trace debug info warning error critical off \n{}",
+                crate::logging::levels_text()
+            ),
+        ),
+    }
+}
+
+/// `/memory`: the allocator's figures under Envoy's names (glibc's `mallinfo2` stands for
+/// tcmalloc: `allocated` is in use, `heap_size` held from the system, `pageheap_free` held
+/// but free; glibc keeps no per-thread caches and unmaps nothing on its own).
+fn memory() -> serde_json::Value {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallinfo2 only reads the allocator's counters (taking its locks).
+    let m = unsafe { libc::mallinfo2() };
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    let (allocated, heap, free) = (m.uordblks + m.hblkhd, m.arena + m.hblkhd, m.fordblks);
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    let (allocated, heap, free) = (0usize, 0usize, 0usize);
+    let physical = std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map_or(0, |pages| pages * 4096);
+    serde_json::json!({
+        "allocated": allocated.to_string(),
+        "heap_size": heap.to_string(),
+        "pageheap_unmapped": "0",
+        "pageheap_free": free.to_string(),
+        "total_thread_cache": "0",
+        "total_physical_bytes": physical.to_string(),
+    })
+}
+
+/// `/init_dump`: `{}` once everything is initialized, else the listeners still warming
+/// (what Courier's initialization waits on).
+fn init_dump(server: &Server) -> serde_json::Value {
+    let warming: Vec<String> = server
+        .listener_manager
+        .borrow()
+        .warming()
+        .keys()
+        .cloned()
+        .collect();
+    if warming.is_empty() {
+        return serde_json::json!({});
+    }
+    serde_json::json!({
+        "unready_targets_dumps": [{ "name": "Listener-init-manager", "target_names": warming }]
+    })
 }

@@ -48,7 +48,7 @@ pub fn render_text(store: &Store, filter: Option<&str>) -> String {
         let _ = writeln!(out, "{k}: {}", serde_json::Value::from(v));
     }
     let mut all: Vec<(String, String)> = store
-        .counters()
+        .displayed_counters()
         .into_iter()
         .map(|(k, v)| (k, v.to_string()))
         .chain(store.gauges().into_iter().map(|(k, v)| (k, v.to_string())))
@@ -80,7 +80,7 @@ pub fn render_text(store: &Store, filter: Option<&str>) -> String {
 /// `{"stats":[{"name":…,"value":…}]}`, as Envoy's `/stats?format=json`.
 pub fn render_json(store: &Store, filter: Option<&str>) -> serde_json::Value {
     let mut all: Vec<(String, serde_json::Value)> = store
-        .counters()
+        .displayed_counters()
         .into_iter()
         .map(|(k, v)| (k, v.into()))
         .chain(store.gauges().into_iter().map(|(k, v)| (k, v.into())))
@@ -164,7 +164,7 @@ pub fn render_prometheus(store: &Store) -> String {
     emit(
         "counter",
         store
-            .counters()
+            .displayed_counters()
             .into_iter()
             .map(|(k, v)| (k, v.to_string()))
             .collect(),

@@ -481,6 +481,8 @@ pub struct Store {
     registry: Arc<Mutex<Registry>>,
     arena: Arc<Mutex<Arena>>,
     view: Arc<std::sync::OnceLock<StatsView>>,
+    /// Counter values at the last `/reset_counters`: the admin shows counts since then.
+    baselines: Arc<Mutex<std::collections::HashMap<String, u64>>>,
 }
 
 /// Whether a stat, by name, is shown.
@@ -509,7 +511,27 @@ impl Store {
             registry: Arc::default(),
             arena: Arc::default(),
             view: Arc::default(),
+            baselines: Arc::default(),
         }
+    }
+
+    /// `/reset_counters`: from now on the admin shows every counter's count since this
+    /// moment (as Envoy's, it changes only what the admin shows).
+    pub fn reset_counters(&self) {
+        let now = self.counters();
+        *lock(&self.baselines) = now.into_iter().collect();
+    }
+
+    /// Every counter as the admin shows it: its count since the last `/reset_counters`.
+    pub fn displayed_counters(&self) -> Vec<(String, u64)> {
+        let baselines = lock(&self.baselines);
+        let mut all = self.counters();
+        if !baselines.is_empty() {
+            for (name, value) in &mut all {
+                *value = value.saturating_sub(baselines.get(name).copied().unwrap_or(0));
+            }
+        }
+        all
     }
 
     /// Sets how stats are shown (once, at start-up; later calls change nothing).

@@ -131,3 +131,119 @@ fn json_and_omitted_values_are_logged_as_envoy_logs_them() {
         ]
     );
 }
+
+/// One logger per filter, each writing `<path> <status>` lines.
+fn filtered_bootstrap(dir: &Path) -> String {
+    let filters: &[(&str, &str)] = &[
+        ("errors", "status_code_filter: { comparison: { op: GE, value: { default_value: 400, runtime_key: log.min_status } } }"),
+        ("ok_only", "status_code_filter: { comparison: { op: EQ, value: { default_value: 200, runtime_key: k } } }"),
+        ("not_hc", "not_health_check_filter: {}"),
+        ("header", "header_filter: { header: { name: x-log, present_match: true } }"),
+        ("no_route", "response_flag_filter: { flags: [NR] }"),
+        ("any_flag", "response_flag_filter: {}"),
+        ("and", "and_filter: { filters: [{ status_code_filter: { comparison: { op: EQ, value: { default_value: 200, runtime_key: k } } } }, { not_health_check_filter: {} }] }"),
+        ("or", "or_filter: { filters: [{ status_code_filter: { comparison: { op: EQ, value: { default_value: 404, runtime_key: k } } } }, { header_filter: { header: { name: x-log, present_match: true } } }] }"),
+        ("all_sampled", "runtime_filter: { runtime_key: log.sample, percent_sampled: { numerator: 100 } }"),
+        ("none_sampled", "runtime_filter: { runtime_key: log.sample, percent_sampled: { numerator: 0 }, use_independent_randomness: true }"),
+        ("fast", "duration_filter: { comparison: { op: LE, value: { default_value: 10000, runtime_key: k } } }"),
+        ("end_type", "log_type_filter: { types: [DownstreamEnd] }"),
+        ("not_end_type", "log_type_filter: { types: [DownstreamEnd], exclude: true }"),
+        ("traced", "traceable_filter: {}"),
+    ];
+    let loggers: String = filters
+        .iter()
+        .map(|(name, filter)| {
+            format!(
+                "          - name: {name}
+            filter: {{ {filter} }}
+            typed_config:
+              \"@type\": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
+              path: {}
+              log_format: {{ text_format: \"%REQ(:PATH)% %RESPONSE_CODE%\\n\" }}
+",
+                dir.join(format!("{name}.log")).display()
+            )
+        })
+        .collect();
+    let boot = bootstrap(
+        "            name: local
+            virtual_hosts:
+            - name: main
+              domains: [\"*\"]
+              routes:
+              - match: { prefix: \"/ok\" }
+                direct_response: { status: 200, body: { inline_string: hello } }
+",
+        &format!("          access_log:\n{loggers}"),
+        "    []\n",
+    );
+    with_filters(
+        &boot,
+        "          - name: envoy.filters.http.health_check
+            typed_config:
+              \"@type\": type.googleapis.com/envoy.extensions.filters.http.health_check.v3.HealthCheck
+              pass_through_mode: false
+              headers: [{ name: \":path\", string_match: { exact: /healthz } }]
+",
+    )
+}
+
+fn run_filtered(start: &dyn Fn(&str) -> Option<Courier>) -> Option<Vec<String>> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let proxy = start(&filtered_bootstrap(dir.path()))?;
+    get(proxy.listener, "h", "/ok", &[]);
+    get(proxy.listener, "h", "/nope", &[]);
+    get(proxy.listener, "h", "/healthz", &[]);
+    get(proxy.listener, "h", "/ok?tagged", &[("x-log", "1")]);
+    // Every request reaches the unfiltered-by-type log; the others are read after it.
+    let mut out = vec![format!("end_type: {:?}", lines(dir.path(), "end_type", 4))];
+    for name in [
+        "errors",
+        "ok_only",
+        "not_hc",
+        "header",
+        "no_route",
+        "any_flag",
+        "and",
+        "or",
+        "all_sampled",
+        "none_sampled",
+        "fast",
+        "not_end_type",
+        "traced",
+    ] {
+        let got =
+            std::fs::read_to_string(dir.path().join(format!("{name}.log"))).unwrap_or_default();
+        out.push(format!("{name}: {:?}", got.lines().collect::<Vec<_>>()));
+    }
+    Some(out)
+}
+
+#[test]
+fn access_log_filters_choose_the_lines_envoy_chooses() {
+    let got = run_filtered(&|b| Some(Courier::start(b))).expect("courier starts");
+    if let Some(envoy) =
+        run_filtered(&|b| Courier::start_envoy_with(b, &["--file-flush-interval-msec", "20"]))
+    {
+        assert_eq!(envoy, got, "envoy vs courier");
+    }
+    assert_eq!(
+        got,
+        [
+            r#"end_type: ["/ok 200", "/nope 404", "/healthz 200", "/ok?tagged 200"]"#,
+            r#"errors: ["/nope 404"]"#,
+            r#"ok_only: ["/ok 200", "/healthz 200", "/ok?tagged 200"]"#,
+            r#"not_hc: ["/ok 200", "/nope 404", "/ok?tagged 200"]"#,
+            r#"header: ["/ok?tagged 200"]"#,
+            r#"no_route: ["/nope 404"]"#,
+            r#"any_flag: ["/nope 404"]"#,
+            r#"and: ["/ok 200", "/ok?tagged 200"]"#,
+            r#"or: ["/nope 404", "/ok?tagged 200"]"#,
+            r#"all_sampled: ["/ok 200", "/nope 404", "/healthz 200", "/ok?tagged 200"]"#,
+            r#"none_sampled: []"#,
+            r#"fast: ["/ok 200", "/nope 404", "/healthz 200", "/ok?tagged 200"]"#,
+            r#"not_end_type: []"#,
+            r#"traced: []"#,
+        ]
+    );
+}

@@ -357,6 +357,7 @@ impl Completion {
                 route_name: &self.outcome.route_name,
                 tls: self.conn.tls.get().map(|t| &**t),
                 requested_server_name: self.conn.requested_server_name.as_deref(),
+                health_check: self.outcome.health_check,
             };
             for l in &cfg.access_logs {
                 l.log(&entry);
@@ -960,8 +961,14 @@ async fn run_filters<'a>(
             HttpFilter::HealthCheck(f) => {
                 let failed = crate::worker::health_failed();
                 match f.on_request(req.headers(), &s.pseudo(), failed, worker) {
-                    HealthCheckRequest::Answer(r) => return ControlFlow::Continue(Some(r)),
-                    HealthCheckRequest::PassThrough => marks.health_mark = Some((f, true, failed)),
+                    HealthCheckRequest::Answer(r) => {
+                        outcome.health_check = true;
+                        return ControlFlow::Continue(Some(r));
+                    }
+                    HealthCheckRequest::PassThrough => {
+                        outcome.health_check = true;
+                        marks.health_mark = Some((f, true, failed))
+                    }
                     HealthCheckRequest::Pass if failed => {
                         marks.health_mark = Some((f, false, true))
                     }
@@ -1368,6 +1375,7 @@ impl ConnInfo {
             route_name: "",
             tls: self.tls.get().map(|t| &**t),
             requested_server_name: self.requested_server_name.as_deref(),
+            health_check: false,
         };
         for l in &cfg.access_logs {
             l.log(&entry);

@@ -1182,6 +1182,8 @@ pub(crate) struct Outcome {
     pub(crate) upstream_host: Option<SocketAddr>,
     pub(crate) upstream_cluster: Option<String>,
     pub(crate) route_name: String,
+    /// The request is a health check (the health check filter recognised it).
+    pub(crate) health_check: bool,
 }
 
 /// A body of unknown length streamed to an HTTP/1.1 upstream goes chunked. hyper's client

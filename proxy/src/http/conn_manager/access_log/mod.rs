@@ -26,8 +26,10 @@ use courier_proto::google::protobuf::Any;
 
 use crate::config::ConfigError;
 use crate::extensions::{Factory, Registry};
+use filter::LogFilter;
 use format::LogFormat;
 
+mod filter;
 mod format;
 
 /// Envoy's default access log format.
@@ -71,11 +73,14 @@ pub struct LogEntry<'a> {
     pub tls: Option<&'a TlsConnectionInfo>,
     /// The SNI the listener's TLS inspector found.
     pub requested_server_name: Option<&'a str>,
+    /// The request was a health check (the health check filter recognised it).
+    pub health_check: bool,
 }
 
 /// A compiled access log.
 pub struct AccessLog {
     format: LogFormat,
+    filter: Option<LogFilter>,
     sink: Sender<String>,
 }
 
@@ -240,9 +245,11 @@ fn stream_logger<L: StreamLogger>(
 impl AccessLog {
     /// Compiles one `access_log` entry.
     pub fn compile(proto: &AccessLogProto) -> Result<AccessLog, ConfigError> {
-        if proto.filter.is_some() {
-            return Err(ConfigError::unsupported("filter"));
-        }
+        let filter = proto
+            .filter
+            .as_ref()
+            .map(|f| LogFilter::compile(f, "filter"))
+            .transpose()?;
         let Some(access_log::ConfigType::TypedConfig(any)) = &proto.config_type else {
             return Err(ConfigError::new(
                 "typed_config",
@@ -260,12 +267,16 @@ impl AccessLog {
         let (path, format) = (found.factory.build)(config)?;
         Ok(AccessLog {
             format,
+            filter,
             sink: writer(&path),
         })
     }
 
     /// Formats and queues one line.
     pub fn log(&self, e: &LogEntry<'_>) {
+        if self.filter.as_ref().is_some_and(|f| !f.passes(e)) {
+            return;
+        }
         let line = self.format.render(e);
         let _ = self.sink.send(line);
     }

@@ -1,0 +1,222 @@
+//! Access-log filters (`access_log[].filter`): which requests an access log writes, as
+//! Envoy's `AccessLogFilter`s decide it — status code, duration, health checks, runtime
+//! sampling, a header, response flags, the log type, and `and`/`or` of those.
+//!
+//! Refused by path: `grpc_status_filter` (the log entry does not see the response's
+//! trailers, where gRPC statuses usually are), `metadata_filter`, `extension_filter`.
+//! `traceable_filter` matches no request: Courier does not trace yet, as an Envoy
+//! connection manager without tracing.
+
+use courier_proto::envoy::config::accesslog::v3::access_log_filter::FilterSpecifier;
+use courier_proto::envoy::config::accesslog::v3::comparison_filter::Op;
+use courier_proto::envoy::config::accesslog::v3::{AccessLogFilter, ComparisonFilter};
+use courier_proto::envoy::data::accesslog::v3::AccessLogType;
+
+use super::LogEntry;
+use crate::config::{ConfigError, Fraction};
+use crate::http::route::{compile_header_matcher, HeaderMatcher, Pseudo};
+
+/// Envoy's response flags (short forms), the ones a `response_flag_filter` may name.
+const RESPONSE_FLAGS: &[&str] = &[
+    "LH", "UH", "UT", "LR", "UR", "UF", "UC", "UO", "NR", "DI", "FI", "RL", "UAEX", "RLSE", "DC",
+    "URX", "SI", "IH", "DPE", "UMSDR", "RFCF", "NFCF", "DT", "UPE", "NC", "OM", "DF", "DO", "DR",
+    "UDO", "OL",
+];
+
+/// A compiled filter.
+pub enum LogFilter {
+    /// `status_code_filter`.
+    Status(Comparison),
+    /// `duration_filter` (milliseconds).
+    Duration(Comparison),
+    /// `not_health_check_filter`.
+    NotHealthCheck,
+    /// `traceable_filter`.
+    Traceable,
+    /// `runtime_filter`: a share of requests, by their request id unless independent.
+    Runtime {
+        key: String,
+        default: Fraction,
+        independent: bool,
+    },
+    /// `and_filter`.
+    And(Vec<LogFilter>),
+    /// `or_filter`.
+    Or(Vec<LogFilter>),
+    /// `header_filter`.
+    Header(Box<HeaderMatcher>),
+    /// `response_flag_filter`: any of these flags (empty: any flag at all).
+    ResponseFlags(Vec<String>),
+    /// `log_type_filter`: an HTTP request's entry is `DOWNSTREAM_END`.
+    LogType { downstream_end: bool, exclude: bool },
+}
+
+/// A `ComparisonFilter`: its operator and value (a runtime key may override it).
+#[derive(Debug)]
+pub struct Comparison {
+    op: Op,
+    default: u64,
+    key: String,
+}
+
+impl Comparison {
+    fn compile(c: Option<&ComparisonFilter>, path: &str) -> Result<Comparison, ConfigError> {
+        let c = c.ok_or_else(|| ConfigError::new(path, "comparison is required"))?;
+        let value = c
+            .value
+            .as_ref()
+            .ok_or_else(|| ConfigError::new(format!("{path}.value"), "value is required"))?;
+        Ok(Comparison {
+            op: Op::try_from(c.op).unwrap_or(Op::Eq),
+            default: u64::from(value.default_value),
+            key: value.runtime_key.clone(),
+        })
+    }
+
+    fn holds(&self, actual: u64) -> bool {
+        let value = crate::layered_runtime::snapshot().get_integer(&self.key, self.default);
+        match self.op {
+            Op::Eq => actual == value,
+            Op::Ge => actual >= value,
+            Op::Le => actual <= value,
+            Op::Ne => actual != value,
+        }
+    }
+}
+
+impl LogFilter {
+    /// Compiles `filter` at `path`.
+    pub fn compile(filter: &AccessLogFilter, path: &str) -> Result<LogFilter, ConfigError> {
+        let list = |filters: &[AccessLogFilter], at: &str| {
+            if filters.len() < 2 {
+                return Err(ConfigError::new(
+                    format!("{path}.{at}.filters"),
+                    "value must contain at least 2 item(s)",
+                ));
+            }
+            filters
+                .iter()
+                .enumerate()
+                .map(|(i, f)| LogFilter::compile(f, &format!("{path}.{at}.filters[{i}]")))
+                .collect::<Result<Vec<_>, _>>()
+        };
+        Ok(match &filter.filter_specifier {
+            Some(FilterSpecifier::StatusCodeFilter(f)) => LogFilter::Status(Comparison::compile(
+                f.comparison.as_ref(),
+                &format!("{path}.status_code_filter.comparison"),
+            )?),
+            Some(FilterSpecifier::DurationFilter(f)) => LogFilter::Duration(Comparison::compile(
+                f.comparison.as_ref(),
+                &format!("{path}.duration_filter.comparison"),
+            )?),
+            Some(FilterSpecifier::NotHealthCheckFilter(_)) => LogFilter::NotHealthCheck,
+            Some(FilterSpecifier::TraceableFilter(_)) => LogFilter::Traceable,
+            Some(FilterSpecifier::RuntimeFilter(f)) => LogFilter::Runtime {
+                key: f.runtime_key.clone(),
+                default: f
+                    .percent_sampled
+                    .as_ref()
+                    .map_or(Fraction::NONE, Fraction::of),
+                independent: f.use_independent_randomness,
+            },
+            Some(FilterSpecifier::AndFilter(f)) => LogFilter::And(list(&f.filters, "and_filter")?),
+            Some(FilterSpecifier::OrFilter(f)) => LogFilter::Or(list(&f.filters, "or_filter")?),
+            Some(FilterSpecifier::HeaderFilter(f)) => {
+                let at = format!("{path}.header_filter.header");
+                let h = f
+                    .header
+                    .as_ref()
+                    .ok_or_else(|| ConfigError::new(&at, "value is required"))?;
+                LogFilter::Header(Box::new(compile_header_matcher(h, &at)?))
+            }
+            Some(FilterSpecifier::ResponseFlagFilter(f)) => {
+                for (i, flag) in f.flags.iter().enumerate() {
+                    if !RESPONSE_FLAGS.contains(&flag.as_str()) {
+                        return Err(ConfigError::new(
+                            format!("{path}.response_flag_filter.flags[{i}]"),
+                            format!("unknown response flag {flag}"),
+                        ));
+                    }
+                }
+                LogFilter::ResponseFlags(f.flags.clone())
+            }
+            Some(FilterSpecifier::LogTypeFilter(f)) => LogFilter::LogType {
+                downstream_end: f.types.contains(&(AccessLogType::DownstreamEnd as i32)),
+                exclude: f.exclude,
+            },
+            Some(FilterSpecifier::GrpcStatusFilter(_)) => {
+                return Err(ConfigError::unsupported(format!(
+                    "{path}.grpc_status_filter"
+                )))
+            }
+            Some(FilterSpecifier::ExtensionFilter(_)) => {
+                return Err(ConfigError::unsupported(format!("{path}.extension_filter")))
+            }
+            Some(FilterSpecifier::MetadataFilter(_)) => {
+                return Err(ConfigError::unsupported(format!("{path}.metadata_filter")))
+            }
+            None => return Err(ConfigError::new(path, "filter_specifier is required")),
+        })
+    }
+
+    /// Whether the request `e` is logged.
+    pub fn passes(&self, e: &LogEntry<'_>) -> bool {
+        match self {
+            LogFilter::Status(c) => c.holds(u64::from(e.status)),
+            LogFilter::Duration(c) => {
+                c.holds(u64::try_from(e.duration.as_millis()).unwrap_or(u64::MAX))
+            }
+            LogFilter::NotHealthCheck => !e.health_check,
+            LogFilter::Traceable => false,
+            LogFilter::Runtime {
+                key,
+                default,
+                independent,
+            } => {
+                let share = crate::layered_runtime::snapshot().fraction(key, *default);
+                let request_id = e
+                    .request
+                    .get("x-request-id")
+                    .map(|v| v.as_bytes())
+                    .filter(|_| !independent);
+                let random = match request_id {
+                    // The same request id samples the same way everywhere.
+                    Some(id) => {
+                        xxhash_rust::xxh64::xxh64(id, 0)
+                            ^ xxhash_rust::xxh64::xxh64(key.as_bytes(), 0)
+                    }
+                    None => fastrand::u64(..),
+                };
+                share.contains(random)
+            }
+            LogFilter::And(all) => all.iter().all(|f| f.passes(e)),
+            LogFilter::Or(any) => any.iter().any(|f| f.passes(e)),
+            LogFilter::Header(m) => {
+                let pseudo = Pseudo {
+                    method: Some(e.method),
+                    path: Some(e.path),
+                    authority: Some(e.authority),
+                    scheme: None,
+                    status: None,
+                };
+                m.matches(e.request, &pseudo)
+            }
+            LogFilter::ResponseFlags(wanted) => {
+                let set: Vec<&str> = if e.flags == "-" {
+                    Vec::new()
+                } else {
+                    e.flags.split(',').collect()
+                };
+                if wanted.is_empty() {
+                    !set.is_empty()
+                } else {
+                    set.iter().any(|f| wanted.iter().any(|w| w == f))
+                }
+            }
+            LogFilter::LogType {
+                downstream_end,
+                exclude,
+            } => *downstream_end != *exclude,
+        }
+    }
+}

@@ -63,6 +63,15 @@ pub fn load(options: &Options) -> Result<Bootstrap, BootstrapError> {
         node.locality.get_or_insert_with(Locality::default).zone = zone.clone();
     }
     crate::server::local_info::set_service_cluster(&node.cluster);
+    crate::server::local_info::set_node(crate::server::local_info::NodeInfo {
+        id: node.id.clone(),
+        cluster: node.cluster.clone(),
+        zone: node
+            .locality
+            .as_ref()
+            .map(|l| l.zone.clone())
+            .unwrap_or_default(),
+    });
     node.user_agent_name = "courier".into();
     node.user_agent_version_type = Some(
         courier_proto::envoy::config::core::v3::node::UserAgentVersionType::UserAgentVersion(
@@ -135,7 +144,6 @@ fn check_supported(b: &Bootstrap) -> Result<(), crate::config::ConfigError> {
                 .as_ref()
                 .is_some_and(|c| !c.local_cluster_name.is_empty()),
         ),
-        ("tracing", b.tracing.is_some()),
         ("stats_sinks", !b.stats_sinks.is_empty()),
         // Not built; each changes behaviour, so each is refused rather than ignored.
         ("node_context_params", !b.node_context_params.is_empty()),
@@ -186,6 +194,7 @@ fn check_supported(b: &Bootstrap) -> Result<(), crate::config::ConfigError> {
     crate::layered_runtime::validate(b.layered_runtime.as_ref())?;
     crate::overload::compile(b.overload_manager.as_ref(), 0)?;
     crate::server::stats_config::compile(b)?;
+    crate::tracers::set_bootstrap_provider(b)?;
     Ok(())
 }
 

@@ -21,6 +21,7 @@ pub mod overload;
 pub mod protocol;
 pub mod server;
 pub mod stats;
+pub mod tracers;
 pub mod transport_socket;
 pub mod upstream;
 pub mod worker;

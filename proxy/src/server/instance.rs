@@ -332,6 +332,19 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         runtime,
     });
     server.refresh_server_stats();
+    // Span reports go to a host of their collector cluster, as the cluster is now.
+    let weak = Rc::downgrade(&server);
+    crate::tracers::reporter::start(Rc::new(move |cluster: &str| {
+        let server = weak.upgrade()?;
+        let cm = server.cluster_manager.borrow();
+        let hosts = &cm.get(cluster)?.info.hosts;
+        let pick = hosts
+            .eligible
+            .first()
+            .and_then(|i| hosts.hosts.get(*i))
+            .or_else(|| hosts.hosts.first())?;
+        Some(pick.address)
+    }));
 
     load_static_resources(&server)?;
 

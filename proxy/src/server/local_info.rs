@@ -72,6 +72,34 @@ pub fn set_service_cluster(cluster: &str) {
 
 static SERVICE_CLUSTER: OnceLock<String> = OnceLock::new();
 
+/// The node's identity, as spans and tags name it.
+#[derive(Debug, Default)]
+pub struct NodeInfo {
+    /// `node.id`.
+    pub id: String,
+    /// `node.cluster`.
+    pub cluster: String,
+    /// `node.locality.zone`.
+    pub zone: String,
+}
+
+static NODE: OnceLock<NodeInfo> = OnceLock::new();
+
+/// Records the node once the bootstrap is loaded (later calls are ignored).
+pub fn set_node(node: NodeInfo) {
+    let _ = NODE.set(node);
+}
+
+/// The node (empty before start-up).
+pub fn node() -> &'static NodeInfo {
+    static EMPTY: NodeInfo = NodeInfo {
+        id: String::new(),
+        cluster: String::new(),
+        zone: String::new(),
+    };
+    NODE.get().unwrap_or(&EMPTY)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

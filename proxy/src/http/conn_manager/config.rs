@@ -213,6 +213,8 @@ pub struct ChainFilter {
 pub struct HcmConfig {
     /// `stat_prefix`.
     pub stat_prefix: String,
+    /// `tracing`.
+    pub tracing: Option<Arc<crate::tracers::HttpTracing>>,
     /// Routes.
     pub routes: RouteSource,
     /// `codec_type`.
@@ -364,6 +366,14 @@ impl HcmConfig {
             )?;
         let timeouts = StreamTimeouts::compile(proto)?;
         Ok(HcmConfig {
+            tracing: proto
+                .tracing
+                .as_ref()
+                .map(|t| {
+                    crate::tracers::HttpTracing::compile(t, false, &proto.stat_prefix, store)
+                        .map(Arc::new)
+                })
+                .transpose()?,
             stat_prefix: proto.stat_prefix.clone(),
             routes,
             codec,
@@ -437,7 +447,6 @@ fn check_supported(proto: &HttpConnectionManager) -> Result<(), ConfigError> {
         ));
     }
     for (field, set) in [
-        ("tracing", proto.tracing.is_some()),
         (
             "http3_protocol_options",
             proto.http3_protocol_options.is_some(),

@@ -280,6 +280,11 @@ fn finish_downstream_response(
         upgrade::h1_to_h2_response(resp);
     }
     finish_response(cfg, resp);
+    if let Some(op) = outcome.decorator_operation.take() {
+        if let Ok(v) = HeaderValue::from_str(&op) {
+            resp.headers_mut().insert("x-envoy-decorator-operation", v);
+        }
+    }
     if let Some(id) = outcome.request_id.take().or(request_id_for_response) {
         // The request's id, whatever the upstream said (as Envoy).
         resp.headers_mut().insert(X_REQUEST_ID.clone(), id);
@@ -323,7 +328,8 @@ struct Completion {
 
 impl Completion {
     #[inline(always)]
-    fn done(self, bytes_sent: u64) {
+    fn done(mut self, bytes_sent: u64) {
+        let span = self.outcome.span.take();
         let cfg = &self.conn.config;
         let worker = self.conn.worker;
         cfg.stats.downstream_rq_completed.inc(worker);
@@ -332,6 +338,16 @@ impl Completion {
             .record(worker, self.start.elapsed().as_millis() as u64);
         drop(self.active);
         self.conn.last_activity.set(Instant::now());
+        if let Some((span, name)) = span {
+            let end = crate::tracers::SpanEnd {
+                request_size: 0,
+                response_size: bytes_sent,
+                flags: self.outcome.flags,
+                status: self.status,
+                upstream_cluster: self.outcome.upstream_cluster.as_deref(),
+            };
+            span.finish(&name, &end, worker);
+        }
         if let Some(log) = &self.log {
             let entry = LogEntry {
                 start: self.start_wall,
@@ -467,6 +483,18 @@ pub(crate) async fn process(
         if !conn.config.access_logs.is_empty() {
             outcome.route_name = route.name.clone();
         }
+    }
+    if let Some(tracing) = &conn.config.tracing {
+        trace_request(
+            tracing,
+            conn,
+            &mut req,
+            routed.map(|(_, r)| r),
+            &path,
+            &authority,
+            scheme,
+            outcome,
+        );
     }
     let s = Stream {
         conn,
@@ -811,6 +839,53 @@ fn forwarding_headers(conn: &ConnInfo, headers: &mut http::HeaderMap) -> bool {
         headers.insert(X_ENVOY_INTERNAL.clone(), HeaderValue::from_static("true"));
     }
     internal
+}
+
+/// Tracing (the connection manager's `tracing`): the decision, marked in the request id;
+/// the span, joined to the request's trace context and sending the upstream its own; the
+/// span's name — an `x-envoy-decorator-operation` the request brings, else the route's
+/// decorator, else the authority — as an Envoy ingress does.
+#[allow(clippy::too_many_arguments)]
+fn trace_request(
+    tracing: &crate::tracers::HttpTracing,
+    conn: &ConnInfo,
+    req: &mut Request<ProxyBody>,
+    route: Option<&crate::http::route::Route>,
+    path: &str,
+    authority: &str,
+    scheme: &str,
+    outcome: &mut Outcome,
+) {
+    let reason = tracing.decide(req.headers_mut(), conn.worker);
+    let method = req.method().clone();
+    let start = crate::tracers::SpanStart {
+        scheme,
+        authority,
+        path,
+        method: method.as_str(),
+        protocol: protocol_name(req.version()),
+        peer: conn.remote.ip(),
+    };
+    let span = tracing.start_span(reason, req.headers_mut(), &start);
+    let decorator = route
+        .and_then(|r| r.decorator.as_deref())
+        .filter(|(op, _)| !op.is_empty());
+    let requested = req
+        .headers_mut()
+        .remove("x-envoy-decorator-operation")
+        .and_then(|v| v.to_str().ok().map(str::to_string))
+        .filter(|v| !v.is_empty());
+    let name = match (&requested, decorator) {
+        (Some(op), _) => op.clone(),
+        (None, Some((op, _))) => op.clone(),
+        (None, None) => authority.to_string(),
+    };
+    if requested.is_none() {
+        outcome.decorator_operation = decorator
+            .filter(|(_, propagate)| *propagate)
+            .map(|(op, _)| op.clone());
+    }
+    outcome.span = Some((span, name));
 }
 
 /// `x-request-id` (generated, or regenerated for an external request unless

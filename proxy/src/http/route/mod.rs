@@ -159,6 +159,9 @@ pub struct Route {
     /// `stat_prefix`: the route's own upstream request stats
     /// (`vhost.<virtual host>.route.<stat_prefix>.`).
     pub stats: Option<Box<RequestStats>>,
+    /// `decorator`: the traced request's span name, and whether it is sent upstream in
+    /// `x-envoy-decorator-operation` (`propagate`, default true).
+    pub decorator: Option<Box<(String, bool)>>,
 }
 
 enum PathMatch {
@@ -1748,7 +1751,14 @@ fn compile_route(
     };
     let matcher = compile_route_match(m, &format!("{path}.match"))?;
     let action = compile_action(r, path, inherited)?;
+    if r.tracing.is_some() {
+        return Err(ConfigError::unsupported(format!("{path}.tracing")));
+    }
     Ok(Route {
+        decorator: r
+            .decorator
+            .as_ref()
+            .map(|d| Box::new((d.operation.clone(), d.propagate.is_none_or(|p| p.value)))),
         name: r.name.clone(),
         matcher,
         action,

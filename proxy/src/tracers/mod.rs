@@ -1,0 +1,419 @@
+//! Request tracing (a connection manager's `tracing`, the bootstrap's `tracing.http`):
+//! whether a request is traced, the span a traced request gets, and the trace context
+//! sent upstream. Tracers are extensions (`envoy.tracers.*`); Zipkin is built
+//! ([`zipkin`]).
+//!
+//! The decision is Envoy's: a request already marked in its `x-request-id` keeps its
+//! mark; else `x-client-trace-id` with `client_sampling`, `x-envoy-force-trace`, or
+//! `random_sampling` (pivoting on the request id) marks it; `overall_sampling` can take
+//! the mark away. The mark is written into the request id, so every proxy on the way
+//! decides the same. Spans are built on the worker when the request ends and handed to
+//! the main thread, which batches them to the collector: a worker never waits on it.
+
+pub mod reporter;
+pub mod zipkin;
+
+use std::sync::Arc;
+
+use courier_proto::envoy::config::trace::v3::tracing::Http as TracerConfig;
+use courier_proto::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::Tracing;
+use courier_proto::envoy::r#type::tracing::v3::custom_tag;
+use http::{HeaderMap, HeaderValue};
+
+use crate::config::{ConfigError, Fraction};
+use crate::extensions::{Factory, Registry};
+use crate::layered_runtime::RuntimeFraction;
+use crate::stats::{Counter, Store};
+
+/// Why a request is traced (or not), as Envoy names the reasons.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// Not traced.
+    NotTraceable,
+    /// `random_sampling` chose it.
+    Sampling,
+    /// `x-client-trace-id` with `client_sampling`.
+    ClientForced,
+    /// `x-envoy-force-trace`.
+    ServiceForced,
+}
+
+impl Reason {
+    /// The mark in a UUID request id's version nibble (Envoy's request-id extension).
+    fn mark(self) -> u8 {
+        match self {
+            Reason::NotTraceable => b'4',
+            Reason::Sampling => b'9',
+            Reason::ServiceForced => b'a',
+            Reason::ClientForced => b'b',
+        }
+    }
+
+    fn of_mark(m: u8) -> Reason {
+        match m {
+            b'9' => Reason::Sampling,
+            b'a' => Reason::ServiceForced,
+            b'b' => Reason::ClientForced,
+            _ => Reason::NotTraceable,
+        }
+    }
+}
+
+/// A tracer a connection manager sends spans to.
+pub enum Tracer {
+    /// `envoy.tracers.zipkin`.
+    Zipkin(Arc<zipkin::ZipkinTracer>),
+}
+
+type BuildTracer = fn(&courier_proto::google::protobuf::Any, &Store) -> Result<Tracer, ConfigError>;
+
+/// The tracers a `tracing.provider` may name.
+static TRACERS: Registry<BuildTracer> = Registry {
+    point: "tracer",
+    factories: &[Factory {
+        type_name: "envoy.config.trace.v3.ZipkinConfig",
+        name: "envoy.tracers.zipkin",
+        build: |any, store| {
+            Ok(Tracer::Zipkin(Arc::new(zipkin::ZipkinTracer::compile(
+                any, store,
+            )?)))
+        },
+    }],
+};
+
+static BOOTSTRAP_PROVIDER: std::sync::OnceLock<Option<TracerConfig>> = std::sync::OnceLock::new();
+
+/// Checks the bootstrap's `tracing.http` and keeps it for connection managers that name
+/// no provider.
+#[allow(deprecated)] // the bootstrap's `tracing` is deprecated, still honoured by Envoy
+pub fn set_bootstrap_provider(
+    b: &courier_proto::envoy::config::bootstrap::v3::Bootstrap,
+) -> Result<(), ConfigError> {
+    let http = b.tracing.as_ref().and_then(|t| t.http.clone());
+    if let Some(h) = &http {
+        use courier_proto::envoy::config::trace::v3::tracing::http::ConfigType;
+        let any = h.config_type.as_ref().map(|ConfigType::TypedConfig(a)| a);
+        let found = TRACERS
+            .resolve(any, &h.name, false, "tracing.http")?
+            .ok_or_else(|| ConfigError::new("tracing.http", "unknown tracer"))?;
+        (found.factory.build)(&found.config.unwrap_or_default(), &Store::new(1))
+            .map_err(|e| e.at("tracing.http"))?;
+    }
+    let _ = BOOTSTRAP_PROVIDER.set(http);
+    Ok(())
+}
+
+/// A custom tag's value source.
+enum TagValue {
+    Literal(String),
+    /// An environment variable, read when the config is compiled (as Envoy reads it once).
+    Environment(String),
+    RequestHeader {
+        name: http::HeaderName,
+        default: String,
+    },
+}
+
+/// `http.<prefix>.tracing.*`.
+struct TracingStats {
+    random_sampling: Arc<Counter>,
+    service_forced: Arc<Counter>,
+    client_enabled: Arc<Counter>,
+    not_traceable: Arc<Counter>,
+    health_check: Arc<Counter>,
+}
+
+/// A connection manager's compiled `tracing`.
+pub struct HttpTracing {
+    client: RuntimeFraction,
+    random: RuntimeFraction,
+    overall: RuntimeFraction,
+    max_path_tag_length: usize,
+    custom_tags: Vec<(String, TagValue)>,
+    /// Ingress (server spans) or egress (client spans), from the listener's
+    /// `traffic_direction`.
+    egress: bool,
+    tracer: Tracer,
+    stats: TracingStats,
+}
+
+/// A `type.v3.Percent` as a share in ten-thousandths (Envoy's conversion), `default`
+/// percent when unset.
+fn percent(p: Option<&courier_proto::envoy::r#type::v3::Percent>, default: f64) -> Fraction {
+    let value = p.map_or(default, |p| p.value).clamp(0.0, 100.0);
+    Fraction::new((value * 100.0).round() as u32, 10_000)
+}
+
+impl HttpTracing {
+    /// Compiles a connection manager's `tracing` (at `tracing`); `bootstrap` is the
+    /// bootstrap's `tracing.http`, the provider when the connection manager names none.
+    pub fn compile(
+        t: &Tracing,
+        egress: bool,
+        stat_prefix: &str,
+        store: &Store,
+    ) -> Result<HttpTracing, ConfigError> {
+        let bootstrap = BOOTSTRAP_PROVIDER.get().and_then(Option::as_ref);
+        #[allow(deprecated)]
+        let refused = [
+            ("verbose", t.verbose),
+            (
+                "spawn_upstream_span",
+                t.spawn_upstream_span.is_some_and(|b| b.value),
+            ),
+            ("operation", !t.operation.is_empty()),
+            ("upstream_operation", !t.upstream_operation.is_empty()),
+        ];
+        if let Some((field, _)) = refused.iter().find(|(_, set)| *set) {
+            return Err(ConfigError::unsupported(format!("tracing.{field}")));
+        }
+        let (name, typed) = match (&t.provider, bootstrap) {
+            (Some(p), _) => (p.name.as_str(), p.config_type.as_ref()),
+            (None, Some(b)) => (b.name.as_str(), b.config_type.as_ref()),
+            (None, None) => {
+                return Err(ConfigError::new(
+                    "tracing.provider",
+                    "a tracer is required: tracing.provider, or the bootstrap's tracing.http",
+                ))
+            }
+        };
+        use courier_proto::envoy::config::trace::v3::tracing::http::ConfigType;
+        let any = typed.map(|ConfigType::TypedConfig(a)| a);
+        let found = TRACERS
+            .resolve(any, name, false, "tracing.provider")?
+            .ok_or_else(|| ConfigError::new("tracing.provider", "unknown tracer"))?;
+        let config = found.config.unwrap_or_default();
+        let tracer = (found.factory.build)(&config, store).map_err(|e| e.at("tracing.provider"))?;
+        let mut custom_tags = Vec::new();
+        for (i, tag) in t.custom_tags.iter().enumerate() {
+            let at = format!("tracing.custom_tags[{i}]");
+            let value = match &tag.r#type {
+                Some(custom_tag::Type::Literal(l)) => TagValue::Literal(l.value.clone()),
+                Some(custom_tag::Type::Environment(e)) => TagValue::Environment(
+                    std::env::var(&e.name).unwrap_or_else(|_| e.default_value.clone()),
+                ),
+                Some(custom_tag::Type::RequestHeader(h)) => TagValue::RequestHeader {
+                    name: http::HeaderName::from_bytes(h.name.to_ascii_lowercase().as_bytes())
+                        .map_err(|e| {
+                            ConfigError::new(format!("{at}.request_header.name"), e.to_string())
+                        })?,
+                    default: h.default_value.clone(),
+                },
+                Some(custom_tag::Type::Metadata(_)) => {
+                    return Err(ConfigError::unsupported(format!("{at}.metadata")))
+                }
+                Some(custom_tag::Type::Value(_)) => {
+                    return Err(ConfigError::unsupported(format!("{at}.value")))
+                }
+                None => return Err(ConfigError::new(at, "type is required")),
+            };
+            custom_tags.push((tag.tag.clone(), value));
+        }
+        let c = |s: &str| store.counter(&format!("http.{stat_prefix}.tracing.{s}"));
+        Ok(HttpTracing {
+            client: RuntimeFraction::keyed(
+                "tracing.client_enabled",
+                percent(t.client_sampling.as_ref(), 100.0),
+            ),
+            random: RuntimeFraction::keyed(
+                "tracing.random_sampling",
+                percent(t.random_sampling.as_ref(), 100.0),
+            ),
+            overall: RuntimeFraction::keyed(
+                "tracing.global_enabled",
+                percent(t.overall_sampling.as_ref(), 100.0),
+            ),
+            max_path_tag_length: t.max_path_tag_length.map_or(256, |v| v.value as usize),
+            custom_tags,
+            egress,
+            tracer,
+            stats: TracingStats {
+                random_sampling: c("random_sampling"),
+                service_forced: c("service_forced"),
+                client_enabled: c("client_enabled"),
+                not_traceable: c("not_traceable"),
+                health_check: c("health_check"),
+            },
+        })
+    }
+
+    /// Decides whether the request is traced and marks its `x-request-id` accordingly
+    /// (Envoy's `mutateTracingRequestHeader`); counted in `tracing.*`.
+    pub fn decide(&self, headers: &mut HeaderMap, worker: usize) -> Reason {
+        let reason = self.reason(headers);
+        let counter = match reason {
+            Reason::Sampling => &self.stats.random_sampling,
+            Reason::ServiceForced => &self.stats.service_forced,
+            Reason::ClientForced => &self.stats.client_enabled,
+            Reason::NotTraceable => &self.stats.not_traceable,
+        };
+        counter.inc(worker);
+        reason
+    }
+
+    fn reason(&self, headers: &mut HeaderMap) -> Reason {
+        let Some(id) = headers.get("x-request-id").map(|v| v.as_bytes().to_vec()) else {
+            return Reason::NotTraceable;
+        };
+        // A UUID's first eight hex digits, modulo 10,000: the request's sampling pivot.
+        let Some(pivot) = std::str::from_utf8(id.get(..8).unwrap_or_default())
+            .ok()
+            .and_then(|h| u64::from_str_radix(h, 16).ok())
+            .map(|n| n % 10_000)
+        else {
+            return Reason::NotTraceable;
+        };
+        let uuid = id.len() == 36;
+        let mut reason = if uuid {
+            Reason::of_mark(id[14])
+        } else {
+            Reason::NotTraceable
+        };
+        if reason == Reason::NotTraceable {
+            if headers.contains_key("x-client-trace-id") && self.client.sample() {
+                reason = Reason::ClientForced;
+            } else if headers.contains_key("x-envoy-force-trace") {
+                reason = Reason::ServiceForced;
+            } else if self.random.contains(pivot) {
+                reason = Reason::Sampling;
+            }
+        }
+        if reason != Reason::NotTraceable && !self.overall.contains(pivot) {
+            reason = Reason::NotTraceable;
+        }
+        if uuid && id[14] != reason.mark() && (reason != Reason::NotTraceable || id[14] != b'4') {
+            let mut marked = id;
+            marked[14] = reason.mark();
+            if let Ok(v) = HeaderValue::from_bytes(&marked) {
+                headers.insert("x-request-id", v);
+            }
+        }
+        reason
+    }
+
+    /// A health check is not traced (counted in `tracing.health_check`).
+    pub fn health_check(&self, worker: usize) {
+        self.stats.health_check.inc(worker);
+    }
+
+    /// Starts the request's span: from the trace context it came with, else a new trace;
+    /// the context for the upstream replaces the request's. The request's tags are taken
+    /// now (its headers go on upstream).
+    pub fn start_span(
+        &self,
+        reason: Reason,
+        headers: &mut HeaderMap,
+        req: &SpanStart<'_>,
+    ) -> ActiveSpan {
+        let mut tags: Vec<(String, String)> = Vec::with_capacity(20);
+        let mut tag = |k: &str, v: &str| tags.push((k.to_string(), v.to_string()));
+        let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
+        let info = crate::server::local_info::node();
+        tag("component", "proxy");
+        tag("node_id", &info.id);
+        if !info.zone.is_empty() {
+            tag("zone", &info.zone);
+        }
+        tag("guid:x-request-id", header("x-request-id").unwrap_or(""));
+        let mut url = format!("{}://{}{}", req.scheme, req.authority, req.path);
+        if url.len() > self.max_path_tag_length {
+            let mut cut = self.max_path_tag_length;
+            while !url.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            url.truncate(cut);
+        }
+        tag("http.url", &url);
+        tag("http.method", req.method);
+        tag(
+            "downstream_cluster",
+            header("x-envoy-downstream-service-cluster").unwrap_or("-"),
+        );
+        tag("user_agent", header("user-agent").unwrap_or("-"));
+        tag("http.protocol", req.protocol);
+        tag("peer.address", &req.peer.to_string());
+        for (name, value) in &self.custom_tags {
+            match value {
+                TagValue::Literal(v) | TagValue::Environment(v) => tag(name, v),
+                TagValue::RequestHeader { name: h, default } => {
+                    match headers.get(h).and_then(|v| v.to_str().ok()) {
+                        Some(v) => tag(name, v),
+                        None if !default.is_empty() => tag(name, default),
+                        None => {}
+                    }
+                }
+            }
+        }
+        match &self.tracer {
+            Tracer::Zipkin(z) => ActiveSpan {
+                span: z.start(reason != Reason::NotTraceable, self.egress, headers),
+                tracer: z.clone(),
+                tags,
+            },
+        }
+    }
+}
+
+/// What a request tells its span when it starts.
+pub struct SpanStart<'a> {
+    /// `http` or `https`.
+    pub scheme: &'a str,
+    /// The request's authority.
+    pub authority: &'a str,
+    /// Its path and query.
+    pub path: &'a str,
+    /// Its method.
+    pub method: &'a str,
+    /// `HTTP/1.1`, `HTTP/2`.
+    pub protocol: &'a str,
+    /// The client's address.
+    pub peer: std::net::IpAddr,
+}
+
+/// What a finished request tells its span.
+pub struct SpanEnd<'a> {
+    /// Request body bytes.
+    pub request_size: u64,
+    /// Response body bytes.
+    pub response_size: u64,
+    /// Envoy's response flags.
+    pub flags: &'a str,
+    /// The status sent (0: none).
+    pub status: u16,
+    /// The cluster the request went to.
+    pub upstream_cluster: Option<&'a str>,
+}
+
+/// A request's span, from its start to its end.
+pub struct ActiveSpan {
+    span: zipkin::Span,
+    tracer: Arc<zipkin::ZipkinTracer>,
+    tags: Vec<(String, String)>,
+}
+
+impl ActiveSpan {
+    /// Ends the span, named `name`; a sampled one goes to the reporter.
+    pub fn finish(mut self, name: &str, end: &SpanEnd<'_>, worker: usize) {
+        if !self.span.sampled {
+            return;
+        }
+        let mut tag = |k: &str, v: String| self.tags.push((k.to_string(), v));
+        tag("request_size", end.request_size.to_string());
+        tag("response_size", end.response_size.to_string());
+        tag("response_flags", end.flags.to_string());
+        tag("http.status_code", end.status.to_string());
+        if let Some(cluster) = end.upstream_cluster {
+            tag("upstream_cluster", cluster.to_string());
+            tag("upstream_cluster.name", cluster.to_string());
+        }
+        if end.status == 0 || end.status >= 500 {
+            tag("error", "true".to_string());
+        }
+        self.tracer.finish(self.span, name, self.tags, worker);
+    }
+
+    /// Whether the span is sampled (reported when it ends).
+    pub fn sampled(&self) -> bool {
+        self.span.sampled
+    }
+}

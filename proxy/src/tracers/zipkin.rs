@@ -1,0 +1,242 @@
+//! The Zipkin tracer (`envoy.tracers.zipkin`, `ZipkinConfig`): B3 trace context in and
+//! out (`x-b3-traceid`, `x-b3-spanid`, `x-b3-parentspanid`, `x-b3-sampled`, `x-b3-flags`),
+//! one span per request — a server span for ingress, a client span for egress — and
+//! spans reported as Zipkin v2 JSON to `collector_endpoint` on `collector_cluster`.
+//!
+//! As Envoy: a request with a B3 context joins its trace, and with `shared_span_context`
+//! (the default) its server span shares the caller's span id; `x-b3-sampled` (or debug
+//! `x-b3-flags: 1`) overrides the sampling decision; an unsampled request still sends a
+//! context upstream, with `x-b3-sampled: 0`. Refused by path: `collector_endpoint_version`
+//! other than `HTTP_JSON`, `collector_service`, `split_spans_for_request`,
+//! `trace_context_option`, `timestamp_trace_ids`.
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use courier_proto::envoy::config::trace::v3::zipkin_config::CollectorEndpointVersion;
+use courier_proto::envoy::config::trace::v3::ZipkinConfig;
+use courier_proto::google::protobuf::Any;
+use http::{HeaderMap, HeaderValue};
+
+use super::reporter::{self, Collector, ReportedSpan};
+use crate::config::ConfigError;
+use crate::stats::Store;
+
+const TRACE_ID: &str = "x-b3-traceid";
+const SPAN_ID: &str = "x-b3-spanid";
+const PARENT_ID: &str = "x-b3-parentspanid";
+const SAMPLED: &str = "x-b3-sampled";
+const FLAGS: &str = "x-b3-flags";
+
+/// A compiled `ZipkinConfig`.
+pub struct ZipkinTracer {
+    collector: Arc<Collector>,
+    trace_id_128bit: bool,
+    shared_span_context: bool,
+}
+
+impl ZipkinTracer {
+    /// Compiles a `ZipkinConfig` (paths relative to `typed_config`).
+    #[allow(deprecated)] // `split_spans_for_request` is deprecated, still read by Envoy
+    pub fn compile(any: &Any, store: &Store) -> Result<ZipkinTracer, ConfigError> {
+        let c: ZipkinConfig = courier_proto::unpack_any(any)
+            .map_err(|e| ConfigError::new("typed_config", e.to_string()))?;
+        let refused = [
+            ("collector_service", c.collector_service.is_some()),
+            ("split_spans_for_request", c.split_spans_for_request),
+            ("trace_context_option", c.trace_context_option != 0),
+            ("timestamp_trace_ids", c.timestamp_trace_ids),
+        ];
+        if let Some((field, _)) = refused.iter().find(|(_, set)| *set) {
+            return Err(ConfigError::unsupported(format!("typed_config.{field}")));
+        }
+        if c.collector_endpoint_version != CollectorEndpointVersion::HttpJson as i32 {
+            return Err(ConfigError::unsupported(
+                "typed_config.collector_endpoint_version (only HTTP_JSON)",
+            ));
+        }
+        if c.collector_cluster.is_empty() {
+            return Err(ConfigError::new(
+                "typed_config.collector_cluster",
+                "value length must be at least 1 characters",
+            ));
+        }
+        if c.collector_endpoint.is_empty() {
+            return Err(ConfigError::new(
+                "typed_config.collector_endpoint",
+                "value length must be at least 1 characters",
+            ));
+        }
+        Ok(ZipkinTracer {
+            collector: reporter::collector(
+                &c.collector_cluster,
+                &c.collector_endpoint,
+                &c.collector_hostname,
+                store,
+            ),
+            trace_id_128bit: c.trace_id_128bit,
+            shared_span_context: c.shared_span_context.is_none_or(|b| b.value),
+        })
+    }
+
+    /// Starts a span for a request whose headers are `headers`; `traced` is the sampling
+    /// decision (a B3 sampled flag overrides it). The upstream's B3 context replaces the
+    /// request's.
+    pub fn start(&self, traced: bool, egress: bool, headers: &mut HeaderMap) -> Span {
+        let hex = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
+        let incoming = hex(TRACE_ID)
+            .and_then(parse_trace_id)
+            .zip(hex(SPAN_ID).and_then(parse_id));
+        let parent_header = hex(PARENT_ID).and_then(parse_id);
+        let debug = hex(FLAGS) == Some("1");
+        let sampled = match hex(SAMPLED) {
+            Some("1" | "true" | "d") => true,
+            Some("0" | "false") => false,
+            _ if debug => true,
+            _ => traced,
+        };
+        let server = !egress;
+        let (trace_high, trace_id, id, parent) = match incoming {
+            Some(((high, low), caller)) if server && self.shared_span_context => {
+                (high, low, caller, parent_header)
+            }
+            Some(((high, low), caller)) => (high, low, fastrand::u64(..), Some(caller)),
+            None => {
+                let low = fastrand::u64(..);
+                let high = self.trace_id_128bit.then(|| fastrand::u64(..));
+                (high, low, low, None)
+            }
+        };
+        let span = Span {
+            trace_high,
+            trace_id,
+            id,
+            parent,
+            sampled,
+            server,
+            shared: server && self.shared_span_context,
+            start: SystemTime::now(),
+            started: Instant::now(),
+        };
+        for name in [TRACE_ID, SPAN_ID, PARENT_ID, SAMPLED, FLAGS] {
+            headers.remove(name);
+        }
+        let mut set = |name: &'static str, value: String| {
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                headers.insert(name, v);
+            }
+        };
+        set(TRACE_ID, span.trace_id_hex());
+        set(SPAN_ID, format!("{:016x}", span.id));
+        if let Some(p) = span.parent {
+            set(PARENT_ID, format!("{p:016x}"));
+        }
+        set(SAMPLED, if span.sampled { "1" } else { "0" }.to_string());
+        span
+    }
+
+    /// Ends `span` (named `name`, with `tags`); a sampled span goes to the reporter.
+    pub fn finish(&self, span: Span, name: &str, tags: Vec<(String, String)>, worker: usize) {
+        if !span.sampled {
+            return;
+        }
+        let duration = span.started.elapsed().as_micros() as u64;
+        let start = span
+            .start
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
+        let info = crate::server::local_info::node();
+        let mut value = serde_json::json!({
+            "traceId": span.trace_id_hex(),
+            "id": format!("{:016x}", span.id),
+            "kind": if span.server { "SERVER" } else { "CLIENT" },
+            "name": name,
+            "timestamp": start,
+            "duration": duration,
+            "localEndpoint": {
+                "serviceName": info.cluster,
+                "ipv4": crate::server::local_info::local_address().to_string(),
+                "port": 0,
+            },
+            "annotations": [{
+                "value": if span.server { "ss" } else { "cr" },
+                "timestamp": start + duration,
+            }],
+            "tags": tags
+                .into_iter()
+                .map(|(k, v)| (k, serde_json::Value::String(v)))
+                .collect::<serde_json::Map<String, serde_json::Value>>(),
+        });
+        if let Some(p) = span.parent {
+            value["parentId"] = format!("{p:016x}").into();
+        }
+        if span.shared {
+            value["shared"] = true.into();
+        }
+        reporter::submit(
+            ReportedSpan {
+                collector: self.collector.clone(),
+                span: value,
+            },
+            worker,
+        );
+    }
+}
+
+/// A request's span while it runs.
+pub struct Span {
+    trace_high: Option<u64>,
+    trace_id: u64,
+    id: u64,
+    parent: Option<u64>,
+    /// Reported when it ends.
+    pub sampled: bool,
+    server: bool,
+    shared: bool,
+    start: SystemTime,
+    started: Instant,
+}
+
+impl Span {
+    fn trace_id_hex(&self) -> String {
+        match self.trace_high {
+            Some(high) => format!("{high:016x}{:016x}", self.trace_id),
+            None => format!("{:016x}", self.trace_id),
+        }
+    }
+}
+
+/// A 64-bit id in 16 hex digits (or fewer).
+fn parse_id(s: &str) -> Option<u64> {
+    (!s.is_empty() && s.len() <= 16)
+        .then(|| u64::from_str_radix(s, 16).ok())
+        .flatten()
+}
+
+/// A 64- or 128-bit trace id: its high and low halves.
+fn parse_trace_id(s: &str) -> Option<(Option<u64>, u64)> {
+    if s.len() == 32 {
+        Some((Some(parse_id(&s[..16])?), parse_id(&s[16..])?))
+    } else {
+        Some((None, parse_id(s)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn b3_ids_parse_as_hex_of_64_or_128_bits() {
+        assert_eq!(parse_id("a2fb4a1d1a96d312"), Some(0xa2fb4a1d1a96d312));
+        assert_eq!(parse_id("xyz"), None);
+        assert_eq!(
+            parse_trace_id("463ac35c9f6413ad48485a3953bb6124"),
+            Some((Some(0x463ac35c9f6413ad), 0x48485a3953bb6124))
+        );
+        assert_eq!(
+            parse_trace_id("463ac35c9f6413ad"),
+            Some((None, 0x463ac35c9f6413ad))
+        );
+    }
+}

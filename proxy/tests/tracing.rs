@@ -1,0 +1,283 @@
+//! Zipkin tracing as Envoy 1.40 does it: the sampling decision marked in `x-request-id`,
+//! B3 context joined and sent upstream, one server span per request (shared with the
+//! caller's span), tags, custom tags, route decorators, and Zipkin v2 JSON reports
+//! batched to the collector cluster. A real collector (an HTTP server decoding the
+//! reports) receives the spans of the same requests through Courier and, when `envoy` is
+//! on PATH, through Envoy; what they report must agree.
+
+mod http_support;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use http_body_util::BodyExt;
+use http_support::*;
+
+/// A Zipkin collector: every span posted to it.
+fn collector() -> (std::net::SocketAddr, Arc<Mutex<Vec<serde_json::Value>>>) {
+    let spans: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
+    let keep = spans.clone();
+    let addr = spawn_tokio_server(move |stream| {
+        let keep = keep.clone();
+        async move {
+            let service =
+                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let keep = keep.clone();
+                    async move {
+                        let path = req.uri().path().to_string();
+                        let body = req
+                            .into_body()
+                            .collect()
+                            .await
+                            .map(|b| b.to_bytes())
+                            .unwrap_or_default();
+                        if path == "/api/v2/spans" {
+                            if let Ok(serde_json::Value::Array(list)) =
+                                serde_json::from_slice(&body)
+                            {
+                                keep.lock().expect("spans").extend(list);
+                            }
+                        }
+                        Ok::<_, std::convert::Infallible>(
+                            hyper::Response::builder()
+                                .status(202)
+                                .body(http_body_util::Full::new(bytes::Bytes::new()))
+                                .expect("response"),
+                        )
+                    }
+                });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await;
+        }
+    });
+    (addr, spans)
+}
+
+fn traced_bootstrap(upstream: std::net::SocketAddr, zipkin: std::net::SocketAddr) -> String {
+    let boot = bootstrap(
+        "            name: local
+            virtual_hosts:
+            - name: main
+              domains: [\"*\"]
+              routes:
+              - match: { prefix: \"/decorated\" }
+                route: { cluster: up }
+                decorator: { operation: checkout }
+              - match: { prefix: \"/\" }
+                route: { cluster: up }
+",
+        "          tracing:
+            random_sampling: { value: 100 }
+            custom_tags:
+            - { tag: team, literal: { value: payments } }
+            - { tag: tenant, request_header: { name: x-tenant, default_value: none } }
+            provider:
+              name: envoy.tracers.zipkin
+              typed_config:
+                \"@type\": type.googleapis.com/envoy.config.trace.v3.ZipkinConfig
+                collector_cluster: zipkin
+                collector_endpoint: /api/v2/spans
+                collector_endpoint_version: HTTP_JSON
+",
+        &format!(
+            "{}{}",
+            cluster("up", &[upstream], ""),
+            cluster("zipkin", &[zipkin], "")
+        ),
+    );
+    format!(
+        "node: {{ id: node-1, cluster: checkout-svc, locality: {{ zone: zone-a }} }}
+layered_runtime:
+  layers:
+  - name: base
+    static_layer: {{ tracing.zipkin.min_flush_spans: 1 }}
+{boot}"
+    )
+}
+
+/// The spans of one run, normalised (ids replaced by their relations), and what the
+/// upstream saw of the trace context.
+fn run(start: &dyn Fn(&str) -> Option<Courier>) -> Option<(Vec<String>, Vec<String>, Vec<String>)> {
+    let up = Upstream::start("up");
+    let (zipkin, spans) = collector();
+    let proxy = start(&traced_bootstrap(up.addr, zipkin))?;
+    let mut seen = Vec::new();
+    let b3 = |s: &Seen| {
+        let h = |n: &str| s.header(n).map(str::to_string).unwrap_or_default();
+        let id = h("x-request-id");
+        format!(
+            "traceid={} spanid={} parent={} sampled={} rid-mark={}",
+            h("x-b3-traceid").len(),
+            if h("x-b3-spanid") == h("x-b3-traceid") {
+                "=traceid".to_string()
+            } else {
+                h("x-b3-spanid")
+            },
+            h("x-b3-parentspanid"),
+            h("x-b3-sampled"),
+            id.chars().nth(14).unwrap_or(' ')
+        )
+    };
+    let r = get(
+        proxy.listener,
+        "shop",
+        "/a?q=1",
+        &[("user-agent", "agent/1"), ("x-tenant", "acme")],
+    );
+    assert_eq!(r.status, 200);
+    seen.push(format!("a: {}", b3(&up.last().expect("a seen"))));
+    get(
+        proxy.listener,
+        "shop",
+        "/b",
+        &[
+            ("x-b3-traceid", "463ac35c9f6413ad48485a3953bb6124"),
+            ("x-b3-spanid", "a2fb4a1d1a96d312"),
+            ("x-b3-parentspanid", "0020000000000001"),
+            ("x-b3-sampled", "1"),
+        ],
+    );
+    seen.push(format!("b: {}", b3(&up.last().expect("b seen"))));
+    get(proxy.listener, "shop", "/c", &[("x-b3-sampled", "0")]);
+    seen.push(format!("c: {}", b3(&up.last().expect("c seen"))));
+    let r = get(proxy.listener, "shop", "/decorated", &[]);
+    seen.push(format!(
+        "decorated: {} response decorator={:?}",
+        b3(&up.last().expect("decorated seen")),
+        r.header("x-envoy-decorator-operation")
+    ));
+    // Three spans are sampled (the one with `x-b3-sampled: 0` is not).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while spans.lock().expect("spans").len() < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "spans never reached the collector"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut normalised: Vec<String> = spans
+        .lock()
+        .expect("spans")
+        .iter()
+        .map(|s| {
+            let tags = s["tags"].as_object().cloned().unwrap_or_default();
+            let tag = |k: &str| tags.get(k).and_then(|v| v.as_str()).unwrap_or("").to_string();
+            let mut keys: Vec<&String> = tags.keys().collect();
+            keys.sort();
+            format!(
+                "{} kind={} shared={} trace={} id={} parent={} local={}/{} url={} method={} status={} cluster={} ua={} team={} tenant={} flags={} proto={} node={} zone={} keys={:?}",
+                s["name"].as_str().unwrap_or(""),
+                s["kind"].as_str().unwrap_or(""),
+                s["shared"],
+                s["traceId"].as_str().map_or(0, str::len),
+                if s["id"] == s["traceId"] { "=trace".to_string() } else { s["id"].as_str().unwrap_or("").to_string() },
+                s["parentId"].as_str().unwrap_or("-"),
+                s["localEndpoint"]["serviceName"].as_str().unwrap_or(""),
+                s["localEndpoint"]["port"],
+                tag("http.url").replace(&proxy.listener.port().to_string(), "PORT"),
+                tag("http.method"),
+                tag("http.status_code"),
+                tag("upstream_cluster"),
+                tag("user_agent"),
+                tag("team"),
+                tag("tenant"),
+                tag("response_flags"),
+                tag("http.protocol"),
+                tag("node_id"),
+                tag("zone"),
+                keys
+            )
+        })
+        .collect();
+    normalised.sort();
+    let stats = vec![
+        format!(
+            "spans_sent={}",
+            proxy.wait_stat("tracing.zipkin.spans_sent", 3)
+        ),
+        format!(
+            "random_sampling={}",
+            proxy.stat("http.ingress.tracing.random_sampling")
+        ),
+        format!(
+            "not_traceable={}",
+            proxy.stat("http.ingress.tracing.not_traceable")
+        ),
+    ];
+    Some((seen, normalised, stats))
+}
+
+#[test]
+fn zipkin_spans_and_b3_context_match_envoy() {
+    let got = run(&|b| Some(Courier::start(b))).expect("courier starts");
+    if let Some(envoy) = run(&|b| Courier::start_envoy(b)) {
+        assert_eq!(envoy, got, "envoy vs courier");
+    }
+    let (seen, spans, stats) = &got;
+    assert_eq!(
+        seen[0],
+        "a: traceid=16 spanid==traceid parent= sampled=1 rid-mark=9"
+    );
+    assert_eq!(
+        seen[1],
+        "b: traceid=32 spanid=a2fb4a1d1a96d312 parent=0020000000000001 sampled=1 rid-mark=9"
+    );
+    assert!(seen[2].contains("sampled=0"), "{seen:?}");
+    assert!(
+        seen[3].ends_with("response decorator=Some(\"checkout\")"),
+        "{seen:?}"
+    );
+    assert_eq!(spans.len(), 3, "{spans:#?}");
+    assert!(
+        spans
+            .iter()
+            .any(|s| s.starts_with("checkout kind=SERVER shared=true")),
+        "{spans:#?}"
+    );
+    assert!(
+        spans
+            .iter()
+            .any(|s| s.contains("team=payments tenant=acme")),
+        "{spans:#?}"
+    );
+    assert_eq!(stats[0], "spans_sent=3");
+}
+
+#[test]
+fn tracing_settings_not_built_are_refused_by_path() {
+    let (up, zipkin) = (
+        "127.0.0.1:1".parse().expect("addr"),
+        "127.0.0.1:2".parse().expect("addr"),
+    );
+    let base = traced_bootstrap(up, zipkin);
+    for (from, to, want) in [
+        (
+            "collector_endpoint_version: HTTP_JSON",
+            "collector_endpoint_version: HTTP_PROTO",
+            "collector_endpoint_version (only HTTP_JSON)",
+        ),
+        (
+            "name: envoy.tracers.zipkin\n              typed_config:\n                \"@type\": type.googleapis.com/envoy.config.trace.v3.ZipkinConfig\n                collector_cluster: zipkin\n                collector_endpoint: /api/v2/spans\n                collector_endpoint_version: HTTP_JSON",
+            "name: envoy.tracers.opentelemetry\n              typed_config:\n                \"@type\": type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig",
+            "tracing.provider: Didn't find a registered implementation",
+        ),
+        (
+            "random_sampling: { value: 100 }",
+            "random_sampling: { value: 100 }\n            spawn_upstream_span: true",
+            "tracing.spawn_upstream_span: not supported by Courier",
+        ),
+        (
+            "decorator: { operation: checkout }",
+            "tracing: { random_sampling: { numerator: 1 } }",
+            "routes[0].tracing: not supported by Courier",
+        ),
+    ] {
+        assert!(base.contains(from), "{from}");
+        let (code, stderr) = validate(&base.replacen(from, to, 1));
+        assert_eq!(code, Some(1), "{stderr}");
+        assert!(stderr.contains(want), "want {want:?} in {stderr}");
+    }
+    let (code, stderr) = validate(&base);
+    assert_eq!(code, Some(0), "{stderr}");
+}

@@ -247,3 +247,42 @@ fn a_missing_lds_file_fails_start_up_as_in_envoy() {
     );
     assert_eq!(run_with_config("validate", yaml).code(), 0);
 }
+
+#[test]
+fn settings_not_acted_on_are_refused_by_path() {
+    let with = |extra: &str| {
+        STATIC_HTTP.replace(
+            "          stat_prefix: ingress_http\n",
+            &format!("          stat_prefix: ingress_http\n{extra}"),
+        )
+    };
+    for (extra, want) in [
+        ("          drain_timeout: 1s\n", "drain_timeout: not supported by Courier"),
+        ("          stream_flush_timeout: 1s\n", "stream_flush_timeout: not supported by Courier"),
+        (
+            "          http_protocol_options: { allow_absolute_url: false }\n",
+            "http_protocol_options.allow_absolute_url: not supported by Courier",
+        ),
+        (
+            "          http2_protocol_options: { hpack_table_size: 0 }\n",
+            "http2_protocol_options.hpack_table_size: not supported by Courier",
+        ),
+        (
+            "          http2_protocol_options: { max_outbound_frames: 50 }\n",
+            "http2_protocol_options.max_outbound_frames: not supported by Courier",
+        ),
+        (
+            "          http2_protocol_options: { connection_keepalive: { timeout: 1s, interval: 5s, connection_idle_interval: 1s } }\n",
+            "connection_keepalive.connection_idle_interval: not supported by Courier",
+        ),
+    ] {
+        let f = run_with_config("validate", &with(extra));
+        assert_one_line_error(&f, &[want]);
+    }
+    // Envoy's defaults, spelled out, are accepted.
+    let f = run_with_config(
+        "validate",
+        &with("          http2_protocol_options: { hpack_table_size: 4096, max_outbound_frames: 10000, connection_keepalive: { timeout: 1s, interval: 5s, interval_jitter: { value: 15 } } }\n"),
+    );
+    assert_eq!(f.status.code(), Some(0), "{}", f.stderr);
+}

@@ -10,8 +10,16 @@
 //!   only the stream window leaves the connection window at hyper's, which then bounds a
 //!   single stream too.
 //! - `connection_keepalive`: a PING every `interval` (jitter aside) and the connection
-//!   closed when its answer takes longer than `timeout`, as Envoy. `interval_jitter` and
-//!   `connection_idle_interval` are not acted on (hyper has neither).
+//!   closed when its answer takes longer than `timeout`, as Envoy. `interval_jitter` other
+//!   than Envoy's 15% and `connection_idle_interval` are refused (hyper has neither).
+//! - Envoy's flood limits (`max_outbound_frames`, `max_outbound_control_frames`,
+//!   `max_consecutive_inbound_frames_with_empty_payload`,
+//!   `max_inbound_priority_frames_per_stream`,
+//!   `max_inbound_window_update_frames_per_data_frame_sent`) and `hpack_table_size` are
+//!   accepted at Envoy's defaults — the `h2` crate's own flood protections and its 4096-byte
+//!   table apply — and refused at any other value; the settings Courier does not act on
+//!   (`stream_error_on_invalid_http_messaging`, its override, `allow_metadata`,
+//!   `custom_settings_parameters`, …) are refused when set.
 
 use std::time::Duration;
 
@@ -50,6 +58,92 @@ impl Default for H2Options {
     }
 }
 
+/// Refuses, by path, the settings Courier does not act on when they differ from Envoy's
+/// defaults (which Courier's behaviour matches).
+#[allow(deprecated)] // `stream_error_on_invalid_http_messaging` is still read by Envoy
+fn check_not_acted_on(o: &Http2ProtocolOptions, path: &str) -> Result<(), ConfigError> {
+    let u32_is = |v: &Option<u32>, default: u32| v.is_none_or(|v| v == default);
+    let defaults = [
+        (
+            "hpack_table_size",
+            u32_is(&o.hpack_table_size.map(|v| v.value), 4096),
+        ),
+        (
+            "max_outbound_frames",
+            u32_is(&o.max_outbound_frames.map(|v| v.value), 10_000),
+        ),
+        (
+            "max_outbound_control_frames",
+            u32_is(&o.max_outbound_control_frames.map(|v| v.value), 1_000),
+        ),
+        (
+            "max_consecutive_inbound_frames_with_empty_payload",
+            u32_is(
+                &o.max_consecutive_inbound_frames_with_empty_payload
+                    .map(|v| v.value),
+                1,
+            ),
+        ),
+        (
+            "max_inbound_priority_frames_per_stream",
+            u32_is(
+                &o.max_inbound_priority_frames_per_stream.map(|v| v.value),
+                100,
+            ),
+        ),
+        (
+            "max_inbound_window_update_frames_per_data_frame_sent",
+            u32_is(
+                &o.max_inbound_window_update_frames_per_data_frame_sent
+                    .map(|v| v.value),
+                10,
+            ),
+        ),
+        (
+            "stream_error_on_invalid_http_messaging",
+            !o.stream_error_on_invalid_http_messaging,
+        ),
+        (
+            "override_stream_error_on_invalid_http_message",
+            o.override_stream_error_on_invalid_http_message.is_none(),
+        ),
+        ("allow_metadata", !o.allow_metadata),
+        (
+            "custom_settings_parameters",
+            o.custom_settings_parameters.is_empty(),
+        ),
+        ("max_metadata_size", o.max_metadata_size.is_none()),
+        (
+            "enable_huffman_encoding",
+            o.enable_huffman_encoding.is_none_or(|v| v.value),
+        ),
+        (
+            "max_header_field_size_kb",
+            o.max_header_field_size_kb.is_none(),
+        ),
+        ("disallow_obs_text", o.disallow_obs_text.is_none()),
+        ("stream_reset_burst", o.stream_reset_burst.is_none()),
+        ("stream_reset_rate", o.stream_reset_rate.is_none()),
+        (
+            "connection_keepalive.interval_jitter",
+            o.connection_keepalive
+                .as_ref()
+                .and_then(|k| k.interval_jitter.as_ref())
+                .is_none_or(|j| (j.value - 15.0).abs() < f64::EPSILON),
+        ),
+        (
+            "connection_keepalive.connection_idle_interval",
+            o.connection_keepalive
+                .as_ref()
+                .is_none_or(|k| k.connection_idle_interval.is_none()),
+        ),
+    ];
+    match defaults.iter().find(|(_, ok)| !ok) {
+        Some((field, _)) => Err(ConfigError::unsupported(format!("{path}.{field}"))),
+        None => Ok(()),
+    }
+}
+
 impl H2Options {
     /// Compiles `options` (found at `path`); none gives Envoy's defaults.
     pub fn compile(
@@ -59,6 +153,7 @@ impl H2Options {
         let Some(o) = options else {
             return Ok(H2Options::default());
         };
+        check_not_acted_on(o, path)?;
         let window = |v: Option<u32>, field: &str| -> Result<Option<u32>, ConfigError> {
             match v {
                 Some(n) if !WINDOW_RANGE.contains(&n) => Err(ConfigError::new(

@@ -470,6 +470,42 @@ fn check_supported(proto: &HttpConnectionManager) -> Result<(), ConfigError> {
             proto.path_normalization_options.is_some(),
         ),
         ("proxy_status_config", proto.proxy_status_config.is_some()),
+        // Not acted on: refused rather than ignored.
+        ("drain_timeout", proto.drain_timeout.is_some()),
+        ("stream_flush_timeout", proto.stream_flush_timeout.is_some()),
+        (
+            "stream_error_on_invalid_http_message",
+            proto.stream_error_on_invalid_http_message.is_some(),
+        ),
+        (
+            "http_protocol_options.allow_absolute_url",
+            proto
+                .http_protocol_options
+                .as_ref()
+                .and_then(|o| o.allow_absolute_url)
+                .is_some_and(|v| !v.value),
+        ),
+        (
+            "http_protocol_options.override_stream_error_on_invalid_http_message",
+            proto
+                .http_protocol_options
+                .as_ref()
+                .is_some_and(|o| o.override_stream_error_on_invalid_http_message.is_some()),
+        ),
+        (
+            "http_protocol_options.send_fully_qualified_url",
+            proto
+                .http_protocol_options
+                .as_ref()
+                .is_some_and(|o| o.send_fully_qualified_url),
+        ),
+        (
+            "http_protocol_options.allow_custom_methods",
+            proto
+                .http_protocol_options
+                .as_ref()
+                .is_some_and(|o| o.allow_custom_methods),
+        ),
     ] {
         if set {
             return Err(ConfigError::unsupported(field));

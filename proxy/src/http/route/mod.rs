@@ -2060,6 +2060,8 @@ fn check_route_action(a: &pb::RouteAction, path: &str) -> Result<(), ConfigError
             "retry_policy_typed_config",
             a.retry_policy_typed_config.is_some(),
         ),
+        // A flow-control stall bound Courier does not enforce.
+        ("flush_timeout", a.flush_timeout.is_some()),
     ] {
         if set {
             return Err(ConfigError::unsupported(format!("{path}.{field}")));

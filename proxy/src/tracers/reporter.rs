@@ -169,19 +169,39 @@ fn flush(c: Arc<Collector>, spans: Vec<serde_json::Value>, host_of: HostOf) {
     });
 }
 
-async fn post(addr: std::net::SocketAddr, c: &Collector, body: String) -> Result<u16, String> {
+type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+thread_local! {
+    /// Idle keep-alive connections to collectors, by address (main thread only): a report
+    /// reuses one instead of opening a connection per batch.
+    static IDLE: std::cell::RefCell<HashMap<std::net::SocketAddr, Sender>> =
+        std::cell::RefCell::new(HashMap::new());
+}
+
+async fn connect(addr: std::net::SocketAddr) -> Result<Sender, String> {
     let connect = tokio::net::TcpStream::connect(addr);
     let stream = tokio::time::timeout(Duration::from_secs(5), connect)
         .await
         .map_err(|_| "connect timed out".to_string())?
         .map_err(|e| e.to_string())?;
-    let (mut sender, conn) =
+    let (sender, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
             .await
             .map_err(|e| e.to_string())?;
     tokio::task::spawn_local(async move {
         let _ = conn.await;
     });
+    Ok(sender)
+}
+
+async fn post(addr: std::net::SocketAddr, c: &Collector, body: String) -> Result<u16, String> {
+    let idle = IDLE
+        .with(|m| m.borrow_mut().remove(&addr))
+        .filter(|s| !s.is_closed());
+    let mut sender = match idle {
+        Some(s) => s,
+        None => connect(addr).await?,
+    };
     let request = http::Request::post(&c.endpoint)
         .header(http::header::HOST, &c.hostname)
         .header(http::header::CONTENT_TYPE, "application/json")
@@ -191,5 +211,10 @@ async fn post(addr: std::net::SocketAddr, c: &Collector, body: String) -> Result
         .await
         .map_err(|_| "report timed out".to_string())?
         .map_err(|e| e.to_string())?;
-    Ok(response.status().as_u16())
+    let status = response.status().as_u16();
+    // The response body is read to its end before the connection takes another report.
+    use http_body_util::BodyExt;
+    let _ = response.into_body().collect().await;
+    IDLE.with(|m| m.borrow_mut().insert(addr, sender));
+    Ok(status)
 }

@@ -611,8 +611,8 @@ pub enum LevelError {
     UnknownLevel,
 }
 
-/// Envoy's level name as a `tracing` one.
-fn tracing_level(envoy: &str) -> Result<&'static str, LevelError> {
+/// Envoy's level name (`-l`, `/logging`) as a `tracing` one.
+pub fn tracing_level(envoy: &str) -> Result<&'static str, LevelError> {
     Ok(match envoy {
         "trace" => "trace",
         "debug" => "debug",

@@ -105,14 +105,7 @@ impl Options {
 
     /// The `tracing` filter for `--log-level`.
     pub fn tracing_filter(&self) -> Result<&'static str, String> {
-        Ok(match self.log_level.as_str() {
-            "trace" => "trace",
-            "debug" => "debug",
-            "info" => "info",
-            "warning" | "warn" => "warn",
-            "error" | "critical" => "error",
-            "off" => "off",
-            other => return Err(format!("invalid log level '{other}'")),
-        })
+        crate::logging::tracing_level(&self.log_level)
+            .map_err(|_| format!("invalid log level '{}'", self.log_level))
     }
 }

@@ -338,7 +338,8 @@ impl Completion {
             .record(worker, self.start.elapsed().as_millis() as u64);
         drop(self.active);
         self.conn.last_activity.set(Instant::now());
-        if let Some((span, name)) = span {
+        if let Some(traced) = span {
+            let (span, name) = *traced;
             let end = crate::tracers::SpanEnd {
                 request_size: 0,
                 response_size: bytes_sent,
@@ -883,9 +884,9 @@ fn trace_request(
     if requested.is_none() {
         outcome.decorator_operation = decorator
             .filter(|(_, propagate)| *propagate)
-            .map(|(op, _)| op.clone());
+            .map(|(op, _)| op.as_str().into());
     }
-    outcome.span = Some((span, name));
+    outcome.span = Some(Box::new((span, name)));
 }
 
 /// `x-request-id` (generated, or regenerated for an external request unless

@@ -261,7 +261,7 @@ pub(crate) async fn forward(
         outcome.flags = "NC";
         return local_reply(action.cluster_not_found, "");
     };
-    if !cfg.access_logs.is_empty() || outcome.span.as_ref().is_some_and(|(s, _)| s.sampled()) {
+    if !cfg.access_logs.is_empty() || outcome.span.as_ref().is_some_and(|s| s.0.sampled()) {
         outcome.upstream_cluster = Some(cluster.name.clone());
     }
     let pool = pool::cluster_pool(&cluster, &cfg.store, worker);
@@ -1184,10 +1184,11 @@ pub(crate) struct Outcome {
     pub(crate) route_name: String,
     /// The request is a health check (the health check filter recognised it).
     pub(crate) health_check: bool,
-    /// The request's span and its name, when the connection manager traces.
-    pub(crate) span: Option<(crate::tracers::ActiveSpan, String)>,
+    /// The request's span and its name, when the connection manager traces (boxed: most
+    /// requests have none, and the outcome is moved along the request's path).
+    pub(crate) span: Option<Box<(crate::tracers::ActiveSpan, String)>>,
     /// `x-envoy-decorator-operation` for the response (a route decorator's operation).
-    pub(crate) decorator_operation: Option<String>,
+    pub(crate) decorator_operation: Option<Box<str>>,
 }
 
 /// A body of unknown length streamed to an HTTP/1.1 upstream goes chunked. hyper's client

@@ -13,6 +13,7 @@
 pub mod reporter;
 pub mod zipkin;
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use courier_proto::envoy::config::trace::v3::tracing::Http as TracerConfig;
@@ -305,8 +306,8 @@ impl HttpTracing {
         headers: &mut HeaderMap,
         req: &SpanStart<'_>,
     ) -> ActiveSpan {
-        let mut tags: Vec<(String, String)> = Vec::with_capacity(20);
-        let mut tag = |k: &str, v: &str| tags.push((k.to_string(), v.to_string()));
+        let mut tags: Vec<(Cow<'static, str>, String)> = Vec::with_capacity(20);
+        let mut tag = |k: &'static str, v: &str| tags.push((Cow::Borrowed(k), v.to_string()));
         let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
         let info = crate::server::local_info::node();
         tag("component", "proxy");
@@ -333,15 +334,18 @@ impl HttpTracing {
         tag("http.protocol", req.protocol);
         tag("peer.address", &req.peer.to_string());
         for (name, value) in &self.custom_tags {
-            match value {
-                TagValue::Literal(v) | TagValue::Environment(v) => tag(name, v),
+            let v = match value {
+                TagValue::Literal(v) | TagValue::Environment(v) => Some(v.as_str()),
                 TagValue::RequestHeader { name: h, default } => {
                     match headers.get(h).and_then(|v| v.to_str().ok()) {
-                        Some(v) => tag(name, v),
-                        None if !default.is_empty() => tag(name, default),
-                        None => {}
+                        Some(v) => Some(v),
+                        None if !default.is_empty() => Some(default.as_str()),
+                        None => None,
                     }
                 }
+            };
+            if let Some(v) = v {
+                tags.push((Cow::Owned(name.clone()), v.to_string()));
             }
         }
         match &self.tracer {
@@ -388,7 +392,7 @@ pub struct SpanEnd<'a> {
 pub struct ActiveSpan {
     span: zipkin::Span,
     tracer: Arc<zipkin::ZipkinTracer>,
-    tags: Vec<(String, String)>,
+    tags: Vec<(Cow<'static, str>, String)>,
 }
 
 impl ActiveSpan {
@@ -397,7 +401,7 @@ impl ActiveSpan {
         if !self.span.sampled {
             return;
         }
-        let mut tag = |k: &str, v: String| self.tags.push((k.to_string(), v));
+        let mut tag = |k: &'static str, v: String| self.tags.push((Cow::Borrowed(k), v));
         tag("request_size", end.request_size.to_string());
         tag("response_size", end.response_size.to_string());
         tag("response_flags", end.flags.to_string());

@@ -162,12 +162,21 @@ impl Template {
 /// A `json_format` value.
 #[derive(Debug, Clone)]
 enum JsonNode {
-    /// A literal number, boolean or null from the config.
-    Literal(serde_json::Value),
+    /// A literal number, boolean or null from the config, already written as JSON.
+    Literal(String),
     /// A string: a template.
     Template(Template),
-    /// A nested object (keys sorted, as Envoy prints them).
-    Object(BTreeMap<String, JsonNode>),
+    /// A nested object (keys sorted, as Envoy prints them; each key already written as a
+    /// JSON string).
+    Object(Vec<(String, JsonNode)>),
+}
+
+/// `s` as a JSON string (quoted, escaped) appended to `out`.
+fn push_json_str(out: &mut String, s: &str) {
+    match serde_json::to_string(s) {
+        Ok(quoted) => out.push_str(&quoted),
+        Err(_) => out.push_str("\"\""),
+    }
 }
 
 impl JsonNode {
@@ -176,15 +185,17 @@ impl JsonNode {
         for (key, value) in &s.fields {
             let at = format!("{path}.{key}");
             let node = match &value.kind {
-                Some(Kind::StringValue(t)) => JsonNode::Template(Template(parse_format(t).map_err(|e| e.at(&at))?)),
+                Some(Kind::StringValue(t)) => {
+                    JsonNode::Template(Template(parse_format(t).map_err(|e| e.at(&at))?))
+                }
                 Some(Kind::StructValue(inner)) => JsonNode::compile(inner, &at)?,
                 // Integral numbers print without a fraction, as Envoy prints them.
                 Some(Kind::NumberValue(n)) if n.fract() == 0.0 && n.abs() < 9.0e15 => {
-                    JsonNode::Literal(serde_json::Value::from(*n as i64))
+                    JsonNode::Literal((*n as i64).to_string())
                 }
-                Some(Kind::NumberValue(n)) => JsonNode::Literal(serde_json::json!(n)),
-                Some(Kind::BoolValue(b)) => JsonNode::Literal(serde_json::Value::Bool(*b)),
-                Some(Kind::NullValue(_)) | None => JsonNode::Literal(serde_json::Value::Null),
+                Some(Kind::NumberValue(n)) => JsonNode::Literal(serde_json::json!(n).to_string()),
+                Some(Kind::BoolValue(b)) => JsonNode::Literal(b.to_string()),
+                Some(Kind::NullValue(_)) | None => JsonNode::Literal("null".to_string()),
                 Some(Kind::ListValue(_)) => {
                     return Err(ConfigError::new(
                         at,
@@ -192,36 +203,56 @@ impl JsonNode {
                     ))
                 }
             };
-            fields.insert(key.clone(), node);
+            let mut quoted = String::new();
+            push_json_str(&mut quoted, key);
+            fields.insert(quoted, node);
         }
-        Ok(JsonNode::Object(fields))
+        Ok(JsonNode::Object(fields.into_iter().collect()))
     }
 
-    /// The value for a request; `None` when `omit_empty` drops it.
-    fn render(&self, e: &LogEntry<'_>, omit_empty: bool) -> Option<serde_json::Value> {
+    /// Writes the value for a request to `out`; false (and nothing written) when
+    /// `omit_empty` drops it.
+    fn write(&self, e: &LogEntry<'_>, omit_empty: bool, out: &mut String) -> bool {
         match self {
-            JsonNode::Literal(v) => Some(v.clone()),
+            JsonNode::Literal(v) => out.push_str(v),
             JsonNode::Template(t) => match t.0.as_slice() {
                 [op] => match op.value(e) {
-                    Val::Absent if omit_empty => None,
-                    Val::Absent => Some(serde_json::Value::Null),
-                    Val::Text(s) => Some(serde_json::Value::String(s.into_owned())),
-                    Val::Number(n) => Some(serde_json::Value::from(n)),
+                    Val::Absent if omit_empty => return false,
+                    Val::Absent => out.push_str("null"),
+                    Val::Text(s) => push_json_str(out, &s),
+                    Val::Number(n) => out.push_str(&n.to_string()),
                 },
                 _ => {
-                    let mut out = String::new();
-                    t.render(e, omit_empty, &mut out);
-                    Some(serde_json::Value::String(out))
+                    let mut text = String::new();
+                    t.render(e, omit_empty, &mut text);
+                    push_json_str(out, &text);
                 }
             },
             JsonNode::Object(fields) => {
-                let map: serde_json::Map<String, serde_json::Value> = fields
-                    .iter()
-                    .filter_map(|(k, v)| Some((k.clone(), v.render(e, omit_empty)?)))
-                    .collect();
-                (!(omit_empty && map.is_empty())).then_some(serde_json::Value::Object(map))
+                let start = out.len();
+                out.push('{');
+                let mut any = false;
+                for (key, node) in fields {
+                    let mark = out.len();
+                    if any {
+                        out.push(',');
+                    }
+                    out.push_str(key);
+                    out.push(':');
+                    if node.write(e, omit_empty, out) {
+                        any = true;
+                    } else {
+                        out.truncate(mark);
+                    }
+                }
+                out.push('}');
+                if omit_empty && !any {
+                    out.truncate(start);
+                    return false;
+                }
             }
         }
+        true
     }
 }
 
@@ -264,10 +295,10 @@ impl LogFormat {
                 out
             }
             Shape::Json(node) => {
-                let value = node
-                    .render(e, self.omit_empty)
-                    .unwrap_or_else(|| serde_json::Value::Object(Default::default()));
-                let mut out = value.to_string();
+                let mut out = String::with_capacity(256);
+                if !node.write(e, self.omit_empty, &mut out) {
+                    out.push_str("{}");
+                }
                 out.push('\n');
                 out
             }

@@ -98,25 +98,46 @@ layered_runtime:
 
 /// The spans of one run, normalised (ids replaced by their relations), and what the
 /// upstream saw of the trace context.
-fn run(start: &dyn Fn(&str) -> Option<Courier>) -> Option<(Vec<String>, Vec<String>, Vec<String>)> {
+fn run(
+    start: &dyn Fn(&str) -> Option<Courier>,
+    outbound: bool,
+) -> Option<(Vec<String>, Vec<String>, Vec<String>)> {
     let up = Upstream::start("up");
     let (zipkin, spans) = collector();
-    let proxy = start(&traced_bootstrap(up.addr, zipkin))?;
+    let mut boot = traced_bootstrap(up.addr, zipkin);
+    if outbound {
+        boot = boot.replacen(
+            "  - name: http\n",
+            "  - name: http\n    traffic_direction: OUTBOUND\n",
+            1,
+        );
+    }
+    let proxy = start(&boot)?;
     let mut seen = Vec::new();
     let b3 = |s: &Seen| {
         let h = |n: &str| s.header(n).map(str::to_string).unwrap_or_default();
         let id = h("x-request-id");
         format!(
-            "traceid={} spanid={} parent={} sampled={} rid-mark={}",
+            "traceid={} spanid={} parent={} sampled={} rid-mark={} decorator={:?} b3={}",
             h("x-b3-traceid").len(),
-            if h("x-b3-spanid") == h("x-b3-traceid") {
-                "=traceid".to_string()
-            } else {
-                h("x-b3-spanid")
+            match h("x-b3-spanid") {
+                id if id == h("x-b3-traceid") => "=traceid".to_string(),
+                id if id == "a2fb4a1d1a96d312" => id,
+                // A span id of its own: random, so only its existence is compared.
+                _ => "new".to_string(),
             },
             h("x-b3-parentspanid"),
             h("x-b3-sampled"),
-            id.chars().nth(14).unwrap_or(' ')
+            id.chars().nth(14).unwrap_or(' '),
+            s.header("x-envoy-decorator-operation"),
+            // The single header: its span id (random for a new span) made stable.
+            h("b3")
+                .replace("a2fb4a1d1a96d312", "CALLER")
+                .split('-')
+                .enumerate()
+                .map(|(i, p)| if i == 1 && p != "CALLER" { "new" } else { p })
+                .collect::<Vec<_>>()
+                .join("-")
         )
     };
     let r = get(
@@ -141,15 +162,22 @@ fn run(start: &dyn Fn(&str) -> Option<Courier>) -> Option<(Vec<String>, Vec<Stri
     seen.push(format!("b: {}", b3(&up.last().expect("b seen"))));
     get(proxy.listener, "shop", "/c", &[("x-b3-sampled", "0")]);
     seen.push(format!("c: {}", b3(&up.last().expect("c seen"))));
+    get(
+        proxy.listener,
+        "shop",
+        "/single",
+        &[("b3", "463ac35c9f6413ad-a2fb4a1d1a96d312-1")],
+    );
+    seen.push(format!("single: {}", b3(&up.last().expect("single seen"))));
     let r = get(proxy.listener, "shop", "/decorated", &[]);
     seen.push(format!(
         "decorated: {} response decorator={:?}",
         b3(&up.last().expect("decorated seen")),
         r.header("x-envoy-decorator-operation")
     ));
-    // Three spans are sampled (the one with `x-b3-sampled: 0` is not).
+    // Four spans are sampled (the one with `x-b3-sampled: 0` is not).
     let deadline = Instant::now() + Duration::from_secs(15);
-    while spans.lock().expect("spans").len() < 3 {
+    while spans.lock().expect("spans").len() < 4 {
         assert!(
             Instant::now() < deadline,
             "spans never reached the collector"
@@ -171,7 +199,12 @@ fn run(start: &dyn Fn(&str) -> Option<Courier>) -> Option<(Vec<String>, Vec<Stri
                 s["kind"].as_str().unwrap_or(""),
                 s["shared"],
                 s["traceId"].as_str().map_or(0, str::len),
-                if s["id"] == s["traceId"] { "=trace".to_string() } else { s["id"].as_str().unwrap_or("").to_string() },
+                match s["id"].as_str().unwrap_or("") {
+                    id if Some(id) == s["traceId"].as_str() => "=trace".to_string(),
+                    "a2fb4a1d1a96d312" => "a2fb4a1d1a96d312".to_string(),
+                    // A span id of its own: random, so only its existence is compared.
+                    _ => "new".to_string(),
+                },
                 s["parentId"].as_str().unwrap_or("-"),
                 s["localEndpoint"]["serviceName"].as_str().unwrap_or(""),
                 s["localEndpoint"]["port"],
@@ -194,7 +227,7 @@ fn run(start: &dyn Fn(&str) -> Option<Courier>) -> Option<(Vec<String>, Vec<Stri
     let stats = vec![
         format!(
             "spans_sent={}",
-            proxy.wait_stat("tracing.zipkin.spans_sent", 3)
+            proxy.wait_stat("tracing.zipkin.spans_sent", 4)
         ),
         format!(
             "random_sampling={}",
@@ -210,25 +243,29 @@ fn run(start: &dyn Fn(&str) -> Option<Courier>) -> Option<(Vec<String>, Vec<Stri
 
 #[test]
 fn zipkin_spans_and_b3_context_match_envoy() {
-    let got = run(&|b| Some(Courier::start(b))).expect("courier starts");
-    if let Some(envoy) = run(&|b| Courier::start_envoy(b)) {
+    let got = run(&|b| Some(Courier::start(b)), false).expect("courier starts");
+    if let Some(envoy) = run(&|b| Courier::start_envoy(b), false) {
         assert_eq!(envoy, got, "envoy vs courier");
     }
     let (seen, spans, stats) = &got;
     assert_eq!(
         seen[0],
-        "a: traceid=16 spanid==traceid parent= sampled=1 rid-mark=9"
+        "a: traceid=16 spanid==traceid parent= sampled=1 rid-mark=9 decorator=None b3="
     );
     assert_eq!(
         seen[1],
-        "b: traceid=32 spanid=a2fb4a1d1a96d312 parent=0020000000000001 sampled=1 rid-mark=9"
+        "b: traceid=32 spanid=a2fb4a1d1a96d312 parent=0020000000000001 sampled=1 rid-mark=9 decorator=None b3="
     );
     assert!(seen[2].contains("sampled=0"), "{seen:?}");
     assert!(
-        seen[3].ends_with("response decorator=Some(\"checkout\")"),
+        seen[4].ends_with("response decorator=Some(\"checkout\")"),
         "{seen:?}"
     );
-    assert_eq!(spans.len(), 3, "{spans:#?}");
+    assert_eq!(
+        seen[3],
+        "single: traceid=0 spanid==traceid parent= sampled= rid-mark=9 decorator=None b3=463ac35c9f6413ad-CALLER-1"
+    );
+    assert_eq!(spans.len(), 4, "{spans:#?}");
     assert!(
         spans
             .iter()
@@ -241,7 +278,7 @@ fn zipkin_spans_and_b3_context_match_envoy() {
             .any(|s| s.contains("team=payments tenant=acme")),
         "{spans:#?}"
     );
-    assert_eq!(stats[0], "spans_sent=3");
+    assert_eq!(stats[0], "spans_sent=4");
 }
 
 #[test]
@@ -280,4 +317,18 @@ fn tracing_settings_not_built_are_refused_by_path() {
     }
     let (code, stderr) = validate(&base);
     assert_eq!(code, Some(0), "{stderr}");
+}
+
+#[test]
+fn egress_spans_on_an_outbound_listener_match_envoy() {
+    let got = run(&|b| Some(Courier::start(b)), true).expect("courier starts");
+    if let Some(envoy) = run(&|b| Courier::start_envoy(b), true) {
+        assert_eq!(envoy, got, "envoy vs courier");
+    }
+    let (seen, spans, _) = &got;
+    assert!(
+        spans.iter().all(|s| s.contains(" kind=CLIENT ")),
+        "{spans:#?}"
+    );
+    assert!(seen[4].contains("decorator=Some(\"checkout\")"), "{seen:?}");
 }

@@ -294,6 +294,11 @@ pub fn compile_listener(
         }
     }
     let listener_filters = super::listener_filters::compile(&proto.listener_filters, store)?;
+    // An HCM traces egress on an `OUTBOUND` listener; a chain compiled for the other
+    // direction is not reused.
+    let egress = proto.traffic_direction
+        == courier_proto::envoy::config::core::v3::TrafficDirection::Outbound as i32;
+    let previous = previous.filter(|p| p.proto.traffic_direction == proto.traffic_direction);
     let use_original_dst = proto.use_original_dst.as_ref().is_some_and(|v| v.value);
     if proto.filter_chains.is_empty() && proto.default_filter_chain.is_none() {
         return Err(ConfigError::new(
@@ -306,7 +311,8 @@ pub fn compile_listener(
         .iter()
         .enumerate()
         .map(|(i, c)| {
-            compile_chain(c, store, previous).map_err(|e| e.at(&format!("filter_chains[{i}]")))
+            compile_chain(c, store, previous, egress)
+                .map_err(|e| e.at(&format!("filter_chains[{i}]")))
         })
         .collect::<Result<Vec<_>, _>>()?;
     let mut seen = std::collections::HashSet::new();
@@ -324,7 +330,9 @@ pub fn compile_listener(
     let default_chain = proto
         .default_filter_chain
         .as_ref()
-        .map(|c| compile_chain(c, store, previous).map_err(|e| e.at("default_filter_chain")))
+        .map(|c| {
+            compile_chain(c, store, previous, egress).map_err(|e| e.at("default_filter_chain"))
+        })
         .transpose()?;
     let prefix = if proto.stat_prefix.is_empty() {
         config::address_stat_name(&address)
@@ -371,6 +379,7 @@ fn compile_chain(
     chain: &pb::FilterChain,
     store: &Store,
     previous: Option<&ListenerConfig>,
+    egress: bool,
 ) -> Result<Arc<FilterChain>, ConfigError> {
     if let Some(same) = previous.and_then(|p| p.chains().find(|c| c.proto == *chain)) {
         return Ok(same.clone());
@@ -385,7 +394,7 @@ fn compile_chain(
         chain.transport_socket.as_ref(),
         "transport_socket",
     )?;
-    let filter = compile_filters(&chain.filters, store)?;
+    let filter = compile_filters(&chain.filters, store, egress)?;
     Ok(Arc::new(FilterChain {
         tag: NEXT_TAG.fetch_add(1, Ordering::Relaxed),
         name: chain.name.clone(),

@@ -292,6 +292,11 @@ impl HttpTracing {
         reason
     }
 
+    /// Whether spans are egress (client) spans.
+    pub fn egress(&self) -> bool {
+        self.egress
+    }
+
     /// A health check is not traced (counted in `tracing.health_check`).
     pub fn health_check(&self, worker: usize) {
         self.stats.health_check.inc(worker);

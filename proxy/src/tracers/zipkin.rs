@@ -29,6 +29,31 @@ const SPAN_ID: &str = "x-b3-spanid";
 const PARENT_ID: &str = "x-b3-parentspanid";
 const SAMPLED: &str = "x-b3-sampled";
 const FLAGS: &str = "x-b3-flags";
+const SINGLE: &str = "b3";
+
+/// A B3 context: the trace id (high and low halves) and span id, if any.
+type Ids = Option<((Option<u64>, u64), u64)>;
+
+/// The single `b3` header: `{traceid}-{spanid}[-{sampled}[-{parentspanid}]]`, or just a
+/// sampling state (`0`, `1`, `d`): the ids, the parent and the sampling flag.
+fn parse_single(v: &str) -> (Ids, Option<u64>, Option<bool>) {
+    let flag = |f: &str| match f {
+        "1" | "d" => Some(true),
+        "0" => Some(false),
+        _ => None,
+    };
+    let parts: Vec<&str> = v.split('-').collect();
+    match parts.as_slice() {
+        [f] => (None, None, flag(f)),
+        [t, s, rest @ ..] => {
+            let ids = parse_trace_id(t).zip(parse_id(s));
+            let sampled = rest.first().and_then(|f| flag(f));
+            let parent = rest.get(1).and_then(|p| parse_id(p));
+            (ids, parent, sampled)
+        }
+        [] => (None, None, None),
+    }
+}
 
 /// A compiled `ZipkinConfig`.
 pub struct ZipkinTracer {
@@ -86,17 +111,25 @@ impl ZipkinTracer {
     /// request's.
     pub fn start(&self, traced: bool, egress: bool, headers: &mut HeaderMap) -> Span {
         let hex = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
-        let incoming = hex(TRACE_ID)
-            .and_then(parse_trace_id)
-            .zip(hex(SPAN_ID).and_then(parse_id));
-        let parent_header = hex(PARENT_ID).and_then(parse_id);
-        let debug = hex(FLAGS) == Some("1");
-        let sampled = match hex(SAMPLED) {
-            Some("1" | "true" | "d") => true,
-            Some("0" | "false") => false,
-            _ if debug => true,
-            _ => traced,
+        // The single `b3` header, when the multi-header context is absent; the upstream
+        // then gets the context the same way.
+        let single = hex(SINGLE).filter(|_| hex(TRACE_ID).is_none());
+        let single_format = single.is_some();
+        let (incoming, parent_header, sampled_flag) = match single {
+            Some(single) => parse_single(single),
+            _ => (
+                hex(TRACE_ID)
+                    .and_then(parse_trace_id)
+                    .zip(hex(SPAN_ID).and_then(parse_id)),
+                hex(PARENT_ID).and_then(parse_id),
+                match (hex(SAMPLED), hex(FLAGS)) {
+                    (Some("1" | "true" | "d"), _) | (None, Some("1")) => Some(true),
+                    (Some("0" | "false"), _) => Some(false),
+                    _ => None,
+                },
+            ),
         };
+        let sampled = sampled_flag.unwrap_or(traced);
         let server = !egress;
         let (trace_high, trace_id, id, parent) = match incoming {
             Some(((high, low), caller)) if server && self.shared_span_context => {
@@ -120,7 +153,7 @@ impl ZipkinTracer {
             start: SystemTime::now(),
             started: Instant::now(),
         };
-        for name in [TRACE_ID, SPAN_ID, PARENT_ID, SAMPLED, FLAGS] {
+        for name in [TRACE_ID, SPAN_ID, PARENT_ID, SAMPLED, FLAGS, SINGLE] {
             headers.remove(name);
         }
         let mut set = |name: &'static str, value: String| {
@@ -128,12 +161,21 @@ impl ZipkinTracer {
                 headers.insert(name, v);
             }
         };
-        set(TRACE_ID, span.trace_id_hex());
-        set(SPAN_ID, format!("{:016x}", span.id));
-        if let Some(p) = span.parent {
-            set(PARENT_ID, format!("{p:016x}"));
+        let sampled = if span.sampled { "1" } else { "0" };
+        if single_format {
+            let mut value = format!("{}-{:016x}-{sampled}", span.trace_id_hex(), span.id);
+            if let Some(p) = span.parent {
+                value.push_str(&format!("-{p:016x}"));
+            }
+            set(SINGLE, value);
+        } else {
+            set(TRACE_ID, span.trace_id_hex());
+            set(SPAN_ID, format!("{:016x}", span.id));
+            if let Some(p) = span.parent {
+                set(PARENT_ID, format!("{p:016x}"));
+            }
+            set(SAMPLED, sampled.to_string());
         }
-        set(SAMPLED, if span.sampled { "1" } else { "0" }.to_string());
         span
     }
 
@@ -283,5 +325,20 @@ mod tests {
             parse_trace_id("463ac35c9f6413ad"),
             Some((None, 0x463ac35c9f6413ad))
         );
+    }
+
+    #[test]
+    fn the_single_b3_header_parses() {
+        let (ids, parent, sampled) =
+            parse_single("80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1-05e3ac9a4f6e3b90");
+        assert_eq!(
+            ids,
+            Some((
+                (Some(0x80f198ee56343ba8), 0x64fe8b2a57d3eff7),
+                0xe457b5a2e4d86bd1
+            ))
+        );
+        assert_eq!((parent, sampled), (Some(0x05e3ac9a4f6e3b90), Some(true)));
+        assert_eq!(parse_single("0"), (None, None, Some(false)));
     }
 }

@@ -42,6 +42,8 @@ pub struct FilterArgs<'a> {
     pub path: &'a str,
     /// Where its stats live.
     pub store: &'a Store,
+    /// The listener's `traffic_direction` is `OUTBOUND` (an HCM traces egress).
+    pub egress: bool,
 }
 
 /// Builds one network filter from its config.
@@ -70,7 +72,8 @@ pub static NETWORK_FILTERS: Registry<BuildFilter> = Registry {
                 let cfg = courier_proto::unpack_any(a.config)
                     .map_err(|e| ConfigError::new(a.path, e.to_string()))?;
                 Ok(NetworkFilter::HttpConnectionManager(Arc::new(
-                    crate::http::HcmConfig::compile(&cfg, a.store).map_err(|e| e.at(a.path))?,
+                    crate::http::HcmConfig::compile(&cfg, a.store, a.egress)
+                        .map_err(|e| e.at(a.path))?,
                 )))
             },
         },
@@ -78,7 +81,11 @@ pub static NETWORK_FILTERS: Registry<BuildFilter> = Registry {
 };
 
 /// Compiles a chain's `filters`: supported filters only, the last one terminal.
-pub fn compile_filters(filters: &[Filter], store: &Store) -> Result<NetworkFilter, ConfigError> {
+pub fn compile_filters(
+    filters: &[Filter],
+    store: &Store,
+    egress: bool,
+) -> Result<NetworkFilter, ConfigError> {
     let mut terminal = None;
     for (i, f) in filters.iter().enumerate() {
         let path = format!("filters[{i}]");
@@ -109,6 +116,7 @@ pub fn compile_filters(filters: &[Filter], store: &Store) -> Result<NetworkFilte
             config,
             path: &at,
             store,
+            egress,
         })?;
         if i + 1 != filters.len() {
             return Err(ConfigError::new(

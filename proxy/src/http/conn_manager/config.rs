@@ -330,7 +330,11 @@ fn optional_duration(
 impl HcmConfig {
     /// Compiles the filter config. Each part is compiled by a function of its own, in the
     /// order their errors are reported (the first one wins).
-    pub fn compile(proto: &HttpConnectionManager, store: &Store) -> Result<HcmConfig, ConfigError> {
+    pub fn compile(
+        proto: &HttpConnectionManager,
+        store: &Store,
+        egress: bool,
+    ) -> Result<HcmConfig, ConfigError> {
         check_supported(proto)?;
         let routes = compile_routes(proto, store)?;
         let codec = compile_codec(proto.codec_type)?;
@@ -370,7 +374,7 @@ impl HcmConfig {
                 .tracing
                 .as_ref()
                 .map(|t| {
-                    crate::tracers::HttpTracing::compile(t, false, &proto.stat_prefix, store)
+                    crate::tracers::HttpTracing::compile(t, egress, &proto.stat_prefix, store)
                         .map(Arc::new)
                 })
                 .transpose()?,

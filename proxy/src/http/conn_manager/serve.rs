@@ -871,6 +871,18 @@ fn trace_request(
     let decorator = route
         .and_then(|r| r.decorator.as_deref())
         .filter(|(op, _)| !op.is_empty());
+    if tracing.egress() {
+        // Egress: the decorator's operation goes upstream, for the next proxy's server
+        // span; the span is named by it, else by the authority.
+        if let Some((op, true)) = decorator {
+            if let Ok(v) = HeaderValue::from_str(op) {
+                req.headers_mut().insert("x-envoy-decorator-operation", v);
+            }
+        }
+        let name = decorator.map_or_else(|| authority.to_string(), |(op, _)| op.clone());
+        outcome.span = Some(Box::new((span, name)));
+        return;
+    }
     let requested = req
         .headers_mut()
         .remove("x-envoy-decorator-operation")

@@ -144,7 +144,15 @@ fn the_runtime_key_limits_connections_without_a_monitor_like_envoy() {
     );
     let got = limited(&Courier::start(&boot));
     if let Some(envoy) = Courier::start_envoy(&boot) {
-        assert_eq!(limited(&envoy), got, "envoy vs courier");
+        // Envoy counts every accepted socket against a runtime-set limit, its admin's
+        // too (even with `ignore_global_conn_limit`, which only skips the check): an
+        // admin connection of the test's own that Envoy has not closed yet takes a share,
+        // so how many of the four it serves depends on timing. Both must refuse past the
+        // limit and serve again once clients leave.
+        let envoy = limited(&envoy);
+        let served = envoy[0].matches("200 OK").count();
+        assert!((1..=2).contains(&served), "{envoy:?}");
+        assert_eq!(envoy[2], got[2], "{envoy:?}");
     }
     assert_eq!(
         got[0],

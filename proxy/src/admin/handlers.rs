@@ -294,7 +294,12 @@ async fn runtime_modify(server: &Server, req: Request<Incoming>) -> Response<Ful
         pairs = form_pairs(&String::from_utf8_lossy(&body));
     }
     match server.runtime.modify(&pairs) {
-        Ok(()) => response(200, TEXT, "OK\n"),
+        Ok(()) => {
+            // Answered once every worker has the new values: a request sent after the
+            // answer sees them.
+            server.tls.run_on_all_workers_async(|_| {}).await;
+            response(200, TEXT, "OK\n")
+        }
         Err(e) => response(503, TEXT, format!("{e}\n")),
     }
 }

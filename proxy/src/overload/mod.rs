@@ -157,6 +157,7 @@ struct ActionStats {
 pub struct OverloadManager {
     config: OverloadConfig,
     slot: Slot<ActionStates>,
+    tls: Arc<crate::worker::ThreadLocal>,
     monitor_stats: Vec<Option<MonitorStats>>,
     action_stats: Vec<ActionStats>,
 }
@@ -164,7 +165,12 @@ pub struct OverloadManager {
 impl OverloadManager {
     /// Sets the connection limit and starts the refresh loop (when a reactive monitor
     /// is configured).
-    pub fn start(config: OverloadConfig, store: &Store, slot: Slot<ActionStates>) {
+    pub fn start(
+        config: OverloadConfig,
+        store: &Store,
+        slot: Slot<ActionStates>,
+        tls: Arc<crate::worker::ThreadLocal>,
+    ) {
         connection_limit::configure(config.connection_limit);
         slot.set(Arc::new(ActionStates::default()));
         let monitor_stats = config
@@ -191,6 +197,7 @@ impl OverloadManager {
         let manager = Rc::new(OverloadManager {
             config,
             slot,
+            tls,
             monitor_stats,
             action_stats,
         });
@@ -199,7 +206,13 @@ impl OverloadManager {
             let mut last_shrink: Option<Instant> = None;
             let mut pressures: Vec<Option<f64>> = vec![None; manager.config.monitors.len()];
             loop {
-                manager.refresh(&mut pressures, &mut published, &mut last_shrink);
+                let gauges = manager.refresh(&mut pressures, &mut published, &mut last_shrink);
+                if let Some(gauges) = gauges {
+                    // The action gauges say what the workers do: set once every worker
+                    // has the new states.
+                    manager.tls.run_on_all_workers_async(|_| {}).await;
+                    gauges();
+                }
                 tokio::time::sleep(manager.config.refresh_interval).await;
             }
         });
@@ -207,12 +220,14 @@ impl OverloadManager {
 
     /// One refresh: the monitors read (a failed read keeps the last pressure, counted),
     /// every action's state, the workers' states published if changed.
+    /// Returns, when the workers' states changed, the setting of the action gauges to
+    /// run once the workers have them (else they are set here).
     fn refresh(
         &self,
         pressures: &mut [Option<f64>],
         published: &mut ActionStates,
         last_shrink: &mut Option<Instant>,
-    ) {
+    ) -> Option<impl FnOnce() + use<>> {
         for (i, (name, monitor)) in self.config.monitors.iter().enumerate() {
             let Some(stats) = &self.monitor_stats[i] else {
                 continue;
@@ -229,14 +244,15 @@ impl OverloadManager {
             }
         }
         let mut states = ActionStates::default();
+        let mut gauges: Vec<(Arc<Gauge>, i64)> = Vec::new();
         for (action, stats) in self.config.actions.iter().zip(&self.action_stats) {
             let state = action
                 .triggers
                 .iter()
                 .filter_map(|t| pressures[t.monitor].map(|p| t.state(p)))
                 .fold(0.0, f64::max);
-            stats.active.set(i64::from(state >= 1.0));
-            stats.scale_percent.set((state * 100.0) as i64);
+            gauges.push((stats.active.clone(), i64::from(state >= 1.0)));
+            gauges.push((stats.scale_percent.clone(), (state * 100.0) as i64));
             match action.kind {
                 ActionKind::StopAcceptingRequests => states.stop_accepting_requests = state,
                 ActionKind::DisableHttpKeepalive => states.disable_http_keepalive = state,
@@ -251,10 +267,18 @@ impl OverloadManager {
                 }
             }
         }
+        let set_gauges = move || {
+            for (gauge, value) in gauges {
+                gauge.set(value);
+            }
+        };
         if states != *published {
             tracing::info!(?states, "overload action states changed");
             *published = states;
             self.slot.set(Arc::new(states));
+            return Some(set_gauges);
         }
+        set_gauges();
+        None
     }
 }

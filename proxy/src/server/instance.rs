@@ -299,7 +299,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("{e}"))?,
     );
     crate::layered_runtime::Loader::watch_disk_layers(runtime.clone());
-    crate::overload::OverloadManager::start(overload, &store, overload_slot);
+    crate::overload::OverloadManager::start(overload, &store, overload_slot, tls.clone());
     let mut listener_manager =
         ListenerManager::new(store.clone(), tls.clone(), options.drain_time());
     listener_manager.set_ads_configured(ads_configured(&bootstrap));

@@ -2,9 +2,13 @@
 # everything to one static upstream, circuit breakers out of the way. Sourced by run.sh and
 # kernel_share.sh.
 #
-#   courier_bootstrap LISTENER_PORT UPSTREAM_PORT > bootstrap.yaml
+#   courier_bootstrap LISTENER_PORT UPSTREAM_PORT [HCM_EXTRA [CLUSTERS_EXTRA]] > bootstrap.yaml
+#
+# HCM_EXTRA (connection manager fields, indented by 10, ending in a newline) and
+# CLUSTERS_EXTRA (more clusters, as list items indented by 2) are for variants such as
+# observability.sh's.
 
-courier_bootstrap() { # listener_port upstream_port
+courier_bootstrap() { # listener_port upstream_port [hcm_extra [clusters_extra]]
   cat <<EOF
 admin: { address: { socket_address: { address: 127.0.0.1, port_value: 0 } } }
 static_resources:
@@ -17,7 +21,7 @@ static_resources:
         typed_config:
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
           stat_prefix: bench
-          http_filters:
+${3:-}          http_filters:
           - name: envoy.filters.http.router
             typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }
           route_config:
@@ -34,4 +38,5 @@ static_resources:
       cluster_name: up
       endpoints: [ { lb_endpoints: [ { endpoint: { address: { socket_address: { address: 127.0.0.1, port_value: $2 } } } } ] } ]
 EOF
+  printf '%s' "${4:-}"
 }

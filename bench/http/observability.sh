@@ -66,44 +66,26 @@ observability() {
 OBS
 }
 
-bootstrap() { # observability: on|off
-  local obs=""
-  if [ "$1" = on ]; then obs="$(observability)"$'\n'; fi
-  cat <<BOOT
-admin: { address: { socket_address: { address: 127.0.0.1, port_value: 0 } } }
-static_resources:
-  listeners:
-  - name: http
-    address: { socket_address: { address: 127.0.0.1, port_value: $PX_PORT } }
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: bench
-${obs}          http_filters:
-          - name: envoy.filters.http.router
-            typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }
-          route_config:
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes: [ { match: { prefix: "/" }, route: { cluster: up } } ]
-  clusters:
-  - name: up
-    type: STATIC
-    connect_timeout: 1s
-    circuit_breakers: { thresholds: [ { max_connections: 100000, max_pending_requests: 100000, max_requests: 100000 } ] }
-    load_assignment:
-      cluster_name: up
-      endpoints: [ { lb_endpoints: [ { endpoint: { address: { socket_address: { address: 127.0.0.1, port_value: $UP_PORT } } } } ] } ]
+# shellcheck source=bench/http/bootstrap.sh
+source "$(dirname "$0")/bootstrap.sh"
+
+zipkin_cluster() {
+  cat <<ZIPKIN
   - name: zipkin
     type: STATIC
     connect_timeout: 1s
     load_assignment:
       cluster_name: zipkin
       endpoints: [ { lb_endpoints: [ { endpoint: { address: { socket_address: { address: 127.0.0.1, port_value: $ZIPKIN_PORT } } } } ] } ]
-BOOT
+ZIPKIN
+}
+
+bootstrap() { # observability: on|off
+  if [ "$1" = on ]; then
+    courier_bootstrap "$PX_PORT" "$UP_PORT" "$(observability)"$'\n' "$(zipkin_cluster)"$'\n'
+  else
+    courier_bootstrap "$PX_PORT" "$UP_PORT"
+  fi
 }
 
 wait_port() {

@@ -26,6 +26,43 @@ pub fn release_free_heap() {
     }
 }
 
+/// The allocator's figures: bytes in use, held from the system, and held but free (glibc's
+/// `mallinfo2`; zeros elsewhere).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HeapStats {
+    /// Allocated and in use (mmapped blocks included).
+    pub in_use: u64,
+    /// Held from the system.
+    pub held: u64,
+    /// Held but free.
+    pub free: u64,
+}
+
+/// The allocator's figures now.
+pub fn heap_stats() -> HeapStats {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: mallinfo2 only reads the allocator's counters (taking its locks).
+        let m = unsafe { libc::mallinfo2() };
+        HeapStats {
+            in_use: (m.uordblks + m.hblkhd) as u64,
+            held: (m.arena + m.hblkhd) as u64,
+            free: m.fordblks as u64,
+        }
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        HeapStats::default()
+    }
+}
+
+/// The process's resident memory in bytes, from /proc (Linux).
+pub fn resident_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
+}
+
 /// A protobuf message kept in its encoded form and decoded when needed.
 ///
 /// A decoded `Cluster` is 3.4 KB before any of its fields are set and a decoded

@@ -357,22 +357,13 @@ fn logging(q: &HashMap<String, String>) -> Response<Full<Bytes>> {
 /// tcmalloc: `allocated` is in use, `heap_size` held from the system, `pageheap_free` held
 /// but free; glibc keeps no per-thread caches and unmaps nothing on its own).
 fn memory() -> serde_json::Value {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallinfo2 only reads the allocator's counters (taking its locks).
-    let m = unsafe { libc::mallinfo2() };
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    let (allocated, heap, free) = (m.uordblks + m.hblkhd, m.arena + m.hblkhd, m.fordblks);
-    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-    let (allocated, heap, free) = (0usize, 0usize, 0usize);
-    let physical = std::fs::read_to_string("/proc/self/statm")
-        .ok()
-        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .map_or(0, |pages| pages * 4096);
+    let heap = crate::memory::heap_stats();
+    let physical = crate::memory::resident_bytes().unwrap_or(0);
     serde_json::json!({
-        "allocated": allocated.to_string(),
-        "heap_size": heap.to_string(),
+        "allocated": heap.in_use.to_string(),
+        "heap_size": heap.held.to_string(),
         "pageheap_unmapped": "0",
-        "pageheap_free": free.to_string(),
+        "pageheap_free": heap.free.to_string(),
         "total_thread_cache": "0",
         "total_physical_bytes": physical.to_string(),
     })

@@ -131,7 +131,8 @@ impl Monitor {
                 }
                 Ok(p)
             }
-            Monitor::FixedHeap(max) => Ok(heap_in_use() as f64 / *max as f64),
+            // Envoy reads tcmalloc's bytes in use; here glibc's.
+            Monitor::FixedHeap(max) => Ok(crate::memory::heap_stats().in_use as f64 / *max as f64),
             Monitor::CgroupMemory(max) => {
                 let (usage, limit) = cgroup_memory_use()?;
                 let limit = match (limit, max) {
@@ -143,21 +144,6 @@ impl Monitor {
                 Ok(usage as f64 / limit.max(1) as f64)
             }
         }
-    }
-}
-
-/// Heap bytes in use: what the allocator holds from the system less what it keeps free
-/// (Envoy's reading of tcmalloc; here glibc's `mallinfo2`).
-fn heap_in_use() -> u64 {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        // SAFETY: mallinfo2 only reads the allocator's counters (taking its locks).
-        let m = unsafe { libc::mallinfo2() };
-        (m.uordblks + m.hblkhd) as u64
-    }
-    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-    {
-        0
     }
 }
 

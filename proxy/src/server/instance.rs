@@ -136,7 +136,7 @@ impl Server {
         self.stats
             .total_connections
             .set(super::drain::active_downstream_connections(&self.store));
-        if let Some(rss) = resident_memory() {
+        if let Some(rss) = crate::memory::resident_bytes() {
             self.stats.memory_physical_size.set(rss as i64);
         }
         let days = crate::transport_socket::tls::inventory::days_until_first_cert_expiring(
@@ -203,13 +203,6 @@ impl Server {
     pub fn lds_version(&self) -> Option<String> {
         self.xds.borrow().lds_version()
     }
-}
-
-/// RSS in bytes from /proc (Linux).
-fn resident_memory() -> Option<u64> {
-    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
-    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    Some(pages * 4096)
 }
 
 /// Runs the proxy until it is told to exit; the error is the one-line start-up failure.

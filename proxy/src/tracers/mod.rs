@@ -253,23 +253,20 @@ impl HttpTracing {
     }
 
     fn reason(&self, headers: &mut HeaderMap) -> Reason {
-        let Some(id) = headers.get("x-request-id").map(|v| v.as_bytes().to_vec()) else {
+        let Some(id) = headers.get("x-request-id") else {
             return Reason::NotTraceable;
         };
         // A UUID's first eight hex digits, modulo 10,000: the request's sampling pivot.
-        let Some(pivot) = std::str::from_utf8(id.get(..8).unwrap_or_default())
+        let Some(pivot) = std::str::from_utf8(id.as_bytes().get(..8).unwrap_or_default())
             .ok()
             .and_then(|h| u64::from_str_radix(h, 16).ok())
             .map(|n| n % 10_000)
         else {
             return Reason::NotTraceable;
         };
-        let uuid = id.len() == 36;
-        let mut reason = if uuid {
-            Reason::of_mark(id[14])
-        } else {
-            Reason::NotTraceable
-        };
+        // A UUID carries the mark in its version digit; copied, as the header may change.
+        let uuid: Option<[u8; 36]> = id.as_bytes().try_into().ok();
+        let mut reason = uuid.map_or(Reason::NotTraceable, |u| Reason::of_mark(u[14]));
         if reason == Reason::NotTraceable {
             if headers.contains_key("x-client-trace-id") && self.client.sample() {
                 reason = Reason::ClientForced;
@@ -282,8 +279,7 @@ impl HttpTracing {
         if reason != Reason::NotTraceable && !self.overall.contains(pivot) {
             reason = Reason::NotTraceable;
         }
-        if uuid && id[14] != reason.mark() && (reason != Reason::NotTraceable || id[14] != b'4') {
-            let mut marked = id;
+        if let Some(mut marked) = uuid.filter(|u| u[14] != reason.mark()) {
             marked[14] = reason.mark();
             if let Ok(v) = HeaderValue::from_bytes(&marked) {
                 headers.insert("x-request-id", v);

@@ -325,9 +325,10 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         runtime,
     });
     server.refresh_server_stats();
-    // Span reports go to a host of their collector cluster, as the cluster is now.
+    // Reports to collectors (spans, logs, metrics) go to a host of their cluster, as the
+    // cluster is now.
     let weak = Rc::downgrade(&server);
-    crate::tracers::reporter::start(Rc::new(move |cluster: &str| {
+    crate::upstream::async_client::set_host_of(Rc::new(move |cluster: &str| {
         let server = weak.upgrade()?;
         let cm = server.cluster_manager.borrow();
         let hosts = &cm.get(cluster)?.info.hosts;
@@ -338,6 +339,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
             .or_else(|| hosts.hosts.first())?;
         Some(pick.address)
     }));
+    crate::tracers::reporter::start();
 
     load_static_resources(&server)?;
 

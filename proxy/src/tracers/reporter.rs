@@ -7,17 +7,14 @@
 //! worker): the collector receives the same spans in fewer requests.
 
 use std::collections::HashMap;
-use std::rc::Rc;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::Full;
+
+use crate::upstream::async_client::{host_of, http};
 
 use crate::stats::{Counter, Store, MAIN_THREAD};
-
-/// Finds a host of a collector cluster, as the main thread's cluster manager has it.
-pub type HostOf = Rc<dyn Fn(&str) -> Option<std::net::SocketAddr>>;
 
 /// Collectors by cluster, endpoint and host name.
 type Collectors = HashMap<(String, String, String), Arc<Collector>>;
@@ -99,8 +96,8 @@ pub fn submit(span: ReportedSpan, worker: usize) {
     }
 }
 
-/// Starts the main thread's reporter; `host_of` finds a collector cluster's host.
-pub fn start(host_of: HostOf) {
+/// Starts the main thread's reporter.
+pub fn start() {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<ReportedSpan>(QUEUE);
     if QUEUE_IN.set(tx).is_err() {
         return;
@@ -144,7 +141,7 @@ pub fn start(host_of: HostOf) {
                     while i < pending.len() {
                         if pending[i].1.len() >= min {
                             let (c, spans) = pending.swap_remove(i);
-                            flush(c, spans, host_of.clone());
+                            flush(c, spans);
                         } else {
                             i += 1;
                         }
@@ -155,7 +152,7 @@ pub fn start(host_of: HostOf) {
                     for (c, spans) in pending.drain(..) {
                         if !spans.is_empty() {
                             c.timer_flushed.inc(MAIN_THREAD);
-                            flush(c, spans, host_of.clone());
+                            flush(c, spans);
                         }
                     }
                 }
@@ -165,20 +162,30 @@ pub fn start(host_of: HostOf) {
 }
 
 /// Posts one batch (in its own task: a slow collector holds up nothing else).
-fn flush(c: Arc<Collector>, spans: Vec<String>, host_of: HostOf) {
-    let Some(addr) = host_of(&c.cluster) else {
+fn flush(c: Arc<Collector>, spans: Vec<String>) {
+    if host_of(&c.cluster).is_none() {
         c.reports_skipped_no_cluster.inc(MAIN_THREAD);
         return;
-    };
+    }
     c.spans_sent.add(MAIN_THREAD, spans.len() as u64);
     tokio::task::spawn_local(async move {
         let mut body = String::with_capacity(spans.iter().map(|s| s.len() + 1).sum::<usize>() + 2);
         body.push('[');
         body.push_str(&spans.join(","));
         body.push(']');
-        match post(addr, &c, body).await {
-            Ok(status) if (200..300).contains(&status) => c.reports_sent.inc(MAIN_THREAD),
-            Ok(status) => {
+        let sent = http::post(http::Post {
+            cluster: &c.cluster,
+            path: &c.endpoint,
+            host: &c.hostname,
+            content_type: "application/json",
+            headers: &[],
+            body: Bytes::from(body),
+            timeout: Duration::from_secs(5),
+        })
+        .await;
+        match sent {
+            Ok((status, _)) if (200..300).contains(&status) => c.reports_sent.inc(MAIN_THREAD),
+            Ok((status, _)) => {
                 tracing::debug!(status, cluster = %c.cluster, "zipkin collector refused a report");
                 c.reports_dropped.inc(MAIN_THREAD)
             }
@@ -188,54 +195,4 @@ fn flush(c: Arc<Collector>, spans: Vec<String>, host_of: HostOf) {
             }
         }
     });
-}
-
-type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
-
-thread_local! {
-    /// Idle keep-alive connections to collectors, by address (main thread only): a report
-    /// reuses one instead of opening a connection per batch.
-    static IDLE: std::cell::RefCell<HashMap<std::net::SocketAddr, Sender>> =
-        std::cell::RefCell::new(HashMap::new());
-}
-
-async fn connect(addr: std::net::SocketAddr) -> Result<Sender, String> {
-    let connect = tokio::net::TcpStream::connect(addr);
-    let stream = tokio::time::timeout(Duration::from_secs(5), connect)
-        .await
-        .map_err(|_| "connect timed out".to_string())?
-        .map_err(|e| e.to_string())?;
-    let (sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .map_err(|e| e.to_string())?;
-    tokio::task::spawn_local(async move {
-        let _ = conn.await;
-    });
-    Ok(sender)
-}
-
-async fn post(addr: std::net::SocketAddr, c: &Collector, body: String) -> Result<u16, String> {
-    let idle = IDLE
-        .with(|m| m.borrow_mut().remove(&addr))
-        .filter(|s| !s.is_closed());
-    let mut sender = match idle {
-        Some(s) => s,
-        None => connect(addr).await?,
-    };
-    let request = http::Request::post(&c.endpoint)
-        .header(http::header::HOST, &c.hostname)
-        .header(http::header::CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from(body)))
-        .map_err(|e| e.to_string())?;
-    let response = tokio::time::timeout(Duration::from_secs(5), sender.send_request(request))
-        .await
-        .map_err(|_| "report timed out".to_string())?
-        .map_err(|e| e.to_string())?;
-    let status = response.status().as_u16();
-    // The response body is read to its end before the connection takes another report.
-    use http_body_util::BodyExt;
-    let _ = response.into_body().collect().await;
-    IDLE.with(|m| m.borrow_mut().insert(addr, sender));
-    Ok(status)
 }

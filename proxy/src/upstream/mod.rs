@@ -6,6 +6,7 @@
 //! [`ThreadLocalClusterManager`] takes the snapshot: it picks hosts (one balancer state per
 //! cluster) and keeps, and drains, each cluster's connection pools.
 
+pub mod async_client;
 pub mod bind_config;
 mod cluster;
 mod cluster_manager;

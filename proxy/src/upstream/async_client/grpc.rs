@@ -1,0 +1,222 @@
+//! A gRPC service a collector offers (`envoy.config.core.v3.GrpcService`), reached from
+//! the main thread: its `envoy_grpc` cluster, `:authority`, per-request `timeout` and
+//! `initial_metadata`. Channels are tonic's, one per host and authority, kept while the
+//! cluster keeps that host.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use courier_proto::envoy::config::core::v3::grpc_service::TargetSpecifier;
+use courier_proto::envoy::config::core::v3::GrpcService;
+use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue};
+use tonic::transport::{Channel, Endpoint, Uri};
+
+use crate::config::ConfigError;
+
+/// Why there is no channel to the service now.
+#[derive(Debug, thiserror::Error)]
+pub enum GrpcError {
+    /// The cluster is unknown or has no host.
+    #[error("gRPC client cluster '{0}' has no host")]
+    NoHost(String),
+    /// tonic refused the endpoint.
+    #[error("cannot reach gRPC client cluster '{cluster}': {reason}")]
+    Endpoint {
+        /// The cluster.
+        cluster: String,
+        /// tonic's reason.
+        reason: String,
+    },
+}
+
+/// A compiled `GrpcService`.
+#[derive(Debug, Clone)]
+pub struct GrpcClient {
+    cluster: String,
+    authority: Uri,
+    timeout: Option<Duration>,
+    metadata: Vec<(AsciiMetadataKey, AsciiMetadataValue)>,
+    /// Envoy marks its own gRPC calls `x-envoy-internal: true` unless
+    /// `envoy_grpc.skip_envoy_headers`.
+    envoy_headers: bool,
+}
+
+thread_local! {
+    /// Channels by host and authority (main thread only).
+    static CHANNELS: RefCell<HashMap<(SocketAddr, String), Channel>> = RefCell::new(HashMap::new());
+}
+
+impl GrpcClient {
+    /// Compiles a `GrpcService`; errors name fields under `at`.
+    pub fn compile(proto: &GrpcService, at: &str) -> Result<GrpcClient, ConfigError> {
+        if proto.retry_policy.is_some() {
+            return Err(ConfigError::unsupported(format!("{at}.retry_policy")));
+        }
+        let g = match &proto.target_specifier {
+            Some(TargetSpecifier::EnvoyGrpc(g)) => g,
+            Some(TargetSpecifier::GoogleGrpc(_)) => {
+                return Err(ConfigError::new(
+                    format!("{at}.google_grpc"),
+                    "not supported by Courier (name the collector's cluster with envoy_grpc)",
+                ))
+            }
+            None => {
+                return Err(ConfigError::new(
+                    at,
+                    "one of envoy_grpc or google_grpc is required",
+                ))
+            }
+        };
+        for (field, set) in [
+            ("retry_policy", g.retry_policy.is_some()),
+            (
+                "max_receive_message_length",
+                g.max_receive_message_length.is_some(),
+            ),
+        ] {
+            if set {
+                return Err(ConfigError::unsupported(format!("{at}.envoy_grpc.{field}")));
+            }
+        }
+        if g.cluster_name.is_empty() {
+            return Err(ConfigError::new(
+                format!("{at}.envoy_grpc.cluster_name"),
+                "value length must be at least 1 characters",
+            ));
+        }
+        let authority = if g.authority.is_empty() {
+            &g.cluster_name
+        } else {
+            &g.authority
+        };
+        let authority = format!("http://{authority}").parse::<Uri>().map_err(|e| {
+            ConfigError::new(
+                format!("{at}.envoy_grpc.authority"),
+                format!("'{authority}' is not a valid authority: {e}"),
+            )
+        })?;
+        let timeout = proto
+            .timeout
+            .as_ref()
+            .map(|d| crate::config::duration(d, &format!("{at}.timeout")))
+            .transpose()?
+            .filter(|d| !d.is_zero());
+        let mut metadata = Vec::with_capacity(proto.initial_metadata.len());
+        for (i, h) in proto.initial_metadata.iter().enumerate() {
+            let key = AsciiMetadataKey::from_bytes(h.key.as_bytes());
+            let value = AsciiMetadataValue::try_from(h.value.as_str());
+            match (key, value) {
+                (Ok(k), Ok(v)) => metadata.push((k, v)),
+                _ => {
+                    return Err(ConfigError::new(
+                        format!("{at}.initial_metadata[{i}]"),
+                        format!("'{}: {}' is not a valid header", h.key, h.value),
+                    ))
+                }
+            }
+        }
+        Ok(GrpcClient {
+            cluster: g.cluster_name.clone(),
+            authority,
+            timeout,
+            metadata,
+            envoy_headers: !g.skip_envoy_headers,
+        })
+    }
+
+    /// The collector's cluster.
+    pub fn cluster(&self) -> &str {
+        &self.cluster
+    }
+
+    /// The per-request timeout, if any.
+    pub fn timeout(&self) -> Option<Duration> {
+        self.timeout
+    }
+
+    /// A channel to a host of the cluster as it is now (main thread only).
+    pub fn channel(&self) -> Result<Channel, GrpcError> {
+        let addr =
+            super::host_of(&self.cluster).ok_or_else(|| GrpcError::NoHost(self.cluster.clone()))?;
+        let key = (addr, self.authority.to_string());
+        if let Some(c) = CHANNELS.with(|m| m.borrow().get(&key).cloned()) {
+            return Ok(c);
+        }
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| GrpcError::Endpoint {
+                cluster: self.cluster.clone(),
+                reason: e.to_string(),
+            })?
+            .origin(self.authority.clone())
+            .tcp_nodelay(true)
+            .connect_timeout(Duration::from_secs(5));
+        let channel = endpoint.connect_lazy();
+        CHANNELS.with(|m| m.borrow_mut().insert(key, channel.clone()));
+        Ok(channel)
+    }
+
+    /// Wraps a message (or a stream of them) with the service's metadata and timeout.
+    pub fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(message);
+        for (k, v) in &self.metadata {
+            r.metadata_mut().append(k.clone(), v.clone());
+        }
+        if self.envoy_headers {
+            r.metadata_mut()
+                .insert("x-envoy-internal", AsciiMetadataValue::from_static("true"));
+        }
+        if let Some(t) = self.timeout {
+            r.set_timeout(t);
+        }
+        r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service(yaml: &str) -> GrpcService {
+        courier_proto::from_yaml(yaml).expect("parses")
+    }
+
+    #[test]
+    fn compiles_an_envoy_grpc_service() {
+        let c = GrpcClient::compile(
+            &service("{ envoy_grpc: { cluster_name: otel }, timeout: 2s, initial_metadata: [{ key: x-token, value: abc }] }"),
+            "grpc_service",
+        )
+        .expect("compiles");
+        assert_eq!(c.cluster(), "otel");
+        assert_eq!(c.timeout(), Some(Duration::from_secs(2)));
+        let r = c.request(());
+        assert_eq!(
+            r.metadata().get("x-token").map(|v| v.to_str().ok()),
+            Some(Some("abc"))
+        );
+        assert_eq!(c.authority.host(), Some("otel"));
+    }
+
+    #[test]
+    fn refuses_what_it_cannot_honour() {
+        let err = |y: &str| {
+            GrpcClient::compile(&service(y), "grpc_service")
+                .err()
+                .map(|e| e.path)
+        };
+        assert_eq!(
+            err("{ envoy_grpc: { cluster_name: '' } }").as_deref(),
+            Some("grpc_service.envoy_grpc.cluster_name")
+        );
+        assert_eq!(
+            err("{ google_grpc: { target_uri: 'x:1', stat_prefix: s } }").as_deref(),
+            Some("grpc_service.google_grpc")
+        );
+        assert_eq!(
+            err("{ envoy_grpc: { cluster_name: c }, initial_metadata: [{ key: 'bad key', value: v }] }").as_deref(),
+            Some("grpc_service.initial_metadata[0]")
+        );
+    }
+}

@@ -19,6 +19,8 @@ pub struct ConnInfo {
     pub remote: SocketAddr,
     /// Local address.
     pub local: SocketAddr,
+    /// The peer's own address, when a PROXY protocol header named another as `remote`.
+    pub direct_remote: Option<SocketAddr>,
     /// Whether `local` is an original destination a listener filter restored (what an
     /// `ORIGINAL_DST` cluster connects to).
     pub local_restored: bool,

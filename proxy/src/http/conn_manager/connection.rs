@@ -133,9 +133,9 @@ impl HttpConnection {
             permit,
         } = accepted;
         let worker = ctx.local.id;
-        let remote = match restored_remote {
-            Some(src) => src,
-            None => stream.peer_addr()?,
+        let (remote, direct_remote) = match restored_remote {
+            Some(src) => (src, stream.peer_addr().ok()),
+            None => (stream.peer_addr()?, None),
         };
         let local = match restored_local {
             Some(dst) => dst,
@@ -165,6 +165,7 @@ impl HttpConnection {
             draining: Default::default(),
             config: config.clone(),
             remote,
+            direct_remote,
             local,
             local_restored: restored_local.is_some(),
             worker,

@@ -27,7 +27,7 @@ use crate::filters::http::HttpFilter;
 use crate::http::codec::body::ProxyBody;
 use crate::http::codec::h1_server::{CodecEvent, H1Service, H1Settings, HeadTimeout, ServeFuture};
 use crate::http::codec::handoff::DownstreamUpgrade;
-use crate::http::conn_manager::access_log::LogEntry;
+use crate::http::conn_manager::access_log::{AccessLogType, LogEntry};
 use crate::http::conn_manager::config::{EscapedSlashes, HcmConfig, RouteSource, UnderscoreAction};
 use crate::http::conn_manager::conn_info::ConnInfo;
 use crate::http::conn_manager::local_reply::{
@@ -44,6 +44,7 @@ use crate::http::router::{
 };
 use crate::overload::actions;
 use crate::protocol::header_mutations::FormatContext;
+use crate::upstream::ThreadLocalClusterManager;
 use courier_runtime::event::rt;
 
 pub(crate) fn protocol_name(v: Version) -> &'static str {
@@ -143,7 +144,7 @@ pub async fn serve(
     {
         Some(Some(r)) => r,
         Some(None) => {
-            outcome.flags = "SI";
+            outcome.ended("SI", "stream_idle_timeout");
             let status = if idle.request_complete() {
                 StatusCode::GATEWAY_TIMEOUT
             } else {
@@ -154,7 +155,7 @@ pub async fn serve(
         }
         None => {
             cfg.stats.downstream_rq_timeout.inc(worker);
-            outcome.flags = "-";
+            outcome.ended("-", "request_overall_timeout");
             local_reply(StatusCode::REQUEST_TIMEOUT, "request timeout")
         }
     };
@@ -266,7 +267,7 @@ fn finish_downstream_response(
     if h2_upgrade && resp.status().is_success() {
         // Any 2xx to an extended CONNECT opens the tunnel (RFC 8441), so an upstream that
         // answered the upgrade with an ordinary response cannot be passed on as one.
-        outcome.flags = "UPE";
+        outcome.ended("UPE", "upgrade_failed");
         *resp = local_reply(StatusCode::BAD_GATEWAY, "upstream did not switch protocols");
     }
     // Counted and logged as the upstream answered (a `101`), as Envoy's connection manager
@@ -353,7 +354,8 @@ impl Completion {
             let entry = LogEntry {
                 start: self.start_wall,
                 method: &log.method,
-                path: &log.path,
+                path: self.outcome.rewritten_path.as_deref().unwrap_or(&log.path),
+                original_path: self.outcome.rewritten_path.is_some().then_some(&*log.path),
                 authority: &log.authority,
                 protocol: protocol_name(log.version),
                 request: &log.headers,
@@ -375,6 +377,12 @@ impl Completion {
                 tls: self.conn.tls.get().map(|t| &**t),
                 requested_server_name: self.conn.requested_server_name.as_deref(),
                 health_check: self.outcome.health_check,
+                log_type: AccessLogType::DownstreamEnd,
+                local: Some(self.conn.local),
+                direct_remote: self.conn.direct_remote,
+                upstream_local: self.outcome.upstream_local,
+                details: &self.outcome.details,
+                transport_failure: self.outcome.transport_failure.as_deref(),
             };
             for l in &cfg.access_logs {
                 l.log(&entry);
@@ -440,7 +448,7 @@ pub(crate) async fn process(
             .stats
             .downstream_rq_overload_close
             .inc(conn.worker);
-        outcome.flags = "OL";
+        outcome.ended("OL", "overload");
         return local_reply(StatusCode::SERVICE_UNAVAILABLE, "envoy overloaded");
     }
     // Host / authority, borrowed from cheap clones of the request's own (shared) bytes, as
@@ -483,6 +491,18 @@ pub(crate) async fn process(
     if let Some((_, route)) = routed {
         if !conn.config.access_logs.is_empty() {
             outcome.route_name = route.name.clone();
+            // Envoy knows the route's cluster from here on: a filter's answer is logged
+            // with it too.
+            if let Action::Route(action) = &route.action {
+                let name = match &action.cluster {
+                    ClusterSpec::Single(c) => Some(c.as_str()),
+                    ClusterSpec::Header(h) => req.headers().get(h).and_then(|v| v.to_str().ok()),
+                    ClusterSpec::Weighted { .. } => None,
+                };
+                outcome.upstream_cluster = name
+                    .and_then(|n| ThreadLocalClusterManager::with(|tlcm| tlcm.get(n)))
+                    .map(|c| c.name.clone());
+            }
         }
     }
     if let Some(tracing) = &conn.config.tracing {
@@ -530,8 +550,14 @@ pub(crate) async fn process(
         (Some(reply), _) => *reply,
         // The refusal still gets the route's response headers, as Envoy's does.
         (None, _) if upgrade == UpgradeRequest::Refused => refuse_upgrade(conn, &req),
-        (None, Action::Direct { status, body }) => direct_response(&s, *status, body.as_ref()),
-        (None, Action::Redirect(rd)) => route_redirect(&s, &req, rd, route),
+        (None, Action::Direct { status, body }) => {
+            outcome.details = Cow::Borrowed("direct_response");
+            direct_response(&s, *status, body.as_ref())
+        }
+        (None, Action::Redirect(rd)) => {
+            outcome.details = Cow::Borrowed("direct_response");
+            route_redirect(&s, &req, rd, route)
+        }
         (None, Action::Route(action)) => {
             let upgrading = upgrade != UpgradeRequest::None;
             // The headers go upstream; a copy is kept only for what reads them later.
@@ -950,14 +976,14 @@ fn route_table(
     };
     let Some(table) = table else {
         cfg.stats.no_route.inc(conn.worker);
-        outcome.flags = "NR";
+        outcome.ended("NR", "route_not_found");
         return ControlFlow::Break(local_reply(StatusCode::NOT_FOUND, ""));
     };
     if method == Method::CONNECT {
         // Only routes with a `connect_matcher` take CONNECT, and Courier has none: Envoy's
         // 404, and the connection (a would-be tunnel) closes.
         cfg.stats.no_route.inc(conn.worker);
-        outcome.flags = "NR";
+        outcome.ended("NR", "route_not_found");
         conn.closing.set(true);
         return ControlFlow::Break(local_reply(StatusCode::NOT_FOUND, ""));
     }
@@ -1051,6 +1077,11 @@ async fn run_filters<'a>(
                 match f.on_request(req.headers(), &s.pseudo(), failed, worker) {
                     HealthCheckRequest::Answer(r) => {
                         outcome.health_check = true;
+                        outcome.details = Cow::Borrowed(if r.status().is_success() {
+                            "health_check_ok"
+                        } else {
+                            "health_check_failed"
+                        });
                         return ControlFlow::Continue(Some(r));
                     }
                     HealthCheckRequest::PassThrough => {
@@ -1065,13 +1096,14 @@ async fn run_filters<'a>(
             }
             HttpFilter::LocalRateLimit(f) => match local_rate_limit(s, f, req.headers_mut()) {
                 RateLimited::Refuse(r) => {
-                    outcome.flags = "RL";
+                    outcome.ended("RL", "local_rate_limited");
                     return ControlFlow::Continue(Some(r));
                 }
                 RateLimited::Pass(r) => marks.rate_limit = r,
             },
             HttpFilter::Rbac(f) => {
-                if let Some(r) = rbac(s, f, req.headers()) {
+                if let Some((r, details)) = rbac(s, f, req.headers()) {
+                    outcome.details = Cow::Owned(details);
                     return ControlFlow::Continue(Some(r));
                 }
             }
@@ -1153,7 +1185,7 @@ fn rbac(
     s: &Stream<'_>,
     f: &RbacFilter,
     headers: &http::HeaderMap,
-) -> Option<Box<Response<ProxyBody>>> {
+) -> Option<(Box<Response<ProxyBody>>, String)> {
     let cfg = &s.conn.config;
     let route_rules = per_filter::policy::<RbacRules>(s.levels, &f.name);
     let view = RequestView {
@@ -1184,7 +1216,7 @@ fn no_route_answer(
         Some(reply) => *reply,
         None => {
             s.conn.config.stats.no_route.inc(s.conn.worker);
-            outcome.flags = "NR";
+            outcome.ended("NR", "route_not_found");
             local_reply(StatusCode::NOT_FOUND, "")
         }
     };
@@ -1348,6 +1380,7 @@ pub(crate) async fn inject_fault(
     outcome.active_fault = Some(injection.active);
     let (with, body) = abort?;
     outcome.flags = if outcome.flags == "DI" { "DI,FI" } else { "FI" };
+    outcome.details = Cow::Borrowed("fault_filter_abort");
     let mut r = match with {
         AbortWith::Http(status) => local_reply(status, ""),
         AbortWith::Grpc(_) => local_reply(StatusCode::OK, ""),
@@ -1420,10 +1453,18 @@ impl ConnInfo {
     ) {
         let cfg = &self.config;
         let (stats, w) = (&cfg.stats, self.worker);
-        let (counter, flags) = match which {
-            HeadTimeout::StreamIdle => (&stats.downstream_rq_idle_timeout, "SI"),
-            HeadTimeout::Request => (&stats.downstream_rq_timeout, "-"),
-            HeadTimeout::RequestHeaders => (&stats.downstream_rq_header_timeout, "-"),
+        let (counter, flags, details) = match which {
+            HeadTimeout::StreamIdle => (
+                &stats.downstream_rq_idle_timeout,
+                "SI",
+                "stream_idle_timeout",
+            ),
+            HeadTimeout::Request => (&stats.downstream_rq_timeout, "-", "request_overall_timeout"),
+            HeadTimeout::RequestHeaders => (
+                &stats.downstream_rq_header_timeout,
+                "-",
+                "request_header_timeout",
+            ),
         };
         counter.inc(w);
         self.requests.set(self.requests.get() + 1);
@@ -1448,6 +1489,7 @@ impl ConnInfo {
             start: wall_clock_at(started),
             method: "",
             path: "",
+            original_path: None,
             authority: "",
             protocol: protocol_name(version),
             request: &no_headers,
@@ -1464,6 +1506,12 @@ impl ConnInfo {
             tls: self.tls.get().map(|t| &**t),
             requested_server_name: self.requested_server_name.as_deref(),
             health_check: false,
+            log_type: AccessLogType::DownstreamEnd,
+            local: Some(self.local),
+            direct_remote: self.direct_remote,
+            upstream_local: None,
+            details,
+            transport_failure: None,
         };
         for l in &cfg.access_logs {
             l.log(&entry);

@@ -238,7 +238,7 @@ pub(crate) async fn forward(
             Some(c) if !c.is_empty() => (Cow::Owned(c.to_string()), None),
             _ => {
                 cfg.stats.no_cluster.inc(worker);
-                outcome.flags = "NC";
+                outcome.ended("NC", "cluster_not_found");
                 return local_reply(action.cluster_not_found, "");
             }
         },
@@ -258,22 +258,13 @@ pub(crate) async fn forward(
     let cluster = ThreadLocalClusterManager::with(|tlcm| tlcm.get(&cluster_name));
     let Some(cluster) = cluster else {
         cfg.stats.no_cluster.inc(worker);
-        outcome.flags = "NC";
+        outcome.ended("NC", "cluster_not_found");
         return local_reply(action.cluster_not_found, "");
     };
     if !cfg.access_logs.is_empty() || outcome.span.as_ref().is_some_and(|s| s.0.sampled()) {
         outcome.upstream_cluster = Some(cluster.name.clone());
     }
     let pool = pool::cluster_pool(&cluster, &cfg.store, worker);
-    // max_requests.
-    if pool.breakers.requests.get() >= cluster.thresholds.max_requests {
-        pool.stats.rq_pending_overflow.inc(worker);
-        outcome.flags = "UO";
-        let mut r = local_reply(StatusCode::SERVICE_UNAVAILABLE, UPSTREAM_OVERFLOW);
-        r.headers_mut()
-            .insert(X_ENVOY_OVERLOADED.clone(), HeaderValue::from_static("true"));
-        return r;
-    }
     // Build the upstream request head.
     let is_upgrade = on_upgrade.is_some();
     let (mut parts, body) = req.into_parts();
@@ -354,6 +345,9 @@ pub(crate) async fn forward(
     if new_path != path {
         if let Ok(v) = HeaderValue::from_str(path) {
             parts.headers.insert(X_ENVOY_ORIGINAL_PATH.clone(), v);
+        }
+        if !cfg.access_logs.is_empty() {
+            outcome.rewritten_path = Some(new_path.as_ref().into());
         }
     }
     let mut upstream_authority: Cow<'_, str> = match &action.host_rewrite {
@@ -469,6 +463,10 @@ pub(crate) async fn forward(
     // The hosts tried so far, for a `previous_hosts` retry predicate.
     let mut tried: Vec<std::net::SocketAddr> = Vec::new();
     let mut last_error: Option<AttemptError> = None;
+    // The local address of the last attempt's connection, for the access log.
+    let upstream_local = std::cell::Cell::new(None);
+    // A retriable failure met with no retries left (`URX`, next to the failure's flag).
+    let mut retry_limit_exceeded = false;
     let mut last_response: Option<Response<ProxyBody>> = None;
     let upstream_start = Instant::now();
     loop {
@@ -495,13 +493,22 @@ pub(crate) async fn forward(
         };
         let Some(host) = host else {
             cluster.stats.upstream_cx_none_healthy.inc(worker);
-            outcome.flags = "UH";
+            outcome.ended("UH", "no_healthy_upstream");
             return local_reply(StatusCode::SERVICE_UNAVAILABLE, NO_HEALTHY_UPSTREAM);
         };
         if cluster.hosts.panic {
             cluster.stats.lb_healthy_panic.inc(worker);
         }
         outcome.upstream_host = Some(host.address);
+        // max_requests, once the request has its host (Envoy's pool checks it there).
+        if attempt == 1 && pool.breakers.requests.get() >= cluster.thresholds.max_requests {
+            pool.stats.rq_pending_overflow.inc(worker);
+            outcome.ended("UO", "upstream_reset_before_response_started{overflow}");
+            let mut r = local_reply(StatusCode::SERVICE_UNAVAILABLE, UPSTREAM_OVERFLOW);
+            r.headers_mut()
+                .insert(X_ENVOY_OVERLOADED.clone(), HeaderValue::from_static("true"));
+            return r;
+        }
         if retry.as_ref().is_some_and(|r| r.avoid_previous_hosts) {
             tried.push(host.address);
         }
@@ -681,13 +688,17 @@ pub(crate) async fn forward(
                         worker,
                         &sinks,
                         up_req,
-                        Some((conn.remote, conn.local)),
+                        upstream_request::AttemptAddrs {
+                            downstream: Some((conn.remote, conn.local)),
+                            upstream_local: Some(&upstream_local),
+                        },
                     ),
                 )
                 .await
             }
         };
         drop(active);
+        outcome.upstream_local = upstream_local.get();
         if let Some(detector) = &cluster.outlier {
             report_outlier(detector, &host, &result);
         }
@@ -720,11 +731,13 @@ pub(crate) async fn forward(
                 }
                 if retriable && !left {
                     sinks.retry_limit_exceeded(worker);
+                    outcome.flags = with_retry_limit_exceeded(outcome.flags);
                 } else if attempt > 1 && !retriable {
                     sinks.retry_success(worker);
                 }
                 let elapsed = upstream_start.elapsed();
                 sinks.charge(worker, status, Some(elapsed.as_millis() as u64));
+                outcome.details = Cow::Borrowed("via_upstream");
                 let mut resp = resp;
                 if !cfg.suppress_envoy_headers {
                     resp.headers_mut().insert(
@@ -788,7 +801,7 @@ pub(crate) async fn forward(
         };
         let retriable = match &err {
             AttemptError::Overflow => false,
-            AttemptError::ConnectFailure => {
+            AttemptError::ConnectFailure(_) => {
                 retry.as_ref().is_some_and(|r| r.retry_connect_failure())
             }
             AttemptError::Reset
@@ -820,18 +833,20 @@ pub(crate) async fn forward(
         }
         if retriable && !left {
             sinks.retry_limit_exceeded(worker);
+            retry_limit_exceeded = true;
         }
         break;
     }
     if duration_deadline.is_some_and(|d| Instant::now() >= d) {
         cfg.stats.downstream_rq_max_duration_reached.inc(worker);
-        outcome.flags = "-";
+        outcome.ended("-", "max_duration_timeout");
         // gRPC's DEADLINE_EXCEEDED rather than the 504's UNAVAILABLE, as Envoy.
         let mut r = local_reply(StatusCode::GATEWAY_TIMEOUT, DURATION_TIMEOUT);
         r.extensions_mut().insert(LocalReply(Some(4)));
         return r;
     }
     if let Some(mut resp) = last_response {
+        outcome.details = Cow::Borrowed("via_upstream");
         sinks.charge(worker, resp.status().as_u16(), None);
         if !cfg.suppress_envoy_headers {
             resp.headers_mut().insert(
@@ -845,47 +860,63 @@ pub(crate) async fn forward(
         }
         return resp;
     }
-    let mut reply = match last_error {
+    let mut reply = match &last_error {
         None | Some(AttemptError::PerTryTimeout)
             if global_deadline.is_some_and(|d| Instant::now() >= d) || last_error.is_none() =>
         {
             sinks.timeout(worker);
-            outcome.flags = "UT";
+            outcome.ended("UT", "response_timeout");
             timeout_reply.response()
         }
         Some(AttemptError::PerTryTimeout) => {
-            outcome.flags = "UT";
+            outcome.ended("UT", "upstream_per_try_timeout");
             timeout_reply.response()
         }
         Some(AttemptError::Overflow) => {
-            outcome.flags = "UO";
+            outcome.ended("UO", "upstream_reset_before_response_started{overflow}");
             let mut r = local_reply(StatusCode::SERVICE_UNAVAILABLE, UPSTREAM_OVERFLOW);
             r.headers_mut()
                 .insert(X_ENVOY_OVERLOADED.clone(), HeaderValue::from_static("true"));
             r
         }
-        Some(AttemptError::ConnectFailure) => {
+        Some(AttemptError::ConnectFailure(reason)) => {
             outcome.flags = "UF";
+            outcome.details = match &reason {
+                Some(r) => Cow::Owned(format!(
+                    "upstream_reset_before_response_started{{remote_connection_failure|{r}}}"
+                )),
+                None => Cow::Borrowed("upstream_reset_before_response_started{connection_timeout}"),
+            };
+            outcome.transport_failure = reason.clone();
             local_reply(StatusCode::SERVICE_UNAVAILABLE, UPSTREAM_CONNECT_ERROR)
         }
         Some(AttemptError::Protocol) => {
-            outcome.flags = "UPE";
+            outcome.ended(
+                "UPE",
+                "upstream_reset_before_response_started{protocol_error}",
+            );
             local_reply(StatusCode::BAD_GATEWAY, UPSTREAM_PROTOCOL_ERROR)
         }
         Some(AttemptError::Reset) => {
-            outcome.flags = "UC";
+            outcome.ended(
+                "UC",
+                "upstream_reset_before_response_started{connection_termination}",
+            );
             local_reply(StatusCode::SERVICE_UNAVAILABLE, UPSTREAM_RESET)
         }
         Some(AttemptError::Refused) => {
-            outcome.flags = "UR";
+            outcome.ended(
+                "UR",
+                "upstream_reset_before_response_started{remote_refused_stream_reset}",
+            );
             local_reply(StatusCode::SERVICE_UNAVAILABLE, UPSTREAM_REFUSED)
         }
         Some(AttemptError::HeadOverflow) => {
-            outcome.flags = "UR";
+            outcome.ended("UR", "upstream_reset_before_response_started{remote_reset}");
             local_reply(StatusCode::SERVICE_UNAVAILABLE, UPSTREAM_REMOTE_RESET)
         }
         Some(AttemptError::MaxDuration) => {
-            outcome.flags = "UMSDR";
+            outcome.ended("UMSDR", "upstream_max_stream_duration_reached");
             // Envoy's `408` while the client's request is still arriving.
             let status = if idle.request_complete() {
                 StatusCode::GATEWAY_TIMEOUT
@@ -896,6 +927,9 @@ pub(crate) async fn forward(
         }
         None => local_reply(StatusCode::GATEWAY_TIMEOUT, UPSTREAM_TIMEOUT),
     };
+    if retry_limit_exceeded {
+        outcome.flags = with_retry_limit_exceeded(outcome.flags);
+    }
     // As Envoy's router, the reply to an upstream failure or timeout is the code the
     // request ends with; a stream's duration running out is not charged.
     if !matches!(last_error, Some(AttemptError::MaxDuration)) {
@@ -926,7 +960,7 @@ fn report_outlier<T>(
             detector.report(host, Report::ConnectSuccess);
             detector.report(host, Report::Status(resp.status().as_u16()));
         }
-        Some(Err(AttemptError::ConnectFailure)) => detector.report(host, Report::ConnectFailed),
+        Some(Err(AttemptError::ConnectFailure(_))) => detector.report(host, Report::ConnectFailed),
         Some(Err(
             AttemptError::Reset
             | AttemptError::Protocol
@@ -1069,11 +1103,13 @@ pub(crate) async fn send_upgrade(
         Err(crate::upstream::connect::ConnectError::Failed(e)) => {
             tracing::debug!(cluster = %cluster.name, error = %e, "upstream connect failure");
             stats.upstream_cx_connect_fail.inc(worker);
-            return Err(AttemptError::ConnectFailure);
+            return Err(AttemptError::ConnectFailure(Some(
+                upstream_request::transport_failure_reason(&e).into_boxed_str(),
+            )));
         }
         Err(crate::upstream::connect::ConnectError::Timeout) => {
             stats.upstream_cx_connect_timeout.inc(worker);
-            return Err(AttemptError::ConnectFailure);
+            return Err(AttemptError::ConnectFailure(None));
         }
     };
     sinks.attempt(worker);
@@ -1092,7 +1128,9 @@ pub(crate) async fn send_upgrade(
         Ok(r) => r,
         Err(e @ upgrade::UpgradeSendError::Handshake(_)) => {
             tracing::debug!(error = %e, "upstream upgrade connection failed");
-            return Err(AttemptError::ConnectFailure);
+            return Err(AttemptError::ConnectFailure(Some(
+                e.to_string().into_boxed_str(),
+            )));
         }
         Err(e) => {
             tracing::debug!(error = %e, "upstream reset before the upgrade response");
@@ -1174,6 +1212,16 @@ pub(crate) async fn send_h1_upgrade(
 #[derive(Default)]
 pub(crate) struct Outcome {
     pub(crate) flags: &'static str,
+    /// Envoy's response code details, once known (empty before).
+    pub(crate) details: Cow<'static, str>,
+    /// Why the last upstream connection attempt failed (Envoy's transport failure
+    /// reason).
+    pub(crate) transport_failure: Option<Box<str>>,
+    /// The local address of the upstream connection the request went on.
+    pub(crate) upstream_local: Option<SocketAddr>,
+    /// The path the route rewrote the request's to (`:path` in the access log, the
+    /// original then being `x-envoy-original-path`, as Envoy logs them).
+    pub(crate) rewritten_path: Option<Box<str>>,
     /// A fault the request is counted in (`active_faults`) until it completes.
     pub(crate) active_fault: Option<crate::filters::http::fault::ActiveFault>,
     /// The `x-request-id` the response echoes (`always_set_request_id_in_response`, or an
@@ -1189,6 +1237,29 @@ pub(crate) struct Outcome {
     pub(crate) span: Option<Box<(crate::tracers::ActiveSpan, String)>>,
     /// `x-envoy-decorator-operation` for the response (a route decorator's operation).
     pub(crate) decorator_operation: Option<Box<str>>,
+}
+
+/// `flags` with `URX` joined in (Envoy lists a request's flags in alphabetical order).
+fn with_retry_limit_exceeded(flags: &'static str) -> &'static str {
+    match flags {
+        "-" => "URX",
+        "UT" => "URX,UT",
+        "UF" => "UF,URX",
+        "UC" => "UC,URX",
+        "UPE" => "UPE,URX",
+        "UR" => "UR,URX",
+        "UO" => "UO,URX",
+        "UMSDR" => "UMSDR,URX",
+        other => other,
+    }
+}
+
+impl Outcome {
+    /// How the request ended: Envoy's response flags and response code details.
+    pub(crate) fn ended(&mut self, flags: &'static str, details: &'static str) {
+        self.flags = flags;
+        self.details = Cow::Borrowed(details);
+    }
 }
 
 /// A body of unknown length streamed to an HTTP/1.1 upstream goes chunked. hyper's client

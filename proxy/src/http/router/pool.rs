@@ -131,20 +131,33 @@ pub enum Sender {
     H2(http2::SendRequest<ProxyBody>, H2Stream),
 }
 
+impl Sender {
+    /// The connection's local address.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        match self {
+            Sender::H1(_, u) | Sender::Raw(_, u) => u.local,
+            Sender::H2(_, s) => s.usage.local,
+        }
+    }
+}
+
 /// What an upstream HTTP/1 connection has done so far, against the cluster's
 /// [`ConnLifetime`]. It travels with the connection between the pool and its request.
 #[derive(Clone, Copy, Debug)]
 pub struct ConnUsage {
     opened: Instant,
     requests: u32,
+    /// The connection's local address (for the access log).
+    local: Option<SocketAddr>,
 }
 
 impl ConnUsage {
-    /// A connection opened now, before its first request.
-    fn new() -> ConnUsage {
+    /// A connection opened now from `local`, before its first request.
+    fn new(local: Option<SocketAddr>) -> ConnUsage {
         ConnUsage {
             opened: Instant::now(),
             requests: 0,
+            local,
         }
     }
 }
@@ -195,6 +208,8 @@ impl Retire {
 
 /// The streams on an HTTP/2 connection, shared with each [`H2Stream`].
 struct H2Usage {
+    /// The connection's local address (for the access log).
+    local: Option<SocketAddr>,
     /// Requests sent whose responses have not ended.
     active: Cell<u32>,
     /// When `active` last fell to zero.
@@ -962,10 +977,13 @@ impl ClusterPool {
             }
             Err(ConnectError::Failed(e)) => {
                 self.connect_failed(cluster, host, key, worker);
-                return Err(PoolError::ConnectFailure(e.to_string()));
+                return Err(PoolError::ConnectFailure(
+                    super::upstream_request::transport_failure_reason(&e),
+                ));
             }
             Ok(io) => io,
         };
+        let local = io.tcp().stream().local_addr().ok();
         let h2 = if cluster.http_auto {
             let h2 = io.alpn() == Some(b"h2");
             let mut hosts = self.hosts.borrow_mut();
@@ -1000,7 +1018,7 @@ impl ClusterPool {
                 }
             };
             self.stats.cx_http2_total.inc(worker);
-            let usage = self.add_h2(cluster, key, &sender, peer, worker);
+            let usage = self.add_h2(cluster, key, &sender, peer, worker, local);
             self.wake_for(key);
             let pool = self.clone();
             let key = key.clone();
@@ -1020,7 +1038,7 @@ impl ClusterPool {
             Ok(Sender::H2(sender, stream))
         } else if raw {
             self.stats.cx_http1_total.inc(worker);
-            let usage = self.one_more_request(ConnUsage::new(), worker);
+            let usage = self.one_more_request(ConnUsage::new(local), worker);
             let conn = H1Connection::new(
                 io,
                 Box::new(guard),
@@ -1052,7 +1070,7 @@ impl ClusterPool {
                 }
                 drop(guard);
             });
-            let usage = self.one_more_request(ConnUsage::new(), worker);
+            let usage = self.one_more_request(ConnUsage::new(local), worker);
             Ok(Sender::H1(sender, usage))
         }
     }
@@ -1067,10 +1085,12 @@ impl ClusterPool {
         sender: &http2::SendRequest<ProxyBody>,
         peer: Rc<PeerSettings>,
         worker: usize,
+        local: Option<SocketAddr>,
     ) -> Rc<H2Usage> {
         // This request's stream is the first on it.
         let now = Instant::now();
         let usage = Rc::new(H2Usage {
+            local,
             active: Cell::new(1),
             idle_since: Cell::new(now),
         });

@@ -269,9 +269,16 @@ fn exchange(
                 vcluster: None,
                 internal,
             };
-            let resp =
-                crate::http::router::send_once(&pool, &cluster, &host, worker, &sinks, req, None)
-                    .await?;
+            let resp = crate::http::router::send_once(
+                &pool,
+                &cluster,
+                &host,
+                worker,
+                &sinks,
+                req,
+                Default::default(),
+            )
+            .await?;
             let status = resp.status().as_u16();
             // Read off so that the connection goes back to the pool.
             let _ = resp.into_body().collect().await;

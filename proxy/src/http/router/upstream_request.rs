@@ -28,10 +28,18 @@ pub(crate) fn http1_response_body(cluster: &ClusterInfo, body: ProxyBody) -> Pro
     }
 }
 
+/// The addresses an attempt is sent for, and the one it learns.
+#[derive(Default)]
+pub(crate) struct AttemptAddrs<'a> {
+    /// The (client, destination) addresses of the request's connection, which an
+    /// `upstream_proxy_protocol` cluster's connections are kept per.
+    pub downstream: Option<(std::net::SocketAddr, std::net::SocketAddr)>,
+    /// Learns the upstream connection's local address (for the access log).
+    pub upstream_local: Option<&'a std::cell::Cell<Option<std::net::SocketAddr>>>,
+}
+
 /// Sends one request on a connection of `pool` to `host` (a stale kept-alive one is
-/// replaced); the response as its head arrives. `downstream` is the (client,
-/// destination) addresses of the request's connection, which an `upstream_proxy_protocol`
-/// cluster's connections are kept per.
+/// replaced); the response as its head arrives.
 pub(crate) async fn send_once(
     pool: &Rc<pool::ClusterPool>,
     cluster: &Arc<ClusterInfo>,
@@ -39,7 +47,7 @@ pub(crate) async fn send_once(
     worker: usize,
     sinks: &StatSinks<'_>,
     req: Request<ProxyBody>,
-    downstream: Option<(std::net::SocketAddr, std::net::SocketAddr)>,
+    addrs: AttemptAddrs<'_>,
 ) -> Result<Response<ProxyBody>, AttemptError> {
     let mut req = req;
     let limits = &cluster.stream_limits;
@@ -52,7 +60,7 @@ pub(crate) async fn send_once(
     let name = cluster.auto_sni.as_ref().and_then(|a| a.name_for(&req));
     let mut key = pool::ConnKey::new(host.address, name.as_ref());
     if cluster.proxy_protocol.is_some() {
-        key.downstream = downstream;
+        key.downstream = addrs.downstream;
     }
     let mut counted = false;
     for _ in 0..3 {
@@ -61,6 +69,9 @@ pub(crate) async fn send_once(
             Ok(s) => s,
             Err(e) => return Err(checkout_failure(cluster, e)),
         };
+        if let Some(l) = addrs.upstream_local {
+            l.set(sender.local_addr());
+        }
         // As Envoy, an attempt counts (`upstream_rq_total`) once it has a connection.
         if !counted {
             sinks.attempt(worker);
@@ -220,9 +231,25 @@ fn checkout_failure(cluster: &ClusterInfo, e: PoolError) -> AttemptError {
         PoolError::Overflow => AttemptError::Overflow,
         PoolError::ConnectFailure(e) => {
             tracing::debug!(cluster = %cluster.name, error = %e, "upstream connect failure");
-            AttemptError::ConnectFailure
+            AttemptError::ConnectFailure(Some(e.into_boxed_str()))
         }
-        PoolError::ConnectTimeout => AttemptError::ConnectFailure,
+        PoolError::ConnectTimeout => AttemptError::ConnectFailure(None),
+    }
+}
+
+/// Why a connection could not be opened, as Envoy words it: a socket error is a
+/// `delayed connect error` (the connect was non-blocking) with the system's message.
+pub(crate) fn transport_failure_reason(e: &std::io::Error) -> String {
+    match e.raw_os_error() {
+        Some(code) => {
+            let text = std::io::Error::from_raw_os_error(code).to_string();
+            // Rust appends ` (os error N)` to the system's message.
+            let message = text
+                .rsplit_once(" (os error")
+                .map_or(text.as_str(), |(m, _)| m);
+            format!("delayed connect error: {message}")
+        }
+        None => e.to_string(),
     }
 }
 
@@ -313,7 +340,9 @@ pub(crate) fn refused_stream(e: &hyper::Error) -> bool {
 #[derive(Debug)]
 pub(crate) enum AttemptError {
     Overflow,
-    ConnectFailure,
+    /// The connection attempt failed: why, in Envoy's words (its transport failure
+    /// reason), or `None` when it timed out.
+    ConnectFailure(Option<Box<str>>),
     Reset,
     /// An HTTP/2 upstream refused the stream (`REFUSED_STREAM`): it did not process it.
     Refused,

@@ -269,13 +269,14 @@ impl RbacFilter {
     }
 
     /// The filter's decision for a request: `route_rules` are the most specific per-route
-    /// ones (`None`: the filter's own). A denied request gets this answer.
+    /// ones (`None`: the filter's own). A denied request gets this answer, with Envoy's
+    /// response code details.
     pub fn on_request(
         &self,
         route_rules: Option<&RbacRules>,
         r: &RequestView<'_>,
         worker: usize,
-    ) -> Option<Box<Response<ProxyBody>>> {
+    ) -> Option<(Box<Response<ProxyBody>>, String)> {
         let own = route_rules.is_none();
         let rules = route_rules.unwrap_or(&self.rules);
         if let Some(shadow) = &rules.shadow {
@@ -287,11 +288,19 @@ impl RbacFilter {
         let d = engine.decide(r);
         tracing::debug!(filter = %self.name, allowed = d.allowed, policy = ?d.policy, "rbac");
         self.enforced.count(d, rules.per_rule_stats, own, worker);
+        // Envoy's response code details name the policy that denied (`none`: no policy
+        // of an ALLOW list matched).
         (!d.allowed).then(|| {
-            Box::new(crate::http::conn_manager::local_reply::local_reply(
-                StatusCode::FORBIDDEN,
-                BODY,
-            ))
+            (
+                Box::new(crate::http::conn_manager::local_reply::local_reply(
+                    StatusCode::FORBIDDEN,
+                    BODY,
+                )),
+                format!(
+                    "rbac_access_denied_matched_policy[{}]",
+                    d.policy.unwrap_or("none")
+                ),
+            )
         })
     }
 }
@@ -337,10 +346,11 @@ mod tests {
         let h = test_header_map(&[]);
         let get = Method::GET;
         assert!(f.on_request(None, &view(&h, &get, "/b/a"), 0).is_none());
-        let denied = f
+        let (denied, details) = f
             .on_request(None, &view(&h, &get, "/c"), 0)
             .expect("denied");
         assert_eq!(denied.status(), StatusCode::FORBIDDEN);
+        assert_eq!(details, "rbac_access_denied_matched_policy[none]");
         let value = |n: &str| store.counter(n).value();
         assert_eq!(value("http.ingress.rbac.r_.allowed"), 1);
         assert_eq!(value("http.ingress.rbac.r_.denied"), 1);

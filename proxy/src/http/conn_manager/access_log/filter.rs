@@ -10,7 +10,6 @@
 use courier_proto::envoy::config::accesslog::v3::access_log_filter::FilterSpecifier;
 use courier_proto::envoy::config::accesslog::v3::comparison_filter::Op;
 use courier_proto::envoy::config::accesslog::v3::{AccessLogFilter, ComparisonFilter};
-use courier_proto::envoy::data::accesslog::v3::AccessLogType;
 
 use super::LogEntry;
 use crate::config::{ConfigError, Fraction};
@@ -47,8 +46,8 @@ pub enum LogFilter {
     Header(Box<HeaderMatcher>),
     /// `response_flag_filter`: any of these flags (empty: any flag at all).
     ResponseFlags(Vec<String>),
-    /// `log_type_filter`: an HTTP request's entry is `DOWNSTREAM_END`.
-    LogType { downstream_end: bool, exclude: bool },
+    /// `log_type_filter`: the entry's type is (or, under `exclude`, is not) one of these.
+    LogType { types: Vec<i32>, exclude: bool },
 }
 
 /// A `ComparisonFilter`: its operator and value (a runtime key may override it).
@@ -141,7 +140,7 @@ impl LogFilter {
                 LogFilter::ResponseFlags(f.flags.clone())
             }
             Some(FilterSpecifier::LogTypeFilter(f)) => LogFilter::LogType {
-                downstream_end: f.types.contains(&(AccessLogType::DownstreamEnd as i32)),
+                types: f.types.clone(),
                 exclude: f.exclude,
             },
             Some(FilterSpecifier::GrpcStatusFilter(_)) => {
@@ -213,10 +212,9 @@ impl LogFilter {
                     set.iter().any(|f| wanted.iter().any(|w| w == f))
                 }
             }
-            LogFilter::LogType {
-                downstream_end,
-                exclude,
-            } => *downstream_end != *exclude,
+            LogFilter::LogType { types, exclude } => {
+                types.contains(&(e.log_type as i32)) != *exclude
+            }
         }
     }
 }

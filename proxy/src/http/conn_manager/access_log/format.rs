@@ -7,6 +7,7 @@
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::time::SystemTime;
 
 use courier_proto::google::protobuf::{value::Kind, Struct};
@@ -33,6 +34,21 @@ enum Op {
     DownstreamRemoteAddressNoPort,
     RouteName,
     Tls(TlsField),
+    ResponseCodeDetails,
+    /// Nothing Courier does ends a connection with termination details (Envoy sets them
+    /// for network filters Courier does not have): always absent.
+    ConnectionTerminationDetails,
+    UpstreamTransportFailureReason,
+    UpstreamClusterRaw,
+    AccessLogType,
+    UpstreamLocalAddress,
+    DownstreamLocalAddress,
+    DownstreamLocalAddressNoPort,
+    DownstreamLocalPort,
+    DownstreamRemotePort,
+    DownstreamDirectRemoteAddress,
+    DownstreamDirectRemoteAddressNoPort,
+    Hostname,
 }
 
 /// The downstream connection's TLS facts the format can name (`-` on plaintext or when
@@ -93,6 +109,9 @@ fn header<'a>(
             ":path" => (!e.path.is_empty()).then_some(Cow::Borrowed(e.path)),
             ":authority" => (!e.authority.is_empty()).then_some(Cow::Borrowed(e.authority)),
             ":status" => Some(Cow::Owned(e.status.to_string())),
+            "x-envoy-original-path" if e.original_path.is_some() => {
+                e.original_path.map(Cow::Borrowed)
+            }
             _ => map?.get(n)?.to_str().ok().map(Cow::Borrowed),
         }
     };
@@ -130,7 +149,7 @@ impl Op {
                 Some(h) => Val::Text(Cow::Owned(h.to_string())),
                 None => Val::Absent,
             },
-            Op::UpstreamCluster => e
+            Op::UpstreamCluster | Op::UpstreamClusterRaw => e
                 .upstream_cluster
                 .map_or(Val::Absent, |c| Val::Text(Cow::Borrowed(c))),
             Op::DownstreamRemoteAddress => Val::Text(Cow::Owned(e.remote.to_string())),
@@ -138,8 +157,60 @@ impl Op {
             Op::RouteName if e.route_name.is_empty() => Val::Absent,
             Op::RouteName => Val::Text(Cow::Borrowed(e.route_name)),
             Op::Tls(field) => field.value(e),
+            Op::ResponseCodeDetails if e.details.is_empty() => Val::Absent,
+            Op::ResponseCodeDetails => Val::Text(no_whitespace(e.details)),
+            Op::ConnectionTerminationDetails => Val::Absent,
+            Op::UpstreamTransportFailureReason => match e.transport_failure {
+                Some(r) if !r.is_empty() => Val::Text(no_whitespace(r)),
+                _ => Val::Absent,
+            },
+            Op::AccessLogType => Val::Text(Cow::Borrowed(e.log_type.as_str_name())),
+            Op::UpstreamLocalAddress => addr(e.upstream_local, SocketAddr::to_string),
+            Op::DownstreamLocalAddress => addr(e.local, SocketAddr::to_string),
+            Op::DownstreamLocalAddressNoPort => addr(e.local, |a| a.ip().to_string()),
+            Op::DownstreamLocalPort => e
+                .local
+                .map_or(Val::Absent, |a| Val::Number(a.port().into())),
+            Op::DownstreamRemotePort => Val::Number(e.remote.port().into()),
+            Op::DownstreamDirectRemoteAddress => {
+                addr(e.direct_remote.or(Some(e.remote)), SocketAddr::to_string)
+            }
+            Op::DownstreamDirectRemoteAddressNoPort => {
+                addr(e.direct_remote.or(Some(e.remote)), |a| a.ip().to_string())
+            }
+            Op::Hostname => Val::Text(Cow::Borrowed(hostname())),
         }
     }
+}
+
+/// An address as the operator prints it, `-` when there is none.
+fn addr<'a>(a: Option<SocketAddr>, show: fn(&SocketAddr) -> String) -> Val<'a> {
+    a.map_or(Val::Absent, |a| Val::Text(Cow::Owned(show(&a))))
+}
+
+/// Envoy prints details and failure reasons with each whitespace as `_`, so a line
+/// splits on spaces.
+fn no_whitespace(s: &str) -> Cow<'_, str> {
+    if s.bytes().any(|b| b.is_ascii_whitespace()) {
+        Cow::Owned(s.replace(|c: char| c.is_ascii_whitespace(), "_"))
+    } else {
+        Cow::Borrowed(s)
+    }
+}
+
+/// The machine's host name (`%HOSTNAME%`), read once.
+fn hostname() -> &'static str {
+    static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| {
+        let mut buf = [0u8; 256];
+        // SAFETY: gethostname writes at most `buf.len()` bytes into `buf`.
+        let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+        if rc != 0 {
+            return "-".to_string();
+        }
+        let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+        String::from_utf8_lossy(&buf[..end]).into_owned()
+    })
 }
 
 /// Text operators and literals, rendered in order.
@@ -375,6 +446,21 @@ fn parse_format(fmt: &str) -> Result<Vec<Op>, ConfigError> {
                 "DOWNSTREAM_PEER_DNS_SAN" => Op::Tls(TlsField::PeerDnsSan),
                 "DOWNSTREAM_PEER_FINGERPRINT_256" => Op::Tls(TlsField::PeerFingerprint256),
                 "DOWNSTREAM_LOCAL_URI_SAN" => Op::Tls(TlsField::LocalUriSan),
+                "RESPONSE_CODE_DETAILS" => Op::ResponseCodeDetails,
+                "CONNECTION_TERMINATION_DETAILS" => Op::ConnectionTerminationDetails,
+                "UPSTREAM_TRANSPORT_FAILURE_REASON" => Op::UpstreamTransportFailureReason,
+                "UPSTREAM_CLUSTER_RAW" => Op::UpstreamClusterRaw,
+                "ACCESS_LOG_TYPE" => Op::AccessLogType,
+                "UPSTREAM_LOCAL_ADDRESS" => Op::UpstreamLocalAddress,
+                "DOWNSTREAM_LOCAL_ADDRESS" => Op::DownstreamLocalAddress,
+                "DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT" => Op::DownstreamLocalAddressNoPort,
+                "DOWNSTREAM_LOCAL_PORT" => Op::DownstreamLocalPort,
+                "DOWNSTREAM_REMOTE_PORT" => Op::DownstreamRemotePort,
+                "DOWNSTREAM_DIRECT_REMOTE_ADDRESS" => Op::DownstreamDirectRemoteAddress,
+                "DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT" => {
+                    Op::DownstreamDirectRemoteAddressNoPort
+                }
+                "HOSTNAME" => Op::Hostname,
                 other => {
                     return Err(ConfigError::new(
                         "format",

@@ -16,6 +16,7 @@ use std::time::{Duration, SystemTime};
 use courier_proto::envoy::config::accesslog::v3::{access_log, AccessLog as AccessLogProto};
 use courier_proto::envoy::config::core::v3::substitution_format_string::Format;
 use courier_proto::envoy::config::core::v3::SubstitutionFormatString;
+pub use courier_proto::envoy::data::accesslog::v3::AccessLogType;
 use courier_proto::envoy::extensions::access_loggers::file::v3::{file_access_log, FileAccessLog};
 use courier_proto::envoy::extensions::access_loggers::stream::v3::{
     stderr_access_log, stdout_access_log, StderrAccessLog, StdoutAccessLog,
@@ -41,8 +42,10 @@ pub struct LogEntry<'a> {
     pub start: SystemTime,
     /// Method.
     pub method: &'a str,
-    /// Path (original, before rewrites).
+    /// Path (as the route rewrote it, if it did).
     pub path: &'a str,
+    /// The path the request came with, when the route rewrote it.
+    pub original_path: Option<&'a str>,
     /// Authority.
     pub authority: &'a str,
     /// Protocol (`HTTP/1.1`).
@@ -75,6 +78,20 @@ pub struct LogEntry<'a> {
     pub requested_server_name: Option<&'a str>,
     /// The request was a health check (the health check filter recognised it).
     pub health_check: bool,
+    /// Why the entry is written (Envoy's `AccessLogType`).
+    pub log_type: AccessLogType,
+    /// The downstream connection's local address (an original destination a listener
+    /// filter restored, if any).
+    pub local: Option<SocketAddr>,
+    /// The downstream peer's own address, whatever a PROXY protocol header said.
+    pub direct_remote: Option<SocketAddr>,
+    /// The upstream connection's local address.
+    pub upstream_local: Option<SocketAddr>,
+    /// Envoy's response code details (`via_upstream`, `route_not_found`, …); empty when
+    /// none.
+    pub details: &'a str,
+    /// Why the upstream connection failed, in Envoy's words.
+    pub transport_failure: Option<&'a str>,
 }
 
 /// A compiled access log.

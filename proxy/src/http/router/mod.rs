@@ -458,7 +458,8 @@ pub(crate) async fn forward(
     let replayable = |buffered: &Option<Bytes>, rb: &Option<Rc<RetryBuffer>>| {
         buffered.is_some() || rb.as_ref().is_some_and(|b| b.replayable())
     };
-    let _request = pool.request_slot();
+    // Counted in `max_requests` from the first attempt's host choice to the end.
+    let mut request_slot = None;
     let mut attempt: u32 = 0;
     // The hosts tried so far, for a `previous_hosts` retry predicate.
     let mut tried: Vec<std::net::SocketAddr> = Vec::new();
@@ -501,13 +502,16 @@ pub(crate) async fn forward(
         }
         outcome.upstream_host = Some(host.address);
         // max_requests, once the request has its host (Envoy's pool checks it there).
-        if attempt == 1 && pool.breakers.requests.get() >= cluster.thresholds.max_requests {
-            pool.stats.rq_pending_overflow.inc(worker);
-            outcome.ended("UO", "upstream_reset_before_response_started{overflow}");
-            let mut r = local_reply(StatusCode::SERVICE_UNAVAILABLE, UPSTREAM_OVERFLOW);
-            r.headers_mut()
-                .insert(X_ENVOY_OVERLOADED.clone(), HeaderValue::from_static("true"));
-            return r;
+        if request_slot.is_none() {
+            if pool.breakers.requests.get() >= cluster.thresholds.max_requests {
+                pool.stats.rq_pending_overflow.inc(worker);
+                outcome.ended("UO", "upstream_reset_before_response_started{overflow}");
+                let mut r = local_reply(StatusCode::SERVICE_UNAVAILABLE, UPSTREAM_OVERFLOW);
+                r.headers_mut()
+                    .insert(X_ENVOY_OVERLOADED.clone(), HeaderValue::from_static("true"));
+                return r;
+            }
+            request_slot = Some(pool.request_slot());
         }
         if retry.as_ref().is_some_and(|r| r.avoid_previous_hosts) {
             tried.push(host.address);

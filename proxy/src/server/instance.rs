@@ -339,7 +339,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
             .or_else(|| hosts.hosts.first())?;
         Some(pick.address)
     }));
-    crate::tracers::reporter::start();
+    crate::tracers::start_reporters();
 
     load_static_resources(&server)?;
 

@@ -1,7 +1,7 @@
 //! Request tracing (a connection manager's `tracing`, the bootstrap's `tracing.http`):
 //! whether a request is traced, the span a traced request gets, and the trace context
-//! sent upstream. Tracers are extensions (`envoy.tracers.*`); Zipkin is built
-//! ([`zipkin`]).
+//! sent upstream. Tracers are extensions (`envoy.tracers.*`); Zipkin ([`zipkin`]) and
+//! OpenTelemetry ([`opentelemetry`]) are built.
 //!
 //! The decision is Envoy's: a request already marked in its `x-request-id` keeps its
 //! mark; else `x-client-trace-id` with `client_sampling`, `x-envoy-force-trace`, or
@@ -10,6 +10,7 @@
 //! decides the same. Spans are built on the worker when the request ends and handed to
 //! the main thread, which batches them to the collector: a worker never waits on it.
 
+pub mod opentelemetry;
 pub mod reporter;
 pub mod zipkin;
 
@@ -64,6 +65,14 @@ impl Reason {
 pub enum Tracer {
     /// `envoy.tracers.zipkin`.
     Zipkin(Arc<zipkin::ZipkinTracer>),
+    /// `envoy.tracers.opentelemetry`.
+    OpenTelemetry(Arc<opentelemetry::OtelTracer>),
+}
+
+/// Starts the main thread's span reporters (one per tracer type).
+pub fn start_reporters() {
+    zipkin::REPORTER.start();
+    opentelemetry::REPORTER.start();
 }
 
 type BuildTracer = fn(&courier_proto::google::protobuf::Any, &Store) -> Result<Tracer, ConfigError>;
@@ -71,15 +80,26 @@ type BuildTracer = fn(&courier_proto::google::protobuf::Any, &Store) -> Result<T
 /// The tracers a `tracing.provider` may name.
 static TRACERS: Registry<BuildTracer> = Registry {
     point: "tracer",
-    factories: &[Factory {
-        type_name: "envoy.config.trace.v3.ZipkinConfig",
-        name: "envoy.tracers.zipkin",
-        build: |any, store| {
-            Ok(Tracer::Zipkin(Arc::new(zipkin::ZipkinTracer::compile(
-                any, store,
-            )?)))
+    factories: &[
+        Factory {
+            type_name: "envoy.config.trace.v3.ZipkinConfig",
+            name: "envoy.tracers.zipkin",
+            build: |any, store| {
+                Ok(Tracer::Zipkin(Arc::new(zipkin::ZipkinTracer::compile(
+                    any, store,
+                )?)))
+            },
         },
-    }],
+        Factory {
+            type_name: "envoy.config.trace.v3.OpenTelemetryConfig",
+            name: "envoy.tracers.opentelemetry",
+            build: |any, store| {
+                Ok(Tracer::OpenTelemetry(Arc::new(
+                    opentelemetry::OtelTracer::compile(any, store)?,
+                )))
+            },
+        },
+    ],
 };
 
 static BOOTSTRAP_PROVIDER: std::sync::OnceLock<Option<TracerConfig>> = std::sync::OnceLock::new();
@@ -288,6 +308,16 @@ impl HttpTracing {
         reason
     }
 
+    /// A span's name when no decorator names it: Zipkin names spans by the authority;
+    /// the others take Envoy's operation name, `ingress` or `egress <authority>`.
+    pub fn default_span_name(&self, authority: &str) -> String {
+        match (&self.tracer, self.egress) {
+            (Tracer::Zipkin(_), _) => authority.to_string(),
+            (_, false) => "ingress".to_string(),
+            (_, true) => format!("egress {authority}"),
+        }
+    }
+
     /// Whether spans are egress (client) spans.
     pub fn egress(&self) -> bool {
         self.egress
@@ -349,13 +379,15 @@ impl HttpTracing {
                 tags.push((Cow::Owned(name.clone()), v.to_string()));
             }
         }
-        match &self.tracer {
-            Tracer::Zipkin(z) => ActiveSpan {
-                span: z.start(reason != Reason::NotTraceable, self.egress, headers),
-                tracer: z.clone(),
-                tags,
+        let traced = reason != Reason::NotTraceable;
+        let span = match &self.tracer {
+            Tracer::Zipkin(z) => Started::Zipkin(z.start(traced, self.egress, headers), z.clone()),
+            Tracer::OpenTelemetry(o) => match o.start(traced, self.egress, headers) {
+                Some(span) => Started::OpenTelemetry(span, o.clone()),
+                None => Started::Null,
             },
-        }
+        };
+        ActiveSpan { span, tags }
     }
 }
 
@@ -389,17 +421,24 @@ pub struct SpanEnd<'a> {
     pub upstream_cluster: Option<&'a str>,
 }
 
+/// A tracer's span and the tracer it goes back to.
+enum Started {
+    Zipkin(zipkin::Span, Arc<zipkin::ZipkinTracer>),
+    OpenTelemetry(opentelemetry::Span, Arc<opentelemetry::OtelTracer>),
+    /// No span (Envoy's null span: the tracer could not take the request's context).
+    Null,
+}
+
 /// A request's span, from its start to its end.
 pub struct ActiveSpan {
-    span: zipkin::Span,
-    tracer: Arc<zipkin::ZipkinTracer>,
+    span: Started,
     tags: Vec<(Cow<'static, str>, String)>,
 }
 
 impl ActiveSpan {
     /// Ends the span, named `name`; a sampled one goes to the reporter.
     pub fn finish(mut self, name: &str, end: &SpanEnd<'_>, worker: usize) {
-        if !self.span.sampled {
+        if !self.sampled() {
             return;
         }
         let mut tag = |k: &'static str, v: String| self.tags.push((Cow::Borrowed(k), v));
@@ -414,11 +453,19 @@ impl ActiveSpan {
         if end.status == 0 || end.status >= 500 {
             tag("error", "true".to_string());
         }
-        self.tracer.finish(self.span, name, self.tags, worker);
+        match self.span {
+            Started::Zipkin(span, tracer) => tracer.finish(span, name, self.tags, worker),
+            Started::OpenTelemetry(span, tracer) => tracer.finish(span, name, self.tags, worker),
+            Started::Null => {}
+        }
     }
 
     /// Whether the span is sampled (reported when it ends).
     pub fn sampled(&self) -> bool {
-        self.span.sampled
+        match &self.span {
+            Started::Zipkin(span, _) => span.sampled,
+            Started::OpenTelemetry(span, _) => span.sampled,
+            Started::Null => false,
+        }
     }
 }

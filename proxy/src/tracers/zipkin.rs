@@ -11,18 +11,22 @@
 //! `trace_context_option`, `timestamp_trace_ids`.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
 
+use bytes::Bytes;
+
+use ::http::{HeaderMap, HeaderValue};
 use courier_proto::envoy::config::trace::v3::zipkin_config::CollectorEndpointVersion;
 use courier_proto::envoy::config::trace::v3::ZipkinConfig;
 use courier_proto::google::protobuf::Any;
-use http::{HeaderMap, HeaderValue};
 
-use super::reporter::{self, Collector, ReportedSpan};
+use super::reporter::{Destination, Reporter};
 use crate::config::ConfigError;
-use crate::stats::Store;
+use crate::stats::{Counter, Store, MAIN_THREAD};
+use crate::upstream::async_client::{host_of, http};
 
 const TRACE_ID: &str = "x-b3-traceid";
 const SPAN_ID: &str = "x-b3-spanid";
@@ -95,7 +99,7 @@ impl ZipkinTracer {
             ));
         }
         Ok(ZipkinTracer {
-            collector: reporter::collector(
+            collector: collector(
                 &c.collector_cluster,
                 &c.collector_endpoint,
                 &c.collector_hostname,
@@ -239,13 +243,114 @@ impl ZipkinTracer {
             out.push_str(",\"shared\":true");
         }
         out.push('}');
-        reporter::submit(
-            ReportedSpan {
-                collector: self.collector.clone(),
-                span: out,
-            },
-            worker,
-        );
+        REPORTER.submit(&self.collector, out, worker);
+    }
+}
+
+/// Zipkin spans on their way to the main thread.
+pub static REPORTER: Reporter<Collector> = Reporter::new();
+
+/// Collectors by cluster, endpoint and host name.
+type Collectors = HashMap<(String, String, String), Arc<Collector>>;
+
+/// Where spans go, and `tracing.zipkin.*`.
+pub struct Collector {
+    cluster: String,
+    endpoint: String,
+    hostname: String,
+    spans_sent: Arc<Counter>,
+    spans_dropped: Arc<Counter>,
+    reports_sent: Arc<Counter>,
+    reports_dropped: Arc<Counter>,
+    reports_failed: Arc<Counter>,
+    reports_skipped_no_cluster: Arc<Counter>,
+    timer_flushed: Arc<Counter>,
+}
+
+/// The collector for a cluster, endpoint and host name (one per distinct triple).
+fn collector(cluster: &str, endpoint: &str, hostname: &str, store: &Store) -> Arc<Collector> {
+    static ALL: OnceLock<Mutex<Collectors>> = OnceLock::new();
+    let key = (
+        cluster.to_string(),
+        endpoint.to_string(),
+        hostname.to_string(),
+    );
+    let mut all = ALL
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    all.entry(key)
+        .or_insert_with(|| {
+            let c = |s: &str| store.counter(&format!("tracing.zipkin.{s}"));
+            Arc::new(Collector {
+                cluster: cluster.to_string(),
+                endpoint: endpoint.to_string(),
+                hostname: if hostname.is_empty() {
+                    cluster.to_string()
+                } else {
+                    hostname.to_string()
+                },
+                spans_sent: c("spans_sent"),
+                spans_dropped: c("spans_dropped"),
+                reports_sent: c("reports_sent"),
+                reports_dropped: c("reports_dropped"),
+                reports_failed: c("reports_failed"),
+                reports_skipped_no_cluster: c("reports_skipped_no_cluster"),
+                timer_flushed: c("timer_flushed"),
+            })
+        })
+        .clone()
+}
+
+impl Destination for Collector {
+    /// A span as Zipkin v2 JSON.
+    type Span = String;
+    const RUNTIME: &'static str = "tracing.zipkin";
+
+    fn spans_dropped(&self) -> &Counter {
+        &self.spans_dropped
+    }
+
+    fn timer_flushed(&self) -> &Counter {
+        &self.timer_flushed
+    }
+
+    /// Posts the batch as one JSON array.
+    fn flush(self: Arc<Self>, spans: Vec<String>) {
+        let c = self;
+        if host_of(&c.cluster).is_none() {
+            c.reports_skipped_no_cluster.inc(MAIN_THREAD);
+            return;
+        }
+        c.spans_sent.add(MAIN_THREAD, spans.len() as u64);
+        tokio::task::spawn_local(async move {
+            let mut body =
+                String::with_capacity(spans.iter().map(|s| s.len() + 1).sum::<usize>() + 2);
+            body.push('[');
+            body.push_str(&spans.join(","));
+            body.push(']');
+            let sent = http::post(http::Post {
+                cluster: &c.cluster,
+                path: &c.endpoint,
+                host: &c.hostname,
+                content_type: "application/json",
+                headers: &[],
+                body: Bytes::from(body),
+                timeout: Duration::from_secs(5),
+            })
+            .await;
+            match sent {
+                Ok((status, _)) if (200..300).contains(&status) => c.reports_sent.inc(MAIN_THREAD),
+                Ok((status, _)) => {
+                    tracing::debug!(status, cluster = %c.cluster, "zipkin collector refused a report");
+                    c.reports_dropped.inc(MAIN_THREAD)
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, cluster = %c.cluster, "cannot report spans");
+                    c.reports_failed.inc(MAIN_THREAD)
+                }
+            }
+        });
     }
 }
 

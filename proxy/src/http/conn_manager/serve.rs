@@ -871,7 +871,8 @@ fn forwarding_headers(conn: &ConnInfo, headers: &mut http::HeaderMap) -> bool {
 /// Tracing (the connection manager's `tracing`): the decision, marked in the request id;
 /// the span, joined to the request's trace context and sending the upstream its own; the
 /// span's name — an `x-envoy-decorator-operation` the request brings, else the route's
-/// decorator, else the authority — as an Envoy ingress does.
+/// decorator, else the tracer's default (the authority for Zipkin) — as an Envoy ingress
+/// does.
 #[allow(clippy::too_many_arguments)]
 fn trace_request(
     tracing: &crate::tracers::HttpTracing,
@@ -905,7 +906,10 @@ fn trace_request(
                 req.headers_mut().insert("x-envoy-decorator-operation", v);
             }
         }
-        let name = decorator.map_or_else(|| authority.to_string(), |(op, _)| op.clone());
+        let name = decorator.map_or_else(
+            || tracing.default_span_name(authority),
+            |(op, _)| op.clone(),
+        );
         outcome.span = Some(Box::new((span, name)));
         return;
     }
@@ -917,7 +921,7 @@ fn trace_request(
     let name = match (&requested, decorator) {
         (Some(op), _) => op.clone(),
         (None, Some((op, _))) => op.clone(),
-        (None, None) => authority.to_string(),
+        (None, None) => tracing.default_span_name(authority),
     };
     if requested.is_none() {
         outcome.decorator_operation = decorator

@@ -117,8 +117,7 @@ fn merge(base: &mut Bootstrap, overlay: Bootstrap) {
 }
 
 /// Rejects bootstrap features Courier does not implement and that would change behaviour.
-/// Accepted without effect, as they change nothing visible here: `stats_flush_interval`
-/// and `stats_flush_on_admin` (no stats sink to flush to), `deferred_stat_options`,
+/// Accepted without effect, as they change nothing visible here: `deferred_stat_options`,
 /// `inline_headers` and `grpc_async_client_manager_config` (Envoy-internal tuning).
 #[allow(deprecated)] // `tracing` is deprecated in the proto, still honoured by Envoy
 fn check_supported(b: &Bootstrap) -> Result<(), crate::config::ConfigError> {
@@ -144,7 +143,6 @@ fn check_supported(b: &Bootstrap) -> Result<(), crate::config::ConfigError> {
                 .as_ref()
                 .is_some_and(|c| !c.local_cluster_name.is_empty()),
         ),
-        ("stats_sinks", !b.stats_sinks.is_empty()),
         // Not built; each changes behaviour, so each is refused rather than ignored.
         ("node_context_params", !b.node_context_params.is_empty()),
         ("hds_config", b.hds_config.is_some()),
@@ -194,6 +192,7 @@ fn check_supported(b: &Bootstrap) -> Result<(), crate::config::ConfigError> {
     crate::layered_runtime::validate(b.layered_runtime.as_ref())?;
     crate::overload::compile(b.overload_manager.as_ref(), 0)?;
     crate::server::stats_config::compile(b)?;
+    crate::stats::sinks::compile(b)?;
     crate::tracers::set_bootstrap_provider(b)?;
     Ok(())
 }

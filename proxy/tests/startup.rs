@@ -91,9 +91,9 @@ fn bad_configs() -> Vec<(&'static str, String, &'static str)> {
             "static_resources.listeners[0].filter_chains[0].filters[0].typed_config",
         ),
         (
-            "unsupported bootstrap feature",
-            format!("{good}stats_sinks:\n- name: envoy.stat_sinks.statsd\n"),
-            "stats_sinks",
+            "stats sink not built",
+            format!("{good}stats_sinks:\n- name: envoy.stat_sinks.hystrix\n  typed_config: {{ \"@type\": type.googleapis.com/envoy.config.metrics.v3.HystrixSink }}\n"),
+            "stats_sinks[0].typed_config: the Hystrix stats sink is not built in Courier",
         ),
         (
             "bootstrap field not built",

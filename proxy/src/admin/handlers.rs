@@ -41,6 +41,9 @@ pub async fn handle(server: &Server, req: Request<Incoming>) -> Response<Full<By
             | "/runtime_modify"
             | "/logging"
             | "/reset_counters"
+            | "/stats/recentlookups/enable"
+            | "/stats/recentlookups/disable"
+            | "/stats/recentlookups/clear"
     );
     // Envoy requires POST for endpoints that change state.
     if mutating && req.method() != Method::POST {
@@ -81,23 +84,43 @@ pub async fn handle(server: &Server, req: Request<Incoming>) -> Response<Full<By
             let dump = config_dump(server, q.get("resource").map(String::as_str));
             response(200, JSON, pretty(&dump))
         }
-        "/stats" => {
-            let filter = q.get("filter").map(String::as_str);
-            if json {
+        "/stats" | "/stats/prometheus" => {
+            let query = match stats_query(&req) {
+                Ok(q) => q,
+                Err(e) => return response(400, TEXT, e),
+            };
+            if server.flushes_on_admin() {
+                server.flush_stats();
+            }
+            if path == "/stats/prometheus" {
+                response(
+                    200,
+                    "text/plain; version=0.0.4; charset=UTF-8",
+                    stats::render_prometheus(&server.store, &query),
+                )
+            } else if json {
                 response(
                     200,
                     JSON,
-                    pretty(&stats::render_json(&server.store, filter)),
+                    pretty(&stats::render_json(&server.store, &query)),
                 )
             } else {
-                response(200, TEXT, stats::render_text(&server.store, filter))
+                response(200, TEXT, stats::render_text(&server.store, &query))
             }
         }
-        "/stats/prometheus" => response(
-            200,
-            "text/plain; version=0.0.4; charset=UTF-8",
-            stats::render_prometheus(&server.store),
-        ),
+        "/stats/recentlookups" => response(200, TEXT, recent_lookups(&server.store)),
+        "/stats/recentlookups/enable" => {
+            server.store.track_lookups(true);
+            response(200, TEXT, "OK\n")
+        }
+        "/stats/recentlookups/disable" => {
+            server.store.track_lookups(false);
+            response(200, TEXT, "OK\n")
+        }
+        "/stats/recentlookups/clear" => {
+            server.store.clear_lookups();
+            response(200, TEXT, "OK\n")
+        }
         "/healthcheck/fail" => {
             server.set_health_failed(true).await;
             response(200, TEXT, "OK\n")
@@ -139,9 +162,58 @@ const HELP: &str = "admin commands are:
   /runtime: print runtime values
   /runtime_modify: modify runtime values (POST; ?key=value, an empty value removes the key)
   /server_info: print server version/status information
-  /stats: print server stats (?format=json, ?filter=)
-  /stats/prometheus: print server stats in prometheus format
+  /stats: print server stats (?format=json, ?filter=<regex>, ?usedonly)
+  /stats/prometheus: print server stats in prometheus format (?filter=<regex>, ?usedonly)
+  /stats/recentlookups: show recent stat-name lookups
+  /stats/recentlookups/clear: clear list of stat-name lookups and counter (POST)
+  /stats/recentlookups/disable: disable recording of reset stat-name lookup names (POST)
+  /stats/recentlookups/enable: enable recording of reset stat-name lookup names (POST)
 ";
+
+/// `/stats`' `filter=` (percent-decoded, a regex searched in each name, refused with
+/// Envoy's 400 when invalid) and `usedonly`.
+fn stats_query(req: &Request<Incoming>) -> Result<stats::StatsQuery, String> {
+    let pairs = form_pairs(req.uri().query().unwrap_or(""));
+    let mut query = stats::StatsQuery::default();
+    for (k, v) in pairs {
+        match k.as_str() {
+            "usedonly" => query.used_only = true,
+            "filter" if !v.is_empty() => {
+                let re = regex::Regex::new(&v).map_err(|e| {
+                    let reason = match e {
+                        regex::Error::Syntax(s) => {
+                            s.lines().last().unwrap_or("").trim().to_string()
+                        }
+                        other => other.to_string(),
+                    };
+                    format!("Invalid re2 regex: {reason}: {v}")
+                })?;
+                query.filter = Some(re);
+            }
+            _ => {}
+        }
+    }
+    Ok(query)
+}
+
+/// `/stats/recentlookups`, as Envoy writes it: a `Count Lookup` table sorted by name and
+/// the total, or a hint when tracking is off.
+fn recent_lookups(store: &stats::Store) -> String {
+    let (names, total) = store.recent_lookups();
+    let mut out = match names {
+        None => "Lookup tracking is not enabled. Use /stats/recentlookups/enable to enable.\n"
+            .to_string(),
+        Some(names) => {
+            let mut out = String::from("   Count Lookup\n");
+            for (name, count) in names {
+                out.push_str(&format!("{count:8} {name}\n"));
+            }
+            out
+        }
+    };
+    out.push_str(&format!("\ntotal: {total}\n"));
+    out
+}
 
 fn pretty(v: &serde_json::Value) -> String {
     let mut s = serde_json::to_string_pretty(v).unwrap_or_default();

@@ -13,6 +13,8 @@ use tokio::sync::Notify;
 use crate::http::route::rds::{self, RouteSnapshot};
 use crate::listener::ListenerManager;
 use crate::options::{Mode, Options};
+use crate::stats::sinks::flush::Flusher;
+use crate::stats::sinks::FlushTrigger;
 use crate::stats::{Gauge, Store};
 use crate::upstream::{ClusterManager, ClusterSnapshot, ThreadLocalClusterManager};
 use crate::worker::Worker;
@@ -94,6 +96,10 @@ pub struct Server {
     pub admin_address: Cell<Option<SocketAddr>>,
     /// The runtime (`layered_runtime`).
     pub runtime: Rc<crate::layered_runtime::Loader>,
+    /// The stats flush to `stats_sinks` (set once static resources are loaded).
+    stats_flush: RefCell<Option<Flusher>>,
+    /// `stats_flush_on_admin`: the admin's `/stats` flushes instead of a timer.
+    stats_flush_on_admin: Cell<bool>,
 }
 
 impl Server {
@@ -172,6 +178,20 @@ impl Server {
                 "mode": "Serve",
             },
         })
+    }
+
+    /// Flushes stats to the sinks now (Envoy's `flushStats`: the `server.*` gauges are
+    /// brought up to date first).
+    pub fn flush_stats(&self) {
+        self.refresh_server_stats();
+        if let Some(f) = self.stats_flush.borrow_mut().as_mut() {
+            f.flush();
+        }
+    }
+
+    /// Whether the admin's `/stats` flushes stats (`stats_flush_on_admin`).
+    pub fn flushes_on_admin(&self) -> bool {
+        self.stats_flush_on_admin.get()
     }
 
     /// `/drain_listeners`.
@@ -323,6 +343,8 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         exit: Notify::new(),
         admin_address: Cell::new(None),
         runtime,
+        stats_flush: RefCell::new(None),
+        stats_flush_on_admin: Cell::new(false),
     });
     server.refresh_server_stats();
     // Reports to collectors (spans, logs, metrics) go to a host of their cluster, as the
@@ -342,6 +364,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     crate::tracers::start_reporters();
 
     load_static_resources(&server)?;
+    start_stats_flush(&server)?;
 
     if let Some(admin) = bootstrap.admin.as_ref().and_then(|a| a.address.as_ref()) {
         let address = crate::config::socket_address(Some(admin), "admin.address")
@@ -374,12 +397,45 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     }
 
     let exit_code = super::drain::run_until_shutdown(server.clone()).await;
+    // A last flush on the way out, as Envoy's `terminate()` does.
+    server.flush_stats();
     drop(server);
     for w in workers {
         w.stop();
     }
     if exit_code != 0 {
         anyhow::bail!("exiting on a second signal");
+    }
+    Ok(())
+}
+
+/// Builds the stats sinks (a TCP StatsD sink's cluster must exist by now, as Envoy
+/// checks) and starts the flush timer, unless the admin triggers flushes.
+fn start_stats_flush(server: &Rc<Server>) -> anyhow::Result<()> {
+    let config =
+        crate::stats::sinks::compile(&server.bootstrap).map_err(|e| anyhow::anyhow!("{e}"))?;
+    for (i, sink) in config.sinks.iter().enumerate() {
+        if let Some(cluster) = sink.required_cluster() {
+            if !server.cluster_manager.borrow().contains(cluster) {
+                anyhow::bail!("stats_sinks[{i}]: tcp statsd: unknown cluster '{cluster}'");
+            }
+        }
+    }
+    let node = server.bootstrap.node.clone().unwrap_or_default();
+    *server.stats_flush.borrow_mut() = Some(Flusher::new(server.store.clone(), config.sinks, node));
+    match config.trigger {
+        FlushTrigger::OnAdmin => server.stats_flush_on_admin.set(true),
+        FlushTrigger::Every(interval) => {
+            let weak = Rc::downgrade(server);
+            tokio::task::spawn_local(async move {
+                loop {
+                    // Re-armed after each flush, as Envoy's timer is.
+                    tokio::time::sleep(interval).await;
+                    let Some(server) = weak.upgrade() else { return };
+                    server.flush_stats();
+                }
+            });
+        }
     }
     Ok(())
 }

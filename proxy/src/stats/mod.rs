@@ -7,12 +7,14 @@
 //! never looks a stat up by name.
 
 mod render;
+pub mod sinks;
 mod store;
 pub mod subscription;
 pub mod tags;
 
-pub use render::{render_json, render_prometheus, render_text};
+pub use render::{render_json, render_prometheus, render_text, StatsQuery};
 pub use store::{
-    Counter, Gauge, GaugeValue, Histogram, HistogramSnapshot, Raised, StatFilter, StatGroup,
-    StatValue, StatsView, Store, TextReadout, HISTOGRAM_BUCKETS, MAIN_THREAD,
+    Counter, CounterEntry, Entries, Gauge, GaugeEntry, GaugeValue, Histogram, HistogramEntry,
+    HistogramSnapshot, Raised, StatFilter, StatGroup, StatValue, StatsView, Store, TextReadout,
+    HISTOGRAM_BUCKETS, MAIN_THREAD,
 };

@@ -7,13 +7,46 @@ use super::{HistogramSnapshot, Store, HISTOGRAM_BUCKETS};
 /// The quantiles Envoy's `/stats` reports for histograms, in percent.
 const QUANTILES: [f64; 10] = [0.0, 25.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.5, 99.9, 100.0];
 
-/// Whether stat `name` is shown: `stats_matcher` lets it through and it contains `filter`.
-fn keep(store: &Store, filter: Option<&str>, name: &str) -> bool {
-    filter.is_none_or(|f| name.contains(f)) && store.view().shows(name)
+/// What an admin stats request asks for: `filter=` (a regex searched in each name) and
+/// `usedonly` (only stats that were ever written).
+#[derive(Default)]
+pub struct StatsQuery {
+    /// `filter=`, compiled.
+    pub filter: Option<regex::Regex>,
+    /// `usedonly`.
+    pub used_only: bool,
+}
+
+/// A compiled query, with the names of the stats never used when `usedonly` is asked.
+struct Selection<'a> {
+    query: &'a StatsQuery,
+    unused: std::collections::HashSet<String>,
+}
+
+impl<'a> Selection<'a> {
+    fn new(store: &Store, query: &'a StatsQuery) -> Selection<'a> {
+        let mut unused = std::collections::HashSet::new();
+        if query.used_only {
+            let e = store.entries();
+            unused.extend(e.counters.into_iter().filter(|c| !c.used).map(|c| c.name));
+            unused.extend(e.gauges.into_iter().filter(|g| !g.used).map(|g| g.name));
+            unused.extend(e.histograms.into_iter().filter(|h| !h.used).map(|h| h.name));
+            unused.extend(e.text_readouts.into_iter().filter(|t| !t.2).map(|t| t.0));
+        }
+        Selection { query, unused }
+    }
+}
+
+/// Whether stat `name` is shown: `stats_matcher` lets it through, `filter` finds it and,
+/// with `usedonly`, it was used.
+fn keep(store: &Store, sel: &Selection<'_>, name: &str) -> bool {
+    sel.query.filter.as_ref().is_none_or(|f| f.is_match(name))
+        && !sel.unused.contains(name)
+        && store.view().shows(name)
 }
 
 /// Histograms passing `filter`, sorted by name.
-fn histograms(store: &Store, filter: Option<&str>) -> Vec<(String, HistogramSnapshot)> {
+fn histograms(store: &Store, filter: &Selection<'_>) -> Vec<(String, HistogramSnapshot)> {
     let mut all: Vec<_> = store
         .histograms()
         .into_iter()
@@ -30,7 +63,7 @@ fn quantile_text(v: f64) -> String {
 }
 
 /// Text readouts passing `filter`, sorted by name.
-fn text_readouts(store: &Store, filter: Option<&str>) -> Vec<(String, String)> {
+fn text_readouts(store: &Store, filter: &Selection<'_>) -> Vec<(String, String)> {
     let mut all: Vec<_> = store
         .text_readouts()
         .into_iter()
@@ -42,7 +75,8 @@ fn text_readouts(store: &Store, filter: Option<&str>) -> Vec<(String, String)> {
 
 /// `name: value` lines sorted by name, as Envoy's `/stats`; `filter` keeps names containing
 /// it. Text readouts come first (quoted), then counters and gauges, then histograms.
-pub fn render_text(store: &Store, filter: Option<&str>) -> String {
+pub fn render_text(store: &Store, query: &StatsQuery) -> String {
+    let filter = &Selection::new(store, query);
     let mut out = String::new();
     for (k, v) in text_readouts(store, filter) {
         let _ = writeln!(out, "{k}: {}", serde_json::Value::from(v));
@@ -78,7 +112,8 @@ pub fn render_text(store: &Store, filter: Option<&str>) -> String {
 }
 
 /// `{"stats":[{"name":…,"value":…}]}`, as Envoy's `/stats?format=json`.
-pub fn render_json(store: &Store, filter: Option<&str>) -> serde_json::Value {
+pub fn render_json(store: &Store, query: &StatsQuery) -> serde_json::Value {
+    let filter = &Selection::new(store, query);
     let mut all: Vec<(String, serde_json::Value)> = store
         .displayed_counters()
         .into_iter()
@@ -135,12 +170,13 @@ fn sanitize(name: &str) -> String {
 }
 
 /// Prometheus text exposition, as Envoy's `/stats/prometheus`.
-pub fn render_prometheus(store: &Store) -> String {
+pub fn render_prometheus(store: &Store, query: &StatsQuery) -> String {
+    let filter = &Selection::new(store, query);
     let mut out = String::new();
     let mut emit = |kind: &str, samples: Vec<(String, String)>| {
         let mut families: std::collections::BTreeMap<String, Vec<String>> = Default::default();
         for (name, value) in samples {
-            if !store.view().shows(&name) {
+            if !keep(store, filter, &name) {
                 continue;
             }
             let (base, tags) = store.view().tags.produce(&name);
@@ -177,14 +213,14 @@ pub fn render_prometheus(store: &Store) -> String {
             .map(|(k, v)| (k, v.to_string()))
             .collect(),
     );
-    render_prometheus_histograms(store, &mut out);
+    render_prometheus_histograms(store, filter, &mut out);
     out
 }
 
 /// `histogram` families: cumulative `_bucket{le=…}` lines, `_sum` and `_count`.
-fn render_prometheus_histograms(store: &Store, out: &mut String) {
+fn render_prometheus_histograms(store: &Store, filter: &Selection<'_>, out: &mut String) {
     let mut families: std::collections::BTreeMap<String, Vec<String>> = Default::default();
-    for (name, h) in histograms(store, None) {
+    for (name, h) in histograms(store, filter) {
         let (base, tags) = store.view().tags.produce(&name);
         let metric = format!("envoy_{}", sanitize(&base));
         let labels: Vec<String> = tags.iter().map(|(k, v)| label(k, v)).collect();
@@ -221,7 +257,7 @@ mod tests {
         let store = Store::new(1);
         store.counter("cluster.echo.upstream_cx_total").add(0, 3);
         store.gauge("server.live").set(1);
-        let text = render_prometheus(&store);
+        let text = render_prometheus(&store, &StatsQuery::default());
         assert!(text.contains("envoy_cluster_upstream_cx_total{envoy_cluster_name=\"echo\"} 3"));
         assert!(text.contains("# TYPE envoy_server_live gauge\nenvoy_server_live{} 1"));
     }

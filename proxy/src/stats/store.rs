@@ -8,7 +8,7 @@
 //! cluster is stored once for all of its stats.
 
 use std::collections::{BTreeMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 /// Index of the main thread's cell (workers use `0..concurrency`).
@@ -46,6 +46,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 struct Cells {
     block: Arc<Block>,
     slot: u16,
+    /// Whether the stat was ever written (Envoy's "used" flag: `/stats?usedonly` and the
+    /// stats sinks skip stats never touched). It fits in the padding after `slot`, so it
+    /// costs no memory.
+    used: AtomicBool,
 }
 
 impl Cells {
@@ -56,7 +60,11 @@ impl Cells {
             for row in block.rows.iter() {
                 row.0[usize::from(slot)].store(0, Ordering::Relaxed);
             }
-            return Cells { block, slot };
+            return Cells {
+                block,
+                slot,
+                used: AtomicBool::new(false),
+            };
         }
         let block = match &a.newest {
             Some(b) if a.used_in_newest < BLOCK_SLOTS => b.clone(),
@@ -75,7 +83,11 @@ impl Cells {
         // BLOCK_SLOTS fits in u16.
         let slot = a.used_in_newest as u16;
         a.used_in_newest += 1;
-        Cells { block, slot }
+        Cells {
+            block,
+            slot,
+            used: AtomicBool::new(false),
+        }
     }
 
     #[inline]
@@ -84,8 +96,22 @@ impl Cells {
         &rows[thread.min(rows.len() - 1)].0[usize::from(self.slot)]
     }
 
+    /// Marks the stat used. Read first: once set, the flag's cache line is only ever
+    /// read, so workers writing their own cells do not bounce it between them.
+    #[inline]
+    fn mark_used(&self) {
+        if !self.used.load(Ordering::Relaxed) {
+            self.used.store(true, Ordering::Relaxed);
+        }
+    }
+
+    fn is_used(&self) -> bool {
+        self.used.load(Ordering::Relaxed)
+    }
+
     #[inline]
     fn add(&self, thread: usize, n: u64) {
+        self.mark_used();
         // Only `thread` writes this cell, so a relaxed load+store is enough and avoids a
         // locked read-modify-write on the hot path.
         let cell = self.cell(thread);
@@ -133,6 +159,11 @@ impl Counter {
     /// The sum over all threads.
     pub fn value(&self) -> u64 {
         self.cells.sum()
+    }
+
+    /// Whether it was ever added to (Envoy's `used()`).
+    pub fn used(&self) -> bool {
+        self.cells.is_used()
     }
 }
 
@@ -186,11 +217,13 @@ impl From<GaugeValue> for serde_json::Value {
 #[derive(Default)]
 pub struct TextReadout {
     value: Mutex<String>,
+    used: AtomicBool,
 }
 
 impl TextReadout {
     /// Replaces the value.
     pub fn set(&self, value: &str) {
+        self.used.store(true, Ordering::Relaxed);
         let mut v = lock(&self.value);
         v.clear();
         v.push_str(value);
@@ -199,6 +232,11 @@ impl TextReadout {
     /// The current value.
     pub fn value(&self) -> String {
         lock(&self.value).clone()
+    }
+
+    /// Whether it was ever set.
+    pub fn used(&self) -> bool {
+        self.used.load(Ordering::Relaxed)
     }
 }
 
@@ -252,6 +290,7 @@ impl Gauge {
 
     /// Sets the whole `u64` of a gauge created by [`Store::unsigned_gauge`].
     pub fn set_unsigned(&self, value: u64) {
+        self.cells.mark_used();
         let rows = &self.cells.block.rows;
         for (i, row) in rows.iter().enumerate() {
             let v = if i == rows.len() - 1 { value } else { 0 };
@@ -262,6 +301,11 @@ impl Gauge {
     /// The sum over all threads.
     pub fn value(&self) -> i64 {
         self.cells.sum() as i64
+    }
+
+    /// Whether it was ever set or changed (Envoy's `used()`).
+    pub fn used(&self) -> bool {
+        self.cells.is_used()
     }
 
     /// The value as rendered: unsigned for a gauge created as one.
@@ -344,6 +388,16 @@ impl Histogram {
         }
     }
 
+    /// Whether a value was ever recorded (Envoy's `used()`).
+    pub fn used(&self) -> bool {
+        match &self.storage {
+            HistogramStorage::PerThread { sum, .. } => sum.is_used(),
+            HistogramStorage::MainThread(cells) => cells
+                .split_last()
+                .is_some_and(|(_, buckets)| buckets.iter().any(|c| c.load(Ordering::Relaxed) > 0)),
+        }
+    }
+
     /// The counts and sum over all threads.
     pub fn snapshot(&self) -> HistogramSnapshot {
         match &self.storage {
@@ -407,6 +461,53 @@ impl HistogramSnapshot {
     }
 }
 
+/// A counter as [`Store::entries`] reads it.
+pub struct CounterEntry {
+    /// Full name.
+    pub name: String,
+    /// Value (since start, not since `/reset_counters`).
+    pub value: u64,
+    /// Whether it was ever added to.
+    pub used: bool,
+    /// The counter itself, for a registry stat.
+    pub handle: Option<Arc<Counter>>,
+}
+
+/// A gauge as [`Store::entries`] reads it.
+pub struct GaugeEntry {
+    /// Full name.
+    pub name: String,
+    /// Value.
+    pub value: GaugeValue,
+    /// Whether it was ever set or changed.
+    pub used: bool,
+}
+
+/// A histogram as [`Store::entries`] reads it.
+pub struct HistogramEntry {
+    /// Full name.
+    pub name: String,
+    /// Its values since start.
+    pub snapshot: HistogramSnapshot,
+    /// Whether a value was ever recorded.
+    pub used: bool,
+    /// The histogram itself, for a registry stat.
+    pub handle: Option<Arc<Histogram>>,
+}
+
+/// Every stat, from [`Store::entries`].
+#[derive(Default)]
+pub struct Entries {
+    /// Counters.
+    pub counters: Vec<CounterEntry>,
+    /// Gauges.
+    pub gauges: Vec<GaugeEntry>,
+    /// Histograms.
+    pub histograms: Vec<HistogramEntry>,
+    /// Text readouts: name, value, used.
+    pub text_readouts: Vec<(String, String, bool)>,
+}
+
 /// One stat of a [`StatGroup`], as rendered.
 pub enum StatValue<'a> {
     /// A counter.
@@ -447,6 +548,34 @@ struct Registry {
     text_readouts: BTreeMap<Key, Arc<TextReadout>>,
     /// Stat groups, by scope.
     groups: BTreeMap<Arc<str>, GroupEntry>,
+    /// Lookups by name, while `/stats/recentlookups/enable` has them tracked.
+    recent: Option<RecentLookups>,
+    /// Every lookup by name since start or `/stats/recentlookups/clear`.
+    lookups: u64,
+}
+
+/// How many distinct names `/stats/recentlookups` keeps (Envoy's capacity once enabled).
+const RECENT_LOOKUPS: usize = 100;
+
+/// The most recently looked-up stat names and how often each was (Envoy's
+/// `RecentLookups`): the least recently used name goes when the table is full.
+#[derive(Default)]
+struct RecentLookups {
+    /// Names, least recently used first, with their counts.
+    names: std::collections::VecDeque<(String, u64)>,
+}
+
+impl RecentLookups {
+    fn record(&mut self, name: &str) {
+        let count = match self.names.iter().position(|(n, _)| n == name) {
+            Some(i) => self.names.remove(i).map_or(0, |(_, c)| c),
+            None => 0,
+        };
+        if self.names.len() >= RECENT_LOOKUPS {
+            self.names.pop_front();
+        }
+        self.names.push_back((name.to_string(), count + 1));
+    }
 }
 
 impl Registry {
@@ -460,6 +589,10 @@ impl Registry {
     }
 
     fn key(&mut self, name: &str) -> Key {
+        self.lookups += 1;
+        if let Some(recent) = &mut self.recent {
+            recent.record(name);
+        }
         let (scope, leaf) = name.rsplit_once('.').unwrap_or(("", name));
         (self.intern(scope), self.intern(leaf))
     }
@@ -532,6 +665,39 @@ impl Store {
             }
         }
         all
+    }
+
+    /// `/stats/recentlookups/enable` (`true`) or `/disable`: starts tracking stat lookups
+    /// by name, or stops and forgets them.
+    pub fn track_lookups(&self, on: bool) {
+        let mut r = lock(&self.registry);
+        match (on, r.recent.is_some()) {
+            (true, false) => r.recent = Some(RecentLookups::default()),
+            (false, _) => r.recent = None,
+            (true, true) => {}
+        }
+    }
+
+    /// `/stats/recentlookups/clear`: forgets the lookups seen so far and zeroes their
+    /// total (tracking goes on).
+    pub fn clear_lookups(&self) {
+        let mut r = lock(&self.registry);
+        r.lookups = 0;
+        if let Some(recent) = &mut r.recent {
+            *recent = RecentLookups::default();
+        }
+    }
+
+    /// The tracked lookups sorted by name (`None` when not tracking), and how many
+    /// lookups there were in all since start or the last clear.
+    pub fn recent_lookups(&self) -> (Option<Vec<(String, u64)>>, u64) {
+        let r = lock(&self.registry);
+        let names = r.recent.as_ref().map(|recent| {
+            let mut names: Vec<(String, u64)> = recent.names.iter().cloned().collect();
+            names.sort();
+            names
+        });
+        (names, r.lookups)
     }
 
     /// Sets how stats are shown (once, at start-up; later calls change nothing).
@@ -778,6 +944,66 @@ impl Store {
         self.visit_groups(|name, v| {
             if let StatValue::Histogram(_, h) = v {
                 out.push((name, h));
+            }
+        });
+        out
+    }
+
+    /// Every counter, gauge and histogram with its value and whether it was ever used, as
+    /// a stats flush and `/stats?usedonly` read them (in no particular order). Registry
+    /// stats come with their handle, so a flush can tell a stat from a later one of the
+    /// same name; grouped stats (main-thread owned) have none, and count as used once
+    /// they are not zero.
+    pub fn entries(&self) -> Entries {
+        let mut out = Entries::default();
+        {
+            let r = lock(&self.registry);
+            out.counters
+                .extend(r.counters.iter().map(|(k, c)| CounterEntry {
+                    name: full_name(k),
+                    value: c.value(),
+                    used: c.used(),
+                    handle: Some(c.clone()),
+                }));
+            out.gauges.extend(r.gauges.iter().map(|(k, g)| GaugeEntry {
+                name: full_name(k),
+                value: g.rendered(),
+                used: g.used(),
+            }));
+            out.histograms
+                .extend(r.histograms.iter().map(|(k, h)| HistogramEntry {
+                    name: full_name(k),
+                    snapshot: h.snapshot(),
+                    used: h.used(),
+                    handle: Some(h.clone()),
+                }));
+            out.text_readouts.extend(
+                r.text_readouts
+                    .iter()
+                    .map(|(k, t)| (full_name(k), t.value(), t.used())),
+            );
+        }
+        self.visit_groups(|name, v| match v {
+            StatValue::Counter(_, value) => out.counters.push(CounterEntry {
+                name,
+                value,
+                used: value != 0,
+                handle: None,
+            }),
+            StatValue::Gauge(_, value) => out.gauges.push(GaugeEntry {
+                name,
+                value,
+                used: value.as_i64() != 0,
+            }),
+            StatValue::Histogram(_, snapshot) => out.histograms.push(HistogramEntry {
+                name,
+                used: snapshot.count() != 0,
+                snapshot,
+                handle: None,
+            }),
+            StatValue::Text(_, t) => {
+                let used = !t.is_empty();
+                out.text_readouts.push((name, t, used));
             }
         });
         out

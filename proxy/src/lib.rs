@@ -6,6 +6,7 @@
 //! through `courier_runtime`'s thread-local slots to the [`worker`]s, each running its own
 //! event loop (`courier_runtime::event`) with the network [`filters`].
 
+pub mod access_log;
 pub mod admin;
 pub mod bootstrap;
 pub mod config;

@@ -121,6 +121,9 @@ pub struct ListenerConfig {
     pub ignore_global_conn_limit: bool,
     /// Stats.
     pub stats: Arc<ListenerStats>,
+    /// `access_log`: an entry for each connection when it ends (`None` when there are
+    /// none).
+    pub access_logs: Option<crate::access_log::SharedLogs>,
     /// Source proto (config_dump, change detection).
     pub proto: Arc<pb::Listener>,
 }
@@ -286,7 +289,6 @@ pub fn compile_listener(
             "transparent",
             proto.transparent.as_ref().is_some_and(|v| v.value),
         ),
-        ("access_log", !proto.access_log.is_empty()),
         ("socket_options", !proto.socket_options.is_empty()),
     ] {
         if set {
@@ -371,6 +373,12 @@ pub fn compile_listener(
         continue_on_listener_filters_timeout: proto.continue_on_listener_filters_timeout,
         ignore_global_conn_limit: proto.ignore_global_conn_limit,
         stats: ListenerStats::new(store, &prefix, terminates_tls),
+        access_logs: Some(crate::access_log::compile_all(
+            &proto.access_log,
+            "access_log",
+        )?)
+        .filter(|l| !l.is_empty())
+        .map(Arc::from),
         proto: Arc::new(proto.clone()),
     })
 }

@@ -35,6 +35,8 @@ pub struct AcceptedConnection {
     pub restored_remote: Option<std::net::SocketAddr>,
     /// The connection's share of the global connection limit, held while it lives.
     pub permit: ConnectionPermit,
+    /// The listener's access logs, written when the connection ends.
+    pub listener_logs: Option<crate::access_log::SharedLogs>,
 }
 
 /// Picks the connection's filter chain and hands the connection to its terminal filter.
@@ -47,6 +49,9 @@ pub fn new_connection(
 ) {
     let Some(chain) = config.select_chain(facts) else {
         config.stats.no_filter_chain_match.inc(ctx.local.id);
+        if let Some(logs) = &config.access_logs {
+            log_unmatched(logs, &stream, facts);
+        }
         return;
     };
     let accepted = AcceptedConnection {
@@ -64,6 +69,7 @@ pub fn new_connection(
         restored_remote: facts.restored_remote,
         handshake_timeout: chain.transport_socket_connect_timeout,
         permit,
+        listener_logs: config.access_logs.clone(),
     };
     let started = match &chain.filter {
         NetworkFilter::TcpProxy(tcp) => {
@@ -79,5 +85,31 @@ pub fn new_connection(
     };
     if let Err(e) = started {
         tracing::debug!(listener = %config.name, error = %e, "connection closed at start");
+    }
+}
+
+/// The listener's entry for a connection no filter chain takes (`NR`,
+/// `filter_chain_not_found`), closed at once.
+fn log_unmatched(
+    logs: &crate::access_log::SharedLogs,
+    stream: &mio::net::TcpStream,
+    facts: &ConnectionFacts,
+) {
+    let peer = stream.peer_addr().ok();
+    let no_headers = http::HeaderMap::new();
+    let entry = crate::access_log::LogEntry {
+        local: facts.restored_local.or_else(|| stream.local_addr().ok()),
+        remote: facts
+            .restored_remote
+            .or(peer)
+            .unwrap_or_else(|| std::net::SocketAddr::from(([0, 0, 0, 0], 0))),
+        direct_remote: peer,
+        requested_server_name: facts.server_name.as_deref(),
+        flags: "NR",
+        details: "filter_chain_not_found",
+        ..crate::access_log::LogEntry::connection(&no_headers)
+    };
+    for l in logs.iter() {
+        l.log(&entry);
     }
 }

@@ -22,6 +22,22 @@ pub enum ConnectError {
     Failed(#[from] io::Error),
 }
 
+/// Why a connection could not be opened, as Envoy words it: a socket error is a
+/// `delayed connect error` (the connect was non-blocking) with the system's message.
+pub fn transport_failure_reason(e: &io::Error) -> String {
+    match e.raw_os_error() {
+        Some(code) => {
+            let text = io::Error::from_raw_os_error(code).to_string();
+            // Rust appends ` (os error N)` to the system's message.
+            let message = text
+                .rsplit_once(" (os error")
+                .map_or(text.as_str(), |(m, _)| m);
+            format!("delayed connect error: {message}")
+        }
+        None => e.to_string(),
+    }
+}
+
 /// Connects to `host` of `cluster`; `alpn` is what the connection will speak when the
 /// TLS context names no ALPN protocols, `auto` the server name a request chose
 /// (`auto_sni`), `downstream` the (client, destination) addresses of the downstream

@@ -102,6 +102,26 @@ struct IoShared {
     read_closed: Cell<bool>,
     read_waker: RefCell<Option<Waker>>,
     write_waker: RefCell<Option<Waker>>,
+    /// Bytes read from and written to the socket so far (an access log's
+    /// `%BYTES_RECEIVED%` and `%BYTES_SENT%` for a connection).
+    received: Cell<u64>,
+    sent: Cell<u64>,
+}
+
+/// A connection's byte counts, readable after its [`TcpIo`] is gone.
+#[derive(Clone)]
+pub struct IoCounters(Rc<IoShared>);
+
+impl IoCounters {
+    /// Bytes read from the socket.
+    pub fn received(&self) -> u64 {
+        self.0.received.get()
+    }
+
+    /// Bytes written to the socket.
+    pub fn sent(&self) -> u64 {
+        self.0.sent.get()
+    }
 }
 
 struct TimerEntry {
@@ -595,6 +615,11 @@ impl TcpIo {
         Ok(io)
     }
 
+    /// The connection's byte counts (they outlive it).
+    pub fn counters(&self) -> IoCounters {
+        IoCounters(self.shared.clone())
+    }
+
     /// The socket.
     pub fn stream(&self) -> &TcpStream {
         &self.stream
@@ -614,6 +639,9 @@ impl TcpIo {
             let want = buf.len();
             match socket2::SockRef::from(&self.stream).recv(buf) {
                 Ok(n) => {
+                    self.shared
+                        .received
+                        .set(self.shared.received.get() + n as u64);
                     // A short read drained the socket: the next read would only say
                     // WouldBlock, and edge-triggered epoll reports any later data. This
                     // saves a syscall per message (tokio does the same).
@@ -681,6 +709,7 @@ impl TcpIo {
             }
             match f(&self.stream) {
                 Ok(n) => {
+                    self.shared.sent.set(self.shared.sent.get() + n as u64);
                     // A short write filled the send buffer: wait for the next edge.
                     if n > 0 && n < len {
                         self.shared.writable.set(false);

@@ -306,7 +306,10 @@ pub struct HcmConfig {
     /// carries websockets over HTTP/2.
     pub h2_allow_connect: bool,
     /// Access logs.
-    pub access_logs: Vec<Arc<crate::http::conn_manager::access_log::AccessLog>>,
+    pub access_logs: Vec<Arc<crate::access_log::AccessLog>>,
+    /// `flush_access_log_on_new_request`: a `DownstreamStart` entry once a request is
+    /// routed, before its filters run.
+    pub log_on_new_request: bool,
     /// Stats.
     pub stats: HttpStats,
     /// The stat store (per-cluster, per-code stats are created lazily).
@@ -361,7 +364,19 @@ impl HcmConfig {
             .http2_protocol_options
             .as_ref()
             .is_some_and(|o| o.allow_connect);
-        let access_logs = compile_access_logs(proto)?;
+        let access_logs = crate::access_log::compile_all(&proto.access_log, "access_log")?;
+        #[allow(deprecated)] // the top-level form is deprecated, still honoured by Envoy
+        let legacy_on_new_request = proto.flush_access_log_on_new_request;
+        let options_on_new_request = proto
+            .access_log_options
+            .as_ref()
+            .is_some_and(|o| o.flush_access_log_on_new_request);
+        if legacy_on_new_request && options_on_new_request {
+            return Err(ConfigError::new(
+                "access_log_options.flush_access_log_on_new_request",
+                "Only one of flush_access_log_on_new_request or access_log_options.flush_access_log_on_new_request can be specified.",
+            ));
+        }
         let local_address = crate::server::local_info::local_address();
         let internal_addresses =
             crate::http::conn_manager::internal_address::InternalAddresses::compile(
@@ -427,6 +442,7 @@ impl HcmConfig {
             h2,
             h2_allow_connect,
             access_logs,
+            log_on_new_request: legacy_on_new_request || options_on_new_request,
             stats: HttpStats::new(store, &proto.stat_prefix),
             store: store.clone(),
         })
@@ -443,6 +459,7 @@ impl HcmConfig {
 
 /// `stat_prefix` is required, and the fields Courier does not implement are refused by
 /// name rather than ignored.
+#[allow(deprecated)] // deprecated fields are still refused by name
 fn check_supported(proto: &HttpConnectionManager) -> Result<(), ConfigError> {
     if proto.stat_prefix.is_empty() {
         return Err(ConfigError::new(
@@ -475,6 +492,24 @@ fn check_supported(proto: &HttpConnectionManager) -> Result<(), ConfigError> {
         ),
         ("proxy_status_config", proto.proxy_status_config.is_some()),
         // Not acted on: refused rather than ignored.
+        (
+            "access_log_flush_interval",
+            proto.access_log_flush_interval.is_some(),
+        ),
+        (
+            "access_log_options.access_log_flush_interval",
+            proto
+                .access_log_options
+                .as_ref()
+                .is_some_and(|o| o.access_log_flush_interval.is_some()),
+        ),
+        (
+            "access_log_options.flush_log_on_tunnel_successfully_established",
+            proto
+                .access_log_options
+                .as_ref()
+                .is_some_and(|o| o.flush_log_on_tunnel_successfully_established),
+        ),
         ("drain_timeout", proto.drain_timeout.is_some()),
         ("stream_flush_timeout", proto.stream_flush_timeout.is_some()),
         (
@@ -804,22 +839,6 @@ fn compile_upgrades(proto: &HttpConnectionManager) -> Result<Vec<String>, Config
         }
     }
     Ok(upgrades)
-}
-
-/// `access_log`, each with its errors under `access_log[i]`.
-fn compile_access_logs(
-    proto: &HttpConnectionManager,
-) -> Result<Vec<Arc<crate::http::conn_manager::access_log::AccessLog>>, ConfigError> {
-    proto
-        .access_log
-        .iter()
-        .enumerate()
-        .map(|(i, l)| {
-            crate::http::conn_manager::access_log::AccessLog::compile(l)
-                .map(Arc::new)
-                .map_err(|e| e.at(&format!("access_log[{i}]")))
-        })
-        .collect()
 }
 
 /// The stream's timeouts: `request_timeout` and `request_headers_timeout` (default off),

@@ -8,6 +8,18 @@ use std::time::Instant;
 use crate::http::codec::h1_server::H1Settings;
 use crate::http::conn_manager::config::HcmConfig;
 
+/// A listener's access logs for one connection, written when it ends.
+pub struct ListenerLog {
+    /// The logs.
+    pub logs: crate::access_log::SharedLogs,
+    /// When the connection was accepted.
+    pub start: Instant,
+    /// The same, on the wall clock.
+    pub start_wall: std::time::SystemTime,
+    /// The connection's bytes.
+    pub counters: courier_runtime::event::rt::IoCounters,
+}
+
 /// What a request knows about its connection.
 pub struct ConnInfo {
     /// The connection manager.
@@ -52,6 +64,8 @@ pub struct ConnInfo {
     pub secure: bool,
     /// The SNI the listener's TLS inspector found.
     pub requested_server_name: Option<Box<str>>,
+    /// The listener's access logs and what they say of the connection.
+    pub listener_log: Option<ListenerLog>,
     /// What its TLS handshake settled, once it has.
     pub tls: std::cell::OnceCell<Box<crate::transport_socket::tls::TlsConnectionInfo>>,
 }
@@ -91,5 +105,28 @@ impl Drop for ConnInfo {
         stats.downstream_cx_destroy.inc(w);
         self.listener_stats.downstream_cx_active.dec(w);
         self.listener_stats.downstream_cx_destroy.inc(w);
+        if let Some(l) = &self.listener_log {
+            let no_headers = http::HeaderMap::new();
+            let entry = crate::access_log::LogEntry {
+                start: l.start_wall,
+                protocol: match self.http2.get() {
+                    Some(true) => "HTTP/2",
+                    Some(false) => "HTTP/1.1",
+                    None => "",
+                },
+                bytes_received: l.counters.received(),
+                bytes_sent: l.counters.sent(),
+                duration: l.start.elapsed(),
+                remote: self.remote,
+                tls: self.tls.get().map(|t| &**t),
+                requested_server_name: self.requested_server_name.as_deref(),
+                local: Some(self.local),
+                direct_remote: self.direct_remote,
+                ..crate::access_log::LogEntry::connection(&no_headers)
+            };
+            for log in l.logs.iter() {
+                log.log(&entry);
+            }
+        }
     }
 }

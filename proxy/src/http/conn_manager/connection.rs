@@ -31,6 +31,7 @@ use crate::http::codec::handoff::PrefixedIo;
 use crate::http::codec::request_fields::is_valid_authority;
 use crate::http::conn_manager::config::{Codec, HcmConfig};
 use crate::http::conn_manager::conn_info::ConnInfo;
+use crate::http::conn_manager::conn_info::ListenerLog;
 use crate::http::conn_manager::local_reply::local_reply;
 use crate::http::conn_manager::upgrade;
 use crate::listener::AcceptedConnection;
@@ -131,6 +132,7 @@ impl HttpConnection {
             restored_local,
             restored_remote,
             permit,
+            listener_logs,
         } = accepted;
         let worker = ctx.local.id;
         let (remote, direct_remote) = match restored_remote {
@@ -143,6 +145,12 @@ impl HttpConnection {
         };
         let rt = rt::current().ok_or_else(|| io::Error::other("no worker runtime"))?;
         let tcp = TcpIo::new(stream)?;
+        let listener_log = listener_logs.map(|logs| ListenerLog {
+            logs,
+            start: ctx.now,
+            start_wall: std::time::SystemTime::now(),
+            counters: tcp.counters(),
+        });
         let secure = tls.is_some();
         let state = match tls {
             Some(tls) => State::Handshake(
@@ -180,6 +188,7 @@ impl HttpConnection {
             secure,
             tls: Default::default(),
             requested_server_name: requested_server_name.map(String::into_boxed_str),
+            listener_log,
         });
         let mut conn = HttpConnection {
             config,

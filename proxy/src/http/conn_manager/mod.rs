@@ -2,9 +2,8 @@
 //! downstream [`connection`] (protocol detection, HTTP/1.1 or HTTP/2, draining), the checks
 //! and rewrites every request gets ([`headers`], [`internal_address`], [`client_cert`],
 //! [`request_controls`]), stream idle timers ([`stream_idle`]), upgrades and tunnels
-//! ([`upgrade`]), and the [`access_log`].
+//! ([`upgrade`]); each request ends in the [`crate::access_log`]s.
 
-pub mod access_log;
 pub mod client_cert;
 pub mod config;
 pub mod conn_info;

@@ -14,6 +14,7 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Body as _;
 
+use crate::access_log::{AccessLogType, LogEntry};
 use crate::filters::http::compressor::CompressorRequest;
 use crate::filters::http::cors::CorsRequest;
 use crate::filters::http::fault::FaultPolicy;
@@ -27,7 +28,6 @@ use crate::filters::http::HttpFilter;
 use crate::http::codec::body::ProxyBody;
 use crate::http::codec::h1_server::{CodecEvent, H1Service, H1Settings, HeadTimeout, ServeFuture};
 use crate::http::codec::handoff::DownstreamUpgrade;
-use crate::http::conn_manager::access_log::{AccessLogType, LogEntry};
 use crate::http::conn_manager::config::{EscapedSlashes, HcmConfig, RouteSource, UnderscoreAction};
 use crate::http::conn_manager::conn_info::ConnInfo;
 use crate::http::conn_manager::local_reply::{
@@ -504,6 +504,9 @@ pub(crate) async fn process(
                     .map(|c| c.name.clone());
             }
         }
+    }
+    if conn.config.log_on_new_request {
+        log_request_start(conn, &req, outcome);
     }
     if let Some(tracing) = &conn.config.tracing {
         trace_request(
@@ -1206,6 +1209,47 @@ fn rbac(
         },
     };
     f.on_request(route_rules, &view, s.conn.worker)
+}
+
+/// `flush_access_log_on_new_request`: the request's `DownstreamStart` entry, once routed
+/// and before its filters run (nothing is known of its answer yet).
+fn log_request_start(conn: &ConnInfo, req: &Request<ProxyBody>, outcome: &Outcome) {
+    let path = req
+        .uri()
+        .path_and_query()
+        .map_or_else(|| req.uri().path(), |p| p.as_str());
+    let authority = authority_of(req).unwrap_or_default();
+    let entry = LogEntry {
+        start: std::time::SystemTime::now(),
+        method: req.method().as_str(),
+        path,
+        original_path: None,
+        authority: &authority,
+        protocol: protocol_name(req.version()),
+        request: req.headers(),
+        response: None,
+        status: 0,
+        flags: "-",
+        bytes_received: 0,
+        bytes_sent: 0,
+        duration: std::time::Duration::ZERO,
+        upstream_host: None,
+        upstream_cluster: outcome.upstream_cluster.as_deref(),
+        remote: conn.remote,
+        route_name: &outcome.route_name,
+        tls: conn.tls.get().map(|t| &**t),
+        requested_server_name: conn.requested_server_name.as_deref(),
+        health_check: false,
+        log_type: AccessLogType::DownstreamStart,
+        local: Some(conn.local),
+        direct_remote: conn.direct_remote,
+        upstream_local: None,
+        details: "",
+        transport_failure: None,
+    };
+    for l in &conn.config.access_logs {
+        l.log(&entry);
+    }
 }
 
 /// The answer to a request no route takes: a filter's, else `404` (`no_route`, `NR`),

@@ -1108,7 +1108,7 @@ pub(crate) async fn send_upgrade(
             tracing::debug!(cluster = %cluster.name, error = %e, "upstream connect failure");
             stats.upstream_cx_connect_fail.inc(worker);
             return Err(AttemptError::ConnectFailure(Some(
-                upstream_request::transport_failure_reason(&e).into_boxed_str(),
+                crate::upstream::connect::transport_failure_reason(&e).into_boxed_str(),
             )));
         }
         Err(crate::upstream::connect::ConnectError::Timeout) => {

@@ -978,7 +978,7 @@ impl ClusterPool {
             Err(ConnectError::Failed(e)) => {
                 self.connect_failed(cluster, host, key, worker);
                 return Err(PoolError::ConnectFailure(
-                    super::upstream_request::transport_failure_reason(&e),
+                    crate::upstream::connect::transport_failure_reason(&e),
                 ));
             }
             Ok(io) => io,

@@ -237,22 +237,6 @@ fn checkout_failure(cluster: &ClusterInfo, e: PoolError) -> AttemptError {
     }
 }
 
-/// Why a connection could not be opened, as Envoy words it: a socket error is a
-/// `delayed connect error` (the connect was non-blocking) with the system's message.
-pub(crate) fn transport_failure_reason(e: &std::io::Error) -> String {
-    match e.raw_os_error() {
-        Some(code) => {
-            let text = std::io::Error::from_raw_os_error(code).to_string();
-            // Rust appends ` (os error N)` to the system's message.
-            let message = text
-                .rsplit_once(" (os error")
-                .map_or(text.as_str(), |(m, _)| m);
-            format!("delayed connect error: {message}")
-        }
-        None => e.to_string(),
-    }
-}
-
 /// The attempt's failure when hyper's HTTP/1.1 client gets no response: a response it could
 /// not parse (more fields than the cluster's `max_headers_count` among them) is Envoy's
 /// protocol error, anything else a reset.

@@ -7,6 +7,7 @@ use courier_proto::envoy::extensions::filters::network::tcp_proxy::v3::{
     tcp_proxy::ClusterSpecifier, TcpProxy,
 };
 
+use crate::access_log::AccessLog;
 use crate::config::{self, ConfigError};
 use crate::stats::{Counter, Gauge, Store};
 
@@ -43,6 +44,12 @@ pub struct TcpProxyConfig {
     pub max_duration: Option<Duration>,
     /// Stats.
     pub stats: TcpStats,
+    /// `access_log`: an entry when the connection ends (and as `access_log_options` ask).
+    pub access_logs: Vec<Arc<AccessLog>>,
+    /// `flush_access_log_on_connected`: an entry once the upstream connection is made.
+    pub log_on_connected: bool,
+    /// `access_log_flush_interval`: an entry every interval while the connection lives.
+    pub log_interval: Option<Duration>,
 }
 
 impl TcpProxyConfig {
@@ -86,7 +93,6 @@ impl TcpProxyConfig {
             ("tunneling_config", proto.tunneling_config.is_some()),
             ("on_demand", proto.on_demand.is_some()),
             ("hash_policy", !proto.hash_policy.is_empty()),
-            ("access_log", !proto.access_log.is_empty()),
             ("metadata_match", proto.metadata_match.is_some()),
         ] {
             if set {
@@ -111,6 +117,7 @@ impl TcpProxyConfig {
                 "value must be greater than or equal to 1",
             ));
         }
+        let (log_on_connected, log_interval) = access_log_options(proto)?;
         let p = &proto.stat_prefix;
         let c = |s: &str| store.counter(&format!("tcp.{p}.{s}"));
         let g = |s: &str| store.gauge(&format!("tcp.{p}.{s}"));
@@ -130,6 +137,9 @@ impl TcpProxyConfig {
                 idle_timeout: c("idle_timeout"),
                 upstream_flush_active: g("upstream_flush_active"),
             },
+            access_logs: crate::access_log::compile_all(&proto.access_log, "access_log")?,
+            log_on_connected,
+            log_interval,
         })
     }
 
@@ -152,4 +162,50 @@ impl TcpProxyConfig {
     pub fn cluster_names(&self) -> impl Iterator<Item = &str> {
         self.clusters.iter().map(|(n, _)| n.as_str())
     }
+}
+
+/// `access_log_options` (or their deprecated top-level forms, not both): whether to log
+/// once connected, and the periodic interval (at least 1 ms).
+#[allow(deprecated)] // the top-level forms are deprecated, still honoured by Envoy
+fn access_log_options(proto: &TcpProxy) -> Result<(bool, Option<Duration>), ConfigError> {
+    let options = proto.access_log_options.as_ref();
+    if options.is_some() {
+        for (legacy, set) in [
+            (
+                "access_log_flush_interval",
+                proto.access_log_flush_interval.is_some(),
+            ),
+            (
+                "flush_access_log_on_connected",
+                proto.flush_access_log_on_connected,
+            ),
+        ] {
+            if set {
+                return Err(ConfigError::new(
+                    "access_log_options",
+                    format!("Only one of {legacy} or access_log_options can be specified."),
+                ));
+            }
+        }
+    }
+    let (interval, at, on_connected) = match options {
+        Some(o) => (
+            o.access_log_flush_interval.as_ref(),
+            "access_log_options.access_log_flush_interval",
+            o.flush_access_log_on_connected,
+        ),
+        None => (
+            proto.access_log_flush_interval.as_ref(),
+            "access_log_flush_interval",
+            proto.flush_access_log_on_connected,
+        ),
+    };
+    let interval = interval.map(|d| config::duration(d, at)).transpose()?;
+    if interval.is_some_and(|d| d < Duration::from_millis(1)) {
+        return Err(ConfigError::new(
+            at,
+            "value must be greater than or equal to 1ms",
+        ));
+    }
+    Ok((on_connected, interval))
 }

@@ -24,10 +24,11 @@ use mio::net::TcpStream;
 use mio::Interest;
 
 use super::TcpProxyConfig;
+use crate::access_log::{AccessLogType, LogEntry};
 use crate::listener::AcceptedConnection;
 use crate::listener::ListenerStats;
 use crate::overload::connection_limit::ConnectionPermit;
-use crate::transport_socket::tls::{AlpnFallback, TlsSession};
+use crate::transport_socket::tls::{AlpnFallback, TlsConnectionInfo, TlsSession};
 use crate::upstream::{ClusterInfo, Host, ThreadLocalClusterManager};
 use crate::worker::{Ctx, EventHandler, HandlerId, Next, WorkerLocal};
 
@@ -37,6 +38,7 @@ const UPSTREAM: usize = 1;
 const TIMER_IDLE: u64 = 1;
 const TIMER_MAX_DURATION: u64 = 2;
 const TIMER_HANDSHAKE: u64 = 3;
+const TIMER_ACCESS_LOG: u64 = 4;
 /// Connect timeouts carry the attempt number so a stale one is ignored.
 const TIMER_CONNECT: u64 = 1 << 32;
 
@@ -206,6 +208,31 @@ pub struct TcpProxySession {
     to_downstream: Pending,
     downstream_limit: usize,
     last_activity: Instant,
+    /// What the access logs say of the connection (only when the filter has some).
+    log: Option<Box<SessionLog>>,
+}
+
+/// What a TCP proxy connection's access-log entries say.
+struct SessionLog {
+    start: Instant,
+    start_wall: std::time::SystemTime,
+    /// Bytes read from and written to the downstream connection.
+    received: u64,
+    sent: u64,
+    /// Envoy's response flags.
+    flags: &'static str,
+    /// Why the last upstream connection attempt failed.
+    transport_failure: Option<String>,
+    upstream_local: Option<std::net::SocketAddr>,
+    local: Option<std::net::SocketAddr>,
+    remote: Option<std::net::SocketAddr>,
+    /// The peer's own address, when a PROXY protocol header named another.
+    direct_remote: Option<std::net::SocketAddr>,
+    requested_server_name: Option<String>,
+    /// The downstream TLS context's URI SANs (for `%DOWNSTREAM_LOCAL_URI_SAN%`).
+    local_uri_sans: Vec<String>,
+    /// The listener's access logs (its entry when the connection ends).
+    listener_logs: Option<crate::access_log::SharedLogs>,
 }
 
 impl TcpProxySession {
@@ -227,9 +254,32 @@ impl TcpProxySession {
             restored_local,
             restored_remote,
             permit,
+            requested_server_name,
+            listener_logs,
             ..
         } = accepted;
         let worker = ctx.local.id;
+        let log = (!config.access_logs.is_empty() || listener_logs.is_some()).then(|| {
+            let peer = stream.peer_addr().ok();
+            Box::new(SessionLog {
+                start: ctx.now,
+                start_wall: std::time::SystemTime::now(),
+                received: 0,
+                sent: 0,
+                flags: "-",
+                transport_failure: None,
+                upstream_local: None,
+                local: restored_local.or_else(|| stream.local_addr().ok()),
+                remote: restored_remote.or(peer),
+                direct_remote: peer,
+                requested_server_name: requested_server_name.clone(),
+                local_uri_sans: tls
+                    .as_ref()
+                    .map(|t| t.context.local_uri_sans())
+                    .unwrap_or_default(),
+                listener_logs,
+            })
+        });
         let tls = tls.map(|t| t.session(worker)).transpose()?;
         ctx.registry.register(
             &mut stream,
@@ -258,6 +308,7 @@ impl TcpProxySession {
             to_downstream: Pending::default(),
             downstream_limit,
             last_activity: ctx.now,
+            log,
         };
         session.connect(ctx, me)?;
         if let Some(idle) = session.config.idle_timeout {
@@ -269,6 +320,9 @@ impl TcpProxySession {
         if let (true, Some(t)) = (session.downstream.tls.is_some(), handshake_timeout) {
             ctx.schedule(me, t, TIMER_HANDSHAKE);
         }
+        if let Some(every) = session.config.log_interval {
+            ctx.schedule(me, every, TIMER_ACCESS_LOG);
+        }
         ctx.local.track_connection(chain_tag, me);
         Ok(Box::new(session))
     }
@@ -279,6 +333,9 @@ impl TcpProxySession {
         let cluster = ThreadLocalClusterManager::with(|tlcm| tlcm.get(cluster_name));
         let Some(cluster) = cluster else {
             self.config.stats.downstream_cx_no_route.inc(self.worker);
+            if let Some(l) = self.log.as_mut() {
+                l.flags = "NC";
+            }
             tracing::debug!(
                 cluster = cluster_name,
                 "tcp_proxy: unknown cluster, closing"
@@ -293,7 +350,10 @@ impl TcpProxySession {
         });
         let Some(host) = host else {
             cluster.stats.upstream_cx_none_healthy.inc(self.worker);
+            self.set_flags("UH");
             tracing::debug!(cluster = %cluster.name, "tcp_proxy: no healthy upstream, closing");
+            // Envoy's entry names the cluster that had no host.
+            self.cluster = Some(cluster);
             return Err(io::Error::new(
                 io::ErrorKind::NotFound,
                 "no healthy upstream",
@@ -381,6 +441,10 @@ impl TcpProxySession {
         if self.attempts < self.config.max_connect_attempts && self.connect(ctx, me).is_ok() {
             return Next::Continue;
         }
+        // As Envoy: the connect failed, and no attempt is left (`max_connect_attempts`).
+        if self.log.as_ref().is_some_and(|l| l.flags == "-") {
+            self.set_flags("UF,URX");
+        }
         self.close(ctx, me)
     }
 
@@ -410,13 +474,66 @@ impl TcpProxySession {
     fn check_connected(&mut self) -> Option<bool> {
         let up = self.upstream.as_mut()?;
         match up.stream.take_error() {
-            Ok(Some(_)) | Err(_) => return Some(false),
+            Ok(Some(e)) | Err(e) => {
+                if let Some(l) = self.log.as_mut() {
+                    l.transport_failure =
+                        Some(crate::upstream::connect::transport_failure_reason(&e));
+                }
+                return Some(false);
+            }
             Ok(None) => {}
         }
         match up.stream.peer_addr() {
             Ok(_) => Some(true),
             Err(e) if e.kind() == io::ErrorKind::NotConnected => None,
             Err(_) => Some(false),
+        }
+    }
+
+    /// Sets Envoy's response flags for the access log.
+    fn set_flags(&mut self, flags: &'static str) {
+        if let Some(l) = self.log.as_mut() {
+            l.flags = flags;
+        }
+    }
+
+    /// Writes an entry of `log_type` to each of `logs`: the filter's (`TcpUpstreamConnected`,
+    /// `TcpPeriodic`, `TcpConnectionEnd`) or the listener's (`NotSet`), which say the same
+    /// of the connection, as Envoy's share the connection's stream info.
+    fn write_log(&self, logs: &[Arc<crate::access_log::AccessLog>], log_type: AccessLogType) {
+        let Some(l) = &self.log else { return };
+        if logs.is_empty() {
+            return;
+        }
+        let tls = self
+            .downstream
+            .tls
+            .as_ref()
+            .filter(|t| !t.is_handshaking())
+            .map(|t| TlsConnectionInfo::of(t, &l.local_uri_sans, Default::default()));
+        let no_headers = http::HeaderMap::new();
+        let entry = LogEntry {
+            start: l.start_wall,
+            flags: l.flags,
+            bytes_received: l.received,
+            bytes_sent: l.sent,
+            duration: l.start.elapsed(),
+            upstream_host: self.host.as_ref().map(|h| h.address),
+            upstream_cluster: self.cluster.as_ref().map(|c| c.name.as_str()),
+            remote: l
+                .remote
+                .unwrap_or_else(|| std::net::SocketAddr::from(([0, 0, 0, 0], 0))),
+            tls: tls.as_ref(),
+            requested_server_name: l.requested_server_name.as_deref(),
+            log_type,
+            local: l.local,
+            direct_remote: l.direct_remote,
+            upstream_local: l.upstream_local,
+            transport_failure: l.transport_failure.as_deref(),
+            ..LogEntry::connection(&no_headers)
+        };
+        for log in logs {
+            log.log(&entry);
         }
     }
 
@@ -450,6 +567,9 @@ impl TcpProxySession {
                     .stats
                     .downstream_cx_rx_bytes_total
                     .add(self.worker, n.read);
+                if let Some(l) = self.log.as_mut() {
+                    l.received += n.read;
+                }
                 if let Some(s) = cluster_stats {
                     s.upstream_cx_tx_bytes_total.add(self.worker, n.written);
                 }
@@ -469,6 +589,9 @@ impl TcpProxySession {
                     .stats
                     .downstream_cx_tx_bytes_total
                     .add(self.worker, n.written);
+                if let Some(l) = self.log.as_mut() {
+                    l.sent += n.written;
+                }
                 if let Some(s) = cluster_stats {
                     s.upstream_cx_rx_bytes_total.add(self.worker, n.read);
                 }
@@ -610,6 +733,19 @@ impl EventHandler<WorkerLocal> for TcpProxySession {
                         return self.connect_failed(ctx, me, false);
                     }
                     self.state = State::Open;
+                    if let Some(l) = self.log.as_mut() {
+                        l.upstream_local = self
+                            .upstream
+                            .as_ref()
+                            .and_then(|u| u.stream.local_addr().ok());
+                        l.transport_failure = None;
+                    }
+                    if self.config.log_on_connected {
+                        self.write_log(
+                            &self.config.access_logs,
+                            AccessLogType::TcpUpstreamConnected,
+                        );
+                    }
                     if let (Some(host), Some(d)) = (
                         &self.host,
                         self.cluster.as_ref().and_then(|c| c.outlier.as_ref()),
@@ -652,6 +788,13 @@ impl EventHandler<WorkerLocal> for TcpProxySession {
                 Next::Continue
             }
             TIMER_MAX_DURATION => self.close(ctx, me),
+            TIMER_ACCESS_LOG => {
+                self.write_log(&self.config.access_logs, AccessLogType::TcpPeriodic);
+                if let Some(every) = self.config.log_interval {
+                    ctx.schedule(me, every, TIMER_ACCESS_LOG);
+                }
+                Next::Continue
+            }
             TIMER_HANDSHAKE => {
                 if !self
                     .downstream
@@ -679,6 +822,10 @@ impl EventHandler<WorkerLocal> for TcpProxySession {
 
 impl Drop for TcpProxySession {
     fn drop(&mut self) {
+        self.write_log(&self.config.access_logs, AccessLogType::TcpConnectionEnd);
+        if let Some(logs) = self.log.as_ref().and_then(|l| l.listener_logs.clone()) {
+            self.write_log(&logs, AccessLogType::NotSet);
+        }
         self.release_upstream();
         self.listener_stats.downstream_cx_active.dec(self.worker);
         self.listener_stats.downstream_cx_destroy.inc(self.worker);

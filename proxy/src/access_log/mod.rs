@@ -1,6 +1,8 @@
-//! HTTP access logs (`envoy.access_loggers.file`, `stdout`, `stderr`) in Envoy's text or
-//! JSON formats (`format.rs`). Lines are formatted on the worker and handed to a writer
-//! thread through a channel, so a slow disk never blocks a worker.
+//! Access logs (`envoy.access_loggers.file`, `stdout`, `stderr`) in Envoy's text or
+//! JSON formats (`format.rs`), written for each HTTP request (the connection manager's),
+//! each TCP proxy connection (`tcp_proxy`'s) and each connection of a listener (the
+//! listener's), with Envoy's filters (`filter.rs`). Lines are formatted on the worker and
+//! handed to a writer thread through a channel, so a slow disk never blocks a worker.
 
 // `format` and `text_format` are deprecated in the protos but common in configs.
 #![allow(deprecated)]
@@ -62,7 +64,7 @@ pub struct LogEntry<'a> {
     pub bytes_received: u64,
     /// Response body bytes.
     pub bytes_sent: u64,
-    /// Total duration.
+    /// The duration so far (the whole, once the request or connection has ended).
     pub duration: Duration,
     /// Upstream host.
     pub upstream_host: Option<SocketAddr>,
@@ -92,6 +94,41 @@ pub struct LogEntry<'a> {
     pub details: &'a str,
     /// Why the upstream connection failed, in Envoy's words.
     pub transport_failure: Option<&'a str>,
+}
+
+impl<'a> LogEntry<'a> {
+    /// A connection's entry with nothing known yet (no request, no upstream), written as
+    /// a listener's (`NotSet`) entry; `no_headers` stands for the request's headers.
+    pub fn connection(no_headers: &'a HeaderMap) -> LogEntry<'a> {
+        LogEntry {
+            start: SystemTime::now(),
+            method: "",
+            path: "",
+            original_path: None,
+            authority: "",
+            protocol: "",
+            request: no_headers,
+            response: None,
+            status: 0,
+            flags: "-",
+            bytes_received: 0,
+            bytes_sent: 0,
+            duration: Duration::ZERO,
+            upstream_host: None,
+            upstream_cluster: None,
+            remote: SocketAddr::from(([0, 0, 0, 0], 0)),
+            route_name: "",
+            tls: None,
+            requested_server_name: None,
+            health_check: false,
+            log_type: AccessLogType::NotSet,
+            local: None,
+            direct_remote: None,
+            upstream_local: None,
+            details: "",
+            transport_failure: None,
+        }
+    }
 }
 
 /// A compiled access log.
@@ -257,6 +294,25 @@ fn stream_logger<L: StreamLogger>(
         Some(l) => format_from(l).map_err(|e| e.at("typed_config.log_format"))?,
     };
     Ok((path.to_string(), fmt))
+}
+
+/// Access logs shared by the connections of a listener.
+pub type SharedLogs = std::sync::Arc<[std::sync::Arc<AccessLog>]>;
+
+/// Compiles a list of `access_log` entries, each with its errors under `at[i]`.
+pub fn compile_all(
+    protos: &[AccessLogProto],
+    at: &str,
+) -> Result<Vec<std::sync::Arc<AccessLog>>, ConfigError> {
+    protos
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            AccessLog::compile(l)
+                .map(std::sync::Arc::new)
+                .map_err(|e| e.at(&format!("{at}[{i}]")))
+        })
+        .collect()
 }
 
 impl AccessLog {

@@ -139,6 +139,8 @@ impl Op {
             Op::StartTime => Val::Text(Cow::Owned(rfc3339_millis(e.start))),
             Op::Req(n, alt, m) => header(Some(e.request), e, n, alt, *m),
             Op::Resp(n, alt, m) => header(e.response, e, n, alt, *m),
+            // A TCP connection has none (`-`).
+            Op::Protocol if e.protocol.is_empty() => Val::Absent,
             Op::Protocol => Val::Text(Cow::Borrowed(e.protocol)),
             Op::ResponseCode => Val::Number(u64::from(e.status)),
             Op::ResponseFlags => Val::Text(Cow::Borrowed(e.flags)),

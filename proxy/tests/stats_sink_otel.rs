@@ -4,8 +4,9 @@
 //! (`MetricsService/Export`). After the same requests, the metrics both send for a chosen
 //! set of stats (a cluster counter, gauges, a listener gauge, a histogram) must agree in
 //! name, type, temporality, value and attributes, and the requests in shape (resource,
-//! scope, one data point per metric, start and end times). The tests wait until what
-//! arrives adds up to the traffic sent, never on a sleep.
+//! scope, one data point per metric, start and end times). `histogram_bucket_settings`
+//! is compared through the sink's bounds and `/stats/prometheus`. The tests wait until
+//! what arrives adds up to the traffic sent, never on a sleep.
 
 mod http_support;
 
@@ -147,12 +148,11 @@ fn points(e: &Export, port: u16) -> Vec<Point> {
                     Some(Data::Histogram(h)) => h.data_points.len() == 1,
                     _ => false,
                 };
-                let number = |p: &opentelemetry_proto::tonic::metrics::v1::NumberDataPoint| {
-                    match p.value {
+                let number =
+                    |p: &opentelemetry_proto::tonic::metrics::v1::NumberDataPoint| match p.value {
                         Some(number_data_point::Value::AsInt(v)) => v,
                         other => panic!("{}: not an integer: {other:?}", m.name),
-                    }
-                };
+                    };
                 let temporality = |t: i32| {
                     AggregationTemporality::try_from(t)
                         .map_or_else(|_| t.to_string(), |t| format!("{t:?}"))
@@ -205,10 +205,12 @@ fn points(e: &Export, port: u16) -> Vec<Point> {
     out
 }
 
-/// What a proxy sent: every export and the listener port its attributes name.
+/// What a proxy sent: every export and the listener port its attributes name; and its
+/// `/stats/prometheus` once the exports were enough.
 struct Run {
     exports: Vec<Export>,
     port: u16,
+    prometheus: String,
 }
 
 impl Run {
@@ -234,12 +236,14 @@ impl Run {
     }
 }
 
-/// Starts a proxy with `sink` (the sink's fields under `typed_config`), sends the
-/// requests and collects exports until `enough` says so (10 s at most).
+/// Starts a proxy with `sink` (the sink's fields under `typed_config`) and `extra` at
+/// the top level, sends the requests and collects exports until `enough` says so (10 s
+/// at most).
 fn run(
     start: &dyn Fn(&str) -> Option<Courier>,
     upstream: SocketAddr,
     sink: &str,
+    extra: &str,
     enough: &dyn Fn(&Run) -> bool,
 ) -> Option<Run> {
     let (collector, exports) = receiver();
@@ -273,7 +277,7 @@ stats_sinks:
         "",
         &format!("{}{otel_cluster}", cluster("backend", &[upstream], "")),
     );
-    let proxy = start(&format!("{b}{top}"))?;
+    let proxy = start(&format!("{b}{top}{extra}"))?;
     for _ in 0..REQUESTS {
         assert_eq!(get(proxy.listener, "h", "/", &[]).status, 200);
     }
@@ -281,6 +285,7 @@ stats_sinks:
     let mut got = Run {
         exports: Vec::new(),
         port: proxy.listener.port(),
+        prometheus: String::new(),
     };
     loop {
         got.exports = exports.lock().expect("exports").clone();
@@ -289,6 +294,7 @@ stats_sinks:
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+    got.prometheus = admin_get(proxy.admin, "/stats/prometheus").unwrap_or_default();
     drop(proxy);
     Some(got)
 }
@@ -367,10 +373,13 @@ fn cumulative_metrics_are_envoys() {
                 .get(CHOSEN[6])
                 .is_some_and(|p| p.value == 0)
     };
-    let got = run(&|b| Some(Courier::start(b)), upstream.addr, "", &enough).expect("courier");
+    let got = run(&|b| Some(Courier::start(b)), upstream.addr, "", "", &enough).expect("courier");
     let v = cumulative_view(&got);
     assert!(v.iter().all(|l| !l.contains("MISSING")), "{v:#?}");
-    assert!(v[0].ends_with(&format!("value={REQUESTS} bounds=[]")), "{v:#?}");
+    assert!(
+        v[0].ends_with(&format!("value={REQUESTS} bounds=[]")),
+        "{v:#?}"
+    );
     let points = got.points();
     // Cumulative points start when the sink was built, and gauges carry no start.
     let counter_starts: BTreeSet<u64> = points
@@ -399,12 +408,7 @@ fn cumulative_metrics_are_envoys() {
             ("telemetry.sdk.name".to_string(), "envoy".to_string()),
         ]
     );
-    let envoy = run(
-        &|b| Courier::start_envoy(b),
-        upstream.addr,
-        "",
-        &enough,
-    );
+    let envoy = run(&|b| Courier::start_envoy(b), upstream.addr, "", "", &enough);
     if let Some(envoy) = envoy {
         eprintln!("compared with Envoy: {:#?}", cumulative_view(&envoy));
         assert_eq!(cumulative_view(&envoy), v, "envoy vs courier");
@@ -479,7 +483,12 @@ fn check_deltas(r: &Run, first_flush_only: bool) {
             }
         } else {
             let previous = times.range(..p.time).next_back().copied();
-            assert_eq!(Some(p.start), previous, "{}: starts at the previous flush", p.key());
+            assert_eq!(
+                Some(p.start),
+                previous,
+                "{}: starts at the previous flush",
+                p.key()
+            );
         }
     }
 }
@@ -493,8 +502,14 @@ fn delta_metrics_are_envoys() {
             .iter()
             .all(|k| sums.get(*k).copied().unwrap_or(0) >= REQUESTS as i64)
     };
-    let got =
-        run(&|b| Some(Courier::start(b)), upstream.addr, DELTA_SINK, &enough).expect("courier");
+    let got = run(
+        &|b| Some(Courier::start(b)),
+        upstream.addr,
+        DELTA_SINK,
+        "",
+        &enough,
+    )
+    .expect("courier");
     let v = delta_view(&got);
     assert!(v.iter().all(|l| !l.contains("MISSING")), "{v:#?}");
     assert!(v[0].ends_with(&format!("sum={REQUESTS}")), "{v:#?}");
@@ -510,12 +525,103 @@ fn delta_metrics_are_envoys() {
         &|b| Courier::start_envoy(b),
         upstream.addr,
         DELTA_SINK,
+        "",
         &enough,
     ) {
         eprintln!("compared with Envoy: {:#?}", delta_view(&envoy));
         assert_eq!(delta_view(&envoy), v, "envoy vs courier");
         check_deltas(&envoy, false);
         assert_eq!(shape(&envoy), shape(&got), "envoy vs courier");
+    }
+}
+
+/// `histogram_bucket_settings`: bounds given in any order, sorted.
+const BUCKETS: &str = "stats_config:
+  histogram_bucket_settings:
+  - match: { suffix: upstream_rq_time }
+    buckets: [1000, 1, 10]
+    bins: 50
+  - match: { prefix: cluster. }
+    buckets: [2]
+";
+
+const DOWNSTREAM: &str =
+    "http.downstream_rq_time|histogram{envoy.http_conn_manager_prefix=ingress}";
+
+/// Per chosen histogram: its bounds and count from the sink, and its Prometheus
+/// `_bucket` bounds and `_count`.
+fn buckets_view(r: &Run) -> Vec<String> {
+    let last = r.last();
+    let mut out: Vec<String> = [HISTOGRAM, DOWNSTREAM]
+        .iter()
+        .map(|k| match last.get(*k) {
+            Some(p) => format!("{k}: bounds={:?} count={}", p.bounds, p.value),
+            None => format!("{k}: MISSING"),
+        })
+        .collect();
+    for family in [
+        "envoy_cluster_upstream_rq_time",
+        "envoy_http_downstream_rq_time",
+    ] {
+        let les: Vec<&str> = r
+            .prometheus
+            .lines()
+            .filter(|l| l.starts_with(&format!("{family}_bucket{{")))
+            .filter(|l| l.contains("backend") || l.contains("ingress"))
+            .filter_map(|l| l.split("le=\"").nth(1)?.split('"').next())
+            .collect();
+        let count = r
+            .prometheus
+            .lines()
+            .find(|l| {
+                l.starts_with(&format!("{family}_count{{"))
+                    && (l.contains("backend") || l.contains("ingress"))
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .unwrap_or("MISSING");
+        out.push(format!("{family}: le={les:?} count={count}"));
+    }
+    out
+}
+
+#[test]
+fn histogram_bucket_settings_are_envoys() {
+    let upstream = Upstream::start("u");
+    let enough = |r: &Run| {
+        let last = r.last();
+        [HISTOGRAM, DOWNSTREAM]
+            .iter()
+            .all(|k| last.get(*k).is_some_and(|p| p.value >= REQUESTS as i64))
+    };
+    let got = run(
+        &|b| Some(Courier::start(b)),
+        upstream.addr,
+        "",
+        BUCKETS,
+        &enough,
+    )
+    .expect("courier");
+    let v = buckets_view(&got);
+    assert!(v.iter().all(|l| !l.contains("MISSING")), "{v:#?}");
+    // The first matching rule's bounds, sorted; the default bounds where none matches.
+    assert!(
+        v[0].contains("bounds=[1.0, 10.0, 1000.0] count=3"),
+        "{v:#?}"
+    );
+    assert!(v[1].contains("bounds=[0.5, 1.0, 5.0"), "{v:#?}");
+    assert!(
+        v[2].contains(r#"le=["1", "10", "1000", "+Inf"] count=3"#),
+        "{v:#?}"
+    );
+    if let Some(envoy) = run(
+        &|b| Courier::start_envoy(b),
+        upstream.addr,
+        "",
+        BUCKETS,
+        &enough,
+    ) {
+        eprintln!("compared with Envoy: {:#?}", buckets_view(&envoy));
+        assert_eq!(buckets_view(&envoy), v, "envoy vs courier");
     }
 }
 

@@ -32,14 +32,14 @@ use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::metrics::v1::{
-    metric::Data, number_data_point, AggregationTemporality, Gauge, Histogram,
-    HistogramDataPoint, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum,
+    metric::Data, number_data_point, AggregationTemporality, Gauge, Histogram, HistogramDataPoint,
+    Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum,
 };
 use opentelemetry_proto::tonic::resource::v1::Resource;
 
 use super::{FlushContext, MetricSnapshot, Sink};
 use crate::config::ConfigError;
-use crate::stats::{GaugeValue, Store, HISTOGRAM_BUCKETS};
+use crate::stats::{GaugeValue, Store};
 use crate::tracers::opentelemetry::exporter::{sdk_version, string_kv};
 use crate::upstream::async_client::grpc::GrpcClient;
 
@@ -90,7 +90,12 @@ fn temporality(delta: bool) -> AggregationTemporality {
 }
 
 /// The metrics of a flush, in Envoy's order: gauges, counters, histograms (each by name).
-pub fn metrics(snapshot: &MetricSnapshot, store: &Store, o: &Options, starts: Starts) -> Vec<Metric> {
+pub fn metrics(
+    snapshot: &MetricSnapshot,
+    store: &Store,
+    o: &Options,
+    starts: Starts,
+) -> Vec<Metric> {
     let time = unix_nanos(snapshot.time);
     let tags = &store.view().tags;
     // The metric's name and its data point's attributes.
@@ -142,7 +147,11 @@ pub fn metrics(snapshot: &MetricSnapshot, store: &Store, o: &Options, starts: St
         starts.cumulative
     };
     for c in snapshot.counters.iter().filter(|c| c.used) {
-        let value = if o.counters_as_deltas { c.delta } else { c.value };
+        let value = if o.counters_as_deltas {
+            c.delta
+        } else {
+            c.value
+        };
         if o.counters_as_deltas && value == 0 {
             continue;
         }
@@ -180,7 +189,7 @@ pub fn metrics(snapshot: &MetricSnapshot, store: &Store, o: &Options, starts: St
         let (name, attributes) = named(&h.name);
         // One count per bound and one above the last: OTLP's shape and the store's.
         let mut bucket_counts = values.counts.clone();
-        bucket_counts.resize(HISTOGRAM_BUCKETS.len() + 1, 0);
+        bucket_counts.resize(values.bounds.len() + 1, 0);
         out.push(metric(
             name,
             Data::Histogram(Histogram {
@@ -191,7 +200,7 @@ pub fn metrics(snapshot: &MetricSnapshot, store: &Store, o: &Options, starts: St
                     count,
                     sum: Some(values.sum as f64),
                     bucket_counts,
-                    explicit_bounds: HISTOGRAM_BUCKETS.to_vec(),
+                    explicit_bounds: values.bounds.to_vec(),
                     ..Default::default()
                 }],
                 aggregation_temporality: temporality(o.histograms_as_deltas) as i32,
@@ -466,8 +475,11 @@ mod tests {
         };
         let p = &h.data_points[0];
         assert_eq!((p.count, p.sum), (1, Some(7.0)));
-        assert_eq!(p.explicit_bounds, HISTOGRAM_BUCKETS);
-        assert_eq!(p.bucket_counts.len(), HISTOGRAM_BUCKETS.len() + 1);
+        assert_eq!(p.explicit_bounds, crate::stats::HISTOGRAM_BUCKETS);
+        assert_eq!(
+            p.bucket_counts.len(),
+            crate::stats::HISTOGRAM_BUCKETS.len() + 1
+        );
         // 7 is in (5, 10].
         assert_eq!(p.bucket_counts[3], 1);
         assert_eq!(p.bucket_counts.iter().sum::<u64>(), 1);
@@ -549,8 +561,9 @@ mod tests {
             Ok(_) => String::from("accepted"),
             Err(e) => e.to_string(),
         };
-        assert!(err(SinkConfig::default())
-            .contains("stats_sinks[0].typed_config.protocol_specifier"));
+        assert!(
+            err(SinkConfig::default()).contains("stats_sinks[0].typed_config.protocol_specifier")
+        );
         assert!(err(SinkConfig {
             protocol_specifier: Some(ProtocolSpecifier::HttpService(HttpService::default())),
             ..Default::default()

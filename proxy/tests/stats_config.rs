@@ -193,9 +193,22 @@ fn stats_config_errors_are_refused_by_path() {
             "stats_config:\n  stats_tags: [{ tag_name: mine }]\n",
             "no default regex for name: 'mine'",
         ),
+        // Envoy's checks of `histogram_bucket_settings`.
         (
-            "stats_config:\n  histogram_bucket_settings: [{ match: { prefix: a }, buckets: [1, 2] }]\n",
-            "stats_config.histogram_bucket_settings",
+            "stats_config:\n  histogram_bucket_settings: [{ match: { prefix: a }, buckets: [1, 0] }]\n",
+            "stats_config.histogram_bucket_settings[0].buckets[1]: value must be greater than 0",
+        ),
+        (
+            "stats_config:\n  histogram_bucket_settings: [{ match: { prefix: a }, buckets: [2, 1, 2] }]\n",
+            "stats_config.histogram_bucket_settings[0].buckets[2]: repeated value must contain unique items",
+        ),
+        (
+            "stats_config:\n  histogram_bucket_settings: [{ buckets: [1] }]\n",
+            "stats_config.histogram_bucket_settings[0].match: value is required",
+        ),
+        (
+            "stats_config:\n  histogram_bucket_settings: [{ match: { prefix: a }, buckets: [1], bins: 0 }]\n",
+            "stats_config.histogram_bucket_settings[0].bins: value must be inside range (0, 46082]",
         ),
     ] {
         let (code, stderr) = validate(&format!("{base}{extra}"));

@@ -395,7 +395,7 @@ fn flush_settings_and_sink_configs_are_checked() {
         "stats_flush_on_admin",
     );
     refused(
-        "stats_sinks:\n- name: envoy.stat_sinks.open_telemetry\n  typed_config:\n    \"@type\": type.googleapis.com/envoy.extensions.stat_sinks.open_telemetry.v3.SinkConfig\n    grpc_service: { envoy_grpc: { cluster_name: backend } }\n",
+        "stats_sinks:\n- name: envoy.stat_sinks.hystrix\n  typed_config:\n    \"@type\": type.googleapis.com/envoy.config.metrics.v3.HystrixSink\n",
         "stats_sinks[0].typed_config",
     );
     refused(

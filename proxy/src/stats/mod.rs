@@ -14,7 +14,7 @@ pub mod tags;
 
 pub use render::{render_json, render_prometheus, render_text, StatsQuery};
 pub use store::{
-    Counter, CounterEntry, Entries, Gauge, GaugeEntry, GaugeValue, Histogram, HistogramEntry,
-    HistogramSnapshot, Raised, StatFilter, StatGroup, StatValue, StatsView, Store, TextReadout,
-    HISTOGRAM_BUCKETS, MAIN_THREAD,
+    BucketRule, Counter, CounterEntry, Entries, Gauge, GaugeEntry, GaugeValue, Histogram,
+    HistogramEntry, HistogramSnapshot, Raised, StatFilter, StatGroup, StatValue, StatsView, Store,
+    TextReadout, HISTOGRAM_BUCKETS, MAIN_THREAD,
 };

@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use super::{HistogramSnapshot, Store, HISTOGRAM_BUCKETS};
+use super::{HistogramSnapshot, Store};
 
 /// The quantiles Envoy's `/stats` reports for histograms, in percent.
 const QUANTILES: [f64; 10] = [0.0, 25.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.5, 99.9, 100.0];
@@ -230,7 +230,7 @@ fn render_prometheus_histograms(store: &Store, filter: &Selection<'_>, out: &mut
         };
         let lines = families.entry(metric.clone()).or_default();
         let mut cumulative = 0;
-        for (bound, n) in HISTOGRAM_BUCKETS.iter().zip(&h.counts) {
+        for (bound, n) in h.bounds.iter().zip(&h.counts) {
             cumulative += n;
             let le = with(Some(format!("le=\"{}\"", quantile_text(*bound))));
             lines.push(format!("{metric}_bucket{le} {cumulative}"));

@@ -325,13 +325,24 @@ pub const HISTOGRAM_BUCKETS: [f64; 19] = [
     60000.0, 300000.0, 600000.0, 1800000.0, 3600000.0,
 ];
 
+/// [`HISTOGRAM_BUCKETS`], shared by every histogram no `histogram_bucket_settings` rule
+/// names.
+pub fn default_buckets() -> Arc<[f64]> {
+    static DEFAULT: std::sync::OnceLock<Arc<[f64]>> = std::sync::OnceLock::new();
+    DEFAULT
+        .get_or_init(|| Arc::from(HISTOGRAM_BUCKETS.as_slice()))
+        .clone()
+}
+
 /// A distribution of values (Envoy's histogram): bucket counts and sum.
 pub struct Histogram {
     storage: HistogramStorage,
+    /// The buckets' upper bounds, ascending.
+    bounds: Arc<[f64]>,
 }
 
 enum HistogramStorage {
-    /// Per-thread cells: one per bound in [`HISTOGRAM_BUCKETS`], one for larger values.
+    /// Per-thread cells: one per bound, one for larger values.
     PerThread { buckets: Box<[Cells]>, sum: Cells },
     /// Recorded by the main thread only (an xDS subscription's `update_duration`): plain
     /// counters, a fifth of the per-thread cells' memory, which matters at one histogram
@@ -339,43 +350,40 @@ enum HistogramStorage {
     MainThread(Box<[AtomicU64]>),
 }
 
-/// The bucket of `value`.
-fn bucket_of(value: u64) -> usize {
+/// The bucket of `value` among `bounds` (ascending): the first bound it does not
+/// exceed, else the one past the last.
+fn bucket_of(bounds: &[f64], value: u64) -> usize {
     let v = value as f64;
-    HISTOGRAM_BUCKETS
-        .iter()
-        .position(|b| v <= *b)
-        .unwrap_or(HISTOGRAM_BUCKETS.len())
+    bounds.partition_point(|b| *b < v)
 }
 
 impl Histogram {
-    fn new(store: &Store) -> Histogram {
+    fn new(store: &Store, bounds: Arc<[f64]>) -> Histogram {
         Histogram {
             storage: HistogramStorage::PerThread {
-                buckets: (0..=HISTOGRAM_BUCKETS.len())
-                    .map(|_| store.cells())
-                    .collect(),
+                buckets: (0..=bounds.len()).map(|_| store.cells()).collect(),
                 sum: store.cells(),
             },
+            bounds,
         }
     }
 
     /// A histogram only the main thread records into, outside the registry (for a
-    /// [`StatGroup`]): plain counters, a fifth of per-thread cells' memory.
-    pub fn main_thread() -> Histogram {
+    /// [`StatGroup`]): plain counters, a fifth of per-thread cells' memory. `bounds`
+    /// are the buckets' (see [`StatsView::buckets`]).
+    pub fn main_thread(bounds: Arc<[f64]>) -> Histogram {
         Histogram {
             storage: HistogramStorage::MainThread(
-                (0..HISTOGRAM_BUCKETS.len() + 2)
-                    .map(|_| AtomicU64::new(0))
-                    .collect(),
+                (0..bounds.len() + 2).map(|_| AtomicU64::new(0)).collect(),
             ),
+            bounds,
         }
     }
 
     /// Records `value` on `thread`'s cells.
     #[inline]
     pub fn record(&self, thread: usize, value: u64) {
-        let bucket = bucket_of(value);
+        let bucket = bucket_of(&self.bounds, value);
         match &self.storage {
             HistogramStorage::PerThread { buckets, sum } => {
                 buckets[bucket].add(thread, 1);
@@ -404,12 +412,14 @@ impl Histogram {
             HistogramStorage::PerThread { buckets, sum } => HistogramSnapshot {
                 counts: buckets.iter().map(Cells::sum).collect(),
                 sum: sum.sum(),
+                bounds: self.bounds.clone(),
             },
             HistogramStorage::MainThread(cells) => {
                 let (sum, buckets) = cells.split_last().unwrap_or((&cells[0], &[]));
                 HistogramSnapshot {
                     counts: buckets.iter().map(|c| c.load(Ordering::Relaxed)).collect(),
                     sum: sum.load(Ordering::Relaxed),
+                    bounds: self.bounds.clone(),
                 }
             }
         }
@@ -419,10 +429,12 @@ impl Histogram {
 /// A histogram's values at one moment.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HistogramSnapshot {
-    /// Values per bucket of [`HISTOGRAM_BUCKETS`] (not cumulative), then above the last.
+    /// Values per bucket of `bounds` (not cumulative), then above the last.
     pub counts: Vec<u64>,
     /// Sum of the recorded values.
     pub sum: u64,
+    /// The buckets' upper bounds, ascending (the histogram's).
+    pub bounds: Arc<[f64]>,
 }
 
 impl HistogramSnapshot {
@@ -445,19 +457,19 @@ impl HistogramSnapshot {
                 continue;
             }
             if (below + n) as f64 >= target {
-                let last = HISTOGRAM_BUCKETS[HISTOGRAM_BUCKETS.len() - 1];
-                let lower = if i == 0 {
-                    0.0
-                } else {
-                    HISTOGRAM_BUCKETS[i - 1]
+                // Values above the last bound read as the last bound (0 without bounds).
+                let last = self.bounds.last().copied().unwrap_or(0.0);
+                let lower = match i.checked_sub(1) {
+                    None => 0.0,
+                    Some(j) => self.bounds.get(j).copied().unwrap_or(last),
                 };
-                let upper = HISTOGRAM_BUCKETS.get(i).copied().unwrap_or(last);
+                let upper = self.bounds.get(i).copied().unwrap_or(last);
                 let within = (target - below as f64).max(0.0) / n as f64;
                 return Some(lower + (upper - lower) * within);
             }
             below += n;
         }
-        HISTOGRAM_BUCKETS.last().copied()
+        self.bounds.last().copied()
     }
 }
 
@@ -621,18 +633,34 @@ pub struct Store {
 /// Whether a stat, by name, is shown.
 pub type StatFilter = Box<dyn Fn(&str) -> bool + Send + Sync>;
 
+/// A `histogram_bucket_settings` rule: which histograms (by full name) take which
+/// bucket bounds (ascending).
+pub type BucketRule = (StatFilter, Arc<[f64]>);
+
 /// Which stats the admin shows and how they are tagged (`stats_config`).
 pub struct StatsView {
     /// Prometheus labels.
     pub tags: super::tags::TagProducer,
     /// `stats_matcher`: whether a stat is shown (`None`: all are).
     pub shown: Option<StatFilter>,
+    /// `histogram_bucket_settings`: the first rule whose filter takes a histogram's name
+    /// gives its bucket bounds (ascending).
+    pub buckets: Vec<BucketRule>,
 }
 
 impl StatsView {
     /// Whether `name` is shown.
     pub fn shows(&self, name: &str) -> bool {
         self.shown.as_ref().is_none_or(|f| f(name))
+    }
+
+    /// The bucket bounds of the histogram `name`: the first matching rule's, else
+    /// Envoy's defaults.
+    pub fn buckets(&self, name: &str) -> Arc<[f64]> {
+        self.buckets
+            .iter()
+            .find(|(matches, _)| matches(name))
+            .map_or_else(default_buckets, |(_, b)| b.clone())
     }
 }
 
@@ -710,6 +738,7 @@ impl Store {
         self.view.get_or_init(|| StatsView {
             tags: super::tags::TagProducer::default(),
             shown: None,
+            buckets: Vec::new(),
         })
     }
 
@@ -888,7 +917,7 @@ impl Store {
         let key = r.key(name);
         r.histograms
             .entry(key)
-            .or_insert_with(|| Arc::new(Histogram::new(self)))
+            .or_insert_with(|| Arc::new(Histogram::new(self, self.view().buckets(name))))
             .clone()
     }
 
@@ -899,7 +928,7 @@ impl Store {
         let key = r.key(name);
         r.histograms
             .entry(key)
-            .or_insert_with(|| Arc::new(Histogram::main_thread()))
+            .or_insert_with(|| Arc::new(Histogram::main_thread(self.view().buckets(name))))
             .clone()
     }
 
@@ -1158,5 +1187,44 @@ mod tests {
             b.record(MAIN_THREAD, v);
         }
         assert_eq!(a.snapshot(), b.snapshot());
+    }
+
+    #[test]
+    fn histograms_take_the_first_matching_rules_bounds() {
+        let store = Store::new(1);
+        let rule = |prefix: &'static str, bounds: &[f64]| -> BucketRule {
+            (
+                Box::new(move |n: &str| n.starts_with(prefix)),
+                Arc::from(bounds),
+            )
+        };
+        store.set_view(StatsView {
+            tags: crate::stats::tags::TagProducer::default(),
+            shown: None,
+            buckets: vec![
+                rule("a.", &[1.0, 10.0]),
+                rule("a", &[5.0]),
+                rule("none", &[]),
+            ],
+        });
+        let a = store.histogram("a.x");
+        for v in [0, 1, 2, 10, 11] {
+            a.record(0, v);
+        }
+        let snap = a.snapshot();
+        assert_eq!(&*snap.bounds, &[1.0, 10.0]);
+        // A value on a bound is in that bound's bucket.
+        assert_eq!(snap.counts, [2, 2, 1]);
+        assert_eq!(&*store.histogram("ab").snapshot().bounds, &[5.0]);
+        assert_eq!(
+            &*store.histogram("b").snapshot().bounds,
+            HISTOGRAM_BUCKETS.as_slice()
+        );
+        // Without bounds every value is above them; quantiles do not panic.
+        let none = store.main_thread_histogram("none");
+        none.record(MAIN_THREAD, 3);
+        let snap = none.snapshot();
+        assert_eq!(snap.counts, [1]);
+        assert_eq!(snap.quantile(0.5), Some(0.0));
     }
 }

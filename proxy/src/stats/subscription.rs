@@ -53,7 +53,7 @@ struct UpdateStats {
 }
 
 impl UpdateStats {
-    fn new(kind: Kind) -> UpdateStats {
+    fn new(kind: Kind, buckets: Arc<[f64]>) -> UpdateStats {
         let zero = || AtomicU64::new(0);
         UpdateStats {
             kind,
@@ -67,7 +67,7 @@ impl UpdateStats {
             update_time: zero(),
             version: zero(),
             version_text: Mutex::new(String::new()),
-            update_duration: (kind != Kind::Cluster).then(Histogram::main_thread),
+            update_duration: (kind != Kind::Cluster).then(|| Histogram::main_thread(buckets)),
         }
     }
 
@@ -154,7 +154,12 @@ impl SubscriptionStats {
         SubscriptionStats(store.group(
             scope,
             |g: &UpdateStats| g.kind == kind,
-            || UpdateStats::new(kind),
+            || {
+                UpdateStats::new(
+                    kind,
+                    store.view().buckets(&format!("{scope}.update_duration")),
+                )
+            },
         ))
     }
 

@@ -100,6 +100,7 @@ impl Latches {
                         .map(|(now, before)| now.saturating_sub(*before))
                         .collect(),
                     sum: h.snapshot.sum.saturating_sub(l.value.sum),
+                    bounds: h.snapshot.bounds.clone(),
                 },
                 _ => h.snapshot.clone(),
             };

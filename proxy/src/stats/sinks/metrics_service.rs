@@ -27,7 +27,7 @@ use courier_proto::io::prometheus::client::{
 
 use super::{FlushContext, MetricSnapshot, Sink};
 use crate::config::ConfigError;
-use crate::stats::{Store, HISTOGRAM_BUCKETS};
+use crate::stats::Store;
 use crate::upstream::async_client::grpc::GrpcClient;
 
 /// Envoy's supported quantiles, as fractions.
@@ -122,7 +122,8 @@ pub fn families(snapshot: &MetricSnapshot, store: &Store, o: Options) -> Vec<Met
                 m.histogram = Some(prom::Histogram {
                     sample_count: Some(interval.count()),
                     sample_sum: Some(interval.sum as f64),
-                    bucket: HISTOGRAM_BUCKETS
+                    bucket: interval
+                        .bounds
                         .iter()
                         .zip(&interval.counts)
                         .map(|(bound, n)| {
@@ -322,7 +323,7 @@ mod tests {
         // Nothing recorded in the second interval.
         let h = f[3].metric[0].histogram.as_ref().expect("histogram");
         assert_eq!(h.sample_count, Some(0));
-        assert_eq!(h.bucket.len(), HISTOGRAM_BUCKETS.len());
+        assert_eq!(h.bucket.len(), crate::stats::HISTOGRAM_BUCKETS.len());
         let totals = families(
             &snapshot,
             &store,

@@ -5,12 +5,13 @@
 //! each counter (its delta since the last flush, Envoy's `latch()`) and each histogram
 //! (the values recorded in the interval), and hands the [`MetricSnapshot`] to every sink.
 //! Sinks are extensions, resolved through [`SINKS`] as Envoy's `envoy.stat_sinks`
-//! category: StatsD and DogStatsD ([`statsd`]) and the gRPC Metrics Service
-//! ([`metrics_service`]). A sink's network I/O runs on the main thread's runtime; a slow
+//! category: StatsD and DogStatsD ([`statsd`]), the gRPC Metrics Service
+//! ([`metrics_service`]) and OpenTelemetry's OTLP ([`open_telemetry`]). A sink's network I/O runs on the main thread's runtime; a slow
 //! collector holds up its own reports, never a worker.
 
 pub mod flush;
 pub mod metrics_service;
+pub mod open_telemetry;
 pub mod statsd;
 
 use std::time::{Duration, SystemTime};
@@ -119,16 +120,17 @@ pub static SINKS: Registry<BuildSink> = Registry {
             name: "envoy.stat_sinks.metrics_service",
             build: metrics_service::build,
         },
+        Factory {
+            type_name: "envoy.extensions.stat_sinks.open_telemetry.v3.SinkConfig",
+            name: "envoy.stat_sinks.open_telemetry",
+            build: open_telemetry::build,
+        },
     ],
 };
 
 /// Sinks Envoy has that Courier does not build, refused by name with a reason rather
 /// than reported as unknown.
 const NOT_BUILT: &[(&str, &str)] = &[
-    (
-        "envoy.extensions.stat_sinks.open_telemetry.v3.SinkConfig",
-        "the OpenTelemetry stats sink is not built in Courier",
-    ),
     (
         "envoy.config.metrics.v3.HystrixSink",
         "the Hystrix stats sink is not built in Courier",

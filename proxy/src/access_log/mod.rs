@@ -29,11 +29,13 @@ use courier_proto::google::protobuf::Any;
 
 use crate::config::ConfigError;
 use crate::extensions::{Factory, Registry};
+use crate::stats::Store;
 use filter::LogFilter;
 use format::LogFormat;
 
 mod filter;
 mod format;
+pub mod open_telemetry;
 
 /// Envoy's default access log format.
 pub const DEFAULT_FORMAT: &str = "[%START_TIME%] \"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%\" %RESPONSE_CODE% %RESPONSE_FLAGS% %BYTES_RECEIVED% %BYTES_SENT% %DURATION% %RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% \"%REQ(X-FORWARDED-FOR)%\" \"%REQ(USER-AGENT)%\" \"%REQ(X-REQUEST-ID)%\" \"%REQ(:AUTHORITY)%\" \"%UPSTREAM_HOST%\"\n";
@@ -133,9 +135,21 @@ impl<'a> LogEntry<'a> {
 
 /// A compiled access log.
 pub struct AccessLog {
-    format: LogFormat,
     filter: Option<LogFilter>,
-    sink: Sender<String>,
+    sink: Sink,
+}
+
+/// Where a logger's entries go.
+pub enum Sink {
+    /// A line formatted on the worker, for a writer thread (a file, stdout, stderr).
+    Line {
+        /// The line's format.
+        format: LogFormat,
+        /// The writer's channel.
+        writer: Sender<String>,
+    },
+    /// An OpenTelemetry log record, for the main thread's exporter.
+    OpenTelemetry(open_telemetry::OtelLogger),
 }
 
 fn writer(path: &str) -> Sender<String> {
@@ -205,8 +219,8 @@ fn default_format() -> Result<LogFormat, ConfigError> {
     LogFormat::text(DEFAULT_FORMAT, false)
 }
 
-/// Builds an access logger's sink (a path) and its format from its config.
-type BuildLogger = fn(&Any) -> Result<(String, LogFormat), ConfigError>;
+/// Builds an access logger's sink from its config.
+type BuildLogger = fn(&Any, &Store) -> Result<Sink, ConfigError>;
 
 /// The access loggers an `access_log` entry may name.
 static ACCESS_LOGGERS: Registry<BuildLogger> = Registry {
@@ -215,23 +229,31 @@ static ACCESS_LOGGERS: Registry<BuildLogger> = Registry {
         Factory {
             type_name: "envoy.extensions.access_loggers.file.v3.FileAccessLog",
             name: "envoy.access_loggers.file",
-            build: file_logger,
+            build: |any, _| file_logger(any),
         },
         Factory {
             type_name: "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
             name: "envoy.access_loggers.stdout",
-            build: |any| stream_logger::<StdoutAccessLog>(any, "/dev/stdout"),
+            build: |any, _| stream_logger::<StdoutAccessLog>(any, "/dev/stdout"),
         },
         Factory {
             type_name: "envoy.extensions.access_loggers.stream.v3.StderrAccessLog",
             name: "envoy.access_loggers.stderr",
-            build: |any| stream_logger::<StderrAccessLog>(any, "/dev/stderr"),
+            build: |any, _| stream_logger::<StderrAccessLog>(any, "/dev/stderr"),
+        },
+        Factory {
+            type_name:
+                "envoy.extensions.access_loggers.open_telemetry.v3.OpenTelemetryAccessLogConfig",
+            name: "envoy.access_loggers.open_telemetry",
+            build: |any, store| {
+                open_telemetry::OtelLogger::compile(any, store).map(Sink::OpenTelemetry)
+            },
         },
     ],
 };
 
 /// `envoy.access_loggers.file`: its path and format.
-fn file_logger(any: &Any) -> Result<(String, LogFormat), ConfigError> {
+fn file_logger(any: &Any) -> Result<Sink, ConfigError> {
     let f: FileAccessLog = courier_proto::unpack_any(any)
         .map_err(|e| ConfigError::new("typed_config", e.to_string()))?;
     if f.path.is_empty() {
@@ -256,7 +278,10 @@ fn file_logger(any: &Any) -> Result<(String, LogFormat), ConfigError> {
             LogFormat::json(j, false, "typed_config.typed_json_format")?
         }
     };
-    Ok((f.path, fmt))
+    Ok(Sink::Line {
+        format: fmt,
+        writer: writer(&f.path),
+    })
 }
 
 /// A stream logger's config: its `log_format`, if any.
@@ -283,17 +308,17 @@ impl StreamLogger for StderrAccessLog {
 }
 
 /// `envoy.access_loggers.stdout` / `stderr`: the stream's path and the format.
-fn stream_logger<L: StreamLogger>(
-    any: &Any,
-    path: &str,
-) -> Result<(String, LogFormat), ConfigError> {
+fn stream_logger<L: StreamLogger>(any: &Any, path: &str) -> Result<Sink, ConfigError> {
     let s: L = courier_proto::unpack_any(any)
         .map_err(|e| ConfigError::new("typed_config", e.to_string()))?;
     let fmt = match s.log_format() {
         None => default_format()?,
         Some(l) => format_from(l).map_err(|e| e.at("typed_config.log_format"))?,
     };
-    Ok((path.to_string(), fmt))
+    Ok(Sink::Line {
+        format: fmt,
+        writer: writer(path),
+    })
 }
 
 /// Access logs shared by the connections of a listener.
@@ -303,12 +328,13 @@ pub type SharedLogs = std::sync::Arc<[std::sync::Arc<AccessLog>]>;
 pub fn compile_all(
     protos: &[AccessLogProto],
     at: &str,
+    store: &Store,
 ) -> Result<Vec<std::sync::Arc<AccessLog>>, ConfigError> {
     protos
         .iter()
         .enumerate()
         .map(|(i, l)| {
-            AccessLog::compile(l)
+            AccessLog::compile(l, store)
                 .map(std::sync::Arc::new)
                 .map_err(|e| e.at(&format!("{at}[{i}]")))
         })
@@ -317,7 +343,7 @@ pub fn compile_all(
 
 impl AccessLog {
     /// Compiles one `access_log` entry.
-    pub fn compile(proto: &AccessLogProto) -> Result<AccessLog, ConfigError> {
+    pub fn compile(proto: &AccessLogProto, store: &Store) -> Result<AccessLog, ConfigError> {
         let filter = proto
             .filter
             .as_ref()
@@ -337,21 +363,21 @@ impl AccessLog {
             ));
         };
         let config = found.config.as_ref().unwrap_or(any);
-        let (path, format) = (found.factory.build)(config)?;
-        Ok(AccessLog {
-            format,
-            filter,
-            sink: writer(&path),
-        })
+        let sink = (found.factory.build)(config, store)?;
+        Ok(AccessLog { filter, sink })
     }
 
-    /// Formats and queues one line.
-    pub fn log(&self, e: &LogEntry<'_>) {
+    /// Writes one entry, on `worker`, if the filter lets it through.
+    pub fn log(&self, e: &LogEntry<'_>, worker: usize) {
         if self.filter.as_ref().is_some_and(|f| !f.passes(e)) {
             return;
         }
-        let line = self.format.render(e);
-        let _ = self.sink.send(line);
+        match &self.sink {
+            Sink::Line { format, writer } => {
+                let _ = writer.send(format.render(e));
+            }
+            Sink::OpenTelemetry(l) => l.log(e, worker),
+        }
     }
 }
 
@@ -370,13 +396,15 @@ mod tests {
     #[test]
     fn loggers_resolve_through_the_registry() {
         let stderr = courier_proto::pack_any(&StderrAccessLog::default());
-        assert!(AccessLog::compile(&entry(stderr)).is_ok());
+        assert!(AccessLog::compile(&entry(stderr), &Store::new(1)).is_ok());
         let unknown = Any {
             type_url: "type.googleapis.com/envoy.extensions.access_loggers.grpc.v3.HttpGrpcAccessLogConfig"
                 .into(),
             value: Vec::new(),
         };
-        let err = AccessLog::compile(&entry(unknown)).err().expect("refused");
+        let err = AccessLog::compile(&entry(unknown), &Store::new(1))
+            .err()
+            .expect("refused");
         assert_eq!(err.path, "typed_config");
         assert!(
             err.message.contains("HttpGrpcAccessLogConfig"),

@@ -376,6 +376,7 @@ pub fn compile_listener(
         access_logs: Some(crate::access_log::compile_all(
             &proto.access_log,
             "access_log",
+            store,
         )?)
         .filter(|l| !l.is_empty())
         .map(Arc::from),

@@ -50,7 +50,7 @@ pub fn new_connection(
     let Some(chain) = config.select_chain(facts) else {
         config.stats.no_filter_chain_match.inc(ctx.local.id);
         if let Some(logs) = &config.access_logs {
-            log_unmatched(logs, &stream, facts);
+            log_unmatched(logs, &stream, facts, ctx.local.id);
         }
         return;
     };
@@ -94,6 +94,7 @@ fn log_unmatched(
     logs: &crate::access_log::SharedLogs,
     stream: &mio::net::TcpStream,
     facts: &ConnectionFacts,
+    worker: usize,
 ) {
     let peer = stream.peer_addr().ok();
     let no_headers = http::HeaderMap::new();
@@ -110,6 +111,6 @@ fn log_unmatched(
         ..crate::access_log::LogEntry::connection(&no_headers)
     };
     for l in logs.iter() {
-        l.log(&entry);
+        l.log(&entry, worker);
     }
 }

@@ -364,7 +364,7 @@ impl HcmConfig {
             .http2_protocol_options
             .as_ref()
             .is_some_and(|o| o.allow_connect);
-        let access_logs = crate::access_log::compile_all(&proto.access_log, "access_log")?;
+        let access_logs = crate::access_log::compile_all(&proto.access_log, "access_log", store)?;
         #[allow(deprecated)] // the top-level form is deprecated, still honoured by Envoy
         let legacy_on_new_request = proto.flush_access_log_on_new_request;
         let options_on_new_request = proto

@@ -125,7 +125,7 @@ impl Drop for ConnInfo {
                 ..crate::access_log::LogEntry::connection(&no_headers)
             };
             for log in l.logs.iter() {
-                log.log(&entry);
+                log.log(&entry, self.worker);
             }
         }
     }

@@ -385,7 +385,7 @@ impl Completion {
                 transport_failure: self.outcome.transport_failure.as_deref(),
             };
             for l in &cfg.access_logs {
-                l.log(&entry);
+                l.log(&entry, self.conn.worker);
             }
         }
     }
@@ -1248,7 +1248,7 @@ fn log_request_start(conn: &ConnInfo, req: &Request<ProxyBody>, outcome: &Outcom
         transport_failure: None,
     };
     for l in &conn.config.access_logs {
-        l.log(&entry);
+        l.log(&entry, conn.worker);
     }
 }
 
@@ -1562,7 +1562,7 @@ impl ConnInfo {
             transport_failure: None,
         };
         for l in &cfg.access_logs {
-            l.log(&entry);
+            l.log(&entry, w);
         }
     }
 }

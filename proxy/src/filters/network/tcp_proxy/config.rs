@@ -137,7 +137,7 @@ impl TcpProxyConfig {
                 idle_timeout: c("idle_timeout"),
                 upstream_flush_active: g("upstream_flush_active"),
             },
-            access_logs: crate::access_log::compile_all(&proto.access_log, "access_log")?,
+            access_logs: crate::access_log::compile_all(&proto.access_log, "access_log", store)?,
             log_on_connected,
             log_interval,
         })

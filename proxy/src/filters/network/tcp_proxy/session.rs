@@ -533,7 +533,7 @@ impl TcpProxySession {
             ..LogEntry::connection(&no_headers)
         };
         for log in logs {
-            log.log(&entry);
+            log.log(&entry, self.worker);
         }
     }
 

@@ -1,0 +1,383 @@
+//! `envoy.access_loggers.open_telemetry`: each entry becomes an OTLP `LogRecord` (its
+//! start time, a `body` and `attributes` whose strings are access-log formats, nested
+//! lists and arrays kept as they are), exported with `LogsService/Export` under a
+//! resource naming the log and the node (`log_name`, `zone_name`, `cluster_name`,
+//! `node_name`, unless `disable_builtin_labels`) and the configured
+//! `resource_attributes`.
+//!
+//! Records are built on the worker and handed to the main thread through a bounded
+//! queue (a full queue drops the record, counted in `logs_dropped`); the main thread
+//! keeps each logger's records until `buffer_flush_interval` (1 s) has passed since the
+//! first or `buffer_size_bytes` (16 KiB) are waiting, then exports them in one call, in
+//! a task of its own: a slow collector holds up nothing else.
+
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime};
+
+use courier_proto::envoy::extensions::access_loggers::open_telemetry::v3::OpenTelemetryAccessLogConfig;
+use courier_proto::google::protobuf::Any;
+use courier_proto::opentelemetry::proto::common::v1 as config_otel;
+use opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsServiceClient;
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{
+    any_value, AnyValue, ArrayValue, KeyValue, KeyValueList,
+};
+use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use prost::Message;
+
+use super::format::LogFormat;
+use super::LogEntry;
+use crate::config::ConfigError;
+use crate::stats::{Counter, Store, MAIN_THREAD};
+use crate::upstream::async_client::grpc::GrpcClient;
+
+/// How many records may wait for the main thread.
+const QUEUE: usize = 10_000;
+
+/// Envoy's message for a value its formatter cannot take.
+const ONLY_STRINGS: &str = "Only string values, nested key value lists and array values are supported in OpenTelemetry access log format.";
+
+/// A `body` or attribute value: a format, or lists of them.
+enum ValueFormat {
+    Text(LogFormat),
+    List(Vec<(String, ValueFormat)>),
+    Array(Vec<ValueFormat>),
+}
+
+impl ValueFormat {
+    fn compile(v: &config_otel::AnyValue, at: &str) -> Result<ValueFormat, ConfigError> {
+        use config_otel::any_value::Value;
+        match &v.value {
+            Some(Value::StringValue(s)) => Ok(ValueFormat::Text(
+                LogFormat::text(s, false).map_err(|e| e.at(at))?,
+            )),
+            Some(Value::KvlistValue(l)) => Ok(ValueFormat::List(compile_list(l, at)?)),
+            Some(Value::ArrayValue(a)) => Ok(ValueFormat::Array(
+                a.values
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| ValueFormat::compile(v, &format!("{at}[{i}]")))
+                    .collect::<Result<_, _>>()?,
+            )),
+            _ => Err(ConfigError::new(at, ONLY_STRINGS)),
+        }
+    }
+
+    fn render(&self, e: &LogEntry<'_>) -> AnyValue {
+        let value = match self {
+            ValueFormat::Text(f) => any_value::Value::StringValue(f.render(e)),
+            ValueFormat::List(l) => any_value::Value::KvlistValue(KeyValueList {
+                values: render_list(l, e),
+            }),
+            ValueFormat::Array(a) => any_value::Value::ArrayValue(ArrayValue {
+                values: a.iter().map(|v| v.render(e)).collect(),
+            }),
+        };
+        AnyValue { value: Some(value) }
+    }
+}
+
+fn compile_list(
+    l: &config_otel::KeyValueList,
+    at: &str,
+) -> Result<Vec<(String, ValueFormat)>, ConfigError> {
+    l.values
+        .iter()
+        .map(|kv| {
+            let at = format!("{at}.{}", kv.key);
+            let v = kv
+                .value
+                .as_ref()
+                .ok_or_else(|| ConfigError::new(&at, ONLY_STRINGS))?;
+            Ok((kv.key.clone(), ValueFormat::compile(v, &at)?))
+        })
+        .collect()
+}
+
+fn render_list(l: &[(String, ValueFormat)], e: &LogEntry<'_>) -> Vec<KeyValue> {
+    l.iter()
+        .map(|(k, v)| KeyValue {
+            key: k.clone(),
+            value: Some(v.render(e)),
+            ..Default::default()
+        })
+        .collect()
+}
+
+/// Where a logger's records go, and its `access_logs.open_telemetry_access_log.*` stats.
+pub struct Exporter {
+    client: GrpcClient,
+    resource: Resource,
+    interval: Duration,
+    max_bytes: usize,
+    logs_written: Arc<Counter>,
+    logs_dropped: Arc<Counter>,
+}
+
+/// A compiled OpenTelemetry access logger.
+pub struct OtelLogger {
+    body: Option<ValueFormat>,
+    attributes: Vec<(String, ValueFormat)>,
+    exporter: Arc<Exporter>,
+}
+
+/// `s` as a string attribute.
+fn string_attribute(key: &str, value: &str) -> KeyValue {
+    KeyValue {
+        key: key.to_string(),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::StringValue(value.to_string())),
+        }),
+        ..Default::default()
+    }
+}
+
+impl OtelLogger {
+    /// Compiles the logger's `typed_config`.
+    pub fn compile(any: &Any, store: &Store) -> Result<OtelLogger, ConfigError> {
+        let c: OpenTelemetryAccessLogConfig = courier_proto::unpack_any(any)
+            .map_err(|e| ConfigError::new("typed_config", e.to_string()))?;
+        for (field, set) in [
+            ("http_service", c.http_service.is_some()),
+            ("grpc_service", c.grpc_service.is_some()),
+            ("log_name", !c.log_name.is_empty()),
+            ("buffer_flush_interval", c.buffer_flush_interval.is_some()),
+            ("buffer_size_bytes", c.buffer_size_bytes.is_some()),
+            ("resource_detectors", !c.resource_detectors.is_empty()),
+            ("formatters", !c.formatters.is_empty()),
+            (
+                "filter_state_objects_to_log",
+                !c.filter_state_objects_to_log.is_empty(),
+            ),
+            ("custom_tags", !c.custom_tags.is_empty()),
+        ] {
+            if set {
+                return Err(ConfigError::unsupported(format!("typed_config.{field}")));
+            }
+        }
+        let Some(common) = &c.common_config else {
+            return Err(ConfigError::new(
+                "typed_config.common_config",
+                "an OpenTelemetry access logger needs common_config (its grpc_service)",
+            ));
+        };
+        for (field, set) in [
+            (
+                "filter_state_objects_to_log",
+                !common.filter_state_objects_to_log.is_empty(),
+            ),
+            (
+                "grpc_stream_retry_policy",
+                common.grpc_stream_retry_policy.is_some(),
+            ),
+            ("custom_tags", !common.custom_tags.is_empty()),
+        ] {
+            if set {
+                return Err(ConfigError::unsupported(format!(
+                    "typed_config.common_config.{field}"
+                )));
+            }
+        }
+        let Some(grpc) = &common.grpc_service else {
+            return Err(ConfigError::new(
+                "typed_config.common_config.grpc_service",
+                "value is required",
+            ));
+        };
+        let client = GrpcClient::compile(grpc, "typed_config.common_config.grpc_service")?;
+        let interval = common
+            .buffer_flush_interval
+            .as_ref()
+            .map(|d| crate::config::duration(d, "typed_config.common_config.buffer_flush_interval"))
+            .transpose()?
+            .filter(|d| !d.is_zero())
+            .unwrap_or(Duration::from_secs(1));
+        let max_bytes = common
+            .buffer_size_bytes
+            .as_ref()
+            .map_or(16_384, |v| v.value) as usize;
+        let mut attributes = Vec::new();
+        if !c.disable_builtin_labels {
+            let node = crate::server::local_info::node();
+            attributes.push(string_attribute("log_name", &common.log_name));
+            attributes.push(string_attribute("zone_name", &node.zone));
+            attributes.push(string_attribute("cluster_name", &node.cluster));
+            attributes.push(string_attribute("node_name", &node.id));
+        }
+        if let Some(extra) = &c.resource_attributes {
+            // The config's OpenTelemetry types and the exporter's are the same messages
+            // from two code generators: converted through their wire form.
+            for kv in &extra.values {
+                let converted = KeyValue::decode(kv.encode_to_vec().as_slice()).map_err(|e| {
+                    ConfigError::new(
+                        format!("typed_config.resource_attributes.{}", kv.key),
+                        e.to_string(),
+                    )
+                })?;
+                attributes.push(converted);
+            }
+        }
+        let body = c
+            .body
+            .as_ref()
+            .filter(|b| b.value.is_some())
+            .map(|b| ValueFormat::compile(b, "typed_config.body"))
+            .transpose()?;
+        let attribute_formats = match &c.attributes {
+            Some(l) => compile_list(l, "typed_config.attributes")?,
+            None => Vec::new(),
+        };
+        let prefix = if c.stat_prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{}.", c.stat_prefix)
+        };
+        let stat = |s: &str| {
+            store.counter(&format!(
+                "access_logs.open_telemetry_access_log.{prefix}{s}"
+            ))
+        };
+        Ok(OtelLogger {
+            body,
+            attributes: attribute_formats,
+            exporter: Arc::new(Exporter {
+                client,
+                resource: Resource {
+                    attributes,
+                    ..Default::default()
+                },
+                interval,
+                max_bytes,
+                logs_written: stat("logs_written"),
+                logs_dropped: stat("logs_dropped"),
+            }),
+        })
+    }
+
+    /// Builds the entry's record and queues it for the main thread.
+    pub fn log(&self, e: &LogEntry<'_>, worker: usize) {
+        let time = e
+            .start
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+        let record = LogRecord {
+            time_unix_nano: time,
+            body: self.body.as_ref().map(|b| b.render(e)),
+            attributes: render_list(&self.attributes, e),
+            ..Default::default()
+        };
+        let Some(tx) = QUEUE_IN.get() else {
+            self.exporter.logs_dropped.inc(worker);
+            return;
+        };
+        if tx.try_send((self.exporter.clone(), record)).is_err() {
+            self.exporter.logs_dropped.inc(worker);
+        }
+    }
+}
+
+type Queued = (Arc<Exporter>, LogRecord);
+
+static QUEUE_IN: OnceLock<tokio::sync::mpsc::Sender<Queued>> = OnceLock::new();
+
+/// One logger's records waiting for export.
+struct Pending {
+    exporter: Arc<Exporter>,
+    records: Vec<LogRecord>,
+    bytes: usize,
+    due: tokio::time::Instant,
+}
+
+/// Starts the main thread's exporting task (once).
+pub fn start() {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Queued>(QUEUE);
+    if QUEUE_IN.set(tx).is_err() {
+        return;
+    }
+    tokio::task::spawn_local(async move {
+        let mut pending: Vec<Pending> = Vec::new();
+        loop {
+            let next = pending.iter().map(|p| p.due).min();
+            let received = match next {
+                Some(due) => tokio::time::timeout_at(due, rx.recv()).await,
+                None => Ok(rx.recv().await),
+            };
+            match received {
+                Ok(Some((exporter, record))) => {
+                    exporter.logs_written.inc(MAIN_THREAD);
+                    let at = match pending
+                        .iter()
+                        .position(|p| Arc::ptr_eq(&p.exporter, &exporter))
+                    {
+                        Some(i) => i,
+                        None => {
+                            pending.push(Pending {
+                                due: tokio::time::Instant::now() + exporter.interval,
+                                exporter,
+                                records: Vec::new(),
+                                bytes: 0,
+                            });
+                            pending.len() - 1
+                        }
+                    };
+                    let p = &mut pending[at];
+                    p.bytes += record.encoded_len();
+                    p.records.push(record);
+                    if p.bytes >= p.exporter.max_bytes {
+                        export(pending.swap_remove(at));
+                    }
+                }
+                Ok(None) => return,
+                Err(_) => {
+                    let now = tokio::time::Instant::now();
+                    let mut i = 0;
+                    while i < pending.len() {
+                        if pending[i].due <= now {
+                            export(pending.swap_remove(i));
+                        } else {
+                            i += 1;
+                        }
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// Exports one logger's records in a task of its own.
+fn export(p: Pending) {
+    let channel = match p.exporter.client.channel() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot export access log records");
+            return;
+        }
+    };
+    let request = ExportLogsServiceRequest {
+        resource_logs: vec![ResourceLogs {
+            resource: Some(p.exporter.resource.clone()),
+            scope_logs: vec![ScopeLogs {
+                log_records: p.records,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    };
+    let call = p.exporter.client.request(request);
+    // Without a `timeout` of its own, an export still gives up after 5 s: a silent
+    // collector must not pile up calls.
+    let limit = p
+        .exporter
+        .client
+        .timeout()
+        .unwrap_or(Duration::from_secs(5));
+    tokio::task::spawn_local(async move {
+        let mut client = LogsServiceClient::new(channel);
+        match tokio::time::timeout(limit, client.export(call)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(status)) => tracing::debug!(%status, "the collector refused access log records"),
+            Err(_) => tracing::debug!("access log export timed out"),
+        }
+    });
+}

@@ -1,0 +1,222 @@
+//! The OpenTelemetry access logger (`envoy.access_loggers.open_telemetry`) as Envoy 1.40
+//! runs it: each entry a `LogRecord` (its start time, a `body` and `attributes` whose
+//! strings are access-log formats, nested lists and arrays kept), batched per
+//! `buffer_flush_interval` into OTLP `LogsService/Export` calls, under a resource naming
+//! the log and the node (`log_name`, `zone_name`, `cluster_name`, `node_name`, unless
+//! `disable_builtin_labels`) and the configured `resource_attributes`. A receiver in the
+//! test decodes what arrives; the same requests go through Courier and, when `envoy` is
+//! on PATH, through Envoy, and the normalised records must be equal.
+
+mod http_support;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use http_support::*;
+use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{
+    LogsService, LogsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::logs::v1::{
+    ExportLogsServiceRequest, ExportLogsServiceResponse,
+};
+
+type Exports = Arc<Mutex<Vec<ExportLogsServiceRequest>>>;
+
+struct Receiver(Exports);
+
+#[tonic::async_trait]
+impl LogsService for Receiver {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportLogsServiceRequest>,
+    ) -> Result<tonic::Response<ExportLogsServiceResponse>, tonic::Status> {
+        self.0.lock().expect("exports").push(request.into_inner());
+        Ok(tonic::Response::new(ExportLogsServiceResponse::default()))
+    }
+}
+
+/// An OTLP/gRPC logs receiver.
+fn receiver() -> (SocketAddr, Exports) {
+    let exports: Exports = Arc::default();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let service = LogsServiceServer::new(Receiver(exports.clone()));
+    std::thread::spawn(move || {
+        block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+            let _ = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+                .await;
+        })
+    });
+    (addr, exports)
+}
+
+const LOGGERS: &str = r#"          access_log:
+          - name: envoy.access_loggers.open_telemetry
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.access_loggers.open_telemetry.v3.OpenTelemetryAccessLogConfig
+              common_config:
+                log_name: edge_log
+                transport_api_version: V3
+                grpc_service: { envoy_grpc: { cluster_name: otel } }
+                buffer_flush_interval: 0.05s
+              resource_attributes:
+                values: [{ key: service.name, value: { string_value: edge } }]
+              body: { string_value: "%REQ(:METHOD)% %REQ(:PATH)% %RESPONSE_CODE% %REQ(X-NONE)%" }
+              attributes:
+                values:
+                - { key: code, value: { string_value: "%RESPONSE_CODE%" } }
+                - { key: flags, value: { string_value: "%RESPONSE_FLAGS%" } }
+                - { key: missing, value: { string_value: "%REQ(X-NONE)%" } }
+                - { key: literal, value: { string_value: "plain" } }
+                - key: nested
+                  value: { kvlist_value: { values: [{ key: route, value: { string_value: "%ROUTE_NAME%" } }] } }
+                - key: list
+                  value: { array_value: { values: [{ string_value: "%PROTOCOL%" }, { string_value: "x" }] } }
+          - name: bare
+            filter: { status_code_filter: { comparison: { op: GE, value: { default_value: 400, runtime_key: k } } } }
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.access_loggers.open_telemetry.v3.OpenTelemetryAccessLogConfig
+              common_config:
+                log_name: errors
+                transport_api_version: V3
+                grpc_service: { envoy_grpc: { cluster_name: otel } }
+                buffer_flush_interval: 0.05s
+              disable_builtin_labels: true
+              attributes:
+                values: [{ key: path, value: { string_value: "%REQ(:PATH)%" } }]
+"#;
+
+const ROUTES: &str = r#"            name: local
+            virtual_hosts:
+            - name: main
+              domains: ["*"]
+              routes:
+              - name: ok
+                match: { prefix: "/ok" }
+                direct_response: { status: 200, body: { inline_string: hello } }
+"#;
+
+fn boot(collector: SocketAddr) -> String {
+    let clusters = cluster(
+        "otel",
+        &[collector],
+        "    typed_extension_protocol_options:\n      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n        explicit_http_config: { http2_protocol_options: {} }\n",
+    );
+    let b = bootstrap(ROUTES, LOGGERS, &clusters);
+    format!("node: {{ id: node-1, cluster: edge-cluster, locality: {{ zone: zone-a }} }}\n{b}")
+}
+
+/// The records received so far, one line each: the resource's attributes, the scope,
+/// and the record with its times reduced to whether they are set.
+fn records(exports: &Exports) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in exports.lock().expect("exports").iter() {
+        for rl in &e.resource_logs {
+            let resource = rl
+                .resource
+                .as_ref()
+                .map(|r| format!("{:?}", r.attributes))
+                .unwrap_or_default();
+            for sl in &rl.scope_logs {
+                for r in &sl.log_records {
+                    let mut r = r.clone();
+                    let times = (r.time_unix_nano != 0, r.observed_time_unix_nano != 0);
+                    r.time_unix_nano = 0;
+                    r.observed_time_unix_nano = 0;
+                    out.push(format!(
+                        "resource={resource} scope={:?} times={times:?} record={r:?}",
+                        sl.scope
+                    ));
+                }
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn run(start: &dyn Fn(&str) -> Option<Courier>) -> Option<Vec<String>> {
+    let (collector, exports) = receiver();
+    let proxy = start(&boot(collector))?;
+    assert_eq!(get(proxy.listener, "h", "/ok", &[]).status, 200);
+    assert_eq!(get(proxy.listener, "h", "/nope", &[]).status, 404);
+    // Three records: both requests in the first log, the 404 in the second.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = records(&exports);
+        if got.len() >= 3 || Instant::now() > deadline {
+            return Some(got);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn records_are_exported_as_envoy_exports_them() {
+    let got = run(&|b| Some(Courier::start(b))).expect("courier starts");
+    assert_eq!(got.len(), 3, "{got:#?}");
+    if let Some(envoy) = run(&Courier::start_envoy) {
+        assert_eq!(envoy, got, "envoy vs courier");
+    }
+}
+
+/// Runs `envoy --mode validate` on `bootstrap`, when `envoy` is on PATH: its exit code.
+fn envoy_validate(bootstrap: &str) -> Option<Option<i32>> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("bootstrap.yaml");
+    std::fs::write(&cfg, bootstrap.replace("LISTENER_PORT", "0")).expect("write bootstrap");
+    std::process::Command::new("envoy")
+        .args(["--mode", "validate", "-c"])
+        .arg(&cfg)
+        .output()
+        .ok()
+        .map(|o| o.status.code())
+}
+
+#[test]
+fn what_envoy_refuses_or_courier_lacks_is_refused_by_path() {
+    let collector: SocketAddr = "127.0.0.1:9".parse().expect("addr");
+    // A number where Envoy takes only strings, lists and arrays: both refuse it.
+    let number = boot(collector).replace(
+        "                - { key: literal, value: { string_value: \"plain\" } }",
+        "                - { key: literal, value: { int_value: 5 } }",
+    );
+    assert_ne!(number, boot(collector));
+    let (code, err) = validate(&number);
+    assert_ne!(code, Some(0));
+    assert!(
+        err.contains("typed_config.attributes.literal") && err.contains("Only string values"),
+        "{err}"
+    );
+    if let Some(envoy) = envoy_validate(&number) {
+        assert_ne!(envoy, Some(0), "envoy accepted a number");
+    }
+    // What Courier does not build yet is refused by its path.
+    for (field, yaml) in [
+        ("typed_config.formatters", "              formatters: [{ name: f, typed_config: { \"@type\": type.googleapis.com/google.protobuf.Struct } }]\n"),
+        ("typed_config.common_config.grpc_stream_retry_policy", ""),
+    ] {
+        let b = if yaml.is_empty() {
+            boot(collector).replacen(
+                "                buffer_flush_interval: 0.05s\n",
+                "                buffer_flush_interval: 0.05s\n                grpc_stream_retry_policy: { num_retries: 1 }\n",
+                1,
+            )
+        } else {
+            boot(collector).replacen(
+                "              disable_builtin_labels: true\n",
+                &format!("              disable_builtin_labels: true\n{yaml}"),
+                1,
+            )
+        };
+        let (code, err) = validate(&b);
+        assert_ne!(code, Some(0), "{field}");
+        assert!(err.contains(field), "{field}: {err}");
+    }
+    assert_eq!(validate(&boot(collector)).0, Some(0));
+}

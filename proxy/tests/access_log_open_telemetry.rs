@@ -55,7 +55,15 @@ fn receiver() -> (SocketAddr, Exports) {
     (addr, exports)
 }
 
-const LOGGERS: &str = r#"          access_log:
+const LOGGERS: &str = r#"          tracing:
+            provider:
+              name: envoy.tracers.zipkin
+              typed_config:
+                "@type": type.googleapis.com/envoy.config.trace.v3.ZipkinConfig
+                collector_cluster: otel
+                collector_endpoint: /api/v2/spans
+                collector_endpoint_version: HTTP_JSON
+          access_log:
           - name: envoy.access_loggers.open_telemetry
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.access_loggers.open_telemetry.v3.OpenTelemetryAccessLogConfig
@@ -128,6 +136,9 @@ fn records(exports: &Exports) -> Vec<String> {
                     let times = (r.time_unix_nano != 0, r.observed_time_unix_nano != 0);
                     r.time_unix_nano = 0;
                     r.observed_time_unix_nano = 0;
+                    // Trace ids are random: their sizes are compared.
+                    r.trace_id = vec![r.trace_id.len() as u8];
+                    r.span_id = vec![r.span_id.len() as u8];
                     out.push(format!(
                         "resource={resource} scope={:?} times={times:?} record={r:?}",
                         sl.scope
@@ -145,11 +156,19 @@ fn run(start: &dyn Fn(&str) -> Option<Courier>) -> Option<Vec<String>> {
     let proxy = start(&boot(collector))?;
     assert_eq!(get(proxy.listener, "h", "/ok", &[]).status, 200);
     assert_eq!(get(proxy.listener, "h", "/nope", &[]).status, 404);
-    // Three records: both requests in the first log, the 404 in the second.
+    // Traced (a request id marks it), so its records carry trace context.
+    let traced = get(
+        proxy.listener,
+        "h",
+        "/ok/traced",
+        &[("x-envoy-force-trace", "true")],
+    );
+    assert_eq!(traced.status, 200);
+    // Four records: the three requests in the first log, the 404 in the second.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let got = records(&exports);
-        if got.len() >= 3 || Instant::now() > deadline {
+        if got.len() >= 4 || Instant::now() > deadline {
             return Some(got);
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -159,7 +178,7 @@ fn run(start: &dyn Fn(&str) -> Option<Courier>) -> Option<Vec<String>> {
 #[test]
 fn records_are_exported_as_envoy_exports_them() {
     let got = run(&|b| Some(Courier::start(b))).expect("courier starts");
-    assert_eq!(got.len(), 3, "{got:#?}");
+    assert_eq!(got.len(), 4, "{got:#?}");
     if let Some(envoy) = run(&Courier::start_envoy) {
         assert_eq!(envoy, got, "envoy vs courier");
     }

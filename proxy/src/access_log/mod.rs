@@ -96,6 +96,8 @@ pub struct LogEntry<'a> {
     pub details: &'a str,
     /// Why the upstream connection failed, in Envoy's words.
     pub transport_failure: Option<&'a str>,
+    /// The request's span, when it is traced.
+    pub trace: Option<crate::tracers::SpanIds>,
 }
 
 impl<'a> LogEntry<'a> {
@@ -129,6 +131,7 @@ impl<'a> LogEntry<'a> {
             upstream_local: None,
             details: "",
             transport_failure: None,
+            trace: None,
         }
     }
 }

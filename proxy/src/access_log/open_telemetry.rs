@@ -261,10 +261,20 @@ impl OtelLogger {
             .start
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+        // A traced request's record names its trace and span (a 64-bit trace id padded
+        // to 128 bits, as Envoy pads it).
+        let (trace_id, span_id) = e.trace.map_or((Vec::new(), Vec::new()), |ids| {
+            (
+                ids.trace.to_be_bytes().to_vec(),
+                ids.span.map_or(Vec::new(), |s| s.to_be_bytes().to_vec()),
+            )
+        });
         let record = LogRecord {
             time_unix_nano: time,
             body: self.body.as_ref().map(|b| b.render(e)),
             attributes: render_list(&self.attributes, e),
+            trace_id,
+            span_id,
             ..Default::default()
         };
         let Some(tx) = QUEUE_IN.get() else {

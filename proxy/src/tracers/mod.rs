@@ -429,6 +429,15 @@ enum Started {
     Null,
 }
 
+/// A span's trace id and its own id (what an access log names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpanIds {
+    /// The trace id (128 bits; a 64-bit one in the low half).
+    pub trace: u128,
+    /// The span's id, when the tracer gives it out (Envoy's Zipkin spans do not).
+    pub span: Option<u64>,
+}
+
 /// A request's span, from its start to its end.
 pub struct ActiveSpan {
     span: Started,
@@ -457,6 +466,15 @@ impl ActiveSpan {
             Started::Zipkin(span, tracer) => tracer.finish(span, name, self.tags, worker),
             Started::OpenTelemetry(span, tracer) => tracer.finish(span, name, self.tags, worker),
             Started::Null => {}
+        }
+    }
+
+    /// The span's ids (`None` for Envoy's null span).
+    pub fn ids(&self) -> Option<SpanIds> {
+        match &self.span {
+            Started::Zipkin(span, _) => Some(span.ids()),
+            Started::OpenTelemetry(span, _) => Some(span.ids()),
+            Started::Null => None,
         }
     }
 

@@ -390,6 +390,15 @@ pub struct Span {
 }
 
 impl Span {
+    /// The trace id (its high half zero for a 64-bit one); as Envoy's Zipkin spans, the
+    /// span's own id is not given out.
+    pub fn ids(&self) -> crate::tracers::SpanIds {
+        crate::tracers::SpanIds {
+            trace: (u128::from(self.trace_high.unwrap_or(0)) << 64) | u128::from(self.trace_id),
+            span: None,
+        }
+    }
+
     fn trace_id_hex(&self) -> String {
         match self.trace_high {
             Some(high) => format!("{high:016x}{:016x}", self.trace_id),

@@ -331,6 +331,7 @@ impl Completion {
     #[inline(always)]
     fn done(mut self, bytes_sent: u64) {
         let span = self.outcome.span.take();
+        let span_ids = span.as_ref().and_then(|s| s.0.ids());
         let cfg = &self.conn.config;
         let worker = self.conn.worker;
         cfg.stats.downstream_rq_completed.inc(worker);
@@ -383,6 +384,7 @@ impl Completion {
                 upstream_local: self.outcome.upstream_local,
                 details: &self.outcome.details,
                 transport_failure: self.outcome.transport_failure.as_deref(),
+                trace: span_ids,
             };
             for l in &cfg.access_logs {
                 l.log(&entry, self.conn.worker);
@@ -1246,6 +1248,7 @@ fn log_request_start(conn: &ConnInfo, req: &Request<ProxyBody>, outcome: &Outcom
         upstream_local: None,
         details: "",
         transport_failure: None,
+        trace: None,
     };
     for l in &conn.config.access_logs {
         l.log(&entry, conn.worker);
@@ -1560,6 +1563,7 @@ impl ConnInfo {
             upstream_local: None,
             details,
             transport_failure: None,
+            trace: None,
         };
         for l in &cfg.access_logs {
             l.log(&entry, w);

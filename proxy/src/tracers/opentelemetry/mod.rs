@@ -353,6 +353,16 @@ pub struct Span {
     started: Instant,
 }
 
+impl Span {
+    /// The trace and span ids.
+    pub fn ids(&self) -> crate::tracers::SpanIds {
+        crate::tracers::SpanIds {
+            trace: u128::from_be_bytes(self.trace_id),
+            span: Some(u64::from_be_bytes(self.span_id)),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,7 +10,7 @@
 //! | `GET /metrics` | Prometheus text |
 //! | `GET /version` | `courier-cp <version> (<git rev>)` |
 //!
-//! `{type}` is `clusters`, `endpoints`, `listeners`, `routes` or `secrets`. Errors answer
+//! `{type}` is `clusters`, `endpoints`, `listeners`, `routes`, `secrets` or `runtimes`. Errors answer
 //! `{"error": "...", "path": "<field path>"}` with 400 (invalid body), 404 (unknown) or 409
 //! (the change would make a snapshot inconsistent).
 
@@ -126,7 +126,7 @@ impl Admin {
                     return error(
                         StatusCode::NOT_FOUND,
                         "",
-                        format!("unknown resource type {kind:?} (clusters, endpoints, listeners, routes, secrets)"),
+                        format!("unknown resource type {kind:?} (clusters, endpoints, listeners, routes, secrets, runtimes)"),
                     );
                 };
                 let name = percent_decode(name);

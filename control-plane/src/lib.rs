@@ -51,7 +51,8 @@
 //!
 //! ## Protocol choices (see `/work/shared/XDS.md`)
 //!
-//! * ADS push order is CDS, EDS, LDS, RDS, SDS; one SotW response per type in flight (the next
+//! * ADS push order is CDS, EDS, LDS, RDS, SDS, RTDS (a proxy asks for its runtime layers
+//!   before CDS anyway); one SotW response per type in flight (the next
 //!   waits for the ACK/NACK), but a type waiting for its ACK never blocks the others, since
 //!   Envoy holds its CDS ACK while clusters warm on EDS.
 //! * EDS/RDS on ADS are answered with the requested names the snapshot has (non-strict);

@@ -10,6 +10,7 @@ use courier_proto::envoy::extensions::filters::network::http_connection_manager:
     http_connection_manager::RouteSpecifier, HttpConnectionManager,
 };
 use courier_proto::envoy::extensions::transport_sockets::tls::v3::Secret;
+use courier_proto::envoy::service::runtime::v3::Runtime;
 use courier_proto::google::protobuf::Any;
 use courier_proto::ResourceMessage;
 use prost::Message;
@@ -77,6 +78,12 @@ impl Resource {
         Resource::build(ResourceType::Secret, &s.name, s, Vec::new())
     }
 
+    /// An RTDS resource (a runtime layer's values, named as the proxy's `rtds_layer` names
+    /// it).
+    pub fn runtime(r: &Runtime) -> Result<Arc<Resource>, ResourceError> {
+        Resource::build(ResourceType::Runtime, &r.name, r, Vec::new())
+    }
+
     /// A resource from an `Any` of one of the served types.
     pub fn from_any(any: &Any) -> Result<Arc<Resource>, ResourceError> {
         let kind = ResourceType::from_type_url(&any.type_url)
@@ -91,6 +98,7 @@ impl Resource {
             ResourceMessage::Listener(l) => Resource::listener(&l),
             ResourceMessage::Route(r) => Resource::route(&r),
             ResourceMessage::Secret(s) => Resource::secret(&s),
+            ResourceMessage::Runtime(r) => Resource::runtime(&r),
         }
     }
 
@@ -156,6 +164,7 @@ impl Resource {
             ResourceType::Listener => render::<Listener>(&self.any),
             ResourceType::Route => render::<RouteConfiguration>(&self.any),
             ResourceType::Secret => render::<Secret>(&self.any),
+            ResourceType::Runtime => render::<Runtime>(&self.any),
         }
     }
 }

@@ -7,6 +7,7 @@
 //! listeners: [ <envoy.config.listener.v3.Listener>, ... ]
 //! routes:    [ <envoy.config.route.v3.RouteConfiguration>, ... ]
 //! secrets:   [ <envoy.extensions.transport_sockets.tls.v3.Secret>, ... ]
+//! runtimes:  [ <envoy.service.runtime.v3.Runtime>, ... ]
 //! nodes:                 # optional per-node overrides, by cache key (node id by default)
 //!   edge-1:
 //!     clusters: [ ... ]  # added to, or replacing by name, the resources above
@@ -25,6 +26,7 @@ use courier_proto::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use courier_proto::envoy::config::listener::v3::Listener;
 use courier_proto::envoy::config::route::v3::RouteConfiguration;
 use courier_proto::envoy::extensions::transport_sockets::tls::v3::Secret;
+use courier_proto::envoy::service::runtime::v3::Runtime;
 use serde_json::Value;
 
 use crate::cache::{Snapshot, SnapshotError};
@@ -153,6 +155,9 @@ pub fn parse_resource(
         ResourceType::Secret => {
             Resource::secret(&courier_proto::from_value::<Secret>(&value).map_err(err)?)
         }
+        ResourceType::Runtime => {
+            Resource::runtime(&courier_proto::from_value::<Runtime>(&value).map_err(err)?)
+        }
     };
     built.map_err(|e| {
         let field = if kind == ResourceType::Endpoint {
@@ -221,9 +226,9 @@ fn parse_sections(
         }
         let Some(kind) = ResourceType::from_plural(section) else {
             let allowed = if allow_nodes {
-                "clusters, endpoints, listeners, routes, secrets, nodes"
+                "clusters, endpoints, listeners, routes, secrets, runtimes, nodes"
             } else {
-                "clusters, endpoints, listeners, routes, secrets"
+                "clusters, endpoints, listeners, routes, secrets, runtimes"
             };
             return Err(FieldError::new(
                 path,

@@ -48,6 +48,10 @@ pub struct Bootstrap {
     pub xds_tls: Option<XdsTls>,
     /// Whether there is a `cds_config` (without one, clusters come only on demand).
     pub cds: bool,
+    /// RTDS layers (layer name, `Runtime` resource name), fetched as CDS/LDS are. With any,
+    /// `layered_runtime` is a static layer `base` (`base: static`), these, and an admin
+    /// layer `admin`.
+    pub rtds_layers: Vec<(String, String)>,
 }
 
 /// The xDS cluster's `UpstreamTlsContext`, from PEM files.
@@ -93,7 +97,32 @@ impl Bootstrap {
             node_on_first_message_only: true,
             xds_tls: None,
             cds: true,
+            rtds_layers: Vec::new(),
         }
+    }
+
+    /// Adds an RTDS layer `layer` subscribed to the `Runtime` resource `resource`.
+    pub fn rtds_layer(mut self, layer: &str, resource: &str) -> Bootstrap {
+        self.rtds_layers
+            .push((layer.to_string(), resource.to_string()));
+        self
+    }
+
+    fn layered_runtime(&self) -> String {
+        if self.rtds_layers.is_empty() {
+            return String::new();
+        }
+        let source = self.source(None);
+        let rtds: String = self
+            .rtds_layers
+            .iter()
+            .map(|(layer, resource)| {
+                format!("  - {{ name: {layer}, rtds_layer: {{ name: {resource}, rtds_config: {source} }} }}\n")
+            })
+            .collect();
+        format!(
+            "layered_runtime:\n  layers:\n  - {{ name: base, static_layer: {{ base: static }} }}\n{rtds}  - {{ name: admin, admin_layer: {{}} }}\n"
+        )
     }
 
     /// Without `cds_config`: the proxy holds only the clusters it discovers on demand.
@@ -181,8 +210,9 @@ impl Bootstrap {
         } else {
             String::new()
         };
+        let runtime = self.layered_runtime();
         format!(
-            r#"node: {{ id: {node}, cluster: it-cluster }}
+            r#"{runtime}node: {{ id: {node}, cluster: it-cluster }}
 admin:
   address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
 dynamic_resources:

@@ -167,13 +167,7 @@ impl Cp {
 
     /// Waits until `node` ACKed every non-empty type of `snapshot`.
     pub async fn ack_all(&self, node: &str, snapshot: &Snapshot) {
-        for kind in [
-            ResourceType::Cluster,
-            ResourceType::Endpoint,
-            ResourceType::Listener,
-            ResourceType::Route,
-            ResourceType::Secret,
-        ] {
+        for kind in ResourceType::ALL {
             if !snapshot.of(kind).items().is_empty() {
                 self.ack(node, kind, snapshot.version(kind)).await;
             }

@@ -10,10 +10,11 @@ use crate::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use crate::envoy::config::listener::v3::Listener;
 use crate::envoy::config::route::v3::RouteConfiguration;
 use crate::envoy::extensions::transport_sockets::tls::v3::Secret;
+use crate::envoy::service::runtime::v3::Runtime;
 use crate::type_url;
 
 /// An xDS resource type, in the order a server pushes them on ADS so a client can make
-/// before break: clusters, their endpoints, listeners, their routes, secrets.
+/// before break: clusters, their endpoints, listeners, their routes, secrets, runtime layers.
 ///
 /// ```
 /// use courier_proto::{type_url, ResourceType};
@@ -36,16 +37,19 @@ pub enum ResourceType {
     Route,
     /// SDS: `envoy.extensions.transport_sockets.tls.v3.Secret`.
     Secret,
+    /// RTDS: `envoy.service.runtime.v3.Runtime` (a runtime layer's values).
+    Runtime,
 }
 
 impl ResourceType {
     /// Every type, in ADS push order.
-    pub const ALL: [ResourceType; 5] = [
+    pub const ALL: [ResourceType; 6] = [
         ResourceType::Cluster,
         ResourceType::Endpoint,
         ResourceType::Listener,
         ResourceType::Route,
         ResourceType::Secret,
+        ResourceType::Runtime,
     ];
 
     /// Index into per-type arrays (equals the ADS push order).
@@ -61,6 +65,7 @@ impl ResourceType {
             ResourceType::Listener => type_url::LISTENER,
             ResourceType::Route => type_url::ROUTE_CONFIGURATION,
             ResourceType::Secret => type_url::SECRET,
+            ResourceType::Runtime => type_url::RUNTIME,
         }
     }
 
@@ -71,7 +76,7 @@ impl ResourceType {
 
     /// The short name, used in logs ([`Display`](fmt::Display)), courier-cp's admin API
     /// paths, its resources file and metrics labels (`clusters`, `endpoints`, `listeners`,
-    /// `routes`, `secrets`).
+    /// `routes`, `secrets`, `runtimes`).
     pub fn plural(self) -> &'static str {
         match self {
             ResourceType::Cluster => "clusters",
@@ -79,7 +84,25 @@ impl ResourceType {
             ResourceType::Listener => "listeners",
             ResourceType::Route => "routes",
             ResourceType::Secret => "secrets",
+            ResourceType::Runtime => "runtimes",
         }
+    }
+
+    /// The name of the type in Envoy's REST-JSON path (`POST /v3/discovery:<name>`, from
+    /// the services' `google.api.http` options): the [`plural`](Self::plural) name, but
+    /// `runtime` for RTDS.
+    pub fn rest_name(self) -> &'static str {
+        match self {
+            ResourceType::Runtime => "runtime",
+            other => other.plural(),
+        }
+    }
+
+    /// The type for its [`rest_name`](Self::rest_name).
+    pub fn from_rest_name(name: &str) -> Option<ResourceType> {
+        ResourceType::ALL
+            .into_iter()
+            .find(|t| t.rest_name() == name)
     }
 
     /// The type for its [`plural`](Self::plural) name.
@@ -105,6 +128,7 @@ impl ResourceType {
                 ResourceMessage::Route(Box::new(RouteConfiguration::decode(bytes)?))
             }
             ResourceType::Secret => ResourceMessage::Secret(Box::new(Secret::decode(bytes)?)),
+            ResourceType::Runtime => ResourceMessage::Runtime(Box::new(Runtime::decode(bytes)?)),
         })
     }
 }
@@ -129,6 +153,8 @@ pub enum ResourceMessage {
     Route(Box<RouteConfiguration>),
     /// SDS.
     Secret(Box<Secret>),
+    /// RTDS.
+    Runtime(Box<Runtime>),
 }
 
 impl ResourceMessage {
@@ -140,6 +166,7 @@ impl ResourceMessage {
             ResourceMessage::Listener(_) => ResourceType::Listener,
             ResourceMessage::Route(_) => ResourceType::Route,
             ResourceMessage::Secret(_) => ResourceType::Secret,
+            ResourceMessage::Runtime(_) => ResourceType::Runtime,
         }
     }
 
@@ -151,6 +178,7 @@ impl ResourceMessage {
             ResourceMessage::Listener(l) => &l.name,
             ResourceMessage::Route(r) => &r.name,
             ResourceMessage::Secret(s) => &s.name,
+            ResourceMessage::Runtime(r) => &r.name,
         }
     }
 }

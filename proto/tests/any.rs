@@ -264,8 +264,16 @@ fn resource_types_map_type_urls_and_names() {
         Listener::type_url(),
         RouteConfiguration::type_url(),
         Secret::type_url(),
+        Runtime::type_url(),
     ];
-    let plurals = ["clusters", "endpoints", "listeners", "routes", "secrets"];
+    let plurals = [
+        "clusters",
+        "endpoints",
+        "listeners",
+        "routes",
+        "secrets",
+        "runtimes",
+    ];
     for (i, kind) in ResourceType::ALL.into_iter().enumerate() {
         assert_eq!(kind.index(), i);
         assert_eq!(kind.type_url(), prost_urls[i]);
@@ -290,6 +298,14 @@ fn resource_types_map_type_urls_and_names() {
         assert_eq!(ResourceType::from_type_url(other), None, "{other}");
     }
     assert_eq!(ResourceType::from_plural("cluster"), None);
+    // REST paths are Envoy's: the plural, but `runtime` for RTDS.
+    assert_eq!(ResourceType::Runtime.rest_name(), "runtime");
+    assert_eq!(ResourceType::Cluster.rest_name(), "clusters");
+    assert_eq!(
+        ResourceType::from_rest_name("runtime"),
+        Some(ResourceType::Runtime)
+    );
+    assert_eq!(ResourceType::from_rest_name("runtimes"), None);
 }
 
 #[test]
@@ -312,7 +328,12 @@ fn resource_types_decode_their_messages() {
             name: "s1".into(),
             ..Default::default()
         }),
+        pack_any(&Runtime {
+            name: "rt1".into(),
+            ..Default::default()
+        }),
     ];
+    assert_eq!(anys.len(), ResourceType::ALL.len());
     for (kind, any) in ResourceType::ALL.into_iter().zip(&anys) {
         let message = kind.decode(&any.value).unwrap();
         assert_eq!(message.resource_type(), kind);

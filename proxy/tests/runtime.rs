@@ -262,12 +262,78 @@ fn invalid_layers_are_refused_by_path() {
             "Invalid runtime entry value for k",
         ),
         (
-            "  - { name: x, rtds_layer: { name: r, rtds_config: { ads: {} } } }\n",
-            "layered_runtime.layers[0].rtds_layer",
+            "  - { name: x, rtds_layer: { name: r } }\n",
+            "layered_runtime.layers[0].rtds_layer.rtds_config",
         ),
     ] {
         let (code, stderr) = validate(&format!("{base}layered_runtime:\n  layers:\n{layers}"));
         assert_eq!(code, Some(1), "{stderr}");
         assert!(stderr.contains(want), "want {want:?} in {stderr}");
+    }
+}
+
+/// An RTDS layer whose control plane never answers holds start-up back only until its
+/// `initial_fetch_timeout`: then the server is LIVE with the layer empty, and
+/// `runtime.init_fetch_timeout` counts it.
+#[test]
+fn an_unanswered_rtds_layer_times_out_its_initial_fetch_like_envoy() {
+    let xds = cluster(
+        "xds",
+        &[refusing_addr()],
+        "    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: { http2_protocol_options: {} }
+",
+    );
+    // Envoy refuses an RTDS subscription without a named node.
+    let boot = format!(
+        "{}node: {{ id: n1, cluster: c1 }}
+layered_runtime:
+  layers:
+  - {{ name: base, static_layer: {{ k: 1 }} }}
+  - name: rtds
+    rtds_layer:
+      name: nowhere
+      rtds_config:
+        resource_api_version: V3
+        initial_fetch_timeout: 0.5s
+        api_config_source: {{ api_type: GRPC, transport_api_version: V3, grpc_services: [{{ envoy_grpc: {{ cluster_name: xds }} }}] }}
+",
+        bootstrap(&all_to("xds"), "", &xds)
+            .replace("route: { cluster: xds }", "direct_response: { status: 200 }")
+    );
+    let observe = |proxy: &Courier| {
+        let stats: Vec<String> = runtime_stats(proxy)
+            .into_iter()
+            .filter(|l| {
+                [
+                    "runtime.init_fetch_timeout:",
+                    "runtime.update_success:",
+                    "runtime.update_rejected:",
+                    "runtime.num_layers:",
+                    "runtime.num_keys:",
+                    "runtime.load_success:",
+                ]
+                .iter()
+                .any(|p| l.starts_with(p))
+            })
+            .collect();
+        (runtime(proxy), stats)
+    };
+    let courier = observe(&Courier::start(&boot));
+    assert_eq!(
+        courier.0["layers"],
+        serde_json::json!(["base", "rtds"]),
+        "{courier:?}"
+    );
+    assert!(
+        courier
+            .1
+            .contains(&"runtime.init_fetch_timeout: 1".to_string()),
+        "{courier:?}"
+    );
+    if let Some(envoy) = Courier::start_envoy(&boot) {
+        assert_eq!(observe(&envoy), courier, "envoy vs courier");
     }
 }

@@ -76,6 +76,7 @@ fn singular(kind: ResourceType) -> &'static str {
         ResourceType::Listener => "listener",
         ResourceType::Route => "route_configuration",
         ResourceType::Secret => "secret",
+        ResourceType::Runtime => "runtime",
     }
 }
 
@@ -112,7 +113,7 @@ pub enum SnapshotError {
 /// exact match) so a user can stage endpoints before the cluster that uses them.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Snapshot {
-    types: [TypeResources; 5],
+    types: [TypeResources; ResourceType::ALL.len()],
 }
 
 impl Snapshot {
@@ -154,7 +155,7 @@ impl Snapshot {
         removals: impl IntoIterator<Item = (ResourceType, String)>,
     ) -> Result<Snapshot, SnapshotError> {
         let mut next = self.clone();
-        let mut changed = [false; 5];
+        let mut changed = [false; ResourceType::ALL.len()];
         for (kind, name) in removals {
             if next.types[kind.index()].items.remove(&name).is_none() {
                 return Err(SnapshotError::NotFound { kind, name });
@@ -239,7 +240,7 @@ impl Snapshot {
 #[derive(Debug, Default)]
 pub struct SnapshotBuilder {
     version: Option<String>,
-    type_versions: [Option<String>; 5],
+    type_versions: [Option<String>; ResourceType::ALL.len()],
     resources: Vec<Arc<Resource>>,
 }
 

@@ -187,7 +187,7 @@ pub(crate) async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut node: Option<StreamNode> = None;
-    let mut types: [TypeState; 5] = Default::default();
+    let mut types: [TypeState; ResourceType::ALL.len()] = Default::default();
     let mut nonce: u64 = 0;
     loop {
         if let Some(n) = &mut node {

@@ -219,6 +219,7 @@ impl XdsServer {
         use courier_proto::envoy::service::endpoint::v3::endpoint_discovery_service_server::EndpointDiscoveryServiceServer;
         use courier_proto::envoy::service::listener::v3::listener_discovery_service_server::ListenerDiscoveryServiceServer;
         use courier_proto::envoy::service::route::v3::route_discovery_service_server::RouteDiscoveryServiceServer;
+        use courier_proto::envoy::service::runtime::v3::runtime_discovery_service_server::RuntimeDiscoveryServiceServer;
         use courier_proto::envoy::service::secret::v3::secret_discovery_service_server::SecretDiscoveryServiceServer;
         // Large snapshots (thousands of clusters) exceed tonic's 4 MiB default message size.
         const MAX_MESSAGE: usize = 64 * 1024 * 1024;
@@ -252,6 +253,9 @@ impl XdsServer {
                 self.clone(),
             )))
             .add_service(SecretDiscoveryServiceServer::new(per_type::Sds(
+                self.clone(),
+            )))
+            .add_service(RuntimeDiscoveryServiceServer::new(per_type::Rtds(
                 self.clone(),
             ))))
     }

@@ -1,4 +1,4 @@
-//! The per-type services (CDS, EDS, LDS, RDS, SDS): the same SotW and delta engines as ADS,
+//! The per-type services (CDS, EDS, LDS, RDS, SDS, RTDS): the same SotW and delta engines as ADS,
 //! restricted to one type, plus the unary `Fetch*` (REST-style polling over gRPC).
 
 use courier_proto::envoy::service::cluster::v3::cluster_discovery_service_server::ClusterDiscoveryService;
@@ -8,6 +8,7 @@ use courier_proto::envoy::service::discovery::v3::{
 use courier_proto::envoy::service::endpoint::v3::endpoint_discovery_service_server::EndpointDiscoveryService;
 use courier_proto::envoy::service::listener::v3::listener_discovery_service_server::ListenerDiscoveryService;
 use courier_proto::envoy::service::route::v3::route_discovery_service_server::RouteDiscoveryService;
+use courier_proto::envoy::service::runtime::v3::runtime_discovery_service_server::RuntimeDiscoveryService;
 use courier_proto::envoy::service::secret::v3::secret_discovery_service_server::SecretDiscoveryService;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -139,4 +140,14 @@ per_type_service!(
     DeltaSecretsStream,
     delta_secrets,
     fetch_secrets
+);
+per_type_service!(
+    Rtds,
+    RuntimeDiscoveryService,
+    ResourceType::Runtime,
+    StreamRuntimeStream,
+    stream_runtime,
+    DeltaRuntimeStream,
+    delta_runtime,
+    fetch_runtime
 );

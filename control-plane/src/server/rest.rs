@@ -1,5 +1,5 @@
 //! REST-JSON xDS (`api_type: REST`): `POST /v3/discovery:<clusters|endpoints|listeners|
-//! routes|secrets>` with a `DiscoveryRequest` in JSON, answered from the node's snapshot
+//! routes|secrets|runtime>` with a `DiscoveryRequest` in JSON, answered from the node's snapshot
 //! with a `DiscoveryResponse` in JSON (proto field names), over HTTP/1.1 or h2c (prior
 //! knowledge), in plaintext.
 //!
@@ -109,7 +109,7 @@ impl Rest {
             .uri()
             .path()
             .strip_prefix("/v3/discovery:")
-            .and_then(ResourceType::from_plural);
+            .and_then(ResourceType::from_rest_name);
         let Some(kind) = kind else {
             return Answer::Error(http::StatusCode::NOT_FOUND, "no endpoint".into());
         };

@@ -238,7 +238,7 @@ pub(crate) async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut node: Option<StreamNode> = None;
-    let mut types: [TypeState; 5] = Default::default();
+    let mut types: [TypeState; ResourceType::ALL.len()] = Default::default();
     let mut nonce: u64 = 0;
     let strict = shared.config.ads_strict && scope == Scope::Aggregated;
     loop {

@@ -95,13 +95,7 @@ impl Fx {
             .cache()
             .update_resources(self.node(), up, rm)
             .expect("consistent change");
-        for k in [
-            ResourceType::Cluster,
-            ResourceType::Endpoint,
-            ResourceType::Listener,
-            ResourceType::Route,
-            ResourceType::Secret,
-        ] {
+        for k in ResourceType::ALL {
             if kinds.contains(&k) {
                 self.cp.ack(self.node(), k, s.version(k)).await;
             }

@@ -16,6 +16,7 @@ mod resilience;
 mod rest;
 mod scripted;
 mod sources;
+mod xds_rtds;
 mod xds_sds;
 mod xds_stats;
 mod xds_tls;

@@ -1,6 +1,7 @@
 //! The main thread's runtime (Envoy's `Runtime::LoaderImpl`): the bootstrap's layers
 //! compiled, a new [`Snapshot`] built whenever a layer changes (start-up, a disk layer's
-//! symlink swapped, `/runtime_modify`), published to the workers through a slot.
+//! symlink swapped, `/runtime_modify`, an RTDS resource accepted or removed), published to
+//! the workers through a slot.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
@@ -14,6 +15,7 @@ use courier_proto::envoy::config::bootstrap::v3::LayeredRuntime;
 use courier_runtime::thread_local::Slot;
 
 use super::layer;
+use super::rtds::{self, RtdsError, RtdsLayer};
 use super::snapshot::{Entry, Layer, Snapshot};
 use crate::config::ConfigError;
 use crate::stats::{Counter, Gauge, Store, MAIN_THREAD};
@@ -31,6 +33,9 @@ enum LayerSource {
     Disk { name: String, dir: PathBuf },
     /// `admin_layer`: what `/runtime_modify` set.
     Admin,
+    /// `rtds_layer`: the values of the last accepted RTDS resource (index into the
+    /// loader's RTDS layers).
+    Rtds(usize),
 }
 
 /// `runtime.*`.
@@ -74,6 +79,8 @@ pub struct Loader {
     admin_values: RefCell<Arc<Layer>>,
     /// Disk layers' roots, watched for swaps.
     symlink_roots: Vec<PathBuf>,
+    /// The RTDS layers, in bootstrap order.
+    rtds: Vec<RtdsLayer>,
     slot: Slot<Snapshot>,
     stats: RuntimeStats,
     warned_flags: RefCell<HashSet<String>>,
@@ -92,6 +99,7 @@ impl Loader {
             layers,
             admin_name,
             symlink_roots,
+            rtds,
         } = compile(config, service_cluster)?;
         let loader = Loader {
             admin_values: RefCell::new(Arc::new(Layer {
@@ -101,6 +109,7 @@ impl Loader {
             layers,
             admin_name,
             symlink_roots,
+            rtds,
             slot,
             stats: RuntimeStats::new(store),
             warned_flags: RefCell::new(HashSet::new()),
@@ -120,6 +129,11 @@ impl Loader {
             match source {
                 LayerSource::Static(l) => layers.push(l.clone()),
                 LayerSource::Admin => layers.push(self.admin_values.borrow().clone()),
+                LayerSource::Rtds(i) => {
+                    if let Some(l) = self.rtds.get(*i) {
+                        layers.push(l.current());
+                    }
+                }
                 LayerSource::Disk { name, dir } => {
                     if !dir.is_dir() {
                         continue;
@@ -171,10 +185,55 @@ impl Loader {
         }
     }
 
-    /// Envoy reloads once its RTDS layers have their first values; Courier has none to wait
-    /// for, so this is the second load Envoy's stats show at start-up.
+    /// The second load Envoy's stats show at start-up (`runtime.load_success` is 2 before
+    /// any RTDS resource arrives, measured), made when the xDS client starts.
     pub fn rtds_initialized(&self) {
         self.load();
+    }
+
+    /// The RTDS layers (their subscriptions are the xDS client's).
+    pub fn rtds_layers(&self) -> &[RtdsLayer] {
+        &self.rtds
+    }
+
+    /// How many RTDS layers subscribe to the resource `name`.
+    pub fn rtds_watchers(&self, name: &str) -> usize {
+        self.rtds.iter().filter(|l| l.resource == name).count()
+    }
+
+    /// Applies accepted RTDS resources: each `(name, Some(runtime))` replaces the values
+    /// of every layer subscribed to `name`, each `(name, None)` (a removal) empties them.
+    /// Every resource is checked first: one that is invalid rejects them all and no layer
+    /// changes. Names no layer subscribes to are ignored. The runtime reloads once per
+    /// layer changed, as Envoy's subscriptions each reload it. Returns the number of
+    /// layers changed.
+    pub fn apply_rtds(
+        &self,
+        updates: &[(
+            String,
+            Option<&courier_proto::envoy::service::runtime::v3::Runtime>,
+        )],
+    ) -> Result<usize, RtdsError> {
+        let mut checked = Vec::new();
+        for (name, runtime) in updates {
+            if self.rtds_watchers(name) == 0 {
+                continue;
+            }
+            let values = match runtime {
+                Some(r) => rtds::entries(r, name)?,
+                None => HashMap::new(),
+            };
+            checked.push((name, values));
+        }
+        let mut changed = 0;
+        for (name, values) in checked {
+            for l in self.rtds.iter().filter(|l| &l.resource == name) {
+                l.set(values.clone());
+                self.load();
+                changed += 1;
+            }
+        }
+        Ok(changed)
     }
 
     /// `/runtime_modify`: sets (or, with an empty value, removes) admin-layer keys and
@@ -269,10 +328,11 @@ struct Compiled {
     layers: Vec<LayerSource>,
     admin_name: Option<String>,
     symlink_roots: Vec<PathBuf>,
+    rtds: Vec<RtdsLayer>,
 }
 
 /// Checks `layered_runtime` as Envoy does (unique names, at most one admin layer, proto
-/// values that are not lists or nulls); RTDS layers are refused by path.
+/// values that are not lists or nulls, RTDS layers with a config source).
 pub fn validate(config: Option<&LayeredRuntime>) -> Result<(), ConfigError> {
     compile(config, "").map(|_| ())
 }
@@ -285,6 +345,7 @@ fn compile(
     let mut names = HashSet::new();
     let mut admin_name = None;
     let mut symlink_roots = Vec::new();
+    let mut rtds = Vec::new();
     let configured = config.map(|c| c.layers.as_slice()).unwrap_or_default();
     for (i, l) in configured.iter().enumerate() {
         let path = format!("layered_runtime.layers[{i}]");
@@ -320,8 +381,10 @@ fn compile(
                 admin_name = Some(l.name.clone());
                 LayerSource::Admin
             }
-            Some(LayerSpecifier::RtdsLayer(_)) => {
-                return Err(ConfigError::unsupported(format!("{path}.rtds_layer")))
+            Some(LayerSpecifier::RtdsLayer(r)) => {
+                let source = rtds::validate(r, &format!("{path}.rtds_layer"))?;
+                rtds.push(RtdsLayer::new(l.name.clone(), r.name.clone(), source));
+                LayerSource::Rtds(rtds.len() - 1)
             }
             None => {
                 return Err(ConfigError::new(
@@ -335,5 +398,6 @@ fn compile(
         layers,
         admin_name,
         symlink_roots,
+        rtds,
     })
 }

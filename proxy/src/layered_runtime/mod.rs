@@ -1,18 +1,21 @@
 //! Envoy's runtime (`layered_runtime`): keys that override configured values while the
 //! proxy runs — a route's traffic share, a fault's percentage, a filter's enablement.
 //!
-//! The bootstrap's layers (static, disk, admin) are merged by the main thread's
+//! The bootstrap's layers (static, disk, admin, RTDS) are merged by the main thread's
 //! [`Loader`] into an immutable [`Snapshot`], published like any other config: through a
 //! slot to the workers (which read it without locking) and to an `arc-swap` for readers
 //! off the workers (the admin, the main thread's own users). [`RuntimeFraction`] and
 //! [`RuntimeFlag`] are what a compiled config holds for a runtime-overridable value; they
 //! read the snapshot only when a key is configured.
 //!
-//! Not built: RTDS layers (refused by path).
+//! An RTDS layer ([`rtds`]) holds what the xDS client last accepted for its `Runtime`
+//! resource; the subscription is the xDS client's, which waits for the layers' first
+//! resources before it starts CDS, as Envoy's server does.
 
 mod feature;
 mod layer;
 mod loader;
+pub mod rtds;
 mod snapshot;
 
 use std::sync::{Arc, LazyLock, OnceLock};

@@ -5,6 +5,8 @@
 //!   clusters/listeners absent from the response are removed.
 //! - EDS/RDS: one bad resource rejects the whole response; resources nobody subscribed to
 //!   are ignored; absence never removes anything.
+//! - RTDS: as EDS/RDS; a resource replaces its runtime layers' values, a delta removal
+//!   empties them.
 //!
 //! An `Err` is the NACK's `error_detail` message.
 
@@ -19,6 +21,7 @@ use courier_proto::envoy::config::listener::v3::Listener;
 use courier_proto::envoy::config::route::v3::RouteConfiguration;
 use courier_proto::envoy::extensions::transport_sockets::tls::v3::Secret;
 use courier_proto::envoy::service::discovery::v3::Resource as ResourceWrapper;
+use courier_proto::envoy::service::runtime::v3::Runtime;
 use courier_proto::google::protobuf::Any;
 use courier_proto::{type_url, unwrap_resource, ResourceError, ResourceMessage, ResourceType};
 
@@ -41,6 +44,8 @@ pub enum Proto {
     Route(Box<RouteConfiguration>),
     /// SDS.
     Secret(Box<Secret>),
+    /// RTDS.
+    Runtime(Box<Runtime>),
     /// A `Resource` wrapper without a resource: a heartbeat refreshing the TTL of a
     /// resource held at that version (it keeps it, and changes nothing).
     Heartbeat,
@@ -135,6 +140,7 @@ fn decode_one(kind: ResourceType, any: &Any, index: usize) -> Result<Resource, S
         ResourceMessage::Listener(l) => Proto::Listener(l),
         ResourceMessage::Route(r) => Proto::Route(r),
         ResourceMessage::Secret(s) => Proto::Secret(s),
+        ResourceMessage::Runtime(r) => Proto::Runtime(r),
     };
     Ok(Resource {
         name: unwrapped.name,
@@ -200,6 +206,7 @@ pub fn apply_unmuxed(
         ResourceType::Listener => apply_lds(server, update),
         ResourceType::Route => apply_rds(server, update),
         ResourceType::Secret => apply_sds(server, update),
+        ResourceType::Runtime => apply_rtds(server, update),
     };
     // A first response, accepted or not, completes that type's initial fetch.
     super::mark_initialized(server, kind);
@@ -526,6 +533,80 @@ fn apply_sds(server: &Server, update: Update<'_>) -> Result<(), String> {
     let result = crate::transport_socket::tls::sds::on_secrets(secrets);
     super::on_secrets_settled(server);
     result
+}
+
+/// A source that hands a subscription every resource of a response without matching
+/// names (REST polls, files: Envoy's `HttpSubscriptionImpl` and
+/// `FilesystemSubscriptionImpl`) gives an RTDS layer exactly one resource, or the response
+/// is rejected with Envoy's message. gRPC streams deliver only the names subscribed to, so
+/// there a response without the layer's resource is simply not for it.
+pub fn check_rtds_singleton(
+    kind: ResourceType,
+    resources: Vec<Resource>,
+) -> Result<Vec<Resource>, String> {
+    if kind == ResourceType::Runtime && resources.len() != 1 {
+        return Err(format!(
+            "Unexpected RTDS resource length, number of added resources {}, number of removed resources 0",
+            resources.len()
+        ));
+    }
+    Ok(resources)
+}
+
+/// RTDS: each resource an RTDS layer subscribes to replaces that layer's values, a delta
+/// removal (or a TTL expiry) empties them; a heartbeat keeps them. One invalid resource
+/// rejects the response and no layer changes (Envoy's NACK message: the resource's own
+/// error). Resources no layer subscribes to are ignored, and a response carrying none
+/// changes and counts nothing (Envoy calls no RTDS subscription for it).
+///
+/// A response, accepted or rejected, ends the initial fetch of the layers it answers; a
+/// rejected one ends every RTDS layer's (Envoy fails every watch of the type).
+fn apply_rtds(server: &Rc<Server>, update: Update<'_>) -> Result<(), String> {
+    let started = Instant::now();
+    let (version, resources, removed, _) = split(update);
+    let mut updates: Vec<(String, Option<&Runtime>)> = resources
+        .iter()
+        .filter_map(|r| match &r.proto {
+            Proto::Runtime(runtime) => Some((r.name.clone(), Some(&**runtime))),
+            _ => None,
+        })
+        .collect();
+    updates.extend(removed.unwrap_or_default().into_iter().map(|n| (n, None)));
+    let watched: Vec<String> = updates
+        .iter()
+        .filter(|(name, _)| server.runtime.rtds_watchers(name) > 0)
+        .map(|(name, _)| name.clone())
+        .collect();
+    if watched.is_empty() {
+        return Ok(());
+    }
+    let result = server.runtime.apply_rtds(&updates);
+    let took = started.elapsed();
+    for name in &watched {
+        for stats in super::subscriptions_of(server, ResourceType::Runtime, name) {
+            match &result {
+                Ok(_) => stats.accepted(&version, took),
+                Err(_) => stats.rejected(),
+            }
+        }
+    }
+    match result {
+        Ok(changed) => {
+            tracing::info!(version = %version, layers = changed, "RTDS layers updated");
+            super::rtds_settled(server, &watched);
+            Ok(())
+        }
+        Err(e) => {
+            let every: Vec<String> = server
+                .runtime
+                .rtds_layers()
+                .iter()
+                .map(|l| l.resource.clone())
+                .collect();
+            super::rtds_settled(server, &every);
+            Err(e.to_string())
+        }
+    }
 }
 
 /// Counts the outcome of a CDS/LDS update on its subscriptions; an `Err` is the NACK.

@@ -7,7 +7,8 @@
 //! - [`rest`]: REST-JSON polling (`api_type: REST`) for a mux instead of a stream.
 //! - here: which stream serves which type, keeping EDS/RDS subscriptions in step with the
 //!   clusters and listeners that need them, initial-fetch timeouts, and initialisation
-//!   (CDS round, then LDS round, then LIVE — as Envoy's init manager).
+//!   (RTDS layers' first resources, then CDS round, then LDS round, then LIVE — as
+//!   Envoy's server and init manager).
 
 pub mod apply;
 pub mod initial_fetch;
@@ -65,7 +66,10 @@ impl XdsStats {
         match kind {
             ResourceType::Cluster => self.cds.as_ref(),
             ResourceType::Listener => self.lds.as_ref(),
-            ResourceType::Endpoint | ResourceType::Route | ResourceType::Secret => None,
+            ResourceType::Endpoint
+            | ResourceType::Route
+            | ResourceType::Secret
+            | ResourceType::Runtime => None,
         }
     }
 
@@ -88,7 +92,8 @@ impl XdsStats {
 
 /// The stats of every subscription to `name` of `kind` (`name` empty for CDS/LDS): one
 /// for CDS or LDS, one per cluster using an EDS service name, one per connection manager
-/// needing a route configuration. SDS counts on its own (`sds.<name>.*`).
+/// needing a route configuration, one per RTDS layer subscribed to the runtime `name` (they
+/// share Envoy's `runtime.*` scope). SDS counts on its own (`sds.<name>.*`).
 pub fn subscriptions_of(server: &Server, kind: ResourceType, name: &str) -> Vec<SubscriptionStats> {
     match kind {
         // Named clusters are on-demand ones: not the CDS subscription's.
@@ -113,8 +118,19 @@ pub fn subscriptions_of(server: &Server, kind: ResourceType, name: &str) -> Vec<
             .map(|scope| SubscriptionStats::new(&server.store, scope))
             .collect(),
         ResourceType::Secret => Vec::new(),
+        ResourceType::Runtime => {
+            let watchers = server.runtime.rtds_watchers(name);
+            if watchers == 0 {
+                return Vec::new();
+            }
+            vec![SubscriptionStats::new(&server.store, RTDS_SCOPE); watchers]
+        }
     }
 }
+
+/// The scope of every RTDS subscription's stats (and of a stream of its own's
+/// `control_plane.*`), as Envoy's `RtdsSubscription` makes them.
+const RTDS_SCOPE: &str = "runtime";
 
 /// `http.<stat_prefix>.rds.<name>` of every connection manager needing route config `name`.
 fn rds_stat_scopes(server: &Server, name: &str) -> Vec<String> {
@@ -135,6 +151,9 @@ pub(crate) fn rds_scopes_in(needs: &[crate::listener::RdsNeed], name: &str) -> V
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum InitPhase {
+    /// Waiting for the RTDS layers' first resources (or their failure or timeout) before
+    /// CDS starts, as Envoy's `onRuntimeReady` starts the secondary clusters.
+    Runtime,
     Clusters,
     Listeners,
     Done,
@@ -161,6 +180,8 @@ pub struct XdsState {
     routes_ready: HashSet<String>,
     /// EDS names whose first response arrived.
     eds_ready: HashSet<String>,
+    /// RTDS resource names whose first response arrived, was rejected or timed out.
+    rtds_ready: HashSet<String>,
     /// Scopes (`http.<prefix>.rds.<name>`) of the RDS subscriptions started.
     rds_started: HashSet<String>,
     /// `initial_fetch_timeout` deadlines.
@@ -190,6 +211,7 @@ impl XdsState {
             routes: RouteProvider::new(route_slot),
             routes_ready: HashSet::new(),
             eds_ready: HashSet::new(),
+            rtds_ready: HashSet::new(),
             rds_started: HashSet::new(),
             initial_fetch: Default::default(),
             watched_paths: HashSet::new(),
@@ -335,7 +357,7 @@ fn initial_fetch_timeout(source: &ConfigSource) -> Duration {
 /// Checks `dynamic_resources` (also used by validate mode).
 pub fn validate_bootstrap(bootstrap: &Bootstrap) -> Result<(), ConfigError> {
     let Some(dr) = &bootstrap.dynamic_resources else {
-        return Ok(());
+        return validate_rtds_sources(bootstrap);
     };
     if let Some(ads) = &dr.ads_config {
         if config::is_rest(ads) {
@@ -368,10 +390,50 @@ pub fn validate_bootstrap(bootstrap: &Bootstrap) -> Result<(), ConfigError> {
             _ => {}
         }
     }
+    validate_rtds_sources(bootstrap)?;
     if !dr.cds_resources_locator.is_empty() || !dr.lds_resources_locator.is_empty() {
         return Err(ConfigError::unsupported(
             "dynamic_resources.*_resources_locator",
         ));
+    }
+    Ok(())
+}
+
+/// The RTDS layers' config sources: `ads` needs `ads_config`, an `api_config_source` a
+/// transport (the layers' own checks are the runtime loader's).
+fn validate_rtds_sources(bootstrap: &Bootstrap) -> Result<(), ConfigError> {
+    use courier_proto::envoy::config::bootstrap::v3::runtime_layer::LayerSpecifier;
+    let has_ads = bootstrap
+        .dynamic_resources
+        .as_ref()
+        .is_some_and(|d| d.ads_config.is_some());
+    let layers = bootstrap
+        .layered_runtime
+        .as_ref()
+        .map(|r| r.layers.as_slice())
+        .unwrap_or_default();
+    for (i, layer) in layers.iter().enumerate() {
+        let Some(LayerSpecifier::RtdsLayer(rtds)) = &layer.layer_specifier else {
+            continue;
+        };
+        let path = format!("layered_runtime.layers[{i}].rtds_layer.rtds_config");
+        match rtds
+            .rtds_config
+            .as_ref()
+            .and_then(|c| c.config_source_specifier.as_ref())
+        {
+            Some(ConfigSourceSpecifier::Ads(_)) if !has_ads => {
+                return Err(ConfigError::new(
+                    path,
+                    "ads: {} needs dynamic_resources.ads_config",
+                ));
+            }
+            Some(ConfigSourceSpecifier::ApiConfigSource(api)) => {
+                transport(api, bootstrap)
+                    .map_err(|e| e.at(&format!("{path}.api_config_source")))?;
+            }
+            _ => {}
+        }
     }
     Ok(())
 }
@@ -445,6 +507,7 @@ fn subscription_scope(server: &Server, kind: ResourceType, name: &str) -> String
             .next()
             .unwrap_or_else(|| format!("rds.{name}")),
         ResourceType::Secret => format!("sds.{name}"),
+        ResourceType::Runtime => RTDS_SCOPE.into(),
     }
 }
 
@@ -593,20 +656,11 @@ pub async fn start(server: &Rc<Server>) -> anyhow::Result<()> {
     } else {
         server.xds.borrow_mut().lds_initialized = true;
     }
-    // CDS first; LDS starts once the cluster manager is initialised (Envoy's order).
-    let cds = server.xds.borrow().cds.clone();
-    match cds {
-        Some(Source::Mux(m)) => m.subscribe_wildcard(ResourceType::Cluster),
-        Some(Source::Path) => {
-            if let Some(path) = dr.cds_config.as_ref().and_then(path_of) {
-                path_source::watch(server, path, ResourceType::Cluster);
-            }
-        }
-        None => {}
-    }
-    if server.xds.borrow().cds.is_some() {
-        let timeout = server.xds.borrow().cds_timeout;
-        start_initial_fetch_timer(server, ResourceType::Cluster, String::new(), timeout);
+    // RTDS first, then CDS; LDS starts once the cluster manager is initialised (Envoy's
+    // order).
+    check_rtds_node(server)?;
+    if !start_rtds(server) {
+        start_cds(server);
     }
     after_update(server);
     // Wait for init to finish (admin answers INITIALIZING meanwhile).
@@ -660,6 +714,13 @@ fn on_initial_fetch_timeout(server: &Rc<Server>, kind: ResourceType, name: &str)
                     stats.fetch_timed_out();
                 }
             }
+            ResourceType::Runtime if !xds.rtds_ready.contains(name) => {
+                xds.rtds_ready.insert(name.to_string());
+                fired = true;
+                for stats in subscriptions_of(server, kind, name) {
+                    stats.fetch_timed_out();
+                }
+            }
             // Already initialised or ready; EDS and SDS are handled below.
             _ => {}
         }
@@ -705,8 +766,96 @@ pub(crate) fn mark_initialized(server: &Server, kind: ResourceType) {
     match kind {
         ResourceType::Cluster => xds.cds_initialized = true,
         ResourceType::Listener => xds.lds_initialized = true,
-        ResourceType::Endpoint | ResourceType::Route | ResourceType::Secret => {}
+        ResourceType::Endpoint
+        | ResourceType::Route
+        | ResourceType::Secret
+        | ResourceType::Runtime => {}
     }
+}
+
+/// The RTDS resources `names` had their first response (accepted or rejected): their
+/// layers no longer hold initialisation back. The caller runs [`after_update`].
+pub(crate) fn rtds_settled(server: &Server, names: &[String]) {
+    let mut xds = server.xds.borrow_mut();
+    for name in names {
+        xds.rtds_ready.insert(name.clone());
+    }
+}
+
+/// An RTDS subscription needs a named node, as every Envoy subscription does
+/// (`checkLocalInfo`): Envoy refuses to start without one.
+fn check_rtds_node(server: &Server) -> anyhow::Result<()> {
+    if server.runtime.rtds_layers().is_empty() {
+        return Ok(());
+    }
+    let node = node(&server.bootstrap);
+    if node.id.is_empty() || node.cluster.is_empty() {
+        anyhow::bail!(
+            "{}: node 'id' and 'cluster' are required. Set it either in 'node' config or via --service-node and --service-cluster options.",
+            type_url::RUNTIME
+        );
+    }
+    Ok(())
+}
+
+/// A file of RTDS layers that could not be taken: each layer reading `path` counts the
+/// rejection and stops holding initialisation back.
+fn rtds_file_rejected(server: &Rc<Server>, path: &str) {
+    let names: Vec<String> = server
+        .runtime
+        .rtds_layers()
+        .iter()
+        .filter(|l| path_of(&l.config_source).as_deref() == Some(path))
+        .map(|l| l.resource.clone())
+        .collect();
+    for _ in &names {
+        SubscriptionStats::new(&server.store, RTDS_SCOPE).rejected();
+    }
+    rtds_settled(server, &names);
+    after_update(server);
+}
+
+/// Subscribes every RTDS layer's resource (grouped by config source); returns whether
+/// there is any. Each subscription counts its start in `runtime.update_attempt`.
+fn start_rtds(server: &Rc<Server>) -> bool {
+    let mut groups: Vec<(ConfigSource, Vec<String>)> = Vec::new();
+    for layer in server.runtime.rtds_layers() {
+        SubscriptionStats::new(&server.store, RTDS_SCOPE).started();
+        match groups.iter_mut().find(|(s, _)| *s == layer.config_source) {
+            Some((_, names)) => names.push(layer.resource.clone()),
+            None => groups.push((layer.config_source.clone(), vec![layer.resource.clone()])),
+        }
+    }
+    if groups.is_empty() {
+        return false;
+    }
+    server.xds.borrow_mut().phase = InitPhase::Runtime;
+    subscribe_named(server, ResourceType::Runtime, &groups, &|xds, n| {
+        xds.rtds_ready.contains(n)
+    });
+    true
+}
+
+/// Starts CDS (its subscription and initial-fetch timer) once the runtime is ready.
+fn start_cds(server: &Rc<Server>) {
+    let cds = server.xds.borrow().cds.clone();
+    match cds {
+        Some(Source::Mux(m)) => m.subscribe_wildcard(ResourceType::Cluster),
+        Some(Source::Path) => {
+            if let Some(path) = server
+                .bootstrap
+                .dynamic_resources
+                .as_ref()
+                .and_then(|d| d.cds_config.as_ref())
+                .and_then(path_of)
+            {
+                path_source::watch(server, path, ResourceType::Cluster);
+            }
+        }
+        None => return,
+    }
+    let timeout = server.xds.borrow().cds_timeout;
+    start_initial_fetch_timer(server, ResourceType::Cluster, String::new(), timeout);
 }
 
 /// After any change: follow EDS/RDS needs, pause/resume CDS, advance initialisation.
@@ -933,6 +1082,22 @@ fn subscribe_named(
 }
 
 fn advance_init(server: &Rc<Server>) {
+    if server.xds.borrow().phase == InitPhase::Runtime {
+        let done = {
+            let xds = server.xds.borrow();
+            server
+                .runtime
+                .rtds_layers()
+                .iter()
+                .all(|l| xds.rtds_ready.contains(&l.resource))
+        };
+        if !done {
+            return;
+        }
+        tracing::info!("RTDS has finished initialization");
+        server.xds.borrow_mut().phase = InitPhase::Clusters;
+        start_cds(server);
+    }
     let phase = server.xds.borrow().phase;
     if phase == InitPhase::Clusters {
         let done = server.xds.borrow().cds_initialized

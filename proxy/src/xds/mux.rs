@@ -28,6 +28,7 @@ use courier_proto::envoy::service::{
     endpoint::v3::endpoint_discovery_service_client::EndpointDiscoveryServiceClient,
     listener::v3::listener_discovery_service_client::ListenerDiscoveryServiceClient,
     route::v3::route_discovery_service_client::RouteDiscoveryServiceClient,
+    runtime::v3::runtime_discovery_service_client::RuntimeDiscoveryServiceClient,
     secret::v3::secret_discovery_service_client::SecretDiscoveryServiceClient,
 };
 use courier_proto::google::rpc::Status;
@@ -109,9 +110,9 @@ struct MuxState {
 }
 
 /// Opens the stream RPC for `rpc`: the ADS method, or the per-type service's method, in the
-/// order [ADS, CDS, EDS, LDS, RDS, SDS]. The services share no trait, hence a macro.
+/// order [ADS, CDS, EDS, LDS, RDS, SDS, RTDS]. The services share no trait, hence a macro.
 macro_rules! open_rpc {
-    ($rpc:expr, $channel:expr, $requests:expr, [$ads:ident, $cds:ident, $eds:ident, $lds:ident, $rds:ident, $sds:ident]) => {
+    ($rpc:expr, $channel:expr, $requests:expr, [$ads:ident, $cds:ident, $eds:ident, $lds:ident, $rds:ident, $sds:ident, $rtds:ident]) => {
         match $rpc {
             Rpc::Ads => {
                 AggregatedDiscoveryServiceClient::new($channel)
@@ -149,6 +150,12 @@ macro_rules! open_rpc {
                     .$sds($requests)
                     .await
             }
+            Rpc::Single(ResourceType::Runtime) => {
+                RuntimeDiscoveryServiceClient::new($channel)
+                    .max_decoding_message_size(MAX_RESPONSE_BYTES)
+                    .$rtds($requests)
+                    .await
+            }
         }
     };
 }
@@ -178,11 +185,12 @@ pub struct Mux {
     subscriptions: tokio::sync::watch::Sender<u64>,
 }
 
-/// The ordering of types on a stream that (re)connects: make before break (secrets
-/// last: the clusters and listeners that name them keep warming until they arrive).
-/// These are also the only types a stream handles: a response of any other type is
-/// ignored as of an unknown type.
-const ORDER: [ResourceType; 5] = [
+/// The ordering of types on a stream that (re)connects: runtime layers first (Envoy
+/// initialises them before CDS), then make before break (secrets last: the clusters and
+/// listeners that name them keep warming until they arrive). These are also the only
+/// types a stream handles: a response of any other type is ignored as of an unknown type.
+const ORDER: [ResourceType; 6] = [
+    ResourceType::Runtime,
     ResourceType::Cluster,
     ResourceType::Endpoint,
     ResourceType::Listener,
@@ -522,7 +530,7 @@ impl Mux {
 
     /// Records a REST response that could not be read as a `DiscoveryResponse` as a
     /// rejection (counted, and the next poll carries `error_detail`).
-    pub(super) fn rest_rejected(&self, server: &Server, kind: ResourceType, detail: String) {
+    pub(super) fn rest_rejected(&self, server: &Rc<Server>, kind: ResourceType, detail: String) {
         self.decode_rejected(server, kind);
         self.finish_response(kind, "", Err(detail), &[], &[]);
     }
@@ -606,7 +614,8 @@ impl Mux {
                 stream_endpoints,
                 stream_listeners,
                 stream_routes,
-                stream_secrets
+                stream_secrets,
+                stream_runtime
             ]
         );
         self.read_responses(response, server, Self::on_sotw_response)
@@ -628,7 +637,8 @@ impl Mux {
                 delta_endpoints,
                 delta_listeners,
                 delta_routes,
-                delta_secrets
+                delta_secrets,
+                delta_runtime
             ]
         );
         self.read_responses(response, server, Self::on_delta_response)
@@ -724,8 +734,13 @@ impl Mux {
         if let Some(cp) = &resp.control_plane {
             self.control_plane.set_identifier(&cp.identifier);
         }
+        let rest = matches!(self.target, Transport::Rest(_));
         let decoded = apply::decode(kind, &resp.resources)
-            .and_then(|resources| self.check_heartbeats(kind, resources));
+            .and_then(|resources| self.check_heartbeats(kind, resources))
+            .and_then(|resources| match rest {
+                true => apply::check_rtds_singleton(kind, resources),
+                false => Ok(resources),
+            });
         if decoded.is_err() {
             self.decode_rejected(server, kind);
         }
@@ -822,11 +837,28 @@ impl Mux {
     }
 
     /// A response whose resources do not decode (wrong type URL, bad bytes) is rejected by
-    /// every subscription of its type on this stream, as in Envoy.
-    fn decode_rejected(&self, server: &Server, kind: ResourceType) {
+    /// every subscription of its type on this stream, as in Envoy. A rejection ends the
+    /// initial fetch of the stream's RTDS layers (Envoy's `onConfigUpdateFailed` lets
+    /// start-up continue).
+    fn decode_rejected(&self, server: &Rc<Server>, kind: ResourceType) {
         for stats in self.subscriptions(server, kind) {
             stats.rejected();
         }
+        if kind == ResourceType::Runtime {
+            let names = self.names(kind);
+            super::rtds_settled(server, &names);
+            super::after_update(server);
+        }
+    }
+
+    /// The names of `kind` this stream subscribes to.
+    pub(super) fn names(&self, kind: ResourceType) -> Vec<String> {
+        self.state
+            .borrow()
+            .types
+            .get(&kind)
+            .map(|t| t.names.iter().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// Records the outcome and answers with an ACK or a NACK.

@@ -59,9 +59,13 @@ fn load(server: &Rc<Server>, path: &str, kind: ResourceType, text: &str) {
             return;
         }
     };
-    let decoded = apply::decode(kind, &response.resources);
+    let decoded = apply::decode(kind, &response.resources)
+        .and_then(|resources| apply::check_rtds_singleton(kind, resources));
     if decoded.is_err() {
         server.xds.borrow().stats.file_rejected(kind);
+        if kind == ResourceType::Runtime {
+            super::rtds_file_rejected(server, path);
+        }
     }
     let result = decoded.and_then(|resources| {
         apply::apply_unmuxed(

@@ -2,7 +2,7 @@
 //! and `RestApiFetcher`.
 //!
 //! A REST subscription is state of the world over polling. Each poll is an HTTP `POST
-//! /v3/discovery:<clusters|endpoints|listeners|routes|secrets>` to the first endpoint of the
+//! /v3/discovery:<clusters|endpoints|listeners|routes|secrets|runtime>` to the first endpoint of the
 //! static cluster named in `cluster_names` (HTTP/1.1, or HTTP/2 when the cluster's protocol
 //! options say so; TLS when it has a transport socket), with `host: <cluster>`,
 //! `content-type: application/json`, and the `DiscoveryRequest` in proto3 JSON: the node,
@@ -109,7 +109,7 @@ pub(super) async fn run(mux: Rc<Mux>, target: RestTarget, server: Weak<Server>) 
             continue;
         };
         let body = courier_proto::to_json(&request).to_string();
-        let path = format!("/v3/discovery:{}", kind.plural());
+        let path = format!("/v3/discovery:{}", kind.rest_name());
         tracing::debug!(mux = %mux.name(), %path, version = %request.version_info, "REST poll");
         let result = match tokio::time::timeout(
             target.request_timeout,

@@ -70,23 +70,7 @@ impl MetricsService for Receiver {
 /// An OTLP/gRPC metrics receiver.
 fn receiver() -> (SocketAddr, Exports) {
     let exports: Exports = Arc::default();
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    listener.set_nonblocking(true).expect("nonblocking");
-    let service = MetricsServiceServer::new(Receiver(exports.clone()));
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
-            let _ = tonic::transport::Server::builder()
-                .add_service(service)
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
-                .await;
-        });
-    });
+    let addr = spawn_grpc_server(MetricsServiceServer::new(Receiver(exports.clone())));
     (addr, exports)
 }
 

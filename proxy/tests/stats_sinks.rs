@@ -214,22 +214,7 @@ impl MetricsService for Collector {
 
 fn start_collector() -> (SocketAddr, mpsc::Receiver<StreamMetricsMessage>) {
     let (tx, rx) = mpsc::channel();
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    listener.set_nonblocking(true).expect("nonblocking");
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
-            let _ = tonic::transport::Server::builder()
-                .add_service(MetricsServiceServer::new(Collector { tx }))
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
-                .await;
-        });
-    });
+    let addr = spawn_grpc_server(MetricsServiceServer::new(Collector { tx }));
     (addr, rx)
 }
 

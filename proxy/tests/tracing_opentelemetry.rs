@@ -74,19 +74,7 @@ impl TraceService for Grpc {
 /// An OTLP/gRPC receiver.
 fn grpc_receiver() -> (SocketAddr, Exports) {
     let exports: Exports = Arc::default();
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    listener.set_nonblocking(true).expect("nonblocking");
-    let service = TraceServiceServer::new(Grpc(exports.clone()));
-    std::thread::spawn(move || {
-        block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
-            let _ = tonic::transport::Server::builder()
-                .add_service(service)
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
-                .await;
-        })
-    });
+    let addr = spawn_grpc_server(TraceServiceServer::new(Grpc(exports.clone())));
     (addr, exports)
 }
 

@@ -844,6 +844,36 @@ pub fn with_filters(bootstrap: &str, filters: &str) -> String {
     bootstrap.replacen(ROUTER, &format!("{filters}{ROUTER}"), 1)
 }
 
+/// Serves a tonic gRPC service (a collector, a management server) on a new local port, on
+/// a thread of its own; its address.
+pub fn spawn_grpc_server<S>(service: S) -> SocketAddr
+where
+    S: tonic::codegen::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+        > + tonic::server::NamedService
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    listener.set_nonblocking(true).expect("nonblocking");
+    std::thread::spawn(move || {
+        block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+            let _ = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+                .await;
+        })
+    });
+    addr
+}
+
 /// Runs `fut` to its end on a single-threaded tokio runtime of its own.
 pub fn block_on<F: std::future::Future>(fut: F) -> F::Output {
     tokio::runtime::Builder::new_current_thread()

@@ -836,23 +836,33 @@ fn start_rtds(server: &Rc<Server>) -> bool {
     true
 }
 
+/// Subscribes to every resource of `kind` (CDS, LDS) from `source`: its stream, or the
+/// file its `dynamic_resources` config names. False when there is no source.
+fn subscribe_wildcard(server: &Rc<Server>, source: Option<Source>, kind: ResourceType) -> bool {
+    match source {
+        Some(Source::Mux(m)) => m.subscribe_wildcard(kind),
+        Some(Source::Path) => {
+            let config = server.bootstrap.dynamic_resources.as_ref().and_then(|d| {
+                if kind == ResourceType::Cluster {
+                    d.cds_config.as_ref()
+                } else {
+                    d.lds_config.as_ref()
+                }
+            });
+            if let Some(path) = config.and_then(path_of) {
+                path_source::watch(server, path, kind);
+            }
+        }
+        None => return false,
+    }
+    true
+}
+
 /// Starts CDS (its subscription and initial-fetch timer) once the runtime is ready.
 fn start_cds(server: &Rc<Server>) {
     let cds = server.xds.borrow().cds.clone();
-    match cds {
-        Some(Source::Mux(m)) => m.subscribe_wildcard(ResourceType::Cluster),
-        Some(Source::Path) => {
-            if let Some(path) = server
-                .bootstrap
-                .dynamic_resources
-                .as_ref()
-                .and_then(|d| d.cds_config.as_ref())
-                .and_then(path_of)
-            {
-                path_source::watch(server, path, ResourceType::Cluster);
-            }
-        }
-        None => return,
+    if !subscribe_wildcard(server, cds, ResourceType::Cluster) {
+        return;
     }
     let timeout = server.xds.borrow().cds_timeout;
     start_initial_fetch_timer(server, ResourceType::Cluster, String::new(), timeout);
@@ -1113,22 +1123,7 @@ fn advance_init(server: &Rc<Server>) {
             }
             (xds.lds.clone(), xds.lds_timeout)
         };
-        match lds {
-            Some(Source::Mux(m)) => m.subscribe_wildcard(ResourceType::Listener),
-            Some(Source::Path) => {
-                if let Some(path) = server
-                    .bootstrap
-                    .dynamic_resources
-                    .as_ref()
-                    .and_then(|d| d.lds_config.as_ref())
-                    .and_then(path_of)
-                {
-                    path_source::watch(server, path, ResourceType::Listener);
-                }
-            }
-            None => {}
-        }
-        if server.xds.borrow().lds.is_some() {
+        if subscribe_wildcard(server, lds, ResourceType::Listener) {
             start_initial_fetch_timer(server, ResourceType::Listener, String::new(), timeout);
         }
     }

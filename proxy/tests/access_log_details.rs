@@ -88,7 +88,7 @@ const FILTERS: &str = r#"          - name: envoy.filters.http.health_check
 "#;
 
 /// Everything each line says: the request, how it ended, where it went.
-const FORMAT: &str = "%REQ(:METHOD)% %REQ(:PATH)% %RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% %CONNECTION_TERMINATION_DETAILS% %UPSTREAM_TRANSPORT_FAILURE_REASON% %UPSTREAM_CLUSTER% %UPSTREAM_CLUSTER_RAW% %ROUTE_NAME% %ACCESS_LOG_TYPE% up=%UPSTREAM_HOST% up_local=%UPSTREAM_LOCAL_ADDRESS% local=%DOWNSTREAM_LOCAL_ADDRESS% local_ip=%DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT% local_port=%DOWNSTREAM_LOCAL_PORT% remote_ip=%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT% direct=%DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT% host=%HOSTNAME%\n";
+const FORMAT: &str = "%REQ(:METHOD)% %REQ(:PATH)% %RESPONSE_CODE% rx=%BYTES_RECEIVED% tx=%BYTES_SENT% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% %CONNECTION_TERMINATION_DETAILS% %UPSTREAM_TRANSPORT_FAILURE_REASON% %UPSTREAM_CLUSTER% %UPSTREAM_CLUSTER_RAW% %ROUTE_NAME% %ACCESS_LOG_TYPE% up=%UPSTREAM_HOST% up_local=%UPSTREAM_LOCAL_ADDRESS% local=%DOWNSTREAM_LOCAL_ADDRESS% local_ip=%DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT% local_port=%DOWNSTREAM_LOCAL_PORT% remote_ip=%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT% direct=%DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT% host=%HOSTNAME%\n";
 
 fn boot(dir: &Path, a: &Upstream, refused: SocketAddr) -> String {
     let log = format!(
@@ -128,6 +128,8 @@ const REQUESTS: &[Case] = &[
     ("GET", "/ok", &[]),
     ("HEAD", "/ok", &[]),
     ("POST", "/echo", &[]),
+    ("POST", "/echo/chunked", &[("transfer-encoding", "chunked")]),
+    ("POST", "/nowhere-with-body", &[("x-deny", "1")]),
     ("GET", "/status/503", &[]),
     ("GET", "/status/404", &[]),
     ("GET", "/direct", &[]),
@@ -183,7 +185,9 @@ fn send(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)]) {
     for (k, v) in headers {
         head.push_str(&format!("{k}: {v}\r\n"));
     }
-    if method == "POST" {
+    if headers.iter().any(|(k, _)| *k == "transfer-encoding") {
+        head.push_str("\r\n4\r\nbody\r\n6\r\n-more-\r\n0\r\n\r\n");
+    } else if method == "POST" {
         head.push_str("content-length: 4\r\n\r\nbody");
     } else {
         head.push_str("\r\n");

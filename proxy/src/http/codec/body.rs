@@ -42,8 +42,8 @@ pub trait BodyTransform {
 pub trait ActivityWatch {
     /// A frame went through: the stream is not idle.
     fn touch(&self);
-    /// The request body ended.
-    fn request_ended(&self);
+    /// The request body ended, `bytes` long.
+    fn request_ended(&self, bytes: u64);
     /// Ready with the error message once the stream has been idle too long (or outlived
     /// its route timeout); registers `cx` to be woken then.
     fn poll_expired(&self, cx: &mut Context<'_>) -> Poll<&'static str>;
@@ -243,7 +243,7 @@ impl Body for ProxyBody {
                 _ => {}
             }
             if ended && !w.enforce {
-                w.stream.request_ended();
+                w.stream.request_ended(this.bytes);
             }
         }
         if ended {

@@ -225,6 +225,9 @@ struct RequestLog {
     authority: String,
     headers: http::HeaderMap,
     version: Version,
+    /// The body's length when the request announced it (a body the router takes whole
+    /// is not read through the stream's watch).
+    body_len: Option<u64>,
 }
 
 impl RequestLog {
@@ -240,6 +243,7 @@ impl RequestLog {
             authority: authority_of(req).unwrap_or_default(),
             headers: req.headers().clone(),
             version: req.version(),
+            body_len: req.body().size_hint().exact(),
         })
     }
 }
@@ -368,7 +372,17 @@ impl Completion {
                     .as_ref()
                     .and_then(|t| t.expired())
                     .map_or(self.outcome.flags, |e| e.flag()),
-                bytes_received: 0,
+                bytes_received: self
+                    .timers
+                    .as_ref()
+                    .map(|t| t.request_bytes())
+                    .filter(|&n| n > 0)
+                    // A body the router took whole went upstream unread by the watch;
+                    // one a filter refused before the router was never read (as Envoy).
+                    .or(log
+                        .body_len
+                        .filter(|_| self.outcome.upstream_host.is_some()))
+                    .unwrap_or(0),
                 bytes_sent,
                 duration: self.start.elapsed(),
                 upstream_host: self.outcome.upstream_host,

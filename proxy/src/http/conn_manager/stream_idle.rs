@@ -29,6 +29,8 @@ pub struct StreamIdle {
     timeout: Cell<Option<Duration>>,
     last_activity: Cell<Instant>,
     request_complete: Cell<bool>,
+    /// The request body's length, once it has ended (for the access log).
+    request_bytes: Cell<u64>,
     /// Armed by whichever part of the stream is waiting: the request future until the
     /// response head, then the response body.
     timer: RefCell<Option<Sleep>>,
@@ -85,6 +87,7 @@ impl StreamIdle {
             timeout: Cell::new(timeout),
             last_activity: Cell::new(Instant::now()),
             request_complete: Cell::new(request_complete),
+            request_bytes: Cell::new(0),
             timer: RefCell::new(None),
             counter,
             worker,
@@ -113,9 +116,15 @@ impl StreamIdle {
         }
     }
 
-    /// The request's body has ended.
-    pub fn request_ended(&self) {
+    /// The request's body has ended, `bytes` long.
+    pub fn request_ended(&self, bytes: u64) {
         self.request_complete.set(true);
+        self.request_bytes.set(bytes);
+    }
+
+    /// The request body's length, once it has ended (else 0).
+    pub fn request_bytes(&self) -> u64 {
+        self.request_bytes.get()
     }
 
     /// Whether the whole request has arrived (the local reply is then `504`, else `408`).
@@ -223,8 +232,8 @@ impl crate::http::codec::body::ActivityWatch for StreamIdle {
         StreamIdle::touch(self)
     }
 
-    fn request_ended(&self) {
-        StreamIdle::request_ended(self)
+    fn request_ended(&self, bytes: u64) {
+        StreamIdle::request_ended(self, bytes)
     }
 
     fn poll_expired(&self, cx: &mut Context<'_>) -> Poll<&'static str> {

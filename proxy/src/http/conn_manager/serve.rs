@@ -383,6 +383,11 @@ impl Completion {
                 upstream_local: self.outcome.upstream_local,
                 details: &self.outcome.details,
                 transport_failure: self.outcome.transport_failure.as_deref(),
+                request_id: self
+                    .outcome
+                    .logged_request_id
+                    .as_ref()
+                    .and_then(|v| v.to_str().ok()),
             };
             for l in &cfg.access_logs {
                 l.log(&entry, self.conn.worker);
@@ -954,6 +959,9 @@ fn request_id(
             );
         }
     }
+    if !cfg.access_logs.is_empty() {
+        outcome.logged_request_id = headers.get(&X_REQUEST_ID).cloned();
+    }
     if cfg.always_set_request_id_in_response
         || (internal && headers.contains_key(&X_ENVOY_FORCE_TRACE))
     {
@@ -1246,6 +1254,10 @@ fn log_request_start(conn: &ConnInfo, req: &Request<ProxyBody>, outcome: &Outcom
         upstream_local: None,
         details: "",
         transport_failure: None,
+        request_id: req
+            .headers()
+            .get(&X_REQUEST_ID)
+            .and_then(|v| v.to_str().ok()),
     };
     for l in &conn.config.access_logs {
         l.log(&entry, conn.worker);
@@ -1560,6 +1572,7 @@ impl ConnInfo {
             upstream_local: None,
             details,
             transport_failure: None,
+            request_id: None,
         };
         for l in &cfg.access_logs {
             l.log(&entry, w);

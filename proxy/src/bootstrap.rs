@@ -78,6 +78,7 @@ pub fn load(options: &Options) -> Result<Bootstrap, BootstrapError> {
             crate::VERSION.into(),
         ),
     );
+    crate::server::local_info::set_node_proto(node.clone());
     // Envoy names a static listener that has none (a random UUID).
     if let Some(sr) = bootstrap.static_resources.as_mut() {
         for l in sr.listeners.iter_mut().filter(|l| l.name.is_empty()) {

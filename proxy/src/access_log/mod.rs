@@ -1,8 +1,10 @@
 //! Access logs (`envoy.access_loggers.file`, `stdout`, `stderr`) in Envoy's text or
-//! JSON formats (`format.rs`), written for each HTTP request (the connection manager's),
-//! each TCP proxy connection (`tcp_proxy`'s) and each connection of a listener (the
-//! listener's), with Envoy's filters (`filter.rs`). Lines are formatted on the worker and
-//! handed to a writer thread through a channel, so a slow disk never blocks a worker.
+//! JSON formats (`format.rs`), OpenTelemetry records (`open_telemetry.rs`) and the
+//! access-log service's entries (`grpc.rs`; both batched by `grpc_export.rs`), written
+//! for each HTTP request (the connection manager's), each TCP proxy connection
+//! (`tcp_proxy`'s) and each connection of a listener (the listener's), with Envoy's
+//! filters (`filter.rs`). Lines are formatted on the worker and handed to a writer
+//! thread through a channel, so a slow disk never blocks a worker.
 
 // `format` and `text_format` are deprecated in the protos but common in configs.
 #![allow(deprecated)]
@@ -35,6 +37,8 @@ use format::LogFormat;
 
 mod filter;
 mod format;
+pub mod grpc;
+pub mod grpc_export;
 pub mod open_telemetry;
 
 /// Envoy's default access log format.
@@ -98,6 +102,9 @@ pub struct LogEntry<'a> {
     pub transport_failure: Option<&'a str>,
     /// The request's span, when it is traced.
     pub trace: Option<crate::tracers::SpanIds>,
+    /// The request's `x-request-id` as the connection manager settled it (generated or
+    /// kept), when there is one.
+    pub request_id: Option<&'a str>,
 }
 
 impl<'a> LogEntry<'a> {
@@ -132,6 +139,7 @@ impl<'a> LogEntry<'a> {
             details: "",
             transport_failure: None,
             trace: None,
+            request_id: None,
         }
     }
 }
@@ -153,6 +161,8 @@ pub enum Sink {
     },
     /// An OpenTelemetry log record, for the main thread's exporter.
     OpenTelemetry(open_telemetry::OtelLogger),
+    /// An access-log service entry (HTTP or TCP), for the main thread's stream.
+    Grpc(grpc::GrpcAccessLogger),
 }
 
 fn writer(path: &str) -> Sender<String> {
@@ -251,6 +261,16 @@ static ACCESS_LOGGERS: Registry<BuildLogger> = Registry {
             build: |any, store| {
                 open_telemetry::OtelLogger::compile(any, store).map(Sink::OpenTelemetry)
             },
+        },
+        Factory {
+            type_name: "envoy.extensions.access_loggers.grpc.v3.HttpGrpcAccessLogConfig",
+            name: "envoy.access_loggers.http_grpc",
+            build: |any, store| grpc::GrpcAccessLogger::compile_http(any, store).map(Sink::Grpc),
+        },
+        Factory {
+            type_name: "envoy.extensions.access_loggers.grpc.v3.TcpGrpcAccessLogConfig",
+            name: "envoy.access_loggers.tcp_grpc",
+            build: |any, store| grpc::GrpcAccessLogger::compile_tcp(any, store).map(Sink::Grpc),
         },
     ],
 };
@@ -380,6 +400,7 @@ impl AccessLog {
                 let _ = writer.send(format.render(e));
             }
             Sink::OpenTelemetry(l) => l.log(e, worker),
+            Sink::Grpc(l) => l.log(e, worker),
         }
     }
 }
@@ -401,7 +422,7 @@ mod tests {
         let stderr = courier_proto::pack_any(&StderrAccessLog::default());
         assert!(AccessLog::compile(&entry(stderr), &Store::new(1)).is_ok());
         let unknown = Any {
-            type_url: "type.googleapis.com/envoy.extensions.access_loggers.grpc.v3.HttpGrpcAccessLogConfig"
+            type_url: "type.googleapis.com/envoy.extensions.access_loggers.fluentd.v3.FluentdAccessLogConfig"
                 .into(),
             value: Vec::new(),
         };
@@ -410,7 +431,7 @@ mod tests {
             .expect("refused");
         assert_eq!(err.path, "typed_config");
         assert!(
-            err.message.contains("HttpGrpcAccessLogConfig"),
+            err.message.contains("FluentdAccessLogConfig"),
             "{}",
             err.message
         );

@@ -5,13 +5,11 @@
 //! `node_name`, unless `disable_builtin_labels`) and the configured
 //! `resource_attributes`.
 //!
-//! Records are built on the worker and handed to the main thread through a bounded
-//! queue (a full queue drops the record, counted in `logs_dropped`); the main thread
-//! keeps each logger's records until `buffer_flush_interval` (1 s) has passed since the
-//! first or `buffer_size_bytes` (16 KiB) are waiting, then exports them in one call, in
-//! a task of its own: a slow collector holds up nothing else.
+//! Records are built on the worker and batched on the main thread (`grpc_export.rs`:
+//! `buffer_flush_interval`, 1 s, or `buffer_size_bytes`, 16 KiB); each batch is exported
+//! in one call, in a task of its own: a slow collector holds up nothing else.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use courier_proto::envoy::extensions::access_loggers::open_telemetry::v3::OpenTelemetryAccessLogConfig;
@@ -27,13 +25,11 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 use prost::Message;
 
 use super::format::LogFormat;
+use super::grpc_export::{self, Batching, Destination, Record};
 use super::LogEntry;
 use crate::config::ConfigError;
-use crate::stats::{Counter, Store, MAIN_THREAD};
+use crate::stats::Store;
 use crate::upstream::async_client::grpc::GrpcClient;
-
-/// How many records may wait for the main thread.
-const QUEUE: usize = 10_000;
 
 /// Envoy's message for a value its formatter cannot take.
 const ONLY_STRINGS: &str = "Only string values, nested key value lists and array values are supported in OpenTelemetry access log format.";
@@ -109,17 +105,14 @@ fn render_list(l: &[(String, ValueFormat)], e: &LogEntry<'_>) -> Vec<KeyValue> {
 pub struct Exporter {
     client: GrpcClient,
     resource: Resource,
-    interval: Duration,
-    max_bytes: usize,
-    logs_written: Arc<Counter>,
-    logs_dropped: Arc<Counter>,
+    batching: Batching,
 }
 
 /// A compiled OpenTelemetry access logger.
 pub struct OtelLogger {
     body: Option<ValueFormat>,
     attributes: Vec<(String, ValueFormat)>,
-    exporter: Arc<Exporter>,
+    exporter: Arc<dyn Destination>,
 }
 
 /// `s` as a string attribute.
@@ -247,10 +240,12 @@ impl OtelLogger {
                     attributes,
                     ..Default::default()
                 },
-                interval,
-                max_bytes,
-                logs_written: stat("logs_written"),
-                logs_dropped: stat("logs_dropped"),
+                batching: Batching {
+                    interval,
+                    max_bytes,
+                    logs_written: stat("logs_written"),
+                    logs_dropped: stat("logs_dropped"),
+                },
             }),
         })
     }
@@ -277,87 +272,30 @@ impl OtelLogger {
             span_id,
             ..Default::default()
         };
-        let Some(tx) = QUEUE_IN.get() else {
-            self.exporter.logs_dropped.inc(worker);
-            return;
-        };
-        if tx.try_send((self.exporter.clone(), record)).is_err() {
-            self.exporter.logs_dropped.inc(worker);
-        }
+        grpc_export::submit(&self.exporter, Record::Otel(record), worker);
     }
 }
 
-type Queued = (Arc<Exporter>, LogRecord);
-
-static QUEUE_IN: OnceLock<tokio::sync::mpsc::Sender<Queued>> = OnceLock::new();
-
-/// One logger's records waiting for export.
-struct Pending {
-    exporter: Arc<Exporter>,
-    records: Vec<LogRecord>,
-    bytes: usize,
-    due: tokio::time::Instant,
-}
-
-/// Starts the main thread's exporting task (once).
-pub fn start() {
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Queued>(QUEUE);
-    if QUEUE_IN.set(tx).is_err() {
-        return;
+impl Destination for Exporter {
+    fn batching(&self) -> &Batching {
+        &self.batching
     }
-    tokio::task::spawn_local(async move {
-        let mut pending: Vec<Pending> = Vec::new();
-        loop {
-            let next = pending.iter().map(|p| p.due).min();
-            let received = match next {
-                Some(due) => tokio::time::timeout_at(due, rx.recv()).await,
-                None => Ok(rx.recv().await),
-            };
-            match received {
-                Ok(Some((exporter, record))) => {
-                    exporter.logs_written.inc(MAIN_THREAD);
-                    let at = match pending
-                        .iter()
-                        .position(|p| Arc::ptr_eq(&p.exporter, &exporter))
-                    {
-                        Some(i) => i,
-                        None => {
-                            pending.push(Pending {
-                                due: tokio::time::Instant::now() + exporter.interval,
-                                exporter,
-                                records: Vec::new(),
-                                bytes: 0,
-                            });
-                            pending.len() - 1
-                        }
-                    };
-                    let p = &mut pending[at];
-                    p.bytes += record.encoded_len();
-                    p.records.push(record);
-                    if p.bytes >= p.exporter.max_bytes {
-                        export(pending.swap_remove(at));
-                    }
-                }
-                Ok(None) => return,
-                Err(_) => {
-                    let now = tokio::time::Instant::now();
-                    let mut i = 0;
-                    while i < pending.len() {
-                        if pending[i].due <= now {
-                            export(pending.swap_remove(i));
-                        } else {
-                            i += 1;
-                        }
-                    }
-                }
-            }
-        }
-    });
+
+    /// Exports one logger's records in a task of its own.
+    fn export(&self, records: Vec<Record>) {
+        let records = records
+            .into_iter()
+            .filter_map(|r| match r {
+                Record::Otel(r) => Some(r),
+                _ => None,
+            })
+            .collect();
+        export(self, records);
+    }
 }
 
-/// Exports one logger's records in a task of its own.
-fn export(p: Pending) {
-    let channel = match p.exporter.client.channel() {
+fn export(exporter: &Exporter, records: Vec<LogRecord>) {
+    let channel = match exporter.client.channel() {
         Ok(c) => c,
         Err(e) => {
             tracing::debug!(error = %e, "cannot export access log records");
@@ -366,22 +304,18 @@ fn export(p: Pending) {
     };
     let request = ExportLogsServiceRequest {
         resource_logs: vec![ResourceLogs {
-            resource: Some(p.exporter.resource.clone()),
+            resource: Some(exporter.resource.clone()),
             scope_logs: vec![ScopeLogs {
-                log_records: p.records,
+                log_records: records,
                 ..Default::default()
             }],
             ..Default::default()
         }],
     };
-    let call = p.exporter.client.request(request);
+    let call = exporter.client.request(request);
     // Without a `timeout` of its own, an export still gives up after 5 s: a silent
     // collector must not pile up calls.
-    let limit = p
-        .exporter
-        .client
-        .timeout()
-        .unwrap_or(Duration::from_secs(5));
+    let limit = exporter.client.timeout().unwrap_or(Duration::from_secs(5));
     tokio::task::spawn_local(async move {
         let mut client = LogsServiceClient::new(channel);
         match tokio::time::timeout(limit, client.export(call)).await {

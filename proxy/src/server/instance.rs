@@ -362,7 +362,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         Some(pick.address)
     }));
     crate::tracers::start_reporters();
-    crate::access_log::open_telemetry::start();
+    crate::access_log::grpc_export::start();
 
     load_static_resources(&server)?;
     start_stats_flush(&server)?;

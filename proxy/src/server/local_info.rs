@@ -85,6 +85,19 @@ pub struct NodeInfo {
 
 static NODE: OnceLock<NodeInfo> = OnceLock::new();
 
+static NODE_PROTO: OnceLock<courier_proto::envoy::config::core::v3::Node> = OnceLock::new();
+
+/// Records the whole node (with Courier's user agent) once the bootstrap is loaded, for
+/// the services that are told who is talking (later calls are ignored).
+pub fn set_node_proto(node: courier_proto::envoy::config::core::v3::Node) {
+    let _ = NODE_PROTO.set(node);
+}
+
+/// The whole node, as the bootstrap set it (empty before start-up).
+pub fn node_proto() -> courier_proto::envoy::config::core::v3::Node {
+    NODE_PROTO.get().cloned().unwrap_or_default()
+}
+
 /// Records the node once the bootstrap is loaded (later calls are ignored).
 pub fn set_node(node: NodeInfo) {
     let _ = NODE.set(node);

@@ -399,6 +399,11 @@ impl Completion {
                 details: &self.outcome.details,
                 transport_failure: self.outcome.transport_failure.as_deref(),
                 trace: span_ids,
+                request_id: self
+                    .outcome
+                    .logged_request_id
+                    .as_ref()
+                    .and_then(|v| v.to_str().ok()),
             };
             for l in &cfg.access_logs {
                 l.log(&entry, self.conn.worker);
@@ -970,6 +975,9 @@ fn request_id(
             );
         }
     }
+    if !cfg.access_logs.is_empty() {
+        outcome.logged_request_id = headers.get(&X_REQUEST_ID).cloned();
+    }
     if cfg.always_set_request_id_in_response
         || (internal && headers.contains_key(&X_ENVOY_FORCE_TRACE))
     {
@@ -1263,6 +1271,10 @@ fn log_request_start(conn: &ConnInfo, req: &Request<ProxyBody>, outcome: &Outcom
         details: "",
         transport_failure: None,
         trace: None,
+        request_id: req
+            .headers()
+            .get(&X_REQUEST_ID)
+            .and_then(|v| v.to_str().ok()),
     };
     for l in &conn.config.access_logs {
         l.log(&entry, conn.worker);
@@ -1578,6 +1590,7 @@ impl ConnInfo {
             details,
             transport_failure: None,
             trace: None,
+            request_id: None,
         };
         for l in &cfg.access_logs {
             l.log(&entry, w);

@@ -1231,6 +1231,9 @@ pub(crate) struct Outcome {
     /// The `x-request-id` the response echoes (`always_set_request_id_in_response`, or an
     /// internal request's `x-envoy-force-trace`), once the request's is settled.
     pub(crate) request_id: Option<HeaderValue>,
+    /// The request's `x-request-id` once settled, for the access logs (kept only when
+    /// there are some).
+    pub(crate) logged_request_id: Option<HeaderValue>,
     pub(crate) upstream_host: Option<SocketAddr>,
     pub(crate) upstream_cluster: Option<String>,
     pub(crate) route_name: String,

@@ -120,6 +120,8 @@ pub struct TlsConnectionInfo {
     pub version: &'static str,
     /// The cipher suite, as Envoy names it.
     pub cipher: &'static str,
+    /// The cipher suite's IANA number (0 when none was negotiated).
+    pub cipher_id: u16,
     /// The client's certificate, when it sent one.
     pub peer: Option<PeerCertificate>,
     /// This side's certificate's URI SANs (XFCC's `By`).
@@ -155,6 +157,9 @@ impl TlsConnectionInfo {
                 .negotiated_cipher_suite()
                 .and_then(|s| stats::cipher_name(s.suite()))
                 .unwrap_or(""),
+            cipher_id: conn
+                .negotiated_cipher_suite()
+                .map_or(0, |s| u16::from(s.suite())),
             peer,
             local_uri_sans: local_uri_sans.to_vec(),
         }

@@ -12,12 +12,15 @@
 //! - `connection_keepalive`: a PING every `interval` (jitter aside) and the connection
 //!   closed when its answer takes longer than `timeout`, as Envoy. `interval_jitter` other
 //!   than Envoy's 15% and `connection_idle_interval` are refused (hyper has neither).
-//! - Envoy's flood limits (`max_outbound_frames`, `max_outbound_control_frames`,
-//!   `max_consecutive_inbound_frames_with_empty_payload`,
+//! - Envoy's inbound flood limits (`max_consecutive_inbound_frames_with_empty_payload`,
 //!   `max_inbound_priority_frames_per_stream`,
-//!   `max_inbound_window_update_frames_per_data_frame_sent`) and `hpack_table_size` are
-//!   accepted at Envoy's defaults — the `h2` crate's own flood protections and its 4096-byte
-//!   table apply — and refused at any other value; the settings Courier does not act on
+//!   `max_inbound_window_update_frames_per_data_frame_sent`) apply downstream as in Envoy
+//!   (`crate::http::codec::h2_head_watch` counts the frames; a flood closes the
+//!   connection) and are refused upstream at other than Envoy's defaults.
+//!   `max_outbound_frames`, `max_outbound_control_frames` and `hpack_table_size` are
+//!   accepted at Envoy's defaults — the `h2` crate's own protections apply (it answers one
+//!   PING or SETTINGS at a time and reads nothing more while the answer cannot be
+//!   written, so nothing queues) and its 4096-byte table — and refused at any other value; the settings Courier does not act on
 //!   (`stream_error_on_invalid_http_messaging`, its override, `allow_metadata`,
 //!   `custom_settings_parameters`, …) are refused when set.
 
@@ -34,6 +37,46 @@ pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 2_147_483_647;
 /// The window sizes Envoy accepts.
 const WINDOW_RANGE: std::ops::RangeInclusive<u32> = 65_535..=2_147_483_647;
 
+/// Envoy's inbound flood limits for a downstream connection (Envoy's defaults unless set).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FloodLimits {
+    /// `max_consecutive_inbound_frames_with_empty_payload`: DATA, HEADERS or
+    /// CONTINUATION frames in a row with no payload and no END_STREAM.
+    pub empty_frames: u32,
+    /// `max_inbound_priority_frames_per_stream`: PRIORITY frames per stream opened (plus
+    /// one).
+    pub priority_per_stream: u32,
+    /// `max_inbound_window_update_frames_per_data_frame_sent`.
+    pub window_updates_per_data_frame: u32,
+}
+
+impl Default for FloodLimits {
+    fn default() -> Self {
+        FloodLimits {
+            empty_frames: 1,
+            priority_per_stream: 100,
+            window_updates_per_data_frame: 10,
+        }
+    }
+}
+
+impl FloodLimits {
+    fn compile(o: &Http2ProtocolOptions) -> FloodLimits {
+        let d = FloodLimits::default();
+        FloodLimits {
+            empty_frames: o
+                .max_consecutive_inbound_frames_with_empty_payload
+                .map_or(d.empty_frames, |v| v.value),
+            priority_per_stream: o
+                .max_inbound_priority_frames_per_stream
+                .map_or(d.priority_per_stream, |v| v.value),
+            window_updates_per_data_frame: o
+                .max_inbound_window_update_frames_per_data_frame_sent
+                .map_or(d.window_updates_per_data_frame, |v| v.value),
+        }
+    }
+}
+
 /// Compiled HTTP/2 protocol options.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct H2Options {
@@ -45,6 +88,8 @@ pub struct H2Options {
     pub connection_window: Option<u32>,
     /// `connection_keepalive`: PING interval and how long an answer may take.
     pub keepalive: Option<(Duration, Duration)>,
+    /// The inbound flood limits (acted on downstream only).
+    pub flood: FloodLimits,
 }
 
 impl Default for H2Options {
@@ -54,6 +99,7 @@ impl Default for H2Options {
             stream_window: None,
             connection_window: None,
             keepalive: None,
+            flood: FloodLimits::default(),
         }
     }
 }
@@ -75,29 +121,6 @@ fn check_not_acted_on(o: &Http2ProtocolOptions, path: &str) -> Result<(), Config
         (
             "max_outbound_control_frames",
             u32_is(&o.max_outbound_control_frames.map(|v| v.value), 1_000),
-        ),
-        (
-            "max_consecutive_inbound_frames_with_empty_payload",
-            u32_is(
-                &o.max_consecutive_inbound_frames_with_empty_payload
-                    .map(|v| v.value),
-                1,
-            ),
-        ),
-        (
-            "max_inbound_priority_frames_per_stream",
-            u32_is(
-                &o.max_inbound_priority_frames_per_stream.map(|v| v.value),
-                100,
-            ),
-        ),
-        (
-            "max_inbound_window_update_frames_per_data_frame_sent",
-            u32_is(
-                &o.max_inbound_window_update_frames_per_data_frame_sent
-                    .map(|v| v.value),
-                10,
-            ),
         ),
         (
             "stream_error_on_invalid_http_messaging",
@@ -211,7 +234,36 @@ impl H2Options {
                 "initial_connection_window_size",
             )?,
             keepalive,
+            flood: FloodLimits::compile(o),
         })
+    }
+
+    /// [`H2Options::compile`] for an upstream (cluster) connection, where the inbound
+    /// flood limits are not acted on: refused, by path, at other than Envoy's defaults.
+    pub fn compile_client(
+        options: Option<&Http2ProtocolOptions>,
+        path: &str,
+    ) -> Result<H2Options, ConfigError> {
+        let o = H2Options::compile(options, path)?;
+        let d = FloodLimits::default();
+        let not_default = [
+            (
+                "max_consecutive_inbound_frames_with_empty_payload",
+                o.flood.empty_frames != d.empty_frames,
+            ),
+            (
+                "max_inbound_priority_frames_per_stream",
+                o.flood.priority_per_stream != d.priority_per_stream,
+            ),
+            (
+                "max_inbound_window_update_frames_per_data_frame_sent",
+                o.flood.window_updates_per_data_frame != d.window_updates_per_data_frame,
+            ),
+        ];
+        match not_default.iter().find(|(_, differs)| *differs) {
+            Some((field, _)) => Err(ConfigError::unsupported(format!("{path}.{field}"))),
+            None => Ok(o),
+        }
     }
 
     /// Applies these options to a downstream connection's builder.
@@ -288,6 +340,14 @@ mod tests {
             err.path,
             "http2_protocol_options.connection_keepalive.timeout"
         );
+        // Envoy's inbound flood limits: acted on downstream, refused upstream.
+        let flood = serde_json::json!({"max_inbound_priority_frames_per_stream": 7});
+        let o = compile(flood.clone()).expect("compiles");
+        assert_eq!(o.flood.priority_per_stream, 7);
+        assert_eq!(o.flood.empty_frames, 1);
+        let o: Http2ProtocolOptions = courier_proto::from_value(&flood).expect("proto json");
+        let err = H2Options::compile_client(Some(&o), "h").expect_err("refused upstream");
+        assert_eq!(err.path, "h.max_inbound_priority_frames_per_stream");
         // A timeout without an interval: no periodic PINGs.
         let o = compile(serde_json::json!({"connection_keepalive": {"timeout": "1s"}}))
             .expect("compiles");

@@ -944,7 +944,7 @@ fn upstream_http(proto: &pb::Cluster) -> Result<UpstreamHttp, ConfigError> {
         proto.upstream_http_protocol_options.as_ref(),
         "upstream_http_protocol_options",
     )?;
-    let mut http2_options = H2Options::compile(
+    let mut http2_options = H2Options::compile_client(
         proto.http2_protocol_options.as_ref(),
         "http2_protocol_options",
     )?;
@@ -1026,7 +1026,7 @@ fn upstream_http(proto: &pb::Cluster) -> Result<UpstreamHttp, ConfigError> {
                         )?;
                     }
                     Some(ProtocolConfig::Http2ProtocolOptions(o)) => {
-                        http2_options = H2Options::compile(
+                        http2_options = H2Options::compile_client(
                             Some(o),
                             &format!("{path}.explicit_http_config.http2_protocol_options"),
                         )?;
@@ -1058,7 +1058,7 @@ fn upstream_http(proto: &pb::Cluster) -> Result<UpstreamHttp, ConfigError> {
                     http1_key_format =
                         KeyFormat::compile(Some(o), &format!("{at}.http_protocol_options"))?;
                 }
-                http2_options = H2Options::compile(
+                http2_options = H2Options::compile_client(
                     c.http2_protocol_options.as_ref(),
                     &format!("{at}.http2_protocol_options"),
                 )?;

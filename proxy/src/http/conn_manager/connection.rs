@@ -240,14 +240,21 @@ impl HttpConnection {
     fn h2(&mut self, io: PrefixedIo) {
         let cfg = &self.config;
         let mut b = http2::Builder::new(LocalExec);
+        // The h2 crate counts 32 bytes more a field than Envoy (RFC 9113's list size);
+        // with that allowance, `check_header_fields` holds the block to Envoy's limit
+        // (name and value bytes) and answers `431`.
+        let overhead = 32 * (cfg.max_headers_count as u32).saturating_add(5);
         b.timer(RtTimer)
-            .max_header_list_size(cfg.max_request_headers_kb * 1024);
+            .max_header_list_size((cfg.max_request_headers_kb * 1024).saturating_add(overhead));
         cfg.h2.apply_server(&mut b);
         if cfg.h2_allow_connect {
             b.enable_connect_protocol();
         }
         let open = Rc::new(Cell::new(None));
-        let conn = b.serve_connection(HeadWatch::new(io, open.clone()), self.service());
+        let conn = b.serve_connection(
+            HeadWatch::new(io, open.clone(), cfg.h2.flood),
+            self.service(),
+        );
         self.h2_head = Some(open);
         cfg.stats.downstream_cx_http2_total.inc(self.worker);
         cfg.stats.downstream_cx_http2_active.inc(self.worker);

@@ -708,7 +708,17 @@ fn check_header_fields(
     req: &mut Request<ProxyBody>,
 ) -> ControlFlow<Response<ProxyBody>> {
     let cfg = &conn.config;
-    if req.headers().len() > cfg.max_headers_count
+    // Envoy counts an HTTP/2 request's pseudo-headers (:method, and :path, :scheme and
+    // :authority when present) as fields; an HTTP/1 request's `host` is a field already.
+    let pseudo = if req.version() == Version::HTTP_2 {
+        let uri = req.uri();
+        1 + usize::from(uri.path_and_query().is_some())
+            + usize::from(uri.scheme().is_some())
+            + usize::from(uri.authority().is_some())
+    } else {
+        0
+    };
+    if req.headers().len() + pseudo > cfg.max_headers_count
         || headers_size(req) > cfg.max_request_headers_kb as usize * 1024
     {
         cfg.stats.downstream_rq_too_large.inc(conn.worker);

@@ -113,6 +113,7 @@ pub async fn serve(
     let log = RequestLog::of(&cfg, &req);
     let mut outcome = Outcome {
         flags: "-",
+        log: log.as_ref().map(|_| Box::default()),
         ..Default::default()
     };
     let request_id_for_response = if cfg.always_set_request_id_in_response {
@@ -356,11 +357,16 @@ impl Completion {
             span.finish(&name, &end, worker);
         }
         if let Some(log) = &self.log {
+            let logged = self.outcome.log.as_deref();
             let entry = LogEntry {
                 start: self.start_wall,
                 method: &log.method,
-                path: self.outcome.rewritten_path.as_deref().unwrap_or(&log.path),
-                original_path: self.outcome.rewritten_path.is_some().then_some(&*log.path),
+                path: logged
+                    .and_then(|l| l.rewritten_path.as_deref())
+                    .unwrap_or(&log.path),
+                original_path: logged
+                    .is_some_and(|l| l.rewritten_path.is_some())
+                    .then_some(&*log.path),
                 authority: &log.authority,
                 protocol: protocol_name(log.version),
                 request: &log.headers,
@@ -395,14 +401,12 @@ impl Completion {
                 log_type: AccessLogType::DownstreamEnd,
                 local: Some(self.conn.local),
                 direct_remote: self.conn.direct_remote,
-                upstream_local: self.outcome.upstream_local,
-                details: &self.outcome.details,
-                transport_failure: self.outcome.transport_failure.as_deref(),
+                upstream_local: logged.and_then(|l| l.upstream_local),
+                details: self.outcome.details(),
+                transport_failure: logged.and_then(|l| l.transport_failure.as_deref()),
                 trace: span_ids,
-                request_id: self
-                    .outcome
-                    .logged_request_id
-                    .as_ref()
+                request_id: logged
+                    .and_then(|l| l.request_id.as_ref())
                     .and_then(|v| v.to_str().ok()),
             };
             for l in &cfg.access_logs {
@@ -575,11 +579,11 @@ pub(crate) async fn process(
         // The refusal still gets the route's response headers, as Envoy's does.
         (None, _) if upgrade == UpgradeRequest::Refused => refuse_upgrade(conn, &req),
         (None, Action::Direct { status, body }) => {
-            outcome.details = Cow::Borrowed("direct_response");
+            outcome.set_details("direct_response");
             direct_response(&s, *status, body.as_ref())
         }
         (None, Action::Redirect(rd)) => {
-            outcome.details = Cow::Borrowed("direct_response");
+            outcome.set_details("direct_response");
             route_redirect(&s, &req, rd, route)
         }
         (None, Action::Route(action)) => {
@@ -986,7 +990,9 @@ fn request_id(
         }
     }
     if !cfg.access_logs.is_empty() {
-        outcome.logged_request_id = headers.get(&X_REQUEST_ID).cloned();
+        if let Some(l) = outcome.log.as_mut() {
+            l.request_id = headers.get(&X_REQUEST_ID).cloned();
+        }
     }
     if cfg.always_set_request_id_in_response
         || (internal && headers.contains_key(&X_ENVOY_FORCE_TRACE))
@@ -1118,7 +1124,7 @@ async fn run_filters<'a>(
                 match f.on_request(req.headers(), &s.pseudo(), failed, worker) {
                     HealthCheckRequest::Answer(r) => {
                         outcome.health_check = true;
-                        outcome.details = Cow::Borrowed(if r.status().is_success() {
+                        outcome.set_details(if r.status().is_success() {
                             "health_check_ok"
                         } else {
                             "health_check_failed"
@@ -1144,7 +1150,7 @@ async fn run_filters<'a>(
             },
             HttpFilter::Rbac(f) => {
                 if let Some((r, details)) = rbac(s, f, req.headers()) {
-                    outcome.details = Cow::Owned(details);
+                    outcome.set_details_owned(|| details);
                     return ControlFlow::Continue(Some(r));
                 }
             }
@@ -1467,7 +1473,7 @@ pub(crate) async fn inject_fault(
     outcome.active_fault = Some(injection.active);
     let (with, body) = abort?;
     outcome.flags = if outcome.flags == "DI" { "DI,FI" } else { "FI" };
-    outcome.details = Cow::Borrowed("fault_filter_abort");
+    outcome.set_details("fault_filter_abort");
     let mut r = match with {
         AbortWith::Http(status) => local_reply(status, ""),
         AbortWith::Grpc(_) => local_reply(StatusCode::OK, ""),

@@ -346,8 +346,8 @@ pub(crate) async fn forward(
         if let Ok(v) = HeaderValue::from_str(path) {
             parts.headers.insert(X_ENVOY_ORIGINAL_PATH.clone(), v);
         }
-        if !cfg.access_logs.is_empty() {
-            outcome.rewritten_path = Some(new_path.as_ref().into());
+        if let Some(l) = outcome.log.as_mut() {
+            l.rewritten_path = Some(new_path.as_ref().into());
         }
     }
     let mut upstream_authority: Cow<'_, str> = match &action.host_rewrite {
@@ -694,7 +694,7 @@ pub(crate) async fn forward(
                         up_req,
                         upstream_request::AttemptAddrs {
                             downstream: Some((conn.remote, conn.local)),
-                            upstream_local: Some(&upstream_local),
+                            upstream_local: outcome.log.is_some().then_some(&upstream_local),
                         },
                     ),
                 )
@@ -702,7 +702,9 @@ pub(crate) async fn forward(
             }
         };
         drop(active);
-        outcome.upstream_local = upstream_local.get();
+        if let Some(l) = outcome.log.as_mut() {
+            l.upstream_local = upstream_local.get();
+        }
         if let Some(detector) = &cluster.outlier {
             report_outlier(detector, &host, &result);
         }
@@ -741,7 +743,7 @@ pub(crate) async fn forward(
                 }
                 let elapsed = upstream_start.elapsed();
                 sinks.charge(worker, status, Some(elapsed.as_millis() as u64));
-                outcome.details = Cow::Borrowed("via_upstream");
+                outcome.set_details("via_upstream");
                 let mut resp = resp;
                 if !cfg.suppress_envoy_headers {
                     resp.headers_mut().insert(
@@ -850,7 +852,7 @@ pub(crate) async fn forward(
         return r;
     }
     if let Some(mut resp) = last_response {
-        outcome.details = Cow::Borrowed("via_upstream");
+        outcome.set_details("via_upstream");
         sinks.charge(worker, resp.status().as_u16(), None);
         if !cfg.suppress_envoy_headers {
             resp.headers_mut().insert(
@@ -884,14 +886,26 @@ pub(crate) async fn forward(
             r
         }
         Some(AttemptError::ConnectFailure(reason)) => {
-            outcome.flags = "UF";
-            outcome.details = match &reason {
-                Some(r) => Cow::Owned(format!(
-                    "upstream_reset_before_response_started{{remote_connection_failure|{r}}}"
-                )),
-                None => Cow::Borrowed("upstream_reset_before_response_started{connection_timeout}"),
-            };
-            outcome.transport_failure = reason.clone();
+            match reason {
+                Some(r) => {
+                    outcome.ended(
+                        "UF",
+                        "upstream_reset_before_response_started{remote_connection_failure}",
+                    );
+                    outcome.set_details_owned(|| {
+                        format!(
+                            "upstream_reset_before_response_started{{remote_connection_failure|{r}}}"
+                        )
+                    });
+                }
+                None => outcome.ended(
+                    "UF",
+                    "upstream_reset_before_response_started{connection_timeout}",
+                ),
+            }
+            if let Some(l) = outcome.log.as_mut() {
+                l.transport_failure = reason.clone();
+            }
             local_reply(StatusCode::SERVICE_UNAVAILABLE, UPSTREAM_CONNECT_ERROR)
         }
         Some(AttemptError::Protocol) => {
@@ -1216,24 +1230,16 @@ pub(crate) async fn send_h1_upgrade(
 #[derive(Default)]
 pub(crate) struct Outcome {
     pub(crate) flags: &'static str,
-    /// Envoy's response code details, once known (empty before).
-    pub(crate) details: Cow<'static, str>,
-    /// Why the last upstream connection attempt failed (Envoy's transport failure
-    /// reason).
-    pub(crate) transport_failure: Option<Box<str>>,
-    /// The local address of the upstream connection the request went on.
-    pub(crate) upstream_local: Option<SocketAddr>,
-    /// The path the route rewrote the request's to (`:path` in the access log, the
-    /// original then being `x-envoy-original-path`, as Envoy logs them).
-    pub(crate) rewritten_path: Option<Box<str>>,
+    /// Envoy's response code details, once known (empty before); those built at run time
+    /// are in `log` (set through [`Outcome::ended`] and [`Outcome::set_details`]).
+    pub(crate) details: &'static str,
+    /// What only the access logs read (made when the connection manager has some).
+    pub(crate) log: Option<Box<OutcomeLog>>,
     /// A fault the request is counted in (`active_faults`) until it completes.
     pub(crate) active_fault: Option<crate::filters::http::fault::ActiveFault>,
     /// The `x-request-id` the response echoes (`always_set_request_id_in_response`, or an
     /// internal request's `x-envoy-force-trace`), once the request's is settled.
     pub(crate) request_id: Option<HeaderValue>,
-    /// The request's `x-request-id` once settled, for the access logs (kept only when
-    /// there are some).
-    pub(crate) logged_request_id: Option<HeaderValue>,
     pub(crate) upstream_host: Option<SocketAddr>,
     pub(crate) upstream_cluster: Option<String>,
     pub(crate) route_name: String,
@@ -1261,11 +1267,54 @@ fn with_retry_limit_exceeded(flags: &'static str) -> &'static str {
     }
 }
 
+/// What only the access logs read of a request's end: boxed, and made only when the
+/// connection manager has access logs, so a request without keeps a small outcome (it is
+/// moved along the request's path).
+#[derive(Default)]
+pub(crate) struct OutcomeLog {
+    /// Response code details built at run time (a connect failure's reason, the policy
+    /// RBAC matched), over [`Outcome`]'s.
+    pub(crate) details: Option<String>,
+    /// Why the last upstream connection attempt failed (Envoy's transport failure
+    /// reason).
+    pub(crate) transport_failure: Option<Box<str>>,
+    /// The local address of the upstream connection the request went on.
+    pub(crate) upstream_local: Option<SocketAddr>,
+    /// The path the route rewrote the request's to (`:path` in the access log, the
+    /// original then being `x-envoy-original-path`, as Envoy logs them).
+    pub(crate) rewritten_path: Option<Box<str>>,
+    /// The request's `x-request-id` once settled.
+    pub(crate) request_id: Option<HeaderValue>,
+}
+
 impl Outcome {
     /// How the request ended: Envoy's response flags and response code details.
     pub(crate) fn ended(&mut self, flags: &'static str, details: &'static str) {
         self.flags = flags;
-        self.details = Cow::Borrowed(details);
+        self.set_details(details);
+    }
+
+    /// Envoy's response code details.
+    pub(crate) fn set_details(&mut self, details: &'static str) {
+        self.details = details;
+        if let Some(l) = self.log.as_mut() {
+            l.details = None;
+        }
+    }
+
+    /// Response code details built at run time (kept only for the access logs).
+    pub(crate) fn set_details_owned(&mut self, details: impl FnOnce() -> String) {
+        if let Some(l) = self.log.as_mut() {
+            l.details = Some(details());
+        }
+    }
+
+    /// The response code details.
+    pub(crate) fn details(&self) -> &str {
+        self.log
+            .as_ref()
+            .and_then(|l| l.details.as_deref())
+            .unwrap_or(self.details)
     }
 }
 

@@ -17,7 +17,6 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, SystemTime};
 
@@ -45,7 +44,7 @@ use super::grpc_export::{self, Batching, Destination, Record};
 use super::LogEntry;
 use crate::config::ConfigError;
 use crate::stats::{Store, MAIN_THREAD};
-use crate::upstream::async_client::grpc::GrpcClient;
+use crate::upstream::async_client::grpc::{ClientStream, GrpcClient};
 
 /// Flushes that may wait for a slow collector before later ones are dropped.
 const STREAM_QUEUE: usize = 16;
@@ -65,11 +64,8 @@ pub struct GrpcAccessLogger {
     to: Arc<dyn Destination>,
 }
 
-/// An open `StreamAccessLogs` call: where messages go, and whether it has ended.
-struct Stream {
-    tx: tokio::sync::mpsc::Sender<StreamAccessLogsMessage>,
-    ended: Arc<AtomicBool>,
-}
+/// An open `StreamAccessLogs` call.
+type Stream = ClientStream<StreamAccessLogsMessage>;
 
 /// One logger's service, its identifier and the open stream, if any (touched by the
 /// main thread only; the lock is never contended).
@@ -103,31 +99,15 @@ impl Service {
 
     /// A new stream, or `None` when the cluster has no host now.
     fn start(&self) -> Option<Stream> {
-        let channel = match self.client.channel() {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::debug!(error = %e, "access log service: no stream");
-                return None;
-            }
-        };
-        let (tx, rx) = tokio::sync::mpsc::channel(STREAM_QUEUE);
-        let ended = Arc::new(AtomicBool::new(false));
-        let mut request = self
-            .client
-            .request(tokio_stream::wrappers::ReceiverStream::new(rx));
-        // A stream lives across flushes: the service's per-request timeout is for calls.
-        request.metadata_mut().remove("grpc-timeout");
-        let done = ended.clone();
-        tokio::task::spawn_local(async move {
-            let result = AccessLogServiceClient::new(channel)
-                .stream_access_logs(request)
-                .await;
-            if let Err(status) = result {
-                tracing::debug!(%status, "access log service stream ended");
-            }
-            done.store(true, Ordering::Relaxed);
-        });
-        Some(Stream { tx, ended })
+        self.client.open_stream(
+            "access log service",
+            STREAM_QUEUE,
+            |channel, request| async move {
+                AccessLogServiceClient::new(channel)
+                    .stream_access_logs(request)
+                    .await
+            },
+        )
     }
 }
 
@@ -147,10 +127,7 @@ impl Destination for Service {
             }
         }
         let mut stream = self.stream.lock().unwrap_or_else(|p| p.into_inner());
-        if stream
-            .as_ref()
-            .is_some_and(|s| s.ended.load(Ordering::Relaxed))
-        {
+        if stream.as_ref().is_some_and(|s| s.ended()) {
             *stream = None;
         }
         let mut identifier = None;
@@ -183,7 +160,7 @@ impl Destination for Service {
                     self.failed(count);
                     return;
                 };
-                match s.tx.try_send(m) {
+                match s.try_send(m) {
                     Ok(()) => {
                         self.flushed.add(MAIN_THREAD, count);
                         break;

@@ -939,6 +939,22 @@ pub async fn h2_fetch_bytes(
 
 /// Runs `courier --mode validate` on `bootstrap` (its `LISTENER_PORT` made 0): the exit
 /// code and what it printed on stderr. A refusal must never be a panic.
+/// `envoy --mode validate` on `bootstrap` (`None` without `envoy` on PATH): its exit code
+/// and what it wrote.
+pub fn envoy_validate(bootstrap: &str) -> Option<(Option<i32>, String)> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("bootstrap.yaml");
+    std::fs::write(&cfg, bootstrap.replace("LISTENER_PORT", "0")).expect("write bootstrap");
+    let out = std::process::Command::new("envoy")
+        .args(["--mode", "validate", "--use-dynamic-base-id", "-c"])
+        .arg(&cfg)
+        .output()
+        .ok()?;
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    Some((out.status.code(), text))
+}
+
 pub fn validate(bootstrap: &str) -> (Option<i32>, String) {
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = dir.path().join("bootstrap.yaml");

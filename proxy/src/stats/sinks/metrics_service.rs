@@ -12,9 +12,6 @@
 //! at the next flush; a flush that finds no host, or a collector too slow to take the
 //! previous flushes, is dropped.
 
-use std::cell::Cell;
-use std::rc::Rc;
-
 use courier_proto::envoy::config::core::v3::ApiVersion;
 use courier_proto::envoy::config::metrics::v3::{HistogramEmitMode, MetricsServiceConfig};
 use courier_proto::envoy::service::metrics::v3::metrics_service_client::MetricsServiceClient;
@@ -28,7 +25,7 @@ use courier_proto::io::prometheus::client::{
 use super::{FlushContext, MetricSnapshot, Sink};
 use crate::config::ConfigError;
 use crate::stats::Store;
-use crate::upstream::async_client::grpc::GrpcClient;
+use crate::upstream::async_client::grpc::{ClientStream, GrpcClient};
 
 /// Envoy's supported quantiles, as fractions.
 const QUANTILES: [f64; 10] = [0.0, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.995, 0.999, 1.0];
@@ -151,46 +148,24 @@ pub struct MetricsServiceSink {
     stream: Option<Stream>,
 }
 
-/// An open `StreamMetrics` call: where messages go, and whether it has ended.
-struct Stream {
-    tx: tokio::sync::mpsc::Sender<StreamMetricsMessage>,
-    ended: Rc<Cell<bool>>,
-}
+/// An open `StreamMetrics` call.
+type Stream = ClientStream<StreamMetricsMessage>;
 
 impl MetricsServiceSink {
     /// A new stream, or `None` when the cluster has no host now.
     fn start(&self) -> Option<Stream> {
-        let channel = match self.client.channel() {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::debug!(error = %e, "metrics service: no stream");
-                return None;
-            }
-        };
-        let (tx, rx) = tokio::sync::mpsc::channel(QUEUE);
-        let ended = Rc::new(Cell::new(false));
-        let mut request = self
-            .client
-            .request(tokio_stream::wrappers::ReceiverStream::new(rx));
-        // A stream lives across flushes: the service's per-request timeout is for calls.
-        request.metadata_mut().remove("grpc-timeout");
-        let done = ended.clone();
-        tokio::task::spawn_local(async move {
-            let result = MetricsServiceClient::new(channel)
-                .stream_metrics(request)
-                .await;
-            if let Err(status) = result {
-                tracing::debug!(%status, "metrics service stream ended");
-            }
-            done.set(true);
-        });
-        Some(Stream { tx, ended })
+        self.client
+            .open_stream("metrics service", QUEUE, |channel, request| async move {
+                MetricsServiceClient::new(channel)
+                    .stream_metrics(request)
+                    .await
+            })
     }
 }
 
 impl Sink for MetricsServiceSink {
     fn flush(&mut self, snapshot: &MetricSnapshot, cx: &FlushContext<'_>) {
-        if self.stream.as_ref().is_some_and(|s| s.ended.get()) {
+        if self.stream.as_ref().is_some_and(|s| s.ended()) {
             self.stream = None;
         }
         let mut identifier = None;
@@ -216,7 +191,7 @@ impl Sink for MetricsServiceSink {
             });
         }
         for m in messages {
-            if stream.tx.try_send(m).is_err() {
+            if stream.try_send(m).is_err() {
                 tracing::debug!("metrics service: collector too slow, flush dropped");
                 return;
             }

@@ -6,6 +6,8 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use courier_proto::envoy::config::core::v3::grpc_service::TargetSpecifier;
@@ -171,6 +173,64 @@ impl GrpcClient {
             r.set_timeout(t);
         }
         r
+    }
+}
+
+/// An open client-streaming call (a stream of access-log entries, of metrics): where its
+/// messages go, and whether it has ended.
+pub struct ClientStream<T> {
+    tx: tokio::sync::mpsc::Sender<T>,
+    ended: Arc<AtomicBool>,
+}
+
+impl<T> ClientStream<T> {
+    /// Whether the call has ended (the next flush opens another).
+    pub fn ended(&self) -> bool {
+        self.ended.load(Ordering::Relaxed)
+    }
+
+    /// Queues a message; a full queue (a collector slower than the flushes) or an ended
+    /// call gives it back.
+    pub fn try_send(&self, message: T) -> Result<(), tokio::sync::mpsc::error::TrySendError<T>> {
+        self.tx.try_send(message)
+    }
+}
+
+impl GrpcClient {
+    /// Opens a client-streaming call on a host of the cluster (main thread): `call` starts
+    /// it with the channel and the request. The call lives across flushes, so the
+    /// service's per-call timeout is not sent. `None` when the cluster has no host now.
+    pub fn open_stream<T, R, F, Fut>(
+        &self,
+        what: &'static str,
+        queue: usize,
+        call: F,
+    ) -> Option<ClientStream<T>>
+    where
+        T: Send + 'static,
+        F: FnOnce(Channel, tonic::Request<tokio_stream::wrappers::ReceiverStream<T>>) -> Fut,
+        Fut: std::future::Future<Output = Result<R, tonic::Status>> + 'static,
+    {
+        let channel = match self.channel() {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(error = %e, service = what, "no stream");
+                return None;
+            }
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(queue);
+        let ended = Arc::new(AtomicBool::new(false));
+        let mut request = self.request(tokio_stream::wrappers::ReceiverStream::new(rx));
+        request.metadata_mut().remove("grpc-timeout");
+        let done = ended.clone();
+        let running = call(channel, request);
+        tokio::task::spawn_local(async move {
+            if let Err(status) = running.await {
+                tracing::debug!(%status, service = what, "stream ended");
+            }
+            done.store(true, Ordering::Relaxed);
+        });
+        Some(ClientStream { tx, ended })
     }
 }
 

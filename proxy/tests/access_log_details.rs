@@ -10,7 +10,7 @@ mod http_support;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http_support::*;
 
@@ -199,15 +199,7 @@ fn send(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)]) {
 
 /// The lines of the log once it has `n` (or after 10 s).
 fn lines(dir: &Path, n: usize) -> Vec<String> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let text = std::fs::read_to_string(dir.join("details.log")).unwrap_or_default();
-        let got: Vec<String> = text.lines().map(str::to_string).collect();
-        if got.len() >= n || Instant::now() > deadline {
-            return got;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    log_lines(&dir.join("details.log"), n)
 }
 
 /// A line with the run's own addresses and ports named.

@@ -6,7 +6,6 @@
 mod http_support;
 
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 use http_support::*;
 
@@ -80,15 +79,7 @@ fn logged_bootstrap(dir: &Path) -> String {
 
 /// The lines of `name`.log once it has `n`.
 fn lines(dir: &Path, name: &str, n: usize) -> Vec<String> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let text = std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default();
-        let got: Vec<String> = text.lines().map(str::to_string).collect();
-        if got.len() >= n || Instant::now() > deadline {
-            return got;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    log_lines(&dir.join(format!("{name}.log")), n)
 }
 
 fn run(start: &dyn Fn(&str) -> Option<Courier>) -> Option<Vec<String>> {

@@ -82,26 +82,6 @@ fn receiver(close_after_first: bool) -> (SocketAddr, Received) {
     (addr, received)
 }
 
-/// An upstream that echoes what it reads until the client closes.
-fn echo_server() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = l.local_addr().expect("addr");
-    std::thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(mut s) = s else { continue };
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 4096];
-                while let Ok(n) = s.read(&mut buf) {
-                    if n == 0 || s.write_all(&buf[..n]).is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    addr
-}
-
 const HTTP_LOGGER: &str = r#"          access_log:
           - name: envoy.access_loggers.http_grpc
             typed_config:

@@ -8,33 +8,13 @@
 mod http_support;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use http_support::*;
 
 const FORMAT: &str = "%ACCESS_LOG_TYPE% code=%RESPONSE_CODE% flags=%RESPONSE_FLAGS% details=%RESPONSE_CODE_DETAILS% term=%CONNECTION_TERMINATION_DETAILS% failure=%UPSTREAM_TRANSPORT_FAILURE_REASON% rx=%BYTES_RECEIVED% tx=%BYTES_SENT% proto=%PROTOCOL% path=%REQ(:PATH)% cluster=%UPSTREAM_CLUSTER% up=%UPSTREAM_HOST% up_local=%UPSTREAM_LOCAL_ADDRESS% local=%DOWNSTREAM_LOCAL_ADDRESS% remote=%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT% sni=%REQUESTED_SERVER_NAME% dur=%DURATION%\n";
-
-/// An upstream that echoes what it reads until the client closes.
-fn echo_server() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = l.local_addr().expect("addr");
-    std::thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(mut s) = s else { continue };
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 4096];
-                while let Ok(n) = s.read(&mut buf) {
-                    if n == 0 || s.write_all(&buf[..n]).is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    addr
-}
 
 fn logger(dir: &Path, name: &str, indent: &str) -> String {
     format!(
@@ -162,15 +142,7 @@ static_resources:
 
 /// The lines of `name`.log once it has `n` (or after 10 s).
 fn lines(dir: &Path, name: &str, n: usize) -> Vec<String> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let text = std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default();
-        let got: Vec<String> = text.lines().map(str::to_string).collect();
-        if got.len() >= n || Instant::now() > deadline {
-            return got;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    log_lines(&dir.join(format!("{name}.log")), n)
 }
 
 /// Connects to `port`, sends `data`, reads until the proxy closes or `expect` bytes came.

@@ -844,6 +844,40 @@ pub fn with_filters(bootstrap: &str, filters: &str) -> String {
     bootstrap.replacen(ROUTER, &format!("{filters}{ROUTER}"), 1)
 }
 
+/// An upstream that echoes what it reads until the client closes; its address.
+pub fn echo_server() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = l.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = s.read(&mut buf) {
+                    if n == 0 || s.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// The lines of the file at `path` once it has `n` (or what it has after 10 s): an
+/// access log's, written by another process.
+pub fn log_lines(path: &std::path::Path, n: usize) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let got: Vec<String> = text.lines().map(str::to_string).collect();
+        if got.len() >= n || Instant::now() > deadline {
+            return got;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Serves a tonic gRPC service (a collector, a management server) on a new local port, on
 /// a thread of its own; its address.
 pub fn spawn_grpc_server<S>(service: S) -> SocketAddr

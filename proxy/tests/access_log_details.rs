@@ -47,6 +47,15 @@ const ROUTES: &str = r#"            name: local
                   timeout: 2s
                   prefix_rewrite: /delay/600
                   retry_policy: { retry_on: 5xx, num_retries: 0, per_try_timeout: 0.1s }
+              - name: stream_idle
+                match: { prefix: "/idle" }
+                route: { cluster: a, idle_timeout: 0.1s, prefix_rewrite: /stall/400 }
+              - name: route_timeout_in_body
+                match: { prefix: "/late" }
+                route: { cluster: a, timeout: 0.1s, prefix_rewrite: /stall/400 }
+              - name: max_duration
+                match: { prefix: "/max-duration" }
+                route: { cluster: durations, prefix_rewrite: /delay/400 }
               - name: limited
                 match: { prefix: "/limited" }
                 route: { cluster: a }
@@ -107,6 +116,11 @@ fn boot(dir: &Path, a: &Upstream, refused: SocketAddr) -> String {
         cluster("refused", &[refused], ""),
         "  - name: empty\n    type: STATIC\n    connect_timeout: 1s\n    load_assignment: { cluster_name: empty, endpoints: [] }\n".to_string(),
         cluster(
+            "durations",
+            &[a.addr],
+            "    typed_extension_protocol_options:\n      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n        common_http_protocol_options: { max_stream_duration: 0.1s }\n        explicit_http_config: { http_protocol_options: {} }\n",
+        ),
+        cluster(
             "tiny",
             &[a.addr],
             "    circuit_breakers: { thresholds: [{ max_requests: 0 }] }\n",
@@ -144,6 +158,9 @@ const REQUESTS: &[Case] = &[
     ("GET", "/timeout", &[]),
     ("GET", "/per-try", &[]),
     ("GET", "/close", &[]),
+    ("GET", "/idle", &[]),
+    ("GET", "/max-duration", &[]),
+    ("GET", "/late", &[]),
     ("GET", "/ok", &[("x-envoy-fault-abort-request", "418")]),
     ("GET", "/ok", &[("x-envoy-fault-abort-grpc-request", "14")]),
     ("GET", "/ok", &[("x-envoy-fault-delay-request", "10")]),

@@ -358,6 +358,8 @@ impl Completion {
         }
         if let Some(log) = &self.log {
             let logged = self.outcome.log.as_deref();
+            // A timeout that cut the response body off after its head.
+            let expired = self.timers.as_ref().and_then(|t| t.expired());
             let entry = LogEntry {
                 start: self.start_wall,
                 method: &log.method,
@@ -372,12 +374,7 @@ impl Completion {
                 request: &log.headers,
                 response: self.resp_headers.as_ref(),
                 status: self.status,
-                // A timeout that cut the response body off after its head.
-                flags: self
-                    .timers
-                    .as_ref()
-                    .and_then(|t| t.expired())
-                    .map_or(self.outcome.flags, |e| e.flag()),
+                flags: expired.map_or(self.outcome.flags, |e| e.flag()),
                 bytes_received: self
                     .timers
                     .as_ref()
@@ -402,7 +399,7 @@ impl Completion {
                 local: Some(self.conn.local),
                 direct_remote: self.conn.direct_remote,
                 upstream_local: logged.and_then(|l| l.upstream_local),
-                details: self.outcome.details(),
+                details: expired.map_or(self.outcome.details(), |e| e.details()),
                 transport_failure: logged.and_then(|l| l.transport_failure.as_deref()),
                 trace: span_ids,
                 request_id: logged

@@ -65,6 +65,16 @@ impl Expiry {
         }
     }
 
+    /// The access log's response code details (Envoy's, for a response cut off after
+    /// its head).
+    pub fn details(self) -> &'static str {
+        match self {
+            Expiry::Idle => "stream_idle_timeout",
+            Expiry::Route => "response_timeout",
+            Expiry::UpstreamDuration => "upstream_max_stream_duration_reached",
+        }
+    }
+
     /// The error a body ends with.
     pub fn message(self) -> &'static str {
         match self {

@@ -46,18 +46,8 @@ impl MetricsService for Receiver {
         &self,
         request: tonic::Request<ExportMetricsServiceRequest>,
     ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
-        let headers = request
-            .metadata()
-            .clone()
-            .into_headers()
-            .iter()
-            .filter(|(k, _)| ["content-type", "te", "grpc-timeout"].contains(&k.as_str()))
-            .map(|(k, v)| {
-                (
-                    k.to_string(),
-                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                )
-            })
+        let headers = grpc_headers(request.metadata(), &["content-type", "te", "grpc-timeout"])
+            .into_iter()
             .collect();
         self.0.lock().expect("exports").push(Export {
             headers,

@@ -878,6 +878,38 @@ pub fn log_lines(path: &std::path::Path, n: usize) -> Vec<String> {
     }
 }
 
+/// The fields of a gRPC request's metadata named in `names`, as (name, value) pairs.
+pub fn grpc_headers(
+    metadata: &tonic::metadata::MetadataMap,
+    names: &[&str],
+) -> Vec<(String, String)> {
+    metadata
+        .clone()
+        .into_headers()
+        .iter()
+        .filter(|(k, _)| names.contains(&k.as_str()))
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect()
+}
+
+/// Each `(from, to, want)` replaces `from` in `base`: Courier must refuse the result with
+/// `want` in its error; `base` itself must validate.
+pub fn assert_refused_by_path(base: &str, cases: &[(&str, &str, &str)]) {
+    for (from, to, want) in cases {
+        assert!(base.contains(from), "{from}");
+        let (code, stderr) = validate(&base.replacen(from, to, 1));
+        assert_eq!(code, Some(1), "{stderr}");
+        assert!(stderr.contains(want), "want {want:?} in {stderr}");
+    }
+    let (code, stderr) = validate(base);
+    assert_eq!(code, Some(0), "{stderr}");
+}
+
 /// Serves a tonic gRPC service (a collector, a management server) on a new local port, on
 /// a thread of its own; its address.
 pub fn spawn_grpc_server<S>(service: S) -> SocketAddr

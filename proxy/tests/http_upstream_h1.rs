@@ -107,6 +107,11 @@ fn start_scripted() -> (SocketAddr, Arc<Counts>) {
                         return;
                     }
                     if close {
+                        // Closed first, counted after: a test that waits on the count must
+                        // find the FIN already on its way.
+                        let _ = out.shutdown(std::net::Shutdown::Both);
+                        drop(out);
+                        drop(reader);
                         c.closed.fetch_add(1, Ordering::SeqCst);
                         return;
                     }

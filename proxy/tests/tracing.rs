@@ -61,6 +61,8 @@ fn traced_bootstrap(upstream: std::net::SocketAddr, zipkin: std::net::SocketAddr
             - name: main
               domains: [\"*\"]
               routes:
+              - match: { prefix: \"/flaky\" }
+                route: { cluster: up, retry_policy: { retry_on: 5xx, num_retries: 2 } }
               - match: { prefix: \"/decorated\" }
                 route: { cluster: up }
                 decorator: { operation: checkout }
@@ -303,13 +305,13 @@ fn tracing_settings_not_built_are_refused_by_path() {
         ),
         (
             "random_sampling: { value: 100 }",
-            "random_sampling: { value: 100 }\n            spawn_upstream_span: true",
-            "tracing.spawn_upstream_span: not supported by Courier",
+            "random_sampling: { value: 100 }\n            verbose: true",
+            "tracing.verbose: not supported by Courier",
         ),
         (
             "decorator: { operation: checkout }",
             "tracing: { random_sampling: { numerator: 1 } }",
-            "routes[0].tracing: not supported by Courier",
+            "routes[1].tracing: not supported by Courier",
         ),
     ],
     );
@@ -327,4 +329,175 @@ fn egress_spans_on_an_outbound_listener_match_envoy() {
         "{spans:#?}"
     );
     assert!(seen[4].contains("decorator=Some(\"checkout\")"), "{seen:?}");
+}
+
+/// What the upstream saw of the trace context and the spans reported, with
+/// `spawn_upstream_span`: ids replaced by what they name (`D(/a)` the request's span,
+/// `A0(/a)` its first attempt's, `CALLER` the caller's), random values by placeholders.
+fn upstream_span_run(
+    start: &dyn Fn(&str) -> Option<Courier>,
+    outbound: bool,
+) -> Option<(Vec<String>, Vec<String>)> {
+    let up = Upstream::start("up");
+    let (zipkin, spans) = collector();
+    let mut boot = traced_bootstrap(up.addr, zipkin).replace(
+        "random_sampling: { value: 100 }",
+        "random_sampling: { value: 100 }\n            spawn_upstream_span: true",
+    );
+    if outbound {
+        boot = boot.replacen(
+            "  - name: http\n",
+            "  - name: http\n    traffic_direction: OUTBOUND\n",
+            1,
+        );
+    }
+    let proxy = start(&boot)?;
+    let caller: &[(&str, &str)] = &[
+        ("x-b3-traceid", "463ac35c9f6413ad48485a3953bb6124"),
+        ("x-b3-spanid", "a2fb4a1d1a96d312"),
+        ("x-b3-sampled", "1"),
+    ];
+    let single: &[(&str, &str)] = &[("b3", "463ac35c9f6413ad-a2fb4a1d1a96d312-1")];
+    // A plain request, one joining the caller's trace, one retried after a 503, one
+    // whose upstream resets, and one with the single `b3` header.
+    let requests: [(&str, &[(&str, &str)]); 5] = [
+        ("/a", &[]),
+        ("/b", caller),
+        ("/flaky/1", &[]),
+        ("/close", &[]),
+        ("/single", single),
+    ];
+    let mut seen = Vec::new();
+    for (path, headers) in requests {
+        let before = up.seen.lock().expect("seen").len();
+        let r = get(proxy.listener, "shop", path, headers);
+        let got: Vec<Seen> = up.seen.lock().expect("seen")[before..].to_vec();
+        seen.push((path, r.status, got));
+    }
+    // Five requests' spans and six attempts'.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while spans.lock().expect("spans").len() < 11 {
+        assert!(
+            Instant::now() < deadline,
+            "spans never reached the collector"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let spans = spans.lock().expect("spans").clone();
+    let tag = |s: &serde_json::Value, k: &str| s["tags"][k].as_str().unwrap_or("").to_string();
+    let path_of = |s: &serde_json::Value| tag(s, "http.url").replace("http://shop", "");
+    let mut names: std::collections::HashMap<String, String> = Default::default();
+    names.insert("a2fb4a1d1a96d312".into(), "CALLER".into());
+    let str_of = |v: &serde_json::Value| v.as_str().unwrap_or("").to_string();
+    let downstream: Vec<&serde_json::Value> = spans
+        .iter()
+        .filter(|s| !str_of(&s["name"]).starts_with("router "))
+        .collect();
+    for d in &downstream {
+        names.insert(str_of(&d["id"]), format!("D({})", path_of(d)));
+    }
+    for s in spans
+        .iter()
+        .filter(|s| str_of(&s["name"]).starts_with("router "))
+    {
+        let parent = downstream
+            .iter()
+            .find(|d| d["id"] == s["parentId"] && d["traceId"] == s["traceId"])
+            .map(|d| path_of(d))
+            .unwrap_or_default();
+        let retry = tag(s, "retry.count");
+        names.insert(
+            str_of(&s["id"]),
+            format!("A{}({parent})", if retry.is_empty() { "0" } else { &retry }),
+        );
+    }
+    let name = |id: &str| names.get(id).cloned().unwrap_or_else(|| id.to_string());
+    let port = up.addr.port().to_string();
+    let mut reported: Vec<String> = spans
+        .iter()
+        .map(|s| {
+            let mut tags: Vec<String> = s["tags"]
+                .as_object()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| {
+                    let v = match k.as_str() {
+                        "guid:x-request-id" => "RID".to_string(),
+                        _ => str_of(&v).replace(&port, "UP"),
+                    };
+                    format!("{k}={v}")
+                })
+                .collect();
+            tags.sort();
+            format!(
+                "{} name={} kind={} shared={} parent={} trace={} {}",
+                name(&str_of(&s["id"])),
+                str_of(&s["name"]),
+                str_of(&s["kind"]),
+                s["shared"],
+                name(&str_of(&s["parentId"])),
+                str_of(&s["traceId"]).len(),
+                tags.join(" ")
+            )
+        })
+        .collect();
+    reported.sort();
+    let upstream_saw = seen
+        .iter()
+        .map(|(path, status, got)| {
+            let ctx: Vec<String> = got
+                .iter()
+                .map(|s| {
+                    let h = |n: &str| s.header(n).unwrap_or("").to_string();
+                    let b3: Vec<String> = h("b3").split('-').map(&name).collect();
+                    format!(
+                        "span={} parent={} sampled={} b3={}",
+                        name(&h("x-b3-spanid")),
+                        name(&h("x-b3-parentspanid")),
+                        h("x-b3-sampled"),
+                        b3.join("-")
+                    )
+                })
+                .collect();
+            format!("{path} {status} {ctx:?}")
+        })
+        .collect();
+    Some((upstream_saw, reported))
+}
+
+#[test]
+fn upstream_spans_match_envoy() {
+    for outbound in [false, true] {
+        let got = upstream_span_run(&|b| Some(Courier::start(b)), outbound).expect("courier");
+        if let Some(envoy) = upstream_span_run(&|b| Courier::start_envoy(b), outbound) {
+            assert_eq!(envoy, got, "envoy vs courier (outbound: {outbound})");
+        }
+        let (saw, spans) = &got;
+        assert!(
+            saw[2].contains("span=A0(/flaky/1) parent=D(/flaky/1)")
+                && saw[2].contains("span=A1(/flaky/1) parent=D(/flaky/1)"),
+            "{saw:?}"
+        );
+        assert!(
+            spans.iter().any(
+                |s| s.starts_with("A0(/close) name=router up egress kind=CLIENT")
+                    && s.contains("error.reason=connection termination")
+                    && s.contains("response_flags=UC")
+            ),
+            "{spans:#?}"
+        );
+        assert!(
+            spans
+                .iter()
+                .any(|s| s.starts_with("A1(/flaky/1)") && s.contains("retry.count=1")),
+            "{spans:#?}"
+        );
+        assert!(
+            spans
+                .iter()
+                .any(|s| s.starts_with("D(/a) name=shop kind=SERVER")),
+            "{spans:#?}"
+        );
+    }
 }

@@ -379,7 +379,22 @@ fn requests() -> Vec<Request> {
 /// `upper-hex-flags-03`, `decorated`, `no-healthy-upstream` and `no-route`.
 const REPORTED: usize = 6;
 
-fn run(start: &dyn Fn(&str) -> Option<Courier>, exporter: Exporter, outbound: bool) -> Option<Run> {
+/// How many spans a run reports: with `spawn_upstream_span`, the four of those
+/// requests that reached the upstream add their attempt's span.
+fn reported(spawn: bool) -> usize {
+    if spawn {
+        REPORTED + 4
+    } else {
+        REPORTED
+    }
+}
+
+fn run(
+    start: &dyn Fn(&str) -> Option<Courier>,
+    exporter: Exporter,
+    outbound: bool,
+    spawn: bool,
+) -> Option<Run> {
     let up = Upstream::start("up");
     let (collector, exports) = match exporter {
         Exporter::Grpc => grpc_receiver(),
@@ -390,6 +405,13 @@ fn run(start: &dyn Fn(&str) -> Option<Courier>, exporter: Exporter, outbound: bo
         boot = boot.replacen(
             "  - name: http\n",
             "  - name: http\n    traffic_direction: OUTBOUND\n",
+            1,
+        );
+    }
+    if spawn {
+        boot = boot.replacen(
+            "random_sampling: { value: 50 }",
+            "random_sampling: { value: 50 }\n            spawn_upstream_span: true",
             1,
         );
     }
@@ -433,16 +455,24 @@ fn run(start: &dyn Fn(&str) -> Option<Courier>, exporter: Exporter, outbound: bo
             .map(|s| s.spans.len())
             .sum()
     };
-    while spans_in(&exports) < REPORTED {
+    while spans_in(&exports) < reported(spawn) {
         assert!(
             Instant::now() < deadline,
             "spans never reached the collector: {} of {}",
             spans_in(&exports),
-            REPORTED
+            reported(spawn)
         );
         std::thread::sleep(Duration::from_millis(20));
     }
     let exports = exports.lock().expect("exports").clone();
+    // The proxy's own span ids: an attempt's span names its request's span as parent.
+    let own: std::collections::HashSet<String> = exports
+        .iter()
+        .flat_map(|x| &x.request.resource_spans)
+        .flat_map(|r| &r.scope_spans)
+        .flat_map(|s| &s.spans)
+        .map(|s| hex(&s.span_id))
+        .collect();
     // The upstream's traceparent, by request id: a span's context as sent upstream.
     let upstream_tp = |rid: &str| -> Option<String> {
         up.seen
@@ -453,6 +483,7 @@ fn run(start: &dyn Fn(&str) -> Option<Courier>, exporter: Exporter, outbound: bo
             .and_then(|s| s.header("traceparent").map(str::to_string))
     };
     let port = proxy.listener.port().to_string();
+    let up_port = up.addr.port().to_string();
     let mut spans = Vec::new();
     let mut resources = Vec::new();
     let mut languages = Vec::new();
@@ -495,7 +526,10 @@ fn run(start: &dyn Fn(&str) -> Option<Courier>, exporter: Exporter, outbound: bo
                     let mut a: Vec<String> = s
                         .attributes
                         .iter()
-                        .map(|kv| format!("{}={}", kv.key, attr(kv).replace(&port, "PORT")))
+                        .map(|kv| {
+                            let v = attr(kv).replace(&port, "PORT").replace(&up_port, "UP");
+                            format!("{}={v}", kv.key)
+                        })
                         .filter(|x| !x.starts_with("peer.address="))
                         .collect();
                     a.sort();
@@ -511,6 +545,10 @@ fn run(start: &dyn Fn(&str) -> Option<Courier>, exporter: Exporter, outbound: bo
                         tp.replace(&trace, "TRACE")
                             .replace(&id, "SPAN")
                             .replace(TRACE, "INCOMING")
+                            .split('-')
+                            .map(|p| if own.contains(p) { "ATTEMPT" } else { p })
+                            .collect::<Vec<_>>()
+                            .join("-")
                     });
                     spans.push(format!(
                         "{} kind={:?} trace={} id={} parent={} state={:?} flags={} status={:?} times_ok={} events={} links={} dropped={}/{}/{} upstream_tp={:?} attrs={a:?}",
@@ -520,6 +558,7 @@ fn run(start: &dyn Fn(&str) -> Option<Courier>, exporter: Exporter, outbound: bo
                         if s.span_id.len() == 8 { "new/8" } else { "?" },
                         match hex(&s.parent_span_id) {
                             p if p == CALLER => "CALLER".to_string(),
+                            p if own.contains(&p) => "OWN".to_string(),
                             p => p,
                         },
                         s.trace_state,
@@ -559,7 +598,7 @@ fn run(start: &dyn Fn(&str) -> Option<Courier>, exporter: Exporter, outbound: bo
     headers.dedup();
     let mut stats = vec![format!(
         "spans_sent={}",
-        proxy.wait_stat("tracing.opentelemetry.spans_sent", REPORTED as u64)
+        proxy.wait_stat("tracing.opentelemetry.spans_sent", reported(spawn) as u64)
     )];
     for s in [
         "http.ingress.tracing.random_sampling",
@@ -576,9 +615,9 @@ fn run(start: &dyn Fn(&str) -> Option<Courier>, exporter: Exporter, outbound: bo
 
 /// Runs the requests through Courier and, when there is one, through Envoy; returns
 /// Courier's run after asserting both agree.
-fn differential(exporter: Exporter, outbound: bool) -> Run {
-    let got = run(&|b| Some(Courier::start(b)), exporter, outbound).expect("courier starts");
-    if let Some(envoy) = run(&|b| Courier::start_envoy(b), exporter, outbound) {
+fn differential(exporter: Exporter, outbound: bool, spawn: bool) -> Run {
+    let got = run(&|b| Some(Courier::start(b)), exporter, outbound, spawn).expect("courier starts");
+    if let Some(envoy) = run(&|b| Courier::start_envoy(b), exporter, outbound, spawn) {
         // The SDK language is each proxy's own.
         assert_eq!(envoy.3, ["cpp"]);
         assert_eq!(
@@ -593,7 +632,7 @@ fn differential(exporter: Exporter, outbound: bool) -> Run {
 
 #[test]
 fn otlp_grpc_spans_and_w3c_context_match_envoy() {
-    let (seen, spans, resources, _) = differential(Exporter::Grpc, false);
+    let (seen, spans, resources, _) = differential(Exporter::Grpc, false, false);
     let line = |label: &str| {
         seen.iter()
             .find(|l| l.starts_with(&format!("{label}:")))
@@ -658,7 +697,7 @@ fn otlp_grpc_spans_and_w3c_context_match_envoy() {
 
 #[test]
 fn otlp_http_egress_spans_match_envoy() {
-    let (seen, spans, _, _) = differential(Exporter::Http, true);
+    let (seen, spans, _, _) = differential(Exporter::Http, true, false);
     assert!(
         seen.contains(&":method: POST, :path: /v1/traces, content-type: application/x-protobuf, host: collector.example:4318, user-agent: OTel-OTLP-Exporter-Envoy, x-token: secret".to_string()),
         "{seen:#?}"
@@ -672,6 +711,39 @@ fn otlp_http_egress_spans_match_envoy() {
                 && s.contains("status=Some((2, \"\"))")),
         "{spans:#?}"
     );
+}
+
+/// `spawn_upstream_span`: each attempt's CLIENT span is the upstream's parent, a child of
+/// the request's span, which is a SERVER span even on an egress listener.
+#[test]
+fn attempt_spans_match_envoy() {
+    for outbound in [false, true] {
+        let (seen, spans, _, _) = differential(Exporter::Grpc, outbound, true);
+        assert!(
+            seen.iter()
+                .any(|l| l.starts_with("new: status=200 traceparent=00-NEW-NEW-01")),
+            "{seen:#?}"
+        );
+        assert_eq!(spans.len(), reported(true), "{spans:#?}");
+        let attempts: Vec<&String> = spans
+            .iter()
+            .filter(|s| s.starts_with("router up egress kind=3 "))
+            .collect();
+        assert_eq!(attempts.len(), 4, "{spans:#?}");
+        assert!(
+            attempts.iter().all(|s| s.contains(" parent=OWN ")),
+            "{spans:#?}"
+        );
+        assert!(
+            spans
+                .iter()
+                .filter(|s| !s.starts_with("router "))
+                .all(|s| s.contains(" kind=2 ")
+                    && (s.contains("upstream_tp=Some(\"00-TRACE-ATTEMPT-01\")")
+                        || s.contains("upstream_tp=None"))),
+            "{spans:#?}"
+        );
+    }
 }
 
 #[test]
@@ -698,8 +770,8 @@ fn opentelemetry_settings_not_built_are_refused_by_path() {
         ),
         (
             "random_sampling: { value: 50 }",
-            "random_sampling: { value: 50 }\n            spawn_upstream_span: true",
-            "tracing.spawn_upstream_span: not supported by Courier",
+            "random_sampling: { value: 50 }\n            verbose: true",
+            "tracing.verbose: not supported by Courier",
         ),
     ],
     );

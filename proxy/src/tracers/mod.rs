@@ -9,6 +9,12 @@
 //! the mark away. The mark is written into the request id, so every proxy on the way
 //! decides the same. Spans are built on the worker when the request ends and handed to
 //! the main thread, which batches them to the collector: a worker never waits on it.
+//!
+//! With `spawn_upstream_span`, every attempt the router makes gets a CLIENT child span of
+//! its own (`router <cluster> egress`, Envoy's name), whose context goes upstream instead
+//! of the request's span; the request's span is then a SERVER span on either traffic
+//! direction, as Envoy makes it. An attempt's span ends when the attempt does: a failed
+//! or retried one at once, the one that answered with the request.
 
 pub mod opentelemetry;
 pub mod reporter;
@@ -154,6 +160,8 @@ pub struct HttpTracing {
     /// Ingress (server spans) or egress (client spans), from the listener's
     /// `traffic_direction`.
     egress: bool,
+    /// `spawn_upstream_span`: a child span per upstream attempt.
+    spawn_upstream_span: bool,
     tracer: Tracer,
     stats: TracingStats,
 }
@@ -178,10 +186,6 @@ impl HttpTracing {
         #[allow(deprecated)]
         let refused = [
             ("verbose", t.verbose),
-            (
-                "spawn_upstream_span",
-                t.spawn_upstream_span.is_some_and(|b| b.value),
-            ),
             ("operation", !t.operation.is_empty()),
             ("upstream_operation", !t.upstream_operation.is_empty()),
         ];
@@ -247,6 +251,7 @@ impl HttpTracing {
             max_path_tag_length: t.max_path_tag_length.map_or(256, |v| v.value as usize),
             custom_tags,
             egress,
+            spawn_upstream_span: t.spawn_upstream_span.is_some_and(|b| b.value),
             tracer,
             stats: TracingStats {
                 random_sampling: c("random_sampling"),
@@ -364,6 +369,7 @@ impl HttpTracing {
         tag("user_agent", header("user-agent").unwrap_or("-"));
         tag("http.protocol", req.protocol);
         tag("peer.address", &req.peer.to_string());
+        let custom_from = tags.len();
         for (name, value) in &self.custom_tags {
             let v = match value {
                 TagValue::Literal(v) | TagValue::Environment(v) => Some(v.as_str()),
@@ -380,14 +386,22 @@ impl HttpTracing {
             }
         }
         let traced = reason != Reason::NotTraceable;
+        // With a span per attempt, the request's own span is the server side of this hop.
+        let client = self.egress && !self.spawn_upstream_span;
         let span = match &self.tracer {
-            Tracer::Zipkin(z) => Started::Zipkin(z.start(traced, self.egress, headers), z.clone()),
-            Tracer::OpenTelemetry(o) => match o.start(traced, self.egress, headers) {
+            Tracer::Zipkin(z) => Started::Zipkin(z.start(traced, client, headers), z.clone()),
+            Tracer::OpenTelemetry(o) => match o.start(traced, client, headers) {
                 Some(span) => Started::OpenTelemetry(span, o.clone()),
                 None => Started::Null,
             },
         };
-        ActiveSpan { span, tags }
+        ActiveSpan {
+            span,
+            tags,
+            custom_from,
+            spawns: self.spawn_upstream_span,
+            upstream: None,
+        }
     }
 }
 
@@ -442,11 +456,153 @@ pub struct SpanIds {
 pub struct ActiveSpan {
     span: Started,
     tags: Vec<(Cow<'static, str>, String)>,
+    /// Where the custom tags start in `tags` (an attempt's span carries them too).
+    custom_from: usize,
+    /// `spawn_upstream_span`.
+    spawns: bool,
+    /// The span of the attempt under way, or of the one that answered.
+    upstream: Option<Box<UpstreamSpan>>,
+}
+
+/// An upstream attempt's span (`spawn_upstream_span`), from its start to its end.
+struct UpstreamSpan {
+    span: Started,
+    name: String,
+    tags: Vec<(Cow<'static, str>, String)>,
+    status: u16,
+    protocol: &'static str,
+}
+
+/// How an upstream attempt ended, for its span.
+pub struct AttemptEnd {
+    /// The status it was answered with (0: none).
+    pub status: u16,
+    /// `HTTP/1.1`, `HTTP/2`; `-` when no connection carried it.
+    pub protocol: &'static str,
+    /// Its response flag (`-`: none).
+    pub flags: &'static str,
+    /// Why its stream was reset (Envoy's reset reason), if it was.
+    pub reset: Option<&'static str>,
+    /// Whether the router gave up on it (a retry or a timeout cut it short).
+    pub canceled: bool,
+}
+
+impl AttemptEnd {
+    /// An attempt the router gave up on after `status` (0: none) over `protocol`.
+    pub fn canceled(status: u16, protocol: &'static str) -> AttemptEnd {
+        AttemptEnd {
+            status,
+            protocol,
+            flags: "-",
+            reset: None,
+            canceled: true,
+        }
+    }
+}
+
+impl UpstreamSpan {
+    fn finish(mut self, end: &AttemptEnd, worker: usize) {
+        let mut tag = |k: &'static str, v: &str| self.tags.push((Cow::Borrowed(k), v.to_string()));
+        tag("http.protocol", end.protocol);
+        tag("http.status_code", &end.status.to_string());
+        tag("response_flags", end.flags);
+        if end.status == 0 || end.status >= 500 || end.reset.is_some() {
+            tag("error", "true");
+        }
+        if let Some(reason) = end.reset {
+            tag("error.reason", reason);
+        }
+        if end.canceled {
+            tag("canceled", "true");
+        }
+        match self.span {
+            Started::Zipkin(span, tracer) => tracer.finish(span, &self.name, self.tags, worker),
+            Started::OpenTelemetry(span, tracer) => {
+                tracer.finish(span, &self.name, self.tags, worker)
+            }
+            Started::Null => {}
+        }
+    }
 }
 
 impl ActiveSpan {
+    /// With `spawn_upstream_span`, starts attempt `attempt`'s span to `host` of `cluster`
+    /// (an earlier attempt's ended first) and sends its context upstream in `headers`.
+    pub fn start_attempt(
+        &mut self,
+        headers: &mut HeaderMap,
+        cluster: &str,
+        host: std::net::SocketAddr,
+        attempt: u32,
+    ) {
+        if !self.spawns {
+            return;
+        }
+        let span = match &self.span {
+            Started::Zipkin(parent, z) => Started::Zipkin(z.child(parent, headers), z.clone()),
+            Started::OpenTelemetry(parent, o) => {
+                Started::OpenTelemetry(o.child(parent, headers), o.clone())
+            }
+            Started::Null => return,
+        };
+        let sampled = match &span {
+            Started::Zipkin(s, _) => s.sampled,
+            Started::OpenTelemetry(s, _) => s.sampled,
+            Started::Null => false,
+        };
+        if !sampled {
+            // Its context went upstream; an unsampled span is never reported.
+            self.upstream = None;
+            return;
+        }
+        let mut tags: Vec<(Cow<'static, str>, String)> = Vec::with_capacity(12);
+        let host = host.to_string();
+        tags.push((Cow::Borrowed("upstream_address"), host.clone()));
+        tags.push((Cow::Borrowed("peer.address"), host));
+        tags.push((Cow::Borrowed("component"), "proxy".to_string()));
+        tags.push((Cow::Borrowed("upstream_cluster"), cluster.to_string()));
+        tags.push((Cow::Borrowed("upstream_cluster.name"), cluster.to_string()));
+        if attempt > 1 {
+            tags.push((Cow::Borrowed("retry.count"), (attempt - 1).to_string()));
+        }
+        tags.extend_from_slice(&self.tags[self.custom_from..]);
+        self.upstream = Some(Box::new(UpstreamSpan {
+            span,
+            name: format!("router {cluster} egress"),
+            tags,
+            status: 0,
+            protocol: "-",
+        }));
+    }
+
+    /// Ends the attempt under way, as `end` says.
+    pub fn end_attempt(&mut self, end: &AttemptEnd, worker: usize) {
+        if let Some(up) = self.upstream.take() {
+            up.finish(end, worker);
+        }
+    }
+
+    /// The attempt under way answered with `status` over `protocol`; its span ends with
+    /// the request's.
+    pub fn attempt_answered(&mut self, status: u16, protocol: &'static str) {
+        if let Some(up) = self.upstream.as_mut() {
+            up.status = status;
+            up.protocol = protocol;
+        }
+    }
+
     /// Ends the span, named `name`; a sampled one goes to the reporter.
     pub fn finish(mut self, name: &str, end: &SpanEnd<'_>, worker: usize) {
+        if let Some(up) = self.upstream.take() {
+            let attempt = AttemptEnd {
+                status: up.status,
+                protocol: up.protocol,
+                flags: "-",
+                reset: None,
+                canceled: false,
+            };
+            up.finish(&attempt, worker);
+        }
         if !self.sampled() {
             return;
         }

@@ -111,9 +111,9 @@ impl ZipkinTracer {
     }
 
     /// Starts a span for a request whose headers are `headers`; `traced` is the sampling
-    /// decision (a B3 sampled flag overrides it). The upstream's B3 context replaces the
-    /// request's.
-    pub fn start(&self, traced: bool, egress: bool, headers: &mut HeaderMap) -> Span {
+    /// decision (a B3 sampled flag overrides it); a `client` span is an egress one. The
+    /// upstream's B3 context replaces the request's.
+    pub fn start(&self, traced: bool, client: bool, headers: &mut HeaderMap) -> Span {
         let hex = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
         // The single `b3` header, when the multi-header context is absent; the upstream
         // then gets the context the same way.
@@ -134,7 +134,7 @@ impl ZipkinTracer {
             ),
         };
         let sampled = sampled_flag.unwrap_or(traced);
-        let server = !egress;
+        let server = !client;
         let (trace_high, trace_id, id, parent) = match incoming {
             Some(((high, low), caller)) if server && self.shared_span_context => {
                 (high, low, caller, parent_header)
@@ -154,32 +154,30 @@ impl ZipkinTracer {
             sampled,
             server,
             shared: server && self.shared_span_context,
+            single: single_format,
             start: SystemTime::now(),
             started: Instant::now(),
         };
-        for name in [TRACE_ID, SPAN_ID, PARENT_ID, SAMPLED, FLAGS, SINGLE] {
-            headers.remove(name);
-        }
-        let mut set = |name: &'static str, value: String| {
-            if let Ok(v) = HeaderValue::from_str(&value) {
-                headers.insert(name, v);
-            }
+        span.inject(headers);
+        span
+    }
+
+    /// An upstream attempt's CLIENT span, a child of `parent`; its context replaces the
+    /// one in `headers`, in the same form (multi-header or single `b3`).
+    pub fn child(&self, parent: &Span, headers: &mut HeaderMap) -> Span {
+        let span = Span {
+            trace_high: parent.trace_high,
+            trace_id: parent.trace_id,
+            id: fastrand::u64(..),
+            parent: Some(parent.id),
+            sampled: parent.sampled,
+            server: false,
+            shared: false,
+            single: parent.single,
+            start: SystemTime::now(),
+            started: Instant::now(),
         };
-        let sampled = if span.sampled { "1" } else { "0" };
-        if single_format {
-            let mut value = format!("{}-{:016x}-{sampled}", span.trace_id_hex(), span.id);
-            if let Some(p) = span.parent {
-                value.push_str(&format!("-{p:016x}"));
-            }
-            set(SINGLE, value);
-        } else {
-            set(TRACE_ID, span.trace_id_hex());
-            set(SPAN_ID, format!("{:016x}", span.id));
-            if let Some(p) = span.parent {
-                set(PARENT_ID, format!("{p:016x}"));
-            }
-            set(SAMPLED, sampled.to_string());
-        }
+        span.inject(headers);
         span
     }
 
@@ -385,11 +383,40 @@ pub struct Span {
     pub sampled: bool,
     server: bool,
     shared: bool,
+    /// The context travels in the single `b3` header (as it came).
+    single: bool,
     start: SystemTime,
     started: Instant,
 }
 
 impl Span {
+    /// Sends this span's B3 context upstream in `headers`, replacing any there.
+    fn inject(&self, headers: &mut HeaderMap) {
+        for name in [TRACE_ID, SPAN_ID, PARENT_ID, SAMPLED, FLAGS, SINGLE] {
+            headers.remove(name);
+        }
+        let mut set = |name: &'static str, value: String| {
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                headers.insert(name, v);
+            }
+        };
+        let sampled = if self.sampled { "1" } else { "0" };
+        if self.single {
+            let mut value = format!("{}-{:016x}-{sampled}", self.trace_id_hex(), self.id);
+            if let Some(p) = self.parent {
+                value.push_str(&format!("-{p:016x}"));
+            }
+            set(SINGLE, value);
+        } else {
+            set(TRACE_ID, self.trace_id_hex());
+            set(SPAN_ID, format!("{:016x}", self.id));
+            if let Some(p) = self.parent {
+                set(PARENT_ID, format!("{p:016x}"));
+            }
+            set(SAMPLED, sampled.to_string());
+        }
+    }
+
     /// The trace id (its high half zero for a 64-bit one); as Envoy's Zipkin spans, the
     /// span's own id is not given out.
     pub fn ids(&self) -> crate::tracers::SpanIds {

@@ -535,6 +535,7 @@ pub(crate) async fn forward(
         // Upgrades are built in the HTTP/1.1 form whatever the cluster's protocol; for an
         // HTTP/2 cluster, `send_upgrade` makes an extended CONNECT of it.
         let h2_upstream = cluster.http2 && !is_upgrade;
+        let span_protocol = if cluster.http2 { "HTTP/2" } else { "HTTP/1.1" };
         let mut head = http::request::Builder::new()
             .method(parts.method.clone())
             .version(if h2_upstream {
@@ -652,6 +653,12 @@ pub(crate) async fn forward(
                 overall_deadline,
             );
         }
+        // `spawn_upstream_span`: the attempt's own span, whose context goes upstream.
+        if let Some(traced) = outcome.span.as_mut() {
+            traced
+                .0
+                .start_attempt(up_req.headers_mut(), &cluster.name, host.address, attempt);
+        }
         host.stats.rq_total.inc(worker);
         let active = (
             pool.stats.rq_active.raise(worker),
@@ -722,6 +729,10 @@ pub(crate) async fn forward(
                     None
                 };
                 if let Some(slot) = slot {
+                    if let Some(traced) = outcome.span.as_mut() {
+                        let end = crate::tracers::AttemptEnd::canceled(status, span_protocol);
+                        traced.0.end_attempt(&end, worker);
+                    }
                     sinks.cluster.charge_retried(worker, status);
                     // Kept in case no retry can follow, read off its connection first: an
                     // open body would hold the attempt's connection (an HTTP/2 stream
@@ -740,6 +751,9 @@ pub(crate) async fn forward(
                     outcome.flags = with_retry_limit_exceeded(outcome.flags);
                 } else if attempt > 1 && !retriable {
                     sinks.retry_success(worker);
+                }
+                if let Some(traced) = outcome.span.as_mut() {
+                    traced.0.attempt_answered(status, span_protocol);
                 }
                 let elapsed = upstream_start.elapsed();
                 sinks.charge(worker, status, Some(elapsed.as_millis() as u64));
@@ -799,12 +813,19 @@ pub(crate) async fn forward(
             Some(Err(e)) => e,
             None => {
                 if overall_deadline.is_some_and(|d| Instant::now() >= d) {
+                    if let Some(traced) = outcome.span.as_mut() {
+                        let end = crate::tracers::AttemptEnd::canceled(0, span_protocol);
+                        traced.0.end_attempt(&end, worker);
+                    }
                     break;
                 }
                 pool.stats.rq_per_try_timeout.inc(worker);
                 AttemptError::PerTryTimeout
             }
         };
+        if let Some(traced) = outcome.span.as_mut() {
+            traced.0.end_attempt(&err.span_end(span_protocol), worker);
+        }
         let retriable = match &err {
             AttemptError::Overflow => false,
             AttemptError::ConnectFailure(_) => {

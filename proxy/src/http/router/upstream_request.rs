@@ -340,3 +340,35 @@ pub(crate) enum AttemptError {
     MaxDuration,
     PerTryTimeout,
 }
+
+impl AttemptError {
+    /// How the attempt ended, for its span (`spawn_upstream_span`), with Envoy's flag
+    /// and reset reason; `protocol` is the cluster's, for an attempt that had a
+    /// connection.
+    pub(crate) fn span_end(&self, protocol: &'static str) -> crate::tracers::AttemptEnd {
+        let (flags, reset, canceled) = match self {
+            AttemptError::Overflow => ("UO", Some("overflow"), false),
+            AttemptError::ConnectFailure(Some(_)) => {
+                ("UF", Some("remote connection failure"), false)
+            }
+            AttemptError::ConnectFailure(None) => ("UF", Some("connection timeout"), false),
+            AttemptError::Reset => ("UC", Some("connection termination"), false),
+            AttemptError::Refused => ("UR", Some("remote refused stream reset"), false),
+            AttemptError::Protocol => ("UPE", Some("protocol error"), false),
+            AttemptError::HeadOverflow => ("UR", Some("remote reset"), false),
+            AttemptError::MaxDuration => ("UMSDR", None, true),
+            AttemptError::PerTryTimeout => ("UT", None, true),
+        };
+        let connected = !matches!(
+            self,
+            AttemptError::Overflow | AttemptError::ConnectFailure(_)
+        );
+        crate::tracers::AttemptEnd {
+            status: 0,
+            protocol: if connected { protocol } else { "-" },
+            flags,
+            reset,
+            canceled,
+        }
+    }
+}

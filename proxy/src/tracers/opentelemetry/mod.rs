@@ -210,44 +210,33 @@ impl OtelTracer {
     }
 
     /// Starts a span for a request whose headers are `headers`; `traced` is the
-    /// connection manager's decision. `None` when the request's `traceparent` is not
-    /// valid (Envoy's null span: nothing reported, headers untouched); else the upstream's
-    /// trace context replaces the request's.
-    pub fn start(&self, traced: bool, egress: bool, headers: &mut HeaderMap) -> Option<Span> {
-        let random_id = |n: usize| -> Vec<u8> {
-            // An all-zero id is invalid in W3C trace context.
-            loop {
-                let id: Vec<u8> = (0..n).map(|_| fastrand::u8(..)).collect();
-                if id.iter().any(|b| *b != 0) {
-                    return id;
-                }
-            }
-        };
-        let mut span_id = [0u8; 8];
-        span_id.copy_from_slice(&random_id(8));
+    /// connection manager's decision; a `client` span is an egress one. `None` when the
+    /// request's `traceparent` is not valid (Envoy's null span: nothing reported, headers
+    /// untouched); else the upstream's trace context replaces the request's.
+    pub fn start(&self, traced: bool, client: bool, headers: &mut HeaderMap) -> Option<Span> {
         let span = match context::extract(headers) {
-            None => {
-                let mut trace_id = [0u8; 16];
-                trace_id.copy_from_slice(&random_id(16));
-                Span {
-                    trace_id,
-                    span_id,
-                    parent: None,
-                    trace_state: String::new(),
-                    sampled: traced,
-                    client: egress,
-                    start: SystemTime::now(),
-                    started: Instant::now(),
-                }
-            }
+            None => Span {
+                trace_id: random_id(),
+                span_id: random_id(),
+                parent: None,
+                remote_parent: false,
+                attempt: false,
+                trace_state: String::new(),
+                sampled: traced,
+                client,
+                start: SystemTime::now(),
+                started: Instant::now(),
+            },
             Some(Ok(incoming)) => Span {
                 trace_id: incoming.trace_id,
-                span_id,
+                span_id: random_id(),
                 parent: Some(incoming.parent_id),
+                remote_parent: true,
+                attempt: false,
                 trace_state: incoming.trace_state,
                 // The caller's flag, and the connection manager may still say no.
                 sampled: incoming.sampled && traced,
-                client: egress,
+                client,
                 start: SystemTime::now(),
                 started: Instant::now(),
             },
@@ -256,16 +245,27 @@ impl OtelTracer {
                 return None;
             }
         };
-        let tp = context::traceparent(&span.trace_id, &span.span_id, span.sampled);
-        if let Ok(v) = HeaderValue::from_str(&tp) {
-            headers.insert(context::TRACEPARENT, v);
-        }
-        // The joined tracestate came from header values, so it is a valid value; an
-        // empty one is sent as Envoy sends it.
-        if let Ok(v) = HeaderValue::from_str(&span.trace_state) {
-            headers.insert(context::TRACESTATE, v);
-        }
+        span.inject(headers);
         Some(span)
+    }
+
+    /// An upstream attempt's CLIENT span, a child of `parent`; its context replaces the
+    /// one in `headers`.
+    pub fn child(&self, parent: &Span, headers: &mut HeaderMap) -> Span {
+        let span = Span {
+            trace_id: parent.trace_id,
+            span_id: random_id(),
+            parent: Some(parent.span_id),
+            remote_parent: false,
+            attempt: true,
+            trace_state: parent.trace_state.clone(),
+            sampled: parent.sampled,
+            client: true,
+            start: SystemTime::now(),
+            started: Instant::now(),
+        };
+        span.inject(headers);
+        span
     }
 
     /// Ends `span` (named `name`, with `tags`); a sampled span goes to the reporter as an
@@ -301,8 +301,8 @@ impl OtelTracer {
                 None => attributes.push(string_kv(k.into_owned(), v)),
             }
         }
-        if !has_zone {
-            // Envoy tags every span with the zone, empty or not.
+        if !has_zone && !span.attempt {
+            // Envoy tags every request's span with the zone, empty or not.
             attributes.push(string_kv("zone", ""));
         }
         let start = span
@@ -316,7 +316,7 @@ impl OtelTracer {
             otlp::span::SpanKind::Server
         };
         let mut flags = FLAG_HAS_IS_REMOTE | u32::from(span.sampled);
-        if span.parent.is_some() {
+        if span.remote_parent {
             flags |= FLAG_IS_REMOTE;
         }
         let out = otlp::Span {
@@ -345,6 +345,10 @@ pub struct Span {
     trace_id: [u8; 16],
     span_id: [u8; 8],
     parent: Option<[u8; 8]>,
+    /// The parent is the caller's span (not one of this proxy's).
+    remote_parent: bool,
+    /// An upstream attempt's span (`spawn_upstream_span`).
+    attempt: bool,
     trace_state: String,
     /// Reported when it ends.
     pub sampled: bool,
@@ -353,7 +357,30 @@ pub struct Span {
     started: Instant,
 }
 
+/// A random span or trace id; never all zeros, which W3C trace context forbids.
+fn random_id<const N: usize>() -> [u8; N] {
+    loop {
+        let id: [u8; N] = std::array::from_fn(|_| fastrand::u8(..));
+        if id.iter().any(|b| *b != 0) {
+            return id;
+        }
+    }
+}
+
 impl Span {
+    /// Sends this span's context upstream in `headers`, replacing any there.
+    fn inject(&self, headers: &mut HeaderMap) {
+        let tp = context::traceparent(&self.trace_id, &self.span_id, self.sampled);
+        if let Ok(v) = HeaderValue::from_str(&tp) {
+            headers.insert(context::TRACEPARENT, v);
+        }
+        // The joined tracestate came from header values, so it is a valid value; an
+        // empty one is sent as Envoy sends it.
+        if let Ok(v) = HeaderValue::from_str(&self.trace_state) {
+            headers.insert(context::TRACESTATE, v);
+        }
+    }
+
     /// The trace and span ids.
     pub fn ids(&self) -> crate::tracers::SpanIds {
         crate::tracers::SpanIds {

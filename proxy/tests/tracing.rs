@@ -358,14 +358,18 @@ fn upstream_span_run(
         ("x-b3-sampled", "1"),
     ];
     let single: &[(&str, &str)] = &[("b3", "463ac35c9f6413ad-a2fb4a1d1a96d312-1")];
+    let grpc: &[(&str, &str)] = &[("content-type", "application/grpc"), ("grpc-timeout", "5S")];
     // A plain request, one joining the caller's trace, one retried after a 503, one
-    // whose upstream resets, and one with the single `b3` header.
-    let requests: [(&str, &[(&str, &str)]); 5] = [
-        ("/a", &[]),
+    // whose upstream resets, one with the single `b3` header, gRPC ones answered
+    // UNAVAILABLE (a server failure) and NOT_FOUND (not one).
+    let requests: [(&str, &[(&str, &str)]); 7] = [
+        ("/a", &[("x-client-trace-id", "client-1")]),
         ("/b", caller),
         ("/flaky/1", &[]),
         ("/close", &[]),
         ("/single", single),
+        ("/flaky-header/9/grpc-status=14", grpc),
+        ("/flaky-header/9/grpc-status=5", grpc),
     ];
     let mut seen = Vec::new();
     for (path, headers) in requests {
@@ -374,9 +378,9 @@ fn upstream_span_run(
         let got: Vec<Seen> = up.seen.lock().expect("seen")[before..].to_vec();
         seen.push((path, r.status, got));
     }
-    // Five requests' spans and six attempts'.
+    // Seven requests' spans and eight attempts'.
     let deadline = Instant::now() + Duration::from_secs(15);
-    while spans.lock().expect("spans").len() < 11 {
+    while spans.lock().expect("spans").len() < 15 {
         assert!(
             Instant::now() < deadline,
             "spans never reached the collector"
@@ -496,7 +500,17 @@ fn upstream_spans_match_envoy() {
         assert!(
             spans
                 .iter()
-                .any(|s| s.starts_with("D(/a) name=shop kind=SERVER")),
+                .any(|s| s.starts_with("D(/a) name=shop kind=SERVER")
+                    && s.contains("guid:x-client-trace-id=client-1")),
+            "{spans:#?}"
+        );
+        assert!(
+            spans
+                .iter()
+                .any(|s| s.starts_with("D(/flaky-header/9/grpc-status=14)")
+                    && s.contains("error=true")
+                    && s.contains("grpc.status_code=14")
+                    && s.contains("grpc.timeout=5S")),
             "{spans:#?}"
         );
     }

@@ -369,6 +369,19 @@ impl HttpTracing {
         tag("user_agent", header("user-agent").unwrap_or("-"));
         tag("http.protocol", req.protocol);
         tag("peer.address", &req.peer.to_string());
+        if let Some(id) = header("x-client-trace-id") {
+            tag("guid:x-client-trace-id", id);
+        }
+        if req.grpc {
+            tag("grpc.path", req.path);
+            tag("grpc.authority", req.authority);
+            if let Some(ct) = header("content-type") {
+                tag("grpc.content_type", ct);
+            }
+            if let Some(t) = header("grpc-timeout") {
+                tag("grpc.timeout", t);
+            }
+        }
         let custom_from = tags.len();
         for (name, value) in &self.custom_tags {
             let v = match value {
@@ -419,6 +432,8 @@ pub struct SpanStart<'a> {
     pub protocol: &'a str,
     /// The client's address.
     pub peer: std::net::IpAddr,
+    /// Whether it is a gRPC request (it then gets Envoy's `grpc.*` tags).
+    pub grpc: bool,
 }
 
 /// What a finished request tells its span.
@@ -487,6 +502,15 @@ pub struct AttemptEnd {
     pub canceled: bool,
 }
 
+/// Sets tag `k` (a tag set again keeps its place and takes the new value, as Envoy's
+/// `setTag`).
+fn set_tag(tags: &mut Vec<(Cow<'static, str>, String)>, k: Cow<'static, str>, v: String) {
+    match tags.iter_mut().find(|(key, _)| *key == k) {
+        Some(t) => t.1 = v,
+        None => tags.push((k, v)),
+    }
+}
+
 impl AttemptEnd {
     /// An attempt the router gave up on after `status` (0: none) over `protocol`.
     pub fn canceled(status: u16, protocol: &'static str) -> AttemptEnd {
@@ -502,7 +526,8 @@ impl AttemptEnd {
 
 impl UpstreamSpan {
     fn finish(mut self, end: &AttemptEnd, worker: usize) {
-        let mut tag = |k: &'static str, v: &str| self.tags.push((Cow::Borrowed(k), v.to_string()));
+        let mut tag =
+            |k: &'static str, v: &str| set_tag(&mut self.tags, Cow::Borrowed(k), v.into());
         tag("http.protocol", end.protocol);
         tag("http.status_code", &end.status.to_string());
         tag("response_flags", end.flags);
@@ -591,6 +616,40 @@ impl ActiveSpan {
         }
     }
 
+    /// The response's head: a `grpc-status` in it tags the request's span and the
+    /// answering attempt's with Envoy's gRPC tags (an error for the statuses Envoy counts
+    /// as the server's failure).
+    pub fn response_head(&mut self, headers: &HeaderMap) {
+        let Some(status) = headers.get("grpc-status") else {
+            return;
+        };
+        if !self.sampled() {
+            return;
+        }
+        let text = |v: &HeaderValue| String::from_utf8_lossy(v.as_bytes()).into_owned();
+        let mut grpc = vec![(Cow::Borrowed("grpc.status_code"), text(status))];
+        if let Some(m) = headers.get("grpc-message") {
+            grpc.push((Cow::Borrowed("grpc.message"), text(m)));
+        }
+        // Unknown, DeadlineExceeded, Unimplemented, ResourceExhausted, Internal,
+        // Unavailable, DataLoss.
+        let server_failure = std::str::from_utf8(status.as_bytes())
+            .ok()
+            .and_then(|s| s.parse::<u64>().ok())
+            .is_some_and(|c| matches!(c, 2 | 4 | 8 | 12 | 13 | 14 | 15));
+        if server_failure {
+            grpc.push((Cow::Borrowed("error"), "true".to_string()));
+        }
+        if let Some(up) = self.upstream.as_mut() {
+            for (k, v) in &grpc {
+                set_tag(&mut up.tags, k.clone(), v.clone());
+            }
+        }
+        for (k, v) in grpc {
+            set_tag(&mut self.tags, k, v);
+        }
+    }
+
     /// Ends the span, named `name`; a sampled one goes to the reporter.
     pub fn finish(mut self, name: &str, end: &SpanEnd<'_>, worker: usize) {
         if let Some(up) = self.upstream.take() {
@@ -606,7 +665,7 @@ impl ActiveSpan {
         if !self.sampled() {
             return;
         }
-        let mut tag = |k: &'static str, v: String| self.tags.push((Cow::Borrowed(k), v));
+        let mut tag = |k: &'static str, v: String| set_tag(&mut self.tags, Cow::Borrowed(k), v);
         tag("request_size", end.request_size.to_string());
         tag("response_size", end.response_size.to_string());
         tag("response_flags", end.flags.to_string());

@@ -168,6 +168,9 @@ pub async fn serve(
         &mut outcome,
         request_id_for_response,
     );
+    if let Some(traced) = outcome.span.as_mut() {
+        traced.0.response_head(resp.headers());
+    }
     // Completion: when the response body ends (or is dropped).
     let conn2 = conn.clone();
     let (parts, body) = resp.into_parts();
@@ -928,6 +931,7 @@ fn trace_request(
         method: method.as_str(),
         protocol: protocol_name(req.version()),
         peer: conn.remote.ip(),
+        grpc: is_grpc(req.headers()),
     };
     let span = tracing.start_span(reason, req.headers_mut(), &start);
     let decorator = route

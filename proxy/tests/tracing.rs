@@ -300,7 +300,7 @@ fn tracing_settings_not_built_are_refused_by_path() {
         ),
         (
             "name: envoy.tracers.zipkin\n              typed_config:\n                \"@type\": type.googleapis.com/envoy.config.trace.v3.ZipkinConfig\n                collector_cluster: zipkin\n                collector_endpoint: /api/v2/spans\n                collector_endpoint_version: HTTP_JSON",
-            "name: envoy.tracers.datadog\n              typed_config:\n                \"@type\": type.googleapis.com/envoy.config.trace.v3.DatadogConfig\n                collector_cluster: zipkin\n                service_name: s",
+            "name: envoy.tracers.skywalking\n              typed_config:\n                \"@type\": type.googleapis.com/envoy.config.trace.v3.SkyWalkingConfig\n                grpc_service: { envoy_grpc: { cluster_name: zipkin } }",
             "tracing.provider: Didn't find a registered implementation",
         ),
         (

@@ -1,7 +1,7 @@
 //! Request tracing (a connection manager's `tracing`, the bootstrap's `tracing.http`):
 //! whether a request is traced, the span a traced request gets, and the trace context
-//! sent upstream. Tracers are extensions (`envoy.tracers.*`); Zipkin ([`zipkin`]) and
-//! OpenTelemetry ([`opentelemetry`]) are built.
+//! sent upstream. Tracers are extensions (`envoy.tracers.*`); Zipkin ([`zipkin`]),
+//! OpenTelemetry ([`opentelemetry`]) and Datadog ([`datadog`]) are built.
 //!
 //! The decision is Envoy's: a request already marked in its `x-request-id` keeps its
 //! mark; else `x-client-trace-id` with `client_sampling`, `x-envoy-force-trace`, or
@@ -16,6 +16,7 @@
 //! direction, as Envoy makes it. An attempt's span ends when the attempt does: a failed
 //! or retried one at once, the one that answered with the request.
 
+pub mod datadog;
 pub mod opentelemetry;
 pub mod reporter;
 pub mod zipkin;
@@ -73,12 +74,15 @@ pub enum Tracer {
     Zipkin(Arc<zipkin::ZipkinTracer>),
     /// `envoy.tracers.opentelemetry`.
     OpenTelemetry(Arc<opentelemetry::OtelTracer>),
+    /// `envoy.tracers.datadog`.
+    Datadog(Arc<datadog::DatadogTracer>),
 }
 
 /// Starts the main thread's span reporters (one per tracer type).
 pub fn start_reporters() {
     zipkin::REPORTER.start();
     opentelemetry::REPORTER.start();
+    datadog::REPORTER.start();
 }
 
 type BuildTracer = fn(&courier_proto::google::protobuf::Any, &Store) -> Result<Tracer, ConfigError>;
@@ -103,6 +107,15 @@ static TRACERS: Registry<BuildTracer> = Registry {
                 Ok(Tracer::OpenTelemetry(Arc::new(
                     opentelemetry::OtelTracer::compile(any, store)?,
                 )))
+            },
+        },
+        Factory {
+            type_name: "envoy.config.trace.v3.DatadogConfig",
+            name: "envoy.tracers.datadog",
+            build: |any, store| {
+                Ok(Tracer::Datadog(Arc::new(datadog::DatadogTracer::compile(
+                    any, store,
+                )?)))
             },
         },
     ],
@@ -407,6 +420,7 @@ impl HttpTracing {
                 Some(span) => Started::OpenTelemetry(span, o.clone()),
                 None => Started::Null,
             },
+            Tracer::Datadog(d) => Started::Datadog(d.start(traced, headers), d.clone()),
         };
         ActiveSpan {
             span,
@@ -414,6 +428,7 @@ impl HttpTracing {
             custom_from,
             spawns: self.spawn_upstream_span,
             upstream: None,
+            ended: Vec::new(),
         }
     }
 }
@@ -454,6 +469,7 @@ pub struct SpanEnd<'a> {
 enum Started {
     Zipkin(zipkin::Span, Arc<zipkin::ZipkinTracer>),
     OpenTelemetry(opentelemetry::Span, Arc<opentelemetry::OtelTracer>),
+    Datadog(datadog::Span, Arc<datadog::DatadogTracer>),
     /// No span (Envoy's null span: the tracer could not take the request's context).
     Null,
 }
@@ -477,6 +493,9 @@ pub struct ActiveSpan {
     spawns: bool,
     /// The span of the attempt under way, or of the one that answered.
     upstream: Option<Box<UpstreamSpan>>,
+    /// Attempts' spans ended and waiting to go with this one (Datadog reports a trace's
+    /// spans together).
+    ended: Vec<Vec<u8>>,
 }
 
 /// An upstream attempt's span (`spawn_upstream_span`), from its start to its end.
@@ -525,7 +544,9 @@ impl AttemptEnd {
 }
 
 impl UpstreamSpan {
-    fn finish(mut self, end: &AttemptEnd, worker: usize) {
+    /// Ends the span: reported, or encoded for its request's trace chunk (Datadog; `root`
+    /// is the request's span).
+    fn finish(mut self, end: &AttemptEnd, root: &Started, worker: usize) -> Option<Vec<u8>> {
         let mut tag =
             |k: &'static str, v: &str| set_tag(&mut self.tags, Cow::Borrowed(k), v.into());
         tag("http.protocol", end.protocol);
@@ -540,13 +561,19 @@ impl UpstreamSpan {
         if end.canceled {
             tag("canceled", "true");
         }
-        match self.span {
-            Started::Zipkin(span, tracer) => tracer.finish(span, &self.name, self.tags, worker),
-            Started::OpenTelemetry(span, tracer) => {
+        match (self.span, root) {
+            (Started::Zipkin(span, tracer), _) => {
                 tracer.finish(span, &self.name, self.tags, worker)
             }
-            Started::Null => {}
+            (Started::OpenTelemetry(span, tracer), _) => {
+                tracer.finish(span, &self.name, self.tags, worker)
+            }
+            (Started::Datadog(span, tracer), Started::Datadog(root, _)) => {
+                return Some(tracer.encode_child(span, root, &self.name, self.tags));
+            }
+            _ => {}
         }
+        None
     }
 }
 
@@ -568,11 +595,13 @@ impl ActiveSpan {
             Started::OpenTelemetry(parent, o) => {
                 Started::OpenTelemetry(o.child(parent, headers), o.clone())
             }
+            Started::Datadog(parent, d) => Started::Datadog(d.child(parent, headers), d.clone()),
             Started::Null => return,
         };
         let sampled = match &span {
             Started::Zipkin(s, _) => s.sampled,
             Started::OpenTelemetry(s, _) => s.sampled,
+            Started::Datadog(s, _) => s.sampled,
             Started::Null => false,
         };
         if !sampled {
@@ -603,7 +632,9 @@ impl ActiveSpan {
     /// Ends the attempt under way, as `end` says.
     pub fn end_attempt(&mut self, end: &AttemptEnd, worker: usize) {
         if let Some(up) = self.upstream.take() {
-            up.finish(end, worker);
+            if let Some(encoded) = up.finish(end, &self.span, worker) {
+                self.ended.push(encoded);
+            }
         }
     }
 
@@ -660,7 +691,9 @@ impl ActiveSpan {
                 reset: None,
                 canceled: false,
             };
-            up.finish(&attempt, worker);
+            if let Some(encoded) = up.finish(&attempt, &self.span, worker) {
+                self.ended.push(encoded);
+            }
         }
         if !self.sampled() {
             return;
@@ -680,6 +713,9 @@ impl ActiveSpan {
         match self.span {
             Started::Zipkin(span, tracer) => tracer.finish(span, name, self.tags, worker),
             Started::OpenTelemetry(span, tracer) => tracer.finish(span, name, self.tags, worker),
+            Started::Datadog(span, tracer) => {
+                tracer.finish(span, name, self.tags, self.ended, worker)
+            }
             Started::Null => {}
         }
     }
@@ -689,6 +725,7 @@ impl ActiveSpan {
         match &self.span {
             Started::Zipkin(span, _) => Some(span.ids()),
             Started::OpenTelemetry(span, _) => Some(span.ids()),
+            Started::Datadog(span, _) => Some(span.ids()),
             Started::Null => None,
         }
     }
@@ -698,6 +735,7 @@ impl ActiveSpan {
         match &self.span {
             Started::Zipkin(span, _) => span.sampled,
             Started::OpenTelemetry(span, _) => span.sampled,
+            Started::Datadog(span, _) => span.sampled,
             Started::Null => false,
         }
     }

@@ -24,10 +24,16 @@ pub trait Destination: Send + Sync + 'static {
     type Span: Send + 'static;
     /// The runtime prefix of the flush keys (`tracing.zipkin`).
     const RUNTIME: &'static str;
-    /// Counts a span dropped on the way (queue full or cache full).
-    fn spans_dropped(&self) -> &Counter;
-    /// Counts a flush on the interval rather than on the span count.
-    fn timer_flushed(&self) -> &Counter;
+    /// How many spans make a batch due, when the runtime does not say.
+    const DEFAULT_MIN_FLUSH_SPANS: u64 = 5;
+    /// How often waiting spans are flushed, when the runtime does not say.
+    const DEFAULT_FLUSH_INTERVAL_MS: u64 = 5000;
+    /// Counts a span dropped on the way (queue full or cache full), if the tracer counts
+    /// them.
+    fn spans_dropped(&self) -> Option<&Counter>;
+    /// Counts a flush on the interval rather than on the span count, if the tracer
+    /// counts them.
+    fn timer_flushed(&self) -> Option<&Counter>;
     /// How many spans may wait for a flush at most (more are dropped).
     fn max_pending(&self) -> usize {
         usize::MAX
@@ -59,7 +65,9 @@ impl<D: Destination> Reporter<D> {
     /// Queues a span for `dest` (from any thread); a full queue drops it.
     pub fn submit(&self, dest: &Arc<D>, span: D::Span, worker: usize) {
         let Some(tx) = self.queue.get() else {
-            dest.spans_dropped().inc(worker);
+            if let Some(c) = dest.spans_dropped() {
+                c.inc(worker);
+            }
             return;
         };
         if let Err(
@@ -67,7 +75,9 @@ impl<D: Destination> Reporter<D> {
             | tokio::sync::mpsc::error::TrySendError::Closed((d, _)),
         ) = tx.try_send((dest.clone(), span))
         {
-            d.spans_dropped().inc(worker);
+            if let Some(c) = d.spans_dropped() {
+                c.inc(worker);
+            }
         }
     }
 
@@ -83,7 +93,8 @@ impl<D: Destination> Reporter<D> {
             let mut pending: Vec<(Arc<D>, Vec<D::Span>)> = Vec::new();
             let interval = || {
                 Duration::from_millis(
-                    crate::layered_runtime::snapshot().get_integer(&interval_key, 5000),
+                    crate::layered_runtime::snapshot()
+                        .get_integer(&interval_key, D::DEFAULT_FLUSH_INTERVAL_MS),
                 )
             };
             // A deadline, not a timeout per receive: a trickle of spans below the minimum
@@ -92,7 +103,7 @@ impl<D: Destination> Reporter<D> {
             loop {
                 let received = tokio::time::timeout_at(due, rx.recv()).await;
                 let min = crate::layered_runtime::snapshot()
-                    .get_integer(&min_key, 5)
+                    .get_integer(&min_key, D::DEFAULT_MIN_FLUSH_SPANS)
                     .max(1) as usize;
                 match received {
                     Ok(Some(first)) => {
@@ -115,7 +126,9 @@ impl<D: Destination> Reporter<D> {
                             };
                             let (dest, spans) = &mut pending[at];
                             if spans.len() >= dest.max_pending() {
-                                dest.spans_dropped().inc(MAIN_THREAD);
+                                if let Some(c) = dest.spans_dropped() {
+                                    c.inc(MAIN_THREAD);
+                                }
                             } else {
                                 spans.push(span);
                             }
@@ -135,7 +148,9 @@ impl<D: Destination> Reporter<D> {
                         due = tokio::time::Instant::now() + interval();
                         for (d, spans) in pending.drain(..) {
                             if !spans.is_empty() {
-                                d.timer_flushed().inc(MAIN_THREAD);
+                                if let Some(c) = d.timer_flushed() {
+                                    c.inc(MAIN_THREAD);
+                                }
                                 d.flush(spans);
                             }
                         }

@@ -305,12 +305,12 @@ impl Destination for Collector {
     type Span = String;
     const RUNTIME: &'static str = "tracing.zipkin";
 
-    fn spans_dropped(&self) -> &Counter {
-        &self.spans_dropped
+    fn spans_dropped(&self) -> Option<&Counter> {
+        Some(&self.spans_dropped)
     }
 
-    fn timer_flushed(&self) -> &Counter {
-        &self.timer_flushed
+    fn timer_flushed(&self) -> Option<&Counter> {
+        Some(&self.timer_flushed)
     }
 
     /// Posts the batch as one JSON array.

@@ -127,12 +127,12 @@ impl Destination for Exporter {
     type Span = Span;
     const RUNTIME: &'static str = "tracing.opentelemetry";
 
-    fn spans_dropped(&self) -> &Counter {
-        &self.spans_dropped
+    fn spans_dropped(&self) -> Option<&Counter> {
+        Some(&self.spans_dropped)
     }
 
-    fn timer_flushed(&self) -> &Counter {
-        &self.timer_flushed
+    fn timer_flushed(&self) -> Option<&Counter> {
+        Some(&self.timer_flushed)
     }
 
     fn max_pending(&self) -> usize {

@@ -10,45 +10,17 @@ mod http_support;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use http_body_util::BodyExt;
 use http_support::*;
 
 /// A Zipkin collector: every span posted to it.
 fn collector() -> (std::net::SocketAddr, Arc<Mutex<Vec<serde_json::Value>>>) {
     let spans: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
     let keep = spans.clone();
-    let addr = spawn_tokio_server(move |stream| {
-        let keep = keep.clone();
-        async move {
-            let service =
-                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let keep = keep.clone();
-                    async move {
-                        let path = req.uri().path().to_string();
-                        let body = req
-                            .into_body()
-                            .collect()
-                            .await
-                            .map(|b| b.to_bytes())
-                            .unwrap_or_default();
-                        if path == "/api/v2/spans" {
-                            if let Ok(serde_json::Value::Array(list)) =
-                                serde_json::from_slice(&body)
-                            {
-                                keep.lock().expect("spans").extend(list);
-                            }
-                        }
-                        Ok::<_, std::convert::Infallible>(
-                            hyper::Response::builder()
-                                .status(202)
-                                .body(http_body_util::Full::new(bytes::Bytes::new()))
-                                .expect("response"),
-                        )
-                    }
-                });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                .await;
+    let addr = http_collector(202, "application/json", b"", move |posted| {
+        if posted.path == "/api/v2/spans" {
+            if let Ok(serde_json::Value::Array(list)) = serde_json::from_slice(&posted.body) {
+                keep.lock().expect("spans").extend(list);
+            }
         }
     });
     (addr, spans)

@@ -12,7 +12,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use http_body_util::BodyExt;
 use http_support::*;
 
 /// Every trace chunk the agent received (as JSON), and the headers of each report.
@@ -45,50 +44,18 @@ fn to_json(v: &rmpv::Value) -> serde_json::Value {
 fn agent(answer: &'static str) -> (std::net::SocketAddr, Received) {
     let got: Received = Arc::default();
     let keep = got.clone();
-    let addr = spawn_tokio_server(move |stream| {
-        let keep = keep.clone();
-        async move {
-            let service =
-                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let keep = keep.clone();
-                    async move {
-                        let path = req.uri().path().to_string();
-                        let headers: HashMap<String, String> = req
-                            .headers()
-                            .iter()
-                            .map(|(k, v)| {
-                                (k.to_string(), v.to_str().unwrap_or_default().to_string())
-                            })
-                            .collect();
-                        let body = req
-                            .into_body()
-                            .collect()
-                            .await
-                            .map(|b| b.to_bytes())
-                            .unwrap_or_default();
-                        if path == "/v0.4/traces" {
-                            let decoded = rmpv::decode::read_value(&mut &body[..])
-                                .map(|v| to_json(&v))
-                                .unwrap_or_default();
-                            let mut g = keep.lock().expect("agent");
-                            if let serde_json::Value::Array(chunks) = decoded {
-                                g.0.extend(chunks);
-                            }
-                            g.1.push(headers);
-                        }
-                        Ok::<_, std::convert::Infallible>(
-                            hyper::Response::builder()
-                                .status(200)
-                                .header("content-type", "application/json")
-                                .body(http_body_util::Full::new(bytes::Bytes::from(answer)))
-                                .expect("response"),
-                        )
-                    }
-                });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                .await;
+    let addr = http_collector(200, "application/json", answer.as_bytes(), move |posted| {
+        if posted.path != "/v0.4/traces" {
+            return;
         }
+        let decoded = rmpv::decode::read_value(&mut &posted.body[..])
+            .map(|v| to_json(&v))
+            .unwrap_or_default();
+        let mut g = keep.lock().expect("agent");
+        if let serde_json::Value::Array(chunks) = decoded {
+            g.0.extend(chunks);
+        }
+        g.1.push(posted.headers.into_iter().collect());
     });
     (addr, got)
 }

@@ -12,7 +12,6 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use http_body_util::BodyExt;
 use http_support::*;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
@@ -70,54 +69,21 @@ fn grpc_receiver() -> (SocketAddr, Exports) {
 fn http_receiver() -> (SocketAddr, Exports) {
     let exports: Exports = Arc::default();
     let keep = exports.clone();
-    let addr = spawn_tokio_server(move |stream| {
-        let keep = keep.clone();
-        async move {
-            let service =
-                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let keep = keep.clone();
-                    async move {
-                        let mut headers: Vec<(String, String)> = req
-                            .headers()
-                            .iter()
-                            .filter(|(k, _)| {
-                                ["content-type", "host", "x-token", "user-agent"]
-                                    .contains(&k.as_str())
-                            })
-                            .map(|(k, v)| {
-                                (
-                                    k.to_string(),
-                                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                                )
-                            })
-                            .collect();
-                        headers.push((":path".into(), req.uri().path().to_string()));
-                        headers.push((":method".into(), req.method().to_string()));
-                        let body = req
-                            .into_body()
-                            .collect()
-                            .await
-                            .map(|b| b.to_bytes())
-                            .unwrap_or_default();
-                        if let Ok(request) = ExportTraceServiceRequest::decode(body) {
-                            keep.lock()
-                                .expect("exports")
-                                .push(Export { headers, request });
-                        }
-                        Ok::<_, std::convert::Infallible>(
-                            hyper::Response::builder()
-                                .status(200)
-                                .header("content-type", "application/x-protobuf")
-                                .body(http_body_util::Full::new(bytes::Bytes::from(
-                                    ExportTraceServiceResponse::default().encode_to_vec(),
-                                )))
-                                .expect("response"),
-                        )
-                    }
-                });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                .await;
+    // An empty `ExportTraceServiceResponse` encodes to no bytes.
+    let addr = http_collector(200, "application/x-protobuf", b"", move |posted| {
+        let mut headers: Vec<(String, String)> = posted
+            .headers
+            .into_iter()
+            .filter(|(k, _)| {
+                ["content-type", "host", "x-token", "user-agent"].contains(&k.as_str())
+            })
+            .collect();
+        headers.push((":path".into(), posted.path));
+        headers.push((":method".into(), posted.method));
+        if let Ok(request) = ExportTraceServiceRequest::decode(posted.body) {
+            keep.lock()
+                .expect("exports")
+                .push(Export { headers, request });
         }
     });
     (addr, exports)

@@ -10,7 +10,8 @@
 //! A tracer type has one [`Reporter`] (its queue) and a [`Destination`] per collector
 //! (how a batch is sent and counted).
 
-use std::sync::{Arc, OnceLock};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use crate::stats::{Counter, MAIN_THREAD};
@@ -158,5 +159,38 @@ impl<D: Destination> Reporter<D> {
                 }
             }
         });
+    }
+}
+
+/// A tracer type's destinations, one per distinct key (cluster, endpoint or service, host
+/// name): tracers configured alike share one, with its batches and counters.
+pub struct Destinations<D> {
+    all: OnceLock<Mutex<HashMap<[String; 3], Arc<D>>>>,
+}
+
+impl<D> Destinations<D> {
+    /// None yet.
+    pub const fn new() -> Self {
+        Destinations {
+            all: OnceLock::new(),
+        }
+    }
+
+    /// The destination for `key`, made by `make` the first time.
+    pub fn get_or_make(&self, key: [&str; 3], make: impl FnOnce() -> D) -> Arc<D> {
+        let mut all = self
+            .all
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        all.entry(key.map(str::to_string))
+            .or_insert_with(|| Arc::new(make()))
+            .clone()
+    }
+}
+
+impl<D> Default for Destinations<D> {
+    fn default() -> Self {
+        Self::new()
     }
 }

@@ -11,9 +11,8 @@
 //! `trace_context_option`, `timestamp_trace_ids`.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
@@ -23,7 +22,7 @@ use courier_proto::envoy::config::trace::v3::zipkin_config::CollectorEndpointVer
 use courier_proto::envoy::config::trace::v3::ZipkinConfig;
 use courier_proto::google::protobuf::Any;
 
-use super::reporter::{Destination, Reporter};
+use super::reporter::{Destination, Destinations, Reporter};
 use crate::config::ConfigError;
 use crate::stats::{Counter, Store, MAIN_THREAD};
 use crate::upstream::async_client::{host_of, http};
@@ -248,9 +247,6 @@ impl ZipkinTracer {
 /// Zipkin spans on their way to the main thread.
 pub static REPORTER: Reporter<Collector> = Reporter::new();
 
-/// Collectors by cluster, endpoint and host name.
-type Collectors = HashMap<(String, String, String), Arc<Collector>>;
-
 /// Where spans go, and `tracing.zipkin.*`.
 pub struct Collector {
     cluster: String,
@@ -267,37 +263,26 @@ pub struct Collector {
 
 /// The collector for a cluster, endpoint and host name (one per distinct triple).
 fn collector(cluster: &str, endpoint: &str, hostname: &str, store: &Store) -> Arc<Collector> {
-    static ALL: OnceLock<Mutex<Collectors>> = OnceLock::new();
-    let key = (
-        cluster.to_string(),
-        endpoint.to_string(),
-        hostname.to_string(),
-    );
-    let mut all = ALL
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(|p| p.into_inner());
-    all.entry(key)
-        .or_insert_with(|| {
-            let c = |s: &str| store.counter(&format!("tracing.zipkin.{s}"));
-            Arc::new(Collector {
-                cluster: cluster.to_string(),
-                endpoint: endpoint.to_string(),
-                hostname: if hostname.is_empty() {
-                    cluster.to_string()
-                } else {
-                    hostname.to_string()
-                },
-                spans_sent: c("spans_sent"),
-                spans_dropped: c("spans_dropped"),
-                reports_sent: c("reports_sent"),
-                reports_dropped: c("reports_dropped"),
-                reports_failed: c("reports_failed"),
-                reports_skipped_no_cluster: c("reports_skipped_no_cluster"),
-                timer_flushed: c("timer_flushed"),
-            })
-        })
-        .clone()
+    static COLLECTORS: Destinations<Collector> = Destinations::new();
+    COLLECTORS.get_or_make([cluster, endpoint, hostname], || {
+        let c = |s: &str| store.counter(&format!("tracing.zipkin.{s}"));
+        Collector {
+            cluster: cluster.to_string(),
+            endpoint: endpoint.to_string(),
+            hostname: if hostname.is_empty() {
+                cluster.to_string()
+            } else {
+                hostname.to_string()
+            },
+            spans_sent: c("spans_sent"),
+            spans_dropped: c("spans_dropped"),
+            reports_sent: c("reports_sent"),
+            reports_dropped: c("reports_dropped"),
+            reports_failed: c("reports_failed"),
+            reports_skipped_no_cluster: c("reports_skipped_no_cluster"),
+            timer_flushed: c("timer_flushed"),
+        }
+    })
 }
 
 impl Destination for Collector {

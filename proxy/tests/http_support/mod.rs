@@ -864,6 +864,75 @@ pub fn echo_server() -> SocketAddr {
     addr
 }
 
+/// A request an HTTP collector received.
+pub struct Posted {
+    pub method: String,
+    pub path: String,
+    /// Every header, names lowercase, values as text.
+    pub headers: Vec<(String, String)>,
+    pub body: bytes::Bytes,
+}
+
+/// An HTTP/1.1 collector (Zipkin, OTLP/HTTP, a Datadog agent): each request goes whole to
+/// `on_request`, then is answered `status` with `answer` as `content_type`.
+pub fn http_collector<F>(
+    status: u16,
+    content_type: &'static str,
+    answer: &'static [u8],
+    on_request: F,
+) -> SocketAddr
+where
+    F: Fn(Posted) + Send + Sync + 'static,
+{
+    use http_body_util::BodyExt;
+    let on_request = Arc::new(on_request);
+    spawn_tokio_server(move |stream| {
+        let on_request = on_request.clone();
+        async move {
+            let service =
+                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let on_request = on_request.clone();
+                    async move {
+                        let method = req.method().to_string();
+                        let path = req.uri().path().to_string();
+                        let headers = req
+                            .headers()
+                            .iter()
+                            .map(|(k, v)| {
+                                (
+                                    k.to_string(),
+                                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                                )
+                            })
+                            .collect();
+                        let body = req
+                            .into_body()
+                            .collect()
+                            .await
+                            .map(|b| b.to_bytes())
+                            .unwrap_or_default();
+                        on_request(Posted {
+                            method,
+                            path,
+                            headers,
+                            body,
+                        });
+                        Ok::<_, std::convert::Infallible>(
+                            hyper::Response::builder()
+                                .status(status)
+                                .header("content-type", content_type)
+                                .body(http_body_util::Full::new(bytes::Bytes::from_static(answer)))
+                                .expect("response"),
+                        )
+                    }
+                });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await;
+        }
+    })
+}
+
 /// The lines of the file at `path` once it has `n` (or what it has after 10 s): an
 /// access log's, written by another process.
 pub fn log_lines(path: &std::path::Path, n: usize) -> Vec<String> {

@@ -19,8 +19,7 @@ pub mod propagation;
 pub mod sampler;
 
 use std::borrow::Cow;
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use ::http::{HeaderMap, HeaderName, HeaderValue};
@@ -30,7 +29,7 @@ use courier_proto::google::protobuf::Any;
 
 use self::propagation::{Extracted, Outgoing};
 use self::sampler::Sampler;
-use super::reporter::{Destination, Reporter};
+use super::reporter::{Destination, Destinations, Reporter};
 use crate::config::ConfigError;
 use crate::stats::{Counter, Store, MAIN_THREAD};
 use crate::upstream::async_client::{host_of, http};
@@ -369,9 +368,6 @@ impl Span {
     }
 }
 
-/// Agents by cluster and host name.
-type Agents = HashMap<(String, String, String), Arc<Agent>>;
-
 /// Where trace chunks go, the sampling rates it gives back, and `tracing.datadog.*`.
 pub struct Agent {
     cluster: String,
@@ -386,34 +382,23 @@ pub struct Agent {
 /// The agent for a cluster, host name and service (one per distinct triple: the agent's
 /// rates are per service).
 fn agent(cluster: &str, hostname: &str, service: &str, store: &Store) -> Arc<Agent> {
-    static ALL: OnceLock<Mutex<Agents>> = OnceLock::new();
-    let key = (
-        cluster.to_string(),
-        hostname.to_string(),
-        service.to_string(),
-    );
-    let mut all = ALL
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(|p| p.into_inner());
-    all.entry(key)
-        .or_insert_with(|| {
-            let c = |s: &str| store.counter(&format!("tracing.datadog.{s}"));
-            Arc::new(Agent {
-                cluster: cluster.to_string(),
-                hostname: if hostname.is_empty() {
-                    cluster.to_string()
-                } else {
-                    hostname.to_string()
-                },
-                sampler: Sampler::new(service),
-                reports_sent: c("reports_sent"),
-                reports_dropped: c("reports_dropped"),
-                reports_failed: c("reports_failed"),
-                reports_skipped_no_cluster: c("reports_skipped_no_cluster"),
-            })
-        })
-        .clone()
+    static AGENTS: Destinations<Agent> = Destinations::new();
+    AGENTS.get_or_make([cluster, hostname, service], || {
+        let c = |s: &str| store.counter(&format!("tracing.datadog.{s}"));
+        Agent {
+            cluster: cluster.to_string(),
+            hostname: if hostname.is_empty() {
+                cluster.to_string()
+            } else {
+                hostname.to_string()
+            },
+            sampler: Sampler::new(service),
+            reports_sent: c("reports_sent"),
+            reports_dropped: c("reports_dropped"),
+            reports_failed: c("reports_failed"),
+            reports_skipped_no_cluster: c("reports_skipped_no_cluster"),
+        }
+    })
 }
 
 impl Destination for Agent {

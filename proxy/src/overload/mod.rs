@@ -20,7 +20,9 @@
 
 pub mod actions;
 pub mod connection_limit;
+pub mod load_shed;
 mod monitors;
+pub mod scaled_timers;
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -51,6 +53,7 @@ pub struct OverloadConfig {
     refresh_interval: Duration,
     monitors: Vec<(String, Monitor)>,
     actions: Vec<Action>,
+    points: Vec<load_shed::LoadShedPoint>,
 }
 
 /// Compiles the bootstrap's `overload_manager` (checked as Envoy checks it; what is not
@@ -66,23 +69,16 @@ pub fn compile(
         refresh_interval: Duration::from_secs(1),
         monitors: Vec::new(),
         actions: Vec::new(),
+        points: Vec::new(),
     };
     let Some(om) = om else {
         return Ok(config);
     };
-    for (field, set) in [
-        (
-            "overload_manager.loadshed_points",
-            !om.loadshed_points.is_empty(),
-        ),
-        (
+    // Per-stream buffer accounting (`reset_high_memory_stream`'s) is not built.
+    if om.buffer_factory_config.is_some() {
+        return Err(ConfigError::unsupported(
             "overload_manager.buffer_factory_config",
-            om.buffer_factory_config.is_some(),
-        ),
-    ] {
-        if set {
-            return Err(ConfigError::unsupported(field));
-        }
+        ));
     }
     if let Some(r) = &om.refresh_interval {
         config.refresh_interval = crate::config::duration(r, "overload_manager.refresh_interval")?
@@ -139,6 +135,26 @@ pub fn compile(
         };
         config.actions.push(actions::compile(a, &path, &find)?);
     }
+    for (i, p) in om.loadshed_points.iter().enumerate() {
+        let path = format!("overload_manager.loadshed_points[{i}]");
+        if config.points.iter().any(|x| x.name == p.name) {
+            return Err(ConfigError::new(
+                format!("{path}.name"),
+                format!("Duplicate loadshed point {}", p.name),
+            ));
+        }
+        let monitors = &config.monitors;
+        let find = |name: &str| {
+            monitors.iter().position(|(n, _)| n == name).map(|i| {
+                if monitors[i].1.is_proactive() {
+                    Err(())
+                } else {
+                    Ok(i)
+                }
+            })
+        };
+        config.points.push(load_shed::compile(p, &path, &find)?);
+    }
     Ok(config)
 }
 
@@ -160,6 +176,8 @@ pub struct OverloadManager {
     tls: Arc<crate::worker::ThreadLocal>,
     monitor_stats: Vec<Option<MonitorStats>>,
     action_stats: Vec<ActionStats>,
+    /// Each load shed point's `scale_percent`.
+    point_stats: Vec<Arc<Gauge>>,
 }
 
 impl OverloadManager {
@@ -191,7 +209,24 @@ impl OverloadManager {
                 scale_percent: store.gauge(&format!("overload.{}.scale_percent", a.name)),
             })
             .collect();
-        if config.actions.is_empty() {
+        // Envoy makes `shed_load_count` for every point, checked or not.
+        let mut counters: [Option<Arc<Counter>>; load_shed::POINTS] = Default::default();
+        let point_stats = config
+            .points
+            .iter()
+            .map(|p| {
+                let count = store.counter(&format!("overload.{}.shed_load_count", p.name));
+                if let Some(point) = p.point {
+                    counters[point as usize] = Some(count);
+                }
+                store.gauge(&format!("overload.{}.scale_percent", p.name))
+            })
+            .collect();
+        load_shed::configure(counters);
+        if let Some(minimums) = config.actions.iter().find_map(|a| a.timer_minimums) {
+            scaled_timers::configure(minimums);
+        }
+        if config.actions.is_empty() && config.points.is_empty() {
             return;
         }
         let manager = Rc::new(OverloadManager {
@@ -200,6 +235,7 @@ impl OverloadManager {
             tls,
             monitor_stats,
             action_stats,
+            point_stats,
         });
         tokio::task::spawn_local(async move {
             let mut published = ActionStates::default();
@@ -258,6 +294,7 @@ impl OverloadManager {
                 ActionKind::DisableHttpKeepalive => states.disable_http_keepalive = state,
                 ActionKind::StopAcceptingConnections => states.stop_accepting_connections = state,
                 ActionKind::RejectIncomingConnections => states.reject_incoming_connections = state,
+                ActionKind::ReduceTimeouts => states.reduce_timeouts = state,
                 ActionKind::ShrinkHeap => {
                     let due = last_shrink.is_none_or(|t| t.elapsed() >= SHRINK_HEAP_EVERY);
                     if state >= 1.0 && due {
@@ -266,6 +303,17 @@ impl OverloadManager {
                     }
                 }
             }
+        }
+        for (p, gauge) in self.config.points.iter().zip(&self.point_stats) {
+            let state = p
+                .triggers
+                .iter()
+                .filter_map(|t| pressures[t.monitor].map(|v| t.state(v)))
+                .fold(0.0, f64::max);
+            if let Some(point) = p.point {
+                states.points[point as usize] = state;
+            }
+            gauges.push((gauge.clone(), (state * 100.0) as i64));
         }
         let set_gauges = move || {
             for (gauge, value) in gauges {

@@ -30,8 +30,9 @@ pub enum Point {
     /// `envoy.load_shed_points.http1_server_abort_dispatch`: the HTTP/1 codec answers what
     /// arrives `500` and closes the connection.
     H1ServerAbortDispatch = 2,
-    /// `envoy.load_shed_points.http2_server_go_away_on_dispatch`: the HTTP/2 codec sends
-    /// a GOAWAY as data arrives (the connection drains).
+    /// `envoy.load_shed_points.http2_server_go_away_on_dispatch`: as data arrives, an
+    /// HTTP/2 connection sends a GOAWAY and drains; Envoy checks it on HTTP/1 too, whose
+    /// response then says `connection: close`.
     H2ServerGoAwayOnDispatch = 3,
     /// `envoy.load_shed_points.hcm_ondata_creating_codec`: a connection is closed before
     /// its codec is created.

@@ -226,7 +226,8 @@ pub trait H1Service: 'static {
     fn head_timeout(&self, which: HeadTimeout, started: Instant) -> Response<ProxyBody>;
     /// Bytes arrived for a new request: the reply when the connection manager sheds
     /// them instead (the overload manager's `http1_server_abort_dispatch`), after which
-    /// the connection closes.
+    /// the connection closes. (It may instead have the connection close after the
+    /// response: `http2_server_go_away_on_dispatch`, which Envoy checks on HTTP/1 too.)
     fn abort_dispatch(&self) -> Option<Response<ProxyBody>>;
 }
 

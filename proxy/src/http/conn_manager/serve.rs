@@ -1571,6 +1571,13 @@ impl ConnInfo {
     /// answered `500` (a stream with no request fields, flag `DPE`, details `overload`,
     /// counted in `downstream_rq_overload_close`) and the connection closes.
     fn shed_dispatch(&self) -> Option<Response<ProxyBody>> {
+        // Envoy's connection manager checks the go-away point as data arrives whatever
+        // the protocol: on HTTP/1 the response says `connection: close`.
+        if !self.closing.get()
+            && load_shed::should_shed(Point::H2ServerGoAwayOnDispatch, self.worker)
+        {
+            self.close_after_response();
+        }
         if !load_shed::should_shed(Point::H1ServerAbortDispatch, self.worker) {
             return None;
         }

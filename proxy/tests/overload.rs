@@ -278,11 +278,11 @@ fn overload_settings_not_built_or_invalid_are_refused_by_path() {
       \"@type\": type.googleapis.com/envoy.extensions.resource_monitors.fixed_heap.v3.FixedHeapConfig
       max_heap_size_bytes: 1000000
   actions:
-  - name: envoy.overload_actions.reduce_timeouts
+  - name: envoy.overload_actions.reset_high_memory_stream
     triggers: [{ name: envoy.resource_monitors.fixed_heap, scaled: { scaling_threshold: 0.8, saturation_threshold: 0.9 } }]
 "
             .to_string(),
-            "overload_manager.actions[0].name (envoy.overload_actions.reduce_timeouts)",
+            "overload_manager.actions[0].name (envoy.overload_actions.reset_high_memory_stream)",
         ),
         (
             "overload_manager:
@@ -797,4 +797,98 @@ fn overload_reject(proxy: &Courier) -> u64 {
         "listener.127.0.0.1_{}.downstream_cx_overload_reject",
         proxy.listener.port()
     ))
+}
+
+#[test]
+fn reduce_timeouts_and_load_shed_points_are_checked_as_envoy() {
+    let base = direct_bootstrap(&injected(&format!("{REDUCE_TIMEOUTS}{LOAD_SHED_POINTS}")))
+        .replace("PRESSURE_FILE", "/tmp/courier-overload-pressure");
+    if let Some((code, out)) = envoy_validate(&base) {
+        assert_eq!(code, Some(0), "{out}");
+    }
+    let first_timer = "      - { timer: HTTP_DOWNSTREAM_CONNECTION_IDLE, min_timeout: 1s }\n";
+    let first_point = "  - name: envoy.load_shed_points.http2_server_go_away_on_dispatch\n";
+    let point_trigger = "    triggers: [{ name: envoy.resource_monitors.injected_resource, threshold: { value: 0.2 } }]";
+    // What Envoy refuses too, with its words.
+    let edit = |from: &str, to: &str| {
+        assert!(base.contains(from), "{from}");
+        base.replacen(from, to, 1)
+    };
+    let invalid = [
+        (
+            remove_typed_config(&base),
+            "Overload action \"envoy.overload_actions.reduce_timeouts\" requires typed_config",
+        ),
+        (
+            edit(first_timer, &format!("{first_timer}{}", first_timer.replace("1s", "2s"))),
+            "Found duplicate entry for timer type HTTP_DOWNSTREAM_CONNECTION_IDLE",
+        ),
+        (
+            edit(first_timer, "      - { timer: HTTP_DOWNSTREAM_CONNECTION_IDLE }\n"),
+            "timer_scale_factors[0].overload_adjust: is required",
+        ),
+        (
+            edit("min_scale: { value: 5 }", "min_scale: { value: 500 }"),
+            "timer_scale_factors[1].min_scale.value: value must be inside range [0, 100]",
+        ),
+        (
+            edit(
+                point_trigger,
+                "    triggers: [{ name: envoy.resource_monitors.fixed_heap, threshold: { value: 0.2 } }]",
+            ),
+            "Unknown trigger resource envoy.resource_monitors.fixed_heap for loadshed point envoy.load_shed_points.http2_server_go_away_on_dispatch",
+        ),
+        (
+            edit(first_point, "  - name: envoy.load_shed_points.tcp_listener_accept\n"),
+            "Duplicate loadshed point envoy.load_shed_points.tcp_listener_accept",
+        ),
+    ];
+    // Envoy's points and settings Courier has no code path for.
+    let not_built = [
+        (
+            first_timer,
+            "      - { timer: HTTP_DOWNSTREAM_STREAM_FLUSH, min_timeout: 1s }\n",
+            "timer_scale_factors[0].timer (HTTP_DOWNSTREAM_STREAM_FLUSH)",
+        ),
+        (
+            first_point,
+            "  - name: envoy.load_shed_points.connection_pool_new_connection\n",
+            "loadshed_points[0].name (envoy.load_shed_points.connection_pool_new_connection)",
+        ),
+        (
+            first_point,
+            "  - name: envoy.load_shed_points.http2_server_go_away_and_close_on_dispatch\n",
+            "loadshed_points[0].name (envoy.load_shed_points.http2_server_go_away_and_close_on_dispatch)",
+        ),
+        (
+            "  loadshed_points:\n",
+            "  buffer_factory_config: { minimum_account_to_track_power_of_two: 20 }\n  loadshed_points:\n",
+            "overload_manager.buffer_factory_config",
+        ),
+    ];
+    for (changed, want) in invalid {
+        let (code, stderr) = validate(&changed);
+        assert_eq!(code, Some(1), "{stderr}");
+        assert!(stderr.contains(want), "want {want:?} in {stderr}");
+        if let Some((code, out)) = envoy_validate(&changed) {
+            assert_ne!(
+                code,
+                Some(0),
+                "envoy accepts what courier refuses ({want}): {out}"
+            );
+        }
+    }
+    assert_refused_by_path(&base, &not_built);
+}
+
+/// `boot` without the `reduce_timeouts` action's typed_config (and its lines).
+fn remove_typed_config(boot: &str) -> String {
+    let start = boot
+        .find("    typed_config:\n      \"@type\": type.googleapis.com/envoy.config.overload.v3.ScaleTimersOverloadActionConfig")
+        .expect("the typed_config");
+    let end = boot[start..]
+        .find("  loadshed_points:")
+        .map(|i| start + i)
+        .expect("the points");
+    format!("{}{}", &boot[..start], &boot[end..])
 }

@@ -6,7 +6,6 @@
 
 mod http_support;
 
-use std::net::{SocketAddr, TcpListener};
 use std::time::{Duration, Instant};
 
 use http_support::*;

@@ -611,7 +611,7 @@ fn idle_streams_time_out_sooner_under_pressure_like_envoy() {
         // A stream waiting since before the pressure: its timer follows the scale.
         let listener = proxy.listener;
         let waiting = std::thread::spawn(move || timed_request(listener));
-        proxy.wait_stat(&format!("cluster.silent.upstream_rq_total"), 1);
+        proxy.wait_stat("cluster.silent.upstream_rq_total", 1);
         press(proxy, pressure, 1.0, scale, 100);
         let (armed, armed_took) = waiting.join().expect("client");
         let (fresh, fresh_took) = timed_request(proxy.listener);
@@ -671,7 +671,7 @@ fn h2_get_watching_goaway(addr: SocketAddr) -> (Option<u32>, String) {
     let mut chunk = [0u8; 4096];
     let deadline = Instant::now() + Duration::from_secs(5);
     // Until the body ("ok", or the overload reply) and the GOAWAY are in, or it closed.
-    while Instant::now() < deadline && !(goaway.is_some() && !body.is_empty()) {
+    while (goaway.is_none() || body.is_empty()) && Instant::now() < deadline {
         match c.read(&mut chunk) {
             Ok(0) | Err(_) => break,
             Ok(n) => buf.extend_from_slice(&chunk[..n]),

@@ -7,6 +7,14 @@
 //!   the states the workers act on are published to them through a slot when they
 //!   change. Stats as Envoy's: `overload.<monitor>.pressure` (percent),
 //!   `failed_updates`, `overload.<action>.active` and `scale_percent`.
+//! - `reduce_timeouts` ([`scaled_timers`]) scales the downstream timers Courier has
+//!   (connection idle, stream idle, TLS handshake, max connection duration) as Envoy's
+//!   `ScaledRangeTimerManager` does; its state reaches the workers with the others, and
+//!   a worker wakes its armed scaled timers when it changes.
+//! - Load shed points ([`load_shed`], `loadshed_points`): states computed like actions'
+//!   and published with them; workers check them at accept, at codec creation, on
+//!   HTTP/1 and HTTP/2 dispatch and at request headers. Stats as Envoy's:
+//!   `overload.<point>.scale_percent` and `shed_load_count`.
 //! - The `envoy.resource_monitors.global_downstream_max_connections` monitor is a
 //!   proactive limit checked by every worker as it accepts ([`connection_limit`]);
 //!   without it, the runtime key `overload.global_downstream_max_connections`, as in
@@ -15,8 +23,11 @@
 //!   (`downstream_global_cx_overflow`) before descriptors run out for upstreams and the
 //!   admin. A listener with `ignore_global_conn_limit` is exempt.
 //!
-//! Not built yet, refused by path: the `reduce_timeouts` and `reset_high_memory_stream`
-//! actions, `loadshed_points`, `buffer_factory_config`.
+//! Not built yet, refused by path: the `reset_high_memory_stream` action and
+//! `buffer_factory_config` (they need per-stream buffer accounting), the
+//! `HTTP_DOWNSTREAM_STREAM_FLUSH` timer, and the load shed points Courier has no code path
+//! for (`connection_pool_new_connection`, HTTP/2's go-away-and-close, the downstream
+//! filter check, HTTP/3's).
 
 pub mod actions;
 pub mod connection_limit;

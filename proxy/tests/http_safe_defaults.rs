@@ -47,19 +47,6 @@ fn proxy(up: SocketAddr, hcm_extra: &str, envoy: bool) -> Option<Courier> {
     }
 }
 
-/// An upstream that accepts connections and never reads nor answers (holds them open).
-fn black_hole() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = l.local_addr().expect("addr");
-    std::thread::spawn(move || {
-        let mut held = Vec::new();
-        for s in l.incoming().flatten() {
-            held.push(s);
-        }
-    });
-    addr
-}
-
 /// What a connection came to under a flood.
 #[derive(Debug, Default)]
 struct Report {
@@ -490,7 +477,7 @@ fn header_count_and_size_limits_hold() {
 /// 0.7 MiB, Envoy's 2.5 MiB.
 #[test]
 fn request_body_to_a_stalled_upstream_is_backpressured() {
-    let up = black_hole();
+    let up = silent_upstream();
     let head = b"POST / HTTP/1.1\r\nhost: h\r\ncontent-length: 1073741824\r\n\r\n";
     both(up, "", "body to stalled upstream", |p, envoy| {
         let r = flood(p, head, &[b'x'; 65536], 1 << 30);

@@ -6,7 +6,6 @@
 
 mod http_support;
 
-use std::net::{SocketAddr, TcpListener};
 use std::time::{Duration, Instant};
 
 use http_support::*;
@@ -37,19 +36,6 @@ const ROUTES: &str = r#"            name: local
               - match: { prefix: "/" }
                 route: { cluster: main }
 "#;
-
-/// A listener that accepts connections and never answers.
-fn silent_upstream() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    std::thread::spawn(move || {
-        let mut held = Vec::new();
-        for s in listener.incoming().flatten() {
-            held.push(s);
-        }
-    });
-    addr
-}
 
 /// A request: path, extra fields, body, sent chunked, and whether Envoy mirrors it.
 type Case = (

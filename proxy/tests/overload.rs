@@ -278,11 +278,11 @@ fn overload_settings_not_built_or_invalid_are_refused_by_path() {
       \"@type\": type.googleapis.com/envoy.extensions.resource_monitors.fixed_heap.v3.FixedHeapConfig
       max_heap_size_bytes: 1000000
   actions:
-  - name: envoy.overload_actions.reduce_timeouts
+  - name: envoy.overload_actions.reset_high_memory_stream
     triggers: [{ name: envoy.resource_monitors.fixed_heap, scaled: { scaling_threshold: 0.8, saturation_threshold: 0.9 } }]
 "
             .to_string(),
-            "overload_manager.actions[0].name (envoy.overload_actions.reduce_timeouts)",
+            "overload_manager.actions[0].name (envoy.overload_actions.reset_high_memory_stream)",
         ),
         (
             "overload_manager:
@@ -473,4 +473,422 @@ fn overload_actions_follow_pressure_like_envoy() {
         got[4],
         r#"held then served: Some(("HTTP/1.1 200 OK", false, "ok"))"#
     );
+}
+
+/// An overload manager with the injected monitor (its pressure in `PRESSURE_FILE`) and
+/// `rest` (actions, load shed points).
+fn injected(rest: &str) -> String {
+    format!(
+        "overload_manager:
+  refresh_interval: 0.05s
+  resource_monitors:
+  - name: envoy.resource_monitors.injected_resource
+    typed_config:
+      \"@type\": type.googleapis.com/envoy.extensions.resource_monitors.injected_resource.v3.InjectedResourceConfig
+      filename: PRESSURE_FILE
+{rest}"
+    )
+}
+
+const REDUCE_TIMEOUTS: &str = "  actions:
+  - name: envoy.overload_actions.reduce_timeouts
+    triggers: [{ name: envoy.resource_monitors.injected_resource, scaled: { scaling_threshold: 0.5, saturation_threshold: 0.9 } }]
+    typed_config:
+      \"@type\": type.googleapis.com/envoy.config.overload.v3.ScaleTimersOverloadActionConfig
+      timer_scale_factors:
+      - { timer: HTTP_DOWNSTREAM_CONNECTION_IDLE, min_timeout: 1s }
+      - { timer: HTTP_DOWNSTREAM_STREAM_IDLE, min_scale: { value: 5 } }
+";
+
+/// Runs `steps` on Courier and (when on PATH) Envoy, each on `boot` with its own pressure
+/// file (starting calm): what each saw.
+fn on_both<T: PartialEq + std::fmt::Debug>(
+    boot: &str,
+    steps: &dyn Fn(&Courier, &Path) -> T,
+) -> (T, Option<T>) {
+    let run = |start: &dyn Fn(&str) -> Option<Courier>| {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pressure = dir.path().join("pressure");
+        set_pressure(&pressure, 0.0);
+        let proxy = start(&boot.replace("PRESSURE_FILE", &pressure.display().to_string()))?;
+        settle(&proxy);
+        Some(steps(&proxy, &pressure))
+    };
+    let got = run(&|b| Some(Courier::start(b))).expect("courier starts");
+    (got, run(&|b| Courier::start_envoy(b)))
+}
+
+/// Sets the pressure and waits until gauge `name` (an action's or point's
+/// `scale_percent`) says the proxy acts on it.
+fn press(proxy: &Courier, pressure: &Path, p: f64, gauge: &str, want: u64) {
+    set_pressure(pressure, p);
+    wait_gauge(
+        proxy,
+        "overload.envoy.resource_monitors.injected_resource.pressure",
+        (p * 100.0).round() as u64,
+    );
+    wait_gauge(proxy, gauge, want);
+}
+
+/// How long after `since` the proxy closed `c` (reading what it sends meanwhile).
+fn closed_after(c: &mut TcpStream, since: Instant) -> Option<Duration> {
+    c.set_read_timeout(Some(Duration::from_secs(20))).ok()?;
+    let mut buf = [0u8; 1024];
+    loop {
+        match c.read(&mut buf) {
+            Ok(0) => return Some(since.elapsed()),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                return Some(since.elapsed())
+            }
+            Err(_) => return None,
+        }
+    }
+}
+
+#[test]
+fn idle_connections_close_sooner_under_pressure_like_envoy() {
+    // A 30 s idle timeout scaled down to its 1 s minimum at full pressure.
+    let boot = direct_bootstrap(&injected(REDUCE_TIMEOUTS)).replace(
+        "          stat_prefix: ingress\n",
+        "          stat_prefix: ingress\n          common_http_protocol_options: { idle_timeout: 30s }\n",
+    );
+    let steps = |proxy: &Courier, pressure: &Path| {
+        let scale = "overload.envoy.overload_actions.reduce_timeouts.scale_percent";
+        // Armed calm: the idle timer follows the scale once it changes.
+        let mut armed = TcpStream::connect(proxy.listener).expect("connect");
+        let calm = ask(&mut armed);
+        let idle_since = Instant::now();
+        // Three quarters of the way between the thresholds: 30 s scaled to 8.25 s.
+        press(proxy, pressure, 0.8, scale, 75);
+        press(proxy, pressure, 1.0, scale, 100);
+        let armed_closed = closed_after(&mut armed, idle_since);
+        // Armed under pressure: 1 s.
+        let mut fresh = TcpStream::connect(proxy.listener).expect("connect");
+        let answered = ask(&mut fresh);
+        let fresh_closed = closed_after(&mut fresh, Instant::now());
+        let window = |d: Option<Duration>| {
+            d.map(|d| (Duration::from_millis(900)..Duration::from_secs(10)).contains(&d))
+        };
+        (
+            calm,
+            answered,
+            window(armed_closed),
+            window(fresh_closed),
+            proxy.wait_stat("http.ingress.downstream_cx_idle_timeout", 2),
+        )
+    };
+    let (got, envoy) = on_both(&boot, &steps);
+    if let Some(envoy) = envoy {
+        assert_eq!(envoy, got, "envoy vs courier");
+    }
+    let ok = Some("HTTP/1.1 200 OK".to_string());
+    assert_eq!(got, (ok.clone(), ok, Some(true), Some(true), 2));
+}
+
+/// A request to the silent upstream on a new connection: its status line and body, and
+/// how long the answer took.
+fn timed_request(addr: SocketAddr) -> (Option<(String, String)>, Duration) {
+    let start = Instant::now();
+    let got = one_request(addr).map(|(status, _, body)| (status, body));
+    (got, start.elapsed())
+}
+
+#[test]
+fn idle_streams_time_out_sooner_under_pressure_like_envoy() {
+    // A 60 s stream idle timeout, 5% of it (3 s) at full pressure; the route timeout is
+    // off so that only the idle timer can answer.
+    let boot = bootstrap(
+        &all_to("silent").replace(
+            "route: { cluster: silent }",
+            "route: { cluster: silent, timeout: 0s }",
+        ),
+        "          stream_idle_timeout: 60s\n",
+        &cluster("silent", &[silent_upstream()], ""),
+    ) + &injected(REDUCE_TIMEOUTS);
+    let steps = |proxy: &Courier, pressure: &Path| {
+        let scale = "overload.envoy.overload_actions.reduce_timeouts.scale_percent";
+        // A stream waiting since before the pressure: its timer follows the scale.
+        let listener = proxy.listener;
+        let waiting = std::thread::spawn(move || timed_request(listener));
+        proxy.wait_stat("cluster.silent.upstream_rq_total", 1);
+        press(proxy, pressure, 1.0, scale, 100);
+        let (armed, armed_took) = waiting.join().expect("client");
+        let (fresh, fresh_took) = timed_request(proxy.listener);
+        (
+            armed,
+            armed_took < Duration::from_secs(20),
+            fresh,
+            (Duration::from_millis(2900)..Duration::from_secs(20)).contains(&fresh_took),
+            proxy.wait_stat("http.ingress.downstream_rq_idle_timeout", 2),
+        )
+    };
+    let (got, envoy) = on_both(&boot, &steps);
+    if let Some(envoy) = envoy {
+        assert_eq!(envoy, got, "envoy vs courier");
+    }
+    let timeout = Some((
+        "HTTP/1.1 504 Gateway Timeout".to_string(),
+        "stream timeout".to_string(),
+    ));
+    assert_eq!(got, (timeout.clone(), true, timeout, true, 2));
+}
+
+const LOAD_SHED_POINTS: &str = "  loadshed_points:
+  - name: envoy.load_shed_points.http2_server_go_away_on_dispatch
+    triggers: [{ name: envoy.resource_monitors.injected_resource, threshold: { value: 0.2 } }]
+  - name: envoy.load_shed_points.http_connection_manager_decode_headers
+    triggers: [{ name: envoy.resource_monitors.injected_resource, threshold: { value: 0.3 } }]
+  - name: envoy.load_shed_points.http1_server_abort_dispatch
+    triggers: [{ name: envoy.resource_monitors.injected_resource, threshold: { value: 0.5 } }]
+  - name: envoy.load_shed_points.hcm_ondata_creating_codec
+    triggers: [{ name: envoy.resource_monitors.injected_resource, threshold: { value: 0.7 } }]
+  - name: envoy.load_shed_points.tcp_listener_accept
+    triggers: [{ name: envoy.resource_monitors.injected_resource, threshold: { value: 0.9 } }]
+  - name: mine.not_checked_anywhere
+    triggers: [{ name: envoy.resource_monitors.injected_resource, scaled: { scaling_threshold: 0.1, saturation_threshold: 0.9 } }]
+";
+
+/// An HTTP/2 GET (prior knowledge, frame by frame): the GOAWAY's error code if one came,
+/// and the response's body.
+fn h2_get_watching_goaway(addr: SocketAddr) -> (Option<u32>, String) {
+    use http_support::h2_raw::*;
+    let mut c = TcpStream::connect(addr).expect("connect");
+    c.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut out = PREFACE.to_vec();
+    out.extend(frame(SETTINGS, 0, 0, &[]));
+    // :method GET, :scheme http, :path /, :authority h (HPACK, no Huffman).
+    out.extend(frame(
+        HEADERS,
+        END_STREAM | END_HEADERS,
+        1,
+        &[0x82, 0x86, 0x84, 0x01, 0x01, b'h'],
+    ));
+    c.write_all(&out).expect("write");
+    let (mut goaway, mut body) = (None, Vec::new());
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    // Until the body ("ok", or the overload reply) and the GOAWAY are in, or it closed.
+    while (goaway.is_none() || body.is_empty()) && Instant::now() < deadline {
+        match c.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+        for f in take_frames(&mut buf) {
+            match f.kind {
+                0x0 if f.stream == 1 => body.extend_from_slice(&f.payload),
+                GOAWAY if f.payload.len() >= 8 => {
+                    goaway = Some(u32::from_be_bytes([
+                        f.payload[4],
+                        f.payload[5],
+                        f.payload[6],
+                        f.payload[7],
+                    ]))
+                }
+                SETTINGS if f.stream == 0 => {
+                    let _ = c.write_all(&frame(SETTINGS, ACK, 0, &[]));
+                }
+                _ => {}
+            }
+        }
+    }
+    (goaway, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[test]
+fn load_shed_points_shed_like_envoy() {
+    let boot = direct_bootstrap(&injected(LOAD_SHED_POINTS));
+    let steps = |proxy: &Courier, pressure: &Path| {
+        let point = |p: &str| format!("overload.envoy.load_shed_points.{p}.scale_percent");
+        let mut out = Vec::new();
+        press(
+            proxy,
+            pressure,
+            0.25,
+            &point("http2_server_go_away_on_dispatch"),
+            100,
+        );
+        out.push(format!(
+            "h2 drained: {:?}",
+            h2_get_watching_goaway(proxy.listener)
+        ));
+        // Envoy checks the go-away point on HTTP/1 too: `connection: close`.
+        out.push(format!("h1 drained: {:?}", one_request(proxy.listener)));
+        press(
+            proxy,
+            pressure,
+            0.4,
+            &point("http_connection_manager_decode_headers"),
+            100,
+        );
+        out.push(format!("decode headers: {:?}", one_request(proxy.listener)));
+        press(
+            proxy,
+            pressure,
+            0.6,
+            &point("http1_server_abort_dispatch"),
+            100,
+        );
+        out.push(format!("h1 abort: {:?}", one_request(proxy.listener)));
+        press(
+            proxy,
+            pressure,
+            0.8,
+            &point("hcm_ondata_creating_codec"),
+            100,
+        );
+        out.push(format!("before codec: {:?}", one_request(proxy.listener)));
+        press(proxy, pressure, 0.95, &point("tcp_listener_accept"), 100);
+        out.push(format!("at accept: {:?}", one_request(proxy.listener)));
+        // The point no code checks still has its stats.
+        out.push(format!(
+            "unchecked: {}% shed {}",
+            proxy.stat("overload.mine.not_checked_anywhere.scale_percent"),
+            proxy.stat("overload.mine.not_checked_anywhere.shed_load_count")
+        ));
+        set_pressure(pressure, 0.0);
+        wait_gauge(proxy, &point("tcp_listener_accept"), 0);
+        out.push(format!("calm again: {:?}", one_request(proxy.listener)));
+        let shed = |p: &str| {
+            proxy.stat(&format!(
+                "overload.envoy.load_shed_points.{p}.shed_load_count"
+            ))
+        };
+        out.push(format!(
+            "shed: h2 {} decode_headers {} h1 {} codec {} accept {}",
+            shed("http2_server_go_away_on_dispatch") > 0,
+            shed("http_connection_manager_decode_headers"),
+            shed("http1_server_abort_dispatch"),
+            shed("hcm_ondata_creating_codec"),
+            shed("tcp_listener_accept"),
+        ));
+        out.push(format!(
+            "overload_close {} overload_reject {}",
+            proxy.stat("http.ingress.downstream_rq_overload_close"),
+            overload_reject(proxy),
+        ));
+        out
+    };
+    let (got, envoy) = on_both(&boot, &steps);
+    if let Some(envoy) = envoy {
+        assert_eq!(envoy, got, "envoy vs courier");
+    }
+    assert_eq!(
+        got,
+        [
+            r#"h2 drained: (Some(0), "ok")"#,
+            r#"h1 drained: Some(("HTTP/1.1 200 OK", true, "ok"))"#,
+            r#"decode headers: Some(("HTTP/1.1 503 Service Unavailable", true, "envoy overloaded"))"#,
+            r#"h1 abort: Some(("HTTP/1.1 500 Internal Server Error", true, "Internal Server Error"))"#,
+            "before codec: None",
+            "at accept: None",
+            "unchecked: 100% shed 0",
+            r#"calm again: Some(("HTTP/1.1 200 OK", false, "ok"))"#,
+            "shed: h2 true decode_headers 1 h1 1 codec 1 accept 1",
+            "overload_close 3 overload_reject 1",
+        ]
+    );
+}
+
+fn overload_reject(proxy: &Courier) -> u64 {
+    proxy.stat(&format!(
+        "listener.127.0.0.1_{}.downstream_cx_overload_reject",
+        proxy.listener.port()
+    ))
+}
+
+#[test]
+fn reduce_timeouts_and_load_shed_points_are_checked_as_envoy() {
+    let base = direct_bootstrap(&injected(&format!("{REDUCE_TIMEOUTS}{LOAD_SHED_POINTS}")))
+        .replace("PRESSURE_FILE", "/tmp/courier-overload-pressure");
+    if let Some((code, out)) = envoy_validate(&base) {
+        assert_eq!(code, Some(0), "{out}");
+    }
+    let first_timer = "      - { timer: HTTP_DOWNSTREAM_CONNECTION_IDLE, min_timeout: 1s }\n";
+    let first_point = "  - name: envoy.load_shed_points.http2_server_go_away_on_dispatch\n";
+    let point_trigger = "    triggers: [{ name: envoy.resource_monitors.injected_resource, threshold: { value: 0.2 } }]";
+    // What Envoy refuses too, with its words.
+    let edit = |from: &str, to: &str| {
+        assert!(base.contains(from), "{from}");
+        base.replacen(from, to, 1)
+    };
+    let invalid = [
+        (
+            remove_typed_config(&base),
+            "Overload action \"envoy.overload_actions.reduce_timeouts\" requires typed_config",
+        ),
+        (
+            edit(first_timer, &format!("{first_timer}{}", first_timer.replace("1s", "2s"))),
+            "Found duplicate entry for timer type HTTP_DOWNSTREAM_CONNECTION_IDLE",
+        ),
+        (
+            edit(first_timer, "      - { timer: HTTP_DOWNSTREAM_CONNECTION_IDLE }\n"),
+            "timer_scale_factors[0].overload_adjust: is required",
+        ),
+        (
+            edit("min_scale: { value: 5 }", "min_scale: { value: 500 }"),
+            "timer_scale_factors[1].min_scale.value: value must be inside range [0, 100]",
+        ),
+        (
+            edit(
+                point_trigger,
+                "    triggers: [{ name: envoy.resource_monitors.fixed_heap, threshold: { value: 0.2 } }]",
+            ),
+            "Unknown trigger resource envoy.resource_monitors.fixed_heap for loadshed point envoy.load_shed_points.http2_server_go_away_on_dispatch",
+        ),
+        (
+            edit(first_point, "  - name: envoy.load_shed_points.tcp_listener_accept\n"),
+            "Duplicate loadshed point envoy.load_shed_points.tcp_listener_accept",
+        ),
+    ];
+    // Envoy's points and settings Courier has no code path for.
+    let not_built = [
+        (
+            first_timer,
+            "      - { timer: HTTP_DOWNSTREAM_STREAM_FLUSH, min_timeout: 1s }\n",
+            "timer_scale_factors[0].timer (HTTP_DOWNSTREAM_STREAM_FLUSH)",
+        ),
+        (
+            first_point,
+            "  - name: envoy.load_shed_points.connection_pool_new_connection\n",
+            "loadshed_points[0].name (envoy.load_shed_points.connection_pool_new_connection)",
+        ),
+        (
+            first_point,
+            "  - name: envoy.load_shed_points.http2_server_go_away_and_close_on_dispatch\n",
+            "loadshed_points[0].name (envoy.load_shed_points.http2_server_go_away_and_close_on_dispatch)",
+        ),
+        (
+            "  loadshed_points:\n",
+            "  buffer_factory_config: { minimum_account_to_track_power_of_two: 20 }\n  loadshed_points:\n",
+            "overload_manager.buffer_factory_config",
+        ),
+    ];
+    for (changed, want) in invalid {
+        let (code, stderr) = validate(&changed);
+        assert_eq!(code, Some(1), "{stderr}");
+        assert!(stderr.contains(want), "want {want:?} in {stderr}");
+        if let Some((code, out)) = envoy_validate(&changed) {
+            assert_ne!(
+                code,
+                Some(0),
+                "envoy accepts what courier refuses ({want}): {out}"
+            );
+        }
+    }
+    assert_refused_by_path(&base, &not_built);
+}
+
+/// `boot` without the `reduce_timeouts` action's typed_config (and its lines).
+fn remove_typed_config(boot: &str) -> String {
+    let start = boot
+        .find("    typed_config:\n      \"@type\": type.googleapis.com/envoy.config.overload.v3.ScaleTimersOverloadActionConfig")
+        .expect("the typed_config");
+    let end = boot[start..]
+        .find("  loadshed_points:")
+        .map(|i| start + i)
+        .expect("the points");
+    format!("{}{}", &boot[..start], &boot[end..])
 }

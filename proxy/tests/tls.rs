@@ -1640,3 +1640,62 @@ fn health_checks_run_over_the_cluster_tls_as_in_envoy() {
         assert_eq!(envoy, courier);
     }
 }
+
+#[test]
+fn a_stalled_handshake_times_out_sooner_under_pressure_like_envoy() {
+    // A 60 s handshake timeout scaled to its 0.5 s minimum by `reduce_timeouts`, the
+    // injected pressure saturated from the start.
+    let pki = pki();
+    let up = Upstream::start("up");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pressure = dir.path().join("pressure");
+    std::fs::write(&pressure, "1").expect("write pressure");
+    let boot = bootstrap(&all_to("up"), "", &cluster("up", &[up.addr], ""))
+        .replacen(
+            "    filter_chains:\n    - filters:\n",
+            &format!(
+                "    filter_chains:\n    - transport_socket_connect_timeout: 60s\n{}      filters:\n",
+                downstream_tls(&pki, "")
+            ),
+            1,
+        )
+        .replacen("  - name: http\n", "  - name: http\n    stat_prefix: edge\n", 1)
+        + &format!(
+            "overload_manager:
+  refresh_interval: 0.05s
+  resource_monitors:
+  - name: envoy.resource_monitors.injected_resource
+    typed_config:
+      \"@type\": type.googleapis.com/envoy.extensions.resource_monitors.injected_resource.v3.InjectedResourceConfig
+      filename: {}
+  actions:
+  - name: envoy.overload_actions.reduce_timeouts
+    triggers: [{{ name: envoy.resource_monitors.injected_resource, threshold: {{ value: 0.9 }} }}]
+    typed_config:
+      \"@type\": type.googleapis.com/envoy.config.overload.v3.ScaleTimersOverloadActionConfig
+      timer_scale_factors: [{{ timer: TRANSPORT_SOCKET_CONNECT, min_timeout: 0.5s }}]
+",
+            pressure.display()
+        );
+    let run = |proxy: &Courier| -> (bool, u64) {
+        proxy.wait_stat(
+            "overload.envoy.overload_actions.reduce_timeouts.scale_percent",
+            100,
+        );
+        // Connects and sends nothing: closed within closed_by_peer's 10 s, not 60 s.
+        let mut stalled = std::net::TcpStream::connect(proxy.listener).expect("connect");
+        let closed = closed_by_peer(&mut stalled);
+        (
+            closed,
+            proxy.wait_stat(
+                "listener.edge.downstream_cx_transport_socket_connect_timeout",
+                1,
+            ),
+        )
+    };
+    let got = run(&Courier::start(&boot));
+    if let Some(envoy) = Courier::start_envoy(&boot) {
+        assert_eq!(run(&envoy), got, "envoy vs courier");
+    }
+    assert_eq!(got, (true, 1));
+}

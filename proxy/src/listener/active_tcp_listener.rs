@@ -11,6 +11,7 @@ use super::accept_backoff::{is_transient, AcceptBackoff};
 use super::ListenerConfig;
 use crate::overload::actions;
 use crate::overload::connection_limit::ConnectionPermit;
+use crate::overload::load_shed::{self, Point};
 use crate::worker::{Ctx, EventHandler, HandlerId, Next, WorkerLocal};
 
 const TIMER_RESUME_ACCEPT: u64 = 1;
@@ -73,11 +74,6 @@ impl ActiveTcpListener {
             match self.socket.accept() {
                 Ok((stream, _peer)) => {
                     self.backoff.accepted(&self.name);
-                    // The overload manager's `reject_incoming_connections`.
-                    if actions::applies(actions::states().reject_incoming_connections) {
-                        config.stats.downstream_cx_overload_reject.inc(ctx.local.id);
-                        continue;
-                    }
                     let permit = if config.ignore_global_conn_limit {
                         Some(ConnectionPermit::exempt())
                     } else {
@@ -88,6 +84,15 @@ impl ActiveTcpListener {
                         config.stats.downstream_global_cx_overflow.inc(ctx.local.id);
                         continue;
                     };
+                    // Past the global limit, as in Envoy: the `tcp_listener_accept` load
+                    // shed point, then `reject_incoming_connections` (the permit given
+                    // back as the connection closes).
+                    if load_shed::should_shed(Point::TcpListenerAccept, ctx.local.id)
+                        || actions::applies(actions::states().reject_incoming_connections)
+                    {
+                        config.stats.downstream_cx_overload_reject.inc(ctx.local.id);
+                        continue;
+                    }
                     let _ = stream.set_nodelay(true);
                     accept_connection(ctx, &config, stream, permit);
                 }

@@ -8,6 +8,10 @@ use std::sync::Arc;
 
 use courier_proto::envoy::config::overload::v3::{trigger::TriggerOneof, OverloadAction};
 
+use courier_proto::envoy::config::overload::v3::ScaleTimersOverloadActionConfig;
+
+use super::load_shed::POINTS;
+use super::scaled_timers::{self, TimerMinimums};
 use crate::config::ConfigError;
 
 /// The actions Courier takes.
@@ -24,6 +28,9 @@ pub enum ActionKind {
     RejectIncomingConnections,
     /// Free heap is given back to the system every 10 s while active.
     ShrinkHeap,
+    /// Timers shorten between their configured duration and a minimum
+    /// ([`super::scaled_timers`]).
+    ReduceTimeouts,
 }
 
 impl ActionKind {
@@ -38,6 +45,7 @@ impl ActionKind {
                 ActionKind::RejectIncomingConnections
             }
             "envoy.overload_actions.shrink_heap" => ActionKind::ShrinkHeap,
+            "envoy.overload_actions.reduce_timeouts" => ActionKind::ReduceTimeouts,
             _ => return None,
         })
     }
@@ -75,7 +83,8 @@ impl Trigger {
                 scaling,
                 saturation,
             } => {
-                if pressure < scaling {
+                // At the scaling threshold the trigger is still off, as Envoy's.
+                if pressure <= scaling {
                     0.0
                 } else if pressure >= saturation {
                     1.0
@@ -96,6 +105,8 @@ pub struct Action {
     pub kind: ActionKind,
     /// Its triggers; the action's state is the highest of theirs.
     pub triggers: Vec<Trigger>,
+    /// `reduce_timeouts`: the timers it scales and their minimums.
+    pub timer_minimums: Option<TimerMinimums>,
 }
 
 /// Compiles `action` at `path`; `monitor` finds a trigger's monitor by name (`None`:
@@ -114,7 +125,21 @@ pub fn compile(
             )))
         }
     };
-    if action.typed_config.is_some() {
+    let mut timer_minimums = None;
+    if kind == ActionKind::ReduceTimeouts {
+        let Some(any) = &action.typed_config else {
+            return Err(ConfigError::new(
+                format!("{path}.typed_config"),
+                format!("Overload action \"{}\" requires typed_config", action.name),
+            ));
+        };
+        let config: ScaleTimersOverloadActionConfig = courier_proto::unpack_any(any)
+            .map_err(|e| ConfigError::new(format!("{path}.typed_config"), e.to_string()))?;
+        timer_minimums = Some(scaled_timers::compile(
+            &config,
+            &format!("{path}.typed_config"),
+        )?);
+    } else if action.typed_config.is_some() {
         return Err(ConfigError::unsupported(format!("{path}.typed_config")));
     }
     if action.triggers.is_empty() {
@@ -144,55 +169,65 @@ pub fn compile(
                 ))
             }
         };
-        let kind = match &t.trigger_oneof {
-            Some(TriggerOneof::Threshold(th)) => {
-                if !(0.0..=1.0).contains(&th.value) {
-                    return Err(ConfigError::new(
-                        format!("{at}.threshold.value"),
-                        "value must be inside range [0, 1]",
-                    ));
-                }
-                TriggerKind::Threshold(th.value)
-            }
-            Some(TriggerOneof::Scaled(s)) => {
-                for (field, v) in [
-                    ("scaling_threshold", s.scaling_threshold),
-                    ("saturation_threshold", s.saturation_threshold),
-                ] {
-                    if !(0.0..=1.0).contains(&v) {
-                        return Err(ConfigError::new(
-                            format!("{at}.scaled.{field}"),
-                            "value must be inside range [0, 1]",
-                        ));
-                    }
-                }
-                if s.scaling_threshold >= s.saturation_threshold {
-                    return Err(ConfigError::new(
-                        format!("{at}.scaled"),
-                        "scaling_threshold must be less than saturation_threshold",
-                    ));
-                }
-                TriggerKind::Scaled {
-                    scaling: s.scaling_threshold,
-                    saturation: s.saturation_threshold,
-                }
-            }
-            None => {
-                return Err(ConfigError::new(
-                    at,
-                    "trigger_oneof is required (threshold or scaled)",
-                ))
-            }
-        };
-        triggers.push(Trigger {
-            monitor: index,
-            kind,
-        });
+        triggers.push(compile_trigger(t, &at, index)?);
     }
     Ok(Action {
         name: action.name.clone(),
         kind,
         triggers,
+        timer_minimums,
+    })
+}
+
+/// Compiles trigger `t` (at `at`) on the monitor at `index`.
+pub fn compile_trigger(
+    t: &courier_proto::envoy::config::overload::v3::Trigger,
+    at: &str,
+    index: usize,
+) -> Result<Trigger, ConfigError> {
+    let kind = match &t.trigger_oneof {
+        Some(TriggerOneof::Threshold(th)) => {
+            if !(0.0..=1.0).contains(&th.value) {
+                return Err(ConfigError::new(
+                    format!("{at}.threshold.value"),
+                    "value must be inside range [0, 1]",
+                ));
+            }
+            TriggerKind::Threshold(th.value)
+        }
+        Some(TriggerOneof::Scaled(s)) => {
+            for (field, v) in [
+                ("scaling_threshold", s.scaling_threshold),
+                ("saturation_threshold", s.saturation_threshold),
+            ] {
+                if !(0.0..=1.0).contains(&v) {
+                    return Err(ConfigError::new(
+                        format!("{at}.scaled.{field}"),
+                        "value must be inside range [0, 1]",
+                    ));
+                }
+            }
+            if s.scaling_threshold >= s.saturation_threshold {
+                return Err(ConfigError::new(
+                    format!("{at}.scaled"),
+                    "scaling_threshold must be less than saturation_threshold",
+                ));
+            }
+            TriggerKind::Scaled {
+                scaling: s.scaling_threshold,
+                saturation: s.saturation_threshold,
+            }
+        }
+        None => {
+            return Err(ConfigError::new(
+                at,
+                "trigger_oneof is required (threshold or scaled)",
+            ))
+        }
+    };
+    Ok(Trigger {
+        monitor: index,
+        kind,
     })
 }
 
@@ -207,6 +242,10 @@ pub struct ActionStates {
     pub stop_accepting_connections: f64,
     /// `reject_incoming_connections`.
     pub reject_incoming_connections: f64,
+    /// `reduce_timeouts`.
+    pub reduce_timeouts: f64,
+    /// The load shed points' states, by [`super::load_shed::Point`].
+    pub points: [f64; POINTS],
 }
 
 thread_local! {
@@ -217,12 +256,18 @@ thread_local! {
         disable_http_keepalive: 0.0,
         stop_accepting_connections: 0.0,
         reject_incoming_connections: 0.0,
+        reduce_timeouts: 0.0,
+        points: [0.0; POINTS],
     }) };
 }
 
-/// The slot's apply function: each worker copies the new states.
+/// The slot's apply function: each worker copies the new states (and has its armed scaled
+/// timers looked at again when the timers' scale changed).
 pub fn apply_on_worker(states: &Arc<ActionStates>) {
-    STATES.with(|s| s.set(**states));
+    let old = STATES.with(|s| s.replace(**states));
+    if old.reduce_timeouts != states.reduce_timeouts {
+        scaled_timers::on_scale_change();
+    }
 }
 
 /// This worker's action states.

@@ -7,6 +7,14 @@
 //!   the states the workers act on are published to them through a slot when they
 //!   change. Stats as Envoy's: `overload.<monitor>.pressure` (percent),
 //!   `failed_updates`, `overload.<action>.active` and `scale_percent`.
+//! - `reduce_timeouts` ([`scaled_timers`]) scales the downstream timers Courier has
+//!   (connection idle, stream idle, TLS handshake, max connection duration) as Envoy's
+//!   `ScaledRangeTimerManager` does; its state reaches the workers with the others, and
+//!   a worker wakes its armed scaled timers when it changes.
+//! - Load shed points ([`load_shed`], `loadshed_points`): states computed like actions'
+//!   and published with them; workers check them at accept, at codec creation, on
+//!   HTTP/1 and HTTP/2 dispatch and at request headers. Stats as Envoy's:
+//!   `overload.<point>.scale_percent` and `shed_load_count`.
 //! - The `envoy.resource_monitors.global_downstream_max_connections` monitor is a
 //!   proactive limit checked by every worker as it accepts ([`connection_limit`]);
 //!   without it, the runtime key `overload.global_downstream_max_connections`, as in
@@ -15,12 +23,17 @@
 //!   (`downstream_global_cx_overflow`) before descriptors run out for upstreams and the
 //!   admin. A listener with `ignore_global_conn_limit` is exempt.
 //!
-//! Not built yet, refused by path: the `reduce_timeouts` and `reset_high_memory_stream`
-//! actions, `loadshed_points`, `buffer_factory_config`.
+//! Not built yet, refused by path: the `reset_high_memory_stream` action and
+//! `buffer_factory_config` (they need per-stream buffer accounting), the
+//! `HTTP_DOWNSTREAM_STREAM_FLUSH` timer, and the load shed points Courier has no code path
+//! for (`connection_pool_new_connection`, HTTP/2's go-away-and-close, the downstream
+//! filter check, HTTP/3's).
 
 pub mod actions;
 pub mod connection_limit;
+pub mod load_shed;
 mod monitors;
+pub mod scaled_timers;
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -51,6 +64,7 @@ pub struct OverloadConfig {
     refresh_interval: Duration,
     monitors: Vec<(String, Monitor)>,
     actions: Vec<Action>,
+    points: Vec<load_shed::LoadShedPoint>,
 }
 
 /// Compiles the bootstrap's `overload_manager` (checked as Envoy checks it; what is not
@@ -66,23 +80,16 @@ pub fn compile(
         refresh_interval: Duration::from_secs(1),
         monitors: Vec::new(),
         actions: Vec::new(),
+        points: Vec::new(),
     };
     let Some(om) = om else {
         return Ok(config);
     };
-    for (field, set) in [
-        (
-            "overload_manager.loadshed_points",
-            !om.loadshed_points.is_empty(),
-        ),
-        (
+    // Per-stream buffer accounting (`reset_high_memory_stream`'s) is not built.
+    if om.buffer_factory_config.is_some() {
+        return Err(ConfigError::unsupported(
             "overload_manager.buffer_factory_config",
-            om.buffer_factory_config.is_some(),
-        ),
-    ] {
-        if set {
-            return Err(ConfigError::unsupported(field));
-        }
+        ));
     }
     if let Some(r) = &om.refresh_interval {
         config.refresh_interval = crate::config::duration(r, "overload_manager.refresh_interval")?
@@ -139,6 +146,26 @@ pub fn compile(
         };
         config.actions.push(actions::compile(a, &path, &find)?);
     }
+    for (i, p) in om.loadshed_points.iter().enumerate() {
+        let path = format!("overload_manager.loadshed_points[{i}]");
+        if config.points.iter().any(|x| x.name == p.name) {
+            return Err(ConfigError::new(
+                format!("{path}.name"),
+                format!("Duplicate loadshed point {}", p.name),
+            ));
+        }
+        let monitors = &config.monitors;
+        let find = |name: &str| {
+            monitors.iter().position(|(n, _)| n == name).map(|i| {
+                if monitors[i].1.is_proactive() {
+                    Err(())
+                } else {
+                    Ok(i)
+                }
+            })
+        };
+        config.points.push(load_shed::compile(p, &path, &find)?);
+    }
     Ok(config)
 }
 
@@ -160,6 +187,8 @@ pub struct OverloadManager {
     tls: Arc<crate::worker::ThreadLocal>,
     monitor_stats: Vec<Option<MonitorStats>>,
     action_stats: Vec<ActionStats>,
+    /// Each load shed point's `scale_percent`.
+    point_stats: Vec<Arc<Gauge>>,
 }
 
 impl OverloadManager {
@@ -191,7 +220,24 @@ impl OverloadManager {
                 scale_percent: store.gauge(&format!("overload.{}.scale_percent", a.name)),
             })
             .collect();
-        if config.actions.is_empty() {
+        // Envoy makes `shed_load_count` for every point, checked or not.
+        let mut counters: [Option<Arc<Counter>>; load_shed::POINTS] = Default::default();
+        let point_stats = config
+            .points
+            .iter()
+            .map(|p| {
+                let count = store.counter(&format!("overload.{}.shed_load_count", p.name));
+                if let Some(point) = p.point {
+                    counters[point as usize] = Some(count);
+                }
+                store.gauge(&format!("overload.{}.scale_percent", p.name))
+            })
+            .collect();
+        load_shed::configure(counters);
+        if let Some(minimums) = config.actions.iter().find_map(|a| a.timer_minimums) {
+            scaled_timers::configure(minimums);
+        }
+        if config.actions.is_empty() && config.points.is_empty() {
             return;
         }
         let manager = Rc::new(OverloadManager {
@@ -200,6 +246,7 @@ impl OverloadManager {
             tls,
             monitor_stats,
             action_stats,
+            point_stats,
         });
         tokio::task::spawn_local(async move {
             let mut published = ActionStates::default();
@@ -258,6 +305,7 @@ impl OverloadManager {
                 ActionKind::DisableHttpKeepalive => states.disable_http_keepalive = state,
                 ActionKind::StopAcceptingConnections => states.stop_accepting_connections = state,
                 ActionKind::RejectIncomingConnections => states.reject_incoming_connections = state,
+                ActionKind::ReduceTimeouts => states.reduce_timeouts = state,
                 ActionKind::ShrinkHeap => {
                     let due = last_shrink.is_none_or(|t| t.elapsed() >= SHRINK_HEAP_EVERY);
                     if state >= 1.0 && due {
@@ -266,6 +314,17 @@ impl OverloadManager {
                     }
                 }
             }
+        }
+        for (p, gauge) in self.config.points.iter().zip(&self.point_stats) {
+            let state = p
+                .triggers
+                .iter()
+                .filter_map(|t| pressures[t.monitor].map(|v| t.state(v)))
+                .fold(0.0, f64::max);
+            if let Some(point) = p.point {
+                states.points[point as usize] = state;
+            }
+            gauges.push((gauge.clone(), (state * 100.0) as i64));
         }
         let set_gauges = move || {
             for (gauge, value) in gauges {

@@ -844,6 +844,20 @@ pub fn with_filters(bootstrap: &str, filters: &str) -> String {
     bootstrap.replacen(ROUTER, &format!("{filters}{ROUTER}"), 1)
 }
 
+/// An upstream that accepts and holds its connections, never reading nor answering; its
+/// address.
+pub fn silent_upstream() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = l.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in l.incoming().flatten() {
+            held.push(s);
+        }
+    });
+    addr
+}
+
 /// An upstream that echoes what it reads until the client closes; its address.
 pub fn echo_server() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind");

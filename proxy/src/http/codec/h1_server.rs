@@ -47,6 +47,7 @@ use crate::http::codec::handoff::{
 };
 use crate::http::codec::header_map_pool;
 use crate::http::codec::upstream_h1::recv_into;
+use crate::overload::scaled_timers;
 use crate::protocol::key_format::KeyFormat;
 use courier_runtime::event::rt::Sleep;
 
@@ -223,6 +224,11 @@ pub trait H1Service: 'static {
     /// A head still arriving ran out of time (`which`; its first byte came at `started`):
     /// the connection manager counts and logs the stream and gives the reply.
     fn head_timeout(&self, which: HeadTimeout, started: Instant) -> Response<ProxyBody>;
+    /// Bytes arrived for a new request: the reply when the connection manager sheds
+    /// them instead (the overload manager's `http1_server_abort_dispatch`), after which
+    /// the connection closes. (It may instead have the connection close after the
+    /// response: `http2_server_go_away_on_dispatch`, which Envoy checks on HTTP/1 too.)
+    fn abort_dispatch(&self) -> Option<Response<ProxyBody>>;
 }
 
 /// Which of a stream's timers ran out while its head was still arriving. As in Envoy, the
@@ -285,9 +291,13 @@ impl H1Settings {
     /// The first of the stream's timers to run out on a head still arriving, and after
     /// how long from its first byte (`None`: the head may take forever).
     pub fn first_head_timer(&self) -> Option<(Duration, HeadTimeout)> {
-        // On a tie, the timer Envoy creates first fires first.
+        // On a tie, the timer Envoy creates first fires first. The idle timer is scaled
+        // by the overload manager's `reduce_timeouts` as the head starts.
+        let idle = self
+            .stream_idle_timeout
+            .map(|t| scaled_timers::scaled(scaled_timers::TimerType::StreamIdle, t));
         [
-            (self.stream_idle_timeout, HeadTimeout::StreamIdle),
+            (idle, HeadTimeout::StreamIdle),
             (self.request_timeout, HeadTimeout::Request),
             (self.request_headers_timeout, HeadTimeout::RequestHeaders),
         ]
@@ -308,6 +318,8 @@ pub struct H1Server<S: H1Service> {
     shutting_down: bool,
     /// When the current head's first byte arrived (the stream's start).
     head_started: Option<Instant>,
+    /// Bytes arrived since the codec last looked (a dispatch, in Envoy's terms).
+    fresh: bool,
     /// The first of the stream's timers to run out while its head arrives, armed when
     /// the head is found incomplete.
     head_timer: Option<(Pin<Box<Sleep>>, HeadTimeout)>,
@@ -337,6 +349,7 @@ impl<S: H1Service> H1Server<S> {
             exchange: Exchange::default(),
             shutting_down: false,
             head_started: None,
+            fresh: !prefix.is_empty(),
             head_timer: None,
         }
     }
@@ -376,6 +389,16 @@ impl<S: H1Service> H1Server<S> {
                     if self.shutting_down {
                         return Poll::Ready(Ok(End::Closed));
                     }
+                    if std::mem::take(&mut self.fresh) {
+                        if let Some(reply) = self.info.abort_dispatch() {
+                            self.head_timer = None;
+                            self.head_started = None;
+                            self.t.borrow_mut().rbuf.clear();
+                            self.exchange = Exchange::default();
+                            self.respond(reply);
+                            continue;
+                        }
+                    }
                     let parsed = {
                         let mut t = self.t.borrow_mut();
                         if t.rbuf.is_empty() {
@@ -408,7 +431,10 @@ impl<S: H1Service> H1Server<S> {
                     };
                     match read {
                         Poll::Ready(Ok(0)) => return Poll::Ready(Ok(End::Closed)),
-                        Poll::Ready(Ok(_)) => continue,
+                        Poll::Ready(Ok(_)) => {
+                            self.fresh = true;
+                            continue;
+                        }
                         Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                         Poll::Pending if self.head_timed_out(cx) => continue,
                         Poll::Pending => return Poll::Pending,

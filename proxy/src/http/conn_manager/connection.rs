@@ -19,7 +19,7 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use hyper::server::conn::http2;
 use mio::event::Event;
@@ -35,6 +35,8 @@ use crate::http::conn_manager::conn_info::ListenerLog;
 use crate::http::conn_manager::local_reply::local_reply;
 use crate::http::conn_manager::upgrade;
 use crate::listener::AcceptedConnection;
+use crate::overload::load_shed::{self, Point};
+use crate::overload::scaled_timers::{self, scaled, ScaleWatch, TimerType};
 use crate::transport_socket::tls::{ServerContext, TlsConnectionInfo};
 use crate::transport_socket::{TlsIo, Transport};
 use crate::worker::{Ctx, EventHandler, HandlerId, Next, WorkerLocal};
@@ -111,6 +113,15 @@ pub struct HttpConnection {
     h2_head: Option<Rc<Cell<Option<Instant>>>>,
     /// The open header block the head timer is armed for.
     h2_head_armed: Option<Instant>,
+    /// The filter chain's `transport_socket_connect_timeout` (TLS chains).
+    handshake_timeout: Option<Duration>,
+    /// `max_connection_duration` has run out (the connection drains).
+    max_duration_reached: bool,
+    /// Registered while `reduce_timeouts` scales one of the connection's timers: woken
+    /// when the scale changes, the timers are looked at again.
+    scale_watch: Option<ScaleWatch>,
+    /// The scale generation the timers were last looked at in.
+    scale_seen: u64,
 }
 
 impl HttpConnection {
@@ -201,15 +212,39 @@ impl HttpConnection {
             shutting_down: false,
             h2_head: None,
             h2_head_armed: None,
+            handshake_timeout: handshake_timeout.filter(|_| secure),
+            max_duration_reached: false,
+            scale_watch: None,
+            scale_seen: scaled_timers::generation(),
         };
+        let scaled_type = [
+            TimerType::ConnectionIdle,
+            TimerType::ConnectionMax,
+            TimerType::TransportSocketConnect,
+        ]
+        .into_iter()
+        .find(|t| scaled_timers::scales(*t));
+        if let Some(t) = scaled_type {
+            conn.scale_watch = ScaleWatch::register(t, &conn.waker);
+        }
+        // Each timer is armed for its duration scaled by `reduce_timeouts` now, and looks
+        // at the scale again when it fires.
         if let Some(idle) = conn.config.idle_timeout {
-            ctx.schedule(me, idle, TIMER_IDLE);
+            ctx.schedule(me, scaled(TimerType::ConnectionIdle, idle), TIMER_IDLE);
         }
         if let Some(max) = conn.config.max_connection_duration {
-            ctx.schedule(me, max, TIMER_MAX_DURATION);
+            ctx.schedule(
+                me,
+                scaled(TimerType::ConnectionMax, max),
+                TIMER_MAX_DURATION,
+            );
         }
-        if let (true, Some(t)) = (secure, handshake_timeout) {
-            ctx.schedule(me, t, TIMER_HANDSHAKE);
+        if let Some(t) = conn.handshake_timeout {
+            ctx.schedule(
+                me,
+                scaled(TimerType::TransportSocketConnect, t),
+                TIMER_HANDSHAKE,
+            );
         }
         ctx.local.track_connection(chain_tag, me);
         if conn.poll() {
@@ -268,6 +303,15 @@ impl HttpConnection {
         if self.info.draining.get() && !self.shutting_down {
             self.graceful();
         }
+        // The `http2_server_go_away_on_dispatch` load shed point, each time the HTTP/2
+        // codec is driven (data arrived, mostly): a GOAWAY, and the connection drains.
+        if !self.shutting_down
+            && matches!(self.state, State::H2(_))
+            && load_shed::should_shed(Point::H2ServerGoAwayOnDispatch, self.worker)
+        {
+            tracing::debug!("HTTP/2 GOAWAY on dispatch: overloaded");
+            self.graceful();
+        }
         let waker = self.waker.clone();
         let mut cx = Context::from_waker(&waker);
         loop {
@@ -299,6 +343,12 @@ impl HttpConnection {
                         _ => None,
                     };
                     let io = Transport::Tls(io);
+                    if alpn.is_some()
+                        && load_shed::should_shed(Point::HcmOndataCreatingCodec, self.worker)
+                    {
+                        self.shed_codec();
+                        return true;
+                    }
                     match alpn.as_deref() {
                         Some(b"h2") => self.h2(PrefixedIo::new(Vec::new(), io)),
                         Some(b"http/1.1") => self.h1(io, &[]),
@@ -346,6 +396,23 @@ impl HttpConnection {
                         }
                     };
                     let Some(is_h2) = decided else { continue };
+                    if load_shed::should_shed(Point::HcmOndataCreatingCodec, self.worker) {
+                        // What already arrived is read first, as Envoy has it when it
+                        // closes: the close is a FIN, not a reset.
+                        if let Some(tcp) = io.as_mut() {
+                            let mut tmp = [MaybeUninit::<u8>::uninit(); 4096];
+                            while let Poll::Ready(Ok(n)) = tcp.poll_recv(&mut cx, &mut tmp) {
+                                if n == 0 {
+                                    break;
+                                }
+                            }
+                        }
+                        self.shed_codec();
+                        return true;
+                    }
+                    let State::Detect { io, buf } = &mut self.state else {
+                        return true;
+                    };
                     let Some(tcp) = io.take() else { return true };
                     let prefix = std::mem::take(buf);
                     if is_h2 {
@@ -407,6 +474,18 @@ impl HttpConnection {
         }
     }
 
+    /// The `hcm_ondata_creating_codec` load shed point shed the connection: it closes
+    /// before a codec is made for it (counted in `downstream_rq_overload_close`, as
+    /// Envoy's).
+    fn shed_codec(&mut self) {
+        self.config
+            .stats
+            .downstream_rq_overload_close
+            .inc(self.worker);
+        tracing::debug!("closing the connection before creating its codec: overloaded");
+        self.state = State::Done;
+    }
+
     fn note_error(&self, e: &hyper::Error) {
         if e.is_parse() || e.is_parse_too_large() || e.is_parse_status() {
             self.config
@@ -439,6 +518,13 @@ impl HttpConnection {
     }
 
     fn run(&mut self, ctx: &mut Ctx, me: HandlerId) -> Next {
+        if self.scale_watch.is_some() && self.scale_seen != scaled_timers::generation() {
+            // `reduce_timeouts`' scale changed: every timer looks at its deadline again.
+            self.scale_seen = scaled_timers::generation();
+            for tag in [TIMER_IDLE, TIMER_MAX_DURATION, TIMER_HANDSHAKE] {
+                ctx.schedule(me, Duration::ZERO, tag);
+            }
+        }
         if self.poll() {
             return self.close(ctx, me);
         }
@@ -482,6 +568,7 @@ impl EventHandler<WorkerLocal> for HttpConnection {
                 let Some(idle) = self.config.idle_timeout else {
                     return Next::Continue;
                 };
+                let idle = scaled(TimerType::ConnectionIdle, idle);
                 if self.info.active.get() > 0 {
                     ctx.schedule(me, idle, TIMER_IDLE);
                     return Next::Continue;
@@ -504,7 +591,16 @@ impl EventHandler<WorkerLocal> for HttpConnection {
                 Next::Continue
             }
             TIMER_HANDSHAKE => {
+                let Some(timeout) = self.handshake_timeout else {
+                    return Next::Continue;
+                };
                 if !matches!(self.state, State::Handshake(..)) {
+                    return Next::Continue;
+                }
+                let timeout = scaled(TimerType::TransportSocketConnect, timeout);
+                let age = ctx.now.saturating_duration_since(self.started);
+                if age < timeout {
+                    ctx.schedule(me, timeout - age, TIMER_HANDSHAKE);
                     return Next::Continue;
                 }
                 self.info
@@ -535,7 +631,19 @@ impl EventHandler<WorkerLocal> for HttpConnection {
                 self.close(ctx, me)
             }
             TIMER_MAX_DURATION => {
-                let _ = self.started;
+                let Some(max) = self.config.max_connection_duration else {
+                    return Next::Continue;
+                };
+                if self.max_duration_reached {
+                    return Next::Continue;
+                }
+                let max = scaled(TimerType::ConnectionMax, max);
+                let age = ctx.now.saturating_duration_since(self.started);
+                if age < max {
+                    ctx.schedule(me, max - age, TIMER_MAX_DURATION);
+                    return Next::Continue;
+                }
+                self.max_duration_reached = true;
                 self.config
                     .stats
                     .downstream_cx_max_duration_reached

@@ -43,6 +43,7 @@ use crate::http::router::{
     X_ENVOY_FORCE_TRACE, X_ENVOY_INTERNAL, X_FORWARDED_FOR, X_FORWARDED_PROTO, X_REQUEST_ID,
 };
 use crate::overload::actions;
+use crate::overload::load_shed::{self, Point};
 use crate::protocol::header_mutations::FormatContext;
 use crate::upstream::ThreadLocalClusterManager;
 use courier_runtime::event::rt;
@@ -466,9 +467,12 @@ pub(crate) async fn process(
     // Transfer-Encoding and the like) were checked by the codec: `downstream_h1` for
     // HTTP/1, hyper's for HTTP/2.
     step!(check_header_fields(conn, &mut req));
-    // The overload manager's `stop_accepting_requests`, before anything else is done for
-    // the request, as in Envoy.
-    if actions::applies(actions::states().stop_accepting_requests) {
+    // The `http_connection_manager_decode_headers` load shed point, then the overload
+    // manager's `stop_accepting_requests`, before anything else is done for the request,
+    // as in Envoy.
+    if load_shed::should_shed(Point::HcmDecodeHeaders, conn.worker)
+        || actions::applies(actions::states().stop_accepting_requests)
+    {
         conn.config
             .stats
             .downstream_rq_overload_close
@@ -1531,6 +1535,10 @@ impl H1Service for ConnInfo {
         self.head_timed_out(which, started, Some(&resp), sent);
         resp
     }
+
+    fn abort_dispatch(&self) -> Option<Response<ProxyBody>> {
+        self.shed_dispatch()
+    }
 }
 
 impl ConnInfo {
@@ -1545,8 +1553,7 @@ impl ConnInfo {
         resp: Option<&Response<ProxyBody>>,
         bytes_sent: u64,
     ) {
-        let cfg = &self.config;
-        let (stats, w) = (&cfg.stats, self.worker);
+        let stats = &self.config.stats;
         let (counter, flags, details) = match which {
             HeadTimeout::StreamIdle => (
                 &stats.downstream_rq_idle_timeout,
@@ -1560,7 +1567,48 @@ impl ConnInfo {
                 "request_header_timeout",
             ),
         };
-        counter.inc(w);
+        counter.inc(self.worker);
+        self.codec_stream(flags, details, started, resp, bytes_sent);
+    }
+
+    /// The `http1_server_abort_dispatch` load shed point, as Envoy's: what arrives is
+    /// answered `500` (a stream with no request fields, flag `DPE`, details `overload`,
+    /// counted in `downstream_rq_overload_close`) and the connection closes.
+    fn shed_dispatch(&self) -> Option<Response<ProxyBody>> {
+        // Envoy's connection manager checks the go-away point as data arrives whatever
+        // the protocol: on HTTP/1 the response says `connection: close`.
+        if !self.closing.get()
+            && load_shed::should_shed(Point::H2ServerGoAwayOnDispatch, self.worker)
+        {
+            self.close_after_response();
+        }
+        if !load_shed::should_shed(Point::H1ServerAbortDispatch, self.worker) {
+            return None;
+        }
+        let started = Instant::now();
+        self.config
+            .stats
+            .downstream_rq_overload_close
+            .inc(self.worker);
+        let mut resp = local_reply(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error");
+        finish_response(&self.config, &mut resp);
+        let sent = resp.body().size_hint().exact().unwrap_or(0);
+        self.codec_stream("DPE", "overload", started, Some(&resp), sent);
+        Some(resp)
+    }
+
+    /// Counts and logs a stream the codec ended before its head was whole: a request
+    /// (total, by protocol, completed, by the reply's class) with no request fields.
+    fn codec_stream(
+        &self,
+        flags: &str,
+        details: &str,
+        started: Instant,
+        resp: Option<&Response<ProxyBody>>,
+        bytes_sent: u64,
+    ) {
+        let cfg = &self.config;
+        let (stats, w) = (&cfg.stats, self.worker);
         self.requests.set(self.requests.get() + 1);
         stats.downstream_rq_total.inc(w);
         let version = if self.http2.get() == Some(true) {
@@ -1571,8 +1619,8 @@ impl ConnInfo {
             Version::HTTP_11
         };
         let status = resp.map_or(0, |r| r.status().as_u16());
-        if resp.is_some() {
-            stats.downstream_rq_xx[3].inc(w);
+        if let Some(class) = (status / 100).checked_sub(1).filter(|c| *c < 5) {
+            stats.downstream_rq_xx[class as usize].inc(w);
         }
         stats.downstream_rq_completed.inc(w);
         if cfg.access_logs.is_empty() {

@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
+use crate::overload::scaled_timers::{scaled, ScaleWatch, TimerType};
 use crate::stats::Counter;
 use courier_runtime::event::rt::Sleep;
 
@@ -41,6 +42,9 @@ pub struct StreamIdle {
     response_deadline: RefCell<Option<(Instant, Arc<Counter>, Expiry)>>,
     /// Which timeout ended the stream, if one did.
     expired: Cell<Option<Expiry>>,
+    /// The idle timer's registration for `reduce_timeouts`' scale changes (only while the
+    /// action scales stream idle timers).
+    scale_watch: RefCell<Option<ScaleWatch>>,
 }
 
 /// Which of a stream's timeouts ran out.
@@ -103,6 +107,7 @@ impl StreamIdle {
             worker,
             response_deadline: RefCell::new(None),
             expired: Cell::new(None),
+            scale_watch: RefCell::new(None),
         }
     }
 
@@ -142,9 +147,12 @@ impl StreamIdle {
         self.request_complete.get()
     }
 
-    /// When the stream times out unless something moves first.
+    /// When the stream times out unless something moves first (its timeout scaled by
+    /// the overload manager's `reduce_timeouts`).
     fn idle_deadline(&self) -> Option<Instant> {
-        self.timeout.get().map(|t| self.last_activity.get() + t)
+        self.timeout
+            .get()
+            .map(|t| self.last_activity.get() + scaled(TimerType::StreamIdle, t))
     }
 
     /// The earlier of the idle deadline and the response's route deadline.
@@ -165,6 +173,14 @@ impl StreamIdle {
             *timer = None;
             return Poll::Pending;
         };
+        if self.timeout.get().is_some() {
+            // Looked at again when `reduce_timeouts`' scale changes.
+            let mut watch = self.scale_watch.borrow_mut();
+            match watch.as_ref() {
+                Some(w) => w.update(cx.waker()),
+                None => *watch = ScaleWatch::register(TimerType::StreamIdle, cx.waker()),
+            }
+        }
         let sleep = timer.get_or_insert_with(|| Sleep::until(deadline));
         // Activity only moves the deadline later: the timer is left on the old one and
         // moved when it fires, so a busy stream adds one timer entry per timeout period,
@@ -204,6 +220,7 @@ impl StreamIdle {
     /// it is done waiting.
     pub fn disarm(&self) {
         self.timer.borrow_mut().take();
+        self.scale_watch.borrow_mut().take();
     }
 }
 

@@ -3,15 +3,14 @@
 //! action's state in `[0, 1]`; workers read the states they act on from a per-worker copy
 //! the overload manager's slot keeps current ([`ActionStates`]).
 
-use std::cell::Cell;
 use std::sync::Arc;
 
 use courier_proto::envoy::config::overload::v3::{trigger::TriggerOneof, OverloadAction};
 
 use courier_proto::envoy::config::overload::v3::ScaleTimersOverloadActionConfig;
 
-use super::load_shed::POINTS;
 use super::scaled_timers::{self, TimerMinimums};
+pub use super::states::{applies, states, ActionStates};
 use crate::config::ConfigError;
 
 /// The actions Courier takes.
@@ -231,57 +230,13 @@ pub fn compile_trigger(
     })
 }
 
-/// The states of the actions workers take, as published to them.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct ActionStates {
-    /// `stop_accepting_requests`.
-    pub stop_accepting_requests: f64,
-    /// `disable_http_keepalive`.
-    pub disable_http_keepalive: f64,
-    /// `stop_accepting_connections` (acted on when saturated).
-    pub stop_accepting_connections: f64,
-    /// `reject_incoming_connections`.
-    pub reject_incoming_connections: f64,
-    /// `reduce_timeouts`.
-    pub reduce_timeouts: f64,
-    /// The load shed points' states, by [`super::load_shed::Point`].
-    pub points: [f64; POINTS],
-}
-
-thread_local! {
-    /// This worker's copy of the states: read on every request and accept, so a plain
-    /// thread-local kept by the slot's apply function.
-    static STATES: Cell<ActionStates> = const { Cell::new(ActionStates {
-        stop_accepting_requests: 0.0,
-        disable_http_keepalive: 0.0,
-        stop_accepting_connections: 0.0,
-        reject_incoming_connections: 0.0,
-        reduce_timeouts: 0.0,
-        points: [0.0; POINTS],
-    }) };
-}
-
 /// The slot's apply function: each worker copies the new states (and has its armed scaled
 /// timers looked at again when the timers' scale changed).
-pub fn apply_on_worker(states: &Arc<ActionStates>) {
-    let old = STATES.with(|s| s.replace(**states));
-    if old.reduce_timeouts != states.reduce_timeouts {
+pub fn apply_on_worker(new: &Arc<ActionStates>) {
+    let old = super::states::publish(**new);
+    if old.reduce_timeouts != new.reduce_timeouts {
         scaled_timers::on_scale_change();
     }
-}
-
-/// This worker's action states.
-#[inline]
-pub fn states() -> ActionStates {
-    STATES.with(Cell::get)
-}
-
-/// Whether an action in `state` applies to this request or connection: always when
-/// saturated, never when off, else a draw with the state's probability (Envoy's
-/// `bernoulli`).
-#[inline]
-pub fn applies(state: f64) -> bool {
-    state >= 1.0 || (state > 0.0 && fastrand::f64() < state)
 }
 
 #[cfg(test)]

@@ -40,7 +40,7 @@ pub enum Point {
 }
 
 /// How many points Courier checks.
-pub const POINTS: usize = 5;
+pub use super::states::POINTS;
 
 impl Point {
     fn named(name: &str) -> Option<Point> {
@@ -148,8 +148,8 @@ pub fn configure(counters: [Option<Arc<Counter>>; POINTS]) {
 /// Whether this worker sheds at `point` now (counted when it does).
 #[inline]
 pub fn should_shed(point: Point, worker: usize) -> bool {
-    let state = actions::states().points[point as usize];
-    if !actions::applies(state) {
+    let state = super::states::states().points[point as usize];
+    if !super::states::applies(state) {
         return false;
     }
     if let Some(Some(c)) = COUNTERS.get().map(|c| &c[point as usize]) {

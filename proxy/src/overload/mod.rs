@@ -34,6 +34,7 @@ pub mod connection_limit;
 pub mod load_shed;
 mod monitors;
 pub mod scaled_timers;
+pub mod states;
 
 use std::rc::Rc;
 use std::sync::Arc;

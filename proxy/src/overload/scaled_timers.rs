@@ -146,7 +146,7 @@ pub fn scaled(t: TimerType, max: Duration) -> Duration {
     let Some(min) = MINIMUMS.get().and_then(|m| m.get(t)) else {
         return max;
     };
-    scale(min, max, super::actions::states().reduce_timeouts)
+    scale(min, max, super::states::states().reduce_timeouts)
 }
 
 /// Envoy's range: the minimum (capped at `max`), plus what lies above it shrunk by the

@@ -16,6 +16,7 @@ pub mod http;
 pub mod layered_runtime;
 pub mod listener;
 pub mod logging;
+pub mod matching;
 pub mod memory;
 pub mod options;
 pub mod overload;

@@ -502,3 +502,200 @@ fn rules_courier_cannot_evaluate_are_refused() {
         );
     }
 }
+
+/// The xDS matcher API in place of `rules` (Envoy Gateway's authorization and Kuma's
+/// policies take this shape): a list of predicates on the client's address (an IP range
+/// matcher), headers and pseudo-headers, `and`/`or`/`not`, a nested tree keyed by the
+/// method, and `on_no_match`; a shadow matcher with no `on_no_match`.
+const MATCHER_FILTER: &str = r#"          - name: envoy.filters.http.rbac
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC
+              track_per_rule_stats: true
+              matcher:
+                matcher_list:
+                  matchers:
+                  - predicate:
+                      and_matcher:
+                        predicate:
+                        - single_predicate:
+                            input: { name: ip, typed_config: { "@type": type.googleapis.com/envoy.extensions.matching.common_inputs.network.v3.SourceIPInput } }
+                            custom_match: { name: envoy.matching.matchers.ip, typed_config: { "@type": type.googleapis.com/envoy.extensions.matching.input_matchers.ip.v3.Ip, cidr_ranges: [{ address_prefix: 10.0.0.0, prefix_len: 8 }], stat_prefix: corp } }
+                        - single_predicate:
+                            input: { name: path, typed_config: { "@type": type.googleapis.com/envoy.type.matcher.v3.HttpRequestHeaderMatchInput, header_name: ":path" } }
+                            value_match: { prefix: /corp }
+                    on_match: { action: { name: a, typed_config: { "@type": type.googleapis.com/envoy.config.rbac.v3.Action, name: corp, action: ALLOW } } }
+                  - predicate:
+                      or_matcher:
+                        predicate:
+                        - single_predicate:
+                            input: { name: h, typed_config: { "@type": type.googleapis.com/envoy.type.matcher.v3.HttpRequestHeaderMatchInput, header_name: x-user } }
+                            value_match: { exact: blocked }
+                        - not_matcher:
+                            single_predicate:
+                              input: { name: port, typed_config: { "@type": type.googleapis.com/envoy.extensions.matching.common_inputs.network.v3.DestinationPortInput } }
+                              value_match: { exact: "LISTENER_PORT" }
+                    on_match: { action: { name: a, typed_config: { "@type": type.googleapis.com/envoy.config.rbac.v3.Action, name: blocked, action: DENY } } }
+                  - predicate:
+                      single_predicate:
+                        input: { name: path, typed_config: { "@type": type.googleapis.com/envoy.type.matcher.v3.HttpRequestHeaderMatchInput, header_name: ":path" } }
+                        value_match: { prefix: /api }
+                    on_match:
+                      matcher:
+                        matcher_tree:
+                          input: { name: m, typed_config: { "@type": type.googleapis.com/envoy.type.matcher.v3.HttpRequestHeaderMatchInput, header_name: ":method" } }
+                          exact_match_map:
+                            map:
+                              GET: { action: { name: a, typed_config: { "@type": type.googleapis.com/envoy.config.rbac.v3.Action, name: api-read, action: ALLOW } } }
+                              DELETE: { action: { name: a, typed_config: { "@type": type.googleapis.com/envoy.config.rbac.v3.Action, name: api-delete, action: DENY } } }
+                  - predicate:
+                      single_predicate:
+                        input: { name: h, typed_config: { "@type": type.googleapis.com/envoy.type.matcher.v3.HttpRequestHeaderMatchInput, header_name: x-tenant } }
+                        value_match: { safe_regex: { google_re2: {}, regex: "team-[0-9]+" } }
+                    on_match: { action: { name: a, typed_config: { "@type": type.googleapis.com/envoy.config.rbac.v3.Action, name: tenant-log, action: LOG } } }
+                on_no_match: { action: { name: a, typed_config: { "@type": type.googleapis.com/envoy.config.rbac.v3.Action, name: default-allow, action: ALLOW } } }
+              shadow_matcher:
+                matcher_list:
+                  matchers:
+                  - predicate:
+                      single_predicate:
+                        input: { name: src, typed_config: { "@type": type.googleapis.com/envoy.extensions.matching.common_inputs.network.v3.DirectSourceIPInput } }
+                        value_match: { exact: 127.0.0.1 }
+                    on_match: { action: { name: a, typed_config: { "@type": type.googleapis.com/envoy.config.rbac.v3.Action, name: local, action: DENY } } }
+          - name: strict
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC
+              rules_stat_prefix: strict_
+              matcher:
+                matcher_list:
+                  matchers:
+                  - predicate:
+                      single_predicate:
+                        input: { name: path, typed_config: { "@type": type.googleapis.com/envoy.type.matcher.v3.HttpRequestHeaderMatchInput, header_name: x-pass } }
+                        value_match: { exact: "yes" }
+                    on_match: { action: { name: a, typed_config: { "@type": type.googleapis.com/envoy.config.rbac.v3.Action, name: pass, action: ALLOW } } }
+"#;
+
+fn matcher_cases() -> Vec<(&'static str, Case<'static>)> {
+    let pass: &[(&str, &str)] = &[("x-pass", "yes")];
+    vec![
+        ("default allow", ("GET", H, "/x", pass)),
+        ("no action in strict", ("GET", H, "/x", &[])),
+        (
+            "corp from xff",
+            (
+                "GET",
+                H,
+                "/corp/a",
+                &[("x-pass", "yes"), ("x-forwarded-for", "10.1.2.3")],
+            ),
+        ),
+        (
+            "corp from elsewhere",
+            (
+                "GET",
+                H,
+                "/corp/a",
+                &[("x-pass", "yes"), ("x-forwarded-for", "192.0.2.1")],
+            ),
+        ),
+        (
+            "blocked user",
+            ("GET", H, "/x", &[("x-pass", "yes"), ("x-user", "blocked")]),
+        ),
+        ("api read", ("GET", H, "/api/items", pass)),
+        ("api delete", ("DELETE", H, "/api/items", pass)),
+        (
+            "api post: nested miss goes on",
+            ("POST", H, "/api/items", pass),
+        ),
+        (
+            "api post tenant",
+            (
+                "POST",
+                H,
+                "/api/items",
+                &[("x-pass", "yes"), ("x-tenant", "team-42")],
+            ),
+        ),
+        (
+            "tenant log",
+            ("GET", H, "/t", &[("x-pass", "yes"), ("x-tenant", "team-7")]),
+        ),
+        (
+            "tenant not a full match",
+            (
+                "GET",
+                H,
+                "/t",
+                &[("x-pass", "yes"), ("x-tenant", "team-7x")],
+            ),
+        ),
+        (
+            "grpc denied",
+            (
+                "POST",
+                H,
+                "/api/Svc/M",
+                &[("x-pass", "yes"), ("x-user", "blocked"), GRPC],
+            ),
+        ),
+    ]
+}
+
+#[test]
+fn matcher_matches_envoy() {
+    let counters = |p: &Courier| {
+        let mut c = counters(
+            p,
+            &[
+                "allowed",
+                "denied",
+                "shadow_allowed",
+                "shadow_denied",
+                "policy.corp.allowed",
+                "policy.blocked.denied",
+                "policy.api-read.allowed",
+                "policy.api-delete.denied",
+                "policy.tenant-log.allowed",
+                "policy.default-allow.allowed",
+                "strict_.allowed",
+                "strict_.denied",
+            ],
+        );
+        c.push(format!(
+            "shadow local={}",
+            p.stat("http.ingress.rbac.policy.local.shadow_denied")
+        ));
+        c
+    };
+    let run = |start: &dyn Fn(&str) -> Option<Courier>| {
+        let a = Upstream::start("a");
+        let p = start(&boot(&a, "", MATCHER_FILTER, &all_to("a")))?;
+        Some((run_cases(&p, &a, &matcher_cases()), counters(&p)))
+    };
+    let got = run(&|b| Some(Courier::start(b))).expect("courier starts");
+    if let Some(envoy) = run(&|b| Courier::start_envoy(b)) {
+        assert_eq!(envoy, got, "envoy vs courier");
+    }
+    let (answers, _) = &got;
+    let status = |label: &str| {
+        answers
+            .iter()
+            .find(|l| l.starts_with(&format!("{label}:")))
+            .map(|l| {
+                l.split(' ')
+                    .nth(label.split(' ').count())
+                    .unwrap_or("")
+                    .to_string()
+            })
+            .unwrap_or_default()
+    };
+    assert_eq!(status("default allow"), "200", "{answers:#?}");
+    assert_eq!(status("no action in strict"), "403", "{answers:#?}");
+    assert_eq!(status("api delete"), "403", "{answers:#?}");
+    assert_eq!(
+        status("api post: nested miss goes on"),
+        "200",
+        "{answers:#?}"
+    );
+}

@@ -1245,6 +1245,7 @@ fn rbac(
         pseudo: s.pseudo(),
         local: s.conn.local,
         peer: s.conn.remote.ip(),
+        peer_port: s.conn.remote.port(),
         tls: s.conn.tls.get().map(|t| &**t),
         requested_server_name: s.conn.requested_server_name.as_deref(),
         xff: XffTrust {

@@ -26,9 +26,13 @@
 //!   `shadow_denied`; with `track_per_rule_stats`, `…policy.<name>.allowed` (and
 //!   `denied`, `shadow_allowed`, `shadow_denied`) for the policy that decided.
 //!
-//! Refused as unsupported: `matcher` and `shadow_matcher` (the xDS matcher API), audit
-//! logging, CEL `condition`s, and permissions and principals on metadata, filter state,
-//! URI templates or extensions. Envoy's dynamic metadata (`access_log_hint`, the
+//! - `matcher` and `shadow_matcher` (the xDS matcher API, [`crate::matching`], on the
+//!   request's headers and its connection): the action reached (an
+//!   `envoy.config.rbac.v3.Action`) decides — `DENY` denies, `ALLOW` and `LOG` allow —
+//!   and names the policy; no action reached denies, as Envoy's matcher engine does.
+//!
+//! Refused as unsupported: audit logging, CEL `condition`s, and permissions and
+//! principals on metadata, filter state, URI templates or extensions. Envoy's dynamic metadata (`access_log_hint`, the
 //! effective policy) is not kept: nothing in Courier reads it.
 
 pub mod rules;
@@ -55,17 +59,35 @@ pub const BODY: &str = "RBAC: access denied";
 
 /// What a policy match means (`RBAC.action`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Action {
+pub enum Action {
     Allow,
     Deny,
     Log,
 }
 
-/// A compiled `envoy.config.rbac.v3.RBAC`: its policies in their names' order.
-pub struct Engine {
-    action: Action,
-    policies: Vec<rules::Policy>,
+/// A compiled `envoy.config.rbac.v3.RBAC` (its policies in their names' order), or a
+/// matcher whose actions decide.
+pub enum Engine {
+    /// `rules`.
+    Rules {
+        action: Action,
+        policies: Vec<rules::Policy>,
+    },
+    /// `matcher`: its actions, numbered for the per-policy counters.
+    Matcher {
+        matcher: crate::matching::Matcher<MatchedAction>,
+        names: Vec<String>,
+    },
 }
+
+/// A matcher's `envoy.config.rbac.v3.Action`.
+pub struct MatchedAction {
+    action: Action,
+    index: usize,
+}
+
+/// The RBAC action type a matcher's leaves must have.
+const ACTION_TYPE: &str = "envoy.config.rbac.v3.Action";
 
 /// An engine's decision, and the policy that matched, if one did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,17 +103,7 @@ pub struct Decision<'a> {
 impl Engine {
     /// Compiles `rules` at `path`.
     pub fn compile(p: &rbac_pb::Rbac, path: &str) -> Result<Engine, ConfigError> {
-        let action = match rbac_pb::rbac::Action::try_from(p.action) {
-            Ok(rbac_pb::rbac::Action::Allow) => Action::Allow,
-            Ok(rbac_pb::rbac::Action::Deny) => Action::Deny,
-            Ok(rbac_pb::rbac::Action::Log) => Action::Log,
-            Err(_) => {
-                return Err(ConfigError::new(
-                    format!("{path}.action"),
-                    "value must be one of the defined enum values",
-                ))
-            }
-        };
+        let action = action(p.action, &format!("{path}.action"))?;
         if p.audit_logging_options.is_some() {
             return Err(ConfigError::unsupported(format!(
                 "{path}.audit_logging_options"
@@ -106,22 +118,112 @@ impl Engine {
                 rules::Policy::compile(name, &p.policies[name], &format!("{path}.policies[{name}]"))
             })
             .collect::<Result<_, _>>()?;
-        Ok(Engine { action, policies })
+        Ok(Engine::Rules { action, policies })
+    }
+
+    /// Compiles a `matcher` at `path`: its actions must be RBAC `Action`s.
+    pub fn compile_matcher(
+        m: &courier_proto::xds::r#type::matcher::v3::Matcher,
+        context: crate::matching::Context,
+        path: &str,
+    ) -> Result<Engine, ConfigError> {
+        let names = std::cell::RefCell::new(Vec::new());
+        let compile_action = |a: &courier_proto::xds::core::v3::TypedExtensionConfig,
+                              at: &str|
+         -> Result<MatchedAction, ConfigError> {
+            let any = a.typed_config.as_ref().ok_or_else(|| {
+                ConfigError::new(format!("{at}.typed_config"), "value is required")
+            })?;
+            let ty = courier_proto::type_url::message_name(&any.type_url);
+            if ty != ACTION_TYPE {
+                return Err(ConfigError::new(
+                    format!("{at}.typed_config"),
+                    format!("requirement violation while creating match tree: INVALID_ARGUMENT: Unsupported action type: {ty}"),
+                ));
+            }
+            let p: rbac_pb::Action =
+                courier_proto::unpack_any(any).map_err(|e| ConfigError::new(at, e.to_string()))?;
+            let mut names = names.borrow_mut();
+            names.push(p.name);
+            Ok(MatchedAction {
+                action: action(p.action, &format!("{at}.typed_config.action"))?,
+                index: names.len() - 1,
+            })
+        };
+        let matcher = crate::matching::Matcher::compile(m, context, &compile_action, path)?;
+        Ok(Engine::Matcher {
+            matcher,
+            names: names.into_inner(),
+        })
+    }
+
+    /// How many policies the engine can name (its counters' places).
+    fn policy_count(&self) -> usize {
+        match self {
+            Engine::Rules { policies, .. } => policies.len(),
+            Engine::Matcher { names, .. } => names.len(),
+        }
     }
 
     /// The engine's decision for a request.
     pub fn decide(&self, r: &RequestView<'_>) -> Decision<'_> {
-        let index = self.policies.iter().position(|p| p.matches(r));
-        let allowed = match self.action {
-            Action::Allow => index.is_some(),
-            Action::Deny => index.is_none(),
-            Action::Log => true,
-        };
-        Decision {
-            allowed,
-            policy: index.map(|i| self.policies[i].name.as_str()),
-            index,
+        match self {
+            Engine::Rules { action, policies } => {
+                let index = policies.iter().position(|p| p.matches(r));
+                let allowed = match action {
+                    Action::Allow => index.is_some(),
+                    Action::Deny => index.is_none(),
+                    Action::Log => true,
+                };
+                Decision {
+                    allowed,
+                    policy: index.map(|i| policies[i].name.as_str()),
+                    index,
+                }
+            }
+            Engine::Matcher { matcher, names } => {
+                let remote = r.remote();
+                let data = crate::matching::MatchingData {
+                    // The client behind `x-forwarded-for` has no port.
+                    source: std::net::SocketAddr::new(
+                        remote,
+                        if remote == r.peer { r.peer_port } else { 0 },
+                    ),
+                    direct_source: std::net::SocketAddr::new(r.peer, r.peer_port),
+                    destination: r.local,
+                    server_name: r.requested_server_name,
+                    tls: r.tls,
+                    application_protocols: &[],
+                    request_headers: Some(r.headers),
+                    pseudo: Some(r.pseudo),
+                };
+                match matcher.evaluate(&data) {
+                    Some(m) => Decision {
+                        allowed: m.action != Action::Deny,
+                        policy: Some(names[m.index].as_str()),
+                        index: Some(m.index),
+                    },
+                    None => Decision {
+                        allowed: false,
+                        policy: None,
+                        index: None,
+                    },
+                }
+            }
         }
+    }
+}
+
+/// An `RBAC.Action` value at `path`.
+fn action(v: i32, path: &str) -> Result<Action, ConfigError> {
+    match rbac_pb::rbac::Action::try_from(v) {
+        Ok(rbac_pb::rbac::Action::Allow) => Ok(Action::Allow),
+        Ok(rbac_pb::rbac::Action::Deny) => Ok(Action::Deny),
+        Ok(rbac_pb::rbac::Action::Log) => Ok(Action::Log),
+        Err(_) => Err(ConfigError::new(
+            path,
+            "value must be one of the defined enum values",
+        )),
     }
 }
 
@@ -135,25 +237,29 @@ pub struct RbacRules {
 impl RbacRules {
     /// Compiles an `RBAC` at `path` (stat prefixes are the filter's business).
     pub fn compile(p: &pb::Rbac, path: &str) -> Result<RbacRules, ConfigError> {
-        for (field, set) in [
-            ("matcher", p.matcher.is_some()),
-            ("shadow_matcher", p.shadow_matcher.is_some()),
-        ] {
-            if set {
-                return Err(ConfigError::unsupported(format!("{path}.{field}")));
-            }
-        }
+        let context = crate::matching::Context::HttpRequest;
+        // As Envoy: `rules` win over `matcher` when both are set.
+        let enforced = match (&p.rules, &p.matcher) {
+            (Some(r), _) => Some(Engine::compile(r, &format!("{path}.rules"))?),
+            (None, Some(m)) => Some(Engine::compile_matcher(
+                m,
+                context,
+                &format!("{path}.matcher"),
+            )?),
+            (None, None) => None,
+        };
+        let shadow = match (&p.shadow_rules, &p.shadow_matcher) {
+            (Some(r), _) => Some(Engine::compile(r, &format!("{path}.shadow_rules"))?),
+            (None, Some(m)) => Some(Engine::compile_matcher(
+                m,
+                context,
+                &format!("{path}.shadow_matcher"),
+            )?),
+            (None, None) => None,
+        };
         Ok(RbacRules {
-            enforced: p
-                .rules
-                .as_ref()
-                .map(|r| Engine::compile(r, &format!("{path}.rules")))
-                .transpose()?,
-            shadow: p
-                .shadow_rules
-                .as_ref()
-                .map(|r| Engine::compile(r, &format!("{path}.shadow_rules")))
-                .transpose()?,
+            enforced,
+            shadow,
             per_rule_stats: p.track_per_rule_stats,
         })
     }
@@ -200,7 +306,7 @@ impl Outcomes {
             allowed_name,
             denied_name,
             own: own
-                .map(|e| e.policies.iter().map(|_| Default::default()).collect())
+                .map(|e| (0..e.policy_count()).map(|_| Default::default()).collect())
                 .unwrap_or_default(),
         }
     }
@@ -323,6 +429,7 @@ mod tests {
             pseudo: Pseudo::request(m, path, "host", "http"),
             local: "127.0.0.1:80".parse().expect("address"),
             peer: "10.0.0.1".parse().expect("address"),
+            peer_port: 40000,
             tls: None,
             requested_server_name: None,
             xff: XffTrust::default(),
@@ -405,7 +512,7 @@ mod tests {
         );
         assert_eq!(
             err("{ matcher: { matcher_list: { matchers: [] } } }").as_deref(),
-            Some("f.matcher")
+            Some("f.matcher.matcher_list.matchers")
         );
         assert_eq!(stat_prefix("b", "x."), "b.x");
         assert_eq!(stat_prefix("b", ""), "b");

@@ -48,6 +48,8 @@ pub struct RequestView<'a> {
     pub local: SocketAddr,
     /// The connection's peer.
     pub peer: IpAddr,
+    /// The peer's port.
+    pub peer_port: u16,
     /// What the connection's TLS handshake settled (`None`: plaintext).
     pub tls: Option<&'a TlsConnectionInfo>,
     /// The SNI the listener's TLS inspector found.
@@ -402,6 +404,7 @@ mod tests {
             pseudo: Pseudo::request(method, path, "host", "http"),
             local: "127.0.0.1:8080".parse().expect("address"),
             peer: "192.168.1.1".parse().expect("address"),
+            peer_port: 40000,
             tls: None,
             requested_server_name: None,
             xff: XffTrust::default(),

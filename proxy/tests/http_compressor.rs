@@ -1,9 +1,10 @@
-//! The compressor filter (`envoy.filters.http.compressor`, gzip): which responses are
-//! compressed and what that does to their headers, per-route settings, request
-//! compression, and the filter's counters. Each case runs through Courier and, when
-//! `envoy` is on PATH, through Envoy 1.40; the two must agree, and both must give what
-//! each case expects. Bodies are compared decompressed (zlib builds may pick other
-//! bytes for the same text).
+//! The compressor filter (`envoy.filters.http.compressor`, gzip, brotli, zstd): which
+//! responses are compressed and what that does to their headers, per-route settings,
+//! request compression, several compressor filters negotiating by `accept-encoding`, and
+//! the filters' counters. Each case runs through Courier and, when `envoy` is on PATH,
+//! through Envoy 1.40; the two must agree, and both must give what each case expects.
+//! Bodies are compared decompressed (other builds of a library may pick other bytes for
+//! the same text).
 
 mod http_support;
 
@@ -13,6 +14,9 @@ use std::io::Read;
 use http_support::*;
 
 const GZIP_LIB: &str = "type.googleapis.com/envoy.extensions.compression.gzip.compressor.v3.Gzip";
+const BROTLI_LIB: &str =
+    "type.googleapis.com/envoy.extensions.compression.brotli.compressor.v3.Brotli";
+const ZSTD_LIB: &str = "type.googleapis.com/envoy.extensions.compression.zstd.compressor.v3.Zstd";
 
 /// A request: its label, method, host, path, headers and body, then whether its
 /// response is to be compressed and to carry `vary: Accept-Encoding`.
@@ -25,6 +29,8 @@ struct Case {
     body: &'static [u8],
     compressed: bool,
     vary: bool,
+    /// The `content-encoding` of a compressed response.
+    ce: &'static str,
 }
 
 const fn get(
@@ -43,6 +49,7 @@ const fn get(
         body: b"",
         compressed,
         vary,
+        ce: "gzip",
     }
 }
 
@@ -54,22 +61,43 @@ fn gunzip(b: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// A body decoded by its `content-encoding` (`None`: not a valid stream of it, or an
+/// encoding no compressor here makes).
+fn decode(ce: &str, b: &[u8]) -> Option<Vec<u8>> {
+    match ce {
+        "gzip" => gunzip(b),
+        "br" => {
+            let mut out = Vec::new();
+            brotli::Decompressor::new(b, 4096)
+                .read_to_end(&mut out)
+                .ok()?;
+            Some(out)
+        }
+        "zstd" => zstd::decode_all(b).ok(),
+        _ => None,
+    }
+}
+
+/// The encoding the proxy compressed a response with (one it compressed has no
+/// `content-length`; an upstream's encoded body keeps its own).
+fn compressed_by(r: &Resp) -> Option<&str> {
+    r.header("content-encoding")
+        .filter(|ce| ["gzip", "br", "zstd"].contains(ce))
+        .filter(|_| r.header("content-length").is_none())
+}
+
 /// What is compared of a response: status, the headers the filter touches, and the body
 /// (decompressed, and the upstream's view of the request).
 fn summary(r: &Resp) -> String {
     let h = |n: &str| r.header(n).unwrap_or("-").to_string();
-    let body = if r.header("content-encoding") == Some("gzip") {
-        match gunzip(&r.body) {
-            Some(b) => b,
-            None => b"<invalid gzip>".to_vec(),
-        }
-    } else {
-        r.body.clone()
+    let body = match compressed_by(r) {
+        Some(ce) => decode(ce, &r.body).unwrap_or_else(|| b"<invalid>".to_vec()),
+        None => r.body.clone(),
     };
     // A request body the upstream echoed, compressed on its way there.
-    let body = match (r.header("x-seen-ce"), gunzip(&body)) {
-        (Some("gzip"), Some(b)) => b,
-        _ => body,
+    let body = match r.header("x-seen-ce").and_then(|ce| decode(ce, &body)) {
+        Some(b) => b,
+        None => body,
     };
     let digest = body
         .iter()
@@ -95,7 +123,7 @@ fn run(proxy: &Courier, cases: &[Case]) -> Vec<String> {
     for c in cases {
         let mut client = Client::connect(proxy.listener);
         let r = client.request(c.method, c.host, c.path, c.headers, c.body);
-        let compressed = r.header("content-encoding") == Some("gzip");
+        let compressed = compressed_by(&r).is_some();
         assert_eq!(compressed, c.compressed, "{}: {r:?}", c.label);
         let vary = r
             .header("vary")
@@ -109,7 +137,19 @@ fn run(proxy: &Courier, cases: &[Case]) -> Vec<String> {
                 "{}",
                 c.label
             );
-            assert!(gunzip(&r.body).is_some(), "{}: not gzip", c.label);
+            assert_eq!(r.header("content-encoding"), Some(c.ce), "{}", c.label);
+            let plain = decode(c.ce, &r.body);
+            assert!(plain.is_some(), "{}: not {}", c.label, c.ce);
+            // What the upstream sent, when it is the shape server's text.
+            if c.path.contains("/shape?") && !c.path.contains("echo") {
+                let n = c
+                    .path
+                    .split(['?', '&'])
+                    .find_map(|kv| kv.strip_prefix("n="))
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(100);
+                assert_eq!(plain, Some(shape_text(n)), "{}: body", c.label);
+            }
         }
         out.push(format!("{}: {}", c.label, summary(&r)));
     }
@@ -710,9 +750,9 @@ fn unsupported_settings_are_refused() {
     let a = Upstream::start("a");
     for (label, config, path) in [
         (
-            "brotli",
-            "              compressor_library:\n                name: br\n                typed_config: { \"@type\": type.googleapis.com/envoy.extensions.compression.brotli.compressor.v3.Brotli }\n",
-            "http_filters[0].typed_config.compressor_library.typed_config",
+            "zstd dictionary",
+            "              compressor_library:\n                name: z\n                typed_config: { \"@type\": ZSTD_LIB, dictionary: { inline_string: abc } }\n",
+            "http_filters[0].typed_config.compressor_library.typed_config.dictionary",
         ),
         (
             "status header",
@@ -731,9 +771,344 @@ fn unsupported_settings_are_refused() {
         ),
     ] {
         let yaml = with_filters(&bootstrap(&all_to("a"), "", &clusters(&a)), &filter(config))
-            .replace("GZIP_LIB", GZIP_LIB);
+            .replace("GZIP_LIB", GZIP_LIB)
+            .replace("ZSTD_LIB", ZSTD_LIB);
         let (code, stderr) = validate(&yaml);
         assert_eq!(code, Some(1), "{label}: {stderr}");
         assert!(stderr.contains(path), "{label}: {stderr}");
     }
+}
+
+/// The three libraries in one chain: gzip, brotli (its settings all set, request
+/// compression of JSON) and zstd (JSON only, its settings set); a route without the
+/// brotli filter, one where zstd's compression is off. Every library's output decodes to
+/// what the upstream sent, and the choice follows `accept-encoding` as in Envoy.
+/// HTTP/2 GETs with a trailer, compressed by brotli and by zstd: status,
+/// `content-encoding`, the body decoded, the trailer after the compressed stream.
+fn h2_brotli_zstd_cases(proxy: &Courier) -> Vec<String> {
+    block_on(async {
+        let mut sender = h2_connect(proxy.listener).await;
+        let mut out = Vec::new();
+        for (ae, ct) in [("br", "text/plain"), ("zstd", "application/json")] {
+            let path = format!("/shape?ct={ct}&n=30000&chunked=1&chunks=6&trailer=t-{ae}");
+            let (parts, bytes, trailer) =
+                h2_fetch_bytes(&mut sender, &path, &[("accept-encoding", ae)], "x-trailer").await;
+            let ce = parts.headers.get("content-encoding").cloned();
+            assert_eq!(
+                ce.as_ref().map(|v| v.as_bytes()),
+                Some(ae.as_bytes()),
+                "h2 {ae}"
+            );
+            let plain = decode(ae, &bytes).expect("h2: a valid stream");
+            assert_eq!(plain, shape_text(30000), "h2 {ae} body");
+            assert_eq!(trailer, Some(format!("t-{ae}")), "h2 {ae} trailer");
+            out.push(format!(
+                "h2 {ae}: {} ce={ce:?} vary={:?} trailer={trailer:?} body={}",
+                parts.status,
+                parts.headers.get("vary"),
+                plain.len()
+            ));
+        }
+        out
+    })
+}
+
+#[test]
+fn three_compressors_negotiate_as_envoy() {
+    let a = Upstream::start("a");
+    let filters = [
+        filter(
+            "              compressor_library: { name: g, typed_config: { \"@type\": GZIP_LIB } }\n",
+        ),
+        filter(
+            r#"              request_direction_config:
+                common_config: { content_type: [application/json] }
+              compressor_library:
+                name: b
+                typed_config:
+                  "@type": BROTLI_LIB
+                  quality: 5
+                  window_bits: 20
+                  input_block_bits: 20
+                  encoder_mode: TEXT
+                  disable_literal_context_modeling: true
+                  chunk_size: 8192
+"#,
+        ),
+        filter(
+            r#"              response_direction_config:
+                common_config: { content_type: [application/json] }
+              compressor_library:
+                name: z
+                typed_config:
+                  "@type": ZSTD_LIB
+                  compression_level: 7
+                  enable_checksum: true
+                  strategy: LAZY2
+                  chunk_size: 8192
+"#,
+        ),
+    ]
+    .concat()
+    .replace("envoy.filters.http.compressor\n", "COMPRESSOR_NAME\n");
+    // Each filter under its own name, so that routes can address one.
+    let mut named = String::new();
+    for (i, part) in filters.split("COMPRESSOR_NAME\n").enumerate() {
+        named.push_str(part);
+        if i < 3 {
+            named.push_str(["gzip\n", "brotli\n", "zstd\n"][i]);
+        }
+    }
+    let named = named
+        .replacen("- name: gzip\n", "- name: compress.gzip\n", 1)
+        .replacen("- name: brotli\n", "- name: compress.brotli\n", 1)
+        .replacen("- name: zstd\n", "- name: compress.zstd\n", 1);
+    let routes = r#"            name: local
+            virtual_hosts:
+            - name: main
+              domains: ["*"]
+              routes:
+              - match: { prefix: "/no-br/" }
+                route: { cluster: a }
+                typed_per_filter_config:
+                  compress.brotli:
+                    "@type": type.googleapis.com/envoy.config.route.v3.FilterConfig
+                    disabled: true
+              - match: { prefix: "/no-zstd/" }
+                route: { cluster: a }
+                typed_per_filter_config:
+                  compress.zstd:
+                    "@type": type.googleapis.com/envoy.extensions.filters.http.compressor.v3.CompressorPerRoute
+                    disabled: true
+              - match: { prefix: "/" }
+                route: { cluster: a }
+"#;
+    let yaml = with_filters(&bootstrap(routes, "", &clusters(&a)), &named)
+        .replace("GZIP_LIB", GZIP_LIB)
+        .replace("BROTLI_LIB", BROTLI_LIB)
+        .replace("ZSTD_LIB", ZSTD_LIB);
+    const T: &str = "/shape?ct=text/plain&n=1000";
+    const J: &str = "/shape?ct=application/json&n=1000";
+    let ae = |v: &'static str| -> &'static [(&'static str, &'static str)] {
+        Box::leak(Box::new([("accept-encoding", v)]))
+    };
+    let enc = |ce: &'static str, c: Case| Case { ce, ..c };
+    let cases = [
+        get("gzip", T, ae("gzip"), true, true),
+        enc("br", get("br", T, ae("br"), true, true)),
+        get("zstd, text", T, ae("zstd"), false, true),
+        enc("zstd", get("zstd, json", J, ae("zstd"), true, true)),
+        get("wildcard", T, ae("*"), true, true),
+        enc(
+            "br",
+            get("gzip refused, wildcard", T, ae("gzip;q=0, *"), true, true),
+        ),
+        enc(
+            "zstd",
+            get(
+                "gzip and br refused, json",
+                J,
+                ae("gzip;q=0, br;q=0, *"),
+                true,
+                true,
+            ),
+        ),
+        get(
+            "gzip and br refused, text",
+            T,
+            ae("gzip;q=0, br;q=0, *"),
+            false,
+            true,
+        ),
+        enc(
+            "zstd",
+            get(
+                "zstd preferred, json",
+                J,
+                ae("br;q=0.8, zstd;q=0.9"),
+                true,
+                true,
+            ),
+        ),
+        enc(
+            "br",
+            get(
+                "zstd preferred, text",
+                T,
+                ae("br;q=0.8, zstd;q=0.9"),
+                true,
+                true,
+            ),
+        ),
+        get("tie, gzip first", T, ae("gzip, br"), true, true),
+        enc(
+            "br",
+            get("tie, br first", J, ae("br, gzip, zstd"), true, true),
+        ),
+        get("identity", T, ae("identity"), false, true),
+        get(
+            "identity preferred",
+            T,
+            ae("br;q=0.5, identity"),
+            false,
+            true,
+        ),
+        get("deflate", T, ae("deflate"), false, true),
+        get("no accept-encoding", T, &[], false, true),
+        get(
+            "brotli filter off",
+            "/no-br/shape?ct=text/plain&n=1000",
+            ae("br"),
+            false,
+            true,
+        ),
+        get(
+            "brotli filter off, gzip next",
+            "/no-br/shape?ct=text/plain&n=1000",
+            ae("br, gzip"),
+            true,
+            true,
+        ),
+        get(
+            "zstd chosen but off",
+            "/no-zstd/shape?ct=application/json&n=1000",
+            ae("zstd, br;q=0.5"),
+            false,
+            true,
+        ),
+        enc(
+            "br",
+            get(
+                "zstd off, br",
+                "/no-zstd/shape?ct=application/json&n=1000",
+                ae("br"),
+                true,
+                true,
+            ),
+        ),
+        enc(
+            "br",
+            get(
+                "large streamed body, br",
+                "/shape?ct=text/plain&n=400000&chunked=1&chunks=50",
+                ae("br"),
+                true,
+                true,
+            ),
+        ),
+        enc(
+            "zstd",
+            get(
+                "large streamed body, zstd",
+                "/shape?ct=application/json&n=400000&chunked=1&chunks=50",
+                ae("zstd"),
+                true,
+                true,
+            ),
+        ),
+        get(
+            "too short",
+            "/shape?ct=application/json&n=20",
+            ae("zstd"),
+            false,
+            false,
+        ),
+        enc(
+            "br",
+            get(
+                "strong etag",
+                "/shape?ct=text/plain&n=1000&etag=abc",
+                ae("br"),
+                true,
+                true,
+            ),
+        ),
+        Case {
+            method: "HEAD",
+            ..get("head", J, ae("zstd"), false, true)
+        },
+        Case {
+            method: "POST",
+            headers: &[("content-type", "application/json")],
+            body: br#"{"request": "a json body long enough to be compressed upstream by brotli"}"#,
+            ..get(
+                "request compressed by brotli",
+                "/shape?echo=1",
+                &[],
+                false,
+                true,
+            )
+        },
+    ];
+    let stats = differential(
+        &yaml,
+        &cases,
+        &h2_brotli_zstd_cases,
+        ("http.ingress.compressor.g.gzip.request.not_compressed", 28),
+    );
+    let s = |k: &str| stats.get(&format!("http.ingress.compressor.{k}")).copied();
+    assert_eq!(
+        s("g.gzip.response.compressed").or(s("g.gzip.compressed")),
+        Some(4)
+    );
+    assert_eq!(s("b.brotli.request.compressed"), Some(1));
+    assert!(s("z.zstd.header_compressor_overshadowed").is_some_and(|n| n > 0));
+    assert!(s("b.brotli.header_compressor_overshadowed").is_some_and(|n| n > 0));
+}
+
+/// Two filters: gzip, which removes `accept-encoding`, then brotli with `choose_first`.
+/// Brotli, after gzip in the chain, never sees `accept-encoding`, yet gzip's choice (made
+/// for both) can name it: then neither compresses, as in Envoy.
+#[test]
+fn choose_first_and_a_removed_accept_encoding_as_envoy() {
+    let a = Upstream::start("a");
+    let filters = [
+        filter(
+            "              response_direction_config: { remove_accept_encoding_header: true }\n              compressor_library: { name: g, typed_config: { \"@type\": GZIP_LIB } }\n",
+        ),
+        filter(
+            "              choose_first: true\n              compressor_library: { name: b, typed_config: { \"@type\": BROTLI_LIB } }\n",
+        ),
+    ]
+    .concat();
+    let yaml = with_filters(&bootstrap(&all_to("a"), "", &clusters(&a)), &filters)
+        .replace("GZIP_LIB", GZIP_LIB)
+        .replace("BROTLI_LIB", BROTLI_LIB);
+    const T: &str = "/shape?ct=text/plain&n=1000";
+    let ae = |v: &'static str| -> &'static [(&'static str, &'static str)] {
+        Box::leak(Box::new([("accept-encoding", v)]))
+    };
+    let cases = [
+        get("gzip", T, ae("gzip"), true, true),
+        get("br chosen, nobody compresses", T, ae("br"), false, true),
+        get("tie goes to br", T, ae("gzip, br"), false, true),
+        get("wildcard: gzip registered first", T, ae("*"), true, true),
+        get("br refused", T, ae("br;q=0, gzip;q=0.1"), true, true),
+        get("identity", T, ae("identity;q=0.5, gzip;q=0.5"), false, true),
+    ];
+    let stats = differential(
+        &yaml,
+        &cases,
+        &|_| Vec::new(),
+        ("http.ingress.compressor.g.gzip.request.not_compressed", 6),
+    );
+    let s = |k: &str| stats.get(&format!("http.ingress.compressor.{k}")).copied();
+    assert_eq!(s("b.brotli.no_accept_header"), Some(6));
+    assert_eq!(s("g.gzip.header_compressor_overshadowed"), Some(2));
+    assert_eq!(s("g.gzip.response.compressed"), Some(3));
+}
+
+/// The decompressor filter is not built: refused at its place in the chain, as an HTTP
+/// filter Courier has no implementation of.
+#[test]
+fn the_decompressor_filter_is_refused() {
+    let a = Upstream::start("a");
+    let decompressor = "          - name: envoy.filters.http.decompressor\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.filters.http.decompressor.v3.Decompressor\n              decompressor_library: { name: g, typed_config: { \"@type\": type.googleapis.com/envoy.extensions.compression.gzip.decompressor.v3.Gzip } }\n";
+    let yaml = with_filters(&bootstrap(&all_to("a"), "", &clusters(&a)), decompressor);
+    let (code, stderr) = validate(&yaml);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("http_filters[0]") && stderr.contains("envoy.filters.http.decompressor"),
+        "{stderr}"
+    );
 }

@@ -297,9 +297,9 @@ pub struct HcmConfig {
     pub controls: crate::http::conn_manager::request_controls::ControlOptions,
     /// The HTTP filters before the router, in order.
     pub filters: Vec<ChainFilter>,
-    /// The compressor's place in `filters`, if the chain has one: it judges every
-    /// response, those to requests that did not reach it included.
-    pub compressor: Option<usize>,
+    /// The compressor filters' places in `filters`, in chain order: they judge every
+    /// response, those to requests that did not reach them included.
+    pub compressors: Vec<usize>,
     /// `http2_protocol_options`: streams, windows and keepalive of HTTP/2 connections.
     pub h2: H2Options,
     /// `http2_protocol_options.allow_connect`: HTTP/2 extended CONNECT (RFC 8441), which
@@ -438,7 +438,7 @@ impl HcmConfig {
             suppress_envoy_headers: chain.suppress_envoy_headers,
             controls: chain.controls,
             filters: chain.filters,
-            compressor: chain.compressor,
+            compressors: chain.compressors,
             h2,
             h2_allow_connect,
             access_logs,
@@ -602,8 +602,8 @@ fn compile_codec(codec_type: i32) -> Result<Codec, ConfigError> {
 /// `http_filters`, compiled: the filters before the router, and the router's own settings.
 struct FilterChain {
     filters: Vec<ChainFilter>,
-    /// The compressor's place in `filters`.
-    compressor: Option<usize>,
+    /// The compressor filters' places in `filters`.
+    compressors: Vec<usize>,
     /// The router's `suppress_envoy_headers`.
     suppress_envoy_headers: bool,
     /// The router's request controls.
@@ -612,13 +612,12 @@ struct FilterChain {
 
 impl FilterChain {
     /// Each filter through the HTTP filter registry (an optional unknown one skipped), up
-    /// to the router, which must end the chain; at most one compressor.
+    /// to the router, which must end the chain.
     fn compile(proto: &HttpConnectionManager, store: &Store) -> Result<FilterChain, ConfigError> {
         let mut suppress_envoy_headers = false;
         let mut controls = ControlOptions::default();
         let mut filters = Vec::new();
         let mut saw_router = false;
-        let mut seen_compressor = false;
         for (i, f) in proto.http_filters.iter().enumerate() {
             let path = format!("http_filters[{i}]");
             if saw_router {
@@ -648,25 +647,17 @@ impl FilterChain {
             let Some(filter) = build_filter(f, &path, &proto.stat_prefix, store)? else {
                 continue;
             };
-            // Envoy lets several compressors negotiate by `accept-encoding`; Courier
-            // has only gzip, so a second one could only be another gzip.
-            if matches!(filter, HttpFilter::Compressor(_)) {
-                if seen_compressor {
-                    return Err(ConfigError::new(
-                        path,
-                        "a second compressor filter is not supported (Courier has one gzip compressor per chain)",
-                    ));
-                }
-                seen_compressor = true;
-            }
             filters.push(ChainFilter {
                 off_by_default: f.disabled,
                 filter,
             });
         }
-        let compressor = filters
+        let compressors = filters
             .iter()
-            .position(|f| matches!(f.filter, HttpFilter::Compressor(_)));
+            .enumerate()
+            .filter(|(_, f)| matches!(f.filter, HttpFilter::Compressor(_)))
+            .map(|(i, _)| i)
+            .collect();
         if !saw_router {
             return Err(ConfigError::new(
                 "http_filters",
@@ -675,7 +666,7 @@ impl FilterChain {
         }
         Ok(FilterChain {
             filters,
-            compressor,
+            compressors,
             suppress_envoy_headers,
             controls,
         })

@@ -15,7 +15,7 @@ use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Body as _;
 
 use crate::access_log::{AccessLogType, LogEntry};
-use crate::filters::http::compressor::CompressorRequest;
+use crate::filters::http::compressor::{CompressorFilter, CompressorRequest, Negotiation};
 use crate::filters::http::cors::CorsRequest;
 use crate::filters::http::fault::FaultPolicy;
 use crate::filters::http::fault::{AbortWith, FaultFilter};
@@ -569,7 +569,7 @@ pub(crate) async fn process(
         rate_limit: None,
         health_mark: None,
         compress: None,
-        grpc: conn.config.compressor.is_some() && is_grpc(req.headers()),
+        grpc: !conn.config.compressors.is_empty() && is_grpc(req.headers()),
     };
     let filter_reply = step!(run_filters(&s, &mut req, &mut marks, outcome).await);
     // A filter's answer gets the route's response headers only on a route to a cluster
@@ -672,6 +672,7 @@ struct FilterMarks<'a> {
     cors: Option<crate::filters::http::cors::AllowedHeaders>,
     rate_limit: Option<crate::filters::http::local_ratelimit::Remaining>,
     health_mark: Option<(&'a HealthCheckFilter, bool, bool)>,
+    /// The last compressor filter the request passed (which holds the ones before it).
     /// Boxed, as it is rare: held across the request's awaits, it is copied with them.
     compress: Option<Box<CompressorRequest<'a>>>,
     /// A gRPC request, when the chain has a compressor (which sees a local reply to one in
@@ -1160,7 +1161,8 @@ async fn run_filters<'a>(
                 }
             }
             HttpFilter::Compressor(f) => {
-                marks.compress = Some(f.on_request(s.levels, req, worker));
+                let earlier = marks.compress.take();
+                marks.compress = Some(f.on_request(s.levels, req, worker, earlier));
             }
             HttpFilter::OnDemand(f) => {
                 let cluster = s.routed.and_then(|(_, route)| match &route.action {
@@ -1392,9 +1394,10 @@ fn route_redirect(
     redirect(rd, route, s.authority, s.path, scheme)
 }
 
-/// The compressor's response pass, when the chain has a compressor that runs for the
-/// request: `seen` is what it made of the request, if the request reached it (Envoy runs
-/// it on the answers of filters before it too, without the request's `accept-encoding`).
+/// The compressor filters' response passes, from the last in the chain to the first, for
+/// those that run for the request: `seen` is what the last one the request reached made
+/// of it (it holds the earlier ones). Envoy runs them on the answers of filters before
+/// them too, without the request's `accept-encoding`. They share one choice of encoding.
 pub(crate) fn compress_response(
     cfg: &HcmConfig,
     levels: [&FilterConfigs; 3],
@@ -1403,12 +1406,9 @@ pub(crate) fn compress_response(
     resp: &mut Response<ProxyBody>,
     worker: usize,
 ) {
-    let Some(chained) = cfg.compressor.and_then(|i| cfg.filters.get(i)) else {
+    if cfg.compressors.is_empty() {
         return;
-    };
-    let HttpFilter::Compressor(f) = &chained.filter else {
-        return;
-    };
+    }
     // A local reply to a gRPC request goes out in gRPC's form, headers only, which is
     // what Envoy's compressor sees of it: it is given that form first.
     if grpc {
@@ -1416,12 +1416,29 @@ pub(crate) fn compress_response(
             grpc_local_reply(resp, status);
         }
     }
-    match seen {
-        Some(r) => r.on_response(resp, worker),
-        None if per_filter::runs(levels, &f.name, chained.off_by_default) => {
-            f.unseen(levels).on_response(resp, worker)
+    let running = |i: usize| match cfg.filters.get(i) {
+        Some(crate::http::conn_manager::config::ChainFilter {
+            filter: HttpFilter::Compressor(f),
+            off_by_default,
+        }) if per_filter::runs(levels, &f.name, *off_by_default) => Some(&**f),
+        _ => None,
+    };
+    let registry = |visit: &mut dyn FnMut(&CompressorFilter)| {
+        cfg.compressors
+            .iter()
+            .filter_map(|&i| running(i))
+            .for_each(&mut *visit);
+    };
+    let mut negotiation = Negotiation::new(&registry);
+    let mut seen = seen;
+    for f in cfg.compressors.iter().rev().filter_map(|&i| running(i)) {
+        match seen.filter(|r| r.is_of(f)) {
+            Some(r) => {
+                r.on_response(resp, &mut negotiation, worker);
+                seen = r.earlier();
+            }
+            None => f.unseen(levels).on_response(resp, &mut negotiation, worker),
         }
-        None => {}
     }
 }
 

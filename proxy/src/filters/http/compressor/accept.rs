@@ -1,25 +1,57 @@
-//! `accept-encoding`, read as Envoy's compressor reads it.
+//! `accept-encoding`, read as Envoy's compressor filters read it: one choice per response
+//! among the compressors the request's chain registered.
 
-/// How `accept-encoding` was read (Envoy's `EncodingDecision`'s counter).
+/// A compressor filter that takes part in the choice: one that runs for the request and
+/// compresses the response's content type.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Candidate {
+    /// Its `content-encoding`.
+    pub encoding: &'static str,
+    /// `choose_first`: it wins a tie of q-values.
+    pub choose_first: bool,
+}
+
+/// How `accept-encoding` was read (Envoy's `EncodingDecision`): the counter each filter
+/// adds to, and the encoding chosen, if any.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Decision {
-    /// gzip named (or chosen for `*`): compress.
-    Gzip,
-    /// `*` chosen, but another encoding than gzip comes first.
-    WildcardOther,
-    /// `*` chosen, gzip picked for it.
-    Wildcard,
+    /// A compressor named: the filter of that encoding compresses, the others are
+    /// overshadowed.
+    Compressor(&'static str),
+    /// `*` chosen: the first registered compressor still allowed compresses.
+    Wildcard(&'static str),
     /// `identity` preferred.
     Identity,
     /// Nothing acceptable.
     NotValid,
 }
 
-/// Reads `accept-encoding` as Envoy's `chooseEncoding` does for a chain with one gzip
-/// compressor (`allowed`: the response's content type is one it compresses).
-pub(super) fn choose(accept_encoding: &[u8], allowed: bool, choose_first: bool) -> Decision {
+impl Decision {
+    /// Whether a filter of `encoding` compresses.
+    pub(super) fn picks(&self, encoding: &str) -> bool {
+        match self {
+            Decision::Compressor(e) | Decision::Wildcard(e) => *e == encoding,
+            Decision::Identity | Decision::NotValid => false,
+        }
+    }
+}
+
+/// Reads `accept-encoding` as Envoy's `chooseEncoding` does, `candidates` in the order
+/// their filters were registered (the chain's). Of several filters of one encoding the
+/// first counts. A `q=0` takes its encoding out; an unparsable q-value drops its entry;
+/// the highest q-value wins, the first of equals unless a later one is a compressor with
+/// `choose_first`; `*` picks the first registered compressor left.
+pub(super) fn choose(
+    accept_encoding: &[u8],
+    candidates: impl Iterator<Item = Candidate>,
+) -> Decision {
+    let mut allowed: Vec<Candidate> = Vec::with_capacity(3);
+    for c in candidates {
+        if !allowed.iter().any(|a| a.encoding == c.encoding) {
+            allowed.push(c);
+        }
+    }
     let text = String::from_utf8_lossy(accept_encoding);
-    let mut gzip_allowed = allowed;
     let mut pairs: Vec<(&str, f32)> = Vec::new();
     for token in text.split(',').filter(|t| !t.is_empty()) {
         let (name, params) = match token.split_once(';') {
@@ -31,34 +63,25 @@ pub(super) fn choose(accept_encoding: &[u8], allowed: bool, choose_first: bool) 
             if k.trim().eq_ignore_ascii_case("q") {
                 match v.trim().parse::<f32>() {
                     Ok(v) => q = v,
-                    // An unparsable q-value drops its entry.
                     Err(_) => continue,
                 }
             }
         }
         pairs.push((name, q));
-        if q == 0.0 && name == "gzip" {
-            gzip_allowed = false;
+        if q == 0.0 {
+            allowed.retain(|a| a.encoding != name);
         }
     }
-    if pairs.is_empty() || !gzip_allowed {
+    if pairs.is_empty() || allowed.is_empty() {
         return Decision::NotValid;
     }
-    // Envoy looks a tied `*` up in its table of compressors, which adds it there; a
-    // later `*` choice then takes it (it sorts before `gzip`) and compresses nothing.
-    let mut star_added = false;
+    let compressor = |name: &str| allowed.iter().find(|a| a.encoding == name);
     let mut choice = ("identity", 0.0f32);
     for &(name, q) in &pairs {
-        if name == "gzip" || name == "identity" || name == "*" {
-            let tie_wins = q == choice.1 && {
-                if name == "*" {
-                    star_added = true;
-                }
-                name == "gzip" && choose_first
-            };
-            if q > choice.1 || tie_wins {
-                choice = (name, q);
-            }
+        let known = || compressor(name).is_some() || name == "identity" || name == "*";
+        let first_on_tie = || compressor(name).is_some_and(|c| c.choose_first);
+        if (q > choice.1 && known()) || (q == choice.1 && first_on_tie()) {
+            choice = (name, q);
         }
     }
     if choice.1 == 0.0 {
@@ -66,9 +89,11 @@ pub(super) fn choose(accept_encoding: &[u8], allowed: bool, choose_first: bool) 
     }
     match choice.0 {
         "identity" => Decision::Identity,
-        "*" if star_added => Decision::WildcardOther,
-        "*" => Decision::Wildcard,
-        _ => Decision::Gzip,
+        "*" => Decision::Wildcard(allowed[0].encoding),
+        name => match compressor(name) {
+            Some(c) => Decision::Compressor(c.encoding),
+            None => Decision::NotValid,
+        },
     }
 }
 
@@ -76,14 +101,22 @@ pub(super) fn choose(accept_encoding: &[u8], allowed: bool, choose_first: bool) 
 mod tests {
     use super::*;
 
+    fn gzip(choose_first: bool) -> Candidate {
+        Candidate {
+            encoding: "gzip",
+            choose_first,
+        }
+    }
+
     #[test]
     fn accept_encoding_is_read_as_envoy_reads_it() {
         use Decision::*;
+        // (accept-encoding, whether gzip compresses the content type, decision)
         let cases: &[(&str, bool, Decision)] = &[
-            ("gzip", true, Gzip),
-            ("deflate, gzip, br", true, Gzip),
+            ("gzip", true, Compressor("gzip")),
+            ("deflate, gzip, br", true, Compressor("gzip")),
             ("identity", true, Identity),
-            ("*", true, Wildcard),
+            ("*", true, Wildcard("gzip")),
             ("gzip;q=0", true, NotValid),
             ("gzip;q=0, *", true, NotValid),
             ("deflate", true, NotValid),
@@ -91,16 +124,66 @@ mod tests {
             ("gzip;q=abc", true, NotValid),
             ("GZIP", true, NotValid),
             ("gzip;Q=0.5, identity;q=0.7", true, Identity),
-            ("gzip;q=0.7, identity;q=0.5", true, Gzip),
+            ("gzip;q=0.7, identity;q=0.5", true, Compressor("gzip")),
             ("identity, gzip", true, Identity),
             ("gzip", false, NotValid),
             ("identity;q=0", true, NotValid),
-            ("*;q=0.5, *;q=0.5", true, WildcardOther),
-            ("gzip ; q=0.5", true, Gzip),
+            // Measured with Envoy 1.40: a tied `*` is an ordinary wildcard.
+            ("*;q=0.5, *;q=0.5", true, Wildcard("gzip")),
+            ("gzip ; q=0.5", true, Compressor("gzip")),
         ];
         for (ae, allowed, want) in cases {
-            assert_eq!(choose(ae.as_bytes(), *allowed, false), *want, "{ae}");
+            let c = allowed.then_some(gzip(false));
+            assert_eq!(choose(ae.as_bytes(), c.into_iter()), *want, "{ae}");
         }
-        assert_eq!(choose(b"identity, gzip", true, true), Gzip);
+        assert_eq!(
+            choose(b"identity, gzip", [gzip(true)].into_iter()),
+            Compressor("gzip")
+        );
+    }
+
+    #[test]
+    fn several_compressors_negotiate_as_in_envoy() {
+        use Decision::*;
+        let chain = |first: &str| {
+            ["gzip", "br", "zstd"].map(|e| Candidate {
+                encoding: e,
+                choose_first: e == first,
+            })
+        };
+        // (accept-encoding, the compressor with choose_first, decision), measured with
+        // Envoy 1.40 (a chain of gzip, brotli, zstd filters).
+        let cases: &[(&str, &str, Decision)] = &[
+            ("br", "", Compressor("br")),
+            ("*", "", Wildcard("gzip")),
+            ("gzip, br", "", Compressor("gzip")),
+            ("br, gzip", "", Compressor("br")),
+            ("br, gzip", "gzip", Compressor("gzip")),
+            (
+                "gzip;q=0.5, br;q=0.5, zstd;q=0.5",
+                "zstd",
+                Compressor("zstd"),
+            ),
+            ("gzip;q=0, *", "", Wildcard("br")),
+            ("*;q=0.5, br;q=0.5", "", Wildcard("gzip")),
+            ("*;q=0.5, br;q=0.5", "br", Compressor("br")),
+            ("gzip;q=0.5, *;q=0.5", "br", Compressor("gzip")),
+            ("*, zstd", "zstd", Compressor("zstd")),
+            ("identity;q=0.5, gzip;q=0.5", "", Identity),
+            ("identity;q=0.5, gzip;q=0.5", "gzip", Compressor("gzip")),
+            ("identity;q=0.5, *;q=0.5", "gzip", Identity),
+            ("zstd;q=0.1, *;q=0.2", "", Wildcard("gzip")),
+            ("abc, gzip;q=1", "", Compressor("gzip")),
+        ];
+        for (ae, first, want) in cases {
+            assert_eq!(
+                choose(ae.as_bytes(), chain(first).into_iter()),
+                *want,
+                "{ae} ({first})"
+            );
+        }
+        // Of two filters of one encoding the first registered counts.
+        let twice = [gzip(false), gzip(true)];
+        assert_eq!(choose(b"br, gzip", twice.into_iter()), Compressor("gzip"));
     }
 }

@@ -1,7 +1,8 @@
-//! The compressor filter (`envoy.filters.http.compressor`) with the gzip library
-//! (`envoy.compression.gzip.compressor.v3.Gzip`): response bodies gzipped on the way to
-//! clients that accept it, request bodies on the way upstream when
-//! `request_direction_config` asks for it.
+//! The compressor filter (`envoy.filters.http.compressor`) with the gzip, brotli and zstd
+//! libraries (`envoy.extensions.compression.{gzip,brotli,zstd}.compressor.v3`, see
+//! [`library`]): response bodies compressed on the way to clients that accept it, request
+//! bodies on the way upstream when `request_direction_config` asks for it. A chain may have
+//! several compressor filters: they negotiate by `accept-encoding` as Envoy's do.
 //!
 //! As Envoy 1.40 (measured, `tests/http_compressor.rs`):
 //!
@@ -16,16 +17,25 @@
 //!   (without parameters) is in `content_type` (Envoy's default list when empty) or
 //!   matches `content_type_matcher`, it has no `cache-control: no-transform`, no `etag`
 //!   when `disable_on_etag_header` (unless `weaken_etag_on_compress`), no
-//!   `content-encoding`, it has a body, and `accept-encoding` chooses gzip (q-values,
-//!   `identity`, `*`; a `q=0` refuses gzip; an unparsable q-value drops its entry).
+//!   `content-encoding`, it has a body, and `accept-encoding` chooses its encoding.
+//! - The choice is made once per response among the compressor filters that run for the
+//!   request (in chain order; those whose content types exclude the response's left out):
+//!   q-values, `identity`, `*` (the first compressor still allowed), a `q=0` refusing an
+//!   encoding, an unparsable q-value dropping its entry, ties going to the first named
+//!   unless a later one's filter has `choose_first` ([`accept`]). Each filter counts the
+//!   choice (`header_compressor_used`, or `header_compressor_overshadowed` when another
+//!   encoding was chosen, `header_wildcard`, `header_identity`, `header_not_valid`); the
+//!   filters' response passes run from the last in the chain to the first, so the chosen
+//!   one's `content-encoding` makes the others leave the response alone (each counts it in
+//!   `not_compressed`).
 //! - A compressed response loses `content-length` (HTTP/1.1 goes chunked), gets
-//!   `content-encoding: gzip`, and a strong `etag` is removed (made weak with
+//!   `content-encoding` (`gzip`, `br`, `zstd`), and a strong `etag` is removed (made weak with
 //!   `weaken_etag_on_compress`). Every response that could have been compressed but for
 //!   the request (its `accept-encoding`, a HEAD, a `204`/`304`) gets `vary:
 //!   Accept-Encoding` (appended to a `vary` that lacks that exact token).
-//! - The body is compressed as it streams: each chunk is flushed (zlib's sync flush), the
-//!   gzip stream ends with the body or before its trailers, which follow it.
-//! - Counters under `http.<stat_prefix>.compressor.<library name>.gzip.`:
+//! - The body is compressed as it streams: gzip and brotli flush each chunk, zstd (as in
+//!   Envoy) does not; the stream ends with the body or before its trailers, which follow it.
+//! - Counters under `http.<stat_prefix>.compressor.<library name>.<gzip|brotli|zstd>.`:
 //!   `header_compressor_used`, `header_compressor_overshadowed`, `header_identity`,
 //!   `header_wildcard`, `header_not_valid`, `no_accept_header`, `not_compressed_etag`,
 //!   then `compressed`, `not_compressed`, `content_length_too_small`,
@@ -33,15 +43,18 @@
 //!   filter has a `response_direction_config`) and the same five under `request.` (each
 //!   request the filter sees counts in `request.not_compressed` unless compressed).
 //!
-//! Differences and limits: gzip is the only library (brotli, zstd are refused); one
-//! compressor filter per chain (Envoy lets several negotiate by `accept-encoding`);
-//! `status_header_enabled` is refused; of Gzip's settings `compression_level` and
-//! `window_bits` are honoured, `memory_level`, `compression_strategy` and `chunk_size`
-//! are accepted without effect (flate2 exposes none of them; the output is valid gzip
-//! either way, only its size differs).
+//! Differences and limits: `status_header_enabled` is refused; what each library honours
+//! of its settings is in its module ([`gzip`]: `memory_level`, `compression_strategy` and
+//! `chunk_size` have no effect; [`zstd`]: `dictionary` is refused). A route's
+//! `CompressorPerRoute` library is used only when it has the filter's encoding (Envoy
+//! 1.40 compresses with the filter's own otherwise, measured).
 
 mod accept;
+mod brotli;
 mod gzip;
+mod library;
+mod stream;
+mod zstd;
 
 use std::sync::Arc;
 
@@ -51,8 +64,10 @@ use http::header::{self, HeaderName};
 use http::{HeaderMap, HeaderValue, Response};
 use hyper::body::Body;
 
-use self::accept::{choose, Decision};
-pub use self::gzip::{Compressing, GzipParams};
+use self::accept::{choose, Candidate, Decision};
+use self::library::Library;
+pub use self::library::{BROTLI_TYPE, GZIP_TYPE, ZSTD_TYPE};
+pub use self::stream::Compressing;
 use crate::config::ConfigError;
 use crate::http::codec::body::ProxyBody;
 use crate::http::route::per_filter::{self, FilterConfigs};
@@ -66,10 +81,6 @@ pub const FILTER_TYPE: &str = "envoy.extensions.filters.http.compressor.v3.Compr
 pub const FILTER_NAME: &str = "envoy.filters.http.compressor";
 /// The per-route settings' type (`typed_per_filter_config`).
 pub const PER_ROUTE_TYPE: &str = "envoy.extensions.filters.http.compressor.v3.CompressorPerRoute";
-/// The gzip library's config type, the only library Courier has.
-pub const GZIP_TYPE: &str = "envoy.extensions.compression.gzip.compressor.v3.Gzip";
-
-const GZIP: HeaderValue = HeaderValue::from_static("gzip");
 const ACCEPT_ENCODING_TOKEN: &str = "Accept-Encoding";
 
 /// Envoy's content types when `content_type` is empty.
@@ -232,6 +243,7 @@ impl DirectionStats {
 /// The counters of the response's `accept-encoding` negotiation and `etag`.
 struct HeaderStats {
     header_compressor_used: Arc<Counter>,
+    header_compressor_overshadowed: Arc<Counter>,
     header_identity: Arc<Counter>,
     header_wildcard: Arc<Counter>,
     header_not_valid: Arc<Counter>,
@@ -252,7 +264,9 @@ struct ResponseConfig {
 pub struct CompressorFilter {
     /// The filter's name in `http_filters`: its key in `typed_per_filter_config`.
     pub name: String,
-    gzip: Arc<GzipParams>,
+    library: Library,
+    /// `content-encoding: <the library's>`.
+    encoding: HeaderValue,
     choose_first: bool,
     response: ResponseConfig,
     /// `request_direction_config`; `None` when unset (request compression off).
@@ -269,7 +283,7 @@ pub struct CompressorPerRoute {
     /// `response_direction_config`); `None` leaves the filter's setting.
     response_enabled: Option<bool>,
     remove_accept_encoding_header: Option<bool>,
-    gzip: Option<Arc<GzipParams>>,
+    library: Option<Library>,
 }
 
 impl CompressorPerRoute {
@@ -297,12 +311,10 @@ impl CompressorPerRoute {
                 })
             }
             Some(Override::Overrides(o)) => {
-                let gzip = o
+                let library = o
                     .compressor_library
                     .as_ref()
-                    .map(|l| {
-                        GzipParams::compile(l, &format!("{path}.overrides.compressor_library"))
-                    })
+                    .map(|l| Library::compile(l, &format!("{path}.overrides.compressor_library")))
                     .transpose()?;
                 let rdc = o.response_direction_config.as_ref();
                 Ok(CompressorPerRoute {
@@ -311,7 +323,7 @@ impl CompressorPerRoute {
                     remove_accept_encoding_header: rdc
                         .and_then(|r| r.remove_accept_encoding_header)
                         .map(|b| b.value),
-                    gzip,
+                    library,
                 })
             }
         }
@@ -334,7 +346,7 @@ impl CompressorFilter {
                 "value is required",
             ));
         };
-        let gzip = GzipParams::compile(lib, &format!("{path}.compressor_library"))?;
+        let library = Library::compile(lib, &format!("{path}.compressor_library"))?;
         let response = match &p.response_direction_config {
             Some(r) => {
                 let at = format!("{path}.response_direction_config");
@@ -394,17 +406,20 @@ impl CompressorFilter {
                 )
             })
             .transpose()?;
-        let base = format!("http.{stat_prefix}.compressor.{}.gzip.", lib.name);
+        let base = format!(
+            "http.{stat_prefix}.compressor.{}.{}.",
+            lib.name,
+            library.stats_name()
+        );
         let response_prefix = match p.response_direction_config {
             Some(_) => format!("{base}response."),
             None => base.clone(),
         };
         let c = |s: &str| store.counter(&format!("{base}{s}"));
-        // Created with the filter so that `/stats` lists them at zero, as Envoy's.
-        let _overshadowed = c("header_compressor_overshadowed");
         Ok(CompressorFilter {
             name: name.to_string(),
-            gzip,
+            encoding: HeaderValue::from_static(library.encoding()),
+            library,
             choose_first: p.choose_first,
             response,
             request,
@@ -412,6 +427,7 @@ impl CompressorFilter {
             response_stats: DirectionStats::new(&response_prefix, store),
             header_stats: HeaderStats {
                 header_compressor_used: c("header_compressor_used"),
+                header_compressor_overshadowed: c("header_compressor_overshadowed"),
                 header_identity: c("header_identity"),
                 header_wildcard: c("header_wildcard"),
                 header_not_valid: c("header_not_valid"),
@@ -428,12 +444,14 @@ impl CompressorFilter {
 
     /// The filter's request pass: notes `accept-encoding` (removing it when configured),
     /// and compresses the request body when `request_direction_config` says so. The
-    /// result judges the response ([`CompressorRequest::on_response`]).
+    /// result judges the response ([`CompressorRequest::on_response`]); `earlier` is what
+    /// the compressor filters before this one made of the request.
     pub fn on_request<'a>(
         &'a self,
         levels: [&'a FilterConfigs; 3],
         req: &mut http::Request<ProxyBody>,
         worker: usize,
+        earlier: Option<Box<CompressorRequest<'a>>>,
     ) -> Box<CompressorRequest<'a>> {
         let per_route = self.per_route(levels);
         let headers = req.headers_mut();
@@ -442,6 +460,7 @@ impl CompressorFilter {
             filter: self,
             per_route,
             accept_encoding,
+            earlier,
         };
         if r.response_enabled() && r.remove_accept_encoding() {
             headers.remove(header::ACCEPT_ENCODING);
@@ -455,15 +474,16 @@ impl CompressorFilter {
                 && !req.headers().contains_key(header::CONTENT_ENCODING)
                 && transfer_encoding_allowed(req.headers())
         });
-        if compress_request {
+        let encoder = compress_request.then(|| r.encoder()).flatten();
+        if let Some(encoder) = encoder {
             let h = req.headers_mut();
             h.remove(header::CONTENT_LENGTH);
-            h.insert(header::CONTENT_ENCODING, GZIP);
+            h.insert(header::CONTENT_ENCODING, self.encoding.clone());
             self.request_stats.compressed.inc(worker);
             let body = std::mem::replace(req.body_mut(), ProxyBody::empty());
             *req.body_mut() = ProxyBody::filtered(Compressing::new(
                 body,
-                r.gzip().encoder(),
+                encoder,
                 self.request_stats.clone(),
                 worker,
             ));
@@ -480,7 +500,53 @@ impl CompressorFilter {
             filter: self,
             per_route: self.per_route(levels),
             accept_encoding: None,
+            earlier: None,
         }
+    }
+
+    /// Whether the filter takes part in choosing the response's encoding: it does unless
+    /// the response's content type is one it does not compress.
+    fn candidate(&self, headers: &HeaderMap) -> Option<Candidate> {
+        let allowed = media_type(headers)
+            .filter(|t| !t.is_empty())
+            .is_none_or(|t| self.response.common.content_types.allows(t));
+        allowed.then_some(Candidate {
+            encoding: self.library.encoding(),
+            choose_first: self.choose_first,
+        })
+    }
+}
+
+/// Visits the compressor filters that run for a request, in chain order.
+pub type Registry<'r> = &'r dyn Fn(&mut dyn FnMut(&CompressorFilter));
+
+/// The choice of a response's encoding, made once (by the first filter to need it) among
+/// the compressor filters that run for the request, as Envoy's filters share their
+/// `EncodingDecision`.
+pub struct Negotiation<'r> {
+    /// Visits the compressor filters that run for the request, in chain order.
+    registry: Registry<'r>,
+    decision: Option<Decision>,
+}
+
+impl<'r> Negotiation<'r> {
+    /// A negotiation among the filters `registry` visits.
+    pub fn new(registry: Registry<'r>) -> Negotiation<'r> {
+        Negotiation {
+            registry,
+            decision: None,
+        }
+    }
+
+    fn decide(&mut self, accept_encoding: &[u8], headers: &HeaderMap) -> Decision {
+        if let Some(d) = self.decision {
+            return d;
+        }
+        let mut candidates = Vec::with_capacity(3);
+        (self.registry)(&mut |f| candidates.extend(f.candidate(headers)));
+        let d = choose(accept_encoding, candidates.into_iter());
+        self.decision = Some(d);
+        d
     }
 }
 
@@ -517,9 +583,12 @@ pub struct CompressorRequest<'a> {
     filter: &'a CompressorFilter,
     per_route: Option<&'a CompressorPerRoute>,
     accept_encoding: Option<HeaderValue>,
+    /// The state of the compressor filter before this one in the chain, when the request
+    /// passed one.
+    earlier: Option<Box<CompressorRequest<'a>>>,
 }
 
-impl CompressorRequest<'_> {
+impl<'a> CompressorRequest<'a> {
     fn response_enabled(&self) -> bool {
         self.per_route
             .and_then(|p| p.response_enabled)
@@ -532,51 +601,68 @@ impl CompressorRequest<'_> {
             .unwrap_or(self.filter.response.remove_accept_encoding_header)
     }
 
-    fn gzip(&self) -> &GzipParams {
-        self.per_route
-            .and_then(|p| p.gzip.as_deref())
-            .unwrap_or(&self.filter.gzip)
+    /// The compressor filter before this one in the chain that the request passed.
+    pub fn earlier(&self) -> Option<&CompressorRequest<'a>> {
+        self.earlier.as_deref()
     }
 
-    /// Whether `accept-encoding` picks gzip, counted as Envoy counts it.
-    fn accepts_gzip(&self, headers: &HeaderMap, worker: usize) -> bool {
+    /// Whether this is the state of `filter`.
+    pub fn is_of(&self, filter: &CompressorFilter) -> bool {
+        std::ptr::eq(self.filter, filter)
+    }
+
+    /// A new stream of the library: the route's when it has the filter's encoding (Envoy
+    /// 1.40 keeps the filter's otherwise, measured). `None` (logged) if it cannot be made.
+    fn encoder(&self) -> Option<library::Encoder> {
+        let own = &self.filter.library;
+        let lib = self
+            .per_route
+            .and_then(|p| p.library.as_ref())
+            .filter(|l| l.encoding() == own.encoding())
+            .unwrap_or(own);
+        match lib.encoder() {
+            Ok(e) => Some(e),
+            Err(e) => {
+                tracing::warn!(filter = %self.filter.name, "cannot start a {} stream: {e}", lib.encoding());
+                None
+            }
+        }
+    }
+
+    /// Whether `accept-encoding` picks this filter's encoding, counted as Envoy counts it.
+    fn accepts(
+        &self,
+        headers: &HeaderMap,
+        negotiation: &mut Negotiation<'_>,
+        worker: usize,
+    ) -> bool {
         let f = self.filter;
         let s = &f.header_stats;
         let Some(ae) = &self.accept_encoding else {
             s.no_accept_header.inc(worker);
             return false;
         };
-        // A content type this filter does not compress leaves it out of the choice.
-        let allowed = media_type(headers)
-            .filter(|t| !t.is_empty())
-            .is_none_or(|t| f.response.common.content_types.allows(t));
-        match choose(ae.as_bytes(), allowed, f.choose_first) {
-            Decision::Gzip => {
-                s.header_compressor_used.inc(worker);
-                true
-            }
-            Decision::Wildcard => {
-                s.header_wildcard.inc(worker);
-                true
-            }
-            Decision::WildcardOther => {
-                s.header_wildcard.inc(worker);
-                false
-            }
-            Decision::Identity => {
-                s.header_identity.inc(worker);
-                false
-            }
-            Decision::NotValid => {
-                s.header_not_valid.inc(worker);
-                false
-            }
+        let decision = negotiation.decide(ae.as_bytes(), headers);
+        let picked = decision.picks(f.library.encoding());
+        match decision {
+            Decision::Compressor(_) if picked => s.header_compressor_used.inc(worker),
+            Decision::Compressor(_) => s.header_compressor_overshadowed.inc(worker),
+            Decision::Wildcard(_) => s.header_wildcard.inc(worker),
+            Decision::Identity => s.header_identity.inc(worker),
+            Decision::NotValid => s.header_not_valid.inc(worker),
         }
+        picked
     }
 
     /// The filter's response pass: compresses the response, or leaves it alone, and adds
-    /// `vary` where the request decided.
-    pub fn on_response(&self, resp: &mut Response<ProxyBody>, worker: usize) {
+    /// `vary` where the request decided. `negotiation` is the response's choice of
+    /// encoding, shared by the chain's compressor filters.
+    pub fn on_response(
+        &self,
+        resp: &mut Response<ProxyBody>,
+        negotiation: &mut Negotiation<'_>,
+        worker: usize,
+    ) {
         let f = self.filter;
         let cfg = &f.response;
         let stats = &f.response_stats;
@@ -595,14 +681,15 @@ impl CompressorRequest<'_> {
             && !headers.contains_key(header::CONTENT_ENCODING);
         let compress = !end_stream
             && long_enough
-            && self.accepts_gzip(headers, worker)
+            && self.accepts(headers, negotiation, worker)
             && compressible
             && transfer_encoding_allowed(headers);
+        let encoder = compress.then(|| self.encoder()).flatten();
         let headers = resp.headers_mut();
-        if compress {
+        if encoder.is_some() {
             sanitize_etag(headers, cfg.weaken_etag_on_compress);
             headers.remove(header::CONTENT_LENGTH);
-            headers.insert(header::CONTENT_ENCODING, GZIP);
+            headers.insert(header::CONTENT_ENCODING, f.encoding.clone());
             stats.compressed.inc(worker);
         } else {
             stats.not_compressed.inc(worker);
@@ -610,14 +697,10 @@ impl CompressorRequest<'_> {
         if compressible {
             insert_vary(headers);
         }
-        if compress {
+        if let Some(encoder) = encoder {
             let body = std::mem::replace(resp.body_mut(), ProxyBody::empty());
-            *resp.body_mut() = ProxyBody::filtered(Compressing::new(
-                body,
-                self.gzip().encoder(),
-                stats.clone(),
-                worker,
-            ));
+            *resp.body_mut() =
+                ProxyBody::filtered(Compressing::new(body, encoder, stats.clone(), worker));
         }
     }
 
@@ -715,13 +798,12 @@ mod tests {
     }
 
     #[test]
-    fn only_gzip_is_a_library() {
+    fn unknown_libraries_are_refused() {
         let lib = courier_proto::envoy::config::core::v3::TypedExtensionConfig {
-            name: "br".into(),
+            name: "lz4".into(),
             typed_config: Some(courier_proto::google::protobuf::Any {
-                type_url:
-                    "type.googleapis.com/envoy.extensions.compression.brotli.compressor.v3.Brotli"
-                        .into(),
+                type_url: "type.googleapis.com/envoy.extensions.compression.lz4.compressor.v3.Lz4"
+                    .into(),
                 value: Vec::new(),
             }),
         };
@@ -737,6 +819,6 @@ mod tests {
             e.path,
             "http_filters[0].typed_config.compressor_library.typed_config"
         );
-        assert!(e.message.contains("brotli"), "{}", e.message);
+        assert!(e.message.contains("lz4"), "{}", e.message);
     }
 }

@@ -77,6 +77,8 @@ pub struct FilterChain {
     pub transport_socket_connect_timeout: Option<std::time::Duration>,
     /// The terminal network filter.
     pub filter: NetworkFilter,
+    /// The filters before it.
+    pub read_filters: crate::filters::network::rbac::ReadFilters,
     /// The source proto, to tell which chains changed on an in-place update.
     pub proto: pb::FilterChain,
 }
@@ -403,7 +405,7 @@ fn compile_chain(
         chain.transport_socket.as_ref(),
         "transport_socket",
     )?;
-    let filter = compile_filters(&chain.filters, store, egress)?;
+    let (filter, read_filters) = compile_filters(&chain.filters, store, egress)?;
     Ok(Arc::new(FilterChain {
         tag: NEXT_TAG.fetch_add(1, Ordering::Relaxed),
         name: chain.name.clone(),
@@ -416,6 +418,7 @@ fn compile_chain(
             .transpose()?
             .filter(|d| !d.is_zero()),
         filter,
+        read_filters,
         proto: chain.clone(),
     }))
 }

@@ -37,6 +37,9 @@ pub struct AcceptedConnection {
     pub permit: ConnectionPermit,
     /// The listener's access logs, written when the connection ends.
     pub listener_logs: Option<crate::access_log::SharedLogs>,
+    /// The chain's filters before its terminal one: they decide on the connection's
+    /// first bytes whether it goes on.
+    pub read_filters: crate::filters::network::rbac::ReadFilters,
 }
 
 /// Picks the connection's filter chain and hands the connection to its terminal filter.
@@ -70,6 +73,7 @@ pub fn new_connection(
         handshake_timeout: chain.transport_socket_connect_timeout,
         permit,
         listener_logs: config.access_logs.clone(),
+        read_filters: chain.read_filters.clone(),
     };
     let started = match &chain.filter {
         NetworkFilter::TcpProxy(tcp) => {

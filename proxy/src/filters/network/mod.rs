@@ -1,6 +1,8 @@
 //! Network filters. A filter chain ends in exactly one terminal filter, which owns the
-//! connection from accept to close.
+//! connection from accept to close; filters before it ([`rbac::ReadFilters`]) only
+//! decide whether the connection goes on.
 
+pub mod rbac;
 pub mod tcp_proxy;
 
 use std::sync::Arc;
@@ -34,6 +36,14 @@ impl NetworkFilter {
     }
 }
 
+/// What a network filter's factory builds: a terminal filter, or one that runs before it.
+pub enum Built {
+    /// A terminal filter.
+    Terminal(NetworkFilter),
+    /// `envoy.filters.network.rbac`.
+    Rbac(Arc<rbac::NetworkRbac>),
+}
+
 /// What a network filter's factory is given.
 pub struct FilterArgs<'a> {
     /// The filter's config (a `TypedStruct` unwrapped).
@@ -47,7 +57,7 @@ pub struct FilterArgs<'a> {
 }
 
 /// Builds one network filter from its config.
-pub type BuildFilter = fn(&FilterArgs<'_>) -> Result<NetworkFilter, ConfigError>;
+pub type BuildFilter = fn(&FilterArgs<'_>) -> Result<Built, ConfigError>;
 
 /// The network filters a listener's filter chain may hold (each one terminal).
 pub static NETWORK_FILTERS: Registry<BuildFilter> = Registry {
@@ -59,9 +69,9 @@ pub static NETWORK_FILTERS: Registry<BuildFilter> = Registry {
             build: |a| {
                 let cfg = courier_proto::unpack_any(a.config)
                     .map_err(|e| ConfigError::new(a.path, e.to_string()))?;
-                Ok(NetworkFilter::TcpProxy(Arc::new(
+                Ok(Built::Terminal(NetworkFilter::TcpProxy(Arc::new(
                     tcp_proxy::TcpProxyConfig::compile(&cfg, a.store).map_err(|e| e.at(a.path))?,
-                )))
+                ))))
             },
         },
         Factory {
@@ -71,22 +81,37 @@ pub static NETWORK_FILTERS: Registry<BuildFilter> = Registry {
             build: |a| {
                 let cfg = courier_proto::unpack_any(a.config)
                     .map_err(|e| ConfigError::new(a.path, e.to_string()))?;
-                Ok(NetworkFilter::HttpConnectionManager(Arc::new(
-                    crate::http::HcmConfig::compile(&cfg, a.store, a.egress)
-                        .map_err(|e| e.at(a.path))?,
+                Ok(Built::Terminal(NetworkFilter::HttpConnectionManager(
+                    Arc::new(
+                        crate::http::HcmConfig::compile(&cfg, a.store, a.egress)
+                            .map_err(|e| e.at(a.path))?,
+                    ),
+                )))
+            },
+        },
+        Factory {
+            type_name: "envoy.extensions.filters.network.rbac.v3.RBAC",
+            name: "envoy.filters.network.rbac",
+            build: |a| {
+                let cfg = courier_proto::unpack_any(a.config)
+                    .map_err(|e| ConfigError::new(a.path, e.to_string()))?;
+                Ok(Built::Rbac(Arc::new(
+                    rbac::NetworkRbac::compile(&cfg, a.store).map_err(|e| e.at(a.path))?,
                 )))
             },
         },
     ],
 };
 
-/// Compiles a chain's `filters`: supported filters only, the last one terminal.
+/// Compiles a chain's `filters`: supported filters only, the last one terminal, those
+/// before it not.
 pub fn compile_filters(
     filters: &[Filter],
     store: &Store,
     egress: bool,
-) -> Result<NetworkFilter, ConfigError> {
+) -> Result<(NetworkFilter, rbac::ReadFilters), ConfigError> {
     let mut terminal = None;
+    let mut read = Vec::new();
     for (i, f) in filters.iter().enumerate() {
         let path = format!("filters[{i}]");
         let Some(filter::ConfigType::TypedConfig(any)) = &f.config_type else {
@@ -103,7 +128,7 @@ pub fn compile_filters(
                 ConfigError::new(
                     &at,
                     format!(
-                        "unsupported network filter '{}': {}; Courier supports {TCP_PROXY} and {}",
+                        "unsupported network filter '{}': {}; Courier supports {TCP_PROXY}, {} and envoy.filters.network.rbac",
                         f.name,
                         e.message,
                         crate::http::HTTP_CONNECTION_MANAGER
@@ -118,13 +143,28 @@ pub fn compile_filters(
             store,
             egress,
         })?;
-        if i + 1 != filters.len() {
-            return Err(ConfigError::new(
-                path,
-                format!("terminal filter '{}' must be the last in the chain", f.name),
-            ));
+        let last = i + 1 == filters.len();
+        match (compiled, last) {
+            (Built::Rbac(r), false) => read.push(r),
+            (Built::Terminal(c), true) => terminal = Some(c),
+            (Built::Terminal(_), false) => {
+                return Err(ConfigError::new(
+                    path,
+                    format!("terminal filter '{}' must be the last in the chain", f.name),
+                ))
+            }
+            (Built::Rbac(_), true) => {
+                return Err(ConfigError::new(
+                    path,
+                    format!(
+                        "non-terminal filter '{}' is the last filter in a network filter chain",
+                        f.name
+                    ),
+                ))
+            }
         }
-        terminal = Some(compiled);
     }
-    terminal.ok_or_else(|| ConfigError::new("filters", "a filter chain needs a terminal filter"))
+    let terminal = terminal
+        .ok_or_else(|| ConfigError::new("filters", "a filter chain needs a terminal filter"))?;
+    Ok((terminal, rbac::ReadFilters(read.into())))
 }

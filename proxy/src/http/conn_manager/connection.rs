@@ -122,6 +122,9 @@ pub struct HttpConnection {
     scale_watch: Option<ScaleWatch>,
     /// The scale generation the timers were last looked at in.
     scale_seen: u64,
+    /// The chain's filters before this one, until they decide (when the connection is
+    /// established: after its TLS handshake, before its codec reads).
+    read_filters: Option<crate::filters::network::rbac::ReadFilters>,
 }
 
 impl HttpConnection {
@@ -144,6 +147,7 @@ impl HttpConnection {
             restored_remote,
             permit,
             listener_logs,
+            read_filters,
         } = accepted;
         let worker = ctx.local.id;
         let (remote, direct_remote) = match restored_remote {
@@ -216,6 +220,7 @@ impl HttpConnection {
             max_duration_reached: false,
             scale_watch: None,
             scale_seen: scaled_timers::generation(),
+            read_filters: (!read_filters.is_empty()).then_some(read_filters),
         };
         let scaled_type = [
             TimerType::ConnectionIdle,
@@ -361,6 +366,23 @@ impl HttpConnection {
                     }
                     if self.shutting_down {
                         self.graceful();
+                    }
+                }
+                State::Detect { .. } if self.read_filters.is_some() => {
+                    if let Some(filters) = self.read_filters.take() {
+                        let info = &self.info;
+                        let tls = info.tls.get().map(|t| &**t);
+                        let facts = crate::filters::network::rbac::ConnectionFacts {
+                            local: info.local,
+                            peer: info.direct_remote.unwrap_or(info.remote),
+                            requested_server_name: info.requested_server_name.as_deref(),
+                            tls,
+                        };
+                        if !filters.admit(&facts, self.worker) {
+                            tracing::debug!("connection denied by a network filter");
+                            self.state = State::Done;
+                            return true;
+                        }
                     }
                 }
                 State::Detect { io, buf } => {

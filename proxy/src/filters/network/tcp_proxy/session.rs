@@ -184,6 +184,8 @@ impl Pending {
 enum Failure {
     /// A socket error on `side`: propagate it as a reset to the other side.
     Reset(usize),
+    /// A filter before this one denied the connection on its first bytes.
+    Denied,
 }
 
 /// A TCP proxy session.
@@ -210,6 +212,18 @@ pub struct TcpProxySession {
     last_activity: Instant,
     /// What the access logs say of the connection (only when the filter has some).
     log: Option<Box<SessionLog>>,
+    /// The chain's filters before this one, until they decide on the first bytes, with
+    /// what the connection offers them.
+    gate: Option<Box<Gate>>,
+}
+
+/// What the filters before the TCP proxy decide on.
+struct Gate {
+    filters: crate::filters::network::rbac::ReadFilters,
+    local: Option<std::net::SocketAddr>,
+    peer: Option<std::net::SocketAddr>,
+    requested_server_name: Option<String>,
+    local_uri_sans: Vec<String>,
 }
 
 /// What a TCP proxy connection's access-log entries say.
@@ -256,9 +270,22 @@ impl TcpProxySession {
             permit,
             requested_server_name,
             listener_logs,
+            read_filters,
             ..
         } = accepted;
         let worker = ctx.local.id;
+        let gate = (!read_filters.is_empty()).then(|| {
+            Box::new(Gate {
+                filters: read_filters,
+                local: restored_local.or_else(|| stream.local_addr().ok()),
+                peer: stream.peer_addr().ok(),
+                requested_server_name: requested_server_name.clone(),
+                local_uri_sans: tls
+                    .as_ref()
+                    .map(|t| t.context.local_uri_sans())
+                    .unwrap_or_default(),
+            })
+        });
         let log = (!config.access_logs.is_empty() || listener_logs.is_some()).then(|| {
             let peer = stream.peer_addr().ok();
             Box::new(SessionLog {
@@ -309,6 +336,7 @@ impl TcpProxySession {
             downstream_limit,
             last_activity: ctx.now,
             log,
+            gate,
         };
         session.connect(ctx, me)?;
         if let Some(idle) = session.config.idle_timeout {
@@ -552,15 +580,23 @@ impl TcpProxySession {
             let cluster_stats = self.cluster.as_ref().map(|c| &c.stats);
             let upstream_limit = self.cluster.as_ref().map_or(1 << 20, |c| c.buffer_limit);
             let mut progress = false;
-            // downstream → upstream
+            // downstream → upstream; the first bytes wait for the filters before this one.
+            let hold = self.gate.is_some();
             let n = flow(
                 &mut self.downstream,
                 up,
                 &mut self.to_upstream,
                 upstream_limit,
                 scratch,
+                hold,
             )
             .map_err(|side| Failure::Reset(if side { UPSTREAM } else { DOWNSTREAM }))?;
+            // As Envoy: decided on the first bytes, or on the close of a connection that
+            // sent none.
+            let first = n.read > 0 || self.downstream.read_closed;
+            if hold && first && !admitted(&mut self.gate, &self.downstream, self.worker) {
+                return Err(Failure::Denied);
+            }
             if n.read + n.written > 0 || n.closed {
                 progress = true;
                 self.config
@@ -581,6 +617,7 @@ impl TcpProxySession {
                 &mut self.to_downstream,
                 self.downstream_limit,
                 scratch,
+                false,
             )
             .map_err(|side| Failure::Reset(if side { DOWNSTREAM } else { UPSTREAM }))?;
             if n.read + n.written > 0 || n.closed {
@@ -621,6 +658,10 @@ impl TcpProxySession {
                 }
                 Next::Continue
             }
+            Err(Failure::Denied) => {
+                tracing::debug!("tcp_proxy: connection denied by a network filter");
+                self.close(ctx, me)
+            }
             Err(Failure::Reset(side)) => {
                 // Propagate the reset to the side that did not fail.
                 if side == DOWNSTREAM {
@@ -642,13 +683,36 @@ struct Moved {
     closed: bool,
 }
 
-/// One direction, `src` → `dst`. On error returns whether the failing socket is `dst`.
+/// Whether the filters before the TCP proxy let the connection go on (asked once, on its
+/// first bytes, after the TLS handshake of `downstream`).
+fn admitted(gate: &mut Option<Box<Gate>>, downstream: &Side, worker: usize) -> bool {
+    let Some(gate) = gate.take() else {
+        return true;
+    };
+    let tls = downstream
+        .tls
+        .as_ref()
+        .filter(|t| !t.is_handshaking())
+        .map(|t| TlsConnectionInfo::of(t, &gate.local_uri_sans, Default::default()));
+    let unknown = std::net::SocketAddr::from(([0, 0, 0, 0], 0));
+    let facts = crate::filters::network::rbac::ConnectionFacts {
+        local: gate.local.unwrap_or(unknown),
+        peer: gate.peer.unwrap_or(unknown),
+        requested_server_name: gate.requested_server_name.as_deref(),
+        tls: tls.as_ref(),
+    };
+    gate.filters.admit(&facts, worker)
+}
+
+/// One direction, `src` → `dst`; with `hold`, what is read is kept, not written (a
+/// filter has yet to let it go on). On error returns whether the failing socket is `dst`.
 fn flow(
     src: &mut Side,
     dst: &mut Side,
     pending: &mut Pending,
     high_watermark: usize,
     scratch: &mut [u8],
+    hold: bool,
 ) -> Result<Moved, bool> {
     let mut moved = Moved {
         read: 0,
@@ -659,7 +723,7 @@ fn flow(
     dst.flush_tls().map_err(|_| true)?;
     src.flush_tls().map_err(|_| false)?;
     // Flush what is already buffered first, to preserve order.
-    while !pending.is_empty() && dst.writable {
+    while !hold && !pending.is_empty() && dst.writable {
         match dst.write(pending.bytes()) {
             Ok(0) => return Err(true),
             Ok(n) => {
@@ -680,7 +744,7 @@ fn flow(
             Ok(n) => {
                 moved.read += n as u64;
                 let mut off = 0;
-                if pending.is_empty() && dst.writable {
+                if !hold && pending.is_empty() && dst.writable {
                     match dst.write(&scratch[..n]) {
                         Ok(w) => off = w,
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => dst.writable = false,

@@ -481,6 +481,8 @@ pub struct SpanIds {
     pub trace: u128,
     /// The span's id, when the tracer gives it out (Envoy's Zipkin spans do not).
     pub span: Option<u64>,
+    /// The trace id has 128 bits (a Zipkin trace may have 64).
+    pub wide: bool,
 }
 
 /// A request's span, from its start to its end.

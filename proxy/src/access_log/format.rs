@@ -441,11 +441,20 @@ impl Op {
             Op::DownstreamDirectRemotePort => port(e.direct_remote.or(Some(e.remote))),
             Op::Hostname => Val::Text(Cow::Borrowed(hostname())),
             Op::GrpcStatus(f) => grpc_status_value(e, *f),
-            Op::TraceId => match e.trace {
-                Some(t) if t.wide => Val::Text(Cow::Owned(format!("{:032x}", t.trace))),
-                Some(t) => Val::Text(Cow::Owned(format!("{:016x}", t.trace as u64))),
-                None => Val::Absent,
-            },
+            Op::TraceId => {
+                use crate::tracers::TraceIdText;
+                let Some(t) = e.trace else {
+                    return Val::Absent;
+                };
+                Val::Text(Cow::Owned(match t.text {
+                    TraceIdText::Hex128 => format!("{:032x}", t.trace),
+                    TraceIdText::Hex64 => format!("{:016x}", t.trace as u64),
+                    TraceIdText::SpanId => match t.span {
+                        Some(id) => format!("{id:x}"),
+                        None => return Val::Absent,
+                    },
+                }))
+            }
             Op::StreamId => e
                 .request_id
                 .map_or(Val::Absent, |id| Val::Text(Cow::Borrowed(id))),

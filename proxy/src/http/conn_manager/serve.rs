@@ -125,13 +125,13 @@ pub async fn serve(
     let h2_upgrade = matches!(upgrade, Some(DownstreamUpgrade::Http2(_)));
     let grpc = is_grpc(req.headers());
     let deadline = cfg.request_timeout.map(|t| start + t);
-    let idle = StreamIdle::new(
+    let idle = Rc::new(StreamIdle::new(
         cfg.stream_idle_timeout,
         req.body().is_end_stream(),
         cfg.stats.downstream_rq_idle_timeout.clone(),
         worker,
-    );
-    let idle = Rc::new(if log.is_some() { idle.with_log() } else { idle });
+        log.is_some(),
+    ));
     let mut req = req;
     if !req.body().is_end_stream() {
         req.body_mut().report_activity(idle.clone());
@@ -190,10 +190,12 @@ pub async fn serve(
         outcome,
     };
     let mut body = body;
-    // A response complete with its head is never polled: it ends when it is sent.
-    let whole = body.is_end_stream();
+    if let Some(l) = idle.log() {
+        // A response complete with its head is never polled: it ends when it is sent.
+        l.response_whole.set(body.is_end_stream());
+    }
     body.on_end(Box::new(move |ok: bool, bytes_sent: u64| {
-        done.done(ok || whole, bytes_sent)
+        done.done(ok, bytes_sent)
     }));
     if !body.is_end_stream() {
         body.enforce_idle_timeout(idle);
@@ -340,9 +342,9 @@ struct Completion {
 }
 
 impl Completion {
-    /// The response ended (`sent`: whole, else cut off), `bytes_sent` long.
+    /// The response ended (`ok`: whole, else cut off), `bytes_sent` long.
     #[inline(always)]
-    fn done(mut self, sent: bool, bytes_sent: u64) {
+    fn done(mut self, ok: bool, bytes_sent: u64) {
         let span = self.outcome.span.take();
         let span_ids = span.as_ref().and_then(|s| s.0.ids());
         let cfg = &self.conn.config;
@@ -379,7 +381,8 @@ impl Completion {
                 // arrived and the connection was there.
                 upstream_tx: connected.map(|c| since(request_end.map_or(c.at, |r| r.max(c.at)))),
                 upstream_rx: logged.and_then(|l| l.upstream_rx).map(since),
-                downstream_tx: sent.then(|| self.start.elapsed()),
+                downstream_tx: (ok || stream_log.is_some_and(|l| l.response_whole.get()))
+                    .then(|| self.start.elapsed()),
             };
             let entry = LogEntry {
                 start: self.start_wall,

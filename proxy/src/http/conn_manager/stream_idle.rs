@@ -57,6 +57,8 @@ pub struct StreamLog {
     pub request_end: Cell<Option<Instant>>,
     /// The response's trailers, if it had some.
     pub trailers: RefCell<Option<http::HeaderMap>>,
+    /// The response was complete with its head (its body is never polled).
+    pub response_whole: Cell<bool>,
 }
 
 /// Which of a stream's timeouts ran out.
@@ -102,12 +104,14 @@ impl Expiry {
 }
 
 impl StreamIdle {
-    /// A stream starting now, idle for at most `timeout` (`None`: never times out).
+    /// A stream starting now, idle for at most `timeout` (`None`: never times out);
+    /// `logged`: it keeps what the access logs read of it ([`StreamLog`]).
     pub fn new(
         timeout: Option<Duration>,
         request_complete: bool,
         counter: Arc<Counter>,
         worker: usize,
+        logged: bool,
     ) -> StreamIdle {
         StreamIdle {
             timeout: Cell::new(timeout),
@@ -120,19 +124,14 @@ impl StreamIdle {
             response_deadline: RefCell::new(None),
             expired: Cell::new(None),
             scale_watch: RefCell::new(None),
-            log: None,
+            // The request's end is reached already when it came whole.
+            log: logged.then(|| {
+                Box::new(StreamLog {
+                    request_end: Cell::new(request_complete.then(Instant::now)),
+                    ..StreamLog::default()
+                })
+            }),
         }
-    }
-
-    /// Keeps what the access logs read of the stream (the request's end, already reached
-    /// when the request came whole).
-    pub fn with_log(mut self) -> StreamIdle {
-        let log = StreamLog::default();
-        if self.request_complete.get() {
-            log.request_end.set(Some(Instant::now()));
-        }
-        self.log = Some(Box::new(log));
-        self
     }
 
     /// What the access logs learnt of the stream, when they are kept.

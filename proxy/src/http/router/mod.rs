@@ -1204,6 +1204,7 @@ pub(crate) async fn send_upgrade(
             true,
             cfg.stats.downstream_rq_idle_timeout.clone(),
             worker,
+            false,
         );
         if let Some(t) = limits.idle_timeout {
             idle.set_route_timeout(t);

@@ -3,8 +3,11 @@
 //! `%UPSTREAM_TRANSPORT_FAILURE_REASON%`, the clusters and addresses, for requests that
 //! end every way Courier can end them (proxied, no route, no cluster, no healthy host,
 //! refused connection, timeouts, resets, faults, rate limits, RBAC, redirects, direct
-//! responses, health checks, overflow). The same requests go through Courier and, when
-//! `envoy` is on PATH, through Envoy; the logged lines must be equal.
+//! responses, health checks, overflow), and what a second log says of the same requests'
+//! upstream attempts and timing (`%UPSTREAM_REQUEST_ATTEMPT_COUNT%`, the upstream remote
+//! address and host name, which of the four durations each has). The same requests go
+//! through Courier and, when `envoy` is on PATH, through Envoy; the logged lines must be
+//! equal.
 
 mod http_support;
 
@@ -99,6 +102,9 @@ const FILTERS: &str = r#"          - name: envoy.filters.http.health_check
 /// Everything each line says: the request, how it ended, where it went.
 const FORMAT: &str = "%REQ(:METHOD)% %REQ(:PATH)% %RESPONSE_CODE% rx=%BYTES_RECEIVED% tx=%BYTES_SENT% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% %CONNECTION_TERMINATION_DETAILS% %UPSTREAM_TRANSPORT_FAILURE_REASON% %UPSTREAM_CLUSTER% %UPSTREAM_CLUSTER_RAW% %ROUTE_NAME% %ACCESS_LOG_TYPE% up=%UPSTREAM_HOST% up_local=%UPSTREAM_LOCAL_ADDRESS% local=%DOWNSTREAM_LOCAL_ADDRESS% local_ip=%DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT% local_port=%DOWNSTREAM_LOCAL_PORT% remote_ip=%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT% direct=%DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT% host=%HOSTNAME%\n";
 
+/// The attempts and timing of each request (durations only as there or not: `N`, `-`).
+const TIMING: &str = "%REQ(:METHOD)% %REQ(:PATH)% %RESPONSE_CODE% att=%UPSTREAM_REQUEST_ATTEMPT_COUNT% remote=%UPSTREAM_REMOTE_ADDRESS% remote_port=%UPSTREAM_REMOTE_PORT% host_name=%UPSTREAM_HOST_NAME% rd=%REQUEST_DURATION% rtd=%REQUEST_TX_DURATION% rsd=%RESPONSE_DURATION% rstd=%RESPONSE_TX_DURATION% grpc=%GRPC_STATUS% sid=%STREAM_ID%\n";
+
 fn boot(dir: &Path, a: &Upstream, refused: SocketAddr) -> String {
     let log = format!(
         "          access_log:
@@ -107,9 +113,16 @@ fn boot(dir: &Path, a: &Upstream, refused: SocketAddr) -> String {
               \"@type\": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
               path: {}
               log_format: {{ text_format: {:?} }}
+          - name: timing
+            typed_config:
+              \"@type\": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
+              path: {}
+              log_format: {{ text_format: {:?} }}
 ",
         dir.join("details.log").display(),
-        FORMAT
+        FORMAT,
+        dir.join("timing.log").display(),
+        TIMING
     );
     let clusters = [
         cluster("a", &[a.addr], ""),
@@ -214,9 +227,9 @@ fn send(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)]) {
     let _ = s.read_to_end(&mut sink);
 }
 
-/// The lines of the log once it has `n` (or after 10 s).
-fn lines(dir: &Path, n: usize) -> Vec<String> {
-    log_lines(&dir.join("details.log"), n)
+/// The lines of log `name` once it has `n` (or after 10 s).
+fn lines(dir: &Path, name: &str, n: usize) -> Vec<String> {
+    log_lines(&dir.join(format!("{name}.log")), n)
 }
 
 /// A line with the run's own addresses and ports named.
@@ -233,10 +246,28 @@ fn normalise(line: &str, listener: SocketAddr, a: SocketAddr, refused: SocketAdd
     if !host.trim().is_empty() {
         s = s.replace(host.trim(), "HOSTNAME");
     }
-    // The upstream connection's own port is the kernel's choice.
-    let re = regex::Regex::new(r"up_local=127\.0\.0\.1:\d+").expect("regex");
-    re.replace_all(&s, "up_local=127.0.0.1:EPHEMERAL")
-        .into_owned()
+    s = s
+        .replace(&format!("remote_port={}", a.port()), "remote_port=A_PORT")
+        .replace(
+            &format!("remote_port={}", refused.port()),
+            "remote_port=REFUSED_PORT",
+        );
+    for (re, to) in [
+        // The upstream connection's own port is the kernel's choice.
+        (r"up_local=127\.0\.0\.1:\d+", "up_local=127.0.0.1:EPHEMERAL"),
+        // Durations: there or not.
+        (r"\b(rd|rtd|rsd|rstd)=\d+", "$1=N"),
+        (
+            r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}",
+            "UUID",
+        ),
+    ] {
+        s = regex::Regex::new(re)
+            .expect("regex")
+            .replace_all(&s, to)
+            .into_owned();
+    }
+    s
 }
 
 fn run(start: &dyn Fn(&str) -> Option<Courier>) -> Option<Vec<String>> {
@@ -247,7 +278,8 @@ fn run(start: &dyn Fn(&str) -> Option<Courier>) -> Option<Vec<String>> {
     for (method, path, headers) in REQUESTS {
         send(proxy.listener, method, path, headers);
     }
-    let got = lines(dir.path(), REQUESTS.len());
+    let mut got = lines(dir.path(), "details", REQUESTS.len());
+    got.extend(lines(dir.path(), "timing", REQUESTS.len()));
     Some(
         got.iter()
             .map(|l| normalise(l, proxy.listener, a.addr, refused))
@@ -258,7 +290,7 @@ fn run(start: &dyn Fn(&str) -> Option<Courier>) -> Option<Vec<String>> {
 #[test]
 fn every_way_a_request_ends_is_logged_as_envoy_logs_it() {
     let got = run(&|b| Some(Courier::start(b))).expect("courier starts");
-    assert_eq!(got.len(), REQUESTS.len(), "{got:#?}");
+    assert_eq!(got.len(), 2 * REQUESTS.len(), "{got:#?}");
     if let Some(envoy) =
         run(&|b| Courier::start_envoy_with(b, &["--file-flush-interval-msec", "20"]))
     {

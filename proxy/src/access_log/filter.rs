@@ -1,11 +1,16 @@
 //! Access-log filters (`access_log[].filter`): which requests an access log writes, as
-//! Envoy's `AccessLogFilter`s decide it — status code, duration, health checks, runtime
-//! sampling, a header, response flags, the log type, and `and`/`or` of those.
+//! Envoy's `AccessLogFilter`s decide it — status code, duration, health checks, tracing,
+//! runtime sampling, a header, response flags, gRPC status, the log type, and `and`/`or`
+//! of those.
 //!
-//! Refused by path: `grpc_status_filter` (the log entry does not see the response's
-//! trailers, where gRPC statuses usually are), `metadata_filter`, `extension_filter`.
-//! `traceable_filter` matches no request: Courier does not trace yet, as an Envoy
-//! connection manager without tracing.
+//! `traceable_filter` passes what Envoy's passes: a request the connection manager traces
+//! because `x-envoy-force-trace` (or a request id marked so) asked it to, not a sampled
+//! one, and never a health check. `grpc_status_filter` takes the status from the
+//! response's trailers, else its headers, else the HTTP status (`200` is `UNKNOWN`), as
+//! Envoy does for any response, gRPC or not.
+//!
+//! Refused by path: `metadata_filter` (Courier keeps no dynamic metadata) and
+//! `extension_filter`.
 
 use courier_proto::envoy::config::accesslog::v3::access_log_filter::FilterSpecifier;
 use courier_proto::envoy::config::accesslog::v3::comparison_filter::Op;
@@ -48,6 +53,9 @@ pub enum LogFilter {
     ResponseFlags(Vec<String>),
     /// `log_type_filter`: the entry's type is (or, under `exclude`, is not) one of these.
     LogType { types: Vec<i32>, exclude: bool },
+    /// `grpc_status_filter`: the request's gRPC status is (or, under `exclude`, is not)
+    /// one of these.
+    GrpcStatus { statuses: Vec<i64>, exclude: bool },
 }
 
 /// A `ComparisonFilter`: its operator and value (a runtime key may override it).
@@ -143,16 +151,28 @@ impl LogFilter {
                 types: f.types.clone(),
                 exclude: f.exclude,
             },
-            Some(FilterSpecifier::GrpcStatusFilter(_)) => {
-                return Err(ConfigError::unsupported(format!(
-                    "{path}.grpc_status_filter"
-                )))
+            Some(FilterSpecifier::GrpcStatusFilter(f)) => {
+                for (i, s) in f.statuses.iter().enumerate() {
+                    if !(0..=16).contains(s) {
+                        return Err(ConfigError::new(
+                            format!("{path}.grpc_status_filter.statuses[{i}]"),
+                            "value must be one of the defined enum values",
+                        ));
+                    }
+                }
+                LogFilter::GrpcStatus {
+                    statuses: f.statuses.iter().map(|&s| i64::from(s)).collect(),
+                    exclude: f.exclude,
+                }
             }
             Some(FilterSpecifier::ExtensionFilter(_)) => {
                 return Err(ConfigError::unsupported(format!("{path}.extension_filter")))
             }
             Some(FilterSpecifier::MetadataFilter(_)) => {
-                return Err(ConfigError::unsupported(format!("{path}.metadata_filter")))
+                return Err(ConfigError::new(
+                    format!("{path}.metadata_filter"),
+                    "not supported by Courier: it keeps no dynamic metadata",
+                ))
             }
             None => return Err(ConfigError::new(path, "filter_specifier is required")),
         })
@@ -166,7 +186,8 @@ impl LogFilter {
                 c.holds(u64::try_from(e.duration.as_millis()).unwrap_or(u64::MAX))
             }
             LogFilter::NotHealthCheck => !e.health_check,
-            LogFilter::Traceable => false,
+            // Envoy's: traced, for `ServiceForced` (never a health check).
+            LogFilter::Traceable => e.service_forced && !e.health_check,
             LogFilter::Runtime {
                 key,
                 default,
@@ -214,6 +235,12 @@ impl LogFilter {
             }
             LogFilter::LogType { types, exclude } => {
                 types.contains(&(e.log_type as i32)) != *exclude
+            }
+            LogFilter::GrpcStatus { statuses, exclude } => {
+                // Statuses above 16 are invalid here (Envoy's `allow_user_defined` false);
+                // none at all is `UNKNOWN`.
+                let status = super::format::grpc_status(e, false).unwrap_or(2);
+                statuses.contains(&status) != *exclude
             }
         }
     }

@@ -611,8 +611,11 @@ fn http_entry(
         };
         header_bytes(r) + status + date - local_empty_length(e)
     });
+    let mut common_properties = common(e, request_id.to_string());
+    // The router's attempts (none for a request it never saw).
+    common_properties.upstream_request_attempt_count = e.attempts.unwrap_or(0);
     HttpAccessLogEntry {
-        common_properties: Some(common(e, request_id.to_string())),
+        common_properties: Some(common_properties),
         protocol_version: match e.protocol {
             "HTTP/1.0" => HttpVersion::Http10,
             "HTTP/1.1" => HttpVersion::Http11,

@@ -40,6 +40,9 @@ mod format;
 pub mod grpc;
 pub mod grpc_export;
 pub mod open_telemetry;
+mod time_format;
+
+pub(crate) use format::http_to_grpc_status;
 
 /// Envoy's default access log format.
 pub const DEFAULT_FORMAT: &str = "[%START_TIME%] \"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%\" %RESPONSE_CODE% %RESPONSE_FLAGS% %BYTES_RECEIVED% %BYTES_SENT% %DURATION% %RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% \"%REQ(X-FORWARDED-FOR)%\" \"%REQ(USER-AGENT)%\" \"%REQ(X-REQUEST-ID)%\" \"%REQ(:AUTHORITY)%\" \"%UPSTREAM_HOST%\"\n";
@@ -105,6 +108,39 @@ pub struct LogEntry<'a> {
     /// The request's `x-request-id` as the connection manager settled it (generated or
     /// kept), when there is one.
     pub request_id: Option<&'a str>,
+    /// The response's trailers, when it had some.
+    pub trailers: Option<&'a HeaderMap>,
+    /// The address of the upstream connection the request went on.
+    pub upstream_remote: Option<SocketAddr>,
+    /// The upstream host's name (an endpoint's `hostname`, a DNS cluster's name), when it
+    /// has one.
+    pub upstream_hostname: Option<&'a str>,
+    /// The attempts the router made (`None`: the request never reached it).
+    pub attempts: Option<u32>,
+    /// The downstream connection's id.
+    pub connection_id: Option<u64>,
+    /// When the request's steps happened, from its start.
+    pub timing: Timing,
+    /// The virtual cluster the request matched (not the catch-all), when its virtual
+    /// host has some.
+    pub virtual_cluster: Option<&'a str>,
+    /// The request was traced by `x-envoy-force-trace` (what Envoy's `traceable_filter`
+    /// passes).
+    pub service_forced: bool,
+}
+
+/// When an HTTP request's steps happened, each from its start (Envoy's downstream and
+/// upstream timing); `None` for a step it never reached.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Timing {
+    /// The request's last byte arrived.
+    pub request_rx: Option<Duration>,
+    /// The request's last byte went upstream.
+    pub upstream_tx: Option<Duration>,
+    /// The response's first byte came from upstream.
+    pub upstream_rx: Option<Duration>,
+    /// The response's last byte went downstream.
+    pub downstream_tx: Option<Duration>,
 }
 
 impl<'a> LogEntry<'a> {
@@ -140,8 +176,23 @@ impl<'a> LogEntry<'a> {
             transport_failure: None,
             trace: None,
             request_id: None,
+            trailers: None,
+            upstream_remote: None,
+            upstream_hostname: None,
+            attempts: None,
+            connection_id: None,
+            timing: Timing::default(),
+            virtual_cluster: None,
+            service_forced: false,
         }
     }
+}
+
+/// A new downstream connection's id (`%CONNECTION_ID%`), unique in the process; taken
+/// only for connections something logs.
+pub fn next_connection_id() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 /// A compiled access log.
@@ -209,22 +260,52 @@ fn writer(path: &str) -> Sender<String> {
 
 /// A `log_format` (paths relative to it). `content_type` and `json_format_options` change
 /// nothing in an access log (Envoy reads the first for local replies only, and prints JSON
-/// keys sorted either way); `formatters` extensions are refused.
+/// keys sorted either way); of the `formatters` extensions, `envoy.formatter.req_without_query`
+/// is served and the others are refused.
 fn format_from(f: &SubstitutionFormatString) -> Result<LogFormat, ConfigError> {
-    if !f.formatters.is_empty() {
-        return Err(ConfigError::unsupported("formatters"));
-    }
+    let ext = formatters(&f.formatters)?;
     let omit = f.omit_empty_values;
     match &f.format {
-        None => LogFormat::text(DEFAULT_FORMAT, omit),
-        Some(Format::TextFormat(s)) => LogFormat::text(s, omit).map_err(|e| e.at("text_format")),
+        None => LogFormat::text_with(DEFAULT_FORMAT, omit, ext),
+        Some(Format::TextFormat(s)) => {
+            LogFormat::text_with(s, omit, ext).map_err(|e| e.at("text_format"))
+        }
         Some(Format::TextFormatSource(ds)) => {
             let b = crate::http::route::data_source(ds, "text_format_source")?;
-            LogFormat::text(&String::from_utf8_lossy(&b), omit)
+            LogFormat::text_with(&String::from_utf8_lossy(&b), omit, ext)
                 .map_err(|e| e.at("text_format_source"))
         }
-        Some(Format::JsonFormat(j)) => LogFormat::json(j, omit, "json_format"),
+        Some(Format::JsonFormat(j)) => LogFormat::json(j, omit, "json_format", ext),
     }
+}
+
+/// The command operators a `log_format`'s `formatters` add: Envoy's
+/// `envoy.formatter.req_without_query`; any other extension is refused by its path.
+fn formatters(
+    list: &[courier_proto::envoy::config::core::v3::TypedExtensionConfig],
+) -> Result<format::Extensions, ConfigError> {
+    const REQ_WITHOUT_QUERY: &str =
+        "type.googleapis.com/envoy.extensions.formatter.req_without_query.v3.ReqWithoutQuery";
+    let mut ext = format::Extensions::default();
+    for (i, f) in list.iter().enumerate() {
+        match f.typed_config.as_ref().map(|a| a.type_url.as_str()) {
+            Some(REQ_WITHOUT_QUERY) => ext.req_without_query = true,
+            _ => {
+                return Err(ConfigError::new(
+                    format!("formatters[{i}]"),
+                    format!(
+                        "formatter extension {} is not supported by Courier",
+                        if f.name.is_empty() {
+                            "(unnamed)"
+                        } else {
+                            &f.name
+                        }
+                    ),
+                ))
+            }
+        }
+    }
+    Ok(ext)
 }
 
 /// Envoy's default format.
@@ -295,11 +376,14 @@ fn file_logger(any: &Any) -> Result<Sink, ConfigError> {
         }
         // The deprecated forms of `log_format.json_format`.
         Some(file_access_log::AccessLogFormat::JsonFormat(j)) => {
-            LogFormat::json(j, false, "typed_config.json_format")?
+            LogFormat::json(j, false, "typed_config.json_format", Default::default())?
         }
-        Some(file_access_log::AccessLogFormat::TypedJsonFormat(j)) => {
-            LogFormat::json(j, false, "typed_config.typed_json_format")?
-        }
+        Some(file_access_log::AccessLogFormat::TypedJsonFormat(j)) => LogFormat::json(
+            j,
+            false,
+            "typed_config.typed_json_format",
+            Default::default(),
+        )?,
     };
     Ok(Sink::Line {
         format: fmt,

@@ -112,6 +112,7 @@ fn log_unmatched(
         requested_server_name: facts.server_name.as_deref(),
         flags: "NR",
         details: "filter_chain_not_found",
+        connection_id: Some(crate::access_log::next_connection_id()),
         ..crate::access_log::LogEntry::connection(&no_headers)
     };
     for l in logs.iter() {

@@ -481,6 +481,20 @@ pub struct SpanIds {
     pub trace: u128,
     /// The span's id, when the tracer gives it out (Envoy's Zipkin spans do not).
     pub span: Option<u64>,
+    /// How `%TRACE_ID%` writes the trace (each tracer's as Envoy's).
+    pub text: TraceIdText,
+}
+
+/// How Envoy's `%TRACE_ID%` writes a tracer's trace id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TraceIdText {
+    /// 32 hex digits (OpenTelemetry, a 128-bit Zipkin trace).
+    Hex128,
+    /// 16 hex digits of the low half (a 64-bit Zipkin trace).
+    Hex64,
+    /// The span's own id in hex, unpadded: what Envoy's Datadog spans give out as their
+    /// trace id.
+    SpanId,
 }
 
 /// A request's span, from its start to its end.

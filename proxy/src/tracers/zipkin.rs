@@ -408,6 +408,11 @@ impl Span {
         crate::tracers::SpanIds {
             trace: (u128::from(self.trace_high.unwrap_or(0)) << 64) | u128::from(self.trace_id),
             span: None,
+            text: if self.trace_high.is_some() {
+                crate::tracers::TraceIdText::Hex128
+            } else {
+                crate::tracers::TraceIdText::Hex64
+            },
         }
     }
 

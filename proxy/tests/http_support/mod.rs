@@ -584,7 +584,12 @@ impl Courier {
     }
 
     pub fn start_with(bootstrap: &str, args: &[&str]) -> Courier {
-        Courier::launch(env!("CARGO_BIN_EXE_courier"), bootstrap, args)
+        Courier::launch(env!("CARGO_BIN_EXE_courier"), bootstrap, args, &[])
+    }
+
+    /// [`Courier::start_with`], the process having the environment variables `env` too.
+    pub fn start_with_env(bootstrap: &str, args: &[&str], env: &[(&str, &str)]) -> Courier {
+        Courier::launch(env!("CARGO_BIN_EXE_courier"), bootstrap, args, env)
     }
 
     /// Starts a real Envoy (`envoy` on PATH) on the same bootstrap, if there is one.
@@ -594,6 +599,16 @@ impl Courier {
 
     /// [`Courier::start_envoy`] with more command-line arguments.
     pub fn start_envoy_with(bootstrap: &str, args: &[&str]) -> Option<Courier> {
+        Courier::start_envoy_with_env(bootstrap, args, &[])
+    }
+
+    /// [`Courier::start_envoy_with`], the process having the environment variables `env`
+    /// too.
+    pub fn start_envoy_with_env(
+        bootstrap: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Option<Courier> {
         let ok = Command::new("envoy")
             .arg("--version")
             .stdout(Stdio::null())
@@ -603,21 +618,21 @@ impl Courier {
         ok.then(|| {
             let mut all = vec!["--use-dynamic-base-id", "-l", "error"];
             all.extend_from_slice(args);
-            Courier::launch("envoy", bootstrap, &all)
+            Courier::launch("envoy", bootstrap, &all, env)
         })
     }
 
     /// Starts another binary (a wrapper script, say) taking courier's arguments.
     pub fn launch_binary(binary: &str, bootstrap: &str, args: &[&str]) -> Courier {
-        Courier::launch(binary, bootstrap, args)
+        Courier::launch(binary, bootstrap, args, &[])
     }
 
     /// Starts `binary` on `bootstrap`. A start whose listener port was taken meanwhile (a
     /// free port is only free until someone binds it: tests run in parallel) is retried
     /// on another port.
-    fn launch(binary: &str, bootstrap: &str, args: &[&str]) -> Courier {
+    fn launch(binary: &str, bootstrap: &str, args: &[&str], env: &[(&str, &str)]) -> Courier {
         for _ in 0..3 {
-            if let Some(started) = Courier::try_launch(binary, bootstrap, args) {
+            if let Some(started) = Courier::try_launch(binary, bootstrap, args, env) {
                 return started;
             }
         }
@@ -625,7 +640,12 @@ impl Courier {
     }
 
     /// One start; `None` when the process exited before it was ready.
-    fn try_launch(binary: &str, bootstrap: &str, args: &[&str]) -> Option<Courier> {
+    fn try_launch(
+        binary: &str,
+        bootstrap: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Option<Courier> {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
         let text = bootstrap.replace("LISTENER_PORT", &port.to_string());
@@ -640,6 +660,7 @@ impl Courier {
             .arg("--admin-address-path")
             .arg(&admin_path)
             .args(args)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()

@@ -47,6 +47,8 @@ pub trait ActivityWatch {
     /// Ready with the error message once the stream has been idle too long (or outlived
     /// its route timeout); registers `cx` to be woken then.
     fn poll_expired(&self, cx: &mut Context<'_>) -> Poll<&'static str>;
+    /// The response's trailers went through (for the access logs).
+    fn trailers(&self, _trailers: &http::HeaderMap) {}
 }
 
 /// A request or response body, with completion hooks.
@@ -233,7 +235,14 @@ impl Body for ProxyBody {
         };
         if let Some(w) = &mut this.idle {
             match &r {
-                Poll::Ready(Some(Ok(_))) => w.stream.touch(),
+                Poll::Ready(Some(Ok(frame))) => {
+                    w.stream.touch();
+                    if w.enforce {
+                        if let Some(t) = frame.trailers_ref() {
+                            w.stream.trailers(t);
+                        }
+                    }
+                }
                 Poll::Pending if w.enforce => {
                     if let Poll::Ready(message) = w.stream.poll_expired(cx) {
                         this.finish(false);

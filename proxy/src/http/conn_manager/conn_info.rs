@@ -68,6 +68,8 @@ pub struct ConnInfo {
     pub listener_log: Option<ListenerLog>,
     /// What its TLS handshake settled, once it has.
     pub tls: std::cell::OnceCell<Box<crate::transport_socket::tls::TlsConnectionInfo>>,
+    /// The connection's id (`%CONNECTION_ID%`; 0 when nothing logs it).
+    pub id: u64,
 }
 
 impl ConnInfo {
@@ -122,6 +124,7 @@ impl Drop for ConnInfo {
                 requested_server_name: self.requested_server_name.as_deref(),
                 local: Some(self.local),
                 direct_remote: self.direct_remote,
+                connection_id: Some(self.id),
                 ..crate::access_log::LogEntry::connection(&no_headers)
             };
             for log in l.logs.iter() {

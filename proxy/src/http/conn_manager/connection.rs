@@ -182,7 +182,13 @@ impl HttpConnection {
         listener_stats.downstream_cx_active.inc(worker);
         config.stats.downstream_cx_total.inc(worker);
         config.stats.downstream_cx_active.inc(worker);
+        let logged = !config.access_logs.is_empty() || listener_log.is_some();
         let info = Rc::new(ConnInfo {
+            id: if logged {
+                crate::access_log::next_connection_id()
+            } else {
+                0
+            },
             permit,
             rate_limit_buckets: Default::default(),
             draining: Default::default(),

@@ -64,14 +64,8 @@ pub(crate) fn set_grpc_status(resp: &mut Response<ProxyBody>, status: u32) {
 /// `content-type: application/grpc`, the HTTP status mapped to a `grpc-status` (gRPC's
 /// table), the body as a percent-encoded `grpc-message`, and no body.
 pub(crate) fn grpc_local_reply(resp: &mut Response<ProxyBody>, grpc_status: Option<u32>) {
-    let grpc_status = grpc_status.unwrap_or(match resp.status().as_u16() {
-        400 => 13,
-        401 => 16,
-        403 => 7,
-        404 => 12,
-        429 | 502 | 503 | 504 => 14,
-        _ => 2,
-    });
+    let grpc_status = grpc_status
+        .unwrap_or_else(|| crate::access_log::http_to_grpc_status(resp.status().as_u16()));
     let message = resp.body().bytes().unwrap_or_default();
     *resp.status_mut() = StatusCode::OK;
     *resp.body_mut() = ProxyBody::empty();

@@ -130,6 +130,7 @@ pub async fn serve(
         req.body().is_end_stream(),
         cfg.stats.downstream_rq_idle_timeout.clone(),
         worker,
+        log.is_some(),
     ));
     let mut req = req;
     if !req.body().is_end_stream() {
@@ -189,8 +190,12 @@ pub async fn serve(
         outcome,
     };
     let mut body = body;
-    body.on_end(Box::new(move |_ok: bool, bytes_sent: u64| {
-        done.done(bytes_sent)
+    if let Some(l) = idle.log() {
+        // A response complete with its head is never polled: it ends when it is sent.
+        l.response_whole.set(body.is_end_stream());
+    }
+    body.on_end(Box::new(move |ok: bool, bytes_sent: u64| {
+        done.done(ok, bytes_sent)
     }));
     if !body.is_end_stream() {
         body.enforce_idle_timeout(idle);
@@ -337,8 +342,9 @@ struct Completion {
 }
 
 impl Completion {
+    /// The response ended (`ok`: whole, else cut off), `bytes_sent` long.
     #[inline(always)]
-    fn done(mut self, bytes_sent: u64) {
+    fn done(mut self, ok: bool, bytes_sent: u64) {
         let span = self.outcome.span.take();
         let span_ids = span.as_ref().and_then(|s| s.0.ids());
         let cfg = &self.conn.config;
@@ -364,6 +370,20 @@ impl Completion {
             let logged = self.outcome.log.as_deref();
             // A timeout that cut the response body off after its head.
             let expired = self.timers.as_ref().and_then(|t| t.expired());
+            let stream_log = self.timers.as_ref().and_then(|t| t.log());
+            let trailers = stream_log.and_then(|l| l.trailers.borrow_mut().take());
+            let since = |at: Instant| at.saturating_duration_since(self.start);
+            let request_end = stream_log.and_then(|l| l.request_end.get());
+            let connected = logged.and_then(|l| l.connected);
+            let timing = crate::access_log::Timing {
+                request_rx: request_end.map(since),
+                // The request goes upstream as it arrives: its last byte went once it had
+                // arrived and the connection was there.
+                upstream_tx: connected.map(|c| since(request_end.map_or(c.at, |r| r.max(c.at)))),
+                upstream_rx: logged.and_then(|l| l.upstream_rx).map(since),
+                downstream_tx: (ok || stream_log.is_some_and(|l| l.response_whole.get()))
+                    .then(|| self.start.elapsed()),
+            };
             let entry = LogEntry {
                 start: self.start_wall,
                 method: &log.method,
@@ -402,13 +422,21 @@ impl Completion {
                 log_type: AccessLogType::DownstreamEnd,
                 local: Some(self.conn.local),
                 direct_remote: self.conn.direct_remote,
-                upstream_local: logged.and_then(|l| l.upstream_local),
+                upstream_local: connected.and_then(|c| c.local),
                 details: expired.map_or(self.outcome.details(), |e| e.details()),
                 transport_failure: logged.and_then(|l| l.transport_failure.as_deref()),
                 trace: span_ids,
                 request_id: logged
                     .and_then(|l| l.request_id.as_ref())
                     .and_then(|v| v.to_str().ok()),
+                trailers: trailers.as_ref(),
+                upstream_remote: connected.map(|c| c.remote),
+                upstream_hostname: logged.and_then(|l| l.upstream_hostname.as_deref()),
+                attempts: logged.and_then(|l| l.attempts),
+                connection_id: Some(self.conn.id),
+                timing,
+                virtual_cluster: logged.and_then(|l| l.virtual_cluster.as_deref()),
+                service_forced: logged.is_some_and(|l| l.service_forced),
             };
             for l in &cfg.access_logs {
                 l.log(&entry, self.conn.worker);
@@ -517,7 +545,7 @@ pub(crate) async fn process(
             vh.find_route(&path, req.headers(), &pseudo, fastrand::u64(..))?,
         ))
     });
-    if let Some((_, route)) = routed {
+    if let Some((vh, route)) = routed {
         if !conn.config.access_logs.is_empty() {
             outcome.route_name = route.name.clone();
             // Envoy knows the route's cluster from here on: a filter's answer is logged
@@ -531,6 +559,12 @@ pub(crate) async fn process(
                 outcome.upstream_cluster = name
                     .and_then(|n| ThreadLocalClusterManager::with(|tlcm| tlcm.get(n)))
                     .map(|c| c.name.clone());
+                // As Envoy, the virtual cluster is known with the route (a route to a
+                // cluster only).
+                if let Some(l) = outcome.log.as_mut() {
+                    let pseudo = Pseudo::request(&method, &path, &authority, scheme);
+                    l.virtual_cluster = vh.virtual_cluster_name(req.headers(), &pseudo).cloned();
+                }
             }
         }
     }
@@ -928,6 +962,9 @@ fn trace_request(
     outcome: &mut Outcome,
 ) {
     let reason = tracing.decide(req.headers_mut(), conn.worker);
+    if let Some(l) = outcome.log.as_mut() {
+        l.service_forced = reason == crate::tracers::Reason::ServiceForced;
+    }
     let method = req.method().clone();
     let start = crate::tracers::SpanStart {
         scheme,
@@ -1299,6 +1336,12 @@ fn log_request_start(conn: &ConnInfo, req: &Request<ProxyBody>, outcome: &Outcom
             .headers()
             .get(&X_REQUEST_ID)
             .and_then(|v| v.to_str().ok()),
+        connection_id: Some(conn.id),
+        virtual_cluster: outcome
+            .log
+            .as_ref()
+            .and_then(|l| l.virtual_cluster.as_deref()),
+        ..LogEntry::connection(req.headers())
     };
     for l in &conn.config.access_logs {
         l.log(&entry, conn.worker);
@@ -1674,6 +1717,8 @@ impl ConnInfo {
             transport_failure: None,
             trace: None,
             request_id: None,
+            connection_id: Some(self.id),
+            ..LogEntry::connection(&no_headers)
         };
         for l in &cfg.access_logs {
             l.log(&entry, w);

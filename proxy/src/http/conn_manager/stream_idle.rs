@@ -45,6 +45,20 @@ pub struct StreamIdle {
     /// The idle timer's registration for `reduce_timeouts`' scale changes (only while the
     /// action scales stream idle timers).
     scale_watch: RefCell<Option<ScaleWatch>>,
+    /// What the access logs learn of the stream (made only when there are some).
+    log: Option<Box<StreamLog>>,
+}
+
+/// What a stream's bodies tell its access logs: when the request's last byte arrived and
+/// the response's trailers.
+#[derive(Default)]
+pub struct StreamLog {
+    /// When the request's last byte arrived.
+    pub request_end: Cell<Option<Instant>>,
+    /// The response's trailers, if it had some.
+    pub trailers: RefCell<Option<http::HeaderMap>>,
+    /// The response was complete with its head (its body is never polled).
+    pub response_whole: Cell<bool>,
 }
 
 /// Which of a stream's timeouts ran out.
@@ -90,12 +104,14 @@ impl Expiry {
 }
 
 impl StreamIdle {
-    /// A stream starting now, idle for at most `timeout` (`None`: never times out).
+    /// A stream starting now, idle for at most `timeout` (`None`: never times out);
+    /// `logged`: it keeps what the access logs read of it ([`StreamLog`]).
     pub fn new(
         timeout: Option<Duration>,
         request_complete: bool,
         counter: Arc<Counter>,
         worker: usize,
+        logged: bool,
     ) -> StreamIdle {
         StreamIdle {
             timeout: Cell::new(timeout),
@@ -108,7 +124,19 @@ impl StreamIdle {
             response_deadline: RefCell::new(None),
             expired: Cell::new(None),
             scale_watch: RefCell::new(None),
+            // The request's end is reached already when it came whole.
+            log: logged.then(|| {
+                Box::new(StreamLog {
+                    request_end: Cell::new(request_complete.then(Instant::now)),
+                    ..StreamLog::default()
+                })
+            }),
         }
+    }
+
+    /// What the access logs learnt of the stream, when they are kept.
+    pub fn log(&self) -> Option<&StreamLog> {
+        self.log.as_deref()
     }
 
     /// The response has started with the route timeout (or a stream duration, `expiry`)
@@ -135,6 +163,11 @@ impl StreamIdle {
     pub fn request_ended(&self, bytes: u64) {
         self.request_complete.set(true);
         self.request_bytes.set(bytes);
+        if let Some(l) = &self.log {
+            if l.request_end.get().is_none() {
+                l.request_end.set(Some(Instant::now()));
+            }
+        }
     }
 
     /// The request body's length, once it has ended (else 0).
@@ -265,5 +298,11 @@ impl crate::http::codec::body::ActivityWatch for StreamIdle {
 
     fn poll_expired(&self, cx: &mut Context<'_>) -> Poll<&'static str> {
         StreamIdle::poll_expired(self, cx).map(Expiry::message)
+    }
+
+    fn trailers(&self, trailers: &http::HeaderMap) {
+        if let Some(l) = &self.log {
+            *l.trailers.borrow_mut() = Some(trailers.clone());
+        }
     }
 }

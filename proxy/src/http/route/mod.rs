@@ -99,6 +99,7 @@ pub struct VirtualHost {
 /// A virtual cluster: requests matching all its header matchers are counted under its
 /// name (`vhost.<virtual host>.vcluster.<name>.`).
 struct VirtualCluster {
+    name: Arc<str>,
     headers: Vec<HeaderMatcher>,
     stats: RequestStats,
 }
@@ -1362,6 +1363,19 @@ impl VirtualHost {
         )
     }
 
+    /// The name of the virtual cluster a request belongs to (the first whose header
+    /// matchers all match); `None` for the catch-all, as Envoy names none for it.
+    pub fn virtual_cluster_name(
+        &self,
+        headers: &HeaderMap,
+        pseudo: &Pseudo<'_>,
+    ) -> Option<&Arc<str>> {
+        self.virtual_clusters
+            .iter()
+            .find(|vc| vc.headers.iter().all(|h| h.matches(headers, pseudo)))
+            .map(|vc| &vc.name)
+    }
+
     /// The first matching route (`random`: the request's random value, see
     /// [`RouteTable::route`]).
     pub fn find_route(
@@ -1692,6 +1706,7 @@ fn compile_virtual_clusters(
             ));
         }
         virtual_clusters.push(VirtualCluster {
+            name: vc.name.as_str().into(),
             headers: vc
                 .headers
                 .iter()

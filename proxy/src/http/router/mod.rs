@@ -464,8 +464,8 @@ pub(crate) async fn forward(
     // The hosts tried so far, for a `previous_hosts` retry predicate.
     let mut tried: Vec<std::net::SocketAddr> = Vec::new();
     let mut last_error: Option<AttemptError> = None;
-    // The local address of the last attempt's connection, for the access log.
-    let upstream_local = std::cell::Cell::new(None);
+    // The last attempt's connection, for the access log.
+    let connected = std::cell::Cell::new(None);
     // A retriable failure met with no retries left (`URX`, next to the failure's flag).
     let mut retry_limit_exceeded = false;
     let mut last_response: Option<Response<ProxyBody>> = None;
@@ -476,6 +476,9 @@ pub(crate) async fn forward(
             // Not made: `attempt` counts the attempts sent.
             attempt -= 1;
             break;
+        }
+        if let Some(l) = outcome.log.as_mut() {
+            l.attempts = Some(attempt);
         }
         // The retry policy's host predicates, on retries only, as Envoy consults them.
         let avoiding = retry
@@ -501,6 +504,9 @@ pub(crate) async fn forward(
             cluster.stats.lb_healthy_panic.inc(worker);
         }
         outcome.upstream_host = Some(host.address);
+        if let Some(l) = outcome.log.as_mut() {
+            l.upstream_hostname = host.hostname.clone();
+        }
         // max_requests, once the request has its host (Envoy's pool checks it there).
         if request_slot.is_none() {
             if pool.breakers.requests.get() >= cluster.thresholds.max_requests {
@@ -701,7 +707,7 @@ pub(crate) async fn forward(
                         up_req,
                         upstream_request::AttemptAddrs {
                             downstream: Some((conn.remote, conn.local)),
-                            upstream_local: outcome.log.is_some().then_some(&upstream_local),
+                            connected: outcome.log.is_some().then_some(&connected),
                         },
                     ),
                 )
@@ -710,7 +716,10 @@ pub(crate) async fn forward(
         };
         drop(active);
         if let Some(l) = outcome.log.as_mut() {
-            l.upstream_local = upstream_local.get();
+            l.connected = connected.get();
+            if matches!(result, Some(Ok(_))) {
+                l.upstream_rx = Some(Instant::now());
+            }
         }
         if let Some(detector) = &cluster.outlier {
             report_outlier(detector, &host, &result);
@@ -913,10 +922,12 @@ pub(crate) async fn forward(
                         "UF",
                         "upstream_reset_before_response_started{remote_connection_failure}",
                     );
+                    // Envoy's, with each whitespace as `_` (it writes them so).
                     outcome.set_details_owned(|| {
                         format!(
                             "upstream_reset_before_response_started{{remote_connection_failure|{r}}}"
                         )
+                        .replace(|c: char| c.is_ascii_whitespace(), "_")
                     });
                 }
                 None => outcome.ended(
@@ -1193,6 +1204,7 @@ pub(crate) async fn send_upgrade(
             true,
             cfg.stats.downstream_rq_idle_timeout.clone(),
             worker,
+            false,
         );
         if let Some(t) = limits.idle_timeout {
             idle.set_route_timeout(t);
@@ -1299,8 +1311,18 @@ pub(crate) struct OutcomeLog {
     /// Why the last upstream connection attempt failed (Envoy's transport failure
     /// reason).
     pub(crate) transport_failure: Option<Box<str>>,
-    /// The local address of the upstream connection the request went on.
-    pub(crate) upstream_local: Option<SocketAddr>,
+    /// The upstream connection the request went on (its last attempt's).
+    pub(crate) connected: Option<upstream_request::Connected>,
+    /// When the response's head came from upstream (its last attempt's).
+    pub(crate) upstream_rx: Option<Instant>,
+    /// The attempts the router made.
+    pub(crate) attempts: Option<u32>,
+    /// The upstream host's name, when it has one.
+    pub(crate) upstream_hostname: Option<std::sync::Arc<str>>,
+    /// The virtual cluster the request matched (not the catch-all).
+    pub(crate) virtual_cluster: Option<std::sync::Arc<str>>,
+    /// The request was traced for `x-envoy-force-trace` (Envoy's `ServiceForced`).
+    pub(crate) service_forced: bool,
     /// The path the route rewrote the request's to (`:path` in the access log, the
     /// original then being `x-envoy-original-path`, as Envoy logs them).
     pub(crate) rewritten_path: Option<Box<str>>,

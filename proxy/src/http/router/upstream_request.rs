@@ -34,8 +34,19 @@ pub(crate) struct AttemptAddrs<'a> {
     /// The (client, destination) addresses of the request's connection, which an
     /// `upstream_proxy_protocol` cluster's connections are kept per.
     pub downstream: Option<(std::net::SocketAddr, std::net::SocketAddr)>,
-    /// Learns the upstream connection's local address (for the access log).
-    pub upstream_local: Option<&'a std::cell::Cell<Option<std::net::SocketAddr>>>,
+    /// Learns the upstream connection the request went on (for the access log).
+    pub connected: Option<&'a std::cell::Cell<Option<Connected>>>,
+}
+
+/// The upstream connection an attempt went on, for the access log.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Connected {
+    /// Its local address.
+    pub local: Option<std::net::SocketAddr>,
+    /// Its peer's.
+    pub remote: std::net::SocketAddr,
+    /// When the request went on it.
+    pub at: std::time::Instant,
 }
 
 /// Sends one request on a connection of `pool` to `host` (a stale kept-alive one is
@@ -69,8 +80,12 @@ pub(crate) async fn send_once(
             Ok(s) => s,
             Err(e) => return Err(checkout_failure(cluster, e)),
         };
-        if let Some(l) = addrs.upstream_local {
-            l.set(sender.local_addr());
+        if let Some(c) = addrs.connected {
+            c.set(Some(Connected {
+                local: sender.local_addr(),
+                remote: host.address,
+                at: std::time::Instant::now(),
+            }));
         }
         // As Envoy, an attempt counts (`upstream_rq_total`) once it has a connection.
         if !counted {

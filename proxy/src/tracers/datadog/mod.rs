@@ -345,6 +345,7 @@ impl Span {
         crate::tracers::SpanIds {
             trace: (u128::from(self.trace_high) << 64) | u128::from(self.trace_low),
             span: Some(self.id),
+            text: crate::tracers::TraceIdText::SpanId,
         }
     }
 

@@ -386,6 +386,7 @@ impl Span {
         crate::tracers::SpanIds {
             trace: u128::from_be_bytes(self.trace_id),
             span: Some(u64::from_be_bytes(self.span_id)),
+            text: crate::tracers::TraceIdText::Hex128,
         }
     }
 }

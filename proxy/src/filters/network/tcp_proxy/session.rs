@@ -238,8 +238,12 @@ struct SessionLog {
     /// Why the last upstream connection attempt failed.
     transport_failure: Option<String>,
     upstream_local: Option<std::net::SocketAddr>,
+    /// The upstream connection's address, once connected.
+    upstream_remote: Option<std::net::SocketAddr>,
     local: Option<std::net::SocketAddr>,
     remote: Option<std::net::SocketAddr>,
+    /// The downstream connection's id.
+    connection_id: u64,
     /// The peer's own address, when a PROXY protocol header named another.
     direct_remote: Option<std::net::SocketAddr>,
     requested_server_name: Option<String>,
@@ -296,8 +300,10 @@ impl TcpProxySession {
                 flags: "-",
                 transport_failure: None,
                 upstream_local: None,
+                upstream_remote: None,
                 local: restored_local.or_else(|| stream.local_addr().ok()),
                 remote: restored_remote.or(peer),
+                connection_id: crate::access_log::next_connection_id(),
                 direct_remote: peer,
                 requested_server_name: requested_server_name.clone(),
                 local_uri_sans: tls
@@ -557,6 +563,9 @@ impl TcpProxySession {
             local: l.local,
             direct_remote: l.direct_remote,
             upstream_local: l.upstream_local,
+            upstream_remote: l.upstream_remote,
+            upstream_hostname: self.host.as_ref().and_then(|h| h.hostname.as_deref()),
+            connection_id: Some(l.connection_id),
             transport_failure: l.transport_failure.as_deref(),
             ..LogEntry::connection(&no_headers)
         };
@@ -802,6 +811,10 @@ impl EventHandler<WorkerLocal> for TcpProxySession {
                             .upstream
                             .as_ref()
                             .and_then(|u| u.stream.local_addr().ok());
+                        l.upstream_remote = self
+                            .upstream
+                            .as_ref()
+                            .and_then(|u| u.stream.peer_addr().ok());
                         l.transport_failure = None;
                     }
                     if self.config.log_on_connected {

@@ -1097,18 +1097,3 @@ fn choose_first_and_a_removed_accept_encoding_as_envoy() {
     assert_eq!(s("g.gzip.header_compressor_overshadowed"), Some(2));
     assert_eq!(s("g.gzip.response.compressed"), Some(3));
 }
-
-/// The decompressor filter is not built: refused at its place in the chain, as an HTTP
-/// filter Courier has no implementation of.
-#[test]
-fn the_decompressor_filter_is_refused() {
-    let a = Upstream::start("a");
-    let decompressor = "          - name: envoy.filters.http.decompressor\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.filters.http.decompressor.v3.Decompressor\n              decompressor_library: { name: g, typed_config: { \"@type\": type.googleapis.com/envoy.extensions.compression.gzip.decompressor.v3.Gzip } }\n";
-    let yaml = with_filters(&bootstrap(&all_to("a"), "", &clusters(&a)), decompressor);
-    let (code, stderr) = validate(&yaml);
-    assert_eq!(code, Some(1), "{stderr}");
-    assert!(
-        stderr.contains("http_filters[0]") && stderr.contains("envoy.filters.http.decompressor"),
-        "{stderr}"
-    );
-}

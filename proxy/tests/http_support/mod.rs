@@ -79,7 +79,7 @@ impl Seen {
     }
 }
 
-fn read_head(r: &mut BufReader<TcpStream>) -> Option<(String, Vec<(String, String)>)> {
+pub fn read_head(r: &mut BufReader<TcpStream>) -> Option<(String, Vec<(String, String)>)> {
     let mut line = String::new();
     if r.read_line(&mut line).ok()? == 0 {
         return None;
@@ -102,7 +102,7 @@ fn read_head(r: &mut BufReader<TcpStream>) -> Option<(String, Vec<(String, Strin
     Some((first, headers))
 }
 
-fn read_body(
+pub fn read_body(
     r: &mut BufReader<TcpStream>,
     headers: &[(String, String)],
     until_close: bool,

@@ -15,6 +15,7 @@
 
 pub mod compressor;
 pub mod cors;
+pub mod decompressor;
 pub mod fault;
 pub mod health_check;
 pub mod local_ratelimit;
@@ -54,6 +55,8 @@ pub enum HttpFilter {
     Compressor(Box<compressor::CompressorFilter>),
     /// `envoy.filters.http.on_demand` (on-demand CDS).
     OnDemand(on_demand::OnDemandFilter),
+    /// `envoy.filters.http.decompressor` (boxed: it is rare).
+    Decompressor(Box<decompressor::DecompressorFilter>),
 }
 
 impl HttpFilter {
@@ -67,6 +70,7 @@ impl HttpFilter {
             HttpFilter::Rbac(f) => &f.name,
             HttpFilter::Compressor(f) => &f.name,
             HttpFilter::OnDemand(f) => &f.name,
+            HttpFilter::Decompressor(f) => &f.name,
         }
     }
 }
@@ -164,6 +168,24 @@ pub static CHAIN: Registry<BuildFilter> = Registry {
                 };
                 Ok(HttpFilter::Compressor(Box::new(
                     compressor::CompressorFilter::compile(
+                        a.name,
+                        &unpack(any, a.path)?,
+                        a.path,
+                        a.stat_prefix,
+                        a.store,
+                    )?,
+                )))
+            },
+        },
+        Factory {
+            type_name: decompressor::FILTER_TYPE,
+            name: decompressor::FILTER_NAME,
+            build: |a| {
+                let Some(any) = a.config else {
+                    return Err(ConfigError::new(a.path, "value is required"));
+                };
+                Ok(HttpFilter::Decompressor(Box::new(
+                    decompressor::DecompressorFilter::compile(
                         a.name,
                         &unpack(any, a.path)?,
                         a.path,

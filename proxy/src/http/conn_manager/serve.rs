@@ -17,6 +17,7 @@ use hyper::body::Body as _;
 use crate::access_log::{AccessLogType, LogEntry};
 use crate::filters::http::compressor::{CompressorFilter, CompressorRequest, Negotiation};
 use crate::filters::http::cors::CorsRequest;
+use crate::filters::http::decompressor::DecompressorFilter;
 use crate::filters::http::fault::FaultPolicy;
 use crate::filters::http::fault::{AbortWith, FaultFilter};
 use crate::filters::http::health_check::{HealthCheckFilter, HealthCheckRequest};
@@ -603,6 +604,7 @@ pub(crate) async fn process(
         rate_limit: None,
         health_mark: None,
         compress: None,
+        decompress: Vec::new(),
         grpc: !conn.config.compressors.is_empty() && is_grpc(req.headers()),
     };
     let filter_reply = step!(run_filters(&s, &mut req, &mut marks, outcome).await);
@@ -709,6 +711,9 @@ struct FilterMarks<'a> {
     /// The last compressor filter the request passed (which holds the ones before it).
     /// Boxed, as it is rare: held across the request's awaits, it is copied with them.
     compress: Option<Box<CompressorRequest<'a>>>,
+    /// The decompressor filters the request passed, in chain order (empty, unallocated,
+    /// without them).
+    decompress: Vec<&'a DecompressorFilter>,
     /// A gRPC request, when the chain has a compressor (which sees a local reply to one in
     /// gRPC's form).
     grpc: bool,
@@ -724,6 +729,10 @@ impl FilterMarks<'_> {
             self.health_mark.take(),
             self.cors.take(),
         );
+        // Response passes run from the last filter in the chain to the first.
+        for f in self.decompress.iter().rev() {
+            f.on_response(resp, s.conn.worker);
+        }
         self.compress(s, resp);
     }
 
@@ -1200,6 +1209,10 @@ async fn run_filters<'a>(
             HttpFilter::Compressor(f) => {
                 let earlier = marks.compress.take();
                 marks.compress = Some(f.on_request(s.levels, req, worker, earlier));
+            }
+            HttpFilter::Decompressor(f) => {
+                f.on_request(req, worker);
+                marks.decompress.push(f);
             }
             HttpFilter::OnDemand(f) => {
                 let cluster = s.routed.and_then(|(_, route)| match &route.action {

@@ -268,3 +268,35 @@ fn descriptors_and_actions_match_envoy() {
         ]
     );
 }
+
+/// What Envoy 1.40 has but Courier does not compute is refused by its path.
+#[test]
+fn what_is_not_built_is_refused_by_path() {
+    let a = Upstream::start("a");
+    let base = boot(&a);
+    assert_refused_by_path(
+        &base,
+        &[
+            (
+                "{ key: client, value: bob }",
+                "{ key: client }",
+                "descriptors[1].entries[0].value",
+            ),
+            (
+                "{ masked_remote_address: { v4_prefix_mask_len: 8 } }",
+                "{ query_parameters: { query_parameter_name: q, descriptor_key: q } }",
+                "rate_limits[0].actions[0].query_parameters",
+            ),
+            (
+                "{ generic_key: { descriptor_value: stage0 } }",
+                "{ metadata: { descriptor_key: m, metadata_key: { key: k, path: [{ key: p }] } } }",
+                "rate_limits[1].actions[0].metadata",
+            ),
+            (
+                "- actions: [{ destination_cluster: {} }, { source_cluster: {} }]",
+                "- { hits_addend: { number: 2 }, actions: [{ destination_cluster: {} }] }",
+                "rate_limits[0].hits_addend",
+            ),
+        ],
+    );
+}

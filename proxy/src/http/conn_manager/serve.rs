@@ -22,7 +22,7 @@ use crate::filters::http::fault::FaultPolicy;
 use crate::filters::http::fault::{AbortWith, FaultFilter};
 use crate::filters::http::health_check::{HealthCheckFilter, HealthCheckRequest};
 use crate::filters::http::local_ratelimit::RateLimitPolicy;
-use crate::filters::http::local_ratelimit::{LocalRateLimitFilter, RateLimited};
+use crate::filters::http::local_ratelimit::{LocalRateLimitFilter, RateLimitView, RateLimited};
 use crate::filters::http::rbac::RbacRules;
 use crate::filters::http::rbac::{RbacFilter, RequestView, XffTrust};
 use crate::filters::http::HttpFilter;
@@ -1198,7 +1198,10 @@ async fn run_filters<'a>(
                     outcome.ended("RL", "local_rate_limited");
                     return ControlFlow::Continue(Some(r));
                 }
-                RateLimited::Pass(r) => marks.rate_limit = r,
+                RateLimited::Pass(None) => {}
+                RateLimited::Pass(Some(r)) => {
+                    marks.rate_limit = Some(r.after(marks.rate_limit.take()))
+                }
             },
             HttpFilter::Rbac(f) => {
                 if let Some((r, details)) = rbac(s, f, req.headers()) {
@@ -1274,10 +1277,20 @@ fn local_rate_limit(
 ) -> RateLimited {
     let route_policy = per_filter::policy_arc::<RateLimitPolicy>(s.levels, &f.name);
     let cx = s.format_context(None, None);
+    let view = RateLimitView {
+        route: s.routed.and_then(|(vh, route)| match &route.action {
+            Action::Route(action) => Some((vh, action)),
+            _ => None,
+        }),
+        pseudo: s.pseudo(),
+        remote: Some(s.conn.remote.ip()),
+        local_cluster: crate::server::local_info::service_cluster(),
+    };
     f.on_request(
         route_policy.as_ref(),
         &s.conn.rate_limit_buckets,
         headers,
+        &view,
         &cx,
         s.conn.worker,
     )

@@ -8,6 +8,7 @@
 
 pub mod hash_policy;
 pub mod per_filter;
+pub mod rate_limits;
 pub mod rds;
 pub mod shadow_policy;
 
@@ -34,6 +35,7 @@ use crate::layered_runtime::RuntimeFraction;
 use crate::protocol::header_mutations::HeaderMutations;
 use crate::stats::Store;
 use hash_policy::HashPolicies;
+use rate_limits::{Level, RateLimits};
 use shadow_policy::ShadowPolicy;
 
 /// A compiled route configuration.
@@ -89,6 +91,8 @@ pub struct VirtualHost {
     pub filters: FilterConfigs,
     /// `require_tls`.
     pub require_tls: TlsRequirement,
+    /// `rate_limits`: descriptors for the rate limit filters.
+    pub rate_limits: Option<Box<RateLimits>>,
     /// `virtual_clusters`, in order.
     virtual_clusters: Vec<VirtualCluster>,
     /// The stats of requests no virtual cluster matched (`vcluster.other`), when the
@@ -792,6 +796,10 @@ pub struct RouteAction {
     /// `request_mirror_policies` (else the virtual host's, else the route
     /// configuration's).
     pub shadows: Arc<[ShadowPolicy]>,
+    /// `rate_limits`: descriptors for the rate limit filters.
+    pub rate_limits: Option<Box<RateLimits>>,
+    /// `include_vh_rate_limits`: the virtual host's `rate_limits` apply too.
+    pub include_vh_rate_limits: bool,
 }
 
 /// A route's `max_stream_duration`.
@@ -1583,7 +1591,6 @@ fn check_virtual_host(vh: &pb::VirtualHost, vpath: &str) -> Result<(), ConfigErr
     }
     for (field, set) in [
         ("matcher", vh.matcher.is_some()),
-        ("rate_limits", !vh.rate_limits.is_empty()),
         ("hedge_policy", vh.hedge_policy.is_some()),
     ] {
         if set {
@@ -1679,6 +1686,11 @@ fn compile_virtual_host(
             table.filters,
         )?,
         require_tls: tls_requirement(vh, vpath)?,
+        rate_limits: RateLimits::compile(
+            &vh.rate_limits,
+            &format!("{vpath}.rate_limits"),
+            Level::Route,
+        )?,
     })
 }
 
@@ -2043,6 +2055,12 @@ fn compile_route_action(
         retry_policy,
         upgrades,
         cluster_not_found,
+        rate_limits: RateLimits::compile(
+            &a.rate_limits,
+            &format!("{path}.rate_limits"),
+            Level::Route,
+        )?,
+        include_vh_rate_limits: a.include_vh_rate_limits.as_ref().is_some_and(|b| b.value),
         shadows: if a.request_mirror_policies.is_empty() {
             inherited.shadows.clone()
         } else {
@@ -2060,7 +2078,6 @@ fn check_route_action(a: &pb::RouteAction, path: &str) -> Result<(), ConfigError
     for (field, set) in [
         ("metadata_match", a.metadata_match.is_some()),
         ("path_rewrite_policy", a.path_rewrite_policy.is_some()),
-        ("rate_limits", !a.rate_limits.is_empty()),
         ("hedge_policy", a.hedge_policy.is_some()),
         // Envoy's HIGH-priority pools and circuit breakers (Courier has the default ones).
         ("priority", a.priority != 0),

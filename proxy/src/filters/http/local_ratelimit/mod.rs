@@ -21,12 +21,26 @@
 //! - Counters `<stat_prefix>.http_local_rate_limit.enabled`, `ok`, `rate_limited`,
 //!   `enforced`.
 //!
-//! Refused as unsupported: `descriptors`, `rate_limits`, `local_cluster_rate_limit`, a
-//! `stage` or `vh_rate_limits` other than the default.
+//! - `descriptors` (measured, `tests/http_local_ratelimit_descriptors.rs`): only a policy
+//!   with descriptors computes the request's, from its own `rate_limits` if it has them,
+//!   else from the route's entries at its `stage` (those with a `disable_key` skipped)
+//!   and the virtual host's (`vh_rate_limits`: OVERRIDE, only when the route has none;
+//!   INCLUDE; IGNORE; the route's `include_vh_rate_limits` forces INCLUDE). A direct
+//!   response or redirect has none. Every request descriptor equal to a configured one
+//!   takes a token from its bucket, slowest refill first, until one is empty (refused,
+//!   that bucket reported); then the default bucket, when nothing matched or
+//!   `always_consume_default_token_bucket` (default true). `x-ratelimit-*` report the
+//!   deciding bucket: the refusing one, else the first matched, else the default.
+//!   Several rate limit filters each add their headers, the last filter's first.
+//!
+//! Refused as unsupported: `local_cluster_rate_limit`, and descriptor entries without a
+//! value (Envoy's wildcard descriptors, see `descriptors.rs`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
+
+mod descriptors;
 
 use courier_proto::envoy::extensions::filters::http::local_ratelimit::v3::LocalRateLimit;
 use http::header::HeaderName;
@@ -34,9 +48,12 @@ use http::{HeaderMap, StatusCode};
 
 use crate::config::{self, ConfigError};
 use crate::http::conn_manager::headers::decimal_value;
+use crate::http::route::rate_limits::{Descriptor, Level, RateLimits, RequestFacts};
+use crate::http::route::{ClusterSpec, RouteAction, VirtualHost};
 use crate::layered_runtime::RuntimeFraction;
 use crate::protocol::header_mutations::{FormatContext, HeaderMutations};
 use crate::stats::{Counter, Store};
+use descriptors::LocalDescriptor;
 
 /// The filter's config type, also the per-route policy's.
 pub const FILTER_TYPE: &str = "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit";
@@ -55,6 +72,70 @@ struct Bucket {
     max_tokens: f64,
     /// Tokens per second.
     rate: f64,
+}
+
+impl Bucket {
+    /// Compiles a `TokenBucket` at `at`; `what` names it in Envoy's message (`""` for the
+    /// filter's own, `"descriptor "` for a descriptor's).
+    fn compile(
+        tb: &courier_proto::envoy::r#type::v3::TokenBucket,
+        at: &str,
+        what: &str,
+    ) -> Result<Bucket, ConfigError> {
+        let interval = tb
+            .fill_interval
+            .as_ref()
+            .map(|d| config::duration(d, &format!("{at}.fill_interval")))
+            .transpose()?
+            .unwrap_or_default();
+        if interval < Duration::from_millis(50) {
+            return Err(ConfigError::new(
+                format!("{at}.fill_interval"),
+                format!("local rate limit {what}token bucket fill timer must be >= 50ms"),
+            ));
+        }
+        let per_fill = tb.tokens_per_fill.as_ref().map_or(1, |v| v.value);
+        if tb.max_tokens == 0 || per_fill == 0 {
+            return Err(ConfigError::new(
+                at,
+                "max_tokens and tokens_per_fill must be greater than 0",
+            ));
+        }
+        Ok(Bucket {
+            max_tokens: f64::from(tb.max_tokens),
+            rate: f64::from(per_fill) / interval.as_secs_f64(),
+        })
+    }
+}
+
+/// How a policy takes the route's virtual host's `rate_limits` (`vh_rate_limits`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum VhRateLimits {
+    /// `OVERRIDE`: only when the route has none.
+    Override,
+    /// `INCLUDE`: after the route's.
+    Include,
+    /// `IGNORE`.
+    Ignore,
+}
+
+/// A policy's buckets: the default one and each descriptor's, in the descriptors' order.
+/// Shared by every worker, or one per downstream connection.
+struct Limiter {
+    default: Option<Arc<Tokens>>,
+    descriptors: Box<[Arc<Tokens>]>,
+}
+
+impl Limiter {
+    fn new(bucket: Option<&Bucket>, descriptors: &[LocalDescriptor]) -> Limiter {
+        Limiter {
+            default: bucket.map(|b| Arc::new(Tokens::full(b))),
+            descriptors: descriptors
+                .iter()
+                .map(|d| Arc::new(Tokens::full(&d.bucket)))
+                .collect(),
+        }
+    }
 }
 
 /// A token bucket's state: the (virtual) time at which it held no token, in seconds since
@@ -128,8 +209,17 @@ impl Tokens {
 /// A compiled `LocalRateLimit`.
 pub struct RateLimitPolicy {
     bucket: Option<Bucket>,
-    /// The bucket every worker shares (unused per connection).
-    tokens: Option<Arc<Tokens>>,
+    /// `descriptors`, in order.
+    descriptors: Vec<LocalDescriptor>,
+    /// The buckets every worker shares (unused per connection).
+    limiter: Arc<Limiter>,
+    /// `rate_limits`: the filter's own actions, which replace the route's.
+    rate_limits: Option<Box<RateLimits>>,
+    /// `stage`: the route's `rate_limits` entries taken.
+    stage: u32,
+    vh_rate_limits: VhRateLimits,
+    /// `always_consume_default_token_bucket` (default true).
+    always_consume_default: bool,
     per_connection: bool,
     enabled: Option<RuntimeFraction>,
     enforced: Option<RuntimeFraction>,
@@ -152,19 +242,10 @@ impl RateLimitPolicy {
         per_route: bool,
         store: &Store,
     ) -> Result<RateLimitPolicy, ConfigError> {
-        for (field, set) in [
-            ("descriptors", !p.descriptors.is_empty()),
-            ("rate_limits", !p.rate_limits.is_empty()),
-            (
-                "local_cluster_rate_limit",
-                p.local_cluster_rate_limit.is_some(),
-            ),
-            ("stage", p.stage != 0),
-            ("vh_rate_limits", p.vh_rate_limits != 0),
-        ] {
-            if set {
-                return Err(ConfigError::unsupported(format!("{path}.{field}")));
-            }
+        if p.local_cluster_rate_limit.is_some() {
+            return Err(ConfigError::unsupported(format!(
+                "{path}.local_cluster_rate_limit"
+            )));
         }
         if p.stat_prefix.is_empty() {
             return Err(ConfigError::new(
@@ -180,32 +261,24 @@ impl RateLimitPolicy {
                 ))
             }
             None => None,
-            Some(tb) => {
-                let at = format!("{path}.token_bucket");
-                let interval = tb
-                    .fill_interval
-                    .as_ref()
-                    .map(|d| config::duration(d, &format!("{at}.fill_interval")))
-                    .transpose()?
-                    .unwrap_or_default();
-                if interval < Duration::from_millis(50) {
-                    return Err(ConfigError::new(
-                        format!("{at}.fill_interval"),
-                        "local rate limit token bucket fill timer must be >= 50ms",
-                    ));
-                }
-                let per_fill = tb.tokens_per_fill.as_ref().map_or(1, |v| v.value);
-                if tb.max_tokens == 0 || per_fill == 0 {
-                    return Err(ConfigError::new(
-                        at,
-                        "max_tokens and tokens_per_fill must be greater than 0",
-                    ));
-                }
-                Some(Bucket {
-                    max_tokens: f64::from(tb.max_tokens),
-                    rate: f64::from(per_fill) / interval.as_secs_f64(),
-                })
-            }
+            Some(tb) => Some(Bucket::compile(tb, &format!("{path}.token_bucket"), "")?),
+        };
+        let descriptors = descriptors::compile(&p.descriptors, &format!("{path}.descriptors"))?;
+        let rate_limits = RateLimits::compile(
+            &p.rate_limits,
+            &format!("{path}.rate_limits"),
+            Level::Filter,
+        )?;
+        if p.stage > 10 {
+            return Err(ConfigError::new(
+                format!("{path}.stage"),
+                "value must be less than or equal to 10",
+            ));
+        }
+        let vh_rate_limits = match p.vh_rate_limits {
+            1 => VhRateLimits::Include,
+            2 => VhRateLimits::Ignore,
+            _ => VhRateLimits::Override,
         };
         let status = match p.status.as_ref().map(|s| s.code) {
             None | Some(0) => StatusCode::TOO_MANY_REQUESTS,
@@ -226,9 +299,18 @@ impl RateLimitPolicy {
             }
         };
         let c = |s: &str| store.counter(&format!("{}.http_local_rate_limit.{s}", p.stat_prefix));
+        let limiter = Arc::new(Limiter::new(bucket.as_ref(), &descriptors));
         Ok(RateLimitPolicy {
-            tokens: bucket.as_ref().map(|b| Arc::new(Tokens::full(b))),
+            limiter,
             bucket,
+            descriptors,
+            rate_limits,
+            stage: p.stage,
+            vh_rate_limits,
+            always_consume_default: p
+                .always_consume_default_token_bucket
+                .as_ref()
+                .is_none_or(|b| b.value),
             per_connection: p.local_rate_limit_per_downstream_connection,
             enabled: p
                 .filter_enabled
@@ -266,17 +348,17 @@ impl RateLimitPolicy {
 
 /// A connection's own buckets (`local_rate_limit_per_downstream_connection`), by policy.
 #[derive(Default)]
-pub struct ConnectionBuckets(std::cell::RefCell<Vec<(Arc<RateLimitPolicy>, Arc<Tokens>)>>);
+pub struct ConnectionBuckets(std::cell::RefCell<Vec<(Arc<RateLimitPolicy>, Arc<Limiter>)>>);
 
 impl ConnectionBuckets {
-    fn tokens(&self, policy: &Arc<RateLimitPolicy>, bucket: &Bucket) -> Arc<Tokens> {
+    fn limiter(&self, policy: &Arc<RateLimitPolicy>) -> Arc<Limiter> {
         let mut all = self.0.borrow_mut();
-        if let Some((_, t)) = all.iter().find(|(p, _)| Arc::ptr_eq(p, policy)) {
-            return t.clone();
+        if let Some((_, l)) = all.iter().find(|(p, _)| Arc::ptr_eq(p, policy)) {
+            return l.clone();
         }
-        let t = Arc::new(Tokens::full(bucket));
-        all.push((policy.clone(), t.clone()));
-        t
+        let l = Arc::new(Limiter::new(policy.bucket.as_ref(), &policy.descriptors));
+        all.push((policy.clone(), l.clone()));
+        l
     }
 }
 
@@ -290,20 +372,43 @@ pub enum RateLimited {
 
 /// The bucket a response reports on (`x-ratelimit-*`), read when the response goes out.
 pub struct Remaining {
-    policy: Arc<RateLimitPolicy>,
+    bucket: Bucket,
     tokens: Arc<Tokens>,
+    /// An earlier rate limit filter's report: it adds its headers after this one's (the
+    /// response passes the filters in reverse).
+    earlier: Option<Box<Remaining>>,
 }
 
 impl Remaining {
     /// Adds `x-ratelimit-limit`, `-remaining` and `-reset`.
     pub fn apply(&self, headers: &mut HeaderMap) {
-        let Some(b) = self.policy.bucket.as_ref() else {
-            return;
-        };
+        let b = &self.bucket;
         headers.append(LIMIT.clone(), decimal_value(b.max_tokens as u64));
         headers.append(REMAINING.clone(), decimal_value(self.tokens.remaining(b)));
         headers.append(RESET.clone(), decimal_value(self.tokens.reset_secs(b)));
+        if let Some(e) = &self.earlier {
+            e.apply(headers);
+        }
     }
+
+    /// This filter's report after `earlier` filters'.
+    pub fn after(mut self, earlier: Option<Remaining>) -> Remaining {
+        self.earlier = earlier.map(Box::new);
+        self
+    }
+}
+
+/// What the request offers the descriptors' actions besides its headers.
+pub struct RateLimitView<'a> {
+    /// The virtual host and route action that took the request (none for a direct
+    /// response or a redirect, as Envoy's route entry).
+    pub route: Option<(&'a VirtualHost, &'a RouteAction)>,
+    /// The request's pseudo-headers.
+    pub pseudo: crate::http::route::Pseudo<'a>,
+    /// The downstream peer.
+    pub remote: Option<std::net::IpAddr>,
+    /// `node.cluster`.
+    pub local_cluster: &'a str,
 }
 
 /// A connection manager's local rate limit filter.
@@ -330,6 +435,7 @@ impl LocalRateLimitFilter {
         route_policy: Option<&Arc<RateLimitPolicy>>,
         conn: &ConnectionBuckets,
         headers: &mut HeaderMap,
+        view: &RateLimitView<'_>,
         cx: &FormatContext<'_>,
         worker: usize,
     ) -> RateLimited {
@@ -338,40 +444,137 @@ impl LocalRateLimitFilter {
             return RateLimited::Pass(None);
         }
         policy.stat_enabled.inc(worker);
-        let (Some(bucket), Some(shared)) = (policy.bucket.as_ref(), policy.tokens.as_ref()) else {
-            policy.stat_ok.inc(worker);
-            return RateLimited::Pass(None);
+        // Only a policy with descriptors computes the request's (as Envoy).
+        let request_descriptors = if policy.descriptors.is_empty() {
+            Vec::new()
+        } else {
+            policy.request_descriptors(headers, view)
         };
-        let tokens = match policy.per_connection {
-            true => conn.tokens(policy, bucket),
-            false => shared.clone(),
+        let limiter = match policy.per_connection {
+            true => conn.limiter(policy),
+            false => policy.limiter.clone(),
         };
-        let allowed = tokens.take(bucket);
-        let report = |tokens: Arc<Tokens>| {
-            policy.x_ratelimit_headers.then(|| Remaining {
-                policy: policy.clone(),
-                tokens,
-            })
+        let (allowed, context) = policy.decide(&limiter, &request_descriptors);
+        let report = |context: Option<(Bucket, Arc<Tokens>)>| {
+            policy
+                .x_ratelimit_headers
+                .then_some(context)
+                .flatten()
+                .map(|(bucket, tokens)| Remaining {
+                    bucket,
+                    tokens,
+                    earlier: None,
+                })
         };
         if allowed {
             policy.stat_ok.inc(worker);
-            return RateLimited::Pass(report(tokens));
+            return RateLimited::Pass(report(context));
         }
         policy.stat_rate_limited.inc(worker);
         if !policy.enforced.as_ref().is_some_and(|f| f.sample()) {
             policy.request_headers.apply(headers, cx);
-            return RateLimited::Pass(report(tokens));
+            return RateLimited::Pass(report(context));
         }
         policy.stat_enforced.inc(worker);
         let mut r = crate::http::conn_manager::local_reply::local_reply(policy.status, BODY);
         policy.response_headers.apply(r.headers_mut(), cx);
-        if let Some(rem) = report(tokens) {
+        if let Some(rem) = report(context) {
             rem.apply(r.headers_mut());
         }
         if policy.resource_exhausted {
             crate::http::conn_manager::local_reply::set_grpc_status(&mut r, 8);
         }
         RateLimited::Refuse(Box::new(r))
+    }
+}
+
+impl RateLimitPolicy {
+    /// The request's descriptors: from the filter's own `rate_limits`, else from the
+    /// route's (at the policy's `stage`) and its virtual host's as `vh_rate_limits` and
+    /// the route's `include_vh_rate_limits` say.
+    fn request_descriptors(
+        &self,
+        headers: &HeaderMap,
+        view: &RateLimitView<'_>,
+    ) -> Vec<Descriptor> {
+        let mut out = Vec::new();
+        let cluster = view.route.and_then(|(_, a)| match &a.cluster {
+            ClusterSpec::Single(name) => Some(name.as_str()),
+            ClusterSpec::Header(h) => headers.get(h).and_then(|v| v.to_str().ok()),
+            ClusterSpec::Weighted { .. } => None,
+        });
+        let facts = RequestFacts {
+            headers,
+            pseudo: view.pseudo,
+            remote: view.remote,
+            cluster,
+            local_cluster: view.local_cluster,
+        };
+        if let Some(own) = &self.rate_limits {
+            own.populate(0, &facts, &mut out);
+            return out;
+        }
+        let Some((vh, action)) = view.route else {
+            return out;
+        };
+        if let Some(r) = &action.rate_limits {
+            r.populate(self.stage, &facts, &mut out);
+        }
+        let mode = match action.include_vh_rate_limits {
+            true => VhRateLimits::Include,
+            false => self.vh_rate_limits,
+        };
+        let with_vh = match mode {
+            VhRateLimits::Ignore => false,
+            VhRateLimits::Include => true,
+            VhRateLimits::Override => action.rate_limits.is_none(),
+        };
+        if let (true, Some(r)) = (with_vh, &vh.rate_limits) {
+            r.populate(self.stage, &facts, &mut out);
+        }
+        out
+    }
+
+    /// Whether the request may go on, and the bucket its `x-ratelimit-*` headers report:
+    /// the matching descriptors' buckets are taken from, slowest refill first, until one
+    /// is empty; then the default one, when no descriptor matched or
+    /// `always_consume_default_token_bucket`.
+    fn decide(
+        &self,
+        limiter: &Limiter,
+        request: &[Descriptor],
+    ) -> (bool, Option<(Bucket, Arc<Tokens>)>) {
+        let mut matched: Vec<usize> = Vec::new();
+        for rd in request {
+            if let Some(i) = self
+                .descriptors
+                .iter()
+                .position(|d| *d.entries == *rd.entries)
+            {
+                matched.push(i);
+            }
+        }
+        // Stable, as Envoy's sort of so few elements is in effect.
+        matched.sort_by(|a, b| {
+            let (a, b) = (&self.descriptors[*a].bucket, &self.descriptors[*b].bucket);
+            a.rate.total_cmp(&b.rate)
+        });
+        let context = |i: usize| (self.descriptors[i].bucket, limiter.descriptors[i].clone());
+        for &i in &matched {
+            if !limiter.descriptors[i].take(&self.descriptors[i].bucket) {
+                return (false, Some(context(i)));
+            }
+        }
+        let first = matched.first().map(|&i| context(i));
+        if matched.is_empty() || self.always_consume_default {
+            if let (Some(b), Some(t)) = (self.bucket.as_ref(), limiter.default.as_ref()) {
+                if !t.take(b) {
+                    return (false, Some((*b, t.clone())));
+                }
+                return (true, first.or(Some((*b, t.clone()))));
+            }
+        }
+        (true, first)
     }
 }
 
@@ -413,13 +616,18 @@ mod tests {
             false,
         );
         assert!(fast.is_err());
-        let descriptors = compile(
-            &format!("{{ stat_prefix: s, {bucket}, descriptors: [{{ entries: [{{ key: k, value: v }}], token_bucket: {{ max_tokens: 1, fill_interval: 1s }} }}] }}"),
+        let wildcard = compile(
+            &format!("{{ stat_prefix: s, {bucket}, descriptors: [{{ entries: [{{ key: k }}], token_bucket: {{ max_tokens: 1, fill_interval: 1s }} }}] }}"),
             false,
         );
         assert_eq!(
-            descriptors.err().map(|e| e.path).as_deref(),
-            Some("rl.descriptors")
+            wildcard.err().map(|e| e.path).as_deref(),
+            Some("rl.descriptors[0].entries[0].value")
         );
+        let duplicate = compile(
+            &format!("{{ stat_prefix: s, {bucket}, descriptors: [{{ entries: [{{ key: k, value: v }}], token_bucket: {{ max_tokens: 1, fill_interval: 1s }} }}, {{ entries: [{{ key: k, value: v }}], token_bucket: {{ max_tokens: 2, fill_interval: 1s }} }}] }}"),
+            false,
+        );
+        assert!(duplicate.is_err());
     }
 }

@@ -432,6 +432,9 @@ impl BrotliDecoder {
 }
 
 /// A zstd stream.
+/// How far a zstd chunk may inflate (Courier's bound; brotli's fixed ratio).
+const ZSTD_MAX_INFLATE_RATIO: u64 = 100;
+
 pub(super) struct ZstdDecoder {
     dctx: zstd::zstd_safe::DCtx<'static>,
     chunk_size: usize,
@@ -439,7 +442,10 @@ pub(super) struct ZstdDecoder {
 }
 
 impl ZstdDecoder {
-    /// Decodes `input` in `chunk_size` pieces, as long as there is input.
+    /// Decodes `input` in `chunk_size` pieces, as long as there is input, and no more
+    /// than [`ZSTD_MAX_INFLATE_RATIO`] times the input: past that the body is cut
+    /// (counted in `zstd_generic_error`), as brotli's is, so a small chunk cannot make a
+    /// worker hold an unbounded output.
     fn decompress(&mut self, input: &[u8], stats: &LibraryStats, worker: usize) -> Vec<u8> {
         use zstd::zstd_safe::{InBuffer, OutBuffer};
         if input.is_empty() {
@@ -458,6 +464,18 @@ impl ZstdDecoder {
                 Ok(_) => {
                     let n = outb.pos();
                     out.extend_from_slice(&piece[..n]);
+                    let limit = ZSTD_MAX_INFLATE_RATIO.saturating_mul(input.len() as u64);
+                    if out.len() as u64 > limit {
+                        tracing::debug!(
+                            "zstd: excessive decompression ratio: output {} for input {}",
+                            out.len(),
+                            input.len()
+                        );
+                        out.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+                        stats.inc("zstd_generic_error", worker);
+                        self.failed = true;
+                        break;
+                    }
                 }
                 Err(code) => {
                     let name = zstd::zstd_safe::get_error_name(code);

@@ -148,6 +148,9 @@ pub fn configure(counters: [Option<Arc<Counter>>; POINTS]) {
 /// Whether this worker sheds at `point` now (counted when it does).
 #[inline]
 pub fn should_shed(point: Point, worker: usize) -> bool {
+    if super::states::quiet() {
+        return false;
+    }
     let state = super::states::states().points[point as usize];
     if !super::states::applies(state) {
         return false;

@@ -38,14 +38,29 @@ thread_local! {
     }) };
 }
 
+thread_local! {
+    /// Nothing is active (the common case): the request path's checks stop here.
+    static QUIET: Cell<bool> = const { Cell::new(true) };
+}
+
 /// Replaces this worker's states with `new`, returning the previous ones.
 pub fn publish(new: ActionStates) -> ActionStates {
+    QUIET.with(|q| q.set(new == ActionStates::default()));
     STATES.with(|s| s.replace(new))
+}
+
+/// Whether no action nor load shed point is active on this worker.
+#[inline]
+pub fn quiet() -> bool {
+    QUIET.with(Cell::get)
 }
 
 /// This worker's action states.
 #[inline]
 pub fn states() -> ActionStates {
+    if quiet() {
+        return ActionStates::default();
+    }
     STATES.with(Cell::get)
 }
 

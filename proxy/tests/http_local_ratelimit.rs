@@ -136,16 +136,10 @@ fn run(proxy: &Courier, a: &Upstream) -> Vec<String> {
     let before = a.requests.load(Ordering::SeqCst);
     let r = get(proxy.listener, "h", "/per-connection", &[]);
     show("connection 2", r, before);
-    for prefix in ["filter_rl", "route_rl", "shadow_rl", "conn_rl"] {
-        let counts: Vec<String> = ["enabled", "ok", "rate_limited", "enforced"]
-            .iter()
-            .map(|c| {
-                let v = proxy.stat(&format!("{prefix}.http_local_rate_limit.{c}"));
-                format!("{c}={v}")
-            })
-            .collect();
-        out.push(format!("{prefix}: {}", counts.join(" ")));
-    }
+    out.extend(local_rate_limit_counters(
+        proxy,
+        &["filter_rl", "route_rl", "shadow_rl", "conn_rl"],
+    ));
     out
 }
 

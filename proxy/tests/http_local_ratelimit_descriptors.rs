@@ -208,16 +208,10 @@ fn run(proxy: &Courier, a: &Upstream) -> Vec<String> {
             shown.join("/")
         ));
     }
-    for prefix in ["filter_rl", "route_rl", "ignore_rl", "second_rl"] {
-        let counts: Vec<String> = ["enabled", "ok", "rate_limited", "enforced"]
-            .iter()
-            .map(|c| {
-                let v = proxy.stat(&format!("{prefix}.http_local_rate_limit.{c}"));
-                format!("{c}={v}")
-            })
-            .collect();
-        out.push(format!("{prefix}: {}", counts.join(" ")));
-    }
+    out.extend(local_rate_limit_counters(
+        proxy,
+        &["filter_rl", "route_rl", "ignore_rl", "second_rl"],
+    ));
     out
 }
 

@@ -136,15 +136,7 @@ pub fn compile(
             ));
         }
         let monitors = &config.monitors;
-        let find = |name: &str| {
-            monitors.iter().position(|(n, _)| n == name).map(|i| {
-                if monitors[i].1.is_proactive() {
-                    Err(())
-                } else {
-                    Ok(i)
-                }
-            })
-        };
+        let find = |name: &str| reactive_monitor(monitors, name);
         config.actions.push(actions::compile(a, &path, &find)?);
     }
     for (i, p) in om.loadshed_points.iter().enumerate() {
@@ -156,18 +148,21 @@ pub fn compile(
             ));
         }
         let monitors = &config.monitors;
-        let find = |name: &str| {
-            monitors.iter().position(|(n, _)| n == name).map(|i| {
-                if monitors[i].1.is_proactive() {
-                    Err(())
-                } else {
-                    Ok(i)
-                }
-            })
-        };
+        let find = |name: &str| reactive_monitor(monitors, name);
         config.points.push(load_shed::compile(p, &path, &find)?);
     }
     Ok(config)
+}
+
+/// The place of monitor `name` among `monitors`, for a trigger: `Err` when it is a
+/// proactive resource (which triggers nothing), `None` when there is no such monitor.
+fn reactive_monitor(monitors: &[(String, Monitor)], name: &str) -> Option<Result<usize, ()>> {
+    let i = monitors.iter().position(|(n, _)| n == name)?;
+    Some(if monitors[i].1.is_proactive() {
+        Err(())
+    } else {
+        Ok(i)
+    })
 }
 
 struct MonitorStats {

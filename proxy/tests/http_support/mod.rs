@@ -899,6 +899,24 @@ pub fn echo_server() -> SocketAddr {
     addr
 }
 
+/// The local rate limit filters' counters under each of `prefixes`, a line each:
+/// `<prefix>: enabled=… ok=… rate_limited=… enforced=…`.
+pub fn local_rate_limit_counters(proxy: &Courier, prefixes: &[&str]) -> Vec<String> {
+    prefixes
+        .iter()
+        .map(|prefix| {
+            let counts: Vec<String> = ["enabled", "ok", "rate_limited", "enforced"]
+                .iter()
+                .map(|c| {
+                    let v = proxy.stat(&format!("{prefix}.http_local_rate_limit.{c}"));
+                    format!("{c}={v}")
+                })
+                .collect();
+            format!("{prefix}: {}", counts.join(" "))
+        })
+        .collect()
+}
+
 /// A request an HTTP collector received.
 pub struct Posted {
     pub method: String,

@@ -39,6 +39,46 @@ use rbac::RbacRules;
 
 pub use crate::http::route::per_filter::unpack;
 
+/// A library's `TypedExtensionConfig` at `path` (a compressor's or decompressor's): its
+/// name must be set and its `typed_config` given, which is returned with its path.
+pub(crate) fn library_config<'a>(
+    lib: &'a courier_proto::envoy::config::core::v3::TypedExtensionConfig,
+    path: &str,
+) -> Result<(&'a Any, String), ConfigError> {
+    if lib.name.is_empty() {
+        return Err(ConfigError::new(
+            format!("{path}.name"),
+            "value length must be at least 1 characters",
+        ));
+    }
+    let Some(any) = &lib.typed_config else {
+        return Err(ConfigError::new(
+            format!("{path}.typed_config"),
+            "value is required",
+        ));
+    };
+    Ok((any, format!("{path}.typed_config")))
+}
+
+/// Every value of a field, joined with `,` (as Envoy holds a repeated inline header).
+pub(crate) fn joined(
+    headers: &http::HeaderMap,
+    name: http::HeaderName,
+) -> Option<http::HeaderValue> {
+    let mut all = headers.get_all(&name).iter();
+    let first = all.next()?;
+    let mut rest = all.peekable();
+    if rest.peek().is_none() {
+        return Some(first.clone());
+    }
+    let mut v = first.as_bytes().to_vec();
+    for r in rest {
+        v.push(b',');
+        v.extend_from_slice(r.as_bytes());
+    }
+    http::HeaderValue::from_bytes(&v).ok()
+}
+
 /// An HTTP filter Courier runs before the router.
 pub enum HttpFilter {
     /// `envoy.filters.http.cors`.

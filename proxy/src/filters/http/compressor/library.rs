@@ -29,19 +29,7 @@ pub(super) enum Library {
 impl Library {
     /// A `compressor_library` at `path`.
     pub(super) fn compile(lib: &TypedExtensionConfig, path: &str) -> Result<Library, ConfigError> {
-        if lib.name.is_empty() {
-            return Err(ConfigError::new(
-                format!("{path}.name"),
-                "value length must be at least 1 characters",
-            ));
-        }
-        let Some(any) = &lib.typed_config else {
-            return Err(ConfigError::new(
-                format!("{path}.typed_config"),
-                "value is required",
-            ));
-        };
-        let at = format!("{path}.typed_config");
+        let (any, at) = crate::filters::http::library_config(lib, path)?;
         match courier_proto::type_url::message_name(&any.type_url) {
             GZIP_TYPE => Ok(Library::Gzip(GzipParams::compile(any, &at)?)),
             BROTLI_TYPE => Ok(Library::Brotli(BrotliParams::compile(any, &at)?)),

@@ -60,7 +60,7 @@ use std::sync::Arc;
 
 use courier_proto::envoy::config::core::v3::RuntimeFeatureFlag;
 use courier_proto::envoy::extensions::filters::http::compressor::v3 as pb;
-use http::header::{self, HeaderName};
+use http::header;
 use http::{HeaderMap, HeaderValue, Response};
 use hyper::body::Body;
 
@@ -69,6 +69,7 @@ use self::library::Library;
 pub use self::library::{BROTLI_TYPE, GZIP_TYPE, ZSTD_TYPE};
 pub use self::stream::Compressing;
 use crate::config::ConfigError;
+use crate::filters::http::joined;
 use crate::http::codec::body::ProxyBody;
 use crate::http::route::per_filter::{self, FilterConfigs};
 use crate::http::route::StrMatch;
@@ -548,22 +549,6 @@ impl<'r> Negotiation<'r> {
         self.decision = Some(d);
         d
     }
-}
-
-/// Every value of a field, joined with `,` (as Envoy holds a repeated inline header).
-fn joined(headers: &HeaderMap, name: HeaderName) -> Option<HeaderValue> {
-    let mut all = headers.get_all(&name).iter();
-    let first = all.next()?;
-    let mut rest = all.peekable();
-    if rest.peek().is_none() {
-        return Some(first.clone());
-    }
-    let mut v = first.as_bytes().to_vec();
-    for r in rest {
-        v.push(b',');
-        v.extend_from_slice(r.as_bytes());
-    }
-    HeaderValue::from_bytes(&v).ok()
 }
 
 /// Whether a `transfer-encoding` names no compression already applied.

@@ -54,19 +54,7 @@ fn ranged(v: Option<u32>, default: u32, lo: u32, hi: u32, at: &str) -> Result<u3
 impl Library {
     /// A `decompressor_library` at `path`.
     pub(super) fn compile(lib: &TypedExtensionConfig, path: &str) -> Result<Library, ConfigError> {
-        if lib.name.is_empty() {
-            return Err(ConfigError::new(
-                format!("{path}.name"),
-                "value length must be at least 1 characters",
-            ));
-        }
-        let Some(any) = &lib.typed_config else {
-            return Err(ConfigError::new(
-                format!("{path}.typed_config"),
-                "value is required",
-            ));
-        };
-        let at = format!("{path}.typed_config");
+        let (any, at) = crate::filters::http::library_config(lib, path)?;
         match courier_proto::type_url::message_name(&any.type_url) {
             GZIP_TYPE => Library::gzip(any, &at),
             BROTLI_TYPE => {

@@ -54,6 +54,7 @@ pub use self::library::{BROTLI_TYPE, GZIP_TYPE, ZSTD_TYPE};
 pub use self::stream::Decompressing;
 use self::stream::DecompressorShared;
 use crate::config::ConfigError;
+use crate::filters::http::joined;
 use crate::http::codec::body::ProxyBody;
 use crate::layered_runtime::RuntimeFlag;
 use crate::stats::{Counter, Store};
@@ -253,22 +254,6 @@ impl DecompressorFilter {
         let first = s.split(',').next().unwrap_or("").trim();
         first.eq_ignore_ascii_case(self.library.encoding())
     }
-}
-
-/// Every value of a field, joined with `,` (as Envoy holds a repeated inline header).
-fn joined(headers: &HeaderMap, name: HeaderName) -> Option<HeaderValue> {
-    let mut all = headers.get_all(&name).iter();
-    let first = all.next()?;
-    let mut rest = all.peekable();
-    if rest.peek().is_none() {
-        return Some(first.clone());
-    }
-    let mut v = first.as_bytes().to_vec();
-    for r in rest {
-        v.push(b',');
-        v.extend_from_slice(r.as_bytes());
-    }
-    HeaderValue::from_bytes(&v).ok()
 }
 
 /// Whether `cache-control` has the token `no-transform`.

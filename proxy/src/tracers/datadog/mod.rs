@@ -378,6 +378,8 @@ pub struct Agent {
     reports_dropped: Arc<Counter>,
     reports_failed: Arc<Counter>,
     reports_skipped_no_cluster: Arc<Counter>,
+    /// Courier's own: trace chunks dropped on the way (queue or batch full).
+    spans_dropped: Arc<Counter>,
 }
 
 /// The agent for a cluster, host name and service (one per distinct triple: the agent's
@@ -398,6 +400,7 @@ fn agent(cluster: &str, hostname: &str, service: &str, store: &Store) -> Arc<Age
             reports_dropped: c("reports_dropped"),
             reports_failed: c("reports_failed"),
             reports_skipped_no_cluster: c("reports_skipped_no_cluster"),
+            spans_dropped: c("spans_dropped"),
         }
     })
 }
@@ -411,7 +414,13 @@ impl Destination for Agent {
     const DEFAULT_FLUSH_INTERVAL_MS: u64 = 2000;
 
     fn spans_dropped(&self) -> Option<&Counter> {
-        None
+        Some(&self.spans_dropped)
+    }
+
+    /// At most this many trace chunks wait for the next report (two seconds' worth at
+    /// 5,000 requests a second): a busy proxy cannot pile spans up without bound.
+    fn max_pending(&self) -> usize {
+        10_000
     }
 
     fn timer_flushed(&self) -> Option<&Counter> {

@@ -70,6 +70,11 @@ fn by_header(start: impl Fn(&str) -> Option<Courier>) -> Option<HeaderRun> {
         statuses.push(r.status);
         bodies.push(r.header("x-upstream").unwrap_or("-").to_string());
     }
+    // The workers hand new hosts to the main thread, which the admin reads: wait for them.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while hosts(&proxy).len() < 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let learned = hosts(&proxy).len();
     assert_eq!(
         learned,

@@ -250,18 +250,6 @@ fn parse_grpc_status(v: &[u8], allow_user_defined: bool) -> Option<i64> {
     })
 }
 
-/// gRPC's status for an HTTP status (Envoy's `Grpc::Utility::httpToGrpcStatus`).
-pub(crate) fn http_to_grpc_status(status: u16) -> u32 {
-    match status {
-        400 => 13,
-        401 => 16,
-        403 => 7,
-        404 => 12,
-        429 | 502 | 503 | 504 => 14,
-        _ => 2,
-    }
-}
-
 /// The request's gRPC status as Envoy finds it: the trailers' `grpc-status`, else the
 /// response headers', else the HTTP status's; none without a response.
 pub(super) fn grpc_status(e: &LogEntry<'_>, allow_user_defined: bool) -> Option<i64> {
@@ -269,9 +257,9 @@ pub(super) fn grpc_status(e: &LogEntry<'_>, allow_user_defined: bool) -> Option<
         m.and_then(|m| m.get("grpc-status"))
             .and_then(|v| parse_grpc_status(v.as_bytes(), allow_user_defined))
     };
-    of(e.trailers)
-        .or_else(|| of(e.response))
-        .or_else(|| (e.status != 0).then(|| i64::from(http_to_grpc_status(e.status))))
+    of(e.trailers).or_else(|| of(e.response)).or_else(|| {
+        (e.status != 0).then(|| i64::from(crate::protocol::grpc::http_to_grpc_status(e.status)))
+    })
 }
 
 /// gRPC's name for a status (Envoy's `grpcStatusToString`).
@@ -324,7 +312,7 @@ fn grpc_snake(status: i64) -> Option<&'static str> {
 
 /// Whether a request is gRPC as Envoy's `isGrpcRequestHeaders` says.
 fn is_grpc_request(e: &LogEntry<'_>) -> bool {
-    !e.path.is_empty() && crate::http::conn_manager::local_reply::is_grpc(e.request)
+    !e.path.is_empty() && crate::protocol::grpc::is_grpc(e.request)
 }
 
 /// `%GRPC_STATUS%`: absent for a request that is not gRPC (Envoy's

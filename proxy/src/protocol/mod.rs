@@ -1,8 +1,9 @@
-//! HTTP protocol options, as both sides configure them: a connection manager for its
+//! HTTP protocol options and facts (gRPC's, [`grpc`]), as both sides configure them: a connection manager for its
 //! downstream codecs and a cluster for its upstream ones (`http2_protocol_options`, the
 //! HTTP/1 `header_key_format`, header and stream limits). Config only, below the codecs
 //! and the clusters that use it.
 
+pub mod grpc;
 pub mod h2_options;
 pub mod header_mutations;
 pub mod key_format;

@@ -65,7 +65,7 @@ pub(crate) fn set_grpc_status(resp: &mut Response<ProxyBody>, status: u32) {
 /// table), the body as a percent-encoded `grpc-message`, and no body.
 pub(crate) fn grpc_local_reply(resp: &mut Response<ProxyBody>, grpc_status: Option<u32>) {
     let grpc_status = grpc_status
-        .unwrap_or_else(|| crate::access_log::http_to_grpc_status(resp.status().as_u16()));
+        .unwrap_or_else(|| crate::protocol::grpc::http_to_grpc_status(resp.status().as_u16()));
     let message = resp.body().bytes().unwrap_or_default();
     *resp.status_mut() = StatusCode::OK;
     *resp.body_mut() = ProxyBody::empty();
@@ -86,11 +86,4 @@ pub(crate) fn grpc_local_reply(resp: &mut Response<ProxyBody>, grpc_status: Opti
     }
 }
 
-/// Whether a request is gRPC (`content-type: application/grpc`, or `+` a suffix).
-pub(crate) fn is_grpc(headers: &http::HeaderMap) -> bool {
-    // `application/grpc` or `application/grpc+proto`, not `application/grpc-web`.
-    headers.get(header::CONTENT_TYPE).is_some_and(|v| {
-        let v = v.as_bytes();
-        v == b"application/grpc" || v.starts_with(b"application/grpc+")
-    })
-}
+pub(crate) use crate::protocol::grpc::is_grpc;

@@ -1,0 +1,25 @@
+//! gRPC facts both the connection manager and the access logs read: whether a message
+//! is gRPC, and the gRPC status an HTTP status stands for.
+
+use http::header;
+
+/// Whether a request is gRPC (`content-type: application/grpc`, or `+` a suffix).
+pub fn is_grpc(headers: &http::HeaderMap) -> bool {
+    // `application/grpc` or `application/grpc+proto`, not `application/grpc-web`.
+    headers.get(header::CONTENT_TYPE).is_some_and(|v| {
+        let v = v.as_bytes();
+        v == b"application/grpc" || v.starts_with(b"application/grpc+")
+    })
+}
+
+/// gRPC's status for an HTTP status (Envoy's `Grpc::Utility::httpToGrpcStatus`).
+pub fn http_to_grpc_status(status: u16) -> u32 {
+    match status {
+        400 => 13,
+        401 => 16,
+        403 => 7,
+        404 => 12,
+        429 | 502 | 503 | 504 => 14,
+        _ => 2,
+    }
+}

@@ -385,7 +385,7 @@ impl HttpTracing {
         if let Some(id) = header("x-client-trace-id") {
             tag("guid:x-client-trace-id", id);
         }
-        if req.grpc {
+        if crate::protocol::grpc::is_grpc(headers) {
             tag("grpc.path", req.path);
             tag("grpc.authority", req.authority);
             if let Some(ct) = header("content-type") {
@@ -447,8 +447,6 @@ pub struct SpanStart<'a> {
     pub protocol: &'a str,
     /// The client's address.
     pub peer: std::net::IpAddr,
-    /// Whether it is a gRPC request (it then gets Envoy's `grpc.*` tags).
-    pub grpc: bool,
 }
 
 /// What a finished request tells its span.

@@ -982,7 +982,6 @@ fn trace_request(
         method: method.as_str(),
         protocol: protocol_name(req.version()),
         peer: conn.remote.ip(),
-        grpc: is_grpc(req.headers()),
     };
     let span = tracing.start_span(reason, req.headers_mut(), &start);
     let decorator = route

@@ -23,3 +23,18 @@ pub fn http_to_grpc_status(status: u16) -> u32 {
         _ => 2,
     }
 }
+
+/// A `grpc-timeout` value for `d`, in milliseconds as Envoy writes it (`300m`), in the
+/// next larger unit (seconds, minutes, hours) while it takes more than gRPC's eight digits.
+pub fn timeout_value(d: std::time::Duration) -> http::HeaderValue {
+    let mut n = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    let mut unit = 'm';
+    for (div, next) in [(1000, 'S'), (60, 'M'), (60, 'H')] {
+        if n <= 99_999_999 {
+            break;
+        }
+        n /= div;
+        unit = next;
+    }
+    http::HeaderValue::from_str(&format!("{n}{unit}")).unwrap_or(http::HeaderValue::from_static("0m"))
+}

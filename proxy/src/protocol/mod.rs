@@ -7,4 +7,5 @@ pub mod grpc;
 pub mod h2_options;
 pub mod header_mutations;
 pub mod key_format;
+pub mod message;
 pub mod stream_limits;

@@ -16,6 +16,7 @@
 pub mod compressor;
 pub mod cors;
 pub mod decompressor;
+pub mod ext_authz;
 pub mod fault;
 pub mod health_check;
 pub mod local_ratelimit;
@@ -33,6 +34,7 @@ use crate::http::route::per_filter::{FilterConfig, PerFilterCompiler};
 use crate::stats::Store;
 use compressor::CompressorPerRoute;
 use cors::CorsPolicy;
+use ext_authz::ExtAuthzPerRoute;
 use fault::FaultPolicy;
 use local_ratelimit::RateLimitPolicy;
 use rbac::RbacRules;
@@ -97,6 +99,8 @@ pub enum HttpFilter {
     OnDemand(on_demand::OnDemandFilter),
     /// `envoy.filters.http.decompressor` (boxed: it is rare).
     Decompressor(Box<decompressor::DecompressorFilter>),
+    /// `envoy.filters.http.ext_authz` (boxed: it is large).
+    ExtAuthz(Box<ext_authz::ExtAuthzFilter>),
 }
 
 impl HttpFilter {
@@ -111,6 +115,7 @@ impl HttpFilter {
             HttpFilter::Compressor(f) => &f.name,
             HttpFilter::OnDemand(f) => &f.name,
             HttpFilter::Decompressor(f) => &f.name,
+            HttpFilter::ExtAuthz(f) => &f.name,
         }
     }
 }
@@ -236,6 +241,24 @@ pub static CHAIN: Registry<BuildFilter> = Registry {
             },
         },
         Factory {
+            type_name: ext_authz::FILTER_TYPE,
+            name: ext_authz::FILTER_NAME,
+            build: |a| {
+                let Some(any) = a.config else {
+                    return Err(ConfigError::new(a.path, "value is required"));
+                };
+                Ok(HttpFilter::ExtAuthz(Box::new(
+                    ext_authz::ExtAuthzFilter::compile(
+                        a.name,
+                        &unpack(any, a.path)?,
+                        a.path,
+                        a.stat_prefix,
+                        a.store,
+                    )?,
+                )))
+            },
+        },
+        Factory {
             type_name: on_demand::FILTER_TYPE,
             name: on_demand::FILTER_NAME,
             build: |a| {
@@ -289,6 +312,12 @@ const PER_ROUTE: &[(&str, CompilePerRoute)] = &[
     }),
     (on_demand::PER_ROUTE_TYPE, |_, path, _| {
         Err(ConfigError::unsupported(path.to_string()))
+    }),
+    (ext_authz::PER_ROUTE_TYPE, |any, path, _| {
+        Ok(Arc::new(ExtAuthzPerRoute::compile(
+            &unpack(any, path)?,
+            path,
+        )?))
     }),
     (compressor::PER_ROUTE_TYPE, |any, path, _| {
         Ok(Arc::new(CompressorPerRoute::compile(

@@ -8,6 +8,7 @@ pub mod client_cert;
 pub mod config;
 pub mod conn_info;
 pub mod connection;
+pub mod ext_authz_check;
 pub mod headers;
 pub mod internal_address;
 pub mod local_reply;

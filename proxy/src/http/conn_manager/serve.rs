@@ -18,6 +18,7 @@ use crate::access_log::{AccessLogType, LogEntry};
 use crate::filters::http::compressor::{CompressorFilter, CompressorRequest, Negotiation};
 use crate::filters::http::cors::CorsRequest;
 use crate::filters::http::decompressor::DecompressorFilter;
+use crate::filters::http::ext_authz::verdict::ResponseChanges;
 use crate::filters::http::fault::FaultPolicy;
 use crate::filters::http::fault::{AbortWith, FaultFilter};
 use crate::filters::http::health_check::{HealthCheckFilter, HealthCheckRequest};
@@ -606,6 +607,8 @@ pub(crate) async fn process(
         compress: None,
         decompress: Vec::new(),
         grpc: !conn.config.compressors.is_empty() && is_grpc(req.headers()),
+        authz: Vec::new(),
+        path_changed: false,
     };
     let filter_reply = step!(run_filters(&s, &mut req, &mut marks, outcome).await);
     // A filter's answer gets the route's response headers only on a route to a cluster
@@ -637,6 +640,13 @@ pub(crate) async fn process(
             if let Some(t) = action.idle_timeout {
                 idle.set_route_timeout(t);
             }
+            let path = match marks.path_changed {
+                true => Cow::Owned(req.uri().path_and_query().map_or_else(
+                    || path.to_string(),
+                    |p| p.as_str().to_owned(),
+                )),
+                false => Cow::Borrowed(&*path),
+            };
             forward(
                 conn, req, &authority, &path, &table, vh, route, action, &fcx, on_upgrade, outcome,
                 idle,
@@ -717,6 +727,12 @@ struct FilterMarks<'a> {
     /// A gRPC request, when the chain has a compressor (which sees a local reply to one in
     /// gRPC's form).
     grpc: bool,
+    /// What ext_authz services that allowed the request put on its answer, in chain
+    /// order (empty, unallocated, without them).
+    authz: Vec<Box<ResponseChanges>>,
+    /// A filter changed the request's path (its query): the router sends the request's
+    /// own rather than the routed one.
+    path_changed: bool,
 }
 
 impl FilterMarks<'_> {
@@ -730,6 +746,9 @@ impl FilterMarks<'_> {
             self.cors.take(),
         );
         // Response passes run from the last filter in the chain to the first.
+        for changes in self.authz.iter().rev() {
+            changes.apply(resp.headers_mut());
+        }
         for f in self.decompress.iter().rev() {
             f.on_response(resp, s.conn.worker);
         }
@@ -1217,18 +1236,32 @@ async fn run_filters<'a>(
                 marks.decompress.push(f);
             }
             HttpFilter::OnDemand(f) => {
-                let cluster = s.routed.and_then(|(_, route)| match &route.action {
-                    Action::Route(action) => match &action.cluster {
-                        ClusterSpec::Single(name) => Some(name.as_str()),
-                        ClusterSpec::Header(h) => {
-                            req.headers().get(h).and_then(|v| v.to_str().ok())
-                        }
-                        _ => None,
-                    },
-                    _ => None,
-                });
+                let cluster = routed_cluster(s, req.headers());
                 // Boxed: its wait would otherwise take room in every request's future.
                 Box::pin(f.on_request(cluster)).await;
+            }
+            HttpFilter::ExtAuthz(f) => {
+                let checked = crate::http::conn_manager::ext_authz_check::CheckedRequest {
+                    conn: s.conn,
+                    path: s.path,
+                    authority: s.authority,
+                    scheme: s.scheme,
+                    protocol: s.protocol,
+                    levels: s.levels,
+                    routed: s.routed.is_some(),
+                    cluster: routed_cluster(s, req.headers()).map(str::to_owned),
+                };
+                // Boxed: its call would otherwise take room in every request's future.
+                let checked =
+                    Box::pin(crate::http::conn_manager::ext_authz_check::check(checked, f, req, outcome))
+                        .await;
+                match checked {
+                    Ok(passed) => {
+                        marks.authz.extend(passed.response);
+                        marks.path_changed |= passed.path_changed;
+                    }
+                    Err(reply) => return ControlFlow::Continue(Some(reply)),
+                }
             }
             HttpFilter::Fault(f) => {
                 // Boxed: its delay would otherwise take room in every request's future.
@@ -1249,6 +1282,19 @@ async fn run_filters<'a>(
         }
     }
     ControlFlow::Continue(None)
+}
+
+/// The cluster the request's route sends it to, when its route names one (directly or by
+/// a header): where a filter counts in the cluster's scope.
+fn routed_cluster<'h>(s: &Stream<'h>, headers: &'h http::HeaderMap) -> Option<&'h str> {
+    match &s.routed?.1.action {
+        Action::Route(action) => match &action.cluster {
+            ClusterSpec::Single(name) => Some(name.as_str()),
+            ClusterSpec::Header(h) => headers.get(h).and_then(|v| v.to_str().ok()),
+            _ => None,
+        },
+        _ => None,
+    }
 }
 
 /// A CORS preflight's answer, which goes out at once: it gets the compressor's pass (not

@@ -1,6 +1,7 @@
 //! One request through the connection manager and the router filter: header sanitising,
 //! route selection, local replies, and forwarding with retries and timeouts.
 
+pub mod async_client;
 pub mod pool;
 pub mod retry_buffer;
 pub mod shadow;
@@ -65,20 +66,6 @@ pub(crate) static X_ENVOY_OVERLOADED: HeaderName = HeaderName::from_static("x-en
 pub(crate) static X_ENVOY_ATTEMPT_COUNT: HeaderName =
     HeaderName::from_static("x-envoy-attempt-count");
 
-/// A `grpc-timeout` value for `d`, in milliseconds as Envoy writes it (`300m`), in the
-/// next larger unit (seconds, minutes, hours) while it takes more than gRPC's eight digits.
-pub(crate) fn grpc_timeout_value(d: Duration) -> HeaderValue {
-    let mut n = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-    let mut unit = 'm';
-    for (div, next) in [(1000, 'S'), (60, 'M'), (60, 'H')] {
-        if n <= 99_999_999 {
-            break;
-        }
-        n /= div;
-        unit = next;
-    }
-    HeaderValue::from_str(&format!("{n}{unit}")).unwrap_or(HeaderValue::from_static("0m"))
-}
 
 pub(crate) fn rewrite_prefix(route: &Route, path: &str, new_prefix: &str) -> String {
     if route.is_regex() {
@@ -404,7 +391,7 @@ pub(crate) async fn forward(
         .filter(|_| !is_upgrade && !grpc_timeout_from_route)
     {
         // As Envoy: the gRPC server learns the deadline the proxy holds it to.
-        parts.headers.insert(GRPC_TIMEOUT, grpc_timeout_value(t));
+        parts.headers.insert(GRPC_TIMEOUT, crate::protocol::grpc::timeout_value(t));
     }
     // The earlier of the route timeout and the stream's duration bounds every attempt.
     let overall_deadline = match (global_deadline, duration_deadline) {
@@ -633,7 +620,7 @@ pub(crate) async fn forward(
                     // internal request's timeout controls and the per-try one included.
                     up_req
                         .headers_mut()
-                        .insert(GRPC_TIMEOUT, grpc_timeout_value(Duration::from_millis(ms)));
+                        .insert(GRPC_TIMEOUT, crate::protocol::grpc::timeout_value(Duration::from_millis(ms)));
                 }
             }
         }

@@ -93,6 +93,9 @@ pub struct ClusterHttpStats {
     /// `upstream_cx_max_duration_reached`: connections retired by
     /// `max_connection_duration`.
     pub cx_max_duration_reached: Arc<Counter>,
+    /// Counters filters keep in the cluster's scope (`cluster.<name>.ext_authz.ok`),
+    /// by leaf name, created on their first use on this worker.
+    named: RefCell<FxHashMap<&'static str, Arc<Counter>>>,
 }
 
 impl ClusterHttpStats {
@@ -115,7 +118,18 @@ impl ClusterHttpStats {
             cx_idle_timeout: c("upstream_cx_idle_timeout"),
             cx_max_requests: c("upstream_cx_max_requests"),
             cx_max_duration_reached: c("upstream_cx_max_duration_reached"),
+            named: RefCell::default(),
         }
+    }
+
+    /// The counter `cluster.<cluster>.<leaf>`, which a filter counts in the scope of
+    /// the cluster a request goes to.
+    pub fn named(&self, store: &Store, cluster: &str, leaf: &'static str) -> Arc<Counter> {
+        self.named
+            .borrow_mut()
+            .entry(leaf)
+            .or_insert_with(|| store.counter(&format!("cluster.{cluster}.{leaf}")))
+            .clone()
     }
 }
 

@@ -22,13 +22,12 @@ use std::time::Instant;
 use bytes::Bytes;
 use http::header::HeaderMap;
 use http::Request;
-use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, SizeHint};
 
 use crate::http::codec::body::{BodyTransform, BoxError, ProxyBody};
-use crate::http::request_stats::StatSinks;
 use crate::http::route::shadow_policy::ShadowPolicy;
-use crate::http::router::pool;
+use crate::http::router::async_client;
+use crate::protocol::message::RequestMessage;
 use crate::stats::{Counter, Store};
 use crate::upstream::{ClusterInfo, ThreadLocalClusterManager};
 use courier_runtime::event::rt;
@@ -202,94 +201,31 @@ impl Mirror<'_> {
         deadline: Option<Instant>,
     ) {
         let authority = self.policy.authority(authority);
-        let http2 = self.cluster.http2;
-        let mut uri = http::Uri::builder();
-        if http2 {
-            uri = uri.scheme("http").authority(authority.as_str());
-        }
-        if let Some(pq) = main.uri().path_and_query() {
-            uri = uri.path_and_query(pq.clone());
-        }
-        let head = Request::builder()
-            .method(main.method().clone())
-            .version(if http2 {
-                http::Version::HTTP_2
-            } else {
-                http::Version::HTTP_11
-            })
-            .uri(match uri.build() {
-                Ok(u) => u,
-                Err(e) => {
-                    tracing::debug!(error = %e, "mirror not sent: its authority is not valid");
-                    return;
-                }
-            });
-        let Ok(mut req) = head.body(self.body) else {
-            return;
+        let path = main
+            .uri()
+            .path_and_query()
+            .map_or_else(String::new, |pq| pq.as_str().to_owned());
+        let req = RequestMessage {
+            method: main.method().clone(),
+            path,
+            authority,
+            headers: main.headers().clone(),
+            body: self.body,
         };
-        *req.headers_mut() = main.headers().clone();
-        if http2 {
-            req.headers_mut().remove(http::header::HOST);
-        } else if let Ok(v) = http::HeaderValue::from_str(&authority) {
-            req.headers_mut().insert(http::header::HOST, v);
-        }
-        exchange(self.cluster, req, store, worker, deadline);
+        let req = match async_client::request_for(&self.cluster, req) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!(error = %e, "mirror not sent: its authority is not valid");
+                return;
+            }
+        };
+        let store = store.clone();
+        rt::spawn(async move {
+            // The answer is read off and dropped; a failure is the mirror's own.
+            let _ =
+                async_client::exchange(&self.cluster, req, &store, worker, deadline, false).await;
+        });
     }
-}
-
-/// Sends `req` to `cluster` on this worker, as a request of that cluster's (its circuit
-/// breakers and stats), bounded by `deadline`; the answer is read and dropped.
-fn exchange(
-    cluster: Arc<ClusterInfo>,
-    req: Request<ProxyBody>,
-    store: &Store,
-    worker: usize,
-    deadline: Option<Instant>,
-) {
-    let pool = pool::cluster_pool(&cluster, store, worker);
-    let internal = req
-        .headers()
-        .get("x-envoy-internal")
-        .is_some_and(|v| v.as_bytes() == b"true");
-    rt::spawn(async move {
-        if pool.breakers.requests.get() >= cluster.thresholds.max_requests {
-            pool.stats.rq_pending_overflow.inc(worker);
-            return;
-        }
-        let Some(host) = pool::choose_host(&cluster, None) else {
-            cluster.stats.upstream_cx_none_healthy.inc(worker);
-            return;
-        };
-        let _request = pool.request_slot();
-        let _active = pool.stats.rq_active.raise(worker);
-        let exchange = async {
-            let sinks = StatSinks {
-                cluster: &pool.stats.rq,
-                route: None,
-                vcluster: None,
-                internal,
-            };
-            let resp = crate::http::router::send_once(
-                &pool,
-                &cluster,
-                &host,
-                worker,
-                &sinks,
-                req,
-                Default::default(),
-            )
-            .await?;
-            let status = resp.status().as_u16();
-            // Read off so that the connection goes back to the pool.
-            let _ = resp.into_body().collect().await;
-            Ok::<_, crate::http::router::AttemptError>(status)
-        };
-        match rt::timeout(deadline, exchange).await {
-            Some(Ok(status)) => pool.stats.rq.charge(worker, status, internal),
-            Some(Err(e)) => tracing::debug!(cluster = %cluster.name, error = ?e, "mirror failed"),
-            None => pool.stats.rq.timeout.inc(worker),
-        }
-    });
 }
 
 /// `inner`, its frames copied to each of `feeds` (request mirrors) as they pass.

@@ -138,6 +138,31 @@ impl GrpcClient {
         self.timeout
     }
 
+    /// The call's `:authority` (`envoy_grpc.authority`, else the cluster's name).
+    pub fn authority(&self) -> &str {
+        self.authority.authority().map_or("", |a| a.as_str())
+    }
+
+    /// The fields a call carries besides gRPC's own: `initial_metadata`, and
+    /// `x-envoy-internal: true` unless `skip_envoy_headers` (for a worker's own calls,
+    /// which do not go through tonic).
+    pub fn call_headers(&self, headers: &mut http::HeaderMap) {
+        for (k, v) in &self.metadata {
+            if let (Ok(k), Ok(v)) = (
+                http::HeaderName::from_bytes(k.as_str().as_bytes()),
+                http::HeaderValue::from_bytes(v.as_bytes()),
+            ) {
+                headers.append(k, v);
+            }
+        }
+        if self.envoy_headers {
+            headers.insert(
+                "x-envoy-internal",
+                http::HeaderValue::from_static("true"),
+            );
+        }
+    }
+
     /// A channel to a host of the cluster as it is now (main thread only).
     pub fn channel(&self) -> Result<Channel, GrpcError> {
         let addr =

@@ -1,0 +1,199 @@
+//! A worker's own requests to a cluster (Envoy's `Http::AsyncClient`): what filters ask
+//! of a service before the request goes on (an authorization check), and the router's
+//! request mirrors. The request goes out as one of the cluster's (its pool, circuit
+//! breakers and `upstream_rq_*` stats), in the form the cluster speaks (HTTP/1.1 or
+//! HTTP/2), bounded by a deadline; the answer is read whole, up to a limit.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Version};
+use http_body_util::BodyExt;
+use hyper::body::Body as _;
+
+use crate::http::codec::body::ProxyBody;
+use crate::protocol::message::{RequestMessage, ResponseMessage};
+use crate::http::request_stats::StatSinks;
+use crate::http::router::pool;
+use crate::stats::Store;
+use crate::upstream::{ClusterInfo, ThreadLocalClusterManager};
+use courier_runtime::event::rt;
+
+/// The most of an answer's body a worker's own request reads: past it, the exchange
+/// fails (a service answering more is broken, and a worker must not hold it).
+pub const MAX_ANSWER_BYTES: usize = 4 << 20;
+
+/// Why a worker's request got no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum AsyncFailure {
+    /// The cluster is not (or no longer) known.
+    #[error("cluster '{0}' does not exist")]
+    NoCluster(String),
+    /// No host to send to.
+    #[error("no healthy upstream")]
+    NoHealthyHost,
+    /// The cluster's circuit breaker is open.
+    #[error("upstream overflow")]
+    Overflow,
+    /// The request went out but the exchange broke.
+    #[error("upstream reset: {0}")]
+    Reset(String),
+    /// The deadline passed first.
+    #[error("timeout")]
+    Timeout,
+}
+
+/// Sends `req` to the cluster named `cluster` on this worker, bounded by `deadline`, and
+/// reads the answer whole.
+pub async fn send(
+    cluster: &str,
+    req: RequestMessage<Bytes>,
+    store: &Store,
+    worker: usize,
+    deadline: Option<Instant>,
+) -> Result<ResponseMessage, AsyncFailure> {
+    let Some(info) = ThreadLocalClusterManager::with(|tlcm| tlcm.snapshot().get(cluster).cloned())
+    else {
+        return Err(AsyncFailure::NoCluster(cluster.to_owned()));
+    };
+    let req = RequestMessage {
+        method: req.method,
+        path: req.path,
+        authority: req.authority,
+        headers: req.headers,
+        body: ProxyBody::full(req.body),
+    };
+    let req = request_for(&info, req).map_err(|e| AsyncFailure::Reset(e.to_string()))?;
+    exchange(&info, req, store, worker, deadline, true).await
+}
+
+/// `req` in the form `cluster` speaks: HTTP/2's authority in the URI, HTTP/1.1's `host`.
+pub(crate) fn request_for(
+    cluster: &ClusterInfo,
+    req: RequestMessage<ProxyBody>,
+) -> Result<Request<ProxyBody>, http::Error> {
+    let http2 = cluster.http2;
+    let mut uri = http::Uri::builder();
+    if http2 {
+        uri = uri.scheme("http").authority(req.authority.as_str());
+    }
+    let uri = uri.path_and_query(req.path.as_str()).build()?;
+    let mut out = Request::builder()
+        .method(req.method)
+        .version(if http2 {
+            Version::HTTP_2
+        } else {
+            Version::HTTP_11
+        })
+        .uri(uri)
+        .body(req.body)?;
+    *out.headers_mut() = req.headers;
+    if http2 {
+        out.headers_mut().remove(http::header::HOST);
+    } else {
+        out.headers_mut().insert(
+            http::header::HOST,
+            http::HeaderValue::from_str(&req.authority)?,
+        );
+    }
+    Ok(out)
+}
+
+/// Sends `req` to `cluster` as a request of that cluster's (its circuit breakers and
+/// stats), bounded by `deadline`; the answer is read whole when `read` (else dropped as
+/// it comes, and an empty body returned).
+pub(crate) async fn exchange(
+    cluster: &Arc<ClusterInfo>,
+    req: Request<ProxyBody>,
+    store: &Store,
+    worker: usize,
+    deadline: Option<Instant>,
+    read: bool,
+) -> Result<ResponseMessage, AsyncFailure> {
+    let pool = pool::cluster_pool(cluster, store, worker);
+    let internal = req
+        .headers()
+        .get("x-envoy-internal")
+        .is_some_and(|v| v.as_bytes() == b"true");
+    if pool.breakers.requests.get() >= cluster.thresholds.max_requests {
+        pool.stats.rq_pending_overflow.inc(worker);
+        return Err(AsyncFailure::Overflow);
+    }
+    let Some(host) = pool::choose_host(cluster, None) else {
+        cluster.stats.upstream_cx_none_healthy.inc(worker);
+        return Err(AsyncFailure::NoHealthyHost);
+    };
+    let _request = pool.request_slot();
+    let _active = pool.stats.rq_active.raise(worker);
+    let exchange = async {
+        let sinks = StatSinks {
+            cluster: &pool.stats.rq,
+            route: None,
+            vcluster: None,
+            internal,
+        };
+        let resp = crate::http::router::send_once(
+            &pool,
+            cluster,
+            &host,
+            worker,
+            &sinks,
+            req,
+            Default::default(),
+        )
+        .await
+        .map_err(|e| AsyncFailure::Reset(format!("{e:?}")))?;
+        let (head, body) = resp.into_parts();
+        if !read {
+            // Read off so that the connection goes back to the pool.
+            let _ = body.collect().await;
+            return Ok(ResponseMessage {
+                head,
+                body: Bytes::new(),
+                trailers: None,
+            });
+        }
+        let (body, trailers) = read_whole(body).await?;
+        Ok(ResponseMessage {
+            head,
+            body,
+            trailers,
+        })
+    };
+    match rt::timeout(deadline, exchange).await {
+        Some(Ok(resp)) => {
+            pool.stats.rq.charge(worker, resp.head.status.as_u16(), internal);
+            Ok(resp)
+        }
+        Some(Err(e)) => {
+            tracing::debug!(cluster = %cluster.name, error = %e, "async request failed");
+            Err(e)
+        }
+        None => {
+            pool.stats.rq.timeout.inc(worker);
+            Err(AsyncFailure::Timeout)
+        }
+    }
+}
+
+/// A body's data and trailers, up to [`MAX_ANSWER_BYTES`].
+async fn read_whole(mut body: ProxyBody) -> Result<(Bytes, Option<HeaderMap>), AsyncFailure> {
+    let mut data = bytes::BytesMut::new();
+    let mut trailers = None;
+    while let Some(frame) = std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx))
+        .await
+    {
+        let frame = frame.map_err(|e| AsyncFailure::Reset(e.to_string()))?;
+        match frame.into_data() {
+            Ok(d) if data.len() + d.len() > MAX_ANSWER_BYTES => {
+                return Err(AsyncFailure::Reset(format!(
+                    "answer larger than {MAX_ANSWER_BYTES} bytes"
+                )));
+            }
+            Ok(d) => data.extend_from_slice(&d),
+            Err(frame) => trailers = frame.into_trailers().ok(),
+        }
+    }
+    Ok((data.freeze(), trailers))
+}

@@ -1,0 +1,30 @@
+//! Whole HTTP messages: what a worker's own requests to a service send and get back
+//! (Envoy's `Http::RequestMessage` and `ResponseMessage`). Filters build and read them;
+//! the router's async client carries them (`http::router::async_client`).
+
+use bytes::Bytes;
+use http::{HeaderMap, Method};
+
+/// A request a worker sends on its own, its body `B`.
+pub struct RequestMessage<B> {
+    /// Its method.
+    pub method: Method,
+    /// Its path and query.
+    pub path: String,
+    /// Its authority (`:authority`, or `host` over HTTP/1.1).
+    pub authority: String,
+    /// Its other fields.
+    pub headers: HeaderMap,
+    /// Its body.
+    pub body: B,
+}
+
+/// An answer, read whole.
+pub struct ResponseMessage {
+    /// Its head.
+    pub head: http::response::Parts,
+    /// Its body.
+    pub body: Bytes,
+    /// Its trailers, if it had any.
+    pub trailers: Option<HeaderMap>,
+}

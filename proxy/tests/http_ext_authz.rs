@@ -45,10 +45,7 @@ fn hvo(key: &str, value: &str, append: Option<bool>) -> HeaderValueOption {
 /// What the service was told, in a stable form.
 fn summary(req: &CheckRequest) -> String {
     let attrs = req.attributes.clone().unwrap_or_default();
-    let http = attrs
-        .request
-        .and_then(|r| r.http)
-        .unwrap_or_default();
+    let http = attrs.request.and_then(|r| r.http).unwrap_or_default();
     let mut names: Vec<&String> = http
         .headers
         .keys()
@@ -215,13 +212,21 @@ fn exchange(
         .iter()
         .filter(|(k, _)| {
             let k = k.to_ascii_lowercase();
-            k.starts_with("x-resp") || k.starts_with("x-deny") || k == "set-cookie"
-                || k == "content-type" || k == "www-authenticate" || k == "x-other"
+            k.starts_with("x-resp")
+                || k.starts_with("x-deny")
+                || k == "set-cookie"
+                || k == "content-type"
+                || k == "www-authenticate"
+                || k == "x-other"
         })
         .map(|(k, v)| format!("{}={v}", k.to_ascii_lowercase()))
         .collect();
     keep.sort();
-    let mut out = format!("{method} {path} -> {} {keep:?} body={:?}", r.status, r.body_str());
+    let mut out = format!(
+        "{method} {path} -> {} {keep:?} body={:?}",
+        r.status,
+        r.body_str()
+    );
     let after = up.requests.load(std::sync::atomic::Ordering::SeqCst);
     if after > before {
         if let Some(seen) = up.last() {
@@ -230,7 +235,11 @@ fn exchange(
                 .iter()
                 .filter(|(k, _)| {
                     let k = k.to_ascii_lowercase();
-                    k.starts_with("x-") && !matches!(k.as_str(), "x-request-id" | "x-forwarded-proto" | "x-envoy-expected-rq-timeout-ms")
+                    k.starts_with("x-")
+                        && !matches!(
+                            k.as_str(),
+                            "x-request-id" | "x-forwarded-proto" | "x-envoy-expected-rq-timeout-ms"
+                        )
                 })
                 .map(|(k, v)| format!("{}={v}", k.to_ascii_lowercase()))
                 .collect();
@@ -263,11 +272,25 @@ fn grpc_scenario(proxy: &Courier, up: &Upstream) -> Vec<String> {
     go(
         "GET",
         "/m?drop=1&keep=2",
-        &[("x-authz", "mutate"), ("x-existing", "orig"), ("x-remove-me", "1")],
+        &[
+            ("x-authz", "mutate"),
+            ("x-existing", "orig"),
+            ("x-remove-me", "1"),
+        ],
         b"",
     );
-    go("POST", "/post", &[("content-type", "text/plain")], b"hello body");
-    go("GET", "/a", &[("authorization", "Bearer t"), ("x-a", "1"), ("x-a", "2")], b"");
+    go(
+        "POST",
+        "/post",
+        &[("content-type", "text/plain")],
+        b"hello body",
+    );
+    go(
+        "GET",
+        "/a",
+        &[("authorization", "Bearer t"), ("x-a", "1"), ("x-a", "2")],
+        b"",
+    );
     for name in ["ok", "denied", "error", "failure_mode_allowed", "disabled"] {
         t.push(format!(
             "http.ingress.ext_authz.{name}={}",
@@ -327,9 +350,30 @@ fn grpc_failure_mode_allow_lets_requests_through() {
     );
     let run = |proxy: &Courier| {
         let mut t = Vec::new();
-        t.push(exchange(proxy, &up, "GET", "/a", &[("x-authz", "error")], b""));
-        t.push(exchange(proxy, &up, "GET", "/a", &[("x-authz", "slow")], b""));
-        t.push(exchange(proxy, &up, "GET", "/a", &[("x-authz", "deny")], b""));
+        t.push(exchange(
+            proxy,
+            &up,
+            "GET",
+            "/a",
+            &[("x-authz", "error")],
+            b"",
+        ));
+        t.push(exchange(
+            proxy,
+            &up,
+            "GET",
+            "/a",
+            &[("x-authz", "slow")],
+            b"",
+        ));
+        t.push(exchange(
+            proxy,
+            &up,
+            "GET",
+            "/a",
+            &[("x-authz", "deny")],
+            b"",
+        ));
         for name in ["error", "failure_mode_allowed", "denied"] {
             t.push(format!(
                 "{name}={}",
@@ -341,7 +385,246 @@ fn grpc_failure_mode_allow_lets_requests_through() {
     let courier = run(&Courier::start(&b));
     let envoy = Courier::start_envoy(&b).map(|e| run(&e));
     compare(&courier, envoy.as_deref());
-    assert!(courier[0].contains("-> 200") && courier[0].contains("x-envoy-auth-failure-mode-allowed=true"), "{}", courier[0]);
+    assert!(
+        courier[0].contains("-> 200")
+            && courier[0].contains("x-envoy-auth-failure-mode-allowed=true"),
+        "{}",
+        courier[0]
+    );
     assert!(courier[2].contains("-> 401"), "{}", courier[2]);
     assert_eq!(courier[3], "error=2");
+}
+
+/// The HTTP authorization service: `…/deny…` is refused `401`, `…/fail…` answered `503`,
+/// anything else allowed with fields for the request and its answer; `x-seen` tells what
+/// the service got.
+fn http_authz() -> std::net::SocketAddr {
+    http_service(|posted| {
+        let mut names: Vec<&str> = posted
+            .headers
+            .iter()
+            .map(|(k, _)| k.as_str())
+            .filter(|k| {
+                !matches!(
+                    *k,
+                    "x-request-id" | "x-forwarded-proto" | "x-envoy-expected-rq-timeout-ms"
+                )
+            })
+            .collect();
+        names.sort();
+        let seen = format!(
+            "{} {} {names:?} len={:?} static={:?} partial={:?} body={:?}",
+            posted.method,
+            posted.path,
+            posted
+                .headers
+                .iter()
+                .find(|(k, _)| k == "content-length")
+                .map(|(_, v)| v.clone()),
+            posted
+                .headers
+                .iter()
+                .find(|(k, _)| k == "x-static")
+                .map(|(_, v)| v.clone()),
+            posted
+                .headers
+                .iter()
+                .find(|(k, _)| k == "x-envoy-auth-partial-body")
+                .map(|(_, v)| v.clone()),
+            String::from_utf8_lossy(&posted.body),
+        );
+        let h = |k: &str, v: &str| (k.to_string(), v.to_string());
+        if posted.path.contains("/deny") {
+            Answer {
+                status: 401,
+                headers: vec![
+                    h("www-authenticate", "Bearer"),
+                    h("x-other", "1"),
+                    h("x-deny-reason", "nope"),
+                    h("content-type", "text/html"),
+                ],
+                body: bytes::Bytes::from_static(b"go away"),
+            }
+        } else if posted.path.contains("/fail") {
+            Answer {
+                status: 503,
+                headers: vec![],
+                body: bytes::Bytes::from_static(b"broken"),
+            }
+        } else {
+            Answer {
+                status: 200,
+                headers: vec![
+                    h("x-authz-user", "bob"),
+                    h("x-seen", &seen),
+                    h("x-envoy-auth-headers-to-remove", "x-remove-me"),
+                    h("x-resp", "yes"),
+                    h("x-append", "a"),
+                    h("x-not-allowed", "z"),
+                ],
+                body: bytes::Bytes::new(),
+            }
+        }
+    })
+}
+
+fn http_filter(extra: &str) -> String {
+    format!(
+        r#"          - name: authz
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz
+              transport_api_version: V3
+              allowed_headers: {{ patterns: [{{ exact: x-custom }}, {{ prefix: x-remove }}] }}
+              http_service:
+                server_uri: {{ uri: "http://authz", cluster: authz, timeout: 1s }}
+                path_prefix: /authz
+                authorization_request:
+                  headers_to_add: [{{ key: x-static, value: s }}]
+                authorization_response:
+                  allowed_upstream_headers: {{ patterns: [{{ exact: x-authz-user }}, {{ exact: x-seen }}] }}
+                  allowed_upstream_headers_to_append: {{ patterns: [{{ exact: x-append }}] }}
+                  allowed_client_headers_on_success: {{ patterns: [{{ exact: x-resp }}] }}
+{extra}"#
+    )
+}
+
+fn http_run(proxy: &Courier, up: &Upstream) -> Vec<String> {
+    let mut t = Vec::new();
+    let mut go = |m: &str, p: &str, h: &[(&str, &str)], b: &[u8]| {
+        t.push(exchange(proxy, up, m, p, h, b));
+    };
+    go(
+        "GET",
+        "/a?q=1",
+        &[
+            ("x-custom", "c"),
+            ("x-ignored", "i"),
+            ("authorization", "Basic x"),
+        ],
+        b"",
+    );
+    go(
+        "GET",
+        "/b",
+        &[("x-remove-me", "r"), ("x-append", "orig")],
+        b"",
+    );
+    go("GET", "/deny/x", &[], b"");
+    go("GET", "/fail", &[], b"");
+    go("POST", "/post", &[], b"0123456789");
+    go("GET", "/public/deny", &[], b"");
+    for name in ["ok", "denied", "error"] {
+        t.push(format!(
+            "{name}={}",
+            proxy.stat(&format!("http.ingress.ext_authz.{name}"))
+        ));
+    }
+    t
+}
+
+#[test]
+fn http_service_decides_as_envoy() {
+    let authz = http_authz();
+    let up = Upstream::start("up");
+    let clusters = cluster("up", &[up.addr], "") + &cluster("authz", &[authz], "");
+    let b = with_filters(&bootstrap(ROUTES, "", &clusters), &http_filter(""));
+    let courier = http_run(&Courier::start(&b), &up);
+    for line in &courier {
+        eprintln!("courier: {line}");
+    }
+    let envoy = Courier::start_envoy(&b).map(|e| http_run(&e, &up));
+    if let Some(e) = &envoy {
+        for line in e {
+            eprintln!("envoy:   {line}");
+        }
+    }
+    compare(&courier, envoy.as_deref());
+    assert!(
+        courier[2].contains("-> 401") && courier[2].contains("go away"),
+        "{}",
+        courier[2]
+    );
+    assert!(courier[3].contains("-> 403"), "{}", courier[3]);
+}
+
+#[test]
+fn request_body_goes_to_the_service_as_envoy() {
+    let authz = http_authz();
+    let up = Upstream::start("up");
+    let clusters = cluster("up", &[up.addr], "") + &cluster("authz", &[authz], "");
+    let run = |partial: bool| {
+        let b = with_filters(
+            &bootstrap(ROUTES, "", &clusters),
+            &http_filter(&format!(
+                "              with_request_body: {{ max_request_bytes: 4, allow_partial_message: {partial} }}\n"
+            )),
+        );
+        let go = |proxy: &Courier| {
+            vec![
+                exchange(proxy, &up, "POST", "/short", &[], b"abc"),
+                exchange(proxy, &up, "POST", "/long", &[], b"0123456789"),
+                exchange(proxy, &up, "GET", "/none", &[], b""),
+            ]
+        };
+        let courier = go(&Courier::start(&b));
+        for line in &courier {
+            eprintln!("courier: {line}");
+        }
+        let envoy = Courier::start_envoy(&b).map(|e| go(&e));
+        if let Some(e) = &envoy {
+            for line in e {
+                eprintln!("envoy:   {line}");
+            }
+        }
+        compare(&courier, envoy.as_deref());
+        courier
+    };
+    let partial = run(true);
+    assert!(
+        partial[1].contains("-> 200") && partial[1].contains("body=\\\"0123\\\""),
+        "{}",
+        partial[1]
+    );
+    assert!(
+        partial[1].contains("partial=Some(\\\"true\\\")"),
+        "{}",
+        partial[1]
+    );
+    assert!(
+        partial[0].contains("partial=Some(\\\"false\\\")"),
+        "{}",
+        partial[0]
+    );
+    let whole = run(false);
+    assert!(whole[1].contains("-> 413"), "{}", whole[1]);
+}
+
+#[test]
+fn refuses_what_it_does_not_act_on() {
+    let clusters = cluster("up", &["127.0.0.1:1".parse().expect("addr")], "")
+        + &cluster("authz", &["127.0.0.1:2".parse().expect("addr")], H2);
+    let base = with_filters(&bootstrap(ROUTES, "", &clusters), &grpc_filter(false, ""));
+    let at = "static_resources.listeners[0].filter_chains[0].filters[0].typed_config.http_filters[0].typed_config";
+    let f = "              failure_mode_allow: false\n";
+    assert_refused_by_path(
+        &base,
+        &[
+            (f, "              failure_mode_allow: false\n              clear_route_cache: true\n", &format!("{at}.clear_route_cache")),
+            (f, "              failure_mode_allow: false\n              validate_mutations: true\n", &format!("{at}.validate_mutations")),
+            (f, "              failure_mode_allow: false\n              metadata_context_namespaces: [a]\n", &format!("{at}.metadata_context_namespaces")),
+            (f, "              failure_mode_allow: false\n              shadow_mode: true\n", &format!("{at}.shadow_mode")),
+            ("transport_api_version: V3", "transport_api_version: V2", "transport_api_version"),
+            (
+                "check_settings: { context_extensions: { level: route, route: ctx } }",
+                "check_settings: { with_request_body: { max_request_bytes: 5 } }",
+                "check_settings.with_request_body",
+            ),
+        ],
+    );
+    // Envoy refuses the same invalid one.
+    for (from, to) in [("transport_api_version: V3", "transport_api_version: V2")] {
+        if let Some((code, _)) = envoy_validate(&base.replacen(from, to, 1)) {
+            assert_ne!(code, Some(0), "Envoy accepts {to}");
+        }
+    }
 }

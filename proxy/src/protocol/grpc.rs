@@ -36,5 +36,6 @@ pub fn timeout_value(d: std::time::Duration) -> http::HeaderValue {
         n /= div;
         unit = next;
     }
-    http::HeaderValue::from_str(&format!("{n}{unit}")).unwrap_or(http::HeaderValue::from_static("0m"))
+    http::HeaderValue::from_str(&format!("{n}{unit}"))
+        .unwrap_or(http::HeaderValue::from_static("0m"))
 }

@@ -937,17 +937,42 @@ pub fn http_collector<F>(
 where
     F: Fn(Posted) + Send + Sync + 'static,
 {
+    http_service(move |posted| {
+        on_request(posted);
+        Answer {
+            status,
+            headers: vec![("content-type".into(), content_type.into())],
+            body: bytes::Bytes::from_static(answer),
+        }
+    })
+}
+
+/// What [`http_service`] answers a request.
+pub struct Answer {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: bytes::Bytes,
+}
+
+/// An HTTP/1.1 service: each request goes whole to `answer`, which says what it gets.
+pub fn http_service<F>(answer: F) -> SocketAddr
+where
+    F: Fn(Posted) -> Answer + Send + Sync + 'static,
+{
     use http_body_util::BodyExt;
-    let on_request = Arc::new(on_request);
+    let answer = Arc::new(answer);
     spawn_tokio_server(move |stream| {
-        let on_request = on_request.clone();
+        let answer = answer.clone();
         async move {
             let service =
                 hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let on_request = on_request.clone();
+                    let answer = answer.clone();
                     async move {
                         let method = req.method().to_string();
-                        let path = req.uri().path().to_string();
+                        let path = req
+                            .uri()
+                            .path_and_query()
+                            .map_or_else(|| req.uri().path().to_string(), |p| p.to_string());
                         let headers = req
                             .headers()
                             .iter()
@@ -964,18 +989,18 @@ where
                             .await
                             .map(|b| b.to_bytes())
                             .unwrap_or_default();
-                        on_request(Posted {
+                        let a = answer(Posted {
                             method,
                             path,
                             headers,
                             body,
                         });
+                        let mut r = hyper::Response::builder().status(a.status);
+                        for (k, v) in &a.headers {
+                            r = r.header(k.as_str(), v.as_str());
+                        }
                         Ok::<_, std::convert::Infallible>(
-                            hyper::Response::builder()
-                                .status(status)
-                                .header("content-type", content_type)
-                                .body(http_body_util::Full::new(bytes::Bytes::from_static(answer)))
-                                .expect("response"),
+                            r.body(http_body_util::Full::new(a.body)).expect("response"),
                         )
                     }
                 });

@@ -51,7 +51,7 @@ pub(crate) struct CheckedRequest<'a> {
 #[derive(Default)]
 pub(crate) struct Passed {
     /// The changes its answer is to take.
-    pub response: Option<Box<ResponseChanges>>,
+    pub response: Option<ResponseChanges>,
     /// Its path changed (query parameters set or removed): the router sends the new one.
     pub path_changed: bool,
 }
@@ -111,12 +111,16 @@ pub(crate) async fn check(
                 body: body.as_ref().map(|b| CheckBody {
                     bytes: b,
                     pack_as_bytes: f.body.is_some_and(|s| s.pack_as_bytes),
+                    partial: f.body.is_some_and(|s| b.len() >= s.max_bytes),
                 }),
             };
             g.request(&check_request::build(&view, &f.headers, extras))
         }
         Service::Http(h) => {
-            let fields = check_request::headers(&view, &f.headers);
+            let partial = body
+                .as_ref()
+                .map(|b| f.body.is_some_and(|s| b.len() >= s.max_bytes));
+            let fields = check_request::headers(&view, &f.headers, partial);
             let cx = FormatContext {
                 remote: Some(c.conn.remote),
                 local: Some(c.conn.local),
@@ -169,7 +173,7 @@ pub(crate) async fn check(
             }
             let changes = allowed.response;
             Ok(Passed {
-                response: (!changes.is_empty()).then(|| Box::new(changes)),
+                response: (!changes.is_empty()).then_some(changes),
                 path_changed,
             })
         }
@@ -193,7 +197,8 @@ async fn hold_body(
     let mut held = BytesMut::new();
     let mut ended = false;
     while held.len() < settings.max_bytes || !settings.allow_partial {
-        let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await else {
+        let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
+        else {
             ended = true;
             break;
         };
@@ -281,6 +286,9 @@ impl ClusterCounters for PoolCounters<'_> {
     }
 
     fn charge(&self, status: StatusCode) {
-        self.pool.stats.rq.charge(self.worker, status.as_u16(), true);
+        self.pool
+            .stats
+            .rq
+            .charge(self.worker, status.as_u16(), true);
     }
 }

@@ -641,10 +641,11 @@ pub(crate) async fn process(
                 idle.set_route_timeout(t);
             }
             let path = match marks.path_changed {
-                true => Cow::Owned(req.uri().path_and_query().map_or_else(
-                    || path.to_string(),
-                    |p| p.as_str().to_owned(),
-                )),
+                true => Cow::Owned(
+                    req.uri()
+                        .path_and_query()
+                        .map_or_else(|| path.to_string(), |p| p.as_str().to_owned()),
+                ),
                 false => Cow::Borrowed(&*path),
             };
             forward(
@@ -729,7 +730,7 @@ struct FilterMarks<'a> {
     grpc: bool,
     /// What ext_authz services that allowed the request put on its answer, in chain
     /// order (empty, unallocated, without them).
-    authz: Vec<Box<ResponseChanges>>,
+    authz: Vec<ResponseChanges>,
     /// A filter changed the request's path (its query): the router sends the request's
     /// own rather than the routed one.
     path_changed: bool,
@@ -1252,9 +1253,10 @@ async fn run_filters<'a>(
                     cluster: routed_cluster(s, req.headers()).map(str::to_owned),
                 };
                 // Boxed: its call would otherwise take room in every request's future.
-                let checked =
-                    Box::pin(crate::http::conn_manager::ext_authz_check::check(checked, f, req, outcome))
-                        .await;
+                let checked = Box::pin(crate::http::conn_manager::ext_authz_check::check(
+                    checked, f, req, outcome,
+                ))
+                .await;
                 match checked {
                     Ok(passed) => {
                         marks.authz.extend(passed.response);

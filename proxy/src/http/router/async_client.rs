@@ -13,9 +13,9 @@ use http_body_util::BodyExt;
 use hyper::body::Body as _;
 
 use crate::http::codec::body::ProxyBody;
-use crate::protocol::message::{RequestMessage, ResponseMessage};
 use crate::http::request_stats::StatSinks;
 use crate::http::router::pool;
+use crate::protocol::message::{RequestMessage, ResponseMessage};
 use crate::stats::Store;
 use crate::upstream::{ClusterInfo, ThreadLocalClusterManager};
 use courier_runtime::event::rt;
@@ -163,7 +163,9 @@ pub(crate) async fn exchange(
     };
     match rt::timeout(deadline, exchange).await {
         Some(Ok(resp)) => {
-            pool.stats.rq.charge(worker, resp.head.status.as_u16(), internal);
+            pool.stats
+                .rq
+                .charge(worker, resp.head.status.as_u16(), internal);
             Ok(resp)
         }
         Some(Err(e)) => {
@@ -181,8 +183,8 @@ pub(crate) async fn exchange(
 async fn read_whole(mut body: ProxyBody) -> Result<(Bytes, Option<HeaderMap>), AsyncFailure> {
     let mut data = bytes::BytesMut::new();
     let mut trailers = None;
-    while let Some(frame) = std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx))
-        .await
+    while let Some(frame) =
+        std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx)).await
     {
         let frame = frame.map_err(|e| AsyncFailure::Reset(e.to_string()))?;
         match frame.into_data() {

@@ -66,7 +66,6 @@ pub(crate) static X_ENVOY_OVERLOADED: HeaderName = HeaderName::from_static("x-en
 pub(crate) static X_ENVOY_ATTEMPT_COUNT: HeaderName =
     HeaderName::from_static("x-envoy-attempt-count");
 
-
 pub(crate) fn rewrite_prefix(route: &Route, path: &str, new_prefix: &str) -> String {
     if route.is_regex() {
         // Envoy replaces the whole path (query kept) for regex matches.
@@ -391,7 +390,9 @@ pub(crate) async fn forward(
         .filter(|_| !is_upgrade && !grpc_timeout_from_route)
     {
         // As Envoy: the gRPC server learns the deadline the proxy holds it to.
-        parts.headers.insert(GRPC_TIMEOUT, crate::protocol::grpc::timeout_value(t));
+        parts
+            .headers
+            .insert(GRPC_TIMEOUT, crate::protocol::grpc::timeout_value(t));
     }
     // The earlier of the route timeout and the stream's duration bounds every attempt.
     let overall_deadline = match (global_deadline, duration_deadline) {
@@ -618,9 +619,10 @@ pub(crate) async fn forward(
                 if grpc_timeout_from_route {
                     // As Envoy: the server learns the timeout this attempt is held to, an
                     // internal request's timeout controls and the per-try one included.
-                    up_req
-                        .headers_mut()
-                        .insert(GRPC_TIMEOUT, crate::protocol::grpc::timeout_value(Duration::from_millis(ms)));
+                    up_req.headers_mut().insert(
+                        GRPC_TIMEOUT,
+                        crate::protocol::grpc::timeout_value(Duration::from_millis(ms)),
+                    );
                 }
             }
         }

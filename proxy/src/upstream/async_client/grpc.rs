@@ -156,10 +156,7 @@ impl GrpcClient {
             }
         }
         if self.envoy_headers {
-            headers.insert(
-                "x-envoy-internal",
-                http::HeaderValue::from_static("true"),
-            );
+            headers.insert("x-envoy-internal", http::HeaderValue::from_static("true"));
         }
     }
 

@@ -61,10 +61,17 @@ impl HeaderFilter {
     }
 }
 
+/// The field telling the service whether the body it got was cut.
+pub const PARTIAL_BODY: &str = "x-envoy-auth-partial-body";
+
 /// The request's header fields as the service gets them: pseudo-headers first (as
 /// Envoy's header map holds them), lowercase names, a repeated field's values joined with
-/// `,`.
-pub fn headers(view: &CheckView<'_>, filter: &HeaderFilter) -> Vec<(String, String)> {
+/// `,`; with a held body, whether it was cut (`partial`).
+pub fn headers(
+    view: &CheckView<'_>,
+    filter: &HeaderFilter,
+    partial: Option<bool>,
+) -> Vec<(String, String)> {
     let mut out: Vec<(String, String)> = Vec::with_capacity(view.headers.keys_len() + 4);
     for (name, value) in [
         (":authority", view.authority),
@@ -90,6 +97,9 @@ pub fn headers(view: &CheckView<'_>, filter: &HeaderFilter) -> Vec<(String, Stri
         }
         out.push((name.as_str().to_owned(), joined));
     }
+    if let Some(partial) = partial {
+        out.push((PARTIAL_BODY.to_owned(), partial.to_string()));
+    }
     out
 }
 
@@ -99,6 +109,8 @@ pub struct CheckBody<'a> {
     pub bytes: &'a Bytes,
     /// As `raw_body` rather than `body`.
     pub pack_as_bytes: bool,
+    /// Whether it was cut at `max_request_bytes`.
+    pub partial: bool,
 }
 
 /// What a `CheckRequest` carries besides the request itself.
@@ -120,9 +132,9 @@ fn peer(addr: SocketAddr, principal: String, certificate: String) -> Peer {
         address: Some(core::Address {
             address: Some(core::address::Address::SocketAddress(core::SocketAddress {
                 address: addr.ip().to_string(),
-                port_specifier: Some(core::socket_address::PortSpecifier::PortValue(
-                    u32::from(addr.port()),
-                )),
+                port_specifier: Some(core::socket_address::PortSpecifier::PortValue(u32::from(
+                    addr.port(),
+                ))),
                 ..Default::default()
             })),
         }),
@@ -133,11 +145,7 @@ fn peer(addr: SocketAddr, principal: String, certificate: String) -> Peer {
 }
 
 /// The `CheckRequest` for a request.
-pub fn build(
-    view: &CheckView<'_>,
-    filter: &HeaderFilter,
-    extras: CheckExtras<'_>,
-) -> CheckRequest {
+pub fn build(view: &CheckView<'_>, filter: &HeaderFilter, extras: CheckExtras<'_>) -> CheckRequest {
     let peer_cert = view.tls.and_then(|t| t.peer.as_ref());
     let source_principal = peer_cert.map_or_else(String::new, |p| {
         p.names
@@ -157,7 +165,7 @@ pub fn build(
         .tls
         .and_then(|t| t.local_uri_sans.first().cloned())
         .unwrap_or_default();
-    let fields = headers(view, filter);
+    let fields = headers(view, filter, extras.body.as_ref().map(|b| b.partial));
     let mut http = HttpRequest {
         id: view.stream_id.to_string(),
         method: view.method.to_owned(),

@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use courier_proto::envoy::config::core::v3::HeaderValueOption;
 use courier_proto::envoy::config::core::v3::header_value_option::HeaderAppendAction;
+use courier_proto::envoy::config::core::v3::HeaderValueOption;
 use courier_proto::envoy::service::auth::v3::check_response::HttpResponse;
 use courier_proto::envoy::service::auth::v3::{CheckRequest, CheckResponse};
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
@@ -153,7 +153,11 @@ fn header_value(h: &courier_proto::envoy::config::core::v3::HeaderValue) -> &[u8
 /// An `ok_response.headers` entry: appended to a field the request has when `append` is
 /// true, else set.
 fn request_header(allowed: &mut Allowed, h: &HeaderValueOption) {
-    let Some(f) = h.header.as_ref().and_then(|v| field(&v.key, header_value(v))) else {
+    let Some(f) = h
+        .header
+        .as_ref()
+        .and_then(|v| field(&v.key, header_value(v)))
+    else {
         return;
     };
     #[allow(deprecated)]
@@ -166,7 +170,11 @@ fn request_header(allowed: &mut Allowed, h: &HeaderValueOption) {
 
 /// A `response_headers_to_add` entry, by `append` when set, else its `append_action`.
 fn response_header(allowed: &mut Allowed, h: &HeaderValueOption) {
-    let Some(f) = h.header.as_ref().and_then(|v| field(&v.key, header_value(v))) else {
+    let Some(f) = h
+        .header
+        .as_ref()
+        .and_then(|v| field(&v.key, header_value(v)))
+    else {
         return;
     };
     let r = &mut allowed.response;

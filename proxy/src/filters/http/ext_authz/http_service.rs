@@ -9,6 +9,7 @@ use courier_proto::envoy::extensions::filters::http::ext_authz::v3 as pb;
 use courier_proto::envoy::r#type::matcher::v3::ListStringMatcher;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 
+use super::check_request;
 use super::verdict::{Allowed, Denied, Verdict};
 use crate::config::ConfigError;
 use crate::http::route::StrMatch;
@@ -73,9 +74,9 @@ impl HttpService {
             ));
         }
         let cluster = match &uri.http_upstream_type {
-            Some(
-                courier_proto::envoy::config::core::v3::http_uri::HttpUpstreamType::Cluster(c),
-            ) if !c.is_empty() => c.clone(),
+            Some(courier_proto::envoy::config::core::v3::http_uri::HttpUpstreamType::Cluster(
+                c,
+            )) if !c.is_empty() => c.clone(),
             _ => {
                 return Err(ConfigError::new(
                     format!("{at}.cluster"),
@@ -84,7 +85,10 @@ impl HttpService {
             }
         };
         let Some(timeout) = &uri.timeout else {
-            return Err(ConfigError::new(format!("{at}.timeout"), "value is required"));
+            return Err(ConfigError::new(
+                format!("{at}.timeout"),
+                "value is required",
+            ));
         };
         let timeout = crate::config::duration(timeout, &format!("{at}.timeout"))?;
         let request = proto.authorization_request.clone().unwrap_or_default();
@@ -101,7 +105,10 @@ impl HttpService {
         for (i, h) in request.headers_to_add.iter().enumerate() {
             let hp = format!("{rpath}.headers_to_add[{i}]");
             let name = HeaderName::from_bytes(h.key.as_bytes()).map_err(|_| {
-                ConfigError::new(format!("{hp}.key"), format!("invalid header name '{}'", h.key))
+                ConfigError::new(
+                    format!("{hp}.key"),
+                    format!("invalid header name '{}'", h.key),
+                )
             })?;
             let raw = if h.raw_value.is_empty() {
                 h.value.clone()
@@ -146,10 +153,13 @@ impl HttpService {
     }
 
     /// Whether the service gets the request's field `name`: `authorization`, `:method`,
-    /// `:path` and `host` always, the configured ones too.
+    /// `:path`, `:authority` and whether the body was cut always, the configured ones
+    /// too.
     fn sends(&self, name: &str) -> bool {
-        matches!(name, "authorization" | ":method" | ":path" | ":authority" | "host")
-            || any(&self.request_allowed, name)
+        matches!(
+            name,
+            "authorization" | ":method" | ":path" | ":authority" | check_request::PARTIAL_BODY
+        ) || any(&self.request_allowed, name)
     }
 
     /// The request to the service for a request whose fields the filter lets it see are
@@ -189,6 +199,8 @@ impl HttpService {
                 }
             }
         }
+        // Envoy's async client marks its requests internal.
+        headers.insert("x-envoy-internal", HeaderValue::from_static("true"));
         for (name, value) in &self.headers_to_add {
             if let Some(v) = value.render(cx) {
                 headers.insert(name.clone(), v);

@@ -157,15 +157,12 @@ impl ExtAuthzPerRoute {
     pub fn compile(proto: &pb::ExtAuthzPerRoute, path: &str) -> Result<Self, ConfigError> {
         use pb::ext_authz_per_route::Override;
         match &proto.r#override {
-            Some(Override::Disabled(true)) => Ok(ExtAuthzPerRoute {
-                disabled: true,
+            // Envoy 1.40 takes `disabled: false` too (measured): nothing is overridden.
+            Some(Override::Disabled(disabled)) => Ok(ExtAuthzPerRoute {
+                disabled: *disabled,
                 context_extensions: HashMap::new(),
                 skip_body: false,
             }),
-            Some(Override::Disabled(false)) => Err(ConfigError::new(
-                format!("{path}.disabled"),
-                "value must equal true",
-            )),
             Some(Override::CheckSettings(s)) => {
                 let at = format!("{path}.check_settings");
                 if s.with_request_body.is_some() {
@@ -241,12 +238,14 @@ impl ExtAuthzFilter {
         store: &Store,
     ) -> Result<ExtAuthzFilter, ConfigError> {
         refuse_unsupported(proto, path)?;
+        // AUTO means V3, as in Envoy; V2 is gone.
+        #[allow(deprecated)]
         if proto.transport_api_version
-            != courier_proto::envoy::config::core::v3::ApiVersion::V3 as i32
+            == courier_proto::envoy::config::core::v3::ApiVersion::V2 as i32
         {
             return Err(ConfigError::new(
                 format!("{path}.transport_api_version"),
-                "only V3 is supported (Envoy refuses the others)",
+                "V2 is not supported (Envoy refuses it): use V3",
             ));
         }
         let service = match &proto.services {
@@ -267,7 +266,10 @@ impl ExtAuthzFilter {
                 ))
             }
         };
-        let allowed = matcher_list(proto.allowed_headers.as_ref(), &format!("{path}.allowed_headers"))?;
+        let allowed = matcher_list(
+            proto.allowed_headers.as_ref(),
+            &format!("{path}.allowed_headers"),
+        )?;
         let headers = HeaderFilter {
             // The HTTP service picks its own fields; the list only adds to them.
             allowed: (!allowed.is_empty() && matches!(service, Service::Grpc(_)))
@@ -320,7 +322,10 @@ impl ExtAuthzFilter {
             include_peer_certificate: proto.include_peer_certificate,
             include_tls_session: proto.include_tls_session,
             encode_raw_headers: proto.encode_raw_headers,
-            charge_cluster: proto.charge_cluster_response_stats.as_ref().is_none_or(|b| b.value),
+            charge_cluster: proto
+                .charge_cluster_response_stats
+                .as_ref()
+                .is_none_or(|b| b.value),
             max_denied_body: (proto.max_denied_response_body_bytes > 0)
                 .then_some(proto.max_denied_response_body_bytes as usize),
             stats: Stats {
@@ -339,13 +344,16 @@ impl ExtAuthzFilter {
         if !routed {
             return Begin::Skip;
         }
-        if per_filter::policy::<ExtAuthzPerRoute>(levels, &self.name).is_some_and(|p| p.disabled)
-        {
+        if per_filter::policy::<ExtAuthzPerRoute>(levels, &self.name).is_some_and(|p| p.disabled) {
             return Begin::Skip;
         }
         if self.filter_enabled.as_ref().is_some_and(|f| !f.sample()) {
             self.stats.disabled.inc(worker);
-            if self.deny_at_disable.as_ref().is_some_and(RuntimeFlag::enabled) {
+            if self
+                .deny_at_disable
+                .as_ref()
+                .is_some_and(RuntimeFlag::enabled)
+            {
                 return Begin::Refuse(Box::new(self.error_reply()));
             }
             return Begin::Skip;
@@ -473,7 +481,10 @@ fn refuse_unsupported(proto: &pb::ExtAuthz, path: &str) -> Result<(), ConfigErro
             "route_typed_metadata_context_namespaces",
             !proto.route_typed_metadata_context_namespaces.is_empty(),
         ),
-        ("filter_enabled_metadata", proto.filter_enabled_metadata.is_some()),
+        (
+            "filter_enabled_metadata",
+            proto.filter_enabled_metadata.is_some(),
+        ),
         (
             "bootstrap_metadata_labels_key",
             !proto.bootstrap_metadata_labels_key.is_empty(),

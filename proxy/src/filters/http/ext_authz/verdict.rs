@@ -166,10 +166,7 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("x-a", HeaderValue::from_static("1"));
         let allowed = Allowed {
-            append: vec![
-                field("x-a", b"2").unwrap(),
-                field("x-b", b"3").unwrap(),
-            ],
+            append: vec![field("x-a", b"2").unwrap(), field("x-b", b"3").unwrap()],
             remove: vec![HeaderName::from_static("host")],
             ..Default::default()
         };

@@ -17,6 +17,7 @@ pub mod compressor;
 pub mod cors;
 pub mod decompressor;
 pub mod fault;
+pub mod grpc_web;
 pub mod health_check;
 pub mod local_ratelimit;
 pub mod on_demand;
@@ -97,6 +98,8 @@ pub enum HttpFilter {
     OnDemand(on_demand::OnDemandFilter),
     /// `envoy.filters.http.decompressor` (boxed: it is rare).
     Decompressor(Box<decompressor::DecompressorFilter>),
+    /// `envoy.filters.http.grpc_web`.
+    GrpcWeb(grpc_web::GrpcWebFilter),
 }
 
 impl HttpFilter {
@@ -111,6 +114,7 @@ impl HttpFilter {
             HttpFilter::Compressor(f) => &f.name,
             HttpFilter::OnDemand(f) => &f.name,
             HttpFilter::Decompressor(f) => &f.name,
+            HttpFilter::GrpcWeb(f) => &f.name,
         }
     }
 }
@@ -244,6 +248,18 @@ pub static CHAIN: Registry<BuildFilter> = Registry {
                     &a.config_or_default()?,
                     a.path,
                 )?))
+            },
+        },
+        Factory {
+            type_name: grpc_web::FILTER_TYPE,
+            name: grpc_web::FILTER_NAME,
+            build: |a| {
+                // `GrpcWeb` has no fields: unpacking checks the type.
+                let _: courier_proto::envoy::extensions::filters::http::grpc_web::v3::GrpcWeb =
+                    a.config_or_default()?;
+                Ok(HttpFilter::GrpcWeb(grpc_web::GrpcWebFilter::new(
+                    a.name, a.store,
+                )))
             },
         },
         Factory {

@@ -39,3 +39,24 @@ pub fn timeout_value(d: std::time::Duration) -> http::HeaderValue {
     http::HeaderValue::from_str(&format!("{n}{unit}"))
         .unwrap_or(http::HeaderValue::from_static("0m"))
 }
+
+/// A gRPC request's service and method from its `:path` (Envoy's
+/// `Grpc::Common::resolveServiceAndMethod`): the path before any `?`, split on `/` with
+/// empty parts skipped, must have exactly two parts.
+pub fn service_and_method(path: &str) -> Option<(&str, &str)> {
+    let path = path.split('?').next().unwrap_or("");
+    let mut parts = path.split('/').filter(|p| !p.is_empty());
+    let service = parts.next()?;
+    let method = parts.next()?;
+    parts.next().is_none().then_some((service, method))
+}
+
+/// Whether a response is gRPC (Envoy's `Grpc::Common::isGrpcResponseHeaders`): a
+/// headers-only one (trailers-only) when it has a `grpc-status`, else a `200` whose
+/// content-type is gRPC's.
+pub fn is_grpc_response(status: u16, headers: &http::HeaderMap, end_stream: bool) -> bool {
+    if end_stream {
+        return headers.contains_key("grpc-status");
+    }
+    status == 200 && is_grpc(headers)
+}

@@ -4,6 +4,7 @@
 //! and the clusters that use it.
 
 pub mod grpc;
+pub mod grpc_frame;
 pub mod h2_options;
 pub mod header_mutations;
 pub mod key_format;

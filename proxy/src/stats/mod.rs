@@ -6,6 +6,7 @@
 //! through the [`Store`] and handed to workers inside immutable snapshots, so the hot path
 //! never looks a stat up by name.
 
+pub mod dynamic;
 mod render;
 pub mod sinks;
 mod store;

@@ -1181,3 +1181,137 @@ pub fn validate(bootstrap: &str) -> (Option<i32>, String) {
     assert!(!stderr.contains("panicked"), "{stderr}");
     (out.status.code(), stderr)
 }
+
+/// A request a [`grpc_upstream`] received: its path, headers and whole body.
+#[derive(Debug, Clone)]
+pub struct GrpcSeen {
+    pub path: String,
+    pub headers: http::HeaderMap,
+    pub body: bytes::Bytes,
+}
+
+/// One gRPC message framed (flags `0`, big-endian length, the message).
+pub fn grpc_frame(message: &[u8]) -> Vec<u8> {
+    let mut f = vec![0u8];
+    f.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    f.extend_from_slice(message);
+    f
+}
+
+/// A gRPC-like HTTP/2 (prior knowledge) upstream answering by the path's last part, with
+/// what it received kept in the returned list:
+/// - `Echo`: `200 application/grpc`, the request body as it came, trailers
+///   `grpc-status: 0`, `grpc-message: ok`;
+/// - `Many`: three framed messages in three chunks, then `grpc-status: 0`;
+/// - `Fail`: trailers-only (headers only): `grpc-status: 7`, `grpc-message: denied`;
+/// - `Error`: one framed message, then `grpc-status: 13`, `grpc-message: bad thing`;
+/// - `Garbage`: a body whose second frame has flags `0x42`, then `grpc-status: 0`;
+/// - `plain503` / `plain200`: not gRPC: `text/plain` `oops` / `hello`;
+/// - anything else: `404` without a body.
+pub fn grpc_upstream() -> (SocketAddr, Arc<std::sync::Mutex<Vec<GrpcSeen>>>) {
+    use http_body_util::BodyExt;
+    type Frames = Vec<Result<hyper::body::Frame<bytes::Bytes>, std::convert::Infallible>>;
+    let seen: Arc<std::sync::Mutex<Vec<GrpcSeen>>> = Arc::default();
+    let kept = seen.clone();
+    let addr = spawn_tokio_server(move |stream| {
+        let seen = kept.clone();
+        async move {
+            let service =
+                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let seen = seen.clone();
+                    async move {
+                        let path = req.uri().path().to_string();
+                        let headers = req.headers().clone();
+                        let body = req
+                            .into_body()
+                            .collect()
+                            .await
+                            .map(|b| b.to_bytes())
+                            .unwrap_or_default();
+                        seen.lock().expect("seen").push(GrpcSeen {
+                            path: path.clone(),
+                            headers,
+                            body: body.clone(),
+                        });
+                        let trailers = |status: &str, message: &str| {
+                            let mut t = http::HeaderMap::new();
+                            t.insert("grpc-status", status.parse().expect("status"));
+                            if !message.is_empty() {
+                                t.insert("grpc-message", message.parse().expect("message"));
+                            }
+                            Ok(hyper::body::Frame::trailers(t))
+                        };
+                        let data = |b: Vec<u8>| Ok(hyper::body::Frame::data(bytes::Bytes::from(b)));
+                        let method = path.rsplit('/').next().unwrap_or("");
+                        let mut resp = hyper::Response::builder().status(200);
+                        let frames: Frames = match method {
+                            "Echo" => vec![data(body.to_vec()), trailers("0", "ok")],
+                            "Many" => vec![
+                                data(grpc_frame(b"one")),
+                                data(grpc_frame(b"two")),
+                                data(grpc_frame(b"three")),
+                                trailers("0", ""),
+                            ],
+                            "Fail" => {
+                                resp = resp
+                                    .header("grpc-status", "7")
+                                    .header("grpc-message", "denied");
+                                vec![]
+                            }
+                            "Error" => {
+                                vec![data(grpc_frame(b"partial")), trailers("13", "bad thing")]
+                            }
+                            "Garbage" => {
+                                let mut b = grpc_frame(b"fine");
+                                b.extend_from_slice(&[0x42, 0, 0, 0, 1, 9]);
+                                vec![data(b), trailers("0", "")]
+                            }
+                            "plain503" => {
+                                resp = resp.status(503).header("content-type", "text/plain");
+                                vec![data(b"oops".to_vec())]
+                            }
+                            "plain200" => {
+                                resp = resp.header("content-type", "text/plain");
+                                vec![data(b"hello".to_vec())]
+                            }
+                            _ => {
+                                resp = resp.status(404);
+                                vec![]
+                            }
+                        };
+                        if matches!(method, "Echo" | "Many" | "Fail" | "Error" | "Garbage") {
+                            resp = resp.header("content-type", "application/grpc");
+                        }
+                        // No frames: headers only (a real trailers-only response).
+                        let body = if frames.is_empty() {
+                            http_body_util::Either::Right(http_body_util::Empty::new())
+                        } else {
+                            http_body_util::Either::Left(http_body_util::StreamBody::new(
+                                tokio_stream::iter(frames),
+                            ))
+                        };
+                        Ok::<_, std::convert::Infallible>(resp.body(body).expect("response"))
+                    }
+                });
+            let _ = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await;
+        }
+    });
+    (addr, seen)
+}
+
+/// A cluster's options for HTTP/2 upstream connections (a [`cluster`]'s `extra`).
+pub const H2_CLUSTER: &str = "    typed_extension_protocol_options:\n      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n        explicit_http_config:\n          http2_protocol_options: {}\n";
+
+/// The lines of `/stats` whose name contains `part`, sorted.
+pub fn stats_with(proxy: &Courier, part: &str) -> Vec<String> {
+    let body = admin_get(proxy.admin, "/stats").unwrap_or_default();
+    let mut lines: Vec<String> = body
+        .lines()
+        .filter(|l| l.split(':').next().is_some_and(|n| n.contains(part)))
+        .map(str::to_string)
+        .collect();
+    lines.sort();
+    lines
+}

@@ -18,6 +18,7 @@ pub mod cors;
 pub mod decompressor;
 pub mod ext_authz;
 pub mod fault;
+pub mod grpc_web;
 pub mod health_check;
 pub mod local_ratelimit;
 pub mod on_demand;
@@ -101,6 +102,8 @@ pub enum HttpFilter {
     Decompressor(Box<decompressor::DecompressorFilter>),
     /// `envoy.filters.http.ext_authz` (boxed: it is large).
     ExtAuthz(Box<ext_authz::ExtAuthzFilter>),
+    /// `envoy.filters.http.grpc_web`.
+    GrpcWeb(grpc_web::GrpcWebFilter),
 }
 
 impl HttpFilter {
@@ -116,6 +119,7 @@ impl HttpFilter {
             HttpFilter::OnDemand(f) => &f.name,
             HttpFilter::Decompressor(f) => &f.name,
             HttpFilter::ExtAuthz(f) => &f.name,
+            HttpFilter::GrpcWeb(f) => &f.name,
         }
     }
 }
@@ -267,6 +271,18 @@ pub static CHAIN: Registry<BuildFilter> = Registry {
                     &a.config_or_default()?,
                     a.path,
                 )?))
+            },
+        },
+        Factory {
+            type_name: grpc_web::FILTER_TYPE,
+            name: grpc_web::FILTER_NAME,
+            build: |a| {
+                // `GrpcWeb` has no fields: unpacking checks the type.
+                let _: courier_proto::envoy::extensions::filters::http::grpc_web::v3::GrpcWeb =
+                    a.config_or_default()?;
+                Ok(HttpFilter::GrpcWeb(grpc_web::GrpcWebFilter::new(
+                    a.name, a.store,
+                )))
             },
         },
         Factory {

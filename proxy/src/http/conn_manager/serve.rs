@@ -21,6 +21,7 @@ use crate::filters::http::decompressor::DecompressorFilter;
 use crate::filters::http::ext_authz::verdict::ResponseChanges;
 use crate::filters::http::fault::FaultPolicy;
 use crate::filters::http::fault::{AbortWith, FaultFilter};
+use crate::filters::http::grpc_web::{is_grpc_web, GrpcWebRequest};
 use crate::filters::http::health_check::{HealthCheckFilter, HealthCheckRequest};
 use crate::filters::http::local_ratelimit::RateLimitPolicy;
 use crate::filters::http::local_ratelimit::{LocalRateLimitFilter, RateLimitView, RateLimited};
@@ -609,13 +610,21 @@ pub(crate) async fn process(
         grpc: !conn.config.compressors.is_empty() && is_grpc(req.headers()),
         authz: Vec::new(),
         path_changed: false,
+        grpc_web: None,
     };
     let filter_reply = step!(run_filters(&s, &mut req, &mut marks, outcome).await);
+    // The gRPC-Web filter's response pass runs last (it is first in chains that have it)
+    // and may wait for a body: it is taken out of the marks, which apply at once.
+    let grpc_web = marks.grpc_web.take();
     // A filter's answer gets the route's response headers only on a route to a cluster
     // (Envoy's route entry; measured).
     let route_headers = routed.filter(|_| filter_reply.is_none() || s.to_cluster);
     let Some((vh, route)) = routed else {
-        return no_route_answer(&s, filter_reply, marks, outcome);
+        let mut resp = no_route_answer(&s, filter_reply, marks, outcome);
+        if let Some(gw) = grpc_web {
+            grpc_web_response(gw, &mut resp, conn.worker, outcome).await;
+        }
+        return resp;
     };
     let mut resp = match (filter_reply, &route.action) {
         (Some(reply), _) => *reply,
@@ -663,7 +672,33 @@ pub(crate) async fn process(
         table.response_headers.apply(resp.headers_mut(), &fcx);
     }
     marks.apply(&s, &mut resp);
+    if let Some(gw) = grpc_web {
+        grpc_web_response(gw, &mut resp, conn.worker, outcome).await;
+    }
     resp
+}
+
+/// The gRPC-Web filter's response pass (boxed: its wait would otherwise take room in
+/// every request's future).
+async fn grpc_web_response(
+    gw: Box<GrpcWebRequest>,
+    resp: &mut Response<ProxyBody>,
+    worker: usize,
+    outcome: &mut Outcome,
+) {
+    if let Some(details) = Box::pin(gw.on_response(resp, worker)).await {
+        outcome.set_details(details);
+    }
+}
+
+/// The cluster a request's route sends it to, when this worker has it (Envoy's
+/// `clusterInfo()` for filters): a weighted route's is not known before the router picks.
+fn route_cluster(
+    s: &Stream<'_>,
+    headers: &http::HeaderMap,
+) -> Option<Arc<crate::upstream::ClusterInfo>> {
+    let name = routed_cluster(s, headers)?;
+    ThreadLocalClusterManager::with(|tlcm| tlcm.get(name))
 }
 
 /// What the steps after routing share about a request: its routing facts, borrowed from
@@ -734,6 +769,8 @@ struct FilterMarks<'a> {
     /// A filter changed the request's path (its query): the router sends the request's
     /// own rather than the routed one.
     path_changed: bool,
+    /// A gRPC-Web request's response pass, when the chain's gRPC-Web filter took it.
+    grpc_web: Option<Box<GrpcWebRequest>>,
 }
 
 impl FilterMarks<'_> {
@@ -1235,6 +1272,13 @@ async fn run_filters<'a>(
             HttpFilter::Decompressor(f) => {
                 f.on_request(req, worker);
                 marks.decompress.push(f);
+            }
+            HttpFilter::GrpcWeb(f) => {
+                if is_grpc_web(req.headers()) {
+                    let cluster = route_cluster(s, req.headers());
+                    let cluster = cluster.as_deref().map(|c| c.name.as_str());
+                    marks.grpc_web = f.on_request(req, s.path, cluster);
+                }
             }
             HttpFilter::OnDemand(f) => {
                 let cluster = routed_cluster(s, req.headers());

@@ -93,6 +93,29 @@ impl FrameSplitter {
     }
 }
 
+/// A unary call's message, framed: the flags byte (uncompressed), the length, `message`.
+pub fn frame(message: &impl prost::Message) -> Bytes {
+    let len = message.encoded_len();
+    let mut body = bytes::BytesMut::with_capacity(5 + len);
+    bytes::BufMut::put_u8(&mut body, 0);
+    bytes::BufMut::put_u32(&mut body, u32::try_from(len).unwrap_or(u32::MAX));
+    // Encoding into a buffer with room for the whole message cannot fail.
+    let _ = message.encode(&mut body);
+    body.freeze()
+}
+
+/// The first message of a unary answer's body: `None` unless it is whole and
+/// uncompressed.
+pub fn unary_message(body: &Bytes) -> Option<Bytes> {
+    let (flag, rest) = body.split_first()?;
+    if *flag != 0 || rest.len() < 4 {
+        return None;
+    }
+    let len = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+    let end = 5usize.checked_add(len)?;
+    (body.len() >= end).then(|| body.slice(5..end))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -169,5 +192,20 @@ mod tests {
             s.push(&bytes, &mut out);
             c.inspect(&bytes);
         }
+    }
+
+    #[test]
+    fn unary_messages_must_be_whole_and_uncompressed() {
+        assert_eq!(unary_message(&Bytes::from_static(b"")), None);
+        assert_eq!(unary_message(&Bytes::from_static(b"\0\0\0\0\x05ab")), None);
+        assert_eq!(unary_message(&Bytes::from_static(b"\x01\0\0\0\x01a")), None);
+        assert_eq!(
+            unary_message(&Bytes::from_static(b"\0\0\0\0\x02abc")).as_deref(),
+            Some(&b"ab"[..])
+        );
+        assert_eq!(
+            unary_message(&Bytes::from_static(b"\0\xff\xff\xff\xff")),
+            None
+        );
     }
 }

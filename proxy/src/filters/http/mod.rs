@@ -22,6 +22,7 @@ pub mod grpc_web;
 pub mod health_check;
 pub mod local_ratelimit;
 pub mod on_demand;
+pub mod ratelimit;
 pub mod rbac;
 
 use std::sync::Arc;
@@ -82,6 +83,16 @@ pub(crate) fn joined(
     http::HeaderValue::from_bytes(&v).ok()
 }
 
+/// Counters a filter keeps in the scope of the cluster a request goes to
+/// (`cluster.<routed>.ext_authz.ok`), through whoever keeps that cluster's stats on this
+/// worker (its connection pool): filters never reach the router themselves.
+pub trait ClusterCounters {
+    /// Counts `cluster.<routed>.<leaf>`.
+    fn inc(&self, leaf: &str);
+    /// Charges a status the filter answered as the cluster's `upstream_rq_<code>`.
+    fn charge(&self, status: http::StatusCode);
+}
+
 /// An HTTP filter Courier runs before the router.
 pub enum HttpFilter {
     /// `envoy.filters.http.cors`.
@@ -102,6 +113,8 @@ pub enum HttpFilter {
     Decompressor(Box<decompressor::DecompressorFilter>),
     /// `envoy.filters.http.ext_authz` (boxed: it is large).
     ExtAuthz(Box<ext_authz::ExtAuthzFilter>),
+    /// `envoy.filters.http.ratelimit` (boxed: it is large).
+    RateLimit(Box<ratelimit::RateLimitFilter>),
     /// `envoy.filters.http.grpc_web`.
     GrpcWeb(grpc_web::GrpcWebFilter),
 }
@@ -119,6 +132,7 @@ impl HttpFilter {
             HttpFilter::OnDemand(f) => &f.name,
             HttpFilter::Decompressor(f) => &f.name,
             HttpFilter::ExtAuthz(f) => &f.name,
+            HttpFilter::RateLimit(f) => &f.name,
             HttpFilter::GrpcWeb(f) => &f.name,
         }
     }
@@ -263,6 +277,18 @@ pub static CHAIN: Registry<BuildFilter> = Registry {
             },
         },
         Factory {
+            type_name: ratelimit::FILTER_TYPE,
+            name: ratelimit::FILTER_NAME,
+            build: |a| {
+                let Some(any) = a.config else {
+                    return Err(ConfigError::new(a.path, "value is required"));
+                };
+                Ok(HttpFilter::RateLimit(Box::new(
+                    ratelimit::RateLimitFilter::compile(a.name, &unpack(any, a.path)?, a.path)?,
+                )))
+            },
+        },
+        Factory {
             type_name: on_demand::FILTER_TYPE,
             name: on_demand::FILTER_NAME,
             build: |a| {
@@ -331,6 +357,12 @@ const PER_ROUTE: &[(&str, CompilePerRoute)] = &[
     }),
     (ext_authz::PER_ROUTE_TYPE, |any, path, _| {
         Ok(Arc::new(ExtAuthzPerRoute::compile(
+            &unpack(any, path)?,
+            path,
+        )?))
+    }),
+    (ratelimit::PER_ROUTE_TYPE, |any, path, _| {
+        Ok(Arc::new(ratelimit::RateLimitPerRoute::compile(
             &unpack(any, path)?,
             path,
         )?))

@@ -24,7 +24,7 @@ use crate::filters::http::fault::{AbortWith, FaultFilter};
 use crate::filters::http::grpc_web::{is_grpc_web, GrpcWebRequest};
 use crate::filters::http::health_check::{HealthCheckFilter, HealthCheckRequest};
 use crate::filters::http::local_ratelimit::RateLimitPolicy;
-use crate::filters::http::local_ratelimit::{LocalRateLimitFilter, RateLimitView, RateLimited};
+use crate::filters::http::local_ratelimit::{LocalRateLimitFilter, RateLimited};
 use crate::filters::http::rbac::RbacRules;
 use crate::filters::http::rbac::{RbacFilter, RequestView, XffTrust};
 use crate::filters::http::HttpFilter;
@@ -40,6 +40,7 @@ use crate::http::conn_manager::path::{sanitize_path, unescape_slashes};
 use crate::http::conn_manager::stream_idle::{StreamIdle, UntilIdle};
 use crate::http::conn_manager::upgrade::{self};
 use crate::http::route::per_filter::{self, FilterConfigs};
+use crate::http::route::rate_limits::RateLimitView;
 use crate::http::route::{Action, ClusterSpec, Pseudo, Redirect, Route, RouteTable, VirtualHost};
 use crate::http::router::{
     forward, is_scheme, redirect, tls_redirect, Internal, Outcome, X_ENVOY_EXTERNAL_ADDRESS,
@@ -608,8 +609,7 @@ pub(crate) async fn process(
         compress: None,
         decompress: Vec::new(),
         grpc: !conn.config.compressors.is_empty() && is_grpc(req.headers()),
-        authz: Vec::new(),
-        path_changed: false,
+        services: None,
         grpc_web: None,
     };
     let filter_reply = step!(run_filters(&s, &mut req, &mut marks, outcome).await);
@@ -649,7 +649,8 @@ pub(crate) async fn process(
             if let Some(t) = action.idle_timeout {
                 idle.set_route_timeout(t);
             }
-            let path = match marks.path_changed {
+            let path_changed = marks.services.as_ref().is_some_and(|m| m.path_changed);
+            let path = match path_changed {
                 true => Cow::Owned(
                     req.uri()
                         .path_and_query()
@@ -763,14 +764,35 @@ struct FilterMarks<'a> {
     /// A gRPC request, when the chain has a compressor (which sees a local reply to one in
     /// gRPC's form).
     grpc: bool,
+    /// What services the filters asked (authorization, rate limits) put on the answer;
+    /// boxed, as it is rare: held across the request's awaits, it is copied with them.
+    services: Option<Box<ServiceMarks>>,
+    /// A gRPC-Web request's response pass, when the chain's gRPC-Web filter took it.
+    grpc_web: Option<Box<GrpcWebRequest>>,
+}
+
+/// What services a request's filters asked leave on it.
+#[derive(Default)]
+struct ServiceMarks {
     /// What ext_authz services that allowed the request put on its answer, in chain
-    /// order (empty, unallocated, without them).
+    /// order.
     authz: Vec<ResponseChanges>,
+    /// Fields rate limit services that let the request go put on its answer.
+    ratelimit_fields: Vec<(HeaderName, HeaderValue)>,
     /// A filter changed the request's path (its query): the router sends the request's
     /// own rather than the routed one.
     path_changed: bool,
-    /// A gRPC-Web request's response pass, when the chain's gRPC-Web filter took it.
-    grpc_web: Option<Box<GrpcWebRequest>>,
+}
+
+impl ServiceMarks {
+    fn apply(&self, resp: &mut Response<ProxyBody>) {
+        for changes in self.authz.iter().rev() {
+            changes.apply(resp.headers_mut());
+        }
+        for (k, v) in &self.ratelimit_fields {
+            resp.headers_mut().append(k.clone(), v.clone());
+        }
+    }
 }
 
 impl FilterMarks<'_> {
@@ -784,8 +806,8 @@ impl FilterMarks<'_> {
             self.cors.take(),
         );
         // Response passes run from the last filter in the chain to the first.
-        for changes in self.authz.iter().rev() {
-            changes.apply(resp.headers_mut());
+        if let Some(services) = &self.services {
+            services.apply(resp);
         }
         for f in self.decompress.iter().rev() {
             f.on_response(resp, s.conn.worker);
@@ -1286,7 +1308,7 @@ async fn run_filters<'a>(
                 Box::pin(f.on_request(cluster)).await;
             }
             HttpFilter::ExtAuthz(f) => {
-                let checked = crate::http::conn_manager::ext_authz_check::CheckedRequest {
+                let checked = crate::http::conn_manager::service_calls::ext_authz::CheckedRequest {
                     conn: s.conn,
                     path: s.path,
                     authority: s.authority,
@@ -1297,15 +1319,42 @@ async fn run_filters<'a>(
                     cluster: routed_cluster(s, req.headers()).map(str::to_owned),
                 };
                 // Boxed: its call would otherwise take room in every request's future.
-                let checked = Box::pin(crate::http::conn_manager::ext_authz_check::check(
+                let checked = Box::pin(crate::http::conn_manager::service_calls::ext_authz::check(
                     checked, f, req, outcome,
                 ))
                 .await;
                 match checked {
                     Ok(passed) => {
-                        marks.authz.extend(passed.response);
-                        marks.path_changed |= passed.path_changed;
+                        let services = marks.services.get_or_insert_with(Box::default);
+                        services.authz.extend(passed.response);
+                        services.path_changed |= passed.path_changed;
                     }
+                    Err(reply) => return ControlFlow::Continue(Some(reply)),
+                }
+            }
+            HttpFilter::RateLimit(f) => {
+                let view = rate_limit_view(s);
+                let cx = s.format_context(None, None);
+                let cluster = routed_cluster(s, req.headers()).map(str::to_owned);
+                // Boxed: its call would otherwise take room in every request's future.
+                let checked = Box::pin(crate::http::conn_manager::service_calls::ratelimit::check(
+                    f,
+                    s.conn,
+                    s.levels,
+                    &view,
+                    cluster.as_deref(),
+                    &cx,
+                    req,
+                    outcome,
+                ))
+                .await;
+                match checked {
+                    Ok(Some(fields)) => marks
+                        .services
+                        .get_or_insert_with(Box::default)
+                        .ratelimit_fields
+                        .extend(fields),
+                    Ok(None) => {}
                     Err(reply) => return ControlFlow::Continue(Some(reply)),
                 }
             }
@@ -1360,6 +1409,19 @@ fn preflight(
     r
 }
 
+/// What rate limit actions read of a request besides its headers.
+fn rate_limit_view<'a>(s: &Stream<'a>) -> RateLimitView<'a> {
+    RateLimitView {
+        route: s.routed.and_then(|(vh, route)| match &route.action {
+            Action::Route(action) => Some((vh, action)),
+            _ => None,
+        }),
+        pseudo: s.pseudo(),
+        remote: Some(s.conn.remote.ip()),
+        local_cluster: crate::server::local_info::service_cluster(),
+    }
+}
+
 /// The local rate limit filter on a request, with the route's policy if it has one.
 fn local_rate_limit(
     s: &Stream<'_>,
@@ -1368,15 +1430,7 @@ fn local_rate_limit(
 ) -> RateLimited {
     let route_policy = per_filter::policy_arc::<RateLimitPolicy>(s.levels, &f.name);
     let cx = s.format_context(None, None);
-    let view = RateLimitView {
-        route: s.routed.and_then(|(vh, route)| match &route.action {
-            Action::Route(action) => Some((vh, action)),
-            _ => None,
-        }),
-        pseudo: s.pseudo(),
-        remote: Some(s.conn.remote.ip()),
-        local_cluster: crate::server::local_info::service_cluster(),
-    };
+    let view = rate_limit_view(s);
     f.on_request(
         route_policy.as_ref(),
         &s.conn.rate_limit_buckets,

@@ -17,7 +17,10 @@ use std::net::IpAddr;
 use courier_proto::envoy::config::route::v3 as pb;
 use http::header::{HeaderMap, HeaderName};
 
-use super::{compile_header_matcher, header_name, HeaderMatcher, Pseudo};
+use super::{
+    compile_header_matcher, header_name, ClusterSpec, HeaderMatcher, Pseudo, RouteAction,
+    VirtualHost,
+};
 use crate::config::ConfigError;
 
 /// One descriptor entry: a key and its value.
@@ -393,5 +396,95 @@ mod tests {
         assert_eq!(mask(ip, 32, 128), "10.1.2.3/32");
         let ip6: IpAddr = "2001:db8::1".parse().expect("ip");
         assert_eq!(mask(ip6, 32, 64), "2001:db8::/64");
+    }
+}
+
+/// How a rate limit filter takes the route's virtual host's `rate_limits`
+/// (`vh_rate_limits`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VhRateLimits {
+    /// `OVERRIDE`: only when the route has none.
+    Override,
+    /// `INCLUDE`: after the route's.
+    Include,
+    /// `IGNORE`.
+    Ignore,
+}
+
+impl VhRateLimits {
+    /// The proto enum's value (`OVERRIDE` for unknown ones, as its default).
+    pub fn of(v: i32) -> VhRateLimits {
+        match v {
+            1 => VhRateLimits::Include,
+            2 => VhRateLimits::Ignore,
+            _ => VhRateLimits::Override,
+        }
+    }
+}
+
+/// What the request offers the descriptors' actions besides its headers.
+pub struct RateLimitView<'a> {
+    /// The virtual host and route action that took the request (none for a direct
+    /// response or a redirect, as Envoy's route entry).
+    pub route: Option<(&'a VirtualHost, &'a RouteAction)>,
+    /// The request's pseudo-headers.
+    pub pseudo: Pseudo<'a>,
+    /// The downstream peer.
+    pub remote: Option<IpAddr>,
+    /// `node.cluster`.
+    pub local_cluster: &'a str,
+}
+
+/// Where a rate limit filter takes a request's descriptors from.
+pub struct DescriptorSource<'a> {
+    /// The filter's own `rate_limits`, which replace the route's.
+    pub own: Option<&'a RateLimits>,
+    /// The filter's `stage`.
+    pub stage: u32,
+    /// How the virtual host's are taken.
+    pub vh_rate_limits: VhRateLimits,
+}
+
+impl DescriptorSource<'_> {
+    /// The request's descriptors: from the filter's own `rate_limits`, else from the
+    /// route's (at `stage`) and its virtual host's as `vh_rate_limits` and the route's
+    /// `include_vh_rate_limits` say.
+    pub fn descriptors(&self, headers: &HeaderMap, view: &RateLimitView<'_>) -> Vec<Descriptor> {
+        let mut out = Vec::new();
+        let cluster = view.route.and_then(|(_, a)| match &a.cluster {
+            ClusterSpec::Single(name) => Some(name.as_str()),
+            ClusterSpec::Header(h) => headers.get(h).and_then(|v| v.to_str().ok()),
+            ClusterSpec::Weighted { .. } => None,
+        });
+        let facts = RequestFacts {
+            headers,
+            pseudo: view.pseudo,
+            remote: view.remote,
+            cluster,
+            local_cluster: view.local_cluster,
+        };
+        if let Some(own) = self.own {
+            own.populate(0, &facts, &mut out);
+            return out;
+        }
+        let Some((vh, action)) = view.route else {
+            return out;
+        };
+        if let Some(r) = &action.rate_limits {
+            r.populate(self.stage, &facts, &mut out);
+        }
+        let mode = match action.include_vh_rate_limits {
+            true => VhRateLimits::Include,
+            false => self.vh_rate_limits,
+        };
+        let with_vh = match mode {
+            VhRateLimits::Ignore => false,
+            VhRateLimits::Include => true,
+            VhRateLimits::Override => action.rate_limits.is_none(),
+        };
+        if let (true, Some(r)) = (with_vh, &vh.rate_limits) {
+            r.populate(self.stage, &facts, &mut out);
+        }
+        out
     }
 }

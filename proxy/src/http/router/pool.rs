@@ -95,7 +95,7 @@ pub struct ClusterHttpStats {
     pub cx_max_duration_reached: Arc<Counter>,
     /// Counters filters keep in the cluster's scope (`cluster.<name>.ext_authz.ok`),
     /// by leaf name, created on their first use on this worker.
-    named: RefCell<FxHashMap<&'static str, Arc<Counter>>>,
+    named: RefCell<FxHashMap<Box<str>, Arc<Counter>>>,
 }
 
 impl ClusterHttpStats {
@@ -124,12 +124,13 @@ impl ClusterHttpStats {
 
     /// The counter `cluster.<cluster>.<leaf>`, which a filter counts in the scope of
     /// the cluster a request goes to.
-    pub fn named(&self, store: &Store, cluster: &str, leaf: &'static str) -> Arc<Counter> {
-        self.named
-            .borrow_mut()
-            .entry(leaf)
-            .or_insert_with(|| store.counter(&format!("cluster.{cluster}.{leaf}")))
-            .clone()
+    pub fn named(&self, store: &Store, cluster: &str, leaf: &str) -> Arc<Counter> {
+        if let Some(c) = self.named.borrow().get(leaf) {
+            return c.clone();
+        }
+        let c = store.counter(&format!("cluster.{cluster}.{leaf}"));
+        self.named.borrow_mut().insert(leaf.into(), c.clone());
+        c
     }
 }
 

@@ -4,13 +4,13 @@
 
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use courier_proto::envoy::config::core::v3::header_value_option::HeaderAppendAction;
 use courier_proto::envoy::config::core::v3::HeaderValueOption;
 use courier_proto::envoy::service::auth::v3::check_response::HttpResponse;
 use courier_proto::envoy::service::auth::v3::{CheckRequest, CheckResponse};
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
-use prost::Message;
+use prost::Message as _;
 
 use super::verdict::{field, Allowed, Denied, Verdict};
 use crate::protocol::message::{RequestMessage, ResponseMessage};
@@ -44,18 +44,12 @@ impl GrpcService {
             crate::protocol::grpc::timeout_value(self.timeout),
         );
         self.client.call_headers(&mut headers);
-        let len = check.encoded_len();
-        let mut body = BytesMut::with_capacity(5 + len);
-        body.put_u8(0);
-        body.put_u32(u32::try_from(len).unwrap_or(u32::MAX));
-        // Encoding into a buffer with room for the whole message cannot fail.
-        let _ = check.encode(&mut body);
         RequestMessage {
             method: Method::POST,
             path: CHECK_PATH.to_owned(),
             authority: self.client.authority().to_owned(),
             headers,
-            body: body.freeze(),
+            body: crate::protocol::grpc_frame::frame(check),
         }
     }
 }
@@ -74,7 +68,7 @@ pub fn verdict(answer: &ResponseMessage) -> Verdict {
     if status.map(HeaderValue::as_bytes) != Some(b"0") {
         return Verdict::Error;
     }
-    let Some(message) = unframe(&answer.body) else {
+    let Some(message) = crate::protocol::grpc_frame::unary_message(&answer.body) else {
         return Verdict::Error;
     };
     let Ok(response) = CheckResponse::decode(message) else {
@@ -131,17 +125,6 @@ pub fn verdict(answer: &ResponseMessage) -> Verdict {
     Verdict::Denied(Box::new(denied))
 }
 
-/// The first message of a unary answer's body.
-fn unframe(body: &Bytes) -> Option<Bytes> {
-    let (flag, rest) = body.split_first()?;
-    if *flag != 0 || rest.len() < 4 {
-        return None;
-    }
-    let len = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
-    let end = 5usize.checked_add(len)?;
-    (body.len() >= end).then(|| body.slice(5..end))
-}
-
 fn header_value(h: &courier_proto::envoy::config::core::v3::HeaderValue) -> &[u8] {
     if h.raw_value.is_empty() {
         h.value.as_bytes()
@@ -188,22 +171,5 @@ fn response_header(allowed: &mut Allowed, h: &HeaderValueOption) {
             Ok(HeaderAppendAction::OverwriteIfExistsOrAdd) => r.set.push(f),
             Ok(HeaderAppendAction::AppendIfExistsOrAdd) | Err(_) => r.add.push(f),
         },
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn unframing_refuses_short_or_compressed_messages() {
-        assert_eq!(unframe(&Bytes::from_static(b"")), None);
-        assert_eq!(unframe(&Bytes::from_static(b"\0\0\0\0\x05ab")), None);
-        assert_eq!(unframe(&Bytes::from_static(b"\x01\0\0\0\x01a")), None);
-        assert_eq!(
-            unframe(&Bytes::from_static(b"\0\0\0\0\x02abc")).as_deref(),
-            Some(&b"ab"[..])
-        );
-        assert_eq!(unframe(&Bytes::from_static(b"\0\xff\xff\xff\xff")), None);
     }
 }

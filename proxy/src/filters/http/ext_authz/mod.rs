@@ -49,6 +49,7 @@ use courier_proto::envoy::extensions::filters::http::ext_authz::v3 as pb;
 use http::{Response, StatusCode};
 
 use crate::config::ConfigError;
+use crate::filters::http::ClusterCounters;
 use crate::http::codec::body::ProxyBody;
 use crate::http::route::per_filter::{self, FilterConfigs};
 use crate::http::route::StrMatch;
@@ -206,15 +207,6 @@ pub enum Decision {
     Continue(Option<Box<Allowed>>),
     /// It is answered so, with these response code details.
     Reply(Box<Response<ProxyBody>>, &'static str),
-}
-
-/// Counters kept in the scope of the cluster a request goes to, through whoever keeps
-/// that cluster's stats on this worker.
-pub trait ClusterCounters {
-    /// Counts `cluster.<routed>.<leaf>`.
-    fn inc(&self, leaf: &'static str);
-    /// Charges a denied request's status as the cluster's `upstream_rq_<code>`.
-    fn charge(&self, status: StatusCode);
 }
 
 fn matcher_list(

@@ -48,8 +48,9 @@ use http::{HeaderMap, StatusCode};
 
 use crate::config::{self, ConfigError};
 use crate::http::conn_manager::headers::decimal_value;
-use crate::http::route::rate_limits::{Descriptor, Level, RateLimits, RequestFacts};
-use crate::http::route::{ClusterSpec, RouteAction, VirtualHost};
+use crate::http::route::rate_limits::{
+    Descriptor, DescriptorSource, Level, RateLimitView, RateLimits, VhRateLimits,
+};
 use crate::layered_runtime::RuntimeFraction;
 use crate::protocol::header_mutations::{FormatContext, HeaderMutations};
 use crate::stats::{Counter, Store};
@@ -106,17 +107,6 @@ impl Bucket {
             rate: f64::from(per_fill) / interval.as_secs_f64(),
         })
     }
-}
-
-/// How a policy takes the route's virtual host's `rate_limits` (`vh_rate_limits`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum VhRateLimits {
-    /// `OVERRIDE`: only when the route has none.
-    Override,
-    /// `INCLUDE`: after the route's.
-    Include,
-    /// `IGNORE`.
-    Ignore,
 }
 
 /// A policy's buckets: the default one and each descriptor's, in the descriptors' order.
@@ -275,11 +265,7 @@ impl RateLimitPolicy {
                 "value must be less than or equal to 10",
             ));
         }
-        let vh_rate_limits = match p.vh_rate_limits {
-            1 => VhRateLimits::Include,
-            2 => VhRateLimits::Ignore,
-            _ => VhRateLimits::Override,
-        };
+        let vh_rate_limits = VhRateLimits::of(p.vh_rate_limits);
         let status = match p.status.as_ref().map(|s| s.code) {
             None | Some(0) => StatusCode::TOO_MANY_REQUESTS,
             Some(code) => {
@@ -398,19 +384,6 @@ impl Remaining {
     }
 }
 
-/// What the request offers the descriptors' actions besides its headers.
-pub struct RateLimitView<'a> {
-    /// The virtual host and route action that took the request (none for a direct
-    /// response or a redirect, as Envoy's route entry).
-    pub route: Option<(&'a VirtualHost, &'a RouteAction)>,
-    /// The request's pseudo-headers.
-    pub pseudo: crate::http::route::Pseudo<'a>,
-    /// The downstream peer.
-    pub remote: Option<std::net::IpAddr>,
-    /// `node.cluster`.
-    pub local_cluster: &'a str,
-}
-
 /// A connection manager's local rate limit filter.
 pub struct LocalRateLimitFilter {
     /// The filter's name in `http_filters`: its key in `typed_per_filter_config`.
@@ -489,50 +462,19 @@ impl LocalRateLimitFilter {
 }
 
 impl RateLimitPolicy {
-    /// The request's descriptors: from the filter's own `rate_limits`, else from the
-    /// route's (at the policy's `stage`) and its virtual host's as `vh_rate_limits` and
-    /// the route's `include_vh_rate_limits` say.
+    /// The request's descriptors: from the filter's own `rate_limits`, else from its
+    /// route's and virtual host's.
     fn request_descriptors(
         &self,
         headers: &HeaderMap,
         view: &RateLimitView<'_>,
     ) -> Vec<Descriptor> {
-        let mut out = Vec::new();
-        let cluster = view.route.and_then(|(_, a)| match &a.cluster {
-            ClusterSpec::Single(name) => Some(name.as_str()),
-            ClusterSpec::Header(h) => headers.get(h).and_then(|v| v.to_str().ok()),
-            ClusterSpec::Weighted { .. } => None,
-        });
-        let facts = RequestFacts {
-            headers,
-            pseudo: view.pseudo,
-            remote: view.remote,
-            cluster,
-            local_cluster: view.local_cluster,
+        let source = DescriptorSource {
+            own: self.rate_limits.as_deref(),
+            stage: self.stage,
+            vh_rate_limits: self.vh_rate_limits,
         };
-        if let Some(own) = &self.rate_limits {
-            own.populate(0, &facts, &mut out);
-            return out;
-        }
-        let Some((vh, action)) = view.route else {
-            return out;
-        };
-        if let Some(r) = &action.rate_limits {
-            r.populate(self.stage, &facts, &mut out);
-        }
-        let mode = match action.include_vh_rate_limits {
-            true => VhRateLimits::Include,
-            false => self.vh_rate_limits,
-        };
-        let with_vh = match mode {
-            VhRateLimits::Ignore => false,
-            VhRateLimits::Include => true,
-            VhRateLimits::Override => action.rate_limits.is_none(),
-        };
-        if let (true, Some(r)) = (with_vh, &vh.rate_limits) {
-            r.populate(self.stage, &facts, &mut out);
-        }
-        out
+        source.descriptors(headers, view)
     }
 
     /// Whether the request may go on, and the bucket its `x-ratelimit-*` headers report:

@@ -4,7 +4,6 @@
 
 use std::collections::VecDeque;
 use std::pin::Pin;
-use std::rc::Rc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -12,20 +11,19 @@ use bytes::{Bytes, BytesMut};
 use http::{Request, Response, StatusCode};
 use hyper::body::{Body, Frame, SizeHint};
 
+use super::PoolCounters;
 use crate::filters::http::ext_authz::check_request::{self, CheckBody, CheckExtras, CheckView};
 use crate::filters::http::ext_authz::verdict::{ResponseChanges, Verdict};
 use crate::filters::http::ext_authz::{
-    grpc_service, Begin, BodySettings, ClusterCounters, Decision, ExtAuthzFilter, Service,
+    grpc_service, Begin, BodySettings, Decision, ExtAuthzFilter, Service,
 };
+use crate::filters::http::ClusterCounters;
 use crate::http::codec::body::{BodyTransform, BoxError, ProxyBody};
 use crate::http::conn_manager::conn_info::ConnInfo;
 use crate::http::conn_manager::local_reply::local_reply;
 use crate::http::route::per_filter::FilterConfigs;
-use crate::http::router::pool::{self, ClusterPool};
 use crate::http::router::{async_client, Outcome};
 use crate::protocol::header_mutations::FormatContext;
-use crate::stats::Store;
-use crate::upstream::ThreadLocalClusterManager;
 
 /// What the check reads of the request beside its head.
 pub(crate) struct CheckedRequest<'a> {
@@ -143,15 +141,10 @@ pub(crate) async fn check(
             Service::Http(h) => h.verdict(&answer),
         },
     };
-    let counters = c.cluster.as_deref().and_then(|name| {
-        let cluster = ThreadLocalClusterManager::with(|tlcm| tlcm.get(name))?;
-        Some(PoolCounters {
-            pool: pool::cluster_pool(&cluster, store, worker),
-            store,
-            cluster: name,
-            worker,
-        })
-    });
+    let counters = c
+        .cluster
+        .as_deref()
+        .and_then(|name| PoolCounters::of(c.conn, name));
     let counters = counters.as_ref().map(|p| p as &dyn ClusterCounters);
     match f.decide(verdict, counters, req.headers_mut(), worker) {
         Decision::Reply(reply, details) => {
@@ -266,29 +259,5 @@ impl BodyTransform for Held {
                 h
             }
         }
-    }
-}
-
-/// The routed cluster's counters, kept by its pool on this worker.
-struct PoolCounters<'a> {
-    pool: Rc<ClusterPool>,
-    store: &'a Store,
-    cluster: &'a str,
-    worker: usize,
-}
-
-impl ClusterCounters for PoolCounters<'_> {
-    fn inc(&self, leaf: &'static str) {
-        self.pool
-            .stats
-            .named(self.store, self.cluster, leaf)
-            .inc(self.worker);
-    }
-
-    fn charge(&self, status: StatusCode) {
-        self.pool
-            .stats
-            .rq
-            .charge(self.worker, status.as_u16(), true);
     }
 }

@@ -6,10 +6,11 @@ use std::sync::Arc;
 
 use super::filter_chain_match::ConnectionFacts;
 use super::ListenerConfig;
+use crate::filters::network::on_new_connection::{Admission, Held};
 use crate::filters::network::{tcp_proxy::TcpProxySession, NetworkFilter};
 use crate::overload::connection_limit::ConnectionPermit;
 use crate::transport_socket::tls::ServerTls;
-use crate::worker::Ctx;
+use crate::worker::{Ctx, EventHandler, HandlerId, Next, WorkerLocal};
 
 /// An accepted connection on its way to its chain's terminal filter.
 pub struct AcceptedConnection {
@@ -40,6 +41,9 @@ pub struct AcceptedConnection {
     /// The chain's filters before its terminal one: they decide on the connection's
     /// first bytes whether it goes on.
     pub read_filters: crate::filters::network::rbac::ReadFilters,
+    /// What the filters that decided when it was established keep while it lives (its
+    /// places in connection limits).
+    pub held: Held,
 }
 
 /// Picks the connection's filter chain and hands the connection to its terminal filter.
@@ -56,6 +60,27 @@ pub fn new_connection(
             log_unmatched(logs, &stream, facts, ctx.local.id);
         }
         return;
+    };
+    // Envoy's `onNewConnection` of the filters before the terminal one.
+    let held = match chain.on_new_connection.is_empty() {
+        true => Held::default(),
+        false => match chain.on_new_connection.admit(ctx.local.id) {
+            Admission::Continue(held) => held,
+            Admission::Close => {
+                refused(&config.stats, ctx.local.id);
+                return;
+            }
+            Admission::CloseAfter(delay, held) => {
+                let stats = config.stats.clone();
+                let started = ctx.insert_handler(move |ctx, id| {
+                    DelayedClose::start(ctx, id, stream, delay, stats, (permit, held))
+                });
+                if let Err(e) = started {
+                    tracing::debug!(listener = %config.name, error = %e, "connection closed at start");
+                }
+                return;
+            }
+        },
     };
     let accepted = AcceptedConnection {
         stream,
@@ -74,6 +99,7 @@ pub fn new_connection(
         permit,
         listener_logs: config.access_logs.clone(),
         read_filters: chain.read_filters.clone(),
+        held,
     };
     let started = match &chain.filter {
         NetworkFilter::TcpProxy(tcp) => {
@@ -89,6 +115,86 @@ pub fn new_connection(
     };
     if let Err(e) = started {
         tracing::debug!(listener = %config.name, error = %e, "connection closed at start");
+    }
+}
+
+/// A connection a filter closed when it was established: the listener counts it (Envoy
+/// made a connection of it before its filters ran).
+fn refused(stats: &super::ListenerStats, worker: usize) {
+    stats.downstream_cx_total.inc(worker);
+    stats.downstream_cx_destroy.inc(worker);
+}
+
+/// A connection over a connection limit, held open for the limit's `delay` and then
+/// closed (Envoy's delayed rejection, against clients reconnecting at once). It keeps
+/// its places in the limits, and the global one, until it is closed; a peer that closes
+/// first ends it early. What it sends is read and dropped: nothing goes on.
+struct DelayedClose {
+    stream: mio::net::TcpStream,
+    stats: Arc<super::ListenerStats>,
+    worker: usize,
+    _held: (ConnectionPermit, Held),
+}
+
+const TIMER_DELAY: u64 = 1;
+
+impl DelayedClose {
+    fn start(
+        ctx: &mut Ctx,
+        me: HandlerId,
+        mut stream: mio::net::TcpStream,
+        delay: std::time::Duration,
+        stats: Arc<super::ListenerStats>,
+        held: (ConnectionPermit, Held),
+    ) -> std::io::Result<Box<dyn EventHandler<WorkerLocal>>> {
+        ctx.registry
+            .register(&mut stream, me.token(0), mio::Interest::READABLE)?;
+        ctx.schedule(me, delay, TIMER_DELAY);
+        let worker = ctx.local.id;
+        stats.downstream_cx_total.inc(worker);
+        stats.downstream_cx_active.inc(worker);
+        Ok(Box::new(DelayedClose {
+            stream,
+            stats,
+            worker,
+            _held: held,
+        }))
+    }
+}
+
+impl Drop for DelayedClose {
+    fn drop(&mut self) {
+        self.stats.downstream_cx_active.dec(self.worker);
+        self.stats.downstream_cx_destroy.inc(self.worker);
+    }
+}
+
+impl EventHandler<WorkerLocal> for DelayedClose {
+    fn on_ready(
+        &mut self,
+        _source: usize,
+        _event: &mio::event::Event,
+        _ctx: &mut Ctx,
+        _me: HandlerId,
+    ) -> Next {
+        use std::io::Read;
+        let mut scratch = [0u8; 1024];
+        loop {
+            match (&self.stream).read(&mut scratch) {
+                Ok(0) => return Next::Close,
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Next::Continue,
+                Err(_) => return Next::Close,
+            }
+        }
+    }
+
+    fn on_timer(&mut self, tag: u64, _ctx: &mut Ctx, _me: HandlerId) -> Next {
+        match tag {
+            TIMER_DELAY => Next::Close,
+            _ => Next::Continue,
+        }
     }
 }
 

@@ -148,6 +148,7 @@ impl HttpConnection {
             permit,
             listener_logs,
             read_filters,
+            held,
         } = accepted;
         let worker = ctx.local.id;
         let (remote, direct_remote) = match restored_remote {
@@ -190,6 +191,7 @@ impl HttpConnection {
                 0
             },
             permit,
+            held,
             rate_limit_buckets: Default::default(),
             draining: Default::default(),
             config: config.clone(),

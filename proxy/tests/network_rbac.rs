@@ -24,11 +24,6 @@ fn rbac(config: &str) -> String {
     )
 }
 
-/// `boot` with `filter` before its first network filter.
-fn before_terminal(boot: &str, filter: &str) -> String {
-    boot.replacen("    - filters:\n", &format!("    - filters:\n{filter}"), 1)
-}
-
 /// Sends `ping` through a TCP proxy to an echo server: what comes back, or `closed`.
 fn echo(addr: SocketAddr) -> String {
     let Ok(mut s) = TcpStream::connect(addr) else {

@@ -128,7 +128,7 @@ fn refused(stats: &super::ListenerStats, worker: usize) {
 /// A connection over a connection limit, held open for the limit's `delay` and then
 /// closed (Envoy's delayed rejection, against clients reconnecting at once). It keeps
 /// its places in the limits, and the global one, until it is closed; a peer that closes
-/// first ends it early. What it sends is read and dropped: nothing goes on.
+/// first, having sent nothing, ends it early. Nothing it sends is read.
 struct DelayedClose {
     stream: mio::net::TcpStream,
     stats: Arc<super::ListenerStats>,
@@ -177,16 +177,17 @@ impl EventHandler<WorkerLocal> for DelayedClose {
         _ctx: &mut Ctx,
         _me: HandlerId,
     ) -> Next {
-        use std::io::Read;
-        let mut scratch = [0u8; 1024];
+        // Peeked, not read: what it sent stays unread, and the close resets the
+        // connection as Envoy's does. Only a peer closing before sending anything is seen.
+        let mut byte = [0u8; 1];
         loop {
-            match (&self.stream).read(&mut scratch) {
-                Ok(0) => return Next::Close,
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Next::Continue,
-                Err(_) => return Next::Close,
-            }
+            return match self.stream.peek(&mut byte) {
+                Ok(0) => Next::Close,
+                Ok(_) => Next::Continue,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Next::Continue,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => Next::Close,
+            };
         }
     }
 

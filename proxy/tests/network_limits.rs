@@ -98,13 +98,26 @@ fn wait_equal(p: &Courier, name: &str, want: u64) -> u64 {
     }
 }
 
-/// Waits until the harness's readiness probe, a connection of its own, is gone from the
-/// connection limit.
+/// Waits until the harness's readiness probe, a connection of its own, is gone.
+fn probe_gone(p: &Courier) {
+    let destroyed = format!(
+        "listener.127.0.0.1_{}.downstream_cx_destroy",
+        p.listener.port()
+    );
+    assert_eq!(
+        p.wait_stat(&destroyed, 1),
+        1,
+        "the readiness probe's connection stays"
+    );
+}
+
+/// Waits until the readiness probe is gone from the connection limit too.
 fn settled(p: &Courier) {
+    probe_gone(p);
     assert_eq!(
         wait_equal(p, ACTIVE, 0),
         0,
-        "the readiness probe's connection stays"
+        "the readiness probe holds a place"
     );
 }
 
@@ -136,6 +149,22 @@ fn limit_case(p: &Courier) -> Vec<String> {
         format!("after two closed: active={freed}"),
         again,
         format!("limited={}", p.stat(LIMITED)),
+        format!(
+            "listener total={} destroy={} tcp total={}",
+            p.stat(&format!(
+                "listener.127.0.0.1_{}.downstream_cx_total",
+                p.listener.port()
+            )),
+            wait_equal(
+                p,
+                &format!(
+                    "listener.127.0.0.1_{}.downstream_cx_destroy",
+                    p.listener.port()
+                ),
+                19
+            ),
+            p.stat("tcp.t.downstream_cx_total")
+        ),
     ]
 }
 
@@ -151,6 +180,8 @@ fn a_connection_limit_before_tcp_proxy_closes_the_connections_over_it_as_envoy()
             "after two closed: active=3",
             "through=2 closed=1",
             "limited=16",
+            // The readiness probe, 20 and 3: each one the listener's and the TCP proxy's.
+            "listener total=24 destroy=19 tcp total=24",
         ]
     );
 }
@@ -227,6 +258,7 @@ fn a_local_rate_limit_takes_a_token_per_connection_as_envoy() {
         "{ max_tokens: 6, tokens_per_fill: 1, fill_interval: 3600s }",
     ));
     let case = |p: &Courier| {
+        probe_gone(p);
         let (through, _open) = hold_many(p.listener, 20);
         vec![through, format!("rate_limited={}", p.stat(RATE_LIMITED))]
     };
@@ -341,6 +373,21 @@ fn limits_before_the_connection_manager_as_in_envoy() {
         out.push(format!("one closed: active={}", wait_equal(p, ACTIVE, 1)));
         let mut again = Client::connect(p.listener);
         out.push(format!("again: {}", again.get("h", "/", &[]).status));
+        drop(over);
+        let stats = admin_get(p.admin, "/stats").unwrap_or_default();
+        // A refused connection is the connection manager's too (Envoy made it before its
+        // filters ran).
+        out.extend(
+            ["total", "active", "destroy", "http1_total"]
+                .iter()
+                .filter_map(|s| {
+                    let line = format!("http.ingress.downstream_cx_{s}: ");
+                    stats
+                        .lines()
+                        .find(|l| l.starts_with(&line))
+                        .map(String::from)
+                }),
+        );
         out
     };
     let got = differential(&boot, &[], &case);
@@ -353,6 +400,10 @@ fn limits_before_the_connection_manager_as_in_envoy() {
             "limited=1",
             "one closed: active=1",
             "again: 200",
+            "http.ingress.downstream_cx_total: 5",
+            "http.ingress.downstream_cx_active: 2",
+            "http.ingress.downstream_cx_destroy: 3",
+            "http.ingress.downstream_cx_http1_total: 3",
         ]
     );
 }

@@ -67,13 +67,13 @@ pub fn new_connection(
         false => match chain.on_new_connection.admit(ctx.local.id) {
             Admission::Continue(held) => held,
             Admission::Close => {
-                refused(&config.stats, ctx.local.id);
+                drop(Refused::count(&config.stats, &chain.filter, ctx.local.id));
                 return;
             }
             Admission::CloseAfter(delay, held) => {
-                let stats = config.stats.clone();
+                let refused = Refused::count(&config.stats, &chain.filter, ctx.local.id);
                 let started = ctx.insert_handler(move |ctx, id| {
-                    DelayedClose::start(ctx, id, stream, delay, stats, (permit, held))
+                    DelayedClose::start(ctx, id, stream, delay, (refused, permit, held))
                 });
                 if let Err(e) = started {
                     tracing::debug!(listener = %config.name, error = %e, "connection closed at start");
@@ -118,11 +118,48 @@ pub fn new_connection(
     }
 }
 
-/// A connection a filter closed when it was established: the listener counts it (Envoy
-/// made a connection of it before its filters ran).
-fn refused(stats: &super::ListenerStats, worker: usize) {
-    stats.downstream_cx_total.inc(worker);
-    stats.downstream_cx_destroy.inc(worker);
+/// A connection a filter refused when it was established, counted as Envoy counts it
+/// while it is open and when it closes: Envoy had made a connection of it, and given it
+/// its terminal filter, before the filters ran.
+struct Refused {
+    listener: Arc<super::ListenerStats>,
+    terminal: NetworkFilter,
+    worker: usize,
+}
+
+impl Refused {
+    fn count(
+        listener: &Arc<super::ListenerStats>,
+        terminal: &NetworkFilter,
+        worker: usize,
+    ) -> Refused {
+        listener.downstream_cx_total.inc(worker);
+        listener.downstream_cx_active.inc(worker);
+        match terminal {
+            NetworkFilter::TcpProxy(t) => t.stats.downstream_cx_total.inc(worker),
+            NetworkFilter::HttpConnectionManager(h) => {
+                h.stats.downstream_cx_total.inc(worker);
+                h.stats.downstream_cx_active.inc(worker);
+            }
+        }
+        Refused {
+            listener: listener.clone(),
+            terminal: terminal.clone(),
+            worker,
+        }
+    }
+}
+
+impl Drop for Refused {
+    fn drop(&mut self) {
+        let w = self.worker;
+        self.listener.downstream_cx_active.dec(w);
+        self.listener.downstream_cx_destroy.inc(w);
+        if let NetworkFilter::HttpConnectionManager(h) = &self.terminal {
+            h.stats.downstream_cx_active.dec(w);
+            h.stats.downstream_cx_destroy.inc(w);
+        }
+    }
 }
 
 /// A connection over a connection limit, held open for the limit's `delay` and then
@@ -131,9 +168,7 @@ fn refused(stats: &super::ListenerStats, worker: usize) {
 /// first, having sent nothing, ends it early. Nothing it sends is read.
 struct DelayedClose {
     stream: mio::net::TcpStream,
-    stats: Arc<super::ListenerStats>,
-    worker: usize,
-    _held: (ConnectionPermit, Held),
+    _held: (Refused, ConnectionPermit, Held),
 }
 
 const TIMER_DELAY: u64 = 1;
@@ -144,28 +179,15 @@ impl DelayedClose {
         me: HandlerId,
         mut stream: mio::net::TcpStream,
         delay: std::time::Duration,
-        stats: Arc<super::ListenerStats>,
-        held: (ConnectionPermit, Held),
+        held: (Refused, ConnectionPermit, Held),
     ) -> std::io::Result<Box<dyn EventHandler<WorkerLocal>>> {
         ctx.registry
             .register(&mut stream, me.token(0), mio::Interest::READABLE)?;
         ctx.schedule(me, delay, TIMER_DELAY);
-        let worker = ctx.local.id;
-        stats.downstream_cx_total.inc(worker);
-        stats.downstream_cx_active.inc(worker);
         Ok(Box::new(DelayedClose {
             stream,
-            stats,
-            worker,
             _held: held,
         }))
-    }
-}
-
-impl Drop for DelayedClose {
-    fn drop(&mut self) {
-        self.stats.downstream_cx_active.dec(self.worker);
-        self.stats.downstream_cx_destroy.inc(self.worker);
     }
 }
 

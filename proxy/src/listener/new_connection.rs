@@ -1,6 +1,7 @@
 //! A connection whose filter chain is known: the chain picked from what the listener
-//! knows of it (Envoy's `newConnection`), and the connection handed to the chain's
-//! terminal filter with the chain's transport socket.
+//! knows of it (Envoy's `newConnection`), the chain's filters that decide when a
+//! connection is established asked (a connection limit, a local rate limit), and the
+//! connection handed to the chain's terminal filter with the chain's transport socket.
 
 use std::sync::Arc;
 

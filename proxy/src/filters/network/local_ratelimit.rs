@@ -44,7 +44,7 @@ fn shared_tokens(key: &str, tb: &TokenBucket, bucket: &Bucket) -> Arc<Tokens> {
     SHARED.with(|shared| {
         let mut shared = shared.borrow_mut();
         shared.retain(|_, t| t.strong_count() > 0);
-        let k = (key.to_string(), tb.clone());
+        let k = (key.to_string(), *tb);
         if let Some(t) = shared.get(&k).and_then(Weak::upgrade) {
             tracing::debug!(
                 share_key = key,

@@ -446,3 +446,91 @@ fn bad_limits_are_refused_as_by_envoy() {
     }
     assert_refused_by_path(&base, &cases);
 }
+
+#[test]
+fn runtime_enabled_turns_both_off_as_in_envoy() {
+    let flag = |key: &str| {
+        format!("          runtime_enabled: {{ default_value: true, runtime_key: {key} }}\n")
+    };
+    let filters = connection_limit("cl", 1, &flag("cl_on"))
+        + &local_ratelimit(
+            "rl",
+            "{ max_tokens: 1, tokens_per_fill: 1, fill_interval: 3600s }",
+        )
+        + &flag("rl_on");
+    let boot = tcp_with(&filters)
+        + "layered_runtime:\n  layers:\n  - name: static\n    static_layer: { cl_on: false, rl_on: false }\n";
+    let case = |p: &Courier| {
+        probe_gone(p);
+        let (through, _open) = hold_many(p.listener, 10);
+        vec![
+            through,
+            format!(
+                "limited={} rate_limited={}",
+                p.stat(LIMITED),
+                p.stat(RATE_LIMITED)
+            ),
+            format!("active={}", p.stat(ACTIVE)),
+        ]
+    };
+    let got = case(&Courier::start(&boot));
+    assert_eq!(
+        got,
+        [
+            "through=10 closed=0",
+            "limited=0 rate_limited=0",
+            "active=0"
+        ]
+    );
+    if let Some(envoy) = Courier::start_envoy(&boot) {
+        let envoy = case(&envoy);
+        assert_eq!(envoy[..2], got[..2], "envoy vs courier");
+        // Envoy 1.40 un-counts at close a connection its disabled filter never counted:
+        // the gauge (and its atomic count) go below zero with the probe's close.
+        assert_eq!(envoy[2], format!("active={}", u64::MAX));
+    }
+}
+
+#[test]
+fn listeners_with_one_share_key_share_a_bucket_as_in_envoy() {
+    let bucket =
+        "{ max_tokens: 6, tokens_per_fill: 1, fill_interval: 3600s }\n          share_key: shared";
+    let boot = tcp_with(&local_ratelimit("rl", bucket));
+    // A second listener with the same chain, on a port of its own.
+    let start = boot.find("  - name: tcp\n").expect("listener");
+    let end = boot.find("  clusters:\n").expect("clusters");
+    let second = boot[start..end]
+        .replace("name: tcp\n", "name: tcp2\n")
+        .replace("LISTENER_PORT", &free_port().to_string());
+    let boot = format!("{}{second}{}", &boot[..end], &boot[end..]);
+    let case = |p: &Courier| {
+        probe_gone(p);
+        let port = second_port(&second);
+        let other: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+        // Alternating between the listeners: five tokens left for both together (the
+        // probe took one).
+        let mut open = Vec::new();
+        let mut through = 0;
+        for i in 0..10 {
+            let (got, s) = hold(if i % 2 == 0 { p.listener } else { other });
+            through += usize::from(got == "ping");
+            open.extend(s);
+        }
+        vec![
+            format!("through={through}"),
+            format!("rate_limited={}", p.stat(RATE_LIMITED)),
+        ]
+    };
+    let got = differential(&boot, &[], &case);
+    assert_eq!(got, ["through=5", "rate_limited=5"]);
+}
+
+/// The port of a listener's YAML block.
+fn second_port(listener: &str) -> u16 {
+    let at = listener.find("port_value: ").expect("port") + "port_value: ".len();
+    listener[at..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("a port")
+}

@@ -534,3 +534,38 @@ fn second_port(listener: &str) -> u16 {
         .and_then(|p| p.parse().ok())
         .expect("a port")
 }
+
+#[test]
+fn rbac_before_a_delayed_limit_sees_no_bytes_of_a_refused_connection_as_in_envoy() {
+    let boot =
+        tcp_with(&(rbac_allow_all() + &connection_limit("cl", 1, "          delay: 0.2s\n")));
+    let case = |p: &Courier| {
+        settled(p);
+        let (first, _held) = hold(p.listener);
+        let mut second = TcpStream::connect(p.listener).expect("connect");
+        second.write_all(b"ping").expect("write");
+        second
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let mut buf = Vec::new();
+        let read = second.read_to_end(&mut buf).map_err(|e| e.kind());
+        wait_equal(p, ACTIVE, 1);
+        vec![
+            format!("first: {first}, second: {read:?}"),
+            format!(
+                "limited={} rbac allowed={}",
+                p.stat(LIMITED),
+                p.stat("net.rbac.allowed")
+            ),
+        ]
+    };
+    let got = differential(&boot, &[], &case);
+    // The probe and the first.
+    assert_eq!(
+        got,
+        [
+            "first: ping, second: Err(ConnectionReset)",
+            "limited=1 rbac allowed=2"
+        ]
+    );
+}

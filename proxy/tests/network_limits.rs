@@ -569,3 +569,79 @@ fn rbac_before_a_delayed_limit_sees_no_bytes_of_a_refused_connection_as_in_envoy
         ]
     );
 }
+
+#[test]
+fn refused_connections_are_logged_as_by_envoy() {
+    let format = "%RESPONSE_FLAGS% %UPSTREAM_CLUSTER% %BYTES_RECEIVED% %BYTES_SENT% %ACCESS_LOG_TYPE% %DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT% %DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT% %CONNECTION_TERMINATION_DETAILS%\\n";
+    let log = |path: &std::path::Path, indent: &str| {
+        format!(
+            "{indent}access_log:\n{indent}- name: envoy.access_loggers.file\n{indent}  typed_config:\n{indent}    \"@type\": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog\n{indent}    path: {}\n{indent}    log_format: {{ text_format_source: {{ inline_string: \"{format}\" }} }}\n",
+            path.display(),
+        )
+    };
+    let filters = connection_limit("cl", 1, "")
+        + &local_ratelimit(
+            "rl",
+            "{ max_tokens: 3, tokens_per_fill: 1, fill_interval: 3600s }",
+        );
+    let base = tcp_with(&filters);
+    // A TCP proxy log and a listener log in `dir`.
+    let boot = |dir: &std::path::Path| {
+        base.replacen(
+            "          cluster: c\n",
+            &format!(
+                "          cluster: c\n{}",
+                log(&dir.join("tcp.log"), "          ")
+            ),
+            1,
+        )
+        .replacen(
+            "    filter_chains:\n",
+            &format!(
+                "{}    filter_chains:\n",
+                log(&dir.join("listener.log"), "    ")
+            ),
+            1,
+        )
+    };
+    let case = |p: &Courier, dir: &std::path::Path| {
+        settled(p);
+        let (first, held) = hold(p.listener);
+        // Over the limit, then (the first gone) within it but out of tokens.
+        let (second, _) = hold(p.listener);
+        drop(held);
+        wait_equal(p, ACTIVE, 0);
+        let (third, held) = hold(p.listener);
+        let (fourth, _) = hold(p.listener);
+        drop(held);
+        let mut out = vec![format!("{first} {second} {third} {fourth}")];
+        // The readiness probe's entry first; each refused one as an upstream-less
+        // connection's, no response flag (not even the rate limit's `URX`).
+        out.extend(log_lines(&dir.join("tcp.log"), 5));
+        out.push("--".into());
+        out.extend(log_lines(&dir.join("listener.log"), 5));
+        out
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let got = case(&Courier::start(&boot(dir.path())), dir.path());
+    let envoy_dir = tempfile::tempdir().expect("tempdir");
+    if let Some(envoy) = Courier::start_envoy(&boot(envoy_dir.path())) {
+        assert_eq!(case(&envoy, envoy_dir.path()), got, "envoy vs courier");
+    }
+    let connection = |bytes: u8, cluster: &str, log_type: &str| {
+        format!("- {cluster} {bytes} {bytes} {log_type} 127.0.0.1 127.0.0.1 -")
+    };
+    let mut want = vec!["ping closed ping closed".to_string()];
+    for log_type in ["TcpConnectionEnd", "NotSet"] {
+        want.extend([
+            connection(0, "c", log_type),
+            connection(0, "-", log_type),
+            connection(4, "c", log_type),
+            connection(0, "-", log_type),
+            connection(4, "c", log_type),
+        ]);
+        want.push("--".into());
+    }
+    want.pop();
+    assert_eq!(got, want);
+}

@@ -68,11 +68,11 @@ pub fn new_connection(
         false => match chain.on_new_connection.admit(ctx.local.id) {
             Admission::Continue(held) => held,
             Admission::Close => {
-                drop(Refused::count(&config.stats, &chain.filter, ctx.local.id));
+                drop(Refused::count(ctx, config, &chain.filter, &stream, facts));
                 return;
             }
             Admission::CloseAfter(delay, held) => {
-                let refused = Refused::count(&config.stats, &chain.filter, ctx.local.id);
+                let refused = Refused::count(ctx, config, &chain.filter, &stream, facts);
                 let started = ctx.insert_handler(move |ctx, id| {
                     DelayedClose::start(ctx, id, stream, delay, (refused, permit, held))
                 });
@@ -119,34 +119,76 @@ pub fn new_connection(
     }
 }
 
-/// A connection a filter refused when it was established, counted as Envoy counts it
-/// while it is open and when it closes: Envoy had made a connection of it, and given it
-/// its terminal filter, before the filters ran.
+/// A connection a filter refused when it was established, counted and logged as Envoy
+/// counts and logs it while it is open and when it closes: Envoy had made a connection
+/// of it, and given it its terminal filter, before the filters ran.
 struct Refused {
     listener: Arc<super::ListenerStats>,
     terminal: NetworkFilter,
     worker: usize,
+    /// What its access log entries say (only when there are logs to write).
+    log: Option<Box<RefusedLog>>,
+}
+
+/// What a refused connection's entries say: a TCP proxy's (`TcpConnectionEnd`) and the
+/// listener's (`NotSet`), of a connection that never reached an upstream.
+struct RefusedLog {
+    start: std::time::Instant,
+    start_wall: std::time::SystemTime,
+    local: Option<std::net::SocketAddr>,
+    remote: std::net::SocketAddr,
+    direct_remote: Option<std::net::SocketAddr>,
+    requested_server_name: Option<String>,
+    connection_id: u64,
+    filter_logs: Option<Arc<crate::filters::network::tcp_proxy::TcpProxyConfig>>,
+    listener_logs: Option<crate::access_log::SharedLogs>,
 }
 
 impl Refused {
     fn count(
-        listener: &Arc<super::ListenerStats>,
+        ctx: &Ctx,
+        config: &ListenerConfig,
         terminal: &NetworkFilter,
-        worker: usize,
+        stream: &mio::net::TcpStream,
+        facts: &ConnectionFacts,
     ) -> Refused {
+        let worker = ctx.local.id;
+        let listener = &config.stats;
         listener.downstream_cx_total.inc(worker);
         listener.downstream_cx_active.inc(worker);
+        let mut filter_logs = None;
         match terminal {
-            NetworkFilter::TcpProxy(t) => t.stats.downstream_cx_total.inc(worker),
+            NetworkFilter::TcpProxy(t) => {
+                t.stats.downstream_cx_total.inc(worker);
+                filter_logs = Some(t.clone()).filter(|t| !t.access_logs.is_empty());
+            }
             NetworkFilter::HttpConnectionManager(h) => {
                 h.stats.downstream_cx_total.inc(worker);
                 h.stats.downstream_cx_active.inc(worker);
             }
         }
+        let log = (filter_logs.is_some() || config.access_logs.is_some()).then(|| {
+            let peer = stream.peer_addr().ok();
+            Box::new(RefusedLog {
+                start: ctx.now,
+                start_wall: std::time::SystemTime::now(),
+                local: facts.restored_local.or_else(|| stream.local_addr().ok()),
+                remote: facts
+                    .restored_remote
+                    .or(peer)
+                    .unwrap_or_else(|| std::net::SocketAddr::from(([0, 0, 0, 0], 0))),
+                direct_remote: peer,
+                requested_server_name: facts.server_name.clone(),
+                connection_id: crate::access_log::next_connection_id(),
+                filter_logs,
+                listener_logs: config.access_logs.clone(),
+            })
+        });
         Refused {
             listener: listener.clone(),
             terminal: terminal.clone(),
             worker,
+            log,
         }
     }
 }
@@ -159,6 +201,26 @@ impl Drop for Refused {
         if let NetworkFilter::HttpConnectionManager(h) = &self.terminal {
             h.stats.downstream_cx_active.dec(w);
             h.stats.downstream_cx_destroy.inc(w);
+        }
+        let Some(l) = &self.log else { return };
+        let no_headers = http::HeaderMap::new();
+        let mut entry = crate::access_log::LogEntry {
+            start: l.start_wall,
+            duration: l.start.elapsed(),
+            remote: l.remote,
+            requested_server_name: l.requested_server_name.as_deref(),
+            local: l.local,
+            direct_remote: l.direct_remote,
+            connection_id: Some(l.connection_id),
+            log_type: crate::access_log::AccessLogType::TcpConnectionEnd,
+            ..crate::access_log::LogEntry::connection(&no_headers)
+        };
+        for log in l.filter_logs.iter().flat_map(|t| t.access_logs.iter()) {
+            log.log(&entry, w);
+        }
+        entry.log_type = crate::access_log::AccessLogType::NotSet;
+        for log in l.listener_logs.iter().flat_map(|logs| logs.iter()) {
+            log.log(&entry, w);
         }
     }
 }

@@ -24,11 +24,6 @@ fn rbac(config: &str) -> String {
     )
 }
 
-/// `boot` with `filter` before its first network filter.
-fn before_terminal(boot: &str, filter: &str) -> String {
-    boot.replacen("    - filters:\n", &format!("    - filters:\n{filter}"), 1)
-}
-
 /// Sends `ping` through a TCP proxy to an echo server: what comes back, or `closed`.
 fn echo(addr: SocketAddr) -> String {
     let Ok(mut s) = TcpStream::connect(addr) else {
@@ -145,6 +140,17 @@ fn tcp_proxy_connections_are_allowed_and_closed_as_by_envoy() {
 /// `on_no_match` DENY, before the HTTP connection manager.
 #[test]
 fn kuma_style_spiffe_matcher_before_the_connection_manager_as_in_envoy() {
+    kuma_style("");
+}
+
+/// The same, the server's TLS context offering ALPN (Kuma's and Istio's do): the codec
+/// is named by the handshake, and the filters still decide before it runs.
+#[test]
+fn kuma_style_with_alpn_decides_before_the_negotiated_codec_as_in_envoy() {
+    kuma_style("            alpn_protocols: [h2, http/1.1]\n");
+}
+
+fn kuma_style(alpn: &str) {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
     let ca = Ca::new(d, "ca");
@@ -164,7 +170,7 @@ fn kuma_style_spiffe_matcher_before_the_connection_manager_as_in_envoy() {
         typed_config:
           "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
           common_tls_context:
-            tls_certificates:
+{alpn}            tls_certificates:
             - certificate_chain: {{ filename: "{}" }}
               private_key: {{ filename: "{}" }}
             validation_context: {{ trusted_ca: {{ filename: "{}" }} }}

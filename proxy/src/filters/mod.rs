@@ -3,3 +3,4 @@
 
 pub mod http;
 pub mod network;
+pub mod token_bucket;

@@ -77,7 +77,9 @@ pub struct FilterChain {
     pub transport_socket_connect_timeout: Option<std::time::Duration>,
     /// The terminal network filter.
     pub filter: NetworkFilter,
-    /// The filters before it.
+    /// The filters before it deciding when a connection is established.
+    pub on_new_connection: crate::filters::network::on_new_connection::NewConnectionFilters,
+    /// The filters before it deciding on a connection's first bytes.
     pub read_filters: crate::filters::network::rbac::ReadFilters,
     /// The source proto, to tell which chains changed on an in-place update.
     pub proto: pb::FilterChain,
@@ -405,7 +407,7 @@ fn compile_chain(
         chain.transport_socket.as_ref(),
         "transport_socket",
     )?;
-    let (filter, read_filters) = compile_filters(&chain.filters, store, egress)?;
+    let filters = compile_filters(&chain.filters, store, egress)?;
     Ok(Arc::new(FilterChain {
         tag: NEXT_TAG.fetch_add(1, Ordering::Relaxed),
         name: chain.name.clone(),
@@ -417,8 +419,9 @@ fn compile_chain(
             .map(|d| config::duration(d, "transport_socket_connect_timeout"))
             .transpose()?
             .filter(|d| !d.is_zero()),
-        filter,
-        read_filters,
+        filter: filters.terminal,
+        on_new_connection: filters.on_new_connection,
+        read_filters: filters.read,
         proto: chain.clone(),
     }))
 }

@@ -655,8 +655,13 @@ impl Courier {
         let mut child = Command::new(binary)
             .arg("-c")
             .arg(&cfg)
-            .arg("--concurrency")
-            .arg("1")
+            // One worker unless the test asks for more.
+            .args(
+                (!args.contains(&"--concurrency"))
+                    .then_some(["--concurrency", "1"])
+                    .into_iter()
+                    .flatten(),
+            )
             .arg("--admin-address-path")
             .arg(&admin_path)
             .args(args)
@@ -856,6 +861,12 @@ static_resources:
   clusters:
 {clusters}"#
     )
+}
+
+/// `boot` with the network filter(s) `filter` (YAML list items, indented as
+/// [`tcp_bootstrap`] and [`bootstrap`] write them) before its first chain's first filter.
+pub fn before_terminal(boot: &str, filter: &str) -> String {
+    boot.replacen("    - filters:\n", &format!("    - filters:\n{filter}"), 1)
 }
 
 /// `bootstrap` with the HTTP filters `filters` (YAML list items, indented as

@@ -1,7 +1,12 @@
 //! Network filters. A filter chain ends in exactly one terminal filter, which owns the
-//! connection from accept to close; filters before it ([`rbac::ReadFilters`]) only
-//! decide whether the connection goes on.
+//! connection from accept to close; filters before it only decide whether the
+//! connection goes on: when it is established ([`on_new_connection`]: the connection
+//! limit and the local rate limit) or on its first bytes ([`rbac::ReadFilters`]).
 
+pub mod common;
+pub mod connection_limit;
+pub mod local_ratelimit;
+pub mod on_new_connection;
 pub mod rbac;
 pub mod tcp_proxy;
 
@@ -42,6 +47,8 @@ pub enum Built {
     Terminal(NetworkFilter),
     /// `envoy.filters.network.rbac`.
     Rbac(Arc<rbac::NetworkRbac>),
+    /// One deciding when the connection is established.
+    OnNewConnection(on_new_connection::NewConnectionFilter),
 }
 
 /// What a network filter's factory is given.
@@ -100,8 +107,46 @@ pub static NETWORK_FILTERS: Registry<BuildFilter> = Registry {
                 )))
             },
         },
+        Factory {
+            type_name: "envoy.extensions.filters.network.connection_limit.v3.ConnectionLimit",
+            name: "envoy.filters.network.connection_limit",
+            build: |a| {
+                let cfg = courier_proto::unpack_any(a.config)
+                    .map_err(|e| ConfigError::new(a.path, e.to_string()))?;
+                Ok(Built::OnNewConnection(
+                    on_new_connection::NewConnectionFilter::ConnectionLimit(Arc::new(
+                        connection_limit::ConnectionLimit::compile(&cfg, a.store)
+                            .map_err(|e| e.at(a.path))?,
+                    )),
+                ))
+            },
+        },
+        Factory {
+            type_name: "envoy.extensions.filters.network.local_ratelimit.v3.LocalRateLimit",
+            name: "envoy.filters.network.local_ratelimit",
+            build: |a| {
+                let cfg = courier_proto::unpack_any(a.config)
+                    .map_err(|e| ConfigError::new(a.path, e.to_string()))?;
+                Ok(Built::OnNewConnection(
+                    on_new_connection::NewConnectionFilter::LocalRateLimit(Arc::new(
+                        local_ratelimit::NetworkLocalRateLimit::compile(&cfg, a.store)
+                            .map_err(|e| e.at(a.path))?,
+                    )),
+                ))
+            },
+        },
     ],
 };
+
+/// A chain's compiled network filters.
+pub struct ChainFilters {
+    /// The terminal one.
+    pub terminal: NetworkFilter,
+    /// Those deciding when the connection is established.
+    pub on_new_connection: on_new_connection::NewConnectionFilters,
+    /// Those deciding on its first bytes.
+    pub read: rbac::ReadFilters,
+}
 
 /// Compiles a chain's `filters`: supported filters only, the last one terminal, those
 /// before it not.
@@ -109,9 +154,10 @@ pub fn compile_filters(
     filters: &[Filter],
     store: &Store,
     egress: bool,
-) -> Result<(NetworkFilter, rbac::ReadFilters), ConfigError> {
+) -> Result<ChainFilters, ConfigError> {
     let mut terminal = None;
     let mut read = Vec::new();
+    let mut established = Vec::new();
     for (i, f) in filters.iter().enumerate() {
         let path = format!("filters[{i}]");
         let Some(filter::ConfigType::TypedConfig(any)) = &f.config_type else {
@@ -128,7 +174,7 @@ pub fn compile_filters(
                 ConfigError::new(
                     &at,
                     format!(
-                        "unsupported network filter '{}': {}; Courier supports {TCP_PROXY}, {} and envoy.filters.network.rbac",
+                        "unsupported network filter '{}': {}; Courier supports {TCP_PROXY}, {}, envoy.filters.network.rbac, envoy.filters.network.connection_limit and envoy.filters.network.local_ratelimit",
                         f.name,
                         e.message,
                         crate::http::HTTP_CONNECTION_MANAGER
@@ -146,6 +192,7 @@ pub fn compile_filters(
         let last = i + 1 == filters.len();
         match (compiled, last) {
             (Built::Rbac(r), false) => read.push(r),
+            (Built::OnNewConnection(f), false) => established.push(f),
             (Built::Terminal(c), true) => terminal = Some(c),
             (Built::Terminal(_), false) => {
                 return Err(ConfigError::new(
@@ -153,7 +200,7 @@ pub fn compile_filters(
                     format!("terminal filter '{}' must be the last in the chain", f.name),
                 ))
             }
-            (Built::Rbac(_), true) => {
+            (Built::Rbac(_) | Built::OnNewConnection(_), true) => {
                 return Err(ConfigError::new(
                     path,
                     format!(
@@ -166,5 +213,11 @@ pub fn compile_filters(
     }
     let terminal = terminal
         .ok_or_else(|| ConfigError::new("filters", "a filter chain needs a terminal filter"))?;
-    Ok((terminal, rbac::ReadFilters(read.into())))
+    Ok(ChainFilters {
+        terminal,
+        on_new_connection: on_new_connection::NewConnectionFilters(
+            (!established.is_empty()).then(|| established.into()),
+        ),
+        read: rbac::ReadFilters(read.into()),
+    })
 }

@@ -17,6 +17,7 @@ use std::sync::Arc;
 
 use courier_proto::envoy::extensions::filters::network::rbac::v3 as pb;
 
+use super::common::join;
 use crate::config::ConfigError;
 use crate::filters::http::rbac::{Engine, RequestView, XffTrust};
 use crate::matching::Context;
@@ -43,15 +44,6 @@ pub struct ConnectionFacts<'a> {
     pub requested_server_name: Option<&'a str>,
     /// What its TLS handshake settled (`None`: plaintext).
     pub tls: Option<&'a TlsConnectionInfo>,
-}
-
-/// Envoy's `statPrefixJoin`: `prefix` and `name` joined by one dot.
-fn join(prefix: &str, name: &str) -> String {
-    match prefix {
-        "" => name.to_string(),
-        p if p.ends_with('.') => format!("{p}{name}"),
-        p => format!("{p}.{name}"),
-    }
 }
 
 impl NetworkRbac {

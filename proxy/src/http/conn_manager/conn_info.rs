@@ -27,6 +27,8 @@ pub struct ConnInfo {
     /// The connection's share of the global connection limit, given back with the
     /// connection's `downstream_cx_active`.
     pub permit: crate::overload::connection_limit::ConnectionPermit,
+    /// Its places in the chain's connection limits, given back with the connection.
+    pub held: crate::filters::network::on_new_connection::Held,
     /// Client address.
     pub remote: SocketAddr,
     /// Local address.

@@ -148,6 +148,7 @@ impl HttpConnection {
             permit,
             listener_logs,
             read_filters,
+            held,
         } = accepted;
         let worker = ctx.local.id;
         let (remote, direct_remote) = match restored_remote {
@@ -190,6 +191,7 @@ impl HttpConnection {
                 0
             },
             permit,
+            held,
             rate_limit_buckets: Default::default(),
             draining: Default::default(),
             config: config.clone(),
@@ -308,6 +310,27 @@ impl HttpConnection {
         self.state = State::H2(Box::pin(conn));
     }
 
+    /// Asks the chain's filters before this one, once the connection is established
+    /// (after its TLS handshake); true when one denied it (the connection is done).
+    fn denied_by_read_filters(&mut self) -> bool {
+        let Some(filters) = self.read_filters.take() else {
+            return false;
+        };
+        let info = &self.info;
+        let facts = crate::filters::network::rbac::ConnectionFacts {
+            local: info.local,
+            peer: info.direct_remote.unwrap_or(info.remote),
+            requested_server_name: info.requested_server_name.as_deref(),
+            tls: info.tls.get().map(|t| &**t),
+        };
+        if filters.admit(&facts, self.worker) {
+            return false;
+        }
+        tracing::debug!("connection denied by a network filter");
+        self.state = State::Done;
+        true
+    }
+
     /// Drives the connection; true when it is finished.
     fn poll(&mut self) -> bool {
         // A response asked for the connection to drain (a failed health check).
@@ -344,6 +367,10 @@ impl HttpConnection {
                         &context.local_uri_sans(),
                         self.config.client_cert.encodings(),
                     )));
+                    // Decided before ALPN may name the codec and skip detection.
+                    if self.read_filters.is_some() && self.denied_by_read_filters() {
+                        return true;
+                    }
                     // With AUTO, ALPN names the codec; without it the preface does.
                     let alpn = match self.config.codec {
                         Codec::Auto => io
@@ -375,20 +402,8 @@ impl HttpConnection {
                     }
                 }
                 State::Detect { .. } if self.read_filters.is_some() => {
-                    if let Some(filters) = self.read_filters.take() {
-                        let info = &self.info;
-                        let tls = info.tls.get().map(|t| &**t);
-                        let facts = crate::filters::network::rbac::ConnectionFacts {
-                            local: info.local,
-                            peer: info.direct_remote.unwrap_or(info.remote),
-                            requested_server_name: info.requested_server_name.as_deref(),
-                            tls,
-                        };
-                        if !filters.admit(&facts, self.worker) {
-                            tracing::debug!("connection denied by a network filter");
-                            self.state = State::Done;
-                            return true;
-                        }
+                    if self.denied_by_read_filters() {
+                        return true;
                     }
                 }
                 State::Detect { io, buf } => {

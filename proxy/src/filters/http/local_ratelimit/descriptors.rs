@@ -8,8 +8,8 @@
 
 use courier_proto::envoy::extensions::common::ratelimit::v3::LocalRateLimitDescriptor;
 
-use super::Bucket;
 use crate::config::ConfigError;
+use crate::filters::token_bucket::Bucket;
 use crate::http::route::rate_limits::Entry;
 
 /// A compiled `LocalRateLimitDescriptor`.

@@ -192,6 +192,8 @@ enum Failure {
 pub struct TcpProxySession {
     /// The connection's share of the global connection limit.
     _permit: ConnectionPermit,
+    /// Its places in the chain's connection limits.
+    _held: crate::filters::network::on_new_connection::Held,
     config: Arc<TcpProxyConfig>,
     chain_tag: u64,
     listener_stats: Arc<ListenerStats>,
@@ -275,6 +277,7 @@ impl TcpProxySession {
             requested_server_name,
             listener_logs,
             read_filters,
+            held,
             ..
         } = accepted;
         let worker = ctx.local.id;
@@ -325,6 +328,7 @@ impl TcpProxySession {
         listener_stats.downstream_cx_active.inc(worker);
         let mut session = TcpProxySession {
             _permit: permit,
+            _held: held,
             config,
             chain_tag,
             listener_stats,

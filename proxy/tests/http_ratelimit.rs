@@ -10,7 +10,10 @@ mod http_support;
 use std::time::Duration;
 
 use courier_proto::envoy::config::core::v3::HeaderValue;
-use courier_proto::envoy::service::ratelimit::v3::rate_limit_response::Code;
+use courier_proto::envoy::service::ratelimit::v3::rate_limit_response::rate_limit::Unit;
+use courier_proto::envoy::service::ratelimit::v3::rate_limit_response::{
+    Code, DescriptorStatus, RateLimit,
+};
 use courier_proto::envoy::service::ratelimit::v3::rate_limit_service_server::{
     RateLimitService, RateLimitServiceServer,
 };
@@ -57,9 +60,30 @@ impl RateLimitService for Rls {
         if has("slow") {
             tokio::time::sleep(Duration::from_millis(1000)).await;
         }
+        let limit = |name: &str, per: u32, unit: Unit, remaining: u32| DescriptorStatus {
+            code: Code::Ok as i32,
+            current_limit: Some(RateLimit {
+                name: name.into(),
+                requests_per_unit: per,
+                unit: unit as i32,
+            }),
+            limit_remaining: remaining,
+            duration_until_reset: Some(courier_proto::google::protobuf::Duration {
+                seconds: 42,
+                nanos: 0,
+            }),
+            ..Default::default()
+        };
+        let statuses = vec![
+            limit("per-minute", 100, Unit::Minute, 7),
+            DescriptorStatus::default(),
+            limit("", 10, Unit::Second, 9),
+            limit("odd", 5, Unit::Unknown, 20),
+        ];
         let resp = if has("blocked") {
             RateLimitResponse {
                 overall_code: Code::OverLimit as i32,
+                statuses,
                 response_headers_to_add: vec![hv("x-rl", "over")],
                 raw_body: b"slow down".to_vec(),
                 ..Default::default()
@@ -72,6 +96,7 @@ impl RateLimitService for Rls {
                     &format!("{} {}", req.domain, seen.join(" | ")),
                 )],
                 response_headers_to_add: vec![hv("x-rl-resp", "ok")],
+                statuses: if has("bare") { vec![] } else { statuses },
                 ..Default::default()
             }
         };
@@ -153,7 +178,10 @@ fn exchange(proxy: &Courier, up: &Upstream, path: &str, headers: &[(&str, &str)]
         .iter()
         .filter(|(k, _)| {
             let k = k.to_ascii_lowercase();
-            k.starts_with("x-rl") || k == "x-envoy-ratelimited" || k == "content-type"
+            k.starts_with("x-rl")
+                || k.starts_with("x-ratelimit")
+                || k == "x-envoy-ratelimited"
+                || k == "content-type"
         })
         .map(|(k, v)| format!("{}={v}", k.to_ascii_lowercase()))
         .collect();
@@ -281,11 +309,31 @@ fn refuses_what_it_does_not_act_on() {
     assert_refused_by_path(
         &base,
         &[
-            (d, "              domain: main\n              enable_x_ratelimit_headers: DRAFT_VERSION_03\n", &format!("{at}.enable_x_ratelimit_headers")),
-            (d, "              domain: main\n              metadata_namespace: x\n", &format!("{at}.metadata_namespace")),
-            (d, "              domain: main\n              request_type: sometimes\n", &format!("{at}.request_type")),
-            (d, "              domain: main\n              stage: 11\n", &format!("{at}.stage")),
-            ("vh_rate_limits: IGNORE", "vh_rate_limits: IGNORE\n                    override_option: OVERRIDE_POLICY", "override_option"),
+            (
+                d,
+                "              domain: main\n              enable_retry_after_header: true\n",
+                &format!("{at}.enable_retry_after_header"),
+            ),
+            (
+                d,
+                "              domain: main\n              metadata_namespace: x\n",
+                &format!("{at}.metadata_namespace"),
+            ),
+            (
+                d,
+                "              domain: main\n              request_type: sometimes\n",
+                &format!("{at}.request_type"),
+            ),
+            (
+                d,
+                "              domain: main\n              stage: 11\n",
+                &format!("{at}.stage"),
+            ),
+            (
+                "vh_rate_limits: IGNORE",
+                "vh_rate_limits: IGNORE\n                    override_option: OVERRIDE_POLICY",
+                "override_option",
+            ),
         ],
     );
     for (from, to) in [
@@ -296,4 +344,31 @@ fn refuses_what_it_does_not_act_on() {
             assert_ne!(code, Some(0), "Envoy accepts {to}");
         }
     }
+}
+
+#[test]
+fn x_ratelimit_headers_as_envoy() {
+    let (b, up) = setup("              enable_x_ratelimit_headers: DRAFT_VERSION_03\n");
+    let run = |proxy: &Courier| {
+        vec![
+            exchange(proxy, &up, "/a", &[("x-user", "fred")]),
+            exchange(proxy, &up, "/a", &[("x-user", "blocked")]),
+            exchange(proxy, &up, "/a", &[("x-user", "bare")]),
+            exchange(proxy, &up, "/none", &[]),
+        ]
+    };
+    let courier = run(&Courier::start(&b));
+    compare(&courier, Courier::start_envoy(&b).map(|e| run(&e)));
+    assert!(
+        courier[0].contains("x-ratelimit-limit=100, 100;w=60;name=\\\"per-minute\\\", 10;w=1")
+            && courier[0].contains("x-ratelimit-remaining=7")
+            && courier[0].contains("x-ratelimit-reset=42"),
+        "{}",
+        courier[0]
+    );
+    assert!(
+        courier[1].contains("-> 429") && courier[1].contains("x-ratelimit-remaining=7"),
+        "{}",
+        courier[1]
+    );
 }

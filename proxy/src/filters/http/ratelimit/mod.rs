@@ -22,7 +22,12 @@
 //! - `RateLimitPerRoute`: `vh_rate_limits`, its own `rate_limits` (replacing the
 //!   route's) and `domain`.
 //!
-//! Refused by path: `enable_x_ratelimit_headers` other than `OFF`, `enable_retry_after_header`,
+//! - `enable_x_ratelimit_headers: DRAFT_VERSION_03`: the answer (allowed or not) gets
+//!   `x-ratelimit-limit` (the tightest descriptor's limit, then each limit's quota
+//!   policy, `, <n>;w=<seconds>[;name="<name>"]`), `x-ratelimit-remaining` and
+//!   `x-ratelimit-reset` from the service's descriptor statuses.
+//!
+//! Refused by path: `enable_retry_after_header`,
 //! `failure_mode_deny_percent`, `metadata_namespace`, `filter_enforced`, and a per-route
 //! `override_option`. The service's dynamic metadata is not kept: nothing in Courier
 //! reads it.
@@ -83,6 +88,8 @@ pub struct RateLimitFilter {
     /// The call's timeout.
     pub timeout: Duration,
     failure_mode_deny: bool,
+    /// `enable_x_ratelimit_headers: DRAFT_VERSION_03`.
+    x_ratelimit_headers: bool,
     resource_exhausted: bool,
     ratelimited_header: bool,
     rate_limited_status: StatusCode,
@@ -162,10 +169,6 @@ impl RateLimitFilter {
     /// Compiles the filter at `path`.
     pub fn compile(name: &str, proto: &pb::RateLimit, path: &str) -> Result<Self, ConfigError> {
         for (field, set) in [
-            (
-                "enable_x_ratelimit_headers",
-                proto.enable_x_ratelimit_headers != 0,
-            ),
             ("enable_retry_after_header", proto.enable_retry_after_header),
             (
                 "failure_mode_deny_percent",
@@ -248,6 +251,7 @@ impl RateLimitFilter {
             service,
             timeout,
             failure_mode_deny: proto.failure_mode_deny,
+            x_ratelimit_headers: proto.enable_x_ratelimit_headers == 1,
             resource_exhausted: proto.rate_limited_as_resource_exhausted,
             ratelimited_header: !proto.disable_x_envoy_ratelimited_header,
             rate_limited_status,
@@ -386,7 +390,10 @@ impl RateLimitFilter {
                 false => Limited::Pass(None, Outcome::FailureModeAllowed),
             };
         };
-        let response_headers = fields(&response.response_headers_to_add);
+        let mut response_headers = fields(&response.response_headers_to_add);
+        if self.x_ratelimit_headers {
+            x_ratelimit_headers(&response.statuses, &mut response_headers);
+        }
         match Code::try_from(response.overall_code) {
             Ok(Code::OverLimit) => {
                 let body = Bytes::from(response.raw_body);
@@ -485,4 +492,58 @@ fn decode(answer: &ResponseMessage) -> Option<RateLimitResponse> {
     }
     let message = crate::protocol::grpc_frame::unary_message(&answer.body)?;
     RateLimitResponse::decode(message).ok()
+}
+
+/// A rate limit unit's window in seconds (none for an unknown unit).
+fn window(unit: i32) -> Option<u64> {
+    use courier_proto::envoy::service::ratelimit::v3::rate_limit_response::rate_limit::Unit;
+    match Unit::try_from(unit).ok()? {
+        Unit::Second => Some(1),
+        Unit::Minute => Some(60),
+        Unit::Hour => Some(3600),
+        Unit::Day => Some(86_400),
+        Unit::Week => Some(604_800),
+        Unit::Month => Some(2_592_000),
+        Unit::Year => Some(31_536_000),
+        Unit::Unknown => None,
+    }
+}
+
+/// The draft-03 `x-ratelimit-*` fields of the descriptors' statuses, added to `out`:
+/// the limit and remaining count of the status with the fewest requests left, and every
+/// limit's quota policy.
+fn x_ratelimit_headers(
+    statuses: &[courier_proto::envoy::service::ratelimit::v3::rate_limit_response::DescriptorStatus],
+    out: &mut Vec<(HeaderName, HeaderValue)>,
+) {
+    let mut policy = String::new();
+    let mut tightest: Option<
+        &courier_proto::envoy::service::ratelimit::v3::rate_limit_response::DescriptorStatus,
+    > = None;
+    for status in statuses {
+        let Some(limit) = &status.current_limit else {
+            continue;
+        };
+        if tightest.is_none_or(|t| status.limit_remaining < t.limit_remaining) {
+            tightest = Some(status);
+        }
+        if let Some(w) = window(limit.unit) {
+            policy.push_str(&format!(", {};w={w}", limit.requests_per_unit));
+            if !limit.name.is_empty() {
+                policy.push_str(&format!(";name=\"{}\"", limit.name));
+            }
+        }
+    }
+    let Some(t) = tightest else { return };
+    let limit = t.current_limit.as_ref().map_or(0, |l| l.requests_per_unit);
+    let reset = t.duration_until_reset.as_ref().map_or(0, |d| d.seconds);
+    for (name, value) in [
+        ("x-ratelimit-limit", format!("{limit}{policy}")),
+        ("x-ratelimit-remaining", t.limit_remaining.to_string()),
+        ("x-ratelimit-reset", reset.to_string()),
+    ] {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            out.push((HeaderName::from_static(name), v));
+        }
+    }
 }

@@ -24,7 +24,10 @@ const SHAPES: &[(&str, Option<&str>)] = &[
 ];
 
 fn shape(name: &str) -> String {
-    let path = format!("{}/../integration-tests/shapes/{name}", env!("CARGO_MANIFEST_DIR"));
+    let path = format!(
+        "{}/../integration-tests/shapes/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    );
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
@@ -44,8 +47,15 @@ fn courier_takes_or_refuses_each_shape_where_recorded() {
         match refused_at {
             None => assert_eq!(code, Some(0), "Courier refuses {name}: {stderr}"),
             Some(at) => {
-                assert_eq!(code, Some(1), "Courier now takes {name}: update SHAPES and the README");
-                assert!(stderr.contains(at), "{name}: want the refusal at {at:?}, got {stderr}");
+                assert_eq!(
+                    code,
+                    Some(1),
+                    "Courier now takes {name}: update SHAPES and the README"
+                );
+                assert!(
+                    stderr.contains(at),
+                    "{name}: want the refusal at {at:?}, got {stderr}"
+                );
             }
         }
     }

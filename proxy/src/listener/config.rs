@@ -107,6 +107,8 @@ pub struct ListenerConfig {
     pub default_chain: Option<Arc<FilterChain>>,
     /// `listener_filters`: the TLS inspector, if configured.
     pub tls_inspector: Option<TlsInspector>,
+    /// The HTTP inspector, when its listener filters have it.
+    pub http_inspector: Option<super::http_inspector::HttpInspector>,
     /// The original destination filter (or `use_original_dst`): a redirected
     /// connection's local address is the one it was sent to.
     pub restore_original_dst: bool,
@@ -367,6 +369,7 @@ pub fn compile_listener(
         filter_chains,
         default_chain,
         tls_inspector: listener_filters.tls_inspector,
+        http_inspector: listener_filters.http_inspector,
         // `use_original_dst` adds the original destination filter, as in Envoy.
         restore_original_dst: use_original_dst || listener_filters.original_dst,
         use_original_dst,

@@ -1,6 +1,6 @@
 //! A listener's `listener_filters`: what runs on an accepted connection before its
 //! filter chain is picked. Courier has the original destination filter, the PROXY
-//! protocol filter and the TLS inspector (run in that order).
+//! protocol filter, the TLS inspector and the HTTP inspector (run in that order).
 
 use courier_proto::envoy::config::listener::v3::{listener_filter, ListenerFilter};
 use courier_proto::envoy::extensions::filters::listener::original_dst::v3::OriginalDst;
@@ -20,6 +20,8 @@ pub enum ListenerFilterConfig {
     OriginalDst,
     /// `envoy.filters.listener.proxy_protocol`.
     ProxyProtocol(super::proxy_protocol::ProxyProtocol),
+    /// `envoy.filters.listener.http_inspector`.
+    HttpInspector(super::http_inspector::HttpInspector),
 }
 
 /// Builds a listener filter.
@@ -54,6 +56,16 @@ pub static LISTENER_FILTERS: Registry<BuildListenerFilter> = Registry {
             },
         },
         Factory {
+            type_name: "envoy.extensions.filters.listener.http_inspector.v3.HttpInspector",
+            name: "envoy.filters.listener.http_inspector",
+            // Its config has no fields.
+            build: |_, _, store| {
+                Ok(ListenerFilterConfig::HttpInspector(
+                    super::http_inspector::HttpInspector::new(store),
+                ))
+            },
+        },
+        Factory {
             type_name: "envoy.extensions.filters.listener.original_dst.v3.OriginalDst",
             name: "envoy.filters.listener.original_dst",
             build: |any, path, _store| {
@@ -80,6 +92,8 @@ pub struct ListenerFilters {
     pub original_dst: bool,
     /// The PROXY protocol filter, when configured.
     pub proxy_protocol: Option<super::proxy_protocol::ProxyProtocol>,
+    /// The HTTP inspector, when configured.
+    pub http_inspector: Option<super::http_inspector::HttpInspector>,
 }
 
 /// Compiles a listener's `listener_filters`.
@@ -117,6 +131,7 @@ pub fn compile(filters: &[ListenerFilter], store: &Store) -> Result<ListenerFilt
             ListenerFilterConfig::TlsInspector(_) => out.tls_inspector.is_some(),
             ListenerFilterConfig::OriginalDst => out.original_dst,
             ListenerFilterConfig::ProxyProtocol(_) => out.proxy_protocol.is_some(),
+            ListenerFilterConfig::HttpInspector(_) => out.http_inspector.is_some(),
         };
         if twice {
             // Envoy runs each; Courier runs one of a kind.
@@ -126,12 +141,21 @@ pub fn compile(filters: &[ListenerFilter], store: &Store) -> Result<ListenerFilt
             )));
         }
         match built {
-            ListenerFilterConfig::TlsInspector(t) => out.tls_inspector = Some(t),
+            ListenerFilterConfig::TlsInspector(t) => {
+                if out.http_inspector.is_some() {
+                    // Courier inspects for TLS first, as Envoy's usual order has it.
+                    return Err(ConfigError::unsupported(format!(
+                        "{path} (the TLS inspector after the HTTP inspector)"
+                    )));
+                }
+                out.tls_inspector = Some(t)
+            }
+            ListenerFilterConfig::HttpInspector(h) => out.http_inspector = Some(h),
             ListenerFilterConfig::OriginalDst => out.original_dst = true,
             ListenerFilterConfig::ProxyProtocol(p) => {
-                if out.tls_inspector.is_some() {
+                if out.tls_inspector.is_some() || out.http_inspector.is_some() {
                     // Courier reads the PROXY header first; the other order would inspect
-                    // the header as a ClientHello.
+                    // the header as a ClientHello or a request line.
                     return Err(ConfigError::unsupported(format!(
                         "{path} (the PROXY protocol filter after the TLS inspector)"
                     )));

@@ -16,6 +16,7 @@ use mio::net::TcpStream;
 use mio::Interest;
 
 use super::filter_chain_match::ConnectionFacts;
+use super::http_inspector::Detected;
 use super::ListenerConfig;
 use crate::config::ConfigError;
 use crate::overload::connection_limit::ConnectionPermit;
@@ -120,13 +121,13 @@ pub fn inspect_then_connect(
         restored_local: local,
         restored_remote: remote,
     };
-    if let Some(inspector) = &config.tls_inspector {
-        let (inspector, listener) = (inspector.clone(), config.clone());
+    if config.tls_inspector.is_some() || config.http_inspector.is_some() {
+        let listener = config.clone();
         let started = ctx.insert_handler(move |ctx, id| {
-            Inspecting::start(ctx, id, stream, listener, inspector, facts, permit)
+            Inspecting::start(ctx, id, stream, listener, facts, permit)
         });
         if let Err(e) = started {
-            tracing::debug!(listener = %config.name, error = %e, "connection ended in the TLS inspector");
+            tracing::debug!(listener = %config.name, error = %e, "connection ended in the listener's inspectors");
         }
         return;
     }
@@ -182,11 +183,13 @@ fn inspect(bytes: &[u8]) -> Peeked {
     }
 }
 
-/// A connection being inspected, before its chain is known.
+/// A connection being inspected (by the TLS inspector, then the HTTP inspector, as the
+/// listener has them), before its chain is known.
 pub struct Inspecting {
     stream: Option<TcpStream>,
     config: Arc<ListenerConfig>,
-    inspector: TlsInspector,
+    /// The TLS inspector found no ClientHello (counted once): the HTTP inspector goes on.
+    not_tls: bool,
     /// What is known of the connection already (its port, the addresses earlier
     /// listener filters restored); the inspector adds what the ClientHello says.
     facts: ConnectionFacts,
@@ -202,7 +205,6 @@ impl Inspecting {
         me: HandlerId,
         mut stream: TcpStream,
         config: Arc<ListenerConfig>,
-        inspector: TlsInspector,
         facts: ConnectionFacts,
         permit: ConnectionPermit,
     ) -> io::Result<Box<dyn EventHandler<WorkerLocal>>> {
@@ -212,9 +214,9 @@ impl Inspecting {
             ctx.schedule(me, timeout, TIMER_TIMEOUT);
         }
         let mut me_ = Inspecting {
+            not_tls: config.tls_inspector.is_none(),
             stream: Some(stream),
             config,
-            inspector,
             facts,
             buf: vec![0; INITIAL_READ],
             permit,
@@ -227,14 +229,14 @@ impl Inspecting {
     }
 
     fn peek(&mut self, ctx: &mut Ctx) -> Next {
-        let Some(stream) = self.stream.as_ref() else {
+        let Some(fd) = self.stream.as_ref().map(std::os::fd::AsRawFd::as_raw_fd) else {
             return Next::Close;
         };
         loop {
             // SAFETY: `buf` is initialised; recv writes at most its length.
             let n = unsafe {
                 libc::recv(
-                    std::os::fd::AsRawFd::as_raw_fd(stream),
+                    fd,
                     self.buf.as_mut_ptr().cast(),
                     self.buf.len(),
                     libc::MSG_PEEK,
@@ -253,11 +255,18 @@ impl Inspecting {
                 return Next::Close;
             }
             let worker = ctx.local.id;
-            let stats = &self.inspector.stats;
+            let config = self.config.clone();
+            let Some(tls) = config.tls_inspector.as_ref().filter(|_| !self.not_tls) else {
+                match self.inspect_http(ctx, n) {
+                    Some(next) => return next,
+                    None => continue,
+                }
+            };
+            let stats = &tls.stats;
             return match inspect(&self.buf[..n]) {
                 Peeked::Incomplete if n < self.buf.len() => Next::Continue,
-                Peeked::Incomplete if self.buf.len() < self.inspector.max_client_hello => {
-                    let more = (self.buf.len() * 4).min(self.inspector.max_client_hello);
+                Peeked::Incomplete if self.buf.len() < tls.max_client_hello => {
+                    let more = (self.buf.len() * 4).min(tls.max_client_hello);
                     self.buf.resize(more, 0);
                     continue;
                 }
@@ -267,7 +276,11 @@ impl Inspecting {
                 }
                 Peeked::NotTls => {
                     stats.tls_not_found.inc(worker);
-                    self.hand_over(ctx, None, "raw_buffer", Vec::new())
+                    self.not_tls = true;
+                    match self.inspect_http(ctx, n) {
+                        Some(next) => next,
+                        None => continue,
+                    }
                 }
                 Peeked::Tls { sni, alpn } => {
                     stats.tls_found.inc(worker);
@@ -285,6 +298,28 @@ impl Inspecting {
                 }
             };
         }
+    }
+
+    /// The HTTP inspector on the `n` bytes peeked (none configured: the connection goes
+    /// on as plaintext): `None` to peek again with a larger buffer.
+    fn inspect_http(&mut self, ctx: &mut Ctx, n: usize) -> Option<Next> {
+        let config = self.config.clone();
+        let Some(http) = &config.http_inspector else {
+            return Some(self.hand_over(ctx, None, "raw_buffer", Vec::new()));
+        };
+        let found = match super::http_inspector::detect(&self.buf[..n]) {
+            Detected::Incomplete if n < self.buf.len() => return Some(Next::Continue),
+            Detected::Incomplete => {
+                let more = (self.buf.len() * 4).min(super::http_inspector::MAX_INSPECT);
+                self.buf.resize(more, 0);
+                return None;
+            }
+            Detected::NotHttp => None,
+            Detected::Protocol(p) => Some(p),
+        };
+        http.count(found, ctx.local.id);
+        let alpn = found.map(|p| vec![p.to_owned()]).unwrap_or_default();
+        Some(self.hand_over(ctx, None, "raw_buffer", alpn))
     }
 
     fn hand_over(

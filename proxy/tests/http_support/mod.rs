@@ -1315,3 +1315,49 @@ pub fn stats_with(proxy: &Courier, part: &str) -> Vec<String> {
     lines.sort();
     lines
 }
+
+/// What an HTTP/2 call got: the response head, its whole body and its trailers.
+pub struct H2Answer {
+    pub parts: http::response::Parts,
+    pub body: bytes::Bytes,
+    pub trailers: Option<http::HeaderMap>,
+}
+
+/// One `method` request to `path` with `headers` and `body` (sent whole, with its length)
+/// on a fresh HTTP/2 (prior knowledge) connection to `addr`; `None` when the stream or
+/// the connection failed.
+pub fn h2_call(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Option<H2Answer> {
+    use http_body_util::BodyExt;
+    let body = bytes::Bytes::copy_from_slice(body);
+    block_on(async move {
+        let tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let (mut sender, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(tcp),
+        )
+        .await
+        .ok()?;
+        tokio::spawn(conn);
+        let mut req = http::Request::builder()
+            .method(method)
+            .uri(format!("http://example.com{path}"));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req.body(http_body_util::Full::new(body)).ok()?;
+        let (parts, body) = sender.send_request(req).await.ok()?.into_parts();
+        let collected = body.collect().await.ok()?;
+        let trailers = collected.trailers().cloned();
+        Some(H2Answer {
+            parts,
+            body: collected.to_bytes(),
+            trailers,
+        })
+    })
+}

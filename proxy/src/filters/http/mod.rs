@@ -18,6 +18,7 @@ pub mod cors;
 pub mod decompressor;
 pub mod ext_authz;
 pub mod fault;
+pub mod grpc_stats;
 pub mod grpc_web;
 pub mod health_check;
 pub mod local_ratelimit;
@@ -104,6 +105,8 @@ pub enum HttpFilter {
     ExtAuthz(Box<ext_authz::ExtAuthzFilter>),
     /// `envoy.filters.http.grpc_web`.
     GrpcWeb(grpc_web::GrpcWebFilter),
+    /// `envoy.filters.http.grpc_stats` (boxed: it is rare).
+    GrpcStats(Box<grpc_stats::GrpcStatsFilter>),
 }
 
 impl HttpFilter {
@@ -120,6 +123,7 @@ impl HttpFilter {
             HttpFilter::Decompressor(f) => &f.name,
             HttpFilter::ExtAuthz(f) => &f.name,
             HttpFilter::GrpcWeb(f) => &f.name,
+            HttpFilter::GrpcStats(f) => &f.name,
         }
     }
 }
@@ -282,6 +286,20 @@ pub static CHAIN: Registry<BuildFilter> = Registry {
                     a.config_or_default()?;
                 Ok(HttpFilter::GrpcWeb(grpc_web::GrpcWebFilter::new(
                     a.name, a.store,
+                )))
+            },
+        },
+        Factory {
+            type_name: grpc_stats::FILTER_TYPE,
+            name: grpc_stats::FILTER_NAME,
+            build: |a| {
+                Ok(HttpFilter::GrpcStats(Box::new(
+                    grpc_stats::GrpcStatsFilter::compile(
+                        a.name,
+                        &a.config_or_default()?,
+                        a.path,
+                        a.store,
+                    )?,
                 )))
             },
         },

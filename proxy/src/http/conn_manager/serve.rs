@@ -21,6 +21,7 @@ use crate::filters::http::decompressor::DecompressorFilter;
 use crate::filters::http::ext_authz::verdict::ResponseChanges;
 use crate::filters::http::fault::FaultPolicy;
 use crate::filters::http::fault::{AbortWith, FaultFilter};
+use crate::filters::http::grpc_stats::GrpcStatsRequest;
 use crate::filters::http::grpc_web::{is_grpc_web, GrpcWebRequest};
 use crate::filters::http::health_check::{HealthCheckFilter, HealthCheckRequest};
 use crate::filters::http::local_ratelimit::RateLimitPolicy;
@@ -611,11 +612,13 @@ pub(crate) async fn process(
         authz: Vec::new(),
         path_changed: false,
         grpc_web: None,
+        grpc_stats: None,
     };
     let filter_reply = step!(run_filters(&s, &mut req, &mut marks, outcome).await);
     // The gRPC-Web filter's response pass runs last (it is first in chains that have it)
     // and may wait for a body: it is taken out of the marks, which apply at once.
     let grpc_web = marks.grpc_web.take();
+    let grpc_stats = marks.grpc_stats.take();
     // A filter's answer gets the route's response headers only on a route to a cluster
     // (Envoy's route entry; measured).
     let route_headers = routed.filter(|_| filter_reply.is_none() || s.to_cluster);
@@ -672,10 +675,26 @@ pub(crate) async fn process(
         table.response_headers.apply(resp.headers_mut(), &fcx);
     }
     marks.apply(&s, &mut resp);
+    // As chains put the gRPC statistics filter after the gRPC-Web one (Istio's order), it
+    // sees the response as gRPC, before the gRPC-Web filter's pass.
+    if let Some(gs) = grpc_stats {
+        grpc_stats_response(gs, &mut resp, conn.worker);
+    }
     if let Some(gw) = grpc_web {
         grpc_web_response(gw, &mut resp, conn.worker, outcome).await;
     }
     resp
+}
+
+/// The gRPC statistics filter's response pass. A local reply is seen as it goes out to a
+/// gRPC request (in gRPC's form, by [`finish_downstream_response`]), as Envoy's filters see
+/// its local replies.
+#[cold]
+fn grpc_stats_response(gs: Box<GrpcStatsRequest>, resp: &mut Response<ProxyBody>, worker: usize) {
+    let local = resp.extensions().get::<LocalReply>().map(|l| {
+        l.0.unwrap_or_else(|| crate::protocol::grpc::http_to_grpc_status(resp.status().as_u16()))
+    });
+    gs.on_response(resp, local, worker);
 }
 
 /// The gRPC-Web filter's response pass (boxed: its wait would otherwise take room in
@@ -771,6 +790,8 @@ struct FilterMarks<'a> {
     path_changed: bool,
     /// A gRPC-Web request's response pass, when the chain's gRPC-Web filter took it.
     grpc_web: Option<Box<GrpcWebRequest>>,
+    /// A gRPC request's response pass, when the chain's gRPC statistics filter counts it.
+    grpc_stats: Option<Box<GrpcStatsRequest>>,
 }
 
 impl FilterMarks<'_> {
@@ -1278,6 +1299,13 @@ async fn run_filters<'a>(
                     let cluster = route_cluster(s, req.headers());
                     let cluster = cluster.as_deref().map(|c| c.name.as_str());
                     marks.grpc_web = f.on_request(req, s.path, cluster);
+                }
+            }
+            HttpFilter::GrpcStats(f) => {
+                if is_grpc(req.headers()) {
+                    let cluster = route_cluster(s, req.headers());
+                    let cluster = cluster.as_deref().map(|c| c.name.as_str());
+                    marks.grpc_stats = f.on_request(req, s.path, cluster, worker);
                 }
             }
             HttpFilter::OnDemand(f) => {

@@ -1182,7 +1182,8 @@ pub fn validate(bootstrap: &str) -> (Option<i32>, String) {
     (out.status.code(), stderr)
 }
 
-/// A request a [`grpc_upstream`] received: its path, headers and whole body.
+/// A request a [`grpc_upstream`] received: its path (with its query), headers and whole
+/// body.
 #[derive(Debug, Clone)]
 pub struct GrpcSeen {
     pub path: String,
@@ -1221,6 +1222,10 @@ pub fn grpc_upstream() -> (SocketAddr, Arc<std::sync::Mutex<Vec<GrpcSeen>>>) {
                     let seen = seen.clone();
                     async move {
                         let path = req.uri().path().to_string();
+                        let path_and_query = req
+                            .uri()
+                            .path_and_query()
+                            .map_or_else(|| path.clone(), |p| p.to_string());
                         let headers = req.headers().clone();
                         let body = req
                             .into_body()
@@ -1229,7 +1234,7 @@ pub fn grpc_upstream() -> (SocketAddr, Arc<std::sync::Mutex<Vec<GrpcSeen>>>) {
                             .map(|b| b.to_bytes())
                             .unwrap_or_default();
                         seen.lock().expect("seen").push(GrpcSeen {
-                            path: path.clone(),
+                            path: path_and_query,
                             headers,
                             body: body.clone(),
                         });

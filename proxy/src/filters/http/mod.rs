@@ -18,6 +18,7 @@ pub mod cors;
 pub mod decompressor;
 pub mod ext_authz;
 pub mod fault;
+pub mod grpc_http1_bridge;
 pub mod grpc_stats;
 pub mod grpc_web;
 pub mod health_check;
@@ -107,6 +108,8 @@ pub enum HttpFilter {
     GrpcWeb(grpc_web::GrpcWebFilter),
     /// `envoy.filters.http.grpc_stats` (boxed: it is rare).
     GrpcStats(Box<grpc_stats::GrpcStatsFilter>),
+    /// `envoy.filters.http.grpc_http1_bridge`.
+    GrpcHttp1Bridge(grpc_http1_bridge::GrpcHttp1BridgeFilter),
 }
 
 impl HttpFilter {
@@ -124,6 +127,7 @@ impl HttpFilter {
             HttpFilter::ExtAuthz(f) => &f.name,
             HttpFilter::GrpcWeb(f) => &f.name,
             HttpFilter::GrpcStats(f) => &f.name,
+            HttpFilter::GrpcHttp1Bridge(f) => &f.name,
         }
     }
 }
@@ -301,6 +305,15 @@ pub static CHAIN: Registry<BuildFilter> = Registry {
                         a.store,
                     )?,
                 )))
+            },
+        },
+        Factory {
+            type_name: grpc_http1_bridge::FILTER_TYPE,
+            name: grpc_http1_bridge::FILTER_NAME,
+            build: |a| {
+                Ok(HttpFilter::GrpcHttp1Bridge(
+                    grpc_http1_bridge::GrpcHttp1BridgeFilter::new(a.name, &a.config_or_default()?),
+                ))
             },
         },
         Factory {

@@ -21,6 +21,7 @@ use crate::filters::http::decompressor::DecompressorFilter;
 use crate::filters::http::ext_authz::verdict::ResponseChanges;
 use crate::filters::http::fault::FaultPolicy;
 use crate::filters::http::fault::{AbortWith, FaultFilter};
+use crate::filters::http::grpc_http1_bridge::BridgeResponse;
 use crate::filters::http::grpc_stats::GrpcStatsRequest;
 use crate::filters::http::grpc_web::{is_grpc_web, GrpcWebRequest};
 use crate::filters::http::health_check::{HealthCheckFilter, HealthCheckRequest};
@@ -613,12 +614,14 @@ pub(crate) async fn process(
         path_changed: false,
         grpc_web: None,
         grpc_stats: None,
+        bridge: None,
     };
     let filter_reply = step!(run_filters(&s, &mut req, &mut marks, outcome).await);
     // The gRPC-Web filter's response pass runs last (it is first in chains that have it)
     // and may wait for a body: it is taken out of the marks, which apply at once.
     let grpc_web = marks.grpc_web.take();
     let grpc_stats = marks.grpc_stats.take();
+    let bridge = marks.bridge.take();
     // A filter's answer gets the route's response headers only on a route to a cluster
     // (Envoy's route entry; measured).
     let route_headers = routed.filter(|_| filter_reply.is_none() || s.to_cluster);
@@ -679,6 +682,12 @@ pub(crate) async fn process(
     // sees the response as gRPC, before the gRPC-Web filter's pass.
     if let Some(gs) = grpc_stats {
         grpc_stats_response(gs, &mut resp, conn.worker);
+    }
+    // The bridge is first in the chains that have it: its pass sees what the others made.
+    // A local reply keeps the gRPC form it gets on its way out.
+    if let Some(b) = bridge.filter(|_| resp.extensions().get::<LocalReply>().is_none()) {
+        // Boxed: its wait would otherwise take room in every request's future.
+        Box::pin(b.on_response(&mut resp)).await;
     }
     if let Some(gw) = grpc_web {
         grpc_web_response(gw, &mut resp, conn.worker, outcome).await;
@@ -792,6 +801,8 @@ struct FilterMarks<'a> {
     grpc_web: Option<Box<GrpcWebRequest>>,
     /// A gRPC request's response pass, when the chain's gRPC statistics filter counts it.
     grpc_stats: Option<Box<GrpcStatsRequest>>,
+    /// An HTTP/1 gRPC request's response pass, when the chain's bridge took it.
+    bridge: Option<BridgeResponse>,
 }
 
 impl FilterMarks<'_> {
@@ -1306,6 +1317,13 @@ async fn run_filters<'a>(
                     let cluster = route_cluster(s, req.headers());
                     let cluster = cluster.as_deref().map(|c| c.name.as_str());
                     marks.grpc_stats = f.on_request(req, s.path, cluster, worker);
+                }
+            }
+            HttpFilter::GrpcHttp1Bridge(f) => {
+                if f.applies(req.version(), req.headers()) {
+                    let bridged = f.on_request(req);
+                    marks.path_changed |= bridged.path_changed;
+                    marks.bridge = bridged.response;
                 }
             }
             HttpFilter::OnDemand(f) => {

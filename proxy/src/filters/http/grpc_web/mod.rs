@@ -41,13 +41,13 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Request, Response, StatusCode};
 use hyper::body::Body as _;
 
-use crate::http::codec::body::ProxyBody;
+use crate::http::codec::body::{ProxyBody, UnsizedBody};
 use crate::protocol::grpc::{
     charge_status, http_to_grpc_status, is_grpc_response, service_and_method,
 };
 use crate::stats::dynamic::DynamicCounters;
 use crate::stats::Store;
-use body::{GrpcWebResponseBody, TextRequestBody, UnsizedBody};
+use body::{GrpcWebResponseBody, TextRequestBody};
 
 /// The filter's config type (`typed_config`).
 pub const FILTER_TYPE: &str = "envoy.extensions.filters.http.grpc_web.v3.GrpcWeb";

@@ -681,7 +681,7 @@ pub(crate) async fn process(
     // As chains put the gRPC statistics filter after the gRPC-Web one (Istio's order), it
     // sees the response as gRPC, before the gRPC-Web filter's pass.
     if let Some(gs) = grpc_stats {
-        grpc_stats_response(gs, &mut resp, conn.worker);
+        grpc_stats_response(*gs, &mut resp, conn.worker);
     }
     // The bridge is first in the chains that have it: its pass sees what the others made.
     // A local reply keeps the gRPC form it gets on its way out.
@@ -699,7 +699,7 @@ pub(crate) async fn process(
 /// gRPC request (in gRPC's form, by [`finish_downstream_response`]), as Envoy's filters see
 /// its local replies.
 #[cold]
-fn grpc_stats_response(gs: Box<GrpcStatsRequest>, resp: &mut Response<ProxyBody>, worker: usize) {
+fn grpc_stats_response(gs: GrpcStatsRequest, resp: &mut Response<ProxyBody>, worker: usize) {
     let local = resp.extensions().get::<LocalReply>().map(|l| {
         l.0.unwrap_or_else(|| crate::protocol::grpc::http_to_grpc_status(resp.status().as_u16()))
     });

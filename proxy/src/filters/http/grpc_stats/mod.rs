@@ -180,7 +180,7 @@ impl GrpcStatsRequest {
     /// The response pass: the head's `grpc-status` (or `local_status`, the one a local
     /// reply gets in gRPC's form) charged, the body watched for frames and trailers.
     pub fn on_response(
-        self: Box<Self>,
+        self,
         resp: &mut Response<ProxyBody>,
         local_status: Option<u32>,
         worker: usize,
@@ -245,7 +245,7 @@ mod tests {
         assert_eq!(prefix(&none, "/"), None);
         let all = FilterConfig {
             per_method_stat_specifier: Some(PerMethodStatSpecifier::StatsForAllMethods(
-                true.into(),
+                courier_proto::google::protobuf::BoolValue { value: true },
             )),
             ..Default::default()
         };

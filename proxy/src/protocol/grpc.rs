@@ -3,6 +3,8 @@
 
 use http::header;
 
+use crate::stats::dynamic::DynamicCounters;
+
 /// Whether a request is gRPC (`content-type: application/grpc`, or `+` a suffix).
 pub fn is_grpc(headers: &http::HeaderMap) -> bool {
     // `application/grpc` or `application/grpc+proto`, not `application/grpc-web`.
@@ -59,4 +61,15 @@ pub fn is_grpc_response(status: u16, headers: &http::HeaderMap, end_stream: bool
         return headers.contains_key("grpc-status");
     }
     status == 200 && is_grpc(headers)
+}
+
+/// Counts a `grpc-status` under `prefix` (Envoy's `Grpc::Context::chargeStat`, the names
+/// the gRPC-Web and gRPC statistics filters share): the status's own counter, `success`
+/// (status `0`) or `failure`, and `total`.
+pub fn charge_status(counters: &DynamicCounters, prefix: &str, status: &[u8], worker: usize) {
+    let status = String::from_utf8_lossy(status);
+    counters.add(&format!("{prefix}{status}"), worker, 1);
+    let outcome = if status == "0" { "success" } else { "failure" };
+    counters.add(&format!("{prefix}{outcome}"), worker, 1);
+    counters.add(&format!("{prefix}total"), worker, 1);
 }

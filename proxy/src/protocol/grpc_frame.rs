@@ -6,11 +6,21 @@ use bytes::{Buf, Bytes, BytesMut};
 
 /// A frame's head: its flags byte and length.
 const HEAD: usize = 5;
+/// Connect's end-of-stream flag (Envoy's `CONNECT_FH_EOS`).
+const CONNECT_END_STREAM: u8 = 0x02;
 
 /// Counts the frames that start in a stream of chunks (Envoy's `FrameInspector`: a frame
 /// counts when its flags byte is seen, whatever its flags). Keeps no bytes.
+///
+/// A response's counter ([`FrameCounter::for_responses`], Envoy's grpc_stats
+/// `ResponseFrameCounter`) takes a frame whose flags have Connect's end-of-stream bit
+/// (`0x02`) for the stream's last: that frame and any after it are not counted.
 #[derive(Default)]
 pub struct FrameCounter {
+    /// Stop at a frame with Connect's end-of-stream flag.
+    responses: bool,
+    /// The end-of-stream frame was seen: nothing more counts.
+    ended: bool,
     /// Bytes of the current frame's head seen so far (0: at a frame's start).
     head_seen: usize,
     length: [u8; 4],
@@ -20,10 +30,18 @@ pub struct FrameCounter {
 }
 
 impl FrameCounter {
+    /// A response's counter: it stops at Connect's end-of-stream frame.
+    pub fn for_responses() -> FrameCounter {
+        FrameCounter {
+            responses: true,
+            ..FrameCounter::default()
+        }
+    }
+
     /// Reads `data`; the number of frames that started in it.
     pub fn inspect(&mut self, mut data: &[u8]) -> u64 {
         let mut started = 0;
-        while !data.is_empty() {
+        while !data.is_empty() && !self.ended {
             if self.remaining > 0 {
                 let skip = (self.remaining.min(data.len() as u64)) as usize;
                 self.remaining -= skip as u64;
@@ -31,6 +49,10 @@ impl FrameCounter {
                 continue;
             }
             if self.head_seen == 0 {
+                if self.responses && data[0] & CONNECT_END_STREAM != 0 {
+                    self.ended = true;
+                    break;
+                }
                 started += 1;
                 self.count += 1;
             } else {
@@ -142,6 +164,22 @@ mod tests {
         let mut c = FrameCounter::default();
         let n: u64 = all.iter().map(|b| c.inspect(std::slice::from_ref(b))).sum();
         assert_eq!(n, 3);
+    }
+
+    #[test]
+    fn a_response_counter_stops_at_connects_end_of_stream_frame() {
+        let mut all = frame(0, b"a");
+        all.extend(frame(1, b"b"));
+        all.extend(frame(0x42, b"{}"));
+        all.extend(frame(0, b"after"));
+        for cut in 0..all.len() {
+            let mut c = FrameCounter::for_responses();
+            let n = c.inspect(&all[..cut]) + c.inspect(&all[cut..]);
+            assert_eq!(n, 2, "cut at {cut}");
+            assert_eq!(c.count(), 2);
+        }
+        // A request's counter counts them all.
+        assert_eq!(FrameCounter::default().inspect(&all), 4);
     }
 
     #[test]

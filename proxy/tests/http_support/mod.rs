@@ -1193,7 +1193,8 @@ pub fn validate(bootstrap: &str) -> (Option<i32>, String) {
     (out.status.code(), stderr)
 }
 
-/// A request a [`grpc_upstream`] received: its path, headers and whole body.
+/// A request a [`grpc_upstream`] received: its path (with its query), headers and whole
+/// body.
 #[derive(Debug, Clone)]
 pub struct GrpcSeen {
     pub path: String,
@@ -1232,6 +1233,10 @@ pub fn grpc_upstream() -> (SocketAddr, Arc<std::sync::Mutex<Vec<GrpcSeen>>>) {
                     let seen = seen.clone();
                     async move {
                         let path = req.uri().path().to_string();
+                        let path_and_query = req
+                            .uri()
+                            .path_and_query()
+                            .map_or_else(|| path.clone(), |p| p.to_string());
                         let headers = req.headers().clone();
                         let body = req
                             .into_body()
@@ -1240,7 +1245,7 @@ pub fn grpc_upstream() -> (SocketAddr, Arc<std::sync::Mutex<Vec<GrpcSeen>>>) {
                             .map(|b| b.to_bytes())
                             .unwrap_or_default();
                         seen.lock().expect("seen").push(GrpcSeen {
-                            path: path.clone(),
+                            path: path_and_query,
                             headers,
                             body: body.clone(),
                         });
@@ -1325,4 +1330,50 @@ pub fn stats_with(proxy: &Courier, part: &str) -> Vec<String> {
         .collect();
     lines.sort();
     lines
+}
+
+/// What an HTTP/2 call got: the response head, its whole body and its trailers.
+pub struct H2Answer {
+    pub parts: http::response::Parts,
+    pub body: bytes::Bytes,
+    pub trailers: Option<http::HeaderMap>,
+}
+
+/// One `method` request to `path` with `headers` and `body` (sent whole, with its length)
+/// on a fresh HTTP/2 (prior knowledge) connection to `addr`; `None` when the stream or
+/// the connection failed.
+pub fn h2_call(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Option<H2Answer> {
+    use http_body_util::BodyExt;
+    let body = bytes::Bytes::copy_from_slice(body);
+    block_on(async move {
+        let tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let (mut sender, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(tcp),
+        )
+        .await
+        .ok()?;
+        tokio::spawn(conn);
+        let mut req = http::Request::builder()
+            .method(method)
+            .uri(format!("http://example.com{path}"));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req.body(http_body_util::Full::new(body)).ok()?;
+        let (parts, body) = sender.send_request(req).await.ok()?.into_parts();
+        let collected = body.collect().await.ok()?;
+        let trailers = collected.trailers().cloned();
+        Some(H2Answer {
+            parts,
+            body: collected.to_bytes(),
+            trailers,
+        })
+    })
 }

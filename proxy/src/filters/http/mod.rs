@@ -18,6 +18,8 @@ pub mod cors;
 pub mod decompressor;
 pub mod ext_authz;
 pub mod fault;
+pub mod grpc_http1_bridge;
+pub mod grpc_stats;
 pub mod grpc_web;
 pub mod health_check;
 pub mod local_ratelimit;
@@ -117,6 +119,10 @@ pub enum HttpFilter {
     RateLimit(Box<ratelimit::RateLimitFilter>),
     /// `envoy.filters.http.grpc_web`.
     GrpcWeb(grpc_web::GrpcWebFilter),
+    /// `envoy.filters.http.grpc_stats` (boxed: it is rare).
+    GrpcStats(Box<grpc_stats::GrpcStatsFilter>),
+    /// `envoy.filters.http.grpc_http1_bridge`.
+    GrpcHttp1Bridge(grpc_http1_bridge::GrpcHttp1BridgeFilter),
 }
 
 impl HttpFilter {
@@ -134,6 +140,8 @@ impl HttpFilter {
             HttpFilter::ExtAuthz(f) => &f.name,
             HttpFilter::RateLimit(f) => &f.name,
             HttpFilter::GrpcWeb(f) => &f.name,
+            HttpFilter::GrpcStats(f) => &f.name,
+            HttpFilter::GrpcHttp1Bridge(f) => &f.name,
         }
     }
 }
@@ -309,6 +317,29 @@ pub static CHAIN: Registry<BuildFilter> = Registry {
                 Ok(HttpFilter::GrpcWeb(grpc_web::GrpcWebFilter::new(
                     a.name, a.store,
                 )))
+            },
+        },
+        Factory {
+            type_name: grpc_stats::FILTER_TYPE,
+            name: grpc_stats::FILTER_NAME,
+            build: |a| {
+                Ok(HttpFilter::GrpcStats(Box::new(
+                    grpc_stats::GrpcStatsFilter::compile(
+                        a.name,
+                        &a.config_or_default()?,
+                        a.path,
+                        a.store,
+                    )?,
+                )))
+            },
+        },
+        Factory {
+            type_name: grpc_http1_bridge::FILTER_TYPE,
+            name: grpc_http1_bridge::FILTER_NAME,
+            build: |a| {
+                Ok(HttpFilter::GrpcHttp1Bridge(
+                    grpc_http1_bridge::GrpcHttp1BridgeFilter::new(a.name, &a.config_or_default()?),
+                ))
             },
         },
         Factory {

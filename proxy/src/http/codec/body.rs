@@ -38,6 +38,21 @@ pub trait BodyTransform {
     }
 }
 
+/// A body passed on as it is, but for its length, which is no longer told (a filter took
+/// away its `content-length`, as Envoy's gRPC-Web and gRPC HTTP/1.1 bridge filters do: the
+/// codec would otherwise put one back from an exact size).
+pub struct UnsizedBody(pub ProxyBody);
+
+impl BodyTransform for UnsizedBody {
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.0).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_end_stream()
+    }
+}
+
 /// A stream's idle timeout as a body sees it (the connection manager's `StreamIdle`).
 pub trait ActivityWatch {
     /// A frame went through: the stream is not idle.

@@ -21,6 +21,8 @@ use crate::filters::http::decompressor::DecompressorFilter;
 use crate::filters::http::ext_authz::verdict::ResponseChanges;
 use crate::filters::http::fault::FaultPolicy;
 use crate::filters::http::fault::{AbortWith, FaultFilter};
+use crate::filters::http::grpc_http1_bridge::BridgeResponse;
+use crate::filters::http::grpc_stats::GrpcStatsRequest;
 use crate::filters::http::grpc_web::{is_grpc_web, GrpcWebRequest};
 use crate::filters::http::health_check::{HealthCheckFilter, HealthCheckRequest};
 use crate::filters::http::local_ratelimit::RateLimitPolicy;
@@ -611,11 +613,15 @@ pub(crate) async fn process(
         grpc: !conn.config.compressors.is_empty() && is_grpc(req.headers()),
         services: None,
         grpc_web: None,
+        grpc_stats: None,
+        bridge: None,
     };
     let filter_reply = step!(run_filters(&s, &mut req, &mut marks, outcome).await);
     // The gRPC-Web filter's response pass runs last (it is first in chains that have it)
     // and may wait for a body: it is taken out of the marks, which apply at once.
     let grpc_web = marks.grpc_web.take();
+    let grpc_stats = marks.grpc_stats.take();
+    let bridge = marks.bridge.take();
     // A filter's answer gets the route's response headers only on a route to a cluster
     // (Envoy's route entry; measured).
     let route_headers = routed.filter(|_| filter_reply.is_none() || s.to_cluster);
@@ -673,10 +679,32 @@ pub(crate) async fn process(
         table.response_headers.apply(resp.headers_mut(), &fcx);
     }
     marks.apply(&s, &mut resp);
+    // As chains put the gRPC statistics filter after the gRPC-Web one (Istio's order), it
+    // sees the response as gRPC, before the gRPC-Web filter's pass.
+    if let Some(gs) = grpc_stats {
+        grpc_stats_response(*gs, &mut resp, conn.worker);
+    }
+    // The bridge is first in the chains that have it: its pass sees what the others made.
+    // A local reply keeps the gRPC form it gets on its way out.
+    if let Some(b) = bridge.filter(|_| resp.extensions().get::<LocalReply>().is_none()) {
+        // Boxed: its wait would otherwise take room in every request's future.
+        Box::pin(b.on_response(&mut resp)).await;
+    }
     if let Some(gw) = grpc_web {
         grpc_web_response(gw, &mut resp, conn.worker, outcome).await;
     }
     resp
+}
+
+/// The gRPC statistics filter's response pass. A local reply is seen as it goes out to a
+/// gRPC request (in gRPC's form, by [`finish_downstream_response`]), as Envoy's filters see
+/// its local replies.
+#[cold]
+fn grpc_stats_response(gs: GrpcStatsRequest, resp: &mut Response<ProxyBody>, worker: usize) {
+    let local = resp.extensions().get::<LocalReply>().map(|l| {
+        l.0.unwrap_or_else(|| crate::protocol::grpc::http_to_grpc_status(resp.status().as_u16()))
+    });
+    gs.on_response(resp, local, worker);
 }
 
 /// The gRPC-Web filter's response pass (boxed: its wait would otherwise take room in
@@ -764,11 +792,16 @@ struct FilterMarks<'a> {
     /// A gRPC request, when the chain has a compressor (which sees a local reply to one in
     /// gRPC's form).
     grpc: bool,
-    /// What services the filters asked (authorization, rate limits) put on the answer;
-    /// boxed, as it is rare: held across the request's awaits, it is copied with them.
+    /// What services the filters asked (authorization, rate limits) put on the answer,
+    /// and whether a filter changed the path; boxed, as it is rare: held across the
+    /// request's awaits, it is copied with them.
     services: Option<Box<ServiceMarks>>,
     /// A gRPC-Web request's response pass, when the chain's gRPC-Web filter took it.
     grpc_web: Option<Box<GrpcWebRequest>>,
+    /// A gRPC request's response pass, when the chain's gRPC statistics filter counts it.
+    grpc_stats: Option<Box<GrpcStatsRequest>>,
+    /// An HTTP/1 gRPC request's response pass, when the chain's bridge took it.
+    bridge: Option<BridgeResponse>,
 }
 
 /// What services a request's filters asked leave on it.
@@ -779,8 +812,8 @@ struct ServiceMarks {
     authz: Vec<ResponseChanges>,
     /// Fields rate limit services that let the request go put on its answer.
     ratelimit_fields: Vec<(HeaderName, HeaderValue)>,
-    /// A filter changed the request's path (its query): the router sends the request's
-    /// own rather than the routed one.
+    /// A filter changed the request's path (ext_authz's query parameters, the gRPC
+    /// bridge's query): the router sends the request's own rather than the routed one.
     path_changed: bool,
 }
 
@@ -1300,6 +1333,22 @@ async fn run_filters<'a>(
                     let cluster = route_cluster(s, req.headers());
                     let cluster = cluster.as_deref().map(|c| c.name.as_str());
                     marks.grpc_web = f.on_request(req, s.path, cluster);
+                }
+            }
+            HttpFilter::GrpcStats(f) => {
+                if is_grpc(req.headers()) {
+                    let cluster = route_cluster(s, req.headers());
+                    let cluster = cluster.as_deref().map(|c| c.name.as_str());
+                    marks.grpc_stats = f.on_request(req, s.path, cluster, worker);
+                }
+            }
+            HttpFilter::GrpcHttp1Bridge(f) => {
+                if f.applies(req.version(), req.headers()) {
+                    let bridged = f.on_request(req);
+                    if bridged.path_changed {
+                        marks.services.get_or_insert_with(Box::default).path_changed = true;
+                    }
+                    marks.bridge = bridged.response;
                 }
             }
             HttpFilter::OnDemand(f) => {

@@ -140,21 +140,6 @@ impl BodyTransform for TextRequestBody {
     }
 }
 
-/// A body passed on as it is, but for its length, which is no longer told (a binary
-/// gRPC-Web request's: its `content-length` went, and the upstream codec would put one
-/// back from an exact size).
-pub(super) struct UnsizedBody(pub(super) ProxyBody);
-
-impl BodyTransform for UnsizedBody {
-    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        Pin::new(&mut self.0).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.0.is_end_stream()
-    }
-}
-
 /// A gRPC response body on its way to a gRPC-Web client: frames as they came (each whole
 /// frame base64-encoded on its own for a `-text` client), the trailers as a last frame.
 pub(super) struct GrpcWebResponseBody {

@@ -41,11 +41,13 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Request, Response, StatusCode};
 use hyper::body::Body as _;
 
-use crate::http::codec::body::ProxyBody;
-use crate::protocol::grpc::{http_to_grpc_status, is_grpc_response, service_and_method};
+use crate::http::codec::body::{ProxyBody, UnsizedBody};
+use crate::protocol::grpc::{
+    charge_status, http_to_grpc_status, is_grpc_response, service_and_method,
+};
 use crate::stats::dynamic::DynamicCounters;
 use crate::stats::Store;
-use body::{GrpcWebResponseBody, TextRequestBody, UnsizedBody};
+use body::{GrpcWebResponseBody, TextRequestBody};
 
 /// The filter's config type (`typed_config`).
 pub const FILTER_TYPE: &str = "envoy.extensions.filters.http.grpc_web.v3.GrpcWeb";
@@ -238,15 +240,11 @@ impl GrpcWebRequest {
     }
 }
 
-/// Counts a `grpc-status` under `prefix` (Envoy's `Grpc::Context::chargeStat`): the
-/// status's own counter, `success` (status `0`) or `failure`, and `total`.
+/// Counts a `grpc-status` under `prefix`, when the route's cluster is known.
 fn charge(counters: &DynamicCounters, prefix: Option<&str>, status: &[u8], worker: usize) {
-    let Some(prefix) = prefix else { return };
-    let status = String::from_utf8_lossy(status);
-    counters.add(&format!("{prefix}{status}"), worker, 1);
-    let outcome = if status == "0" { "success" } else { "failure" };
-    counters.add(&format!("{prefix}{outcome}"), worker, 1);
-    counters.add(&format!("{prefix}total"), worker, 1);
+    if let Some(prefix) = prefix {
+        charge_status(counters, prefix, status, worker);
+    }
 }
 
 /// Whether the content-type, without its parameters, is `application/grpc-web+proto` or

@@ -13,6 +13,7 @@
 //! per-route config), a variant of [`HttpFilter`], and its step in the connection
 //! manager's request path (`http::conn_manager::serve`).
 
+pub mod basic_auth;
 pub mod compressor;
 pub mod cors;
 pub mod decompressor;
@@ -97,6 +98,8 @@ pub enum HttpFilter {
     OnDemand(on_demand::OnDemandFilter),
     /// `envoy.filters.http.decompressor` (boxed: it is rare).
     Decompressor(Box<decompressor::DecompressorFilter>),
+    /// `envoy.filters.http.basic_auth` (boxed: it is rare).
+    BasicAuth(Box<basic_auth::BasicAuthFilter>),
 }
 
 impl HttpFilter {
@@ -111,6 +114,7 @@ impl HttpFilter {
             HttpFilter::Compressor(f) => &f.name,
             HttpFilter::OnDemand(f) => &f.name,
             HttpFilter::Decompressor(f) => &f.name,
+            HttpFilter::BasicAuth(f) => &f.name,
         }
     }
 }
@@ -247,6 +251,21 @@ pub static CHAIN: Registry<BuildFilter> = Registry {
             },
         },
         Factory {
+            type_name: basic_auth::FILTER_TYPE,
+            name: basic_auth::FILTER_NAME,
+            build: |a| {
+                Ok(HttpFilter::BasicAuth(Box::new(
+                    basic_auth::BasicAuthFilter::compile(
+                        a.name,
+                        &a.config_or_default()?,
+                        a.path,
+                        a.stat_prefix,
+                        a.store,
+                    )?,
+                )))
+            },
+        },
+        Factory {
             type_name: fault::FILTER_TYPE,
             name: fault::FILTER_NAME,
             build: |a| {
@@ -289,6 +308,12 @@ const PER_ROUTE: &[(&str, CompilePerRoute)] = &[
     }),
     (on_demand::PER_ROUTE_TYPE, |_, path, _| {
         Err(ConfigError::unsupported(path.to_string()))
+    }),
+    (basic_auth::PER_ROUTE_TYPE, |any, path, _| {
+        Ok(Arc::new(basic_auth::RouteUsers::compile(
+            &unpack(any, path)?,
+            path,
+        )?))
     }),
     (compressor::PER_ROUTE_TYPE, |any, path, _| {
         Ok(Arc::new(CompressorPerRoute::compile(

@@ -15,6 +15,7 @@ use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Body as _;
 
 use crate::access_log::{AccessLogType, LogEntry};
+use crate::filters::http::basic_auth::{BasicAuth, RouteUsers};
 use crate::filters::http::compressor::{CompressorFilter, CompressorRequest, Negotiation};
 use crate::filters::http::cors::CorsRequest;
 use crate::filters::http::decompressor::DecompressorFilter;
@@ -1215,6 +1216,15 @@ async fn run_filters<'a>(
             HttpFilter::Decompressor(f) => {
                 f.on_request(req, worker);
                 marks.decompress.push(f);
+            }
+            HttpFilter::BasicAuth(f) => {
+                let route = per_filter::policy::<RouteUsers>(s.levels, &f.name);
+                if let BasicAuth::Refuse(r, details) =
+                    f.on_request(route, req.headers_mut(), s.authority, s.path, worker)
+                {
+                    outcome.set_details(details);
+                    return ControlFlow::Continue(Some(r));
+                }
             }
             HttpFilter::OnDemand(f) => {
                 let cluster = s.routed.and_then(|(_, route)| match &route.action {

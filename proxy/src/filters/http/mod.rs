@@ -13,6 +13,7 @@
 //! per-route config), a variant of [`HttpFilter`], and its step in the connection
 //! manager's request path (`http::conn_manager::serve`).
 
+pub mod api_key_auth;
 pub mod basic_auth;
 pub mod compressor;
 pub mod cors;
@@ -100,6 +101,8 @@ pub enum HttpFilter {
     Decompressor(Box<decompressor::DecompressorFilter>),
     /// `envoy.filters.http.basic_auth` (boxed: it is rare).
     BasicAuth(Box<basic_auth::BasicAuthFilter>),
+    /// `envoy.filters.http.api_key_auth` (boxed: it is rare).
+    ApiKeyAuth(Box<api_key_auth::ApiKeyAuthFilter>),
 }
 
 impl HttpFilter {
@@ -115,6 +118,7 @@ impl HttpFilter {
             HttpFilter::OnDemand(f) => &f.name,
             HttpFilter::Decompressor(f) => &f.name,
             HttpFilter::BasicAuth(f) => &f.name,
+            HttpFilter::ApiKeyAuth(f) => &f.name,
         }
     }
 }
@@ -266,6 +270,21 @@ pub static CHAIN: Registry<BuildFilter> = Registry {
             },
         },
         Factory {
+            type_name: api_key_auth::FILTER_TYPE,
+            name: api_key_auth::FILTER_NAME,
+            build: |a| {
+                Ok(HttpFilter::ApiKeyAuth(Box::new(
+                    api_key_auth::ApiKeyAuthFilter::compile(
+                        a.name,
+                        &a.config_or_default()?,
+                        a.path,
+                        a.stat_prefix,
+                        a.store,
+                    )?,
+                )))
+            },
+        },
+        Factory {
             type_name: fault::FILTER_TYPE,
             name: fault::FILTER_NAME,
             build: |a| {
@@ -311,6 +330,12 @@ const PER_ROUTE: &[(&str, CompilePerRoute)] = &[
     }),
     (basic_auth::PER_ROUTE_TYPE, |any, path, _| {
         Ok(Arc::new(basic_auth::RouteUsers::compile(
+            &unpack(any, path)?,
+            path,
+        )?))
+    }),
+    (api_key_auth::PER_ROUTE_TYPE, |any, path, _| {
+        Ok(Arc::new(api_key_auth::RouteSettings::compile(
             &unpack(any, path)?,
             path,
         )?))

@@ -15,6 +15,7 @@ use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Body as _;
 
 use crate::access_log::{AccessLogType, LogEntry};
+use crate::filters::http::api_key_auth::{ApiKeyAuth, RouteSettings as ApiKeySettings};
 use crate::filters::http::basic_auth::{BasicAuth, RouteUsers};
 use crate::filters::http::compressor::{CompressorFilter, CompressorRequest, Negotiation};
 use crate::filters::http::cors::CorsRequest;
@@ -607,6 +608,7 @@ pub(crate) async fn process(
         compress: None,
         decompress: Vec::new(),
         grpc: !conn.config.compressors.is_empty() && is_grpc(req.headers()),
+        path: None,
     };
     let filter_reply = step!(run_filters(&s, &mut req, &mut marks, outcome).await);
     // A filter's answer gets the route's response headers only on a route to a cluster
@@ -638,8 +640,9 @@ pub(crate) async fn process(
             if let Some(t) = action.idle_timeout {
                 idle.set_route_timeout(t);
             }
+            let path = marks.path.as_deref().unwrap_or(&path);
             forward(
-                conn, req, &authority, &path, &table, vh, route, action, &fcx, on_upgrade, outcome,
+                conn, req, &authority, path, &table, vh, route, action, &fcx, on_upgrade, outcome,
                 idle,
             )
             .await
@@ -718,6 +721,10 @@ struct FilterMarks<'a> {
     /// A gRPC request, when the chain has a compressor (which sees a local reply to one in
     /// gRPC's form).
     grpc: bool,
+    /// The `:path` a filter gave the request (API key auth hiding a query parameter): what
+    /// goes upstream, the route staying the one chosen (Envoy's filters do not clear the
+    /// route cache for it).
+    path: Option<String>,
 }
 
 impl FilterMarks<'_> {
@@ -1224,6 +1231,18 @@ async fn run_filters<'a>(
                 {
                     outcome.set_details(details);
                     return ControlFlow::Continue(Some(r));
+                }
+            }
+            HttpFilter::ApiKeyAuth(f) => {
+                let route = per_filter::policy::<ApiKeySettings>(s.levels, &f.name);
+                let path = marks.path.as_deref().unwrap_or(s.path);
+                match f.on_request(route, req.headers_mut(), path, worker) {
+                    ApiKeyAuth::Refuse(r, details) => {
+                        outcome.set_details(details);
+                        return ControlFlow::Continue(Some(r));
+                    }
+                    ApiKeyAuth::Pass(Some(p)) => marks.path = Some(p),
+                    ApiKeyAuth::Pass(None) => {}
                 }
             }
             HttpFilter::OnDemand(f) => {

@@ -15,6 +15,7 @@
 
 pub mod api_key_auth;
 pub mod basic_auth;
+pub mod buffer;
 pub mod compressor;
 pub mod cors;
 pub mod decompressor;
@@ -103,6 +104,8 @@ pub enum HttpFilter {
     BasicAuth(Box<basic_auth::BasicAuthFilter>),
     /// `envoy.filters.http.api_key_auth` (boxed: it is rare).
     ApiKeyAuth(Box<api_key_auth::ApiKeyAuthFilter>),
+    /// `envoy.filters.http.buffer`.
+    Buffer(buffer::BufferFilter),
 }
 
 impl HttpFilter {
@@ -119,6 +122,7 @@ impl HttpFilter {
             HttpFilter::Decompressor(f) => &f.name,
             HttpFilter::BasicAuth(f) => &f.name,
             HttpFilter::ApiKeyAuth(f) => &f.name,
+            HttpFilter::Buffer(f) => &f.name,
         }
     }
 }
@@ -285,6 +289,17 @@ pub static CHAIN: Registry<BuildFilter> = Registry {
             },
         },
         Factory {
+            type_name: buffer::FILTER_TYPE,
+            name: buffer::FILTER_NAME,
+            build: |a| {
+                Ok(HttpFilter::Buffer(buffer::BufferFilter::compile(
+                    a.name,
+                    &a.config_or_default()?,
+                    a.path,
+                )?))
+            },
+        },
+        Factory {
             type_name: fault::FILTER_TYPE,
             name: fault::FILTER_NAME,
             build: |a| {
@@ -336,6 +351,12 @@ const PER_ROUTE: &[(&str, CompilePerRoute)] = &[
     }),
     (api_key_auth::PER_ROUTE_TYPE, |any, path, _| {
         Ok(Arc::new(api_key_auth::RouteSettings::compile(
+            &unpack(any, path)?,
+            path,
+        )?))
+    }),
+    (buffer::PER_ROUTE_TYPE, |any, path, _| {
+        Ok(Arc::new(buffer::RouteBuffer::compile(
             &unpack(any, path)?,
             path,
         )?))

@@ -17,6 +17,7 @@ use hyper::body::Body as _;
 use crate::access_log::{AccessLogType, LogEntry};
 use crate::filters::http::api_key_auth::{ApiKeyAuth, RouteSettings as ApiKeySettings};
 use crate::filters::http::basic_auth::{BasicAuth, RouteUsers};
+use crate::filters::http::buffer::RouteBuffer;
 use crate::filters::http::compressor::{CompressorFilter, CompressorRequest, Negotiation};
 use crate::filters::http::cors::CorsRequest;
 use crate::filters::http::decompressor::DecompressorFilter;
@@ -41,6 +42,7 @@ use crate::http::conn_manager::stream_idle::{StreamIdle, UntilIdle};
 use crate::http::conn_manager::upgrade::{self};
 use crate::http::route::per_filter::{self, FilterConfigs};
 use crate::http::route::{Action, ClusterSpec, Pseudo, Redirect, Route, RouteTable, VirtualHost};
+use crate::http::router::retry_buffer::{Filled, Replay, RetryBuffer};
 use crate::http::router::{
     forward, is_scheme, redirect, tls_redirect, Internal, Outcome, X_ENVOY_EXTERNAL_ADDRESS,
     X_ENVOY_FORCE_TRACE, X_ENVOY_INTERNAL, X_FORWARDED_FOR, X_FORWARDED_PROTO, X_REQUEST_ID,
@@ -1245,6 +1247,16 @@ async fn run_filters<'a>(
                     ApiKeyAuth::Pass(None) => {}
                 }
             }
+            HttpFilter::Buffer(f) => {
+                let route = per_filter::policy::<RouteBuffer>(s.levels, &f.name);
+                if let Some(limit) = f.limit(route) {
+                    // Boxed: its wait would otherwise take room in every request's future.
+                    if let Some(r) = Box::pin(buffer_body(s, req, limit)).await {
+                        outcome.set_details("request_payload_too_large");
+                        return ControlFlow::Continue(Some(r));
+                    }
+                }
+            }
             HttpFilter::OnDemand(f) => {
                 let cluster = s.routed.and_then(|(_, route)| match &route.action {
                     Action::Route(action) => match &action.cluster {
@@ -1278,6 +1290,50 @@ async fn run_filters<'a>(
         }
     }
     ControlFlow::Continue(None)
+}
+
+/// The buffer filter on a request: its whole body received (up to `limit`) before it goes
+/// on, with a `content-length` if it had none; `413` past the limit.
+async fn buffer_body(
+    s: &Stream<'_>,
+    req: &mut Request<ProxyBody>,
+    limit: usize,
+) -> Option<Box<Response<ProxyBody>>> {
+    if req.body().is_end_stream() {
+        return None;
+    }
+    let cfg = &s.conn.config;
+    let body = std::mem::replace(req.body_mut(), ProxyBody::empty());
+    let held = RetryBuffer::new(
+        body,
+        limit,
+        cfg.stats.downstream_rq_too_large.clone(),
+        s.conn.worker,
+    );
+    match held.fill().await {
+        Filled::TooLarge => {
+            // What is left of the body is not read: an HTTP/1.1 connection ends after the
+            // answer, as Envoy's (`connection: close`).
+            if req.version() != http::Version::HTTP_2 {
+                s.conn.close_after_response();
+            }
+            return Some(Box::new(local_reply(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "Payload Too Large",
+            )));
+        }
+        Filled::Whole(len) if !req.headers().contains_key(header::CONTENT_LENGTH) => {
+            req.headers_mut().remove(header::TRANSFER_ENCODING);
+            req.headers_mut()
+                .insert(header::CONTENT_LENGTH, http::HeaderValue::from(len));
+        }
+        Filled::Whole(_) | Filled::Broken => {}
+    }
+    *req.body_mut() = match held.prefill() {
+        Some(bytes) => ProxyBody::full(bytes),
+        None => ProxyBody::filtered(Replay::new(held)),
+    };
+    None
 }
 
 /// A CORS preflight's answer, which goes out at once: it gets the compressor's pass (not

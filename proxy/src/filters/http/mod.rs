@@ -18,6 +18,7 @@ pub mod basic_auth;
 pub mod buffer;
 pub mod compressor;
 pub mod cors;
+pub mod credential_injector;
 pub mod decompressor;
 pub mod fault;
 pub mod health_check;
@@ -106,6 +107,8 @@ pub enum HttpFilter {
     ApiKeyAuth(Box<api_key_auth::ApiKeyAuthFilter>),
     /// `envoy.filters.http.buffer`.
     Buffer(buffer::BufferFilter),
+    /// `envoy.filters.http.credential_injector` (boxed: it is rare).
+    CredentialInjector(Box<credential_injector::CredentialInjectorFilter>),
 }
 
 impl HttpFilter {
@@ -123,6 +126,7 @@ impl HttpFilter {
             HttpFilter::BasicAuth(f) => &f.name,
             HttpFilter::ApiKeyAuth(f) => &f.name,
             HttpFilter::Buffer(f) => &f.name,
+            HttpFilter::CredentialInjector(f) => &f.name,
         }
     }
 }
@@ -297,6 +301,21 @@ pub static CHAIN: Registry<BuildFilter> = Registry {
                     &a.config_or_default()?,
                     a.path,
                 )?))
+            },
+        },
+        Factory {
+            type_name: credential_injector::FILTER_TYPE,
+            name: credential_injector::FILTER_NAME,
+            build: |a| {
+                Ok(HttpFilter::CredentialInjector(Box::new(
+                    credential_injector::CredentialInjectorFilter::compile(
+                        a.name,
+                        &a.config_or_default()?,
+                        a.path,
+                        a.stat_prefix,
+                        a.store,
+                    )?,
+                )))
             },
         },
         Factory {

@@ -1257,6 +1257,12 @@ async fn run_filters<'a>(
                     }
                 }
             }
+            HttpFilter::CredentialInjector(f) => {
+                if let Some(r) = f.on_request(req.headers_mut(), worker) {
+                    outcome.set_details("failed_to_inject_credential");
+                    return ControlFlow::Continue(Some(r));
+                }
+            }
             HttpFilter::OnDemand(f) => {
                 let cluster = s.routed.and_then(|(_, route)| match &route.action {
                     Action::Route(action) => match &action.cluster {

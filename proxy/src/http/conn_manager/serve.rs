@@ -726,7 +726,7 @@ struct FilterMarks<'a> {
     /// The `:path` a filter gave the request (API key auth hiding a query parameter): what
     /// goes upstream, the route staying the one chosen (Envoy's filters do not clear the
     /// route cache for it).
-    path: Option<String>,
+    path: Option<Box<str>>,
 }
 
 impl FilterMarks<'_> {
@@ -1243,7 +1243,7 @@ async fn run_filters<'a>(
                         outcome.set_details(details);
                         return ControlFlow::Continue(Some(r));
                     }
-                    ApiKeyAuth::Pass(Some(p)) => marks.path = Some(p),
+                    ApiKeyAuth::Pass(Some(p)) => marks.path = Some(p.into_boxed_str()),
                     ApiKeyAuth::Pass(None) => {}
                 }
             }

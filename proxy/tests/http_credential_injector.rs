@@ -226,6 +226,66 @@ fn an_empty_secret_fails_requests_as_envoy() {
     );
 }
 
+/// The secret file `path_config_source` names: a `DiscoveryResponse` holding `filetok`,
+/// written whole and moved into place (as Envoy watches it).
+fn write_secret(file: &Path, value: &str) {
+    let text = format!(
+        "resources:\n- \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret\n  name: filetok\n  generic_secret: {{ secret: {{ inline_string: \"{value}\\n\" }} }}\n"
+    );
+    let tmp = file.with_extension("tmp");
+    std::fs::write(&tmp, text).expect("write secret");
+    std::fs::rename(&tmp, file).expect("move secret");
+}
+
+/// A request's `authorization` at the upstream once it is `want` (or the last seen after
+/// 10 s): the proxy re-reads the file on its own schedule.
+fn wait_for_credential(proxy: &Courier, a: &Upstream, want: &str) -> Option<String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        Client::connect(proxy.listener).get("example.com", "/x", &[]);
+        let got = a
+            .last()
+            .and_then(|s| s.header("authorization").map(str::to_string));
+        if got.as_deref() == Some(want) || std::time::Instant::now() > deadline {
+            return got;
+        }
+    }
+}
+
+/// A secret from a file (`path_config_source`): injected, and the new value once the
+/// file changes, as Envoy.
+#[test]
+fn a_secret_from_a_file_follows_the_file_as_envoy() {
+    let run = |envoy: bool| -> Option<Vec<Option<String>>> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("secret.yaml");
+        write_secret(&file, "v1");
+        let a = Upstream::start("a");
+        let generic = format!(
+            "                  credential:\n                    name: filetok\n                    sds_config: {{ path_config_source: {{ path: {} }} }}\n",
+            file.display()
+        );
+        let cfg = format!(
+            "node: {{ id: node1, cluster: cluster1 }}\n{}",
+            boot(dir.path(), &a, &filter("", &generic))
+        );
+        let proxy = match envoy {
+            true => Courier::start_envoy(&cfg)?,
+            false => Courier::start(&cfg),
+        };
+        let first = wait_for_credential(&proxy, &a, "v1");
+        write_secret(&file, "v2");
+        let second = wait_for_credential(&proxy, &a, "v2");
+        Some(vec![first, second])
+    };
+    let got = run(false).expect("courier");
+    assert_eq!(got, [Some("v1".to_string()), Some("v2".to_string())]);
+    match run(true) {
+        Some(envoy) => assert_eq!(envoy, got, "envoy vs courier"),
+        None => eprintln!("envoy not on PATH: skipping the secret file differential"),
+    }
+}
+
 #[test]
 fn configs_are_refused_as_envoy_or_by_path() {
     let a = Upstream::start("a");

@@ -14,12 +14,19 @@
 //!   `allow_request_without_credential` the request goes on without it (still `failed`).
 //! - Counters `http.<stat_prefix>.credential_injector.{injected,failed,already_exists}`.
 //!
-//! Only static secrets (`static_resources.secrets`) are read; a secret from a file or a
-//! server (`sds_config`) and the `oauth2` client-credentials credential are refused by
-//! path. A secret name no static secret has, or a static secret that is not a
-//! `generic_secret`, refuses the config (Envoy 1.40 crashes on both, measured).
+//! The secret is a static one (`static_resources.secrets`) or read from a file
+//! (`sds_config: { path_config_source }`, re-read when it changes, as TLS contexts' are:
+//! `transport_socket::tls::sds`; requests take the new value at once). A secret from a
+//! management server (`sds_config: { ads }` or an `api_config_source`) and the `oauth2`
+//! client-credentials credential are refused by path. A secret name no static secret
+//! has, or a secret that is not a `generic_secret`, refuses the config (Envoy 1.40 crashes
+//! on both, measured).
 
 use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use courier_proto::envoy::config::core::v3::config_source::ConfigSourceSpecifier;
+use courier_proto::envoy::extensions::transport_sockets::tls::v3::SdsSecretConfig;
 
 use courier_proto::envoy::extensions::filters::http::credential_injector::v3 as pb;
 use courier_proto::envoy::extensions::http::injected_credentials::generic::v3 as generic_pb;
@@ -30,6 +37,7 @@ use http::{HeaderMap, Response, StatusCode};
 use crate::config::ConfigError;
 use crate::http::codec::body::ProxyBody;
 use crate::stats::{Counter, Store};
+use crate::transport_socket::tls::sds::{self, Reload};
 
 /// The filter's config type.
 pub const FILTER_TYPE: &str =
@@ -46,8 +54,7 @@ pub struct CredentialInjectorFilter {
     /// The filter's name in `http_filters`: its key in `typed_per_filter_config`.
     pub name: String,
     header: HeaderName,
-    /// The field's value; `None`: the secret is empty.
-    value: Option<HeaderValue>,
+    credential: Arc<Credential>,
     overwrite: bool,
     allow_without: bool,
     injected: Arc<Counter>,
@@ -90,12 +97,12 @@ impl CredentialInjectorFilter {
                     ))
                 }
             };
-        let (header, value) = compile_generic(&generic, &at)?;
+        let (header, credential) = compile_generic(&generic, &at)?;
         let counter = |c: &str| store.counter(&format!("http.{prefix}.credential_injector.{c}"));
         Ok(CredentialInjectorFilter {
             name: name.to_string(),
             header,
-            value,
+            credential,
             overwrite: p.overwrite,
             allow_without: p.allow_request_without_credential,
             injected: counter("injected"),
@@ -114,7 +121,8 @@ impl CredentialInjectorFilter {
             self.already_exists.inc(worker);
             return None;
         }
-        let Some(value) = &self.value else {
+        let value = self.credential.value.load();
+        let Some(value) = &**value else {
             tracing::debug!(filter = %self.name, "no credential to inject: the secret is empty");
             self.failed.inc(worker);
             return (!self.allow_without).then(|| {
@@ -130,11 +138,29 @@ impl CredentialInjectorFilter {
     }
 }
 
-/// The generic credential at `path`: its field and value (`None` for an empty secret).
+/// The generic credential's value, re-read when its secret's file changes.
+struct Credential {
+    /// The field's value; `None`: the secret is empty.
+    value: ArcSwap<Option<HeaderValue>>,
+    sds: SdsSecretConfig,
+    prefix: String,
+    /// Where its `SdsSecretConfig` is, for errors.
+    path: String,
+}
+
+impl Reload for Credential {
+    fn reload(&self) -> Result<(), ConfigError> {
+        let value = read_secret(&self.sds, &self.prefix, &self.path, &mut Vec::new())?;
+        self.value.store(Arc::new(value));
+        Ok(())
+    }
+}
+
+/// The generic credential at `path`: its field and value.
 fn compile_generic(
     g: &generic_pb::Generic,
     path: &str,
-) -> Result<(HeaderName, Option<HeaderValue>), ConfigError> {
+) -> Result<(HeaderName, Arc<Credential>), ConfigError> {
     let header = match g.header.as_str() {
         "" => AUTHORIZATION,
         h => HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()).map_err(|_| {
@@ -148,11 +174,43 @@ fn compile_generic(
     let Some(sds) = &g.credential else {
         return Err(ConfigError::new(at, "value is required"));
     };
-    if sds.sds_config.is_some() {
+    let from_server = sds
+        .sds_config
+        .as_ref()
+        .and_then(|c| c.config_source_specifier.as_ref())
+        .is_some_and(|s| {
+            matches!(
+                s,
+                ConfigSourceSpecifier::Ads(_) | ConfigSourceSpecifier::ApiConfigSource(_)
+            )
+        });
+    if from_server {
         return Err(ConfigError::unsupported(format!("{at}.sds_config")));
     }
     let mut refs = Vec::new();
-    let found = crate::transport_socket::tls::sds::resolve(sds, &at, &mut refs)?;
+    let value = read_secret(sds, &g.header_value_prefix, &at, &mut refs)?;
+    let credential = Arc::new(Credential {
+        value: ArcSwap::from_pointee(value),
+        sds: sds.clone(),
+        prefix: g.header_value_prefix.clone(),
+        path: at,
+    });
+    if !refs.is_empty() {
+        let weak: std::sync::Weak<dyn Reload + Send + Sync> = Arc::downgrade(&credential) as _;
+        sds::watch(refs, weak);
+    }
+    Ok((header, credential))
+}
+
+/// The field value a generic secret gives (`None` for an empty one); a file it is read
+/// from is added to `refs`.
+fn read_secret(
+    sds: &SdsSecretConfig,
+    prefix: &str,
+    at: &str,
+    refs: &mut Vec<sds::SecretRef>,
+) -> Result<Option<HeaderValue>, ConfigError> {
+    let found = sds::resolve(sds, at, refs)?;
     let Some(secret::Type::GenericSecret(generic)) = found else {
         return Err(ConfigError::new(
             format!("{at}.name"),
@@ -169,15 +227,14 @@ fn compile_generic(
         end -= 1;
     }
     if end == 0 {
-        return Ok((header, None));
+        return Ok(None);
     }
-    let mut value = g.header_value_prefix.as_bytes().to_vec();
+    let mut value = prefix.as_bytes().to_vec();
     value.extend_from_slice(&text[..end]);
-    let value = HeaderValue::from_bytes(&value).map_err(|_| {
+    HeaderValue::from_bytes(&value).map(Some).map_err(|_| {
         ConfigError::new(
             format!("{at}.name"),
             format!("secret '{}' is not a valid field value", sds.name),
         )
-    })?;
-    Ok((header, Some(value)))
+    })
 }

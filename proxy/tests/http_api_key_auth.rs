@@ -130,21 +130,10 @@ fn run(proxy: &Courier, dir: &Path, a: &Upstream, cases: &[(&str, Case<'_>)]) ->
 
 /// Runs `cases` through Courier and Envoy (when on PATH): they must agree; Courier's.
 fn differential(filter: &str, cases: &[(&str, Case<'_>)]) -> Vec<String> {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let a = Upstream::start("a");
-    let got = run(
-        &Courier::start(&boot(dir.path(), &a, filter)),
-        dir.path(),
-        &a,
-        cases,
-    );
-    let dir = tempfile::tempdir().expect("tempdir");
-    let a = Upstream::start("a");
-    match Courier::start_envoy(&boot(dir.path(), &a, filter)) {
-        Some(envoy) => assert_eq!(run(&envoy, dir.path(), &a, cases), got, "envoy vs courier"),
-        None => eprintln!("envoy not on PATH: skipping the API key auth differential"),
-    }
-    got
+    courier_and_envoy_agree(
+        |dir, a| boot(dir, a, filter),
+        |proxy, dir, a| run(proxy, dir, a, cases),
+    )
 }
 
 const UNAUTHORIZED: &str = "401 \"Client authentication failed.\" upstream=0";

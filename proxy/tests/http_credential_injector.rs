@@ -299,11 +299,6 @@ fn configs_are_refused_as_envoy_or_by_path() {
         &base,
         &[
             (
-                TOK,
-                "                  credential: { name: tok, sds_config: { ads: {} } }\n",
-                "credential.typed_config.credential.sds_config: not supported by Courier",
-            ),
-            (
                 &generic,
                 "envoy.extensions.http.injected_credentials.oauth2.v3.OAuth2\n                  token_endpoint: { cluster: a, timeout: 1s, uri: \"http://a/token\" }\n                  client_credentials: { client_id: c, client_secret: { name: tok } }\n",
                 "credential.typed_config: not supported by Courier",

@@ -14,13 +14,14 @@
 //!   `allow_request_without_credential` the request goes on without it (still `failed`).
 //! - Counters `http.<stat_prefix>.credential_injector.{injected,failed,already_exists}`.
 //!
-//! The secret is a static one (`static_resources.secrets`) or read from a file
-//! (`sds_config: { path_config_source }`, re-read when it changes, as TLS contexts' are:
-//! `transport_socket::tls::sds`; requests take the new value at once). A secret from a
-//! management server (`sds_config: { ads }` or an `api_config_source`) and the `oauth2`
-//! client-credentials credential are refused by path. A secret name no static secret
-//! has, or a secret that is not a `generic_secret`, refuses the config (Envoy 1.40 crashes
-//! on both, measured).
+//! The secret is a static one (`static_resources.secrets`), read from a file
+//! (`sds_config: { path_config_source }`, re-read when it changes) or sent by a management
+//! server (`sds_config: { ads }` or an `api_config_source`: an SDS subscription, the
+//! filter's listener warming until the secret arrives, as Envoy's), all through
+//! `transport_socket::tls::sds` as TLS contexts' secrets; requests take a new value at
+//! once. The `oauth2` client-credentials credential is refused by path. A secret name no
+//! static secret has, or a secret that is not a `generic_secret`, refuses the config
+//! (Envoy 1.40 crashes on both, measured).
 
 use std::sync::Arc;
 
@@ -111,6 +112,13 @@ impl CredentialInjectorFilter {
         })
     }
 
+    /// The management server's secret the filter waits for, if its secret comes from one.
+    pub fn server_secret(&self) -> Option<&str> {
+        self.credential
+            .from_server
+            .then_some(self.credential.sds.name.as_str())
+    }
+
     /// Injects the credential into a request: its refusal if it must not go on without.
     pub fn on_request(
         &self,
@@ -146,6 +154,8 @@ struct Credential {
     prefix: String,
     /// Where its `SdsSecretConfig` is, for errors.
     path: String,
+    /// Whether a management server sends it (its listener warms on it).
+    from_server: bool,
 }
 
 impl Reload for Credential {
@@ -184,9 +194,6 @@ fn compile_generic(
                 ConfigSourceSpecifier::Ads(_) | ConfigSourceSpecifier::ApiConfigSource(_)
             )
         });
-    if from_server {
-        return Err(ConfigError::unsupported(format!("{at}.sds_config")));
-    }
     let mut refs = Vec::new();
     let value = read_secret(sds, &g.header_value_prefix, &at, &mut refs)?;
     let credential = Arc::new(Credential {
@@ -194,6 +201,7 @@ fn compile_generic(
         sds: sds.clone(),
         prefix: g.header_value_prefix.clone(),
         path: at,
+        from_server,
     });
     if !refs.is_empty() {
         let weak: std::sync::Weak<dyn Reload + Send + Sync> = Arc::downgrade(&credential) as _;
@@ -211,7 +219,12 @@ fn read_secret(
     refs: &mut Vec<sds::SecretRef>,
 ) -> Result<Option<HeaderValue>, ConfigError> {
     let found = sds::resolve(sds, at, refs)?;
-    let Some(secret::Type::GenericSecret(generic)) = found else {
+    let Some(found) = found else {
+        // A server's secret not sent yet: requests fail until it comes (the listener
+        // warms meanwhile, unless its initial fetch timed out).
+        return Ok(None);
+    };
+    let secret::Type::GenericSecret(generic) = found else {
         return Err(ConfigError::new(
             format!("{at}.name"),
             format!("secret '{}' is not a generic_secret", sds.name),

@@ -274,3 +274,78 @@ async fn a_cluster_warms_on_its_sds_validation_context_like_envoy() {
         "plaintext → c2 (TLS, CA from SDS) → l1 → a"
     );
 }
+
+fn generic_secret(name: &str, value: &str) -> Arc<Resource> {
+    let s: Secret = courier_proto::from_yaml(&format!(
+        "name: {name}\ngeneric_secret: {{ secret: {{ inline_string: {value:?} }} }}\n"
+    ))
+    .expect("secret yaml");
+    Resource::secret(&s).expect("secret resource")
+}
+
+/// An HTTP listener to `cluster` whose credential injector injects the generic secret
+/// `secret_name`, served over ADS.
+fn injecting_listener(name: &str, port: u16, cluster: &str, secret_name: &str) -> Arc<Resource> {
+    listener_yaml(&format!(
+        r#"name: {name}
+address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }}
+filter_chains:
+- filters:
+  - name: envoy.filters.network.http_connection_manager
+    typed_config:
+      "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+      stat_prefix: {name}
+      route_config:
+        virtual_hosts: [{{ name: all, domains: ['*'], routes: [{{ match: {{ prefix: / }}, route: {{ cluster: {cluster} }} }}] }}]
+      http_filters:
+      - name: envoy.filters.http.credential_injector
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.http.credential_injector.v3.CredentialInjector
+          credential:
+            name: envoy.http.injected_credentials.generic
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.http.injected_credentials.generic.v3.Generic
+              credential:
+                name: {secret_name}
+                sds_config: {{ ads: {{}}, resource_api_version: V3 }}
+      - name: envoy.filters.http.router
+        typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
+"#
+    ))
+}
+
+/// The credential injector's generic secret over ADS: its listener warms until the
+/// secret arrives, then requests go upstream with it (counted `injected`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_credential_injector_warms_on_its_sds_secret_like_envoy() {
+    let up = Upstream::http("a").await;
+    let port = free_port();
+    let fx = Fx::ads(vec![static_cluster("c1", &[up.port], "")]).await;
+    fx.update_wait(
+        vec![injecting_listener("ci", port, "c1", "api-token")],
+        &[ResourceType::Listener],
+    )
+    .await;
+    assert_eq!(fx.proxy.warming_listeners().await, vec!["ci".to_string()]);
+    fx.update(vec![generic_secret("api-token", "Bearer t0k\n")])
+        .await;
+    fx.proxy
+        .wait_stat(
+            "listener_manager.total_listeners_warming",
+            "no listener warming",
+            |v| v == 0,
+        )
+        .await;
+    let r = courier_integration_tests::traffic::http_get(port)
+        .await
+        .expect("a request through the warmed listener");
+    assert_eq!((r.status, r.upstream()), (200, Some("a")));
+    assert_eq!(
+        fx.proxy.stat("http.ci.credential_injector.injected").await,
+        Some(1)
+    );
+    assert_eq!(
+        fx.proxy.stat("http.ci.credential_injector.failed").await,
+        Some(0)
+    );
+}

@@ -179,13 +179,25 @@ impl ListenerConfig {
         self.rds_needs().iter().all(|r| routes_ready(r.name())) && self.secrets_settled()
     }
 
-    /// Whether every server secret its TLS contexts name has arrived (or its initial
-    /// fetch timed out): until then the listener warms.
+    /// Whether every server secret its TLS contexts and HTTP filters name has arrived (or
+    /// its initial fetch timed out): until then the listener warms.
     pub fn secrets_settled(&self) -> bool {
         use crate::transport_socket::tls::sds;
         self.chains()
             .filter_map(|c| c.tls.as_ref())
             .all(|t| t.pending().iter().all(|n| sds::settled(n)))
+            && self.chains().all(|c| match &c.filter {
+                // HTTP filters that wait for a server's secret (the credential injector).
+                NetworkFilter::HttpConnectionManager(h) => {
+                    h.filters.iter().all(|f| match &f.filter {
+                        crate::filters::http::HttpFilter::CredentialInjector(ci) => {
+                            ci.server_secret().is_none_or(sds::settled)
+                        }
+                        _ => true,
+                    })
+                }
+                NetworkFilter::TcpProxy(_) => true,
+            })
     }
 
     /// The RDS route configurations the listener needs before it can serve

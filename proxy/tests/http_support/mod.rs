@@ -1055,6 +1055,26 @@ pub fn grpc_headers(
         .collect()
 }
 
+/// Runs the same differential case through Courier, then (when `envoy` is on PATH) Envoy
+/// 1.40: each gets a temporary directory and an upstream `a` of its own, is started on the
+/// bootstrap `boot` makes with them, and `run` says what it did. The two must agree;
+/// Courier's account is returned (for the values the test expects).
+pub fn courier_and_envoy_agree<T: PartialEq + std::fmt::Debug>(
+    boot: impl Fn(&std::path::Path, &Upstream) -> String,
+    run: impl Fn(&Courier, &std::path::Path, &Upstream) -> T,
+) -> T {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = Upstream::start("a");
+    let got = run(&Courier::start(&boot(dir.path(), &a)), dir.path(), &a);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = Upstream::start("a");
+    match Courier::start_envoy(&boot(dir.path(), &a)) {
+        Some(envoy) => assert_eq!(run(&envoy, dir.path(), &a), got, "envoy vs courier"),
+        None => eprintln!("envoy not on PATH: Courier's side only"),
+    }
+    got
+}
+
 /// Each `(from, to, want)` replaces `from` in `base`: Courier must refuse the result with
 /// `want` in its error; `base` itself must validate.
 pub fn assert_refused_by_path(base: &str, cases: &[(&str, &str, &str)]) {

@@ -13,8 +13,12 @@
 //! per-route config), a variant of [`HttpFilter`], and its step in the connection
 //! manager's request path (`http::conn_manager::serve`).
 
+pub mod api_key_auth;
+pub mod basic_auth;
+pub mod buffer;
 pub mod compressor;
 pub mod cors;
+pub mod credential_injector;
 pub mod decompressor;
 pub mod ext_authz;
 pub mod fault;
@@ -123,6 +127,14 @@ pub enum HttpFilter {
     GrpcStats(Box<grpc_stats::GrpcStatsFilter>),
     /// `envoy.filters.http.grpc_http1_bridge`.
     GrpcHttp1Bridge(grpc_http1_bridge::GrpcHttp1BridgeFilter),
+    /// `envoy.filters.http.basic_auth` (boxed: it is rare).
+    BasicAuth(Box<basic_auth::BasicAuthFilter>),
+    /// `envoy.filters.http.api_key_auth` (boxed: it is rare).
+    ApiKeyAuth(Box<api_key_auth::ApiKeyAuthFilter>),
+    /// `envoy.filters.http.buffer`.
+    Buffer(buffer::BufferFilter),
+    /// `envoy.filters.http.credential_injector` (boxed: it is rare).
+    CredentialInjector(Box<credential_injector::CredentialInjectorFilter>),
 }
 
 impl HttpFilter {
@@ -142,6 +154,10 @@ impl HttpFilter {
             HttpFilter::GrpcWeb(f) => &f.name,
             HttpFilter::GrpcStats(f) => &f.name,
             HttpFilter::GrpcHttp1Bridge(f) => &f.name,
+            HttpFilter::BasicAuth(f) => &f.name,
+            HttpFilter::ApiKeyAuth(f) => &f.name,
+            HttpFilter::Buffer(f) => &f.name,
+            HttpFilter::CredentialInjector(f) => &f.name,
         }
     }
 }
@@ -297,6 +313,62 @@ pub static CHAIN: Registry<BuildFilter> = Registry {
             },
         },
         Factory {
+            type_name: basic_auth::FILTER_TYPE,
+            name: basic_auth::FILTER_NAME,
+            build: |a| {
+                Ok(HttpFilter::BasicAuth(Box::new(
+                    basic_auth::BasicAuthFilter::compile(
+                        a.name,
+                        &a.config_or_default()?,
+                        a.path,
+                        a.stat_prefix,
+                        a.store,
+                    )?,
+                )))
+            },
+        },
+        Factory {
+            type_name: api_key_auth::FILTER_TYPE,
+            name: api_key_auth::FILTER_NAME,
+            build: |a| {
+                Ok(HttpFilter::ApiKeyAuth(Box::new(
+                    api_key_auth::ApiKeyAuthFilter::compile(
+                        a.name,
+                        &a.config_or_default()?,
+                        a.path,
+                        a.stat_prefix,
+                        a.store,
+                    )?,
+                )))
+            },
+        },
+        Factory {
+            type_name: buffer::FILTER_TYPE,
+            name: buffer::FILTER_NAME,
+            build: |a| {
+                Ok(HttpFilter::Buffer(buffer::BufferFilter::compile(
+                    a.name,
+                    &a.config_or_default()?,
+                    a.path,
+                )?))
+            },
+        },
+        Factory {
+            type_name: credential_injector::FILTER_TYPE,
+            name: credential_injector::FILTER_NAME,
+            build: |a| {
+                Ok(HttpFilter::CredentialInjector(Box::new(
+                    credential_injector::CredentialInjectorFilter::compile(
+                        a.name,
+                        &a.config_or_default()?,
+                        a.path,
+                        a.stat_prefix,
+                        a.store,
+                    )?,
+                )))
+            },
+        },
+        Factory {
             type_name: on_demand::FILTER_TYPE,
             name: on_demand::FILTER_NAME,
             build: |a| {
@@ -394,6 +466,24 @@ const PER_ROUTE: &[(&str, CompilePerRoute)] = &[
     }),
     (ratelimit::PER_ROUTE_TYPE, |any, path, _| {
         Ok(Arc::new(ratelimit::RateLimitPerRoute::compile(
+            &unpack(any, path)?,
+            path,
+        )?))
+    }),
+    (basic_auth::PER_ROUTE_TYPE, |any, path, _| {
+        Ok(Arc::new(basic_auth::RouteUsers::compile(
+            &unpack(any, path)?,
+            path,
+        )?))
+    }),
+    (api_key_auth::PER_ROUTE_TYPE, |any, path, _| {
+        Ok(Arc::new(api_key_auth::RouteSettings::compile(
+            &unpack(any, path)?,
+            path,
+        )?))
+    }),
+    (buffer::PER_ROUTE_TYPE, |any, path, _| {
+        Ok(Arc::new(buffer::RouteBuffer::compile(
             &unpack(any, path)?,
             path,
         )?))

@@ -15,6 +15,9 @@ use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Body as _;
 
 use crate::access_log::{AccessLogType, LogEntry};
+use crate::filters::http::api_key_auth::{ApiKeyAuth, RouteSettings as ApiKeySettings};
+use crate::filters::http::basic_auth::{BasicAuth, RouteUsers};
+use crate::filters::http::buffer::RouteBuffer;
 use crate::filters::http::compressor::{CompressorFilter, CompressorRequest, Negotiation};
 use crate::filters::http::cors::CorsRequest;
 use crate::filters::http::decompressor::DecompressorFilter;
@@ -44,6 +47,7 @@ use crate::http::conn_manager::upgrade::{self};
 use crate::http::route::per_filter::{self, FilterConfigs};
 use crate::http::route::rate_limits::RateLimitView;
 use crate::http::route::{Action, ClusterSpec, Pseudo, Redirect, Route, RouteTable, VirtualHost};
+use crate::http::router::retry_buffer::{Filled, Replay, RetryBuffer};
 use crate::http::router::{
     forward, is_scheme, redirect, tls_redirect, Internal, Outcome, X_ENVOY_EXTERNAL_ADDRESS,
     X_ENVOY_FORCE_TRACE, X_ENVOY_INTERNAL, X_FORWARDED_FOR, X_FORWARDED_PROTO, X_REQUEST_ID,
@@ -1351,6 +1355,43 @@ async fn run_filters<'a>(
                     marks.bridge = bridged.response;
                 }
             }
+            HttpFilter::BasicAuth(f) => {
+                let route = per_filter::policy::<RouteUsers>(s.levels, &f.name);
+                if let BasicAuth::Refuse(r, details) =
+                    f.on_request(route, req.headers_mut(), s.authority, s.path, worker)
+                {
+                    outcome.set_details(details);
+                    return ControlFlow::Continue(Some(r));
+                }
+            }
+            HttpFilter::ApiKeyAuth(f) => {
+                let route = per_filter::policy::<ApiKeySettings>(s.levels, &f.name);
+                let path = request_path(s, req, marks);
+                match f.on_request(route, req.headers_mut(), &path, worker) {
+                    ApiKeyAuth::Refuse(r, details) => {
+                        outcome.set_details(details);
+                        return ControlFlow::Continue(Some(r));
+                    }
+                    ApiKeyAuth::Pass(Some(p)) => set_request_path(req, marks, &p),
+                    ApiKeyAuth::Pass(None) => {}
+                }
+            }
+            HttpFilter::Buffer(f) => {
+                let route = per_filter::policy::<RouteBuffer>(s.levels, &f.name);
+                if let Some(limit) = f.limit(route) {
+                    // Boxed: its wait would otherwise take room in every request's future.
+                    if let Some(r) = Box::pin(buffer_body(s, req, limit)).await {
+                        outcome.set_details("request_payload_too_large");
+                        return ControlFlow::Continue(Some(r));
+                    }
+                }
+            }
+            HttpFilter::CredentialInjector(f) => {
+                if let Some(r) = f.on_request(req.headers_mut(), worker) {
+                    outcome.set_details("failed_to_inject_credential");
+                    return ControlFlow::Continue(Some(r));
+                }
+            }
             HttpFilter::OnDemand(f) => {
                 let cluster = routed_cluster(s, req.headers());
                 // Boxed: its wait would otherwise take room in every request's future.
@@ -1428,6 +1469,37 @@ async fn run_filters<'a>(
     ControlFlow::Continue(None)
 }
 
+/// The request's path and query as the filters see it now: the routed one, or the one an
+/// earlier filter gave it.
+fn request_path<'a>(
+    s: &Stream<'a>,
+    req: &Request<ProxyBody>,
+    marks: &FilterMarks<'_>,
+) -> Cow<'a, str> {
+    match marks.services.as_ref().is_some_and(|m| m.path_changed) {
+        true => Cow::Owned(
+            req.uri()
+                .path_and_query()
+                .map_or_else(|| s.path.to_owned(), |p| p.as_str().to_owned()),
+        ),
+        false => Cow::Borrowed(s.path),
+    }
+}
+
+/// Gives the request the path `path` (a filter's change, the route staying the one
+/// chosen, as Envoy's filters do not clear the route cache for it): what goes upstream.
+fn set_request_path(req: &mut Request<ProxyBody>, marks: &mut FilterMarks<'_>, path: &str) {
+    let mut parts = req.uri().clone().into_parts();
+    let Ok(pq) = path.parse() else {
+        return;
+    };
+    parts.path_and_query = Some(pq);
+    if let Ok(uri) = http::Uri::from_parts(parts) {
+        *req.uri_mut() = uri;
+        marks.services.get_or_insert_with(Box::default).path_changed = true;
+    }
+}
+
 /// The cluster the request's route sends it to, when its route names one (directly or by
 /// a header): where a filter counts in the cluster's scope.
 fn routed_cluster<'h>(s: &Stream<'h>, headers: &'h http::HeaderMap) -> Option<&'h str> {
@@ -1439,6 +1511,50 @@ fn routed_cluster<'h>(s: &Stream<'h>, headers: &'h http::HeaderMap) -> Option<&'
         },
         _ => None,
     }
+}
+
+/// The buffer filter on a request: its whole body received (up to `limit`) before it goes
+/// on, with a `content-length` if it had none; `413` past the limit.
+async fn buffer_body(
+    s: &Stream<'_>,
+    req: &mut Request<ProxyBody>,
+    limit: usize,
+) -> Option<Box<Response<ProxyBody>>> {
+    if req.body().is_end_stream() {
+        return None;
+    }
+    let cfg = &s.conn.config;
+    let body = std::mem::replace(req.body_mut(), ProxyBody::empty());
+    let held = RetryBuffer::new(
+        body,
+        limit,
+        cfg.stats.downstream_rq_too_large.clone(),
+        s.conn.worker,
+    );
+    match held.fill().await {
+        Filled::TooLarge => {
+            // What is left of the body is not read: an HTTP/1.1 connection ends after the
+            // answer, as Envoy's (`connection: close`).
+            if req.version() != http::Version::HTTP_2 {
+                s.conn.close_after_response();
+            }
+            return Some(Box::new(local_reply(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "Payload Too Large",
+            )));
+        }
+        Filled::Whole(len) if !req.headers().contains_key(header::CONTENT_LENGTH) => {
+            req.headers_mut().remove(header::TRANSFER_ENCODING);
+            req.headers_mut()
+                .insert(header::CONTENT_LENGTH, http::HeaderValue::from(len));
+        }
+        Filled::Whole(_) | Filled::Broken => {}
+    }
+    *req.body_mut() = match held.prefill() {
+        Some(bytes) => ProxyBody::full(bytes),
+        None => ProxyBody::filtered(Replay::new(held)),
+    };
+    None
 }
 
 /// A CORS preflight's answer, which goes out at once: it gets the compressor's pass (not

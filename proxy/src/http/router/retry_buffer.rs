@@ -7,6 +7,9 @@
 //! retries (`retry_or_shadow_abandoned`), as Envoy. A body already complete when the
 //! request is routed is taken whole ([`RetryBuffer::prefill`]), the common case, and goes
 //! through Courier's own HTTP/1 client like any complete body.
+//!
+//! The buffer filter holds a request's whole body in one before the request goes on
+//! ([`RetryBuffer::fill`]); past its limit the request is refused.
 
 use std::cell::{Cell, RefCell};
 use std::pin::Pin;
@@ -47,7 +50,8 @@ pub struct RetryBuffer {
 }
 
 impl RetryBuffer {
-    /// `source`, kept up to `limit` bytes (past it counted in `abandoned`).
+    /// `source`, kept up to `limit` bytes (past it counted in `abandoned`: the router's
+    /// `retry_or_shadow_abandoned`, the buffer filter's `downstream_rq_too_large`).
     pub fn new(
         source: ProxyBody,
         limit: usize,
@@ -86,6 +90,25 @@ impl RetryBuffer {
             1 => kept[0].clone(),
             _ => kept.concat().into(),
         })
+    }
+
+    /// Receives the whole body, keeping all of it, before anything reads it (the buffer
+    /// filter): whether it ended, past the limit, or broke.
+    pub async fn fill(&self) -> Filled {
+        std::future::poll_fn(|cx| {
+            while self.state.get() == State::Open {
+                match std::task::ready!(self.poll_source(cx, true)) {
+                    Some(Ok(_)) => {}
+                    None | Some(Err(_)) => break,
+                }
+            }
+            Poll::Ready(match self.state.get() {
+                State::Open | State::Ended => Filled::Whole(self.kept_len.get()),
+                State::Overflowed => Filled::TooLarge,
+                State::Broken => Filled::Broken,
+            })
+        })
+        .await
     }
 
     /// Whether another attempt can send the body again.
@@ -157,6 +180,17 @@ impl RetryBuffer {
             self.state.set(State::Ended);
         }
     }
+}
+
+/// What [`RetryBuffer::fill`] came to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Filled {
+    /// The whole body, this long.
+    Whole(usize),
+    /// Past the limit.
+    TooLarge,
+    /// The client's body failed.
+    Broken,
 }
 
 /// One attempt's reading of a [`RetryBuffer`]: the kept frames from the start, then the

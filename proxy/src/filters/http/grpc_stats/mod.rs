@@ -298,14 +298,18 @@ mod tests {
             e.path,
             "p.individual_method_stats_allowlist.services[0].method_names"
         );
-        for (proto, field) in [(
-            FilterConfig {
-                enable_upstream_stats: true,
-                ..Default::default()
-            },
-            "p.enable_upstream_stats",
-        )] {
-            assert_eq!(compile(&proto).err().expect(field).path, field);
-        }
+        let upstream = FilterConfig {
+            enable_upstream_stats: true,
+            ..Default::default()
+        };
+        assert_eq!(
+            compile(&upstream).err().expect("refused").path,
+            "p.enable_upstream_stats"
+        );
+        let emit = FilterConfig {
+            emit_filter_state: true,
+            ..Default::default()
+        };
+        assert!(compile(&emit).is_ok());
     }
 }

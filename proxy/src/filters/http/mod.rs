@@ -20,6 +20,7 @@ pub mod ext_authz;
 pub mod fault;
 pub mod grpc_web;
 pub mod health_check;
+pub mod jwt_authn;
 pub mod local_ratelimit;
 pub mod on_demand;
 pub mod ratelimit;
@@ -117,6 +118,8 @@ pub enum HttpFilter {
     RateLimit(Box<ratelimit::RateLimitFilter>),
     /// `envoy.filters.http.grpc_web`.
     GrpcWeb(grpc_web::GrpcWebFilter),
+    /// `envoy.filters.http.jwt_authn` (boxed: it is large).
+    JwtAuthn(Box<jwt_authn::JwtAuthnFilter>),
 }
 
 impl HttpFilter {
@@ -134,6 +137,7 @@ impl HttpFilter {
             HttpFilter::ExtAuthz(f) => &f.name,
             HttpFilter::RateLimit(f) => &f.name,
             HttpFilter::GrpcWeb(f) => &f.name,
+            HttpFilter::JwtAuthn(f) => &f.name,
         }
     }
 }
@@ -289,6 +293,21 @@ pub static CHAIN: Registry<BuildFilter> = Registry {
             },
         },
         Factory {
+            type_name: jwt_authn::FILTER_TYPE,
+            name: jwt_authn::FILTER_NAME,
+            build: |a| {
+                Ok(HttpFilter::JwtAuthn(Box::new(
+                    jwt_authn::JwtAuthnFilter::compile(
+                        a.name,
+                        &a.config_or_default()?,
+                        a.path,
+                        a.stat_prefix,
+                        a.store,
+                    )?,
+                )))
+            },
+        },
+        Factory {
             type_name: on_demand::FILTER_TYPE,
             name: on_demand::FILTER_NAME,
             build: |a| {
@@ -363,6 +382,12 @@ const PER_ROUTE: &[(&str, CompilePerRoute)] = &[
     }),
     (ratelimit::PER_ROUTE_TYPE, |any, path, _| {
         Ok(Arc::new(ratelimit::RateLimitPerRoute::compile(
+            &unpack(any, path)?,
+            path,
+        )?))
+    }),
+    (jwt_authn::PER_ROUTE_TYPE, |any, path, _| {
+        Ok(Arc::new(jwt_authn::JwtPerRoute::compile(
             &unpack(any, path)?,
             path,
         )?))

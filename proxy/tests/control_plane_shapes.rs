@@ -13,7 +13,7 @@ use http_support::*;
 const SHAPES: &[(&str, Option<&str>)] = &[
     (
         "envoy-gateway.yaml",
-        Some("http_filters[3]: Didn't find a registered implementation for 'envoy.filters.http.basic_auth"),
+        Some("http_filters[4].typed_config.providers[route/default/backend/example].remote_jwks"),
     ),
     (
         "istio-sidecar.yaml",

@@ -26,6 +26,7 @@ pub mod grpc_http1_bridge;
 pub mod grpc_stats;
 pub mod grpc_web;
 pub mod health_check;
+pub mod jwt_authn;
 pub mod local_ratelimit;
 pub mod on_demand;
 pub mod ratelimit;
@@ -135,6 +136,8 @@ pub enum HttpFilter {
     Buffer(buffer::BufferFilter),
     /// `envoy.filters.http.credential_injector` (boxed: it is rare).
     CredentialInjector(Box<credential_injector::CredentialInjectorFilter>),
+    /// `envoy.filters.http.jwt_authn` (boxed: it is large).
+    JwtAuthn(Box<jwt_authn::JwtAuthnFilter>),
 }
 
 impl HttpFilter {
@@ -158,6 +161,7 @@ impl HttpFilter {
             HttpFilter::ApiKeyAuth(f) => &f.name,
             HttpFilter::Buffer(f) => &f.name,
             HttpFilter::CredentialInjector(f) => &f.name,
+            HttpFilter::JwtAuthn(f) => &f.name,
         }
     }
 }
@@ -369,6 +373,21 @@ pub static CHAIN: Registry<BuildFilter> = Registry {
             },
         },
         Factory {
+            type_name: jwt_authn::FILTER_TYPE,
+            name: jwt_authn::FILTER_NAME,
+            build: |a| {
+                Ok(HttpFilter::JwtAuthn(Box::new(
+                    jwt_authn::JwtAuthnFilter::compile(
+                        a.name,
+                        &a.config_or_default()?,
+                        a.path,
+                        a.stat_prefix,
+                        a.store,
+                    )?,
+                )))
+            },
+        },
+        Factory {
             type_name: on_demand::FILTER_TYPE,
             name: on_demand::FILTER_NAME,
             build: |a| {
@@ -484,6 +503,12 @@ const PER_ROUTE: &[(&str, CompilePerRoute)] = &[
     }),
     (buffer::PER_ROUTE_TYPE, |any, path, _| {
         Ok(Arc::new(buffer::RouteBuffer::compile(
+            &unpack(any, path)?,
+            path,
+        )?))
+    }),
+    (jwt_authn::PER_ROUTE_TYPE, |any, path, _| {
+        Ok(Arc::new(jwt_authn::JwtPerRoute::compile(
             &unpack(any, path)?,
             path,
         )?))

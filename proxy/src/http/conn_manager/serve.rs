@@ -28,6 +28,7 @@ use crate::filters::http::grpc_http1_bridge::BridgeResponse;
 use crate::filters::http::grpc_stats::GrpcStatsRequest;
 use crate::filters::http::grpc_web::{is_grpc_web, GrpcWebRequest};
 use crate::filters::http::health_check::{HealthCheckFilter, HealthCheckRequest};
+use crate::filters::http::jwt_authn::{JwtPerRoute, JwtRequest};
 use crate::filters::http::local_ratelimit::RateLimitPolicy;
 use crate::filters::http::local_ratelimit::{LocalRateLimitFilter, RateLimited};
 use crate::filters::http::rbac::RbacRules;
@@ -1446,6 +1447,31 @@ async fn run_filters<'a>(
                         .extend(fields),
                     Ok(None) => {}
                     Err(reply) => return ControlFlow::Continue(Some(reply)),
+                }
+            }
+            HttpFilter::JwtAuthn(f) => {
+                let route = per_filter::policy::<JwtPerRoute>(s.levels, &f.name);
+                let path = req
+                    .uri()
+                    .path_and_query()
+                    .map_or(s.path, |p| p.as_str())
+                    .to_owned();
+                match f.on_request(route, req.headers_mut(), &path, &s.pseudo(), worker) {
+                    JwtRequest::Pass(None) => {}
+                    JwtRequest::Pass(Some(new)) => {
+                        let mut parts = req.uri().clone().into_parts();
+                        if let Ok(pq) = new.parse() {
+                            parts.path_and_query = Some(pq);
+                            if let Ok(uri) = http::Uri::from_parts(parts) {
+                                *req.uri_mut() = uri;
+                                marks.services.get_or_insert_with(Box::default).path_changed = true;
+                            }
+                        }
+                    }
+                    JwtRequest::Refuse(r, details) => {
+                        outcome.set_details_owned(|| details);
+                        return ControlFlow::Continue(Some(r));
+                    }
                 }
             }
             HttpFilter::Fault(f) => {

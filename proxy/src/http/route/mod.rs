@@ -1826,6 +1826,31 @@ fn compile_route(
     })
 }
 
+/// A `RouteMatch` compiled on its own, for a filter that picks by one (jwt_authn's
+/// `rules`): its path, `case_sensitive`, headers and query parameters, as a route's.
+pub struct RequestMatcher(RouteMatcher);
+
+impl RequestMatcher {
+    /// Compiles `m` at `mpath`; `grpc` and `runtime_fraction`, which such filters' matchers
+    /// do not read in Envoy, are refused.
+    pub fn compile(m: &pb::RouteMatch, mpath: &str) -> Result<RequestMatcher, ConfigError> {
+        if m.grpc.is_some() {
+            return Err(ConfigError::unsupported(format!("{mpath}.grpc")));
+        }
+        if m.runtime_fraction.is_some() {
+            return Err(ConfigError::unsupported(format!(
+                "{mpath}.runtime_fraction"
+            )));
+        }
+        compile_route_match(m, mpath).map(RequestMatcher)
+    }
+
+    /// Whether a request (`full_path` with its query) matches.
+    pub fn matches(&self, full_path: &str, headers: &HeaderMap, pseudo: &Pseudo<'_>) -> bool {
+        self.0.matches(full_path, headers, pseudo, 0)
+    }
+}
+
 /// A route's `match` (at `mpath`): its path, header and query parameter matchers, and
 /// `grpc`; the matchers Courier does not implement are refused by name.
 fn compile_route_match(m: &pb::RouteMatch, mpath: &str) -> Result<RouteMatcher, ConfigError> {

@@ -1,0 +1,254 @@
+//! A `JwtProvider` compiled: who issues its tokens, for whom, with which keys, and what
+//! a good token leaves on the request. The fields Courier does not act on are refused
+//! by path.
+
+use courier_proto::envoy::extensions::filters::http::jwt_authn::v3 as pb;
+use http::HeaderName;
+
+use super::jwks::Jwks;
+use crate::config::ConfigError;
+
+/// jwt_verify_lib's default clock skew.
+const DEFAULT_CLOCK_SKEW: u64 = 60;
+
+/// A set of audiences, as jwt_verify_lib's `CheckAudience` compares them: without an
+/// `http://` or `https://` scheme and a trailing `/`.
+#[derive(Debug, Default)]
+pub struct Audiences(Vec<String>);
+
+/// `aud` without the scheme and trailing slash `CheckAudience` ignores.
+fn sanitize(aud: &str) -> &str {
+    let a = aud
+        .strip_prefix("http://")
+        .or_else(|| aud.strip_prefix("https://"))
+        .unwrap_or(aud);
+    a.strip_suffix('/').unwrap_or(a)
+}
+
+impl Audiences {
+    /// The configured audiences.
+    pub fn new(list: &[String]) -> Audiences {
+        Audiences(list.iter().map(|a| sanitize(a).to_string()).collect())
+    }
+
+    /// Whether a token's audiences are allowed: any of them listed, or none configured.
+    pub fn allows(&self, token: &[String]) -> bool {
+        self.0.is_empty()
+            || token
+                .iter()
+                .any(|a| self.0.iter().any(|c| c == sanitize(a)))
+    }
+}
+
+/// `claim_to_headers`: a claim (`a.b` reaches into objects) copied to a header.
+pub struct ClaimToHeader {
+    pub header: HeaderName,
+    pub claim: Vec<String>,
+}
+
+/// A compiled provider.
+pub struct Provider {
+    /// Its name in `providers`.
+    pub name: String,
+    pub issuer: String,
+    pub audiences: Audiences,
+    /// The local JWKS; `None` when it did not parse (as Envoy, requests then fail with
+    /// `Jwks doesn't have any valid public key`).
+    pub jwks: Option<Jwks>,
+    pub forward: bool,
+    pub forward_payload_header: Option<HeaderName>,
+    pub pad_forward_payload_header: bool,
+    pub claim_to_headers: Vec<ClaimToHeader>,
+    pub clock_skew: u64,
+    /// Where its tokens are: the proto's locations (the default ones applied by the
+    /// extractor).
+    pub from_headers: Vec<(HeaderName, String)>,
+    pub from_params: Vec<String>,
+    pub from_cookies: Vec<String>,
+}
+
+/// A header name at `path`, lower-cased as Envoy's `LowerCaseString`.
+fn header(name: &str, path: &str) -> Result<HeaderName, ConfigError> {
+    HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes())
+        .map_err(|_| ConfigError::new(path, format!("invalid header name '{name}'")))
+}
+
+impl Provider {
+    /// Compiles provider `name` at `path`.
+    pub fn compile(name: &str, p: &pb::JwtProvider, path: &str) -> Result<Provider, ConfigError> {
+        let refused = [
+            ("subjects", p.subjects.is_some()),
+            ("require_expiration", p.require_expiration),
+            ("max_lifetime", p.max_lifetime.is_some()),
+            ("payload_in_metadata", !p.payload_in_metadata.is_empty()),
+            (
+                "normalize_payload_in_metadata",
+                p.normalize_payload_in_metadata.is_some(),
+            ),
+            ("header_in_metadata", !p.header_in_metadata.is_empty()),
+            (
+                "failed_status_in_metadata",
+                !p.failed_status_in_metadata.is_empty(),
+            ),
+            ("jwt_cache_config", p.jwt_cache_config.is_some()),
+            ("clear_route_cache", p.clear_route_cache),
+        ];
+        if let Some((field, _)) = refused.iter().find(|(_, set)| *set) {
+            return Err(ConfigError::unsupported(format!("{path}.{field}")));
+        }
+        use pb::jwt_provider::JwksSourceSpecifier as Src;
+        let jwks = match &p.jwks_source_specifier {
+            Some(Src::LocalJwks(ds)) => {
+                let at = format!("{path}.local_jwks");
+                if ds.watched_directory.is_some() {
+                    return Err(ConfigError::unsupported(format!("{at}.watched_directory")));
+                }
+                let text = crate::http::route::data_source(ds, &at)?;
+                match Jwks::parse(&String::from_utf8_lossy(&text)) {
+                    Ok(j) => Some(j),
+                    Err(e) => {
+                        tracing::warn!(provider = name, "invalid local jwks: {e}");
+                        None
+                    }
+                }
+            }
+            Some(Src::RemoteJwks(_)) => {
+                return Err(ConfigError::unsupported(format!("{path}.remote_jwks")))
+            }
+            None => {
+                return Err(ConfigError::new(
+                    format!("{path}.jwks_source_specifier"),
+                    "value is required",
+                ))
+            }
+        };
+        let from_headers = p
+            .from_headers
+            .iter()
+            .enumerate()
+            .map(|(i, h)| {
+                let at = format!("{path}.from_headers[{i}].name");
+                if h.name.is_empty() {
+                    return Err(ConfigError::new(
+                        at,
+                        "value length must be at least 1 characters",
+                    ));
+                }
+                Ok((header(&h.name, &at)?, h.value_prefix.clone()))
+            })
+            .collect::<Result<_, _>>()?;
+        let forward_payload_header = match p.forward_payload_header.as_str() {
+            "" => None,
+            h => Some(header(h, &format!("{path}.forward_payload_header"))?),
+        };
+        let claim_to_headers = p
+            .claim_to_headers
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let at = format!("{path}.claim_to_headers[{i}]");
+                if !c.claim_path.is_empty() {
+                    return Err(ConfigError::unsupported(format!("{at}.claim_path")));
+                }
+                if c.header_name.is_empty() {
+                    return Err(ConfigError::new(
+                        format!("{at}.header_name"),
+                        "value length must be at least 1 characters",
+                    ));
+                }
+                if c.claim_name.is_empty() {
+                    return Err(ConfigError::new(
+                        format!("{at}.claim_name"),
+                        "value length must be at least 1 characters",
+                    ));
+                }
+                Ok(ClaimToHeader {
+                    header: header(&c.header_name, &format!("{at}.header_name"))?,
+                    claim: c.claim_name.split('.').map(str::to_owned).collect(),
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Provider {
+            name: name.to_string(),
+            issuer: p.issuer.clone(),
+            audiences: Audiences::new(&p.audiences),
+            jwks,
+            forward: p.forward,
+            forward_payload_header,
+            pad_forward_payload_header: p.pad_forward_payload_header,
+            claim_to_headers,
+            clock_skew: match p.clock_skew_seconds {
+                0 => DEFAULT_CLOCK_SKEW,
+                s => u64::from(s),
+            },
+            from_headers,
+            from_params: p.from_params.clone(),
+            from_cookies: p.from_cookies.clone(),
+        })
+    }
+
+    /// A claim's value as `claim_to_headers` writes it: a string as is, a number as an
+    /// integer when it is a non-negative whole one (else as C's `%f`), a bool as
+    /// `true`/`false`; anything else (or nothing) writes no header.
+    pub fn claim_value(
+        payload: &serde_json::Map<String, serde_json::Value>,
+        path: &[String],
+    ) -> Option<String> {
+        use serde_json::Value;
+        let (last, parents) = path.split_last()?;
+        let mut obj = payload;
+        for p in parents {
+            obj = obj.get(p)?.as_object()?;
+        }
+        let v = match obj.get(last)? {
+            Value::String(s) => s.clone(),
+            Value::Bool(b) => b.to_string(),
+            Value::Number(n) => {
+                let f = n.as_f64()?;
+                if f < 0.0 || f >= u64::MAX as f64 || f.fract() != 0.0 {
+                    format!("{f:.6}")
+                } else {
+                    (f as u64).to_string()
+                }
+            }
+            _ => return None,
+        };
+        (!v.is_empty()).then_some(v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn audiences_ignore_scheme_and_trailing_slash() {
+        let a = Audiences::new(&["https://api.example.com/".into(), "b".into()]);
+        assert!(a.allows(&["api.example.com".into()]));
+        assert!(a.allows(&["x".into(), "http://b/".into()]));
+        assert!(!a.allows(&["c".into()]));
+        assert!(!a.allows(&[]));
+        assert!(Audiences::new(&[]).allows(&[]));
+    }
+
+    #[test]
+    fn claim_values() {
+        let payload =
+            serde_json::json!({"s":"x","n":42,"f":1.5,"neg":-2,"b":true,"o":{"k":"v"},"l":["a"]});
+        let payload = payload.as_object().expect("object");
+        let get = |p: &str| {
+            Provider::claim_value(
+                payload,
+                &p.split('.').map(str::to_owned).collect::<Vec<_>>(),
+            )
+        };
+        assert_eq!(get("s").as_deref(), Some("x"));
+        assert_eq!(get("n").as_deref(), Some("42"));
+        assert_eq!(get("f").as_deref(), Some("1.500000"));
+        assert_eq!(get("neg").as_deref(), Some("-2.000000"));
+        assert_eq!(get("b").as_deref(), Some("true"));
+        assert_eq!(get("o.k").as_deref(), Some("v"));
+        assert_eq!(get("l"), None);
+        assert_eq!(get("missing"), None);
+    }
+}

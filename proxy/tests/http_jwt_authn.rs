@@ -1,0 +1,634 @@
+//! The JWT authentication filter (`envoy.filters.http.jwt_authn`): three providers with
+//! local JWKS (RS256, ES256, HS256), each token location, `forward`,
+//! `forward_payload_header`, `claim_to_headers`, rules with every requirement type,
+//! per-route `disabled` and `requirement_name`, the CORS preflight bypass, the refusals
+//! and the counters. Tokens are signed here with keys made for the run. Each case runs
+//! through Courier and, when `envoy` is on PATH, through Envoy 1.40: the two transcripts
+//! must be equal, and agree with what is written here.
+
+mod http_support;
+
+use std::sync::atomic::Ordering;
+
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{self, EcdsaKeyPair, KeyPair, RsaKeyPair};
+use aws_lc_rs::{hmac, rsa::KeySize};
+use base64::Engine;
+use http_support::*;
+
+fn b64(b: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+}
+
+/// The run's keys.
+struct Keys {
+    rsa: RsaKeyPair,
+    ec: EcdsaKeyPair,
+    secret: Vec<u8>,
+}
+
+impl Keys {
+    fn new() -> Keys {
+        Keys {
+            rsa: RsaKeyPair::generate(KeySize::Rsa2048).expect("rsa key"),
+            ec: EcdsaKeyPair::generate(&signature::ECDSA_P256_SHA256_FIXED_SIGNING).expect("ec"),
+            secret: b"a shared secret of thirty-two by".to_vec(),
+        }
+    }
+
+    fn rsa_jwks(&self) -> String {
+        let (n, e) = rsa_components(self.rsa.public_key().as_ref());
+        format!(
+            r#"{{"keys":[{{"kty":"RSA","kid":"r1","alg":"RS256","n":"{}","e":"{}"}}]}}"#,
+            b64(n),
+            b64(e)
+        )
+    }
+
+    fn ec_jwks(&self) -> String {
+        let pt = self.ec.public_key().as_ref();
+        format!(
+            r#"{{"keys":[{{"kty":"EC","crv":"P-256","x":"{}","y":"{}"}}]}}"#,
+            b64(&pt[1..33]),
+            b64(&pt[33..])
+        )
+    }
+
+    fn oct_jwks(&self) -> String {
+        format!(
+            r#"{{"keys":[{{"kty":"oct","alg":"HS256","k":"{}"}}]}}"#,
+            b64(&self.secret)
+        )
+    }
+
+    /// A token signed with `alg` (`RS256`, `ES256`, `HS256`) carrying `payload`.
+    fn token(&self, alg: &str, header: &str, payload: &str) -> String {
+        let signed = format!("{}.{}", b64(header.as_bytes()), b64(payload.as_bytes()));
+        let rng = SystemRandom::new();
+        let sig = match alg {
+            "RS256" => {
+                let mut sig = vec![0; self.rsa.public_modulus_len()];
+                self.rsa
+                    .sign(
+                        &signature::RSA_PKCS1_SHA256,
+                        &rng,
+                        signed.as_bytes(),
+                        &mut sig,
+                    )
+                    .expect("sign");
+                sig
+            }
+            "ES256" => self
+                .ec
+                .sign(&rng, signed.as_bytes())
+                .expect("sign")
+                .as_ref()
+                .to_vec(),
+            _ => hmac::sign(
+                &hmac::Key::new(hmac::HMAC_SHA256, &self.secret),
+                signed.as_bytes(),
+            )
+            .as_ref()
+            .to_vec(),
+        };
+        format!("{signed}.{}", b64(&sig))
+    }
+}
+
+/// `n` and `e` of a PKCS#1 `RSAPublicKey` (`SEQUENCE { INTEGER, INTEGER }`), without
+/// their sign bytes.
+fn rsa_components(der: &[u8]) -> (&[u8], &[u8]) {
+    // A DER element at `at`: its content's range.
+    fn element(der: &[u8], at: usize) -> (usize, usize) {
+        let first = der[at + 1] as usize;
+        let (len, start) = if first < 0x80 {
+            (first, at + 2)
+        } else {
+            let n = first & 0x7f;
+            let len = der[at + 2..at + 2 + n]
+                .iter()
+                .fold(0, |l, b| l << 8 | *b as usize);
+            (len, at + 2 + n)
+        };
+        (start, start + len)
+    }
+    let (seq, _) = element(der, 0);
+    let (n0, n1) = element(der, seq);
+    let (e0, e1) = element(der, n1);
+    let strip = |b: &'_ [u8]| -> usize { b.iter().take_while(|x| **x == 0).count() };
+    (
+        &der[n0 + strip(&der[n0..n1])..n1],
+        &der[e0 + strip(&der[e0..e1])..e1],
+    )
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+}
+
+/// The filter, its providers' JWKS inline (indented for the YAML below).
+fn filters(keys: &Keys) -> String {
+    format!(
+        r#"          - name: envoy.filters.http.jwt_authn
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication
+              bypass_cors_preflight: true
+              providers:
+                p1:
+                  issuer: https://issuer.one
+                  audiences: [api, "https://svc.example/"]
+                  local_jwks: {{ inline_string: '{}' }}
+                  forward_payload_header: x-jwt-payload
+                  claim_to_headers:
+                  - {{ header_name: x-sub, claim_name: sub }}
+                  - {{ header_name: x-n, claim_name: "num" }}
+                  - {{ header_name: x-nested, claim_name: o.k }}
+                p2:
+                  issuer: issuer.two
+                  from_headers: [{{ name: x-token, value_prefix: "Token " }}]
+                  from_params: [tok]
+                  forward: true
+                  forward_payload_header: x-two-payload
+                  pad_forward_payload_header: true
+                  local_jwks: {{ inline_string: '{}' }}
+                p3:
+                  issuer: issuer.three
+                  from_cookies: [jwt]
+                  clock_skew_seconds: 10
+                  local_jwks: {{ inline_string: '{}' }}
+              requirement_map:
+                need3: {{ provider_name: p3 }}
+                need1: {{ provider_name: p1 }}
+              rules:
+              - match: {{ prefix: /optional }}
+                requires: {{ allow_missing: {{}} }}
+              - match: {{ prefix: /any }}
+                requires: {{ requires_any: {{ requirements: [{{ provider_name: p2 }}, {{ provider_name: p3 }}] }} }}
+              - match: {{ prefix: /all }}
+                requires: {{ requires_all: {{ requirements: [{{ provider_name: p1 }}, {{ provider_name: p3 }}] }} }}
+              - match: {{ prefix: /aud }}
+                requires: {{ provider_and_audiences: {{ provider_name: p1, audiences: [other] }} }}
+              - match: {{ prefix: /failed }}
+                requires: {{ requires_any: {{ requirements: [{{ provider_name: p1 }}, {{ allow_missing_or_failed: {{}} }}] }} }}
+              - match: {{ prefix: /open }}
+              - match: {{ prefix: /two }}
+                requires: {{ provider_name: p2 }}
+              - match: {{ prefix: /three }}
+                requirement_name: need3
+              - match: {{ prefix: /post, headers: [{{ name: ":method", string_match: {{ exact: POST }} }}] }}
+                requires: {{ provider_name: p3 }}
+              - match: {{ prefix: / }}
+                requires: {{ provider_name: p1 }}
+"#,
+        keys.rsa_jwks(),
+        keys.ec_jwks(),
+        keys.oct_jwks()
+    )
+}
+
+const ROUTES: &str = r#"            name: local
+            virtual_hosts:
+            - name: main
+              domains: ["*"]
+              routes:
+              - match: { prefix: "/route-disabled" }
+                route: { cluster: a }
+                typed_per_filter_config:
+                  envoy.filters.http.jwt_authn:
+                    "@type": type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.PerRouteConfig
+                    disabled: true
+              - match: { prefix: "/route-named" }
+                route: { cluster: a }
+                typed_per_filter_config:
+                  envoy.filters.http.jwt_authn:
+                    "@type": type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.PerRouteConfig
+                    requirement_name: need3
+              - match: { prefix: "/route-wrong" }
+                route: { cluster: a }
+                typed_per_filter_config:
+                  envoy.filters.http.jwt_authn:
+                    "@type": type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.PerRouteConfig
+                    requirement_name: nope
+              - match: { prefix: "/" }
+                route: { cluster: a }
+"#;
+
+fn boot(keys: &Keys, a: &Upstream) -> String {
+    with_filters(
+        &bootstrap(ROUTES, "", &cluster("a", &[a.addr], "")),
+        &filters(keys),
+    )
+}
+
+/// The upstream headers a case shows.
+const SEEN: &[&str] = &[
+    "authorization",
+    "x-jwt-payload",
+    "x-sub",
+    "x-n",
+    "x-nested",
+    "x-token",
+    "x-two-payload",
+    "cookie",
+];
+
+/// One request: label, method, path, headers.
+type Case = (String, &'static str, String, Vec<(String, String)>);
+
+/// Each request on a fresh connection: its answer and what the upstream saw of it.
+fn run(proxy: &Courier, a: &Upstream, cases: &[Case]) -> Vec<String> {
+    let mut out: Vec<String> = cases
+        .iter()
+        .map(|(label, method, path, headers)| {
+            let before = a.requests.load(Ordering::SeqCst);
+            let h: Vec<(&str, &str)> = headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            let r = Client::connect(proxy.listener).request(method, "example.com", path, &h, b"");
+            let reached = a.requests.load(Ordering::SeqCst) - before;
+            let mut line = format!(
+                "{label}: {} {:?} www-authenticate={:?} upstream={reached}",
+                r.status,
+                r.body_str(),
+                r.header("www-authenticate")
+            );
+            if reached == 1 {
+                let seen = a.last().expect("seen");
+                line.push_str(&format!(" path={}", seen.path));
+                for name in SEEN {
+                    let all: Vec<&str> = seen
+                        .headers
+                        .iter()
+                        .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+                        .map(|(_, v)| v.as_str())
+                        .collect();
+                    if !all.is_empty() {
+                        line.push_str(&format!(" {name}={}", all.join("|")));
+                    }
+                }
+            }
+            line
+        })
+        .collect();
+    for n in [
+        "allowed",
+        "denied",
+        "cors_preflight_bypassed",
+        "jwt_cache_hit",
+        "jwt_cache_miss",
+        "jwks_fetch_success",
+        "jwks_fetch_failed",
+    ] {
+        out.push(format!(
+            "{n}={}",
+            proxy.stat(&format!("http.ingress.jwt_authn.{n}"))
+        ));
+    }
+    out
+}
+
+fn cases(keys: &Keys) -> Vec<Case> {
+    let t = now();
+    let exp = t + 3600;
+    let p1 = |claims: &str| {
+        keys.token(
+            "RS256",
+            r#"{"alg":"RS256","kid":"r1","typ":"JWT"}"#,
+            &format!(r#"{{"iss":"https://issuer.one","aud":"api",{claims}}}"#),
+        )
+    };
+    let good1 = p1(&format!(
+        r#""sub":"alice","num":42,"o":{{"k":"v"}},"exp":{exp}"#
+    ));
+    let good2 = keys.token(
+        "ES256",
+        r#"{"alg":"ES256"}"#,
+        &format!(r#"{{"iss":"issuer.two","sub":"bob","exp":{exp}}}"#),
+    );
+    let good3 = keys.token(
+        "HS256",
+        r#"{"alg":"HS256"}"#,
+        &format!(r#"{{"iss":"issuer.three","exp":{}}}"#, t - 5),
+    );
+    let expired1 = p1(&format!(r#""exp":{}"#, t - 120));
+    let early1 = p1(&format!(r#""nbf":{},"exp":{exp}"#, t + 600));
+    let wrong_iss = keys.token(
+        "RS256",
+        r#"{"alg":"RS256","kid":"r1"}"#,
+        &format!(r#"{{"iss":"https://evil","aud":"api","exp":{exp}}}"#),
+    );
+    let wrong_aud = keys.token(
+        "RS256",
+        r#"{"alg":"RS256","kid":"r1"}"#,
+        &format!(r#"{{"iss":"https://issuer.one","aud":["nope","x"],"exp":{exp}}}"#),
+    );
+    let aud_url = keys.token(
+        "RS256",
+        r#"{"alg":"RS256","kid":"r1"}"#,
+        &format!(r#"{{"iss":"https://issuer.one","aud":"http://svc.example","exp":{exp}}}"#),
+    );
+    // A signature character changed (not the last one, whose low bits are padding).
+    let mut bad_sig = good1.clone().into_bytes();
+    let at = bad_sig.len() - 10;
+    bad_sig[at] = if bad_sig[at] == b'A' { b'B' } else { b'A' };
+    let bad_sig = String::from_utf8(bad_sig).expect("ascii");
+    let other_kid = keys.token(
+        "RS256",
+        r#"{"alg":"RS256","kid":"r2"}"#,
+        &format!(r#"{{"iss":"https://issuer.one","aud":"api","exp":{exp}}}"#),
+    );
+    let none_alg = format!("{}.{}.c2ln", b64(br#"{"alg":"none"}"#), b64(b"{}"));
+    let bearer = |tok: &str| ("authorization".to_string(), format!("Bearer {tok}"));
+    let h = |k: &str, v: &str| (k.to_string(), v.to_string());
+    let case = |label: &str, method: &'static str, path: &str, headers: Vec<(String, String)>| {
+        (label.to_string(), method, path.to_string(), headers)
+    };
+    vec![
+        case(
+            "valid, bearer",
+            "GET",
+            "/x",
+            vec![bearer(&good1), h("x-sub", "spoofed")],
+        ),
+        case("expired", "GET", "/x", vec![bearer(&expired1)]),
+        case("not yet valid", "GET", "/x", vec![bearer(&early1)]),
+        case("wrong issuer", "GET", "/x", vec![bearer(&wrong_iss)]),
+        case("wrong audience", "GET", "/x", vec![bearer(&wrong_aud)]),
+        case("audience as a URL", "GET", "/x", vec![bearer(&aud_url)]),
+        case("bad signature", "GET", "/x?q=1", vec![bearer(&bad_sig)]),
+        case("unknown kid", "GET", "/x", vec![bearer(&other_kid)]),
+        case("alg none", "GET", "/x", vec![bearer(&none_alg)]),
+        case("garbage", "GET", "/x", vec![bearer("abc")]),
+        case("bad base64", "GET", "/x", vec![bearer("a!b.c.d")]),
+        case("missing", "GET", "/x?q=1", vec![]),
+        case("missing, allow_missing", "GET", "/optional", vec![]),
+        case(
+            "bad, allow_missing",
+            "GET",
+            "/optional",
+            vec![bearer(&bad_sig)],
+        ),
+        case(
+            "good, allow_missing",
+            "GET",
+            "/optional",
+            vec![bearer(&good1)],
+        ),
+        case(
+            "access_token parameter",
+            "GET",
+            &format!("/x?z=1&access_token={good1}&a=2"),
+            vec![],
+        ),
+        case(
+            "two tokens, one expired",
+            "GET",
+            &format!("/x?access_token={expired1}"),
+            vec![bearer(&good1)],
+        ),
+        case(
+            "from_headers prefix",
+            "GET",
+            "/two",
+            vec![h("x-token", &format!("Token {good2}"))],
+        ),
+        case(
+            "from_headers without prefix",
+            "GET",
+            "/two",
+            vec![h("x-token", &good2)],
+        ),
+        case(
+            "from_params",
+            "GET",
+            &format!("/two?tok={good2}&b=1"),
+            vec![],
+        ),
+        case(
+            "from_cookies, skew",
+            "GET",
+            "/three",
+            vec![h("cookie", &format!("a=1; jwt={good3}"))],
+        ),
+        case(
+            "requires_any, second",
+            "GET",
+            "/any",
+            vec![h("cookie", &format!("jwt={good3}"))],
+        ),
+        case("requires_any, none", "GET", "/any", vec![]),
+        case(
+            "requires_any, first bad",
+            "GET",
+            "/any",
+            vec![h("x-token", &format!("Token {bad_sig}"))],
+        ),
+        case("requires_all, one", "GET", "/all", vec![bearer(&good1)]),
+        case(
+            "requires_all, both",
+            "GET",
+            "/all",
+            vec![bearer(&good1), h("cookie", &format!("jwt={good3}"))],
+        ),
+        case(
+            "provider_and_audiences",
+            "GET",
+            "/aud",
+            vec![bearer(&good1)],
+        ),
+        case(
+            "allow_missing_or_failed",
+            "GET",
+            "/failed",
+            vec![bearer(&bad_sig)],
+        ),
+        case("no requirement", "GET", "/open", vec![]),
+        case("rule on a header", "POST", "/post", vec![bearer(&good1)]),
+        case("per-route disabled", "GET", "/route-disabled", vec![]),
+        case(
+            "per-route requirement_name",
+            "GET",
+            "/route-named",
+            vec![bearer(&good1)],
+        ),
+        case(
+            "per-route requirement_name, good",
+            "GET",
+            "/route-named",
+            vec![h("cookie", &format!("jwt={good3}"))],
+        ),
+        case(
+            "per-route unknown requirement",
+            "GET",
+            "/route-wrong",
+            vec![],
+        ),
+        case(
+            "CORS preflight",
+            "OPTIONS",
+            "/x",
+            vec![
+                h("origin", "https://a.example"),
+                h("access-control-request-method", "GET"),
+            ],
+        ),
+        case(
+            "OPTIONS, not a preflight",
+            "OPTIONS",
+            "/x",
+            vec![h("origin", "https://a.example")],
+        ),
+    ]
+}
+
+#[test]
+fn jwt_authn_matches_envoy() {
+    let keys = Keys::new();
+    let cases = cases(&keys);
+    let a = Upstream::start("a");
+    let got = run(&Courier::start(&boot(&keys, &a)), &a, &cases);
+    let a = Upstream::start("a");
+    match Courier::start_envoy(&boot(&keys, &a)) {
+        Some(envoy) => {
+            let want = run(&envoy, &a, &cases);
+            for (e, c) in want.iter().zip(&got) {
+                if e != c {
+                    eprintln!("envoy:   {e}\ncourier: {c}");
+                }
+            }
+            assert_eq!(want, got, "envoy vs courier");
+        }
+        None => eprintln!("envoy not on PATH: skipping the jwt_authn differential"),
+    }
+    let line = |label: &str| {
+        got.iter()
+            .find(|l| l.starts_with(&format!("{label}: ")))
+            .cloned()
+            .unwrap_or_default()
+    };
+    let realm = |path: &str, invalid: bool| {
+        let error = if invalid {
+            ", error=\\\"invalid_token\\\""
+        } else {
+            ""
+        };
+        format!("www-authenticate=Some(\"Bearer realm=\\\"http://example.com{path}\\\"{error}\")")
+    };
+    assert!(
+        line("valid, bearer").contains(" x-sub=alice x-n=42 x-nested=v"),
+        "{}",
+        line("valid, bearer")
+    );
+    assert!(!line("valid, bearer").contains("authorization="));
+    assert!(line("expired").starts_with("expired: 401 \"Jwt is expired\""));
+    assert!(
+        line("expired").contains(&realm("/x", true)),
+        "{}",
+        line("expired")
+    );
+    assert!(
+        line("missing").contains(&realm("/x?q=1", false)),
+        "{}",
+        line("missing")
+    );
+    assert!(line("wrong audience").contains(": 403 \"Audiences in Jwt are not allowed\""));
+    assert!(line("bad signature").contains("401 \"Jwt verification fails\""));
+    assert!(line("access_token parameter").contains("path=/x?a=2&z=1 "));
+    assert!(line("from_headers prefix").contains(" x-token=Token "));
+    assert!(line("from_headers prefix").contains("=="), "padded payload");
+    assert!(line("missing, allow_missing").contains(": 200 "));
+    assert!(line("allow_missing_or_failed").contains(": 200 "));
+    assert!(line("requires_all, both").contains(": 200 "));
+    assert!(line("per-route disabled").contains(": 200 "));
+    assert!(line("per-route unknown requirement").contains("403 \"Failed JWT authentication: Wrong requirement_name: nope. It should be one of [need1,need3]\""));
+    assert!(line("CORS preflight").contains(": 200 "));
+    let counters: Vec<&str> = got[got.len() - 7..].iter().map(String::as_str).collect();
+    assert_eq!(
+        counters,
+        [
+            "allowed=15",
+            "denied=21",
+            "cors_preflight_bypassed=1",
+            "jwt_cache_hit=0",
+            "jwt_cache_miss=24",
+            "jwks_fetch_success=0",
+            "jwks_fetch_failed=0"
+        ]
+    );
+}
+
+/// What Courier does not act on is refused by its path; the base config validates.
+#[test]
+fn jwt_authn_refuses_what_it_does_not_build() {
+    let keys = Keys::new();
+    let a = Upstream::start("a");
+    let base = boot(&keys, &a);
+    let p2 = "                  forward: true\n";
+    let refused = |field: &str| format!("{p2}                  {field}\n");
+    let top = "              bypass_cors_preflight: true\n";
+    let at_top = |field: &str| format!("{top}              {field}\n");
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            p2,
+            refused("payload_in_metadata: m"),
+            "providers[p2].payload_in_metadata",
+        ),
+        (
+            p2,
+            refused("header_in_metadata: m"),
+            "providers[p2].header_in_metadata",
+        ),
+        (
+            p2,
+            refused("normalize_payload_in_metadata: {}"),
+            "providers[p2].normalize_payload_in_metadata",
+        ),
+        (
+            p2,
+            refused("jwt_cache_config: {}"),
+            "providers[p2].jwt_cache_config",
+        ),
+        (
+            p2,
+            refused("max_lifetime: 10s"),
+            "providers[p2].max_lifetime",
+        ),
+        (
+            p2,
+            refused("require_expiration: true"),
+            "providers[p2].require_expiration",
+        ),
+        (
+            p2,
+            refused("subjects: { prefix: a }"),
+            "providers[p2].subjects",
+        ),
+        (top, at_top("stat_prefix: s"), ".stat_prefix"),
+        (
+            top,
+            at_top("filter_state_rules: { name: f }"),
+            ".filter_state_rules",
+        ),
+    ];
+    let cases: Vec<(&str, &str, &str)> =
+        cases.iter().map(|(f, t, w)| (*f, t.as_str(), *w)).collect();
+    assert_refused_by_path(&base, &cases);
+    // `remote_jwks` instead of `local_jwks`.
+    let local = base
+        .lines()
+        .find(|l| l.contains("local_jwks") && l.contains("\"oct\""))
+        .expect("p3's jwks")
+        .to_string();
+    assert_refused_by_path(
+        &base,
+        &[(
+            local.as_str(),
+            "                  remote_jwks: { http_uri: { uri: \"http://a/jwks\", cluster: a, timeout: 1s } }",
+            "providers[p3].remote_jwks",
+        )],
+    );
+}

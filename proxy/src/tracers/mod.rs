@@ -175,7 +175,8 @@ pub struct HttpTracing {
     egress: bool,
     /// `spawn_upstream_span`: a child span per upstream attempt.
     spawn_upstream_span: bool,
-    tracer: Tracer,
+    /// None without a provider (Envoy's null tracer).
+    tracer: Option<Tracer>,
     stats: TracingStats,
 }
 
@@ -205,23 +206,25 @@ impl HttpTracing {
         if let Some((field, _)) = refused.iter().find(|(_, set)| *set) {
             return Err(ConfigError::unsupported(format!("tracing.{field}")));
         }
-        let (name, typed) = match (&t.provider, bootstrap) {
-            (Some(p), _) => (p.name.as_str(), p.config_type.as_ref()),
-            (None, Some(b)) => (b.name.as_str(), b.config_type.as_ref()),
-            (None, None) => {
-                return Err(ConfigError::new(
-                    "tracing.provider",
-                    "a tracer is required: tracing.provider, or the bootstrap's tracing.http",
-                ))
-            }
+        let provider = match (&t.provider, bootstrap) {
+            (Some(p), _) => Some((p.name.as_str(), p.config_type.as_ref())),
+            (None, Some(b)) => Some((b.name.as_str(), b.config_type.as_ref())),
+            // As Envoy's null tracer: requests are still decided on and their
+            // `x-request-id` marked, and no span is sent anywhere.
+            (None, None) => None,
         };
-        use courier_proto::envoy::config::trace::v3::tracing::http::ConfigType;
-        let any = typed.map(|ConfigType::TypedConfig(a)| a);
-        let found = TRACERS
-            .resolve(any, name, false, "tracing.provider")?
-            .ok_or_else(|| ConfigError::new("tracing.provider", "unknown tracer"))?;
-        let config = found.config.unwrap_or_default();
-        let tracer = (found.factory.build)(&config, store).map_err(|e| e.at("tracing.provider"))?;
+        let tracer = match provider {
+            Some((name, typed)) => {
+                use courier_proto::envoy::config::trace::v3::tracing::http::ConfigType;
+                let any = typed.map(|ConfigType::TypedConfig(a)| a);
+                let found = TRACERS
+                    .resolve(any, name, false, "tracing.provider")?
+                    .ok_or_else(|| ConfigError::new("tracing.provider", "unknown tracer"))?;
+                let config = found.config.unwrap_or_default();
+                Some((found.factory.build)(&config, store).map_err(|e| e.at("tracing.provider"))?)
+            }
+            None => None,
+        };
         let mut custom_tags = Vec::new();
         for (i, tag) in t.custom_tags.iter().enumerate() {
             let at = format!("tracing.custom_tags[{i}]");
@@ -330,7 +333,7 @@ impl HttpTracing {
     /// the others take Envoy's operation name, `ingress` or `egress <authority>`.
     pub fn default_span_name(&self, authority: &str) -> String {
         match (&self.tracer, self.egress) {
-            (Tracer::Zipkin(_), _) => authority.to_string(),
+            (Some(Tracer::Zipkin(_)), _) => authority.to_string(),
             (_, false) => "ingress".to_string(),
             (_, true) => format!("egress {authority}"),
         }
@@ -355,6 +358,17 @@ impl HttpTracing {
         headers: &mut HeaderMap,
         req: &SpanStart<'_>,
     ) -> ActiveSpan {
+        if self.tracer.is_none() {
+            // No tracer: nothing would read the tags.
+            return ActiveSpan {
+                span: Started::Null,
+                tags: Vec::new(),
+                custom_from: 0,
+                spawns: false,
+                upstream: None,
+                ended: Vec::new(),
+            };
+        }
         let mut tags: Vec<(Cow<'static, str>, String)> = Vec::with_capacity(20);
         let mut tag = |k: &'static str, v: &str| tags.push((Cow::Borrowed(k), v.to_string()));
         let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
@@ -415,12 +429,13 @@ impl HttpTracing {
         // With a span per attempt, the request's own span is the server side of this hop.
         let client = self.egress && !self.spawn_upstream_span;
         let span = match &self.tracer {
-            Tracer::Zipkin(z) => Started::Zipkin(z.start(traced, client, headers), z.clone()),
-            Tracer::OpenTelemetry(o) => match o.start(traced, client, headers) {
+            Some(Tracer::Zipkin(z)) => Started::Zipkin(z.start(traced, client, headers), z.clone()),
+            Some(Tracer::OpenTelemetry(o)) => match o.start(traced, client, headers) {
                 Some(span) => Started::OpenTelemetry(span, o.clone()),
                 None => Started::Null,
             },
-            Tracer::Datadog(d) => Started::Datadog(d.start(traced, headers), d.clone()),
+            Some(Tracer::Datadog(d)) => Started::Datadog(d.start(traced, headers), d.clone()),
+            None => Started::Null,
         };
         ActiveSpan {
             span,

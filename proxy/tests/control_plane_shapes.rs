@@ -20,7 +20,10 @@ const SHAPES: &[(&str, Option<&str>)] = &[
         Some("typed_extension_protocol_options[\"envoy.extensions.upstreams.http.v3.HttpProtocolOptions\"].use_downstream_protocol_config"),
     ),
     ("kuma.yaml", None),
-    ("contour.yaml", Some("static_resources.listeners[0].socket_options")),
+    (
+        "contour.yaml",
+        Some("routes[0].request_headers_to_add[0].header.value: Invalid header configuration. Format string contains unsupported command '%START_TIME(%'"),
+    ),
 ];
 
 fn shape(name: &str) -> String {

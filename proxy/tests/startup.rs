@@ -286,3 +286,41 @@ fn settings_not_acted_on_are_refused_by_path() {
     );
     assert_eq!(f.status.code(), Some(0), "{}", f.stderr);
 }
+
+/// `good_yaml` with `socket_options` on its listener.
+fn with_socket_options(port: u16, options: &str) -> String {
+    good_yaml(port).replacen(
+        "    filter_chains:",
+        &format!("    socket_options: {options}\n    filter_chains:"),
+        1,
+    )
+}
+
+#[test]
+fn listener_socket_options_are_set_at_their_state() {
+    // SO_KEEPALIVE before bind, IP_TOS once listening (Contour's DSCP mark), and an
+    // IPv6-only one that an IPv4 socket skips: the listener serves.
+    let port = 0;
+    let ok = with_socket_options(
+        port,
+        "[{ level: 1, name: 9, int_value: 1, state: STATE_PREBIND }, { level: 0, name: 1, int_value: 72, state: STATE_LISTENING }, { level: 41, name: 67, int_value: 72, state: STATE_LISTENING, ip_version: SOCKET_IP_VERSION_IPV6 }]",
+    );
+    let f = run_with_config("init_only", &ok);
+    assert_eq!(f.status.code(), Some(0), "{}", f.stderr);
+    // One the kernel refuses fails the listener at start-up, naming it.
+    let bad = with_socket_options(
+        0,
+        "[{ level: 1, name: 999999, int_value: 1, state: STATE_BOUND }]",
+    );
+    let f = run_with_config("serve", &bad);
+    assert_one_line_error(
+        &f,
+        &["static_resources.listeners[0].address", "name 999999"],
+    );
+    // A value out of a C int's range is refused when the config is read.
+    let f = run_with_config(
+        "validate",
+        &with_socket_options(port, "[{ level: 1, name: 9, int_value: 4294967296 }]"),
+    );
+    assert_one_line_error(&f, &["socket_options[0].int_value"]);
+}

@@ -107,6 +107,8 @@ pub struct ListenerConfig {
     pub default_chain: Option<Arc<FilterChain>>,
     /// `listener_filters`: the TLS inspector, if configured.
     pub tls_inspector: Option<TlsInspector>,
+    /// `socket_options`, set on its sockets.
+    pub socket_options: Vec<super::socket_options::SocketOption>,
     /// The HTTP inspector, when its listener filters have it.
     pub http_inspector: Option<super::http_inspector::HttpInspector>,
     /// The original destination filter (or `use_original_dst`): a redirected
@@ -307,7 +309,6 @@ pub fn compile_listener(
             "transparent",
             proto.transparent.as_ref().is_some_and(|v| v.value),
         ),
-        ("socket_options", !proto.socket_options.is_empty()),
     ] {
         if set {
             return Err(ConfigError::unsupported(field));
@@ -382,6 +383,7 @@ pub fn compile_listener(
         default_chain,
         tls_inspector: listener_filters.tls_inspector,
         http_inspector: listener_filters.http_inspector,
+        socket_options: super::socket_options::compile(&proto.socket_options, "socket_options")?,
         // `use_original_dst` adds the original destination filter, as in Envoy.
         restore_original_dst: use_original_dst || listener_filters.original_dst,
         use_original_dst,

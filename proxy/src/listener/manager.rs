@@ -183,6 +183,8 @@ impl ListenerManager {
                 e.config.address == config.address
                     && e.config.ipv4_compat == config.ipv4_compat
                     && e.config.bind_to_port == config.bind_to_port
+                    // New options, new sockets (bound beside the old ones).
+                    && e.config.socket_options == config.socket_options
             });
         let (bound, sockets) = match same_address {
             // Reached only through another listener's hand-off: nothing to bind.
@@ -202,6 +204,7 @@ impl ListenerManager {
                 config.backlog,
                 config.ipv4_compat,
                 self.tls.concurrency(),
+                &config.socket_options,
             ) {
                 Ok(b) => b,
                 Err(e) => {

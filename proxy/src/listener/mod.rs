@@ -12,6 +12,7 @@ mod new_connection;
 pub mod original_dst;
 pub mod proxy_protocol;
 mod socket;
+mod socket_options;
 pub mod tls_inspector;
 
 pub use active_tcp_listener::ActiveTcpListener;

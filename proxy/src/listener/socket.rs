@@ -5,6 +5,8 @@ use std::net::{SocketAddr, TcpListener};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
+use super::socket_options::{apply, SocketOption, State};
+
 /// Binds the sockets for a listener: with `reuse_port`, one SO_REUSEPORT socket per worker
 /// (the kernel spreads connections); without, one socket shared by all workers. A port of
 /// 0 is resolved by the first bind and reused for the rest.
@@ -14,6 +16,7 @@ pub fn bind_listener_sockets(
     backlog: u32,
     ipv4_compat: bool,
     workers: usize,
+    options: &[SocketOption],
 ) -> io::Result<(SocketAddr, Vec<TcpListener>)> {
     let count = if reuse_port { workers.max(1) } else { 1 };
     let mut sockets = Vec::with_capacity(count);
@@ -33,8 +36,12 @@ pub fn bind_listener_sockets(
             socket.set_only_v6(!ipv4_compat)?;
         }
         socket.set_nonblocking(true)?;
+        let v6 = bound.is_ipv6();
+        apply(options, State::Prebind, &socket, v6)?;
         socket.bind(&bound.into())?;
+        apply(options, State::Bound, &socket, v6)?;
         socket.listen(backlog.min(i32::MAX as u32) as i32)?;
+        apply(options, State::Listening, &socket, v6)?;
         if bound.port() == 0 {
             if let Some(local) = socket.local_addr()?.as_socket() {
                 bound = local;

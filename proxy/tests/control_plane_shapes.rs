@@ -22,7 +22,7 @@ const SHAPES: &[(&str, Option<&str>)] = &[
     ("kuma.yaml", None),
     (
         "contour.yaml",
-        Some("routes[0].request_headers_to_add[0].header.value: Invalid header configuration. Format string contains unsupported command '%START_TIME(%'"),
+        Some("http_filters[2].typed_config.enable_upstream_stats"),
     ),
 ];
 

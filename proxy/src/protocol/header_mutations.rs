@@ -33,6 +33,9 @@ enum Part {
     Protocol,
     UpstreamRemoteAddress,
     RequestHeader(HeaderName),
+    /// `%START_TIME%`, `%START_TIME(<format>)%`, `%START_TIME_LOCAL…%`: the request's
+    /// start.
+    StartTime(Box<crate::access_log::time_format::TimeFormat>),
 }
 
 /// A header value with Envoy's `%...%` substitutions.
@@ -55,6 +58,8 @@ pub struct FormatContext<'a> {
     pub upstream: Option<std::net::SocketAddr>,
     /// Request headers.
     pub request: Option<&'a HeaderMap>,
+    /// When the request started (`None`: the time the value is made).
+    pub start: Option<std::time::SystemTime>,
 }
 
 impl ValueFormat {
@@ -71,7 +76,14 @@ impl ValueFormat {
                 rest = stripped;
                 continue;
             }
-            let Some(end) = after.find('%') else {
+            // A time format holds `%`s of its own: the command ends at `)%`.
+            let end = if after.starts_with("START_TIME(") || after.starts_with("START_TIME_LOCAL(")
+            {
+                after.find(")%").map(|i| i + 1)
+            } else {
+                after.find('%')
+            };
+            let Some(end) = end else {
                 return Err(ConfigError::new(
                     path,
                     format!(
@@ -87,6 +99,22 @@ impl ValueFormat {
                 "DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT" => Part::DownstreamLocalAddressNoPort,
                 "PROTOCOL" => Part::Protocol,
                 "UPSTREAM_REMOTE_ADDRESS" => Part::UpstreamRemoteAddress,
+                "START_TIME" => Part::StartTime(Box::new(
+                    crate::access_log::time_format::TimeFormat::new("%Y-%m-%dT%H:%M:%E3SZ", false),
+                )),
+                "START_TIME_LOCAL" => Part::StartTime(Box::new(
+                    crate::access_log::time_format::TimeFormat::new("%Y-%m-%dT%H:%M:%E3S%z", true),
+                )),
+                c if (c.starts_with("START_TIME(") || c.starts_with("START_TIME_LOCAL("))
+                    && c.ends_with(')') =>
+                {
+                    let local = c.starts_with("START_TIME_LOCAL(");
+                    let open = c.find('(').unwrap_or(0);
+                    let format = &c[open + 1..c.len() - 1];
+                    Part::StartTime(Box::new(crate::access_log::time_format::TimeFormat::new(
+                        format, local,
+                    )))
+                }
                 c if c.starts_with("REQ(") && c.ends_with(')') => {
                     let name = &c[4..c.len() - 1];
                     let name = name.split('?').next().unwrap_or(name);
@@ -156,6 +184,9 @@ impl ValueFormat {
                     if let Some(a) = cx.upstream {
                         out.push_str(&a.to_string())
                     }
+                }
+                Part::StartTime(f) => {
+                    out.push_str(&f.format(cx.start.unwrap_or_else(std::time::SystemTime::now)))
                 }
                 Part::RequestHeader(h) => {
                     if let Some(v) = cx

@@ -125,6 +125,7 @@ pub async fn serve(
     let log = RequestLog::of(&cfg, &req);
     let mut outcome = Outcome {
         flags: "-",
+        start: Some(start_wall),
         log: log.as_ref().map(|_| Box::default()),
         ..Default::default()
     };
@@ -607,6 +608,7 @@ pub(crate) async fn process(
             None => [&per_filter::NONE; 3],
         },
         to_cluster: routed.is_some_and(|(_, route)| matches!(route.action, Action::Route(_))),
+        start: outcome.start,
     };
     let upgrade = upgrade_request(&s, &mut req);
     let mut marks = FilterMarks {
@@ -756,6 +758,8 @@ struct Stream<'a> {
     /// Whether the route sends the request to a cluster (not a redirect or a direct
     /// response).
     to_cluster: bool,
+    /// When the request started (for `%START_TIME%` in header values).
+    start: Option<SystemTime>,
 }
 
 impl<'a> Stream<'a> {
@@ -778,6 +782,7 @@ impl<'a> Stream<'a> {
             protocol: self.protocol,
             upstream,
             request,
+            start: self.start,
         }
     }
 }

@@ -1252,6 +1252,8 @@ pub(crate) async fn send_h1_upgrade(
 #[derive(Default)]
 pub(crate) struct Outcome {
     pub(crate) flags: &'static str,
+    /// When the request started (wall clock), for what formats `%START_TIME%`.
+    pub(crate) start: Option<std::time::SystemTime>,
     /// Envoy's response code details, once known (empty before); those built at run time
     /// are in `log` (set through [`Outcome::ended`] and [`Outcome::set_details`]).
     pub(crate) details: &'static str,

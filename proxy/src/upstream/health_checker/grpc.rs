@@ -74,6 +74,7 @@ impl GrpcCheck {
                 protocol: "HTTP/2",
                 upstream: Some(host),
                 request: None,
+                start: None,
             },
         );
         req

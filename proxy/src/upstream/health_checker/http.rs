@@ -185,6 +185,7 @@ impl HttpCheck {
                 protocol: if self.http2 { "HTTP/2" } else { "HTTP/1.1" },
                 upstream: Some(host),
                 request: None,
+                start: None,
             },
         );
         let body = self.send.clone().unwrap_or_default();

@@ -125,6 +125,7 @@ pub(crate) async fn check(
                 protocol: c.protocol,
                 upstream: None,
                 request: Some(req.headers()),
+                start: None,
             };
             h.request(&fields, body.as_ref(), &cx)
         }

@@ -28,3 +28,23 @@ pub struct ResponseMessage {
     /// Its trailers, if it had any.
     pub trailers: Option<HeaderMap>,
 }
+
+impl ResponseMessage {
+    /// The message of a unary gRPC call's answer, if the call succeeded: `200`,
+    /// `grpc-status: 0` (in the trailers, or the head of a trailers-only answer), one
+    /// whole uncompressed message.
+    pub fn grpc_message(&self) -> Option<Bytes> {
+        if self.head.status != http::StatusCode::OK {
+            return None;
+        }
+        let status = self
+            .trailers
+            .as_ref()
+            .and_then(|t| t.get("grpc-status"))
+            .or_else(|| self.head.headers.get("grpc-status"))?;
+        if status.as_bytes() != b"0" {
+            return None;
+        }
+        crate::protocol::grpc_frame::unary_message(&self.body)
+    }
+}

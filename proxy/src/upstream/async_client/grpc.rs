@@ -146,7 +146,7 @@ impl GrpcClient {
     /// The fields a call carries besides gRPC's own: `initial_metadata`, and
     /// `x-envoy-internal: true` unless `skip_envoy_headers` (for a worker's own calls,
     /// which do not go through tonic).
-    pub fn call_headers(&self, headers: &mut http::HeaderMap) {
+    fn call_headers(&self, headers: &mut http::HeaderMap) {
         for (k, v) in &self.metadata {
             if let (Ok(k), Ok(v)) = (
                 http::HeaderName::from_bytes(k.as_str().as_bytes()),
@@ -157,6 +157,35 @@ impl GrpcClient {
         }
         if self.envoy_headers {
             headers.insert("x-envoy-internal", http::HeaderValue::from_static("true"));
+        }
+    }
+
+    /// A unary call of `path` (`/<service>/<method>`) carrying `message`, as a worker
+    /// sends it itself: gRPC's fields, the call's `timeout` as `grpc-timeout`, the
+    /// service's metadata, the message framed.
+    pub fn unary_call(
+        &self,
+        path: &str,
+        message: &impl prost::Message,
+        timeout: Duration,
+    ) -> crate::protocol::message::RequestMessage<bytes::Bytes> {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/grpc"),
+        );
+        headers.insert(http::header::TE, http::HeaderValue::from_static("trailers"));
+        headers.insert(
+            "grpc-timeout",
+            crate::protocol::grpc::timeout_value(timeout),
+        );
+        self.call_headers(&mut headers);
+        crate::protocol::message::RequestMessage {
+            method: http::Method::POST,
+            path: path.to_owned(),
+            authority: self.authority().to_owned(),
+            headers,
+            body: crate::protocol::grpc_frame::frame(message),
         }
     }
 

@@ -9,7 +9,7 @@ use courier_proto::envoy::config::core::v3::header_value_option::HeaderAppendAct
 use courier_proto::envoy::config::core::v3::HeaderValueOption;
 use courier_proto::envoy::service::auth::v3::check_response::HttpResponse;
 use courier_proto::envoy::service::auth::v3::{CheckRequest, CheckResponse};
-use http::{HeaderMap, HeaderValue, Method, StatusCode};
+use http::StatusCode;
 use prost::Message as _;
 
 use super::verdict::{field, Allowed, Denied, Verdict};
@@ -33,42 +33,14 @@ pub struct GrpcService {
 impl GrpcService {
     /// The call carrying `check`.
     pub fn request(&self, check: &CheckRequest) -> RequestMessage<Bytes> {
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            http::header::CONTENT_TYPE,
-            HeaderValue::from_static("application/grpc"),
-        );
-        headers.insert(http::header::TE, HeaderValue::from_static("trailers"));
-        headers.insert(
-            "grpc-timeout",
-            crate::protocol::grpc::timeout_value(self.timeout),
-        );
-        self.client.call_headers(&mut headers);
-        RequestMessage {
-            method: Method::POST,
-            path: CHECK_PATH.to_owned(),
-            authority: self.client.authority().to_owned(),
-            headers,
-            body: crate::protocol::grpc_frame::frame(check),
-        }
+        self.client.unary_call(CHECK_PATH, check, self.timeout)
     }
 }
 
 /// The decision the service's answer holds; a call that failed (a non-200 answer, a
 /// `grpc-status` other than OK, a message that does not decode) is an error.
 pub fn verdict(answer: &ResponseMessage) -> Verdict {
-    if answer.head.status != StatusCode::OK {
-        return Verdict::Error;
-    }
-    let status = answer
-        .trailers
-        .as_ref()
-        .and_then(|t| t.get("grpc-status"))
-        .or_else(|| answer.head.headers.get("grpc-status"));
-    if status.map(HeaderValue::as_bytes) != Some(b"0") {
-        return Verdict::Error;
-    }
-    let Some(message) = crate::protocol::grpc_frame::unary_message(&answer.body) else {
+    let Some(message) = answer.grpc_message() else {
         return Verdict::Error;
     };
     let Ok(response) = CheckResponse::decode(message) else {

@@ -40,7 +40,7 @@ use courier_proto::envoy::extensions::common::ratelimit::v3 as common_pb;
 use courier_proto::envoy::extensions::filters::http::ratelimit::v3 as pb;
 use courier_proto::envoy::service::ratelimit::v3::rate_limit_response::Code;
 use courier_proto::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
 use prost::Message as _;
 
 use crate::config::ConfigError;
@@ -351,24 +351,8 @@ impl RateLimitFilter {
                 .collect(),
             hits_addend: 0,
         };
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            http::header::CONTENT_TYPE,
-            HeaderValue::from_static("application/grpc"),
-        );
-        headers.insert(http::header::TE, HeaderValue::from_static("trailers"));
-        headers.insert(
-            "grpc-timeout",
-            crate::protocol::grpc::timeout_value(self.timeout),
-        );
-        self.service.call_headers(&mut headers);
-        RequestMessage {
-            method: Method::POST,
-            path: SHOULD_RATE_LIMIT.to_owned(),
-            authority: self.service.authority().to_owned(),
-            headers,
-            body: crate::protocol::grpc_frame::frame(&message),
-        }
+        self.service
+            .unary_call(SHOULD_RATE_LIMIT, &message, self.timeout)
     }
 
     /// What the service's answer (`None`: the call failed) makes of the request.
@@ -479,19 +463,7 @@ fn fields(list: &[PbHeaderValue]) -> Vec<(HeaderName, HeaderValue)> {
 
 /// The service's answer, if the call succeeded: `200`, `grpc-status: 0`, one message.
 fn decode(answer: &ResponseMessage) -> Option<RateLimitResponse> {
-    if answer.head.status != StatusCode::OK {
-        return None;
-    }
-    let status = answer
-        .trailers
-        .as_ref()
-        .and_then(|t| t.get("grpc-status"))
-        .or_else(|| answer.head.headers.get("grpc-status"))?;
-    if status.as_bytes() != b"0" {
-        return None;
-    }
-    let message = crate::protocol::grpc_frame::unary_message(&answer.body)?;
-    RateLimitResponse::decode(message).ok()
+    RateLimitResponse::decode(answer.grpc_message()?).ok()
 }
 
 /// A rate limit unit's window in seconds (none for an unknown unit).

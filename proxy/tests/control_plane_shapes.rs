@@ -17,7 +17,7 @@ const SHAPES: &[(&str, Option<&str>)] = &[
     ),
     (
         "istio-sidecar.yaml",
-        Some("typed_extension_protocol_options[\"envoy.extensions.upstreams.http.v3.HttpProtocolOptions\"].use_downstream_protocol_config"),
+        Some("static_resources.listeners[0].filter_chains[0].filters[1].typed_config.request_id_extension"),
     ),
     ("kuma.yaml", None),
     (

@@ -369,6 +369,10 @@ pub struct ClusterInfo {
     /// `auto_config`: each connection speaks what TLS's ALPN negotiates (`h2` or
     /// `http/1.1`); `http2` is then false and the pool learns each host's protocol.
     pub http_auto: bool,
+    /// `use_downstream_protocol_config`: each request goes upstream in its downstream
+    /// protocol (HTTP/1.x as HTTP/1.1, HTTP/2 as HTTP/2), its connections pooled apart;
+    /// `http2` and `http_auto` are then false.
+    pub http_downstream: bool,
     /// `upstream_http_protocol_options.auto_sni`: each request names its upstream
     /// connection's server.
     pub auto_sni: Option<AutoSni>,
@@ -449,6 +453,7 @@ impl ClusterInfo {
             thresholds: self.thresholds,
             http2: self.http2,
             http_auto: self.http_auto,
+            http_downstream: self.http_downstream,
             auto_sni: self.auto_sni.clone(),
             http2_options: self.http2_options,
             http1_trailers: self.http1_trailers,
@@ -605,6 +610,7 @@ pub fn compile_cluster_reporting(
     let UpstreamHttp {
         http2,
         http_auto,
+        http_downstream,
         auto_sni,
         http2_options,
         http1_trailers,
@@ -716,6 +722,7 @@ pub fn compile_cluster_reporting(
         thresholds,
         http2,
         http_auto,
+        http_downstream,
         auto_sni,
         http2_options,
         http1_trailers,
@@ -862,6 +869,7 @@ fn thresholds(proto: &pb::Cluster) -> Thresholds {
 struct UpstreamHttp {
     http2: bool,
     http_auto: bool,
+    http_downstream: bool,
     auto_sni: Option<AutoSni>,
     http2_options: H2Options,
     http1_trailers: bool,
@@ -940,6 +948,7 @@ fn parse_conn_lifetime(
 fn upstream_http(proto: &pb::Cluster) -> Result<UpstreamHttp, ConfigError> {
     let mut http2 = proto.http2_protocol_options.is_some();
     let mut http_auto = false;
+    let mut http_downstream = false;
     let mut auto_sni = AutoSni::compile(
         proto.upstream_http_protocol_options.as_ref(),
         "upstream_http_protocol_options",
@@ -1034,10 +1043,24 @@ fn upstream_http(proto: &pb::Cluster) -> Result<UpstreamHttp, ConfigError> {
                     _ => {}
                 }
             }
-            Some(UpstreamProtocolOptions::UseDownstreamProtocolConfig(_)) => {
-                return Err(ConfigError::unsupported(format!(
-                    "{path}.use_downstream_protocol_config"
-                )))
+            Some(UpstreamProtocolOptions::UseDownstreamProtocolConfig(c)) => {
+                let at = format!("{path}.use_downstream_protocol_config");
+                if c.http3_protocol_options.is_some() {
+                    return Err(ConfigError::unsupported(format!(
+                        "{at}.http3_protocol_options"
+                    )));
+                }
+                http2 = false;
+                http_downstream = true;
+                if let Some(o) = &c.http_protocol_options {
+                    http1_trailers = o.enable_trailers;
+                    http1_key_format =
+                        KeyFormat::compile(Some(o), &format!("{at}.http_protocol_options"))?;
+                }
+                http2_options = H2Options::compile_client(
+                    c.http2_protocol_options.as_ref(),
+                    &format!("{at}.http2_protocol_options"),
+                )?;
             }
             Some(UpstreamProtocolOptions::AutoConfig(c)) => {
                 let at = format!("{path}.auto_config");
@@ -1069,6 +1092,7 @@ fn upstream_http(proto: &pb::Cluster) -> Result<UpstreamHttp, ConfigError> {
     Ok(UpstreamHttp {
         http2,
         http_auto,
+        http_downstream,
         auto_sni,
         http2_options,
         http1_trailers,

@@ -528,8 +528,11 @@ pub(crate) async fn forward(
         };
         // Upgrades are built in the HTTP/1.1 form whatever the cluster's protocol; for an
         // HTTP/2 cluster, `send_upgrade` makes an extended CONNECT of it.
-        let h2_upstream = cluster.http2 && !is_upgrade;
-        let span_protocol = if cluster.http2 { "HTTP/2" } else { "HTTP/1.1" };
+        // `use_downstream_protocol_config`: the downstream connection's protocol.
+        let cluster_h2 =
+            cluster.http2 || (cluster.http_downstream && conn.http2.get() == Some(true));
+        let h2_upstream = cluster_h2 && !is_upgrade;
+        let span_protocol = if cluster_h2 { "HTTP/2" } else { "HTTP/1.1" };
         let mut head = http::request::Builder::new()
             .method(parts.method.clone())
             .version(if h2_upstream {
@@ -1154,7 +1157,9 @@ pub(crate) async fn send_upgrade(
     sinks.attempt(worker);
     // The cluster's stream duration runs from here, the tunnel included, as Envoy's.
     let upstream_ends = cluster.stream_limits.attempt_ends();
-    let sent = if cluster.http2 {
+    let h2 =
+        cluster.http2 || (cluster.http_downstream && downstream_conn.http2.get() == Some(true));
+    let sent = if h2 {
         rt::timeout(upstream_ends, upgrade::send_extended_connect(io, req)).await
     } else {
         rt::timeout(upstream_ends, send_h1_upgrade(io, req)).await

@@ -45,6 +45,10 @@ pub struct ConnKey {
     /// destination) addresses its PROXY header names (a connection serves one downstream
     /// connection's requests, as Envoy pools them).
     pub downstream: Option<(SocketAddr, SocketAddr)>,
+    /// Under `use_downstream_protocol_config`: the request came over HTTP/2, so it goes
+    /// on the host's HTTP/2 connections (Envoy keys its pools by protocol the same way);
+    /// false for every other cluster, whose protocol is the cluster's.
+    pub h2: bool,
 }
 
 impl ConnKey {
@@ -54,6 +58,7 @@ impl ConnKey {
             addr,
             name: name.cloned(),
             downstream: None,
+            h2: false,
         }
     }
 }
@@ -843,10 +848,12 @@ impl ClusterPool {
         }
     }
 
-    /// Whether requests to `addr` go on HTTP/2 connections: the cluster's protocol, or
-    /// under `auto_config` what the host negotiated last.
+    /// Whether requests to `addr` go on HTTP/2 connections: the cluster's protocol, under
+    /// `use_downstream_protocol_config` the request's, or under `auto_config` what the
+    /// host negotiated last.
     fn speaks_h2(&self, cluster: &ClusterInfo, key: &ConnKey) -> bool {
         cluster.http2
+            || key.h2
             || (cluster.http_auto && self.hosts.borrow().get(key).is_some_and(|h| h.alpn_h2))
     }
 
@@ -968,7 +975,7 @@ impl ClusterPool {
                 key: key.clone(),
             }
         });
-        let alpn = if cluster.http2 {
+        let alpn = if cluster.http2 || key.h2 {
             AlpnFallback::Http2
         } else if cluster.http_auto {
             AlpnFallback::Auto
@@ -1009,7 +1016,7 @@ impl ClusterPool {
             }
             h2
         } else {
-            cluster.http2
+            cluster.http2 || key.h2
         };
         if h2 {
             let peer = Rc::new(PeerSettings::default());

@@ -66,10 +66,16 @@ pub(crate) async fn send_once(
     // written) goes on another one; a request written whole is never sent twice.
     // A complete body (none, or buffered for retries) goes through Courier's own HTTP/1
     // client; a streamed one through hyper's.
-    let raw_body = (!cluster.http2).then(|| req.body().bytes()).flatten();
+    // Under `use_downstream_protocol_config` the router built the request in its
+    // downstream protocol's form, which names the connections it goes on.
+    let downstream_h2 = cluster.http_downstream && req.version() == Version::HTTP_2;
+    let raw_body = (!cluster.http2 && !downstream_h2)
+        .then(|| req.body().bytes())
+        .flatten();
     // Under `auto_sni`, only connections opened with this request's server name serve it.
     let name = cluster.auto_sni.as_ref().and_then(|a| a.name_for(&req));
     let mut key = pool::ConnKey::new(host.address, name.as_ref());
+    key.h2 = downstream_h2;
     if cluster.proxy_protocol.is_some() {
         key.downstream = addrs.downstream;
     }

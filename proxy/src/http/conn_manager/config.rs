@@ -230,6 +230,9 @@ pub struct HcmConfig {
     pub local_address: std::net::IpAddr,
     /// `xff_num_trusted_hops`.
     pub xff_num_trusted_hops: u32,
+    /// `original_ip_detection_extensions`: where the client's address is read instead
+    /// (`None`: `use_remote_address` and `xff_num_trusted_hops` say).
+    pub original_ip: Option<crate::http::conn_manager::original_ip::OriginalIpDetection>,
     /// `internal_address_config`: which requests are internal.
     pub internal_addresses: crate::http::conn_manager::internal_address::InternalAddresses,
     /// `skip_xff_append`.
@@ -383,6 +386,11 @@ impl HcmConfig {
                 proto.internal_address_config.as_ref(),
                 "internal_address_config",
             )?;
+        let original_ip = crate::http::conn_manager::original_ip::OriginalIpDetection::compile(
+            &proto.original_ip_detection_extensions,
+            proto.use_remote_address.as_ref().is_some_and(|b| b.value),
+            proto.xff_num_trusted_hops,
+        )?;
         let timeouts = StreamTimeouts::compile(proto)?;
         Ok(HcmConfig {
             tracing: proto
@@ -401,6 +409,7 @@ impl HcmConfig {
             use_remote_address: proto.use_remote_address.as_ref().is_some_and(|b| b.value),
             local_address,
             xff_num_trusted_hops: proto.xff_num_trusted_hops,
+            original_ip,
             internal_addresses,
             skip_xff_append: proto.skip_xff_append,
             client_cert: crate::http::conn_manager::client_cert::ClientCertPolicy::compile(
@@ -471,10 +480,6 @@ fn check_supported(proto: &HttpConnectionManager) -> Result<(), ConfigError> {
         (
             "http3_protocol_options",
             proto.http3_protocol_options.is_some(),
-        ),
-        (
-            "original_ip_detection_extensions",
-            !proto.original_ip_detection_extensions.is_empty(),
         ),
         (
             "early_header_mutation_extensions",

@@ -45,7 +45,6 @@ use courier_runtime::event::rt;
 use upstream_request::{send_once, AttemptError};
 
 pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-pub(crate) static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub(crate) static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub(crate) static X_ENVOY_EXTERNAL_ADDRESS: HeaderName =
     HeaderName::from_static("x-envoy-external-address");
@@ -1263,6 +1262,9 @@ pub(crate) struct Outcome {
     /// internal request's `x-envoy-force-trace`), once the request's is settled.
     pub(crate) request_id: Option<HeaderValue>,
     pub(crate) upstream_host: Option<SocketAddr>,
+    /// The client's address the connection manager's `original_ip_detection_extensions`
+    /// found (none without them, or when they found none: the peer is).
+    pub(crate) detected_remote: Option<std::net::IpAddr>,
     pub(crate) upstream_cluster: Option<String>,
     pub(crate) route_name: String,
     /// The request is a health check (the health check filter recognised it).

@@ -391,6 +391,10 @@ impl HcmConfig {
             proto.use_remote_address.as_ref().is_some_and(|b| b.value),
             proto.xff_num_trusted_hops,
         )?;
+        let request_id = crate::http::conn_manager::request_id::RequestIdOptions::compile(
+            proto.request_id_extension.as_ref(),
+            "request_id_extension",
+        )?;
         let timeouts = StreamTimeouts::compile(proto)?;
         Ok(HcmConfig {
             tracing: proto
@@ -398,7 +402,7 @@ impl HcmConfig {
                 .as_ref()
                 .map(|t| {
                     crate::tracers::HttpTracing::compile(t, egress, &proto.stat_prefix, store)
-                        .map(Arc::new)
+                        .map(|t| Arc::new(t.with_request_id(request_id)))
                 })
                 .transpose()?,
             stat_prefix: proto.stat_prefix.clone(),
@@ -485,7 +489,6 @@ fn check_supported(proto: &HttpConnectionManager) -> Result<(), ConfigError> {
             "early_header_mutation_extensions",
             !proto.early_header_mutation_extensions.is_empty(),
         ),
-        ("request_id_extension", proto.request_id_extension.is_some()),
         ("local_reply_config", proto.local_reply_config.is_some()),
         (
             "typed_header_validation_config",

@@ -38,6 +38,7 @@ use crate::http::route::{
     ClusterSpec, HostRewrite, Pseudo, Redirect, Route, RouteAction, RouteTable, VirtualHost,
 };
 use crate::http::router::retry_buffer::{Replay, RetryBuffer};
+use crate::protocol::header_case::HeaderCase;
 use crate::protocol::header_mutations::FormatContext;
 use crate::protocol::stream_limits::{StreamEnds, UPSTREAM_DURATION_REACHED};
 use crate::upstream::{ClusterInfo, ThreadLocalClusterManager};
@@ -560,6 +561,12 @@ pub(crate) async fn forward(
         let Ok(mut up_req) = head.body(body) else {
             return local_reply(StatusCode::BAD_REQUEST, "");
         };
+        // The names the client spelled (`preserve_case`), for an HTTP/1 upstream to write.
+        if !h2_upstream {
+            if let Some(case) = parts.extensions.get::<HeaderCase>() {
+                up_req.extensions_mut().insert(case.clone());
+            }
+        }
         // The last possible attempt takes the headers instead of copying them.
         let last_attempt = !(retry.as_ref().is_some_and(|r| attempt <= r.num_retries)
             && replayable(&buffered, &retry_buffer));

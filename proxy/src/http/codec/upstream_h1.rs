@@ -406,7 +406,7 @@ fn parse_head(
     };
     let reason = case
         .filter(|c| c.forward_reason_phrase)
-        .and_then(|_| resp.reason)
+        .and(resp.reason)
         .map(|r| Bytes::copy_from_slice(r.as_bytes()));
     let spans = HeadSpans::new(buf, resp.headers, None);
     let drop_hop_by_hop = status != StatusCode::SWITCHING_PROTOCOLS;

@@ -4,9 +4,7 @@
 //! the one that writes the message on. Made only when configured (a message otherwise
 //! carries none, and writing it looks for none but an empty extension map).
 
-use bytes::{BufMut, Bytes};
-
-use crate::protocol::key_format::PreserveCase;
+use bytes::Bytes;
 
 /// A head's field names as received, and its reason phrase.
 #[derive(Clone, Debug)]
@@ -21,13 +19,19 @@ pub struct HeaderCase {
 }
 
 impl HeaderCase {
-    /// An empty record for a head received under `config`, with room for `fields` names.
-    pub fn new(config: PreserveCase, fields: usize) -> HeaderCase {
+    /// An empty record, with room for `fields` names; `others_proper_case`: names not
+    /// received are to be proper-cased (`formatter_type_on_envoy_headers`).
+    pub fn new(others_proper_case: bool, fields: usize) -> HeaderCase {
         HeaderCase {
             names: Vec::with_capacity(fields),
-            others_proper_case: config.others_proper_case,
+            others_proper_case,
             reason: None,
         }
+    }
+
+    /// Whether names not received are proper-cased.
+    pub fn others_proper_case(&self) -> bool {
+        self.others_proper_case
     }
 
     /// Notes a received field name (a slice of the head).
@@ -48,22 +52,11 @@ impl HeaderCase {
     }
 
     /// How `name` was received, if it was.
-    fn spelling(&self, name: &[u8]) -> Option<&[u8]> {
+    pub fn spelling(&self, name: &[u8]) -> Option<&[u8]> {
         self.names
             .iter()
             .find(|n| n.eq_ignore_ascii_case(name))
             .map(|n| &n[..])
-    }
-
-    /// Appends `name` as received, else lower-case or proper-cased as configured.
-    pub fn put(&self, out: &mut impl BufMut, name: &[u8]) {
-        match self.spelling(name) {
-            Some(s) => out.put_slice(s),
-            None if self.others_proper_case => {
-                crate::protocol::key_format::KeyFormat::ProperCase.put(out, name)
-            }
-            None => out.put_slice(name),
-        }
     }
 }
 
@@ -73,19 +66,10 @@ mod tests {
 
     #[test]
     fn first_spelling_wins_and_others_follow_the_config() {
-        let mut c = HeaderCase::new(
-            PreserveCase {
-                forward_reason_phrase: false,
-                others_proper_case: true,
-            },
-            2,
-        );
+        let mut c = HeaderCase::new(true, 2);
         c.record(Bytes::from_static(b"X-Foo-BAR"));
         c.record(Bytes::from_static(b"x-foo-bar"));
-        let mut out = Vec::new();
-        c.put(&mut out, b"x-foo-bar");
-        out.push(b' ');
-        c.put(&mut out, b"x-request-id");
-        assert_eq!(out, b"X-Foo-BAR X-Request-Id");
+        assert_eq!(c.spelling(b"x-foo-bar"), Some(&b"X-Foo-BAR"[..]));
+        assert_eq!(c.spelling(b"x-request-id"), None);
     }
 }

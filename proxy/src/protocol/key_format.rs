@@ -107,10 +107,15 @@ impl KeyFormat {
     }
 
     /// Appends `name` to `out`: as `case` (the names the message came with) spells it,
-    /// when it came with them, else in this format.
+    /// when it came with them (names it lacks lower-case or proper-cased as the recording
+    /// side asked), else in this format.
     pub fn put_name(self, out: &mut impl bytes::BufMut, name: &[u8], case: Option<&HeaderCase>) {
         match case {
-            Some(c) => c.put(out, name),
+            Some(c) => match c.spelling(name) {
+                Some(spelled) => out.put_slice(spelled),
+                None if c.others_proper_case() => KeyFormat::ProperCase.put(out, name),
+                None => out.put_slice(name),
+            },
             None => self.put(out, name),
         }
     }
@@ -144,6 +149,19 @@ mod tests {
         let mut out = Vec::new();
         KeyFormat::ProperCase.put(&mut out, name.as_bytes());
         String::from_utf8(out).expect("ascii")
+    }
+
+    #[test]
+    fn recorded_names_win_over_the_format() {
+        let mut c = HeaderCase::new(true, 1);
+        c.record(bytes::Bytes::from_static(b"X-Foo-BAR"));
+        let mut out = Vec::new();
+        KeyFormat::Lower.put_name(&mut out, b"x-foo-bar", Some(&c));
+        out.push(b' ');
+        KeyFormat::Lower.put_name(&mut out, b"x-request-id", Some(&c));
+        out.push(b' ');
+        KeyFormat::ProperCase.put_name(&mut out, b"x-a", None);
+        assert_eq!(out, b"X-Foo-BAR X-Request-Id X-A");
     }
 
     #[test]

@@ -139,7 +139,7 @@ impl HeadSpans {
         let head = buf.split_to(len).freeze();
         let mut headers = header_map_pool::take(fields.len() + room);
         let mut framing = FramingFields::default();
-        let mut case = case.map(|c| HeaderCase::new(c, fields.len()));
+        let mut case = case.map(|c| HeaderCase::new(c.others_proper_case, fields.len()));
         for (name, value) in fields.drain(..) {
             if let Some(c) = case.as_mut() {
                 c.record(head.slice(name.clone()));

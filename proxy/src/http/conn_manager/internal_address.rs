@@ -142,7 +142,7 @@ impl InternalAddresses {
         }
         // `x-forwarded-for`'s only address.
         xff_num_trusted_hops == 0
-            && crate::http::conn_manager::original_ip::xff_address(headers, 0)
+            && crate::http::conn_manager::xff::xff_address(headers, 0)
                 .is_some_and(|(ip, single)| single && self.contains(ip))
     }
 }

@@ -1,6 +1,6 @@
 //! The HTTP connection manager (Envoy's `http_connection_manager`): its [`config`], the
 //! downstream [`connection`] (protocol detection, HTTP/1.1 or HTTP/2, draining), the checks
-//! and rewrites every request gets ([`headers`], [`internal_address`], [`original_ip`], [`request_id`], [`client_cert`],
+//! and rewrites every request gets ([`headers`], [`internal_address`], [`xff`], [`original_ip`], [`request_id`], [`client_cert`],
 //! [`request_controls`]), stream idle timers ([`stream_idle`]), upgrades and tunnels
 //! ([`upgrade`]); each request ends in the [`crate::access_log`]s.
 
@@ -19,3 +19,4 @@ pub mod serve;
 pub mod service_calls;
 pub mod stream_idle;
 pub mod upgrade;
+pub mod xff;

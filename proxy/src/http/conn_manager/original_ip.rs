@@ -2,8 +2,9 @@
 //! `x-forwarded-for` or from the connection manager's `original_ip_detection_extensions`.
 //!
 //! Without extensions the connection manager reads `x-forwarded-for` by
-//! `use_remote_address` and `xff_num_trusted_hops` ([`xff_address`], which RBAC's
-//! `remote_ip` and [`crate::http::conn_manager::internal_address`] read through). With
+//! `use_remote_address` and `xff_num_trusted_hops` ([`crate::http::conn_manager::xff`],
+//! which RBAC's `remote_ip` and [`crate::http::conn_manager::internal_address`] read
+//! through too). With
 //! them (Envoy refuses them beside `use_remote_address` or `xff_num_trusted_hops`), each
 //! extension is asked in order until one finds an address or rejects the request:
 //!
@@ -30,55 +31,16 @@ use std::net::IpAddr;
 use courier_proto::envoy::config::core::v3::TypedExtensionConfig;
 use courier_proto::envoy::extensions::http::original_ip_detection::custom_header::v3::CustomHeaderConfig;
 use courier_proto::envoy::extensions::http::original_ip_detection::xff::v3::XffConfig;
-use http::header::{HeaderName, HeaderValue};
+use http::header::HeaderName;
 use http::{HeaderMap, StatusCode};
 
 use crate::config::ConfigError;
 use crate::http::conn_manager::internal_address::Cidr;
-
-static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+use crate::http::conn_manager::xff::{append_peer, parse_entry, with_xff, xff_address};
 
 const XFF_TYPE: &str = "envoy.extensions.http.original_ip_detection.xff.v3.XffConfig";
 const CUSTOM_HEADER_TYPE: &str =
     "envoy.extensions.http.original_ip_detection.custom_header.v3.CustomHeaderConfig";
-
-/// The address `skip` entries before the end of `x-forwarded-for` (its lines joined with
-/// `,`, as Envoy's header map holds them), and whether the header has that one entry only
-/// (Envoy's `getLastAddressFromXFF`: an address it may test for internal-ness).
-pub fn xff_address(headers: &HeaderMap, skip: u32) -> Option<(IpAddr, bool)> {
-    with_xff(headers, |xff| {
-        let single = !xff.contains(',');
-        // `skip` entries must be there before the one wanted (Envoy gives up otherwise).
-        let entry = xff.rsplit(',').nth(usize::try_from(skip).ok()?)?;
-        Some((parse_entry(entry)?, single))
-    })
-}
-
-/// `x-forwarded-for` as one string (a request repeating the header, rare, has its lines
-/// joined with `,`), given to `f`; `None` without the header.
-fn with_xff<T>(headers: &HeaderMap, f: impl FnOnce(&str) -> Option<T>) -> Option<T> {
-    let mut values = headers.get_all(&X_FORWARDED_FOR).iter();
-    match (values.next(), values.next()) {
-        (None, _) => None,
-        (Some(v), None) => f(v.to_str().ok()?),
-        (Some(first), Some(second)) => {
-            let all: Vec<&str> = [first, second]
-                .into_iter()
-                .chain(values)
-                .map(|v| v.to_str().unwrap_or(""))
-                .collect();
-            f(&all.join(","))
-        }
-    }
-}
-
-/// One `x-forwarded-for` entry as an address (surrounding whitespace allowed).
-fn parse_entry(entry: &str) -> Option<IpAddr> {
-    entry
-        .trim_matches(|c: char| c.is_ascii_whitespace() || c == '\x0b')
-        .parse()
-        .ok()
-}
 
 /// One compiled extension.
 #[derive(Debug)]
@@ -221,23 +183,6 @@ fn last_untrusted(headers: &HeaderMap, trusted: &[Cidr]) -> Option<(IpAddr, bool
     })
 }
 
-/// Appends the peer to `x-forwarded-for` (the machine's own address for a loopback
-/// peer), as the connection manager does with `use_remote_address`.
-pub fn append_peer(headers: &mut HeaderMap, peer: IpAddr, local_address: IpAddr) {
-    let ip = if crate::server::local_info::is_loopback(peer) {
-        local_address.to_string()
-    } else {
-        peer.to_string()
-    };
-    let v = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.is_empty() => format!("{prev},{ip}"),
-        _ => ip,
-    };
-    if let Ok(v) = HeaderValue::from_str(&v) {
-        headers.insert(X_FORWARDED_FOR.clone(), v);
-    }
-}
-
 impl Detector {
     /// One extension, by its config's type.
     fn compile(e: &TypedExtensionConfig, path: &str) -> Result<Detector, ConfigError> {
@@ -324,6 +269,7 @@ impl Detector {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderValue;
 
     fn headers(xff: &str) -> HeaderMap {
         let mut h = HeaderMap::new();

@@ -1031,11 +1031,7 @@ fn forwarding_headers(
     }
     if cfg.use_remote_address {
         if !cfg.skip_xff_append {
-            crate::http::conn_manager::original_ip::append_peer(
-                headers,
-                remote_ip,
-                cfg.local_address,
-            );
+            crate::http::conn_manager::xff::append_peer(headers, remote_ip, cfg.local_address);
         }
         if !internal {
             if let Ok(v) = HeaderValue::from_str(&remote_ip.to_string()) {

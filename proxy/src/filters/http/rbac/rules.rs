@@ -17,7 +17,7 @@ use http::HeaderMap;
 
 use crate::config::ConfigError;
 use crate::http::conn_manager::internal_address::Cidr;
-use crate::http::conn_manager::original_ip::xff_address;
+use crate::http::conn_manager::xff::xff_address;
 use crate::http::route::{compile_header_matcher, HeaderMatcher, Pseudo, StrMatch};
 use crate::transport_socket::tls::TlsConnectionInfo;
 

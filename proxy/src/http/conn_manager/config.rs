@@ -233,6 +233,9 @@ pub struct HcmConfig {
     /// `original_ip_detection_extensions`: where the client's address is read instead
     /// (`None`: `use_remote_address` and `xff_num_trusted_hops` say).
     pub original_ip: Option<crate::http::conn_manager::original_ip::OriginalIpDetection>,
+    /// `early_header_mutation_extensions`: what a request's headers get as it arrives.
+    pub early_header_mutations:
+        Option<crate::http::conn_manager::early_header_mutation::EarlyHeaderMutations>,
     /// `internal_address_config`: which requests are internal.
     pub internal_addresses: crate::http::conn_manager::internal_address::InternalAddresses,
     /// `skip_xff_append`.
@@ -391,6 +394,10 @@ impl HcmConfig {
             proto.use_remote_address.as_ref().is_some_and(|b| b.value),
             proto.xff_num_trusted_hops,
         )?;
+        let early_header_mutations =
+            crate::http::conn_manager::early_header_mutation::EarlyHeaderMutations::compile(
+                &proto.early_header_mutation_extensions,
+            )?;
         let request_id = crate::http::conn_manager::request_id::RequestIdOptions::compile(
             proto.request_id_extension.as_ref(),
             "request_id_extension",
@@ -414,6 +421,7 @@ impl HcmConfig {
             local_address,
             xff_num_trusted_hops: proto.xff_num_trusted_hops,
             original_ip,
+            early_header_mutations,
             internal_addresses,
             skip_xff_append: proto.skip_xff_append,
             client_cert: crate::http::conn_manager::client_cert::ClientCertPolicy::compile(
@@ -484,10 +492,6 @@ fn check_supported(proto: &HttpConnectionManager) -> Result<(), ConfigError> {
         (
             "http3_protocol_options",
             proto.http3_protocol_options.is_some(),
-        ),
-        (
-            "early_header_mutation_extensions",
-            !proto.early_header_mutation_extensions.is_empty(),
         ),
         ("local_reply_config", proto.local_reply_config.is_some()),
         (

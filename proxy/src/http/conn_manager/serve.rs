@@ -512,6 +512,10 @@ pub(crate) async fn process(
         outcome.ended("OL", "overload");
         return local_reply(StatusCode::SERVICE_UNAVAILABLE, "envoy overloaded");
     }
+    if let Some(early) = &conn.config.early_header_mutations {
+        let protocol = protocol_name(req.version());
+        early.apply(req.headers_mut(), conn.remote, conn.local, protocol);
+    }
     // Host / authority, borrowed from cheap clones of the request's own (shared) bytes, as
     // the request itself moves on upstream.
     let uri_authority = req.uri().authority().cloned();

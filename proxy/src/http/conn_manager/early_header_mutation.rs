@@ -4,7 +4,8 @@
 //! Envoy's value formatting) run in order on a request's headers as it arrives: before the
 //! connection manager's own sanitising and forwarding headers, routing, tracing and the
 //! filters (measured against Envoy 1.40: an `x-forwarded-for` set here decides
-//! internal-ness). `remove_on_match` is refused by path.
+//! internal-ness). `remove_on_match` removes every field whose name its `key_matcher`
+//! matches.
 
 use courier_proto::envoy::config::common::mutation_rules::v3::header_mutation::Action;
 use courier_proto::envoy::config::core::v3::TypedExtensionConfig;
@@ -14,16 +15,23 @@ use std::net::SocketAddr;
 use http::HeaderMap;
 
 use crate::config::ConfigError;
+use crate::http::route::StrMatch;
 use crate::protocol::header_mutations::{FormatContext, HeaderMutations};
 
 const HEADER_MUTATION_TYPE: &str =
     "envoy.extensions.http.early_header_mutation.header_mutation.v3.HeaderMutation";
 
-/// The compiled extensions: every mutation of every extension, in order (each a removal
-/// or an addition).
-#[derive(Debug)]
+/// One mutation.
+enum Step {
+    /// A removal or an addition.
+    Mutate(HeaderMutations),
+    /// `remove_on_match`: the fields whose names match.
+    RemoveMatching(StrMatch),
+}
+
+/// The compiled extensions: every mutation of every extension, in order.
 pub struct EarlyHeaderMutations {
-    steps: Box<[HeaderMutations]>,
+    steps: Box<[Step]>,
     /// Some step reads the request's headers (`%REQ(…)%`).
     reads_request: bool,
 }
@@ -59,27 +67,33 @@ impl EarlyHeaderMutations {
                 let step = match &m.action {
                     // Removes nothing (Envoy takes it).
                     Some(Action::Remove(name)) if name.is_empty() => continue,
-                    Some(Action::Remove(name)) => HeaderMutations::compile(
+                    Some(Action::Remove(name)) => Step::Mutate(HeaderMutations::compile(
                         &[],
                         std::slice::from_ref(name),
                         "",
                         &format!("{path}.remove"),
-                    )?,
-                    Some(Action::Append(option)) => HeaderMutations::compile(
+                    )?),
+                    Some(Action::Append(option)) => Step::Mutate(HeaderMutations::compile(
                         std::slice::from_ref(option),
                         &[],
                         &format!("{path}.append"),
                         "",
-                    )?,
-                    Some(Action::RemoveOnMatch(_)) => {
-                        return Err(ConfigError::unsupported(format!("{path}.remove_on_match")))
+                    )?),
+                    Some(Action::RemoveOnMatch(r)) => {
+                        let at = format!("{path}.remove_on_match.key_matcher");
+                        let Some(m) = &r.key_matcher else {
+                            return Err(ConfigError::new(at, "value is required"));
+                        };
+                        Step::RemoveMatching(StrMatch::compile(m, &at)?)
                     }
                     None => return Err(ConfigError::new(path, "action is required")),
                 };
                 steps.push(step);
             }
         }
-        let reads_request = steps.iter().any(HeaderMutations::reads_request_headers);
+        let reads_request = steps
+            .iter()
+            .any(|s| matches!(s, Step::Mutate(m) if m.reads_request_headers()));
         Ok(Some(EarlyHeaderMutations {
             steps: steps.into(),
             reads_request,
@@ -96,6 +110,20 @@ impl EarlyHeaderMutations {
         protocol: &str,
     ) {
         for step in self.steps.iter() {
+            let step = match step {
+                Step::Mutate(m) => m,
+                Step::RemoveMatching(m) => {
+                    let doomed: Vec<http::header::HeaderName> = headers
+                        .keys()
+                        .filter(|k| m.matches(k.as_str()))
+                        .cloned()
+                        .collect();
+                    for name in doomed {
+                        headers.remove(name);
+                    }
+                    continue;
+                }
+            };
             let before =
                 (self.reads_request && step.reads_request_headers()).then(|| headers.clone());
             let cx = FormatContext {

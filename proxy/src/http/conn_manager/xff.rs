@@ -51,6 +51,8 @@ pub(crate) fn parse_entry(entry: &str) -> Option<IpAddr> {
 /// Appends the peer to `x-forwarded-for` (the machine's own address for a loopback
 /// peer), as the connection manager does with `use_remote_address`.
 pub fn append_peer(headers: &mut HeaderMap, peer: IpAddr, local_address: IpAddr) {
+    // As Envoy: a loopback peer (127.0.0.1 or ::1 exactly, a v4-mapped one included) is
+    // this machine, named by its own address.
     let ip = if crate::server::local_info::is_loopback(peer) {
         local_address.to_string()
     } else {

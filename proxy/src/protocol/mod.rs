@@ -6,6 +6,7 @@
 pub mod grpc;
 pub mod grpc_frame;
 pub mod h2_options;
+pub mod header_case;
 pub mod header_mutations;
 pub mod key_format;
 pub mod message;

@@ -178,6 +178,8 @@ pub struct HttpTracing {
     /// None without a provider (Envoy's null tracer).
     tracer: Option<Tracer>,
     stats: TracingStats,
+    /// The connection manager's `request_id_extension`.
+    request_id: crate::http::conn_manager::request_id::RequestIdOptions,
 }
 
 /// A `type.v3.Percent` as a share in ten-thousandths (Envoy's conversion), `default`
@@ -276,6 +278,7 @@ impl HttpTracing {
                 not_traceable: c("not_traceable"),
                 health_check: c("health_check"),
             },
+            request_id: Default::default(),
         })
     }
 
@@ -293,7 +296,21 @@ impl HttpTracing {
         reason
     }
 
+    /// The tracing as the connection manager's `request_id_extension` has the request id
+    /// take part in it.
+    pub fn with_request_id(
+        mut self,
+        request_id: crate::http::conn_manager::request_id::RequestIdOptions,
+    ) -> HttpTracing {
+        self.request_id = request_id;
+        self
+    }
+
     fn reason(&self, headers: &mut HeaderMap) -> Reason {
+        if !self.request_id.use_for_sampling {
+            // The tracer decides (Envoy: "sampled", the id untouched).
+            return Reason::Sampling;
+        }
         let Some(id) = headers.get("x-request-id") else {
             return Reason::NotTraceable;
         };
@@ -307,7 +324,10 @@ impl HttpTracing {
         };
         // A UUID carries the mark in its version digit; copied, as the header may change.
         let uuid: Option<[u8; 36]> = id.as_bytes().try_into().ok();
-        let mut reason = uuid.map_or(Reason::NotTraceable, |u| Reason::of_mark(u[14]));
+        // Without `pack_trace_reason` no mark is read either (measured against Envoy 1.40).
+        let mut reason = uuid
+            .filter(|_| self.request_id.pack_trace_reason)
+            .map_or(Reason::NotTraceable, |u| Reason::of_mark(u[14]));
         if reason == Reason::NotTraceable {
             if headers.contains_key("x-client-trace-id") && self.client.sample() {
                 reason = Reason::ClientForced;
@@ -320,7 +340,9 @@ impl HttpTracing {
         if reason != Reason::NotTraceable && !self.overall.contains(pivot) {
             reason = Reason::NotTraceable;
         }
-        if let Some(mut marked) = uuid.filter(|u| u[14] != reason.mark()) {
+        if let Some(mut marked) =
+            uuid.filter(|u| self.request_id.pack_trace_reason && u[14] != reason.mark())
+        {
             marked[14] = reason.mark();
             if let Ok(v) = HeaderValue::from_bytes(&marked) {
                 headers.insert("x-request-id", v);

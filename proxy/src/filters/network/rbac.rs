@@ -106,6 +106,7 @@ impl NetworkRbac {
                 use_remote_address: true,
                 trusted_hops: 0,
                 appended: false,
+                detected: None,
             },
         };
         if let Some(shadow) = &self.shadow {

@@ -26,6 +26,7 @@ pub use crate::http::codec::codec_error::CodecError;
 use crate::http::codec::h1_head::{FramingFields, HeadSpans, SplitHead};
 use crate::http::codec::request_fields;
 use crate::http::codec::upstream_h1::BodyDecoder;
+use crate::protocol::header_case::HeaderCase;
 use crate::protocol::key_format::KeyFormat;
 
 /// Header fields parsed on the stack before falling back to the heap.
@@ -43,6 +44,9 @@ pub struct Limits {
     /// `http_protocol_options.allow_chunked_length`: a chunked request may also carry
     /// `content-length`, which is then dropped.
     pub allow_chunked_length: bool,
+    /// `http_protocol_options.header_key_format`'s `preserve_case`: the request's names
+    /// are recorded as spelled.
+    pub preserve_case: Option<crate::protocol::key_format::PreserveCase>,
 }
 
 /// A request head that passed the codec's checks.
@@ -135,8 +139,9 @@ pub fn parse_request_head(
         target,
         mut headers,
         framing,
+        case,
     } = spans
-        .split_off(buf, len, 8, false)
+        .split_off(buf, len, 8, false, limits.preserve_case)
         .map_err(CodecError::bad)?;
     if framing.host_fields > 1 {
         // Envoy's header map keeps one `Host`, the values comma-joined.
@@ -199,6 +204,9 @@ pub fn parse_request_head(
     parts.uri = uri;
     parts.version = version;
     parts.headers = headers;
+    if let Some(case) = case {
+        parts.extensions.insert(case);
+    }
     Ok(Some(RequestHead {
         parts,
         body,
@@ -469,9 +477,15 @@ pub fn encode_response_head(
     } else {
         b"HTTP/1.1 "
     });
+    // The names the response came with (an upstream's, under its cluster's
+    // `preserve_case`), whatever this side's format.
+    let case = parts.extensions.get::<HeaderCase>();
     out.put_slice(parts.status.as_str().as_bytes());
     out.put_u8(b' ');
-    out.put_slice(reason_phrase(parts.status).as_bytes());
+    match case.and_then(HeaderCase::reason) {
+        Some(reason) => out.put_slice(reason),
+        None => out.put_slice(reason_phrase(parts.status).as_bytes()),
+    }
     out.put_slice(b"\r\n");
     let mut has_length = false;
     let mut has_date = false;
@@ -484,35 +498,42 @@ pub fn encode_response_head(
         }
         has_length |= name == header::CONTENT_LENGTH;
         has_date |= name == header::DATE;
-        put_field(out, keys, name.as_str().as_bytes(), value.as_bytes());
+        put_field(out, keys, case, name.as_str().as_bytes(), value.as_bytes());
     }
     match framing {
         ResponseFraming::Length(n) if !has_length => {
             put_field(
                 out,
                 keys,
+                case,
                 b"content-length",
                 crate::http::codec::fields::decimal_value(n).as_bytes(),
             );
         }
         ResponseFraming::Chunked | ResponseFraming::HeadChunked => {
-            put_field(out, keys, b"transfer-encoding", b"chunked")
+            put_field(out, keys, case, b"transfer-encoding", b"chunked")
         }
         _ => {}
     }
     if !has_date {
-        DATE.with_borrow_mut(|d| put_field(out, keys, b"date", d.now()));
+        DATE.with_borrow_mut(|d| put_field(out, keys, case, b"date", d.now()));
     }
     match connection {
         ConnectionHeader::Omit | ConnectionHeader::AsGiven => {}
-        ConnectionHeader::KeepAlive => put_field(out, keys, b"connection", b"keep-alive"),
-        ConnectionHeader::Close => put_field(out, keys, b"connection", b"close"),
+        ConnectionHeader::KeepAlive => put_field(out, keys, case, b"connection", b"keep-alive"),
+        ConnectionHeader::Close => put_field(out, keys, case, b"connection", b"close"),
     }
     out.put_slice(b"\r\n");
 }
 
-fn put_field(out: &mut BytesMut, keys: KeyFormat, name: &[u8], value: &[u8]) {
-    keys.put(out, name);
+fn put_field(
+    out: &mut BytesMut,
+    keys: KeyFormat,
+    case: Option<&HeaderCase>,
+    name: &[u8],
+    value: &[u8],
+) {
+    keys.put_name(out, name, case);
     out.put_slice(b": ");
     out.put_slice(value);
     out.put_slice(b"\r\n");
@@ -559,6 +580,7 @@ mod tests {
         max_head_bytes: 60 * 1024,
         accept_http_10: true,
         allow_chunked_length: false,
+        preserve_case: None,
     };
 
     fn parse(raw: &[u8]) -> Result<Option<RequestHead>, CodecError> {

@@ -16,6 +16,8 @@ use http::Version;
 
 use crate::http::codec::fields::{has_token, is_response_hop_by_hop, is_valid_authority};
 use crate::http::codec::header_map_pool;
+use crate::protocol::header_case::HeaderCase;
+use crate::protocol::key_format::PreserveCase;
 
 thread_local! {
     /// Field offsets of the head being split off: kept between heads so that parsing one
@@ -87,6 +89,8 @@ pub(crate) struct SplitHead {
     pub headers: HeaderMap,
     /// What the framing fields said.
     pub framing: FramingFields,
+    /// The names as spelled, when asked to record them (`preserve_case`).
+    pub case: Option<HeaderCase>,
 }
 
 /// Where a parsed head's target and header fields lie in the read buffer: recorded as
@@ -122,18 +126,24 @@ impl HeadSpans {
     /// with room for `room` more fields (what the proxy adds, so that the map does not grow
     /// and rehash on the way). `drop_hop_by_hop`: a response's connection-level fields are
     /// noted for framing but left out of the map, as the proxy would strip them anyway.
+    /// `case`: the names' spellings are recorded too (slices of the head, no copy).
     pub(crate) fn split_off(
         self,
         buf: &mut BytesMut,
         len: usize,
         room: usize,
         drop_hop_by_hop: bool,
+        case: Option<PreserveCase>,
     ) -> Result<SplitHead, &'static str> {
         let HeadSpans { target, mut fields } = self;
         let head = buf.split_to(len).freeze();
         let mut headers = header_map_pool::take(fields.len() + room);
         let mut framing = FramingFields::default();
+        let mut case = case.map(|c| HeaderCase::new(c.others_proper_case, fields.len()));
         for (name, value) in fields.drain(..) {
+            if let Some(c) = case.as_mut() {
+                c.record(head.slice(name.clone()));
+            }
             let name = HeaderName::from_bytes(&head[name]).map_err(|_| "invalid header name")?;
             let value = HeaderValue::from_maybe_shared(head.slice(value))
                 .map_err(|_| "invalid header value")?;
@@ -148,6 +158,7 @@ impl HeadSpans {
             target,
             headers,
             framing,
+            case,
         })
     }
 }
@@ -166,7 +177,7 @@ mod tests {
         };
         let spans = HeadSpans::new(&buf, resp.headers, None);
         spans
-            .split_off(&mut buf, len, 0, drop_hop_by_hop)
+            .split_off(&mut buf, len, 0, drop_hop_by_hop, None)
             .expect("valid head")
     }
 

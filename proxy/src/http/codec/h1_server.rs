@@ -334,6 +334,7 @@ impl<S: H1Service> H1Server<S> {
             max_head_bytes: cfg.max_head_bytes,
             accept_http_10: cfg.accept_http_10,
             allow_chunked_length: cfg.allow_chunked_length,
+            preserve_case: cfg.key_format.recorded(),
         };
         H1Server {
             t: Rc::new(RefCell::new(ConnReader {

@@ -27,7 +27,8 @@ use hyper::body::Frame;
 
 use crate::http::codec::fields::join_each;
 use crate::http::codec::h1_head::{FramingFields, HeadSpans, SplitHead};
-use crate::protocol::key_format::KeyFormat;
+use crate::protocol::header_case::HeaderCase;
+use crate::protocol::key_format::{KeyFormat, PreserveCase};
 use crate::transport_socket::Transport;
 
 /// Largest response head (status line and headers) accepted: Envoy's default
@@ -184,11 +185,12 @@ impl H1Connection {
     ) -> Result<(http::response::Parts, UpstreamBody), H1Error> {
         let mut head = std::mem::take(&mut self.head);
         encode_request(&mut head, parts, body.len(), self.keys);
+        let case = self.keys.recorded();
         self.write_all(&head, body).await.map_err(H1Error::Unsent)?;
         self.head = head;
         let head_request = parts.method == Method::HEAD;
         loop {
-            let head = poll_fn(|cx| self.poll_head(cx, head_request)).await?;
+            let head = poll_fn(|cx| self.poll_head(cx, head_request, case)).await?;
             if head.parts.status.is_informational() {
                 // 100 Continue and the like: the real response follows. (A 101 cannot
                 // come: upgrades do not take this path.)
@@ -216,11 +218,12 @@ impl H1Connection {
         &mut self,
         cx: &mut Context<'_>,
         head_request: bool,
+        case: Option<PreserveCase>,
     ) -> Poll<Result<ResponseHead, H1Error>> {
         loop {
             if !self.buf.is_empty() {
                 if let Some(head) =
-                    parse_response_head(&mut self.buf, head_request, self.max_headers)?
+                    parse_response_head(&mut self.buf, head_request, self.max_headers, case)?
                 {
                     return Poll::Ready(Ok(head));
                 }
@@ -287,6 +290,9 @@ fn encode_request(
     let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
+    // The names the request came with (a client's, under the connection manager's
+    // `preserve_case`), whatever the cluster's format.
+    let case = parts.extensions.get::<HeaderCase>();
     let mut had_length = false;
     for (name, value) in &parts.headers {
         if name == header::CONTENT_LENGTH {
@@ -296,7 +302,7 @@ fn encode_request(
         if name == header::TRANSFER_ENCODING {
             continue;
         }
-        keys.put(out, name.as_str().as_bytes());
+        keys.put_name(out, name.as_str().as_bytes(), case);
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
@@ -310,7 +316,7 @@ fn encode_request(
             Method::GET | Method::HEAD | Method::DELETE | Method::TRACE | Method::CONNECT
         )
     {
-        keys.put(out, b"content-length");
+        keys.put_name(out, b"content-length", case);
         // Writing to a `Vec` cannot fail.
         let _ = write!(out, ": {body_len}\r\n");
     }
@@ -332,13 +338,15 @@ pub struct ResponseHead {
 /// connection-level fields (`connection`, `keep-alive`, `proxy-connection`,
 /// `transfer-encoding`, `upgrade`) frame the response but are left out of its headers,
 /// as a proxy strips them; a `101` keeps them. More than `max_headers` fields is a
-/// protocol error, as in Envoy's codec.
+/// protocol error, as in Envoy's codec. `case`: the names' spellings (and the reason
+/// phrase, with `forward_reason_phrase`) are kept in the response's extensions.
 pub fn parse_response_head(
     buf: &mut BytesMut,
     head_request: bool,
     max_headers: usize,
+    case: Option<PreserveCase>,
 ) -> Result<Option<ResponseHead>, H1Error> {
-    let Some((parts, framing, keep_alive)) = parse_head(buf, max_headers)? else {
+    let Some((parts, framing, keep_alive)) = parse_head(buf, max_headers, case)? else {
         if buf.len() > MAX_HEAD {
             return Err(H1Error::Protocol("response headers too large"));
         }
@@ -366,6 +374,7 @@ pub fn parse_response_head(
 fn parse_head(
     buf: &mut BytesMut,
     max_headers: usize,
+    case: Option<PreserveCase>,
 ) -> Result<Option<(http::response::Parts, Framing, bool)>, H1Error> {
     // Uninitialised: zeroing room for 100 headers would cost more than parsing five. A
     // limit above the default takes its room from the heap.
@@ -395,14 +404,19 @@ fn parse_head(
     } else {
         Version::HTTP_11
     };
+    let reason = case
+        .filter(|c| c.forward_reason_phrase)
+        .and(resp.reason)
+        .map(|r| Bytes::copy_from_slice(r.as_bytes()));
     let spans = HeadSpans::new(buf, resp.headers, None);
     let drop_hop_by_hop = status != StatusCode::SWITCHING_PROTOCOLS;
     let SplitHead {
         headers: map,
         framing: fields,
+        case: recorded,
         ..
     } = spans
-        .split_off(buf, len, 4, drop_hop_by_hop)
+        .split_off(buf, len, 4, drop_hop_by_hop, case)
         .map_err(H1Error::Protocol)?;
     let keep_alive = fields.keeps_alive(version);
     let framing = response_framing(status, &fields)?;
@@ -414,6 +428,12 @@ fn parse_head(
     parts.status = status;
     parts.version = version;
     parts.headers = map;
+    if let Some(mut recorded) = recorded {
+        if let Some(r) = reason {
+            recorded.set_reason(r);
+        }
+        parts.extensions.insert(recorded);
+    }
     Ok(Some((parts, framing, keep_alive)))
 }
 
@@ -739,7 +759,7 @@ mod tests {
     use super::*;
 
     fn head(text: &str) -> Result<Option<(http::response::Parts, Framing, bool)>, H1Error> {
-        parse_head(&mut BytesMut::from(text.as_bytes()), MAX_HEADERS)
+        parse_head(&mut BytesMut::from(text.as_bytes()), MAX_HEADERS, None)
     }
 
     #[test]
@@ -750,10 +770,16 @@ mod tests {
         };
         for limit in [5, MAX_HEADERS, 150] {
             let mut ok = BytesMut::from(with(limit).as_bytes());
-            assert!(matches!(parse_head(&mut ok, limit), Ok(Some(_))), "{limit}");
+            assert!(
+                matches!(parse_head(&mut ok, limit, None), Ok(Some(_))),
+                "{limit}"
+            );
             let mut over = BytesMut::from(with(limit + 1).as_bytes());
             assert!(
-                matches!(parse_head(&mut over, limit), Err(H1Error::Protocol(_))),
+                matches!(
+                    parse_head(&mut over, limit, None),
+                    Err(H1Error::Protocol(_))
+                ),
                 "{limit}"
             );
         }

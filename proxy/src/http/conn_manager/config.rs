@@ -230,6 +230,12 @@ pub struct HcmConfig {
     pub local_address: std::net::IpAddr,
     /// `xff_num_trusted_hops`.
     pub xff_num_trusted_hops: u32,
+    /// `original_ip_detection_extensions`: where the client's address is read instead
+    /// (`None`: `use_remote_address` and `xff_num_trusted_hops` say).
+    pub original_ip: Option<crate::http::conn_manager::original_ip::OriginalIpDetection>,
+    /// `early_header_mutation_extensions`: what a request's headers get as it arrives.
+    pub early_header_mutations:
+        Option<crate::http::conn_manager::early_header_mutation::EarlyHeaderMutations>,
     /// `internal_address_config`: which requests are internal.
     pub internal_addresses: crate::http::conn_manager::internal_address::InternalAddresses,
     /// `skip_xff_append`.
@@ -383,6 +389,19 @@ impl HcmConfig {
                 proto.internal_address_config.as_ref(),
                 "internal_address_config",
             )?;
+        let original_ip = crate::http::conn_manager::original_ip::OriginalIpDetection::compile(
+            &proto.original_ip_detection_extensions,
+            proto.use_remote_address.as_ref().is_some_and(|b| b.value),
+            proto.xff_num_trusted_hops,
+        )?;
+        let early_header_mutations =
+            crate::http::conn_manager::early_header_mutation::EarlyHeaderMutations::compile(
+                &proto.early_header_mutation_extensions,
+            )?;
+        let request_id = crate::http::conn_manager::request_id::RequestIdOptions::compile(
+            proto.request_id_extension.as_ref(),
+            "request_id_extension",
+        )?;
         let timeouts = StreamTimeouts::compile(proto)?;
         Ok(HcmConfig {
             tracing: proto
@@ -390,7 +409,7 @@ impl HcmConfig {
                 .as_ref()
                 .map(|t| {
                     crate::tracers::HttpTracing::compile(t, egress, &proto.stat_prefix, store)
-                        .map(Arc::new)
+                        .map(|t| Arc::new(t.with_request_id(request_id)))
                 })
                 .transpose()?,
             stat_prefix: proto.stat_prefix.clone(),
@@ -401,6 +420,8 @@ impl HcmConfig {
             use_remote_address: proto.use_remote_address.as_ref().is_some_and(|b| b.value),
             local_address,
             xff_num_trusted_hops: proto.xff_num_trusted_hops,
+            original_ip,
+            early_header_mutations,
             internal_addresses,
             skip_xff_append: proto.skip_xff_append,
             client_cert: crate::http::conn_manager::client_cert::ClientCertPolicy::compile(
@@ -472,15 +493,6 @@ fn check_supported(proto: &HttpConnectionManager) -> Result<(), ConfigError> {
             "http3_protocol_options",
             proto.http3_protocol_options.is_some(),
         ),
-        (
-            "original_ip_detection_extensions",
-            !proto.original_ip_detection_extensions.is_empty(),
-        ),
-        (
-            "early_header_mutation_extensions",
-            !proto.early_header_mutation_extensions.is_empty(),
-        ),
-        ("request_id_extension", proto.request_id_extension.is_some()),
         ("local_reply_config", proto.local_reply_config.is_some()),
         (
             "typed_header_validation_config",

@@ -140,16 +140,10 @@ impl InternalAddresses {
         if use_remote_address {
             return xff.next().is_none() && self.contains(peer);
         }
-        // `x-forwarded-for`'s only address: one field naming one address.
-        match (xff.next(), xff.next()) {
-            (Some(v), None) if xff_num_trusted_hops == 0 => v
-                .to_str()
-                .ok()
-                .filter(|s| !s.contains(','))
-                .and_then(|s| s.trim().parse::<IpAddr>().ok())
-                .is_some_and(|ip| self.contains(ip)),
-            _ => false,
-        }
+        // `x-forwarded-for`'s only address.
+        xff_num_trusted_hops == 0
+            && crate::http::conn_manager::xff::xff_address(headers, 0)
+                .is_some_and(|(ip, single)| single && self.contains(ip))
     }
 }
 

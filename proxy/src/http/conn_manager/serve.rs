@@ -51,7 +51,7 @@ use crate::http::route::{Action, ClusterSpec, Pseudo, Redirect, Route, RouteTabl
 use crate::http::router::retry_buffer::{Filled, Replay, RetryBuffer};
 use crate::http::router::{
     forward, is_scheme, redirect, tls_redirect, Internal, Outcome, X_ENVOY_EXTERNAL_ADDRESS,
-    X_ENVOY_FORCE_TRACE, X_ENVOY_INTERNAL, X_FORWARDED_FOR, X_FORWARDED_PROTO, X_REQUEST_ID,
+    X_ENVOY_FORCE_TRACE, X_ENVOY_INTERNAL, X_FORWARDED_PROTO, X_REQUEST_ID,
 };
 use crate::overload::actions;
 use crate::overload::load_shed::{self, Point};
@@ -426,14 +426,14 @@ impl Completion {
                 duration: self.start.elapsed(),
                 upstream_host: self.outcome.upstream_host,
                 upstream_cluster: self.outcome.upstream_cluster.as_deref(),
-                remote: self.conn.remote,
+                remote: logged_remote(&self.conn, self.outcome.detected_remote).0,
                 route_name: &self.outcome.route_name,
                 tls: self.conn.tls.get().map(|t| &**t),
                 requested_server_name: self.conn.requested_server_name.as_deref(),
                 health_check: self.outcome.health_check,
                 log_type: AccessLogType::DownstreamEnd,
                 local: Some(self.conn.local),
-                direct_remote: self.conn.direct_remote,
+                direct_remote: logged_remote(&self.conn, self.outcome.detected_remote).1,
                 upstream_local: connected.and_then(|c| c.local),
                 details: expired.map_or(self.outcome.details(), |e| e.details()),
                 transport_failure: logged.and_then(|l| l.transport_failure.as_deref()),
@@ -520,6 +520,10 @@ pub(crate) async fn process(
         outcome.ended("OL", "overload");
         return local_reply(StatusCode::SERVICE_UNAVAILABLE, "envoy overloaded");
     }
+    if let Some(early) = &conn.config.early_header_mutations {
+        let protocol = protocol_name(req.version());
+        early.apply(req.headers_mut(), conn.remote, conn.local, protocol);
+    }
     // Host / authority, borrowed from cheap clones of the request's own (shared) bytes, as
     // the request itself moves on upstream.
     let uri_authority = req.uri().authority().cloned();
@@ -536,7 +540,7 @@ pub(crate) async fn process(
     let method = req.method().clone();
     let path_and_query = req.uri().path_and_query().cloned();
     let path = step!(routed_path(conn, &method, path_and_query.as_ref()));
-    let internal = forwarding_headers(conn, req.headers_mut());
+    let internal = step!(forwarding_headers(conn, req.headers_mut(), outcome));
     request_id(&conn.config, internal, req.headers_mut(), outcome);
     let table = step!(route_table(conn, &method, &mut req, internal, outcome));
     let scheme = Pseudo::scheme_of(req.uri());
@@ -609,6 +613,7 @@ pub(crate) async fn process(
         },
         to_cluster: routed.is_some_and(|(_, route)| matches!(route.action, Action::Route(_))),
         start: outcome.start,
+        detected_remote: outcome.detected_remote,
     };
     let upgrade = upgrade_request(&s, &mut req);
     let mut marks = FilterMarks {
@@ -760,6 +765,9 @@ struct Stream<'a> {
     to_cluster: bool,
     /// When the request started (for `%START_TIME%` in header values).
     start: Option<SystemTime>,
+    /// The client's address the `original_ip_detection_extensions` found (else the peer
+    /// is).
+    detected_remote: Option<std::net::IpAddr>,
 }
 
 impl<'a> Stream<'a> {
@@ -777,7 +785,10 @@ impl<'a> Stream<'a> {
         request: Option<&'c http::HeaderMap>,
     ) -> FormatContext<'c> {
         FormatContext {
-            remote: Some(self.conn.remote),
+            remote: Some(match self.detected_remote {
+                Some(ip) => std::net::SocketAddr::new(ip, 0),
+                None => self.conn.remote,
+            }),
             local: Some(self.conn.local),
             protocol: self.protocol,
             upstream,
@@ -1025,18 +1036,39 @@ fn routed_path<'r>(
 /// external one may not set, `x-forwarded-for`, `x-envoy-external-address`,
 /// `x-forwarded-proto` and `x-envoy-internal`. An internal request keeps its controls and
 /// request id; without `internal_address_config` every request is external (Envoy 1.40's
-/// default). Returns whether the request is internal.
+/// default). With `original_ip_detection_extensions` they settle the client's address
+/// (kept in the outcome) and its trust, or refuse the request. Returns whether the
+/// request is internal.
 #[inline(always)]
-fn forwarding_headers(conn: &ConnInfo, headers: &mut http::HeaderMap) -> bool {
+fn forwarding_headers(
+    conn: &ConnInfo,
+    headers: &mut http::HeaderMap,
+    outcome: &mut Outcome,
+) -> ControlFlow<Response<ProxyBody>, bool> {
     let cfg = &conn.config;
     let remote_ip = conn.remote.ip();
     let scheme = HeaderValue::from_static(if conn.secure { "https" } else { "http" });
-    let internal = cfg.internal_addresses.is_internal(
-        remote_ip,
-        headers,
-        cfg.use_remote_address,
-        cfg.xff_num_trusted_hops,
-    );
+    let internal = match &cfg.original_ip {
+        None => cfg.internal_addresses.is_internal(
+            remote_ip,
+            headers,
+            cfg.use_remote_address,
+            cfg.xff_num_trusted_hops,
+        ),
+        Some(detection) => match detection.detect(remote_ip, cfg.local_address, headers) {
+            Ok(found) => {
+                outcome.detected_remote = found.address;
+                found.trusted
+                    && found
+                        .address
+                        .is_some_and(|ip| cfg.internal_addresses.contains(ip))
+            }
+            Err(status) => {
+                outcome.ended("-", "rejecting_because_detection_failed");
+                return ControlFlow::Break(local_reply(status, ""));
+            }
+        },
+    };
     cfg.client_cert.apply(conn.tls.get().map(|t| &**t), headers);
     if !internal {
         crate::http::conn_manager::headers::strip_external_control_headers(
@@ -1046,20 +1078,7 @@ fn forwarding_headers(conn: &ConnInfo, headers: &mut http::HeaderMap) -> bool {
     }
     if cfg.use_remote_address {
         if !cfg.skip_xff_append {
-            // As Envoy: a loopback peer (127.0.0.1 or ::1 exactly, a v4-mapped one
-            // included) is this machine, named by its own address.
-            let ip = if crate::server::local_info::is_loopback(remote_ip) {
-                cfg.local_address.to_string()
-            } else {
-                remote_ip.to_string()
-            };
-            let v = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-                Some(prev) if !prev.is_empty() => format!("{prev},{ip}"),
-                _ => ip,
-            };
-            if let Ok(v) = HeaderValue::from_str(&v) {
-                headers.insert(X_FORWARDED_FOR.clone(), v);
-            }
+            crate::http::conn_manager::xff::append_peer(headers, remote_ip, cfg.local_address);
         }
         if !internal {
             if let Ok(v) = HeaderValue::from_str(&remote_ip.to_string()) {
@@ -1073,7 +1092,23 @@ fn forwarding_headers(conn: &ConnInfo, headers: &mut http::HeaderMap) -> bool {
     if internal {
         headers.insert(X_ENVOY_INTERNAL.clone(), HeaderValue::from_static("true"));
     }
-    internal
+    ControlFlow::Continue(internal)
+}
+
+/// The client's address and the peer's for the access log: with an address the original
+/// IP detection extensions found, that one (port 0, as Envoy logs it) and the peer;
+/// otherwise the connection's.
+fn logged_remote(
+    conn: &ConnInfo,
+    detected: Option<std::net::IpAddr>,
+) -> (std::net::SocketAddr, Option<std::net::SocketAddr>) {
+    match detected {
+        Some(ip) => (
+            std::net::SocketAddr::new(ip, 0),
+            Some(conn.direct_remote.unwrap_or(conn.remote)),
+        ),
+        None => (conn.remote, conn.direct_remote),
+    }
 }
 
 /// Tracing (the connection manager's `tracing`): the decision, marked in the request id;
@@ -1613,7 +1648,7 @@ fn rate_limit_view<'a>(s: &Stream<'a>) -> RateLimitView<'a> {
             _ => None,
         }),
         pseudo: s.pseudo(),
-        remote: Some(s.conn.remote.ip()),
+        remote: Some(s.detected_remote.unwrap_or(s.conn.remote.ip())),
         local_cluster: crate::server::local_info::service_cluster(),
     }
 }
@@ -1658,6 +1693,10 @@ fn rbac(
             use_remote_address: cfg.use_remote_address,
             trusted_hops: cfg.xff_num_trusted_hops,
             appended: cfg.use_remote_address && !cfg.skip_xff_append,
+            detected: cfg
+                .original_ip
+                .as_ref()
+                .map(|_| s.detected_remote.unwrap_or(s.conn.remote.ip())),
         },
     };
     f.on_request(route_rules, &view, s.conn.worker)
@@ -1687,14 +1726,14 @@ fn log_request_start(conn: &ConnInfo, req: &Request<ProxyBody>, outcome: &Outcom
         duration: std::time::Duration::ZERO,
         upstream_host: None,
         upstream_cluster: outcome.upstream_cluster.as_deref(),
-        remote: conn.remote,
+        remote: logged_remote(conn, outcome.detected_remote).0,
         route_name: &outcome.route_name,
         tls: conn.tls.get().map(|t| &**t),
         requested_server_name: conn.requested_server_name.as_deref(),
         health_check: false,
         log_type: AccessLogType::DownstreamStart,
         local: Some(conn.local),
-        direct_remote: conn.direct_remote,
+        direct_remote: logged_remote(conn, outcome.detected_remote).1,
         upstream_local: None,
         details: "",
         transport_failure: None,

@@ -38,6 +38,7 @@ use crate::http::route::{
     ClusterSpec, HostRewrite, Pseudo, Redirect, Route, RouteAction, RouteTable, VirtualHost,
 };
 use crate::http::router::retry_buffer::{Replay, RetryBuffer};
+use crate::protocol::header_case::HeaderCase;
 use crate::protocol::header_mutations::FormatContext;
 use crate::protocol::stream_limits::{StreamEnds, UPSTREAM_DURATION_REACHED};
 use crate::upstream::{ClusterInfo, ThreadLocalClusterManager};
@@ -45,7 +46,6 @@ use courier_runtime::event::rt;
 use upstream_request::{send_once, AttemptError};
 
 pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-pub(crate) static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub(crate) static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub(crate) static X_ENVOY_EXTERNAL_ADDRESS: HeaderName =
     HeaderName::from_static("x-envoy-external-address");
@@ -564,6 +564,12 @@ pub(crate) async fn forward(
         let Ok(mut up_req) = head.body(body) else {
             return local_reply(StatusCode::BAD_REQUEST, "");
         };
+        // The names the client spelled (`preserve_case`), for an HTTP/1 upstream to write.
+        if !h2_upstream {
+            if let Some(case) = parts.extensions.get::<HeaderCase>() {
+                up_req.extensions_mut().insert(case.clone());
+            }
+        }
         // The last possible attempt takes the headers instead of copying them.
         let last_attempt = !(retry.as_ref().is_some_and(|r| attempt <= r.num_retries)
             && replayable(&buffered, &retry_buffer));
@@ -1270,6 +1276,9 @@ pub(crate) struct Outcome {
     /// internal request's `x-envoy-force-trace`), once the request's is settled.
     pub(crate) request_id: Option<HeaderValue>,
     pub(crate) upstream_host: Option<SocketAddr>,
+    /// The client's address the connection manager's `original_ip_detection_extensions`
+    /// found (none without them, or when they found none: the peer is).
+    pub(crate) detected_remote: Option<std::net::IpAddr>,
     pub(crate) upstream_cluster: Option<String>,
     pub(crate) route_name: String,
     /// The request is a health check (the health check filter recognised it).

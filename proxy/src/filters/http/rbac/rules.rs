@@ -13,15 +13,13 @@ use std::net::{IpAddr, SocketAddr};
 
 use courier_proto::envoy::config::rbac::v3 as pb;
 use courier_proto::envoy::r#type::matcher::v3::{path_matcher, PathMatcher};
-use http::header::HeaderName;
 use http::HeaderMap;
 
 use crate::config::ConfigError;
 use crate::http::conn_manager::internal_address::Cidr;
+use crate::http::conn_manager::xff::xff_address;
 use crate::http::route::{compile_header_matcher, HeaderMatcher, Pseudo, StrMatch};
 use crate::transport_socket::tls::TlsConnectionInfo;
-
-static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 /// How the connection manager finds the client's address (Envoy's "downstream remote
 /// address") behind `x-forwarded-for`: its `use_remote_address`, `xff_num_trusted_hops`
@@ -35,6 +33,9 @@ pub struct XffTrust {
     /// The peer was appended to `x-forwarded-for` (`use_remote_address` without
     /// `skip_xff_append`).
     pub appended: bool,
+    /// With `original_ip_detection_extensions`: the client's address as they settled it
+    /// (the peer when they found none).
+    pub detected: Option<IpAddr>,
 }
 
 /// What a rule looks at: the request as the filter sees it, and its connection.
@@ -67,6 +68,10 @@ impl RequestView<'_> {
     pub fn remote(&self) -> IpAddr {
         let skip = match self.xff {
             XffTrust {
+                detected: Some(found),
+                ..
+            } => return found,
+            XffTrust {
                 use_remote_address: true,
                 trusted_hops: 0,
                 ..
@@ -76,10 +81,11 @@ impl RequestView<'_> {
                 use_remote_address: true,
                 trusted_hops,
                 appended,
+                ..
             } => (trusted_hops - 1).saturating_add(u32::from(appended)),
             XffTrust { trusted_hops, .. } => trusted_hops,
         };
-        last_xff_address(self.headers, skip).unwrap_or(self.peer)
+        xff_address(self.headers, skip).map_or(self.peer, |(ip, _)| ip)
     }
 
     /// `:path` without its query and fragment.
@@ -88,33 +94,6 @@ impl RequestView<'_> {
             .path
             .map(|p| p.find(['?', '#']).map_or(p, |end| &p[..end]))
     }
-}
-
-/// The address `skip` entries before the end of `x-forwarded-for` (its values joined with
-/// `,`, as Envoy's header map holds them), as Envoy's `getLastAddressFromXFF`.
-fn last_xff_address(headers: &HeaderMap, skip: u32) -> Option<IpAddr> {
-    let mut values = headers.get_all(&X_FORWARDED_FOR).iter();
-    let joined;
-    let xff = match (values.next(), values.next()) {
-        (None, _) => return None,
-        (Some(v), None) => v.to_str().ok()?,
-        // Rare: a request repeating the header.
-        (Some(first), Some(second)) => {
-            let all: Vec<&str> = [first, second]
-                .into_iter()
-                .chain(values)
-                .map(|v| v.to_str().unwrap_or(""))
-                .collect();
-            joined = all.join(",");
-            &joined
-        }
-    };
-    // `skip` entries must be there before the one wanted (Envoy gives up otherwise).
-    let entry = xff.rsplit(',').nth(usize::try_from(skip).ok()?)?;
-    entry
-        .trim_matches(|c: char| c.is_ascii_whitespace() || c == '\x0b')
-        .parse()
-        .ok()
 }
 
 /// A compiled permission or principal.
@@ -473,6 +452,7 @@ mod tests {
             use_remote_address: false,
             trusted_hops: 1,
             appended: false,
+            detected: None,
         };
         assert!(eleven.matches(&r));
         r.xff.trusted_hops = 2;
@@ -484,10 +464,14 @@ mod tests {
             use_remote_address: true,
             trusted_hops: 1,
             appended: true,
+            detected: None,
         };
         assert!(eleven.matches(&r));
         r.xff.trusted_hops = 0;
         assert_eq!(r.remote(), r.peer);
+        // What an original IP detection extension settled wins.
+        r.xff.detected = Some("10.9.9.9".parse().expect("ip"));
+        assert!(ten.matches(&r));
         let authenticated = princ("{ authenticated: {} }").expect("ok");
         assert!(!authenticated.matches(&r));
         let not = princ("{ not_id: { authenticated: { principal_name: { exact: a } } } }");

@@ -666,6 +666,7 @@ fn jwt_authn_refuses_what_it_does_not_build() {
 const REMOTE: &[(&str, &str, &str)] = &[
     // name, cluster and path, extra
     ("good", "jwks /keys", "cache_duration: 300s"),
+    ("both", "jwks /keys2", ""),
     ("e500", "jwks /e500", ""),
     ("garbage", "jwks /garbage", ""),
     ("empty", "jwks /empty", ""),
@@ -674,9 +675,19 @@ const REMOTE: &[(&str, &str, &str)] = &[
     ("nocluster", "missing /keys", ""),
 ];
 
-fn remote_boot(a: &Upstream, jwks: std::net::SocketAddr, silent: std::net::SocketAddr) -> String {
-    let mut providers = String::new();
-    let mut rules = String::new();
+fn remote_boot(
+    keys: &Keys,
+    a: &Upstream,
+    jwks: std::net::SocketAddr,
+    silent: std::net::SocketAddr,
+) -> String {
+    // `/both` needs a local provider's token (not forwarded) and a remote one's: the
+    // request the check runs again after the fetch is the one that came.
+    let mut providers = format!(
+        "                loc:\n                  issuer: remote.loc\n                  from_headers: [{{ name: x-local }}]\n                  local_jwks: {{ inline_string: '{}' }}\n",
+        keys.rsa_jwks()
+    );
+    let mut rules = "              - match: { prefix: /both }\n                requires: { requires_all: { requirements: [{ provider_name: loc }, { provider_name: both }] } }\n".to_string();
     for (name, target, extra) in REMOTE {
         let (cluster, path) = target.split_once(' ').expect("target");
         let extra = match *extra {
@@ -725,7 +736,7 @@ fn jwks_server(
             .expect("log")
             .push(format!("{} {host} {}", posted.method, posted.path));
         let (status, body) = match posted.path.as_str() {
-            "/keys" => (200, jwks.clone()),
+            "/keys" | "/keys2" => (200, jwks.clone()),
             "/e500" => (500, jwks.clone()),
             "/garbage" => (200, "not a key set".to_string()),
             "/nokeys" => (200, r#"{"keys":[]}"#.to_string()),
@@ -819,6 +830,18 @@ fn remote_cases(keys: &Keys) -> Vec<Case> {
         get("no answer", "/silent", Some(token("silent", exp))),
         get("no cluster", "/nocluster", Some(token("nocluster", exp))),
         get("good, still cached", "/good", Some(token("good", exp))),
+        (
+            "local and remote".to_string(),
+            "GET",
+            "/both".to_string(),
+            vec![
+                ("x-local".to_string(), token("loc", exp)),
+                (
+                    "authorization".to_string(),
+                    format!("Bearer {}", token("both", exp)),
+                ),
+            ],
+        ),
     ]
 }
 
@@ -834,14 +857,14 @@ fn jwt_authn_remote_jwks_matches_envoy() {
     let a = Upstream::start("a");
     let (jwks, log) = jwks_server(&keys);
     let got = run_remote(
-        &Courier::start(&remote_boot(&a, jwks, silent)),
+        &Courier::start(&remote_boot(&keys, &a, jwks, silent)),
         &a,
         &log,
         &cases,
     );
     let a = Upstream::start("a");
     let (jwks, log) = jwks_server(&keys);
-    match Courier::start_envoy(&remote_boot(&a, jwks, silent)) {
+    match Courier::start_envoy(&remote_boot(&keys, &a, jwks, silent)) {
         Some(envoy) => {
             let want = run_remote(&envoy, &a, &log, &cases);
             for (e, c) in want.iter().zip(&got) {
@@ -880,14 +903,16 @@ fn jwt_authn_remote_jwks_matches_envoy() {
         assert!(line(label).contains(failed), "{}", line(label));
     }
     assert!(line("500, again").ends_with("fetched=[GET jwks.example /e500]"));
+    assert!(line("local and remote").contains(": 200 "));
+    assert!(line("local and remote").ends_with("upstream=1 fetched=[GET jwks.example /keys2]"));
     let counters: Vec<&str> = got[got.len() - 5..].iter().map(String::as_str).collect();
     assert_eq!(
         counters,
         [
-            "allowed=3",
+            "allowed=4",
             "denied=11",
-            "jwt_cache_miss=13",
-            "jwks_fetch_success=1",
+            "jwt_cache_miss=15",
+            "jwks_fetch_success=2",
             "jwks_fetch_failed=7"
         ]
     );

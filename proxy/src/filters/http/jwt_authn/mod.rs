@@ -6,7 +6,12 @@
 //!
 //! - `providers` ([`provider`]): `issuer`, `audiences`, `local_jwks` (inline or a file;
 //!   one that does not parse fails requests with `Jwks doesn't have any valid public
-//!   key`), token locations ([`extract`]: `from_headers` with `value_prefix`,
+//!   key`), `remote_jwks` (`http_uri`, `cache_duration`, default 600 s: a worker GETs
+//!   the set when a token first needs it, the request waiting, and keeps it that long;
+//!   the fetch is the connection manager's, `http::conn_manager::service_calls::jwks`,
+//!   this filter answering [`JwtRequest::Fetch`] until it has the set; a fetch without a
+//!   `200` and a key set fails the token with `Jwks remote fetch is failed`), token
+//!   locations ([`extract`]: `from_headers` with `value_prefix`,
 //!   `from_params`, `from_cookies`, else `Authorization: Bearer` and `access_token`),
 //!   `forward` (a header's token is removed, a parameter's taken out of `:path`, a
 //!   cookie's left), `forward_payload_header` (`pad_forward_payload_header`),
@@ -25,9 +30,10 @@
 //!   spaces>}`.
 //! - Counters `http.<stat_prefix>.jwt_authn.allowed`, `denied`, `cors_preflight_bypassed`,
 //!   `jwt_cache_hit`, `jwt_cache_miss` (every token a provider checks: no cache is kept),
-//!   `jwks_fetch_success`, `jwks_fetch_failed`.
+//!   `jwks_fetch_success`, `jwks_fetch_failed` (each remote fetch).
 //!
-//! Refused by path: `remote_jwks`, `jwt_cache_config`, `filter_state_rules`,
+//! Refused by path: `remote_jwks.async_fetch`, `remote_jwks.retry_policy`,
+//! `jwt_cache_config`, `filter_state_rules`,
 //! `stat_prefix`, `subjects`, `require_expiration`, `max_lifetime`, the metadata fields,
 //! `clear_route_cache`, `claim_path`, `extract_only_without_validation`.
 

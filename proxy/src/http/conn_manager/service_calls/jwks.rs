@@ -34,7 +34,6 @@ thread_local! {
 /// Runs `f` on a request (as [`JwtAuthnFilter::on_request`]), fetching the remote key
 /// sets its tokens need that this worker does not have. Each set is fetched at most once
 /// for the request: the check then runs again on the request as it came.
-#[allow(clippy::too_many_arguments)]
 pub(crate) async fn check(
     f: &JwtAuthnFilter,
     route: Option<&JwtPerRoute>,

@@ -617,18 +617,303 @@ fn jwt_authn_refuses_what_it_does_not_build() {
     let cases: Vec<(&str, &str, &str)> =
         cases.iter().map(|(f, t, w)| (*f, t.as_str(), *w)).collect();
     assert_refused_by_path(&base, &cases);
-    // `remote_jwks` instead of `local_jwks`.
+    // `remote_jwks`' parts Courier does not build.
     let local = base
         .lines()
         .find(|l| l.contains("local_jwks") && l.contains("\"oct\""))
         .expect("p3's jwks")
         .to_string();
+    let remote = |extra: &str| {
+        format!("                  remote_jwks: {{ http_uri: {{ uri: \"http://a/jwks\", cluster: a, timeout: 1s }}{extra} }}")
+    };
+    let with_async = remote(", async_fetch: {}");
+    let with_retry = remote(", retry_policy: { num_retries: 2 }");
     assert_refused_by_path(
         &base,
-        &[(
-            local.as_str(),
-            "                  remote_jwks: { http_uri: { uri: \"http://a/jwks\", cluster: a, timeout: 1s } }",
-            "providers[p3].remote_jwks",
-        )],
+        &[
+            (
+                local.as_str(),
+                with_async.as_str(),
+                "providers[p3].remote_jwks.async_fetch",
+            ),
+            (
+                local.as_str(),
+                with_retry.as_str(),
+                "providers[p3].remote_jwks.retry_policy",
+            ),
+        ],
+    );
+    // Without them, it is taken; a `cache_duration` under 1ms is not, as Envoy's.
+    let taken = base.replacen(&local, &remote(""), 1);
+    let (code, stderr) = validate(&taken);
+    assert_eq!(code, Some(0), "{stderr}");
+    let zero = base.replacen(&local, &remote(", cache_duration: 0s"), 1);
+    let (code, stderr) = validate(&zero);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("providers[p3].remote_jwks.cache_duration"),
+        "{stderr}"
+    );
+    for (bootstrap, want) in [(&taken, Some(0)), (&zero, Some(1))] {
+        if let Some((code, out)) = envoy_validate(bootstrap) {
+            assert_eq!(code, want, "{out}");
+        }
+    }
+}
+
+/// The remote JWKS test's providers: one per way a key set's server answers, each
+/// required under its own path prefix (`/<name>`).
+const REMOTE: &[(&str, &str, &str)] = &[
+    // name, cluster and path, extra
+    ("good", "jwks /keys", "cache_duration: 300s"),
+    ("both", "jwks /keys2", ""),
+    ("e500", "jwks /e500", ""),
+    ("garbage", "jwks /garbage", ""),
+    ("empty", "jwks /empty", ""),
+    ("nokeys", "jwks /nokeys", ""),
+    ("silent", "jwks_silent /keys", ""),
+    ("nocluster", "missing /keys", ""),
+];
+
+fn remote_boot(
+    keys: &Keys,
+    a: &Upstream,
+    jwks: std::net::SocketAddr,
+    silent: std::net::SocketAddr,
+) -> String {
+    // `/both` needs a local provider's token (not forwarded) and a remote one's: the
+    // request the check runs again after the fetch is the one that came.
+    let mut providers = format!(
+        "                loc:\n                  issuer: remote.loc\n                  from_headers: [{{ name: x-local }}]\n                  local_jwks: {{ inline_string: '{}' }}\n",
+        keys.rsa_jwks()
+    );
+    let mut rules = "              - match: { prefix: /both }\n                requires: { requires_all: { requirements: [{ provider_name: loc }, { provider_name: both }] } }\n".to_string();
+    for (name, target, extra) in REMOTE {
+        let (cluster, path) = target.split_once(' ').expect("target");
+        let extra = match *extra {
+            "" => String::new(),
+            e => format!(", {e}"),
+        };
+        providers.push_str(&format!(
+            "                {name}:\n                  issuer: remote.{name}\n                  remote_jwks: {{ http_uri: {{ uri: \"http://jwks.example{path}\", cluster: {cluster}, timeout: 1s }}{extra} }}\n"
+        ));
+        rules.push_str(&format!(
+            "              - match: {{ prefix: /{name} }}\n                requires: {{ provider_name: {name} }}\n"
+        ));
+    }
+    let filter = format!(
+        r#"          - name: envoy.filters.http.jwt_authn
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication
+              providers:
+{providers}              rules:
+{rules}"#
+    );
+    let clusters = cluster("a", &[a.addr], "")
+        + &cluster("jwks", &[jwks], "")
+        + &cluster("jwks_silent", &[silent], "");
+    with_filters(&bootstrap(ROUTES, "", &clusters), &filter)
+}
+
+/// A JWKS server: what it answers on each path, and the requests it got (`<host>
+/// <path>`).
+fn jwks_server(
+    keys: &Keys,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+) {
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = log.clone();
+    let jwks = keys.rsa_jwks();
+    let addr = http_service(move |posted| {
+        let host = posted
+            .headers
+            .iter()
+            .find(|(k, _)| k == "host")
+            .map_or("", |(_, v)| v.as_str());
+        seen.lock()
+            .expect("log")
+            .push(format!("{} {host} {}", posted.method, posted.path));
+        let (status, body) = match posted.path.as_str() {
+            "/keys" | "/keys2" => (200, jwks.clone()),
+            "/e500" => (500, jwks.clone()),
+            "/garbage" => (200, "not a key set".to_string()),
+            "/nokeys" => (200, r#"{"keys":[]}"#.to_string()),
+            _ => (200, String::new()),
+        };
+        Answer {
+            status,
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: body.into(),
+        }
+    });
+    (addr, log)
+}
+
+/// Each request on a fresh connection: its answer, whether it reached the upstream, and
+/// the key set fetches it made; then the filter's counters.
+fn run_remote(
+    proxy: &Courier,
+    a: &Upstream,
+    log: &std::sync::Mutex<Vec<String>>,
+    cases: &[Case],
+) -> Vec<String> {
+    let mut out: Vec<String> = cases
+        .iter()
+        .map(|(label, method, path, headers)| {
+            let before = a.requests.load(Ordering::SeqCst);
+            let fetched_before = log.lock().expect("log").len();
+            let h: Vec<(&str, &str)> = headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            let r = Client::connect(proxy.listener).request(method, "example.com", path, &h, b"");
+            let fetched = log.lock().expect("log")[fetched_before..].join(", ");
+            format!(
+                "{label}: {} {:?} www-authenticate={:?} upstream={} fetched=[{fetched}]",
+                r.status,
+                r.body_str(),
+                r.header("www-authenticate"),
+                a.requests.load(Ordering::SeqCst) - before,
+            )
+        })
+        .collect();
+    for n in [
+        "allowed",
+        "denied",
+        "jwt_cache_miss",
+        "jwks_fetch_success",
+        "jwks_fetch_failed",
+    ] {
+        out.push(format!(
+            "{n}={}",
+            proxy.stat(&format!("http.ingress.jwt_authn.{n}"))
+        ));
+    }
+    out
+}
+
+fn remote_cases(keys: &Keys) -> Vec<Case> {
+    let exp = now() + 3600;
+    let token = |iss: &str, exp: u64| {
+        keys.token(
+            "RS256",
+            r#"{"alg":"RS256","kid":"r1"}"#,
+            &format!(r#"{{"iss":"remote.{iss}","sub":"s","exp":{exp}}}"#),
+        )
+    };
+    let bearer = |t: &str| vec![("authorization".to_string(), format!("Bearer {t}"))];
+    let get = |label: &str, path: &str, t: Option<String>| {
+        (
+            label.to_string(),
+            "GET",
+            path.to_string(),
+            t.map_or_else(Vec::new, |t| bearer(&t)),
+        )
+    };
+    let mut bad_sig = token("good", exp);
+    bad_sig.truncate(bad_sig.len() - 4);
+    bad_sig.push_str("AAAA");
+    vec![
+        get("good, no token", "/good", None),
+        get("good, expired", "/good", Some(token("good", now() - 3600))),
+        get("good, other issuer", "/good", Some(token("e500", exp))),
+        get("good, first", "/good/x", Some(token("good", exp))),
+        get("good, cached", "/good/y", Some(token("good", exp))),
+        get("good, bad signature", "/good", Some(bad_sig)),
+        get("500", "/e500", Some(token("e500", exp))),
+        get("500, again", "/e500", Some(token("e500", exp))),
+        get("garbage", "/garbage", Some(token("garbage", exp))),
+        get("empty body", "/empty", Some(token("empty", exp))),
+        get("no keys", "/nokeys", Some(token("nokeys", exp))),
+        get("no answer", "/silent", Some(token("silent", exp))),
+        get("no cluster", "/nocluster", Some(token("nocluster", exp))),
+        get("good, still cached", "/good", Some(token("good", exp))),
+        (
+            "local and remote".to_string(),
+            "GET",
+            "/both".to_string(),
+            vec![
+                ("x-local".to_string(), token("loc", exp)),
+                (
+                    "authorization".to_string(),
+                    format!("Bearer {}", token("both", exp)),
+                ),
+            ],
+        ),
+    ]
+}
+
+/// `remote_jwks`: a worker fetches a provider's key set when a token first needs it and
+/// keeps it for `cache_duration`; a fetch that fails (an error status, a body that is no
+/// key set, no answer within the timeout, no cluster) fails the token. Courier and Envoy
+/// 1.40 give the same transcript.
+#[test]
+fn jwt_authn_remote_jwks_matches_envoy() {
+    let keys = Keys::new();
+    let cases = remote_cases(&keys);
+    let silent = silent_upstream();
+    let a = Upstream::start("a");
+    let (jwks, log) = jwks_server(&keys);
+    let got = run_remote(
+        &Courier::start(&remote_boot(&keys, &a, jwks, silent)),
+        &a,
+        &log,
+        &cases,
+    );
+    let a = Upstream::start("a");
+    let (jwks, log) = jwks_server(&keys);
+    match Courier::start_envoy(&remote_boot(&keys, &a, jwks, silent)) {
+        Some(envoy) => {
+            let want = run_remote(&envoy, &a, &log, &cases);
+            for (e, c) in want.iter().zip(&got) {
+                if e != c {
+                    eprintln!("envoy:   {e}\ncourier: {c}");
+                }
+            }
+            assert_eq!(want, got, "envoy vs courier");
+        }
+        None => eprintln!("envoy not on PATH: skipping the remote jwks differential"),
+    }
+    let line = |label: &str| {
+        got.iter()
+            .find(|l| l.starts_with(&format!("{label}: ")))
+            .cloned()
+            .unwrap_or_default()
+    };
+    assert!(line("good, no token").ends_with("upstream=0 fetched=[]"));
+    assert!(line("good, expired").contains("\"Jwt is expired\""));
+    assert!(line("good, expired").ends_with("fetched=[]"));
+    assert!(line("good, first").contains(": 200 "));
+    assert!(line("good, first").ends_with("upstream=1 fetched=[GET jwks.example /keys]"));
+    assert!(line("good, cached").contains(": 200 "));
+    assert!(line("good, cached").ends_with("upstream=1 fetched=[]"));
+    assert!(line("good, still cached").ends_with("upstream=1 fetched=[]"));
+    let failed = "401 \"Jwks remote fetch is failed\"";
+    for label in [
+        "500",
+        "500, again",
+        "garbage",
+        "empty body",
+        "no keys",
+        "no answer",
+        "no cluster",
+    ] {
+        assert!(line(label).contains(failed), "{}", line(label));
+    }
+    assert!(line("500, again").ends_with("fetched=[GET jwks.example /e500]"));
+    assert!(line("local and remote").contains(": 200 "));
+    assert!(line("local and remote").ends_with("upstream=1 fetched=[GET jwks.example /keys2]"));
+    let counters: Vec<&str> = got[got.len() - 5..].iter().map(String::as_str).collect();
+    assert_eq!(
+        counters,
+        [
+            "allowed=4",
+            "denied=11",
+            "jwt_cache_miss=15",
+            "jwks_fetch_success=2",
+            "jwks_fetch_failed=7"
+        ]
     );
 }

@@ -48,3 +48,29 @@ impl ResponseMessage {
         crate::protocol::grpc_frame::unary_message(&self.body)
     }
 }
+
+/// Host and path of a URI as Envoy splits them (`Http::Utility::extractHostPathFromUri`):
+/// after any `scheme://`, the host runs to the first `/`, and the path is the rest (`/`
+/// when empty).
+pub fn host_and_path(uri: &str) -> (&str, &str) {
+    let rest = uri.find("://").map_or(uri, |i| &uri[i + 3..]);
+    match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uris_split_as_envoy_splits_them() {
+        assert_eq!(
+            host_and_path("http://collector:4318/v1/traces"),
+            ("collector:4318", "/v1/traces")
+        );
+        assert_eq!(host_and_path("collector"), ("collector", "/"));
+        assert_eq!(host_and_path("https://c/x?y=1"), ("c", "/x?y=1"));
+    }
+}

@@ -28,6 +28,7 @@ use crate::filters::http::grpc_http1_bridge::BridgeResponse;
 use crate::filters::http::grpc_stats::GrpcStatsRequest;
 use crate::filters::http::grpc_web::{is_grpc_web, GrpcWebRequest};
 use crate::filters::http::health_check::{HealthCheckFilter, HealthCheckRequest};
+use crate::filters::http::jwt_authn::requirement::Fetched;
 use crate::filters::http::jwt_authn::{JwtPerRoute, JwtRequest};
 use crate::filters::http::local_ratelimit::RateLimitPolicy;
 use crate::filters::http::local_ratelimit::{LocalRateLimitFilter, RateLimited};
@@ -1496,7 +1497,31 @@ async fn run_filters<'a>(
                     .path_and_query()
                     .map_or(s.path, |p| p.as_str())
                     .to_owned();
-                match f.on_request(route, req.headers_mut(), &path, &s.pseudo(), worker) {
+                let decided = if f.has_remote_jwks() {
+                    // Boxed: its fetch would otherwise take room in every request's future.
+                    Box::pin(crate::http::conn_manager::service_calls::jwks::check(
+                        f,
+                        route,
+                        req.headers_mut(),
+                        &path,
+                        &s.pseudo(),
+                        &s.conn.config.store,
+                        worker,
+                    ))
+                    .await
+                } else {
+                    f.on_request(
+                        route,
+                        req.headers_mut(),
+                        &path,
+                        &s.pseudo(),
+                        worker,
+                        &|_| Fetched::NotYet,
+                    )
+                };
+                match decided {
+                    // Only the remote key sets' glue sees this.
+                    JwtRequest::Fetch(_) => {}
                     JwtRequest::Pass(None) => {}
                     JwtRequest::Pass(Some(new)) => {
                         let mut parts = req.uri().clone().into_parts();

@@ -61,17 +61,6 @@ pub struct OtelTracer {
     exporter: Arc<Exporter>,
 }
 
-/// Host and path of a URI as Envoy splits them (`Http::Utility::extractHostPathFromUri`):
-/// after any `scheme://`, the host runs to the first `/`, and the path is the rest (`/`
-/// when empty).
-fn host_and_path(uri: &str) -> (&str, &str) {
-    let rest = uri.find("://").map_or(uri, |i| &uri[i + 3..]);
-    match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
-    }
-}
-
 /// Compiles `http_service` (paths under `at`).
 fn http_target(h: &HttpService, at: &str) -> Result<HttpTarget, ConfigError> {
     if !h.formatters.is_empty() {
@@ -101,7 +90,7 @@ fn http_target(h: &HttpService, at: &str) -> Result<HttpTarget, ConfigError> {
     } else {
         timeout
     };
-    let (host, path) = host_and_path(&uri.uri);
+    let (host, path) = crate::protocol::message::host_and_path(&uri.uri);
     let mut headers = Vec::with_capacity(h.request_headers_to_add.len());
     for (i, o) in h.request_headers_to_add.iter().enumerate() {
         let here = format!("{at}.request_headers_to_add[{i}]");
@@ -394,16 +383,6 @@ impl Span {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn uris_split_as_envoy_splits_them() {
-        assert_eq!(
-            host_and_path("http://collector:4318/v1/traces"),
-            ("collector:4318", "/v1/traces")
-        );
-        assert_eq!(host_and_path("collector"), ("collector", "/"));
-        assert_eq!(host_and_path("https://c/x?y=1"), ("c", "/x?y=1"));
-    }
 
     fn any(yaml: &str) -> Any {
         let c: OpenTelemetryConfig = courier_proto::from_yaml(yaml).expect("parses");

@@ -6,7 +6,12 @@
 //!
 //! - `providers` ([`provider`]): `issuer`, `audiences`, `local_jwks` (inline or a file;
 //!   one that does not parse fails requests with `Jwks doesn't have any valid public
-//!   key`), token locations ([`extract`]: `from_headers` with `value_prefix`,
+//!   key`), `remote_jwks` (`http_uri`, `cache_duration`, default 600 s: a worker GETs
+//!   the set when a token first needs it, the request waiting, and keeps it that long;
+//!   the fetch is the connection manager's, `http::conn_manager::service_calls::jwks`,
+//!   this filter answering [`JwtRequest::Fetch`] until it has the set; a fetch without a
+//!   `200` and a key set fails the token with `Jwks remote fetch is failed`), token
+//!   locations ([`extract`]: `from_headers` with `value_prefix`,
 //!   `from_params`, `from_cookies`, else `Authorization: Bearer` and `access_token`),
 //!   `forward` (a header's token is removed, a parameter's taken out of `:path`, a
 //!   cookie's left), `forward_payload_header` (`pad_forward_payload_header`),
@@ -25,9 +30,10 @@
 //!   spaces>}`.
 //! - Counters `http.<stat_prefix>.jwt_authn.allowed`, `denied`, `cors_preflight_bypassed`,
 //!   `jwt_cache_hit`, `jwt_cache_miss` (every token a provider checks: no cache is kept),
-//!   `jwks_fetch_success`, `jwks_fetch_failed`.
+//!   `jwks_fetch_success`, `jwks_fetch_failed` (each remote fetch).
 //!
-//! Refused by path: `remote_jwks`, `jwt_cache_config`, `filter_state_rules`,
+//! Refused by path: `remote_jwks.async_fetch`, `remote_jwks.retry_policy`,
+//! `jwt_cache_config`, `filter_state_rules`,
 //! `stat_prefix`, `subjects`, `require_expiration`, `max_lifetime`, the metadata fields,
 //! `clear_route_cache`, `claim_path`, `extract_only_without_validation`.
 
@@ -48,8 +54,8 @@ use crate::config::ConfigError;
 use crate::http::codec::body::ProxyBody;
 use crate::http::route::{Pseudo, RequestMatcher};
 use crate::stats::{Counter, Store};
-use provider::Provider;
-use requirement::{Check, Requirement};
+use provider::{KeySource, Provider, RemoteJwks};
+use requirement::{Check, Fetched, Requirement};
 use status::Status;
 
 /// The filter's config type.
@@ -68,20 +74,22 @@ pub struct Stats {
     denied: Arc<Counter>,
     cors_preflight_bypassed: Arc<Counter>,
     jwt_cache_miss: Arc<Counter>,
+    jwks_fetch_success: Arc<Counter>,
+    jwks_fetch_failed: Arc<Counter>,
 }
 
 impl Stats {
     fn new(prefix: &str, store: &Store) -> Stats {
         let c = |n: &str| store.counter(&format!("http.{prefix}.jwt_authn.{n}"));
-        // Created now, as Envoy shows them from the start; Courier never counts them.
-        for n in ["jwt_cache_hit", "jwks_fetch_success", "jwks_fetch_failed"] {
-            c(n);
-        }
+        // Created now, as Envoy shows it from the start; Courier never counts it.
+        c("jwt_cache_hit");
         Stats {
             allowed: c("allowed"),
             denied: c("denied"),
             cors_preflight_bypassed: c("cors_preflight_bypassed"),
             jwt_cache_miss: c("jwt_cache_miss"),
+            jwks_fetch_success: c("jwks_fetch_success"),
+            jwks_fetch_failed: c("jwks_fetch_failed"),
         }
     }
 }
@@ -123,6 +131,9 @@ pub enum JwtRequest {
     Pass(Option<String>),
     /// Refused: the answer and its response code details.
     Refuse(Box<Response<ProxyBody>>, String),
+    /// Undecided: a token needs this remote key set, which the worker does not have. The
+    /// request is to be checked again, as it came, once it is fetched (or failed).
+    Fetch(Arc<RemoteJwks>),
 }
 
 /// A connection manager's JWT authentication filter.
@@ -135,6 +146,8 @@ pub struct JwtAuthnFilter {
     requirement_map: BTreeMap<String, Requirement>,
     bypass_cors_preflight: bool,
     strip_failure_response: bool,
+    /// Whether a provider has `remote_jwks`.
+    remote: bool,
     stats: Stats,
 }
 
@@ -212,17 +225,34 @@ impl JwtAuthnFilter {
             .collect::<Result<Vec<_>, _>>()?;
         Ok(JwtAuthnFilter {
             name: name.to_string(),
-            providers,
             rules,
             requirement_map,
             bypass_cors_preflight: p.bypass_cors_preflight,
             strip_failure_response: p.strip_failure_response,
+            remote: providers
+                .iter()
+                .any(|p| matches!(p.keys, KeySource::Remote(_))),
+            providers,
             stats: Stats::new(prefix, store),
         })
     }
 
+    /// Whether a provider's keys are remote: a request may then wait for them.
+    pub fn has_remote_jwks(&self) -> bool {
+        self.remote
+    }
+
+    /// Counts a fetch of a remote key set.
+    pub fn count_fetch(&self, ok: bool, worker: usize) {
+        match ok {
+            true => self.stats.jwks_fetch_success.inc(worker),
+            false => self.stats.jwks_fetch_failed.inc(worker),
+        }
+    }
+
     /// The filter on a request: `route` is the most specific per-route config, `path`
-    /// `:path` with its query, `pseudo` what header matchers see.
+    /// `:path` with its query, `pseudo` what header matchers see, `remote` what the
+    /// worker has of the remote key sets (never asked unless a provider has them).
     pub fn on_request(
         &self,
         route: Option<&JwtPerRoute>,
@@ -230,6 +260,7 @@ impl JwtAuthnFilter {
         path: &str,
         pseudo: &Pseudo<'_>,
         worker: usize,
+        remote: &dyn Fn(&RemoteJwks) -> Fetched,
     ) -> JwtRequest {
         if self.bypass_cors_preflight && is_cors_preflight(pseudo.method, headers) {
             self.stats.cors_preflight_bypassed.inc(worker);
@@ -275,9 +306,16 @@ impl JwtAuthnFilter {
             path: path.to_string(),
             path_changed: false,
             now,
-            worker,
+            remote,
+            fetch: None,
+            cache_misses: 0,
         };
-        match requirement.verify(&self.providers, &self.stats, &mut cx) {
+        let verified = requirement.verify(&self.providers, &mut cx);
+        if let Some(r) = cx.fetch {
+            return JwtRequest::Fetch(r);
+        }
+        self.stats.jwt_cache_miss.add(worker, cx.cache_misses);
+        match verified {
             Ok(()) => {
                 self.stats.allowed.inc(worker);
                 JwtRequest::Pass(cx.path_changed.then_some(cx.path))

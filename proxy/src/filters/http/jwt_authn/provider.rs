@@ -2,6 +2,11 @@
 //! a good token leaves on the request. The fields Courier does not act on are refused
 //! by path.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use courier_proto::envoy::config::core::v3::http_uri::HttpUpstreamType;
 use courier_proto::envoy::extensions::filters::http::jwt_authn::v3 as pb;
 use http::HeaderName;
 
@@ -10,6 +15,101 @@ use crate::config::ConfigError;
 
 /// jwt_verify_lib's default clock skew.
 const DEFAULT_CLOCK_SKEW: u64 = 60;
+
+/// Envoy's `remote_jwks.cache_duration` when unset.
+const DEFAULT_CACHE_DURATION: Duration = Duration::from_secs(600);
+/// `cache_duration`'s bounds in Envoy's proto.
+const MIN_CACHE_DURATION: Duration = Duration::from_millis(1);
+const MAX_CACHE_DURATION: Duration = Duration::from_secs(2_500_000 * 3600);
+
+/// Where a provider's keys come from.
+pub enum KeySource {
+    /// `local_jwks`; `None` when it did not parse (as Envoy, requests then fail with
+    /// `Jwks doesn't have any valid public key`).
+    Local(Option<Jwks>),
+    /// `remote_jwks`: fetched by the connection manager on each worker when a token
+    /// needs them.
+    Remote(Arc<RemoteJwks>),
+}
+
+/// The compiled configs' count, for [`RemoteJwks::id`].
+static REMOTE_IDS: AtomicU64 = AtomicU64::new(0);
+
+/// `remote_jwks` compiled: where to GET the key set, and for how long a worker keeps it.
+#[derive(Debug)]
+pub struct RemoteJwks {
+    /// Unique among the configs compiled by this process: a worker's cache key (a new
+    /// config starts with an empty cache, as Envoy's per-config cache).
+    pub id: u64,
+    /// `http_uri.uri`, as configured (for the logs).
+    pub uri: String,
+    /// `http_uri.cluster`.
+    pub cluster: String,
+    /// `http_uri.uri`'s host: the request's `:authority`.
+    pub authority: String,
+    /// `http_uri.uri`'s path.
+    pub path: String,
+    /// `http_uri.timeout`; `None` when zero (no timeout, as Envoy's async client).
+    pub timeout: Option<Duration>,
+    /// `cache_duration`.
+    pub cache_duration: Duration,
+}
+
+impl RemoteJwks {
+    /// Compiles `remote_jwks` at `path`.
+    fn compile(r: &pb::RemoteJwks, path: &str) -> Result<RemoteJwks, ConfigError> {
+        if r.async_fetch.is_some() {
+            return Err(ConfigError::unsupported(format!("{path}.async_fetch")));
+        }
+        if r.retry_policy.is_some() {
+            return Err(ConfigError::unsupported(format!("{path}.retry_policy")));
+        }
+        let at = format!("{path}.http_uri");
+        let uri = r
+            .http_uri
+            .as_ref()
+            .ok_or_else(|| ConfigError::new(&at, "value is required"))?;
+        if uri.uri.is_empty() {
+            return Err(ConfigError::new(
+                format!("{at}.uri"),
+                "value length must be at least 1 characters",
+            ));
+        }
+        let cluster = match &uri.http_upstream_type {
+            Some(HttpUpstreamType::Cluster(c)) if !c.is_empty() => c.clone(),
+            _ => {
+                return Err(ConfigError::new(
+                    format!("{at}.cluster"),
+                    "value length must be at least 1 characters",
+                ))
+            }
+        };
+        let timeout = uri
+            .timeout
+            .as_ref()
+            .ok_or_else(|| ConfigError::new(format!("{at}.timeout"), "value is required"))?;
+        let timeout = crate::config::duration(timeout, &format!("{at}.timeout"))?;
+        let at = format!("{path}.cache_duration");
+        let cache_duration =
+            crate::config::duration_or(r.cache_duration.as_ref(), DEFAULT_CACHE_DURATION, &at)?;
+        if cache_duration < MIN_CACHE_DURATION || cache_duration >= MAX_CACHE_DURATION {
+            return Err(ConfigError::new(
+                at,
+                "value must be inside range [1ms, 2500000h0m0s)",
+            ));
+        }
+        let (authority, uri_path) = crate::protocol::message::host_and_path(&uri.uri);
+        Ok(RemoteJwks {
+            id: REMOTE_IDS.fetch_add(1, Ordering::Relaxed),
+            uri: uri.uri.clone(),
+            cluster,
+            authority: authority.to_string(),
+            path: uri_path.to_string(),
+            timeout: (!timeout.is_zero()).then_some(timeout),
+            cache_duration,
+        })
+    }
+}
 
 /// A set of audiences, as jwt_verify_lib's `CheckAudience` compares them: without an
 /// `http://` or `https://` scheme and a trailing `/`.
@@ -52,9 +152,8 @@ pub struct Provider {
     pub name: String,
     pub issuer: String,
     pub audiences: Audiences,
-    /// The local JWKS; `None` when it did not parse (as Envoy, requests then fail with
-    /// `Jwks doesn't have any valid public key`).
-    pub jwks: Option<Jwks>,
+    /// Its keys.
+    pub keys: KeySource,
     pub forward: bool,
     pub forward_payload_header: Option<HeaderName>,
     pub pad_forward_payload_header: bool,
@@ -97,24 +196,25 @@ impl Provider {
             return Err(ConfigError::unsupported(format!("{path}.{field}")));
         }
         use pb::jwt_provider::JwksSourceSpecifier as Src;
-        let jwks = match &p.jwks_source_specifier {
+        let keys = match &p.jwks_source_specifier {
             Some(Src::LocalJwks(ds)) => {
                 let at = format!("{path}.local_jwks");
                 if ds.watched_directory.is_some() {
                     return Err(ConfigError::unsupported(format!("{at}.watched_directory")));
                 }
                 let text = crate::http::route::data_source(ds, &at)?;
-                match Jwks::parse(&String::from_utf8_lossy(&text)) {
+                KeySource::Local(match Jwks::parse(&String::from_utf8_lossy(&text)) {
                     Ok(j) => Some(j),
                     Err(e) => {
                         tracing::warn!(provider = name, "invalid local jwks: {e}");
                         None
                     }
-                }
+                })
             }
-            Some(Src::RemoteJwks(_)) => {
-                return Err(ConfigError::unsupported(format!("{path}.remote_jwks")))
-            }
+            Some(Src::RemoteJwks(r)) => KeySource::Remote(Arc::new(RemoteJwks::compile(
+                r,
+                &format!("{path}.remote_jwks"),
+            )?)),
             None => {
                 return Err(ConfigError::new(
                     format!("{path}.jwks_source_specifier"),
@@ -172,7 +272,7 @@ impl Provider {
             name: name.to_string(),
             issuer: p.issuer.clone(),
             audiences: Audiences::new(&p.audiences),
-            jwks,
+            keys,
             forward: p.forward,
             forward_payload_header,
             pad_forward_payload_header: p.pad_forward_payload_header,

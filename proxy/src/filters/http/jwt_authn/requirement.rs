@@ -4,16 +4,20 @@
 //! `requires_any` is the first child to pass, else the last child's failure;
 //! `requires_all` the first failure; `allow_missing` and `allow_missing_or_failed` look
 //! at the tokens of the providers around them (in a `requires_any`, its siblings').
-//! With local JWKS every check is synchronous: a request is decided at once.
+//! A check is synchronous: a token whose provider's remote key set this worker does not
+//! have yet leaves the check undecided ([`Check::fetch`]), and the connection manager
+//! runs it again, from the start, once it has fetched the set.
+
+use std::sync::Arc;
 
 use courier_proto::envoy::extensions::filters::http::jwt_authn::v3 as pb;
 use http::{HeaderMap, HeaderValue};
 
 use super::extract::{without_param, Extractor, Place, Token};
+use super::jwks::Jwks;
 use super::jwt::Jwt;
-use super::provider::{Audiences, Provider};
+use super::provider::{Audiences, KeySource, Provider, RemoteJwks};
 use super::status::Status;
-use super::Stats;
 use crate::config::ConfigError;
 
 /// A compiled requirement.
@@ -43,7 +47,24 @@ pub struct Check<'r> {
     pub path_changed: bool,
     /// Seconds since the epoch.
     pub now: u64,
-    pub worker: usize,
+    /// What this worker has of a remote key set, for this request.
+    pub remote: &'r dyn Fn(&RemoteJwks) -> Fetched,
+    /// A remote key set a token needs that [`Check::remote`] does not have yet: the
+    /// check's outcome stands for nothing until it is fetched.
+    pub fetch: Option<Arc<RemoteJwks>>,
+    /// Tokens looked up in their provider's JWT cache (counted once the check is
+    /// decided).
+    pub cache_misses: u64,
+}
+
+/// What a worker has of a provider's remote key set.
+pub enum Fetched {
+    /// The set, fetched within its `cache_duration` (or for this request).
+    Keys(Arc<Jwks>),
+    /// This request's fetch failed.
+    Failed,
+    /// Not fetched (or expired): to fetch.
+    NotYet,
 }
 
 fn provider_index(providers: &[Provider], name: &str, path: &str) -> Result<usize, ConfigError> {
@@ -176,12 +197,7 @@ impl Requirement {
     }
 
     /// Checks a request.
-    pub fn verify(
-        &self,
-        providers: &[Provider],
-        stats: &Stats,
-        cx: &mut Check<'_>,
-    ) -> Result<(), Status> {
+    pub fn verify(&self, providers: &[Provider], cx: &mut Check<'_>) -> Result<(), Status> {
         match self {
             Requirement::AllowAll => Ok(()),
             Requirement::Provider {
@@ -195,7 +211,7 @@ impl Requirement {
                     allow_failed: false,
                     allow_missing: false,
                 };
-                authenticate(extractor, who, providers, stats, cx)
+                authenticate(extractor, who, providers, cx)
             }
             Requirement::AllowMissing(extractor) => {
                 let who = Who {
@@ -204,7 +220,7 @@ impl Requirement {
                     allow_failed: false,
                     allow_missing: true,
                 };
-                authenticate(extractor, who, providers, stats, cx)
+                authenticate(extractor, who, providers, cx)
             }
             Requirement::AllowMissingOrFailed(extractor) => {
                 let who = Who {
@@ -213,14 +229,14 @@ impl Requirement {
                     allow_failed: true,
                     allow_missing: true,
                 };
-                authenticate(extractor, who, providers, stats, cx)
+                authenticate(extractor, who, providers, cx)
             }
             Requirement::RequiresAny(children) => {
                 // As Envoy 1.40 (measured): a failure other than a missing token is what
                 // the group reports, over the missing ones.
                 let mut failure = Status::JwtMissed;
                 for c in children {
-                    match c.verify(providers, stats, cx) {
+                    match c.verify(providers, cx) {
                         Ok(()) => return Ok(()),
                         Err(Status::JwtMissed) => {}
                         Err(s) => failure = s,
@@ -228,9 +244,9 @@ impl Requirement {
                 }
                 Err(failure)
             }
-            Requirement::RequiresAll(children) => children
-                .iter()
-                .try_for_each(|c| c.verify(providers, stats, cx)),
+            Requirement::RequiresAll(children) => {
+                children.iter().try_for_each(|c| c.verify(providers, cx))
+            }
         }
     }
 }
@@ -250,14 +266,13 @@ fn authenticate(
     extractor: &Extractor,
     who: Who<'_>,
     providers: &[Provider],
-    stats: &Stats,
     cx: &mut Check<'_>,
 ) -> Result<(), Status> {
     extractor.sanitize(cx.headers);
     let mut tokens = extractor.extract(cx.headers, &cx.path);
     let mut status = Err(Status::JwtMissed);
     while let Some(t) = tokens.pop() {
-        status = verify_token(&t, &who, providers, stats, cx);
+        status = verify_token(&t, &who, providers, cx);
         if status.is_err() && !who.allow_failed && !who.allow_missing {
             break;
         }
@@ -274,13 +289,12 @@ fn verify_token(
     t: &Token<'_>,
     who: &Who<'_>,
     providers: &[Provider],
-    stats: &Stats,
     cx: &mut Check<'_>,
 ) -> Result<(), Status> {
     if who.provider.is_some() {
         // Envoy looks the token up in its provider's JWT cache, which Courier does not
         // keep (`jwt_cache_config` is refused): every lookup misses.
-        stats.jwt_cache_miss.inc(cx.worker);
+        cx.cache_misses += 1;
     }
     let jwt = Jwt::parse(&t.value)?;
     if !t.issuers.allows(&jwt.iss) {
@@ -298,10 +312,17 @@ fn verify_token(
     if !who.audiences.unwrap_or(&p.audiences).allows(&jwt.audiences) {
         return Err(Status::JwtAudienceNotAllowed);
     }
-    p.jwks
-        .as_ref()
-        .ok_or(Status::JwksNoValidKeys)?
-        .verify(&jwt)?;
+    match &p.keys {
+        KeySource::Local(jwks) => jwks.as_ref().ok_or(Status::JwksNoValidKeys)?.verify(&jwt)?,
+        KeySource::Remote(r) => match (cx.remote)(r) {
+            Fetched::Keys(jwks) => jwks.verify(&jwt)?,
+            Fetched::Failed => return Err(Status::JwksFetchFail),
+            Fetched::NotYet => {
+                cx.fetch.get_or_insert_with(|| r.clone());
+                return Err(Status::JwksFetchFail);
+            }
+        },
+    }
     good_token(p, &jwt, &t.place, cx);
     Ok(())
 }

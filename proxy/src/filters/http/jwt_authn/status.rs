@@ -32,6 +32,7 @@ pub enum Status {
     JwtVerificationFail,
     JwksNoValidKeys,
     JwksKidAlgMismatch,
+    JwksFetchFail,
 }
 
 impl Status {
@@ -77,6 +78,7 @@ impl Status {
             JwtVerificationFail => "Jwt verification fails",
             JwksNoValidKeys => "Jwks doesn't have any valid public key",
             JwksKidAlgMismatch => "Jwks doesn't have key to match kid or alg from Jwt",
+            JwksFetchFail => "Jwks remote fetch is failed",
         }
     }
 }

@@ -5,8 +5,10 @@
 //! - [`ext_authz`]: an authorization check (gRPC or HTTP), the request body held first
 //!   when the filter asks for it.
 //! - [`ratelimit`]: a global rate limit check.
+//! - [`jwks`]: the remote key sets JWT providers verify tokens with.
 
 pub mod ext_authz;
+pub mod jwks;
 pub mod ratelimit;
 
 use std::rc::Rc;

@@ -17,6 +17,7 @@ const LIMITS: Limits = Limits {
     max_head_bytes: 60 * 1024,
     accept_http_10: true,
     allow_chunked_length: false,
+    preserve_case: None,
 };
 
 const FORWARDING: [&str; 3] = ["x-forwarded-for", "x-forwarded-host", "x-forwarded-proto"];

@@ -15,6 +15,7 @@ const LIMITS: Limits = Limits {
     max_head_bytes: 60 * 1024,
     accept_http_10: true,
     allow_chunked_length: false,
+    preserve_case: None,
 };
 
 fuzz_target!(|data: &[u8]| {

@@ -26,7 +26,7 @@ fuzz_target!(|data: &[u8]| {
     let mut buf = BytesMut::new();
     // The head (1xx heads are skipped, as the client does).
     let mut head = loop {
-        let parsed = parse_response_head(&mut buf, head_request, max_headers);
+        let parsed = parse_response_head(&mut buf, head_request, max_headers, None);
         if let Ok(Some(h)) = &parsed {
             let status = h.parts.status;
             let lengths: Vec<_> = h.parts.headers.get_all("content-length").iter().collect();

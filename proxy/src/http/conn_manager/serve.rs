@@ -1456,11 +1456,12 @@ async fn run_filters<'a>(
                 ))
                 .await;
                 match checked {
-                    Ok(passed) => {
+                    Ok(passed) if passed.response.is_some() || passed.path_changed => {
                         let services = marks.services.get_or_insert_with(Box::default);
                         services.authz.extend(passed.response);
                         services.path_changed |= passed.path_changed;
                     }
+                    Ok(_) => {}
                     Err(reply) => return ControlFlow::Continue(Some(reply)),
                 }
             }

@@ -944,6 +944,26 @@ fn parse_conn_lifetime(
     Ok(out)
 }
 
+/// The per-protocol options of a config that speaks both HTTP/1.1 and HTTP/2
+/// (`auto_config`, `use_downstream_protocol_config`), at `at`: HTTP/1.1's trailers and
+/// header-name format (`http1`, the legacy options', unless given) and HTTP/2's options.
+fn both_protocols(
+    http1: Option<&courier_proto::envoy::config::core::v3::Http1ProtocolOptions>,
+    http2: Option<&courier_proto::envoy::config::core::v3::Http2ProtocolOptions>,
+    legacy: (bool, KeyFormat),
+    at: &str,
+) -> Result<(bool, KeyFormat, H2Options), ConfigError> {
+    let (trailers, keys) = match http1 {
+        Some(o) => (
+            o.enable_trailers,
+            KeyFormat::compile(Some(o), &format!("{at}.http_protocol_options"))?,
+        ),
+        None => legacy,
+    };
+    let h2 = H2Options::compile_client(http2, &format!("{at}.http2_protocol_options"))?;
+    Ok((trailers, keys, h2))
+}
+
 #[allow(deprecated)] // the legacy `http2_protocol_options` is still common in configs
 fn upstream_http(proto: &pb::Cluster) -> Result<UpstreamHttp, ConfigError> {
     let mut http2 = proto.http2_protocol_options.is_some();
@@ -1052,14 +1072,11 @@ fn upstream_http(proto: &pb::Cluster) -> Result<UpstreamHttp, ConfigError> {
                 }
                 http2 = false;
                 http_downstream = true;
-                if let Some(o) = &c.http_protocol_options {
-                    http1_trailers = o.enable_trailers;
-                    http1_key_format =
-                        KeyFormat::compile(Some(o), &format!("{at}.http_protocol_options"))?;
-                }
-                http2_options = H2Options::compile_client(
+                (http1_trailers, http1_key_format, http2_options) = both_protocols(
+                    c.http_protocol_options.as_ref(),
                     c.http2_protocol_options.as_ref(),
-                    &format!("{at}.http2_protocol_options"),
+                    (http1_trailers, http1_key_format),
+                    &at,
                 )?;
             }
             Some(UpstreamProtocolOptions::AutoConfig(c)) => {
@@ -1076,14 +1093,11 @@ fn upstream_http(proto: &pb::Cluster) -> Result<UpstreamHttp, ConfigError> {
                 }
                 http2 = false;
                 http_auto = true;
-                if let Some(o) = &c.http_protocol_options {
-                    http1_trailers = o.enable_trailers;
-                    http1_key_format =
-                        KeyFormat::compile(Some(o), &format!("{at}.http_protocol_options"))?;
-                }
-                http2_options = H2Options::compile_client(
+                (http1_trailers, http1_key_format, http2_options) = both_protocols(
+                    c.http_protocol_options.as_ref(),
                     c.http2_protocol_options.as_ref(),
-                    &format!("{at}.http2_protocol_options"),
+                    (http1_trailers, http1_key_format),
+                    &at,
                 )?;
             }
             None => {}

@@ -37,15 +37,22 @@ pub const UPSTREAM_TIMEOUT: &str = "upstream request timeout";
 
 /// A local reply as Envoy sends it (`content-type: text/plain` when there is a body).
 pub fn local_reply(status: StatusCode, body: &str) -> Response<ProxyBody> {
-    let mut r = Response::new(ProxyBody::full(Bytes::copy_from_slice(body.as_bytes())));
+    local_reply_bytes(status, Bytes::copy_from_slice(body.as_bytes()))
+}
+
+/// [`local_reply`] with a body a service gave (an authorization denial's, a rate limit
+/// service's), which may not be text.
+pub fn local_reply_bytes(status: StatusCode, body: Bytes) -> Response<ProxyBody> {
+    let len = body.len();
+    let mut r = Response::new(ProxyBody::full(body));
     *r.status_mut() = status;
     r.extensions_mut().insert(LocalReply(None));
-    if !body.is_empty() {
+    if len > 0 {
         r.headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     }
     r.headers_mut()
-        .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     r
 }
 

@@ -285,19 +285,6 @@ mod tests {
     }
 
     #[test]
-    fn xff_entries_from_the_end() {
-        let h = headers("1.1.1.1, 2.2.2.2,3.3.3.3");
-        assert_eq!(xff_address(&h, 0), Some((ip("3.3.3.3"), false)));
-        assert_eq!(xff_address(&h, 1), Some((ip("2.2.2.2"), false)));
-        assert_eq!(xff_address(&h, 3), None);
-        assert_eq!(
-            xff_address(&headers("10.0.0.1"), 0),
-            Some((ip("10.0.0.1"), true))
-        );
-        assert_eq!(xff_address(&HeaderMap::new(), 0), None);
-    }
-
-    #[test]
     fn trusted_cidrs_skip_trusted_entries() {
         let ten = [Cidr::new(ip("10.0.0.0"), 8).expect("cidr")];
         let last = |x: &str| last_untrusted(&headers(x), &ten);

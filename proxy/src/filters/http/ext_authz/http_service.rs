@@ -37,14 +37,6 @@ pub struct HttpService {
     client_on_success: Vec<StrMatch>,
 }
 
-fn matchers(list: Option<&ListStringMatcher>, path: &str) -> Result<Vec<StrMatch>, ConfigError> {
-    list.map_or(&[][..], |l| &l.patterns)
-        .iter()
-        .enumerate()
-        .map(|(i, m)| StrMatch::compile(m, &format!("{path}.patterns[{i}]")))
-        .collect()
-}
-
 fn any(list: &[StrMatch], name: &str) -> bool {
     list.iter().any(|m| m.matches(name))
 }
@@ -94,12 +86,12 @@ impl HttpService {
         let request = proto.authorization_request.clone().unwrap_or_default();
         let rpath = format!("{path}.authorization_request");
         #[allow(deprecated)]
-        let mut request_allowed = matchers(
+        let mut request_allowed = super::matcher_list(
             request.allowed_headers.as_ref(),
             &format!("{rpath}.allowed_headers"),
         )?;
         if let Some(list) = allowed_headers {
-            request_allowed.extend(matchers(Some(list), "allowed_headers")?);
+            request_allowed.extend(super::matcher_list(Some(list), "allowed_headers")?);
         }
         let mut headers_to_add = Vec::with_capacity(request.headers_to_add.len());
         for (i, h) in request.headers_to_add.iter().enumerate() {
@@ -125,7 +117,7 @@ impl HttpService {
                 "{rp}.dynamic_metadata_from_headers"
             )));
         }
-        let client = matchers(
+        let client = super::matcher_list(
             response.allowed_client_headers.as_ref(),
             &format!("{rp}.allowed_client_headers"),
         )?;
@@ -136,16 +128,16 @@ impl HttpService {
             path_override: (!proto.path_override.is_empty()).then(|| proto.path_override.clone()),
             request_allowed,
             headers_to_add,
-            upstream: matchers(
+            upstream: super::matcher_list(
                 response.allowed_upstream_headers.as_ref(),
                 &format!("{rp}.allowed_upstream_headers"),
             )?,
-            upstream_append: matchers(
+            upstream_append: super::matcher_list(
                 response.allowed_upstream_headers_to_append.as_ref(),
                 &format!("{rp}.allowed_upstream_headers_to_append"),
             )?,
             client: (!client.is_empty()).then_some(client),
-            client_on_success: matchers(
+            client_on_success: super::matcher_list(
                 response.allowed_client_headers_on_success.as_ref(),
                 &format!("{rp}.allowed_client_headers_on_success"),
             )?,

@@ -209,6 +209,7 @@ pub enum Decision {
     Reply(Box<Response<ProxyBody>>, &'static str),
 }
 
+/// A `ListStringMatcher` at `path` compiled (none: an empty list).
 fn matcher_list(
     list: Option<&courier_proto::envoy::r#type::matcher::v3::ListStringMatcher>,
     path: &str,
@@ -402,21 +403,8 @@ impl ExtAuthzFilter {
                 if let Some(max) = self.max_denied_body {
                     body.truncate(max);
                 }
-                let mut reply = Response::new(ProxyBody::full(body.clone()));
-                *reply.status_mut() = denied.status;
-                reply
-                    .extensions_mut()
-                    .insert(crate::http::conn_manager::local_reply::LocalReply(None));
-                if !body.is_empty() {
-                    reply.headers_mut().insert(
-                        http::header::CONTENT_TYPE,
-                        http::HeaderValue::from_static("text/plain"),
-                    );
-                }
-                reply.headers_mut().insert(
-                    http::header::CONTENT_LENGTH,
-                    http::HeaderValue::from(body.len()),
-                );
+                let mut reply =
+                    crate::http::conn_manager::local_reply::local_reply_bytes(denied.status, body);
                 for (k, _) in &denied.headers {
                     reply.headers_mut().remove(k);
                 }

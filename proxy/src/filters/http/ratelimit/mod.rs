@@ -380,21 +380,10 @@ impl RateLimitFilter {
         }
         match Code::try_from(response.overall_code) {
             Ok(Code::OverLimit) => {
-                let body = Bytes::from(response.raw_body);
-                let mut reply = Response::new(ProxyBody::full(body.clone()));
-                *reply.status_mut() = self.rate_limited_status;
-                reply
-                    .extensions_mut()
-                    .insert(crate::http::conn_manager::local_reply::LocalReply(None));
-                reply
-                    .headers_mut()
-                    .insert(http::header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-                if !body.is_empty() {
-                    reply.headers_mut().insert(
-                        http::header::CONTENT_TYPE,
-                        HeaderValue::from_static("text/plain"),
-                    );
-                }
+                let mut reply = crate::http::conn_manager::local_reply::local_reply_bytes(
+                    self.rate_limited_status,
+                    Bytes::from(response.raw_body),
+                );
                 if self.ratelimited_header {
                     reply
                         .headers_mut()

@@ -28,6 +28,7 @@ pub mod grpc_web;
 pub mod health_check;
 pub mod jwt_authn;
 pub mod local_ratelimit;
+pub mod lua;
 pub mod on_demand;
 pub mod ratelimit;
 pub mod rbac;
@@ -138,6 +139,8 @@ pub enum HttpFilter {
     CredentialInjector(Box<credential_injector::CredentialInjectorFilter>),
     /// `envoy.filters.http.jwt_authn` (boxed: it is large).
     JwtAuthn(Box<jwt_authn::JwtAuthnFilter>),
+    /// `envoy.filters.http.lua` (boxed: it is rare).
+    Lua(Box<lua::LuaFilter>),
 }
 
 impl HttpFilter {
@@ -162,6 +165,7 @@ impl HttpFilter {
             HttpFilter::Buffer(f) => &f.name,
             HttpFilter::CredentialInjector(f) => &f.name,
             HttpFilter::JwtAuthn(f) => &f.name,
+            HttpFilter::Lua(f) => &f.name,
         }
     }
 }
@@ -388,6 +392,19 @@ pub static CHAIN: Registry<BuildFilter> = Registry {
             },
         },
         Factory {
+            type_name: lua::FILTER_TYPE,
+            name: lua::FILTER_NAME,
+            build: |a| {
+                Ok(HttpFilter::Lua(Box::new(lua::LuaFilter::compile(
+                    a.name,
+                    &a.config_or_default()?,
+                    a.path,
+                    a.stat_prefix,
+                    a.store,
+                )?)))
+            },
+        },
+        Factory {
             type_name: on_demand::FILTER_TYPE,
             name: on_demand::FILTER_NAME,
             build: |a| {
@@ -509,6 +526,12 @@ const PER_ROUTE: &[(&str, CompilePerRoute)] = &[
     }),
     (jwt_authn::PER_ROUTE_TYPE, |any, path, _| {
         Ok(Arc::new(jwt_authn::JwtPerRoute::compile(
+            &unpack(any, path)?,
+            path,
+        )?))
+    }),
+    (lua::PER_ROUTE_TYPE, |any, path, _| {
+        Ok(Arc::new(lua::LuaPerRoute::compile(
             &unpack(any, path)?,
             path,
         )?))

@@ -32,6 +32,8 @@ use crate::filters::http::jwt_authn::requirement::Fetched;
 use crate::filters::http::jwt_authn::{JwtPerRoute, JwtRequest};
 use crate::filters::http::local_ratelimit::RateLimitPolicy;
 use crate::filters::http::local_ratelimit::{LocalRateLimitFilter, RateLimited};
+use crate::filters::http::lua::stream::{RequestPass, ResponsePass, StreamFacts, TlsFacts};
+use crate::filters::http::lua::{LuaFilter, LuaPerRoute};
 use crate::filters::http::rbac::RbacRules;
 use crate::filters::http::rbac::{RbacFilter, RequestView, XffTrust};
 use crate::filters::http::HttpFilter;
@@ -544,6 +546,9 @@ pub(crate) async fn process(
     let internal = step!(forwarding_headers(conn, req.headers_mut(), outcome));
     request_id(&conn.config, internal, req.headers_mut(), outcome);
     let table = step!(route_table(conn, &method, &mut req, internal, outcome));
+    // The authority and path a Lua script's changes route the request by (declared before
+    // what borrows them).
+    let lua_route: (String, String);
     let scheme = Pseudo::scheme_of(req.uri());
     let vh = table.find_vhost(&authority);
     // `require_tls` comes before the routes, as in Envoy: even a request no route takes
@@ -553,7 +558,7 @@ pub(crate) async fn process(
     }
     // A request no route takes still goes through the filters, as in Envoy (a health
     // check, a fault or a rate limit may answer it), with no per-route settings.
-    let routed = vh.and_then(|vh| {
+    let mut routed = vh.and_then(|vh| {
         // What header matchers see of `:method`, `:path`, `:authority` and `:scheme` (built
         // where used: held across the request's awaits it would take room in its future).
         let pseudo = Pseudo::request(&method, &path, &authority, scheme);
@@ -600,7 +605,7 @@ pub(crate) async fn process(
             outcome,
         );
     }
-    let s = Stream {
+    let mut s = Stream {
         conn,
         method: &method,
         path: &path,
@@ -628,8 +633,35 @@ pub(crate) async fn process(
         grpc_web: None,
         grpc_stats: None,
         bridge: None,
+        lua: Vec::new(),
     };
     let filter_reply = step!(run_filters(&s, &mut req, &mut marks, outcome).await);
+    // A Lua script that changed the request's headers clears the route cache, as Envoy's
+    // (`clear_route_cache`, true by default): the request is routed again by its new
+    // authority, path and headers.
+    if let Some(rerouted) = marks.services.as_mut().and_then(|m| m.lua_reroute.take()) {
+        lua_route = *rerouted;
+        {
+            let (authority, path) = &lua_route;
+            s.authority = authority;
+            s.path = path;
+            let pseudo = Pseudo::request(&method, path, authority, scheme);
+            routed = table.find_vhost(authority).and_then(|vh| {
+                Some((
+                    vh,
+                    vh.find_route(path, req.headers(), &pseudo, fastrand::u64(..))?,
+                ))
+            });
+            s.routed = routed;
+            s.levels = match routed {
+                Some((vh, route)) => [&route.filters, &vh.filters, &table.filters],
+                None => [&per_filter::NONE; 3],
+            };
+            s.to_cluster =
+                routed.is_some_and(|(_, route)| matches!(route.action, Action::Route(_)));
+        }
+    }
+    let lua = std::mem::take(&mut marks.lua);
     // The gRPC-Web filter's response pass runs last (it is first in chains that have it)
     // and may wait for a body: it is taken out of the marks, which apply at once.
     let grpc_web = marks.grpc_web.take();
@@ -639,7 +671,9 @@ pub(crate) async fn process(
     // (Envoy's route entry; measured).
     let route_headers = routed.filter(|_| filter_reply.is_none() || s.to_cluster);
     let Some((vh, route)) = routed else {
-        let mut resp = no_route_answer(&s, filter_reply, marks, outcome);
+        let mut resp = no_route_answer(&s, filter_reply, outcome);
+        lua_responses(&s, lua, &mut resp).await;
+        marks.apply(&s, &mut resp);
         if let Some(gw) = grpc_web {
             grpc_web_response(gw, &mut resp, conn.worker, outcome).await;
         }
@@ -678,7 +712,17 @@ pub(crate) async fn process(
                 false => Cow::Borrowed(&*path),
             };
             forward(
-                conn, req, &authority, &path, &table, vh, route, action, &fcx, on_upgrade, outcome,
+                conn,
+                req,
+                s.authority,
+                &path,
+                &table,
+                vh,
+                route,
+                action,
+                &fcx,
+                on_upgrade,
+                outcome,
                 idle,
             )
             .await
@@ -691,6 +735,7 @@ pub(crate) async fn process(
         vh.response_headers.apply(resp.headers_mut(), &fcx);
         table.response_headers.apply(resp.headers_mut(), &fcx);
     }
+    lua_responses(&s, lua, &mut resp).await;
     marks.apply(&s, &mut resp);
     // As chains put the gRPC statistics filter after the gRPC-Web one (Istio's order), it
     // sees the response as gRPC, before the gRPC-Web filter's pass.
@@ -824,6 +869,9 @@ struct FilterMarks<'a> {
     grpc_stats: Option<Box<GrpcStatsRequest>>,
     /// An HTTP/1 gRPC request's response pass, when the chain's bridge took it.
     bridge: Option<BridgeResponse>,
+    /// The response passes of the Lua filters the request passed, in chain order (empty,
+    /// unallocated, without them).
+    lua: Vec<Box<ResponsePass>>,
 }
 
 /// What services a request's filters asked leave on it.
@@ -837,6 +885,9 @@ struct ServiceMarks {
     /// A filter changed the request's path (ext_authz's query parameters, the gRPC
     /// bridge's query): the router sends the request's own rather than the routed one.
     path_changed: bool,
+    /// A Lua script changed the request's headers: the authority and path it is routed
+    /// again by.
+    lua_reroute: Option<Box<(String, String)>>,
 }
 
 impl ServiceMarks {
@@ -1540,6 +1591,12 @@ async fn run_filters<'a>(
                     }
                 }
             }
+            HttpFilter::Lua(f) => {
+                let route = per_filter::policy::<LuaPerRoute>(s.levels, &f.name);
+                if let Some(reply) = lua_request(s, f, route, req, marks, outcome).await {
+                    return ControlFlow::Continue(Some(reply));
+                }
+            }
             HttpFilter::Fault(f) => {
                 // Boxed: its delay would otherwise take room in every request's future.
                 let reply = Box::pin(inject_fault(
@@ -1559,6 +1616,92 @@ async fn run_filters<'a>(
         }
     }
     ControlFlow::Continue(None)
+}
+
+/// A Lua filter's request pass (its script's `envoy_on_request`, when the route runs
+/// one): the script's answer, if it answered; its response pass goes into the marks.
+async fn lua_request(
+    s: &Stream<'_>,
+    f: &LuaFilter,
+    route: Option<&LuaPerRoute>,
+    req: &mut Request<ProxyBody>,
+    marks: &mut FilterMarks<'_>,
+    outcome: &mut Outcome,
+) -> Option<Box<Response<ProxyBody>>> {
+    let script = f.script(route)?;
+    let conn = s.conn;
+    let facts = Rc::new(StreamFacts {
+        protocol: s.protocol,
+        local: conn.local,
+        direct_remote: conn.direct_remote.unwrap_or(conn.remote),
+        remote: s
+            .detected_remote
+            .map_or(conn.remote, |ip| std::net::SocketAddr::new(ip, 0)),
+        requested_server_name: conn.requested_server_name.clone(),
+        tls: conn.tls.get().map(|t| TlsFacts {
+            version: t.version,
+            peer_presented: t.peer.is_some(),
+        }),
+    });
+    // Boxed: its run would otherwise take room in every request's future.
+    let (pass, response) = Box::pin(crate::filters::http::lua::stream::on_request(
+        script,
+        &f.stats,
+        req,
+        s.scheme,
+        facts,
+        conn.worker,
+        conn.buffer_limit,
+    ))
+    .await;
+    marks.lua.extend(response);
+    match pass {
+        RequestPass::Pass(changes) => {
+            if changes.headers {
+                let authority = changes.authority.unwrap_or_else(|| s.authority.to_string());
+                let path = req
+                    .uri()
+                    .path_and_query()
+                    .map_or_else(|| s.path.to_string(), |p| p.as_str().to_string());
+                let services = marks.services.get_or_insert_with(Box::default);
+                services.path_changed |= changes.path;
+                services.lua_reroute = Some(Box::new((authority, path)));
+            }
+            None
+        }
+        RequestPass::Respond(r) => {
+            outcome.set_details("lua_response");
+            Some(r)
+        }
+        RequestPass::TooLarge => {
+            // What is left of the body is not read: an HTTP/1.1 connection ends after the
+            // answer.
+            if req.version() != http::Version::HTTP_2 {
+                s.conn.close_after_response();
+            }
+            outcome.set_details("request_payload_too_large");
+            Some(Box::new(local_reply(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "Payload Too Large",
+            )))
+        }
+    }
+}
+
+/// The Lua filters' response passes, from the last filter in the chain to the first.
+async fn lua_responses(
+    s: &Stream<'_>,
+    passes: Vec<Box<ResponsePass>>,
+    resp: &mut Response<ProxyBody>,
+) {
+    if passes.is_empty() {
+        return;
+    }
+    let (worker, limit) = (s.conn.worker, s.conn.buffer_limit);
+    for pass in passes.into_iter().rev() {
+        // Boxed: its run would otherwise take room in every request's future.
+        Box::pin(pass.on_response(resp, worker, limit)).await;
+    }
 }
 
 /// The request's path and query as the filters see it now: the routed one, or the one an
@@ -1785,19 +1928,16 @@ fn log_request_start(conn: &ConnInfo, req: &Request<ProxyBody>, outcome: &Outcom
 fn no_route_answer(
     s: &Stream<'_>,
     filter_reply: Option<Box<Response<ProxyBody>>>,
-    marks: FilterMarks<'_>,
     outcome: &mut Outcome,
 ) -> Response<ProxyBody> {
-    let mut resp = match filter_reply {
+    match filter_reply {
         Some(reply) => *reply,
         None => {
             s.conn.config.stats.no_route.inc(s.conn.worker);
             outcome.ended("NR", "route_not_found");
             local_reply(StatusCode::NOT_FOUND, "")
         }
-    };
-    marks.apply(s, &mut resp);
-    resp
+    }
 }
 
 /// An upgrade its route does not enable: `403` (`downstream_rq_ws_on_non_ws_route`); as

@@ -1,0 +1,936 @@
+//! A script's run on one request or response: its coroutine, the stream handle it is given
+//! and what the handle's methods read and change.
+//!
+//! The handle's state is shared (`Rc<RefCell<…>>`) between the runner and the Lua objects
+//! the script holds (headers, body, stream info): the runner moves the stream's head into
+//! it before the script runs and takes the result back after. The methods that wait note
+//! why and the prelude yields ([`super::vm`]); the runner does the waiting (reading the
+//! whole body) and resumes the script. A yield the handle did not ask for is Envoy's
+//! `script performed an unexpected yield` error.
+//!
+//! Not built (a script calling them gets a Lua error, counted in `errors` as any other):
+//! `httpCall()`, `bodyChunks()`, `setHttp1ReasonPhrase()`, `metadata()`, `verifySignature()`/`importPublicKey()`,
+//! `filterContext()`, `route()`, `virtualHost()`, `clearRouteCache()`,
+//! `setUpstreamOverrideHost()`, `stats()`, `connectionStreamInfo()`, and stream info's
+//! dynamic metadata.
+
+use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode};
+use hyper::body::Body as _;
+use mlua::{Lua, MetaMethod, MultiValue, ThreadStatus, UserData, UserDataMethods, Value};
+
+use super::vm::{self, WorkerScript};
+use super::{LuaStats, Script};
+use crate::http::codec::body::ProxyBody;
+
+/// What a stream's script sees of its connection.
+pub struct StreamFacts {
+    /// `HTTP/1.0`, `HTTP/1.1`, `HTTP/2`.
+    pub protocol: &'static str,
+    /// The listener's address the connection came to.
+    pub local: SocketAddr,
+    /// The peer.
+    pub direct_remote: SocketAddr,
+    /// The client (the peer, or the address a proxy protocol header or original IP
+    /// detection gave).
+    pub remote: SocketAddr,
+    /// The TLS server name the client asked for.
+    pub requested_server_name: Option<Box<str>>,
+    /// The connection's TLS facts, when it is TLS.
+    pub tls: Option<TlsFacts>,
+}
+
+/// What `connection():ssl()` tells of a TLS connection.
+pub struct TlsFacts {
+    /// `TLSv1.3`, …
+    pub version: &'static str,
+    /// Whether the client presented a certificate.
+    pub peer_presented: bool,
+}
+
+/// Why the script yielded.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Wait {
+    /// For the whole body (`body()`).
+    Body,
+    /// For the body and the trailers (`trailers()`).
+    Trailers,
+    /// It answered the request (`respond()`).
+    Respond,
+}
+
+/// A head's fields as scripts see them: pseudo-headers first, then the fields in order.
+type Fields = Vec<(String, Vec<u8>)>;
+
+/// A run's state, shared by the runner and the script's objects.
+struct State {
+    response: bool,
+    fields: Fields,
+    fields_changed: bool,
+    /// The stream ended with its head: there is no body to wait for.
+    end_stream: bool,
+    /// The whole body, once read.
+    body: Option<Vec<u8>>,
+    body_changed: bool,
+    trailers: Option<Fields>,
+    wait: Option<Wait>,
+    /// Bumped each time the script is resumed after a wait: the objects it got before
+    /// (headers, stream info, …) are then dead, as Envoy's.
+    generation: u32,
+    reply: Option<(Fields, Option<Vec<u8>>)>,
+    facts: Rc<StreamFacts>,
+}
+
+type Shared = Rc<RefCell<State>>;
+
+fn runtime(msg: impl Into<String>) -> mlua::Error {
+    mlua::Error::RuntimeError(msg.into())
+}
+
+/// An object a script got from its handle, alive until the script waits.
+#[derive(Clone)]
+struct Scoped {
+    state: Shared,
+    generation: u32,
+}
+
+impl Scoped {
+    fn new(state: &Shared) -> Scoped {
+        Scoped {
+            state: state.clone(),
+            generation: state.borrow().generation,
+        }
+    }
+
+    /// Envoy's error for an object used after the script waited.
+    fn live(&self) -> mlua::Result<()> {
+        match self.state.borrow().generation == self.generation {
+            true => Ok(()),
+            false => Err(runtime("object used outside of proper scope")),
+        }
+    }
+}
+
+/// A value as header text (strings and numbers, as Lua coerces them).
+fn text(v: &Value) -> Option<Vec<u8>> {
+    match v {
+        Value::String(s) => Some(s.as_bytes().to_vec()),
+        Value::Integer(i) => Some(i.to_string().into_bytes()),
+        Value::Number(n) => Some(mlua_number(*n).into_bytes()),
+        _ => None,
+    }
+}
+
+/// A number as Lua writes it (`%.14g`).
+fn mlua_number(n: f64) -> String {
+    if n.fract() == 0.0 && n.abs() < 1e15 {
+        format!("{}", n as i64)
+    } else {
+        format!("{n}")
+    }
+}
+
+fn lower(key: &[u8]) -> String {
+    String::from_utf8_lossy(key).to_ascii_lowercase()
+}
+
+/// The stream's headers (or trailers).
+struct Headers {
+    scope: Scoped,
+    trailers: bool,
+}
+
+impl Headers {
+    fn with<R>(&self, f: impl FnOnce(&mut Fields) -> R) -> mlua::Result<R> {
+        self.scope.live()?;
+        let mut st = self.scope.state.borrow_mut();
+        if self.trailers {
+            Ok(f(st.trailers.get_or_insert_with(Vec::new)))
+        } else {
+            st.fields_changed |= true;
+            Ok(f(&mut st.fields))
+        }
+    }
+
+    fn read<R>(&self, f: impl FnOnce(&Fields) -> R) -> mlua::Result<R> {
+        self.scope.live()?;
+        let st = self.scope.state.borrow();
+        if self.trailers {
+            Ok(f(st.trailers.as_ref().unwrap_or(&Vec::new())))
+        } else {
+            Ok(f(&st.fields))
+        }
+    }
+}
+
+impl UserData for Headers {
+    fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
+        methods.add_method("get", |lua, this, key: mlua::String| {
+            let key = lower(&key.as_bytes());
+            // No value at all (not even `nil`) when absent, as Envoy's.
+            let joined = this.read(|f| {
+                let mut values = f.iter().filter(|(k, _)| *k == key).map(|(_, v)| v);
+                let first = values.next()?;
+                let mut joined = first.clone();
+                for v in values {
+                    joined.push(b',');
+                    joined.extend_from_slice(v);
+                }
+                Some(joined)
+            })?;
+            match joined {
+                Some(j) => Ok(MultiValue::from_iter([Value::String(
+                    lua.create_string(&j)?,
+                )])),
+                None => Ok(MultiValue::new()),
+            }
+        });
+        methods.add_method(
+            "getAtIndex",
+            |lua, this, (key, index): (mlua::String, i64)| {
+                let key = lower(&key.as_bytes());
+                let found = this.read(|f| {
+                    usize::try_from(index)
+                        .ok()
+                        .and_then(|i| f.iter().filter(|(k, _)| *k == key).nth(i))
+                        .map(|(_, v)| v.clone())
+                })?;
+                match found {
+                    Some(v) => Ok(MultiValue::from_iter([Value::String(
+                        lua.create_string(&v)?,
+                    )])),
+                    None => Ok(MultiValue::new()),
+                }
+            },
+        );
+        methods.add_method("getNumValues", |_, this, key: mlua::String| {
+            let key = lower(&key.as_bytes());
+            this.read(|f| f.iter().filter(|(k, _)| *k == key).count())
+        });
+        methods.add_method("add", |_, this, (key, value): (mlua::String, Value)| {
+            let value = text(&value).ok_or_else(|| runtime("header value must be a string"))?;
+            let key = lower(&key.as_bytes());
+            this.with(|f| f.push((key, value)))
+        });
+        methods.add_method("replace", |_, this, (key, value): (mlua::String, Value)| {
+            let value = text(&value).ok_or_else(|| runtime("header value must be a string"))?;
+            let key = lower(&key.as_bytes());
+            this.with(|f| match f.iter().position(|(k, _)| *k == key) {
+                Some(i) => {
+                    f[i].1 = value;
+                    let mut n = 0;
+                    f.retain(|(k, _)| {
+                        n += 1;
+                        n - 1 <= i || *k != key
+                    });
+                }
+                None => f.push((key, value)),
+            })
+        });
+        methods.add_method("remove", |_, this, key: mlua::String| {
+            let key = lower(&key.as_bytes());
+            this.with(|f| f.retain(|(k, _)| *k != key))
+        });
+        methods.add_meta_method(MetaMethod::Pairs, |lua, this, ()| {
+            let snapshot: Fields = this.read(|f| f.clone())?;
+            let next = Cell::new(0usize);
+            let iter = lua.create_function(move |lua, _: MultiValue| {
+                let i = next.get();
+                next.set(i + 1);
+                match snapshot.get(i) {
+                    Some((k, v)) => Ok((
+                        Value::String(lua.create_string(k)?),
+                        Value::String(lua.create_string(v)?),
+                    )),
+                    None => Ok((Value::Nil, Value::Nil)),
+                }
+            })?;
+            Ok((iter, Value::Nil, Value::Nil))
+        });
+    }
+}
+
+/// The stream's whole body.
+struct Body(Scoped);
+
+impl UserData for Body {
+    fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
+        methods.add_method("length", |_, this, ()| {
+            this.0.live()?;
+            Ok(this.0.state.borrow().body.as_ref().map_or(0, Vec::len))
+        });
+        methods.add_method("getBytes", |lua, this, (index, length): (i64, i64)| {
+            this.0.live()?;
+            let st = this.0.state.borrow();
+            let body = st.body.as_deref().unwrap_or(&[]);
+            let in_range =
+                index >= 0 && length >= 0 && (index as u64 + length as u64) <= body.len() as u64;
+            if !in_range {
+                return Err(runtime(
+                    "index/length must be >= 0 and (index + length) must be <= buffer size",
+                ));
+            }
+            lua.create_string(&body[index as usize..(index + length) as usize])
+        });
+        methods.add_method("setBytes", |_, this, bytes: mlua::String| {
+            this.0.live()?;
+            let mut st = this.0.state.borrow_mut();
+            let bytes = bytes.as_bytes().to_vec();
+            let len = bytes.len();
+            st.body = Some(bytes);
+            st.body_changed = true;
+            // As Envoy's: the head's `content-length` follows the new body.
+            st.fields.retain(|(k, _)| k != "content-length");
+            st.fields
+                .push(("content-length".into(), len.to_string().into_bytes()));
+            st.fields_changed = true;
+            Ok(len)
+        });
+    }
+}
+
+/// `streamInfo()`.
+struct StreamInfo(Scoped, Rc<StreamFacts>);
+
+impl UserData for StreamInfo {
+    fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
+        methods.add_method("protocol", |_, this, ()| {
+            this.0.live()?;
+            Ok(this.1.protocol)
+        });
+        methods.add_method("downstreamLocalAddress", |_, this, ()| {
+            this.0.live()?;
+            Ok(this.1.local.to_string())
+        });
+        methods.add_method("downstreamDirectRemoteAddress", |_, this, ()| {
+            this.0.live()?;
+            Ok(this.1.direct_remote.to_string())
+        });
+        methods.add_method("downstreamRemoteAddress", |_, this, ()| {
+            this.0.live()?;
+            Ok(this.1.remote.to_string())
+        });
+        methods.add_method("requestedServerName", |_, this, ()| {
+            this.0.live()?;
+            Ok(this
+                .1
+                .requested_server_name
+                .as_deref()
+                .unwrap_or("")
+                .to_string())
+        });
+    }
+}
+
+/// `connection()`.
+struct Connection(Scoped, Rc<StreamFacts>);
+
+impl UserData for Connection {
+    fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
+        methods.add_method("ssl", |lua, this, ()| {
+            this.0.live()?;
+            match &this.1.tls {
+                None => Ok(Value::Nil),
+                Some(_) => Ok(Value::UserData(
+                    lua.create_userdata(Ssl(this.0.clone(), this.1.clone()))?,
+                )),
+            }
+        });
+    }
+}
+
+/// `connection():ssl()` on a TLS connection.
+struct Ssl(Scoped, Rc<StreamFacts>);
+
+impl UserData for Ssl {
+    fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
+        methods.add_method("peerCertificatePresented", |_, this, ()| {
+            this.0.live()?;
+            Ok(this.1.tls.as_ref().is_some_and(|t| t.peer_presented))
+        });
+        methods.add_method("tlsVersion", |_, this, ()| {
+            this.0.live()?;
+            Ok(this.1.tls.as_ref().map_or("", |t| t.version))
+        });
+    }
+}
+
+/// The Rust side of the stream handle (`request_handle`, `response_handle`).
+struct Handle(Shared);
+
+fn script_log(level: tracing::Level, msg: &str) {
+    match level {
+        tracing::Level::TRACE => tracing::trace!("script log: {msg}"),
+        tracing::Level::DEBUG => tracing::debug!("script log: {msg}"),
+        tracing::Level::INFO => tracing::info!("script log: {msg}"),
+        tracing::Level::WARN => tracing::warn!("script log: {msg}"),
+        _ => tracing::error!("script log: {msg}"),
+    }
+}
+
+/// A table of header fields (a value may be a list of values), as `respond()` takes it.
+fn fields_of(table: &mlua::Table) -> mlua::Result<Fields> {
+    let mut out = Vec::new();
+    for pair in table.pairs::<Value, Value>() {
+        let (k, v) = pair?;
+        let Value::String(k) = k else {
+            return Err(runtime("header key must be a string"));
+        };
+        let key = lower(&k.as_bytes());
+        match &v {
+            Value::Table(list) => {
+                for item in list.sequence_values::<Value>() {
+                    let item = item?;
+                    let value =
+                        text(&item).ok_or_else(|| runtime("header value must be a string"))?;
+                    out.push((key.clone(), value));
+                }
+            }
+            other => {
+                let value = text(other).ok_or_else(|| runtime("header value must be a string"))?;
+                out.push((key, value));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn not_supported(name: &'static str) -> impl Fn(&Lua, &Handle, MultiValue) -> mlua::Result<()> {
+    move |_, _, _| Err(runtime(format!("{name}() is not supported by Courier")))
+}
+
+impl UserData for Handle {
+    fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
+        methods.add_method("headers", |lua, this, ()| {
+            lua.create_userdata(Headers {
+                scope: Scoped::new(&this.0),
+                trailers: false,
+            })
+        });
+        methods.add_method("waitBody", |_, this, ()| {
+            let mut st = this.0.borrow_mut();
+            let wait = !st.end_stream && st.body.is_none();
+            if wait {
+                st.wait = Some(Wait::Body);
+            }
+            Ok(wait)
+        });
+        methods.add_method("body", |lua, this, always: Option<bool>| {
+            let has_body = this.0.borrow().body.as_ref().is_some_and(|b| !b.is_empty());
+            if !has_body && !always.unwrap_or(false) {
+                return Ok(MultiValue::new());
+            }
+            this.0.borrow_mut().body.get_or_insert_with(Vec::new);
+            Ok(MultiValue::from_iter([Value::UserData(
+                lua.create_userdata(Body(Scoped::new(&this.0)))?,
+            )]))
+        });
+        methods.add_method("waitTrailers", |_, this, ()| {
+            let mut st = this.0.borrow_mut();
+            let wait = !st.end_stream && st.body.is_none();
+            if wait {
+                st.wait = Some(Wait::Trailers);
+            }
+            Ok(wait)
+        });
+        methods.add_method("trailers", |lua, this, ()| {
+            if this.0.borrow().trailers.is_none() {
+                return Ok(MultiValue::new());
+            }
+            Ok(MultiValue::from_iter([Value::UserData(
+                lua.create_userdata(Headers {
+                    scope: Scoped::new(&this.0),
+                    trailers: true,
+                })?,
+            )]))
+        });
+        methods.add_method(
+            "respond",
+            |_, this, (headers, body): (mlua::Table, Option<mlua::String>)| {
+                let mut st = this.0.borrow_mut();
+                if st.response {
+                    return Err(runtime(
+                        "respond not currently supported in the response path",
+                    ));
+                }
+                let fields = fields_of(&headers)?;
+                let status = fields
+                    .iter()
+                    .find(|(k, _)| k == ":status")
+                    .and_then(|(_, v)| std::str::from_utf8(v).ok())
+                    .and_then(|v| v.parse::<u16>().ok());
+                if !status.is_some_and(|s| (200..600).contains(&s)) {
+                    return Err(runtime(":status must be between 200-599"));
+                }
+                st.reply = Some((fields, body.map(|b| b.as_bytes().to_vec())));
+                st.wait = Some(Wait::Respond);
+                Ok(())
+            },
+        );
+        methods.add_method("streamInfo", |lua, this, ()| {
+            let facts = this.0.borrow().facts.clone();
+            lua.create_userdata(StreamInfo(Scoped::new(&this.0), facts))
+        });
+        methods.add_method("connection", |lua, this, ()| {
+            let facts = this.0.borrow().facts.clone();
+            lua.create_userdata(Connection(Scoped::new(&this.0), facts))
+        });
+        for (name, level) in [
+            ("logTrace", tracing::Level::TRACE),
+            ("logDebug", tracing::Level::DEBUG),
+            ("logInfo", tracing::Level::INFO),
+            ("logWarn", tracing::Level::WARN),
+            ("logErr", tracing::Level::ERROR),
+            ("logCritical", tracing::Level::ERROR),
+        ] {
+            methods.add_method(name, move |_, _, msg: mlua::String| {
+                script_log(level, &String::from_utf8_lossy(&msg.as_bytes()));
+                Ok(())
+            });
+        }
+        methods.add_method("base64Escape", |_, _, input: mlua::String| {
+            use base64::Engine as _;
+            Ok(base64::engine::general_purpose::STANDARD.encode(&*input.as_bytes()))
+        });
+        methods.add_method("timestamp", |_, _, unit: Option<String>| {
+            match unit.as_deref() {
+                None | Some("") | Some("0") => {}
+                Some(_) => return Err(runtime("timestamp format must be MILLISECOND.")),
+            }
+            let ms = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            Ok(ms as f64)
+        });
+        methods.add_method("timestampString", |_, _, unit: Option<String>| {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default();
+            match unit.as_deref() {
+                None | Some("") | Some("0") => Ok(now.as_millis().to_string()),
+                Some("1") => Ok(now.as_micros().to_string()),
+                Some(_) => Err(runtime(
+                    "timestamp format must be MILLISECOND or MICROSECOND.",
+                )),
+            }
+        });
+        for name in [
+            "httpCall",
+            "bodyChunks",
+            "metadata",
+            "importPublicKey",
+            "verifySignature",
+            "filterContext",
+            "connectionStreamInfo",
+            "route",
+            "virtualHost",
+            "clearRouteCache",
+            "setUpstreamOverrideHost",
+            "base64Decode",
+            "stats",
+        ] {
+            methods.add_method(name, not_supported(name));
+        }
+    }
+}
+
+/// What a run left: the script's answer (`respond()`), else the head and body as it left
+/// them.
+struct Ran {
+    state: State,
+}
+
+/// Runs `function` (a script's `envoy_on_request` or `envoy_on_response`) on `state`,
+/// reading the body from `body` when the script waits for it. A runtime error is counted
+/// and logged, and what the script did until then stands (as Envoy's).
+async fn run(
+    ws: &WorkerScript,
+    function: &mlua::Function,
+    stats: &LuaStats,
+    worker: usize,
+    state: State,
+    body: &mut ProxyBody,
+    limit: usize,
+) -> Result<Ran, TooLarge> {
+    let shared: Shared = Rc::new(RefCell::new(state));
+    stats.executions.inc(worker);
+    let failed = |e: String| {
+        stats.errors.inc(worker);
+        tracing::error!("script log: {e}");
+    };
+    let started = ws
+        .lua
+        .create_userdata(Handle(shared.clone()))
+        .and_then(|u| ws.make_handle.call::<mlua::Table>(u))
+        .and_then(|h| Ok((ws.lua.create_thread(function.clone())?, h)));
+    match started {
+        Err(e) => failed(vm::message(&e)),
+        Ok((thread, handle)) => {
+            let mut args = MultiValue::from_iter([Value::Table(handle)]);
+            loop {
+                if let Err(e) = thread.resume::<MultiValue>(args) {
+                    failed(vm::message(&e));
+                    break;
+                }
+                if thread.status() != ThreadStatus::Resumable {
+                    break;
+                }
+                let wait = shared.borrow_mut().wait.take();
+                match wait {
+                    None => {
+                        failed("script performed an unexpected yield".into());
+                        break;
+                    }
+                    Some(Wait::Respond) => break,
+                    Some(Wait::Body | Wait::Trailers) => {
+                        let (data, trailers) = read_whole(body, limit).await?;
+                        let mut st = shared.borrow_mut();
+                        st.body = Some(data);
+                        st.trailers = trailers;
+                        st.end_stream = true;
+                        st.generation += 1;
+                    }
+                }
+                args = MultiValue::new();
+            }
+        }
+    }
+    // The script's objects may outlive the run (a global holding one): they keep an empty
+    // state.
+    let facts = shared.borrow().facts.clone();
+    let state = shared.replace(State {
+        response: false,
+        fields: Vec::new(),
+        fields_changed: false,
+        end_stream: true,
+        body: None,
+        body_changed: false,
+        trailers: None,
+        wait: None,
+        generation: u32::MAX,
+        reply: None,
+        facts,
+    });
+    Ok(Ran { state })
+}
+
+/// A body past the stream's buffer limit, while a script waited for it whole.
+pub struct TooLarge;
+
+/// Reads `body` whole (up to `limit` bytes) and its trailers.
+async fn read_whole(
+    body: &mut ProxyBody,
+    limit: usize,
+) -> Result<(Vec<u8>, Option<Fields>), TooLarge> {
+    use http_body_util::BodyExt as _;
+    let mut data = Vec::new();
+    let mut trailers = None;
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else { break };
+        match frame.into_data() {
+            Ok(d) => {
+                if data.len() + d.len() > limit {
+                    return Err(TooLarge);
+                }
+                data.extend_from_slice(&d);
+            }
+            Err(frame) => {
+                if let Ok(t) = frame.into_trailers() {
+                    trailers = Some(
+                        t.iter()
+                            .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
+                            .collect(),
+                    );
+                }
+            }
+        }
+    }
+    Ok((data, trailers))
+}
+
+/// The fields of a header map, after `pseudo`.
+fn fields_from(pseudo: Fields, headers: &http::HeaderMap, skip_host: bool) -> Fields {
+    let mut fields = pseudo;
+    fields.reserve(headers.len());
+    for (k, v) in headers {
+        if skip_host && k == http::header::HOST {
+            continue;
+        }
+        fields.push((k.as_str().to_string(), v.as_bytes().to_vec()));
+    }
+    fields
+}
+
+/// A header map of `fields` (pseudo-headers and fields the codec cannot carry left out).
+fn header_map(fields: &Fields) -> http::HeaderMap {
+    let mut map = http::HeaderMap::with_capacity(fields.len());
+    for (k, v) in fields {
+        if k.starts_with(':') {
+            continue;
+        }
+        let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(k.as_bytes()),
+            HeaderValue::from_bytes(v),
+        ) else {
+            tracing::debug!(
+                "lua: dropping a header field the script set that HTTP cannot carry: {k}"
+            );
+            continue;
+        };
+        map.append(name, value);
+    }
+    map
+}
+
+fn pseudo<'f>(fields: &'f Fields, name: &str) -> Option<&'f [u8]> {
+    fields
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_slice())
+}
+
+/// What the request pass did.
+pub enum RequestPass {
+    /// The request goes on (changed as the script changed it).
+    Pass(Changes),
+    /// The script answered it.
+    Respond(Box<Response<ProxyBody>>),
+    /// Its body was past the buffer limit while the script waited for it whole.
+    TooLarge,
+}
+
+/// What a script changed of a request that goes on.
+#[derive(Default)]
+pub struct Changes {
+    /// Its headers (`:authority`, `:path`, …, or fields): it is routed again.
+    pub headers: bool,
+    /// Its `:authority`, when the script changed it.
+    pub authority: Option<String>,
+    /// Whether its `:path` changed.
+    pub path: bool,
+}
+
+/// A response pass to run: the script of the request's run, on its response.
+pub struct ResponsePass {
+    ws: Rc<WorkerScript>,
+    stats: Arc<LuaStats>,
+    facts: Rc<StreamFacts>,
+}
+
+/// The request pass of `script` on `req` (its routed `scheme` and `authority`); the
+/// response pass to run later, if the script has one.
+pub async fn on_request(
+    script: &Arc<Script>,
+    stats: &Arc<LuaStats>,
+    req: &mut Request<ProxyBody>,
+    scheme: &str,
+    facts: Rc<StreamFacts>,
+    worker: usize,
+    limit: usize,
+) -> (RequestPass, Option<Box<ResponsePass>>) {
+    let ws = match vm::worker_script(script) {
+        Ok(ws) => ws,
+        Err(e) => {
+            // Its top level ran at load; a worker's run of it may still fail.
+            stats.errors.inc(worker);
+            tracing::error!("script log: {e}");
+            return (RequestPass::Pass(Changes::default()), None);
+        }
+    };
+    let response = ws.on_response.is_some().then(|| {
+        Box::new(ResponsePass {
+            ws: ws.clone(),
+            stats: stats.clone(),
+            facts: facts.clone(),
+        })
+    });
+    let Some(function) = ws.on_request.clone() else {
+        return (RequestPass::Pass(Changes::default()), response);
+    };
+    let uri_authority = req.uri().authority().map(|a| a.as_str().to_string());
+    let authority = uri_authority.clone().or_else(|| {
+        req.headers()
+            .get(http::header::HOST)
+            .map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned())
+    });
+    let path = req
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
+    let mut head: Fields = Vec::with_capacity(4);
+    if let Some(a) = &authority {
+        head.push((":authority".into(), a.clone().into_bytes()));
+    }
+    head.push((":path".into(), path.clone().into_bytes()));
+    head.push((":method".into(), req.method().as_str().as_bytes().to_vec()));
+    head.push((":scheme".into(), scheme.as_bytes().to_vec()));
+    let state = State {
+        response: false,
+        fields: fields_from(head, req.headers(), uri_authority.is_none()),
+        fields_changed: false,
+        end_stream: req.body().is_end_stream(),
+        body: None,
+        body_changed: false,
+        trailers: None,
+        wait: None,
+        generation: 0,
+        reply: None,
+        facts,
+    };
+    let ran = match run(&ws, &function, stats, worker, state, req.body_mut(), limit).await {
+        Ok(ran) => ran,
+        Err(TooLarge) => return (RequestPass::TooLarge, response),
+    };
+    let st = ran.state;
+    if let Some((fields, body)) = st.reply {
+        return (
+            RequestPass::Respond(Box::new(reply(fields, body))),
+            response,
+        );
+    }
+    let mut changes = Changes::default();
+    if let Some(body) = st.body {
+        if st.body_changed {
+            req.headers_mut().remove(http::header::TRANSFER_ENCODING);
+        }
+        *req.body_mut() = ProxyBody::full(Bytes::from(body));
+    }
+    if st.fields_changed {
+        changes.headers = true;
+        let mut map = header_map(&st.fields);
+        let new_authority =
+            pseudo(&st.fields, ":authority").map(|a| String::from_utf8_lossy(a).into_owned());
+        if new_authority != authority {
+            changes.authority = new_authority.clone();
+        }
+        if uri_authority.is_none() {
+            if let Some(v) = new_authority
+                .as_deref()
+                .and_then(|a| HeaderValue::from_str(a).ok())
+            {
+                map.insert(http::header::HOST, v);
+            }
+        }
+        if let Some(m) =
+            pseudo(&st.fields, ":method").and_then(|m| http::Method::from_bytes(m).ok())
+        {
+            *req.method_mut() = m;
+        }
+        let new_path = pseudo(&st.fields, ":path").map(|p| String::from_utf8_lossy(p).into_owned());
+        let mut parts = req.uri().clone().into_parts();
+        let mut uri_changed = false;
+        if let Some(p) = new_path.filter(|p| *p != path) {
+            if let Ok(pq) = p.parse() {
+                parts.path_and_query = Some(pq);
+                uri_changed = true;
+                changes.path = true;
+            }
+        }
+        if uri_authority.is_some() {
+            if let Some(a) = changes.authority.as_deref().and_then(|a| a.parse().ok()) {
+                parts.authority = Some(a);
+                uri_changed = true;
+            }
+        }
+        if uri_changed {
+            if let Ok(uri) = http::Uri::from_parts(parts) {
+                *req.uri_mut() = uri;
+            }
+        }
+        *req.headers_mut() = map;
+    }
+    (RequestPass::Pass(changes), response)
+}
+
+/// The answer of a script's `respond()`: its fields in order, and its body with its
+/// length.
+fn reply(fields: Fields, body: Option<Vec<u8>>) -> Response<ProxyBody> {
+    let status = pseudo(&fields, ":status")
+        .and_then(|s| std::str::from_utf8(s).ok())
+        .and_then(|s| s.parse::<u16>().ok())
+        .and_then(|s| StatusCode::from_u16(s).ok())
+        .unwrap_or(StatusCode::OK);
+    let mut map = header_map(&fields);
+    let len = body.as_ref().map_or(0, Vec::len);
+    map.insert(http::header::CONTENT_LENGTH, HeaderValue::from(len));
+    let mut r = Response::new(match body {
+        Some(b) => ProxyBody::full(Bytes::from(b)),
+        None => ProxyBody::empty(),
+    });
+    *r.status_mut() = status;
+    *r.headers_mut() = map;
+    r.extensions_mut()
+        .insert(crate::http::conn_manager::local_reply::LocalReply(None));
+    r
+}
+
+impl ResponsePass {
+    /// Runs the script's `envoy_on_response` on `resp`. A body past `limit`, when the
+    /// script waits for it whole, is a `500`.
+    pub async fn on_response(self, resp: &mut Response<ProxyBody>, worker: usize, limit: usize) {
+        let Some(function) = self.ws.on_response.clone() else {
+            return;
+        };
+        let head = vec![(
+            ":status".to_string(),
+            resp.status().as_str().as_bytes().to_vec(),
+        )];
+        let state = State {
+            response: true,
+            fields: fields_from(head, resp.headers(), false),
+            fields_changed: false,
+            end_stream: resp.body().is_end_stream(),
+            body: None,
+            body_changed: false,
+            trailers: None,
+            wait: None,
+            generation: 0,
+            reply: None,
+            facts: self.facts,
+        };
+        let ran = run(
+            &self.ws,
+            &function,
+            &self.stats,
+            worker,
+            state,
+            resp.body_mut(),
+            limit,
+        )
+        .await;
+        let st = match ran {
+            Ok(ran) => ran.state,
+            Err(TooLarge) => {
+                *resp = crate::http::conn_manager::local_reply::local_reply(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "Internal Server Error",
+                );
+                return;
+            }
+        };
+        if let Some(body) = st.body {
+            if st.body_changed {
+                resp.headers_mut().remove(http::header::TRANSFER_ENCODING);
+            }
+            *resp.body_mut() = ProxyBody::full(Bytes::from(body));
+        }
+        if st.fields_changed {
+            if let Some(s) = pseudo(&st.fields, ":status")
+                .and_then(|s| std::str::from_utf8(s).ok())
+                .and_then(|s| s.parse::<u16>().ok())
+                .and_then(|s| StatusCode::from_u16(s).ok())
+            {
+                *resp.status_mut() = s;
+            }
+            *resp.headers_mut() = header_map(&st.fields);
+        }
+    }
+}

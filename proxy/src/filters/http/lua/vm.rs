@@ -1,0 +1,137 @@
+//! The Lua VMs: one per script on each worker (a worker is single-threaded, so its VMs
+//! are never shared), made the first time the worker runs the script and kept in a
+//! thread-local table keyed by the script's id. A VM whose script the config no longer
+//! holds is dropped the next time the worker makes one.
+//!
+//! Each VM runs a small prelude before the script: the stream handle's methods that wait
+//! (`body()`, `trailers()`) or end the script (`respond()`) yield the script's coroutine
+//! from Lua, after the handle's Rust side noted why ([`super::stream`]).
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::{Arc, Weak};
+
+use mlua::{Function, Lua, Value};
+
+use super::Script;
+
+/// The prelude: `make_handle(u)` wraps a stream's Rust handle `u` in the table scripts see,
+/// whose methods forward to it; the waiting ones yield first when it says so.
+const PRELUDE: &str = r#"
+local yield = coroutine.yield
+local H = {}
+H.__index = H
+local plain = { "headers", "streamInfo", "connection", "metadata", "logTrace", "logDebug",
+  "logInfo", "logWarn", "logErr", "logCritical", "base64Escape", "timestamp",
+  "timestampString", "httpCall", "bodyChunks", "importPublicKey", "verifySignature",
+  "filterContext", "connectionStreamInfo", "route", "virtualHost", "clearRouteCache",
+  "setUpstreamOverrideHost", "base64Decode", "stats" }
+for i = 1, #plain do
+  local n = plain[i]
+  H[n] = function(self, ...)
+    local u = rawget(self, 1)
+    return u[n](u, ...)
+  end
+end
+function H:body(...)
+  local u = rawget(self, 1)
+  if u:waitBody() then yield() end
+  return u:body(...)
+end
+function H:trailers()
+  local u = rawget(self, 1)
+  if u:waitTrailers() then yield() end
+  return u:trailers()
+end
+function H:respond(...)
+  rawget(self, 1):respond(...)
+  yield()
+end
+return function(u) return setmetatable({ u }, H) end
+"#;
+
+/// A script compiled in this worker's VM for it.
+pub(crate) struct WorkerScript {
+    /// The VM (the functions below hold it too).
+    pub(crate) lua: Lua,
+    /// `envoy_on_request`, if the script defines it.
+    pub(crate) on_request: Option<Function>,
+    /// `envoy_on_response`, if the script defines it.
+    pub(crate) on_response: Option<Function>,
+    /// The prelude's `make_handle`.
+    pub(crate) make_handle: Function,
+    /// The config's script, to know when it is gone.
+    script: Weak<Script>,
+}
+
+thread_local! {
+    static VMS: RefCell<HashMap<u64, Rc<WorkerScript>>> = RefCell::new(HashMap::new());
+}
+
+/// What a VM's failure says: Lua's own message, without `mlua`'s wrapping (as Envoy logs
+/// it).
+pub(crate) fn message(e: &mlua::Error) -> String {
+    match e {
+        mlua::Error::RuntimeError(m) | mlua::Error::SyntaxError { message: m, .. } => m.clone(),
+        mlua::Error::CallbackError { cause, .. } => message(cause),
+        mlua::Error::WithContext { cause, .. } => message(cause),
+        other => other.to_string(),
+    }
+}
+
+/// A VM with the prelude and `source` run in it.
+fn build(source: &str) -> Result<(Lua, Function), String> {
+    let lua = Lua::new();
+    let make_handle: Function = lua
+        .load(PRELUDE)
+        .set_name("=prelude")
+        .eval()
+        .map_err(|e| message(&e))?;
+    // Named by its source, as `luaL_dostring` names a chunk: errors then read
+    // `[string "<first line>..."]:<line>: …`, as Envoy's do.
+    lua.load(source)
+        .set_name(source)
+        .exec()
+        .map_err(|e| message(&e))?;
+    Ok((lua, make_handle))
+}
+
+/// A global function of the VM, if it has one.
+fn global_function(lua: &Lua, name: &str) -> Option<Function> {
+    match lua.globals().get::<Value>(name) {
+        Ok(Value::Function(f)) => Some(f),
+        _ => None,
+    }
+}
+
+/// Checks a script at load, in a VM of its own: whether it defines `envoy_on_request` and
+/// `envoy_on_response`, or Lua's error.
+pub(crate) fn check(source: &str) -> Result<(bool, bool), String> {
+    let (lua, _) = build(source)?;
+    Ok((
+        global_function(&lua, "envoy_on_request").is_some(),
+        global_function(&lua, "envoy_on_response").is_some(),
+    ))
+}
+
+/// This worker's VM for `script`, made on first use.
+pub(crate) fn worker_script(script: &Arc<Script>) -> Result<Rc<WorkerScript>, String> {
+    if let Some(ws) = VMS.with(|v| v.borrow().get(&script.id).cloned()) {
+        return Ok(ws);
+    }
+    let (lua, make_handle) = build(&script.source)?;
+    let ws = Rc::new(WorkerScript {
+        on_request: global_function(&lua, "envoy_on_request"),
+        on_response: global_function(&lua, "envoy_on_response"),
+        lua,
+        make_handle,
+        script: Arc::downgrade(script),
+    });
+    VMS.with(|v| {
+        let mut vms = v.borrow_mut();
+        vms.retain(|_, ws| ws.script.strong_count() > 0);
+        vms.insert(script.id, ws.clone());
+    });
+    Ok(ws)
+}

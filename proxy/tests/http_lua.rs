@@ -1,0 +1,437 @@
+//! The Lua filter (`envoy.filters.http.lua`): a script's request and response passes
+//! (headers read, added, replaced, removed and iterated; bodies read and rewritten on
+//! both sides; `respond()`; stream info), Contour's script, the route cache cleared by a
+//! script's header change, `LuaPerRoute` (`disabled`, a named script, an inline one), a
+//! runtime error (the stream goes on, counted in `errors`), the filter's counters, and a
+//! script that does not compile (refused by both). Each case runs through Courier and,
+//! when `envoy` is on PATH, through Envoy 1.40; the two must agree, and agree with the
+//! values written here.
+
+mod http_support;
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+
+use http_support::*;
+
+const FILTER: &str = r#"          - name: envoy.filters.http.lua
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua
+              stat_prefix: main
+              default_source_code:
+                inline_string: |
+                  function envoy_on_request(h)
+                    local hd = h:headers()
+                    local p = hd:get(":path")
+                    if p == "/respond" then
+                      h:respond({[":status"] = "403", ["x-t-lua"] = "denied"}, "nope")
+                      hd:add("x-t-after", "never")
+                    elseif p == "/respond-empty" then
+                      h:respond({[":status"] = "204", ["x-t-lua"] = {"a", "b"}})
+                    elseif p == "/respond-bad" then
+                      h:respond({[":status"] = "100"}, "x")
+                    elseif p == "/err" then
+                      hd:add("x-t-before-error", "1")
+                      local x = nil
+                      x.y = 1
+                    elseif p == "/hdrs" then
+                      hd:add("x-t-added", "1")
+                      hd:replace("x-t-rep", "new")
+                      hd:replace("x-t-fresh", "made")
+                      hd:remove("x-t-gone")
+                      hd:add("x-t-count", tostring(hd:getNumValues("x-t-multi")))
+                      hd:add("x-t-at1", hd:getAtIndex("x-t-multi", 1) or "nil")
+                      hd:add("x-t-at5", hd:getAtIndex("x-t-multi", 5) or "nil")
+                      hd:add("x-t-joined", hd:get("x-t-multi"))
+                      hd:add("x-t-none", tostring(hd:get("x-t-absent") == nil))
+                      hd:add("x-t-method", hd:get(":method"))
+                      local seen = {}
+                      for k, v in pairs(hd) do
+                        if string.sub(k, 1, 4) == "x-t-" or string.sub(k, 1, 1) == ":" then
+                          seen[#seen + 1] = k .. "=" .. v
+                        end
+                      end
+                      table.sort(seen)
+                      hd:add("x-t-seen", table.concat(seen, ";"))
+                    elseif p == "/body/echo" then
+                      local b = h:body()
+                      local after = h:headers()
+                      after:add("x-t-len", tostring(b:length()))
+                      after:add("x-t-first", b:getBytes(0, 3))
+                      b:setBytes("rewritten:" .. b:getBytes(0, b:length()))
+                    elseif p == "/body/read/echo" then
+                      hd:add("x-t-body", h:body():getBytes(0, 4))
+                    elseif p == "/nobody" then
+                      hd:add("x-t-body", tostring(h:body() == nil))
+                      hd:add("x-t-always", tostring(h:body(true):length()))
+                    elseif p == "/stale/echo" then
+                      local si = h:streamInfo()
+                      h:body()
+                      h:headers():add("x-t-proto", si:protocol())
+                    elseif p == "/bad-range/echo" then
+                      h:body():getBytes(2, 100)
+                    elseif p == "/si" then
+                      local si = h:streamInfo()
+                      local ip = function(a) return (string.gsub(a, ":%d+$", "")) end
+                      h:respond({[":status"] = "200", ["x-t-proto"] = si:protocol(),
+                        ["x-t-local"] = ip(si:downstreamLocalAddress()),
+                        ["x-t-direct"] = ip(si:downstreamDirectRemoteAddress()),
+                        ["x-t-remote"] = ip(si:downstreamRemoteAddress()),
+                        ["x-t-sni"] = "[" .. si:requestedServerName() .. "]",
+                        ["x-t-ssl"] = tostring(h:connection():ssl()),
+                        ["x-t-b64"] = h:base64Escape("hello?>"),
+                        ["x-t-ts"] = tostring(h:timestamp() > 1700000000000)}, "si")
+                    elseif p == "/reroute" then
+                      hd:replace(":path", "/rerouted")
+                    elseif p == "/method" then
+                      hd:replace(":method", "PUT")
+                    elseif p == "/yield" then
+                      coroutine.yield()
+                    elseif p == "/log" then
+                      h:logWarn("a warning")
+                      h:logInfo("some info")
+                    end
+                  end
+                  function envoy_on_response(h)
+                    local hd = h:headers()
+                    hd:add("x-t-resp", hd:get(":status"))
+                    if hd:get(":status") == "201" then
+                      local b = h:body()
+                      b:setBytes(string.upper(b:getBytes(0, b:length())))
+                    elseif hd:get(":status") == "202" then
+                      hd:remove("x-upstream")
+                      error("response boom")
+                    elseif hd:get(":status") == "206" then
+                      hd:replace(":status", "299")
+                    end
+                  end
+              source_codes:
+                named.lua:
+                  inline_string: |
+                    function envoy_on_request(h)
+                      h:headers():add("x-t-script", "named")
+                    end
+"#;
+
+const ROUTES: &str = r#"            name: local
+            virtual_hosts:
+            - name: main
+              domains: ["*"]
+              routes:
+              - match: { prefix: "/off" }
+                route: { cluster: a }
+                typed_per_filter_config:
+                  envoy.filters.http.lua:
+                    "@type": type.googleapis.com/envoy.extensions.filters.http.lua.v3.LuaPerRoute
+                    disabled: true
+              - match: { prefix: "/named" }
+                route: { cluster: a }
+                typed_per_filter_config:
+                  envoy.filters.http.lua:
+                    "@type": type.googleapis.com/envoy.extensions.filters.http.lua.v3.LuaPerRoute
+                    name: named.lua
+              - match: { prefix: "/unknown-name" }
+                route: { cluster: a }
+                typed_per_filter_config:
+                  envoy.filters.http.lua:
+                    "@type": type.googleapis.com/envoy.extensions.filters.http.lua.v3.LuaPerRoute
+                    name: nowhere.lua
+              - match: { prefix: "/inline" }
+                route: { cluster: a }
+                typed_per_filter_config:
+                  envoy.filters.http.lua:
+                    "@type": type.googleapis.com/envoy.extensions.filters.http.lua.v3.LuaPerRoute
+                    source_code:
+                      inline_string: |
+                        function envoy_on_request(h)
+                          h:headers():add("x-t-script", "inline")
+                        end
+                        function envoy_on_response(h)
+                          h:headers():add("x-t-inline-resp", "1")
+                        end
+              - match: { prefix: "/rerouted" }
+                direct_response: { status: 200, body: { inline_string: "rerouted" } }
+              - match: { prefix: "/direct" }
+                direct_response: { status: 200, body: { inline_string: "direct" } }
+              - match: { prefix: "/" }
+                route: { cluster: a }
+"#;
+
+fn boot(_dir: &Path, a: &Upstream) -> String {
+    with_filters(&bootstrap(ROUTES, "", &cluster("a", &[a.addr], "")), FILTER)
+}
+
+/// A request with a sized body (`extra`: header lines).
+fn req(method: &str, path: &str, extra: &str, body: &str) -> String {
+    format!(
+        "{method} {path} HTTP/1.1\r\nhost: example.com\r\n{extra}content-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// The `x-t-` fields of a list, sorted, as `name=value`.
+fn test_fields(fields: &[(String, String)]) -> String {
+    let mut v: Vec<String> = fields
+        .iter()
+        .filter(|(k, _)| k.starts_with("x-t-") || k == "x-upstream")
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    v.sort();
+    v.join(" ")
+}
+
+/// Each request on a fresh connection as `label: status [fields] body | upstream: method
+/// path [fields] body` (the upstream's part when it got the request), then the counters.
+fn run(proxy: &Courier, _dir: &Path, a: &Upstream, cases: &[(&str, String)]) -> Vec<String> {
+    let mut out: Vec<String> = cases
+        .iter()
+        .map(|(label, raw)| {
+            let before = a.requests.load(Ordering::SeqCst);
+            let mut c = Client::connect(proxy.listener);
+            c.send_raw(raw.as_bytes());
+            let r = c.read().expect("a response");
+            let reached = a.requests.load(Ordering::SeqCst) - before;
+            let seen = match (reached, a.last()) {
+                (1, Some(s)) => format!(
+                    " | upstream: {} {} host={:?} cl={:?} [{}] {:?}",
+                    s.method,
+                    s.path,
+                    s.header("host"),
+                    s.header("content-length"),
+                    test_fields(&s.headers),
+                    String::from_utf8_lossy(&s.body)
+                ),
+                _ => String::new(),
+            };
+            format!(
+                "{label}: {} [{}] cl={:?} {:?}{seen}",
+                r.status,
+                test_fields(&r.headers),
+                r.header("content-length"),
+                r.body_str()
+            )
+        })
+        .collect();
+    for c in ["errors", "executions"] {
+        out.push(format!(
+            "{c}={}",
+            proxy.stat(&format!("http.ingress.lua.main.{c}"))
+        ));
+    }
+    out
+}
+
+#[test]
+fn lua_matches_envoy() {
+    let cases: Vec<(&str, String)> = vec![
+        ("plain", req("GET", "/plain", "", "")),
+        (
+            "headers",
+            req(
+                "GET",
+                "/hdrs",
+                "x-t-rep: old\r\nx-t-rep: older\r\nx-t-gone: 1\r\nx-t-multi: m0\r\nx-t-multi: m1\r\n",
+                "",
+            ),
+        ),
+        ("respond", req("GET", "/respond", "", "")),
+        ("respond, no body", req("GET", "/respond-empty", "", "")),
+        ("respond, bad status", req("GET", "/respond-bad", "", "")),
+        ("runtime error", req("GET", "/err", "", "")),
+        ("body rewrite", req("POST", "/body/echo", "", "hello body")),
+        (
+            "body read, headers got before",
+            req("POST", "/body/read/echo", "", "abcdefg"),
+        ),
+        ("stale stream info", req("POST", "/stale/echo", "", "xyz")),
+        ("no body", req("GET", "/nobody", "", "")),
+        ("body range error", req("POST", "/bad-range/echo", "", "abc")),
+        ("stream info", req("GET", "/si", "", "")),
+        ("reroute", req("GET", "/reroute", "", "")),
+        ("method", req("GET", "/method", "", "")),
+        ("unexpected yield", req("GET", "/yield", "", "")),
+        ("logs", req("GET", "/log", "", "")),
+        ("response body", req("GET", "/status/201", "", "")),
+        ("response error", req("GET", "/status/202", "", "")),
+        ("response status", req("GET", "/status/206", "", "")),
+        ("direct response", req("GET", "/direct", "", "")),
+        ("disabled", req("GET", "/off/x", "", "")),
+        ("disabled, body", req("POST", "/off/status/201", "", "abc")),
+        ("named", req("GET", "/named/x", "", "")),
+        ("unknown name", req("GET", "/unknown-name/x", "", "")),
+        ("inline", req("GET", "/inline/x", "", "")),
+        ("no route host", req("GET", "/status/203", "", "")),
+    ];
+    let got = courier_and_envoy_agree(boot, |proxy, dir, a| run(proxy, dir, a, &cases));
+    let n = cases.len();
+    let statuses: Vec<&str> = got[..n]
+        .iter()
+        .map(|l| l.split(": ").nth(1).and_then(|r| r.get(..3)).unwrap_or(""))
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            "200", "200", "403", "204", "200", "200", "200", "200", "200", "200", "200", "200",
+            "200", "200", "200", "200", "201", "202", "299", "200", "200", "201", "200", "200",
+            "200", "203"
+        ]
+    );
+    let line = |label: &str| {
+        got.iter()
+            .find(|l| l.starts_with(&format!("{label}: ")))
+            .cloned()
+            .unwrap_or_default()
+    };
+    assert!(
+        line("headers").contains("x-t-seen=:authority=example.com;:method=GET;:path=/hdrs;:scheme=http;x-t-added=1;x-t-at1=m1;x-t-at5=nil;x-t-count=2;x-t-fresh=made;x-t-joined=m0,m1;x-t-method=GET;x-t-multi=m0;x-t-multi=m1;x-t-none=true;x-t-rep=new]"),
+        "{}",
+        line("headers")
+    );
+    assert_eq!(
+        line("respond"),
+        "respond: 403 [x-t-lua=denied x-t-resp=403] cl=Some(\"4\") \"nope\""
+    );
+    // A runtime error leaves the request as the script had changed it, and it goes on.
+    assert!(line("runtime error").ends_with("[x-t-before-error=1] \"\""));
+    assert!(line("body rewrite")
+        .ends_with("cl=Some(\"20\") [x-t-first=hel x-t-len=10] \"rewritten:hello body\""));
+    // Headers got before the script waited for the body are dead after: an error.
+    assert!(line("body read, headers got before").ends_with("[] \"abcdefg\""));
+    assert!(line("no body").contains("[x-t-always=0 x-t-body=true]"));
+    assert!(line("reroute").ends_with("\"rerouted\""));
+    assert!(line("response body").contains("\"A GET /STATUS/201\""));
+    assert!(line("response error").starts_with("response error: 202 [x-t-resp=202]"));
+    assert!(line("disabled").starts_with("disabled: 200 [x-upstream=a]"));
+    assert!(line("named").contains("[x-t-script=named]"));
+    assert!(line("unknown name").ends_with("[] \"\""));
+    assert!(line("inline").contains("[x-t-inline-resp=1 x-upstream=a]"));
+    assert!(line("stream info").contains(
+        "x-t-direct=127.0.0.1 x-t-local=127.0.0.1 x-t-proto=HTTP/1.1 x-t-remote=127.0.0.1"
+    ));
+    assert_eq!(got[n..], ["errors=7", "executions=45"]);
+}
+
+#[test]
+fn contours_script_strips_the_listeners_port() {
+    let script = r#"          - name: envoy.filters.http.lua
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua
+              default_source_code:
+                inline_string: |
+                  -- Strip the port from a Host that carries the listener's port.
+                  function envoy_on_request(request_handle)
+                    local host = request_handle:headers():get(":authority")
+                    if host ~= nil and string.find(host, ":8080$") then
+                      request_handle:headers():replace(":authority", string.gsub(host, ":8080$", ""))
+                    end
+                  end
+"#;
+    let routes = r#"            name: local
+            virtual_hosts:
+            - name: app
+              domains: [app.example.com]
+              routes:
+              - match: { prefix: "/" }
+                route: { cluster: a }
+            - name: other
+              domains: ["*"]
+              routes:
+              - match: { prefix: "/" }
+                direct_response: { status: 404, body: { inline_string: "other" } }
+"#;
+    let boot = |_: &Path, a: &Upstream| {
+        with_filters(&bootstrap(routes, "", &cluster("a", &[a.addr], "")), script)
+    };
+    let run = |proxy: &Courier, _: &Path, a: &Upstream| {
+        [
+            "app.example.com:8080",
+            "app.example.com",
+            "app.example.com:9090",
+        ]
+        .iter()
+        .map(|host| {
+            let before = a.requests.load(Ordering::SeqCst);
+            let mut c = Client::connect(proxy.listener);
+            let r = c.get(host, "/x", &[]);
+            let reached = a.requests.load(Ordering::SeqCst) - before;
+            let seen = a.last().filter(|_| reached == 1);
+            format!(
+                "{host}: {} {:?} upstream host={:?}",
+                r.status,
+                r.body_str(),
+                seen.as_ref().and_then(|s| s.header("host"))
+            )
+        })
+        .collect::<Vec<_>>()
+    };
+    let got = courier_and_envoy_agree(boot, run);
+    assert_eq!(
+        got,
+        [
+            "app.example.com:8080: 200 \"a GET /x\" upstream host=Some(\"app.example.com\")",
+            "app.example.com: 200 \"a GET /x\" upstream host=Some(\"app.example.com\")",
+            "app.example.com:9090: 404 \"other\" upstream host=None",
+        ]
+    );
+}
+
+#[test]
+fn scripts_that_do_not_load_are_refused_as_envoy_refuses_them() {
+    let a = Upstream::start("a");
+    let base = boot(Path::new("/"), &a);
+    for (from, to, want) in [
+        (
+            "function envoy_on_request(h)\n",
+            "function envoy_on_request(h\n",
+            "')' expected",
+        ),
+        (
+            "                  function envoy_on_response(h)\n",
+            "                  error(\"at load\")\n                  function envoy_on_response(h)\n",
+            "at load",
+        ),
+        (
+            "                      h:headers():add(\"x-t-script\", \"named\")\n",
+            "                      h:headers():add(\"x-t-script\", \"named\"\n",
+            "')' expected",
+        ),
+        (
+            "disabled: true",
+            "disabled: false",
+            "disabled",
+        ),
+    ] {
+        assert!(base.contains(from), "{from}");
+        let cfg = base.replacen(from, to, 1);
+        let (code, stderr) = validate(&cfg);
+        assert_eq!(code, Some(1), "{to}: {stderr}");
+        assert!(stderr.contains(want), "courier: want {want:?} in {stderr}");
+        if let Some((code, out)) = envoy_validate(&cfg) {
+            assert_ne!(code, Some(0), "{to}: envoy took it: {out}");
+            assert!(out.contains(want), "envoy: want {want:?} in {out}");
+        }
+    }
+    let (code, stderr) = validate(&base);
+    assert_eq!(code, Some(0), "{stderr}");
+}
+
+#[test]
+fn fields_courier_does_not_act_on_are_refused_by_path() {
+    let a = Upstream::start("a");
+    let base = boot(Path::new("/"), &a);
+    assert_refused_by_path(
+        &base,
+        &[
+            (
+                "stat_prefix: main\n",
+                "stat_prefix: main\n              clear_route_cache: false\n",
+                "clear_route_cache",
+            ),
+            (
+                "stat_prefix: main\n",
+                "stat_prefix: main\n              package_paths: [\"/x/?.lua\"]\n",
+                "package_paths",
+            ),
+        ],
+    );
+}

@@ -871,7 +871,7 @@ struct FilterMarks<'a> {
     bridge: Option<BridgeResponse>,
     /// The response passes of the Lua filters the request passed, in chain order (empty,
     /// unallocated, without them).
-    lua: Vec<Box<ResponsePass>>,
+    lua: Vec<ResponsePass>,
 }
 
 /// What services a request's filters asked leave on it.
@@ -1689,11 +1689,7 @@ async fn lua_request(
 }
 
 /// The Lua filters' response passes, from the last filter in the chain to the first.
-async fn lua_responses(
-    s: &Stream<'_>,
-    passes: Vec<Box<ResponsePass>>,
-    resp: &mut Response<ProxyBody>,
-) {
+async fn lua_responses(s: &Stream<'_>, passes: Vec<ResponsePass>, resp: &mut Response<ProxyBody>) {
     if passes.is_empty() {
         return;
     }

@@ -734,7 +734,7 @@ pub async fn on_request(
     facts: Rc<StreamFacts>,
     worker: usize,
     limit: usize,
-) -> (RequestPass, Option<Box<ResponsePass>>) {
+) -> (RequestPass, Option<ResponsePass>) {
     let ws = match vm::worker_script(script) {
         Ok(ws) => ws,
         Err(e) => {
@@ -744,12 +744,10 @@ pub async fn on_request(
             return (RequestPass::Pass(Changes::default()), None);
         }
     };
-    let response = ws.on_response.is_some().then(|| {
-        Box::new(ResponsePass {
-            ws: ws.clone(),
-            stats: stats.clone(),
-            facts: facts.clone(),
-        })
+    let response = ws.on_response.is_some().then(|| ResponsePass {
+        ws: ws.clone(),
+        stats: stats.clone(),
+        facts: facts.clone(),
     });
     let Some(function) = ws.on_request.clone() else {
         return (RequestPass::Pass(Changes::default()), response);

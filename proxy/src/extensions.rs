@@ -148,22 +148,22 @@ mod tests {
     #[test]
     fn unknown_extensions_are_skipped_when_optional_and_refused_otherwise() {
         let any = Any {
-            type_url: "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua".into(),
+            type_url: "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm".into(),
             value: Vec::new(),
         };
         assert!(CHAIN
-            .resolve(Some(&any), "lua", true, "http_filters[1]")
+            .resolve(Some(&any), "wasm", true, "http_filters[1]")
             .expect("optional")
             .is_none());
         let err = CHAIN
-            .resolve(Some(&any), "lua", false, "http_filters[1]")
+            .resolve(Some(&any), "wasm", false, "http_filters[1]")
             .err()
             .expect("refused");
         assert_eq!(err.path, "http_filters[1]");
-        assert!(err.message.contains("'lua'"), "{}", err.message);
+        assert!(err.message.contains("'wasm'"), "{}", err.message);
         assert!(
             err.message
-                .contains("envoy.extensions.filters.http.lua.v3.Lua"),
+                .contains("envoy.extensions.filters.http.wasm.v3.Wasm"),
             "{}",
             err.message
         );

@@ -22,6 +22,10 @@ use crate::filters::http::compressor::{CompressorFilter, CompressorRequest, Nego
 use crate::filters::http::cors::CorsRequest;
 use crate::filters::http::decompressor::DecompressorFilter;
 use crate::filters::http::ext_authz::verdict::ResponseChanges;
+use crate::filters::http::ext_proc::Mode as ExtProcMode;
+use crate::http::conn_manager::service_calls::ext_proc::{
+    Processed as ExtProcessed, Session as ExtProcSession,
+};
 use crate::filters::http::fault::FaultPolicy;
 use crate::filters::http::fault::{AbortWith, FaultFilter};
 use crate::filters::http::grpc_http1_bridge::BridgeResponse;
@@ -628,6 +632,7 @@ pub(crate) async fn process(
         grpc_web: None,
         grpc_stats: None,
         bridge: None,
+        ext_proc: Vec::new(),
     };
     let filter_reply = step!(run_filters(&s, &mut req, &mut marks, outcome).await);
     // The gRPC-Web filter's response pass runs last (it is first in chains that have it)
@@ -638,8 +643,12 @@ pub(crate) async fn process(
     // A filter's answer gets the route's response headers only on a route to a cluster
     // (Envoy's route entry; measured).
     let route_headers = routed.filter(|_| filter_reply.is_none() || s.to_cluster);
+    let ext_proc = std::mem::take(&mut marks.ext_proc);
     let Some((vh, route)) = routed else {
         let mut resp = no_route_answer(&s, filter_reply, marks, outcome);
+        if !ext_proc.is_empty() {
+            ext_proc_response(ext_proc, &mut resp, outcome).await;
+        }
         if let Some(gw) = grpc_web {
             grpc_web_response(gw, &mut resp, conn.worker, outcome).await;
         }
@@ -691,6 +700,9 @@ pub(crate) async fn process(
         vh.response_headers.apply(resp.headers_mut(), &fcx);
         table.response_headers.apply(resp.headers_mut(), &fcx);
     }
+    if !ext_proc.is_empty() {
+        ext_proc_response(ext_proc, &mut resp, outcome).await;
+    }
     marks.apply(&s, &mut resp);
     // As chains put the gRPC statistics filter after the gRPC-Web one (Istio's order), it
     // sees the response as gRPC, before the gRPC-Web filter's pass.
@@ -707,6 +719,24 @@ pub(crate) async fn process(
         grpc_web_response(gw, &mut resp, conn.worker, outcome).await;
     }
     resp
+}
+
+/// The external processing filters' response passes, the last filter's first (boxed:
+/// their waits would otherwise take room in every request's future).
+#[cold]
+async fn ext_proc_response(
+    sessions: Vec<Box<ExtProcSession<'_>>>,
+    resp: &mut Response<ProxyBody>,
+    outcome: &mut Outcome,
+) {
+    for session in sessions.into_iter().rev() {
+        if session.wants_response() {
+            Box::pin(crate::http::conn_manager::service_calls::ext_proc::on_response(
+                session, resp, outcome,
+            ))
+            .await;
+        }
+    }
 }
 
 /// The gRPC statistics filter's response pass. A local reply is seen as it goes out to a
@@ -824,6 +854,9 @@ struct FilterMarks<'a> {
     grpc_stats: Option<Box<GrpcStatsRequest>>,
     /// An HTTP/1 gRPC request's response pass, when the chain's bridge took it.
     bridge: Option<BridgeResponse>,
+    /// The external processing sessions whose response pass is to come, in chain order
+    /// (empty, unallocated, without them).
+    ext_proc: Vec<Box<ExtProcSession<'a>>>,
 }
 
 /// What services a request's filters asked leave on it.
@@ -1463,6 +1496,40 @@ async fn run_filters<'a>(
                     }
                     Ok(_) => {}
                     Err(reply) => return ControlFlow::Continue(Some(reply)),
+                }
+            }
+            HttpFilter::ExtProc(f) => {
+                let mode = f.mode_for(s.levels);
+                if mode == ExtProcMode::OFF {
+                    continue;
+                }
+                let path = request_path(s, req, marks);
+                let r = crate::http::conn_manager::service_calls::ext_proc::ProcessedRequest {
+                    method: s.method.as_str(),
+                    path: &path,
+                    authority: s.authority,
+                    scheme: s.scheme,
+                    store: &cfg.store,
+                    worker,
+                };
+                // Boxed: its stream would otherwise take room in every request's future.
+                let processed = Box::pin(
+                    crate::http::conn_manager::service_calls::ext_proc::on_request(
+                        f, mode, r, req, outcome,
+                    ),
+                )
+                .await;
+                match processed {
+                    ExtProcessed::Skip => {}
+                    ExtProcessed::Continue(session, path_changed) => {
+                        if path_changed {
+                            marks.services.get_or_insert_with(Box::default).path_changed = true;
+                        }
+                        if session.wants_response() {
+                            marks.ext_proc.push(session);
+                        }
+                    }
+                    ExtProcessed::Reply(r) => return ControlFlow::Continue(Some(r)),
                 }
             }
             HttpFilter::RateLimit(f) => {

@@ -3,7 +3,6 @@
 //! pseudo-headers, body mutations, and an immediate response's reply.
 
 use bytes::Bytes;
-use courier_proto::envoy::config::core::v3::header_value_option::HeaderAppendAction;
 use courier_proto::envoy::service::ext_proc::v3::{
     body_mutation::Mutation, BodyMutation, HeaderMutation,
 };
@@ -30,8 +29,8 @@ pub enum Target {
     },
     /// A response's headers (`:status` may change).
     Response,
-    /// An immediate response's reply: Envoy's permissive rules (routing and `x-envoy-*`
-    /// fields may be set).
+    /// An immediate response's reply (the same rules as a response's, as Envoy 1.40's
+    /// `immediate_response_use_filter_mutation_rule`).
     Immediate,
 }
 
@@ -63,14 +62,11 @@ fn check(target: Target, name: &str, value: &[u8], remove: bool) -> Check {
     if remove {
         return if name.starts_with(':') || name == "host" {
             Check::Ignore
-        } else if name.starts_with("x-envoy") && target != Target::Immediate {
+        } else if name.starts_with("x-envoy") {
             Check::Ignore
         } else {
             Check::Ok
         };
-    }
-    if target == Target::Immediate {
-        return Check::Ok;
     }
     match name {
         "host" | ":authority" | ":scheme" => Check::Ignore,
@@ -138,23 +134,10 @@ pub fn apply_headers(
             return Err(MutationError::InvalidSet);
         }
         let name = h.key.to_ascii_lowercase();
-        let exists = match name.as_str() {
-            n if n.starts_with(':') => true,
-            n => headers.contains_key(n),
-        };
-        // `append_action`'s default (APPEND_IF_EXISTS_OR_ADD) defers to `append`, which
-        // defaults to overwriting.
+        // Envoy 1.40 reads `append` only (measured): `append_action` has no effect, and
+        // a field is overwritten unless `append` says otherwise.
         #[allow(deprecated)]
-        let append = match HeaderAppendAction::try_from(option.append_action) {
-            Ok(HeaderAppendAction::AppendIfExistsOrAdd) | Err(_) => {
-                option.append.as_ref().is_some_and(|a| a.value)
-            }
-            Ok(HeaderAppendAction::AddIfAbsent) if exists => continue,
-            Ok(HeaderAppendAction::AddIfAbsent) => true,
-            Ok(HeaderAppendAction::OverwriteIfExistsOrAdd) => false,
-            Ok(HeaderAppendAction::OverwriteIfExists) if !exists => continue,
-            Ok(HeaderAppendAction::OverwriteIfExists) => false,
-        };
+        let append = option.append.as_ref().is_some_and(|a| a.value);
         if let Check::Ignore = check(target, &name, value, false) {
             rejected();
             continue;

@@ -127,7 +127,15 @@ impl<'a> Session<'a> {
                     f.stats.spurious_msgs_received.inc(w);
                     tracing::warn!(filter = %f.name, "spurious response message received on gRPC stream");
                     self.close();
-                    return Exchange::Done;
+                    // Envoy 1.40 answers the request (measured), unless failures are allowed.
+                    if f.failure_mode_allow {
+                        f.stats.failure_mode_allowed.inc(w);
+                        return Exchange::Done;
+                    }
+                    return Exchange::Reply(
+                        Box::new(local_reply(StatusCode::INTERNAL_SERVER_ERROR, "")),
+                        "ext_proc_error_spurious_message".to_owned(),
+                    );
                 }
             }
         }
@@ -354,7 +362,8 @@ pub(crate) async fn on_request<'a>(
                 }
             }
         }
-        *req.body_mut() = ProxyBody::filtered(Replaced::whole(body, trailers));
+        let sized = req.headers().contains_key(header::CONTENT_LENGTH);
+        *req.body_mut() = ProxyBody::filtered(Replaced::whole(body, trailers, sized));
     }
     Processed::Continue(session, path_changed)
 }
@@ -448,7 +457,8 @@ pub(crate) async fn on_response(
             Exchange::Done => {}
             reply @ Exchange::Reply(..) => return replace(resp, reply, outcome),
         }
-        *resp.body_mut() = ProxyBody::filtered(Replaced::whole(body, trailers));
+        let sized = resp.headers().contains_key(header::CONTENT_LENGTH);
+        *resp.body_mut() = ProxyBody::filtered(Replaced::whole(body, trailers, sized));
     }
 }
 
@@ -541,6 +551,9 @@ async fn hold(body: &mut ProxyBody) -> Result<(Bytes, Option<HeaderMap>), ()> {
 struct Replaced {
     old: Option<ProxyBody>,
     frames: VecDeque<Frame<Bytes>>,
+    /// Its length is told (the message kept its `content-length`); else the codec
+    /// sends it chunked, as Envoy's.
+    sized: bool,
 }
 
 impl Replaced {
@@ -549,17 +562,22 @@ impl Replaced {
         Replaced {
             old: (!old.is_end_stream()).then_some(old),
             frames: [Frame::data(body)].into(),
+            sized: false,
         }
     }
 
     /// A body held whole.
-    fn whole(body: Bytes, trailers: Option<HeaderMap>) -> Replaced {
+    fn whole(body: Bytes, trailers: Option<HeaderMap>, sized: bool) -> Replaced {
         let mut frames = VecDeque::new();
         frames.push_back(Frame::data(body));
         if let Some(t) = trailers {
             frames.push_back(Frame::trailers(t));
         }
-        Replaced { old: None, frames }
+        Replaced {
+            old: None,
+            frames,
+            sized,
+        }
     }
 }
 
@@ -592,7 +610,9 @@ impl BodyTransform for Replaced {
             .map(|d| d.len() as u64)
             .sum();
         match self.old {
-            None if self.frames.iter().all(|f| f.is_data()) => SizeHint::with_exact(len),
+            None if self.sized && self.frames.iter().all(|f| f.is_data()) => {
+                SizeHint::with_exact(len)
+            }
             _ => {
                 let mut h = SizeHint::new();
                 h.set_lower(len);

@@ -19,8 +19,8 @@ use courier_proto::envoy::service::ext_proc::v3::external_processor_server::{
 };
 use courier_proto::envoy::service::ext_proc::v3::{
     body_mutation, common_response::ResponseStatus, processing_request, processing_response,
-    BodyMutation, BodyResponse, CommonResponse, HeaderMutation, HeadersResponse,
-    ImmediateResponse, ProcessingRequest, ProcessingResponse,
+    BodyMutation, BodyResponse, CommonResponse, HeaderMutation, HeadersResponse, ImmediateResponse,
+    ProcessingRequest, ProcessingResponse,
 };
 use http_support::*;
 
@@ -120,10 +120,22 @@ fn summary(h: &courier_proto::envoy::service::ext_proc::v3::HttpHeaders) -> Stri
 
 /// The answer to one message, or none (the service stays silent), or the stream's end.
 enum Reply {
-    Send(ProcessingResponse),
+    Send(Box<ProcessingResponse>),
     Silent,
     Fail(tonic::Status),
     Close,
+}
+
+fn send(r: ProcessingResponse) -> Reply {
+    Reply::Send(Box::new(r))
+}
+
+/// A common answer replacing the body with `b`.
+fn with_body(b: Option<BodyMutation>) -> CommonResponse {
+    CommonResponse {
+        body_mutation: b,
+        ..Default::default()
+    }
 }
 
 fn answer(script: &mut String, msg: ProcessingRequest) -> Reply {
@@ -146,9 +158,9 @@ fn answer(script: &mut String, msg: ProcessingRequest) -> Reply {
         ("hang", _) => Reply::Silent,
         ("close", _) => Reply::Close,
         ("spurious", R::RequestHeaders(_)) => {
-            Reply::Send(headers_answer(false, CommonResponse::default()))
+            send(headers_answer(false, CommonResponse::default()))
         }
-        ("immediate", R::RequestHeaders(_)) => Reply::Send(ProcessingResponse {
+        ("immediate", R::RequestHeaders(_)) => send(ProcessingResponse {
             response: Some(processing_response::Response::ImmediateResponse(
                 ImmediateResponse {
                     status: Some(HttpStatus { code: 403 }),
@@ -167,7 +179,7 @@ fn answer(script: &mut String, msg: ProcessingRequest) -> Reply {
             )),
             ..Default::default()
         }),
-        ("immediate-bare", R::RequestHeaders(_)) => Reply::Send(ProcessingResponse {
+        ("immediate-bare", R::RequestHeaders(_)) => send(ProcessingResponse {
             response: Some(processing_response::Response::ImmediateResponse(
                 ImmediateResponse {
                     status: Some(HttpStatus { code: 100 }),
@@ -177,7 +189,7 @@ fn answer(script: &mut String, msg: ProcessingRequest) -> Reply {
             )),
             ..Default::default()
         }),
-        ("immediate-late", R::ResponseHeaders(_)) => Reply::Send(ProcessingResponse {
+        ("immediate-late", R::ResponseHeaders(_)) => send(ProcessingResponse {
             response: Some(processing_response::Response::ImmediateResponse(
                 ImmediateResponse {
                     status: Some(HttpStatus { code: 418 }),
@@ -187,7 +199,7 @@ fn answer(script: &mut String, msg: ProcessingRequest) -> Reply {
             )),
             ..Default::default()
         }),
-        ("mutate", R::RequestHeaders(h)) => Reply::Send(headers_answer(
+        ("mutate", R::RequestHeaders(h)) => send(headers_answer(
             true,
             common(
                 vec![
@@ -208,7 +220,7 @@ fn answer(script: &mut String, msg: ProcessingRequest) -> Reply {
                 &["x-remove-me", ":method"],
             ),
         )),
-        ("mutate", R::ResponseHeaders(h)) => Reply::Send(headers_answer(
+        ("mutate", R::ResponseHeaders(h)) => send(headers_answer(
             false,
             common(
                 vec![
@@ -219,7 +231,7 @@ fn answer(script: &mut String, msg: ProcessingRequest) -> Reply {
                 &["x-upstream"],
             ),
         )),
-        ("value-only", R::RequestHeaders(_)) => Reply::Send(headers_answer(true, {
+        ("value-only", R::RequestHeaders(_)) => send(headers_answer(true, {
             let mut c = common(vec![], &[]);
             if let Some(m) = c.header_mutation.as_mut() {
                 m.set_headers.push(HeaderValueOption {
@@ -233,81 +245,71 @@ fn answer(script: &mut String, msg: ProcessingRequest) -> Reply {
             }
             c
         })),
-        ("bad-header", R::RequestHeaders(_)) => {
-            Reply::Send(headers_answer(true, common(vec![set("bad header", "x")], &[])))
-        }
-        ("replace-body", R::RequestHeaders(_)) => Reply::Send(headers_answer(
+        ("bad-header", R::RequestHeaders(_)) => send(headers_answer(
+            true,
+            common(vec![set("bad header", "x")], &[]),
+        )),
+        ("replace-body", R::RequestHeaders(_)) => send(headers_answer(
             true,
             common(vec![set("x-req-phase", "headers")], &["content-length"]),
         )),
-        ("replace-body", R::RequestBody(b)) => Reply::Send(body_answer(true, {
+        ("replace-body", R::RequestBody(b)) => send(body_answer(true, {
             let mut c = common(vec![set("x-req-phase", "body")], &[]);
-            c.body_mutation = body(&format!(
-                "REPLACED({})",
-                String::from_utf8_lossy(&b.body)
-            ));
+            c.body_mutation = body(&format!("REPLACED({})", String::from_utf8_lossy(&b.body)));
             c
         })),
-        ("replace-body", R::ResponseHeaders(_)) => Reply::Send(headers_answer(
-            false,
-            common(vec![], &["content-length"]),
-        )),
-        ("replace-body", R::ResponseBody(b)) => Reply::Send(body_answer(false, {
+        ("replace-body", R::ResponseHeaders(_)) => {
+            send(headers_answer(false, common(vec![], &["content-length"])))
+        }
+        ("replace-body", R::ResponseBody(b)) => send(body_answer(false, {
             let mut c = common(vec![set("x-resp-phase", "body")], &[]);
-            c.body_mutation = body(&format!(
-                "RESP({})",
-                String::from_utf8_lossy(&b.body)
-            ));
+            c.body_mutation = body(&format!("RESP({})", String::from_utf8_lossy(&b.body)));
             c
         })),
-        ("mismatch", R::RequestBody(_)) => Reply::Send(body_answer(true, {
-            let mut c = CommonResponse::default();
-            c.body_mutation = body("a different length");
-            c
-        })),
-        ("clear-resp", R::ResponseBody(_)) => Reply::Send(body_answer(false, {
-            let mut c = CommonResponse::default();
-            c.body_mutation = Some(BodyMutation {
+        ("mismatch", R::RequestBody(_)) => {
+            send(body_answer(true, with_body(body("a different length"))))
+        }
+        ("clear-resp", R::ResponseBody(_)) => send(body_answer(
+            false,
+            with_body(Some(BodyMutation {
                 mutation: Some(body_mutation::Mutation::ClearBody(true)),
-            });
-            c
-        })),
-        ("continue-replace", R::RequestHeaders(_)) => Reply::Send(headers_answer(true, {
+            })),
+        )),
+        ("continue-replace", R::RequestHeaders(_)) => send(headers_answer(true, {
             let mut c = common(vec![set("x-car", "1")], &[]);
             c.status = ResponseStatus::ContinueAndReplace as i32;
             c.body_mutation = body("CAR");
             c
         })),
-        ("more-time", R::RequestHeaders(_)) => Reply::Send(ProcessingResponse {
+        ("more-time", R::RequestHeaders(_)) => send(ProcessingResponse {
             override_message_timeout: Some(courier_proto::google::protobuf::Duration {
                 seconds: 0,
                 nanos: 100_000_000,
             }),
             ..Default::default()
         }),
-        (_, R::RequestHeaders(h)) => Reply::Send(headers_answer(
+        (_, R::RequestHeaders(h)) => send(headers_answer(
             true,
             common(vec![set("x-proc-seen", &summary(&h))], &[]),
         )),
-        (_, R::ResponseHeaders(h)) => Reply::Send(headers_answer(
+        (_, R::ResponseHeaders(h)) => send(headers_answer(
             false,
             common(vec![set("x-resp-proc", &summary(&h))], &[]),
         )),
-        (_, R::RequestBody(b)) => Reply::Send(body_answer(true, {
-            let mut c = CommonResponse::default();
-            c.body_mutation = body(&String::from_utf8_lossy(&b.body).to_uppercase());
-            c
-        })),
-        (_, R::ResponseBody(b)) => Reply::Send(body_answer(false, {
-            let mut c = CommonResponse::default();
-            c.body_mutation = body(&format!("[{}]", String::from_utf8_lossy(&b.body)));
-            c
-        })),
+        (_, R::RequestBody(b)) => send(body_answer(
+            true,
+            with_body(body(&String::from_utf8_lossy(&b.body).to_uppercase())),
+        )),
+        (_, R::ResponseBody(b)) => send(body_answer(
+            false,
+            with_body(body(&format!("[{}]", String::from_utf8_lossy(&b.body)))),
+        )),
         _ => Reply::Silent,
     }
 }
 
-type Answers = Pin<Box<dyn tokio_stream::Stream<Item = Result<ProcessingResponse, tonic::Status>> + Send>>;
+type Answers =
+    Pin<Box<dyn tokio_stream::Stream<Item = Result<ProcessingResponse, tonic::Status>> + Send>>;
 
 #[tonic::async_trait]
 impl ExternalProcessor for Proc {
@@ -324,7 +326,7 @@ impl ExternalProcessor for Proc {
             while let Ok(Some(msg)) = inbound.message().await {
                 match answer(&mut script, msg) {
                     Reply::Send(r) => {
-                        if tx.send(Ok(r)).await.is_err() {
+                        if tx.send(Ok(*r)).await.is_err() {
                             return;
                         }
                     }
@@ -428,7 +430,10 @@ fn filter(failure_mode_allow: bool) -> String {
 
 fn boot(proc: std::net::SocketAddr, up: std::net::SocketAddr, failure_mode_allow: bool) -> String {
     let clusters = cluster("up", &[up], "") + &cluster("proc", &[proc], H2);
-    with_filters(&bootstrap(ROUTES, "", &clusters), &filter(failure_mode_allow))
+    with_filters(
+        &bootstrap(ROUTES, "", &clusters),
+        &filter(failure_mode_allow),
+    )
 }
 
 /// One request and what came of it: status, the fields that matter, body, and what the
@@ -453,7 +458,11 @@ fn exchange(
         .map(|(k, v)| format!("{k}={v}"))
         .collect();
     keep.sort();
-    let mut out = format!("{method} {path} -> {} {keep:?} body={:?}", r.status, r.body_str());
+    let mut out = format!(
+        "{method} {path} -> {} {keep:?} body={:?}",
+        r.status,
+        r.body_str()
+    );
     let after = up.requests.load(std::sync::atomic::Ordering::SeqCst);
     match up.last().filter(|_| after > before) {
         Some(seen) => {
@@ -560,13 +569,38 @@ fn processing_matches_envoy() {
         go("GET", "/off/a", &[("x-script", "immediate")], b"");
         go("GET", "/skip/a", &[("x-script", "immediate")], b"");
         go("GET", "/resp-only/a", &[("x-script", "immediate")], b"");
-        go("POST", "/body-only/echo", &[("x-script", "immediate")], b"lower body");
-        go("POST", "/buffered/echo", &[("x-script", "replace-body")], b"abc");
-        go("POST", "/buffered/echo", &[("x-script", "mismatch")], b"abc");
-        go("POST", "/buffered/echo", &[("x-script", "clear-resp")], b"abc");
+        go(
+            "POST",
+            "/body-only/echo",
+            &[("x-script", "immediate")],
+            b"lower body",
+        );
+        go(
+            "POST",
+            "/buffered/echo",
+            &[("x-script", "replace-body")],
+            b"abc",
+        );
+        go(
+            "POST",
+            "/buffered/echo",
+            &[("x-script", "mismatch")],
+            b"abc",
+        );
+        go(
+            "POST",
+            "/buffered/echo",
+            &[("x-script", "clear-resp")],
+            b"abc",
+        );
         go("POST", "/buffered/echo", &[], b"plain body");
         go("GET", "/buffered/none", &[], b"");
-        go("POST", "/echo", &[("x-script", "continue-replace")], b"original");
+        go(
+            "POST",
+            "/echo",
+            &[("x-script", "continue-replace")],
+            b"original",
+        );
         t.extend(counters(p));
         t
     });
@@ -577,10 +611,26 @@ fn processing_matches_envoy() {
             .cloned()
             .unwrap_or_default()
     };
-    assert!(line("GET /imm", 0).contains("-> 403"), "{}", line("GET /imm", 0));
-    assert!(line("GET /bad", 0).contains("-> 500"), "{}", line("GET /bad", 0));
-    assert!(line("GET /off/a", 0).contains("-> 200"), "{}", line("GET /off/a", 0));
-    assert!(line("GET /mut", 0).contains("/rewritten"), "{}", line("GET /mut", 0));
+    assert!(
+        line("GET /imm", 0).contains("-> 403"),
+        "{}",
+        line("GET /imm", 0)
+    );
+    assert!(
+        line("GET /bad", 0).contains("-> 500"),
+        "{}",
+        line("GET /bad", 0)
+    );
+    assert!(
+        line("GET /off/a", 0).contains("-> 200"),
+        "{}",
+        line("GET /off/a", 0)
+    );
+    assert!(
+        line("GET /mut", 0).contains("/rewritten"),
+        "{}",
+        line("GET /mut", 0)
+    );
 }
 
 #[test]
@@ -601,7 +651,14 @@ fn failures_follow_the_failure_mode_as_envoy() {
             let t = agree(&b, |p| {
                 let mut t = vec![format!("{name} failure_mode_allow={allow}")];
                 t.push(exchange(p, &up, "GET", "/a", &[("x-script", script)], b""));
-                t.push(exchange(p, &up, "GET", "/off/b", &[("x-script", script)], b""));
+                t.push(exchange(
+                    p,
+                    &up,
+                    "GET",
+                    "/off/b",
+                    &[("x-script", script)],
+                    b"",
+                ));
                 t.extend(counters(p));
                 t
             });
@@ -627,12 +684,30 @@ fn refuses_what_it_does_not_act_on() {
     let f = "              message_timeout: 0.3s\n";
     let with = |extra: &str| format!("{f}              {extra}\n");
     let cases = [
-        (with("request_attributes: [request.path]"), format!("{at}.request_attributes")),
-        (with("response_attributes: [response.code]"), format!("{at}.response_attributes")),
-        (with("mutation_rules: { allow_all_routing: true }"), format!("{at}.mutation_rules")),
-        (with("max_message_timeout: 1s"), format!("{at}.max_message_timeout")),
-        (with("allow_mode_override: true"), format!("{at}.allow_mode_override")),
-        (with("observability_mode: true"), format!("{at}.observability_mode")),
+        (
+            with("request_attributes: [request.path]"),
+            format!("{at}.request_attributes"),
+        ),
+        (
+            with("response_attributes: [response.code]"),
+            format!("{at}.response_attributes"),
+        ),
+        (
+            with("mutation_rules: { allow_all_routing: true }"),
+            format!("{at}.mutation_rules"),
+        ),
+        (
+            with("max_message_timeout: 1s"),
+            format!("{at}.max_message_timeout"),
+        ),
+        (
+            with("allow_mode_override: true"),
+            format!("{at}.allow_mode_override"),
+        ),
+        (
+            with("observability_mode: true"),
+            format!("{at}.observability_mode"),
+        ),
         (
             with("processing_mode: { request_body_mode: STREAMED }"),
             format!("{at}.processing_mode.request_body_mode"),

@@ -23,9 +23,6 @@ use crate::filters::http::cors::CorsRequest;
 use crate::filters::http::decompressor::DecompressorFilter;
 use crate::filters::http::ext_authz::verdict::ResponseChanges;
 use crate::filters::http::ext_proc::Mode as ExtProcMode;
-use crate::http::conn_manager::service_calls::ext_proc::{
-    Processed as ExtProcessed, Session as ExtProcSession,
-};
 use crate::filters::http::fault::FaultPolicy;
 use crate::filters::http::fault::{AbortWith, FaultFilter};
 use crate::filters::http::grpc_http1_bridge::BridgeResponse;
@@ -48,6 +45,9 @@ use crate::http::conn_manager::local_reply::{
     grpc_local_reply, is_grpc, local_reply, set_grpc_status, LocalReply,
 };
 use crate::http::conn_manager::path::{sanitize_path, unescape_slashes};
+use crate::http::conn_manager::service_calls::ext_proc::{
+    Processed as ExtProcessed, Session as ExtProcSession,
+};
 use crate::http::conn_manager::stream_idle::{StreamIdle, UntilIdle};
 use crate::http::conn_manager::upgrade::{self};
 use crate::http::route::per_filter::{self, FilterConfigs};
@@ -725,15 +725,17 @@ pub(crate) async fn process(
 /// their waits would otherwise take room in every request's future).
 #[cold]
 async fn ext_proc_response(
-    sessions: Vec<Box<ExtProcSession<'_>>>,
+    sessions: Vec<ExtProcSession<'_>>,
     resp: &mut Response<ProxyBody>,
     outcome: &mut Outcome,
 ) {
     for session in sessions.into_iter().rev() {
         if session.wants_response() {
-            Box::pin(crate::http::conn_manager::service_calls::ext_proc::on_response(
-                session, resp, outcome,
-            ))
+            Box::pin(
+                crate::http::conn_manager::service_calls::ext_proc::on_response(
+                    session, resp, outcome,
+                ),
+            )
             .await;
         }
     }
@@ -856,7 +858,7 @@ struct FilterMarks<'a> {
     bridge: Option<BridgeResponse>,
     /// The external processing sessions whose response pass is to come, in chain order
     /// (empty, unallocated, without them).
-    ext_proc: Vec<Box<ExtProcSession<'a>>>,
+    ext_proc: Vec<ExtProcSession<'a>>,
 }
 
 /// What services a request's filters asked leave on it.
@@ -1526,7 +1528,7 @@ async fn run_filters<'a>(
                             marks.services.get_or_insert_with(Box::default).path_changed = true;
                         }
                         if session.wants_response() {
-                            marks.ext_proc.push(session);
+                            marks.ext_proc.push(*session);
                         }
                     }
                     ExtProcessed::Reply(r) => return ControlFlow::Continue(Some(r)),

@@ -91,7 +91,13 @@ impl GrpcStream {
     /// stream that cannot open ends at once, as [`StreamEnd::Failed`].
     pub fn start(cluster: &str, req: RequestMessage<()>, store: &Store, worker: usize) -> Self {
         let shared = Rc::new(RefCell::new(Shared::default()));
-        let task = exchange(cluster.to_owned(), req, store.clone(), worker, shared.clone());
+        let task = exchange(
+            cluster.to_owned(),
+            req,
+            store.clone(),
+            worker,
+            shared.clone(),
+        );
         rt::spawn(async move {
             let end = task.await;
             let mut s = end.1.borrow_mut();
@@ -225,8 +231,12 @@ fn deliver(
 
 /// `grpc-status` of a head or trailers, if present (unparseable: `UNKNOWN`).
 fn grpc_status(h: &http::HeaderMap) -> Option<u32> {
-    h.get("grpc-status")
-        .map(|v| std::str::from_utf8(v.as_bytes()).ok().and_then(|s| s.parse().ok()).unwrap_or(2))
+    h.get("grpc-status").map(|v| {
+        std::str::from_utf8(v.as_bytes())
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(2)
+    })
 }
 
 /// The exchange: the request sent as one of the cluster's, its answer read message by
@@ -239,10 +249,12 @@ async fn exchange(
     shared: Rc<RefCell<Shared>>,
 ) -> (StreamEnd, Rc<RefCell<Shared>>) {
     let unavailable = |why: String| StreamEnd::Failed(FailReason::Unavailable(why));
-    let Some(info) =
-        ThreadLocalClusterManager::with(|tlcm| tlcm.snapshot().get(&cluster).cloned())
+    let Some(info) = ThreadLocalClusterManager::with(|tlcm| tlcm.snapshot().get(&cluster).cloned())
     else {
-        return (unavailable(AsyncFailure::NoCluster(cluster).to_string()), shared);
+        return (
+            unavailable(AsyncFailure::NoCluster(cluster).to_string()),
+            shared,
+        );
     };
     let req = RequestMessage {
         method: req.method,
@@ -284,9 +296,7 @@ async fn exchange(
         )
         .await
         .map_err(|e| unavailable(format!("upstream reset: {e:?}")))?;
-        pool.stats
-            .rq
-            .charge(worker, resp.status().as_u16(), false);
+        pool.stats.rq.charge(worker, resp.status().as_u16(), false);
         if resp.status() != http::StatusCode::OK {
             // Envoy maps a non-200 answer's HTTP status to a gRPC status; any is a failure.
             return Err(unavailable(format!("HTTP status {}", resp.status())));

@@ -17,13 +17,17 @@
 //!   non-OK status), or a timeout, ends processing: the request is answered `500`
 //!   (`504` for a timeout) with details `ext_proc_error_gRPC_error_<status>` (or
 //!   `ext_proc_error_per-message_timeout_exceeded`), unless `failure_mode_allow`, where
-//!   it goes on unchanged. An answer out of order is spurious: counted, and the request
-//!   goes on without the service.
-//! - Header mutations follow Envoy's default mutation rules: `host`, `:authority`,
-//!   `:scheme`, `:method` and `x-envoy-*` fields are not changed (counted
-//!   `rejected_header_mutations`), pseudo-headers and `host` are not removed; an invalid
-//!   name or value fails the message (`500`). A body replaced in `BUFFERED` mode must
-//!   match a `content-length` the message still has (else `500`).
+//!   it goes on unchanged (counted `failure_mode_allowed`). An answer out of order is
+//!   spurious: counted, the stream closed, and the request answered `500` the same way
+//!   (or let go on under `failure_mode_allow`).
+//! - Header mutations follow Envoy's default mutation rules, an immediate response's
+//!   too: `host`, `:authority`, `:scheme`, `:method` and `x-envoy-*` fields are not
+//!   changed (counted `rejected_header_mutations`), pseudo-headers and `host` not
+//!   removed; an invalid name or value fails the message (`500`). A field is set, or
+//!   appended under the deprecated `append: true`; `append_action` has no effect in
+//!   Envoy 1.40 (measured), nor here. Values are read from `raw_value`, and sent there.
+//!   A body replaced in `BUFFERED` mode must match a `content-length` the message still
+//!   has (else `500`); without one it goes on chunked.
 //! - Counters `http.<stat_prefix>.ext_proc.{streams_started, stream_msgs_sent,
 //!   stream_msgs_received, spurious_msgs_received, streams_closed, streams_failed,
 //!   failure_mode_allowed, message_timeouts, rejected_header_mutations,
@@ -377,7 +381,10 @@ fn refuse_unsupported(proto: &pb::ExternalProcessor, path: &str) -> Result<(), C
         ("max_message_timeout", proto.max_message_timeout.is_some()),
         ("filter_metadata", proto.filter_metadata.is_some()),
         ("allow_mode_override", proto.allow_mode_override),
-        ("disable_immediate_response", proto.disable_immediate_response),
+        (
+            "disable_immediate_response",
+            proto.disable_immediate_response,
+        ),
         ("metadata_options", proto.metadata_options.is_some()),
         ("observability_mode", proto.observability_mode),
         (

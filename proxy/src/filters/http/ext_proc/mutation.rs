@@ -60,13 +60,8 @@ enum Check {
 /// `host` not removed, `:status` only to a valid status.
 fn check(target: Target, name: &str, value: &[u8], remove: bool) -> Check {
     if remove {
-        return if name.starts_with(':') || name == "host" {
-            Check::Ignore
-        } else if name.starts_with("x-envoy") {
-            Check::Ignore
-        } else {
-            Check::Ok
-        };
+        let kept = name.starts_with(':') || name == "host" || name.starts_with("x-envoy");
+        return if kept { Check::Ignore } else { Check::Ok };
     }
     match name {
         "host" | ":authority" | ":scheme" => Check::Ignore,

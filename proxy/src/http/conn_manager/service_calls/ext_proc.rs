@@ -370,7 +370,7 @@ pub(crate) async fn on_request<'a>(
 
 /// The response pass of a request's session.
 pub(crate) async fn on_response(
-    mut session: Box<Session<'_>>,
+    mut session: Session<'_>,
     resp: &mut Response<ProxyBody>,
     outcome: &mut Outcome,
 ) {
@@ -534,8 +534,7 @@ fn set_pseudo(req: &mut Request<ProxyBody>, pseudo: Pseudo) -> bool {
 async fn hold(body: &mut ProxyBody) -> Result<(Bytes, Option<HeaderMap>), ()> {
     let mut data = BytesMut::new();
     let mut trailers = None;
-    while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await
-    {
+    while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await {
         let frame = frame.map_err(|_| ())?;
         match frame.into_data() {
             Ok(d) if data.len() + d.len() > BODY_LIMIT => return Err(()),

@@ -21,6 +21,7 @@ pub mod cors;
 pub mod credential_injector;
 pub mod decompressor;
 pub mod ext_authz;
+pub mod ext_proc;
 pub mod fault;
 pub mod grpc_http1_bridge;
 pub mod grpc_stats;
@@ -121,6 +122,8 @@ pub enum HttpFilter {
     Decompressor(Box<decompressor::DecompressorFilter>),
     /// `envoy.filters.http.ext_authz` (boxed: it is large).
     ExtAuthz(Box<ext_authz::ExtAuthzFilter>),
+    /// `envoy.filters.http.ext_proc` (boxed: it is large).
+    ExtProc(Box<ext_proc::ExtProcFilter>),
     /// `envoy.filters.http.ratelimit` (boxed: it is large).
     RateLimit(Box<ratelimit::RateLimitFilter>),
     /// `envoy.filters.http.grpc_web`.
@@ -156,6 +159,7 @@ impl HttpFilter {
             HttpFilter::OnDemand(f) => &f.name,
             HttpFilter::Decompressor(f) => &f.name,
             HttpFilter::ExtAuthz(f) => &f.name,
+            HttpFilter::ExtProc(f) => &f.name,
             HttpFilter::RateLimit(f) => &f.name,
             HttpFilter::GrpcWeb(f) => &f.name,
             HttpFilter::GrpcStats(f) => &f.name,
@@ -299,6 +303,24 @@ pub static CHAIN: Registry<BuildFilter> = Registry {
                 };
                 Ok(HttpFilter::ExtAuthz(Box::new(
                     ext_authz::ExtAuthzFilter::compile(
+                        a.name,
+                        &unpack(any, a.path)?,
+                        a.path,
+                        a.stat_prefix,
+                        a.store,
+                    )?,
+                )))
+            },
+        },
+        Factory {
+            type_name: ext_proc::FILTER_TYPE,
+            name: ext_proc::FILTER_NAME,
+            build: |a| {
+                let Some(any) = a.config else {
+                    return Err(ConfigError::new(a.path, "value is required"));
+                };
+                Ok(HttpFilter::ExtProc(Box::new(
+                    ext_proc::ExtProcFilter::compile(
                         a.name,
                         &unpack(any, a.path)?,
                         a.path,
@@ -496,6 +518,12 @@ const PER_ROUTE: &[(&str, CompilePerRoute)] = &[
     }),
     (ext_authz::PER_ROUTE_TYPE, |any, path, _| {
         Ok(Arc::new(ExtAuthzPerRoute::compile(
+            &unpack(any, path)?,
+            path,
+        )?))
+    }),
+    (ext_proc::PER_ROUTE_TYPE, |any, path, _| {
+        Ok(Arc::new(ext_proc::ExtProcPerRoute::compile(
             &unpack(any, path)?,
             path,
         )?))

@@ -22,6 +22,7 @@ use crate::filters::http::compressor::{CompressorFilter, CompressorRequest, Nego
 use crate::filters::http::cors::CorsRequest;
 use crate::filters::http::decompressor::DecompressorFilter;
 use crate::filters::http::ext_authz::verdict::ResponseChanges;
+use crate::filters::http::ext_proc::Mode as ExtProcMode;
 use crate::filters::http::fault::FaultPolicy;
 use crate::filters::http::fault::{AbortWith, FaultFilter};
 use crate::filters::http::grpc_http1_bridge::BridgeResponse;
@@ -46,6 +47,9 @@ use crate::http::conn_manager::local_reply::{
     grpc_local_reply, is_grpc, local_reply, set_grpc_status, LocalReply,
 };
 use crate::http::conn_manager::path::{sanitize_path, unescape_slashes};
+use crate::http::conn_manager::service_calls::ext_proc::{
+    Processed as ExtProcessed, Session as ExtProcSession,
+};
 use crate::http::conn_manager::stream_idle::{StreamIdle, UntilIdle};
 use crate::http::conn_manager::upgrade::{self};
 use crate::http::route::per_filter::{self, FilterConfigs};
@@ -633,7 +637,7 @@ pub(crate) async fn process(
         grpc_web: None,
         grpc_stats: None,
         bridge: None,
-        lua: Vec::new(),
+        responses: Vec::new(),
     };
     let filter_reply = step!(run_filters(&s, &mut req, &mut marks, outcome).await);
     // A Lua script that changed the request's headers clears the route cache, as Envoy's
@@ -661,7 +665,7 @@ pub(crate) async fn process(
                 routed.is_some_and(|(_, route)| matches!(route.action, Action::Route(_)));
         }
     }
-    let lua = std::mem::take(&mut marks.lua);
+    let responses = std::mem::take(&mut marks.responses);
     // The gRPC-Web filter's response pass runs last (it is first in chains that have it)
     // and may wait for a body: it is taken out of the marks, which apply at once.
     let grpc_web = marks.grpc_web.take();
@@ -672,7 +676,7 @@ pub(crate) async fn process(
     let route_headers = routed.filter(|_| filter_reply.is_none() || s.to_cluster);
     let Some((vh, route)) = routed else {
         let mut resp = no_route_answer(&s, filter_reply, outcome);
-        lua_responses(&s, lua, &mut resp).await;
+        response_passes(&s, responses, &mut resp, outcome).await;
         marks.apply(&s, &mut resp);
         if let Some(gw) = grpc_web {
             grpc_web_response(gw, &mut resp, conn.worker, outcome).await;
@@ -735,7 +739,7 @@ pub(crate) async fn process(
         vh.response_headers.apply(resp.headers_mut(), &fcx);
         table.response_headers.apply(resp.headers_mut(), &fcx);
     }
-    lua_responses(&s, lua, &mut resp).await;
+    response_passes(&s, responses, &mut resp, outcome).await;
     marks.apply(&s, &mut resp);
     // As chains put the gRPC statistics filter after the gRPC-Web one (Istio's order), it
     // sees the response as gRPC, before the gRPC-Web filter's pass.
@@ -869,9 +873,9 @@ struct FilterMarks<'a> {
     grpc_stats: Option<Box<GrpcStatsRequest>>,
     /// An HTTP/1 gRPC request's response pass, when the chain's bridge took it.
     bridge: Option<BridgeResponse>,
-    /// The response passes of the Lua filters the request passed, in chain order (empty,
-    /// unallocated, without them).
-    lua: Vec<ResponsePass>,
+    /// The response passes that may wait (a Lua script's, an external processor's), in
+    /// chain order (empty, unallocated, without them).
+    responses: Vec<ResponseStage<'a>>,
 }
 
 /// What services a request's filters asked leave on it.
@@ -1516,6 +1520,40 @@ async fn run_filters<'a>(
                     Err(reply) => return ControlFlow::Continue(Some(reply)),
                 }
             }
+            HttpFilter::ExtProc(f) => {
+                let mode = f.mode_for(s.levels);
+                if mode == ExtProcMode::OFF {
+                    continue;
+                }
+                let path = request_path(s, req, marks);
+                let r = crate::http::conn_manager::service_calls::ext_proc::ProcessedRequest {
+                    method: s.method.as_str(),
+                    path: &path,
+                    authority: s.authority,
+                    scheme: s.scheme,
+                    store: &cfg.store,
+                    worker,
+                };
+                // Boxed: its stream would otherwise take room in every request's future.
+                let processed = Box::pin(
+                    crate::http::conn_manager::service_calls::ext_proc::on_request(
+                        f, mode, r, req, outcome,
+                    ),
+                )
+                .await;
+                match processed {
+                    ExtProcessed::Skip => {}
+                    ExtProcessed::Continue(session, path_changed) => {
+                        if path_changed {
+                            marks.services.get_or_insert_with(Box::default).path_changed = true;
+                        }
+                        if session.wants_response() {
+                            marks.responses.push(ResponseStage::ExtProc(*session));
+                        }
+                    }
+                    ExtProcessed::Reply(r) => return ControlFlow::Continue(Some(r)),
+                }
+            }
             HttpFilter::RateLimit(f) => {
                 let view = rate_limit_view(s);
                 let cx = s.format_context(None, None);
@@ -1654,7 +1692,7 @@ async fn lua_request(
         conn.buffer_limit,
     ))
     .await;
-    marks.lua.extend(response);
+    marks.responses.extend(response.map(ResponseStage::Lua));
     match pass {
         RequestPass::Pass(changes) => {
             if changes.headers {
@@ -1688,15 +1726,35 @@ async fn lua_request(
     }
 }
 
-/// The Lua filters' response passes, from the last filter in the chain to the first.
-async fn lua_responses(s: &Stream<'_>, passes: Vec<ResponsePass>, resp: &mut Response<ProxyBody>) {
-    if passes.is_empty() {
+/// A filter's response pass that may wait: a Lua script's run, an external processor's
+/// answer.
+enum ResponseStage<'a> {
+    Lua(ResponsePass),
+    ExtProc(ExtProcSession<'a>),
+}
+
+/// The response passes that may wait, from the last filter in the chain to the first.
+async fn response_passes(
+    s: &Stream<'_>,
+    stages: Vec<ResponseStage<'_>>,
+    resp: &mut Response<ProxyBody>,
+    outcome: &mut Outcome,
+) {
+    if stages.is_empty() {
         return;
     }
     let (worker, limit) = (s.conn.worker, s.conn.buffer_limit);
-    for pass in passes.into_iter().rev() {
-        // Boxed: its run would otherwise take room in every request's future.
-        Box::pin(pass.on_response(resp, worker, limit)).await;
+    for stage in stages.into_iter().rev() {
+        // Boxed: their runs would otherwise take room in every request's future.
+        match stage {
+            ResponseStage::Lua(pass) => Box::pin(pass.on_response(resp, worker, limit)).await,
+            ResponseStage::ExtProc(session) => {
+                Box::pin(crate::http::conn_manager::service_calls::ext_proc::on_response(
+                    session, resp, outcome,
+                ))
+                .await
+            }
+        }
     }
 }
 

@@ -2,6 +2,7 @@
 //! route selection, local replies, and forwarding with retries and timeouts.
 
 pub mod async_client;
+pub mod async_stream;
 pub mod pool;
 pub mod retry_buffer;
 pub mod shadow;

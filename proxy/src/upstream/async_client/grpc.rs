@@ -189,6 +189,26 @@ impl GrpcClient {
         }
     }
 
+    /// A streaming call of `path` (`/<service>/<method>`), as a worker opens it itself:
+    /// gRPC's fields and the service's metadata; no `grpc-timeout` (the stream lives as
+    /// long as the request it serves), and its messages go as they are sent.
+    pub fn stream_call(&self, path: &str) -> crate::protocol::message::RequestMessage<()> {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/grpc"),
+        );
+        headers.insert(http::header::TE, http::HeaderValue::from_static("trailers"));
+        self.call_headers(&mut headers);
+        crate::protocol::message::RequestMessage {
+            method: http::Method::POST,
+            path: path.to_owned(),
+            authority: self.authority().to_owned(),
+            headers,
+            body: (),
+        }
+    }
+
     /// A channel to a host of the cluster as it is now (main thread only).
     pub fn channel(&self) -> Result<Channel, GrpcError> {
         let addr =

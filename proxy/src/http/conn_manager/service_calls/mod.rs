@@ -4,10 +4,13 @@
 //!
 //! - [`ext_authz`]: an authorization check (gRPC or HTTP), the request body held first
 //!   when the filter asks for it.
+//! - [`ext_proc`]: a request and its answer processed by a service over one gRPC stream
+//!   (the router's `async_stream`).
 //! - [`ratelimit`]: a global rate limit check.
 //! - [`jwks`]: the remote key sets JWT providers verify tokens with.
 
 pub mod ext_authz;
+pub mod ext_proc;
 pub mod jwks;
 pub mod ratelimit;
 

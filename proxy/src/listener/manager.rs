@@ -143,14 +143,21 @@ impl ListenerManager {
     }
 
     /// Binds a listener's sockets, first taking what the socket source has.
-    fn bind_or_take(&self, config: &ListenerConfig) -> std::io::Result<(SocketAddr, Vec<TcpListener>)> {
+    fn bind_or_take(
+        &self,
+        config: &ListenerConfig,
+    ) -> std::io::Result<(SocketAddr, Vec<TcpListener>)> {
         let count = if config.reuse_port {
             self.tls.concurrency().max(1)
         } else {
             1
         };
         let mut taken = Vec::new();
-        if let Some(source) = self.socket_source.as_ref().filter(|_| config.address.port() != 0) {
+        if let Some(source) = self
+            .socket_source
+            .as_ref()
+            .filter(|_| config.address.port() != 0)
+        {
             while taken.len() < count {
                 match source(config.address, taken.len())? {
                     Some(s) => taken.push(s),

@@ -10,6 +10,10 @@ use anyhow::Context;
 use courier_proto::envoy::config::bootstrap::v3::Bootstrap;
 use tokio::sync::Notify;
 
+use super::hot_restart::child::HotRestartingChild;
+use super::hot_restart::parent::{HotRestartingParent, ParentHooks};
+use super::hot_restart::stats::{StatsExporter, StatsImporter};
+use super::hot_restart::{self_restart, HotRestartConfig, HOT_RESTART_VERSION};
 use crate::http::route::rds::{self, RouteSnapshot};
 use crate::listener::ListenerManager;
 use crate::options::{Mode, Options};
@@ -17,10 +21,6 @@ use crate::stats::sinks::flush::Flusher;
 use crate::stats::sinks::FlushTrigger;
 use crate::stats::{Gauge, Store};
 use crate::upstream::{ClusterManager, ClusterSnapshot, ThreadLocalClusterManager};
-use super::hot_restart::child::HotRestartingChild;
-use super::hot_restart::parent::{HotRestartingParent, ParentHooks};
-use super::hot_restart::stats::{StatsExporter, StatsImporter};
-use super::hot_restart::{self_restart, HotRestartConfig, HOT_RESTART_VERSION};
 use crate::worker::Worker;
 use crate::worker::{MainPoster, ThreadLocal};
 use crate::xds::XdsState;
@@ -281,7 +281,8 @@ impl Server {
                     .into(),
             );
         }
-        if self.state() == ServerState::Initializing || self.state() == ServerState::PreInitializing {
+        if self.state() == ServerState::Initializing || self.state() == ServerState::PreInitializing
+        {
             return Err("not initialised yet".into());
         }
         let pid = self_restart::spawn(config.epoch + 1, config.base_id)
@@ -507,7 +508,11 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     if let Some(child) = &hr_child {
         // The first question doubles as the check that a parent answers.
         let stats = child.parent_stats().map_err(|e| anyhow::anyhow!("{e}"))?;
-        server.hot_restart.importer.borrow_mut().merge(&store, stats);
+        server
+            .hot_restart
+            .importer
+            .borrow_mut()
+            .merge(&store, stats);
         let source = child.clone();
         server
             .listener_manager
@@ -625,7 +630,10 @@ async fn take_over_from_parent(server: std::rc::Weak<Server>, child: Rc<HotResta
     if let Err(e) = child.drain_parent_listeners() {
         tracing::error!(error = %e, "hot restart: cannot tell the parent to drain");
     }
-    tracing::info!(?shutdown_time, "hot restart: serving; the parent drains and is terminated at --parent-shutdown-time-s");
+    tracing::info!(
+        ?shutdown_time,
+        "hot restart: serving; the parent drains and is terminated at --parent-shutdown-time-s"
+    );
     let deadline = tokio::time::Instant::now() + shutdown_time;
     let merge = |server: &Server| match child.parent_stats() {
         Ok(stats) => server
@@ -671,6 +679,8 @@ impl ParentHooks for Server {
         self.hot_restart.handed_over.set(true);
         self.hot_restart.spawned_child.set(None);
         self.set_state(ServerState::Draining);
+        crate::http::conn_manager::connection::HAND_OVER_DRAIN
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         // The child holds duplicates of the sockets: closing ours loses no queued
         // connection; our connections drain over --drain-time-s.
         self.listener_manager

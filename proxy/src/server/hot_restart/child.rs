@@ -49,13 +49,17 @@ impl HotRestartingChild {
     }
 
     fn send(&self, kind: RequestKind) -> Result<(), HotRestartError> {
-        send_message(&self.socket, &self.parent, &HotRestartMessage::request(kind), None).map_err(
-            |source| HotRestartError::NoParent {
-                epoch: self.parent_epoch,
-                name: self.parent_name.clone(),
-                source,
-            },
+        send_message(
+            &self.socket,
+            &self.parent,
+            &HotRestartMessage::request(kind),
+            None,
         )
+        .map_err(|source| HotRestartError::NoParent {
+            epoch: self.parent_epoch,
+            name: self.parent_name.clone(),
+            source,
+        })
     }
 
     fn ask(
@@ -67,27 +71,25 @@ impl HotRestartingChild {
         let mut buf = vec![0u8; MAX_SENDMSG_SIZE];
         let mut whole = Reassembly::default();
         loop {
-            let (n, _, fd) = match recv_datagram(
-                std::os::fd::AsRawFd::as_raw_fd(&self.socket),
-                &mut buf,
-            ) {
-                Ok(r) => r,
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    return Err(HotRestartError::Timeout {
-                        epoch: self.parent_epoch,
-                        name: self.parent_name.clone(),
-                        what,
-                        timeout: PARENT_TIMEOUT,
-                    })
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e.into()),
-            };
+            let (n, _, fd) =
+                match recv_datagram(std::os::fd::AsRawFd::as_raw_fd(&self.socket), &mut buf) {
+                    Ok(r) => r,
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) =>
+                    {
+                        return Err(HotRestartError::Timeout {
+                            epoch: self.parent_epoch,
+                            name: self.parent_name.clone(),
+                            what,
+                            timeout: PARENT_TIMEOUT,
+                        })
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e.into()),
+                };
             if fd.is_some() {
                 whole.fd = fd;
             }

@@ -254,7 +254,11 @@ pub fn send_datagram(
 pub fn recv_datagram(
     socket: RawFd,
     buf: &mut [u8],
-) -> io::Result<(usize, Option<std::os::unix::net::SocketAddr>, Option<OwnedFd>)> {
+) -> io::Result<(
+    usize,
+    Option<std::os::unix::net::SocketAddr>,
+    Option<OwnedFd>,
+)> {
     // SAFETY: sockaddr_un is a plain C struct; zeroed is a valid value.
     let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
     let mut iov = libc::iovec {
@@ -343,8 +347,7 @@ fn from_sockaddr_un(
     } else {
         let end = raw.iter().position(|b| *b == 0).unwrap_or(raw.len());
         use std::os::unix::ffi::OsStrExt;
-        std::os::unix::net::SocketAddr::from_pathname(std::ffi::OsStr::from_bytes(&raw[..end]))
-            .ok()
+        std::os::unix::net::SocketAddr::from_pathname(std::ffi::OsStr::from_bytes(&raw[..end])).ok()
     }
 }
 
@@ -374,7 +377,9 @@ mod tests {
     fn a_large_message_survives_chunking() {
         let mut stats = StatsReply::default();
         for i in 0..2000 {
-            stats.counter_deltas.insert(format!("cluster.c{i}.upstream_rq_total"), i);
+            stats
+                .counter_deltas
+                .insert(format!("cluster.c{i}.upstream_rq_total"), i);
         }
         let message = HotRestartMessage::reply(ReplyKind::Stats(stats));
         let chunks = frame(&message);

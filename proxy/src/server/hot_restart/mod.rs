@@ -112,7 +112,9 @@ pub enum HotRestartError {
         ours: &'static str,
     },
     /// No running generation registered a version.
-    #[error("--restart-epoch {epoch}: no running generation with base id {base_id} ({path}: {source})")]
+    #[error(
+        "--restart-epoch {epoch}: no running generation with base id {base_id} ({path}: {source})"
+    )]
     NoVersion {
         /// Our epoch.
         epoch: u32,

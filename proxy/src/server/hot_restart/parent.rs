@@ -109,9 +109,8 @@ impl HotRestartingParent {
             };
             let (reply, fd): (Option<HotRestartMessage>, Option<OwnedFd>) = match kind {
                 Some(RequestKind::PassListenSocket(r)) => {
-                    let fd = super::parse_tcp_url(&r.address).and_then(|address| {
-                        hooks.listen_socket(address, r.worker_index as usize)
-                    });
+                    let fd = super::parse_tcp_url(&r.address)
+                        .and_then(|address| hooks.listen_socket(address, r.worker_index as usize));
                     tracing::info!(address = %r.address, worker = r.worker_index, passed = fd.is_some(), "hot restart: child asked for a listen socket");
                     let number = fd.as_ref().map_or(-1, |f| f.as_raw_fd());
                     (

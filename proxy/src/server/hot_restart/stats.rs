@@ -11,8 +11,7 @@ use crate::stats::{Store, MAIN_THREAD};
 /// `*_buffered`: connections, requests, bytes in flight) adds the parent's; every other
 /// gauge (state, configuration, sizes, `server.*`) is the child's own.
 pub fn accumulates(gauge: &str) -> bool {
-    !gauge.starts_with("server.")
-        && (gauge.ends_with("_active") || gauge.ends_with("_buffered"))
+    !gauge.starts_with("server.") && (gauge.ends_with("_active") || gauge.ends_with("_buffered"))
 }
 
 /// The parent's side: what it last reported of each counter.

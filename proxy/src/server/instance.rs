@@ -357,12 +357,21 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         _ => None,
     };
     let hr_parent = match hr_config.as_mut() {
-        Some(c) => Some(
-            HotRestartingParent::bind(c, options.use_dynamic_base_id)
-                .map_err(|e| anyhow::anyhow!("{e}"))?,
-        ),
+        Some(c) => match HotRestartingParent::bind(c, options.use_dynamic_base_id) {
+            Ok(p) => Some(p),
+            // Without an explicit base id, a first epoch whose default socket is taken
+            // (another proxy on this host) serves without hot restart instead of failing.
+            Err(e) if c.epoch == 0 && options.base_id.is_none() && !options.use_dynamic_base_id => {
+                tracing::warn!("{e}; hot restart disabled for this process");
+                None
+            }
+            Err(e) => return Err(anyhow::anyhow!("{e}")),
+        },
         None => None,
     };
+    if hr_parent.is_none() {
+        hr_config = None;
+    }
     if let Some(c) = &hr_config {
         if c.epoch == 0 {
             super::hot_restart::publish_version(c);

@@ -26,8 +26,7 @@ pub enum DrainStrategy {
     Immediate,
 }
 
-/// `courier` options. Unknown Envoy flags are errors; hot-restart flags are accepted and
-/// have no effect (Courier has no hot restart).
+/// `courier` options. Unknown Envoy flags are errors.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "courier", version = crate::VERSION, about = "An Envoy-compatible proxy configured by xDS")]
 pub struct Options {
@@ -75,21 +74,49 @@ pub struct Options {
     /// listens, so a configured port 0 can be discovered.
     #[arg(long = "admin-address-path")]
     pub admin_address_path: Option<PathBuf>,
-    /// Seconds to wait for the old process on hot restart (accepted; no effect).
-    #[arg(long = "parent-shutdown-time-s", hide = true)]
-    pub parent_shutdown_time_s: Option<u64>,
-    /// Hot-restart base id (accepted; no effect).
-    #[arg(long = "base-id", hide = true)]
+    /// Hot restart: this process's generation (0: the first; N > 0 takes over from the
+    /// running epoch N-1, see `server::hot_restart`).
+    #[arg(long = "restart-epoch", default_value_t = 0)]
+    pub restart_epoch: u32,
+    /// Seconds after which a hot-restarted child terminates its parent.
+    #[arg(long = "parent-shutdown-time-s", default_value_t = 900)]
+    pub parent_shutdown_time_s: u64,
+    /// Hot-restart base id: processes sharing it restart into each other.
+    #[arg(long = "base-id", conflicts_with = "use_dynamic_base_id")]
     pub base_id: Option<u64>,
-    /// Hot-restart dynamic base id (accepted; no effect).
-    #[arg(long = "use-dynamic-base-id", hide = true)]
+    /// Pick an unused base id (epoch 0 only); see `--base-id-path`.
+    #[arg(long = "use-dynamic-base-id")]
     pub use_dynamic_base_id: bool,
-    /// Disable hot restart (accepted; Courier has none).
-    #[arg(long = "disable-hot-restart", hide = true)]
+    /// File the base id in use is written to.
+    #[arg(long = "base-id-path")]
+    pub base_id_path: Option<PathBuf>,
+    /// Disable hot restart (no domain socket is bound).
+    #[arg(long = "disable-hot-restart")]
     pub disable_hot_restart: bool,
+    /// Prefix of the hot restart domain sockets: a path, or `@name` (abstract namespace).
+    #[arg(long = "socket-path", default_value = "@envoy_domain_socket")]
+    pub socket_path: String,
+    /// Permissions (octal) of path domain sockets.
+    #[arg(long = "socket-mode", default_value = "600", value_parser = parse_octal)]
+    pub socket_mode: u32,
+}
+
+fn parse_octal(s: &str) -> Result<u32, String> {
+    u32::from_str_radix(s, 8).map_err(|_| format!("'{s}' is not an octal file mode"))
 }
 
 impl Options {
+    /// Refuses what Envoy refuses among the hot restart flags.
+    pub fn check(&self) -> Result<(), String> {
+        if self.use_dynamic_base_id && self.restart_epoch > 0 {
+            return Err(format!(
+                "cannot use --use-dynamic-base-id with --restart-epoch {} (a child takes its parent's --base-id)",
+                self.restart_epoch
+            ));
+        }
+        Ok(())
+    }
+
     /// The drain time.
     pub fn drain_time(&self) -> Duration {
         Duration::from_secs(self.drain_time_s)

@@ -29,7 +29,7 @@ fn query(req: &Request<Incoming>) -> HashMap<String, String> {
 }
 
 /// Routes one admin request.
-pub async fn handle(server: &Server, req: Request<Incoming>) -> Response<Full<Bytes>> {
+pub async fn handle(server: &std::rc::Rc<Server>, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let q = query(&req);
     let path = req.uri().path().to_string();
     let mutating = matches!(
@@ -38,6 +38,7 @@ pub async fn handle(server: &Server, req: Request<Incoming>) -> Response<Full<By
             | "/healthcheck/ok"
             | "/drain_listeners"
             | "/quitquitquit"
+            | "/hot_restart"
             | "/runtime_modify"
             | "/logging"
             | "/reset_counters"
@@ -65,8 +66,9 @@ pub async fn handle(server: &Server, req: Request<Incoming>) -> Response<Full<By
             response(200, TEXT, "OK\n")
         }
         "/memory" => response(200, JSON, pretty(&memory())),
-        // Courier has no hot restart (yet): Envoy built without it says the same.
-        "/hot_restart_version" => response(200, TEXT, "disabled\n"),
+        "/hot_restart_version" => {
+            response(200, TEXT, format!("{}\n", server.hot_restart_version()))
+        }
         "/init_dump" => response(200, JSON, pretty(&init_dump(server))),
         "/runtime_modify" => runtime_modify(server, req).await,
         "/certs" => {
@@ -139,6 +141,15 @@ pub async fn handle(server: &Server, req: Request<Incoming>) -> Response<Full<By
             server.request_exit();
             response(200, TEXT, "OK\n")
         }
+        // Courier's own: a self hot restart, as on SIGHUP.
+        "/hot_restart" => match server.self_restart() {
+            Ok(pid) => response(
+                200,
+                TEXT,
+                format!("OK: next generation started, pid {pid}\n"),
+            ),
+            Err(e) => response(409, TEXT, format!("{e}\n")),
+        },
         "/" | "/help" => response(200, TEXT, HELP),
         _ => response(404, TEXT, format!("invalid path: {path}\n{HELP}")),
     }
@@ -154,6 +165,7 @@ const HELP: &str = "admin commands are:
   /listeners: print listener info
   /quitquitquit: exit the server (POST)
   /ready: print server state, return 200 if LIVE, otherwise 503
+  /hot_restart: start the next generation of this binary, which takes over (POST)
   /hot_restart_version: print the hot restart compatibility version
   /init_dump: dump the initialization targets not yet ready
   /logging: query/change logging levels (POST; ?level=, ?<logger>=<level>, ?paths=)

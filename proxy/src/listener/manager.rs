@@ -79,7 +79,13 @@ pub struct ListenerManager {
     /// Whether the bootstrap has `dynamic_resources.ads_config`: without it, an HCM whose
     /// RDS source is `ads: {}` is rejected, as Envoy rejects it.
     ads_configured: bool,
+    /// A hot-restarted child's parent, asked for a listen socket before one is bound.
+    socket_source: Option<SocketSource>,
 }
+
+/// Where a listen socket can come from before it is bound: a hot restart's parent,
+/// asked by address and worker index (`Ok(None)`: it has none).
+pub type SocketSource = Box<dyn Fn(SocketAddr, usize) -> std::io::Result<Option<TcpListener>>>;
 
 impl ListenerManager {
     /// A manager that posts to `tls`'s workers and drains for `drain_time`.
@@ -106,7 +112,73 @@ impl ListenerManager {
             workers_started: false,
             draining: Default::default(),
             ads_configured: false,
+            socket_source: None,
         }
+    }
+
+    /// Sets where listen sockets are taken from before binding (a hot restart's parent),
+    /// or stops taking them (`None`).
+    pub fn set_socket_source(&mut self, source: Option<SocketSource>) {
+        self.socket_source = source;
+    }
+
+    /// A duplicate of the socket an active listener bound at `address` accepts on for
+    /// `worker` (the parent's side of a hot restart).
+    pub fn listen_socket(&self, address: SocketAddr, worker: usize) -> Option<TcpListener> {
+        let entry = self
+            .active
+            .values()
+            .chain(self.warming.values())
+            .find(|e| e.bound == address && !e.sockets.is_empty())?;
+        let socket = if entry.config.reuse_port {
+            entry.sockets.get(worker)?
+        } else {
+            // One socket shared by every worker: asked for once.
+            if worker > 0 {
+                return None;
+            }
+            entry.sockets.first()?
+        };
+        socket.try_clone().ok()
+    }
+
+    /// Binds a listener's sockets, first taking what the socket source has.
+    fn bind_or_take(
+        &self,
+        config: &ListenerConfig,
+    ) -> std::io::Result<(SocketAddr, Vec<TcpListener>)> {
+        let count = if config.reuse_port {
+            self.tls.concurrency().max(1)
+        } else {
+            1
+        };
+        let mut taken = Vec::new();
+        if let Some(source) = self
+            .socket_source
+            .as_ref()
+            .filter(|_| config.address.port() != 0)
+        {
+            while taken.len() < count {
+                match source(config.address, taken.len())? {
+                    Some(s) => taken.push(s),
+                    None => break,
+                }
+            }
+        }
+        if taken.len() == count {
+            return Ok((config.address, taken));
+        }
+        // What the parent lacks (more workers here, or a new address) is bound beside it.
+        let (bound, rest) = bind_listener_sockets(
+            config.address,
+            config.reuse_port,
+            config.backlog,
+            config.ipv4_compat,
+            count - taken.len(),
+            &config.socket_options,
+        )?;
+        taken.extend(rest);
+        Ok((bound, taken))
     }
 
     /// Declares whether an ADS stream is configured (`dynamic_resources.ads_config`).
@@ -198,14 +270,7 @@ impl ListenerManager {
                     )
                 })?,
             ),
-            None => match bind_listener_sockets(
-                config.address,
-                config.reuse_port,
-                config.backlog,
-                config.ipv4_compat,
-                self.tls.concurrency(),
-                &config.socket_options,
-            ) {
+            None => match self.bind_or_take(&config) {
                 Ok(b) => b,
                 Err(e) => {
                     self.stats.listener_create_failure.inc(MAIN_THREAD);

@@ -21,8 +21,16 @@ pub fn active_downstream_connections(store: &Store) -> i64 {
 }
 
 /// Waits for SIGTERM/SIGINT (graceful drain, then exit 0; a second signal exits at once
-/// with code 1) or `/quitquitquit` (exit 0 now). Returns the exit code.
+/// with code 1), `/quitquitquit` or a hot restart child's `Terminate` (exit 0 now).
+/// SIGHUP starts a self hot restart (`super::hot_restart`). Returns the exit code.
 pub async fn run_until_shutdown(server: Rc<Server>) -> i32 {
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(h) => Some(h),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot install the SIGHUP handler");
+            None
+        }
+    };
     let (mut term, mut int) = match (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
@@ -34,12 +42,24 @@ pub async fn run_until_shutdown(server: Rc<Server>) -> i32 {
             return 0;
         }
     };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("caught SIGTERM; draining"),
-        _ = int.recv() => tracing::info!("caught SIGINT; draining"),
-        _ = server.exit.notified() => {
-            tracing::info!("exit requested via admin");
-            return 0;
+    loop {
+        let hangup = async {
+            match hup.as_mut() {
+                Some(h) => h.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => { tracing::info!("caught SIGTERM; draining"); break }
+            _ = int.recv() => { tracing::info!("caught SIGINT; draining"); break }
+            _ = server.exit.notified() => {
+                tracing::info!("exit requested");
+                return 0;
+            }
+            _ = hangup => match server.self_restart() {
+                Ok(pid) => tracing::info!(pid, "caught SIGHUP; hot restarting"),
+                Err(e) => tracing::warn!("caught SIGHUP; no hot restart: {e}"),
+            },
         }
     }
     let drain = drain(&server);

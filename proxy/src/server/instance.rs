@@ -10,6 +10,10 @@ use anyhow::Context;
 use courier_proto::envoy::config::bootstrap::v3::Bootstrap;
 use tokio::sync::Notify;
 
+use super::hot_restart::child::HotRestartingChild;
+use super::hot_restart::parent::{HotRestartingParent, ParentHooks};
+use super::hot_restart::stats::{StatsExporter, StatsImporter};
+use super::hot_restart::{self_restart, HotRestartConfig, HOT_RESTART_VERSION};
 use crate::http::route::rds::{self, RouteSnapshot};
 use crate::listener::ListenerManager;
 use crate::options::{Mode, Options};
@@ -100,6 +104,30 @@ pub struct Server {
     stats_flush: RefCell<Option<Flusher>>,
     /// `stats_flush_on_admin`: the admin's `/stats` flushes instead of a timer.
     stats_flush_on_admin: Cell<bool>,
+    /// Hot restart's state (`None` fields under `--disable-hot-restart`).
+    pub hot_restart: HotRestartState,
+}
+
+/// What the server keeps of hot restart.
+#[derive(Default)]
+pub struct HotRestartState {
+    /// The configuration (`None`: disabled).
+    pub config: Option<HotRestartConfig>,
+    /// The parent generation, while this process has one.
+    pub child: Option<Rc<HotRestartingChild>>,
+    exporter: RefCell<StatsExporter>,
+    importer: RefCell<StatsImporter>,
+    admin_task: RefCell<Option<tokio::task::JoinHandle<()>>>,
+    parent_task: RefCell<Option<tokio::task::JoinHandle<()>>>,
+    /// When the first epoch started (Unix seconds).
+    original_start: Cell<u64>,
+    /// The pid of the next generation this process started, while one lives.
+    spawned_child: Cell<Option<u32>>,
+    /// Whether this process handed its listeners over (was told to drain).
+    handed_over: Cell<bool>,
+    /// Whether this process ever started a generation itself.
+    self_restarted: Cell<bool>,
+    workers_started: Notify,
 }
 
 impl Server {
@@ -156,12 +184,19 @@ impl Server {
     /// `/server_info`.
     pub fn server_info(&self) -> serde_json::Value {
         let uptime = format!("{}s", self.started.elapsed().as_secs());
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let all_epochs = format!(
+            "{}s",
+            now.saturating_sub(self.hot_restart.original_start.get())
+        );
         serde_json::json!({
             "version": format!("{}/{}", crate::GIT_REVISION, crate::VERSION),
             "state": self.state().name(),
-            "hot_restart_version": "disabled",
+            "hot_restart_version": self.hot_restart_version(),
             "uptime_current_epoch": uptime,
-            "uptime_all_epochs": uptime,
+            "uptime_all_epochs": all_epochs,
             "node": courier_proto::to_json(self.bootstrap.node.as_ref().unwrap_or(&Default::default())),
             "command_line_options": {
                 "concurrency": self.tls.concurrency(),
@@ -176,6 +211,13 @@ impl Server {
                     crate::options::DrainStrategy::Immediate => "Immediate",
                 },
                 "mode": "Serve",
+                "restart_epoch": self.options.restart_epoch,
+                "base_id": self.hot_restart.config.as_ref().map_or(0, |c| c.base_id).to_string(),
+                "use_dynamic_base_id": self.options.use_dynamic_base_id,
+                "parent_shutdown_time": format!("{}s", self.options.parent_shutdown_time_s),
+                "disable_hot_restart": self.options.disable_hot_restart,
+                "socket_path": self.options.socket_path,
+                "socket_mode": self.options.socket_mode,
             },
         })
     }
@@ -202,6 +244,77 @@ impl Server {
         self.listener_manager
             .borrow_mut()
             .stop_listeners(false, graceful);
+    }
+
+    /// `/hot_restart_version`.
+    pub fn hot_restart_version(&self) -> &'static str {
+        if self.hot_restart.config.is_some() {
+            HOT_RESTART_VERSION
+        } else {
+            "disabled"
+        }
+    }
+
+    /// Marks the server initialised (workers accepting): a hot-restarted child now tells
+    /// its parent to drain.
+    pub fn on_workers_started(&self) {
+        self.hot_restart.workers_started.notify_one();
+    }
+
+    /// Self hot restart (SIGHUP, `POST /hot_restart`): starts the next generation with
+    /// this process's arguments, which takes the sockets over. Returns its pid.
+    pub fn self_restart(self: &Rc<Self>) -> Result<u32, String> {
+        let Some(config) = &self.hot_restart.config else {
+            return Err("hot restart is disabled (--disable-hot-restart)".into());
+        };
+        if self.hot_restart.spawned_child.get().is_some() || self.hot_restart.handed_over.get() {
+            return Err("a hot restart from this process is already under way".into());
+        }
+        if self
+            .hot_restart
+            .child
+            .as_ref()
+            .is_some_and(|c| !c.parent_terminated())
+        {
+            return Err(
+                "this process still has a parent generation: only two generations live at once"
+                    .into(),
+            );
+        }
+        if self.state() == ServerState::Initializing || self.state() == ServerState::PreInitializing
+        {
+            return Err("not initialised yet".into());
+        }
+        let pid = self_restart::spawn(config.epoch + 1, config.base_id)
+            .map_err(|e| format!("cannot start the next generation: {e}"))?;
+        self.hot_restart.spawned_child.set(Some(pid));
+        self.hot_restart.self_restarted.set(true);
+        // A child that fails before taking over leaves this process serving.
+        let weak = Rc::downgrade(self);
+        tokio::task::spawn_local(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
+            loop {
+                tick.tick().await;
+                let Some(server) = weak.upgrade() else { return };
+                if server.hot_restart.handed_over.get() {
+                    return;
+                }
+                let mut status = 0;
+                // SAFETY: waitpid writes the status into a local.
+                let r = unsafe { libc::waitpid(pid as i32, &mut status, libc::WNOHANG) };
+                if r == pid as i32 || r < 0 {
+                    let code = if libc::WIFEXITED(status) {
+                        libc::WEXITSTATUS(status)
+                    } else {
+                        128 + libc::WTERMSIG(status)
+                    };
+                    tracing::error!(pid, code, "self hot restart: the next generation exited before taking over; still serving");
+                    server.hot_restart.spawned_child.set(None);
+                    return;
+                }
+            }
+        });
+        Ok(pid)
     }
 
     /// `/quitquitquit`: exit now.
@@ -233,6 +346,40 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     if options.mode == Mode::Validate {
         validate(&bootstrap, &options)?;
         return Ok(());
+    }
+    options.check().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut hr_config =
+        HotRestartConfig::from_options(&options).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let hr_child = match &hr_config {
+        Some(c) if c.epoch > 0 => Some(Rc::new(
+            HotRestartingChild::new(c).map_err(|e| anyhow::anyhow!("{e}"))?,
+        )),
+        _ => None,
+    };
+    let hr_parent = match hr_config.as_mut() {
+        Some(c) => match HotRestartingParent::bind(c, options.use_dynamic_base_id) {
+            Ok(p) => Some(p),
+            // Without an explicit base id, a first epoch whose default socket is taken
+            // (another proxy on this host) serves without hot restart instead of failing.
+            Err(e) if c.epoch == 0 && options.base_id.is_none() && !options.use_dynamic_base_id => {
+                tracing::warn!("{e}; hot restart disabled for this process");
+                None
+            }
+            Err(e) => return Err(anyhow::anyhow!("{e}")),
+        },
+        None => None,
+    };
+    if hr_parent.is_none() {
+        hr_config = None;
+    }
+    if let Some(c) = &hr_config {
+        if c.epoch == 0 {
+            super::hot_restart::publish_version(c);
+        }
+        if let Some(path) = &options.base_id_path {
+            std::fs::write(path, c.base_id.to_string())
+                .with_context(|| format!("cannot write --base-id-path {}", path.display()))?;
+        }
     }
     // The default connection limit is derived from the raised limit (1024 if unreadable).
     let nofile = super::fd_limit::raise().map_or(1024, |l| l.soft);
@@ -345,7 +492,46 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         runtime,
         stats_flush: RefCell::new(None),
         stats_flush_on_admin: Cell::new(false),
+        hot_restart: HotRestartState {
+            config: hr_config.clone(),
+            child: hr_child.clone(),
+            original_start: Cell::new(
+                SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs()),
+            ),
+            ..Default::default()
+        },
     });
+    store
+        .gauge("server.hot_restart_epoch")
+        .set(i64::from(options.restart_epoch));
+    store
+        .gauge("server.hot_restart_generation")
+        .set(i64::from(options.restart_epoch) + 1);
+    if let Some(parent) = hr_parent {
+        let hooks: std::rc::Weak<dyn ParentHooks> = Rc::downgrade(&server) as _;
+        *server.hot_restart.parent_task.borrow_mut() =
+            Some(tokio::task::spawn_local(parent.serve(hooks)));
+    }
+    if let Some(child) = &hr_child {
+        // The first question doubles as the check that a parent answers.
+        let stats = child.parent_stats().map_err(|e| anyhow::anyhow!("{e}"))?;
+        server
+            .hot_restart
+            .importer
+            .borrow_mut()
+            .merge(&store, stats);
+        let source = child.clone();
+        server
+            .listener_manager
+            .borrow_mut()
+            .set_socket_source(Some(Box::new(move |address, worker| {
+                source
+                    .duplicate_parent_listen_socket(address, worker)
+                    .map_err(std::io::Error::other)
+            })));
+    }
     server.refresh_server_stats();
     // Reports to collectors (spans, logs, metrics) go to a host of their cluster, as the
     // cluster is now.
@@ -370,12 +556,22 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     if let Some(admin) = bootstrap.admin.as_ref().and_then(|a| a.address.as_ref()) {
         let address = crate::config::socket_address(Some(admin), "admin.address")
             .map_err(|e| anyhow::anyhow!("{e}"))?;
+        if let Some(child) = &hr_child {
+            let start = child
+                .shutdown_parent_admin()
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            if start > 0 {
+                server.hot_restart.original_start.set(start);
+            }
+        }
         let listener = crate::admin::bind(address)
             .await
             .with_context(|| format!("cannot bind admin address {address}"))?;
         server.admin_address.set(listener.local_addr().ok());
         tracing::info!(address = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "admin listening");
-        tokio::task::spawn_local(crate::admin::serve(listener, server.clone()));
+        *server.hot_restart.admin_task.borrow_mut() = Some(tokio::task::spawn_local(
+            crate::admin::serve(listener, server.clone()),
+        ));
     }
 
     server.set_state(ServerState::Initializing);
@@ -397,9 +593,18 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         return Ok(());
     }
 
+    if let Some(child) = hr_child {
+        tokio::task::spawn_local(take_over_from_parent(Rc::downgrade(&server), child));
+    }
+
     let exit_code = super::drain::run_until_shutdown(server.clone()).await;
     // A last flush on the way out, as Envoy's `terminate()` does.
     server.flush_stats();
+    // The next generations may reuse this epoch's socket name.
+    if let Some(task) = server.hot_restart.parent_task.borrow_mut().take() {
+        task.abort();
+    }
+    let hold = server.hot_restart.self_restarted.get() && !self_restart::spawned();
     drop(server);
     for w in workers {
         w.stop();
@@ -407,7 +612,102 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     if exit_code != 0 {
         anyhow::bail!("exiting on a second signal");
     }
+    if hold {
+        let code = self_restart::hold().await;
+        if code != 0 {
+            anyhow::bail!("the last generation exited with code {code}");
+        }
+    }
     Ok(())
+}
+
+/// The child's side once it serves: the parent drains, its stats are merged every few
+/// seconds, and it is terminated at `--parent-shutdown-time-s`.
+async fn take_over_from_parent(server: std::rc::Weak<Server>, child: Rc<HotRestartingChild>) {
+    let (notified, shutdown_time) = {
+        let Some(s) = server.upgrade() else { return };
+        let time = s
+            .hot_restart
+            .config
+            .as_ref()
+            .map_or(std::time::Duration::ZERO, |c| c.parent_shutdown_time);
+        // Waiting holds no borrow of the server: only the Notify's owner lives on.
+        (Rc::clone(&s), time)
+    };
+    notified.hot_restart.workers_started.notified().await;
+    drop(notified);
+    if let Err(e) = child.drain_parent_listeners() {
+        tracing::error!(error = %e, "hot restart: cannot tell the parent to drain");
+    }
+    tracing::info!(
+        ?shutdown_time,
+        "hot restart: serving; the parent drains and is terminated at --parent-shutdown-time-s"
+    );
+    let deadline = tokio::time::Instant::now() + shutdown_time;
+    let merge = |server: &Server| match child.parent_stats() {
+        Ok(stats) => server
+            .hot_restart
+            .importer
+            .borrow_mut()
+            .merge(&server.store, stats),
+        Err(e) => tracing::warn!(error = %e, "hot restart: parent stats"),
+    };
+    loop {
+        let next = (tokio::time::Instant::now() + std::time::Duration::from_secs(5)).min(deadline);
+        tokio::time::sleep_until(next).await;
+        let Some(s) = server.upgrade() else { return };
+        merge(&s);
+        if next >= deadline {
+            if let Err(e) = child.terminate_parent() {
+                tracing::warn!(error = %e, "hot restart: cannot terminate the parent");
+            }
+            s.hot_restart.importer.borrow_mut().parent_gone(&s.store);
+            s.listener_manager.borrow_mut().set_socket_source(None);
+            tracing::info!("hot restart: parent terminated");
+            return;
+        }
+    }
+}
+
+impl ParentHooks for Server {
+    fn listen_socket(&self, address: SocketAddr, worker: usize) -> Option<std::os::fd::OwnedFd> {
+        self.listener_manager
+            .borrow()
+            .listen_socket(address, worker)
+            .map(std::os::fd::OwnedFd::from)
+    }
+
+    fn shutdown_admin(&self) -> u64 {
+        if let Some(task) = self.hot_restart.admin_task.borrow_mut().take() {
+            task.abort();
+        }
+        self.hot_restart.original_start.get()
+    }
+
+    fn drain_listeners(&self) {
+        self.hot_restart.handed_over.set(true);
+        self.hot_restart.spawned_child.set(None);
+        self.set_state(ServerState::Draining);
+        crate::http::conn_manager::connection::HAND_OVER_DRAIN
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        // The child holds duplicates of the sockets: closing ours loses no queued
+        // connection; our connections drain over --drain-time-s.
+        self.listener_manager
+            .borrow_mut()
+            .stop_listeners(true, true);
+    }
+
+    fn stats(&self) -> super::hot_restart::message::StatsReply {
+        let connections = super::drain::active_downstream_connections(&self.store);
+        self.hot_restart
+            .exporter
+            .borrow_mut()
+            .export(&self.store, u64::try_from(connections).unwrap_or(0))
+    }
+
+    fn terminate(&self) {
+        self.request_exit();
+    }
 }
 
 /// Builds the stats sinks (a TCP StatsD sink's cluster must exist by now, as Envoy

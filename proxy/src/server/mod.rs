@@ -5,6 +5,7 @@
 
 mod drain;
 pub mod fd_limit;
+pub mod hot_restart;
 mod instance;
 pub mod local_info;
 pub mod stats_config;

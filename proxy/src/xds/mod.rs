@@ -1135,6 +1135,7 @@ fn advance_init(server: &Rc<Server>) {
         }
         server.xds.borrow_mut().phase = InitPhase::Done;
         server.listener_manager.borrow_mut().start_workers();
+        server.on_workers_started();
         if server.state() != ServerState::Draining {
             server.set_state(ServerState::Live);
         }

@@ -17,6 +17,7 @@ use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -706,7 +707,18 @@ impl EventHandler<WorkerLocal> for HttpConnection {
         if matches!(self.state, State::Detect { .. } | State::Handshake(..)) {
             return self.close(ctx, me);
         }
+        if matches!(self.state, State::H1(_)) && HAND_OVER_DRAIN.load(Ordering::Relaxed) {
+            // A hot restart's parent: an idle connection closed now races the client's
+            // next request (a reset); it ends after its next response instead, or when
+            // the drain time ends.
+            return Next::Continue;
+        }
         self.graceful();
         self.run(ctx, me)
     }
 }
+
+/// Set in a hot restart's parent once it hands its listeners over: HTTP/1 connections
+/// drain by `connection: close` on their next response, idle ones are not cut at once.
+pub static HAND_OVER_DRAIN: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);

@@ -109,35 +109,48 @@ impl KeyFormat {
     /// Appends `name` to `out`: as `case` (the names the message came with) spells it,
     /// when it came with them (names it lacks lower-case or proper-cased as the recording
     /// side asked), else in this format.
+    #[inline(always)]
     pub fn put_name(self, out: &mut impl bytes::BufMut, name: &[u8], case: Option<&HeaderCase>) {
         match case {
-            Some(c) => match c.spelling(name) {
-                Some(spelled) => out.put_slice(spelled),
-                None if c.others_proper_case() => KeyFormat::ProperCase.put(out, name),
-                None => out.put_slice(name),
-            },
+            Some(c) => put_recorded(out, name, c),
             None => self.put(out, name),
         }
     }
 
     /// Appends `name` to `out` in this format.
+    #[inline(always)]
     pub fn put(self, out: &mut impl bytes::BufMut, name: &[u8]) {
         match self {
             // Without the names a message came with, a stateful formatter has nothing to
             // keep (Envoy's writes such a message lower-case).
             KeyFormat::Lower | KeyFormat::PreserveCase(_) => out.put_slice(name),
-            KeyFormat::ProperCase => {
-                let mut start_of_word = true;
-                for &b in name {
-                    out.put_u8(if start_of_word {
-                        b.to_ascii_uppercase()
-                    } else {
-                        b
-                    });
-                    start_of_word = !b.is_ascii_alphanumeric();
-                }
-            }
+            KeyFormat::ProperCase => put_proper_case(out, name),
         }
+    }
+}
+
+/// Appends `name` with the first letter of each word upper-cased.
+#[inline(never)]
+fn put_proper_case(out: &mut impl bytes::BufMut, name: &[u8]) {
+    let mut start_of_word = true;
+    for &b in name {
+        out.put_u8(if start_of_word {
+            b.to_ascii_uppercase()
+        } else {
+            b
+        });
+        start_of_word = !b.is_ascii_alphanumeric();
+    }
+}
+
+/// Appends `name` as the names a message came with spell it (names it lacks lower-case or
+/// proper-cased as the recording side asked): kept out of the encoders, as it is rare.
+#[inline(never)]
+fn put_recorded(out: &mut impl bytes::BufMut, name: &[u8], case: &HeaderCase) {
+    match case.spelling(name) {
+        Some(spelled) => out.put_slice(spelled),
+        None if case.others_proper_case() => put_proper_case(out, name),
+        None => out.put_slice(name),
     }
 }
 

@@ -205,7 +205,7 @@ pub fn parse_request_head(
     parts.version = version;
     parts.headers = headers;
     if let Some(case) = case {
-        parts.extensions.insert(case);
+        parts.extensions.insert(*case);
     }
     Ok(Some(RequestHead {
         parts,

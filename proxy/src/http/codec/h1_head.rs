@@ -89,8 +89,9 @@ pub(crate) struct SplitHead {
     pub headers: HeaderMap,
     /// What the framing fields said.
     pub framing: FramingFields,
-    /// The names as spelled, when asked to record them (`preserve_case`).
-    pub case: Option<HeaderCase>,
+    /// The names as spelled, when asked to record them (`preserve_case`); boxed, as it
+    /// is rare.
+    pub case: Option<Box<HeaderCase>>,
 }
 
 /// Where a parsed head's target and header fields lie in the read buffer: recorded as
@@ -139,11 +140,9 @@ impl HeadSpans {
         let head = buf.split_to(len).freeze();
         let mut headers = header_map_pool::take(fields.len() + room);
         let mut framing = FramingFields::default();
-        let mut case = case.map(|c| HeaderCase::new(c.others_proper_case, fields.len()));
+        // Apart from the main loop, which stays as lean as without it.
+        let case = case.map(|c| record_case(&head, &fields, c));
         for (name, value) in fields.drain(..) {
-            if let Some(c) = case.as_mut() {
-                c.record(head.slice(name.clone()));
-            }
             let name = HeaderName::from_bytes(&head[name]).map_err(|_| "invalid header name")?;
             let value = HeaderValue::from_maybe_shared(head.slice(value))
                 .map_err(|_| "invalid header value")?;
@@ -161,6 +160,20 @@ impl HeadSpans {
             case,
         })
     }
+}
+
+/// The names of `fields` as spelled in `head` (slices of it, no copy).
+#[cold]
+fn record_case(
+    head: &Bytes,
+    fields: &[(Range<usize>, Range<usize>)],
+    c: PreserveCase,
+) -> Box<HeaderCase> {
+    let mut case = HeaderCase::new(c.others_proper_case, fields.len());
+    for (name, _) in fields {
+        case.record(head.slice(name.clone()));
+    }
+    Box::new(case)
 }
 
 #[cfg(test)]

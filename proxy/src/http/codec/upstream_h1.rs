@@ -432,7 +432,7 @@ fn parse_head(
         if let Some(r) = reason {
             recorded.set_reason(r);
         }
-        parts.extensions.insert(recorded);
+        parts.extensions.insert(*recorded);
     }
     Ok(Some((parts, framing, keep_alive)))
 }

@@ -1103,7 +1103,11 @@ fn forwarding_headers(
 ) -> ControlFlow<Response<ProxyBody>, bool> {
     let cfg = &conn.config;
     let remote_ip = conn.remote.ip();
-    let scheme = HeaderValue::from_static(if conn.secure { "https" } else { "http" });
+    // Constants: `from_static` checks its bytes when called at run time.
+    const HTTPS: HeaderValue = HeaderValue::from_static("https");
+    const HTTP: HeaderValue = HeaderValue::from_static("http");
+    const TRUE: HeaderValue = HeaderValue::from_static("true");
+    let scheme = if conn.secure { HTTPS } else { HTTP };
     let internal = match &cfg.original_ip {
         None => cfg.internal_addresses.is_internal(
             remote_ip,
@@ -1146,7 +1150,7 @@ fn forwarding_headers(
         headers.insert(X_FORWARDED_PROTO.clone(), scheme);
     }
     if internal {
-        headers.insert(X_ENVOY_INTERNAL.clone(), HeaderValue::from_static("true"));
+        headers.insert(X_ENVOY_INTERNAL.clone(), TRUE);
     }
     ControlFlow::Continue(internal)
 }
@@ -1749,9 +1753,11 @@ async fn response_passes(
         match stage {
             ResponseStage::Lua(pass) => Box::pin(pass.on_response(resp, worker, limit)).await,
             ResponseStage::ExtProc(session) => {
-                Box::pin(crate::http::conn_manager::service_calls::ext_proc::on_response(
-                    session, resp, outcome,
-                ))
+                Box::pin(
+                    crate::http::conn_manager::service_calls::ext_proc::on_response(
+                        session, resp, outcome,
+                    ),
+                )
                 .await
             }
         }

@@ -1244,7 +1244,14 @@ impl OAuth2Filter {
             }
             CallKind::Refresh => {
                 let tokens = match self.tokens(answer) {
-                    Ok(t) => t,
+                    // An answer without a new refresh token keeps the one the request
+                    // had (in the HMAC and the answer's cookie too), as Envoy.
+                    Ok(mut t) => {
+                        if t.refresh.is_empty() {
+                            t.refresh = find(&jar, &self.names.refresh).to_owned();
+                        }
+                        t
+                    }
                     Err(why) => {
                         tracing::debug!(filter = %self.name, "refreshing the access token failed: {why}");
                         self.stats.refreshtoken_failure.inc(worker);

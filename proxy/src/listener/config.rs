@@ -189,11 +189,14 @@ impl ListenerConfig {
             .filter_map(|c| c.tls.as_ref())
             .all(|t| t.pending().iter().all(|n| sds::settled(n)))
             && self.chains().all(|c| match &c.filter {
-                // HTTP filters that wait for a server's secret (the credential injector).
+                // HTTP filters that wait for a server's secret (the credential injector, OAuth2).
                 NetworkFilter::HttpConnectionManager(h) => {
                     h.filters.iter().all(|f| match &f.filter {
                         crate::filters::http::HttpFilter::CredentialInjector(ci) => {
                             ci.server_secret().is_none_or(sds::settled)
+                        }
+                        crate::filters::http::HttpFilter::OAuth2(o) => {
+                            o.server_secrets().all(sds::settled)
                         }
                         _ => true,
                     })

@@ -30,6 +30,7 @@ pub mod health_check;
 pub mod jwt_authn;
 pub mod local_ratelimit;
 pub mod lua;
+pub mod oauth2;
 pub mod on_demand;
 pub mod ratelimit;
 pub mod rbac;
@@ -144,6 +145,8 @@ pub enum HttpFilter {
     JwtAuthn(Box<jwt_authn::JwtAuthnFilter>),
     /// `envoy.filters.http.lua` (boxed: it is rare).
     Lua(Box<lua::LuaFilter>),
+    /// `envoy.filters.http.oauth2` (boxed: it is large and rare).
+    OAuth2(Box<oauth2::OAuth2Filter>),
 }
 
 impl HttpFilter {
@@ -170,6 +173,7 @@ impl HttpFilter {
             HttpFilter::CredentialInjector(f) => &f.name,
             HttpFilter::JwtAuthn(f) => &f.name,
             HttpFilter::Lua(f) => &f.name,
+            HttpFilter::OAuth2(f) => &f.name,
         }
     }
 }
@@ -427,6 +431,19 @@ pub static CHAIN: Registry<BuildFilter> = Registry {
             },
         },
         Factory {
+            type_name: oauth2::FILTER_TYPE,
+            name: oauth2::FILTER_NAME,
+            build: |a| {
+                Ok(HttpFilter::OAuth2(Box::new(oauth2::OAuth2Filter::compile(
+                    a.name,
+                    &a.config_or_default()?,
+                    a.path,
+                    a.stat_prefix,
+                    a.store,
+                )?)))
+            },
+        },
+        Factory {
             type_name: on_demand::FILTER_TYPE,
             name: on_demand::FILTER_NAME,
             build: |a| {
@@ -512,6 +529,9 @@ const PER_ROUTE: &[(&str, CompilePerRoute)] = &[
     }),
     (rbac::PER_ROUTE_TYPE, |any, path, _| {
         Ok(Arc::new(RbacRules::per_route(&unpack(any, path)?, path)?))
+    }),
+    (oauth2::PER_ROUTE_TYPE, |_, path, _| {
+        Err(ConfigError::unsupported(path.to_string()))
     }),
     (on_demand::PER_ROUTE_TYPE, |_, path, _| {
         Err(ConfigError::unsupported(path.to_string()))

@@ -881,7 +881,7 @@ struct FilterMarks<'a> {
 /// What services a request's filters asked leave on it.
 #[derive(Default)]
 struct ServiceMarks {
-    /// What ext_authz services that allowed the request put on its answer, in chain
+    /// What ext_authz services that allowed the request (and OAuth2 refreshes) put on its answer, in chain
     /// order.
     authz: Vec<ResponseChanges>,
     /// Fields rate limit services that let the request go put on its answer.
@@ -1633,6 +1633,12 @@ async fn run_filters<'a>(
                     }
                 }
             }
+            HttpFilter::OAuth2(f) => {
+                // Boxed: its call would otherwise take room in every request's future.
+                if let Some(r) = Box::pin(oauth2(s, f, req, marks, outcome)).await {
+                    return ControlFlow::Continue(Some(r));
+                }
+            }
             HttpFilter::Lua(f) => {
                 let route = per_filter::policy::<LuaPerRoute>(s.levels, &f.name);
                 if let Some(reply) = lua_request(s, f, route, req, marks, outcome).await {
@@ -1658,6 +1664,65 @@ async fn run_filters<'a>(
         }
     }
     ControlFlow::Continue(None)
+}
+
+/// An OAuth2 filter's decision on a request, after its token endpoint's answer when it
+/// asks one: the filter's answer, if it answers; what a refresh puts on the request's
+/// answer goes into the marks.
+async fn oauth2(
+    s: &Stream<'_>,
+    f: &crate::filters::http::oauth2::OAuth2Filter,
+    req: &mut Request<ProxyBody>,
+    marks: &mut FilterMarks<'_>,
+    outcome: &mut Outcome,
+) -> Option<Box<Response<ProxyBody>>> {
+    use crate::filters::http::oauth2::{Finished, OAuth2Step, RequestView};
+    let path = req
+        .uri()
+        .path_and_query()
+        .map_or(s.path, |p| p.as_str())
+        .to_owned();
+    let rq = RequestView {
+        authority: s.authority,
+        path: &path,
+        scheme: s.scheme,
+        method: s.method,
+    };
+    let pseudo = s.pseudo();
+    let call = match f.on_request(req.headers_mut(), &rq, &pseudo, s.conn.worker) {
+        OAuth2Step::Pass => return None,
+        OAuth2Step::Reply(r, details) => {
+            outcome.set_details(details);
+            return Some(r);
+        }
+        OAuth2Step::Call(call) => call,
+    };
+    let finished = crate::http::conn_manager::service_calls::oauth2::call(
+        f,
+        *call,
+        req.headers_mut(),
+        &rq,
+        &pseudo,
+        &s.conn.config.store,
+        s.conn.worker,
+    )
+    .await;
+    match finished {
+        Finished::Pass(changes) => {
+            if let Some(changes) = changes {
+                marks
+                    .services
+                    .get_or_insert_with(Box::default)
+                    .authz
+                    .push(changes);
+            }
+            None
+        }
+        Finished::Reply(r, details) => {
+            outcome.set_details(details);
+            Some(r)
+        }
+    }
 }
 
 /// A Lua filter's request pass (its script's `envoy_on_request`, when the route runs

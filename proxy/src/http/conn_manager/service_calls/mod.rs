@@ -8,10 +8,12 @@
 //!   (the router's `async_stream`).
 //! - [`ratelimit`]: a global rate limit check.
 //! - [`jwks`]: the remote key sets JWT providers verify tokens with.
+//! - [`oauth2`]: the OAuth2 filter's token endpoint calls (code exchange, refresh).
 
 pub mod ext_authz;
 pub mod ext_proc;
 pub mod jwks;
+pub mod oauth2;
 pub mod ratelimit;
 
 use std::rc::Rc;

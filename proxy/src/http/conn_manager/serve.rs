@@ -639,7 +639,12 @@ pub(crate) async fn process(
         bridge: None,
         responses: Vec::new(),
     };
-    let filter_reply = step!(run_filters(&s, &mut req, &mut marks, outcome).await);
+    // Without filters before the router, no filter pass is made (its future would be set
+    // up and dropped for nothing on every request).
+    let filter_reply = match conn.config.filters.is_empty() {
+        true => None,
+        false => step!(run_filters(&s, &mut req, &mut marks, outcome).await),
+    };
     // A Lua script that changed the request's headers clears the route cache, as Envoy's
     // (`clear_route_cache`, true by default): the request is routed again by its new
     // authority, path and headers.
@@ -665,7 +670,7 @@ pub(crate) async fn process(
                 routed.is_some_and(|(_, route)| matches!(route.action, Action::Route(_)));
         }
     }
-    let responses = std::mem::take(&mut marks.responses);
+    let responses = (!marks.responses.is_empty()).then(|| std::mem::take(&mut marks.responses));
     // The gRPC-Web filter's response pass runs last (it is first in chains that have it)
     // and may wait for a body: it is taken out of the marks, which apply at once.
     let grpc_web = marks.grpc_web.take();
@@ -676,7 +681,9 @@ pub(crate) async fn process(
     let route_headers = routed.filter(|_| filter_reply.is_none() || s.to_cluster);
     let Some((vh, route)) = routed else {
         let mut resp = no_route_answer(&s, filter_reply, outcome);
-        response_passes(&s, responses, &mut resp, outcome).await;
+        if let Some(stages) = responses {
+            response_passes(&s, stages, &mut resp, outcome).await;
+        }
         marks.apply(&s, &mut resp);
         if let Some(gw) = grpc_web {
             grpc_web_response(gw, &mut resp, conn.worker, outcome).await;
@@ -739,7 +746,9 @@ pub(crate) async fn process(
         vh.response_headers.apply(resp.headers_mut(), &fcx);
         table.response_headers.apply(resp.headers_mut(), &fcx);
     }
-    response_passes(&s, responses, &mut resp, outcome).await;
+    if let Some(stages) = responses {
+        response_passes(&s, stages, &mut resp, outcome).await;
+    }
     marks.apply(&s, &mut resp);
     // As chains put the gRPC statistics filter after the gRPC-Web one (Istio's order), it
     // sees the response as gRPC, before the gRPC-Web filter's pass.
@@ -1809,9 +1818,6 @@ async fn response_passes(
     resp: &mut Response<ProxyBody>,
     outcome: &mut Outcome,
 ) {
-    if stages.is_empty() {
-        return;
-    }
     let (worker, limit) = (s.conn.worker, s.conn.buffer_limit);
     for stage in stages.into_iter().rev() {
         // Boxed: their runs would otherwise take room in every request's future.

@@ -14,10 +14,7 @@ const SHAPES: &[(&str, Option<&str>)] = &[
     ("envoy-gateway.yaml", None),
     ("istio-sidecar.yaml", None),
     ("kuma.yaml", None),
-    (
-        "contour.yaml",
-        Some("http_filters[2].typed_config.enable_upstream_stats"),
-    ),
+    ("contour.yaml", None),
 ];
 
 fn shape(name: &str) -> String {

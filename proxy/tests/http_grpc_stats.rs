@@ -345,18 +345,115 @@ fn grpc_calls_are_counted_as_envoy_counts_them() {
     }
 }
 
+/// The Prometheus lines of the `.grpc.` `upstream_rq_time` histograms, once their counts add up to `want` (Envoy merges its
+/// histograms at each stats flush); sorted.
+fn upstream_time_lines(proxy: &Courier, want: u64) -> Vec<String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let prom = admin_get(proxy.admin, "/stats/prometheus").unwrap_or_default();
+        let mut lines: Vec<String> = prom
+            .lines()
+            .filter(|l| {
+                // A dotted service name's parts past the first stay in the name.
+                l.starts_with("envoy_cluster_grpc_") && l.contains("_upstream_rq_time")
+            })
+            .map(str::to_string)
+            .collect();
+        lines.sort();
+        let total: u64 = lines
+            .iter()
+            .filter(|l| l.contains("_upstream_rq_time_count"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum();
+        if total >= want {
+            return lines;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{total} of {want} timed: {prom}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// `enable_upstream_stats`: every counted request whose answer came from upstream and
+/// ended in trailers or in its head is timed, per method as its counters are named, from
+/// its request's end to that end; local replies and answers without trailers are not.
+#[test]
+fn upstream_round_trips_are_timed_as_envoy_times_them() {
+    // Every call of `cases` that is counted and answered by the upstream with trailers or
+    // headers only, and the slow one.
+    const TIMED: u64 = 18;
+    for (config, fields) in [CONFIGS[0], CONFIGS[1], CONFIGS[3]] {
+        eprintln!("-- {config}");
+        let fields = format!("{fields}              enable_upstream_stats: true\n");
+        let run = |start: &dyn Fn(&str) -> Option<Courier>| -> Option<(Vec<String>, Vec<String>)> {
+            let (up, _) = grpc_upstream();
+            let b = format!("stats_flush_interval: 0.1s\n{}", boot(up, &fields));
+            let proxy = start(&b)?;
+            let mut answers = Vec::new();
+            for (name, h2, path, headers, body) in cases() {
+                let status = if h2 {
+                    h2_call(proxy.listener, "POST", path, &headers, &body)
+                        .map(|a| a.parts.status.as_u16())
+                } else {
+                    let mut client = Client::connect(proxy.listener);
+                    Some(client.request("POST", "x", path, &headers, &body).status)
+                };
+                answers.push(format!("{name}: {status:?}"));
+            }
+            let grpc = [("content-type", "application/grpc")];
+            let slow = h2_call(
+                proxy.listener,
+                "POST",
+                "/svc.Greeter/Slow",
+                &grpc,
+                &grpc_frame(b"z"),
+            )
+            .map(|a| a.trailers.and_then(|t| t.get("grpc-status").cloned()));
+            answers.push(format!("slow: {slow:?}"));
+            let lines = upstream_time_lines(&proxy, TIMED);
+            let counts: Vec<String> = lines
+                .iter()
+                .filter(|l| l.contains("_upstream_rq_time_count"))
+                .cloned()
+                .collect();
+            answers.extend(counts);
+            Some((answers, lines))
+        };
+        let (courier, lines) = run(&|b| Some(Courier::start(b))).expect("courier");
+        // Cumulative buckets, all histograms: only the slow call is above 250 ms.
+        let between_250_and_500 = |lines: &[String]| -> u64 {
+            let bucket = |le: &str| -> u64 {
+                lines
+                    .iter()
+                    .filter(|l| l.contains(&format!("le=\"{le}\"")))
+                    .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+                    .sum()
+            };
+            bucket("500") - bucket("250")
+        };
+        assert_eq!(between_250_and_500(&lines), 1, "{lines:#?}");
+        eprintln!("{courier:#?}");
+        if let Some((envoy, envoy_lines)) = run(&Courier::start_envoy) {
+            assert_eq!(courier, envoy, "{config}");
+            assert_eq!(between_250_and_500(&envoy_lines), 1, "{envoy_lines:#?}");
+        } else {
+            eprintln!("no envoy on PATH: compared with nothing");
+        }
+        let total: u64 = courier
+            .iter()
+            .filter(|l| l.contains("_upstream_rq_time_count"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum();
+        assert_eq!(total, TIMED, "{courier:#?}");
+    }
+}
+
 #[test]
 fn fields_courier_does_not_build_are_refused_by_path() {
     let (up, _) = grpc_upstream();
     let base = boot(up, "              stats_for_all_methods: false\n");
-    assert_refused_by_path(
-        &base,
-        &[(
-            "stats_for_all_methods: false\n",
-            "enable_upstream_stats: true\n",
-            "enable_upstream_stats",
-        )],
-    );
     // `emit_filter_state` (Istio and Contour set it) is taken: what it would emit no
     // part of Courier reads.
     let (code, stderr) = validate(&base.replacen(

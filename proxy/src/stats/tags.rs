@@ -51,9 +51,12 @@ const DEFAULT_EXTRACTORS: &[(&str, &str, &str)] = &[
         r"^mongo(?=\.).*?\.cmd\.((.*?)\.)\w+?$",
         ".cmd.",
     ),
+    // Envoy 1.40's tokenized `cluster.*.grpc.*.$.**`: the token after the service's
+    // first, so a dotted service's `cluster.c.grpc.svc.Greeter.Echo.total` has method
+    // `Greeter` and keeps `Echo` in its name (measured, `tests/http_grpc_stats.rs`).
     (
         "envoy.grpc_bridge_method",
-        r"^cluster(?=\.).*?\.grpc(?=\.).*\.((.*?)\.)\w+?$",
+        r"^cluster(?=\.).*?\.grpc\.[^.]+\.(([^.]+)\.)[^.]",
         ".grpc.",
     ),
     (
@@ -328,6 +331,13 @@ mod tests {
             "listener.http.downstream_rq_xx"
         );
         assert_eq!(tags("listener_manager.listener_added").1, vec![]);
+        // A gRPC method's: the token after the service's first.
+        assert_eq!(
+            tags("cluster.c.grpc.svc.Greeter.Echo.total").0,
+            "cluster.grpc.Echo.total"
+        );
+        assert_eq!(tags("cluster.c.grpc.Svc.M.total").0, "cluster.grpc.total");
+        assert_eq!(tags("cluster.c.grpc.total").0, "cluster.grpc.total");
         assert_eq!(Extractor::prefix(r"^http(?=\.).*?"), Some("http".into()));
         assert_eq!(Extractor::prefix(r"_rq(_(\d{3}))$"), None);
     }

@@ -1234,6 +1234,7 @@ pub fn grpc_frame(message: &[u8]) -> Vec<u8> {
 /// what it received kept in the returned list:
 /// - `Echo`: `200 application/grpc`, the request body as it came, trailers
 ///   `grpc-status: 0`, `grpc-message: ok`;
+/// - `Slow`: as `Echo`, 300 ms after the request's whole body arrived;
 /// - `Many`: three framed messages in three chunks, then `grpc-status: 0`;
 /// - `Fail`: trailers-only (headers only): `grpc-status: 7`, `grpc-message: denied`;
 /// - `Error`: one framed message, then `grpc-status: 13`, `grpc-message: bad thing`;
@@ -1279,9 +1280,12 @@ pub fn grpc_upstream() -> (SocketAddr, Arc<std::sync::Mutex<Vec<GrpcSeen>>>) {
                         };
                         let data = |b: Vec<u8>| Ok(hyper::body::Frame::data(bytes::Bytes::from(b)));
                         let method = path.rsplit('/').next().unwrap_or("");
+                        if method == "Slow" {
+                            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                        }
                         let mut resp = hyper::Response::builder().status(200);
                         let frames: Frames = match method {
-                            "Echo" => vec![data(body.to_vec()), trailers("0", "ok")],
+                            "Echo" | "Slow" => vec![data(body.to_vec()), trailers("0", "ok")],
                             "Many" => vec![
                                 data(grpc_frame(b"one")),
                                 data(grpc_frame(b"two")),
@@ -1315,7 +1319,10 @@ pub fn grpc_upstream() -> (SocketAddr, Arc<std::sync::Mutex<Vec<GrpcSeen>>>) {
                                 vec![]
                             }
                         };
-                        if matches!(method, "Echo" | "Many" | "Fail" | "Error" | "Garbage") {
+                        if matches!(
+                            method,
+                            "Echo" | "Slow" | "Many" | "Fail" | "Error" | "Garbage"
+                        ) {
                             resp = resp.header("content-type", "application/grpc");
                         }
                         // No frames: headers only (a real trailers-only response).

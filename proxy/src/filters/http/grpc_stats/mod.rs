@@ -22,17 +22,25 @@
 //! - Connect requests (`connect-protocol-version`, `application/connect+…`), which
 //!   Envoy 1.40 counts too, are not: only gRPC is (`DIFFERENCES.md`).
 //!
+//! - With `enable_upstream_stats`, a counted request whose response came from upstream
+//!   and ended in trailers, or in a headers-only response, records the milliseconds
+//!   (truncated) from its last byte sent upstream to that end in the histogram
+//!   `<prefix>upstream_rq_time` (Envoy's `chargeUpstreamStat`). A local reply (the
+//!   upstream unreachable, a timeout) records nothing: Envoy's upstream timing lacks one
+//!   end. The request's end is when the router took its last frame; a request without a
+//!   body is taken as sent when the filter sees it (the connection's set-up, if any, is
+//!   inside the time; Envoy's starts after it).
+//!
 //! `emit_filter_state` is taken and does nothing: Envoy's filter state object is read
 //! only by `%FILTER_STATE%` access-log operators and other filters' extensions, and
 //! Courier keeps no filter state and refuses all of those, so nothing could see it.
-//! `enable_upstream_stats` (the `upstream_rq_time` histogram, from the last request byte
-//! sent upstream to the last response byte received, which Courier's router does not
-//! time) is refused by path.
 
 mod body;
 
+use std::cell::Cell;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::Instant;
 
 use courier_proto::envoy::extensions::filters::http::grpc_stats::v3::{
     filter_config::PerMethodStatSpecifier, FilterConfig,
@@ -46,7 +54,7 @@ use crate::config::ConfigError;
 use crate::http::codec::body::ProxyBody;
 use crate::protocol::grpc::{charge_status, is_grpc_response, service_and_method};
 use crate::protocol::grpc_frame::FrameCounter;
-use crate::stats::dynamic::DynamicCounters;
+use crate::stats::dynamic::{DynamicCounters, DynamicHistograms};
 use crate::stats::Store;
 use body::{CountedRequest, CountedResponse};
 
@@ -74,6 +82,27 @@ pub struct GrpcStatsFilter {
     pub name: String,
     counters: Arc<DynamicCounters>,
     methods: Methods,
+    /// `enable_upstream_stats`: the per-method `upstream_rq_time` histograms.
+    upstream: Option<Arc<DynamicHistograms>>,
+}
+
+/// What times a counted request's upstream round trip (`enable_upstream_stats`).
+pub(crate) struct UpstreamTiming {
+    histograms: Arc<DynamicHistograms>,
+    /// When the request's last byte went upstream.
+    sent: Rc<Cell<Option<Instant>>>,
+}
+
+impl UpstreamTiming {
+    /// The response's end arrived now: `<prefix>upstream_rq_time` records the time since
+    /// the request's end, when it went.
+    fn charge(self, prefix: &str, worker: usize) {
+        if let Some(sent) = self.sent.get() {
+            let ms = sent.elapsed().as_millis() as u64;
+            self.histograms
+                .record(&format!("{prefix}upstream_rq_time"), worker, ms);
+        }
+    }
 }
 
 /// What the filter keeps of a counted request for its response.
@@ -81,6 +110,7 @@ pub struct GrpcStatsRequest {
     counters: Arc<DynamicCounters>,
     /// `cluster.<name>.grpc.`, then `<service>.<method>.` when the method has its own.
     prefix: Rc<str>,
+    upstream: Option<UpstreamTiming>,
 }
 
 impl GrpcStatsFilter {
@@ -91,11 +121,6 @@ impl GrpcStatsFilter {
         path: &str,
         store: &Store,
     ) -> Result<GrpcStatsFilter, ConfigError> {
-        if proto.enable_upstream_stats {
-            return Err(ConfigError::unsupported(format!(
-                "{path}.enable_upstream_stats"
-            )));
-        }
         let methods = match &proto.per_method_stat_specifier {
             Some(PerMethodStatSpecifier::StatsForAllMethods(b)) if b.value => Methods::All {
                 replace_dots: proto.replace_dots_in_grpc_service_name,
@@ -129,6 +154,9 @@ impl GrpcStatsFilter {
             name: name.to_string(),
             counters: Arc::new(DynamicCounters::new(store)),
             methods,
+            upstream: proto
+                .enable_upstream_stats
+                .then(|| Arc::new(DynamicHistograms::new(store))),
         })
     }
 
@@ -157,6 +185,10 @@ impl GrpcStatsFilter {
             }
             Methods::Listed(_) => Rc::from(format!("cluster.{cluster}.grpc.")),
         };
+        let upstream = self.upstream.as_ref().map(|histograms| UpstreamTiming {
+            histograms: histograms.clone(),
+            sent: Rc::new(Cell::new(None)),
+        });
         if !req.body().is_end_stream() {
             let inner = std::mem::replace(req.body_mut(), ProxyBody::empty());
             *req.body_mut() = ProxyBody::filtered(CountedRequest {
@@ -165,11 +197,15 @@ impl GrpcStatsFilter {
                 counters: self.counters.clone(),
                 name: Rc::from(format!("{prefix}request_message_count")),
                 worker,
+                sent: upstream.as_ref().map(|u| u.sent.clone()),
             });
+        } else if let Some(u) = &upstream {
+            u.sent.set(Some(Instant::now()));
         }
         Some(Box::new(GrpcStatsRequest {
             counters: self.counters.clone(),
             prefix,
+            upstream,
         }))
     }
 }
@@ -178,11 +214,16 @@ impl GrpcStatsRequest {
     /// The response pass: the head's `grpc-status` (or `local_status`, the one a local
     /// reply gets in gRPC's form) charged, the body watched for frames and trailers.
     pub fn on_response(
-        self,
+        mut self,
         resp: &mut Response<ProxyBody>,
         local_status: Option<u32>,
         worker: usize,
     ) {
+        // A local reply never came from upstream: Envoy's upstream timing lacks its end,
+        // nothing is timed.
+        if local_status.is_some() {
+            self.upstream = None;
+        }
         if let Some(status) = resp.headers().get(&GRPC_STATUS) {
             charge_status(&self.counters, &self.prefix, status.as_bytes(), worker);
         } else if let Some(status) = local_status {
@@ -197,6 +238,10 @@ impl GrpcStatsRequest {
         }
         let end_stream = resp.body().is_end_stream();
         if end_stream {
+            // Envoy's `encodeHeaders` with `end_stream` charges the upstream time.
+            if let Some(timing) = self.upstream.take() {
+                timing.charge(&self.prefix, worker);
+            }
             return;
         }
         let grpc = is_grpc_response(resp.status().as_u16(), resp.headers(), end_stream);
@@ -207,6 +252,7 @@ impl GrpcStatsRequest {
             counters: self.counters,
             prefix: self.prefix,
             worker,
+            upstream: self.upstream,
         });
     }
 }
@@ -302,10 +348,7 @@ mod tests {
             enable_upstream_stats: true,
             ..Default::default()
         };
-        assert_eq!(
-            compile(&upstream).err().expect("refused").path,
-            "p.enable_upstream_stats"
-        );
+        assert!(compile(&upstream).is_ok());
         let emit = FilterConfig {
             emit_filter_state: true,
             ..Default::default()

@@ -100,6 +100,24 @@ pub(crate) fn request_for(
     Ok(out)
 }
 
+/// Admits a worker's own request to `cluster` as one of its requests: refused when the
+/// cluster's request breaker is open (`upstream_rq_pending_overflow`) or no host is
+/// healthy (`upstream_cx_none_healthy`); else the host it goes to.
+pub(crate) fn admit(
+    cluster: &ClusterInfo,
+    pool: &pool::ClusterPool,
+    worker: usize,
+) -> Result<Arc<crate::upstream::Host>, AsyncFailure> {
+    if pool.breakers.requests.get() >= cluster.thresholds.max_requests {
+        pool.stats.rq_pending_overflow.inc(worker);
+        return Err(AsyncFailure::Overflow);
+    }
+    pool::choose_host(cluster, None).ok_or_else(|| {
+        cluster.stats.upstream_cx_none_healthy.inc(worker);
+        AsyncFailure::NoHealthyHost
+    })
+}
+
 /// Sends `req` to `cluster` as a request of that cluster's (its circuit breakers and
 /// stats), bounded by `deadline`; the answer is read whole when `read` (else dropped as
 /// it comes, and an empty body returned).
@@ -116,14 +134,7 @@ pub(crate) async fn exchange(
         .headers()
         .get("x-envoy-internal")
         .is_some_and(|v| v.as_bytes() == b"true");
-    if pool.breakers.requests.get() >= cluster.thresholds.max_requests {
-        pool.stats.rq_pending_overflow.inc(worker);
-        return Err(AsyncFailure::Overflow);
-    }
-    let Some(host) = pool::choose_host(cluster, None) else {
-        cluster.stats.upstream_cx_none_healthy.inc(worker);
-        return Err(AsyncFailure::NoHealthyHost);
-    };
+    let host = admit(cluster, &pool, worker)?;
     let _request = pool.request_slot();
     let _active = pool.stats.rq_active.raise(worker);
     let exchange = async {

@@ -268,13 +268,9 @@ async fn exchange(
         Err(e) => return (unavailable(e.to_string()), shared),
     };
     let pool = pool::cluster_pool(&info, &store, worker);
-    if pool.breakers.requests.get() >= info.thresholds.max_requests {
-        pool.stats.rq_pending_overflow.inc(worker);
-        return (unavailable(AsyncFailure::Overflow.to_string()), shared);
-    }
-    let Some(host) = pool::choose_host(&info, None) else {
-        info.stats.upstream_cx_none_healthy.inc(worker);
-        return (unavailable(AsyncFailure::NoHealthyHost.to_string()), shared);
+    let host = match crate::http::router::async_client::admit(&info, &pool, worker) {
+        Ok(host) => host,
+        Err(e) => return (unavailable(e.to_string()), shared),
     };
     let _request = pool.request_slot();
     let _active = pool.stats.rq_active.raise(worker);

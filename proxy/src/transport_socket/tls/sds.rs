@@ -306,6 +306,21 @@ pub fn server_needs() -> Vec<(ConfigSource, Vec<String>)> {
     })
 }
 
+/// Whether the secret `config` names comes from a management server (ADS or an API
+/// config source): what it is used by then waits for it (a listener warms on it).
+pub fn from_server(config: &SdsSecretConfig) -> bool {
+    config
+        .sds_config
+        .as_ref()
+        .and_then(|c| c.config_source_specifier.as_ref())
+        .is_some_and(|s| {
+            matches!(
+                s,
+                ConfigSourceSpecifier::Ads(_) | ConfigSourceSpecifier::ApiConfigSource(_)
+            )
+        })
+}
+
 /// Whether the server secret `name` has arrived.
 pub fn received(name: &str) -> bool {
     RECEIVED.with(|r| r.borrow().contains_key(name))

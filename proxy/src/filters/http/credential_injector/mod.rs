@@ -26,7 +26,6 @@
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use courier_proto::envoy::config::core::v3::config_source::ConfigSourceSpecifier;
 use courier_proto::envoy::extensions::transport_sockets::tls::v3::SdsSecretConfig;
 
 use courier_proto::envoy::extensions::filters::http::credential_injector::v3 as pb;
@@ -184,16 +183,7 @@ fn compile_generic(
     let Some(sds) = &g.credential else {
         return Err(ConfigError::new(at, "value is required"));
     };
-    let from_server = sds
-        .sds_config
-        .as_ref()
-        .and_then(|c| c.config_source_specifier.as_ref())
-        .is_some_and(|s| {
-            matches!(
-                s,
-                ConfigSourceSpecifier::Ads(_) | ConfigSourceSpecifier::ApiConfigSource(_)
-            )
-        });
+    let from_server = crate::transport_socket::tls::sds::from_server(sds);
     let mut refs = Vec::new();
     let value = read_secret(sds, &g.header_value_prefix, &at, &mut refs)?;
     let credential = Arc::new(Credential {

@@ -7,7 +7,6 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use courier_proto::envoy::config::core::v3::config_source::ConfigSourceSpecifier;
 use courier_proto::envoy::extensions::transport_sockets::tls::v3::{secret, SdsSecretConfig};
 
 use crate::config::ConfigError;
@@ -26,16 +25,7 @@ pub struct SecretValue {
 impl SecretValue {
     /// The secret `sds` (at `path`) names.
     pub fn compile(sds: &SdsSecretConfig, path: &str) -> Result<Arc<SecretValue>, ConfigError> {
-        let from_server = sds
-            .sds_config
-            .as_ref()
-            .and_then(|c| c.config_source_specifier.as_ref())
-            .is_some_and(|s| {
-                matches!(
-                    s,
-                    ConfigSourceSpecifier::Ads(_) | ConfigSourceSpecifier::ApiConfigSource(_)
-                )
-            });
+        let from_server = crate::transport_socket::tls::sds::from_server(sds);
         let mut refs = Vec::new();
         let value = read(sds, path, &mut refs)?;
         let secret = Arc::new(SecretValue {

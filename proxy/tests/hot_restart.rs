@@ -500,7 +500,6 @@ fn envoys_protocol_three_restarts_under_load_lose_nothing() {
 }
 
 #[test]
-#[ignore = "open (#25): the SIGHUP-started generation does not come up in this test yet"]
 fn self_restart_on_sighup_keeps_the_first_process_as_holder() {
     let s = setup();
     let id = base_id();
@@ -515,14 +514,12 @@ fn self_restart_on_sighup_keeps_the_first_process_as_holder() {
         "info",
     ];
     let mut first = Generation::start(COURIER, s.dir.path(), 0, &args, &[]);
+    let holder = first.child.id();
     let admin0 = first.wait_live();
     let (load, clients) = start_load(&s);
-    // Every generation writes the same --admin-address-path: wait for a new address.
-    let mut admin = admin0;
-    for epoch in 1..=2u32 {
-        // SAFETY: kill takes plain integers.
-        unsafe { libc::kill(first.child.id() as i32, libc::SIGHUP) };
-        admin = wait_for("the next generation's admin", DEADLINE, || {
+    // Every generation writes the same --admin-address-path: wait for the epoch's own.
+    let live_epoch = |first: &Generation, epoch: u32| {
+        wait_for(&format!("generation {epoch} live"), DEADLINE, || {
             let a: SocketAddr = std::fs::read_to_string(&first.admin_path)
                 .ok()?
                 .trim()
@@ -531,25 +528,91 @@ fn self_restart_on_sighup_keeps_the_first_process_as_holder() {
             let info = http_request(a, "GET", "/server_info").ok()?.json();
             (info["command_line_options"]["restart_epoch"] == epoch && info["state"] == "LIVE")
                 .then_some(a)
-        });
-        // The parent is terminated; only the holder and the new generation are left.
-        wait_for("the parent generation to exit", DEADLINE, || {
-            let d = descendants(first.child.id());
-            (d.len() == 1).then_some(())
-        });
+        })
+    };
+    // Only the holder and the serving generation are left once the parent is terminated.
+    let parent_gone = |first: &mut Generation, epoch: u32| {
+        wait_for(
+            &format!("generation {epoch}'s parent to exit"),
+            DEADLINE,
+            || (descendants(holder).len() == 1).then_some(()),
+        );
         assert!(
             first.child.try_wait().expect("wait").is_none(),
-            "the first process holds"
+            "the first process holds:\n{}",
+            first.stderr()
         );
+    };
+    let mut admin = admin0;
+    let mut last_total = 0;
+    for epoch in 1..=5u32 {
+        let before = load.ok.load(Ordering::SeqCst);
+        wait_for("requests served", DEADLINE, || {
+            (load.ok.load(Ordering::SeqCst) > before + 20).then_some(())
+        });
+        match epoch {
+            // SIGHUP to the supervisor's process (the holder from epoch 1 on).
+            // SAFETY: kill takes plain integers.
+            1 | 2 => unsafe {
+                libc::kill(holder as i32, libc::SIGHUP);
+            },
+            // The admin endpoint of the serving generation.
+            3 => {
+                let r = http_request(admin, "POST", "/hot_restart").expect("hot_restart");
+                assert_eq!(r.status, 200, "{}", r.body);
+                assert!(r.body.contains("next generation started"), "{}", r.body);
+            }
+            // Two in a row: the second, while epoch 4 still has its parent, is queued and
+            // runs once that parent is terminated.
+            4 => {
+                unsafe { libc::kill(holder as i32, libc::SIGHUP) };
+                live_epoch(&first, 4);
+                let r = http_request(
+                    std::fs::read_to_string(&first.admin_path)
+                        .expect("admin")
+                        .trim()
+                        .parse()
+                        .expect("admin address"),
+                    "POST",
+                    "/hot_restart",
+                )
+                .expect("hot_restart");
+                assert!(r.body.contains("queued"), "{}", r.body);
+            }
+            _ => {}
+        }
+        admin = live_epoch(&first, epoch);
+        let total = stat(admin, "http.ingress.downstream_rq_total");
+        assert!(
+            total > last_total,
+            "epoch {epoch}: {total} after {last_total}"
+        );
+        last_total = total;
+        if epoch == 4 {
+            // Its queued successor starts as its parent is terminated.
+            continue;
+        }
+        if epoch == 1 {
+            // The first generation is the holder itself: it stops serving, does not exit.
+            wait_for("the first process to become the holder", DEADLINE, || {
+                first
+                    .stderr()
+                    .contains("this process now only holds the generations it started")
+                    .then_some(())
+            });
+        }
+        parent_gone(&mut first, epoch);
     }
     stop_load(&load, clients);
     assert!(
         stat(admin, "http.ingress.downstream_rq_total") as u64 >= load.ok.load(Ordering::SeqCst)
     );
-    // SIGTERM to the holder reaches the serving generation; all exit.
+    assert_eq!(stat(admin, "server.hot_restart_epoch"), 5);
+    // SIGTERM to the holder reaches the serving generation; all exit, with its code.
     // SAFETY: as above.
-    unsafe { libc::kill(first.child.id() as i32, libc::SIGTERM) };
+    unsafe { libc::kill(holder as i32, libc::SIGTERM) };
     assert_eq!(first.wait_exit(), 0, "{}", first.stderr());
+    assert!(descendants(holder).is_empty());
 }
 
 /// Live descendants of `pid` (from /proc).

@@ -108,6 +108,31 @@ pub struct Server {
     pub hot_restart: HotRestartState,
 }
 
+/// What a self hot restart request did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SelfRestart {
+    /// The next generation was started (its pid).
+    Started(u32),
+    /// This process still has a parent: the restart starts once the parent is terminated.
+    Queued,
+    /// Sent on to the generation this process started (its pid), which is taking over.
+    Forwarded(u32),
+}
+
+impl std::fmt::Display for SelfRestart {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SelfRestart::Started(pid) => write!(f, "next generation started, pid {pid}"),
+            SelfRestart::Queued => f.write_str(
+                "queued: the next generation starts once the parent generation is terminated",
+            ),
+            SelfRestart::Forwarded(pid) => {
+                write!(f, "forwarded to the generation taking over, pid {pid}")
+            }
+        }
+    }
+}
+
 /// What the server keeps of hot restart.
 #[derive(Default)]
 pub struct HotRestartState {
@@ -127,6 +152,11 @@ pub struct HotRestartState {
     handed_over: Cell<bool>,
     /// Whether this process ever started a generation itself.
     self_restarted: Cell<bool>,
+    /// The last generation this process started (kept after the hand-over).
+    next_generation: Cell<Option<u32>>,
+    /// A self restart asked for while this process still had a parent: it starts once the
+    /// parent is terminated.
+    restart_pending: Cell<bool>,
     workers_started: Notify,
 }
 
@@ -262,12 +292,26 @@ impl Server {
     }
 
     /// Self hot restart (SIGHUP, `POST /hot_restart`): starts the next generation with
-    /// this process's arguments, which takes the sockets over. Returns its pid.
-    pub fn self_restart(self: &Rc<Self>) -> Result<u32, String> {
+    /// this process's arguments, which takes the sockets over. A request while this process
+    /// still has a parent generation waits until the parent is terminated (only two
+    /// generations live at once); one to the supervisor's process while its own restart is
+    /// under way goes to the generation it started (a holder forwards signals to every
+    /// generation, so other draining generations leave it to the newest).
+    pub fn self_restart(self: &Rc<Self>) -> Result<SelfRestart, String> {
         let Some(config) = &self.hot_restart.config else {
             return Err("hot restart is disabled (--disable-hot-restart)".into());
         };
         if self.hot_restart.spawned_child.get().is_some() || self.hot_restart.handed_over.get() {
+            if let Some(pid) = self.hot_restart.next_generation.get() {
+                if !self_restart::spawned() {
+                    // SAFETY: kill takes plain integers; the generation blocks SIGHUP
+                    // until it handles it.
+                    unsafe {
+                        libc::kill(pid as i32, libc::SIGHUP);
+                    }
+                    return Ok(SelfRestart::Forwarded(pid));
+                }
+            }
             return Err("a hot restart from this process is already under way".into());
         }
         if self
@@ -276,10 +320,8 @@ impl Server {
             .as_ref()
             .is_some_and(|c| !c.parent_terminated())
         {
-            return Err(
-                "this process still has a parent generation: only two generations live at once"
-                    .into(),
-            );
+            self.hot_restart.restart_pending.set(true);
+            return Ok(SelfRestart::Queued);
         }
         if self.state() == ServerState::Initializing || self.state() == ServerState::PreInitializing
         {
@@ -288,6 +330,7 @@ impl Server {
         let pid = self_restart::spawn(config.epoch + 1, config.base_id)
             .map_err(|e| format!("cannot start the next generation: {e}"))?;
         self.hot_restart.spawned_child.set(Some(pid));
+        self.hot_restart.next_generation.set(Some(pid));
         self.hot_restart.self_restarted.set(true);
         // A child that fails before taking over leaves this process serving.
         let weak = Rc::downgrade(self);
@@ -310,11 +353,12 @@ impl Server {
                     };
                     tracing::error!(pid, code, "self hot restart: the next generation exited before taking over; still serving");
                     server.hot_restart.spawned_child.set(None);
+                    server.hot_restart.next_generation.set(None);
                     return;
                 }
             }
         });
-        Ok(pid)
+        Ok(SelfRestart::Started(pid))
     }
 
     /// `/quitquitquit`: exit now.
@@ -664,6 +708,12 @@ async fn take_over_from_parent(server: std::rc::Weak<Server>, child: Rc<HotResta
             s.hot_restart.importer.borrow_mut().parent_gone(&s.store);
             s.listener_manager.borrow_mut().set_socket_source(None);
             tracing::info!("hot restart: parent terminated");
+            if s.hot_restart.restart_pending.take() {
+                match s.self_restart() {
+                    Ok(done) => tracing::info!("queued self hot restart: {done}"),
+                    Err(e) => tracing::warn!("queued self hot restart not started: {e}"),
+                }
+            }
             return;
         }
     }

@@ -1749,9 +1749,11 @@ async fn response_passes(
         match stage {
             ResponseStage::Lua(pass) => Box::pin(pass.on_response(resp, worker, limit)).await,
             ResponseStage::ExtProc(session) => {
-                Box::pin(crate::http::conn_manager::service_calls::ext_proc::on_response(
-                    session, resp, outcome,
-                ))
+                Box::pin(
+                    crate::http::conn_manager::service_calls::ext_proc::on_response(
+                        session, resp, outcome,
+                    ),
+                )
                 .await
             }
         }

@@ -98,14 +98,12 @@ static_resources:
     )
 }
 
-/// A base id no other test (nor a stray Envoy) uses.
+/// A base id no other test (nor a stray Envoy) uses: from the test process's pid, and a
+/// count for the tests of this process, which run in parallel.
 fn base_id() -> String {
-    (u64::from(std::process::id()) * 7 % 90_000 + 1000 + u64::from(fastrand_u8())).to_string()
-}
-
-fn fastrand_u8() -> u8 {
-    let t = Instant::now().elapsed().subsec_nanos() ^ std::process::id();
-    (t % 200) as u8
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::SeqCst) % 8;
+    (1000 + u64::from(std::process::id()) % 100_000 * 8 + n).to_string()
 }
 
 /// One generation of a hot-restarted proxy.
@@ -305,6 +303,69 @@ fn new_connection_client(addr: SocketAddr, load: Arc<Load>) {
     }
 }
 
+/// HTTP/2 (prior knowledge) requests one after another on one connection; a new
+/// connection once the proxy's GOAWAY closes it. A request the client did not send because
+/// the connection was going away is sent again on the next one (not a failure).
+fn h2_client(addr: SocketAddr, load: Arc<Load>) {
+    use http_body_util::BodyExt;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async move {
+        while !load.stop.load(Ordering::SeqCst) {
+            let tcp = match tokio::net::TcpStream::connect(addr).await {
+                Ok(t) => t,
+                Err(e) => {
+                    load.fail(format!("h2 connect: {e}"));
+                    continue;
+                }
+            };
+            let (mut sender, conn) = match hyper::client::conn::http2::handshake(
+                hyper_util::rt::TokioExecutor::new(),
+                hyper_util::rt::TokioIo::new(tcp),
+            )
+            .await
+            {
+                Ok(c) => c,
+                Err(e) => {
+                    load.fail(format!("h2 handshake: {e}"));
+                    continue;
+                }
+            };
+            let driver = tokio::spawn(conn);
+            while !load.stop.load(Ordering::SeqCst) {
+                if sender.ready().await.is_err() {
+                    break;
+                }
+                let req = http::Request::get("http://x/")
+                    .body(http_body_util::Empty::<bytes::Bytes>::new())
+                    .expect("request");
+                match sender.try_send_request(req).await {
+                    Ok(resp) if resp.status() == 200 => match resp.into_body().collect().await {
+                        Ok(_) => {
+                            load.ok.fetch_add(1, Ordering::SeqCst);
+                        }
+                        Err(e) => {
+                            load.fail(format!("h2 body: {e}"));
+                            break;
+                        }
+                    },
+                    Ok(resp) => load.fail(format!("h2 status {}", resp.status())),
+                    Err(mut e) => {
+                        if e.take_message().is_none() {
+                            load.fail(format!("h2: {}", e.error()));
+                        }
+                        break;
+                    }
+                }
+            }
+            drop(sender);
+            let _ = driver.await;
+        }
+    });
+}
+
 /// A checksum sensitive to order.
 fn checksum(acc: u64, bytes: &[u8]) -> u64 {
     bytes.iter().fold(acc, |h, b| {
@@ -407,6 +468,8 @@ fn start_load(s: &Setup) -> (Arc<Load>, Vec<thread::JoinHandle<()>>) {
         let (l, a) = (load.clone(), s.http);
         clients.push(thread::spawn(move || new_connection_client(a, l)));
     }
+    let (l, a) = (load.clone(), s.http);
+    clients.push(thread::spawn(move || h2_client(a, l)));
     (load, clients)
 }
 
@@ -424,8 +487,11 @@ fn stop_load(load: &Load, clients: Vec<thread::JoinHandle<()>>) {
     );
 }
 
+/// #25's scenario: 5 restarts in a row under HTTP/1.1 keep-alive, new connections per
+/// request and HTTP/2, with a 100 MB tcp_proxy transfer started before the first.
 #[test]
-fn envoys_protocol_three_restarts_under_load_lose_nothing() {
+fn envoys_protocol_five_restarts_under_load_lose_nothing() {
+    const TRANSFER: usize = 100 << 20;
     let s = setup();
     let id = base_id();
     let args = [
@@ -453,12 +519,12 @@ fn envoys_protocol_three_restarts_under_load_lose_nothing() {
     );
     let (load, clients) = start_load(&s);
     let resume = Arc::new(AtomicBool::new(false));
-    let transfer = {
+    let mut transfer = Some({
         let (addr, resume) = (s.tcp, resume.clone());
-        thread::spawn(move || long_transfer(addr, 40 << 20, resume))
-    };
+        thread::spawn(move || long_transfer(addr, TRANSFER, resume))
+    });
     let mut last_total = 0;
-    for epoch in 1..=3u32 {
+    for epoch in 1..=5u32 {
         // Requests reach this generation before it is replaced.
         let before = load.ok.load(Ordering::SeqCst);
         wait_for("requests served", DEADLINE, || {
@@ -467,10 +533,21 @@ fn envoys_protocol_three_restarts_under_load_lose_nothing() {
         // The restarter: start epoch N+1, wait for epoch N to exit.
         let mut next = Generation::start(COURIER, s.dir.path(), epoch, &args, &[]);
         let next_admin = next.wait_live();
+        // The transfer's second half flows while its generation drains.
         resume.store(true, Ordering::SeqCst);
+        if let Some(transfer) = transfer.take() {
+            // It completes on the process it started on, before that one is terminated.
+            let (sent, received, got) = transfer.join().expect("transfer");
+            assert_eq!(got, TRANSFER);
+            assert_eq!(sent, received, "the long transfer's checksum");
+        }
         assert_eq!(current.wait_exit(), 0, "parent:\n{}", current.stderr());
         let info = server_info(next_admin);
         assert_eq!(info["command_line_options"]["restart_epoch"], epoch);
+        assert_eq!(
+            stat(next_admin, "server.hot_restart_epoch"),
+            i64::from(epoch)
+        );
         // Totals continue across epochs.
         let total = stat(next_admin, "http.ingress.downstream_rq_total");
         assert!(
@@ -481,22 +558,22 @@ fn envoys_protocol_three_restarts_under_load_lose_nothing() {
         current = next;
         admin = next_admin;
     }
-    let (sent, received, got) = transfer.join().expect("transfer");
     if std::env::var_os("HOT_RESTART_KEEP").is_some() {
         let _ = std::fs::create_dir_all("/tmp/hr-logs");
         for e in std::fs::read_dir(s.dir.path()).expect("dir").flatten() {
             let _ = std::fs::copy(e.path(), Path::new("/tmp/hr-logs").join(e.file_name()));
         }
     }
-    assert_eq!(got, 40 << 20);
-    assert_eq!(sent, received, "the long transfer's checksum");
     stop_load(&load, clients);
     let total = stat(admin, "http.ingress.downstream_rq_total");
     assert!(
         total as u64 >= load.ok.load(Ordering::SeqCst),
         "every answered request of every epoch is counted: {total}"
     );
-    assert_eq!(stat(admin, "server.hot_restart_epoch"), 3);
+    assert!(
+        stat(admin, "http.ingress.downstream_cx_http2_total") > 0,
+        "HTTP/2 clients were served"
+    );
 }
 
 #[test]
@@ -510,6 +587,8 @@ fn self_restart_on_sighup_keeps_the_first_process_as_holder() {
         "1",
         "--parent-shutdown-time-s",
         "2",
+        "--drain-strategy",
+        "immediate",
         "-l",
         "info",
     ];

@@ -740,11 +740,19 @@ impl ParentHooks for Server {
         self.set_state(ServerState::Draining);
         crate::http::conn_manager::connection::HAND_OVER_DRAIN
             .store(true, std::sync::atomic::Ordering::Relaxed);
+        let immediate = self.options.drain_strategy == crate::options::DrainStrategy::Immediate;
+        if !immediate {
+            let drain_time = self.options.drain_time();
+            self.tls.run_on_all_workers(
+                std::sync::Arc::new(move |_: &mut crate::worker::Ctx| {
+                    crate::worker::start_gradual_drain(drain_time)
+                }),
+                Box::new(|| {}),
+            );
+        }
         // The child holds duplicates of the sockets: closing ours loses no queued
-        // connection; our connections drain over --drain-time-s.
-        self.listener_manager
-            .borrow_mut()
-            .stop_listeners(true, true);
+        // connection; our connections drain over --drain-time-s (gradual) or at once.
+        self.listener_manager.borrow_mut().hand_over(immediate);
     }
 
     fn stats(&self) -> super::hot_restart::message::StatsReply {

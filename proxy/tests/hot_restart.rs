@@ -806,3 +806,56 @@ fn a_bad_child_leaves_the_parent_serving_and_bad_epochs_fail_clearly() {
         disabled.stderr()
     );
 }
+
+/// `--drain-strategy` on the parent's drain, as Envoy's `drainClose()`: `immediate` ends
+/// every HTTP/1.1 connection on its next response; `gradual` (a 20 s drain) only a share
+/// (probability elapsed/drain time) at first.
+#[test]
+fn drain_strategy_shapes_the_parents_drain() {
+    let s = setup();
+    for (strategy, all_close) in [("immediate", true), ("gradual", false)] {
+        let id = base_id();
+        let args = [
+            "--base-id",
+            &id,
+            "--concurrency",
+            "1",
+            "--drain-time-s",
+            "20",
+            "--drain-strategy",
+            strategy,
+        ];
+        let mut parent = Generation::start(COURIER, s.dir.path(), 0, &args, &[]);
+        parent.wait_live();
+        // Connections to the parent, each used once so the parent serves them.
+        let mut conns: Vec<(TcpStream, BufReader<TcpStream>)> = (0..20)
+            .map(|_| {
+                let c = TcpStream::connect(s.http).expect("connect");
+                let r = BufReader::new(c.try_clone().expect("clone"));
+                (c, r)
+            })
+            .collect();
+        for (c, r) in conns.iter_mut() {
+            assert!(!get(c, r).expect("before the restart"));
+        }
+        let mut child = Generation::start(COURIER, s.dir.path(), 1, &args, &[]);
+        child.wait_live();
+        // The parent is told to drain once the child's workers accept.
+        wait_for("the parent to drain", DEADLINE, || {
+            parent
+                .stderr()
+                .contains("child is serving; draining listeners")
+                .then_some(())
+        });
+        let closed = conns
+            .iter_mut()
+            .map(|(c, r)| get(c, r).expect("after the drain started"))
+            .filter(|close| *close)
+            .count();
+        if all_close {
+            assert_eq!(closed, 20, "{strategy}");
+        } else {
+            assert!(closed < 20, "{strategy}: {closed} of 20 closed at once");
+        }
+    }
+}

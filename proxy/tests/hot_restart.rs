@@ -859,3 +859,72 @@ fn drain_strategy_shapes_the_parents_drain() {
         }
     }
 }
+
+/// `--hot-restart-on-config-change`: a new bootstrap written to the `-c` path is served by
+/// a self-restarted generation; the first process holds; a bad one leaves it serving.
+#[test]
+fn a_bootstrap_change_hot_restarts_with_the_new_config() {
+    let s = setup();
+    let id = base_id();
+    let args = [
+        "--base-id",
+        &id,
+        "--drain-time-s",
+        "1",
+        "--parent-shutdown-time-s",
+        "1",
+        "--hot-restart-on-config-change",
+    ];
+    let mut first = Generation::start(COURIER, s.dir.path(), 0, &args, &[]);
+    let holder = first.child.id();
+    first.wait_live();
+    let path = s.dir.path().join("bootstrap.yaml");
+    let good = std::fs::read_to_string(&path).expect("read");
+    // Written whole and renamed in, as the kubelet swaps a ConfigMap volume.
+    let swap = |text: &str| {
+        let tmp = s.dir.path().join("bootstrap.yaml.new");
+        std::fs::write(&tmp, text).expect("write");
+        std::fs::rename(&tmp, &path).expect("rename");
+    };
+    swap(&good.replace("connect_timeout: 1s", "connect_timeout: 7s"));
+    let admin = wait_for("the new bootstrap served", DEADLINE, || {
+        let a: SocketAddr = std::fs::read_to_string(&first.admin_path)
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        let info = http_request(a, "GET", "/server_info").ok()?.json();
+        (info["command_line_options"]["restart_epoch"] == 1 && info["state"] == "LIVE").then_some(a)
+    });
+    let dump = http_request(admin, "GET", "/config_dump")
+        .expect("dump")
+        .body;
+    assert!(
+        dump.contains("\"7s\""),
+        "the new connect_timeout is in effect"
+    );
+    wait_for("the first generation to hold", DEADLINE, || {
+        first
+            .stderr()
+            .contains("this process now only holds the generations it started")
+            .then_some(())
+    });
+    // A bad bootstrap: its generation fails, the serving one serves on and does not retry.
+    swap(&good.replace("connect_timeout: 1s", "connect_timeout: nope"));
+    wait_for("the bad generation to fail", DEADLINE, || {
+        first
+            .stderr()
+            .contains("exited before taking over; still serving")
+            .then_some(())
+    });
+    let mut conn = TcpStream::connect(s.http).expect("connect");
+    let mut reader = BufReader::new(conn.try_clone().expect("clone"));
+    get(&mut conn, &mut reader).expect("still served");
+    assert_eq!(
+        server_info(admin)["command_line_options"]["restart_epoch"],
+        1
+    );
+    // SAFETY: kill takes plain integers.
+    unsafe { libc::kill(holder as i32, libc::SIGTERM) };
+    assert_eq!(first.wait_exit(), 0, "{}", first.stderr());
+}

@@ -384,6 +384,12 @@ impl Server {
 
 /// Runs the proxy until it is told to exit; the error is the one-line start-up failure.
 pub async fn run(options: Options) -> anyhow::Result<()> {
+    // What `--hot-restart-on-config-change` compares the file with later (read before the
+    // load, so a change during the start-up counts).
+    let loaded_digest = options
+        .config_path
+        .as_deref()
+        .and_then(self_restart::file_digest);
     let bootstrap = crate::bootstrap::load(&options)?;
     // Secrets first: listeners, clusters and the xDS transport name them.
     crate::transport_socket::tls::sds::configure(&bootstrap).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -640,6 +646,16 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     if let Some(child) = hr_child {
         tokio::task::spawn_local(take_over_from_parent(Rc::downgrade(&server), child));
     }
+    if let (true, Some(path)) = (
+        options.hot_restart_on_config_change,
+        options.config_path.clone(),
+    ) {
+        tokio::task::spawn_local(restart_on_config_change(
+            Rc::downgrade(&server),
+            path,
+            loaded_digest,
+        ));
+    }
 
     let exit_code = super::drain::run_until_shutdown(server.clone()).await;
     // A last flush on the way out, as Envoy's `terminate()` does.
@@ -663,6 +679,40 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `--hot-restart-on-config-change`: polls the bootstrap file and, when its bytes differ
+/// from what this generation loaded, starts a self hot restart (the next generation loads
+/// the new file). A change whose generation fails to start is not retried until the file
+/// changes again; a draining generation leaves it to the newest.
+async fn restart_on_config_change(
+    server: std::rc::Weak<Server>,
+    path: std::path::PathBuf,
+    loaded: Option<u64>,
+) {
+    let mut tried = loaded;
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let Some(server) = server.upgrade() else {
+            return;
+        };
+        if server.hot_restart.handed_over.get() {
+            return;
+        }
+        let now = self_restart::file_digest(&path);
+        if now.is_none() || now == tried || server.hot_restart.spawned_child.get().is_some() {
+            continue;
+        }
+        match server.self_restart() {
+            Ok(done) => {
+                tracing::info!(path = %path.display(), "the bootstrap changed; hot restart: {done}");
+                tried = now;
+            }
+            // Not initialised yet, or a restart under way: the next tick tries again.
+            Err(e) => tracing::debug!("the bootstrap changed; no hot restart yet: {e}"),
+        }
+    }
 }
 
 /// The child's side once it serves: the parent drains, its stats are merged every few

@@ -159,6 +159,15 @@ pub fn spawn(epoch: u32, base_id: u64) -> std::io::Result<u32> {
     Ok(child.id())
 }
 
+/// What `--hot-restart-on-config-change` compares: the bootstrap file's bytes, hashed.
+pub fn file_digest(path: &std::path::Path) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let bytes = std::fs::read(path).ok()?;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut h);
+    Some(h.finish())
+}
+
 /// Reaps any exited child without blocking: `(pid, exit code)` of each.
 pub fn reap() -> Vec<(i32, i32)> {
     let mut out = Vec::new();

@@ -55,8 +55,16 @@ pub async fn run_until_shutdown(server: Rc<Server>) -> i32 {
             }
         };
         tokio::select! {
-            _ = term.recv() => { tracing::info!("caught SIGTERM; draining"); break }
-            _ = int.recv() => { tracing::info!("caught SIGINT; draining"); break }
+            _ = term.recv() => {
+                tracing::info!("caught SIGTERM; draining");
+                server.hot_restart.stop_signal.set(Some(libc::SIGTERM));
+                break
+            }
+            _ = int.recv() => {
+                tracing::info!("caught SIGINT; draining");
+                server.hot_restart.stop_signal.set(Some(libc::SIGINT));
+                break
+            }
             _ = &mut holder_gone => {
                 tracing::warn!("the self hot restart holder is gone; draining");
                 break

@@ -157,6 +157,9 @@ pub struct HotRestartState {
     /// A self restart asked for while this process still had a parent: it starts once the
     /// parent is terminated.
     restart_pending: Cell<bool>,
+    /// The signal (SIGTERM/SIGINT) that stopped this process, if one did: a process that
+    /// becomes the holder passes it on to the generations it started.
+    pub stop_signal: Cell<Option<i32>>,
     workers_started: Notify,
 }
 
@@ -665,6 +668,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         task.abort();
     }
     let hold = server.hot_restart.self_restarted.get() && !self_restart::spawned();
+    let stop_signal = server.hot_restart.stop_signal.get();
     drop(server);
     for w in workers {
         w.stop();
@@ -673,6 +677,15 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         anyhow::bail!("exiting on a second signal");
     }
     if hold {
+        if let Some(signal) = stop_signal {
+            // Stopped while a generation it started serves: that one stops too.
+            for pid in self_restart::descendants() {
+                // SAFETY: kill takes plain integers.
+                unsafe {
+                    libc::kill(pid, signal);
+                }
+            }
+        }
         let code = self_restart::hold().await;
         if code != 0 {
             anyhow::bail!("the last generation exited with code {code}");
@@ -777,11 +790,12 @@ impl ParentHooks for Server {
             .map(std::os::fd::OwnedFd::from)
     }
 
-    fn shutdown_admin(&self) -> u64 {
-        if let Some(task) = self.hot_restart.admin_task.borrow_mut().take() {
+    fn shutdown_admin(&self) -> (u64, Option<tokio::task::JoinHandle<()>>) {
+        let task = self.hot_restart.admin_task.borrow_mut().take();
+        if let Some(task) = &task {
             task.abort();
         }
-        self.hot_restart.original_start.get()
+        (self.hot_restart.original_start.get(), task)
     }
 
     fn drain_listeners(&self) {

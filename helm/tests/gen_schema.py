@@ -128,6 +128,12 @@ SCHEMA = obj(
                 "preStopDelaySeconds": {"type": "integer", "minimum": 1},
             }
         ),
+        "hotRestart": obj(
+            {
+                "onConfigChange": BOOL,
+                "parentShutdownTimeSeconds": {"type": "integer", "minimum": 1},
+            }
+        ),
         "terminationGracePeriodSeconds": {"type": ["integer", "null"], "minimum": 0},
         "extraArgs": {"type": "array", "items": STR},
         "extraEnv": LIST_OF_DICTS,

@@ -56,6 +56,7 @@ VALUE_SETS = {
         "priorityClassName": "system-node-critical",
     },
     "control-plane": {"controlPlane": {"enabled": True, "rollOnResourceChange": True}},
+    "hot-restart": {"xds": {"address": "my-cp.ns.svc:18000"}, "hotRestart": {"onConfigChange": True}},
     "hpa-pdb": {
         "xds": {"address": "my-cp.ns.svc:18000"},
         "autoscaling": {"enabled": True, "minReplicas": 3, "maxReplicas": 12,
@@ -443,3 +444,18 @@ def test_concurrency_follows_cpu_limit(chart, cpu, expected):
 def test_loopback_admin_needs_ready_listener(chart):
     with pytest.raises(helm.HelmRenderError, match="readyListener.enabled=false"):
         render(chart, {"readyListener": {"enabled": False}})
+
+
+def test_hot_restart_on_config_change(chart):
+    """A bootstrap change rolls by a self hot restart: courier watches its bootstrap, and the pod
+    template has no bootstrap checksum (which would restart the pods)."""
+    default = render(chart, {"xds": {"address": "my-cp.ns.svc:18000"}})
+    assert "checksum/bootstrap" in default.workload["spec"]["template"]["metadata"]["annotations"]
+    assert "--hot-restart-on-config-change" not in default.container["args"]
+    r = render(chart, {"xds": {"address": "my-cp.ns.svc:18000"}, "hotRestart": {"onConfigChange": True}})
+    args = r.container["args"]
+    assert "--hot-restart-on-config-change" in args
+    assert args[args.index("--parent-shutdown-time-s") + 1] == "45"
+    assert "checksum/bootstrap" not in r.workload["spec"]["template"]["metadata"].get("annotations", {})
+    with pytest.raises(helm.HelmRenderError, match="must exceed drain.timeSeconds"):
+        render(chart, {"hotRestart": {"onConfigChange": True, "parentShutdownTimeSeconds": 30}})

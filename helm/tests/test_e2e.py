@@ -359,3 +359,79 @@ def test_chart_xds_tls_values_work_end_to_end(chart, tmp_path, cleanup, proxy):
     wait_for("traffic through the tcp_proxy listener from xDS over mTLS", through_proxy, procs)
     _, stats = http_get(admin, "/stats")
     assert "control_plane.connected_state: 1" in stats
+
+
+HOT_RESTART_BOOTSTRAP = """\
+admin:
+  address: {socket_address: {address: 0.0.0.0, port_value: 9901}}
+static_resources:
+  listeners:
+  - name: http_in
+    address: {socket_address: {address: 0.0.0.0, port_value: 10000}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: http_in
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              response_headers_to_add: [{header: {key: x-config, value: "VERSION"}}]
+              routes: [{match: {prefix: "/"}, route: {cluster: web}}]
+  clusters:
+  - name: web
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: web
+      endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: 8080}}}}]}]
+"""
+
+
+def test_hot_restart_on_config_change_serves_the_new_bootstrap(chart, tmp_path, cleanup):
+    """hotRestart.onConfigChange: the chart's args make courier hot restart itself when the mounted
+    bootstrap is swapped (as the kubelet swaps a ConfigMap volume): the same process keeps running,
+    the next generation serves the new bootstrap on the same ports."""
+    r = render(chart, {"hotRestart": {"onConfigChange": True}, "readyListener": {"enabled": False},
+                       "admin": {"address": "0.0.0.0"}, "xds": {"address": "unused.ns.svc:18000"},
+                       "bootstrap": {"custom": HOT_RESTART_BOOTSTRAP.replace("VERSION", "1")}})
+    upstream = Upstream()
+    cleanup(upstream.stop)
+    ports = {9901: free_port(), 10000: free_port(), 8080: upstream.port}
+    config_dir = tmp_path / "config"
+    config_dir.mkdir()
+    bootstrap_path = config_dir / "bootstrap.yaml"
+
+    def publish(version):
+        doc = yaml.safe_load(HOT_RESTART_BOOTSTRAP.replace("VERSION", str(version)))
+        staged = config_dir / ".staged"
+        staged.write_text(yaml.safe_dump(to_loopback(doc, ports)))
+        os.replace(staged, bootstrap_path)
+
+    publish(1)
+    subst = {"/etc/courier/bootstrap.yaml": str(bootstrap_path), "$(POD_NAME)": POD_NAME,
+             "$(POD_NAMESPACE)": NAMESPACE}
+    args = [subst.get(a, a) for a in r.container["args"]]
+    # A base id of its own: tests run in parallel on one host (a pod has its own network).
+    argv = [str(binary("COURIER_BIN", "courier")), *args, "--base-id", str(7000 + os.getpid() % 1000)]
+    px = Proc("courier", argv, tmp_path / "courier.log")
+    cleanup(px.stop)
+    admin = ports[9901]
+
+    def served_version():
+        with urllib.request.urlopen(f"http://127.0.0.1:{ports[10000]}/x", timeout=2) as resp:
+            return resp.headers.get("x-config")
+
+    wait_for("the first bootstrap served", lambda: served_version() == "1", [px])
+    publish(2)
+    wait_for("the new bootstrap served", lambda: served_version() == "2", [px])
+    info = yaml.safe_load(http_get(admin, "/server_info")[1])
+    assert info["command_line_options"]["restart_epoch"] == 1
+    assert px.proc.poll() is None, "the container's process stays (it holds the generations)"
+    px.stop()
+    assert px.proc.returncode == 0, px.tail()

@@ -93,6 +93,10 @@ pub struct Options {
     /// Disable hot restart (no domain socket is bound).
     #[arg(long = "disable-hot-restart")]
     pub disable_hot_restart: bool,
+    /// Courier's own: a self hot restart whenever the bootstrap file (`-c`) changes
+    /// (polled every second, so a ConfigMap volume's atomic swap counts).
+    #[arg(long = "hot-restart-on-config-change")]
+    pub hot_restart_on_config_change: bool,
     /// Prefix of the hot restart domain sockets: a path, or `@name` (abstract namespace).
     #[arg(long = "socket-path", default_value = "@envoy_domain_socket")]
     pub socket_path: String,
@@ -108,6 +112,15 @@ fn parse_octal(s: &str) -> Result<u32, String> {
 impl Options {
     /// Refuses what Envoy refuses among the hot restart flags.
     pub fn check(&self) -> Result<(), String> {
+        if self.hot_restart_on_config_change && self.disable_hot_restart {
+            return Err(
+                "--hot-restart-on-config-change needs hot restart, but --disable-hot-restart is set"
+                    .into(),
+            );
+        }
+        if self.hot_restart_on_config_change && self.config_path.is_none() {
+            return Err("--hot-restart-on-config-change needs a bootstrap file (-c)".into());
+        }
         if self.use_dynamic_base_id && self.restart_epoch > 0 {
             return Err(format!(
                 "cannot use --use-dynamic-base-id with --restart-epoch {} (a child takes its parent's --base-id)",

@@ -99,6 +99,41 @@ pub fn health_failed() -> bool {
     HEALTH_FAILED.with(Cell::get)
 }
 
+thread_local! {
+    /// A hot restart's gradual drain on this worker: its end and its length.
+    static GRADUAL_DRAIN: Cell<Option<(std::time::Instant, std::time::Duration)>> =
+        const { Cell::new(None) };
+}
+
+/// Starts a gradual drain on this worker (posted by the main thread of a hot restart's
+/// parent under `--drain-strategy gradual`): from now on responses drain-close with
+/// Envoy's probability.
+pub fn start_gradual_drain(drain_time: std::time::Duration) {
+    GRADUAL_DRAIN.with(|d| d.set(Some((std::time::Instant::now() + drain_time, drain_time))));
+}
+
+/// Envoy's `DrainManagerImpl::drainClose()`, read on every response: true while health
+/// checks fail; during a gradual drain, true with probability elapsed/drain time (whole
+/// seconds, as Envoy counts them), and always once the drain time is over.
+pub fn drain_close() -> bool {
+    if health_failed() {
+        return true;
+    }
+    let Some((deadline, drain_time)) = GRADUAL_DRAIN.with(Cell::get) else {
+        return false;
+    };
+    let now = std::time::Instant::now();
+    if now >= deadline {
+        return true;
+    }
+    let total = drain_time.as_secs();
+    if total == 0 {
+        return true;
+    }
+    let elapsed = total.saturating_sub((deadline - now).as_secs());
+    elapsed > fastrand::u64(..) % total
+}
+
 /// Tells this worker whether the server fails its health checks (posted by the main
 /// thread on `/healthcheck/fail` and `/healthcheck/ok`).
 pub fn set_health_failed(failed: bool) {

@@ -143,11 +143,7 @@ pub async fn handle(server: &std::rc::Rc<Server>, req: Request<Incoming>) -> Res
         }
         // Courier's own: a self hot restart, as on SIGHUP.
         "/hot_restart" => match server.self_restart() {
-            Ok(pid) => response(
-                200,
-                TEXT,
-                format!("OK: next generation started, pid {pid}\n"),
-            ),
+            Ok(done) => response(200, TEXT, format!("OK: {done}\n")),
             Err(e) => response(409, TEXT, format!("{e}\n")),
         },
         "/" | "/help" => response(200, TEXT, HELP),

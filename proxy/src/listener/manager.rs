@@ -441,6 +441,36 @@ impl ListenerManager {
         }
     }
 
+    /// A hot restart's parent hands its listeners over: every listener stops accepting
+    /// (the child holds the same sockets, so nothing queued is lost), and, with
+    /// `drain_now` (`--drain-strategy immediate`), every connection is told to drain at
+    /// once; otherwise responses drain-close as the worker's drain decision says (gradual).
+    /// Connections are not closed at the end of the drain time: as Envoy's, they live until
+    /// the child terminates this process at `--parent-shutdown-time-s`.
+    pub fn hand_over(&mut self, drain_now: bool) {
+        let names: Vec<String> = self.active.keys().cloned().collect();
+        let mut tags = Vec::new();
+        for name in names {
+            if let Some(entry) = self.active.get_mut(&name) {
+                entry.sockets.clear();
+                tags.extend(entry.config.chains().map(|c| c.tag));
+                self.post_stop(&name);
+            }
+        }
+        if drain_now && !tags.is_empty() {
+            self.tls.run_on_all_workers(
+                Arc::new(move |ctx: &mut Ctx| {
+                    for tag in tags.iter() {
+                        for id in ctx.local.connections_of(*tag) {
+                            ctx.drain_handler(id);
+                        }
+                    }
+                }),
+                Box::new(|| {}),
+            );
+        }
+    }
+
     /// Listeners by name.
     pub fn listeners(&self) -> &BTreeMap<String, ListenerEntry> {
         &self.active

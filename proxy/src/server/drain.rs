@@ -20,8 +20,9 @@ pub fn active_downstream_connections(store: &Store) -> i64 {
         .sum()
 }
 
-/// Waits for SIGTERM/SIGINT (graceful drain, then exit 0; a second signal exits at once
-/// with code 1), `/quitquitquit` or a hot restart child's `Terminate` (exit 0 now).
+/// Waits for SIGTERM/SIGINT or the loss of a self hot restart's holder (graceful drain,
+/// then exit 0; a second signal exits at once with code 1), `/quitquitquit` or a hot
+/// restart child's `Terminate` (exit 0 now).
 /// SIGHUP starts a self hot restart (`super::hot_restart`). Returns the exit code.
 pub async fn run_until_shutdown(server: Rc<Server>) -> i32 {
     let mut hup = match signal(SignalKind::hangup()) {
@@ -42,6 +43,10 @@ pub async fn run_until_shutdown(server: Rc<Server>) -> i32 {
             return 0;
         }
     };
+    // A self-restarted generation starts with these blocked; one sent meanwhile arrives now.
+    super::hot_restart::self_restart::unblock_signals();
+    let holder_gone = super::hot_restart::self_restart::holder_gone();
+    tokio::pin!(holder_gone);
     loop {
         let hangup = async {
             match hup.as_mut() {
@@ -50,14 +55,26 @@ pub async fn run_until_shutdown(server: Rc<Server>) -> i32 {
             }
         };
         tokio::select! {
-            _ = term.recv() => { tracing::info!("caught SIGTERM; draining"); break }
-            _ = int.recv() => { tracing::info!("caught SIGINT; draining"); break }
+            _ = term.recv() => {
+                tracing::info!("caught SIGTERM; draining");
+                server.hot_restart.stop_signal.set(Some(libc::SIGTERM));
+                break
+            }
+            _ = int.recv() => {
+                tracing::info!("caught SIGINT; draining");
+                server.hot_restart.stop_signal.set(Some(libc::SIGINT));
+                break
+            }
+            _ = &mut holder_gone => {
+                tracing::warn!("the self hot restart holder is gone; draining");
+                break
+            }
             _ = server.exit.notified() => {
                 tracing::info!("exit requested");
                 return 0;
             }
             _ = hangup => match server.self_restart() {
-                Ok(pid) => tracing::info!(pid, "caught SIGHUP; hot restarting"),
+                Ok(done) => tracing::info!("caught SIGHUP; hot restart: {done}"),
                 Err(e) => tracing::warn!("caught SIGHUP; no hot restart: {e}"),
             },
         }

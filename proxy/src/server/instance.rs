@@ -108,6 +108,31 @@ pub struct Server {
     pub hot_restart: HotRestartState,
 }
 
+/// What a self hot restart request did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SelfRestart {
+    /// The next generation was started (its pid).
+    Started(u32),
+    /// This process still has a parent: the restart starts once the parent is terminated.
+    Queued,
+    /// Sent on to the generation this process started (its pid), which is taking over.
+    Forwarded(u32),
+}
+
+impl std::fmt::Display for SelfRestart {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SelfRestart::Started(pid) => write!(f, "next generation started, pid {pid}"),
+            SelfRestart::Queued => f.write_str(
+                "queued: the next generation starts once the parent generation is terminated",
+            ),
+            SelfRestart::Forwarded(pid) => {
+                write!(f, "forwarded to the generation taking over, pid {pid}")
+            }
+        }
+    }
+}
+
 /// What the server keeps of hot restart.
 #[derive(Default)]
 pub struct HotRestartState {
@@ -127,6 +152,14 @@ pub struct HotRestartState {
     handed_over: Cell<bool>,
     /// Whether this process ever started a generation itself.
     self_restarted: Cell<bool>,
+    /// The last generation this process started (kept after the hand-over).
+    next_generation: Cell<Option<u32>>,
+    /// A self restart asked for while this process still had a parent: it starts once the
+    /// parent is terminated.
+    restart_pending: Cell<bool>,
+    /// The signal (SIGTERM/SIGINT) that stopped this process, if one did: a process that
+    /// becomes the holder passes it on to the generations it started.
+    pub stop_signal: Cell<Option<i32>>,
     workers_started: Notify,
 }
 
@@ -262,12 +295,26 @@ impl Server {
     }
 
     /// Self hot restart (SIGHUP, `POST /hot_restart`): starts the next generation with
-    /// this process's arguments, which takes the sockets over. Returns its pid.
-    pub fn self_restart(self: &Rc<Self>) -> Result<u32, String> {
+    /// this process's arguments, which takes the sockets over. A request while this process
+    /// still has a parent generation waits until the parent is terminated (only two
+    /// generations live at once); one to the supervisor's process while its own restart is
+    /// under way goes to the generation it started (a holder forwards signals to every
+    /// generation, so other draining generations leave it to the newest).
+    pub fn self_restart(self: &Rc<Self>) -> Result<SelfRestart, String> {
         let Some(config) = &self.hot_restart.config else {
             return Err("hot restart is disabled (--disable-hot-restart)".into());
         };
         if self.hot_restart.spawned_child.get().is_some() || self.hot_restart.handed_over.get() {
+            if let Some(pid) = self.hot_restart.next_generation.get() {
+                if !self_restart::spawned() {
+                    // SAFETY: kill takes plain integers; the generation blocks SIGHUP
+                    // until it handles it.
+                    unsafe {
+                        libc::kill(pid as i32, libc::SIGHUP);
+                    }
+                    return Ok(SelfRestart::Forwarded(pid));
+                }
+            }
             return Err("a hot restart from this process is already under way".into());
         }
         if self
@@ -276,10 +323,8 @@ impl Server {
             .as_ref()
             .is_some_and(|c| !c.parent_terminated())
         {
-            return Err(
-                "this process still has a parent generation: only two generations live at once"
-                    .into(),
-            );
+            self.hot_restart.restart_pending.set(true);
+            return Ok(SelfRestart::Queued);
         }
         if self.state() == ServerState::Initializing || self.state() == ServerState::PreInitializing
         {
@@ -288,6 +333,7 @@ impl Server {
         let pid = self_restart::spawn(config.epoch + 1, config.base_id)
             .map_err(|e| format!("cannot start the next generation: {e}"))?;
         self.hot_restart.spawned_child.set(Some(pid));
+        self.hot_restart.next_generation.set(Some(pid));
         self.hot_restart.self_restarted.set(true);
         // A child that fails before taking over leaves this process serving.
         let weak = Rc::downgrade(self);
@@ -310,11 +356,12 @@ impl Server {
                     };
                     tracing::error!(pid, code, "self hot restart: the next generation exited before taking over; still serving");
                     server.hot_restart.spawned_child.set(None);
+                    server.hot_restart.next_generation.set(None);
                     return;
                 }
             }
         });
-        Ok(pid)
+        Ok(SelfRestart::Started(pid))
     }
 
     /// `/quitquitquit`: exit now.
@@ -340,6 +387,12 @@ impl Server {
 
 /// Runs the proxy until it is told to exit; the error is the one-line start-up failure.
 pub async fn run(options: Options) -> anyhow::Result<()> {
+    // What `--hot-restart-on-config-change` compares the file with later (read before the
+    // load, so a change during the start-up counts).
+    let loaded_digest = options
+        .config_path
+        .as_deref()
+        .and_then(self_restart::file_digest);
     let bootstrap = crate::bootstrap::load(&options)?;
     // Secrets first: listeners, clusters and the xDS transport name them.
     crate::transport_socket::tls::sds::configure(&bootstrap).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -596,6 +649,16 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     if let Some(child) = hr_child {
         tokio::task::spawn_local(take_over_from_parent(Rc::downgrade(&server), child));
     }
+    if let (true, Some(path)) = (
+        options.hot_restart_on_config_change,
+        options.config_path.clone(),
+    ) {
+        tokio::task::spawn_local(restart_on_config_change(
+            Rc::downgrade(&server),
+            path,
+            loaded_digest,
+        ));
+    }
 
     let exit_code = super::drain::run_until_shutdown(server.clone()).await;
     // A last flush on the way out, as Envoy's `terminate()` does.
@@ -605,6 +668,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         task.abort();
     }
     let hold = server.hot_restart.self_restarted.get() && !self_restart::spawned();
+    let stop_signal = server.hot_restart.stop_signal.get();
     drop(server);
     for w in workers {
         w.stop();
@@ -613,12 +677,55 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         anyhow::bail!("exiting on a second signal");
     }
     if hold {
+        if let Some(signal) = stop_signal {
+            // Stopped while a generation it started serves: that one stops too.
+            for pid in self_restart::descendants() {
+                // SAFETY: kill takes plain integers.
+                unsafe {
+                    libc::kill(pid, signal);
+                }
+            }
+        }
         let code = self_restart::hold().await;
         if code != 0 {
             anyhow::bail!("the last generation exited with code {code}");
         }
     }
     Ok(())
+}
+
+/// `--hot-restart-on-config-change`: polls the bootstrap file and, when its bytes differ
+/// from what this generation loaded, starts a self hot restart (the next generation loads
+/// the new file). A change whose generation fails to start is not retried until the file
+/// changes again; a draining generation leaves it to the newest.
+async fn restart_on_config_change(
+    server: std::rc::Weak<Server>,
+    path: std::path::PathBuf,
+    loaded: Option<u64>,
+) {
+    let mut tried = loaded;
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let Some(server) = server.upgrade() else {
+            return;
+        };
+        if server.hot_restart.handed_over.get() {
+            return;
+        }
+        let now = self_restart::file_digest(&path);
+        if now.is_none() || now == tried || server.hot_restart.spawned_child.get().is_some() {
+            continue;
+        }
+        match server.self_restart() {
+            Ok(done) => {
+                tracing::info!(path = %path.display(), "the bootstrap changed; hot restart: {done}");
+                tried = now;
+            }
+            // Not initialised yet, or a restart under way: the next tick tries again.
+            Err(e) => tracing::debug!("the bootstrap changed; no hot restart yet: {e}"),
+        }
+    }
 }
 
 /// The child's side once it serves: the parent drains, its stats are merged every few
@@ -664,6 +771,12 @@ async fn take_over_from_parent(server: std::rc::Weak<Server>, child: Rc<HotResta
             s.hot_restart.importer.borrow_mut().parent_gone(&s.store);
             s.listener_manager.borrow_mut().set_socket_source(None);
             tracing::info!("hot restart: parent terminated");
+            if s.hot_restart.restart_pending.take() {
+                match s.self_restart() {
+                    Ok(done) => tracing::info!("queued self hot restart: {done}"),
+                    Err(e) => tracing::warn!("queued self hot restart not started: {e}"),
+                }
+            }
             return;
         }
     }
@@ -677,11 +790,12 @@ impl ParentHooks for Server {
             .map(std::os::fd::OwnedFd::from)
     }
 
-    fn shutdown_admin(&self) -> u64 {
-        if let Some(task) = self.hot_restart.admin_task.borrow_mut().take() {
+    fn shutdown_admin(&self) -> (u64, Option<tokio::task::JoinHandle<()>>) {
+        let task = self.hot_restart.admin_task.borrow_mut().take();
+        if let Some(task) = &task {
             task.abort();
         }
-        self.hot_restart.original_start.get()
+        (self.hot_restart.original_start.get(), task)
     }
 
     fn drain_listeners(&self) {
@@ -690,11 +804,19 @@ impl ParentHooks for Server {
         self.set_state(ServerState::Draining);
         crate::http::conn_manager::connection::HAND_OVER_DRAIN
             .store(true, std::sync::atomic::Ordering::Relaxed);
+        let immediate = self.options.drain_strategy == crate::options::DrainStrategy::Immediate;
+        if !immediate {
+            let drain_time = self.options.drain_time();
+            self.tls.run_on_all_workers(
+                std::sync::Arc::new(move |_: &mut crate::worker::Ctx| {
+                    crate::worker::start_gradual_drain(drain_time)
+                }),
+                Box::new(|| {}),
+            );
+        }
         // The child holds duplicates of the sockets: closing ours loses no queued
-        // connection; our connections drain over --drain-time-s.
-        self.listener_manager
-            .borrow_mut()
-            .stop_listeners(true, true);
+        // connection; our connections drain over --drain-time-s (gradual) or at once.
+        self.listener_manager.borrow_mut().hand_over(immediate);
     }
 
     fn stats(&self) -> super::hot_restart::message::StatsReply {

@@ -335,7 +335,7 @@ impl HttpConnection {
     /// Drives the connection; true when it is finished.
     fn poll(&mut self) -> bool {
         // A response asked for the connection to drain (a failed health check).
-        if self.info.draining.get() && !self.shutting_down {
+        if self.info.draining.get() && !self.shutting_down && !self.defers_drain() {
             self.graceful();
         }
         // The `http2_server_go_away_on_dispatch` load shed point, each time the HTTP/2
@@ -398,7 +398,7 @@ impl HttpConnection {
                             }
                         }
                     }
-                    if self.shutting_down {
+                    if self.shutting_down || (self.info.draining.get() && !self.defers_drain()) {
                         self.graceful();
                     }
                 }
@@ -464,7 +464,7 @@ impl HttpConnection {
                     } else {
                         self.h1(tcp, &prefix);
                     }
-                    if self.shutting_down {
+                    if self.shutting_down || (self.info.draining.get() && !self.defers_drain()) {
                         self.graceful();
                     }
                 }
@@ -704,17 +704,30 @@ impl EventHandler<WorkerLocal> for HttpConnection {
         // Envoy drains HTTP connections gracefully: `Connection: close` on HTTP/1.1, GOAWAY
         // on HTTP/2.
         self.info.drain_close();
+        if self.defers_drain() {
+            // A hot restart's parent: a connection closed before it has read what the
+            // client sent resets it, and an idle HTTP/1 connection (or one not yet
+            // speaking) may have a request on the wire. It ends after its next response
+            // (`connection: close`) instead, or when the drain time ends.
+            return Next::Continue;
+        }
         if matches!(self.state, State::Detect { .. } | State::Handshake(..)) {
             return self.close(ctx, me);
         }
-        if matches!(self.state, State::H1(_)) && HAND_OVER_DRAIN.load(Ordering::Relaxed) {
-            // A hot restart's parent: an idle connection closed now races the client's
-            // next request (a reset); it ends after its next response instead, or when
-            // the drain time ends.
-            return Next::Continue;
-        }
         self.graceful();
         self.run(ctx, me)
+    }
+}
+
+impl HttpConnection {
+    /// Whether a drain leaves this connection open until its next response: in a hot
+    /// restart's parent, HTTP/1 connections and those whose codec is not chosen yet
+    /// (HTTP/2 ones get their GOAWAY, which a client reads before it sends more).
+    fn defers_drain(&self) -> bool {
+        matches!(
+            self.state,
+            State::H1(_) | State::Detect { .. } | State::Handshake(..)
+        ) && HAND_OVER_DRAIN.load(Ordering::Relaxed)
     }
 }
 

@@ -323,9 +323,10 @@ fn finish_downstream_response(
         // The request's id, whatever the upstream said (as Envoy).
         resp.headers_mut().insert(X_REQUEST_ID.clone(), id);
     }
-    // While the server fails its health checks every response ends its connection, as
-    // Envoy's drain-close: `connection: close` on HTTP/1.1, GOAWAY on HTTP/2.
-    if crate::worker::health_failed() {
+    // While the server fails its health checks (or as a hot restart's gradual drain
+    // decides) a response ends its connection, as Envoy's drain-close:
+    // `connection: close` on HTTP/1.1, GOAWAY on HTTP/2.
+    if crate::worker::drain_close() {
         conn.drain_close();
     }
     // The overload manager's `disable_http_keepalive` (a share of responses while scaled).

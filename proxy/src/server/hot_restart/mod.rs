@@ -39,7 +39,11 @@
 //! (a subreaper, so every later generation is re-parented to it): it forwards
 //! SIGTERM/SIGINT/SIGHUP to the live generations, reaps them, and exits with the last
 //! generation's exit code once none is left. Processes started by a self restart exit
-//! when terminated, as Envoy's parents do. The alternative — the old process `exec`ing the
+//! when terminated, as Envoy's parents do, and drain and exit if the holder dies (a pidfd
+//! on it). They start with SIGHUP/SIGTERM/SIGINT blocked until their handlers are
+//! installed, so a signal the holder forwards to a starting generation waits instead of
+//! killing it. A restart asked for while the serving generation still has its parent is
+//! queued and starts when that parent is terminated (only two generations live at once). The alternative — the old process `exec`ing the
 //! new binary in place once it has handed its sockets to a short-lived holder — needs two
 //! hand-overs and two drains per restart, and a connection open on the old process at
 //! `exec` is cut; the holder costs one idle process and neither.

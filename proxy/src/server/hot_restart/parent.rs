@@ -18,8 +18,9 @@ use super::{HotRestartConfig, HotRestartError};
 pub trait ParentHooks {
     /// A duplicate of the listen socket bound to `address` for `worker`, if any.
     fn listen_socket(&self, address: SocketAddr, worker: usize) -> Option<OwnedFd>;
-    /// Closes the admin listener; returns the first epoch's start (Unix seconds).
-    fn shutdown_admin(&self) -> u64;
+    /// Closes the admin listener; returns the first epoch's start (Unix seconds) and the
+    /// admin's task, aborted: the listener is closed once it is done.
+    fn shutdown_admin(&self) -> (u64, Option<tokio::task::JoinHandle<()>>);
     /// Stops accepting and drains (the child is serving).
     fn drain_listeners(&self);
     /// The stats reply.
@@ -122,7 +123,12 @@ impl HotRestartingParent {
                 }
                 Some(RequestKind::ShutdownAdmin(_)) => {
                     tracing::info!("hot restart: child took over the admin address");
-                    let start = hooks.shutdown_admin();
+                    let (start, admin) = hooks.shutdown_admin();
+                    if let Some(admin) = admin {
+                        // The child binds the admin address once answered: the listener must
+                        // be closed by then, not whenever the aborted task is next dropped.
+                        let _ = admin.await;
+                    }
                     (
                         Some(HotRestartMessage::reply(ReplyKind::ShutdownAdmin(
                             ShutdownAdminReply {

@@ -4,13 +4,88 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 
-/// Set in the environment of a generation started by a self restart: such a process exits
-/// when terminated; one without it (the supervisor's) stays as the holder.
+/// Set in the environment of a generation started by a self restart, to the holder's pid:
+/// such a process exits when terminated, and drains and exits when the holder is gone; one
+/// without it (the supervisor's) stays as the holder.
 pub const SPAWNED_ENV: &str = "COURIER_HOT_RESTART_SPAWNED";
 
 /// Whether this process was started by a self restart.
 pub fn spawned() -> bool {
     std::env::var_os(SPAWNED_ENV).is_some()
+}
+
+/// The holder's pid, in a generation started by a self restart.
+pub fn holder() -> Option<i32> {
+    std::env::var(SPAWNED_ENV).ok()?.parse().ok()
+}
+
+/// The signals a new generation handles (drain, self restart) but cannot until its main
+/// loop installs its handlers: blocked from its start (the holder forwards them to every
+/// generation, a starting one included, whose default action would kill it) and unblocked
+/// by [`unblock_signals`], so one sent meanwhile waits instead.
+const DEFERRED_SIGNALS: [i32; 3] = [libc::SIGHUP, libc::SIGTERM, libc::SIGINT];
+
+fn deferred_set() -> libc::sigset_t {
+    // SAFETY: sigemptyset/sigaddset initialise and fill a local set.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in DEFERRED_SIGNALS {
+            libc::sigaddset(&mut set, s);
+        }
+        set
+    }
+}
+
+/// Unblocks the signals a generation was started with blocked (its handlers are installed).
+pub fn unblock_signals() {
+    let set = deferred_set();
+    // SAFETY: pthread_sigmask reads a valid set; the old mask is not wanted.
+    unsafe {
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+    }
+}
+
+/// A descriptor that becomes readable when the process `pid` exits (`pidfd_open`).
+pub fn pidfd(pid: i32) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the descriptor was just returned to us and is owned by nothing else.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Resolves when the holder of this (self-restarted) generation is gone; never for a
+/// process without one. The generation then drains and exits, as on SIGTERM: with its
+/// supervisor's process gone, nothing would ever stop it.
+pub async fn holder_gone() {
+    let Some(pid) = holder() else {
+        return std::future::pending().await;
+    };
+    let fd = match pidfd(pid) {
+        Ok(fd) => fd,
+        Err(e) => {
+            tracing::warn!(pid, error = %e, "self hot restart: cannot watch the holder");
+            return std::future::pending().await;
+        }
+    };
+    // SAFETY: the descriptor is owned by the AsyncFd, which neither replaces nor closes it
+    // while registered.
+    let watch = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
+    };
+    match watch {
+        Ok(watch) => {
+            let _ = watch.readable().await;
+        }
+        Err(e) => {
+            tracing::warn!(pid, error = %e, "self hot restart: cannot watch the holder");
+            std::future::pending::<()>().await;
+        }
+    }
 }
 
 /// The binary to start: `/proc/self/exe`'s path, re-resolved, so a binary replaced at that
@@ -54,19 +129,43 @@ pub fn spawn(epoch: u32, base_id: u64) -> std::io::Result<u32> {
     let binary = binary()?;
     let args: Vec<OsString> = std::env::args_os().collect();
     let next = next_args(&args, epoch, base_id);
-    if !spawned() {
-        // Later generations are re-parented here when their parent exits.
-        // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes a plain integer argument.
-        unsafe {
-            libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+    let holder = match holder() {
+        Some(pid) => pid,
+        None => {
+            // Later generations are re-parented here when their parent exits.
+            // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes a plain integer argument.
+            unsafe {
+                libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+            }
+            std::process::id() as i32
         }
+    };
+    let set = deferred_set();
+    let mut command = std::process::Command::new(&binary);
+    command.args(&next).env(SPAWNED_ENV, holder.to_string());
+    // std empties the child's signal mask before running this; the mask survives exec.
+    // SAFETY: sigprocmask is async-signal-safe, and `set` is a copy owned by the closure.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        command.pre_exec(move || {
+            if libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
     }
-    let child = std::process::Command::new(&binary)
-        .args(&next)
-        .env(SPAWNED_ENV, "1")
-        .spawn()?;
+    let child = command.spawn()?;
     tracing::info!(binary = %binary.display(), epoch, pid = child.id(), "self hot restart: next generation started");
     Ok(child.id())
+}
+
+/// What `--hot-restart-on-config-change` compares: the bootstrap file's bytes, hashed.
+pub fn file_digest(path: &std::path::Path) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let bytes = std::fs::read(path).ok()?;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut h);
+    Some(h.finish())
 }
 
 /// Reaps any exited child without blocking: `(pid, exit code)` of each.

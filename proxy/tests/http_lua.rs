@@ -494,6 +494,19 @@ const CALLS: &str = r##"          - name: envoy.filters.http.lua
                       local n = select("#", h:httpCall("b", {[":method"] = "POST", [":path"] = "/async-flag",
                         [":authority"] = "svc"}, "fire", 2000, true))
                       h:respond({[":status"] = "200", ["x-t-n"] = tostring(n)})
+                    elseif p == "/chunks/echo" then
+                      h:headers():add("x-t-before", "1")
+                      for c in h:bodyChunks() do
+                        c:setBytes(string.upper(c:getBytes(0, c:length())))
+                      end
+                      late = {}
+                      late[1] = tostring(pcall(function() h:headers():add("x-t-late", "1") end))
+                      late[2] = tostring(pcall(h.body, h))
+                      late[3] = tostring(pcall(h.respond, h, {[":status"] = "200"}))
+                      late[4] = tostring(h:headers():get(":path"))
+                    elseif p == "/chunks-twice/echo" then
+                      h:body()
+                      late = {tostring(pcall(h.bodyChunks, h))}
                     elseif p == "/uncaught" then
                       h:headers():add("x-t-before", "1")
                       h:httpCall("nowhere", svc, nil, 100)
@@ -501,6 +514,16 @@ const CALLS: &str = r##"          - name: envoy.filters.http.lua
                     end
                   end
                   function envoy_on_response(h)
+                    if late then
+                      h:headers():add("x-t-late", table.concat(late, " "))
+                      late = nil
+                    end
+                    if h:headers():get(":status") == "203" then
+                      h:headers():add("x-t-chunked", "1")
+                      for c in h:bodyChunks() do
+                        c:setBytes(string.upper(c:getBytes(0, c:length())))
+                      end
+                    end
                     if h:headers():get(":status") == "202" then
                       local hd, body = h:httpCall("b", {[":method"] = "GET", [":path"] = "/from-response",
                         [":authority"] = "svc"}, nil, 2000)
@@ -510,7 +533,7 @@ const CALLS: &str = r##"          - name: envoy.filters.http.lua
 "##;
 
 #[test]
-fn http_calls_match_envoy() {
+fn http_calls_and_body_chunks_match_envoy() {
     let b = Upstream::start("b");
     let silent = silent_upstream();
     let refused = refusing_addr();
@@ -545,6 +568,14 @@ fn http_calls_match_envoy() {
     ]
     .into_iter()
     .map(|(label, path)| (label, req("GET", path, "", "")))
+    .chain([
+        ("chunks", req("POST", "/chunks/echo", "", "hello chunks")),
+        (
+            "chunks after body()",
+            req("POST", "/chunks-twice/echo", "", "abc"),
+        ),
+        ("response chunks", req("GET", "/status/203", "", "")),
+    ])
     .collect();
     let run_all = |proxy: &Courier, dir: &Path, a: &Upstream| {
         let before = b.seen.lock().expect("seen").len();
@@ -658,6 +689,17 @@ fn http_calls_match_envoy() {
     assert!(line("uncaught").ends_with("[x-t-before=1] \"\""));
     assert!(line("from the response").contains("x-t-resp-call=200 b GET /from-response"));
     assert!(got.contains(&"errors=1".to_string()));
+    // The head goes on before the body, which streams through the script's loop as the
+    // script changes it; after it, the head can no longer change, nor the request be
+    // answered.
+    assert!(line("chunks").ends_with("[x-t-late=false false false /chunks/echo x-upstream=a] cl=Some(\"12\") \"HELLO CHUNKS\" | upstream: POST /chunks/echo host=Some(\"example.com\") cl=Some(\"12\") [x-t-before=1] \"HELLO CHUNKS\""), "{}", line("chunks"));
+    assert!(line("chunks after body()").contains("[x-t-late=false x-upstream=a]"));
+    assert!(
+        line("response chunks")
+            .contains("[x-t-chunked=1 x-upstream=a] cl=Some(\"17\") \"A GET /STATUS/203\""),
+        "{}",
+        line("response chunks")
+    );
     for path in ["/async", "/async-flag"] {
         assert!(got.contains(&format!("{path}: 200 [x-t-n=0]")));
         assert!(got.contains(&format!("{path} sent: Some((\"POST\", \"fire\"))")));

@@ -27,6 +27,11 @@
 //!   `503`). An unknown cluster, missing `:method`/`:path`/`:authority`, a negative
 //!   timeout, a bad flag or option key are Envoy's script errors; what the script got
 //!   before a call it waited for is dead after.
+//! - `bodyChunks()` lets the head go on as the script left it; the body then streams
+//!   through the script's loop, each chunk as the script changed it (`setBytes`). After,
+//!   the head can no longer be changed (`header map can no longer be modified`), `body()`
+//!   and `respond()` are errors, as is `bodyChunks()` after `body()`. An `httpCall()` while
+//!   the body streams is a Courier error (not built).
 //!
 //! Each worker has a VM of its own for every script (a script's globals are per worker,
 //! as Envoy's), made the first time the worker runs it ([`vm`]); the stream handle's API

@@ -12,8 +12,12 @@
 //! manager's [`Caller`] (filters never reach the router), and resumes the script with the
 //! answer's headers table and body (`asynchronous`: at once, with nothing).
 //!
+//! `bodyChunks()` lets the head go on as the script left it, and the body passes through
+//! the script's loop (`ChunkBody`): each chunk resumes it, as it changed it; the head can
+//! no longer be changed, nor the request answered.
+//!
 //! Not built (a script calling them gets a Lua error, counted in `errors` as any other):
-//! `bodyChunks()`, `setHttp1ReasonPhrase()`, `metadata()`, `verifySignature()`/`importPublicKey()`,
+//! `setHttp1ReasonPhrase()`, `metadata()`, `verifySignature()`/`importPublicKey()`,
 //! `filterContext()`, `route()`, `virtualHost()`, `clearRouteCache()`,
 //! `setUpstreamOverrideHost()`, `stats()`, `connectionStreamInfo()`, and stream info's
 //! dynamic metadata.
@@ -72,6 +76,8 @@ enum Wait {
     Respond,
     /// For its `httpCall()` (noted in the state's `call`).
     Call,
+    /// For the body's next chunk (`bodyChunks()`).
+    Chunk,
 }
 
 /// A script's `httpCall()`, as the connection manager sends it.
@@ -143,6 +149,12 @@ struct State {
     generation: u32,
     reply: Option<(Fields, Option<Vec<u8>>)>,
     call: Option<PendingCall>,
+    /// The head went on and the body streams through the script (`bodyChunks()`).
+    streaming: bool,
+    /// The body chunk the script was resumed with.
+    chunk: Option<Vec<u8>>,
+    /// Bumped with each chunk: a chunk object is alive while it is the current one.
+    chunk_seq: u32,
     facts: Rc<StreamFacts>,
 }
 
@@ -211,6 +223,9 @@ impl Headers {
         let mut st = self.scope.state.borrow_mut();
         if self.trailers {
             Ok(f(st.trailers.get_or_insert_with(Vec::new)))
+        } else if st.streaming {
+            // The head went on when the body began to stream.
+            Err(runtime("header map can no longer be modified"))
         } else {
             st.fields_changed |= true;
             Ok(f(&mut st.fields))
@@ -317,6 +332,45 @@ impl UserData for Headers {
 
 /// The stream's whole body.
 struct Body(Scoped);
+
+/// A body chunk the script iterates over (`bodyChunks()`), alive until the next one.
+struct Chunk(Shared, u32);
+
+impl Chunk {
+    fn with<R>(&self, f: impl FnOnce(&mut Vec<u8>) -> R) -> mlua::Result<R> {
+        let mut st = self.0.borrow_mut();
+        if st.chunk_seq != self.1 {
+            return Err(runtime("object used outside of proper scope"));
+        }
+        Ok(f(st.chunk.get_or_insert_with(Vec::new)))
+    }
+}
+
+impl UserData for Chunk {
+    fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
+        methods.add_method("length", |_, this, ()| this.with(|c| c.len()));
+        methods.add_method("getBytes", |lua, this, (index, length): (i64, i64)| {
+            let bytes = this.with(|c| {
+                let in_range =
+                    index >= 0 && length >= 0 && (index as u64 + length as u64) <= c.len() as u64;
+                in_range.then(|| c[index as usize..(index + length) as usize].to_vec())
+            })?;
+            match bytes {
+                Some(b) => lua.create_string(&b),
+                None => Err(runtime(
+                    "index/length must be >= 0 and (index + length) must be <= buffer size",
+                )),
+            }
+        });
+        methods.add_method("setBytes", |_, this, bytes: mlua::String| {
+            let bytes = bytes.as_bytes().to_vec();
+            this.with(|c| {
+                *c = bytes;
+                c.len()
+            })
+        });
+    }
+}
 
 impl UserData for Body {
     fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
@@ -641,6 +695,12 @@ impl UserData for Handle {
         });
         methods.add_method("waitBody", |_, this, ()| {
             let mut st = this.0.borrow_mut();
+            if st.streaming {
+                return Err(runtime(match st.end_stream {
+                    true => "cannot call body() after body has been streamed",
+                    false => "cannot call body() after body streaming has started",
+                }));
+            }
             let wait = !st.end_stream && st.body.is_none();
             if wait {
                 st.wait = Some(Wait::Body);
@@ -659,7 +719,7 @@ impl UserData for Handle {
         });
         methods.add_method("waitTrailers", |_, this, ()| {
             let mut st = this.0.borrow_mut();
-            let wait = !st.end_stream && st.body.is_none();
+            let wait = !st.end_stream && (st.body.is_none() || st.streaming);
             if wait {
                 st.wait = Some(Wait::Trailers);
             }
@@ -680,6 +740,11 @@ impl UserData for Handle {
             "respond",
             |_, this, (headers, body): (mlua::Table, Option<mlua::String>)| {
                 let mut st = this.0.borrow_mut();
+                if st.streaming {
+                    return Err(runtime(
+                        "respond() cannot be called if headers have been continued",
+                    ));
+                }
                 if st.response {
                     return Err(runtime(
                         "respond not currently supported in the response path",
@@ -759,8 +824,24 @@ impl UserData for Handle {
                 Err(e) => Ok((false, Some(vm::message(&e)))),
             }
         });
+        methods.add_method("bodyChunks", |_, this, ()| {
+            let st = this.0.borrow();
+            if st.body.is_some() || st.streaming {
+                return Err(runtime(
+                    "cannot call bodyChunks after body processing has begun",
+                ));
+            }
+            Ok(())
+        });
+        methods.add_method("waitChunk", |_, this, ()| {
+            let mut st = this.0.borrow_mut();
+            let wait = !st.end_stream;
+            if wait {
+                st.wait = Some(Wait::Chunk);
+            }
+            Ok(wait)
+        });
         for name in [
-            "bodyChunks",
             "metadata",
             "importPublicKey",
             "verifySignature",
@@ -782,15 +863,17 @@ impl UserData for Handle {
 /// them.
 struct Ran {
     state: State,
+    /// The script iterates over the body's chunks: it goes on as they pass.
+    chunks: Option<Chunks>,
 }
 
 /// Runs `function` (a script's `envoy_on_request` or `envoy_on_response`) on `state`,
 /// reading the body from `body` when the script waits for it. A runtime error is counted
 /// and logged, and what the script did until then stands (as Envoy's).
 async fn run(
-    ws: &WorkerScript,
+    ws: &Rc<WorkerScript>,
     function: &mlua::Function,
-    stats: &LuaStats,
+    stats: &Arc<LuaStats>,
     state: State,
     body: &mut ProxyBody,
     cx: &RunContext<'_>,
@@ -802,6 +885,7 @@ async fn run(
         stats.errors.inc(worker);
         tracing::error!("script log: {e}");
     };
+    let mut chunks = None;
     let started = ws
         .lua
         .create_userdata(Handle(shared.clone()))
@@ -827,6 +911,17 @@ async fn run(
                         break;
                     }
                     Some(Wait::Respond) => break,
+                    Some(Wait::Chunk) => {
+                        chunks = Some(Chunks {
+                            ws: ws.clone(),
+                            thread,
+                            shared: shared.clone(),
+                            stats: stats.clone(),
+                            worker,
+                            trailers: false,
+                        });
+                        break;
+                    }
                     Some(Wait::Body | Wait::Trailers) => {
                         let (data, trailers) = read_whole(body, limit).await?;
                         let mut st = shared.borrow_mut();
@@ -865,9 +960,171 @@ async fn run(
         generation: u32::MAX,
         reply: None,
         call: None,
+        streaming: false,
+        chunk: None,
+        chunk_seq: 0,
         facts,
     });
-    Ok(Ran { state })
+    if chunks.is_some() {
+        // The script goes on with the body: its head went on as it stands.
+        let mut st = shared.borrow_mut();
+        st.response = state.response;
+        st.fields = state.fields.clone();
+        st.end_stream = false;
+        st.generation = state.generation + 1;
+        st.streaming = true;
+    }
+    Ok(Ran { state, chunks })
+}
+
+/// A script that iterates over the body's chunks, resumed as each passes.
+struct Chunks {
+    ws: Rc<WorkerScript>,
+    thread: mlua::Thread,
+    shared: Shared,
+    stats: Arc<LuaStats>,
+    worker: usize,
+    /// It waits for the trailers: the chunks pass untouched until then.
+    trailers: bool,
+}
+
+impl Chunks {
+    fn failed(&self, e: &str) {
+        self.stats.errors.inc(self.worker);
+        tracing::error!("script log: {e}");
+    }
+
+    /// Resumes the script with `args`; whether it still waits for more of the body.
+    fn resume(&mut self, args: MultiValue) -> bool {
+        if let Err(e) = self.thread.resume::<MultiValue>(args) {
+            self.failed(&vm::message(&e));
+            return false;
+        }
+        if self.thread.status() != ThreadStatus::Resumable {
+            return false;
+        }
+        let wait = self.shared.borrow_mut().wait.take();
+        match wait {
+            Some(Wait::Chunk) => true,
+            Some(Wait::Trailers) => {
+                self.trailers = true;
+                true
+            }
+            None => {
+                self.failed("script performed an unexpected yield");
+                false
+            }
+            Some(_) => {
+                self.failed("httpCall() while the body streams is not supported by Courier");
+                false
+            }
+        }
+    }
+
+    /// `data` passes (ending the body when `end`): the script sees it, and may change it.
+    fn chunk(&mut self, data: Bytes, end: bool) -> (Bytes, bool) {
+        if end {
+            self.shared.borrow_mut().end_stream = true;
+        }
+        if self.trailers {
+            // A body that ends without trailers: `trailers()` gives none.
+            let more = !end || self.resume(MultiValue::new());
+            return (data, more);
+        }
+        let seq = {
+            let mut st = self.shared.borrow_mut();
+            st.chunk_seq += 1;
+            st.chunk = Some(data.to_vec());
+            st.chunk_seq
+        };
+        let args = match self.ws.lua.create_userdata(Chunk(self.shared.clone(), seq)) {
+            Ok(u) => MultiValue::from_iter([Value::UserData(u)]),
+            Err(e) => {
+                self.failed(&vm::message(&e));
+                return (data, false);
+            }
+        };
+        let more = self.resume(args);
+        let mut st = self.shared.borrow_mut();
+        st.chunk_seq += 1;
+        let out = st.chunk.take().map_or(data, Bytes::from);
+        (out, more)
+    }
+
+    /// The body ended (with `trailers`, if it has them): the script sees no more chunks.
+    fn end(&mut self, trailers: Option<&http::HeaderMap>) {
+        {
+            let mut st = self.shared.borrow_mut();
+            st.end_stream = true;
+            st.trailers = trailers.map(|t| fields_from(Vec::new(), t, false));
+        }
+        if self.resume(MultiValue::new()) {
+            self.failed("script performed an unexpected yield");
+        }
+    }
+}
+
+/// A body passing through a script's `bodyChunks()` loop.
+struct ChunkBody {
+    inner: ProxyBody,
+    script: Option<Chunks>,
+}
+
+type Polled =
+    std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, crate::http::codec::body::BoxError>>>;
+
+impl crate::http::codec::body::BodyTransform for ChunkBody {
+    fn poll_frame(&mut self, cx: &mut std::task::Context<'_>) -> Polled {
+        use std::task::Poll;
+        let frame = match std::pin::Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(f) => f,
+        };
+        let Some(script) = self.script.as_mut() else {
+            return Poll::Ready(frame);
+        };
+        match frame {
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => {
+                    let end = self.inner.is_end_stream();
+                    let (out, more) = script.chunk(data, end);
+                    if !more || end {
+                        self.script = None;
+                    }
+                    Poll::Ready(Some(Ok(hyper::body::Frame::data(out))))
+                }
+                Err(frame) => {
+                    script.end(frame.trailers_ref());
+                    self.script = None;
+                    Poll::Ready(Some(Ok(frame)))
+                }
+            },
+            None => {
+                script.end(None);
+                self.script = None;
+                Poll::Ready(None)
+            }
+            Some(Err(e)) => {
+                self.script = None;
+                Poll::Ready(Some(Err(e)))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+}
+
+/// `body` passed through the script's `bodyChunks()` loop, when it runs one.
+fn through_chunks(body: &mut ProxyBody, chunks: Option<Chunks>) {
+    if let Some(script) = chunks {
+        let inner = std::mem::replace(body, ProxyBody::empty());
+        *body = ProxyBody::filtered(ChunkBody {
+            inner,
+            script: Some(script),
+        });
+    }
 }
 
 /// Makes a script's call, as Envoy checks and sends it: what the prelude resumes with
@@ -1074,6 +1331,9 @@ pub async fn on_request(
         generation: 0,
         reply: None,
         call: None,
+        streaming: false,
+        chunk: None,
+        chunk_seq: 0,
         facts,
     };
     let ran = match run(&ws, &function, stats, state, req.body_mut(), cx).await {
@@ -1081,6 +1341,7 @@ pub async fn on_request(
         Err(TooLarge) => return (RequestPass::TooLarge, response),
     };
     let st = ran.state;
+    through_chunks(req.body_mut(), ran.chunks);
     if let Some((fields, body)) = st.reply {
         return (
             RequestPass::Respond(Box::new(reply(fields, body))),
@@ -1186,11 +1447,17 @@ impl ResponsePass {
             generation: 0,
             reply: None,
             call: None,
+            streaming: false,
+            chunk: None,
+            chunk_seq: 0,
             facts: self.facts,
         };
         let ran = run(&self.ws, &function, &self.stats, state, resp.body_mut(), cx).await;
         let st = match ran {
-            Ok(ran) => ran.state,
+            Ok(ran) => {
+                through_chunks(resp.body_mut(), ran.chunks);
+                ran.state
+            }
             Err(TooLarge) => {
                 *resp = crate::http::conn_manager::local_reply::local_reply(
                     StatusCode::INTERNAL_SERVER_ERROR,

@@ -24,7 +24,7 @@ local H = {}
 H.__index = H
 local plain = { "headers", "streamInfo", "connection", "metadata", "logTrace", "logDebug",
   "logInfo", "logWarn", "logErr", "logCritical", "base64Escape", "timestamp",
-  "timestampString", "bodyChunks", "importPublicKey", "verifySignature",
+  "timestampString", "importPublicKey", "verifySignature",
   "filterContext", "connectionStreamInfo", "route", "virtualHost", "clearRouteCache",
   "setUpstreamOverrideHost", "base64Decode", "stats" }
 for i = 1, #plain do
@@ -52,6 +52,13 @@ function H:httpCall(...)
   local how, a, b = yield()
   if how == "err" then error(a, 2) end
   if how == "ok" then return a, b end
+end
+function H:bodyChunks()
+  local u = rawget(self, 1)
+  u:bodyChunks()
+  return function()
+    if u:waitChunk() then return yield() end
+  end
 end
 function H:respond(...)
   rawget(self, 1):respond(...)

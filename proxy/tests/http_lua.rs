@@ -494,6 +494,13 @@ const CALLS: &str = r##"          - name: envoy.filters.http.lua
                       local n = select("#", h:httpCall("b", {[":method"] = "POST", [":path"] = "/async-flag",
                         [":authority"] = "svc"}, "fire", 2000, true))
                       h:respond({[":status"] = "200", ["x-t-n"] = tostring(n)})
+                    elseif p == "/dup" then
+                      local one = h:httpCall("dup", svc, nil, 2000)
+                      local all = h:httpCall("dup", svc, nil, {timeout_ms = 2000,
+                        return_duplicate_headers = true})
+                      local d = all["x-dup"]
+                      h:respond({[":status"] = "200", ["x-t-one"] = one["x-dup"],
+                        ["x-t-all"] = type(d) == "table" and table.concat(d, ",") or "single"})
                     elseif p == "/chunks/echo" then
                       h:headers():add("x-t-before", "1")
                       for c in h:bodyChunks() do
@@ -537,13 +544,19 @@ fn http_calls_and_body_chunks_match_envoy() {
     let b = Upstream::start("b");
     let silent = silent_upstream();
     let refused = refusing_addr();
+    let dup = http_service(|_| Answer {
+        status: 200,
+        headers: vec![("x-dup".into(), "1".into()), ("x-dup".into(), "2".into())],
+        body: bytes::Bytes::new(),
+    });
     let boot = |_: &Path, a: &Upstream| {
         let clusters = format!(
-            "{}{}{}{}",
+            "{}{}{}{}{}",
             cluster("a", &[a.addr], ""),
             cluster("b", &[b.addr], ""),
             cluster("silent", &[silent], ""),
-            cluster("refused", &[refused], "")
+            cluster("refused", &[refused], ""),
+            cluster("dup", &[dup], "")
         );
         with_filters(&bootstrap(&all_to("a"), "", &clusters), CALLS)
     };
@@ -565,6 +578,7 @@ fn http_calls_and_body_chunks_match_envoy() {
         ("refused", "/refused"),
         ("uncaught", "/uncaught"),
         ("from the response", "/status/202"),
+        ("duplicate fields", "/dup"),
     ]
     .into_iter()
     .map(|(label, path)| (label, req("GET", path, "", "")))
@@ -689,6 +703,12 @@ fn http_calls_and_body_chunks_match_envoy() {
     assert!(line("uncaught").ends_with("[x-t-before=1] \"\""));
     assert!(line("from the response").contains("x-t-resp-call=200 b GET /from-response"));
     assert!(got.contains(&"errors=1".to_string()));
+    // A field given twice: its last value, or both when the script asks.
+    assert!(
+        line("duplicate fields").contains("[x-t-all=1,2 x-t-one=2]"),
+        "{}",
+        line("duplicate fields")
+    );
     // The head goes on before the body, which streams through the script's loop as the
     // script changes it; after it, the head can no longer change, nor the request be
     // answered.

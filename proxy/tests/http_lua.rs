@@ -435,3 +435,293 @@ fn fields_courier_does_not_act_on_are_refused_by_path() {
         ],
     );
 }
+
+const CALLS: &str = r##"          - name: envoy.filters.http.lua
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua
+              stat_prefix: main
+              default_source_code:
+                inline_string: |
+                  local function try(h, ...)
+                    local ok, e = pcall(h.httpCall, h, ...)
+                    h:respond({[":status"] = "200", ["x-t-ok"] = tostring(ok)}, "[" .. tostring(e) .. "]")
+                  end
+                  local svc = {[":method"] = "GET", [":path"] = "/svc", [":authority"] = "svc"}
+                  function envoy_on_request(h)
+                    local p = h:headers():get(":path")
+                    if p == "/call" then
+                      local hd, body = h:httpCall("b", {[":method"] = "POST", [":path"] = "/called",
+                        [":authority"] = "svc", ["x-t-in"] = {"1", "2"}}, "ping", 2000)
+                      h:respond({[":status"] = "200", ["x-t-status"] = hd[":status"],
+                        ["x-t-up"] = hd["x-upstream"], ["x-t-cl"] = hd["content-length"]}, body)
+                    elseif p == "/call-pass" then
+                      local before = h:headers()
+                      local hd, body = h:httpCall("b", {[":method"] = "GET", [":path"] = "/status/201",
+                        [":authority"] = "svc"}, nil, {timeout_ms = 2000})
+                      h:headers():add("x-t-called", hd[":status"] .. " " .. tostring(body))
+                      local ok, e = pcall(function() before:add("x-t-stale", "1") end)
+                      h:respond({[":status"] = "200", ["x-t-called"] = hd[":status"] .. " " .. tostring(body),
+                        ["x-t-ok"] = tostring(ok)})
+                    elseif p == "/unknown" then
+                      try(h, "nowhere", svc, nil, 100)
+                    elseif p == "/unknown-and-no-pseudo" then
+                      try(h, "nowhere", {[":path"] = "/"}, nil, 100)
+                    elseif p == "/no-pseudo" then
+                      try(h, "b", {[":method"] = "GET", [":path"] = "/"}, nil, 100)
+                    elseif p == "/negative" then
+                      try(h, "b", svc, nil, -1)
+                    elseif p == "/bad-flag" then
+                      try(h, "b", svc, nil, 100, "yes")
+                    elseif p == "/bad-timeout" then
+                      try(h, "b", svc, nil, "soon")
+                    elseif p == "/no-headers" then
+                      try(h, "b", nil, nil, 100)
+                    elseif p == "/bad-option" then
+                      try(h, "b", svc, nil, {bogus = 1})
+                    elseif p == "/timeout" then
+                      local hd, body = h:httpCall("silent", svc, nil, 300)
+                      h:respond({[":status"] = "200", ["x-t-status"] = hd[":status"],
+                        ["x-t-ct"] = hd["content-type"] or "none",
+                        ["x-t-cl"] = hd["content-length"] or "none"}, body)
+                    elseif p == "/refused" then
+                      local hd, body = h:httpCall("refused", svc, nil, {timeout_ms = 2000})
+                      h:respond({[":status"] = "200", ["x-t-status"] = hd[":status"]}, body)
+                    elseif p == "/async" then
+                      local n = select("#", h:httpCall("b", {[":method"] = "POST", [":path"] = "/async",
+                        [":authority"] = "svc"}, "fire", {asynchronous = true, timeout_ms = 2000}))
+                      h:respond({[":status"] = "200", ["x-t-n"] = tostring(n)})
+                    elseif p == "/async-flag" then
+                      local n = select("#", h:httpCall("b", {[":method"] = "POST", [":path"] = "/async-flag",
+                        [":authority"] = "svc"}, "fire", 2000, true))
+                      h:respond({[":status"] = "200", ["x-t-n"] = tostring(n)})
+                    elseif p == "/dup" then
+                      local one = h:httpCall("dup", svc, nil, 2000)
+                      local all = h:httpCall("dup", svc, nil, {timeout_ms = 2000,
+                        return_duplicate_headers = true})
+                      local d = all["x-dup"]
+                      h:respond({[":status"] = "200", ["x-t-one"] = one["x-dup"],
+                        ["x-t-all"] = type(d) == "table" and table.concat(d, ",") or "single"})
+                    elseif p == "/chunks/echo" then
+                      h:headers():add("x-t-before", "1")
+                      for c in h:bodyChunks() do
+                        c:setBytes(string.upper(c:getBytes(0, c:length())))
+                      end
+                      late = {}
+                      late[1] = tostring(pcall(function() h:headers():add("x-t-late", "1") end))
+                      late[2] = tostring(pcall(h.body, h))
+                      late[3] = tostring(pcall(h.respond, h, {[":status"] = "200"}))
+                      late[4] = tostring(h:headers():get(":path"))
+                    elseif p == "/chunks-twice/echo" then
+                      h:body()
+                      late = {tostring(pcall(h.bodyChunks, h))}
+                    elseif p == "/uncaught" then
+                      h:headers():add("x-t-before", "1")
+                      h:httpCall("nowhere", svc, nil, 100)
+                      h:headers():add("x-t-after", "1")
+                    end
+                  end
+                  function envoy_on_response(h)
+                    if late then
+                      h:headers():add("x-t-late", table.concat(late, " "))
+                      late = nil
+                    end
+                    if h:headers():get(":status") == "203" then
+                      h:headers():add("x-t-chunked", "1")
+                      for c in h:bodyChunks() do
+                        c:setBytes(string.upper(c:getBytes(0, c:length())))
+                      end
+                    end
+                    if h:headers():get(":status") == "202" then
+                      local hd, body = h:httpCall("b", {[":method"] = "GET", [":path"] = "/from-response",
+                        [":authority"] = "svc"}, nil, 2000)
+                      h:headers():add("x-t-resp-call", hd[":status"] .. " " .. body)
+                    end
+                  end
+"##;
+
+#[test]
+fn http_calls_and_body_chunks_match_envoy() {
+    let b = Upstream::start("b");
+    let silent = silent_upstream();
+    let refused = refusing_addr();
+    let dup = http_service(|_| Answer {
+        status: 200,
+        headers: vec![("x-dup".into(), "1".into()), ("x-dup".into(), "2".into())],
+        body: bytes::Bytes::new(),
+    });
+    let boot = |_: &Path, a: &Upstream| {
+        let clusters = format!(
+            "{}{}{}{}{}",
+            cluster("a", &[a.addr], ""),
+            cluster("b", &[b.addr], ""),
+            cluster("silent", &[silent], ""),
+            cluster("refused", &[refused], ""),
+            cluster("dup", &[dup], "")
+        );
+        with_filters(&bootstrap(&all_to("a"), "", &clusters), CALLS)
+    };
+    let cases: Vec<(&str, String)> = [
+        ("call", "/call"),
+        ("call, request goes on", "/call-pass"),
+        ("unknown cluster", "/unknown"),
+        (
+            "unknown cluster and no pseudo-headers",
+            "/unknown-and-no-pseudo",
+        ),
+        ("no pseudo-headers", "/no-pseudo"),
+        ("negative timeout", "/negative"),
+        ("bad asynchronous flag", "/bad-flag"),
+        ("bad option", "/bad-option"),
+        ("bad timeout", "/bad-timeout"),
+        ("no headers", "/no-headers"),
+        ("timeout", "/timeout"),
+        ("refused", "/refused"),
+        ("uncaught", "/uncaught"),
+        ("from the response", "/status/202"),
+        ("duplicate fields", "/dup"),
+    ]
+    .into_iter()
+    .map(|(label, path)| (label, req("GET", path, "", "")))
+    .chain([
+        ("chunks", req("POST", "/chunks/echo", "", "hello chunks")),
+        (
+            "chunks after body()",
+            req("POST", "/chunks-twice/echo", "", "abc"),
+        ),
+        ("response chunks", req("GET", "/status/203", "", "")),
+    ])
+    .collect();
+    let run_all = |proxy: &Courier, dir: &Path, a: &Upstream| {
+        let before = b.seen.lock().expect("seen").len();
+        let mut out = run(proxy, dir, a, &cases);
+        let called = b.seen.lock().expect("seen")[before..].to_vec();
+        out.extend(called.iter().map(|s| {
+            format!(
+                "b got: {} {} host={:?} cl={:?} [{}] {:?}",
+                s.method,
+                s.path,
+                s.header("host"),
+                s.header("content-length"),
+                test_fields(&s.headers),
+                String::from_utf8_lossy(&s.body)
+            )
+        }));
+        // Calls not waited for: answered at once, and sent.
+        for path in ["/async", "/async-flag"] {
+            let mut c = Client::connect(proxy.listener);
+            c.send_raw(req("GET", path, "", "").as_bytes());
+            let r = c.read().expect("a response");
+            out.push(format!(
+                "{path}: {} [{}]",
+                r.status,
+                test_fields(&r.headers)
+            ));
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            let sent = loop {
+                let seen = b
+                    .seen
+                    .lock()
+                    .expect("seen")
+                    .iter()
+                    .rev()
+                    .find(|s| s.path == path)
+                    .cloned();
+                if seen.is_some() || std::time::Instant::now() > deadline {
+                    break seen;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            };
+            out.push(format!(
+                "{path} sent: {:?}",
+                sent.map(|s| (s.method, String::from_utf8_lossy(&s.body).into_owned()))
+            ));
+            b.seen.lock().expect("seen").retain(|s| s.path != path);
+        }
+        out
+    };
+    let got = courier_and_envoy_agree(boot, run_all);
+    let line = |label: &str| {
+        got.iter()
+            .find(|l| l.starts_with(&format!("{label}: ")))
+            .cloned()
+            .unwrap_or_default()
+    };
+    // The answer's headers table and body; the call as the script built it, with its
+    // body's length.
+    assert_eq!(
+        line("call"),
+        "call: 200 [x-t-cl=14 x-t-status=200 x-t-up=b] cl=Some(\"14\") \"b POST /called\""
+    );
+    assert!(got.contains(
+        &"b got: POST /called host=Some(\"svc\") cl=Some(\"4\") [x-t-in=1 x-t-in=2] \"ping\""
+            .to_string()
+    ));
+    // What the script got before the call is dead after it.
+    assert!(
+        line("call, request goes on").contains("[x-t-called=201 b GET /status/201 x-t-ok=false]")
+    );
+    for (label, message) in [
+        (
+            "unknown cluster",
+            "http call cluster invalid. Must be configured",
+        ),
+        (
+            "unknown cluster and no pseudo-headers",
+            "http call cluster invalid. Must be configured",
+        ),
+        (
+            "no pseudo-headers",
+            "http call headers must include ':path', ':method', and ':authority'",
+        ),
+        ("negative timeout", "http call timeout must be >= 0"),
+        (
+            "bad asynchronous flag",
+            "http call asynchronous flag must be 'true', 'false', or empty",
+        ),
+        (
+            "bad option",
+            "\\\"bogus\\\" is not valid key for httpCall() options",
+        ),
+        (
+            "bad timeout",
+            "bad argument #5 to '?' (number expected, got string)",
+        ),
+    ] {
+        assert!(
+            line(label).ends_with(&format!(
+                "[x-t-ok=false] cl=Some(\"{}\") \"[{message}]\"",
+                message.replace('\\', "").len() + 2
+            )),
+            "{}",
+            line(label)
+        );
+    }
+    // No answer in time: the async client's router's `504`.
+    assert!(line("timeout").contains("[x-t-cl=24 x-t-ct=text/plain x-t-status=504]"));
+    assert!(line("refused").ends_with("[x-t-status=503] cl=Some(\"98\") \"upstream connect error or disconnect/reset before headers. reset reason: remote connection failure\""), "{}", line("refused"));
+    // An error the script does not catch: counted, and the request goes on.
+    assert!(line("uncaught").ends_with("[x-t-before=1] \"\""));
+    assert!(line("from the response").contains("x-t-resp-call=200 b GET /from-response"));
+    assert!(got.contains(&"errors=1".to_string()));
+    // A field given twice: its last value, or both when the script asks.
+    assert!(
+        line("duplicate fields").contains("[x-t-all=1,2 x-t-one=2]"),
+        "{}",
+        line("duplicate fields")
+    );
+    // The head goes on before the body, which streams through the script's loop as the
+    // script changes it; after it, the head can no longer change, nor the request be
+    // answered.
+    assert!(line("chunks").ends_with("[x-t-late=false false false /chunks/echo x-upstream=a] cl=Some(\"12\") \"HELLO CHUNKS\" | upstream: POST /chunks/echo host=Some(\"example.com\") cl=Some(\"12\") [x-t-before=1] \"HELLO CHUNKS\""), "{}", line("chunks"));
+    assert!(line("chunks after body()").contains("[x-t-late=false x-upstream=a]"));
+    assert!(
+        line("response chunks")
+            .contains("[x-t-chunked=1 x-upstream=a] cl=Some(\"17\") \"A GET /STATUS/203\""),
+        "{}",
+        line("response chunks")
+    );
+    for path in ["/async", "/async-flag"] {
+        assert!(got.contains(&format!("{path}: 200 [x-t-n=0]")));
+        assert!(got.contains(&format!("{path} sent: Some((\"POST\", \"fire\"))")));
+    }
+}

@@ -33,7 +33,9 @@ use crate::filters::http::jwt_authn::requirement::Fetched;
 use crate::filters::http::jwt_authn::{JwtPerRoute, JwtRequest};
 use crate::filters::http::local_ratelimit::RateLimitPolicy;
 use crate::filters::http::local_ratelimit::{LocalRateLimitFilter, RateLimited};
-use crate::filters::http::lua::stream::{RequestPass, ResponsePass, StreamFacts, TlsFacts};
+use crate::filters::http::lua::stream::{
+    RequestPass, ResponsePass, RunContext, StreamFacts, TlsFacts,
+};
 use crate::filters::http::lua::{LuaFilter, LuaPerRoute};
 use crate::filters::http::rbac::RbacRules;
 use crate::filters::http::rbac::{RbacFilter, RequestView, XffTrust};
@@ -50,6 +52,7 @@ use crate::http::conn_manager::path::{sanitize_path, unescape_slashes};
 use crate::http::conn_manager::service_calls::ext_proc::{
     Processed as ExtProcessed, Session as ExtProcSession,
 };
+use crate::http::conn_manager::service_calls::lua::LuaCaller;
 use crate::http::conn_manager::stream_idle::{StreamIdle, UntilIdle};
 use crate::http::conn_manager::upgrade::{self};
 use crate::http::route::per_filter::{self, FilterConfigs};
@@ -1767,8 +1770,14 @@ async fn lua_request(
         req,
         s.scheme,
         facts,
-        conn.worker,
-        conn.buffer_limit,
+        &RunContext {
+            worker: conn.worker,
+            limit: conn.buffer_limit,
+            caller: &LuaCaller {
+                store: &conn.config.store,
+                worker: conn.worker,
+            },
+        },
     ))
     .await;
     marks.responses.extend(response.map(ResponseStage::Lua));
@@ -1823,7 +1832,18 @@ async fn response_passes(
     for stage in stages.into_iter().rev() {
         // Boxed: their runs would otherwise take room in every request's future.
         match stage {
-            ResponseStage::Lua(pass) => Box::pin(pass.on_response(resp, worker, limit)).await,
+            ResponseStage::Lua(pass) => {
+                let caller = LuaCaller {
+                    store: &s.conn.config.store,
+                    worker,
+                };
+                let cx = RunContext {
+                    worker,
+                    limit,
+                    caller: &caller,
+                };
+                Box::pin(pass.on_response(resp, &cx)).await
+            }
             ResponseStage::ExtProc(session) => {
                 Box::pin(
                     crate::http::conn_manager::service_calls::ext_proc::on_response(

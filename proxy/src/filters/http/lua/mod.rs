@@ -18,6 +18,20 @@
 //!   forwarded, the response sent.
 //! - `respond()` answers the request (details `lua_response`); the response pass still
 //!   runs on that answer, as on every answer (a direct response, a router's reply).
+//! - `httpCall(cluster, headers, body, timeout_ms[, asynchronous])` and its options-table
+//!   form (`timeout_ms`, `asynchronous`, `return_duplicate_headers`; `trace_sampled` and
+//!   `send_xff` taken) send the worker's own request to the cluster (the connection
+//!   manager sends it, `service_calls::lua`); the script waits and gets the answer's
+//!   headers table (`:status` among them) and body (`nil` when empty), a call that got no
+//!   answer the async client's router's local reply (`504 upstream request timeout`,
+//!   `503`). An unknown cluster, missing `:method`/`:path`/`:authority`, a negative
+//!   timeout, a bad flag or option key are Envoy's script errors; what the script got
+//!   before a call it waited for is dead after.
+//! - `bodyChunks()` lets the head go on as the script left it; the body then streams
+//!   through the script's loop, each chunk as the script changed it (`setBytes`). After,
+//!   the head can no longer be changed (`header map can no longer be modified`), `body()`
+//!   and `respond()` are errors, as is `bodyChunks()` after `body()`. An `httpCall()` while
+//!   the body streams is a Courier error (not built).
 //!
 //! Each worker has a VM of its own for every script (a script's globals are per worker,
 //! as Envoy's), made the first time the worker runs it ([`vm`]); the stream handle's API

@@ -8,17 +8,27 @@
 //! whole body) and resumes the script. A yield the handle did not ask for is Envoy's
 //! `script performed an unexpected yield` error.
 //!
+//! `httpCall()` notes the call and yields; the runner hands it to the connection
+//! manager's [`Caller`] (filters never reach the router), and resumes the script with the
+//! answer's headers table and body (`asynchronous`: at once, with nothing).
+//!
+//! `bodyChunks()` lets the head go on as the script left it, and the body passes through
+//! the script's loop (`ChunkBody`): each chunk resumes it, as it changed it; the head can
+//! no longer be changed, nor the request answered.
+//!
 //! Not built (a script calling them gets a Lua error, counted in `errors` as any other):
-//! `httpCall()`, `bodyChunks()`, `setHttp1ReasonPhrase()`, `metadata()`, `verifySignature()`/`importPublicKey()`,
+//! `setHttp1ReasonPhrase()`, `metadata()`, `verifySignature()`/`importPublicKey()`,
 //! `filterContext()`, `route()`, `virtualHost()`, `clearRouteCache()`,
 //! `setUpstreamOverrideHost()`, `stats()`, `connectionStreamInfo()`, and stream info's
 //! dynamic metadata.
 
 use std::cell::{Cell, RefCell};
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
@@ -64,6 +74,59 @@ enum Wait {
     Trailers,
     /// It answered the request (`respond()`).
     Respond,
+    /// For its `httpCall()` (noted in the state's `call`).
+    Call,
+    /// For the body's next chunk (`bodyChunks()`).
+    Chunk,
+}
+
+/// A script's `httpCall()`, as the connection manager sends it.
+pub struct HttpCall {
+    /// The cluster named.
+    pub cluster: String,
+    /// The request's fields as the script gave them (pseudo-headers among them).
+    pub fields: Vec<(String, Vec<u8>)>,
+    /// The body, when the script gave one (sent with its `content-length`).
+    pub body: Option<Vec<u8>>,
+    /// The call's timeout (none: `0`, or not given in the options table).
+    pub timeout: Option<Duration>,
+}
+
+/// What a call's answer gives the script: the `:status` and header fields, and the body.
+pub struct CallAnswer {
+    /// `:status` first, then the answer's fields.
+    pub fields: Vec<(String, Vec<u8>)>,
+    /// The answer's body.
+    pub body: Vec<u8>,
+}
+
+/// Sends scripts' calls: the connection manager's side of `httpCall()`.
+pub trait Caller {
+    /// Whether this worker knows the cluster named `cluster`.
+    fn has_cluster(&self, cluster: &str) -> bool;
+    /// Sends `call` and gives its answer (a failure is answered as Envoy's async client
+    /// answers it: its router's local reply).
+    fn send(&self, call: HttpCall) -> Pin<Box<dyn Future<Output = CallAnswer> + '_>>;
+    /// Sends `call` without waiting for it (`asynchronous`); its answer is dropped.
+    fn send_and_forget(&self, call: HttpCall);
+}
+
+/// What a script's run needs of its stream.
+pub struct RunContext<'a> {
+    /// The worker it runs on.
+    pub worker: usize,
+    /// The most of a body it may wait for whole.
+    pub limit: usize,
+    /// Where its calls go.
+    pub caller: &'a dyn Caller,
+}
+
+/// A call the script made and waits for.
+struct PendingCall {
+    call: HttpCall,
+    asynchronous: bool,
+    /// `return_duplicate_headers`: a field given more than once is a list in the table.
+    duplicates: bool,
 }
 
 /// A head's fields as scripts see them: pseudo-headers first, then the fields in order.
@@ -85,6 +148,13 @@ struct State {
     /// (headers, stream info, …) are then dead, as Envoy's.
     generation: u32,
     reply: Option<(Fields, Option<Vec<u8>>)>,
+    call: Option<PendingCall>,
+    /// The head went on and the body streams through the script (`bodyChunks()`).
+    streaming: bool,
+    /// The body chunk the script was resumed with.
+    chunk: Option<Vec<u8>>,
+    /// Bumped with each chunk: a chunk object is alive while it is the current one.
+    chunk_seq: u32,
     facts: Rc<StreamFacts>,
 }
 
@@ -153,6 +223,9 @@ impl Headers {
         let mut st = self.scope.state.borrow_mut();
         if self.trailers {
             Ok(f(st.trailers.get_or_insert_with(Vec::new)))
+        } else if st.streaming {
+            // The head went on when the body began to stream.
+            Err(runtime("header map can no longer be modified"))
         } else {
             st.fields_changed |= true;
             Ok(f(&mut st.fields))
@@ -259,6 +332,45 @@ impl UserData for Headers {
 
 /// The stream's whole body.
 struct Body(Scoped);
+
+/// A body chunk the script iterates over (`bodyChunks()`), alive until the next one.
+struct Chunk(Shared, u32);
+
+impl Chunk {
+    fn with<R>(&self, f: impl FnOnce(&mut Vec<u8>) -> R) -> mlua::Result<R> {
+        let mut st = self.0.borrow_mut();
+        if st.chunk_seq != self.1 {
+            return Err(runtime("object used outside of proper scope"));
+        }
+        Ok(f(st.chunk.get_or_insert_with(Vec::new)))
+    }
+}
+
+impl UserData for Chunk {
+    fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
+        methods.add_method("length", |_, this, ()| this.with(|c| c.len()));
+        methods.add_method("getBytes", |lua, this, (index, length): (i64, i64)| {
+            let bytes = this.with(|c| {
+                let in_range =
+                    index >= 0 && length >= 0 && (index as u64 + length as u64) <= c.len() as u64;
+                in_range.then(|| c[index as usize..(index + length) as usize].to_vec())
+            })?;
+            match bytes {
+                Some(b) => lua.create_string(&b),
+                None => Err(runtime(
+                    "index/length must be >= 0 and (index + length) must be <= buffer size",
+                )),
+            }
+        });
+        methods.add_method("setBytes", |_, this, bytes: mlua::String| {
+            let bytes = bytes.as_bytes().to_vec();
+            this.with(|c| {
+                *c = bytes;
+                c.len()
+            })
+        });
+    }
+}
 
 impl UserData for Body {
     fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
@@ -402,6 +514,173 @@ fn fields_of(table: &mlua::Table) -> mlua::Result<Fields> {
     Ok(out)
 }
 
+/// A Lua type's name, as Lua's argument errors give it.
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Nil => "nil",
+        Value::Boolean(_) => "boolean",
+        Value::Integer(_) | Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Table(_) => "table",
+        Value::Function(_) => "function",
+        Value::Thread(_) => "thread",
+        _ => "userdata",
+    }
+}
+
+/// `luaL_checkint`: a number, or a string holding one (truncated). Argument errors read
+/// as Envoy's do where a script's `pcall` calls `httpCall` (arguments counted from the
+/// handle, the function unnamed).
+fn check_int(v: Option<&Value>, arg: usize) -> mlua::Result<i64> {
+    let n = match v {
+        Some(Value::Integer(i)) => Some(*i),
+        Some(Value::Number(n)) => Some(*n as i64),
+        Some(Value::String(s)) => s
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().parse::<f64>().ok())
+            .map(|n| n as i64),
+        _ => None,
+    };
+    n.ok_or_else(|| {
+        runtime(format!(
+            "bad argument #{arg} to '?' (number expected, got {})",
+            v.map_or("no value", type_name)
+        ))
+    })
+}
+
+/// Lua's truth (`lua_toboolean`).
+fn truthy(v: &Value) -> bool {
+    !matches!(v, Value::Nil | Value::Boolean(false))
+}
+
+/// `httpCall(cluster, headers, body, timeout_ms[, asynchronous])` or `httpCall(cluster,
+/// headers, body, {options})`, checked as Envoy checks them (the cluster and the
+/// pseudo-headers are checked by the runner, which knows the clusters).
+fn http_call(args: MultiValue) -> mlua::Result<PendingCall> {
+    let args: Vec<Value> = args.into_iter().collect();
+    let mut pending = PendingCall {
+        call: HttpCall {
+            cluster: String::new(),
+            fields: Vec::new(),
+            body: None,
+            timeout: None,
+        },
+        asynchronous: false,
+        duplicates: false,
+    };
+    match args.get(3) {
+        Some(Value::Table(options)) => {
+            for pair in options.pairs::<Value, Value>() {
+                let (k, v) = pair?;
+                let key = match &k {
+                    Value::String(s) => s.to_string_lossy(),
+                    other => {
+                        return Err(runtime(format!(
+                            "httpCall() options key must be a string, got {}",
+                            type_name(other)
+                        )))
+                    }
+                };
+                match key.as_str() {
+                    "asynchronous" => pending.asynchronous = truthy(&v),
+                    "timeout_ms" => {
+                        let ms = match &v {
+                            Value::Integer(i) => *i,
+                            Value::Number(n) if n.fract() == 0.0 => *n as i64,
+                            other => {
+                                return Err(runtime(format!(
+                                    "'timeout_ms' option must be an integer, got {}",
+                                    type_name(other)
+                                )))
+                            }
+                        };
+                        if ms < 0 {
+                            return Err(runtime("http call timeout must be >= 0"));
+                        }
+                        pending.call.timeout = (ms > 0).then(|| Duration::from_millis(ms as u64));
+                    }
+                    "return_duplicate_headers" => pending.duplicates = truthy(&v),
+                    // Courier's worker calls carry no trace span and no `x-forwarded-for`:
+                    // these change nothing Courier sends (DIFFERENCES.md).
+                    "trace_sampled" | "send_xff" => {}
+                    other => {
+                        return Err(runtime(format!(
+                            "\"{other}\" is not valid key for httpCall() options"
+                        )))
+                    }
+                }
+            }
+        }
+        fifth => {
+            if let Some(flag) = args.get(4) {
+                if !matches!(flag, Value::Boolean(_)) {
+                    return Err(runtime(
+                        "http call asynchronous flag must be 'true', 'false', or empty",
+                    ));
+                }
+                pending.asynchronous = truthy(flag);
+            }
+            let ms = check_int(fifth, 5)?;
+            if ms < 0 {
+                return Err(runtime("http call timeout must be >= 0"));
+            }
+            pending.call.timeout = (ms > 0).then(|| Duration::from_millis(ms as u64));
+        }
+    }
+    pending.call.cluster = match args.first() {
+        Some(Value::String(s)) => s.to_string_lossy(),
+        Some(Value::Integer(i)) => i.to_string(),
+        Some(Value::Number(n)) => mlua_number(*n),
+        other => {
+            return Err(runtime(format!(
+                "bad argument #2 to '?' (string expected, got {})",
+                other.map_or("no value", type_name)
+            )))
+        }
+    };
+    let Some(Value::Table(headers)) = args.get(1) else {
+        return Err(runtime(format!(
+            "bad argument #3 to '?' (table expected, got {})",
+            args.get(1).map_or("no value", type_name)
+        )));
+    };
+    pending.call.fields = fields_of(headers)?;
+    pending.call.body = match args.get(2) {
+        None | Some(Value::Nil) => None,
+        Some(v) => Some(text(v).ok_or_else(|| {
+            runtime(format!(
+                "bad argument #4 to '?' (string expected, got {})",
+                type_name(v)
+            ))
+        })?),
+    };
+    Ok(pending)
+}
+
+/// The table a call's answer gives the script: a field's last value (Envoy's table
+/// assignment), or all of them in a list when the script asked for duplicates.
+fn answer_table(lua: &Lua, answer: &CallAnswer, duplicates: bool) -> mlua::Result<mlua::Table> {
+    let table = lua.create_table()?;
+    for (k, v) in &answer.fields {
+        let value = lua.create_string(v)?;
+        if duplicates {
+            match table.raw_get::<Value>(k.as_str())? {
+                Value::Nil => table.raw_set(k.as_str(), value)?,
+                Value::Table(list) => list.raw_push(value)?,
+                first => {
+                    let list = lua.create_sequence_from([first, Value::String(value)])?;
+                    table.raw_set(k.as_str(), list)?;
+                }
+            }
+        } else {
+            table.raw_set(k.as_str(), value)?;
+        }
+    }
+    Ok(table)
+}
+
 fn not_supported(name: &'static str) -> impl Fn(&Lua, &Handle, MultiValue) -> mlua::Result<()> {
     move |_, _, _| Err(runtime(format!("{name}() is not supported by Courier")))
 }
@@ -416,6 +695,12 @@ impl UserData for Handle {
         });
         methods.add_method("waitBody", |_, this, ()| {
             let mut st = this.0.borrow_mut();
+            if st.streaming {
+                return Err(runtime(match st.end_stream {
+                    true => "cannot call body() after body has been streamed",
+                    false => "cannot call body() after body streaming has started",
+                }));
+            }
             let wait = !st.end_stream && st.body.is_none();
             if wait {
                 st.wait = Some(Wait::Body);
@@ -434,7 +719,7 @@ impl UserData for Handle {
         });
         methods.add_method("waitTrailers", |_, this, ()| {
             let mut st = this.0.borrow_mut();
-            let wait = !st.end_stream && st.body.is_none();
+            let wait = !st.end_stream && (st.body.is_none() || st.streaming);
             if wait {
                 st.wait = Some(Wait::Trailers);
             }
@@ -455,6 +740,11 @@ impl UserData for Handle {
             "respond",
             |_, this, (headers, body): (mlua::Table, Option<mlua::String>)| {
                 let mut st = this.0.borrow_mut();
+                if st.streaming {
+                    return Err(runtime(
+                        "respond() cannot be called if headers have been continued",
+                    ));
+                }
                 if st.response {
                     return Err(runtime(
                         "respond not currently supported in the response path",
@@ -521,9 +811,37 @@ impl UserData for Handle {
                 )),
             }
         });
+        // An error is handed to the prelude to raise (a Rust error would reach a script's
+        // `pcall` wrapped, where Envoy's is the message alone).
+        methods.add_method("httpCall", |_, this, args: MultiValue| {
+            match http_call(args) {
+                Ok(pending) => {
+                    let mut st = this.0.borrow_mut();
+                    st.call = Some(pending);
+                    st.wait = Some(Wait::Call);
+                    Ok((true, None))
+                }
+                Err(e) => Ok((false, Some(vm::message(&e)))),
+            }
+        });
+        methods.add_method("bodyChunks", |_, this, ()| {
+            let st = this.0.borrow();
+            if st.body.is_some() || st.streaming {
+                return Err(runtime(
+                    "cannot call bodyChunks after body processing has begun",
+                ));
+            }
+            Ok(())
+        });
+        methods.add_method("waitChunk", |_, this, ()| {
+            let mut st = this.0.borrow_mut();
+            let wait = !st.end_stream;
+            if wait {
+                st.wait = Some(Wait::Chunk);
+            }
+            Ok(wait)
+        });
         for name in [
-            "httpCall",
-            "bodyChunks",
             "metadata",
             "importPublicKey",
             "verifySignature",
@@ -545,26 +863,29 @@ impl UserData for Handle {
 /// them.
 struct Ran {
     state: State,
+    /// The script iterates over the body's chunks: it goes on as they pass.
+    chunks: Option<Chunks>,
 }
 
 /// Runs `function` (a script's `envoy_on_request` or `envoy_on_response`) on `state`,
 /// reading the body from `body` when the script waits for it. A runtime error is counted
 /// and logged, and what the script did until then stands (as Envoy's).
 async fn run(
-    ws: &WorkerScript,
+    ws: &Rc<WorkerScript>,
     function: &mlua::Function,
-    stats: &LuaStats,
-    worker: usize,
+    stats: &Arc<LuaStats>,
     state: State,
     body: &mut ProxyBody,
-    limit: usize,
+    cx: &RunContext<'_>,
 ) -> Result<Ran, TooLarge> {
+    let (worker, limit, caller) = (cx.worker, cx.limit, cx.caller);
     let shared: Shared = Rc::new(RefCell::new(state));
     stats.executions.inc(worker);
     let failed = |e: String| {
         stats.errors.inc(worker);
         tracing::error!("script log: {e}");
     };
+    let mut chunks = None;
     let started = ws
         .lua
         .create_userdata(Handle(shared.clone()))
@@ -583,12 +904,24 @@ async fn run(
                     break;
                 }
                 let wait = shared.borrow_mut().wait.take();
+                args = MultiValue::new();
                 match wait {
                     None => {
                         failed("script performed an unexpected yield".into());
                         break;
                     }
                     Some(Wait::Respond) => break,
+                    Some(Wait::Chunk) => {
+                        chunks = Some(Chunks {
+                            ws: ws.clone(),
+                            thread,
+                            shared: shared.clone(),
+                            stats: stats.clone(),
+                            worker,
+                            trailers: false,
+                        });
+                        break;
+                    }
                     Some(Wait::Body | Wait::Trailers) => {
                         let (data, trailers) = read_whole(body, limit).await?;
                         let mut st = shared.borrow_mut();
@@ -597,8 +930,18 @@ async fn run(
                         st.end_stream = true;
                         st.generation += 1;
                     }
+                    Some(Wait::Call) => {
+                        let pending = shared.borrow_mut().call.take();
+                        let Some(pending) = pending else { break };
+                        match call(&ws.lua, caller, &shared, pending).await {
+                            Ok(values) => args = values,
+                            Err(e) => {
+                                failed(vm::message(&e));
+                                break;
+                            }
+                        }
+                    }
                 }
-                args = MultiValue::new();
             }
         }
     }
@@ -616,9 +959,215 @@ async fn run(
         wait: None,
         generation: u32::MAX,
         reply: None,
+        call: None,
+        streaming: false,
+        chunk: None,
+        chunk_seq: 0,
         facts,
     });
-    Ok(Ran { state })
+    if chunks.is_some() {
+        // The script goes on with the body: its head went on as it stands.
+        let mut st = shared.borrow_mut();
+        st.response = state.response;
+        st.fields = state.fields.clone();
+        st.end_stream = false;
+        st.generation = state.generation + 1;
+        st.streaming = true;
+    }
+    Ok(Ran { state, chunks })
+}
+
+/// A script that iterates over the body's chunks, resumed as each passes.
+struct Chunks {
+    ws: Rc<WorkerScript>,
+    thread: mlua::Thread,
+    shared: Shared,
+    stats: Arc<LuaStats>,
+    worker: usize,
+    /// It waits for the trailers: the chunks pass untouched until then.
+    trailers: bool,
+}
+
+impl Chunks {
+    fn failed(&self, e: &str) {
+        self.stats.errors.inc(self.worker);
+        tracing::error!("script log: {e}");
+    }
+
+    /// Resumes the script with `args`; whether it still waits for more of the body.
+    fn resume(&mut self, args: MultiValue) -> bool {
+        if let Err(e) = self.thread.resume::<MultiValue>(args) {
+            self.failed(&vm::message(&e));
+            return false;
+        }
+        if self.thread.status() != ThreadStatus::Resumable {
+            return false;
+        }
+        let wait = self.shared.borrow_mut().wait.take();
+        match wait {
+            Some(Wait::Chunk) => true,
+            Some(Wait::Trailers) => {
+                self.trailers = true;
+                true
+            }
+            None => {
+                self.failed("script performed an unexpected yield");
+                false
+            }
+            Some(_) => {
+                self.failed("httpCall() while the body streams is not supported by Courier");
+                false
+            }
+        }
+    }
+
+    /// `data` passes (ending the body when `end`): the script sees it, and may change it.
+    fn chunk(&mut self, data: Bytes, end: bool) -> (Bytes, bool) {
+        if end {
+            self.shared.borrow_mut().end_stream = true;
+        }
+        if self.trailers {
+            // A body that ends without trailers: `trailers()` gives none.
+            let more = !end || self.resume(MultiValue::new());
+            return (data, more);
+        }
+        let seq = {
+            let mut st = self.shared.borrow_mut();
+            st.chunk_seq += 1;
+            st.chunk = Some(data.to_vec());
+            st.chunk_seq
+        };
+        let args = match self.ws.lua.create_userdata(Chunk(self.shared.clone(), seq)) {
+            Ok(u) => MultiValue::from_iter([Value::UserData(u)]),
+            Err(e) => {
+                self.failed(&vm::message(&e));
+                return (data, false);
+            }
+        };
+        let more = self.resume(args);
+        let mut st = self.shared.borrow_mut();
+        st.chunk_seq += 1;
+        let out = st.chunk.take().map_or(data, Bytes::from);
+        (out, more)
+    }
+
+    /// The body ended (with `trailers`, if it has them): the script sees no more chunks.
+    fn end(&mut self, trailers: Option<&http::HeaderMap>) {
+        {
+            let mut st = self.shared.borrow_mut();
+            st.end_stream = true;
+            st.trailers = trailers.map(|t| fields_from(Vec::new(), t, false));
+        }
+        if self.resume(MultiValue::new()) {
+            self.failed("script performed an unexpected yield");
+        }
+    }
+}
+
+/// A body passing through a script's `bodyChunks()` loop.
+struct ChunkBody {
+    inner: ProxyBody,
+    script: Option<Chunks>,
+}
+
+type Polled =
+    std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, crate::http::codec::body::BoxError>>>;
+
+impl crate::http::codec::body::BodyTransform for ChunkBody {
+    fn poll_frame(&mut self, cx: &mut std::task::Context<'_>) -> Polled {
+        use std::task::Poll;
+        let frame = match std::pin::Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(f) => f,
+        };
+        let Some(script) = self.script.as_mut() else {
+            return Poll::Ready(frame);
+        };
+        match frame {
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => {
+                    let end = self.inner.is_end_stream();
+                    let (out, more) = script.chunk(data, end);
+                    if !more || end {
+                        self.script = None;
+                    }
+                    Poll::Ready(Some(Ok(hyper::body::Frame::data(out))))
+                }
+                Err(frame) => {
+                    script.end(frame.trailers_ref());
+                    self.script = None;
+                    Poll::Ready(Some(Ok(frame)))
+                }
+            },
+            None => {
+                script.end(None);
+                self.script = None;
+                Poll::Ready(None)
+            }
+            Some(Err(e)) => {
+                self.script = None;
+                Poll::Ready(Some(Err(e)))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+}
+
+/// `body` passed through the script's `bodyChunks()` loop, when it runs one.
+fn through_chunks(body: &mut ProxyBody, chunks: Option<Chunks>) {
+    if let Some(script) = chunks {
+        let inner = std::mem::replace(body, ProxyBody::empty());
+        *body = ProxyBody::filtered(ChunkBody {
+            inner,
+            script: Some(script),
+        });
+    }
+}
+
+/// Makes a script's call, as Envoy checks and sends it: what the prelude resumes with
+/// (`"err", message` for the script to raise, `"none"` for a call not waited for, `"ok",
+/// headers, body` for an answer).
+async fn call(
+    lua: &Lua,
+    caller: &dyn Caller,
+    shared: &Shared,
+    pending: PendingCall,
+) -> mlua::Result<MultiValue> {
+    let raise = |msg: &str| -> mlua::Result<MultiValue> {
+        Ok(MultiValue::from_iter([
+            Value::String(lua.create_string("err")?),
+            Value::String(lua.create_string(msg)?),
+        ]))
+    };
+    if !caller.has_cluster(&pending.call.cluster) {
+        return raise("http call cluster invalid. Must be configured");
+    }
+    let has = |name: &str| pending.call.fields.iter().any(|(k, _)| k == name);
+    if !(has(":path") && has(":method") && has(":authority")) {
+        return raise("http call headers must include ':path', ':method', and ':authority'");
+    }
+    if pending.asynchronous {
+        caller.send_and_forget(pending.call);
+        return Ok(MultiValue::from_iter([Value::String(
+            lua.create_string("none")?,
+        )]));
+    }
+    let answer = caller.send(pending.call).await;
+    // As Envoy's: what the script got before it waited is dead after.
+    shared.borrow_mut().generation += 1;
+    let table = answer_table(lua, &answer, pending.duplicates)?;
+    let body = match answer.body.is_empty() {
+        true => Value::Nil,
+        false => Value::String(lua.create_string(&answer.body)?),
+    };
+    Ok(MultiValue::from_iter([
+        Value::String(lua.create_string("ok")?),
+        Value::Table(table),
+        body,
+    ]))
 }
 
 /// A body past the stream's buffer limit, while a script waited for it whole.
@@ -732,9 +1281,9 @@ pub async fn on_request(
     req: &mut Request<ProxyBody>,
     scheme: &str,
     facts: Rc<StreamFacts>,
-    worker: usize,
-    limit: usize,
+    cx: &RunContext<'_>,
 ) -> (RequestPass, Option<ResponsePass>) {
+    let worker = cx.worker;
     let ws = match vm::worker_script(script) {
         Ok(ws) => ws,
         Err(e) => {
@@ -781,13 +1330,18 @@ pub async fn on_request(
         wait: None,
         generation: 0,
         reply: None,
+        call: None,
+        streaming: false,
+        chunk: None,
+        chunk_seq: 0,
         facts,
     };
-    let ran = match run(&ws, &function, stats, worker, state, req.body_mut(), limit).await {
+    let ran = match run(&ws, &function, stats, state, req.body_mut(), cx).await {
         Ok(ran) => ran,
         Err(TooLarge) => return (RequestPass::TooLarge, response),
     };
     let st = ran.state;
+    through_chunks(req.body_mut(), ran.chunks);
     if let Some((fields, body)) = st.reply {
         return (
             RequestPass::Respond(Box::new(reply(fields, body))),
@@ -873,7 +1427,7 @@ fn reply(fields: Fields, body: Option<Vec<u8>>) -> Response<ProxyBody> {
 impl ResponsePass {
     /// Runs the script's `envoy_on_response` on `resp`. A body past `limit`, when the
     /// script waits for it whole, is a `500`.
-    pub async fn on_response(self, resp: &mut Response<ProxyBody>, worker: usize, limit: usize) {
+    pub async fn on_response(self, resp: &mut Response<ProxyBody>, cx: &RunContext<'_>) {
         let Some(function) = self.ws.on_response.clone() else {
             return;
         };
@@ -892,20 +1446,18 @@ impl ResponsePass {
             wait: None,
             generation: 0,
             reply: None,
+            call: None,
+            streaming: false,
+            chunk: None,
+            chunk_seq: 0,
             facts: self.facts,
         };
-        let ran = run(
-            &self.ws,
-            &function,
-            &self.stats,
-            worker,
-            state,
-            resp.body_mut(),
-            limit,
-        )
-        .await;
+        let ran = run(&self.ws, &function, &self.stats, state, resp.body_mut(), cx).await;
         let st = match ran {
-            Ok(ran) => ran.state,
+            Ok(ran) => {
+                through_chunks(resp.body_mut(), ran.chunks);
+                ran.state
+            }
             Err(TooLarge) => {
                 *resp = crate::http::conn_manager::local_reply::local_reply(
                     StatusCode::INTERNAL_SERVER_ERROR,

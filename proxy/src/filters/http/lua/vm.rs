@@ -4,7 +4,7 @@
 //! holds is dropped the next time the worker makes one.
 //!
 //! Each VM runs a small prelude before the script: the stream handle's methods that wait
-//! (`body()`, `trailers()`) or end the script (`respond()`) yield the script's coroutine
+//! (`body()`, `trailers()`, `httpCall()`) or end the script (`respond()`) yield the script's coroutine
 //! from Lua, after the handle's Rust side noted why ([`super::stream`]).
 
 use std::cell::RefCell;
@@ -24,7 +24,7 @@ local H = {}
 H.__index = H
 local plain = { "headers", "streamInfo", "connection", "metadata", "logTrace", "logDebug",
   "logInfo", "logWarn", "logErr", "logCritical", "base64Escape", "timestamp",
-  "timestampString", "httpCall", "bodyChunks", "importPublicKey", "verifySignature",
+  "timestampString", "importPublicKey", "verifySignature",
   "filterContext", "connectionStreamInfo", "route", "virtualHost", "clearRouteCache",
   "setUpstreamOverrideHost", "base64Decode", "stats" }
 for i = 1, #plain do
@@ -43,6 +43,22 @@ function H:trailers()
   local u = rawget(self, 1)
   if u:waitTrailers() then yield() end
   return u:trailers()
+end
+-- Its errors are raised here, at the script's line (none when a C function such as
+-- `pcall` called it), as Envoy raises them.
+function H:httpCall(...)
+  local ok, e = rawget(self, 1):httpCall(...)
+  if not ok then error(e, 2) end
+  local how, a, b = yield()
+  if how == "err" then error(a, 2) end
+  if how == "ok" then return a, b end
+end
+function H:bodyChunks()
+  local u = rawget(self, 1)
+  u:bodyChunks()
+  return function()
+    if u:waitChunk() then return yield() end
+  end
 end
 function H:respond(...)
   rawget(self, 1):respond(...)
@@ -73,7 +89,12 @@ thread_local! {
 /// it).
 pub(crate) fn message(e: &mlua::Error) -> String {
     match e {
-        mlua::Error::RuntimeError(m) | mlua::Error::SyntaxError { message: m, .. } => m.clone(),
+        // Without the traceback mlua adds: Envoy logs the message alone.
+        mlua::Error::RuntimeError(m) => m
+            .split_once("\nstack traceback:")
+            .map_or(m.as_str(), |(m, _)| m)
+            .to_string(),
+        mlua::Error::SyntaxError { message: m, .. } => m.clone(),
         mlua::Error::CallbackError { cause, .. } => message(cause),
         mlua::Error::WithContext { cause, .. } => message(cause),
         other => other.to_string(),

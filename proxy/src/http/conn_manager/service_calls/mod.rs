@@ -9,10 +9,12 @@
 //! - [`ratelimit`]: a global rate limit check.
 //! - [`jwks`]: the remote key sets JWT providers verify tokens with.
 //! - [`oauth2`]: the OAuth2 filter's token endpoint calls (code exchange, refresh).
+//! - [`lua`]: a Lua script's `httpCall()`.
 
 pub mod ext_authz;
 pub mod ext_proc;
 pub mod jwks;
+pub mod lua;
 pub mod oauth2;
 pub mod ratelimit;
 

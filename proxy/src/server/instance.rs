@@ -661,6 +661,12 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     }
 
     let exit_code = super::drain::run_until_shutdown(server.clone()).await;
+    // The last generation leaves no version behind: no next epoch can find a parent now.
+    if !server.hot_restart.handed_over.get() {
+        if let Some(c) = &server.hot_restart.config {
+            super::hot_restart::unpublish_version(c);
+        }
+    }
     // A last flush on the way out, as Envoy's `terminate()` does.
     server.flush_stats();
     // The next generations may reuse this epoch's socket name.

@@ -226,6 +226,16 @@ pub fn publish_version(config: &HotRestartConfig) {
     }
 }
 
+/// Removes the version a last generation published, as it exits.
+pub fn unpublish_version(config: &HotRestartConfig) {
+    let path = config.version_file();
+    if let Err(e) = std::fs::remove_file(&path) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!(path = %path.display(), error = %e, "cannot remove the hot restart version");
+        }
+    }
+}
+
 /// Checks that the running generation speaks our version (a child, before anything else).
 pub fn check_version(config: &HotRestartConfig) -> Result<(), HotRestartError> {
     let path = config.version_file();

@@ -25,16 +25,22 @@ if command -v envoy >/dev/null; then
 fi
 # Fuzz smoke run (cargo-fuzz, libFuzzer): the HTTP/1 parsing path, the route matcher and
 # the upstream HTTP/1 client's response parsing, the header sanitation before forwarding,
-# from the committed seeds. cargo-fuzz passes nightly-only flags; RUSTC_BOOTSTRAP lets the
-# stable toolchain accept them, and `--sanitizer none` needs no sanitizer runtime. Any
-# crash fails the run (the input is saved under proxy/fuzz/artifacts/).
-if [ "${COURIER_FUZZ_SECONDS:-30}" != 0 ]; then
+# and the parsers of the filters a peer feeds (JWTs, JWKS and cookies; gRPC-Web's framing;
+# basic auth credentials and htpasswd; services' gRPC answers to ext_authz and the rate
+# limit filter), from the committed seeds. cargo-fuzz passes nightly-only flags;
+# RUSTC_BOOTSTRAP lets the stable toolchain accept them, and `--sanitizer none` needs no
+# sanitizer runtime. The targets are built once, then each runs COURIER_FUZZ_SECONDS (8
+# targets: the step stays within about 4 minutes with its build). Any crash fails the run
+# (the input is saved under proxy/fuzz/artifacts/).
+FUZZ_TARGETS="http1_parse route_match upstream_h1_response header_sanitation jwt_authn grpc_web basic_auth grpc_answers"
+if [ "${COURIER_FUZZ_SECONDS:-15}" != 0 ]; then
   command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked --version 0.13.2
-  for target in http1_parse route_match upstream_h1_response header_sanitation; do
+  (cd proxy/fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz build --sanitizer none)
+  for target in $FUZZ_TARGETS; do
     corpus="$PWD/proxy/fuzz/corpus/$target"
     mkdir -p "$corpus"
     (cd proxy/fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run --sanitizer none "$target" \
-      "$corpus" "$PWD/seeds/$target" -- -max_total_time="${COURIER_FUZZ_SECONDS:-30}")
+      "$corpus" "$PWD/seeds/$target" -- -max_total_time="${COURIER_FUZZ_SECONDS:-15}")
   done
 fi
 if [ -d helm/tests ]; then

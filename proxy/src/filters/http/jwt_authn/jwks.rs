@@ -1,6 +1,7 @@
 //! A provider's JSON Web Key Set and the signature check against it
 //! (jwt_verify_lib's `verifyJwtWithoutTimeChecking`), on aws-lc-rs.
 
+use aws_lc_rs::signature::{ParsedPublicKey, RsaParameters, RsaPublicKeyComponents};
 use aws_lc_rs::{hmac, signature};
 use base64::Engine;
 use serde_json::Value;
@@ -8,18 +9,34 @@ use serde_json::Value;
 use super::jwt::{Alg, Jwt, B64URL};
 use super::status::Status;
 
-/// One key's material.
+/// One key's material. Public keys are parsed once, with the set: building an RSA key
+/// (its Montgomery context) costs several times its signature check, which runs on every
+/// request (Envoy's jwt_verify_lib keeps its parsed keys too). A key whose material does
+/// not make a key (`None`) verifies nothing, as when it was parsed at each check.
 enum Material {
-    /// `kty: RSA`: modulus and exponent.
-    Rsa { n: Vec<u8>, e: Vec<u8> },
-    /// `kty: EC`: its curve's verification (by the `alg` it serves) and the point
-    /// (uncompressed: `04 || x || y`).
-    Ec { alg: Alg, point: Vec<u8> },
+    /// `kty: RSA`: the key for each algorithm of [`RSA_ALGS`] it may serve (the one its
+    /// `alg` names, or all).
+    Rsa(Box<[Option<ParsedPublicKey>; 6]>),
+    /// `kty: EC`: the `alg` it serves (by its `alg` or curve) and the key.
+    Ec {
+        alg: Alg,
+        key: Option<ParsedPublicKey>,
+    },
     /// `kty: oct`: an HMAC secret.
     Oct(Vec<u8>),
     /// `kty: OKP`, `crv: Ed25519`.
-    Ed25519(Vec<u8>),
+    Ed25519(Option<ParsedPublicKey>),
 }
+
+/// The RSA algorithms, their names and aws-lc-rs's verifications.
+const RSA_ALGS: [(Alg, &str, &RsaParameters); 6] = [
+    (Alg::Rs256, "RS256", &signature::RSA_PKCS1_2048_8192_SHA256),
+    (Alg::Rs384, "RS384", &signature::RSA_PKCS1_2048_8192_SHA384),
+    (Alg::Rs512, "RS512", &signature::RSA_PKCS1_2048_8192_SHA512),
+    (Alg::Ps256, "PS256", &signature::RSA_PSS_2048_8192_SHA256),
+    (Alg::Ps384, "PS384", &signature::RSA_PSS_2048_8192_SHA384),
+    (Alg::Ps512, "PS512", &signature::RSA_PSS_2048_8192_SHA512),
+];
 
 /// A key of the set.
 struct Jwk {
@@ -102,10 +119,14 @@ impl Jwk {
                 if !alg.is_empty() && !alg.starts_with("RS") && !alg.starts_with("PS") {
                     return None;
                 }
-                Material::Rsa {
-                    n: b64_field(key, "n")?,
-                    e: b64_field(key, "e")?,
-                }
+                let (n, e) = (b64_field(key, "n")?, b64_field(key, "e")?);
+                let components = RsaPublicKeyComponents { n: &n, e: &e };
+                Material::Rsa(Box::new(RSA_ALGS.map(|(_, name, params)| {
+                    if !alg.is_empty() && alg != name {
+                        return None;
+                    }
+                    components.to_parsed_public_key(params).ok()
+                })))
             }
             "EC" => {
                 let by_alg = match alg.as_str() {
@@ -132,7 +153,15 @@ impl Jwk {
                 point.push(4);
                 point.extend_from_slice(&x);
                 point.extend_from_slice(&y);
-                Material::Ec { alg, point }
+                let params = match alg {
+                    Alg::Es384 => &signature::ECDSA_P384_SHA384_FIXED,
+                    Alg::Es512 => &signature::ECDSA_P521_SHA512_FIXED,
+                    _ => &signature::ECDSA_P256_SHA256_FIXED,
+                };
+                Material::Ec {
+                    alg,
+                    key: ParsedPublicKey::new(params, &point).ok(),
+                }
             }
             "oct" => {
                 if !alg.is_empty() && !alg.starts_with("HS") {
@@ -148,7 +177,7 @@ impl Jwk {
                 if x.len() != 32 {
                     return None;
                 }
-                Material::Ed25519(x)
+                Material::Ed25519(ParsedPublicKey::new(&signature::ED25519, &x).ok())
             }
             _ => return None,
         };
@@ -160,30 +189,13 @@ impl Jwk {
         let msg = jwt.signed.as_bytes();
         let sig = jwt.signature.as_slice();
         match (&self.material, jwt.alg) {
-            (Material::Rsa { n, e }, alg) => {
-                let params = match alg {
-                    Alg::Rs256 => &signature::RSA_PKCS1_2048_8192_SHA256,
-                    Alg::Rs384 => &signature::RSA_PKCS1_2048_8192_SHA384,
-                    Alg::Rs512 => &signature::RSA_PKCS1_2048_8192_SHA512,
-                    Alg::Ps256 => &signature::RSA_PSS_2048_8192_SHA256,
-                    Alg::Ps384 => &signature::RSA_PSS_2048_8192_SHA384,
-                    Alg::Ps512 => &signature::RSA_PSS_2048_8192_SHA512,
-                    _ => return false,
-                };
-                signature::RsaPublicKeyComponents { n, e }
-                    .verify(params, msg, sig)
-                    .is_ok()
-            }
-            (Material::Ec { alg, point }, jwt_alg) if *alg == jwt_alg => {
-                let params = match alg {
-                    Alg::Es256 => &signature::ECDSA_P256_SHA256_FIXED,
-                    Alg::Es384 => &signature::ECDSA_P384_SHA384_FIXED,
-                    Alg::Es512 => &signature::ECDSA_P521_SHA512_FIXED,
-                    _ => return false,
-                };
-                signature::UnparsedPublicKey::new(params, point)
-                    .verify(msg, sig)
-                    .is_ok()
+            (Material::Rsa(keys), alg) => RSA_ALGS
+                .iter()
+                .position(|(a, _, _)| *a == alg)
+                .and_then(|i| keys[i].as_ref())
+                .is_some_and(|k| k.verify_sig(msg, sig).is_ok()),
+            (Material::Ec { alg, key }, jwt_alg) if *alg == jwt_alg => {
+                key.as_ref().is_some_and(|k| k.verify_sig(msg, sig).is_ok())
             }
             (Material::Oct(secret), alg) => {
                 let algorithm = match alg {
@@ -194,10 +206,8 @@ impl Jwk {
                 };
                 hmac::verify(&hmac::Key::new(algorithm, secret), msg, sig).is_ok()
             }
-            (Material::Ed25519(x), Alg::EdDsa) => {
-                signature::UnparsedPublicKey::new(&signature::ED25519, x)
-                    .verify(msg, sig)
-                    .is_ok()
+            (Material::Ed25519(key), Alg::EdDsa) => {
+                key.as_ref().is_some_and(|k| k.verify_sig(msg, sig).is_ok())
             }
             _ => false,
         }
@@ -265,6 +275,61 @@ mod tests {
             other.kid = "k2".into();
             assert_eq!(jwks.verify(&other), Err(Status::JwksKidAlgMismatch), "{t}");
         }
+    }
+
+    /// An RSA key, parsed with its set, verifies each algorithm it serves: all of them
+    /// without an `alg`, only its own with one.
+    #[test]
+    fn rsa_keys_verify_the_algorithms_they_serve() {
+        use aws_lc_rs::rsa::KeySize;
+        use aws_lc_rs::signature::{RsaEncoding, RsaKeyPair};
+        let rng = aws_lc_rs::rand::SystemRandom::new();
+        let rsa = RsaKeyPair::generate(KeySize::Rsa2048).expect("rsa");
+        // PKCS#1 `RSAPublicKey` of a 2048-bit key: a 257-byte `n` (a sign byte first), `e`.
+        let der = rsa.public_key().as_ref();
+        assert_eq!(
+            der[..9],
+            [0x30, 0x82, 0x01, 0x0a, 0x02, 0x82, 0x01, 0x01, 0x00]
+        );
+        assert_eq!(der[265..267], [0x02, 0x03]);
+        let (n, e) = (&der[9..265], &der[267..]);
+        let set = |alg: &str| {
+            Jwks::parse(&format!(
+                r#"{{"keys":[{{"kty":"RSA","kid":"k1",{alg}"n":"{}","e":"{}"}}]}}"#,
+                b64(n),
+                b64(e)
+            ))
+            .expect("jwks")
+        };
+        let (any, rs256) = (set(""), set(r#""alg":"RS256","#));
+        let encodings: [(&str, &'static dyn RsaEncoding); 3] = [
+            ("RS256", &signature::RSA_PKCS1_SHA256),
+            ("RS512", &signature::RSA_PKCS1_SHA512),
+            ("PS384", &signature::RSA_PSS_SHA384),
+        ];
+        for (alg, encoding) in encodings {
+            let t = token(alg, |m| {
+                let mut sig = vec![0; rsa.public_modulus_len()];
+                rsa.sign(encoding, &rng, m, &mut sig).expect("sign");
+                sig
+            });
+            let jwt = Jwt::parse(&t).expect("parses");
+            assert_eq!(any.verify(&jwt), Ok(()), "{alg}");
+            let want = match alg {
+                "RS256" => Ok(()),
+                _ => Err(Status::JwksKidAlgMismatch),
+            };
+            assert_eq!(rs256.verify(&jwt), want, "{alg}");
+            let mut bad = Jwt::parse(&t).expect("parses");
+            bad.signature[7] ^= 1;
+            assert_eq!(any.verify(&bad), Err(Status::JwtVerificationFail), "{alg}");
+        }
+        // Components that make no key verify nothing, as before they were parsed once.
+        let broken =
+            Jwks::parse(r#"{"keys":[{"kty":"RSA","n":"AQAB","e":"AQAB"}]}"#).expect("kept");
+        let t = token("RS256", |_| vec![1; 256]);
+        let jwt = Jwt::parse(&t).expect("parses");
+        assert_eq!(broken.verify(&jwt), Err(Status::JwtVerificationFail));
     }
 
     #[test]

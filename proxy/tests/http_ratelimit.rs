@@ -129,7 +129,7 @@ const ROUTES: &str = r#"            name: local
                     "@type": type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimitPerRoute
                     domain: other
                     rate_limits:
-                    - actions: [{ request_headers: { header_name: x-user, descriptor_key: user } }, { generic_key: { descriptor_value: own } }]
+                    - actions: [{ request_headers: { header_name: x-user, descriptor_key: user } }, { generic_key: { descriptor_value: own } }, { request_headers: { header_name: ":path", descriptor_key: path } }]
               - match: { prefix: "/direct" }
                 direct_response: { status: 200, body: { inline_string: direct } }
               - match: { prefix: "/include" }

@@ -268,7 +268,7 @@ pub struct HeaderMatcher {
 /// What a header matcher looks at: a header, or one of the pseudo-headers a `HeaderMap`
 /// does not hold.
 #[derive(Clone)]
-enum MatchedName {
+pub(crate) enum MatchedName {
     Header(HeaderName),
     Method,
     Path,
@@ -277,6 +277,41 @@ enum MatchedName {
     Status,
     /// Another pseudo-header: never present.
     OtherPseudo,
+}
+
+impl MatchedName {
+    /// What the header name `name` (at `path`) names: a header, or a pseudo-header (`host`
+    /// is `:authority`, as Envoy's header map holds it).
+    pub(crate) fn compile(name: &str, path: &str) -> Result<MatchedName, ConfigError> {
+        Ok(match name.to_ascii_lowercase().as_str() {
+            ":method" => MatchedName::Method,
+            ":path" => MatchedName::Path,
+            ":authority" | "host" => MatchedName::Authority,
+            ":scheme" => MatchedName::Scheme,
+            ":status" => MatchedName::Status,
+            n if n.starts_with(':') => MatchedName::OtherPseudo,
+            _ => MatchedName::Header(header_name(name, path)?),
+        })
+    }
+
+    /// The first value of what it names in a message with `headers` and `pseudo`.
+    pub(crate) fn first<'a>(
+        &self,
+        headers: &'a HeaderMap,
+        pseudo: &Pseudo<'a>,
+    ) -> Option<Cow<'a, str>> {
+        match self {
+            MatchedName::Header(name) => headers
+                .get(name)
+                .map(|v| String::from_utf8_lossy(v.as_bytes())),
+            MatchedName::Method => pseudo.method.map(Cow::Borrowed),
+            MatchedName::Path => pseudo.path.map(Cow::Borrowed),
+            MatchedName::Authority => pseudo.authority.map(Cow::Borrowed),
+            MatchedName::Scheme => pseudo.scheme.map(Cow::Borrowed),
+            MatchedName::Status => pseudo.status.map(|s| Cow::Owned(s.to_string())),
+            MatchedName::OtherPseudo => None,
+        }
+    }
 }
 
 /// The pseudo-headers of the message a [`HeaderMatcher`] looks at (`:method`, `:path`
@@ -1047,15 +1082,7 @@ pub fn compile_header_matcher(
     path: &str,
 ) -> Result<HeaderMatcher, ConfigError> {
     use pb::header_matcher::HeaderMatchSpecifier as S;
-    let name = match h.name.to_ascii_lowercase().as_str() {
-        ":method" => MatchedName::Method,
-        ":path" => MatchedName::Path,
-        ":authority" | "host" => MatchedName::Authority,
-        ":scheme" => MatchedName::Scheme,
-        ":status" => MatchedName::Status,
-        n if n.starts_with(':') => MatchedName::OtherPseudo,
-        _ => MatchedName::Header(header_name(&h.name, &format!("{path}.name"))?),
-    };
+    let name = MatchedName::compile(&h.name, &format!("{path}.name"))?;
     let test = match &h.header_match_specifier {
         Some(S::ExactMatch(s)) => HeaderTest::Str(StrMatch::Exact(s.clone(), false)),
         Some(S::SafeRegexMatch(r)) => HeaderTest::Str(StrMatch::Regex(compile_regex(

@@ -15,10 +15,10 @@
 use std::net::IpAddr;
 
 use courier_proto::envoy::config::route::v3 as pb;
-use http::header::{HeaderMap, HeaderName};
+use http::header::HeaderMap;
 
 use super::{
-    compile_header_matcher, header_name, ClusterSpec, HeaderMatcher, Pseudo, RouteAction,
+    compile_header_matcher, ClusterSpec, HeaderMatcher, MatchedName, Pseudo, RouteAction,
     VirtualHost,
 };
 use crate::config::ConfigError;
@@ -52,7 +52,7 @@ enum Action {
     SourceCluster,
     DestinationCluster,
     RequestHeaders {
-        name: HeaderName,
+        name: MatchedName,
         key: String,
         skip_if_absent: bool,
     },
@@ -95,12 +95,9 @@ impl Action {
                 name,
                 key,
                 skip_if_absent,
-            } => match facts.headers.get(name) {
+            } => match name.first(facts.headers, &facts.pseudo) {
                 // As Envoy: the first value of a repeated header.
-                Some(v) => Produced::Entry((
-                    key.clone(),
-                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                )),
+                Some(v) => Produced::Entry((key.clone(), v.into_owned())),
                 None if *skip_if_absent => Produced::Skipped,
                 None => Produced::Failed,
             },
@@ -293,7 +290,8 @@ fn compile_action(a: &pb::rate_limit::Action, path: &str) -> Result<Action, Conf
         Some(S::SourceCluster(_)) => Action::SourceCluster,
         Some(S::DestinationCluster(_)) => Action::DestinationCluster,
         Some(S::RequestHeaders(h)) => Action::RequestHeaders {
-            name: header_name(
+            // A pseudo-header too (`:path`, `:authority`...), as Envoy's header map has them.
+            name: MatchedName::compile(
                 &required(
                     &h.header_name,
                     format!("{path}.request_headers.header_name"),

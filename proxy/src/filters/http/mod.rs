@@ -34,6 +34,7 @@ pub mod oauth2;
 pub mod on_demand;
 pub mod ratelimit;
 pub mod rbac;
+pub mod stateful_session;
 
 use std::sync::Arc;
 
@@ -147,6 +148,8 @@ pub enum HttpFilter {
     Lua(Box<lua::LuaFilter>),
     /// `envoy.filters.http.oauth2` (boxed: it is large and rare).
     OAuth2(Box<oauth2::OAuth2Filter>),
+    /// `envoy.filters.http.stateful_session` (boxed: it is rare).
+    StatefulSession(Box<stateful_session::StatefulSessionFilter>),
 }
 
 impl HttpFilter {
@@ -174,6 +177,7 @@ impl HttpFilter {
             HttpFilter::JwtAuthn(f) => &f.name,
             HttpFilter::Lua(f) => &f.name,
             HttpFilter::OAuth2(f) => &f.name,
+            HttpFilter::StatefulSession(f) => &f.name,
         }
     }
 }
@@ -444,6 +448,19 @@ pub static CHAIN: Registry<BuildFilter> = Registry {
             },
         },
         Factory {
+            type_name: stateful_session::FILTER_TYPE,
+            name: stateful_session::FILTER_NAME,
+            build: |a| {
+                Ok(HttpFilter::StatefulSession(Box::new(
+                    stateful_session::StatefulSessionFilter::compile(
+                        a.name,
+                        &a.config_or_default()?,
+                        a.path,
+                    )?,
+                )))
+            },
+        },
+        Factory {
             type_name: on_demand::FILTER_TYPE,
             name: on_demand::FILTER_NAME,
             build: |a| {
@@ -580,6 +597,12 @@ const PER_ROUTE: &[(&str, CompilePerRoute)] = &[
     }),
     (lua::PER_ROUTE_TYPE, |any, path, _| {
         Ok(Arc::new(lua::LuaPerRoute::compile(
+            &unpack(any, path)?,
+            path,
+        )?))
+    }),
+    (stateful_session::PER_ROUTE_TYPE, |any, path, _| {
+        Ok(Arc::new(stateful_session::StatefulSessionPerRoute::compile(
             &unpack(any, path)?,
             path,
         )?))

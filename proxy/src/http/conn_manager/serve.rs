@@ -25,6 +25,7 @@ use crate::filters::http::ext_authz::verdict::ResponseChanges;
 use crate::filters::http::ext_proc::Mode as ExtProcMode;
 use crate::filters::http::fault::FaultPolicy;
 use crate::filters::http::fault::{AbortWith, FaultFilter};
+use crate::filters::http::stateful_session::{Session, StatefulSessionPerRoute};
 use crate::filters::http::grpc_http1_bridge::BridgeResponse;
 use crate::filters::http::grpc_stats::GrpcStatsRequest;
 use crate::filters::http::grpc_web::{is_grpc_web, GrpcWebRequest};
@@ -753,6 +754,11 @@ pub(crate) async fn process(
     if let Some(stages) = responses {
         response_passes(&s, stages, &mut resp, outcome).await;
     }
+    if let Some(services) = &marks.services {
+        for session in services.sessions.iter().rev() {
+            session.on_response(outcome.upstream_host, &mut resp);
+        }
+    }
     marks.apply(&s, &mut resp);
     // As chains put the gRPC statistics filter after the gRPC-Web one (Istio's order), it
     // sees the response as gRPC, before the gRPC-Web filter's pass.
@@ -905,6 +911,9 @@ struct ServiceMarks {
     /// A Lua script changed the request's headers: the authority and path it is routed
     /// again by.
     lua_reroute: Option<Box<(String, String)>>,
+    /// The stateful sessions the request's filters read, in chain order: they name the
+    /// host that answered on the response.
+    sessions: Vec<Box<Session>>,
 }
 
 impl ServiceMarks {
@@ -1498,6 +1507,13 @@ async fn run_filters<'a>(
                         outcome.set_details("request_payload_too_large");
                         return ControlFlow::Continue(Some(r));
                     }
+                }
+            }
+            HttpFilter::StatefulSession(f) => {
+                let route = per_filter::policy::<StatefulSessionPerRoute>(s.levels, &f.name);
+                if let Some(session) = f.on_request(route, req, s.path) {
+                    let services = marks.services.get_or_insert_with(Box::default);
+                    services.sessions.push(session);
                 }
             }
             HttpFilter::CredentialInjector(f) => {

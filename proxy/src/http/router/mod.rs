@@ -8,6 +8,9 @@ pub mod retry_buffer;
 pub mod shadow;
 pub mod upstream_request;
 
+pub use upstream_override::UpstreamOverride;
+mod upstream_override;
+
 use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -255,6 +258,9 @@ pub(crate) async fn forward(
     // Build the upstream request head.
     let is_upgrade = on_upgrade.is_some();
     let (mut parts, body) = req.into_parts();
+    // A stateful session's host, when a filter set one (an empty extensions map otherwise:
+    // no work on the plain path).
+    let session = parts.extensions.remove::<UpstreamOverride>();
     strip_hop_by_hop(&mut parts.headers);
     // `100-continue` was answered here (or by the codec); other expectations go on, as
     // Envoy forwards them.
@@ -473,7 +479,20 @@ pub(crate) async fn forward(
         let avoiding = retry
             .as_ref()
             .filter(|r| (r.avoid_previous_hosts || r.omit_canary_hosts) && attempt > 1);
+        let overridden = match &session {
+            None => None,
+            Some(o) => match o.host(&cluster) {
+                Some(h) => Some(h),
+                None if o.strict => {
+                    cluster.stats.upstream_cx_none_healthy.inc(worker);
+                    outcome.ended("UH", "no_healthy_upstream");
+                    return local_reply(o.status, NO_HEALTHY_UPSTREAM);
+                }
+                None => None,
+            },
+        };
         let host = match (original_dst, avoiding) {
+            _ if overridden.is_some() => overridden,
             (Some(dst), _) => dst.and_then(|dst| pool::original_dst_host(&cluster, dst)),
             (None, Some(r)) => pool::choose_host_avoiding(
                 &cluster,

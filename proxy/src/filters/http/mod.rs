@@ -602,10 +602,9 @@ const PER_ROUTE: &[(&str, CompilePerRoute)] = &[
         )?))
     }),
     (stateful_session::PER_ROUTE_TYPE, |any, path, _| {
-        Ok(Arc::new(stateful_session::StatefulSessionPerRoute::compile(
-            &unpack(any, path)?,
-            path,
-        )?))
+        Ok(Arc::new(
+            stateful_session::StatefulSessionPerRoute::compile(&unpack(any, path)?, path)?,
+        ))
     }),
     (compressor::PER_ROUTE_TYPE, |any, path, _| {
         Ok(Arc::new(CompressorPerRoute::compile(

@@ -25,7 +25,6 @@ use crate::filters::http::ext_authz::verdict::ResponseChanges;
 use crate::filters::http::ext_proc::Mode as ExtProcMode;
 use crate::filters::http::fault::FaultPolicy;
 use crate::filters::http::fault::{AbortWith, FaultFilter};
-use crate::filters::http::stateful_session::{Session, StatefulSessionPerRoute};
 use crate::filters::http::grpc_http1_bridge::BridgeResponse;
 use crate::filters::http::grpc_stats::GrpcStatsRequest;
 use crate::filters::http::grpc_web::{is_grpc_web, GrpcWebRequest};
@@ -40,6 +39,7 @@ use crate::filters::http::lua::stream::{
 use crate::filters::http::lua::{LuaFilter, LuaPerRoute};
 use crate::filters::http::rbac::RbacRules;
 use crate::filters::http::rbac::{RbacFilter, RequestView, XffTrust};
+use crate::filters::http::stateful_session::{Session, StatefulSessionPerRoute};
 use crate::filters::http::HttpFilter;
 use crate::http::codec::body::ProxyBody;
 use crate::http::codec::h1_server::{CodecEvent, H1Service, H1Settings, HeadTimeout, ServeFuture};

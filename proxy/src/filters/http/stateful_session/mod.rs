@@ -99,12 +99,11 @@ impl StatefulSessionPerRoute {
             Some(pb::stateful_session_per_route::Override::Disabled(false)) => Err(
                 ConfigError::new(format!("{path}.disabled"), "value must equal true"),
             ),
-            Some(pb::stateful_session_per_route::Override::StatefulSession(s)) => Ok(
-                StatefulSessionPerRoute::Config(Arc::new(SessionConfig::compile(
-                    s,
-                    &format!("{path}.stateful_session"),
-                )?)),
-            ),
+            Some(pb::stateful_session_per_route::Override::StatefulSession(s)) => {
+                Ok(StatefulSessionPerRoute::Config(Arc::new(
+                    SessionConfig::compile(s, &format!("{path}.stateful_session"))?,
+                )))
+            }
             None => Err(ConfigError::new(
                 format!("{path}.override"),
                 "value is required",
@@ -315,8 +314,8 @@ impl CookieState {
             ttl => epoch_seconds() + ttl,
         };
         let msg = SessionCookie { address, expires };
-        let value = base64::engine::general_purpose::STANDARD
-            .encode(prost::Message::encode_to_vec(&msg));
+        let value =
+            base64::engine::general_purpose::STANDARD.encode(prost::Message::encode_to_vec(&msg));
         let mut s = format!("{}=\"{value}\"", self.name);
         if self.ttl != 0 {
             s.push_str(&format!("; Max-Age={}", self.ttl));
@@ -397,21 +396,34 @@ mod tests {
         let v = c.set_cookie("127.0.0.1:80".into()).expect("value");
         let v = v.to_str().expect("ascii");
         assert!(v.ends_with("; Max-Age=120; Path=/; HttpOnly"), "{v}");
-        let value = v.split(';').next().expect("pair").trim_start_matches("sess=");
+        let value = v
+            .split(';')
+            .next()
+            .expect("pair")
+            .trim_start_matches("sess=");
         let mut h = HeaderMap::new();
-        h.insert(COOKIE, HeaderValue::from_str(&format!("a=b; sess={value}")).expect("v"));
+        h.insert(
+            COOKIE,
+            HeaderValue::from_str(&format!("a=b; sess={value}")).expect("v"),
+        );
         assert_eq!(c.address(&h).as_deref(), Some("127.0.0.1:80"));
         let old = base64::engine::general_purpose::STANDARD.encode("127.0.0.1:81");
-        h.insert(COOKIE, HeaderValue::from_str(&format!("sess={old}")).expect("v"));
+        h.insert(
+            COOKIE,
+            HeaderValue::from_str(&format!("sess={old}")).expect("v"),
+        );
         assert_eq!(c.address(&h).as_deref(), Some("127.0.0.1:81"));
         // Expired.
         let msg = SessionCookie {
             address: "127.0.0.1:82".into(),
             expires: 1,
         };
-        let v = base64::engine::general_purpose::STANDARD
-            .encode(prost::Message::encode_to_vec(&msg));
-        h.insert(COOKIE, HeaderValue::from_str(&format!("sess=\"{v}\"")).expect("v"));
+        let v =
+            base64::engine::general_purpose::STANDARD.encode(prost::Message::encode_to_vec(&msg));
+        h.insert(
+            COOKIE,
+            HeaderValue::from_str(&format!("sess=\"{v}\"")).expect("v"),
+        );
         assert_eq!(c.address(&h), None);
     }
 }

@@ -913,7 +913,7 @@ struct ServiceMarks {
     lua_reroute: Option<Box<(String, String)>>,
     /// The stateful sessions the request's filters read, in chain order: they name the
     /// host that answered on the response.
-    sessions: Vec<Box<Session>>,
+    sessions: Vec<Session>,
 }
 
 impl ServiceMarks {

@@ -230,7 +230,7 @@ impl StatefulSessionFilter {
         route: Option<&StatefulSessionPerRoute>,
         req: &mut Request<ProxyBody>,
         path: &str,
-    ) -> Option<Box<Session>> {
+    ) -> Option<Session> {
         let config = match route {
             Some(StatefulSessionPerRoute::Disabled) => return None,
             Some(StatefulSessionPerRoute::Config(c)) => c,
@@ -257,10 +257,10 @@ impl StatefulSessionFilter {
                 status: config.status,
             });
         }
-        Some(Box::new(Session {
+        Some(Session {
             config: config.clone(),
             named,
-        }))
+        })
     }
 }
 

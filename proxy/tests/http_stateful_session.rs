@@ -87,7 +87,8 @@ fn routes() -> String {
     )
 }
 
-fn boot(hosts: &[SocketAddr]) -> String {
+/// The bootstrap; `log`: where its access log (path, status, flags, details) goes.
+fn boot(hosts: &[SocketAddr], log: &std::path::Path) -> String {
     let filter = format!(
         r#"          - name: envoy.filters.http.stateful_session
             typed_config:
@@ -95,7 +96,20 @@ fn boot(hosts: &[SocketAddr]) -> String {
 {}"#,
         cookie_state(14)
     );
-    with_filters(&bootstrap(&routes(), "", &cluster("c", hosts, "")), &filter)
+    let access_log = format!(
+        "          access_log:
+          - name: details
+            typed_config:
+              \"@type\": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
+              path: {}
+              log_format: {{ text_format: \"%REQ(:PATH)% %RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS%\\n\" }}
+",
+        log.display()
+    );
+    with_filters(
+        &bootstrap(&routes(), &access_log, &cluster("c", hosts, "")),
+        &filter,
+    )
 }
 
 fn now() -> u64 {
@@ -120,8 +134,14 @@ fn proto_cookie(addr: SocketAddr, expires: u64) -> String {
 
 /// The run's account, hosts by name: what answered, and what the response said of the
 /// session.
-fn run(proxy: &Courier, names: &HashMap<SocketAddr, String>, hosts: &[SocketAddr]) -> Vec<String> {
+fn run(
+    proxy: &Courier,
+    log: &std::path::Path,
+    names: &HashMap<SocketAddr, String>,
+    hosts: &[SocketAddr],
+) -> Vec<String> {
     let mut c = Client::connect(proxy.listener);
+    let mut sent = 0;
     let name_of = |a: &str| {
         a.parse::<SocketAddr>()
             .ok()
@@ -132,6 +152,7 @@ fn run(proxy: &Courier, names: &HashMap<SocketAddr, String>, hosts: &[SocketAddr
     // cookie's host and attributes; its expiry checked to be now + ttl).
     let mut say = |what: &str, path: &str, headers: &[(&str, &str)]| -> (String, Option<String>) {
         let r = c.get("h", path, headers);
+        sent += 1;
         let answered = r.header("x-upstream").unwrap_or("-").to_string();
         let mut line = format!("{what}: {} by {answered}", r.status);
         if r.status != 200 {
@@ -243,6 +264,13 @@ fn run(proxy: &Courier, names: &HashMap<SocketAddr, String>, hosts: &[SocketAddr
         seen.insert(line.split(" by ").nth(1).map(str::to_string));
     }
     out.push(format!("off: {} hosts", seen.len()));
+    // The strict refusals' flags and details.
+    let n = sent;
+    out.extend(
+        log_lines(log, n)
+            .into_iter()
+            .filter(|l| l.starts_with("/strict") && !l.contains(" 200 ")),
+    );
     out
 }
 
@@ -283,7 +311,9 @@ fn sessions_stick_as_envoys() {
     let ups: Vec<Upstream> = ["a", "b", "c"].iter().map(|n| Upstream::start(n)).collect();
     let hosts: Vec<SocketAddr> = ups.iter().map(|u| u.addr).collect();
     let names: HashMap<SocketAddr, String> = ups.iter().map(|u| (u.addr, u.name.clone())).collect();
-    let courier = run(&Courier::start(&boot(&hosts)), &names, &hosts);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("courier.log");
+    let courier = run(&Courier::start(&boot(&hosts, &log)), &log, &names, &hosts);
     let attrs = " attrs Max-Age=120; Path=/; HttpOnly expires-ok true";
     let want: Vec<String> = [
         format!("first: 200 by FIRST set-cookie FIRST{attrs}"),
@@ -316,11 +346,20 @@ fn sessions_stick_as_envoys() {
         "header 2: 200 by c".into(),
         "header unknown: 200 by PICK x-session PICK".into(),
         "off: 3 hosts".into(),
+        "/strict 503 UH no_healthy_upstream".into(),
+        "/strict418 418 UH no_healthy_upstream".into(),
     ]
     .into_iter()
     .collect();
-    if let Some(envoy) = Courier::start_envoy(&boot(&hosts)) {
-        assert_eq!(run(&envoy, &names, &hosts), courier, "envoy vs courier");
+    let log = dir.path().join("envoy.log");
+    // Envoy writes its access log every 10 s unless told otherwise.
+    let flush = ["--file-flush-interval-msec", "50"];
+    if let Some(envoy) = Courier::start_envoy_with(&boot(&hosts, &log), &flush) {
+        assert_eq!(
+            run(&envoy, &log, &names, &hosts),
+            courier,
+            "envoy vs courier"
+        );
     } else {
         eprintln!("envoy not on PATH: Courier's side only");
     }
@@ -330,7 +369,7 @@ fn sessions_stick_as_envoys() {
 #[test]
 fn unbuilt_fields_are_refused_by_path() {
     let hosts = [refusing_addr()];
-    let base = boot(&hosts);
+    let base = boot(&hosts, std::path::Path::new("/dev/null"));
     let f = "StatefulSession\n";
     assert_refused_by_path(
         &base,

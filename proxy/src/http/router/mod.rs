@@ -259,8 +259,8 @@ pub(crate) async fn forward(
     let is_upgrade = on_upgrade.is_some();
     let (mut parts, body) = req.into_parts();
     // A stateful session's host, when a filter set one (an empty extensions map otherwise:
-    // no work on the plain path).
-    let session = parts.extensions.remove::<UpstreamOverride>();
+    // no work on the plain path); boxed, as it is held across the attempts' awaits.
+    let session = parts.extensions.remove::<UpstreamOverride>().map(Box::new);
     strip_hop_by_hop(&mut parts.headers);
     // `100-continue` was answered here (or by the codec); other expectations go on, as
     // Envoy forwards them.

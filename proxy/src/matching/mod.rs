@@ -382,6 +382,7 @@ mod tests {
             application_protocols: &[],
             request_headers: None,
             pseudo: None,
+            response: None,
         }
     }
 

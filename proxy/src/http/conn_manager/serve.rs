@@ -20,6 +20,7 @@ use crate::filters::http::basic_auth::{BasicAuth, RouteUsers};
 use crate::filters::http::buffer::RouteBuffer;
 use crate::filters::http::compressor::{CompressorFilter, CompressorRequest, Negotiation};
 use crate::filters::http::cors::CorsRequest;
+use crate::filters::http::custom_response::CustomResponseFilter;
 use crate::filters::http::decompressor::DecompressorFilter;
 use crate::filters::http::ext_authz::verdict::ResponseChanges;
 use crate::filters::http::ext_proc::Mode as ExtProcMode;
@@ -642,6 +643,7 @@ pub(crate) async fn process(
         grpc_stats: None,
         bridge: None,
         responses: Vec::new(),
+        custom: None,
     };
     // Without filters before the router, no filter pass is made (its future would be set
     // up and dropped for nothing on every request).
@@ -889,6 +891,8 @@ struct FilterMarks<'a> {
     /// The response passes that may wait (a Lua script's, an external processor's), in
     /// chain order (empty, unallocated, without them).
     responses: Vec<ResponseStage<'a>>,
+    /// The custom response filter the request passed, if the chain has one.
+    custom: Option<&'a CustomResponseFilter>,
 }
 
 /// What services a request's filters asked leave on it.
@@ -922,6 +926,11 @@ impl FilterMarks<'_> {
     /// Marks the answer, then compresses it, as the filters' encode steps.
     #[inline(always)]
     fn apply(mut self, s: &Stream<'_>, resp: &mut Response<ProxyBody>) {
+        // Its answer replaces the response as Envoy's local reply once the response has
+        // started: the other filters' marks go on it.
+        if let Some(f) = self.custom {
+            custom_response(s, f, resp);
+        }
         mark_response(
             resp,
             self.rate_limit.take(),
@@ -951,6 +960,13 @@ impl FilterMarks<'_> {
             s.conn.worker,
         );
     }
+}
+
+/// The custom response filter's pass (out of line: it is rare).
+#[cold]
+#[inline(never)]
+fn custom_response(s: &Stream<'_>, f: &CustomResponseFilter, resp: &mut Response<ProxyBody>) {
+    f.on_response(s.levels, resp, &s.format_context(None, None));
 }
 
 /// The request's header count and size (`max_headers_count`, `max_request_headers_kb`:
@@ -1442,6 +1458,7 @@ async fn run_filters<'a>(
                 let earlier = marks.compress.take();
                 marks.compress = Some(f.on_request(s.levels, req, worker, earlier));
             }
+            HttpFilter::CustomResponse(f) => marks.custom = Some(f),
             HttpFilter::Decompressor(f) => {
                 f.on_request(req, worker);
                 marks.decompress.push(f);

@@ -67,9 +67,19 @@ fn routes() -> String {
     )
 }
 
-fn boot(_: &Path, a: &Upstream) -> String {
+fn boot(dir: &Path, a: &Upstream) -> String {
+    let log = format!(
+        "          access_log:
+          - name: details
+            typed_config:
+              \"@type\": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
+              path: {}
+              log_format: {{ text_format: \"%REQ(:PATH)% %RESPONSE_CODE% %RESPONSE_CODE_DETAILS% %RESPONSE_FLAGS% %BYTES_SENT%\\n\" }}
+",
+        dir.join("details.log").display()
+    );
     let clusters = cluster("a", &[a.addr], "") + &cluster("dead", &[refusing_addr()], "");
-    with_filters(&bootstrap(&routes(), "", &clusters), &filter())
+    with_filters(&bootstrap(&routes(), &log, &clusters), &filter())
 }
 
 /// What a response shows: status, headers (but `date`, and the upstream's timing by name
@@ -112,13 +122,28 @@ fn policies_replace_the_responses_they_match() {
         "/dead",
         "/nowhere",
     ];
-    let got = courier_and_envoy_agree(boot, |proxy, _, _| {
+    let (got, logged) = courier_and_envoy_agree(boot, |proxy, dir, _| {
         let mut c = Client::connect(proxy.listener);
-        paths
+        let got = paths
             .iter()
             .map(|p| format!("{p} -> {}", shown(&c.get("x", p, &[]))))
-            .collect::<Vec<_>>()
+            .collect::<Vec<_>>();
+        (got, log_lines(&dir.join("details.log"), paths.len()))
     });
+    // A replaced response is logged with empty details (Envoy's local reply with none),
+    // its flags kept.
+    assert!(
+        logged.contains(&"/status/404 404  - 10".to_string()),
+        "{logged:#?}"
+    );
+    assert!(
+        logged.contains(&"/dead 503  UF 18".to_string()),
+        "{logged:#?}"
+    );
+    assert!(
+        logged.contains(&"/status/200 200 via_upstream - 17".to_string()),
+        "{logged:#?}"
+    );
     let want = |path: &str| {
         got.iter()
             .find(|l| l.starts_with(&format!("{path} -> ")))

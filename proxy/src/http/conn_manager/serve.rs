@@ -690,7 +690,7 @@ pub(crate) async fn process(
         if let Some(stages) = responses {
             response_passes(&s, stages, &mut resp, outcome).await;
         }
-        marks.apply(&s, &mut resp);
+        marks.apply(&s, &mut resp, outcome);
         if let Some(gw) = grpc_web {
             grpc_web_response(gw, &mut resp, conn.worker, outcome).await;
         }
@@ -755,7 +755,7 @@ pub(crate) async fn process(
     if let Some(stages) = responses {
         response_passes(&s, stages, &mut resp, outcome).await;
     }
-    marks.apply(&s, &mut resp);
+    marks.apply(&s, &mut resp, outcome);
     // As chains put the gRPC statistics filter after the gRPC-Web one (Istio's order), it
     // sees the response as gRPC, before the gRPC-Web filter's pass.
     if let Some(gs) = grpc_stats {
@@ -925,11 +925,11 @@ impl ServiceMarks {
 impl FilterMarks<'_> {
     /// Marks the answer, then compresses it, as the filters' encode steps.
     #[inline(always)]
-    fn apply(mut self, s: &Stream<'_>, resp: &mut Response<ProxyBody>) {
+    fn apply(mut self, s: &Stream<'_>, resp: &mut Response<ProxyBody>, outcome: &mut Outcome) {
         // Its answer replaces the response as Envoy's local reply once the response has
         // started: the other filters' marks go on it.
         if let Some(f) = self.custom {
-            custom_response(s, f, resp);
+            custom_response(s, f, resp, outcome);
         }
         mark_response(
             resp,
@@ -965,8 +965,16 @@ impl FilterMarks<'_> {
 /// The custom response filter's pass (out of line: it is rare).
 #[cold]
 #[inline(never)]
-fn custom_response(s: &Stream<'_>, f: &CustomResponseFilter, resp: &mut Response<ProxyBody>) {
-    f.on_response(s.levels, resp, &s.format_context(None, None));
+fn custom_response(
+    s: &Stream<'_>,
+    f: &CustomResponseFilter,
+    resp: &mut Response<ProxyBody>,
+    outcome: &mut Outcome,
+) {
+    if f.on_response(s.levels, resp, &s.format_context(None, None)) {
+        // Envoy's policy sends its local reply with empty details (the flags stay).
+        outcome.set_details(crate::access_log::CLEARED_DETAILS);
+    }
 }
 
 /// The request's header count and size (`max_headers_count`, `max_request_headers_kb`:

@@ -180,13 +180,13 @@ impl CustomResponseFilter {
     }
 
     /// The response pass: `resp` replaced when a policy picks it (the routes' configs
-    /// in `levels`, the most specific first, then the filter's).
+    /// in `levels`, the most specific first, then the filter's); whether one did.
     pub fn on_response(
         &self,
         levels: [&FilterConfigs; 3],
         resp: &mut Response<ProxyBody>,
         cx: &FormatContext<'_>,
-    ) {
+    ) -> bool {
         let data = MatchingData {
             source: cx.remote.unwrap_or(UNSPECIFIED),
             direct_source: cx.remote.unwrap_or(UNSPECIFIED),
@@ -203,8 +203,12 @@ impl CustomResponseFilter {
             .filter_map(|l| l.policy::<CustomResponse>(&self.name))
             .find_map(|c| c.pick(&data))
             .or_else(|| self.config.pick(&data));
-        if let Some(p) = picked {
-            *resp = p.reply(resp, cx);
+        match picked {
+            Some(p) => {
+                *resp = p.reply(resp, cx);
+                true
+            }
+            None => false,
         }
     }
 }

@@ -17,8 +17,15 @@
 //! - It acts on whatever answers a request that reached the filter: an upstream's
 //!   response, the router's local replies, a later filter's answer.
 //!
-//! Refused by path: `RedirectPolicy` (a new request to another route), `body_format`
-//! and `response_code_details_action`.
+//! - The reply's response code details are empty in the access log
+//!   ([`crate::access_log::CLEARED_DETAILS`]); its flags stay.
+//!
+//! Refused by path: `RedirectPolicy` (a new request to another route), `body_format`,
+//! `response_code_details_action`, and request inputs.
+//!
+//! Unlike Envoy, whose reply goes straight to the codec past the filters before this one
+//! in the chain, the other filters' response marks still go on the reply (the connection
+//! manager runs this pass first among them).
 
 use bytes::Bytes;
 use courier_proto::envoy::extensions::filters::http::custom_response::v3 as pb;

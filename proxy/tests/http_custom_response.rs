@@ -2,7 +2,8 @@
 //! response's status (exact, prefix, class) and headers picks a `LocalResponsePolicy`
 //! whose answer replaces the response (its body, status when set, headers); statuses no
 //! policy picks pass untouched; a route's `CustomResponse` is matched before the filter's;
-//! the router's own local replies are matched too. Each case runs through Courier and,
+//! the router's own answers (a connect failure, a direct response, no route) are matched
+//! too. Each case runs through Courier and,
 //! when `envoy` is on PATH, through Envoy 1.40; the two must agree, and agree with the
 //! values written here.
 
@@ -59,9 +60,16 @@ fn routes() -> String {
                           map:
                             "404": {{ action: {{ name: r, typed_config: {{ "@type": {LOCAL}, body: {{ inline_string: "route 404" }}, status_code: 410 }} }} }}
                             "403": {{ action: {{ name: r, typed_config: {{ "@type": {LOCAL}, body: {{ inline_string: "route 403" }} }} }} }}
+              - match: {{ prefix: "/direct" }}
+                direct_response: {{ status: 404, body: {{ inline_string: "direct" }} }}
               - match: {{ prefix: "/dead" }}
                 route: {{ cluster: dead }}
               - match: {{ prefix: "/" }}
+                route: {{ cluster: a }}
+            - name: narrow
+              domains: ["narrow"]
+              routes:
+              - match: {{ prefix: "/only" }}
                 route: {{ cluster: a }}
 "#
     )
@@ -120,15 +128,21 @@ fn policies_replace_the_responses_they_match() {
         "/o/200",
         "/o/401",
         "/dead",
+        "/direct",
         "/nowhere",
     ];
     let (got, logged) = courier_and_envoy_agree(boot, |proxy, dir, _| {
         let mut c = Client::connect(proxy.listener);
-        let got = paths
+        let mut got = paths
             .iter()
             .map(|p| format!("{p} -> {}", shown(&c.get("x", p, &[]))))
             .collect::<Vec<_>>();
-        (got, log_lines(&dir.join("details.log"), paths.len()))
+        // No route: the connection manager's own 404.
+        got.push(format!(
+            "narrow -> {}",
+            shown(&c.get("narrow", "/other", &[]))
+        ));
+        (got, log_lines(&dir.join("details.log"), paths.len() + 1))
     });
     // A replaced response is logged with empty details (Envoy's local reply with none),
     // its flags kept.
@@ -181,6 +195,13 @@ fn policies_replace_the_responses_they_match() {
     assert!(want("/o/403").starts_with("403 ") && want("/o/403").contains("route 403"));
     assert_eq!(want("/o/500"), want("/status/500"), "{got:#?}");
     assert!(want("/o/200").contains("x-upstream: a"), "{got:#?}");
+    // The router's own answers are matched too: a direct response, no route.
+    assert_eq!(want("/direct"), want("/status/404"), "{got:#?}");
+    assert_eq!(want("narrow"), want("/status/404"), "{got:#?}");
+    assert!(
+        logged.contains(&"/other 404  NR 10".to_string()),
+        "{logged:#?}"
+    );
 }
 
 #[test]

@@ -386,6 +386,9 @@ impl Op {
             Op::RouteName if e.route_name.is_empty() => Val::Absent,
             Op::RouteName => Val::Text(Cow::Borrowed(e.route_name)),
             Op::Tls(field) => field.value(e),
+            Op::ResponseCodeDetails { .. } if e.details == super::CLEARED_DETAILS => {
+                Val::Text(Cow::Borrowed(""))
+            }
             Op::ResponseCodeDetails { .. } if e.details.is_empty() => Val::Absent,
             Op::ResponseCodeDetails {
                 allow_whitespace: true,

@@ -647,7 +647,10 @@ fn http_entry(
             response_code: (e.status != 0).then_some(UInt32Value {
                 value: u32::from(e.status),
             }),
-            response_code_details: e.details.to_string(),
+            response_code_details: match e.details {
+                super::CLEARED_DETAILS => String::new(),
+                d => d.to_string(),
+            },
             response_headers_bytes,
             response_body_bytes: e.bytes_sent,
             response_headers: {

@@ -45,6 +45,10 @@ pub mod time_format;
 /// Envoy's default access log format.
 pub const DEFAULT_FORMAT: &str = "[%START_TIME%] \"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%\" %RESPONSE_CODE% %RESPONSE_FLAGS% %BYTES_RECEIVED% %BYTES_SENT% %DURATION% %RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% \"%REQ(X-FORWARDED-FOR)%\" \"%REQ(USER-AGENT)%\" \"%REQ(X-REQUEST-ID)%\" \"%REQ(:AUTHORITY)%\" \"%UPSTREAM_HOST%\"\n";
 
+/// Response code details set to nothing (a custom response policy's local reply, as
+/// Envoy's `sendLocalReply` with empty details): logged as an empty value, not `-`.
+pub const CLEARED_DETAILS: &str = "\u{1}cleared";
+
 /// What one request leaves for the log.
 pub struct LogEntry<'a> {
     /// When the request started.
@@ -97,7 +101,7 @@ pub struct LogEntry<'a> {
     /// The upstream connection's local address.
     pub upstream_local: Option<SocketAddr>,
     /// Envoy's response code details (`via_upstream`, `route_not_found`, …); empty when
-    /// none.
+    /// none, [`CLEARED_DETAILS`] when set to nothing.
     pub details: &'a str,
     /// Why the upstream connection failed, in Envoy's words.
     pub transport_failure: Option<&'a str>,

@@ -23,6 +23,8 @@ pub enum Context {
     Network,
     /// A request (HTTP RBAC): those and the request's headers.
     HttpRequest,
+    /// A response (custom_response): the response's status and headers.
+    HttpResponse,
 }
 
 /// A compiled data input.
@@ -55,6 +57,12 @@ pub enum Input {
     Subject,
     /// `HttpRequestHeaderMatchInput` (lowercase; a pseudo-header's name starts with `:`).
     RequestHeader(String),
+    /// `HttpResponseStatusCodeMatchInput`: the status in decimal.
+    ResponseStatus,
+    /// `HttpResponseStatusCodeClassMatchInput`: `1xx` to `5xx`.
+    ResponseStatusClass,
+    /// `HttpResponseHeaderMatchInput` (lowercase).
+    ResponseHeader(String),
 }
 
 const NETWORK: &str = "envoy.extensions.matching.common_inputs.network.v3.";
@@ -92,6 +100,36 @@ impl Input {
                 "SubjectInput" => Input::Subject,
                 _ => return Err(ConfigError::unsupported(format!("{at} ({ty})"))),
             },
+            "envoy.type.matcher.v3.HttpResponseStatusCodeMatchInput"
+                if context == Context::HttpResponse =>
+            {
+                Input::ResponseStatus
+            }
+            "envoy.type.matcher.v3.HttpResponseStatusCodeClassMatchInput"
+                if context == Context::HttpResponse =>
+            {
+                Input::ResponseStatusClass
+            }
+            "envoy.type.matcher.v3.HttpResponseHeaderMatchInput"
+                if context == Context::HttpResponse =>
+            {
+                let h: courier_proto::envoy::r#type::matcher::v3::HttpResponseHeaderMatchInput =
+                    courier_proto::unpack_any(any)
+                        .map_err(|e| ConfigError::new(&at, e.to_string()))?;
+                let name = h.header_name.to_ascii_lowercase();
+                if HeaderName::from_bytes(name.as_bytes()).is_err() {
+                    return Err(ConfigError::new(
+                        format!("{at}.header_name"),
+                        format!("invalid header name: {:?}", h.header_name),
+                    ));
+                }
+                Input::ResponseHeader(name)
+            }
+            // A response matcher has no request (Envoy's custom_response matches on the
+            // response's data only).
+            _ if context == Context::HttpResponse => {
+                return Err(ConfigError::unsupported(format!("{at} ({ty})")))
+            }
             "envoy.type.matcher.v3.HttpRequestHeaderMatchInput" => {
                 if context != Context::HttpRequest {
                     return Err(ConfigError::new(
@@ -143,6 +181,8 @@ pub struct MatchingData<'a> {
     pub request_headers: Option<&'a HeaderMap>,
     /// The request's pseudo-headers.
     pub pseudo: Option<crate::http::route::Pseudo<'a>>,
+    /// The response's status and headers; `None` before there is one.
+    pub response: Option<(http::StatusCode, &'a HeaderMap)>,
 }
 
 impl MatchingData<'_> {
@@ -176,6 +216,17 @@ impl MatchingData<'_> {
                 .map(|n| n.subject.as_str())
                 .filter(|s| !s.is_empty())
                 .map(Cow::Borrowed),
+            Input::ResponseStatus => self
+                .response
+                .as_ref()
+                .map(|(s, _)| Cow::Borrowed(s.as_str())),
+            Input::ResponseStatusClass => self.response.and_then(|(s, _)| {
+                const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+                CLASSES
+                    .get((s.as_u16() / 100).checked_sub(1)? as usize)
+                    .map(|c| Cow::Borrowed(*c))
+            }),
+            Input::ResponseHeader(name) => joined_header(self.response?.1, name),
             Input::RequestHeader(name) => {
                 if let Some(p) = self.pseudo.as_ref() {
                     let pseudo = match name.as_str() {
@@ -192,22 +243,26 @@ impl MatchingData<'_> {
                 if name.starts_with(':') {
                     return None;
                 }
-                let headers = self.request_headers?;
-                let mut values = headers.get_all(name.as_str()).iter();
-                let first = values.next()?;
-                let first = String::from_utf8_lossy(first.as_bytes());
-                match values.next() {
-                    None => Some(first),
-                    Some(second) => {
-                        let mut all = first.into_owned();
-                        for v in std::iter::once(second).chain(values) {
-                            all.push(',');
-                            all.push_str(&String::from_utf8_lossy(v.as_bytes()));
-                        }
-                        Some(Cow::Owned(all))
-                    }
-                }
+                joined_header(self.request_headers?, name)
             }
+        }
+    }
+}
+
+/// A header's values joined with `,`, as Envoy's header inputs read them.
+fn joined_header<'h>(headers: &'h HeaderMap, name: &str) -> Option<Cow<'h, str>> {
+    let mut values = headers.get_all(name).iter();
+    let first = values.next()?;
+    let first = String::from_utf8_lossy(first.as_bytes());
+    match values.next() {
+        None => Some(first),
+        Some(second) => {
+            let mut all = first.into_owned();
+            for v in std::iter::once(second).chain(values) {
+                all.push(',');
+                all.push_str(&String::from_utf8_lossy(v.as_bytes()));
+            }
+            Some(Cow::Owned(all))
         }
     }
 }

@@ -1,5 +1,6 @@
 //! The xDS matcher API (`xds.type.matcher.v3.Matcher`), as Envoy evaluates it where all
-//! the data is known at once (RBAC on a request or a connection): a tree of matchers
+//! the data is known at once (RBAC on a request or a connection, custom_response on a
+//! response): a tree of matchers
 //! whose leaves are actions.
 //!
 //! - `matcher_list`: the first field matcher whose predicate holds gives its `on_match`;
@@ -382,6 +383,7 @@ mod tests {
             application_protocols: &[],
             request_headers: None,
             pseudo: None,
+            response: None,
         }
     }
 
@@ -426,6 +428,40 @@ mod tests {
             Some("short")
         );
         assert_eq!(m.evaluate(&data("11.0.0.1:1")), None);
+    }
+
+    #[test]
+    fn response_inputs_read_the_status_its_class_and_headers() {
+        let m: pb::Matcher = courier_proto::from_yaml(
+            "{ matcher_tree: { input: { name: c, typed_config: { \"@type\": type.googleapis.com/envoy.type.matcher.v3.HttpResponseStatusCodeClassMatchInput } }, exact_match_map: { map: { \"4xx\": { action: { name: four } } } } }, on_no_match: { action: { name: other } } }",
+        )
+        .expect("matcher");
+        let m = Matcher::compile(&m, Context::HttpResponse, &|a, _| Ok(a.name.clone()), "m")
+            .expect("valid");
+        let headers = http::HeaderMap::new();
+        let got = |status: u16| {
+            let mut d = data("10.0.0.2:1");
+            d.response = Some((
+                http::StatusCode::from_u16(status).expect("status"),
+                &headers,
+            ));
+            m.evaluate(&d).cloned()
+        };
+        assert_eq!(got(404).as_deref(), Some("four"));
+        assert_eq!(got(499).as_deref(), Some("four"));
+        assert_eq!(got(500).as_deref(), Some("other"));
+        let status = Input::ResponseStatus;
+        let mut d = data("10.0.0.2:1");
+        assert_eq!(d.value(&status), None);
+        let mut h = http::HeaderMap::new();
+        h.append("x-a", http::HeaderValue::from_static("1"));
+        h.append("x-a", http::HeaderValue::from_static("2"));
+        d.response = Some((http::StatusCode::NOT_FOUND, &h));
+        assert_eq!(d.value(&status).as_deref(), Some("404"));
+        assert_eq!(
+            d.value(&Input::ResponseHeader("x-a".into())).as_deref(),
+            Some("1,2")
+        );
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub mod buffer;
 pub mod compressor;
 pub mod cors;
 pub mod credential_injector;
+pub mod custom_response;
 pub mod decompressor;
 pub mod ext_authz;
 pub mod ext_proc;
@@ -150,6 +151,8 @@ pub enum HttpFilter {
     OAuth2(Box<oauth2::OAuth2Filter>),
     /// `envoy.filters.http.stateful_session` (boxed: it is rare).
     StatefulSession(Box<stateful_session::StatefulSessionFilter>),
+    /// `envoy.filters.http.custom_response` (boxed: it is rare).
+    CustomResponse(Box<custom_response::CustomResponseFilter>),
 }
 
 impl HttpFilter {
@@ -178,6 +181,7 @@ impl HttpFilter {
             HttpFilter::Lua(f) => &f.name,
             HttpFilter::OAuth2(f) => &f.name,
             HttpFilter::StatefulSession(f) => &f.name,
+            HttpFilter::CustomResponse(f) => &f.name,
         }
     }
 }
@@ -381,6 +385,19 @@ pub static CHAIN: Registry<BuildFilter> = Registry {
             },
         },
         Factory {
+            type_name: custom_response::FILTER_TYPE,
+            name: custom_response::FILTER_NAME,
+            build: |a| {
+                Ok(HttpFilter::CustomResponse(Box::new(
+                    custom_response::CustomResponseFilter::compile(
+                        a.name,
+                        &a.config_or_default()?,
+                        a.path,
+                    )?,
+                )))
+            },
+        },
+        Factory {
             type_name: buffer::FILTER_TYPE,
             name: buffer::FILTER_NAME,
             build: |a| {
@@ -579,6 +596,12 @@ const PER_ROUTE: &[(&str, CompilePerRoute)] = &[
     }),
     (api_key_auth::PER_ROUTE_TYPE, |any, path, _| {
         Ok(Arc::new(api_key_auth::RouteSettings::compile(
+            &unpack(any, path)?,
+            path,
+        )?))
+    }),
+    (custom_response::FILTER_TYPE, |any, path, _| {
+        Ok(Arc::new(custom_response::CustomResponse::compile(
             &unpack(any, path)?,
             path,
         )?))

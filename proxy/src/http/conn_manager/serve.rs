@@ -20,6 +20,7 @@ use crate::filters::http::basic_auth::{BasicAuth, RouteUsers};
 use crate::filters::http::buffer::RouteBuffer;
 use crate::filters::http::compressor::{CompressorFilter, CompressorRequest, Negotiation};
 use crate::filters::http::cors::CorsRequest;
+use crate::filters::http::custom_response::CustomResponseFilter;
 use crate::filters::http::decompressor::DecompressorFilter;
 use crate::filters::http::ext_authz::verdict::ResponseChanges;
 use crate::filters::http::ext_proc::Mode as ExtProcMode;
@@ -643,6 +644,7 @@ pub(crate) async fn process(
         grpc_stats: None,
         bridge: None,
         responses: Vec::new(),
+        custom: None,
     };
     // Without filters before the router, no filter pass is made (its future would be set
     // up and dropped for nothing on every request).
@@ -689,7 +691,7 @@ pub(crate) async fn process(
         if let Some(stages) = responses {
             response_passes(&s, stages, &mut resp, outcome).await;
         }
-        marks.apply(&s, &mut resp);
+        marks.apply(&s, &mut resp, outcome);
         if let Some(gw) = grpc_web {
             grpc_web_response(gw, &mut resp, conn.worker, outcome).await;
         }
@@ -759,7 +761,7 @@ pub(crate) async fn process(
             session.on_response(outcome.upstream_host, &mut resp);
         }
     }
-    marks.apply(&s, &mut resp);
+    marks.apply(&s, &mut resp, outcome);
     // As chains put the gRPC statistics filter after the gRPC-Web one (Istio's order), it
     // sees the response as gRPC, before the gRPC-Web filter's pass.
     if let Some(gs) = grpc_stats {
@@ -895,6 +897,8 @@ struct FilterMarks<'a> {
     /// The response passes that may wait (a Lua script's, an external processor's), in
     /// chain order (empty, unallocated, without them).
     responses: Vec<ResponseStage<'a>>,
+    /// The custom response filter the request passed, if the chain has one.
+    custom: Option<&'a CustomResponseFilter>,
 }
 
 /// What services a request's filters asked leave on it.
@@ -930,7 +934,12 @@ impl ServiceMarks {
 impl FilterMarks<'_> {
     /// Marks the answer, then compresses it, as the filters' encode steps.
     #[inline(always)]
-    fn apply(mut self, s: &Stream<'_>, resp: &mut Response<ProxyBody>) {
+    fn apply(mut self, s: &Stream<'_>, resp: &mut Response<ProxyBody>, outcome: &mut Outcome) {
+        // Its answer replaces the response as Envoy's local reply once the response has
+        // started: the other filters' marks go on it.
+        if let Some(f) = self.custom {
+            custom_response(s, f, resp, outcome);
+        }
         mark_response(
             resp,
             self.rate_limit.take(),
@@ -959,6 +968,21 @@ impl FilterMarks<'_> {
             resp,
             s.conn.worker,
         );
+    }
+}
+
+/// The custom response filter's pass (out of line: it is rare).
+#[cold]
+#[inline(never)]
+fn custom_response(
+    s: &Stream<'_>,
+    f: &CustomResponseFilter,
+    resp: &mut Response<ProxyBody>,
+    outcome: &mut Outcome,
+) {
+    if f.on_response(s.levels, resp, &s.format_context(None, None)) {
+        // Envoy's policy sends its local reply with empty details (the flags stay).
+        outcome.set_details(crate::access_log::CLEARED_DETAILS);
     }
 }
 
@@ -1451,6 +1475,7 @@ async fn run_filters<'a>(
                 let earlier = marks.compress.take();
                 marks.compress = Some(f.on_request(s.levels, req, worker, earlier));
             }
+            HttpFilter::CustomResponse(f) => marks.custom = Some(f),
             HttpFilter::Decompressor(f) => {
                 f.on_request(req, worker);
                 marks.decompress.push(f);

@@ -196,6 +196,7 @@ impl Engine {
                     application_protocols: &[],
                     request_headers: Some(r.headers),
                     pseudo: Some(r.pseudo),
+                    response: None,
                 };
                 match matcher.evaluate(&data) {
                     Some(m) => Decision {

@@ -456,7 +456,16 @@ fn overload_actions_follow_pressure_like_envoy() {
         Some(stepped(&proxy, &pressure))
     };
     let got = run(&|b| Some(Courier::start(b))).expect("courier starts");
-    if let Some(envoy) = run(&|b| Courier::start_envoy(b)) {
+    if let Some(mut envoy) = run(&|b| Courier::start_envoy(b)) {
+        // Envoy lifts `stop_accepting_connections` and `reject_incoming_connections` in
+        // separate worker callbacks: on a loaded machine the connection held in the
+        // backlog can be accepted between the two and rejected (seen once in a full
+        // suite run). That is a race of Envoy's; its run is taken once more then.
+        if envoy != got {
+            if let Some(again) = run(&|b| Courier::start_envoy(b)) {
+                envoy = again;
+            }
+        }
         assert_eq!(envoy, got, "envoy vs courier");
     }
     assert_eq!(got[0], r#"calm: Some(("HTTP/1.1 200 OK", false, "ok"))"#);

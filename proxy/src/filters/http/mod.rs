@@ -210,6 +210,16 @@ impl FilterArgs<'_> {
             None => Ok(M::default()),
         }
     }
+
+    /// The config as `M`, which the filter requires.
+    fn required_config<M: prost::Message + prost::Name + Default>(
+        &self,
+    ) -> Result<M, ConfigError> {
+        match self.config {
+            Some(any) => unpack(any, self.path),
+            None => Err(ConfigError::new(self.path, "value is required")),
+        }
+    }
 }
 
 /// Builds one HTTP filter from its `http_filters` entry.
@@ -274,13 +284,10 @@ pub static CHAIN: Registry<BuildFilter> = Registry {
             type_name: compressor::FILTER_TYPE,
             name: compressor::FILTER_NAME,
             build: |a| {
-                let Some(any) = a.config else {
-                    return Err(ConfigError::new(a.path, "value is required"));
-                };
                 Ok(HttpFilter::Compressor(Box::new(
                     compressor::CompressorFilter::compile(
                         a.name,
-                        &unpack(any, a.path)?,
+                        &a.required_config()?,
                         a.path,
                         a.stat_prefix,
                         a.store,
@@ -292,13 +299,10 @@ pub static CHAIN: Registry<BuildFilter> = Registry {
             type_name: decompressor::FILTER_TYPE,
             name: decompressor::FILTER_NAME,
             build: |a| {
-                let Some(any) = a.config else {
-                    return Err(ConfigError::new(a.path, "value is required"));
-                };
                 Ok(HttpFilter::Decompressor(Box::new(
                     decompressor::DecompressorFilter::compile(
                         a.name,
-                        &unpack(any, a.path)?,
+                        &a.required_config()?,
                         a.path,
                         a.stat_prefix,
                         a.store,
@@ -310,13 +314,10 @@ pub static CHAIN: Registry<BuildFilter> = Registry {
             type_name: ext_authz::FILTER_TYPE,
             name: ext_authz::FILTER_NAME,
             build: |a| {
-                let Some(any) = a.config else {
-                    return Err(ConfigError::new(a.path, "value is required"));
-                };
                 Ok(HttpFilter::ExtAuthz(Box::new(
                     ext_authz::ExtAuthzFilter::compile(
                         a.name,
-                        &unpack(any, a.path)?,
+                        &a.required_config()?,
                         a.path,
                         a.stat_prefix,
                         a.store,
@@ -328,13 +329,10 @@ pub static CHAIN: Registry<BuildFilter> = Registry {
             type_name: ext_proc::FILTER_TYPE,
             name: ext_proc::FILTER_NAME,
             build: |a| {
-                let Some(any) = a.config else {
-                    return Err(ConfigError::new(a.path, "value is required"));
-                };
                 Ok(HttpFilter::ExtProc(Box::new(
                     ext_proc::ExtProcFilter::compile(
                         a.name,
-                        &unpack(any, a.path)?,
+                        &a.required_config()?,
                         a.path,
                         a.stat_prefix,
                         a.store,
@@ -346,11 +344,8 @@ pub static CHAIN: Registry<BuildFilter> = Registry {
             type_name: ratelimit::FILTER_TYPE,
             name: ratelimit::FILTER_NAME,
             build: |a| {
-                let Some(any) = a.config else {
-                    return Err(ConfigError::new(a.path, "value is required"));
-                };
                 Ok(HttpFilter::RateLimit(Box::new(
-                    ratelimit::RateLimitFilter::compile(a.name, &unpack(any, a.path)?, a.path)?,
+                    ratelimit::RateLimitFilter::compile(a.name, &a.required_config()?, a.path)?,
                 )))
             },
         },

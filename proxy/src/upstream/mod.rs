@@ -16,6 +16,7 @@ pub mod health_checker;
 mod health_flags;
 pub mod health_refresh;
 mod host;
+pub mod host_override;
 mod host_set;
 mod lb_policy;
 mod load_balancer;

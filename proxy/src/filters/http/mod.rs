@@ -212,9 +212,7 @@ impl FilterArgs<'_> {
     }
 
     /// The config as `M`, which the filter requires.
-    fn required_config<M: prost::Message + prost::Name + Default>(
-        &self,
-    ) -> Result<M, ConfigError> {
+    fn required_config<M: prost::Message + prost::Name + Default>(&self) -> Result<M, ConfigError> {
         match self.config {
             Some(any) => unpack(any, self.path),
             None => Err(ConfigError::new(self.path, "value is required")),

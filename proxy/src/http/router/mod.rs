@@ -8,9 +8,6 @@ pub mod retry_buffer;
 pub mod shadow;
 pub mod upstream_request;
 
-pub use upstream_override::UpstreamOverride;
-mod upstream_override;
-
 use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -260,7 +257,10 @@ pub(crate) async fn forward(
     let (mut parts, body) = req.into_parts();
     // A stateful session's host, when a filter set one (an empty extensions map otherwise:
     // no work on the plain path); boxed, as it is held across the attempts' awaits.
-    let session = parts.extensions.remove::<UpstreamOverride>().map(Box::new);
+    let session = parts
+        .extensions
+        .remove::<crate::upstream::host_override::UpstreamOverride>()
+        .map(Box::new);
     strip_hop_by_hop(&mut parts.headers);
     // `100-continue` was answered here (or by the codec); other expectations go on, as
     // Envoy forwards them.

@@ -36,7 +36,7 @@ use http::{HeaderMap, Request, Response, StatusCode};
 
 use crate::config::ConfigError;
 use crate::http::codec::body::ProxyBody;
-use crate::http::router::UpstreamOverride;
+use crate::upstream::host_override::UpstreamOverride;
 
 /// The filter's config type.
 pub const FILTER_TYPE: &str = "envoy.extensions.filters.http.stateful_session.v3.StatefulSession";

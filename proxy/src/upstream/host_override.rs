@@ -1,5 +1,6 @@
-//! The upstream host a filter asks the router for (Envoy's `setUpstreamOverrideHost`): a
-//! stateful session's host, carried in the request's extensions.
+//! The upstream host a filter asks the router for (Envoy's `setUpstreamOverrideHost`, the
+//! load balancer context's `overrideHostToSelect`): a stateful session's host, carried in
+//! the request's extensions, looked up in the cluster's hosts.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

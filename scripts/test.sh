@@ -11,6 +11,10 @@ python3 -m pip install --quiet --disable-pip-version-check -r scripts/requiremen
 if ! command -v iptables >/dev/null && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
   (apt-get update -qq && apt-get install -y -q iptables) >/dev/null 2>&1 || echo "iptables not installed: the transparent-proxy test will skip"
 fi
+# make: the Lua filter's vendored LuaJIT (mlua) is built with it.
+if ! command -v make >/dev/null && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+  (apt-get update -qq && apt-get install -y -q make) >/dev/null 2>&1 || echo "make could not be installed: building the vendored LuaJIT will fail"
+fi
 # pip may install console scripts (envoy) outside PATH on some machines.
 PATH="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$HOME/.local/bin:$PATH"
 export PATH

@@ -223,6 +223,27 @@ impl FilterArgs<'_> {
 /// Builds one HTTP filter from its `http_filters` entry.
 pub type BuildFilter = fn(&FilterArgs<'_>) -> Result<HttpFilter, ConfigError>;
 
+/// The registry entry of a filter whose config compiles as `<module>::<Type>::compile(name,
+/// config, path, stat_prefix, store)` into a boxed `HttpFilter::<Variant>`; `config` is
+/// `config_or_default` or `required_config`.
+macro_rules! compiled {
+    ($module:ident, $variant:ident, $ty:ident, $config:ident) => {
+        Factory {
+            type_name: $module::FILTER_TYPE,
+            name: $module::FILTER_NAME,
+            build: |a| {
+                Ok(HttpFilter::$variant(Box::new($module::$ty::compile(
+                    a.name,
+                    &a.$config()?,
+                    a.path,
+                    a.stat_prefix,
+                    a.store,
+                )?)))
+            },
+        }
+    };
+}
+
 /// The HTTP filters a connection manager's chain may hold (the router, its terminal
 /// filter, is the manager's own).
 pub static CHAIN: Registry<BuildFilter> = Registry {
@@ -265,79 +286,16 @@ pub static CHAIN: Registry<BuildFilter> = Registry {
                 ))
             },
         },
-        Factory {
-            type_name: rbac::FILTER_TYPE,
-            name: rbac::FILTER_NAME,
-            build: |a| {
-                Ok(HttpFilter::Rbac(Box::new(rbac::RbacFilter::compile(
-                    a.name,
-                    &a.config_or_default()?,
-                    a.path,
-                    a.stat_prefix,
-                    a.store,
-                )?)))
-            },
-        },
-        Factory {
-            type_name: compressor::FILTER_TYPE,
-            name: compressor::FILTER_NAME,
-            build: |a| {
-                Ok(HttpFilter::Compressor(Box::new(
-                    compressor::CompressorFilter::compile(
-                        a.name,
-                        &a.required_config()?,
-                        a.path,
-                        a.stat_prefix,
-                        a.store,
-                    )?,
-                )))
-            },
-        },
-        Factory {
-            type_name: decompressor::FILTER_TYPE,
-            name: decompressor::FILTER_NAME,
-            build: |a| {
-                Ok(HttpFilter::Decompressor(Box::new(
-                    decompressor::DecompressorFilter::compile(
-                        a.name,
-                        &a.required_config()?,
-                        a.path,
-                        a.stat_prefix,
-                        a.store,
-                    )?,
-                )))
-            },
-        },
-        Factory {
-            type_name: ext_authz::FILTER_TYPE,
-            name: ext_authz::FILTER_NAME,
-            build: |a| {
-                Ok(HttpFilter::ExtAuthz(Box::new(
-                    ext_authz::ExtAuthzFilter::compile(
-                        a.name,
-                        &a.required_config()?,
-                        a.path,
-                        a.stat_prefix,
-                        a.store,
-                    )?,
-                )))
-            },
-        },
-        Factory {
-            type_name: ext_proc::FILTER_TYPE,
-            name: ext_proc::FILTER_NAME,
-            build: |a| {
-                Ok(HttpFilter::ExtProc(Box::new(
-                    ext_proc::ExtProcFilter::compile(
-                        a.name,
-                        &a.required_config()?,
-                        a.path,
-                        a.stat_prefix,
-                        a.store,
-                    )?,
-                )))
-            },
-        },
+        compiled!(rbac, Rbac, RbacFilter, config_or_default),
+        compiled!(compressor, Compressor, CompressorFilter, required_config),
+        compiled!(
+            decompressor,
+            Decompressor,
+            DecompressorFilter,
+            required_config
+        ),
+        compiled!(ext_authz, ExtAuthz, ExtAuthzFilter, required_config),
+        compiled!(ext_proc, ExtProc, ExtProcFilter, required_config),
         Factory {
             type_name: ratelimit::FILTER_TYPE,
             name: ratelimit::FILTER_NAME,
@@ -347,36 +305,13 @@ pub static CHAIN: Registry<BuildFilter> = Registry {
                 )))
             },
         },
-        Factory {
-            type_name: basic_auth::FILTER_TYPE,
-            name: basic_auth::FILTER_NAME,
-            build: |a| {
-                Ok(HttpFilter::BasicAuth(Box::new(
-                    basic_auth::BasicAuthFilter::compile(
-                        a.name,
-                        &a.config_or_default()?,
-                        a.path,
-                        a.stat_prefix,
-                        a.store,
-                    )?,
-                )))
-            },
-        },
-        Factory {
-            type_name: api_key_auth::FILTER_TYPE,
-            name: api_key_auth::FILTER_NAME,
-            build: |a| {
-                Ok(HttpFilter::ApiKeyAuth(Box::new(
-                    api_key_auth::ApiKeyAuthFilter::compile(
-                        a.name,
-                        &a.config_or_default()?,
-                        a.path,
-                        a.stat_prefix,
-                        a.store,
-                    )?,
-                )))
-            },
-        },
+        compiled!(basic_auth, BasicAuth, BasicAuthFilter, config_or_default),
+        compiled!(
+            api_key_auth,
+            ApiKeyAuth,
+            ApiKeyAuthFilter,
+            config_or_default
+        ),
         Factory {
             type_name: custom_response::FILTER_TYPE,
             name: custom_response::FILTER_NAME,
@@ -401,62 +336,15 @@ pub static CHAIN: Registry<BuildFilter> = Registry {
                 )?))
             },
         },
-        Factory {
-            type_name: credential_injector::FILTER_TYPE,
-            name: credential_injector::FILTER_NAME,
-            build: |a| {
-                Ok(HttpFilter::CredentialInjector(Box::new(
-                    credential_injector::CredentialInjectorFilter::compile(
-                        a.name,
-                        &a.config_or_default()?,
-                        a.path,
-                        a.stat_prefix,
-                        a.store,
-                    )?,
-                )))
-            },
-        },
-        Factory {
-            type_name: jwt_authn::FILTER_TYPE,
-            name: jwt_authn::FILTER_NAME,
-            build: |a| {
-                Ok(HttpFilter::JwtAuthn(Box::new(
-                    jwt_authn::JwtAuthnFilter::compile(
-                        a.name,
-                        &a.config_or_default()?,
-                        a.path,
-                        a.stat_prefix,
-                        a.store,
-                    )?,
-                )))
-            },
-        },
-        Factory {
-            type_name: lua::FILTER_TYPE,
-            name: lua::FILTER_NAME,
-            build: |a| {
-                Ok(HttpFilter::Lua(Box::new(lua::LuaFilter::compile(
-                    a.name,
-                    &a.config_or_default()?,
-                    a.path,
-                    a.stat_prefix,
-                    a.store,
-                )?)))
-            },
-        },
-        Factory {
-            type_name: oauth2::FILTER_TYPE,
-            name: oauth2::FILTER_NAME,
-            build: |a| {
-                Ok(HttpFilter::OAuth2(Box::new(oauth2::OAuth2Filter::compile(
-                    a.name,
-                    &a.config_or_default()?,
-                    a.path,
-                    a.stat_prefix,
-                    a.store,
-                )?)))
-            },
-        },
+        compiled!(
+            credential_injector,
+            CredentialInjector,
+            CredentialInjectorFilter,
+            config_or_default
+        ),
+        compiled!(jwt_authn, JwtAuthn, JwtAuthnFilter, config_or_default),
+        compiled!(lua, Lua, LuaFilter, config_or_default),
+        compiled!(oauth2, OAuth2, OAuth2Filter, config_or_default),
         Factory {
             type_name: stateful_session::FILTER_TYPE,
             name: stateful_session::FILTER_NAME,

@@ -33,8 +33,11 @@
 //!   deciding bucket: the refusing one, else the first matched, else the default.
 //!   Several rate limit filters each add their headers, the last filter's first.
 //!
-//! Refused as unsupported: `local_cluster_rate_limit`, and descriptor entries without a
-//! value (Envoy's wildcard descriptors, see `descriptors.rs`).
+//!   A descriptor with an entry without a value is a wildcard: a bucket per distinct
+//!   request descriptor it matches, at most `max_dynamic_descriptors` (default 20) kept,
+//!   least recently used forgotten first (`descriptors.rs`).
+//!
+//! Refused as unsupported: `local_cluster_rate_limit`.
 
 use std::sync::Arc;
 
@@ -47,13 +50,14 @@ use http::{HeaderMap, StatusCode};
 use crate::config::ConfigError;
 use crate::filters::token_bucket::{Bucket, Tokens};
 use crate::http::conn_manager::headers::decimal_value;
+use crate::http::route::rate_limits::Entry;
 use crate::http::route::rate_limits::{
     Descriptor, DescriptorSource, Level, RateLimitView, RateLimits, VhRateLimits,
 };
 use crate::layered_runtime::RuntimeFraction;
 use crate::protocol::header_mutations::{FormatContext, HeaderMutations};
 use crate::stats::{Counter, Store};
-use descriptors::LocalDescriptor;
+use descriptors::{DynamicBuckets, LocalDescriptor};
 
 /// The filter's config type, also the per-route policy's.
 pub const FILTER_TYPE: &str = "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit";
@@ -70,17 +74,34 @@ static RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
 /// Shared by every worker, or one per downstream connection.
 struct Limiter {
     default: Option<Arc<Tokens>>,
-    descriptors: Box<[Arc<Tokens>]>,
+    descriptors: Box<[DescriptorTokens]>,
+}
+
+/// A descriptor's bucket, or a wildcard's buckets.
+enum DescriptorTokens {
+    Exact(Arc<Tokens>),
+    Wildcard(DynamicBuckets),
 }
 
 impl Limiter {
-    fn new(bucket: Option<&Bucket>, descriptors: &[LocalDescriptor]) -> Limiter {
+    fn new(bucket: Option<&Bucket>, descriptors: &[LocalDescriptor], max_dynamic: u32) -> Limiter {
         Limiter {
             default: bucket.map(|b| Arc::new(Tokens::full(b))),
             descriptors: descriptors
                 .iter()
-                .map(|d| Arc::new(Tokens::full(&d.bucket)))
+                .map(|d| match d.wildcard {
+                    false => DescriptorTokens::Exact(Arc::new(Tokens::full(&d.bucket))),
+                    true => DescriptorTokens::Wildcard(DynamicBuckets::new(max_dynamic)),
+                })
                 .collect(),
+        }
+    }
+
+    /// The bucket of the request descriptor `entries` under the configured descriptor `i`.
+    fn tokens(&self, i: usize, d: &LocalDescriptor, entries: &[Entry]) -> Arc<Tokens> {
+        match &self.descriptors[i] {
+            DescriptorTokens::Exact(t) => t.clone(),
+            DescriptorTokens::Wildcard(w) => w.get(entries, &d.bucket),
         }
     }
 }
@@ -99,6 +120,8 @@ pub struct RateLimitPolicy {
     vh_rate_limits: VhRateLimits,
     /// `always_consume_default_token_bucket` (default true).
     always_consume_default: bool,
+    /// `max_dynamic_descriptors`: the buckets each wildcard descriptor keeps.
+    max_dynamic: u32,
     per_connection: bool,
     enabled: Option<RuntimeFraction>,
     enforced: Option<RuntimeFraction>,
@@ -173,8 +196,18 @@ impl RateLimitPolicy {
                     .unwrap_or(StatusCode::TOO_MANY_REQUESTS)
             }
         };
+        let max_dynamic = match p.max_dynamic_descriptors.as_ref().map(|v| v.value) {
+            None => descriptors::DEFAULT_MAX_DYNAMIC,
+            Some(0) => {
+                return Err(ConfigError::new(
+                    format!("{path}.max_dynamic_descriptors"),
+                    "value must be greater than or equal to 1",
+                ))
+            }
+            Some(n) => n,
+        };
         let c = |s: &str| store.counter(&format!("{}.http_local_rate_limit.{s}", p.stat_prefix));
-        let limiter = Arc::new(Limiter::new(bucket.as_ref(), &descriptors));
+        let limiter = Arc::new(Limiter::new(bucket.as_ref(), &descriptors, max_dynamic));
         Ok(RateLimitPolicy {
             limiter,
             bucket,
@@ -186,6 +219,7 @@ impl RateLimitPolicy {
                 .always_consume_default_token_bucket
                 .as_ref()
                 .is_none_or(|b| b.value),
+            max_dynamic,
             per_connection: p.local_rate_limit_per_downstream_connection,
             enabled: p
                 .filter_enabled
@@ -231,7 +265,11 @@ impl ConnectionBuckets {
         if let Some((_, l)) = all.iter().find(|(p, _)| Arc::ptr_eq(p, policy)) {
             return l.clone();
         }
-        let l = Arc::new(Limiter::new(policy.bucket.as_ref(), &policy.descriptors));
+        let l = Arc::new(Limiter::new(
+            policy.bucket.as_ref(),
+            &policy.descriptors,
+            policy.max_dynamic,
+        ));
         all.push((policy.clone(), l.clone()));
         l
     }
@@ -375,28 +413,32 @@ impl RateLimitPolicy {
         limiter: &Limiter,
         request: &[Descriptor],
     ) -> (bool, Option<(Bucket, Arc<Tokens>)>) {
-        let mut matched: Vec<usize> = Vec::new();
+        // Each request descriptor's bucket: an exact descriptor's, else the first
+        // matching wildcard's bucket for it.
+        let mut matched: Vec<(Bucket, Arc<Tokens>)> = Vec::new();
         for rd in request {
-            if let Some(i) = self
+            let exact = self
                 .descriptors
                 .iter()
-                .position(|d| *d.entries == *rd.entries)
-            {
-                matched.push(i);
+                .position(|d| !d.wildcard && *d.entries == *rd.entries);
+            let found = exact.or_else(|| {
+                self.descriptors
+                    .iter()
+                    .position(|d| d.wildcard_matches(&rd.entries))
+            });
+            if let Some(i) = found {
+                let d = &self.descriptors[i];
+                matched.push((d.bucket, limiter.tokens(i, d, &rd.entries)));
             }
         }
         // Stable, as Envoy's sort of so few elements is in effect.
-        matched.sort_by(|a, b| {
-            let (a, b) = (&self.descriptors[*a].bucket, &self.descriptors[*b].bucket);
-            a.rate.total_cmp(&b.rate)
-        });
-        let context = |i: usize| (self.descriptors[i].bucket, limiter.descriptors[i].clone());
-        for &i in &matched {
-            if !limiter.descriptors[i].take(&self.descriptors[i].bucket) {
-                return (false, Some(context(i)));
+        matched.sort_by(|a, b| a.0.rate.total_cmp(&b.0.rate));
+        for (bucket, tokens) in &matched {
+            if !tokens.take(bucket) {
+                return (false, Some((*bucket, tokens.clone())));
             }
         }
-        let first = matched.first().map(|&i| context(i));
+        let first = matched.first().cloned();
         if matched.is_empty() || self.always_consume_default {
             if let (Some(b), Some(t)) = (self.bucket.as_ref(), limiter.default.as_ref()) {
                 if !t.take(b) {
@@ -433,9 +475,14 @@ mod tests {
             &format!("{{ stat_prefix: s, {bucket}, descriptors: [{{ entries: [{{ key: k }}], token_bucket: {{ max_tokens: 1, fill_interval: 1s }} }}] }}"),
             false,
         );
+        assert!(wildcard.is_ok());
+        let no_dynamic = compile(
+            &format!("{{ stat_prefix: s, {bucket}, max_dynamic_descriptors: 0 }}"),
+            false,
+        );
         assert_eq!(
-            wildcard.err().map(|e| e.path).as_deref(),
-            Some("rl.descriptors[0].entries[0].value")
+            no_dynamic.err().map(|e| e.path).as_deref(),
+            Some("rl.max_dynamic_descriptors")
         );
         let duplicate = compile(
             &format!("{{ stat_prefix: s, {bucket}, descriptors: [{{ entries: [{{ key: k, value: v }}], token_bucket: {{ max_tokens: 1, fill_interval: 1s }} }}, {{ entries: [{{ key: k, value: v }}], token_bucket: {{ max_tokens: 2, fill_interval: 1s }} }}] }}"),

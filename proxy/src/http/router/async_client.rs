@@ -5,10 +5,10 @@
 //! HTTP/2), bounded by a deadline; the answer is read whole, up to a limit.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{HeaderMap, Request, Version};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Version};
 use http_body_util::BodyExt;
 use hyper::body::Body as _;
 
@@ -44,24 +44,93 @@ pub enum AsyncFailure {
     Timeout,
 }
 
-/// Sends `req` to the cluster named `cluster` on this worker, bounded by `deadline`, and
-/// reads the answer whole.
+static X_ENVOY_INTERNAL: HeaderName = HeaderName::from_static("x-envoy-internal");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
+/// What Envoy's async client adds to a worker's own request (its request options'
+/// `send_internal` and `send_xff`, both on by default; each caller turns them off where
+/// Envoy's does).
+#[derive(Debug, Clone, Copy)]
+pub struct EnvoyHeaders {
+    /// `x-envoy-internal: true`.
+    pub internal: bool,
+    /// The machine's own address appended to `x-forwarded-for`.
+    pub xff: bool,
+}
+
+impl EnvoyHeaders {
+    /// Both (Envoy's default: Lua's `httpCall()`, OAuth2's token calls, gRPC services
+    /// without `skip_envoy_headers`, request mirrors).
+    pub const ALL: EnvoyHeaders = EnvoyHeaders {
+        internal: true,
+        xff: true,
+    };
+    /// No `x-forwarded-for` (the HTTP authorization service, JWKS fetches).
+    pub const NO_XFF: EnvoyHeaders = EnvoyHeaders {
+        internal: true,
+        xff: false,
+    };
+    /// Neither (`skip_envoy_headers`).
+    pub const NONE: EnvoyHeaders = EnvoyHeaders {
+        internal: false,
+        xff: false,
+    };
+
+    /// A gRPC service's: both, unless its `skip_envoy_headers`.
+    pub fn grpc(client: &crate::upstream::async_client::grpc::GrpcClient) -> EnvoyHeaders {
+        match client.sends_envoy_headers() {
+            true => EnvoyHeaders::ALL,
+            false => EnvoyHeaders::NONE,
+        }
+    }
+
+    /// Adds them to `headers`, and, as Envoy's router does for a call with a timeout,
+    /// `x-envoy-expected-rq-timeout-ms`.
+    pub(crate) fn apply(self, headers: &mut HeaderMap, timeout: Option<Duration>) {
+        if self.internal {
+            headers.insert(X_ENVOY_INTERNAL.clone(), HeaderValue::from_static("true"));
+        }
+        if self.xff {
+            let local = crate::server::local_info::local_address().to_string();
+            let v = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+                Some(prev) if !prev.is_empty() => format!("{prev},{local}"),
+                _ => local,
+            };
+            if let Ok(v) = HeaderValue::from_str(&v) {
+                headers.insert(X_FORWARDED_FOR.clone(), v);
+            }
+        }
+        if let Some(t) = timeout.filter(|t| !t.is_zero()) {
+            headers.insert(
+                super::X_ENVOY_EXPECTED_RQ_TIMEOUT_MS.clone(),
+                HeaderValue::from(t.as_millis() as u64),
+            );
+        }
+    }
+}
+
+/// Sends `req` to the cluster named `cluster` on this worker, bounded by `timeout`, with
+/// the `envoy` headers, and reads the answer whole.
 pub async fn send(
     cluster: &str,
     req: RequestMessage<Bytes>,
     store: &Store,
     worker: usize,
-    deadline: Option<Instant>,
+    timeout: Option<Duration>,
+    envoy: EnvoyHeaders,
 ) -> Result<ResponseMessage, AsyncFailure> {
+    let deadline = timeout.map(|t| Instant::now() + t);
     let Some(info) = ThreadLocalClusterManager::with(|tlcm| tlcm.snapshot().get(cluster).cloned())
     else {
         return Err(AsyncFailure::NoCluster(cluster.to_owned()));
     };
+    let mut headers = req.headers;
+    envoy.apply(&mut headers, timeout);
     let req = RequestMessage {
         method: req.method,
         path: req.path,
         authority: req.authority,
-        headers: req.headers,
+        headers,
         body: ProxyBody::full(req.body),
     };
     let req = request_for(&info, req).map_err(|e| AsyncFailure::Reset(e.to_string()))?;

@@ -205,11 +205,14 @@ impl Mirror<'_> {
             .uri()
             .path_and_query()
             .map_or_else(String::new, |pq| pq.as_str().to_owned());
+        let mut headers = main.headers().clone();
+        // The main request's `x-envoy-expected-rq-timeout-ms` goes as it is.
+        async_client::EnvoyHeaders::ALL.apply(&mut headers, None);
         let req = RequestMessage {
             method: main.method().clone(),
             path,
             authority,
-            headers: main.headers().clone(),
+            headers,
             body: self.body,
         };
         let req = match async_client::request_for(&self.cluster, req) {

@@ -138,6 +138,12 @@ impl GrpcClient {
         self.timeout
     }
 
+    /// Whether its calls carry Envoy's headers (`x-envoy-internal`, `x-forwarded-for`):
+    /// not under `skip_envoy_headers`.
+    pub fn sends_envoy_headers(&self) -> bool {
+        self.envoy_headers
+    }
+
     /// The call's `:authority` (`envoy_grpc.authority`, else the cluster's name).
     pub fn authority(&self) -> &str {
         self.authority.authority().map_or("", |a| a.as_str())

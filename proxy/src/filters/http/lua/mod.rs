@@ -19,8 +19,8 @@
 //! - `respond()` answers the request (details `lua_response`); the response pass still
 //!   runs on that answer, as on every answer (a direct response, a router's reply).
 //! - `httpCall(cluster, headers, body, timeout_ms[, asynchronous])` and its options-table
-//!   form (`timeout_ms`, `asynchronous`, `return_duplicate_headers`; `trace_sampled` and
-//!   `send_xff` taken) send the worker's own request to the cluster (the connection
+//!   form (`timeout_ms`, `asynchronous`, `return_duplicate_headers`, `send_xff`;
+//!   `trace_sampled` taken, Courier's calls carry no span) send the worker's own request to the cluster (the connection
 //!   manager sends it, `service_calls::lua`); the script waits and gets the answer's
 //!   headers table (`:status` among them) and body (`nil` when empty), a call that got no
 //!   answer the async client's router's local reply (`504 upstream request timeout`,

@@ -90,6 +90,8 @@ pub struct HttpCall {
     pub body: Option<Vec<u8>>,
     /// The call's timeout (none: `0`, or not given in the options table).
     pub timeout: Option<Duration>,
+    /// `send_xff` (default true): the machine's address appended to `x-forwarded-for`.
+    pub send_xff: bool,
 }
 
 /// What a call's answer gives the script: the `:status` and header fields, and the body.
@@ -566,6 +568,7 @@ fn http_call(args: MultiValue) -> mlua::Result<PendingCall> {
             fields: Vec::new(),
             body: None,
             timeout: None,
+            send_xff: true,
         },
         asynchronous: false,
         duplicates: false,
@@ -602,9 +605,10 @@ fn http_call(args: MultiValue) -> mlua::Result<PendingCall> {
                         pending.call.timeout = (ms > 0).then(|| Duration::from_millis(ms as u64));
                     }
                     "return_duplicate_headers" => pending.duplicates = truthy(&v),
-                    // Courier's worker calls carry no trace span and no `x-forwarded-for`:
-                    // these change nothing Courier sends (DIFFERENCES.md).
-                    "trace_sampled" | "send_xff" => {}
+                    "send_xff" => pending.call.send_xff = truthy(&v),
+                    // Courier's worker calls carry no trace span: nothing to sample
+                    // (DIFFERENCES.md).
+                    "trace_sampled" => {}
                     other => {
                         return Err(runtime(format!(
                             "\"{other}\" is not valid key for httpCall() options"

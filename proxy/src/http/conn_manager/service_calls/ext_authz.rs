@@ -5,7 +5,6 @@
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use http::{Request, Response, StatusCode};
@@ -22,6 +21,7 @@ use crate::http::codec::body::{BodyTransform, BoxError, ProxyBody};
 use crate::http::conn_manager::conn_info::ConnInfo;
 use crate::http::conn_manager::local_reply::local_reply;
 use crate::http::route::per_filter::FilterConfigs;
+use crate::http::router::async_client::EnvoyHeaders;
 use crate::http::router::{async_client, Outcome};
 use crate::protocol::header_mutations::FormatContext;
 
@@ -130,8 +130,12 @@ pub(crate) async fn check(
             h.request(&fields, body.as_ref(), &cx)
         }
     };
-    let deadline = Instant::now() + f.service.timeout();
-    let answer = async_client::send(f.service.cluster(), message, store, worker, Some(deadline));
+    let envoy = match &f.service {
+        Service::Grpc(g) => EnvoyHeaders::grpc(&g.client),
+        Service::Http(_) => EnvoyHeaders::NO_XFF,
+    };
+    let timeout = Some(f.service.timeout());
+    let answer = async_client::send(f.service.cluster(), message, store, worker, timeout, envoy);
     let verdict = match Box::pin(answer).await {
         Err(e) => {
             tracing::debug!(cluster = f.service.cluster(), error = %e, "ext_authz call failed");

@@ -19,6 +19,7 @@ use crate::filters::http::ext_proc::mutation::{self, Pseudo, Target};
 use crate::filters::http::ext_proc::{ExtProcFilter, Mode, PROCESS_PATH};
 use crate::http::codec::body::{BodyTransform, BoxError, ProxyBody};
 use crate::http::conn_manager::local_reply::local_reply;
+use crate::http::router::async_client::EnvoyHeaders;
 use crate::http::router::async_stream::GrpcStream;
 use crate::http::router::Outcome;
 use crate::stats::Store;
@@ -81,7 +82,8 @@ impl<'a> Session<'a> {
         let stream = match &self.stream {
             Some(s) => s,
             None => {
-                let req = f.client.stream_call(PROCESS_PATH);
+                let mut req = f.client.stream_call(PROCESS_PATH);
+                EnvoyHeaders::grpc(&f.client).apply(&mut req.headers, None);
                 f.stats.streams_started.inc(w);
                 self.stream
                     .insert(GrpcStream::start(f.client.cluster(), req, &self.store, w))

@@ -22,7 +22,7 @@ use crate::filters::http::jwt_authn::provider::RemoteJwks;
 use crate::filters::http::jwt_authn::requirement::Fetched;
 use crate::filters::http::jwt_authn::{JwtAuthnFilter, JwtPerRoute, JwtRequest};
 use crate::http::route::Pseudo;
-use crate::http::router::async_client::{self, AsyncFailure};
+use crate::http::router::async_client::{self, AsyncFailure, EnvoyHeaders};
 use crate::protocol::message::RequestMessage;
 use crate::stats::Store;
 
@@ -88,8 +88,15 @@ async fn fetch(r: &RemoteJwks, store: &Store, worker: usize) -> Option<Arc<Jwks>
         headers: HeaderMap::new(),
         body: Bytes::new(),
     };
-    let deadline = r.timeout.map(|t| Instant::now() + t);
-    let answer = match async_client::send(&r.cluster, req, store, worker, deadline).await {
+    let answer = async_client::send(
+        &r.cluster,
+        req,
+        store,
+        worker,
+        r.timeout,
+        EnvoyHeaders::NO_XFF,
+    );
+    let answer = match answer.await {
         Ok(answer) => answer,
         Err(AsyncFailure::NoCluster(_)) => {
             // As Envoy's fetcher, at error level: a config naming a cluster never defined.

@@ -5,7 +5,6 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
@@ -15,7 +14,7 @@ use crate::filters::http::lua::stream::{CallAnswer, Caller, HttpCall};
 use crate::http::conn_manager::local_reply::{
     NO_HEALTHY_UPSTREAM, UPSTREAM_CONNECT_ERROR, UPSTREAM_OVERFLOW, UPSTREAM_TIMEOUT,
 };
-use crate::http::router::async_client::{self, AsyncFailure};
+use crate::http::router::async_client::{self, AsyncFailure, EnvoyHeaders};
 use crate::protocol::message::{RequestMessage, ResponseMessage};
 use crate::stats::Store;
 use crate::upstream::ThreadLocalClusterManager;
@@ -48,10 +47,16 @@ impl Caller for LuaCaller<'_> {
 
 /// Sends `call` and gives what the script gets back.
 async fn send(call: HttpCall, store: Store, worker: usize) -> CallAnswer {
-    let deadline = call.timeout.map(|t| Instant::now() + t);
     let cluster = call.cluster.clone();
+    let timeout = call.timeout;
+    let envoy = EnvoyHeaders {
+        internal: true,
+        xff: call.send_xff,
+    };
     let answer = match message(call) {
-        Some(request) => async_client::send(&cluster, request, &store, worker, deadline).await,
+        Some(request) => {
+            async_client::send(&cluster, request, &store, worker, timeout, envoy).await
+        }
         None => Err(AsyncFailure::Reset("a request HTTP cannot carry".into())),
     };
     match answer {

@@ -3,13 +3,11 @@
 //! sent from the worker through the router's async client to the token cluster, and its
 //! answer handed back to the filter.
 
-use std::time::Instant;
-
 use http::HeaderMap;
 
 use crate::filters::http::oauth2::{Finished, OAuth2Filter, RequestView, TokenCall};
 use crate::http::route::Pseudo;
-use crate::http::router::async_client;
+use crate::http::router::async_client::{self, EnvoyHeaders};
 use crate::stats::Store;
 
 /// Sends `call` and lets `f` apply the answer to the request (`headers`).
@@ -22,7 +20,6 @@ pub(crate) async fn call(
     store: &Store,
     worker: usize,
 ) -> Finished {
-    let deadline = Instant::now() + call.timeout;
     let request = crate::protocol::message::RequestMessage {
         method: call.request.method.clone(),
         path: call.request.path.clone(),
@@ -30,7 +27,15 @@ pub(crate) async fn call(
         headers: call.request.headers.clone(),
         body: call.request.body.clone(),
     };
-    let answer = async_client::send(&call.cluster, request, store, worker, Some(deadline)).await;
+    let answer = async_client::send(
+        &call.cluster,
+        request,
+        store,
+        worker,
+        Some(call.timeout),
+        EnvoyHeaders::ALL,
+    )
+    .await;
     let answer = match answer {
         Ok(a) => Some(a),
         Err(e) => {

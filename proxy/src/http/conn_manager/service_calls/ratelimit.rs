@@ -2,8 +2,6 @@
 //! the call the filter builds from the request's descriptors, sent from the worker, and
 //! the filter's decision on the answer, counted in the routed cluster's scope.
 
-use std::time::Instant;
-
 use http::{HeaderName, HeaderValue, Request, Response};
 
 use super::PoolCounters;
@@ -13,6 +11,7 @@ use crate::http::codec::body::ProxyBody;
 use crate::http::conn_manager::conn_info::ConnInfo;
 use crate::http::route::per_filter::FilterConfigs;
 use crate::http::route::rate_limits::RateLimitView;
+use crate::http::router::async_client::EnvoyHeaders;
 use crate::http::router::{async_client, Outcome};
 use crate::protocol::header_mutations::FormatContext;
 
@@ -36,13 +35,13 @@ pub(crate) async fn check(
     let Some(call) = f.call(levels, req.headers(), view) else {
         return Ok(None);
     };
-    let deadline = Instant::now() + f.timeout;
     let answer = async_client::send(
         f.service.cluster(),
         call,
         &conn.config.store,
         conn.worker,
-        Some(deadline),
+        Some(f.timeout),
+        EnvoyHeaders::grpc(&f.service),
     )
     .await;
     if let Err(e) = &answer {

@@ -105,6 +105,12 @@ pub struct ListenerConfig {
     pub filter_chains: Vec<Arc<FilterChain>>,
     /// `default_filter_chain`.
     pub default_chain: Option<Arc<FilterChain>>,
+    /// `filter_chain_matcher`, which replaces the chains' `filter_chain_match`.
+    pub chain_matcher: Option<super::filter_chain_matcher::ChainMatcher>,
+    /// Whether picking a chain needs the connection's local address (`getsockname`).
+    pub match_local: bool,
+    /// Whether picking a chain needs the peer's address (`getpeername`).
+    pub match_peer: bool,
     /// `listener_filters`: the TLS inspector, if configured.
     pub tls_inspector: Option<TlsInspector>,
     /// `socket_options`, set on its sockets.
@@ -139,6 +145,14 @@ pub struct ListenerConfig {
 impl ListenerConfig {
     /// The chain for a connection (see [`filter_chain_match`]).
     pub fn select_chain(&self, facts: &ConnectionFacts) -> Option<&Arc<FilterChain>> {
+        if let Some(m) = &self.chain_matcher {
+            use super::filter_chain_matcher::Picked;
+            return match m.pick(facts) {
+                Picked::Chain(i) => self.filter_chains.get(i),
+                Picked::Unknown => None,
+                Picked::NoMatch => self.default_chain.as_ref(),
+            };
+        }
         filter_chain_match::select(self.filter_chains.iter().map(|c| (&c.matching, c)), facts)
             .or(self.default_chain.as_ref())
     }
@@ -150,13 +164,6 @@ impl ListenerConfig {
     pub fn filters_timed_out(&self, worker: usize) -> bool {
         self.stats.downstream_pre_cx_timeout.inc(worker);
         self.continue_on_listener_filters_timeout
-    }
-
-    /// Whether a chain matches on the local port (which costs a `getsockname`).
-    pub fn matches_port(&self) -> bool {
-        self.filter_chains
-            .iter()
-            .any(|c| c.matching.destination_port.is_some())
     }
 
     /// Every chain, the default one last.
@@ -304,7 +311,6 @@ pub fn compile_listener(
             "additional_addresses",
             !proto.additional_addresses.is_empty(),
         ),
-        ("filter_chain_matcher", proto.filter_chain_matcher.is_some()),
         ("fcds_config", proto.fcds_config.is_some()),
         ("api_listener", proto.api_listener.is_some()),
         ("udp_listener_config", proto.udp_listener_config.is_some()),
@@ -339,9 +345,18 @@ pub fn compile_listener(
                 .map_err(|e| e.at(&format!("filter_chains[{i}]")))
         })
         .collect::<Result<Vec<_>, _>>()?;
+    let chain_matcher = proto
+        .filter_chain_matcher
+        .as_ref()
+        .map(|m| {
+            let names: Vec<&str> = filter_chains.iter().map(|c| c.name.as_str()).collect();
+            super::filter_chain_matcher::ChainMatcher::compile(m, &names, &address.to_string())
+        })
+        .transpose()?;
     let mut seen = std::collections::HashSet::new();
     for (i, c) in filter_chains.iter().enumerate() {
-        if !c.matching.keys().into_iter().all(|k| seen.insert(k)) {
+        // With a matcher, the chains' own matches are ignored (Envoy checks none).
+        if chain_matcher.is_none() && !c.matching.keys().into_iter().all(|k| seen.insert(k)) {
             return Err(ConfigError::new(
                 format!("filter_chains[{i}].filter_chain_match"),
                 format!(
@@ -371,6 +386,12 @@ pub fn compile_listener(
         Some(d) => config::duration(d, "listener_filters_timeout")?,
         None => std::time::Duration::from_secs(15),
     };
+    let by_match = chain_matcher.is_none();
+    let match_local = !by_match
+        || filter_chains
+            .iter()
+            .any(|c| c.matching.destination_port.is_some() || c.matching.needs_local());
+    let match_peer = !by_match || filter_chains.iter().any(|c| c.matching.needs_peer());
     Ok(ListenerConfig {
         name: proto.name.clone(),
         address,
@@ -384,6 +405,9 @@ pub fn compile_listener(
         modify_only: proto.drain_type == DrainType::ModifyOnly as i32,
         filter_chains,
         default_chain,
+        chain_matcher,
+        match_local,
+        match_peer,
         tls_inspector: listener_filters.tls_inspector,
         http_inspector: listener_filters.http_inspector,
         socket_options: super::socket_options::compile(&proto.socket_options, "socket_options")?,

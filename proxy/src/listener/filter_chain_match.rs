@@ -3,13 +3,32 @@
 //! Envoy's order, one criterion at a time, the most specific match at each level
 //! narrowing the candidates for the next (no backtracking: a connection that matched a
 //! specific value at one level and nothing at a later one gets no chain, not a less
-//! specific one): `destination_port`, then `server_names` (exact, then the longest
-//! wildcard suffix, then chains naming none), then `transport_protocol`, then
-//! `application_protocols`. Nothing left: the `default_filter_chain`.
+//! specific one): `destination_port`, then `prefix_ranges` (the local address's longest
+//! matching prefix, then chains naming none), then `server_names` (exact, then the
+//! longest wildcard suffix, then chains naming none), then `transport_protocol`, then
+//! `application_protocols`, then `direct_source_prefix_ranges` (the peer's address),
+//! `source_type` (a local client: the loopback address or the listener's own),
+//! `source_prefix_ranges` (the client's address, after a PROXY protocol header) and
+//! `source_ports`. Nothing left: the `default_filter_chain`.
+
+use std::net::{IpAddr, SocketAddr};
 
 use courier_proto::envoy::config::listener::v3 as pb;
 
 use crate::config::ConfigError;
+use crate::http::conn_manager::internal_address::Cidr;
+
+/// `source_type`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum SourceType {
+    /// `ANY`.
+    #[default]
+    Any,
+    /// `SAME_IP_OR_LOOPBACK`: the client is on this host.
+    Local,
+    /// `EXTERNAL`: it is not.
+    External,
+}
 
 /// What a chain matches on, compiled.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
@@ -22,6 +41,16 @@ pub struct ChainMatch {
     pub transport_protocol: Option<String>,
     /// `application_protocols`.
     pub application_protocols: Vec<String>,
+    /// `prefix_ranges`: the local address's.
+    pub prefix_ranges: Vec<Cidr>,
+    /// `direct_source_prefix_ranges`: the peer's address's.
+    pub direct_source_prefix_ranges: Vec<Cidr>,
+    /// `source_type`.
+    pub source_type: SourceType,
+    /// `source_prefix_ranges`: the client's address's.
+    pub source_prefix_ranges: Vec<Cidr>,
+    /// `source_ports`.
+    pub source_ports: Vec<u16>,
 }
 
 /// What the listener knows of a connection when it picks the chain.
@@ -41,6 +70,24 @@ pub struct ConnectionFacts {
     /// The client address a PROXY protocol header gave: the connection's remote address
     /// from here on.
     pub restored_remote: Option<std::net::SocketAddr>,
+    /// The connection's own addresses, read only when a chain matches on them (each
+    /// costs a system call): the local one (`getsockname`) and the peer's
+    /// (`getpeername`).
+    pub socket_local: Option<SocketAddr>,
+    /// See `socket_local`.
+    pub socket_peer: Option<SocketAddr>,
+}
+
+impl ConnectionFacts {
+    /// The connection's local address (a restored original destination first).
+    fn local_ip(&self) -> Option<IpAddr> {
+        self.restored_local.or(self.socket_local).map(|a| a.ip())
+    }
+
+    /// The client's address (a PROXY protocol header's first).
+    fn source(&self) -> Option<SocketAddr> {
+        self.restored_remote.or(self.socket_peer)
+    }
 }
 
 impl ChainMatch {
@@ -49,22 +96,43 @@ impl ChainMatch {
         let Some(m) = m else {
             return Ok(ChainMatch::default());
         };
-        let unsupported = [
-            ("prefix_ranges", !m.prefix_ranges.is_empty()),
-            ("source_prefix_ranges", !m.source_prefix_ranges.is_empty()),
-            (
-                "direct_source_prefix_ranges",
-                !m.direct_source_prefix_ranges.is_empty(),
-            ),
-            ("source_ports", !m.source_ports.is_empty()),
-            ("address_suffix", !m.address_suffix.is_empty()),
-            ("source_type", m.source_type != 0),
-        ];
-        if let Some((field, _)) = unsupported.iter().find(|(_, set)| *set) {
-            return Err(ConfigError::unsupported(format!(
-                "filter_chain_match.{field}"
-            )));
+        if !m.address_suffix.is_empty() || m.suffix_len.is_some() {
+            return Err(ConfigError::new(
+                "filter_chain_match",
+                "filter chain contains unimplemented fields",
+            ));
         }
+        let cidrs = |ranges: &[courier_proto::envoy::config::core::v3::CidrRange], field: &str| {
+            ranges
+                .iter()
+                .enumerate()
+                .map(|(i, r)| Cidr::compile(r, &format!("filter_chain_match.{field}[{i}]")))
+                .collect::<Result<Vec<_>, _>>()
+        };
+        let source_type = match m.source_type {
+            0 => SourceType::Any,
+            1 => SourceType::Local,
+            2 => SourceType::External,
+            _ => {
+                return Err(ConfigError::new(
+                    "filter_chain_match.source_type",
+                    "value must be one of the defined enum values",
+                ))
+            }
+        };
+        let source_ports = m
+            .source_ports
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                u16::try_from(*p).map_err(|_| {
+                    ConfigError::new(
+                        format!("filter_chain_match.source_ports[{i}]"),
+                        "value must be inside range [0, 65535]",
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let destination_port = m
             .destination_port
             .as_ref()
@@ -96,7 +164,28 @@ impl ChainMatch {
             transport_protocol: (!m.transport_protocol.is_empty())
                 .then(|| m.transport_protocol.clone()),
             application_protocols: m.application_protocols.clone(),
+            prefix_ranges: cidrs(&m.prefix_ranges, "prefix_ranges")?,
+            direct_source_prefix_ranges: cidrs(
+                &m.direct_source_prefix_ranges,
+                "direct_source_prefix_ranges",
+            )?,
+            source_type,
+            source_prefix_ranges: cidrs(&m.source_prefix_ranges, "source_prefix_ranges")?,
+            source_ports,
         })
+    }
+
+    /// Whether the chain needs the connection's local address.
+    pub fn needs_local(&self) -> bool {
+        !self.prefix_ranges.is_empty() || self.source_type != SourceType::Any
+    }
+
+    /// Whether the chain needs the peer's address.
+    pub fn needs_peer(&self) -> bool {
+        !self.direct_source_prefix_ranges.is_empty()
+            || self.source_type != SourceType::Any
+            || !self.source_prefix_ranges.is_empty()
+            || !self.source_ports.is_empty()
     }
 
     /// Whether the chain needs the TLS inspector's facts to be told apart.
@@ -107,30 +196,38 @@ impl ChainMatch {
     }
 
     /// The keys two chains may not share (Envoy: "multiple filter chains with the same
-    /// matching rules are defined").
-    pub fn keys(&self) -> Vec<(Option<u16>, String, Option<String>, String)> {
-        let names: Vec<String> = if self.server_names.is_empty() {
-            vec![String::new()]
-        } else {
-            self.server_names.clone()
-        };
-        let alpns: Vec<String> = if self.application_protocols.is_empty() {
-            vec![String::new()]
-        } else {
-            self.application_protocols.clone()
-        };
-        let mut out = Vec::new();
-        for n in &names {
-            for a in &alpns {
-                out.push((
-                    self.destination_port,
-                    n.clone(),
-                    self.transport_protocol.clone(),
-                    a.clone(),
-                ));
+    /// matching rules are defined"): one per combination of the listed values.
+    pub fn keys(&self) -> Vec<Vec<String>> {
+        fn or_any(values: Vec<String>) -> Vec<String> {
+            if values.is_empty() {
+                vec![String::new()]
+            } else {
+                values
             }
         }
-        out
+        let shown = |c: &[Cidr]| c.iter().map(|c| format!("{c:?}")).collect::<Vec<_>>();
+        let levels = [
+            vec![format!("{:?}", self.destination_port)],
+            or_any(shown(&self.prefix_ranges)),
+            or_any(self.server_names.clone()),
+            vec![format!("{:?}", self.transport_protocol)],
+            or_any(self.application_protocols.clone()),
+            or_any(shown(&self.direct_source_prefix_ranges)),
+            vec![format!("{:?}", self.source_type)],
+            or_any(shown(&self.source_prefix_ranges)),
+            or_any(self.source_ports.iter().map(u16::to_string).collect()),
+        ];
+        levels.iter().fold(vec![Vec::new()], |keys, level| {
+            keys.iter()
+                .flat_map(|k| {
+                    level.iter().map(move |v| {
+                        let mut k = k.clone();
+                        k.push(v.clone());
+                        k
+                    })
+                })
+                .collect()
+        })
     }
 }
 
@@ -153,6 +250,9 @@ pub fn select<'a, T>(
             }
         })
         .collect();
+    // prefix_ranges: the longest prefix holding the local address, then none named.
+    let local = facts.local_ip();
+    let level = narrow(level, |m| ip_rank(&m.prefix_ranges, local));
     // server_names: exact, then the longest wildcard, then none named.
     let level = narrow(level, |m| server_name_rank(m, facts.server_name.as_deref()));
     // transport_protocol
@@ -173,7 +273,44 @@ pub fn select<'a, T>(
             .position(|p| m.application_protocols.contains(p))
             .map(|i| n - i)
     });
+    let peer = facts.socket_peer.map(|a| a.ip());
+    let level = narrow(level, |m| ip_rank(&m.direct_source_prefix_ranges, peer));
+    let source = facts.source();
+    let level = narrow(level, |m| {
+        let local = match (source, local) {
+            (Some(s), Some(l)) => s.ip().is_loopback() || s.ip() == l,
+            (Some(s), None) => s.ip().is_loopback(),
+            (None, _) => false,
+        };
+        match (m.source_type, local) {
+            (SourceType::Any, _) => Some(0),
+            (SourceType::Local, true) | (SourceType::External, false) => Some(1),
+            _ => None,
+        }
+    });
+    let level = narrow(level, |m| {
+        ip_rank(&m.source_prefix_ranges, source.map(|a| a.ip()))
+    });
+    let level = narrow(level, |m| match source {
+        _ if m.source_ports.is_empty() => Some(0),
+        Some(s) if m.source_ports.contains(&s.port()) => Some(1),
+        _ => None,
+    });
     level.first().map(|(_, t)| *t)
+}
+
+/// A chain naming no range ranks 0 (Envoy's catch-all `/0`); one naming ranges ranks by
+/// its longest prefix holding `ip`, or is no candidate.
+fn ip_rank(ranges: &[Cidr], ip: Option<IpAddr>) -> Option<usize> {
+    if ranges.is_empty() {
+        return Some(0);
+    }
+    let ip = ip?.to_canonical();
+    ranges
+        .iter()
+        .filter(|c| c.contains(ip))
+        .map(|c| usize::from(c.prefix_len()))
+        .max()
 }
 
 /// Keeps the candidates with the best rank (`None`: not a candidate).
@@ -219,10 +356,10 @@ mod tests {
 
     fn m(names: &[&str], tp: Option<&str>, alpn: &[&str]) -> ChainMatch {
         ChainMatch {
-            destination_port: None,
             server_names: names.iter().map(|s| s.to_string()).collect(),
             transport_protocol: tp.map(String::from),
             application_protocols: alpn.iter().map(|s| s.to_string()).collect(),
+            ..ChainMatch::default()
         }
     }
 
@@ -234,6 +371,8 @@ mod tests {
             server_name: sni.map(String::from),
             transport_protocol: tp,
             application_protocols: alpn.iter().map(|s| s.to_string()).collect(),
+            socket_local: None,
+            socket_peer: None,
         }
     }
 

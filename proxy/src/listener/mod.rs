@@ -5,6 +5,7 @@ pub mod accept_backoff;
 mod active_tcp_listener;
 mod config;
 pub mod filter_chain_match;
+pub mod filter_chain_matcher;
 pub mod http_inspector;
 pub mod listener_filters;
 mod manager;

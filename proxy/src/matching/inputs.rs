@@ -172,8 +172,11 @@ pub struct MatchingData<'a> {
     pub destination: SocketAddr,
     /// The SNI.
     pub server_name: Option<&'a str>,
-    /// What the TLS handshake settled (`None`: plaintext).
+    /// What the TLS handshake settled (`None`: plaintext, or not yet handshaken).
     pub tls: Option<&'a TlsConnectionInfo>,
+    /// What the listener's TLS inspector found (`tls`, `raw_buffer`) before any
+    /// handshake, when a listener picks a filter chain; else told by `tls`.
+    pub transport_protocol: Option<&'a str>,
     /// The ALPN protocols the client offered.
     pub application_protocols: &'a [String],
     /// The request's headers, pseudo-headers included where Envoy has them (`:path`,
@@ -204,10 +207,10 @@ impl MatchingData<'_> {
                 .server_name
                 .filter(|s| !s.is_empty())
                 .map(Cow::Borrowed),
-            Input::TransportProtocol => Some(Cow::Borrowed(if self.tls.is_some() {
-                "tls"
-            } else {
-                "raw_buffer"
+            Input::TransportProtocol => Some(Cow::Borrowed(match self.transport_protocol {
+                Some(p) => p,
+                None if self.tls.is_some() => "tls",
+                None => "raw_buffer",
             })),
             Input::ApplicationProtocol => joined(self.application_protocols),
             Input::UriSan => names().and_then(|n| joined(&n.uri_sans)),

@@ -380,6 +380,7 @@ mod tests {
             destination: "10.0.0.1:8080".parse().expect("address"),
             server_name: None,
             tls: None,
+            transport_protocol: None,
             application_protocols: &[],
             request_headers: None,
             pseudo: None,

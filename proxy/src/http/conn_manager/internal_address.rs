@@ -24,7 +24,7 @@ use crate::config::ConfigError;
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 /// An address block (`CidrRange`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Cidr {
     /// The block's first address (the prefix, host bits cleared).
     network: IpAddr,
@@ -62,6 +62,11 @@ impl Cidr {
                     format!("prefix length {len} is too long for {address}"),
                 )
             })
+    }
+
+    /// The prefix length.
+    pub fn prefix_len(&self) -> u8 {
+        self.len
     }
 
     /// Whether `ip` is in the block (an IPv4 address is never in an IPv6 block).

@@ -200,6 +200,7 @@ impl CustomResponseFilter {
             destination: cx.local.unwrap_or(UNSPECIFIED),
             server_name: None,
             tls: None,
+            transport_protocol: None,
             application_protocols: &[],
             request_headers: None,
             pseudo: None,

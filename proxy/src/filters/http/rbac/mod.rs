@@ -193,6 +193,7 @@ impl Engine {
                     destination: r.local,
                     server_name: r.requested_server_name,
                     tls: r.tls,
+                    transport_protocol: None,
                     application_protocols: &[],
                     request_headers: Some(r.headers),
                     pseudo: Some(r.pseudo),

@@ -185,7 +185,11 @@ fn bodies_are_paced_as_envoy_paces_them() {
             at_least(&f, took, 2_000);
             facts.push(f);
             // Not paced: DISABLED, the runtime flag off, the filter off for the route.
-            for path in ["/off/shape?n=65536", "/rt/shape?n=65536", "/nobw/shape?n=65536"] {
+            for path in [
+                "/off/shape?n=65536",
+                "/rt/shape?n=65536",
+                "/nobw/shape?n=65536",
+            ] {
                 facts.push(timed(proxy, "GET", path, b"", &big).0);
             }
             facts.push(timed(proxy, "POST", "/off/shape?echo=1", &big, &big).0);
@@ -210,7 +214,16 @@ fn bodies_are_paced_as_envoy_paces_them() {
             }
             facts.push(timed(proxy, "GET", "/fast/shape?status=204", b"", b"").0);
             facts.push(timed(proxy, "HEAD", "/fast/shape?n=10", b"", b"").0);
-            facts.push(timed(proxy, "GET", "/fast/shape?n=10&chunked=1&chunks=3", b"", &shape_text(10)).0);
+            facts.push(
+                timed(
+                    proxy,
+                    "GET",
+                    "/fast/shape?n=10&chunked=1&chunks=3",
+                    b"",
+                    &shape_text(10),
+                )
+                .0,
+            );
             facts.extend(counters(proxy));
             facts
         },
@@ -222,3 +235,53 @@ fn bodies_are_paced_as_envoy_paces_them() {
     );
 }
 
+#[test]
+fn a_paced_body_holds_neither_the_worker_nor_anything_once_its_client_goes() {
+    let a = Upstream::start("a");
+    let proxy = Courier::start(&boot(&a));
+    let pending = "resp.http_bandwidth_limit.response_pending";
+    // 256 KiB at 32 KiB/s: seven seconds of pacing; the client reads the head and stops.
+    let mut slow = Client::connect(proxy.listener);
+    slow.send_raw(b"GET /resp/shape?n=262144 HTTP/1.1\r\nhost: h\r\n\r\n");
+    let (status, _) = read_head(&mut slow.reader).expect("the paced response's head");
+    assert!(status.contains(" 200 "), "{status}");
+    assert_eq!(proxy.wait_stat(pending, 1), 1);
+    // The one worker answers others meanwhile, the paced body still going.
+    let r = get(proxy.listener, "h", "/nobw/shape?n=10", &[]);
+    assert_eq!((r.status, r.body), (200, shape_text(10)));
+    assert_eq!(proxy.stat(pending), 1, "still paced");
+    // The client leaves: its body, its timer and its count go (Envoy's count stays).
+    drop(slow);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while proxy.stat(pending) != 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(proxy.stat(pending), 0);
+}
+
+#[test]
+fn configs_envoy_refuses_are_refused() {
+    let a = Upstream::start("a");
+    let base = boot(&a);
+    for (from, to, want) in [
+        (
+            "stat_prefix: resp, enable_mode: RESPONSE, limit_kbps: 32",
+            "stat_prefix: resp, enable_mode: RESPONSE",
+            "limit must be set for per route filter config",
+        ),
+        (
+            "fill_interval: 0.1s",
+            "fill_interval: 0.01s",
+            "fill_interval",
+        ),
+        ("fill_interval: 0.1s", "fill_interval: 2s", "fill_interval"),
+        ("stat_prefix: fast, ", "", "stat_prefix"),
+        ("limit_kbps: 100000", "limit_kbps: 0", "limit_kbps"),
+    ] {
+        let bad = base.replacen(from, to, 1);
+        if let Some((code, text)) = envoy_validate(&bad) {
+            assert_ne!(code, Some(0), "envoy took {to}: {text}");
+        }
+        assert_refused_by_path(&base, &[(from, to, want)]);
+    }
+}

@@ -350,7 +350,9 @@ impl PaceObserver for Observer {
 
     fn allowed(&mut self, len: u64, enforced: bool, fill_interval: Duration) {
         let stats = self.stats();
-        stats.allowed_size.set(i64::try_from(len).unwrap_or(i64::MAX));
+        stats
+            .allowed_size
+            .set(i64::try_from(len).unwrap_or(i64::MAX));
         stats.allowed_total_size.add(self.worker, len);
         if enforced {
             stats.enforced.inc(self.worker);
@@ -365,9 +367,10 @@ impl PaceObserver for Observer {
         let took = started.elapsed();
         let stats = self.stats();
         stats.pending.dec(self.worker);
-        stats
-            .transfer_duration
-            .record(self.worker, u64::try_from(took.as_millis()).unwrap_or(u64::MAX));
+        stats.transfer_duration.record(
+            self.worker,
+            u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
+        );
         let Some(delays) = &self.delays else {
             return;
         };

@@ -1,6 +1,9 @@
 //! A token bucket shared by every worker: one atomic word, no lock, refilled
 //! continuously (Envoy's atomic token bucket, what its local rate limiters use). The
-//! HTTP local rate limit filter and the network one take their tokens from it.
+//! HTTP local rate limit filter and the network one take their tokens from it one at a
+//! time; the body pacing of the bandwidth limit and fault filters
+//! (`filters::http::stream_rate_limiter`) takes as many as it can ([`Tokens::take_up_to`],
+//! Envoy's `consume(n, allow_partial)`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
@@ -74,6 +77,43 @@ impl Tokens {
         ))
     }
 
+    /// A bucket holding `tokens` (at most its size) now.
+    pub fn holding(b: &Bucket, tokens: f64) -> Tokens {
+        Tokens(AtomicU64::new(
+            (now_secs() - tokens.min(b.max_tokens) / b.rate).to_bits(),
+        ))
+    }
+
+    /// Takes up to `want` whole tokens, as many as there are: how many it took.
+    pub fn take_up_to(&self, b: &Bucket, want: u64) -> u64 {
+        self.take_up_to_at(b, want, now_secs())
+    }
+
+    /// [`Tokens::take_up_to`] at `now` (seconds since the clocks' base).
+    fn take_up_to_at(&self, b: &Bucket, want: u64, now: f64) -> u64 {
+        let mut old = self.0.load(Ordering::Relaxed);
+        loop {
+            let empty_at = f64::from_bits(old).max(now - b.max_tokens / b.rate);
+            // Whole tokens only, as Envoy's `floor`; a rounding error short of a whole
+            // one still counts it.
+            let whole = (((now - empty_at) * b.rate + 1e-9).max(0.0)).floor() as u64;
+            let took = want.min(whole);
+            if took == 0 {
+                return 0;
+            }
+            let next = empty_at + took as f64 / b.rate;
+            match self.0.compare_exchange_weak(
+                old,
+                next.to_bits(),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return took,
+                Err(current) => old = current,
+            }
+        }
+    }
+
     /// Takes a token if there is one.
     pub fn take(&self, b: &Bucket) -> bool {
         let now = now_secs();
@@ -139,5 +179,53 @@ mod tests {
         assert_eq!(t.remaining(&b), 0);
         let reset = t.reset_secs(&b);
         assert!((59..=60).contains(&reset), "{reset}");
+    }
+
+    /// A bucket of `rate` bytes a second holding `tokens` at time `at` (seconds).
+    fn bytes_at(rate: f64, tokens: f64, at: f64) -> (Bucket, Tokens) {
+        let b = Bucket {
+            max_tokens: rate,
+            rate,
+        };
+        (b, Tokens(AtomicU64::new((at - tokens / rate).to_bits())))
+    }
+
+    #[test]
+    fn partial_takes_give_what_is_there_and_refill_with_time() {
+        // 32 KiB/s, full (a second's worth) at t = 100 s.
+        let (b, t) = bytes_at(32_768.0, 32_768.0, 100.0);
+        assert_eq!(t.take_up_to_at(&b, 65_536, 100.0), 32_768);
+        assert_eq!(t.take_up_to_at(&b, 65_536, 100.0), 0);
+        // 50 ms later: 1638.4 bytes' worth, of which 1638 whole ones.
+        assert_eq!(t.take_up_to_at(&b, 65_536, 100.05), 1_638);
+        // The fraction left over is kept: 50 ms more make 1638.8, then 1639.2 …
+        assert_eq!(t.take_up_to_at(&b, 65_536, 100.10), 1_638);
+        assert_eq!(t.take_up_to_at(&b, 65_536, 100.15), 1_639);
+        // Asking for less than there is takes what was asked.
+        assert_eq!(t.take_up_to_at(&b, 10, 100.20), 10);
+        assert_eq!(t.take_up_to_at(&b, 65_536, 100.20), 1_628);
+    }
+
+    #[test]
+    fn an_idle_bucket_fills_to_its_size_and_no_more() {
+        let (b, t) = bytes_at(1_024.0, 0.0, 5.0);
+        assert_eq!(t.take_up_to_at(&b, u64::MAX, 5.0), 0);
+        // Ten seconds idle: one second's worth, the bucket's size.
+        assert_eq!(t.take_up_to_at(&b, u64::MAX, 15.0), 1_024);
+        assert_eq!(t.take_up_to_at(&b, u64::MAX, 15.5), 512);
+    }
+
+    #[test]
+    fn a_paced_transfer_takes_as_long_as_its_rate_says() {
+        // Envoy's fault filter bucket: 50 ms' worth to start with, then ticks every
+        // 50 ms; 64 KiB at 32 KiB/s go in two seconds (less the first 50 ms).
+        let (b, t) = bytes_at(32_768.0, 32_768.0 * 0.05, 0.0);
+        let mut left: u64 = 65_536;
+        let mut ticks = 0;
+        while left > 0 {
+            left -= t.take_up_to_at(&b, left, ticks as f64 * 0.05);
+            ticks += 1;
+        }
+        assert_eq!(ticks, 40, "ticks of 50 ms");
     }
 }

@@ -14,6 +14,7 @@
 //! manager's request path (`http::conn_manager::serve`).
 
 pub mod api_key_auth;
+pub mod bandwidth_limit;
 pub mod basic_auth;
 pub mod buffer;
 pub mod compressor;
@@ -36,6 +37,7 @@ pub mod on_demand;
 pub mod ratelimit;
 pub mod rbac;
 pub mod stateful_session;
+pub mod stream_rate_limiter;
 
 use std::sync::Arc;
 
@@ -153,6 +155,8 @@ pub enum HttpFilter {
     StatefulSession(Box<stateful_session::StatefulSessionFilter>),
     /// `envoy.filters.http.custom_response` (boxed: it is rare).
     CustomResponse(Box<custom_response::CustomResponseFilter>),
+    /// `envoy.filters.http.bandwidth_limit` (boxed: it is rare).
+    BandwidthLimit(Box<bandwidth_limit::BandwidthLimitFilter>),
 }
 
 impl HttpFilter {
@@ -182,6 +186,7 @@ impl HttpFilter {
             HttpFilter::OAuth2(f) => &f.name,
             HttpFilter::StatefulSession(f) => &f.name,
             HttpFilter::CustomResponse(f) => &f.name,
+            HttpFilter::BandwidthLimit(f) => &f.name,
         }
     }
 }
@@ -287,6 +292,12 @@ pub static CHAIN: Registry<BuildFilter> = Registry {
             },
         },
         compiled!(rbac, Rbac, RbacFilter, config_or_default),
+        compiled!(
+            bandwidth_limit,
+            BandwidthLimit,
+            BandwidthLimitFilter,
+            config_or_default
+        ),
         compiled!(compressor, Compressor, CompressorFilter, required_config),
         compiled!(
             decompressor,
@@ -509,6 +520,14 @@ const PER_ROUTE: &[(&str, CompilePerRoute)] = &[
         Ok(Arc::new(
             stateful_session::StatefulSessionPerRoute::compile(&unpack(any, path)?, path)?,
         ))
+    }),
+    (bandwidth_limit::FILTER_TYPE, |any, path, store| {
+        Ok(Arc::new(bandwidth_limit::BandwidthConfig::compile(
+            &unpack(any, path)?,
+            path,
+            true,
+            store,
+        )?))
     }),
     (compressor::PER_ROUTE_TYPE, |any, path, _| {
         Ok(Arc::new(CompressorPerRoute::compile(

@@ -16,6 +16,7 @@ use hyper::body::Body as _;
 
 use crate::access_log::{AccessLogType, LogEntry};
 use crate::filters::http::api_key_auth::{ApiKeyAuth, RouteSettings as ApiKeySettings};
+use crate::filters::http::bandwidth_limit::BandwidthResponse;
 use crate::filters::http::basic_auth::{BasicAuth, RouteUsers};
 use crate::filters::http::buffer::RouteBuffer;
 use crate::filters::http::compressor::{CompressorFilter, CompressorRequest, Negotiation};
@@ -645,6 +646,7 @@ pub(crate) async fn process(
         bridge: None,
         responses: Vec::new(),
         custom: None,
+        paced: Vec::new(),
     };
     // Without filters before the router, no filter pass is made (its future would be set
     // up and dropped for nothing on every request).
@@ -899,6 +901,9 @@ struct FilterMarks<'a> {
     responses: Vec<ResponseStage<'a>>,
     /// The custom response filter the request passed, if the chain has one.
     custom: Option<&'a CustomResponseFilter>,
+    /// The bandwidth limit filters' response passes, in chain order (empty, unallocated,
+    /// without them).
+    paced: Vec<BandwidthResponse>,
 }
 
 /// What services a request's filters asked leave on it.
@@ -954,6 +959,11 @@ impl FilterMarks<'_> {
             f.on_response(resp, s.conn.worker);
         }
         self.compress(s, resp);
+        // Bodies are paced as they leave, after the other filters made them (as if the
+        // bandwidth limit filters were first in the chain, where they usually are).
+        for b in std::mem::take(&mut self.paced).into_iter().rev() {
+            b.on_response(resp, s.conn.buffer_limit, s.conn.worker);
+        }
     }
 
     /// The compressor's response pass (see [`compress_response`]).
@@ -1476,6 +1486,10 @@ async fn run_filters<'a>(
                 marks.compress = Some(f.on_request(s.levels, req, worker, earlier));
             }
             HttpFilter::CustomResponse(f) => marks.custom = Some(f),
+            HttpFilter::BandwidthLimit(f) => {
+                let paced = f.on_request(s.levels, req, s.conn.buffer_limit, worker);
+                marks.paced.push(paced);
+            }
             HttpFilter::Decompressor(f) => {
                 f.on_request(req, worker);
                 marks.decompress.push(f);

@@ -35,7 +35,7 @@ use crate::filters::http::jwt_authn::{JwtPerRoute, JwtRequest};
 use crate::filters::http::local_ratelimit::RateLimitPolicy;
 use crate::filters::http::local_ratelimit::{LocalRateLimitFilter, RateLimited};
 use crate::filters::http::lua::stream::{
-    RequestPass, ResponsePass, RunContext, StreamFacts, TlsFacts,
+    RequestPass, ResponsePass, RouteFacts, RunContext, StreamFacts, TlsFacts,
 };
 use crate::filters::http::lua::{LuaFilter, LuaPerRoute};
 use crate::filters::http::rbac::RbacRules;
@@ -645,6 +645,7 @@ pub(crate) async fn process(
         bridge: None,
         responses: Vec::new(),
         custom: None,
+        lua_dynamic: None,
     };
     // Without filters before the router, no filter pass is made (its future would be set
     // up and dropped for nothing on every request).
@@ -899,6 +900,8 @@ struct FilterMarks<'a> {
     responses: Vec<ResponseStage<'a>>,
     /// The custom response filter the request passed, if the chain has one.
     custom: Option<&'a CustomResponseFilter>,
+    /// The stream's dynamic metadata, once a Lua filter ran (its scripts share it).
+    lua_dynamic: Option<crate::filters::http::lua::metadata::DynamicMetadata>,
 }
 
 /// What services a request's filters asked leave on it.
@@ -1803,6 +1806,20 @@ async fn lua_request(
             version: t.version,
             peer_presented: t.peer.is_some(),
         }),
+        route: match s.routed {
+            Some((vh, r)) => RouteFacts {
+                name: r.name.clone(),
+                metadata: r.metadata.clone(),
+                vhost_metadata: vh.metadata.clone(),
+            },
+            None => RouteFacts::default(),
+        },
+        dynamic: marks
+            .lua_dynamic
+            .get_or_insert_with(Default::default)
+            .clone(),
+        filter_name: f.config_name.clone(),
+        filter_context: f.filter_context(route),
     });
     // Boxed: its run would otherwise take room in every request's future.
     let (pass, response) = Box::pin(crate::filters::http::lua::stream::on_request(

@@ -1820,6 +1820,13 @@ async fn lua_request(
             .clone(),
         filter_name: f.config_name.clone(),
         filter_context: f.filter_context(route),
+        virtual_cluster: match s.routed {
+            Some((vh, r)) if s.to_cluster && matches!(r.action, Action::Route(_)) => {
+                vh.virtual_cluster_name(req.headers(), &s.pseudo()).cloned()
+            }
+            _ => None,
+        },
+        upstream_answered: std::cell::Cell::new(false),
     });
     // Boxed: its run would otherwise take room in every request's future.
     let (pass, response) = Box::pin(crate::filters::http::lua::stream::on_request(

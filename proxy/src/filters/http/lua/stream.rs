@@ -65,6 +65,11 @@ pub struct StreamFacts {
     pub filter_name: Arc<str>,
     /// `filter_context`: the route's `LuaPerRoute`'s, else the filter's.
     pub filter_context: Option<Arc<Struct>>,
+    /// The virtual cluster the request matched, which Envoy's router names when it sends
+    /// the request: scripts see it on an answer from upstream.
+    pub virtual_cluster: Option<Arc<str>>,
+    /// The response pass runs on an answer from upstream.
+    pub(crate) upstream_answered: Cell<bool>,
 }
 
 /// What a script sees of the route the request took (empty without one).
@@ -478,13 +483,17 @@ impl UserData for StreamInfo {
                 ret1(get(lua, &this.1)?)
             });
         }
-        // Envoy's router names the virtual cluster when it sends the request: before, the
-        // name is empty.
+        // Envoy's router names the virtual cluster when it sends the request: before, and
+        // on a local answer, the name is empty.
         methods.add_method("virtualClusterName", |lua, this, ()| {
             if let Err(e) = this.0.live() {
                 return fail(lua, &vm::message(&e));
             }
-            ret1(text_value(lua, "")?)
+            let name = match this.1.upstream_answered.get() {
+                true => this.1.virtual_cluster.as_deref().unwrap_or(""),
+                false => "",
+            };
+            ret1(text_value(lua, name)?)
         });
         methods.add_method("dynamicMetadata", |lua, this, ()| {
             if let Err(e) = this.0.live() {
@@ -1852,6 +1861,11 @@ impl ResponsePass {
         let Some(function) = self.ws.on_response.clone() else {
             return;
         };
+        self.facts.upstream_answered.set(
+            resp.extensions()
+                .get::<crate::http::conn_manager::local_reply::LocalReply>()
+                .is_none(),
+        );
         let head = vec![(
             ":status".to_string(),
             resp.status().as_str().as_bytes().to_vec(),

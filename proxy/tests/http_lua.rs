@@ -3,7 +3,9 @@
 //! both sides; `respond()`; stream info), Contour's script, the route cache cleared by a
 //! script's header change, `LuaPerRoute` (`disabled`, a named script, an inline one), a
 //! runtime error (the stream goes on, counted in `errors`), the filter's counters, and a
-//! script that does not compile (refused by both). Each case runs through Courier and,
+//! script that does not compile (refused by both), and the handle's metadata, dynamic
+//! metadata, `filterContext()`, base64 and signature methods with their argument errors.
+//! Each case runs through Courier and,
 //! when `envoy` is on PATH, through Envoy 1.40; the two must agree, and agree with the
 //! values written here.
 

@@ -33,7 +33,7 @@ pub(crate) fn base64_decode(input: &[u8]) -> Option<Vec<u8>> {
     if pad.iter().any(|c| *c != b'=') || data.len() % 4 == 1 {
         return None;
     }
-    if !pad.is_empty() && (chars.len() % 4 != 0 || pad.len() > 2) {
+    if !pad.is_empty() && (!chars.len().is_multiple_of(4) || pad.len() > 2) {
         return None;
     }
     let engine = base64::engine::GeneralPurpose::new(

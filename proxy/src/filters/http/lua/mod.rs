@@ -33,9 +33,15 @@
 //!   and `respond()` are errors, as is `bodyChunks()` after `body()`. An `httpCall()` while
 //!   the body streams is a Courier error (not built).
 //!
+//! - `filterContext()` reads the most specific `LuaPerRoute`'s `filter_context` when it
+//!   sets one, else the filter's; `metadata()`, `route()`, `virtualHost()` the route's and
+//!   virtual host's `filter_metadata`; `streamInfo():dynamicMetadata()` the stream's
+//!   dynamic metadata, shared by its Lua filters ([`metadata`]). Encoding and signature
+//!   helpers are in [`crypto`].
+//!
 //! Each worker has a VM of its own for every script (a script's globals are per worker,
 //! as Envoy's), made the first time the worker runs it ([`vm`]); the stream handle's API
-//! is in [`stream`]. Refused by path: `filter_context`, `package_paths`, `package_cpaths`,
+//! is in [`stream`]. Refused by path: `package_paths`, `package_cpaths`,
 //! `clear_route_cache: false` (Envoy's default, true, is what Courier does: a request
 //! whose headers the script changed is routed again).
 

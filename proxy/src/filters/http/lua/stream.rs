@@ -16,11 +16,15 @@
 //! the script's loop (`ChunkBody`): each chunk resumes it, as it changed it; the head can
 //! no longer be changed, nor the request answered.
 //!
+//! The methods that take arguments or give objects (`metadata()`, `streamInfo()`,
+//! `route()`, `base64Decode()`, `verifySignature()`, …) are "checked": their Rust side
+//! answers an error as a value, which the prelude raises as a plain message at the
+//! script's line, as Envoy's `luaL_error` does ([`super::vm`]).
+//!
 //! Not built (a script calling them gets a Lua error, counted in `errors` as any other):
-//! `setHttp1ReasonPhrase()`, `metadata()`, `verifySignature()`/`importPublicKey()`,
-//! `filterContext()`, `route()`, `virtualHost()`, `clearRouteCache()`,
-//! `setUpstreamOverrideHost()`, `stats()`, `connectionStreamInfo()`, and stream info's
-//! dynamic metadata.
+//! `setHttp1ReasonPhrase()`, `clearRouteCache()`, `setUpstreamOverrideHost()`,
+//! `stats()`, `connectionStreamInfo()`, stream info's `dynamicTypedMetadata()` and
+//! `filterState()`.
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;

@@ -3,7 +3,9 @@
 //! both sides; `respond()`; stream info), Contour's script, the route cache cleared by a
 //! script's header change, `LuaPerRoute` (`disabled`, a named script, an inline one), a
 //! runtime error (the stream goes on, counted in `errors`), the filter's counters, and a
-//! script that does not compile (refused by both). Each case runs through Courier and,
+//! script that does not compile (refused by both), and the handle's metadata, dynamic
+//! metadata, `filterContext()`, base64 and signature methods with their argument errors.
+//! Each case runs through Courier and,
 //! when `envoy` is on PATH, through Envoy 1.40; the two must agree, and agree with the
 //! values written here.
 
@@ -724,4 +726,323 @@ fn http_calls_and_body_chunks_match_envoy() {
         assert!(got.contains(&format!("{path}: 200 [x-t-n=0]")));
         assert!(got.contains(&format!("{path} sent: Some((\"POST\", \"fire\"))")));
     }
+}
+
+/// An RSA (1024-bit) key's `SubjectPublicKeyInfo` and its PKCS #1 v1.5 SHA-256 signature of
+/// `hello`; a P-256 key's and its ECDSA signature of the same (made with openssl).
+const KEYS: &str = r#"local function hex(s) return (s:gsub('..', function(c) return string.char(tonumber(c, 16)) end)) end
+                  local PUB = hex("30819f300d06092a864886f70d010101050003818d0030818902818100bb3b4c8d4e01adfc151c3aa30c0f920302453ca34825da07f9314047e452aef15cbffed6d8850c40f56d59e457c631dd21ef3288d6c0070ba5edbbd19c0ef5a0466a58d24520240eedd581c5e068f28f8761b6db0d937c61eccb38b0d6c325dd0b977c021e2c5ee3e7f006a755ff194cebc4429ba60c8ed3399c9556ee0c695d0203010001")
+                  local SIG = hex("5cb32cdace2ffe5b10c3ba331f3461fd155f3e2eb1a705607431d04bf067712051e00667ab878f13d580d169868b54fab51e156dc7b0cb181bbdb04c6a63ca3c629cb1b275da9a2ddd6a46d71f2751e47a728869a4928a5c6d2fcda28bace31a7cf77ba676a1fe730a87cb4170e0e23e767de8ddea92d29a74481b281da26506")
+                  local ECPUB = hex("3059301306072a8648ce3d020106082a8648ce3d03010703420004f2cd0e4ed56bd35f5622b3d02f8486c8324ccf9ec2cdaa37715bf26bd7955cc068f049f148174dfff2c55e7ec7e89e0d670f79b4e597d238200d17bd7fae64bd")
+                  local ECSIG = hex("304502206a0e32b9a22fc79d0659608b07781a53593cc06140247256fc0092b8196cf05f022100cef3f6023fd8a895a8d204c36b297f7b143b0780eeb364389d67bd0590c55778")
+"#;
+
+/// Two Lua filters: the first (`my.lua`, with a `filter_context`) exercises the handle's
+/// metadata, stream info, encoding and signature API, answering with what it saw; the
+/// second reads the dynamic metadata the first set.
+const API: &str = r##"          - name: my.lua
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua
+              stat_prefix: main
+              filter_context: { fk: fv, n: 3, nested: { l: [a, 1, true] } }
+              default_source_code:
+                inline_string: |
+                  KEYS
+                  local function show(t)
+                    if type(t) ~= "table" then return type(t) .. ":" .. tostring(t) end
+                    local ks = {}
+                    for k, v in pairs(t) do ks[#ks + 1] = tostring(k) .. "=" .. show(v) end
+                    table.sort(ks)
+                    return "{" .. table.concat(ks, ",") .. "}"
+                  end
+                  local function sorted(m)
+                    local ks = {}
+                    for k, v in pairs(m) do ks[#ks + 1] = k .. "=" .. show(v) end
+                    table.sort(ks)
+                    return table.concat(ks, ";")
+                  end
+                  function envoy_on_request(h)
+                    local p = h:headers():get(":path")
+                    local out = {}
+                    local function try(name, f, ...)
+                      local r = { pcall(f, ...) }
+                      out[#out + 1] = name .. " => " .. show(r[1]) .. " " .. show(r[2]) .. " " .. show(r[3])
+                    end
+                    if p == "/b64" then
+                      try("escape", h.base64Escape, h, "hello?>\0\255")
+                      try("escape number", h.base64Escape, h, 12)
+                      try("escape table", h.base64Escape, h, {})
+                      try("escape none", h.base64Escape, h)
+                      for _, x in ipairs({ "aGVsbG8/Pg==", "aGVsbG8/Pg", "aGVs bG8=\n", "aGVsbG9=", "ab==",
+                          "", "!!!", "aGVsbG8_Pg==", "aGVsbG8==", "aGVsbA=x", "a", "ab=", "====" }) do
+                        try("decode " .. string.format("%q", x), h.base64Decode, h, x)
+                      end
+                      try("decode number", h.base64Decode, h, 1234)
+                      try("decode table", h.base64Decode, h, {})
+                    elseif p == "/b64-uncaught" then
+                      h:headers():add("x-t-before", "1")
+                      h:base64Decode({})
+                    elseif string.sub(p, 1, 3) == "/md" then
+                      local md = h:metadata()
+                      try("get foo", md.get, md, "foo")
+                      try("get nested", md.get, md, "nested")
+                      try("get missing", md.get, md, "missing")
+                      try("get table", md.get, md, {})
+                      out[#out + 1] = "pairs " .. sorted(md)
+                      out[#out + 1] = "route " .. sorted(h:route():metadata())
+                      out[#out + 1] = "virtual host " .. sorted(h:virtualHost():metadata())
+                    elseif string.sub(p, 1, 3) == "/fc" then
+                      local fc = h:filterContext()
+                      try("fk", fc.get, fc, "fk")
+                      out[#out + 1] = "pairs " .. sorted(fc)
+                    elseif p == "/dm" then
+                      local dm = h:streamInfo():dynamicMetadata()
+                      try("get none", dm.get, dm, "ns")
+                      try("set", dm.set, dm, "ns", "k", "v")
+                      try("set table", dm.set, dm, "ns", "t", { a = 1, b = { 1, 2, "x" }, c = true, e = {} })
+                      try("set nil", dm.set, dm, "ns", "n", nil)
+                      try("set numbers", dm.set, dm, 5, 6, 7)
+                      try("set again", dm.set, dm, "ns", "k", "w")
+                      try("set function", dm.set, dm, "ns", "f", function() end)
+                      try("set number key", dm.set, dm, "ns", "nk", { [1.5] = 1 })
+                      try("set boolean key", dm.set, dm, "ns", "bk", { [true] = 1 })
+                      try("set table namespace", dm.set, dm, {}, "k", 1)
+                      try("get", dm.get, dm, "ns")
+                      try("get number", dm.get, dm, 5)
+                      out[#out + 1] = "pairs " .. sorted(dm)
+                      dm:set("ns", "to_next", "from my.lua")
+                      h:headers():add("x-t-out", table.concat(out, " | "))
+                      return
+                    elseif p == "/dm-uncaught" then
+                      local dm = h:streamInfo():dynamicMetadata()
+                      dm:set("ns", "to_next", "before")
+                      dm:set("ns", "f", function() end)
+                      dm:set("ns", "to_next", "after")
+                      return
+                    elseif p == "/si" then
+                      local si = h:streamInfo()
+                      h:headers():add("x-t-route", si:routeName())
+                      h:headers():add("x-t-vc", "[" .. si:virtualClusterName() .. "]")
+                      h:headers():add("x-t-local", (string.gsub(si:downstreamDirectLocalAddress(), ":%d+$", "")))
+                      h:headers():add("x-t-ssl", tostring(si:downstreamSslConnection()))
+                      return
+                    elseif p == "/verify" then
+                      local key = h:importPublicKey(PUB, #PUB):get()
+                      try("key", function() return #key end)
+                      try("good", h.verifySignature, h, "sha256", key, SIG, #SIG, "hello", 5)
+                      try("upper case", h.verifySignature, h, "SHA256", key, SIG, #SIG, "hello", 5)
+                      try("other text", h.verifySignature, h, "sha256", key, SIG, #SIG, "hellx", 5)
+                      try("short text", h.verifySignature, h, "sha256", key, SIG, #SIG, "hello", 4)
+                      try("other hash", h.verifySignature, h, "sha1", key, SIG, #SIG, "hello", 5)
+                      try("unknown hash", h.verifySignature, h, "md5", key, SIG, #SIG, "hello", 5)
+                      try("bad signature", h.verifySignature, h, "sha256", key, "xyz", 3, "hello", 5)
+                      try("unknown key", h.verifySignature, h, "sha256", "nokey", SIG, #SIG, "hello", 5)
+                      try("nil key", h.verifySignature, h, "sha256", nil, SIG, #SIG, "hello", 5)
+                      try("table signature", h.verifySignature, h, "sha256", key, {}, 3, "hello", 5)
+                      try("string length", h.verifySignature, h, "sha256", key, SIG, "x", "hello", 5)
+                      try("second import", function() return h:importPublicKey(ECPUB, #ECPUB):get() == key end)
+                    elseif p == "/verify-ec" then
+                      local key = h:importPublicKey(ECPUB, #ECPUB):get()
+                      try("good", h.verifySignature, h, "sha256", key, ECSIG, #ECSIG, "hello", 5)
+                      try("other text", h.verifySignature, h, "sha256", key, ECSIG, #ECSIG, "hellx", 5)
+                      try("other hash", h.verifySignature, h, "sha384", key, ECSIG, #ECSIG, "hello", 5)
+                    elseif p == "/import-bad" then
+                      try("junk", function() return h:importPublicKey("junk", 4):get() end)
+                      try("then good", function() return h:importPublicKey(PUB, #PUB):get() end)
+                      try("verify", h.verifySignature, h, "sha256", "junk", SIG, #SIG, "hello", 5)
+                    elseif p == "/import-args" then
+                      try("table", h.importPublicKey, h, {}, 3)
+                      try("no length", h.importPublicKey, h, PUB)
+                      try("short length", function() return h:importPublicKey(PUB, 20):get() end)
+                    elseif p == "/verify-uncaught" then
+                      h:headers():add("x-t-before", "1")
+                      h:verifySignature("sha256", "nokey", SIG, #SIG, "hello", 5)
+                    elseif p == "/ts" then
+                      try("millis", function() return h:timestamp() > 1700000000000 end)
+                      try("micros", function() return #h:timestampString(EnvoyTimestampResolution.MICROSECOND) end)
+                      try("millis string", function() return #h:timestampString(EnvoyTimestampResolution.MILLISECOND) end)
+                      try("bad unit", h.timestamp, h, 5)
+                      try("bad string unit", h.timestampString, h, "2")
+                      try("table unit", h.timestamp, h, {})
+                      try("enum", function() return EnvoyTimestampResolution.MILLISECOND .. "/" .. EnvoyTimestampResolution.MICROSECOND end)
+                    else
+                      return
+                    end
+                    h:respond({ [":status"] = "200" }, table.concat(out, "\n"))
+                  end
+                  function envoy_on_response(h)
+                    local dm = h:streamInfo():dynamicMetadata():get("ns")
+                    if dm then h:headers():add("x-t-dm-resp", tostring(dm.to_next)) end
+                    local si = h:streamInfo()
+                    h:headers():add("x-t-resp-route", si:routeName() .. "[" .. si:virtualClusterName() .. "]")
+                  end
+              source_codes:
+                fc.lua:
+                  inline_string: |
+                    function envoy_on_request(h)
+                      local fc = h:filterContext()
+                      -- A key it does not hold gives no value at all (not even `nil`).
+                      h:headers():add("x-t-fc", tostring(fc:get("fk")) .. " " .. select("#", fc:get("n")))
+                    end
+          - name: second.lua
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua
+              default_source_code:
+                inline_string: |
+                  function envoy_on_request(h)
+                    local dm = h:streamInfo():dynamicMetadata():get("ns")
+                    if dm then h:headers():add("x-t-dm", tostring(dm.to_next) .. " " .. tostring(dm.k)) end
+                  end
+"##;
+
+const API_ROUTES: &str = r#"            name: local
+            virtual_hosts:
+            - name: main
+              domains: ["*"]
+              metadata: { filter_metadata: { my.lua: { vh: "v" } } }
+              virtual_clusters:
+              - name: vc1
+                headers: [{ name: ":path", string_match: { prefix: "/" } }]
+              routes:
+              - match: { prefix: "/md-fallback" }
+                name: fallback
+                metadata:
+                  filter_metadata:
+                    envoy.filters.http.lua: { foo: general, nested: { a: 1, b: [x, 2, true, null] } }
+                route: { cluster: a }
+              - match: { prefix: "/md-none" }
+                route: { cluster: a }
+              - match: { prefix: "/md" }
+                name: own
+                metadata:
+                  filter_metadata:
+                    envoy.filters.http.lua: { foo: general }
+                    my.lua: { foo: mine, nested: { a: 1, b: [x, 2, true, null] }, list: [1, 2] }
+                route: { cluster: a }
+              - match: { prefix: "/fc-route" }
+                route: { cluster: a }
+                typed_per_filter_config:
+                  my.lua:
+                    "@type": type.googleapis.com/envoy.extensions.filters.http.lua.v3.LuaPerRoute
+                    name: fc.lua
+                    filter_context: { fk: route }
+              - match: { prefix: "/" }
+                name: catch-all
+                route: { cluster: a }
+"#;
+
+#[test]
+fn metadata_encoding_and_signatures_match_envoy() {
+    let filters = API.replace("KEYS\n", &format!("{}\n", KEYS.trim_end()));
+    let boot = |_: &Path, a: &Upstream| {
+        with_filters(
+            &bootstrap(API_ROUTES, "", &cluster("a", &[a.addr], "")),
+            &filters,
+        )
+    };
+    let cases: Vec<(&str, String)> = [
+        ("base64", "/b64"),
+        ("base64, uncaught", "/b64-uncaught"),
+        ("metadata", "/md"),
+        ("metadata, fallback", "/md-fallback"),
+        ("metadata, none", "/md-none"),
+        ("filter context", "/fc"),
+        ("filter context, route's", "/fc-route"),
+        ("dynamic metadata", "/dm"),
+        ("dynamic metadata, uncaught", "/dm-uncaught"),
+        ("stream info", "/si"),
+        ("verify", "/verify"),
+        ("verify, EC", "/verify-ec"),
+        ("import, bad key", "/import-bad"),
+        ("import, bad arguments", "/import-args"),
+        ("verify, uncaught", "/verify-uncaught"),
+        ("timestamps", "/ts"),
+    ]
+    .into_iter()
+    .map(|(label, path)| (label, req("GET", path, "", "")))
+    .collect();
+    let got = courier_and_envoy_agree(boot, |proxy, dir, a| run(proxy, dir, a, &cases));
+    let line = |label: &str| {
+        got.iter()
+            .find(|l| l.starts_with(&format!("{label}: ")))
+            .cloned()
+            .unwrap_or_default()
+    };
+    let has = |label: &str, want: &str| {
+        assert!(
+            line(label).contains(want),
+            "{label}: want {want:?} in {}",
+            line(label)
+        );
+    };
+    // abseil's base64: padding optional, whitespace skipped, `nil` for what does not decode;
+    // a wrong argument type is Lua's argument error.
+    has("base64", "escape => boolean:true string:aGVsbG8/PgD/");
+    has(
+        "base64",
+        "decode \\\"aGVs bG8=\\\\\\n\\\" => boolean:true string:hello",
+    );
+    has("base64", "decode \\\"aGVsbG8==\\\" => boolean:true nil:nil");
+    has(
+        "base64",
+        "decode table => boolean:false string:bad argument #2 to '?' (string expected, got table)",
+    );
+    // An error the script does not catch is counted; the request goes on as it stood.
+    has("base64, uncaught", "| upstream: GET /b64-uncaught");
+    has("base64, uncaught", "[x-t-before=1]");
+    // The route's metadata under the filter's name, else `envoy.filters.http.lua`;
+    // `route():metadata()` under the filter's name only.
+    has("metadata", "get foo => boolean:true string:mine");
+    has("metadata", "virtual host vh=string:v");
+    has(
+        "metadata, fallback",
+        "get foo => boolean:true string:general",
+    );
+    has("metadata, fallback", "\\nroute \\n");
+    has("metadata, none", "pairs \\nroute \\n");
+    has(
+        "filter context",
+        "pairs fk=string:fv;n=number:3;nested={l={1=string:a,2=number:1,3=boolean:true}}",
+    );
+    // Dynamic metadata: seen by the next filter and by the response pass.
+    // A route's `filter_context` replaces the filter's.
+    has("filter context, route's", "[x-t-fc=route 0]");
+    has("dynamic metadata", "x-t-dm=from my.lua w");
+    has("dynamic metadata", "x-t-dm-resp=from my.lua");
+    has(
+        "dynamic metadata",
+        "set function => boolean:false string:unexpected type 'function' in dynamicMetadata",
+    );
+    has("dynamic metadata", "pairs 5={6=number:7};ns={k=string:w,t={a=number:1,b={1=number:1,2=number:2,3=string:x},c=boolean:true,e={}}}");
+    has("dynamic metadata, uncaught", "[x-t-dm=before nil]");
+    // The virtual cluster is named once the router sent the request.
+    has("stream info", "x-t-resp-route=catch-all[vc1]");
+    has(
+        "stream info",
+        "[x-t-local=127.0.0.1 x-t-route=catch-all x-t-ssl=nil x-t-vc=[]]",
+    );
+    has("verify", "good => boolean:true boolean:true nil:nil");
+    has(
+        "verify",
+        "other text => boolean:true boolean:false string:Failed to verify digest. Error code: 0",
+    );
+    has(
+        "verify",
+        "unknown hash => boolean:true boolean:false string:md5 is not supported.",
+    );
+    has(
+        "verify",
+        "unknown key => boolean:false string:invalid public key",
+    );
+    // The key is known by its text up to its first NUL; a handle keeps its first key.
+    has("verify", "key => boolean:true number:17");
+    has("verify", "second import => boolean:true boolean:true");
+    has("verify, EC", "good => boolean:true boolean:true");
+    has("import, bad key", "then good => boolean:true nil:nil");
+    has("verify, uncaught", "[x-t-before=1]");
+    has(
+        "timestamps",
+        "bad unit => boolean:false string:timestamp format must be MILLISECOND.",
+    );
+    assert_eq!(got[cases.len()..], ["errors=3", "executions=31"]);
 }

@@ -36,7 +36,7 @@ use crate::filters::http::jwt_authn::{JwtPerRoute, JwtRequest};
 use crate::filters::http::local_ratelimit::RateLimitPolicy;
 use crate::filters::http::local_ratelimit::{LocalRateLimitFilter, RateLimited};
 use crate::filters::http::lua::stream::{
-    RequestPass, ResponsePass, RunContext, StreamFacts, TlsFacts,
+    RequestPass, ResponsePass, RouteFacts, RunContext, StreamFacts, TlsFacts,
 };
 use crate::filters::http::lua::{LuaFilter, LuaPerRoute};
 use crate::filters::http::rbac::RbacRules;
@@ -647,6 +647,7 @@ pub(crate) async fn process(
         responses: Vec::new(),
         custom: None,
         paced: Vec::new(),
+        lua_dynamic: None,
     };
     // Without filters before the router, no filter pass is made (its future would be set
     // up and dropped for nothing on every request).
@@ -904,6 +905,8 @@ struct FilterMarks<'a> {
     /// The bandwidth limit filters' response passes, in chain order (empty, unallocated,
     /// without them).
     paced: Vec<BandwidthResponse>,
+    /// The stream's dynamic metadata, once a Lua filter ran (its scripts share it).
+    lua_dynamic: Option<crate::filters::http::lua::metadata::DynamicMetadata>,
 }
 
 /// What services a request's filters asked leave on it.
@@ -1817,6 +1820,27 @@ async fn lua_request(
             version: t.version,
             peer_presented: t.peer.is_some(),
         }),
+        route: match s.routed {
+            Some((vh, r)) => RouteFacts {
+                name: r.name.clone(),
+                metadata: r.metadata.clone(),
+                vhost_metadata: vh.metadata.clone(),
+            },
+            None => RouteFacts::default(),
+        },
+        dynamic: marks
+            .lua_dynamic
+            .get_or_insert_with(Default::default)
+            .clone(),
+        filter_name: f.config_name.clone(),
+        filter_context: f.filter_context(route),
+        virtual_cluster: match s.routed {
+            Some((vh, r)) if s.to_cluster && matches!(r.action, Action::Route(_)) => {
+                vh.virtual_cluster_name(req.headers(), &s.pseudo()).cloned()
+            }
+            _ => None,
+        },
+        upstream_answered: std::cell::Cell::new(false),
     });
     // Boxed: its run would otherwise take room in every request's future.
     let (pass, response) = Box::pin(crate::filters::http::lua::stream::on_request(

@@ -98,6 +98,8 @@ pub struct VirtualHost {
     /// The stats of requests no virtual cluster matched (`vcluster.other`), when the
     /// virtual host has virtual clusters.
     other_vcluster: Option<Box<RequestStats>>,
+    /// `metadata.filter_metadata`, which Lua scripts read (`virtualHost()`).
+    pub metadata: Option<Arc<crate::filters::http::lua::metadata::FilterMetadata>>,
 }
 
 /// A virtual cluster: requests matching all its header matchers are counted under its
@@ -167,6 +169,8 @@ pub struct Route {
     /// `decorator`: the traced request's span name, and whether it is sent upstream in
     /// `x-envoy-decorator-operation` (`propagate`, default true).
     pub decorator: Option<Box<(String, bool)>>,
+    /// `metadata.filter_metadata`, which Lua scripts read (`metadata()`, `route()`).
+    pub metadata: Option<Arc<crate::filters::http::lua::metadata::FilterMetadata>>,
 }
 
 enum PathMatch {
@@ -1687,6 +1691,7 @@ fn compile_virtual_host(
     Ok(VirtualHost {
         virtual_clusters,
         other_vcluster,
+        metadata: crate::filters::http::lua::metadata::filter_metadata(vh.metadata.as_ref()),
         name: vh.name.clone(),
         routes,
         request_headers: HeaderMutations::compile(
@@ -1809,6 +1814,7 @@ fn compile_route(
         return Err(ConfigError::unsupported(format!("{path}.tracing")));
     }
     Ok(Route {
+        metadata: crate::filters::http::lua::metadata::filter_metadata(r.metadata.as_ref()),
         decorator: r
             .decorator
             .as_ref()

@@ -33,12 +33,20 @@
 //!   and `respond()` are errors, as is `bodyChunks()` after `body()`. An `httpCall()` while
 //!   the body streams is a Courier error (not built).
 //!
+//! - `filterContext()` reads the most specific `LuaPerRoute`'s `filter_context` when it
+//!   sets one, else the filter's; `metadata()`, `route()`, `virtualHost()` the route's and
+//!   virtual host's `filter_metadata`; `streamInfo():dynamicMetadata()` the stream's
+//!   dynamic metadata, shared by its Lua filters ([`metadata`]). Encoding and signature
+//!   helpers are in [`crypto`].
+//!
 //! Each worker has a VM of its own for every script (a script's globals are per worker,
 //! as Envoy's), made the first time the worker runs it ([`vm`]); the stream handle's API
-//! is in [`stream`]. Refused by path: `filter_context`, `package_paths`, `package_cpaths`,
+//! is in [`stream`]. Refused by path: `package_paths`, `package_cpaths`,
 //! `clear_route_cache: false` (Envoy's default, true, is what Courier does: a request
 //! whose headers the script changed is routed again).
 
+pub mod crypto;
+pub mod metadata;
 pub mod stream;
 pub mod vm;
 
@@ -48,6 +56,7 @@ use std::sync::Arc;
 
 use courier_proto::envoy::config::core::v3::DataSource;
 use courier_proto::envoy::extensions::filters::http::lua::v3 as pb;
+use courier_proto::google::protobuf::Struct;
 
 use crate::config::ConfigError;
 use crate::stats::{Counter, Store};
@@ -111,7 +120,15 @@ pub struct LuaStats {
 }
 
 /// A compiled `LuaPerRoute`.
-pub enum LuaPerRoute {
+pub struct LuaPerRoute {
+    /// The script it runs.
+    pub choice: LuaChoice,
+    /// `filter_context`: replaces the filter's (an empty one too).
+    pub filter_context: Option<Arc<Struct>>,
+}
+
+/// What script a `LuaPerRoute` runs.
+pub enum LuaChoice {
     /// `disabled`: the filter does nothing here.
     Disabled,
     /// `name`: a script of the filter's `source_codes`.
@@ -123,10 +140,15 @@ pub enum LuaPerRoute {
 impl LuaPerRoute {
     /// Compiles a `LuaPerRoute` at `path`.
     pub fn compile(p: &pb::LuaPerRoute, path: &str) -> Result<LuaPerRoute, ConfigError> {
+        let choice = LuaPerRoute::choice(p, path)?;
+        Ok(LuaPerRoute {
+            choice,
+            filter_context: p.filter_context.clone().map(Arc::new),
+        })
+    }
+
+    fn choice(p: &pb::LuaPerRoute, path: &str) -> Result<LuaChoice, ConfigError> {
         use pb::lua_per_route::Override;
-        if p.filter_context.is_some() {
-            return Err(ConfigError::unsupported(format!("{path}.filter_context")));
-        }
         if !p.package_paths.is_empty() {
             return Err(ConfigError::unsupported(format!("{path}.package_paths")));
         }
@@ -142,13 +164,13 @@ impl LuaPerRoute {
                 format!("{path}.disabled"),
                 "value must equal true",
             )),
-            Some(Override::Disabled(true)) => Ok(LuaPerRoute::Disabled),
+            Some(Override::Disabled(true)) => Ok(LuaChoice::Disabled),
             Some(Override::Name(n)) if n.is_empty() => Err(ConfigError::new(
                 format!("{path}.name"),
                 "value length must be at least 1 characters",
             )),
-            Some(Override::Name(n)) => Ok(LuaPerRoute::Named(n.clone())),
-            Some(Override::SourceCode(ds)) => Ok(LuaPerRoute::Inline(Script::read(
+            Some(Override::Name(n)) => Ok(LuaChoice::Named(n.clone())),
+            Some(Override::SourceCode(ds)) => Ok(LuaChoice::Inline(Script::read(
                 ds,
                 &format!("{path}.source_code"),
             )?)),
@@ -160,6 +182,10 @@ impl LuaPerRoute {
 pub struct LuaFilter {
     /// The filter's name in `http_filters`: its key in `typed_per_filter_config`.
     pub name: String,
+    /// The same, for its scripts' runs (the namespace of their route metadata).
+    pub(crate) config_name: Arc<str>,
+    /// `filter_context`.
+    pub(crate) filter_context: Option<Arc<Struct>>,
     default: Option<Arc<Script>>,
     sources: HashMap<String, Arc<Script>>,
     pub(crate) stats: Arc<LuaStats>,
@@ -175,9 +201,6 @@ impl LuaFilter {
         prefix: &str,
         store: &Store,
     ) -> Result<LuaFilter, ConfigError> {
-        if p.filter_context.is_some() {
-            return Err(ConfigError::unsupported(format!("{path}.filter_context")));
-        }
         if !p.package_paths.is_empty() {
             return Err(ConfigError::unsupported(format!("{path}.package_paths")));
         }
@@ -216,6 +239,8 @@ impl LuaFilter {
         };
         Ok(LuaFilter {
             name: name.to_string(),
+            config_name: Arc::from(name),
+            filter_context: p.filter_context.clone().map(Arc::new),
             default,
             sources,
             stats: Arc::new(LuaStats {
@@ -228,20 +253,28 @@ impl LuaFilter {
     /// The script that runs for a request whose most specific per-route config is
     /// `route`; `None` when none does.
     pub fn script<'a>(&'a self, route: Option<&'a LuaPerRoute>) -> Option<&'a Arc<Script>> {
-        let script = match route {
+        let script = match route.map(|r| &r.choice) {
             None => self.default.as_ref(),
-            Some(LuaPerRoute::Disabled) => None,
-            Some(LuaPerRoute::Named(n)) => {
+            Some(LuaChoice::Disabled) => None,
+            Some(LuaChoice::Named(n)) => {
                 let found = self.sources.get(n);
                 if found.is_none() {
                     tracing::debug!("lua: no script named {n}");
                 }
                 found
             }
-            Some(LuaPerRoute::Inline(s)) => Some(s),
+            Some(LuaChoice::Inline(s)) => Some(s),
         };
         // A script with neither function has nothing to run.
         script.filter(|s| s.on_request || s.on_response)
+    }
+
+    /// The `filter_context` a request whose most specific per-route config is `route`
+    /// sees: the route's, when it sets one, else the filter's.
+    pub fn filter_context(&self, route: Option<&LuaPerRoute>) -> Option<Arc<Struct>> {
+        route
+            .and_then(|r| r.filter_context.clone())
+            .or_else(|| self.filter_context.clone())
     }
 }
 
@@ -271,10 +304,6 @@ mod tests {
             .err()
             .expect("refused");
         assert!(err.message.contains("at load"), "{}", err.message);
-        let err = filter("{ stat_prefix: x, filter_context: {} }")
-            .err()
-            .expect("refused");
-        assert_eq!(err.path, "f.filter_context");
         let err = filter("{ clear_route_cache: false }")
             .err()
             .expect("refused");
@@ -285,9 +314,16 @@ mod tests {
         )
         .expect("valid");
         assert!(f.script(None).is_none());
-        let named = LuaPerRoute::Named("a".into());
-        assert!(f.script(Some(&named)).is_some());
-        assert!(f.script(Some(&LuaPerRoute::Named("b".into()))).is_none());
-        assert!(f.script(Some(&LuaPerRoute::Disabled)).is_none());
+        let per_route = |choice| LuaPerRoute {
+            choice,
+            filter_context: None,
+        };
+        assert!(f
+            .script(Some(&per_route(LuaChoice::Named("a".into()))))
+            .is_some());
+        assert!(f
+            .script(Some(&per_route(LuaChoice::Named("b".into()))))
+            .is_none());
+        assert!(f.script(Some(&per_route(LuaChoice::Disabled))).is_none());
     }
 }

@@ -16,11 +16,15 @@
 //! the script's loop (`ChunkBody`): each chunk resumes it, as it changed it; the head can
 //! no longer be changed, nor the request answered.
 //!
+//! The methods that take arguments or give objects (`metadata()`, `streamInfo()`,
+//! `route()`, `base64Decode()`, `verifySignature()`, …) are "checked": their Rust side
+//! answers an error as a value, which the prelude raises as a plain message at the
+//! script's line, as Envoy's `luaL_error` does ([`super::vm`]).
+//!
 //! Not built (a script calling them gets a Lua error, counted in `errors` as any other):
-//! `setHttp1ReasonPhrase()`, `metadata()`, `verifySignature()`/`importPublicKey()`,
-//! `filterContext()`, `route()`, `virtualHost()`, `clearRouteCache()`,
-//! `setUpstreamOverrideHost()`, `stats()`, `connectionStreamInfo()`, and stream info's
-//! dynamic metadata.
+//! `setHttp1ReasonPhrase()`, `clearRouteCache()`, `setUpstreamOverrideHost()`,
+//! `stats()`, `connectionStreamInfo()`, stream info's `dynamicTypedMetadata()` and
+//! `filterState()`.
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
@@ -36,9 +40,11 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Body as _;
 use mlua::{Lua, MetaMethod, MultiValue, ThreadStatus, UserData, UserDataMethods, Value};
 
+use super::metadata::{self, DynamicMetadata, FilterMetadata};
 use super::vm::{self, WorkerScript};
-use super::{LuaStats, Script};
+use super::{crypto, LuaStats, Script};
 use crate::http::codec::body::ProxyBody;
+use courier_proto::google::protobuf::{Struct, Value as ProtoValue};
 
 /// What a stream's script sees of its connection.
 pub struct StreamFacts {
@@ -55,6 +61,42 @@ pub struct StreamFacts {
     pub requested_server_name: Option<Box<str>>,
     /// The connection's TLS facts, when it is TLS.
     pub tls: Option<TlsFacts>,
+    /// The route the request took.
+    pub route: RouteFacts,
+    /// The stream's dynamic metadata.
+    pub dynamic: DynamicMetadata,
+    /// The filter's name in the chain: the namespace its metadata is read from.
+    pub filter_name: Arc<str>,
+    /// `filter_context`: the route's `LuaPerRoute`'s, else the filter's.
+    pub filter_context: Option<Arc<Struct>>,
+    /// The virtual cluster the request matched, which Envoy's router names when it sends
+    /// the request: scripts see it on an answer from upstream.
+    pub virtual_cluster: Option<Arc<str>>,
+    /// The response pass runs on an answer from upstream.
+    pub(crate) upstream_answered: Cell<bool>,
+}
+
+/// What a script sees of the route the request took (empty without one).
+#[derive(Default)]
+pub struct RouteFacts {
+    /// Its `name`.
+    pub name: String,
+    /// Its `metadata`'s `filter_metadata`.
+    pub metadata: Option<Arc<FilterMetadata>>,
+    /// Its virtual host's.
+    pub vhost_metadata: Option<Arc<FilterMetadata>>,
+}
+
+impl RouteFacts {
+    /// The route's metadata under `ns`.
+    fn route_ns(&self, ns: &str) -> Option<Arc<Struct>> {
+        self.metadata.as_ref()?.get(ns).cloned()
+    }
+
+    /// The virtual host's metadata under `ns`.
+    fn vhost_ns(&self, ns: &str) -> Option<Arc<Struct>> {
+        self.vhost_metadata.as_ref()?.get(ns).cloned()
+    }
 }
 
 /// What `connection():ssl()` tells of a TLS connection.
@@ -158,6 +200,8 @@ struct State {
     /// Bumped with each chunk: a chunk object is alive while it is the current one.
     chunk_seq: u32,
     facts: Rc<StreamFacts>,
+    /// The key the script imported (`importPublicKey()`), if it did.
+    public_key: Option<ImportedKey>,
 }
 
 type Shared = Rc<RefCell<State>>;
@@ -415,32 +459,309 @@ struct StreamInfo(Scoped, Rc<StreamFacts>);
 
 impl UserData for StreamInfo {
     fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
-        methods.add_method("protocol", |_, this, ()| {
-            this.0.live()?;
-            Ok(this.1.protocol)
+        type Get = fn(&Lua, &StreamFacts) -> mlua::Result<Value>;
+        let getters: [(&str, Get); 7] = [
+            ("protocol", |lua, f| text_value(lua, f.protocol)),
+            ("downstreamLocalAddress", |lua, f| {
+                text_value(lua, &f.local.to_string())
+            }),
+            // Courier's listeners do not redirect connections: the direct local address is
+            // the local one.
+            ("downstreamDirectLocalAddress", |lua, f| {
+                text_value(lua, &f.local.to_string())
+            }),
+            ("downstreamDirectRemoteAddress", |lua, f| {
+                text_value(lua, &f.direct_remote.to_string())
+            }),
+            ("downstreamRemoteAddress", |lua, f| {
+                text_value(lua, &f.remote.to_string())
+            }),
+            ("requestedServerName", |lua, f| {
+                text_value(lua, f.requested_server_name.as_deref().unwrap_or(""))
+            }),
+            ("routeName", |lua, f| text_value(lua, &f.route.name)),
+        ];
+        for (name, get) in getters {
+            methods.add_method(name, move |lua, this, ()| {
+                if let Err(e) = this.0.live() {
+                    return fail(lua, &vm::message(&e));
+                }
+                ret1(get(lua, &this.1)?)
+            });
+        }
+        // Envoy's router names the virtual cluster when it sends the request: before, and
+        // on a local answer, the name is empty.
+        methods.add_method("virtualClusterName", |lua, this, ()| {
+            if let Err(e) = this.0.live() {
+                return fail(lua, &vm::message(&e));
+            }
+            let name = match this.1.upstream_answered.get() {
+                true => this.1.virtual_cluster.as_deref().unwrap_or(""),
+                false => "",
+            };
+            ret1(text_value(lua, name)?)
         });
-        methods.add_method("downstreamLocalAddress", |_, this, ()| {
-            this.0.live()?;
-            Ok(this.1.local.to_string())
+        methods.add_method("dynamicMetadata", |lua, this, ()| {
+            if let Err(e) = this.0.live() {
+                return fail(lua, &vm::message(&e));
+            }
+            object(
+                lua,
+                "DynamicMetadata",
+                DynamicMetadataMap(this.0.clone(), this.1.dynamic.clone()),
+            )
         });
-        methods.add_method("downstreamDirectRemoteAddress", |_, this, ()| {
-            this.0.live()?;
-            Ok(this.1.direct_remote.to_string())
-        });
-        methods.add_method("downstreamRemoteAddress", |_, this, ()| {
-            this.0.live()?;
-            Ok(this.1.remote.to_string())
-        });
-        methods.add_method("requestedServerName", |_, this, ()| {
-            this.0.live()?;
-            Ok(this
-                .1
-                .requested_server_name
-                .as_deref()
-                .unwrap_or("")
-                .to_string())
+        methods.add_method("downstreamSslConnection", |lua, this, ()| {
+            if let Err(e) = this.0.live() {
+                return fail(lua, &vm::message(&e));
+            }
+            match &this.1.tls {
+                None => ret1(Value::Nil),
+                Some(_) => ret1(Value::UserData(
+                    lua.create_userdata(Ssl(this.0.clone(), this.1.clone()))?,
+                )),
+            }
         });
     }
+}
+
+fn text_value(lua: &Lua, s: &str) -> mlua::Result<Value> {
+    Ok(Value::String(lua.create_string(s)?))
+}
+
+/// A checked method's answer: no value.
+fn ret0() -> mlua::Result<MultiValue> {
+    Ok(MultiValue::from_iter([Value::Integer(0)]))
+}
+
+/// A checked method's answer: one value.
+fn ret1(v: Value) -> mlua::Result<MultiValue> {
+    Ok(MultiValue::from_iter([Value::Integer(1), v]))
+}
+
+/// A checked method's answer: two values.
+fn ret2(a: Value, b: Value) -> mlua::Result<MultiValue> {
+    Ok(MultiValue::from_iter([Value::Integer(2), a, b]))
+}
+
+/// A checked method's answer: an object the prelude wraps in its `class`.
+fn object(lua: &Lua, class: &str, u: impl UserData + 'static) -> mlua::Result<MultiValue> {
+    Ok(MultiValue::from_iter([
+        Value::String(lua.create_string(class)?),
+        Value::UserData(lua.create_userdata(u)?),
+    ]))
+}
+
+/// A checked method's error, for the prelude to raise (as a plain message, as Envoy's).
+fn fail(lua: &Lua, msg: &str) -> mlua::Result<MultiValue> {
+    Ok(MultiValue::from_iter([
+        Value::Boolean(false),
+        Value::String(lua.create_string(msg)?),
+    ]))
+}
+
+/// A checked method's result: its error raised by the prelude.
+fn checked(lua: &Lua, r: Result<mlua::Result<MultiValue>, String>) -> mlua::Result<MultiValue> {
+    match r {
+        Ok(values) => values,
+        Err(msg) => fail(lua, &msg),
+    }
+}
+
+/// Lua's argument error, as Envoy's read where a script's `pcall` calls the method
+/// (arguments counted from the object, the function unnamed).
+fn arg_error(narg: usize, expected: &str, got: Option<&Value>) -> String {
+    format!(
+        "bad argument #{narg} to '?' ({expected} expected, got {})",
+        got.map_or("no value", type_name)
+    )
+}
+
+/// `luaL_checkstring` on the method's argument `i` (from 0, after the object): a string,
+/// or a number as Lua writes it.
+fn check_string(args: &[Value], i: usize) -> Result<Vec<u8>, String> {
+    text(args.get(i).unwrap_or(&Value::Nil)).ok_or_else(|| arg_error(i + 2, "string", args.get(i)))
+}
+
+/// `luaL_optstring`: `None` for `nil` or no value.
+fn opt_string(args: &[Value], i: usize) -> Result<Option<Vec<u8>>, String> {
+    match args.get(i) {
+        None | Some(Value::Nil) => Ok(None),
+        Some(_) => check_string(args, i).map(Some),
+    }
+}
+
+/// `luaL_checknumber`: a number, or a string holding one.
+fn check_number(args: &[Value], i: usize) -> Result<f64, String> {
+    let n = match args.get(i) {
+        Some(Value::Integer(n)) => Some(*n as f64),
+        Some(Value::Number(n)) => Some(*n),
+        Some(Value::String(s)) => s.to_str().ok().and_then(|s| s.trim().parse::<f64>().ok()),
+        _ => None,
+    };
+    n.ok_or_else(|| arg_error(i + 2, "number", args.get(i)))
+}
+
+/// Bytes read as a C string: up to the first NUL.
+fn c_string(bytes: &[u8]) -> &[u8] {
+    &bytes[..bytes.iter().position(|b| *b == 0).unwrap_or(bytes.len())]
+}
+
+/// The first `n` bytes of `bytes` (a length a script gave; Envoy reads past the string's
+/// end where it is longer, Courier stops at the end).
+fn prefix(bytes: &[u8], n: f64) -> &[u8] {
+    let n = if n.is_nan() || n < 0.0 { 0 } else { n as usize };
+    &bytes[..n.min(bytes.len())]
+}
+
+/// A read-only metadata map (`metadata()`, `route():metadata()`, `filterContext()`, …).
+struct MetadataMap(Scoped, Option<Arc<Struct>>);
+
+impl UserData for MetadataMap {
+    fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
+        methods.add_method("get", |lua, this, args: MultiValue| {
+            let args: Vec<Value> = args.into_iter().collect();
+            let r = (|| {
+                this.0.live().map_err(|e| vm::message(&e))?;
+                let key = check_string(&args, 0)?;
+                let key = String::from_utf8_lossy(c_string(&key)).into_owned();
+                Ok(match this.1.as_ref().and_then(|s| s.fields.get(&key)) {
+                    None => ret0(),
+                    Some(v) => metadata::to_lua(lua, v).and_then(ret1),
+                })
+            })();
+            checked(lua, r)
+        });
+        methods.add_method("pairs", |lua, this, ()| {
+            if let Err(e) = this.0.live() {
+                return fail(lua, &vm::message(&e));
+            }
+            let fields: Vec<(String, ProtoValue)> = this
+                .1
+                .as_ref()
+                .map(|s| {
+                    s.fields
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let next = Cell::new(0usize);
+            let iter = lua.create_function(move |lua, _: MultiValue| {
+                let i = next.get();
+                next.set(i + 1);
+                match fields.get(i) {
+                    Some((k, v)) => Ok((
+                        Value::String(lua.create_string(k)?),
+                        metadata::to_lua(lua, v)?,
+                    )),
+                    None => Ok((Value::Nil, Value::Nil)),
+                }
+            })?;
+            ret1(Value::Function(iter))
+        });
+    }
+}
+
+/// `streamInfo():dynamicMetadata()`.
+struct DynamicMetadataMap(Scoped, DynamicMetadata);
+
+impl UserData for DynamicMetadataMap {
+    fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
+        methods.add_method("get", |lua, this, args: MultiValue| {
+            let args: Vec<Value> = args.into_iter().collect();
+            let r = (|| {
+                this.0.live().map_err(|e| vm::message(&e))?;
+                let ns = check_string(&args, 0)?;
+                let ns = String::from_utf8_lossy(c_string(&ns)).into_owned();
+                Ok(match this.1.borrow().get(&ns) {
+                    None => ret0(),
+                    Some(s) => metadata::struct_table(lua, s).and_then(|t| ret1(Value::Table(t))),
+                })
+            })();
+            checked(lua, r)
+        });
+        methods.add_method("set", |lua, this, args: MultiValue| {
+            let args: Vec<Value> = args.into_iter().collect();
+            let r = (|| {
+                this.0.live().map_err(|e| vm::message(&e))?;
+                let ns = check_string(&args, 0)?;
+                let key = check_string(&args, 1)?;
+                let value = metadata::from_lua(args.get(2).unwrap_or(&Value::Nil))?;
+                let ns = String::from_utf8_lossy(c_string(&ns)).into_owned();
+                let key = String::from_utf8_lossy(c_string(&key)).into_owned();
+                this.1
+                    .borrow_mut()
+                    .entry(ns)
+                    .or_default()
+                    .fields
+                    .insert(key, value);
+                Ok(ret0())
+            })();
+            checked(lua, r)
+        });
+        methods.add_method("pairs", |lua, this, ()| {
+            if let Err(e) = this.0.live() {
+                return fail(lua, &vm::message(&e));
+            }
+            let all: Vec<(String, Struct)> = this
+                .1
+                .borrow()
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            let next = Cell::new(0usize);
+            let iter = lua.create_function(move |lua, _: MultiValue| {
+                let i = next.get();
+                next.set(i + 1);
+                match all.get(i) {
+                    Some((k, v)) => Ok((
+                        Value::String(lua.create_string(k)?),
+                        Value::Table(metadata::struct_table(lua, v)?),
+                    )),
+                    None => Ok((Value::Nil, Value::Nil)),
+                }
+            })?;
+            ret1(Value::Function(iter))
+        });
+    }
+}
+
+/// `route()` and `virtualHost()`: their `metadata()` under the filter's name.
+struct MetadataHolder(Scoped, Option<Arc<Struct>>);
+
+impl UserData for MetadataHolder {
+    fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
+        methods.add_method("metadata", |lua, this, ()| {
+            if let Err(e) = this.0.live() {
+                return fail(lua, &vm::message(&e));
+            }
+            object(
+                lua,
+                "MetadataMap",
+                MetadataMap(this.0.clone(), this.1.clone()),
+            )
+        });
+    }
+}
+
+/// `importPublicKey()`'s answer: `get()` gives the key's text, or `nil`.
+struct PublicKeyHandle(Option<Vec<u8>>);
+
+impl UserData for PublicKeyHandle {
+    fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
+        methods.add_method("get", |lua, this, ()| match &this.0 {
+            None => ret1(Value::Nil),
+            Some(k) => ret1(Value::String(lua.create_string(k)?)),
+        });
+    }
+}
+
+/// The key a handle imported (its first): what `get()` gives, and the key by the text
+/// `verifySignature()` names it with.
+struct ImportedKey {
+    text: Option<Vec<u8>>,
+    key: Option<(Vec<u8>, crypto::PublicKey)>,
 }
 
 /// `connection()`.
@@ -474,6 +795,33 @@ impl UserData for Ssl {
             Ok(this.1.tls.as_ref().map_or("", |t| t.version))
         });
     }
+}
+
+/// `timestamp()`'s resolutions (`EnvoyTimestampResolution`).
+enum Resolution {
+    Milli,
+    Micro,
+}
+
+/// The resolution a script named (none: milliseconds), read as abseil's `SimpleAtoi`.
+fn resolution(unit: Option<&[u8]>) -> Option<Resolution> {
+    let unit = unit.unwrap_or(b"");
+    if unit.is_empty() {
+        return Some(Resolution::Milli);
+    }
+    let s = std::str::from_utf8(unit).ok()?.trim();
+    let s = s.strip_prefix('+').unwrap_or(s);
+    match s.parse::<u128>().ok()? {
+        0 => Some(Resolution::Milli),
+        1 => Some(Resolution::Micro),
+        _ => None,
+    }
+}
+
+fn now() -> Duration {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
 }
 
 /// The Rust side of the stream handle (`request_handle`, `response_handle`).
@@ -517,7 +865,7 @@ fn fields_of(table: &mlua::Table) -> mlua::Result<Fields> {
 }
 
 /// A Lua type's name, as Lua's argument errors give it.
-fn type_name(v: &Value) -> &'static str {
+pub(crate) fn type_name(v: &Value) -> &'static str {
     match v {
         Value::Nil => "nil",
         Value::Boolean(_) => "boolean",
@@ -770,7 +1118,102 @@ impl UserData for Handle {
         );
         methods.add_method("streamInfo", |lua, this, ()| {
             let facts = this.0.borrow().facts.clone();
-            lua.create_userdata(StreamInfo(Scoped::new(&this.0), facts))
+            object(lua, "StreamInfo", StreamInfo(Scoped::new(&this.0), facts))
+        });
+        // Under the filter's name, else `envoy.filters.http.lua`.
+        methods.add_method("metadata", |lua, this, ()| {
+            let facts = this.0.borrow().facts.clone();
+            let md = facts
+                .route
+                .route_ns(&facts.filter_name)
+                .or_else(|| facts.route.route_ns(super::FILTER_NAME));
+            object(lua, "MetadataMap", MetadataMap(Scoped::new(&this.0), md))
+        });
+        methods.add_method("route", |lua, this, ()| {
+            let facts = this.0.borrow().facts.clone();
+            let md = facts.route.route_ns(&facts.filter_name);
+            object(lua, "Route", MetadataHolder(Scoped::new(&this.0), md))
+        });
+        methods.add_method("virtualHost", |lua, this, ()| {
+            let facts = this.0.borrow().facts.clone();
+            let md = facts.route.vhost_ns(&facts.filter_name);
+            object(lua, "VirtualHost", MetadataHolder(Scoped::new(&this.0), md))
+        });
+        methods.add_method("filterContext", |lua, this, ()| {
+            let fc = this.0.borrow().facts.filter_context.clone();
+            object(lua, "MetadataMap", MetadataMap(Scoped::new(&this.0), fc))
+        });
+        methods.add_method("base64Escape", |lua, _, args: MultiValue| {
+            let args: Vec<Value> = args.into_iter().collect();
+            let r = check_string(&args, 0).map(|input| {
+                ret1(Value::String(
+                    lua.create_string(crypto::base64_escape(&input))?,
+                ))
+            });
+            checked(lua, r)
+        });
+        methods.add_method("base64Decode", |lua, _, args: MultiValue| {
+            let args: Vec<Value> = args.into_iter().collect();
+            let r = check_string(&args, 0).map(|input| match crypto::base64_decode(&input) {
+                Some(out) => ret1(Value::String(lua.create_string(&out)?)),
+                None => ret1(Value::Nil),
+            });
+            checked(lua, r)
+        });
+        methods.add_method("importPublicKey", |lua, this, args: MultiValue| {
+            let args: Vec<Value> = args.into_iter().collect();
+            let r = (|| {
+                let der = check_string(&args, 0)?;
+                let n = check_number(&args, 1)?;
+                let mut st = this.0.borrow_mut();
+                let imported =
+                    st.public_key.get_or_insert_with(|| {
+                        match crypto::PublicKey::import(prefix(&der, n)) {
+                            Some(key) => ImportedKey {
+                                text: Some(c_string(&der).to_vec()),
+                                key: Some((prefix(c_string(&der), n).to_vec(), key)),
+                            },
+                            None => ImportedKey {
+                                text: None,
+                                key: None,
+                            },
+                        }
+                    });
+                let text = imported.text.clone();
+                drop(st);
+                Ok(object(lua, "PublicKey", PublicKeyHandle(text)))
+            })();
+            checked(lua, r)
+        });
+        methods.add_method("verifySignature", |lua, this, args: MultiValue| {
+            let args: Vec<Value> = args.into_iter().collect();
+            let r = (|| {
+                let hash = check_string(&args, 0)?;
+                let name = check_string(&args, 1)?;
+                let st = this.0.borrow();
+                let Some((_, key)) = st
+                    .public_key
+                    .as_ref()
+                    .and_then(|k| k.key.as_ref())
+                    .filter(|(text, _)| text.as_slice() == c_string(&name))
+                else {
+                    return Err("invalid public key".to_string());
+                };
+                let sig = check_string(&args, 2)?;
+                let sig_len = check_number(&args, 3)?;
+                let text = check_string(&args, 4)?;
+                let text_len = check_number(&args, 5)?;
+                let hash = String::from_utf8_lossy(c_string(&hash)).into_owned();
+                Ok(
+                    match key.verify(&hash, prefix(&sig, sig_len), prefix(&text, text_len)) {
+                        Ok(()) => ret2(Value::Boolean(true), Value::Nil),
+                        Err(msg) => lua
+                            .create_string(&msg)
+                            .and_then(|m| ret2(Value::Boolean(false), Value::String(m))),
+                    },
+                )
+            })();
+            checked(lua, r)
         });
         methods.add_method("connection", |lua, this, ()| {
             let facts = this.0.borrow().facts.clone();
@@ -789,31 +1232,27 @@ impl UserData for Handle {
                 Ok(())
             });
         }
-        methods.add_method("base64Escape", |_, _, input: mlua::String| {
-            use base64::Engine as _;
-            Ok(base64::engine::general_purpose::STANDARD.encode(&*input.as_bytes()))
+        methods.add_method("timestamp", |lua, _, args: MultiValue| {
+            let args: Vec<Value> = args.into_iter().collect();
+            let r = opt_string(&args, 0).map(|unit| match resolution(unit.as_deref()) {
+                Some(Resolution::Milli) => ret1(Value::Number(now().as_millis() as f64)),
+                _ => fail(lua, "timestamp format must be MILLISECOND."),
+            });
+            checked(lua, r)
         });
-        methods.add_method("timestamp", |_, _, unit: Option<String>| {
-            match unit.as_deref() {
-                None | Some("") | Some("0") => {}
-                Some(_) => return Err(runtime("timestamp format must be MILLISECOND.")),
-            }
-            let ms = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64);
-            Ok(ms as f64)
-        });
-        methods.add_method("timestampString", |_, _, unit: Option<String>| {
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap_or_default();
-            match unit.as_deref() {
-                None | Some("") | Some("0") => Ok(now.as_millis().to_string()),
-                Some("1") => Ok(now.as_micros().to_string()),
-                Some(_) => Err(runtime(
-                    "timestamp format must be MILLISECOND or MICROSECOND.",
-                )),
-            }
+        methods.add_method("timestampString", |lua, _, args: MultiValue| {
+            let args: Vec<Value> = args.into_iter().collect();
+            let r = opt_string(&args, 0).map(|unit| {
+                let n = match resolution(unit.as_deref()) {
+                    Some(Resolution::Milli) => now().as_millis(),
+                    Some(Resolution::Micro) => now().as_micros(),
+                    None => {
+                        return fail(lua, "timestamp format must be MILLISECOND or MICROSECOND.")
+                    }
+                };
+                ret1(Value::String(lua.create_string(n.to_string())?))
+            });
+            checked(lua, r)
         });
         // An error is handed to the prelude to raise (a Rust error would reach a script's
         // `pcall` wrapped, where Envoy's is the message alone).
@@ -846,16 +1285,9 @@ impl UserData for Handle {
             Ok(wait)
         });
         for name in [
-            "metadata",
-            "importPublicKey",
-            "verifySignature",
-            "filterContext",
             "connectionStreamInfo",
-            "route",
-            "virtualHost",
             "clearRouteCache",
             "setUpstreamOverrideHost",
-            "base64Decode",
             "stats",
         ] {
             methods.add_method(name, not_supported(name));
@@ -968,6 +1400,7 @@ async fn run(
         chunk: None,
         chunk_seq: 0,
         facts,
+        public_key: None,
     });
     if chunks.is_some() {
         // The script goes on with the body: its head went on as it stands.
@@ -1339,6 +1772,7 @@ pub async fn on_request(
         chunk: None,
         chunk_seq: 0,
         facts,
+        public_key: None,
     };
     let ran = match run(&ws, &function, stats, state, req.body_mut(), cx).await {
         Ok(ran) => ran,
@@ -1435,6 +1869,11 @@ impl ResponsePass {
         let Some(function) = self.ws.on_response.clone() else {
             return;
         };
+        self.facts.upstream_answered.set(
+            resp.extensions()
+                .get::<crate::http::conn_manager::local_reply::LocalReply>()
+                .is_none(),
+        );
         let head = vec![(
             ":status".to_string(),
             resp.status().as_str().as_bytes().to_vec(),
@@ -1455,6 +1894,7 @@ impl ResponsePass {
             chunk: None,
             chunk_seq: 0,
             facts: self.facts,
+            public_key: None,
         };
         let ran = run(&self.ws, &function, &self.stats, state, resp.body_mut(), cx).await;
         let st = match ran {

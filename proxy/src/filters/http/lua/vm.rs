@@ -20,13 +20,48 @@ use super::Script;
 /// whose methods forward to it; the waiting ones yield first when it says so.
 const PRELUDE: &str = r#"
 local yield = coroutine.yield
-local H = {}
-H.__index = H
-local plain = { "headers", "streamInfo", "connection", "metadata", "logTrace", "logDebug",
-  "logInfo", "logWarn", "logErr", "logCritical", "base64Escape", "timestamp",
-  "timestampString", "importPublicKey", "verifySignature",
-  "filterContext", "connectionStreamInfo", "route", "virtualHost", "clearRouteCache",
-  "setUpstreamOverrideHost", "base64Decode", "stats" }
+-- A checked method's Rust side answers `false, message` (raised here, at the caller's line
+-- as Envoy's are, none when a C function such as `pcall` called it), a count of values
+-- (0, 1, 2) and the values, or the name of a class and an object to wrap in it.
+local classes = {}
+local function class(names, C)
+  C = C or {}
+  C.__index = C
+  for i = 1, #names do
+    local n = names[i]
+    C[n] = function(self, ...)
+      local u = rawget(self, 1)
+      local k, a, b = u[n](u, ...)
+      if k == 1 then return a end
+      if k == false then error(a, 2) end
+      if k == 0 then return end
+      if k == 2 then return a, b end
+      return setmetatable({ a }, classes[k])
+    end
+  end
+  C.__pairs = function(self)
+    local u = rawget(self, 1)
+    local k, a = u:pairs()
+    if k == false then error(a, 2) end
+    return a
+  end
+  return C
+end
+classes.MetadataMap = class({ "get" })
+classes.DynamicMetadata = class({ "get", "set" })
+classes.PublicKey = class({ "get" })
+classes.Route = class({ "metadata" })
+classes.VirtualHost = class({ "metadata" })
+classes.StreamInfo = class({ "protocol", "downstreamLocalAddress",
+  "downstreamDirectLocalAddress", "downstreamDirectRemoteAddress", "downstreamRemoteAddress",
+  "requestedServerName", "routeName", "virtualClusterName", "dynamicMetadata",
+  "downstreamSslConnection" })
+local H = class({ "metadata", "streamInfo", "route", "virtualHost", "filterContext",
+  "base64Escape", "base64Decode", "importPublicKey", "verifySignature", "timestamp",
+  "timestampString" })
+local plain = { "headers", "connection", "logTrace", "logDebug",
+  "logInfo", "logWarn", "logErr", "logCritical",
+  "connectionStreamInfo", "clearRouteCache", "setUpstreamOverrideHost", "stats" }
 for i = 1, #plain do
   local n = plain[i]
   H[n] = function(self, ...)
@@ -34,6 +69,7 @@ for i = 1, #plain do
     return u[n](u, ...)
   end
 end
+EnvoyTimestampResolution = { MILLISECOND = 0, MICROSECOND = 1 }
 function H:body(...)
   local u = rawget(self, 1)
   if u:waitBody() then yield() end

@@ -7,6 +7,7 @@
 #![allow(deprecated)]
 
 pub mod hash_policy;
+pub mod metadata;
 pub mod per_filter;
 pub mod rate_limits;
 pub mod rds;
@@ -99,7 +100,7 @@ pub struct VirtualHost {
     /// virtual host has virtual clusters.
     other_vcluster: Option<Box<RequestStats>>,
     /// `metadata.filter_metadata`, which Lua scripts read (`virtualHost()`).
-    pub metadata: Option<Arc<crate::filters::http::lua::metadata::FilterMetadata>>,
+    pub metadata: Option<Arc<metadata::FilterMetadata>>,
 }
 
 /// A virtual cluster: requests matching all its header matchers are counted under its
@@ -170,7 +171,7 @@ pub struct Route {
     /// `x-envoy-decorator-operation` (`propagate`, default true).
     pub decorator: Option<Box<(String, bool)>>,
     /// `metadata.filter_metadata`, which Lua scripts read (`metadata()`, `route()`).
-    pub metadata: Option<Arc<crate::filters::http::lua::metadata::FilterMetadata>>,
+    pub metadata: Option<Arc<metadata::FilterMetadata>>,
 }
 
 enum PathMatch {
@@ -1691,7 +1692,7 @@ fn compile_virtual_host(
     Ok(VirtualHost {
         virtual_clusters,
         other_vcluster,
-        metadata: crate::filters::http::lua::metadata::filter_metadata(vh.metadata.as_ref()),
+        metadata: metadata::filter_metadata(vh.metadata.as_ref()),
         name: vh.name.clone(),
         routes,
         request_headers: HeaderMutations::compile(
@@ -1814,7 +1815,7 @@ fn compile_route(
         return Err(ConfigError::unsupported(format!("{path}.tracing")));
     }
     Ok(Route {
-        metadata: crate::filters::http::lua::metadata::filter_metadata(r.metadata.as_ref()),
+        metadata: metadata::filter_metadata(r.metadata.as_ref()),
         decorator: r
             .decorator
             .as_ref()

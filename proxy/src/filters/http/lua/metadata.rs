@@ -10,30 +10,13 @@
 //! is the error `unexpected type '<type>' in dynamicMetadata`.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::rc::Rc;
-use std::sync::Arc;
 
 use courier_proto::google::protobuf::{value::Kind, ListValue, Struct, Value};
 use mlua::{Lua, Value as LuaValue};
 
-/// A route's or virtual host's `metadata.filter_metadata`, each namespace shared, so that a
-/// script's run takes one without copying it.
-pub type FilterMetadata = HashMap<String, Arc<Struct>>;
-
-/// Compiles a `Metadata`'s `filter_metadata` for scripts; `None` when it has none (routes
-/// without metadata cost nothing).
-pub fn filter_metadata(
-    m: Option<&courier_proto::envoy::config::core::v3::Metadata>,
-) -> Option<Arc<FilterMetadata>> {
-    let m = m.filter(|m| !m.filter_metadata.is_empty())?;
-    Some(Arc::new(
-        m.filter_metadata
-            .iter()
-            .map(|(k, v)| (k.clone(), Arc::new(v.clone())))
-            .collect(),
-    ))
-}
+pub use crate::http::route::metadata::FilterMetadata;
 
 /// A stream's dynamic metadata, by namespace (shared by the stream's Lua filters, on the
 /// request and on the response).
@@ -66,9 +49,18 @@ pub(crate) fn struct_table(lua: &Lua, s: &Struct) -> mlua::Result<mlua::Table> {
     Ok(t)
 }
 
-/// A Lua type's name, as `lua_typename` gives it.
-fn lua_type(v: &LuaValue) -> &'static str {
-    super::stream::type_name(v)
+/// A Lua type's name, as Lua's argument errors give it.
+pub(crate) fn type_name(v: &LuaValue) -> &'static str {
+    match v {
+        LuaValue::Nil => "nil",
+        LuaValue::Boolean(_) => "boolean",
+        LuaValue::Integer(_) | LuaValue::Number(_) => "number",
+        LuaValue::String(_) => "string",
+        LuaValue::Table(_) => "table",
+        LuaValue::Function(_) => "function",
+        LuaValue::Thread(_) => "thread",
+        _ => "userdata",
+    }
 }
 
 /// A Lua value as a protobuf `Value` (Envoy's `MetadataMapHelper::loadValue`); the error is
@@ -101,7 +93,7 @@ pub(crate) fn from_lua(v: &LuaValue) -> Result<Value, String> {
                     let LuaValue::String(k) = &k else {
                         return Err(format!(
                             "unexpected type {} in table key (only string keys are supported)",
-                            lua_type(&k)
+                            type_name(&k)
                         ));
                     };
                     fields.insert(k.to_string_lossy(), from_lua(&v)?);
@@ -114,7 +106,7 @@ pub(crate) fn from_lua(v: &LuaValue) -> Result<Value, String> {
         other => {
             return Err(format!(
                 "unexpected type '{}' in dynamicMetadata",
-                lua_type(other)
+                type_name(other)
             ))
         }
     };

@@ -40,7 +40,7 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Body as _;
 use mlua::{Lua, MetaMethod, MultiValue, ThreadStatus, UserData, UserDataMethods, Value};
 
-use super::metadata::{self, DynamicMetadata, FilterMetadata};
+use super::metadata::{self, type_name, DynamicMetadata, FilterMetadata};
 use super::vm::{self, WorkerScript};
 use super::{crypto, LuaStats, Script};
 use crate::http::codec::body::ProxyBody;
@@ -862,20 +862,6 @@ fn fields_of(table: &mlua::Table) -> mlua::Result<Fields> {
         }
     }
     Ok(out)
-}
-
-/// A Lua type's name, as Lua's argument errors give it.
-pub(crate) fn type_name(v: &Value) -> &'static str {
-    match v {
-        Value::Nil => "nil",
-        Value::Boolean(_) => "boolean",
-        Value::Integer(_) | Value::Number(_) => "number",
-        Value::String(_) => "string",
-        Value::Table(_) => "table",
-        Value::Function(_) => "function",
-        Value::Thread(_) => "thread",
-        _ => "userdata",
-    }
 }
 
 /// `luaL_checkint`: a number, or a string holding one (truncated). Argument errors read

@@ -173,7 +173,8 @@ pub(crate) async fn on_request(
         let fields = req
             .headers()
             .iter()
-            .filter(|(k, _)| *k != header::HOST)
+            // Envoy's codecs keep neither in the request's header map.
+            .filter(|(k, _)| *k != header::HOST && *k != header::TRANSFER_ENCODING)
             .map(|(k, v)| (k.as_str(), v.as_bytes()));
         let msg = messages::headers_message(
             Phase::RequestHeaders,

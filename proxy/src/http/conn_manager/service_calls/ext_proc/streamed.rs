@@ -4,7 +4,8 @@
 //! answers are pending (Envoy's chunk queue and watermarks). Trailers wait for the last
 //! chunk's answer, then for their own when they are sent.
 //!
-//! As Envoy's: each chunk sent (re)starts `message_timeout`, each answer stops it; a
+//! As Envoy's: each chunk sent (re)starts `message_timeout`; an answer stops it when no
+//! other chunk waits (Envoy's stops it even then: see the answer's handling); a
 //! chunk's answer may replace or clear it, never the headers, already gone. An
 //! immediate response, a failure or a timeout that does not let the request go on ends
 //! the body with an error (the request's reply is then the channel's, given by the
@@ -237,7 +238,6 @@ impl Streamed {
             Verdict::Answered(c) => c,
             other => return Poll::Ready(self.ended(other)),
         };
-        // Envoy stops the timer at every answer, chunks pending or not.
         self.timer = None;
         if self.trailers_sent {
             self.trailers_sent = false;
@@ -268,6 +268,12 @@ impl Streamed {
         if self.queue.is_empty() {
             self.chan.borrow_mut().settle(self.request);
             self.trailers_due();
+        } else {
+            // Envoy stops its timer here though chunks still wait (a chunk sent before
+            // the answer to the one ahead of it then never times out, and the request
+            // hangs until the route's timeout): Courier gives the next one its own
+            // `message_timeout` (DIFFERENCES.md).
+            self.start_timer();
         }
         Poll::Ready(Ok(()))
     }

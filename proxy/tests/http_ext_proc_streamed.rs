@@ -144,9 +144,17 @@ fn names(m: &Option<courier_proto::envoy::config::core::v3::HeaderMap>) -> Vec<S
 fn describe(r: &processing_request::Request) -> String {
     use processing_request::Request as R;
     match r {
-        R::RequestHeaders(h) => format!("req-headers eos={} {:?}", h.end_of_stream, names(&h.headers)),
+        R::RequestHeaders(h) => format!(
+            "req-headers eos={} {:?}",
+            h.end_of_stream,
+            names(&h.headers)
+        ),
         R::ResponseHeaders(h) => {
-            format!("resp-headers eos={} {:?}", h.end_of_stream, names(&h.headers))
+            format!(
+                "resp-headers eos={} {:?}",
+                h.end_of_stream,
+                names(&h.headers)
+            )
         }
         R::RequestBody(b) => format!(
             "req-body eos={} {:?}",
@@ -165,7 +173,11 @@ fn describe(r: &processing_request::Request) -> String {
 
 /// The answer to a message of the stream scripted `script`, whose `n`th body chunk of
 /// its direction this is (from 1).
-fn script_answer(script: &str, r: &processing_request::Request, n: usize) -> Option<ProcessingResponse> {
+fn script_answer(
+    script: &str,
+    r: &processing_request::Request,
+    n: usize,
+) -> Option<ProcessingResponse> {
     use processing_request::Request as R;
     match (script, r) {
         ("immediate-mid", R::RequestBody(_)) if n == 2 => immediate(403, "stopped"),
@@ -204,7 +216,10 @@ fn script_answer(script: &str, r: &processing_request::Request, n: usize) -> Opt
             CommonResponse {
                 // Header changes in a streamed chunk's answer come too late (ignored).
                 header_mutation: mutation(vec![set("x-from-body", "1")]),
-                body_mutation: body(&format!("<{}>", String::from_utf8_lossy(&b.body).to_uppercase())),
+                body_mutation: body(&format!(
+                    "<{}>",
+                    String::from_utf8_lossy(&b.body).to_uppercase()
+                )),
                 ..Default::default()
             },
             true,
@@ -356,7 +371,9 @@ fn upstream(log: Log) -> (SocketAddr, Arc<Mutex<Vec<UpSeen>>>) {
                             None => return,
                         }
                     } else {
-                        let n: usize = get("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+                        let n: usize = get("content-length")
+                            .and_then(|v| v.parse().ok())
+                            .unwrap_or(0);
                         let mut b = vec![0; n];
                         if r.read_exact(&mut b).is_err() {
                             return;
@@ -367,7 +384,10 @@ fn upstream(log: Log) -> (SocketAddr, Arc<Mutex<Vec<UpSeen>>>) {
                     let mut fields: Vec<String> = hs
                         .iter()
                         .filter(|(k, _)| {
-                            matches!(k.as_str(), "content-length" | "transfer-encoding" | "x-proc" | "x-from-body")
+                            matches!(
+                                k.as_str(),
+                                "content-length" | "transfer-encoding" | "x-proc" | "x-from-body"
+                            )
                         })
                         .map(|(k, v)| format!("{k}={v}"))
                         .collect();
@@ -383,7 +403,11 @@ fn upstream(log: Log) -> (SocketAddr, Arc<Mutex<Vec<UpSeen>>>) {
                     }
                     let path = line.split(' ').nth(1).unwrap_or("").to_owned();
                     if path.contains("/chunks") {
-                        if w.write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nx-up: 1\r\n\r\n").is_err() {
+                        if w.write_all(
+                            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nx-up: 1\r\n\r\n",
+                        )
+                        .is_err()
+                        {
                             return;
                         }
                         for (i, c) in ["r1", "r2", "r3"].iter().enumerate() {
@@ -420,7 +444,10 @@ fn upstream(log: Log) -> (SocketAddr, Arc<Mutex<Vec<UpSeen>>>) {
                             return;
                         }
                     } else {
-                        let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\nx-up: 1\r\n\r\n", body.len());
+                        let head = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nx-up: 1\r\n\r\n",
+                            body.len()
+                        );
                         if w.write_all(head.as_bytes()).is_err() || w.write_all(&body).is_err() {
                             return;
                         }
@@ -520,7 +547,8 @@ fn run(
     sync: bool,
 ) -> String {
     let mut s = TcpStream::connect(proxy.listener).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
     let head = format!(
         "POST {path} HTTP/1.1\r\nhost: example.com\r\nx-id: {id}\r\nx-script: {script}\r\ntransfer-encoding: chunked\r\n\r\n"
     );
@@ -541,7 +569,9 @@ fn run(
                     going = false;
                     break;
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {}
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.kind() == std::io::ErrorKind::TimedOut => {}
                 Err(_) => {
                     going = false;
                     break;
@@ -559,7 +589,9 @@ fn run(
         if !ok {
             break;
         }
-        ok &= s.write_all(format!("{:x}\r\n{c}\r\n", c.len()).as_bytes()).is_ok();
+        ok &= s
+            .write_all(format!("{:x}\r\n{c}\r\n", c.len()).as_bytes())
+            .is_ok();
         if sync {
             ok &= wait(&s, "req-body", i + 1);
         }
@@ -613,7 +645,10 @@ fn run(
         }
         None => "not forwarded".into(),
     };
-    format!("{id} {path} -> {resp} | {up} | service saw {:?}", seen(log, id))
+    format!(
+        "{id} {path} -> {resp} | {up} | service saw {:?}",
+        seen(log, id)
+    )
 }
 
 const COUNTERS: &[&str] = &[
@@ -675,44 +710,122 @@ fn streamed_bodies_and_trailers_match_envoy() {
             n += 1;
             let id = format!("{run_id}#{n}");
             let started = Instant::now();
-            t.push(run(p, &log, &got, &id, path, script, chunks, trailers, sync));
+            t.push(run(
+                p, &log, &got, &id, path, script, chunks, trailers, sync,
+            ));
             if run_id == "c" {
                 let line = t.last().cloned().unwrap_or_default();
-                assert!(started.elapsed() < Duration::from_secs(5), "{id} stalled: {line}");
+                assert!(
+                    started.elapsed() < Duration::from_secs(5),
+                    "{id} stalled: {line}"
+                );
             }
         };
         // STREAMED both ways: every chunk changed, in order; the response's too.
-        go("/streamed/chunks/sync", "", &["ab", "cd", "ef"], false, true);
+        go(
+            "/streamed/chunks/sync",
+            "",
+            &["ab", "cd", "ef"],
+            false,
+            true,
+        );
         go("/streamed/echo/sync", "", &["one", "two"], false, true);
-        go("/streamed/echo/sync", "plain", &["keep", "as", "is"], false, true);
-        go("/streamed/echo/sync", "clear-chunk", &["gone", "kept"], false, true);
+        go(
+            "/streamed/echo/sync",
+            "plain",
+            &["keep", "as", "is"],
+            false,
+            true,
+        );
+        go(
+            "/streamed/echo/sync",
+            "clear-chunk",
+            &["gone", "kept"],
+            false,
+            true,
+        );
         // An immediate response after the first chunk went upstream.
-        go("/streamed/echo/sync", "immediate-mid", &["a", "b", "c"], false, true);
+        go(
+            "/streamed/echo/sync",
+            "immediate-mid",
+            &["a", "b", "c"],
+            false,
+            true,
+        );
         // The response's second chunk answered with an immediate response.
-        go("/streamed/chunks/sync", "resp-immediate-mid", &["x"], false, true);
+        go(
+            "/streamed/chunks/sync",
+            "resp-immediate-mid",
+            &["x"],
+            false,
+            true,
+        );
         // Failures mid-body.
-        go("/streamed/echo/sync", "error-chunk", &["a", "b"], false, true);
-        go("/streamed/echo/sync", "spurious-chunk", &["a", "b"], false, true);
+        go(
+            "/streamed/echo/sync",
+            "error-chunk",
+            &["a", "b"],
+            false,
+            true,
+        );
+        go(
+            "/streamed/echo/sync",
+            "spurious-chunk",
+            &["a", "b"],
+            false,
+            true,
+        );
         // Request headers sent, the response's skipped, the request body streamed.
         go("/body-skip-headers/echo", "", &["s1", "s2"], false, true);
         // Trailers: streamed bodies with trailers sent both ways.
-        go("/streamed-trailers/chunks/sync/trailers", "", &["t1", "t2"], true, true);
+        go(
+            "/streamed-trailers/chunks/sync/trailers",
+            "",
+            &["t1", "t2"],
+            true,
+            true,
+        );
         // Trailers sent, bodies not.
         go("/trailers/chunks/trailers", "", &["n1", "n2"], true, true);
         // Trailers with held bodies.
-        go("/buffered-trailers/chunks/trailers", "", &["b1", "b2"], true, true);
+        go(
+            "/buffered-trailers/chunks/trailers",
+            "",
+            &["b1", "b2"],
+            true,
+            true,
+        );
         // Trailers in STREAMED mode not sent: the last chunk is not the end.
         go("/streamed/chunks/sync/trailers", "", &["u1"], true, true);
         // BUFFERED_PARTIAL: under the limit, whole; over it, its first part.
         go("/partial/echo", "", &["small"], false, false);
-        go("/partial/echo", "", &["0123456789abcdefghijKLMNO", "tail"], false, true);
+        go(
+            "/partial/echo",
+            "",
+            &["0123456789abcdefghijKLMNO", "tail"],
+            false,
+            true,
+        );
         t.extend(counters(p));
         t
     });
-    let line = |id: &str| t.iter().find(|l| l.starts_with(&format!("{id} "))).cloned().unwrap_or_default();
-    assert!(line("c#1").contains("body=\"[r1][r2][r3][]\""), "{}", line("c#1"));
+    let line = |id: &str| {
+        t.iter()
+            .find(|l| l.starts_with(&format!("{id} ")))
+            .cloned()
+            .unwrap_or_default()
+    };
+    assert!(
+        line("c#1").contains("body=\"[r1][r2][r3][]\""),
+        "{}",
+        line("c#1")
+    );
     assert!(line("c#2").contains("upstream POST /streamed/echo/sync HTTP/1.1 [\"transfer-encoding=chunked\", \"x-proc=req\"] body=\"<ONE><TWO><>\""), "{}", line("c#2"));
-    assert!(line("c#5").starts_with("c#5 /streamed/echo/sync -> 403"), "{}", line("c#5"));
+    assert!(
+        line("c#5").starts_with("c#5 /streamed/echo/sync -> 403"),
+        "{}",
+        line("c#5")
+    );
 }
 
 #[test]
@@ -751,7 +864,17 @@ fn a_chunk_left_unanswered_times_out() {
         let id = format!("t{allow}");
         let started = Instant::now();
         // The plain echo: processing ends at the timeout, and the answer is not sent.
-        let line = run(&p, &log, &got, &id, "/streamed/echo", "hang-chunk", &["a", "b"], false, true);
+        let line = run(
+            &p,
+            &log,
+            &got,
+            &id,
+            "/streamed/echo",
+            "hang-chunk",
+            &["a", "b"],
+            false,
+            true,
+        );
         assert!(started.elapsed() < Duration::from_secs(5), "{line}");
         let want = match allow {
             false => "-> 504",
@@ -761,6 +884,9 @@ fn a_chunk_left_unanswered_times_out() {
         };
         assert!(line.contains(want), "{line}");
         assert_eq!(p.stat("http.ingress.ext_proc.message_timeouts"), 1);
-        assert_eq!(p.stat("http.ingress.ext_proc.failure_mode_allowed"), u64::from(allow));
+        assert_eq!(
+            p.stat("http.ingress.ext_proc.failure_mode_allowed"),
+            u64::from(allow)
+        );
     }
 }

@@ -133,9 +133,8 @@ impl Mode {
                 format!("unknown enum value {v}"),
             )),
         };
-        let trailer = |v: i32, field: &str| {
-            header(v, field).map(|_| v == HeaderSendMode::Send as i32)
-        };
+        let trailer =
+            |v: i32, field: &str| header(v, field).map(|_| v == HeaderSendMode::Send as i32);
         let body = |v: i32, field: &str| match BodySendMode::try_from(v) {
             Ok(BodySendMode::None) => Ok(BodyMode::None),
             Ok(BodySendMode::Buffered) => Ok(BodyMode::Buffered),

@@ -86,8 +86,12 @@ impl Channel {
             None => {
                 let req = core.client.stream_call(PROCESS_PATH);
                 core.stats.streams_started.inc(w);
-                self.stream
-                    .insert(GrpcStream::start(core.client.cluster(), req, &self.store, w))
+                self.stream.insert(GrpcStream::start(
+                    core.client.cluster(),
+                    req,
+                    &self.store,
+                    w,
+                ))
             }
         };
         stream.send(crate::protocol::grpc_frame::frame(message));

@@ -244,7 +244,13 @@ pub(crate) async fn on_request(
                 complete: true,
             };
             match session
-                .held_body(&mut held, Phase::RequestBody, headers_held, req.headers_mut(), send_trailers)
+                .held_body(
+                    &mut held,
+                    Phase::RequestBody,
+                    headers_held,
+                    req.headers_mut(),
+                    send_trailers,
+                )
                 .await
             {
                 Ok(pseudo) => path_changed |= set_pseudo(req, pseudo),
@@ -256,13 +262,16 @@ pub(crate) async fn on_request(
         BodyMode::BufferedPartial => {
             let Ok(mut held) = hold_partial(req.body_mut(), session.limit).await else {
                 // The peer broke off: the request cannot go on.
-                return Processed::Reply(Box::new(local_reply(
-                    StatusCode::BAD_REQUEST,
-                    "",
-                )));
+                return Processed::Reply(Box::new(local_reply(StatusCode::BAD_REQUEST, "")));
             };
             match session
-                .held_body(&mut held, Phase::RequestBody, headers_held, req.headers_mut(), send_trailers)
+                .held_body(
+                    &mut held,
+                    Phase::RequestBody,
+                    headers_held,
+                    req.headers_mut(),
+                    send_trailers,
+                )
                 .await
             {
                 Ok(pseudo) => path_changed |= set_pseudo(req, pseudo),
@@ -274,13 +283,27 @@ pub(crate) async fn on_request(
         BodyMode::Streamed => {
             session.streaming = true;
             let inner = std::mem::replace(req.body_mut(), ProxyBody::empty());
-            let s = Streamed::new(session.chan.clone(), true, true, send_trailers, inner, session.limit);
+            let s = Streamed::new(
+                session.chan.clone(),
+                true,
+                true,
+                send_trailers,
+                inner,
+                session.limit,
+            );
             *req.body_mut() = ProxyBody::filtered(s);
         }
         BodyMode::None if send_trailers => {
             session.streaming = true;
             let inner = std::mem::replace(req.body_mut(), ProxyBody::empty());
-            let s = Streamed::new(session.chan.clone(), true, false, true, inner, session.limit);
+            let s = Streamed::new(
+                session.chan.clone(),
+                true,
+                false,
+                true,
+                inner,
+                session.limit,
+            );
             *req.body_mut() = ProxyBody::filtered(s);
         }
         BodyMode::None => {}
@@ -332,7 +355,11 @@ impl Session {
             Verdict::Done => return Ok(pseudo),
             reply => return Err(reply),
         }
-        if let Some(t) = held.trailers.as_mut().filter(|_| send_trailers && !self.complete()) {
+        if let Some(t) = held
+            .trailers
+            .as_mut()
+            .filter(|_| send_trailers && !self.complete())
+        {
             let tp = match phase.is_request() {
                 true => Phase::RequestTrailers,
                 false => Phase::ResponseTrailers,
@@ -355,8 +382,15 @@ impl Session {
         if held.complete {
             return ProxyBody::filtered(Replaced::whole(held.body, held.trailers, false));
         }
-        let s = Streamed::new(self.chan.clone(), request, false, send_trailers, rest, self.limit)
-            .with_head(held.body);
+        let s = Streamed::new(
+            self.chan.clone(),
+            request,
+            false,
+            send_trailers,
+            rest,
+            self.limit,
+        )
+        .with_head(held.body);
         ProxyBody::filtered(s)
     }
 }
@@ -437,11 +471,15 @@ pub(crate) async fn on_response(
     match body_mode {
         BodyMode::Buffered | BodyMode::BufferedPartial => {
             let held = match body_mode {
-                BodyMode::Buffered => hold(resp.body_mut(), session.limit).await.map(|(body, trailers)| Held {
-                    body,
-                    trailers,
-                    complete: true,
-                }),
+                BodyMode::Buffered => {
+                    hold(resp.body_mut(), session.limit)
+                        .await
+                        .map(|(body, trailers)| Held {
+                            body,
+                            trailers,
+                            complete: true,
+                        })
+                }
                 _ => hold_partial(resp.body_mut(), session.limit).await,
             };
             let Ok(mut held) = held else {
@@ -450,10 +488,18 @@ pub(crate) async fn on_response(
                 return;
             };
             match session
-                .held_body(&mut held, Phase::ResponseBody, headers_held, resp.headers_mut(), send_trailers)
+                .held_body(
+                    &mut held,
+                    Phase::ResponseBody,
+                    headers_held,
+                    resp.headers_mut(),
+                    send_trailers,
+                )
                 .await
             {
-                Ok(Pseudo { status: Some(s), .. }) => *resp.status_mut() = s,
+                Ok(Pseudo {
+                    status: Some(s), ..
+                }) => *resp.status_mut() = s,
                 Ok(_) => {}
                 Err(e) => return replace(resp, e, outcome),
             }
@@ -468,12 +514,26 @@ pub(crate) async fn on_response(
         }
         BodyMode::Streamed => {
             let inner = std::mem::replace(resp.body_mut(), ProxyBody::empty());
-            let s = Streamed::new(session.chan.clone(), false, true, send_trailers, inner, session.limit);
+            let s = Streamed::new(
+                session.chan.clone(),
+                false,
+                true,
+                send_trailers,
+                inner,
+                session.limit,
+            );
             *resp.body_mut() = ProxyBody::filtered(s);
         }
         BodyMode::None if send_trailers => {
             let inner = std::mem::replace(resp.body_mut(), ProxyBody::empty());
-            let s = Streamed::new(session.chan.clone(), false, false, true, inner, session.limit);
+            let s = Streamed::new(
+                session.chan.clone(),
+                false,
+                false,
+                true,
+                inner,
+                session.limit,
+            );
             *resp.body_mut() = ProxyBody::filtered(s);
         }
         BodyMode::None => {}
@@ -517,12 +577,11 @@ fn check_length(
         .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
         .and_then(|v| v.parse::<usize>().ok());
     match declared {
-        Some(len) if headers_held && len != mutation::mutated_len(m) => Err(session
-            .chan
-            .borrow_mut()
-            .mutation_failed(
+        Some(len) if headers_held && len != mutation::mutated_len(m) => {
+            Err(session.chan.borrow_mut().mutation_failed(
                 "mismatch between content length and the length of the mutated body".into(),
-            )),
+            ))
+        }
         _ => Ok(()),
     }
 }

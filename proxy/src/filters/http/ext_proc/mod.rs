@@ -7,9 +7,15 @@
 //!
 //! As Envoy 1.40 (measured, `tests/http_ext_proc.rs`):
 //!
-//! - `processing_mode`: header modes `SEND`/`SKIP`/`DEFAULT` (send), body modes `NONE`
-//!   and `BUFFERED` (the whole body held, then sent in one message). With a body sent
-//!   but its headers skipped, the message loses its `content-length`.
+//! - `processing_mode`: header modes `SEND`/`SKIP`/`DEFAULT` (send); body modes `NONE`,
+//!   `BUFFERED` (the whole body held, then sent in one message, `end_of_stream` unless
+//!   trailers follow), `STREAMED` (each chunk sent as it comes, held until its answer,
+//!   which may change it; a chunked body ends with an empty chunk marked
+//!   `end_of_stream`, a body with trailers with none) and `BUFFERED_PARTIAL` (held up to
+//!   the connection's buffer limit, then sent, the rest passing on); trailer modes
+//!   `SEND` (sent once the body's answers are in, their answer's header mutation
+//!   applied) and `SKIP`/`DEFAULT`. The message loses its `content-length` in
+//!   `STREAMED` and `BUFFERED_PARTIAL`, and with a body sent but its headers skipped.
 //! - A route's `ExtProcPerRoute` (merged from the route configuration down to the route):
 //!   `disabled` skips every message; `overrides.processing_mode` replaces the mode.
 //! - Each message waits at most `message_timeout` (default 200 ms) for its answer. A
@@ -39,8 +45,7 @@
 //! (`http::conn_manager::service_calls::ext_proc`) through the router's
 //! `async_stream`, as filters never reach the router.
 //!
-//! Refused by path: `http_service`, body modes `STREAMED`, `BUFFERED_PARTIAL` and
-//! `FULL_DUPLEX_STREAMED`, trailer modes `SEND`, `request_attributes`,
+//! Refused by path: `http_service`, body mode `FULL_DUPLEX_STREAMED`, `request_attributes`,
 //! `response_attributes`, `mutation_rules`, `max_message_timeout`,
 //! `allow_mode_override`, `allowed_override_modes`, `observability_mode`,
 //! `metadata_options`, `filter_metadata`, `route_cache_action` other than `DEFAULT`,

@@ -709,16 +709,12 @@ fn refuses_what_it_does_not_act_on() {
             format!("{at}.observability_mode"),
         ),
         (
-            with("processing_mode: { request_body_mode: STREAMED }"),
+            with("processing_mode: { request_body_mode: FULL_DUPLEX_STREAMED, request_trailer_mode: SEND }"),
             format!("{at}.processing_mode.request_body_mode"),
         ),
         (
-            with("processing_mode: { response_body_mode: BUFFERED_PARTIAL }"),
+            with("processing_mode: { response_body_mode: FULL_DUPLEX_STREAMED, response_trailer_mode: SEND }"),
             format!("{at}.processing_mode.response_body_mode"),
-        ),
-        (
-            with("processing_mode: { request_trailer_mode: SEND }"),
-            format!("{at}.processing_mode.request_trailer_mode"),
         ),
     ];
     let cases: Vec<(&str, &str, &str)> = cases

@@ -899,7 +899,7 @@ struct FilterMarks<'a> {
     bridge: Option<BridgeResponse>,
     /// The response passes that may wait (a Lua script's, an external processor's), in
     /// chain order (empty, unallocated, without them).
-    responses: Vec<ResponseStage<'a>>,
+    responses: Vec<ResponseStage>,
     /// The custom response filter the request passed, if the chain has one.
     custom: Option<&'a CustomResponseFilter>,
     /// The bandwidth limit filters' response passes, in chain order (empty, unallocated,
@@ -1608,6 +1608,7 @@ async fn run_filters<'a>(
                     scheme: s.scheme,
                     store: &cfg.store,
                     worker,
+                    buffer_limit: s.conn.buffer_limit,
                 };
                 // Boxed: its stream would otherwise take room in every request's future.
                 let processed = Box::pin(
@@ -1895,15 +1896,15 @@ async fn lua_request(
 
 /// A filter's response pass that may wait: a Lua script's run, an external processor's
 /// answer.
-enum ResponseStage<'a> {
+enum ResponseStage {
     Lua(ResponsePass),
-    ExtProc(ExtProcSession<'a>),
+    ExtProc(ExtProcSession),
 }
 
 /// The response passes that may wait, from the last filter in the chain to the first.
 async fn response_passes(
     s: &Stream<'_>,
-    stages: Vec<ResponseStage<'_>>,
+    stages: Vec<ResponseStage>,
     resp: &mut Response<ProxyBody>,
     outcome: &mut Outcome,
 ) {

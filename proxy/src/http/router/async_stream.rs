@@ -72,8 +72,8 @@ struct Shared {
     inbox: VecDeque<Bytes>,
     /// The stream's end, once known.
     ended: Option<StreamEnd>,
-    /// The filter waiting for a message.
-    in_waker: Option<Waker>,
+    /// Those waiting for a message (a request's two directions may both wait).
+    in_wakers: Vec<Waker>,
     /// The handle was dropped: the task stops.
     dropped: bool,
     /// The task waiting on the answer.
@@ -104,7 +104,7 @@ impl GrpcStream {
             if s.ended.is_none() {
                 s.ended = Some(end.0);
             }
-            if let Some(w) = s.in_waker.take() {
+            for w in s.in_wakers.drain(..) {
                 w.wake();
             }
         });
@@ -125,18 +125,23 @@ impl GrpcStream {
 
     /// The next message from the service, or how the stream ended.
     pub async fn recv(&self) -> Result<Bytes, StreamEnd> {
-        poll_fn(|cx| {
-            let mut s = self.shared.borrow_mut();
-            if let Some(m) = s.inbox.pop_front() {
-                return Poll::Ready(Ok(m));
-            }
-            if let Some(end) = &s.ended {
-                return Poll::Ready(Err(end.clone()));
-            }
-            s.in_waker = Some(cx.waker().clone());
-            Poll::Pending
-        })
-        .await
+        poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    /// Polls for the next message from the service, or how the stream ended; every
+    /// waiting task is woken when one comes.
+    pub fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Result<Bytes, StreamEnd>> {
+        let mut s = self.shared.borrow_mut();
+        if let Some(m) = s.inbox.pop_front() {
+            return Poll::Ready(Ok(m));
+        }
+        if let Some(end) = &s.ended {
+            return Poll::Ready(Err(end.clone()));
+        }
+        if !s.in_wakers.iter().any(|w| w.will_wake(cx.waker())) {
+            s.in_wakers.push(cx.waker().clone());
+        }
+        Poll::Pending
     }
 
     /// Whether the stream has ended (the service closed it, or it broke).
@@ -223,7 +228,7 @@ fn deliver(
         }
         s.inbox.push_back(f.slice(5..));
     }
-    if let Some(w) = s.in_waker.take() {
+    for w in s.in_wakers.drain(..) {
         w.wake();
     }
     Ok(())

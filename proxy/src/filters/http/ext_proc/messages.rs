@@ -5,7 +5,7 @@
 use bytes::Bytes;
 use courier_proto::envoy::config::core::v3::{HeaderMap as HeaderMapProto, HeaderValue};
 use courier_proto::envoy::service::ext_proc::v3::{
-    processing_request, processing_response, CommonResponse, HttpBody, HttpHeaders,
+    processing_request, processing_response, CommonResponse, HttpBody, HttpHeaders, HttpTrailers,
     ImmediateResponse, ProcessingRequest, ProcessingResponse,
 };
 use http::{Response, StatusCode};
@@ -25,14 +25,35 @@ pub enum Phase {
     RequestBody,
     /// The response's headers.
     ResponseHeaders,
-    /// The response's whole body.
+    /// The response's body (whole, or a chunk).
     ResponseBody,
+    /// The request's trailers.
+    RequestTrailers,
+    /// The response's trailers.
+    ResponseTrailers,
 }
 
 impl Phase {
     /// Whether the phase is the request's (Envoy's decoding state).
     pub fn is_request(self) -> bool {
-        matches!(self, Phase::RequestHeaders | Phase::RequestBody)
+        matches!(
+            self,
+            Phase::RequestHeaders | Phase::RequestBody | Phase::RequestTrailers
+        )
+    }
+}
+
+/// Which direction an answer is for: `Some(true)` the request's, `Some(false)` the
+/// response's, `None` either (an immediate response, more time, or nothing known).
+pub fn direction(r: &ProcessingResponse) -> Option<bool> {
+    use processing_response::Response as R;
+    if r.override_message_timeout.is_some() {
+        return None;
+    }
+    match &r.response {
+        Some(R::RequestHeaders(_) | R::RequestBody(_) | R::RequestTrailers(_)) => Some(true),
+        Some(R::ResponseHeaders(_) | R::ResponseBody(_) | R::ResponseTrailers(_)) => Some(false),
+        _ => None,
     }
 }
 
@@ -71,16 +92,44 @@ pub fn headers_message<'h>(
     }
 }
 
-/// A whole body's message.
-pub fn body_message(phase: Phase, body: &[u8]) -> ProcessingRequest {
+/// A body's message (the whole body, or a chunk of it).
+pub fn body_message(phase: Phase, body: &[u8], end_of_stream: bool) -> ProcessingRequest {
     let b = HttpBody {
         body: body.to_vec(),
-        end_of_stream: true,
+        end_of_stream,
         ..Default::default()
     };
     let request = match phase {
         Phase::RequestBody => processing_request::Request::RequestBody(b),
         _ => processing_request::Request::ResponseBody(b),
+    };
+    ProcessingRequest {
+        request: Some(request),
+        ..Default::default()
+    }
+}
+
+/// A trailers message: the fields `rules` forward, each as `raw_value`.
+pub fn trailers_message(
+    phase: Phase,
+    trailers: &http::HeaderMap,
+    rules: &ForwardRules,
+) -> ProcessingRequest {
+    let headers = trailers
+        .iter()
+        .filter(|(k, _)| rules.forwards(k.as_str()))
+        .map(|(k, v)| HeaderValue {
+            key: k.as_str().to_owned(),
+            raw_value: v.as_bytes().to_vec(),
+            ..Default::default()
+        })
+        .collect();
+    let t = HttpTrailers {
+        trailers: Some(HeaderMapProto { headers }),
+    };
+    let request = match phase {
+        Phase::RequestTrailers => processing_request::Request::RequestTrailers(t),
+        _ => processing_request::Request::ResponseTrailers(t),
     };
     ProcessingRequest {
         request: Some(request),
@@ -120,6 +169,14 @@ pub fn classify(r: ProcessingResponse, phase: Phase) -> Answer {
         (Some(R::RequestBody(b)), Phase::RequestBody)
         | (Some(R::ResponseBody(b)), Phase::ResponseBody) => {
             Answer::Common(Box::new(b.response.unwrap_or_default()))
+        }
+        (Some(R::RequestTrailers(t)), Phase::RequestTrailers)
+        | (Some(R::ResponseTrailers(t)), Phase::ResponseTrailers) => {
+            // A trailers answer is a header mutation alone.
+            Answer::Common(Box::new(CommonResponse {
+                header_mutation: t.header_mutation,
+                ..Default::default()
+            }))
         }
         (Some(R::ImmediateResponse(i)), _) => Answer::Immediate(Box::new(i)),
         _ => Answer::Spurious,

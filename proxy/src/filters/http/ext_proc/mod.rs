@@ -7,9 +7,15 @@
 //!
 //! As Envoy 1.40 (measured, `tests/http_ext_proc.rs`):
 //!
-//! - `processing_mode`: header modes `SEND`/`SKIP`/`DEFAULT` (send), body modes `NONE`
-//!   and `BUFFERED` (the whole body held, then sent in one message). With a body sent
-//!   but its headers skipped, the message loses its `content-length`.
+//! - `processing_mode`: header modes `SEND`/`SKIP`/`DEFAULT` (send); body modes `NONE`,
+//!   `BUFFERED` (the whole body held, then sent in one message, `end_of_stream` unless
+//!   trailers follow), `STREAMED` (each chunk sent as it comes, held until its answer,
+//!   which may change it; a chunked body ends with an empty chunk marked
+//!   `end_of_stream`, a body with trailers with none) and `BUFFERED_PARTIAL` (held up to
+//!   the connection's buffer limit, then sent, the rest passing on); trailer modes
+//!   `SEND` (sent once the body's answers are in, their answer's header mutation
+//!   applied) and `SKIP`/`DEFAULT`. The message loses its `content-length` in
+//!   `STREAMED` and `BUFFERED_PARTIAL`, and with a body sent but its headers skipped.
 //! - A route's `ExtProcPerRoute` (merged from the route configuration down to the route):
 //!   `disabled` skips every message; `overrides.processing_mode` replaces the mode.
 //! - Each message waits at most `message_timeout` (default 200 ms) for its answer. A
@@ -39,8 +45,7 @@
 //! (`http::conn_manager::service_calls::ext_proc`) through the router's
 //! `async_stream`, as filters never reach the router.
 //!
-//! Refused by path: `http_service`, body modes `STREAMED`, `BUFFERED_PARTIAL` and
-//! `FULL_DUPLEX_STREAMED`, trailer modes `SEND`, `request_attributes`,
+//! Refused by path: `http_service`, body mode `FULL_DUPLEX_STREAMED`, `request_attributes`,
 //! `response_attributes`, `mutation_rules`, `max_message_timeout`,
 //! `allow_mode_override`, `allowed_override_modes`, `observability_mode`,
 //! `metadata_options`, `filter_metadata`, `route_cache_action` other than `DEFAULT`,
@@ -75,6 +80,19 @@ pub const PROCESS_PATH: &str = "/envoy.service.ext_proc.v3.ExternalProcessor/Pro
 /// Envoy's `message_timeout` when none is set.
 pub const DEFAULT_MESSAGE_TIMEOUT: Duration = Duration::from_millis(200);
 
+/// How a body is sent (a compiled `BodySendMode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyMode {
+    /// Not sent.
+    None,
+    /// Held whole, then sent in one message.
+    Buffered,
+    /// Each chunk sent as it comes, held until its answer.
+    Streamed,
+    /// Held up to the buffer limit, then sent in one message (the rest passing on).
+    BufferedPartial,
+}
+
 /// What is sent to the service for a request (a compiled `ProcessingMode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Mode {
@@ -82,10 +100,14 @@ pub struct Mode {
     pub request_headers: bool,
     /// The response's headers are sent.
     pub response_headers: bool,
-    /// The request's body is held whole and sent (`BUFFERED`).
-    pub request_body: bool,
-    /// The response's body is held whole and sent (`BUFFERED`).
-    pub response_body: bool,
+    /// How the request's body is sent.
+    pub request_body: BodyMode,
+    /// How the response's body is sent.
+    pub response_body: BodyMode,
+    /// The request's trailers are sent (`SEND`; `DEFAULT` is `SKIP` for trailers).
+    pub request_trailers: bool,
+    /// The response's trailers are sent.
+    pub response_trailers: bool,
 }
 
 impl Mode {
@@ -93,8 +115,10 @@ impl Mode {
     pub const OFF: Mode = Mode {
         request_headers: false,
         response_headers: false,
-        request_body: false,
-        response_body: false,
+        request_body: BodyMode::None,
+        response_body: BodyMode::None,
+        request_trailers: false,
+        response_trailers: false,
     };
 
     /// Compiles a `ProcessingMode` at `path` (none: Envoy's defaults, headers both ways).
@@ -103,8 +127,7 @@ impl Mode {
             return Ok(Mode {
                 request_headers: true,
                 response_headers: true,
-                request_body: false,
-                response_body: false,
+                ..Mode::OFF
             });
         };
         let header = |v: i32, field: &str| match HeaderSendMode::try_from(v) {
@@ -115,30 +138,26 @@ impl Mode {
                 format!("unknown enum value {v}"),
             )),
         };
+        let trailer =
+            |v: i32, field: &str| header(v, field).map(|_| v == HeaderSendMode::Send as i32);
         let body = |v: i32, field: &str| match BodySendMode::try_from(v) {
-            Ok(BodySendMode::None) => Ok(false),
-            Ok(BodySendMode::Buffered) => Ok(true),
+            Ok(BodySendMode::None) => Ok(BodyMode::None),
+            Ok(BodySendMode::Buffered) => Ok(BodyMode::Buffered),
+            Ok(BodySendMode::Streamed) => Ok(BodyMode::Streamed),
+            Ok(BodySendMode::BufferedPartial) => Ok(BodyMode::BufferedPartial),
             Ok(_) => Err(ConfigError::unsupported(format!("{path}.{field}"))),
             Err(_) => Err(ConfigError::new(
                 format!("{path}.{field}"),
                 format!("unknown enum value {v}"),
             )),
         };
-        // Trailers are never sent (`DEFAULT` is `SKIP` for them).
-        for (field, v) in [
-            ("request_trailer_mode", p.request_trailer_mode),
-            ("response_trailer_mode", p.response_trailer_mode),
-        ] {
-            header(v, field)?;
-            if v == HeaderSendMode::Send as i32 {
-                return Err(ConfigError::unsupported(format!("{path}.{field}")));
-            }
-        }
         Ok(Mode {
             request_headers: header(p.request_header_mode, "request_header_mode")?,
             response_headers: header(p.response_header_mode, "response_header_mode")?,
             request_body: body(p.request_body_mode, "request_body_mode")?,
             response_body: body(p.response_body_mode, "response_body_mode")?,
+            request_trailers: trailer(p.request_trailer_mode, "request_trailer_mode")?,
+            response_trailers: trailer(p.response_trailer_mode, "response_trailer_mode")?,
         })
     }
 }
@@ -192,10 +211,16 @@ impl ForwardRules {
 pub struct ExtProcFilter {
     /// The filter's name in the chain.
     pub name: String,
-    /// The service's cluster, authority and metadata.
-    pub client: GrpcClient,
     /// What is sent, unless a route says otherwise.
     pub mode: Mode,
+    /// What a request's processing reads (shared: a streamed body outlives the pass).
+    pub core: Arc<Core>,
+}
+
+/// What a request's processing reads of its filter.
+pub struct Core {
+    /// The service's cluster, authority and metadata.
+    pub client: GrpcClient,
     /// A failed stream lets the request go on.
     pub failure_mode_allow: bool,
     /// How long each message waits for its answer.
@@ -315,13 +340,12 @@ impl ExtProcFilter {
         };
         let prefix = format!("http.{stat_prefix}.ext_proc.");
         let c = |leaf: &str| store.counter(&format!("{prefix}{leaf}"));
-        Ok(ExtProcFilter {
-            name: name.to_owned(),
+        let mode = Mode::compile(
+            proto.processing_mode.as_ref(),
+            &format!("{path}.processing_mode"),
+        )?;
+        let core = Core {
             client,
-            mode: Mode::compile(
-                proto.processing_mode.as_ref(),
-                &format!("{path}.processing_mode"),
-            )?,
             failure_mode_allow: proto.failure_mode_allow,
             message_timeout: crate::config::duration_or(
                 proto.message_timeout.as_ref(),
@@ -344,6 +368,11 @@ impl ExtProcFilter {
                 clear_route_cache_ignored: c("clear_route_cache_ignored"),
                 clear_route_cache_disabled: c("clear_route_cache_disabled"),
             },
+        };
+        Ok(ExtProcFilter {
+            name: name.to_owned(),
+            mode,
+            core: Arc::new(core),
         })
     }
 

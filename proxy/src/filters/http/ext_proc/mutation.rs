@@ -32,6 +32,8 @@ pub enum Target {
     /// An immediate response's reply (the same rules as a response's, as Envoy 1.40's
     /// `immediate_response_use_filter_mutation_rule`).
     Immediate,
+    /// A request's or response's trailers (no pseudo-headers).
+    Trailers,
 }
 
 /// Why a mutation failed the message (the text is Envoy's, the reply's details).

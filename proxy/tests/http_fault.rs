@@ -1,6 +1,7 @@
-//! The fault injection filter (`envoy.filters.http.fault`): delays and aborts from the
-//! filter's own config or a route's, fixed or asked for by request headers. Each case runs
-//! through Courier and, when `envoy` is on PATH, through Envoy 1.40; the two must agree.
+//! The fault injection filter (`envoy.filters.http.fault`): delays, aborts and response
+//! rate limits from the filter's own config or a route's, fixed or asked for by request
+//! headers. Each case runs through Courier and, when `envoy` is on PATH, through Envoy
+//! 1.40; the two must agree. Paced bodies are timed only by generous lower bounds.
 
 mod http_support;
 
@@ -502,4 +503,33 @@ fn response_rate_limits_match_envoy() {
             "active=1 second=200 len=65536 paced=false first len=65536 faults_overflow=1",
         ]
     );
+}
+
+/// A `response_rate_limit` Envoy refuses (no limit type, a fixed limit of 0) Courier
+/// refuses by path.
+#[test]
+fn invalid_response_rate_limits_are_refused_like_envoy() {
+    let a = Upstream::start("a");
+    let base = rate_limit_boot(&a);
+    let cases = [
+        (
+            "response_rate_limit: { header_limit: {}, percentage: { numerator: 100 } }",
+            "response_rate_limit: { percentage: { numerator: 100 } }",
+            "response_rate_limit: one of fixed_limit or header_limit is required",
+        ),
+        (
+            "limit_kbps: 32 }, percentage: { numerator: 100 }",
+            "limit_kbps: 0 }, percentage: { numerator: 100 }",
+            "response_rate_limit.fixed_limit.limit_kbps: value must be greater than or equal to 1",
+        ),
+    ];
+    assert_refused_by_path(&base, &cases);
+    for (from, to, _) in cases {
+        if let Some((code, text)) = envoy_validate(&base.replacen(from, to, 1)) {
+            assert_ne!(code, Some(0), "envoy accepted {to}: {text}");
+        }
+    }
+    if let Some((code, text)) = envoy_validate(&base) {
+        assert_eq!(code, Some(0), "{text}");
+    }
 }

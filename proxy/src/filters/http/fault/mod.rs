@@ -617,6 +617,51 @@ mod tests {
     }
 
     #[test]
+    fn response_rate_limits_read_headers_only_with_header_limit() {
+        use courier_proto::envoy::extensions::filters::common::fault::v3::{
+            fault_rate_limit, FaultRateLimit,
+        };
+        let policy = |limit, numerator| {
+            let p = HttpFault {
+                response_rate_limit: Some(FaultRateLimit {
+                    limit_type: Some(limit),
+                    percentage: Some(FractionalPercent {
+                        numerator,
+                        denominator: 0,
+                    }),
+                }),
+                ..Default::default()
+            };
+            FaultPolicy::compile(&p, "f").expect("valid fault")
+        };
+        let rate = ("x-envoy-fault-throughput-response", "32");
+        let header = policy(LimitType::HeaderLimit(Default::default()), 100);
+        let kbps = |pairs: &[(&'static str, &'static str)]| header.response_kbps(&headers(pairs));
+        assert_eq!(kbps(&[rate]), Some(32));
+        assert_eq!(kbps(&[]), None);
+        assert_eq!(kbps(&[("x-envoy-fault-throughput-response", "0")]), None);
+        assert_eq!(
+            kbps(&[rate, ("x-envoy-fault-throughput-response-percentage", "0")]),
+            None
+        );
+        let fixed = policy(
+            LimitType::FixedLimit(fault_rate_limit::FixedLimit { limit_kbps: 7 }),
+            100,
+        );
+        assert_eq!(fixed.response_kbps(&headers(&[rate])), Some(7));
+        // A fixed limit's share is not narrowed by the percentage header.
+        assert_eq!(
+            fixed.response_kbps(&headers(&[(
+                "x-envoy-fault-throughput-response-percentage",
+                "0"
+            )])),
+            Some(7)
+        );
+        let none = policy(LimitType::HeaderLimit(Default::default()), 0);
+        assert_eq!(none.response_kbps(&headers(&[rate])), None);
+    }
+
+    #[test]
     fn unset_percentages_inject_nothing() {
         let mut p = HttpFault {
             abort: Some(FaultAbort {

@@ -1,6 +1,7 @@
-//! The fault injection filter (`envoy.filters.http.fault`): delays and aborts from the
-//! filter's own config or a route's, fixed or asked for by request headers. Each case runs
-//! through Courier and, when `envoy` is on PATH, through Envoy 1.40; the two must agree.
+//! The fault injection filter (`envoy.filters.http.fault`): delays, aborts and response
+//! rate limits from the filter's own config or a route's, fixed or asked for by request
+//! headers. Each case runs through Courier and, when `envoy` is on PATH, through Envoy
+//! 1.40; the two must agree. Paced bodies are timed only by generous lower bounds.
 
 mod http_support;
 
@@ -298,4 +299,237 @@ fn a_disabled_fault_filter_runs_where_a_route_enables_it_like_envoy() {
         assert_eq!(check(&envoy), got, "envoy vs courier");
     }
     assert_eq!(got, "/on: 418, /off: 200");
+}
+
+/// A route under `prefix` to cluster `a` with the per-route `HTTPFault` whose fields are
+/// `fault` (a YAML flow mapping's, without its braces).
+fn fault_route(prefix: &str, fault: &str) -> String {
+    format!(
+        r#"              - match: {{ prefix: "{prefix}" }}
+                route: {{ cluster: a }}
+                typed_per_filter_config:
+                  envoy.filters.http.fault: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault, {fault} }}
+"#
+    )
+}
+
+/// `response_rate_limit`: the filter's own paces responses to the rate a request's
+/// `x-envoy-fault-throughput-response` asks; routes pace to a fixed rate, or not at all,
+/// some with a delay or an abort.
+fn rate_limit_boot(a: &Upstream) -> String {
+    let mut routes = String::from(
+        "            name: local\n            virtual_hosts:\n            - name: main\n              domains: [\"*\"]\n              routes:\n",
+    );
+    let fixed = |kbps: u32, pct: u32| {
+        format!("response_rate_limit: {{ fixed_limit: {{ limit_kbps: {kbps} }}, percentage: {{ numerator: {pct} }} }}")
+    };
+    for (prefix, fault) in [
+        ("/fixed/", fixed(32, 100)),
+        ("/fixed0/", fixed(32, 0)),
+        ("/fast/", fixed(100_000, 100)),
+        ("/none/", "max_active_faults: 5".to_string()),
+        (
+            "/hdr0/",
+            "response_rate_limit: { header_limit: {}, percentage: { numerator: 0 } }".into(),
+        ),
+        (
+            "/delayed/",
+            format!(
+                "delay: {{ fixed_delay: 0.3s, percentage: {{ numerator: 100 }} }}, {}",
+                fixed(32, 100)
+            ),
+        ),
+        (
+            "/aborted/",
+            format!(
+                "abort: {{ http_status: 503, percentage: {{ numerator: 100 }} }}, {}",
+                fixed(1, 100)
+            ),
+        ),
+        (
+            "/delay-only/",
+            "delay: { fixed_delay: 0.1s, percentage: { numerator: 100 } }".into(),
+        ),
+        (
+            "/delay-rl0/",
+            format!(
+                "delay: {{ fixed_delay: 0.1s, percentage: {{ numerator: 100 }} }}, {}",
+                fixed(32, 0)
+            ),
+        ),
+        ("/max/", format!("max_active_faults: 1, {}", fixed(32, 100))),
+    ] {
+        routes.push_str(&fault_route(prefix, &fault));
+    }
+    routes.push_str(
+        "              - match: { prefix: \"/\" }\n                route: { cluster: a }\n",
+    );
+    with_filters(
+        &bootstrap(&routes, "", &cluster("a", &[a.addr], "")),
+        "          - name: envoy.filters.http.fault\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault\n              response_rate_limit: { header_limit: {}, percentage: { numerator: 100 } }\n",
+    )
+}
+
+/// 64 KiB paced at 32 KiB a second takes about 2 s (the bucket starts with 50 ms' worth):
+/// 1.2 s is a generous lower bound, and an unpaced body on the loopback takes far less.
+const PACED: Duration = Duration::from_millis(1_200);
+
+/// Each request's status, body (whether it is the upstream's whole), and whether it was
+/// paced; then the filter's counters and gauge.
+fn rate_limits(proxy: &Courier) -> Vec<String> {
+    const RATE: &str = "x-envoy-fault-throughput-response";
+    const RATE_PCT: &str = "x-envoy-fault-throughput-response-percentage";
+    const BIG: &str = "shape?n=65536";
+    let big = shape_text(65_536);
+    let cases: &[(&str, &[(&str, &str)])] = &[
+        ("/fixed/", &[]),
+        ("/fixed0/", &[]),
+        // A fixed limit reads no header.
+        ("/fast/", &[(RATE, "1")]),
+        // No `response_rate_limit` in the route's policy: the header is not read.
+        ("/none/", &[(RATE, "32")]),
+        ("/hdr0/", &[(RATE, "32"), (RATE_PCT, "100")]),
+        ("/", &[]),
+        ("/", &[(RATE, "32")]),
+        ("/", &[(RATE, "0")]),
+        ("/", &[(RATE, "abc")]),
+        ("/", &[(RATE, "32"), (RATE_PCT, "0")]),
+        ("/", &[(RATE, "32"), (RATE_PCT, "100")]),
+        ("/delayed/", &[]),
+        ("/aborted/", &[]),
+    ];
+    let mut out = Vec::new();
+    for (prefix, headers) in cases {
+        let path = format!("{prefix}{BIG}");
+        let start = Instant::now();
+        let r = Client::connect(proxy.listener).request("GET", "h", &path, headers, b"");
+        let took = start.elapsed();
+        out.push(format!(
+            "{prefix} {headers:?}: {} len={} whole={} paced={}",
+            r.status,
+            r.body.len(),
+            r.body == big,
+            took >= PACED
+        ));
+        if *prefix == "/delayed/" {
+            assert!(
+                took >= PACED + Duration::from_millis(300),
+                "{path}: {took:?}"
+            );
+        }
+    }
+    for c in [
+        "response_rl_injected",
+        "delays_injected",
+        "aborts_injected",
+        "faults_overflow",
+        "active_faults",
+    ] {
+        let name = format!("http.ingress.fault.{c}");
+        out.push(format!("{name}={}", proxy.stat(&name)));
+    }
+    out
+}
+
+/// `active_faults` while the upstream answers (slowly) a request whose delay is over:
+/// Envoy stops counting a delay once it is over, unless its policy has a
+/// `response_rate_limit` (even one this request was not sampled for).
+fn active_after_delay(proxy: &Courier, a: &Upstream, prefix: &str) -> String {
+    let before = a.requests.load(Ordering::SeqCst);
+    let listener = proxy.listener;
+    let path = format!("{prefix}delay/1500");
+    let held = std::thread::spawn(move || get(listener, "h", &path, &[]).status);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while a.requests.load(Ordering::SeqCst) == before && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let active = proxy.stat("http.ingress.fault.active_faults");
+    let status = held.join().unwrap_or(0);
+    format!("{prefix}: active while upstream answers={active} status={status}")
+}
+
+/// `max_active_faults` with a paced response: while one is paced, the next gets no limit.
+fn rate_limit_overflow(proxy: &Courier) -> String {
+    let listener = proxy.listener;
+    let held = std::thread::spawn(move || get(listener, "h", "/max/shape?n=65536", &[]).body.len());
+    let active = proxy.wait_stat("http.ingress.fault.active_faults", 1);
+    let start = Instant::now();
+    let r = get(listener, "h", "/max/shape?n=65536", &[]);
+    let paced = start.elapsed() >= PACED;
+    let first = held.join().unwrap_or(0);
+    format!(
+        "active={active} second={} len={} paced={paced} first len={first} faults_overflow={}",
+        r.status,
+        r.body.len(),
+        proxy.stat("http.ingress.fault.faults_overflow")
+    )
+}
+
+#[test]
+fn response_rate_limits_match_envoy() {
+    let got = courier_and_envoy_agree(
+        |_, a| rate_limit_boot(a),
+        |proxy, _, a| {
+            let mut facts = rate_limits(proxy);
+            facts.push(active_after_delay(proxy, a, "/delay-only/"));
+            facts.push(active_after_delay(proxy, a, "/delay-rl0/"));
+            facts.push(rate_limit_overflow(proxy));
+            facts
+        },
+    );
+    assert_eq!(
+        got,
+        [
+            "/fixed/ []: 200 len=65536 whole=true paced=true",
+            "/fixed0/ []: 200 len=65536 whole=true paced=false",
+            "/fast/ [(\"x-envoy-fault-throughput-response\", \"1\")]: 200 len=65536 whole=true paced=false",
+            "/none/ [(\"x-envoy-fault-throughput-response\", \"32\")]: 200 len=65536 whole=true paced=false",
+            "/hdr0/ [(\"x-envoy-fault-throughput-response\", \"32\"), (\"x-envoy-fault-throughput-response-percentage\", \"100\")]: 200 len=65536 whole=true paced=false",
+            "/ []: 200 len=65536 whole=true paced=false",
+            "/ [(\"x-envoy-fault-throughput-response\", \"32\")]: 200 len=65536 whole=true paced=true",
+            "/ [(\"x-envoy-fault-throughput-response\", \"0\")]: 200 len=65536 whole=true paced=false",
+            "/ [(\"x-envoy-fault-throughput-response\", \"abc\")]: 200 len=65536 whole=true paced=false",
+            "/ [(\"x-envoy-fault-throughput-response\", \"32\"), (\"x-envoy-fault-throughput-response-percentage\", \"0\")]: 200 len=65536 whole=true paced=false",
+            "/ [(\"x-envoy-fault-throughput-response\", \"32\"), (\"x-envoy-fault-throughput-response-percentage\", \"100\")]: 200 len=65536 whole=true paced=true",
+            "/delayed/ []: 200 len=65536 whole=true paced=true",
+            "/aborted/ []: 503 len=18 whole=false paced=false",
+            "http.ingress.fault.response_rl_injected=6",
+            "http.ingress.fault.delays_injected=1",
+            "http.ingress.fault.aborts_injected=1",
+            "http.ingress.fault.faults_overflow=0",
+            "http.ingress.fault.active_faults=0",
+            "/delay-only/: active while upstream answers=0 status=200",
+            "/delay-rl0/: active while upstream answers=1 status=200",
+            "active=1 second=200 len=65536 paced=false first len=65536 faults_overflow=1",
+        ]
+    );
+}
+
+/// A `response_rate_limit` Envoy refuses (no limit type, a fixed limit of 0) Courier
+/// refuses by path.
+#[test]
+fn invalid_response_rate_limits_are_refused_like_envoy() {
+    let a = Upstream::start("a");
+    let base = rate_limit_boot(&a);
+    let cases = [
+        (
+            "response_rate_limit: { header_limit: {}, percentage: { numerator: 100 } }",
+            "response_rate_limit: { percentage: { numerator: 100 } }",
+            "response_rate_limit: one of fixed_limit or header_limit is required",
+        ),
+        (
+            "limit_kbps: 32 }, percentage: { numerator: 100 }",
+            "limit_kbps: 0 }, percentage: { numerator: 100 }",
+            "response_rate_limit.fixed_limit.limit_kbps: value must be greater than or equal to 1",
+        ),
+    ];
+    assert_refused_by_path(&base, &cases);
+    for (from, to, _) in cases {
+        if let Some((code, text)) = envoy_validate(&base.replacen(from, to, 1)) {
+            assert_ne!(code, Some(0), "envoy accepted {to}: {text}");
+        }
+    }
+    if let Some((code, text)) = envoy_validate(&base) {
+        assert_eq!(code, Some(0), "{text}");
+    }
 }

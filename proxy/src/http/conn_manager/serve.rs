@@ -26,7 +26,7 @@ use crate::filters::http::decompressor::DecompressorFilter;
 use crate::filters::http::ext_authz::verdict::ResponseChanges;
 use crate::filters::http::ext_proc::Mode as ExtProcMode;
 use crate::filters::http::fault::FaultPolicy;
-use crate::filters::http::fault::{AbortWith, FaultFilter};
+use crate::filters::http::fault::{AbortWith, FaultFilter, FaultResponseLimit};
 use crate::filters::http::grpc_http1_bridge::BridgeResponse;
 use crate::filters::http::grpc_stats::GrpcStatsRequest;
 use crate::filters::http::grpc_web::{is_grpc_web, GrpcWebRequest};
@@ -902,11 +902,17 @@ struct FilterMarks<'a> {
     responses: Vec<ResponseStage>,
     /// The custom response filter the request passed, if the chain has one.
     custom: Option<&'a CustomResponseFilter>,
-    /// The bandwidth limit filters' response passes, in chain order (empty, unallocated,
-    /// without them).
-    paced: Vec<BandwidthResponse>,
+    /// The bandwidth limit filters' response passes and the fault filters' response rate
+    /// limits, in chain order (empty, unallocated, without them).
+    paced: Vec<Paced>,
     /// The stream's dynamic metadata, once a Lua filter ran (its scripts share it).
     lua_dynamic: Option<crate::filters::http::lua::metadata::DynamicMetadata>,
+}
+
+/// A filter's pacing of the response body.
+enum Paced {
+    Bandwidth(BandwidthResponse),
+    Fault(FaultResponseLimit),
 }
 
 /// What services a request's filters asked leave on it.
@@ -963,9 +969,13 @@ impl FilterMarks<'_> {
         }
         self.compress(s, resp);
         // Bodies are paced as they leave, after the other filters made them (as if the
-        // bandwidth limit filters were first in the chain, where they usually are).
-        for b in std::mem::take(&mut self.paced).into_iter().rev() {
-            b.on_response(resp, s.conn.buffer_limit, s.conn.worker);
+        // bandwidth limit and fault filters were first in the chain, where they usually
+        // are).
+        for p in std::mem::take(&mut self.paced).into_iter().rev() {
+            match p {
+                Paced::Bandwidth(b) => b.on_response(resp, s.conn.buffer_limit, s.conn.worker),
+                Paced::Fault(f) => f.on_response(resp, s.conn.buffer_limit),
+            }
         }
     }
 
@@ -1491,7 +1501,7 @@ async fn run_filters<'a>(
             HttpFilter::CustomResponse(f) => marks.custom = Some(f),
             HttpFilter::BandwidthLimit(f) => {
                 let paced = f.on_request(s.levels, req, s.conn.buffer_limit, worker);
-                marks.paced.push(paced);
+                marks.paced.push(Paced::Bandwidth(paced));
             }
             HttpFilter::Decompressor(f) => {
                 f.on_request(req, worker);
@@ -1725,6 +1735,7 @@ async fn run_filters<'a>(
                     s.routed.map(|(_, route)| &route.action),
                     req.headers(),
                     &s.pseudo(),
+                    &mut marks.paced,
                     outcome,
                     worker,
                 ))
@@ -2312,13 +2323,16 @@ pub(crate) fn mark_response(
     }
 }
 
-/// Runs the fault filter on a request: delays it, and answers it when the fault aborts it.
-pub(crate) async fn inject_fault(
+/// Runs the fault filter on a request: delays it, answers it when the fault aborts it,
+/// and leaves its response rate limit in `paced`.
+#[allow(clippy::too_many_arguments)]
+async fn inject_fault(
     filter: &FaultFilter,
     levels: [&FilterConfigs; 3],
     action: Option<&Action>,
     headers: &http::HeaderMap,
     pseudo: &Pseudo<'_>,
+    paced: &mut Vec<Paced>,
     outcome: &mut Outcome,
     worker: usize,
 ) -> Option<Box<Response<ProxyBody>>> {
@@ -2335,6 +2349,9 @@ pub(crate) async fn inject_fault(
     };
     let mut injection =
         filter.on_request(route_policy.as_ref(), headers, pseudo, cluster, worker)?;
+    if let Some(kbps) = injection.response_kbps {
+        paced.push(Paced::Fault(FaultResponseLimit::new(kbps)));
+    }
     if let Some(d) = injection.delay {
         outcome.flags = "DI";
         rt::Sleep::until(Instant::now() + d).await;

@@ -17,27 +17,45 @@
 //!   `x-envoy-fault-abort-grpc-request`. The body is `fault filter abort` (or
 //!   `response_body`). With header faults, `x-envoy-fault-*-request-percentage` narrows
 //!   the configured percentage. The headers go upstream untouched.
+//! - `response_rate_limit` paces the response body of `percentage` of requests (sampled
+//!   first, before the delay) to `fixed_limit.limit_kbps` KiB a second, or with
+//!   `header_limit` to `x-envoy-fault-throughput-response` (a positive number; absent,
+//!   unparsable or `0`: no limit), its share narrowed by
+//!   `x-envoy-fault-throughput-response-percentage`. Each paced stream has a bucket of its
+//!   own holding one fill interval's worth (50 ms) at first
+//!   ([`crate::filters::http::stream_rate_limiter`]); a local reply (the abort) is paced
+//!   too. The header is read only with `header_limit`.
 //! - Counted in `http.<stat_prefix>.fault.delays_injected`, `aborts_injected`,
-//!   `faults_overflow`, and the `active_faults` gauge; flags `DI` and `FI`.
+//!   `response_rl_injected`, `faults_overflow`, and the `active_faults` gauge; flags `DI`
+//!   and `FI` (a rate limit sets none). A request is one active fault however many it
+//!   gets, from its first until it ends; but a delay that no abort follows stops counting
+//!   once it is over unless the policy has a `response_rate_limit` (configured, even if
+//!   this request was not sampled for it), as Envoy's `postDelayInjection`.
 //!
 //! - Runtime keys override the configured values as in Envoy: `delay_percent_runtime`
 //!   (default `fault.http.delay.fixed_delay_percent`), `abort_percent_runtime`,
 //!   `delay_duration_runtime`, `abort_http_status_runtime`, `abort_grpc_status_runtime`
-//!   and `max_active_faults_runtime`, each with Envoy's default key.
+//!   `max_active_faults_runtime` and `response_rate_limit_percent_runtime`
+//!   (`fault.http.rate_limit.response_percent`), each with Envoy's default key.
 //!
-//! Not supported: `response_rate_limit` (refused); per-downstream-cluster runtime keys
-//! and stats (`fault.http.<downstream cluster>.*`).
+//! Not supported: per-downstream-cluster runtime keys and stats
+//! (`fault.http.<downstream cluster>.*`).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use courier_proto::envoy::extensions::filters::common::fault::v3::fault_delay::FaultDelaySecifier;
+use courier_proto::envoy::extensions::filters::common::fault::v3::fault_rate_limit::LimitType;
 use courier_proto::envoy::extensions::filters::http::fault::v3::{fault_abort, HttpFault};
 use http::header::HeaderName;
-use http::{HeaderMap, HeaderValue, StatusCode};
+use http::{HeaderMap, HeaderValue, Response, StatusCode};
 
 use crate::config::{self, ConfigError, Fraction};
+use crate::filters::http::stream_rate_limiter::{
+    ByteBucket, PaceObserver, PacedBody, DEFAULT_FILL_INTERVAL,
+};
+use crate::http::codec::body::ProxyBody;
 use crate::http::conn_manager::headers::parse_decimal;
 use crate::http::route::{compile_header_matcher, HeaderMatcher, Pseudo};
 use crate::stats::{Counter, Gauge, Store};
@@ -54,6 +72,10 @@ static ABORT_REQUEST: HeaderName = HeaderName::from_static("x-envoy-fault-abort-
 static ABORT_GRPC_REQUEST: HeaderName = HeaderName::from_static("x-envoy-fault-abort-grpc-request");
 static ABORT_PERCENTAGE: HeaderName =
     HeaderName::from_static("x-envoy-fault-abort-request-percentage");
+static THROUGHPUT_RESPONSE: HeaderName =
+    HeaderName::from_static("x-envoy-fault-throughput-response");
+static THROUGHPUT_PERCENTAGE: HeaderName =
+    HeaderName::from_static("x-envoy-fault-throughput-response-percentage");
 static DOWNSTREAM_NODE: HeaderName = HeaderName::from_static("x-envoy-downstream-service-node");
 
 /// Envoy's abort body.
@@ -72,6 +94,13 @@ enum Abort {
     Header,
 }
 
+enum RateLimit {
+    /// `fixed_limit`: this many KiB a second.
+    Fixed(u64),
+    /// `header_limit`: `x-envoy-fault-throughput-response`.
+    Header,
+}
+
 /// The runtime keys a policy reads (`*_runtime`, or Envoy's defaults).
 struct RuntimeKeys {
     delay_percent: String,
@@ -80,6 +109,7 @@ struct RuntimeKeys {
     abort_http_status: String,
     abort_grpc_status: String,
     max_active_faults: String,
+    response_rate_limit_percent: String,
 }
 
 impl RuntimeKeys {
@@ -104,6 +134,10 @@ impl RuntimeKeys {
             abort_http_status: key(&p.abort_http_status_runtime, "fault.http.abort.http_status"),
             abort_grpc_status: key(&p.abort_grpc_status_runtime, "fault.http.abort.grpc_status"),
             max_active_faults: key(&p.max_active_faults_runtime, "fault.http.max_active_faults"),
+            response_rate_limit_percent: key(
+                &p.response_rate_limit_percent_runtime,
+                "fault.http.rate_limit.response_percent",
+            ),
         }
     }
 }
@@ -113,6 +147,7 @@ pub struct FaultPolicy {
     keys: RuntimeKeys,
     delay: Option<(Delay, Fraction)>,
     abort: Option<(Abort, Fraction)>,
+    response_rate_limit: Option<(RateLimit, Fraction)>,
     body: Option<String>,
     upstream_cluster: Option<String>,
     headers: Vec<HeaderMatcher>,
@@ -123,11 +158,6 @@ pub struct FaultPolicy {
 impl FaultPolicy {
     /// Compiles an `HTTPFault` at `path`.
     pub fn compile(p: &HttpFault, path: &str) -> Result<FaultPolicy, ConfigError> {
-        if p.response_rate_limit.is_some() {
-            return Err(ConfigError::unsupported(format!(
-                "{path}.response_rate_limit"
-            )));
-        }
         let share = |p: Option<&courier_proto::envoy::r#type::v3::FractionalPercent>| {
             p.map_or(Fraction::NONE, Fraction::of)
         };
@@ -178,10 +208,33 @@ impl FaultPolicy {
                 Some((source, share(a.percentage.as_ref())))
             }
         };
+        let response_rate_limit = match &p.response_rate_limit {
+            None => None,
+            Some(r) => {
+                let limit = match &r.limit_type {
+                    Some(LimitType::FixedLimit(f)) if f.limit_kbps == 0 => {
+                        return Err(ConfigError::new(
+                            format!("{path}.response_rate_limit.fixed_limit.limit_kbps"),
+                            "value must be greater than or equal to 1",
+                        ))
+                    }
+                    Some(LimitType::FixedLimit(f)) => RateLimit::Fixed(f.limit_kbps),
+                    Some(LimitType::HeaderLimit(_)) => RateLimit::Header,
+                    None => {
+                        return Err(ConfigError::new(
+                            format!("{path}.response_rate_limit"),
+                            "one of fixed_limit or header_limit is required",
+                        ))
+                    }
+                };
+                Some((limit, share(r.percentage.as_ref())))
+            }
+        };
         Ok(FaultPolicy {
             keys: RuntimeKeys::compile(p),
             delay,
             abort,
+            response_rate_limit,
             body: p
                 .abort
                 .as_ref()
@@ -241,6 +294,30 @@ impl FaultPolicy {
             n => Duration::from_millis(n),
         };
         (!d.is_zero()).then_some(d)
+    }
+
+    /// The rate (KiB a second) this request's response is paced to, if any: sampled
+    /// first (its share overridable by the runtime, narrowed by a header with
+    /// `header_limit`), as Envoy's `isResponseRateLimitEnabled`.
+    fn response_kbps(&self, headers: &HeaderMap) -> Option<u64> {
+        let (limit, share) = self.response_rate_limit.as_ref()?;
+        let share = match limit {
+            RateLimit::Fixed(_) => *share,
+            RateLimit::Header => header_share(*share, headers.get(&THROUGHPUT_PERCENTAGE)),
+        };
+        let runtime = crate::layered_runtime::snapshot();
+        if !runtime
+            .fraction(&self.keys.response_rate_limit_percent, share)
+            .sample()
+        {
+            return None;
+        }
+        match limit {
+            RateLimit::Fixed(kbps) => Some(*kbps),
+            RateLimit::Header => {
+                parse_decimal(headers.get(&THROUGHPUT_RESPONSE)).filter(|kbps| *kbps > 0)
+            }
+        }
     }
 
     /// The abort this request gets, if any: an HTTP status, or a gRPC one.
@@ -309,13 +386,33 @@ pub struct Injection {
     pub delay: Option<Duration>,
     /// Then answer (decided after the delay, as Envoy samples it then).
     abort: Option<Arc<FaultPolicy>>,
+    /// The policy has a `response_rate_limit`: the request stays an active fault after
+    /// its delay.
+    rate_limit_configured: bool,
+    /// The response is paced to this many KiB a second.
+    pub response_kbps: Option<u64>,
     /// To be held while the request lives: the `active_faults` gauge.
     pub active: ActiveFault,
 }
 
 impl Injection {
-    /// The abort, sampled now (after any delay), with its body; counted.
+    /// The abort, sampled now (after any delay), with its body; counted. A delay that
+    /// no abort follows stops counting in `active_faults` here, unless the policy limits
+    /// response rates (Envoy's `postDelayInjection`).
     pub fn abort(
+        &mut self,
+        headers: &HeaderMap,
+        filter: &FaultFilter,
+        worker: usize,
+    ) -> Option<(AbortWith, Bytes)> {
+        let abort = self.sample_abort(headers, filter, worker);
+        if abort.is_none() && self.delay.is_some() && !self.rate_limit_configured {
+            self.active = ActiveFault(None);
+        }
+        abort
+    }
+
+    fn sample_abort(
         &mut self,
         headers: &HeaderMap,
         filter: &FaultFilter,
@@ -330,6 +427,45 @@ impl Injection {
         let body = policy.body.as_deref().unwrap_or(ABORT_BODY);
         Some((with, Bytes::copy_from_slice(body.as_bytes())))
     }
+}
+
+/// A response paced by the fault filter's `response_rate_limit`.
+pub struct FaultResponseLimit {
+    kbps: u64,
+}
+
+impl FaultResponseLimit {
+    /// The response's pace: `kbps` KiB a second.
+    pub fn new(kbps: u64) -> FaultResponseLimit {
+        FaultResponseLimit { kbps }
+    }
+
+    /// Paces the response's body through a bucket of its own (Envoy's fault filter
+    /// builds a `StreamRateLimiter` per stream, starting with one fill interval's worth),
+    /// reading up to `buffer_limit` bytes ahead.
+    pub fn on_response(self, resp: &mut Response<ProxyBody>, buffer_limit: usize) {
+        use hyper::body::Body as _;
+        if resp.body().is_end_stream() {
+            return;
+        }
+        let body = std::mem::replace(resp.body_mut(), ProxyBody::empty());
+        *resp.body_mut() = ProxyBody::filtered(PacedBody::new(
+            body,
+            Arc::new(ByteBucket::for_one_stream(self.kbps)),
+            DEFAULT_FILL_INTERVAL,
+            buffer_limit,
+            Unobserved,
+        ));
+    }
+}
+
+/// The fault filter keeps no stats of its pacing (Envoy's write stats callback is empty).
+struct Unobserved;
+
+impl PaceObserver for Unobserved {
+    fn incoming(&mut self, _len: usize) {}
+    fn allowed(&mut self, _len: u64, _enforced: bool, _fill_interval: Duration) {}
+    fn finished(&mut self, _trailers: &mut Option<HeaderMap>) {}
 }
 
 /// One fault in progress, counted in `active_faults` until dropped (the request's end).
@@ -351,6 +487,7 @@ pub struct FaultFilter {
     policy: Arc<FaultPolicy>,
     delays_injected: Arc<Counter>,
     aborts_injected: Arc<Counter>,
+    response_rl_injected: Arc<Counter>,
     faults_overflow: Arc<Counter>,
     active_faults: Arc<Gauge>,
 }
@@ -360,13 +497,12 @@ impl FaultFilter {
     /// stats are under `http.<prefix>`.
     pub fn new(name: &str, policy: FaultPolicy, prefix: &str, store: &Store) -> FaultFilter {
         let c = |s: &str| store.counter(&format!("http.{prefix}.fault.{s}"));
-        // Envoy shows it though Courier never limits response rates.
-        let _ = c("response_rl_injected");
         FaultFilter {
             name: name.to_string(),
             policy: Arc::new(policy),
             delays_injected: c("delays_injected"),
             aborts_injected: c("aborts_injected"),
+            response_rl_injected: c("response_rl_injected"),
             faults_overflow: c("faults_overflow"),
             active_faults: store.gauge(&format!("http.{prefix}.fault.active_faults")),
         }
@@ -388,17 +524,26 @@ impl FaultFilter {
             return None;
         }
         let mut active = ActiveFault(None);
+        // As Envoy's: the response rate limit is set up first, then the delay.
+        let response_kbps = policy
+            .response_kbps(headers)
+            .filter(|_| self.try_activate(policy, &mut active, worker));
+        if response_kbps.is_some() {
+            self.response_rl_injected.inc(worker);
+        }
         let delay = policy
             .delay(headers)
             .filter(|_| self.try_activate(policy, &mut active, worker));
         if delay.is_some() {
             self.delays_injected.inc(worker);
-        } else if policy.abort.is_none() {
+        } else if policy.abort.is_none() && response_kbps.is_none() {
             return None;
         }
         Some(Injection {
             delay,
             abort: policy.abort.is_some().then(|| policy.clone()),
+            rate_limit_configured: policy.response_rate_limit.is_some(),
+            response_kbps,
             active,
         })
     }
@@ -469,6 +614,51 @@ mod tests {
             None
         );
         assert_eq!(h(&[]), None);
+    }
+
+    #[test]
+    fn response_rate_limits_read_headers_only_with_header_limit() {
+        use courier_proto::envoy::extensions::filters::common::fault::v3::{
+            fault_rate_limit, FaultRateLimit,
+        };
+        let policy = |limit, numerator| {
+            let p = HttpFault {
+                response_rate_limit: Some(FaultRateLimit {
+                    limit_type: Some(limit),
+                    percentage: Some(FractionalPercent {
+                        numerator,
+                        denominator: 0,
+                    }),
+                }),
+                ..Default::default()
+            };
+            FaultPolicy::compile(&p, "f").expect("valid fault")
+        };
+        let rate = ("x-envoy-fault-throughput-response", "32");
+        let header = policy(LimitType::HeaderLimit(Default::default()), 100);
+        let kbps = |pairs: &[(&'static str, &'static str)]| header.response_kbps(&headers(pairs));
+        assert_eq!(kbps(&[rate]), Some(32));
+        assert_eq!(kbps(&[]), None);
+        assert_eq!(kbps(&[("x-envoy-fault-throughput-response", "0")]), None);
+        assert_eq!(
+            kbps(&[rate, ("x-envoy-fault-throughput-response-percentage", "0")]),
+            None
+        );
+        let fixed = policy(
+            LimitType::FixedLimit(fault_rate_limit::FixedLimit { limit_kbps: 7 }),
+            100,
+        );
+        assert_eq!(fixed.response_kbps(&headers(&[rate])), Some(7));
+        // A fixed limit's share is not narrowed by the percentage header.
+        assert_eq!(
+            fixed.response_kbps(&headers(&[(
+                "x-envoy-fault-throughput-response-percentage",
+                "0"
+            )])),
+            Some(7)
+        );
+        let none = policy(LimitType::HeaderLimit(Default::default()), 0);
+        assert_eq!(none.response_kbps(&headers(&[rate])), None);
     }
 
     #[test]

@@ -17,6 +17,7 @@ pub mod api_key_auth;
 pub mod bandwidth_limit;
 pub mod basic_auth;
 pub mod buffer;
+pub mod composite;
 pub mod compressor;
 pub mod cors;
 pub mod credential_injector;
@@ -157,6 +158,9 @@ pub enum HttpFilter {
     CustomResponse(Box<custom_response::CustomResponseFilter>),
     /// `envoy.filters.http.bandwidth_limit` (boxed: it is rare).
     BandwidthLimit(Box<bandwidth_limit::BandwidthLimitFilter>),
+    /// `envoy.filters.http.match_delegate` or `envoy.filters.http.composite`: filters
+    /// chosen per request (boxed: it is rare).
+    Composite(Box<composite::CompositeFilter>),
 }
 
 impl HttpFilter {
@@ -187,6 +191,7 @@ impl HttpFilter {
             HttpFilter::StatefulSession(f) => &f.name,
             HttpFilter::CustomResponse(f) => &f.name,
             HttpFilter::BandwidthLimit(f) => &f.name,
+            HttpFilter::Composite(f) => &f.name,
         }
     }
 }
@@ -292,6 +297,24 @@ pub static CHAIN: Registry<BuildFilter> = Registry {
             },
         },
         compiled!(rbac, Rbac, RbacFilter, config_or_default),
+        Factory {
+            type_name: composite::FILTER_TYPE,
+            name: composite::FILTER_NAME,
+            build: |a| {
+                Ok(HttpFilter::Composite(Box::new(
+                    composite::CompositeFilter::compile(a)?,
+                )))
+            },
+        },
+        Factory {
+            type_name: composite::COMPOSITE_TYPE,
+            name: composite::COMPOSITE_NAME,
+            build: |a| {
+                Ok(HttpFilter::Composite(Box::new(
+                    composite::CompositeFilter::compile(a)?,
+                )))
+            },
+        },
         compiled!(
             bandwidth_limit,
             BandwidthLimit,

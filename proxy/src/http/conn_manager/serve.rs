@@ -1447,301 +1447,318 @@ async fn run_filters<'a>(
         if !per_filter::runs(s.levels, chained.filter.name(), chained.off_by_default) {
             continue;
         }
-        match &chained.filter {
-            HttpFilter::Cors(f) if s.to_cluster => {
-                match f.on_request(s.levels, s.method, req.headers(), worker) {
-                    CorsRequest::Preflight(r) => return ControlFlow::Break(preflight(s, marks, r)),
-                    CorsRequest::Allowed(h) => marks.cors = Some(h),
-                    CorsRequest::Pass => {}
-                }
+        // A match delegate or composite stands for the filters its matcher picks.
+        let picked: &'a [HttpFilter] = match &chained.filter {
+            HttpFilter::Composite(c) => {
+                c.pick(&request_view(s, req.headers()).matching_data(), worker)
             }
-            HttpFilter::Cors(_) => {}
-            HttpFilter::HealthCheck(f) => {
-                let failed = crate::worker::health_failed();
-                match f.on_request(req.headers(), &s.pseudo(), failed, worker) {
-                    HealthCheckRequest::Answer(r) => {
-                        outcome.health_check = true;
-                        outcome.set_details(if r.status().is_success() {
-                            "health_check_ok"
-                        } else {
-                            "health_check_failed"
-                        });
+            f => std::slice::from_ref(f),
+        };
+        for filter in picked {
+            match filter {
+                // Never picked: one inside another is refused.
+                HttpFilter::Composite(_) => {}
+                HttpFilter::Cors(f) if s.to_cluster => {
+                    match f.on_request(s.levels, s.method, req.headers(), worker) {
+                        CorsRequest::Preflight(r) => {
+                            return ControlFlow::Break(preflight(s, marks, r))
+                        }
+                        CorsRequest::Allowed(h) => marks.cors = Some(h),
+                        CorsRequest::Pass => {}
+                    }
+                }
+                HttpFilter::Cors(_) => {}
+                HttpFilter::HealthCheck(f) => {
+                    let failed = crate::worker::health_failed();
+                    match f.on_request(req.headers(), &s.pseudo(), failed, worker) {
+                        HealthCheckRequest::Answer(r) => {
+                            outcome.health_check = true;
+                            outcome.set_details(if r.status().is_success() {
+                                "health_check_ok"
+                            } else {
+                                "health_check_failed"
+                            });
+                            return ControlFlow::Continue(Some(r));
+                        }
+                        HealthCheckRequest::PassThrough => {
+                            outcome.health_check = true;
+                            marks.health_mark = Some((f, true, failed))
+                        }
+                        HealthCheckRequest::Pass if failed => {
+                            marks.health_mark = Some((f, false, true))
+                        }
+                        HealthCheckRequest::Pass => {}
+                    }
+                }
+                HttpFilter::LocalRateLimit(f) => match local_rate_limit(s, f, req.headers_mut()) {
+                    RateLimited::Refuse(r) => {
+                        outcome.ended("RL", "local_rate_limited");
                         return ControlFlow::Continue(Some(r));
                     }
-                    HealthCheckRequest::PassThrough => {
-                        outcome.health_check = true;
-                        marks.health_mark = Some((f, true, failed))
+                    RateLimited::Pass(None) => {}
+                    RateLimited::Pass(Some(r)) => {
+                        marks.rate_limit = Some(r.after(marks.rate_limit.take()))
                     }
-                    HealthCheckRequest::Pass if failed => {
-                        marks.health_mark = Some((f, false, true))
-                    }
-                    HealthCheckRequest::Pass => {}
-                }
-            }
-            HttpFilter::LocalRateLimit(f) => match local_rate_limit(s, f, req.headers_mut()) {
-                RateLimited::Refuse(r) => {
-                    outcome.ended("RL", "local_rate_limited");
-                    return ControlFlow::Continue(Some(r));
-                }
-                RateLimited::Pass(None) => {}
-                RateLimited::Pass(Some(r)) => {
-                    marks.rate_limit = Some(r.after(marks.rate_limit.take()))
-                }
-            },
-            HttpFilter::Rbac(f) => {
-                if let Some((r, details)) = rbac(s, f, req.headers()) {
-                    outcome.set_details_owned(|| details);
-                    return ControlFlow::Continue(Some(r));
-                }
-            }
-            HttpFilter::Compressor(f) => {
-                let earlier = marks.compress.take();
-                marks.compress = Some(f.on_request(s.levels, req, worker, earlier));
-            }
-            HttpFilter::CustomResponse(f) => marks.custom = Some(f),
-            HttpFilter::BandwidthLimit(f) => {
-                let paced = f.on_request(s.levels, req, s.conn.buffer_limit, worker);
-                marks.paced.push(Paced::Bandwidth(paced));
-            }
-            HttpFilter::Decompressor(f) => {
-                f.on_request(req, worker);
-                marks.decompress.push(f);
-            }
-            HttpFilter::GrpcWeb(f) => {
-                if is_grpc_web(req.headers()) {
-                    let cluster = route_cluster(s, req.headers());
-                    let cluster = cluster.as_deref().map(|c| c.name.as_str());
-                    marks.grpc_web = f.on_request(req, s.path, cluster);
-                }
-            }
-            HttpFilter::GrpcStats(f) => {
-                if is_grpc(req.headers()) {
-                    let cluster = route_cluster(s, req.headers());
-                    let cluster = cluster.as_deref().map(|c| c.name.as_str());
-                    marks.grpc_stats = f.on_request(req, s.path, cluster, worker);
-                }
-            }
-            HttpFilter::GrpcHttp1Bridge(f) => {
-                if f.applies(req.version(), req.headers()) {
-                    let bridged = f.on_request(req);
-                    if bridged.path_changed {
-                        marks.services.get_or_insert_with(Box::default).path_changed = true;
-                    }
-                    marks.bridge = bridged.response;
-                }
-            }
-            HttpFilter::BasicAuth(f) => {
-                let route = per_filter::policy::<RouteUsers>(s.levels, &f.name);
-                if let BasicAuth::Refuse(r, details) =
-                    f.on_request(route, req.headers_mut(), s.authority, s.path, worker)
-                {
-                    outcome.set_details(details);
-                    return ControlFlow::Continue(Some(r));
-                }
-            }
-            HttpFilter::ApiKeyAuth(f) => {
-                let route = per_filter::policy::<ApiKeySettings>(s.levels, &f.name);
-                let path = request_path(s, req, marks);
-                match f.on_request(route, req.headers_mut(), &path, worker) {
-                    ApiKeyAuth::Refuse(r, details) => {
-                        outcome.set_details(details);
-                        return ControlFlow::Continue(Some(r));
-                    }
-                    ApiKeyAuth::Pass(Some(p)) => set_request_path(req, marks, &p),
-                    ApiKeyAuth::Pass(None) => {}
-                }
-            }
-            HttpFilter::Buffer(f) => {
-                let route = per_filter::policy::<RouteBuffer>(s.levels, &f.name);
-                if let Some(limit) = f.limit(route) {
-                    // Boxed: its wait would otherwise take room in every request's future.
-                    if let Some(r) = Box::pin(buffer_body(s, req, limit)).await {
-                        outcome.set_details("request_payload_too_large");
-                        return ControlFlow::Continue(Some(r));
-                    }
-                }
-            }
-            HttpFilter::StatefulSession(f) => {
-                let route = per_filter::policy::<StatefulSessionPerRoute>(s.levels, &f.name);
-                if let Some(session) = f.on_request(route, req, s.path) {
-                    let services = marks.services.get_or_insert_with(Box::default);
-                    services.sessions.push(session);
-                }
-            }
-            HttpFilter::CredentialInjector(f) => {
-                if let Some(r) = f.on_request(req.headers_mut(), worker) {
-                    outcome.set_details("failed_to_inject_credential");
-                    return ControlFlow::Continue(Some(r));
-                }
-            }
-            HttpFilter::OnDemand(f) => {
-                let cluster = routed_cluster(s, req.headers());
-                // Boxed: its wait would otherwise take room in every request's future.
-                Box::pin(f.on_request(cluster)).await;
-            }
-            HttpFilter::ExtAuthz(f) => {
-                let checked = crate::http::conn_manager::service_calls::ext_authz::CheckedRequest {
-                    conn: s.conn,
-                    path: s.path,
-                    authority: s.authority,
-                    scheme: s.scheme,
-                    protocol: s.protocol,
-                    levels: s.levels,
-                    routed: s.routed.is_some(),
-                    cluster: routed_cluster(s, req.headers()).map(str::to_owned),
-                };
-                // Boxed: its call would otherwise take room in every request's future.
-                let checked = Box::pin(crate::http::conn_manager::service_calls::ext_authz::check(
-                    checked, f, req, outcome,
-                ))
-                .await;
-                match checked {
-                    Ok(passed) if passed.response.is_some() || passed.path_changed => {
-                        let services = marks.services.get_or_insert_with(Box::default);
-                        services.authz.extend(passed.response);
-                        services.path_changed |= passed.path_changed;
-                    }
-                    Ok(_) => {}
-                    Err(reply) => return ControlFlow::Continue(Some(reply)),
-                }
-            }
-            HttpFilter::ExtProc(f) => {
-                let mode = f.mode_for(s.levels);
-                if mode == ExtProcMode::OFF {
-                    continue;
-                }
-                let path = request_path(s, req, marks);
-                let r = crate::http::conn_manager::service_calls::ext_proc::ProcessedRequest {
-                    method: s.method.as_str(),
-                    path: &path,
-                    authority: s.authority,
-                    scheme: s.scheme,
-                    store: &cfg.store,
-                    worker,
-                    buffer_limit: s.conn.buffer_limit,
-                };
-                // Boxed: its stream would otherwise take room in every request's future.
-                let processed = Box::pin(
-                    crate::http::conn_manager::service_calls::ext_proc::on_request(
-                        f, mode, r, req, outcome,
-                    ),
-                )
-                .await;
-                match processed {
-                    ExtProcessed::Skip => {}
-                    ExtProcessed::Continue(session, path_changed) => {
-                        if path_changed {
-                            marks.services.get_or_insert_with(Box::default).path_changed = true;
-                        }
-                        if session.wants_response() {
-                            marks.responses.push(ResponseStage::ExtProc(*session));
-                        }
-                    }
-                    ExtProcessed::Reply(r) => return ControlFlow::Continue(Some(r)),
-                }
-            }
-            HttpFilter::RateLimit(f) => {
-                let view = rate_limit_view(s);
-                let cx = s.format_context(None, None);
-                let cluster = routed_cluster(s, req.headers()).map(str::to_owned);
-                // Boxed: its call would otherwise take room in every request's future.
-                let checked = Box::pin(crate::http::conn_manager::service_calls::ratelimit::check(
-                    f,
-                    s.conn,
-                    s.levels,
-                    &view,
-                    cluster.as_deref(),
-                    &cx,
-                    req,
-                    outcome,
-                ))
-                .await;
-                match checked {
-                    Ok(Some(fields)) => marks
-                        .services
-                        .get_or_insert_with(Box::default)
-                        .ratelimit_fields
-                        .extend(fields),
-                    Ok(None) => {}
-                    Err(reply) => return ControlFlow::Continue(Some(reply)),
-                }
-            }
-            HttpFilter::JwtAuthn(f) => {
-                let route = per_filter::policy::<JwtPerRoute>(s.levels, &f.name);
-                let path = req
-                    .uri()
-                    .path_and_query()
-                    .map_or(s.path, |p| p.as_str())
-                    .to_owned();
-                let decided = if f.has_remote_jwks() {
-                    // Boxed: its fetch would otherwise take room in every request's future.
-                    Box::pin(crate::http::conn_manager::service_calls::jwks::check(
-                        f,
-                        route,
-                        req.headers_mut(),
-                        &path,
-                        &s.pseudo(),
-                        &s.conn.config.store,
-                        worker,
-                    ))
-                    .await
-                } else {
-                    f.on_request(
-                        route,
-                        req.headers_mut(),
-                        &path,
-                        &s.pseudo(),
-                        worker,
-                        &|_| Fetched::NotYet,
-                    )
-                };
-                match decided {
-                    // Only the remote key sets' glue sees this.
-                    JwtRequest::Fetch(_) => {}
-                    JwtRequest::Pass(None) => {}
-                    JwtRequest::Pass(Some(new)) => {
-                        let mut parts = req.uri().clone().into_parts();
-                        if let Ok(pq) = new.parse() {
-                            parts.path_and_query = Some(pq);
-                            if let Ok(uri) = http::Uri::from_parts(parts) {
-                                *req.uri_mut() = uri;
-                                marks.services.get_or_insert_with(Box::default).path_changed = true;
-                            }
-                        }
-                    }
-                    JwtRequest::Refuse(r, details) => {
+                },
+                HttpFilter::Rbac(f) => {
+                    if let Some((r, details)) = rbac(s, f, req.headers()) {
                         outcome.set_details_owned(|| details);
                         return ControlFlow::Continue(Some(r));
                     }
                 }
-            }
-            HttpFilter::OAuth2(f) => {
-                // Boxed: its call would otherwise take room in every request's future.
-                if let Some(r) = Box::pin(oauth2(s, f, req, marks, outcome)).await {
-                    return ControlFlow::Continue(Some(r));
+                HttpFilter::Compressor(f) => {
+                    let earlier = marks.compress.take();
+                    marks.compress = Some(f.on_request(s.levels, req, worker, earlier));
                 }
-            }
-            HttpFilter::Lua(f) => {
-                let route = per_filter::policy::<LuaPerRoute>(s.levels, &f.name);
-                if let Some(reply) = lua_request(s, f, route, req, marks, outcome).await {
-                    return ControlFlow::Continue(Some(reply));
+                HttpFilter::CustomResponse(f) => marks.custom = Some(f),
+                HttpFilter::BandwidthLimit(f) => {
+                    let paced = f.on_request(s.levels, req, s.conn.buffer_limit, worker);
+                    marks.paced.push(Paced::Bandwidth(paced));
                 }
-            }
-            HttpFilter::Fault(f) => {
-                // Boxed: its delay would otherwise take room in every request's future.
-                let reply = Box::pin(inject_fault(
-                    f,
-                    s.levels,
-                    s.routed.map(|(_, route)| &route.action),
-                    req.headers(),
-                    &s.pseudo(),
-                    &mut marks.paced,
-                    outcome,
-                    worker,
-                ))
-                .await;
-                if reply.is_some() {
-                    return ControlFlow::Continue(reply);
+                HttpFilter::Decompressor(f) => {
+                    f.on_request(req, worker);
+                    marks.decompress.push(f);
+                }
+                HttpFilter::GrpcWeb(f) => {
+                    if is_grpc_web(req.headers()) {
+                        let cluster = route_cluster(s, req.headers());
+                        let cluster = cluster.as_deref().map(|c| c.name.as_str());
+                        marks.grpc_web = f.on_request(req, s.path, cluster);
+                    }
+                }
+                HttpFilter::GrpcStats(f) => {
+                    if is_grpc(req.headers()) {
+                        let cluster = route_cluster(s, req.headers());
+                        let cluster = cluster.as_deref().map(|c| c.name.as_str());
+                        marks.grpc_stats = f.on_request(req, s.path, cluster, worker);
+                    }
+                }
+                HttpFilter::GrpcHttp1Bridge(f) => {
+                    if f.applies(req.version(), req.headers()) {
+                        let bridged = f.on_request(req);
+                        if bridged.path_changed {
+                            marks.services.get_or_insert_with(Box::default).path_changed = true;
+                        }
+                        marks.bridge = bridged.response;
+                    }
+                }
+                HttpFilter::BasicAuth(f) => {
+                    let route = per_filter::policy::<RouteUsers>(s.levels, &f.name);
+                    if let BasicAuth::Refuse(r, details) =
+                        f.on_request(route, req.headers_mut(), s.authority, s.path, worker)
+                    {
+                        outcome.set_details(details);
+                        return ControlFlow::Continue(Some(r));
+                    }
+                }
+                HttpFilter::ApiKeyAuth(f) => {
+                    let route = per_filter::policy::<ApiKeySettings>(s.levels, &f.name);
+                    let path = request_path(s, req, marks);
+                    match f.on_request(route, req.headers_mut(), &path, worker) {
+                        ApiKeyAuth::Refuse(r, details) => {
+                            outcome.set_details(details);
+                            return ControlFlow::Continue(Some(r));
+                        }
+                        ApiKeyAuth::Pass(Some(p)) => set_request_path(req, marks, &p),
+                        ApiKeyAuth::Pass(None) => {}
+                    }
+                }
+                HttpFilter::Buffer(f) => {
+                    let route = per_filter::policy::<RouteBuffer>(s.levels, &f.name);
+                    if let Some(limit) = f.limit(route) {
+                        // Boxed: its wait would otherwise take room in every request's future.
+                        if let Some(r) = Box::pin(buffer_body(s, req, limit)).await {
+                            outcome.set_details("request_payload_too_large");
+                            return ControlFlow::Continue(Some(r));
+                        }
+                    }
+                }
+                HttpFilter::StatefulSession(f) => {
+                    let route = per_filter::policy::<StatefulSessionPerRoute>(s.levels, &f.name);
+                    if let Some(session) = f.on_request(route, req, s.path) {
+                        let services = marks.services.get_or_insert_with(Box::default);
+                        services.sessions.push(session);
+                    }
+                }
+                HttpFilter::CredentialInjector(f) => {
+                    if let Some(r) = f.on_request(req.headers_mut(), worker) {
+                        outcome.set_details("failed_to_inject_credential");
+                        return ControlFlow::Continue(Some(r));
+                    }
+                }
+                HttpFilter::OnDemand(f) => {
+                    let cluster = routed_cluster(s, req.headers());
+                    // Boxed: its wait would otherwise take room in every request's future.
+                    Box::pin(f.on_request(cluster)).await;
+                }
+                HttpFilter::ExtAuthz(f) => {
+                    let checked =
+                        crate::http::conn_manager::service_calls::ext_authz::CheckedRequest {
+                            conn: s.conn,
+                            path: s.path,
+                            authority: s.authority,
+                            scheme: s.scheme,
+                            protocol: s.protocol,
+                            levels: s.levels,
+                            routed: s.routed.is_some(),
+                            cluster: routed_cluster(s, req.headers()).map(str::to_owned),
+                        };
+                    // Boxed: its call would otherwise take room in every request's future.
+                    let checked =
+                        Box::pin(crate::http::conn_manager::service_calls::ext_authz::check(
+                            checked, f, req, outcome,
+                        ))
+                        .await;
+                    match checked {
+                        Ok(passed) if passed.response.is_some() || passed.path_changed => {
+                            let services = marks.services.get_or_insert_with(Box::default);
+                            services.authz.extend(passed.response);
+                            services.path_changed |= passed.path_changed;
+                        }
+                        Ok(_) => {}
+                        Err(reply) => return ControlFlow::Continue(Some(reply)),
+                    }
+                }
+                HttpFilter::ExtProc(f) => {
+                    let mode = f.mode_for(s.levels);
+                    if mode == ExtProcMode::OFF {
+                        continue;
+                    }
+                    let path = request_path(s, req, marks);
+                    let r = crate::http::conn_manager::service_calls::ext_proc::ProcessedRequest {
+                        method: s.method.as_str(),
+                        path: &path,
+                        authority: s.authority,
+                        scheme: s.scheme,
+                        store: &cfg.store,
+                        worker,
+                        buffer_limit: s.conn.buffer_limit,
+                    };
+                    // Boxed: its stream would otherwise take room in every request's future.
+                    let processed = Box::pin(
+                        crate::http::conn_manager::service_calls::ext_proc::on_request(
+                            f, mode, r, req, outcome,
+                        ),
+                    )
+                    .await;
+                    match processed {
+                        ExtProcessed::Skip => {}
+                        ExtProcessed::Continue(session, path_changed) => {
+                            if path_changed {
+                                marks.services.get_or_insert_with(Box::default).path_changed = true;
+                            }
+                            if session.wants_response() {
+                                marks.responses.push(ResponseStage::ExtProc(*session));
+                            }
+                        }
+                        ExtProcessed::Reply(r) => return ControlFlow::Continue(Some(r)),
+                    }
+                }
+                HttpFilter::RateLimit(f) => {
+                    let view = rate_limit_view(s);
+                    let cx = s.format_context(None, None);
+                    let cluster = routed_cluster(s, req.headers()).map(str::to_owned);
+                    // Boxed: its call would otherwise take room in every request's future.
+                    let checked =
+                        Box::pin(crate::http::conn_manager::service_calls::ratelimit::check(
+                            f,
+                            s.conn,
+                            s.levels,
+                            &view,
+                            cluster.as_deref(),
+                            &cx,
+                            req,
+                            outcome,
+                        ))
+                        .await;
+                    match checked {
+                        Ok(Some(fields)) => marks
+                            .services
+                            .get_or_insert_with(Box::default)
+                            .ratelimit_fields
+                            .extend(fields),
+                        Ok(None) => {}
+                        Err(reply) => return ControlFlow::Continue(Some(reply)),
+                    }
+                }
+                HttpFilter::JwtAuthn(f) => {
+                    let route = per_filter::policy::<JwtPerRoute>(s.levels, &f.name);
+                    let path = req
+                        .uri()
+                        .path_and_query()
+                        .map_or(s.path, |p| p.as_str())
+                        .to_owned();
+                    let decided = if f.has_remote_jwks() {
+                        // Boxed: its fetch would otherwise take room in every request's future.
+                        Box::pin(crate::http::conn_manager::service_calls::jwks::check(
+                            f,
+                            route,
+                            req.headers_mut(),
+                            &path,
+                            &s.pseudo(),
+                            &s.conn.config.store,
+                            worker,
+                        ))
+                        .await
+                    } else {
+                        f.on_request(
+                            route,
+                            req.headers_mut(),
+                            &path,
+                            &s.pseudo(),
+                            worker,
+                            &|_| Fetched::NotYet,
+                        )
+                    };
+                    match decided {
+                        // Only the remote key sets' glue sees this.
+                        JwtRequest::Fetch(_) => {}
+                        JwtRequest::Pass(None) => {}
+                        JwtRequest::Pass(Some(new)) => {
+                            let mut parts = req.uri().clone().into_parts();
+                            if let Ok(pq) = new.parse() {
+                                parts.path_and_query = Some(pq);
+                                if let Ok(uri) = http::Uri::from_parts(parts) {
+                                    *req.uri_mut() = uri;
+                                    marks.services.get_or_insert_with(Box::default).path_changed =
+                                        true;
+                                }
+                            }
+                        }
+                        JwtRequest::Refuse(r, details) => {
+                            outcome.set_details_owned(|| details);
+                            return ControlFlow::Continue(Some(r));
+                        }
+                    }
+                }
+                HttpFilter::OAuth2(f) => {
+                    // Boxed: its call would otherwise take room in every request's future.
+                    if let Some(r) = Box::pin(oauth2(s, f, req, marks, outcome)).await {
+                        return ControlFlow::Continue(Some(r));
+                    }
+                }
+                HttpFilter::Lua(f) => {
+                    let route = per_filter::policy::<LuaPerRoute>(s.levels, &f.name);
+                    if let Some(reply) = lua_request(s, f, route, req, marks, outcome).await {
+                        return ControlFlow::Continue(Some(reply));
+                    }
+                }
+                HttpFilter::Fault(f) => {
+                    // Boxed: its delay would otherwise take room in every request's future.
+                    let reply = Box::pin(inject_fault(
+                        f,
+                        s.levels,
+                        s.routed.map(|(_, route)| &route.action),
+                        req.headers(),
+                        &s.pseudo(),
+                        &mut marks.paced,
+                        outcome,
+                        worker,
+                    ))
+                    .await;
+                    if reply.is_some() {
+                        return ControlFlow::Continue(reply);
+                    }
                 }
             }
         }
@@ -2091,9 +2108,14 @@ fn rbac(
     f: &RbacFilter,
     headers: &http::HeaderMap,
 ) -> Option<(Box<Response<ProxyBody>>, String)> {
-    let cfg = &s.conn.config;
     let route_rules = per_filter::policy::<RbacRules>(s.levels, &f.name);
-    let view = RequestView {
+    f.on_request(route_rules, &request_view(s, headers), s.conn.worker)
+}
+
+/// What RBAC and the xDS matcher read of a request and its connection.
+fn request_view<'s>(s: &'s Stream<'_>, headers: &'s http::HeaderMap) -> RequestView<'s> {
+    let cfg = &s.conn.config;
+    RequestView {
         headers,
         pseudo: s.pseudo(),
         local: s.conn.local,
@@ -2110,8 +2132,7 @@ fn rbac(
                 .as_ref()
                 .map(|_| s.detected_remote.unwrap_or(s.conn.remote.ip())),
         },
-    };
-    f.on_request(route_rules, &view, s.conn.worker)
+    }
 }
 
 /// `flush_access_log_on_new_request`: the request's `DownstreamStart` entry, once routed

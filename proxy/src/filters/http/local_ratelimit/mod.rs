@@ -207,6 +207,9 @@ impl RateLimitPolicy {
             Some(n) => n,
         };
         let c = |s: &str| store.counter(&format!("{}.http_local_rate_limit.{s}", p.stat_prefix));
+        // Envoy 1.40 registers `shadow_mode` too; its `shadow_mode` field is newer than the
+        // protos Courier reads, so nothing is ever counted there.
+        c("shadow_mode");
         let limiter = Arc::new(Limiter::new(bucket.as_ref(), &descriptors, max_dynamic));
         Ok(RateLimitPolicy {
             limiter,

@@ -182,23 +182,7 @@ impl Engine {
                 }
             }
             Engine::Matcher { matcher, names } => {
-                let remote = r.remote();
-                let data = crate::matching::MatchingData {
-                    // The client behind `x-forwarded-for` has no port.
-                    source: std::net::SocketAddr::new(
-                        remote,
-                        if remote == r.peer { r.peer_port } else { 0 },
-                    ),
-                    direct_source: std::net::SocketAddr::new(r.peer, r.peer_port),
-                    destination: r.local,
-                    server_name: r.requested_server_name,
-                    tls: r.tls,
-                    transport_protocol: None,
-                    application_protocols: &[],
-                    request_headers: Some(r.headers),
-                    pseudo: Some(r.pseudo),
-                    response: None,
-                };
+                let data = r.matching_data();
                 match matcher.evaluate(&data) {
                     Some(m) => Decision {
                         allowed: m.action != Action::Deny,

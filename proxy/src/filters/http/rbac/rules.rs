@@ -60,6 +60,31 @@ pub struct RequestView<'a> {
 }
 
 impl RequestView<'_> {
+    /// What the request offers the xDS matcher API's inputs.
+    pub fn matching_data(&self) -> crate::matching::MatchingData<'_> {
+        let remote = self.remote();
+        crate::matching::MatchingData {
+            // The client behind `x-forwarded-for` has no port.
+            source: SocketAddr::new(
+                remote,
+                if remote == self.peer {
+                    self.peer_port
+                } else {
+                    0
+                },
+            ),
+            direct_source: SocketAddr::new(self.peer, self.peer_port),
+            destination: self.local,
+            server_name: self.requested_server_name,
+            tls: self.tls,
+            transport_protocol: None,
+            application_protocols: &[],
+            request_headers: Some(self.headers),
+            pseudo: Some(self.pseudo),
+            response: None,
+        }
+    }
+
     /// The client's address as Envoy's connection manager works it out: with
     /// `use_remote_address`, the peer, or with `xff_num_trusted_hops` the address that
     /// many hops back in `x-forwarded-for` as it came in; without it, the address

@@ -38,6 +38,18 @@ pub fn pool() -> &'static DescriptorPool {
                 let _ = pool.add_file_descriptor_proto(typed_struct_file(package, file));
             }
         }
+        let file_of = |message: &str| {
+            pool.get_message_by_name(message)
+                .map(|m| m.parent_file().name().to_owned())
+        };
+        if let (Some(cidr), Some(matcher), None) = (
+            file_of("xds.core.v3.CidrRange"),
+            file_of("xds.type.matcher.v3.Matcher"),
+            file_of("xds.type.matcher.v3.IPMatcher"),
+        ) {
+            // As above: a failure leaves `IPMatcher` an unknown type.
+            let _ = pool.add_file_descriptor_proto(crate::ip_matcher::file(&cidr, &matcher));
+        }
         pool
     })
 }

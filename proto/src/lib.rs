@@ -30,6 +30,7 @@ mod error;
 
 pub mod descriptors;
 mod empty_any;
+pub mod ip_matcher;
 pub mod json;
 pub mod resource;
 pub mod resource_type;

@@ -1,7 +1,7 @@
 //! Which filter chain takes a connection: `filter_chain_match`'s address criteria
 //! (`prefix_ranges`, `direct_source_prefix_ranges`, `source_type`,
 //! `source_prefix_ranges`, `source_ports`) in Envoy's order, and `filter_chain_matcher`
-//! (the xDS matcher API naming chains). Clients connect to and from several loopback
+//! (the xDS matcher API naming chains, an `IPMatcher` among its trees). Clients connect to and from several loopback
 //! addresses (the listener is on 0.0.0.0) and from chosen ports; each chain answers its
 //! own name. Run through Courier and Envoy 1.40; the two must agree.
 
@@ -211,6 +211,68 @@ fn filter_chain_matcher_names_chains_as_envoy() {
             "127.0.0.3 from 127.0.0.1:0: closed",
             "127.0.0.4 from 127.0.0.1:0: fallback",
             "no_filter_chain_match=1",
+        ]
+    );
+}
+
+/// An `IPMatcher` (Istio's waypoints pick chains by one) on the destination address.
+fn by_ip_matcher() -> String {
+    let action = |name: &str| {
+        format!(
+            r#"{{ action: {{ name: chain, typed_config: {{ "@type": type.googleapis.com/google.protobuf.StringValue, value: {name} }} }} }}"#
+        )
+    };
+    let from_nine = format!(
+        r#"{{ matcher: {{ matcher_list: {{ matchers: [{{ predicate: {{ single_predicate: {{ input: {{ name: sip, typed_config: {{ "@type": type.googleapis.com/envoy.extensions.matching.common_inputs.network.v3.SourceIPInput }} }}, value_match: {{ exact: 127.0.0.9 }} }} }}, on_match: {two} }}] }} }} }}"#,
+        two = action("two")
+    );
+    let extra = format!(
+        r#"    default_filter_chain:
+{default}    filter_chain_matcher:
+      matcher_tree:
+        input: {{ name: dip, typed_config: {{ "@type": type.googleapis.com/envoy.extensions.matching.common_inputs.network.v3.DestinationIPInput }} }}
+        custom_match:
+          name: ip
+          typed_config:
+            "@type": type.googleapis.com/xds.type.matcher.v3.IPMatcher
+            range_matchers:
+            - {{ ranges: [{{ address_prefix: 127.0.0.0, prefix_len: 8 }}], exclusive: true, on_match: {wide} }}
+            - {{ ranges: [{{ address_prefix: 127.0.0.2, prefix_len: 32 }}], on_match: {from_nine} }}
+            - {{ ranges: [{{ address_prefix: 127.0.0.0, prefix_len: 29 }}], on_match: {one} }}
+            - {{ ranges: [{{ address_prefix: 127.0.0.12, prefix_len: 32 }}], on_match: {from_nine} }}
+"#,
+        default =
+            chain("fallback", "").replacen("    - name: fallback\n", "      name: fallback\n", 1),
+        wide = action("wide"),
+        one = action("one"),
+    );
+    let chains = [chain("one", ""), chain("two", ""), chain("wide", "")].concat();
+    boot(&chains, &extra)
+}
+
+#[test]
+fn an_ip_matcher_picks_chains_as_envoy() {
+    let got = agree(
+        &by_ip_matcher(),
+        &[
+            ("127.0.0.2", ("127.0.0.9", 0)),
+            ("127.0.0.2", ("127.0.0.1", 0)),
+            ("127.0.0.12", ("127.0.0.1", 0)),
+            ("127.0.0.12", ("127.0.0.9", 0)),
+            ("127.0.0.20", ("127.0.0.1", 0)),
+            ("127.0.0.5", ("127.0.0.1", 0)),
+        ],
+    );
+    assert_eq!(
+        got,
+        [
+            "127.0.0.2 from 127.0.0.9:0: two",
+            "127.0.0.2 from 127.0.0.1:0: one",
+            "127.0.0.12 from 127.0.0.1:0: fallback",
+            "127.0.0.12 from 127.0.0.9:0: two",
+            "127.0.0.20 from 127.0.0.1:0: wide",
+            "127.0.0.5 from 127.0.0.1:0: one",
+            "no_filter_chain_match=0",
         ]
     );
 }

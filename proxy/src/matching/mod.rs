@@ -12,8 +12,12 @@
 //!   `prefix_match_map` from the longest matching prefix to the shortest.
 //! - `on_no_match` when nothing matched.
 //!
-//! Inputs are in [`inputs`]. Refused by path: `keep_matching`, other custom matchers
-//! (the `xds.type.matcher.v3.IPMatcher` tree among them), and string matchers' `custom`.
+//! - `matcher_tree` with `custom_match` `xds.type.matcher.v3.IPMatcher`: the address
+//!   input's range matchers, the most specific first (an `exclusive` one only when no
+//!   more specific one was tried).
+//!
+//! Inputs are in [`inputs`]. Refused by path: `keep_matching`, other custom matchers,
+//! and string matchers' `custom`.
 
 pub mod inputs;
 
@@ -48,6 +52,15 @@ enum Map<A> {
     Exact(std::collections::HashMap<String, OnMatch<A>>),
     /// Longest prefix first.
     Prefix(Vec<(String, OnMatch<A>)>),
+    /// `xds.type.matcher.v3.IPMatcher`'s range matchers, in declaration order.
+    Ip(Vec<IpRange<A>>),
+}
+
+/// An `IPMatcher.IPRangeMatcher`.
+struct IpRange<A> {
+    ranges: Vec<Cidr>,
+    on_match: OnMatch<A>,
+    exclusive: bool,
 }
 
 enum OnMatch<A> {
@@ -156,6 +169,18 @@ fn node<A>(
                     let mut e = entries(m, "prefix_match_map")?;
                     e.sort_by_key(|(k, _)| std::cmp::Reverse(k.len()));
                     Map::Prefix(e)
+                }
+                Some(TreeType::CustomMatch(c))
+                    if c.typed_config.as_ref().is_some_and(|a| {
+                        courier_proto::type_url::message_name(&a.type_url) == IP_MATCHER
+                    }) =>
+                {
+                    Map::Ip(ip_ranges(
+                        c,
+                        context,
+                        action,
+                        &format!("{at}.custom_match"),
+                    )?)
                 }
                 Some(TreeType::CustomMatch(c)) => {
                     return Err(ConfigError::unsupported(format!(
@@ -282,6 +307,93 @@ fn string_matcher(m: &pb::StringMatcher, path: &str) -> Result<StrMatch, ConfigE
     )
 }
 
+const IP_MATCHER: &str = "xds.type.matcher.v3.IPMatcher";
+
+/// An `IPMatcher`'s range matchers.
+fn ip_ranges<A>(
+    c: &TypedExtensionConfig,
+    context: Context,
+    action: CompileAction<'_, A>,
+    path: &str,
+) -> Result<Vec<IpRange<A>>, ConfigError> {
+    let Some(any) = c.typed_config.as_ref() else {
+        return Err(ConfigError::new(
+            format!("{path}.typed_config"),
+            "value is required",
+        ));
+    };
+    let m: courier_proto::ip_matcher::IpMatcher = courier_proto::unpack_any(any)
+        .map_err(|e| ConfigError::new(format!("{path}.typed_config"), e.to_string()))?;
+    m.range_matchers
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let at = format!("{path}.typed_config.range_matchers[{i}]");
+            if r.ranges.is_empty() {
+                return Err(ConfigError::new(
+                    format!("{at}.ranges"),
+                    "value must contain at least 1 item(s)",
+                ));
+            }
+            let ranges = r
+                .ranges
+                .iter()
+                .enumerate()
+                .map(|(j, x)| {
+                    let range = CidrRange {
+                        address_prefix: x.address_prefix.clone(),
+                        prefix_len: x.prefix_len,
+                    };
+                    Cidr::compile(&range, &format!("{at}.ranges[{j}]"))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let o = r
+                .on_match
+                .as_ref()
+                .ok_or_else(|| ConfigError::new(format!("{at}.on_match"), "value is required"))?;
+            Ok(IpRange {
+                ranges,
+                on_match: on_match(o, context, action, &format!("{at}.on_match"))?,
+                exclusive: r.exclusive,
+            })
+        })
+        .collect()
+}
+
+/// An `IPMatcher` on the address `value`: the range matchers holding it, the longest
+/// prefix first (declaration order among equals), each tried until one gives an action;
+/// an `exclusive` one only if it comes first (Envoy's trie matcher).
+fn evaluate_ip<'m, A>(
+    ranges: &'m [IpRange<A>],
+    value: &str,
+    data: &MatchingData<'_>,
+) -> Option<&'m A> {
+    let ip = value.parse::<std::net::IpAddr>().ok()?.to_canonical();
+    let mut found: Vec<(u8, usize)> = ranges
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| {
+            r.ranges
+                .iter()
+                .filter(|c| c.contains(ip))
+                .map(|c| c.prefix_len())
+                .max()
+                .map(|len| (len, i))
+        })
+        .collect();
+    found.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    for (n, (_, i)) in found.into_iter().enumerate() {
+        let r = &ranges[i];
+        if n > 0 && r.exclusive {
+            continue;
+        }
+        if let Some(a) = r.on_match.evaluate(data) {
+            return Some(a);
+        }
+    }
+    None
+}
+
 /// `envoy.matching.input_matchers.ip` (`Ip`): the input, an address, in one of the ranges.
 fn ip_matcher(c: &TypedExtensionConfig, path: &str) -> Result<Vec<Cidr>, ConfigError> {
     const IP: &str = "envoy.extensions.matching.input_matchers.ip.v3.Ip";
@@ -337,6 +449,7 @@ impl<A> Node<A> {
                         .iter()
                         .filter(|(k, _)| v.starts_with(k.as_str()))
                         .find_map(|(_, o)| o.evaluate(data)),
+                    Map::Ip(ranges) => evaluate_ip(ranges, &v, data),
                 });
                 found.or_else(|| on_no_match.as_ref().and_then(|o| o.evaluate(data)))
             }

@@ -533,3 +533,19 @@ fn invalid_response_rate_limits_are_refused_like_envoy() {
         assert_eq!(code, Some(0), "{text}");
     }
 }
+
+/// `filter_metadata` (dynamic metadata set when a fault is injected, which nothing of
+/// Courier's reads) is refused by its path.
+#[test]
+fn filter_metadata_is_refused_by_path() {
+    let a = Upstream::start("a");
+    let base = rate_limit_boot(&a);
+    assert_refused_by_path(
+        &base,
+        &[(
+            "max_active_faults: 5",
+            "max_active_faults: 5, filter_metadata: { k: v }",
+            "filter_metadata",
+        )],
+    );
+}

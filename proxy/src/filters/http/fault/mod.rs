@@ -158,6 +158,11 @@ pub struct FaultPolicy {
 impl FaultPolicy {
     /// Compiles an `HTTPFault` at `path`.
     pub fn compile(p: &HttpFault, path: &str) -> Result<FaultPolicy, ConfigError> {
+        // Envoy puts it in the stream's dynamic metadata when a fault is injected, which
+        // nothing of Courier's reads back.
+        if p.filter_metadata.is_some() {
+            return Err(ConfigError::unsupported(format!("{path}.filter_metadata")));
+        }
         let share = |p: Option<&courier_proto::envoy::r#type::v3::FractionalPercent>| {
             p.map_or(Fraction::NONE, Fraction::of)
         };

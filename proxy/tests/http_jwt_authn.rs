@@ -627,7 +627,8 @@ fn jwt_authn_refuses_what_it_does_not_build() {
         format!("                  remote_jwks: {{ http_uri: {{ uri: \"http://a/jwks\", cluster: a, timeout: 1s }}{extra} }}")
     };
     let with_async = remote(", async_fetch: {}");
-    let with_retry = remote(", retry_policy: { num_retries: 2 }");
+    let with_retry =
+        remote(", retry_policy: { retry_back_off: { base_interval: 2s, max_interval: 1s } }");
     assert_refused_by_path(
         &base,
         &[
@@ -639,7 +640,7 @@ fn jwt_authn_refuses_what_it_does_not_build() {
             (
                 local.as_str(),
                 with_retry.as_str(),
-                "providers[p3].remote_jwks.retry_policy",
+                "providers[p3].remote_jwks.retry_policy.retry_back_off: max_interval must be greater than or equal to the base_interval",
             ),
         ],
     );
@@ -673,6 +674,21 @@ const REMOTE: &[(&str, &str, &str)] = &[
     ("nokeys", "jwks /nokeys", ""),
     ("silent", "jwks_silent /keys", ""),
     ("nocluster", "missing /keys", ""),
+    (
+        "flaky",
+        "jwks /flaky",
+        "retry_policy: { num_retries: 3, retry_back_off: { base_interval: 0.01s } }",
+    ),
+    (
+        "always500",
+        "jwks /e500",
+        "retry_policy: { num_retries: 2, retry_back_off: { base_interval: 0.01s, max_interval: 0.02s } }",
+    ),
+    (
+        "rgarbage",
+        "jwks /garbage",
+        "retry_policy: { retry_back_off: { base_interval: 0.01s } }",
+    ),
 ];
 
 fn remote_boot(
@@ -726,6 +742,8 @@ fn jwks_server(
     let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let seen = log.clone();
     let jwks = keys.rsa_jwks();
+    // `/flaky` fails twice, then serves the key set.
+    let flaky = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let addr = http_service(move |posted| {
         let host = posted
             .headers
@@ -737,6 +755,8 @@ fn jwks_server(
             .push(format!("{} {host} {}", posted.method, posted.path));
         let (status, body) = match posted.path.as_str() {
             "/keys" | "/keys2" => (200, jwks.clone()),
+            "/flaky" if flaky.fetch_add(1, Ordering::SeqCst) < 2 => (503, String::new()),
+            "/flaky" => (200, jwks.clone()),
             "/e500" => (500, jwks.clone()),
             "/garbage" => (200, "not a key set".to_string()),
             "/nokeys" => (200, r#"{"keys":[]}"#.to_string()),
@@ -791,6 +811,18 @@ fn run_remote(
             proxy.stat(&format!("http.ingress.jwt_authn.{n}"))
         ));
     }
+    for n in [
+        "upstream_rq_retry",
+        "upstream_rq_retry_success",
+        "upstream_rq_retry_limit_exceeded",
+        "retry.upstream_rq_503",
+        "retry.upstream_rq_500",
+    ] {
+        out.push(format!(
+            "jwks cluster {n}={}",
+            proxy.stat(&format!("cluster.jwks.{n}"))
+        ));
+    }
     out
 }
 
@@ -830,6 +862,17 @@ fn remote_cases(keys: &Keys) -> Vec<Case> {
         get("no answer", "/silent", Some(token("silent", exp))),
         get("no cluster", "/nocluster", Some(token("nocluster", exp))),
         get("good, still cached", "/good", Some(token("good", exp))),
+        get("retried", "/flaky", Some(token("flaky", exp))),
+        get(
+            "retried, always 500",
+            "/always500",
+            Some(token("always500", exp)),
+        ),
+        get(
+            "retried, garbage",
+            "/rgarbage",
+            Some(token("rgarbage", exp)),
+        ),
         (
             "local and remote".to_string(),
             "GET",
@@ -905,15 +948,31 @@ fn jwt_authn_remote_jwks_matches_envoy() {
     assert!(line("500, again").ends_with("fetched=[GET jwks.example /e500]"));
     assert!(line("local and remote").contains(": 200 "));
     assert!(line("local and remote").ends_with("upstream=1 fetched=[GET jwks.example /keys2]"));
-    let counters: Vec<&str> = got[got.len() - 5..].iter().map(String::as_str).collect();
+    // `retry_policy`: a 503 twice, then the key set; 500s until the retries run out; a
+    // garbage key set is no reason to retry.
+    assert!(line("retried").contains(": 200 "));
+    assert!(line("retried").ends_with(
+        "fetched=[GET jwks.example /flaky, GET jwks.example /flaky, GET jwks.example /flaky]"
+    ));
+    assert!(line("retried, always 500").contains(failed));
+    assert!(line("retried, always 500").ends_with(
+        "fetched=[GET jwks.example /e500, GET jwks.example /e500, GET jwks.example /e500]"
+    ));
+    assert!(line("retried, garbage").ends_with("fetched=[GET jwks.example /garbage]"));
+    let counters: Vec<&str> = got[got.len() - 10..].iter().map(String::as_str).collect();
     assert_eq!(
         counters,
         [
-            "allowed=4",
-            "denied=11",
-            "jwt_cache_miss=15",
-            "jwks_fetch_success=2",
-            "jwks_fetch_failed=7"
+            "allowed=5",
+            "denied=13",
+            "jwt_cache_miss=18",
+            "jwks_fetch_success=3",
+            "jwks_fetch_failed=9",
+            "jwks cluster upstream_rq_retry=4",
+            "jwks cluster upstream_rq_retry_success=1",
+            "jwks cluster upstream_rq_retry_limit_exceeded=1",
+            "jwks cluster retry.upstream_rq_503=2",
+            "jwks cluster retry.upstream_rq_500=2",
         ]
     );
 }

@@ -541,7 +541,8 @@ impl RetryPolicy {
         }
     }
 
-    fn compile(p: &pb::RetryPolicy, path: &str) -> Result<RetryPolicy, ConfigError> {
+    /// Compiles a route's `retry_policy` at `path`.
+    pub fn compile(p: &pb::RetryPolicy, path: &str) -> Result<RetryPolicy, ConfigError> {
         let mut r = RetryPolicy::none();
         r.status_codes = p.retriable_status_codes.iter().map(|c| *c as u16).collect();
         r.request_headers = p

@@ -4,6 +4,7 @@
 //! breakers and `upstream_rq_*` stats), in the form the cluster speaks (HTTP/1.1 or
 //! HTTP/2), bounded by a deadline; the answer is read whole, up to a limit.
 
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,6 +15,7 @@ use hyper::body::Body as _;
 
 use crate::http::codec::body::ProxyBody;
 use crate::http::request_stats::StatSinks;
+use crate::http::route::RetryPolicy;
 use crate::http::router::pool;
 use crate::protocol::message::{RequestMessage, ResponseMessage};
 use crate::stats::Store;
@@ -199,11 +201,138 @@ pub(crate) async fn exchange(
     read: bool,
 ) -> Result<ResponseMessage, AsyncFailure> {
     let pool = pool::cluster_pool(cluster, store, worker);
-    let internal = req
-        .headers()
+    let internal = is_internal(&req);
+    let answer = attempt(cluster, &pool, req, worker, deadline, read, internal).await;
+    if let Ok(resp) = &answer {
+        pool.stats
+            .rq
+            .charge(worker, resp.head.status.as_u16(), internal);
+    }
+    answer
+}
+
+/// Sends `req` (its body whole) to the cluster named `cluster`, retried as Envoy's async
+/// client retries under a route retry `policy`: an answer or failure the policy retries
+/// is followed by the policy's jittered back-off and another attempt, up to
+/// `num_retries`, each attempt bounded by `per_try_timeout` and all of them by `timeout`;
+/// counted as the router counts retries (`upstream_rq_retry`, `_retry_success`,
+/// `_retry_limit_exceeded`, `_retry_overflow`, a retried answer's code under `retry.`).
+pub async fn send_retried(
+    cluster: &str,
+    req: RequestMessage<Bytes>,
+    store: &Store,
+    worker: usize,
+    timeout: Option<Duration>,
+    envoy: EnvoyHeaders,
+    policy: &RetryPolicy,
+) -> Result<ResponseMessage, AsyncFailure> {
+    let deadline = timeout.map(|t| Instant::now() + t);
+    let Some(info) = ThreadLocalClusterManager::with(|tlcm| tlcm.snapshot().get(cluster).cloned())
+    else {
+        return Err(AsyncFailure::NoCluster(cluster.to_owned()));
+    };
+    let pool = pool::cluster_pool(&info, store, worker);
+    let stats = &pool.stats.rq;
+    let mut headers = req.headers;
+    let per_try = policy.per_try_timeout;
+    envoy.apply(
+        &mut headers,
+        match (per_try, timeout) {
+            (Some(p), Some(t)) => Some(p.min(t)),
+            (p, t) => p.or(t),
+        },
+    );
+    let internal = envoy.internal;
+    let mut retries = 0;
+    loop {
+        let message = RequestMessage {
+            method: req.method.clone(),
+            path: req.path.clone(),
+            authority: req.authority.clone(),
+            headers: headers.clone(),
+            body: ProxyBody::full(req.body.clone()),
+        };
+        let one = request_for(&info, message).map_err(|e| AsyncFailure::Reset(e.to_string()))?;
+        let try_deadline = match (per_try.map(|p| Instant::now() + p), deadline) {
+            (Some(p), Some(d)) => Some(p.min(d)),
+            (p, d) => p.or(d),
+        };
+        let answer = attempt(&info, &pool, one, worker, try_deadline, true, internal).await;
+        let global_passed = deadline.is_some_and(|d| Instant::now() >= d);
+        let retriable = match &answer {
+            Ok(r) => policy.retry_response(r.head.status.as_u16(), &r.head.headers),
+            Err(AsyncFailure::Reset(_)) => policy.retry_reset() || policy.retry_connect_failure(),
+            Err(AsyncFailure::Timeout) => !global_passed && policy.retry_timeout(),
+            Err(_) => false,
+        };
+        let status = answer.as_ref().ok().map(|r| r.head.status.as_u16());
+        if retriable && retries < policy.num_retries && !global_passed {
+            if let Some(slot) = retry_slot(&info, &pool, worker) {
+                if let Some(code) = status {
+                    stats.charge_retried(worker, code);
+                }
+                stats.retry.inc(worker);
+                retries += 1;
+                if !super::backoff(Some(policy), retries, deadline).await {
+                    // The call's timeout passes during the back-off.
+                    stats.timeout.inc(worker);
+                    drop(slot);
+                    return Err(AsyncFailure::Timeout);
+                }
+                drop(slot);
+                continue;
+            }
+        } else if retriable && retries >= policy.num_retries {
+            stats.retry_limit_exceeded.inc(worker);
+        }
+        if let Some(code) = status {
+            stats.charge(worker, code, internal);
+            if retries > 0 && !retriable {
+                stats.retry_success.inc(worker);
+            }
+        }
+        return answer;
+    }
+}
+
+/// A place under the cluster's retry breaker (`max_retries`), or `None`, counted in
+/// `upstream_rq_retry_overflow`.
+fn retry_slot(
+    cluster: &ClusterInfo,
+    pool: &Rc<pool::ClusterPool>,
+    worker: usize,
+) -> Option<super::RetrySlot> {
+    super::RetrySlot::take(
+        pool,
+        cluster,
+        worker,
+        StatSinks {
+            cluster: &pool.stats.rq,
+            route: None,
+            vcluster: None,
+            internal: false,
+        },
+    )
+}
+
+fn is_internal(req: &Request<ProxyBody>) -> bool {
+    req.headers()
         .get("x-envoy-internal")
-        .is_some_and(|v| v.as_bytes() == b"true");
-    let host = admit(cluster, &pool, worker)?;
+        .is_some_and(|v| v.as_bytes() == b"true")
+}
+
+/// One attempt of a request of the cluster's, uncharged: admitted by its breakers, sent,
+/// its answer read (when `read`) before `deadline`.
+async fn attempt(
+    cluster: &Arc<ClusterInfo>,
+    pool: &Rc<pool::ClusterPool>,
+    req: Request<ProxyBody>,
+    worker: usize,
+    deadline: Option<Instant>,
+    read: bool,
+    internal: bool,
+) -> Result<ResponseMessage, AsyncFailure> {
+    let host = admit(cluster, pool, worker)?;
     let _request = pool.request_slot();
     let _active = pool.stats.rq_active.raise(worker);
     let exchange = async {
@@ -214,7 +343,7 @@ pub(crate) async fn exchange(
             internal,
         };
         let resp = crate::http::router::send_once(
-            &pool,
+            pool,
             cluster,
             &host,
             worker,
@@ -242,12 +371,7 @@ pub(crate) async fn exchange(
         })
     };
     match rt::timeout(deadline, exchange).await {
-        Some(Ok(resp)) => {
-            pool.stats
-                .rq
-                .charge(worker, resp.head.status.as_u16(), internal);
-            Ok(resp)
-        }
+        Some(Ok(resp)) => Ok(resp),
         Some(Err(e)) => {
             tracing::debug!(cluster = %cluster.name, error = %e, "async request failed");
             Err(e)

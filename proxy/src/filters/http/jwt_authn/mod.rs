@@ -32,7 +32,10 @@
 //!   `jwt_cache_hit`, `jwt_cache_miss` (every token a provider checks: no cache is kept),
 //!   `jwks_fetch_success`, `jwks_fetch_failed` (each remote fetch).
 //!
-//! Refused by path: `remote_jwks.async_fetch`, `remote_jwks.retry_policy`,
+//! `remote_jwks.retry_policy` retries a fetch as Envoy's fetcher does (its route retry
+//! policy: 5xx, gateway errors, connect failures and resets; see `provider.rs`).
+//!
+//! Refused by path: `remote_jwks.async_fetch`,
 //! `jwt_cache_config`, `filter_state_rules`,
 //! `stat_prefix`, `subjects`, `require_expiration`, `max_lifetime`, the metadata fields,
 //! `clear_route_cache`, `claim_path`, `extract_only_without_validation`.

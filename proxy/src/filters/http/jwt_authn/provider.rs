@@ -12,6 +12,7 @@ use http::HeaderName;
 
 use super::jwks::Jwks;
 use crate::config::ConfigError;
+use crate::http::route::RetryPolicy;
 
 /// jwt_verify_lib's default clock skew.
 const DEFAULT_CLOCK_SKEW: u64 = 60;
@@ -53,6 +54,8 @@ pub struct RemoteJwks {
     pub timeout: Option<Duration>,
     /// `cache_duration`.
     pub cache_duration: Duration,
+    /// `retry_policy`, as Envoy's fetcher turns it into a route retry policy.
+    pub retry: Option<FetchRetry>,
 }
 
 impl RemoteJwks {
@@ -60,9 +63,6 @@ impl RemoteJwks {
     fn compile(r: &pb::RemoteJwks, path: &str) -> Result<RemoteJwks, ConfigError> {
         if r.async_fetch.is_some() {
             return Err(ConfigError::unsupported(format!("{path}.async_fetch")));
-        }
-        if r.retry_policy.is_some() {
-            return Err(ConfigError::unsupported(format!("{path}.retry_policy")));
         }
         let at = format!("{path}.http_uri");
         let uri = r
@@ -99,6 +99,11 @@ impl RemoteJwks {
             ));
         }
         let (authority, uri_path) = crate::protocol::message::host_and_path(&uri.uri);
+        let retry = r
+            .retry_policy
+            .as_ref()
+            .map(|p| core_retry_policy(p, &format!("{path}.retry_policy")))
+            .transpose()?;
         Ok(RemoteJwks {
             id: REMOTE_IDS.fetch_add(1, Ordering::Relaxed),
             uri: uri.uri.clone(),
@@ -107,8 +112,80 @@ impl RemoteJwks {
             path: uri_path.to_string(),
             timeout: (!timeout.is_zero()).then_some(timeout),
             cache_duration,
+            retry,
         })
     }
+}
+
+/// A key set fetch's retry policy.
+pub struct FetchRetry(pub RetryPolicy);
+
+impl std::fmt::Debug for FetchRetry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FetchRetry")
+            .field("num_retries", &self.0.num_retries)
+            .field("base_interval", &self.0.base_interval)
+            .field("max_interval", &self.0.max_interval)
+            .finish()
+    }
+}
+
+/// A `core.v3.RetryPolicy` as Envoy's JWKS fetcher turns it into a route retry policy
+/// (`convertCoreToRouteRetryPolicy`): `num_retries` (default 1), the back-off (default
+/// 1 s to 10 s; `max_interval` defaults to 10 × `base_interval`), a per-try timeout of
+/// `max_interval`, and retries on `5xx,gateway-error,connect-failure,reset` (Envoy reads
+/// none of the policy's other fields here).
+fn core_retry_policy(
+    p: &courier_proto::envoy::config::core::v3::RetryPolicy,
+    path: &str,
+) -> Result<FetchRetry, ConfigError> {
+    use courier_proto::envoy::config::route::v3 as route;
+    use courier_proto::google::protobuf::Duration as PbDuration;
+    let ms =
+        |d: &PbDuration| (d.seconds.max(0) as u64) * 1000 + (d.nanos.max(0) as u64) / 1_000_000;
+    let (base, max) = match &p.retry_back_off {
+        None => (1000, 10_000),
+        Some(b) => {
+            let base = b.base_interval.as_ref().map(ms).ok_or_else(|| {
+                ConfigError::new(
+                    format!("{path}.retry_back_off.base_interval"),
+                    "value is required",
+                )
+            })?;
+            if base == 0 {
+                return Err(ConfigError::new(
+                    format!("{path}.retry_back_off.base_interval"),
+                    "value must be greater than 0s",
+                ));
+            }
+            let max = b.max_interval.as_ref().map_or(base * 10, ms);
+            if max < base {
+                return Err(ConfigError::new(
+                    format!("{path}.retry_back_off"),
+                    "max_interval must be greater than or equal to the base_interval",
+                ));
+            }
+            (base, max)
+        }
+    };
+    let duration = |ms: u64| PbDuration {
+        seconds: (ms / 1000) as i64,
+        nanos: ((ms % 1000) * 1_000_000) as i32,
+    };
+    let converted = route::RetryPolicy {
+        retry_on: "5xx,gateway-error,connect-failure,reset".into(),
+        num_retries: Some(
+            p.num_retries
+                .unwrap_or(courier_proto::google::protobuf::UInt32Value { value: 1 }),
+        ),
+        per_try_timeout: Some(duration(max)),
+        retry_back_off: Some(route::retry_policy::RetryBackOff {
+            base_interval: Some(duration(base)),
+            max_interval: Some(duration(max)),
+        }),
+        ..Default::default()
+    };
+    RetryPolicy::compile(&converted, path).map(FetchRetry)
 }
 
 /// A set of audiences, as jwt_verify_lib's `CheckAudience` compares them: without an

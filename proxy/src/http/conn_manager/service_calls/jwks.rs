@@ -88,15 +88,26 @@ async fn fetch(r: &RemoteJwks, store: &Store, worker: usize) -> Option<Arc<Jwks>
         headers: HeaderMap::new(),
         body: Bytes::new(),
     };
-    let answer = async_client::send(
-        &r.cluster,
-        req,
-        store,
-        worker,
-        r.timeout,
-        EnvoyHeaders::NO_XFF,
-    );
-    let answer = match answer.await {
+    let answer = match &r.retry {
+        None => {
+            async_client::send(
+                &r.cluster,
+                req,
+                store,
+                worker,
+                r.timeout,
+                EnvoyHeaders::NO_XFF,
+            )
+            .await
+        }
+        Some(retry) => {
+            let policy = &retry.0;
+            let envoy = EnvoyHeaders::NO_XFF;
+            async_client::send_retried(&r.cluster, req, store, worker, r.timeout, envoy, policy)
+                .await
+        }
+    };
+    let answer = match answer {
         Ok(answer) => answer,
         Err(AsyncFailure::NoCluster(_)) => {
             // As Envoy's fetcher, at error level: a config naming a cluster never defined.

@@ -3,7 +3,9 @@
 //! `JsonRequestTranslator` and `RequestWeaver`).
 
 use prost::Message as _;
-use prost_reflect::{DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, Value};
+use prost_reflect::{
+    DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, ReflectMessage as _, Value,
+};
 
 /// Why a request could not be transcoded (Envoy's local reply: its status, the text).
 #[derive(Debug, thiserror::Error)]
@@ -87,7 +89,36 @@ pub(super) fn build(
         let value = scalar(last, text)?;
         set(&mut msg, parents, last, value);
     }
-    Ok(msg.encode_to_vec())
+    Ok(in_field_order(&msg).encode_to_vec())
+}
+
+/// `msg` with its fields set in field-number order, which its encoding follows (as the
+/// protobuf serializer Envoy's transcoder writes with).
+fn in_field_order(msg: &DynamicMessage) -> DynamicMessage {
+    let desc = msg.descriptor();
+    let mut fields: Vec<FieldDescriptor> = desc.fields().collect();
+    fields.sort_by_key(FieldDescriptor::number);
+    let mut out = DynamicMessage::new(desc);
+    for f in fields {
+        if !msg.has_field(&f) {
+            continue;
+        }
+        let v = match msg.get_field(&f).into_owned() {
+            Value::Message(m) => Value::Message(in_field_order(&m)),
+            Value::List(items) => Value::List(
+                items
+                    .into_iter()
+                    .map(|v| match v {
+                        Value::Message(m) => Value::Message(in_field_order(&m)),
+                        v => v,
+                    })
+                    .collect(),
+            ),
+            v => v,
+        };
+        out.set_field(&f, v);
+    }
+    out
 }
 
 fn is_blank(body: &[u8]) -> bool {
@@ -96,7 +127,9 @@ fn is_blank(body: &[u8]) -> bool {
 
 fn parse_message(desc: &MessageDescriptor, body: &[u8]) -> Result<DynamicMessage, RequestError> {
     let mut de = serde_json::Deserializer::from_slice(body);
-    let msg = DynamicMessage::deserialize(desc.clone(), &mut de)
+    // Envoy's translator skips fields the type does not have (measured).
+    let options = prost_reflect::DeserializeOptions::new().deny_unknown_fields(false);
+    let msg = DynamicMessage::deserialize_with_options(desc.clone(), &mut de, &options)
         .map_err(|e| RequestError::Invalid(e.to_string()))?;
     de.end().map_err(|e| RequestError::Invalid(e.to_string()))?;
     Ok(msg)

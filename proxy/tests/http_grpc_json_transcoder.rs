@@ -127,6 +127,9 @@ fn cases() -> Vec<Case> {
     ]
 }
 
+/// What the upstream received: path, the gRPC headers, the message as JSON.
+type UpstreamSaw = (String, Vec<(String, String)>, String);
+
 /// What one request came to: the answer and what the upstream received.
 #[derive(Debug, PartialEq)]
 struct Outcome {
@@ -134,7 +137,7 @@ struct Outcome {
     status: u16,
     headers: Vec<(String, Option<String>)>,
     body: BodyView,
-    upstream: Vec<(String, Vec<(String, String)>, String)>,
+    upstream: Vec<UpstreamSaw>,
 }
 
 /// A body as a JSON value when it is JSON (whitespace may differ), else its text.
@@ -291,4 +294,148 @@ fn options_change_printing_validation_and_status_conversion() {
     ));
     assert_eq!(find(&got, "no rule: passes through").status, 404);
     assert_eq!(find(&got, "auto-mapped or not").status, 200);
+    let o = find(&got, "grpc error status");
+    assert_eq!(
+        o.body,
+        BodyView::Json(serde_json::json!({"code": 7, "message": "denied", "details": []}))
+    );
+    let o = find(&got, "unknown query parameter");
+    assert_eq!(o.status, 200);
+    assert_eq!(o.upstream[0].0, "/shop.Books/Echo");
+}
+
+#[test]
+fn per_route_config_and_disabled_apply_as_envoy() {
+    // One route turns the filter off, another brings a config with auto_mapping.
+    let routes = |pb: &str| {
+        format!(
+            r#"            name: local
+            virtual_hosts:
+            - name: main
+              domains: ["*"]
+              routes:
+              - match: {{ prefix: "/v1/shelves/off" }}
+                route: {{ cluster: backend }}
+                typed_per_filter_config:
+                  envoy.filters.http.grpc_json_transcoder:
+                    "@type": type.googleapis.com/envoy.config.route.v3.FilterConfig
+                    disabled: true
+              - match: {{ prefix: "/shop.Unmapped" }}
+                route: {{ cluster: backend }}
+                typed_per_filter_config:
+                  envoy.filters.http.grpc_json_transcoder:
+                    "@type": {TRANSCODER_TYPE}
+                    proto_descriptor: {pb}
+                    services: [shop.Unmapped]
+                    auto_mapping: true
+                    match_incoming_request_route: true
+              - match: {{ prefix: "/" }}
+                route: {{ cluster: backend }}
+"#
+        )
+    };
+    let (up, seen) = grpc_upstream();
+    let json = [("content-type", "application/json")];
+    let got = courier_and_envoy_agree(
+        |dir, _| {
+            let pb = dir.join("shop.pb");
+            std::fs::write(&pb, descriptor_set()).expect("write descriptor");
+            let filter = format!(
+                "          - name: envoy.filters.http.grpc_json_transcoder\n            typed_config:\n              \"@type\": {TRANSCODER_TYPE}\n              proto_descriptor: {}\n              services: [shop.Books]\n",
+                pb.display()
+            );
+            let routes = routes(&pb.display().to_string());
+            with_filters(
+                &bootstrap(&routes, "", &cluster("backend", &[up], H2_CLUSTER)),
+                &filter,
+            )
+        },
+        |proxy, _, _| {
+            seen.lock().expect("seen").clear();
+            let mut out = Vec::new();
+            for (method, path, body) in [
+                ("GET", "/v1/shelves/off/books/1", ""),
+                ("GET", "/v1/shelves/on/books/1", ""),
+                ("POST", "/shop.Unmapped/Echo", r#"{"name":"n"}"#),
+            ] {
+                let r = Client::connect(proxy.listener).request(
+                    method,
+                    "example.com",
+                    path,
+                    &json,
+                    body.as_bytes(),
+                );
+                let paths: Vec<String> = std::mem::take(&mut *seen.lock().expect("seen"))
+                    .into_iter()
+                    .map(|s| s.path)
+                    .collect();
+                out.push((r.status, view(&r.body), paths));
+            }
+            out
+        },
+    );
+    assert_eq!(got[0].2, vec!["/v1/shelves/off/books/1".to_string()]);
+    assert_eq!(got[1].2, vec!["/shop.Books/Echo".to_string()]);
+    assert_eq!(got[2].0, 200);
+    assert_eq!(got[2].1, BodyView::Json(serde_json::json!({"name": "n"})));
+}
+
+#[test]
+fn config_errors_and_refusals() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pb = dir.path().join("shop.pb");
+    std::fs::write(&pb, descriptor_set()).expect("write descriptor");
+    let up = refusing_addr();
+    let base = with_filters(
+        &bootstrap(ROUTES, "", &cluster("backend", &[up], H2_CLUSTER)),
+        &format!(
+            "          - name: envoy.filters.http.grpc_json_transcoder\n            typed_config:\n              \"@type\": {TRANSCODER_TYPE}\n              proto_descriptor: {}\n              services: [shop.Books]\n",
+            pb.display()
+        ),
+    );
+    // A service the set does not have: both refuse it.
+    let missing = base.replace("services: [shop.Books]", "services: [shop.Nope]");
+    let (code, stderr) = validate(&missing);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("Could not find 'shop.Nope' in the proto descriptor"),
+        "{stderr}"
+    );
+    if let Some((code, out)) = envoy_validate(&missing) {
+        assert_ne!(code, Some(0));
+        assert!(
+            out.contains("Could not find 'shop.Nope' in the proto descriptor"),
+            "{out}"
+        );
+    }
+    // The descriptor inline (`proto_descriptor_bin`) validates as the file does.
+    use base64::Engine as _;
+    let inline = base.replace(
+        &format!("proto_descriptor: {}", pb.display()),
+        &format!(
+            "proto_descriptor_bin: {}",
+            base64::engine::general_purpose::STANDARD.encode(descriptor_set())
+        ),
+    );
+    assert_eq!(validate(&inline).0, Some(0));
+    assert_refused_by_path(
+        &base,
+        &[
+            (
+                "services: [shop.Books]\n",
+                "services: [shop.Books]\n              case_insensitive_enum_parsing: true\n",
+                "case_insensitive_enum_parsing",
+            ),
+            (
+                "services: [shop.Books]\n",
+                "services: [shop.Books]\n              match_unregistered_custom_verb: true\n",
+                "match_unregistered_custom_verb",
+            ),
+            (
+                "services: [shop.Books]\n",
+                "services: [shop.Books]\n              capture_unknown_query_parameters: true\n",
+                "capture_unknown_query_parameters",
+            ),
+        ],
+    );
 }

@@ -27,6 +27,7 @@ pub mod ext_authz;
 pub mod ext_proc;
 pub mod fault;
 pub mod grpc_http1_bridge;
+pub mod grpc_json_transcoder;
 pub mod grpc_stats;
 pub mod grpc_web;
 pub mod health_check;
@@ -138,6 +139,8 @@ pub enum HttpFilter {
     GrpcStats(Box<grpc_stats::GrpcStatsFilter>),
     /// `envoy.filters.http.grpc_http1_bridge`.
     GrpcHttp1Bridge(grpc_http1_bridge::GrpcHttp1BridgeFilter),
+    /// `envoy.filters.http.grpc_json_transcoder` (boxed: it is rare).
+    GrpcJsonTranscoder(Box<grpc_json_transcoder::GrpcJsonTranscoderFilter>),
     /// `envoy.filters.http.basic_auth` (boxed: it is rare).
     BasicAuth(Box<basic_auth::BasicAuthFilter>),
     /// `envoy.filters.http.api_key_auth` (boxed: it is rare).
@@ -181,6 +184,7 @@ impl HttpFilter {
             HttpFilter::GrpcWeb(f) => &f.name,
             HttpFilter::GrpcStats(f) => &f.name,
             HttpFilter::GrpcHttp1Bridge(f) => &f.name,
+            HttpFilter::GrpcJsonTranscoder(f) => &f.name,
             HttpFilter::BasicAuth(f) => &f.name,
             HttpFilter::ApiKeyAuth(f) => &f.name,
             HttpFilter::Buffer(f) => &f.name,
@@ -339,6 +343,12 @@ pub static CHAIN: Registry<BuildFilter> = Registry {
                 )))
             },
         },
+        compiled!(
+            grpc_json_transcoder,
+            GrpcJsonTranscoder,
+            GrpcJsonTranscoderFilter,
+            required_config
+        ),
         compiled!(basic_auth, BasicAuth, BasicAuthFilter, config_or_default),
         compiled!(
             api_key_auth,
@@ -550,6 +560,12 @@ const PER_ROUTE: &[(&str, CompilePerRoute)] = &[
             path,
             true,
             store,
+        )?))
+    }),
+    (grpc_json_transcoder::FILTER_TYPE, |any, path, _| {
+        Ok(Arc::new(grpc_json_transcoder::Transcoder::compile(
+            &unpack(any, path)?,
+            path,
         )?))
     }),
     (compressor::PER_ROUTE_TYPE, |any, path, _| {

@@ -28,6 +28,7 @@ use crate::filters::http::ext_proc::Mode as ExtProcMode;
 use crate::filters::http::fault::FaultPolicy;
 use crate::filters::http::fault::{AbortWith, FaultFilter, FaultResponseLimit};
 use crate::filters::http::grpc_http1_bridge::BridgeResponse;
+use crate::filters::http::grpc_json_transcoder::{TranscodeResponse, Transcoded};
 use crate::filters::http::grpc_stats::GrpcStatsRequest;
 use crate::filters::http::grpc_web::{is_grpc_web, GrpcWebRequest};
 use crate::filters::http::health_check::{HealthCheckFilter, HealthCheckRequest};
@@ -644,6 +645,7 @@ pub(crate) async fn process(
         grpc_web: None,
         grpc_stats: None,
         bridge: None,
+        transcode: None,
         responses: Vec::new(),
         custom: None,
         paced: Vec::new(),
@@ -686,6 +688,7 @@ pub(crate) async fn process(
     let grpc_web = marks.grpc_web.take();
     let grpc_stats = marks.grpc_stats.take();
     let bridge = marks.bridge.take();
+    let transcode = marks.transcode.take();
     // A filter's answer gets the route's response headers only on a route to a cluster
     // (Envoy's route entry; measured).
     let route_headers = routed.filter(|_| filter_reply.is_none() || s.to_cluster);
@@ -775,6 +778,11 @@ pub(crate) async fn process(
     if let Some(b) = bridge.filter(|_| resp.extensions().get::<LocalReply>().is_none()) {
         // Boxed: its wait would otherwise take room in every request's future.
         Box::pin(b.on_response(&mut resp)).await;
+    }
+    // The transcoder's answer is a gRPC one made JSON; a local reply is not gRPC.
+    if let Some(t) = transcode.filter(|_| resp.extensions().get::<LocalReply>().is_none()) {
+        // Boxed: its wait would otherwise take room in every request's future.
+        Box::pin(t.on_response(&mut resp, conn.buffer_limit)).await;
     }
     if let Some(gw) = grpc_web {
         grpc_web_response(gw, &mut resp, conn.worker, outcome).await;
@@ -897,6 +905,8 @@ struct FilterMarks<'a> {
     grpc_stats: Option<Box<GrpcStatsRequest>>,
     /// An HTTP/1 gRPC request's response pass, when the chain's bridge took it.
     bridge: Option<BridgeResponse>,
+    /// A transcoded request's response pass (its gRPC answer made JSON).
+    transcode: Option<Box<TranscodeResponse>>,
     /// The response passes that may wait (a Lua script's, an external processor's), in
     /// chain order (empty, unallocated, without them).
     responses: Vec<ResponseStage>,
@@ -1540,6 +1550,29 @@ async fn run_filters<'a>(
                             marks.services.get_or_insert_with(Box::default).path_changed = true;
                         }
                         marks.bridge = bridged.response;
+                    }
+                }
+                HttpFilter::GrpcJsonTranscoder(f) => {
+                    let path = request_path(s, req, marks).into_owned();
+                    // Boxed: its wait would otherwise take room in every request's future.
+                    let transcoded =
+                        Box::pin(f.on_request(s.levels, req, &path, s.conn.buffer_limit)).await;
+                    match transcoded {
+                        Transcoded::Pass => {}
+                        Transcoded::Reply(r) => {
+                            outcome.set_details("grpc_json_transcode_failure");
+                            return ControlFlow::Continue(Some(r));
+                        }
+                        Transcoded::Call { reroute, response } => {
+                            let services = marks.services.get_or_insert_with(Box::default);
+                            services.path_changed = true;
+                            // Envoy's filter clears the route cache: routed again by the
+                            // gRPC path.
+                            if let Some(p) = reroute {
+                                services.lua_reroute = Some(Box::new((s.authority.to_string(), p)));
+                            }
+                            marks.transcode = Some(response);
+                        }
                     }
                 }
                 HttpFilter::BasicAuth(f) => {

@@ -7,6 +7,7 @@
 //! Each scenario runs through Courier and, when `envoy` is on PATH, through Envoy 1.40:
 //! statuses, fields, bodies, what the upstream got and the counters must be equal.
 
+mod ext_proc_support;
 mod http_support;
 
 use std::pin::Pin;
@@ -22,6 +23,7 @@ use courier_proto::envoy::service::ext_proc::v3::{
     BodyMutation, BodyResponse, CommonResponse, HeaderMutation, HeadersResponse, ImmediateResponse,
     ProcessingRequest, ProcessingResponse,
 };
+use ext_proc_support::{body, counters, set};
 use http_support::*;
 
 const H2: &str = "    typed_extension_protocol_options:\n      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n        explicit_http_config: { http2_protocol_options: {} }\n";
@@ -30,17 +32,6 @@ const H2: &str = "    typed_extension_protocol_options:\n      envoy.extensions.
 /// every answer on that stream.
 #[derive(Clone, Default)]
 struct Proc;
-
-fn set(key: &str, value: &str) -> HeaderValueOption {
-    HeaderValueOption {
-        header: Some(HeaderValue {
-            key: key.into(),
-            raw_value: value.as_bytes().to_vec(),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
 
 fn with_action(mut h: HeaderValueOption, action: HeaderAppendAction) -> HeaderValueOption {
     h.append_action = action as i32;
@@ -61,12 +52,6 @@ fn common(set_headers: Vec<HeaderValueOption>, remove: &[&str]) -> CommonRespons
         }),
         ..Default::default()
     }
-}
-
-fn body(b: &str) -> Option<BodyMutation> {
-    Some(BodyMutation {
-        mutation: Some(body_mutation::Mutation::Body(b.as_bytes().to_vec())),
-    })
 }
 
 fn headers_answer(request: bool, c: CommonResponse) -> ProcessingResponse {
@@ -507,16 +492,6 @@ const COUNTERS: &[&str] = &[
     "override_message_timeout_ignored",
 ];
 
-fn counters(proxy: &Courier) -> Vec<String> {
-    COUNTERS
-        .iter()
-        .map(|c| {
-            let name = format!("http.ingress.ext_proc.{c}");
-            format!("{name}={}", proxy.stat(&name))
-        })
-        .collect()
-}
-
 /// Runs `scenario` through Courier and (when on PATH) Envoy on the bootstrap `b`; both
 /// transcripts must be equal. Courier's is returned.
 fn agree(b: &str, scenario: impl Fn(&Courier) -> Vec<String>) -> Vec<String> {
@@ -601,7 +576,7 @@ fn processing_matches_envoy() {
             &[("x-script", "continue-replace")],
             b"original",
         );
-        t.extend(counters(p));
+        t.extend(counters(p, COUNTERS));
         t
     });
     let line = |prefix: &str, n: usize| {
@@ -659,7 +634,7 @@ fn failures_follow_the_failure_mode_as_envoy() {
                     &[("x-script", script)],
                     b"",
                 ));
-                t.extend(counters(p));
+                t.extend(counters(p, COUNTERS));
                 t
             });
             let want = match (allow, name) {

@@ -8,6 +8,7 @@
 //! bodies, trailers, what the upstream got, the messages the service saw (their order,
 //! `end_of_stream` flags and chunks) and the counters must be equal.
 
+mod ext_proc_support;
 mod http_support;
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -16,7 +17,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use courier_proto::envoy::config::core::v3::{HeaderValue, HeaderValueOption};
+use courier_proto::envoy::config::core::v3::HeaderValueOption;
 use courier_proto::envoy::r#type::v3::HttpStatus;
 use courier_proto::envoy::service::ext_proc::v3::external_processor_server::{
     ExternalProcessor, ExternalProcessorServer,
@@ -26,6 +27,7 @@ use courier_proto::envoy::service::ext_proc::v3::{
     CommonResponse, HeaderMutation, HeadersResponse, ImmediateResponse, ProcessingRequest,
     ProcessingResponse, TrailersResponse,
 };
+use ext_proc_support::{body, counters, set};
 use http_support::*;
 
 const H2: &str = "    typed_extension_protocol_options:\n      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n        explicit_http_config: { http2_protocol_options: {} }\n";
@@ -60,27 +62,10 @@ fn wait_seen(log: &Log, id: &str, kind: &str, n: usize) -> bool {
 #[derive(Clone)]
 struct Proc(Log);
 
-fn set(key: &str, value: &str) -> HeaderValueOption {
-    HeaderValueOption {
-        header: Some(HeaderValue {
-            key: key.into(),
-            raw_value: value.as_bytes().to_vec(),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
 fn mutation(set_headers: Vec<HeaderValueOption>) -> Option<HeaderMutation> {
     Some(HeaderMutation {
         set_headers,
         remove_headers: vec![],
-    })
-}
-
-fn body(b: &str) -> Option<BodyMutation> {
-    Some(BodyMutation {
-        mutation: Some(body_mutation::Mutation::Body(b.as_bytes().to_vec())),
     })
 }
 
@@ -663,16 +648,6 @@ const COUNTERS: &[&str] = &[
     "rejected_header_mutations",
 ];
 
-fn counters(proxy: &Courier) -> Vec<String> {
-    COUNTERS
-        .iter()
-        .map(|c| {
-            let name = format!("http.ingress.ext_proc.{c}");
-            format!("{name}={}", proxy.stat(&name))
-        })
-        .collect()
-}
-
 /// Runs `scenario` through Courier and (when on PATH) Envoy; the transcripts must be
 /// equal. Courier's is returned. Each run gets its own request ids.
 fn agree(b: &str, scenario: impl Fn(&Courier, &str) -> Vec<String>) -> Vec<String> {
@@ -806,7 +781,7 @@ fn streamed_bodies_and_trailers_match_envoy() {
             false,
             true,
         );
-        t.extend(counters(p));
+        t.extend(counters(p, COUNTERS));
         t
     });
     let line = |id: &str| {
@@ -845,7 +820,7 @@ fn streamed_failures_let_the_request_go_on_under_failure_mode_allow() {
         go("/streamed/echo/sync", "error-chunk", &["a", "b"]);
         go("/streamed/echo/sync", "spurious-chunk", &["a", "b"]);
         go("/streamed/echo/sync", "", &["fine"]);
-        t.extend(counters(p));
+        t.extend(counters(p, COUNTERS));
         t
     });
     assert!(t[0].contains("-> 200"), "{}", t[0]);

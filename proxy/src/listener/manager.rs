@@ -421,12 +421,15 @@ impl ListenerManager {
     }
 
     /// Stops accepting on every listener (`/drain_listeners`, shutdown); `graceful` also
-    /// drains their connections. MODIFY_ONLY listeners are skipped unless `all`.
-    pub fn stop_listeners(&mut self, all: bool, graceful: bool) {
+    /// drains their connections. MODIFY_ONLY listeners are skipped unless `all`, and all
+    /// but `INBOUND` ones with `inbound_only`.
+    pub fn stop_listeners(&mut self, all: bool, graceful: bool, inbound_only: bool) {
+        let inbound = courier_proto::envoy::config::core::v3::TrafficDirection::Inbound as i32;
         let names: Vec<String> = self
             .active
             .iter()
             .filter(|(_, e)| all || !e.config.modify_only)
+            .filter(|(_, e)| !inbound_only || e.config.proto.traffic_direction == inbound)
             .map(|(n, _)| n.clone())
             .collect();
         for name in names {

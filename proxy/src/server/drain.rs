@@ -94,7 +94,7 @@ async fn drain(server: &Server) {
     server
         .listener_manager
         .borrow_mut()
-        .stop_listeners(true, true);
+        .stop_listeners(true, true, false);
     let deadline = Instant::now() + server.options.drain_time();
     // Connection counts live in worker stat cells; checking them periodically is cheaper
     // than having every worker report every close.

@@ -269,14 +269,14 @@ impl Server {
         self.stats_flush_on_admin.get()
     }
 
-    /// `/drain_listeners`.
-    pub fn drain_listeners(&self, graceful: bool, _inbound_only: bool) {
+    /// `/drain_listeners`; `inbound_only` (`?inboundonly`): only `INBOUND` listeners.
+    pub fn drain_listeners(&self, graceful: bool, inbound_only: bool) {
         if graceful {
             self.set_state(ServerState::Draining);
         }
         self.listener_manager
             .borrow_mut()
-            .stop_listeners(false, graceful);
+            .stop_listeners(false, graceful, inbound_only);
     }
 
     /// `/hot_restart_version`.

@@ -1,0 +1,95 @@
+//! `POST /drain_listeners?inboundonly`: only the `INBOUND` listeners stop accepting; the
+//! others go on. Run through Courier and Envoy 1.40; the two must agree.
+
+mod http_support;
+
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use http_support::*;
+
+fn listener(name: &str, port: &str, direction: &str) -> String {
+    format!(
+        r#"  - name: {name}
+    traffic_direction: {direction}
+    address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: {name}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {{ prefix: "/" }}
+                direct_response: {{ status: 200, body: {{ inline_string: {name} }} }}
+"#
+    )
+}
+
+fn boot(outbound_port: u16) -> String {
+    format!(
+        "admin:\n  address:\n    socket_address: {{ address: 127.0.0.1, port_value: 0 }}\nstatic_resources:\n  listeners:\n{}{}",
+        listener("inbound", "LISTENER_PORT", "INBOUND"),
+        listener("outbound", &outbound_port.to_string(), "OUTBOUND"),
+    )
+}
+
+/// Whether `addr` refuses connections within 10 s.
+fn stops_accepting(addr: SocketAddr) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_err() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+fn run(proxy: &Courier, outbound: SocketAddr) -> Vec<String> {
+    let before = [
+        get(proxy.listener, "h", "/", &[]).body_str(),
+        get(outbound, "h", "/", &[]).body_str(),
+    ];
+    let status = admin_post(proxy.admin, "/drain_listeners?inboundonly");
+    vec![
+        format!("before: {before:?}"),
+        format!("drain: {status:?}"),
+        format!(
+            "inbound stops accepting: {}",
+            stops_accepting(proxy.listener)
+        ),
+        format!(
+            "outbound answers: {}",
+            get(outbound, "h", "/", &[]).body_str()
+        ),
+    ]
+}
+
+#[test]
+fn inbound_only_drains_only_inbound_listeners() {
+    let port = free_port();
+    let outbound = SocketAddr::from(([127, 0, 0, 1], port));
+    let got = run(&Courier::start(&boot(port)), outbound);
+    let port = free_port();
+    let outbound = SocketAddr::from(([127, 0, 0, 1], port));
+    if let Some(envoy) = Courier::start_envoy(&boot(port)) {
+        assert_eq!(run(&envoy, outbound), got, "envoy vs courier");
+    }
+    assert_eq!(
+        got,
+        [
+            "before: [\"inbound\", \"outbound\"]",
+            "drain: Some(200)",
+            "inbound stops accepting: true",
+            "outbound answers: outbound",
+        ]
+    );
+}

@@ -1,0 +1,564 @@
+//! CEL in access logs: the `envoy.access_loggers.extension_filters.cel` filter and the
+//! `%CEL(expression):Z%` command operator, evaluated against Envoy's attributes of the
+//! entry (`request.*`, `response.*`, `source.*`, `destination.*`, `connection.*`,
+//! `upstream.*`, `xds.*`).
+//!
+//! The interpreter is the cel-rust project's `cel` crate (MIT): the one maintained CEL
+//! implementation in Rust (regular releases, a conformance-driven test suite), pure Rust,
+//! and light once its optional extensions are off (its own parser, `regex` and `chrono`,
+//! both already in Courier's tree). Expressions are parsed once, when the config is
+//! compiled; only the entries of a logger that has a CEL filter or formatter evaluate
+//! anything, and only the attribute groups an expression names are built for an entry.
+//!
+//! Envoy's CEL runtime is restricted (its "security-oriented defaults"), and so is this
+//! one: comprehensions (`all`, `exists`, `map`, …) and `string()` are refused when the
+//! config is compiled, as Envoy refuses them ("failed to create an expression"), and
+//! string and list concatenation are evaluation errors. An attribute the entry does not
+//! have (a header it lacks, `response.code` before any response, `upstream.address`
+//! without an upstream) is an error as it is in Envoy, `has()` of it is `false`: a filter
+//! whose expression errs, or is not a boolean, does not log the entry, and a `%CEL()%`
+//! that errs prints as an absent value (`-`, JSON `null`).
+//!
+//! Attributes Courier does not keep (dynamic metadata, filter state, the node, route and
+//! cluster metadata, `xds.virtual_host_name`, TLS session details beyond the version)
+//! are absent here, so expressions naming them err and their entries are not logged.
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime};
+
+use cel::common::ast::{operators, Expr, LiteralValue};
+use cel::common::types::CelString;
+use cel::{Context, Env, IdedExpr, Value};
+use http::HeaderMap;
+
+use super::LogEntry;
+use crate::config::ConfigError;
+
+/// A compiled CEL expression.
+#[derive(Clone)]
+pub struct Expression {
+    program: Arc<IdedExpr>,
+    /// The attribute groups it names (`request`, `response`, …).
+    roots: Vec<Root>,
+}
+
+impl std::fmt::Debug for Expression {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Expression")
+            .field("roots", &self.roots)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An attribute group, a top-level name of Envoy's attributes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Root {
+    Request,
+    Response,
+    Connection,
+    Upstream,
+    Source,
+    Destination,
+    Xds,
+}
+
+impl Root {
+    const ALL: [(&'static str, Root); 7] = [
+        ("request", Root::Request),
+        ("response", Root::Response),
+        ("connection", Root::Connection),
+        ("upstream", Root::Upstream),
+        ("source", Root::Source),
+        ("destination", Root::Destination),
+        ("xds", Root::Xds),
+    ];
+}
+
+/// The standard environment every expression runs in (built once, shared).
+fn env() -> &'static Arc<Env> {
+    static ENV: OnceLock<Arc<Env>> = OnceLock::new();
+    ENV.get_or_init(|| Arc::new(Env::stdlib()))
+}
+
+/// Whether `e` has a comprehension (a macro Envoy's runtime refuses).
+fn has_comprehension(e: &IdedExpr) -> bool {
+    match &e.expr {
+        Expr::Comprehension(_) => true,
+        Expr::Call(c) => {
+            c.target.as_deref().is_some_and(has_comprehension) || c.args.iter().any(has_comprehension)
+        }
+        Expr::List(l) => l.elements.iter().any(has_comprehension),
+        Expr::Map(m) => m.entries.iter().any(|entry| match &entry.expr {
+            cel::common::ast::EntryExpr::MapEntry(me) => {
+                has_comprehension(&me.key) || has_comprehension(&me.value)
+            }
+            cel::common::ast::EntryExpr::StructField(sf) => has_comprehension(&sf.value),
+        }),
+        Expr::Select(s) => has_comprehension(&s.operand),
+        Expr::Struct(s) => s.entries.iter().any(|entry| match &entry.expr {
+            cel::common::ast::EntryExpr::MapEntry(me) => {
+                has_comprehension(&me.key) || has_comprehension(&me.value)
+            }
+            cel::common::ast::EntryExpr::StructField(sf) => has_comprehension(&sf.value),
+        }),
+        _ => false,
+    }
+}
+
+/// Whether `e` is a header map attribute (`request.headers`, `response.trailers`, …).
+fn is_header_map(e: &IdedExpr) -> bool {
+    matches!(&e.expr, Expr::Select(s) if s.field == "headers" || s.field == "trailers")
+}
+
+/// Lowercases the literal names looked up in a header map (`request.headers['X-A']`,
+/// `'X-A' in request.headers`), as Envoy lowercases a name before it looks it up.
+fn lowercase_header_keys(e: &mut IdedExpr) {
+    let lower = |arg: &mut IdedExpr| {
+        if let Expr::Literal(LiteralValue::String(s)) = &mut arg.expr {
+            if s.bytes().any(|b| b.is_ascii_uppercase()) {
+                *s = CelString::from(s.to_ascii_lowercase());
+            }
+        }
+    };
+    match &mut e.expr {
+        Expr::Call(c) => {
+            if c.args.len() == 2 {
+                if c.func_name == operators::INDEX && is_header_map(&c.args[0]) {
+                    lower(&mut c.args[1]);
+                } else if c.func_name == operators::IN && is_header_map(&c.args[1]) {
+                    lower(&mut c.args[0]);
+                }
+            }
+            if let Some(t) = c.target.as_deref_mut() {
+                lowercase_header_keys(t);
+            }
+            c.args.iter_mut().for_each(lowercase_header_keys);
+        }
+        Expr::List(l) => l.elements.iter_mut().for_each(lowercase_header_keys),
+        Expr::Select(s) => lowercase_header_keys(&mut s.operand),
+        _ => {}
+    }
+}
+
+impl Expression {
+    /// Parses `source` as Envoy does when the config is loaded; errors in Envoy's words.
+    pub fn compile(source: &str) -> Result<Expression, String> {
+        let mut program = env().parser().parse(source).map_err(|e| {
+            format!(
+                "Not able to parse filter expression: INVALID_ARGUMENT: {}",
+                e.to_string().trim()
+            )
+        })?;
+        lowercase_header_keys(&mut program);
+        if has_comprehension(&program) {
+            return Err(
+                "failed to create an expression: Comprehension support is disabled".to_string(),
+            );
+        }
+        let refs = program.references();
+        if refs.has_function("string") {
+            return Err(
+                "failed to create an expression: No overload found in reference resolve step for string"
+                    .to_string(),
+            );
+        }
+        let roots = Root::ALL
+            .iter()
+            .filter(|(name, _)| refs.has_variable(name))
+            .map(|(_, r)| *r)
+            .collect();
+        Ok(Expression {
+            program: Arc::new(program),
+            roots,
+        })
+    }
+
+    /// The value for entry `e`, `None` when the evaluation errs.
+    pub fn evaluate(&self, e: &LogEntry<'_>) -> Option<Value> {
+        let mut ctx = Context::with_env(Arc::clone(env()));
+        for root in &self.roots {
+            let (name, value) = match root {
+                Root::Request => ("request", request(e)),
+                Root::Response => ("response", response(e)),
+                Root::Connection => ("connection", connection(e)),
+                Root::Upstream => ("upstream", upstream(e)),
+                Root::Source => ("source", peer(Some(e.remote))),
+                Root::Destination => ("destination", peer(e.local)),
+                Root::Xds => ("xds", xds(e)),
+            };
+            ctx.add_variable_from_value(name, value);
+        }
+        Value::resolve(&self.program, &ctx).ok()
+    }
+
+    /// Whether the filter logs `e`: the expression is `true` (an error or another value
+    /// does not).
+    pub fn passes(&self, e: &LogEntry<'_>) -> bool {
+        matches!(self.evaluate(e), Some(Value::Bool(true)))
+    }
+
+    /// The value for `e` printed as Envoy prints it, `None` when the evaluation errs.
+    pub fn render(&self, e: &LogEntry<'_>) -> Option<String> {
+        self.evaluate(e).map(|v| print(&v))
+    }
+}
+
+/// Compiles a filter's or formatter's expression, its error at `path`.
+pub fn compile_at(source: &str, path: &str) -> Result<Expression, ConfigError> {
+    Expression::compile(source).map_err(|m| ConfigError::new(path, m))
+}
+
+/// A map of attribute name to value.
+type Attrs = HashMap<String, Value>;
+
+fn put(m: &mut Attrs, k: &str, v: impl Into<Value>) {
+    m.insert(k.to_string(), v.into());
+}
+
+/// A header map as CEL sees it: a name to its values joined by `,` (as Envoy's
+/// `getAllOfHeaderAsString`).
+fn headers(map: Option<&HeaderMap>) -> Value {
+    let mut m: Attrs = HashMap::new();
+    if let Some(map) = map {
+        for name in map.keys() {
+            let joined = map
+                .get_all(name)
+                .iter()
+                .map(|v| String::from_utf8_lossy(v.as_bytes()))
+                .collect::<Vec<_>>()
+                .join(",");
+            put(&mut m, name.as_str(), joined);
+        }
+    }
+    Value::from(m)
+}
+
+fn duration(d: Duration) -> Value {
+    Value::Duration(chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX))
+}
+
+fn request(e: &LogEntry<'_>) -> Value {
+    let mut m: Attrs = HashMap::new();
+    let mut req_headers = headers(Some(e.request));
+    if !e.method.is_empty() {
+        // The pseudo-headers Courier keeps apart, where Envoy's map has them.
+        if let Value::Map(map) = &mut req_headers {
+            let mut all: Attrs = map
+                .map
+                .iter()
+                .filter_map(|(k, v)| match k {
+                    cel::objects::Key::String(s) => Some((s.to_string(), v.clone())),
+                    _ => None,
+                })
+                .collect();
+            put(&mut all, ":method", e.method);
+            put(&mut all, ":path", e.path);
+            put(&mut all, ":authority", e.authority);
+            req_headers = Value::from(all);
+        }
+        put(&mut m, "method", e.method);
+        put(&mut m, "path", e.path);
+        let (url_path, query) = match e.path.split_once('?') {
+            Some((p, q)) => (p, q.split('#').next().unwrap_or("")),
+            None => (e.path, ""),
+        };
+        put(&mut m, "url_path", url_path);
+        put(&mut m, "query", query);
+        put(&mut m, "host", e.authority);
+        put(&mut m, "scheme", if e.tls.is_some() { "https" } else { "http" });
+        for (attr, header) in [
+            ("referer", "referer"),
+            ("id", "x-request-id"),
+            ("useragent", "user-agent"),
+        ] {
+            if let Some(v) = e.request.get(header).and_then(|v| v.to_str().ok()) {
+                put(&mut m, attr, v);
+            }
+        }
+        match e.request.get(http::header::CONTENT_LENGTH) {
+            Some(v) => {
+                if let Some(n) = v.to_str().ok().and_then(|s| s.parse::<i64>().ok()) {
+                    put(&mut m, "size", n);
+                }
+            }
+            None => put(&mut m, "size", e.bytes_received as i64),
+        }
+    }
+    m.insert("headers".to_string(), req_headers);
+    if !e.protocol.is_empty() {
+        put(&mut m, "protocol", e.protocol);
+    }
+    let since_epoch = e
+        .start
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    if let Some(t) = chrono::DateTime::from_timestamp(
+        since_epoch.as_secs() as i64,
+        since_epoch.subsec_nanos(),
+    ) {
+        m.insert("time".to_string(), Value::Timestamp(t.fixed_offset()));
+    }
+    if let Some(d) = e.timing.request_rx {
+        m.insert("duration".to_string(), duration(d));
+    }
+    Value::from(m)
+}
+
+/// Envoy's legacy response flags bitmask (`response.flags`): bit `i` for the `i`th flag
+/// of Envoy's list.
+fn flags_mask(flags: &str) -> i64 {
+    if flags == "-" {
+        return 0;
+    }
+    flags
+        .split(',')
+        .filter_map(|f| super::filter::RESPONSE_FLAGS.iter().position(|k| *k == f))
+        .filter(|&i| i < 63)
+        .fold(0i64, |acc, i| acc | (1i64 << i))
+}
+
+fn response(e: &LogEntry<'_>) -> Value {
+    let mut m: Attrs = HashMap::new();
+    if e.status != 0 {
+        put(&mut m, "code", i64::from(e.status));
+    }
+    if e.details == super::CLEARED_DETAILS {
+        put(&mut m, "code_details", "");
+    } else if !e.details.is_empty() {
+        put(&mut m, "code_details", e.details);
+    }
+    put(&mut m, "flags", flags_mask(e.flags));
+    if let Some(s) = super::format::grpc_status(e, true) {
+        put(&mut m, "grpc_status", s);
+    }
+    put(&mut m, "size", e.bytes_sent as i64);
+    m.insert("headers".to_string(), headers(e.response));
+    m.insert("trailers".to_string(), headers(e.trailers));
+    Value::from(m)
+}
+
+fn connection(e: &LogEntry<'_>) -> Value {
+    let mut m: Attrs = HashMap::new();
+    put(
+        &mut m,
+        "mtls",
+        e.tls.is_some_and(|t| t.peer.is_some()),
+    );
+    put(
+        &mut m,
+        "requested_server_name",
+        e.requested_server_name.unwrap_or(""),
+    );
+    if let Some(id) = e.connection_id {
+        m.insert("id".to_string(), Value::UInt(id));
+    }
+    if let Some(t) = e.tls {
+        put(&mut m, "tls_version", t.version.to_string());
+    }
+    Value::from(m)
+}
+
+fn upstream(e: &LogEntry<'_>) -> Value {
+    let mut m: Attrs = HashMap::new();
+    if let Some(a) = e.upstream_host {
+        put(&mut m, "address", a.to_string());
+        put(&mut m, "port", i64::from(a.port()));
+    }
+    if let Some(a) = e.upstream_local {
+        put(&mut m, "local_address", a.to_string());
+    }
+    if e.upstream_host.is_some() || e.transport_failure.is_some() {
+        put(
+            &mut m,
+            "transport_failure_reason",
+            e.transport_failure.unwrap_or(""),
+        );
+    }
+    m.insert(
+        "request_attempt_count".to_string(),
+        Value::UInt(u64::from(e.attempts.unwrap_or(0))),
+    );
+    Value::from(m)
+}
+
+fn peer(addr: Option<std::net::SocketAddr>) -> Value {
+    let mut m: Attrs = HashMap::new();
+    if let Some(a) = addr {
+        put(&mut m, "address", a.to_string());
+        put(&mut m, "port", i64::from(a.port()));
+    }
+    Value::from(m)
+}
+
+fn xds(e: &LogEntry<'_>) -> Value {
+    let mut m: Attrs = HashMap::new();
+    if !e.route_name.is_empty() {
+        put(&mut m, "route_name", e.route_name);
+    }
+    if let Some(c) = e.upstream_cluster {
+        put(&mut m, "cluster_name", c);
+    }
+    Value::from(m)
+}
+
+/// A value as Envoy's `Expr::print` prints it.
+pub fn print(v: &Value) -> String {
+    match v {
+        Value::Bool(b) => b.to_string(),
+        Value::Int(n) => n.to_string(),
+        Value::UInt(n) => n.to_string(),
+        Value::Float(f) => six_digits(*f),
+        Value::String(s) => s.to_string(),
+        Value::Bytes(b) => String::from_utf8_lossy(b).into_owned(),
+        Value::Duration(d) => format_duration(*d),
+        Value::Timestamp(t) => format_time(t),
+        Value::Null => "NULL".to_string(),
+        Value::Map(_) => "CelMap value".to_string(),
+        Value::List(_) => "CelList value".to_string(),
+        other => format!("{} value", other.type_of()),
+    }
+}
+
+/// A double as abseil's `StrCat` writes it: `%g` with six significant digits.
+fn six_digits(f: f64) -> String {
+    if f.is_nan() {
+        return "nan".to_string();
+    }
+    if f.is_infinite() {
+        return if f > 0.0 { "inf" } else { "-inf" }.to_string();
+    }
+    if f == 0.0 {
+        return if f.is_sign_negative() { "-0" } else { "0" }.to_string();
+    }
+    let sci = format!("{f:.5e}");
+    let (mantissa, exp) = sci.split_once('e').unwrap_or((&sci, "0"));
+    let exp: i32 = exp.parse().unwrap_or(0);
+    let trim = |s: &str| -> String {
+        if s.contains('.') {
+            s.trim_end_matches('0').trim_end_matches('.').to_string()
+        } else {
+            s.to_string()
+        }
+    };
+    if !(-4..6).contains(&exp) {
+        let sign = if exp < 0 { '-' } else { '+' };
+        format!("{}e{sign}{:02}", trim(mantissa), exp.abs())
+    } else {
+        let decimals = usize::try_from(5 - exp).unwrap_or(0);
+        trim(&format!("{f:.decimals$}"))
+    }
+}
+
+/// A duration as abseil's `FormatDuration`: `1h2m3.5s`, `3.563ms`, `148.741us`, `0`.
+fn format_duration(d: chrono::Duration) -> String {
+    let mut out = String::new();
+    let mut nanos = d.num_nanoseconds().map_or(i128::from(i64::MAX), i128::from);
+    if nanos == 0 {
+        return "0".to_string();
+    }
+    if nanos < 0 {
+        out.push('-');
+        nanos = -nanos;
+    }
+    let unit = |out: &mut String, value: i128, per: i128, suffix: &str| {
+        let whole = value / per;
+        let frac = value % per;
+        out.push_str(&whole.to_string());
+        if frac != 0 {
+            let width = per.to_string().len() - 1;
+            let digits = format!("{frac:0width$}");
+            out.push('.');
+            out.push_str(digits.trim_end_matches('0'));
+        }
+        out.push_str(suffix);
+    };
+    const SEC: i128 = 1_000_000_000;
+    if nanos < SEC {
+        if nanos < 1_000 {
+            unit(&mut out, nanos, 1, "ns");
+        } else if nanos < 1_000_000 {
+            unit(&mut out, nanos, 1_000, "us");
+        } else {
+            unit(&mut out, nanos, 1_000_000, "ms");
+        }
+        return out;
+    }
+    let hours = nanos / (3600 * SEC);
+    nanos %= 3600 * SEC;
+    let minutes = nanos / (60 * SEC);
+    nanos %= 60 * SEC;
+    if hours > 0 {
+        out.push_str(&format!("{hours}h"));
+    }
+    if minutes > 0 {
+        out.push_str(&format!("{minutes}m"));
+    }
+    if nanos > 0 {
+        unit(&mut out, nanos, SEC, "s");
+    }
+    out
+}
+
+/// A timestamp as abseil's `FormatTime` in UTC: `2026-12-06T19:36:59.38711+00:00`.
+fn format_time(t: &chrono::DateTime<chrono::FixedOffset>) -> String {
+    let utc = t.with_timezone(&chrono::Utc);
+    let mut out = utc.format("%Y-%m-%dT%H:%M:%S").to_string();
+    let nanos = utc.timestamp_subsec_nanos();
+    if nanos != 0 {
+        let digits = format!("{nanos:09}");
+        out.push('.');
+        out.push_str(digits.trim_end_matches('0'));
+    }
+    out.push_str("+00:00");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_and_durations_print_as_envoy_prints_them() {
+        for (f, want) in [
+            (1.5, "1.5"),
+            (2.0, "2"),
+            (1e20, "1e+20"),
+            (0.1, "0.1"),
+            (123456789.0, "1.23457e+08"),
+            (0.0001, "0.0001"),
+            (0.00001, "1e-05"),
+            (-3.25, "-3.25"),
+        ] {
+            assert_eq!(six_digits(f), want, "{f}");
+        }
+        for (ns, want) in [
+            (3_563_000, "3.563ms"),
+            (44_085_162, "44.085162ms"),
+            (148_741, "148.741us"),
+            (12, "12ns"),
+            (3_723_500_000_000, "1h2m3.5s"),
+            (60_000_000_000, "1m"),
+            (0, "0"),
+        ] {
+            assert_eq!(
+                format_duration(chrono::Duration::nanoseconds(ns)),
+                want,
+                "{ns}"
+            );
+        }
+    }
+
+    #[test]
+    fn expressions_envoy_refuses_are_refused() {
+        assert!(Expression::compile("response.code >= 400").is_ok());
+        for (expr, want) in [
+            ("response.code >=", "Not able to parse filter expression"),
+            ("[1, 2].exists(x, x == 1)", "Comprehension support is disabled"),
+            ("string(response.code) == '200'", "No overload found"),
+        ] {
+            let err = Expression::compile(expr).err().unwrap_or_default();
+            assert!(err.contains(want), "{expr}: {err}");
+        }
+    }
+}

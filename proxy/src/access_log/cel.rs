@@ -86,7 +86,8 @@ fn has_comprehension(e: &IdedExpr) -> bool {
     match &e.expr {
         Expr::Comprehension(_) => true,
         Expr::Call(c) => {
-            c.target.as_deref().is_some_and(has_comprehension) || c.args.iter().any(has_comprehension)
+            c.target.as_deref().is_some_and(has_comprehension)
+                || c.args.iter().any(has_comprehension)
         }
         Expr::List(l) => l.elements.iter().any(has_comprehension),
         Expr::Map(m) => m.entries.iter().any(|entry| match &entry.expr {
@@ -266,7 +267,11 @@ fn request(e: &LogEntry<'_>) -> Value {
         put(&mut m, "url_path", url_path);
         put(&mut m, "query", query);
         put(&mut m, "host", e.authority);
-        put(&mut m, "scheme", if e.tls.is_some() { "https" } else { "http" });
+        put(
+            &mut m,
+            "scheme",
+            if e.tls.is_some() { "https" } else { "http" },
+        );
         for (attr, header) in [
             ("referer", "referer"),
             ("id", "x-request-id"),
@@ -293,10 +298,9 @@ fn request(e: &LogEntry<'_>) -> Value {
         .start
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default();
-    if let Some(t) = chrono::DateTime::from_timestamp(
-        since_epoch.as_secs() as i64,
-        since_epoch.subsec_nanos(),
-    ) {
+    if let Some(t) =
+        chrono::DateTime::from_timestamp(since_epoch.as_secs() as i64, since_epoch.subsec_nanos())
+    {
         m.insert("time".to_string(), Value::Timestamp(t.fixed_offset()));
     }
     if let Some(d) = e.timing.request_rx {
@@ -340,11 +344,7 @@ fn response(e: &LogEntry<'_>) -> Value {
 
 fn connection(e: &LogEntry<'_>) -> Value {
     let mut m: Attrs = HashMap::new();
-    put(
-        &mut m,
-        "mtls",
-        e.tls.is_some_and(|t| t.peer.is_some()),
-    );
+    put(&mut m, "mtls", e.tls.is_some_and(|t| t.peer.is_some()));
     put(
         &mut m,
         "requested_server_name",
@@ -554,7 +554,10 @@ mod tests {
         assert!(Expression::compile("response.code >= 400").is_ok());
         for (expr, want) in [
             ("response.code >=", "Not able to parse filter expression"),
-            ("[1, 2].exists(x, x == 1)", "Comprehension support is disabled"),
+            (
+                "[1, 2].exists(x, x == 1)",
+                "Comprehension support is disabled",
+            ),
             ("string(response.code) == '200'", "No overload found"),
         ] {
             let err = Expression::compile(expr).err().unwrap_or_default();

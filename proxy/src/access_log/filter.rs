@@ -85,14 +85,18 @@ fn extension(f: &ExtensionFilter, path: &str) -> Result<LogFilter, ConfigError> 
             format!("{path}.typed_config"),
             format!(
                 "access log extension filter {} ({}) is not supported by Courier",
-                if f.name.is_empty() { "(unnamed)" } else { &f.name },
+                if f.name.is_empty() {
+                    "(unnamed)"
+                } else {
+                    &f.name
+                },
                 any.type_url
             ),
         ));
     }
     let at = format!("{path}.typed_config");
-    let cel: ExpressionFilter = courier_proto::unpack_any(any)
-        .map_err(|e| ConfigError::new(&at, e.to_string()))?;
+    let cel: ExpressionFilter =
+        courier_proto::unpack_any(any).map_err(|e| ConfigError::new(&at, e.to_string()))?;
     if cel.cel_config.is_some() {
         return Err(ConfigError::unsupported(format!("{at}.cel_config")));
     }

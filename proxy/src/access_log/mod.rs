@@ -286,7 +286,7 @@ fn format_from(f: &SubstitutionFormatString) -> Result<LogFormat, ConfigError> {
 /// `envoy.formatter.req_without_query`, and `envoy.formatter.cel` (which adds nothing:
 /// Envoy 1.40 serves `%CEL()%` without it, and so does Courier; its `cel_config` is
 /// refused); any other extension is refused by its path.
-fn formatters(
+pub(super) fn formatters(
     list: &[courier_proto::envoy::config::core::v3::TypedExtensionConfig],
 ) -> Result<format::Extensions, ConfigError> {
     const REQ_WITHOUT_QUERY: &str =

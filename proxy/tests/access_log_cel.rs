@@ -66,6 +66,13 @@ const FILTERS: &[(&str, &str)] = &[
         "(request.headers['x-log'] == 'yes' ? 1 : 2) == 1 && size(request.path) > 3",
     ),
     ("uint", "response.code == 404u"),
+    // Envoy's runtime has no string concatenation: an error, `||` absorbs it.
+    ("concat", "request.path + 'x' == '/okx'"),
+    (
+        "concat_or_head",
+        "request.path + 'x' == '/okx' || request.method == 'HEAD'",
+    ),
+    ("addition", "response.code + 1 == 405"),
     (
         "no_upstream",
         "!has(upstream.address) && request.method == 'GET'",
@@ -274,6 +281,12 @@ fn cel_filters_and_formatters_log_what_envoy_logs() {
     );
     assert!(log("not_bool").is_empty(), "{:?}", log("not_bool"));
     assert!(log("error_and_false").is_empty());
+    assert!(log("concat").is_empty(), "{:?}", log("concat"));
+    assert_eq!(log("concat_or_head"), &["HEAD /ok 200"]);
+    assert_eq!(
+        log("addition"),
+        &["GET /status/404 404", "GET /anything 404", "GET /x 404"]
+    );
     assert_eq!(
         log("missing_header"),
         &["GET /direct/more 200", "GET /v10/ 200"]

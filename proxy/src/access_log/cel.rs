@@ -13,7 +13,9 @@
 //! Envoy's CEL runtime is restricted (its "security-oriented defaults"), and so is this
 //! one: comprehensions (`all`, `exists`, `map`, …) and `string()` are refused when the
 //! config is compiled, as Envoy refuses them ("failed to create an expression"), and
-//! string and list concatenation are evaluation errors. An attribute the entry does not
+//! string, bytes and list concatenation are evaluation errors (`+` is rewritten to a
+//! function that refuses them; it costs an expression that adds a function
+//! registration per evaluation). An attribute the entry does not
 //! have (a header it lacks, `response.code` before any response, `upstream.address`
 //! without an upstream) is an error as it is in Envoy, `has()` of it is `false`: a filter
 //! whose expression errs, or is not a boolean, does not log the entry, and a `%CEL()%`
@@ -41,6 +43,76 @@ pub struct Expression {
     program: Arc<IdedExpr>,
     /// The attribute groups it names (`request`, `response`, …).
     roots: Vec<Root>,
+    /// It adds (`+`): through [`add_without_concat`].
+    adds: bool,
+    /// It may read a header map (`request.headers`, `response.trailers`, or a whole
+    /// attribute group): only then are the maps built.
+    header_maps: bool,
+}
+
+/// Whether `e` may read a header map: names `headers` or `trailers`, or uses an
+/// attribute group other than to select a field of it.
+fn reads_header_maps(e: &IdedExpr) -> bool {
+    let root =
+        |e: &IdedExpr| matches!(&e.expr, Expr::Ident(n) if Root::ALL.iter().any(|(r, _)| r == n));
+    match &e.expr {
+        Expr::Ident(_) => root(e),
+        Expr::Select(s) => {
+            s.field == "headers"
+                || s.field == "trailers"
+                || (!root(&s.operand) && reads_header_maps(&s.operand))
+        }
+        Expr::Call(c) => {
+            c.target.as_deref().is_some_and(reads_header_maps)
+                || c.args.iter().any(reads_header_maps)
+        }
+        Expr::List(l) => l.elements.iter().any(reads_header_maps),
+        // Map and struct literals: assume they may.
+        Expr::Map(_) | Expr::Struct(_) | Expr::Comprehension(_) => true,
+        _ => false,
+    }
+}
+
+/// What `+` is rewritten to, so that it is Envoy's: no string, bytes or list
+/// concatenation (`enable_string_concat`, `enable_list_concat` off).
+const ADD: &str = "__courier_add";
+
+/// `a + b` for numbers, durations and timestamps; concatenation is an error, as in
+/// Envoy's runtime.
+fn add_without_concat(a: Value, b: Value) -> cel::ResolveResult {
+    match (&a, &b) {
+        (Value::String(_) | Value::Bytes(_) | Value::List(_), _) => Err(
+            cel::ExecutionError::function_error("_+_", "No matching overloads found"),
+        ),
+        _ => a + b,
+    }
+}
+
+/// Rewrites each `_+_` of `e` to [`ADD`]; whether there was one.
+fn guard_adds(e: &mut IdedExpr) -> bool {
+    let mut found = false;
+    match &mut e.expr {
+        Expr::Call(c) => {
+            if c.func_name == operators::ADD && c.target.is_none() && c.args.len() == 2 {
+                c.func_name = ADD.to_string();
+                found = true;
+            }
+            if let Some(t) = c.target.as_deref_mut() {
+                found |= guard_adds(t);
+            }
+            for a in &mut c.args {
+                found |= guard_adds(a);
+            }
+        }
+        Expr::List(l) => {
+            for a in &mut l.elements {
+                found |= guard_adds(a);
+            }
+        }
+        Expr::Select(s) => found |= guard_adds(&mut s.operand),
+        _ => {}
+    }
+    found
 }
 
 impl std::fmt::Debug for Expression {
@@ -152,6 +224,8 @@ impl Expression {
             )
         })?;
         lowercase_header_keys(&mut program);
+        let adds = guard_adds(&mut program);
+        let header_maps = reads_header_maps(&program);
         if has_comprehension(&program) {
             return Err(
                 "failed to create an expression: Comprehension support is disabled".to_string(),
@@ -172,16 +246,21 @@ impl Expression {
         Ok(Expression {
             program: Arc::new(program),
             roots,
+            adds,
+            header_maps,
         })
     }
 
     /// The value for entry `e`, `None` when the evaluation errs.
     pub fn evaluate(&self, e: &LogEntry<'_>) -> Option<Value> {
         let mut ctx = Context::with_env(Arc::clone(env()));
+        if self.adds {
+            ctx.add_function(ADD, add_without_concat).ok()?;
+        }
         for root in &self.roots {
             let (name, value) = match root {
-                Root::Request => ("request", request(e)),
-                Root::Response => ("response", response(e)),
+                Root::Request => ("request", request(e, self.header_maps)),
+                Root::Response => ("response", response(e, self.header_maps)),
                 Root::Connection => ("connection", connection(e)),
                 Root::Upstream => ("upstream", upstream(e)),
                 Root::Source => ("source", peer(Some(e.remote))),
@@ -219,8 +298,11 @@ fn put(m: &mut Attrs, k: &str, v: impl Into<Value>) {
 
 /// A header map as CEL sees it: a name to its values joined by `,` (as Envoy's
 /// `getAllOfHeaderAsString`).
-fn headers(map: Option<&HeaderMap>) -> Value {
+fn headers(map: Option<&HeaderMap>, pseudo: &[(&str, &str)]) -> Value {
     let mut m: Attrs = HashMap::new();
+    for (k, v) in pseudo {
+        put(&mut m, k, *v);
+    }
     if let Some(map) = map {
         for name in map.keys() {
             let joined = map
@@ -239,25 +321,19 @@ fn duration(d: Duration) -> Value {
     Value::Duration(chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX))
 }
 
-fn request(e: &LogEntry<'_>) -> Value {
+fn request(e: &LogEntry<'_>, header_maps: bool) -> Value {
     let mut m: Attrs = HashMap::new();
-    let mut req_headers = headers(Some(e.request));
+    // The pseudo-headers Courier keeps apart, where Envoy's map has them.
+    let pseudo: &[(&str, &str)] = if e.method.is_empty() {
+        &[]
+    } else {
+        &[
+            (":method", e.method),
+            (":path", e.path),
+            (":authority", e.authority),
+        ]
+    };
     if !e.method.is_empty() {
-        // The pseudo-headers Courier keeps apart, where Envoy's map has them.
-        if let Value::Map(map) = &mut req_headers {
-            let mut all: Attrs = map
-                .map
-                .iter()
-                .filter_map(|(k, v)| match k {
-                    cel::objects::Key::String(s) => Some((s.to_string(), v.clone())),
-                    _ => None,
-                })
-                .collect();
-            put(&mut all, ":method", e.method);
-            put(&mut all, ":path", e.path);
-            put(&mut all, ":authority", e.authority);
-            req_headers = Value::from(all);
-        }
         put(&mut m, "method", e.method);
         put(&mut m, "path", e.path);
         let (url_path, query) = match e.path.split_once('?') {
@@ -290,7 +366,9 @@ fn request(e: &LogEntry<'_>) -> Value {
             None => put(&mut m, "size", e.bytes_received as i64),
         }
     }
-    m.insert("headers".to_string(), req_headers);
+    if header_maps {
+        m.insert("headers".to_string(), headers(Some(e.request), pseudo));
+    }
     if !e.protocol.is_empty() {
         put(&mut m, "protocol", e.protocol);
     }
@@ -322,7 +400,7 @@ fn flags_mask(flags: &str) -> i64 {
         .fold(0i64, |acc, i| acc | (1i64 << i))
 }
 
-fn response(e: &LogEntry<'_>) -> Value {
+fn response(e: &LogEntry<'_>, header_maps: bool) -> Value {
     let mut m: Attrs = HashMap::new();
     if e.status != 0 {
         put(&mut m, "code", i64::from(e.status));
@@ -337,8 +415,10 @@ fn response(e: &LogEntry<'_>) -> Value {
         put(&mut m, "grpc_status", s);
     }
     put(&mut m, "size", e.bytes_sent as i64);
-    m.insert("headers".to_string(), headers(e.response));
-    m.insert("trailers".to_string(), headers(e.trailers));
+    if header_maps {
+        m.insert("headers".to_string(), headers(e.response, &[]));
+        m.insert("trailers".to_string(), headers(e.trailers, &[]));
+    }
     Value::from(m)
 }
 
@@ -547,6 +627,39 @@ mod tests {
                 "{ns}"
             );
         }
+    }
+
+    #[test]
+    fn header_maps_are_built_only_when_read() {
+        let reads = |src: &str| Expression::compile(src).expect("compiles").header_maps;
+        assert!(!reads("request.path == '/' && response.code == 200"));
+        assert!(!reads(
+            "has(request.path) && xds.route_name.startsWith('r')"
+        ));
+        assert!(reads("request.headers['x'] == 'y'"));
+        assert!(reads("'x' in response.trailers"));
+        assert!(reads("request == {}"));
+        assert!(reads("request['headers']['x'] == 'y'"));
+    }
+
+    #[test]
+    fn addition_is_envoy_s() {
+        let eval = |src: &str| {
+            let expr = Expression::compile(src).expect("compiles");
+            let headers = HeaderMap::new();
+            expr.evaluate(&LogEntry::connection(&headers))
+        };
+        assert_eq!(eval("1 + 2 == 3"), Some(Value::Bool(true)));
+        assert_eq!(eval("1u + 2u"), Some(Value::UInt(3)));
+        assert_eq!(
+            eval("duration('1s') + duration('2s') == duration('3s')"),
+            Some(Value::Bool(true))
+        );
+        assert_eq!(eval("'a' + 'b'"), None);
+        assert_eq!(eval("[1] + [2]"), None);
+        assert_eq!(eval("b'a' + b'b'"), None);
+        // `||` absorbs the error, as Envoy's does.
+        assert_eq!(eval("'a' + 'b' == 'ab' || true"), Some(Value::Bool(true)));
     }
 
     #[test]

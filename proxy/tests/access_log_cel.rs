@@ -348,7 +348,23 @@ fn expressions_envoy_refuses_are_refused() {
             assert_ne!(code, Some(0), "envoy accepted %CEL({bad})%");
         }
     }
-    assert_eq!(validate(&base).0, Some(0));
+    // Envoy's opt-in CEL features are not built: refused by path.
+    let expr = format!("expression: {:?}", FILTERS[0].1);
+    assert_refused_by_path(
+        &base,
+        &[
+            (
+                &expr,
+                &format!("{expr}\n                      cel_config: {{ enable_string_concat: true }}"),
+                "access_log[0].filter.or_filter.filters[1].extension_filter.typed_config.cel_config: not supported by Courier",
+            ),
+            (
+                "type.googleapis.com/envoy.extensions.formatter.cel.v3.Cel",
+                "type.googleapis.com/envoy.extensions.formatter.cel.v3.Cel\n                    cel_config: { enable_string_functions: true }",
+                "formatters[0].typed_config.cel_config: not supported by Courier",
+            ),
+        ],
+    );
     if let Some((code, text)) = envoy_validate(&base) {
         assert_eq!(code, Some(0), "{text}");
     }

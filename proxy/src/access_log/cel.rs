@@ -411,7 +411,8 @@ fn response(e: &LogEntry<'_>, header_maps: bool) -> Value {
         put(&mut m, "code_details", e.details);
     }
     put(&mut m, "flags", flags_mask(e.flags));
-    if let Some(s) = super::format::grpc_status(e, true) {
+    // Envoy's `getGrpcStatus` without user-defined codes (above 16: `-1`).
+    if let Some(s) = super::format::grpc_status(e, false) {
         put(&mut m, "grpc_status", s);
     }
     put(&mut m, "size", e.bytes_sent as i64);

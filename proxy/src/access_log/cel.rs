@@ -3,12 +3,15 @@
 //! entry (`request.*`, `response.*`, `source.*`, `destination.*`, `connection.*`,
 //! `upstream.*`, `xds.*`).
 //!
-//! The interpreter is the cel-rust project's `cel` crate (MIT): the one maintained CEL
-//! implementation in Rust (regular releases, a conformance-driven test suite), pure Rust,
-//! and light once its optional extensions are off (its own parser, `regex` and `chrono`,
-//! both already in Courier's tree). Expressions are parsed once, when the config is
-//! compiled; only the entries of a logger that has a CEL filter or formatter evaluate
-//! anything, and only the attribute groups an expression names are built for an entry.
+//! The interpreter is the cel-rust project's `cel` crate (MIT; release 0.15 of October
+//! 2026, the project that took over `cel-interpreter`): the maintained CEL
+//! implementation in Rust, pure Rust, with a conformance-driven test suite. With its
+//! default features off but `regex` (`matches`) and `chrono` (durations, timestamps) it
+//! brings its ANTLR parser runtime (`antlr4rust`), `nom`, `chrono` and `chrono-tz`;
+//! `regex` was already in Courier's tree. Expressions are parsed once, when the config
+//! is compiled; only the entries of a logger that has a CEL filter or formatter evaluate
+//! anything, and for those only the attribute groups an expression names are built (the
+//! header maps only when it may read them).
 //!
 //! Envoy's CEL runtime is restricted (its "security-oriented defaults"), and so is this
 //! one: comprehensions (`all`, `exists`, `map`, …) and `string()` are refused when the

@@ -319,6 +319,10 @@ fn expressions_envoy_refuses_are_refused() {
             "Not able to parse filter expression",
         ),
         (
+            "",
+            "Not able to parse filter expression: INVALID_ARGUMENT: ERROR: <input>:1:1: Syntax error: mismatched input '<EOF>' expecting",
+        ),
+        (
             "[1, 2].exists(x, x == 1)",
             "Comprehension support is disabled",
         ),
@@ -344,8 +348,12 @@ fn expressions_envoy_refuses_are_refused() {
         let format = base.replacen("%CEL(request.path)%", &format!("%CEL({bad})%"), 1);
         let (code, stderr) = validate(&format);
         assert_eq!(code, Some(1), "{bad}: {stderr}");
-        if let Some((code, _)) = envoy_validate(&format) {
+        // Envoy's formatter says `expression` where its filter says `filter expression`.
+        let want = want.replace("filter expression", "expression");
+        assert!(stderr.contains(&want), "{bad}: want {want:?} in {stderr}");
+        if let Some((code, text)) = envoy_validate(&format) {
             assert_ne!(code, Some(0), "envoy accepted %CEL({bad})%");
+            assert!(text.contains(&want), "envoy, %CEL({bad})%: {text}");
         }
     }
     // Envoy's opt-in CEL features are not built: refused by path.

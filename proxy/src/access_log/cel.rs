@@ -4,7 +4,7 @@
 //! `upstream.*`, `xds.*`).
 //!
 //! The interpreter is the cel-rust project's `cel` crate (MIT; release 0.15 of October
-//! 2026, the project that took over `cel-interpreter`): the maintained CEL
+//! 2026; the repository published it as `cel-interpreter` up to 0.10): the maintained CEL
 //! implementation in Rust, pure Rust, with a conformance-driven test suite. With its
 //! default features off but `regex` (`matches`) and `chrono` (durations, timestamps) it
 //! brings its ANTLR parser runtime (`antlr4rust`), `nom`, `chrono` and `chrono-tz`;
@@ -220,9 +220,15 @@ fn lowercase_header_keys(e: &mut IdedExpr) {
 impl Expression {
     /// Parses `source` as Envoy does when the config is loaded; errors in Envoy's words.
     pub fn compile(source: &str) -> Result<Expression, String> {
+        Expression::compile_as(source, "filter expression")
+    }
+
+    /// [`Expression::compile`], a parse error naming the expression as `what` (Envoy's
+    /// filter says `filter expression`, its formatter `expression`).
+    pub fn compile_as(source: &str, what: &str) -> Result<Expression, String> {
         let mut program = env().parser().parse(source).map_err(|e| {
             format!(
-                "Not able to parse filter expression: INVALID_ARGUMENT: {}",
+                "Not able to parse {what}: INVALID_ARGUMENT: {}",
                 e.to_string().trim()
             )
         })?;

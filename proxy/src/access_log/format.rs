@@ -965,7 +965,7 @@ fn command(
             ParamsAndLength,
             Op::Cel {
                 expr: Box::new(
-                    super::cel::Expression::compile(sub)
+                    super::cel::Expression::compile_as(sub, "expression")
                         .map_err(|m| ConfigError::new("format", m))?,
                 ),
                 max: length,

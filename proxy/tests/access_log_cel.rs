@@ -330,6 +330,16 @@ fn expressions_envoy_refuses_are_refused() {
             "string(response.code) == '200'",
             "No overload found in reference resolve step for string",
         ),
+        // Functions of the `cel` crate's library Envoy's runtime does not have.
+        (
+            "request.path.lowerAscii() == '/ok'",
+            "No overload found in reference resolve step for lowerAscii",
+        ),
+        (
+            "optional.of(1).hasValue()",
+            "No overload found in reference resolve step for of",
+        ),
+        ("request.?path.hasValue()", "Not able to parse filter expression"),
     ] {
         let config = base.replacen(&format!("{:?}", FILTERS[0].1), &format!("{bad:?}"), 1);
         assert_ne!(config, base);

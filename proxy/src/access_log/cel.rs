@@ -14,8 +14,11 @@
 //! header maps only when it may read them).
 //!
 //! Envoy's CEL runtime is restricted (its "security-oriented defaults"), and so is this
-//! one: comprehensions (`all`, `exists`, `map`, …) and `string()` are refused when the
-//! config is compiled, as Envoy refuses them ("failed to create an expression"), and
+//! one: comprehensions (`all`, `exists`, `map`, …), the optional syntax, `string()` and
+//! the functions of the crate's larger library that Envoy's runtime lacks are refused
+//! when the config is compiled, as Envoy refuses them ("failed to create an
+//! expression"); Envoy's regex extension (`re.*`), which the crate lacks, is refused by
+//! name; and
 //! string, bytes and list concatenation are evaluation errors (`+` is rewritten to a
 //! function that refuses them; it costs an expression that adds a function
 //! registration per evaluation). An attribute the entry does not
@@ -153,7 +156,94 @@ impl Root {
 /// The standard environment every expression runs in (built once, shared).
 fn env() -> &'static Arc<Env> {
     static ENV: OnceLock<Arc<Env>> = OnceLock::new();
-    ENV.get_or_init(|| Arc::new(Env::stdlib()))
+    // Without the optional syntax (`a.?b`), which Envoy's parser refuses.
+    ENV.get_or_init(|| Arc::new(Env::stdlib().with_optional_support(false)))
+}
+
+/// The functions Envoy 1.40's runtime has (cel-cpp's built-ins, but `string()`, and its
+/// regex extension), by the name a call uses; operators aside.
+const ENVOY_FUNCTIONS: &[&str] = &[
+    "size",
+    "contains",
+    "startsWith",
+    "endsWith",
+    "matches",
+    "int",
+    "uint",
+    "double",
+    "bytes",
+    "bool",
+    "dyn",
+    "type",
+    "duration",
+    "timestamp",
+    "getFullYear",
+    "getMonth",
+    "getDayOfYear",
+    "getDayOfMonth",
+    "getDate",
+    "getDayOfWeek",
+    "getHours",
+    "getMinutes",
+    "getSeconds",
+    "getMilliseconds",
+];
+
+/// The namespaces of the `cel` crate's extensions (`math.greatest`, …), which Envoy's
+/// runtime lacks but for `re`.
+const NAMESPACES: &[&str] = &[
+    "re", "math", "optional", "base64", "cel", "strings", "sets", "lists",
+];
+
+/// The first function `e` calls that Envoy's runtime does not have (its last name, as
+/// Envoy's error names it): Envoy refuses such an expression when it loads the config,
+/// where the `cel` crate, whose standard library and extensions are larger, would run it.
+/// Envoy's regex extension (`re.extract`, `re.capture`, `re.captureN`), which the `cel`
+/// crate lacks, comes back as `re.<name>`.
+fn unknown_function(e: &IdedExpr) -> Option<String> {
+    match &e.expr {
+        Expr::Call(c) => {
+            // Inner calls first, as Envoy names them.
+            if let Some(inner) = c
+                .target
+                .as_deref()
+                .and_then(unknown_function)
+                .or_else(|| c.args.iter().find_map(unknown_function))
+            {
+                return Some(inner);
+            }
+            let name = c.func_name.as_str();
+            let operator = name == ADD
+                || !name
+                    .chars()
+                    .all(|ch| ch.is_alphanumeric() || ch == '_' || ch == '.');
+            if !operator {
+                let namespace = match c.target.as_deref().map(|t| &t.expr) {
+                    Some(Expr::Ident(ns)) if NAMESPACES.contains(&ns.as_str()) => Some(ns.as_str()),
+                    _ => name.rsplit_once('.').map(|(ns, _)| ns),
+                };
+                let last = name.rsplit('.').next().unwrap_or(name);
+                match namespace {
+                    Some("re") if matches!(last, "extract" | "capture" | "captureN") => {
+                        return Some(format!("re.{last}"))
+                    }
+                    Some(_) => return Some(last.to_string()),
+                    None if !ENVOY_FUNCTIONS.contains(&last) => return Some(last.to_string()),
+                    None => {}
+                }
+            }
+            None
+        }
+        Expr::List(l) => l.elements.iter().find_map(unknown_function),
+        Expr::Select(s) => unknown_function(&s.operand),
+        Expr::Map(m) => m.entries.iter().find_map(|entry| match &entry.expr {
+            cel::common::ast::EntryExpr::MapEntry(me) => {
+                unknown_function(&me.key).or_else(|| unknown_function(&me.value))
+            }
+            cel::common::ast::EntryExpr::StructField(sf) => unknown_function(&sf.value),
+        }),
+        _ => None,
+    }
 }
 
 /// Whether `e` has a comprehension (a macro Envoy's runtime refuses).
@@ -240,13 +330,17 @@ impl Expression {
                 "failed to create an expression: Comprehension support is disabled".to_string(),
             );
         }
-        let refs = program.references();
-        if refs.has_function("string") {
-            return Err(
-                "failed to create an expression: No overload found in reference resolve step for string"
-                    .to_string(),
-            );
+        if let Some(name) = unknown_function(&program) {
+            if let Some(f) = name.strip_prefix("re.") {
+                return Err(format!(
+                    "re.{f}: Envoy's regex extension functions are not supported by Courier"
+                ));
+            }
+            return Err(format!(
+                "failed to create an expression: No overload found in reference resolve step for {name}"
+            ));
         }
+        let refs = program.references();
         let roots = Root::ALL
             .iter()
             .filter(|(name, _)| refs.has_variable(name))
@@ -674,7 +768,20 @@ mod tests {
 
     #[test]
     fn expressions_envoy_refuses_are_refused() {
-        assert!(Expression::compile("response.code >= 400").is_ok());
+        for ok in [
+            "response.code >= 400",
+            "bool('true') && size('a') == 1 && 'a'.size() == 1 && int('1') == 1",
+            "request.time.getHours('UTC') >= 0 && type(1) == int && dyn(1) == 1",
+            "timestamp('2020-01-01T00:00:00Z') < request.time && duration('1s') > duration('0s')",
+            "matches('abc', 'a.c') && 'x'.startsWith('x') && 1 + 2 == 3 && -(1) < 0",
+            "{'a': 1}.size() == 1 && 1 in [1] && !false && (true ? 1 : 2) == 1",
+        ] {
+            assert!(
+                Expression::compile(ok).is_ok(),
+                "{ok}: {:?}",
+                Expression::compile(ok).err()
+            );
+        }
         for (expr, want) in [
             ("response.code >=", "Not able to parse filter expression"),
             (
@@ -682,6 +789,18 @@ mod tests {
                 "Comprehension support is disabled",
             ),
             ("string(response.code) == '200'", "No overload found"),
+            ("'A'.lowerAscii() == 'a'", "resolve step for lowerAscii"),
+            ("math.greatest(1, 2) == 2", "resolve step for greatest"),
+            ("optional.of(1).hasValue()", "resolve step for of"),
+            ("abs(-1) == 1", "resolve step for abs"),
+            (
+                "re.capture(request.path, '/(a)') == 'a'",
+                "re.capture: Envoy's regex extension functions are not supported by Courier",
+            ),
+            (
+                "request.?path.hasValue()",
+                "Not able to parse filter expression",
+            ),
         ] {
             let err = Expression::compile(expr).err().unwrap_or_default();
             assert!(err.contains(want), "{expr}: {err}");

@@ -14,18 +14,17 @@
 //! header maps only when it may read them).
 //!
 //! Envoy's CEL runtime is restricted (its "security-oriented defaults"), and so is this
-//! one: comprehensions (`all`, `exists`, `map`, …), the optional syntax, `string()` and
-//! the functions of the crate's larger library that Envoy's runtime lacks are refused
-//! when the config is compiled, as Envoy refuses them ("failed to create an
-//! expression"); Envoy's regex extension (`re.*`), which the crate lacks, is refused by
-//! name; and
-//! string, bytes and list concatenation are evaluation errors (`+` is rewritten to a
-//! function that refuses them; it costs an expression that adds a function
-//! registration per evaluation). An attribute the entry does not
-//! have (a header it lacks, `response.code` before any response, `upstream.address`
-//! without an upstream) is an error as it is in Envoy, `has()` of it is `false`: a filter
-//! whose expression errs, or is not a boolean, does not log the entry, and a `%CEL()%`
-//! that errs prints as an absent value (`-`, JSON `null`).
+//! one. Refused when the config is compiled, as Envoy refuses them ("failed to create an
+//! expression"): comprehensions (`all`, `exists`, `map`, …), the optional syntax,
+//! `string()` and the functions of the crate's larger library that Envoy's runtime lacks;
+//! Envoy's regex extension (`re.*`), which the crate lacks, is refused by name. String,
+//! bytes and list concatenation are evaluation errors (`+` is rewritten to a function
+//! that refuses them, registered for each evaluation of an expression that adds). An
+//! attribute the entry does not have (a header it lacks, `response.code` before any
+//! response, `upstream.address` without an upstream) is an error as it is in Envoy,
+//! `has()` of it is `false`: a filter whose expression errs, or is not a boolean, does
+//! not log the entry, and a `%CEL()%` that errs prints as an absent value (`-`, JSON
+//! `null`).
 //!
 //! Attributes Courier does not keep (dynamic metadata, filter state, the node, route and
 //! cluster metadata, `xds.virtual_host_name`, TLS session details beyond the version)

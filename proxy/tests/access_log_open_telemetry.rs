@@ -74,7 +74,12 @@ const LOGGERS: &str = r#"          tracing:
                 - key: list
                   value: { array_value: { values: [{ string_value: "%PROTOCOL%" }, { string_value: "x" }] } }
           - name: bare
-            filter: { status_code_filter: { comparison: { op: GE, value: { default_value: 400, runtime_key: k } } } }
+            filter:
+              extension_filter:
+                name: envoy.access_loggers.extension_filters.cel
+                typed_config:
+                  "@type": type.googleapis.com/envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter
+                  expression: "response.code >= 400"
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.access_loggers.open_telemetry.v3.OpenTelemetryAccessLogConfig
               common_config:
@@ -84,7 +89,18 @@ const LOGGERS: &str = r#"          tracing:
                 buffer_flush_interval: 0.05s
               disable_builtin_labels: true
               attributes:
-                values: [{ key: path, value: { string_value: "%REQ(:PATH)%" } }]
+                values:
+                - { key: path, value: { string_value: "%REQ(:PATH)%" } }
+                - { key: cel, value: { string_value: "%CEL(response.code >= 400)% %CEL(request.headers['X-Q']):4%" } }
+                - { key: no_query, value: { string_value: "%REQ_WITHOUT_QUERY(:PATH)%" } }
+              # Envoy Gateway lists the formatters its formats name.
+              formatters:
+              - name: envoy.formatter.req_without_query
+                typed_config:
+                  "@type": type.googleapis.com/envoy.extensions.formatter.req_without_query.v3.ReqWithoutQuery
+              - name: envoy.formatter.cel
+                typed_config:
+                  "@type": type.googleapis.com/envoy.extensions.formatter.cel.v3.Cel
 "#;
 
 const ROUTES: &str = r#"            name: local
@@ -143,7 +159,10 @@ fn run(start: &dyn Fn(&str) -> Option<Courier>) -> Option<Vec<String>> {
     let (collector, exports) = receiver();
     let proxy = start(&boot(collector))?;
     assert_eq!(get(proxy.listener, "h", "/ok", &[]).status, 200);
-    assert_eq!(get(proxy.listener, "h", "/nope", &[]).status, 404);
+    assert_eq!(
+        get(proxy.listener, "h", "/nope?q=1", &[("x-q", "value")]).status,
+        404
+    );
     // Traced (a request id marks it), so its records carry trace context.
     let traced = get(
         proxy.listener,
@@ -167,6 +186,16 @@ fn run(start: &dyn Fn(&str) -> Option<Courier>) -> Option<Vec<String>> {
 fn records_are_exported_as_envoy_exports_them() {
     let got = run(&|b| Some(Courier::start(b))).expect("courier starts");
     assert_eq!(got.len(), 4, "{got:#?}");
+    // The CEL filter let the 404 through, its `%CEL()%`s and `%REQ_WITHOUT_QUERY()%` say
+    // what Envoy's do.
+    let errors: Vec<&String> = got.iter().filter(|r| r.contains("no_query")).collect();
+    assert_eq!(errors.len(), 1, "{got:#?}");
+    assert!(
+        errors[0].contains("StringValue(\"true valu\")")
+            && errors[0].contains("StringValue(\"/nope\")"),
+        "{}",
+        errors[0]
+    );
     if let Some(envoy) = run(&Courier::start_envoy) {
         assert_eq!(envoy, got, "envoy vs courier");
     }
@@ -190,24 +219,27 @@ fn what_envoy_refuses_or_courier_lacks_is_refused_by_path() {
     if let Some(envoy) = envoy_validate(&number).map(|(code, _)| code) {
         assert_ne!(envoy, Some(0), "envoy accepted a number");
     }
-    // What Courier does not build yet is refused by its path.
-    for (field, yaml) in [
-        ("typed_config.formatters", "              formatters: [{ name: f, typed_config: { \"@type\": type.googleapis.com/google.protobuf.Struct } }]\n"),
-        ("typed_config.common_config.grpc_stream_retry_policy", ""),
-    ] {
-        let b = if yaml.is_empty() {
+    // What Courier does not build yet is refused by its path: a formatter extension
+    // other than `req_without_query` and `cel`, a retry policy for the stream.
+    for (field, b) in [
+        (
+            "typed_config.formatters[1]",
+            boot(collector).replacen(
+                "type.googleapis.com/envoy.extensions.formatter.cel.v3.Cel",
+                "type.googleapis.com/google.protobuf.Struct",
+                1,
+            ),
+        ),
+        (
+            "typed_config.common_config.grpc_stream_retry_policy",
             boot(collector).replacen(
                 "                buffer_flush_interval: 0.05s\n",
                 "                buffer_flush_interval: 0.05s\n                grpc_stream_retry_policy: { num_retries: 1 }\n",
                 1,
-            )
-        } else {
-            boot(collector).replacen(
-                "              disable_builtin_labels: true\n",
-                &format!("              disable_builtin_labels: true\n{yaml}"),
-                1,
-            )
-        };
+            ),
+        ),
+    ] {
+        assert_ne!(b, boot(collector), "{field}");
         let (code, err) = validate(&b);
         assert_ne!(code, Some(0), "{field}");
         assert!(err.contains(field), "{field}: {err}");

@@ -9,19 +9,26 @@
 //! response's trailers, else its headers, else the HTTP status (`200` is `UNKNOWN`), as
 //! Envoy does for any response, gRPC or not.
 //!
-//! Refused by path: `metadata_filter` (Courier keeps no dynamic metadata) and
-//! `extension_filter`.
+//! `extension_filter` takes Envoy's `envoy.access_loggers.extension_filters.cel` (an
+//! `ExpressionFilter`, see `cel.rs`): the entry is logged when its expression is `true`.
+//!
+//! Refused by path: `metadata_filter` (Courier keeps no dynamic metadata), another
+//! extension filter, and the CEL filter's `cel_config` (Envoy's opt-in string functions).
 
 use courier_proto::envoy::config::accesslog::v3::access_log_filter::FilterSpecifier;
 use courier_proto::envoy::config::accesslog::v3::comparison_filter::Op;
 use courier_proto::envoy::config::accesslog::v3::{AccessLogFilter, ComparisonFilter};
 
+use courier_proto::envoy::config::accesslog::v3::{extension_filter, ExtensionFilter};
+use courier_proto::envoy::extensions::access_loggers::filters::cel::v3::ExpressionFilter;
+
+use super::cel::Expression;
 use super::LogEntry;
 use crate::config::{ConfigError, Fraction};
 use crate::http::route::{compile_header_matcher, HeaderMatcher, Pseudo};
 
 /// Envoy's response flags (short forms), the ones a `response_flag_filter` may name.
-const RESPONSE_FLAGS: &[&str] = &[
+pub(super) const RESPONSE_FLAGS: &[&str] = &[
     "LH", "UH", "UT", "LR", "UR", "UF", "UC", "UO", "NR", "DI", "FI", "RL", "UAEX", "RLSE", "DC",
     "URX", "SI", "IH", "DPE", "UMSDR", "RFCF", "NFCF", "DT", "UPE", "NC", "OM", "DF", "DO", "DR",
     "UDO", "OL",
@@ -56,6 +63,45 @@ pub enum LogFilter {
     /// `grpc_status_filter`: the request's gRPC status is (or, under `exclude`, is not)
     /// one of these.
     GrpcStatus { statuses: Vec<i64>, exclude: bool },
+    /// `envoy.access_loggers.extension_filters.cel`: the expression is `true`.
+    Cel(Box<Expression>),
+}
+
+/// The type of the CEL filter's config.
+const EXPRESSION_FILTER: &str =
+    "type.googleapis.com/envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter";
+
+/// An `extension_filter` at `path`: the CEL filter (by its config's type, as Envoy finds
+/// it), or refused.
+fn extension(f: &ExtensionFilter, path: &str) -> Result<LogFilter, ConfigError> {
+    let Some(extension_filter::ConfigType::TypedConfig(any)) = &f.config_type else {
+        return Err(ConfigError::new(
+            format!("{path}.typed_config"),
+            "an extension filter needs a typed_config",
+        ));
+    };
+    if any.type_url != EXPRESSION_FILTER {
+        return Err(ConfigError::new(
+            format!("{path}.typed_config"),
+            format!(
+                "access log extension filter {} ({}) is not supported by Courier",
+                if f.name.is_empty() {
+                    "(unnamed)"
+                } else {
+                    &f.name
+                },
+                any.type_url
+            ),
+        ));
+    }
+    let at = format!("{path}.typed_config");
+    let cel: ExpressionFilter =
+        courier_proto::unpack_any(any).map_err(|e| ConfigError::new(&at, e.to_string()))?;
+    if cel.cel_config.is_some() {
+        return Err(ConfigError::unsupported(format!("{at}.cel_config")));
+    }
+    let expr = super::cel::compile_at(&cel.expression, &format!("{at}.expression"))?;
+    Ok(LogFilter::Cel(Box::new(expr)))
 }
 
 /// A `ComparisonFilter`: its operator and value (a runtime key may override it).
@@ -165,8 +211,8 @@ impl LogFilter {
                     exclude: f.exclude,
                 }
             }
-            Some(FilterSpecifier::ExtensionFilter(_)) => {
-                return Err(ConfigError::unsupported(format!("{path}.extension_filter")))
+            Some(FilterSpecifier::ExtensionFilter(f)) => {
+                extension(f, &format!("{path}.extension_filter"))?
             }
             Some(FilterSpecifier::MetadataFilter(_)) => {
                 return Err(ConfigError::new(
@@ -242,6 +288,7 @@ impl LogFilter {
                 let status = super::format::grpc_status(e, false).unwrap_or(2);
                 statuses.contains(&status) != *exclude
             }
+            LogFilter::Cel(expr) => expr.passes(e),
         }
     }
 }

@@ -129,6 +129,12 @@ enum Op {
     /// even in JSON, as Envoy's).
     Environment(String),
     Timing(Timing),
+    /// `%CEL(expression):Z%`: the expression's value as Envoy prints it (a string even in
+    /// JSON), absent when it errs.
+    Cel {
+        expr: Box<super::cel::Expression>,
+        max: Option<usize>,
+    },
 }
 
 /// The downstream connection's TLS facts the format can name (`-` on plaintext or when
@@ -454,6 +460,10 @@ impl Op {
                 .virtual_cluster
                 .map_or(Val::Absent, |v| Val::Text(Cow::Borrowed(v))),
             Op::Environment(v) => Val::Text(Cow::Borrowed(v)),
+            Op::Cel { expr, max } => match expr.render(e) {
+                Some(v) => Val::Text(truncate(Cow::Owned(v), *max)),
+                None => Val::Absent,
+            },
             Op::Timing(t) => {
                 let timing = &e.timing;
                 millis(match t {
@@ -951,6 +961,16 @@ fn command(
                 };
             (ParamsOptional, Op::GrpcStatus(f))
         }
+        "CEL" => (
+            ParamsAndLength,
+            Op::Cel {
+                expr: Box::new(
+                    super::cel::Expression::compile_as(sub, "expression")
+                        .map_err(|m| ConfigError::new("format", m))?,
+                ),
+                max: length,
+            },
+        ),
         "ENVIRONMENT" => {
             // Checked first: Envoy reads the variable only for a well-formed command.
             check_syntax(ParamsAndLength, name, sub, length)?;

@@ -35,6 +35,7 @@ use crate::stats::Store;
 use filter::LogFilter;
 use format::LogFormat;
 
+mod cel;
 mod filter;
 mod format;
 pub mod grpc;
@@ -263,7 +264,7 @@ fn writer(path: &str) -> Sender<String> {
 /// A `log_format` (paths relative to it). `content_type` and `json_format_options` change
 /// nothing in an access log (Envoy reads the first for local replies only, and prints JSON
 /// keys sorted either way); of the `formatters` extensions, `envoy.formatter.req_without_query`
-/// is served and the others are refused.
+/// and `envoy.formatter.cel` are served and the others are refused.
 fn format_from(f: &SubstitutionFormatString) -> Result<LogFormat, ConfigError> {
     let ext = formatters(&f.formatters)?;
     let omit = f.omit_empty_values;
@@ -282,16 +283,28 @@ fn format_from(f: &SubstitutionFormatString) -> Result<LogFormat, ConfigError> {
 }
 
 /// The command operators a `log_format`'s `formatters` add: Envoy's
-/// `envoy.formatter.req_without_query`; any other extension is refused by its path.
-fn formatters(
+/// `envoy.formatter.req_without_query`, and `envoy.formatter.cel` (which adds nothing:
+/// Envoy 1.40 serves `%CEL()%` without it, and so does Courier; its `cel_config` is
+/// refused); any other extension is refused by its path.
+pub(super) fn formatters(
     list: &[courier_proto::envoy::config::core::v3::TypedExtensionConfig],
 ) -> Result<format::Extensions, ConfigError> {
     const REQ_WITHOUT_QUERY: &str =
         "type.googleapis.com/envoy.extensions.formatter.req_without_query.v3.ReqWithoutQuery";
+    const CEL: &str = "type.googleapis.com/envoy.extensions.formatter.cel.v3.Cel";
     let mut ext = format::Extensions::default();
     for (i, f) in list.iter().enumerate() {
-        match f.typed_config.as_ref().map(|a| a.type_url.as_str()) {
-            Some(REQ_WITHOUT_QUERY) => ext.req_without_query = true,
+        match f.typed_config.as_ref() {
+            Some(a) if a.type_url == REQ_WITHOUT_QUERY => ext.req_without_query = true,
+            Some(a) if a.type_url == CEL => {
+                use courier_proto::envoy::extensions::formatter::cel::v3::Cel;
+                let at = format!("formatters[{i}].typed_config");
+                let c: Cel = courier_proto::unpack_any(a)
+                    .map_err(|e| ConfigError::new(&at, e.to_string()))?;
+                if c.cel_config.is_some() {
+                    return Err(ConfigError::unsupported(format!("{at}.cel_config")));
+                }
+            }
             _ => {
                 return Err(ConfigError::new(
                     format!("formatters[{i}]"),

@@ -3,7 +3,7 @@
 //! lists and arrays kept as they are), exported with `LogsService/Export` under a
 //! resource naming the log and the node (`log_name`, `zone_name`, `cluster_name`,
 //! `node_name`, unless `disable_builtin_labels`) and the configured
-//! `resource_attributes`.
+//! `resource_attributes`. Its `formatters` are a file logger's (`req_without_query`, `cel`).
 //!
 //! Records are built on the worker and batched on the main thread (`grpc_export.rs`:
 //! `buffer_flush_interval`, 1 s, or `buffer_size_bytes`, 16 KiB); each batch is exported
@@ -24,7 +24,7 @@ use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use prost::Message;
 
-use super::format::LogFormat;
+use super::format::{Extensions, LogFormat};
 use super::grpc_export::{self, Batching, Destination, Record};
 use super::LogEntry;
 use crate::config::ConfigError;
@@ -42,18 +42,22 @@ enum ValueFormat {
 }
 
 impl ValueFormat {
-    fn compile(v: &config_otel::AnyValue, at: &str) -> Result<ValueFormat, ConfigError> {
+    fn compile(
+        v: &config_otel::AnyValue,
+        at: &str,
+        ext: Extensions,
+    ) -> Result<ValueFormat, ConfigError> {
         use config_otel::any_value::Value;
         match &v.value {
             Some(Value::StringValue(s)) => Ok(ValueFormat::Text(
-                LogFormat::text(s, false).map_err(|e| e.at(at))?,
+                LogFormat::text_with(s, false, ext).map_err(|e| e.at(at))?,
             )),
-            Some(Value::KvlistValue(l)) => Ok(ValueFormat::List(compile_list(l, at)?)),
+            Some(Value::KvlistValue(l)) => Ok(ValueFormat::List(compile_list(l, at, ext)?)),
             Some(Value::ArrayValue(a)) => Ok(ValueFormat::Array(
                 a.values
                     .iter()
                     .enumerate()
-                    .map(|(i, v)| ValueFormat::compile(v, &format!("{at}[{i}]")))
+                    .map(|(i, v)| ValueFormat::compile(v, &format!("{at}[{i}]"), ext))
                     .collect::<Result<_, _>>()?,
             )),
             _ => Err(ConfigError::new(at, ONLY_STRINGS)),
@@ -77,6 +81,7 @@ impl ValueFormat {
 fn compile_list(
     l: &config_otel::KeyValueList,
     at: &str,
+    ext: Extensions,
 ) -> Result<Vec<(String, ValueFormat)>, ConfigError> {
     l.values
         .iter()
@@ -86,7 +91,7 @@ fn compile_list(
                 .value
                 .as_ref()
                 .ok_or_else(|| ConfigError::new(&at, ONLY_STRINGS))?;
-            Ok((kv.key.clone(), ValueFormat::compile(v, &at)?))
+            Ok((kv.key.clone(), ValueFormat::compile(v, &at, ext)?))
         })
         .collect()
 }
@@ -138,7 +143,6 @@ impl OtelLogger {
             ("buffer_flush_interval", c.buffer_flush_interval.is_some()),
             ("buffer_size_bytes", c.buffer_size_bytes.is_some()),
             ("resource_detectors", !c.resource_detectors.is_empty()),
-            ("formatters", !c.formatters.is_empty()),
             (
                 "filter_state_objects_to_log",
                 !c.filter_state_objects_to_log.is_empty(),
@@ -211,14 +215,17 @@ impl OtelLogger {
                 attributes.push(converted);
             }
         }
+        // The command operators `formatters` add (`%REQ_WITHOUT_QUERY()%`; `%CEL()%` needs
+        // none), as a file logger's `log_format` takes them.
+        let ext = super::formatters(&c.formatters).map_err(|e| e.at("typed_config"))?;
         let body = c
             .body
             .as_ref()
             .filter(|b| b.value.is_some())
-            .map(|b| ValueFormat::compile(b, "typed_config.body"))
+            .map(|b| ValueFormat::compile(b, "typed_config.body", ext))
             .transpose()?;
         let attribute_formats = match &c.attributes {
-            Some(l) => compile_list(l, "typed_config.attributes")?,
+            Some(l) => compile_list(l, "typed_config.attributes", ext)?,
             None => Vec::new(),
         };
         let prefix = if c.stat_prefix.is_empty() {

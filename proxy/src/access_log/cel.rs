@@ -497,7 +497,7 @@ fn flags_mask(flags: &str) -> i64 {
     }
     flags
         .split(',')
-        .filter_map(|f| super::filter::RESPONSE_FLAGS.iter().position(|k| *k == f))
+        .filter_map(|f| super::RESPONSE_FLAGS.iter().position(|k| *k == f))
         .filter(|&i| i < 63)
         .fold(0i64, |acc, i| acc | (1i64 << i))
 }
@@ -514,7 +514,7 @@ fn response(e: &LogEntry<'_>, header_maps: bool) -> Value {
     }
     put(&mut m, "flags", flags_mask(e.flags));
     // Envoy's `getGrpcStatus` without user-defined codes (above 16: `-1`).
-    if let Some(s) = super::format::grpc_status(e, false) {
+    if let Some(s) = super::grpc_status(e, false) {
         put(&mut m, "grpc_status", s);
     }
     put(&mut m, "size", e.bytes_sent as i64);

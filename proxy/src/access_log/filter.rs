@@ -23,16 +23,9 @@ use courier_proto::envoy::config::accesslog::v3::{extension_filter, ExtensionFil
 use courier_proto::envoy::extensions::access_loggers::filters::cel::v3::ExpressionFilter;
 
 use super::cel::Expression;
-use super::LogEntry;
+use super::{LogEntry, RESPONSE_FLAGS};
 use crate::config::{ConfigError, Fraction};
 use crate::http::route::{compile_header_matcher, HeaderMatcher, Pseudo};
-
-/// Envoy's response flags (short forms), the ones a `response_flag_filter` may name.
-pub(super) const RESPONSE_FLAGS: &[&str] = &[
-    "LH", "UH", "UT", "LR", "UR", "UF", "UC", "UO", "NR", "DI", "FI", "RL", "UAEX", "RLSE", "DC",
-    "URX", "SI", "IH", "DPE", "UMSDR", "RFCF", "NFCF", "DT", "UPE", "NC", "OM", "DF", "DO", "DR",
-    "UDO", "OL",
-];
 
 /// A compiled filter.
 pub enum LogFilter {
@@ -285,7 +278,7 @@ impl LogFilter {
             LogFilter::GrpcStatus { statuses, exclude } => {
                 // Statuses above 16 are invalid here (Envoy's `allow_user_defined` false);
                 // none at all is `UNKNOWN`.
-                let status = super::format::grpc_status(e, false).unwrap_or(2);
+                let status = super::grpc_status(e, false).unwrap_or(2);
                 statuses.contains(&status) != *exclude
             }
             LogFilter::Cel(expr) => expr.passes(e),

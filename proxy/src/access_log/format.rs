@@ -17,7 +17,6 @@ use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
 use courier_proto::google::protobuf::{value::Kind, Struct};
-use http::HeaderMap;
 
 use super::time_format::TimeFormat;
 use super::LogEntry;
@@ -237,37 +236,6 @@ impl HeaderOp {
     }
 }
 
-/// A status from a `grpc-status` value (Envoy's `Grpc::Common::getGrpcStatus`): a number
-/// (above 16 only when `allow_user_defined`), else `-1` (`InvalidCode`).
-fn parse_grpc_status(v: &[u8], allow_user_defined: bool) -> Option<i64> {
-    if v.is_empty() {
-        return None;
-    }
-    let s = std::str::from_utf8(v)
-        .unwrap_or("")
-        .trim_matches(|c: char| c.is_ascii_whitespace());
-    let digits = s.strip_prefix('+').unwrap_or(s);
-    let parsed = (!digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
-        .then(|| digits.parse::<u64>().ok())
-        .flatten();
-    Some(match parsed {
-        Some(n) if n <= 16 || allow_user_defined => n as i64,
-        _ => -1,
-    })
-}
-
-/// The request's gRPC status as Envoy finds it: the trailers' `grpc-status`, else the
-/// response headers', else the HTTP status's; none without a response.
-pub(super) fn grpc_status(e: &LogEntry<'_>, allow_user_defined: bool) -> Option<i64> {
-    let of = |m: Option<&HeaderMap>| {
-        m.and_then(|m| m.get("grpc-status"))
-            .and_then(|v| parse_grpc_status(v.as_bytes(), allow_user_defined))
-    };
-    of(e.trailers).or_else(|| of(e.response)).or_else(|| {
-        (e.status != 0).then(|| i64::from(crate::protocol::grpc::http_to_grpc_status(e.status)))
-    })
-}
-
 /// gRPC's name for a status (Envoy's `grpcStatusToString`).
 fn grpc_camel(status: i64) -> Option<&'static str> {
     Some(match status {
@@ -327,7 +295,7 @@ fn grpc_status_value<'a>(e: &LogEntry<'a>, f: GrpcFormat) -> Val<'a> {
     if !is_grpc_request(e) {
         return Val::Absent;
     }
-    let Some(status) = grpc_status(e, true) else {
+    let Some(status) = super::grpc_status(e, true) else {
         return Val::Absent;
     };
     let name = match f {
@@ -1128,6 +1096,7 @@ fn rfc3339_millis(t: SystemTime) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::super::parse_grpc_status;
     use super::*;
 
     fn parse(f: &str) -> Result<Vec<Op>, String> {

@@ -504,6 +504,44 @@ impl AccessLog {
     }
 }
 
+/// Envoy's response flags (short forms), the ones a `response_flag_filter` may name.
+const RESPONSE_FLAGS: &[&str] = &[
+    "LH", "UH", "UT", "LR", "UR", "UF", "UC", "UO", "NR", "DI", "FI", "RL", "UAEX", "RLSE", "DC",
+    "URX", "SI", "IH", "DPE", "UMSDR", "RFCF", "NFCF", "DT", "UPE", "NC", "OM", "DF", "DO", "DR",
+    "UDO", "OL",
+];
+
+/// A status from a `grpc-status` value (Envoy's `Grpc::Common::getGrpcStatus`): a number
+/// (above 16 only when `allow_user_defined`), else `-1` (`InvalidCode`).
+fn parse_grpc_status(v: &[u8], allow_user_defined: bool) -> Option<i64> {
+    if v.is_empty() {
+        return None;
+    }
+    let s = std::str::from_utf8(v)
+        .unwrap_or("")
+        .trim_matches(|c: char| c.is_ascii_whitespace());
+    let digits = s.strip_prefix('+').unwrap_or(s);
+    let parsed = (!digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| digits.parse::<u64>().ok())
+        .flatten();
+    Some(match parsed {
+        Some(n) if n <= 16 || allow_user_defined => n as i64,
+        _ => -1,
+    })
+}
+
+/// The request's gRPC status as Envoy finds it: the trailers' `grpc-status`, else the
+/// response headers', else the HTTP status's; none without a response.
+fn grpc_status(e: &LogEntry<'_>, allow_user_defined: bool) -> Option<i64> {
+    let of = |m: Option<&HeaderMap>| {
+        m.and_then(|m| m.get("grpc-status"))
+            .and_then(|v| parse_grpc_status(v.as_bytes(), allow_user_defined))
+    };
+    of(e.trailers).or_else(|| of(e.response)).or_else(|| {
+        (e.status != 0).then(|| i64::from(crate::protocol::grpc::http_to_grpc_status(e.status)))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

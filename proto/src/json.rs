@@ -193,7 +193,9 @@ fn last_set_key(message: &str) -> Option<String> {
 /// `"@type"` in `Any`, durations as `"1.5s"`, enums by name or number, 64-bit integers as
 /// numbers or strings). An empty document (only whitespace or comments, `---`, or `null`)
 /// is the default message. Unknown fields are errors, as in Envoy; every error names the
-/// path of the offending field and its line and column (see [`LoadError`]).
+/// path of the offending field and its line and column (see [`LoadError`]). Plain scalars
+/// are read as Envoy's yaml-cpp reads them, not by YAML 1.2: `off` is `false` (which a string
+/// field refuses), `010` is 8, `1.5` is the string `"1.5"` (which a number field parses).
 pub fn from_yaml<M: Message + Name + Default>(text: &str) -> Result<M, LoadError> {
     let desc = descriptor(&M::full_name())?;
     if text.trim().is_empty() {

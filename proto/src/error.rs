@@ -533,7 +533,14 @@ pub(crate) fn reason(raw: &str, ctx: &Context<'_>) -> String {
             .and_then(scalar_kind)
             .map(|k| kind_name(&k))
             .unwrap_or("numeric");
-        let what = value.map(|v| format!(" {}", scalar(v))).unwrap_or_default();
+        // A number given as a string (as Envoy reads a plain `1.5` or `99999999999` in YAML)
+        // is shown as the number it spells.
+        let what = value
+            .map(|v| match v {
+                Json::String(s) if s.parse::<f64>().is_ok_and(f64::is_finite) => format!(" {s}"),
+                v => format!(" {}", scalar(v)),
+            })
+            .unwrap_or_default();
         let why = if raw.contains("range") || raw.contains("too large") || raw.contains("too small")
         {
             ": out of range"

@@ -6,6 +6,8 @@ use prost_reflect::{DeserializeOptions, DynamicMessage, MessageDescriptor, Seria
 use crate::descriptors::pool;
 use crate::google::protobuf::Any;
 
+use crate::yaml_scalars::{self, strings::Strict};
+
 use crate::error::{locate_yaml_key, path_string, reason, segments, Context};
 pub use crate::error::{FileError, LoadError, Location};
 
@@ -90,15 +92,24 @@ fn yaml_is_null(text: &str) -> bool {
     )
 }
 
+/// The error for `failure`, met reading `resolved` (`text` as [`yaml_scalars::rewrite`]
+/// respelled it, if it did): located in `text`.
 fn yaml_error(
     desc: &MessageDescriptor,
     text: &str,
+    resolved: &str,
+    rewrite: Option<&yaml_scalars::Rewrite>,
     failure: Failure<serde_yaml_ng::Error>,
 ) -> LoadError {
-    let location = failure.error.location().map(|l| Location {
+    let at = failure.error.location().map(|l| Location {
         line: l.line(),
         column: l.column(),
     });
+    // The error's own wording names the location in the text read.
+    let location = match (at, rewrite) {
+        (Some(at), Some(r)) => Some(r.original(at)),
+        _ => at,
+    };
     // Is the text well-formed YAML at all? Parsing it without a schema tells syntax errors
     // (and multi-document input) apart from errors about the content.
     if let Err(e) = serde_yaml_ng::from_str::<serde::de::IgnoredAny>(text) {
@@ -128,14 +139,24 @@ fn yaml_error(
         };
     }
     let path = path_string(&failure.path);
-    let mut raw = strip_location(&failure.error.to_string(), location);
+    let mut raw = strip_location(&failure.error.to_string(), at);
     if !path.is_empty() {
         if let Some(rest) = raw.strip_prefix(&format!("{path}: ")) {
             raw = rest.to_string();
         }
     }
-    let doc = serde_yaml_ng::from_str::<serde_json::Value>(text).ok();
+    let doc = serde_yaml_ng::from_str::<serde_json::Value>(resolved).ok();
     let mut err = invalid(desc, doc.as_ref(), &failure.path, &raw, location);
+    if let LoadError::Invalid { message, .. } = &mut err {
+        // Envoy reads a plain `yes`, `off` or `010` as a boolean or a number too; say how to
+        // write the string.
+        let not_a_string = ["got boolean ", "got number "]
+            .iter()
+            .any(|got| message.starts_with(&format!("wrong type: expected a string, {got}")));
+        if not_a_string {
+            message.push_str(" (quote it to make it a string)");
+        }
+    }
     // serde_yaml_ng reports errors about a mapping's keys at the start of the mapping; point
     // at the key itself.
     if let LoadError::Invalid {
@@ -172,27 +193,32 @@ fn last_set_key(message: &str) -> Option<String> {
 /// `"@type"` in `Any`, durations as `"1.5s"`, enums by name or number, 64-bit integers as
 /// numbers or strings). An empty document (only whitespace or comments, `---`, or `null`)
 /// is the default message. Unknown fields are errors, as in Envoy; every error names the
-/// path of the offending field and its line and column (see [`LoadError`]).
+/// path of the offending field and its line and column (see [`LoadError`]). Plain scalars
+/// are read as Envoy's yaml-cpp reads them, not by YAML 1.2: `off` is `false` (which a string
+/// field refuses), `010` is 8, `1.5` is the string `"1.5"` (which a number field parses).
 pub fn from_yaml<M: Message + Name + Default>(text: &str) -> Result<M, LoadError> {
     let desc = descriptor(&M::full_name())?;
     if text.trim().is_empty() {
         return Ok(M::default());
     }
-    let de = serde_yaml_ng::Deserializer::from_str(text);
-    match deserialize(&desc, de) {
+    // Plain scalars resolved as Envoy resolves them (see [`yaml_scalars`]).
+    let rewrite = yaml_scalars::rewrite(text);
+    let resolved = rewrite.as_ref().map_or(text, |r| r.text.as_str());
+    let de = serde_yaml_ng::Deserializer::from_str(resolved);
+    match deserialize(&desc, Strict(de)) {
         Ok(dynamic) => transcode(dynamic),
         Err(_) if yaml_is_null(text) => Ok(M::default()),
         Err(failure) => {
-            let err = yaml_error(&desc, text, failure);
+            let err = yaml_error(&desc, text, resolved, rewrite.as_ref(), failure);
             if err.reason() == "unknown field \"<<\"" {
                 // Merge keys: the streaming deserializer does not expand them, the YAML
                 // value model does (errors then have a path but no location).
-                return from_merged_yaml(&desc, text).unwrap_or(Err(err));
+                return from_merged_yaml(&desc, resolved).unwrap_or(Err(err));
             }
             if err.reason() == MISSING_TYPE {
                 // Perhaps an empty `Any` ([`crate::empty_any`]), read through the value
                 // model; a real error keeps its location.
-                if let Some(Ok(m)) = from_merged_yaml(&desc, text) {
+                if let Some(Ok(m)) = from_merged_yaml(&desc, resolved) {
                     return Ok(m);
                 }
             }
@@ -201,8 +227,9 @@ pub fn from_yaml<M: Message + Name + Default>(text: &str) -> Result<M, LoadError
     }
 }
 
-/// Loads a YAML document with merge keys (`<<: *anchor`) expanded; `None` if that fails
-/// before reaching the message.
+/// Loads a YAML document (its scalars already respelled by [`yaml_scalars::rewrite`]) with
+/// merge keys (`<<: *anchor`) expanded; `None` if that fails before reaching the message.
+/// String fields take only strings here too: the JSON value deserializer refuses the rest.
 fn from_merged_yaml<M: Message + Name + Default>(
     desc: &MessageDescriptor,
     text: &str,

@@ -36,6 +36,7 @@ pub mod resource;
 pub mod resource_type;
 pub mod type_url;
 pub mod typed_struct;
+mod yaml_scalars;
 
 pub use envoy_types::pb::*;
 pub use json::{

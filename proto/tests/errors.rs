@@ -218,11 +218,13 @@ fn list_given_a_mapping() {
 }
 
 #[test]
-fn yaml_1_1_boolean() {
+fn quoted_on_is_not_a_boolean() {
+    // A plain `yes` or `on` is a boolean (yaml-cpp reads it so), and so is a quoted "yes"
+    // (the proto JSON parser takes it); a quoted "on" is refused, by Envoy too.
     check(
-        Input::Yaml(&cluster("    respect_dns_ttl: yes")),
+        Input::Yaml(&cluster("    respect_dns_ttl: \"on\"")),
         "static_resources.clusters[0].respect_dns_ttl",
-        "static_resources.clusters[0].respect_dns_ttl: wrong type: expected a boolean, got string \"yes\" (use true or false) (line 4, column 22)",
+        "static_resources.clusters[0].respect_dns_ttl: wrong type: expected a boolean, got string \"on\" (use true or false) (line 4, column 22)",
     );
 }
 

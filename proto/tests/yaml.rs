@@ -192,7 +192,8 @@ metadata:
     let md = c.metadata.unwrap();
     let s = &md.filter_metadata["envoy.lb"].fields;
     assert_eq!(s["canary"].kind, Some(Kind::BoolValue(true)));
-    assert_eq!(s["version"].kind, Some(Kind::NumberValue(1.2)));
+    // A plain float is a string to Envoy (yaml-cpp, then JSON), and in a Struct stays one.
+    assert_eq!(s["version"].kind, Some(Kind::StringValue("1.2".into())));
     assert_eq!(s["replicas"].kind, Some(Kind::NumberValue(3.0)));
     assert!(matches!(s["zone"].kind, Some(Kind::NullValue(_))));
     let Some(Kind::ListValue(tags)) = &s["tags"].kind else {

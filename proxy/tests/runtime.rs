@@ -254,7 +254,7 @@ fn invalid_layers_are_refused_by_path() {
             "layered_runtime.layers[1].name: Duplicate layer name: x",
         ),
         (
-            "  - { name: x, admin_layer: {} }\n  - { name: y, admin_layer: {} }\n",
+            "  - { name: x, admin_layer: {} }\n  - { name: z, admin_layer: {} }\n",
             "Too many admin layers",
         ),
         (

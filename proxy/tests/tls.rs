@@ -459,7 +459,7 @@ fn bad_tls_config_is_refused_by_path_as_envoy_refuses_it() {
         "            tls_certificate_sds_secret_configs: [{ name: nope }]\n",
     );
     let missing_secret_file = format!(
-        "node: {{ id: n, cluster: c }}\n{}",
+        "node: {{ id: node1, cluster: c }}\n{}",
         with_socket(
             "",
             "            tls_certificate_sds_secret_configs: [{ name: s, sds_config: { path_config_source: { path: /nonexistent/s.yaml } } }]\n",

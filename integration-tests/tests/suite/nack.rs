@@ -420,7 +420,7 @@ async fn nack_invalid_listeners() {
             "two filter chains with the same match",
             ResourceType::Listener,
             vec![listener_yaml(&format!(
-                "name: same_match\naddress: {{ socket_address: {{ address: 127.0.0.1, port_value: {p} }} }}\nfilter_chains:\n- filters: [{{ name: envoy.filters.network.tcp_proxy, typed_config: {{ '@type': type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: x, cluster: c1 }} }}]\n- filters: [{{ name: envoy.filters.network.tcp_proxy, typed_config: {{ '@type': type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: y, cluster: c1 }} }}]\n"
+                "name: same_match\naddress: {{ socket_address: {{ address: 127.0.0.1, port_value: {p} }} }}\nfilter_chains:\n- filters: [{{ name: envoy.filters.network.tcp_proxy, typed_config: {{ '@type': type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: x, cluster: c1 }} }}]\n- filters: [{{ name: envoy.filters.network.tcp_proxy, typed_config: {{ '@type': type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: z, cluster: c1 }} }}]\n"
             ))],
             &["same matching", "duplicate", "multiple filter chains"],
         ),

@@ -594,6 +594,13 @@ pub fn compile_cluster_reporting(
         .as_ref()
         .and_then(|c| c.healthy_panic_threshold.as_ref())
         .map_or(50.0, |p| p.value);
+    // `envoy.type.v3.Percent`'s rule (NaN and the infinities fail it too).
+    if !(0.0..=100.0).contains(&panic_threshold) {
+        return Err(ConfigError::new(
+            "common_lb_config.healthy_panic_threshold.value",
+            "value must be inside range [0, 100]",
+        ));
+    }
     let update_merge_window = config::duration_or(
         proto
             .common_lb_config

@@ -10,8 +10,6 @@
 mod ext_proc_support;
 mod http_support;
 
-use std::pin::Pin;
-
 use courier_proto::envoy::config::core::v3::header_value_option::HeaderAppendAction;
 use courier_proto::envoy::config::core::v3::{HeaderValue, HeaderValueOption};
 use courier_proto::envoy::r#type::v3::HttpStatus;
@@ -23,7 +21,7 @@ use courier_proto::envoy::service::ext_proc::v3::{
     BodyMutation, BodyResponse, CommonResponse, HeaderMutation, HeadersResponse, ImmediateResponse,
     ProcessingRequest, ProcessingResponse,
 };
-use ext_proc_support::{body, counters, set};
+use ext_proc_support::{body, counters, set, Answers};
 use http_support::*;
 
 const H2: &str = "    typed_extension_protocol_options:\n      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n        explicit_http_config: { http2_protocol_options: {} }\n";
@@ -292,9 +290,6 @@ fn answer(script: &mut String, msg: ProcessingRequest) -> Reply {
         _ => Reply::Silent,
     }
 }
-
-type Answers =
-    Pin<Box<dyn tokio_stream::Stream<Item = Result<ProcessingResponse, tonic::Status>> + Send>>;
 
 #[tonic::async_trait]
 impl ExternalProcessor for Proc {

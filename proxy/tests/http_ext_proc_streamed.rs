@@ -13,7 +13,6 @@ mod http_support;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -27,7 +26,7 @@ use courier_proto::envoy::service::ext_proc::v3::{
     CommonResponse, HeaderMutation, HeadersResponse, ImmediateResponse, ProcessingRequest,
     ProcessingResponse, TrailersResponse,
 };
-use ext_proc_support::{body, counters, set};
+use ext_proc_support::{body, counters, set, Answers};
 use http_support::*;
 
 const H2: &str = "    typed_extension_protocol_options:\n      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n        explicit_http_config: { http2_protocol_options: {} }\n";
@@ -229,9 +228,6 @@ fn script_answer(
         )),
     }
 }
-
-type Answers =
-    Pin<Box<dyn tokio_stream::Stream<Item = Result<ProcessingResponse, tonic::Status>> + Send>>;
 
 #[tonic::async_trait]
 impl ExternalProcessor for Proc {

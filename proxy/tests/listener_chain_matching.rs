@@ -15,25 +15,7 @@ use http_support::*;
 
 /// A filter chain answering `name` to every request.
 fn chain(name: &str, matching: &str) -> String {
-    format!(
-        r#"    - name: {name}
-{matching}      filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: {name}
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
-          route_config:
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
-              - match: {{ prefix: "/" }}
-                direct_response: {{ status: 200, body: {{ inline_string: {name} }} }}
-"#
-    )
+    format!("    - name: {name}\n{matching}{}", answering_filters(name))
 }
 
 fn boot(chains: &str, extra: &str) -> String {

@@ -1,7 +1,9 @@
 //! What the ext_proc tests share: the answers' building blocks and the filter's counters.
 
 use courier_proto::envoy::config::core::v3::{HeaderValue, HeaderValueOption};
-use courier_proto::envoy::service::ext_proc::v3::{body_mutation, BodyMutation};
+use courier_proto::envoy::service::ext_proc::v3::{
+    body_mutation, BodyMutation, ProcessingResponse,
+};
 
 use crate::http_support::Courier;
 
@@ -34,3 +36,8 @@ pub fn counters(proxy: &Courier, names: &[&str]) -> Vec<String> {
         })
         .collect()
 }
+
+/// The answers a test's processor streams back.
+pub type Answers = std::pin::Pin<
+    Box<dyn tokio_stream::Stream<Item = Result<ProcessingResponse, tonic::Status>> + Send>,
+>;

@@ -1404,3 +1404,26 @@ pub fn h2_call(
         })
     })
 }
+
+/// A filter chain's `filters` (at a chain's indentation) whose connection manager answers
+/// every request `200` with the body `name`: tells which chain or listener took a request.
+pub fn answering_filters(name: &str) -> String {
+    format!(
+        r#"      filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: {name}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {{ prefix: "/" }}
+                direct_response: {{ status: 200, body: {{ inline_string: {name} }} }}
+"#
+    )
+}

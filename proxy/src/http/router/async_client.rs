@@ -121,22 +121,16 @@ pub async fn send(
     timeout: Option<Duration>,
     envoy: EnvoyHeaders,
 ) -> Result<ResponseMessage, AsyncFailure> {
-    let deadline = timeout.map(|t| Instant::now() + t);
-    let Some(info) = ThreadLocalClusterManager::with(|tlcm| tlcm.snapshot().get(cluster).cloned())
-    else {
-        return Err(AsyncFailure::NoCluster(cluster.to_owned()));
-    };
-    let mut headers = req.headers;
-    envoy.apply(&mut headers, timeout);
-    let req = RequestMessage {
-        method: req.method,
-        path: req.path,
-        authority: req.authority,
-        headers,
-        body: ProxyBody::full(req.body),
-    };
-    let req = request_for(&info, req).map_err(|e| AsyncFailure::Reset(e.to_string()))?;
-    exchange(&info, req, store, worker, deadline, true).await
+    send_retried(
+        cluster,
+        req,
+        store,
+        worker,
+        timeout,
+        envoy,
+        &RetryPolicy::none(),
+    )
+    .await
 }
 
 /// `req` in the form `cluster` speaks: HTTP/2's authority in the URI, HTTP/1.1's `host`.
@@ -211,7 +205,8 @@ pub(crate) async fn exchange(
     answer
 }
 
-/// Sends `req` (its body whole) to the cluster named `cluster`, retried as Envoy's async
+/// Sends `req` (its body whole) to the cluster named `cluster` with the `envoy` headers,
+/// retried as Envoy's async
 /// client retries under a route retry `policy`: an answer or failure the policy retries
 /// is followed by the policy's jittered back-off and another attempt, up to
 /// `num_retries`, each attempt bounded by `per_try_timeout` and all of them by `timeout`;
@@ -242,15 +237,34 @@ pub async fn send_retried(
             (p, t) => p.or(t),
         },
     );
-    let internal = envoy.internal;
+    let internal = headers
+        .get(&X_ENVOY_INTERNAL)
+        .is_some_and(|v| v.as_bytes() == b"true");
+    let mut whole = Some(RequestMessage { headers, ..req });
+    let retries_anything = policy.retries_anything();
     let mut retries = 0;
     loop {
+        // The request is kept while another attempt may follow, else sent as it is.
+        let another = retries_anything && retries < policy.num_retries;
+        let message = match (another, whole.as_ref()) {
+            (true, Some(r)) => RequestMessage {
+                method: r.method.clone(),
+                path: r.path.clone(),
+                authority: r.authority.clone(),
+                headers: r.headers.clone(),
+                body: r.body.clone(),
+            },
+            _ => match whole.take() {
+                Some(r) => r,
+                None => return Err(AsyncFailure::Reset("no request left to send".into())),
+            },
+        };
         let message = RequestMessage {
-            method: req.method.clone(),
-            path: req.path.clone(),
-            authority: req.authority.clone(),
-            headers: headers.clone(),
-            body: ProxyBody::full(req.body.clone()),
+            method: message.method,
+            path: message.path,
+            authority: message.authority,
+            headers: message.headers,
+            body: ProxyBody::full(message.body),
         };
         let one = request_for(&info, message).map_err(|e| AsyncFailure::Reset(e.to_string()))?;
         let try_deadline = match (per_try.map(|p| Instant::now() + p), deadline) {

@@ -696,7 +696,8 @@ fn h2_get_watching_goaway(addr: SocketAddr) -> (Option<u32>, String) {
                         f.payload[7],
                     ]))
                 }
-                SETTINGS if f.stream == 0 => {
+                // Only the server's own settings: acking its ACK is a protocol error.
+                SETTINGS if f.stream == 0 && f.flags & ACK == 0 => {
                     let _ = c.write_all(&frame(SETTINGS, ACK, 0, &[]));
                 }
                 _ => {}

@@ -766,9 +766,10 @@ pub mod h2_raw {
     pub const END_STREAM: u8 = 0x1;
     pub const END_HEADERS: u8 = 0x4;
 
-    /// A frame read off the wire: its type, stream and payload.
+    /// A frame read off the wire: its type, flags, stream and payload.
     pub struct RawFrame {
         pub kind: u8,
+        pub flags: u8,
         pub stream: u32,
         pub payload: Vec<u8>,
     }
@@ -787,6 +788,7 @@ pub mod h2_raw {
             let id = [buf[at + 5], buf[at + 6], buf[at + 7], buf[at + 8]];
             frames.push(RawFrame {
                 kind: buf[at + 3],
+                flags: buf[at + 4],
                 stream: u32::from_be_bytes(id) & 0x7fff_ffff,
                 payload: buf[at + 9..at + 9 + len].to_vec(),
             });

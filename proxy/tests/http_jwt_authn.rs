@@ -617,7 +617,7 @@ fn jwt_authn_refuses_what_it_does_not_build() {
     let cases: Vec<(&str, &str, &str)> =
         cases.iter().map(|(f, t, w)| (*f, t.as_str(), *w)).collect();
     assert_refused_by_path(&base, &cases);
-    // `remote_jwks`' parts Courier does not build.
+    // `remote_jwks`' invalid parts.
     let local = base
         .lines()
         .find(|l| l.contains("local_jwks") && l.contains("\"oct\""))
@@ -626,17 +626,11 @@ fn jwt_authn_refuses_what_it_does_not_build() {
     let remote = |extra: &str| {
         format!("                  remote_jwks: {{ http_uri: {{ uri: \"http://a/jwks\", cluster: a, timeout: 1s }}{extra} }}")
     };
-    let with_async = remote(", async_fetch: {}");
     let with_retry =
         remote(", retry_policy: { retry_back_off: { base_interval: 2s, max_interval: 1s } }");
     assert_refused_by_path(
         &base,
         &[
-            (
-                local.as_str(),
-                with_async.as_str(),
-                "providers[p3].remote_jwks.async_fetch",
-            ),
             (
                 local.as_str(),
                 with_retry.as_str(),
@@ -645,7 +639,11 @@ fn jwt_authn_refuses_what_it_does_not_build() {
         ],
     );
     // Without them, it is taken; a `cache_duration` under 1ms is not, as Envoy's.
-    let taken = base.replacen(&local, &remote(""), 1);
+    let taken = base.replacen(
+        &local,
+        &remote(", async_fetch: { fast_listener: true, failed_refetch_duration: 2s }"),
+        1,
+    );
     let (code, stderr) = validate(&taken);
     assert_eq!(code, Some(0), "{stderr}");
     let zero = base.replacen(&local, &remote(", cache_duration: 0s"), 1);
@@ -973,6 +971,330 @@ fn jwt_authn_remote_jwks_matches_envoy() {
             "jwks cluster upstream_rq_retry_limit_exceeded=1",
             "jwks cluster retry.upstream_rq_503=2",
             "jwks cluster retry.upstream_rq_500=2",
+        ]
+    );
+}
+
+/// The async fetch test's providers: name, cluster and path, `remote_jwks` extras.
+const ASYNC: &[(&str, &str, &str)] = &[
+    // The listener waits for this one's first fetch.
+    (
+        "gated",
+        "jwks_gated /keys",
+        "cache_duration: 300s, async_fetch: {}",
+    ),
+    (
+        "fast",
+        "jwks /keys",
+        "cache_duration: 300s, async_fetch: { fast_listener: true }",
+    ),
+    (
+        "failing",
+        "jwks /e500",
+        "async_fetch: { failed_refetch_duration: 300s }",
+    ),
+    // Fails twice, then serves: refetched after 0.1 s each time.
+    (
+        "flaky",
+        "jwks /flaky",
+        "cache_duration: 300s, async_fetch: { failed_refetch_duration: 0.1s }",
+    ),
+    // Refetched every second: its server rotates the key.
+    (
+        "rotating",
+        "jwks /rot",
+        "cache_duration: 1s, async_fetch: {}",
+    ),
+    ("ondemand", "jwks /keys2", ""),
+];
+
+fn async_boot(a: &Upstream, jwks: std::net::SocketAddr, gated: std::net::SocketAddr) -> String {
+    let mut providers = String::new();
+    let mut rules = String::new();
+    for (name, target, extra) in ASYNC {
+        let (cluster, path) = target.split_once(' ').expect("target");
+        let extra = match *extra {
+            "" => String::new(),
+            e => format!(", {e}"),
+        };
+        providers.push_str(&format!(
+            "                {name}:\n                  issuer: remote.{name}\n                  remote_jwks: {{ http_uri: {{ uri: \"http://jwks.example{path}\", cluster: {cluster}, timeout: 1s }}{extra} }}\n"
+        ));
+        rules.push_str(&format!(
+            "              - match: {{ prefix: /{name} }}\n                requires: {{ provider_name: {name} }}\n"
+        ));
+    }
+    let filter = format!(
+        r#"          - name: envoy.filters.http.jwt_authn
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication
+              providers:
+{providers}              rules:
+{rules}"#
+    );
+    let clusters = cluster("a", &[a.addr], "")
+        + &cluster("jwks", &[jwks], "")
+        + &cluster("jwks_gated", &[gated], "");
+    with_filters(&bootstrap(ROUTES, "", &clusters), &filter)
+}
+
+type Log = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+
+/// The async fetch test's key set servers: one answering each path (`/rot` serves the
+/// RSA set until `rotate` is set, then the EC one), and one holding its answer until
+/// `gate` opens; with the requests each got (`<method> <path>`).
+struct AsyncJwks {
+    addr: std::net::SocketAddr,
+    log: Log,
+    rotate: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    gated: std::net::SocketAddr,
+    gated_log: Log,
+    gate: std::sync::Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+}
+
+impl AsyncJwks {
+    fn start(keys: &Keys) -> AsyncJwks {
+        use std::sync::atomic::{AtomicBool, AtomicUsize};
+        use std::sync::{Arc, Condvar, Mutex};
+        let (log, gated_log): (Log, Log) = Default::default();
+        let rotate = Arc::new(AtomicBool::new(false));
+        let (rsa, ec) = (keys.rsa_jwks(), keys.ec_jwks());
+        let flaky = AtomicUsize::new(0);
+        let (seen, rotated) = (log.clone(), rotate.clone());
+        let addr = http_service(move |r| {
+            seen.lock()
+                .expect("log")
+                .push(format!("{} {}", r.method, r.path));
+            let (status, body) = match r.path.as_str() {
+                "/keys" | "/keys2" => (200, rsa.clone()),
+                "/flaky" if flaky.fetch_add(1, Ordering::SeqCst) < 2 => (503, String::new()),
+                "/flaky" => (200, rsa.clone()),
+                "/rot" if rotated.load(Ordering::SeqCst) => (200, ec.clone()),
+                "/rot" => (200, rsa.clone()),
+                _ => (500, String::new()),
+            };
+            Answer {
+                status,
+                headers: vec![("content-type".into(), "application/json".into())],
+                body: body.into(),
+            }
+        });
+        let gate = Arc::new((Mutex::new(false), Condvar::new()));
+        let (held, seen, rsa) = (gate.clone(), gated_log.clone(), keys.rsa_jwks());
+        // Its own server: the wait blocks the thread answering.
+        let gated = http_service(move |r| {
+            seen.lock()
+                .expect("log")
+                .push(format!("{} {}", r.method, r.path));
+            let (open, opened) = &*held;
+            let mut open = open.lock().expect("gate");
+            while !*open {
+                open = opened.wait(open).expect("gate");
+            }
+            Answer {
+                status: 200,
+                headers: vec![("content-type".into(), "application/json".into())],
+                body: rsa.clone().into(),
+            }
+        });
+        AsyncJwks {
+            addr,
+            log,
+            rotate,
+            gated,
+            gated_log,
+            gate,
+        }
+    }
+
+    fn open_gate(&self) {
+        let (open, opened) = &*self.gate;
+        *open.lock().expect("gate") = true;
+        opened.notify_all();
+    }
+
+    /// Every request both servers got, but `/rot`'s (refetched every second).
+    fn fetches(&self) -> Vec<String> {
+        let mut all = self.gated_log.lock().expect("log").clone();
+        all.extend(
+            self.log
+                .lock()
+                .expect("log")
+                .iter()
+                .filter(|l| !l.ends_with("/rot"))
+                .cloned(),
+        );
+        all
+    }
+
+    fn count(&self, line: &str) -> usize {
+        self.log
+            .lock()
+            .expect("log")
+            .iter()
+            .filter(|l| *l == line)
+            .count()
+    }
+}
+
+/// Waits (at most 10 s) until `fact` holds.
+fn wait_until(what: &str, fact: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !fact() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "waited 10 s for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// The async fetch scenario on one proxy (started unready on its bootstrap).
+fn run_async(mut proxy: Courier, a: &Upstream, jwks: &AsyncJwks, keys: &Keys) -> Vec<String> {
+    let mut out = Vec::new();
+    // Start-up: every set is fetched at once; the listener waits for `gated`'s answer.
+    wait_until("the first fetches", || {
+        !jwks.gated_log.lock().expect("log").is_empty()
+            && jwks.count("GET /flaky") == 3
+            && jwks.count("GET /e500") == 1
+            && jwks.count("GET /keys") == 1
+            && jwks.count("GET /rot") >= 1
+    });
+    proxy.wait_stat("http.ingress.jwt_authn.jwks_fetch_failed", 3);
+    // Fetched concurrently: in no given order.
+    let mut first = jwks.fetches();
+    first.sort();
+    out.push(format!(
+        "while gated's first fetch waits: live={} fetched={first:?} failed={}",
+        admin_get(proxy.admin, "/ready").is_some_and(|b| b.contains("LIVE")),
+        proxy.stat("http.ingress.jwt_authn.jwks_fetch_failed"),
+    ));
+    jwks.open_gate();
+    assert!(proxy.wait_ready(), "the proxy exited");
+    let exp = now() + 3600;
+    let rsa = |iss: &str| {
+        keys.token(
+            "RS256",
+            r#"{"alg":"RS256","kid":"r1"}"#,
+            &format!(r#"{{"iss":"remote.{iss}","sub":"s","exp":{exp}}}"#),
+        )
+    };
+    let ec = |iss: &str| {
+        keys.token(
+            "ES256",
+            r#"{"alg":"ES256"}"#,
+            &format!(r#"{{"iss":"remote.{iss}","sub":"s","exp":{exp}}}"#),
+        )
+    };
+    let request = |label: &str, path: &str, token: Option<String>| {
+        let before = a.requests.load(Ordering::SeqCst);
+        let fetched_before = jwks.fetches().len();
+        let bearer = token.map(|t| format!("Bearer {t}"));
+        let h: Vec<(&str, &str)> = bearer
+            .iter()
+            .map(|b| ("authorization", b.as_str()))
+            .collect();
+        let r = Client::connect(proxy.listener).request("GET", "example.com", path, &h, b"");
+        format!(
+            "{label}: {} {:?} upstream={} fetched={:?}",
+            r.status,
+            r.body_str(),
+            a.requests.load(Ordering::SeqCst) - before,
+            &jwks.fetches()[fetched_before..],
+        )
+    };
+    out.extend([
+        request("gated", "/gated", Some(rsa("gated"))),
+        request("gated, no token", "/gated", None),
+        request("gated, unknown key", "/gated", Some(ec("gated"))),
+        request("fast", "/fast", Some(rsa("fast"))),
+        request("flaky", "/flaky", Some(rsa("flaky"))),
+        request("failing", "/failing", Some(rsa("failing"))),
+        request("failing, again", "/failing", Some(rsa("failing"))),
+        request("on demand", "/ondemand", Some(rsa("ondemand"))),
+        request("on demand, again", "/ondemand", Some(rsa("ondemand"))),
+        request("rotating, old key", "/rotating", Some(rsa("rotating"))),
+        request("rotating, new key", "/rotating", Some(ec("rotating"))),
+    ]);
+    // The server rotates; a refetch brings the new key (no request fetches it).
+    jwks.rotate.store(true, Ordering::SeqCst);
+    wait_until("the rotated key", || {
+        let h = format!("Bearer {}", ec("rotating"));
+        Client::connect(proxy.listener)
+            .request(
+                "GET",
+                "example.com",
+                "/rotating",
+                &[("authorization", &h)],
+                b"",
+            )
+            .status
+            == 200
+    });
+    out.extend([
+        request("rotated, old key", "/rotating", Some(rsa("rotating"))),
+        request("rotated, new key", "/rotating", Some(ec("rotating"))),
+    ]);
+    out.push(format!(
+        "failed={} some successes={}",
+        proxy.stat("http.ingress.jwt_authn.jwks_fetch_failed"),
+        proxy.stat("http.ingress.jwt_authn.jwks_fetch_success") >= 6,
+    ));
+    out
+}
+
+/// `remote_jwks.async_fetch`: key sets fetched ahead of requests at start-up (the
+/// listener waiting for a set without `fast_listener`, even one whose fetch fails),
+/// refetched after `failed_refetch_duration` when a fetch fails and before
+/// `cache_duration` ends when it succeeds (a rotated key arrives with no request
+/// fetching it); a set with no good fetch yet is fetched by the request. Courier and
+/// Envoy 1.40 give the same transcript.
+#[test]
+fn jwt_authn_async_fetch_matches_envoy() {
+    let keys = Keys::new();
+    let run = |envoy: bool| {
+        let a = Upstream::start("a");
+        let jwks = AsyncJwks::start(&keys);
+        let boot = async_boot(&a, jwks.addr, jwks.gated);
+        let proxy = match envoy {
+            false => Courier::start_unready(&boot),
+            true => Courier::start_envoy_unready(&boot)?,
+        };
+        Some(run_async(proxy, &a, &jwks, &keys))
+    };
+    let got = run(false).expect("courier");
+    match run(true) {
+        Some(want) => {
+            for (e, c) in want.iter().zip(&got) {
+                if e != c {
+                    eprintln!("envoy:   {e}\ncourier: {c}");
+                }
+            }
+            assert_eq!(want, got, "envoy vs courier");
+        }
+        None => eprintln!("envoy not on PATH: skipping the async fetch differential"),
+    }
+    let missing = r#"401 "Jwt is missing""#;
+    let no_key = r#"401 "Jwks doesn't have key to match kid or alg from Jwt""#;
+    let failed = r#"401 "Jwks remote fetch is failed""#;
+    assert_eq!(
+        got,
+        [
+            r#"while gated's first fetch waits: live=false fetched=["GET /e500", "GET /flaky", "GET /flaky", "GET /flaky", "GET /keys", "GET /keys"] failed=3"#.to_string(),
+            r#"gated: 200 "a GET /gated" upstream=1 fetched=[]"#.into(),
+            format!("gated, no token: {missing} upstream=0 fetched=[]"),
+            format!("gated, unknown key: {no_key} upstream=0 fetched=[]"),
+            r#"fast: 200 "a GET /fast" upstream=1 fetched=[]"#.into(),
+            r#"flaky: 200 "a GET /flaky" upstream=1 fetched=[]"#.into(),
+            format!(r#"failing: {failed} upstream=0 fetched=["GET /e500"]"#),
+            format!(r#"failing, again: {failed} upstream=0 fetched=["GET /e500"]"#),
+            r#"on demand: 200 "a GET /ondemand" upstream=1 fetched=["GET /keys2"]"#.into(),
+            r#"on demand, again: 200 "a GET /ondemand" upstream=1 fetched=[]"#.into(),
+            r#"rotating, old key: 200 "a GET /rotating" upstream=1 fetched=[]"#.into(),
+            format!("rotating, new key: {no_key} upstream=0 fetched=[]"),
+            r#"rotated, old key: 401 "Jwt verification fails" upstream=0 fetched=[]"#.into(),
+            r#"rotated, new key: 200 "a GET /rotating" upstream=1 fetched=[]"#.into(),
+            "failed=5 some successes=true".into(),
         ]
     );
 }

@@ -183,13 +183,15 @@ impl ListenerConfig {
         strip(&self.proto) == strip(other)
     }
 
-    /// Whether it can serve: its routes satisfy `routes_ready`, its secrets are settled.
+    /// Whether it can serve: its routes satisfy `routes_ready`, its secrets (and the key
+    /// sets its JWT filters fetch ahead) are settled.
     pub fn dependencies_ready(&self, routes_ready: &dyn Fn(&str) -> bool) -> bool {
         self.rds_needs().iter().all(|r| routes_ready(r.name())) && self.secrets_settled()
     }
 
     /// Whether every server secret its TLS contexts and HTTP filters name has arrived (or
-    /// its initial fetch timed out): until then the listener warms.
+    /// its initial fetch timed out), and every key set its JWT filters fetch ahead of
+    /// requests had its first fetch: until then the listener warms.
     pub fn secrets_settled(&self) -> bool {
         use crate::transport_socket::tls::sds;
         self.chains()
@@ -205,6 +207,8 @@ impl ListenerConfig {
                         crate::filters::http::HttpFilter::OAuth2(o) => {
                             o.server_secrets().all(sds::settled)
                         }
+                        // `remote_jwks.async_fetch` without `fast_listener`: the first fetch.
+                        crate::filters::http::HttpFilter::JwtAuthn(j) => j.key_sets_settled(),
                         _ => true,
                     })
                 }

@@ -7,6 +7,7 @@ mod drain;
 pub mod fd_limit;
 pub mod hot_restart;
 mod instance;
+pub mod jwks_fetch;
 pub mod local_info;
 pub mod stats_config;
 

@@ -873,6 +873,7 @@ pub fn after_update(server: &Rc<Server>) {
     sync_eds(server);
     sync_rds(server);
     sync_sds(server);
+    sync_jwks_fetches(server);
     // Envoy holds its CDS ACK while clusters warm, so a server sees one ACK per update.
     let warming = !server.cluster_manager.borrow().warming().is_empty();
     let cds = server.xds.borrow().cds.clone();
@@ -969,6 +970,21 @@ fn sync_sds(server: &Rc<Server>) {
         sds::settled(n)
     });
     sds::retain_received(&names);
+}
+
+/// Starts fetching the key sets JWT filters want fetched ahead of requests, once the
+/// cluster manager is initialised (the fetches need their clusters); a set's first
+/// fetch over, listeners waiting on it may serve.
+fn sync_jwks_fetches(server: &Rc<Server>) {
+    if matches!(
+        server.xds.borrow().phase,
+        InitPhase::Listeners | InitPhase::Done
+    ) {
+        crate::server::jwks_fetch::sync(server, |server| {
+            on_secrets_settled(server);
+            after_update(server);
+        });
+    }
 }
 
 /// Listeners and clusters whose secrets have all arrived (or timed out) stop warming.
@@ -1128,6 +1144,7 @@ fn advance_init(server: &Rc<Server>) {
         }
     }
     if server.xds.borrow().phase == InitPhase::Listeners {
+        sync_jwks_fetches(server);
         let done = server.xds.borrow().lds_initialized
             && server.listener_manager.borrow().warming().is_empty();
         if !done {

@@ -609,17 +609,21 @@ impl Courier {
         args: &[&str],
         env: &[(&str, &str)],
     ) -> Option<Courier> {
-        let ok = Command::new("envoy")
-            .arg("--version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        ok.then(|| {
+        Courier::envoy_on_path().then(|| {
             let mut all = vec!["--use-dynamic-base-id", "-l", "error"];
             all.extend_from_slice(args);
             Courier::launch("envoy", bootstrap, &all, env)
         })
+    }
+
+    /// Whether an `envoy` binary runs.
+    fn envoy_on_path() -> bool {
+        Command::new("envoy")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
     }
 
     /// Starts another binary (a wrapper script, say) taking courier's arguments.
@@ -632,7 +636,7 @@ impl Courier {
     /// on another port.
     fn launch(binary: &str, bootstrap: &str, args: &[&str], env: &[(&str, &str)]) -> Courier {
         for _ in 0..3 {
-            if let Some(started) = Courier::try_launch(binary, bootstrap, args, env) {
+            if let Some(started) = Courier::try_launch(binary, bootstrap, args, env, true) {
                 return started;
             }
         }
@@ -645,6 +649,7 @@ impl Courier {
         bootstrap: &str,
         args: &[&str],
         env: &[(&str, &str)],
+        wait_ready: bool,
     ) -> Option<Courier> {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
@@ -689,23 +694,47 @@ impl Courier {
             std::thread::sleep(Duration::from_millis(20));
         };
         let listener: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-        loop {
-            let ready = admin_get(admin, "/ready").is_some_and(|b| b.contains("LIVE"));
-            if ready && TcpStream::connect(listener).is_ok() {
-                break;
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                eprintln!("{binary} exited before it was ready: {status}");
-                return None;
-            }
-            assert!(Instant::now() < deadline, "courier did not become ready");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Some(Courier {
+        let mut started = Courier {
             child,
             admin,
             listener,
             _dir: dir,
+        };
+        if wait_ready && !started.wait_ready() {
+            return None;
+        }
+        Some(started)
+    }
+
+    /// Waits until the server is live and its listener accepts; false when it exited.
+    pub fn wait_ready(&mut self) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ready = admin_get(self.admin, "/ready").is_some_and(|b| b.contains("LIVE"));
+            if ready && TcpStream::connect(self.listener).is_ok() {
+                return true;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                eprintln!("the proxy exited before it was ready: {status}");
+                return false;
+            }
+            assert!(Instant::now() < deadline, "courier did not become ready");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts Courier without waiting for it to be ready (its admin answers).
+    pub fn start_unready(bootstrap: &str) -> Courier {
+        Courier::try_launch(env!("CARGO_BIN_EXE_courier"), bootstrap, &[], &[], false)
+            .expect("courier exited during start-up")
+    }
+
+    /// Starts Envoy (if on PATH) without waiting for it to be ready.
+    pub fn start_envoy_unready(bootstrap: &str) -> Option<Courier> {
+        Courier::envoy_on_path().then(|| {
+            let args = ["--use-dynamic-base-id", "-l", "error"];
+            Courier::try_launch("envoy", bootstrap, &args, &[], false)
+                .expect("envoy exited during start-up")
         })
     }
 

@@ -35,11 +35,19 @@
 //! `remote_jwks.retry_policy` retries a fetch as Envoy's fetcher does (its route retry
 //! policy: 5xx, gateway errors, connect failures and resets; see `provider.rs`).
 //!
-//! Refused by path: `remote_jwks.async_fetch`,
-//! `jwt_cache_config`, `filter_state_rules`,
+//! `remote_jwks.async_fetch` ([`async_fetch`]; the fetcher is the server's,
+//! `server::jwks_fetch`): the set is fetched ahead of requests once the cluster manager
+//! is initialised and installed on every worker, never expiring there; refetched
+//! `cache_duration` (in whole seconds) less 5 s after a good fetch,
+//! `failed_refetch_duration` (default 1 s) after a failed one (the last good set keeps
+//! serving); the listener warms until the first fetch is over unless `fast_listener`. A
+//! set with no good fetch yet is fetched by the request, as without `async_fetch`.
+//!
+//! Refused by path: `jwt_cache_config`, `filter_state_rules`,
 //! `stat_prefix`, `subjects`, `require_expiration`, `max_lifetime`, the metadata fields,
 //! `clear_route_cache`, `claim_path`, `extract_only_without_validation`.
 
+pub mod async_fetch;
 pub mod extract;
 pub mod jwks;
 pub mod jwt;
@@ -237,6 +245,26 @@ impl JwtAuthnFilter {
                 .any(|p| matches!(p.keys, KeySource::Remote(_))),
             providers,
             stats: Stats::new(prefix, store),
+        })
+    }
+
+    /// The remote key sets the main thread fetches ahead of requests (`async_fetch`).
+    pub fn async_key_sets(&self) -> impl Iterator<Item = async_fetch::AsyncKeySet> + '_ {
+        self.providers.iter().filter_map(|p| match &p.keys {
+            KeySource::Remote(r) if r.async_fetch.is_some() => Some(async_fetch::AsyncKeySet {
+                remote: r.clone(),
+                success: self.stats.jwks_fetch_success.clone(),
+                failed: self.stats.jwks_fetch_failed.clone(),
+            }),
+            _ => None,
+        })
+    }
+
+    /// Whether every key set its listener waits for has had its first fetch.
+    pub fn key_sets_settled(&self) -> bool {
+        self.providers.iter().all(|p| match &p.keys {
+            KeySource::Remote(r) => async_fetch::settled(r),
+            KeySource::Local(_) => true,
         })
     }
 

@@ -29,7 +29,7 @@ pub enum KeySource {
     /// `Jwks doesn't have any valid public key`).
     Local(Option<Jwks>),
     /// `remote_jwks`: fetched by the connection manager on each worker when a token
-    /// needs them.
+    /// needs them (and, with `async_fetch`, by the main thread ahead of requests).
     Remote(Arc<RemoteJwks>),
 }
 
@@ -56,14 +56,57 @@ pub struct RemoteJwks {
     pub cache_duration: Duration,
     /// `retry_policy`, as Envoy's fetcher turns it into a route retry policy.
     pub retry: Option<FetchRetry>,
+    /// `async_fetch`: the main thread fetches the set ahead of requests and keeps it
+    /// fresh ([`super::async_fetch`]).
+    pub async_fetch: Option<AsyncFetch>,
+}
+
+/// `remote_jwks.async_fetch` compiled.
+#[derive(Debug, Clone, Copy)]
+pub struct AsyncFetch {
+    /// `fast_listener`: the listener serves before the first fetch is done (else it
+    /// warms until that fetch succeeds or fails).
+    pub fast_listener: bool,
+    /// `failed_refetch_duration` (default 1 s): the wait after a failed fetch.
+    pub failed_refetch: Duration,
+    /// The wait after a good fetch: `cache_duration` in whole seconds, less 5 s when
+    /// longer than that (Envoy refetches before a set would expire).
+    pub good_refetch: Duration,
+}
+
+/// Envoy's `failed_refetch_duration` when unset.
+const DEFAULT_FAILED_REFETCH: Duration = Duration::from_secs(1);
+/// How long before a set's `cache_duration` ends Envoy refetches it.
+const REFETCH_BEFORE_EXPIRY: Duration = Duration::from_secs(5);
+
+impl AsyncFetch {
+    fn compile(
+        a: &pb::JwksAsyncFetch,
+        cache_duration: Duration,
+        path: &str,
+    ) -> Result<AsyncFetch, ConfigError> {
+        let failed_refetch = crate::config::duration_or(
+            a.failed_refetch_duration.as_ref(),
+            DEFAULT_FAILED_REFETCH,
+            &format!("{path}.failed_refetch_duration"),
+        )?;
+        // Envoy reads the cache duration in whole seconds here.
+        let whole = Duration::from_secs(cache_duration.as_secs());
+        let good_refetch = match whole > REFETCH_BEFORE_EXPIRY {
+            true => whole - REFETCH_BEFORE_EXPIRY,
+            false => whole,
+        };
+        Ok(AsyncFetch {
+            fast_listener: a.fast_listener,
+            failed_refetch,
+            good_refetch,
+        })
+    }
 }
 
 impl RemoteJwks {
     /// Compiles `remote_jwks` at `path`.
     fn compile(r: &pb::RemoteJwks, path: &str) -> Result<RemoteJwks, ConfigError> {
-        if r.async_fetch.is_some() {
-            return Err(ConfigError::unsupported(format!("{path}.async_fetch")));
-        }
         let at = format!("{path}.http_uri");
         let uri = r
             .http_uri
@@ -104,6 +147,11 @@ impl RemoteJwks {
             .as_ref()
             .map(|p| core_retry_policy(p, &format!("{path}.retry_policy")))
             .transpose()?;
+        let async_fetch = r
+            .async_fetch
+            .as_ref()
+            .map(|a| AsyncFetch::compile(a, cache_duration, &format!("{path}.async_fetch")))
+            .transpose()?;
         Ok(RemoteJwks {
             id: REMOTE_IDS.fetch_add(1, Ordering::Relaxed),
             uri: uri.uri.clone(),
@@ -113,6 +161,7 @@ impl RemoteJwks {
             timeout: (!timeout.is_zero()).then_some(timeout),
             cache_duration,
             retry,
+            async_fetch,
         })
     }
 }

@@ -1,7 +1,9 @@
 //! Remote key sets for the JWT authentication filter
-//! ([`crate::filters::http::jwt_authn`]), as Envoy's `remote_jwks` without `async_fetch`:
-//! a worker GETs a provider's JWKS when a token first needs it (the request waits) and
-//! keeps it for `cache_duration`. A fetch that gets no `200`, an empty body or a set that
+//! ([`crate::filters::http::jwt_authn`]), as Envoy's `remote_jwks`: a worker GETs a
+//! provider's JWKS when a token first needs it (the request waits) and keeps it for
+//! `cache_duration`. With `async_fetch` the main thread fetches it ahead (through
+//! [`fetch`] on a worker) and [`install`]s it on every worker, to keep until the next
+//! fetch replaces it. A fetch that gets no `200`, an empty body or a set that
 //! does not parse has failed: the token fails with `Jwks remote fetch is failed`, and the
 //! next request fetches again.
 //!
@@ -26,9 +28,13 @@ use crate::http::router::async_client::{self, AsyncFailure, EnvoyHeaders};
 use crate::protocol::message::RequestMessage;
 use crate::stats::Store;
 
+/// A worker's key set and when it expires (`None`: a set fetched ahead, kept until
+/// replaced or forgotten).
+type Cached = (Arc<Jwks>, Option<Instant>);
+
 thread_local! {
-    /// This worker's key sets by [`RemoteJwks::id`], with when each expires.
-    static CACHE: RefCell<HashMap<u64, (Arc<Jwks>, Instant)>> = RefCell::new(HashMap::new());
+    /// This worker's key sets by [`RemoteJwks::id`].
+    static CACHE: RefCell<HashMap<u64, Cached>> = RefCell::new(HashMap::new());
 }
 
 /// Runs `f` on a request (as [`JwtAuthnFilter::on_request`]), fetching the remote key
@@ -63,8 +69,8 @@ pub(crate) async fn check(
             let now = Instant::now();
             CACHE.with(|c| {
                 let mut c = c.borrow_mut();
-                c.retain(|_, (_, until)| *until > now);
-                c.insert(r.id, (jwks.clone(), now + r.cache_duration));
+                c.retain(|_, (_, until)| until.is_none_or(|u| u > now));
+                c.insert(r.id, (jwks.clone(), Some(now + r.cache_duration)));
             });
         }
         fetched.push((r.id, got));
@@ -74,13 +80,26 @@ pub(crate) async fn check(
 /// The worker's set for `r`, unless expired.
 fn cached(r: &RemoteJwks) -> Fetched {
     CACHE.with(|c| match c.borrow().get(&r.id) {
-        Some((jwks, until)) if Instant::now() < *until => Fetched::Keys(jwks.clone()),
+        Some((jwks, until)) if until.is_none_or(|u| Instant::now() < u) => {
+            Fetched::Keys(jwks.clone())
+        }
         _ => Fetched::NotYet,
     })
 }
 
+/// Keeps `jwks`, fetched ahead by the main thread, as this worker's set `id` until a
+/// later fetch replaces it (as Envoy's async fetch, it never expires).
+pub(crate) fn install(id: u64, jwks: Arc<Jwks>) {
+    CACHE.with(|c| c.borrow_mut().insert(id, (jwks, None)));
+}
+
+/// Drops this worker's set `id` (its config is gone).
+pub(crate) fn forget(id: u64) {
+    CACHE.with(|c| c.borrow_mut().remove(&id));
+}
+
 /// GETs `r`'s key set through the worker's async client; `None` when the fetch failed.
-async fn fetch(r: &RemoteJwks, store: &Store, worker: usize) -> Option<Arc<Jwks>> {
+pub(crate) async fn fetch(r: &RemoteJwks, store: &Store, worker: usize) -> Option<Arc<Jwks>> {
     let req = RequestMessage {
         method: Method::GET,
         path: r.path.clone(),

@@ -549,3 +549,151 @@ fn filter_metadata_is_refused_by_path() {
         )],
     );
 }
+
+/// A request's downstream cluster (`x-envoy-downstream-service-cluster`): its runtime
+/// keys replace the policy's shares and override its delays and statuses, and it has
+/// counters of its own unless `disable_downstream_cluster_stats`.
+#[test]
+fn downstream_cluster_keys_and_counters_match_envoy() {
+    let routes = String::from(
+        r#"            name: local
+            virtual_hosts:
+            - name: main
+              domains: ["*"]
+              routes:
+"#,
+    ) + &fault_route(
+        "/abort",
+        "abort: { http_status: 500, percentage: { numerator: 100 } }",
+    ) + &fault_route(
+        "/delay",
+        "delay: { fixed_delay: 0.2s, percentage: { numerator: 100 } }",
+    ) + &fault_route(
+        "/hdr",
+        "abort: { header_abort: {}, percentage: { numerator: 100 } }",
+    ) + &fault_route(
+        "/grpc",
+        "abort: { grpc_status: 14, percentage: { numerator: 100 } }",
+    ) + &fault_route(
+        "/quiet",
+        "abort: { http_status: 503, percentage: { numerator: 100 } }, disable_downstream_cluster_stats: true",
+    ) + &fault_route("/", "abort: { http_status: 502, percentage: { numerator: 0 } }");
+    let runtime = "layered_runtime:\n  layers:\n  - name: static\n    static_layer:\n      fault.http.abort.http_status: 429\n      fault.http.abort.grpc_status: 9\n      fault.http.svc-a.abort.abort_percent: 0\n      fault.http.svc-a.delay.fixed_delay_percent: 0\n      fault.http.svc-b.abort.http_status: 418\n      fault.http.svc-b.abort.grpc_status: 7\n      fault.http.svc-b.delay.fixed_duration_ms: 800\n";
+    let boot = |a: &Upstream| {
+        with_filters(
+            &bootstrap(&routes, "", &cluster("a", &[a.addr], "")),
+            FILTER,
+        ) + runtime
+    };
+    let run = |proxy: &Courier| {
+        type Case<'a> = (&'a str, Option<&'a str>, &'a [(&'a str, &'a str)]);
+        let cases: &[Case] = &[
+            ("/abort", None, &[]),
+            ("/abort", Some("svc-a"), &[]),
+            ("/abort", Some("svc-b"), &[]),
+            ("/abort", Some("svc-c"), &[]),
+            ("/abort", Some(""), &[]),
+            ("/delay", None, &[]),
+            ("/delay", Some("svc-a"), &[]),
+            ("/delay", Some("svc-b"), &[]),
+            ("/delay", Some("svc-c"), &[]),
+            ("/hdr", None, &[("x-envoy-fault-abort-request", "404")]),
+            (
+                "/hdr",
+                Some("svc-b"),
+                &[("x-envoy-fault-abort-request", "404")],
+            ),
+            (
+                "/hdr",
+                Some("svc-c"),
+                &[("x-envoy-fault-abort-request", "404")],
+            ),
+            ("/grpc", None, &[("content-type", "application/grpc")]),
+            (
+                "/grpc",
+                Some("svc-b"),
+                &[("content-type", "application/grpc")],
+            ),
+            (
+                "/grpc",
+                Some("svc-c"),
+                &[("content-type", "application/grpc")],
+            ),
+            ("/quiet", Some("svc-b"), &[]),
+            ("/quiet", Some("svc-c"), &[]),
+            ("/x", Some("svc-b"), &[]),
+        ];
+        let mut out = Vec::new();
+        for (path, dc, headers) in cases {
+            let mut h: Vec<(&str, &str)> = headers.to_vec();
+            if let Some(dc) = dc {
+                h.push(("x-envoy-downstream-service-cluster", dc));
+            }
+            let start = Instant::now();
+            let r = Client::connect(proxy.listener).request("GET", "h", path, &h, b"");
+            let ms = start.elapsed().as_millis();
+            // The configured 200 ms, or svc-b's 800 ms (timers may fire a little early).
+            let delay = match ms {
+                0..150 => "none",
+                150..600 => "configured",
+                _ => "svc-b's",
+            };
+            out.push(format!(
+                "{path} {dc:?}: {} grpc-status={:?} delay={delay}",
+                r.status,
+                r.header("grpc-status")
+            ));
+        }
+        for dc in ["svc-a", "svc-b", "svc-c", ""] {
+            for c in ["delays_injected", "aborts_injected"] {
+                let name = format!("http.ingress.fault.{dc}.{c}");
+                out.push(format!("{name}={}", proxy.stat(&name)));
+            }
+        }
+        out
+    };
+    let a = Upstream::start("a");
+    let got = run(&Courier::start(&boot(&a)));
+    if let Some(envoy) = Courier::start_envoy(&boot(&a)) {
+        let want = run(&envoy);
+        for (e, c) in want.iter().zip(&got) {
+            if e != c {
+                eprintln!("envoy:   {e}\ncourier: {c}");
+            }
+        }
+        assert_eq!(want, got, "envoy vs courier");
+    }
+    assert_eq!(
+        got,
+        [
+            // The policy's runtime key sets the status, unless a downstream cluster's
+            // replaces it (even with the configured one).
+            r#"/abort None: 429 grpc-status=None delay=none"#,
+            r#"/abort Some("svc-a"): 200 grpc-status=None delay=none"#,
+            r#"/abort Some("svc-b"): 418 grpc-status=None delay=none"#,
+            r#"/abort Some("svc-c"): 500 grpc-status=None delay=none"#,
+            r#"/abort Some(""): 500 grpc-status=None delay=none"#,
+            r#"/delay None: 200 grpc-status=None delay=configured"#,
+            r#"/delay Some("svc-a"): 200 grpc-status=None delay=none"#,
+            r#"/delay Some("svc-b"): 200 grpc-status=None delay=svc-b's"#,
+            r#"/delay Some("svc-c"): 200 grpc-status=None delay=configured"#,
+            r#"/hdr None: 429 grpc-status=None delay=none"#,
+            r#"/hdr Some("svc-b"): 418 grpc-status=None delay=none"#,
+            r#"/hdr Some("svc-c"): 404 grpc-status=None delay=none"#,
+            r#"/grpc None: 200 grpc-status=Some("9") delay=none"#,
+            r#"/grpc Some("svc-b"): 200 grpc-status=Some("7") delay=none"#,
+            r#"/grpc Some("svc-c"): 200 grpc-status=Some("14") delay=none"#,
+            r#"/quiet Some("svc-b"): 418 grpc-status=None delay=none"#,
+            r#"/quiet Some("svc-c"): 503 grpc-status=None delay=none"#,
+            r#"/x Some("svc-b"): 200 grpc-status=None delay=none"#,
+            "http.ingress.fault.svc-a.delays_injected=0",
+            "http.ingress.fault.svc-a.aborts_injected=0",
+            "http.ingress.fault.svc-b.delays_injected=1",
+            "http.ingress.fault.svc-b.aborts_injected=3",
+            "http.ingress.fault.svc-c.delays_injected=1",
+            "http.ingress.fault.svc-c.aborts_injected=3",
+            "http.ingress.fault..delays_injected=0",
+            "http.ingress.fault..aborts_injected=0",
+        ]
+    );
+}

@@ -38,8 +38,14 @@
 //!   `max_active_faults_runtime` and `response_rate_limit_percent_runtime`
 //!   (`fault.http.rate_limit.response_percent`), each with Envoy's default key.
 //!
-//! Not supported: per-downstream-cluster runtime keys and stats
-//! (`fault.http.<downstream cluster>.*`).
+//! - A request naming its downstream cluster (`x-envoy-downstream-service-cluster`, even
+//!   empty) reads that cluster's runtime keys in place of the policy's:
+//!   `fault.http.<cluster>.delay.fixed_delay_percent` and `.abort.abort_percent` for the
+//!   shares, and over the durations and statuses the policy's runtime keys gave (the
+//!   statuses' over the configured ones) `.delay.fixed_duration_ms`,
+//!   `.abort.http_status`, `.abort.grpc_status`. A non-empty cluster is counted in
+//!   `http.<stat_prefix>.fault.<cluster>.delays_injected` and `aborts_injected`, unless
+//!   the filter's or the applying policy's `disable_downstream_cluster_stats`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -58,6 +64,7 @@ use crate::filters::http::stream_rate_limiter::{
 use crate::http::codec::body::ProxyBody;
 use crate::http::conn_manager::headers::parse_decimal;
 use crate::http::route::{compile_header_matcher, HeaderMatcher, Pseudo};
+use crate::stats::dynamic::DynamicCounters;
 use crate::stats::{Counter, Gauge, Store};
 
 /// The filter's config type, also the per-route policy's.
@@ -77,6 +84,8 @@ static THROUGHPUT_RESPONSE: HeaderName =
 static THROUGHPUT_PERCENTAGE: HeaderName =
     HeaderName::from_static("x-envoy-fault-throughput-response-percentage");
 static DOWNSTREAM_NODE: HeaderName = HeaderName::from_static("x-envoy-downstream-service-node");
+static DOWNSTREAM_CLUSTER: HeaderName =
+    HeaderName::from_static("x-envoy-downstream-service-cluster");
 
 /// Envoy's abort body.
 const ABORT_BODY: &str = "fault filter abort";
@@ -153,6 +162,23 @@ pub struct FaultPolicy {
     headers: Vec<HeaderMatcher>,
     downstream_nodes: Vec<String>,
     max_active_faults: Option<i64>,
+    disable_downstream_cluster_stats: bool,
+}
+
+/// A request's downstream cluster (`x-envoy-downstream-service-cluster`), whose runtime
+/// keys replace the policy's.
+struct DownstreamCluster<'a>(&'a str);
+
+impl DownstreamCluster<'_> {
+    fn of(headers: &HeaderMap) -> Option<DownstreamCluster<'_>> {
+        let v = headers.get(&DOWNSTREAM_CLUSTER)?;
+        Some(DownstreamCluster(v.to_str().unwrap_or_default()))
+    }
+
+    /// `fault.http.<cluster>.<key>`.
+    fn key(&self, key: &str) -> String {
+        format!("fault.http.{}.{key}", self.0)
+    }
 }
 
 impl FaultPolicy {
@@ -254,6 +280,7 @@ impl FaultPolicy {
                 .collect::<Result<_, _>>()?,
             downstream_nodes: p.downstream_nodes.clone(),
             max_active_faults: p.max_active_faults.map(|v| i64::from(v.value)),
+            disable_downstream_cluster_stats: p.disable_downstream_cluster_stats,
         })
     }
 
@@ -272,12 +299,14 @@ impl FaultPolicy {
 
     /// The delay this request gets, if any (its share and length overridable by the
     /// runtime, a header delay's too, as in Envoy).
-    fn delay(&self, headers: &HeaderMap) -> Option<Duration> {
+    fn delay(&self, headers: &HeaderMap, dc: Option<&DownstreamCluster<'_>>) -> Option<Duration> {
         let (source, share) = self.delay.as_ref()?;
         let runtime = crate::layered_runtime::snapshot();
+        let dc_share_key = dc.map(|dc| dc.key("delay.fixed_delay_percent"));
+        let share_key = dc_share_key.as_deref().unwrap_or(&self.keys.delay_percent);
         let d = match source {
             Delay::Fixed(d) => {
-                if !runtime.fraction(&self.keys.delay_percent, *share).sample() {
+                if !runtime.fraction(share_key, *share).sample() {
                     return None;
                 }
                 *d
@@ -287,14 +316,18 @@ impl FaultPolicy {
                 let ms = parse_decimal(headers.get(&DELAY_REQUEST))
                     .filter(|ms| i64::try_from(*ms).is_ok())?;
                 let share = header_share(*share, headers.get(&DELAY_PERCENTAGE));
-                if !runtime.fraction(&self.keys.delay_percent, share).sample() {
+                if !runtime.fraction(share_key, share).sample() {
                     return None;
                 }
                 Duration::from_millis(ms)
             }
         };
         let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-        let d = match runtime.get_integer(&self.keys.delay_duration, ms) {
+        let mut n = runtime.get_integer(&self.keys.delay_duration, ms);
+        if let Some(dc) = dc {
+            n = runtime.get_integer(&dc.key("delay.fixed_duration_ms"), n);
+        }
+        let d = match n {
             n if n == ms => d,
             n => Duration::from_millis(n),
         };
@@ -326,24 +359,18 @@ impl FaultPolicy {
     }
 
     /// The abort this request gets, if any: an HTTP status, or a gRPC one.
-    fn abort(&self, headers: &HeaderMap) -> Option<AbortWith> {
+    fn abort(&self, headers: &HeaderMap, dc: Option<&DownstreamCluster<'_>>) -> Option<AbortWith> {
         let (source, share) = self.abort.as_ref()?;
         let runtime = crate::layered_runtime::snapshot();
-        let with = match source {
-            // A runtime status outside Envoy's range leaves the configured one.
-            Abort::Http(s) => AbortWith::Http(
-                u16::try_from(
-                    runtime.get_integer(&self.keys.abort_http_status, u64::from(s.as_u16())),
-                )
-                .ok()
-                .filter(|s| (200..600).contains(s))
-                .and_then(|s| StatusCode::from_u16(s).ok())
-                .unwrap_or(*s),
-            ),
-            Abort::Grpc(g) => AbortWith::Grpc(
-                u32::try_from(runtime.get_integer(&self.keys.abort_grpc_status, u64::from(*g)))
-                    .unwrap_or(*g),
-            ),
+        // The downstream cluster's key, when there is one, overrides the configured status
+        // (not what the policy's key made of it), as Envoy's.
+        let status = |key: &str, dc_key: &str, configured: u64| match dc {
+            Some(dc) => runtime.get_integer(&dc.key(dc_key), configured),
+            None => runtime.get_integer(key, configured),
+        };
+        let configured = match source {
+            Abort::Http(s) => AbortWith::Http(*s),
+            Abort::Grpc(g) => AbortWith::Grpc(*g),
             Abort::Header => {
                 let http = parse_decimal(headers.get(&ABORT_REQUEST))
                     .filter(|c| (200..600).contains(c))
@@ -357,14 +384,36 @@ impl FaultPolicy {
                 }
             }
         };
+        // The runtime overrides a header's status too, as Envoy's.
+        let with = match configured {
+            // A runtime status outside Envoy's range leaves the configured one.
+            AbortWith::Http(s) => AbortWith::Http(
+                u16::try_from(status(
+                    &self.keys.abort_http_status,
+                    "abort.http_status",
+                    u64::from(s.as_u16()),
+                ))
+                .ok()
+                .filter(|s| (200..600).contains(s))
+                .and_then(|s| StatusCode::from_u16(s).ok())
+                .unwrap_or(s),
+            ),
+            AbortWith::Grpc(g) => AbortWith::Grpc(
+                u32::try_from(status(
+                    &self.keys.abort_grpc_status,
+                    "abort.grpc_status",
+                    u64::from(g),
+                ))
+                .unwrap_or(g),
+            ),
+        };
         let share = match source {
             Abort::Header => header_share(*share, headers.get(&ABORT_PERCENTAGE)),
             _ => *share,
         };
-        runtime
-            .fraction(&self.keys.abort_percent, share)
-            .sample()
-            .then_some(with)
+        let dc_share_key = dc.map(|dc| dc.key("abort.abort_percent"));
+        let share_key = dc_share_key.as_deref().unwrap_or(&self.keys.abort_percent);
+        runtime.fraction(share_key, share).sample().then_some(with)
     }
 }
 
@@ -396,6 +445,9 @@ pub struct Injection {
     rate_limit_configured: bool,
     /// The response is paced to this many KiB a second.
     pub response_kbps: Option<u64>,
+    /// The downstream cluster counted with the abort (a request naming one, whose
+    /// counters are kept).
+    counted_cluster: Option<Box<str>>,
     /// To be held while the request lives: the `active_faults` gauge.
     pub active: ActiveFault,
 }
@@ -424,11 +476,14 @@ impl Injection {
         worker: usize,
     ) -> Option<(AbortWith, Bytes)> {
         let policy = self.abort.as_ref()?;
-        let with = policy.abort(headers)?;
+        let with = policy.abort(headers, DownstreamCluster::of(headers).as_ref())?;
         if !filter.try_activate(policy, &mut self.active, worker) {
             return None;
         }
         filter.aborts_injected.inc(worker);
+        if let Some(dc) = &self.counted_cluster {
+            filter.count_for_cluster(dc, "aborts_injected", worker);
+        }
         let body = policy.body.as_deref().unwrap_or(ABORT_BODY);
         Some((with, Bytes::copy_from_slice(body.as_bytes())))
     }
@@ -495,6 +550,9 @@ pub struct FaultFilter {
     response_rl_injected: Arc<Counter>,
     faults_overflow: Arc<Counter>,
     active_faults: Arc<Gauge>,
+    /// `http.<prefix>.fault.`, before a downstream cluster's counters.
+    prefix: String,
+    per_cluster: DynamicCounters,
 }
 
 impl FaultFilter {
@@ -510,7 +568,15 @@ impl FaultFilter {
             response_rl_injected: c("response_rl_injected"),
             faults_overflow: c("faults_overflow"),
             active_faults: store.gauge(&format!("http.{prefix}.fault.active_faults")),
+            prefix: format!("http.{prefix}.fault."),
+            per_cluster: DynamicCounters::new(store),
         }
+    }
+
+    /// Counts `http.<prefix>.fault.<cluster>.<stat>`.
+    fn count_for_cluster(&self, cluster: &str, stat: &str, worker: usize) {
+        let name = format!("{}{cluster}.{stat}", self.prefix);
+        self.per_cluster.add(&name, worker, 1);
     }
 
     /// The filter's decision for a request: `route_policy` is the most specific
@@ -528,6 +594,15 @@ impl FaultFilter {
         if !policy.targets(headers, pseudo, cluster) {
             return None;
         }
+        let dc = DownstreamCluster::of(headers);
+        let counted_cluster = dc
+            .as_ref()
+            .filter(|dc| {
+                !dc.0.is_empty()
+                    && !policy.disable_downstream_cluster_stats
+                    && !self.policy.disable_downstream_cluster_stats
+            })
+            .map(|dc| Box::from(dc.0));
         let mut active = ActiveFault(None);
         // As Envoy's: the response rate limit is set up first, then the delay.
         let response_kbps = policy
@@ -537,10 +612,13 @@ impl FaultFilter {
             self.response_rl_injected.inc(worker);
         }
         let delay = policy
-            .delay(headers)
+            .delay(headers, dc.as_ref())
             .filter(|_| self.try_activate(policy, &mut active, worker));
         if delay.is_some() {
             self.delays_injected.inc(worker);
+            if let Some(dc) = &counted_cluster {
+                self.count_for_cluster(dc, "delays_injected", worker);
+            }
         } else if policy.abort.is_none() && response_kbps.is_none() {
             return None;
         }
@@ -549,6 +627,7 @@ impl FaultFilter {
             abort: policy.abort.is_some().then(|| policy.clone()),
             rate_limit_configured: policy.response_rate_limit.is_some(),
             response_kbps,
+            counted_cluster,
             active,
         })
     }
@@ -600,7 +679,7 @@ mod tests {
     #[test]
     fn header_aborts_take_valid_statuses_and_narrowed_shares() {
         let p = abort_policy(fault_abort::ErrorType::HeaderAbort(Default::default()), 100);
-        let h = |pairs| p.abort(&headers(pairs));
+        let h = |pairs| p.abort(&headers(pairs), None);
         assert_eq!(
             h(&[("x-envoy-fault-abort-request", "429")]),
             Some(AbortWith::Http(StatusCode::TOO_MANY_REQUESTS))
@@ -676,7 +755,7 @@ mod tests {
             ..Default::default()
         };
         let none = FaultPolicy::compile(&p, "f").expect("valid fault");
-        assert_eq!(none.abort(&HeaderMap::new()), None);
+        assert_eq!(none.abort(&HeaderMap::new(), None), None);
         if let Some(a) = p.abort.as_mut() {
             a.error_type = Some(fault_abort::ErrorType::HttpStatus(99));
         }

@@ -26,7 +26,9 @@ use libfuzzer_sys::fuzz_target;
 
 static DESCRIPTORS: &[u8] = include_bytes!("../descriptors/shop.pb");
 
-const METHODS: [&str; 8] = ["GET", "POST", "PUT", "PATCH", "DELETE", "LIST", "HEAD", "OPTIONS"];
+const METHODS: [&str; 8] = [
+    "GET", "POST", "PUT", "PATCH", "DELETE", "LIST", "HEAD", "OPTIONS",
+];
 
 fn filter(print: bool) -> &'static GrpcJsonTranscoderFilter {
     static PLAIN: OnceLock<GrpcJsonTranscoderFilter> = OnceLock::new();
@@ -110,7 +112,8 @@ fuzz_target!(|data: &[u8]| {
     };
     let levels = FilterConfigs::default();
     let f = filter(flags & 16 != 0);
-    let Some(transcoded) = ready(f.on_request([&levels, &levels, &levels], &mut req, path, 1 << 20))
+    let Some(transcoded) =
+        ready(f.on_request([&levels, &levels, &levels], &mut req, path, 1 << 20))
     else {
         return;
     };

@@ -47,7 +47,13 @@ fuzz_target!(|data: &[u8]| {
         assert!(headers.get_all(n).iter().count() <= 1, "{n} not joined");
     }
     strip_hop_by_hop(&mut headers);
-    for n in ["connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade"] {
+    for n in [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "transfer-encoding",
+        "upgrade",
+    ] {
         assert!(!headers.contains_key(n), "{n} forwarded");
     }
     if let Some(te) = headers.get(header::TE) {

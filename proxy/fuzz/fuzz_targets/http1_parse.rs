@@ -37,7 +37,10 @@ fuzz_target!(|data: &[u8]| {
                 None => break,
             },
             Err(e) => {
-                assert!(matches!(e.status.as_u16(), 400 | 403 | 426 | 431 | 501), "{e}");
+                assert!(
+                    matches!(e.status.as_u16(), 400 | 403 | 426 | 431 | 501),
+                    "{e}"
+                );
                 break;
             }
         };

@@ -35,7 +35,12 @@ fuzz_target!(|data: &[u8]| {
             if bodiless {
                 assert!(lengths.iter().all(|v| *v == "0"), "{status} {lengths:?}");
             } else if status != 304 {
-                assert!(lengths.iter().all(|v| v.as_bytes().iter().all(u8::is_ascii_digit)), "{lengths:?}");
+                assert!(
+                    lengths
+                        .iter()
+                        .all(|v| v.as_bytes().iter().all(u8::is_ascii_digit)),
+                    "{lengths:?}"
+                );
             }
         }
         match parsed {

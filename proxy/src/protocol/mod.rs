@@ -3,6 +3,7 @@
 //! HTTP/1 `header_key_format`, header and stream limits). Config only, below the codecs
 //! and the clusters that use it.
 
+pub mod cookie;
 pub mod grpc;
 pub mod grpc_frame;
 pub mod h2_options;

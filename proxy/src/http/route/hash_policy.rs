@@ -222,18 +222,8 @@ fn ip_hash(ip: std::net::IpAddr) -> u64 {
 /// The value of cookie `name` in the request's `cookie` fields, without surrounding quotes
 /// (an empty value counts as none, as Envoy's).
 fn cookie_value<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
-    headers
-        .get_all(http::header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| {
-            v.strip_prefix('"')
-                .and_then(|v| v.strip_suffix('"'))
-                .unwrap_or(v)
-        })
+    crate::protocol::cookie::value(headers, name.as_bytes())
+        .and_then(|v| std::str::from_utf8(v).ok())
         .filter(|v| !v.is_empty())
 }
 

@@ -84,27 +84,9 @@ fn percent_decode(s: &[u8]) -> Cow<'_, [u8]> {
     Cow::Owned(out)
 }
 
-/// The pairs of every `cookie` field, in order: `(name, value)`, leading blanks dropped.
-fn cookie_pairs(headers: &HeaderMap) -> impl Iterator<Item = (&[u8], &[u8])> {
-    headers
-        .get_all(COOKIE)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|&b| b == b';'))
-        .map(|p| p.trim_ascii_start())
-        .filter(|p| !p.is_empty())
-        .filter_map(|p| {
-            let eq = p.iter().position(|&b| b == b'=')?;
-            Some((&p[..eq], &p[eq + 1..]))
-        })
-}
-
 /// Envoy's `parseCookieValue`: the first cookie named `name`, unquoted.
 pub fn cookie<'a>(headers: &'a HeaderMap, name: &[u8]) -> Option<&'a [u8]> {
-    let (_, v) = cookie_pairs(headers).find(|(k, _)| *k == name)?;
-    Some(match v {
-        [b'"', inner @ .., b'"'] => inner,
-        v => v,
-    })
+    crate::protocol::cookie::value(headers, name)
 }
 
 /// Takes every source's credential out of a request: its new path if the query changed

@@ -225,20 +225,8 @@ pub fn without_param(path_and_query: &str, name: &str) -> String {
 
 /// Cookie `name`'s value (the first one, unquoted), as Envoy's `parseCookies` reads them.
 fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
-    headers.get_all(http::header::COOKIE).iter().find_map(|h| {
-        let h = std::str::from_utf8(h.as_bytes()).ok()?;
-        h.split(';').find_map(|kv| {
-            let (k, v) = kv.trim_start_matches([' ', '\t']).split_once('=')?;
-            if k != name {
-                return None;
-            }
-            let v = v
-                .strip_prefix('"')
-                .and_then(|v| v.strip_suffix('"'))
-                .unwrap_or(v);
-            Some(v.to_string())
-        })
-    })
+    let v = crate::protocol::cookie::value(headers, name.as_bytes())?;
+    std::str::from_utf8(v).ok().map(str::to_string)
 }
 
 #[cfg(test)]

@@ -304,21 +304,13 @@ pub(crate) fn url_encode(s: &str) -> String {
 /// A request's cookies in order, `(name, value)` with quotes around a value dropped.
 fn cookies(headers: &HeaderMap) -> Vec<(String, String)> {
     let mut out: Vec<(String, String)> = Vec::new();
-    for v in headers.get_all(COOKIE) {
-        let Ok(v) = v.to_str() else { continue };
-        for pair in v.split(';') {
-            let pair = pair.trim_start();
-            let Some((k, v)) = pair.split_once('=') else {
-                continue;
-            };
-            let v = v
-                .strip_prefix('"')
-                .and_then(|v| v.strip_suffix('"'))
-                .unwrap_or(v);
-            // Envoy keeps the first of a repeated name.
-            if !out.iter().any(|(n, _)| n == k) {
-                out.push((k.to_owned(), v.to_owned()));
-            }
+    for (k, v) in crate::protocol::cookie::pairs(headers) {
+        let (Ok(k), Ok(v)) = (std::str::from_utf8(k), std::str::from_utf8(v)) else {
+            continue;
+        };
+        // Envoy keeps the first of a repeated name.
+        if !out.iter().any(|(n, _)| n == k) {
+            out.push((k.to_owned(), v.to_owned()));
         }
     }
     out

@@ -31,7 +31,7 @@ use base64::Engine as _;
 use courier_proto::envoy::extensions::filters::http::stateful_session::v3 as pb;
 use courier_proto::envoy::extensions::http::stateful_session::cookie::v3 as cookie_pb;
 use courier_proto::envoy::extensions::http::stateful_session::header::v3 as header_pb;
-use http::header::{HeaderName, HeaderValue, COOKIE, SET_COOKIE};
+use http::header::{HeaderName, HeaderValue, SET_COOKIE};
 use http::{HeaderMap, Request, Response, StatusCode};
 
 use crate::config::ConfigError;
@@ -288,17 +288,8 @@ impl CookieState {
 
     /// The host the request's cookie names, if it names one that has not expired.
     fn address(&self, headers: &HeaderMap) -> Option<String> {
-        let value = headers.get_all(COOKIE).iter().find_map(|h| {
-            h.to_str().ok()?.split(';').find_map(|kv| {
-                let (k, v) = kv.trim().split_once('=')?;
-                (k == self.name).then_some(v)
-            })
-        })?;
-        let value = value
-            .strip_prefix('"')
-            .and_then(|v| v.strip_suffix('"'))
-            .unwrap_or(value);
-        let raw = decode(value.as_bytes())?;
+        let value = crate::protocol::cookie::value(headers, self.name.as_bytes())?;
+        let raw = decode(value)?;
         match <SessionCookie as prost::Message>::decode(raw.as_slice()) {
             Ok(c) if !c.address.is_empty() => {
                 (c.expires == 0 || c.expires > epoch_seconds()).then_some(c.address)
@@ -371,6 +362,7 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::header::COOKIE;
 
     fn cookie(path: &str) -> CookieState {
         CookieState {

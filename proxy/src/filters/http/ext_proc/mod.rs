@@ -91,6 +91,9 @@ pub enum BodyMode {
     Streamed,
     /// Held up to the buffer limit, then sent in one message (the rest passing on).
     BufferedPartial,
+    /// Each chunk sent as it comes and dropped: the body that goes on is the one the
+    /// service streams back (`streamed_response`), as much and as often as it likes.
+    FullDuplex,
 }
 
 /// What is sent to the service for a request (a compiled `ProcessingMode`).
@@ -145,7 +148,8 @@ impl Mode {
             Ok(BodySendMode::Buffered) => Ok(BodyMode::Buffered),
             Ok(BodySendMode::Streamed) => Ok(BodyMode::Streamed),
             Ok(BodySendMode::BufferedPartial) => Ok(BodyMode::BufferedPartial),
-            Ok(_) => Err(ConfigError::unsupported(format!("{path}.{field}"))),
+            Ok(BodySendMode::FullDuplexStreamed) => Ok(BodyMode::FullDuplex),
+            Ok(BodySendMode::Grpc) => Err(ConfigError::unsupported(format!("{path}.{field}"))),
             Err(_) => Err(ConfigError::new(
                 format!("{path}.{field}"),
                 format!("unknown enum value {v}"),
@@ -229,8 +233,68 @@ pub struct Core {
     pub forward: ForwardRules,
     /// `disable_clear_route_cache`.
     pub disable_clear_route_cache: bool,
+    /// What the service may do with a `mode_override`.
+    pub overrides: ModeOverrides,
     /// The counters.
     pub stats: ExtProcStats,
+}
+
+/// `allow_mode_override` and `allowed_override_modes`: whether, and to what, the
+/// service's answer to a message's headers may change the processing mode.
+pub struct ModeOverrides {
+    /// `allow_mode_override`.
+    pub allowed: bool,
+    /// The filter's own `processing_mode` (not a route's): an override's `DEFAULT`
+    /// header and trailer modes keep its values, as Envoy's `effectiveModeOverride`.
+    pub configured: pb::ProcessingMode,
+    /// The filter's own mode streams a body both ways: Envoy then ignores overrides.
+    pub duplex: bool,
+    /// `allowed_override_modes` (empty: any).
+    pub modes: Vec<pb::ProcessingMode>,
+}
+
+impl ModeOverrides {
+    /// The mode a service's `mode_override` sets, or `None` when it is ignored (not
+    /// allowed, or not in the allowed list), as Envoy's `onReceiveMessage`.
+    pub fn effective(&self, asked: &pb::ProcessingMode) -> Option<Mode> {
+        if !self.allowed || self.duplex {
+            return None;
+        }
+        let keep = |asked: i32, configured: i32| match asked {
+            0 => configured,
+            v => v,
+        };
+        let c = &self.configured;
+        let m = pb::ProcessingMode {
+            request_header_mode: keep(asked.request_header_mode, c.request_header_mode),
+            response_header_mode: keep(asked.response_header_mode, c.response_header_mode),
+            request_trailer_mode: keep(asked.request_trailer_mode, c.request_trailer_mode),
+            response_trailer_mode: keep(asked.response_trailer_mode, c.response_trailer_mode),
+            request_body_mode: asked.request_body_mode,
+            response_body_mode: asked.response_body_mode,
+        };
+        // The request's header mode is not compared: its headers are gone by then.
+        let listed = self.modes.is_empty()
+            || self.modes.iter().any(|o| {
+                o.request_body_mode == m.request_body_mode
+                    && o.request_trailer_mode == m.request_trailer_mode
+                    && o.response_header_mode == m.response_header_mode
+                    && o.response_body_mode == m.response_body_mode
+                    && o.response_trailer_mode == m.response_trailer_mode
+            });
+        if !listed {
+            tracing::debug!("ext_proc: processing mode override not in allowed_override_modes");
+            return None;
+        }
+        match Mode::compile(Some(&m), "mode_override") {
+            Ok(mode) => Some(mode),
+            Err(e) => {
+                // An enum value Courier does not know: taken as no override.
+                tracing::debug!(error = %e, "ext_proc: processing mode override ignored");
+                None
+            }
+        }
+    }
 }
 
 /// A route's `ExtProcPerRoute`.
@@ -272,13 +336,29 @@ impl ExtProcPerRoute {
                 if let Some((field, _)) = set.iter().find(|(_, on)| *on) {
                     return Err(ConfigError::unsupported(format!("{at}.{field}")));
                 }
+                let mode = o
+                    .processing_mode
+                    .as_ref()
+                    .map(|m| Mode::compile(Some(m), &format!("{at}.processing_mode")))
+                    .transpose()?;
+                // Envoy accepts a route's body streamed both ways with its trailers not
+                // sent (its filter's config would be refused), and then lets the
+                // trailers pass before the service's body: not built.
+                if let Some(m) = mode {
+                    for (body, trailers, dir) in [
+                        (m.request_body, m.request_trailers, "request"),
+                        (m.response_body, m.response_trailers, "response"),
+                    ] {
+                        if body == BodyMode::FullDuplex && !trailers {
+                            return Err(ConfigError::unsupported(format!(
+                                "{at}.processing_mode.{dir}_trailer_mode"
+                            )));
+                        }
+                    }
+                }
                 Ok(ExtProcPerRoute {
                     disabled: false,
-                    mode: o
-                        .processing_mode
-                        .as_ref()
-                        .map(|m| Mode::compile(Some(m), &format!("{at}.processing_mode")))
-                        .transpose()?,
+                    mode,
                 })
             }
             None => Err(ConfigError::new(
@@ -344,6 +424,31 @@ impl ExtProcFilter {
             proto.processing_mode.as_ref(),
             &format!("{path}.processing_mode"),
         )?;
+        // Envoy's `verifyProcessingModeConfig`: a body streamed both ways ends with its
+        // trailers' answer when it has trailers, so they must be sent.
+        for (body, trailers, dir) in [
+            (mode.request_body, mode.request_trailers, "request"),
+            (mode.response_body, mode.response_trailers, "response"),
+        ] {
+            if body == BodyMode::FullDuplex && !trailers {
+                return Err(ConfigError::new(
+                    format!("{path}.processing_mode"),
+                    format!(
+                        "If the ext_proc filter has the {dir}_body_mode set to FULL_DUPLEX_STREAMED, then the {dir}_trailer_mode has to be set to SEND"
+                    ),
+                ));
+            }
+        }
+        let allowed_override_modes = proto
+            .allowed_override_modes
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                // Compiled only to refuse what Courier cannot run; matched as given.
+                Mode::compile(Some(m), &format!("{path}.allowed_override_modes[{i}]"))?;
+                Ok(m.clone())
+            })
+            .collect::<Result<Vec<_>, ConfigError>>()?;
         let core = Core {
             client,
             failure_mode_allow: proto.failure_mode_allow,
@@ -354,6 +459,13 @@ impl ExtProcFilter {
             )?,
             forward,
             disable_clear_route_cache: proto.disable_clear_route_cache,
+            overrides: ModeOverrides {
+                allowed: proto.allow_mode_override,
+                configured: proto.processing_mode.clone().unwrap_or_default(),
+                duplex: mode.request_body == BodyMode::FullDuplex
+                    || mode.response_body == BodyMode::FullDuplex,
+                modes: allowed_override_modes,
+            },
             stats: ExtProcStats {
                 streams_started: c("streams_started"),
                 stream_msgs_sent: c("stream_msgs_sent"),
@@ -409,7 +521,6 @@ fn refuse_unsupported(proto: &pb::ExternalProcessor, path: &str) -> Result<(), C
         ("mutation_rules", proto.mutation_rules.is_some()),
         ("max_message_timeout", proto.max_message_timeout.is_some()),
         ("filter_metadata", proto.filter_metadata.is_some()),
-        ("allow_mode_override", proto.allow_mode_override),
         (
             "disable_immediate_response",
             proto.disable_immediate_response,
@@ -423,10 +534,6 @@ fn refuse_unsupported(proto: &pb::ExternalProcessor, path: &str) -> Result<(), C
         (
             "send_body_without_waiting_for_header_response",
             proto.send_body_without_waiting_for_header_response,
-        ),
-        (
-            "allowed_override_modes",
-            !proto.allowed_override_modes.is_empty(),
         ),
         (
             "processing_request_modifier",

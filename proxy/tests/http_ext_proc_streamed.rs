@@ -329,7 +329,10 @@ fn duplex_answers(
             }
             let h = headers(
                 CommonResponse {
-                    header_mutation: mutation(vec![set("x-proc", "req"), set("x-body", &seen.body)]),
+                    header_mutation: mutation(vec![
+                        set("x-proc", "req"),
+                        set("x-body", &seen.body),
+                    ]),
                     ..Default::default()
                 },
                 true,
@@ -361,7 +364,9 @@ fn duplex_answers(
         // At the body's end (every chunk sent by then, whatever the proxy's pace): a body
         // answer that is not a streamed response, out of order; an immediate response.
         ("fd-plain", R::RequestBody(b)) if b.end_of_stream => {
-            body_answer(CommonResponse::default(), true).into_iter().collect()
+            body_answer(CommonResponse::default(), true)
+                .into_iter()
+                .collect()
         }
         ("fd-immediate", R::RequestBody(b)) if b.end_of_stream => {
             immediate(403, "stopped").into_iter().collect()
@@ -422,9 +427,10 @@ impl ExternalProcessor for Proc {
                 };
                 let second_chunk =
                     matches!(r, processing_request::Request::RequestBody(_)) && n == 2;
-                let body_end = matches!(&r, processing_request::Request::RequestBody(b) if b.end_of_stream);
-                let fail = (script == "error-chunk" && second_chunk)
-                    || (script == "fd-error" && body_end);
+                let body_end =
+                    matches!(&r, processing_request::Request::RequestBody(b) if b.end_of_stream);
+                let fail =
+                    (script == "error-chunk" && second_chunk) || (script == "fd-error" && body_end);
                 // The service ends the stream (status OK) at the second chunk.
                 let close = script == "fd-close" && second_chunk;
                 let replies: Vec<ProcessingResponse> =
@@ -1105,25 +1111,77 @@ fn full_duplex_bodies_match_envoy() {
         go("/duplex/chunks/sync", "fd", &["ab", "cd"], false, true);
         go("/duplex-req/echo/sync", "fd", &["one", "two"], false, true);
         // Each chunk in two pieces; the whole body in two pieces at its end.
-        go("/duplex-req/echo/sync", "fd-split", &["abcd", "ef"], false, true);
-        go("/duplex-req/echo/sync", "fd-gather", &["x", "y", "z"], false, true);
+        go(
+            "/duplex-req/echo/sync",
+            "fd-split",
+            &["abcd", "ef"],
+            false,
+            true,
+        );
+        go(
+            "/duplex-req/echo/sync",
+            "fd-gather",
+            &["x", "y", "z"],
+            false,
+            true,
+        );
         // The headers answered only once the service has the whole body.
-        go("/duplex-req/echo/sync", "fd-late-headers", &["p", "q"], false, true);
+        go(
+            "/duplex-req/echo/sync",
+            "fd-late-headers",
+            &["p", "q"],
+            false,
+            true,
+        );
         // Trailers: sent, their answer ends the body.
         go("/duplex-req/echo/sync", "fd", &["t1", "t2"], true, true);
         go("/duplex/chunks/sync/trailers", "fd", &["u1"], true, true);
         // The response's body alone, its headers skipped.
         go("/duplex-resp/chunks/sync", "fd", &["v"], false, true);
-        go("/duplex-resp/chunks/sync/trailers", "fd", &["w"], false, true);
+        go(
+            "/duplex-resp/chunks/sync/trailers",
+            "fd",
+            &["w"],
+            false,
+            true,
+        );
         // At the body's end: a body answer that is not a streamed response, an immediate
         // response, a gRPC error; the service's close at the second chunk.
-        go("/duplex-req/echo/sync", "fd-plain", &["a", "b"], false, true);
-        go("/duplex-req/echo/sync", "fd-immediate", &["a", "b"], false, true);
-        go("/duplex-req/echo/sync", "fd-error", &["a", "b"], false, true);
-        go("/duplex-req/echo/sync", "fd-close", &["a", "b", "c"], false, true);
+        go(
+            "/duplex-req/echo/sync",
+            "fd-plain",
+            &["a", "b"],
+            false,
+            true,
+        );
+        go(
+            "/duplex-req/echo/sync",
+            "fd-immediate",
+            &["a", "b"],
+            false,
+            true,
+        );
+        go(
+            "/duplex-req/echo/sync",
+            "fd-error",
+            &["a", "b"],
+            false,
+            true,
+        );
+        go(
+            "/duplex-req/echo/sync",
+            "fd-close",
+            &["a", "b", "c"],
+            false,
+            true,
+        );
     });
     let l = |id: &str| line_of(&t, id);
-    assert!(l("c#1").contains("-> 200") && l("c#1").contains("body=\"[r1][r2][r3][]\""), "{}", l("c#1"));
+    assert!(
+        l("c#1").contains("-> 200") && l("c#1").contains("body=\"[r1][r2][r3][]\""),
+        "{}",
+        l("c#1")
+    );
     assert!(
         l("c#1").contains("body=\"<AB><CD><>\""),
         "the upstream got the service's body: {}",
@@ -1149,15 +1207,45 @@ fn full_duplex_fails_closed_once_the_body_is_sent() {
     let proc = spawn_grpc_server(ExternalProcessorServer::new(Proc(log.clone())));
     let (up, got) = upstream(log.clone());
     let t = compare(&boot(proc, up, true), &log, &got, |go| {
-        go("/duplex-req/echo/sync", "fd-error", &["a", "b"], false, true);
-        go("/duplex-req/echo/sync", "fd-plain", &["a", "b"], false, true);
+        go(
+            "/duplex-req/echo/sync",
+            "fd-error",
+            &["a", "b"],
+            false,
+            true,
+        );
+        go(
+            "/duplex-req/echo/sync",
+            "fd-plain",
+            &["a", "b"],
+            false,
+            true,
+        );
         go("/duplex-req/echo/sync", "fd", &["fine"], false, true);
         // A STREAMED route's failure is still allowed.
-        go("/streamed/echo/sync", "error-chunk", &["a", "b"], false, true);
+        go(
+            "/streamed/echo/sync",
+            "error-chunk",
+            &["a", "b"],
+            false,
+            true,
+        );
     });
-    assert!(line_of(&t, "c#1").contains("-> 500"), "{}", line_of(&t, "c#1"));
-    assert!(line_of(&t, "c#2").contains("-> 500"), "{}", line_of(&t, "c#2"));
-    assert!(line_of(&t, "c#4").contains("-> 200"), "{}", line_of(&t, "c#4"));
+    assert!(
+        line_of(&t, "c#1").contains("-> 500"),
+        "{}",
+        line_of(&t, "c#1")
+    );
+    assert!(
+        line_of(&t, "c#2").contains("-> 500"),
+        "{}",
+        line_of(&t, "c#2")
+    );
+    assert!(
+        line_of(&t, "c#4").contains("-> 200"),
+        "{}",
+        line_of(&t, "c#4")
+    );
 }
 
 /// The filter's own `FULL_DUPLEX_STREAMED` needs its trailers sent, as Envoy checks.
@@ -1166,14 +1254,25 @@ fn full_duplex_without_trailers_sent_is_refused_as_envoy() {
     let proc: SocketAddr = "127.0.0.1:1".parse().expect("addr");
     for (mode, ok) in [
         ("{ request_body_mode: FULL_DUPLEX_STREAMED }", false),
-        ("{ response_body_mode: FULL_DUPLEX_STREAMED, request_trailer_mode: SEND }", false),
-        ("{ request_body_mode: FULL_DUPLEX_STREAMED, request_trailer_mode: SEND }", true),
+        (
+            "{ response_body_mode: FULL_DUPLEX_STREAMED, request_trailer_mode: SEND }",
+            false,
+        ),
+        (
+            "{ request_body_mode: FULL_DUPLEX_STREAMED, request_trailer_mode: SEND }",
+            true,
+        ),
         (
             "{ response_body_mode: FULL_DUPLEX_STREAMED, response_trailer_mode: SEND }",
             true,
         ),
     ] {
-        let b = boot_with(proc, proc, false, &format!("              processing_mode: {mode}\n"));
+        let b = boot_with(
+            proc,
+            proc,
+            false,
+            &format!("              processing_mode: {mode}\n"),
+        );
         let (code, err) = validate(&b);
         assert_eq!(code == Some(0), ok, "{mode}: {err}");
         if !ok {
@@ -1195,20 +1294,52 @@ fn mode_override_matches_envoy() {
     let b = boot_with(proc, up, false, "              allow_mode_override: true\n");
     let t = compare(&b, &log, &got, |go| {
         go("/ov/echo/sync", "", &["plain"], false, true);
-        go("/ov/echo/sync", "ov-req-streamed", &["ab", "cd"], false, true);
-        go("/ov/echo/sync", "ov-req-buffered", &["ab", "cd"], false, true);
+        go(
+            "/ov/echo/sync",
+            "ov-req-streamed",
+            &["ab", "cd"],
+            false,
+            true,
+        );
+        go(
+            "/ov/echo/sync",
+            "ov-req-buffered",
+            &["ab", "cd"],
+            false,
+            true,
+        );
         go("/ov/chunks", "ov-resp-buffered", &["x"], false, true);
         go("/ov/chunks", "ov-skip-resp-headers", &["x"], false, true);
-        go("/ov/chunks/trailers", "ov-resp-trailers", &["x"], false, true);
+        go(
+            "/ov/chunks/trailers",
+            "ov-resp-trailers",
+            &["x"],
+            false,
+            true,
+        );
         // In the answer to the response's headers.
         go("/ov/chunks", "ov-in-resp", &["x"], false, true);
         // To a body streamed both ways.
         go("/ov/echo/sync", "ov-req-duplex", &["ab", "cd"], false, true);
         // Over a route's mode.
-        go("/streamed/echo/sync", "ov-req-buffered", &["ab", "cd"], false, true);
+        go(
+            "/streamed/echo/sync",
+            "ov-req-buffered",
+            &["ab", "cd"],
+            false,
+            true,
+        );
     });
-    assert!(line_of(&t, "c#2").contains("body=\"<AB><CD><>\""), "{}", line_of(&t, "c#2"));
-    assert!(line_of(&t, "c#4").contains("resp-body eos=true \\\"r1r2r3\\\""), "{}", line_of(&t, "c#4"));
+    assert!(
+        line_of(&t, "c#2").contains("body=\"<AB><CD><>\""),
+        "{}",
+        line_of(&t, "c#2")
+    );
+    assert!(
+        line_of(&t, "c#4").contains("resp-body eos=true \\\"r1r2r3\\\""),
+        "{}",
+        line_of(&t, "c#4")
+    );
 }
 
 /// Without `allow_mode_override` the service's `mode_override` is ignored.
@@ -1218,10 +1349,20 @@ fn mode_override_is_ignored_unless_allowed() {
     let proc = spawn_grpc_server(ExternalProcessorServer::new(Proc(log.clone())));
     let (up, got) = upstream(log.clone());
     let t = compare(&boot(proc, up, false), &log, &got, |go| {
-        go("/ov/echo/sync", "ov-req-streamed", &["ab", "cd"], false, true);
+        go(
+            "/ov/echo/sync",
+            "ov-req-streamed",
+            &["ab", "cd"],
+            false,
+            true,
+        );
         go("/ov/chunks", "ov-resp-buffered", &["x"], false, true);
     });
-    assert!(line_of(&t, "c#1").contains("body=\"abcd\""), "{}", line_of(&t, "c#1"));
+    assert!(
+        line_of(&t, "c#1").contains("body=\"abcd\""),
+        "{}",
+        line_of(&t, "c#1")
+    );
 }
 
 /// `allowed_override_modes`: an override is taken only when the mode it makes (its
@@ -1238,10 +1379,26 @@ fn allowed_override_modes_match_envoy() {
               - { response_header_mode: SEND, response_body_mode: BUFFERED }
 ";
     let t = compare(&boot_with(proc, up, false, extra), &log, &got, |go| {
-        go("/ov/echo/sync", "ov-req-streamed", &["ab", "cd"], false, true);
+        go(
+            "/ov/echo/sync",
+            "ov-req-streamed",
+            &["ab", "cd"],
+            false,
+            true,
+        );
         go("/ov/chunks", "ov-resp-buffered", &["x"], false, true);
         go("/ov/chunks", "ov-send-resp-buffered", &["x"], false, true);
-        go("/ov/echo/sync", "ov-req-buffered", &["ab", "cd"], false, true);
+        go(
+            "/ov/echo/sync",
+            "ov-req-buffered",
+            &["ab", "cd"],
+            false,
+            true,
+        );
     });
-    assert!(line_of(&t, "c#4").contains("body=\"abcd\""), "{}", line_of(&t, "c#4"));
+    assert!(
+        line_of(&t, "c#4").contains("body=\"abcd\""),
+        "{}",
+        line_of(&t, "c#4")
+    );
 }

@@ -15,7 +15,22 @@
 //!   the connection's buffer limit, then sent, the rest passing on); trailer modes
 //!   `SEND` (sent once the body's answers are in, their answer's header mutation
 //!   applied) and `SKIP`/`DEFAULT`. The message loses its `content-length` in
-//!   `STREAMED` and `BUFFERED_PARTIAL`, and with a body sent but its headers skipped.
+//!   `STREAMED`, `BUFFERED_PARTIAL` and `FULL_DUPLEX_STREAMED`, and with a body sent but
+//!   its headers skipped.
+//! - `FULL_DUPLEX_STREAMED` (`tests/http_ext_proc_streamed.rs`): each chunk is sent as
+//!   it comes (even while the headers wait for their answer) and dropped; the body that
+//!   goes on is the one the service streams back in `streamed_response` pieces, ended by
+//!   one marked `end_of_stream` or by the answer to the trailers (which must be `SEND`:
+//!   the filter's config is refused otherwise, as Envoy's; a route's too, which Envoy
+//!   accepts). A body answer that is not a `streamed_response`, or comes when no chunk
+//!   waits, is spurious. Nothing of that direction has a `message_timeout`; once a chunk
+//!   is sent a failure answers the request whatever `failure_mode_allow` says.
+//! - `allow_mode_override`: a `mode_override` in an answer taken while a direction's
+//!   headers wait (the request's or the response's) sets the mode of the rest of the
+//!   request both ways, its `DEFAULT` header and trailer modes the filter's own (not a
+//!   route's); ignored when the filter's own mode streams a body both ways, or when
+//!   `allowed_override_modes` is set and lists no mode equal to it (its request header
+//!   mode not compared). A request body already streaming both ways keeps doing so.
 //! - A route's `ExtProcPerRoute` (merged from the route configuration down to the route):
 //!   `disabled` skips every message; `overrides.processing_mode` replaces the mode.
 //! - Each message waits at most `message_timeout` (default 200 ms) for its answer. A
@@ -45,14 +60,14 @@
 //! (`http::conn_manager::service_calls::ext_proc`) through the router's
 //! `async_stream`, as filters never reach the router.
 //!
-//! Refused by path: `http_service`, body mode `FULL_DUPLEX_STREAMED`, `request_attributes`,
-//! `response_attributes`, `mutation_rules`, `max_message_timeout`,
-//! `allow_mode_override`, `allowed_override_modes`, `observability_mode`,
+//! Refused by path: `http_service`, body mode `GRPC`, `request_attributes`,
+//! `response_attributes`, `mutation_rules`, `max_message_timeout`, `observability_mode`,
 //! `metadata_options`, `filter_metadata`, `route_cache_action` other than `DEFAULT`,
 //! `disable_immediate_response`, `send_body_without_waiting_for_header_response`,
 //! `status_on_error`, `processing_request_modifier`, `on_processing_response`,
 //! `allow_content_length_header`, `emit_client_span`, a non-empty `stat_prefix`, and in
-//! `ExtProcPerRoute.overrides` everything but `processing_mode`.
+//! `ExtProcPerRoute.overrides` everything but `processing_mode` (and there a body
+//! streamed both ways with its trailers not sent).
 
 pub mod messages;
 pub mod mutation;
@@ -446,7 +461,7 @@ impl ExtProcFilter {
             .map(|(i, m)| {
                 // Compiled only to refuse what Courier cannot run; matched as given.
                 Mode::compile(Some(m), &format!("{path}.allowed_override_modes[{i}]"))?;
-                Ok(m.clone())
+                Ok(*m)
             })
             .collect::<Result<Vec<_>, ConfigError>>()?;
         let core = Core {
@@ -461,7 +476,7 @@ impl ExtProcFilter {
             disable_clear_route_cache: proto.disable_clear_route_cache,
             overrides: ModeOverrides {
                 allowed: proto.allow_mode_override,
-                configured: proto.processing_mode.clone().unwrap_or_default(),
+                configured: proto.processing_mode.unwrap_or_default(),
                 duplex: mode.request_body == BodyMode::FullDuplex
                     || mode.response_body == BodyMode::FullDuplex,
                 modes: allowed_override_modes,

@@ -128,7 +128,7 @@ impl Channel {
         self.poll_answer(
             phase.is_request(),
             |r| {
-                let over = headers.then(|| r.mode_override.clone()).flatten();
+                let over = headers.then_some(r.mode_override).flatten();
                 (messages::classify(r, phase), over)
             },
             cx,

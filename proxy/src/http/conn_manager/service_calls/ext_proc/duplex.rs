@@ -209,10 +209,12 @@ impl Duplex {
             }
             Verdict::Trailers(c) => {
                 let mut t = self.trailers.take().unwrap_or_default();
-                let mutated =
-                    self.chan
-                        .borrow_mut()
-                        .mutate(&c, &mut t, &mut Pseudo::default(), Target::Trailers);
+                let mutated = self.chan.borrow_mut().mutate(
+                    &c,
+                    &mut t,
+                    &mut Pseudo::default(),
+                    Target::Trailers,
+                );
                 if let Err(v) = mutated {
                     return Poll::Ready(self.stopped(v));
                 }

@@ -1,9 +1,11 @@
 //! A request's external processing ([`crate::filters::http::ext_proc`]): one gRPC stream
 //! (the router's `async_stream`) for the request and its answer, opened with the first
-//! message sent; each message waits for its answer up to `message_timeout`. The
-//! [`Session`] a request's pass leaves is what its response pass goes on with; a body
-//! streamed to the service ([`streamed`]) shares the session's [`channel`] and keeps it
-//! open until it is done.
+//! message sent; each message waits for its answer up to `message_timeout` (none in a
+//! direction whose body streams both ways). The [`Session`] a request's pass leaves is
+//! what its response pass goes on with; a body streamed to the service ([`streamed`]),
+//! or both ways ([`duplex`]), shares the session's [`channel`] and keeps it open until
+//! it is done. A `mode_override` the headers' answer carries changes the session's mode
+//! when the filter lets it.
 
 mod channel;
 mod duplex;

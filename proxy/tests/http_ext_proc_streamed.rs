@@ -174,6 +174,10 @@ fn script_answer(
         ("spurious-chunk", R::RequestBody(_)) if n == 2 => {
             headers(CommonResponse::default(), false)
         }
+        // A streamed response (full duplex's) to a STREAMED chunk.
+        ("streamed-resp", R::RequestBody(b)) if b.end_of_stream => {
+            Some(streamed("late", true, true))
+        }
         ("clear-chunk", R::RequestBody(_)) if n == 1 => body_answer(
             CommonResponse {
                 body_mutation: Some(BodyMutation {
@@ -433,6 +437,16 @@ impl ExternalProcessor for Proc {
                     (script == "error-chunk" && second_chunk) || (script == "fd-error" && body_end);
                 // The service ends the stream (status OK) at the second chunk.
                 let close = script == "fd-close" && second_chunk;
+                // A service slower than `message_timeout` (0.5 s): with the request's
+                // body's end, its headers, or the response's headers.
+                let slow = match (script.as_str(), &r) {
+                    ("fd-slow", processing_request::Request::RequestBody(b)) => b.end_of_stream,
+                    ("fd-slow-headers", processing_request::Request::RequestHeaders(_))
+                    | ("fd-slow-resp-headers", processing_request::Request::ResponseHeaders(_)) => {
+                        true
+                    }
+                    _ => false,
+                };
                 let replies: Vec<ProcessingResponse> =
                     if script.starts_with("fd") || script == "ov-req-duplex" {
                         duplex_answers(&script, &r, n, &mut duplex_seen)
@@ -455,6 +469,9 @@ impl ExternalProcessor for Proc {
                 if fail {
                     let _ = tx.send(Err(tonic::Status::internal("boom"))).await;
                     return;
+                }
+                if slow && !replies.is_empty() {
+                    tokio::time::sleep(Duration::from_millis(800)).await;
                 }
                 for reply in replies {
                     if tx.send(Ok(reply)).await.is_err() {
@@ -1175,6 +1192,26 @@ fn full_duplex_bodies_match_envoy() {
             false,
             true,
         );
+        // No message timer where a body streams both ways: a service slower than
+        // `message_timeout` with the body or the headers; the response's headers, not
+        // streamed both ways, still time out.
+        go("/duplex-req/echo/sync", "fd-slow", &["s"], false, true);
+        go(
+            "/duplex-req/echo/sync",
+            "fd-slow-headers",
+            &["h"],
+            false,
+            true,
+        );
+        go(
+            "/duplex-req/echo",
+            "fd-slow-resp-headers",
+            &["r"],
+            false,
+            true,
+        );
+        // A streamed response to a STREAMED chunk: out of order.
+        go("/streamed/echo/sync", "streamed-resp", &["a"], false, true);
     });
     let l = |id: &str| line_of(&t, id);
     assert!(
@@ -1197,6 +1234,14 @@ fn full_duplex_bodies_match_envoy() {
     assert!(l("c#10").contains("-> 500"), "{}", l("c#10"));
     assert!(l("c#11").contains("-> 403"), "{}", l("c#11"));
     assert!(l("c#12").contains("-> 500"), "{}", l("c#12"));
+    assert!(
+        l("c#14").contains("-> 200") && l("c#14").contains("body=\"<S><>\""),
+        "{}",
+        l("c#14")
+    );
+    assert!(l("c#15").contains("-> 200"), "{}", l("c#15"));
+    assert!(l("c#16").contains("-> 504"), "{}", l("c#16"));
+    assert!(l("c#17").contains("-> 500"), "{}", l("c#17"));
 }
 
 /// A body streamed both ways is gone once sent: a failure then answers the request

@@ -671,30 +671,35 @@ fn refuses_what_it_does_not_act_on() {
             format!("{at}.max_message_timeout"),
         ),
         (
-            with("allow_mode_override: true"),
-            format!("{at}.allow_mode_override"),
+            with("disable_immediate_response: true"),
+            format!("{at}.disable_immediate_response"),
         ),
         (
             with("observability_mode: true"),
             format!("{at}.observability_mode"),
         ),
         (
-            with("processing_mode: { request_body_mode: FULL_DUPLEX_STREAMED, request_trailer_mode: SEND }"),
-            format!("{at}.processing_mode.request_body_mode"),
-        ),
-        (
-            with("processing_mode: { response_body_mode: FULL_DUPLEX_STREAMED, response_trailer_mode: SEND }"),
-            format!("{at}.processing_mode.response_body_mode"),
+            with("send_body_without_waiting_for_header_response: true"),
+            format!("{at}.send_body_without_waiting_for_header_response"),
         ),
     ];
     let cases: Vec<(&str, &str, &str)> = cases
         .iter()
         .map(|(to, want)| (f, to.as_str(), want.as_str()))
-        .chain([(
-            "overrides: { processing_mode: { request_header_mode: SKIP } }",
-            "overrides: { grpc_service: { envoy_grpc: { cluster_name: up } } }",
-            "overrides.grpc_service",
-        )])
+        .chain([
+            (
+                "overrides: { processing_mode: { request_header_mode: SKIP } }",
+                "overrides: { grpc_service: { envoy_grpc: { cluster_name: up } } }",
+                "overrides.grpc_service",
+            ),
+            // A route's body streamed both ways with its trailers not sent (Envoy lets the
+            // trailers pass before the service's body).
+            (
+                "overrides: { processing_mode: { request_header_mode: SKIP } }",
+                "overrides: { processing_mode: { response_body_mode: FULL_DUPLEX_STREAMED } }",
+                "overrides.processing_mode.response_trailer_mode",
+            ),
+        ])
         .collect();
     assert_refused_by_path(&base, &cases);
 }

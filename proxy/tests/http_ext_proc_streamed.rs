@@ -17,6 +17,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use courier_proto::envoy::config::core::v3::HeaderValueOption;
+use courier_proto::envoy::extensions::filters::http::ext_proc::v3::processing_mode::{
+    BodySendMode, HeaderSendMode,
+};
+use courier_proto::envoy::extensions::filters::http::ext_proc::v3::ProcessingMode;
 use courier_proto::envoy::r#type::v3::HttpStatus;
 use courier_proto::envoy::service::ext_proc::v3::external_processor_server::{
     ExternalProcessor, ExternalProcessorServer,
@@ -24,7 +28,7 @@ use courier_proto::envoy::service::ext_proc::v3::external_processor_server::{
 use courier_proto::envoy::service::ext_proc::v3::{
     body_mutation, processing_request, processing_response, BodyMutation, BodyResponse,
     CommonResponse, HeaderMutation, HeadersResponse, ImmediateResponse, ProcessingRequest,
-    ProcessingResponse, TrailersResponse,
+    ProcessingResponse, StreamedBodyResponse, TrailersResponse,
 };
 use ext_proc_support::{body, counters, set, Answers};
 use http_support::*;
@@ -170,6 +174,10 @@ fn script_answer(
         ("spurious-chunk", R::RequestBody(_)) if n == 2 => {
             headers(CommonResponse::default(), false)
         }
+        // A streamed response (full duplex's) to a STREAMED chunk.
+        ("streamed-resp", R::RequestBody(b)) if b.end_of_stream => {
+            Some(streamed("late", true, true))
+        }
         ("clear-chunk", R::RequestBody(_)) if n == 1 => body_answer(
             CommonResponse {
                 body_mutation: Some(BodyMutation {
@@ -188,14 +196,22 @@ fn script_answer(
                 ..Default::default()
             },
             true,
-        ),
+        )
+        .map(|mut a| {
+            a.mode_override = override_for(script, true);
+            a
+        }),
         (_, R::ResponseHeaders(_)) => headers(
             CommonResponse {
                 header_mutation: mutation(vec![set("x-proc-resp", "resp")]),
                 ..Default::default()
             },
             false,
-        ),
+        )
+        .map(|mut a| {
+            a.mode_override = override_for(script, false);
+            a
+        }),
         (_, R::RequestBody(b)) => body_answer(
             CommonResponse {
                 // Header changes in a streamed chunk's answer come too late (ignored).
@@ -229,6 +245,150 @@ fn script_answer(
     }
 }
 
+/// The `mode_override` a script's answer to the request's (`request`) or the response's
+/// headers carries.
+fn override_for(script: &str, request: bool) -> Option<ProcessingMode> {
+    let (h, b) = (HeaderSendMode::Send as i32, BodySendMode::Buffered as i32);
+    let m = match (script, request) {
+        ("ov-req-streamed", true) => ProcessingMode {
+            request_body_mode: BodySendMode::Streamed as i32,
+            ..Default::default()
+        },
+        ("ov-req-buffered", true) => ProcessingMode {
+            request_body_mode: b,
+            ..Default::default()
+        },
+        ("ov-resp-buffered", true) | ("ov-in-resp", false) => ProcessingMode {
+            response_body_mode: b,
+            ..Default::default()
+        },
+        ("ov-send-resp-buffered", true) => ProcessingMode {
+            response_header_mode: h,
+            response_body_mode: b,
+            ..Default::default()
+        },
+        ("ov-skip-resp-headers", true) => ProcessingMode {
+            response_header_mode: HeaderSendMode::Skip as i32,
+            ..Default::default()
+        },
+        ("ov-resp-trailers", true) => ProcessingMode {
+            response_trailer_mode: h,
+            response_body_mode: b,
+            ..Default::default()
+        },
+        ("ov-req-duplex", true) => ProcessingMode {
+            request_body_mode: BodySendMode::FullDuplexStreamed as i32,
+            request_trailer_mode: h,
+            ..Default::default()
+        },
+        _ => return None,
+    };
+    Some(m)
+}
+
+/// A piece of the body the service streams back (`FULL_DUPLEX_STREAMED`).
+fn streamed(b: &str, end_of_stream: bool, request: bool) -> ProcessingResponse {
+    body_answer(
+        CommonResponse {
+            body_mutation: Some(BodyMutation {
+                mutation: Some(body_mutation::Mutation::StreamedResponse(
+                    StreamedBodyResponse {
+                        body: b.as_bytes().to_vec(),
+                        end_of_stream,
+                        ..Default::default()
+                    },
+                )),
+            }),
+            ..Default::default()
+        },
+        request,
+    )
+    .unwrap_or_default()
+}
+
+/// What a full-duplex script's service has seen of the request's body.
+#[derive(Default)]
+struct DuplexSeen {
+    body: String,
+}
+
+/// The answers to a message of a stream whose bodies stream both ways, scripted
+/// `script` (the `n`th body chunk of its direction): each chunk answered by its own
+/// changed piece unless the script says otherwise.
+fn duplex_answers(
+    script: &str,
+    r: &processing_request::Request,
+    n: usize,
+    seen: &mut DuplexSeen,
+) -> Vec<ProcessingResponse> {
+    use processing_request::Request as R;
+    let upper = |b: &[u8]| String::from_utf8_lossy(b).to_uppercase();
+    match (script, r) {
+        // The headers answered once the whole body is in, with what it said.
+        ("fd-late-headers", R::RequestHeaders(_)) => vec![],
+        ("fd-late-headers", R::RequestBody(b)) => {
+            seen.body.push_str(&String::from_utf8_lossy(&b.body));
+            if !b.end_of_stream {
+                return vec![];
+            }
+            let h = headers(
+                CommonResponse {
+                    header_mutation: mutation(vec![
+                        set("x-proc", "req"),
+                        set("x-body", &seen.body),
+                    ]),
+                    ..Default::default()
+                },
+                true,
+            );
+            h.into_iter()
+                .chain([streamed(&format!("<{}>", seen.body), true, true)])
+                .collect()
+        }
+        // The body gathered, then given back in two pieces.
+        ("fd-gather", R::RequestBody(b)) => {
+            seen.body.push_str(&String::from_utf8_lossy(&b.body));
+            match b.end_of_stream {
+                true => vec![
+                    streamed(&format!("all:{}", seen.body), false, true),
+                    streamed("", true, true),
+                ],
+                false => vec![],
+            }
+        }
+        // Each chunk in two pieces.
+        ("fd-split", R::RequestBody(b)) => {
+            let u = upper(&b.body);
+            let (a, z) = u.split_at(u.len() / 2);
+            vec![
+                streamed(&format!("({a}"), false, true),
+                streamed(&format!("{z})"), b.end_of_stream, true),
+            ]
+        }
+        // At the body's end (every chunk sent by then, whatever the proxy's pace): a body
+        // answer that is not a streamed response, out of order; an immediate response.
+        ("fd-plain", R::RequestBody(b)) if b.end_of_stream => {
+            body_answer(CommonResponse::default(), true)
+                .into_iter()
+                .collect()
+        }
+        ("fd-immediate", R::RequestBody(b)) if b.end_of_stream => {
+            immediate(403, "stopped").into_iter().collect()
+        }
+        (_, R::RequestBody(b)) => vec![streamed(
+            &format!("<{}>", upper(&b.body)),
+            b.end_of_stream,
+            true,
+        )],
+        (_, R::ResponseBody(b)) => vec![streamed(
+            &format!("[{}]", String::from_utf8_lossy(&b.body)),
+            b.end_of_stream,
+            false,
+        )],
+        _ => script_answer(script, r, n).into_iter().collect(),
+    }
+}
+
 #[tonic::async_trait]
 impl ExternalProcessor for Proc {
     type ProcessStream = Answers;
@@ -243,6 +403,7 @@ impl ExternalProcessor for Proc {
         tokio::spawn(async move {
             let (mut id, mut script) = (String::new(), String::new());
             let (mut req_chunks, mut resp_chunks) = (0, 0);
+            let mut duplex_seen = DuplexSeen::default();
             while let Ok(Some(msg)) = inbound.message().await {
                 let Some(r) = msg.request else { continue };
                 if let processing_request::Request::RequestHeaders(h) = &r {
@@ -268,10 +429,40 @@ impl ExternalProcessor for Proc {
                     }
                     _ => 0,
                 };
-                let fail = script == "error-chunk"
-                    && matches!(r, processing_request::Request::RequestBody(_))
-                    && n == 2;
-                let reply = script_answer(&script, &r, n);
+                let second_chunk =
+                    matches!(r, processing_request::Request::RequestBody(_)) && n == 2;
+                let body_end =
+                    matches!(&r, processing_request::Request::RequestBody(b) if b.end_of_stream);
+                let fail =
+                    (script == "error-chunk" && second_chunk) || (script == "fd-error" && body_end);
+                // The service ends the stream (status OK) at the second chunk.
+                let close = script == "fd-close" && second_chunk;
+                // A service slower than `message_timeout` (0.5 s): with the request's
+                // body's end, its headers, or the response's headers.
+                let slow = match (script.as_str(), &r) {
+                    ("fd-slow", processing_request::Request::RequestBody(b)) => b.end_of_stream,
+                    ("fd-slow-headers", processing_request::Request::RequestHeaders(_))
+                    | ("fd-slow-resp-headers", processing_request::Request::ResponseHeaders(_)) => {
+                        true
+                    }
+                    _ => false,
+                };
+                let replies: Vec<ProcessingResponse> =
+                    if script.starts_with("fd") || script == "ov-req-duplex" {
+                        duplex_answers(&script, &r, n, &mut duplex_seen)
+                    } else {
+                        script_answer(&script, &r, n).into_iter().collect()
+                    };
+                if close {
+                    // The chunk is logged once the proxy has taken the close (it closes
+                    // its side then): what the client sends after it comes after.
+                    drop(tx);
+                    while let Ok(Some(_)) = inbound.message().await {}
+                    if let Ok(mut l) = log.lock() {
+                        l.push((id.clone(), describe(&r)));
+                    }
+                    return;
+                }
                 if let Ok(mut l) = log.lock() {
                     l.push((id.clone(), describe(&r)));
                 }
@@ -279,7 +470,10 @@ impl ExternalProcessor for Proc {
                     let _ = tx.send(Err(tonic::Status::internal("boom"))).await;
                     return;
                 }
-                if let Some(reply) = reply {
+                if slow && !replies.is_empty() {
+                    tokio::time::sleep(Duration::from_millis(800)).await;
+                }
+                for reply in replies {
                     if tx.send(Ok(reply)).await.is_err() {
                         return;
                     }
@@ -367,7 +561,11 @@ fn upstream(log: Log) -> (SocketAddr, Arc<Mutex<Vec<UpSeen>>>) {
                         .filter(|(k, _)| {
                             matches!(
                                 k.as_str(),
-                                "content-length" | "transfer-encoding" | "x-proc" | "x-from-body"
+                                "content-length"
+                                    | "transfer-encoding"
+                                    | "x-proc"
+                                    | "x-from-body"
+                                    | "x-body"
                             )
                         })
                         .map(|(k, v)| format!("{k}={v}"))
@@ -446,6 +644,24 @@ const ROUTES: &str = r#"            name: local
             - name: main
               domains: ["*"]
               routes:
+              - match: { prefix: "/duplex-req" }
+                route: { cluster: up }
+                typed_per_filter_config:
+                  proc:
+                    "@type": type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute
+                    overrides: { processing_mode: { request_body_mode: FULL_DUPLEX_STREAMED, request_trailer_mode: SEND } }
+              - match: { prefix: "/duplex-resp" }
+                route: { cluster: up }
+                typed_per_filter_config:
+                  proc:
+                    "@type": type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute
+                    overrides: { processing_mode: { response_header_mode: SKIP, response_body_mode: FULL_DUPLEX_STREAMED, response_trailer_mode: SEND } }
+              - match: { prefix: "/duplex" }
+                route: { cluster: up }
+                typed_per_filter_config:
+                  proc:
+                    "@type": type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute
+                    overrides: { processing_mode: { request_body_mode: FULL_DUPLEX_STREAMED, response_body_mode: FULL_DUPLEX_STREAMED, request_trailer_mode: SEND, response_trailer_mode: SEND } }
               - match: { prefix: "/streamed-trailers" }
                 route: { cluster: up }
                 typed_per_filter_config:
@@ -487,6 +703,11 @@ const ROUTES: &str = r#"            name: local
 "#;
 
 fn boot(proc: SocketAddr, up: SocketAddr, failure_mode_allow: bool) -> String {
+    boot_with(proc, up, failure_mode_allow, "")
+}
+
+/// [`boot`] with more of the filter's fields (`extra`: YAML lines at its indent).
+fn boot_with(proc: SocketAddr, up: SocketAddr, failure_mode_allow: bool, extra: &str) -> String {
     let clusters = cluster("up", &[up], H1_TRAILERS) + &cluster("proc", &[proc], H2);
     let filter = format!(
         r#"          - name: proc
@@ -495,7 +716,7 @@ fn boot(proc: SocketAddr, up: SocketAddr, failure_mode_allow: bool) -> String {
               failure_mode_allow: {failure_mode_allow}
               message_timeout: 0.5s
               grpc_service: {{ envoy_grpc: {{ cluster_name: proc }} }}
-"#
+{extra}"#
     );
     with_filters(
         &bootstrap(
@@ -860,4 +1081,369 @@ fn a_chunk_left_unanswered_times_out() {
             u64::from(allow)
         );
     }
+}
+
+/// The transcript of each request of `scenario` (its id made from the run's and a count).
+type Go<'a> = dyn FnMut(&str, &str, &[&str], bool, bool) + 'a;
+
+/// Runs `requests` through Courier and Envoy on `b`: their transcripts and the counters.
+fn compare(
+    b: &str,
+    log: &Log,
+    got: &Arc<Mutex<Vec<UpSeen>>>,
+    requests: impl Fn(&mut Go<'_>),
+) -> Vec<String> {
+    agree(b, |p, run_id| {
+        let mut t = Vec::new();
+        let mut n = 0;
+        let mut go = |path: &str, script: &str, chunks: &[&str], trailers: bool, sync: bool| {
+            n += 1;
+            let id = format!("{run_id}#{n}");
+            t.push(run(p, log, got, &id, path, script, chunks, trailers, sync));
+        };
+        requests(&mut go);
+        t.extend(counters(p, COUNTERS));
+        t
+    })
+}
+
+/// The line of request `id` in a transcript.
+fn line_of(t: &[String], id: &str) -> String {
+    t.iter()
+        .find(|l| l.starts_with(&format!("{id} ")))
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// `FULL_DUPLEX_STREAMED` (a route's): the body that goes on is the one the service
+/// streams back, in its own pieces; trailers end it with their answer; the headers may
+/// wait for the whole body; failures mid-body.
+#[test]
+fn full_duplex_bodies_match_envoy() {
+    let log: Log = Arc::default();
+    let proc = spawn_grpc_server(ExternalProcessorServer::new(Proc(log.clone())));
+    let (up, got) = upstream(log.clone());
+    let t = compare(&boot(proc, up, false), &log, &got, |go| {
+        // Both ways, each chunk answered by its own piece.
+        go("/duplex/chunks/sync", "fd", &["ab", "cd"], false, true);
+        go("/duplex-req/echo/sync", "fd", &["one", "two"], false, true);
+        // Each chunk in two pieces; the whole body in two pieces at its end.
+        go(
+            "/duplex-req/echo/sync",
+            "fd-split",
+            &["abcd", "ef"],
+            false,
+            true,
+        );
+        go(
+            "/duplex-req/echo/sync",
+            "fd-gather",
+            &["x", "y", "z"],
+            false,
+            true,
+        );
+        // The headers answered only once the service has the whole body.
+        go(
+            "/duplex-req/echo/sync",
+            "fd-late-headers",
+            &["p", "q"],
+            false,
+            true,
+        );
+        // Trailers: sent, their answer ends the body.
+        go("/duplex-req/echo/sync", "fd", &["t1", "t2"], true, true);
+        go("/duplex/chunks/sync/trailers", "fd", &["u1"], true, true);
+        // The response's body alone, its headers skipped.
+        go("/duplex-resp/chunks/sync", "fd", &["v"], false, true);
+        go(
+            "/duplex-resp/chunks/sync/trailers",
+            "fd",
+            &["w"],
+            false,
+            true,
+        );
+        // At the body's end: a body answer that is not a streamed response, an immediate
+        // response, a gRPC error; the service's close at the second chunk.
+        go(
+            "/duplex-req/echo/sync",
+            "fd-plain",
+            &["a", "b"],
+            false,
+            true,
+        );
+        go(
+            "/duplex-req/echo/sync",
+            "fd-immediate",
+            &["a", "b"],
+            false,
+            true,
+        );
+        go(
+            "/duplex-req/echo/sync",
+            "fd-error",
+            &["a", "b"],
+            false,
+            true,
+        );
+        go(
+            "/duplex-req/echo/sync",
+            "fd-close",
+            &["a", "b", "c"],
+            false,
+            true,
+        );
+        // No message timer where a body streams both ways: a service slower than
+        // `message_timeout` with the body or the headers; the response's headers, not
+        // streamed both ways, still time out.
+        go("/duplex-req/echo/sync", "fd-slow", &["s"], false, true);
+        go(
+            "/duplex-req/echo/sync",
+            "fd-slow-headers",
+            &["h"],
+            false,
+            true,
+        );
+        go(
+            "/duplex-req/echo",
+            "fd-slow-resp-headers",
+            &["r"],
+            false,
+            true,
+        );
+        // A streamed response to a STREAMED chunk: out of order.
+        go("/streamed/echo/sync", "streamed-resp", &["a"], false, true);
+    });
+    let l = |id: &str| line_of(&t, id);
+    assert!(
+        l("c#1").contains("-> 200") && l("c#1").contains("body=\"[r1][r2][r3][]\""),
+        "{}",
+        l("c#1")
+    );
+    assert!(
+        l("c#1").contains("body=\"<AB><CD><>\""),
+        "the upstream got the service's body: {}",
+        l("c#1")
+    );
+    assert!(l("c#3").contains("body=\"(ABCD)(EF)()\""), "{}", l("c#3"));
+    assert!(l("c#4").contains("body=\"all:xyz\""), "{}", l("c#4"));
+    assert!(
+        l("c#5").contains("\"x-body=pq\", \"x-proc=req\"] body=\"<pq>\""),
+        "{}",
+        l("c#5")
+    );
+    assert!(l("c#10").contains("-> 500"), "{}", l("c#10"));
+    assert!(l("c#11").contains("-> 403"), "{}", l("c#11"));
+    assert!(l("c#12").contains("-> 500"), "{}", l("c#12"));
+    assert!(
+        l("c#14").contains("-> 200") && l("c#14").contains("body=\"<S><>\""),
+        "{}",
+        l("c#14")
+    );
+    assert!(l("c#15").contains("-> 200"), "{}", l("c#15"));
+    assert!(l("c#16").contains("-> 504"), "{}", l("c#16"));
+    assert!(l("c#17").contains("-> 500"), "{}", l("c#17"));
+}
+
+/// A body streamed both ways is gone once sent: a failure then answers the request
+/// whatever `failure_mode_allow` says.
+#[test]
+fn full_duplex_fails_closed_once_the_body_is_sent() {
+    let log: Log = Arc::default();
+    let proc = spawn_grpc_server(ExternalProcessorServer::new(Proc(log.clone())));
+    let (up, got) = upstream(log.clone());
+    let t = compare(&boot(proc, up, true), &log, &got, |go| {
+        go(
+            "/duplex-req/echo/sync",
+            "fd-error",
+            &["a", "b"],
+            false,
+            true,
+        );
+        go(
+            "/duplex-req/echo/sync",
+            "fd-plain",
+            &["a", "b"],
+            false,
+            true,
+        );
+        go("/duplex-req/echo/sync", "fd", &["fine"], false, true);
+        // A STREAMED route's failure is still allowed.
+        go(
+            "/streamed/echo/sync",
+            "error-chunk",
+            &["a", "b"],
+            false,
+            true,
+        );
+    });
+    assert!(
+        line_of(&t, "c#1").contains("-> 500"),
+        "{}",
+        line_of(&t, "c#1")
+    );
+    assert!(
+        line_of(&t, "c#2").contains("-> 500"),
+        "{}",
+        line_of(&t, "c#2")
+    );
+    assert!(
+        line_of(&t, "c#4").contains("-> 200"),
+        "{}",
+        line_of(&t, "c#4")
+    );
+}
+
+/// The filter's own `FULL_DUPLEX_STREAMED` needs its trailers sent, as Envoy checks.
+#[test]
+fn full_duplex_without_trailers_sent_is_refused_as_envoy() {
+    let proc: SocketAddr = "127.0.0.1:1".parse().expect("addr");
+    for (mode, ok) in [
+        ("{ request_body_mode: FULL_DUPLEX_STREAMED }", false),
+        (
+            "{ response_body_mode: FULL_DUPLEX_STREAMED, request_trailer_mode: SEND }",
+            false,
+        ),
+        (
+            "{ request_body_mode: FULL_DUPLEX_STREAMED, request_trailer_mode: SEND }",
+            true,
+        ),
+        (
+            "{ response_body_mode: FULL_DUPLEX_STREAMED, response_trailer_mode: SEND }",
+            true,
+        ),
+    ] {
+        let b = boot_with(
+            proc,
+            proc,
+            false,
+            &format!("              processing_mode: {mode}\n"),
+        );
+        let (code, err) = validate(&b);
+        assert_eq!(code == Some(0), ok, "{mode}: {err}");
+        if !ok {
+            assert!(err.contains("has to be set to SEND"), "{err}");
+        }
+        if let Some((code, out)) = envoy_validate(&b) {
+            assert_eq!(code == Some(0), ok, "envoy, {mode}: {out}");
+        }
+    }
+}
+
+/// `allow_mode_override`: the service's `mode_override` in its answer to the headers
+/// changes what is sent for the rest of the request.
+#[test]
+fn mode_override_matches_envoy() {
+    let log: Log = Arc::default();
+    let proc = spawn_grpc_server(ExternalProcessorServer::new(Proc(log.clone())));
+    let (up, got) = upstream(log.clone());
+    let b = boot_with(proc, up, false, "              allow_mode_override: true\n");
+    let t = compare(&b, &log, &got, |go| {
+        go("/ov/echo/sync", "", &["plain"], false, true);
+        go(
+            "/ov/echo/sync",
+            "ov-req-streamed",
+            &["ab", "cd"],
+            false,
+            true,
+        );
+        go(
+            "/ov/echo/sync",
+            "ov-req-buffered",
+            &["ab", "cd"],
+            false,
+            true,
+        );
+        go("/ov/chunks", "ov-resp-buffered", &["x"], false, true);
+        go("/ov/chunks", "ov-skip-resp-headers", &["x"], false, true);
+        go(
+            "/ov/chunks/trailers",
+            "ov-resp-trailers",
+            &["x"],
+            false,
+            true,
+        );
+        // In the answer to the response's headers.
+        go("/ov/chunks", "ov-in-resp", &["x"], false, true);
+        // To a body streamed both ways.
+        go("/ov/echo/sync", "ov-req-duplex", &["ab", "cd"], false, true);
+        // Over a route's mode.
+        go(
+            "/streamed/echo/sync",
+            "ov-req-buffered",
+            &["ab", "cd"],
+            false,
+            true,
+        );
+    });
+    assert!(
+        line_of(&t, "c#2").contains("body=\"<AB><CD><>\""),
+        "{}",
+        line_of(&t, "c#2")
+    );
+    assert!(
+        line_of(&t, "c#4").contains("resp-body eos=true \\\"r1r2r3\\\""),
+        "{}",
+        line_of(&t, "c#4")
+    );
+}
+
+/// Without `allow_mode_override` the service's `mode_override` is ignored.
+#[test]
+fn mode_override_is_ignored_unless_allowed() {
+    let log: Log = Arc::default();
+    let proc = spawn_grpc_server(ExternalProcessorServer::new(Proc(log.clone())));
+    let (up, got) = upstream(log.clone());
+    let t = compare(&boot(proc, up, false), &log, &got, |go| {
+        go(
+            "/ov/echo/sync",
+            "ov-req-streamed",
+            &["ab", "cd"],
+            false,
+            true,
+        );
+        go("/ov/chunks", "ov-resp-buffered", &["x"], false, true);
+    });
+    assert!(
+        line_of(&t, "c#1").contains("body=\"abcd\""),
+        "{}",
+        line_of(&t, "c#1")
+    );
+}
+
+/// `allowed_override_modes`: an override is taken only when the mode it makes (its
+/// `DEFAULT` header and trailer modes the filter's own) is listed.
+#[test]
+fn allowed_override_modes_match_envoy() {
+    let log: Log = Arc::default();
+    let proc = spawn_grpc_server(ExternalProcessorServer::new(Proc(log.clone())));
+    let (up, got) = upstream(log.clone());
+    let extra = "              processing_mode: { response_header_mode: SKIP }
+              allow_mode_override: true
+              allowed_override_modes:
+              - { request_body_mode: STREAMED, response_header_mode: SKIP }
+              - { response_header_mode: SEND, response_body_mode: BUFFERED }
+";
+    let t = compare(&boot_with(proc, up, false, extra), &log, &got, |go| {
+        go(
+            "/ov/echo/sync",
+            "ov-req-streamed",
+            &["ab", "cd"],
+            false,
+            true,
+        );
+        go("/ov/chunks", "ov-resp-buffered", &["x"], false, true);
+        go("/ov/chunks", "ov-send-resp-buffered", &["x"], false, true);
+        go(
+            "/ov/echo/sync",
+            "ov-req-buffered",
+            &["ab", "cd"],
+            false,
+            true,
+        );
+    });
+    assert!(
+        line_of(&t, "c#4").contains("body=\"abcd\""),
+        "{}",
+        line_of(&t, "c#4")
+    );
 }

@@ -141,6 +141,9 @@ pub fn trailers_message(
 pub enum Answer {
     /// The answer to that message.
     Common(Box<CommonResponse>),
+    /// The answer to a body's trailers (when a body streamed both ways waits for either
+    /// kind): its header mutation alone.
+    Trailers(Box<CommonResponse>),
     /// Answer the request with this.
     Immediate(Box<ImmediateResponse>),
     /// More time asked (`override_message_timeout`): ignored, as `max_message_timeout`
@@ -181,6 +184,47 @@ pub fn classify(r: ProcessingResponse, phase: Phase) -> Answer {
         (Some(R::ImmediateResponse(i)), _) => Answer::Immediate(Box::new(i)),
         _ => Answer::Spurious,
     }
+}
+
+/// What `r` says to a body streamed both ways (`request`'s, else the response's): a
+/// body answer while `body_open` (a chunk sent and the service's body not ended) must
+/// carry a `streamed_response`; a trailers answer is taken once `trailers_sent`.
+pub fn classify_duplex(
+    r: ProcessingResponse,
+    request: bool,
+    body_open: bool,
+    trailers_sent: bool,
+) -> Answer {
+    use processing_response::Response as R;
+    if r.override_message_timeout.is_some() {
+        return Answer::MoreTime;
+    }
+    match r.response {
+        Some(R::RequestBody(b)) if request && body_open => duplex_body(b),
+        Some(R::ResponseBody(b)) if !request && body_open => duplex_body(b),
+        Some(R::RequestTrailers(t)) if request && trailers_sent => trailers_answer(t),
+        Some(R::ResponseTrailers(t)) if !request && trailers_sent => trailers_answer(t),
+        Some(R::ImmediateResponse(i)) => Answer::Immediate(Box::new(i)),
+        _ => Answer::Spurious,
+    }
+}
+
+/// A body answer in full duplex: only a `streamed_response` is one (Envoy takes any
+/// other as out of order).
+fn duplex_body(b: courier_proto::envoy::service::ext_proc::v3::BodyResponse) -> Answer {
+    use courier_proto::envoy::service::ext_proc::v3::body_mutation::Mutation;
+    let c = b.response.unwrap_or_default();
+    match c.body_mutation.as_ref().and_then(|m| m.mutation.as_ref()) {
+        Some(Mutation::StreamedResponse(_)) => Answer::Common(Box::new(c)),
+        _ => Answer::Spurious,
+    }
+}
+
+fn trailers_answer(t: courier_proto::envoy::service::ext_proc::v3::TrailersResponse) -> Answer {
+    Answer::Trailers(Box::new(CommonResponse {
+        header_mutation: t.header_mutation,
+        ..Default::default()
+    }))
 }
 
 /// An immediate response as Envoy sends it (`sendLocalReply`): its status (`200` when

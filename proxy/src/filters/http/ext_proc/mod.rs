@@ -15,7 +15,22 @@
 //!   the connection's buffer limit, then sent, the rest passing on); trailer modes
 //!   `SEND` (sent once the body's answers are in, their answer's header mutation
 //!   applied) and `SKIP`/`DEFAULT`. The message loses its `content-length` in
-//!   `STREAMED` and `BUFFERED_PARTIAL`, and with a body sent but its headers skipped.
+//!   `STREAMED`, `BUFFERED_PARTIAL` and `FULL_DUPLEX_STREAMED`, and with a body sent but
+//!   its headers skipped.
+//! - `FULL_DUPLEX_STREAMED` (`tests/http_ext_proc_streamed.rs`): each chunk is sent as
+//!   it comes (even while the headers wait for their answer) and dropped; the body that
+//!   goes on is the one the service streams back in `streamed_response` pieces, ended by
+//!   one marked `end_of_stream` or by the answer to the trailers (which must be `SEND`:
+//!   the filter's config is refused otherwise, as Envoy's; a route's too, which Envoy
+//!   accepts). A body answer that is not a `streamed_response`, or comes when no chunk
+//!   waits, is spurious. Nothing of that direction has a `message_timeout`; once a chunk
+//!   is sent a failure answers the request whatever `failure_mode_allow` says.
+//! - `allow_mode_override`: a `mode_override` in an answer taken while a direction's
+//!   headers wait (the request's or the response's) sets the mode of the rest of the
+//!   request both ways, its `DEFAULT` header and trailer modes the filter's own (not a
+//!   route's); ignored when the filter's own mode streams a body both ways, or when
+//!   `allowed_override_modes` is set and lists no mode equal to it (its request header
+//!   mode not compared). A request body already streaming both ways keeps doing so.
 //! - A route's `ExtProcPerRoute` (merged from the route configuration down to the route):
 //!   `disabled` skips every message; `overrides.processing_mode` replaces the mode.
 //! - Each message waits at most `message_timeout` (default 200 ms) for its answer. A
@@ -45,14 +60,14 @@
 //! (`http::conn_manager::service_calls::ext_proc`) through the router's
 //! `async_stream`, as filters never reach the router.
 //!
-//! Refused by path: `http_service`, body mode `FULL_DUPLEX_STREAMED`, `request_attributes`,
-//! `response_attributes`, `mutation_rules`, `max_message_timeout`,
-//! `allow_mode_override`, `allowed_override_modes`, `observability_mode`,
+//! Refused by path: `http_service`, body mode `GRPC`, `request_attributes`,
+//! `response_attributes`, `mutation_rules`, `max_message_timeout`, `observability_mode`,
 //! `metadata_options`, `filter_metadata`, `route_cache_action` other than `DEFAULT`,
 //! `disable_immediate_response`, `send_body_without_waiting_for_header_response`,
 //! `status_on_error`, `processing_request_modifier`, `on_processing_response`,
 //! `allow_content_length_header`, `emit_client_span`, a non-empty `stat_prefix`, and in
-//! `ExtProcPerRoute.overrides` everything but `processing_mode`.
+//! `ExtProcPerRoute.overrides` everything but `processing_mode` (and there a body
+//! streamed both ways with its trailers not sent).
 
 pub mod messages;
 pub mod mutation;
@@ -91,6 +106,9 @@ pub enum BodyMode {
     Streamed,
     /// Held up to the buffer limit, then sent in one message (the rest passing on).
     BufferedPartial,
+    /// Each chunk sent as it comes and dropped: the body that goes on is the one the
+    /// service streams back (`streamed_response`), as much and as often as it likes.
+    FullDuplex,
 }
 
 /// What is sent to the service for a request (a compiled `ProcessingMode`).
@@ -145,7 +163,8 @@ impl Mode {
             Ok(BodySendMode::Buffered) => Ok(BodyMode::Buffered),
             Ok(BodySendMode::Streamed) => Ok(BodyMode::Streamed),
             Ok(BodySendMode::BufferedPartial) => Ok(BodyMode::BufferedPartial),
-            Ok(_) => Err(ConfigError::unsupported(format!("{path}.{field}"))),
+            Ok(BodySendMode::FullDuplexStreamed) => Ok(BodyMode::FullDuplex),
+            Ok(BodySendMode::Grpc) => Err(ConfigError::unsupported(format!("{path}.{field}"))),
             Err(_) => Err(ConfigError::new(
                 format!("{path}.{field}"),
                 format!("unknown enum value {v}"),
@@ -229,8 +248,68 @@ pub struct Core {
     pub forward: ForwardRules,
     /// `disable_clear_route_cache`.
     pub disable_clear_route_cache: bool,
+    /// What the service may do with a `mode_override`.
+    pub overrides: ModeOverrides,
     /// The counters.
     pub stats: ExtProcStats,
+}
+
+/// `allow_mode_override` and `allowed_override_modes`: whether, and to what, the
+/// service's answer to a message's headers may change the processing mode.
+pub struct ModeOverrides {
+    /// `allow_mode_override`.
+    pub allowed: bool,
+    /// The filter's own `processing_mode` (not a route's): an override's `DEFAULT`
+    /// header and trailer modes keep its values, as Envoy's `effectiveModeOverride`.
+    pub configured: pb::ProcessingMode,
+    /// The filter's own mode streams a body both ways: Envoy then ignores overrides.
+    pub duplex: bool,
+    /// `allowed_override_modes` (empty: any).
+    pub modes: Vec<pb::ProcessingMode>,
+}
+
+impl ModeOverrides {
+    /// The mode a service's `mode_override` sets, or `None` when it is ignored (not
+    /// allowed, or not in the allowed list), as Envoy's `onReceiveMessage`.
+    pub fn effective(&self, asked: &pb::ProcessingMode) -> Option<Mode> {
+        if !self.allowed || self.duplex {
+            return None;
+        }
+        let keep = |asked: i32, configured: i32| match asked {
+            0 => configured,
+            v => v,
+        };
+        let c = &self.configured;
+        let m = pb::ProcessingMode {
+            request_header_mode: keep(asked.request_header_mode, c.request_header_mode),
+            response_header_mode: keep(asked.response_header_mode, c.response_header_mode),
+            request_trailer_mode: keep(asked.request_trailer_mode, c.request_trailer_mode),
+            response_trailer_mode: keep(asked.response_trailer_mode, c.response_trailer_mode),
+            request_body_mode: asked.request_body_mode,
+            response_body_mode: asked.response_body_mode,
+        };
+        // The request's header mode is not compared: its headers are gone by then.
+        let listed = self.modes.is_empty()
+            || self.modes.iter().any(|o| {
+                o.request_body_mode == m.request_body_mode
+                    && o.request_trailer_mode == m.request_trailer_mode
+                    && o.response_header_mode == m.response_header_mode
+                    && o.response_body_mode == m.response_body_mode
+                    && o.response_trailer_mode == m.response_trailer_mode
+            });
+        if !listed {
+            tracing::debug!("ext_proc: processing mode override not in allowed_override_modes");
+            return None;
+        }
+        match Mode::compile(Some(&m), "mode_override") {
+            Ok(mode) => Some(mode),
+            Err(e) => {
+                // An enum value Courier does not know: taken as no override.
+                tracing::debug!(error = %e, "ext_proc: processing mode override ignored");
+                None
+            }
+        }
+    }
 }
 
 /// A route's `ExtProcPerRoute`.
@@ -272,13 +351,29 @@ impl ExtProcPerRoute {
                 if let Some((field, _)) = set.iter().find(|(_, on)| *on) {
                     return Err(ConfigError::unsupported(format!("{at}.{field}")));
                 }
+                let mode = o
+                    .processing_mode
+                    .as_ref()
+                    .map(|m| Mode::compile(Some(m), &format!("{at}.processing_mode")))
+                    .transpose()?;
+                // Envoy accepts a route's body streamed both ways with its trailers not
+                // sent (its filter's config would be refused), and then lets the
+                // trailers pass before the service's body: not built.
+                if let Some(m) = mode {
+                    for (body, trailers, dir) in [
+                        (m.request_body, m.request_trailers, "request"),
+                        (m.response_body, m.response_trailers, "response"),
+                    ] {
+                        if body == BodyMode::FullDuplex && !trailers {
+                            return Err(ConfigError::unsupported(format!(
+                                "{at}.processing_mode.{dir}_trailer_mode"
+                            )));
+                        }
+                    }
+                }
                 Ok(ExtProcPerRoute {
                     disabled: false,
-                    mode: o
-                        .processing_mode
-                        .as_ref()
-                        .map(|m| Mode::compile(Some(m), &format!("{at}.processing_mode")))
-                        .transpose()?,
+                    mode,
                 })
             }
             None => Err(ConfigError::new(
@@ -344,6 +439,31 @@ impl ExtProcFilter {
             proto.processing_mode.as_ref(),
             &format!("{path}.processing_mode"),
         )?;
+        // Envoy's `verifyProcessingModeConfig`: a body streamed both ways ends with its
+        // trailers' answer when it has trailers, so they must be sent.
+        for (body, trailers, dir) in [
+            (mode.request_body, mode.request_trailers, "request"),
+            (mode.response_body, mode.response_trailers, "response"),
+        ] {
+            if body == BodyMode::FullDuplex && !trailers {
+                return Err(ConfigError::new(
+                    format!("{path}.processing_mode"),
+                    format!(
+                        "If the ext_proc filter has the {dir}_body_mode set to FULL_DUPLEX_STREAMED, then the {dir}_trailer_mode has to be set to SEND"
+                    ),
+                ));
+            }
+        }
+        let allowed_override_modes = proto
+            .allowed_override_modes
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                // Compiled only to refuse what Courier cannot run; matched as given.
+                Mode::compile(Some(m), &format!("{path}.allowed_override_modes[{i}]"))?;
+                Ok(*m)
+            })
+            .collect::<Result<Vec<_>, ConfigError>>()?;
         let core = Core {
             client,
             failure_mode_allow: proto.failure_mode_allow,
@@ -354,6 +474,13 @@ impl ExtProcFilter {
             )?,
             forward,
             disable_clear_route_cache: proto.disable_clear_route_cache,
+            overrides: ModeOverrides {
+                allowed: proto.allow_mode_override,
+                configured: proto.processing_mode.unwrap_or_default(),
+                duplex: mode.request_body == BodyMode::FullDuplex
+                    || mode.response_body == BodyMode::FullDuplex,
+                modes: allowed_override_modes,
+            },
             stats: ExtProcStats {
                 streams_started: c("streams_started"),
                 stream_msgs_sent: c("stream_msgs_sent"),
@@ -409,7 +536,6 @@ fn refuse_unsupported(proto: &pb::ExternalProcessor, path: &str) -> Result<(), C
         ("mutation_rules", proto.mutation_rules.is_some()),
         ("max_message_timeout", proto.max_message_timeout.is_some()),
         ("filter_metadata", proto.filter_metadata.is_some()),
-        ("allow_mode_override", proto.allow_mode_override),
         (
             "disable_immediate_response",
             proto.disable_immediate_response,
@@ -423,10 +549,6 @@ fn refuse_unsupported(proto: &pb::ExternalProcessor, path: &str) -> Result<(), C
         (
             "send_body_without_waiting_for_header_response",
             proto.send_body_without_waiting_for_header_response,
-        ),
-        (
-            "allowed_override_modes",
-            !proto.allowed_override_modes.is_empty(),
         ),
         (
             "processing_request_modifier",

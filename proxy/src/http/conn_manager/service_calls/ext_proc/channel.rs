@@ -9,6 +9,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use courier_proto::envoy::extensions::filters::http::ext_proc::v3::ProcessingMode;
 use courier_proto::envoy::service::ext_proc::v3::{
     CommonResponse, ProcessingRequest, ProcessingResponse,
 };
@@ -33,6 +34,9 @@ pub(super) type Shared = Rc<RefCell<Channel>>;
 pub(super) enum Verdict {
     /// The service answered it.
     Answered(Box<CommonResponse>),
+    /// The service answered a body's trailers (a body streamed both ways, which takes
+    /// either answer).
+    Trailers(Box<CommonResponse>),
     /// Processing ended; the request goes on as it is.
     Done,
     /// The request is answered so, with these details.
@@ -56,6 +60,11 @@ pub(super) struct Channel {
     /// A reply decided while a body streamed, which its stream cannot give itself: the
     /// response pass gives it.
     pub reply: Option<(Box<Response<ProxyBody>>, String)>,
+    /// A body streamed both ways has sent a chunk: its data is gone, so a failure can no
+    /// longer let the request go on (Envoy's `failureModeAllow()`).
+    pub duplex_body_sent: bool,
+    /// The `mode_override` of the last answer taken while a direction's headers waited.
+    pub mode_override: Option<ProcessingMode>,
 }
 
 /// The index of a direction.
@@ -75,6 +84,8 @@ impl Channel {
             held: Default::default(),
             expecting: [false; 2],
             reply: None,
+            duplex_body_sent: false,
+            mode_override: None,
         }))
     }
 
@@ -106,9 +117,33 @@ impl Channel {
         self.expecting[slot(request)] = false;
     }
 
+    /// Whether a failure lets the request go on.
+    pub fn failure_mode_allow(&self) -> bool {
+        self.core.failure_mode_allow && !self.duplex_body_sent
+    }
+
     /// The verdict on the message `phase` waits on: its answer, or how processing ended.
     pub fn poll_verdict(&mut self, phase: Phase, cx: &mut Context<'_>) -> Poll<Verdict> {
-        let own = slot(phase.is_request());
+        let headers = matches!(phase, Phase::RequestHeaders | Phase::ResponseHeaders);
+        self.poll_answer(
+            phase.is_request(),
+            |r| {
+                let over = headers.then_some(r.mode_override).flatten();
+                (messages::classify(r, phase), over)
+            },
+            cx,
+        )
+    }
+
+    /// The next answer for the request's direction (else the response's), as `judge`
+    /// takes it (with the `mode_override` it carries, when that counts).
+    pub fn poll_answer(
+        &mut self,
+        request: bool,
+        mut judge: impl FnMut(ProcessingResponse) -> (Answer, Option<ProcessingMode>),
+        cx: &mut Context<'_>,
+    ) -> Poll<Verdict> {
+        let own = slot(request);
         loop {
             let response = match self.held[own].pop_front() {
                 Some(r) => r,
@@ -142,12 +177,20 @@ impl Channel {
                     continue;
                 }
             }
+            let (answer, over) = judge(response);
+            if over.is_some() {
+                self.mode_override = over;
+            }
             let (core, w) = (&self.core, self.worker);
-            match messages::classify(response, phase) {
+            match answer {
                 Answer::MoreTime => core.stats.override_message_timeout_ignored.inc(w),
                 Answer::Common(c) => {
                     core.stats.stream_msgs_received.inc(w);
                     return Poll::Ready(Verdict::Answered(c));
+                }
+                Answer::Trailers(c) => {
+                    core.stats.stream_msgs_received.inc(w);
+                    return Poll::Ready(Verdict::Trailers(c));
                 }
                 Answer::Immediate(i) => {
                     core.stats.stream_msgs_received.inc(w);
@@ -161,7 +204,7 @@ impl Channel {
                     tracing::warn!("ext_proc: spurious response message received on gRPC stream");
                     self.close();
                     // Envoy 1.40 answers the request (measured), unless failures are allowed.
-                    if self.core.failure_mode_allow {
+                    if self.failure_mode_allow() {
                         self.core.stats.failure_mode_allowed.inc(w);
                         return Poll::Ready(Verdict::Done);
                     }
@@ -188,7 +231,7 @@ impl Channel {
     pub fn timed_out(&mut self) -> Verdict {
         self.core.stats.message_timeouts.inc(self.worker);
         self.close();
-        if self.core.failure_mode_allow {
+        if self.failure_mode_allow() {
             self.core.stats.failure_mode_allowed.inc(self.worker);
             return Verdict::Done;
         }
@@ -204,7 +247,7 @@ impl Channel {
         stats.streams_failed.inc(w);
         self.stream = None;
         self.complete = true;
-        if self.core.failure_mode_allow {
+        if self.failure_mode_allow() {
             // Taken as the stream's close.
             stats.streams_closed.inc(w);
             stats.failure_mode_allowed.inc(w);

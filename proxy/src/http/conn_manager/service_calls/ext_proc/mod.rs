@@ -1,11 +1,14 @@
 //! A request's external processing ([`crate::filters::http::ext_proc`]): one gRPC stream
 //! (the router's `async_stream`) for the request and its answer, opened with the first
-//! message sent; each message waits for its answer up to `message_timeout`. The
-//! [`Session`] a request's pass leaves is what its response pass goes on with; a body
-//! streamed to the service ([`streamed`]) shares the session's [`channel`] and keeps it
-//! open until it is done.
+//! message sent; each message waits for its answer up to `message_timeout` (none in a
+//! direction whose body streams both ways). The [`Session`] a request's pass leaves is
+//! what its response pass goes on with; a body streamed to the service ([`streamed`]),
+//! or both ways ([`duplex`]), shares the session's [`channel`] and keeps it open until
+//! it is done. A `mode_override` the headers' answer carries changes the session's mode
+//! when the filter lets it.
 
 mod channel;
+mod duplex;
 mod streamed;
 
 use std::collections::VecDeque;
@@ -29,6 +32,7 @@ use crate::http::router::Outcome;
 use crate::stats::Store;
 use channel::{Channel, Shared, Verdict};
 use courier_runtime::event::rt;
+use duplex::Duplex;
 use streamed::Streamed;
 
 /// What the request pass reads of the request beside its head.
@@ -73,17 +77,58 @@ impl Session {
         self.chan.borrow().complete
     }
 
+    /// Applies a `mode_override` the headers' answer carried, if the filter lets it
+    /// (Envoy's `onReceiveMessage`): the mode of the rest of the request, both ways.
+    fn take_override(&mut self) -> bool {
+        let asked = self.chan.borrow_mut().mode_override.take();
+        let Some(asked) = asked else {
+            return false;
+        };
+        let mode = self.chan.borrow().core.overrides.effective(&asked);
+        match mode {
+            Some(m) => {
+                tracing::debug!("ext_proc: processing mode overridden by the service");
+                self.mode = m;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// When a message of `phase` sent now stops waiting: none in a direction whose body
+    /// streams both ways (Envoy starts no timer there).
+    fn deadline(&self, phase: Phase) -> Option<Instant> {
+        let duplex = match phase.is_request() {
+            true => self.mode.request_body,
+            false => self.mode.response_body,
+        } == BodyMode::FullDuplex;
+        let timeout = self.chan.borrow().core.message_timeout;
+        (!duplex).then(|| Instant::now() + timeout)
+    }
+
     /// Sends `message` and waits for its answer.
     async fn exchange(&self, message: ProcessingRequest, phase: Phase) -> Verdict {
-        let timeout = {
-            let mut c = self.chan.borrow_mut();
-            c.send(&message, phase);
-            c.core.message_timeout
-        };
-        let deadline = Some(Instant::now() + timeout);
+        self.exchange_pumping(message, phase, None).await
+    }
+
+    /// Sends `message` and waits for its answer, sending on meanwhile what comes of a
+    /// body streamed both ways (`duplex`).
+    async fn exchange_pumping(
+        &self,
+        message: ProcessingRequest,
+        phase: Phase,
+        mut duplex: Option<&mut Duplex>,
+    ) -> Verdict {
+        self.chan.borrow_mut().send(&message, phase);
+        let deadline = self.deadline(phase);
         let got = rt::timeout(
             deadline,
-            poll_fn(|cx| self.chan.borrow_mut().poll_verdict(phase, cx)),
+            poll_fn(|cx| {
+                if let Some(d) = duplex.as_deref_mut() {
+                    d.pump(cx);
+                }
+                self.chan.borrow_mut().poll_verdict(phase, cx)
+            }),
         )
         .await;
         let mut c = self.chan.borrow_mut();
@@ -133,7 +178,7 @@ pub(crate) enum Processed {
 /// (`shouldRemoveContentLength`): the service may change a body it sees in parts.
 fn unsized_mode(body: BodyMode, headers_sent: bool) -> bool {
     match body {
-        BodyMode::Streamed | BodyMode::BufferedPartial => true,
+        BodyMode::Streamed | BodyMode::BufferedPartial | BodyMode::FullDuplex => true,
         BodyMode::Buffered => !headers_sent,
         BodyMode::None => false,
     }
@@ -162,6 +207,11 @@ pub(crate) async fn on_request(
     let mut send_trailers = mode.request_trailers;
     // The headers the body's answer may still change (Envoy's `headers_`).
     let mut headers_held = false;
+    // A body streamed both ways goes to the service even while the headers wait.
+    let mut duplex = (body_mode == BodyMode::FullDuplex && has_body).then(|| {
+        let inner = std::mem::replace(req.body_mut(), ProxyBody::empty());
+        Duplex::new(session.chan.clone(), true, send_trailers, inner)
+    });
     if mode.request_headers {
         let method = r.method.as_bytes();
         let pseudo = [
@@ -188,7 +238,16 @@ pub(crate) async fn on_request(
         if unsized_mode(body_mode, true) {
             req.headers_mut().remove(header::CONTENT_LENGTH);
         }
-        match session.exchange(msg, Phase::RequestHeaders).await {
+        let verdict = session
+            .exchange_pumping(msg, Phase::RequestHeaders, duplex.as_mut())
+            .await;
+        if session.take_override() && duplex.is_none() {
+            // The body's mode changes unless it already streams both ways (its chunks
+            // are gone to the service).
+            body_mode = session.mode.request_body;
+            send_trailers = session.mode.request_trailers;
+        }
+        match verdict {
             Verdict::Answered(c) => {
                 let replacing = c.status == ResponseStatus::ContinueAndReplace as i32;
                 let mut pseudo = Pseudo::default();
@@ -202,6 +261,9 @@ pub(crate) async fn on_request(
                 }
                 path_changed = set_pseudo(req, pseudo);
                 if replacing {
+                    if let Some(d) = duplex.take() {
+                        *req.body_mut() = d.into_rest();
+                    }
                     if let Some(b) = c.body_mutation.as_ref().and_then(mutation::apply_body) {
                         req.headers_mut().remove(header::CONTENT_LENGTH);
                         let old = std::mem::replace(req.body_mut(), ProxyBody::empty());
@@ -222,6 +284,11 @@ pub(crate) async fn on_request(
     } else if unsized_mode(body_mode, false) {
         // Envoy cannot keep a length the service may change (`shouldRemoveContentLength`).
         req.headers_mut().remove(header::CONTENT_LENGTH);
+    }
+    if let Some(d) = duplex {
+        session.streaming = true;
+        *req.body_mut() = ProxyBody::filtered(d);
+        return Processed::Continue(session, path_changed);
     }
     if session.complete() || !has_body {
         return Processed::Continue(session, path_changed);
@@ -292,6 +359,13 @@ pub(crate) async fn on_request(
                 session.limit,
             );
             *req.body_mut() = ProxyBody::filtered(s);
+        }
+        BodyMode::FullDuplex => {
+            // Set by the service's `mode_override`.
+            session.streaming = true;
+            let inner = std::mem::replace(req.body_mut(), ProxyBody::empty());
+            let d = Duplex::new(session.chan.clone(), true, send_trailers, inner);
+            *req.body_mut() = ProxyBody::filtered(d);
         }
         BodyMode::None if send_trailers => {
             session.streaming = true;
@@ -397,7 +471,7 @@ impl Session {
 
 /// The response pass of a request's session.
 pub(crate) async fn on_response(
-    session: Session,
+    mut session: Session,
     resp: &mut Response<ProxyBody>,
     outcome: &mut Outcome,
 ) {
@@ -416,6 +490,10 @@ pub(crate) async fn on_response(
     let mut body_mode = mode.response_body;
     let mut send_trailers = mode.response_trailers;
     let mut headers_held = false;
+    let mut duplex = (body_mode == BodyMode::FullDuplex && has_body).then(|| {
+        let inner = std::mem::replace(resp.body_mut(), ProxyBody::empty());
+        Duplex::new(session.chan.clone(), false, send_trailers, inner)
+    });
     if mode.response_headers {
         let status = resp.status();
         let pseudo = [(":status", status.as_str().as_bytes())];
@@ -436,7 +514,14 @@ pub(crate) async fn on_response(
         if unsized_mode(body_mode, true) {
             resp.headers_mut().remove(header::CONTENT_LENGTH);
         }
-        match session.exchange(msg, Phase::ResponseHeaders).await {
+        let verdict = session
+            .exchange_pumping(msg, Phase::ResponseHeaders, duplex.as_mut())
+            .await;
+        if session.take_override() && duplex.is_none() {
+            body_mode = session.mode.response_body;
+            send_trailers = session.mode.response_trailers;
+        }
+        match verdict {
             Verdict::Answered(c) => {
                 let replacing = c.status == ResponseStatus::ContinueAndReplace as i32;
                 let mut pseudo = Pseudo::default();
@@ -449,6 +534,9 @@ pub(crate) async fn on_response(
                     *resp.status_mut() = s;
                 }
                 if replacing {
+                    if let Some(d) = duplex.take() {
+                        *resp.body_mut() = d.into_rest();
+                    }
                     if let Some(b) = c.body_mutation.as_ref().and_then(mutation::apply_body) {
                         resp.headers_mut().remove(header::CONTENT_LENGTH);
                         let old = std::mem::replace(resp.body_mut(), ProxyBody::empty());
@@ -464,6 +552,10 @@ pub(crate) async fn on_response(
         }
     } else if unsized_mode(body_mode, false) {
         resp.headers_mut().remove(header::CONTENT_LENGTH);
+    }
+    if let Some(d) = duplex {
+        *resp.body_mut() = ProxyBody::filtered(d);
+        return;
     }
     if session.complete() || !has_body {
         return;
@@ -523,6 +615,11 @@ pub(crate) async fn on_response(
                 session.limit,
             );
             *resp.body_mut() = ProxyBody::filtered(s);
+        }
+        BodyMode::FullDuplex => {
+            let inner = std::mem::replace(resp.body_mut(), ProxyBody::empty());
+            let d = Duplex::new(session.chan.clone(), false, send_trailers, inner);
+            *resp.body_mut() = ProxyBody::filtered(d);
         }
         BodyMode::None if send_trailers => {
             let inner = std::mem::replace(resp.body_mut(), ProxyBody::empty());

@@ -11,6 +11,7 @@
 //! the body with an error (the request's reply is then the channel's, given by the
 //! response pass; a response already under way is reset); one that does (`failure_mode_allow`,
 //! a stream the service closed) lets the chunks held and the rest of the body pass on.
+//! A chunk's answer with a `streamed_response` (full duplex's) is out of order.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -23,7 +24,7 @@ use http::HeaderMap;
 use hyper::body::{Body, Frame};
 
 use super::channel::{Shared, Verdict};
-use crate::filters::http::ext_proc::messages::{self, Phase};
+use crate::filters::http::ext_proc::messages::{self, Answer, Phase};
 use crate::filters::http::ext_proc::mutation::{self, Pseudo, Target};
 use crate::http::codec::body::{BodyTransform, BoxError, ProxyBody};
 use courier_runtime::event::rt::Sleep;
@@ -230,7 +231,20 @@ impl Streamed {
         } else {
             self.body_phase()
         };
-        let v = match self.chan.borrow_mut().poll_verdict(phase, cx) {
+        let body = !self.trailers_sent;
+        let v = match self.chan.borrow_mut().poll_answer(
+            self.request,
+            |r| {
+                // A chunk's answer streaming a body back belongs to full duplex: Envoy
+                // takes it as out of order here.
+                let a = match messages::classify(r, phase) {
+                    Answer::Common(c) if body && streams_back(&c) => Answer::Spurious,
+                    a => a,
+                };
+                (a, None)
+            },
+            cx,
+        ) {
             Poll::Pending => return Poll::Pending,
             Poll::Ready(v) => v,
         };
@@ -277,6 +291,15 @@ impl Streamed {
         }
         Poll::Ready(Ok(()))
     }
+}
+
+/// Whether an answer's body mutation is a `streamed_response`.
+fn streams_back(c: &courier_proto::envoy::service::ext_proc::v3::CommonResponse) -> bool {
+    use courier_proto::envoy::service::ext_proc::v3::body_mutation::Mutation;
+    matches!(
+        c.body_mutation.as_ref().and_then(|m| m.mutation.as_ref()),
+        Some(Mutation::StreamedResponse(_))
+    )
 }
 
 impl BodyTransform for Streamed {

@@ -32,13 +32,14 @@ fi
 # and the parsers of the filters a peer feeds (JWTs, JWKS and cookies; gRPC-Web's framing;
 # basic auth credentials and htpasswd; services' gRPC answers to ext_authz and the rate
 # limit filter; the gRPC-JSON transcoder's paths, JSON bodies and answers; the cookie
-# parser every cookie reader shares), from the
+# parser every cookie reader shares; the xDS matcher on request inputs, against an
+# oracle), from the
 # committed seeds. cargo-fuzz passes nightly-only flags;
 # RUSTC_BOOTSTRAP lets the stable toolchain accept them, and `--sanitizer none` needs no
-# sanitizer runtime. The targets are built once, then each runs COURIER_FUZZ_SECONDS (10
+# sanitizer runtime. The targets are built once, then each runs COURIER_FUZZ_SECONDS (11
 # targets: the step stays within about 5 minutes with its build). Any crash fails the run
 # (the input is saved under proxy/fuzz/artifacts/).
-FUZZ_TARGETS="http1_parse route_match upstream_h1_response header_sanitation jwt_authn grpc_web basic_auth grpc_answers grpc_json_transcoder cookies"
+FUZZ_TARGETS="http1_parse route_match upstream_h1_response header_sanitation jwt_authn grpc_web basic_auth grpc_answers grpc_json_transcoder cookies xds_matcher"
 if [ "${COURIER_FUZZ_SECONDS:-15}" != 0 ]; then
   command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked --version 0.13.2
   (cd proxy/fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz build --sanitizer none)

@@ -964,7 +964,11 @@ fn an_unnamed_static_listener_gets_a_name_and_serves_as_in_envoy() {
 #[test]
 fn ipv4_compat_takes_ipv4_on_an_ipv6_wildcard_and_is_refused_elsewhere_as_in_envoy() {
     let up = Upstream::start("up");
-    let base = bootstrap(&all_to("up"), "", &cluster("up", &[up.addr], ""));
+    let base = bootstrap(
+        &all_to("up"),
+        "          use_remote_address: true\n",
+        &cluster("up", &[up.addr], ""),
+    );
     // The harness waits for 127.0.0.1:LISTENER_PORT: the listener must take IPv4.
     let compat = base.replacen(
         "socket_address: { address: 127.0.0.1, port_value: LISTENER_PORT }",
@@ -972,9 +976,26 @@ fn ipv4_compat_takes_ipv4_on_an_ipv6_wildcard_and_is_refused_elsewhere_as_in_env
         1,
     );
     assert!(compat.contains("ipv4_compat"), "the listener was rewritten");
-    let run = |proxy: &Courier| get(proxy.listener, "example.com", "/", &[]).status;
+    // An IPv4 client of the dual-stack socket is an IPv4 address to the proxy (Envoy
+    // reads the IPv4-mapped address so): in `x-forwarded-for` and `x-envoy-external-address`.
+    let run = |proxy: &Courier| {
+        let status = get(proxy.listener, "example.com", "/", &[]).status;
+        let seen = up.seen.lock().expect("seen");
+        let last = seen.last().expect("a request upstream");
+        format!(
+            "{status} xff={:?} external={:?}",
+            last.header("x-forwarded-for"),
+            last.header("x-envoy-external-address")
+        )
+    };
     let from_courier = run(&Courier::start(&compat));
-    assert_eq!(from_courier, 200, "IPv4 through the IPv6 listener");
+    // (A loopback peer goes into `x-forwarded-for` as this machine's address.)
+    assert!(
+        from_courier.starts_with("200 xff=Some(")
+            && from_courier.ends_with(r#" external=Some("127.0.0.1")"#)
+            && !from_courier.contains("::ffff:"),
+        "IPv4 through the IPv6 listener: {from_courier}"
+    );
     let refused = base.replacen(
         "port_value: LISTENER_PORT }",
         "port_value: LISTENER_PORT, ipv4_compat: true }",

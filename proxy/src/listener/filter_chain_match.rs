@@ -305,7 +305,7 @@ fn ip_rank(ranges: &[Cidr], ip: Option<IpAddr>) -> Option<usize> {
     if ranges.is_empty() {
         return Some(0);
     }
-    let ip = ip?.to_canonical();
+    let ip = ip?;
     ranges
         .iter()
         .filter(|c| c.contains(ip))

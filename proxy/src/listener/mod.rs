@@ -20,3 +20,4 @@ pub use active_tcp_listener::ActiveTcpListener;
 pub use config::{compile_listener, FilterChain, ListenerConfig, ListenerStats, RdsNeed};
 pub use manager::{ListenerEntry, ListenerManager};
 pub use new_connection::AcceptedConnection;
+pub use socket::{local_addr, peer_addr};

@@ -168,11 +168,13 @@ impl Refused {
             }
         }
         let log = (filter_logs.is_some() || config.access_logs.is_some()).then(|| {
-            let peer = stream.peer_addr().ok();
+            let peer = super::peer_addr(stream).ok();
             Box::new(RefusedLog {
                 start: ctx.now,
                 start_wall: std::time::SystemTime::now(),
-                local: facts.restored_local.or_else(|| stream.local_addr().ok()),
+                local: facts
+                    .restored_local
+                    .or_else(|| super::local_addr(stream).ok()),
                 remote: facts
                     .restored_remote
                     .or(peer)
@@ -292,10 +294,12 @@ fn log_unmatched(
     facts: &ConnectionFacts,
     worker: usize,
 ) {
-    let peer = stream.peer_addr().ok();
+    let peer = super::peer_addr(stream).ok();
     let no_headers = http::HeaderMap::new();
     let entry = crate::access_log::LogEntry {
-        local: facts.restored_local.or_else(|| stream.local_addr().ok()),
+        local: facts
+            .restored_local
+            .or_else(|| super::local_addr(stream).ok()),
         remote: facts
             .restored_remote
             .or(peer)

@@ -51,3 +51,22 @@ pub fn bind_listener_sockets(
     }
     Ok((bound, sockets))
 }
+
+/// A downstream connection's peer address as Envoy reads it: on a dual-stack
+/// (`ipv4_compat`) socket an IPv4 client's IPv4-mapped IPv6 address is its IPv4 address,
+/// so what logs, headers and matchers see is the same whichever socket took it.
+pub fn peer_addr(stream: &impl std::os::fd::AsFd) -> io::Result<SocketAddr> {
+    canonical(socket2::SockRef::from(stream).peer_addr()?)
+}
+
+/// A downstream connection's local address, read as [`peer_addr`] reads the peer's.
+pub fn local_addr(stream: &impl std::os::fd::AsFd) -> io::Result<SocketAddr> {
+    canonical(socket2::SockRef::from(stream).local_addr()?)
+}
+
+fn canonical(addr: socket2::SockAddr) -> io::Result<SocketAddr> {
+    let addr = addr
+        .as_socket()
+        .ok_or_else(|| io::Error::other("not an IP socket address"))?;
+    Ok(SocketAddr::new(addr.ip().to_canonical(), addr.port()))
+}

@@ -109,10 +109,13 @@ pub fn inspect_then_connect(
     // The addresses matter only to chains matching on them; skipping getsockname(2) and
     // getpeername(2) otherwise saves two of the ~20 syscalls a proxied connection costs.
     let socket_local = match local {
-        None if config.match_local => stream.local_addr().ok(),
+        None if config.match_local => super::local_addr(&stream).ok(),
         _ => None,
     };
-    let socket_peer = config.match_peer.then(|| stream.peer_addr().ok()).flatten();
+    let socket_peer = config
+        .match_peer
+        .then(|| super::peer_addr(&stream).ok())
+        .flatten();
     let facts = ConnectionFacts {
         port: local.or(socket_local).map_or(0, |a| a.port()),
         socket_local,

@@ -368,7 +368,7 @@ fn evaluate_ip<'m, A>(
     value: &str,
     data: &MatchingData<'_>,
 ) -> Option<&'m A> {
-    let ip = value.parse::<std::net::IpAddr>().ok()?.to_canonical();
+    let ip = value.parse::<std::net::IpAddr>().ok()?;
     let mut found: Vec<(u8, usize)> = ranges
         .iter()
         .enumerate()

@@ -153,12 +153,12 @@ impl HttpConnection {
         } = accepted;
         let worker = ctx.local.id;
         let (remote, direct_remote) = match restored_remote {
-            Some(src) => (src, stream.peer_addr().ok()),
-            None => (stream.peer_addr()?, None),
+            Some(src) => (src, crate::listener::peer_addr(&stream).ok()),
+            None => (crate::listener::peer_addr(&stream)?, None),
         };
         let local = match restored_local {
             Some(dst) => dst,
-            None => stream.local_addr()?,
+            None => crate::listener::local_addr(&stream)?,
         };
         let rt = rt::current().ok_or_else(|| io::Error::other("no worker runtime"))?;
         let tcp = TcpIo::new(stream)?;

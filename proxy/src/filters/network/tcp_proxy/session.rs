@@ -284,8 +284,8 @@ impl TcpProxySession {
         let gate = (!read_filters.is_empty()).then(|| {
             Box::new(Gate {
                 filters: read_filters,
-                local: restored_local.or_else(|| stream.local_addr().ok()),
-                peer: stream.peer_addr().ok(),
+                local: restored_local.or_else(|| crate::listener::local_addr(&stream).ok()),
+                peer: crate::listener::peer_addr(&stream).ok(),
                 requested_server_name: requested_server_name.clone(),
                 local_uri_sans: tls
                     .as_ref()
@@ -294,7 +294,7 @@ impl TcpProxySession {
             })
         });
         let log = (!config.access_logs.is_empty() || listener_logs.is_some()).then(|| {
-            let peer = stream.peer_addr().ok();
+            let peer = crate::listener::peer_addr(&stream).ok();
             Box::new(SessionLog {
                 start: ctx.now,
                 start_wall: std::time::SystemTime::now(),
@@ -304,7 +304,7 @@ impl TcpProxySession {
                 transport_failure: None,
                 upstream_local: None,
                 upstream_remote: None,
-                local: restored_local.or_else(|| stream.local_addr().ok()),
+                local: restored_local.or_else(|| crate::listener::local_addr(&stream).ok()),
                 remote: restored_remote.or(peer),
                 connection_id: crate::access_log::next_connection_id(),
                 direct_remote: peer,
@@ -496,10 +496,10 @@ impl TcpProxySession {
         };
         let src = self
             .restored_remote
-            .or_else(|| self.downstream.stream.peer_addr().ok());
+            .or_else(|| crate::listener::peer_addr(&self.downstream.stream).ok());
         let dst = self
             .restored_local
-            .or_else(|| self.downstream.stream.local_addr().ok());
+            .or_else(|| crate::listener::local_addr(&self.downstream.stream).ok());
         let (Some(src), Some(dst), Some(up)) = (src, dst, self.upstream.as_mut()) else {
             return false;
         };

@@ -2320,7 +2320,10 @@ fn compile_max_grpc_timeout(
     }
 }
 
-fn compile_redirect(r: &pb::RedirectAction, path: &str) -> Result<Redirect, ConfigError> {
+pub(crate) fn compile_redirect(
+    r: &pb::RedirectAction,
+    path: &str,
+) -> Result<Redirect, ConfigError> {
     use pb::redirect_action::{PathRewriteSpecifier as P, SchemeRewriteSpecifier as S};
     let status = match r.response_code {
         0 => StatusCode::MOVED_PERMANENTLY,

@@ -103,6 +103,26 @@ pub(crate) fn redirect(
     path: &str,
     request_scheme: &str,
 ) -> Response<ProxyBody> {
+    let location = redirect_location(rd, Some(route), authority, path, request_scheme);
+    let mut r = Response::new(ProxyBody::empty());
+    *r.status_mut() = rd.status;
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    r.headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+    r
+}
+
+/// Where `rd` sends a request for `authority` and `path` (Envoy's `newUri`): a
+/// `prefix_rewrite` needs the `route` that matched (without one the path stays).
+pub(crate) fn redirect_location(
+    rd: &Redirect,
+    route: Option<&Route>,
+    authority: &str,
+    path: &str,
+    request_scheme: &str,
+) -> String {
     let scheme = rd.scheme.as_deref().unwrap_or(request_scheme);
     let (orig_host, orig_port) = {
         let h = crate::http::route::strip_port(authority);
@@ -131,7 +151,7 @@ pub(crate) fn redirect(
     };
     let mut new_path = if let Some(p) = &rd.path {
         p.clone()
-    } else if let Some(p) = &rd.prefix_rewrite {
+    } else if let (Some(p), Some(route)) = (&rd.prefix_rewrite, route) {
         rewrite_prefix(route, path, p)
     } else if let Some((re, sub)) = &rd.regex_rewrite {
         rewrite_regex(re, sub, path)
@@ -147,15 +167,7 @@ pub(crate) fn redirect(
             new_path.push_str(&path[i..]);
         }
     }
-    let location = format!("{scheme}://{host}{new_path}");
-    let mut r = Response::new(ProxyBody::empty());
-    *r.status_mut() = rd.status;
-    if let Ok(v) = HeaderValue::from_str(&location) {
-        r.headers_mut().insert(header::LOCATION, v);
-    }
-    r.headers_mut()
-        .insert(header::CONTENT_LENGTH, HeaderValue::from(0));
-    r
+    format!("{scheme}://{host}{new_path}")
 }
 
 /// Envoy's answer to a plaintext request for a virtual host with `require_tls`: `301` to the
@@ -361,6 +373,12 @@ pub(crate) async fn forward(
     route.request_headers.apply(&mut parts.headers, fcx);
     vh.request_headers.apply(&mut parts.headers, fcx);
     table.request_headers.apply(&mut parts.headers, fcx);
+    // A custom response redirect makes the request again as it goes upstream, as Envoy's
+    // router changes the request in place.
+    if let Some(head) = outcome.custom.as_mut().and_then(|c| c.head.as_mut()) {
+        head.headers = parts.headers.clone();
+        head.path = new_path.to_string();
+    }
     let grpc = is_grpc(&parts.headers);
     let mut timeouts = action.timeouts(
         grpc,
@@ -1308,6 +1326,9 @@ pub(crate) struct Outcome {
     pub(crate) span: Option<Box<(crate::tracers::ActiveSpan, String)>>,
     /// `x-envoy-decorator-operation` for the response (a route decorator's operation).
     pub(crate) decorator_operation: Option<Box<str>>,
+    /// The custom response filter's state, when a redirect policy may apply (Envoy's
+    /// filter state: it outlives a redirect).
+    pub(crate) custom: Option<Box<crate::filters::http::custom_response::StreamState>>,
 }
 
 /// `flags` with `URX` joined in (Envoy lists a request's flags in alphabetical order).

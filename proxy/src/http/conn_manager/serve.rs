@@ -585,6 +585,14 @@ async fn process_recreating(
             );
         }
         drop(resp);
+        // Envoy's recreated stream is a new one on the connection, counted as such.
+        let stats = &conn.config.stats;
+        stats.downstream_rq_total.inc(conn.worker);
+        if again.version() == Version::HTTP_2 {
+            stats.downstream_rq_http2_total.inc(conn.worker);
+        } else {
+            stats.downstream_rq_http1_total.inc(conn.worker);
+        }
         let kept = std::mem::take(outcome);
         *outcome = Outcome {
             flags: "-",

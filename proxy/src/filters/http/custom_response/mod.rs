@@ -1,7 +1,8 @@
 //! The custom response filter (`envoy.filters.http.custom_response`): a response whose
 //! status (or headers) a matcher picks is replaced by a policy's local reply.
 //!
-//! As Envoy 1.40 (measured, `tests/http_custom_response.rs`):
+//! As Envoy 1.40 (measured, `tests/http_custom_response.rs`,
+//! `tests/http_custom_response_redirect.rs`):
 //!
 //! - `custom_response_matcher` is the xDS matcher API ([`crate::matching`]) on the
 //!   response: `HttpResponseStatusCodeMatchInput` (`"404"`),
@@ -31,7 +32,10 @@
 //!   `custom_response_redirect_no_route` counts (under `http.<stat_prefix>.` for the
 //!   filter's policies, at the root for a route's); `custom_response_invalid_uri`
 //!   counts a `redirect_action` that makes no URI. A request whose body had not all
-//!   arrived is not redirected.
+//!   arrived is not redirected. The connection manager logs the first request as
+//!   `internal_redirect` and counts the new one in `downstream_rq_total`.
+//!   Unlike Envoy, a body the router buffered for retries is not sent again (Envoy sends
+//!   it, with the `GET`).
 //!
 //! Refused by path: `body_format`, `response_code_details_action`,
 //! `modify_request_headers_action` (Envoy has no such extension built in), and request

@@ -37,10 +37,9 @@ fn filter() -> String {
         "409",
         &format!("{{ \"@type\": {REDIRECT}, uri: \"http://errors.example/direct\" }}"),
     );
-    m += &on(
-        "410",
-        &format!("{{ \"@type\": {LOCAL}, body: {{ inline_string: \"gone\" }}, status_code: 411 }}"),
-    );
+    m += &on("410", &format!("{{ \"@type\": {LOCAL}, body: {{ inline_string: \"gone\" }}, body_format: {{ text_format: \"gone %RESPONSE_CODE% %REQ(:PATH)% %REQ(x-main-route)% %RESP(x-upstream)%\\n\" }}, status_code: 411 }}"));
+    m += &on("412", &format!("{{ \"@type\": {LOCAL}, body_format: {{ json_format: {{ code: \"%RESPONSE_CODE%\", path: \"%REQ(:PATH)%\", method: \"%REQ(:METHOD)%\" }}, content_type: application/json }} }}"));
+    m += &on("417", &format!("{{ \"@type\": {LOCAL}, body_format: {{ text_format: \"bad %RESPONSE_CODE%\" }}, status_code: 400 }}"));
     m += &format!(
         "                  - predicate: {{ single_predicate: {{ input: {CLASS}, value_match: {{ exact: \"5xx\" }} }} }}\n                    on_match: {{ action: {{ name: five, typed_config: {{ \"@type\": {REDIRECT}, uri: \"https://errors.example/pages/oops\", status_code: 502 }} }} }}\n"
     );
@@ -189,6 +188,8 @@ const CASES: &[Case] = &[
     ("GET", "x", "/status/429", b""),
     ("GET", "x", "/status/409", b""),
     ("GET", "x", "/status/410", b""),
+    ("GET", "x", "/status/412?x=1", b""),
+    ("GET", "x", "/o/412", b""),
     ("GET", "x", "/status/500", b""),
     ("GET", "x", "/status/503", b""),
     ("GET", "x", "/status/400", b""),
@@ -309,6 +310,17 @@ fn redirect_policies_make_the_request_again() {
         want("GET x /status/429")[0].starts_with("429 ")
             && want("GET x /status/429")[0].contains("x-loop: once")
     );
+    // `body_format`: the access log's operators on the request (the route's added
+    // header, the path as rewritten) and the response it replaces (its status); a JSON
+    // format is still `text/plain`.
+    assert_eq!(
+        want("GET x /status/410")[0],
+        "411 [content-length: 25; content-type: text/plain; server: envoy] \"gone 410 /status/410 1 a\\n\""
+    );
+    assert_eq!(
+        want("GET x /o/412")[0],
+        "412 [content-length: 49; content-type: text/plain; server: envoy] \"{\\\"code\\\":412,\\\"method\\\":\\\"GET\\\",\\\"path\\\":\\\"/status/412\\\"}\\n\""
+    );
     // A direct response answers the new request.
     assert_eq!(
         want("GET x /status/409")[0],
@@ -332,6 +344,10 @@ fn redirect_policies_make_the_request_again() {
     // The access log tells of both requests, the first as `internal_redirect` (nothing
     // sent), both with the new request's head.
     assert_eq!(logged.len(), CASES.len() + 16, "{logged:#?}");
+    assert!(
+        logged.contains(&"GET x /status/412 412  - a 0 49".to_string()),
+        "{logged:#?}"
+    );
     assert_eq!(
         logged[1..3],
         [
@@ -364,13 +380,13 @@ fn redirect_policies_make_the_request_again() {
             "custom_response_redirect_no_route: 0",
             "http.ingress.custom_response_invalid_uri: 0",
             "http.ingress.custom_response_redirect_no_route: 1",
-            "http.ingress.downstream_rq_total: 37",
-            "http.ingress.downstream_rq_http1_total: 37",
-            "http.ingress.downstream_rq_completed: 21",
+            "http.ingress.downstream_rq_total: 39",
+            "http.ingress.downstream_rq_http1_total: 39",
+            "http.ingress.downstream_rq_completed: 23",
             "http.ingress.downstream_rq_2xx: 6",
-            "http.ingress.downstream_rq_4xx: 12",
+            "http.ingress.downstream_rq_4xx: 14",
             "http.ingress.downstream_rq_5xx: 3",
-            "cluster.a.upstream_rq_total: 21",
+            "cluster.a.upstream_rq_total: 23",
             "cluster.b.upstream_rq_total: 14",
             "cluster.a.upstream_rq_404: 5",
         ]
@@ -475,4 +491,24 @@ fn a_request_still_arriving_is_not_redirected() {
         "{got:#?}"
     );
     assert_eq!(got[7].as_deref(), Some("b saw 1"));
+}
+
+/// A `body_format` reply with status `400`: whether the connection stays open after it is
+/// Envoy's too.
+#[test]
+fn a_formatted_400_reply_as_envoy_sends_it() {
+    let got = on_both(boot, |proxy, _, _, _| {
+        let mut c = Client::connect(proxy.listener);
+        let first = shown(&c.get("x", "/status/417", &[]));
+        let second = if first.contains("connection: close") {
+            format!("closed: {}", c.closed())
+        } else {
+            shown(&c.get("x", "/status/200", &[]))
+        };
+        (first, second)
+    });
+    assert!(
+        got.0.starts_with("400 ") && got.0.ends_with("\"bad 417\""),
+        "{got:?}"
+    );
 }

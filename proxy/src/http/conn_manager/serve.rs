@@ -21,7 +21,7 @@ use crate::filters::http::basic_auth::{BasicAuth, RouteUsers};
 use crate::filters::http::buffer::RouteBuffer;
 use crate::filters::http::compressor::{CompressorFilter, CompressorRequest, Negotiation};
 use crate::filters::http::cors::CorsRequest;
-use crate::filters::http::custom_response::{CustomResponseFilter, Pass, RequestHead};
+use crate::filters::http::custom_response::{CustomResponseFilter, Hooks, Pass, RequestHead};
 use crate::filters::http::decompressor::DecompressorFilter;
 use crate::filters::http::ext_authz::verdict::ResponseChanges;
 use crate::filters::http::ext_proc::Mode as ExtProcMode;
@@ -1141,18 +1141,87 @@ fn custom_response(
             .and_then(|vh| vh.find_route(path, headers, &pseudo, fastrand::u64(..)))
             .is_some()
     };
+    // A `body_format` tells of the request as the access logs would so far.
+    let flags = outcome.flags;
+    let details = outcome.details().to_string();
+    let upstream_host = outcome.upstream_host;
+    let upstream_cluster = outcome.upstream_cluster.clone();
+    let route_name = outcome.route_name.clone();
+    let health_check = outcome.health_check;
+    let render = |format: &crate::access_log::BodyFormat,
+                  head: Option<&RequestHead>,
+                  response: &http::HeaderMap,
+                  status: StatusCode| {
+        let empty = http::HeaderMap::new();
+        let request = head.map(|h| &h.headers);
+        // The path as the router sent it (Envoy's router rewrites the request in place).
+        let path = head.map_or(s.path, |h| h.path.as_str());
+        let (remote, direct_remote) = logged_remote(s.conn, s.detected_remote);
+        let start = s.start.unwrap_or_else(SystemTime::now);
+        let entry = LogEntry {
+            start,
+            method: s.method.as_str(),
+            path,
+            original_path: (path != s.path).then_some(s.path),
+            authority: s.authority,
+            protocol: s.protocol,
+            request: request.unwrap_or(&empty),
+            response: Some(response),
+            status: status.as_u16(),
+            flags,
+            bytes_received: 0,
+            bytes_sent: 0,
+            duration: start.elapsed().unwrap_or_default(),
+            upstream_host,
+            upstream_cluster: upstream_cluster.as_deref(),
+            remote,
+            route_name: &route_name,
+            tls: s.conn.tls.get().map(|t| &**t),
+            requested_server_name: s.conn.requested_server_name.as_deref(),
+            health_check,
+            log_type: AccessLogType::NotSet,
+            local: Some(s.conn.local),
+            direct_remote,
+            upstream_local: None,
+            details: &details,
+            transport_failure: None,
+            trace: None,
+            request_id: request
+                .and_then(|h| h.get(&X_REQUEST_ID))
+                .and_then(|v| v.to_str().ok()),
+            trailers: None,
+            upstream_remote: upstream_host,
+            upstream_hostname: None,
+            attempts: None,
+            connection_id: Some(s.conn.id),
+            timing: crate::access_log::Timing::default(),
+            virtual_cluster: None,
+            service_forced: false,
+        };
+        format.render(&entry)
+    };
     let state = outcome.custom.as_deref_mut();
     let pass = f.on_response(
         s.levels,
         resp,
         &s.format_context(None, None),
         state,
-        &routes,
-        s.conn.worker,
+        &Hooks {
+            routes: &routes,
+            render: &render,
+            worker: s.conn.worker,
+        },
     );
     match pass {
         // Envoy's policy sends its local reply with empty details (the flags stay).
-        Pass::Replaced => outcome.set_details(crate::access_log::CLEARED_DETAILS),
+        Pass::Replaced => {
+            outcome.set_details(crate::access_log::CLEARED_DETAILS);
+            // Envoy's local reply `400` (a messaging error to it) ends an HTTP/1
+            // connection.
+            if resp.status() == StatusCode::BAD_REQUEST && s.protocol != "HTTP/2" {
+                s.conn.closing.set(true);
+            }
+        }
         Pass::NoRoute => outcome.upstream_cluster = None,
         // The new request's route is the stream's from here on (Envoy's cleared route
         // cache): its cluster is logged.

@@ -123,51 +123,16 @@ pub(crate) fn redirect_location(
     path: &str,
     request_scheme: &str,
 ) -> String {
-    let scheme = rd.scheme.as_deref().unwrap_or(request_scheme);
-    let (orig_host, orig_port) = {
-        let h = crate::http::route::strip_port(authority);
-        let port = authority
-            .get(h.len() + 1..)
-            .and_then(|p| p.parse::<u16>().ok());
-        (h.to_string(), port)
-    };
-    // Envoy: `host_redirect` replaces host and port; otherwise the request's host keeps its
-    // port unless `port_redirect` replaces it or the scheme changes away from a default port.
-    let host = match (&rd.host, rd.port) {
-        (Some(h), Some(p)) => format!("{}:{p}", crate::http::route::strip_port(h)),
-        (Some(h), None) => h.clone(),
-        (None, Some(p)) => format!("{orig_host}:{p}"),
-        (None, None) => match orig_port {
-            Some(80) if rd.scheme.is_some() => orig_host,
-            Some(p) => format!("{orig_host}:{p}"),
-            None => orig_host,
-        },
-    };
-    let host = match rd.port {
-        Some(p) if (scheme == "http" && p == 80) || (scheme == "https" && p == 443) => {
-            crate::http::route::strip_port(&host).to_string()
-        }
-        _ => host,
-    };
-    let mut new_path = if let Some(p) = &rd.path {
-        p.clone()
+    let rewritten = if rd.path.is_some() {
+        None
     } else if let (Some(p), Some(route)) = (&rd.prefix_rewrite, route) {
-        rewrite_prefix(route, path, p)
+        Some(rewrite_prefix(route, path, p))
     } else if let Some((re, sub)) = &rd.regex_rewrite {
-        rewrite_regex(re, sub, path)
+        Some(rewrite_regex(re, sub, path))
     } else {
-        path.to_string()
+        None
     };
-    if rd.strip_query {
-        if let Some(i) = new_path.find('?') {
-            new_path.truncate(i);
-        }
-    } else if rd.path.is_some() && !new_path.contains('?') {
-        if let Some(i) = path.find('?') {
-            new_path.push_str(&path[i..]);
-        }
-    }
-    format!("{scheme}://{host}{new_path}")
+    rd.location(authority, path, rewritten, request_scheme)
 }
 
 /// Envoy's answer to a plaintext request for a virtual host with `require_tls`: `301` to the

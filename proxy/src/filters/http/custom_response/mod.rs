@@ -37,7 +37,13 @@
 //!   Unlike Envoy, a body the router buffered for retries is not sent again (Envoy sends
 //!   it, with the `GET`).
 //!
-//! Refused by path: `body_format`, `response_code_details_action`,
+//! - `LocalResponsePolicy.body_format` is rendered as an access log format (the command
+//!   operators Courier's access logs serve) against the request and the response being
+//!   replaced (`%RESPONSE_CODE%` is its status); `content_type` changes nothing (the
+//!   reply is `text/plain` as Envoy's). A reply `400` closes an HTTP/1 connection (the
+//!   connection manager's pass), as Envoy's local reply.
+//!
+//! Refused by path: `response_code_details_action`,
 //! `modify_request_headers_action` (Envoy has no such extension built in), and request
 //! inputs. Envoy refuses `redirect_action`'s `prefix_rewrite` and `regex_rewrite`, a `uri`
 //! that is not absolute and a `path_redirect` with a `#fragment`; so does Courier.
@@ -55,6 +61,7 @@ use courier_proto::envoy::extensions::http::custom_response::redirect_policy::v3
 use courier_proto::xds::core::v3::TypedExtensionConfig;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Version};
 
+use crate::access_log::BodyFormat;
 use crate::config::ConfigError;
 use crate::http::codec::body::ProxyBody;
 use crate::http::conn_manager::local_reply::local_reply_bytes;
@@ -77,15 +84,20 @@ const REDIRECT_POLICY: &str =
 /// A compiled `LocalResponsePolicy`.
 pub struct LocalPolicy {
     body: Bytes,
+    /// `body_format`, rendered over `body`.
+    format: Option<BodyFormat>,
     status: Option<StatusCode>,
     headers: HeaderMutations,
 }
 
+/// Renders a `body_format` for the request (when kept) and the response being
+/// replaced (its headers and status): the connection manager knows the rest of the
+/// request.
+pub type RenderBody<'a> =
+    &'a dyn Fn(&BodyFormat, Option<&RequestHead>, &HeaderMap, StatusCode) -> String;
+
 impl LocalPolicy {
     fn compile(p: &local_pb::LocalResponsePolicy, path: &str) -> Result<LocalPolicy, ConfigError> {
-        if p.body_format.is_some() {
-            return Err(ConfigError::unsupported(format!("{path}.body_format")));
-        }
         if p.response_code_details_action.is_some() {
             return Err(ConfigError::unsupported(format!(
                 "{path}.response_code_details_action"
@@ -111,6 +123,11 @@ impl LocalPolicy {
             ));
         }
         Ok(LocalPolicy {
+            format: p
+                .body_format
+                .as_ref()
+                .map(|f| BodyFormat::compile(f, &format!("{path}.body_format")))
+                .transpose()?,
             body: match &p.body {
                 Some(ds) => crate::http::route::data_source(ds, &format!("{path}.body"))?,
                 None => Bytes::new(),
@@ -127,17 +144,30 @@ impl LocalPolicy {
 
     /// The local reply that replaces `resp`: the policy's headers on fresh ones, then its
     /// length and (unless the policy gave one) its type, as Envoy's local reply.
-    fn reply(&self, resp: &Response<ProxyBody>, cx: &FormatContext<'_>) -> Response<ProxyBody> {
+    fn reply(
+        &self,
+        resp: &Response<ProxyBody>,
+        cx: &FormatContext<'_>,
+        request: Option<&RequestHead>,
+        render: RenderBody<'_>,
+    ) -> Response<ProxyBody> {
         let status = self.status.unwrap_or(resp.status());
-        let mut out = local_reply_bytes(status, self.body.clone());
+        // As Envoy: the format sees the response being replaced (its status the
+        // stream's so far).
+        let body = match &self.format {
+            Some(f) => Bytes::from(render(f, request, resp.headers(), resp.status())),
+            None => self.body.clone(),
+        };
+        let len = body.len();
+        let mut out = local_reply_bytes(status, body);
         let mut headers = http::HeaderMap::new();
         self.headers.apply(&mut headers, cx);
-        if self.body.is_empty() {
+        if len == 0 {
             headers.remove(header::CONTENT_TYPE);
         } else if !headers.contains_key(header::CONTENT_TYPE) {
             headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
         }
-        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(self.body.len()));
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
         *out.headers_mut() = headers;
         out
     }
@@ -310,13 +340,7 @@ impl RedirectPolicy {
         let (scheme, host, path) = match &self.target {
             Target::Uri { scheme, host, path } => (scheme.clone(), host.clone(), path.clone()),
             Target::Action(rd) => {
-                let location = crate::http::router::redirect_location(
-                    rd,
-                    None,
-                    &head.authority,
-                    &head.path,
-                    head.scheme,
-                );
+                let location = rd.location(&head.authority, &head.path, None, head.scheme);
                 let parts = absolute_url(&location).and_then(|(scheme, host, path)| {
                     let valid =
                         HeaderValue::from_str(&host).is_ok() && path.parse::<http::Uri>().is_ok();
@@ -388,7 +412,7 @@ pub struct PolicyStats<'a> {
 /// A compiled `CustomResponse`: its matcher, if it has one.
 pub struct CustomResponse {
     matcher: Option<Matcher<Policy>>,
-    /// Whether one of its policies redirects.
+    /// Whether one of its policies reads the request (a redirect, a `body_format`).
     redirects: bool,
 }
 
@@ -409,7 +433,11 @@ impl CustomResponse {
                     Context::HttpResponse,
                     &|a: &TypedExtensionConfig, at: &str| {
                         let p = policy(a, at, stats)?;
-                        redirects.set(redirects.get() || matches!(p, Policy::Redirect(_)));
+                        let needs = match &p {
+                            Policy::Redirect(_) => true,
+                            Policy::Local(l) => l.format.is_some(),
+                        };
+                        redirects.set(redirects.get() || needs);
                         Ok(p)
                     },
                     &format!("{path}.custom_response_matcher"),
@@ -484,6 +512,17 @@ pub struct StreamState {
     pub recreate: Option<Request<ProxyBody>>,
 }
 
+/// What the connection manager lends the filter's response pass.
+#[derive(Clone, Copy)]
+pub struct Hooks<'a> {
+    /// Whether a route takes a request for a host, path and headers.
+    pub routes: &'a dyn Fn(&str, &str, &HeaderMap) -> bool,
+    /// Renders a `body_format`.
+    pub render: RenderBody<'a>,
+    /// The worker the stream is on (its counters' cell).
+    pub worker: usize,
+}
+
 /// What the filter's response pass did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pass {
@@ -533,17 +572,20 @@ impl CustomResponseFilter {
 
     /// The response pass: `resp` replaced when a policy picks it (the routes' configs
     /// in `levels`, the most specific first, then the filter's), or the request to be
-    /// made again (`state`; `routes` says whether a route takes a host, path and
-    /// headers).
+    /// made again (`state`).
     pub fn on_response(
         &self,
         levels: [&FilterConfigs; 3],
         resp: &mut Response<ProxyBody>,
         cx: &FormatContext<'_>,
         state: Option<&mut StreamState>,
-        routes: &dyn Fn(&str, &str, &HeaderMap) -> bool,
-        worker: usize,
+        hooks: &Hooks<'_>,
     ) -> Pass {
+        let Hooks {
+            routes,
+            render,
+            worker,
+        } = *hooks;
         // The redirected request's answer is the policy's, never matched again.
         if let Some((p, original)) = state.as_ref().and_then(|s| s.redirected.as_ref()) {
             p.on_redirected(resp, *original, cx);
@@ -568,7 +610,8 @@ impl CustomResponseFilter {
             .or_else(|| self.config.pick(&data));
         match picked {
             Some(Policy::Local(p)) => {
-                *resp = p.reply(resp, cx);
+                let request = state.as_deref().and_then(|s| s.head.as_ref());
+                *resp = p.reply(resp, cx, request, render);
                 Pass::Replaced
             }
             Some(Policy::Redirect(p)) => {
@@ -594,7 +637,8 @@ impl CustomResponseFilter {
         }
     }
 
-    /// Whether a policy of the filter's, or of a route's, may redirect.
+    /// Whether a policy of the filter's, or of a route's, may read the request (redirect
+    /// it, or format a body).
     pub fn may_redirect(&self, levels: [&FilterConfigs; 3]) -> bool {
         self.config.redirects
             || levels
@@ -636,9 +680,10 @@ mod tests {
                 .map(|e| e.path)
         };
         let at = "f.custom_response_matcher.matcher_list.matchers[0].on_match.action.typed_config";
+        assert!(err("{ \"@type\": type.googleapis.com/envoy.extensions.http.custom_response.local_response_policy.v3.LocalResponsePolicy, body_format: { text_format: x } }").is_none());
         assert_eq!(
-            err("{ \"@type\": type.googleapis.com/envoy.extensions.http.custom_response.local_response_policy.v3.LocalResponsePolicy, body_format: { text_format: x } }").as_deref(),
-            Some(format!("{at}.body_format").as_str())
+            err("{ \"@type\": type.googleapis.com/envoy.extensions.http.custom_response.local_response_policy.v3.LocalResponsePolicy, body_format: { text_format: \"%LOCAL_REPLY_BODY%\" } }").as_deref(),
+            Some(format!("{at}.body_format.text_format.format").as_str())
         );
         assert_eq!(
             err("{ \"@type\": type.googleapis.com/envoy.extensions.http.custom_response.local_response_policy.v3.LocalResponsePolicy, status_code: 100 }").as_deref(),

@@ -512,3 +512,47 @@ fn a_formatted_400_reply_as_envoy_sends_it() {
         "{got:?}"
     );
 }
+
+/// Over HTTP/2 the request made again is the same (its `:authority` the policy's).
+#[test]
+fn http2_requests_are_redirected_as_in_envoy() {
+    let got = on_both(boot, |proxy, _, a, b| {
+        let (mut na, mut nb) = (0, 0);
+        let mut out = Vec::new();
+        for (method, path, body) in [
+            ("GET", "/status/404", &b""[..]),
+            ("GET", "/status/401?q=1", b""),
+            ("POST", "/status/403", b"a body"),
+            ("GET", "/status/410", b""),
+            ("GET", "/status/200", b""),
+        ] {
+            let r = h2_call(proxy.listener, method, path, &[], body).expect("an answer");
+            let mut headers: Vec<String> = r
+                .parts
+                .headers
+                .iter()
+                .filter(|(k, _)| !matches!(k.as_str(), "date" | "x-envoy-upstream-service-time"))
+                .map(|(k, v)| format!("{k}: {}", v.to_str().unwrap_or("?")))
+                .collect();
+            headers.sort();
+            out.push(format!(
+                "{method} {path} -> {} [{}] {:?}",
+                r.parts.status.as_u16(),
+                headers.join("; "),
+                String::from_utf8_lossy(&r.body)
+            ));
+            for s in new_seen(a, &mut na) {
+                out.push(format!("   {}", received("a", &s)));
+            }
+            for s in new_seen(b, &mut nb) {
+                out.push(format!("   {}", received("b", &s)));
+            }
+        }
+        out
+    });
+    assert!(
+        got.contains(&"   b< GET /pages/not-found?from=cr [host: errors.example; x-cr-req: HTTP/2; x-envoy-expected-rq-timeout-ms: 15000; x-errors-vh: errors; x-forwarded-proto: http; x-main-route: 1; x-request-id] \"\"".to_string()),
+        "{got:#?}"
+    );
+    assert!(got[0].starts_with("GET /status/404 -> 404 ["), "{got:#?}");
+}

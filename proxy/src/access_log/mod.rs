@@ -261,6 +261,22 @@ fn writer(path: &str) -> Sender<String> {
     tx
 }
 
+/// A local reply's `body_format` (a custom response policy's): a `SubstitutionFormatString`
+/// rendered against the request as the access logs see it.
+pub struct BodyFormat(LogFormat);
+
+impl BodyFormat {
+    /// Compiles `f`, at `path`.
+    pub fn compile(f: &SubstitutionFormatString, path: &str) -> Result<BodyFormat, ConfigError> {
+        format_from(f).map(BodyFormat).map_err(|e| e.at(path))
+    }
+
+    /// The body for the request `e` tells of.
+    pub fn render(&self, e: &LogEntry<'_>) -> String {
+        self.0.render(e)
+    }
+}
+
 /// A `log_format` (paths relative to it). `content_type` and `json_format_options` change
 /// nothing in an access log (Envoy reads the first for local replies only, and prints JSON
 /// keys sorted either way); of the `formatters` extensions, `envoy.formatter.req_without_query`

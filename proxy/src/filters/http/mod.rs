@@ -365,6 +365,8 @@ pub static CHAIN: Registry<BuildFilter> = Registry {
                         a.name,
                         &a.config_or_default()?,
                         a.path,
+                        a.stat_prefix,
+                        a.store,
                     )?,
                 )))
             },
@@ -525,10 +527,11 @@ const PER_ROUTE: &[(&str, CompilePerRoute)] = &[
             path,
         )?))
     }),
-    (custom_response::FILTER_TYPE, |any, path, _| {
+    (custom_response::FILTER_TYPE, |any, path, store| {
         Ok(Arc::new(custom_response::CustomResponse::compile(
             &unpack(any, path)?,
             path,
+            &custom_response::PolicyStats { prefix: "", store },
         )?))
     }),
     (buffer::PER_ROUTE_TYPE, |any, path, _| {

@@ -21,7 +21,7 @@ use crate::filters::http::basic_auth::{BasicAuth, RouteUsers};
 use crate::filters::http::buffer::RouteBuffer;
 use crate::filters::http::compressor::{CompressorFilter, CompressorRequest, Negotiation};
 use crate::filters::http::cors::CorsRequest;
-use crate::filters::http::custom_response::CustomResponseFilter;
+use crate::filters::http::custom_response::{CustomResponseFilter, Hooks, Pass, RequestHead};
 use crate::filters::http::decompressor::DecompressorFilter;
 use crate::filters::http::ext_authz::verdict::ResponseChanges;
 use crate::filters::http::ext_proc::Mode as ExtProcMode;
@@ -165,9 +165,21 @@ pub async fn serve(
     // The work future is built in the await's own expression: bound to a local first, it
     // would take room in this future twice (the local and the timeout's copy), about
     // 34 KiB instead of 8 for every request.
+    let mut log = log;
     let mut resp = match rt::timeout(
         deadline,
-        UntilIdle::new(process(&conn, req, upgrade, &mut outcome, &idle), &idle),
+        UntilIdle::new(
+            process_recreating(
+                &conn,
+                req,
+                upgrade,
+                &mut outcome,
+                &idle,
+                &mut log,
+                (start, start_wall),
+            ),
+            &idle,
+        ),
     )
     .await
     {
@@ -394,81 +406,109 @@ impl Completion {
             span.finish(&name, &end, worker);
         }
         if let Some(log) = &self.log {
-            let logged = self.outcome.log.as_deref();
-            // A timeout that cut the response body off after its head.
-            let expired = self.timers.as_ref().and_then(|t| t.expired());
-            let stream_log = self.timers.as_ref().and_then(|t| t.log());
-            let trailers = stream_log.and_then(|l| l.trailers.borrow_mut().take());
-            let since = |at: Instant| at.saturating_duration_since(self.start);
-            let request_end = stream_log.and_then(|l| l.request_end.get());
-            let connected = logged.and_then(|l| l.connected);
-            let timing = crate::access_log::Timing {
-                request_rx: request_end.map(since),
-                // The request goes upstream as it arrives: its last byte went once it had
-                // arrived and the connection was there.
-                upstream_tx: connected.map(|c| since(request_end.map_or(c.at, |r| r.max(c.at)))),
-                upstream_rx: logged.and_then(|l| l.upstream_rx).map(since),
-                downstream_tx: (ok || stream_log.is_some_and(|l| l.response_whole.get()))
-                    .then(|| self.start.elapsed()),
-            };
-            let entry = LogEntry {
-                start: self.start_wall,
-                method: &log.method,
-                path: logged
-                    .and_then(|l| l.rewritten_path.as_deref())
-                    .unwrap_or(&log.path),
-                original_path: logged
-                    .is_some_and(|l| l.rewritten_path.is_some())
-                    .then_some(&*log.path),
-                authority: &log.authority,
-                protocol: protocol_name(log.version),
-                request: &log.headers,
-                response: self.resp_headers.as_ref(),
-                status: self.status,
-                flags: expired.map_or(self.outcome.flags, |e| e.flag()),
-                bytes_received: self
-                    .timers
-                    .as_ref()
-                    .map(|t| t.request_bytes())
-                    .filter(|&n| n > 0)
-                    // A body the router took whole went upstream unread by the watch;
-                    // one a filter refused before the router was never read (as Envoy).
-                    .or(log
-                        .body_len
-                        .filter(|_| self.outcome.upstream_host.is_some()))
-                    .unwrap_or(0),
+            write_access_logs(
+                &self.conn,
+                self.start,
+                self.start_wall,
+                log,
+                self.resp_headers.as_ref(),
+                self.status,
+                self.timers.as_deref(),
+                &self.outcome,
+                span_ids,
+                ok,
                 bytes_sent,
-                duration: self.start.elapsed(),
-                upstream_host: self.outcome.upstream_host,
-                upstream_cluster: self.outcome.upstream_cluster.as_deref(),
-                remote: logged_remote(&self.conn, self.outcome.detected_remote).0,
-                route_name: &self.outcome.route_name,
-                tls: self.conn.tls.get().map(|t| &**t),
-                requested_server_name: self.conn.requested_server_name.as_deref(),
-                health_check: self.outcome.health_check,
-                log_type: AccessLogType::DownstreamEnd,
-                local: Some(self.conn.local),
-                direct_remote: logged_remote(&self.conn, self.outcome.detected_remote).1,
-                upstream_local: connected.and_then(|c| c.local),
-                details: expired.map_or(self.outcome.details(), |e| e.details()),
-                transport_failure: logged.and_then(|l| l.transport_failure.as_deref()),
-                trace: span_ids,
-                request_id: logged
-                    .and_then(|l| l.request_id.as_ref())
-                    .and_then(|v| v.to_str().ok()),
-                trailers: trailers.as_ref(),
-                upstream_remote: connected.map(|c| c.remote),
-                upstream_hostname: logged.and_then(|l| l.upstream_hostname.as_deref()),
-                attempts: logged.and_then(|l| l.attempts),
-                connection_id: Some(self.conn.id),
-                timing,
-                virtual_cluster: logged.and_then(|l| l.virtual_cluster.as_deref()),
-                service_forced: logged.is_some_and(|l| l.service_forced),
-            };
-            for l in &cfg.access_logs {
-                l.log(&entry, self.conn.worker);
-            }
+            );
         }
+    }
+}
+
+/// Writes a request's entry to the connection manager's access logs (`ok`: its response
+/// went whole, `bytes_sent` long).
+#[allow(clippy::too_many_arguments)]
+fn write_access_logs(
+    conn: &ConnInfo,
+    start: Instant,
+    start_wall: SystemTime,
+    log: &RequestLog,
+    resp_headers: Option<&http::HeaderMap>,
+    status: u16,
+    timers: Option<&StreamIdle>,
+    outcome: &Outcome,
+    span_ids: Option<crate::tracers::SpanIds>,
+    ok: bool,
+    bytes_sent: u64,
+) {
+    let cfg = &conn.config;
+    let logged = outcome.log.as_deref();
+    // A timeout that cut the response body off after its head.
+    let expired = timers.and_then(|t| t.expired());
+    let stream_log = timers.and_then(|t| t.log());
+    let trailers = stream_log.and_then(|l| l.trailers.borrow_mut().take());
+    let since = |at: Instant| at.saturating_duration_since(start);
+    let request_end = stream_log.and_then(|l| l.request_end.get());
+    let connected = logged.and_then(|l| l.connected);
+    let timing = crate::access_log::Timing {
+        request_rx: request_end.map(since),
+        // The request goes upstream as it arrives: its last byte went once it had
+        // arrived and the connection was there.
+        upstream_tx: connected.map(|c| since(request_end.map_or(c.at, |r| r.max(c.at)))),
+        upstream_rx: logged.and_then(|l| l.upstream_rx).map(since),
+        downstream_tx: (ok || stream_log.is_some_and(|l| l.response_whole.get()))
+            .then(|| start.elapsed()),
+    };
+    let entry = LogEntry {
+        start: start_wall,
+        method: &log.method,
+        path: logged
+            .and_then(|l| l.rewritten_path.as_deref())
+            .unwrap_or(&log.path),
+        original_path: logged
+            .is_some_and(|l| l.rewritten_path.is_some())
+            .then_some(&*log.path),
+        authority: &log.authority,
+        protocol: protocol_name(log.version),
+        request: &log.headers,
+        response: resp_headers,
+        status,
+        flags: expired.map_or(outcome.flags, |e| e.flag()),
+        bytes_received: timers
+            .map(|t| t.request_bytes())
+            .filter(|&n| n > 0)
+            // A body the router took whole went upstream unread by the watch;
+            // one a filter refused before the router was never read (as Envoy).
+            .or(log.body_len.filter(|_| outcome.upstream_host.is_some()))
+            .unwrap_or(0),
+        bytes_sent,
+        duration: start.elapsed(),
+        upstream_host: outcome.upstream_host,
+        upstream_cluster: outcome.upstream_cluster.as_deref(),
+        remote: logged_remote(conn, outcome.detected_remote).0,
+        route_name: &outcome.route_name,
+        tls: conn.tls.get().map(|t| &**t),
+        requested_server_name: conn.requested_server_name.as_deref(),
+        health_check: outcome.health_check,
+        log_type: AccessLogType::DownstreamEnd,
+        local: Some(conn.local),
+        direct_remote: logged_remote(conn, outcome.detected_remote).1,
+        upstream_local: connected.and_then(|c| c.local),
+        details: expired.map_or(outcome.details(), |e| e.details()),
+        transport_failure: logged.and_then(|l| l.transport_failure.as_deref()),
+        trace: span_ids,
+        request_id: logged
+            .and_then(|l| l.request_id.as_ref())
+            .and_then(|v| v.to_str().ok()),
+        trailers: trailers.as_ref(),
+        upstream_remote: connected.map(|c| c.remote),
+        upstream_hostname: logged.and_then(|l| l.upstream_hostname.as_deref()),
+        attempts: logged.and_then(|l| l.attempts),
+        connection_id: Some(conn.id),
+        timing,
+        virtual_cluster: logged.and_then(|l| l.virtual_cluster.as_deref()),
+        service_forced: logged.is_some_and(|l| l.service_forced),
+    };
+    for l in &cfg.access_logs {
+        l.log(&entry, conn.worker);
     }
 }
 
@@ -504,6 +544,69 @@ macro_rules! step {
             ControlFlow::Break(answer) => return answer,
         }
     };
+}
+
+/// [`process`], and again for each request a filter makes anew (Envoy's
+/// `recreateStream`: a custom response redirect): the stream's outcome starts over but
+/// for the filter state it keeps, and the access log tells of the last request.
+async fn process_recreating(
+    conn: &Rc<ConnInfo>,
+    req: Request<ProxyBody>,
+    upgrade: Option<DownstreamUpgrade>,
+    outcome: &mut Outcome,
+    idle: &StreamIdle,
+    log: &mut Option<RequestLog>,
+    (start, start_wall): (Instant, SystemTime),
+) -> Response<ProxyBody> {
+    let mut resp = process(conn, req, upgrade, outcome, idle).await;
+    while let Some(again) = outcome.custom.as_mut().and_then(|c| c.recreate.take()) {
+        if log.is_some() {
+            *log = RequestLog::of(&conn.config, &again);
+        }
+        if let Some(l) = log.as_ref() {
+            // As Envoy, the first request is logged as its answer came (nothing sent),
+            // with the new request's head (Envoy changes the request in place).
+            outcome.set_details("internal_redirect");
+            if let Some(logged) = outcome.log.as_mut() {
+                logged.rewritten_path = None;
+            }
+            write_access_logs(
+                conn,
+                start,
+                start_wall,
+                l,
+                Some(resp.headers()),
+                resp.status().as_u16(),
+                Some(idle),
+                outcome,
+                None,
+                false,
+                0,
+            );
+        }
+        drop(resp);
+        // Envoy's recreated stream is a new one on the connection, counted as such.
+        let stats = &conn.config.stats;
+        stats.downstream_rq_total.inc(conn.worker);
+        if again.version() == Version::HTTP_2 {
+            stats.downstream_rq_http2_total.inc(conn.worker);
+        } else {
+            stats.downstream_rq_http1_total.inc(conn.worker);
+        }
+        let kept = std::mem::take(outcome);
+        *outcome = Outcome {
+            flags: "-",
+            start: kept.start,
+            log: kept.log.as_ref().map(|_| Box::default()),
+            active_fault: kept.active_fault,
+            span: kept.span,
+            custom: kept.custom,
+            ..Default::default()
+        };
+        // Boxed: it is rare, and would otherwise double this future's size.
+        resp = Box::pin(process(conn, again, None, outcome, idle)).await;
+    }
+    resp
 }
 
 /// The connection manager's request path (Envoy's `ActiveStream::decodeHeaders`): the
@@ -625,6 +728,7 @@ pub(crate) async fn process(
         scheme,
         protocol: protocol_name(req.version()),
         routed,
+        table: &table,
         levels: match routed {
             Some((vh, route)) => [&route.filters, &vh.filters, &table.filters],
             None => [&per_filter::NONE; 3],
@@ -692,12 +796,19 @@ pub(crate) async fn process(
     // A filter's answer gets the route's response headers only on a route to a cluster
     // (Envoy's route entry; measured).
     let route_headers = routed.filter(|_| filter_reply.is_none() || s.to_cluster);
+    if let Some(f) = marks.custom {
+        keep_for_redirect(&s, f, &req, outcome);
+    }
     let Some((vh, route)) = routed else {
         let mut resp = no_route_answer(&s, filter_reply, outcome);
         if let Some(stages) = responses {
             response_passes(&s, stages, &mut resp, outcome).await;
         }
+        request_complete(outcome, idle);
         marks.apply(&s, &mut resp, outcome);
+        if recreating(outcome) {
+            return resp;
+        }
         if let Some(gw) = grpc_web {
             grpc_web_response(gw, &mut resp, conn.worker, outcome).await;
         }
@@ -767,7 +878,11 @@ pub(crate) async fn process(
             session.on_response(outcome.upstream_host, &mut resp);
         }
     }
+    request_complete(outcome, idle);
     marks.apply(&s, &mut resp, outcome);
+    if recreating(outcome) {
+        return resp;
+    }
     // As chains put the gRPC statistics filter after the gRPC-Web one (Istio's order), it
     // sees the response as gRPC, before the gRPC-Web filter's pass.
     if let Some(gs) = grpc_stats {
@@ -839,6 +954,8 @@ struct Stream<'a> {
     protocol: &'static str,
     /// The virtual host and route that took the request, if one did.
     routed: Option<(&'a VirtualHost, &'a Route)>,
+    /// The route table the request was routed by.
+    table: &'a RouteTable,
     /// The per-filter settings that apply, most specific first: the route's, its virtual
     /// host's, the route configuration's (none without a route).
     levels: [&'a FilterConfigs; 3],
@@ -1013,10 +1130,178 @@ fn custom_response(
     resp: &mut Response<ProxyBody>,
     outcome: &mut Outcome,
 ) {
-    if f.on_response(s.levels, resp, &s.format_context(None, None)) {
+    let table = s.table;
+    let scheme = s.scheme;
+    // Whether a route takes the request a redirect makes (Envoy's `route()` once the
+    // route cache is cleared).
+    let routes = |host: &str, path: &str, headers: &http::HeaderMap| {
+        let pseudo = Pseudo::request(&Method::GET, path, host, scheme);
+        table
+            .find_vhost(host)
+            .and_then(|vh| vh.find_route(path, headers, &pseudo, fastrand::u64(..)))
+            .is_some()
+    };
+    // A `body_format` tells of the request as the access logs would so far.
+    let flags = outcome.flags;
+    let details = outcome.details().to_string();
+    let upstream_host = outcome.upstream_host;
+    let upstream_cluster = outcome.upstream_cluster.clone();
+    let route_name = outcome.route_name.clone();
+    let health_check = outcome.health_check;
+    let render = |format: &crate::access_log::BodyFormat,
+                  head: Option<&RequestHead>,
+                  response: &http::HeaderMap,
+                  status: StatusCode| {
+        let empty = http::HeaderMap::new();
+        let request = head.map(|h| &h.headers);
+        // The path as the router sent it (Envoy's router rewrites the request in place).
+        let path = head.map_or(s.path, |h| h.path.as_str());
+        let (remote, direct_remote) = logged_remote(s.conn, s.detected_remote);
+        let start = s.start.unwrap_or_else(SystemTime::now);
+        let entry = LogEntry {
+            start,
+            method: s.method.as_str(),
+            path,
+            original_path: (path != s.path).then_some(s.path),
+            authority: s.authority,
+            protocol: s.protocol,
+            request: request.unwrap_or(&empty),
+            response: Some(response),
+            status: status.as_u16(),
+            flags,
+            bytes_received: 0,
+            bytes_sent: 0,
+            duration: start.elapsed().unwrap_or_default(),
+            upstream_host,
+            upstream_cluster: upstream_cluster.as_deref(),
+            remote,
+            route_name: &route_name,
+            tls: s.conn.tls.get().map(|t| &**t),
+            requested_server_name: s.conn.requested_server_name.as_deref(),
+            health_check,
+            log_type: AccessLogType::NotSet,
+            local: Some(s.conn.local),
+            direct_remote,
+            upstream_local: None,
+            details: &details,
+            transport_failure: None,
+            trace: None,
+            request_id: request
+                .and_then(|h| h.get(&X_REQUEST_ID))
+                .and_then(|v| v.to_str().ok()),
+            trailers: None,
+            upstream_remote: upstream_host,
+            upstream_hostname: None,
+            attempts: None,
+            connection_id: Some(s.conn.id),
+            timing: crate::access_log::Timing::default(),
+            virtual_cluster: None,
+            service_forced: false,
+        };
+        format.render(&entry)
+    };
+    let state = outcome.custom.as_deref_mut();
+    let pass = f.on_response(
+        s.levels,
+        resp,
+        &s.format_context(None, None),
+        state,
+        &Hooks {
+            routes: &routes,
+            render: &render,
+            worker: s.conn.worker,
+        },
+    );
+    match pass {
         // Envoy's policy sends its local reply with empty details (the flags stay).
-        outcome.set_details(crate::access_log::CLEARED_DETAILS);
+        Pass::Replaced => {
+            outcome.set_details(crate::access_log::CLEARED_DETAILS);
+            // Envoy's local reply `400` (a messaging error to it) ends an HTTP/1
+            // connection.
+            if resp.status() == StatusCode::BAD_REQUEST && s.protocol != "HTTP/2" {
+                s.conn.closing.set(true);
+            }
+        }
+        Pass::NoRoute => outcome.upstream_cluster = None,
+        // The new request's route is the stream's from here on (Envoy's cleared route
+        // cache): its cluster is logged.
+        Pass::Recreate if !s.conn.config.access_logs.is_empty() => {
+            let cluster = outcome
+                .custom
+                .as_ref()
+                .and_then(|c| c.recreate.as_ref())
+                .and_then(|req| new_route_cluster(s, req));
+            outcome.upstream_cluster = cluster;
+        }
+        Pass::Untouched | Pass::Redirected | Pass::Recreate => {}
     }
+}
+
+/// The cluster (one this worker has) of the route that takes a request a custom
+/// response redirect made, when it has a single one.
+fn new_route_cluster(s: &Stream<'_>, req: &Request<ProxyBody>) -> Option<String> {
+    let host = req.headers().get(header::HOST)?.to_str().ok()?;
+    let path = req.uri().path_and_query()?.as_str();
+    let pseudo = Pseudo::request(&Method::GET, path, host, s.scheme);
+    let route =
+        s.table
+            .find_vhost(host)?
+            .find_route(path, req.headers(), &pseudo, fastrand::u64(..))?;
+    match &route.action {
+        Action::Route(a) => match &a.cluster {
+            ClusterSpec::Single(c) => {
+                ThreadLocalClusterManager::with(|t| t.get(c)).map(|c| c.name.clone())
+            }
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// Keeps the request for a custom response redirect policy that may make it again
+/// (not for a request a policy made: it is not redirected twice). The router replaces
+/// it with what it sends upstream.
+#[cold]
+#[inline(never)]
+fn keep_for_redirect(
+    s: &Stream<'_>,
+    f: &CustomResponseFilter,
+    req: &Request<ProxyBody>,
+    outcome: &mut Outcome,
+) {
+    if outcome
+        .custom
+        .as_ref()
+        .is_some_and(|c| c.redirected.is_some())
+        || !f.may_redirect(s.levels)
+    {
+        return;
+    }
+    let state = outcome.custom.get_or_insert_default();
+    state.head = Some(RequestHead {
+        version: req.version(),
+        headers: req.headers().clone(),
+        authority: s.authority.to_string(),
+        path: s.path.to_string(),
+        scheme: s.scheme,
+    });
+}
+
+/// Notes whether the request had all arrived, for a custom response redirect.
+#[inline(always)]
+fn request_complete(outcome: &mut Outcome, idle: &StreamIdle) {
+    if let Some(c) = outcome.custom.as_mut() {
+        c.complete = idle.request_complete();
+    }
+}
+
+/// Whether a filter made the request anew (its answer then goes nowhere).
+#[inline(always)]
+fn recreating(outcome: &Outcome) -> bool {
+    outcome
+        .custom
+        .as_ref()
+        .is_some_and(|c| c.recreate.is_some())
 }
 
 /// The request's header count and size (`max_headers_count`, `max_request_headers_kb`:

@@ -971,6 +971,60 @@ pub struct Redirect {
     pub strip_query: bool,
 }
 
+impl Redirect {
+    /// Where the redirect sends a request for `authority` and `path` (Envoy's `newUri`),
+    /// `rewritten` its path as the redirect's prefix or regex rewrite made it.
+    pub fn location(
+        &self,
+        authority: &str,
+        path: &str,
+        rewritten: Option<String>,
+        request_scheme: &str,
+    ) -> String {
+        let scheme = self.scheme.as_deref().unwrap_or(request_scheme);
+        let (orig_host, orig_port) = {
+            let h = strip_port(authority);
+            let port = authority
+                .get(h.len() + 1..)
+                .and_then(|p| p.parse::<u16>().ok());
+            (h.to_string(), port)
+        };
+        // Envoy: `host_redirect` replaces host and port; otherwise the request's host keeps its
+        // port unless `port_redirect` replaces it or the scheme changes away from a default port.
+        let host = match (&self.host, self.port) {
+            (Some(h), Some(p)) => format!("{}:{p}", strip_port(h)),
+            (Some(h), None) => h.clone(),
+            (None, Some(p)) => format!("{orig_host}:{p}"),
+            (None, None) => match orig_port {
+                Some(80) if self.scheme.is_some() => orig_host,
+                Some(p) => format!("{orig_host}:{p}"),
+                None => orig_host,
+            },
+        };
+        let host = match self.port {
+            Some(p) if (scheme == "http" && p == 80) || (scheme == "https" && p == 443) => {
+                strip_port(&host).to_string()
+            }
+            _ => host,
+        };
+        let mut new_path = match (&self.path, rewritten) {
+            (Some(p), _) => p.clone(),
+            (None, Some(r)) => r,
+            (None, None) => path.to_string(),
+        };
+        if self.strip_query {
+            if let Some(i) = new_path.find('?') {
+                new_path.truncate(i);
+            }
+        } else if self.path.is_some() && !new_path.contains('?') {
+            if let Some(i) = path.find('?') {
+                new_path.push_str(&path[i..]);
+            }
+        }
+        format!("{scheme}://{host}{new_path}")
+    }
+}
+
 /// What a route does.
 pub enum Action {
     /// Forward to a cluster.
@@ -2320,7 +2374,10 @@ fn compile_max_grpc_timeout(
     }
 }
 
-fn compile_redirect(r: &pb::RedirectAction, path: &str) -> Result<Redirect, ConfigError> {
+pub(crate) fn compile_redirect(
+    r: &pb::RedirectAction,
+    path: &str,
+) -> Result<Redirect, ConfigError> {
     use pb::redirect_action::{PathRewriteSpecifier as P, SchemeRewriteSpecifier as S};
     let status = match r.response_code {
         0 => StatusCode::MOVED_PERMANENTLY,

@@ -103,51 +103,7 @@ pub(crate) fn redirect(
     path: &str,
     request_scheme: &str,
 ) -> Response<ProxyBody> {
-    let scheme = rd.scheme.as_deref().unwrap_or(request_scheme);
-    let (orig_host, orig_port) = {
-        let h = crate::http::route::strip_port(authority);
-        let port = authority
-            .get(h.len() + 1..)
-            .and_then(|p| p.parse::<u16>().ok());
-        (h.to_string(), port)
-    };
-    // Envoy: `host_redirect` replaces host and port; otherwise the request's host keeps its
-    // port unless `port_redirect` replaces it or the scheme changes away from a default port.
-    let host = match (&rd.host, rd.port) {
-        (Some(h), Some(p)) => format!("{}:{p}", crate::http::route::strip_port(h)),
-        (Some(h), None) => h.clone(),
-        (None, Some(p)) => format!("{orig_host}:{p}"),
-        (None, None) => match orig_port {
-            Some(80) if rd.scheme.is_some() => orig_host,
-            Some(p) => format!("{orig_host}:{p}"),
-            None => orig_host,
-        },
-    };
-    let host = match rd.port {
-        Some(p) if (scheme == "http" && p == 80) || (scheme == "https" && p == 443) => {
-            crate::http::route::strip_port(&host).to_string()
-        }
-        _ => host,
-    };
-    let mut new_path = if let Some(p) = &rd.path {
-        p.clone()
-    } else if let Some(p) = &rd.prefix_rewrite {
-        rewrite_prefix(route, path, p)
-    } else if let Some((re, sub)) = &rd.regex_rewrite {
-        rewrite_regex(re, sub, path)
-    } else {
-        path.to_string()
-    };
-    if rd.strip_query {
-        if let Some(i) = new_path.find('?') {
-            new_path.truncate(i);
-        }
-    } else if rd.path.is_some() && !new_path.contains('?') {
-        if let Some(i) = path.find('?') {
-            new_path.push_str(&path[i..]);
-        }
-    }
-    let location = format!("{scheme}://{host}{new_path}");
+    let location = redirect_location(rd, Some(route), authority, path, request_scheme);
     let mut r = Response::new(ProxyBody::empty());
     *r.status_mut() = rd.status;
     if let Ok(v) = HeaderValue::from_str(&location) {
@@ -156,6 +112,27 @@ pub(crate) fn redirect(
     r.headers_mut()
         .insert(header::CONTENT_LENGTH, HeaderValue::from(0));
     r
+}
+
+/// Where `rd` sends a request for `authority` and `path` (Envoy's `newUri`): a
+/// `prefix_rewrite` needs the `route` that matched (without one the path stays).
+pub(crate) fn redirect_location(
+    rd: &Redirect,
+    route: Option<&Route>,
+    authority: &str,
+    path: &str,
+    request_scheme: &str,
+) -> String {
+    let rewritten = if rd.path.is_some() {
+        None
+    } else if let (Some(p), Some(route)) = (&rd.prefix_rewrite, route) {
+        Some(rewrite_prefix(route, path, p))
+    } else if let Some((re, sub)) = &rd.regex_rewrite {
+        Some(rewrite_regex(re, sub, path))
+    } else {
+        None
+    };
+    rd.location(authority, path, rewritten, request_scheme)
 }
 
 /// Envoy's answer to a plaintext request for a virtual host with `require_tls`: `301` to the
@@ -361,6 +338,12 @@ pub(crate) async fn forward(
     route.request_headers.apply(&mut parts.headers, fcx);
     vh.request_headers.apply(&mut parts.headers, fcx);
     table.request_headers.apply(&mut parts.headers, fcx);
+    // A custom response redirect makes the request again as it goes upstream, as Envoy's
+    // router changes the request in place.
+    if let Some(head) = outcome.custom.as_mut().and_then(|c| c.head.as_mut()) {
+        head.headers = parts.headers.clone();
+        head.path = new_path.to_string();
+    }
     let grpc = is_grpc(&parts.headers);
     let mut timeouts = action.timeouts(
         grpc,
@@ -1308,6 +1291,9 @@ pub(crate) struct Outcome {
     pub(crate) span: Option<Box<(crate::tracers::ActiveSpan, String)>>,
     /// `x-envoy-decorator-operation` for the response (a route decorator's operation).
     pub(crate) decorator_operation: Option<Box<str>>,
+    /// The custom response filter's state, when a redirect policy may apply (Envoy's
+    /// filter state: it outlives a redirect).
+    pub(crate) custom: Option<Box<crate::filters::http::custom_response::StreamState>>,
 }
 
 /// `flags` with `URX` joined in (Envoy lists a request's flags in alphabetical order).

@@ -697,12 +697,27 @@ fn remote_boot(
 ) -> String {
     // `/both` needs a local provider's token (not forwarded) and a remote one's: the
     // request the check runs again after the fetch is the one that came.
-    let mut providers = format!(
+    let providers = format!(
         "                loc:\n                  issuer: remote.loc\n                  from_headers: [{{ name: x-local }}]\n                  local_jwks: {{ inline_string: '{}' }}\n",
         keys.rsa_jwks()
     );
-    let mut rules = "              - match: { prefix: /both }\n                requires: { requires_all: { requirements: [{ provider_name: loc }, { provider_name: both }] } }\n".to_string();
-    for (name, target, extra) in REMOTE {
+    let rules = "              - match: { prefix: /both }\n                requires: { requires_all: { requirements: [{ provider_name: loc }, { provider_name: both }] } }\n".to_string();
+    let clusters = cluster("a", &[a.addr], "")
+        + &cluster("jwks", &[jwks], "")
+        + &cluster("jwks_silent", &[silent], "");
+    with_remote_providers(REMOTE, providers, rules, &clusters)
+}
+
+/// The bootstrap with a JWT filter whose providers are `providers` and then one remote
+/// provider per row of `table` (name, `<cluster> <path>` of its key set, extra
+/// `remote_jwks` fields), each required under `/<name>` after `rules`.
+fn with_remote_providers(
+    table: &[(&str, &str, &str)],
+    mut providers: String,
+    mut rules: String,
+    clusters: &str,
+) -> String {
+    for (name, target, extra) in table {
         let (cluster, path) = target.split_once(' ').expect("target");
         let extra = match *extra {
             "" => String::new(),
@@ -723,10 +738,7 @@ fn remote_boot(
 {providers}              rules:
 {rules}"#
     );
-    let clusters = cluster("a", &[a.addr], "")
-        + &cluster("jwks", &[jwks], "")
-        + &cluster("jwks_silent", &[silent], "");
-    with_filters(&bootstrap(ROUTES, "", &clusters), &filter)
+    with_filters(&bootstrap(ROUTES, "", clusters), &filter)
 }
 
 /// A JWKS server: what it answers on each path, and the requests it got (`<host>
@@ -1009,33 +1021,10 @@ const ASYNC: &[(&str, &str, &str)] = &[
 ];
 
 fn async_boot(a: &Upstream, jwks: std::net::SocketAddr, gated: std::net::SocketAddr) -> String {
-    let mut providers = String::new();
-    let mut rules = String::new();
-    for (name, target, extra) in ASYNC {
-        let (cluster, path) = target.split_once(' ').expect("target");
-        let extra = match *extra {
-            "" => String::new(),
-            e => format!(", {e}"),
-        };
-        providers.push_str(&format!(
-            "                {name}:\n                  issuer: remote.{name}\n                  remote_jwks: {{ http_uri: {{ uri: \"http://jwks.example{path}\", cluster: {cluster}, timeout: 1s }}{extra} }}\n"
-        ));
-        rules.push_str(&format!(
-            "              - match: {{ prefix: /{name} }}\n                requires: {{ provider_name: {name} }}\n"
-        ));
-    }
-    let filter = format!(
-        r#"          - name: envoy.filters.http.jwt_authn
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication
-              providers:
-{providers}              rules:
-{rules}"#
-    );
     let clusters = cluster("a", &[a.addr], "")
         + &cluster("jwks", &[jwks], "")
         + &cluster("jwks_gated", &[gated], "");
-    with_filters(&bootstrap(ROUTES, "", &clusters), &filter)
+    with_remote_providers(ASYNC, String::new(), String::new(), &clusters)
 }
 
 type Log = std::sync::Arc<std::sync::Mutex<Vec<String>>>;

@@ -117,6 +117,18 @@ impl Channel {
         self.expecting[slot(request)] = false;
     }
 
+    /// Ends a direction's body with the service's reply (the first reply stands): what a
+    /// streamed body does with a verdict that answers the request.
+    pub fn end_with_reply(
+        &mut self,
+        request: bool,
+        reply: Box<Response<ProxyBody>>,
+        details: String,
+    ) {
+        self.settle(request);
+        self.reply.get_or_insert((reply, details));
+    }
+
     /// Whether a failure lets the request go on.
     pub fn failure_mode_allow(&self) -> bool {
         self.core.failure_mode_allow && !self.duplex_body_sent

@@ -166,9 +166,9 @@ impl Duplex {
     fn stopped(&mut self, v: Verdict) -> Result<(), BoxError> {
         match v {
             Verdict::Reply(reply, details) => {
-                let mut c = self.chan.borrow_mut();
-                c.settle(self.request);
-                c.reply.get_or_insert((reply, details));
+                self.chan
+                    .borrow_mut()
+                    .end_with_reply(self.request, reply, details);
                 Err(Box::new(Ended))
             }
             _ => {

@@ -205,9 +205,9 @@ impl Streamed {
         match v {
             Verdict::Reply(reply, details) => {
                 self.timer = None;
-                let mut c = self.chan.borrow_mut();
-                c.settle(self.request);
-                c.reply.get_or_insert((reply, details));
+                self.chan
+                    .borrow_mut()
+                    .end_with_reply(self.request, reply, details);
                 Err(Box::new(Ended))
             }
             _ => {
